@@ -1,0 +1,89 @@
+"""chaperone-otel: supervise long-running Python jobs with OpenTelemetry.
+
+Decorate a function, coroutine or generator (or wrap a block) and each call becomes a
+*supervised run*: one OTel span, heartbeats and progress recorded, resources sampled, limits
+enforced and health judged, with lifecycle log events emitted while it runs so that running,
+hung and lost jobs are visible before the span ends.
+
+Example::
+
+    import chaperone_otel as chaperone
+
+    chaperone.configure(sink="jobs.duckdb", prometheus_port=9464)
+
+    @chaperone.supervised(queue="imports", heartbeat_interval=30)
+    def import_file(path):
+        rows = load(path)
+        for row in chaperone.track(rows):
+            save(row)
+
+Importing this package loads only ``opentelemetry-api`` (no SDK, duckdb or
+prometheus_client); ``configure()`` loads what it is asked to wire.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import Config
+from ._health import HealthPolicy
+from ._setup import configure, reset, shutdown
+from ._supervise import (
+    JobState,
+    Supervised,
+    Supervision,
+    Violation,
+    current_job,
+    heartbeat,
+    report_progress,
+    supervised,
+    track,
+)
+from ._version import __version__
+from .exceptions import (
+    ChaperoneError,
+    ConfigurationError,
+    JobLimitExceeded,
+    NoActiveJobError,
+    SchemaVersionError,
+    SinkError,
+)
+
+if TYPE_CHECKING:
+    from .sink import Sink
+
+
+def open_sink(path: str, *, read_only: bool = True, **kwargs: Any) -> Sink:
+    """Open a job store (DuckDB file) for queries: ``open_sink("jobs.duckdb").jobs.running()``.
+
+    Imported lazily so that ``import chaperone_otel`` does not load duckdb.
+    """
+    from .sink import open_sink as _open_sink  # noqa: PLC0415
+
+    return _open_sink(path, read_only=read_only, **kwargs)
+
+
+__all__ = [
+    "ChaperoneError",
+    "Config",
+    "ConfigurationError",
+    "HealthPolicy",
+    "JobLimitExceeded",
+    "JobState",
+    "NoActiveJobError",
+    "SchemaVersionError",
+    "SinkError",
+    "Supervised",
+    "Supervision",
+    "Violation",
+    "__version__",
+    "configure",
+    "current_job",
+    "heartbeat",
+    "open_sink",
+    "report_progress",
+    "reset",
+    "shutdown",
+    "supervised",
+    "track",
+]

@@ -1,0 +1,419 @@
+"""The health rules, defined once and rendered three ways: Python, SQL and PromQL.
+
+DESIGN §5 requires that a scenario gets the same verdict from the live Python evaluator
+(local hooks), the DuckDB scopes of the sink and the Prometheus alert rules. So the rules are
+written here as a tiny expression tree over named *signals*, and three renderers walk that
+tree:
+
+* :meth:`Expr.evaluate` — Python, with SQL ``NULL`` semantics (a missing signal makes a
+  comparison false, never an error);
+* :meth:`Expr.sql` — a DuckDB predicate, given how each signal is spelled as a column
+  expression and with ``$now`` as the evaluation time (epoch seconds);
+* :meth:`Expr.promql` — a PromQL filter expression over the worker's live-run gauges
+  (names derived from :mod:`chaperone_otel.semconv`).
+
+Signals (all times are Unix seconds, durations seconds):
+
+=====================  =====================================================================
+``status``             pending / running / completed / failed / cancelled
+``started_at``         when the run started
+``last_heartbeat``     latest sign of life from the job's code (heartbeat or progress; the
+                       start counts as the first)
+``last_seen``          latest record of any kind from the run's process (liveness included)
+``heartbeat_interval`` the run's lease
+``timeout_at``         ``started_at + timeout`` (absent without a timeout)
+``stall_deadline``     ``progress_updated_at + stall_timeout`` (absent without a stall budget)
+``memory`` ...         latest samples, and ``memory_limit`` ... when a limit is set
+``violation_count``    violations recorded so far
+=====================  =====================================================================
+
+Example::
+
+    from chaperone_otel._health import DEFAULT_POLICY, rules
+    r = rules(DEFAULT_POLICY)
+    r.stuck.sql(SQL_COLUMNS)       # a WHERE predicate
+    r.stuck.promql()               # an alert expression
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from . import semconv as sc
+from .exceptions import ConfigurationError
+
+Health = Literal["healthy", "degraded", "unhealthy", "unknown"]
+"""The judged health of a run. ``unknown`` is a pending run (nothing to judge yet)."""
+
+SignalValue = float | str | None
+
+
+class _Never:
+    """PromQL rendering of a condition that can never hold for a live run (e.g. failed)."""
+
+
+NEVER: Final = _Never()
+PromQL = str | _Never
+
+
+# --------------------------------------------------------------------------------------------
+# Expression tree.
+# --------------------------------------------------------------------------------------------
+
+
+class Expr:
+    """A node of the rule tree. Subclasses implement the three renderings."""
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        """Python value of this node (``None`` plays SQL ``NULL``)."""
+        raise NotImplementedError
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        """DuckDB SQL; ``columns`` maps signal names to SQL expressions in epoch seconds."""
+        raise NotImplementedError
+
+    def promql(self) -> PromQL:
+        """PromQL over the worker's live-run gauges."""
+        raise NotImplementedError
+
+    def holds(self, signals: Mapping[str, SignalValue], now: float) -> bool:
+        """True when the condition holds (``None`` counts as false)."""
+        return bool(self.evaluate(signals, now))
+
+
+@dataclass(frozen=True)
+class Signal(Expr):
+    name: str
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return signals.get(self.name)
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return columns[self.name]
+
+    def promql(self) -> PromQL:
+        return PROMQL_SIGNALS[self.name]
+
+
+@dataclass(frozen=True)
+class Now(Expr):
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return now
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return "$now"
+
+    def promql(self) -> PromQL:
+        return "time()"
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: float
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return self.value
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return repr(float(self.value))
+
+    def promql(self) -> PromQL:
+        return repr(float(self.value))
+
+
+_ARITH = {"-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b if b else None}
+_CMP = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
+
+
+@dataclass(frozen=True)
+class Arith(Expr):
+    op: Literal["-", "*", "/"]
+    left: Expr
+    right: Expr
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        a, b = self.left.evaluate(signals, now), self.right.evaluate(signals, now)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return None
+        result: float | None = _ARITH[self.op](a, b)
+        return result
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        right = self.right.sql(columns)
+        if self.op == "/":  # NULLIF: a zero limit means "no limit", never a division error
+            right = f"NULLIF({right}, 0)"
+        return f"({self.left.sql(columns)} {self.op} {right})"
+
+    def promql(self) -> PromQL:
+        a, b = self.left.promql(), self.right.promql()
+        if isinstance(a, _Never) or isinstance(b, _Never):
+            return NEVER
+        return f"({a} {self.op} {b})"
+
+
+@dataclass(frozen=True)
+class Compare(Expr):
+    op: Literal[">", ">=", "<="]
+    left: Expr
+    right: Expr
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        a, b = self.left.evaluate(signals, now), self.right.evaluate(signals, now)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return None
+        return 1.0 if _CMP[self.op](a, b) else 0.0
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return f"({self.left.sql(columns)} {self.op} {self.right.sql(columns)})"
+
+    def promql(self) -> PromQL:
+        a, b = self.left.promql(), self.right.promql()
+        if isinstance(a, _Never) or isinstance(b, _Never):
+            return NEVER
+        return f"({a} {self.op} {b})"
+
+
+@dataclass(frozen=True)
+class StatusIs(Expr):
+    """``status`` is one of ``values``. In PromQL only ``running`` exists (live gauges)."""
+
+    values: tuple[str, ...]
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return 1.0 if signals.get("status") in self.values else 0.0
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        quoted = ", ".join("'" + v + "'" for v in self.values)  # internal constants only
+        return f"({columns['status']} IN ({quoted}))"
+
+    def promql(self) -> PromQL:
+        return PROMQL_UNIVERSE if "running" in self.values else NEVER
+
+
+@dataclass(frozen=True)
+class All(Expr):
+    terms: tuple[Expr, ...]
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return 1.0 if all(t.holds(signals, now) for t in self.terms) else 0.0
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return "(" + " AND ".join(t.sql(columns) for t in self.terms) + ")"
+
+    def promql(self) -> PromQL:
+        positives: list[str] = []
+        negatives: list[str] = []
+        for term in self.terms:
+            if isinstance(term, Not):
+                rendered = term.term.promql()
+                if not isinstance(rendered, _Never):
+                    negatives.append(rendered)
+                continue
+            rendered = term.promql()
+            if isinstance(rendered, _Never):
+                return NEVER
+            positives.append(rendered)
+        if not positives:
+            positives.append(PROMQL_UNIVERSE)
+        expr = " and ".join(positives)
+        for neg in negatives:
+            expr = f"({expr}) unless {neg}"
+        return f"({expr})"
+
+
+@dataclass(frozen=True)
+class AnyOf(Expr):
+    terms: tuple[Expr, ...]
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return 1.0 if any(t.holds(signals, now) for t in self.terms) else 0.0
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        # COALESCE: a NULL term must not make the whole OR NULL where another term is false.
+        return "(" + " OR ".join(f"COALESCE({t.sql(columns)}, FALSE)" for t in self.terms) + ")"
+
+    def promql(self) -> PromQL:
+        rendered = [r for r in (t.promql() for t in self.terms) if not isinstance(r, _Never)]
+        if not rendered:
+            return NEVER
+        return "(" + " or ".join(rendered) + ")"
+
+
+@dataclass(frozen=True)
+class Not(Expr):
+    """Negation; in PromQL it is only allowed as a term of :class:`All` (``unless``)."""
+
+    term: Expr
+
+    def evaluate(self, signals: Mapping[str, SignalValue], now: float) -> SignalValue:
+        return 0.0 if self.term.holds(signals, now) else 1.0
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return f"(NOT COALESCE({self.term.sql(columns)}, FALSE))"
+
+    def promql(self) -> PromQL:
+        raise ValueError("Not() renders to PromQL only inside All() (as 'unless')")
+
+
+def _sig(name: str) -> Signal:
+    return Signal(name)
+
+
+# --------------------------------------------------------------------------------------------
+# The policy (thresholds) and the rules built from it.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """Thresholds of the health rules (DESIGN §5), as multiples of the heartbeat interval.
+
+    Attributes:
+        degraded_after: heartbeat age above this many intervals is degraded.
+        unhealthy_after: heartbeat age above this many intervals is unhealthy.
+        stuck_after: heartbeat age above this many intervals, process alive, is stuck.
+        lost_after: no record at all from the process for this many intervals is lost.
+        warn_ratio: a resource at or above this fraction of its limit is degraded.
+    """
+
+    degraded_after: float = 1.5
+    unhealthy_after: float = 3.0
+    stuck_after: float = 3.0
+    lost_after: float = 3.0
+    warn_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("degraded_after", "unhealthy_after", "stuck_after", "lost_after"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"HealthPolicy.{name} must be a positive number")
+        if self.degraded_after > self.unhealthy_after:
+            raise ConfigurationError(
+                "HealthPolicy.degraded_after must not exceed unhealthy_after "
+                f"({self.degraded_after} > {self.unhealthy_after})"
+            )
+        if not 0 < self.warn_ratio <= 1:
+            raise ConfigurationError("HealthPolicy.warn_ratio must be in (0, 1]")
+
+
+DEFAULT_POLICY: Final = HealthPolicy()
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rule set for one policy: each attribute is an :class:`Expr` predicate."""
+
+    policy: HealthPolicy
+    running: Expr
+    overtime: Expr
+    lost: Expr
+    stuck: Expr
+    stalled: Expr
+    near_limit: Expr
+    violated: Expr
+    unhealthy: Expr
+    degraded: Expr
+    healthy: Expr
+    heartbeat_missed: Expr = field(repr=False)
+
+    def health(self, signals: Mapping[str, SignalValue], now: float) -> Health:
+        """The Python verdict: first of unhealthy, degraded, healthy that holds."""
+        if self.unhealthy.holds(signals, now):
+            return "unhealthy"
+        if self.degraded.holds(signals, now):
+            return "degraded"
+        if self.healthy.holds(signals, now):
+            return "healthy"
+        return "unknown"
+
+    def by_name(self, name: str) -> Expr:
+        """The predicate called ``name`` (``stuck``, ``lost``, ``healthy`` …)."""
+        if name in PREDICATES:
+            expr: Expr = getattr(self, name)
+            return expr
+        raise KeyError(f"no health predicate {name!r}; choose from {', '.join(PREDICATES)}")
+
+
+PREDICATES: Final = (
+    "running", "overtime", "lost", "stuck", "stalled", "near_limit", "violated",
+    "unhealthy", "degraded", "healthy", "heartbeat_missed",
+)
+
+
+def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
+    """Build the rule tree for ``policy``; the only place the rules are written down."""
+    running = StatusIs(("running",))
+    interval = _sig("heartbeat_interval")
+    heartbeat_age = Arith("-", Now(), _sig("last_heartbeat"))
+    seen_age = Arith("-", Now(), _sig("last_seen"))
+
+    def older_than(age: Expr, k: float) -> Expr:
+        return Compare(">", age, Arith("*", Const(k), interval))
+
+    overtime = All((running, Compare(">", Now(), _sig("timeout_at"))))
+    lost = All((running, older_than(seen_age, policy.lost_after)))
+    process_alive = Compare("<=", seen_age, Arith("*", Const(policy.lost_after), interval))
+    stuck = All((
+        running,
+        process_alive,
+        AnyOf((Compare(">", Now(), _sig("timeout_at")),
+               older_than(heartbeat_age, policy.stuck_after))),
+    ))
+    stalled = All((running, Compare(">", Now(), _sig("stall_deadline"))))
+    warn = Const(policy.warn_ratio)
+    near_limit = AnyOf(tuple(
+        Compare(">=", Arith("/", _sig(used), _sig(limit)), warn)
+        for used, limit in (("memory", "memory_limit"), ("cpu", "cpu_limit"), ("fds", "fd_limit"))
+    ))
+    violated = Compare(">", _sig("violation_count"), Const(0))
+    unhealthy = AnyOf((
+        StatusIs(("failed",)),
+        violated,
+        All((running, AnyOf((older_than(heartbeat_age, policy.unhealthy_after),
+                             Compare(">", Now(), _sig("timeout_at")))))),
+    ))
+    degraded = All((
+        running,
+        Not(unhealthy),
+        AnyOf((older_than(heartbeat_age, policy.degraded_after), near_limit, stalled)),
+    ))
+    healthy = All((
+        StatusIs(("running", "completed", "cancelled")),
+        Not(unhealthy),
+        Not(degraded),
+    ))
+    heartbeat_missed = All((running, older_than(heartbeat_age, 1.0)))
+    return Rules(
+        policy=policy, running=running, overtime=overtime, lost=lost, stuck=stuck,
+        stalled=stalled, near_limit=near_limit, violated=violated, unhealthy=unhealthy,
+        degraded=degraded, healthy=healthy, heartbeat_missed=heartbeat_missed,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# PromQL signal mapping: the worker's live-run gauges (one series per live run group).
+# --------------------------------------------------------------------------------------------
+
+PROMQL_UNIVERSE: Final = sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT)
+"""Every live run has this series; it stands for ``status == running``."""
+
+PROMQL_SIGNALS: Final[Mapping[str, PromQL]] = {
+    "last_heartbeat": sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT),
+    # The scrape time of a live series is the last time its process was seen alive.
+    "last_seen": f"timestamp({sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT)})",
+    "started_at": sc.prometheus_name(sc.METRIC_JOB_STARTED_TIMESTAMP),
+    "heartbeat_interval": sc.prometheus_name(sc.METRIC_JOB_HEARTBEAT_INTERVAL),
+    "timeout_at": sc.prometheus_name(sc.METRIC_JOB_DEADLINE),
+    "stall_deadline": sc.prometheus_name(sc.METRIC_JOB_STALL_DEADLINE),
+    "memory": sc.prometheus_name(sc.METRIC_JOB_MEMORY),
+    "memory_limit": sc.prometheus_name(sc.METRIC_JOB_MEMORY_LIMIT),
+    "cpu": sc.prometheus_name(sc.METRIC_JOB_CPU),
+    "cpu_limit": sc.prometheus_name(sc.METRIC_JOB_CPU_LIMIT),
+    "fds": sc.prometheus_name(sc.METRIC_JOB_OPEN_FDS),
+    "fd_limit": sc.prometheus_name(sc.METRIC_JOB_FD_LIMIT),
+    "violation_count": sc.prometheus_name(sc.METRIC_JOB_RUN_VIOLATIONS),
+    "status": NEVER,
+}

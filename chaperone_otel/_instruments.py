@@ -1,0 +1,135 @@
+"""OTel metric instruments of the runtime, created from :mod:`~chaperone_otel.semconv`.
+
+Counters and the duration histogram are updated at run start/finish and at each flush (never
+per ``heartbeat()`` call). Live-run gauges are *observable*: their callbacks read the live
+runs at collection time, so they cost nothing on the hot path and a finished run's series
+simply stops being reported.
+
+Cardinality (DESIGN §7): a live run's gauges are labelled by job name and queue only; runs
+older than ``Config.long_run_threshold`` also get their run id, so a hung long job can be
+named in an alert while 10,000 short runs leave one series per (name, queue). When several
+label-less runs share a group, the group reports its *stalest* run (largest heartbeat age
+relative to its interval) for every gauge, so PromQL that joins the gauges (the health rules)
+judges a real run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import semconv as sc
+from ._safety import add_error_listener, handle_internal_errors
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._supervise import Supervision
+
+LiveRuns = Callable[[], Sequence["Supervision"]]
+
+
+class Instruments:
+    """The runtime's instruments on one meter provider."""
+
+    def __init__(self, meter_provider: Any, live_runs: LiveRuns, long_run_threshold: float,
+                 clock: Callable[[], float]) -> None:
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        meter = provider.get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
+        self._live_runs = live_runs
+        self._long_run_threshold = long_run_threshold
+        self._clock = clock
+        self._groups_lock = threading.Lock()
+        self._groups_cache: tuple[float, list[tuple[dict[str, str], Supervision]]] = (-1.0, [])
+
+        def counter(spec: sc.MetricSpec) -> Any:
+            return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+
+        self.runs_started = counter(sc.METRIC_JOB_RUNS_STARTED)
+        self.runs_finished = counter(sc.METRIC_JOB_RUNS_FINISHED)
+        self.heartbeats = counter(sc.METRIC_JOB_HEARTBEATS)
+        self.heartbeats_missed = counter(sc.METRIC_JOB_HEARTBEATS_MISSED)
+        self.violations = counter(sc.METRIC_JOB_VIOLATIONS)
+        self.internal_errors = counter(sc.METRIC_INTERNAL_ERRORS)
+        spec = sc.METRIC_JOB_RUNS_ACTIVE
+        self.runs_active = meter.create_up_down_counter(
+            spec.name, unit=spec.unit, description=spec.description)
+        spec = sc.METRIC_JOB_DURATION
+        self.duration = meter.create_histogram(
+            spec.name, unit=spec.unit, description=spec.description,
+            explicit_bucket_boundaries_advisory=[
+                0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400,
+            ],
+        )
+        gauges: list[tuple[sc.MetricSpec, Callable[[Supervision, float], float | None]]] = [
+            (sc.METRIC_JOB_LAST_HEARTBEAT, lambda r, now: r.last_heartbeat),
+            (sc.METRIC_JOB_HEARTBEAT_INTERVAL, lambda r, now: r.heartbeat_interval),
+            (sc.METRIC_JOB_DEADLINE, lambda r, now: r.timeout_at),
+            (sc.METRIC_JOB_STALL_DEADLINE, lambda r, now: r.stall_deadline),
+            (sc.METRIC_JOB_STARTED_TIMESTAMP, lambda r, now: r.started_at),
+            (sc.METRIC_JOB_PROGRESS, lambda r, now: r.progress_ratio),
+            (sc.METRIC_JOB_PROGRESS_CURRENT, lambda r, now: r.progress_current),
+            (sc.METRIC_JOB_PROGRESS_TOTAL, lambda r, now: r.progress_total),
+            (sc.METRIC_JOB_ETA, lambda r, now: r.eta(now)),
+            (sc.METRIC_JOB_MEMORY, lambda r, now: r.memory),
+            (sc.METRIC_JOB_MEMORY_LIMIT, lambda r, now: r.memory_limit),
+            (sc.METRIC_JOB_CPU, lambda r, now: None if r.cpu_percent is None else r.cpu_percent / 100),
+            (sc.METRIC_JOB_CPU_LIMIT, lambda r, now: None if r.cpu_limit is None else r.cpu_limit / 100),
+            (sc.METRIC_JOB_OPEN_FDS, lambda r, now: r.fds),
+            (sc.METRIC_JOB_FD_LIMIT, lambda r, now: r.fd_limit),
+            (sc.METRIC_JOB_RUN_VIOLATIONS, lambda r, now: float(len(r.violations))),
+        ]
+        for gspec, read in gauges:
+            meter.create_observable_gauge(
+                gspec.name, callbacks=[self._callback(read, gspec.name)], unit=gspec.unit,
+                description=gspec.description,
+            )
+        add_error_listener(self.count_internal_error)
+
+    def count_internal_error(self, where: str) -> None:
+        """Error listener: count a swallowed internal error by place."""
+        # Places are a small fixed set of code locations: a bounded label.
+        self.internal_errors.add(1, {"chaperone.internal.where": where.split(":", 1)[0]})
+
+    def _groups(self, now: float) -> list[tuple[dict[str, str], Supervision]]:
+        """Live runs grouped by label set, each group represented by its stalest run.
+
+        Cached for a quarter second: one collection calls every gauge's callback in turn.
+        """
+        with self._groups_lock:
+            at, cached = self._groups_cache
+            if 0 <= now - at < 0.25:
+                return cached
+            best: dict[tuple[str, str, str], tuple[float, Supervision]] = {}
+            for run in self._live_runs():
+                run_id = run.id if now - run.started_at >= self._long_run_threshold else ""
+                key = (run.name, run.queue, run_id)
+                staleness = (now - run.last_heartbeat) / run.heartbeat_interval
+                if key not in best or staleness > best[key][0]:
+                    best[key] = (staleness, run)
+            groups: list[tuple[dict[str, str], Supervision]] = []
+            for (name, queue, run_id), (_, run) in best.items():
+                labels = {sc.ATTR_JOB_NAME: name, sc.ATTR_JOB_QUEUE: queue}
+                if run_id:
+                    labels[sc.ATTR_JOB_RUN_ID] = run_id
+                groups.append((labels, run))
+            self._groups_cache = (now, groups)
+            return groups
+
+    def _callback(
+        self, read: Callable[[Supervision, float], float | None], name: str
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            out: list[Observation] = []
+            with handle_internal_errors(f"gauge:{name}"):
+                now = self._clock()
+                for labels, run in self._groups(now):
+                    value = read(run, now)
+                    if value is not None:
+                        out.append(Observation(value, labels))
+            return out
+
+        return observe

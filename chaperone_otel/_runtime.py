@@ -1,0 +1,479 @@
+"""The per-process runtime: live runs, the monitor thread, instruments and the log writer.
+
+The monitor thread (``chaperone-monitor``, a daemon) wakes at the earliest flush due across
+live runs (at least once a second) and, for each run:
+
+1. samples resources (process RSS and fds; thread or process CPU) every ``sample_interval``;
+2. checks limits and the deadline, recording each violation once per limit type and applying
+   the run's policy (``warn`` logs; ``cancel`` arms ``JobLimitExceeded`` for the run's next
+   heartbeat and cancels an async run's task);
+3. flushes at most one heartbeat record per flush period, carrying the calls coalesced since
+   the last one — or, if the job's code said nothing, a *liveness* record (the process
+   vouches for the run; the sink tells hung from lost this way);
+4. judges health with the rules of :mod:`._health` and fires hooks on transitions.
+
+Hooks run here, after the run's lock is released, each under the internal-error guard.
+After ``fork`` the child starts with no live runs and a fresh thread (Celery prefork).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import semconv as sc
+from ._config import Config, get_config
+from ._events import AttributeValue, add_listener, remove_listener
+from ._health import Rules, rules
+from ._instruments import Instruments
+from ._otel import OTelLogWriter
+from ._resources import ProcessSample, ProcessSampler, read_thread_cpu
+from ._safety import handle_internal_errors, remove_error_listener
+from ._supervise import JobState, Supervision, Violation, _json
+from .exceptions import JobLimitExceeded
+
+logger = logging.getLogger("chaperone_otel")
+
+_MAX_WAIT = 1.0
+_MIN_WAIT = 0.01
+
+
+@dataclass
+class _RunState:
+    """What the monitor remembers about one run between ticks."""
+
+    next_flush: float
+    flushed_progress_at: float
+    decile: int = 0
+    phase: str | None = None
+    violated: set[str] = field(default_factory=set)
+    cpu_prev: tuple[float, float] | None = None  # (monotonic time, thread cpu seconds)
+    timed_out: bool = False
+
+
+class Runtime:
+    """Live runs of this process and the machinery that watches them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules: Rules = rules(config.health)
+        self._runs: dict[int, Supervision] = {}
+        self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._wake_event = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._calls: deque[tuple[Callable[..., object], tuple[Any, ...], str]] = deque()
+        self._sampler: ProcessSampler | None = None
+        self._prev_sample: tuple[float, ProcessSample] | None = None  # (monotonic, sample)
+        self._next_sample = 0.0
+        self._sample: ProcessSample | None = None
+        self._proc_cpu: float | None = None
+        self.background = True
+        self.instruments = Instruments(
+            config.meter_provider, self.live_runs, config.long_run_threshold, config.clock
+        )
+        self.log_writer = OTelLogWriter(config.logger_provider)
+        add_listener(self.log_writer)
+
+    # ---- registry ------------------------------------------------------------------------
+
+    def live_runs(self) -> Sequence[Supervision]:
+        """The runs currently alive in this process."""
+        with self._lock:
+            return list(self._runs.values())
+
+    def started(self, run: Supervision) -> None:
+        """Register a run that just started (job thread)."""
+        period = self.config.flush_period_for(run.heartbeat_interval)
+        run._monitor_state = _RunState(next_flush=run.started_at + period,
+                                       flushed_progress_at=run.progress_updated_at)
+        run._wake = self.wake
+        with self._lock:
+            self._runs[id(run)] = run
+        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
+        with handle_internal_errors("metrics.start"):
+            self.instruments.runs_started.add(1, labels)
+            self.instruments.runs_active.add(1, labels)
+        self._ensure_thread()
+
+    def finished(self, run: Supervision) -> None:
+        """Unregister a finished run (job thread); finish hooks go to the monitor thread."""
+        with self._lock:
+            self._runs.pop(id(run), None)
+        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
+        with handle_internal_errors("metrics.finish"):
+            with run._lock:
+                unflushed = run._hb_calls - run._hb_flushed
+                run._hb_flushed = run._hb_calls
+            if unflushed:
+                self.instruments.heartbeats.add(unflushed, labels)
+            self.instruments.runs_active.add(-1, labels)
+            status_labels = {**labels, sc.ATTR_JOB_STATUS: run.status}
+            self.instruments.runs_finished.add(
+                1, {**status_labels, sc.ATTR_ERROR_TYPE: run.error_type or ""})
+            duration = max(0.0, (run.finished_at or run.started_at) - run.started_at)
+            self.instruments.duration.record(duration, status_labels)
+        hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
+        if hooks:
+            state = run.snapshot()
+            for hook in hooks:
+                self.call_soon(hook, (state,), "hook:on_complete"
+                               if run.status == "completed" else "hook:on_failure")
+
+    def call_soon(self, fn: Callable[..., object], args: tuple[Any, ...], where: str) -> None:
+        """Run ``fn(*args)`` on the monitor thread (or the next ``tick()``)."""
+        self._calls.append((fn, args, where))
+        self.wake()
+
+    def wake(self) -> None:
+        """Ask the monitor for a tick now (first heartbeat, phase change, hooks)."""
+        self._wake_event.set()
+
+    # ---- thread --------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if not self.background:
+            return
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._loop, name="chaperone-monitor", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake_event.wait(self._next_wait())
+            self._wake_event.clear()
+            if self._stop.is_set():
+                break
+            with handle_internal_errors("monitor.tick"):
+                self.tick()
+
+    def _next_wait(self) -> float:
+        now = self.config.clock()
+        wait = _MAX_WAIT
+        for run in self.live_runs():
+            state: _RunState | None = run._monitor_state
+            if state is not None:
+                wait = min(wait, state.next_flush - now)
+        return max(_MIN_WAIT, wait)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the monitor thread (prompt: it waits on an Event)."""
+        self._stop.set()
+        self._wake_event.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread and detach from the listener and error registries."""
+        self.stop()
+        with handle_internal_errors("runtime.close"):
+            self.tick()  # run hooks still queued
+        remove_listener(self.log_writer)
+        remove_error_listener(self.instruments.count_internal_error)
+
+    def after_fork(self) -> None:
+        """In a forked child: no live runs, new locks, a thread started on demand."""
+        self._runs = {}
+        self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._wake_event = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._calls = deque()
+        self._sampler = None
+        self._prev_sample = None
+        self._next_sample = 0.0
+
+    # ---- one tick ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One monitor pass over all live runs (the thread calls it; tests may too)."""
+        with self._tick_lock:
+            while self._calls:
+                fn, args, where = self._calls.popleft()
+                with handle_internal_errors(where):
+                    fn(*args)
+            self._sample_process()
+            for run in self.live_runs():
+                with handle_internal_errors("monitor.run"):
+                    self._tick_run(run, run._clock())
+
+    def _sample_process(self) -> None:
+        mono = time.monotonic()
+        if mono < self._next_sample:
+            return
+        self._next_sample = mono + self.config.sample_interval
+        with handle_internal_errors("resources.sample"):
+            if self._sampler is None:
+                self._sampler = ProcessSampler()
+            sample = self._sampler.sample(mono)
+            prev = self._prev_sample
+            if prev is not None and mono > prev[0]:
+                self._proc_cpu = max(0.0, 100.0 * (sample.cpu_time - prev[1].cpu_time)
+                                     / (mono - prev[0]))
+            self._prev_sample = (mono, sample)
+            self._sample = sample
+
+    def _tick_run(self, run: Supervision, now: float) -> None:
+        state: _RunState | None = run._monitor_state
+        if state is None:
+            return
+        actions: list[Callable[[], object]] = []
+        with run._lock:
+            if run.finished_at is not None:
+                return
+            self._apply_sample(run, state)
+            self._check_limits(run, state, now, actions)
+            self._flush(run, state, now, actions)
+            self._judge(run, now, actions)
+        for action in actions:
+            with handle_internal_errors("monitor.action"):
+                action()
+
+    def _apply_sample(self, run: Supervision, state: _RunState) -> None:
+        sample = self._sample
+        if sample is None:
+            return
+        if sample.rss is not None:
+            run.memory = sample.rss
+            run.memory_peak = max(run.memory_peak or 0, sample.rss)
+        run.fds = sample.fds
+        cpu: float | None = None
+        if run._cpu_clock is not None:
+            used = read_thread_cpu(run._cpu_clock)
+            mono = time.monotonic()
+            if used is None:
+                run._cpu_clock = None  # the thread is gone: fall back to the process
+            else:
+                prev = state.cpu_prev
+                if prev is not None and mono - prev[0] >= 0.05:
+                    cpu = max(0.0, 100.0 * (used - prev[1]) / (mono - prev[0]))
+                    state.cpu_prev = (mono, used)
+                elif prev is None:
+                    state.cpu_prev = (mono, used)
+        if cpu is None and run._cpu_clock is None:
+            cpu = self._proc_cpu
+        if cpu is not None:
+            run.cpu_percent = cpu
+
+    def _check_limits(self, run: Supervision, state: _RunState, now: float,
+                      actions: list[Callable[[], object]]) -> None:
+        checks: tuple[tuple[str, float | None, float | None], ...] = (
+            ("memory", run.memory_limit, run.memory),
+            ("cpu", run.cpu_limit, run.cpu_percent),
+            ("fds", run.fd_limit, run.fds),
+        )
+        for kind, limit, actual in checks:
+            if limit is not None and actual is not None and actual > limit \
+                    and kind not in state.violated:
+                self._violation(run, state, kind, float(limit), float(actual), now, actions)
+        if run.timeout_at is not None and now > run.timeout_at and not state.timed_out:
+            state.timed_out = True
+            self._violation(run, state, "timeout", float(run.timeout or 0.0),
+                            now - run.started_at, now, actions)
+            snapshot = run.snapshot(now)
+            for hook in run.hooks.on_timeout:
+                actions.append(_bind(hook, snapshot))
+
+    def _violation(self, run: Supervision, state: _RunState, kind: str, limit: float,
+                   actual: float, now: float, actions: list[Callable[[], object]]) -> None:
+        state.violated.add(kind)
+        violation = Violation(kind, limit, actual, now, run.on_limit)
+        run.violations.append(violation)
+        extra: dict[str, AttributeValue] = {
+            sc.ATTR_LIMIT_TYPE: kind, sc.ATTR_LIMIT_VALUE: limit, sc.ATTR_LIMIT_ACTUAL: actual,
+        }
+        run.emit(sc.EVENT_JOB_VIOLATION, now, severity="WARN", extra=extra,
+                 body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})")
+        if run.span.is_recording():
+            run.span.add_event(sc.EVENT_JOB_VIOLATION, extra, int(now * 1e9))
+        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue,
+                  sc.ATTR_LIMIT_TYPE: kind}
+        self.instruments.violations.add(1, labels)
+        if run.on_limit == "warn":
+            logger.warning("job %s (run %s): %s limit exceeded: %g > %g",
+                           run.name, run.id, kind, actual, limit)
+        elif run.on_limit == "cancel" and run._cancel is None:
+            run._cancel = JobLimitExceeded(kind, limit, actual)
+            task, loop = run._task, run._loop
+            if task is not None and loop is not None and not task.done():
+                message = f"chaperone-otel: {kind} limit exceeded"
+                actions.append(lambda: loop.call_soon_threadsafe(task.cancel, message))
+        snapshot = run.snapshot(now)
+        for hook in run.hooks.on_violation:
+            actions.append(_bind(hook, snapshot, violation))
+
+    def _flush(self, run: Supervision, state: _RunState, now: float,
+               actions: list[Callable[[], object]], *, final: bool = False) -> None:
+        calls = run._hb_calls - run._hb_flushed
+        first = run._hb_flushed == 0 and calls > 0
+        if final:
+            if calls == 0:
+                return
+        elif not (now >= state.next_flush or run._flush_now or first):
+            return
+        progressed = run.progress_updated_at > state.flushed_progress_at
+        kind = "heartbeat" if calls > 0 or progressed else "liveness"
+        run._hb_flushed += calls
+        run._flush_now = False
+        state.flushed_progress_at = run.progress_updated_at
+        state.next_flush = now + self.config.flush_period_for(run.heartbeat_interval)
+        extra: dict[str, AttributeValue] = {
+            sc.ATTR_HEARTBEAT_CALLS: calls, sc.ATTR_HEARTBEAT_KIND: kind,
+        }
+        run.emit(sc.EVENT_JOB_HEARTBEAT, now, extra=extra)
+        recording = run.span.is_recording()
+        if calls > 0 or progressed:
+            event: dict[str, AttributeValue] = {
+                sc.ATTR_HEARTBEAT_CALLS: calls,
+                sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
+                sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
+            }
+            if run._meta:
+                event[sc.ATTR_METADATA] = _json(run._meta)
+            if recording:
+                run.span.add_event(sc.EVENT_JOB_HEARTBEAT, event, int(now * 1e9))
+        if calls:
+            self.instruments.heartbeats.add(
+                calls, {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue})
+        decile = math.floor(run.progress_ratio * 10 + 1e-9)
+        if decile > state.decile or run.phase != state.phase:
+            state.decile, state.phase = max(decile, state.decile), run.phase
+            progress: dict[str, AttributeValue] = {sc.ATTR_PROGRESS_RATIO: run.progress_ratio}
+            if run.phase is not None:
+                progress[sc.ATTR_PROGRESS_PHASE] = run.phase
+            run.emit(sc.EVENT_JOB_PROGRESS, now)
+            if recording:
+                run.span.add_event(sc.EVENT_JOB_PROGRESS, progress, int(now * 1e9))
+
+    def _judge(self, run: Supervision, now: float, actions: list[Callable[[], object]]) -> None:
+        signals = run.signals(now)
+        health = self.rules.health(signals, now)
+        stuck = self.rules.stuck.holds(signals, now)
+        missed = max(0, math.floor((now - run.last_heartbeat) / run.heartbeat_interval))
+        old_health, old_stuck, old_missed = run.health, run.stuck, run.missed
+        run.health, run.stuck, run.missed = health, stuck, missed
+        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
+        if missed > old_missed:
+            self.instruments.heartbeats_missed.add(missed - old_missed, labels)
+            snapshot = run.snapshot(now)
+            for hook in run.hooks.on_heartbeat_missed:
+                actions.append(_bind(hook, snapshot))
+        if health != old_health or stuck != old_stuck:
+            extra: dict[str, AttributeValue] = {"chaperone.job.health.previous": old_health}
+            run.emit(sc.EVENT_JOB_HEALTH, now, severity="INFO" if health == "healthy" else "WARN",
+                     extra=extra, body=f"{run.name}: {old_health} -> {health}"
+                     + (" (stuck)" if stuck else ""))
+            if run.span.is_recording():
+                run.span.add_event(sc.EVENT_JOB_HEALTH, {
+                    sc.ATTR_JOB_HEALTH: health, sc.ATTR_JOB_STUCK: stuck,
+                    "chaperone.job.health.previous": old_health}, int(now * 1e9))
+            snapshot = run.snapshot(now)
+            if health != old_health:
+                for hook in run.hooks.on_health_change:
+                    actions.append(_bind(hook, snapshot, old_health))
+            if stuck and not old_stuck:
+                for hook in run.hooks.on_stuck:
+                    actions.append(_bind(hook, snapshot))
+
+    def judge(self, run: Supervision, now: float) -> None:
+        """Final flush and verdict for a finishing run (no hooks: finish hooks are separate).
+
+        Heartbeats not yet flushed become one last heartbeat record, so a short run that
+        beat has its heartbeats on record before its finished record.
+        """
+        state: _RunState | None = run._monitor_state
+        with run._lock:
+            if state is not None:
+                with handle_internal_errors("monitor.final_flush"):
+                    self._flush(run, state, now, [], final=True)
+            signals = run.signals(now)
+            run.health = self.rules.health(signals, now)
+            run.stuck = False
+
+
+def _bind(hook: Callable[..., object], *args: Any) -> Callable[[], object]:
+    def call() -> object:
+        with handle_internal_errors(f"hook:{getattr(hook, '__name__', 'hook')}"):
+            return hook(*args)
+        return None
+
+    return call
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """The process's runtime, created on first use from the current configuration."""
+    global _runtime
+    rt = _runtime
+    if rt is not None:
+        return rt
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(get_config())
+        return _runtime
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime if one was created, without creating it."""
+    return _runtime
+
+
+def replace_runtime(config: Config) -> Runtime:
+    """Close the current runtime and start a new one for ``config``, keeping live runs."""
+    global _runtime
+    with _runtime_lock:
+        old = _runtime
+        live: Sequence[Supervision] = ()
+        if old is not None:
+            live = old.live_runs()
+            old.close()
+        _runtime = Runtime(config)
+        for run in live:
+            with _runtime._lock:
+                _runtime._runs[id(run)] = run
+            run._wake = _runtime.wake
+        if live:
+            _runtime._ensure_thread()
+        return _runtime
+
+
+def close_runtime() -> None:
+    """Close and forget the runtime (``reset()`` / ``shutdown()``)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = None
+
+
+def _after_fork_in_child() -> None:
+    rt = _runtime
+    if rt is not None:
+        rt.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = ["JobState", "Runtime", "close_runtime", "current_runtime", "replace_runtime",
+           "runtime"]

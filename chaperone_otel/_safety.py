@@ -1,0 +1,112 @@
+"""Telemetry never breaks the job (DESIGN §8).
+
+Every code path that runs *for telemetry* — record emission, span events, heartbeat flushes,
+resource sampling, hooks, exporters, sink writes — runs under :func:`handle_internal_errors`.
+A failure there is logged once per (place, exception type), counted, and swallowed.
+
+Tests flip :func:`set_raise_internal_errors` (an explicit switch, never by sniffing
+``PYTEST_CURRENT_TEST``) so a swallowed error fails the test that caused it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
+
+logger = logging.getLogger("chaperone_otel")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_counts: Counter[str] = Counter()
+_logged: set[tuple[str, str]] = set()
+_raise = False
+_listeners: list[Callable[[str], None]] = []
+
+
+def set_raise_internal_errors(enabled: bool) -> bool:
+    """Make swallowed internal errors re-raise (for test suites). Returns the old value."""
+    global _raise
+    old, _raise = _raise, enabled
+    return old
+
+
+def internal_error_counts() -> dict[str, int]:
+    """Internal errors swallowed so far, by place. Also exported as a metric."""
+    with _lock:
+        return dict(_counts)
+
+
+def reset_internal_errors() -> None:
+    """Forget counts and the once-only log memory (for tests and ``reset()``)."""
+    with _lock:
+        _counts.clear()
+        _logged.clear()
+
+
+def add_error_listener(listener: Callable[[str], None]) -> None:
+    """Call ``listener(where)`` on every swallowed error (the metrics layer counts them)."""
+    _listeners.append(listener)
+
+
+def remove_error_listener(listener: Callable[[str], None]) -> None:
+    """Undo :func:`add_error_listener` (no error if absent)."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def record_internal_error(where: str, exc: BaseException) -> None:
+    """Log (once per place and type), count, and notify listeners of a swallowed error."""
+    key = (where, type(exc).__qualname__)
+    with _lock:
+        _counts[where] += 1
+        first = key not in _logged
+        _logged.add(key)
+    if first:
+        logger.warning(
+            "chaperone-otel internal error in %s (further %s errors here are counted, "
+            "not logged)", where, type(exc).__name__, exc_info=exc,
+        )
+    for listener in list(_listeners):
+        # A listener must not recurse into the error path it reports on.
+        with contextlib.suppress(Exception):
+            listener(where)
+
+
+@contextlib.contextmanager
+def handle_internal_errors(where: str) -> Iterator[None]:
+    """Swallow (log once, count) any ``Exception`` raised in the block.
+
+    ``BaseException`` (KeyboardInterrupt, SystemExit, CancelledError) passes through.
+    """
+    try:
+        yield
+    except Exception as exc:
+        record_internal_error(where, exc)
+        if _raise:
+            raise
+
+
+def safe(where: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """Decorator form of :func:`handle_internal_errors`; the call returns None on failure."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R | None]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                record_internal_error(where, exc)
+                if _raise:
+                    raise
+                return None
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,151 @@
+"""``configure()``, ``shutdown()`` and ``reset()``: the process-wide entry points.
+
+``configure()`` validates every option first (misuse raises before anything changes), then
+installs the configuration, restarts the runtime with it, and — only when the options ask
+for exporters (OTLP, console, Prometheus, sink) — imports the ``export`` layer to wire the
+OTel SDK. A library that only decorates jobs never needs to call it: runs then use the
+application's global OTel providers (or the API's no-ops).
+
+This module sits above the runtime and reaches the ``export`` layer only through a lazy
+import inside ``configure()``, so ``import chaperone_otel`` stays SDK-free.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._config import Config, Hooks, build_config, set_config
+from ._health import HealthPolicy
+from ._runtime import close_runtime, replace_runtime
+from ._safety import handle_internal_errors, reset_internal_errors
+
+logger = logging.getLogger("chaperone_otel")
+
+_lock = threading.Lock()
+_setup: Any = None
+_atexit_registered = False
+
+
+def _needs_export(config: Config) -> bool:
+    from os import environ  # noqa: PLC0415
+
+    return bool(
+        config.sink or config.console or config.prometheus_port is not None or config.otlp
+        or config.otlp_endpoint
+        or (config.otlp is None and any(environ.get(v) for v in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")))
+    )
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    sink: str | None = None,
+    prometheus_port: int | None = None,
+    prometheus_host: str | None = None,
+    otlp: bool | None = None,
+    otlp_endpoint: str | None = None,
+    console: bool | None = None,
+    heartbeat_interval: Any = None,
+    flush_period: Any = None,
+    sample_interval: Any = None,
+    on_limit: str | None = None,
+    long_run_threshold: Any = None,
+    health: HealthPolicy | None = None,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    logger_provider: Any = None,
+    clock: Callable[[], float] | None = None,
+    **hooks: Callable[..., object],
+) -> Any:
+    """Configure chaperone-otel for this process.
+
+    Each call starts from the defaults and the ``CHAPERONE_OTEL_*`` environment, then applies
+    its arguments; a second call replaces the first (flushing and removing what the first
+    installed). Live runs carry on under the new configuration.
+
+    Args:
+        service_name: ``service.name`` (else ``OTEL_SERVICE_NAME``).
+        sink: path of a DuckDB file to record every run in, while it runs (embedded sink).
+        prometheus_port: serve ``/metrics`` on this port (0 picks a free one).
+        prometheus_host: address for ``/metrics`` (default 127.0.0.1).
+        otlp: export traces, logs and metrics over OTLP/HTTP (default: when an endpoint is set).
+        otlp_endpoint: base URL, e.g. ``http://127.0.0.1:4318`` (else ``OTEL_EXPORTER_OTLP_*``).
+        console: print spans and lifecycle logs to stdout (debugging).
+        heartbeat_interval: default lease of runs (60 s).
+        flush_period: records per run at most this often (default min(interval/4, 15 s)).
+        sample_interval: resource sampling period (1 s).
+        on_limit: default limit policy (``record``, ``warn``, ``cancel``).
+        long_run_threshold: runs older than this get their run id as a metric label (300 s).
+        health: thresholds of the health rules.
+        tracer_provider, meter_provider, logger_provider: use these instead of the globals.
+        clock: Unix-seconds clock (tests).
+        **hooks: global ``on_stuck=`` … hooks, run before each run's own hooks.
+
+    Returns:
+        The export setup (``.prometheus_url``, ``.sink``, providers), or None when no
+        exporter was asked for.
+
+    Raises:
+        ConfigurationError: an option or environment variable is invalid.
+
+    .. versionadded:: 0.1
+    """
+    global _setup, _atexit_registered
+    options: dict[str, Any] = {
+        "service_name": service_name, "sink": sink, "prometheus_port": prometheus_port,
+        "prometheus_host": prometheus_host, "otlp": otlp, "otlp_endpoint": otlp_endpoint,
+        "console": console, "heartbeat_interval": heartbeat_interval,
+        "flush_period": flush_period, "sample_interval": sample_interval,
+        "on_limit": on_limit, "long_run_threshold": long_run_threshold, "health": health,
+        "tracer_provider": tracer_provider, "meter_provider": meter_provider,
+        "logger_provider": logger_provider, "clock": clock,
+    }
+    if hooks:
+        options["hooks"] = Hooks.from_kwargs(hooks)
+    config = build_config(options)
+    with _lock:
+        _teardown_locked()
+        set_config(config)
+        replace_runtime(config)
+        if _needs_export(config):
+            from .export import setup  # noqa: PLC0415 - the SDK loads only when asked for
+
+            _setup = setup(config)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return _setup
+
+
+def _teardown_locked() -> None:
+    global _setup
+    if _setup is not None:
+        from .export import teardown  # noqa: PLC0415
+
+        teardown(_setup)
+        _setup = None
+
+
+def shutdown() -> None:
+    """Flush everything and stop the monitor thread and exporters. Safe to call twice.
+
+    Registered with :mod:`atexit` by ``configure()``; call it yourself at the end of a
+    worker (Celery ``worker_process_shutdown``) to flush before the process exits.
+    """
+    with _lock, handle_internal_errors("shutdown"):
+        close_runtime()
+        _teardown_locked()
+
+
+def reset() -> None:
+    """Back to defaults: shut down, forget the configuration and internal-error counts."""
+    shutdown()
+    with _lock:
+        set_config(Config())
+    reset_internal_errors()

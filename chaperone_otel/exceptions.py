@@ -1,0 +1,56 @@
+"""Exceptions raised by chaperone-otel.
+
+Every exception derives from :class:`ChaperoneError`, so ``except ChaperoneError`` catches
+anything this library raises on purpose. Misuse (bad arguments) raises early, at decoration
+or ``configure()`` time, with a message that says what to do.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+
+class ChaperoneError(Exception):
+    """Base class of every chaperone-otel exception."""
+
+
+class ConfigurationError(ChaperoneError, ValueError):
+    """A decorator argument, ``configure()`` option or environment variable is invalid.
+
+    Subclasses :class:`ValueError` so generic argument-validation handlers still catch it.
+    """
+
+
+class JobLimitExceeded(ChaperoneError):
+    """Raised *inside* a run whose limit policy is ``cancel`` once a limit is crossed.
+
+    It is raised cooperatively, at the run's next ``heartbeat()`` or ``report_progress()``
+    call (an async run's task is cancelled and this exception replaces the
+    :class:`asyncio.CancelledError`). The run is recorded as ``cancelled``.
+
+    Attributes:
+        limit: which limit was crossed (``memory``, ``cpu``, ``fds``, ``timeout``).
+        value: the limit, in its unit.
+        actual: the measured value.
+    """
+
+    def __init__(self, limit: str, value: float, actual: float) -> None:
+        self.limit = limit
+        self.value = value
+        self.actual = actual
+        super().__init__(f"{limit} limit exceeded: {actual:g} > {value:g}")
+
+    def __reduce__(self) -> tuple[type[JobLimitExceeded], tuple[str, float, float]]:
+        return (type(self), (self.limit, self.value, self.actual))
+
+
+class NoActiveJobError(ChaperoneError, RuntimeError):
+    """``current_job()`` was called outside a supervised run (strict mode only)."""
+
+
+class SinkError(ChaperoneError):
+    """The job store failed (I/O, lock held by another process, bad query)."""
+
+
+class SchemaVersionError(SinkError):
+    """The store file was written by a newer chaperone-otel than this one."""

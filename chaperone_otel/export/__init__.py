@@ -1,0 +1,242 @@
+"""In-process wiring that needs the OTel SDK: OTLP, console, Prometheus ``/metrics``, sink.
+
+``chaperone_otel.configure()`` calls :func:`setup` lazily, so ``import chaperone_otel`` never
+loads the SDK. The rule for existing providers: if the application already installed an SDK
+``TracerProvider`` / ``LoggerProvider`` / ``MeterProvider``, chaperone-otel *adds* its
+processors and readers to it; only where the global is still the API's no-op proxy does it
+create a provider and install it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    ConsoleLogRecordExporter,
+    LogRecordProcessor,
+    SimpleLogRecordProcessor,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+
+from .. import semconv as sc
+from .._config import Config
+from .._safety import handle_internal_errors
+
+logger = logging.getLogger("chaperone_otel")
+
+_OTLP_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+)
+
+
+@dataclass
+class Setup:
+    """What :func:`setup` installed, so :func:`teardown` can flush and remove exactly that.
+
+    Attributes:
+        tracer_provider: the SDK tracer provider in use.
+        logger_provider: the SDK logger provider in use.
+        meter_provider: the SDK meter provider in use (None if the app's could not take
+            our readers).
+        prometheus_url: ``http://127.0.0.1:PORT/metrics`` when the endpoint is served.
+        sink: the embedded sink listener, when ``sink=`` was configured.
+    """
+
+    tracer_provider: Any = None
+    logger_provider: Any = None
+    meter_provider: Any = None
+    prometheus_url: str | None = None
+    sink: Any = None
+    span_processors: list[SpanProcessor] = field(default_factory=list)
+    log_processors: list[LogRecordProcessor] = field(default_factory=list)
+    metric_readers: list[MetricReader] = field(default_factory=list)
+    created_providers: list[Any] = field(default_factory=list)
+    prometheus_server: Any = None
+
+
+def otlp_enabled(config: Config) -> bool:
+    """OTLP export is on when asked for, or when an endpoint is configured anywhere."""
+    if config.otlp is not None:
+        return config.otlp
+    return bool(config.otlp_endpoint) or any(os.environ.get(v) for v in _OTLP_ENV)
+
+
+def _endpoint(config: Config, signal: str) -> str | None:
+    if not config.otlp_endpoint:
+        return None  # the exporter reads OTEL_EXPORTER_OTLP_* itself
+    return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
+
+
+def _resource(config: Config) -> Resource:
+    from .._supervise import _instance_id  # noqa: PLC0415
+
+    attrs: dict[str, Any] = {sc.ATTR_SERVICE_INSTANCE_ID: _instance_id}
+    if config.service_name:
+        attrs[sc.ATTR_SERVICE_NAME] = config.service_name
+    return Resource.create(attrs)  # merges OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
+
+
+def setup(config: Config) -> Setup:
+    """Install exporters for ``config``; returns handles for :func:`teardown`."""
+    out = Setup()
+    resource = _resource(config)
+    otlp = otlp_enabled(config)
+
+    # Traces.
+    tp = config.tracer_provider or trace.get_tracer_provider()
+    if not isinstance(tp, TracerProvider):
+        tp = TracerProvider(resource=resource)
+        trace.set_tracer_provider(tp)
+        out.created_providers.append(tp)
+    out.tracer_provider = tp
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        out.span_processors.append(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=_endpoint(config, "traces"))))
+    if config.console:
+        out.span_processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+    for sp in out.span_processors:
+        tp.add_span_processor(sp)
+
+    # Logs (the live lifecycle channel).
+    lp = config.logger_provider or _logs.get_logger_provider()
+    if not isinstance(lp, LoggerProvider):
+        lp = LoggerProvider(resource=resource)
+        _logs.set_logger_provider(lp)
+        out.created_providers.append(lp)
+    out.logger_provider = lp
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
+            OTLPLogExporter,
+        )
+
+        out.log_processors.append(
+            BatchLogRecordProcessor(OTLPLogExporter(endpoint=_endpoint(config, "logs"))))
+    if config.console:
+        out.log_processors.append(SimpleLogRecordProcessor(ConsoleLogRecordExporter()))
+    for lproc in out.log_processors:
+        lp.add_log_record_processor(lproc)
+
+    # Metrics.
+    readers: list[MetricReader] = []
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter,
+        )
+
+        readers.append(PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=_endpoint(config, "metrics"))))
+    if config.prometheus_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+
+        readers.append(PrometheusMetricReader())
+    mp = config.meter_provider or metrics.get_meter_provider()
+    if not isinstance(mp, MeterProvider):
+        mp = MeterProvider(resource=resource, metric_readers=readers)
+        metrics.set_meter_provider(mp)
+        out.created_providers.append(mp)
+    else:
+        add_reader = getattr(mp, "add_metric_reader", None)
+        for reader in readers:
+            if add_reader is None:
+                logger.warning("the application's MeterProvider cannot take new readers; "
+                               "add chaperone-otel's readers when you create it")
+                break
+            add_reader(reader)
+    out.meter_provider = mp
+    out.metric_readers = readers
+    if config.prometheus_port is not None:
+        out.prometheus_server, out.prometheus_url = _serve_prometheus(
+            config.prometheus_host, config.prometheus_port)
+
+    if config.sink:
+        from ._sink import install_sink  # noqa: PLC0415
+
+        out.sink = install_sink(config.sink)
+    return out
+
+
+def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    server, _thread = start_http_server(port, addr=host)
+    bound = server.server_port
+    shown = f"[{host}]" if ":" in host else host
+    return server, f"http://{shown}:{bound}/metrics"
+
+
+def teardown(state: Setup) -> None:
+    """Flush and remove what :func:`setup` installed. Never raises."""
+    with handle_internal_errors("teardown.sink"):
+        if state.sink is not None:
+            state.sink.close()
+    for sp in state.span_processors:
+        with handle_internal_errors("teardown.span"):
+            sp.force_flush()
+            sp.shutdown()
+            _remove_span_processor(state.tracer_provider, sp)
+    for lproc in state.log_processors:
+        with handle_internal_errors("teardown.log"):
+            lproc.force_flush()
+            lproc.shutdown()
+            _remove_log_processor(state.logger_provider, lproc)
+    for reader in state.metric_readers:
+        with handle_internal_errors("teardown.metrics"):
+            if state.meter_provider not in state.created_providers:
+                reader.shutdown()
+    with handle_internal_errors("teardown.providers"):
+        for provider in state.created_providers:
+            provider.shutdown()
+    if state.prometheus_server is not None:
+        with handle_internal_errors("teardown.prometheus"):
+            state.prometheus_server.shutdown()
+            state.prometheus_server.server_close()
+        with handle_internal_errors("teardown.prometheus.registry"):
+            _unregister_prometheus_collectors(state.metric_readers)
+
+
+def _remove_span_processor(provider: Any, sp: SpanProcessor) -> None:
+    # The SDK has no public removal; the multi-processor keeps a tuple we can rebuild.
+    multi = getattr(provider, "_active_span_processor", None)
+    procs = getattr(multi, "_span_processors", None)
+    if procs is not None and sp in procs:
+        multi._span_processors = tuple(p for p in procs if p is not sp)  # type: ignore[union-attr]
+
+
+def _remove_log_processor(provider: Any, lproc: LogRecordProcessor) -> None:
+    multi = getattr(provider, "_multi_log_record_processor", None)
+    procs = getattr(multi, "_log_record_processors", None)
+    if procs is not None and lproc in procs:
+        multi._log_record_processors = tuple(  # type: ignore[union-attr]
+            p for p in procs if p is not lproc)
+
+
+def _unregister_prometheus_collectors(readers: list[MetricReader]) -> None:
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    for reader in readers:
+        collector = getattr(reader, "_collector", None)
+        if collector is not None:
+            try:
+                REGISTRY.unregister(collector)
+            except KeyError:
+                pass

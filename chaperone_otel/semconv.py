@@ -1,0 +1,487 @@
+"""Every name chaperone-otel puts on the wire, in one place.
+
+Spans, span events, lifecycle log events, attributes and metric instruments are named here
+and nowhere else: the runtime, the sink's OTLP decoder, the Prometheus alert rules and the
+Grafana dashboards all derive their names from these constants, so a rename is one edit and
+a test catches any artifact that drifts (``docs/telemetry.md`` is generated from this module).
+
+Names follow OpenTelemetry conventions: lowercase, dot-namespaced under ``chaperone.``,
+UCUM units. Prometheus names are derived mechanically by :func:`prometheus_name`, exactly as
+``opentelemetry-exporter-prometheus`` does it, and are never typed by hand in PromQL.
+
+Example::
+
+    from chaperone_otel import semconv
+    semconv.prometheus_name(semconv.METRIC_JOB_LAST_HEARTBEAT)
+    # 'chaperone_job_last_heartbeat_timestamp_seconds'
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+INSTRUMENTATION_SCOPE: Final = "chaperone_otel"
+"""Instrumentation scope name for the tracer, meter and logger."""
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle events (OTel log records with an event name; the same names are span events).
+# --------------------------------------------------------------------------------------------
+
+EVENT_JOB_STARTED: Final = "chaperone.job.started"
+"""Emitted once when a run starts, while it is alive (the span is exported only at its end)."""
+
+EVENT_JOB_HEARTBEAT: Final = "chaperone.job.heartbeat"
+"""A coalesced heartbeat: at most one per run per flush period, carrying the latest metadata
+and the number of ``heartbeat()`` calls since the previous one. With zero calls it is a
+*liveness* record: the process is alive but the job said nothing (see ``ATTR_HEARTBEAT_KIND``)."""
+
+EVENT_JOB_PROGRESS: Final = "chaperone.job.progress"
+"""A progress milestone: a phase change, or each further 10 % of the run (span event only
+for milestones; every heartbeat record also carries the latest progress)."""
+
+EVENT_JOB_VIOLATION: Final = "chaperone.job.violation"
+"""A resource limit (memory, cpu, fds, timeout) was crossed."""
+
+EVENT_JOB_HEALTH: Final = "chaperone.job.health"
+"""The run's judged health changed (healthy, degraded, unhealthy; stuck)."""
+
+EVENT_JOB_FINISHED: Final = "chaperone.job.finished"
+"""Emitted once when a run ends, with its final status and totals."""
+
+LIFECYCLE_EVENTS: Final = (
+    EVENT_JOB_STARTED,
+    EVENT_JOB_HEARTBEAT,
+    EVENT_JOB_PROGRESS,
+    EVENT_JOB_VIOLATION,
+    EVENT_JOB_HEALTH,
+    EVENT_JOB_FINISHED,
+)
+"""All lifecycle event names, in the order a run emits them."""
+
+# --------------------------------------------------------------------------------------------
+# Attributes (on the run span, on lifecycle records, and as metric labels where bounded).
+# --------------------------------------------------------------------------------------------
+
+ATTR_JOB_NAME: Final = "chaperone.job.name"
+"""The job's name: the qualified function name unless given. Bounded; a metric label."""
+
+ATTR_JOB_QUEUE: Final = "chaperone.job.queue"
+"""The queue the run came from (``default`` unless given). Bounded; a metric label."""
+
+ATTR_JOB_RUN_ID: Final = "chaperone.job.run.id"
+"""The run's supervision id (uuid4 unless given, e.g. a Celery task id). Unbounded: never a
+metric label except for long runs (see ``Config.long_run_threshold``)."""
+
+ATTR_JOB_ATTEMPT: Final = "chaperone.job.attempt"
+"""The attempt number of this run, 1 for the first try."""
+
+ATTR_JOB_STATUS: Final = "chaperone.job.status"
+"""``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``. A metric label."""
+
+ATTR_JOB_HEALTH: Final = "chaperone.job.health"
+"""``healthy``, ``degraded`` or ``unhealthy`` as judged by the health rules."""
+
+ATTR_JOB_STUCK: Final = "chaperone.job.stuck"
+"""True while the run is stuck (overdue heartbeat or past its deadline, process alive)."""
+
+ATTR_JOB_SEQUENCE: Final = "chaperone.job.sequence"
+"""Per-run record sequence number; lets the sink ingest idempotently and in order."""
+
+ATTR_JOB_STARTED_AT: Final = "chaperone.job.started_at"
+"""Start time of the run, Unix seconds (float)."""
+
+ATTR_JOB_FINISHED_AT: Final = "chaperone.job.finished_at"
+"""End time of the run, Unix seconds (float)."""
+
+ATTR_JOB_DURATION: Final = "chaperone.job.duration"
+"""Run duration in seconds (float), on the finished record."""
+
+ATTR_JOB_TIMEOUT: Final = "chaperone.job.timeout"
+"""Maximum runtime budget in seconds, if any."""
+
+ATTR_JOB_TIMEOUT_AT: Final = "chaperone.job.timeout_at"
+"""``started_at + timeout`` in Unix seconds: past it, the run is overtime (and stuck)."""
+
+ATTR_JOB_STALL_TIMEOUT: Final = "chaperone.job.stall_timeout"
+"""Optional budget, seconds: progress flat this long while heartbeats arrive means stalled."""
+
+ATTR_HEARTBEAT_INTERVAL: Final = "chaperone.job.heartbeat.interval"
+"""The run's declared heartbeat interval (its lease), seconds."""
+
+ATTR_HEARTBEAT_COUNT: Final = "chaperone.job.heartbeat.count"
+"""Total ``heartbeat()`` calls of the run so far."""
+
+ATTR_HEARTBEAT_CALLS: Final = "chaperone.job.heartbeat.calls"
+"""``heartbeat()`` calls coalesced into this heartbeat record (0 for a liveness record)."""
+
+ATTR_HEARTBEAT_LAST: Final = "chaperone.job.heartbeat.last"
+"""Time of the run's latest sign of life from its code (heartbeat or progress), Unix seconds."""
+
+ATTR_HEARTBEAT_KIND: Final = "chaperone.job.heartbeat.kind"
+"""``heartbeat`` when the job's code beat since the last record, ``liveness`` when only the
+process vouches for it (the job is silent: hung, or between beats)."""
+
+ATTR_METADATA: Final = "chaperone.job.metadata"
+"""The latest user metadata, as a JSON object string (OTLP attributes cannot nest)."""
+
+ATTR_PROGRESS_CURRENT: Final = "chaperone.job.progress.current"
+"""Items done in the current phase (as reported)."""
+
+ATTR_PROGRESS_TOTAL: Final = "chaperone.job.progress.total"
+"""Items in the current phase (as reported)."""
+
+ATTR_PROGRESS_RATIO: Final = "chaperone.job.progress.ratio"
+"""Overall progress 0..1 across all phases."""
+
+ATTR_PROGRESS_PHASE: Final = "chaperone.job.progress.phase"
+"""The current phase name, if any."""
+
+ATTR_PROGRESS_UPDATED_AT: Final = "chaperone.job.progress.updated_at"
+"""When the progress ratio last moved, Unix seconds (the stall rule's clock)."""
+
+ATTR_PROGRESS_RATE: Final = "chaperone.job.progress.rate"
+"""Throughput: overall ratio per second since the first report."""
+
+ATTR_PROGRESS_ETA: Final = "chaperone.job.progress.eta"
+"""Estimated seconds to completion at the current throughput."""
+
+ATTR_MEMORY_USAGE: Final = "chaperone.job.memory.usage"
+"""Resident memory of the run's process, bytes (latest sample)."""
+
+ATTR_MEMORY_PEAK: Final = "chaperone.job.memory.peak"
+"""Highest sampled resident memory during the run, bytes."""
+
+ATTR_CPU_PERCENT: Final = "chaperone.job.cpu.percent"
+"""CPU use in percent of one core over the last sample window (thread CPU for a
+thread-bound run where the OS allows, else the process)."""
+
+ATTR_OPEN_FDS: Final = "chaperone.job.open_fds"
+"""Open file descriptors of the run's process."""
+
+ATTR_LIMIT_MEMORY: Final = "chaperone.job.limit.memory"
+"""The memory limit, bytes."""
+
+ATTR_LIMIT_CPU: Final = "chaperone.job.limit.cpu"
+"""The CPU limit, percent of one core."""
+
+ATTR_LIMIT_FDS: Final = "chaperone.job.limit.fds"
+"""The open file descriptor limit."""
+
+ATTR_LIMIT_POLICY: Final = "chaperone.job.limit.policy"
+"""What a violation does: ``record``, ``warn`` or ``cancel``."""
+
+ATTR_VIOLATION_COUNT: Final = "chaperone.job.violation.count"
+"""Violations recorded for the run so far."""
+
+ATTR_LIMIT_TYPE: Final = "chaperone.limit.type"
+"""Which limit a violation is about: ``memory``, ``cpu``, ``fds`` or ``timeout``. Bounded."""
+
+ATTR_LIMIT_VALUE: Final = "chaperone.limit.value"
+"""The limit's value in its unit (bytes, percent, count, seconds)."""
+
+ATTR_LIMIT_ACTUAL: Final = "chaperone.limit.actual"
+"""The measured value that crossed the limit, same unit (float: CPU is fractional)."""
+
+ATTR_ERROR_TYPE: Final = "error.type"
+"""The exception's qualified class name (OTel general attribute). Bounded; a metric label."""
+
+ATTR_ERROR_MESSAGE: Final = "exception.message"
+"""The exception message (OTel exception convention)."""
+
+ATTR_ERROR_STACKTRACE: Final = "exception.stacktrace"
+"""The formatted traceback (OTel exception convention)."""
+
+ATTR_HOST_NAME: Final = "host.name"
+"""Host of the run's process (OTel resource convention, repeated on records for the sink)."""
+
+ATTR_PROCESS_PID: Final = "process.pid"
+"""PID of the run's process."""
+
+ATTR_SERVICE_NAME: Final = "service.name"
+"""The service (OTel resource convention)."""
+
+ATTR_SERVICE_INSTANCE_ID: Final = "service.instance.id"
+"""A per-process id, new after ``fork`` (tells two prefork workers apart)."""
+
+ATTR_USER_PREFIX: Final = "chaperone.job.attr."
+"""Prefix of user-supplied static run attributes (``attributes=`` of ``supervised``)."""
+
+# --------------------------------------------------------------------------------------------
+# Metrics.
+# --------------------------------------------------------------------------------------------
+
+InstrumentKind = Literal["counter", "updowncounter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric instrument: its OTel name, kind, UCUM unit, description and labels."""
+
+    name: str
+    kind: InstrumentKind
+    unit: str
+    description: str
+    labels: tuple[str, ...]
+
+    @property
+    def prometheus(self) -> str:
+        """The name Prometheus sees (see :func:`prometheus_name`)."""
+        return prometheus_name(self)
+
+
+_RUN_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE)
+# Gauges of live runs carry the run id only for runs older than the long-run threshold
+# (DESIGN §7): cardinality is then bounded by the number of concurrent long runs.
+_LIVE_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE, ATTR_JOB_RUN_ID)
+
+METRIC_JOB_RUNS_ACTIVE: Final = MetricSpec(
+    "chaperone.job.runs.active", "updowncounter", "{run}",
+    "Runs in progress in this process.", _RUN_LABELS,
+)
+METRIC_JOB_RUNS_STARTED: Final = MetricSpec(
+    "chaperone.job.runs.started", "counter", "{run}", "Runs started.", _RUN_LABELS,
+)
+METRIC_JOB_RUNS_FINISHED: Final = MetricSpec(
+    "chaperone.job.runs.finished", "counter", "{run}",
+    "Runs finished, by final status and error type.",
+    (*_RUN_LABELS, ATTR_JOB_STATUS, ATTR_ERROR_TYPE),
+)
+METRIC_JOB_DURATION: Final = MetricSpec(
+    "chaperone.job.duration", "histogram", "s", "Run duration.", (*_RUN_LABELS, ATTR_JOB_STATUS),
+)
+METRIC_JOB_HEARTBEATS: Final = MetricSpec(
+    "chaperone.job.heartbeats", "counter", "{heartbeat}",
+    "heartbeat() calls (counted at each flush).", _RUN_LABELS,
+)
+METRIC_JOB_HEARTBEATS_MISSED: Final = MetricSpec(
+    "chaperone.job.heartbeats.missed", "counter", "{heartbeat}",
+    "Heartbeat intervals that passed with no sign of life from the job's code.", _RUN_LABELS,
+)
+METRIC_JOB_VIOLATIONS: Final = MetricSpec(
+    "chaperone.job.violations", "counter", "{violation}",
+    "Resource limit violations, by limit type.", (*_RUN_LABELS, ATTR_LIMIT_TYPE),
+)
+METRIC_JOB_LAST_HEARTBEAT: Final = MetricSpec(
+    "chaperone.job.last_heartbeat_timestamp", "gauge", "s",
+    "Unix time of the latest sign of life from the job's code; alert on time() - x > k * "
+    "interval. The oldest of the group's runs when the run id is not a label.", _LIVE_LABELS,
+)
+METRIC_JOB_HEARTBEAT_INTERVAL: Final = MetricSpec(
+    "chaperone.job.heartbeat_interval", "gauge", "s",
+    "Declared heartbeat interval (lease) of live runs.", _LIVE_LABELS,
+)
+METRIC_JOB_DEADLINE: Final = MetricSpec(
+    "chaperone.job.deadline_timestamp", "gauge", "s",
+    "Unix time the run's max runtime ends (timeout_at); only runs with a timeout.", _LIVE_LABELS,
+)
+METRIC_JOB_STALL_DEADLINE: Final = MetricSpec(
+    "chaperone.job.stall_deadline_timestamp", "gauge", "s",
+    "Unix time at which flat progress makes the run stalled; only runs with a stall budget.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_STARTED_TIMESTAMP: Final = MetricSpec(
+    "chaperone.job.started_timestamp", "gauge", "s", "Unix time the live run started.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_PROGRESS: Final = MetricSpec(
+    "chaperone.job.progress.ratio", "gauge", "1", "Overall progress of live runs, 0..1.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_PROGRESS_CURRENT: Final = MetricSpec(
+    "chaperone.job.progress.current", "gauge", "{item}", "Items done in the current phase.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_PROGRESS_TOTAL: Final = MetricSpec(
+    "chaperone.job.progress.total", "gauge", "{item}", "Items in the current phase.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_ETA: Final = MetricSpec(
+    "chaperone.job.eta", "gauge", "s", "Estimated seconds to completion of live runs.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_MEMORY: Final = MetricSpec(
+    "chaperone.job.memory.usage", "gauge", "By", "Resident memory of live runs' process.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_MEMORY_LIMIT: Final = MetricSpec(
+    "chaperone.job.memory.limit", "gauge", "By", "Memory limit of live runs that have one.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_CPU: Final = MetricSpec(
+    "chaperone.job.cpu.utilization", "gauge", "1",
+    "CPU use of live runs as a fraction of one core (1.0 = one full core).", _LIVE_LABELS,
+)
+METRIC_JOB_CPU_LIMIT: Final = MetricSpec(
+    "chaperone.job.cpu.limit", "gauge", "1", "CPU limit of live runs, fraction of one core.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_OPEN_FDS: Final = MetricSpec(
+    "chaperone.job.open_fds", "gauge", "{fd}", "Open file descriptors of live runs' process.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_FD_LIMIT: Final = MetricSpec(
+    "chaperone.job.open_fds.limit", "gauge", "{fd}", "File descriptor limit of live runs.",
+    _LIVE_LABELS,
+)
+METRIC_JOB_RUN_VIOLATIONS: Final = MetricSpec(
+    "chaperone.job.violation.count", "gauge", "{violation}",
+    "Violations recorded so far by each live run (the health rules' 'violated').", _LIVE_LABELS,
+)
+METRIC_INTERNAL_ERRORS: Final = MetricSpec(
+    "chaperone.internal.errors", "counter", "{error}",
+    "Failures inside chaperone-otel's own telemetry paths (swallowed, never reach the job).",
+    ("chaperone.internal.where",),
+)
+
+RUNTIME_METRICS: Final = (
+    METRIC_JOB_RUNS_ACTIVE,
+    METRIC_JOB_RUNS_STARTED,
+    METRIC_JOB_RUNS_FINISHED,
+    METRIC_JOB_DURATION,
+    METRIC_JOB_HEARTBEATS,
+    METRIC_JOB_HEARTBEATS_MISSED,
+    METRIC_JOB_VIOLATIONS,
+    METRIC_JOB_LAST_HEARTBEAT,
+    METRIC_JOB_HEARTBEAT_INTERVAL,
+    METRIC_JOB_DEADLINE,
+    METRIC_JOB_STALL_DEADLINE,
+    METRIC_JOB_STARTED_TIMESTAMP,
+    METRIC_JOB_PROGRESS,
+    METRIC_JOB_PROGRESS_CURRENT,
+    METRIC_JOB_PROGRESS_TOTAL,
+    METRIC_JOB_ETA,
+    METRIC_JOB_MEMORY,
+    METRIC_JOB_MEMORY_LIMIT,
+    METRIC_JOB_CPU,
+    METRIC_JOB_CPU_LIMIT,
+    METRIC_JOB_OPEN_FDS,
+    METRIC_JOB_FD_LIMIT,
+    METRIC_JOB_RUN_VIOLATIONS,
+    METRIC_INTERNAL_ERRORS,
+)
+"""Instruments the supervision runtime creates (worker side)."""
+
+# --------------------------------------------------------------------------------------------
+# Sink (fleet) metrics: computed from the job store by the sink server's /metrics.
+# --------------------------------------------------------------------------------------------
+
+_SINK_GROUP: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE)
+
+METRIC_SINK_RUNS: Final = MetricSpec(
+    "chaperone.sink.runs", "gauge", "{run}",
+    "Stored runs by name, queue, status and (for running runs) health.",
+    (*_SINK_GROUP, ATTR_JOB_STATUS, ATTR_JOB_HEALTH),
+)
+METRIC_SINK_RUNS_STUCK: Final = MetricSpec(
+    "chaperone.sink.runs.stuck", "gauge", "{run}",
+    "Running runs that are stuck (health rules), by name and queue.", _SINK_GROUP,
+)
+METRIC_SINK_RUNS_LOST: Final = MetricSpec(
+    "chaperone.sink.runs.lost", "gauge", "{run}",
+    "Running runs whose process went silent (health rules), by name and queue.", _SINK_GROUP,
+)
+METRIC_SINK_HEARTBEAT_AGE_RATIO: Final = MetricSpec(
+    "chaperone.sink.heartbeat_age_ratio", "gauge", "1",
+    "Largest heartbeat age of running runs in units of their interval.", _SINK_GROUP,
+)
+METRIC_SINK_SILENCE_RATIO: Final = MetricSpec(
+    "chaperone.sink.silence_ratio", "gauge", "1",
+    "Largest age of the last record of any kind of running runs, in units of their interval.",
+    _SINK_GROUP,
+)
+METRIC_SINK_RECORDS_INGESTED: Final = MetricSpec(
+    "chaperone.sink.records.ingested", "counter", "{record}",
+    "Lifecycle records and spans written to the store.", ("chaperone.sink.source",),
+)
+METRIC_SINK_REQUESTS_REJECTED: Final = MetricSpec(
+    "chaperone.sink.requests.rejected", "counter", "{request}",
+    "OTLP requests refused, by HTTP status code.", ("http.response.status_code",),
+)
+METRIC_SINK_RECORDS_DROPPED: Final = MetricSpec(
+    "chaperone.sink.records.dropped", "counter", "{record}",
+    "Records lost inside the sink (should stay 0; a 2xx is never dropped).", (),
+)
+METRIC_SINK_QUEUE_DEPTH: Final = MetricSpec(
+    "chaperone.sink.queue.depth", "gauge", "{record}", "Records waiting for the writer.", (),
+)
+METRIC_SINK_QUEUE_CAPACITY: Final = MetricSpec(
+    "chaperone.sink.queue.capacity", "gauge", "{record}", "Writer queue capacity.", (),
+)
+METRIC_SINK_STORE_SIZE: Final = MetricSpec(
+    "chaperone.sink.store.size", "gauge", "By", "Size of the DuckDB file.", (),
+)
+METRIC_SINK_LAST_INGEST: Final = MetricSpec(
+    "chaperone.sink.last_ingest_timestamp", "gauge", "s",
+    "Unix time of the latest successful write.", (),
+)
+
+SINK_METRICS: Final = (
+    METRIC_SINK_RUNS,
+    METRIC_SINK_RUNS_STUCK,
+    METRIC_SINK_RUNS_LOST,
+    METRIC_SINK_HEARTBEAT_AGE_RATIO,
+    METRIC_SINK_SILENCE_RATIO,
+    METRIC_SINK_RECORDS_INGESTED,
+    METRIC_SINK_REQUESTS_REJECTED,
+    METRIC_SINK_RECORDS_DROPPED,
+    METRIC_SINK_QUEUE_DEPTH,
+    METRIC_SINK_QUEUE_CAPACITY,
+    METRIC_SINK_STORE_SIZE,
+    METRIC_SINK_LAST_INGEST,
+)
+"""Fleet metrics served by ``chaperone-otel sink serve`` (names only; values come from SQL)."""
+
+# --------------------------------------------------------------------------------------------
+# Prometheus name derivation (mirrors opentelemetry-exporter-prometheus/_mapping.py).
+# --------------------------------------------------------------------------------------------
+
+_SANITIZE_NAME = re.compile(r"[^a-zA-Z0-9:]+")
+_SANITIZE_LABEL = re.compile(r"[^a-zA-Z0-9]+")
+_UNIT_ANNOTATION = re.compile(r"{.*}")
+_UNIT_MAP: Final = {
+    "d": "days", "h": "hours", "min": "minutes", "s": "seconds", "ms": "milliseconds",
+    "us": "microseconds", "ns": "nanoseconds", "By": "bytes", "KiBy": "kibibytes",
+    "MiBy": "mebibytes", "GiBy": "gibibytes", "1": "", "%": "percent",
+}
+
+
+def prometheus_unit(unit: str) -> str:
+    """The Prometheus suffix for a UCUM unit (``s`` → ``seconds``, ``{run}`` → nothing)."""
+    unit = _UNIT_ANNOTATION.sub("", unit)
+    if unit in _UNIT_MAP:
+        return _UNIT_MAP[unit]
+    return _SANITIZE_NAME.sub("_", unit).strip("_")
+
+
+def prometheus_label(attribute: str) -> str:
+    """The Prometheus label name of an attribute key (``chaperone.job.name`` →
+    ``chaperone_job_name``)."""
+    if attribute and attribute[0].isdigit():
+        attribute = "_" + attribute[1:]
+    return _SANITIZE_LABEL.sub("_", attribute)
+
+
+def prometheus_name(metric: MetricSpec) -> str:
+    """The series name Prometheus stores for ``metric``.
+
+    Dots become underscores, the unit suffix is appended unless present, and counters get
+    ``_total``, as the OTel Prometheus exporter and prometheus_client do. Histograms are the
+    base name (``_bucket``, ``_sum`` and ``_count`` follow).
+    """
+    name = _SANITIZE_NAME.sub("_", metric.name)
+    suffix = prometheus_unit(metric.unit)
+    if suffix and not name.endswith("_" + suffix):
+        name = f"{name}_{suffix}"
+    if metric.kind == "counter" and not name.endswith("_total"):
+        name += "_total"
+    return name
+
+
+def all_metric_specs() -> tuple[MetricSpec, ...]:
+    """Every metric this module declares (runtime and sink), for docs and artifact tests."""
+    return tuple(v for v in globals().values() if isinstance(v, MetricSpec))
+

@@ -1,0 +1,317 @@
+"""Test helpers and a pytest plugin for supervised jobs: no collector, no network.
+
+The ``chaperone`` fixture (registered through the ``pytest11`` entry point) wires in-memory
+OTel exporters, captures every lifecycle record, and hands you a :class:`Capture`. With
+``chaperone_clock`` (a :class:`FakeClock`) the monitor thread stays off and you drive it
+with ``capture.tick()``, so heartbeat ages and health transitions are deterministic.
+
+The seed's three tests of a job, in Python::
+
+    def test_job_sends_heartbeats(chaperone):
+        job = ProcessDataset()
+        job.run()
+        run = chaperone.run(job.supervision_id)
+        assert run.heartbeats            # heartbeats were sent
+        assert run.progress == 100       # progress reached 100 %
+        assert run.completed             # the run completed
+
+Inside the fixture, errors that chaperone-otel would swallow in production (a failing
+exporter, hook or listener) are re-raised, so a broken telemetry path fails your test.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import semconv as sc
+from ._events import LifecycleRecord, add_listener, remove_listener
+from ._safety import internal_error_counts, set_raise_internal_errors
+
+
+class FakeClock:
+    """A settable Unix-seconds clock: ``configure(clock=FakeClock())``."""
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self._now = float(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move time forward by ``seconds``; returns the new time."""
+        if seconds < 0:
+            raise ValueError("a clock does not go backwards")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+    def set(self, now: float) -> None:
+        """Jump to ``now`` (Unix seconds)."""
+        with self._lock:
+            self._now = float(now)
+
+
+@dataclass
+class CapturedRun:
+    """Everything captured about one run, from its lifecycle records and its span."""
+
+    id: str
+    records: list[LifecycleRecord] = field(default_factory=list)
+    span: Any = None
+
+    @property
+    def latest(self) -> Mapping[str, Any]:
+        """Attributes of the latest record (the run's latest full state)."""
+        return self.records[-1].attributes if self.records else {}
+
+    def events(self, name: str) -> list[LifecycleRecord]:
+        """Records with this event name (e.g. ``semconv.EVENT_JOB_VIOLATION``)."""
+        return [r for r in self.records if r.event_name == name]
+
+    @property
+    def name(self) -> str:
+        return str(self.latest.get(sc.ATTR_JOB_NAME, ""))
+
+    @property
+    def status(self) -> str:
+        return str(self.latest.get(sc.ATTR_JOB_STATUS, ""))
+
+    @property
+    def health(self) -> str:
+        return str(self.latest.get(sc.ATTR_JOB_HEALTH, ""))
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def heartbeats(self) -> list[LifecycleRecord]:
+        """Flushed heartbeat records in which the job's code beat (liveness excluded)."""
+        return [r for r in self.events(sc.EVENT_JOB_HEARTBEAT)
+                if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "heartbeat"]
+
+    @property
+    def liveness(self) -> list[LifecycleRecord]:
+        """Records in which only the process vouched for the run (the job was silent)."""
+        return [r for r in self.events(sc.EVENT_JOB_HEARTBEAT)
+                if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "liveness"]
+
+    @property
+    def heartbeat_count(self) -> int:
+        """Total ``heartbeat()`` calls, as the latest record says."""
+        return int(self.latest.get(sc.ATTR_HEARTBEAT_COUNT, 0))
+
+    @property
+    def progress(self) -> float:
+        """Progress 0..100, as the latest record says."""
+        return 100.0 * float(self.latest.get(sc.ATTR_PROGRESS_RATIO, 0.0))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        raw = self.latest.get(sc.ATTR_METADATA)
+        return json.loads(raw) if isinstance(raw, str) else {}
+
+    @property
+    def violations(self) -> list[Mapping[str, Any]]:
+        return [r.attributes for r in self.events(sc.EVENT_JOB_VIOLATION)]
+
+    @property
+    def error_type(self) -> str | None:
+        value = self.latest.get(sc.ATTR_ERROR_TYPE)
+        return None if value is None else str(value)
+
+
+class Capture:
+    """In-memory OTel pipelines plus every lifecycle record, for assertions."""
+
+    def __init__(self, *, clock: FakeClock | None = None, background: bool | None = None,
+                 **configure_options: Any) -> None:
+        from opentelemetry.sdk._logs import LoggerProvider  # noqa: PLC0415
+        from opentelemetry.sdk._logs.export import (  # noqa: PLC0415
+            InMemoryLogRecordExporter,
+            SimpleLogRecordProcessor,
+        )
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+            InMemorySpanExporter,
+        )
+
+        self.clock = clock
+        self.span_exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        self.log_exporter = InMemoryLogRecordExporter()
+        self.logger_provider = LoggerProvider()
+        self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_exporter))
+        self.metric_reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader])
+        self.records: list[LifecycleRecord] = []
+        self._records_lock = threading.Lock()
+        self._background = (clock is None) if background is None else background
+        self._options = configure_options
+
+    # listener protocol
+    def on_record(self, record: LifecycleRecord) -> None:
+        with self._records_lock:
+            self.records.append(record)
+
+    def start(self) -> Capture:
+        from ._runtime import runtime  # noqa: PLC0415
+        from ._setup import configure  # noqa: PLC0415
+
+        options = dict(self._options)
+        if self.clock is not None:
+            options["clock"] = self.clock
+        configure(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider,
+                  logger_provider=self.logger_provider, **options)
+        runtime().background = self._background
+        add_listener(self)
+        return self
+
+    def stop(self) -> None:
+        from ._setup import reset  # noqa: PLC0415
+
+        remove_listener(self)
+        reset()
+        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
+            with contextlib.suppress(Exception):
+                provider.shutdown()
+
+    def tick(self, times: int = 1) -> None:
+        """Run the monitor ``times`` times in this thread (flush, sample, judge, hooks)."""
+        from ._runtime import runtime  # noqa: PLC0415
+
+        for _ in range(times):
+            runtime().tick()
+
+    def advance(self, seconds: float) -> None:
+        """Advance the fake clock, then tick once."""
+        if self.clock is None:
+            raise RuntimeError("advance() needs Capture(clock=FakeClock())")
+        self.clock.advance(seconds)
+        self.tick()
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def runs(self) -> list[CapturedRun]:
+        """Captured runs in start order."""
+        by_id: dict[tuple[str, int], CapturedRun] = {}
+        with self._records_lock:
+            records = list(self.records)
+        for record in records:
+            key = (str(record.attributes.get(sc.ATTR_JOB_RUN_ID)),
+                   int(record.attributes.get(sc.ATTR_JOB_ATTEMPT, 1)))  # type: ignore[arg-type]
+            by_id.setdefault(key, CapturedRun(key[0])).records.append(record)
+        spans = {
+            (str(s.attributes.get(sc.ATTR_JOB_RUN_ID)), int(s.attributes.get(sc.ATTR_JOB_ATTEMPT, 1))): s
+            for s in self.span_exporter.get_finished_spans()
+            if s.attributes and sc.ATTR_JOB_RUN_ID in s.attributes
+        }
+        for key, run in by_id.items():
+            run.span = spans.get(key)
+        return list(by_id.values())
+
+    def run(self, run_id: str) -> CapturedRun:
+        """The latest attempt of run ``run_id``. Raises KeyError if none was captured."""
+        matches = [r for r in self.runs() if r.id == run_id]
+        if not matches:
+            raise KeyError(f"no captured run {run_id!r}; captured: {[r.id for r in self.runs()]}")
+        return matches[-1]
+
+    def last_run(self, name: str | None = None) -> CapturedRun:
+        """The most recently started run (of job ``name`` if given)."""
+        runs = [r for r in self.runs() if name is None or r.name == name]
+        if not runs:
+            raise LookupError(f"no captured run{' named ' + repr(name) if name else ''}")
+        return runs[-1]
+
+    def spans(self) -> list[Any]:
+        """Finished spans (``ReadableSpan``)."""
+        return list(self.span_exporter.get_finished_spans())
+
+    def log_records(self) -> list[Any]:
+        """Exported OTel log records (``ReadableLogRecord``)."""
+        return list(self.log_exporter.get_finished_logs())
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+        """Collected metric points: ``{name: [(attributes, value), ...]}``."""
+        out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        data = self.metric_reader.get_metrics_data()
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    points = out.setdefault(metric.name, [])
+                    for point in metric.data.data_points:
+                        value = getattr(point, "value", None)
+                        if value is None:
+                            value = getattr(point, "sum", None), getattr(point, "count", None)
+                        points.append((dict(point.attributes or {}), value))
+        return out
+
+    @staticmethod
+    def internal_errors() -> dict[str, int]:
+        """Internal errors swallowed so far, by place."""
+        return internal_error_counts()
+
+    def __enter__(self) -> Capture:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def capture(*, clock: FakeClock | None = None, background: bool | None = None,
+            raise_internal_errors: bool = True, **configure_options: Any) -> Iterator[Capture]:
+    """Context manager form of the ``chaperone`` fixture."""
+    old = set_raise_internal_errors(raise_internal_errors)
+    try:
+        with Capture(clock=clock, background=background, **configure_options) as cap:
+            yield cap
+    finally:
+        set_raise_internal_errors(old)
+
+
+# --------------------------------------------------------------------------------------------
+# pytest plugin (pytest11 entry point "chaperone_otel").
+# --------------------------------------------------------------------------------------------
+
+try:  # the plugin part only when pytest is importable; the helpers work without it
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def chaperone_clock() -> FakeClock:
+        """A fake clock; with it, the ``chaperone`` fixture turns the monitor thread off."""
+        return FakeClock()
+
+    @pytest.fixture
+    def chaperone(request: pytest.FixtureRequest) -> Iterator[Capture]:
+        """A :class:`Capture` active for the test (uses ``chaperone_clock`` if requested)."""
+        clock = (request.getfixturevalue("chaperone_clock")
+                 if "chaperone_clock" in request.fixturenames else None)
+        with capture(clock=clock) as cap:
+            yield cap
+
+
+__all__ = ["Capture", "CapturedRun", "FakeClock", "capture"]

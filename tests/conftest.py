@@ -1,0 +1,34 @@
+"""Shared fixtures: swallowed internal errors fail tests; every test starts unconfigured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+import chaperone_otel
+from chaperone_otel._safety import reset_internal_errors, set_raise_internal_errors
+
+
+@pytest.fixture(autouse=True)
+def _raise_internal_errors() -> Iterator[None]:
+    """Errors chaperone-otel would swallow in production fail the test (STYLE §4.2)."""
+    old = set_raise_internal_errors(True)
+    try:
+        yield
+    finally:
+        set_raise_internal_errors(old)
+        chaperone_otel.reset()
+        reset_internal_errors()
+
+
+def require_binary(name: str) -> str:
+    """Path of a binary; skip without it locally, fail under CI=true (STYLE amendment)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true (Debian package 'prometheus')")
+        pytest.skip(f"{name} not installed (apt-get install --no-install-recommends prometheus)")
+    return path
