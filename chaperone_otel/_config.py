@@ -36,8 +36,13 @@ from .exceptions import ConfigurationError
 LimitPolicy = Literal["record", "warn", "cancel"]
 LIMIT_POLICIES: Final = ("record", "warn", "cancel")
 HOOK_NAMES: Final = (
-    "on_heartbeat_missed", "on_stuck", "on_timeout", "on_violation", "on_failure",
-    "on_complete", "on_health_change",
+    "on_heartbeat_missed",
+    "on_stuck",
+    "on_timeout",
+    "on_violation",
+    "on_failure",
+    "on_complete",
+    "on_health_change",
 )
 """Local hooks, the Python form of Chaperone's events. Each takes one ``JobState``
 (``on_violation`` also gets the violation, ``on_health_change`` the old health)."""
@@ -65,7 +70,9 @@ class Hooks:
             if hook is None:
                 continue
             if name not in HOOK_NAMES:
-                raise ConfigurationError(f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}")
+                raise ConfigurationError(
+                    f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}"
+                )
             if not callable(hook):
                 raise ConfigurationError(f"{name} must be callable, got {type(hook).__name__}")
             built[name] = (hook,)
@@ -163,11 +170,17 @@ ENV_VARS: Final[Mapping[str, tuple[str, Callable[[str, str], Any]]]] = {
     "sink": ("CHAPERONE_OTEL_SINK", lambda _n, v: v),
     "prometheus_port": ("CHAPERONE_OTEL_PROMETHEUS_PORT", _env_int),
     "prometheus_host": ("CHAPERONE_OTEL_PROMETHEUS_HOST", lambda _n, v: v),
-    "heartbeat_interval": ("CHAPERONE_OTEL_HEARTBEAT_INTERVAL", lambda n, v: parse_duration(v, what=n)),
+    "heartbeat_interval": (
+        "CHAPERONE_OTEL_HEARTBEAT_INTERVAL",
+        lambda n, v: parse_duration(v, what=n),
+    ),
     "flush_period": ("CHAPERONE_OTEL_FLUSH_PERIOD", lambda n, v: parse_duration(v, what=n)),
     "sample_interval": ("CHAPERONE_OTEL_SAMPLE_INTERVAL", lambda n, v: parse_duration(v, what=n)),
     "on_limit": ("CHAPERONE_OTEL_ON_LIMIT", lambda _n, v: v.strip().lower()),
-    "long_run_threshold": ("CHAPERONE_OTEL_LONG_RUN_THRESHOLD", lambda n, v: parse_duration(v, what=n)),
+    "long_run_threshold": (
+        "CHAPERONE_OTEL_LONG_RUN_THRESHOLD",
+        lambda n, v: parse_duration(v, what=n),
+    ),
     "console": ("CHAPERONE_OTEL_CONSOLE", _env_bool),
     "otlp": ("CHAPERONE_OTEL_OTLP", _env_bool),
 }

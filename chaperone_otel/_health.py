@@ -124,7 +124,15 @@ class Const(Expr):
         return repr(float(self.value))
 
 
-_ARITH = {"-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b if b else None}
+def _arith(op: str, a: float, b: float) -> float | None:
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b if b else None  # a zero limit means "no limit", as NULLIF in SQL
+
+
+
 _CMP = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
 
 
@@ -138,8 +146,7 @@ class Arith(Expr):
         a, b = self.left.evaluate(signals, now), self.right.evaluate(signals, now)
         if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             return None
-        result: float | None = _ARITH[self.op](a, b)
-        return result
+        return _arith(self.op, a, b)
 
     def sql(self, columns: Mapping[str, str]) -> str:
         right = self.right.sql(columns)
@@ -338,8 +345,17 @@ class Rules:
 
 
 PREDICATES: Final = (
-    "running", "overtime", "lost", "stuck", "stalled", "near_limit", "violated",
-    "unhealthy", "degraded", "healthy", "heartbeat_missed",
+    "running",
+    "overtime",
+    "lost",
+    "stuck",
+    "stalled",
+    "near_limit",
+    "violated",
+    "unhealthy",
+    "degraded",
+    "healthy",
+    "heartbeat_missed",
 )
 
 
@@ -356,40 +372,76 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
     overtime = All((running, Compare(">", Now(), _sig("timeout_at"))))
     lost = All((running, older_than(seen_age, policy.lost_after)))
     process_alive = Compare("<=", seen_age, Arith("*", Const(policy.lost_after), interval))
-    stuck = All((
-        running,
-        process_alive,
-        AnyOf((Compare(">", Now(), _sig("timeout_at")),
-               older_than(heartbeat_age, policy.stuck_after))),
-    ))
+    stuck = All(
+        (
+            running,
+            process_alive,
+            AnyOf(
+                (
+                    Compare(">", Now(), _sig("timeout_at")),
+                    older_than(heartbeat_age, policy.stuck_after),
+                )
+            ),
+        )
+    )
     stalled = All((running, Compare(">", Now(), _sig("stall_deadline"))))
     warn = Const(policy.warn_ratio)
-    near_limit = AnyOf(tuple(
-        Compare(">=", Arith("/", _sig(used), _sig(limit)), warn)
-        for used, limit in (("memory", "memory_limit"), ("cpu", "cpu_limit"), ("fds", "fd_limit"))
-    ))
+    near_limit = AnyOf(
+        tuple(
+            Compare(">=", Arith("/", _sig(used), _sig(limit)), warn)
+            for used, limit in (
+                ("memory", "memory_limit"),
+                ("cpu", "cpu_limit"),
+                ("fds", "fd_limit"),
+            )
+        )
+    )
     violated = Compare(">", _sig("violation_count"), Const(0))
-    unhealthy = AnyOf((
-        StatusIs(("failed",)),
-        violated,
-        All((running, AnyOf((older_than(heartbeat_age, policy.unhealthy_after),
-                             Compare(">", Now(), _sig("timeout_at")))))),
-    ))
-    degraded = All((
-        running,
-        Not(unhealthy),
-        AnyOf((older_than(heartbeat_age, policy.degraded_after), near_limit, stalled)),
-    ))
-    healthy = All((
-        StatusIs(("running", "completed", "cancelled")),
-        Not(unhealthy),
-        Not(degraded),
-    ))
+    unhealthy = AnyOf(
+        (
+            StatusIs(("failed",)),
+            violated,
+            All(
+                (
+                    running,
+                    AnyOf(
+                        (
+                            older_than(heartbeat_age, policy.unhealthy_after),
+                            Compare(">", Now(), _sig("timeout_at")),
+                        )
+                    ),
+                )
+            ),
+        )
+    )
+    degraded = All(
+        (
+            running,
+            Not(unhealthy),
+            AnyOf((older_than(heartbeat_age, policy.degraded_after), near_limit, stalled)),
+        )
+    )
+    healthy = All(
+        (
+            StatusIs(("running", "completed", "cancelled")),
+            Not(unhealthy),
+            Not(degraded),
+        )
+    )
     heartbeat_missed = All((running, older_than(heartbeat_age, 1.0)))
     return Rules(
-        policy=policy, running=running, overtime=overtime, lost=lost, stuck=stuck,
-        stalled=stalled, near_limit=near_limit, violated=violated, unhealthy=unhealthy,
-        degraded=degraded, healthy=healthy, heartbeat_missed=heartbeat_missed,
+        policy=policy,
+        running=running,
+        overtime=overtime,
+        lost=lost,
+        stuck=stuck,
+        stalled=stalled,
+        near_limit=near_limit,
+        violated=violated,
+        unhealthy=unhealthy,
+        degraded=degraded,
+        healthy=healthy,
+        heartbeat_missed=heartbeat_missed,
     )
 
 

@@ -35,8 +35,13 @@ LiveRuns = Callable[[], Sequence["Supervision"]]
 class Instruments:
     """The runtime's instruments on one meter provider."""
 
-    def __init__(self, meter_provider: Any, live_runs: LiveRuns, long_run_threshold: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        meter_provider: Any,
+        live_runs: LiveRuns,
+        long_run_threshold: float,
+        clock: Callable[[], float],
+    ) -> None:
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         meter = provider.get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
         self._live_runs = live_runs
@@ -56,12 +61,29 @@ class Instruments:
         self.internal_errors = counter(sc.METRIC_INTERNAL_ERRORS)
         spec = sc.METRIC_JOB_RUNS_ACTIVE
         self.runs_active = meter.create_up_down_counter(
-            spec.name, unit=spec.unit, description=spec.description)
+            spec.name, unit=spec.unit, description=spec.description
+        )
         spec = sc.METRIC_JOB_DURATION
         self.duration = meter.create_histogram(
-            spec.name, unit=spec.unit, description=spec.description,
+            spec.name,
+            unit=spec.unit,
+            description=spec.description,
             explicit_bucket_boundaries_advisory=[
-                0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400,
+                0.1,
+                0.5,
+                1,
+                5,
+                15,
+                30,
+                60,
+                120,
+                300,
+                600,
+                1800,
+                3600,
+                7200,
+                21600,
+                86400,
             ],
         )
         gauges: list[tuple[sc.MetricSpec, Callable[[Supervision, float], float | None]]] = [
@@ -76,15 +98,23 @@ class Instruments:
             (sc.METRIC_JOB_ETA, lambda r, now: r.eta(now)),
             (sc.METRIC_JOB_MEMORY, lambda r, now: r.memory),
             (sc.METRIC_JOB_MEMORY_LIMIT, lambda r, now: r.memory_limit),
-            (sc.METRIC_JOB_CPU, lambda r, now: None if r.cpu_percent is None else r.cpu_percent / 100),
-            (sc.METRIC_JOB_CPU_LIMIT, lambda r, now: None if r.cpu_limit is None else r.cpu_limit / 100),
+            (
+                sc.METRIC_JOB_CPU,
+                lambda r, now: None if r.cpu_percent is None else r.cpu_percent / 100,
+            ),
+            (
+                sc.METRIC_JOB_CPU_LIMIT,
+                lambda r, now: None if r.cpu_limit is None else r.cpu_limit / 100,
+            ),
             (sc.METRIC_JOB_OPEN_FDS, lambda r, now: r.fds),
             (sc.METRIC_JOB_FD_LIMIT, lambda r, now: r.fd_limit),
             (sc.METRIC_JOB_RUN_VIOLATIONS, lambda r, now: float(len(r.violations))),
         ]
         for gspec, read in gauges:
             meter.create_observable_gauge(
-                gspec.name, callbacks=[self._callback(read, gspec.name)], unit=gspec.unit,
+                gspec.name,
+                callbacks=[self._callback(read, gspec.name)],
+                unit=gspec.unit,
                 description=gspec.description,
             )
         add_error_listener(self.count_internal_error)

@@ -93,8 +93,9 @@ class Runtime:
     def started(self, run: Supervision) -> None:
         """Register a run that just started (job thread)."""
         period = self.config.flush_period_for(run.heartbeat_interval)
-        run._monitor_state = _RunState(next_flush=run.started_at + period,
-                                       flushed_progress_at=run.progress_updated_at)
+        run._monitor_state = _RunState(
+            next_flush=run.started_at + period, flushed_progress_at=run.progress_updated_at
+        )
         run._wake = self.wake
         with self._lock:
             self._runs[id(run)] = run
@@ -118,15 +119,19 @@ class Runtime:
             self.instruments.runs_active.add(-1, labels)
             status_labels = {**labels, sc.ATTR_JOB_STATUS: run.status}
             self.instruments.runs_finished.add(
-                1, {**status_labels, sc.ATTR_ERROR_TYPE: run.error_type or ""})
+                1, {**status_labels, sc.ATTR_ERROR_TYPE: run.error_type or ""}
+            )
             duration = max(0.0, (run.finished_at or run.started_at) - run.started_at)
             self.instruments.duration.record(duration, status_labels)
         hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
         if hooks:
             state = run.snapshot()
             for hook in hooks:
-                self.call_soon(hook, (state,), "hook:on_complete"
-                               if run.status == "completed" else "hook:on_failure")
+                self.call_soon(
+                    hook,
+                    (state,),
+                    "hook:on_complete" if run.status == "completed" else "hook:on_failure",
+                )
 
     def call_soon(self, fn: Callable[..., object], args: tuple[Any, ...], where: str) -> None:
         """Run ``fn(*args)`` on the monitor thread (or the next ``tick()``)."""
@@ -150,7 +155,8 @@ class Runtime:
                 return
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._loop, name="chaperone-monitor", daemon=True)
+                target=self._loop, name="chaperone-monitor", daemon=True
+            )
             self._thread.start()
 
     def _loop(self) -> None:
@@ -226,8 +232,9 @@ class Runtime:
             sample = self._sampler.sample(mono)
             prev = self._prev_sample
             if prev is not None and mono > prev[0]:
-                self._proc_cpu = max(0.0, 100.0 * (sample.cpu_time - prev[1].cpu_time)
-                                     / (mono - prev[0]))
+                self._proc_cpu = max(
+                    0.0, 100.0 * (sample.cpu_time - prev[1].cpu_time) / (mono - prev[0])
+                )
             self._prev_sample = (mono, sample)
             self._sample = sample
 
@@ -273,43 +280,68 @@ class Runtime:
         if cpu is not None:
             run.cpu_percent = cpu
 
-    def _check_limits(self, run: Supervision, state: _RunState, now: float,
-                      actions: list[Callable[[], object]]) -> None:
+    def _check_limits(
+        self, run: Supervision, state: _RunState, now: float, actions: list[Callable[[], object]]
+    ) -> None:
         checks: tuple[tuple[str, float | None, float | None], ...] = (
             ("memory", run.memory_limit, run.memory),
             ("cpu", run.cpu_limit, run.cpu_percent),
             ("fds", run.fd_limit, run.fds),
         )
         for kind, limit, actual in checks:
-            if limit is not None and actual is not None and actual > limit \
-                    and kind not in state.violated:
+            if (
+                limit is not None
+                and actual is not None
+                and actual > limit
+                and kind not in state.violated
+            ):
                 self._violation(run, state, kind, float(limit), float(actual), now, actions)
         if run.timeout_at is not None and now > run.timeout_at and not state.timed_out:
             state.timed_out = True
-            self._violation(run, state, "timeout", float(run.timeout or 0.0),
-                            now - run.started_at, now, actions)
+            self._violation(
+                run, state, "timeout", float(run.timeout or 0.0), now - run.started_at, now, actions
+            )
             snapshot = run.snapshot(now)
             for hook in run.hooks.on_timeout:
                 actions.append(_bind(hook, snapshot))
 
-    def _violation(self, run: Supervision, state: _RunState, kind: str, limit: float,
-                   actual: float, now: float, actions: list[Callable[[], object]]) -> None:
+    def _violation(
+        self,
+        run: Supervision,
+        state: _RunState,
+        kind: str,
+        limit: float,
+        actual: float,
+        now: float,
+        actions: list[Callable[[], object]],
+    ) -> None:
         state.violated.add(kind)
         violation = Violation(kind, limit, actual, now, run.on_limit)
         run.violations.append(violation)
         extra: dict[str, AttributeValue] = {
-            sc.ATTR_LIMIT_TYPE: kind, sc.ATTR_LIMIT_VALUE: limit, sc.ATTR_LIMIT_ACTUAL: actual,
+            sc.ATTR_LIMIT_TYPE: kind,
+            sc.ATTR_LIMIT_VALUE: limit,
+            sc.ATTR_LIMIT_ACTUAL: actual,
         }
-        run.emit(sc.EVENT_JOB_VIOLATION, now, severity="WARN", extra=extra,
-                 body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})")
+        run.emit(
+            sc.EVENT_JOB_VIOLATION,
+            now,
+            severity="WARN",
+            extra=extra,
+            body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})",
+        )
         if run.span.is_recording():
             run.span.add_event(sc.EVENT_JOB_VIOLATION, extra, int(now * 1e9))
-        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue,
-                  sc.ATTR_LIMIT_TYPE: kind}
+        labels = {
+            sc.ATTR_JOB_NAME: run.name,
+            sc.ATTR_JOB_QUEUE: run.queue,
+            sc.ATTR_LIMIT_TYPE: kind,
+        }
         self.instruments.violations.add(1, labels)
         if run.on_limit == "warn":
-            logger.warning("job %s (run %s): %s limit exceeded: %g > %g",
-                           run.name, run.id, kind, actual, limit)
+            logger.warning(
+                "job %s (run %s): %s limit exceeded: %g > %g", run.name, run.id, kind, actual, limit
+            )
         elif run.on_limit == "cancel" and run._cancel is None:
             run._cancel = JobLimitExceeded(kind, limit, actual)
             task, loop = run._task, run._loop
@@ -320,8 +352,15 @@ class Runtime:
         for hook in run.hooks.on_violation:
             actions.append(_bind(hook, snapshot, violation))
 
-    def _flush(self, run: Supervision, state: _RunState, now: float,
-               actions: list[Callable[[], object]], *, final: bool = False) -> None:
+    def _flush(
+        self,
+        run: Supervision,
+        state: _RunState,
+        now: float,
+        actions: list[Callable[[], object]],
+        *,
+        final: bool = False,
+    ) -> None:
         calls = run._hb_calls - run._hb_flushed
         first = run._hb_flushed == 0 and calls > 0
         if final:
@@ -336,7 +375,8 @@ class Runtime:
         state.flushed_progress_at = run.progress_updated_at
         state.next_flush = now + self.config.flush_period_for(run.heartbeat_interval)
         extra: dict[str, AttributeValue] = {
-            sc.ATTR_HEARTBEAT_CALLS: calls, sc.ATTR_HEARTBEAT_KIND: kind,
+            sc.ATTR_HEARTBEAT_CALLS: calls,
+            sc.ATTR_HEARTBEAT_KIND: kind,
         }
         run.emit(sc.EVENT_JOB_HEARTBEAT, now, extra=extra)
         recording = run.span.is_recording()
@@ -352,7 +392,8 @@ class Runtime:
                 run.span.add_event(sc.EVENT_JOB_HEARTBEAT, event, int(now * 1e9))
         if calls:
             self.instruments.heartbeats.add(
-                calls, {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue})
+                calls, {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
+            )
         decile = math.floor(run.progress_ratio * 10 + 1e-9)
         if decile > state.decile or run.phase != state.phase:
             state.decile, state.phase = max(decile, state.decile), run.phase
@@ -378,13 +419,23 @@ class Runtime:
                 actions.append(_bind(hook, snapshot))
         if health != old_health or stuck != old_stuck:
             extra: dict[str, AttributeValue] = {"chaperone.job.health.previous": old_health}
-            run.emit(sc.EVENT_JOB_HEALTH, now, severity="INFO" if health == "healthy" else "WARN",
-                     extra=extra, body=f"{run.name}: {old_health} -> {health}"
-                     + (" (stuck)" if stuck else ""))
+            run.emit(
+                sc.EVENT_JOB_HEALTH,
+                now,
+                severity="INFO" if health == "healthy" else "WARN",
+                extra=extra,
+                body=f"{run.name}: {old_health} -> {health}" + (" (stuck)" if stuck else ""),
+            )
             if run.span.is_recording():
-                run.span.add_event(sc.EVENT_JOB_HEALTH, {
-                    sc.ATTR_JOB_HEALTH: health, sc.ATTR_JOB_STUCK: stuck,
-                    "chaperone.job.health.previous": old_health}, int(now * 1e9))
+                run.span.add_event(
+                    sc.EVENT_JOB_HEALTH,
+                    {
+                        sc.ATTR_JOB_HEALTH: health,
+                        sc.ATTR_JOB_STUCK: stuck,
+                        "chaperone.job.health.previous": old_health,
+                    },
+                    int(now * 1e9),
+                )
             snapshot = run.snapshot(now)
             if health != old_health:
                 for hook in run.hooks.on_health_change:
@@ -475,5 +526,4 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["JobState", "Runtime", "close_runtime", "current_runtime", "replace_runtime",
-           "runtime"]
+__all__ = ["JobState", "Runtime", "close_runtime", "current_runtime", "replace_runtime", "runtime"]

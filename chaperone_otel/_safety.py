@@ -70,8 +70,10 @@ def record_internal_error(where: str, exc: BaseException) -> None:
         _logged.add(key)
     if first:
         logger.warning(
-            "chaperone-otel internal error in %s (further %s errors here are counted, "
-            "not logged)", where, type(exc).__name__, exc_info=exc,
+            "chaperone-otel internal error in %s (further %s errors here are counted, not logged)",
+            where,
+            type(exc).__name__,
+            exc_info=exc,
         )
     for listener in list(_listeners):
         # A listener must not recurse into the error path it reports on.

@@ -34,11 +34,22 @@ def _needs_export(config: Config) -> bool:
     from os import environ  # noqa: PLC0415
 
     return bool(
-        config.sink or config.console or config.prometheus_port is not None or config.otlp
+        config.sink
+        or config.console
+        or config.prometheus_port is not None
+        or config.otlp
         or config.otlp_endpoint
-        or (config.otlp is None and any(environ.get(v) for v in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")))
+        or (
+            config.otlp is None
+            and any(
+                environ.get(v)
+                for v in (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                )
+            )
+        )
     )
 
 
@@ -98,13 +109,23 @@ def configure(
     """
     global _setup, _atexit_registered
     options: dict[str, Any] = {
-        "service_name": service_name, "sink": sink, "prometheus_port": prometheus_port,
-        "prometheus_host": prometheus_host, "otlp": otlp, "otlp_endpoint": otlp_endpoint,
-        "console": console, "heartbeat_interval": heartbeat_interval,
-        "flush_period": flush_period, "sample_interval": sample_interval,
-        "on_limit": on_limit, "long_run_threshold": long_run_threshold, "health": health,
-        "tracer_provider": tracer_provider, "meter_provider": meter_provider,
-        "logger_provider": logger_provider, "clock": clock,
+        "service_name": service_name,
+        "sink": sink,
+        "prometheus_port": prometheus_port,
+        "prometheus_host": prometheus_host,
+        "otlp": otlp,
+        "otlp_endpoint": otlp_endpoint,
+        "console": console,
+        "heartbeat_interval": heartbeat_interval,
+        "flush_period": flush_period,
+        "sample_interval": sample_interval,
+        "on_limit": on_limit,
+        "long_run_threshold": long_run_threshold,
+        "health": health,
+        "tracer_provider": tracer_provider,
+        "meter_provider": meter_provider,
+        "logger_provider": logger_provider,
+        "clock": clock,
     }
     if hooks:
         options["hooks"] = Hooks.from_kwargs(hooks)

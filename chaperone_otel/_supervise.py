@@ -51,7 +51,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, Final, Literal, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -179,19 +179,66 @@ class Supervision:
     """
 
     __slots__ = (
-        "_cancel", "_clock", "_cpu_clock", "_first_progress", "_flush_now", "_hb_flushed",
-        "_lock", "_meta", "_meta_version", "_monitor_state", "_phase_range", "_phases",
-        "_seq", "_task", "_loop", "_wake", "attempt", "attributes", "cpu_limit", "cpu_percent",
-        "error_message", "error_stacktrace", "error_type", "fd_limit", "fds", "finished_at",
-        "heartbeat_count_flushed", "heartbeat_interval", "hooks", "id", "last_heartbeat",
-        "memory", "memory_limit", "memory_peak", "name", "on_limit", "otel_context",
-        "phase", "progress_current", "progress_ratio", "progress_total", "progress_updated_at",
-        "queue", "span", "stall_timeout", "started_at", "status", "timeout", "timeout_at",
-        "violations", "_hb_calls", "health", "stuck", "missed", "_config",
+        "_cancel",
+        "_clock",
+        "_config",
+        "_cpu_clock",
+        "_first_progress",
+        "_flush_now",
+        "_hb_calls",
+        "_hb_flushed",
+        "_lock",
+        "_loop",
+        "_meta",
+        "_meta_version",
+        "_monitor_state",
+        "_phase_range",
+        "_phases",
+        "_seq",
+        "_task",
+        "_wake",
+        "attempt",
+        "attributes",
+        "cpu_limit",
+        "cpu_percent",
+        "error_message",
+        "error_stacktrace",
+        "error_type",
+        "fd_limit",
+        "fds",
+        "finished_at",
+        "health",
+        "heartbeat_count_flushed",
+        "heartbeat_interval",
+        "hooks",
+        "id",
+        "last_heartbeat",
+        "memory",
+        "memory_limit",
+        "memory_peak",
+        "missed",
+        "name",
+        "on_limit",
+        "otel_context",
+        "phase",
+        "progress_current",
+        "progress_ratio",
+        "progress_total",
+        "progress_updated_at",
+        "queue",
+        "span",
+        "stall_timeout",
+        "started_at",
+        "status",
+        "stuck",
+        "timeout",
+        "timeout_at",
+        "violations",
     )
 
-    def __init__(self, spec: _Spec, config: Config, *, run_id: str | None = None,
-                 attempt: int | None = None) -> None:
+    def __init__(
+        self, spec: _Spec, config: Config, *, run_id: str | None = None, attempt: int | None = None
+    ) -> None:
         self._config = config
         self._clock = config.clock
         self.id = run_id or spec.supervision_id or str(uuid.uuid4())
@@ -367,8 +414,9 @@ class Supervision:
 
     # ---- phases --------------------------------------------------------------------------
 
-    def phases(self, spec: Mapping[str, float | tuple[float, float]] | None = None,
-               /, **weights: float) -> None:
+    def phases(
+        self, spec: Mapping[str, float | tuple[float, float]] | None = None, /, **weights: float
+    ) -> None:
         """Declare the run's phases so per-phase progress maps into overall progress.
 
         Either weights (``run.phases(fetch=1, validate=1, process=1.6, cleanup=0.4)``: each
@@ -426,7 +474,7 @@ class Supervision:
         self._wake()
 
     def _complete_phase(self) -> None:
-        lo, hi = self._phase_range
+        _lo, hi = self._phase_range
         if hi > self.progress_ratio:
             self.progress_ratio = hi
             self.progress_updated_at = self._clock()
@@ -512,20 +560,40 @@ class Supervision:
         end = self.finished_at if self.finished_at is not None else now
         ctx = self.span.get_span_context()
         return JobState(
-            id=self.id, name=self.name, queue=self.queue, attempt=self.attempt,
-            status=self.status, health=self.health, stuck=self.stuck,
-            started_at=self.started_at, finished_at=self.finished_at,
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            attempt=self.attempt,
+            status=self.status,
+            health=self.health,
+            stuck=self.stuck,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
             duration=max(0.0, end - self.started_at),
-            heartbeat_interval=self.heartbeat_interval, heartbeat_count=self._hb_calls,
-            last_heartbeat=self.last_heartbeat, heartbeat_age=max(0.0, now - self.last_heartbeat),
-            missed_heartbeats=self.missed, timeout_at=self.timeout_at,
-            progress=self.progress_ratio, current=self.progress_current,
-            total=self.progress_total, phase=self.phase, rate=self.rate(now),
-            throughput=self.throughput(now), eta=self.eta(now), memory=self.memory,
-            memory_peak=self.memory_peak, cpu_percent=self.cpu_percent, fds=self.fds,
-            memory_limit=self.memory_limit, cpu_limit=self.cpu_limit, fd_limit=self.fd_limit,
-            violations=tuple(self.violations), metadata=self.metadata,
-            error_type=self.error_type, error_message=self.error_message,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_count=self._hb_calls,
+            last_heartbeat=self.last_heartbeat,
+            heartbeat_age=max(0.0, now - self.last_heartbeat),
+            missed_heartbeats=self.missed,
+            timeout_at=self.timeout_at,
+            progress=self.progress_ratio,
+            current=self.progress_current,
+            total=self.progress_total,
+            phase=self.phase,
+            rate=self.rate(now),
+            throughput=self.throughput(now),
+            eta=self.eta(now),
+            memory=self.memory,
+            memory_peak=self.memory_peak,
+            cpu_percent=self.cpu_percent,
+            fds=self.fds,
+            memory_limit=self.memory_limit,
+            cpu_limit=self.cpu_limit,
+            fd_limit=self.fd_limit,
+            violations=tuple(self.violations),
+            metadata=self.metadata,
+            error_type=self.error_type,
+            error_message=self.error_message,
             trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else None,
             span_id=format(ctx.span_id, "016x") if ctx.is_valid else None,
             attributes=dict(self.attributes),
@@ -586,24 +654,39 @@ class Supervision:
             a[sc.ATTR_USER_PREFIX + key] = value
         return a
 
-    def emit(self, event_name: str, now: float, *, severity: str = "INFO",
-             extra: Mapping[str, AttributeValue] | None = None, body: str = "") -> None:
+    def emit(
+        self,
+        event_name: str,
+        now: float,
+        *,
+        severity: str = "INFO",
+        extra: Mapping[str, AttributeValue] | None = None,
+        body: str = "",
+    ) -> None:
         """Publish one lifecycle record with the run's full state (telemetry-safe)."""
         with handle_internal_errors(f"emit:{event_name}"):
             attributes = self.record_attributes(now)
             if extra:
                 attributes.update(extra)
             ctx = self.span.get_span_context()
-            publish(LifecycleRecord(
-                event_name=event_name, timestamp=now, attributes=attributes,
-                trace_id=ctx.trace_id, span_id=ctx.span_id, severity=severity,
-                body=body or f"{self.name} {event_name.rsplit('.', 1)[-1]}",
-                context=self.otel_context,
-            ))
+            publish(
+                LifecycleRecord(
+                    event_name=event_name,
+                    timestamp=now,
+                    attributes=attributes,
+                    trace_id=ctx.trace_id,
+                    span_id=ctx.span_id,
+                    severity=severity,
+                    body=body or f"{self.name} {event_name.rsplit('.', 1)[-1]}",
+                    context=self.otel_context,
+                )
+            )
 
     def __repr__(self) -> str:
-        return (f"<Supervision {self.name!r} id={self.id} status={self.status} "
-                f"progress={self.progress_ratio:.0%}>")
+        return (
+            f"<Supervision {self.name!r} id={self.id} status={self.status} "
+            f"progress={self.progress_ratio:.0%}>"
+        )
 
     # context-manager form of a run object itself (used by `with supervised(...)`)
     def __enter__(self) -> Supervision:
@@ -663,30 +746,45 @@ class _Spec:
 
 
 def _make_spec(
-    name: str | None, *, queue: str | None, attempt: int | None,
-    heartbeat_interval: Any, timeout: Any, stall_timeout: Any, memory_limit: Any,
-    cpu_limit: Any, fd_limit: Any, on_limit: Any, supervision_id: str | None,
-    attributes: Mapping[str, Any] | None, hooks: Mapping[str, Any], tracer_provider: Any,
+    name: str | None,
+    *,
+    queue: str | None,
+    attempt: int | None,
+    heartbeat_interval: Any,
+    timeout: Any,
+    stall_timeout: Any,
+    memory_limit: Any,
+    cpu_limit: Any,
+    fd_limit: Any,
+    on_limit: Any,
+    supervision_id: str | None,
+    attributes: Mapping[str, Any] | None,
+    hooks: Mapping[str, Any],
+    tracer_provider: Any,
 ) -> _Spec:
     """Validate every option now: misuse fails at decoration time (DESIGN §8)."""
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise ConfigurationError(f"queue must be a non-empty string, got {queue!r}")
-    if attempt is not None and (not isinstance(attempt, int) or isinstance(attempt, bool)
-                                or attempt < 1):
+    if attempt is not None and (
+        not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1
+    ):
         raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
     if supervision_id is not None and (not isinstance(supervision_id, str) or not supervision_id):
         raise ConfigurationError("supervision_id must be a non-empty string")
-    if cpu_limit is not None:
-        if isinstance(cpu_limit, bool) or not isinstance(cpu_limit, (int, float)) \
-                or not math.isfinite(cpu_limit) or cpu_limit <= 0:
-            raise ConfigurationError(
-                f"cpu_limit is percent of one core (e.g. 80, or 200 for two cores), got "
-                f"{cpu_limit!r}"
-            )
-    if fd_limit is not None and (isinstance(fd_limit, bool) or not isinstance(fd_limit, int)
-                                 or fd_limit <= 0):
+    if cpu_limit is not None and (
+        isinstance(cpu_limit, bool)
+        or not isinstance(cpu_limit, (int, float))
+        or not math.isfinite(cpu_limit)
+        or cpu_limit <= 0
+    ):
+        raise ConfigurationError(
+            f"cpu_limit is percent of one core (e.g. 80, or 200 for two cores), got {cpu_limit!r}"
+        )
+    if fd_limit is not None and (
+        isinstance(fd_limit, bool) or not isinstance(fd_limit, int) or fd_limit <= 0
+    ):
         raise ConfigurationError(f"fd_limit must be a positive int, got {fd_limit!r}")
     if on_limit is not None and on_limit not in LIMIT_POLICIES:
         raise ConfigurationError(
@@ -703,11 +801,17 @@ def _make_spec(
         name=name.strip() if name else None,
         queue=queue.strip() if queue else None,
         attempt=attempt,
-        heartbeat_interval=(validate_interval(heartbeat_interval, "heartbeat_interval")
-                            if heartbeat_interval is not None else None),
+        heartbeat_interval=(
+            validate_interval(heartbeat_interval, "heartbeat_interval")
+            if heartbeat_interval is not None
+            else None
+        ),
         timeout=parse_duration(timeout, what="timeout") if timeout is not None else None,
-        stall_timeout=(parse_duration(stall_timeout, what="stall_timeout")
-                       if stall_timeout is not None else None),
+        stall_timeout=(
+            parse_duration(stall_timeout, what="stall_timeout")
+            if stall_timeout is not None
+            else None
+        ),
         memory_limit=parse_bytes(memory_limit) if memory_limit is not None else None,
         cpu_limit=float(cpu_limit) if cpu_limit is not None else None,
         fd_limit=fd_limit,
@@ -721,12 +825,13 @@ def _make_spec(
 
 def _qualified_name(func: Callable[..., Any]) -> str:
     module = getattr(func, "__module__", None) or ""
-    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "job")
+    qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "job"))
     return f"{module}.{qualname}" if module and module != "__main__" else qualname
 
 
-def _start_run(spec: _Spec, *, run_id: str | None = None, attempt: int | None = None,
-               bind_thread: bool = True) -> Supervision:
+def _start_run(
+    spec: _Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
+) -> Supervision:
     """Create and start a run: span, monitor registration, started record, counters."""
     from ._runtime import runtime  # noqa: PLC0415 - runtime imports this module
 
@@ -744,17 +849,22 @@ def _start_run(spec: _Spec, *, run_id: str | None = None, attempt: int | None = 
             sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
             sc.ATTR_LIMIT_POLICY: run.on_limit,
         }
-        for key, value in ((sc.ATTR_JOB_TIMEOUT, run.timeout),
-                           (sc.ATTR_JOB_TIMEOUT_AT, run.timeout_at),
-                           (sc.ATTR_LIMIT_MEMORY, run.memory_limit),
-                           (sc.ATTR_LIMIT_CPU, run.cpu_limit),
-                           (sc.ATTR_LIMIT_FDS, run.fd_limit)):
-            if value is not None:
-                start_attrs[key] = value
-        for key, value in run.attributes.items():
-            start_attrs[sc.ATTR_USER_PREFIX + key] = value
+        limits: tuple[tuple[str, float | None], ...] = (
+            (sc.ATTR_JOB_TIMEOUT, run.timeout),
+            (sc.ATTR_JOB_TIMEOUT_AT, run.timeout_at),
+            (sc.ATTR_LIMIT_MEMORY, run.memory_limit),
+            (sc.ATTR_LIMIT_CPU, run.cpu_limit),
+            (sc.ATTR_LIMIT_FDS, run.fd_limit),
+        )
+        for key, limit in limits:
+            if limit is not None:
+                start_attrs[key] = limit
+        for key, user_value in run.attributes.items():
+            start_attrs[sc.ATTR_USER_PREFIX + key] = user_value
         run.span = tracer.start_span(
-            run.name, kind=SpanKind.INTERNAL, attributes=start_attrs,
+            run.name,
+            kind=SpanKind.INTERNAL,
+            attributes=start_attrs,
             start_time=int(run.started_at * 1e9),
         )
         run.otel_context = trace.set_span_in_context(run.span)
@@ -781,8 +891,16 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
             run.finished_at = now
             if exc is None:
                 run.status = "completed"
-            elif isinstance(exc, (JobLimitExceeded, asyncio.CancelledError, KeyboardInterrupt,
-                                  GeneratorExit, SystemExit)):
+            elif isinstance(
+                exc,
+                (
+                    JobLimitExceeded,
+                    asyncio.CancelledError,
+                    KeyboardInterrupt,
+                    GeneratorExit,
+                    SystemExit,
+                ),
+            ):
                 run.status = "cancelled"
             else:
                 run.status = "failed"
@@ -797,14 +915,16 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
         run.emit(sc.EVENT_JOB_FINISHED, now, severity=severity)
         span = run.span
         if span.is_recording():
-            span.set_attributes({
-                sc.ATTR_JOB_STATUS: run.status,
-                sc.ATTR_JOB_HEALTH: run.health,
-                sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
-                sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
-                sc.ATTR_VIOLATION_COUNT: len(run.violations),
-                sc.ATTR_JOB_DURATION: max(0.0, now - run.started_at),
-            })
+            span.set_attributes(
+                {
+                    sc.ATTR_JOB_STATUS: run.status,
+                    sc.ATTR_JOB_HEALTH: run.health,
+                    sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
+                    sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
+                    sc.ATTR_VIOLATION_COUNT: len(run.violations),
+                    sc.ATTR_JOB_DURATION: max(0.0, now - run.started_at),
+                }
+            )
             if run.memory_peak is not None:
                 span.set_attribute(sc.ATTR_MEMORY_PEAK, run.memory_peak)
             if run.error_type is not None:
@@ -837,7 +957,7 @@ def _deactivate(tokens: tuple[contextvars.Token[Supervision | None], object]) ->
     _current.reset(token)
 
 
-class supervised:  # noqa: N801 - used as a decorator, named like one (contextlib style)
+class supervised:
     """Supervise a function, coroutine, generator or block as a job run.
 
     Use it bare (``@supervised``), with options (``@supervised(queue="etl", timeout="1h")``)
@@ -908,14 +1028,25 @@ class supervised:  # noqa: N801 - used as a decorator, named like one (contextli
         on_health_change: Callable[..., object] | None = None,
     ) -> None:
         self._spec = _make_spec(
-            name, queue=queue, attempt=attempt, heartbeat_interval=heartbeat_interval,
-            timeout=timeout, stall_timeout=stall_timeout, memory_limit=memory_limit,
-            cpu_limit=cpu_limit, fd_limit=fd_limit, on_limit=on_limit,
-            supervision_id=supervision_id, attributes=attributes,
+            name,
+            queue=queue,
+            attempt=attempt,
+            heartbeat_interval=heartbeat_interval,
+            timeout=timeout,
+            stall_timeout=stall_timeout,
+            memory_limit=memory_limit,
+            cpu_limit=cpu_limit,
+            fd_limit=fd_limit,
+            on_limit=on_limit,
+            supervision_id=supervision_id,
+            attributes=attributes,
             hooks={
-                "on_heartbeat_missed": on_heartbeat_missed, "on_stuck": on_stuck,
-                "on_timeout": on_timeout, "on_violation": on_violation,
-                "on_failure": on_failure, "on_complete": on_complete,
+                "on_heartbeat_missed": on_heartbeat_missed,
+                "on_stuck": on_stuck,
+                "on_timeout": on_timeout,
+                "on_violation": on_violation,
+                "on_failure": on_failure,
+                "on_complete": on_complete,
                 "on_health_change": on_health_change,
             },
             tracer_provider=tracer_provider,
@@ -947,7 +1078,7 @@ class supervised:  # noqa: N801 - used as a decorator, named like one (contextli
         else:
             wrapper = _wrap_function(func, spec)
         functools.update_wrapper(wrapper, func)
-        wrapper.__chaperone_spec__ = spec  # type: ignore[attr-defined]
+        setattr(wrapper, "__chaperone_spec__", spec)  # noqa: B010 - a marker for introspection
         return cast(Callable[P, R], wrapper)
 
     # ---- context manager -----------------------------------------------------------------
@@ -964,8 +1095,12 @@ class supervised:  # noqa: N801 - used as a decorator, named like one (contextli
         self._stack.append((run, _activate(run)))
         return run
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> bool:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> Literal[False]:
         run, tokens = self._stack.pop()
         try:
             _deactivate(tokens)
@@ -979,8 +1114,12 @@ class supervised:  # noqa: N801 - used as a decorator, named like one (contextli
         self._stack.append((run, _activate(run)))
         return run
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> bool:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> Literal[False]:
         run, tokens = self._stack.pop()
         try:
             _deactivate(tokens)
@@ -1041,8 +1180,9 @@ def _wrap_coroutine(func: Callable[..., Awaitable[R]], spec: _Spec) -> Callable[
             _finish_run(run, exc)
             if run._cancel is not None:
                 _uncancel(run)
-                raise JobLimitExceeded(run._cancel.limit, run._cancel.value,
-                                       run._cancel.actual) from exc
+                raise JobLimitExceeded(
+                    run._cancel.limit, run._cancel.value, run._cancel.actual
+                ) from exc
             raise
         except BaseException as exc:
             _deactivate(tokens)
@@ -1055,8 +1195,9 @@ def _wrap_coroutine(func: Callable[..., Awaitable[R]], spec: _Spec) -> Callable[
     return wrapper
 
 
-def _wrap_generator(func: Callable[..., Generator[Any, Any, R]], spec: _Spec
-                    ) -> Callable[..., Generator[Any, Any, R]]:
+def _wrap_generator(
+    func: Callable[..., Generator[Any, Any, R]], spec: _Spec
+) -> Callable[..., Generator[Any, Any, R]]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, R]:
         gen = func(*args, **kwargs)
         run = _start_run(spec)
@@ -1091,8 +1232,9 @@ def _wrap_generator(func: Callable[..., Generator[Any, Any, R]], spec: _Spec
     return wrapper
 
 
-def _wrap_async_generator(func: Callable[..., AsyncGenerator[Any, Any]], spec: _Spec
-                          ) -> Callable[..., AsyncGenerator[Any, Any]]:
+def _wrap_async_generator(
+    func: Callable[..., AsyncGenerator[Any, Any]], spec: _Spec
+) -> Callable[..., AsyncGenerator[Any, Any]]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         agen = func(*args, **kwargs)
         run = _start_run(spec, bind_thread=False)
@@ -1134,10 +1276,6 @@ def _wrap_async_generator(func: Callable[..., AsyncGenerator[Any, Any]], spec: _
 # --------------------------------------------------------------------------------------------
 
 
-@overload
-def current_job(*, required: bool = ...) -> Supervision | None: ...
-
-
 def current_job(*, required: bool = False) -> Supervision | None:
     """The run of the calling thread or asyncio task, or None outside any run.
 
@@ -1166,8 +1304,9 @@ def heartbeat(metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> bo
     return True
 
 
-def report_progress(current: float, total: float, metadata: Mapping[str, Any] | None = None,
-                    /, **fields: Any) -> bool:
+def report_progress(
+    current: float, total: float, metadata: Mapping[str, Any] | None = None, /, **fields: Any
+) -> bool:
     """``report_progress()`` on the current run; outside a run it validates its arguments,
     does nothing else and returns False."""
     run = _current.get()
@@ -1179,8 +1318,9 @@ def report_progress(current: float, total: float, metadata: Mapping[str, Any] | 
     return True
 
 
-def track(iterable: Iterable[T], total: float | None = None, *, phase: str | None = None
-          ) -> Iterator[T]:
+def track(
+    iterable: Iterable[T], total: float | None = None, *, phase: str | None = None
+) -> Iterator[T]:
     """``track()`` on the current run; outside a run it yields the items unchanged."""
     run = _current.get()
     if run is None:
@@ -1236,20 +1376,34 @@ class Supervised:
         super().__init_subclass__(**kwargs)
         cls._chaperone_spec = _make_spec(
             cls.job_name or f"{cls.__module__}.{cls.__qualname__}",
-            queue=cls.queue, attempt=None, heartbeat_interval=cls.heartbeat_interval,
-            timeout=cls.timeout, stall_timeout=cls.stall_timeout, memory_limit=cls.memory_limit,
-            cpu_limit=cls.cpu_limit, fd_limit=cls.fd_limit, on_limit=cls.on_limit,
-            supervision_id=None, attributes=None, hooks={}, tracer_provider=None,
+            queue=cls.queue,
+            attempt=None,
+            heartbeat_interval=cls.heartbeat_interval,
+            timeout=cls.timeout,
+            stall_timeout=cls.stall_timeout,
+            memory_limit=cls.memory_limit,
+            cpu_limit=cls.cpu_limit,
+            fd_limit=cls.fd_limit,
+            on_limit=cls.on_limit,
+            supervision_id=None,
+            attributes=None,
+            hooks={},
+            tracer_provider=None,
         )
         body = cls.__dict__.get("run")
         if body is None or getattr(body, "__chaperone_wrapped__", False):
             return
         if inspect.iscoroutinefunction(body):
+
             async def arun(self: Supervised, *args: Any, **kw: Any) -> Any:
-                run = _start_run(self._chaperone_spec, run_id=self.supervision_id,
-                                 attempt=self._next_attempt(), bind_thread=False)
+                run = _start_run(
+                    self._chaperone_spec,
+                    run_id=self.supervision_id,
+                    attempt=self._next_attempt(),
+                    bind_thread=False,
+                )
                 _bind_task(run)
-                self._chaperone_run = run
+                self.__dict__["_chaperone_run"] = run
                 tokens = _activate(run)
                 try:
                     result = await body(self, *args, **kw)
@@ -1258,8 +1412,9 @@ class Supervised:
                     _finish_run(run, exc)
                     if run._cancel is not None:
                         _uncancel(run)
-                        raise JobLimitExceeded(run._cancel.limit, run._cancel.value,
-                                               run._cancel.actual) from exc
+                        raise JobLimitExceeded(
+                            run._cancel.limit, run._cancel.value, run._cancel.actual
+                        ) from exc
                     raise
                 except BaseException as exc:
                     _deactivate(tokens)
@@ -1271,10 +1426,12 @@ class Supervised:
 
             wrapped: Callable[..., Any] = arun
         else:
+
             def srun(self: Supervised, *args: Any, **kw: Any) -> Any:
-                run = _start_run(self._chaperone_spec, run_id=self.supervision_id,
-                                 attempt=self._next_attempt())
-                self._chaperone_run = run
+                run = _start_run(
+                    self._chaperone_spec, run_id=self.supervision_id, attempt=self._next_attempt()
+                )
+                self.__dict__["_chaperone_run"] = run
                 tokens = _activate(run)
                 try:
                     result = body(self, *args, **kw)
@@ -1330,8 +1487,14 @@ class Supervised:
         if run is not None:
             run.heartbeat(metadata, **fields)
 
-    def report_progress(self, current: float, total: float,
-                        metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
+    def report_progress(
+        self,
+        current: float,
+        total: float,
+        metadata: Mapping[str, Any] | None = None,
+        /,
+        **fields: Any,
+    ) -> None:
         """Report progress of this job's current run (validates even outside ``run()``)."""
         run = self._active_run()
         if run is None:
@@ -1346,7 +1509,14 @@ class Supervised:
 
 
 __all__ = [
-    "JobState", "STATUSES", "Supervised", "Supervision", "Violation", "current_job",
-    "heartbeat", "report_progress", "supervised", "track",
+    "JobState",
+    "STATUSES",
+    "Supervised",
+    "Supervision",
+    "Violation",
+    "current_job",
+    "heartbeat",
+    "report_progress",
+    "supervised",
+    "track",
 ]
-

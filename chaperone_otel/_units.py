@@ -15,8 +15,14 @@ from .exceptions import ConfigurationError
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {
     "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -25,7 +31,9 @@ _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0
 def parse_bytes(value: int | float | str, *, what: str = "memory_limit") -> int:
     """Bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1048576"``."""
     if isinstance(value, bool):
-        raise ConfigurationError(f"{what} must be a size such as 512 * 2**20 or '512MiB', not a bool")
+        raise ConfigurationError(
+            f"{what} must be a size such as 512 * 2**20 or '512MiB', not a bool"
+        )
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{what} must be a positive number of bytes, got {value!r}")

@@ -239,100 +239,171 @@ _RUN_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE)
 _LIVE_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE, ATTR_JOB_RUN_ID)
 
 METRIC_JOB_RUNS_ACTIVE: Final = MetricSpec(
-    "chaperone.job.runs.active", "updowncounter", "{run}",
-    "Runs in progress in this process.", _RUN_LABELS,
+    "chaperone.job.runs.active",
+    "updowncounter",
+    "{run}",
+    "Runs in progress in this process.",
+    _RUN_LABELS,
 )
 METRIC_JOB_RUNS_STARTED: Final = MetricSpec(
-    "chaperone.job.runs.started", "counter", "{run}", "Runs started.", _RUN_LABELS,
+    "chaperone.job.runs.started",
+    "counter",
+    "{run}",
+    "Runs started.",
+    _RUN_LABELS,
 )
 METRIC_JOB_RUNS_FINISHED: Final = MetricSpec(
-    "chaperone.job.runs.finished", "counter", "{run}",
+    "chaperone.job.runs.finished",
+    "counter",
+    "{run}",
     "Runs finished, by final status and error type.",
     (*_RUN_LABELS, ATTR_JOB_STATUS, ATTR_ERROR_TYPE),
 )
 METRIC_JOB_DURATION: Final = MetricSpec(
-    "chaperone.job.duration", "histogram", "s", "Run duration.", (*_RUN_LABELS, ATTR_JOB_STATUS),
+    "chaperone.job.duration",
+    "histogram",
+    "s",
+    "Run duration.",
+    (*_RUN_LABELS, ATTR_JOB_STATUS),
 )
 METRIC_JOB_HEARTBEATS: Final = MetricSpec(
-    "chaperone.job.heartbeats", "counter", "{heartbeat}",
-    "heartbeat() calls (counted at each flush).", _RUN_LABELS,
+    "chaperone.job.heartbeats",
+    "counter",
+    "{heartbeat}",
+    "heartbeat() calls (counted at each flush).",
+    _RUN_LABELS,
 )
 METRIC_JOB_HEARTBEATS_MISSED: Final = MetricSpec(
-    "chaperone.job.heartbeats.missed", "counter", "{heartbeat}",
-    "Heartbeat intervals that passed with no sign of life from the job's code.", _RUN_LABELS,
+    "chaperone.job.heartbeats.missed",
+    "counter",
+    "{heartbeat}",
+    "Heartbeat intervals that passed with no sign of life from the job's code.",
+    _RUN_LABELS,
 )
 METRIC_JOB_VIOLATIONS: Final = MetricSpec(
-    "chaperone.job.violations", "counter", "{violation}",
-    "Resource limit violations, by limit type.", (*_RUN_LABELS, ATTR_LIMIT_TYPE),
+    "chaperone.job.violations",
+    "counter",
+    "{violation}",
+    "Resource limit violations, by limit type.",
+    (*_RUN_LABELS, ATTR_LIMIT_TYPE),
 )
 METRIC_JOB_LAST_HEARTBEAT: Final = MetricSpec(
-    "chaperone.job.last_heartbeat_timestamp", "gauge", "s",
+    "chaperone.job.last_heartbeat_timestamp",
+    "gauge",
+    "s",
     "Unix time of the latest sign of life from the job's code; alert on time() - x > k * "
-    "interval. The oldest of the group's runs when the run id is not a label.", _LIVE_LABELS,
+    "interval. The oldest of the group's runs when the run id is not a label.",
+    _LIVE_LABELS,
 )
 METRIC_JOB_HEARTBEAT_INTERVAL: Final = MetricSpec(
-    "chaperone.job.heartbeat_interval", "gauge", "s",
-    "Declared heartbeat interval (lease) of live runs.", _LIVE_LABELS,
+    "chaperone.job.heartbeat_interval",
+    "gauge",
+    "s",
+    "Declared heartbeat interval (lease) of live runs.",
+    _LIVE_LABELS,
 )
 METRIC_JOB_DEADLINE: Final = MetricSpec(
-    "chaperone.job.deadline_timestamp", "gauge", "s",
-    "Unix time the run's max runtime ends (timeout_at); only runs with a timeout.", _LIVE_LABELS,
+    "chaperone.job.deadline_timestamp",
+    "gauge",
+    "s",
+    "Unix time the run's max runtime ends (timeout_at); only runs with a timeout.",
+    _LIVE_LABELS,
 )
 METRIC_JOB_STALL_DEADLINE: Final = MetricSpec(
-    "chaperone.job.stall_deadline_timestamp", "gauge", "s",
+    "chaperone.job.stall_deadline_timestamp",
+    "gauge",
+    "s",
     "Unix time at which flat progress makes the run stalled; only runs with a stall budget.",
     _LIVE_LABELS,
 )
 METRIC_JOB_STARTED_TIMESTAMP: Final = MetricSpec(
-    "chaperone.job.started_timestamp", "gauge", "s", "Unix time the live run started.",
+    "chaperone.job.started_timestamp",
+    "gauge",
+    "s",
+    "Unix time the live run started.",
     _LIVE_LABELS,
 )
 METRIC_JOB_PROGRESS: Final = MetricSpec(
-    "chaperone.job.progress.ratio", "gauge", "1", "Overall progress of live runs, 0..1.",
+    "chaperone.job.progress.ratio",
+    "gauge",
+    "1",
+    "Overall progress of live runs, 0..1.",
     _LIVE_LABELS,
 )
 METRIC_JOB_PROGRESS_CURRENT: Final = MetricSpec(
-    "chaperone.job.progress.current", "gauge", "{item}", "Items done in the current phase.",
+    "chaperone.job.progress.current",
+    "gauge",
+    "{item}",
+    "Items done in the current phase.",
     _LIVE_LABELS,
 )
 METRIC_JOB_PROGRESS_TOTAL: Final = MetricSpec(
-    "chaperone.job.progress.total", "gauge", "{item}", "Items in the current phase.",
+    "chaperone.job.progress.total",
+    "gauge",
+    "{item}",
+    "Items in the current phase.",
     _LIVE_LABELS,
 )
 METRIC_JOB_ETA: Final = MetricSpec(
-    "chaperone.job.eta", "gauge", "s", "Estimated seconds to completion of live runs.",
+    "chaperone.job.eta",
+    "gauge",
+    "s",
+    "Estimated seconds to completion of live runs.",
     _LIVE_LABELS,
 )
 METRIC_JOB_MEMORY: Final = MetricSpec(
-    "chaperone.job.memory.usage", "gauge", "By", "Resident memory of live runs' process.",
+    "chaperone.job.memory.usage",
+    "gauge",
+    "By",
+    "Resident memory of live runs' process.",
     _LIVE_LABELS,
 )
 METRIC_JOB_MEMORY_LIMIT: Final = MetricSpec(
-    "chaperone.job.memory.limit", "gauge", "By", "Memory limit of live runs that have one.",
+    "chaperone.job.memory.limit",
+    "gauge",
+    "By",
+    "Memory limit of live runs that have one.",
     _LIVE_LABELS,
 )
 METRIC_JOB_CPU: Final = MetricSpec(
-    "chaperone.job.cpu.utilization", "gauge", "1",
-    "CPU use of live runs as a fraction of one core (1.0 = one full core).", _LIVE_LABELS,
+    "chaperone.job.cpu.utilization",
+    "gauge",
+    "1",
+    "CPU use of live runs as a fraction of one core (1.0 = one full core).",
+    _LIVE_LABELS,
 )
 METRIC_JOB_CPU_LIMIT: Final = MetricSpec(
-    "chaperone.job.cpu.limit", "gauge", "1", "CPU limit of live runs, fraction of one core.",
+    "chaperone.job.cpu.limit",
+    "gauge",
+    "1",
+    "CPU limit of live runs, fraction of one core.",
     _LIVE_LABELS,
 )
 METRIC_JOB_OPEN_FDS: Final = MetricSpec(
-    "chaperone.job.open_fds", "gauge", "{fd}", "Open file descriptors of live runs' process.",
+    "chaperone.job.open_fds",
+    "gauge",
+    "{fd}",
+    "Open file descriptors of live runs' process.",
     _LIVE_LABELS,
 )
 METRIC_JOB_FD_LIMIT: Final = MetricSpec(
-    "chaperone.job.open_fds.limit", "gauge", "{fd}", "File descriptor limit of live runs.",
+    "chaperone.job.open_fds.limit",
+    "gauge",
+    "{fd}",
+    "File descriptor limit of live runs.",
     _LIVE_LABELS,
 )
 METRIC_JOB_RUN_VIOLATIONS: Final = MetricSpec(
-    "chaperone.job.violation.count", "gauge", "{violation}",
-    "Violations recorded so far by each live run (the health rules' 'violated').", _LIVE_LABELS,
+    "chaperone.job.violation.count",
+    "gauge",
+    "{violation}",
+    "Violations recorded so far by each live run (the health rules' 'violated').",
+    _LIVE_LABELS,
 )
 METRIC_INTERNAL_ERRORS: Final = MetricSpec(
-    "chaperone.internal.errors", "counter", "{error}",
+    "chaperone.internal.errors",
+    "counter",
+    "{error}",
     "Failures inside chaperone-otel's own telemetry paths (swallowed, never reach the job).",
     ("chaperone.internal.where",),
 )
@@ -372,51 +443,88 @@ RUNTIME_METRICS: Final = (
 _SINK_GROUP: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE)
 
 METRIC_SINK_RUNS: Final = MetricSpec(
-    "chaperone.sink.runs", "gauge", "{run}",
+    "chaperone.sink.runs",
+    "gauge",
+    "{run}",
     "Stored runs by name, queue, status and (for running runs) health.",
     (*_SINK_GROUP, ATTR_JOB_STATUS, ATTR_JOB_HEALTH),
 )
 METRIC_SINK_RUNS_STUCK: Final = MetricSpec(
-    "chaperone.sink.runs.stuck", "gauge", "{run}",
-    "Running runs that are stuck (health rules), by name and queue.", _SINK_GROUP,
+    "chaperone.sink.runs.stuck",
+    "gauge",
+    "{run}",
+    "Running runs that are stuck (health rules), by name and queue.",
+    _SINK_GROUP,
 )
 METRIC_SINK_RUNS_LOST: Final = MetricSpec(
-    "chaperone.sink.runs.lost", "gauge", "{run}",
-    "Running runs whose process went silent (health rules), by name and queue.", _SINK_GROUP,
+    "chaperone.sink.runs.lost",
+    "gauge",
+    "{run}",
+    "Running runs whose process went silent (health rules), by name and queue.",
+    _SINK_GROUP,
 )
 METRIC_SINK_HEARTBEAT_AGE_RATIO: Final = MetricSpec(
-    "chaperone.sink.heartbeat_age_ratio", "gauge", "1",
-    "Largest heartbeat age of running runs in units of their interval.", _SINK_GROUP,
+    "chaperone.sink.heartbeat_age_ratio",
+    "gauge",
+    "1",
+    "Largest heartbeat age of running runs in units of their interval.",
+    _SINK_GROUP,
 )
 METRIC_SINK_SILENCE_RATIO: Final = MetricSpec(
-    "chaperone.sink.silence_ratio", "gauge", "1",
+    "chaperone.sink.silence_ratio",
+    "gauge",
+    "1",
     "Largest age of the last record of any kind of running runs, in units of their interval.",
     _SINK_GROUP,
 )
 METRIC_SINK_RECORDS_INGESTED: Final = MetricSpec(
-    "chaperone.sink.records.ingested", "counter", "{record}",
-    "Lifecycle records and spans written to the store.", ("chaperone.sink.source",),
+    "chaperone.sink.records.ingested",
+    "counter",
+    "{record}",
+    "Lifecycle records and spans written to the store.",
+    ("chaperone.sink.source",),
 )
 METRIC_SINK_REQUESTS_REJECTED: Final = MetricSpec(
-    "chaperone.sink.requests.rejected", "counter", "{request}",
-    "OTLP requests refused, by HTTP status code.", ("http.response.status_code",),
+    "chaperone.sink.requests.rejected",
+    "counter",
+    "{request}",
+    "OTLP requests refused, by HTTP status code.",
+    ("http.response.status_code",),
 )
 METRIC_SINK_RECORDS_DROPPED: Final = MetricSpec(
-    "chaperone.sink.records.dropped", "counter", "{record}",
-    "Records lost inside the sink (should stay 0; a 2xx is never dropped).", (),
+    "chaperone.sink.records.dropped",
+    "counter",
+    "{record}",
+    "Records lost inside the sink (should stay 0; a 2xx is never dropped).",
+    (),
 )
 METRIC_SINK_QUEUE_DEPTH: Final = MetricSpec(
-    "chaperone.sink.queue.depth", "gauge", "{record}", "Records waiting for the writer.", (),
+    "chaperone.sink.queue.depth",
+    "gauge",
+    "{record}",
+    "Records waiting for the writer.",
+    (),
 )
 METRIC_SINK_QUEUE_CAPACITY: Final = MetricSpec(
-    "chaperone.sink.queue.capacity", "gauge", "{record}", "Writer queue capacity.", (),
+    "chaperone.sink.queue.capacity",
+    "gauge",
+    "{record}",
+    "Writer queue capacity.",
+    (),
 )
 METRIC_SINK_STORE_SIZE: Final = MetricSpec(
-    "chaperone.sink.store.size", "gauge", "By", "Size of the DuckDB file.", (),
+    "chaperone.sink.store.size",
+    "gauge",
+    "By",
+    "Size of the DuckDB file.",
+    (),
 )
 METRIC_SINK_LAST_INGEST: Final = MetricSpec(
-    "chaperone.sink.last_ingest_timestamp", "gauge", "s",
-    "Unix time of the latest successful write.", (),
+    "chaperone.sink.last_ingest_timestamp",
+    "gauge",
+    "s",
+    "Unix time of the latest successful write.",
+    (),
 )
 
 SINK_METRICS: Final = (
@@ -443,9 +551,19 @@ _SANITIZE_NAME = re.compile(r"[^a-zA-Z0-9:]+")
 _SANITIZE_LABEL = re.compile(r"[^a-zA-Z0-9]+")
 _UNIT_ANNOTATION = re.compile(r"{.*}")
 _UNIT_MAP: Final = {
-    "d": "days", "h": "hours", "min": "minutes", "s": "seconds", "ms": "milliseconds",
-    "us": "microseconds", "ns": "nanoseconds", "By": "bytes", "KiBy": "kibibytes",
-    "MiBy": "mebibytes", "GiBy": "gibibytes", "1": "", "%": "percent",
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "GiBy": "gibibytes",
+    "1": "",
+    "%": "percent",
 }
 
 
@@ -484,4 +602,3 @@ def prometheus_name(metric: MetricSpec) -> str:
 def all_metric_specs() -> tuple[MetricSpec, ...]:
     """Every metric this module declares (runtime and sink), for docs and artifact tests."""
     return tuple(v for v in globals().values() if isinstance(v, MetricSpec))
-

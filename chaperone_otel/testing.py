@@ -35,6 +35,10 @@ from ._events import LifecycleRecord, add_listener, remove_listener
 from ._safety import internal_error_counts, set_raise_internal_errors
 
 
+def _as_int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float, str)) else 1
+
+
 class FakeClock:
     """A settable Unix-seconds clock: ``configure(clock=FakeClock())``."""
 
@@ -99,14 +103,20 @@ class CapturedRun:
     @property
     def heartbeats(self) -> list[LifecycleRecord]:
         """Flushed heartbeat records in which the job's code beat (liveness excluded)."""
-        return [r for r in self.events(sc.EVENT_JOB_HEARTBEAT)
-                if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "heartbeat"]
+        return [
+            r
+            for r in self.events(sc.EVENT_JOB_HEARTBEAT)
+            if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "heartbeat"
+        ]
 
     @property
     def liveness(self) -> list[LifecycleRecord]:
         """Records in which only the process vouched for the run (the job was silent)."""
-        return [r for r in self.events(sc.EVENT_JOB_HEARTBEAT)
-                if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "liveness"]
+        return [
+            r
+            for r in self.events(sc.EVENT_JOB_HEARTBEAT)
+            if r.attributes.get(sc.ATTR_HEARTBEAT_KIND) == "liveness"
+        ]
 
     @property
     def heartbeat_count(self) -> int:
@@ -136,8 +146,13 @@ class CapturedRun:
 class Capture:
     """In-memory OTel pipelines plus every lifecycle record, for assertions."""
 
-    def __init__(self, *, clock: FakeClock | None = None, background: bool | None = None,
-                 **configure_options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        clock: FakeClock | None = None,
+        background: bool | None = None,
+        **configure_options: Any,
+    ) -> None:
         from opentelemetry.sdk._logs import LoggerProvider  # noqa: PLC0415
         from opentelemetry.sdk._logs.export import (  # noqa: PLC0415
             InMemoryLogRecordExporter,
@@ -155,7 +170,7 @@ class Capture:
         self.span_exporter = InMemorySpanExporter()
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
-        self.log_exporter = InMemoryLogRecordExporter()
+        self.log_exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
         self.logger_provider = LoggerProvider()
         self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_exporter))
         self.metric_reader = InMemoryMetricReader()
@@ -177,8 +192,12 @@ class Capture:
         options = dict(self._options)
         if self.clock is not None:
             options["clock"] = self.clock
-        configure(tracer_provider=self.tracer_provider, meter_provider=self.meter_provider,
-                  logger_provider=self.logger_provider, **options)
+        configure(
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            logger_provider=self.logger_provider,
+            **options,
+        )
         runtime().background = self._background
         add_listener(self)
         return self
@@ -214,11 +233,16 @@ class Capture:
         with self._records_lock:
             records = list(self.records)
         for record in records:
-            key = (str(record.attributes.get(sc.ATTR_JOB_RUN_ID)),
-                   int(record.attributes.get(sc.ATTR_JOB_ATTEMPT, 1)))  # type: ignore[arg-type]
+            key = (
+                str(record.attributes.get(sc.ATTR_JOB_RUN_ID)),
+                _as_int(record.attributes.get(sc.ATTR_JOB_ATTEMPT, 1)),
+            )
             by_id.setdefault(key, CapturedRun(key[0])).records.append(record)
         spans = {
-            (str(s.attributes.get(sc.ATTR_JOB_RUN_ID)), int(s.attributes.get(sc.ATTR_JOB_ATTEMPT, 1))): s
+            (
+                str(s.attributes.get(sc.ATTR_JOB_RUN_ID)),
+                _as_int(s.attributes.get(sc.ATTR_JOB_ATTEMPT, 1)),
+            ): s
             for s in self.span_exporter.get_finished_spans()
             if s.attributes and sc.ATTR_JOB_RUN_ID in s.attributes
         }
@@ -278,8 +302,13 @@ class Capture:
 
 
 @contextlib.contextmanager
-def capture(*, clock: FakeClock | None = None, background: bool | None = None,
-            raise_internal_errors: bool = True, **configure_options: Any) -> Iterator[Capture]:
+def capture(
+    *,
+    clock: FakeClock | None = None,
+    background: bool | None = None,
+    raise_internal_errors: bool = True,
+    **configure_options: Any,
+) -> Iterator[Capture]:
     """Context manager form of the ``chaperone`` fixture."""
     old = set_raise_internal_errors(raise_internal_errors)
     try:
@@ -308,8 +337,11 @@ if pytest is not None:
     @pytest.fixture
     def chaperone(request: pytest.FixtureRequest) -> Iterator[Capture]:
         """A :class:`Capture` active for the test (uses ``chaperone_clock`` if requested)."""
-        clock = (request.getfixturevalue("chaperone_clock")
-                 if "chaperone_clock" in request.fixturenames else None)
+        clock = (
+            request.getfixturevalue("chaperone_clock")
+            if "chaperone_clock" in request.fixturenames
+            else None
+        )
         with capture(clock=clock) as cap:
             yield cap
 

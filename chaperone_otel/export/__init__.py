@@ -9,17 +9,17 @@ create a provider and install it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
     ConsoleLogRecordExporter,
-    LogRecordProcessor,
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
@@ -111,7 +111,8 @@ def setup(config: Config) -> Setup:
         )
 
         out.span_processors.append(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=_endpoint(config, "traces"))))
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
+        )
     if config.console:
         out.span_processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
     for sp in out.span_processors:
@@ -130,7 +131,8 @@ def setup(config: Config) -> Setup:
         )
 
         out.log_processors.append(
-            BatchLogRecordProcessor(OTLPLogExporter(endpoint=_endpoint(config, "logs"))))
+            BatchLogRecordProcessor(OTLPLogExporter(endpoint=_endpoint(config, "logs")))
+        )
     if config.console:
         out.log_processors.append(SimpleLogRecordProcessor(ConsoleLogRecordExporter()))
     for lproc in out.log_processors:
@@ -143,8 +145,9 @@ def setup(config: Config) -> Setup:
             OTLPMetricExporter,
         )
 
-        readers.append(PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=_endpoint(config, "metrics"))))
+        readers.append(
+            PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_endpoint(config, "metrics")))
+        )
     if config.prometheus_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
 
@@ -158,15 +161,18 @@ def setup(config: Config) -> Setup:
         add_reader = getattr(mp, "add_metric_reader", None)
         for reader in readers:
             if add_reader is None:
-                logger.warning("the application's MeterProvider cannot take new readers; "
-                               "add chaperone-otel's readers when you create it")
+                logger.warning(
+                    "the application's MeterProvider cannot take new readers; "
+                    "add chaperone-otel's readers when you create it"
+                )
                 break
             add_reader(reader)
     out.meter_provider = mp
     out.metric_readers = readers
     if config.prometheus_port is not None:
         out.prometheus_server, out.prometheus_url = _serve_prometheus(
-            config.prometheus_host, config.prometheus_port)
+            config.prometheus_host, config.prometheus_port
+        )
 
     if config.sink:
         from ._sink import install_sink  # noqa: PLC0415
@@ -227,7 +233,8 @@ def _remove_log_processor(provider: Any, lproc: LogRecordProcessor) -> None:
     procs = getattr(multi, "_log_record_processors", None)
     if procs is not None and lproc in procs:
         multi._log_record_processors = tuple(  # type: ignore[union-attr]
-            p for p in procs if p is not lproc)
+            p for p in procs if p is not lproc
+        )
 
 
 def _unregister_prometheus_collectors(readers: list[MetricReader]) -> None:
@@ -236,7 +243,5 @@ def _unregister_prometheus_collectors(readers: list[MetricReader]) -> None:
     for reader in readers:
         collector = getattr(reader, "_collector", None)
         if collector is not None:
-            try:
+            with contextlib.suppress(KeyError):
                 REGISTRY.unregister(collector)
-            except KeyError:
-                pass
