@@ -1,0 +1,17 @@
+"""The ``chaperone-otel`` command line (console script ``chaperone_otel.cli:main``).
+
+Nothing in the library imports this package: click and rich load only when a command runs.
+"""
+
+from __future__ import annotations
+
+from ._app import cli
+from ._common import Exit
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="chaperone-otel")
+
+
+__all__ = ["Exit", "cli", "main"]

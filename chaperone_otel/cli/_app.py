@@ -1,0 +1,774 @@
+"""The ``chaperone-otel`` commands: parse → query the store → render (STYLE: thin CLI).
+
+All store access goes through the sink's public API (``open_sink``, ``JobQuery`` scopes,
+``JobRecord``); health verdicts come from the same rules the sink's scopes render, so the CLI
+never re-types a threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from .._version import __version__
+from ..exceptions import SinkError
+from . import _render as render
+from ._common import (
+    BYTES,
+    DURATION,
+    ENV_SINK,
+    SINCE,
+    CliFailure,
+    Exit,
+    dump_json,
+    fail,
+    open_store,
+    query,
+    store_failure,
+    store_target,
+)
+from ._monitor import Frame, read_frame, render_frame, run_live
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_FLAGS = ("pending", "running", "completed", "failed", "cancelled")
+HEALTH_FLAGS = (
+    "stuck",
+    "lost",
+    "stalled",
+    "overtime",
+    "violated",
+    "unhealthy",
+    "degraded",
+    "healthy",
+)
+
+
+def console() -> Console:
+    """stdout console; colour only on a terminal (pipes get plain text)."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def store_options(func: F) -> F:
+    """``--db`` / ``--url``: where the store is (same env var as ``configure()``)."""
+
+    @click.option(
+        "--url",
+        metavar="URL",
+        default=None,
+        help="Query URL of a live owner (sink server or app with the embedded "
+        "sink), e.g. http://127.0.0.1:8428. Usually found automatically.",
+    )
+    @click.option(
+        "--db",
+        metavar="PATH",
+        default=None,
+        envvar=ENV_SINK,
+        show_envvar=True,
+        help="The DuckDB store file (configure(sink=PATH)).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def output_options(func: F) -> F:
+    @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout (for pipes).")
+    @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (for pipes).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("as_json") and kwargs.get("as_csv"):
+            raise click.UsageError("--json and --csv are exclusive; choose one")
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Group(click.Group):
+    """Turns a Ctrl-C outside ``monitor`` into exit 130 with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(int(Exit.INTERRUPTED))
+        except SinkError as exc:  # a store failure not caught closer to the query
+            raise store_failure(str(exc)) from exc
+
+
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(__version__, prog_name="chaperone-otel")
+def cli() -> None:
+    """Supervise long-running Python jobs: query and watch the job store.
+
+    The store is the DuckDB file your app records to with configure(sink=PATH); give it
+    with --db PATH or CHAPERONE_OTEL_SINK. While a process owns the file, commands reach it
+    through the URL it advertises beside the file.
+
+    Exit codes: 0 ok · 1 findings (stuck/unhealthy runs, wait timed out, no such run) ·
+    2 bad usage or input · 3 store missing, unreadable or incompatible.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--db",
+    metavar="PATH",
+    default="chaperone-demo.duckdb",
+    show_default=True,
+    help="Where to record the demo's runs.",
+)
+@click.option(
+    "--duration",
+    type=DURATION,
+    default=60.0,
+    show_default=True,
+    help="How long to keep starting jobs (seconds or 90s/2m).",
+)
+@click.option("--forever", is_flag=True, help="Keep going until Ctrl-C.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of the Prometheus /metrics endpoint (0: a free one).",
+)
+@click.option("--seed", type=int, default=None, help="Random seed (repeatable demo).")
+@click.option("--no-live", is_flag=True, help="No live progress view (log lines instead).")
+def demo(
+    db: str, duration: float, forever: bool, port: int, seed: int | None, no_live: bool
+) -> None:
+    """Run a realistic supervised workload recorded to a local store.
+
+    Batch processing, a CSV import, an API sync with retries, a bulk SQL update and a
+    multi-phase report, plus one run that hangs (turns stuck), one that fails and one that
+    exceeds its memory limit. Ends with a summary read back from the store and the commands
+    to explore it.
+    """
+    from ..demo import run_demo  # noqa: PLC0415
+
+    code = run_demo(
+        db=db, duration=None if forever else duration, port=port, seed=seed, live=not no_live
+    )
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+# --------------------------------------------------------------------------------------------
+
+
+def _build_query(sink: Any, opts: dict[str, Any]) -> Any:
+    q = sink.jobs
+    statuses = [s for s in STATUS_FLAGS if opts.get(s)]
+    if len(statuses) > 1:
+        fail(
+            f"choose one status flag, not {' and '.join('--' + s for s in statuses)} "
+            "(flags combine with AND, as chained scopes do)",
+            Exit.USAGE,
+        )
+    for s in statuses:
+        q = getattr(q, s)()
+    for h in HEALTH_FLAGS:
+        if opts.get(h):
+            q = getattr(q, h)()
+    if opts.get("today"):
+        q = q.today()
+    if opts.get("name"):
+        q = q.named(opts["name"])
+    if opts.get("job_class"):
+        q = q.by_class(opts["job_class"])
+    if opts.get("queue"):
+        q = q.on_queue(opts["queue"])
+    if opts.get("since") is not None:
+        q = q.since(opts["since"])
+    if opts.get("memory_above") is not None:
+        q = q.memory_above(opts["memory_above"])
+    if opts.get("cpu_above") is not None:
+        q = q.cpu_above(opts["cpu_above"])
+    return q
+
+
+def _order(q: Any, order_by: str | None, desc: bool | None) -> Any:
+    column = order_by or "started_at"
+    descending = desc if desc is not None else (order_by is None)
+    if column.startswith("-"):
+        column, descending = column[1:], True
+    return q.order_by(column, desc=descending)
+
+
+def scope_options(func: F) -> F:
+    """Flags mirroring the query scopes (``sink.jobs.running().stuck()…``)."""
+    decorators = [
+        *(click.option(f"--{s}", s, is_flag=True, help=f"Only {s} runs.") for s in STATUS_FLAGS),
+        click.option(
+            "--stuck", is_flag=True, help="Alive but silent past 3 intervals, or past its timeout."
+        ),
+        click.option("--lost", is_flag=True, help="Running, but its process went silent."),
+        click.option("--stalled", is_flag=True, help="Progress flat past stall_timeout."),
+        click.option("--overtime", is_flag=True, help="Running past its timeout."),
+        click.option("--violated", is_flag=True, help="Crossed a resource limit."),
+        click.option("--unhealthy", is_flag=True, help="Health is unhealthy."),
+        click.option("--degraded", is_flag=True, help="Health is degraded."),
+        click.option("--healthy", is_flag=True, help="Health is healthy."),
+        click.option("--today", is_flag=True, help="Started today (UTC)."),
+        click.option("--name", metavar="JOB", help="Job name (exact)."),
+        click.option("--class", "job_class", metavar="CLASS", help="Job class / qualified name."),
+        click.option("--queue", metavar="QUEUE", help="Queue name (exact)."),
+        click.option(
+            "--since",
+            type=SINCE,
+            metavar="WHEN",
+            help="Started since: a duration ago (1h, 7d) or an ISO date/time.",
+        ),
+        click.option(
+            "--memory-above", type=BYTES, metavar="SIZE", help="Memory above, e.g. 512MiB."
+        ),
+        click.option(
+            "--cpu-above", type=click.FloatRange(min=0), metavar="PCT", help="CPU percent above."
+        ),
+    ]
+    for deco in reversed(decorators):
+        func = deco(func)
+    return func
+
+
+@cli.command()
+@store_options
+@scope_options
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many runs.",
+)
+@click.option(
+    "--order-by",
+    metavar="COLUMN",
+    default=None,
+    help="Sort column (started_at, duration, memory_bytes, progress …); "
+    "prefix with - for descending. Default: newest first.",
+)
+@click.option("--desc/--asc", default=None, help="Sort direction for --order-by.")
+@output_options
+def jobs(
+    db: str | None,
+    url: str | None,
+    limit: int,
+    order_by: str | None,
+    desc: bool | None,
+    as_json: bool,
+    as_csv: bool,
+    **scopes: Any,
+) -> None:
+    """List runs, filtered by scope flags (they combine with AND).
+
+    \b
+    Examples:
+      chaperone-otel jobs --failed --since 1h
+      chaperone-otel jobs --running --stuck --json
+      chaperone-otel jobs --name etl.import --order-by -memory_bytes --limit 5
+    """
+    target = store_target(db, url)
+    with open_store(target) as sink:
+        q = _order(_build_query(sink, scopes), order_by, desc).limit(limit)
+        records = query("jobs", q.all)
+    if as_json:
+        dump_json([render.record_dict(r) for r in records])
+    elif as_csv:
+        click.echo(render.records_csv(records), nl=False)
+    else:
+        out = console()
+        if records:
+            out.print(render.jobs_table(records))
+        out.print(
+            f"[dim]{len(records)} run(s)"
+            + (f" (limit {limit}; use --limit)" if len(records) == limit else "")
+            + "[/]"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# show
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_id")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
+    """One run: details, progress, health, heartbeats, errors with traces, violations.
+
+    RUN_ID is the run id (or a unique prefix of it, at least 4 characters).
+    """
+    target = store_target(db, url)
+    with open_store(target) as sink:
+        record = query("show", lambda: sink.job(run_id))
+        if record is None and len(run_id) >= 4:
+            matches = query(
+                "show",
+                lambda: [
+                    r
+                    for r in sink.jobs.order_by("started_at", desc=True).limit(10_000).all()
+                    if str(r.id).startswith(run_id)
+                ],
+            )
+            ids = sorted({str(r.id) for r in matches})
+            if len(ids) > 1:
+                fail(
+                    f"run id prefix {run_id!r} is ambiguous: {', '.join(ids[:5])}"
+                    + (" …" if len(ids) > 5 else ""),
+                    Exit.USAGE,
+                )
+            if ids:
+                record = query("show", lambda: sink.job(ids[0]))
+        if record is None:
+            fail(
+                f"no run {run_id!r} in {target} (list runs with `chaperone-otel jobs`)",
+                Exit.FINDINGS,
+            )
+        if as_json:
+            data = render.record_dict(record)
+            data["heartbeats"] = [render.record_dict(h) for h in render._heartbeats(record)]
+            data["errors"] = [render.record_dict(e) for e in (record.errors or [])]
+            data["resource_violations"] = [
+                render.record_dict(v) for v in (record.resource_violations or [])
+            ]
+            dump_json(data)
+            return
+        console().print(render.detail(record))
+
+
+# --------------------------------------------------------------------------------------------
+# monitor
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_options
+@click.option("--name", metavar="JOB", help="Only this job name.")
+@click.option("--queue", metavar="QUEUE", help="Only this queue.")
+@click.option("--interval", type=DURATION, default=1.0, show_default=True, help="Refresh period.")
+@click.option(
+    "--recent",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Also show this many recently finished runs.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (scripts, CI logs).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: the frame as JSON.")
+def monitor(
+    db: str | None,
+    url: str | None,
+    name: str | None,
+    queue: str | None,
+    interval: float,
+    recent: int,
+    once: bool,
+    as_json: bool,
+) -> None:
+    """Live view of running runs: progress, ETA, heartbeat age, health. Ctrl-C quits.
+
+    Works against a store file, or a live owner (the demo, an app with the embedded sink,
+    `sink serve`) through the URL it advertises beside the file.
+    """
+    if as_json and not once:
+        raise click.UsageError("--json needs --once (a live view cannot be piped)")
+    target = store_target(db, url)
+    if once:
+        with open_store(target) as sink:
+            frame = query(
+                "monitor", lambda: read_frame(sink, name=name, queue=queue, recent=recent)
+            )
+        if as_json:
+            dump_json(
+                {
+                    "running": [render.record_dict(r) for r in frame.running],
+                    "recent": [render.record_dict(r) for r in frame.recent],
+                }
+            )
+        else:
+            console().print(render_frame(frame, title=target, interval=interval))
+        return
+
+    def fetch() -> Frame:
+        try:
+            with open_store(target) as sink:
+                return read_frame(sink, name=name, queue=queue, recent=recent)
+        except CliFailure as exc:
+            return Frame(error=exc.format_message())
+        except Exception as exc:  # keep the view alive; show why this frame failed
+            if type(exc).__name__ == "InterruptException":  # duckdb's Ctrl-C
+                raise KeyboardInterrupt from exc
+            return Frame(error=f"{type(exc).__name__}: {exc}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_live(console(), fetch, title=target, interval=interval)
+    click.echo("monitor stopped")
+
+
+# --------------------------------------------------------------------------------------------
+# stuck / health
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_options
+@click.option("--name", metavar="JOB", help="Only this job name.")
+@click.option("--queue", metavar="QUEUE", help="Only this queue.")
+@click.option(
+    "--include-lost/--no-lost",
+    default=True,
+    show_default=True,
+    help="Also report runs whose process went silent (lost).",
+)
+@output_options
+def stuck(
+    db: str | None,
+    url: str | None,
+    name: str | None,
+    queue: str | None,
+    include_lost: bool,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """Report stuck runs; exit 1 if there are any (for cron and deploy scripts).
+
+    Stuck: the process is alive but the job's code has not heartbeat for more than 3
+    heartbeat intervals, or it is past its timeout. Lost: the process itself went silent.
+    """
+    target = store_target(db, url)
+    with open_store(target) as sink:
+        base = sink.jobs
+        if name:
+            base = base.named(name)
+        if queue:
+            base = base.on_queue(queue)
+        found = query("stuck", base.stuck().order_by("started_at").all)
+        if include_lost:
+            seen = {(r.id, r.attempt) for r in found}
+            found += [
+                r
+                for r in query("stuck", base.lost().order_by("started_at").all)
+                if (r.id, r.attempt) not in seen
+            ]
+    if as_json:
+        dump_json([render.record_dict(r) for r in found])
+    elif as_csv:
+        click.echo(render.records_csv(found), nl=False)
+    elif found:
+        console().print(render.jobs_table(found, title="stuck runs"))
+    else:
+        console().print("[green]no stuck runs[/]")
+    sys.exit(int(Exit.FINDINGS if found else Exit.OK))
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@store_options
+@click.option("--name", metavar="JOB", help="Only this job name.")
+@click.option("--queue", metavar="QUEUE", help="Only this queue.")
+@click.option("--strict", is_flag=True, help="Also fail (exit 1) on degraded runs.")
+@output_options
+def health(
+    run_id: str | None,
+    db: str | None,
+    url: str | None,
+    name: str | None,
+    queue: str | None,
+    strict: bool,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """Health of running runs (or of one run); exit 1 if any is unhealthy, stuck or lost.
+
+    Without RUN_ID: counts by health and the runs that are not healthy. With RUN_ID: that
+    run's verdict. --strict counts degraded as a failure too.
+    """
+    target = store_target(db, url)
+    with open_store(target) as sink:
+        if run_id is not None:
+            record = query("health", lambda: sink.job(run_id))
+            if record is None:
+                fail(f"no run {run_id!r} in {target}", Exit.FINDINGS)
+            records = [record]
+        else:
+            q = sink.jobs.running()
+            if name:
+                q = q.named(name)
+            if queue:
+                q = q.on_queue(queue)
+            records = query("health", q.order_by("started_at").all)
+
+    def bad(r: Any) -> bool:
+        h = getattr(r, "health", None)
+        return bool(
+            h == "unhealthy"
+            or getattr(r, "stuck", False)
+            or getattr(r, "lost", False)
+            or (strict and h == "degraded")
+        )
+
+    failing = [r for r in records if bad(r)]
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(r.health)] = counts.get(str(r.health), 0) + 1
+    counts["stuck"] = sum(1 for r in records if getattr(r, "stuck", False))
+    counts["lost"] = sum(1 for r in records if getattr(r, "lost", False))
+    if as_json:
+        dump_json(
+            {
+                "ok": not failing,
+                "counts": counts,
+                "runs": [
+                    render.record_dict(r)
+                    for r in records
+                    if run_id or r.health != "healthy" or bad(r)
+                ],
+            }
+        )
+    elif as_csv:
+        click.echo(render.records_csv(failing if run_id is None else records), nl=False)
+    else:
+        out = console()
+        if run_id is not None:
+            r = records[0]
+            out.print(f"{r.name} {r.id}: ", render.status_text(r), " ", render.health_text(r))
+        else:
+            summary = "  ".join(f"{k}: {v}" for k, v in counts.items())
+            out.print(f"{len(records)} running run(s)  {summary}")
+            not_ok = [r for r in records if r.health != "healthy" or bad(r)]
+            if not_ok:
+                out.print(render.jobs_table(not_ok, title="not healthy"))
+        out.print("[red]FAIL[/]" if failing else "[green]OK[/]")
+    sys.exit(int(Exit.FINDINGS if failing else Exit.OK))
+
+
+# --------------------------------------------------------------------------------------------
+# sql / prune / wait
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("statement")
+@store_options
+@output_options
+def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: bool) -> None:
+    """Run a read-only SQL query against the store.
+
+    \b
+    Examples:
+      chaperone-otel sql "SELECT name, status, count(*) FROM jobs GROUP BY ALL"
+      chaperone-otel sql "SELECT * FROM resource_violations" --csv > violations.csv
+    """
+    if not statement.strip():
+        raise click.BadParameter("empty SQL statement", param_hint="STATEMENT")
+    target = store_target(db, url)
+    with open_store(target) as sink:
+        try:
+            columns, rows = sink.sql(statement)
+        except (SinkError, ValueError) as exc:  # writes, syntax, unknown table: bad input
+            fail(f"sql: {exc}", Exit.USAGE)
+        except Exception as exc:  # duckdb's own error classes
+            fail(f"sql: {type(exc).__name__}: {exc}", Exit.USAGE)
+    columns = [str(c) for c in columns]
+    if as_json:
+        dump_json([dict(zip(columns, row, strict=False)) for row in rows])
+    elif as_csv:
+        click.echo(render.to_csv(columns, rows), nl=False)
+    else:
+        from rich import box  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for row in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in row))
+        out = console()
+        out.print(table)
+        out.print(f"[dim]{len(rows)} row(s)[/]")
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    type=DURATION,
+    required=True,
+    metavar="AGE",
+    help="Delete runs that finished more than AGE ago (30d, 12h …).",
+)
+@click.option(
+    "--db",
+    metavar="PATH",
+    default=None,
+    envvar=ENV_SINK,
+    show_envvar=True,
+    help="The DuckDB store file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def prune(older_than: float, db: str | None, as_json: bool) -> None:
+    """Delete old runs with their heartbeats, errors and violations.
+
+    Needs the file itself: stop the process that owns it, or run this from that process
+    (sink.prune(...)). Running runs are never deleted.
+    """
+    from datetime import timedelta  # noqa: PLC0415
+
+    target = store_target(db, None)
+    if target.startswith(("http://", "https://")):
+        fail("prune needs a store file (--db PATH), not a URL", Exit.USAGE)
+    with open_store(target, read_only=False) as sink:
+        deleted = query("prune", lambda: sink.prune(timedelta(seconds=older_than)))
+    if as_json:
+        dump_json({"deleted": deleted, "older_than_seconds": older_than})
+    else:
+        click.echo(f"pruned {deleted} run(s) older than {render.fmt_duration(older_than)}")
+
+
+@cli.command()
+@store_options
+@click.option("--name", metavar="JOB", help="Only runs of this job name.")
+@click.option("--queue", metavar="QUEUE", help="Only runs on this queue.")
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=600.0,
+    show_default=True,
+    help="Give up after this long (exit 1).",
+)
+@click.option("--interval", type=DURATION, default=2.0, show_default=True, help="Poll period.")
+@click.option(
+    "--ignore-stuck",
+    is_flag=True,
+    help="Do not wait for stuck or lost runs (they may never finish).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def wait(
+    db: str | None,
+    url: str | None,
+    name: str | None,
+    queue: str | None,
+    timeout: float,
+    interval: float,
+    ignore_stuck: bool,
+    quiet: bool,
+) -> None:
+    """Block until matching running runs finish (deployment coordination).
+
+    Exit 0 when none is running, 1 when --timeout passes first (the runs still going are
+    listed), 3 when the store cannot be read.
+
+    \b
+    Example (drain a queue before a deploy):
+      chaperone-otel wait --queue imports --timeout 15m && deploy.sh
+    """
+    target = store_target(db, url)
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    last: list[Any] = []
+    while True:
+        with open_store(target) as sink:
+            q = sink.jobs.running()
+            if name:
+                q = q.named(name)
+            if queue:
+                q = q.on_queue(queue)
+            last = query("wait", q.order_by("started_at").all)
+        if ignore_stuck:
+            last = [
+                r for r in last if not (getattr(r, "stuck", False) or getattr(r, "lost", False))
+            ]
+        if not last:
+            if not quiet:
+                click.echo("no matching runs are running")
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            click.echo(
+                f"timed out after {render.fmt_duration(timeout)}: {len(last)} run(s) still running",
+                err=True,
+            )
+            console().print(render.jobs_table(last))
+            sys.exit(int(Exit.FINDINGS))
+        if not quiet:
+            click.echo(
+                f"waiting for {len(last)} run(s): "
+                + ", ".join(
+                    f"{r.name} {render.short_id(str(r.id))} {float(r.progress or 0):.0f}%"
+                    for r in last[:5]
+                )
+                + (" …" if len(last) > 5 else ""),
+                err=True,
+            )
+        stop.wait(min(interval, remaining))
+
+
+# --------------------------------------------------------------------------------------------
+# sink serve
+# --------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def sink() -> None:
+    """The sink server: OTLP/HTTP in, DuckDB store, query API and fleet /metrics out."""
+
+
+@sink.command("serve")
+@click.option(
+    "--db",
+    metavar="PATH",
+    default=None,
+    envvar=ENV_SINK,
+    show_envvar=True,
+    required=True,
+    help="The DuckDB store file to own (created if missing).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=4318,
+    show_default=True,
+    help="Port for OTLP/HTTP, the query API and /metrics (0: a free one).",
+)
+@click.option(
+    "--token",
+    envvar="CHAPERONE_OTEL_SINK_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Require this bearer token on ingest.",
+)
+def sink_serve(db: str, host: str, port: int, token: str | None) -> None:
+    """Receive OTLP from workers/Collectors and record runs in the store (docs/sink-server.md)."""
+    try:
+        from ..sink._server import serve  # noqa: PLC0415
+    except ImportError as exc:
+        fail(f"the sink server is not available in this build: {exc}", Exit.STORE)
+    try:
+        serve(db, host=host, port=port, token=token)
+    except SinkError as exc:
+        fail(f"sink serve: {exc}", Exit.STORE)
+    except OSError as exc:
+        fail(f"sink serve: cannot bind {host}:{port}: {exc}", Exit.USAGE)

@@ -1,0 +1,192 @@
+"""``chaperone-otel monitor``: a live, auto-refreshing view of the running runs.
+
+Each frame opens the store, reads, and closes it again. That is deliberate: a read-only
+DuckDB connection holds a lock, so a monitor that kept the file open would stop the
+application from (re)starting its embedded sink; and a store that becomes owned by a live
+process between frames (its sidecar appears) is followed through its query URL on the next
+frame. A frame that cannot read the store shows why and the monitor keeps trying.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ._render import field as f
+from ._render import (
+    fmt_age,
+    fmt_bytes,
+    fmt_duration,
+    health_text,
+    now_utc,
+    progress_bar,
+    short_id,
+    status_text,
+)
+
+
+@dataclass
+class Frame:
+    """What one refresh read: running runs, recently finished runs, or an error."""
+
+    running: Sequence[Any] = ()
+    recent: Sequence[Any] = ()
+    error: str | None = None
+    source: str = ""
+    at: datetime = field(default_factory=now_utc)
+
+
+def read_frame(sink: Any, *, name: str | None, queue: str | None, recent: int) -> Frame:
+    """Query one frame's data from an open sink."""
+    q = sink.jobs
+    if name:
+        q = q.named(name)
+    if queue:
+        q = q.on_queue(queue)
+    running = q.running().order_by("started_at").all()
+    finished: list[Any] = []
+    if recent > 0:
+        since = now_utc() - timedelta(hours=1)
+        finished = [
+            r
+            for r in q.since(since).order_by("started_at", desc=True).limit(recent * 3).all()
+            if f(r, "status") != "running"
+        ][:recent]
+    return Frame(running=running, recent=finished, source=str(getattr(sink, "url", "") or ""))
+
+
+def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType:
+    """The frame as a rich renderable (used by the live view and ``--once``)."""
+    now = frame.at
+    header = Text()
+    header.append("chaperone-otel monitor", style="bold")
+    header.append(f"  {title}", style="dim")
+    header.append(f"  {now.astimezone().strftime('%H:%M:%S')}", style="dim")
+    if frame.error:
+        header.append("\n")
+        header.append(
+            f"store unavailable: {frame.error} (retrying every {interval:g}s)", style="bold red"
+        )
+        return Group(header)
+    running = list(frame.running)
+    stuck = sum(1 for r in running if f(r, "stuck"))
+    lost = sum(1 for r in running if f(r, "lost"))
+    unhealthy = sum(1 for r in running if f(r, "health") == "unhealthy")
+    degraded = sum(1 for r in running if f(r, "health") == "degraded")
+    header.append("\n")
+    header.append(f"{len(running)} running", style="bold cyan")
+    for count, label, style in (
+        (stuck, "stuck", "bold red"),
+        (lost, "lost", "bold magenta"),
+        (unhealthy, "unhealthy", "red"),
+        (degraded, "degraded", "yellow"),
+    ):
+        header.append("  ·  ")
+        header.append(f"{count} {label}", style=style if count else "dim")
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    for col, justify in (
+        ("JOB", "left"),
+        ("RUN", "left"),
+        ("QUEUE", "left"),
+        ("PROGRESS", "left"),
+        ("PHASE", "left"),
+        ("ETA", "right"),
+        ("HEARTBEAT", "right"),
+        ("MEMORY", "right"),
+        ("CPU", "right"),
+        ("HEALTH", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=col != "JOB")  # type: ignore[arg-type]
+    for r in running:
+        eta = f(r, "eta")
+        cpu = f(r, "cpu_percent")
+        hb_age = fmt_age(f(r, "last_heartbeat_at"), now)
+        interval_s = f(r, "heartbeat_interval")
+        hb_style = "red" if f(r, "stuck") or f(r, "lost") else ""
+        if not hb_style and interval_s and f(r, "last_heartbeat_at") is not None:
+            seconds = (now - f(r, "last_heartbeat_at")).total_seconds()
+            hb_style = "yellow" if seconds > float(interval_s) else ""
+        table.add_row(
+            str(f(r, "name") or "-"),
+            short_id(str(f(r, "id"))),
+            str(f(r, "queue") or "-"),
+            progress_bar(f(r, "progress")),
+            str(f(r, "phase") or ""),
+            "-" if eta is None else fmt_duration(float(eta)),
+            Text(hb_age, style=hb_style),
+            fmt_bytes(f(r, "memory_bytes")),
+            "-" if cpu is None else f"{float(cpu):.0f}%",
+            health_text(r),
+        )
+    parts: list[RenderableType] = [header]
+    if running:
+        parts.append(table)
+    else:
+        parts.append(Text("no running runs", style="dim"))
+    if frame.recent:
+        done = Table(
+            title="recently finished",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            title_style="dim",
+        )
+        for col in ("JOB", "RUN", "STATUS", "DURATION", "ERROR"):
+            done.add_column(col, no_wrap=col != "ERROR")
+        for r in frame.recent:
+            err = f(r, "error_type")
+            done.add_row(
+                str(f(r, "name")),
+                short_id(str(f(r, "id"))),
+                status_text(r),
+                fmt_duration(f(r, "duration")),
+                Text(f"{err}: {f(r, 'error_message') or ''}"[:70], style="red") if err else "",
+            )
+        parts.append(done)
+    parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
+    return Group(*parts)
+
+
+def run_live(
+    console: Console,
+    fetch: Callable[[], Frame],
+    *,
+    title: str,
+    interval: float,
+    stop: threading.Event | None = None,
+) -> None:
+    """Refresh until Ctrl-C (KeyboardInterrupt propagates to the caller, which exits 0)."""
+    stop = stop or threading.Event()
+    if not console.is_terminal:
+        # A pipe or a dumb log: print a frame per refresh instead of redrawing.
+        while not stop.is_set():
+            console.print(render_frame(fetch(), title=title, interval=interval))
+            console.print()
+            stop.wait(interval)
+        return
+    frame = fetch()
+    with Live(
+        render_frame(frame, title=title, interval=interval),
+        console=console,
+        auto_refresh=False,
+        transient=False,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    ) as live:
+        next_at = time.monotonic() + interval
+        while not stop.is_set():
+            stop.wait(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic() + interval
+            live.update(render_frame(fetch(), title=title, interval=interval), refresh=True)

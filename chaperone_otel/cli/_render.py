@@ -1,0 +1,399 @@
+"""Turning job records into rich tables, detail panels, JSON and CSV.
+
+Rendering works on any object with the ``JobRecord`` attributes (the sink's records, and
+:class:`RunRow` built from a live ``JobState`` for the demo's own view), read with
+``getattr`` so a field the store does not have yet renders as ``-`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+HEALTH_STYLES = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "unhealthy": "red",
+    "unknown": "dim",
+}
+STATUS_STYLES = {
+    "running": "cyan",
+    "pending": "dim",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+}
+
+JOB_COLUMNS = (
+    "id",
+    "name",
+    "queue",
+    "status",
+    "health",
+    "progress",
+    "started_at",
+    "duration",
+    "last_heartbeat_at",
+    "memory_bytes",
+)
+"""Columns of ``jobs --csv`` (and the table); ``--json`` gives every field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small formatters.
+# --------------------------------------------------------------------------------------------
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``0.4s``, ``12s``, ``3m05s``, ``2h04m``, ``3d02h``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def fmt_bytes(value: float | None) -> str:
+    """``812.0 KiB``, ``1.2 GiB``."""
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover - loop always returns
+
+
+def fmt_time(moment: datetime | None) -> str:
+    """Local wall time (what a person at the terminal reads); ISO in JSON/CSV."""
+    if moment is None:
+        return "-"
+    local = moment.astimezone()
+    if local.date() == datetime.now().astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def age(moment: datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds since ``moment`` (None when unknown)."""
+    if moment is None:
+        return None
+    return max(0.0, ((now or now_utc()) - moment).total_seconds())
+
+
+def fmt_age(moment: datetime | None, now: datetime | None = None) -> str:
+    seconds = age(moment, now)
+    return "-" if seconds is None else f"{fmt_duration(seconds)} ago"
+
+
+def progress_bar(percent: float | None, width: int = 20) -> Text:
+    """A text progress bar (no cursor tricks: renders in any terminal and in a pipe)."""
+    if percent is None:
+        return Text("-")
+    pct = min(100.0, max(0.0, float(percent)))
+    filled = pct / 100.0 * width
+    full = int(filled)
+    partial = " ▏▎▍▌▋▊▉"[int((filled - full) * 8)] if full < width else ""
+    bar = "█" * full + partial
+    text = Text(bar.ljust(width), style="cyan")
+    text.append(f" {pct:5.1f}%", style="bold")
+    return text
+
+
+def field(record: Any, name: str, default: Any = None) -> Any:
+    """``record.name`` or ``default`` (tolerates records without the field)."""
+    return getattr(record, name, default)
+
+
+def health_text(record: Any) -> Text:
+    """Health with the stuck/lost flags, coloured."""
+    health = field(record, "health") or "unknown"
+    text = Text(str(health), style=HEALTH_STYLES.get(str(health), ""))
+    if field(record, "lost"):
+        text.append(" LOST", style="bold magenta")
+    elif field(record, "stuck"):
+        text.append(" STUCK", style="bold red")
+    return text
+
+
+def status_text(record: Any) -> Text:
+    status = str(field(record, "status") or "-")
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def short_id(run_id: str) -> str:
+    return run_id if len(run_id) <= 13 else run_id[:8]
+
+
+# --------------------------------------------------------------------------------------------
+# Tables.
+# --------------------------------------------------------------------------------------------
+
+
+def jobs_table(records: Sequence[Any], *, title: str | None = None, wide: bool = True) -> Table:
+    """The ``jobs`` / ``stuck`` / ``health`` list."""
+    now = now_utc()
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("ID", no_wrap=True, overflow="fold")
+    table.add_column("NAME", overflow="fold")
+    table.add_column("QUEUE")
+    table.add_column("STATUS")
+    table.add_column("HEALTH", no_wrap=True)
+    table.add_column("PROGRESS", justify="right")
+    table.add_column("STARTED")
+    table.add_column("DURATION", justify="right")
+    table.add_column("HEARTBEAT", justify="right")
+    table.add_column("MEMORY", justify="right")
+    for r in records:
+        progress = field(r, "progress")
+        running = field(r, "status") == "running"
+        table.add_row(
+            str(field(r, "id")) if wide else short_id(str(field(r, "id"))),
+            str(field(r, "name") or "-"),
+            str(field(r, "queue") or "-"),
+            status_text(r),
+            health_text(r),
+            "-" if progress is None else f"{float(progress):.0f}%",
+            fmt_time(field(r, "started_at")),
+            fmt_duration(field(r, "duration")),
+            fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
+            fmt_bytes(field(r, "memory_bytes")),
+        )
+    return table
+
+
+def detail(record: Any) -> RenderableType:
+    """``show RUN_ID``: everything about one run."""
+    now = now_utc()
+    r = record
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold", no_wrap=True)
+    info.add_column()
+
+    def row(label: str, value: Any) -> None:
+        if value is None or value == "":
+            return
+        info.add_row(label, value if isinstance(value, Text) else str(value))
+
+    row("run id", field(r, "id"))
+    row("attempt", field(r, "attempt"))
+    row("job", field(r, "name"))
+    row("queue", field(r, "queue"))
+    row("status", status_text(r))
+    row("health", health_text(r))
+    row("host / pid", f"{field(r, 'host') or '-'} / {field(r, 'pid') or '-'}")
+    row("started", _iso(field(r, "started_at")))
+    row("finished", _iso(field(r, "finished_at")))
+    row("duration", fmt_duration(field(r, "duration")))
+    if field(r, "timeout_at") is not None:
+        row("timeout at", _iso(field(r, "timeout_at")))
+    progress = field(r, "progress")
+    if progress is not None:
+        bar = progress_bar(progress, 30)
+        current, total = field(r, "current"), field(r, "total")
+        if current is not None:
+            bar.append(f"  {_num(current)}" + (f" / {_num(total)}" if total is not None else ""))
+        row("progress", bar)
+    row("phase", field(r, "phase"))
+    rate = field(r, "rate")
+    if rate:
+        row("rate", f"{float(rate) * 100:.2f} %/s")
+    if field(r, "status") == "running":
+        row("eta", fmt_duration(field(r, "eta")) if field(r, "eta") is not None else None)
+    hb_count = field(r, "heartbeat_count")
+    interval = field(r, "heartbeat_interval")
+    row(
+        "heartbeats",
+        f"{hb_count if hb_count is not None else '-'} "
+        f"(interval {fmt_duration(interval)}, last {fmt_age(field(r, 'last_heartbeat_at'), now)})",
+    )
+    if field(r, "last_seen_at") is not None:
+        row("process seen", fmt_age(field(r, "last_seen_at"), now))
+    row(
+        "memory",
+        _with_limit(
+            fmt_bytes(field(r, "memory_bytes")),
+            field(r, "memory_limit_bytes"),
+            fmt_bytes,
+            peak=field(r, "memory_peak_bytes"),
+        ),
+    )
+    cpu = field(r, "cpu_percent")
+    row(
+        "cpu",
+        _with_limit(
+            "-" if cpu is None else f"{float(cpu):.1f}%",
+            field(r, "cpu_limit_percent"),
+            lambda v: f"{float(v):.0f}%",
+        ),
+    )
+    row("open fds", _with_limit(str(field(r, "open_fds") or "-"), field(r, "fd_limit"), str))
+    trace_id = field(r, "trace_id")
+    if trace_id:
+        row("trace", f"{trace_id} / span {field(r, 'span_id') or '-'}")
+    meta = field(r, "metadata")
+    if meta:
+        row("metadata", ", ".join(f"{k}={v}" for k, v in dict(meta).items()))
+    parts: list[RenderableType] = [Panel(info, title=f"[bold]{field(r, 'name')}", expand=False)]
+
+    violations = list(field(r, "resource_violations") or [])
+    if violations:
+        vt = Table(title="resource violations", box=box.SIMPLE_HEAD, title_justify="left")
+        for col in ("AT", "LIMIT", "LIMIT VALUE", "ACTUAL", "POLICY"):
+            vt.add_column(col)
+        for v in violations:
+            kind = str(field(v, "type"))
+            fmt = fmt_bytes if kind == "memory" else _num
+            vt.add_row(
+                _iso(field(v, "at")),
+                Text(kind, style="red"),
+                fmt(field(v, "limit")),
+                fmt(field(v, "actual")),
+                str(field(v, "policy") or "-"),
+            )
+        parts.append(vt)
+
+    errors = list(field(r, "errors") or [])
+    if not errors and field(r, "error_type"):
+        errors = [
+            _Error(None, field(r, "error_type"), field(r, "error_message"), field(r, "error_trace"))
+        ]
+    for e in errors:
+        body = Text()
+        body.append(f"{field(e, 'type')}: {field(e, 'message') or ''}\n", style="bold red")
+        trace = field(e, "trace")
+        if trace:
+            body.append(str(trace).rstrip())
+        parts.append(
+            Panel(
+                body,
+                title=f"error {_iso(field(e, 'at'))}".rstrip(),
+                expand=False,
+                border_style="red",
+            )
+        )
+
+    beats = _heartbeats(r)
+    if beats:
+        ht = Table(
+            title=f"latest heartbeats ({len(beats)} shown)",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+        )
+        for col in ("AT", "KIND", "CALLS", "PROGRESS", "METADATA"):
+            ht.add_column(col)
+        for hb in beats[-10:]:
+            p = field(hb, "progress")
+            hmeta = field(hb, "metadata") or {}
+            ht.add_row(
+                _iso(field(hb, "at")),
+                str(field(hb, "kind") or "-"),
+                str(field(hb, "calls") if field(hb, "calls") is not None else "-"),
+                "-" if p is None else f"{float(p):.0f}%",
+                ", ".join(f"{k}={v}" for k, v in dict(hmeta).items())[:80],
+            )
+        parts.append(ht)
+    return Group(*parts)
+
+
+@dataclass
+class _Error:
+    at: datetime | None
+    type: str | None
+    message: str | None
+    trace: str | None
+
+
+def _heartbeats(record: Any) -> list[Any]:
+    fn = getattr(record, "heartbeats", None)
+    if fn is None:
+        return []
+    beats = fn() if callable(fn) else fn
+    return list(beats or [])
+
+
+def _with_limit(value: str, limit: Any, fmt: Any, *, peak: Any = None) -> str | None:
+    if value == "-" and limit is None and peak is None:
+        return None
+    out = value
+    if peak is not None:
+        out += f" (peak {fmt(peak)})"
+    if limit is not None:
+        out += f"  limit {fmt(limit)}"
+    return out
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    f = float(value)
+    return f"{f:.0f}" if f.is_integer() else f"{f:g}"
+
+
+def _iso(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------
+# Machine output.
+# --------------------------------------------------------------------------------------------
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """The record as a plain dict (``to_dict()`` when it has one)."""
+    to_dict = getattr(record, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    return {k: v for k, v in vars(record).items() if not k.startswith("_")}
+
+
+def to_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text with a header line; datetimes as ISO 8601 UTC."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, (dict, list)):
+        import json  # noqa: PLC0415
+
+        return json.dumps(value, default=str)
+    return value
+
+
+def records_csv(records: Sequence[Any], columns: Sequence[str] = JOB_COLUMNS) -> str:
+    return to_csv(columns, ([field(r, c) for c in columns] for r in records))
