@@ -70,8 +70,10 @@ class Hooks:
             if hook is None:
                 continue
             if name not in HOOK_NAMES:
+                what = "hook" if name.startswith("on_") else "option"
                 raise ConfigurationError(
-                    f"unknown hook {name!r}; hooks are {', '.join(HOOK_NAMES)}"
+                    f"unknown {what} {name!r}; hooks are {', '.join(HOOK_NAMES)} (see "
+                    "configure()'s docstring for the options)"
                 )
             if not callable(hook):
                 raise ConfigurationError(f"{name} must be callable, got {type(hook).__name__}")

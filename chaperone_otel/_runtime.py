@@ -364,7 +364,7 @@ class Runtime:
         calls = run._hb_calls - run._hb_flushed
         first = run._hb_flushed == 0 and calls > 0
         if final:
-            if calls == 0:
+            if calls == 0 and run.progress_updated_at <= state.flushed_progress_at:
                 return
         elif not (now >= state.next_flush or run._flush_now or first):
             return

@@ -192,12 +192,11 @@ class Capture:
         options = dict(self._options)
         if self.clock is not None:
             options["clock"] = self.clock
-        configure(
-            tracer_provider=self.tracer_provider,
-            meter_provider=self.meter_provider,
-            logger_provider=self.logger_provider,
-            **options,
-        )
+        # Explicit providers win (e.g. a deliberately broken one in a robustness test).
+        options.setdefault("tracer_provider", self.tracer_provider)
+        options.setdefault("meter_provider", self.meter_provider)
+        options.setdefault("logger_provider", self.logger_provider)
+        configure(**options)
         runtime().background = self._background
         add_listener(self)
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,21 +21,25 @@ from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
     ConsoleLogRecordExporter,
+    LogRecordExporter,
+    LogRecordExportResult,
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
 )
 
 from .. import semconv as sc
 from .._config import Config
-from .._safety import handle_internal_errors
+from .._safety import handle_internal_errors, record_internal_error
 
 logger = logging.getLogger("chaperone_otel")
 
@@ -43,6 +48,62 @@ _OTLP_ENV = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
 )
+
+
+class CountingSpanExporter(SpanExporter):
+    """Wraps a span exporter so its failures (raised or returned) are counted, never raised.
+
+    ``setup()`` wraps every exporter it installs; wrap your own the same way to see export
+    failures in ``chaperone.internal.errors{where="export"}``.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:
+            record_internal_error("export:spans", exc)
+            return SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            record_internal_error("export:spans", RuntimeError(f"span export {result.name}"))
+        return result
+
+    def shutdown(self) -> None:
+        with handle_internal_errors("export:spans"):
+            self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with handle_internal_errors("export:spans"):
+            return bool(self.inner.force_flush(timeout_millis))
+        return False
+
+
+class CountingLogExporter(LogRecordExporter):
+    """The log-record twin of :class:`CountingSpanExporter`."""
+
+    def __init__(self, inner: LogRecordExporter) -> None:
+        self.inner = inner
+
+    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
+        try:
+            result = self.inner.export(batch)
+        except Exception as exc:
+            record_internal_error("export:logs", exc)
+            return LogRecordExportResult.FAILURE
+        if result is not LogRecordExportResult.SUCCESS:
+            record_internal_error("export:logs", RuntimeError(f"log export {result.name}"))
+        return result
+
+    def shutdown(self) -> None:
+        with handle_internal_errors("export:logs"):
+            self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with handle_internal_errors("export:logs"):
+            return bool(self.inner.force_flush(timeout_millis))
+        return False
 
 
 @dataclass
@@ -111,10 +172,12 @@ def setup(config: Config) -> Setup:
         )
 
         out.span_processors.append(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
+            BatchSpanProcessor(
+                CountingSpanExporter(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
+            )
         )
     if config.console:
-        out.span_processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+        out.span_processors.append(SimpleSpanProcessor(CountingSpanExporter(ConsoleSpanExporter())))
     for sp in out.span_processors:
         tp.add_span_processor(sp)
 
@@ -131,10 +194,14 @@ def setup(config: Config) -> Setup:
         )
 
         out.log_processors.append(
-            BatchLogRecordProcessor(OTLPLogExporter(endpoint=_endpoint(config, "logs")))
+            BatchLogRecordProcessor(
+                CountingLogExporter(OTLPLogExporter(endpoint=_endpoint(config, "logs")))
+            )
         )
     if config.console:
-        out.log_processors.append(SimpleLogRecordProcessor(ConsoleLogRecordExporter()))
+        out.log_processors.append(
+            SimpleLogRecordProcessor(CountingLogExporter(ConsoleLogRecordExporter()))
+        )
     for lproc in out.log_processors:
         lp.add_log_record_processor(lproc)
 

@@ -1,0 +1,72 @@
+"""Concurrent runs in threads and asyncio tasks keep their state apart (contextvars)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from chaperone_otel import current_job, heartbeat, report_progress, supervised
+from chaperone_otel import semconv as sc
+from chaperone_otel.testing import Capture
+
+
+def test_fifty_threads_each_in_its_own_run(chaperone: Capture) -> None:
+    """50 threads, each its own run with a distinct heartbeat count and total."""
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    @supervised(name="threaded")
+    def job(index: int) -> str:
+        barrier.wait(timeout=30)  # all 50 runs are live at once
+        run = current_job(required=True)
+        assert run is not None
+        for i in range(index + 1):
+            heartbeat(i=i)
+            report_progress(i + 1, index + 1)
+        return run.id
+
+    ids: dict[int, str] = {}
+
+    def worker(index: int) -> None:
+        try:
+            ids[index] = job(index)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(set(ids.values())) == 50
+    for index, run_id in ids.items():
+        run = chaperone.run(run_id)
+        assert run.heartbeat_count == index + 1
+        assert run.latest[sc.ATTR_PROGRESS_TOTAL] == index + 1
+        assert run.progress == 100
+        assert run.completed
+
+
+async def test_thousand_tasks_each_in_its_own_run(chaperone: Capture) -> None:
+    """1,000 asyncio tasks interleaving at every await keep progress and heartbeats apart."""
+
+    @supervised(name="tasks")
+    async def job(index: int) -> str:
+        run = current_job(required=True)
+        assert run is not None
+        for i in range(index % 7 + 1):
+            await asyncio.sleep(0)
+            assert current_job() is run  # the interleaving never mixes runs
+            heartbeat()
+            report_progress(i + 1, 10)
+        return run.id
+
+    ids = await asyncio.gather(*(job(i) for i in range(1000)))
+    assert len(set(ids)) == 1000
+    by_id = {r.id: r for r in chaperone.runs()}
+    for index, run_id in enumerate(ids):
+        run = by_id[run_id]
+        assert run.heartbeat_count == index % 7 + 1
+        assert run.latest[sc.ATTR_PROGRESS_CURRENT] == index % 7 + 1
+        assert run.completed

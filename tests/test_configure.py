@@ -1,0 +1,248 @@
+"""configure(): env precedence, adding to existing providers, real OTLP/HTTP export, fork."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import chaperone_otel as chaperone
+from chaperone_otel import ConfigurationError, supervised
+from chaperone_otel import semconv as sc
+from chaperone_otel._config import build_config, get_config
+
+
+def test_env_then_argument_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default < CHAPERONE_OTEL_* environment < configure() argument."""
+    assert build_config({}, {}).heartbeat_interval == 60
+    env = {"CHAPERONE_OTEL_HEARTBEAT_INTERVAL": "5m", "CHAPERONE_OTEL_ON_LIMIT": "warn"}
+    assert build_config({}, env).heartbeat_interval == 300
+    assert build_config({"heartbeat_interval": 10}, env).heartbeat_interval == 10
+    assert build_config({}, env).on_limit == "warn"
+    monkeypatch.setenv("CHAPERONE_OTEL_LONG_RUN_THRESHOLD", "120")
+    chaperone.configure()
+    assert get_config().long_run_threshold == 120
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHAPERONE_OTEL_PROMETHEUS_PORT": "nine"}, "expected an integer"),
+        ({"CHAPERONE_OTEL_CONSOLE": "maybe"}, "true/false"),
+        ({"CHAPERONE_OTEL_ON_LIMIT": "explode"}, "on_limit"),
+        ({"CHAPERONE_OTEL_HEARTBEAT_INTERVAL": "-1"}, "CHAPERONE_OTEL_HEARTBEAT_INTERVAL"),
+    ],
+)
+def test_bad_environment_fails_loudly(env: dict[str, str], message: str) -> None:
+    """A bad variable raises ConfigurationError naming it, before anything changes."""
+    with pytest.raises(ConfigurationError, match=message):
+        build_config({}, env)
+
+
+def test_unknown_option_and_bad_values() -> None:
+    """Typos and bad values fail at configure() time with the valid choices."""
+    with pytest.raises(ConfigurationError, match="unknown option 'heartbeat_intervall'"):
+        chaperone.configure(heartbeat_intervall=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="prometheus_port"):
+        chaperone.configure(prometheus_port=70000)
+    with pytest.raises(ConfigurationError, match="unknown hook"):
+        chaperone.configure(on_explode=print)
+
+
+def test_adds_to_an_existing_sdk_provider(
+    receiver: tuple[str, list[tuple[str, str, bytes, float]]],
+) -> None:
+    """An application's own TracerProvider is kept; chaperone's OTLP processor is added."""
+    url, requests = receiver
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    setup = chaperone.configure(tracer_provider=provider, otlp_endpoint=url)
+    assert setup.tracer_provider is provider
+    assert len(setup.span_processors) == 1
+    with supervised("kept"):
+        pass
+    chaperone.shutdown()  # flushes chaperone's processor into the receiver
+    assert [s.name for s in exporter.get_finished_spans()] == ["kept"]
+    assert any(path == "/v1/traces" for path, *_ in requests)
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    requests: list[tuple[str, str, bytes, float]]
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        with self.lock:
+            self.requests.append(
+                (self.path, self.headers.get("Content-Type", ""), body, time.monotonic())
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes, float]]]]:
+    """A real HTTP server on loopback that records OTLP requests."""
+    requests: list[tuple[str, str, bytes, float]] = []
+    handler = type("Handler", (_Receiver,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _log_events(requests: list[tuple[str, str, bytes, float]]) -> list[tuple[str, float]]:
+    out = []
+    for path, _ctype, body, at in list(requests):
+        if path != "/v1/logs":
+            continue
+        msg = ExportLogsServiceRequest()
+        msg.ParseFromString(body)
+        for rl in msg.resource_logs:
+            for sl in rl.scope_logs:
+                out.extend((rec.event_name, at) for rec in sl.log_records)
+    return out
+
+
+@pytest.mark.slow
+def test_real_otlp_export_lifecycle_logs_arrive_while_running(
+    receiver: tuple[str, list[tuple[str, str, bytes, float]]],
+) -> None:
+    """In a fresh process with the real SDK: lifecycle logs reach the receiver before the
+    span ends (the live channel), then the span arrives with the run's attributes."""
+    url, requests = receiver
+    script = f"""
+import time, chaperone_otel as c
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+c.configure(otlp_endpoint={url!r}, service_name="svc-test", heartbeat_interval=1,
+            flush_period=0.1)
+import opentelemetry._logs as logs
+# Export logs quickly so the live channel is visible within the run.
+for p in logs.get_logger_provider()._multi_log_record_processor._log_record_processors:
+    p._batch_processor._schedule_delay = 0.05
+with c.supervised("otlp.job") as run:
+    for i in range(30):
+        run.heartbeat(i=i)
+        time.sleep(0.05)
+    print("ENDED", time.monotonic(), flush=True)
+c.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ended = float(proc.stdout.split("ENDED", 1)[1].split()[0])
+    events = _log_events(requests)
+    names = [name for name, _ in events]
+    assert names[0] == sc.EVENT_JOB_STARTED
+    assert sc.EVENT_JOB_HEARTBEAT in names
+    assert names[-1] == sc.EVENT_JOB_FINISHED
+    before_end = [n for n, at in events if at < ended]
+    assert sc.EVENT_JOB_STARTED in before_end
+    assert sc.EVENT_JOB_HEARTBEAT in before_end
+    spans = []
+    for path, ctype, body, _ in requests:
+        assert ctype == "application/x-protobuf"
+        if path == "/v1/traces":
+            msg = ExportTraceServiceRequest()
+            msg.ParseFromString(body)
+            for rs in msg.resource_spans:
+                service = {a.key: a.value.string_value for a in rs.resource.attributes}
+                assert service["service.name"] == "svc-test"
+                spans.extend(s for ss in rs.scope_spans for s in ss.spans)
+    assert [s.name for s in spans] == ["otlp.job"]
+    attrs = {a.key: a.value for a in spans[0].attributes}
+    assert attrs[sc.ATTR_HEARTBEAT_COUNT].int_value == 30
+
+
+@pytest.mark.slow
+def test_monitor_restarts_after_fork() -> None:
+    """A forked child (Celery prefork) gets its own monitor thread and instance id."""
+    script = r"""
+import os, threading, chaperone_otel as c
+from chaperone_otel._events import add_listener
+from chaperone_otel import _supervise
+got = []
+class L:
+    def on_record(self, r): got.append(r)
+add_listener(L())
+c.configure(flush_period=0.05)
+with c.supervised("parent"): pass
+parent_instance = _supervise._instance_id
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    done = threading.Event()
+    with c.supervised("child", heartbeat_interval=1) as run:
+        run.heartbeat()
+        for _ in range(200):
+            if any(x.event_name == "chaperone.job.heartbeat" and x.attributes["chaperone.job.name"] == "child" for x in got):
+                break
+            done.wait(0.02)
+    names = [t.name for t in threading.enumerate()]
+    ok = ("chaperone-monitor" in names
+          and _supervise._instance_id != parent_instance
+          and any(x.attributes["chaperone.job.name"] == "child" and x.event_name == "chaperone.job.heartbeat" for x in got))
+    os.write(w, b"OK" if ok else b"NO")
+    os._exit(0)
+os.close(w)
+result = os.read(r, 2)
+os.waitpid(pid, 0)
+print(result.decode())
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_console_exporter_prints_spans_and_events() -> None:
+    """console=True prints the span and the lifecycle events to stdout (debugging aid)."""
+    script = (
+        "import chaperone_otel as c\n"
+        "c.configure(console=True, otlp=False)\n"
+        "with c.supervised('console.job'): pass\n"
+        "c.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    ).stdout
+    assert '"name": "console.job"' in out
+    assert sc.EVENT_JOB_FINISHED in out

@@ -1,0 +1,189 @@
+"""Health judged live: liveness for silent runs, degraded then stuck at the DESIGN §5 lines."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+from chaperone_otel import HealthPolicy, JobState, supervised
+from chaperone_otel import semconv as sc
+from chaperone_otel._health import DEFAULT_POLICY, rules
+from chaperone_otel.testing import Capture, FakeClock, capture
+
+
+def test_silent_run_goes_degraded_then_stuck_fake_clock(
+    chaperone_clock: FakeClock, chaperone: Capture
+) -> None:
+    """Interval 10 s: healthy to 15 s, degraded past 15 s, unhealthy and stuck past 30 s."""
+    stuck_calls: list[JobState] = []
+    missed: list[int] = []
+    changes: list[tuple[str, str]] = []
+    with supervised(
+        "silent",
+        heartbeat_interval=10,
+        on_stuck=stuck_calls.append,
+        on_heartbeat_missed=lambda s: missed.append(s.missed_heartbeats),
+        on_health_change=lambda s, old: changes.append((old, s.health)),
+    ) as run:
+        run.heartbeat()
+        chaperone.tick()
+        assert run.health == "healthy"
+        chaperone.advance(15.0)
+        assert run.health == "healthy"  # exactly 1.5 x interval is still healthy
+        chaperone.advance(0.5)
+        assert run.health == "degraded"
+        assert not run.stuck
+        chaperone.advance(14.5)  # age 30 s = 3 x interval: not yet stuck
+        assert run.health == "degraded"
+        chaperone.advance(0.5)
+        assert run.health == "unhealthy"
+        assert run.stuck
+        chaperone.tick()
+        assert len(stuck_calls) == 1  # a transition fires once, not on every pass
+        assert stuck_calls[0].stuck
+        records = chaperone.run(run.id)
+        assert records.liveness, "the silent run is vouched for by liveness records"
+        assert all(r.attributes[sc.ATTR_HEARTBEAT_CALLS] == 0 for r in records.liveness)
+        run.heartbeat()  # it comes back
+        chaperone.tick()
+        assert run.health == "healthy"
+        assert not run.stuck
+    assert changes == [("healthy", "degraded"), ("degraded", "unhealthy"), ("unhealthy", "healthy")]
+    assert missed == [1, 3]  # floor(age / interval) as it grew: 15.5 s -> 1, 30.5 s -> 3
+
+
+def test_timeout_makes_run_overtime_and_stuck(
+    chaperone_clock: FakeClock, chaperone: Capture
+) -> None:
+    """Past timeout_at the run is unhealthy and stuck even while heartbeating; on_timeout fires."""
+    timeouts: list[JobState] = []
+    with supervised(
+        "slowpoke", heartbeat_interval=60, timeout=30, on_timeout=timeouts.append
+    ) as run:
+        chaperone.advance(29)
+        run.heartbeat()
+        chaperone.tick()
+        assert run.health == "healthy"
+        chaperone.advance(2)
+        run.heartbeat()
+        chaperone.tick()
+        assert run.health == "unhealthy"
+        assert run.stuck
+        assert [v.limit for v in run.violations] == ["timeout"]
+    assert len(timeouts) == 1
+
+
+def test_stalled_progress_is_degraded(chaperone_clock: FakeClock, chaperone: Capture) -> None:
+    """Heartbeats keep coming but progress is flat past stall_timeout: degraded."""
+    with supervised("flat", heartbeat_interval=60, stall_timeout=20) as run:
+        run.report_progress(1, 10)
+        for _ in range(5):
+            chaperone.clock.advance(5)  # type: ignore[union-attr]
+            run.heartbeat()
+            chaperone.tick()
+        assert run.health == "degraded"
+        assert rules().stalled.holds(run.signals(chaperone_clock()), chaperone_clock())
+        run.report_progress(2, 10)
+        chaperone.tick()
+        assert run.health == "healthy"
+
+
+@pytest.mark.slow
+def test_silent_run_stuck_in_real_time() -> None:
+    """Once for real: a 1 s interval run that stops beating is reported stuck (> 3 s)."""
+    stuck = threading.Event()
+    release = threading.Event()
+    with capture(flush_period=0.2) as cap:
+
+        @supervised(name="hangs", heartbeat_interval=1, on_stuck=lambda s: stuck.set())
+        def hangs() -> None:
+            from chaperone_otel import heartbeat
+
+            heartbeat()
+            release.wait(15)  # hung: no more heartbeats
+
+        t = threading.Thread(target=hangs)
+        started = time.monotonic()
+        t.start()
+        try:
+            assert stuck.wait(10), "on_stuck did not fire within 10 s"
+            elapsed = time.monotonic() - started
+            assert elapsed > 3.0, f"stuck after only {elapsed:.2f} s (< 3 x interval)"
+        finally:
+            release.set()
+            t.join(10)
+        run = cap.last_run("hangs")
+        assert run.liveness
+        kinds = [r.attributes.get(sc.ATTR_JOB_HEALTH) for r in run.events(sc.EVENT_JOB_HEALTH)]
+        assert kinds[:2] == ["degraded", "unhealthy"]
+
+
+SCENARIOS = [
+    # (name, overrides, expected health, stuck, lost)
+    ("fresh", {}, "healthy", False, False),
+    ("late", {"last_heartbeat": -16}, "degraded", False, False),
+    ("very late", {"last_heartbeat": -31}, "unhealthy", True, False),
+    ("lost", {"last_heartbeat": -40, "last_seen": -31}, "unhealthy", False, True),
+    ("overtime", {"timeout_at": -1}, "unhealthy", True, False),
+    ("near memory", {"memory": 81, "memory_limit": 100}, "degraded", False, False),
+    ("violated", {"violation_count": 1}, "unhealthy", False, False),
+    ("failed", {"status": "failed"}, "unhealthy", False, False),
+    ("completed", {"status": "completed", "last_heartbeat": -999}, "healthy", False, False),
+    ("pending", {"status": "pending"}, "unknown", False, False),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "health", "stuck", "lost"), SCENARIOS)
+def test_rule_table_python(
+    name: str, overrides: dict[str, float | str], health: str, stuck: bool, lost: bool
+) -> None:
+    """The Python rendering of the one definition gives the DESIGN §5 verdicts."""
+    now = 1000.0
+    signals: dict[str, float | str | None] = {
+        "status": "running",
+        "started_at": now - 100,
+        "last_heartbeat": now,
+        "last_seen": now,
+        "heartbeat_interval": 10.0,
+        "timeout_at": None,
+        "stall_deadline": None,
+        "memory": None,
+        "memory_limit": None,
+        "cpu": None,
+        "cpu_limit": None,
+        "fds": None,
+        "fd_limit": None,
+        "violation_count": 0,
+    }
+    for key, value in overrides.items():
+        signals[key] = (
+            now + value
+            if isinstance(value, (int, float))
+            and key in ("last_heartbeat", "last_seen", "timeout_at")
+            else value
+        )
+    r = rules(DEFAULT_POLICY)
+    assert r.health(signals, now) == health, name
+    assert r.stuck.holds(signals, now) is stuck, name
+    assert r.lost.holds(signals, now) is lost, name
+
+
+def test_policy_validation_and_custom_thresholds() -> None:
+    """Thresholds are validated; a custom policy moves the lines."""
+    with pytest.raises(ValueError, match="degraded_after"):
+        HealthPolicy(degraded_after=4, unhealthy_after=3)
+    r = rules(HealthPolicy(degraded_after=1.0, unhealthy_after=2.0, stuck_after=2.0))
+    signals = {
+        "status": "running",
+        "last_heartbeat": 0.0,
+        "last_seen": 25.0,
+        "heartbeat_interval": 10.0,
+        "violation_count": 0,
+    }
+    assert r.health(signals, 15.0) == "degraded"
+    assert r.health(signals, 25.0) == "unhealthy"
+    assert r.stuck.holds(signals, 25.0)
+    assert not math.isnan(r.policy.warn_ratio)

@@ -1,0 +1,45 @@
+"""`import chaperone_otel` stays light: the runtime layer needs only opentelemetry-api."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = (
+    "duckdb",
+    "prometheus_client",
+    "opentelemetry.sdk",
+    "click",
+    "rich",
+    "pyarrow",
+    "starlette",
+    "uvicorn",
+)
+
+
+def test_import_loads_no_heavy_modules() -> None:
+    """A fresh interpreter importing the package (and running a job) loads none of them."""
+    code = (
+        "import sys, chaperone_otel as c\n"
+        "@c.supervised\n"
+        "def job():\n"
+        "    c.heartbeat()\n"
+        "job()\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_public_api_is_declared_once() -> None:
+    """__all__ is sorted, complete, and every name resolves."""
+    import chaperone_otel
+
+    names = chaperone_otel.__all__
+    assert names == sorted(names)
+    for name in names:
+        assert hasattr(chaperone_otel, name), name
+    public = {n for n in dir(chaperone_otel) if not n.startswith("_") and not n.islower()}
+    assert public <= set(names) | {"TYPE_CHECKING", "Any"}

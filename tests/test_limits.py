@@ -1,0 +1,147 @@
+"""Limits and policies: record, warn, cancel (cooperative), async cancel, fds, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+
+import psutil
+import pytest
+
+from chaperone_otel import JobLimitExceeded, heartbeat, supervised
+from chaperone_otel import semconv as sc
+from chaperone_otel.testing import Capture
+
+MiB = 1024 * 1024
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+@pytest.fixture
+def fast() -> Capture:  # type: ignore[misc]
+    from chaperone_otel.testing import capture
+
+    with capture(sample_interval=0.05, flush_period=0.05) as cap:
+        yield cap
+
+
+def test_cancel_memory_hog(fast: Capture) -> None:
+    """A run allocating past its memory limit gets JobLimitExceeded inside, and is cancelled."""
+    limit = _rss() + 64 * MiB
+    seen_inside: list[JobLimitExceeded] = []
+    hogs: list[bytearray] = []
+    violations: list[object] = []
+
+    @supervised(
+        name="hog",
+        memory_limit=limit,
+        on_limit="cancel",
+        on_violation=lambda state, v: violations.append(v),
+    )
+    def hog() -> None:
+        deadline = threading.Event()
+        try:
+            for _ in range(400):  # at most 1.6 GiB, far past the limit
+                hogs.append(bytearray(4 * MiB))
+                for i in range(0, 4 * MiB, 4096):
+                    hogs[-1][i] = 1  # touch pages so RSS really grows
+                heartbeat()
+                deadline.wait(0.01)  # let the monitor sample
+        except JobLimitExceeded as exc:
+            seen_inside.append(exc)
+            raise
+
+    with pytest.raises(JobLimitExceeded) as info:
+        hog()
+    hogs.clear()
+    assert seen_inside
+    assert seen_inside[0].limit == "memory"
+    assert info.value.actual > limit
+    run = fast.last_run("hog")
+    assert run.status == "cancelled"
+    assert run.violations[0][sc.ATTR_LIMIT_TYPE] == "memory"
+    assert run.violations[0][sc.ATTR_LIMIT_VALUE] == limit
+    span = run.span
+    assert any(e.name == sc.EVENT_JOB_VIOLATION for e in span.events)
+    fast.tick()
+    assert len(violations) == 1
+
+
+async def test_cancel_async_task_on_limit(fast: Capture) -> None:
+    """An async run over its fd limit is cancelled even while awaiting; JobLimitExceeded."""
+    fds_now = psutil.Process().num_fds()
+    opened: list[int] = []
+
+    @supervised(name="fd.hog", fd_limit=fds_now + 5, on_limit="cancel")
+    async def hog() -> None:
+        for _ in range(20):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        await asyncio.sleep(30)  # never heartbeats again: cancellation must come from outside
+
+    try:
+        with pytest.raises(JobLimitExceeded) as info:
+            await asyncio.wait_for(hog(), timeout=15)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert info.value.limit == "fds"
+    assert fast.last_run("fd.hog").status == "cancelled"
+
+
+def test_record_policy_only_records(fast: Capture) -> None:
+    """The default policy records the violation and lets the run finish."""
+    event = threading.Event()
+
+    @supervised(name="fd.record", fd_limit=3)
+    def job() -> str:
+        for _ in range(200):
+            heartbeat()
+            if event.wait(0.01) or fast.last_run("fd.record").violations:
+                break
+        return "finished"
+
+    assert job() == "finished"
+    run = fast.last_run("fd.record")
+    assert run.completed
+    assert run.violations[0][sc.ATTR_LIMIT_TYPE] == "fds"
+    assert run.health == "unhealthy"  # a violated limit is unhealthy by the rules
+
+
+def test_warn_policy_logs(fast: Capture, caplog: pytest.LogCaptureFixture) -> None:
+    """on_limit="warn" also logs a warning naming the job and the limit."""
+    caplog.set_level(logging.WARNING, logger="chaperone_otel")
+
+    @supervised(name="fd.warn", fd_limit=3, on_limit="warn")
+    def job() -> None:
+        for _ in range(200):
+            heartbeat()
+            if fast.last_run("fd.warn").violations:
+                return
+            threading.Event().wait(0.01)
+
+    job()
+    assert any(
+        "fd.warn" in r.getMessage() and "fds limit exceeded" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_cpu_limit_thread_cpu(fast: Capture) -> None:
+    """A busy loop over a 5 % CPU limit is caught by per-thread CPU sampling."""
+
+    @supervised(name="spin", cpu_limit=5, on_limit="cancel")
+    def spin() -> None:
+        x = 0
+        for _ in range(100_000_000):
+            x += 1
+            if x % 10_000 == 0:
+                heartbeat()
+
+    with pytest.raises(JobLimitExceeded) as info:
+        spin()
+    assert info.value.limit == "cpu"
+    assert info.value.actual > 5

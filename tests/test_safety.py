@@ -1,0 +1,166 @@
+"""Telemetry never breaks the job: failures are logged once, counted and swallowed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
+from chaperone_otel import supervised
+from chaperone_otel._events import add_listener, remove_listener
+from chaperone_otel._resources import ProcessSampler
+from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
+from chaperone_otel.testing import Capture, capture
+
+
+@pytest.fixture
+def production_mode() -> Iterator[None]:
+    """Swallowed errors stay swallowed here: that is what these tests check."""
+    old = set_raise_internal_errors(False)
+    try:
+        yield
+    finally:
+        set_raise_internal_errors(old)
+
+
+class ExplodingExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        raise RuntimeError("collector is down")
+
+    def shutdown(self) -> None:
+        return None
+
+
+class ExplodingTracerProvider(TracerProvider):
+    """A provider whose tracer itself raises: the worst a broken SDK can do."""
+
+    def get_tracer(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("tracer broken")
+
+
+def test_broken_tracer_never_reaches_the_job(production_mode: None) -> None:
+    """A tracer that raises on every call: the job still returns; the errors are counted."""
+    with capture(raise_internal_errors=False, tracer_provider=ExplodingTracerProvider()) as cap:
+
+        @supervised(name="survives")
+        def job() -> int:
+            chaperone.heartbeat()
+            return 7
+
+        assert job() == 7
+        assert job() == 7
+        counts = internal_error_counts()
+        assert counts.get("run.start") == 2
+        metrics = cap.metrics()
+        points = metrics[sc.METRIC_INTERNAL_ERRORS.name]
+        assert (
+            sum(v for attrs, v in points if attrs["chaperone.internal.where"] == "run.start") == 2
+        )
+
+
+def test_exporter_raising_on_every_call(production_mode: None) -> None:
+    """An exporter that raises on every export: the job returns, the counter shows each."""
+    from chaperone_otel.export import CountingSpanExporter
+
+    exporter = ExplodingExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(CountingSpanExporter(exporter)))
+    with capture(raise_internal_errors=False, tracer_provider=provider) as cap:
+
+        @supervised(name="exported")
+        def job() -> str:
+            return "value"
+
+        assert [job() for _ in range(3)] == ["value"] * 3
+        assert exporter.calls == 3
+        assert internal_error_counts()["export:spans"] == 3
+        points = cap.metrics()[sc.METRIC_INTERNAL_ERRORS.name]
+        assert sum(v for attrs, v in points if attrs["chaperone.internal.where"] == "export") == 3
+
+
+def test_failing_hook_and_listener(production_mode: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A raising hook and a raising listener: the job completes, each failure logged once."""
+    caplog.set_level(logging.WARNING, logger="chaperone_otel")
+
+    class BadListener:
+        def on_record(self, record: object) -> None:
+            raise ValueError("listener bug")
+
+    bad = BadListener()
+    with capture(raise_internal_errors=False) as cap:
+        add_listener(bad)
+        try:
+
+            def bad_hook(state: object) -> None:
+                raise ZeroDivisionError("hook bug")
+
+            @supervised(name="hooked", on_complete=bad_hook)
+            def job() -> int:
+                return 1
+
+            assert job() == 1
+            assert job() == 1
+            cap.tick()
+        finally:
+            remove_listener(bad)
+        assert cap.last_run("hooked").completed  # other listeners still got every record
+        counts = internal_error_counts()
+        assert counts["listener:BadListener"] >= 4
+        assert counts["hook:on_complete"] == 2
+    logged = [r for r in caplog.records if "listener:BadListener" in r.getMessage()]
+    assert len(logged) == 1, "logged once, then only counted"
+
+
+def test_failing_sampler(production_mode: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resource sampling that raises is swallowed; the run goes on without samples."""
+
+    def broken(self: ProcessSampler, now: float) -> None:
+        raise OSError("procfs unavailable")
+
+    monkeypatch.setattr(ProcessSampler, "sample", broken)
+    with capture(raise_internal_errors=False) as cap:
+        with supervised("no.samples") as run:
+            cap.tick()
+            run.heartbeat()
+        assert cap.run(run.id).completed
+        assert run.memory is None
+        assert internal_error_counts()["resources.sample"] >= 1
+
+
+def test_user_exception_unchanged_even_when_telemetry_fails(production_mode: None) -> None:
+    """With a broken tracer, the user's exception is still the same object, re-raised."""
+    error = LookupError("the user's own error")
+    with capture(raise_internal_errors=False, tracer_provider=ExplodingTracerProvider()):
+
+        @supervised(name="raises")
+        def job() -> None:
+            raise error
+
+        with pytest.raises(LookupError) as info:
+            job()
+        assert info.value is error
+
+
+def test_internal_errors_fail_tests_when_switch_on(chaperone: Capture) -> None:
+    """In test mode (the default here) a broken listener surfaces instead of hiding."""
+
+    class BadListener:
+        def on_record(self, record: object) -> None:
+            raise ValueError("surface me")
+
+    bad = BadListener()
+    add_listener(bad)
+    try:
+        with pytest.raises(ValueError, match="surface me"), supervised("loud"):
+            pass
+    finally:
+        remove_listener(bad)

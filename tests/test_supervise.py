@@ -1,0 +1,393 @@
+"""Runs of every function kind: spans, statuses, records, exceptions, misuse."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+import chaperone_otel as chaperone
+from chaperone_otel import ConfigurationError, Supervised, current_job, supervised
+from chaperone_otel import semconv as sc
+from chaperone_otel.testing import Capture, FakeClock
+
+
+def _span_named(cap: Capture, name: str):  # type: ignore[no-untyped-def]
+    spans = [s for s in cap.spans() if s.name == name]
+    assert len(spans) == 1, [s.name for s in cap.spans()]
+    return spans[0]
+
+
+def test_sync_function_one_span_completed(chaperone: Capture) -> None:
+    """A decorated function gives one span named after it, status completed, value returned."""
+
+    @supervised(name="etl.sync", queue="imports")
+    def job(x: int) -> int:
+        return x * 2
+
+    assert job(21) == 42
+    span = _span_named(chaperone, "etl.sync")
+    assert span.attributes[sc.ATTR_JOB_STATUS] == "completed"
+    assert span.attributes[sc.ATTR_JOB_QUEUE] == "imports"
+    assert span.status.status_code is StatusCode.UNSET
+    run = chaperone.last_run("etl.sync")
+    assert next(r.event_name for r in run.records) == sc.EVENT_JOB_STARTED
+    assert run.records[-1].event_name == sc.EVENT_JOB_FINISHED
+    assert run.completed
+
+
+def test_bare_decorator_uses_qualified_name(chaperone: Capture) -> None:
+    """Bare @supervised names the job module.qualname."""
+
+    @supervised
+    def bare() -> str:
+        return "ok"
+
+    assert bare() == "ok"
+    assert chaperone.spans()[0].name.endswith(
+        "test_bare_decorator_uses_qualified_name.<locals>.bare"
+    )
+
+
+async def test_coroutine(chaperone: Capture) -> None:
+    """A coroutine run is current inside the coroutine and completes."""
+
+    @supervised(name="co")
+    async def job() -> str:
+        await asyncio.sleep(0)
+        run = current_job()
+        assert run is not None
+        run.heartbeat()
+        return run.id
+
+    run_id = await job()
+    assert chaperone.run(run_id).completed
+    assert _span_named(chaperone, "co").attributes[sc.ATTR_HEARTBEAT_COUNT] == 1
+
+
+def test_generator_run_spans_iteration(chaperone: Capture) -> None:
+    """A generator run starts at the first item, ends at exhaustion; current only inside."""
+    seen_inside: list[bool] = []
+
+    @supervised(name="gen")
+    def numbers(n: int) -> Iterator[int]:
+        for i in range(n):
+            seen_inside.append(current_job() is not None)
+            yield i
+
+    gen = numbers(3)
+    assert chaperone.spans() == []
+    out = []
+    for item in gen:
+        assert current_job() is None  # the consumer never sees the generator's run
+        out.append(item)
+    assert out == [0, 1, 2]
+    assert seen_inside == [True, True, True]
+    assert _span_named(chaperone, "gen").attributes[sc.ATTR_JOB_STATUS] == "completed"
+
+
+def test_generator_send_and_early_close(chaperone: Capture) -> None:
+    """send() reaches the generator; closing early records the run as cancelled."""
+
+    @supervised(name="echo")
+    def echo() -> Iterator[int]:
+        value = 0
+        while True:
+            value = yield value * 10
+
+    gen = echo()
+    assert next(gen) == 0
+    assert gen.send(4) == 40
+    gen.close()
+    assert _span_named(chaperone, "echo").attributes[sc.ATTR_JOB_STATUS] == "cancelled"
+
+
+def test_generator_exception_propagates(chaperone: Capture) -> None:
+    """An exception inside a generator fails the run and reaches the consumer unchanged."""
+    boom = RuntimeError("gen failed")
+
+    @supervised(name="bad.gen")
+    def bad() -> Iterator[int]:
+        yield 1
+        raise boom
+
+    with pytest.raises(RuntimeError) as info:
+        list(bad())
+    assert info.value is boom
+    assert chaperone.last_run("bad.gen").failed
+
+
+async def test_async_generator(chaperone: Capture) -> None:
+    """An async generator run covers the iteration and sees its own run."""
+
+    @supervised(name="agen")
+    async def ticks(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            run = current_job()
+            assert run is not None
+            run.report_progress(i + 1, n)
+            yield i
+
+    assert [x async for x in ticks(4)] == [0, 1, 2, 3]
+    run = chaperone.last_run("agen")
+    assert run.completed
+    assert run.progress == 100
+
+
+def test_context_manager(chaperone: Capture) -> None:
+    """`with supervised(name) as run` supervises the block and restores the outer context."""
+    with supervised("block", queue="q1") as run:
+        assert current_job() is run
+        run.report_progress(5, 10)
+    assert current_job() is None
+    captured = chaperone.run(run.id)
+    assert captured.completed
+    assert captured.progress == 50
+
+
+async def test_async_context_manager(chaperone: Capture) -> None:
+    """`async with supervised(...)` works the same inside a task."""
+    async with supervised("ablock") as run:
+        await asyncio.sleep(0)
+        run.heartbeat()
+    assert chaperone.run(run.id).completed
+
+
+def test_nested_runs_parent_child_spans(chaperone: Capture) -> None:
+    """A run inside a run is its child span; each sees itself as current."""
+    with supervised("outer") as outer:
+        with supervised("inner") as inner:
+            assert current_job() is inner
+        assert current_job() is outer
+    inner_span = _span_named(chaperone, "inner")
+    outer_span = _span_named(chaperone, "outer")
+    assert inner_span.parent is not None
+    assert inner_span.parent.span_id == outer_span.context.span_id
+
+
+def test_failure_records_exception_and_reraises_same_object(chaperone: Capture) -> None:
+    """A raising job: ERROR span with an exception event, failed record, same exception."""
+    error = KeyError("missing row")
+
+    @supervised(name="fails")
+    def job() -> None:
+        raise error
+
+    with pytest.raises(KeyError) as info:
+        job()
+    assert info.value is error
+    span = _span_named(chaperone, "fails")
+    assert span.status.status_code is StatusCode.ERROR
+    assert [e.name for e in span.events if e.name == "exception"] == ["exception"]
+    run = chaperone.last_run("fails")
+    assert run.failed
+    finished = run.events(sc.EVENT_JOB_FINISHED)[0]
+    assert finished.severity == "ERROR"
+    assert finished.attributes[sc.ATTR_ERROR_TYPE] == "KeyError"
+    assert "raise error" in str(finished.attributes[sc.ATTR_ERROR_STACKTRACE])
+
+
+def test_base_exception_passes_through(chaperone: Capture) -> None:
+    """KeyboardInterrupt is not swallowed; the run is cancelled."""
+
+    @supervised(name="interrupted")
+    def job() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job()
+    assert chaperone.last_run("interrupted").status == "cancelled"
+
+
+def test_supervised_base_class(chaperone: Capture) -> None:
+    """The base class supervises run(); the id is known before and stable across attempts."""
+
+    class Import(Supervised):
+        queue = "imports"
+        heartbeat_interval = 10
+
+        def run(self, n: int) -> int:
+            for i in range(n):
+                self.heartbeat({"i": i})
+            self.report_progress(n, n)
+            return n
+
+    job = Import()
+    sid = job.supervision_id
+    assert job.get_supervision_id() == sid
+    assert job.run(3) == 3
+    first = chaperone.run(sid)
+    assert first.completed
+    assert first.latest[sc.ATTR_JOB_ATTEMPT] == 1
+    assert first.latest[sc.ATTR_JOB_QUEUE] == "imports"
+    assert first.latest[sc.ATTR_HEARTBEAT_INTERVAL] == 10
+    job.run(1)
+    assert chaperone.run(sid).latest[sc.ATTR_JOB_ATTEMPT] == 2
+    assert Import().supervision_id != sid
+
+
+async def test_supervised_base_class_async(chaperone: Capture) -> None:
+    """An async run() is supervised as a coroutine."""
+
+    class Fetch(Supervised):
+        async def run(self) -> str:
+            await asyncio.sleep(0)
+            self.heartbeat()
+            return "done"
+
+    job = Fetch()
+    assert await job.run() == "done"
+    assert chaperone.run(job.supervision_id).heartbeat_count == 1
+
+
+def test_million_heartbeats_coalesce(chaperone: Capture) -> None:
+    """1,000,000 heartbeat() calls with a 60 s interval: a handful of events, exact count."""
+
+    @supervised(name="hot", heartbeat_interval=60)
+    def job() -> None:
+        run = current_job()
+        assert run is not None
+        for _ in range(1_000_000):
+            run.heartbeat()
+
+    job()
+    span = _span_named(chaperone, "hot")
+    heartbeat_events = [e for e in span.events if e.name == sc.EVENT_JOB_HEARTBEAT]
+    assert 1 <= len(heartbeat_events) <= 5
+    run = chaperone.last_run("hot")
+    assert run.records[-1].attributes[sc.ATTR_HEARTBEAT_COUNT] == 1_000_000
+    assert sum(int(r.attributes[sc.ATTR_HEARTBEAT_CALLS]) for r in run.heartbeats) == 1_000_000
+    assert len(run.events(sc.EVENT_JOB_HEARTBEAT)) <= 5
+
+
+def test_metadata_is_merged_not_replaced(chaperone: Capture) -> None:
+    """Later heartbeat metadata adds to earlier keys (Chaperone replaced them wholesale)."""
+    with supervised("meta") as run:
+        run.heartbeat({"phase": "fetch", "batch": 1})
+        run.heartbeat(batch=2, errors=0)
+    assert chaperone.run(run.id).metadata == {"phase": "fetch", "batch": 2, "errors": 0}
+
+
+@pytest.mark.parametrize(
+    ("current", "total"),
+    [(-1, 10), (1, -10), (math.nan, 10), (1, math.nan), (3, 0)],
+)
+def test_report_progress_rejects_bad_values(
+    chaperone: Capture, current: float, total: float
+) -> None:
+    """Negative, NaN, or total 0 with current > 0 raise ValueError inside and outside a run."""
+    with pytest.raises(ValueError, match="report_progress"):
+        chaperone_report(current, total)
+    with supervised("bad.progress") as run, pytest.raises(ValueError, match="report_progress"):
+        run.report_progress(current, total)
+
+
+def chaperone_report(current: float, total: float) -> bool:
+    return chaperone.report_progress(current, total)
+
+
+def test_progress_clamped_and_empty_batch(chaperone: Capture) -> None:
+    """current > total clamps to 100 %; (0, 0) means an empty batch, i.e. done."""
+    with supervised("clamp") as run:
+        run.report_progress(12, 10)
+        assert run.progress_ratio == 1.0
+    with supervised("empty") as run2:
+        run2.report_progress(0, 0)
+        assert run2.progress_ratio == 1.0
+
+
+def test_outside_a_run_helpers_are_noops() -> None:
+    """Module-level helpers outside a run: no error, False; current_job() is None."""
+    assert current_job() is None
+    assert chaperone.heartbeat({"x": 1}) is False
+    assert chaperone.report_progress(1, 2) is False
+    assert list(chaperone.track([1, 2])) == [1, 2]
+    with pytest.raises(chaperone.NoActiveJobError, match="outside a supervised run"):
+        current_job(required=True)
+
+
+def test_misuse_fails_at_decoration_time() -> None:
+    """Bad options raise ConfigurationError immediately, with what to do."""
+    with pytest.raises(ConfigurationError, match="memory_limit"):
+        supervised(memory_limit="lots")
+    with pytest.raises(ConfigurationError, match="on_limit"):
+        supervised(on_limit="explode")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="heartbeat_interval"):
+        supervised(heartbeat_interval=0)
+    with pytest.raises(ConfigurationError, match="cpu_limit"):
+        supervised(cpu_limit=-5)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        supervised(timeout="soon")
+    with pytest.raises(ConfigurationError, match="on_stuck must be callable"):
+        supervised(on_stuck="not callable")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="supervision_id"):
+
+        @supervised(supervision_id="fixed")
+        def job() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="needs a job name"), supervised():
+        pass
+
+
+def test_units_accepted() -> None:
+    """Sizes and durations in human units are parsed once, at decoration time."""
+    spec = supervised("u", memory_limit="512MiB", timeout="2h", stall_timeout="90s")._spec
+    assert spec.memory_limit == 512 * 1024 * 1024
+    assert spec.timeout == 7200
+    assert spec.stall_timeout == 90
+
+
+def test_phases_by_weight_and_ranges(chaperone_clock: FakeClock, chaperone: Capture) -> None:
+    """Declared phases map per-phase progress into overall progress (seed multi-phase)."""
+    with supervised("phased") as run:
+        run.phases(
+            {"fetch": (0, 25), "validate": (25, 50), "process": (50, 90), "cleanup": (90, 100)}
+        )
+        run.report_progress(1, 1, {"phase": "fetch"})
+        assert run.progress_ratio == pytest.approx(0.25)
+        run.report_progress(5, 10, phase="process")
+        assert run.progress_ratio == pytest.approx(0.70)
+        chaperone.tick()  # a phase change is flushed at the next monitor pass, not a period later
+        phases = [r.attributes.get(sc.ATTR_PROGRESS_PHASE) for r in chaperone.run(run.id).records]
+        assert "process" in phases
+        with run.phase_scope("cleanup"):
+            assert run.progress_ratio == pytest.approx(0.90)
+        assert run.progress_ratio == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="unknown phase"):
+            run.report_progress(1, 1, phase="nope")
+    with supervised("weighted") as run2:
+        run2.phases(a=1, b=3)
+        run2.report_progress(1, 2, phase="b")
+        assert run2.progress_ratio == pytest.approx(0.25 + 0.75 / 2)
+    progress_events = chaperone.run(run.id).events(sc.EVENT_JOB_PROGRESS)
+    assert progress_events[0].attributes[sc.ATTR_PROGRESS_PHASE] == "process"
+
+
+def test_track_reports_throughput_and_eta(chaperone_clock: FakeClock, chaperone: Capture) -> None:
+    """track() reports after each item; rate and ETA follow the fake clock."""
+    with supervised("tracked") as run:
+        items = iter(run.track(range(100)))
+        next(items)
+        next(items)  # the first item is reported when the second is asked for
+        chaperone_clock.advance(10)
+        for _ in range(49):
+            next(items)
+        state = run.snapshot()
+        assert state.current == 50
+        assert state.total == 100
+        assert state.percent == pytest.approx(50)
+        assert state.throughput == pytest.approx(49 / 10)
+        assert state.eta == pytest.approx(10 * 50 / 49)
+        list(items)
+    assert chaperone.run(run.id).progress == 100
+
+
+def test_track_without_len_counts_items(chaperone: Capture) -> None:
+    """An iterator without len() still counts items as heartbeats."""
+    with supervised("stream") as run:
+        assert sum(run.track(x for x in range(7))) == 21
+        assert run.progress_current == 7
+        assert run.heartbeat_count == 7
