@@ -9,8 +9,9 @@ ingest code path after decoding:
 * a log record whose event name (the ``event_name`` field, or the older ``event.name``
   attribute) is one of :data:`chaperone_otel.semconv.LIFECYCLE_EVENTS` becomes one record;
 * a span carrying ``chaperone.job.run.id`` (a finished run span) becomes one
-  :data:`SPAN_EVENT` record — the post-hoc view of the run (start/end, status, error with
-  its stack trace) that completes what the log records said;
+  ``chaperone.job.finished`` record flagged with
+  :data:`~chaperone_otel.sink._records.SPAN_FLAG` — the post-hoc view of the run (start/end,
+  status, error with its stack trace) that completes what the log records said;
 * everything else in the payload (other services' logs and spans) is skipped silently.
 
 Malformed input raises :class:`OTLPDecodeError` (the server answers 400); a body that
@@ -47,11 +48,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from ..exceptions import SinkError
+from ._records import record_from_span
 
 __all__ = [
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_DECOMPRESSED",
-    "SPAN_EVENT",
     "Decoded",
     "Encoding",
     "OTLPDecodeError",
@@ -75,12 +76,6 @@ DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
 
 DEFAULT_MAX_DECOMPRESSED: Final = 64 * 1024 * 1024
 """Largest accepted body after decompression, bytes (the gzip-bomb guard)."""
-
-SPAN_EVENT: Final = "chaperone.job.span"
-"""Event name of the record made from a finished run span. Internal to the sink (it never
-travels on the wire as an event name): it tells the store that the record is the span's
-post-hoc view, with no ``chaperone.job.sequence``, to be merged into the run's row rather
-than replace a newer lifecycle record."""
 
 _LIFECYCLE: Final = frozenset(sc.LIFECYCLE_EVENTS)
 _EVENT_NAME_ATTR: Final = "event.name"  # pre-1.5 OTLP: event name as an attribute
@@ -255,33 +250,30 @@ def _span_record(
     trace_id: int,
     span_id: int,
     status_code: int,
-    status_message: str,
     exception: Mapping[str, Any] | None,
 ) -> LifecycleRecord:
-    """A finished run span as a record: the span's attributes plus what only the span
-    knows as such (start/end times, the exception event's message and stack trace)."""
+    """A finished run span as a record, built by the store's own
+    :func:`~chaperone_otel.sink._records.record_from_span` (flagged so the writer only fills
+    what the log records left empty); adds what only OTLP tells us here: the resource, the
+    exception event's type, and a terminal status derived from the span status."""
     _add_resource(attrs, resource)
-    if start_ns:
-        attrs.setdefault(sc.ATTR_JOB_STARTED_AT, start_ns / 1e9)
-    if end_ns:
-        attrs.setdefault(sc.ATTR_JOB_FINISHED_AT, end_ns / 1e9)
-    if exception:
-        for key in (sc.ATTR_ERROR_TYPE, sc.ATTR_ERROR_MESSAGE, sc.ATTR_ERROR_STACKTRACE):
-            value = exception.get(key)
-            if value is not None and key not in attrs:
-                attrs[key] = value
+    if exception and sc.ATTR_ERROR_TYPE not in attrs:
+        exc_type = exception.get(sc.ATTR_ERROR_TYPE)
+        if exc_type is not None:
+            attrs[sc.ATTR_ERROR_TYPE] = exc_type
     if sc.ATTR_JOB_STATUS not in attrs:  # a span that ended is no longer running
         attrs[sc.ATTR_JOB_STATUS] = "failed" if status_code == 2 else "completed"
-    when = end_ns / 1e9 if end_ns else time.time()
-    severity = "ERROR" if attrs.get(sc.ATTR_JOB_STATUS) == "failed" else "INFO"
-    return LifecycleRecord(
-        event_name=SPAN_EVENT,
-        timestamp=when,
-        attributes=attrs,
+    end = end_ns / 1e9 if end_ns else time.time()
+    message = exception.get(sc.ATTR_ERROR_MESSAGE) if exception else None
+    trace = exception.get(sc.ATTR_ERROR_STACKTRACE) if exception else None
+    return record_from_span(
+        attrs,
+        start_time=start_ns / 1e9 if start_ns else end,
+        end_time=end,
         trace_id=trace_id,
         span_id=span_id,
-        severity=severity,
-        body=status_message,
+        error_message=message if isinstance(message, str) else None,
+        error_stacktrace=trace if isinstance(trace, str) else None,
     )
 
 
@@ -401,7 +393,6 @@ def _pb_traces(data: bytes) -> Decoded:
                         _pb_id(span.trace_id, 16),
                         _pb_id(span.span_id, 8),
                         span.status.code,
-                        span.status.message,
                         exception,
                     )
                 )
@@ -643,7 +634,6 @@ def _json_traces(data: bytes) -> Decoded:
                             exception[sc.ATTR_ERROR_TYPE] = exception["exception.type"]
                         break
                 status = _obj(span.get("status"), "status")
-                message = status.get("message") or ""
                 records.append(
                     _span_record(
                         attrs,
@@ -653,7 +643,6 @@ def _json_traces(data: bytes) -> Decoded:
                         trace_id,
                         span_id,
                         _json_enum(status.get("code"), _STATUS_NAMES, "status.code"),
-                        message if isinstance(message, str) else "",
                         exception,
                     )
                 )

@@ -23,7 +23,6 @@ from chaperone_otel import current_job, heartbeat, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink import _otlp
 from chaperone_otel.sink._otlp import (
-    SPAN_EVENT,
     OTLPDecodeError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
@@ -35,6 +34,7 @@ from chaperone_otel.sink._otlp import (
     encode_response,
     media_type,
 )
+from chaperone_otel.sink._records import SPAN_FLAG
 from chaperone_otel.testing import capture
 
 
@@ -154,15 +154,15 @@ def test_snake_case_json_and_enum_names_are_accepted(workload: dict[str, Any]) -
 
 
 def test_run_spans_become_span_records_with_error_trace(workload: dict[str, Any]) -> None:
-    """A finished run span yields one SPAN_EVENT record: times, status and the exception's
-    message and stack trace; JSON gives the same."""
+    """A finished run span yields one span-flagged finished record: times, status and the
+    exception's message and stack trace; JSON gives the same."""
     records = decode_traces(workload["spans_pb"].SerializeToString())
-    assert [r.event_name for r in records] == [SPAN_EVENT, SPAN_EVENT]
+    assert [r.event_name for r in records] == [sc.EVENT_JOB_FINISHED] * 2
+    assert all(r.attributes[SPAN_FLAG] is True for r in records)
     by_name = {r.attributes[sc.ATTR_JOB_NAME]: r for r in records}
     ok, bad = by_name["etl.ok"], by_name["etl.bad"]
     assert ok.attributes[sc.ATTR_JOB_STATUS] == "completed"
     assert bad.attributes[sc.ATTR_JOB_STATUS] == "failed"
-    assert bad.severity == "ERROR"
     assert bad.attributes[sc.ATTR_ERROR_MESSAGE] == "kaput"
     assert "Boom" in str(bad.attributes[sc.ATTR_ERROR_TYPE])
     assert "raise Boom" in str(bad.attributes[sc.ATTR_ERROR_STACKTRACE])
