@@ -1,0 +1,749 @@
+"""``chaperone-otel demo``: a realistic supervised workload on the embedded default.
+
+The demo is the quickest way to see every moving part at once. It records to a local DuckDB
+file through ``configure(sink=PATH)`` (the embedded sink), serves Prometheus ``/metrics`` on a
+loopback port, and runs the seed's patterns as supervised jobs on a few worker threads:
+
+* ``billing.process_transactions`` — batch processing in chunks, heartbeat every 50 records;
+* ``imports.process_csv`` — a real CSV file in a temp directory, counted then parsed;
+* ``crm.sync_contacts`` — an API sync with simulated latency, failures and retries;
+* ``users.bulk_update`` — a bulk update of a real SQLite database, chunk by id;
+* ``reports.nightly_rebuild`` — a multi-phase job (``run.phases``);
+
+plus three runs that go wrong on purpose, early enough that even ``--duration 8`` shows them:
+
+* ``payments.reconcile_ledger`` stops heartbeating (1 s interval): it is *stuck* after 3 s;
+* ``emails.send_digest`` fails with a traceback;
+* ``analytics.build_embeddings`` allocates past its ``memory_limit`` and is cancelled
+  (``on_limit="cancel"``): a resource violation.
+
+At the end the summary is read back from the store (through the query URL the embedded
+sink advertises, while the hung run is still stuck), the hung run is cancelled the way an
+operator would, and the exact commands to explore the store are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from ._resources import ProcessSampler
+from ._supervise import Supervision, supervised
+from .cli._monitor import Frame, render_frame
+from .exceptions import ChaperoneError
+
+HUNG_JOB = "payments.reconcile_ledger"
+FAILING_JOB = "emails.send_digest"
+MEMORY_JOB = "analytics.build_embeddings"
+HUNG_INTERVAL = 1.0
+"""The hung run's heartbeat interval: stuck after 3 silent intervals, well inside 8 s."""
+
+
+class SmtpRelayError(ConnectionError):
+    """The simulated mail relay refused the connection (the failing run's error)."""
+
+
+class _StuckRunKilled(asyncio.CancelledError):
+    """Ends the hung run at the end of the demo: recorded as ``cancelled``, with a reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# Shared state: the run handles the live view shows.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Board:
+    """Every run the demo started (handles), plus what the summary needs to know."""
+
+    runs: list[Supervision] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    log: Callable[[str], None] = print
+
+    def add(self, run: Supervision) -> None:
+        with self.lock:
+            self.runs.append(run)
+
+    def find(self, name: str) -> Supervision | None:
+        with self.lock:
+            return next((r for r in self.runs if r.name == name), None)
+
+    def snapshot(self) -> list[Supervision]:
+        with self.lock:
+            return list(self.runs)
+
+
+@dataclass
+class _Row:
+    """A live run as the monitor renderer expects a ``JobRecord`` (same attribute names)."""
+
+    id: str
+    name: str
+    queue: str
+    status: str
+    health: str
+    stuck: bool
+    progress: float
+    phase: str | None
+    eta: float | None
+    last_heartbeat_at: datetime
+    heartbeat_interval: float
+    memory_bytes: int | None
+    cpu_percent: float | None
+    duration: float
+    error_type: str | None
+    error_message: str | None
+    lost: bool = False
+
+
+def _row(run: Supervision) -> _Row:
+    s = run.snapshot()
+    return _Row(
+        id=s.id,
+        name=s.name,
+        queue=s.queue,
+        status=s.status,
+        health=s.health,
+        stuck=s.stuck,
+        progress=s.percent,
+        phase=s.phase,
+        eta=s.eta,
+        last_heartbeat_at=datetime.fromtimestamp(s.last_heartbeat, timezone.utc),
+        heartbeat_interval=s.heartbeat_interval,
+        memory_bytes=s.memory,
+        cpu_percent=s.cpu_percent,
+        duration=s.duration,
+        error_type=s.error_type,
+        error_message=s.error_message,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The workloads (the seed's patterns).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    """What every workload gets: its time budget, a temp dir, randomness, the stop flag."""
+
+    pace: float
+    workdir: Path
+    rng: random.Random
+    board: _Board
+    stop: threading.Event
+
+    def nap(self, seconds: float) -> None:
+        """Simulated work; returns early when the demo is aborted."""
+        self.stop.wait(seconds)
+
+
+def process_transactions(ctx: _Ctx) -> None:
+    """Batch processing: chunks of 100, heartbeat every 50 records, progress per record."""
+    total = ctx.rng.randrange(1500, 3000)
+    per_chunk = ctx.pace / math.ceil(total / 100)
+    with supervised("billing.process_transactions", queue="billing") as run:
+        ctx.board.add(run)
+        processed = 0
+        amount = 0.0
+        for start in range(0, total, 100):
+            for _ in range(start, min(start + 100, total)):
+                amount += ctx.rng.uniform(1, 500)
+                processed += 1
+                if processed % 50 == 0:
+                    run.heartbeat(processed=processed, batch=start // 100)
+                run.report_progress(processed, total)
+            ctx.nap(per_chunk)
+        run.heartbeat(status="completed", amount=round(amount, 2))
+
+
+def process_csv(ctx: _Ctx) -> None:
+    """File processing: write a real CSV, count its lines, parse it with progress."""
+    rows = ctx.rng.randrange(2000, 5000)
+    path = ctx.workdir / f"orders-{ctx.rng.randrange(10**6):06d}.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["order_id", "customer", "amount", "currency"])
+        for i in range(rows):
+            writer.writerow(
+                [
+                    i,
+                    f"cust-{ctx.rng.randrange(500)}",
+                    f"{ctx.rng.uniform(5, 900):.2f}",
+                    ctx.rng.choice(["EUR", "USD", "GBP"]),
+                ]
+            )
+    with supervised("imports.process_csv", queue="imports", attributes={"file": path.name}) as run:
+        ctx.board.add(run)
+        run.heartbeat(status="started", file=path.name)
+        with path.open() as fh:
+            total = sum(1 for _ in fh) - 1
+        run.heartbeat(status="counted", total=total)
+        totals: dict[str, float] = {}
+        per_100 = ctx.pace / max(1, total / 100)
+        with path.open(newline="") as fh:
+            for current, record in enumerate(csv.DictReader(fh), 1):
+                totals[record["currency"]] = totals.get(record["currency"], 0.0) + float(
+                    record["amount"]
+                )
+                if current % 100 == 0:
+                    run.report_progress(current, total)
+                    run.heartbeat(processed=current)
+                    ctx.nap(per_100)
+        run.report_progress(total, total)
+        run.heartbeat(status="completed", **{k: round(v, 2) for k, v in totals.items()})
+    path.unlink(missing_ok=True)
+
+
+def _fetch_page(ctx: _Ctx, page: int) -> list[dict[str, Any]]:
+    """A simulated HTTP GET: latency, and a timeout or a 503 now and then (no network)."""
+    ctx.nap(ctx.rng.uniform(0.02, 0.08) * ctx.pace)
+    roll = ctx.rng.random()
+    if roll < 0.2:
+        raise TimeoutError(f"GET /v2/contacts?page={page}: read timed out")
+    if roll < 0.3:
+        raise ConnectionResetError(f"GET /v2/contacts?page={page}: 503 Service Unavailable")
+    return [{"id": page * 100 + i, "email": f"c{page * 100 + i}@example.com"} for i in range(100)]
+
+
+def sync_contacts(ctx: _Ctx) -> None:
+    """API sync with retries (backoff), then per-item sync with rate limiting."""
+    pages = 3
+    with supervised(
+        "crm.sync_contacts", queue="integrations", timeout=max(30.0, ctx.pace * 10)
+    ) as run:
+        ctx.board.add(run)
+        run.heartbeat(status="fetching")
+        items: list[dict[str, Any]] = []
+        retries = 0
+        for page in range(pages):
+            for attempt in range(1, 5):
+                try:
+                    items += _fetch_page(ctx, page)
+                    break
+                except (TimeoutError, ConnectionError) as exc:
+                    retries += 1
+                    run.heartbeat(status="retrying", page=page, attempt=attempt, error=str(exc))
+                    if attempt == 4:
+                        raise
+                    ctx.nap(0.05 * 2**attempt)
+        run.heartbeat(status="fetched", count=len(items), retries=retries)
+        per_item = ctx.pace * 0.6 / len(items)
+        for index, _item in enumerate(items, 1):
+            run.report_progress(index, len(items))
+            if index % 50 == 0:
+                run.heartbeat(synced=index)
+            if index % 10 == 0:
+                ctx.nap(per_item * 10)
+        run.heartbeat(status="completed", synced=len(items), retries=retries)
+
+
+def bulk_update_users(ctx: _Ctx) -> None:
+    """Bulk database update: a real SQLite file, chunks by id, one transaction per chunk."""
+    db = ctx.workdir / f"users-{ctx.rng.randrange(10**6):06d}.sqlite3"
+    con = sqlite3.connect(db)
+    try:
+        con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, plan TEXT, active INTEGER)")
+        count = ctx.rng.randrange(1500, 3000)
+        con.executemany(
+            "INSERT INTO users VALUES (?, ?, 1)",
+            ((i, ctx.rng.choice(["free", "pro"])) for i in range(1, count + 1)),
+        )
+        con.commit()
+        with supervised("users.bulk_update", queue="maintenance") as run:
+            ctx.board.add(run)
+            run.heartbeat(status="started")
+            (total,) = con.execute("SELECT count(*) FROM users WHERE plan = 'free'").fetchone()
+            updated, last_id = 0, 0
+            per_chunk = ctx.pace / max(1, total / 100)
+            while True:
+                ids = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT id FROM users WHERE plan = 'free' AND id > ? ORDER BY id LIMIT 100",
+                        (last_id,),
+                    )
+                ]
+                if not ids:
+                    break
+                with con:  # one transaction per chunk
+                    for user_id in ids:
+                        con.execute("UPDATE users SET plan = 'trial' WHERE id = ?", (user_id,))
+                        updated += 1
+                        if updated % 10 == 0:
+                            run.report_progress(updated, total)
+                last_id = ids[-1]
+                run.heartbeat(updated=updated)
+                ctx.nap(per_chunk)
+            run.report_progress(updated, total)
+            run.heartbeat(status="completed", total_updated=updated)
+    finally:
+        con.close()
+        db.unlink(missing_ok=True)
+
+
+def nightly_rebuild(ctx: _Ctx) -> None:
+    """A multi-phase job: fetch 0-25 %, validate 25-50 %, process 50-90 %, cleanup 90-100 %."""
+    with supervised("reports.nightly_rebuild", queue="reports") as run:
+        ctx.board.add(run)
+        run.phases(
+            {"fetch": (0, 25), "validate": (25, 50), "process": (50, 90), "cleanup": (90, 100)}
+        )
+        shares = {"fetch": 0.2, "validate": 0.15, "process": 0.55, "cleanup": 0.1}
+        for phase, share in shares.items():
+            steps = 20
+            with run.phase_scope(phase):
+                for step in range(1, steps + 1):
+                    ctx.nap(ctx.pace * share / steps)
+                    run.report_progress(step, steps)
+                run.heartbeat(phase_done=phase)
+
+
+WORKLOADS: Sequence[Callable[[_Ctx], None]] = (
+    process_transactions,
+    process_csv,
+    sync_contacts,
+    bulk_update_users,
+    nightly_rebuild,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The three runs that go wrong on purpose.
+# --------------------------------------------------------------------------------------------
+
+
+def hung_job(ctx: _Ctx, release: threading.Event) -> None:
+    """Makes some progress, then blocks without a heartbeat until the demo ends."""
+    with supervised(HUNG_JOB, queue="payments", heartbeat_interval=HUNG_INTERVAL) as run:
+        ctx.board.add(run)
+        for i in range(1, 31):
+            run.report_progress(i, 100)
+            time.sleep(0.01)
+        run.heartbeat(status="waiting for ledger lock")
+        release.wait()  # the "deadlock": no heartbeat from here on
+        age = time.time() - run.last_heartbeat
+        raise _StuckRunKilled(
+            f"stuck: no heartbeat for {age:.0f}s (interval {HUNG_INTERVAL:g}s); "
+            "cancelled by the demo on exit"
+        )
+
+
+def _render_digest(recipients: list[str]) -> list[str]:
+    return [f"To: {r}\nSubject: Your weekly digest\n" for r in recipients]
+
+
+def _send(message: str, attempt: int) -> None:
+    raise SmtpRelayError(f"SMTP relay 10.0.0.25:587 refused the connection (attempt {attempt})")
+
+
+def failing_job(ctx: _Ctx) -> None:
+    """Sends part of a digest, then the relay refuses three times: the run fails."""
+    with supervised(FAILING_JOB, queue="emails") as run:
+        ctx.board.add(run)
+        recipients = [f"user{i}@example.com" for i in range(40)]
+        messages = _render_digest(recipients)
+        for i, _message in enumerate(messages[:12], 1):
+            run.report_progress(i, len(messages))
+            time.sleep(0.02)
+        for attempt in range(1, 4):
+            try:
+                _send(messages[12], attempt)
+            except SmtpRelayError:
+                if attempt == 3:
+                    raise
+                run.heartbeat(status="retrying", attempt=attempt)
+                time.sleep(0.1)
+
+
+def memory_hog(ctx: _Ctx) -> None:
+    """Allocates 8 MiB at a time past ``memory_limit`` (current RSS + 48 MiB): cancelled."""
+    rss = ProcessSampler().sample(time.monotonic()).rss or 200 * 2**20
+    limit = rss + 48 * 2**20
+    chunks: list[bytes] = []
+    with supervised(MEMORY_JOB, queue="analytics", memory_limit=limit, on_limit="cancel") as run:
+        ctx.board.add(run)
+        steps = 32  # at most 256 MiB, in case the monitor were late
+        try:
+            for step in range(1, steps + 1):
+                chunks.append(b"\x01" * (8 * 2**20))  # written, so it counts in RSS
+                run.report_progress(step, steps)
+                run.heartbeat(allocated_mib=8 * step)
+                time.sleep(0.12)
+        finally:
+            chunks.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration.
+# --------------------------------------------------------------------------------------------
+
+
+def _thread(target: Callable[[], None], name: str, board: _Board) -> threading.Thread:
+    def body() -> None:
+        try:
+            target()
+        except (Exception, asyncio.CancelledError) as exc:
+            # Expected for the failing, hung and memory runs; the store has the details.
+            board.log(f"{name}: {type(exc).__name__}: {exc}")
+
+    t = threading.Thread(target=body, name=f"demo-{name}", daemon=True)
+    t.start()
+    return t
+
+
+def _worker(ctx: _Ctx, offset: int, stop_launching: threading.Event) -> None:
+    i = offset
+    while not stop_launching.is_set() and not ctx.stop.is_set():
+        workload = WORKLOADS[i % len(WORKLOADS)]
+        i += 1
+        with contextlib.suppress(Exception):  # a failed retry loop is recorded, not fatal
+            workload(ctx)
+
+
+def _wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def _owner_url(db: Path, setup: Any) -> str | None:
+    """The embedded sink's query URL: from the setup, else from the sidecar beside the file."""
+    sink = getattr(setup, "sink", None)
+    url = getattr(sink, "url", None)
+    if isinstance(url, str) and url:
+        return url
+    sidecar = db.with_name(db.name + ".owner.json")
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(sidecar.read_text())
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            return str(data["url"])
+    return None
+
+
+@dataclass
+class Summary:
+    """What the demo read back from the store at the end."""
+
+    total: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_health: dict[str, int] = field(default_factory=dict)
+    stuck: list[Any] = field(default_factory=list)
+    violated: list[Any] = field(default_factory=list)
+    failed: list[Any] = field(default_factory=list)
+    source: str = ""
+
+
+def read_summary(target: str, since: datetime) -> Summary:
+    """Counts by status and health, the stuck, violated and failed runs since ``since``."""
+    from .sink import open_sink  # noqa: PLC0415
+
+    with open_sink(target, read_only=True) as sink:
+        q = sink.jobs.since(since)
+        runs = q.all()
+        out = Summary(total=len(runs), source=target)
+        for r in runs:
+            out.by_status[r.status] = out.by_status.get(r.status, 0) + 1
+            out.by_health[r.health] = out.by_health.get(r.health, 0) + 1
+        out.stuck = q.stuck().all()
+        out.violated = [(r, list(r.resource_violations)) for r in q.violated().all()]
+        out.failed = q.failed().order_by("started_at").all()
+    return out
+
+
+def _print_summary(
+    console: Console, summary: Summary, *, db: str, metrics_url: str | None, hung_id: str | None
+) -> None:
+    console.rule("[bold]summary (read back from the store)")
+    console.print(f"store: [bold]{db}[/]   runs this demo: [bold]{summary.total}[/]")
+    console.print(
+        "by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
+    )
+    console.print(
+        "by health: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_health.items()))
+    )
+    for r in summary.stuck:
+        console.print(
+            f"[bold red]stuck[/]: {r.name} {r.id} — no heartbeat since "
+            f"{r.last_heartbeat_at:%H:%M:%S} UTC (interval {r.heartbeat_interval:g}s)"
+            + (" — cancelled by the demo on exit" if r.id == hung_id else "")
+        )
+    for r, violations in summary.violated:
+        for v in violations:
+            console.print(
+                f"[bold yellow]violation[/]: {r.name} {r.id} — {v.type} "
+                f"{_mib(v.actual)} > limit {_mib(v.limit)} (policy {v.policy}); "
+                f"run {r.status}"
+            )
+    for r in summary.failed:
+        console.print(f"[bold red]failed[/]: {r.name} {r.id} — {r.error_type}: {r.error_message}")
+    failed_id = summary.failed[0].id if summary.failed else "<run-id>"
+    hog_id = summary.violated[0][0].id if summary.violated else "<run-id>"
+    cmd = "chaperone-otel"
+    console.rule("[bold]explore it next")
+    lines = [
+        f"{cmd} jobs --db {db}",
+        f"{cmd} jobs --db {db} --failed",
+        f"{cmd} show {failed_id} --db {db}",
+        f"{cmd} show {hog_id} --db {db}",
+        f"{cmd} jobs --db {db} --violated --json",
+        f'{cmd} sql --db {db} "SELECT name, status, count(*) AS runs, '
+        f'round(avg(duration), 1) AS avg_s FROM jobs GROUP BY ALL ORDER BY name"',
+        f"{cmd} monitor --db {db}    # live view; run `{cmd} demo --forever` in another terminal",
+    ]
+    for line in lines:
+        console.print(Text(line), soft_wrap=True)
+    if metrics_url:
+        console.print(f"Prometheus metrics (while a demo runs): {metrics_url}")
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _view(
+    board: _Board, *, started: float, deadline: float | None, store: str, metrics_url: str | None
+) -> RenderableType:
+    runs = board.snapshot()
+    rows = [_row(r) for r in runs]
+    running = [r for r in rows if r.status == "running"]
+    finished = [r for r in rows if r.status != "running"][-6:][::-1]
+    elapsed = time.monotonic() - started
+    head = Text()
+    head.append("chaperone-otel demo", style="bold")
+    head.append(f"  {elapsed:4.0f}s")
+    head.append(f" / {deadline - started:.0f}s" if deadline else " (forever: Ctrl-C ends)")
+    head.append(f"   {len(rows)} runs   store {store}", style="dim")
+    if metrics_url:
+        head.append(f"   metrics {metrics_url}", style="dim")
+    frame = Frame(running=running, recent=finished, source="in-process")
+    return Group(head, render_frame(frame, title="live runs (in-process)", interval=0.25))
+
+
+def run_demo(
+    *,
+    db: str = "chaperone-demo.duckdb",
+    duration: float | None = 60.0,
+    port: int = 0,
+    seed: int | None = None,
+    live: bool = True,
+    console: Console | None = None,
+) -> int:
+    """Run the demo; returns the process exit code (0 ok, 3 store problem, 130 aborted)."""
+    import chaperone_otel  # noqa: PLC0415
+
+    console = console or Console(highlight=False)
+    path = Path(db).expanduser()
+    if path.is_dir():
+        console.print(f"[red]error:[/] {path} is a directory; --db takes a file path")
+        return 3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        setup = chaperone_otel.configure(
+            service_name="chaperone-demo",
+            sink=str(path),
+            prometheus_port=port,
+            heartbeat_interval=2.0,
+            sample_interval=0.25,
+        )
+    except ChaperoneError as exc:
+        console.print(f"[red]error:[/] cannot record to {path}: {exc}")
+        return 3
+    metrics_url: str | None = getattr(setup, "prometheus_url", None)
+    console.print(
+        f"[bold]chaperone-otel demo[/]: recording to [bold]{path}[/]"
+        + (f", metrics at [bold]{metrics_url}[/]" if metrics_url else "")
+    )
+    console.print(
+        f"owner query URL: {_owner_url(path, setup) or '-'}  "
+        f"(try `chaperone-otel monitor --db {path}` in another terminal)"
+    )
+
+    rng = random.Random(seed)
+    stop = threading.Event()  # abort (second Ctrl-C)
+    stop_launching = threading.Event()
+    release_hung = threading.Event()
+    interrupted = False
+    board = _Board()
+    messages: list[str] = []
+    board.log = messages.append
+    started_at = datetime.now(timezone.utc)
+    started = time.monotonic()
+    pace = 8.0 if duration is None else min(12.0, max(1.5, duration / 5))
+    deadline = None if duration is None else started + duration
+    use_live = live and console.is_terminal
+    code = 0
+
+    with tempfile.TemporaryDirectory(prefix="chaperone-demo-") as tmp:
+        ctx = _Ctx(pace=pace, workdir=Path(tmp), rng=rng, board=board, stop=stop)
+        threads = [
+            _thread(lambda: hung_job(ctx, release_hung), HUNG_JOB, board),
+            _thread(lambda: memory_hog(ctx), MEMORY_JOB, board),
+        ]
+        workers = [
+            threading.Thread(
+                target=_worker, args=(ctx, i, stop_launching), name=f"demo-worker-{i}", daemon=True
+            )
+            for i in range(3)
+        ]
+        for w in workers:
+            w.start()
+        failing_started = False
+        live_view: Live | None = None
+        try:
+            if use_live:
+                live_view = Live(
+                    _view(
+                        board,
+                        started=started,
+                        deadline=deadline,
+                        store=str(path),
+                        metrics_url=metrics_url,
+                    ),
+                    console=console,
+                    auto_refresh=False,
+                )
+                live_view.start()
+            last_log = 0.0
+            while deadline is None or time.monotonic() < deadline:
+                if not failing_started and time.monotonic() - started > 1.0:
+                    threads.append(_thread(lambda: failing_job(ctx), FAILING_JOB, board))
+                    failing_started = True
+                if live_view is not None:
+                    live_view.update(
+                        _view(
+                            board,
+                            started=started,
+                            deadline=deadline,
+                            store=str(path),
+                            metrics_url=metrics_url,
+                        ),
+                        refresh=True,
+                    )
+                elif time.monotonic() - last_log >= 2.0:
+                    last_log = time.monotonic()
+                    _log_progress(console, board, started)
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            interrupted = duration is not None  # --forever ends with Ctrl-C: that is normal
+            console.print("stopping: finishing the runs in flight (Ctrl-C again to abort)")
+        try:
+            stop_launching.set()
+            if not failing_started:
+                threads.append(_thread(lambda: failing_job(ctx), FAILING_JOB, board))
+            # The three problem runs must have happened before the summary.
+            _wait_until(lambda: _stuck(board), timeout=8.0)
+            for t in threads[1:]:
+                t.join(timeout=10.0)
+            for w in workers:
+                while w.is_alive():
+                    w.join(timeout=0.25)
+                    if live_view is not None:
+                        live_view.update(
+                            _view(
+                                board,
+                                started=started,
+                                deadline=deadline,
+                                store=str(path),
+                                metrics_url=metrics_url,
+                            ),
+                            refresh=True,
+                        )
+        except KeyboardInterrupt:
+            stop.set()
+            interrupted = True
+        finally:
+            if live_view is not None:
+                live_view.update(
+                    _view(
+                        board,
+                        started=started,
+                        deadline=deadline,
+                        store=str(path),
+                        metrics_url=metrics_url,
+                    ),
+                    refresh=True,
+                )
+                live_view.stop()
+        for line in messages:
+            console.print(f"[dim]{line}[/]")
+
+        # Read the summary while the hung run is still stuck and the store still owned.
+        hung = board.find(HUNG_JOB)
+        summary: Summary | None = None
+        summary_error: str | None = None
+        owner = _owner_url(path, setup)
+        if owner:
+            try:
+                time.sleep(0.3)  # let the writer flush the last records
+                summary = read_summary(owner, started_at)
+            except Exception as exc:  # reported, then retried from the file below
+                summary_error = f"{type(exc).__name__}: {exc}"
+        release_hung.set()
+        threads[0].join(timeout=5.0)
+        chaperone_otel.shutdown()
+        if summary is None:
+            try:
+                summary = read_summary(str(path), started_at)
+            except Exception as exc:
+                summary_error = f"{type(exc).__name__}: {exc}"
+    if summary is None:
+        console.print(
+            f"[red]error:[/] could not read the summary back from {path}: {summary_error}"
+        )
+        return 3
+    _print_summary(
+        console, summary, db=str(path), metrics_url=metrics_url, hung_id=hung.id if hung else None
+    )
+    if interrupted:
+        code = 130
+    return code
+
+
+def _stuck(board: _Board) -> bool:
+    run = board.find(HUNG_JOB)
+    return run is not None and run.stuck
+
+
+def _log_progress(console: Console, board: _Board, started: float) -> None:
+    rows = [_row(r) for r in board.snapshot()]
+    running = [r for r in rows if r.status == "running"]
+    line = Text(
+        f"[{time.monotonic() - started:5.1f}s] {len(running)} running, "
+        f"{sum(1 for r in rows if r.status == 'completed')} completed, "
+        f"{sum(1 for r in rows if r.status == 'failed')} failed, "
+        f"{sum(1 for r in rows if r.status == 'cancelled')} cancelled"
+    )
+    stuck = [r.name for r in running if r.stuck]
+    if stuck:
+        line.append(f"; STUCK: {', '.join(stuck)}", style="bold red")
+    console.print(line)
+
+
+def iter_workloads() -> Iterator[str]:
+    """Names of the demo's regular workloads (docs and tests)."""
+    for fn in WORKLOADS:
+        yield fn.__name__
+
+
+__all__ = ["Summary", "read_summary", "run_demo"]
