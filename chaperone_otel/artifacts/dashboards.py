@@ -1,0 +1,641 @@
+"""Grafana dashboards as plain data: overview, run drill-down and sink.
+
+Plain dicts rather than a dashboards-as-code library (grafanalib, grafana-foundation-sdk):
+the JSON model is stable, the panels here use a handful of fields, and a dependency that
+pins a Grafana schema would cost more than it saves. Every PromQL name comes from
+:mod:`chaperone_otel.semconv` or from the recording rules in :mod:`.rules`; thresholds come
+from the health policy, so the colours agree with the alerts.
+
+The JSON imports by construction: ``schemaVersion`` set, stable ``uid`` (``chaperone-<slug>``),
+no numeric ``id``, tag ``chaperone-otel``, a ``datasource`` template variable used by every
+panel and target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import semconv as sc
+from .._health import DEFAULT_POLICY, HealthPolicy, rules
+from .rules import (
+    BY_JOB,
+    HEALTH,
+    HTTP_STATUS,
+    NAME,
+    QUEUE,
+    REC_DURATION_QUANTILE,
+    REC_FAILURE_RATIO,
+    REC_FINISHED_RATE,
+    RUN_ID,
+    SINK_SCRAPE_JOB,
+    STATUS,
+    AlertSettings,
+)
+
+SCHEMA_VERSION = 39
+"""Grafana dashboard JSON schema version (Grafana 10.4 / 11)."""
+
+TAG = "chaperone-otel"
+DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
+LIMIT_TYPE = sc.prometheus_label(sc.ATTR_LIMIT_TYPE)
+SOURCE = sc.prometheus_label(sc.METRIC_SINK_RECORDS_INGESTED.labels[0])
+
+Panel = dict[str, Any]
+
+
+def _l(label: str) -> str:
+    """A Grafana legend reference to a label."""
+    return "{{" + label + "}}"
+
+
+def _thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+_OK = _thresholds(("green", None))
+
+
+def _target(
+    expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
+) -> dict[str, Any]:
+    target: dict[str, Any] = {"datasource": DS, "expr": expr, "refId": ref}
+    if legend:
+        target["legendFormat"] = legend
+    if instant:
+        target["instant"] = True
+        target["range"] = False
+    return target
+
+
+def _panel(
+    kind: str,
+    title: str,
+    description: str,
+    targets: Sequence[dict[str, Any]],
+    *,
+    unit: str = "short",
+    thresholds: dict[str, Any] | None = None,
+    w: int = 12,
+    h: int = 8,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> Panel:
+    defaults: dict[str, Any] = {"unit": unit, "thresholds": thresholds or _OK}
+    if minimum is not None:
+        defaults["min"] = minimum
+    if maximum is not None:
+        defaults["max"] = maximum
+    if kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "thresholdsStyle": {"mode": "line" if thresholds else "off"},
+        }
+    if kind in ("stat", "bargauge", "gauge"):
+        defaults["color"] = {"mode": "thresholds"}
+    panel: Panel = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": 0, "y": 0},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options or {},
+        "targets": list(targets),
+    }
+    return panel
+
+
+def _layout(panels: list[Panel]) -> list[Panel]:
+    """Flow panels left to right into a 24-column grid and give them ids."""
+    x = y = row_h = 0
+    for pid, panel in enumerate(panels, 1):
+        pos = panel["gridPos"]
+        if x + pos["w"] > 24:
+            x, y, row_h = 0, y + row_h, 0
+        pos["x"], pos["y"] = x, y
+        x += pos["w"]
+        row_h = max(row_h, pos["h"])
+        panel["id"] = pid
+    return panels
+
+
+def _datasource_var() -> dict[str, Any]:
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "options": [],
+    }
+
+
+def _query_var(
+    name: str, label: str, metric: str, source_label: str, *, multi: bool = True, match: str = ""
+) -> dict[str, Any]:
+    query = f"label_values({metric}{match}, {source_label})"
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "definition": query,
+        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "refresh": 2,
+        "sort": 1,
+        "includeAll": True,
+        "multi": multi,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "hide": 0,
+        "options": [],
+        "regex": "",
+    }
+
+
+def _dashboard(
+    slug: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]
+) -> dict[str, Any]:
+    return {
+        "uid": f"chaperone-{slug}",
+        "title": title,
+        "description": description,
+        "tags": [TAG],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "timezone": "utc",
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "annotations": {"list": []},
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": [TAG],
+                "asDropdown": True,
+                "title": "chaperone-otel",
+                "includeVars": False,
+                "keepTime": True,
+            }
+        ],
+        "templating": {"list": [_datasource_var(), *variables]},
+        "panels": _layout(panels),
+    }
+
+
+def overview(
+    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+) -> dict[str, Any]:
+    """Fleet overview: what runs, how it ends, how long it takes, what is in trouble."""
+    s = settings or AlertSettings()
+    sel = f'{NAME}=~"$job_name", {QUEUE}=~"$queue"'
+    lhb = sc.METRIC_JOB_LAST_HEARTBEAT.prometheus
+    r = rules(policy)
+
+    def problem(pred: str) -> str:
+        rendered = r.by_name(pred).promql()
+        assert isinstance(rendered, str)
+        return f"{rendered} and on ({BY_JOB}) {lhb}{{{sel}}}"
+
+    panels = [
+        _panel(
+            "timeseries",
+            "Running runs by job and queue",
+            "Runs in progress per job and queue, as counted by the workers.",
+            [
+                _target(
+                    f"sum by ({BY_JOB}) ({sc.METRIC_JOB_RUNS_ACTIVE.prometheus}{{{sel}}})",
+                    _l(NAME) + " / " + _l(QUEUE),
+                )
+            ],
+            unit="short",
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Finished runs by status",
+            "Runs finishing per second, by final status (5 minute rate).",
+            [_target(f"sum by ({STATUS}) ({REC_FINISHED_RATE}{{{sel}}})", _l(STATUS))],
+            unit="ops",
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Failure ratio",
+            "Failed / finished runs per job over 15 minutes; the red line is the "
+            "ChaperoneJobFailureRatioHigh threshold.",
+            [_target(f"{REC_FAILURE_RATIO}{{{sel}}}", _l(NAME) + " / " + _l(QUEUE))],
+            unit="percentunit",
+            minimum=0,
+            maximum=1,
+            thresholds=_thresholds(("green", None), ("red", s.failure_ratio)),
+        ),
+        _panel(
+            "timeseries",
+            "Run duration percentiles",
+            "p50 / p95 / p99 of run duration per job (5 minute window).",
+            [_target(f"{REC_DURATION_QUANTILE}{{{sel}}}", _l(NAME) + " p" + _l("quantile"))],
+            unit="s",
+            minimum=0,
+        ),
+        _panel(
+            "bargauge",
+            "Health of running runs",
+            "Running runs by judged health, from the sink's store (all workers).",
+            [
+                _target(
+                    f"sum by ({HEALTH}) ({sc.METRIC_SINK_RUNS.prometheus}"
+                    f'{{{STATUS}="running", {sel}}})',
+                    _l(HEALTH),
+                    instant=True,
+                )
+            ],
+            w=8,
+            options={
+                "displayMode": "basic",
+                "orientation": "horizontal",
+                "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+            },
+        ),
+        _panel(
+            "stat",
+            "Stuck runs",
+            "Running runs that are stuck (sink view).",
+            [_target(f"sum({sc.METRIC_SINK_RUNS_STUCK.prometheus}{{{sel}}})")],
+            w=4,
+            thresholds=_thresholds(("green", None), ("red", 1)),
+        ),
+        _panel(
+            "stat",
+            "Lost runs",
+            "Running runs whose process went silent (sink view).",
+            [_target(f"sum({sc.METRIC_SINK_RUNS_LOST.prometheus}{{{sel}}})")],
+            w=4,
+            thresholds=_thresholds(("green", None), ("red", 1)),
+        ),
+        _panel(
+            "stat",
+            "Heartbeat misses (1h)",
+            "Heartbeat intervals that passed with no sign of life from job code.",
+            [_target(f"sum(increase({sc.METRIC_JOB_HEARTBEATS_MISSED.prometheus}{{{sel}}}[1h]))")],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        ),
+        _panel(
+            "stat",
+            "Limit violations (1h)",
+            "Resource limit violations, by limit type.",
+            [
+                _target(
+                    f"sum by ({LIMIT_TYPE}) (increase("
+                    f"{sc.METRIC_JOB_VIOLATIONS.prometheus}{{{sel}}}[1h]))",
+                    _l(LIMIT_TYPE),
+                )
+            ],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        ),
+        _panel(
+            "table",
+            "Stuck runs now (worker view)",
+            "Run groups the health rules judge stuck right now; the value is the last "
+            "heartbeat time.",
+            [_target(problem("stuck"), instant=True)],
+            w=12,
+            unit="dateTimeAsIso",
+            options={"showHeader": True},
+        ),
+        _panel(
+            "table",
+            "Degraded runs now (worker view)",
+            "Run groups the health rules judge degraded right now (late heartbeat, near a "
+            "limit or stalled).",
+            [_target(problem("degraded"), instant=True)],
+            w=12,
+            options={"showHeader": True},
+        ),
+        _panel(
+            "bargauge",
+            "Top memory",
+            "Resident memory of the 10 largest live runs.",
+            [
+                _target(
+                    f"topk(10, {sc.METRIC_JOB_MEMORY.prometheus}{{{sel}}})",
+                    _l(NAME) + " " + _l(RUN_ID),
+                    instant=True,
+                )
+            ],
+            unit="bytes",
+            options={
+                "displayMode": "gradient",
+                "orientation": "horizontal",
+                "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+            },
+        ),
+        _panel(
+            "bargauge",
+            "Top CPU",
+            "CPU of the 10 busiest live runs (1.0 = one core).",
+            [
+                _target(
+                    f"topk(10, {sc.METRIC_JOB_CPU.prometheus}{{{sel}}})",
+                    _l(NAME) + " " + _l(RUN_ID),
+                    instant=True,
+                )
+            ],
+            unit="percentunit",
+            thresholds=_thresholds(("green", None), ("orange", policy.warn_ratio)),
+            options={
+                "displayMode": "gradient",
+                "orientation": "horizontal",
+                "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+            },
+        ),
+    ]
+    started = sc.METRIC_JOB_RUNS_STARTED.prometheus
+    return _dashboard(
+        "overview",
+        "Chaperone / Overview",
+        "Supervised jobs across all workers: activity, outcomes, duration and health.",
+        [
+            _query_var("job_name", "Job", started, NAME),
+            _query_var("queue", "Queue", started, QUEUE),
+        ],
+        panels,
+    )
+
+
+def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+    """Drill-down into one job's live runs (a run id exists for runs past the long-run
+    threshold; shorter runs show as their job's stalest run)."""
+    sel = f'{NAME}=~"$job_name", {RUN_ID}=~"$run_id"'
+    lhb = sc.METRIC_JOB_LAST_HEARTBEAT.prometheus
+    interval = sc.METRIC_JOB_HEARTBEAT_INTERVAL.prometheus
+    legend = _l(NAME) + " " + _l(RUN_ID)
+    ratio_thresholds = _thresholds(
+        ("green", None), ("yellow", policy.degraded_after), ("red", policy.unhealthy_after)
+    )
+    panels = [
+        _panel(
+            "timeseries",
+            "Progress",
+            "Overall progress of the run, 0..100 %.",
+            [_target(f"{sc.METRIC_JOB_PROGRESS.prometheus}{{{sel}}}", legend)],
+            unit="percentunit",
+            minimum=0,
+            maximum=1,
+        ),
+        _panel(
+            "stat",
+            "ETA",
+            "Estimated time to completion at the current throughput.",
+            [_target(f"{sc.METRIC_JOB_ETA.prometheus}{{{sel}}}", legend)],
+            unit="s",
+            w=6,
+        ),
+        _panel(
+            "stat",
+            "Time left before timeout",
+            "Seconds until the run's maximum runtime ends (negative: overtime).",
+            [_target(f"{sc.METRIC_JOB_DEADLINE.prometheus}{{{sel}}} - time()", legend)],
+            unit="s",
+            w=6,
+            thresholds=_thresholds(("red", None), ("green", 0)),
+        ),
+        _panel(
+            "timeseries",
+            "Heartbeat age against its interval",
+            "Seconds since the job's code last beat, with its interval times the "
+            f"degraded ({policy.degraded_after:g}x) and stuck ({policy.stuck_after:g}x) "
+            "thresholds.",
+            [
+                _target(f"time() - {lhb}{{{sel}}}", "age " + legend),
+                _target(
+                    f"{policy.degraded_after!r} * {interval}{{{sel}}}", "degraded " + legend, "B"
+                ),
+                _target(f"{policy.stuck_after!r} * {interval}{{{sel}}}", "stuck " + legend, "C"),
+            ],
+            unit="s",
+            minimum=0,
+        ),
+        _panel(
+            "gauge",
+            "Heartbeat age / interval",
+            "Heartbeat age in units of the run's interval; yellow is degraded, red is unhealthy.",
+            [_target(f"(time() - {lhb}{{{sel}}}) / {interval}{{{sel}}}", legend)],
+            unit="none",
+            minimum=0,
+            maximum=policy.unhealthy_after * 2,
+            thresholds=ratio_thresholds,
+        ),
+        _panel(
+            "timeseries",
+            "Memory against its limit",
+            "Resident memory of the run's process and its memory limit.",
+            [
+                _target(f"{sc.METRIC_JOB_MEMORY.prometheus}{{{sel}}}", "rss " + legend),
+                _target(
+                    f"{sc.METRIC_JOB_MEMORY_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"
+                ),
+            ],
+            unit="bytes",
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "CPU against its limit",
+            "CPU use (1.0 = one core) and the run's CPU limit.",
+            [
+                _target(f"{sc.METRIC_JOB_CPU.prometheus}{{{sel}}}", "cpu " + legend),
+                _target(f"{sc.METRIC_JOB_CPU_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"),
+            ],
+            unit="percentunit",
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Open file descriptors against the limit",
+            "Open fds of the run's process and its fd limit.",
+            [
+                _target(f"{sc.METRIC_JOB_OPEN_FDS.prometheus}{{{sel}}}", "fds " + legend),
+                _target(f"{sc.METRIC_JOB_FD_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"),
+            ],
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Items done in the current phase",
+            "Progress counters as the job reports them.",
+            [
+                _target(
+                    f"{sc.METRIC_JOB_PROGRESS_CURRENT.prometheus}{{{sel}}}", "current " + legend
+                ),
+                _target(
+                    f"{sc.METRIC_JOB_PROGRESS_TOTAL.prometheus}{{{sel}}}", "total " + legend, "B"
+                ),
+            ],
+            minimum=0,
+        ),
+    ]
+    return _dashboard(
+        "run",
+        "Chaperone / Run",
+        "One job's live runs: progress, heartbeat lease, resources against limits, ETA.",
+        [
+            _query_var("job_name", "Job", lhb, NAME, multi=False),
+            _query_var("run_id", "Run", lhb, RUN_ID, match=f'{{{NAME}=~"$job_name"}}'),
+        ],
+        panels,
+    )
+
+
+def sink(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+    """The sink server: ingest, rejects, queue, store, and the fleet's problem runs."""
+    sel = 'instance=~"$instance"'
+    panels = [
+        _panel(
+            "timeseries",
+            "Ingest rate",
+            "Records and spans written to the store, per second, by source.",
+            [
+                _target(
+                    f"sum by ({SOURCE}) (rate("
+                    f"{sc.METRIC_SINK_RECORDS_INGESTED.prometheus}{{{sel}}}"
+                    "[$__rate_interval]))",
+                    _l(SOURCE),
+                )
+            ],
+            unit="ops",
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Rejected requests",
+            "OTLP requests refused per second, by HTTP status.",
+            [
+                _target(
+                    f"sum by ({HTTP_STATUS}) (rate("
+                    f"{sc.METRIC_SINK_REQUESTS_REJECTED.prometheus}{{{sel}}}"
+                    "[$__rate_interval]))",
+                    "HTTP " + _l(HTTP_STATUS),
+                )
+            ],
+            unit="reqps",
+            minimum=0,
+            thresholds=_thresholds(("green", None), ("red", 0.001)),
+        ),
+        _panel(
+            "stat",
+            "Dropped records (1h)",
+            "Records lost inside the sink; must stay 0.",
+            [_target(f"sum(increase({sc.METRIC_SINK_RECORDS_DROPPED.prometheus}{{{sel}}}[1h]))")],
+            w=6,
+            thresholds=_thresholds(("green", None), ("red", 1)),
+        ),
+        _panel(
+            "stat",
+            "Sink up",
+            "Whether Prometheus can scrape the sink.",
+            [_target(f'up{{job="{SINK_SCRAPE_JOB}", {sel}}}')],
+            w=6,
+            thresholds=_thresholds(("red", None), ("green", 1)),
+            options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False}},
+        ),
+        _panel(
+            "stat",
+            "Since last ingest",
+            "Seconds since the latest successful write.",
+            [_target(f"time() - {sc.METRIC_SINK_LAST_INGEST.prometheus}{{{sel}}}")],
+            w=6,
+            unit="s",
+        ),
+        _panel(
+            "stat",
+            "Store size",
+            "Size of the DuckDB file.",
+            [_target(f"{sc.METRIC_SINK_STORE_SIZE.prometheus}{{{sel}}}")],
+            w=6,
+            unit="bytes",
+        ),
+        _panel(
+            "timeseries",
+            "Writer queue depth",
+            "Records waiting for the writer, and the "
+            "queue capacity (at capacity the sink answers 503).",
+            [
+                _target(f"{sc.METRIC_SINK_QUEUE_DEPTH.prometheus}{{{sel}}}", "depth"),
+                _target(f"{sc.METRIC_SINK_QUEUE_CAPACITY.prometheus}{{{sel}}}", "capacity", "B"),
+            ],
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Stored runs by status",
+            "Runs in the store, by status.",
+            [
+                _target(
+                    f"sum by ({STATUS}) ({sc.METRIC_SINK_RUNS.prometheus}{{{sel}}})",
+                    _l(STATUS),
+                )
+            ],
+            minimum=0,
+        ),
+        _panel(
+            "timeseries",
+            "Worst heartbeat age / interval by job",
+            "Largest heartbeat age of running runs in units of their interval.",
+            [
+                _target(
+                    f"max by ({NAME}) ({sc.METRIC_SINK_HEARTBEAT_AGE_RATIO.prometheus}{{{sel}}})",
+                    _l(NAME),
+                )
+            ],
+            unit="none",
+            minimum=0,
+            thresholds=_thresholds(
+                ("green", None), ("yellow", policy.degraded_after), ("red", policy.unhealthy_after)
+            ),
+        ),
+        _panel(
+            "timeseries",
+            "Worst silence / interval by job",
+            f"Largest age of any record of running runs; above {policy.lost_after:g} "
+            "the run is lost.",
+            [
+                _target(
+                    f"max by ({NAME}) ({sc.METRIC_SINK_SILENCE_RATIO.prometheus}{{{sel}}})",
+                    _l(NAME),
+                )
+            ],
+            unit="none",
+            minimum=0,
+            thresholds=_thresholds(("green", None), ("red", policy.lost_after)),
+        ),
+    ]
+    return _dashboard(
+        "sink",
+        "Chaperone / Sink",
+        "The chaperone-otel sink server: ingest, rejects, queue, store and fleet health.",
+        [_query_var("instance", "Instance", f'up{{job="{SINK_SCRAPE_JOB}"}}', "instance")],
+        panels,
+    )
+
+
+def dashboards(
+    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every dashboard by file name (``dashboards/<name>``)."""
+    return {
+        "chaperone-overview.json": overview(policy, settings),
+        "chaperone-run.json": run(policy),
+        "chaperone-sink.json": sink(policy),
+    }
