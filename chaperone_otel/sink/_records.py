@@ -1,0 +1,367 @@
+"""Lifecycle records → columnar staging tables (Arrow), and finished spans → records.
+
+The in-process listener and the OTLP decoder both hand the writer
+:class:`~chaperone_otel._events.LifecycleRecord` objects; this module is the one place that
+knows how a record's flat semconv attributes map onto the store's columns. Conversion is
+columnar (one list comprehension per column, then one ``pyarrow.array`` call) because a
+per-row Python loop would cost more than the DuckDB write itself. A value of the wrong type
+from a remote sender does not fail the batch: the column falls back to per-value coercion and
+the bad value becomes ``NULL`` (counted in :attr:`Staged.coerced`).
+
+Spans: OTel exports a run's span only when it ends, so a span can only *complete* a run.
+:func:`record_from_span` turns a decoded run span into a ``chaperone.job.finished`` record
+flagged with :data:`SPAN_FLAG`; the writer then fills only the fields the log records left
+empty, and lets the span's terminal status replace a non-terminal one (a span proves the run
+ended). It never overrides anything a lifecycle log record said.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pyarrow as pa
+
+from .. import semconv as sc
+from .._events import AttributeValue, LifecycleRecord
+
+SPAN_FLAG: Final = "chaperone.sink.from_span"
+"""Attribute set (True) on records built from a finished run span by :func:`record_from_span`."""
+
+Key = tuple[str, int]
+
+_STR = pa.string()
+_F64 = pa.float64()
+_I64 = pa.int64()
+_BOOL = pa.bool_()
+
+# jobs column → (attribute, arrow type, is_time). Times are staged as epoch seconds and
+# converted to TIMESTAMP in SQL (see _ingest.ts_sql) so Python never builds datetimes.
+JOB_ATTRIBUTES: Final[tuple[tuple[str, str, Any, bool], ...]] = (
+    ("name", sc.ATTR_JOB_NAME, _STR, False),
+    ("queue", sc.ATTR_JOB_QUEUE, _STR, False),
+    ("status", sc.ATTR_JOB_STATUS, _STR, False),
+    ("reported_health", sc.ATTR_JOB_HEALTH, _STR, False),
+    ("reported_stuck", sc.ATTR_JOB_STUCK, _BOOL, False),
+    ("host", sc.ATTR_HOST_NAME, _STR, False),
+    ("pid", sc.ATTR_PROCESS_PID, _I64, False),
+    ("service_name", sc.ATTR_SERVICE_NAME, _STR, False),
+    ("service_instance_id", sc.ATTR_SERVICE_INSTANCE_ID, _STR, False),
+    ("started_at", sc.ATTR_JOB_STARTED_AT, _F64, True),
+    ("finished_at", sc.ATTR_JOB_FINISHED_AT, _F64, True),
+    ("duration", sc.ATTR_JOB_DURATION, _F64, False),
+    ("timeout", sc.ATTR_JOB_TIMEOUT, _F64, False),
+    ("timeout_at", sc.ATTR_JOB_TIMEOUT_AT, _F64, True),
+    ("stall_timeout", sc.ATTR_JOB_STALL_TIMEOUT, _F64, False),
+    ("heartbeat_interval", sc.ATTR_HEARTBEAT_INTERVAL, _F64, False),
+    ("heartbeat_count", sc.ATTR_HEARTBEAT_COUNT, _I64, False),
+    ("last_heartbeat_at", sc.ATTR_HEARTBEAT_LAST, _F64, True),
+    ("progress", sc.ATTR_PROGRESS_RATIO, _F64, False),
+    ("current", sc.ATTR_PROGRESS_CURRENT, _F64, False),
+    ("total", sc.ATTR_PROGRESS_TOTAL, _F64, False),
+    ("phase", sc.ATTR_PROGRESS_PHASE, _STR, False),
+    ("rate", sc.ATTR_PROGRESS_RATE, _F64, False),
+    ("eta", sc.ATTR_PROGRESS_ETA, _F64, False),
+    ("progress_updated_at", sc.ATTR_PROGRESS_UPDATED_AT, _F64, True),
+    ("memory_bytes", sc.ATTR_MEMORY_USAGE, _I64, False),
+    ("memory_peak_bytes", sc.ATTR_MEMORY_PEAK, _I64, False),
+    ("cpu_percent", sc.ATTR_CPU_PERCENT, _F64, False),
+    ("open_fds", sc.ATTR_OPEN_FDS, _I64, False),
+    ("memory_limit_bytes", sc.ATTR_LIMIT_MEMORY, _I64, False),
+    ("cpu_limit_percent", sc.ATTR_LIMIT_CPU, _F64, False),
+    ("fd_limit", sc.ATTR_LIMIT_FDS, _I64, False),
+    ("limit_policy", sc.ATTR_LIMIT_POLICY, _STR, False),
+    ("violation_count", sc.ATTR_VIOLATION_COUNT, _I64, False),
+    ("error_type", sc.ATTR_ERROR_TYPE, _STR, False),
+    ("error_message", sc.ATTR_ERROR_MESSAGE, _STR, False),
+    ("error_trace", sc.ATTR_ERROR_STACKTRACE, _STR, False),
+    ("metadata", sc.ATTR_METADATA, _STR, False),
+)
+"""How each state column of ``jobs`` is read from a record's attributes."""
+
+STAGED_TIME_COLUMNS: Final = frozenset(
+    [c for c, _a, _t, is_time in JOB_ATTRIBUTES if is_time] + ["last_seen_at"]
+)
+
+_HEARTBEAT_ATTRIBUTES: Final = (
+    ("calls", sc.ATTR_HEARTBEAT_CALLS, _I64),
+    ("kind", sc.ATTR_HEARTBEAT_KIND, _STR),
+    ("count", sc.ATTR_HEARTBEAT_COUNT, _I64),
+    ("progress", sc.ATTR_PROGRESS_RATIO, _F64),
+    ("current", sc.ATTR_PROGRESS_CURRENT, _F64),
+    ("total", sc.ATTR_PROGRESS_TOTAL, _F64),
+    ("phase", sc.ATTR_PROGRESS_PHASE, _STR),
+    ("memory_bytes", sc.ATTR_MEMORY_USAGE, _I64),
+    ("cpu_percent", sc.ATTR_CPU_PERCENT, _F64),
+    ("metadata", sc.ATTR_METADATA, _STR),
+)
+
+_VIOLATION_ATTRIBUTES: Final = (
+    ("type", sc.ATTR_LIMIT_TYPE, _STR),
+    ("limit_value", sc.ATTR_LIMIT_VALUE, _F64),
+    ("actual", sc.ATTR_LIMIT_ACTUAL, _F64),
+    ("policy", sc.ATTR_LIMIT_POLICY, _STR),
+)
+
+
+@dataclass
+class Staged:
+    """One batch, split and collapsed, ready for the writer's bulk statements.
+
+    Attributes:
+        logs: one row per run: the state of the highest-sequence log record in the batch,
+            plus ``last_seen_at`` = the latest record time of any kind for that run.
+        spans: one row per run completed by a finished span.
+        heartbeats: one row per heartbeat record.
+        violations: one row per violation record.
+        errors: one row per failed run attempt.
+        records: records accepted. invalid: records skipped (no run id). coerced: values
+            dropped to NULL because of a wrong type.
+    """
+
+    logs: pa.Table | None = None
+    spans: pa.Table | None = None
+    heartbeats: pa.Table | None = None
+    violations: pa.Table | None = None
+    errors: pa.Table | None = None
+    records: int = 0
+    invalid: int = 0
+    coerced: int = 0
+    keys: set[Key] = field(default_factory=set)
+
+
+def _hex(value: int, width: int) -> str | None:
+    return format(value, f"0{width}x") if value else None
+
+
+def _coerce(arrow_type: Any) -> Callable[[Any], Any]:
+    def number(v: Any, kind: type) -> Any:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, (int, float)):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            return kind(v)
+        if isinstance(v, str):
+            try:
+                return kind(float(v))
+            except ValueError:
+                return None
+        return None
+
+    if arrow_type == _F64:
+        return lambda v: number(v, float)
+    if arrow_type == _I64:
+        return lambda v: number(v, int)
+    if arrow_type == _BOOL:
+        return lambda v: v if isinstance(v, bool) else None
+    return lambda v: v if isinstance(v, str) else (None if v is None else json.dumps(v))
+
+
+class _Columns:
+    """Builds Arrow columns, counting values that had to be coerced to NULL."""
+
+    def __init__(self) -> None:
+        self.coerced = 0
+
+    def array(self, values: list[Any], arrow_type: Any) -> pa.Array:
+        try:
+            return pa.array(values, type=arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            fix = _coerce(arrow_type)
+            fixed = [fix(v) for v in values]
+            self.coerced += sum(
+                1 for a, b in zip(values, fixed, strict=True) if a is not None and b is None
+            )
+            try:
+                return pa.array(fixed, type=arrow_type)
+            except (pa.ArrowInvalid, OverflowError):  # e.g. an int beyond int64
+                self.coerced += sum(1 for v in fixed if v is not None)
+                return pa.nulls(len(values), type=arrow_type)
+
+
+def _key(attrs: Mapping[str, AttributeValue]) -> Key | None:
+    run_id = attrs.get(sc.ATTR_JOB_RUN_ID)
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    attempt = attrs.get(sc.ATTR_JOB_ATTEMPT, 1)
+    if isinstance(attempt, bool) or not isinstance(attempt, (int, float, str)):
+        return None
+    try:
+        return run_id, int(attempt)
+    except ValueError:
+        return None
+
+
+def _seq(attrs: Mapping[str, AttributeValue]) -> int:
+    seq = attrs.get(sc.ATTR_JOB_SEQUENCE, 1)
+    if isinstance(seq, bool) or not isinstance(seq, (int, float)):
+        return 1
+    return int(seq)
+
+
+def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
+    prefix = sc.ATTR_USER_PREFIX
+    user = {
+        k[len(prefix) :]: (list(v) if isinstance(v, (list, tuple)) else v)
+        for k, v in attrs.items()
+        if k.startswith(prefix)
+    }
+    return json.dumps(user, sort_keys=True) if user else None
+
+
+def stage(records: Iterable[LifecycleRecord]) -> Staged:
+    """Split a batch into the writer's staging tables (see :class:`Staged`)."""
+    out = Staged()
+    best: dict[Key, tuple[int, LifecycleRecord]] = {}
+    seen: dict[Key, float] = {}
+    spans: dict[Key, LifecycleRecord] = {}
+    heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
+    violations: list[tuple[Key, int, LifecycleRecord]] = []
+    failed: dict[Key, LifecycleRecord] = {}
+    for record in records:
+        attrs = record.attributes
+        key = _key(attrs)
+        ts = record.timestamp
+        if key is None or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            out.invalid += 1
+            continue
+        out.records += 1
+        if ts > seen.get(key, -math.inf):
+            seen[key] = float(ts)
+        if attrs.get(SPAN_FLAG):
+            spans[key] = record
+            if attrs.get(sc.ATTR_ERROR_TYPE) is not None:
+                failed.setdefault(key, record)
+            continue
+        seq = _seq(attrs)
+        current = best.get(key)
+        if current is None or seq > current[0]:
+            best[key] = (seq, record)
+        event = record.event_name
+        if event == sc.EVENT_JOB_HEARTBEAT:
+            heartbeats.append((key, seq, record))
+        elif event == sc.EVENT_JOB_VIOLATION:
+            violations.append((key, seq, record))
+        elif attrs.get(sc.ATTR_ERROR_TYPE) is not None and attrs.get(sc.ATTR_JOB_STATUS) in (
+            "failed",
+            "cancelled",
+        ):
+            failed[key] = record
+    cols = _Columns()
+    out.keys = set(seen)
+    if best:
+        out.logs = _job_table(cols, [(k, s, r) for k, (s, r) in best.items()], seen)
+    if spans:
+        out.spans = _job_table(cols, [(k, 0, r) for k, r in spans.items()], seen)
+    if heartbeats:
+        out.heartbeats = _event_table(cols, heartbeats, _HEARTBEAT_ATTRIBUTES)
+    if violations:
+        out.violations = _event_table(cols, violations, _VIOLATION_ATTRIBUTES)
+    if failed:
+        out.errors = _error_table(cols, failed)
+    out.coerced = cols.coerced
+    return out
+
+
+def _job_table(
+    cols: _Columns, rows: Sequence[tuple[Key, int, LifecycleRecord]], seen: Mapping[Key, float]
+) -> pa.Table:
+    attrs = [r.attributes for _k, _s, r in rows]
+    data: dict[str, pa.Array] = {
+        "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
+        "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "seq": pa.array([s for _k, s, _r in rows], type=_I64),
+    }
+    for column, attribute, arrow_type, _is_time in JOB_ATTRIBUTES:
+        data[column] = cols.array([a.get(attribute) for a in attrs], arrow_type)
+    data["trace_id"] = pa.array([_hex(r.trace_id, 32) for _k, _s, r in rows], type=_STR)
+    data["span_id"] = pa.array([_hex(r.span_id, 16) for _k, _s, r in rows], type=_STR)
+    data["attributes"] = pa.array([_user_attributes(a) for a in attrs], type=_STR)
+    data["last_seen_at"] = pa.array([seen[k] for k, _s, _r in rows], type=_F64)
+    return pa.table(data)
+
+
+def _event_table(
+    cols: _Columns,
+    rows: Sequence[tuple[Key, int, LifecycleRecord]],
+    spec: Sequence[tuple[str, str, Any]],
+) -> pa.Table:
+    attrs = [r.attributes for _k, _s, r in rows]
+    data: dict[str, pa.Array] = {
+        "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
+        "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "seq": pa.array([s for _k, s, _r in rows], type=_I64),
+        "ts": pa.array([float(r.timestamp) for _k, _s, r in rows], type=_F64),
+    }
+    for column, attribute, arrow_type in spec:
+        data[column] = cols.array([a.get(attribute) for a in attrs], arrow_type)
+    return pa.table(data)
+
+
+def _error_table(cols: _Columns, failed: Mapping[Key, LifecycleRecord]) -> pa.Table:
+    keys = list(failed)
+    recs = [failed[k] for k in keys]
+    attrs = [r.attributes for r in recs]
+    at = [a.get(sc.ATTR_JOB_FINISHED_AT, r.timestamp) for a, r in zip(attrs, recs, strict=True)]
+    return pa.table(
+        {
+            "run_id": pa.array([k[0] for k in keys], type=_STR),
+            "attempt": pa.array([k[1] for k in keys], type=_I64),
+            "ts": cols.array(at, _F64),
+            "type": cols.array([a.get(sc.ATTR_ERROR_TYPE) for a in attrs], _STR),
+            "message": cols.array([a.get(sc.ATTR_ERROR_MESSAGE) for a in attrs], _STR),
+            "trace": cols.array([a.get(sc.ATTR_ERROR_STACKTRACE) for a in attrs], _STR),
+            "trace_id": pa.array([_hex(r.trace_id, 32) for r in recs], type=_STR),
+            "span_id": pa.array([_hex(r.span_id, 16) for r in recs], type=_STR),
+            "from_span": pa.array([bool(a.get(SPAN_FLAG)) for a in attrs], type=_BOOL),
+        }
+    )
+
+
+def record_from_span(
+    attributes: Mapping[str, AttributeValue],
+    *,
+    start_time: float,
+    end_time: float,
+    trace_id: int = 0,
+    span_id: int = 0,
+    error_message: str | None = None,
+    error_stacktrace: str | None = None,
+) -> LifecycleRecord:
+    """A finished run span (decoded from OTLP) as a record the writer can ingest.
+
+    Args:
+        attributes: the span's attributes (semconv names; run id and attempt required for
+            the record to be stored).
+        start_time: span start, Unix seconds (becomes ``started_at`` if absent).
+        end_time: span end, Unix seconds (becomes ``finished_at`` and the record time).
+        trace_id: the span's trace id. span_id: its span id.
+        error_message: ``exception.message`` of the span's exception event, if any.
+        error_stacktrace: ``exception.stacktrace`` of that event, if any.
+
+    Returns:
+        A :data:`~chaperone_otel.semconv.EVENT_JOB_FINISHED` record flagged with
+        :data:`SPAN_FLAG`: it only fills fields the log records did not (see module doc).
+    """
+    attrs: dict[str, AttributeValue] = dict(attributes)
+    attrs.setdefault(sc.ATTR_JOB_STARTED_AT, float(start_time))
+    attrs.setdefault(sc.ATTR_JOB_FINISHED_AT, float(end_time))
+    attrs.setdefault(sc.ATTR_JOB_DURATION, max(0.0, float(end_time) - float(start_time)))
+    if error_message is not None:
+        attrs.setdefault(sc.ATTR_ERROR_MESSAGE, error_message)
+    if error_stacktrace is not None:
+        attrs.setdefault(sc.ATTR_ERROR_STACKTRACE, error_stacktrace)
+    attrs[SPAN_FLAG] = True
+    return LifecycleRecord(
+        event_name=sc.EVENT_JOB_FINISHED,
+        timestamp=float(end_time),
+        attributes=attrs,
+        trace_id=trace_id,
+        span_id=span_id,
+        severity="INFO",
+        body="run span",
+    )

@@ -1,0 +1,219 @@
+"""One DuckDB connection per store file per process, the owner sidecar, and error translation.
+
+DuckDB lets one process open a file for writing, and while it does no other process can open
+it at all, not even read-only ("Could not set lock on file … Conflicting lock is held in …
+(PID n)"). Inside one process, a second ``duckdb.connect`` to the same file with a different
+configuration fails too. So this module keeps a registry: the first opener of a path in this
+process owns the connection, later opens (the query API next to an embedded sink) share it
+through cursors, one per use (STYLE §4.11).
+
+The process that owns a live store advertises where it serves the query API in a sidecar
+``<path>.owner.json`` (``{"url", "pid", "path"}``), written atomically and removed on close, so
+``open_sink(path)`` in another process can follow it instead of failing on the lock.
+
+Every ``duckdb.Error`` leaving this package becomes a
+:class:`~chaperone_otel.exceptions.SinkError` (``raise … from e``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .._health import DEFAULT_POLICY, HealthPolicy
+from ..exceptions import SinkError
+from ._schema import migrate, require_current
+
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where the owner of ``path`` advertises its query URL."""
+    return Path(os.fspath(path) + ".owner.json")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this PID exists (signal 0 probes without signalling)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def write_sidecar(path: str | os.PathLike[str], url: str) -> Path:
+    """Advertise ``url`` as the query endpoint of the store at ``path`` (atomic replace)."""
+    target = sidecar_path(path)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "path": os.fspath(path)}))
+    os.replace(tmp, target)
+    return target
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The sidecar of ``path`` if it exists, parses and names a live process; else None."""
+    try:
+        data = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    pid = data.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return None
+    return data
+
+
+def remove_sidecar(path: str | os.PathLike[str]) -> None:
+    """Remove the sidecar if this process wrote it (never another owner's)."""
+    target = sidecar_path(path)
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(target.read_text()).get("pid") == os.getpid():
+            target.unlink()
+
+
+def lock_holder(error: BaseException) -> int | None:
+    """The PID in DuckDB's 'Conflicting lock is held in … (PID n)' message, if any."""
+    text = str(error)
+    if "lock" not in text.lower():
+        return None
+    m = _LOCK_PID.search(text)
+    return int(m.group(1)) if m else -1
+
+
+def sink_error(error: BaseException, path: str, action: str) -> SinkError:
+    """A :class:`SinkError` for a duckdb failure, saying what to do where we know."""
+    holder = lock_holder(error)
+    if holder is not None:
+        who = f"process {holder}" if holder > 0 else "another process"
+        return SinkError(
+            f"cannot {action} {path}: the file is held by {who} (DuckDB lets one process "
+            "open a store; others cannot even read it). If that process is a chaperone-otel "
+            "sink it advertises a query URL in "
+            f"{sidecar_path(path)}; otherwise stop it (kill {holder if holder > 0 else 'PID'}) "
+            "or query a copy of the file."
+        )
+    return SinkError(f"cannot {action} {path}: {error}")
+
+
+class Store:
+    """A DuckDB connection to one store file, shared by everything in this process.
+
+    Attributes:
+        path: the file (absolute).
+        read_only: opened read-only (no writer, no migrations).
+        write_lock: held by whoever writes (the writer thread, ``prune``), so two writers in
+            this process never conflict on the same rows.
+        policy: the health policy the views were rendered with.
+    """
+
+    def __init__(self, path: str, *, read_only: bool, policy: HealthPolicy) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.policy = policy
+        self.write_lock = threading.RLock()
+        self._refs = 1
+        self._closed = False
+        try:
+            self._con = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as e:
+            raise sink_error(e, path, "open") from e
+        try:
+            self._con.execute("SET TimeZone = 'UTC'")
+            if read_only:
+                require_current(self._con, path)
+            else:
+                migrate(self._con, path, policy)
+        except BaseException as e:
+            self._con.close()
+            if isinstance(e, duckdb.Error):
+                raise sink_error(e, path, "open") from e
+            raise
+
+    def cursor(self) -> Any:
+        """A new cursor (DuckDB connections are not shared across threads)."""
+        if self._closed:
+            raise SinkError(f"the store {self.path} is closed")
+        try:
+            return self._con.cursor()
+        except duckdb.Error as e:
+            raise sink_error(e, self.path, "use") from e
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+
+
+_registry_lock = threading.Lock()
+_registry: dict[str, Store] = {}
+
+
+def _canonical(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def acquire(
+    path: str | os.PathLike[str], *, read_only: bool, policy: HealthPolicy = DEFAULT_POLICY
+) -> Store:
+    """Open (or share) this process's connection to the store at ``path``.
+
+    A read-only request shares a writable connection already open here; a writable request
+    while only a read-only connection is open fails with a clear :class:`SinkError`.
+    """
+    key = _canonical(path)
+    with _registry_lock:
+        store = _registry.get(key)
+        if store is not None and not store.closed:
+            if store.read_only and not read_only:
+                raise SinkError(
+                    f"{key} is open read-only in this process; close those sinks before "
+                    "opening it for writing"
+                )
+            store._refs += 1
+            return store
+        if read_only and not os.path.exists(key):
+            raise SinkError(
+                f"no job store at {key}: it is created by configure(sink=...) or "
+                "`chaperone-otel sink serve --db FILE`; check the path, or open it with "
+                "read_only=False to create an empty store"
+            )
+        if not read_only:
+            Path(key).parent.mkdir(parents=True, exist_ok=True)
+        store = Store(key, read_only=read_only, policy=policy)
+        _registry[key] = store
+        return store
+
+
+def release(store: Store) -> None:
+    """Drop one reference; the last one closes the connection."""
+    with _registry_lock:
+        store._refs -= 1
+        if store._refs > 0:
+            return
+        if _registry.get(store.path) is store:
+            del _registry[store.path]
+    store._close()
+
+
+def owned_here(path: str | os.PathLike[str]) -> bool:
+    """True if this process has the store at ``path`` open."""
+    with _registry_lock:
+        store = _registry.get(_canonical(path))
+        return store is not None and not store.closed
