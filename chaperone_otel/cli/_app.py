@@ -65,7 +65,7 @@ def store_options(func: F) -> F:
         metavar="URL",
         default=None,
         help="Query URL of a live owner (sink server or app with the embedded "
-        "sink), e.g. http://127.0.0.1:8428. Usually found automatically.",
+        "sink), e.g. http://127.0.0.1:4318. Usually found automatically.",
     )
     @click.option(
         "--db",
@@ -139,7 +139,7 @@ def cli() -> None:
 @click.option(
     "--duration",
     type=DURATION,
-    default=60.0,
+    default="60s",
     show_default=True,
     help="How long to keep starting jobs (seconds or 90s/2m).",
 )
@@ -368,7 +368,7 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
 @store_options
 @click.option("--name", metavar="JOB", help="Only this job name.")
 @click.option("--queue", metavar="QUEUE", help="Only this queue.")
-@click.option("--interval", type=DURATION, default=1.0, show_default=True, help="Refresh period.")
+@click.option("--interval", type=DURATION, default="1s", show_default=True, help="Refresh period.")
 @click.option(
     "--recent",
     type=click.IntRange(min=0),
@@ -654,11 +654,11 @@ def prune(older_than: float, db: str | None, as_json: bool) -> None:
 @click.option(
     "--timeout",
     type=DURATION,
-    default=600.0,
+    default="10m",
     show_default=True,
     help="Give up after this long (exit 1).",
 )
-@click.option("--interval", type=DURATION, default=2.0, show_default=True, help="Poll period.")
+@click.option("--interval", type=DURATION, default="2s", show_default=True, help="Poll period.")
 @click.option(
     "--ignore-stuck",
     is_flag=True,
