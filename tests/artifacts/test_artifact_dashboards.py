@@ -1,0 +1,114 @@
+"""dashboards/: committed JSON is the generator's output and imports by construction."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chaperone_otel import semconv as sc
+from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, render
+from chaperone_otel.artifacts.dashboards import SCHEMA_VERSION, TAG, dashboards
+
+METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
+
+
+def _committed(repo: Path) -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((repo / DASHBOARDS_DIR).glob("*.json"))}
+
+
+def _targets(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for panel in board["panels"] for t in panel["targets"]]
+
+
+def test_committed_json_equals_generator_output(repo: Path) -> None:
+    """Each dashboards/*.json is byte-for-byte what the generator writes, and no extra file."""
+    generated = {k: v for k, v in render().items() if k.startswith(DASHBOARDS_DIR + "/")}
+    committed = {f"{DASHBOARDS_DIR}/{p.name}": p.read_text()
+                 for p in (repo / DASHBOARDS_DIR).glob("*.json")}
+    assert committed == generated
+
+
+def test_required_dashboards_with_stable_uids_tag_and_schema(repo: Path) -> None:
+    """overview, run and sink exist with uid chaperone-<slug>, the tag and a schemaVersion."""
+    boards = _committed(repo)
+    assert {b["uid"] for b in boards.values()} == {
+        "chaperone-overview", "chaperone-run", "chaperone-sink"}
+    for name, board in boards.items():
+        assert name == board["uid"] + ".json"
+        assert TAG in board["tags"]
+        assert board["schemaVersion"] == SCHEMA_VERSION
+        assert "id" not in board  # a numeric id would clash on import
+
+
+def test_every_panel_uses_the_datasource_variable(repo: Path) -> None:
+    """A `datasource` variable exists and every panel and target selects it."""
+    for board in _committed(repo).values():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for panel in board["panels"]:
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}"
+                assert target["expr"]
+
+
+def test_panels_have_units_thresholds_ids_and_fit_the_grid(repo: Path) -> None:
+    """Units and thresholds are set, ids are unique, and panels fit Grafana's 24 columns."""
+    for board in _committed(repo).values():
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids))
+        for panel in board["panels"]:
+            defaults = panel["fieldConfig"]["defaults"]
+            assert defaults["unit"]
+            assert defaults["thresholds"]["steps"][0]["value"] is None
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0
+            assert pos["x"] + pos["w"] <= 24
+
+
+def test_overview_covers_the_required_panels(repo: Path) -> None:
+    """The overview has running, finish rate, failure ratio, durations, health, stuck/lost,
+    memory and CPU panels; the run dashboard has progress, heartbeat, memory, CPU and ETA."""
+    boards = _committed(repo)
+    overview = " | ".join(p["title"].lower() for p in boards["chaperone-overview.json"]["panels"])
+    for word in ("running", "finished", "failure ratio", "duration", "health", "stuck", "lost",
+                 "memory", "cpu"):
+        assert word in overview, word
+    run = " | ".join(p["title"].lower() for p in boards["chaperone-run.json"]["panels"])
+    for word in ("progress", "heartbeat age against its interval", "memory against its limit",
+                 "cpu", "eta"):
+        assert word in run, word
+    sink = " | ".join(p["title"].lower() for p in boards["chaperone-sink.json"]["panels"])
+    for word in ("ingest", "rejected", "queue", "store size"):
+        assert word in sink, word
+
+
+def test_every_metric_in_every_panel_exists_in_semconv_or_the_rules(repo: Path) -> None:
+    """Each chaperone_* name is a semconv Prometheus name (histogram series included) and
+    each chaperone:* name a recording rule of alerts/chaperone.rules.yaml."""
+    known = {s.prometheus for s in sc.all_metric_specs()}
+    known |= {s.prometheus + sfx for s in sc.all_metric_specs() if s.kind == "histogram"
+              for sfx in ("_bucket", "_sum", "_count")}
+    labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
+    rule_data = yaml.safe_load((repo / RULES_PATH).read_text())
+    recorded = {r["record"] for g in rule_data["groups"] for r in g["rules"] if "record" in r}
+    seen = set()
+    for board in _committed(repo).values():
+        exprs = [t["expr"] for t in _targets(board)]
+        exprs += [v["definition"] for v in board["templating"]["list"] if "definition" in v]
+        for expr in exprs:
+            for token in METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', expr)):
+                assert token in known | recorded | labels, token
+                seen.add(token)
+    assert recorded <= seen  # every recording rule feeds a panel
+
+
+def test_generator_is_deterministic() -> None:
+    """Two renders are identical (no dict-order or time dependence)."""
+    assert dashboards() == dashboards()
+    assert render() == render()

@@ -1,0 +1,154 @@
+"""alerts/: the committed rule file and its promtool suite are the generator's output, pass
+promtool, cover every alert both ways, and render the single health definition."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chaperone_otel import semconv as sc
+from chaperone_otel._health import DEFAULT_POLICY, rules
+from chaperone_otel.artifacts import RULE_TESTS_PATH, RULES_PATH, render, stale
+from chaperone_otel.artifacts.rules import GROUP, alerts, anchor, rule_file, rule_tests
+
+pytestmark = pytest.mark.prometheus
+
+REQUIRED = {
+    "ChaperoneJobHeartbeatMissed": "warning",
+    "ChaperoneJobStuck": "critical",
+    "ChaperoneJobLost": "critical",
+    "ChaperoneJobOvertime": None,
+    "ChaperoneJobStalled": None,
+    "ChaperoneJobFailureRatioHigh": None,
+    "ChaperoneJobResourceLimitNear": None,
+    "ChaperoneJobResourceLimitViolated": None,
+    "ChaperoneJobNoRecentSuccess": None,
+    "ChaperoneSinkDown": None,
+    "ChaperoneSinkRejecting": None,
+    "ChaperoneSinkDroppingData": None,
+}
+METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
+
+
+def _rules(repo: Path) -> list[dict[str, object]]:
+    data = yaml.safe_load((repo / RULES_PATH).read_text())
+    [group] = data["groups"]
+    assert group["name"] == GROUP
+    return list(group["rules"])
+
+
+def test_committed_files_equal_generator_output(repo: Path) -> None:
+    """`python -m chaperone_otel.artifacts --check` would pass: nothing is stale."""
+    assert stale(repo) == []
+
+
+def test_emitted_yaml_loads_back_to_the_generator_data(repo: Path) -> None:
+    """The tiny YAML emitter is faithful (PyYAML reads back exactly the source data)."""
+    assert yaml.safe_load(render()[RULES_PATH]) == rule_file()
+    assert yaml.safe_load(render()[RULE_TESTS_PATH]) == rule_tests()
+
+
+def test_required_alerts_have_severity_and_annotations(repo: Path) -> None:
+    """Each required alert exists with a severity, summary, description and runbook_url."""
+    by_name = {r["alert"]: r for r in _rules(repo) if "alert" in r}
+    assert set(REQUIRED) <= set(by_name)
+    for name, rule in by_name.items():
+        assert re.fullmatch(r"Chaperone[A-Z][A-Za-z]+", name)
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        if REQUIRED.get(name):
+            assert rule["labels"]["severity"] == REQUIRED[name]
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}
+        assert annotations["runbook_url"].endswith("docs/operations.md#" + anchor(name))
+
+
+def test_runbook_anchors_exist_in_operations_doc(repo: Path) -> None:
+    """Every runbook_url anchor is a heading of docs/operations.md."""
+    doc = (repo / "docs" / "operations.md").read_text()
+    headings = {h.strip().lower() for h in re.findall(r"^#+ (.+)$", doc, flags=re.MULTILINE)}
+    for rule in _rules(repo):
+        if "alert" in rule:
+            assert anchor(str(rule["alert"])) in headings, rule["alert"]
+
+
+def test_health_alerts_render_the_single_health_definition(repo: Path) -> None:
+    """Stuck, overtime, stalled, limits and heartbeat-missed exprs are _health's PromQL."""
+    r = rules(DEFAULT_POLICY)
+    by_name = {r_["alert"]: r_["expr"] for r_ in _rules(repo) if "alert" in r_}
+    assert by_name["ChaperoneJobStuck"] == r.stuck.promql()
+    assert by_name["ChaperoneJobOvertime"] == r.overtime.promql()
+    assert by_name["ChaperoneJobStalled"] == r.stalled.promql()
+    assert by_name["ChaperoneJobResourceLimitNear"] == r.near_limit.promql()
+    assert by_name["ChaperoneJobResourceLimitViolated"] == r.violated.promql()
+    assert by_name["ChaperoneJobHeartbeatMissed"] == r.heartbeat_missed.promql()
+    lost = by_name["ChaperoneJobLost"]
+    assert sc.METRIC_SINK_SILENCE_RATIO.prometheus in lost
+    assert f"> {DEFAULT_POLICY.lost_after!r}" in lost
+
+
+def test_every_metric_name_in_the_rules_comes_from_semconv(repo: Path) -> None:
+    """No hand-typed names: each chaperone_* token is a semconv Prometheus name (or a
+    histogram series of one), and each chaperone:* token a recording rule of the file."""
+    known = {s.prometheus for s in sc.all_metric_specs()}
+    known |= {s.prometheus + sfx for s in sc.all_metric_specs() if s.kind == "histogram"
+              for sfx in ("_bucket", "_sum", "_count")}
+    recorded = {str(r["record"]) for r in _rules(repo) if "record" in r}
+    labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
+    for rule in _rules(repo):
+        for token in METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', str(rule["expr"]))):
+            assert token in known | recorded | labels, f"{token} in {rule.get('alert')}"
+
+
+def test_no_label_named_job_is_produced_by_the_rules(repo: Path) -> None:
+    """Recording rules and alert labels never set a `job` label (Prometheus owns it)."""
+    for rule in _rules(repo):
+        assert "job" not in rule.get("labels", {})
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    """The promtool suite has, per alert, a case expecting alerts and one expecting none."""
+    suite = rule_tests()
+    cases: dict[str, list[int]] = {}
+    for case in suite["tests"]:
+        for check in case["alert_rule_test"]:
+            cases.setdefault(check["alertname"], []).append(len(check["exp_alerts"]))
+    assert set(cases) == {a.name for a in alerts()}
+    for name, expected in cases.items():
+        assert any(n > 0 for n in expected) and 0 in expected, name
+
+
+def test_promtool_check_rules(promtool: str, repo: Path) -> None:
+    """`promtool check rules` accepts the rule file."""
+    out = subprocess.run([promtool, "check", "rules", str(repo / RULES_PATH)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_test_rules(promtool: str, repo: Path) -> None:
+    """`promtool test rules` passes: every alert fires in its scenario and stays quiet in
+    the other."""
+    test_file = repo / RULE_TESTS_PATH
+    out = subprocess.run([promtool, "test", "rules", test_file.name], cwd=test_file.parent,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_promtool_suite_catches_a_broken_rule(promtool: str, repo: Path,
+                                              tmp_path: Path) -> None:
+    """The suite can fail: with the stuck threshold changed from 3x to 30x the interval,
+    the stuck case stops firing and promtool reports it."""
+    broken = (repo / RULES_PATH).read_text().replace("(3.0 * chaperone_job_heartbeat", "(30.0 * "
+                                                     "chaperone_job_heartbeat")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "chaperone.rules.yaml").write_text(broken)
+    shutil.copy(repo / RULE_TESTS_PATH, tmp_path / "tests" / "suite.yaml")
+    out = subprocess.run([promtool, "test", "rules", "suite.yaml"], cwd=tmp_path / "tests",
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0
+    assert "ChaperoneJobStuck" in out.stdout + out.stderr
