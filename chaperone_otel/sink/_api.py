@@ -1,0 +1,532 @@
+"""The store's query API over HTTP (JSON), served by whichever process owns the file.
+
+DuckDB lets one process open a store file, and while it does, no other process can even
+read it. So the owner — the sink server, or an application running the embedded sink —
+serves the same scopes over loopback, and :class:`~chaperone_otel.sink._remote.RemoteSink`
+(what ``open_sink(path)`` returns when the file is held by a live owner) speaks to it.
+
+Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
+
+``GET /api/jobs``
+    Scopes as repeated ``scope=`` flags (``running``, ``stuck``, ``failed`` …), and
+    ``name=``, ``class=``, ``queue=``, ``id=``, ``since=`` (``1h``, ``30d`` or ISO 8601),
+    ``start=``/``end=`` (between), ``memory_above=`` (bytes or ``512MiB``), ``cpu_above=``,
+    ``order_by=``, ``desc=1``, ``limit=``. ``count=1`` returns ``{"count": n}`` only;
+    ``format=arrow`` returns the rows as an Arrow IPC stream. Otherwise
+    ``{"jobs": [JobRecord.to_dict() ...]}``.
+``GET /api/jobs/{run_id}``
+    The latest attempt (or ``attempt=N``) with its heartbeats, errors and violations; 404
+    when unknown.
+``POST /api/sql``
+    ``{"query": "...", "params": [...] | {...}}`` → ``{"columns": [...], "rows": [...]}``;
+    read-only (the store rejects writes: 400). ``format=arrow`` (query string) returns an
+    Arrow IPC stream.
+``GET /api/info``
+    ``{"path", "pid", "url", "version"}`` of the owner.
+
+Times are ISO 8601 strings with ``+00:00``. Bad parameters get 400 with ``{"error": ...}``.
+
+Example::
+
+    app = create_query_app(sink)             # a Starlette app, mount or serve it
+    routes = query_routes(lambda: sink)      # or add the routes to another app
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .._version import __version__
+from ..exceptions import SinkError
+
+__all__ = [
+    "BackgroundServer",
+    "FLAG_SCOPES",
+    "VALUE_SCOPES",
+    "apply_scopes",
+    "create_query_app",
+    "dumps",
+    "query_routes",
+]
+
+FLAG_SCOPES: Final = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "today",
+    "healthy",
+    "degraded",
+    "unhealthy",
+    "stuck",
+    "lost",
+    "stalled",
+    "overtime",
+    "violated",
+)
+"""Scopes without an argument, accepted as ``scope=NAME`` (repeatable)."""
+
+VALUE_SCOPES: Final = {
+    "name": "named",
+    "class": "by_class",
+    "queue": "on_queue",
+    "id": "with_id",
+    "since": "since",
+    "memory_above": "memory_above",
+    "cpu_above": "cpu_above",
+}
+"""Query parameter → the JobQuery scope it calls with its value."""
+
+ARROW_STREAM: Final = "application/vnd.apache.arrow.stream"
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    try:  # Decimal, UUID, numpy scalars …
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/Infinity: they become null rather than invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes for API responses (datetimes as ISO 8601 UTC, NaN as null)."""
+    return json.dumps(
+        _clean(value), default=_default, allow_nan=False, separators=(",", ":")
+    ).encode()
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def _time(value: str) -> dt.datetime | str:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+        except ValueError:
+            return value  # "1h", "30d": the scope parses it
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _number(value: str) -> int | float | str:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value  # "512MiB": the scope parses it
+
+
+def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
+    """Apply query-string parameters (``scope=``, ``name=`` …) to a JobQuery.
+
+    Args:
+        query: a JobQuery (``sink.jobs``).
+        params: parameter name → values, as parsed from the query string.
+
+    Raises:
+        ValueError: unknown scope or parameter, or a bad value.
+    """
+    known = {"scope", "start", "end", "order_by", "desc", "limit", "count", "format", *VALUE_SCOPES}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise _BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
+    for scope in params.get("scope", ()):
+        for raw_name in scope.split(","):
+            name = raw_name.strip()
+            if name not in FLAG_SCOPES:
+                raise _BadRequest(f"unknown scope {name!r}; choose from {', '.join(FLAG_SCOPES)}")
+            query = getattr(query, name)()
+    for param, method in VALUE_SCOPES.items():
+        for raw in params.get(param, ()):
+            value: Any = raw
+            if param == "since":
+                value = _time(raw)
+            elif param in ("memory_above", "cpu_above"):
+                value = _number(raw)
+            query = getattr(query, method)(value)
+    start, end = params.get("start"), params.get("end")
+    if start or end:
+        if not (start and end):
+            raise _BadRequest("between needs both start= and end=")
+        query = query.between(_time(start[-1]), _time(end[-1]))
+    if params.get("order_by"):
+        desc = (params.get("desc") or ["0"])[-1].lower() in ("1", "true", "yes")
+        query = query.order_by(params["order_by"][-1], desc=desc)
+    if params.get("limit"):
+        try:
+            query = query.limit(int(params["limit"][-1]))
+        except ValueError as e:
+            raise _BadRequest(f"limit must be an integer: {e}") from e
+    return query
+
+
+def _params(request: Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _arrow_response(table: Any) -> Response:
+    import pyarrow as pa  # noqa: PLC0415
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
+
+
+def _detail(record: Any) -> dict[str, Any]:
+    data: dict[str, Any] = dict(record.to_dict())
+    data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
+    data["errors"] = [e.to_dict() for e in record.errors]
+    data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
+    return data
+
+
+def _unauthorized() -> Response:
+    return _JSON(
+        {"error": "missing or wrong bearer token"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="chaperone-otel"'},
+    )
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body())
+    except ValueError as e:
+        raise _BadRequest(f"body must be JSON: {e}") from e
+    if not isinstance(payload, dict):
+        raise _BadRequest("body must be a JSON object")
+    return payload
+
+
+def _run_key(request: Request) -> tuple[str, int]:
+    run_id = request.query_params.get("run_id")
+    attempt = request.query_params.get("attempt", "1")
+    if not run_id:
+        raise _BadRequest("run_id= is required")
+    try:
+        return run_id, int(attempt)
+    except ValueError as e:
+        raise _BadRequest(f"attempt must be an integer: {e}") from e
+
+
+def _sql_arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    import pyarrow as pa  # noqa: PLC0415
+
+    arrays = [pa.array([row[i] for row in rows]) for i in range(len(columns))]
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def query_routes(
+    sink: Callable[[], Any],
+    *,
+    authorize: Callable[[Request], bool] | None = None,
+    url: Callable[[], str | None] | None = None,
+    allow_prune: bool = False,
+) -> list[BaseRoute]:
+    """The query API's routes, to add to an existing Starlette app.
+
+    Args:
+        sink: returns the (local) Sink to query; called per request, so it may open lazily.
+        authorize: returns False to answer 401 (the server's bearer-token check).
+        url: returns this endpoint's base URL for ``/api/info``.
+        allow_prune: serve ``POST /api/prune`` (the sink must be writable).
+    """
+    from starlette.concurrency import run_in_threadpool  # noqa: PLC0415
+
+    def endpoint(
+        handler: Callable[[Request, dict[str, Any]], Response], *, body: bool = False
+    ) -> Callable[[Request], Any]:
+        async def wrapped(request: Request) -> Response:
+            if authorize is not None and not authorize(request):
+                return _unauthorized()
+            try:
+                payload = await _json_body(request) if body else {}
+                return await run_in_threadpool(handler, request, payload)
+            except (_BadRequest, ValueError, TypeError, KeyError) as e:
+                return _JSON({"error": str(e) or type(e).__name__}, status_code=400)
+            except SinkError as e:
+                return _JSON({"error": str(e)}, status_code=400)
+
+        return wrapped
+
+    def respond(query: Any, terminal: str, fmt: str) -> Response:
+        if terminal == "count":
+            return _JSON({"count": query.count()})
+        if terminal == "sql":
+            text, params = query.sql()
+            return _JSON({"sql": text, "params": params})
+        if terminal != "all":
+            raise _BadRequest(f"unknown terminal {terminal!r}; use all, count or sql")
+        if fmt == "arrow":
+            return _arrow_response(query.to_arrow())
+        return _JSON({"jobs": [r.to_dict() for r in query.all()]})
+
+    def jobs(request: Request, _payload: dict[str, Any]) -> Response:
+        params = _params(request)
+        query = apply_scopes(sink().jobs, params)
+        terminal = "count" if (params.get("count") or ["0"])[-1] in ("1", "true") else "all"
+        return respond(query, terminal, (params.get("format") or ["json"])[-1])
+
+    def query(request: Request, payload: dict[str, Any]) -> Response:
+        from ._query import JobQuery  # noqa: PLC0415
+
+        steps = payload.get("steps", [])
+        if not isinstance(steps, list):
+            raise _BadRequest("steps must be a list")
+        q = JobQuery.replay(sink(), steps)
+        return respond(
+            q, str(payload.get("terminal", "all")), request.query_params.get("format", "json")
+        )
+
+    def job(request: Request, _payload: dict[str, Any]) -> Response:
+        run_id = request.path_params["run_id"]
+        attempt = request.query_params.get("attempt")
+        s = sink()
+        if attempt is None:
+            record = s.job(run_id)
+        else:
+            found = [r for r in s.jobs.with_id(run_id).all() if r.attempt == int(attempt)]
+            record = found[0] if found else None
+        if record is None:
+            return _JSON({"error": f"no run {run_id!r}"}, status_code=404)
+        return _JSON({"job": _detail(record)})
+
+    def heartbeats(request: Request, _payload: dict[str, Any]) -> Response:
+        run_id, attempt = _run_key(request)
+        latest = request.query_params.get("latest", "0") in ("1", "true")
+        found = sink().heartbeats_of(run_id, attempt, latest=latest)
+        return _JSON({"heartbeats": [h.to_dict() for h in found]})
+
+    def errors(request: Request, _payload: dict[str, Any]) -> Response:
+        run_id, attempt = _run_key(request)
+        return _JSON({"errors": [e.to_dict() for e in sink().errors_of(run_id, attempt)]})
+
+    def violations(request: Request, _payload: dict[str, Any]) -> Response:
+        run_id, attempt = _run_key(request)
+        found = sink().violations_of(run_id, attempt)
+        return _JSON({"violations": [v.to_dict() for v in found]})
+
+    def sql(request: Request, payload: dict[str, Any]) -> Response:
+        text = payload.get("query")
+        if not isinstance(text, str):
+            raise _BadRequest('body must be {"query": "...", "params": [...]}')
+        params = payload.get("params")
+        if params is not None and not isinstance(params, (list, dict)):
+            raise _BadRequest("params must be a list or an object")
+        columns, rows = sink().sql(text, params)
+        if request.query_params.get("format") == "arrow":
+            return _arrow_response(_sql_arrow(columns, rows))
+        return _JSON({"columns": list(columns), "rows": [list(r) for r in rows]})
+
+    def prune(request: Request, payload: dict[str, Any]) -> Response:
+        if not allow_prune:
+            return _JSON(
+                {"error": "this owner does not allow prune over HTTP; prune in the owning process"},
+                status_code=403,
+            )
+        older_than = payload.get("older_than")
+        if not isinstance(older_than, (str, int, float)) or isinstance(older_than, bool):
+            raise _BadRequest('body must be {"older_than": "30d"}')
+        return _JSON({"deleted": sink().prune(older_than)})
+
+    def info(request: Request, _payload: dict[str, Any]) -> Response:
+        s = sink()
+        return _JSON(
+            {
+                "path": getattr(s, "path", None),
+                "pid": os.getpid(),
+                "url": url() if url is not None else None,
+                "version": __version__,
+            }
+        )
+
+    return [
+        Route("/api/jobs", endpoint(jobs), methods=["GET"]),
+        Route("/api/jobs/{run_id:path}", endpoint(job), methods=["GET"]),
+        Route("/api/query", endpoint(query, body=True), methods=["POST"]),
+        Route("/api/heartbeats", endpoint(heartbeats), methods=["GET"]),
+        Route("/api/errors", endpoint(errors), methods=["GET"]),
+        Route("/api/violations", endpoint(violations), methods=["GET"]),
+        Route("/api/sql", endpoint(sql, body=True), methods=["POST"]),
+        Route("/api/prune", endpoint(prune, body=True), methods=["POST"]),
+        Route("/api/info", endpoint(info), methods=["GET"]),
+    ]
+
+
+def create_query_app(
+    sink: Any,
+    *,
+    authorize: Callable[[Request], bool] | None = None,
+    url: Callable[[], str | None] | None = None,
+    allow_prune: bool = False,
+) -> Starlette:
+    """A Starlette app serving the query API for ``sink`` (the embedded sink serves this).
+
+    Args:
+        sink: a Sink, or a zero-argument callable returning one (opened lazily).
+        authorize: returns False to answer 401.
+        url: returns the served base URL (for ``/api/info``).
+    """
+    getter: Callable[[], Any] = (
+        sink if callable(sink) and not hasattr(sink, "jobs") else (lambda: sink)
+    )
+    return Starlette(
+        routes=query_routes(getter, authorize=authorize, url=url, allow_prune=allow_prune)
+    )
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
+
+    Args:
+        app: the ASGI app (e.g. :func:`create_query_app`).
+        host: bind address. port: TCP port, 0 for a free one.
+
+    Example::
+
+        server = BackgroundServer(create_query_app(sink)).start()
+        write_sidecar(path, server.url)
+        ...
+        server.stop()
+    """
+
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, server_class: Any = None
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server_class = server_class
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (a wildcard bind is reported as loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def bind(self) -> socket.socket:
+        """Bind and listen (so the port is known before serving)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def server(self) -> Any:
+        """The uvicorn server object (created on first use)."""
+        if self._server is None:
+            import uvicorn  # noqa: PLC0415
+
+            config = uvicorn.Config(
+                self.app,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                server_header=False,
+            )
+            cls = self._server_class or uvicorn.Server
+            self._server = cls(config)
+        return self._server
+
+    def run(self) -> None:
+        """Serve in the calling thread until asked to exit."""
+        if self._socket is None:
+            self.bind()
+        self.server().run(sockets=[self._socket])
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Serve in a daemon thread; returns once listening.
+
+        Raises:
+            SinkError: it did not start within ``timeout``.
+        """
+        if self._socket is None:
+            self.bind()
+        server = self.server()
+        self._thread = threading.Thread(target=self.run, name="chaperone-sink-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise SinkError(f"the HTTP server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Finish in-flight requests and stop (idempotent)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+            self._socket = None

@@ -1,0 +1,234 @@
+"""A :class:`~chaperone_otel.sink.Sink` that queries a live store through its owner's HTTP API.
+
+While a process owns a DuckDB file (the sink server, or an application with the embedded
+sink), no other process can open it, not even read-only. The owner serves the query API on
+loopback (:mod:`._api`) and advertises the URL in ``<path>.owner.json``; ``open_sink(path)``
+follows it and returns a :class:`RemoteSink`. Every scope works unchanged: a
+:class:`~chaperone_otel.sink.JobQuery` is a list of JSON steps, which the owner replays
+(validating each) and runs against its connection, so local and remote queries are the same
+SQL by construction.
+
+Only the standard library is used (``urllib``): no new dependency for a loopback client.
+The owner judges health with *its* policy and clock.
+
+Example::
+
+    from chaperone_otel.sink import open_sink
+    with open_sink("http://127.0.0.1:4318") as sink:
+        sink.jobs.running().stuck().count()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Final
+
+from .._health import DEFAULT_POLICY, HealthPolicy
+from ..exceptions import SinkError
+from ._api import ARROW_STREAM, dumps
+from ._query import ErrorRecord, HeartbeatRecord, JobQuery, JobRecord, Sink, ViolationRecord
+
+__all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
+
+TOKEN_ENV: Final = "CHAPERONE_OTEL_SINK_TOKEN"  # noqa: S105 - a variable name, not a secret
+"""Environment variable with the bearer token of a sink server started with ``--token``."""
+
+
+class RemoteSink(Sink):
+    """Queries a store through the query API of the process that owns it.
+
+    Args:
+        url: the owner's base URL (``http://127.0.0.1:PORT``).
+        token: bearer token, if the owner requires one (default: ``$CHAPERONE_OTEL_SINK_TOKEN``).
+        timeout: seconds per HTTP request.
+        policy: kept for the :class:`Sink` interface; the owner judges with its own policy.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        policy: HealthPolicy = DEFAULT_POLICY,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise SinkError(f"not a query URL: {url!r} (expected http://HOST:PORT)")
+        self._base = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        self.url = self._base
+        self.policy = policy
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._timeout = timeout
+        self._closed = False
+        self.path: str | None = None
+
+    # ---- transport -----------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        accept: str = "application/json",
+    ) -> bytes:
+        if self._closed:
+            raise SinkError(f"the remote sink {self.url} is closed")
+        url = self._base + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        headers = {"Accept": accept}
+        data = None
+        if body is not None:
+            data = dumps(body)
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 - http(s) checked in __init__
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                payload: bytes = response.read()
+                return payload
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = json.loads(detail).get("error", detail)
+            if e.code == 401:
+                raise SinkError(
+                    f"{self.url} needs a bearer token: pass token= or set {TOKEN_ENV}"
+                ) from e
+            raise SinkError(f"{self.url}{path}: HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SinkError(
+                f"cannot reach the store's owner at {self.url}: {reason}. Is the sink server "
+                "(or the application with the embedded sink) still running?"
+            ) from e
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        raw = self._request(method, path, **kwargs)
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise SinkError(f"{self.url}{path} answered something that is not JSON") from e
+
+    def info(self) -> dict[str, Any]:
+        """The owner's ``/api/info``: store path, PID, URL, version."""
+        found: dict[str, Any] = self._json("GET", "/api/info")
+        self.path = found.get("path")
+        return found
+
+    # ---- Sink -----------------------------------------------------------------------------
+
+    def _query(self, query: JobQuery, terminal: str, **kwargs: Any) -> Any:
+        return self._json(
+            "POST",
+            "/api/query",
+            body={"steps": [list(s) for s in query.steps], "terminal": terminal},
+            **kwargs,
+        )
+
+    def _fetch(self, query: JobQuery) -> list[JobRecord]:
+        found = self._query(query, "all")
+        return [JobRecord.from_dict(d, sink=self) for d in found["jobs"]]
+
+    def _count(self, query: JobQuery) -> int:
+        return int(self._query(query, "count")["count"])
+
+    def _arrow(self, query: JobQuery) -> Any:
+        import pyarrow as pa  # noqa: PLC0415
+
+        raw = self._request(
+            "POST",
+            "/api/query",
+            params={"format": "arrow"},
+            body={"steps": [list(s) for s in query.steps], "terminal": "all"},
+            accept=ARROW_STREAM,
+        )
+        return pa.ipc.open_stream(raw).read_all()
+
+    def remote_sql(self, query: JobQuery) -> tuple[str, dict[str, Any]]:
+        """The SQL the owner runs for ``query`` (``JobQuery.sql()`` renders it locally)."""
+        found = self._query(query, "sql")
+        return found["sql"], found["params"]
+
+    def heartbeats_of(
+        self, run_id: str, attempt: int, *, latest: bool = False
+    ) -> list[HeartbeatRecord]:
+        found = self._json(
+            "GET",
+            "/api/heartbeats",
+            params={"run_id": run_id, "attempt": attempt, "latest": int(latest)},
+        )
+        return [HeartbeatRecord.from_dict(d) for d in found["heartbeats"]]
+
+    def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]:
+        found = self._json("GET", "/api/errors", params={"run_id": run_id, "attempt": attempt})
+        return [ErrorRecord.from_dict(d) for d in found["errors"]]
+
+    def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]:
+        found = self._json("GET", "/api/violations", params={"run_id": run_id, "attempt": attempt})
+        return [ViolationRecord.from_dict(d) for d in found["violations"]]
+
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement on the owner. Values keep their types (the rows
+        travel as Arrow), so timestamps are datetimes as with a local sink."""
+        import pyarrow as pa  # noqa: PLC0415
+
+        body = {
+            "query": query,
+            "params": list(params)
+            if isinstance(params, (list, tuple))
+            else (dict(params) if params is not None else None),
+        }
+        raw = self._request(
+            "POST", "/api/sql", params={"format": "arrow"}, body=body, accept=ARROW_STREAM
+        )
+        table = pa.ipc.open_stream(raw).read_all()
+        columns = [str(c) for c in table.column_names]
+        data = [col.to_pylist() for col in table.columns]
+        rows = [tuple(col[i] for col in data) for i in range(table.num_rows)]
+        return columns, rows
+
+    def prune(self, older_than: timedelta | str | float) -> int:
+        """Ask the owner to prune (the sink server allows it; an embedded owner may not)."""
+        value = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        return int(self._json("POST", "/api/prune", body={"older_than": value})["deleted"])
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"<RemoteSink {self.url}>"
+
+
+def open_remote(
+    url: str,
+    *,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    token: str | None = None,
+    timeout: float = 30.0,
+) -> RemoteSink:
+    """Connect to an owner's query API and check that it answers.
+
+    Raises:
+        SinkError: the URL is malformed, unreachable, or not a chaperone-otel query API.
+    """
+    sink = RemoteSink(url, token=token, timeout=timeout, policy=policy)
+    info = sink.info()
+    if "version" not in info:
+        raise SinkError(f"{url} is not a chaperone-otel query API (no /api/info)")
+    return sink

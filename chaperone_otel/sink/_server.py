@@ -1,0 +1,542 @@
+"""``chaperone-otel sink serve``: an OTLP/HTTP receiver that records runs in one DuckDB file.
+
+Workers (any OTel SDK) or an OpenTelemetry Collector export logs and traces here
+(``POST /v1/logs``, ``POST /v1/traces``; protobuf or JSON; gzip/deflate). Each request is
+decoded by :mod:`._otlp` into the same lifecycle records the in-process sink gets, then
+written by the store's one ingest path (:func:`._records.stage` + :func:`._ingest.write`).
+
+**Durability promise: a 2xx means committed.** The handler waits until the batch holding
+its records has been committed to the DuckDB file before it answers. A sink that is
+SIGKILLed a moment after answering 200 therefore still has every acknowledged record when it
+restarts; anything not acknowledged is retried by the sender's OTLP exporter (and ingest is
+idempotent, so a retry of something that *was* committed is harmless). Concurrent requests
+share one commit (group commit), so waiting costs latency, not throughput.
+
+Status codes (DESIGN §6): 400 malformed payload, 401 missing or wrong bearer token (when one
+is configured), 413 body (or its decompressed size) over the limit, 415 unsupported
+content type or encoding, 503 + ``Retry-After`` when the writer queue is full or the store
+failed (OTLP exporters retry 503). Nothing of a refused request is stored. Error bodies are
+``google.rpc.Status`` messages, success bodies ``Export…ServiceResponse``, both in the
+request's encoding.
+
+The server also serves ``GET /healthz``, fleet-wide ``GET /metrics`` (:mod:`._fleet`) and
+the query API (:mod:`._api`, ``/api/...``), and advertises itself in ``<path>.owner.json``
+so ``open_sink(path)`` / ``chaperone-otel jobs --db PATH`` in another process reach it.
+
+Example::
+
+    from chaperone_otel.sink._server import SinkServer
+    with SinkServer("jobs.duckdb", port=0) as server:
+        print(server.url)          # http://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Generator, Iterator
+from types import FrameType
+from typing import Any, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .._health import DEFAULT_POLICY, HealthPolicy
+from ..exceptions import SinkError
+from . import _otlp
+from ._api import BackgroundServer, query_routes
+from ._fleet import FleetCollector, IngestStats
+from ._schema import HEARTBEATS_PER_RUN
+from ._store import Store, acquire, release, remove_sidecar, write_sidecar
+from ._writer import Writer
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_QUEUE_CAPACITY",
+    "SinkServer",
+    "serve",
+]
+
+logger = logging.getLogger("chaperone_otel.sink")
+
+DEFAULT_PORT: Final = 4318
+"""The OTLP/HTTP port, so an SDK's default endpoint reaches the sink."""
+
+DEFAULT_QUEUE_CAPACITY: Final = 100_000
+"""Records accepted but not yet committed, at most (beyond it: 503 + Retry-After)."""
+
+DEFAULT_MAX_BATCH: Final = 20_000
+"""Records committed in one transaction, at most (several requests share a commit)."""
+
+DEFAULT_ACK_TIMEOUT: Final = 30.0
+"""Seconds a request waits for its commit before answering 503 (its records stay queued and
+are committed later; the sender's retry is then a harmless duplicate)."""
+
+_SOURCES: Final = {"logs": "otlp.logs", "traces": "otlp.traces"}
+_CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
+
+
+class _Uvicorn:
+    """Lazy import holder: uvicorn is imported only when a server starts."""
+
+    @staticmethod
+    def server_class() -> type[Any]:
+        import uvicorn  # noqa: PLC0415
+
+        class _Server(uvicorn.Server):
+            """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill
+            the process before the writer is flushed; here the signal only asks to exit."""
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Generator[None, None, None]:
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                signals = (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self._exit) for sig in signals}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+            def _exit(self, sig: int, frame: FrameType | None) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True
+                self.should_exit = True
+
+        return _Server
+
+
+class SinkServer:
+    """The sink server: owns the store file, the writer and the HTTP endpoint.
+
+    Use :meth:`start`/:meth:`stop` (or ``with``) to run it in a background thread of this
+    process (tests, embedding), or :meth:`serve_forever` in the main thread (the CLI), which
+    returns after SIGTERM/SIGINT once everything queued is committed.
+
+    Args:
+        path: the DuckDB store file (created if missing).
+        host: bind address (loopback unless told otherwise).
+        port: TCP port; 0 picks a free one (see :attr:`port`).
+        token: when set, ``Authorization: Bearer <token>`` is required on ``/v1/*`` and
+            ``/api/*`` (``/healthz`` and ``/metrics`` stay open for probes and scrapers).
+        max_body: largest accepted request body as sent, bytes.
+        max_decompressed: largest body after decompression, bytes.
+        queue_capacity: records waiting for the writer at most (then 503).
+        max_batch: records per transaction at most.
+        retry_after: seconds put in ``Retry-After`` on a 503.
+        ack_timeout: seconds a request waits for its commit before a 503.
+        heartbeat_limit: stored heartbeats per run at most.
+        policy: health thresholds for ``/metrics`` and the query API.
+        advertise: write ``<path>.owner.json`` so other processes find the query API.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        max_body: int = _otlp.DEFAULT_MAX_BODY,
+        max_decompressed: int = _otlp.DEFAULT_MAX_DECOMPRESSED,
+        queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        retry_after: int = 1,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        heartbeat_limit: int = HEARTBEATS_PER_RUN,
+        policy: HealthPolicy = DEFAULT_POLICY,
+        advertise: bool = True,
+    ) -> None:
+        if max_body < 1 or max_decompressed < 1:
+            raise ValueError("max_body and max_decompressed must be >= 1")
+        self.path = path
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.max_body = max_body
+        self.max_decompressed = max_decompressed
+        self.retry_after = max(0, int(retry_after))
+        self.ack_timeout = ack_timeout
+        self.policy = policy
+        self._queue_capacity = queue_capacity
+        self._max_batch = max_batch
+        self._heartbeat_limit = heartbeat_limit
+        self._advertise = advertise
+        self._stats = IngestStats(queue_capacity=queue_capacity)
+        self._stats_lock = threading.Lock()
+        self._store: Store | None = None
+        self._writer: Writer | None = None
+        self._sink: Any = None
+        self._http = BackgroundServer(
+            None, host=host, port=port, server_class=_Uvicorn.server_class()
+        )
+        self._registry = CollectorRegistry(auto_describe=False)
+        self.app = Starlette(routes=self._routes())
+        self._http.app = self.app
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the server (the OTLP endpoint and the query URL)."""
+        return self._http.url
+
+    @property
+    def writer(self) -> Writer:
+        """The store's one writer (its ``stats`` feed ``/metrics``)."""
+        if self._writer is None:
+            raise SinkError("the sink server is not started")
+        return self._writer
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the store's write lock: the writer stops committing while requests keep
+        queueing (then 503 once the queue is full). For tests and maintenance."""
+        if self._store is None:
+            raise SinkError("the sink server is not started")
+        with self._store.write_lock:
+            yield
+
+    def _open(self) -> None:
+        self._store = acquire(self.path, read_only=False, policy=self.policy)
+        try:
+            self._writer = Writer(
+                self._store,
+                capacity=self._queue_capacity,
+                batch_size=self._max_batch,
+                heartbeat_limit=self._heartbeat_limit,
+            )
+            self._http.bind()
+            self.port = self._http.port
+            self._registry.register(
+                FleetCollector(
+                    self._store.cursor,
+                    stats=self.stats,
+                    store_path=self._store.path,
+                    policy=self.policy,
+                )
+            )
+            if self._advertise:
+                write_sidecar(self._store.path, self.url)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def start(self, timeout: float = 10.0) -> SinkServer:
+        """Open the store and serve in a background thread; returns once listening."""
+        self._open()
+        try:
+            self._http.start(timeout)
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def serve_forever(self, ready: Callable[[SinkServer], None] | None = None) -> None:
+        """Serve in this thread until SIGTERM/SIGINT, then commit everything queued, remove
+        the sidecar and return.
+
+        Args:
+            ready: called once the socket is bound (the CLI prints the URL).
+        """
+        self._open()
+        try:
+            if ready is not None:
+                ready(self)
+            self._http.run()
+        finally:
+            self._cleanup()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, finish in-flight requests, commit everything queued, clean up."""
+        self._http.stop(timeout)
+        self._cleanup(timeout)
+
+    def _cleanup(self, timeout: float = 30.0) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close(timeout)
+            except SinkError as e:
+                logger.error("%s", e)
+            self._writer = None
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink.close()
+            self._sink = None
+        if self._store is not None:
+            if self._advertise:
+                remove_sidecar(self._store.path)
+            release(self._store)
+            self._store = None
+        self._http.stop()
+
+    def __enter__(self) -> SinkServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def _committed(self, source: str, count: int) -> None:
+        with self._stats_lock:
+            self._stats.ingested[source] = self._stats.ingested.get(source, 0) + count
+
+    def _reject(self, status: int) -> None:
+        with self._stats_lock:
+            self._stats.rejected[status] = self._stats.rejected.get(status, 0) + 1
+
+    def stats(self) -> IngestStats:
+        """A snapshot of the ingest counters and queue gauges."""
+        writer = self._writer
+        w = writer.stats if writer is not None else None
+        with self._stats_lock:
+            return IngestStats(
+                ingested=dict(self._stats.ingested),
+                rejected=dict(self._stats.rejected),
+                dropped=w.dropped if w else 0,
+                queue_depth=w.queue_depth if w else 0,
+                queue_capacity=self._queue_capacity,
+                last_ingest=w.last_ingest if w else 0.0,
+            )
+
+    # ---- HTTP ---------------------------------------------------------------------------
+
+    def _routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/v1/logs", self._logs, methods=["POST"]),
+            Route("/v1/traces", self._traces, methods=["POST"]),
+            Route("/v1/metrics", self._otlp_metrics, methods=["POST"]),
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+        routes.extend(
+            query_routes(
+                self._query_sink, authorize=self._authorized, url=lambda: self.url, allow_prune=True
+            )
+        )
+        return routes
+
+    def _query_sink(self) -> Any:
+        """The read side for the query API: a Sink sharing this process's connection."""
+        if self._sink is None:
+            if self._store is None:
+                raise SinkError("the sink server is not started")
+            from . import open_sink  # noqa: PLC0415
+
+            # Shares this process's writable connection; prune takes the write lock.
+            self._sink = open_sink(self._store.path, read_only=False, policy=self.policy)
+        return self._sink
+
+    def _authorized(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), self.token.encode()
+        )
+
+    async def _logs(self, request: Request) -> Response:
+        return await self._export(request, "logs")
+
+    async def _traces(self, request: Request) -> Response:
+        return await self._export(request, "traces")
+
+    async def _otlp_metrics(self, request: Request) -> Response:
+        """OTLP metrics are accepted and discarded: workers that export everything to one
+        endpoint must not log 404s; fleet metrics come from the store (``/metrics``)."""
+        content_type = request.headers.get("content-type")
+        guess: _otlp.Encoding = "json" if content_type and "json" in content_type else "protobuf"
+        if not self._authorized(request):
+            return self._error(
+                401,
+                "missing or wrong bearer token",
+                guess,
+                {"WWW-Authenticate": 'Bearer realm="chaperone-otel"'},
+            )
+        try:
+            encoding = _otlp.media_type(content_type)
+        except _otlp.UnsupportedMediaTypeError as e:
+            return self._error(415, str(e), guess)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                return self._error(
+                    413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
+                )
+        return Response(b"{}" if encoding == "json" else b"", media_type=_CONTENT_TYPES[encoding])
+
+    def _error(
+        self,
+        status: int,
+        message: str,
+        encoding: _otlp.Encoding,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        self._reject(status)
+        return Response(
+            _otlp.encode_error(status, message, encoding),
+            status_code=status,
+            media_type=_CONTENT_TYPES[encoding],
+            headers=headers,
+        )
+
+    async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
+        content_type = request.headers.get("content-type")
+        guess: _otlp.Encoding = "json" if content_type and "json" in content_type else "protobuf"
+        if not self._authorized(request):
+            return self._error(
+                401,
+                "missing or wrong bearer token",
+                guess,
+                {"WWW-Authenticate": 'Bearer realm="chaperone-otel"'},
+            )
+        try:
+            encoding = _otlp.media_type(content_type)
+        except _otlp.UnsupportedMediaTypeError as e:
+            return self._error(415, str(e), guess)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return self._error(
+                413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
+            )
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > self.max_body:
+                return self._error(
+                    413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
+                )
+        body = bytes(chunks)
+        content_encoding = request.headers.get("content-encoding")
+        try:
+            if len(body) > 65536 or content_encoding:
+                decoded = await run_in_threadpool(
+                    _otlp.decode,
+                    signal_name,
+                    body,
+                    encoding,
+                    content_encoding,
+                    max_size=self.max_decompressed,
+                )
+            else:
+                decoded = _otlp.decode(
+                    signal_name, body, encoding, content_encoding, max_size=self.max_decompressed
+                )
+        except _otlp.OTLPDecodeError as e:
+            return self._error(400, str(e), encoding)
+        except _otlp.PayloadTooLargeError as e:
+            return self._error(413, str(e), encoding)
+        except _otlp.UnsupportedMediaTypeError as e:
+            return self._error(415, str(e), encoding)
+        if decoded.records:
+            writer = self._writer
+            if writer is None:
+                return self._error(
+                    503,
+                    "the sink is shutting down",
+                    encoding,
+                    {"Retry-After": str(self.retry_after)},
+                )
+            try:
+                accepted = writer.submit(decoded.records)
+            except SinkError as e:  # closed while shutting down
+                return self._error(503, str(e), encoding, {"Retry-After": str(self.retry_after)})
+            if not accepted:
+                return self._error(
+                    503,
+                    f"writer queue full ({self._queue_capacity} records)",
+                    encoding,
+                    {"Retry-After": str(self.retry_after)},
+                )
+            try:
+                # 2xx only once committed: flush waits for everything submitted so far,
+                # so concurrent requests share one commit.
+                committed = await run_in_threadpool(writer.flush, self.ack_timeout)
+            except SinkError as e:
+                return self._error(
+                    503,
+                    f"store write failed: {e}",
+                    encoding,
+                    {"Retry-After": str(self.retry_after)},
+                )
+            if not committed:
+                return self._error(
+                    503,
+                    "store commit is slow; retry",
+                    encoding,
+                    {"Retry-After": str(self.retry_after)},
+                )
+            self._committed(_SOURCES[signal_name], len(decoded.records))
+        return Response(
+            _otlp.encode_response(
+                signal_name, encoding, rejected=decoded.rejected, error=decoded.error
+            ),
+            media_type=_CONTENT_TYPES[encoding],
+        )
+
+    async def _healthz(self, request: Request) -> Response:
+        stats = self.stats()
+        ok = self._writer is not None and self._store is not None
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "stopping",
+                "store": self.path,
+                "queue_depth": stats.queue_depth,
+                "queue_capacity": stats.queue_capacity,
+                "last_ingest": stats.last_ingest,
+            },
+            status_code=200 if ok else 503,
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        try:
+            body = await run_in_threadpool(generate_latest, self._registry)
+        except SinkError as e:
+            return Response(f"store unavailable: {e}\n", status_code=503, media_type="text/plain")
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def serve(
+    path: str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    **options: Any,
+) -> None:
+    """Run the sink server in the foreground until SIGTERM/SIGINT (the CLI entry).
+
+    Args:
+        path: the DuckDB store file.
+        host: bind address (``127.0.0.1`` unless told otherwise).
+        port: TCP port (4318, the OTLP/HTTP default; 0 = any free port).
+        token: require ``Authorization: Bearer <token>`` on ingest and the query API.
+        **options: further :class:`SinkServer` keyword options (``max_body``,
+            ``queue_capacity``, ``retry_after`` …).
+
+    Raises:
+        SinkError: the store cannot be opened (held by another process, newer schema).
+        OSError: the address cannot be bound.
+    """
+
+    def ready(server: SinkServer) -> None:
+        print(
+            f"chaperone-otel sink: {server.path} on {server.url} "
+            f"(OTLP: {server.url}/v1/logs, {server.url}/v1/traces; /metrics; /api)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    SinkServer(path, host=host, port=port, token=token, **options).serve_forever(ready)
