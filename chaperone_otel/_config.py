@@ -84,8 +84,12 @@ class Hooks:
         """Hooks of ``self`` then ``other`` (global hooks run before per-run hooks)."""
         return Hooks(**{n: getattr(self, n) + getattr(other, n) for n in HOOK_NAMES})
 
+    def __post_init__(self) -> None:
+        # Checked at every run start and end: compute once.
+        object.__setattr__(self, "_any", any(getattr(self, n) for n in HOOK_NAMES))
+
     def __bool__(self) -> bool:
-        return any(getattr(self, n) for n in HOOK_NAMES)
+        return self._any  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)

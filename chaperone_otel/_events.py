@@ -58,6 +58,23 @@ class RecordListener(Protocol):
         """Handle one record. Exceptions are swallowed and counted, never reach the job."""
 
 
+def wanted(event_name: str) -> bool:
+    """True if some listener will use a record of this kind.
+
+    A listener may define ``wants(event_name) -> bool`` (the OTel writer asks its logger's
+    ``enabled()``); one without it wants everything. Runs skip building records nobody
+    consumes — the full-state attribute dict is the costliest part of a run's start and end.
+    """
+    for listener in _listeners:
+        wants = getattr(listener, "wants", None)
+        if wants is None:
+            return True
+        with handle_internal_errors(f"listener:{type(listener).__name__}"):
+            if wants(event_name):
+                return True
+    return False
+
+
 _lock = threading.Lock()
 _listeners: tuple[RecordListener, ...] = ()
 

@@ -39,9 +39,17 @@ class OTelLogWriter:
             self._logger = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
         return self._logger
 
+    def wants(self, event_name: str) -> bool:
+        """Whether the logger would keep such a record (the API's ``enabled()``)."""
+        return bool(self._get_logger().enabled(event_name=event_name))
+
     def on_record(self, record: LifecycleRecord) -> None:
         """Emit ``record`` as a log record with ``event_name`` set."""
         logger = self._get_logger()
+        # The API asks callers to check enabled() first: building an SDK log record cleans
+        # every attribute (~70 us for a full-state record) even with no processor attached.
+        if not logger.enabled(event_name=record.event_name):
+            return
         kwargs: dict[str, Any] = {
             "timestamp": int(record.timestamp * 1e9),
             "severity_number": _SEVERITY.get(record.severity, SeverityNumber.INFO),

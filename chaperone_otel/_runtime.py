@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _supervise as _supervise_module
 from . import semconv as sc
 from ._config import Config, get_config
 from ._events import AttributeValue, add_listener, remove_listener
@@ -71,6 +72,7 @@ class Runtime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._calls: deque[tuple[Callable[..., object], tuple[Any, ...], str]] = deque()
+        self._durations: deque[tuple[float, dict[str, str]]] = deque()
         self._sampler: ProcessSampler | None = None
         self._prev_sample: tuple[float, ProcessSample] | None = None  # (monotonic, sample)
         self._next_sample = 0.0
@@ -97,6 +99,7 @@ class Runtime:
             next_flush=run.started_at + period, flushed_progress_at=run.progress_updated_at
         )
         run._wake = self.wake
+        run.observe(run.started_at)
         with self._lock:
             self._runs[id(run)] = run
         labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
@@ -122,7 +125,9 @@ class Runtime:
                 1, {**status_labels, sc.ATTR_ERROR_TYPE: run.error_type or ""}
             )
             duration = max(0.0, (run.finished_at or run.started_at) - run.started_at)
-            self.instruments.duration.record(duration, status_labels)
+            # Recorded on the monitor thread: a synchronous histogram record validates its
+            # attributes (~7 us) and the job's thread should not pay for that.
+            self._durations.append((duration, status_labels))
         hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
         if hooks:
             state = run.snapshot()
@@ -145,13 +150,10 @@ class Runtime:
     # ---- thread --------------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        if not self.background:
-            return
-        thread = self._thread
-        if thread is not None and thread.is_alive():
+        if not self.background or self._thread is not None:
             return
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._thread is not None:
                 return
             self._stop.clear()
             self._thread = threading.Thread(
@@ -203,6 +205,7 @@ class Runtime:
         self._stop = threading.Event()
         self._thread = None
         self._calls = deque()
+        self._durations = deque()
         self._sampler = None
         self._prev_sample = None
         self._next_sample = 0.0
@@ -216,10 +219,21 @@ class Runtime:
                 fn, args, where = self._calls.popleft()
                 with handle_internal_errors(where):
                     fn(*args)
+            self._record_durations()
             self._sample_process()
             for run in self.live_runs():
                 with handle_internal_errors("monitor.run"):
                     self._tick_run(run, run._clock())
+
+    def flush_metrics(self) -> None:
+        """Record queued run durations now (the monitor does it each pass)."""
+        self._record_durations()
+
+    def _record_durations(self) -> None:
+        with handle_internal_errors("metrics.duration"):
+            while self._durations:
+                duration, labels = self._durations.popleft()
+                self.instruments.duration.record(duration, labels)
 
     def _sample_process(self) -> None:
         mono = time.monotonic()
@@ -246,6 +260,7 @@ class Runtime:
         with run._lock:
             if run.finished_at is not None:
                 return
+            run.observe(now)
             self._apply_sample(run, state)
             self._check_limits(run, state, now, actions)
             self._flush(run, state, now, actions)
@@ -452,6 +467,7 @@ class Runtime:
         """
         state: _RunState | None = run._monitor_state
         with run._lock:
+            run.observe(now)
             if state is not None:
                 with handle_internal_errors("monitor.final_flush"):
                     self._flush(run, state, now, [], final=True)
@@ -525,5 +541,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+_supervise_module._runtime = runtime
 
 __all__ = ["JobState", "Runtime", "close_runtime", "current_runtime", "replace_runtime", "runtime"]

@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 logger = logging.getLogger("chaperone_otel")
@@ -81,18 +81,29 @@ def record_internal_error(where: str, exc: BaseException) -> None:
             listener(where)
 
 
-@contextlib.contextmanager
-def handle_internal_errors(where: str) -> Iterator[None]:
+class handle_internal_errors:
     """Swallow (log once, count) any ``Exception`` raised in the block.
 
-    ``BaseException`` (KeyboardInterrupt, SystemExit, CancelledError) passes through.
+    ``BaseException`` (KeyboardInterrupt, SystemExit, CancelledError) passes through. A
+    class rather than ``@contextmanager``: it guards every run's start and end, and the
+    generator-based form cost ~3 us a use.
     """
-    try:
-        yield
-    except Exception as exc:
-        record_internal_error(where, exc)
-        if _raise:
-            raise
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        record_internal_error(self.where, exc)
+        return not _raise
 
 
 def safe(where: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:

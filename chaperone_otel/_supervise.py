@@ -59,8 +59,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import semconv as sc
 from ._config import LIMIT_POLICIES, Config, Hooks, LimitPolicy, get_config, validate_interval
-from ._events import AttributeValue, LifecycleRecord, publish
+from ._events import AttributeValue, LifecycleRecord, publish, wanted
 from ._health import Health, SignalValue
+from ._resources import thread_cpu_clock
 from ._safety import handle_internal_errors
 from ._units import parse_bytes, parse_duration
 from ._version import __version__
@@ -187,16 +188,20 @@ class Supervision:
         "_flush_now",
         "_hb_calls",
         "_hb_flushed",
+        "_last_ratio",
+        "_lo",
         "_lock",
         "_loop",
         "_meta",
         "_meta_version",
         "_monitor_state",
-        "_phase_range",
+        "_observed",
+        "_pcalls",
         "_phases",
         "_seq",
         "_task",
         "_wake",
+        "_width",
         "attempt",
         "attributes",
         "cpu_limit",
@@ -222,7 +227,6 @@ class Supervision:
         "otel_context",
         "phase",
         "progress_current",
-        "progress_ratio",
         "progress_total",
         "progress_updated_at",
         "queue",
@@ -253,7 +257,11 @@ class Supervision:
         self.fd_limit = spec.fd_limit
         self.on_limit: str = spec.on_limit or config.on_limit
         self.attributes = dict(spec.attributes)
-        self.hooks = config.hooks.merged(spec.hooks)
+        self.hooks = (
+            config.hooks.merged(spec.hooks)
+            if config.hooks and spec.hooks
+            else spec.hooks or config.hooks
+        )
         self.status = "pending"
         now = self._clock()
         self.started_at = now
@@ -267,12 +275,15 @@ class Supervision:
         self._meta_version = 0
         self.progress_current: float | None = None
         self.progress_total: float | None = None
-        self.progress_ratio = 0.0
         self.progress_updated_at = now
+        self._pcalls = 0
+        self._observed: tuple[object, ...] = ()
+        self._last_ratio = 0.0
         self._first_progress: tuple[float, float, float] | None = None  # (at, ratio, current)
         self.phase: str | None = None
         self._phases: dict[str, tuple[float, float]] = {}
-        self._phase_range: tuple[float, float] = (0.0, 1.0)
+        self._lo = 0.0  # the current phase's share of 0..1: [_lo, _lo + _width]
+        self._width = 1.0
         self.memory: int | None = None
         self.memory_peak: int | None = None
         self.cpu_percent: float | None = None
@@ -308,8 +319,9 @@ class Supervision:
         Raises:
             JobLimitExceeded: a limit was crossed and the run's policy is ``cancel``.
         """
+        # No clock read here: the monitor stamps the time when it sees the count move, which
+        # keeps this call under a tqdm update(1) (bench/bench_runtime.py).
         self._hb_calls += 1
-        self.last_heartbeat = self._clock()
         if metadata is not None or fields:
             self._set_meta(metadata, fields)
         if self._cancel is not None:
@@ -323,8 +335,6 @@ class Supervision:
         total: float,
         metadata: Mapping[str, Any] | None = None,
         /,
-        *,
-        phase: str | None = None,
         **fields: Any,
     ) -> None:
         """Report ``current`` of ``total`` items done (also counts as a sign of life).
@@ -343,35 +353,66 @@ class Supervision:
                 f"report_progress({current!r}, {total!r}): current and total must be "
                 "non-negative numbers"
             )
-        if total == 0 and current > 0:
+        if fields or metadata is not None:
+            self._progress_extras(metadata, fields)
+        # The common path stores two numbers and a count; the ratio is derived on read and
+        # the monitor stamps when it changed (no clock read per call).
+        self.progress_current = current
+        self.progress_total = total
+        self._pcalls += 1
+        if current > total and total == 0:
             raise ValueError(
                 f"report_progress({current!r}, 0): total is 0 but current is not; pass the "
                 "real total (or 0, 0 for an empty batch)"
             )
-        if metadata is not None or fields:
-            self._set_meta(metadata, fields)
-            if phase is None and metadata is not None:
-                meta_phase = metadata.get("phase")
-                phase = meta_phase if isinstance(meta_phase, str) else None
-        if phase is not None and phase != self.phase:
-            self._enter_phase(phase)
-        self._progress(current, total)
         if self._cancel is not None:
             self._raise_cancel()
 
-    def _progress(self, current: float, total: float) -> None:
-        now = self._clock()
+    def _progress_extras(self, metadata: Mapping[str, Any] | None, fields: dict[str, Any]) -> None:
+        # `phase=` arrives in **fields (a keyword-only parameter would cost every call).
+        phase = fields.pop("phase", None)
+        if metadata is not None or fields:
+            self._set_meta(metadata, fields)
+        if phase is None and metadata is not None:
+            phase = metadata.get("phase")
+        if phase is not None and not isinstance(phase, str):
+            raise TypeError(f"phase must be a str, got {phase!r}")
+        if phase is not None and phase != self.phase:
+            self._enter_phase(phase)
+
+    @property
+    def progress_ratio(self) -> float:
+        """Overall progress 0..1: ``current / total`` (clamped) mapped into the phase's share."""
+        current, total = self.progress_current, self.progress_total
+        if current is None or total is None:
+            inner = 0.0
+        elif total == 0 or current >= total:
+            inner = 1.0
+        else:
+            inner = current / total
+        return self._lo + self._width * inner
+
+    def observe(self, now: float) -> bool:
+        """Stamp ``last_heartbeat`` / ``progress_updated_at`` if the job moved since the last
+        look (monitor thread, and at start/finish). Returns True when it had."""
+        seen = (
+            self._hb_calls,
+            self._pcalls,
+            self.progress_current,
+            self.progress_total,
+            self.phase,
+        )
+        if seen == self._observed:
+            return False
+        self._observed = seen
         self.last_heartbeat = now
-        self.progress_current = current
-        self.progress_total = total
-        inner = 1.0 if total == 0 else (current / total if current < total else 1.0)
-        lo, hi = self._phase_range
-        ratio = lo + (hi - lo) * inner
-        if ratio != self.progress_ratio:
-            self.progress_ratio = ratio
+        ratio = self.progress_ratio
+        if self._first_progress is None and self.progress_current is not None:
+            self._first_progress = (now, ratio, self.progress_current)
+        if ratio != self._last_ratio:
+            self._last_ratio = ratio
             self.progress_updated_at = now
-            if self._first_progress is None:
-                self._first_progress = (now, ratio, current)
+        return True
 
     def track(
         self, iterable: Iterable[T], total: float | None = None, *, phase: str | None = None
@@ -393,22 +434,12 @@ class Supervision:
         return self._track(iterable, total)
 
     def _track(self, iterable: Iterable[T], total: float | None) -> Iterator[T]:
-        count = 0
-        if total is None:
-            for item in iterable:
-                yield item
-                count += 1
-                self._hb_calls += 1
-                self.last_heartbeat = self._clock()
-                self.progress_current = count
-                if self._cancel is not None:
-                    self._raise_cancel()
-            return
-        progress = self._progress
-        for item in iterable:
+        # An item is reported done when the consumer asks for the next one (as tqdm does).
+        self.progress_current = 0
+        self.progress_total = total
+        for count, item in enumerate(iterable, 1):
             yield item
-            count += 1
-            progress(count if count <= total else total, total)
+            self.progress_current = count
             if self._cancel is not None:
                 self._raise_cancel()
 
@@ -462,22 +493,15 @@ class Supervision:
             )
         lo_hi = self._phases.get(name)
         if lo_hi is not None:
-            self._phase_range = lo_hi
+            self._lo, self._width = lo_hi[0], lo_hi[1] - lo_hi[0]
         self.phase = name
-        self.progress_current = None
+        self.progress_current = None  # the new phase starts at its lower bound
         self.progress_total = None
-        if lo_hi is not None and lo_hi[0] > self.progress_ratio:
-            self.progress_ratio = lo_hi[0]
-            self.progress_updated_at = self._clock()
-        self.last_heartbeat = self._clock()
         self._flush_now = True
         self._wake()
 
     def _complete_phase(self) -> None:
-        _lo, hi = self._phase_range
-        if hi > self.progress_ratio:
-            self.progress_ratio = hi
-            self.progress_updated_at = self._clock()
+        self.progress_current = self.progress_total = 1
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -557,6 +581,9 @@ class Supervision:
     def snapshot(self, now: float | None = None) -> JobState:
         """An immutable :class:`JobState` of this run."""
         now = self._clock() if now is None else now
+        if self.finished_at is None:
+            with self._lock:
+                self.observe(now)
         end = self.finished_at if self.finished_at is not None else now
         ctx = self.span.get_span_context()
         return JobState(
@@ -665,6 +692,8 @@ class Supervision:
     ) -> None:
         """Publish one lifecycle record with the run's full state (telemetry-safe)."""
         with handle_internal_errors(f"emit:{event_name}"):
+            if not wanted(event_name):
+                return
             attributes = self.record_attributes(now)
             if extra:
                 attributes.update(extra)
@@ -829,25 +858,45 @@ def _qualified_name(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}" if module and module != "__main__" else qualname
 
 
+def _runtime() -> Any:
+    # Replaced by _runtime.py when it is imported (it imports this module, so this module
+    # cannot import it at load time; a function-level import cost ~3 us per run).
+    from ._runtime import runtime  # noqa: PLC0415
+
+    return runtime()
+
+
+_tracers: dict[int, tuple[Any, Any]] = {}
+
+
+def _tracer(provider: Any) -> Any:
+    """The provider's tracer for our scope, cached (the SDK builds a new one per call)."""
+    cached = _tracers.get(id(provider))
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+    if len(_tracers) > 64:  # providers come and go in test suites; never grow without bound
+        _tracers.clear()
+    _tracers[id(provider)] = (provider, tracer)
+    return tracer
+
+
 def _start_run(
     spec: _Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
 ) -> Supervision:
     """Create and start a run: span, monitor registration, started record, counters."""
-    from ._runtime import runtime  # noqa: PLC0415 - runtime imports this module
-
     config = get_config()
     run = Supervision(spec, config, run_id=run_id, attempt=attempt)
-    rt = runtime()
+    rt = _runtime()
     with handle_internal_errors("run.start"):
         provider = spec.tracer_provider or config.tracer_provider or trace.get_tracer_provider()
-        tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        tracer = _tracer(provider)
         start_attrs: dict[str, AttributeValue] = {
             sc.ATTR_JOB_NAME: run.name,
             sc.ATTR_JOB_QUEUE: run.queue,
             sc.ATTR_JOB_RUN_ID: run.id,
             sc.ATTR_JOB_ATTEMPT: run.attempt,
             sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
-            sc.ATTR_LIMIT_POLICY: run.on_limit,
         }
         limits: tuple[tuple[str, float | None], ...] = (
             (sc.ATTR_JOB_TIMEOUT, run.timeout),
@@ -859,6 +908,7 @@ def _start_run(
         for key, limit in limits:
             if limit is not None:
                 start_attrs[key] = limit
+                start_attrs[sc.ATTR_LIMIT_POLICY] = run.on_limit
         for key, user_value in run.attributes.items():
             start_attrs[sc.ATTR_USER_PREFIX + key] = user_value
         run.span = tracer.start_span(
@@ -870,8 +920,6 @@ def _start_run(
         run.otel_context = trace.set_span_in_context(run.span)
     if bind_thread:
         with handle_internal_errors("run.cpu_clock"):
-            from ._resources import thread_cpu_clock  # noqa: PLC0415
-
             run._cpu_clock = thread_cpu_clock()
     run.status = "running"
     rt.started(run)
@@ -881,8 +929,6 @@ def _start_run(
 
 def _finish_run(run: Supervision, exc: BaseException | None) -> None:
     """Record the outcome, publish the finished record, end the span. Never raises."""
-    from ._runtime import runtime  # noqa: PLC0415
-
     with handle_internal_errors("run.finish"):
         now = run._clock()
         with run._lock:
@@ -909,26 +955,27 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
                 run.error_message = str(exc)
                 if run.status == "failed":
                     run.error_stacktrace = "".join(traceback.format_exception(exc))
-        rt = runtime()
+        rt = _runtime()
         rt.judge(run, now)
         severity = "ERROR" if run.status == "failed" else "INFO"
         run.emit(sc.EVENT_JOB_FINISHED, now, severity=severity)
         span = run.span
         if span.is_recording():
-            span.set_attributes(
-                {
-                    sc.ATTR_JOB_STATUS: run.status,
-                    sc.ATTR_JOB_HEALTH: run.health,
-                    sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
-                    sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
-                    sc.ATTR_VIOLATION_COUNT: len(run.violations),
-                    sc.ATTR_JOB_DURATION: max(0.0, now - run.started_at),
-                }
-            )
+            # One set_attributes call (the SDK validates per call), and only what the span's
+            # own fields (start, end, status) do not already say.
+            end_attrs: dict[str, AttributeValue] = {
+                sc.ATTR_JOB_STATUS: run.status,
+                sc.ATTR_JOB_HEALTH: run.health,
+                sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
+                sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
+            }
+            if run.violations:
+                end_attrs[sc.ATTR_VIOLATION_COUNT] = len(run.violations)
             if run.memory_peak is not None:
-                span.set_attribute(sc.ATTR_MEMORY_PEAK, run.memory_peak)
+                end_attrs[sc.ATTR_MEMORY_PEAK] = run.memory_peak
             if run.error_type is not None:
-                span.set_attribute(sc.ATTR_ERROR_TYPE, run.error_type)
+                end_attrs[sc.ATTR_ERROR_TYPE] = run.error_type
+            span.set_attributes(end_attrs)
             if exc is not None and run.status == "failed":
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{run.error_type}: {exc}"))

@@ -273,7 +273,12 @@ class Capture:
 
     def metrics(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         """Collected metric points: ``{name: [(attributes, value), ...]}``."""
+        from ._runtime import current_runtime  # noqa: PLC0415
+
         out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        rt = current_runtime()
+        if rt is not None:
+            rt.flush_metrics()  # durations are recorded on the monitor thread
         data = self.metric_reader.get_metrics_data()
         if data is None:
             return out

@@ -80,6 +80,7 @@ def test_stalled_progress_is_degraded(chaperone_clock: FakeClock, chaperone: Cap
     """Heartbeats keep coming but progress is flat past stall_timeout: degraded."""
     with supervised("flat", heartbeat_interval=60, stall_timeout=20) as run:
         run.report_progress(1, 10)
+        chaperone.tick()  # progress times are stamped by the monitor
         for _ in range(5):
             chaperone.clock.advance(5)  # type: ignore[union-attr]
             run.heartbeat()

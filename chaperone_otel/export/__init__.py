@@ -98,7 +98,7 @@ class CountingLogExporter(LogRecordExporter):
 
     def shutdown(self) -> None:
         with handle_internal_errors("export:logs"):
-            self.inner.shutdown()
+            self.inner.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         with handle_internal_errors("export:logs"):
