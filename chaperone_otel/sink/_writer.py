@@ -63,7 +63,8 @@ class WriterStats:
         coerced: attribute values of a wrong type stored as NULL.
         dropped: accepted records that could not be written (should stay 0).
         batches: committed write transactions.
-        queue_depth: records waiting. capacity: the queue bound.
+        queue_depth: records waiting (not yet taken by the thread).
+        capacity: the bound on records held (waiting plus the batch being written).
         last_ingest: Unix time of the latest commit (0 before the first).
         last_error: text of the latest write failure, if any.
     """
@@ -115,7 +116,8 @@ class Writer:
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: collections.deque[Sequence[LifecycleRecord]] = collections.deque()
-        self._depth = 0
+        self._depth = 0  # records waiting in the queue
+        self._inflight = 0  # records taken by the thread, not yet written
         self._submitted = 0  # records ever accepted (a ticket counter for flush)
         self._done = 0  # records processed (written, invalid or dropped)
         self._flushers = 0
@@ -154,7 +156,8 @@ class Writer:
             if n == 0:
                 return True
             # An oversized batch is taken when the queue is empty, or it could never fit.
-            if self._depth and self._depth + n > self._capacity:
+            held = self._depth + self._inflight
+            if held and held + n > self._capacity:
                 self._stats = replace(self._stats, rejected=self._stats.rejected + n)
                 return False
             self._queue.append(records)
@@ -224,6 +227,8 @@ class Writer:
             chunk: list[LifecycleRecord] = []
             while self._queue and len(chunk) < self._batch_size:
                 chunk.extend(self._queue.popleft())
+            self._depth -= len(chunk)
+            self._inflight = len(chunk)
             return chunk
 
     def _run(self) -> None:
@@ -233,7 +238,7 @@ class Writer:
                 return
             written, invalid, coerced, dropped, batches = self._write(chunk, [_MAX_RETRIES])
             with self._cond:
-                self._depth -= len(chunk)
+                self._inflight = 0
                 self._done += len(chunk)
                 s = self._stats
                 self._stats = replace(
