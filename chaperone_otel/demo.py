@@ -448,6 +448,7 @@ class Summary:
     total: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     by_health: dict[str, int] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
     stuck: list[Any] = field(default_factory=list)
     violated: list[Any] = field(default_factory=list)
     failed: list[Any] = field(default_factory=list)
@@ -463,8 +464,9 @@ def read_summary(target: str, since: datetime) -> Summary:
         runs = q.all()
         out = Summary(total=len(runs), source=target)
         for r in runs:
-            out.by_status[r.status] = out.by_status.get(r.status, 0) + 1
+            out.by_status[str(r.status)] = out.by_status.get(str(r.status), 0) + 1
             out.by_health[r.health] = out.by_health.get(r.health, 0) + 1
+            out.by_name[str(r.name)] = out.by_name.get(str(r.name), 0) + 1
         out.stuck = q.stuck().all()
         out.violated = [(r, list(r.resource_violations)) for r in q.violated().all()]
         out.failed = q.failed().order_by("started_at").all()
@@ -474,29 +476,29 @@ def read_summary(target: str, since: datetime) -> Summary:
 def _print_summary(
     console: Console, summary: Summary, *, db: str, metrics_url: str | None, hung_id: str | None
 ) -> None:
+    def say(text: str) -> None:  # soft wrap: long ids and commands stay copy-pasteable
+        console.print(text, soft_wrap=True)
+
     console.rule("[bold]summary (read back from the store)")
-    console.print(f"store: [bold]{db}[/]   runs this demo: [bold]{summary.total}[/]")
-    console.print(
-        "by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
-    )
-    console.print(
-        "by health: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_health.items()))
-    )
+    say(f"store: [bold]{db}[/]   runs this demo: [bold]{summary.total}[/]")
+    say("by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items())))
+    say("by health: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_health.items())))
+    say("by job:    " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_name.items())))
     for r in summary.stuck:
-        console.print(
+        say(
             f"[bold red]stuck[/]: {r.name} {r.id} — no heartbeat since "
             f"{r.last_heartbeat_at:%H:%M:%S} UTC (interval {r.heartbeat_interval:g}s)"
             + (" — cancelled by the demo on exit" if r.id == hung_id else "")
         )
     for r, violations in summary.violated:
         for v in violations:
-            console.print(
+            say(
                 f"[bold yellow]violation[/]: {r.name} {r.id} — {v.type} "
                 f"{_mib(v.actual)} > limit {_mib(v.limit)} (policy {v.policy}); "
                 f"run {r.status}"
             )
     for r in summary.failed:
-        console.print(f"[bold red]failed[/]: {r.name} {r.id} — {r.error_type}: {r.error_message}")
+        say(f"[bold red]failed[/]: {r.name} {r.id} — {r.error_type}: {r.error_message}")
     failed_id = summary.failed[0].id if summary.failed else "<run-id>"
     hog_id = summary.violated[0][0].id if summary.violated else "<run-id>"
     cmd = "chaperone-otel"
@@ -514,7 +516,7 @@ def _print_summary(
     for line in lines:
         console.print(Text(line), soft_wrap=True)
     if metrics_url:
-        console.print(f"Prometheus metrics (while a demo runs): {metrics_url}")
+        say(f"Prometheus metrics (while a demo runs): {metrics_url}")
 
 
 def _mib(value: float | None) -> str:
@@ -572,11 +574,13 @@ def run_demo(
     metrics_url: str | None = getattr(setup, "prometheus_url", None)
     console.print(
         f"[bold]chaperone-otel demo[/]: recording to [bold]{path}[/]"
-        + (f", metrics at [bold]{metrics_url}[/]" if metrics_url else "")
+        + (f", metrics at [bold]{metrics_url}[/]" if metrics_url else ""),
+        soft_wrap=True,
     )
     console.print(
         f"owner query URL: {_owner_url(path, setup) or '-'}  "
-        f"(try `chaperone-otel monitor --db {path}` in another terminal)"
+        f"(try `chaperone-otel monitor --db {path}` in another terminal)",
+        soft_wrap=True,
     )
 
     rng = random.Random(seed)

@@ -207,6 +207,14 @@ def _build_query(sink: Any, opts: dict[str, Any]) -> Any:
     return q
 
 
+def _filtered(q: Any, name: str | None, queue: str | None) -> Any:
+    if name:
+        q = q.named(name)
+    if queue:
+        q = q.on_queue(queue)
+    return q
+
+
 def _order(q: Any, order_by: str | None, desc: bool | None) -> Any:
     column = order_by or "started_at"
     descending = desc if desc is not None else (order_by is None)
@@ -290,8 +298,9 @@ def jobs(
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        q = _order(_build_query(sink, scopes), order_by, desc).limit(limit)
-        records = query("jobs", q.all)
+        records = query(
+            "jobs", lambda: _order(_build_query(sink, scopes), order_by, desc).limit(limit).all()
+        )
     if as_json:
         dump_json([render.record_dict(r) for r in records])
     elif as_csv:
@@ -460,17 +469,13 @@ def stuck(
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        base = sink.jobs
-        if name:
-            base = base.named(name)
-        if queue:
-            base = base.on_queue(queue)
-        found = query("stuck", base.stuck().order_by("started_at").all)
+        base = query("stuck", lambda: _filtered(sink.jobs, name, queue))
+        found = query("stuck", lambda: base.stuck().order_by("started_at").all())
         if include_lost:
             seen = {(r.id, r.attempt) for r in found}
             found += [
                 r
-                for r in query("stuck", base.lost().order_by("started_at").all)
+                for r in query("stuck", lambda: base.lost().order_by("started_at").all())
                 if (r.id, r.attempt) not in seen
             ]
     if as_json:
@@ -514,12 +519,10 @@ def health(
                 fail(f"no run {run_id!r} in {target}", Exit.FINDINGS)
             records = [record]
         else:
-            q = sink.jobs.running()
-            if name:
-                q = q.named(name)
-            if queue:
-                q = q.on_queue(queue)
-            records = query("health", q.order_by("started_at").all)
+            records = query(
+                "health",
+                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+            )
 
     def bad(r: Any) -> bool:
         h = getattr(r, "health", None)
@@ -690,12 +693,10 @@ def wait(
     last: list[Any] = []
     while True:
         with open_store(target) as sink:
-            q = sink.jobs.running()
-            if name:
-                q = q.named(name)
-            if queue:
-                q = q.on_queue(queue)
-            last = query("wait", q.order_by("started_at").all)
+            last = query(
+                "wait",
+                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+            )
         if ignore_stuck:
             last = [
                 r for r in last if not (getattr(r, "stuck", False) or getattr(r, "lost", False))

@@ -284,10 +284,10 @@ def detail(record: Any) -> RenderableType:
         ]
     for e in errors:
         body = Text()
-        body.append(f"{field(e, 'type')}: {field(e, 'message') or ''}\n", style="bold red")
+        body.append(f"{field(e, 'type')}: {field(e, 'message') or ''}", style="bold red")
         trace = field(e, "trace")
         if trace:
-            body.append(str(trace).rstrip())
+            body.append("\n" + str(trace).rstrip())
         parts.append(
             Panel(
                 body,

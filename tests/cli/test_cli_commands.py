@@ -1,0 +1,425 @@
+"""Each ``chaperone-otel`` command against real stores made by real supervised runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from _cli_helpers import Live, Recorded, invoke, wait_for
+
+import chaperone_otel
+from chaperone_otel import supervised
+
+# --------------------------------------------------------------------------------------------
+# Finding the store; bad input.
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_store_is_a_clean_exit_3(tmp_path: Path) -> None:
+    result = invoke("jobs", "--db", str(tmp_path / "nope.duckdb"))
+    assert result.exit_code == 3
+    assert "no store at" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_no_store_given_is_a_usage_error() -> None:
+    result = invoke("jobs")
+    assert result.exit_code == 2
+    assert "--db" in result.stderr
+    assert "CHAPERONE_OTEL_SINK" in result.stderr
+
+
+def test_store_from_environment_variable(recorded_store: Recorded) -> None:
+    result = invoke("jobs", "--json", env={"CHAPERONE_OTEL_SINK": str(recorded_store.path)})
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 5
+
+
+def test_file_that_is_not_a_store_exits_3(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.duckdb"
+    bogus.write_text("this is not a database\n" * 100)
+    result = invoke("jobs", "--db", str(bogus))
+    assert result.exit_code == 3
+    assert "cannot open store" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_store_from_a_newer_release_exits_3(recorded_store: Recorded, tmp_path: Path) -> None:
+    newer = tmp_path / "newer.duckdb"
+    shutil.copy(recorded_store.path, newer)
+    con = duckdb.connect(str(newer))
+    con.execute("INSERT INTO schema_version VALUES (99, now()::TIMESTAMP, 'from the future')")
+    con.close()
+    result = invoke("jobs", "--db", str(newer))
+    assert result.exit_code == 3
+    assert "newer" in result.stderr
+
+
+def test_directory_is_not_a_store(tmp_path: Path) -> None:
+    result = invoke("jobs", "--db", str(tmp_path))
+    assert result.exit_code == 3
+    assert "directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--since", "nonsense"), "--since"),
+        (("--since", "2024-13-45"), "--since"),
+        (("--limit", "0"), "--limit"),
+        (("--limit", "ten"), "--limit"),
+        (("--memory-above", "lots"), "--memory-above"),
+        (("--running", "--failed"), "choose one status flag"),
+        (("--json", "--csv"), "exclusive"),
+        (("--order-by", "no_such_column"), "no_such_column"),
+    ],
+)
+def test_jobs_bad_flag_values_exit_2(
+    recorded_store: Recorded, args: tuple[str, ...], message: str
+) -> None:
+    result = invoke("jobs", "--db", str(recorded_store.path), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_url_is_a_usage_error() -> None:
+    result = invoke("jobs", "--url", "127.0.0.1:9")
+    assert result.exit_code == 2
+    assert "http://" in result.stderr
+
+
+def test_unreachable_url_exits_3() -> None:
+    result = invoke("jobs", "--url", "http://127.0.0.1:9")
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+# --------------------------------------------------------------------------------------------
+
+
+def test_jobs_table_lists_every_run(recorded_store: Recorded) -> None:
+    result = invoke("jobs", "--db", str(recorded_store.path))
+    assert result.exit_code == 0, result.output
+    for name in ("etl.import", "reports.build", "emails.send", "analytics.embed"):
+        assert name in result.stdout
+    for run_id in recorded_store.ids.values():
+        assert run_id in result.stdout
+    assert "5 run(s)" in result.stdout
+
+
+def test_jobs_failed_json(recorded_store: Recorded) -> None:
+    result = invoke("jobs", "--db", str(recorded_store.path), "--failed", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["id"] for r in rows] == [recorded_store.ids["failed"]]
+    assert rows[0]["error_type"].endswith("ImportRowsError")
+    assert rows[0]["status"] == "failed"
+
+
+def test_jobs_csv(recorded_store: Recorded) -> None:
+    result = invoke("jobs", "--db", str(recorded_store.path), "--completed", "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["name"] for r in rows} == {"etl.import", "reports.build", "analytics.embed"}
+    assert all(r["status"] == "completed" for r in rows)
+    assert rows[0]["started_at"].endswith("Z")
+
+
+def test_jobs_name_queue_and_violated(recorded_store: Recorded) -> None:
+    db = str(recorded_store.path)
+    named = json.loads(invoke("jobs", "--db", db, "--name", "etl.import", "--json").stdout)
+    assert sorted(r["id"] for r in named) == sorted(
+        [recorded_store.ids["import0"], recorded_store.ids["import1"]]
+    )
+    queued = json.loads(invoke("jobs", "--db", db, "--queue", "reports", "--json").stdout)
+    assert [r["id"] for r in queued] == [recorded_store.ids["report"]]
+    violated = json.loads(invoke("jobs", "--db", db, "--violated", "--json").stdout)
+    assert [r["id"] for r in violated] == [recorded_store.ids["hog"]]
+    unhealthy = {
+        r["id"] for r in json.loads(invoke("jobs", "--db", db, "--unhealthy", "--json").stdout)
+    }
+    assert unhealthy == {recorded_store.ids["failed"], recorded_store.ids["hog"]}
+
+
+def test_jobs_since_limit_and_order(recorded_store: Recorded) -> None:
+    db = str(recorded_store.path)
+    assert json.loads(invoke("jobs", "--db", db, "--since", "2000-01-01", "--json").stdout)
+    future = invoke("jobs", "--db", db, "--since", "2999-01-01T00:00:00Z", "--json")
+    assert json.loads(future.stdout) == []
+    recent = json.loads(invoke("jobs", "--db", db, "--since", "1h", "--json").stdout)
+    assert len(recent) == 5
+    oldest_first = json.loads(
+        invoke(
+            "jobs", "--db", db, "--order-by", "started_at", "--asc", "--limit", "2", "--json"
+        ).stdout
+    )
+    assert [r["id"] for r in oldest_first] == [
+        recorded_store.ids["import0"],
+        recorded_store.ids["import1"],
+    ]
+    newest = json.loads(
+        invoke("jobs", "--db", db, "--order-by", "-started_at", "--limit", "1", "--json").stdout
+    )
+    assert [r["id"] for r in newest] == [recorded_store.ids["hog"]]
+
+
+# --------------------------------------------------------------------------------------------
+# show
+# --------------------------------------------------------------------------------------------
+
+
+def test_show_failed_run_has_error_and_traceback(recorded_store: Recorded) -> None:
+    result = invoke("show", recorded_store.ids["failed"], "--db", str(recorded_store.path))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "emails.send" in out
+    assert "failed" in out
+    assert "ImportRowsError" in out
+    assert "amount is not a number" in out
+    assert "Traceback (most recent call last)" in out
+    assert "_parse" in out  # a frame of the user's code
+
+
+def test_show_violation_and_heartbeats(recorded_store: Recorded) -> None:
+    result = invoke("show", recorded_store.ids["hog"], "--db", str(recorded_store.path))
+    assert result.exit_code == 0, result.output
+    assert "resource violations" in result.stdout
+    assert "memory" in result.stdout
+    assert "1.0 MiB" in result.stdout  # the limit
+    shown = invoke("show", recorded_store.ids["import0"], "--db", str(recorded_store.path))
+    assert "100.0%" in shown.stdout
+    assert "heartbeats" in shown.stdout
+
+
+def test_show_json_and_prefix(recorded_store: Recorded) -> None:
+    run_id = recorded_store.ids["hog"]
+    result = invoke("show", run_id[:8], "--db", str(recorded_store.path), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["id"] == run_id
+    assert data["resource_violations"][0]["type"] == "memory"
+    assert data["resource_violations"][0]["limit"] == 2**20
+
+
+def test_show_unknown_run_exits_1(recorded_store: Recorded) -> None:
+    result = invoke("show", "no-such-run", "--db", str(recorded_store.path))
+    assert result.exit_code == 1
+    assert "no run 'no-such-run'" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# sql
+# --------------------------------------------------------------------------------------------
+
+
+def test_sql_select_table_json_csv(recorded_store: Recorded) -> None:
+    db = str(recorded_store.path)
+    q = "SELECT name, count(*) AS runs FROM jobs GROUP BY name ORDER BY name"
+    table = invoke("sql", q, "--db", db)
+    assert table.exit_code == 0, table.output
+    assert "etl.import" in table.stdout
+    assert "4 row(s)" in table.stdout
+    rows = json.loads(invoke("sql", q, "--db", db, "--json").stdout)
+    assert {"name": "etl.import", "runs": 2} in rows
+    text = invoke("sql", q, "--db", db, "--csv").stdout
+    assert text.splitlines()[0] == "name,runs"
+    assert "etl.import,2" in text
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM jobs",
+        "DROP TABLE jobs",
+        "INSERT INTO jobs (run_id, attempt) VALUES ('x', 1)",
+        "UPDATE jobs SET status = 'completed'",
+        "SELECT 1; DELETE FROM jobs",
+    ],
+)
+def test_sql_that_writes_is_refused(recorded_store: Recorded, statement: str) -> None:
+    db = str(recorded_store.path)
+    result = invoke("sql", statement, "--db", db)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: sql:")
+    assert "Traceback" not in result.output
+    count = json.loads(invoke("sql", "SELECT count(*) AS n FROM jobs", "--db", db, "--json").stdout)
+    assert count == [{"n": 5}]
+
+
+def test_sql_syntax_error_exits_2(recorded_store: Recorded) -> None:
+    result = invoke("sql", "SELEC nonsense", "--db", str(recorded_store.path))
+    assert result.exit_code == 2
+    assert "error: sql:" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# prune
+# --------------------------------------------------------------------------------------------
+
+
+def test_prune(recorded_store: Recorded, tmp_path: Path) -> None:
+    copy = tmp_path / "prune.duckdb"
+    shutil.copy(recorded_store.path, copy)
+    kept = invoke("prune", "--older-than", "30d", "--db", str(copy))
+    assert kept.exit_code == 0, kept.output
+    assert "pruned 0 run(s)" in kept.stdout
+    time.sleep(0.01)
+    gone = invoke("prune", "--older-than", "1ms", "--db", str(copy), "--json")
+    assert gone.exit_code == 0, gone.output
+    assert json.loads(gone.stdout)["deleted"] == 5
+    assert json.loads(invoke("jobs", "--db", str(copy), "--json").stdout) == []
+
+
+def test_prune_bad_values(recorded_store: Recorded) -> None:
+    result = invoke("prune", "--older-than", "soon", "--db", str(recorded_store.path))
+    assert result.exit_code == 2
+    assert "not a duration" in result.stderr
+    assert invoke("prune", "--db", str(recorded_store.path)).exit_code == 2  # required
+
+
+# --------------------------------------------------------------------------------------------
+# stuck / health / wait / monitor on a live store
+# --------------------------------------------------------------------------------------------
+
+
+def test_stuck_none_exits_0(recorded_store: Recorded) -> None:
+    result = invoke("stuck", "--db", str(recorded_store.path))
+    assert result.exit_code == 0, result.output
+    assert "no stuck runs" in result.stdout
+
+
+def test_stuck_found_exits_1(live_store: Live) -> None:
+    result = invoke("stuck", "--db", str(live_store.path))
+    assert result.exit_code == 1, result.output
+    assert live_store.hung_id in result.stdout
+    assert live_store.healthy_id not in result.stdout
+    rows = json.loads(invoke("stuck", "--db", str(live_store.path), "--json").stdout)
+    assert [r["id"] for r in rows] == [live_store.hung_id]
+    assert rows[0]["stuck"] is True
+
+
+def test_health_exit_codes(live_store: Live) -> None:
+    db = str(live_store.path)
+    overall = invoke("health", "--db", db)
+    assert overall.exit_code == 1, overall.output
+    assert live_store.hung_id in overall.stdout
+    assert "FAIL" in overall.stdout
+    one = invoke("health", live_store.healthy_id, "--db", db)
+    assert one.exit_code == 0, one.output
+    assert "healthy" in one.stdout
+    only_healthy = invoke("health", "--db", db, "--name", "etl.stream", "--json")
+    assert only_healthy.exit_code == 0, only_healthy.output
+    assert json.loads(only_healthy.stdout)["ok"] is True
+    assert invoke("health", "no-such-run", "--db", db).exit_code == 1
+
+
+def test_wait_times_out_then_returns_when_runs_finish(live_store: Live) -> None:
+    db = str(live_store.path)
+    started = time.monotonic()
+    timed_out = invoke("wait", "--db", db, "--timeout", "0.5", "--interval", "0.1")
+    assert timed_out.exit_code == 1, timed_out.output
+    assert "timed out" in timed_out.stderr
+    assert time.monotonic() - started < 15
+    ignore = invoke(
+        "wait",
+        "--db",
+        db,
+        "--name",
+        "payments.reconcile",
+        "--ignore-stuck",
+        "--timeout",
+        "5",
+        "--interval",
+        "0.1",
+    )
+    assert ignore.exit_code == 0, ignore.output
+    threading.Timer(0.5, live_store.stop.set).start()
+    done = invoke("wait", "--db", db, "--timeout", "20", "--interval", "0.1")
+    assert done.exit_code == 0, done.output
+    assert "no matching runs are running" in done.stdout
+
+
+def test_wait_bad_timeout() -> None:
+    assert invoke("wait", "--db", "x.duckdb", "--timeout", "forever").exit_code == 2
+
+
+def test_monitor_once_renders_running_runs(live_store: Live) -> None:
+    result = invoke("monitor", "--db", str(live_store.path), "--once")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "payments.reconcile" in out
+    assert "etl.stream" in out
+    assert "STUCK" in out
+    assert "2 running" in out
+    data = json.loads(invoke("monitor", "--db", str(live_store.path), "--once", "--json").stdout)
+    assert {r["id"] for r in data["running"]} == {live_store.hung_id, live_store.healthy_id}
+
+
+def test_monitor_once_on_closed_store(recorded_store: Recorded) -> None:
+    result = invoke("monitor", "--db", str(recorded_store.path), "--once")
+    assert result.exit_code == 0, result.output
+    assert "no running runs" in result.stdout
+    assert "recently finished" in result.stdout
+    assert "emails.send" in result.stdout
+
+
+def test_monitor_json_needs_once(recorded_store: Recorded) -> None:
+    result = invoke("monitor", "--db", str(recorded_store.path), "--json")
+    assert result.exit_code == 2
+
+
+def test_wait_ends_when_a_real_run_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "wait.duckdb"
+    chaperone_otel.configure(sink=str(path), heartbeat_interval=1.0)
+    release = threading.Event()
+
+    def job() -> None:
+        with supervised("deploy.drain", queue="q1") as run:
+            run.heartbeat()
+            release.wait(20)
+
+    t = threading.Thread(target=job, daemon=True)
+    t.start()
+    from chaperone_otel.sink import open_sink
+
+    def running() -> bool:
+        with open_sink(str(path)) as sink:
+            return sink.jobs.running().count() == 1
+
+    wait_for(running, 10, "the run to be recorded as running")
+    threading.Timer(0.5, release.set).start()
+    result = invoke(
+        "wait", "--db", str(path), "--queue", "q1", "--timeout", "20", "--interval", "0.1"
+    )
+    t.join(10)
+    assert result.exit_code == 0, result.output
+    assert "waiting for 1 run(s)" in result.stderr
+
+
+def test_version_and_help() -> None:
+    assert invoke("--version").exit_code == 0
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in (
+        "demo",
+        "jobs",
+        "show",
+        "monitor",
+        "stuck",
+        "health",
+        "sql",
+        "prune",
+        "wait",
+        "sink",
+    ):
+        assert command in result.stdout
