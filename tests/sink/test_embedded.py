@@ -1,0 +1,150 @@
+"""The embedded sink: configure(sink=path) records real supervised runs while they run."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import chaperone_otel
+from chaperone_otel import heartbeat, supervised
+from chaperone_otel.sink import open_sink
+from chaperone_otel.sink._store import sidecar_path
+from chaperone_otel.testing import FakeClock, capture
+
+
+def poll(predicate, *, timeout=20.0):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def test_runs_show_up_while_running_then_completed_and_failed(tmp_path):
+    """A live run is in running() before it ends; afterwards completed()/failed() with trace."""
+    path = tmp_path / "jobs.duckdb"
+    chaperone_otel.configure(sink=str(path))
+    release = threading.Event()
+
+    @supervised(name="seed.process_dataset", queue="high", heartbeat_interval=5)
+    def process() -> None:
+        heartbeat({"step": "load"})
+        assert release.wait(20)
+
+    @supervised(name="seed.broken", heartbeat_interval=5)
+    def broken() -> None:
+        raise ValueError("bad row 7")
+
+    worker = threading.Thread(target=process)
+    worker.start()
+    try:
+        with open_sink(path) as sink:
+            live = poll(lambda: sink.jobs.running().named("seed.process_dataset").all())
+            assert live[0].queue == "high"
+            assert live[0].finished_at is None
+            assert live[0].health == "healthy"
+            release.set()
+            worker.join(20)
+            with pytest.raises(ValueError, match="bad row 7"):
+                broken()
+            done = poll(lambda: sink.jobs.completed().named("seed.process_dataset").first())
+            assert done.id == live[0].id
+            assert done.duration is not None
+            assert done.duration >= 0
+            failed = poll(lambda: sink.jobs.failed().first())
+            assert failed.name == "seed.broken"
+            (error,) = failed.errors
+            assert error.message == "bad row 7"
+            assert "ValueError: bad row 7" in (error.trace or "")
+            assert not failed.is_healthy()
+    finally:
+        release.set()
+        worker.join(20)
+
+
+def test_env_variable_enables_the_sink(tmp_path, monkeypatch):
+    """CHAPERONE_OTEL_SINK alone makes configure() record runs."""
+    path = tmp_path / "env.duckdb"
+    monkeypatch.setenv("CHAPERONE_OTEL_SINK", str(path))
+    chaperone_otel.configure()
+
+    @supervised(name="env.job")
+    def job() -> int:
+        return 1
+
+    job()
+    with open_sink(path) as sink:
+        assert poll(lambda: sink.jobs.completed().named("env.job").count()) == 1
+
+
+def test_shutdown_flushes_releases_and_removes_sidecar(tmp_path):
+    """After reset(), every record is in the file, another open works and no sidecar is left."""
+    path = tmp_path / "jobs.duckdb"
+    embedded = chaperone_otel.configure(sink=str(path)).sink
+
+    @supervised(name="quick")
+    def quick(i: int) -> int:
+        return i
+
+    for i in range(20):
+        quick(i)
+    assert embedded.flush(10)
+    owner = json.loads(sidecar_path(path).read_text())
+    assert owner["url"] == embedded.url
+    assert owner["pid"] == os.getpid()
+    with urllib.request.urlopen(embedded.url + "/api/jobs?count=1", timeout=10) as response:
+        assert json.loads(response.read())["count"] == 20
+    chaperone_otel.reset()
+    assert not sidecar_path(path).exists()
+    with open_sink(path) as sink:
+        assert sink.jobs.completed().named("quick").count() == 20
+
+
+def test_hung_but_alive_run_is_stuck_not_lost(tmp_path):
+    """The job's code stops heartbeating while its process keeps sending liveness records:
+    the store judges it stuck, not lost."""
+    clock = FakeClock()
+    path = tmp_path / "jobs.duckdb"
+    started = threading.Event()
+    release = threading.Event()
+
+    @supervised(name="hangs", heartbeat_interval=10)
+    def hangs() -> None:
+        heartbeat()
+        started.set()
+        assert release.wait(20)
+
+    with capture(clock=clock, sink=str(path)) as cap:
+        worker = threading.Thread(target=hangs)
+        worker.start()
+        try:
+            assert started.wait(20)
+            cap.tick()
+            for _ in range(8):  # 40 s of silence from the job's code, the monitor still runs
+                cap.advance(5)
+            with open_sink(path) as sink:
+                query = sink.jobs.at(clock())
+                run = poll(lambda: query.running().named("hangs").first())
+                poll(lambda: query.stuck().count())
+                assert [r.id for r in query.stuck().all()] == [run.id]
+                assert query.lost().count() == 0
+                run = query.with_id(run.id).first()
+                assert run.stuck
+                assert not run.lost
+                assert run.health == "unhealthy"
+                # the same run, judged later with no record at all: lost, no longer stuck
+                later = sink.jobs.at(clock() + 100)
+                assert later.lost().count() == 1
+                assert later.stuck().count() == 0
+        finally:
+            release.set()
+            worker.join(20)
