@@ -392,3 +392,59 @@ def test_running_demo_from_other_processes(
         stop_process(proc)
         out.join(5)
         stdout.close()
+
+
+# --------------------------------------------------------------------------------------------
+# sink serve, and the quickstart's code
+# --------------------------------------------------------------------------------------------
+
+
+def test_sink_serve_is_reachable_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    db = tmp_path / "served.duckdb"
+    sidecar = Path(str(db) + ".owner.json")
+    proc = subprocess.Popen([*CLI, "sink", "serve", "--db", str(db), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    out = Output(lambda: os.read(stdout.fileno(), 65536))
+    try:
+        wait_for(sidecar.exists, 30, "the sink server's sidecar")
+        url = json.loads(sidecar.read_text())["url"]
+        assert url in out.text or wait_for(lambda: url in out.text, 10, "the printed URL")
+        listed = run_cli("jobs", "--db", str(db), "--json")  # through the advertised URL
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == []
+        explicit = run_cli("jobs", "--url", url, "--json")
+        assert explicit.returncode == 0, explicit.stderr
+        second = run_cli("sink", "serve", "--db", str(db), "--port", "0", timeout=60)
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert "error: sink serve:" in second.stderr
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, out.text
+        assert not sidecar.exists()
+        assert "Traceback" not in out.text
+    finally:
+        stop_process(proc)
+        out.join(5)
+        stdout.close()
+
+
+def _quickstart_code() -> str:
+    text = (Path(__file__).parents[2] / "docs" / "quickstart.md").read_text()
+    section = text.split("## Your own jobs", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_quickstart_code_runs_and_its_store_answers(tmp_path: Path) -> None:
+    code = _quickstart_code()
+    assert len(code.strip().splitlines()) <= 16  # "a 15-line quickstart"
+    code = code.replace("prometheus_port=9464", "prometheus_port=0")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=cli_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    result = run_cli("jobs", "--db", str(tmp_path / "jobs.duckdb"), "--json")
+    assert result.returncode == 0, result.stderr
+    runs = {r["name"]: r for r in json.loads(result.stdout)}
+    assert runs["import_file"]["status"] == "completed"
+    assert runs["import_file"]["progress"] == 100
+    assert runs["nightly.rebuild"]["status"] == "completed"
