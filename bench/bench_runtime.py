@@ -89,7 +89,7 @@ def main() -> None:
         for _ in range(k // 20):  # 20x fewer: it is slow; per-op is still per call
             span.add_event("e", {"i": 1})
 
-    run = chaperone.supervised("bench.hot").__enter__()
+    run = chaperone.supervised("bench.hot").start()
 
     def heartbeat(k: int) -> None:
         h = run.heartbeat
@@ -155,7 +155,7 @@ def main() -> None:
     for _ in range(rounds):
         per_run["bare OTel span"].extend(per_op(bare_span, runs_n, 1))
         per_run["supervised run"].extend(per_op(whole_run, runs_n, 1))
-    run.__exit__(None, None, None)
+    run.finish()
     chaperone.shutdown()
 
     med = {k: statistics.median(v) for k, v in {**results, **per_run}.items()}

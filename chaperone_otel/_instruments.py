@@ -77,8 +77,6 @@ class Instruments:
         self._live_runs = live_runs
         self._long_run_threshold = long_run_threshold
         self._clock = clock
-        self._groups_lock = threading.Lock()
-        self._groups_cache: tuple[float, list[tuple[dict[str, str], Supervision]]] = (-1.0, [])
 
         def counter(spec: sc.MetricSpec, *, up_down: bool = False) -> Cumulative:
             totals = Cumulative()
@@ -158,32 +156,29 @@ class Instruments:
     def count_internal_error(self, where: str) -> None:
         """Error listener: count a swallowed internal error by place."""
         # Places are a small fixed set of code locations: a bounded label.
-        self.internal_errors.add(1, {"chaperone.internal.where": where.split(":", 1)[0]})
+        self.internal_errors.add(1, {sc.ATTR_INTERNAL_WHERE: where.split(":", 1)[0]})
 
     def _groups(self, now: float) -> list[tuple[dict[str, str], Supervision]]:
         """Live runs grouped by label set, each group represented by its stalest run.
 
-        Cached for a quarter second: one collection calls every gauge's callback in turn.
+        Recomputed by every gauge callback (O(live runs)): a cache between callbacks of one
+        collection would need to know where collections begin, and a time-based one served
+        stale groups.
         """
-        with self._groups_lock:
-            at, cached = self._groups_cache
-            if 0 <= now - at < 0.25:
-                return cached
-            best: dict[tuple[str, str, str], tuple[float, Supervision]] = {}
-            for run in self._live_runs():
-                run_id = run.id if now - run.started_at >= self._long_run_threshold else ""
-                key = (run.name, run.queue, run_id)
-                staleness = (now - run.last_heartbeat) / run.heartbeat_interval
-                if key not in best or staleness > best[key][0]:
-                    best[key] = (staleness, run)
-            groups: list[tuple[dict[str, str], Supervision]] = []
-            for (name, queue, run_id), (_, run) in best.items():
-                labels = {sc.ATTR_JOB_NAME: name, sc.ATTR_JOB_QUEUE: queue}
-                if run_id:
-                    labels[sc.ATTR_JOB_RUN_ID] = run_id
-                groups.append((labels, run))
-            self._groups_cache = (now, groups)
-            return groups
+        best: dict[tuple[str, str, str], tuple[float, Supervision]] = {}
+        for run in self._live_runs():
+            run_id = run.id if now - run.started_at >= self._long_run_threshold else ""
+            key = (run.name, run.queue, run_id)
+            staleness = (now - run.last_heartbeat) / run.heartbeat_interval
+            if key not in best or staleness > best[key][0]:
+                best[key] = (staleness, run)
+        groups: list[tuple[dict[str, str], Supervision]] = []
+        for (name, queue, run_id), (_, run) in best.items():
+            labels = {sc.ATTR_JOB_NAME: name, sc.ATTR_JOB_QUEUE: queue}
+            if run_id:
+                labels[sc.ATTR_JOB_RUN_ID] = run_id
+            groups.append((labels, run))
+        return groups
 
     def _callback(
         self, read: Callable[[Supervision, float], float | None], name: str

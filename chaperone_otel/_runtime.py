@@ -433,7 +433,7 @@ class Runtime:
             for hook in run.hooks.on_heartbeat_missed:
                 actions.append(_bind(hook, snapshot))
         if health != old_health or stuck != old_stuck:
-            extra: dict[str, AttributeValue] = {"chaperone.job.health.previous": old_health}
+            extra: dict[str, AttributeValue] = {sc.ATTR_HEALTH_PREVIOUS: old_health}
             run.emit(
                 sc.EVENT_JOB_HEALTH,
                 now,
@@ -447,7 +447,7 @@ class Runtime:
                     {
                         sc.ATTR_JOB_HEALTH: health,
                         sc.ATTR_JOB_STUCK: stuck,
-                        "chaperone.job.health.previous": old_health,
+                        sc.ATTR_HEALTH_PREVIOUS: old_health,
                     },
                     int(now * 1e9),
                 )

@@ -717,12 +717,13 @@ class Supervision:
             f"progress={self.progress_ratio:.0%}>"
         )
 
-    # context-manager form of a run object itself (used by `with supervised(...)`)
-    def __enter__(self) -> Supervision:
-        return self
+    def finish(self, error: BaseException | None = None) -> None:
+        """End a run started with :meth:`supervised.start` (``error`` marks it failed).
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+        For frameworks whose start and end arrive in separate callbacks (Celery's
+        ``task_prerun`` / ``task_postrun`` signals). Idempotent: a second call does nothing.
+        """
+        _finish_run(self, error)
 
 
 def _noop() -> None:
@@ -1127,6 +1128,13 @@ class supervised:
         functools.update_wrapper(wrapper, func)
         setattr(wrapper, "__chaperone_spec__", spec)  # noqa: B010 - a marker for introspection
         return cast(Callable[P, R], wrapper)
+
+    def start(self) -> Supervision:
+        """Start a run now without entering it; end it with :meth:`Supervision.finish`.
+
+        The run is not made current (``current_job()``); use the handle it returns.
+        """
+        return _start_run(self._require_name())
 
     # ---- context manager -----------------------------------------------------------------
 

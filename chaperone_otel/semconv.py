@@ -207,6 +207,12 @@ ATTR_SERVICE_NAME: Final = "service.name"
 ATTR_SERVICE_INSTANCE_ID: Final = "service.instance.id"
 """A per-process id, new after ``fork`` (tells two prefork workers apart)."""
 
+ATTR_HEALTH_PREVIOUS: Final = "chaperone.job.health.previous"
+"""On a health record: the health before this change."""
+
+ATTR_INTERNAL_WHERE: Final = "chaperone.internal.where"
+"""Where an internal (swallowed) error happened: a small fixed set of code places."""
+
 ATTR_USER_PREFIX: Final = "chaperone.job.attr."
 """Prefix of user-supplied static run attributes (``attributes=`` of ``supervised``)."""
 
@@ -405,7 +411,7 @@ METRIC_INTERNAL_ERRORS: Final = MetricSpec(
     "counter",
     "{error}",
     "Failures inside chaperone-otel's own telemetry paths (swallowed, never reach the job).",
-    ("chaperone.internal.where",),
+    (ATTR_INTERNAL_WHERE,),
 )
 
 RUNTIME_METRICS: Final = (
