@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaperone_otel import supervised
 from chaperone_otel import semconv as sc
+from chaperone_otel import supervised
 from chaperone_otel.testing import Capture, FakeClock, capture
 
 NAME = sc.ATTR_JOB_NAME
@@ -29,10 +29,10 @@ def test_counters_and_duration(chaperone_clock: FakeClock, chaperone: Capture) -
         if fail:
             raise ValueError("no")
 
-    job(False)
-    job(False)
+    job(fail=False)
+    job(fail=False)
     with pytest.raises(ValueError):
-        job(True)
+        job(fail=True)
     started = _points(chaperone, sc.METRIC_JOB_RUNS_STARTED)
     assert started == [({NAME: "m.job", sc.ATTR_JOB_QUEUE: "q"}, 3)]
     finished = {
@@ -55,7 +55,8 @@ def test_live_gauges_group_short_runs_and_name_long_ones() -> None:
         runs[0].report_progress(3, 4)
         cap.tick()
         hb = _points(cap, sc.METRIC_JOB_LAST_HEARTBEAT)
-        assert len(hb) == 1 and RUN not in hb[0][0]
+        assert len(hb) == 1
+        assert RUN not in hb[0][0]
         clock.advance(61)
         runs[1].heartbeat()  # runs 0, 2, 3, 4 are stalest; every run is now "long"
         cap.tick()
@@ -78,7 +79,7 @@ def test_group_reports_its_stalest_run() -> None:
         clock.advance(20)
         fresh.heartbeat()
         cap.tick()
-        [(labels, value)] = _points(cap, sc.METRIC_JOB_LAST_HEARTBEAT)
+        [(_labels, value)] = _points(cap, sc.METRIC_JOB_LAST_HEARTBEAT)
         assert value == stale.last_heartbeat < fresh.last_heartbeat
         stale.finish()
         fresh.finish()
