@@ -555,9 +555,10 @@ def run_demo(
     import chaperone_otel  # noqa: PLC0415
 
     console = console or Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
     path = Path(db).expanduser()
     if path.is_dir():
-        console.print(f"[red]error:[/] {path} is a directory; --db takes a file path")
+        errors.print(f"error: {path} is a directory; --db takes a file path", soft_wrap=True)
         return 3
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -569,7 +570,7 @@ def run_demo(
             sample_interval=0.25,
         )
     except ChaperoneError as exc:
-        console.print(f"[red]error:[/] cannot record to {path}: {exc}")
+        errors.print(f"error: cannot record to {path}: {exc}", soft_wrap=True, markup=False)
         return 3
     metrics_url: str | None = getattr(setup, "prometheus_url", None)
     console.print(
@@ -712,8 +713,10 @@ def run_demo(
             except Exception as exc:
                 summary_error = f"{type(exc).__name__}: {exc}"
     if summary is None:
-        console.print(
-            f"[red]error:[/] could not read the summary back from {path}: {summary_error}"
+        errors.print(
+            f"error: could not read the summary back from {path}: {summary_error}",
+            soft_wrap=True,
+            markup=False,
         )
         return 3
     _print_summary(

@@ -419,6 +419,9 @@ def test_sink_serve_is_reachable_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         second = run_cli("sink", "serve", "--db", str(db), "--port", "0", timeout=60)
         assert second.returncode == 3, second.stdout + second.stderr
         assert "error: sink serve:" in second.stderr
+        demo = run_cli("demo", "--db", str(db), "--duration", "1", timeout=60)
+        assert demo.returncode == 3, demo.stdout + demo.stderr
+        assert "error: cannot record to" in demo.stderr
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == 0, out.text
         assert not sidecar.exists()
