@@ -217,7 +217,7 @@ def test_worker_runs_are_visible_while_running_then_completed_and_failed(
         assert live.queue == "q1"
         assert live.pid == worker.proc.pid
         assert live.health == "healthy"
-        wait_until(lambda: (sink.job(live.id) or live).heartbeat_count or 0 > 0, 10,
+        wait_until(lambda: (sink.job(live.id).heartbeat_count or 0) > 0, 10,
                    "heartbeats of the live run")
         assert sink.job(live.id).heartbeats()  # flushed heartbeats stored while running
         worker.touch("stop")
@@ -226,7 +226,8 @@ def test_worker_runs_are_visible_while_running_then_completed_and_failed(
                           "completed live run")
         assert done.id == live.id
         assert done.finished_at is not None
-        assert done.trace_id and len(done.trace_id) == 32
+        assert done.trace_id
+        assert len(done.trace_id) == 32
         failed = wait_until(lambda: sink.jobs.failed().first(), 10, "the failed run")
         assert failed.name == "live.fail"
         assert failed.error_type == "RuntimeError"
