@@ -121,6 +121,7 @@ class Writer:
         self._submitted = 0  # records ever accepted (a ticket counter for flush)
         self._done = 0  # records processed (written, invalid or dropped)
         self._flushers = 0
+        self._rejected = 0
         self._closing = False
         self._pending_error: str | None = None
         self._stats = WriterStats(capacity=capacity)
@@ -136,7 +137,8 @@ class Writer:
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
         with self._cond:
-            return replace(self._stats, queue_depth=self._depth)
+            return replace(self._stats, queue_depth=self._depth, accepted=self._submitted,
+                           rejected=self._rejected)
 
     def submit(self, records: Sequence[LifecycleRecord]) -> bool:
         """Queue ``records`` for writing; all or none.
@@ -158,13 +160,16 @@ class Writer:
             # An oversized batch is taken when the queue is empty, or it could never fit.
             held = self._depth + self._inflight
             if held and held + n > self._capacity:
-                self._stats = replace(self._stats, rejected=self._stats.rejected + n)
+                self._rejected += n
                 return False
+            was_empty = not self._depth
             self._queue.append(records)
             self._depth += n
             self._submitted += n
-            self._stats = replace(self._stats, accepted=self._stats.accepted + n)
-            self._cond.notify_all()
+            # Wake the thread only when it may be idle or a batch is full: waking it per
+            # record would defeat the linger and write tiny batches.
+            if was_empty or self._depth >= self._batch_size:
+                self._cond.notify_all()
             return True
 
     def flush(self, timeout: float | None = None) -> bool:
