@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import random
 import socket
 import sys
 import threading
@@ -84,6 +85,7 @@ def _new_instance_id() -> str:
 
 
 _instance_id = _new_instance_id()
+_random_bits = random.getrandbits
 
 
 def _after_fork_in_child() -> None:
@@ -196,7 +198,6 @@ class Supervision:
         "_meta_version",
         "_monitor_state",
         "_observed",
-        "_pcalls",
         "_phases",
         "_seq",
         "_task",
@@ -245,7 +246,7 @@ class Supervision:
     ) -> None:
         self._config = config
         self._clock = config.clock
-        self.id = run_id or spec.supervision_id or str(uuid.uuid4())
+        self.id = run_id or spec.supervision_id or _uuid4()
         self.name = cast(str, spec.name)
         self.queue = spec.queue or "default"
         self.attempt = attempt or spec.attempt or 1
@@ -276,7 +277,6 @@ class Supervision:
         self.progress_current: float | None = None
         self.progress_total: float | None = None
         self.progress_updated_at = now
-        self._pcalls = 0
         self._observed: tuple[object, ...] = ()
         self._last_ratio = 0.0
         self._first_progress: tuple[float, float, float] | None = None  # (at, ratio, current)
@@ -355,11 +355,11 @@ class Supervision:
             )
         if fields or metadata is not None:
             self._progress_extras(metadata, fields)
-        # The common path stores two numbers and a count; the ratio is derived on read and
-        # the monitor stamps when it changed (no clock read per call).
+        # The common path stores two numbers; the ratio is derived on read and the monitor
+        # stamps when they changed (no clock read per call). A report that repeats the same
+        # numbers is not a new sign of life: call heartbeat() to say "alive, no progress".
         self.progress_current = current
         self.progress_total = total
-        self._pcalls += 1
         if current > total and total == 0:
             raise ValueError(
                 f"report_progress({current!r}, 0): total is 0 but current is not; pass the "
@@ -397,7 +397,6 @@ class Supervision:
         look (monitor thread, and at start/finish). Returns True when it had."""
         seen = (
             self._hb_calls,
-            self._pcalls,
             self.progress_current,
             self.progress_total,
             self.phase,
@@ -724,6 +723,17 @@ class Supervision:
         ``task_prerun`` / ``task_postrun`` signals). Idempotent: a second call does nothing.
         """
         _finish_run(self, error)
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID string without a syscall per run.
+
+    ``uuid.uuid4()`` reads ``os.urandom`` (~2.5 us); run ids need uniqueness, not secrecy, so
+    122 bits from the ``random`` module (seeded from the OS, reseeded after fork) do.
+    """
+    bits = (_random_bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _noop() -> None:
