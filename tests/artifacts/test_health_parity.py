@@ -1,0 +1,160 @@
+"""One scenario, one verdict: the Python health evaluator, the store's SQL (DuckDB) and the
+Prometheus rendering (evaluated by promtool) agree on every predicate for every scenario.
+
+Scenarios are *running* runs: those are what the worker's live gauges (and so PromQL) can
+describe; finished runs are judged by Python and SQL only (tests/test_health.py).
+Times are seconds since the Unix epoch, which is promtool's clock (evaluation at 600 s).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from chaperone_otel import semconv as sc
+from chaperone_otel._health import DEFAULT_POLICY, PREDICATES, SignalValue, rules
+from chaperone_otel.artifacts import _yaml
+from chaperone_otel.artifacts.rules import WORKER_LABELS, series
+from chaperone_otel.sink._schema import predicate
+
+NOW = 600.0
+STEP = 15  # promtool sample interval, seconds
+
+GAUGES = {
+    "last_heartbeat": sc.METRIC_JOB_LAST_HEARTBEAT,
+    "heartbeat_interval": sc.METRIC_JOB_HEARTBEAT_INTERVAL,
+    "timeout_at": sc.METRIC_JOB_DEADLINE,
+    "stall_deadline": sc.METRIC_JOB_STALL_DEADLINE,
+    "memory": sc.METRIC_JOB_MEMORY,
+    "memory_limit": sc.METRIC_JOB_MEMORY_LIMIT,
+    "cpu": sc.METRIC_JOB_CPU,
+    "cpu_limit": sc.METRIC_JOB_CPU_LIMIT,
+    "fds": sc.METRIC_JOB_OPEN_FDS,
+    "fd_limit": sc.METRIC_JOB_FD_LIMIT,
+    "violation_count": sc.METRIC_JOB_RUN_VIOLATIONS,
+}
+
+# name -> signals; last_seen is when the process last reported (the gauges' last sample).
+SCENARIOS: dict[str, dict[str, SignalValue]] = {
+    "healthy": {"last_heartbeat": 590, "last_seen": 600},
+    "late 1.2x": {"last_heartbeat": 528, "last_seen": 600},
+    "late exactly 1.5x": {"last_heartbeat": 510, "last_seen": 600},
+    "late 2x": {"last_heartbeat": 480, "last_seen": 600},
+    "silent 5x, alive": {"last_heartbeat": 300, "last_seen": 600},
+    "overtime": {"last_heartbeat": 595, "last_seen": 600, "timeout_at": 500},
+    "within timeout": {"last_heartbeat": 595, "last_seen": 600, "timeout_at": 900},
+    "stalled": {"last_heartbeat": 595, "last_seen": 600, "stall_deadline": 550},
+    "memory near limit": {"last_heartbeat": 595, "last_seen": 600, "memory": 850,
+                          "memory_limit": 1000},
+    "cpu near limit": {"last_heartbeat": 595, "last_seen": 600, "cpu": 0.85, "cpu_limit": 0.9},
+    "fds well under": {"last_heartbeat": 595, "last_seen": 600, "fds": 10, "fd_limit": 1000},
+    "violated": {"last_heartbeat": 595, "last_seen": 600, "violation_count": 1},
+    "lost": {"last_heartbeat": 300, "last_seen": 405},
+    "recently silent process": {"last_heartbeat": 540, "last_seen": 540},
+}
+for signals in SCENARIOS.values():
+    signals.setdefault("heartbeat_interval", 60)
+    signals["status"] = "running"
+
+
+def python_verdicts() -> dict[str, dict[str, bool]]:
+    r = rules(DEFAULT_POLICY)
+    return {name: {p: r.by_name(p).holds(sig, NOW) for p in PREDICATES}
+            for name, sig in SCENARIOS.items()}
+
+
+def sql_verdicts() -> dict[str, dict[str, bool]]:
+    """Each scenario as a row of a `jobs`-shaped table, judged by the store's predicates."""
+    con = duckdb.connect()
+    out: dict[str, dict[str, bool]] = {}
+    for name, sig in SCENARIOS.items():
+        stall = sig.get("stall_deadline")
+        row: dict[str, Any] = {
+            "status": sig["status"], "last_heartbeat_at": sig.get("last_heartbeat"),
+            "last_seen_at": sig.get("last_seen"), "timeout_at": sig.get("timeout_at"),
+            "progress_updated_at": None if stall is None else float(stall) - 100,
+            "stall_timeout": None if stall is None else 100.0,
+            "heartbeat_interval": sig.get("heartbeat_interval"),
+            "memory_bytes": sig.get("memory"), "memory_limit_bytes": sig.get("memory_limit"),
+            # The store keeps CPU in percent; the rule compares a ratio, so units cancel.
+            "cpu_percent": None if sig.get("cpu") is None else float(sig["cpu"]) * 100,
+            "cpu_limit_percent": None if sig.get("cpu_limit") is None
+            else float(sig["cpu_limit"]) * 100,
+            "open_fds": sig.get("fds"), "fd_limit": sig.get("fd_limit"),
+            "violation_count": sig.get("violation_count", 0),
+        }
+        times = {"last_heartbeat_at", "last_seen_at", "timeout_at", "progress_updated_at"}
+        cols = ", ".join(
+            (f"to_timestamp(CAST(? AS DOUBLE)) AS {c}" if c in times
+             else f"CAST(? AS {'VARCHAR' if c == 'status' else 'DOUBLE'}) AS {c}")
+            for c in row)
+        con.execute("DROP TABLE IF EXISTS jobs")
+        con.execute(f"CREATE TABLE jobs AS SELECT {cols}", list(row.values()))
+        select = ", ".join(predicate(p) for p in PREDICATES)
+        fetched = con.execute(f"SELECT {select} FROM jobs", {"now": NOW}).fetchone()
+        assert fetched is not None
+        out[name] = dict(zip(PREDICATES, (bool(v) for v in fetched), strict=True))
+    con.close()
+    return out
+
+
+def promtool_suite(expected: dict[str, dict[str, bool]]) -> dict[str, object]:
+    """A promtool suite asserting, per scenario and predicate, the expected verdict."""
+    r = rules(DEFAULT_POLICY)
+    tests = []
+    for name, sig in SCENARIOS.items():
+        last_seen = float(sig["last_seen"])  # type: ignore[arg-type]
+        assert last_seen % STEP == 0
+        steps = int(last_seen // STEP)
+        input_series = [series(spec.prometheus, WORKER_LABELS, f"{float(sig[key])!r}x{steps}")  # type: ignore[arg-type]
+                        for key, spec in GAUGES.items() if sig.get(key) is not None]
+        checks = []
+        for p in PREDICATES:
+            expr = r.by_name(p).promql()
+            assert isinstance(expr, str)
+            checks.append({"expr": f"count({expr}) or vector(0)", "eval_time": f"{int(NOW)}s",
+                           "exp_samples": [{"labels": "{}", "value": int(expected[name][p])}]})
+        tests.append({"name": name, "interval": f"{STEP}s", "input_series": input_series,
+                      "promql_expr_test": checks})
+    return {"rule_files": [], "evaluation_interval": f"{STEP}s", "tests": tests}
+
+
+def test_python_and_duckdb_agree_on_every_scenario() -> None:
+    """The store's SQL predicates give the Python evaluator's verdicts."""
+    assert sql_verdicts() == python_verdicts()
+
+
+def test_scenarios_exercise_every_predicate_both_ways() -> None:
+    """Each predicate is true in some scenario and false in another (the test can fail);
+    `running` holds in all of them by construction."""
+    verdicts = python_verdicts()
+    for p in (p for p in PREDICATES if p != "running"):
+        values = {verdicts[s][p] for s in SCENARIOS}
+        assert values == {True, False}, p
+
+
+@pytest.mark.prometheus
+def test_prometheus_agrees_with_python_on_every_scenario(promtool: str, tmp_path: Path) -> None:
+    """promtool evaluates each predicate's PromQL over the scenario's gauges and finds the
+    Python verdict (count of matching run groups is 1 exactly when Python says true)."""
+    suite = tmp_path / "parity.test.yaml"
+    suite.write_text(_yaml.dump(promtool_suite(python_verdicts())))
+    out = subprocess.run([promtool, "test", "rules", suite.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+@pytest.mark.prometheus
+def test_parity_suite_fails_on_a_wrong_verdict(promtool: str, tmp_path: Path) -> None:
+    """Flipping one expected verdict makes promtool fail, so the comparison is real."""
+    expected = python_verdicts()
+    expected["silent 5x, alive"]["stuck"] = not expected["silent 5x, alive"]["stuck"]
+    suite = tmp_path / "parity.test.yaml"
+    suite.write_text(_yaml.dump(promtool_suite(expected)))
+    out = subprocess.run([promtool, "test", "rules", suite.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0
