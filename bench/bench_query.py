@@ -1,0 +1,136 @@
+"""Scope query latency over 1,000,000 stored runs, against a raw GROUP BY status.
+
+Budget (DESIGN §9): < 100 ms per scope query at 1 M runs. The store is filled with synthetic
+runs directly in SQL (the schema is the real one, created by the store's migrations): 97 %
+completed, 2 % failed, 1 % running of which a slice is stuck, lost or overtime. Running runs
+are the most recent ones (runs finish; the file is appended in start order), plus a few old
+ones that were never finished (lost). ``--scattered`` spreads the running runs uniformly over
+the whole history instead: the worst case for DuckDB, which then cannot skip any vector.
+Each query is run ``repeats`` times after one warm-up; medians are printed next to the reference
+``SELECT status, count(*) FROM jobs GROUP BY status`` measured in the same run.
+
+Run: ``.venv/bin/python bench/bench_query.py [--quick] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chaperone_otel.sink import open_sink
+from chaperone_otel.sink._store import acquire, release
+
+FILL = """
+INSERT INTO jobs (run_id, attempt, seq, name, queue, status, host, pid, started_at,
+    finished_at, duration, timeout_at, heartbeat_interval, heartbeat_count, last_heartbeat_at,
+    last_seen_at, progress, memory_bytes, memory_peak_bytes, cpu_percent, violation_count,
+    error_type, error_message, error_trace, span_seen, heartbeat_rows, ingested_at)
+SELECT
+    'run-' || i, 1, 10, 'etl.job' || (i % 50), CASE WHEN i % 7 = 0 THEN 'high' ELSE 'default' END,
+    CASE WHEN {running} THEN 'running' WHEN i % 50 = 1 THEN 'failed' ELSE 'completed' END,
+    'host-' || (i % 16), 1000 + i % 64,
+    make_timestamp(CAST(($t0 - ($n - i) * 2.0) * 1e6 AS BIGINT)),
+    CASE WHEN {running} THEN NULL
+         ELSE make_timestamp(CAST(($t0 - ($n - i) * 2.0 + 60) * 1e6 AS BIGINT)) END,
+    CASE WHEN {running} THEN NULL ELSE 60.0 END,
+    CASE WHEN i % 300 = 0 THEN make_timestamp(CAST(($t0 - 10) * 1e6 AS BIGINT)) END,
+    10.0, 100,
+    make_timestamp(CAST(($t0 - CASE WHEN i % 200 = 0 THEN 100 ELSE 1 END) * 1e6 AS BIGINT)),
+    make_timestamp(CAST(($t0 - CASE WHEN i % 500 = 0 THEN 100 ELSE 1 END) * 1e6 AS BIGINT)),
+    CASE WHEN {running} THEN 50.0 ELSE 100.0 END,
+    100000000 + (i % 1000) * 1000000, 200000000, (i % 100) * 1.0, 0,
+    CASE WHEN i % 50 = 1 THEN 'builtins.ValueError' END,
+    CASE WHEN i % 50 = 1 THEN 'bad row' END,
+    CASE WHEN i % 50 = 1 THEN 'Traceback ...' END,
+    FALSE, 0, make_timestamp(CAST($t0 * 1e6 AS BIGINT))
+FROM range($n) t(i)
+"""
+
+
+RECENT = "(i >= $n - $n // 100 OR i % 50000 = 7)"
+SCATTERED = "(i % 100 = 0)"
+
+
+def fill(path: Path, runs: int, now: float, *, scattered: bool = False) -> None:
+    store = acquire(path, read_only=False)
+    cur = store.cursor()
+    # Internal constants only; the values are bound.
+    cur.execute(FILL.replace("{running}", SCATTERED if scattered else RECENT),
+                {"n": runs, "t0": now})
+    cur.execute("CHECKPOINT")
+    cur.close()
+    release(store)
+
+
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k runs, 3 repeats")
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--scattered", action="store_true",
+                        help="running runs spread over the whole history (worst case)")
+    args = parser.parse_args()
+    runs = args.runs or (100_000 if args.quick else 1_000_000)
+    repeats = 3 if args.quick else 7
+    now = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "bench.duckdb"
+        t = time.perf_counter()
+        fill(path, runs, now, scattered=args.scattered)
+        size = path.stat().st_size / 2**20
+        layout = "scattered" if args.scattered else "recent"
+        print(f"{runs:,} runs stored in {time.perf_counter() - t:.1f} s ({size:.0f} MiB; "
+              f"running runs {layout}); {repeats} repeats, medians")
+        with open_sink(path) as sink:
+            jobs = sink.jobs.at(now)
+            reference = median_ms(
+                lambda: sink.sql("SELECT status, count(*) FROM jobs GROUP BY status"), repeats)
+            cases: list[tuple[str, Callable[[], Any]]] = [
+                ("running().count()", lambda: jobs.running().count()),
+                ("failed().count()", lambda: jobs.failed().count()),
+                ("healthy().count()", lambda: jobs.healthy().count()),
+                ("unhealthy().count()", lambda: jobs.unhealthy().count()),
+                ("degraded().count()", lambda: jobs.degraded().count()),
+                ("stuck().count()", lambda: jobs.stuck().count()),
+                ("lost().count()", lambda: jobs.lost().count()),
+                ("overtime().count()", lambda: jobs.overtime().count()),
+                ("running().stuck().limit(100).all()",
+                 lambda: jobs.running().stuck().limit(100).all()),
+                ("running().stuck().all()  [bulk: every row -> JobRecord]",
+                 lambda: jobs.running().stuck().all()),
+                ("running().named(x).on_queue(q).all()",
+                 lambda: jobs.running().named("etl.job0").on_queue("high").all()),
+                ("since('1h').count()", lambda: jobs.since("1h").count()),
+                ("memory_above('1GiB').count()", lambda: jobs.memory_above("1GiB").count()),
+                ("failed().order_by(started_at desc).limit(20).all()",
+                 lambda: jobs.failed().order_by("started_at", desc=True).limit(20).all()),
+                ("running().to_arrow()  [bulk]", lambda: jobs.running().to_arrow()),
+                ("job(run_id)", lambda: sink.job(f"run-{runs // 2}")),
+            ]
+            print(f"{'reference GROUP BY status':55s} {reference:8.1f} ms")
+            worst = 0.0
+            for label, fn in cases:
+                ms = median_ms(fn, repeats)
+                if "[bulk" not in label:
+                    worst = max(worst, ms)
+                print(f"{label:55s} {ms:8.1f} ms  ({ms / reference:5.1f}x reference)")
+    print(f"slowest scope query (bulk fetches excluded): {worst:.1f} ms; "
+          f"budget < 100 ms at 1 M runs: {'OK' if worst < 100 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
