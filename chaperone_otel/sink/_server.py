@@ -40,7 +40,7 @@ import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -135,6 +135,11 @@ class SinkServer:
         max_batch: records per transaction at most.
         retry_after: seconds put in ``Retry-After`` on a 503.
         ack_timeout: seconds a request waits for its commit before a 503.
+        ack: ``commit`` (default): answer 2xx once the records are committed, so an
+            acknowledged record survives a SIGKILL of the sink. ``queue``: answer once queued
+            (committed within the writer's next batch, flushed on graceful shutdown); several
+            times the throughput for a single sequential sender, but a SIGKILL loses what was
+            still queued.
         heartbeat_limit: stored heartbeats per run at most.
         policy: health thresholds for ``/metrics`` and the query API.
         advertise: write ``<path>.owner.json`` so other processes find the query API.
@@ -153,6 +158,7 @@ class SinkServer:
         max_batch: int = DEFAULT_MAX_BATCH,
         retry_after: int = 1,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        ack: Literal["commit", "queue"] = "commit",
         heartbeat_limit: int = HEARTBEATS_PER_RUN,
         policy: HealthPolicy = DEFAULT_POLICY,
         advertise: bool = True,
@@ -167,6 +173,9 @@ class SinkServer:
         self.max_decompressed = max_decompressed
         self.retry_after = max(0, int(retry_after))
         self.ack_timeout = ack_timeout
+        if ack not in ("commit", "queue"):
+            raise ValueError("ack must be 'commit' or 'queue'")
+        self.ack = ack
         self.policy = policy
         self._queue_capacity = queue_capacity
         self._max_batch = max_batch
@@ -460,6 +469,14 @@ class SinkServer:
                     f"writer queue full ({self._queue_capacity} records)",
                     encoding,
                     {"Retry-After": str(self.retry_after)},
+                )
+            if self.ack == "queue":
+                self._committed(_SOURCES[signal_name], len(decoded.records))
+                return Response(
+                    _otlp.encode_response(
+                        signal_name, encoding, rejected=decoded.rejected, error=decoded.error
+                    ),
+                    media_type=_CONTENT_TYPES[encoding],
                 )
             try:
                 # 2xx only once committed: flush waits for everything submitted so far,
