@@ -148,3 +148,48 @@ def test_hung_but_alive_run_is_stuck_not_lost(tmp_path):
         finally:
             release.set()
             worker.join(20)
+
+
+def test_another_process_reaches_the_live_store_through_the_sidecar(tmp_path):
+    """While an application owns the store, open_sink(path) elsewhere follows its query URL;
+    after the owner exits the sidecar is gone and the file opens directly."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "jobs.duckdb"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            import chaperone_otel
+            from chaperone_otel import supervised
+            setup = chaperone_otel.configure(sink={str(path)!r})
+
+            @supervised(name="owned.job")
+            def job():
+                return 1
+
+            job()
+            assert setup.sink.flush(20)
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "ready"
+        advertised = json.loads(sidecar_path(path).read_text())
+        assert advertised["pid"] == owner.pid
+        with open_sink(path) as sink:
+            assert sink.url == advertised["url"]
+            assert sink.jobs.completed().named("owned.job").count() == 1
+    finally:
+        assert owner.stdin is not None
+        assert owner.stdout is not None
+        owner.stdin.close()
+        assert owner.wait(30) == 0
+        owner.stdout.close()
+    assert not sidecar_path(path).exists()
+    with open_sink(path) as sink:
+        assert sink.url is None
+        assert sink.jobs.named("owned.job").count() == 1
