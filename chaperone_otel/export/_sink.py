@@ -62,8 +62,14 @@ class EmbeddedSink:
         dropped: records refused because the writer's queue was full.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, serve: bool = True,
-                 capacity: int = 100_000, policy: HealthPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        serve: bool = True,
+        capacity: int = 100_000,
+        policy: HealthPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._pid = os.getpid()
         self._store: Store = acquire(path, read_only=False, policy=policy)
         self.path = self._store.path
@@ -74,8 +80,9 @@ class EmbeddedSink:
         self._closed = False
         try:
             self.writer = Writer(self._store, capacity=capacity)
-            self.sink = LocalSink(acquire(self.path, read_only=True, policy=policy),
-                                  read_only=True, policy=policy)
+            self.sink = LocalSink(
+                acquire(self.path, read_only=True, policy=policy), read_only=True, policy=policy
+            )
             if serve:
                 self._serve()
             add_listener(self)
@@ -91,7 +98,8 @@ class EmbeddedSink:
             self.dropped += 1
             raise SinkError(
                 f"the sink writer's queue for {self.path} is full; record dropped "
-                f"({self.dropped} so far): the store cannot keep up")
+                f"({self.dropped} so far): the store cannot keep up"
+            )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record so far is committed (``False`` on timeout)."""
@@ -145,8 +153,9 @@ class EmbeddedSink:
         app = api.create_query_app(self.sink, url=lambda: url)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                  name="chaperone-sink-api", daemon=True)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="chaperone-sink-api", daemon=True
+        )
         thread.start()
         deadline = time.monotonic() + _SERVER_START_TIMEOUT
         while not server.started:

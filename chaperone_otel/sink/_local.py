@@ -47,8 +47,14 @@ class LocalSink(Sink):
         url: the query URL this process serves for the store, if any.
     """
 
-    def __init__(self, store: Store, *, read_only: bool = True, url: str | None = None,
-                 policy: HealthPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        read_only: bool = True,
+        url: str | None = None,
+        policy: HealthPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._store = store
         self._read_only = read_only or store.read_only
         self._closed = False
@@ -125,38 +131,55 @@ class LocalSink(Sink):
         finally:
             cur.close()
 
-    def heartbeats_of(self, run_id: str, attempt: int, *,
-                      latest: bool = False) -> list[HeartbeatRecord]:
+    def heartbeats_of(
+        self, run_id: str, attempt: int, *, latest: bool = False
+    ) -> list[HeartbeatRecord]:
         order = "recorded_at DESC, seq DESC LIMIT 1" if latest else "recorded_at, seq"
         rows = self._rows(
             "SELECT recorded_at, calls, kind, count, progress, metadata FROM heartbeats "
             f"WHERE run_id = $run_id AND attempt = $attempt ORDER BY {order}",
-            {"run_id": run_id, "attempt": attempt})
+            {"run_id": run_id, "attempt": attempt},
+        )
         out = []
         for at, calls, kind, count, progress, metadata in rows:
             when = _utc(at)
             assert when is not None  # NOT NULL column
-            out.append(HeartbeatRecord(at=when, calls=calls, kind=kind, count=count,
-                                       progress=progress, metadata=_json_obj(metadata)))
+            out.append(
+                HeartbeatRecord(
+                    at=when,
+                    calls=calls,
+                    kind=kind,
+                    count=count,
+                    progress=progress,
+                    metadata=_json_obj(metadata),
+                )
+            )
         return out
 
     def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]:
         rows = self._rows(
             "SELECT recorded_at, type, message, trace FROM job_errors "
             "WHERE run_id = $run_id AND attempt = $attempt ORDER BY recorded_at",
-            {"run_id": run_id, "attempt": attempt})
+            {"run_id": run_id, "attempt": attempt},
+        )
         return [ErrorRecord(at=_utc(a), type=t, message=m, trace=tr) for a, t, m, tr in rows]
 
     def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]:
         rows = self._rows(
             "SELECT recorded_at, type, limit_value, actual, policy FROM resource_violations "
             "WHERE run_id = $run_id AND attempt = $attempt ORDER BY recorded_at, seq",
-            {"run_id": run_id, "attempt": attempt})
-        return [ViolationRecord(at=_utc(a), type=t, limit=lim, actual=act, policy=p)
-                for a, t, lim, act, p in rows]
+            {"run_id": run_id, "attempt": attempt},
+        )
+        return [
+            ViolationRecord(at=_utc(a), type=t, limit=lim, actual=act, policy=p)
+            for a, t, lim, act, p in rows
+        ]
 
-    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
-            ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only statement (SELECT / EXPLAIN) with bound parameters.
 
         Raises:
@@ -182,7 +205,8 @@ class LocalSink(Sink):
         if self._read_only:
             raise SinkError(
                 f"prune needs a writable sink: open_sink({self.path!r}, read_only=False) "
-                "(or prune from the process that owns the store)")
+                "(or prune from the process that owns the store)"
+            )
         try:
             age = parse_duration(older_than, what="older_than")
         except ConfigurationError as e:
@@ -199,11 +223,13 @@ class LocalSink(Sink):
                         "CREATE OR REPLACE TEMP TABLE chaperone_doomed AS "
                         "SELECT run_id, attempt FROM jobs "
                         "WHERE COALESCE(last_seen_at, finished_at, started_at) < $cutoff",
-                        {"cutoff": cutoff})
+                        {"cutoff": cutoff},
+                    )
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "
-                            "WHERE t.run_id = d.run_id AND t.attempt = d.attempt")
+                            "WHERE t.run_id = d.run_id AND t.attempt = d.attempt"
+                        )
                     found = cur.execute("SELECT count(*) FROM chaperone_doomed").fetchone()
                     cur.execute("DROP TABLE chaperone_doomed")
                     cur.execute("COMMIT")
@@ -240,7 +266,8 @@ def check_read_only(query: str) -> None:
     if kind not in _READ_ONLY_TYPES:
         raise SinkError(
             f"sink.sql() is read-only: {kind} statements are refused (use SELECT; to delete "
-            "old runs use sink.prune(older_than))")
+            "old runs use sink.prune(older_than))"
+        )
 
 
 def _remote(url: str, policy: HealthPolicy) -> Sink:
@@ -251,14 +278,16 @@ def _remote(url: str, policy: HealthPolicy) -> Sink:
         raise SinkError(
             f"the store is served at {url}, but this installation has no remote sink client "
             "(chaperone_otel.sink._remote); query it over HTTP (GET {url}/api/jobs), or stop "
-            "the owner and open the file directly") from e
+            "the owner and open the file directly"
+        ) from e
     opener = getattr(remote, "open_remote", None) or remote.RemoteSink
     sink: Sink = opener(url, policy=policy)
     return sink
 
 
-def open_sink(path: str | os.PathLike[str], *, read_only: bool = True,
-              policy: HealthPolicy = DEFAULT_POLICY) -> Sink:
+def open_sink(
+    path: str | os.PathLike[str], *, read_only: bool = True, policy: HealthPolicy = DEFAULT_POLICY
+) -> Sink:
     """Open a job store for queries.
 
     Args:
@@ -295,7 +324,8 @@ def open_sink(path: str | os.PathLike[str], *, read_only: bool = True,
                 f"{sidecar_path(text).name}). DuckDB lets only one process open a store. "
                 "Stop that process, or if it is your application, query through it "
                 "(configure(sink=...) serves the query API), or copy the file and open the "
-                "copy.") from cause
+                "copy."
+            ) from cause
         raise
     return LocalSink(store, read_only=read_only, policy=policy)
 

@@ -37,8 +37,16 @@ from ._schema import health_case, predicate
 Step = tuple[Any, ...]
 
 HEALTH_SCOPES: Final = (
-    "healthy", "degraded", "unhealthy", "stuck", "lost", "stalled", "overtime", "violated",
-    "near_limit", "heartbeat_missed",
+    "healthy",
+    "degraded",
+    "unhealthy",
+    "stuck",
+    "lost",
+    "stalled",
+    "overtime",
+    "violated",
+    "near_limit",
+    "heartbeat_missed",
 )
 STATUS_SCOPES: Final = ("pending", "running", "completed", "failed", "cancelled")
 
@@ -97,8 +105,14 @@ class HeartbeatRecord:
     def from_dict(cls, d: Mapping[str, Any]) -> HeartbeatRecord:
         at = _utc(d["at"])
         assert at is not None
-        return cls(at=at, calls=d.get("calls"), kind=d.get("kind"), count=d.get("count"),
-                   progress=d.get("progress"), metadata=_json_obj(d.get("metadata")))
+        return cls(
+            at=at,
+            calls=d.get("calls"),
+            kind=d.get("kind"),
+            count=d.get("count"),
+            progress=d.get("progress"),
+            metadata=_json_obj(d.get("metadata")),
+        )
 
 
 @dataclass(frozen=True)
@@ -115,8 +129,9 @@ class ErrorRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ErrorRecord:
-        return cls(at=_utc(d.get("at")), type=d.get("type"), message=d.get("message"),
-                   trace=d.get("trace"))
+        return cls(
+            at=_utc(d.get("at")), type=d.get("type"), message=d.get("message"), trace=d.get("trace")
+        )
 
 
 @dataclass(frozen=True)
@@ -135,8 +150,13 @@ class ViolationRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ViolationRecord:
-        return cls(at=_utc(d.get("at")), type=d.get("type"), limit=d.get("limit"),
-                   actual=d.get("actual"), policy=d.get("policy"))
+        return cls(
+            at=_utc(d.get("at")),
+            type=d.get("type"),
+            limit=d.get("limit"),
+            actual=d.get("actual"),
+            policy=d.get("policy"),
+        )
 
 
 @dataclass(frozen=True)
@@ -191,8 +211,9 @@ class JobRecord:
     attributes: dict[str, Any] = field(default_factory=dict)
     _sink: Sink | None = field(default=None, compare=False, repr=False)
 
-    TIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
-        "started_at", "finished_at", "last_heartbeat_at", "last_seen_at", "timeout_at"})
+    TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"started_at", "finished_at", "last_heartbeat_at", "last_seen_at", "timeout_at"}
+    )
 
     def is_healthy(self) -> bool:
         """True when the health rules judge the run healthy (Chaperone's ``isHealthy()``)."""
@@ -219,8 +240,11 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (times as ISO 8601 strings); :meth:`from_dict` inverts it."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)
-                if not f.name.startswith("_")}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if not f.name.startswith("_")
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], sink: Sink | None = None) -> JobRecord:
@@ -249,22 +273,46 @@ class JobRecord:
 
 # JobRecord field → SQL expression over the jobs table ($now bound).
 _SELECT: Final[dict[str, str]] = {
-    "id": "run_id", "attempt": "attempt", "name": "name", "queue": "queue",
-    "status": "status", "health": "", "stuck": "", "lost": "", "host": "host", "pid": "pid",
-    "started_at": "started_at", "finished_at": "finished_at",
+    "id": "run_id",
+    "attempt": "attempt",
+    "name": "name",
+    "queue": "queue",
+    "status": "status",
+    "health": "",
+    "stuck": "",
+    "lost": "",
+    "host": "host",
+    "pid": "pid",
+    "started_at": "started_at",
+    "finished_at": "finished_at",
     "duration": "COALESCE(duration, CASE WHEN status IN ('running', 'pending') "
-                "THEN greatest(0.0, $now - epoch(started_at)) END)",
-    "progress": "progress", "current": "current", "total": "total", "phase": "phase",
-    "rate": "rate", "eta": "eta", "heartbeat_count": "heartbeat_count",
-    "heartbeat_interval": "heartbeat_interval", "last_heartbeat_at": "last_heartbeat_at",
-    "last_seen_at": "last_seen_at", "timeout_at": "timeout_at",
-    "memory_bytes": "memory_bytes", "memory_peak_bytes": "memory_peak_bytes",
-    "cpu_percent": "cpu_percent", "open_fds": "open_fds",
-    "memory_limit_bytes": "memory_limit_bytes", "cpu_limit_percent": "cpu_limit_percent",
-    "fd_limit": "fd_limit", "violation_count": "violation_count",
-    "error_type": "error_type", "error_message": "error_message",
-    "error_trace": "error_trace", "trace_id": "trace_id", "span_id": "span_id",
-    "metadata": "metadata", "attributes": "attributes",
+    "THEN greatest(0.0, $now - epoch(started_at)) END)",
+    "progress": "progress",
+    "current": "current",
+    "total": "total",
+    "phase": "phase",
+    "rate": "rate",
+    "eta": "eta",
+    "heartbeat_count": "heartbeat_count",
+    "heartbeat_interval": "heartbeat_interval",
+    "last_heartbeat_at": "last_heartbeat_at",
+    "last_seen_at": "last_seen_at",
+    "timeout_at": "timeout_at",
+    "memory_bytes": "memory_bytes",
+    "memory_peak_bytes": "memory_peak_bytes",
+    "cpu_percent": "cpu_percent",
+    "open_fds": "open_fds",
+    "memory_limit_bytes": "memory_limit_bytes",
+    "cpu_limit_percent": "cpu_limit_percent",
+    "fd_limit": "fd_limit",
+    "violation_count": "violation_count",
+    "error_type": "error_type",
+    "error_message": "error_message",
+    "error_trace": "error_trace",
+    "trace_id": "trace_id",
+    "span_id": "span_id",
+    "metadata": "metadata",
+    "attributes": "attributes",
 }
 
 ORDERABLE: Final = frozenset(_SELECT) - {"metadata", "attributes", "error_trace"}
@@ -372,8 +420,7 @@ class JobQuery:
 
     __slots__ = ("_clock", "_sink", "_steps")
 
-    def __init__(self, sink: Sink, steps: tuple[Step, ...] = (), *,
-                 clock: Any = time.time) -> None:
+    def __init__(self, sink: Sink, steps: tuple[Step, ...] = (), *, clock: Any = time.time) -> None:
         self._sink = sink
         self._steps = steps
         self._clock = clock
@@ -503,8 +550,11 @@ class JobQuery:
 
     def cpu_above(self, percent: float) -> JobQuery:
         """Runs whose latest CPU sample is above ``percent`` (of one core)."""
-        if isinstance(percent, bool) or not isinstance(percent, (int, float)) \
-                or not math.isfinite(percent):
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, (int, float))
+            or not math.isfinite(percent)
+        ):
             raise ConfigurationError(f"cpu_above() takes a percent number, got {percent!r}")
         return self._with("cpu_above", float(percent))
 
@@ -513,7 +563,8 @@ class JobQuery:
         """Sort by a record field (``started_at``, ``memory_bytes``, ``progress`` …)."""
         if column not in ORDERABLE:
             raise ConfigurationError(
-                f"cannot order by {column!r}; choose from {', '.join(sorted(ORDERABLE))}")
+                f"cannot order by {column!r}; choose from {', '.join(sorted(ORDERABLE))}"
+            )
         return self._with("order", column, bool(desc))
 
     def limit(self, n: int) -> JobQuery:
@@ -571,8 +622,7 @@ class JobQuery:
             text = f"SELECT count(*) FROM jobs{where}"
         else:
             order.extend(["started_at DESC NULLS LAST", "run_id", "attempt"])
-            text = (f"SELECT {select_list(policy)} FROM jobs{where} "
-                    f"ORDER BY {', '.join(order)}")
+            text = f"SELECT {select_list(policy)} FROM jobs{where} ORDER BY {', '.join(order)}"
             if limit is not None:
                 text += f" LIMIT {sql.bind(limit)}"
         if "$now" in text:
@@ -669,8 +719,9 @@ class Sink(abc.ABC):
     def _arrow(self, query: JobQuery) -> Any: ...
 
     @abc.abstractmethod
-    def heartbeats_of(self, run_id: str, attempt: int, *,
-                      latest: bool = False) -> list[HeartbeatRecord]:
+    def heartbeats_of(
+        self, run_id: str, attempt: int, *, latest: bool = False
+    ) -> list[HeartbeatRecord]:
         """Stored heartbeats of one attempt, oldest first (``latest``: only the newest)."""
 
     @abc.abstractmethod
@@ -682,8 +733,11 @@ class Sink(abc.ABC):
         """Violations of one attempt, oldest first."""
 
     @abc.abstractmethod
-    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
-            ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SQL statement; returns (column names, rows)."""
 
     @abc.abstractmethod

@@ -137,8 +137,12 @@ class Writer:
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
         with self._cond:
-            return replace(self._stats, queue_depth=self._depth, accepted=self._submitted,
-                           rejected=self._rejected)
+            return replace(
+                self._stats,
+                queue_depth=self._depth,
+                accepted=self._submitted,
+                rejected=self._rejected,
+            )
 
     def submit(self, records: Sequence[LifecycleRecord]) -> bool:
         """Queue ``records`` for writing; all or none.
