@@ -1216,46 +1216,54 @@ def _uncancel(run: Supervision) -> None:
         task.uncancel()
 
 
+def _call(run: Supervision, func: Callable[..., R], args: Any, kwargs: Any) -> R:
+    """Run ``func`` as ``run``: current while it runs, finished however it ends."""
+    tokens = _activate(run)
+    try:
+        result = func(*args, **kwargs)
+    except BaseException as exc:
+        _deactivate(tokens)
+        _finish_run(run, exc)
+        raise
+    _deactivate(tokens)
+    _finish_run(run, None)
+    return result
+
+
+async def _acall(run: Supervision, func: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    """Await ``func`` as ``run``; a cancellation caused by a limit becomes JobLimitExceeded."""
+    _bind_task(run)
+    tokens = _activate(run)
+    try:
+        result = await func(*args, **kwargs)
+    except asyncio.CancelledError as exc:
+        _deactivate(tokens)
+        _finish_run(run, exc)
+        if run._cancel is not None:
+            _uncancel(run)
+            raise JobLimitExceeded(
+                run._cancel.limit, run._cancel.value, run._cancel.actual
+            ) from exc
+        raise
+    except BaseException as exc:
+        _deactivate(tokens)
+        _finish_run(run, exc)
+        raise
+    _deactivate(tokens)
+    _finish_run(run, None)
+    return result
+
+
 def _wrap_function(func: Callable[..., R], spec: _Spec) -> Callable[..., R]:
     def wrapper(*args: Any, **kwargs: Any) -> R:
-        run = _start_run(spec)
-        tokens = _activate(run)
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            _deactivate(tokens)
-            _finish_run(run, exc)
-            raise
-        _deactivate(tokens)
-        _finish_run(run, None)
-        return result
+        return _call(_start_run(spec), func, args, kwargs)
 
     return wrapper
 
 
 def _wrap_coroutine(func: Callable[..., Awaitable[R]], spec: _Spec) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> R:
-        run = _start_run(spec, bind_thread=False)
-        _bind_task(run)
-        tokens = _activate(run)
-        try:
-            result = await func(*args, **kwargs)
-        except asyncio.CancelledError as exc:
-            _deactivate(tokens)
-            _finish_run(run, exc)
-            if run._cancel is not None:
-                _uncancel(run)
-                raise JobLimitExceeded(
-                    run._cancel.limit, run._cancel.value, run._cancel.actual
-                ) from exc
-            raise
-        except BaseException as exc:
-            _deactivate(tokens)
-            _finish_run(run, exc)
-            raise
-        _deactivate(tokens)
-        _finish_run(run, None)
-        return result
+        return await _acall(_start_run(spec, bind_thread=False), func, args, kwargs)
 
     return wrapper
 
@@ -1461,52 +1469,13 @@ class Supervised:
         if inspect.iscoroutinefunction(body):
 
             async def arun(self: Supervised, *args: Any, **kw: Any) -> Any:
-                run = _start_run(
-                    self._chaperone_spec,
-                    run_id=self.supervision_id,
-                    attempt=self._next_attempt(),
-                    bind_thread=False,
-                )
-                _bind_task(run)
-                self.__dict__["_chaperone_run"] = run
-                tokens = _activate(run)
-                try:
-                    result = await body(self, *args, **kw)
-                except asyncio.CancelledError as exc:
-                    _deactivate(tokens)
-                    _finish_run(run, exc)
-                    if run._cancel is not None:
-                        _uncancel(run)
-                        raise JobLimitExceeded(
-                            run._cancel.limit, run._cancel.value, run._cancel.actual
-                        ) from exc
-                    raise
-                except BaseException as exc:
-                    _deactivate(tokens)
-                    _finish_run(run, exc)
-                    raise
-                _deactivate(tokens)
-                _finish_run(run, None)
-                return result
+                return await _acall(self._start(bind_thread=False), body, (self, *args), kw)
 
             wrapped: Callable[..., Any] = arun
         else:
 
             def srun(self: Supervised, *args: Any, **kw: Any) -> Any:
-                run = _start_run(
-                    self._chaperone_spec, run_id=self.supervision_id, attempt=self._next_attempt()
-                )
-                self.__dict__["_chaperone_run"] = run
-                tokens = _activate(run)
-                try:
-                    result = body(self, *args, **kw)
-                except BaseException as exc:
-                    _deactivate(tokens)
-                    _finish_run(run, exc)
-                    raise
-                _deactivate(tokens)
-                _finish_run(run, None)
-                return result
+                return _call(self._start(bind_thread=True), body, (self, *args), kw)
 
             wrapped = srun
         functools.update_wrapper(wrapped, body)
@@ -1528,6 +1497,16 @@ class Supervised:
     def get_supervision_id(self) -> str:
         """Alias of :attr:`supervision_id` (the seed's ``getSupervisionId()``)."""
         return self.supervision_id
+
+    def _start(self, *, bind_thread: bool) -> Supervision:
+        run = _start_run(
+            self._chaperone_spec,
+            run_id=self.supervision_id,
+            attempt=self._next_attempt(),
+            bind_thread=bind_thread,
+        )
+        self.__dict__["_chaperone_run"] = run
+        return run
 
     def _next_attempt(self) -> int:
         attempt: int = self.__dict__.get("_chaperone_attempts", 0) + 1
