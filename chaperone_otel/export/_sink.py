@@ -26,12 +26,7 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
-import socket
-import threading
-import time
 from typing import Any
 
 from .._events import LifecycleRecord, add_listener, remove_listener
@@ -40,8 +35,6 @@ from ..exceptions import SinkError
 from ..sink._local import LocalSink
 from ..sink._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ..sink._writer import Writer
-
-logger = logging.getLogger("chaperone_otel")
 
 _SERVER_START_TIMEOUT = 10.0
 
@@ -76,7 +69,6 @@ class EmbeddedSink:
         self.dropped = 0
         self.url: str | None = None
         self._server: Any = None
-        self._thread: threading.Thread | None = None
         self._closed = False
         try:
             self.writer = Writer(self._store, capacity=capacity)
@@ -117,9 +109,7 @@ class EmbeddedSink:
         self._closed = True
         if self._server is not None:
             remove_sidecar(self.path)
-            self._server.should_exit = True
-            if self._thread is not None:
-                self._thread.join(timeout)
+            self._server.stop(timeout or 15.0)
             self._server = None
         errors: list[BaseException] = []
         writer = getattr(self, "writer", None)
@@ -139,32 +129,14 @@ class EmbeddedSink:
     # --- the query endpoint ---------------------------------------------------------------
 
     def _serve(self) -> None:
-        try:
-            api = importlib.import_module("chaperone_otel.sink._api")
-        except ImportError:
-            logger.debug("chaperone_otel.sink._api not available; the store is not served")
-            return
-        import uvicorn  # noqa: PLC0415
+        from ..sink._api import BackgroundServer, create_query_app  # noqa: PLC0415
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        app = api.create_query_app(self.sink, url=lambda: url)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="chaperone-sink-api", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + _SERVER_START_TIMEOUT
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise SinkError(f"could not serve the query API for {self.path} on {url}")
-            time.sleep(0.01)
-        self._server, self._thread, self.url = server, thread, url
+        server = BackgroundServer(None)
+        server.bind()  # the port must be known before the app (which reports its URL) exists
+        url = server.url
+        server.app = create_query_app(self.sink, url=lambda: url)
+        server.start(_SERVER_START_TIMEOUT)
+        self._server, self.url = server, url
         self.sink.url = url
         write_sidecar(self.path, url)
 
