@@ -1109,7 +1109,12 @@ class supervised:
             },
             tracer_provider=tracer_provider,
         )
-        self._stack: list[tuple[Supervision, Any]] = []
+        # Which run this object entered, per thread and per task: one `supervised(...)`
+        # object may be entered concurrently (a module-level context manager used by many
+        # workers), so the stack of entered runs lives in a ContextVar, not on the object.
+        self._entered: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+            "chaperone_otel_entered", default=None
+        )
 
     # ---- decorator ------------------------------------------------------------------------
 
@@ -1155,10 +1160,25 @@ class supervised:
             )
         return self._spec
 
-    def __enter__(self) -> Supervision:
-        run = _start_run(self._require_name())
-        self._stack.append((run, _activate(run)))
+    def _push(self, run: Supervision) -> Supervision:
+        entry: list[Any] = [run, _activate(run), None]
+        entry[2] = self._entered.set(entry)
         return run
+
+    def _pop(self, exc: BaseException | None) -> Supervision:
+        entry = self._entered.get()
+        if entry is None:
+            raise RuntimeError("supervised.__exit__ without a matching __enter__ in this context")
+        run, tokens, token = entry
+        self._entered.reset(token)
+        try:
+            _deactivate(tokens)
+        finally:
+            _finish_run(run, exc)
+        return cast(Supervision, run)
+
+    def __enter__(self) -> Supervision:
+        return self._push(_start_run(self._require_name()))
 
     def __exit__(
         self,
@@ -1166,18 +1186,13 @@ class supervised:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> Literal[False]:
-        run, tokens = self._stack.pop()
-        try:
-            _deactivate(tokens)
-        finally:
-            _finish_run(run, exc)
+        self._pop(exc)
         return False
 
     async def __aenter__(self) -> Supervision:
         run = _start_run(self._require_name(), bind_thread=False)
         _bind_task(run)
-        self._stack.append((run, _activate(run)))
-        return run
+        return self._push(run)
 
     async def __aexit__(
         self,
@@ -1185,14 +1200,12 @@ class supervised:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> Literal[False]:
-        run, tokens = self._stack.pop()
-        try:
-            _deactivate(tokens)
-        finally:
-            _finish_run(run, exc)
+        run = self._pop(exc)
         if isinstance(exc, asyncio.CancelledError) and run._cancel is not None:
             _uncancel(run)
-            raise run._cancel from exc
+            raise JobLimitExceeded(
+                run._cancel.limit, run._cancel.value, run._cancel.actual
+            ) from exc
         return False
 
 

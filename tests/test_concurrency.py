@@ -70,3 +70,45 @@ async def test_thousand_tasks_each_in_its_own_run(chaperone: Capture) -> None:
         assert run.heartbeat_count == index % 7 + 1
         assert run.latest[sc.ATTR_PROGRESS_CURRENT] == index % 7 + 1
         assert run.completed
+
+
+def test_one_context_manager_object_shared_by_threads(chaperone: Capture) -> None:
+    """A module-level `supervised(...)` object entered by 20 threads at once keeps each
+    thread's run (the entered-run stack is per thread/task, not on the object)."""
+    shared = supervised("shared.block")
+    barrier = threading.Barrier(20)
+    seen: dict[int, str] = {}
+
+    def worker(index: int) -> None:
+        with shared as run:
+            barrier.wait(timeout=30)  # all 20 runs are open at once
+            for _ in range(index + 1):
+                run.heartbeat()
+            seen[index] = run.id
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(set(seen.values())) == 20
+    for index, run_id in seen.items():
+        captured = chaperone.run(run_id)
+        assert captured.completed
+        assert captured.heartbeat_count == index + 1
+
+
+async def test_one_context_manager_object_shared_by_tasks(chaperone: Capture) -> None:
+    """The same for asyncio tasks interleaving inside `async with`."""
+    shared = supervised("shared.async")
+
+    async def worker() -> str:
+        async with shared as run:
+            await asyncio.sleep(0)
+            assert current_job() is run
+            await asyncio.sleep(0)
+            return run.id
+
+    ids = await asyncio.gather(*(worker() for _ in range(50)))
+    assert len(set(ids)) == 50
+    assert all(chaperone.run(i).completed for i in ids)
