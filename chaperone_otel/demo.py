@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import random
+import signal
 import sqlite3
 import tempfile
 import threading
@@ -561,6 +562,7 @@ def run_demo(
         errors.print(f"error: {path} is a directory; --db takes a file path", soft_wrap=True)
         return 3
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_sigterm = _sigterm_as_ctrl_c()
     try:
         setup = chaperone_otel.configure(
             service_name="chaperone-demo",
@@ -571,6 +573,7 @@ def run_demo(
         )
     except ChaperoneError as exc:
         errors.print(f"error: cannot record to {path}: {exc}", soft_wrap=True, markup=False)
+        restore_sigterm()
         return 3
     metrics_url: str | None = getattr(setup, "prometheus_url", None)
     console.print(
@@ -707,6 +710,7 @@ def run_demo(
         release_hung.set()
         threads[0].join(timeout=5.0)
         chaperone_otel.shutdown()
+        restore_sigterm()
         if summary is None:
             try:
                 summary = read_summary(str(path), started_at)
@@ -725,6 +729,31 @@ def run_demo(
     if interrupted:
         code = 130
     return code
+
+
+def _sigterm_as_ctrl_c() -> Callable[[], None]:
+    """Make SIGTERM end the demo like Ctrl-C (summary included); returns the restorer.
+
+    Also re-enables SIGINT when the demo was started with it ignored (``cmd &`` in a
+    non-interactive shell), so ``kill -INT`` works as documented.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def to_ctrl_c(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, to_ctrl_c)
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, old_term)
+        if old_int == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, old_int)
+
+    return restore
 
 
 def _stuck(board: _Board) -> bool:

@@ -123,7 +123,7 @@ def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType
             str(f(r, "queue") or "-"),
             progress_bar(f(r, "progress")),
             str(f(r, "phase") or ""),
-            "-" if eta is None else fmt_duration(float(eta)),
+            "-" if eta is None or f(r, "stuck") or f(r, "lost") else fmt_duration(float(eta)),
             Text(hb_age, style=hb_style),
             fmt_bytes(f(r, "memory_bytes")),
             "-" if cpu is None else f"{float(cpu):.0f}%",
@@ -147,6 +147,7 @@ def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType
             done.add_column(col, no_wrap=col != "ERROR")
         for r in frame.recent:
             err = f(r, "error_type")
+            err = str(err).rsplit(".", 1)[-1] if err else None
             done.add_row(
                 str(f(r, "name")),
                 short_id(str(f(r, "id"))),
