@@ -38,10 +38,23 @@ class JobLimitExceeded(ChaperoneError):
         self.limit = limit
         self.value = value
         self.actual = actual
-        super().__init__(f"{limit} limit exceeded: {actual:g} > {value:g}")
+        super().__init__(
+            f"{limit} limit exceeded: {_with_unit(limit, actual)} > {_with_unit(limit, value)}"
+        )
 
     def __reduce__(self) -> tuple[type[JobLimitExceeded], tuple[str, float, float]]:
         return (type(self), (self.limit, self.value, self.actual))
+
+
+def _with_unit(limit: str, value: float) -> str:
+    """A limit value in its unit: MiB for memory, % of a core for cpu, s for timeout."""
+    if limit == "memory":
+        return f"{value / 2**20:.1f} MiB"
+    if limit == "cpu":
+        return f"{value:.0f} % of a core"
+    if limit == "timeout":
+        return f"{value:.1f} s"
+    return f"{value:g}"
 
 
 class NoActiveJobError(ChaperoneError, RuntimeError):

@@ -61,6 +61,8 @@ def test_cancel_memory_hog(fast: Capture) -> None:
     assert seen_inside
     assert seen_inside[0].limit == "memory"
     assert info.value.actual > limit
+    assert str(info.value).startswith("memory limit exceeded: ")
+    assert " MiB > " in str(info.value)
     run = fast.last_run("hog")
     assert run.status == "cancelled"
     assert run.violations[0][sc.ATTR_LIMIT_TYPE] == "memory"
