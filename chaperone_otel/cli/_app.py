@@ -308,7 +308,7 @@ def jobs(
     else:
         out = console()
         if records:
-            out.print(render.jobs_table(records))
+            out.print(render.jobs_table(records, width=out.width))
         out.print(
             f"[dim]{len(records)} run(s)"
             + (f" (limit {limit}; use --limit)" if len(records) == limit else "")
@@ -483,7 +483,8 @@ def stuck(
     elif as_csv:
         click.echo(render.records_csv(found), nl=False)
     elif found:
-        console().print(render.jobs_table(found, title="stuck runs"))
+        out = console()
+        out.print(render.jobs_table(found, title="stuck runs", width=out.width))
     else:
         console().print("[green]no stuck runs[/]")
     sys.exit(int(Exit.FINDINGS if found else Exit.OK))
@@ -563,7 +564,7 @@ def health(
             out.print(f"{len(records)} running run(s)  {summary}")
             not_ok = [r for r in records if r.health != "healthy" or bad(r)]
             if not_ok:
-                out.print(render.jobs_table(not_ok, title="not healthy"))
+                out.print(render.jobs_table(not_ok, title="not healthy", width=out.width))
         out.print("[red]FAIL[/]" if failing else "[green]OK[/]")
     sys.exit(int(Exit.FINDINGS if failing else Exit.OK))
 
@@ -711,7 +712,8 @@ def wait(
                 f"timed out after {render.fmt_duration(timeout)}: {len(last)} run(s) still running",
                 err=True,
             )
-            console().print(render.jobs_table(last))
+            out = console()
+            out.print(render.jobs_table(last, width=out.width))
             sys.exit(int(Exit.FINDINGS))
         if not quiet:
             click.echo(

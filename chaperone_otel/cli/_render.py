@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -154,35 +154,62 @@ def short_id(run_id: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def jobs_table(records: Sequence[Any], *, title: str | None = None, wide: bool = True) -> Table:
-    """The ``jobs`` / ``stuck`` / ``health`` list."""
+def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int = 80) -> Table:
+    """The ``jobs`` / ``stuck`` / ``health`` list, fitted to ``width`` columns.
+
+    Cells never wrap (a run per line); on a narrow terminal the ids are shortened (``show``
+    takes a prefix) and the least useful columns are left out rather than squeezed.
+    """
     now = now_utc()
+    full_ids = width >= 150
+    optional = {
+        "HEARTBEAT": width >= 100,
+        "MEMORY": width >= 100,
+        "QUEUE": width >= 120,
+        "STARTED": width >= 130,
+    }
+    # (name, justify, min width): fixed columns keep their width, NAME takes what is left.
+    columns: list[tuple[str, Literal["left", "right"], int]] = [
+        ("ID", "left", 36 if full_ids else 8),
+        ("NAME", "left", 12),
+        ("QUEUE", "left", 8),
+        ("STATUS", "left", 9),
+        ("HEALTH", "left", 9),
+        ("PROGRESS", "right", 8),
+        ("STARTED", "left", 8),
+        ("DURATION", "right", 8),
+        ("HEARTBEAT", "right", 9),
+        ("MEMORY", "right", 9),
+    ]
+    shown = [c for c in columns if optional.get(c[0], True)]
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("ID", no_wrap=True, overflow="fold")
-    table.add_column("NAME", overflow="fold")
-    table.add_column("QUEUE")
-    table.add_column("STATUS")
-    table.add_column("HEALTH", no_wrap=True)
-    table.add_column("PROGRESS", justify="right")
-    table.add_column("STARTED")
-    table.add_column("DURATION", justify="right")
-    table.add_column("HEARTBEAT", justify="right")
-    table.add_column("MEMORY", justify="right")
+    # Every other column keeps its width (+3: padding and separator); NAME gets the rest.
+    others = sum(w + 3 for n, _, w in shown if n != "NAME")
+    for name, justify, min_width in shown:
+        table.add_column(
+            name,
+            justify=justify,
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=min_width,
+            max_width=max(min_width, width - others - 2) if name == "NAME" else None,
+        )
     for r in records:
         progress = field(r, "progress")
         running = field(r, "status") == "running"
-        table.add_row(
-            str(field(r, "id")) if wide else short_id(str(field(r, "id"))),
-            str(field(r, "name") or "-"),
-            str(field(r, "queue") or "-"),
-            status_text(r),
-            health_text(r),
-            "-" if progress is None else f"{float(progress):.0f}%",
-            fmt_time(field(r, "started_at")),
-            fmt_duration(field(r, "duration")),
-            fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
-            fmt_bytes(field(r, "memory_bytes")),
-        )
+        cells: dict[str, str | Text] = {
+            "ID": str(field(r, "id")) if full_ids else short_id(str(field(r, "id"))),
+            "NAME": str(field(r, "name") or "-"),
+            "QUEUE": str(field(r, "queue") or "-"),
+            "STATUS": status_text(r),
+            "HEALTH": health_text(r),
+            "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
+            "STARTED": fmt_time(field(r, "started_at")),
+            "DURATION": fmt_duration(field(r, "duration")),
+            "HEARTBEAT": fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
+            "MEMORY": fmt_bytes(field(r, "memory_bytes")),
+        }
+        table.add_row(*(cells[c[0]] for c in shown))
     return table
 
 

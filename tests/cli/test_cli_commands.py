@@ -423,3 +423,25 @@ def test_version_and_help() -> None:
         "sink",
     ):
         assert command in result.stdout
+
+
+def test_jobs_table_fits_a_narrow_terminal() -> None:
+    """On 80 columns each run stays on one line: short ids, no squeezed columns; wide
+    terminals get full ids and every column."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from chaperone_otel.cli import _render as render
+
+    record = SimpleNamespace(id="0f8e6c3a-8a3c-4b8e-9a55-0a6c1c8e2d11", name="billing.process_transactions_nightly", queue="payments", status="completed", health="healthy", progress=100.0, started_at=None, duration=2.0, last_heartbeat_at=None, memory_bytes=2**27)
+    for width in (80, 100, 200):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(render.jobs_table([record] * 3, width=width))
+        lines = console.export_text().rstrip("\n").splitlines()
+        assert len(lines) == 2 + 3, lines  # header, rule, one line per run
+        assert all(len(line.rstrip()) <= width for line in lines)
+        assert ("DURATION" in lines[0])
+        assert ("completed" in lines[2])
+        assert ("0f8e6c3a-8a3c-4b8e-9a55-0a6c1c8e2d11" in lines[2]) is (width >= 150)
+        assert ("MEMORY" in lines[0]) is (width >= 100)
