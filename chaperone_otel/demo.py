@@ -773,7 +773,7 @@ def _log_progress(console: Console, board: _Board, started: float) -> None:
     stuck = [r.name for r in running if r.stuck]
     if stuck:
         line.append(f"; STUCK: {', '.join(stuck)}", style="bold red")
-    console.print(line)
+    console.print(line, soft_wrap=True)  # a log line: never wrapped mid-name
 
 
 def iter_workloads() -> Iterator[str]:
