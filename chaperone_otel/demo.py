@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import json
 import math
 import random
@@ -525,7 +526,13 @@ def _mib(value: float | None) -> str:
 
 
 def _view(
-    board: _Board, *, started: float, deadline: float | None, store: str, metrics_url: str | None
+    board: _Board,
+    *,
+    started: float,
+    deadline: float | None,
+    store: str,
+    metrics_url: str | None,
+    width: int,
 ) -> RenderableType:
     runs = board.snapshot()
     rows = [_row(r) for r in runs]
@@ -540,7 +547,9 @@ def _view(
     if metrics_url:
         head.append(f"   metrics {metrics_url}", style="dim")
     frame = Frame(running=running, recent=finished, source="in-process")
-    return Group(head, render_frame(frame, title="live runs (in-process)", interval=0.25))
+    return Group(
+        head, render_frame(frame, title="live runs (in-process)", interval=0.25, width=width)
+    )
 
 
 def run_demo(
@@ -618,16 +627,19 @@ def run_demo(
             w.start()
         failing_started = False
         live_view: Live | None = None
+        view = functools.partial(
+            _view,
+            board,
+            started=started,
+            deadline=deadline,
+            store=str(path),
+            metrics_url=metrics_url,
+            width=console.width,
+        )
         try:
             if use_live:
                 live_view = Live(
-                    _view(
-                        board,
-                        started=started,
-                        deadline=deadline,
-                        store=str(path),
-                        metrics_url=metrics_url,
-                    ),
+                    view(),
                     console=console,
                     auto_refresh=False,
                 )
@@ -639,13 +651,7 @@ def run_demo(
                     failing_started = True
                 if live_view is not None:
                     live_view.update(
-                        _view(
-                            board,
-                            started=started,
-                            deadline=deadline,
-                            store=str(path),
-                            metrics_url=metrics_url,
-                        ),
+                        view(),
                         refresh=True,
                     )
                 elif time.monotonic() - last_log >= 2.0:
@@ -668,13 +674,7 @@ def run_demo(
                     w.join(timeout=0.25)
                     if live_view is not None:
                         live_view.update(
-                            _view(
-                                board,
-                                started=started,
-                                deadline=deadline,
-                                store=str(path),
-                                metrics_url=metrics_url,
-                            ),
+                            view(),
                             refresh=True,
                         )
         except KeyboardInterrupt:
@@ -683,13 +683,7 @@ def run_demo(
         finally:
             if live_view is not None:
                 live_view.update(
-                    _view(
-                        board,
-                        started=started,
-                        deadline=deadline,
-                        store=str(path),
-                        metrics_url=metrics_url,
-                    ),
+                    view(),
                     refresh=True,
                 )
                 live_view.stop()

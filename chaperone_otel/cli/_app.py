@@ -418,7 +418,8 @@ def monitor(
                 }
             )
         else:
-            console().print(render_frame(frame, title=target, interval=interval))
+            out = console()
+            out.print(render_frame(frame, title=target, interval=interval, width=out.width))
         return
 
     def fetch() -> Frame:

@@ -22,8 +22,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._render import field as f
 from ._render import (
+    Column,
+    add_fitted_columns,
+    fit_columns,
     fmt_age,
     fmt_bytes,
     fmt_duration,
@@ -33,6 +35,7 @@ from ._render import (
     short_id,
     status_text,
 )
+from ._render import field as f
 
 
 @dataclass
@@ -65,8 +68,12 @@ def read_frame(sink: Any, *, name: str | None, queue: str | None, recent: int) -
     return Frame(running=running, recent=finished, source=str(getattr(sink, "url", "") or ""))
 
 
-def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType:
-    """The frame as a rich renderable (used by the live view and ``--once``)."""
+def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120) -> RenderableType:
+    """The frame as a rich renderable (used by the live view and ``--once``).
+
+    Fitted to ``width``: one line per run, the job name always shown; PHASE, CPU and QUEUE
+    are left out on narrow terminals rather than squeezed to nothing.
+    """
     now = frame.at
     header = Text()
     header.append("chaperone-otel monitor", style="bold")
@@ -95,19 +102,21 @@ def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType
         header.append(f"{count} {label}", style=style if count else "dim")
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
-    for col, justify in (
-        ("JOB", "left"),
-        ("RUN", "left"),
-        ("QUEUE", "left"),
-        ("PROGRESS", "left"),
-        ("PHASE", "left"),
-        ("ETA", "right"),
-        ("HEARTBEAT", "right"),
-        ("MEMORY", "right"),
-        ("CPU", "right"),
-        ("HEALTH", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=col != "JOB")  # type: ignore[arg-type]
+    bar_width = 10 if width < 120 else 16
+    columns: list[Column] = [
+        ("JOB", "left", 14),
+        ("RUN", "left", 8),
+        ("QUEUE", "left", 8),
+        ("PROGRESS", "left", bar_width + 7),
+        ("PHASE", "left", 8),
+        ("ETA", "right", 5),
+        ("HEARTBEAT", "right", 9),
+        ("MEMORY", "right", 9),
+        ("CPU", "right", 4),
+        ("HEALTH", "left", 15),  # "unhealthy STUCK" must not be cut
+    ]
+    shown = fit_columns(columns, width, ("PHASE", "CPU", "QUEUE", "MEMORY", "RUN", "ETA"))
+    add_fitted_columns(table, shown, width, "JOB")
     for r in running:
         eta = f(r, "eta")
         cpu = f(r, "cpu_percent")
@@ -117,18 +126,21 @@ def render_frame(frame: Frame, *, title: str, interval: float) -> RenderableType
         if not hb_style and interval_s and f(r, "last_heartbeat_at") is not None:
             seconds = (now - f(r, "last_heartbeat_at")).total_seconds()
             hb_style = "yellow" if seconds > float(interval_s) else ""
-        table.add_row(
-            str(f(r, "name") or "-"),
-            short_id(str(f(r, "id"))),
-            str(f(r, "queue") or "-"),
-            progress_bar(f(r, "progress")),
-            str(f(r, "phase") or ""),
-            "-" if eta is None or f(r, "stuck") or f(r, "lost") else fmt_duration(float(eta)),
-            Text(hb_age, style=hb_style),
-            fmt_bytes(f(r, "memory_bytes")),
-            "-" if cpu is None else f"{float(cpu):.0f}%",
-            health_text(r),
-        )
+        cells: dict[str, str | Text] = {
+            "JOB": str(f(r, "name") or "-"),
+            "RUN": short_id(str(f(r, "id"))),
+            "QUEUE": str(f(r, "queue") or "-"),
+            "PROGRESS": progress_bar(f(r, "progress"), bar_width),
+            "PHASE": str(f(r, "phase") or ""),
+            "ETA": "-"
+            if eta is None or f(r, "stuck") or f(r, "lost")
+            else fmt_duration(float(eta)),
+            "HEARTBEAT": Text(hb_age, style=hb_style),
+            "MEMORY": fmt_bytes(f(r, "memory_bytes")),
+            "CPU": "-" if cpu is None else f"{float(cpu):.0f}%",
+            "HEALTH": health_text(r),
+        }
+        table.add_row(*(cells[c[0]] for c in shown))
     parts: list[RenderableType] = [header]
     if running:
         parts.append(table)
@@ -173,13 +185,15 @@ def run_live(
     if not console.is_terminal:
         # A pipe or a dumb log: print a frame per refresh instead of redrawing.
         while not stop.is_set():
-            console.print(render_frame(fetch(), title=title, interval=interval))
+            console.print(
+                render_frame(fetch(), title=title, interval=interval, width=console.width)
+            )
             console.print()
             stop.wait(interval)
         return
     frame = fetch()
     with Live(
-        render_frame(frame, title=title, interval=interval),
+        render_frame(frame, title=title, interval=interval, width=console.width),
         console=console,
         auto_refresh=False,
         transient=False,
@@ -190,4 +204,7 @@ def run_live(
         while not stop.is_set():
             stop.wait(max(0.0, next_at - time.monotonic()))
             next_at = time.monotonic() + interval
-            live.update(render_frame(fetch(), title=title, interval=interval), refresh=True)
+            live.update(
+                render_frame(fetch(), title=title, interval=interval, width=console.width),
+                refresh=True,
+            )

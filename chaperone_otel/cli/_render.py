@@ -154,6 +154,34 @@ def short_id(run_id: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+Column = tuple[str, Literal["left", "right"], int]
+
+
+def fit_columns(columns: Sequence[Column], width: int, drop_order: Sequence[str]) -> list[Column]:
+    """Leave out columns in ``drop_order`` until the rest fit ``width`` at their minimum
+    widths (each column also takes 3 characters of padding and separator)."""
+    shown = list(columns)
+    for name in drop_order:
+        if sum(w + 3 for _, _, w in shown) <= width:
+            break
+        shown = [c for c in shown if c[0] != name]
+    return shown
+
+
+def add_fitted_columns(table: Table, shown: Sequence[Column], width: int, flexible: str) -> None:
+    """Add ``shown`` to ``table``: cells never wrap; ``flexible`` takes the spare width."""
+    others = sum(w + 3 for n, _, w in shown if n != flexible)
+    for name, justify, min_width in shown:
+        table.add_column(
+            name,
+            justify=justify,
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=min_width,
+            max_width=max(min_width, width - others - 3) if name == flexible else None,
+        )
+
+
 def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int = 80) -> Table:
     """The ``jobs`` / ``stuck`` / ``health`` list, fitted to ``width`` columns.
 
@@ -162,14 +190,7 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
     """
     now = now_utc()
     full_ids = width >= 150
-    optional = {
-        "HEARTBEAT": width >= 100,
-        "MEMORY": width >= 100,
-        "QUEUE": width >= 120,
-        "STARTED": width >= 130,
-    }
-    # (name, justify, min width): fixed columns keep their width, NAME takes what is left.
-    columns: list[tuple[str, Literal["left", "right"], int]] = [
+    columns: list[Column] = [
         ("ID", "left", 36 if full_ids else 8),
         ("NAME", "left", 12),
         ("QUEUE", "left", 8),
@@ -181,19 +202,11 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
         ("HEARTBEAT", "right", 9),
         ("MEMORY", "right", 9),
     ]
-    shown = [c for c in columns if optional.get(c[0], True)]
+    shown = fit_columns(
+        columns, width, ("STARTED", "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION")
+    )
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    # Every other column keeps its width (+3: padding and separator); NAME gets the rest.
-    others = sum(w + 3 for n, _, w in shown if n != "NAME")
-    for name, justify, min_width in shown:
-        table.add_column(
-            name,
-            justify=justify,
-            no_wrap=True,
-            overflow="ellipsis",
-            min_width=min_width,
-            max_width=max(min_width, width - others - 2) if name == "NAME" else None,
-        )
+    add_fitted_columns(table, shown, width, "NAME")
     for r in records:
         progress = field(r, "progress")
         running = field(r, "status") == "running"
