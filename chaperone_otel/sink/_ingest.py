@@ -31,7 +31,7 @@ failure rolls the whole batch back (the deleted rows come back with it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 import pyarrow as pa
@@ -96,8 +96,7 @@ DUPLICATE_HEARTBEATS: Final = (
     "ON h.run_id = s.run_id AND h.attempt = s.attempt AND h.seq = s.seq "
     "WHERE h.recorded_at BETWEEN $lo AND $hi"
 )
-INSERT_HEARTBEATS: Final = "INSERT INTO heartbeats SELECT * FROM chaperone_stage_heartbeats"
-INSERT_NEW_HEARTBEATS: Final = "INSERT INTO heartbeats SELECT * FROM chaperone_stage_new_heartbeats"
+INSERT_HEARTBEATS: Final = "INSERT INTO heartbeats SELECT * FROM chaperone_stage_new_heartbeats"
 TRIM_HEARTBEATS: Final = (
     "DELETE FROM heartbeats WHERE rowid IN (SELECT rid FROM ("
     "SELECT h.rowid AS rid, row_number() OVER (PARTITION BY h.run_id, h.attempt "
@@ -161,7 +160,7 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         current = cur.sql(DELETE_JOBS).to_arrow_table()
         new_beats: dict[Key, int] = {}
         if staged.heartbeats is not None:
-            new_beats = _insert_heartbeats(cur, staged.heartbeats, register)
+            new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
             result.heartbeats = sum(new_beats.values())
         rows = merge_jobs(current, staged.logs, staged.spans, now)
         over: list[Key] = []
@@ -200,36 +199,49 @@ def _keys_table(keys: Any) -> pa.Table:
     )
 
 
-def _insert_heartbeats(cur: Any, table: pa.Table, register: Any) -> dict[Key, int]:
+def _insert_heartbeats(
+    cur: Any, table: pa.Table, current: pa.Table, register: Any
+) -> dict[Key, int]:
     """Insert the batch's heartbeats not stored yet; returns new rows per run.
 
-    Built in Arrow (time conversion, one row per (run, attempt, sequence)), so SQL only
-    looks up the few already stored (a re-delivery) and appends the rest."""
+    Built in Arrow (time conversion, one row per (run, attempt, sequence)). A stored
+    heartbeat's sequence is never above its run's ``jobs.seq`` (the highest sequence of any
+    log record ingested), so only heartbeats at or below the stored ``seq`` of their run can
+    be re-deliveries: only those are looked up (none when records arrive in order), the
+    rest is appended."""
     rows = _heartbeat_rows(table)
     if not rows.num_rows:
         return {}
-    register("chaperone_stage_heartbeats", rows)
-    at = table.column("ts")
-    lo, hi = pc.min(at).as_py(), pc.max(at).as_py()
-    # Widened by 1 ms: Python and DuckDB may round a time to microseconds differently.
-    bounds = {"lo": _naive(lo, -0.001), "hi": _naive(hi, 0.001)}
-    stored = cur.execute(DUPLICATE_HEARTBEATS, bounds).fetchall()
-    if stored:
-        known = {(r, int(a), int(q)) for r, a, q in stored}
-        keys = zip(
-            rows.column("run_id").to_pylist(),
-            rows.column("attempt").to_pylist(),
-            rows.column("seq").to_pylist(),
-            strict=True,
+    if current.num_rows:
+        stored_seq = dict(
+            zip(
+                zip(
+                    current.column("run_id").to_pylist(),
+                    current.column("attempt").to_pylist(),
+                    strict=True,
+                ),
+                current.column("seq").to_pylist(),
+                strict=True,
+            )
         )
-        keep = [k not in known for k in keys]
-        rows = rows.filter(pa.array(keep, type=pa.bool_()))
-        if not rows.num_rows:
-            return {}
-        register("chaperone_stage_new_heartbeats", rows)
-        cur.execute(INSERT_NEW_HEARTBEATS)
-    else:
-        cur.execute(INSERT_HEARTBEATS)
+        keys = list(
+            zip(
+                rows.column("run_id").to_pylist(),
+                rows.column("attempt").to_pylist(),
+                rows.column("seq").to_pylist(),
+                strict=True,
+            )
+        )
+        maybe = [q <= (stored_seq.get((r, a)) or 0) for r, a, q in keys]
+        if any(maybe):
+            known = _stored_heartbeats(cur, rows.filter(pa.array(maybe, type=pa.bool_())), register)
+            if known:
+                keep = [k not in known for k in keys]
+                rows = rows.filter(pa.array(keep, type=pa.bool_()))
+                if not rows.num_rows:
+                    return {}
+    register("chaperone_stage_new_heartbeats", rows)
+    cur.execute(INSERT_HEARTBEATS)
     counts = rows.group_by(["run_id", "attempt"]).aggregate([([], "count_all")])
     return dict(
         zip(
@@ -242,6 +254,17 @@ def _insert_heartbeats(cur: Any, table: pa.Table, register: Any) -> dict[Key, in
             strict=True,
         )
     )
+
+
+def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tuple[str, int, int]]:
+    """Which of ``candidates`` are stored already (the probe is limited to their time range,
+    widened by 1 ms, so zone maps skip old row groups)."""
+    register("chaperone_stage_heartbeats", candidates)
+    at = candidates.column("recorded_at")
+    pad = timedelta(milliseconds=1)
+    bounds = {"lo": pc.min(at).as_py() - pad, "hi": pc.max(at).as_py() + pad}
+    stored = cur.execute(DUPLICATE_HEARTBEATS, bounds).fetchall()
+    return {(r, int(a), int(q)) for r, a, q in stored}
 
 
 def _heartbeat_rows(staged: pa.Table) -> pa.Table:
