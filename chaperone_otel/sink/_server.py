@@ -80,6 +80,13 @@ DEFAULT_ACK_TIMEOUT: Final = 30.0
 """Seconds a request waits for its commit before answering 503 (its records stay queued and
 are committed later; the sender's retry is then a harmless duplicate)."""
 
+_INLINE_DECODE_MAX: Final = 2 * 1024 * 1024
+"""Uncompressed bodies up to this size are decoded on the event loop, larger (or compressed)
+ones in the thread pool. Decoding is CPU work under the interpreter lock either way; handing a
+512-record batch (~1 MiB, ~12 ms to decode) to a thread only added lock hand-offs (measured
+3-4 % fewer records/s with 8 senders). Bigger bodies still go to a thread so one huge request
+does not stall the other connections for long."""
+
 _SOURCES: Final = {"logs": "otlp.logs", "traces": "otlp.traces"}
 _CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
 
@@ -431,7 +438,7 @@ class SinkServer:
         body = bytes(chunks)
         content_encoding = request.headers.get("content-encoding")
         try:
-            if len(body) > 65536 or content_encoding:
+            if len(body) > _INLINE_DECODE_MAX or content_encoding:
                 decoded = await run_in_threadpool(
                     _otlp.decode,
                     signal_name,
