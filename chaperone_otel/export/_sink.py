@@ -37,6 +37,7 @@ from ..sink._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ..sink._writer import Writer
 
 _SERVER_START_TIMEOUT = 10.0
+_READ_FLUSH_TIMEOUT = 5.0
 
 
 class EmbeddedSink:
@@ -75,6 +76,7 @@ class EmbeddedSink:
             self.sink = LocalSink(
                 acquire(self.path, read_only=True, policy=policy), read_only=True, policy=policy
             )
+            self._store.before_read = self._read_your_writes
             if serve:
                 self._serve()
             add_listener(self)
@@ -93,6 +95,12 @@ class EmbeddedSink:
                 f"({self.dropped} so far): the store cannot keep up"
             )
 
+    def _read_your_writes(self) -> None:
+        # Before a query in this process (the API, the HTTP endpoint), commit what is queued,
+        # so a run that just ended is found. Bounded: a slow disk must not hang a reader.
+        if not self._closed:
+            self.writer.flush(_READ_FLUSH_TIMEOUT)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record so far is committed (``False`` on timeout)."""
         return self.writer.flush(timeout)
@@ -107,6 +115,7 @@ class EmbeddedSink:
 
     def _close_parts(self, timeout: float | None = 30.0) -> None:
         self._closed = True
+        self._store.before_read = None
         if self._server is not None:
             remove_sidecar(self.path)
             self._server.stop(timeout or 15.0)

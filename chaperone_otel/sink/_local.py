@@ -74,6 +74,9 @@ class LocalSink(Sink):
         """A fresh DuckDB cursor on the store (the sink server's fleet metrics use it)."""
         if self._closed:
             raise SinkError(f"the sink for {self.path} is closed")
+        sync = self._store.before_read
+        if sync is not None:
+            sync()
         return self._store.cursor()
 
     def _execute(self, text: str, params: Any = None) -> Any:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,9 @@ class Store:
         self.read_only = read_only
         self.policy = policy
         self.write_lock = threading.RLock()
+        # Set by an in-process writer (the embedded sink) so that readers in this process see
+        # their own writes: a query right after a run must find it, not wait for the linger.
+        self.before_read: Callable[[], object] | None = None
         self._refs = 1
         self._closed = False
         try:

@@ -193,3 +193,25 @@ def test_another_process_reaches_the_live_store_through_the_sidecar(tmp_path):
     with open_sink(path) as sink:
         assert sink.url is None
         assert sink.jobs.named("owned.job").count() == 1
+
+
+def test_read_your_writes_in_the_owning_process(tmp_path) -> None:
+    """A query right after a run ends finds it: the owner's readers flush the writer first
+    (no waiting for the writer's linger)."""
+    import chaperone_otel as chaperone
+    from chaperone_otel import supervised
+
+    db = tmp_path / "ryw.duckdb"
+    chaperone.configure(sink=str(db))
+    try:
+        with chaperone.open_sink(str(db)) as sink:
+            for i in range(20):
+
+                @supervised(name="ryw.job")
+                def job() -> int:
+                    return 1
+
+                job()
+                assert sink.jobs.named("ryw.job").completed().count() == i + 1
+    finally:
+        chaperone.shutdown()
