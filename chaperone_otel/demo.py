@@ -31,8 +31,10 @@ import functools
 import json
 import math
 import random
+import shutil
 import signal
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -503,7 +505,7 @@ def _print_summary(
         say(f"[bold red]failed[/]: {r.name} {r.id} — {r.error_type}: {r.error_message}")
     failed_id = summary.failed[0].id if summary.failed else "<run-id>"
     hog_id = summary.violated[0][0].id if summary.violated else "<run-id>"
-    cmd = "chaperone-otel"
+    cmd = _cli_command()
     console.rule("[bold]explore it next")
     lines = [
         f"{cmd} jobs --db {db}",
@@ -519,6 +521,20 @@ def _print_summary(
         console.print(Text(line), soft_wrap=True)
     if metrics_url:
         say(f"Prometheus metrics (while a demo runs): {metrics_url}")
+
+
+def _cli_command() -> str:
+    """How to call the CLI from this shell: ``chaperone-otel`` when it is on PATH, else the
+    path of the one beside this interpreter (``scripts/demo`` installs into ``.venv``, which
+    is not on PATH), relative to the working directory when that is shorter."""
+    on_path = shutil.which("chaperone-otel")
+    beside = Path(sys.executable).parent / "chaperone-otel"
+    if not beside.exists() or (on_path and Path(on_path).resolve() == beside.resolve()):
+        return "chaperone-otel"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _mib(value: float | None) -> str:
