@@ -15,11 +15,11 @@ supervisor stays free of duckdb and the OTel SDK (STYLE.md §1).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._safety import handle_internal_errors
+from ._safety import handle_internal_errors, internal_error
 
 AttributeValue = str | bool | int | float | Sequence[str]
 
@@ -64,19 +64,42 @@ def wanted(event_name: str) -> bool:
     A listener may define ``wants(event_name) -> bool`` (the OTel writer asks its logger's
     ``enabled()``); one without it wants everything. Runs skip building records nobody
     consumes — the full-state attribute dict is the costliest part of a run's start and end.
+
+    Asked again for every record, never cached per run: the logs API documents that
+    ``enabled()`` may change its answer at any time (a processor added, a logger
+    reconfigured), so its callers must ask each time they would emit. What is cached is
+    which listeners have a ``wants()`` (at registration), so a call is one loop over bound
+    methods with a ``try`` that costs nothing until a listener fails.
     """
-    for listener in _listeners:
-        wants = getattr(listener, "wants", None)
-        if wants is None:
-            return True
-        with handle_internal_errors(f"listener:{type(listener).__name__}"):
+    wanting = _wants  # one read: registration may replace it concurrently
+    if wanting is None:
+        return True
+    for where, wants in wanting:
+        try:
             if wants(event_name):
                 return True
+        except Exception as exc:
+            internal_error(where, exc)
     return False
 
 
 _lock = threading.Lock()
 _listeners: tuple[RecordListener, ...] = ()
+# Derived from _listeners at (un)registration: the ``wants`` methods, each with the place
+# name its failures are counted under; None when some listener wants everything.
+_wants: tuple[tuple[str, Callable[[str], object]], ...] | None = ()
+
+
+def _derive() -> None:
+    global _wants
+    wants: list[tuple[str, Callable[[str], object]]] = []
+    for listener in _listeners:
+        method = getattr(listener, "wants", None)
+        if method is None:
+            _wants = None
+            return
+        wants.append((f"listener:{type(listener).__name__}", method))
+    _wants = tuple(wants)
 
 
 def add_listener(listener: RecordListener) -> None:
@@ -87,6 +110,7 @@ def add_listener(listener: RecordListener) -> None:
     with _lock:
         if listener not in _listeners:
             _listeners = (*_listeners, listener)
+            _derive()
 
 
 def remove_listener(listener: RecordListener) -> None:
@@ -94,6 +118,7 @@ def remove_listener(listener: RecordListener) -> None:
     global _listeners
     with _lock:
         _listeners = tuple(x for x in _listeners if x is not listener)
+        _derive()
 
 
 def listeners() -> tuple[RecordListener, ...]:

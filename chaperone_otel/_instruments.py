@@ -1,9 +1,13 @@
 """OTel metric instruments of the runtime, created from :mod:`~chaperone_otel.semconv`.
 
-Counters and the duration histogram are updated at run start/finish and at each flush (never
-per ``heartbeat()`` call). Live-run gauges are *observable*: their callbacks read the live
-runs at collection time, so they cost nothing on the hot path and a finished run's series
-simply stops being reported.
+Counters and the duration histogram are never updated per ``heartbeat()`` call. A run's start
+and end only queue a small tuple (job thread); the runtime adds them to the counters and
+records the duration at its next monitor pass or, whichever comes first, when a collection
+calls the counters' callbacks (``before_collect``), so every collection sees every run that
+ended before it. The monitor adds flushed heartbeats, violations and missed heartbeats.
+
+Live-run gauges are *observable*: their callbacks read the live runs at collection time, so
+they cost nothing on the hot path and a finished run's series simply stops being reported.
 
 Cardinality (DESIGN §7): a live run's gauges are labelled by job name and queue only; runs
 older than ``Config.long_run_threshold`` also get their run id, so a hung long job can be
@@ -16,7 +20,7 @@ judges a real run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -52,6 +56,17 @@ class Cumulative:
         with self._lock:
             self._totals[key] = self._totals.get(key, 0) + amount
 
+    def add_many(self, amounts: Mapping[tuple[tuple[str, str], ...], float]) -> None:
+        """Add several totals at once, keyed as :meth:`add` keys them (one lock taken)."""
+        with self._lock:
+            totals = self._totals
+            for key, amount in amounts.items():
+                totals[key] = totals.get(key, 0) + amount
+
+    def after_fork(self) -> None:
+        """A new lock in a forked child (the parent's may have been held at ``fork``)."""
+        self._lock = threading.Lock()
+
     def value(self, attributes: dict[str, str]) -> float:
         """The total for one label set (0 if never added)."""
         return self._totals.get(tuple(attributes.items()), 0)
@@ -71,12 +86,16 @@ class Instruments:
         live_runs: LiveRuns,
         long_run_threshold: float,
         clock: Callable[[], float],
+        before_collect: Callable[[], None] | None = None,
     ) -> None:
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         meter = provider.get_meter(sc.INSTRUMENTATION_SCOPE, __version__)
         self._live_runs = live_runs
         self._long_run_threshold = long_run_threshold
         self._clock = clock
+
+        self._before_collect = before_collect
+        self._counters: list[Cumulative] = []
 
         def counter(spec: sc.MetricSpec, *, up_down: bool = False) -> Cumulative:
             totals = Cumulative()
@@ -86,8 +105,12 @@ class Instruments:
                 else (meter.create_observable_counter)
             )
             create(
-                spec.name, callbacks=[totals.observe], unit=spec.unit, description=spec.description
+                spec.name,
+                callbacks=[self._counter_callback(totals, spec.name)],
+                unit=spec.unit,
+                description=spec.description,
             )
+            self._counters.append(totals)
             return totals
 
         self.runs_started = counter(sc.METRIC_JOB_RUNS_STARTED)
@@ -152,6 +175,25 @@ class Instruments:
                 description=gspec.description,
             )
         add_error_listener(self.count_internal_error)
+
+    def _counter_callback(
+        self, totals: Cumulative, name: str
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            # Run starts and ends are queued by the job's thread and added here first, so
+            # a collection sees every run that ended before it (see Runtime.started).
+            before = self._before_collect
+            if before is not None:
+                with handle_internal_errors(f"counter:{name}"):
+                    before()
+            return totals.observe(options)
+
+        return observe
+
+    def after_fork(self) -> None:
+        """Fresh locks in a forked child."""
+        for totals in self._counters:
+            totals.after_fork()
 
     def count_internal_error(self, where: str) -> None:
         """Error listener: count a swallowed internal error by place."""

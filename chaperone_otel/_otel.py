@@ -32,16 +32,22 @@ class OTelLogWriter:
     def __init__(self, logger_provider: Any = None) -> None:
         self._provider = logger_provider
         self._logger: Any = None
+        self._enabled: Any = None  # the logger's bound enabled(): asked twice per run
 
     def _get_logger(self) -> Any:
         if self._logger is None:
             provider = self._provider if self._provider is not None else get_logger_provider()
             self._logger = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
+            self._enabled = self._logger.enabled
         return self._logger
 
     def wants(self, event_name: str) -> bool:
         """Whether the logger would keep such a record (the API's ``enabled()``)."""
-        return bool(self._get_logger().enabled(event_name=event_name))
+        enabled = self._enabled
+        if enabled is None:
+            self._get_logger()
+            enabled = self._enabled
+        return bool(enabled(event_name=event_name))
 
     def on_record(self, record: LifecycleRecord) -> None:
         """Emit ``record`` as a log record with ``event_name`` set."""

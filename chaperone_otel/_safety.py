@@ -81,6 +81,20 @@ def record_internal_error(where: str, exc: BaseException) -> None:
             listener(where)
 
 
+def internal_error(where: str, exc: Exception) -> None:
+    """Handle ``exc`` caught by a bare ``try/except Exception`` on a per-run path.
+
+    The same policy as :class:`handle_internal_errors` (log once, count, swallow; re-raise
+    when the test switch is on) for code that runs on every run's start and end, where a
+    ``try`` costs nothing until something fails but a context manager costs ~0.3 us a use
+    (an object, ``__enter__`` and ``__exit__`` calls), and ``where`` is only formatted when
+    it is needed.
+    """
+    record_internal_error(where, exc)
+    if _raise:
+        raise exc
+
+
 class handle_internal_errors:
     """Swallow (log once, count) any ``Exception`` raised in the block.
 

@@ -31,7 +31,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import itertools
 import json
 import math
 import os
@@ -63,7 +62,7 @@ from ._config import LIMIT_POLICIES, Config, Hooks, LimitPolicy, get_config, val
 from ._events import AttributeValue, LifecycleRecord, publish, wanted
 from ._health import Health, SignalValue
 from ._resources import thread_cpu_clock
-from ._safety import handle_internal_errors
+from ._safety import internal_error
 from ._units import parse_bytes, parse_duration
 from ._version import __version__
 from .exceptions import ConfigurationError, JobLimitExceeded, NoActiveJobError
@@ -89,8 +88,9 @@ _random_bits = random.getrandbits
 
 
 def _after_fork_in_child() -> None:
-    global _instance_id
+    global _instance_id, _tls
     _instance_id = _new_instance_id()
+    _tls = threading.local()  # per-thread CPU clocks: the child's thread has a new one
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -184,23 +184,28 @@ class Supervision:
     __slots__ = (
         "_cancel",
         "_clock",
-        "_config",
         "_cpu_clock",
+        "_cpu_prev",
+        "_decile",
         "_first_progress",
         "_flush_now",
+        "_flushed_phase",
+        "_flushed_progress_at",
         "_hb_calls",
+        "_hb_counted",
         "_hb_flushed",
         "_last_ratio",
         "_lo",
         "_lock",
         "_loop",
         "_meta",
-        "_meta_version",
-        "_monitor_state",
+        "_next_flush",
         "_observed",
         "_phases",
         "_seq",
         "_task",
+        "_timed_out",
+        "_violated",
         "_wake",
         "_width",
         "attempt",
@@ -214,7 +219,6 @@ class Supervision:
         "fds",
         "finished_at",
         "health",
-        "heartbeat_count_flushed",
         "heartbeat_interval",
         "hooks",
         "id",
@@ -244,44 +248,42 @@ class Supervision:
     def __init__(
         self, spec: _Spec, config: Config, *, run_id: str | None = None, attempt: int | None = None
     ) -> None:
-        self._config = config
-        self._clock = config.clock
+        # Every slot is set here (a slot has no class-level default); what only depends on
+        # the spec and the configuration comes precomputed from _static().
+        static = _static(spec, config)
+        self._clock = clock = config.clock
         self.id = run_id or spec.supervision_id or _uuid4()
-        self.name = cast(str, spec.name)
-        self.queue = spec.queue or "default"
+        self.name = static.name
+        self.queue = static.queue
         self.attempt = attempt or spec.attempt or 1
-        self.heartbeat_interval = spec.heartbeat_interval or config.heartbeat_interval
+        self.heartbeat_interval = static.heartbeat_interval
         self.timeout = spec.timeout
         self.stall_timeout = spec.stall_timeout
         self.memory_limit = spec.memory_limit
         self.cpu_limit = spec.cpu_limit
         self.fd_limit = spec.fd_limit
-        self.on_limit: str = spec.on_limit or config.on_limit
-        self.attributes = dict(spec.attributes)
-        self.hooks = (
-            config.hooks.merged(spec.hooks)
-            if config.hooks and spec.hooks
-            else spec.hooks or config.hooks
-        )
+        self.on_limit: str = static.on_limit
+        self.attributes = dict(spec.attributes) if spec.attributes else {}
+        self.hooks = static.hooks
         self.status = "pending"
-        now = self._clock()
+        now = clock()
         self.started_at = now
         self.finished_at: float | None = None
         self.timeout_at = now + self.timeout if self.timeout else None
         self.last_heartbeat = now
         self._hb_calls = 0
-        self._hb_flushed = 0
-        self.heartbeat_count_flushed = 0
+        self._hb_flushed = 0  # calls carried by heartbeat records so far (monitor)
+        self._hb_counted = 0  # calls added to the heartbeats counter so far (monitor)
         self._meta: dict[str, Any] | None = None
-        self._meta_version = 0
         self.progress_current: float | None = None
         self.progress_total: float | None = None
         self.progress_updated_at = now
-        self._observed: tuple[object, ...] = ()
+        # What observe(started_at) would record: a run starts observed, nothing moved yet.
+        self._observed: tuple[object, ...] = (0, None, None, None)
         self._last_ratio = 0.0
         self._first_progress: tuple[float, float, float] | None = None  # (at, ratio, current)
         self.phase: str | None = None
-        self._phases: dict[str, tuple[float, float]] = {}
+        self._phases: Mapping[str, tuple[float, float]] = _NO_PHASES
         self._lo = 0.0  # the current phase's share of 0..1: [_lo, _lo + _width]
         self._width = 1.0
         self.memory: int | None = None
@@ -297,15 +299,23 @@ class Supervision:
         self.error_stacktrace: str | None = None
         self._cancel: JobLimitExceeded | None = None
         self._flush_now = False
-        self._seq = itertools.count(1)
+        self._seq = 0  # the last record's sequence number (see record_attributes)
         self._lock = threading.RLock()
         self._cpu_clock: int | None = None
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._monitor_state: Any = None
         self._wake: Callable[[], None] = _noop
         self.span: Span = trace.INVALID_SPAN
         self.otel_context: otel_context.Context | None = None
+        # The monitor's memory of this run between passes (Runtime.started sets the first
+        # flush time; only the monitor, or the finishing thread under the lock, writes them).
+        self._next_flush = math.inf
+        self._flushed_progress_at = now
+        self._decile = 0
+        self._flushed_phase: str | None = None
+        self._violated: set[str] | None = None  # limit types already recorded
+        self._cpu_prev: tuple[float, float] | None = None  # (monotonic, thread cpu seconds)
+        self._timed_out = False
 
     # ---- hot path ------------------------------------------------------------------------
 
@@ -513,7 +523,6 @@ class Supervision:
             meta.update(metadata)
         if fields:
             meta.update(fields)
-        self._meta_version += 1
 
     def _raise_cancel(self) -> None:
         cancel = cast(JobLimitExceeded, self._cancel)
@@ -625,6 +634,14 @@ class Supervision:
             attributes=dict(self.attributes),
         )
 
+    def _next_seq(self) -> int:
+        # Under the run's lock (reentrant: the monitor already holds it when it emits): the
+        # started and finished records are built on the job's thread, the others on the
+        # monitor's. Only paid when a record is built.
+        with self._lock:
+            self._seq = seq = self._seq + 1
+        return seq
+
     def record_attributes(self, now: float) -> dict[str, AttributeValue]:
         """The run's full state as flat OTel attributes (every lifecycle record carries it)."""
         a: dict[str, AttributeValue] = {
@@ -635,7 +652,7 @@ class Supervision:
             sc.ATTR_JOB_STATUS: self.status,
             sc.ATTR_JOB_HEALTH: self.health,
             sc.ATTR_JOB_STUCK: self.stuck,
-            sc.ATTR_JOB_SEQUENCE: next(self._seq),
+            sc.ATTR_JOB_SEQUENCE: self._next_seq(),
             sc.ATTR_JOB_STARTED_AT: self.started_at,
             sc.ATTR_HEARTBEAT_INTERVAL: self.heartbeat_interval,
             sc.ATTR_HEARTBEAT_COUNT: self._hb_calls,
@@ -690,7 +707,7 @@ class Supervision:
         body: str = "",
     ) -> None:
         """Publish one lifecycle record with the run's full state (telemetry-safe)."""
-        with handle_internal_errors(f"emit:{event_name}"):
+        try:
             if not wanted(event_name):
                 return
             attributes = self.record_attributes(now)
@@ -709,6 +726,8 @@ class Supervision:
                     context=self.otel_context,
                 )
             )
+        except Exception as exc:
+            internal_error(f"emit:{event_name}", exc)
 
     def __repr__(self) -> str:
         return (
@@ -725,19 +744,25 @@ class Supervision:
         _finish_run(self, error)
 
 
+_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC << 60))  # version and variant bits
+_UUID_SET: Final = (0x4000 << 64) | (0x8 << 60)  # version 4, RFC 4122 variant
+
+
 def _uuid4() -> str:
     """A random (version 4) UUID string without a syscall per run.
 
     ``uuid.uuid4()`` reads ``os.urandom`` (~2.5 us); run ids need uniqueness, not secrecy, so
     122 bits from the ``random`` module (seeded from the OS, reseeded after fork) do.
     """
-    bits = (_random_bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
-    h = f"{bits:032x}"
+    h = (_random_bits(128) & _UUID_CLEAR | _UUID_SET).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _noop() -> None:
     return None
+
+
+_NO_PHASES: Final[Mapping[str, tuple[float, float]]] = types.MappingProxyType({})
 
 
 def _json(value: Mapping[str, Any]) -> str:
@@ -892,16 +917,87 @@ def _tracer(provider: Any) -> Any:
     return tracer
 
 
+class _Static:
+    """What a run's start derives from its spec and the configuration alone, computed once
+    per (spec, configuration) instead of at every run (see :func:`_static`)."""
+
+    __slots__ = ("config", "heartbeat_interval", "hooks", "name", "on_limit", "queue", "tail")
+
+    def __init__(self, spec: _Spec, config: Config) -> None:
+        self.config = config
+        self.name = cast(str, spec.name)
+        self.queue = spec.queue or "default"
+        self.heartbeat_interval = spec.heartbeat_interval or config.heartbeat_interval
+        self.on_limit: str = spec.on_limit or config.on_limit
+        self.hooks = (
+            config.hooks.merged(spec.hooks)
+            if config.hooks and spec.hooks
+            else spec.hooks or config.hooks
+        )
+        # The span's start attributes after the per-run ones, in the order they always had
+        # (timeout_at, per run, is inserted by _start_run when there is a timeout).
+        tail: dict[str, AttributeValue] = {}
+        limits: tuple[tuple[str, float | None], ...] = (
+            (sc.ATTR_JOB_TIMEOUT, spec.timeout),
+            (sc.ATTR_LIMIT_MEMORY, spec.memory_limit),
+            (sc.ATTR_LIMIT_CPU, spec.cpu_limit),
+            (sc.ATTR_LIMIT_FDS, spec.fd_limit),
+        )
+        for key, limit in limits:
+            if limit is not None:
+                tail[key] = limit
+                tail[sc.ATTR_LIMIT_POLICY] = self.on_limit
+        for key, user_value in spec.attributes.items():
+            tail[sc.ATTR_USER_PREFIX + key] = user_value
+        self.tail = tail
+
+
+def _static(spec: _Spec, config: Config) -> _Static:
+    """The spec's :class:`_Static` for ``config``, cached on the (frozen) spec itself."""
+    static: _Static | None = spec.__dict__.get("_static")
+    if static is None or static.config is not config:
+        static = _Static(spec, config)
+        object.__setattr__(spec, "_static", static)
+    return static
+
+
+_tls = threading.local()
+
+
+def _thread_cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock id, looked up once per thread (~0.5 us a call).
+
+    Thread-local, so a thread that ends takes its entry with it (a new thread may reuse its
+    ident, never its clock); a forked child starts with a fresh cache (its thread has a new
+    kernel tid, hence a new clock).
+    """
+    try:
+        clock: int | None = _tls.clock
+        return clock
+    except AttributeError:
+        pass
+    try:
+        clock = thread_cpu_clock()
+    except Exception as exc:
+        internal_error("run.cpu_clock", exc)
+        return None
+    _tls.clock = clock
+    return clock
+
+
 def _start_run(
     spec: _Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
 ) -> Supervision:
-    """Create and start a run: span, monitor registration, started record, counters."""
+    """Create and start a run: span, monitor registration, started record, counters.
+
+    Telemetry failures are swallowed with a bare ``try`` (:func:`_safety.internal_error`):
+    free until something fails, where a guard object costs on every run.
+    """
     config = get_config()
     run = Supervision(spec, config, run_id=run_id, attempt=attempt)
     rt = _runtime()
-    with handle_internal_errors("run.start"):
+    try:
         provider = spec.tracer_provider or config.tracer_provider or trace.get_tracer_provider()
-        tracer = _tracer(provider)
         start_attrs: dict[str, AttributeValue] = {
             sc.ATTR_JOB_NAME: run.name,
             sc.ATTR_JOB_QUEUE: run.queue,
@@ -909,38 +1005,42 @@ def _start_run(
             sc.ATTR_JOB_ATTEMPT: run.attempt,
             sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
         }
-        limits: tuple[tuple[str, float | None], ...] = (
-            (sc.ATTR_JOB_TIMEOUT, run.timeout),
-            (sc.ATTR_JOB_TIMEOUT_AT, run.timeout_at),
-            (sc.ATTR_LIMIT_MEMORY, run.memory_limit),
-            (sc.ATTR_LIMIT_CPU, run.cpu_limit),
-            (sc.ATTR_LIMIT_FDS, run.fd_limit),
-        )
-        for key, limit in limits:
-            if limit is not None:
-                start_attrs[key] = limit
+        tail = _static(spec, config).tail
+        if tail:
+            if run.timeout_at is not None:
+                start_attrs[sc.ATTR_JOB_TIMEOUT] = tail[sc.ATTR_JOB_TIMEOUT]
                 start_attrs[sc.ATTR_LIMIT_POLICY] = run.on_limit
-        for key, user_value in run.attributes.items():
-            start_attrs[sc.ATTR_USER_PREFIX + key] = user_value
-        run.span = tracer.start_span(
+                start_attrs[sc.ATTR_JOB_TIMEOUT_AT] = run.timeout_at
+            start_attrs.update(tail)
+        run.span = span = _tracer(provider).start_span(
             run.name,
             kind=SpanKind.INTERNAL,
             attributes=start_attrs,
             start_time=int(run.started_at * 1e9),
         )
-        run.otel_context = trace.set_span_in_context(run.span)
+        run.otel_context = trace.set_span_in_context(span)
+    except Exception as exc:
+        internal_error("run.start", exc)
     if bind_thread:
-        with handle_internal_errors("run.cpu_clock"):
-            run._cpu_clock = thread_cpu_clock()
+        run._cpu_clock = _thread_cpu_clock()
     run.status = "running"
     rt.started(run)
     run.emit(sc.EVENT_JOB_STARTED, run.started_at)
     return run
 
 
+_CANCELLED: Final = (
+    JobLimitExceeded,
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    GeneratorExit,
+    SystemExit,
+)
+
+
 def _finish_run(run: Supervision, exc: BaseException | None) -> None:
     """Record the outcome, publish the finished record, end the span. Never raises."""
-    with handle_internal_errors("run.finish"):
+    try:
         now = run._clock()
         with run._lock:
             if run.finished_at is not None:
@@ -948,28 +1048,16 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
             run.finished_at = now
             if exc is None:
                 run.status = "completed"
-            elif isinstance(
-                exc,
-                (
-                    JobLimitExceeded,
-                    asyncio.CancelledError,
-                    KeyboardInterrupt,
-                    GeneratorExit,
-                    SystemExit,
-                ),
-            ):
-                run.status = "cancelled"
             else:
-                run.status = "failed"
-            if exc is not None and not isinstance(exc, GeneratorExit):
-                run.error_type = _error_type(exc)
-                run.error_message = str(exc)
-                if run.status == "failed":
-                    run.error_stacktrace = "".join(traceback.format_exception(exc))
+                run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
+                if not isinstance(exc, GeneratorExit):
+                    run.error_type = _error_type(exc)
+                    run.error_message = str(exc)
+                    if run.status == "failed":
+                        run.error_stacktrace = "".join(traceback.format_exception(exc))
         rt = _runtime()
         rt.judge(run, now)
-        severity = "ERROR" if run.status == "failed" else "INFO"
-        run.emit(sc.EVENT_JOB_FINISHED, now, severity=severity)
+        run.emit(sc.EVENT_JOB_FINISHED, now, severity="ERROR" if run.status == "failed" else "INFO")
         span = run.span
         if span.is_recording():
             # One set_attributes call (the SDK validates per call), and only what the span's
@@ -994,6 +1082,8 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
                 span.set_status(Status(StatusCode.ERROR, f"cancelled: {run.error_message}"))
             span.end(end_time=int(now * 1e9))
         rt.finished(run)
+    except Exception as error:
+        internal_error("run.finish", error)
 
 
 def _error_type(exc: BaseException) -> str:
