@@ -11,6 +11,12 @@ gauges, the ``jobs.stuck()`` scope and the alert rules cannot disagree.
 
 Names and labels come from :data:`chaperone_otel.semconv.SINK_METRICS`.
 
+A SIGKILLed run never sends a terminal record, so it stays ``running`` (and ``lost``) in the
+store for good. The problem gauges (stuck, lost, heartbeat age and silence ratios) therefore
+count only runs heard from within ``problem_window`` (default one day): a lost run makes the
+lost alert fire for that long and then resolve, instead of paging forever and hiding the
+next loss. The run stays in the store, and ``jobs.lost()`` still finds it, until pruned.
+
 Example::
 
     registry = CollectorRegistry()
@@ -56,9 +62,14 @@ class IngestStats:
     last_ingest: float = 0.0
 
 
+DEFAULT_PROBLEM_WINDOW: Final = 86_400.0
+"""Seconds a silent running run keeps counting in the problem gauges (one day)."""
+
+
 def fleet_sql(policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str]:
-    """The two fleet queries (``$now`` bound to epoch seconds): runs by group and status
-    (with health for running runs), and the problem gauges of running runs by group."""
+    """The two fleet queries (``$now`` and ``$window`` bound, epoch seconds): runs by group
+    and status (with health for running runs), and the problem gauges of running runs heard
+    from within the window, by group."""
     by_status = (
         "SELECT coalesce(name, ''), coalesce(queue, ''), coalesce(status, ''), "
         f"CASE WHEN status = 'running' THEN {health_case(policy)} ELSE '' END AS health, "
@@ -71,7 +82,8 @@ def fleet_sql(policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str]:
         f"count(*) FILTER (WHERE {predicate('lost', policy)}), "
         f"max({ratio.format(col='last_heartbeat_at')}), "
         f"max({ratio.format(col='last_seen_at')}) "
-        "FROM jobs WHERE status = 'running' GROUP BY ALL"
+        "FROM jobs WHERE status = 'running' "
+        "AND $now - epoch(coalesce(last_seen_at, started_at)) <= $window GROUP BY ALL"
     )
     return by_status, running
 
@@ -98,6 +110,7 @@ class FleetCollector(Collector):
         store_path: the store file, for the size gauge (``.wal`` included).
         policy: the health thresholds (must be the store's).
         clock: wall clock, Unix seconds.
+        problem_window: running runs silent for longer than this leave the problem gauges.
     """
 
     def __init__(
@@ -108,8 +121,10 @@ class FleetCollector(Collector):
         store_path: str | None = None,
         policy: HealthPolicy = DEFAULT_POLICY,
         clock: Callable[[], float] = time.time,
+        problem_window: float = DEFAULT_PROBLEM_WINDOW,
     ) -> None:
         self._cursor = cursor
+        self._window = problem_window
         self._stats = stats
         self._path = store_path
         self._clock = clock
@@ -121,11 +136,11 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One scrape: two SQL passes, then the ingest counters."""
-        params: Mapping[str, float] = {"now": self._clock()}
+        now = self._clock()
         cur = self._cursor()
         try:
-            by_status = cur.execute(self._by_status, params).fetchall()
-            running = cur.execute(self._running, params).fetchall()
+            by_status = cur.execute(self._by_status, {"now": now}).fetchall()
+            running = cur.execute(self._running, {"now": now, "window": self._window}).fetchall()
         finally:
             cur.close()
         spec = sc.METRIC_SINK_RUNS

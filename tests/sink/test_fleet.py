@@ -77,6 +77,11 @@ def test_fleet_metrics_from_the_store(tmp_path: Path) -> None:
         # lost: nothing at all for 8 intervals
         record("lost", sc.EVENT_JOB_HEARTBEAT, now - 8, **running,
                **{sc.ATTR_HEARTBEAT_INTERVAL: 1.0, sc.ATTR_HEARTBEAT_LAST: now - 8}),
+        # lost two days ago: still lost in the store, no longer in the problem gauges
+        record("ancient", sc.EVENT_JOB_HEARTBEAT, now - 2 * 86400, **{
+            sc.ATTR_JOB_STATUS: "running", sc.ATTR_JOB_STARTED_AT: now - 2 * 86400 - 60,
+            sc.ATTR_HEARTBEAT_INTERVAL: 1.0, sc.ATTR_HEARTBEAT_LAST: now - 2 * 86400,
+            sc.ATTR_JOB_QUEUE: "old"}),
         record("done", sc.EVENT_JOB_FINISHED, now - 5, **{
             sc.ATTR_JOB_STATUS: "completed", sc.ATTR_JOB_STARTED_AT: now - 30,
             sc.ATTR_JOB_FINISHED_AT: now - 5, sc.ATTR_HEARTBEAT_INTERVAL: 1.0}),
@@ -99,17 +104,23 @@ def test_fleet_metrics_from_the_store(tmp_path: Path) -> None:
     status, health = (sc.prometheus_label(sc.ATTR_JOB_STATUS),
                       sc.prometheus_label(sc.ATTR_JOB_HEALTH))
     assert one(m, runs, **{status: "running", health: "healthy"}) == 1
-    assert one(m, runs, **{status: "running", health: "unhealthy"}) == 2  # stuck + lost
+    assert one(m, runs, **{status: "running", health: "unhealthy", queue: "q"}) == 2  # stuck + lost
     assert one(m, runs, **{status: "completed", queue: "q"}) == 1
     assert one(m, runs, **{status: "failed", queue: "other"}) == 1
     assert one(m, sc.METRIC_SINK_RUNS_STUCK.prometheus, **{name: "fleet.job", queue: "q"}) == 1
     assert one(m, sc.METRIC_SINK_RUNS_LOST.prometheus, **{name: "fleet.job", queue: "q"}) == 1
+    # the run lost two days ago is still counted as running, but pages no more
+    assert one(m, runs, **{status: "running", queue: "old"}) == 1
+    assert not [lab for lab, _ in m.get(sc.METRIC_SINK_RUNS_LOST.prometheus, [])
+                if lab.get(queue) == "old"]
+    assert not [lab for lab, _ in m.get(sc.METRIC_SINK_SILENCE_RATIO.prometheus, [])
+                if lab.get(queue) == "old"]
     age = one(m, sc.METRIC_SINK_HEARTBEAT_AGE_RATIO.prometheus, **{queue: "q"})
     assert 10 <= age < 12  # the stuck run: 10 s late at 1 s interval
     silence = one(m, sc.METRIC_SINK_SILENCE_RATIO.prometheus, **{queue: "q"})
     assert 8 <= silence < 10  # the lost run
     assert one(m, sc.METRIC_SINK_RECORDS_INGESTED.prometheus,
-               chaperone_sink_source="otlp.logs") == 5
+               chaperone_sink_source="otlp.logs") == 6
     rejected = sc.METRIC_SINK_REQUESTS_REJECTED.prometheus
     assert one(m, rejected, http_response_status_code="415") == 1
     assert one(m, rejected, http_response_status_code="400") == 1
