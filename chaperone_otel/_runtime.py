@@ -75,6 +75,7 @@ class Runtime:
         self._sample: ProcessSample | None = None
         self._proc_cpu: float | None = None
         self.background = True
+        self._bound_wake = self.wake  # one bound method for every run, not one per run
         self.instruments = Instruments(
             config.meter_provider,
             self.live_runs,
@@ -102,7 +103,7 @@ class Runtime:
         building label dicts and taking counter locks (~5 us a run on the job's thread).
         """
         run._next_flush = run.started_at + self.config.flush_period_for(run.heartbeat_interval)
-        run._wake = self.wake
+        run._wake = self._bound_wake
         with self._lock:
             self._runs[id(run)] = run
         self._ledger.append((True, run.name, run.queue))
@@ -532,10 +533,14 @@ class Runtime:
         """
         with run._lock:
             run.observe(now)
-            try:
-                self._flush(run, now, final=True)
-            except Exception as exc:
-                internal_error("monitor.final_flush", exc)
+            # _flush(final=True) returns at once in this case: skip the call (most runs).
+            if run._hb_calls != run._hb_flushed or (
+                run.progress_updated_at > run._flushed_progress_at
+            ):
+                try:
+                    self._flush(run, now, final=True)
+                except Exception as exc:
+                    internal_error("monitor.final_flush", exc)
             run.health = self.rules.health(run.signals(now), now)
             run.stuck = False
 

@@ -1321,14 +1321,21 @@ def _uncancel(run: Supervision) -> None:
 
 def _call(run: Supervision, func: Callable[..., R], args: Any, kwargs: Any) -> R:
     """Run ``func`` as ``run``: current while it runs, finished however it ends."""
-    tokens = _activate(run)
+    # _activate/_deactivate inlined: this wraps every call of a decorated sync function.
+    token = _current.set(run)
+    ctx = run.otel_context
+    otel_token = otel_context.attach(ctx) if ctx is not None else None
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:
-        _deactivate(tokens)
+        if otel_token is not None:
+            otel_context.detach(otel_token)
+        _current.reset(token)
         _finish_run(run, exc)
         raise
-    _deactivate(tokens)
+    if otel_token is not None:
+        otel_context.detach(otel_token)
+    _current.reset(token)
     _finish_run(run, None)
     return result
 
