@@ -294,6 +294,12 @@ def query_routes(
         async def wrapped(request: Request) -> Response:
             if authorize is not None and not authorize(request):
                 return _unauthorized()
+            if body and request.headers.get("content-type", "").split(";")[0].strip() != (
+                "application/json"
+            ):
+                # A browser's "simple" cross-site POST cannot send application/json: requiring
+                # it keeps a web page from driving /api/sql or /api/prune on a loopback sink.
+                return _JSON({"error": "Content-Type must be application/json"}, status_code=415)
             try:
                 payload = await _json_body(request) if body else {}
                 return await run_in_threadpool(handler, request, payload)

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final
@@ -270,6 +272,74 @@ def check_read_only(query: str) -> None:
         raise SinkError(
             f"sink.sql() is read-only: {kind} statements are refused (use SELECT; to delete "
             "old runs use sink.prune(older_than))"
+        )
+    _check_sources(_EXPLAIN.sub("", query, count=1) if kind == "EXPLAIN" else query)
+
+
+# What user SQL may read: the store's tables and views, CTEs, and table functions that touch
+# no file or network. `read_text('/etc/passwd')`, `glob(...)`, `read_csv(...)` and
+# `FROM 'some/file.parquet'` would otherwise be readable through the owner's HTTP API.
+_STORE_RELATIONS: Final = frozenset(
+    {
+        "jobs",
+        "heartbeats",
+        "job_errors",
+        "resource_violations",
+        "jobs_health",
+        "problem_runs",
+        "schema_version",
+    }
+)
+_EXPLAIN: Final = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+_SAFE_TABLE_FUNCTIONS: Final = frozenset({"range", "generate_series", "unnest"})
+_METADATA_PREFIXES: Final = ("duckdb_", "pragma_")
+
+
+def _check_sources(query: str) -> None:
+    """Refuse SQL that reads anything but the store (files, URLs, other databases)."""
+    with duckdb.connect() as con:  # in-memory: parsing only, nothing is executed
+        try:
+            raw = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
+        except duckdb.Error as e:
+            raise SinkError(f"cannot parse SQL: {e}") from e
+    tree = json.loads(raw[0]) if raw else {}
+    if tree.get("error"):
+        raise SinkError(f"cannot parse SQL: {tree.get('error_message', 'unsupported statement')}")
+    ctes: set[str] = set()
+    refused: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        for entry in (node.get("cte_map") or {}).get("map", []):
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                ctes.add(entry["key"].lower())
+        kind = node.get("type")
+        if kind == "BASE_TABLE":
+            name = str(node.get("table_name", "")).lower()
+            schema = str(node.get("schema_name", "")).lower()
+            if schema not in ("", "main", "information_schema") or (
+                schema != "information_schema" and name not in _STORE_RELATIONS and name not in ctes
+            ):
+                refused.append(f"{schema + '.' if schema else ''}{name}")
+        elif kind == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name not in _SAFE_TABLE_FUNCTIONS and not name.startswith(_METADATA_PREFIXES):
+                refused.append(f"{name}()")
+        for value in node.values():
+            walk(value)
+
+    walk(tree.get("statements", []))
+    if refused:
+        raise SinkError(
+            "sink.sql() reads only the job store (tables jobs, heartbeats, job_errors, "
+            "resource_violations and the views jobs_health, problem_runs); refused: "
+            + ", ".join(sorted(set(refused)))
         )
 
 

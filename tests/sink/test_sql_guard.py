@@ -1,0 +1,79 @@
+"""User SQL reads the job store and nothing else; the HTTP API takes JSON bodies only."""
+
+from __future__ import annotations
+
+import http.client
+from pathlib import Path
+
+import pytest
+
+import chaperone_otel as chaperone
+from chaperone_otel import supervised
+from chaperone_otel.exceptions import SinkError
+
+
+@pytest.fixture
+def owned_store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A store owned by this process (embedded sink serving its query API) with one run."""
+    db = tmp_path / "guard.duckdb"
+    setup = chaperone.configure(sink=str(db))
+    with supervised("guard.job"):
+        pass
+    try:
+        yield db, setup.sink
+    finally:
+        chaperone.shutdown()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM glob('/etc/*')",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT name FROM jobs WHERE name IN (SELECT content FROM read_text('/etc/hostname'))",
+        "EXPLAIN SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM other_db.jobs",
+    ],
+)
+def test_sql_cannot_read_files_or_other_databases(owned_store, query: str) -> None:  # type: ignore[no-untyped-def]
+    """File readers, replacement scans and other catalogs are refused with the reason."""
+    db, _ = owned_store
+    with chaperone.open_sink(str(db)) as sink, pytest.raises(SinkError, match="reads only the job store"):
+        sink.sql(query)
+
+
+def test_sql_over_the_store_still_works(owned_store) -> None:  # type: ignore[no-untyped-def]
+    """Joins, CTEs, subqueries, metadata functions and EXPLAIN over the store are allowed."""
+    db, _ = owned_store
+    with chaperone.open_sink(str(db)) as sink:
+        _columns, rows = sink.sql(
+            "WITH j AS (SELECT * FROM jobs) SELECT name, count(*) FROM j "
+            "LEFT JOIN heartbeats h USING (run_id) WHERE run_id IN (SELECT run_id FROM jobs) "
+            "GROUP BY ALL"
+        )
+        assert rows == [("guard.job", 1)]
+        assert sink.sql("SELECT count(*) FROM duckdb_tables()")[1][0][0] >= 4
+        assert sink.sql("SELECT * FROM range(2)")[1] == [(0,), (1,)]
+        assert sink.sql("EXPLAIN SELECT * FROM jobs")[1]
+
+
+def test_api_refuses_non_json_posts(owned_store) -> None:  # type: ignore[no-untyped-def]
+    """A text/plain POST (what a cross-site form can send) gets 415, JSON gets through."""
+    _, embedded = owned_store
+    host, port = embedded.url.removeprefix("http://").split(":")
+
+    def post(content_type: str) -> int:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("POST", "/api/sql", body=b'{"query": "SELECT 1"}',
+                         headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    assert post("text/plain") == 415
+    assert post("application/x-www-form-urlencoded") == 415
+    assert post("application/json") == 200
