@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -203,7 +203,7 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
             except ValueError:
                 self.fail(f"{value!r} is not an ISO date/time (e.g. 2024-05-01T12:00)", param, ctx)
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
+                moment = moment.replace(tzinfo=UTC)
             return moment
         try:
             seconds = parse_duration(text, what="since")
@@ -214,7 +214,7 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
                 param,
                 ctx,
             )
-        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+        return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 class BytesType(click.ParamType):  # type: ignore[type-arg]

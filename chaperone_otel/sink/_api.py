@@ -103,7 +103,7 @@ class _BadRequest(ValueError):
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return value.isoformat()
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
@@ -151,10 +151,10 @@ def _time(value: str) -> dt.datetime | str:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         try:
-            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+            return dt.datetime.fromtimestamp(float(value), dt.UTC)
         except ValueError:
             return value  # "1h", "30d": the scope parses it
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _number(value: str) -> int | float | str:

@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 from .._health import DEFAULT_POLICY, PREDICATES, HealthPolicy
@@ -63,7 +63,7 @@ def _utc(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
     raise TypeError(f"not a timestamp: {value!r}")
 
 
@@ -344,13 +344,13 @@ def _to_epoch(value: Any, what: str) -> float:
             ) from e
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return float(value.timestamp())
     raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
 
 
 def _naive_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
 
 
 def _require_str(value: Any, what: str) -> str:
@@ -540,7 +540,7 @@ class JobQuery:
 
     def today(self) -> JobQuery:
         """Runs started since midnight UTC of the evaluation day."""
-        now = datetime.fromtimestamp(self.now, timezone.utc)
+        now = datetime.fromtimestamp(self.now, UTC)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return self._with("started_between", midnight.timestamp(), None)
 

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Final
 
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
@@ -272,6 +273,6 @@ def require_current(con: Any, path: str) -> None:
 
 
 def _utc_now_text() -> str:
-    from datetime import datetime, timezone  # noqa: PLC0415
+    from datetime import datetime  # noqa: PLC0415
 
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+    return datetime.now(UTC).replace(tzinfo=None).isoformat()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -106,13 +106,13 @@ def test_value_scopes(jobs):
     assert ids(jobs.on_queue("high")) == {"stuck", "hog"}
     assert ids(jobs.with_id("failed")) == {"failed"}
     assert ids(jobs.between(T0 + 50, T0 + 250)) == {"done", "failed"}
-    start = datetime.fromtimestamp(T0 + 50, timezone.utc)
+    start = datetime.fromtimestamp(T0 + 50, UTC)
     assert ids(jobs.between(start, start + timedelta(seconds=200))) == {"done", "failed"}
     assert ids(jobs.between(start.replace(tzinfo=None).isoformat(), T0 + 250)) == {
         "done", "failed"}
     assert ids(jobs.since("10m")) == RUNNING | {"pending"}
     assert ids(jobs.since(timedelta(days=2))) == ids(jobs)
-    assert ids(jobs.since(datetime.fromtimestamp(NOW - 10, timezone.utc))) == {"pending"}
+    assert ids(jobs.since(datetime.fromtimestamp(NOW - 10, UTC))) == {"pending"}
     assert ids(jobs.memory_above("512MiB")) == {"hog"}
     assert ids(jobs.memory_above(50 * MiB)) == {"hog", "healthy"}
     assert ids(jobs.cpu_above(80)) == {"hog"}
@@ -240,8 +240,8 @@ def test_seed_accessing_job_details(store_path):
         job = sink.jobs.at(NOW).with_id("done").first()
         assert isinstance(job, JobRecord)
         assert (job.name, job.queue, job.status) == (DATASET, "default", "completed")
-        assert job.started_at == datetime.fromtimestamp(T0 + 100, timezone.utc)
-        assert job.finished_at == datetime.fromtimestamp(T0 + 120, timezone.utc)
+        assert job.started_at == datetime.fromtimestamp(T0 + 100, UTC)
+        assert job.finished_at == datetime.fromtimestamp(T0 + 120, UTC)
         assert job.duration == 20.0
         assert job.progress == 100.0
         assert job.is_healthy()
