@@ -135,13 +135,14 @@ class Runtime:
         )
         hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
         if hooks:
-            state = run.snapshot()
-            for hook in hooks:
-                self.call_soon(
-                    hook,
-                    (state,),
-                    "hook:on_complete" if run.status == "completed" else "hook:on_failure",
-                )
+            with handle_internal_errors("run.finish_hooks"):
+                state = run.snapshot()
+                for hook in hooks:
+                    self.call_soon(
+                        hook,
+                        (state,),
+                        "hook:on_complete" if run.status == "completed" else "hook:on_failure",
+                    )
 
     def call_soon(self, fn: Callable[..., object], args: tuple[Any, ...], where: str) -> None:
         """Run ``fn(*args)`` on the monitor thread (or the next ``tick()``)."""

@@ -38,6 +38,7 @@ import random
 import socket
 import sys
 import threading
+import time
 import traceback
 import types
 import uuid
@@ -363,6 +364,11 @@ class Supervision:
                 f"report_progress({current!r}, {total!r}): current and total must be "
                 "non-negative numbers"
             )
+        if current > total and total == 0:  # checked before anything is stored
+            raise ValueError(
+                f"report_progress({current!r}, 0): total is 0 but current is not; pass the "
+                "real total (or 0, 0 for an empty batch)"
+            )
         if fields or metadata is not None:
             self._progress_extras(metadata, fields)
         # The common path stores two numbers; the ratio is derived on read and the monitor
@@ -370,11 +376,6 @@ class Supervision:
         # numbers is not a new sign of life: call heartbeat() to say "alive, no progress".
         self.progress_current = current
         self.progress_total = total
-        if current > total and total == 0:
-            raise ValueError(
-                f"report_progress({current!r}, 0): total is 0 but current is not; pass the "
-                "real total (or 0, 0 for an empty batch)"
-            )
         if self._cancel is not None:
             self._raise_cancel()
 
@@ -1039,26 +1040,35 @@ _CANCELLED: Final = (
 
 
 def _finish_run(run: Supervision, exc: BaseException | None) -> None:
-    """Record the outcome, publish the finished record, end the span. Never raises."""
+    """Record the outcome, publish the finished record, end the span. Never raises.
+
+    Each step is guarded on its own, and ending the span and unregistering the run happen
+    whatever failed before: a run whose finish half-failed must not stay "live" for ever (its
+    gauges reported, the sink calling it lost).
+    """
     try:
         now = run._clock()
-        with run._lock:
-            if run.finished_at is not None:
-                return
-            run.finished_at = now
-            if exc is None:
-                run.status = "completed"
-            else:
-                run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
-                if not isinstance(exc, GeneratorExit):
-                    run.error_type = _error_type(exc)
-                    run.error_message = str(exc)
-                    if run.status == "failed":
-                        run.error_stacktrace = "".join(traceback.format_exception(exc))
-        rt = _runtime()
+    except Exception as error:
+        internal_error("run.clock", error)
+        now = time.time()
+    with run._lock:
+        if run.finished_at is not None:
+            return
+        run.finished_at = now
+        if exc is None:
+            run.status = "completed"
+        else:
+            run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
+            if not isinstance(exc, GeneratorExit):
+                run.error_type = _error_type(exc)
+                run.error_message = _safe_str(exc)
+                if run.status == "failed":
+                    run.error_stacktrace = _safe_traceback(exc)
+    rt = _runtime()
+    span = run.span
+    try:
         rt.judge(run, now)
         run.emit(sc.EVENT_JOB_FINISHED, now, severity="ERROR" if run.status == "failed" else "INFO")
-        span = run.span
         if span.is_recording():
             # One set_attributes call (the SDK validates per call), and only what the span's
             # own fields (start, end, status) do not already say.
@@ -1077,13 +1087,32 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
             span.set_attributes(end_attrs)
             if exc is not None and run.status == "failed":
                 span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{run.error_type}: {exc}"))
+                span.set_status(Status(StatusCode.ERROR, f"{run.error_type}: {run.error_message}"))
             elif run.status == "cancelled" and run.error_type is not None:
                 span.set_status(Status(StatusCode.ERROR, f"cancelled: {run.error_message}"))
-            span.end(end_time=int(now * 1e9))
-        rt.finished(run)
     except Exception as error:
         internal_error("run.finish", error)
+    finally:
+        try:
+            span.end(end_time=int(now * 1e9))
+        except Exception as error:
+            internal_error("run.span_end", error)
+        finally:
+            rt.finished(run)
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return f"{type(exc).__name__}: <traceback could not be formatted>"
 
 
 def _error_type(exc: BaseException) -> str:
@@ -1101,8 +1130,20 @@ def _activate(run: Supervision) -> tuple[contextvars.Token[Supervision | None], 
 def _deactivate(tokens: tuple[contextvars.Token[Supervision | None], object]) -> None:
     token, otel_token = tokens
     if otel_token is not None:
-        otel_context.detach(otel_token)  # type: ignore[arg-type]
-    _current.reset(token)
+        otel_context.detach(otel_token)  # type: ignore[arg-type]  # the API never raises here
+    try:
+        _current.reset(token)
+    except ValueError as error:  # exited in another context than entered: user code's doing
+        internal_error("run.context", error)
+        _current.set(None)
+
+
+def _limit_error(run: Supervision, exc: BaseException | None) -> BaseException | None:
+    """The exception a run ends with: a cancellation caused by its limit policy is the
+    ``JobLimitExceeded`` the caller will see, not the ``CancelledError`` that carried it."""
+    if isinstance(exc, asyncio.CancelledError) and run._cancel is not None:
+        return JobLimitExceeded(run._cancel.limit, run._cancel.value, run._cancel.actual)
+    return exc
 
 
 class supervised:
@@ -1264,7 +1305,7 @@ class supervised:
         try:
             _deactivate(tokens)
         finally:
-            _finish_run(run, exc)
+            _finish_run(run, _limit_error(run, exc))
         return cast(Supervision, run)
 
     def __enter__(self) -> Supervision:
@@ -1291,11 +1332,10 @@ class supervised:
         tb: types.TracebackType | None,
     ) -> Literal[False]:
         run = self._pop(exc)
-        if isinstance(exc, asyncio.CancelledError) and run._cancel is not None:
+        outcome = _limit_error(run, exc)
+        if outcome is not exc:
             _uncancel(run)
-            raise JobLimitExceeded(
-                run._cancel.limit, run._cancel.value, run._cancel.actual
-            ) from exc
+            raise cast(BaseException, outcome) from exc
         return False
 
 
@@ -1328,15 +1368,15 @@ def _call(run: Supervision, func: Callable[..., R], args: Any, kwargs: Any) -> R
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:
-        if otel_token is not None:
-            otel_context.detach(otel_token)
-        _current.reset(token)
-        _finish_run(run, exc)
+        try:
+            _deactivate((token, otel_token))
+        finally:
+            _finish_run(run, exc)
         raise
-    if otel_token is not None:
-        otel_context.detach(otel_token)
-    _current.reset(token)
-    _finish_run(run, None)
+    try:
+        _deactivate((token, otel_token))
+    finally:
+        _finish_run(run, None)
     return result
 
 
@@ -1346,21 +1386,20 @@ async def _acall(run: Supervision, func: Callable[..., Awaitable[R]], args: Any,
     tokens = _activate(run)
     try:
         result = await func(*args, **kwargs)
-    except asyncio.CancelledError as exc:
-        _deactivate(tokens)
-        _finish_run(run, exc)
-        if run._cancel is not None:
-            _uncancel(run)
-            raise JobLimitExceeded(
-                run._cancel.limit, run._cancel.value, run._cancel.actual
-            ) from exc
-        raise
     except BaseException as exc:
-        _deactivate(tokens)
-        _finish_run(run, exc)
+        outcome = _limit_error(run, exc)
+        try:
+            _deactivate(tokens)
+        finally:
+            _finish_run(run, outcome)
+        if outcome is not exc:
+            _uncancel(run)
+            raise cast(BaseException, outcome) from exc
         raise
-    _deactivate(tokens)
-    _finish_run(run, None)
+    try:
+        _deactivate(tokens)
+    finally:
+        _finish_run(run, None)
     return result
 
 
@@ -1558,7 +1597,7 @@ class Supervised:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._chaperone_spec = _make_spec(
-            cls.job_name or f"{cls.__module__}.{cls.__qualname__}",
+            cls.job_name or _qualified_name(cls),
             queue=cls.queue,
             attempt=None,
             heartbeat_interval=cls.heartbeat_interval,
@@ -1576,6 +1615,13 @@ class Supervised:
         body = cls.__dict__.get("run")
         if body is None or getattr(body, "__chaperone_wrapped__", False):
             return
+        if inspect.isgeneratorfunction(body) or inspect.isasyncgenfunction(body):
+            # Its run would end when run() returns the generator, before any item.
+            raise ConfigurationError(
+                f"{cls.__qualname__}.run() is a generator: a Supervised run() must return "
+                "when the job is done (a function or a coroutine); supervise a generator with "
+                "@supervised on it instead"
+            )
         if inspect.iscoroutinefunction(body):
 
             async def arun(self: Supervised, *args: Any, **kw: Any) -> Any:

@@ -91,7 +91,11 @@ async def test_cancel_async_task_on_limit(fast: Capture) -> None:
         for fd in opened:
             os.close(fd)
     assert info.value.limit == "fds"
-    assert fast.last_run("fd.hog").status == "cancelled"
+    run = fast.last_run("fd.hog")
+    assert run.status == "cancelled"
+    # recorded as what the caller saw, not the CancelledError that carried it
+    assert run.error_type == "chaperone_otel.exceptions.JobLimitExceeded"
+    assert run.span.attributes[sc.ATTR_ERROR_TYPE] == run.error_type
 
 
 def test_record_policy_only_records(fast: Capture) -> None:

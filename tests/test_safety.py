@@ -164,3 +164,30 @@ def test_internal_errors_fail_tests_when_switch_on(chaperone: Capture) -> None:
             pass
     finally:
         remove_listener(bad)
+
+
+def test_run_finishes_even_when_its_exception_cannot_be_printed(production_mode: None) -> None:
+    """An exception whose __str__ raises: re-raised unchanged, and the run still finishes
+    (finished record, span ended, no longer live) instead of staying "running" for ever."""
+    from chaperone_otel._runtime import runtime
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("cannot print me")
+
+    error = Unprintable()
+    with capture(raise_internal_errors=False) as cap:
+
+        @supervised(name="unprintable")
+        def job() -> None:
+            raise error
+
+        with pytest.raises(Unprintable) as info:
+            job()
+        assert info.value is error
+        run = cap.last_run("unprintable")
+        assert run.failed
+        assert run.records[-1].event_name == sc.EVENT_JOB_FINISHED
+        assert "str() failed" in str(run.latest[sc.ATTR_ERROR_MESSAGE])
+        assert run.span is not None  # the span was ended and exported
+        assert runtime().live_runs() == []

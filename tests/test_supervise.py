@@ -281,8 +281,11 @@ def test_report_progress_rejects_bad_values(
     """Negative, NaN, or total 0 with current > 0 raise ValueError inside and outside a run."""
     with pytest.raises(ValueError, match="report_progress"):
         chaperone_report(current, total)
-    with supervised("bad.progress") as run, pytest.raises(ValueError, match="report_progress"):
-        run.report_progress(current, total)
+    with supervised("bad.progress") as run:
+        run.report_progress(2, 4)
+        with pytest.raises(ValueError, match="report_progress"):
+            run.report_progress(current, total)
+        assert (run.progress_current, run.progress_total) == (2, 4)  # nothing bad was kept
 
 
 def chaperone_report(current: float, total: float) -> bool:
@@ -393,3 +396,32 @@ def test_track_without_len_counts_items(chaperone: Capture) -> None:
         assert run.progress_current == 7
         assert run.progress_total is None
         assert run.progress_ratio == 0.0  # unknown total: no ratio, but the count moves
+
+
+def test_supervised_class_rejects_generator_run() -> None:
+    """A generator run() would finish before its first item: refused when the class is made."""
+    with pytest.raises(ConfigurationError, match="generator"):
+
+        class Streams(Supervised):
+            def run(self) -> Iterator[int]:
+                yield 1
+
+
+def test_class_and_function_names_follow_one_rule(chaperone: Capture) -> None:
+    """A class-based job is named module.Qualname like a function (job_name overrides)."""
+
+    class Named(Supervised):
+        def run(self) -> None:
+            return None
+
+    class Custom(Supervised):
+        job_name = "custom.name"
+
+        def run(self) -> None:
+            return None
+
+    Named().run()
+    Custom().run()
+    names = [s.name for s in chaperone.spans()]
+    assert names[0] == f"{__name__}.test_class_and_function_names_follow_one_rule.<locals>.Named"
+    assert names[1] == "custom.name"

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 from .._health import DEFAULT_POLICY, PREDICATES, HealthPolicy
+from .._supervise import _qualified_name
 from .._units import parse_bytes, parse_duration
 from ..exceptions import ConfigurationError, SinkError
 from ._schema import health_case, predicate
@@ -507,7 +508,10 @@ class JobQuery:
     def by_class(self, cls: type | str) -> JobQuery:
         """Runs of a ``Supervised`` class (or a decorated method of it): ``module.Qualname``."""
         if isinstance(cls, type):
-            cls = cls.__dict__.get("job_name") or f"{cls.__module__}.{cls.__qualname__}"
+            # The name the runtime gave the class's runs (job_name, inherited or not, else
+            # the same module.Qualname rule as for functions).
+            spec = getattr(cls, "_chaperone_spec", None)
+            cls = spec.name if spec is not None and spec.name else _qualified_name(cls)
         return self._with("class", _require_str(cls, "class name"))
 
     def on_queue(self, queue: str) -> JobQuery:
