@@ -42,6 +42,7 @@ from .exceptions import JobLimitExceeded
 logger = logging.getLogger("chaperone_otel")
 
 _MAX_WAIT = 1.0
+_MAX_PENDING_HOOKS = 10_000
 _MIN_WAIT = 0.01
 
 
@@ -65,6 +66,11 @@ class Runtime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._calls: deque[tuple[Callable[..., object], tuple[Any, ...], str]] = deque()
+        # Hooks run on their own thread: a slow hook (a webhook POST) must not stall the
+        # monitor pass that flushes every run's heartbeats, nor hold up shutdown.
+        self._hooks: deque[Callable[[], object]] = deque()
+        self._hooks_event = threading.Event()
+        self._hooks_thread: threading.Thread | None = None
         self._ledger: deque[_Started | _Ended] = deque()
         self._drain_lock = threading.Lock()
         self._keys: dict[tuple[str, ...], _LabelKey] = {}
@@ -145,9 +151,39 @@ class Runtime:
                     )
 
     def call_soon(self, fn: Callable[..., object], args: tuple[Any, ...], where: str) -> None:
-        """Run ``fn(*args)`` on the monitor thread (or the next ``tick()``)."""
+        """Run ``fn(*args)`` on the hooks thread (or at the next ``tick()`` without threads)."""
         self._calls.append((fn, args, where))
         self.wake()
+
+    def _dispatch(self, action: Callable[[], object]) -> None:
+        """Run a hook call: inline without background threads (tests), else on the hooks
+        thread, with a bounded backlog (a hook slower than the events it gets drops them,
+        counted, rather than growing memory without bound)."""
+        if not self.background:
+            action()
+            return
+        if len(self._hooks) >= _MAX_PENDING_HOOKS:
+            internal_error("hooks.dropped", RuntimeError("hook backlog full; hook call dropped"))
+            return
+        self._hooks.append(action)
+        self._hooks_event.set()
+        if self._hooks_thread is None:
+            with self._lock:
+                if self._hooks_thread is None:
+                    self._hooks_thread = threading.Thread(
+                        target=self._hooks_loop, name="chaperone-hooks", daemon=True
+                    )
+                    self._hooks_thread.start()
+
+    def _hooks_loop(self) -> None:
+        while True:
+            self._hooks_event.wait(_MAX_WAIT)
+            self._hooks_event.clear()
+            while self._hooks:
+                action = self._hooks.popleft()
+                action()  # each is guarded by _bind
+            if self._stop.is_set():
+                return
 
     def wake(self) -> None:
         """Ask the monitor for a tick now (first heartbeat, phase change, hooks)."""
@@ -183,20 +219,33 @@ class Runtime:
             wait = min(wait, run._next_flush - now)
         return max(_MIN_WAIT, wait)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the monitor thread (prompt: it waits on an Event)."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the monitor and hooks threads (prompt: they wait on Events). Returns False if
+        a thread did not end within ``timeout`` (a hook that never returns): it is a daemon
+        and is left behind rather than hanging the process's exit."""
         self._stop.set()
         self._wake_event.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._hooks_event.set()
+        deadline = time.monotonic() + timeout
+        stopped = True
+        for thread in (self._thread, self._hooks_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+                stopped = stopped and not thread.is_alive()
         self._thread = None
+        self._hooks_thread = None
+        return stopped
 
-    def close(self) -> None:
-        """Stop the thread and detach from the listener and error registries."""
-        self.stop()
-        with handle_internal_errors("runtime.close"):
-            self.tick()  # run hooks still queued
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads, run what is still queued inline, detach from registries.
+
+        Bounded: if a hook never returns, its thread is left behind (a daemon) and what is
+        still queued is not run, rather than hanging shutdown or the process's exit.
+        """
+        if self.stop(timeout):
+            self.background = False  # nothing else ticks now: run the leftovers here
+            with handle_internal_errors("runtime.close"):
+                self.tick()
         remove_listener(self.log_writer)
         remove_error_listener(self.instruments.count_internal_error)
 
@@ -209,6 +258,9 @@ class Runtime:
         self._stop = threading.Event()
         self._thread = None
         self._calls = deque()
+        self._hooks = deque()
+        self._hooks_event = threading.Event()
+        self._hooks_thread = None
         # Starts and ends the parent had not counted yet are the parent's to count.
         self._ledger = deque()
         self._drain_lock = threading.Lock()
@@ -224,8 +276,7 @@ class Runtime:
         with self._tick_lock:
             while self._calls:
                 fn, args, where = self._calls.popleft()
-                with handle_internal_errors(where):
-                    fn(*args)
+                self._dispatch(_bind(fn, *args, where=where))
             self._drain()
             self._sample_process()
             for run in self.live_runs():
@@ -339,8 +390,7 @@ class Runtime:
             self._flush(run, now)
             self._judge(run, now, actions)
         for action in actions:
-            with handle_internal_errors("monitor.action"):
-                action()
+            self._dispatch(action)
 
     def _apply_sample(self, run: Supervision) -> None:
         sample = self._sample
@@ -436,7 +486,15 @@ class Runtime:
             task, loop = run._task, run._loop
             if task is not None and loop is not None and not task.done():
                 message = f"chaperone-otel: {kind} limit exceeded"
-                actions.append(lambda: loop.call_soon_threadsafe(task.cancel, message))
+
+                def cancel_if_running() -> None:
+                    # On the loop's thread, now: the run may have ended since the violation
+                    # was seen, and a late cancel would hit whatever the task does next.
+                    if run.finished_at is None and not task.done():
+                        task.cancel(message)
+
+                with handle_internal_errors("monitor.cancel"):
+                    loop.call_soon_threadsafe(cancel_if_running)
         snapshot = run.snapshot(now)
         for hook in run.hooks.on_violation:
             actions.append(_bind(hook, snapshot, violation))
@@ -546,9 +604,13 @@ class Runtime:
             run.stuck = False
 
 
-def _bind(hook: Callable[..., object], *args: Any) -> Callable[[], object]:
+def _bind(
+    hook: Callable[..., object], *args: Any, where: str | None = None
+) -> Callable[[], object]:
+    label = where or f"hook:{getattr(hook, '__name__', 'hook')}"
+
     def call() -> object:
-        with handle_internal_errors(f"hook:{getattr(hook, '__name__', 'hook')}"):
+        with handle_internal_errors(label):
             return hook(*args)
         return None
 

@@ -188,3 +188,41 @@ def test_policy_validation_and_custom_thresholds() -> None:
     assert r.health(signals, 25.0) == "unhealthy"
     assert r.stuck.holds(signals, 25.0)
     assert not math.isnan(r.policy.warn_ratio)
+
+
+@pytest.mark.slow
+def test_slow_hook_stalls_neither_monitor_nor_shutdown() -> None:
+    """A hook blocked for a long time: other runs keep flushing heartbeats, and shutdown
+    returns within its bound instead of waiting for the hook."""
+    import chaperone_otel as chaperone
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow_hook(state: JobState) -> None:
+        entered.set()
+        release.wait(30)
+
+    try:
+        with capture(flush_period=0.05, raise_internal_errors=False) as cap:
+
+            @supervised(name="hooked", on_complete=slow_hook)
+            def quick() -> None:
+                return None
+
+            quick()
+            assert entered.wait(10), "the hook did not start"
+            with supervised("beating", heartbeat_interval=1) as run:
+                before = len(cap.run(run.id).events(sc.EVENT_JOB_HEARTBEAT))
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    run.heartbeat()
+                    if len(cap.run(run.id).events(sc.EVENT_JOB_HEARTBEAT)) >= before + 3:
+                        break
+                    threading.Event().wait(0.02)
+                assert len(cap.run(run.id).events(sc.EVENT_JOB_HEARTBEAT)) >= before + 3
+            started = time.monotonic()
+            chaperone.shutdown()
+            assert time.monotonic() - started < 8.0  # bounded (5 s join), not the hook's 30 s
+    finally:
+        release.set()

@@ -151,3 +151,4 @@ def test_cpu_limit_thread_cpu(fast: Capture) -> None:
         spin()
     assert info.value.limit == "cpu"
     assert info.value.actual > 5
+
