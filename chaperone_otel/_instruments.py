@@ -20,6 +20,7 @@ judges a real run.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import semconv as sc
-from ._safety import add_error_listener, handle_internal_errors
+from ._safety import add_error_listener, handle_internal_errors, remove_error_listener
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ class Cumulative:
         """A new lock in a forked child (the parent's may have been held at ``fork``)."""
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        """Forget every total (``reset()``: a counter reset, as after a restart)."""
+        with self._lock:
+            self._totals.clear()
+
     def value(self, attributes: dict[str, str]) -> float:
         """The total for one label set (0 if never added)."""
         return self._totals.get(tuple(attributes.items()), 0)
@@ -78,7 +84,14 @@ class Cumulative:
 
 
 class Instruments:
-    """The runtime's instruments on one meter provider."""
+    """The runtime's instruments on one meter provider.
+
+    Created once per provider (:func:`instruments_for`): an SDK provider hands back an
+    already-registered instrument and ignores the callbacks of a second registration, so a
+    second ``configure()`` that built new instruments would leave the exporter reading the
+    first runtime's state. A new runtime re-binds the same instruments instead, and counter
+    totals (including active runs that lived across the change) stay continuous.
+    """
 
     def __init__(
         self,
@@ -174,7 +187,29 @@ class Instruments:
                 unit=gspec.unit,
                 description=gspec.description,
             )
-        add_error_listener(self.count_internal_error)
+        self._listening = False
+
+    def bind(
+        self,
+        live_runs: LiveRuns,
+        long_run_threshold: float,
+        clock: Callable[[], float],
+        before_collect: Callable[[], None] | None,
+    ) -> None:
+        """Point the callbacks at a (new) runtime; the running totals carry over."""
+        self._live_runs = live_runs
+        self._long_run_threshold = long_run_threshold
+        self._clock = clock
+        self._before_collect = before_collect
+        if not self._listening:
+            add_error_listener(self.count_internal_error)
+            self._listening = True
+
+    def unbind(self) -> None:
+        """The runtime closed: stop counting its internal errors until the next bind."""
+        if self._listening:
+            remove_error_listener(self.count_internal_error)
+            self._listening = False
 
     def _counter_callback(
         self, totals: Cumulative, name: str
@@ -194,6 +229,11 @@ class Instruments:
         """Fresh locks in a forked child."""
         for totals in self._counters:
             totals.after_fork()
+
+    def clear(self) -> None:
+        """Forget every running total (see :func:`reset_instruments`)."""
+        for totals in self._counters:
+            totals.clear()
 
     def count_internal_error(self, where: str) -> None:
         """Error listener: count a swallowed internal error by place."""
@@ -236,3 +276,53 @@ class Instruments:
             return out
 
         return observe
+
+
+_by_provider: weakref.WeakKeyDictionary[Any, Instruments] = weakref.WeakKeyDictionary()
+_by_provider_lock = threading.Lock()
+_global_instruments: Instruments | None = None
+
+
+def instruments_for(
+    meter_provider: Any,
+    live_runs: LiveRuns,
+    long_run_threshold: float,
+    clock: Callable[[], float],
+    before_collect: Callable[[], None] | None = None,
+) -> Instruments:
+    """The instruments on ``meter_provider`` (the global one when None), bound to a runtime.
+
+    "The global one" is one key for the life of the process: instruments made through the
+    API's proxy before the SDK was installed forward to it once it is, so making a second set
+    directly on the SDK provider would register every instrument twice.
+    """
+    global _global_instruments
+    with _by_provider_lock:
+        if meter_provider is None:
+            found = _global_instruments
+            if found is None:
+                found = _global_instruments = Instruments(
+                    metrics.get_meter_provider(),
+                    live_runs,
+                    long_run_threshold,
+                    clock,
+                    before_collect,
+                )
+        else:
+            found = _by_provider.get(meter_provider)
+            if found is None:
+                found = Instruments(
+                    meter_provider, live_runs, long_run_threshold, clock, before_collect
+                )
+                _by_provider[meter_provider] = found
+    found.bind(live_runs, long_run_threshold, clock, before_collect)
+    return found
+
+
+def reset_instruments() -> None:
+    """Zero every running total (``chaperone_otel.reset()``, between tests). The
+    instruments themselves stay registered: a provider cannot forget them."""
+    with _by_provider_lock:
+        every = [*_by_provider.values(), *([_global_instruments] if _global_instruments else [])]
+    for instruments in every:
+        instruments.clear()

@@ -32,10 +32,10 @@ from . import semconv as sc
 from ._config import Config, get_config
 from ._events import AttributeValue, add_listener, remove_listener
 from ._health import Rules, rules
-from ._instruments import Instruments
+from ._instruments import instruments_for
 from ._otel import OTelLogWriter
 from ._resources import ProcessSample, ProcessSampler, read_thread_cpu
-from ._safety import handle_internal_errors, internal_error, remove_error_listener
+from ._safety import handle_internal_errors, internal_error
 from ._supervise import JobState, Supervision, Violation, _json
 from .exceptions import JobLimitExceeded
 
@@ -82,7 +82,7 @@ class Runtime:
         self._proc_cpu: float | None = None
         self.background = True
         self._bound_wake = self.wake  # one bound method for every run, not one per run
-        self.instruments = Instruments(
+        self.instruments = instruments_for(
             config.meter_provider,
             self.live_runs,
             config.long_run_threshold,
@@ -247,7 +247,7 @@ class Runtime:
             with handle_internal_errors("runtime.close"):
                 self.tick()
         remove_listener(self.log_writer)
-        remove_error_listener(self.instruments.count_internal_error)
+        self.instruments.unbind()
 
     def after_fork(self) -> None:
         """In a forked child: no live runs, new locks, a thread started on demand."""

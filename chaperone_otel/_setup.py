@@ -20,6 +20,7 @@ from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
+from ._instruments import reset_instruments
 from ._runtime import close_runtime, replace_runtime
 from ._safety import handle_internal_errors, reset_internal_errors
 
@@ -165,8 +166,10 @@ def shutdown() -> None:
 
 
 def reset() -> None:
-    """Back to defaults: shut down, forget the configuration and internal-error counts."""
+    """Back to defaults: shut down, forget the configuration, internal-error counts and the
+    run counters' totals (a counter reset, as after a restart; for test isolation)."""
     shutdown()
     with _lock:
         set_config(Config())
     reset_internal_errors()
+    reset_instruments()

@@ -246,3 +246,46 @@ def test_console_exporter_prints_spans_and_events() -> None:
     ).stdout
     assert '"name": "console.job"' in out
     assert sc.EVENT_JOB_FINISHED in out
+
+
+def test_second_configure_keeps_telemetry_working() -> None:
+    """configure() twice in a fresh process (the global providers can be set only once):
+    spans, lifecycle logs and /metrics still work after the second call, and the run
+    counters stay continuous for a run that lived across it."""
+    script = r"""
+import urllib.request, chaperone_otel as c
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+setup = c.configure(prometheus_port=0)
+exporter = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+with c.supervised("before"): pass
+across = c.supervised("across", heartbeat_interval=5).start()
+setup = c.configure(prometheus_port=0)
+with c.supervised("after"): pass
+live = urllib.request.urlopen(setup.prometheus_url, timeout=10).read().decode()
+across.finish()
+done = urllib.request.urlopen(setup.prometheus_url, timeout=10).read().decode()
+def value(text, name, job):
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'chaperone_job_name="{job}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+print("SPANS", sorted(s.name for s in exporter.get_finished_spans()))
+print("LIVE_HB", value(live, "chaperone_job_last_heartbeat_timestamp_seconds", "across") is not None)
+print("ACTIVE_LIVE", value(live, "chaperone_job_runs_active", "across"))
+print("ACTIVE_DONE", value(done, "chaperone_job_runs_active", "across"))
+print("STARTED", value(done, "chaperone_job_runs_started_total", "after"))
+c.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env=env, check=True)
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["SPANS"] == "['across', 'after', 'before']", out.stdout + out.stderr
+    assert lines["LIVE_HB"] == "True"
+    assert lines["ACTIVE_LIVE"] == "1.0"
+    assert lines["ACTIVE_DONE"] == "0.0"
+    assert lines["STARTED"] == "1.0"
+    assert "shutdown" not in out.stderr.lower(), out.stderr

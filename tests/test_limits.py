@@ -69,7 +69,11 @@ def test_cancel_memory_hog(fast: Capture) -> None:
     assert run.violations[0][sc.ATTR_LIMIT_VALUE] == limit
     span = run.span
     assert any(e.name == sc.EVENT_JOB_VIOLATION for e in span.events)
-    fast.tick()
+    deadline = threading.Event()
+    for _ in range(500):  # hooks run on their own thread: poll, bounded (5 s)
+        if violations:
+            break
+        deadline.wait(0.01)
     assert len(violations) == 1
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -113,6 +115,10 @@ def test_failing_hook_and_listener(production_mode: None, caplog: pytest.LogCapt
         finally:
             remove_listener(bad)
         assert cap.last_run("hooked").completed  # other listeners still got every record
+        deadline = time.monotonic() + 10  # hooks run on their own thread: poll, bounded
+        while internal_error_counts().get("hook:on_complete", 0) < 2:
+            assert time.monotonic() < deadline, internal_error_counts()
+            threading.Event().wait(0.01)
         counts = internal_error_counts()
         assert counts["listener:BadListener"] >= 4
         assert counts["hook:on_complete"] == 2

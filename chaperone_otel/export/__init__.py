@@ -9,7 +9,6 @@ create a provider and install it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from opentelemetry.sdk.trace.export import (
 from .. import semconv as sc
 from .._config import Config
 from .._safety import handle_internal_errors, record_internal_error
+from ..exceptions import ConfigurationError
 
 logger = logging.getLogger("chaperone_otel")
 
@@ -215,10 +215,6 @@ def setup(config: Config) -> Setup:
         readers.append(
             PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_endpoint(config, "metrics")))
         )
-    if config.prometheus_port is not None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
-
-        readers.append(PrometheusMetricReader())
     mp = config.meter_provider or metrics.get_meter_provider()
     if not isinstance(mp, MeterProvider):
         mp = MeterProvider(resource=resource, metric_readers=readers)
@@ -237,6 +233,7 @@ def setup(config: Config) -> Setup:
     out.meter_provider = mp
     out.metric_readers = readers
     if config.prometheus_port is not None:
+        _prometheus_reader(mp)
         out.prometheus_server, out.prometheus_url = _serve_prometheus(
             config.prometheus_host, config.prometheus_port
         )
@@ -246,6 +243,34 @@ def setup(config: Config) -> Setup:
 
         out.sink = install_sink(config.sink)
     return out
+
+
+_prometheus_readers: dict[int, tuple[Any, Any]] = {}
+
+
+def _prometheus_reader(provider: Any) -> Any:
+    """The provider's Prometheus reader, made and registered once per provider.
+
+    Its collector lives in prometheus_client's default registry for the life of the
+    provider: a second ``configure()`` only moves the HTTP server. (Shutting the reader down
+    unregisters the collector, and the provider's own shutdown at exit would then fail on a
+    second unregister; readers cannot be removed from a provider either.)
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+
+    found = _prometheus_readers.get(id(provider))
+    if found is not None and found[0] is provider:
+        return found[1]
+    reader = PrometheusMetricReader()
+    add_reader = getattr(provider, "add_metric_reader", None)
+    if add_reader is None:
+        raise ConfigurationError(
+            "prometheus_port needs an SDK MeterProvider that accepts readers "
+            "(opentelemetry-sdk >= 1.27), or pass no meter_provider"
+        )
+    add_reader(reader)
+    _prometheus_readers[id(provider)] = (provider, reader)
+    return reader
 
 
 def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
@@ -274,17 +299,18 @@ def teardown(state: Setup) -> None:
             _remove_log_processor(state.logger_provider, lproc)
     for reader in state.metric_readers:
         with handle_internal_errors("teardown.metrics"):
-            if state.meter_provider not in state.created_providers:
-                reader.shutdown()
+            reader.shutdown()
+    # Providers we installed as the OTel globals are flushed, never shut down: a global can
+    # be set only once per process, so a shut-down one would silently drop every span, log
+    # and metric after a second configure() (the next setup() adds to them instead). The
+    # SDK shuts them down itself at exit.
     with handle_internal_errors("teardown.providers"):
         for provider in state.created_providers:
-            provider.shutdown()
+            provider.force_flush()
     if state.prometheus_server is not None:
         with handle_internal_errors("teardown.prometheus"):
             state.prometheus_server.shutdown()
             state.prometheus_server.server_close()
-        with handle_internal_errors("teardown.prometheus.registry"):
-            _unregister_prometheus_collectors(state.metric_readers)
 
 
 def _remove_span_processor(provider: Any, sp: SpanProcessor) -> None:
@@ -302,13 +328,3 @@ def _remove_log_processor(provider: Any, lproc: LogRecordProcessor) -> None:
         multi._log_record_processors = tuple(  # type: ignore[union-attr]
             p for p in procs if p is not lproc
         )
-
-
-def _unregister_prometheus_collectors(readers: list[MetricReader]) -> None:
-    from prometheus_client import REGISTRY  # noqa: PLC0415
-
-    for reader in readers:
-        collector = getattr(reader, "_collector", None)
-        if collector is not None:
-            with contextlib.suppress(KeyError):
-                REGISTRY.unregister(collector)
