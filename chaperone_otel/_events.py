@@ -14,6 +14,7 @@ supervisor stays free of duckdb and the OTel SDK (STYLE.md §1).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,15 @@ def wanted(event_name: str) -> bool:
 
 
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # The parent's lock may have been held by another thread at fork: a copy held forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _listeners: tuple[RecordListener, ...] = ()
 # Derived from _listeners at (un)registration: the ``wants`` methods, each with the place
 # name its failures are counted under; None when some listener wants everything.

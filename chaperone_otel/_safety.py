@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # The parent's lock may have been held by another thread at fork: a copy held forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _counts: Counter[str] = Counter()
 _logged: set[tuple[str, str]] = set()
 _raise = False

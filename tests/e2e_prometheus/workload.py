@@ -22,9 +22,9 @@ import chaperone_otel
 from chaperone_otel import supervised
 
 
-def _forever(name: str, body: object, **options: object) -> threading.Thread:
+def _forever(name: str, body: object, *, interval: float = 1, **options: object) -> threading.Thread:
     def target() -> None:
-        with supervised(name, queue="batch", heartbeat_interval=1, **options) as run:  # type: ignore[arg-type]
+        with supervised(name, queue="batch", heartbeat_interval=interval, **options) as run:  # type: ignore[arg-type]
             body(run)  # type: ignore[operator]
 
     thread = threading.Thread(target=target, name=name, daemon=True)
@@ -65,8 +65,11 @@ def main() -> None:
     )
     print(json.dumps({"metrics": setup.prometheus_url}), flush=True)
     _forever("e2e.hung", _hung)
-    _forever("e2e.progress", _progress, timeout=3600, memory_limit="64GiB", cpu_limit=800,
-             fd_limit=1_000_000)
+    # The healthy run's lease is a few scrape intervals long, as a real one would be: with a
+    # 1 s lease and a 1 s scrape, "heartbeat age > 1 interval" is crossed by scrape timing
+    # alone (the gauge is up to one scrape plus one monitor pass old when evaluated).
+    _forever("e2e.progress", _progress, interval=3, timeout=3600, memory_limit="64GiB",
+             cpu_limit=800, fd_limit=1_000_000)
     _forever("e2e.stalled", _stalled, stall_timeout=1)
     _forever("e2e.hog", _beat, memory_limit="1MiB")
     n = 0
