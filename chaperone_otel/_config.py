@@ -14,7 +14,7 @@ heartbeat_interval     ``CHAPERONE_OTEL_HEARTBEAT_INTERVAL``       60 s
 flush_period           ``CHAPERONE_OTEL_FLUSH_PERIOD``             min(interval/4, 15 s)
 sample_interval        ``CHAPERONE_OTEL_SAMPLE_INTERVAL``          1 s
 on_limit               ``CHAPERONE_OTEL_ON_LIMIT``                 ``record``
-long_run_threshold     ``CHAPERONE_OTEL_LONG_RUN_THRESHOLD``       300 s
+long_run_threshold     ``CHAPERONE_OTEL_LONG_RUN_THRESHOLD``       120 s
 console                ``CHAPERONE_OTEL_CONSOLE``                  false
 otlp                   ``CHAPERONE_OTEL_OTLP``                     true when an OTLP endpoint
                                                                    is set, else false
@@ -109,7 +109,7 @@ class Config:
     flush_period: float | None = None
     sample_interval: float = 1.0
     on_limit: LimitPolicy = "record"
-    long_run_threshold: float = 300.0
+    long_run_threshold: float = 120.0
     console: bool = False
     otlp: bool | None = None
     otlp_endpoint: str | None = None

@@ -93,7 +93,8 @@ def configure(
         flush_period: records per run at most this often (default min(interval/4, 15 s)).
         sample_interval: resource sampling period (1 s).
         on_limit: default limit policy (``record``, ``warn``, ``cancel``).
-        long_run_threshold: runs older than this get their run id as a metric label (300 s).
+        long_run_threshold: runs older than this get their run id as a metric label (120 s;
+            keep it below 3 leases, so a stuck run is named before its alert fires).
         health: thresholds of the health rules.
         tracer_provider, meter_provider, logger_provider: use these instead of the globals.
         clock: Unix-seconds clock (tests).
