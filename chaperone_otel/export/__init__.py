@@ -217,21 +217,22 @@ def setup(config: Config) -> Setup:
         )
     mp = config.meter_provider or metrics.get_meter_provider()
     if not isinstance(mp, MeterProvider):
-        mp = MeterProvider(resource=resource, metric_readers=readers)
+        # Readers are added, not passed to the constructor, so teardown can remove them
+        # (a constructor reader is shut down again by the provider at exit).
+        mp = MeterProvider(resource=resource)
         metrics.set_meter_provider(mp)
         out.created_providers.append(mp)
-    else:
-        add_reader = getattr(mp, "add_metric_reader", None)
-        for reader in readers:
-            if add_reader is None:
-                logger.warning(
-                    "the application's MeterProvider cannot take new readers; "
-                    "add chaperone-otel's readers when you create it"
-                )
-                break
-            add_reader(reader)
+    add_reader = getattr(mp, "add_metric_reader", None)
+    for reader in readers:
+        if add_reader is None:
+            logger.warning(
+                "the application's MeterProvider cannot take new readers; "
+                "add chaperone-otel's readers when you create it"
+            )
+            break
+        add_reader(reader)
+        out.metric_readers.append(reader)
     out.meter_provider = mp
-    out.metric_readers = readers
     if config.prometheus_port is not None:
         _prometheus_reader(mp)
         out.prometheus_server, out.prometheus_url = _serve_prometheus(
@@ -297,9 +298,14 @@ def teardown(state: Setup) -> None:
             lproc.force_flush()
             lproc.shutdown()
             _remove_log_processor(state.logger_provider, lproc)
+    remove_reader = getattr(state.meter_provider, "remove_metric_reader", None)
     for reader in state.metric_readers:
         with handle_internal_errors("teardown.metrics"):
-            reader.shutdown()
+            reader.force_flush()
+            if remove_reader is not None:
+                remove_reader(reader)  # detaches and shuts it down, once
+            else:
+                reader.shutdown()
     # Providers we installed as the OTel globals are flushed, never shut down: a global can
     # be set only once per process, so a shut-down one would silently drop every span, log
     # and metric after a second configure() (the next setup() adds to them instead). The
