@@ -372,19 +372,9 @@ class SinkServer:
     async def _otlp_metrics(self, request: Request) -> Response:
         """OTLP metrics are accepted and discarded: workers that export everything to one
         endpoint must not log 404s; fleet metrics come from the store (``/metrics``)."""
-        content_type = request.headers.get("content-type")
-        guess: _otlp.Encoding = "json" if content_type and "json" in content_type else "protobuf"
-        if not self._authorized(request):
-            return self._error(
-                401,
-                "missing or wrong bearer token",
-                guess,
-                {"WWW-Authenticate": 'Bearer realm="chaperone-otel"'},
-            )
-        try:
-            encoding = _otlp.media_type(content_type)
-        except _otlp.UnsupportedMediaTypeError as e:
-            return self._error(415, str(e), guess)
+        encoding, refused = self._admit(request)
+        if refused is not None:
+            return refused
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -409,20 +399,27 @@ class SinkServer:
             headers=headers,
         )
 
-    async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
+    def _admit(self, request: Request) -> tuple[_otlp.Encoding, Response | None]:
+        """The request's encoding, or the 401/415 response that refuses it (in the
+        encoding the client most likely reads)."""
         content_type = request.headers.get("content-type")
         guess: _otlp.Encoding = "json" if content_type and "json" in content_type else "protobuf"
         if not self._authorized(request):
-            return self._error(
+            return guess, self._error(
                 401,
                 "missing or wrong bearer token",
                 guess,
                 {"WWW-Authenticate": 'Bearer realm="chaperone-otel"'},
             )
         try:
-            encoding = _otlp.media_type(content_type)
+            return _otlp.media_type(content_type), None
         except _otlp.UnsupportedMediaTypeError as e:
-            return self._error(415, str(e), guess)
+            return guess, self._error(415, str(e), guess)
+
+    async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
+        encoding, refused = self._admit(request)
+        if refused is not None:
+            return refused
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             return self._error(
