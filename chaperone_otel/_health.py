@@ -66,10 +66,15 @@ PromQL = str | _Never
 
 
 class _Names:
-    """Fresh temporary names for the generated Python source (walrus targets)."""
+    """Fresh temporary names for the generated Python source (walrus targets).
 
-    def __init__(self) -> None:
+    With ``status`` set, the source is rendered for runs known to have that status:
+    :class:`StatusIs` becomes a constant (see :meth:`Rules.verdict`).
+    """
+
+    def __init__(self, status: str | None = None) -> None:
         self._n = 0
+        self.status = status
 
     def __call__(self) -> str:
         self._n += 1
@@ -208,6 +213,8 @@ class StatusIs(Expr):
     values: tuple[str, ...]
 
     def python(self, names: _Names) -> str:
+        if names.status is not None:  # rendered for a known status: a constant
+            return repr(names.status in self.values)
         return f"(s.get('status') in {self.values!r})"
 
     def sql(self, columns: Mapping[str, str]) -> str:
@@ -343,6 +350,9 @@ class Rules:
     degraded: Expr
     healthy: Expr
     heartbeat_missed: Expr = field(repr=False)
+    _verdicts: dict[str, Callable[[Mapping[str, SignalValue], float], Health]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def health(self, signals: Mapping[str, SignalValue], now: float) -> Health:
         """The Python verdict: first of unhealthy, degraded, healthy that holds."""
@@ -353,6 +363,32 @@ class Rules:
         if self.healthy.holds(signals, now):
             return "healthy"
         return "unknown"
+
+    def verdict(self, status: str) -> Callable[[Mapping[str, SignalValue], float], Health]:
+        """:meth:`health` for runs whose ``status`` is known, as one compiled function.
+
+        The same trees rendered with ``status`` fixed (:class:`StatusIs` becomes a constant,
+        so e.g. a finished run never evaluates the heartbeat-age terms, which all require
+        ``running``), and the three predicates in one function instead of three calls, the
+        healthy one re-evaluating the other two. Every run's end pays for a verdict. Compiled
+        once per status (a handful of fixed strings) and policy; ``signals["status"]`` is
+        ignored by the result, so callers must pass the run's actual status.
+        """
+        fn = self._verdicts.get(status)
+        if fn is None:
+            names = _Names(status)
+            source = (
+                "def _verdict(s, now):\n"
+                f"    if {self.unhealthy.python(names)}:\n        return 'unhealthy'\n"
+                f"    if {self.degraded.python(names)}:\n        return 'degraded'\n"
+                f"    if {self.healthy.python(names)}:\n        return 'healthy'\n"
+                "    return 'unknown'\n"
+            )
+            namespace: dict[str, object] = {}
+            exec(compile(source, "<chaperone health verdict>", "exec"), namespace)  # noqa: S102
+            fn = cast(Callable[[Mapping[str, SignalValue], float], Health], namespace["_verdict"])
+            self._verdicts[status] = fn  # a race compiles twice, both equal: harmless
+        return fn
 
     def by_name(self, name: str) -> Expr:
         """The predicate called ``name`` (``stuck``, ``lost``, ``healthy`` …)."""

@@ -600,7 +600,8 @@ class Runtime:
                     self._flush(run, now, final=True)
                 except Exception as exc:
                     internal_error("monitor.final_flush", exc)
-            run.health = self.rules.health(run.signals(now), now)
+            # Compiled for the run's (final) status: the same rules, without the live-only terms.
+            run.health = self.rules.verdict(run.status)(run.signals(now), now)
             run.stuck = False
 
 
