@@ -96,6 +96,8 @@ class Runtime:
 
     def live_runs(self) -> Sequence[Supervision]:
         """The runs currently alive in this process."""
+        # list(dict.values()) runs in C without releasing the GIL: a consistent copy even
+        # while runs start and finish (they store and pop without this lock, see started).
         with self._lock:
             return list(self._runs.values())
 
@@ -110,8 +112,9 @@ class Runtime:
         """
         run._next_flush = run.started_at + self.config.flush_period_for(run.heartbeat_interval)
         run._wake = self._bound_wake
-        with self._lock:
-            self._runs[id(run)] = run
+        # No lock: one dict store is atomic (the GIL; per-dict locks in free-threaded
+        # builds), and every reader copies the dict in one C-level call (live_runs).
+        self._runs[id(run)] = run
         self._ledger.append((True, run.name, run.queue))
         if self._thread is None:
             self._ensure_thread()
@@ -123,8 +126,7 @@ class Runtime:
         and its duration are queued like its start. No lock on the run: it is finished,
         and the monitor never touches a finished run's heartbeat tallies.
         """
-        with self._lock:
-            self._runs.pop(id(run), None)
+        self._runs.pop(id(run), None)  # atomic, like the store in started()
         calls = run._hb_calls
         uncounted = calls - run._hb_counted
         run._hb_flushed = run._hb_counted = calls

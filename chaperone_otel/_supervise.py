@@ -1374,7 +1374,14 @@ def _call(run: Supervision, func: Callable[..., R], args: Any, kwargs: Any) -> R
             _finish_run(run, exc)
         raise
     try:
-        _deactivate((token, otel_token))
+        # _deactivate inlined for the normal return (every call of a decorated function).
+        if otel_token is not None:
+            otel_context.detach(otel_token)
+        try:
+            _current.reset(token)
+        except ValueError as error:  # exited in another context than entered
+            internal_error("run.context", error)
+            _current.set(None)
     finally:
         _finish_run(run, None)
     return result
