@@ -506,20 +506,25 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
 PROMQL_UNIVERSE: Final = sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT)
 """Every live run has this series; it stands for ``status == running``."""
 
+SIGNAL_GAUGES: Final[Mapping[str, sc.MetricSpec]] = {
+    "last_heartbeat": sc.METRIC_JOB_LAST_HEARTBEAT,
+    "started_at": sc.METRIC_JOB_STARTED_TIMESTAMP,
+    "heartbeat_interval": sc.METRIC_JOB_HEARTBEAT_INTERVAL,
+    "timeout_at": sc.METRIC_JOB_DEADLINE,
+    "stall_deadline": sc.METRIC_JOB_STALL_DEADLINE,
+    "memory": sc.METRIC_JOB_MEMORY,
+    "memory_limit": sc.METRIC_JOB_MEMORY_LIMIT,
+    "cpu": sc.METRIC_JOB_CPU,
+    "cpu_limit": sc.METRIC_JOB_CPU_LIMIT,
+    "fds": sc.METRIC_JOB_OPEN_FDS,
+    "fd_limit": sc.METRIC_JOB_FD_LIMIT,
+    "violation_count": sc.METRIC_JOB_RUN_VIOLATIONS,
+}
+"""The worker gauge that carries each health signal (alert rules and their tests use it)."""
+
 PROMQL_SIGNALS: Final[Mapping[str, PromQL]] = {
-    "last_heartbeat": sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT),
+    **{signal: spec.prometheus for signal, spec in SIGNAL_GAUGES.items()},
     # The scrape time of a live series is the last time its process was seen alive.
     "last_seen": f"timestamp({sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT)})",
-    "started_at": sc.prometheus_name(sc.METRIC_JOB_STARTED_TIMESTAMP),
-    "heartbeat_interval": sc.prometheus_name(sc.METRIC_JOB_HEARTBEAT_INTERVAL),
-    "timeout_at": sc.prometheus_name(sc.METRIC_JOB_DEADLINE),
-    "stall_deadline": sc.prometheus_name(sc.METRIC_JOB_STALL_DEADLINE),
-    "memory": sc.prometheus_name(sc.METRIC_JOB_MEMORY),
-    "memory_limit": sc.prometheus_name(sc.METRIC_JOB_MEMORY_LIMIT),
-    "cpu": sc.prometheus_name(sc.METRIC_JOB_CPU),
-    "cpu_limit": sc.prometheus_name(sc.METRIC_JOB_CPU_LIMIT),
-    "fds": sc.prometheus_name(sc.METRIC_JOB_OPEN_FDS),
-    "fd_limit": sc.prometheus_name(sc.METRIC_JOB_FD_LIMIT),
-    "violation_count": sc.prometheus_name(sc.METRIC_JOB_RUN_VIOLATIONS),
     "status": NEVER,
 }

@@ -26,7 +26,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import semconv as sc
-from .._health import DEFAULT_POLICY, PROMQL_UNIVERSE, HealthPolicy, Rules, _Never, rules
+from .._health import (
+    DEFAULT_POLICY,
+    PROMQL_UNIVERSE,
+    SIGNAL_GAUGES,
+    HealthPolicy,
+    Rules,
+    _Never,
+    rules,
+)
 
 GROUP = "chaperone-otel"
 """The rule group name (STYLE §2)."""
@@ -131,20 +139,7 @@ def _promql(rendered: str | _Never, what: str) -> str:
 
 def _live(labels: Mapping[str, str] = WORKER_LABELS, **gauges: str) -> tuple[dict[str, str], ...]:
     """Worker live-run gauges for one run group, by health-signal name."""
-    spec_of = {
-        "last_heartbeat": sc.METRIC_JOB_LAST_HEARTBEAT,
-        "heartbeat_interval": sc.METRIC_JOB_HEARTBEAT_INTERVAL,
-        "timeout_at": sc.METRIC_JOB_DEADLINE,
-        "stall_deadline": sc.METRIC_JOB_STALL_DEADLINE,
-        "memory": sc.METRIC_JOB_MEMORY,
-        "memory_limit": sc.METRIC_JOB_MEMORY_LIMIT,
-        "cpu": sc.METRIC_JOB_CPU,
-        "cpu_limit": sc.METRIC_JOB_CPU_LIMIT,
-        "fds": sc.METRIC_JOB_OPEN_FDS,
-        "fd_limit": sc.METRIC_JOB_FD_LIMIT,
-        "violation_count": sc.METRIC_JOB_RUN_VIOLATIONS,
-    }
-    return tuple(series(spec_of[k].prometheus, labels, v) for k, v in gauges.items())
+    return tuple(series(SIGNAL_GAUGES[k].prometheus, labels, v) for k, v in gauges.items())
 
 
 def alerts(

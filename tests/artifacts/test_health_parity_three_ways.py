@@ -15,8 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from chaperone_otel import semconv as sc
-from chaperone_otel._health import DEFAULT_POLICY, PREDICATES, SignalValue, rules
+from chaperone_otel._health import DEFAULT_POLICY, PREDICATES, SIGNAL_GAUGES, SignalValue, rules
 from chaperone_otel.artifacts import _yaml
 from chaperone_otel.artifacts.rules import WORKER_LABELS, series
 from chaperone_otel.sink._schema import predicate
@@ -24,19 +23,7 @@ from chaperone_otel.sink._schema import predicate
 NOW = 600.0
 STEP = 15  # promtool sample interval, seconds
 
-GAUGES = {
-    "last_heartbeat": sc.METRIC_JOB_LAST_HEARTBEAT,
-    "heartbeat_interval": sc.METRIC_JOB_HEARTBEAT_INTERVAL,
-    "timeout_at": sc.METRIC_JOB_DEADLINE,
-    "stall_deadline": sc.METRIC_JOB_STALL_DEADLINE,
-    "memory": sc.METRIC_JOB_MEMORY,
-    "memory_limit": sc.METRIC_JOB_MEMORY_LIMIT,
-    "cpu": sc.METRIC_JOB_CPU,
-    "cpu_limit": sc.METRIC_JOB_CPU_LIMIT,
-    "fds": sc.METRIC_JOB_OPEN_FDS,
-    "fd_limit": sc.METRIC_JOB_FD_LIMIT,
-    "violation_count": sc.METRIC_JOB_RUN_VIOLATIONS,
-}
+GAUGES = {k: v for k, v in SIGNAL_GAUGES.items() if k != "started_at"}  # the rules' inputs
 
 # name -> signals; last_seen is when the process last reported (the gauges' last sample).
 SCENARIOS: dict[str, dict[str, SignalValue]] = {
