@@ -53,6 +53,7 @@ from starlette.routing import BaseRoute, Route
 
 from .._version import __version__
 from ..exceptions import SinkError
+from ._query import HEALTH_SCOPES, STATUS_SCOPES, JobQuery
 
 __all__ = [
     "BackgroundServer",
@@ -65,20 +66,10 @@ __all__ = [
 ]
 
 FLAG_SCOPES: Final = (
-    "pending",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
+    *STATUS_SCOPES,
     "today",
-    "healthy",
-    "degraded",
-    "unhealthy",
-    "stuck",
-    "lost",
-    "stalled",
-    "overtime",
-    "violated",
+    # every health scope the query API has, so the HTTP API cannot fall behind it
+    *(name for name in HEALTH_SCOPES if callable(getattr(JobQuery, name, None))),
 )
 """Scopes without an argument, accepted as ``scope=NAME`` (repeatable)."""
 
