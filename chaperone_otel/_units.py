@@ -1,14 +1,17 @@
-"""Parsing of human units: ``"512MiB"`` memory sizes and ``"5m"`` durations.
+"""Parsing of human units: ``"512MiB"`` memory sizes, ``"5m"`` durations, ISO 8601 times.
 
-Both raise :class:`~chaperone_otel.exceptions.ConfigurationError` with the accepted forms, so
-a typo in a decorator argument fails at decoration time, not at the first sample.
+Sizes and durations raise :class:`~chaperone_otel.exceptions.ConfigurationError` with the
+accepted forms, so a typo in a decorator argument fails at decoration time, not at the first
+sample. ISO times parse with Python 3.11's grammar on 3.10 too (``Z``, ``.5``, basic forms).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+import sys
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
 
 from .exceptions import ConfigurationError
 
@@ -71,3 +74,65 @@ def parse_duration(value: float | int | str | timedelta, *, what: str = "timeout
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(f"{what} must be a positive duration, got {value!r}")
     return seconds
+
+
+# ISO 8601 as Python 3.11's datetime.fromisoformat reads it: calendar or week date, extended
+# or basic; optional time after one non-digit separator (``T``, space); fraction with ``.`` or
+# ``,``; offset ``Z`` or ``±HH[[:]MM[[:]SS[.ffffff]]]``.
+_ISO_DATETIME = re.compile(
+    r"(?P<year>\d{4})"
+    r"(?:-(?P<month>\d{2})-(?P<day>\d{2})|(?P<bmonth>\d{2})(?P<bday>\d{2})"
+    r"|-?W(?P<week>\d{2})(?:-?(?P<weekday>\d))?)"
+    r"(?:[^0-9](?P<time>"
+    r"(?P<hour>\d{2})(?:(?P<tsep>:?)(?P<minute>\d{2})(?:(?P=tsep)(?P<second>\d{2})"
+    r"(?:[.,](?P<fraction>\d+))?)?)?"
+    r"(?P<offset>Z|[+-]\d{2}(?:(?P<osep>:?)\d{2}(?:(?P=osep)\d{2}(?:\.\d{1,6})?)?)?)?))?",
+)
+
+
+def _fromisoformat_backport(text: str) -> datetime:
+    """``datetime.fromisoformat`` with Python 3.11's grammar, for Python 3.10.
+
+    3.10 reads only what ``isoformat()`` writes: it rejects the ``Z`` suffix, short fractions
+    (``.5``) and basic forms (``20240501T1200``) that users paste and that 3.11 accepts.
+    """
+    m = _ISO_DATETIME.fullmatch(text)
+    if m is None:
+        raise ValueError(f"Invalid isoformat string: {text!r}")
+    year = int(m["year"])
+    if m["week"] is not None:
+        day = date.fromisocalendar(year, int(m["week"]), int(m["weekday"] or 1))
+    else:
+        day = date(year, int(m["month"] or m["bmonth"]), int(m["day"] or m["bday"]))
+    fraction = (m["fraction"] or "")[:6].ljust(6, "0")
+    tz: timezone | None = None
+    offset = m["offset"]
+    if offset == "Z":
+        tz = timezone.utc
+    elif offset:
+        digits = offset[1:].replace(":", "")  # HH[MM[SS[.ffffff]]]
+        delta = timedelta(
+            hours=int(digits[:2]),
+            minutes=int(digits[2:4] or 0),
+            seconds=int(digits[4:6] or 0),
+            microseconds=int(digits[7:].ljust(6, "0")),
+        )
+        tz = timezone(-delta if offset[0] == "-" else delta)
+    return datetime(
+        day.year,
+        day.month,
+        day.day,
+        int(m["hour"] or 0),
+        int(m["minute"] or 0),
+        int(m["second"] or 0),
+        int(fraction),
+        tzinfo=tz,
+    )
+
+
+parse_iso_datetime: Callable[[str], datetime]
+"""A datetime from ISO 8601 text, with 3.11's grammar on every supported Python."""
+if sys.version_info >= (3, 11):
+    parse_iso_datetime = datetime.fromisoformat
+else:
+    parse_iso_datetime = _fromisoformat_backport

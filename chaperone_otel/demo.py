@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,7 @@ def _row(run: Supervision) -> _Row:
         progress=s.percent,
         phase=s.phase,
         eta=s.eta,
-        last_heartbeat_at=datetime.fromtimestamp(s.last_heartbeat, UTC),
+        last_heartbeat_at=datetime.fromtimestamp(s.last_heartbeat, timezone.utc),
         heartbeat_interval=s.heartbeat_interval,
         memory_bytes=s.memory,
         cpu_percent=s.cpu_percent,
@@ -620,7 +620,7 @@ def run_demo(
     board = _Board()
     messages: list[str] = []
     board.log = messages.append
-    started_at = datetime.now(UTC)
+    started_at = datetime.now(timezone.utc)
     started = time.monotonic()
     pace = 8.0 if duration is None else min(12.0, max(1.5, duration / 5))
     deadline = None if duration is None else started + duration

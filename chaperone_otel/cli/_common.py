@@ -13,14 +13,14 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from .._units import parse_bytes, parse_duration
+from .._units import parse_bytes, parse_duration, parse_iso_datetime
 from ..exceptions import ChaperoneError, ConfigurationError, SinkError
 
 if TYPE_CHECKING:
@@ -199,11 +199,11 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
         text = str(value).strip()
         if _ISO.match(text):
             try:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                moment = parse_iso_datetime(text)
             except ValueError:
                 self.fail(f"{value!r} is not an ISO date/time (e.g. 2024-05-01T12:00)", param, ctx)
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
+                moment = moment.replace(tzinfo=timezone.utc)
             return moment
         try:
             seconds = parse_duration(text, what="since")
@@ -214,7 +214,7 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
                 param,
                 ctx,
             )
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 class BytesType(click.ParamType):  # type: ignore[type-arg]

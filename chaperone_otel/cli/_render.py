@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from rich import box
@@ -56,7 +56,7 @@ JOB_COLUMNS = (
 
 
 def now_utc() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -397,7 +397,7 @@ def _num(value: Any) -> str:
 def _iso(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------------------------

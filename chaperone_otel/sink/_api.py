@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .._units import parse_iso_datetime
 from .._version import __version__
 from ..exceptions import SinkError
 from ._query import HEALTH_SCOPES, STATUS_SCOPES, JobQuery
@@ -94,7 +95,7 @@ class _BadRequest(ValueError):
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
+            value = value.replace(tzinfo=dt.timezone.utc)
         return value.isoformat()
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
@@ -139,13 +140,13 @@ class _JSON(JSONResponse):
 
 def _time(value: str) -> dt.datetime | str:
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parse_iso_datetime(value)
     except ValueError:
         try:
-            return dt.datetime.fromtimestamp(float(value), dt.UTC)
+            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
         except ValueError:
             return value  # "1h", "30d": the scope parses it
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _number(value: str) -> int | float | str:

@@ -31,7 +31,7 @@ failure rolls the whole batch back (the deleted rows come back with it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 import pyarrow as pa
@@ -138,7 +138,7 @@ class WriteResult:
 
 def utc_now_naive() -> datetime:
     """Current UTC time as a naive datetime (the store's TIMESTAMP convention)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
@@ -469,4 +469,4 @@ def merge_jobs(
 def _naive(epoch: float | None, pad: float) -> datetime | None:
     if epoch is None or not 0 <= epoch <= _MAX_EPOCH:
         return None
-    return datetime.fromtimestamp(epoch + pad, UTC).replace(tzinfo=None)
+    return datetime.fromtimestamp(epoch + pad, timezone.utc).replace(tzinfo=None)

@@ -26,12 +26,12 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Final
 
 from .._health import DEFAULT_POLICY, PREDICATES, HealthPolicy
 from .._supervise import _qualified_name
-from .._units import parse_bytes, parse_duration
+from .._units import parse_bytes, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError, SinkError
 from ._schema import health_case, predicate
 
@@ -62,9 +62,9 @@ def _utc(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        value = parse_iso_datetime(value)
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
     raise TypeError(f"not a timestamp: {value!r}")
 
 
@@ -338,20 +338,20 @@ def _to_epoch(value: Any, what: str) -> float:
         return float(value)
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = parse_iso_datetime(value)
         except ValueError as e:
             raise ConfigurationError(
                 f"{what}={value!r} is not a time: use a datetime, Unix seconds or ISO 8601"
             ) from e
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
+            value = value.replace(tzinfo=timezone.utc)
         return float(value.timestamp())
     raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
 
 
 def _naive_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
+    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
 
 
 def _require_str(value: Any, what: str) -> str:
@@ -544,7 +544,7 @@ class JobQuery:
 
     def today(self) -> JobQuery:
         """Runs started since midnight UTC of the evaluation day."""
-        now = datetime.fromtimestamp(self.now, UTC)
+        now = datetime.fromtimestamp(self.now, timezone.utc)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return self._with("started_between", midnight.timestamp(), None)
 

@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import timezone
 from typing import Any, Final
 
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
@@ -275,4 +275,4 @@ def require_current(con: Any, path: str) -> None:
 def _utc_now_text() -> str:
     from datetime import datetime  # noqa: PLC0415
 
-    return datetime.now(UTC).replace(tzinfo=None).isoformat()
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()

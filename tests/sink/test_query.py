@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
@@ -106,13 +106,16 @@ def test_value_scopes(jobs):
     assert ids(jobs.on_queue("high")) == {"stuck", "hog"}
     assert ids(jobs.with_id("failed")) == {"failed"}
     assert ids(jobs.between(T0 + 50, T0 + 250)) == {"done", "failed"}
-    start = datetime.fromtimestamp(T0 + 50, UTC)
+    start = datetime.fromtimestamp(T0 + 50, timezone.utc)
     assert ids(jobs.between(start, start + timedelta(seconds=200))) == {"done", "failed"}
     assert ids(jobs.between(start.replace(tzinfo=None).isoformat(), T0 + 250)) == {
         "done", "failed"}
+    # "Z" and a short fraction: ISO text as users paste it, read the same on Python 3.10.
+    zulu = start.isoformat(timespec="milliseconds").replace(".000+00:00", ".0Z")
+    assert ids(jobs.between(zulu, T0 + 250)) == {"done", "failed"}
     assert ids(jobs.since("10m")) == RUNNING | {"pending"}
     assert ids(jobs.since(timedelta(days=2))) == ids(jobs)
-    assert ids(jobs.since(datetime.fromtimestamp(NOW - 10, UTC))) == {"pending"}
+    assert ids(jobs.since(datetime.fromtimestamp(NOW - 10, timezone.utc))) == {"pending"}
     assert ids(jobs.memory_above("512MiB")) == {"hog"}
     assert ids(jobs.memory_above(50 * MiB)) == {"hog", "healthy"}
     assert ids(jobs.cpu_above(80)) == {"hog"}
@@ -240,8 +243,8 @@ def test_seed_accessing_job_details(store_path):
         job = sink.jobs.at(NOW).with_id("done").first()
         assert isinstance(job, JobRecord)
         assert (job.name, job.queue, job.status) == (DATASET, "default", "completed")
-        assert job.started_at == datetime.fromtimestamp(T0 + 100, UTC)
-        assert job.finished_at == datetime.fromtimestamp(T0 + 120, UTC)
+        assert job.started_at == datetime.fromtimestamp(T0 + 100, timezone.utc)
+        assert job.finished_at == datetime.fromtimestamp(T0 + 120, timezone.utc)
         assert job.duration == 20.0
         assert job.progress == 100.0
         assert job.is_healthy()
