@@ -41,7 +41,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, cast
+from typing import Final, Literal, TypeAlias, cast
 
 from . import semconv as sc
 from .exceptions import ConfigurationError
@@ -50,6 +50,9 @@ Health = Literal["healthy", "degraded", "unhealthy", "unknown"]
 """The judged health of a run. ``unknown`` is a pending run (nothing to judge yet)."""
 
 SignalValue = float | str | None
+
+Folded: TypeAlias = "Expr | float | str | bool | None"
+"""What :meth:`Expr.fold` gives: a constant when decided, else a residual expression."""
 
 
 class _Never:
@@ -96,6 +99,17 @@ class Expr:
         """PromQL over the worker's live-run gauges."""
         raise NotImplementedError
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        """Partial evaluation: this node with the ``known`` signals substituted.
+
+        A fully decided node folds to a constant (``True``/``False`` for a condition, a
+        number, a string or ``None`` for a value); one that still depends on an unknown
+        signal or on ``now`` folds to itself. The semantics are those of :meth:`holds`
+        (NULL: a comparison with ``None`` is false), so a condition that folds to a
+        constant is that constant for *every* value of the unknown signals.
+        """
+        raise NotImplementedError
+
     @functools.cached_property
     def _compiled(self) -> Callable[[Mapping[str, SignalValue], float], object]:
         # The Python rendering is compiled once: evaluating the tree node by node cost
@@ -127,6 +141,9 @@ class Signal(Expr):
     def promql(self) -> PromQL:
         return PROMQL_SIGNALS[self.name]
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        return known.get(self.name, self)
+
 
 @dataclass(frozen=True)
 class Now(Expr):
@@ -138,6 +155,9 @@ class Now(Expr):
 
     def promql(self) -> PromQL:
         return "time()"
+
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        return self
 
 
 @dataclass(frozen=True)
@@ -152,6 +172,9 @@ class Const(Expr):
 
     def promql(self) -> PromQL:
         return repr(float(self.value))
+
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        return float(self.value)
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,18 @@ class Arith(Expr):
             return NEVER
         return f"({a} {self.op} {b})"
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        a, b = self.left.fold(known), self.right.fold(known)
+        if a is None or b is None:
+            return None
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if self.op == "-":
+                return a - b
+            if self.op == "*":
+                return a * b
+            return a / b if b else None
+        return self
+
 
 @dataclass(frozen=True)
 class Compare(Expr):
@@ -205,6 +240,16 @@ class Compare(Expr):
             return NEVER
         return f"({a} {self.op} {b})"
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        a, b = self.left.fold(known), self.right.fold(known)
+        if a is None or b is None:
+            return False
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if self.op == ">":
+                return a > b
+            return a >= b if self.op == ">=" else a <= b
+        return self
+
 
 @dataclass(frozen=True)
 class StatusIs(Expr):
@@ -223,6 +268,9 @@ class StatusIs(Expr):
 
     def promql(self) -> PromQL:
         return PROMQL_UNIVERSE if "running" in self.values else NEVER
+
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        return known["status"] in self.values if "status" in known else self
 
 
 @dataclass(frozen=True)
@@ -255,6 +303,16 @@ class All(Expr):
             expr = f"({expr}) unless {neg}"
         return f"({expr})"
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        decided = True
+        for term in self.terms:
+            value = term.fold(known)
+            if value is False:
+                return False
+            if value is not True:
+                decided = False
+        return True if decided else self
+
 
 @dataclass(frozen=True)
 class AnyOf(Expr):
@@ -273,6 +331,16 @@ class AnyOf(Expr):
             return NEVER
         return "(" + " or ".join(rendered) + ")"
 
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        decided = True
+        for term in self.terms:
+            value = term.fold(known)
+            if value is True:
+                return True
+            if value is not False:
+                decided = False
+        return False if decided else self
+
 
 @dataclass(frozen=True)
 class Not(Expr):
@@ -288,6 +356,12 @@ class Not(Expr):
 
     def promql(self) -> PromQL:
         raise ValueError("Not() renders to PromQL only inside All() (as 'unless')")
+
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        value = self.term.fold(known)
+        if value is True or value is False:
+            return not value
+        return self
 
 
 def _sig(name: str) -> Signal:
@@ -353,6 +427,9 @@ class Rules:
     _verdicts: dict[str, Callable[[Mapping[str, SignalValue], float], Health]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _settled: dict[tuple[str, frozenset[str]], Health | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def health(self, signals: Mapping[str, SignalValue], now: float) -> Health:
         """The Python verdict: first of unhealthy, degraded, healthy that holds."""
@@ -389,6 +466,42 @@ class Rules:
             fn = cast(Callable[[Mapping[str, SignalValue], float], Health], namespace["_verdict"])
             self._verdicts[status] = fn  # a race compiles twice, both equal: harmless
         return fn
+
+    def settled(self, status: str, absent: frozenset[str]) -> Health | None:
+        """The verdict of every run with ``status``, no violation and the ``absent``
+        signals missing, when the rules decide it without looking at anything else.
+
+        Found by folding the same three trees :meth:`verdict` compiles (:meth:`Expr.fold`),
+        not by a second copy of the rules: a completed run without limits, timeout or stall
+        budget is ``healthy`` whatever its heartbeats and samples were, and a failed run is
+        ``unhealthy``. ``None`` when the verdict depends on the run's values (a completed run
+        with a memory limit may have ended near it). Cached per (status, absent): the common
+        run's end then costs a dict lookup instead of building its signals and judging them.
+        """
+        key = (status, absent)
+        try:
+            return self._settled[key]
+        except KeyError:
+            pass
+        known: dict[str, SignalValue] = dict.fromkeys(absent)
+        known["status"] = status
+        known["violation_count"] = 0.0
+        result: Health | None = None
+        for verdict, expr in (
+            ("unhealthy", self.unhealthy),
+            ("degraded", self.degraded),
+            ("healthy", self.healthy),
+        ):
+            value = expr.fold(known)
+            if value is True:
+                result = cast(Health, verdict)
+                break
+            if value is not False:  # undecided: the run's values matter
+                break
+        else:
+            result = "unknown"
+        self._settled[key] = result  # a race computes twice, both equal: harmless
+        return result
 
     def by_name(self, name: str) -> Expr:
         """The predicate called ``name`` (``stuck``, ``lost``, ``healthy`` …)."""

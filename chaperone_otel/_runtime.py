@@ -110,7 +110,6 @@ class Runtime:
         pass or collection (:meth:`_drain`), so a run pays one ``deque.append`` instead of
         building label dicts and taking counter locks (~5 us a run on the job's thread).
         """
-        run._next_flush = run.started_at + self.config.flush_period_for(run.heartbeat_interval)
         run._wake = self._bound_wake
         # No lock: one dict store is atomic (the GIL; per-dict locks in free-threaded
         # builds), and every reader copies the dict in one C-level call (live_runs).
@@ -602,8 +601,13 @@ class Runtime:
                     self._flush(run, now, final=True)
                 except Exception as exc:
                     internal_error("monitor.final_flush", exc)
-            # Compiled for the run's (final) status: the same rules, without the live-only terms.
-            run.health = self.rules.verdict(run.status)(run.signals(now), now)
+            # Most endings are settled by the rules alone (a completed run without violations
+            # is healthy whatever its samples were): a dict lookup. Otherwise the verdict
+            # compiled for the run's final status, without the live-only terms.
+            health = None if run.violations else self.rules.settled(run.status, run._absent)
+            if health is None:
+                health = self.rules.verdict(run.status)(run.signals(now), now)
+            run.health = health
             run.stuck = False
 
 

@@ -183,6 +183,7 @@ class Supervision:
     """
 
     __slots__ = (
+        "_absent",
         "_cancel",
         "_clock",
         "_cpu_clock",
@@ -247,12 +248,16 @@ class Supervision:
     )
 
     def __init__(
-        self, spec: _Spec, config: Config, *, run_id: str | None = None, attempt: int | None = None
+        self,
+        spec: _Spec,
+        static: _Static,
+        *,
+        run_id: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         # Every slot is set here (a slot has no class-level default); what only depends on
-        # the spec and the configuration comes precomputed from _static().
-        static = _static(spec, config)
-        self._clock = clock = config.clock
+        # the spec and the configuration comes precomputed in ``static`` (see _static()).
+        self._clock = clock = static.config.clock
         self.id = run_id or spec.supervision_id or _uuid4()
         self.name = static.name
         self.queue = static.queue
@@ -266,6 +271,7 @@ class Supervision:
         self.on_limit: str = static.on_limit
         self.attributes = dict(spec.attributes) if spec.attributes else {}
         self.hooks = static.hooks
+        self._absent = static.absent
         self.status = "pending"
         now = clock()
         self.started_at = now
@@ -308,9 +314,9 @@ class Supervision:
         self._wake: Callable[[], None] = _noop
         self.span: Span = trace.INVALID_SPAN
         self.otel_context: otel_context.Context | None = None
-        # The monitor's memory of this run between passes (Runtime.started sets the first
-        # flush time; only the monitor, or the finishing thread under the lock, writes them).
-        self._next_flush = math.inf
+        # The monitor's memory of this run between passes (only the monitor, or the
+        # finishing thread under the lock, writes them).
+        self._next_flush = now + static.flush_period
         self._flushed_progress_at = now
         self._decile = 0
         self._flushed_phase: str | None = None
@@ -922,13 +928,24 @@ class _Static:
     """What a run's start derives from its spec and the configuration alone, computed once
     per (spec, configuration) instead of at every run (see :func:`_static`)."""
 
-    __slots__ = ("config", "heartbeat_interval", "hooks", "name", "on_limit", "queue", "tail")
+    __slots__ = (
+        "absent",
+        "config",
+        "flush_period",
+        "heartbeat_interval",
+        "hooks",
+        "name",
+        "on_limit",
+        "queue",
+        "tail",
+    )
 
     def __init__(self, spec: _Spec, config: Config) -> None:
         self.config = config
         self.name = cast(str, spec.name)
         self.queue = spec.queue or "default"
         self.heartbeat_interval = spec.heartbeat_interval or config.heartbeat_interval
+        self.flush_period = config.flush_period_for(self.heartbeat_interval)
         self.on_limit: str = spec.on_limit or config.on_limit
         self.hooks = (
             config.hooks.merged(spec.hooks)
@@ -951,6 +968,15 @@ class _Static:
         for key, user_value in spec.attributes.items():
             tail[sc.ATTR_USER_PREFIX + key] = user_value
         self.tail = tail
+        # The health signals no run of this spec has (see Rules.settled).
+        optional_signals: tuple[tuple[str, float | None], ...] = (
+            ("timeout_at", spec.timeout),
+            ("stall_deadline", spec.stall_timeout),
+            ("memory_limit", spec.memory_limit),
+            ("cpu_limit", spec.cpu_limit),
+            ("fd_limit", spec.fd_limit),
+        )
+        self.absent = frozenset(name for name, value in optional_signals if value is None)
 
 
 def _static(spec: _Spec, config: Config) -> _Static:
@@ -995,7 +1021,8 @@ def _start_run(
     free until something fails, where a guard object costs on every run.
     """
     config = get_config()
-    run = Supervision(spec, config, run_id=run_id, attempt=attempt)
+    static = _static(spec, config)
+    run = Supervision(spec, static, run_id=run_id, attempt=attempt)
     rt = _runtime()
     try:
         provider = spec.tracer_provider or config.tracer_provider or trace.get_tracer_provider()
@@ -1006,7 +1033,7 @@ def _start_run(
             sc.ATTR_JOB_ATTEMPT: run.attempt,
             sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
         }
-        tail = _static(spec, config).tail
+        tail = static.tail
         if tail:
             if run.timeout_at is not None:
                 start_attrs[sc.ATTR_JOB_TIMEOUT] = tail[sc.ATTR_JOB_TIMEOUT]

@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chaperone_otel import HealthPolicy, JobState, supervised
 from chaperone_otel import semconv as sc
@@ -170,6 +172,76 @@ def test_rule_table_python(
     assert r.health(signals, now) == health, name
     assert r.stuck.holds(signals, now) is stuck, name
     assert r.lost.holds(signals, now) is lost, name
+
+
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_OPTIONAL = ("timeout_at", "stall_deadline", "memory_limit", "cpu_limit", "fd_limit")
+
+
+@st.composite
+def _signals(draw: st.DrawFn) -> dict[str, float | str | None]:
+    now = 1000.0
+    maybe = st.none() | st.floats(0, 2000)
+    return {
+        "status": draw(st.sampled_from(_STATUSES)),
+        "started_at": draw(st.floats(0, now)),
+        "last_heartbeat": draw(maybe),
+        "last_seen": draw(maybe),
+        "heartbeat_interval": draw(st.sampled_from([0.5, 10.0, 60.0])),
+        "timeout_at": draw(maybe),
+        "stall_deadline": draw(maybe),
+        "memory": draw(maybe),
+        "memory_limit": draw(st.none() | st.floats(0, 2000)),
+        "cpu": draw(maybe),
+        "cpu_limit": draw(st.none() | st.floats(0, 200)),
+        "fds": draw(maybe),
+        "fd_limit": draw(st.none() | st.sampled_from([0.0, 10.0, 100.0])),
+        "violation_count": draw(st.sampled_from([0, 0, 1, 3])),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(_signals(), st.sets(st.sampled_from(_OPTIONAL)))
+def test_folding_agrees_with_evaluation(
+    signals: dict[str, float | str | None], absent: set[str]
+) -> None:
+    """Partial evaluation never contradicts full evaluation: a predicate that folds to a
+    constant holds exactly when it folds to True, whatever the unknown signals are; and a
+    settled verdict is the verdict the compiled rules give."""
+    now = 1000.0
+    for name in absent:
+        signals[name] = None
+    r = rules(DEFAULT_POLICY)
+    known: dict[str, float | str | None] = {"status": signals["status"]}
+    known.update((name, None) for name in absent)
+    if signals["violation_count"] == 0:
+        known["violation_count"] = 0.0
+    for name in ("unhealthy", "degraded", "healthy", "stuck", "lost", "stalled", "near_limit"):
+        expr = r.by_name(name)
+        folded = expr.fold(known)
+        if folded is True or folded is False:
+            assert expr.holds(signals, now) is folded, (name, signals)
+    status = str(signals["status"])
+    verdict = r.verdict(status)(signals, now)
+    assert verdict == r.health(signals, now)
+    if signals["violation_count"] == 0:
+        settled = r.settled(status, frozenset(absent))
+        if settled is not None:
+            assert settled == verdict, (settled, signals)
+
+
+def test_settled_verdicts_of_ordinary_endings() -> None:
+    """The verdicts a finishing run gets without building its signals (Rules.settled)."""
+    r = rules(DEFAULT_POLICY)
+    none = frozenset(_OPTIONAL)
+    assert r.settled("completed", none) == "healthy"
+    assert r.settled("cancelled", none) == "healthy"
+    assert r.settled("failed", none) == "unhealthy"
+    assert r.settled("pending", none) == "unknown"
+    # A limit does not change a finished run's verdict (near-limit is a live-run rule)...
+    assert r.settled("completed", frozenset()) == "healthy"
+    # ...but a running run's verdict depends on its heartbeat age: never settled.
+    assert r.settled("running", none) is None
 
 
 def test_policy_validation_and_custom_thresholds() -> None:
