@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._safety import handle_internal_errors, internal_error
+from ._safety import internal_error
 
 AttributeValue = str | bool | int | float | Sequence[str]
 
@@ -59,29 +59,39 @@ class RecordListener(Protocol):
         """Handle one record. Exceptions are swallowed and counted, never reach the job."""
 
 
-def wanted(event_name: str) -> bool:
-    """True if some listener will use a record of this kind.
+Receiver = tuple[str, Callable[[LifecycleRecord], None]]
+"""A listener's ``on_record``, with the place name its failures are counted under."""
+
+
+def receivers(event_name: str) -> tuple[Receiver, ...]:
+    """The listeners that will use a record of this kind (empty: build nothing).
 
     A listener may define ``wants(event_name) -> bool`` (the OTel writer asks its logger's
     ``enabled()``); one without it wants everything. Runs skip building records nobody
-    consumes — the full-state attribute dict is the costliest part of a run's start and end.
+    consumes — the full-state attribute dict is the costliest part of a run's start and
+    end — and :func:`publish` delivers a record only to the listeners that wanted it, so a
+    listener is asked once per record, not once here and again in its ``on_record``.
 
-    Asked again for every record, never cached per run: the logs API documents that
-    ``enabled()`` may change its answer at any time (a processor added, a logger
-    reconfigured), so its callers must ask each time they would emit. What is cached is
-    which listeners have a ``wants()`` (at registration), so a call is one loop over bound
-    methods with a ``try`` that costs nothing until a listener fails.
+    Asked again for every record, never cached: the logs API documents that ``enabled()``
+    may change its answer at any time (a processor added, a logger reconfigured), so its
+    callers must ask each time they would emit. What is cached is the registry's shape (at
+    registration), so the common cases cost one loop over a tuple, with a ``try`` that costs
+    nothing until a listener fails.
     """
-    wanting = _wants  # one read: registration may replace it concurrently
-    if wanting is None:
-        return True
-    for where, wants in wanting:
-        try:
-            if wants(event_name):
-                return True
-        except Exception as exc:
-            internal_error(where, exc)
-    return False
+    nobody_asks, everyone, entries = _registry  # one read: registration replaces it whole
+    if nobody_asks:
+        return everyone
+    wanting: list[Receiver] = []
+    for where, wants, on_record in entries:
+        if wants is not None:
+            try:
+                if not wants(event_name):
+                    continue
+            except Exception as exc:
+                internal_error(where, exc)
+                continue
+        wanting.append((where, on_record))
+    return tuple(wanting)
 
 
 _lock = threading.Lock()
@@ -95,21 +105,19 @@ def _new_lock_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 _listeners: tuple[RecordListener, ...] = ()
-# Derived from _listeners at (un)registration: the ``wants`` methods, each with the place
-# name its failures are counted under; None when some listener wants everything.
-_wants: tuple[tuple[str, Callable[[str], object]], ...] | None = ()
+_Entry = tuple[str, Callable[[str], object] | None, Callable[[LifecycleRecord], None]]
+# Derived from _listeners at (un)registration, in one tuple so a reader gets a consistent
+# view in one read: (no listener has wants(), every receiver, (where, wants, on_record)...).
+_registry: tuple[bool, tuple[Receiver, ...], tuple[_Entry, ...]] = (True, (), ())
 
 
 def _derive() -> None:
-    global _wants
-    wants: list[tuple[str, Callable[[str], object]]] = []
-    for listener in _listeners:
-        method = getattr(listener, "wants", None)
-        if method is None:
-            _wants = None
-            return
-        wants.append((f"listener:{type(listener).__name__}", method))
-    _wants = tuple(wants)
+    global _registry
+    entries = tuple(
+        (f"listener:{type(x).__name__}", getattr(x, "wants", None), x.on_record) for x in _listeners
+    )
+    everyone = tuple((where, on_record) for where, _, on_record in entries)
+    _registry = (all(wants is None for _, wants, _ in entries), everyone, entries)
 
 
 def add_listener(listener: RecordListener) -> None:
@@ -136,8 +144,11 @@ def listeners() -> tuple[RecordListener, ...]:
     return _listeners
 
 
-def publish(record: LifecycleRecord) -> None:
-    """Deliver ``record`` to every listener; one failing listener does not stop the others."""
-    for listener in _listeners:  # a tuple snapshot: registration may change concurrently
-        with handle_internal_errors(f"listener:{type(listener).__name__}"):
-            listener.on_record(record)
+def publish(record: LifecycleRecord, to: tuple[Receiver, ...] | None = None) -> None:
+    """Deliver ``record`` to ``to`` (what :func:`receivers` gave for its event), by default
+    to every listener that wants it; one failing listener does not stop the others."""
+    for where, on_record in receivers(record.event_name) if to is None else to:
+        try:
+            on_record(record)
+        except Exception as exc:
+            internal_error(where, exc)

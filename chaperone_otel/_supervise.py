@@ -60,7 +60,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import semconv as sc
 from ._config import LIMIT_POLICIES, Config, Hooks, LimitPolicy, get_config, validate_interval
-from ._events import AttributeValue, LifecycleRecord, publish, wanted
+from ._events import AttributeValue, LifecycleRecord, Receiver, publish, receivers
 from ._health import Health, SignalValue
 from ._resources import thread_cpu_clock
 from ._safety import internal_error
@@ -714,9 +714,21 @@ class Supervision:
         body: str = "",
     ) -> None:
         """Publish one lifecycle record with the run's full state (telemetry-safe)."""
+        to = receivers(event_name)
+        if to:
+            self._publish(to, event_name, now, severity, extra, body)
+
+    def _publish(
+        self,
+        to: tuple[Receiver, ...],
+        event_name: str,
+        now: float,
+        severity: str = "INFO",
+        extra: Mapping[str, AttributeValue] | None = None,
+        body: str = "",
+    ) -> None:
+        """:meth:`emit` to the listeners ``to`` that want it (the caller asked ``receivers``)."""
         try:
-            if not wanted(event_name):
-                return
             attributes = self.record_attributes(now)
             if extra:
                 attributes.update(extra)
@@ -731,7 +743,8 @@ class Supervision:
                     severity=severity,
                     body=body or f"{self.name} {event_name.rsplit('.', 1)[-1]}",
                     context=self.otel_context,
-                )
+                ),
+                to,
             )
         except Exception as exc:
             internal_error(f"emit:{event_name}", exc)
@@ -1053,7 +1066,9 @@ def _start_run(
         run._cpu_clock = _thread_cpu_clock()
     run.status = "running"
     rt.started(run)
-    run.emit(sc.EVENT_JOB_STARTED, run.started_at)
+    to = receivers(sc.EVENT_JOB_STARTED)
+    if to:
+        run._publish(to, sc.EVENT_JOB_STARTED, run.started_at)
     return run
 
 
@@ -1078,6 +1093,7 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
     except Exception as error:
         internal_error("run.clock", error)
         now = time.time()
+    rt = _runtime()
     with run._lock:
         if run.finished_at is not None:
             return
@@ -1091,11 +1107,17 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
                 run.error_message = _safe_str(exc)
                 if run.status == "failed":
                     run.error_stacktrace = _safe_traceback(exc)
-    rt = _runtime()
+        try:
+            rt.judge(run, now)  # in the same locked section: the monitor sees it judged
+        except Exception as error:
+            internal_error("run.judge", error)
     span = run.span
     try:
-        rt.judge(run, now)
-        run.emit(sc.EVENT_JOB_FINISHED, now, severity="ERROR" if run.status == "failed" else "INFO")
+        to = receivers(sc.EVENT_JOB_FINISHED)
+        if to:
+            run._publish(
+                to, sc.EVENT_JOB_FINISHED, now, "ERROR" if run.status == "failed" else "INFO"
+            )
         if span.is_recording():
             # One set_attributes call (the SDK validates per call), and only what the span's
             # own fields (start, end, status) do not already say.

@@ -8,13 +8,15 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel import supervised
-from chaperone_otel._events import add_listener, remove_listener
+from chaperone_otel._events import LifecycleRecord, add_listener, remove_listener
 from chaperone_otel._resources import ProcessSampler
 from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
 from chaperone_otel.testing import Capture, capture
@@ -197,3 +199,50 @@ def test_run_finishes_even_when_its_exception_cannot_be_printed(production_mode:
         assert "str() failed" in str(run.latest[sc.ATTR_ERROR_MESSAGE])
         assert run.span is not None  # the span was ended and exported
         assert runtime().live_runs() == []
+
+
+class _StartedOnlyFilter(SimpleLogRecordProcessor):
+    """A processor that filters by event name through the logs API's ``enabled()``."""
+
+    def enabled(self, *, event_name: str | None = None, **_: object) -> bool:  # type: ignore[override]
+        return event_name != sc.EVENT_JOB_STARTED
+
+
+def test_records_go_only_to_listeners_that_want_them(production_mode: None) -> None:
+    """The logger's enabled() decides per record: a processor declining started records
+    gets the finished one only; a listener without wants() gets both; a wants() that
+    raises is counted and leaves the other listeners their records."""
+    exporter = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(_StartedOnlyFilter(exporter))
+
+    class Everything:
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def on_record(self, record: LifecycleRecord) -> None:
+            self.events.append(record.event_name)
+
+    class BrokenWants(Everything):
+        def wants(self, event_name: str) -> bool:
+            raise RuntimeError("wants broken")
+
+    everything, broken = Everything(), BrokenWants()
+    with capture(raise_internal_errors=False, logger_provider=logger_provider):
+        add_listener(everything)
+        add_listener(broken)
+        try:
+
+            @supervised(name="filtered")
+            def job() -> int:
+                return 1
+
+            assert job() == 1
+            assert internal_error_counts()["listener:BrokenWants"] == 2
+        finally:
+            remove_listener(everything)
+            remove_listener(broken)
+    exported = [r.log_record.event_name for r in exporter.get_finished_logs()]
+    assert exported == [sc.EVENT_JOB_FINISHED]
+    assert everything.events == [sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED]
+    assert broken.events == []
