@@ -11,6 +11,7 @@ SDK implements it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry._logs import SeverityNumber, get_logger_provider
@@ -18,6 +19,9 @@ from opentelemetry._logs import SeverityNumber, get_logger_provider
 from . import semconv as sc
 from ._events import LifecycleRecord
 from ._version import __version__
+
+_PROCESS_ATTRIBUTES = (sc.ATTR_HOST_NAME, sc.ATTR_PROCESS_PID, sc.ATTR_SERVICE_INSTANCE_ID)
+"""Per-process record attributes that OTel conventions place on the resource."""
 
 _SEVERITY = {
     "INFO": SeverityNumber.INFO,
@@ -33,12 +37,20 @@ class OTelLogWriter:
         self._provider = logger_provider
         self._logger: Any = None
         self._enabled: Any = None  # the logger's bound enabled(): asked twice per run
+        self._implied: dict[str, Any] = {}
 
     def _get_logger(self) -> Any:
         if self._logger is None:
             provider = self._provider if self._provider is not None else get_logger_provider()
-            self._logger = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
-            self._enabled = self._logger.enabled
+            logger = provider.get_logger(sc.INSTRUMENTATION_SCOPE, __version__)
+            # What the logger's resource already says of this process (an SDK logger has
+            # one; ``configure()`` puts host, pid and instance in it): a record need not
+            # repeat a value its resource carries. Compared per record, so a forked child
+            # whose resource still names its parent keeps its own values on its records.
+            resource = getattr(getattr(logger, "resource", None), "attributes", None) or {}
+            self._implied = {k: resource[k] for k in _PROCESS_ATTRIBUTES if k in resource}
+            self._enabled = logger.enabled
+            self._logger = logger
         return self._logger
 
     def wants(self, event_name: str) -> bool:
@@ -57,14 +69,21 @@ class OTelLogWriter:
         attribute even with no processor attached); records it declined never get here.
         """
         logger = self._get_logger()
+        attributes: Mapping[str, Any] = record.attributes
+        implied = self._implied
+        if implied:  # the SDK validates every attribute (~0.5 us each): send fewer
+            attributes = dict(attributes)
+            for key, value in implied.items():
+                if attributes.get(key) == value:
+                    del attributes[key]
         kwargs: dict[str, Any] = {
             "timestamp": int(record.timestamp * 1e9),
             "severity_number": _SEVERITY.get(record.severity, SeverityNumber.INFO),
             "severity_text": record.severity,
             "body": record.body,
-            # Not copied: the SDK builds its own attribute mapping from it (validated, one
-            # value at a time) and never writes to ours.
-            "attributes": record.attributes,
+            # Not copied otherwise: the SDK builds its own attribute mapping from it
+            # (validated, one value at a time) and never writes to ours.
+            "attributes": attributes,
             "event_name": record.event_name,
         }
         if record.context is not None:

@@ -14,14 +14,18 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import chaperone_otel as chaperone
-from chaperone_otel import ConfigurationError, supervised
+from chaperone_otel import ConfigurationError, _supervise, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._config import build_config, get_config
+from chaperone_otel.testing import capture
 
 
 def test_env_then_argument_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,7 +140,7 @@ def test_real_otlp_export_lifecycle_logs_arrive_while_running(
     span ends (the live channel), then the span arrives with the run's attributes."""
     url, requests = receiver
     script = f"""
-import time, chaperone_otel as c
+import os, time, chaperone_otel as c
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 c.configure(otlp_endpoint={url!r}, service_name="svc-test", heartbeat_interval=1,
             flush_period=0.1)
@@ -144,6 +148,7 @@ import opentelemetry._logs as logs
 # Export logs quickly so the live channel is visible within the run.
 for p in logs.get_logger_provider()._multi_log_record_processor._log_record_processors:
     p._batch_processor._schedule_delay = 0.05
+print("PID", os.getpid(), flush=True)
 with c.supervised("otlp.job") as run:
     for i in range(30):
         run.heartbeat(i=i)
@@ -183,6 +188,61 @@ c.shutdown()
     assert [s.name for s in spans] == ["otlp.job"]
     attrs = {a.key: a.value for a in spans[0].attributes}
     assert attrs[sc.ATTR_HEARTBEAT_COUNT].int_value == 30
+    # The process is described once, by the resource configure() made; records don't repeat it.
+    pid = int(proc.stdout.split("PID", 1)[1].split()[0])
+    for path, _ctype, body, _ in requests:
+        if path != "/v1/logs":
+            continue
+        msg = ExportLogsServiceRequest()
+        msg.ParseFromString(body)
+        for rl in msg.resource_logs:
+            resource = {a.key: a.value for a in rl.resource.attributes}
+            assert resource[sc.ATTR_PROCESS_PID].int_value == pid
+            assert resource[sc.ATTR_HOST_NAME].string_value
+            assert resource[sc.ATTR_SERVICE_INSTANCE_ID].string_value
+            for sl in rl.scope_logs:
+                for rec in sl.log_records:
+                    keys = {a.key for a in rec.attributes}
+                    assert sc.ATTR_JOB_RUN_ID in keys
+                    assert not keys & {sc.ATTR_PROCESS_PID, sc.ATTR_HOST_NAME}, keys
+
+
+def test_records_repeat_process_attributes_their_resource_does_not_say() -> None:
+    """A record leaves host, pid and instance to its logger's resource only when the
+    resource says the same: a forked child whose resource names its parent, or a provider
+    without them, keeps them on every record (the sink reads either place)."""
+    own = {
+        sc.ATTR_HOST_NAME: _supervise._HOST,
+        sc.ATTR_PROCESS_PID: os.getpid(),
+        sc.ATTR_SERVICE_INSTANCE_ID: _supervise._instance_id,
+    }
+    cases = {
+        "same": own,
+        "parent's": {**own, sc.ATTR_PROCESS_PID: os.getpid() + 1},
+        "none": {},
+    }
+    keys = set(own)
+    for case, resource_attributes in cases.items():
+        exporter = InMemoryLogRecordExporter()
+        provider = LoggerProvider(resource=Resource(resource_attributes))
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        with capture(logger_provider=provider):
+            with supervised("resource.case"):
+                pass
+        logs = exporter.get_finished_logs()
+        assert [r.log_record.event_name for r in logs] == [
+            sc.EVENT_JOB_STARTED,
+            sc.EVENT_JOB_FINISHED,
+        ]
+        for r in logs:
+            attributes = dict(r.log_record.attributes or {})
+            on_record = {k: attributes[k] for k in keys if k in attributes}
+            if case == "same":
+                assert on_record == {}, case
+            elif case == "parent's":
+                assert on_record == {sc.ATTR_PROCESS_PID: os.getpid()}, case
+            else:
+                assert on_record == own, case
 
 
 @pytest.mark.slow

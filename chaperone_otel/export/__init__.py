@@ -145,12 +145,16 @@ def _endpoint(config: Config, signal: str) -> str | None:
 
 
 def _resource(config: Config) -> Resource:
-    from .._supervise import _instance_id  # noqa: PLC0415
+    """The resource of the providers ``configure()`` creates: the service and this process
+    (OTel's resource conventions), which lifecycle log records then need not repeat."""
+    from .._supervise import _HOST, _instance_id  # noqa: PLC0415
 
     attrs: dict[str, Any] = {sc.ATTR_SERVICE_INSTANCE_ID: _instance_id}
     if config.service_name:
         attrs[sc.ATTR_SERVICE_NAME] = config.service_name
-    return Resource.create(attrs)  # merges OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES
+    process = Resource({sc.ATTR_HOST_NAME: _HOST, sc.ATTR_PROCESS_PID: os.getpid()})
+    # Merges OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which win over our host and pid.
+    return process.merge(Resource.create(attrs))
 
 
 def setup(config: Config) -> Setup:
