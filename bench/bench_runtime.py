@@ -19,25 +19,36 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
+    InMemoryLogRecordExporter,
     LogRecordExporter,
     LogRecordExportResult,
+    SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 import chaperone_otel as chaperone
 from chaperone_otel import supervised
+from chaperone_otel._config import get_config
 from chaperone_otel._runtime import runtime as _runtime
-from chaperone_otel.testing import capture
+from chaperone_otel.export import _resource as _configure_resource
 
 
 def per_op(fn: Callable[[int], None], n: int, rounds: int) -> list[float]:
@@ -66,16 +77,56 @@ class _NullLogExporter(LogRecordExporter):
         return True
 
 
+def _resource() -> Resource:
+    """The resource ``configure()`` gives the providers it creates (service and process)."""
+    return _configure_resource(get_config())
+
+
 def _providers(label: str) -> tuple[TracerProvider, LoggerProvider, MeterProvider]:
     """SDK providers: with nothing attached (``no export``), or the way a service runs them
     (``exporting``: batch span and log processors, a metric reader), the exporters being
     no-ops so the figures are the SDK's and ours, not a network's."""
-    tracer_provider, logger_provider = TracerProvider(), LoggerProvider()
+    resource = _resource()
+    tracer_provider, logger_provider = (
+        TracerProvider(resource=resource),
+        LoggerProvider(resource=resource),
+    )
     if label == "no export":
-        return tracer_provider, logger_provider, MeterProvider()
+        return tracer_provider, logger_provider, MeterProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(_NullSpanExporter()))
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(_NullLogExporter()))
-    return tracer_provider, logger_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return (
+        tracer_provider,
+        logger_provider,
+        MeterProvider(resource=resource, metric_readers=[InMemoryMetricReader()]),
+    )
+
+
+def _what_a_run_sends(
+    job: Callable[[], None],
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The span attributes and the log records (event name, attributes) of one real run,
+    exactly as they reach the SDK, to replay as the floor."""
+    resource = _resource()
+    spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    chaperone.configure(
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(),
+        logger_provider=logger_provider,
+        heartbeat_interval=60,
+    )
+    job()
+    chaperone.shutdown()
+    (span,) = spans.get_finished_spans()
+    records = [
+        (str(r.log_record.event_name), dict(r.log_record.attributes or {}))
+        for r in logs.get_finished_logs()
+    ]
+    return dict(span.attributes or {}), records
 
 
 def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
@@ -93,11 +144,7 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     def job() -> None:
         return None
 
-    with capture() as cap:  # the records and span attributes of one real run, to replay
-        job()
-    recorded = cap.runs()[0]
-    records = [(r.event_name, dict(r.attributes)) for r in recorded.records]
-    span_attributes = dict(recorded.span.attributes)
+    span_attributes, records = _what_a_run_sends(job)
     span_start = {k: v for k, v in span_attributes.items() if k in _START_KEYS}
     span_end = {k: v for k, v in span_attributes.items() if k not in _START_KEYS}
 
