@@ -25,9 +25,12 @@ from ._safety import internal_error
 AttributeValue = str | bool | int | float | Sequence[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LifecycleRecord:
-    """One lifecycle event of one run.
+    """One lifecycle event of one run. Read-only by convention: one record is shared by
+    every listener. (Not a frozen dataclass: its ``__init__`` sets each field through
+    ``object.__setattr__``, ~1 us a record, paid twice per run and at every flush; and the
+    attribute mapping it carries could be changed anyway.)
 
     Attributes:
         event_name: one of :data:`chaperone_otel.semconv.LIFECYCLE_EVENTS`.

@@ -79,6 +79,9 @@ _current: contextvars.ContextVar[Supervision | None] = contextvars.ContextVar(
 _HOST: Final = socket.gethostname()
 STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
 
+_EVENT_WORDS: Final = {event: event.rsplit(".", 1)[-1] for event in sc.LIFECYCLE_EVENTS}
+"""The last word of each lifecycle event name, for record bodies ("etl.load started")."""
+
 
 def _new_instance_id() -> str:
     return str(uuid.uuid4())
@@ -766,7 +769,7 @@ class Supervision:
                     trace_id=ctx.trace_id,
                     span_id=ctx.span_id,
                     severity=severity,
-                    body=body or f"{self.name} {event_name.rsplit('.', 1)[-1]}",
+                    body=body or f"{self.name} {_EVENT_WORDS.get(event_name, event_name)}",
                     context=self.otel_context,
                 ),
                 to,
