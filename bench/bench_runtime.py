@@ -23,6 +23,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
@@ -177,15 +178,32 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
                 attributes=span_start,
                 start_time=time.time_ns(),
             )
-            token = otel_context.attach(trace.set_span_in_context(span))
+            ctx = trace.set_span_in_context(span)
+            token = otel_context.attach(ctx)
             event, attrs = records[0]
-            if logger.enabled(event_name=event):
-                logger.emit(event_name=event, attributes=attrs, body="bench.run started")
+            if logger.enabled(event_name=event):  # the arguments the OTel writer passes
+                logger.emit(
+                    timestamp=time.time_ns(),
+                    severity_number=SeverityNumber.INFO,
+                    severity_text="INFO",
+                    body="bench.run started",
+                    attributes=attrs,
+                    event_name=event,
+                    context=ctx,
+                )
             fn()
             otel_context.detach(token)
             event, attrs = records[-1]
             if logger.enabled(event_name=event):
-                logger.emit(event_name=event, attributes=attrs, body="bench.run finished")
+                logger.emit(
+                    timestamp=time.time_ns(),
+                    severity_number=SeverityNumber.INFO,
+                    severity_text="INFO",
+                    body="bench.run finished",
+                    attributes=attrs,
+                    event_name=event,
+                    context=ctx,
+                )
             span.set_attributes(span_end)
             span.end(end_time=time.time_ns())
             histogram.record(0.001, labels)
