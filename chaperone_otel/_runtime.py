@@ -588,27 +588,26 @@ class Runtime:
     def judge(self, run: Supervision, now: float) -> None:
         """Final flush and verdict for a finishing run (no hooks: finish hooks are separate).
 
-        Heartbeats not yet flushed become one last heartbeat record, so a short run that
-        beat has its heartbeats on record before its finished record.
+        The caller holds ``run._lock`` (``_finish_run`` judges in the same locked section
+        that sets the final status). Heartbeats not yet flushed become one last heartbeat
+        record, so a short run that beat has its heartbeats on record before its finished
+        record.
         """
-        with run._lock:
-            run.observe(now)
-            # _flush(final=True) returns at once in this case: skip the call (most runs).
-            if run._hb_calls != run._hb_flushed or (
-                run.progress_updated_at > run._flushed_progress_at
-            ):
-                try:
-                    self._flush(run, now, final=True)
-                except Exception as exc:
-                    internal_error("monitor.final_flush", exc)
-            # Most endings are settled by the rules alone (a completed run without violations
-            # is healthy whatever its samples were): a dict lookup. Otherwise the verdict
-            # compiled for the run's final status, without the live-only terms.
-            health = None if run.violations else self.rules.settled(run.status, run._absent)
-            if health is None:
-                health = self.rules.verdict(run.status)(run.signals(now), now)
-            run.health = health
-            run.stuck = False
+        run.observe(now)
+        # _flush(final=True) returns at once in this case: skip the call (most runs).
+        if run._hb_calls != run._hb_flushed or (run.progress_updated_at > run._flushed_progress_at):
+            try:
+                self._flush(run, now, final=True)
+            except Exception as exc:
+                internal_error("monitor.final_flush", exc)
+        # Most endings are settled by the rules alone (a completed run without violations
+        # is healthy whatever its samples were): a dict lookup. Otherwise the verdict
+        # compiled for the run's final status, without the live-only terms.
+        health = None if run.violations else self.rules.settled(run.status, run._absent)
+        if health is None:
+            health = self.rules.verdict(run.status)(run.signals(now), now)
+        run.health = health
+        run.stuck = False
 
 
 def _bind(
