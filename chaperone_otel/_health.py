@@ -304,14 +304,7 @@ class All(Expr):
         return f"({expr})"
 
     def fold(self, known: Mapping[str, SignalValue]) -> Folded:
-        decided = True
-        for term in self.terms:
-            value = term.fold(known)
-            if value is False:
-                return False
-            if value is not True:
-                decided = False
-        return True if decided else self
+        return _fold_junction(self, self.terms, known, decisive=False)
 
 
 @dataclass(frozen=True)
@@ -332,14 +325,7 @@ class AnyOf(Expr):
         return "(" + " or ".join(rendered) + ")"
 
     def fold(self, known: Mapping[str, SignalValue]) -> Folded:
-        decided = True
-        for term in self.terms:
-            value = term.fold(known)
-            if value is True:
-                return True
-            if value is not False:
-                decided = False
-        return False if decided else self
+        return _fold_junction(self, self.terms, known, decisive=True)
 
 
 @dataclass(frozen=True)
@@ -362,6 +348,22 @@ class Not(Expr):
         if value is True or value is False:
             return not value
         return self
+
+
+def _fold_junction(
+    expr: Expr, terms: tuple[Expr, ...], known: Mapping[str, SignalValue], *, decisive: bool
+) -> Folded:
+    """Fold an AND (``decisive=False``: one false term decides) or an OR (``decisive=True``):
+    one term folding to ``decisive`` decides; every term folding to the other value decides
+    the other; anything else leaves the expression undecided."""
+    decided = True
+    for term in terms:
+        value = term.fold(known)
+        if value is decisive:
+            return decisive
+        if value is not (not decisive):
+            decided = False
+    return (not decisive) if decided else expr
 
 
 def _sig(name: str) -> Signal:
