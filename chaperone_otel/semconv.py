@@ -196,16 +196,19 @@ ATTR_ERROR_STACKTRACE: Final = "exception.stacktrace"
 """The formatted traceback (OTel exception convention)."""
 
 ATTR_HOST_NAME: Final = "host.name"
-"""Host of the run's process (OTel resource convention, repeated on records for the sink)."""
+"""Host of the run's process (OTel resource convention). On a log record only when its
+resource does not say the same (``configure()``'s resource does)."""
 
 ATTR_PROCESS_PID: Final = "process.pid"
-"""PID of the run's process."""
+"""PID of the run's process (OTel resource convention); on a log record only when its
+resource does not say the same, e.g. in a forked child."""
 
 ATTR_SERVICE_NAME: Final = "service.name"
 """The service (OTel resource convention)."""
 
 ATTR_SERVICE_INSTANCE_ID: Final = "service.instance.id"
-"""A per-process id, new after ``fork`` (tells two prefork workers apart)."""
+"""A per-process id, new after ``fork`` (tells two prefork workers apart); on a log record
+only when its resource does not say the same."""
 
 ATTR_HEALTH_PREVIOUS: Final = "chaperone.job.health.previous"
 """On a health record: the health before this change."""
