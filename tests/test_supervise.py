@@ -425,3 +425,62 @@ def test_class_and_function_names_follow_one_rule(chaperone: Capture) -> None:
     names = [s.name for s in chaperone.spans()]
     assert names[0] == f"{__name__}.test_class_and_function_names_follow_one_rule.<locals>.Named"
     assert names[1] == "custom.name"
+
+
+def test_finished_runs_leave_nothing_behind() -> None:
+    """Every kind of run, once finished and its counters drained, is garbage: nothing in the
+    runtime (registry, counter queue, caches) keeps a run handle alive."""
+    import gc
+
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from chaperone_otel._runtime import runtime
+    from chaperone_otel._supervise import Supervision
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Supervision) for o in gc.get_objects())
+
+    chaperone.configure(
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(),
+        logger_provider=LoggerProvider(),
+    )
+    try:
+
+        @supervised(name="leak.fn")
+        def fn(i: int) -> int:
+            chaperone.heartbeat()
+            chaperone.report_progress(1, 2)
+            return i
+
+        @supervised(name="leak.fails")
+        def fails() -> None:
+            raise ValueError("no")
+
+        @supervised(name="leak.gen")
+        def gen() -> Iterator[int]:
+            yield 1
+            yield 2
+
+        @supervised(name="leak.coro")
+        async def coro() -> int:
+            return 1
+
+        before = alive()
+        for i in range(200):
+            fn(i)
+            with pytest.raises(ValueError):
+                fails()
+            list(gen())
+            next(gen())  # closed early, when collected
+            asyncio.run(coro())
+            with supervised("leak.block") as run:
+                run.heartbeat()
+        del run  # the test's own reference to the last block's handle
+        runtime().flush_metrics()
+        assert alive() == before
+    finally:
+        chaperone.shutdown()
