@@ -117,6 +117,12 @@ class Runtime:
         self._ledger.append((True, run.name, run.queue))
         if self._thread is None:
             self._ensure_thread()
+            current = _runtime
+            if current is not None and current is not self:
+                # configure() replaced this runtime while the run was starting: the registry
+                # is shared (replace_runtime), so it is the new monitor that must run.
+                run._wake = current._bound_wake
+                current._ensure_thread()
 
     def finished(self, run: Supervision) -> None:
         """Unregister a finished run (job thread); finish hooks go to the monitor thread.
@@ -384,6 +390,9 @@ class Runtime:
         actions: list[Callable[[], object]] = []
         with run._lock:
             if run.finished_at is not None:
+                # Unregistered by the finishing thread; a run is never kept "live" once
+                # finished, whatever happened between its finish and this pass.
+                self._runs.pop(id(run), None)
                 return
             run.observe(now)
             self._apply_sample(run)
@@ -645,22 +654,29 @@ def current_runtime() -> Runtime | None:
 
 
 def replace_runtime(config: Config) -> Runtime:
-    """Close the current runtime and start a new one for ``config``, keeping live runs."""
+    """Close the current runtime and start a new one for ``config``, keeping live runs.
+
+    The run registry and the counter queue outlive the runtime: the new one takes the old
+    one's dict and deque. A run starting or finishing on another thread meanwhile holds the
+    old runtime (looked up at its start or finish) and registers, unregisters and queues its
+    counters in those same objects, which the new monitor reads; so no run is left
+    unmonitored, nor "live" after it finished, and the per-run path needs no check.
+    """
     global _runtime
     with _runtime_lock:
         old = _runtime
-        live: Sequence[Supervision] = ()
         if old is not None:
-            live = old.live_runs()
             old.close()
-        _runtime = Runtime(config)
-        for run in live:
-            with _runtime._lock:
-                _runtime._runs[id(run)] = run
-            run._wake = _runtime.wake
-        if live:
-            _runtime._ensure_thread()
-        return _runtime
+        new = Runtime(config)
+        if old is not None:
+            new._runs = old._runs
+            new._ledger = old._ledger
+        _runtime = new
+        for run in new.live_runs():
+            run._wake = new._bound_wake
+        if new._runs:
+            new._ensure_thread()
+        return new
 
 
 def close_runtime() -> None:

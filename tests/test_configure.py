@@ -349,3 +349,93 @@ c.shutdown()
     assert lines["ACTIVE_DONE"] == "0.0"
     assert lines["STARTED"] == "1.0"
     assert "shutdown" not in out.stderr.lower(), out.stderr
+
+
+def test_configure_while_a_run_finishes_leaves_no_live_ghost() -> None:
+    """configure() on another thread while a run is publishing its finished record: the
+    run is not "live" in the new runtime (its gauges would freeze and page as stuck)."""
+    from chaperone_otel._events import add_listener, remove_listener
+    from chaperone_otel._runtime import runtime
+
+    in_finish, proceed = threading.Event(), threading.Event()
+
+    class Gate:
+        def on_record(self, record: object) -> None:
+            if getattr(record, "event_name", None) == sc.EVENT_JOB_FINISHED:
+                in_finish.set()
+                proceed.wait(10)
+
+    chaperone.configure(tracer_provider=TracerProvider())
+    gate = Gate()
+    add_listener(gate)
+    runs: list[object] = []
+
+    def job() -> None:
+        with supervised("reconfigure.finish") as run:
+            runs.append(run)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        assert in_finish.wait(10)
+        chaperone.configure(tracer_provider=TracerProvider())
+    finally:
+        proceed.set()
+        thread.join(10)
+        remove_listener(gate)
+    assert not thread.is_alive()
+    (run,) = runs
+    assert run not in runtime().live_runs()
+
+
+def test_configure_while_a_run_starts_keeps_it_monitored() -> None:
+    """configure() on another thread while a run is starting: the new monitor flushes the
+    run's heartbeats while it runs (else the sink would call a beating run lost)."""
+    from chaperone_otel._events import add_listener, remove_listener
+
+    in_start, proceed = threading.Event(), threading.Event()
+
+    class SlowTracerProvider(TracerProvider):
+        def get_tracer(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def,override]
+            in_start.set()
+            proceed.wait(10)
+            return super().get_tracer(*args, **kwargs)  # type: ignore[arg-type]
+
+    beats: list[object] = []
+    seen_running = threading.Event()
+
+    class Beats:
+        def on_record(self, record: object) -> None:
+            attrs = getattr(record, "attributes", {})
+            if (
+                getattr(record, "event_name", None) == sc.EVENT_JOB_HEARTBEAT
+                and attrs.get(sc.ATTR_JOB_STATUS) == "running"
+            ):
+                beats.append(record)
+                seen_running.set()
+
+    chaperone.configure(heartbeat_interval=0.4, tracer_provider=TracerProvider())
+    listener = Beats()
+    add_listener(listener)
+    stop = threading.Event()
+
+    def job() -> None:
+        with supervised("reconfigure.start", tracer_provider=SlowTracerProvider()) as run:
+            while not stop.is_set():
+                run.heartbeat()
+                stop.wait(0.02)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        assert in_start.wait(10)
+        chaperone.configure(heartbeat_interval=0.4, tracer_provider=TracerProvider())
+        proceed.set()
+        assert seen_running.wait(10), "no heartbeat record while the run was running"
+    finally:
+        proceed.set()
+        stop.set()
+        thread.join(10)
+        remove_listener(listener)
+    assert not thread.is_alive()
+    assert beats
