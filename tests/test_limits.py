@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
+from collections.abc import AsyncIterator
 
 import psutil
 import pytest
@@ -100,6 +102,36 @@ async def test_cancel_async_task_on_limit(fast: Capture) -> None:
     # recorded as what the caller saw, not the CancelledError that carried it
     assert run.error_type == "chaperone_otel.exceptions.JobLimitExceeded"
     assert run.span.attributes[sc.ATTR_ERROR_TYPE] == run.error_type
+
+
+async def test_cancel_async_generator_on_timeout(fast: Capture) -> None:
+    """An async generator run past its timeout, awaiting between items: its consumer sees
+    JobLimitExceeded, as a coroutine's caller does, and the task is left uncancelled."""
+
+    @supervised(name="agen.slow", timeout=0.3, on_limit="cancel")
+    async def rows() -> AsyncIterator[int]:
+        yield 1
+        await asyncio.sleep(30)  # overruns its timeout while awaiting
+        yield 2
+
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in rows():
+            got.append(item)
+
+    task = asyncio.ensure_future(consume())
+    done, _ = await asyncio.wait({task}, timeout=15)
+    assert task in done
+    with pytest.raises(JobLimitExceeded) as info:
+        task.result()
+    assert info.value.limit == "timeout"
+    assert got == [1]
+    if sys.version_info >= (3, 11):  # Task.uncancel() exists from 3.11
+        assert task.cancelling() == 0
+    run = fast.last_run("agen.slow")
+    assert run.status == "cancelled"
+    assert run.error_type == "chaperone_otel.exceptions.JobLimitExceeded"
 
 
 def test_record_policy_only_records(fast: Capture) -> None:
