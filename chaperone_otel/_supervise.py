@@ -1530,12 +1530,7 @@ def _wrap_generator(
                 except BaseException as thrown:
                     to_throw = thrown
         except BaseException as exc:
-            # As for a coroutine run (_acall): a cancellation caused by the run's limit
-            # policy is the JobLimitExceeded the caller sees, and the task is uncancelled.
-            error = _limit_error(run, exc)
-            if error is not exc:
-                _uncancel(run)
-                raise error from exc
+            error = exc
             raise
         finally:
             _finish_run(run, error)
@@ -1579,7 +1574,7 @@ def _wrap_async_generator(
             error = _limit_error(run, exc)
             if error is not exc:
                 _uncancel(run)
-                raise error from exc
+                raise cast(BaseException, error) from exc
             raise
         finally:
             _finish_run(run, error)
