@@ -19,6 +19,7 @@ judges a real run.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -281,6 +282,14 @@ class Instruments:
 _by_provider: weakref.WeakKeyDictionary[Any, Instruments] = weakref.WeakKeyDictionary()
 _by_provider_lock = threading.Lock()
 _global_instruments: Instruments | None = None
+
+
+def _new_lock_after_fork() -> None:
+    global _by_provider_lock
+    _by_provider_lock = threading.Lock()  # configure() on another thread may have held it
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def instruments_for(

@@ -689,6 +689,8 @@ def close_runtime() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _runtime_lock
+    _runtime_lock = threading.Lock()  # configure() on another thread may have held it
     rt = _runtime
     if rt is not None:
         rt.after_fork()

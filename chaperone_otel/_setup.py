@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,17 @@ logger = logging.getLogger("chaperone_otel")
 _lock = threading.Lock()
 _setup: Any = None
 _atexit_registered = False
+
+
+def _new_lock_after_fork() -> None:
+    # Another thread of the parent may have been inside configure()/shutdown() at fork: the
+    # child's copy of the lock would be held for ever, and its own configure() (Celery's
+    # worker_process_init) would hang.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _needs_export(config: Config) -> bool:

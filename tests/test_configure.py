@@ -439,3 +439,53 @@ def test_configure_while_a_run_starts_keeps_it_monitored() -> None:
         remove_listener(listener)
     assert not thread.is_alive()
     assert beats
+
+
+@pytest.mark.slow
+def test_fork_while_another_thread_configures_does_not_deadlock_the_child() -> None:
+    """A fork while another thread is inside configure() (waiting for a slow hook): the
+    child's own configure() (Celery's worker_process_init) returns; the locks it needs are
+    new in the child, not copies held by a thread that does not exist there."""
+    script = r"""
+import os, threading, time
+import chaperone_otel as c
+
+hook_running = threading.Event()
+def slow_on_complete(state):
+    hook_running.set()
+    time.sleep(1.5)  # a webhook POST
+
+c.configure(on_complete=slow_on_complete)
+with c.supervised("job"):
+    pass
+assert hook_running.wait(10)
+again = threading.Thread(target=c.configure)  # waits for the hooks thread, holding locks
+again.start()
+while not again.is_alive():
+    time.sleep(0.01)
+time.sleep(0.3)
+pid = os.fork()
+if pid == 0:
+    c.configure()
+    with c.supervised("child.job"):
+        pass
+    os._exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise SystemExit("child configure() hung")
+again.join(10)
+c.shutdown()
+print("CHILD", os.waitstatus_to_exitcode(status))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CHILD 0" in proc.stdout
