@@ -1711,15 +1711,21 @@ class Supervised:
                 "when the job is done (a function or a coroutine); supervise a generator with "
                 "@supervised on it instead"
             )
+        # A subclass's run() that calls super().run() is inside this object's own run: the
+        # parent's body is part of it, not a second run (which would look like a retry).
         if inspect.iscoroutinefunction(body):
 
             async def arun(self: Supervised, *args: Any, **kw: Any) -> Any:
+                if self._in_own_run():
+                    return await body(self, *args, **kw)
                 return await _acall(self._start(bind_thread=False), body, (self, *args), kw)
 
             wrapped: Callable[..., Any] = arun
         else:
 
             def srun(self: Supervised, *args: Any, **kw: Any) -> Any:
+                if self._in_own_run():
+                    return body(self, *args, **kw)
                 return _call(self._start(bind_thread=True), body, (self, *args), kw)
 
             wrapped = srun
@@ -1763,6 +1769,11 @@ class Supervised:
         """The handle of this object's latest run (None before ``run()``)."""
         run: Supervision | None = self.__dict__.get("_chaperone_run")
         return run
+
+    def _in_own_run(self) -> bool:
+        """True inside this object's unfinished run, in the run's own thread or task."""
+        run: Supervision | None = self.__dict__.get("_chaperone_run")
+        return run is not None and run.finished_at is None and _current.get() is run
 
     def _active_run(self) -> Supervision | None:
         run: Supervision | None = self.__dict__.get("_chaperone_run")

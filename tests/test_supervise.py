@@ -243,6 +243,58 @@ async def test_supervised_base_class_async(chaperone: Capture) -> None:
     assert chaperone.run(job.supervision_id).heartbeat_count == 1
 
 
+def test_subclass_extending_run_with_super_is_one_run(chaperone: Capture) -> None:
+    """A subclass whose run() calls super().run() makes one run per call, not a run nested
+    in a run of the same id (which would read as a retry)."""
+
+    class Import(Supervised):
+        def run(self, rows: list[int]) -> int:
+            for i, _ in enumerate(rows, 1):
+                self.report_progress(i, len(rows))
+            return len(rows)
+
+    class AuditedImport(Import):
+        def run(self, rows: list[int]) -> int:
+            n = super().run(rows)
+            self.heartbeat(audited=n)
+            return n
+
+    class AsyncImport(Supervised):
+        async def run(self) -> int:
+            self.heartbeat()
+            return 1
+
+    class AsyncAudited(AsyncImport):
+        async def run(self) -> int:
+            return await super().run() + 1
+
+    job = AuditedImport()
+    assert job.run([1, 2, 3]) == 3
+    assert job.run([1]) == 1
+    started = [
+        r.attributes[sc.ATTR_JOB_ATTEMPT]
+        for r in chaperone.records
+        if r.event_name == sc.EVENT_JOB_STARTED
+        and r.attributes[sc.ATTR_JOB_RUN_ID] == job.supervision_id
+    ]
+    assert started == [1, 2]
+    run = chaperone.run(job.supervision_id)
+    assert run.completed
+    assert run.heartbeat_count == 1
+    assert run.progress == 100
+    assert run.metadata == {"audited": 1}
+
+    async_job = AsyncAudited()
+    assert asyncio.run(async_job.run()) == 2
+    async_starts = [
+        r
+        for r in chaperone.records
+        if r.event_name == sc.EVENT_JOB_STARTED
+        and r.attributes[sc.ATTR_JOB_RUN_ID] == async_job.supervision_id
+    ]
+    assert len(async_starts) == 1
+
+
 def test_million_heartbeats_coalesce(chaperone: Capture) -> None:
     """1,000,000 heartbeat() calls with a 60 s interval: a handful of events, exact count."""
 
