@@ -445,13 +445,16 @@ class Runtime:
             ):
                 self._violation(run, kind, float(limit), float(actual), now, actions)
         if run.timeout_at is not None and now > run.timeout_at and not run._timed_out:
-            run._timed_out = True
-            self._violation(
-                run, "timeout", float(run.timeout or 0.0), now - run.started_at, now, actions
-            )
-            snapshot = run.snapshot(now)
-            for hook in run.hooks.on_timeout:
-                actions.append(_bind(hook, snapshot))
+            self._timeout(run, now, actions)
+
+    def _timeout(self, run: Supervision, now: float, actions: list[Callable[[], object]]) -> None:
+        run._timed_out = True
+        self._violation(
+            run, "timeout", float(run.timeout or 0.0), now - run.started_at, now, actions
+        )
+        snapshot = run.snapshot(now)
+        for hook in run.hooks.on_timeout:
+            actions.append(_bind(hook, snapshot))
 
     def _violation(
         self,
@@ -594,15 +597,21 @@ class Runtime:
                 for hook in run.hooks.on_stuck:
                     actions.append(_bind(hook, snapshot))
 
-    def judge(self, run: Supervision, now: float) -> None:
-        """Final flush and verdict for a finishing run (no hooks: finish hooks are separate).
+    def judge(self, run: Supervision, now: float) -> list[Callable[[], object]]:
+        """Final checks, flush and verdict for a finishing run; returns the hook calls it
+        owes (for :meth:`dispatch` once the caller has released the run's lock).
 
         The caller holds ``run._lock`` (``_finish_run`` judges in the same locked section
-        that sets the final status). Heartbeats not yet flushed become one last heartbeat
-        record, so a short run that beat has its heartbeats on record before its finished
-        record.
+        that sets the final status). A run that ends past its deadline gets its timeout
+        violation here if no monitor pass saw it first, so the same run always ends with the
+        same violations and health, whatever the monitor's timing. Heartbeats not yet
+        flushed become one last heartbeat record, so a short run that beat has its
+        heartbeats on record before its finished record.
         """
+        actions: list[Callable[[], object]] = []
         run.observe(now)
+        if run.timeout_at is not None and now > run.timeout_at and not run._timed_out:
+            self._timeout(run, now, actions)
         # _flush(final=True) returns at once in this case: skip the call (most runs).
         if run._hb_calls != run._hb_flushed or (run.progress_updated_at > run._flushed_progress_at):
             try:
@@ -617,6 +626,12 @@ class Runtime:
             health = self.rules.verdict(run.status)(run.signals(now), now)
         run.health = health
         run.stuck = False
+        return actions
+
+    def dispatch(self, actions: list[Callable[[], object]]) -> None:
+        """Run hook calls built under a run's lock, after it was released."""
+        for action in actions:
+            self._dispatch(action)
 
 
 def _bind(

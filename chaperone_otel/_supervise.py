@@ -1135,10 +1135,13 @@ def _finish_run(run: Supervision, exc: BaseException | None) -> None:
                 run.error_message = _safe_str(exc)
                 if run.status == "failed":
                     run.error_stacktrace = _safe_traceback(exc)
+        actions: list[Callable[[], object]] = []
         try:
-            rt.judge(run, now)  # in the same locked section: the monitor sees it judged
+            actions = rt.judge(run, now)  # in the same locked section: the monitor sees it judged
         except Exception as error:
             internal_error("run.judge", error)
+    if actions:
+        rt.dispatch(actions)
     span = run.span
     try:
         to = receivers(sc.EVENT_JOB_FINISHED)

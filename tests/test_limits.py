@@ -134,6 +134,32 @@ async def test_cancel_async_generator_on_timeout(fast: Capture) -> None:
     assert run.error_type == "chaperone_otel.exceptions.JobLimitExceeded"
 
 
+def test_overrun_found_at_finish_is_a_timeout_violation() -> None:
+    """A run that ends past its timeout gets the same timeout violation, hook call and
+    health whether or not a monitor pass happened between its deadline and its end."""
+    from chaperone_otel.testing import FakeClock, capture
+
+    clock = FakeClock()
+    timed_out: list[str] = []
+    with capture(clock=clock, on_timeout=lambda state: timed_out.append(state.name)) as cap:
+        with supervised("overrun.seen", timeout=10) as seen:
+            clock.advance(12)
+            cap.tick()  # a monitor pass saw the deadline go by
+        with supervised("overrun.at_finish", timeout=10) as at_finish:
+            clock.advance(12)  # ends before any monitor pass
+        with supervised("on.time", timeout=10) as on_time:
+            clock.advance(9)
+        for run in (seen, at_finish):
+            assert [v.limit for v in run.violations] == ["timeout"], run.name
+            assert run.health == "unhealthy"
+            assert run.status == "completed"
+            events = [r.event_name for r in cap.run(run.id).records]
+            assert events.index(sc.EVENT_JOB_VIOLATION) < events.index(sc.EVENT_JOB_FINISHED)
+        assert on_time.violations == []
+        assert on_time.health == "healthy"
+    assert timed_out == ["overrun.seen", "overrun.at_finish"]
+
+
 def test_record_policy_only_records(fast: Capture) -> None:
     """The default policy records the violation and lets the run finish."""
     event = threading.Event()
