@@ -629,9 +629,13 @@ class Runtime:
         return actions
 
     def dispatch(self, actions: list[Callable[[], object]]) -> None:
-        """Run hook calls built under a run's lock, after it was released."""
+        """Run hook calls built under a run's lock, after it was released (on the job's
+        thread: never raises)."""
         for action in actions:
-            self._dispatch(action)
+            try:
+                self._dispatch(action)
+            except Exception as exc:  # e.g. no thread can be started for the hooks
+                internal_error("hooks.dispatch", exc)
 
 
 def _bind(
