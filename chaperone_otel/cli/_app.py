@@ -636,8 +636,11 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
 def prune(older_than: float, db: str | None, as_json: bool) -> None:
     """Delete old runs with their heartbeats, errors and violations.
 
-    Needs the file itself: stop the process that owns it, or run this from that process
-    (sink.prune(...)). Running runs are never deleted.
+    A run goes when its latest record of any kind is older than AGE. A run still reporting
+    is kept, however long ago it started; a lost run (still running, its process silent) is
+    deleted once it has been silent that long. When `sink serve` owns the store, this goes
+    through its query API; an application with the embedded sink refuses (stop it, or call
+    sink.prune(...) in that process).
     """
     from datetime import timedelta  # noqa: PLC0415
 

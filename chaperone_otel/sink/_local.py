@@ -35,6 +35,7 @@ from ._query import (
     _naive_utc,
     _utc,
 )
+from ._schema import predicate
 from ._store import Store, acquire, lock_holder, read_sidecar, release, sidecar_path, sink_error
 
 _READ_ONLY_TYPES: Final = frozenset({"SELECT", "EXPLAIN"})
@@ -202,7 +203,10 @@ class LocalSink(Sink):
 
     def prune(self, older_than: timedelta | str | float) -> int:
         """Delete runs whose latest record (any kind) is older than ``older_than``, with
-        their heartbeats, errors and violations. Running runs that still report are kept.
+        their heartbeats, errors and violations. A run still reporting is kept however old
+        its last record is (a running run with a long interval is healthy, not stale): a
+        running or pending run is deleted only once it is *lost* (its process silent for
+        more than ``lost_after`` intervals, the same rule as the ``lost()`` scope).
 
         Raises:
             SinkError: the sink is read-only, or the delete failed.
@@ -218,7 +222,9 @@ class LocalSink(Sink):
             raise SinkError(str(e)) from e
         import time  # noqa: PLC0415
 
-        cutoff = _naive_utc(time.time() - age)
+        now = time.time()
+        cutoff = _naive_utc(now - age)
+        live = f"(status IN ('running', 'pending') AND NOT {predicate('lost', self.policy)})"
         cur = self.cursor()
         try:
             with self._store.write_lock:
@@ -227,8 +233,9 @@ class LocalSink(Sink):
                     cur.execute(
                         "CREATE OR REPLACE TEMP TABLE chaperone_doomed AS "
                         "SELECT run_id, attempt FROM jobs "
-                        "WHERE COALESCE(last_seen_at, finished_at, started_at) < $cutoff",
-                        {"cutoff": cutoff},
+                        "WHERE COALESCE(last_seen_at, finished_at, started_at) < $cutoff "
+                        f"AND NOT {live}",
+                        {"cutoff": cutoff, "now": now},
                     )
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(

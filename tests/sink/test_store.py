@@ -276,6 +276,27 @@ def test_prune_deletes_old_runs_with_their_rows(tmp_path):
         assert sink.sql("SELECT count(*) FROM heartbeats WHERE run_id = 'old'")[1] == [(0,)]
 
 
+def test_prune_keeps_runs_still_reporting_and_deletes_lost_ones(tmp_path):
+    """A running run is kept while its process reports, however old its last record is
+    relative to the age (a 2 h interval, last heard 90 min ago: healthy); once lost (silent
+    for more than 3 intervals) it is pruned like a finished run."""
+    now = time.time()
+    path = tmp_path / "j.duckdb"
+    with store_writer(path) as (writer, _sink):
+        write_all(
+            writer,
+            [record(run_id="slow-but-alive", ts=now - 5400, started_at=now - 6 * 3600,
+                    interval=7200.0)],
+            [record(run_id="lost", ts=now - 5400, started_at=now - 6 * 3600, interval=60.0)],
+            lifecycle("finished", start=now - 3 * 3600),
+        )
+    with open_sink(path, read_only=False) as sink:
+        assert sink.job("slow-but-alive").health == "healthy"
+        assert sink.job("lost").lost
+        assert sink.prune("1h") == 2
+        assert [r.id for r in sink.jobs.all()] == ["slow-but-alive"]
+
+
 def test_prune_needs_a_writable_sink(tmp_path):
     """A read-only sink refuses to prune and says how to open it writable."""
     path = tmp_path / "j.duckdb"
