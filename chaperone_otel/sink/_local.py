@@ -312,19 +312,25 @@ def _check_sources(query: str) -> None:
     tree = json.loads(raw[0]) if raw else {}
     if tree.get("error"):
         raise SinkError(f"cannot parse SQL: {tree.get('error_message', 'unsupported statement')}")
-    ctes: set[str] = set()
     refused: list[str] = []
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, ctes: frozenset[str]) -> None:
+        # ``ctes``: the CTE names in scope here, i.e. defined by this node or an ancestor. A
+        # name a CTE defines elsewhere (in a sibling subquery) is not in scope: outside its
+        # subquery the same name is a replacement scan of the file it spells.
         if isinstance(node, list):
             for item in node:
-                walk(item)
+                walk(item, ctes)
             return
         if not isinstance(node, dict):
             return
-        for entry in (node.get("cte_map") or {}).get("map", []):
-            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                ctes.add(entry["key"].lower())
+        defined = [
+            entry["key"].lower()
+            for entry in (node.get("cte_map") or {}).get("map", [])
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str)
+        ]
+        if defined:
+            ctes = ctes.union(defined)
         kind = node.get("type")
         if kind == "BASE_TABLE":
             name = str(node.get("table_name", "")).lower()
@@ -339,9 +345,9 @@ def _check_sources(query: str) -> None:
             if name not in _SAFE_TABLE_FUNCTIONS and not name.startswith(_METADATA_PREFIXES):
                 refused.append(f"{name}()")
         for value in node.values():
-            walk(value)
+            walk(value, ctes)
 
-    walk(tree.get("statements", []))
+    walk(tree.get("statements", []), frozenset())
     if refused:
         raise SinkError(
             "sink.sql() reads only the job store (tables jobs, heartbeats, job_errors, "

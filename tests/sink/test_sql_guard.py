@@ -34,6 +34,12 @@ def owned_store(tmp_path: Path):  # type: ignore[no-untyped-def]
         "SELECT name FROM jobs WHERE name IN (SELECT content FROM read_text('/etc/hostname'))",
         "EXPLAIN SELECT * FROM read_csv('/etc/passwd')",
         "SELECT * FROM other_db.jobs",
+        # A CTE named like a file is in scope only inside its own subquery: outside it, the
+        # same name is a replacement scan of the file.
+        'SELECT * FROM (WITH "/etc/passwd" AS (SELECT 1 AS x) SELECT * FROM "/etc/passwd") a, '
+        '"/etc/passwd" b',
+        'SELECT * FROM (WITH "/etc/passwd" AS (SELECT 1) SELECT 1) a '
+        'WHERE EXISTS (SELECT * FROM "/etc/passwd")',
     ],
 )
 def test_sql_cannot_read_files_or_other_databases(owned_store, query: str) -> None:  # type: ignore[no-untyped-def]
@@ -56,6 +62,18 @@ def test_sql_over_the_store_still_works(owned_store) -> None:  # type: ignore[no
         assert sink.sql("SELECT count(*) FROM duckdb_tables()")[1][0][0] >= 4
         assert sink.sql("SELECT * FROM range(2)")[1] == [(0,), (1,)]
         assert sink.sql("EXPLAIN SELECT * FROM jobs")[1]
+        # CTEs in scope where they are used: chained, in a union, recursive, in a subquery.
+        assert sink.sql("WITH a AS (SELECT 1 AS x), b AS (SELECT x FROM a) SELECT * FROM b")[
+            1
+        ] == [(1,)]
+        assert sink.sql(
+            "WITH x AS (SELECT run_id FROM jobs) SELECT * FROM x UNION ALL SELECT * FROM x"
+        )[1]
+        assert sink.sql(
+            "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) "
+            "SELECT count(*) FROM t"
+        )[1] == [(3,)]
+        assert sink.sql("SELECT * FROM (WITH y AS (SELECT 2 AS v) SELECT v FROM y)")[1] == [(2,)]
 
 
 def test_api_refuses_non_json_posts(owned_store) -> None:  # type: ignore[no-untyped-def]
