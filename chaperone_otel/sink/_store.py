@@ -134,7 +134,9 @@ class Store:
         except duckdb.Error as e:
             raise sink_error(e, path, "open") from e
         try:
-            self._con.execute("SET TimeZone = 'UTC'")
+            # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
+            # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).
+            self._con.execute("SET GLOBAL TimeZone = 'UTC'")
             if read_only:
                 require_current(self._con, path)
             else:

@@ -317,3 +317,25 @@ def test_in_process_open_shares_the_owners_connection(tmp_path):
                 assert sink.job("x") is not None
     finally:
         release(store)
+
+
+def test_queries_run_in_utc_whatever_the_machine_zone(tmp_path):
+    """Every query session runs in UTC (the store's timestamps are naive UTC), so the ad-hoc
+    idiom ``CAST(now() AS TIMESTAMP) - INTERVAL …`` means the same on any machine."""
+    db = tmp_path / "tz.duckdb"
+    script = f"""
+import chaperone_otel as c
+c.configure(sink={str(db)!r})
+with c.supervised("tz.job"):
+    pass
+c.shutdown()
+with c.open_sink({str(db)!r}) as sink:
+    print(sink.sql("SELECT current_setting('TimeZone')")[1][0][0])
+    print(sink.sql("SELECT count(*) FROM jobs "
+                   "WHERE started_at > CAST(now() AS TIMESTAMP) - INTERVAL 1 HOUR")[1][0][0])
+"""
+    env = {**os.environ, "TZ": "Asia/Tokyo"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["UTC", "1"]
