@@ -133,6 +133,59 @@ def dumps(value: Any) -> bytes:
     ).encode()
 
 
+_PARAM_TYPE: Final = "$type"
+
+
+def encode_sql_params(params: Any) -> Any:
+    """SQL parameters as JSON for ``/api/sql``: datetimes, dates and timedeltas are tagged
+    (``{"$type": "datetime", "value": iso}``) so the owner binds them with their own types.
+    Sent as ISO strings they would bind as VARCHAR, and DuckDB's cast of a string to
+    TIMESTAMP drops its UTC offset: the same ``sink.sql()`` would answer differently through
+    a remote sink than locally."""
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        return {str(k): _encode_param(v) for k, v in params.items()}
+    return [_encode_param(v) for v in params]
+
+
+def _encode_param(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return {_PARAM_TYPE: "datetime", "value": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {_PARAM_TYPE: "date", "value": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {_PARAM_TYPE: "timedelta", "value": value.total_seconds()}
+    return value
+
+
+def decode_sql_params(params: Any) -> Any:
+    """The inverse of :func:`encode_sql_params` (a malformed tag is a 400)."""
+    if params is None:
+        return None
+    if isinstance(params, dict):
+        return {k: _decode_param(v) for k, v in params.items()}
+    return [_decode_param(v) for v in params]
+
+
+def _decode_param(value: Any) -> Any:
+    if not (isinstance(value, dict) and _PARAM_TYPE in value):
+        return value
+    kind, raw = value.get(_PARAM_TYPE), value.get("value")
+    try:
+        if kind == "datetime" and isinstance(raw, str):
+            return dt.datetime.fromisoformat(raw)
+        if kind == "date" and isinstance(raw, str):
+            return dt.date.fromisoformat(raw)
+        if kind == "timedelta" and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return dt.timedelta(seconds=raw)
+    except (ValueError, OverflowError) as e:
+        raise _BadRequest(f"bad {kind} parameter {raw!r}: {e}") from e
+    raise _BadRequest(
+        f"unknown typed parameter {value!r}: $type must be datetime, date or timedelta"
+    )
+
+
 class _JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
         return dumps(content)
@@ -366,7 +419,7 @@ def query_routes(
         params = payload.get("params")
         if params is not None and not isinstance(params, (list, dict)):
             raise _BadRequest("params must be a list or an object")
-        columns, rows = sink().sql(text, params)
+        columns, rows = sink().sql(text, decode_sql_params(params))
         if request.query_params.get("format") == "arrow":
             return _arrow_response(_sql_arrow(columns, rows))
         return _JSON({"columns": list(columns), "rows": [list(r) for r in rows]})

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
-from ._api import ARROW_STREAM, dumps
+from ._api import ARROW_STREAM, dumps, encode_sql_params
 from ._query import ErrorRecord, HeartbeatRecord, JobQuery, JobRecord, Sink, ViolationRecord
 
 __all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
@@ -188,12 +188,7 @@ class RemoteSink(Sink):
         travel as Arrow), so timestamps are datetimes as with a local sink."""
         import pyarrow as pa  # noqa: PLC0415
 
-        body = {
-            "query": query,
-            "params": list(params)
-            if isinstance(params, (list, tuple))
-            else (dict(params) if params is not None else None),
-        }
+        body = {"query": query, "params": encode_sql_params(params)}
         raw = self._request(
             "POST", "/api/sql", params={"format": "arrow"}, body=body, accept=ARROW_STREAM
         )

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ class Owner:
                 self.proc.wait(10)
 
 
+_HOUR_AGO_TOKYO = datetime.now(timezone(timedelta(hours=9))) - timedelta(hours=1)
+_NOW_NAIVE_UTC = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=10)
+
+
 def _shape(sink: Any) -> dict[str, Any]:
     jobs = sink.jobs
     return {
@@ -119,6 +124,13 @@ def _shape(sink: Any) -> dict[str, Any]:
         "missing": sink.job("nope"),
         "sql": sink.sql("SELECT name, count(*) AS n FROM jobs GROUP BY name ORDER BY name"),
         "sqlp": sink.sql("SELECT run_id FROM jobs WHERE run_id = ?", ["bad"])[1],
+        # Typed parameters bind with their types remotely too (not as ISO strings).
+        "sql_aware": sink.sql("SELECT count(*) FROM jobs WHERE started_at >= ?",
+                              [_HOUR_AGO_TOKYO])[1],
+        "sql_interval": sink.sql("SELECT count(*) FROM jobs WHERE started_at >= ? - INTERVAL 1 HOUR",
+                                 [_NOW_NAIVE_UTC])[1],
+        "sql_named": sink.sql("SELECT count(*) FROM jobs WHERE started_at >= $t - $d",
+                              {"t": _NOW_NAIVE_UTC, "d": timedelta(hours=1)})[1],
         "trace": sink.job("ok-1").trace_id,
     }
 
@@ -151,6 +163,8 @@ def test_open_sink_follows_the_owner_and_matches_a_local_sink(tmp_path: Path) ->
     assert remote["failed"] == ["bad"]
     assert remote["beats"] == [(1, "heartbeat", {"n": 1}), (2, "heartbeat", {"n": 2})]
     assert remote["trace"] == "ab" * 16
+    assert remote["sql_aware"] == remote["sql_interval"] == remote["sql_named"]
+    assert remote["sql_aware"] == [(remote["count"],)]
 
 
 def test_http_api_errors_and_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
