@@ -9,11 +9,12 @@ create a provider and install it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
@@ -307,7 +308,11 @@ def teardown(state: Setup) -> None:
         with handle_internal_errors("teardown.metrics"):
             reader.force_flush()
             if remove_reader is not None:
-                remove_reader(reader)  # detaches and shuts it down, once
+                # The SDK detaches the reader before shutting it down, and the shutdown's
+                # final collect then logs "Cannot call collect on a MetricReader until it is
+                # registered": noise after the flush above, so it is filtered out here.
+                with _dropping(_SDK_METRICS_EXPORT_LOGGER, _UNREGISTERED_COLLECT):
+                    remove_reader(reader)  # detaches and shuts it down, once
             else:
                 reader.shutdown()
     # Providers we installed as the OTel globals are flushed, never shut down: a global can
@@ -321,6 +326,31 @@ def teardown(state: Setup) -> None:
         with handle_internal_errors("teardown.prometheus"):
             state.prometheus_server.shutdown()
             state.prometheus_server.server_close()
+
+
+_SDK_METRICS_EXPORT_LOGGER: Final = "opentelemetry.sdk.metrics._internal.export"
+_UNREGISTERED_COLLECT: Final = "Cannot call collect on a MetricReader until it is registered"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _dropping(logger_name: str, text: str) -> Iterator[None]:
+    """Drop one known, harmless log message of ``logger_name`` while the block runs."""
+    target = logging.getLogger(logger_name)
+    dropper = _DropMessage(text)
+    target.addFilter(dropper)
+    try:
+        yield
+    finally:
+        target.removeFilter(dropper)
 
 
 def _remove_span_processor(provider: Any, sp: SpanProcessor) -> None:
