@@ -1249,7 +1249,7 @@ class supervised:
         attributes: static span/record attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
         on_heartbeat_missed, on_stuck, on_timeout, on_violation, on_failure, on_complete,
-        on_health_change: local hooks, called on the monitor thread with a ``JobState``.
+        on_health_change: local hooks, called on the ``chaperone-hooks`` thread with a ``JobState``.
 
     Raises:
         ConfigurationError: an option is invalid (at decoration time, not at run time).
