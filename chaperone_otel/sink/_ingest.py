@@ -297,8 +297,14 @@ def _heartbeat_rows(staged: pa.Table) -> pa.Table:
 
 
 def _cast_like(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``rows`` with exactly the column types of ``schema`` (an int64 that does not fit an
-    INTEGER column raises, failing the batch as the SQL cast did)."""
+    """``rows`` with exactly the column types of ``schema``.
+
+    The cast is safe (it raises rather than wrap) but cannot fail on remote data: the
+    ``INTEGER`` state columns are staged as int32, with out-of-range values already NULL
+    (:mod:`._records`), ``attempt`` is range-checked when the record's key is read, and
+    ``heartbeat_rows`` is at most the heartbeat bound. A raise here would fail the batch (the
+    writer bisects and drops the record, and ``sink serve`` answers 503 to a value that never
+    gets better), so nothing that depends on what a sender wrote may reach it."""
     return pa.table([rows.column(f.name).cast(f.type) for f in schema], names=list(schema.names))
 
 
@@ -334,8 +340,9 @@ def _timestamps(epoch: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _as_rows(staged: pa.Table, now: datetime, *, span: bool) -> pa.Table:
-    """A staging table as ``jobs`` rows (column order and store units; INTEGER columns stay
-    int64 until the INSERT casts them, as the SQL path did)."""
+    """A staging table as ``jobs`` rows (column order and store units; ``attempt`` and
+    ``heartbeat_rows`` stay int64 until :func:`_cast_like`; the other INTEGER columns are
+    staged as int32 already)."""
     n = staged.num_rows
     columns: list[Any] = []
     for name in _JOB_NAMES:

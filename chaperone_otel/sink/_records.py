@@ -4,9 +4,21 @@ The in-process listener and the OTLP decoder both hand the writer
 :class:`~chaperone_otel._events.LifecycleRecord` objects; this module is the one place that
 knows how a record's flat semconv attributes map onto the store's columns. Conversion is
 columnar (one list comprehension per column, then one ``pyarrow.array`` call) because a
-per-row Python loop would cost more than the DuckDB write itself. A value of the wrong type
-from a remote sender does not fail the batch: the column falls back to per-value coercion and
-the bad value becomes ``NULL`` (counted in :attr:`Staged.coerced`).
+per-row Python loop would cost more than the DuckDB write itself.
+
+A value from a remote sender that the store cannot hold never fails the batch and never
+touches another value: the column falls back to per-value coercion, and only the bad value
+becomes ``NULL`` (counted in :attr:`Staged.coerced`). "Cannot hold" means: the wrong type
+(a string or a boolean where a number goes, a number where a boolean goes); a number outside
+the column's type (OTLP JSON ``intValue`` has no size limit; ``pid``, ``open_fds``,
+``fd_limit`` and ``violation_count`` are ``INTEGER``, i.e. int32, and are staged as int32 so
+the range check happens here, not in the final cast, which would fail the whole batch); a NaN
+or infinite float (DuckDB sorts NaN above every number, so a NaN ``cpu_percent`` would look
+over its limit). A string that is not valid Unicode (a lone UTF-16 surrogate, which Python
+strings can hold but UTF-8 cannot) is stored with each lone surrogate replaced by U+FFFD (also
+counted). A record whose run id or attempt cannot be stored (not a non-empty valid string, or
+an attempt outside int32) is skipped (counted in :attr:`Staged.invalid`): it cannot identify a
+run, and an altered id would silently create a different one.
 
 Spans: OTel exports a run's span only when it ends, so a span can only *complete* a run.
 :func:`record_from_span` turns a decoded run span into a ``chaperone.job.finished`` record
@@ -19,11 +31,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
@@ -36,7 +50,11 @@ Key = tuple[str, int]
 _STR = pa.string()
 _F64 = pa.float64()
 _I64 = pa.int64()
+_I32 = pa.int32()
 _BOOL = pa.bool_()
+
+_INT_RANGE: Final = {_I64: (-(2**63), 2**63 - 1), _I32: (-(2**31), 2**31 - 1)}
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 # jobs column → (attribute, arrow type, is_time). Times are staged as epoch seconds and
 # converted to TIMESTAMP in SQL (see _ingest.ts_sql) so Python never builds datetimes.
@@ -47,7 +65,7 @@ JOB_ATTRIBUTES: Final[tuple[tuple[str, str, Any, bool], ...]] = (
     ("reported_health", sc.ATTR_JOB_HEALTH, _STR, False),
     ("reported_stuck", sc.ATTR_JOB_STUCK, _BOOL, False),
     ("host", sc.ATTR_HOST_NAME, _STR, False),
-    ("pid", sc.ATTR_PROCESS_PID, _I64, False),
+    ("pid", sc.ATTR_PROCESS_PID, _I32, False),
     ("service_name", sc.ATTR_SERVICE_NAME, _STR, False),
     ("service_instance_id", sc.ATTR_SERVICE_INSTANCE_ID, _STR, False),
     ("started_at", sc.ATTR_JOB_STARTED_AT, _F64, True),
@@ -69,12 +87,12 @@ JOB_ATTRIBUTES: Final[tuple[tuple[str, str, Any, bool], ...]] = (
     ("memory_bytes", sc.ATTR_MEMORY_USAGE, _I64, False),
     ("memory_peak_bytes", sc.ATTR_MEMORY_PEAK, _I64, False),
     ("cpu_percent", sc.ATTR_CPU_PERCENT, _F64, False),
-    ("open_fds", sc.ATTR_OPEN_FDS, _I64, False),
+    ("open_fds", sc.ATTR_OPEN_FDS, _I32, False),
     ("memory_limit_bytes", sc.ATTR_LIMIT_MEMORY, _I64, False),
     ("cpu_limit_percent", sc.ATTR_LIMIT_CPU, _F64, False),
-    ("fd_limit", sc.ATTR_LIMIT_FDS, _I64, False),
+    ("fd_limit", sc.ATTR_LIMIT_FDS, _I32, False),
     ("limit_policy", sc.ATTR_LIMIT_POLICY, _STR, False),
-    ("violation_count", sc.ATTR_VIOLATION_COUNT, _I64, False),
+    ("violation_count", sc.ATTR_VIOLATION_COUNT, _I32, False),
     ("error_type", sc.ATTR_ERROR_TYPE, _STR, False),
     ("error_message", sc.ATTR_ERROR_MESSAGE, _STR, False),
     ("error_trace", sc.ATTR_ERROR_STACKTRACE, _STR, False),
@@ -137,80 +155,168 @@ def _hex(value: int, width: int) -> str | None:
     return format(value, f"0{width}x") if value else None
 
 
-def _coerce(arrow_type: Any) -> Callable[[Any], Any]:
-    def number(v: Any, kind: type) -> Any:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, (int, float)):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            return kind(v)
-        if isinstance(v, str):
+def text(value: str) -> str:
+    """``value`` with each lone UTF-16 surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    Python strings (``json.loads`` of ``"\\ud800"``, or a job's own data) can hold lone
+    surrogates; Arrow and DuckDB cannot. ASCII strings (almost all) cost one flag check."""
+    if value.isascii():
+        return value
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def _number(v: Any, arrow_type: Any) -> Any:
+    """``v`` as a value of ``arrow_type`` (int32, int64 or float64), or ``None`` when it is
+    not one: a boolean, a non-numeric string, NaN/infinity, or out of the type's range."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        try:
+            v = int(v, 10)
+        except ValueError:
             try:
-                return kind(float(v))
+                v = float(v)
             except ValueError:
                 return None
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return None
+    elif not isinstance(v, int):
         return None
-
     if arrow_type == _F64:
-        return lambda v: number(v, float)
-    if arrow_type == _I64:
-        return lambda v: number(v, int)
+        try:
+            return float(v)
+        except OverflowError:  # an int beyond the float range
+            return None
+    lo, hi = _INT_RANGE[arrow_type]
+    n = int(v)
+    return n if lo <= n <= hi else None
+
+
+def _coerce(arrow_type: Any) -> Callable[[Any], Any]:
+    if arrow_type in _INT_RANGE or arrow_type == _F64:
+        return lambda v: _number(v, arrow_type)
     if arrow_type == _BOOL:
         return lambda v: v if isinstance(v, bool) else None
-    return lambda v: v if isinstance(v, str) else (None if v is None else json.dumps(v))
+
+    def string(v: Any) -> Any:
+        if isinstance(v, str):
+            return text(v)
+        if v is None:
+            return None
+        if isinstance(v, (bytes, bytearray)):
+            return text(bytes(v).decode("utf-8", "replace"))
+        try:  # ensure_ascii (the default) escapes lone surrogates: always valid UTF-8
+            return json.dumps(_jsonable(v), default=str)
+        except (TypeError, ValueError):
+            return None
+
+    return string
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 class _Columns:
-    """Builds Arrow columns, counting values that had to be coerced to NULL."""
+    """Builds Arrow columns, counting values that had to be coerced (see the module doc)."""
 
     def __init__(self) -> None:
         self.coerced = 0
 
     def array(self, values: list[Any], arrow_type: Any) -> pa.Array:
         try:
-            return pa.array(values, type=arrow_type)
+            array = pa.array(values, type=arrow_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            fix = _coerce(arrow_type)
-            fixed = [fix(v) for v in values]
-            self.coerced += sum(
-                1 for a, b in zip(values, fixed, strict=True) if a is not None and b is None
-            )
-            try:
-                return pa.array(fixed, type=arrow_type)
-            except (pa.ArrowInvalid, OverflowError):  # e.g. an int beyond int64
-                self.coerced += sum(1 for v in fixed if v is not None)
-                return pa.nulls(len(values), type=arrow_type)
+            # incl. UnicodeEncodeError (a ValueError): a lone surrogate in a string
+            return self._coerced(values, arrow_type)
+        if arrow_type == _F64 and array.null_count < len(array):
+            # Arrow accepts True as 1.0 and stores NaN/inf as sent: neither is a measurement.
+            # One sum finds both NaN and inf (a finite sum that overflows only costs the
+            # slow path, which keeps those values).
+            total = pc.sum(array).as_py()
+            if not math.isfinite(total) or bool in set(map(type, values)):
+                return self._coerced(values, arrow_type)
+        return array
+
+    def _coerced(self, values: list[Any], arrow_type: Any) -> pa.Array:
+        fix = _coerce(arrow_type)
+        fixed = [fix(v) for v in values]
+        self.coerced += sum(
+            1
+            for a, b in zip(values, fixed, strict=True)
+            if a is not None and (b is None or (isinstance(a, str) and b != a))
+        )
+        try:
+            return pa.array(fixed, type=arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            # Should not happen (every fixed value fits); if it does, NULL only the values
+            # Arrow refuses, never the whole column (other runs' values are in it).
+            kept = [v if _fits(v, arrow_type) else None for v in fixed]
+            self.coerced += sum(1 for a, b in zip(fixed, kept, strict=True) if a is not b)
+            return pa.array(kept, type=arrow_type)
 
 
-def _key(attrs: Mapping[str, AttributeValue]) -> Key | None:
+def _fits(value: Any, arrow_type: Any) -> bool:
+    try:
+        pa.array([value], type=arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+_ATTEMPT_MIN, _ATTEMPT_MAX = _INT_RANGE[_I32]  # jobs.attempt is INTEGER
+_SEQ_MIN, _SEQ_MAX = _INT_RANGE[_I64]
+
+
+def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
+    """The record's (run id, attempt), or ``None`` when either cannot be stored as is."""
     run_id = attrs.get(sc.ATTR_JOB_RUN_ID)
     if not isinstance(run_id, str) or not run_id:
+        return None
+    if not run_id.isascii() and _LONE_SURROGATE.search(run_id):
         return None
     attempt = attrs.get(sc.ATTR_JOB_ATTEMPT, 1)
     if isinstance(attempt, bool) or not isinstance(attempt, (int, float, str)):
         return None
     try:
-        return run_id, int(attempt)
-    except ValueError:
+        n = int(attempt)
+    except (ValueError, OverflowError):  # "x", NaN, inf
         return None
+    if not _ATTEMPT_MIN <= n <= _ATTEMPT_MAX:
+        return None
+    return run_id, n
 
 
-def _seq(attrs: Mapping[str, AttributeValue]) -> int:
+def _seq(attrs: Mapping[str, AttributeValue]) -> int | None:
+    """The record's sequence (1 when absent), ``None`` when present but unusable."""
     seq = attrs.get(sc.ATTR_JOB_SEQUENCE, 1)
     if isinstance(seq, bool) or not isinstance(seq, (int, float)):
-        return 1
-    return int(seq)
+        return None
+    if isinstance(seq, float) and not math.isfinite(seq):
+        return None
+    n = int(seq)
+    return n if _SEQ_MIN <= n <= _SEQ_MAX else None
+
+
+def _user_value(v: Any) -> Any:
+    if isinstance(v, str):
+        return text(v)
+    if isinstance(v, (list, tuple)):
+        return [text(x) if isinstance(x, str) else x for x in v]
+    return v
 
 
 def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
     prefix = sc.ATTR_USER_PREFIX
     user = {
-        k[len(prefix) :]: (list(v) if isinstance(v, (list, tuple)) else v)
-        for k, v in attrs.items()
-        if k.startswith(prefix)
+        text(k[len(prefix) :]): _user_value(v) for k, v in attrs.items() if k.startswith(prefix)
     }
-    return json.dumps(user, sort_keys=True) if user else None
+    if not user:
+        return None
+    # ensure_ascii (the default) escapes lone surrogates, so the stored text is valid UTF-8;
+    # default=str keeps a value JSON cannot encode (bytes) instead of failing the batch.
+    return json.dumps(user, sort_keys=True, default=str)
 
 
 def stage(records: Iterable[LifecycleRecord]) -> Staged:
@@ -224,7 +330,7 @@ def stage(records: Iterable[LifecycleRecord]) -> Staged:
     failed: dict[Key, LifecycleRecord] = {}
     for record in records:
         attrs = record.attributes
-        key = _key(attrs)
+        key = record_key(attrs)
         ts = record.timestamp
         if key is None or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             out.invalid += 1
@@ -238,6 +344,9 @@ def stage(records: Iterable[LifecycleRecord]) -> Staged:
                 failed.setdefault(key, record)
             continue
         seq = _seq(attrs)
+        if seq is None:  # NaN, inf, beyond int64, wrong type: ordered as the first record
+            out.coerced += 1
+            seq = 1
         current = best.get(key)
         if current is None or seq > current[0]:
             best[key] = (seq, record)
@@ -263,7 +372,7 @@ def stage(records: Iterable[LifecycleRecord]) -> Staged:
         out.violations = _event_table(cols, violations, _VIOLATION_ATTRIBUTES)
     if failed:
         out.errors = _error_table(cols, failed)
-    out.coerced = cols.coerced
+    out.coerced += cols.coerced
     return out
 
 
