@@ -24,6 +24,25 @@ JSON in two ways this decoder honours: trace and span ids are hex strings (not b
 enums are integers. 64-bit integers may be strings or numbers; field names are lowerCamelCase
 (snake_case is accepted too, as protobuf JSON parsers do).
 
+Values that can never be stored as sent (DESIGN §6: a clear status, never a retryable 503
+for a payload that will not get better, and nothing acknowledged lost):
+
+* a chaperone record whose run id or attempt cannot identify a run (run id missing, empty,
+  not a string, or not valid Unicode; attempt not an integer in int32) is *rejected*: left out
+  and reported through OTLP partial success (HTTP 200 with ``rejectedLogRecords`` /
+  ``rejectedSpans`` and a reason; exporters do not retry it). A run id is never repaired:
+  an altered id would silently file the record under another run;
+* OTLP JSON strings (values, keys, bodies) may carry a lone UTF-16 surrogate escape
+  (``"\\ud800"``, what JavaScript's ``JSON.stringify`` emits for a broken string), which
+  ``json.loads`` accepts but UTF-8 (hence DuckDB) cannot hold: each lone surrogate is replaced
+  by U+FFFD, the Unicode replacement character (the rest of the text is kept). Protobuf
+  string fields with invalid UTF-8 fail the parse: 400 for the request;
+* a time (``timeUnixNano`` …) that is not a valid ``fixed64`` (negative, or beyond 2^64) is
+  malformed: 400 for the request;
+* an ``intValue`` beyond int64 (JSON numbers have no size limit) or a NaN/infinite double is
+  passed on: the store turns what its column cannot hold into NULL, counted (see
+  :mod:`._records`), without touching the rest of the record.
+
 Example::
 
     from chaperone_otel.sink._otlp import decode, media_type
@@ -48,7 +67,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from ..exceptions import SinkError
-from ._records import record_from_span
+from ._records import record_from_span, record_key, text
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -346,7 +365,7 @@ def _pb_logs(data: bytes) -> Decoded:
                 if event not in _LIFECYCLE:
                     ignored += 1
                     continue
-                if not isinstance(attrs.get(sc.ATTR_JOB_RUN_ID), str):
+                if record_key(attrs) is None:
                     rejected += 1
                     continue
                 if resource is None:
@@ -365,7 +384,7 @@ def _pb_logs(data: bytes) -> Decoded:
                         body,
                     )
                 )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected))
+    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "lifecycle record"))
 
 
 def _pb_traces(data: bytes) -> Decoded:
@@ -375,14 +394,17 @@ def _pb_traces(data: bytes) -> Decoded:
     except (DecodeError, RuntimeError, ValueError) as e:
         raise OTLPDecodeError(f"malformed ExportTraceServiceRequest protobuf: {e}") from e
     records: list[LifecycleRecord] = []
-    ignored = 0
+    ignored = rejected = 0
     for rs in request.resource_spans:
         resource: dict[str, Any] | None = None
         for ss in rs.scope_spans:
             for span in ss.spans:
                 attrs = _pb_attrs(span.attributes)
-                if not isinstance(attrs.get(sc.ATTR_JOB_RUN_ID), str):
+                if sc.ATTR_JOB_RUN_ID not in attrs:  # another service's span
                     ignored += 1
+                    continue
+                if record_key(attrs) is None:
+                    rejected += 1
                     continue
                 if resource is None:
                     resource = _pb_attrs(rs.resource.attributes)
@@ -406,7 +428,7 @@ def _pb_traces(data: bytes) -> Decoded:
                         exception,
                     )
                 )
-    return Decoded(records, ignored)
+    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "span"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +472,18 @@ def _json_int(value: Any, what: str) -> int:
         except ValueError:
             pass
     raise OTLPDecodeError(f"{what} must be an integer (or a decimal string), got {value!r}")
+
+
+_FIXED64_MAX: Final = 2**64 - 1
+
+
+def _json_time(value: Any, what: str) -> int:
+    """A ``fixed64`` time in nanoseconds: out of range is malformed (a number this large would
+    also overflow the float of the record time)."""
+    ns = _json_int(value, what)
+    if not 0 <= ns <= _FIXED64_MAX:
+        raise OTLPDecodeError(f"{what} must be an unsigned 64-bit integer, got {value!r}")
+    return ns
 
 
 def _json_float(value: Any, what: str) -> float:
@@ -497,7 +531,9 @@ def _json_id(value: Any, size: int, what: str) -> int:
         raise OTLPDecodeError(f"{what} must be hex, got {value!r}") from None
 
 
-def _json_value(v: Any) -> Any:
+def _json_value(v: Any, *, repair: bool = True) -> Any:
+    """An ``AnyValue`` as an attribute value; ``repair``: replace lone surrogates in a string
+    by U+FFFD (off for the run id, which is rejected instead: see the module doc)."""
     v = _obj(v, "AnyValue")
     if not v:
         return None
@@ -505,7 +541,7 @@ def _json_value(v: Any) -> Any:
         if key in ("stringValue", "string_value"):
             if not isinstance(value, str):
                 raise OTLPDecodeError("stringValue must be a string")
-            return value
+            return text(value) if repair else value
         if key in ("boolValue", "bool_value"):
             if not isinstance(value, bool):
                 raise OTLPDecodeError("boolValue must be true or false")
@@ -539,9 +575,9 @@ def _json_attrs(kvs: Any) -> dict[str, AttributeValue]:
         key = kv.get("key")
         if not isinstance(key, str):
             raise OTLPDecodeError("attribute key must be a string")
-        value = _json_value(kv.get("value"))
+        value = _json_value(kv.get("value"), repair=key != sc.ATTR_JOB_RUN_ID)
         if value is not None:
-            out[key] = value
+            out[text(key)] = value
     return out
 
 
@@ -576,15 +612,15 @@ def _json_logs(data: bytes) -> Decoded:
                     raise OTLPDecodeError("eventName must be a string")
                 trace_id = _json_id(_field(lr, "traceId", "trace_id"), 16, "traceId")
                 span_id = _json_id(_field(lr, "spanId", "span_id"), 8, "spanId")
-                time_ns = _json_int(_field(lr, "timeUnixNano", "time_unix_nano"), "timeUnixNano")
-                observed_ns = _json_int(
+                time_ns = _json_time(_field(lr, "timeUnixNano", "time_unix_nano"), "timeUnixNano")
+                observed_ns = _json_time(
                     _field(lr, "observedTimeUnixNano", "observed_time_unix_nano"),
                     "observedTimeUnixNano",
                 )
                 if event not in _LIFECYCLE:
                     ignored += 1
                     continue
-                if not isinstance(attrs.get(sc.ATTR_JOB_RUN_ID), str):
+                if record_key(attrs) is None:
                     rejected += 1
                     continue
                 severity_text = _field(lr, "severityText", "severity_text") or ""
@@ -609,13 +645,13 @@ def _json_logs(data: bytes) -> Decoded:
                         body if isinstance(body, str) else "",
                     )
                 )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected))
+    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "lifecycle record"))
 
 
 def _json_traces(data: bytes) -> Decoded:
     request = _json_load(data)
     records: list[LifecycleRecord] = []
-    ignored = 0
+    ignored = rejected = 0
     for raw_rs in _list(_field(request, "resourceSpans", "resource_spans"), "resourceSpans"):
         rs = _obj(raw_rs, "ResourceSpans")
         resource = _json_attrs(_obj(rs.get("resource"), "resource").get("attributes"))
@@ -625,15 +661,18 @@ def _json_traces(data: bytes) -> Decoded:
                 attrs = _json_attrs(span.get("attributes"))
                 trace_id = _json_id(_field(span, "traceId", "trace_id"), 16, "traceId")
                 span_id = _json_id(_field(span, "spanId", "span_id"), 8, "spanId")
-                start_ns = _json_int(
+                start_ns = _json_time(
                     _field(span, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"
                 )
-                end_ns = _json_int(
+                end_ns = _json_time(
                     _field(span, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"
                 )
                 events = _list(span.get("events"), "events")
-                if not isinstance(attrs.get(sc.ATTR_JOB_RUN_ID), str):
+                if sc.ATTR_JOB_RUN_ID not in attrs:  # another service's span
                     ignored += 1
+                    continue
+                if record_key(attrs) is None:
+                    rejected += 1
                     continue
                 exception: dict[str, AttributeValue] | None = None
                 for raw_ev in events:
@@ -656,15 +695,15 @@ def _json_traces(data: bytes) -> Decoded:
                         exception,
                     )
                 )
-    return Decoded(records, ignored)
+    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "span"))
 
 
-def _rejected_reason(rejected: int) -> str:
+def _rejected_reason(rejected: int, what: str) -> str:
     if not rejected:
         return ""
     return (
-        f"{rejected} chaperone lifecycle record(s) without a string "
-        f"{sc.ATTR_JOB_RUN_ID} attribute were rejected"
+        f"{rejected} chaperone {what}(s) rejected: {sc.ATTR_JOB_RUN_ID} must be a non-empty "
+        f"string of valid Unicode and {sc.ATTR_JOB_ATTEMPT} an integer in 32-bit range"
     )
 
 
