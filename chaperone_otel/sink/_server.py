@@ -5,19 +5,23 @@ Workers (any OTel SDK) or an OpenTelemetry Collector export logs and traces here
 decoded by :mod:`._otlp` into the same lifecycle records the in-process sink gets, then
 written by the store's one ingest path (:func:`._records.stage` + :func:`._ingest.write`).
 
-**Durability promise: a 2xx means committed.** The handler waits until the batch holding
-its records has been committed to the DuckDB file before it answers. A sink that is
-SIGKILLed a moment after answering 200 therefore still has every acknowledged record when it
-restarts; anything not acknowledged is retried by the sender's OTLP exporter (and ingest is
-idempotent, so a retry of something that *was* committed is harmless). Concurrent requests
-share one commit (group commit), so waiting costs latency, not throughput.
+**Durability promise: a 2xx means committed.** The handler waits until *its own* records
+have been committed to the DuckDB file before it answers (``Writer.wait`` on the request's
+ticket). A sink that is SIGKILLed a moment after answering 200 therefore still has every
+acknowledged record when it restarts; anything not acknowledged is retried by the sender's
+OTLP exporter (and ingest is idempotent, so a retry of something that *was* committed is
+harmless). Concurrent requests share one commit (group commit), so waiting costs latency,
+not throughput. A request's records are committed all or none: when a shared commit fails,
+the writer retries the requests without the one that cannot be stored, which alone gets the
+error status; the others are committed and acknowledged as usual.
 
-Status codes (DESIGN §6): 400 malformed payload, 401 missing or wrong bearer token (when one
-is configured), 413 body (or its decompressed size) over the limit, 415 unsupported
-content type or encoding, 503 + ``Retry-After`` when the writer queue is full or the store
-failed (OTLP exporters retry 503). Nothing of a refused request is stored. Error bodies are
-``google.rpc.Status`` messages, success bodies ``Export…ServiceResponse``, both in the
-request's encoding.
+Status codes (DESIGN §6): 400 malformed payload, or records the store refuses (e.g. a
+constraint or conversion error: resending the same data cannot succeed), 401 missing or
+wrong bearer token (when one is configured), 413 body (or its decompressed size) over the
+limit, 415 unsupported content type or encoding, 503 + ``Retry-After`` when the writer
+queue is full or the store failed (OTLP exporters retry 503). Nothing of a refused request
+is stored (with ``ack="commit"``). Error bodies are ``google.rpc.Status`` messages, success
+bodies ``Export…ServiceResponse``, both in the request's encoding.
 
 The server also serves ``GET /healthz``, fleet-wide ``GET /metrics`` (:mod:`._fleet`) and
 the query API (:mod:`._api`, ``/api/...``), and advertises itself in ``<path>.owner.json``
@@ -56,7 +60,7 @@ from ._api import BackgroundServer, query_routes
 from ._fleet import FleetCollector, IngestStats
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
-from ._writer import Writer
+from ._writer import RecordsDroppedError, Writer
 
 __all__ = [
     "DEFAULT_PORT",
@@ -464,10 +468,10 @@ class SinkServer:
                     {"Retry-After": str(self.retry_after)},
                 )
             try:
-                accepted = writer.submit(decoded.records)
+                ticket = writer.submit(decoded.records)
             except SinkError as e:  # closed while shutting down
                 return self._error(503, str(e), encoding, {"Retry-After": str(self.retry_after)})
-            if not accepted:
+            if ticket is None:
                 return self._error(
                     503,
                     f"writer queue full ({self._queue_capacity} records)",
@@ -483,9 +487,18 @@ class SinkServer:
                     media_type=_CONTENT_TYPES[encoding],
                 )
             try:
-                # 2xx only once committed: flush waits for everything submitted so far,
-                # so concurrent requests share one commit.
-                committed = await run_in_threadpool(writer.flush, self.ack_timeout)
+                # 2xx only once this request's records are committed. Concurrent requests
+                # share one commit; each learns only its own records' fate.
+                committed = await run_in_threadpool(writer.wait, ticket, self.ack_timeout)
+            except RecordsDroppedError as e:
+                if e.permanent:  # resending the same records cannot succeed: do not retry
+                    return self._error(400, f"records refused by the store: {e}", encoding)
+                return self._error(
+                    503,
+                    f"store write failed: {e}",
+                    encoding,
+                    {"Retry-After": str(self.retry_after)},
+                )
             except SinkError as e:
                 return self._error(
                     503,

@@ -4,31 +4,39 @@ DuckDB allows one writing process per file, and inside it concurrent writers wou
 on the same ``jobs`` rows, so every write to a store goes through one :class:`Writer`:
 
 * :meth:`Writer.submit` is quick and never blocks: it appends a batch of
-  :class:`~chaperone_otel._events.LifecycleRecord` to the queue and returns ``True``, or returns
-  ``False`` when the queue is full (the caller decides: the OTLP receiver answers 503 +
-  ``Retry-After``, the embedded listener counts the record as dropped). Nothing is dropped
-  silently: rejected records are counted in :attr:`WriterStats.rejected`.
+  :class:`~chaperone_otel._events.LifecycleRecord` to the queue and returns its
+  :class:`Ticket` (truthy), or returns ``None`` when the queue is full (the caller decides: the
+  OTLP receiver answers 503 + ``Retry-After``, the embedded listener counts the record as
+  dropped). Nothing is dropped silently: rejected records are counted in
+  :attr:`WriterStats.rejected`.
 * The thread takes up to ``batch_size`` queued records (waiting ``linger`` seconds for a batch
   to fill), stages them as Arrow tables and writes them with a few set-based statements in one
   transaction (:mod:`._ingest`). Ingest is idempotent: the same record twice, or batches in
   any order, give the same rows.
-* **Durability promise**: a record for which ``submit`` returned ``True`` is written unless the
-  process dies first: :meth:`close` writes everything queued before it returns, and
-  :meth:`flush` returns ``True`` once every record submitted before the call is committed to
-  the DuckDB file (a DuckDB commit is durable in its write-ahead log). A caller that must
-  acknowledge only durable data calls ``submit`` then ``flush``.
-* A batch that fails to write is split in halves and retried, so one bad record cannot take a
-  batch down with it; records that still fail are counted in :attr:`WriterStats.dropped` and
-  reported through ``_safety.record_internal_error``; the next :meth:`flush` raises
-  :class:`~chaperone_otel.exceptions.SinkError` saying why.
+* **Durability promise**: a batch for which ``submit`` returned a ticket is written unless the
+  process dies first or the write fails: :meth:`close` writes everything queued before it
+  returns, and :meth:`wait` returns ``True`` once *that batch* is committed to the DuckDB file
+  (a DuckDB commit is durable in its write-ahead log). A caller that must acknowledge only
+  durable data calls ``submit`` then ``wait(ticket)``; :meth:`flush` is the barrier for
+  "everything so far".
+* **A submitted batch is committed all or none.** The thread writes several batches (several
+  requests) in one transaction; if that transaction fails it is split in halves *at batch
+  boundaries* and retried, so one bad batch cannot take the others down with it, and a batch
+  is never split: a batch that still fails alone is dropped whole (no partial rows). Its
+  ticket records why, so :meth:`wait` on *that* ticket raises :class:`RecordsDroppedError`
+  (``permanent`` when the batch's own data was refused, e.g. a constraint or conversion error,
+  so a retry of the same data cannot succeed; otherwise the failure is the store's, e.g. I/O,
+  and a retry may). Drops are also counted in :attr:`WriterStats.dropped` and reported through
+  ``_safety.record_internal_error``.
 
 Example::
 
     store = acquire("jobs.duckdb", read_only=False)
     writer = Writer(store)
-    if not writer.submit(records):
+    ticket = writer.submit(records)
+    if ticket is None:
         ...  # full: retry later
-    writer.flush(timeout=5)
+    writer.wait(ticket, timeout=5)  # True once committed; raises RecordsDroppedError if not
     writer.close()
 """
 
@@ -39,6 +47,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
+
+import duckdb
+import pyarrow as pa
 
 from .._events import LifecycleRecord
 from .._safety import record_internal_error
@@ -49,6 +61,67 @@ from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store
 
 _MAX_RETRIES = 64
+_UNREPORTED_MAX = 1000
+
+_DATA_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    duckdb.DataError,  # conversion, out of range, type mismatch
+    duckdb.IntegrityError,  # constraint
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    ValueError,
+    TypeError,
+    ArithmeticError,
+)
+"""Failures caused by the data of the batch being written (retrying it cannot help), as
+opposed to the store's own failures (I/O, memory, a closed or broken database). When unsure,
+a failure is the store's: a needless retry costs little, a wrongly permanent answer loses
+data the sender would have resent."""
+
+
+class Ticket:
+    """One submitted batch: its place in the writer's order and, once written, its outcome.
+
+    ``first`` and ``end`` are the global positions of its records (``end`` exclusive):
+    everything submitted before it has a lower position and is written no later.
+
+    Attributes:
+        first: position of the batch's first record.
+        end: one past the position of its last record.
+        error: why the batch was dropped (``None`` while pending or when committed).
+        permanent: the drop was caused by the batch's own data (a retry cannot succeed).
+    """
+
+    __slots__ = ("end", "error", "first", "permanent")
+
+    def __init__(self, first: int, end: int) -> None:
+        self.first = first
+        self.end = end
+        self.error: str | None = None
+        self.permanent = False
+
+    def __len__(self) -> int:
+        return self.end - self.first
+
+    def __bool__(self) -> bool:
+        return True  # accepted, even when empty (``submit`` returns None when refused)
+
+    def __repr__(self) -> str:
+        return f"<Ticket [{self.first}, {self.end}) error={self.error!r}>"
+
+
+class RecordsDroppedError(SinkError):
+    """The batch of a :class:`Ticket` could not be stored; none of its records were.
+
+    Attributes:
+        ticket: the batch's ticket.
+        permanent: its own data was refused (do not retry the same data); otherwise the
+            store failed and a retry may succeed.
+    """
+
+    def __init__(self, message: str, ticket: Ticket) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+        self.permanent = ticket.permanent
 
 
 @dataclass(frozen=True)
@@ -61,7 +134,8 @@ class WriterStats:
         written: records committed to the store.
         invalid: records skipped because they name no run (no run id).
         coerced: attribute values of a wrong type stored as NULL.
-        dropped: accepted records that could not be written (should stay 0).
+        dropped: accepted records that could not be written (their batch's :meth:`Writer.wait`
+            raised; should stay 0).
         batches: committed write transactions.
         queue_depth: records waiting (not yet taken by the thread).
         capacity: the bound on records held (waiting plus the batch being written).
@@ -115,15 +189,18 @@ class Writer:
         self._heartbeat_limit = heartbeat_limit
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: collections.deque[Sequence[LifecycleRecord]] = collections.deque()
+        self._queue: collections.deque[_Entry] = collections.deque()
         self._depth = 0  # records waiting in the queue
         self._inflight = 0  # records taken by the thread, not yet written
-        self._submitted = 0  # records ever accepted (a ticket counter for flush)
-        self._done = 0  # records processed (written, invalid or dropped)
+        self._submitted = 0  # records ever accepted (the position counter of tickets)
+        self._done = 0  # records processed (written, invalid or dropped), in order
         self._flushers = 0
         self._rejected = 0
         self._closing = False
-        self._pending_error: str | None = None
+        # Drops not yet reported by flush(): (end position of the dropped batch, why).
+        self._unreported: collections.deque[tuple[int, str]] = collections.deque(
+            maxlen=_UNREPORTED_MAX
+        )
         self._stats = WriterStats(capacity=capacity)
         self._cursor = store.cursor()
         self._thread = threading.Thread(target=self._run, name="chaperone-sink-writer", daemon=True)
@@ -144,13 +221,14 @@ class Writer:
                 rejected=self._rejected,
             )
 
-    def submit(self, records: Sequence[LifecycleRecord]) -> bool:
-        """Queue ``records`` for writing; all or none.
+    def submit(self, records: Sequence[LifecycleRecord]) -> Ticket | None:
+        """Queue ``records`` for writing as one batch, committed all or none.
 
         Returns:
-            ``True`` when queued (see the durability promise in the module doc), ``False``
-            when the queue is full; the records were then not taken and are counted as
-            rejected. An empty batch is accepted trivially.
+            The batch's :class:`Ticket` (truthy) when queued: pass it to :meth:`wait` to
+            learn when it is committed, or that it was dropped (see the durability promise in
+            the module doc). ``None`` when the queue is full; the records were then not taken
+            and are counted as rejected. An empty batch is accepted trivially.
 
         Raises:
             SinkError: the writer is closed.
@@ -160,38 +238,86 @@ class Writer:
             if self._closing:
                 raise SinkError(f"the writer of {self._store.path} is closed")
             if n == 0:
-                return True
+                return Ticket(self._submitted, self._submitted)
             # An oversized batch is taken when the queue is empty, or it could never fit.
             held = self._depth + self._inflight
             if held and held + n > self._capacity:
                 self._rejected += n
-                return False
+                return None
             was_empty = not self._depth
-            self._queue.append(records)
+            ticket = Ticket(self._submitted, self._submitted + n)
+            self._queue.append(_Entry(records, ticket))
             self._depth += n
             self._submitted += n
             # Wake the thread only when it may be idle or a batch is full: waking it per
             # record would defeat the linger and write tiny batches.
             if was_empty or self._depth >= self._batch_size:
                 self._cond.notify_all()
-            return True
+            return ticket
+
+    def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
+        """Wait until the batch of ``ticket`` (and everything submitted before it) is written.
+
+        Only this batch's fate is reported: a failure of another batch written in the same
+        transaction does not raise here (the writer retries the others without it).
+
+        Returns:
+            ``True`` when the batch is committed, ``False`` on timeout (it stays queued and
+            is written later).
+
+        Raises:
+            RecordsDroppedError: the batch could not be stored; none of its records were.
+            SinkError: the writer thread is not running.
+        """
+        if not self._await(ticket.end, timeout):
+            return False
+        with self._cond:
+            error = ticket.error
+        if error is not None:
+            kind = "its data was refused" if ticket.permanent else "the store failed"
+            raise RecordsDroppedError(
+                f"{len(ticket)} record(s) not stored in {self._store.path} ({kind}): {error}",
+                ticket,
+            )
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted before this call is committed.
+        """Wait until everything submitted before this call is written.
+
+        A barrier, not an acknowledgement of particular records: use :meth:`wait` with the
+        ticket from :meth:`submit` for that. A drop is reported once, to the first ``flush``
+        that returns after it and was called after its batch was submitted.
 
         Returns:
             ``True`` when written, ``False`` on timeout.
 
         Raises:
-            SinkError: a write failed since the last flush (records were dropped).
+            SinkError: a batch submitted before this call was dropped since the last flush
+                that reported one, or the writer thread is not running.
         """
+        with self._cond:
+            position = self._submitted
+        if not self._await(position, timeout):
+            return False
+        with self._cond:
+            mine = [why for end, why in self._unreported if end <= position]
+            if mine:
+                kept = [(end, why) for end, why in self._unreported if end > position]
+                self._unreported.clear()
+                self._unreported.extend(kept)
+        if mine:
+            more = f" (and {len(mine) - 1} more dropped batch(es))" if len(mine) > 1 else ""
+            raise SinkError(f"writing to {self._store.path} failed: {mine[-1]}{more}")
+        return True
+
+    def _await(self, position: int, timeout: float | None) -> bool:
+        """Wait until the records before ``position`` are processed; ``False`` on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            ticket = self._submitted
-            self._flushers += 1
+            self._flushers += 1  # someone waits: the thread writes without lingering
             self._cond.notify_all()
             try:
-                while self._done < ticket:
+                while self._done < position:
                     if not self._thread.is_alive():
                         raise SinkError(f"the writer of {self._store.path} is not running")
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -200,9 +326,6 @@ class Writer:
                     self._cond.wait(remaining if remaining is not None else 0.5)
             finally:
                 self._flushers -= 1
-            error, self._pending_error = self._pending_error, None
-        if error is not None:
-            raise SinkError(f"writing to {self._store.path} failed: {error}")
         return True
 
     def close(self, timeout: float | None = None) -> None:
@@ -220,7 +343,7 @@ class Writer:
 
     # --- the thread ------------------------------------------------------------------------
 
-    def _take(self) -> list[LifecycleRecord] | None:
+    def _take(self) -> list[_Entry] | None:
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
@@ -233,11 +356,15 @@ class Writer:
                 and self._linger > 0
             ):
                 self._cond.wait(self._linger)
-            chunk: list[LifecycleRecord] = []
-            while self._queue and len(chunk) < self._batch_size:
-                chunk.extend(self._queue.popleft())
-            self._depth -= len(chunk)
-            self._inflight = len(chunk)
+            # Whole batches only: a batch is committed all or none.
+            chunk: list[_Entry] = []
+            n = 0
+            while self._queue and n < self._batch_size:
+                entry = self._queue.popleft()
+                chunk.append(entry)
+                n += len(entry.records)
+            self._depth -= n
+            self._inflight = n
             return chunk
 
     def _run(self) -> None:
@@ -248,7 +375,7 @@ class Writer:
             written, invalid, coerced, dropped, batches = self._write(chunk, [_MAX_RETRIES])
             with self._cond:
                 self._inflight = 0
-                self._done += len(chunk)
+                self._done += sum(len(entry.records) for entry in chunk)
                 s = self._stats
                 self._stats = replace(
                     s,
@@ -261,15 +388,15 @@ class Writer:
                 )
                 self._cond.notify_all()
 
-    def _write(
-        self, chunk: list[LifecycleRecord], budget: list[int]
-    ) -> tuple[int, int, int, int, int]:
-        """Write ``chunk``; on failure bisect while the retry budget lasts (a systemic failure
-        such as a full disk must not cost thousands of attempts).
+    def _write(self, chunk: list[_Entry], budget: list[int]) -> tuple[int, int, int, int, int]:
+        """Write ``chunk`` (whole batches) in one transaction; on failure bisect at batch
+        boundaries while the retry budget lasts (a systemic failure such as a full disk must
+        not cost thousands of attempts). A batch is never split, so a dropped batch leaves no
+        rows, and its ticket alone carries the error.
 
         Returns (written, invalid, coerced, dropped, batches)."""
         try:
-            staged = stage(chunk)
+            staged = stage([record for entry in chunk for record in entry.records])
             with self._store.write_lock:
                 write(self._cursor, staged, heartbeat_limit=self._heartbeat_limit)
             return staged.records, staged.invalid, staged.coerced, 0, 1
@@ -282,7 +409,22 @@ class Writer:
             b = self._write(chunk[mid:], budget)
             return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4])
         record_internal_error("sink.write", error)
+        why = f"{type(error).__name__}: {error}"
+        # Only a batch that failed alone is known to be refused for its own data; batches
+        # dropped together once the budget ran out may be innocent, so a retry may succeed.
+        permanent = len(chunk) == 1 and isinstance(error, _DATA_ERRORS)
         with self._cond:
-            self._pending_error = f"{type(error).__name__}: {error}"
-            self._stats = replace(self._stats, last_error=self._pending_error)
-        return 0, 0, 0, len(chunk), 0
+            for entry in chunk:
+                entry.ticket.error = why
+                entry.ticket.permanent = permanent
+                self._unreported.append((entry.ticket.end, why))
+            self._stats = replace(self._stats, last_error=why)
+        return 0, 0, 0, sum(len(entry.records) for entry in chunk), 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A queued batch and its ticket."""
+
+    records: Sequence[LifecycleRecord]
+    ticket: Ticket
