@@ -281,12 +281,18 @@ class Writer:
             )
         return True
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, report: bool = True) -> bool:
         """Wait until everything submitted before this call is written.
 
         A barrier, not an acknowledgement of particular records: use :meth:`wait` with the
         ticket from :meth:`submit` for that. A drop is reported once, to the first ``flush``
         that returns after it and was called after its batch was submitted.
+
+        Args:
+            timeout: seconds to wait at most (``None``: no limit).
+            report: ``False`` for a caller that only needs recent writes to be visible (a
+                reader): it neither raises for drops nor takes the report from the caller
+                that flushes to learn about them.
 
         Returns:
             ``True`` when written, ``False`` on timeout.
@@ -299,6 +305,8 @@ class Writer:
             position = self._submitted
         if not self._await(position, timeout):
             return False
+        if not report:
+            return True
         with self._cond:
             mine = [why for end, why in self._unreported if end <= position]
             if mine:
