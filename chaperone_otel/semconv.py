@@ -504,7 +504,8 @@ METRIC_SINK_RECORDS_DROPPED: Final = MetricSpec(
     "chaperone.sink.records.dropped",
     "counter",
     "{record}",
-    "Records lost inside the sink (should stay 0; a 2xx is never dropped).",
+    "Accepted records the writer could not store (with ack=commit their request was answered "
+    "400 or 503, never 2xx; only with ack=queue were they acknowledged first).",
     (),
 )
 METRIC_SINK_QUEUE_DEPTH: Final = MetricSpec(

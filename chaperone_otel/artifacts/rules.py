@@ -372,8 +372,9 @@ def alerts(
             f"sum by (instance) (increase({sc.METRIC_SINK_RECORDS_DROPPED.prometheus}[5m])) > 0",
             "critical",
             "The chaperone-otel sink {{ $labels.instance }} is dropping records",
-            "Records accepted by the sink were lost before reaching the store; this should "
-            "never happen.",
+            "The sink's writer could not store records it accepted (a store failure, or data "
+            "the store refuses). With ack=commit their senders were answered 503 (they retry) "
+            "or 400 (they give up); with ack=queue they had been acknowledged and are lost.",
             fire=Scenario(
                 (series(sc.METRIC_SINK_RECORDS_DROPPED.prometheus, SINK_LABELS, "0 0 0 2 2"),),
                 "1m",

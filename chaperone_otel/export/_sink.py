@@ -99,7 +99,9 @@ class EmbeddedSink:
         # Before a query in this process (the API, the HTTP endpoint), commit what is queued,
         # so a run that just ended is found. Bounded: a slow disk must not hang a reader.
         if not self._closed:
-            self.writer.flush(_READ_FLUSH_TIMEOUT)
+            # report=False: a write failure belongs to whoever flushes for it (flush()),
+            # not to a reader that happened to query first.
+            self.writer.flush(_READ_FLUSH_TIMEOUT, report=False)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record so far is committed (``False`` on timeout)."""

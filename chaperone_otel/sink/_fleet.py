@@ -49,7 +49,8 @@ class IngestStats:
     Attributes:
         ingested: records committed, by source (``otlp.logs``, ``otlp.traces``).
         rejected: requests refused, by HTTP status code.
-        dropped: records lost inside the sink after a 2xx (must stay 0).
+        dropped: accepted records the writer could not store (answered 400/503 with
+            ack=commit; acknowledged first only with ack=queue).
         queue_depth: records waiting for the writer. queue_capacity: its bound.
         last_ingest: Unix time of the latest commit (0 before the first).
     """
