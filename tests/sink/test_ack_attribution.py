@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_factory import record, store_writer
+from store_factory import record, store_writer, wait_until
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import SinkError
@@ -32,17 +32,6 @@ from chaperone_otel.sink._writer import RecordsDroppedError, Writer
 pytestmark = pytest.mark.slow
 
 JSON = {"Content-Type": "application/json"}
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def started(run_id: str, *, named: bool = True) -> dict[str, Any]:
@@ -120,12 +109,13 @@ def shared_commit(srv: SinkServer, before: Callable[[], None],
         before()
         send("X", otlp_json(started("x")))
         wait_until(lambda: writer.stats.accepted >= 1 and writer.stats.queue_depth == 0, 20,
-                   "the writer to take X")
+                   "the writer to take X", every=0.01)
         queued = 0
         for key, body in requests.items():
             send(key, body)
             queued += body.count(sc.ATTR_JOB_RUN_ID.encode())
-            wait_until(lambda q=queued: writer.stats.queue_depth == q, 20, f"{key} queued")
+            wait_until(lambda q=queued: writer.stats.queue_depth == q, 20, f"{key} queued",
+                       every=0.01)
     for t in threads:
         t.join(60)
         assert not t.is_alive(), "a request did not get an answer"
@@ -206,7 +196,8 @@ def test_wait_reports_only_the_batch_that_failed(tmp_path: Path) -> None:
         with store.write_lock:  # hold the thread so both batches are taken together
             first = writer.submit([record(sc.EVENT_JOB_STARTED, run_id="first")])
             assert first is not None
-            wait_until(lambda: writer.stats.queue_depth == 0, 20, "the first batch taken")
+            wait_until(lambda: writer.stats.queue_depth == 0, 20, "the first batch taken",
+                       every=0.01)
             good = writer.submit([record(sc.EVENT_JOB_STARTED, run_id="good")])
             bad = writer.submit([record(sc.EVENT_JOB_STARTED, run_id="bad-sibling"), nameless])
             assert good is not None

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from store_factory import wait_until
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink import open_sink
@@ -111,17 +112,6 @@ WORKER_ENV = {
     "OTEL_METRIC_EXPORT_INTERVAL": "60000",
 }
 
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 class Worker:
