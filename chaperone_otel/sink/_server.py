@@ -228,16 +228,18 @@ class SinkServer:
             yield
 
     def _open(self) -> None:
-        self._store = acquire(self.path, read_only=False, policy=self.policy)
+        # Bind first: a port that cannot be had must not leave a new, empty store file behind
+        # (nor hold the store's lock while failing).
+        self._http.bind()
+        self.port = self._http.port
         try:
+            self._store = acquire(self.path, read_only=False, policy=self.policy)
             self._writer = Writer(
                 self._store,
                 capacity=self._queue_capacity,
                 batch_size=self._max_batch,
                 heartbeat_limit=self._heartbeat_limit,
             )
-            self._http.bind()
-            self.port = self._http.port
             self._registry.register(
                 FleetCollector(
                     self._store.cursor,

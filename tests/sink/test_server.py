@@ -485,3 +485,20 @@ def test_sigterm_flushes_and_removes_the_sidecar(tmp_path: Path) -> None:
     assert not sidecar_path(path).exists()
     with open_sink(path) as sink:
         assert sink.jobs.count() == acked
+
+
+def test_a_port_in_use_leaves_no_store_file_behind(tmp_path: Path) -> None:
+    """Binding comes first: a server that cannot have its port neither creates the store
+    file nor holds it."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        db = tmp_path / "never.duckdb"
+        with pytest.raises(OSError):
+            SinkServer(str(db), port=taken.getsockname()[1]).start()
+        assert not db.exists()
+    finally:
+        taken.close()
