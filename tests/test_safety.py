@@ -91,6 +91,66 @@ def test_exporter_raising_on_every_call(production_mode: None) -> None:
         assert sum(v for attrs, v in points if attrs["chaperone.internal.where"] == "export") == 3
 
 
+def test_metric_exporter_failures_are_counted_and_its_temporality_kept(
+    production_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure() wraps its OTLP metric exporter too: a failing export is counted, never
+    raised, and the wrapper keeps the exporter's preferred temporality (delta stays delta)."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import Counter, MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        MetricExporter,
+        PeriodicExportingMetricReader,
+    )
+
+    from chaperone_otel.export import CountingMetricExporter
+
+    class Exploding(MetricExporter):
+        calls = 0
+
+        def export(self, metrics_data: object, timeout_millis: float = 10_000, **_: object):  # type: ignore[no-untyped-def,override]
+            Exploding.calls += 1
+            raise RuntimeError("collector is down")
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **_: object) -> None:
+            return None
+
+    reader = PeriodicExportingMetricReader(
+        CountingMetricExporter(Exploding()), export_interval_millis=3_600_000
+    )
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("c").add(1)
+    before = internal_error_counts().get("export:metrics", 0)
+    reader.force_flush()  # exports, fails, is counted: nothing raised
+    assert Exploding.calls == 1
+    assert internal_error_counts()["export:metrics"] == before + 1
+    provider.shutdown()
+
+    delta = OTLPMetricExporter(
+        endpoint="http://127.0.0.1:9/v1/metrics",
+        preferred_temporality={Counter: AggregationTemporality.DELTA},
+    )
+    wrapped = CountingMetricExporter(delta)
+    assert wrapped._preferred_temporality is not None
+    assert wrapped._preferred_temporality[Counter] is AggregationTemporality.DELTA
+
+    # configure() installs it: its OTLP metric export to a closed port is counted.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # seconds: give up on the closed port fast
+    setup = chaperone.configure(otlp_endpoint="http://127.0.0.1:9")
+    try:
+        with supervised("metrics.export"):
+            pass
+        (installed,) = setup.metric_readers
+        installed.force_flush()
+        assert internal_error_counts().get("export:metrics", 0) >= 1
+    finally:
+        chaperone.shutdown()
+
+
 def test_failing_hook_and_listener(production_mode: None, caplog: pytest.LogCaptureFixture) -> None:
     """A raising hook and a raising listener: the job completes, each failure logged once."""
     caplog.set_level(logging.WARNING, logger="chaperone_otel")

@@ -26,7 +26,13 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -103,6 +109,40 @@ class CountingLogExporter(LogRecordExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         with handle_internal_errors("export:logs"):
+            return bool(self.inner.force_flush(timeout_millis))
+        return False
+
+
+class CountingMetricExporter(MetricExporter):
+    """The metric twin of :class:`CountingSpanExporter`. Keeps the inner exporter's
+    preferred temporality and aggregation (the periodic reader reads them from its
+    exporter: OTLP's delta/cumulative choice must survive the wrapping)."""
+
+    def __init__(self, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=getattr(inner, "_preferred_temporality", None),
+            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
+        )
+        self.inner = inner
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception as exc:
+            record_internal_error("export:metrics", exc)
+            return MetricExportResult.FAILURE
+        if result is not MetricExportResult.SUCCESS:
+            record_internal_error("export:metrics", RuntimeError(f"metric export {result.name}"))
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        with handle_internal_errors("export:metrics"):
+            self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        with handle_internal_errors("export:metrics"):
             return bool(self.inner.force_flush(timeout_millis))
         return False
 
@@ -218,7 +258,9 @@ def setup(config: Config) -> Setup:
         )
 
         readers.append(
-            PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=_endpoint(config, "metrics")))
+            PeriodicExportingMetricReader(
+                CountingMetricExporter(OTLPMetricExporter(endpoint=_endpoint(config, "metrics")))
+            )
         )
     mp = config.meter_provider or metrics.get_meter_provider()
     if not isinstance(mp, MeterProvider):
