@@ -729,7 +729,7 @@ def wait(
                 + (" …" if len(last) > 5 else ""),
                 err=True,
             )
-        stop.wait(min(interval, remaining))
+        stop.wait(min(interval, remaining, threading.TIMEOUT_MAX))  # Event.wait overflows
 
 
 # --------------------------------------------------------------------------------------------

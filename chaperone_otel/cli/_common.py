@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -174,13 +175,36 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, (int, float)):
             return float(value)
         try:
-            return parse_duration(str(value), what=param.name if param and param.name else "value")
+            seconds = parse_duration(
+                str(value), what=param.name if param and param.name else "value"
+            )
         except ConfigurationError:
             self.fail(
                 f"{value!r} is not a duration; use e.g. 90s, 15m, 2h, 30d (or seconds)",
                 param,
                 ctx,
             )
+        if _ago(seconds) is None:
+            self.fail(_too_long(value), param, ctx)
+        return seconds
+
+
+def _ago(seconds: float) -> datetime | None:
+    """The moment ``seconds`` before now, or None when no ``datetime`` can hold it.
+
+    Every duration ends up as a ``timedelta`` subtracted from now (``--since``, ``prune``'s
+    cutoff); one past the calendar's start (year 1) would end in an ``OverflowError``
+    traceback instead of a usage error.
+    """
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+
+
+def _too_long(value: Any) -> str:
+    years = (datetime.now(timezone.utc) - datetime.min.replace(tzinfo=timezone.utc)).days // 365
+    return f"{value!r} is too long a duration (at most about {years} years)"
 
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}")
@@ -214,7 +238,10 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
                 param,
                 ctx,
             )
-        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+        ago = _ago(seconds)
+        if ago is None:
+            self.fail(_too_long(value), param, ctx)
+        return ago
 
 
 class BytesType(click.ParamType):  # type: ignore[type-arg]
@@ -242,8 +269,14 @@ BYTES = BytesType()
 
 
 def json_default(value: Any) -> Any:
-    """JSON for the values records carry (datetimes as ISO 8601 UTC, sets as lists)."""
+    """JSON for the values records carry (datetimes as ISO 8601 UTC, sets as lists).
+
+    A naive datetime is UTC: DuckDB returns ``TIMESTAMP`` values naive in UTC, and reading
+    them as local time would shift them by the machine's offset.
+    """
     if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -254,9 +287,33 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN/infinite float (at any depth) replaced by None.
+
+    ``json.dumps`` would write them as ``NaN``/``Infinity``, which is not JSON (RFC 8259):
+    ``JSON.parse``, Go and serde reject the whole document. Values ``json_default`` converts
+    come back through here too, so a record's own non-finite floats become ``null``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def dump_json(data: Any) -> None:
-    """Print ``data`` as indented JSON to stdout."""
-    click.echo(json.dumps(data, default=json_default, indent=2, sort_keys=False))
+    """Print ``data`` as indented, strict JSON to stdout (non-finite floats as ``null``)."""
+    click.echo(
+        json.dumps(
+            _finite(data),
+            default=lambda v: _finite(json_default(v)),
+            indent=2,
+            sort_keys=False,
+            allow_nan=False,
+        )
+    )
 
 
 def stdout_is_terminal() -> bool:

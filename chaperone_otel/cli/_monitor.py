@@ -189,7 +189,7 @@ def run_live(
                 render_frame(fetch(), title=title, interval=interval, width=console.width)
             )
             console.print()
-            stop.wait(interval)
+            stop.wait(min(interval, threading.TIMEOUT_MAX))  # a longer wait overflows
         return
     frame = fetch()
     with Live(
@@ -202,7 +202,7 @@ def run_live(
     ) as live:
         next_at = time.monotonic() + interval
         while not stop.is_set():
-            stop.wait(max(0.0, next_at - time.monotonic()))
+            stop.wait(min(max(0.0, next_at - time.monotonic()), threading.TIMEOUT_MAX))
             next_at = time.monotonic() + interval
             live.update(
                 render_frame(fetch(), title=title, interval=interval, width=console.width),

@@ -395,8 +395,12 @@ def _num(value: Any) -> str:
 
 
 def _iso(moment: datetime | None) -> str:
+    """ISO 8601 in UTC (``…Z``). A naive datetime is UTC: DuckDB returns ``TIMESTAMP``
+    values naive in UTC, and ``astimezone`` would read them as local time."""
     if moment is None:
         return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

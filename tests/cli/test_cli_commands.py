@@ -445,3 +445,119 @@ def test_jobs_table_fits_a_narrow_terminal() -> None:
         assert ("completed" in lines[2])
         assert ("0f8e6c3a-8a3c-4b8e-9a55-0a6c1c8e2d11" in lines[2]) is (width >= 150)
         assert ("MEMORY" in lines[0]) is (width >= 100)
+
+
+# --------------------------------------------------------------------------------------------
+# Awkward stored values: markup characters, non-finite floats, huge durations, time zones.
+# --------------------------------------------------------------------------------------------
+
+
+def _record_awkward_runs(path: Path) -> dict[str, str]:
+    """A closed store whose names, queue and metadata hold rich markup syntax and whose
+    heartbeat metadata holds NaN and infinity."""
+    ids: dict[str, str] = {}
+    chaperone_otel.configure(sink=str(path), heartbeat_interval=5.0)
+    with supervised("reports.rebuild[daily]", queue="[q]") as run:
+        run.report_progress(5, 10)
+        run.heartbeat(tag="[bold red]alert[/]", ratio=float("nan"), big=float("inf"))
+        ids["daily"] = run.id
+    with supervised("etl[/]import", queue="q") as run:
+        run.report_progress(1, 2)
+        ids["closing"] = run.id
+    chaperone_otel.shutdown()
+    chaperone_otel.reset()
+    return ids
+
+
+def _strict_json(text: str) -> object:
+    """``json.loads`` that rejects NaN/Infinity (not JSON: JSON.parse, Go, serde refuse it)."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_for_non_finite_values(
+    recorded_store: Recorded, tmp_path: Path
+) -> None:
+    path = tmp_path / "awkward.duckdb"
+    ids = _record_awkward_runs(path)
+    result = invoke("jobs", "--db", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    rows = _strict_json(result.stdout)
+    assert isinstance(rows, list)
+    daily = next(r for r in rows if r["id"] == ids["daily"])
+    assert daily["metadata"]["ratio"] is None
+    assert daily["metadata"]["big"] is None
+    assert daily["metadata"]["tag"] == "[bold red]alert[/]"
+    shown = _strict_json(invoke("show", ids["daily"], "--db", str(path), "--json").stdout)
+    assert isinstance(shown, dict)
+    assert shown["heartbeats"][-1]["metadata"]["ratio"] is None
+    q = "SELECT 'nan'::DOUBLE AS x, '-inf'::DOUBLE AS y, [1.5, 'inf'::DOUBLE] AS l, 2.5::DOUBLE AS z"
+    sql = invoke("sql", q, "--db", str(recorded_store.path), "--json")
+    assert sql.exit_code == 0, sql.output
+    assert _strict_json(sql.stdout) == [{"x": None, "y": None, "l": [1.5, None], "z": 2.5}]
+
+
+def test_sql_timestamps_are_utc_in_any_local_time_zone(recorded_store: Recorded) -> None:
+    """DuckDB returns TIMESTAMP values naive in UTC; CSV and JSON must not read them as local
+    time (a real process with TZ set, so the C library's zone is the one in effect)."""
+    import os
+    import subprocess
+    import sys
+
+    q = "SELECT TIMESTAMP '2024-05-01 12:00:00' AS t"
+    env = {k: v for k, v in os.environ.items() if k != "CHAPERONE_OTEL_SINK"}
+    for tz in ("Asia/Tokyo", "America/Los_Angeles", "UTC"):
+        env.update({"TZ": tz, "NO_COLOR": "1"})
+        outputs = {}
+        for fmt in ("--csv", "--json"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "chaperone_otel.cli", "sql", q, fmt],
+                env={**env, "CHAPERONE_OTEL_SINK": str(recorded_store.path)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert proc.returncode == 0, proc.stderr
+            outputs[fmt] = proc.stdout
+        assert outputs["--csv"].splitlines() == ["t", "2024-05-01T12:00:00Z"], (tz, outputs)
+        assert json.loads(outputs["--json"]) == [{"t": "2024-05-01T12:00:00+00:00"}], tz
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("jobs", "--since", "10000000w"),
+        ("jobs", "--since", "99999999999999999999"),
+        ("prune", "--older-than", "99999999999w"),
+        ("prune", "--older-than", "106000w"),
+        ("wait", "--timeout", "99999999999999999999"),
+        ("monitor", "--once", "--interval", "99999999999999999999w"),
+    ],
+)
+def test_durations_too_long_for_a_datetime_are_usage_errors(
+    recorded_store: Recorded, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(recorded_store.path, db)
+    result = invoke(*args, "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert "too long a duration" in result.stderr
+    with duckdb.connect(str(db), read_only=True) as con:  # prune deleted nothing
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (5,)
+
+
+def test_the_longest_duration_a_datetime_holds_still_works(
+    recorded_store: Recorded, tmp_path: Path
+) -> None:
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(recorded_store.path, db)
+    since = invoke("jobs", "--since", "100000w", "--db", str(db), "--json")
+    assert since.exit_code == 0, since.output
+    assert len(json.loads(since.stdout)) == 5
+    pruned = invoke("prune", "--older-than", "100000w", "--db", str(db))
+    assert pruned.exit_code == 0, pruned.output
+    assert "pruned 0 run(s)" in pruned.stdout
