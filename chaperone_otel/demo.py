@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import random
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -46,6 +47,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from ._resources import ProcessSampler
@@ -484,38 +486,48 @@ def _print_summary(
         console.print(text, soft_wrap=True)
 
     console.rule("[bold]summary (read back from the store)")
-    say(f"store: [bold]{db}[/]   runs this demo: [bold]{summary.total}[/]")
-    say("by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items())))
-    say("by health: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_health.items())))
-    say("by job:    " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_name.items())))
+    say(f"store: [bold]{escape(db)}[/]   runs this demo: [bold]{summary.total}[/]")
+    for label, counts in (
+        ("by status: ", summary.by_status),
+        ("by health: ", summary.by_health),
+        ("by job:    ", summary.by_name),
+    ):
+        say(escape(label + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
     for r in summary.stuck:
         say(
-            f"[bold red]stuck[/]: {r.name} {r.id} — no heartbeat since "
+            f"[bold red]stuck[/]: {escape(r.name)} {r.id} — no heartbeat since "
             f"{r.last_heartbeat_at:%H:%M:%S} UTC (interval {r.heartbeat_interval:g}s)"
             + (" — cancelled by the demo on exit" if r.id == hung_id else "")
         )
     for r, violations in summary.violated:
         for v in violations:
             say(
-                f"[bold yellow]violation[/]: {r.name} {r.id} — {v.type} "
+                f"[bold yellow]violation[/]: {escape(r.name)} {r.id} — {v.type} "
                 f"{_mib(v.actual)} > limit {_mib(v.limit)} (policy {v.policy}); "
                 f"run {r.status}"
             )
     for r in summary.failed:
-        say(f"[bold red]failed[/]: {r.name} {r.id} — {r.error_type}: {r.error_message}")
+        say(
+            f"[bold red]failed[/]: {escape(r.name)} {r.id} — "
+            + escape(f"{r.error_type}: {r.error_message}")
+        )
     failed_id = summary.failed[0].id if summary.failed else "<run-id>"
     hog_id = summary.violated[0][0].id if summary.violated else "<run-id>"
-    cmd = _cli_command()
+    # Commands a user pastes into a shell: every path quoted (a space would split it).
+    cmd = shlex.quote(_cli_command())
+    qdb = shlex.quote(db)
     console.rule("[bold]explore it next")
     lines = [
-        f"{cmd} jobs --db {db}",
-        f"{cmd} jobs --db {db} --failed",
-        f"{cmd} show {failed_id} --db {db}",
-        f"{cmd} show {hog_id} --db {db}",
-        f"{cmd} jobs --db {db} --violated --json",
-        f'{cmd} sql --db {db} "SELECT name, status, count(*) AS runs, '
+        f"{cmd} jobs --db {qdb}",
+        f"{cmd} jobs --db {qdb} --failed",
+        f"{cmd} show {failed_id} --db {qdb}",
+        f"{cmd} show {hog_id} --db {qdb}",
+        f"{cmd} jobs --db {qdb} --violated --json",
+        f'{cmd} sql --db {qdb} "SELECT name, status, count(*) AS runs, '
         f'round(avg(duration), 1) AS avg_s FROM jobs GROUP BY ALL ORDER BY name"',
-        f"{cmd} monitor --db {db}    # live view; run `{cmd} demo --forever` in another terminal",
+        # The demo to run beside it must record to the store the monitor watches.
+        f"{cmd} monitor --db {qdb}    # live view; run "
+        f"`{cmd} demo --db {qdb} --forever` in another terminal",
     ]
     for line in lines:
         console.print(Text(line), soft_wrap=True)
@@ -602,14 +614,16 @@ def run_demo(
         return 3
     metrics_url: str | None = getattr(setup, "prometheus_url", None)
     console.print(
-        f"[bold]chaperone-otel demo[/]: recording to [bold]{path}[/]"
-        + (f", metrics at [bold]{metrics_url}[/]" if metrics_url else ""),
+        f"[bold]chaperone-otel demo[/]: recording to [bold]{escape(str(path))}[/]"
+        + (f", metrics at [bold]{escape(metrics_url)}[/]" if metrics_url else ""),
         soft_wrap=True,
     )
     console.print(
         f"owner query URL: {_owner_url(path, setup) or '-'}  "
-        f"(try `chaperone-otel monitor --db {path}` in another terminal)",
+        f"(try `{shlex.quote(_cli_command())} monitor --db {shlex.quote(str(path))}` "
+        "in another terminal)",
         soft_wrap=True,
+        markup=False,
     )
 
     rng = random.Random(seed)
@@ -704,7 +718,7 @@ def run_demo(
                 )
                 live_view.stop()
         for line in messages:
-            console.print(f"[dim]{line}[/]")
+            console.print(Text(line, style="dim"))
 
         # Read the summary while the hung run is still stuck and the store still owned.
         hung = board.find(HUNG_JOB)

@@ -473,3 +473,46 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     assert run["status"] == "completed"
     assert run["queue"] == "imports"
     assert run["progress"] == 100
+
+
+def test_demo_prints_commands_that_work_for_a_path_with_spaces(tmp_path: Path) -> None:
+    """The printed commands are pasted into a shell: a store path with a space (and rich
+    markup characters) must come out quoted, and the monitor hint's demo must record to the
+    store that monitor watches."""
+    import shlex
+
+    db = tmp_path / "my stores [demo]" / "demo store.duckdb"
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--db", str(db), "--duration", "1", "--no-live", "--seed", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, out + err
+    assert f"store: {db}" in out  # the path is not read as markup
+    failed = next(line for line in out.splitlines() if line.endswith(" --failed"))
+    shell = subprocess.run(
+        ["/bin/sh", "-c", failed + " --json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert shell.returncode == 0, (failed, shell.stderr)
+    assert [r["name"] for r in json.loads(shell.stdout)] == ["emails.send_digest"]
+    hint = next(line for line in out.splitlines() if "# live view" in line)
+    monitor_cmd, _, comment = hint.partition("#")
+    monitor_args = shlex.split(monitor_cmd)
+    assert monitor_args[-3:] == ["monitor", "--db", str(db)], hint
+    demo_args = shlex.split(comment.split("`")[1])
+    assert demo_args[1:] == ["demo", "--db", str(db), "--forever"], hint
+    try_line = next(line for line in out.splitlines() if line.startswith("owner query URL"))
+    assert shlex.split(try_line.split("`")[1])[1:] == ["monitor", "--db", str(db)], try_line
