@@ -596,7 +596,9 @@ def run_demo(
     errors = Console(stderr=True, highlight=False)
     path = Path(db).expanduser()
     if path.is_dir():
-        errors.print(f"error: {path} is a directory; --db takes a file path", soft_wrap=True)
+        errors.print(
+            f"error: {path} is a directory; --db takes a file path", soft_wrap=True, markup=False
+        )
         return 3
     path.parent.mkdir(parents=True, exist_ok=True)
     restore_sigterm = _sigterm_as_ctrl_c()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from .._version import __version__
 from ..exceptions import SinkError
@@ -559,10 +560,10 @@ def health(
         out = console()
         if run_id is not None:
             r = records[0]
-            out.print(f"{r.name} {r.id}: ", render.status_text(r), " ", render.health_text(r))
+            out.print(Text(f"{r.name} {r.id}: "), render.status_text(r), " ", render.health_text(r))
         else:
             summary = "  ".join(f"{k}: {v}" for k, v in counts.items())
-            out.print(f"{len(records)} running run(s)  {summary}")
+            out.print(Text(f"{len(records)} running run(s)  {summary}"))
             not_ok = [r for r in records if r.health != "healthy" or bad(r)]
             if not_ok:
                 out.print(render.jobs_table(not_ok, title="not healthy", width=out.width))
@@ -607,10 +608,10 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
         from rich.table import Table  # noqa: PLC0415
 
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for c in columns:
-            table.add_column(c, overflow="fold")
+        for c in columns:  # names and values as Text: "SELECT '[/]'" is data, not markup
+            table.add_column(Text(c), overflow="fold")
         for row in rows:
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
+            table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
         out = console()
         out.print(table)
         out.print(f"[dim]{len(rows)} row(s)[/]")

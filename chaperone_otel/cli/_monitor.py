@@ -127,11 +127,11 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
             seconds = (now - f(r, "last_heartbeat_at")).total_seconds()
             hb_style = "yellow" if seconds > float(interval_s) else ""
         cells: dict[str, str | Text] = {
-            "JOB": str(f(r, "name") or "-"),
-            "RUN": short_id(str(f(r, "id"))),
-            "QUEUE": str(f(r, "queue") or "-"),
+            "JOB": Text(str(f(r, "name") or "-")),  # stored strings: never markup
+            "RUN": Text(short_id(str(f(r, "id")))),
+            "QUEUE": Text(str(f(r, "queue") or "-")),
             "PROGRESS": progress_bar(f(r, "progress"), bar_width),
-            "PHASE": str(f(r, "phase") or ""),
+            "PHASE": Text(str(f(r, "phase") or "")),
             "ETA": "-"
             if eta is None or f(r, "stuck") or f(r, "lost")
             else fmt_duration(float(eta)),
@@ -161,8 +161,8 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
             err = f(r, "error_type")
             err = str(err).rsplit(".", 1)[-1] if err else None
             done.add_row(
-                str(f(r, "name")),
-                short_id(str(f(r, "id"))),
+                Text(str(f(r, "name"))),
+                Text(short_id(str(f(r, "id")))),
                 status_text(r),
                 fmt_duration(f(r, "duration")),
                 Text(f"{err}: {f(r, 'error_message') or ''}"[:70], style="red") if err else "",

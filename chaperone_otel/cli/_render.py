@@ -3,6 +3,10 @@
 Rendering works on any object with the ``JobRecord`` attributes (the sink's records, and
 :class:`RunRow` built from a live ``JobState`` for the demo's own view), read with
 ``getattr`` so a field the store does not have yet renders as ``-`` instead of failing.
+
+Every stored or user-given string reaches rich as :class:`~rich.text.Text`, never as a
+``str``: rich reads a ``str`` as markup, so a job named ``etl[/]import`` would crash the
+command and ``rebuild[daily]`` would lose its ``[daily]``.
 """
 
 from __future__ import annotations
@@ -211,9 +215,9 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
         progress = field(r, "progress")
         running = field(r, "status") == "running"
         cells: dict[str, str | Text] = {
-            "ID": str(field(r, "id")) if full_ids else short_id(str(field(r, "id"))),
-            "NAME": str(field(r, "name") or "-"),
-            "QUEUE": str(field(r, "queue") or "-"),
+            "ID": Text(str(field(r, "id")) if full_ids else short_id(str(field(r, "id")))),
+            "NAME": Text(str(field(r, "name") or "-")),
+            "QUEUE": Text(str(field(r, "queue") or "-")),
             "STATUS": status_text(r),
             "HEALTH": health_text(r),
             "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
@@ -237,7 +241,7 @@ def detail(record: Any) -> RenderableType:
     def row(label: str, value: Any) -> None:
         if value is None or value == "":
             return
-        info.add_row(label, value if isinstance(value, Text) else str(value))
+        info.add_row(label, value if isinstance(value, Text) else Text(str(value)))
 
     row("run id", field(r, "id"))
     row("attempt", field(r, "attempt"))
@@ -298,7 +302,8 @@ def detail(record: Any) -> RenderableType:
     meta = field(r, "metadata")
     if meta:
         row("metadata", ", ".join(f"{k}={v}" for k, v in dict(meta).items()))
-    parts: list[RenderableType] = [Panel(info, title=f"[bold]{field(r, 'name')}", expand=False)]
+    title = Text(str(field(r, "name")), style="bold")
+    parts: list[RenderableType] = [Panel(info, title=title, expand=False)]
 
     violations = list(field(r, "resource_violations") or [])
     if violations:
@@ -311,9 +316,9 @@ def detail(record: Any) -> RenderableType:
             vt.add_row(
                 _iso(field(v, "at")),
                 Text(kind, style="red"),
-                fmt(field(v, "limit")),
-                fmt(field(v, "actual")),
-                str(field(v, "policy") or "-"),
+                Text(fmt(field(v, "limit"))),
+                Text(fmt(field(v, "actual"))),
+                Text(str(field(v, "policy") or "-")),
             )
         parts.append(vt)
 
@@ -351,10 +356,10 @@ def detail(record: Any) -> RenderableType:
             hmeta = field(hb, "metadata") or {}
             ht.add_row(
                 _iso(field(hb, "at")),
-                str(field(hb, "kind") or "-"),
+                Text(str(field(hb, "kind") or "-")),
                 str(field(hb, "calls") if field(hb, "calls") is not None else "-"),
                 "-" if p is None else f"{float(p):.0f}%",
-                ", ".join(f"{k}={v}" for k, v in dict(hmeta).items())[:80],
+                Text(", ".join(f"{k}={v}" for k, v in dict(hmeta).items())[:80]),
             )
         parts.append(ht)
     return Group(*parts)

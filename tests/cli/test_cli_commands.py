@@ -561,3 +561,55 @@ def test_the_longest_duration_a_datetime_holds_still_works(
     pruned = invoke("prune", "--older-than", "100000w", "--db", str(db))
     assert pruned.exit_code == 0, pruned.output
     assert "pruned 0 run(s)" in pruned.stdout
+
+
+def test_square_brackets_in_stored_data_are_shown_as_written(tmp_path: Path) -> None:
+    """Rich reads a str as markup: stored names, queues, metadata and SQL values must reach
+    it as plain text (no MarkupError traceback, no lost ``[daily]``)."""
+    path = tmp_path / "brackets.duckdb"
+    ids = _record_awkward_runs(path)
+    db = str(path)
+    jobs = invoke("jobs", "--db", db)
+    assert jobs.exit_code == 0, jobs.output
+    assert "reports.rebuild[daily]" in jobs.stdout
+    assert "etl[/]import" in jobs.stdout
+    assert "[q]" in jobs.stdout
+    shown = invoke("show", ids["daily"], "--db", db)
+    assert shown.exit_code == 0, shown.output
+    assert "reports.rebuild[daily]" in shown.stdout  # the panel title
+    assert "tag=[bold red]alert[/]" in shown.stdout  # heartbeat metadata
+    monitor = invoke("monitor", "--once", "--db", db)
+    assert monitor.exit_code == 0, monitor.output
+    assert "etl[/]import" in monitor.stdout  # recently finished
+    health = invoke("health", ids["closing"], "--db", db)
+    assert health.exit_code == 0, health.output
+    assert f"etl[/]import {ids['closing']}:" in health.stdout
+    sql = invoke("sql", "SELECT '[/]' AS \"[b]x\", '[red]y' AS z", "--db", db)
+    assert sql.exit_code == 0, sql.output
+    assert "[b]x" in sql.stdout
+    assert "[/]" in sql.stdout
+    assert "[red]y" in sql.stdout
+
+
+def test_square_brackets_in_running_runs_tables() -> None:
+    """The tables ``stuck``/``health``/``wait`` and ``monitor`` print for running runs."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from chaperone_otel.cli import _render as render
+    from chaperone_otel.cli._monitor import Frame, render_frame
+
+    now = datetime.now(timezone.utc)
+    record = SimpleNamespace(id="[/]4c97744-0f27", name="etl[/]import", queue="[q]", status="running", health="unhealthy", stuck=True, lost=False, progress=42.0, phase="[bold]load", eta=None, started_at=now, duration=3.0, last_heartbeat_at=now - timedelta(seconds=200), heartbeat_interval=60.0, memory_bytes=2**27, cpu_percent=1.0)  # fmt: skip
+    for renderable in (
+        render.jobs_table([record], title="stuck runs", width=200),
+        render_frame(Frame(running=[record], at=now), title="[x]", interval=1, width=200),
+    ):
+        console = Console(width=200, record=True, color_system=None)
+        console.print(renderable)
+        text = console.export_text()
+        for value in ("etl[/]import", "[q]", "[/]4c977"):
+            assert value in text, text
+    assert "[bold]load" in text  # the monitor's PHASE column
