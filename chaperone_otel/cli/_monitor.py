@@ -23,9 +23,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ._render import (
+    Cell,
     Column,
-    add_fitted_columns,
-    fit_columns,
+    fitted_table,
     fmt_age,
     fmt_bytes,
     fmt_duration,
@@ -71,8 +71,9 @@ def read_frame(sink: Any, *, name: str | None, queue: str | None, recent: int) -
 def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120) -> RenderableType:
     """The frame as a rich renderable (used by the live view and ``--once``).
 
-    Fitted to ``width``: one line per run, the job name always shown; PHASE, CPU and QUEUE
-    are left out on narrow terminals rather than squeezed to nothing.
+    Fitted to ``width``: one line per run, the job name always shown; PHASE, CPU, QUEUE …
+    are left out on narrow terminals rather than cut (every column is as wide as its widest
+    cell, QUEUE and PHASE at most 16 with ``…``; the job name takes what is left).
     """
     now = frame.at
     header = Text()
@@ -102,7 +103,7 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
         header.append(f"{count} {label}", style=style if count else "dim")
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
-    bar_width = 10 if width < 120 else 16
+    bar_width = 16 if width >= 120 else 10 if width >= 80 else 0  # 0: the percentage only
     columns: list[Column] = [
         ("JOB", "left", 14),
         ("RUN", "left", 8),
@@ -115,8 +116,7 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
         ("CPU", "right", 4),
         ("HEALTH", "left", 15),  # "unhealthy STUCK" must not be cut
     ]
-    shown = fit_columns(columns, width, ("PHASE", "CPU", "QUEUE", "MEMORY", "RUN", "ETA"))
-    add_fitted_columns(table, shown, width, "JOB")
+    rows: list[dict[str, Cell]] = []
     for r in running:
         eta = f(r, "eta")
         cpu = f(r, "cpu_percent")
@@ -126,21 +126,31 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
         if not hb_style and interval_s and f(r, "last_heartbeat_at") is not None:
             seconds = (now - f(r, "last_heartbeat_at")).total_seconds()
             hb_style = "yellow" if seconds > float(interval_s) else ""
-        cells: dict[str, str | Text] = {
-            "JOB": Text(str(f(r, "name") or "-")),  # stored strings: never markup
-            "RUN": Text(short_id(str(f(r, "id")))),
-            "QUEUE": Text(str(f(r, "queue") or "-")),
-            "PROGRESS": progress_bar(f(r, "progress"), bar_width),
-            "PHASE": Text(str(f(r, "phase") or "")),
-            "ETA": "-"
-            if eta is None or f(r, "stuck") or f(r, "lost")
-            else fmt_duration(float(eta)),
-            "HEARTBEAT": Text(hb_age, style=hb_style),
-            "MEMORY": fmt_bytes(f(r, "memory_bytes")),
-            "CPU": "-" if cpu is None else f"{float(cpu):.0f}%",
-            "HEALTH": health_text(r),
-        }
-        table.add_row(*(cells[c[0]] for c in shown))
+        rows.append(
+            {
+                "JOB": Text(str(f(r, "name") or "-")),  # stored strings: never markup
+                "RUN": Text(short_id(str(f(r, "id")))),
+                "QUEUE": Text(str(f(r, "queue") or "-")),
+                "PROGRESS": progress_bar(f(r, "progress"), bar_width),
+                "PHASE": Text(str(f(r, "phase") or "")),
+                "ETA": "-"
+                if eta is None or f(r, "stuck") or f(r, "lost")
+                else fmt_duration(float(eta)),
+                "HEARTBEAT": Text(hb_age, style=hb_style),
+                "MEMORY": fmt_bytes(f(r, "memory_bytes")),
+                "CPU": "-" if cpu is None else f"{float(cpu):.0f}%",
+                "HEALTH": health_text(r),
+            }
+        )
+    fitted_table(
+        table,
+        columns,
+        rows,
+        width=width,
+        flexible="JOB",
+        drop_order=("PHASE", "CPU", "QUEUE", "MEMORY", "RUN", "ETA"),
+        caps={"QUEUE": 16, "PHASE": 16},
+    )
     parts: list[RenderableType] = [header]
     if running:
         parts.append(table)
@@ -155,8 +165,13 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
             pad_edge=False,
             title_style="dim",
         )
-        for col in ("JOB", "RUN", "STATUS", "DURATION", "ERROR"):
-            done.add_column(col, no_wrap=col != "ERROR")
+        # Fixed columns, then the job name up to what leaves ERROR (which wraps) 20 cells:
+        # a long name must not squeeze RUN/STATUS/DURATION to "…".
+        done.add_column("JOB", no_wrap=True, overflow="ellipsis", max_width=max(14, width - 65))
+        done.add_column("RUN", no_wrap=True, min_width=8)
+        done.add_column("STATUS", no_wrap=True, min_width=9)
+        done.add_column("DURATION", no_wrap=True, min_width=8, justify="right")
+        done.add_column("ERROR")
         for r in frame.recent:
             err = f(r, "error_type")
             err = str(err).rsplit(".", 1)[-1] if err else None

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -159,10 +160,11 @@ def short_id(run_id: str) -> str:
 
 
 Column = tuple[str, Literal["left", "right"], int]
+Cell = str | Text
 
 
 def fit_columns(columns: Sequence[Column], width: int, drop_order: Sequence[str]) -> list[Column]:
-    """Leave out columns in ``drop_order`` until the rest fit ``width`` at their minimum
+    """Leave out columns in ``drop_order`` until the rest fit ``width`` at their planned
     widths (each column also takes 3 characters of padding and separator)."""
     shown = list(columns)
     for name in drop_order:
@@ -172,25 +174,77 @@ def fit_columns(columns: Sequence[Column], width: int, drop_order: Sequence[str]
     return shown
 
 
+def size_columns(
+    columns: Sequence[Column],
+    rows: Sequence[dict[str, Cell]],
+    *,
+    flexible: str,
+    caps: dict[str, int] | None = None,
+) -> list[Column]:
+    """Each column's width: its widest cell (and header), at least its minimum, at most its
+    cap (longer cells end in ``…``); ``flexible`` keeps its minimum and takes what is left.
+
+    Planning with minimum widths is not enough: rich cannot shrink a ``no_wrap`` column
+    below its content, so a table planned at minimums came out wider than the terminal and
+    was cut at the edge (``MEMORY`` without its unit, ``HEALTH`` gone). Sizing from the real
+    cells first lets :func:`fit_columns` leave out whole columns instead.
+    """
+    caps = caps or {}
+    sized: list[Column] = []
+    for name, justify, minimum in columns:
+        planned = minimum
+        if name != flexible:
+            widest = max([minimum, cell_len(name)] + [_cell_len(row[name]) for row in rows])
+            planned = min(widest, caps.get(name, widest))
+        sized.append((name, justify, planned))
+    return sized
+
+
+def _cell_len(cell: Cell) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
+
+
 def add_fitted_columns(table: Table, shown: Sequence[Column], width: int, flexible: str) -> None:
-    """Add ``shown`` to ``table``: cells never wrap; ``flexible`` takes the spare width."""
+    """Add ``shown`` to ``table``: cells never wrap; every column is exactly its planned
+    width except ``flexible``, which takes the spare width (and no more)."""
     others = sum(w + 3 for n, _, w in shown if n != flexible)
-    for name, justify, min_width in shown:
+    for name, justify, planned in shown:
         table.add_column(
             name,
             justify=justify,
             no_wrap=True,
             overflow="ellipsis",
-            min_width=min_width,
-            max_width=max(min_width, width - others - 3) if name == flexible else None,
+            min_width=planned,
+            max_width=max(planned, width - others - 3) if name == flexible else planned,
         )
+
+
+def fitted_table(
+    table: Table,
+    columns: Sequence[Column],
+    rows: Sequence[dict[str, Cell]],
+    *,
+    width: int,
+    flexible: str,
+    drop_order: Sequence[str],
+    caps: dict[str, int] | None = None,
+) -> Table:
+    """Fill ``table`` with ``rows`` (one line each) in at most ``width`` columns: size the
+    columns from their cells, leave out columns in ``drop_order`` until the rest fit, and
+    give ``flexible`` (the job name) what is left."""
+    sized = size_columns(columns, rows, flexible=flexible, caps=caps)
+    shown = fit_columns(sized, width, drop_order)
+    add_fitted_columns(table, shown, width, flexible)
+    for row in rows:
+        table.add_row(*(row[name] for name, _, _ in shown))
+    return table
 
 
 def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int = 80) -> Table:
     """The ``jobs`` / ``stuck`` / ``health`` list, fitted to ``width`` columns.
 
     Cells never wrap (a run per line); on a narrow terminal the ids are shortened (``show``
-    takes a prefix) and the least useful columns are left out rather than squeezed.
+    takes a prefix) and the least useful columns are left out rather than cut.
     """
     now = now_utc()
     full_ids = width >= 150
@@ -206,28 +260,33 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
         ("HEARTBEAT", "right", 9),
         ("MEMORY", "right", 9),
     ]
-    shown = fit_columns(
-        columns, width, ("STARTED", "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION")
-    )
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    add_fitted_columns(table, shown, width, "NAME")
+    rows: list[dict[str, Cell]] = []
     for r in records:
         progress = field(r, "progress")
         running = field(r, "status") == "running"
-        cells: dict[str, str | Text] = {
-            "ID": Text(str(field(r, "id")) if full_ids else short_id(str(field(r, "id")))),
-            "NAME": Text(str(field(r, "name") or "-")),
-            "QUEUE": Text(str(field(r, "queue") or "-")),
-            "STATUS": status_text(r),
-            "HEALTH": health_text(r),
-            "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
-            "STARTED": fmt_time(field(r, "started_at")),
-            "DURATION": fmt_duration(field(r, "duration")),
-            "HEARTBEAT": fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
-            "MEMORY": fmt_bytes(field(r, "memory_bytes")),
-        }
-        table.add_row(*(cells[c[0]] for c in shown))
-    return table
+        rows.append(
+            {
+                "ID": Text(str(field(r, "id")) if full_ids else short_id(str(field(r, "id")))),
+                "NAME": Text(str(field(r, "name") or "-")),
+                "QUEUE": Text(str(field(r, "queue") or "-")),
+                "STATUS": status_text(r),
+                "HEALTH": health_text(r),
+                "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
+                "STARTED": fmt_time(field(r, "started_at")),
+                "DURATION": fmt_duration(field(r, "duration")),
+                "HEARTBEAT": fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
+                "MEMORY": fmt_bytes(field(r, "memory_bytes")),
+            }
+        )
+    return fitted_table(
+        Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False),
+        columns,
+        rows,
+        width=width,
+        flexible="NAME",
+        drop_order=("STARTED", "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION"),
+        caps={"QUEUE": 16},
+    )
 
 
 def detail(record: Any) -> RenderableType:

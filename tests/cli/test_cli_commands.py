@@ -613,3 +613,55 @@ def test_square_brackets_in_running_runs_tables() -> None:
         for value in ("etl[/]import", "[q]", "[/]4c977"):
             assert value in text, text
     assert "[bold]load" in text  # the monitor's PHASE column
+
+
+def test_tables_fit_the_terminal_without_cutting_values() -> None:
+    """A value wider than its planned minimum (a date for a run started on an earlier day,
+    a 12-character queue) must not push the table past the terminal, where rich cuts it:
+    columns are left out whole instead, and the ones shown keep their values intact."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from chaperone_otel.cli import _render as render
+    from chaperone_otel.cli._monitor import Frame, render_frame
+
+    now = datetime.now(timezone.utc)
+    started = now - timedelta(days=2)
+    record = SimpleNamespace(id="e4c97744-0f27-4bd9-b27f-69f2511aff1c", name="crm.sync_contacts", queue="integrations", status="running", health="unhealthy", stuck=True, lost=False, progress=42.0, phase="processing", eta=None, started_at=started, duration=1.1, last_heartbeat_at=now - timedelta(seconds=200), heartbeat_interval=60.0, memory_bytes=166985728, cpu_percent=12.0)  # fmt: skip
+    finished = SimpleNamespace(id="0f8e6c3a-8a3c-4b8e", name="x" * 150, status="failed", duration=3.0, error_type="ValueError", error_message="boom")  # fmt: skip
+    seen_memory: set[str] = set()
+    for width in range(60, 141, 5):
+        for kind, renderable in (
+            ("jobs", render.jobs_table([record], width=width)),
+            (
+                "monitor",
+                render_frame(
+                    Frame(running=[record], recent=[finished], at=now),
+                    title="t",
+                    interval=1,
+                    width=width,
+                ),
+            ),
+        ):
+            console = Console(width=width, record=True, color_system=None)
+            console.print(renderable)
+            lines = console.export_text().splitlines()
+            assert all(len(line) <= width for line in lines), (kind, width, lines)
+            header = next(line for line in lines if "HEALTH" in line)
+            row = next(line for line in lines if line.startswith(("e4c97744", "crm.")))
+            assert row.rstrip().endswith("unhealthy STUCK") or kind == "jobs", (width, row)
+            assert "unhealthy STUCK" in row, (kind, width, row)
+            if "MEMORY" in header:
+                seen_memory.add(f"{kind}@{width}")
+                assert "159.2 MiB" in row, (kind, width, row)
+            if "STARTED" in header:
+                assert render.fmt_time(started) in row, (kind, width, row)
+            if "QUEUE" in header:
+                assert "integrations" in row, (kind, width, row)
+            if kind == "monitor":
+                failed = next(line for line in lines if line.startswith("xxx"))
+                assert "failed" in failed, (width, failed)
+                assert "3.0s" in failed, (width, failed)
+    assert {"jobs@120", "jobs@140", "monitor@110", "monitor@140"} <= seen_memory
