@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -60,7 +61,7 @@ from ._api import BackgroundServer, query_routes
 from ._fleet import FleetCollector, IngestStats
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
-from ._writer import RecordsDroppedError, Writer
+from ._writer import RecordsDroppedError, Ticket, Writer
 
 __all__ = [
     "DEFAULT_PORT",
@@ -125,6 +126,32 @@ class _Uvicorn:
                 self.should_exit = True
 
         return _Server
+
+
+async def _committed_within(writer: Writer, ticket: Ticket, timeout: float) -> bool:
+    """``writer.wait(ticket, timeout)`` without parking a thread: the writer calls back when
+    the batch is processed and the loop is woken. Waiting in the shared thread pool (40
+    threads) made the 41st waiting request, and ``/metrics`` and the query API behind it,
+    wait for a thread before it even started waiting: answers came at multiples of the
+    timeout exactly when the store was slow. True when committed, False on timeout; raises
+    as :meth:`Writer.wait` does for a dropped batch."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def wake() -> None:  # on the writer's thread
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(resolve)
+
+    writer.when_done(ticket, wake)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        return False
+    return writer.wait(ticket, 0)
 
 
 class SinkServer:
@@ -491,7 +518,7 @@ class SinkServer:
             try:
                 # 2xx only once this request's records are committed. Concurrent requests
                 # share one commit; each learns only its own records' fate.
-                committed = await run_in_threadpool(writer.wait, ticket, self.ack_timeout)
+                committed = await _committed_within(writer, ticket, self.ack_timeout)
             except RecordsDroppedError as e:
                 if e.permanent:  # resending the same records cannot succeed: do not retry
                     return self._error(400, f"records refused by the store: {e}", encoding)

@@ -91,13 +91,14 @@ class Ticket:
         permanent: the drop was caused by the batch's own data (a retry cannot succeed).
     """
 
-    __slots__ = ("end", "error", "first", "permanent")
+    __slots__ = ("callbacks", "end", "error", "first", "permanent")
 
     def __init__(self, first: int, end: int) -> None:
         self.first = first
         self.end = end
         self.error: str | None = None
         self.permanent = False
+        self.callbacks: list[Callable[[], object]] | None = None  # see Writer.when_done
 
     def __len__(self) -> int:
         return self.end - self.first
@@ -246,7 +247,8 @@ class Writer:
                 return None
             was_empty = not self._depth
             ticket = Ticket(self._submitted, self._submitted + n)
-            self._queue.append(_Entry(records, ticket))
+            # A copy: the positions count these records, whatever the caller does with its list.
+            self._queue.append(_Entry(tuple(records), ticket))
             self._depth += n
             self._submitted += n
             # Wake the thread only when it may be idle or a batch is full: waking it per
@@ -280,6 +282,23 @@ class Writer:
                 ticket,
             )
         return True
+
+    def when_done(self, ticket: Ticket, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the batch of ``ticket`` is processed (committed or
+        dropped; then :meth:`wait` with timeout 0 tells which), on the writer's thread, or at
+        once if it already is. For an event loop that must not park a thread per waiting
+        request (the sink server): the callback only hands the news to the loop. A callback
+        that raises is counted, never stops the writer. Like :meth:`wait`, a pending callback
+        makes the thread write without lingering."""
+        with self._cond:
+            if self._done < ticket.end:
+                if ticket.callbacks is None:
+                    ticket.callbacks = []
+                ticket.callbacks.append(callback)
+                self._flushers += 1
+                self._cond.notify_all()
+                return
+        _call_back(callback)
 
     def flush(self, timeout: float | None = None, *, report: bool = True) -> bool:
         """Wait until everything submitted before this call is written.
@@ -381,9 +400,15 @@ class Writer:
             if chunk is None:
                 return
             written, invalid, coerced, dropped, batches = self._write(chunk, [_MAX_RETRIES])
+            callbacks: list[Callable[[], object]] = []
             with self._cond:
                 self._inflight = 0
-                self._done += sum(len(entry.records) for entry in chunk)
+                self._done += sum(len(entry.ticket) for entry in chunk)
+                for entry in chunk:
+                    if entry.ticket.callbacks:
+                        callbacks.extend(entry.ticket.callbacks)
+                        self._flushers -= len(entry.ticket.callbacks)
+                        entry.ticket.callbacks = None
                 s = self._stats
                 self._stats = replace(
                     s,
@@ -395,6 +420,8 @@ class Writer:
                     last_ingest=self._clock() if batches else s.last_ingest,
                 )
                 self._cond.notify_all()
+            for callback in callbacks:  # outside the lock: a callback may call wait()
+                _call_back(callback)
 
     def _write(self, chunk: list[_Entry], budget: list[int]) -> tuple[int, int, int, int, int]:
         """Write ``chunk`` (whole batches) in one transaction; on failure bisect at batch
@@ -428,6 +455,13 @@ class Writer:
                 self._unreported.append((entry.ticket.end, why))
             self._stats = replace(self._stats, last_error=why)
         return 0, 0, 0, sum(len(entry.records) for entry in chunk), 0
+
+
+def _call_back(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception as exc:
+        record_internal_error("sink.callback", exc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,3 +216,69 @@ def test_wait_reports_only_the_batch_that_failed(tmp_path: Path) -> None:
             writer.flush(30)
         assert writer.flush(30) is True  # reported once
         cur.close()
+
+
+def test_waiting_requests_park_no_thread_and_are_answered_at_the_ack_timeout(
+    tmp_path: Path,
+) -> None:
+    """More requests waiting for their commit than the server's thread pool has threads
+    (40), the store stalled: every one is answered 503 at its ack timeout (not at a
+    multiple of it, queued behind the others), and /metrics answers meanwhile."""
+    ack_timeout = 1.0
+    srv = SinkServer(str(tmp_path / "stall.duckdb"), port=0, advertise=False,
+                     ack_timeout=ack_timeout).start()
+    host, port = srv.url.removeprefix("http://").split(":")
+    answers: dict[int, tuple[int, float]] = {}
+    try:
+        with srv.paused():
+            def send(i: int) -> None:
+                t0 = time.monotonic()
+                status, _, _ = post(srv.url, otlp_json(started(f"stall-{i}")))
+                answers[i] = (status, time.monotonic() - t0)
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(60)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: srv.writer.stats.queue_depth + srv.writer.stats.accepted >= 60,
+                       10, "all 60 requests queued", every=0.01)
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            t0 = time.monotonic()
+            conn.request("GET", "/metrics")
+            assert conn.getresponse().status == 200
+            scrape = time.monotonic() - t0
+            conn.close()
+            for t in threads:
+                t.join(30)
+                assert not t.is_alive()
+    finally:
+        srv.stop(15)
+    assert sorted(status for status, _ in answers.values()) == [503] * 60
+    slowest = max(elapsed for _, elapsed in answers.values())
+    assert slowest < 1.8 * ack_timeout, f"answered after {slowest:.2f}s"
+    assert scrape < ack_timeout, f"/metrics took {scrape:.2f}s during the stall"
+
+
+def test_when_done_calls_back_once_the_batch_is_processed(tmp_path: Path) -> None:
+    """Writer.when_done: called on commit (then wait(ticket, 0) is True), at once for a
+    batch already processed, and on a drop (then wait(ticket, 0) raises)."""
+    with store_writer(tmp_path / "cb.duckdb") as (writer, _sink):
+        calls: list[str] = []
+        fired = threading.Event()
+        with writer._store.write_lock:  # hold the commit: the callback must wait for it
+            ticket = writer.submit([record(sc.EVENT_JOB_STARTED, run_id="cb-1")])
+            assert ticket is not None
+            writer.when_done(ticket, lambda: (calls.append("committed"), fired.set()))
+            assert not fired.wait(0.2)
+        assert fired.wait(10)
+        assert writer.wait(ticket, 0) is True
+        writer.when_done(ticket, lambda: calls.append("already"))
+        assert calls == ["committed", "already"]
+
+        writer._store.cursor().execute("ALTER TABLE jobs ALTER COLUMN name SET NOT NULL")
+        dropped = threading.Event()
+        bad = writer.submit([record(sc.EVENT_JOB_STARTED, run_id="cb-2", name=None)])
+        assert bad is not None
+        writer.when_done(bad, dropped.set)
+        assert dropped.wait(10)
+        with pytest.raises(RecordsDroppedError):
+            writer.wait(bad, 0)
