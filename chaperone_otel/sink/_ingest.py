@@ -213,17 +213,7 @@ def _insert_heartbeats(
     if not rows.num_rows:
         return {}
     if current.num_rows:
-        stored_seq = dict(
-            zip(
-                zip(
-                    current.column("run_id").to_pylist(),
-                    current.column("attempt").to_pylist(),
-                    strict=True,
-                ),
-                current.column("seq").to_pylist(),
-                strict=True,
-            )
-        )
+        stored_seq = _by_run(current, "seq")
         keys = list(
             zip(
                 rows.column("run_id").to_pylist(),
@@ -243,17 +233,13 @@ def _insert_heartbeats(
     register("chaperone_stage_new_heartbeats", rows)
     cur.execute(INSERT_HEARTBEATS)
     counts = rows.group_by(["run_id", "attempt"]).aggregate([([], "count_all")])
-    return dict(
-        zip(
-            zip(
-                counts.column("run_id").to_pylist(),
-                counts.column("attempt").to_pylist(),
-                strict=True,
-            ),
-            counts.column("count_all").to_pylist(),
-            strict=True,
-        )
-    )
+    return _by_run(counts, "count_all")
+
+
+def _by_run(table: pa.Table, column: str) -> dict[Key, Any]:
+    """``{(run_id, attempt): value}`` from a table with those columns and ``column``."""
+    keys = zip(table.column("run_id").to_pylist(), table.column("attempt").to_pylist(), strict=True)
+    return dict(zip(keys, table.column(column).to_pylist(), strict=True))
 
 
 def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tuple[str, int, int]]:
