@@ -67,3 +67,13 @@ class SinkError(ChaperoneError):
 
 class SchemaVersionError(SinkError):
     """The store file was written by a newer chaperone-otel than this one."""
+
+
+__all__ = [
+    "ChaperoneError",
+    "ConfigurationError",
+    "JobLimitExceeded",
+    "NoActiveJobError",
+    "SchemaVersionError",
+    "SinkError",
+]

@@ -1,15 +1,19 @@
-"""Shared fixtures: swallowed internal errors fail tests; every test starts unconfigured."""
+"""Shared fixtures: swallowed internal errors fail tests; every test starts unconfigured; the
+prometheus/promtool binaries (required under CI=true) and the repository root."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import chaperone_otel
 from chaperone_otel._safety import reset_internal_errors, set_raise_internal_errors
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +36,21 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{name} is required under CI=true (Debian package 'prometheus')")
         pytest.skip(f"{name} not installed (apt-get install --no-install-recommends prometheus)")
     return path
+
+
+@pytest.fixture
+def promtool() -> str:
+    """Path of promtool: skips locally when missing, fails under CI=true."""
+    return require_binary("promtool")
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> str:
+    """Path of prometheus: skips locally when missing, fails under CI=true."""
+    return require_binary("prometheus")
+
+
+@pytest.fixture
+def repo() -> Path:
+    """The repository root."""
+    return REPO

@@ -19,10 +19,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._health import DEFAULT_POLICY, HealthPolicy
+from .._health import DEFAULT_POLICY as _DEFAULT_POLICY
+from .._health import HealthPolicy as _HealthPolicy
 from . import _yaml
-from .dashboards import dashboards
-from .rules import AlertSettings, rule_file, rule_tests
+from ._dashboards import dashboards
+from ._rules import (
+    GROUP,
+    SINK_SCRAPE_JOB,
+    WORKER_SCRAPE_JOB,
+    Alert,
+    AlertSettings,
+    Scenario,
+    alert_names,
+    alerts,
+    rule_file,
+    rule_tests,
+)
 
 RULES_PATH = "alerts/chaperone.rules.yaml"
 RULE_TESTS_PATH = "alerts/tests/chaperone.rules.test.yaml"
@@ -35,7 +47,7 @@ _HEADER = (
 
 
 def render(
-    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: _HealthPolicy = _DEFAULT_POLICY, settings: AlertSettings | None = None
 ) -> dict[str, str]:
     """Every generated file's text, keyed by its path relative to the repository root."""
     out = {
@@ -68,4 +80,22 @@ def stale(root: Path) -> list[str]:
     ]
 
 
-__all__ = ["DASHBOARDS_DIR", "RULES_PATH", "RULE_TESTS_PATH", "render", "stale", "write"]
+__all__ = [
+    "Alert",
+    "AlertSettings",
+    "DASHBOARDS_DIR",
+    "GROUP",
+    "RULES_PATH",
+    "RULE_TESTS_PATH",
+    "SINK_SCRAPE_JOB",
+    "Scenario",
+    "WORKER_SCRAPE_JOB",
+    "alert_names",
+    "alerts",
+    "dashboards",
+    "render",
+    "rule_file",
+    "rule_tests",
+    "stale",
+    "write",
+]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import render, stale, write
-from .rules import AlertSettings
+from ._rules import AlertSettings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import yaml
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, render
-from chaperone_otel.artifacts.dashboards import SCHEMA_VERSION, TAG, dashboards
+from chaperone_otel.artifacts._dashboards import SCHEMA_VERSION, TAG, dashboards
 
 METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
 

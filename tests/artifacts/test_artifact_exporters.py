@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chaperone_otel.artifacts.rules import SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB, alert_names
+from chaperone_otel.artifacts._rules import SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB, alert_names
 
 EXPORTERS = "exporters"
 

@@ -17,7 +17,7 @@ import pytest
 
 from chaperone_otel._health import DEFAULT_POLICY, PREDICATES, SIGNAL_GAUGES, SignalValue, rules
 from chaperone_otel.artifacts import _yaml
-from chaperone_otel.artifacts.rules import WORKER_LABELS, series
+from chaperone_otel.artifacts._rules import WORKER_LABELS, series
 from chaperone_otel.sink._schema import predicate
 
 NOW = 600.0

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH
-from chaperone_otel.artifacts.rules import NAME, SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB
+from chaperone_otel.artifacts._rules import NAME, SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB
 from chaperone_otel.sink._server import SinkServer
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]

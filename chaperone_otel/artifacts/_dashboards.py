@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import semconv as sc
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
-from .rules import (
+from ._rules import (
     BY_JOB,
     HEALTH,
     HTTP_STATUS,

@@ -15,7 +15,7 @@ without its tests.
 
 Example::
 
-    from chaperone_otel.artifacts.rules import rule_file, AlertSettings
+    from chaperone_otel.artifacts import rule_file, AlertSettings
     groups = rule_file(settings=AlertSettings(failure_ratio=0.1))
 """
 
