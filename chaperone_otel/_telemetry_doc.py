@@ -48,7 +48,7 @@ def render() -> str:
         "cancelled by a limit. Start attributes: job name, queue, run id, attempt, heartbeat "
         "interval, limits; end attributes: status, health, heartbeat count, progress ratio "
         "and, when present, violation count, peak memory and error type. Span events: the "
-        "coalesced `chaperone.job.heartbeat`, progress milestones, violations and health "
+        f"coalesced `{sc.EVENT_JOB_HEARTBEAT}`, progress milestones, violations and health "
         "changes (names below).",
         "",
         "## Lifecycle events",
