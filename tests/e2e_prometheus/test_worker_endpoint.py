@@ -102,6 +102,7 @@ def test_every_runtime_metric_is_exposed_under_its_semconv_name(
     assert long_run == [{**long_run[0], RUN_ID: run.id}]
 
 
+@pytest.mark.slow
 def test_ten_thousand_short_runs_do_not_leave_ten_thousand_series(
         endpoint: tuple[Capture, str]) -> None:
     """Series depend on job names, queues and statuses, not on the number of runs: the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from store_factory import T0, record, store_writer, write_all
@@ -148,6 +149,7 @@ def scenarios(draw: Any) -> dict[str, Any]:
     )
 
 
+@pytest.mark.slow  # 25 stores written and queried (~10 s); the table above is the fast check
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(scenarios(), min_size=1, max_size=30))
