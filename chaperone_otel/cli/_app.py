@@ -12,8 +12,8 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,10 +23,8 @@ from .._version import __version__
 from ..exceptions import SinkError
 from . import _render as render
 from ._common import (
-    BYTES,
     DURATION,
     ENV_SINK,
-    SINCE,
     CliFailure,
     Exit,
     dump_json,
@@ -37,20 +35,12 @@ from ._common import (
     store_target,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
+from ._scope_flags import SCOPES, apply_scope, scope_option
+
+if TYPE_CHECKING:
+    from ..sink import JobQuery, Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-STATUS_FLAGS = ("pending", "running", "completed", "failed", "cancelled")
-HEALTH_FLAGS = (
-    "stuck",
-    "lost",
-    "stalled",
-    "overtime",
-    "violated",
-    "unhealthy",
-    "degraded",
-    "healthy",
-)
 
 
 def console() -> Console:
@@ -177,34 +167,18 @@ def demo(
 # --------------------------------------------------------------------------------------------
 
 
-def _build_query(sink: Any, opts: dict[str, Any]) -> Any:
-    q = sink.jobs
-    statuses = [s for s in STATUS_FLAGS if opts.get(s)]
+def _build_query(sink: Sink, opts: Mapping[str, Any]) -> JobQuery:
+    """The scopes the flags ask for, applied in registry order (they combine with AND)."""
+    statuses = [spec for spec in SCOPES if spec.step == "status" and opts.get(spec.name)]
     if len(statuses) > 1:
         fail(
-            f"choose one status flag, not {' and '.join('--' + s for s in statuses)} "
+            f"choose one status flag, not {' and '.join(spec.flag for spec in statuses)} "
             "(flags combine with AND, as chained scopes do)",
             Exit.USAGE,
         )
-    for s in statuses:
-        q = getattr(q, s)()
-    for h in HEALTH_FLAGS:
-        if opts.get(h):
-            q = getattr(q, h)()
-    if opts.get("today"):
-        q = q.today()
-    if opts.get("name"):
-        q = q.named(opts["name"])
-    if opts.get("job_class"):
-        q = q.by_class(opts["job_class"])
-    if opts.get("queue"):
-        q = q.on_queue(opts["queue"])
-    if opts.get("since") is not None:
-        q = q.since(opts["since"])
-    if opts.get("memory_above") is not None:
-        q = q.memory_above(opts["memory_above"])
-    if opts.get("cpu_above") is not None:
-        q = q.cpu_above(opts["cpu_above"])
+    q = sink.jobs
+    for spec in SCOPES:
+        q = apply_scope(q, spec, opts.get(spec.name))
     return q
 
 
@@ -225,38 +199,9 @@ def _order(q: Any, order_by: str | None, desc: bool | None) -> Any:
 
 
 def scope_options(func: F) -> F:
-    """Flags mirroring the query scopes (``sink.jobs.running().stuck()…``)."""
-    decorators = [
-        *(click.option(f"--{s}", s, is_flag=True, help=f"Only {s} runs.") for s in STATUS_FLAGS),
-        click.option(
-            "--stuck", is_flag=True, help="Alive but silent past 3 intervals, or past its timeout."
-        ),
-        click.option("--lost", is_flag=True, help="Running, but its process went silent."),
-        click.option("--stalled", is_flag=True, help="Progress flat past stall_timeout."),
-        click.option("--overtime", is_flag=True, help="Running past its timeout."),
-        click.option("--violated", is_flag=True, help="Crossed a resource limit."),
-        click.option("--unhealthy", is_flag=True, help="Health is unhealthy."),
-        click.option("--degraded", is_flag=True, help="Health is degraded."),
-        click.option("--healthy", is_flag=True, help="Health is healthy."),
-        click.option("--today", is_flag=True, help="Started today (UTC)."),
-        click.option("--name", metavar="JOB", help="Job name (exact)."),
-        click.option("--class", "job_class", metavar="CLASS", help="Job class / qualified name."),
-        click.option("--queue", metavar="QUEUE", help="Queue name (exact)."),
-        click.option(
-            "--since",
-            type=SINCE,
-            metavar="WHEN",
-            help="Started since: a duration ago (1h, 7d) or an ISO date/time.",
-        ),
-        click.option(
-            "--memory-above", type=BYTES, metavar="SIZE", help="Memory above, e.g. 512MiB."
-        ),
-        click.option(
-            "--cpu-above", type=click.FloatRange(min=0), metavar="PCT", help="CPU percent above."
-        ),
-    ]
-    for deco in reversed(decorators):
-        func = deco(func)
+    """One option per query scope of the registry (``sink.jobs.running().stuck()…``)."""
+    for spec in reversed(SCOPES):
+        func = scope_option(spec)(func)
     return func
 
 

@@ -26,6 +26,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .._fields import LISTED
+
 HEALTH_STYLES = {
     "healthy": "green",
     "degraded": "yellow",
@@ -40,18 +42,7 @@ STATUS_STYLES = {
     "cancelled": "yellow",
 }
 
-JOB_COLUMNS = (
-    "id",
-    "name",
-    "queue",
-    "status",
-    "health",
-    "progress",
-    "started_at",
-    "duration",
-    "last_heartbeat_at",
-    "memory_bytes",
-)
+JOB_COLUMNS = LISTED
 """Columns of ``jobs --csv`` (and the table); ``--json`` gives every field."""
 
 

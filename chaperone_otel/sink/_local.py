@@ -32,8 +32,8 @@ from ._query import (
     Sink,
     ViolationRecord,
     _json_obj,
-    _naive_utc,
     _utc,
+    naive_utc,
 )
 from ._schema import predicate
 from ._store import Store, acquire, lock_holder, read_sidecar, release, sidecar_path, sink_error
@@ -101,13 +101,7 @@ class LocalSink(Sink):
         return [self._record(dict(zip(names, row, strict=True))) for row in rows]
 
     def _record(self, row: dict[str, Any]) -> JobRecord:
-        for name in JobRecord.TIME_FIELDS:
-            row[name] = _utc(row[name])
-        row["metadata"] = _json_obj(row["metadata"])
-        row["attributes"] = _json_obj(row["attributes"])
-        row["stuck"] = bool(row["stuck"])
-        row["lost"] = bool(row["lost"])
-        return JobRecord(**row, _sink=self)
+        return JobRecord.from_dict(row, sink=self)
 
     def _count(self, query: JobQuery) -> int:
         text, params = query.render(self.policy, count=True)
@@ -223,7 +217,7 @@ class LocalSink(Sink):
         import time  # noqa: PLC0415
 
         now = time.time()
-        cutoff = _naive_utc(now - age)
+        cutoff = naive_utc(now - age)
         live = f"(status IN ('running', 'pending') AND NOT {predicate('lost', self.policy)})"
         cur = self.cursor()
         try:
