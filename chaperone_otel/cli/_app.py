@@ -12,7 +12,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -35,10 +35,19 @@ from ._common import (
     store_target,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
-from ._scope_flags import SCOPES, apply_scope, scope_option
+from ._scope_flags import SCOPES, build_query, scope_option
+from ._verdicts import (
+    AmbiguousPrefixError,
+    filtered,
+    find_run,
+    health_report,
+    ordered,
+    still_running,
+    stuck_runs,
+)
 
 if TYPE_CHECKING:
-    from ..sink import JobQuery, Sink
+    from ..sink import JobRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -154,7 +163,7 @@ def demo(
     exceeds its memory limit. Ends with a summary read back from the store and the commands
     to explore it.
     """
-    from ..demo import run_demo  # noqa: PLC0415
+    from ._demo import run_demo  # noqa: PLC0415 - the demo's workloads load only for it
 
     code = run_demo(
         db=db, duration=None if forever else duration, port=port, seed=seed, live=not no_live
@@ -165,37 +174,6 @@ def demo(
 # --------------------------------------------------------------------------------------------
 # jobs
 # --------------------------------------------------------------------------------------------
-
-
-def _build_query(sink: Sink, opts: Mapping[str, Any]) -> JobQuery:
-    """The scopes the flags ask for, applied in registry order (they combine with AND)."""
-    statuses = [spec for spec in SCOPES if spec.step == "status" and opts.get(spec.name)]
-    if len(statuses) > 1:
-        fail(
-            f"choose one status flag, not {' and '.join(spec.flag for spec in statuses)} "
-            "(flags combine with AND, as chained scopes do)",
-            Exit.USAGE,
-        )
-    q = sink.jobs
-    for spec in SCOPES:
-        q = apply_scope(q, spec, opts.get(spec.name))
-    return q
-
-
-def _filtered(q: Any, name: str | None, queue: str | None) -> Any:
-    if name:
-        q = q.named(name)
-    if queue:
-        q = q.on_queue(queue)
-    return q
-
-
-def _order(q: Any, order_by: str | None, desc: bool | None) -> Any:
-    column = order_by or "started_at"
-    descending = desc if desc is not None else (order_by is None)
-    if column.startswith("-"):
-        column, descending = column[1:], True
-    return q.order_by(column, desc=descending)
 
 
 def scope_options(func: F) -> F:
@@ -245,7 +223,7 @@ def jobs(
     target = store_target(db, url)
     with open_store(target) as sink:
         records = query(
-            "jobs", lambda: _order(_build_query(sink, scopes), order_by, desc).limit(limit).all()
+            "jobs", lambda: ordered(build_query(sink, scopes), order_by, desc).limit(limit).all()
         )
     if as_json:
         dump_json([render.record_dict(r) for r in records])
@@ -278,25 +256,10 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        record = query("show", lambda: sink.job(run_id))
-        if record is None and len(run_id) >= 4:
-            matches = query(
-                "show",
-                lambda: [
-                    r
-                    for r in sink.jobs.order_by("started_at", desc=True).limit(10_000).all()
-                    if str(r.id).startswith(run_id)
-                ],
-            )
-            ids = sorted({str(r.id) for r in matches})
-            if len(ids) > 1:
-                fail(
-                    f"run id prefix {run_id!r} is ambiguous: {', '.join(ids[:5])}"
-                    + (" …" if len(ids) > 5 else ""),
-                    Exit.USAGE,
-                )
-            if ids:
-                record = query("show", lambda: sink.job(ids[0]))
+        try:
+            record = query("show", lambda: find_run(sink, run_id))
+        except AmbiguousPrefixError as exc:
+            fail(str(exc), Exit.USAGE)
         if record is None:
             fail(
                 f"no run {run_id!r} in {target} (list runs with `chaperone-otel jobs`)",
@@ -304,11 +267,9 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
             )
         if as_json:
             data = render.record_dict(record)
-            data["heartbeats"] = [render.record_dict(h) for h in render._heartbeats(record)]
-            data["errors"] = [render.record_dict(e) for e in (record.errors or [])]
-            data["resource_violations"] = [
-                render.record_dict(v) for v in (record.resource_violations or [])
-            ]
+            data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
+            data["errors"] = [e.to_dict() for e in record.errors]
+            data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
             dump_json(data)
             return
         console().print(render.detail(record))
@@ -416,15 +377,10 @@ def stuck(
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        base = query("stuck", lambda: _filtered(sink.jobs, name, queue))
-        found = query("stuck", lambda: base.stuck().order_by("started_at").all())
-        if include_lost:
-            seen = {(r.id, r.attempt) for r in found}
-            found += [
-                r
-                for r in query("stuck", lambda: base.lost().order_by("started_at").all())
-                if (r.id, r.attempt) not in seen
-            ]
+        found = query(
+            "stuck",
+            lambda: stuck_runs(filtered(sink.jobs, name, queue), include_lost=include_lost),
+        )
     if as_json:
         dump_json([render.record_dict(r) for r in found])
     elif as_csv:
@@ -460,6 +416,7 @@ def health(
     run's verdict. --strict counts degraded as a failure too.
     """
     target = store_target(db, url)
+    records: list[JobRecord]
     with open_store(target) as sink:
         if run_id is not None:
             record = query("health", lambda: sink.job(run_id))
@@ -469,51 +426,32 @@ def health(
         else:
             records = query(
                 "health",
-                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+                lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
-
-    def bad(r: Any) -> bool:
-        h = getattr(r, "health", None)
-        return bool(
-            h == "unhealthy"
-            or getattr(r, "stuck", False)
-            or getattr(r, "lost", False)
-            or (strict and h == "degraded")
-        )
-
-    failing = [r for r in records if bad(r)]
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[str(r.health)] = counts.get(str(r.health), 0) + 1
-    counts["stuck"] = sum(1 for r in records if getattr(r, "stuck", False))
-    counts["lost"] = sum(1 for r in records if getattr(r, "lost", False))
+    report = health_report(records, strict=strict)
     if as_json:
+        shown = records if run_id else report.not_ok
         dump_json(
             {
-                "ok": not failing,
-                "counts": counts,
-                "runs": [
-                    render.record_dict(r)
-                    for r in records
-                    if run_id or r.health != "healthy" or bad(r)
-                ],
+                "ok": report.ok,
+                "counts": report.counts,
+                "runs": [render.record_dict(r) for r in shown],
             }
         )
     elif as_csv:
-        click.echo(render.records_csv(failing if run_id is None else records), nl=False)
+        click.echo(render.records_csv(report.failing if run_id is None else records), nl=False)
     else:
         out = console()
         if run_id is not None:
             r = records[0]
             out.print(Text(f"{r.name} {r.id}: "), render.status_text(r), " ", render.health_text(r))
         else:
-            summary = "  ".join(f"{k}: {v}" for k, v in counts.items())
+            summary = "  ".join(f"{k}: {v}" for k, v in report.counts.items())
             out.print(Text(f"{len(records)} running run(s)  {summary}"))
-            not_ok = [r for r in records if r.health != "healthy" or bad(r)]
-            if not_ok:
-                out.print(render.jobs_table(not_ok, title="not healthy", width=out.width))
-        out.print("[red]FAIL[/]" if failing else "[green]OK[/]")
-    sys.exit(int(Exit.FINDINGS if failing else Exit.OK))
+            if report.not_ok:
+                out.print(render.jobs_table(report.not_ok, title="not healthy", width=out.width))
+        out.print("[green]OK[/]" if report.ok else "[red]FAIL[/]")
+    sys.exit(int(Exit.OK if report.ok else Exit.FINDINGS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,17 +579,13 @@ def wait(
     target = store_target(db, url)
     deadline = time.monotonic() + timeout
     stop = threading.Event()
-    last: list[Any] = []
     while True:
         with open_store(target) as sink:
-            last = query(
+            running = query(
                 "wait",
-                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+                lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
-        if ignore_stuck:
-            last = [
-                r for r in last if not (getattr(r, "stuck", False) or getattr(r, "lost", False))
-            ]
+        last = still_running(running, ignore_stuck=ignore_stuck)
         if not last:
             if not quiet:
                 click.echo("no matching runs are running")

@@ -11,20 +11,20 @@ The registry is layer 2, not part of the ``sink`` package: ``--help`` does not l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .._scopes import SCOPES, ScopeSpec
-from ._common import BYTES, SINCE
+from ._common import BYTES, SINCE, Exit, fail
 
 if TYPE_CHECKING:
-    from ..sink import JobQuery
+    from ..sink import JobQuery, Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["SCOPES", "apply_scope", "scope_option"]
+__all__ = ["SCOPES", "apply_scope", "build_query", "scope_option"]
 
 
 def scope_option(spec: ScopeSpec) -> Callable[[F], F]:
@@ -57,3 +57,22 @@ def apply_scope(query: JobQuery, spec: ScopeSpec, value: Any) -> JobQuery:
     if spec.arg == "range":
         return method(*value)
     return method(value)
+
+
+def build_query(sink: Sink, opts: Mapping[str, Any]) -> JobQuery:
+    """The scopes the flags ask for, applied in registry order (they combine with AND).
+
+    Two status flags can never both match a run, so asking for two is a usage error (exit 2)
+    rather than an empty answer.
+    """
+    statuses = [spec for spec in SCOPES if spec.step == "status" and opts.get(spec.name)]
+    if len(statuses) > 1:
+        fail(
+            f"choose one status flag, not {' and '.join(spec.flag for spec in statuses)} "
+            "(flags combine with AND, as chained scopes do)",
+            Exit.USAGE,
+        )
+    query = sink.jobs
+    for spec in SCOPES:
+        query = apply_scope(query, spec, opts.get(spec.name))
+    return query
