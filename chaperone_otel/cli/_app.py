@@ -429,28 +429,15 @@ def health(
                 lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
     report = health_report(records, strict=strict)
+    single = run_id is not None
     if as_json:
-        shown = records if run_id else report.not_ok
-        dump_json(
-            {
-                "ok": report.ok,
-                "counts": report.counts,
-                "runs": [render.record_dict(r) for r in shown],
-            }
-        )
+        dump_json(render.health_dict(report, single=single))
     elif as_csv:
-        click.echo(render.records_csv(report.failing if run_id is None else records), nl=False)
+        click.echo(render.records_csv(records if single else report.failing), nl=False)
     else:
         out = console()
-        if run_id is not None:
-            r = records[0]
-            out.print(Text(f"{r.name} {r.id}: "), render.status_text(r), " ", render.health_text(r))
-        else:
-            summary = "  ".join(f"{k}: {v}" for k, v in report.counts.items())
-            out.print(Text(f"{len(records)} running run(s)  {summary}"))
-            if report.not_ok:
-                out.print(render.jobs_table(report.not_ok, title="not healthy", width=out.width))
-        out.print("[green]OK[/]" if report.ok else "[red]FAIL[/]")
+        for parts in render.health_lines(report, single=single, width=out.width):
+            out.print(*parts)
     sys.exit(int(Exit.OK if report.ok else Exit.FINDINGS))
 
 
