@@ -24,17 +24,8 @@ import duckdb
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._units import parse_duration
 from ..exceptions import ConfigurationError, SinkError
-from ._query import (
-    ErrorRecord,
-    HeartbeatRecord,
-    JobQuery,
-    JobRecord,
-    Sink,
-    ViolationRecord,
-    _json_obj,
-    _utc,
-    naive_utc,
-)
+from ._query import JobQuery, Sink, naive_utc
+from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord, _json_obj, _utc
 from ._schema import predicate
 from ._store import Store, acquire, lock_holder, read_sidecar, release, sidecar_path, sink_error
 

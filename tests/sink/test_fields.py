@@ -29,8 +29,8 @@ from chaperone_otel._fields import (
 from chaperone_otel._health import DEFAULT_POLICY
 from chaperone_otel.cli._render import JOB_COLUMNS as CLI_COLUMNS
 from chaperone_otel.sink import JobRecord
-from chaperone_otel.sink._query import select_list
 from chaperone_otel.sink._records import JOB_ATTRIBUTES, job_attributes, stage
+from chaperone_otel.sink._results import select_list
 from chaperone_otel.sink._schema import JOB_COLUMNS, MIGRATIONS, Migration, job_columns, migrate
 from chaperone_otel.testing import FakeClock, capture
 
