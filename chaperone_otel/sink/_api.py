@@ -51,10 +51,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .._scopes import FLAG_SCOPES, SCOPES, Arg
+from .._scopes import FLAG_SCOPES, SCOPES, Arg, ScopeSpec, scope_named
 from .._units import parse_iso_datetime
 from .._version import __version__
 from ..exceptions import SinkError
+from ._query import JobQuery
+from ._results import JobRecord
 
 __all__ = [
     "BackgroundServer",
@@ -216,7 +218,12 @@ def _value(arg: Arg, raw: str) -> Any:
     return raw
 
 
-def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
+def _call(query: JobQuery, spec: ScopeSpec, *args: Any) -> JobQuery:
+    method: Callable[..., JobQuery] = getattr(query, spec.name)
+    return method(*args)
+
+
+def apply_scopes(query: JobQuery, params: Mapping[str, Sequence[str]]) -> JobQuery:
     """Apply query-string parameters (``scope=``, ``name=`` …) to a JobQuery.
 
     The parameters are those of the scope registry (:data:`~._scopes.SCOPES`): ``scope=NAME``
@@ -238,7 +245,7 @@ def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
             name = raw_name.strip()
             if name not in FLAG_SCOPES:
                 raise _BadRequest(f"unknown scope {name!r}; choose from {', '.join(FLAG_SCOPES)}")
-            query = getattr(query, name)()
+            query = _call(query, scope_named(name))
     for spec in SCOPES:
         if spec.arg == "none":
             continue
@@ -248,12 +255,10 @@ def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
             if start or end:
                 if not (start and end):
                     raise _BadRequest(f"{spec.name} needs both {start_param}= and {end_param}=")
-                query = getattr(query, spec.name)(
-                    _value(spec.arg, start[-1]), _value(spec.arg, end[-1])
-                )
+                query = _call(query, spec, _value(spec.arg, start[-1]), _value(spec.arg, end[-1]))
             continue
         for raw in params.get(spec.stem, ()):
-            query = getattr(query, spec.name)(_value(spec.arg, raw))
+            query = _call(query, spec, _value(spec.arg, raw))
     if params.get("order_by"):
         desc = (params.get("desc") or ["0"])[-1].lower() in ("1", "true", "yes")
         query = query.order_by(params["order_by"][-1], desc=desc)
@@ -281,7 +286,7 @@ def _arrow_response(table: Any) -> Response:
     return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
 
 
-def _detail(record: Any) -> dict[str, Any]:
+def _detail(record: JobRecord) -> dict[str, Any]:
     data: dict[str, Any] = dict(record.to_dict())
     data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
     data["errors"] = [e.to_dict() for e in record.errors]
@@ -364,7 +369,7 @@ def query_routes(
 
         return wrapped
 
-    def respond(query: Any, terminal: str, fmt: str) -> Response:
+    def respond(query: JobQuery, terminal: str, fmt: str) -> Response:
         if terminal == "count":
             return _JSON({"count": query.count()})
         if terminal == "sql":
@@ -383,8 +388,6 @@ def query_routes(
         return respond(query, terminal, (params.get("format") or ["json"])[-1])
 
     def query(request: Request, payload: dict[str, Any]) -> Response:
-        from ._query import JobQuery  # noqa: PLC0415
-
         steps = payload.get("steps", [])
         if not isinstance(steps, list):
             raise _BadRequest("steps must be a list")
