@@ -43,7 +43,6 @@ from ._results import (
     JobRecord,
     ViolationRecord,
     select_exprs,
-    select_list,
 )
 from ._schema import predicate
 
@@ -363,7 +362,8 @@ class JobQuery:
             text = f"SELECT count(*) FROM jobs{where}"
         else:
             order.extend(["started_at DESC NULLS LAST", "run_id", "attempt"])
-            text = f"SELECT {select_list(policy)} FROM jobs{where} ORDER BY {', '.join(order)}"
+            columns = ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
+            text = f"SELECT {columns} FROM jobs{where} ORDER BY {', '.join(order)}"
             if limit is not None:
                 text += f" LIMIT {sql.bind(limit)}"
         if "$now" in text:
