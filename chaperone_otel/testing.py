@@ -32,6 +32,7 @@ from typing import Any
 
 from . import semconv as sc
 from ._events import LifecycleRecord, add_listener, remove_listener
+from ._fields import RUN_FIELDS
 from ._safety import internal_error_counts, set_raise_internal_errors
 
 
@@ -63,6 +64,10 @@ class FakeClock:
             self._now = float(now)
 
 
+_ATTR: dict[str, str] = {f.name: f.attribute for f in RUN_FIELDS if f.attribute is not None}
+"""Run field → the record attribute holding it: what :class:`CapturedRun` reads."""
+
+
 @dataclass
 class CapturedRun:
     """Everything captured about one run, from its lifecycle records and its span."""
@@ -82,15 +87,15 @@ class CapturedRun:
 
     @property
     def name(self) -> str:
-        return str(self.latest.get(sc.ATTR_JOB_NAME, ""))
+        return str(self.latest.get(_ATTR["name"], ""))
 
     @property
     def status(self) -> str:
-        return str(self.latest.get(sc.ATTR_JOB_STATUS, ""))
+        return str(self.latest.get(_ATTR["status"], ""))
 
     @property
     def health(self) -> str:
-        return str(self.latest.get(sc.ATTR_JOB_HEALTH, ""))
+        return str(self.latest.get(_ATTR["reported_health"], ""))
 
     @property
     def completed(self) -> bool:
@@ -121,16 +126,16 @@ class CapturedRun:
     @property
     def heartbeat_count(self) -> int:
         """Total ``heartbeat()`` calls, as the latest record says."""
-        return int(self.latest.get(sc.ATTR_HEARTBEAT_COUNT, 0))
+        return int(self.latest.get(_ATTR["heartbeat_count"], 0))
 
     @property
     def progress(self) -> float:
         """Progress 0..100, as the latest record says."""
-        return 100.0 * float(self.latest.get(sc.ATTR_PROGRESS_RATIO, 0.0))
+        return 100.0 * float(self.latest.get(_ATTR["progress"], 0.0))
 
     @property
     def metadata(self) -> dict[str, Any]:
-        raw = self.latest.get(sc.ATTR_METADATA)
+        raw = self.latest.get(_ATTR["metadata"])
         return json.loads(raw) if isinstance(raw, str) else {}
 
     @property
@@ -139,7 +144,7 @@ class CapturedRun:
 
     @property
     def error_type(self) -> str | None:
-        value = self.latest.get(sc.ATTR_ERROR_TYPE)
+        value = self.latest.get(_ATTR["error_type"])
         return None if value is None else str(value)
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,10 +23,8 @@ from .._version import __version__
 from ..exceptions import SinkError
 from . import _render as render
 from ._common import (
-    BYTES,
     DURATION,
     ENV_SINK,
-    SINCE,
     CliFailure,
     Exit,
     dump_json,
@@ -37,20 +35,21 @@ from ._common import (
     store_target,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
+from ._scope_flags import SCOPES, build_query, scope_option
+from ._verdicts import (
+    AmbiguousPrefixError,
+    filtered,
+    find_run,
+    health_report,
+    ordered,
+    still_running,
+    stuck_runs,
+)
+
+if TYPE_CHECKING:
+    from ..sink import JobRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-STATUS_FLAGS = ("pending", "running", "completed", "failed", "cancelled")
-HEALTH_FLAGS = (
-    "stuck",
-    "lost",
-    "stalled",
-    "overtime",
-    "violated",
-    "unhealthy",
-    "degraded",
-    "healthy",
-)
 
 
 def console() -> Console:
@@ -164,7 +163,7 @@ def demo(
     exceeds its memory limit. Ends with a summary read back from the store and the commands
     to explore it.
     """
-    from ..demo import run_demo  # noqa: PLC0415
+    from ._demo import run_demo  # noqa: PLC0415 - the demo's workloads load only for it
 
     code = run_demo(
         db=db, duration=None if forever else duration, port=port, seed=seed, live=not no_live
@@ -177,86 +176,10 @@ def demo(
 # --------------------------------------------------------------------------------------------
 
 
-def _build_query(sink: Any, opts: dict[str, Any]) -> Any:
-    q = sink.jobs
-    statuses = [s for s in STATUS_FLAGS if opts.get(s)]
-    if len(statuses) > 1:
-        fail(
-            f"choose one status flag, not {' and '.join('--' + s for s in statuses)} "
-            "(flags combine with AND, as chained scopes do)",
-            Exit.USAGE,
-        )
-    for s in statuses:
-        q = getattr(q, s)()
-    for h in HEALTH_FLAGS:
-        if opts.get(h):
-            q = getattr(q, h)()
-    if opts.get("today"):
-        q = q.today()
-    if opts.get("name"):
-        q = q.named(opts["name"])
-    if opts.get("job_class"):
-        q = q.by_class(opts["job_class"])
-    if opts.get("queue"):
-        q = q.on_queue(opts["queue"])
-    if opts.get("since") is not None:
-        q = q.since(opts["since"])
-    if opts.get("memory_above") is not None:
-        q = q.memory_above(opts["memory_above"])
-    if opts.get("cpu_above") is not None:
-        q = q.cpu_above(opts["cpu_above"])
-    return q
-
-
-def _filtered(q: Any, name: str | None, queue: str | None) -> Any:
-    if name:
-        q = q.named(name)
-    if queue:
-        q = q.on_queue(queue)
-    return q
-
-
-def _order(q: Any, order_by: str | None, desc: bool | None) -> Any:
-    column = order_by or "started_at"
-    descending = desc if desc is not None else (order_by is None)
-    if column.startswith("-"):
-        column, descending = column[1:], True
-    return q.order_by(column, desc=descending)
-
-
 def scope_options(func: F) -> F:
-    """Flags mirroring the query scopes (``sink.jobs.running().stuck()…``)."""
-    decorators = [
-        *(click.option(f"--{s}", s, is_flag=True, help=f"Only {s} runs.") for s in STATUS_FLAGS),
-        click.option(
-            "--stuck", is_flag=True, help="Alive but silent past 3 intervals, or past its timeout."
-        ),
-        click.option("--lost", is_flag=True, help="Running, but its process went silent."),
-        click.option("--stalled", is_flag=True, help="Progress flat past stall_timeout."),
-        click.option("--overtime", is_flag=True, help="Running past its timeout."),
-        click.option("--violated", is_flag=True, help="Crossed a resource limit."),
-        click.option("--unhealthy", is_flag=True, help="Health is unhealthy."),
-        click.option("--degraded", is_flag=True, help="Health is degraded."),
-        click.option("--healthy", is_flag=True, help="Health is healthy."),
-        click.option("--today", is_flag=True, help="Started today (UTC)."),
-        click.option("--name", metavar="JOB", help="Job name (exact)."),
-        click.option("--class", "job_class", metavar="CLASS", help="Job class / qualified name."),
-        click.option("--queue", metavar="QUEUE", help="Queue name (exact)."),
-        click.option(
-            "--since",
-            type=SINCE,
-            metavar="WHEN",
-            help="Started since: a duration ago (1h, 7d) or an ISO date/time.",
-        ),
-        click.option(
-            "--memory-above", type=BYTES, metavar="SIZE", help="Memory above, e.g. 512MiB."
-        ),
-        click.option(
-            "--cpu-above", type=click.FloatRange(min=0), metavar="PCT", help="CPU percent above."
-        ),
-    ]
-    for deco in reversed(decorators):
-        func = deco(func)
+    """One option per query scope of the registry (``sink.jobs.running().stuck()…``)."""
+    for spec in reversed(SCOPES):
+        func = scope_option(spec)(func)
     return func
 
 
@@ -300,7 +223,7 @@ def jobs(
     target = store_target(db, url)
     with open_store(target) as sink:
         records = query(
-            "jobs", lambda: _order(_build_query(sink, scopes), order_by, desc).limit(limit).all()
+            "jobs", lambda: ordered(build_query(sink, scopes), order_by, desc).limit(limit).all()
         )
     if as_json:
         dump_json([render.record_dict(r) for r in records])
@@ -333,25 +256,10 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        record = query("show", lambda: sink.job(run_id))
-        if record is None and len(run_id) >= 4:
-            matches = query(
-                "show",
-                lambda: [
-                    r
-                    for r in sink.jobs.order_by("started_at", desc=True).limit(10_000).all()
-                    if str(r.id).startswith(run_id)
-                ],
-            )
-            ids = sorted({str(r.id) for r in matches})
-            if len(ids) > 1:
-                fail(
-                    f"run id prefix {run_id!r} is ambiguous: {', '.join(ids[:5])}"
-                    + (" …" if len(ids) > 5 else ""),
-                    Exit.USAGE,
-                )
-            if ids:
-                record = query("show", lambda: sink.job(ids[0]))
+        try:
+            record = query("show", lambda: find_run(sink, run_id))
+        except AmbiguousPrefixError as exc:
+            fail(str(exc), Exit.USAGE)
         if record is None:
             fail(
                 f"no run {run_id!r} in {target} (list runs with `chaperone-otel jobs`)",
@@ -359,11 +267,9 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
             )
         if as_json:
             data = render.record_dict(record)
-            data["heartbeats"] = [render.record_dict(h) for h in render._heartbeats(record)]
-            data["errors"] = [render.record_dict(e) for e in (record.errors or [])]
-            data["resource_violations"] = [
-                render.record_dict(v) for v in (record.resource_violations or [])
-            ]
+            data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
+            data["errors"] = [e.to_dict() for e in record.errors]
+            data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
             dump_json(data)
             return
         console().print(render.detail(record))
@@ -471,15 +377,10 @@ def stuck(
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        base = query("stuck", lambda: _filtered(sink.jobs, name, queue))
-        found = query("stuck", lambda: base.stuck().order_by("started_at").all())
-        if include_lost:
-            seen = {(r.id, r.attempt) for r in found}
-            found += [
-                r
-                for r in query("stuck", lambda: base.lost().order_by("started_at").all())
-                if (r.id, r.attempt) not in seen
-            ]
+        found = query(
+            "stuck",
+            lambda: stuck_runs(filtered(sink.jobs, name, queue), include_lost=include_lost),
+        )
     if as_json:
         dump_json([render.record_dict(r) for r in found])
     elif as_csv:
@@ -515,6 +416,7 @@ def health(
     run's verdict. --strict counts degraded as a failure too.
     """
     target = store_target(db, url)
+    records: list[JobRecord]
     with open_store(target) as sink:
         if run_id is not None:
             record = query("health", lambda: sink.job(run_id))
@@ -524,51 +426,19 @@ def health(
         else:
             records = query(
                 "health",
-                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+                lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
-
-    def bad(r: Any) -> bool:
-        h = getattr(r, "health", None)
-        return bool(
-            h == "unhealthy"
-            or getattr(r, "stuck", False)
-            or getattr(r, "lost", False)
-            or (strict and h == "degraded")
-        )
-
-    failing = [r for r in records if bad(r)]
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[str(r.health)] = counts.get(str(r.health), 0) + 1
-    counts["stuck"] = sum(1 for r in records if getattr(r, "stuck", False))
-    counts["lost"] = sum(1 for r in records if getattr(r, "lost", False))
+    report = health_report(records, strict=strict)
+    single = run_id is not None
     if as_json:
-        dump_json(
-            {
-                "ok": not failing,
-                "counts": counts,
-                "runs": [
-                    render.record_dict(r)
-                    for r in records
-                    if run_id or r.health != "healthy" or bad(r)
-                ],
-            }
-        )
+        dump_json(render.health_dict(report, single=single))
     elif as_csv:
-        click.echo(render.records_csv(failing if run_id is None else records), nl=False)
+        click.echo(render.records_csv(records if single else report.failing), nl=False)
     else:
         out = console()
-        if run_id is not None:
-            r = records[0]
-            out.print(Text(f"{r.name} {r.id}: "), render.status_text(r), " ", render.health_text(r))
-        else:
-            summary = "  ".join(f"{k}: {v}" for k, v in counts.items())
-            out.print(Text(f"{len(records)} running run(s)  {summary}"))
-            not_ok = [r for r in records if r.health != "healthy" or bad(r)]
-            if not_ok:
-                out.print(render.jobs_table(not_ok, title="not healthy", width=out.width))
-        out.print("[red]FAIL[/]" if failing else "[green]OK[/]")
-    sys.exit(int(Exit.FINDINGS if failing else Exit.OK))
+        for parts in render.health_lines(report, single=single, width=out.width):
+            out.print(*parts)
+    sys.exit(int(Exit.OK if report.ok else Exit.FINDINGS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,17 +566,13 @@ def wait(
     target = store_target(db, url)
     deadline = time.monotonic() + timeout
     stop = threading.Event()
-    last: list[Any] = []
     while True:
         with open_store(target) as sink:
-            last = query(
+            running = query(
                 "wait",
-                lambda: _filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+                lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
-        if ignore_stuck:
-            last = [
-                r for r in last if not (getattr(r, "stuck", False) or getattr(r, "lost", False))
-            ]
+        last = still_running(running, ignore_stuck=ignore_stuck)
         if not last:
             if not quiet:
                 click.echo("no matching runs are running")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -36,36 +36,36 @@ from ._render import (
     status_text,
 )
 from ._render import field as f
+from ._verdicts import filtered
+
+if TYPE_CHECKING:
+    from ..sink import JobRecord, Sink
 
 
 @dataclass
 class Frame:
     """What one refresh read: running runs, recently finished runs, or an error."""
 
-    running: Sequence[Any] = ()
-    recent: Sequence[Any] = ()
+    running: Sequence[JobRecord] = ()
+    recent: Sequence[JobRecord] = ()
     error: str | None = None
     source: str = ""
     at: datetime = field(default_factory=now_utc)
 
 
-def read_frame(sink: Any, *, name: str | None, queue: str | None, recent: int) -> Frame:
+def read_frame(sink: Sink, *, name: str | None, queue: str | None, recent: int) -> Frame:
     """Query one frame's data from an open sink."""
-    q = sink.jobs
-    if name:
-        q = q.named(name)
-    if queue:
-        q = q.on_queue(queue)
+    q = filtered(sink.jobs, name, queue)
     running = q.running().order_by("started_at").all()
-    finished: list[Any] = []
+    finished: list[JobRecord] = []
     if recent > 0:
         since = now_utc() - timedelta(hours=1)
         finished = [
             r
             for r in q.since(since).order_by("started_at", desc=True).limit(recent * 3).all()
-            if f(r, "status") != "running"
+            if r.status != "running"
         ][:recent]
-    return Frame(running=running, recent=finished, source=str(getattr(sink, "url", "") or ""))
+    return Frame(running=running, recent=finished, source=sink.url or "")
 
 
 def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120) -> RenderableType:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich import box
 from rich.cells import cell_len
@@ -25,6 +25,11 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from .._fields import LISTED
+
+if TYPE_CHECKING:
+    from ._verdicts import HealthReport
 
 HEALTH_STYLES = {
     "healthy": "green",
@@ -40,18 +45,7 @@ STATUS_STYLES = {
     "cancelled": "yellow",
 }
 
-JOB_COLUMNS = (
-    "id",
-    "name",
-    "queue",
-    "status",
-    "health",
-    "progress",
-    "started_at",
-    "duration",
-    "last_heartbeat_at",
-    "memory_bytes",
-)
+JOB_COLUMNS = LISTED
 """Columns of ``jobs --csv`` (and the table); ``--json`` gives every field."""
 
 
@@ -466,6 +460,36 @@ def _iso(moment: datetime | None) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def health_lines(
+    report: HealthReport, *, single: bool, width: int
+) -> list[tuple[RenderableType | str, ...]]:
+    """``health``'s terminal output, each line as the parts of one ``Console.print``: one
+    run's verdict (``single``), or the counts and the runs that are not healthy; then
+    ``OK`` or ``FAIL``."""
+    lines: list[tuple[RenderableType | str, ...]] = []
+    if single:
+        r = report.records[0]
+        lines.append((Text(f"{r.name} {r.id}: "), status_text(r), " ", health_text(r)))
+    else:
+        summary = "  ".join(f"{k}: {v}" for k, v in report.counts.items())
+        lines.append((Text(f"{len(report.records)} running run(s)  {summary}"),))
+        if report.not_ok:
+            lines.append((jobs_table(report.not_ok, title="not healthy", width=width),))
+    lines.append(("[red]FAIL[/]" if not report.ok else "[green]OK[/]",))
+    return lines
+
+
+def health_dict(report: HealthReport, *, single: bool) -> dict[str, Any]:
+    """``health --json``: the verdict, the counts, and the runs shown (all of one run's, or
+    the ones not healthy)."""
+    shown = report.records if single else report.not_ok
+    return {
+        "ok": report.ok,
+        "counts": report.counts,
+        "runs": [record_dict(r) for r in shown],
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,15 +20,9 @@ Writing goes through one :class:`Writer` per store (see ``_writer``); the embedd
 from __future__ import annotations
 
 from ._local import LocalSink, open_sink
-from ._query import (
-    ErrorRecord,
-    HeartbeatRecord,
-    JobQuery,
-    JobRecord,
-    Sink,
-    ViolationRecord,
-)
+from ._query import JobQuery, Sink
 from ._records import SPAN_FLAG, record_from_span
+from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord
 from ._schema import HEARTBEATS_PER_RUN, SCHEMA_VERSION
 from ._writer import Writer, WriterStats
 

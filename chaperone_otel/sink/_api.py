@@ -51,10 +51,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .._scopes import FLAG_SCOPES, SCOPES, Arg, ScopeSpec, scope_named
 from .._units import parse_iso_datetime
 from .._version import __version__
 from ..exceptions import SinkError
-from ._query import HEALTH_SCOPES, STATUS_SCOPES, JobQuery
+from ._query import JobQuery
+from ._results import JobRecord
 
 __all__ = [
     "BackgroundServer",
@@ -66,24 +68,19 @@ __all__ = [
     "query_routes",
 ]
 
-FLAG_SCOPES: Final = (
-    *STATUS_SCOPES,
-    "today",
-    # every health scope the query API has, so the HTTP API cannot fall behind it
-    *(name for name in HEALTH_SCOPES if callable(getattr(JobQuery, name, None))),
-)
-"""Scopes without an argument, accepted as ``scope=NAME`` (repeatable)."""
-
 VALUE_SCOPES: Final = {
-    "name": "named",
-    "class": "by_class",
-    "queue": "on_queue",
-    "id": "with_id",
-    "since": "since",
-    "memory_above": "memory_above",
-    "cpu_above": "cpu_above",
+    param: spec.name
+    for spec in SCOPES
+    if spec.arg not in ("none", "range")
+    for param in spec.params
 }
-"""Query parameter → the JobQuery scope it calls with its value."""
+"""Query parameter → the JobQuery scope it calls with its value (from the scope registry)."""
+
+RANGE_SCOPES: Final = {spec.params: spec.name for spec in SCOPES if spec.arg == "range"}
+"""(start parameter, end parameter) → the JobQuery scope they call together."""
+
+SHAPING_PARAMS: Final = ("order_by", "desc", "limit", "count", "format")
+"""Parameters that shape the answer rather than select runs."""
 
 ARROW_STREAM: Final = "application/vnd.apache.arrow.stream"
 
@@ -212,8 +209,25 @@ def _number(value: str) -> int | float | str:
             return value  # "512MiB": the scope parses it
 
 
-def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
+def _value(arg: Arg, raw: str) -> Any:
+    """An HTTP parameter's text as the scope's argument (the scope validates it)."""
+    if arg in ("since", "range"):
+        return _time(raw)
+    if arg in ("bytes", "percent"):
+        return _number(raw)
+    return raw
+
+
+def _call(query: JobQuery, spec: ScopeSpec, *args: Any) -> JobQuery:
+    method: Callable[..., JobQuery] = getattr(query, spec.name)
+    return method(*args)
+
+
+def apply_scopes(query: JobQuery, params: Mapping[str, Sequence[str]]) -> JobQuery:
     """Apply query-string parameters (``scope=``, ``name=`` …) to a JobQuery.
+
+    The parameters are those of the scope registry (:data:`~._scopes.SCOPES`): ``scope=NAME``
+    for an argument-free scope, a scope's own parameter otherwise, plus the shaping ones.
 
     Args:
         query: a JobQuery (``sink.jobs``).
@@ -222,7 +236,7 @@ def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
     Raises:
         ValueError: unknown scope or parameter, or a bad value.
     """
-    known = {"scope", "start", "end", "order_by", "desc", "limit", "count", "format", *VALUE_SCOPES}
+    known = {p for spec in SCOPES for p in spec.params} | set(SHAPING_PARAMS)
     unknown = sorted(set(params) - known)
     if unknown:
         raise _BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
@@ -231,20 +245,20 @@ def apply_scopes(query: Any, params: Mapping[str, Sequence[str]]) -> Any:
             name = raw_name.strip()
             if name not in FLAG_SCOPES:
                 raise _BadRequest(f"unknown scope {name!r}; choose from {', '.join(FLAG_SCOPES)}")
-            query = getattr(query, name)()
-    for param, method in VALUE_SCOPES.items():
-        for raw in params.get(param, ()):
-            value: Any = raw
-            if param == "since":
-                value = _time(raw)
-            elif param in ("memory_above", "cpu_above"):
-                value = _number(raw)
-            query = getattr(query, method)(value)
-    start, end = params.get("start"), params.get("end")
-    if start or end:
-        if not (start and end):
-            raise _BadRequest("between needs both start= and end=")
-        query = query.between(_time(start[-1]), _time(end[-1]))
+            query = _call(query, scope_named(name))
+    for spec in SCOPES:
+        if spec.arg == "none":
+            continue
+        if spec.arg == "range":
+            start_param, end_param = spec.params
+            start, end = params.get(start_param), params.get(end_param)
+            if start or end:
+                if not (start and end):
+                    raise _BadRequest(f"{spec.name} needs both {start_param}= and {end_param}=")
+                query = _call(query, spec, _value(spec.arg, start[-1]), _value(spec.arg, end[-1]))
+            continue
+        for raw in params.get(spec.stem, ()):
+            query = _call(query, spec, _value(spec.arg, raw))
     if params.get("order_by"):
         desc = (params.get("desc") or ["0"])[-1].lower() in ("1", "true", "yes")
         query = query.order_by(params["order_by"][-1], desc=desc)
@@ -272,7 +286,7 @@ def _arrow_response(table: Any) -> Response:
     return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
 
 
-def _detail(record: Any) -> dict[str, Any]:
+def _detail(record: JobRecord) -> dict[str, Any]:
     data: dict[str, Any] = dict(record.to_dict())
     data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
     data["errors"] = [e.to_dict() for e in record.errors]
@@ -355,7 +369,7 @@ def query_routes(
 
         return wrapped
 
-    def respond(query: Any, terminal: str, fmt: str) -> Response:
+    def respond(query: JobQuery, terminal: str, fmt: str) -> Response:
         if terminal == "count":
             return _JSON({"count": query.count()})
         if terminal == "sql":
@@ -374,8 +388,6 @@ def query_routes(
         return respond(query, terminal, (params.get("format") or ["json"])[-1])
 
     def query(request: Request, payload: dict[str, Any]) -> Response:
-        from ._query import JobQuery  # noqa: PLC0415
-
         steps = payload.get("steps", [])
         if not isinstance(steps, list):
             raise _BadRequest("steps must be a list")

@@ -24,17 +24,8 @@ import duckdb
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._units import parse_duration
 from ..exceptions import ConfigurationError, SinkError
-from ._query import (
-    ErrorRecord,
-    HeartbeatRecord,
-    JobQuery,
-    JobRecord,
-    Sink,
-    ViolationRecord,
-    _json_obj,
-    _naive_utc,
-    _utc,
-)
+from ._query import JobQuery, Sink, naive_utc
+from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord, _json_obj, _utc
 from ._schema import predicate
 from ._store import Store, acquire, lock_holder, read_sidecar, release, sidecar_path, sink_error
 
@@ -101,13 +92,7 @@ class LocalSink(Sink):
         return [self._record(dict(zip(names, row, strict=True))) for row in rows]
 
     def _record(self, row: dict[str, Any]) -> JobRecord:
-        for name in JobRecord.TIME_FIELDS:
-            row[name] = _utc(row[name])
-        row["metadata"] = _json_obj(row["metadata"])
-        row["attributes"] = _json_obj(row["attributes"])
-        row["stuck"] = bool(row["stuck"])
-        row["lost"] = bool(row["lost"])
-        return JobRecord(**row, _sink=self)
+        return JobRecord.from_dict(row, sink=self)
 
     def _count(self, query: JobQuery) -> int:
         text, params = query.render(self.policy, count=True)
@@ -223,7 +208,7 @@ class LocalSink(Sink):
         import time  # noqa: PLC0415
 
         now = time.time()
-        cutoff = _naive_utc(now - age)
+        cutoff = naive_utc(now - age)
         live = f"(status IN ('running', 'pending') AND NOT {predicate('lost', self.policy)})"
         cur = self.cursor()
         try:

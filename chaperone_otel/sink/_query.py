@@ -7,9 +7,12 @@ sink can ship them to the process that owns the store and replay them there with
 :meth:`JobQuery.replay`; SQL never crosses the wire and is never built from user strings:
 every value is a bound parameter, and column names come from a fixed allow-list.
 
-Health scopes (``healthy degraded unhealthy stuck lost stalled overtime violated``) are
-rendered from :func:`chaperone_otel._health.rules` with ``$now`` bound to the evaluation
-time in epoch seconds, so they agree with the runtime's Python verdicts and the alert rules.
+The scopes are those of the one registry, :data:`chaperone_otel._scopes.SCOPES`: the
+argument-free ones are generated methods, the others are written here (they validate their
+argument), replay accepts exactly the step kinds they add, and each step kind renders to SQL
+in :data:`STEP_SQL`. Health scopes are rendered from :func:`chaperone_otel._health.rules`
+with ``$now`` bound to the evaluation time in epoch seconds, so they agree with the
+runtime's Python verdicts and the alert rules. What a query returns is in ``_results``.
 
 Example::
 
@@ -21,311 +24,115 @@ Example::
 from __future__ import annotations
 
 import abc
-import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
-from .._health import DEFAULT_POLICY, PREDICATES, HealthPolicy
+from .._fields import field_named
+from .._health import DEFAULT_POLICY, HealthPolicy
+from .._scopes import HEALTH_SCOPES, SCOPES, SHAPING_STEPS, STATUS_SCOPES, scope_named
 from .._supervise import _qualified_name
 from .._units import parse_bytes, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError, SinkError
-from ._schema import health_case, predicate
+from ._results import (
+    ORDERABLE,
+    ErrorRecord,
+    HeartbeatRecord,
+    JobRecord,
+    ViolationRecord,
+    select_exprs,
+)
+from ._schema import predicate
 
 Step = tuple[Any, ...]
 
-HEALTH_SCOPES: Final = (
-    "healthy",
-    "degraded",
-    "unhealthy",
-    "stuck",
-    "lost",
-    "stalled",
-    "overtime",
-    "violated",
-    "near_limit",
-    "heartbeat_missed",
-)
-STATUS_SCOPES: Final = ("pending", "running", "completed", "failed", "cancelled")
+__all__ = ["HEALTH_SCOPES", "STATUS_SCOPES", "JobQuery", "Sink", "naive_utc"]
 
 
 # --------------------------------------------------------------------------------------------
-# Records.
+# Scope steps → SQL (one rendering per step kind of the scope registry).
 # --------------------------------------------------------------------------------------------
 
 
-def _utc(value: Any) -> datetime | None:
-    """A stored naive-UTC TIMESTAMP (or ISO text) as a tz-aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = parse_iso_datetime(value)
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    raise TypeError(f"not a timestamp: {value!r}")
+class SqlBuilder:
+    """Accumulates WHERE clauses with uniquely named, bound parameters."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+        self.params: dict[str, Any] = {}
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return "$" + name
+
+    def add(self, clause: str) -> None:
+        self.where.append(clause)
 
 
-def _json_obj(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if not value:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        return {"value": value}
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
+def naive_utc(epoch: float) -> datetime:
+    """Epoch seconds as the naive UTC datetime a ``TIMESTAMP`` column compares with."""
+    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
 
 
-def _plain(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+def _between(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+    if step[1] is not None:
+        sql.add(f"started_at >= {sql.bind(naive_utc(step[1]))}")
+    if step[2] is not None:
+        sql.add(f"started_at < {sql.bind(naive_utc(step[2]))}")
 
 
-@dataclass(frozen=True)
-class HeartbeatRecord:
-    """One flushed heartbeat: ``calls`` coalesced ``heartbeat()`` calls at ``at``.
-
-    ``kind`` is ``heartbeat`` (the job's code beat) or ``liveness`` (only the process was
-    alive); ``count`` is the run's total calls so far; ``progress`` is 0..100.
-    """
-
-    at: datetime
-    calls: int | None
-    kind: str | None
-    count: int | None
-    progress: float | None
-    metadata: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> HeartbeatRecord:
-        at = _utc(d["at"])
-        assert at is not None
-        return cls(
-            at=at,
-            calls=d.get("calls"),
-            kind=d.get("kind"),
-            count=d.get("count"),
-            progress=d.get("progress"),
-            metadata=_json_obj(d.get("metadata")),
-        )
+def _class(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+    sql.add(f"(name = {sql.bind(step[1])} OR starts_with(name, {sql.bind(step[1] + '.')}))")
 
 
-@dataclass(frozen=True)
-class ErrorRecord:
-    """The error that failed a run attempt, with its formatted traceback."""
+def _equals(column: str) -> Callable[[SqlBuilder, Step, HealthPolicy], None]:
+    def render(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+        sql.add(f"{column} = {sql.bind(step[1])}")
 
-    at: datetime | None
-    type: str | None
-    message: str | None
-    trace: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ErrorRecord:
-        return cls(
-            at=_utc(d.get("at")), type=d.get("type"), message=d.get("message"), trace=d.get("trace")
-        )
+    return render
 
 
-@dataclass(frozen=True)
-class ViolationRecord:
-    """A resource limit crossed: ``type`` (memory, cpu, fds, timeout), ``limit`` and the
-    ``actual`` value in the limit's unit, and the run's limit ``policy``."""
+def _above(column: str) -> Callable[[SqlBuilder, Step, HealthPolicy], None]:
+    def render(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+        sql.add(f"{column} > {sql.bind(step[1])}")
 
-    at: datetime | None
-    type: str | None
-    limit: float | None
-    actual: float | None
-    policy: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ViolationRecord:
-        return cls(
-            at=_utc(d.get("at")),
-            type=d.get("type"),
-            limit=d.get("limit"),
-            actual=d.get("actual"),
-            policy=d.get("policy"),
-        )
+    return render
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """One run attempt as stored, with its health judged at query time.
-
-    Times are tz-aware UTC datetimes; ``duration`` is seconds (so far, for a running run);
-    ``progress`` is 0..100; ``health`` is ``healthy``, ``degraded``, ``unhealthy`` or
-    ``unknown`` (pending), and ``stuck``/``lost`` are the rules' verdicts at query time.
-    ``heartbeats()``, ``errors`` and ``resource_violations`` query the sink the record came
-    from.
-    """
-
-    id: str
-    attempt: int
-    name: str | None
-    queue: str | None
-    status: str | None
-    health: str
-    stuck: bool
-    lost: bool
-    host: str | None
-    pid: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration: float | None
-    progress: float | None
-    current: float | None
-    total: float | None
-    phase: str | None
-    rate: float | None
-    eta: float | None
-    heartbeat_count: int | None
-    heartbeat_interval: float | None
-    last_heartbeat_at: datetime | None
-    last_seen_at: datetime | None
-    timeout_at: datetime | None
-    memory_bytes: int | None
-    memory_peak_bytes: int | None
-    cpu_percent: float | None
-    open_fds: int | None
-    memory_limit_bytes: int | None
-    cpu_limit_percent: float | None
-    fd_limit: int | None
-    violation_count: int | None
-    error_type: str | None
-    error_message: str | None
-    error_trace: str | None
-    trace_id: str | None
-    span_id: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    attributes: dict[str, Any] = field(default_factory=dict)
-    _sink: Sink | None = field(default=None, compare=False, repr=False)
-
-    TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"started_at", "finished_at", "last_heartbeat_at", "last_seen_at", "timeout_at"}
-    )
-
-    def is_healthy(self) -> bool:
-        """True when the health rules judge the run healthy (Chaperone's ``isHealthy()``)."""
-        return self.health == "healthy"
-
-    def heartbeats(self) -> list[HeartbeatRecord]:
-        """The stored heartbeats of this attempt, oldest first (the latest N are kept)."""
-        return self._source().heartbeats_of(self.id, self.attempt)
-
-    def latest_heartbeat(self) -> HeartbeatRecord | None:
-        """The newest stored heartbeat, or None."""
-        found = self._source().heartbeats_of(self.id, self.attempt, latest=True)
-        return found[0] if found else None
-
-    @property
-    def errors(self) -> list[ErrorRecord]:
-        """Errors of this attempt, with tracebacks (at most one: a run fails once)."""
-        return self._source().errors_of(self.id, self.attempt)
-
-    @property
-    def resource_violations(self) -> list[ViolationRecord]:
-        """Limits this attempt crossed, oldest first."""
-        return self._source().violations_of(self.id, self.attempt)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (times as ISO 8601 strings); :meth:`from_dict` inverts it."""
-        return {
-            f.name: _plain(getattr(self, f.name))
-            for f in fields(self)
-            if not f.name.startswith("_")
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], sink: Sink | None = None) -> JobRecord:
-        """Rebuild a record from :meth:`to_dict` output (a remote sink's JSON)."""
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name.startswith("_"):
-                continue
-            value = d.get(f.name)
-            if f.name in cls.TIME_FIELDS:
-                value = _utc(value)
-            elif f.name in ("metadata", "attributes"):
-                value = _json_obj(value)
-            kwargs[f.name] = value
-        return cls(**kwargs, _sink=sink)
-
-    def _source(self) -> Sink:
-        if self._sink is None:
-            raise SinkError("this JobRecord is detached from a sink (built by hand?)")
-        return self._sink
+def _health(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
+    sql.add(predicate(step[1], policy))
 
 
-# --------------------------------------------------------------------------------------------
-# The SQL of a query.
-# --------------------------------------------------------------------------------------------
-
-# JobRecord field → SQL expression over the jobs table ($now bound).
-_SELECT: Final[dict[str, str]] = {
-    "id": "run_id",
-    "attempt": "attempt",
-    "name": "name",
-    "queue": "queue",
-    "status": "status",
-    "health": "",
-    "stuck": "",
-    "lost": "",
-    "host": "host",
-    "pid": "pid",
-    "started_at": "started_at",
-    "finished_at": "finished_at",
-    "duration": "COALESCE(duration, CASE WHEN status IN ('running', 'pending') "
-    "THEN greatest(0.0, $now - epoch(started_at)) END)",
-    "progress": "progress",
-    "current": "current",
-    "total": "total",
-    "phase": "phase",
-    "rate": "rate",
-    "eta": "eta",
-    "heartbeat_count": "heartbeat_count",
-    "heartbeat_interval": "heartbeat_interval",
-    "last_heartbeat_at": "last_heartbeat_at",
-    "last_seen_at": "last_seen_at",
-    "timeout_at": "timeout_at",
-    "memory_bytes": "memory_bytes",
-    "memory_peak_bytes": "memory_peak_bytes",
-    "cpu_percent": "cpu_percent",
-    "open_fds": "open_fds",
-    "memory_limit_bytes": "memory_limit_bytes",
-    "cpu_limit_percent": "cpu_limit_percent",
-    "fd_limit": "fd_limit",
-    "violation_count": "violation_count",
-    "error_type": "error_type",
-    "error_message": "error_message",
-    "error_trace": "error_trace",
-    "trace_id": "trace_id",
-    "span_id": "span_id",
-    "metadata": "metadata",
-    "attributes": "attributes",
+STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] = {
+    "status": _equals("status"),
+    "health": _health,
+    "name": _equals("name"),
+    "class": _class,
+    "queue": _equals("queue"),
+    "run_id": _equals("run_id"),
+    "started_between": _between,
+    "memory_above": _above("memory_bytes"),
+    "cpu_above": _above("cpu_percent"),
 }
+"""How each filtering step kind renders to a WHERE clause (values always bound)."""
 
-ORDERABLE: Final = frozenset(_SELECT) - {"metadata", "attributes", "error_trace"}
-"""Columns accepted by :meth:`JobQuery.order_by`."""
+if set(STEP_SQL) != {s.step for s in SCOPES}:  # pragma: no cover - a developer's slip
+    raise ValueError("every scope's step kind needs exactly one SQL rendering in STEP_SQL")
 
 
-def select_list(policy: HealthPolicy) -> str:
-    exprs = dict(_SELECT)
-    exprs["health"] = health_case(policy)
-    exprs["stuck"] = predicate("stuck", policy)
-    exprs["lost"] = predicate("lost", policy)
-    return ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
+def render_step(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
+    """Add ``step``'s WHERE clause to ``sql`` (shaping steps add none)."""
+    kind = step[0]
+    if kind in SHAPING_STEPS:
+        return
+    try:
+        render = STEP_SQL[kind]
+    except KeyError:  # pragma: no cover - steps are validated on entry
+        raise SinkError(f"unknown query step {kind!r}") from None
+    render(sql, step, policy)
 
 
 def _to_epoch(value: Any, what: str) -> float:
@@ -350,64 +157,29 @@ def _to_epoch(value: Any, what: str) -> float:
     raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
 
 
-def _naive_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
-
-
 def _require_str(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
     return value
 
 
-class _Sql:
-    """Accumulates WHERE clauses with uniquely named, bound parameters."""
-
-    def __init__(self) -> None:
-        self.where: list[str] = []
-        self.params: dict[str, Any] = {}
-
-    def bind(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return "$" + name
-
-    def add(self, clause: str) -> None:
-        self.where.append(clause)
-
-
-def _render_step(sql: _Sql, step: Step, policy: HealthPolicy) -> None:
-    kind = step[0]
-    if kind == "status":
-        sql.add(f"status = {sql.bind(step[1])}")
-    elif kind == "health":
-        sql.add(predicate(step[1], policy))
-    elif kind == "name":
-        sql.add(f"name = {sql.bind(step[1])}")
-    elif kind == "class":
-        sql.add(f"(name = {sql.bind(step[1])} OR starts_with(name, {sql.bind(step[1] + '.')}))")
-    elif kind == "queue":
-        sql.add(f"queue = {sql.bind(step[1])}")
-    elif kind == "run_id":
-        sql.add(f"run_id = {sql.bind(step[1])}")
-    elif kind == "started_between":
-        if step[1] is not None:
-            sql.add(f"started_at >= {sql.bind(_naive_utc(step[1]))}")
-        if step[2] is not None:
-            sql.add(f"started_at < {sql.bind(_naive_utc(step[2]))}")
-    elif kind == "memory_above":
-        sql.add(f"memory_bytes > {sql.bind(step[1])}")
-    elif kind == "cpu_above":
-        sql.add(f"cpu_percent > {sql.bind(step[1])}")
-    elif kind in ("order", "limit", "at"):
-        pass
-    else:  # pragma: no cover - steps are validated on entry
-        raise SinkError(f"unknown query step {kind!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # JobQuery.
 # --------------------------------------------------------------------------------------------
+
+
+def _flag_scope(name: str) -> Callable[[JobQuery], JobQuery]:
+    """The JobQuery method of an argument-free scope (status or health) of the registry."""
+    spec = scope_named(name)
+    if spec.arg != "none" or spec.step not in ("status", "health"):
+        raise ValueError(f"{name} is not a status or health scope")
+
+    def scope(self: JobQuery) -> JobQuery:
+        return self._with(spec.step, spec.name)
+
+    scope.__name__ = scope.__qualname__ = name
+    scope.__doc__ = spec.help
+    return scope
 
 
 class JobQuery:
@@ -442,63 +214,22 @@ class JobQuery:
                 return float(step[1])
         return float(self._clock())
 
-    # --- status scopes -------------------------------------------------------------------
-    def pending(self) -> JobQuery:
-        """Runs not started yet."""
-        return self._with("status", "pending")
-
-    def running(self) -> JobQuery:
-        """Runs in progress (including stuck and lost ones: their last word was running)."""
-        return self._with("status", "running")
-
-    def completed(self) -> JobQuery:
-        """Runs that finished successfully."""
-        return self._with("status", "completed")
-
-    def failed(self) -> JobQuery:
-        """Runs that raised."""
-        return self._with("status", "failed")
-
-    def cancelled(self) -> JobQuery:
-        """Runs cancelled (limit policy ``cancel``, task cancellation, interrupt)."""
-        return self._with("status", "cancelled")
-
-    # --- health scopes (rendered from chaperone_otel._health) ----------------------------
-    def healthy(self) -> JobQuery:
-        """Heartbeat within 1.5 intervals, no limit near, not failed (see DESIGN §5)."""
-        return self._with("health", "healthy")
-
-    def degraded(self) -> JobQuery:
-        """Heartbeat late (1.5-3 intervals), a resource at 80 % of its limit, or stalled."""
-        return self._with("health", "degraded")
-
-    def unhealthy(self) -> JobQuery:
-        """Heartbeat over 3 intervals late, past timeout_at, a limit violated, or failed."""
-        return self._with("health", "unhealthy")
-
-    def stuck(self) -> JobQuery:
-        """Running, process alive, but past timeout_at or heartbeat overdue (hung)."""
-        return self._with("health", "stuck")
-
-    def lost(self) -> JobQuery:
-        """Running, but no record of any kind for 3 intervals (process gone)."""
-        return self._with("health", "lost")
-
-    def stalled(self) -> JobQuery:
-        """Running with progress flat past its stall budget."""
-        return self._with("health", "stalled")
-
-    def overtime(self) -> JobQuery:
-        """Running past ``timeout_at``."""
-        return self._with("health", "overtime")
-
-    def violated(self) -> JobQuery:
-        """Runs that crossed a resource limit."""
-        return self._with("health", "violated")
-
-    def near_limit(self) -> JobQuery:
-        """Runs with a resource at or above 80 % of its limit."""
-        return self._with("health", "near_limit")
+    # --- argument-free scopes: generated from the registry (sink/_scopes.py) --------------
+    pending = _flag_scope("pending")
+    running = _flag_scope("running")
+    completed = _flag_scope("completed")
+    failed = _flag_scope("failed")
+    cancelled = _flag_scope("cancelled")
+    healthy = _flag_scope("healthy")
+    degraded = _flag_scope("degraded")
+    unhealthy = _flag_scope("unhealthy")
+    stuck = _flag_scope("stuck")
+    lost = _flag_scope("lost")
+    stalled = _flag_scope("stalled")
+    overtime = _flag_scope("overtime")
+    violated = _flag_scope("violated")
+    near_limit = _flag_scope("near_limit")
+    heartbeat_missed = _flag_scope("heartbeat_missed")
 
     # --- attribute scopes ----------------------------------------------------------------
     def named(self, name: str) -> JobQuery:
@@ -612,13 +343,18 @@ class JobQuery:
     # --- rendering and replay ------------------------------------------------------------
     def render(self, policy: HealthPolicy, *, count: bool = False) -> tuple[str, dict[str, Any]]:
         """SQL and parameters of this query (a select of all fields, or a count)."""
-        sql = _Sql()
+        sql = SqlBuilder()
         order: list[str] = []
         limit: int | None = None
+        exprs = select_exprs(policy) if not count else {}
         for step in self._steps:
-            _render_step(sql, step, policy)
-            if step[0] == "order":
-                order.append(f"{_SELECT[step[1]] or step[1]} {'DESC' if step[2] else 'ASC'}")
+            render_step(sql, step, policy)
+            if step[0] == "order" and not count:
+                # a computed field (health, stuck …) sorts by its alias
+                stored = field_named(step[1]).stored
+                order.append(
+                    f"{exprs[step[1]] if stored else step[1]} {'DESC' if step[2] else 'ASC'}"
+                )
             elif step[0] == "limit":
                 limit = step[1] if limit is None else min(limit, step[1])
         where = f" WHERE {' AND '.join(sql.where)}" if sql.where else ""
@@ -626,7 +362,8 @@ class JobQuery:
             text = f"SELECT count(*) FROM jobs{where}"
         else:
             order.extend(["started_at DESC NULLS LAST", "run_id", "attempt"])
-            text = f"SELECT {select_list(policy)} FROM jobs{where} ORDER BY {', '.join(order)}"
+            columns = ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
+            text = f"SELECT {columns} FROM jobs{where} ORDER BY {', '.join(order)}"
             if limit is not None:
                 text += f" LIMIT {sql.bind(limit)}"
         if "$now" in text:
@@ -646,24 +383,23 @@ class JobQuery:
                 raise SinkError(f"malformed query step {raw!r}")
             step = tuple(raw)
             try:
-                out = _REPLAY[step[0]](out, step)
+                replay = _REPLAY[step[0]]
             except KeyError as e:
                 raise SinkError(f"unknown query step {step[0]!r}") from e
+            try:
+                out = replay(out, step)
             except (ConfigurationError, TypeError, IndexError, ValueError) as e:
                 raise SinkError(f"malformed query step {raw!r}: {e}") from e
         return out
 
 
-def _replay_health(q: JobQuery, s: Step) -> JobQuery:
-    if s[1] not in HEALTH_SCOPES or s[1] not in PREDICATES:
-        raise ValueError(f"no health scope {s[1]!r}")
-    return q._with("health", s[1])
-
-
-def _replay_status(q: JobQuery, s: Step) -> JobQuery:
-    if s[1] not in STATUS_SCOPES:
-        raise ValueError(f"no status {s[1]!r}")
-    return q._with("status", s[1])
+def _replay_named(q: JobQuery, s: Step) -> JobQuery:
+    """A status or health step: its value must be a scope of that kind."""
+    names = STATUS_SCOPES if s[0] == "status" else HEALTH_SCOPES
+    if s[1] not in names:
+        raise ValueError(f"no {s[0]} scope {s[1]!r}")
+    method: Callable[[], JobQuery] = getattr(q, s[1])
+    return method()
 
 
 def _replay_between(q: JobQuery, s: Step) -> JobQuery:
@@ -672,20 +408,35 @@ def _replay_between(q: JobQuery, s: Step) -> JobQuery:
     return q._with("started_between", lo, hi)
 
 
-_REPLAY: Final[dict[str, Any]] = {
-    "status": _replay_status,
-    "health": _replay_health,
-    "name": lambda q, s: q.named(s[1]),
-    "class": lambda q, s: q.by_class(s[1]),
-    "queue": lambda q, s: q.on_queue(s[1]),
-    "run_id": lambda q, s: q.with_id(s[1]),
-    "started_between": _replay_between,
-    "memory_above": lambda q, s: q.memory_above(s[1]),
-    "cpu_above": lambda q, s: q.cpu_above(s[1]),
-    "order": lambda q, s: q.order_by(s[1], desc=bool(s[2])),
-    "limit": lambda q, s: q.limit(s[1]),
-    "at": lambda q, s: q.at(s[1]),
-}
+def _replay_value(name: str) -> Callable[[JobQuery, Step], JobQuery]:
+    """A one-argument scope's step: replayed through the scope (which validates it)."""
+
+    def replay(q: JobQuery, s: Step) -> JobQuery:
+        method: Callable[[Any], JobQuery] = getattr(q, name)
+        return method(s[1])
+
+    return replay
+
+
+def _replay_table() -> dict[str, Callable[[JobQuery, Step], JobQuery]]:
+    """Step kind → replay, driven by the registry: every step a scope can add replays."""
+    table: dict[str, Callable[[JobQuery, Step], JobQuery]] = {}
+    for spec in SCOPES:
+        if spec.step in ("status", "health"):
+            table[spec.step] = _replay_named
+        elif spec.step == "started_between":  # today, since, between: a resolved range
+            table[spec.step] = _replay_between
+        else:
+            table[spec.step] = _replay_value(spec.name)
+    table["order"] = lambda q, s: q.order_by(s[1], desc=bool(s[2]))
+    table["limit"] = lambda q, s: q.limit(s[1])
+    table["at"] = lambda q, s: q.at(s[1])
+    if set(table) - {s.step for s in SCOPES} != set(SHAPING_STEPS):  # pragma: no cover
+        raise ValueError("replay must cover exactly the scope and shaping steps")
+    return table
+
+
+_REPLAY: Final = _replay_table()
 
 
 # --------------------------------------------------------------------------------------------

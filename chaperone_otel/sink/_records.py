@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
+from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
 
 SPAN_FLAG: Final = "chaperone.sink.from_span"
 """Attribute set (True) on records built from a finished run span by :func:`record_from_span`."""
@@ -56,49 +57,34 @@ _BOOL = pa.bool_()
 _INT_RANGE: Final = {_I64: (-(2**63), 2**63 - 1), _I32: (-(2**31), 2**31 - 1)}
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
-# jobs column → (attribute, arrow type, is_time). Times are staged as epoch seconds and
-# converted to TIMESTAMP in SQL (see _ingest.ts_sql) so Python never builds datetimes.
-JOB_ATTRIBUTES: Final[tuple[tuple[str, str, Any, bool], ...]] = (
-    ("name", sc.ATTR_JOB_NAME, _STR, False),
-    ("queue", sc.ATTR_JOB_QUEUE, _STR, False),
-    ("status", sc.ATTR_JOB_STATUS, _STR, False),
-    ("reported_health", sc.ATTR_JOB_HEALTH, _STR, False),
-    ("reported_stuck", sc.ATTR_JOB_STUCK, _BOOL, False),
-    ("host", sc.ATTR_HOST_NAME, _STR, False),
-    ("pid", sc.ATTR_PROCESS_PID, _I32, False),
-    ("service_name", sc.ATTR_SERVICE_NAME, _STR, False),
-    ("service_instance_id", sc.ATTR_SERVICE_INSTANCE_ID, _STR, False),
-    ("started_at", sc.ATTR_JOB_STARTED_AT, _F64, True),
-    ("finished_at", sc.ATTR_JOB_FINISHED_AT, _F64, True),
-    ("duration", sc.ATTR_JOB_DURATION, _F64, False),
-    ("timeout", sc.ATTR_JOB_TIMEOUT, _F64, False),
-    ("timeout_at", sc.ATTR_JOB_TIMEOUT_AT, _F64, True),
-    ("stall_timeout", sc.ATTR_JOB_STALL_TIMEOUT, _F64, False),
-    ("heartbeat_interval", sc.ATTR_HEARTBEAT_INTERVAL, _F64, False),
-    ("heartbeat_count", sc.ATTR_HEARTBEAT_COUNT, _I64, False),
-    ("last_heartbeat_at", sc.ATTR_HEARTBEAT_LAST, _F64, True),
-    ("progress", sc.ATTR_PROGRESS_RATIO, _F64, False),
-    ("current", sc.ATTR_PROGRESS_CURRENT, _F64, False),
-    ("total", sc.ATTR_PROGRESS_TOTAL, _F64, False),
-    ("phase", sc.ATTR_PROGRESS_PHASE, _STR, False),
-    ("rate", sc.ATTR_PROGRESS_RATE, _F64, False),
-    ("eta", sc.ATTR_PROGRESS_ETA, _F64, False),
-    ("progress_updated_at", sc.ATTR_PROGRESS_UPDATED_AT, _F64, True),
-    ("memory_bytes", sc.ATTR_MEMORY_USAGE, _I64, False),
-    ("memory_peak_bytes", sc.ATTR_MEMORY_PEAK, _I64, False),
-    ("cpu_percent", sc.ATTR_CPU_PERCENT, _F64, False),
-    ("open_fds", sc.ATTR_OPEN_FDS, _I32, False),
-    ("memory_limit_bytes", sc.ATTR_LIMIT_MEMORY, _I64, False),
-    ("cpu_limit_percent", sc.ATTR_LIMIT_CPU, _F64, False),
-    ("fd_limit", sc.ATTR_LIMIT_FDS, _I32, False),
-    ("limit_policy", sc.ATTR_LIMIT_POLICY, _STR, False),
-    ("violation_count", sc.ATTR_VIOLATION_COUNT, _I32, False),
-    ("error_type", sc.ATTR_ERROR_TYPE, _STR, False),
-    ("error_message", sc.ATTR_ERROR_MESSAGE, _STR, False),
-    ("error_trace", sc.ATTR_ERROR_STACKTRACE, _STR, False),
-    ("metadata", sc.ATTR_METADATA, _STR, False),
-)
-"""How each state column of ``jobs`` is read from a record's attributes."""
+ARROW_TYPES: Final[Mapping[Kind, Any]] = {
+    Kind.STR: _STR,
+    Kind.BOOL: _BOOL,
+    Kind.INT32: _I32,
+    Kind.INT64: _I64,
+    Kind.FLOAT: _F64,
+    # Times are staged as epoch seconds and converted to TIMESTAMP in SQL (see
+    # _ingest.ts_sql) so Python never builds datetimes.
+    Kind.TIME: _F64,
+    Kind.JSON: _STR,
+}
+"""The staging (Arrow) type of each field kind; ``_schema.SQL_TYPES`` gives the column's."""
+
+JobAttribute = tuple[str, str, Any, bool]
+"""(jobs column, record attribute, Arrow type, is a time)."""
+
+
+def job_attributes(fields: tuple[RunField, ...] = RUN_FIELDS) -> tuple[JobAttribute, ...]:
+    """How each state or sticky column of ``jobs`` is read from a record's attributes."""
+    return tuple(
+        (f.name, f.attribute, ARROW_TYPES[f.kind], f.kind is Kind.TIME)
+        for f in fields
+        if f.staged and f.attribute is not None
+    )
+
+
+JOB_ATTRIBUTES: Final = job_attributes()
+"""The staged columns of the store's run fields (see :func:`job_attributes`)."""
 
 STAGED_TIME_COLUMNS: Final = frozenset(
     [c for c, _a, _t, is_time in JOB_ATTRIBUTES if is_time] + ["last_seen_at"]
@@ -319,8 +305,11 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
     return json.dumps(user, sort_keys=True, default=str)
 
 
-def stage(records: Iterable[LifecycleRecord]) -> Staged:
-    """Split a batch into the writer's staging tables (see :class:`Staged`)."""
+def stage(
+    records: Iterable[LifecycleRecord], *, attributes: Sequence[JobAttribute] = JOB_ATTRIBUTES
+) -> Staged:
+    """Split a batch into the writer's staging tables (see :class:`Staged`); ``attributes``
+    is for tests that add a run field (the writer always stages :data:`JOB_ATTRIBUTES`)."""
     out = Staged()
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
@@ -355,17 +344,17 @@ def stage(records: Iterable[LifecycleRecord]) -> Staged:
             heartbeats.append((key, seq, record))
         elif event == sc.EVENT_JOB_VIOLATION:
             violations.append((key, seq, record))
-        elif attrs.get(sc.ATTR_ERROR_TYPE) is not None and attrs.get(sc.ATTR_JOB_STATUS) in (
-            "failed",
-            "cancelled",
+        elif (
+            attrs.get(sc.ATTR_ERROR_TYPE) is not None
+            and attrs.get(sc.ATTR_JOB_STATUS) in ERROR_STATUSES
         ):
             failed[key] = record
     cols = _Columns()
     out.keys = set(seen)
     if best:
-        out.logs = _job_table(cols, [(k, s, r) for k, (s, r) in best.items()], seen)
+        out.logs = _job_table(cols, [(k, s, r) for k, (s, r) in best.items()], seen, attributes)
     if spans:
-        out.spans = _job_table(cols, [(k, 0, r) for k, r in spans.items()], seen)
+        out.spans = _job_table(cols, [(k, 0, r) for k, r in spans.items()], seen, attributes)
     if heartbeats:
         out.heartbeats = _event_table(cols, heartbeats, _HEARTBEAT_ATTRIBUTES)
     if violations:
@@ -377,7 +366,10 @@ def stage(records: Iterable[LifecycleRecord]) -> Staged:
 
 
 def _job_table(
-    cols: _Columns, rows: Sequence[tuple[Key, int, LifecycleRecord]], seen: Mapping[Key, float]
+    cols: _Columns,
+    rows: Sequence[tuple[Key, int, LifecycleRecord]],
+    seen: Mapping[Key, float],
+    attributes: Sequence[JobAttribute],
 ) -> pa.Table:
     attrs = [r.attributes for _k, _s, r in rows]
     data: dict[str, pa.Array] = {
@@ -385,7 +377,7 @@ def _job_table(
         "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
         "seq": pa.array([s for _k, s, _r in rows], type=_I64),
     }
-    for column, attribute, arrow_type, _is_time in JOB_ATTRIBUTES:
+    for column, attribute, arrow_type, _is_time in attributes:
         data[column] = cols.array([a.get(attribute) for a in attrs], arrow_type)
     data["trace_id"] = pa.array([_hex(r.trace_id, 32) for _k, _s, r in rows], type=_STR)
     data["span_id"] = pa.array([_hex(r.span_id, 16) for _k, _s, r in rows], type=_STR)

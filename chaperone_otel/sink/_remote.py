@@ -33,7 +33,8 @@ from typing import Any, Final
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import ARROW_STREAM, dumps, encode_sql_params
-from ._query import ErrorRecord, HeartbeatRecord, JobQuery, JobRecord, Sink, ViolationRecord
+from ._query import JobQuery, Sink
+from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord
 
 __all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
 

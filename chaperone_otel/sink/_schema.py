@@ -21,25 +21,38 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any, Final
 
+from .. import _fields
+from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
-
-SCHEMA_VERSION: Final = 1
-"""The schema version this code writes and reads."""
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
 
-TERMINAL_STATUSES: Final = ("completed", "failed", "cancelled")
+TERMINAL_STATUSES: Final = _fields.TERMINAL_STATUSES
+"""Statuses of an ended run (the writer's merge keeps them); defined in ``_fields``."""
+
+
+SQL_TYPES: Final[Mapping[Kind, str]] = {
+    Kind.STR: "VARCHAR",
+    Kind.BOOL: "BOOLEAN",
+    Kind.INT32: "INTEGER",
+    Kind.INT64: "BIGINT",
+    Kind.FLOAT: "DOUBLE",
+    Kind.TIME: "TIMESTAMP",
+    Kind.JSON: "VARCHAR",
+}
+"""The DuckDB type of each field kind (``_records`` maps the same kinds to Arrow types)."""
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the ``jobs`` table.
+    """One column of the ``jobs`` table, derived from its :class:`~chaperone_otel._fields.RunField`.
 
     Attributes:
         name: column name.
@@ -57,75 +70,107 @@ class Column:
         return self.sql_type == "TIMESTAMP"
 
 
-JOB_COLUMNS: Final = (
-    Column("run_id", "VARCHAR NOT NULL", "key"),
-    Column("attempt", "INTEGER NOT NULL", "key"),
-    Column("seq", "BIGINT", "internal"),
-    Column("name", "VARCHAR"),
-    Column("queue", "VARCHAR"),
-    Column("status", "VARCHAR"),
-    Column("reported_health", "VARCHAR"),
-    Column("reported_stuck", "BOOLEAN"),
-    Column("host", "VARCHAR"),
-    Column("pid", "INTEGER"),
-    Column("service_name", "VARCHAR"),
-    Column("service_instance_id", "VARCHAR"),
-    Column("started_at", "TIMESTAMP"),
-    Column("finished_at", "TIMESTAMP", "sticky"),
-    Column("duration", "DOUBLE", "sticky"),
-    Column("timeout", "DOUBLE"),
-    Column("timeout_at", "TIMESTAMP"),
-    Column("stall_timeout", "DOUBLE"),
-    Column("heartbeat_interval", "DOUBLE"),
-    Column("heartbeat_count", "BIGINT"),
-    Column("last_heartbeat_at", "TIMESTAMP"),
-    Column("last_seen_at", "TIMESTAMP", "internal"),
-    Column("progress", "DOUBLE"),
-    Column("current", "DOUBLE"),
-    Column("total", "DOUBLE"),
-    Column("phase", "VARCHAR"),
-    Column("rate", "DOUBLE"),
-    Column("eta", "DOUBLE"),
-    Column("progress_updated_at", "TIMESTAMP"),
-    Column("memory_bytes", "BIGINT"),
-    Column("memory_peak_bytes", "BIGINT"),
-    Column("cpu_percent", "DOUBLE"),
-    Column("open_fds", "INTEGER"),
-    Column("memory_limit_bytes", "BIGINT"),
-    Column("cpu_limit_percent", "DOUBLE"),
-    Column("fd_limit", "INTEGER"),
-    Column("limit_policy", "VARCHAR"),
-    Column("violation_count", "INTEGER"),
-    Column("error_type", "VARCHAR", "sticky"),
-    Column("error_message", "VARCHAR", "sticky"),
-    Column("error_trace", "VARCHAR", "sticky"),
-    Column("trace_id", "VARCHAR", "sticky"),
-    Column("span_id", "VARCHAR", "sticky"),
-    Column("metadata", "VARCHAR"),
-    Column("attributes", "VARCHAR"),
-    Column("span_seen", "BOOLEAN", "internal"),
-    Column("heartbeat_rows", "INTEGER", "internal"),
-    Column("ingested_at", "TIMESTAMP", "internal"),
+def column_of(f: RunField) -> Column:
+    """The ``jobs`` column of a stored run field."""
+    return Column(f.name, SQL_TYPES[f.kind] + (" NOT NULL" if f.required else ""), f.merge)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One ordered step: applied once, in a transaction, recorded in ``schema_version``.
+
+    ``columns`` names the ``jobs`` columns the step adds (in order), so the table's columns
+    follow from the migrations and every stored run field is checked to have one.
+    """
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+    columns: tuple[str, ...] = ()
+
+    @classmethod
+    def add_columns(
+        cls,
+        version: int,
+        description: str,
+        *names: str,
+        fields: tuple[RunField, ...] = RUN_FIELDS,
+    ) -> Migration:
+        """A step adding run fields (rows of :data:`~chaperone_otel._fields.RUN_FIELDS`) as
+        ``jobs`` columns: the usual migration for a new field.
+
+        Example::
+
+            Migration.add_columns(2, "GPU usage", "gpu_percent")
+        """
+        statements = []
+        for name in names:
+            f = field_named(name, fields)
+            # ADD COLUMN cannot be NOT NULL on a table with rows; a new field is optional.
+            statements.append(f"ALTER TABLE jobs ADD COLUMN {f.name} {SQL_TYPES[f.kind]}")
+        return cls(version, description, tuple(statements), tuple(names))
+
+
+V1_JOB_COLUMNS: Final = (
+    "run_id",
+    "attempt",
+    "seq",
+    "name",
+    "queue",
+    "status",
+    "reported_health",
+    "reported_stuck",
+    "host",
+    "pid",
+    "service_name",
+    "service_instance_id",
+    "started_at",
+    "finished_at",
+    "duration",
+    "timeout",
+    "timeout_at",
+    "stall_timeout",
+    "heartbeat_interval",
+    "heartbeat_count",
+    "last_heartbeat_at",
+    "last_seen_at",
+    "progress",
+    "current",
+    "total",
+    "phase",
+    "rate",
+    "eta",
+    "progress_updated_at",
+    "memory_bytes",
+    "memory_peak_bytes",
+    "cpu_percent",
+    "open_fds",
+    "memory_limit_bytes",
+    "cpu_limit_percent",
+    "fd_limit",
+    "limit_policy",
+    "violation_count",
+    "error_type",
+    "error_message",
+    "error_trace",
+    "trace_id",
+    "span_id",
+    "metadata",
+    "attributes",
+    "span_seen",
+    "heartbeat_rows",
+    "ingested_at",
 )
-"""The ``jobs`` table, one row per (run_id, attempt)."""
+"""The ``jobs`` columns a version-1 store file has (migration 1's table: history, frozen)."""
 
-JOB_COLUMN_NAMES: Final = tuple(c.name for c in JOB_COLUMNS)
 
-HEALTH_COLUMNS: Final = {
-    "status": "status",
-    "started_at": "epoch(started_at)",
-    "last_heartbeat": "epoch(last_heartbeat_at)",
-    "last_seen": "epoch(last_seen_at)",
-    "heartbeat_interval": "heartbeat_interval",
-    "timeout_at": "epoch(timeout_at)",
+HEALTH_COLUMNS: Final[Mapping[str, str]] = {
+    **{
+        signal: f"epoch({f.name})" if f.kind is Kind.TIME else f.name
+        for signal, f in signal_fields().items()
+    },
+    # the one composite signal: when a stall budget runs out
     "stall_deadline": "(epoch(progress_updated_at) + stall_timeout)",
-    "memory": "memory_bytes",
-    "memory_limit": "memory_limit_bytes",
-    "cpu": "cpu_percent",
-    "cpu_limit": "cpu_limit_percent",
-    "fds": "open_fds",
-    "fd_limit": "fd_limit",
-    "violation_count": "violation_count",
 }
 """How each health-rule signal is spelled over the ``jobs`` table, in epoch seconds."""
 
@@ -147,7 +192,9 @@ def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
 
 
 def _create_tables() -> list[str]:
-    jobs = ",\n  ".join(f"{c.name} {c.sql_type}" for c in JOB_COLUMNS)
+    jobs = ",\n  ".join(
+        f"{c.name} {c.sql_type}" for c in (column_of(field_named(n)) for n in V1_JOB_COLUMNS)
+    )
     return [
         "CREATE TABLE IF NOT EXISTS schema_version "
         "(version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL, description VARCHAR)",
@@ -169,19 +216,50 @@ def _create_tables() -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Migration:
-    """One ordered step: applied once, in a transaction, recorded in ``schema_version``."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-MIGRATIONS: Final = (
-    Migration(1, "jobs, heartbeats, job_errors, resource_violations", tuple(_create_tables())),
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "jobs, heartbeats, job_errors, resource_violations",
+        tuple(_create_tables()),
+        V1_JOB_COLUMNS,
+    ),
+    # A new run field: its row in chaperone_otel/_fields.py, then e.g.
+    # Migration.add_columns(2, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
+
+SCHEMA_VERSION: Final = MIGRATIONS[-1].version
+"""The schema version this code writes and reads."""
+
+
+def job_columns(
+    migrations: Sequence[Migration] = MIGRATIONS, fields: tuple[RunField, ...] = RUN_FIELDS
+) -> tuple[Column, ...]:
+    """The ``jobs`` columns in their physical order (as the migrations added them).
+
+    Raises:
+        ValueError: a stored run field has no migration, or a migration adds a column
+            that is not a stored run field (so a new field cannot be forgotten).
+    """
+    names = [n for m in migrations for n in m.columns]
+    stored = [f.name for f in fields if f.stored]
+    missing = [n for n in stored if n not in names]
+    if missing:
+        raise ValueError(
+            f"run field(s) {', '.join(missing)} have no migration: add "
+            f"Migration.add_columns({migrations[-1].version + 1}, ..., "
+            f"{', '.join(map(repr, missing))}) to MIGRATIONS in sink/_schema.py"
+        )
+    unknown = sorted(set(names) - set(stored))
+    if unknown:
+        raise ValueError(f"migrations add columns that are no stored run field: {unknown}")
+    return tuple(column_of(field_named(n, fields)) for n in names)
+
+
+JOB_COLUMNS: Final = job_columns()
+"""The ``jobs`` table, one row per (run_id, attempt), derived from the run fields."""
+
+JOB_COLUMN_NAMES: Final = tuple(c.name for c in JOB_COLUMNS)
 
 
 def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
@@ -236,10 +314,19 @@ def check_version(con: Any, path: str) -> int:
     return version
 
 
-def migrate(con: Any, path: str, policy: HealthPolicy = DEFAULT_POLICY) -> int:
-    """Apply missing migrations in order, then (re)create the views. Returns the version."""
+def migrate(
+    con: Any,
+    path: str,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    *,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> int:
+    """Apply missing migrations in order, then (re)create the views. Returns the version.
+
+    ``migrations`` is for tests that add a field (the store always uses :data:`MIGRATIONS`).
+    """
     version = check_version(con, path)
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version <= version:
             continue
         con.execute("BEGIN TRANSACTION")

@@ -89,6 +89,8 @@ RUNNING = {"healthy", "degraded", "stuck", "lost", "overtime", "stalled", "hog",
     ("stalled", {"stalled"}),
     ("overtime", {"overtime"}),
     ("violated", {"violator"}),
+    ("near_limit", {"hog"}),
+    ("heartbeat_missed", {"degraded", "stuck", "lost"}),
     ("today", RUNNING | {"pending", "done", "failed", "cancelled"}),
 ])
 def test_each_scope_selects_exactly_its_runs(jobs, scope, expected):

@@ -50,10 +50,11 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
-from ._resources import ProcessSampler
-from ._supervise import Supervision, supervised
-from .cli._monitor import Frame, render_frame
-from .exceptions import ChaperoneError
+from .._resources import ProcessSampler
+from .._supervise import Supervision, supervised
+from ..exceptions import ChaperoneError
+from ..sink import JobRecord, ViolationRecord, open_sink
+from ._monitor import Frame, render_frame
 
 HUNG_JOB = "payments.reconcile_ledger"
 FAILING_JOB = "emails.send_digest"
@@ -96,48 +97,29 @@ class _Board:
             return list(self.runs)
 
 
-@dataclass
-class _Row:
-    """A live run as the monitor renderer expects a ``JobRecord`` (same attribute names)."""
-
-    id: str
-    name: str
-    queue: str
-    status: str
-    health: str
-    stuck: bool
-    progress: float
-    phase: str | None
-    eta: float | None
-    last_heartbeat_at: datetime
-    heartbeat_interval: float
-    memory_bytes: int | None
-    cpu_percent: float | None
-    duration: float
-    error_type: str | None
-    error_message: str | None
-    lost: bool = False
-
-
-def _row(run: Supervision) -> _Row:
+def _row(run: Supervision) -> JobRecord:
+    """A live run as the record the monitor renders (the fields it lacks stay ``None``)."""
     s = run.snapshot()
-    return _Row(
-        id=s.id,
-        name=s.name,
-        queue=s.queue,
-        status=s.status,
-        health=s.health,
-        stuck=s.stuck,
-        progress=s.percent,
-        phase=s.phase,
-        eta=s.eta,
-        last_heartbeat_at=datetime.fromtimestamp(s.last_heartbeat, timezone.utc),
-        heartbeat_interval=s.heartbeat_interval,
-        memory_bytes=s.memory,
-        cpu_percent=s.cpu_percent,
-        duration=s.duration,
-        error_type=s.error_type,
-        error_message=s.error_message,
+    return JobRecord.from_dict(
+        {
+            "id": s.id,
+            "name": s.name,
+            "queue": s.queue,
+            "status": s.status,
+            "health": s.health,
+            "stuck": s.stuck,
+            "lost": False,
+            "progress": s.percent,
+            "phase": s.phase,
+            "eta": s.eta,
+            "last_heartbeat_at": datetime.fromtimestamp(s.last_heartbeat, timezone.utc),
+            "heartbeat_interval": s.heartbeat_interval,
+            "memory_bytes": s.memory,
+            "cpu_percent": s.cpu_percent,
+            "duration": s.duration,
+            "error_type": s.error_type,
+            "error_message": s.error_message,
+        }
     )
 
 
@@ -455,16 +437,14 @@ class Summary:
     by_status: dict[str, int] = field(default_factory=dict)
     by_health: dict[str, int] = field(default_factory=dict)
     by_name: dict[str, int] = field(default_factory=dict)
-    stuck: list[Any] = field(default_factory=list)
-    violated: list[Any] = field(default_factory=list)
-    failed: list[Any] = field(default_factory=list)
+    stuck: list[JobRecord] = field(default_factory=list)
+    violated: list[tuple[JobRecord, list[ViolationRecord]]] = field(default_factory=list)
+    failed: list[JobRecord] = field(default_factory=list)
     source: str = ""
 
 
 def read_summary(target: str, since: datetime) -> Summary:
     """Counts by status and health, the stuck, violated and failed runs since ``since``."""
-    from .sink import open_sink  # noqa: PLC0415
-
     with open_sink(target, read_only=True) as sink:
         q = sink.jobs.since(since)
         runs = q.all()
@@ -495,20 +475,20 @@ def _print_summary(
         say(escape(label + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
     for r in summary.stuck:
         say(
-            f"[bold red]stuck[/]: {escape(r.name)} {r.id} — no heartbeat since "
+            f"[bold red]stuck[/]: {escape(str(r.name))} {r.id} — no heartbeat since "
             f"{r.last_heartbeat_at:%H:%M:%S} UTC (interval {r.heartbeat_interval:g}s)"
             + (" — cancelled by the demo on exit" if r.id == hung_id else "")
         )
     for r, violations in summary.violated:
         for v in violations:
             say(
-                f"[bold yellow]violation[/]: {escape(r.name)} {r.id} — {v.type} "
+                f"[bold yellow]violation[/]: {escape(str(r.name))} {r.id} — {v.type} "
                 f"{_mib(v.actual)} > limit {_mib(v.limit)} (policy {v.policy}); "
                 f"run {r.status}"
             )
     for r in summary.failed:
         say(
-            f"[bold red]failed[/]: {escape(r.name)} {r.id} — "
+            f"[bold red]failed[/]: {escape(str(r.name))} {r.id} — "
             + escape(f"{r.error_type}: {r.error_message}")
         )
     failed_id = summary.failed[0].id if summary.failed else "<run-id>"
@@ -796,7 +776,7 @@ def _log_progress(console: Console, board: _Board, started: float) -> None:
         f"{sum(1 for r in rows if r.status == 'failed')} failed, "
         f"{sum(1 for r in rows if r.status == 'cancelled')} cancelled"
     )
-    stuck = [r.name for r in running if r.stuck]
+    stuck = [str(r.name) for r in running if r.stuck]
     if stuck:
         line.append(f"; STUCK: {', '.join(stuck)}", style="bold red")
     console.print(line, soft_wrap=True)  # a log line: never wrapped mid-name

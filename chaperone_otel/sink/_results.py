@@ -1,0 +1,333 @@
+"""What a query returns: :class:`JobRecord` (one run attempt) and its heartbeats, errors and
+violations, and the SELECT list that fills a record from the ``jobs`` table.
+
+A record's fields are the record-visible rows of :data:`chaperone_otel._fields.RUN_FIELDS`:
+:class:`JobRecord` declares them with their Python types (for type checkers and readers;
+``tests/sink/test_fields.py`` keeps the two equal), and everything else — which fields are
+times, how a stored or JSON value becomes a field value, the SQL expression of each field —
+is derived from the table. Health, stuck and lost are not stored: the SELECT list renders them
+from the one rule definition (``_health.rules``) with ``$now`` bound at query time.
+
+Example::
+
+    run = sink.job(run_id)
+    run.duration, run.progress, run.is_healthy(), run.errors, run.heartbeats()
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Final, Protocol, TypeVar
+
+from .._fields import ACTIVE_STATUSES, RUN_FIELDS, Kind, RunField, field_named
+from .._health import HealthPolicy
+from .._units import parse_iso_datetime
+from ..exceptions import SinkError
+from ._schema import health_case, predicate
+
+
+class RecordSource(Protocol):
+    """Where a record's heartbeats, errors and violations are read (a :class:`Sink`)."""
+
+    def heartbeats_of(
+        self, run_id: str, attempt: int, *, latest: bool = False
+    ) -> list[HeartbeatRecord]: ...
+
+    def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]: ...
+
+    def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Records.
+# --------------------------------------------------------------------------------------------
+
+
+def _utc(value: Any) -> datetime | None:
+    """A stored naive-UTC TIMESTAMP (or ISO text) as a tz-aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_iso_datetime(value)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
+def _json_obj(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return {"value": value}
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True)
+class HeartbeatRecord:
+    """One flushed heartbeat: ``calls`` coalesced ``heartbeat()`` calls at ``at``.
+
+    ``kind`` is ``heartbeat`` (the job's code beat) or ``liveness`` (only the process was
+    alive); ``count`` is the run's total calls so far; ``progress`` is 0..100.
+    """
+
+    at: datetime
+    calls: int | None
+    kind: str | None
+    count: int | None
+    progress: float | None
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HeartbeatRecord:
+        at = _utc(d["at"])
+        assert at is not None
+        return cls(
+            at=at,
+            calls=d.get("calls"),
+            kind=d.get("kind"),
+            count=d.get("count"),
+            progress=d.get("progress"),
+            metadata=_json_obj(d.get("metadata")),
+        )
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """The error that failed a run attempt, with its formatted traceback."""
+
+    at: datetime | None
+    type: str | None
+    message: str | None
+    trace: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ErrorRecord:
+        return cls(
+            at=_utc(d.get("at")), type=d.get("type"), message=d.get("message"), trace=d.get("trace")
+        )
+
+
+@dataclass(frozen=True)
+class ViolationRecord:
+    """A resource limit crossed: ``type`` (memory, cpu, fds, timeout), ``limit`` and the
+    ``actual`` value in the limit's unit, and the run's limit ``policy``."""
+
+    at: datetime | None
+    type: str | None
+    limit: float | None
+    actual: float | None
+    policy: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ViolationRecord:
+        return cls(
+            at=_utc(d.get("at")),
+            type=d.get("type"),
+            limit=d.get("limit"),
+            actual=d.get("actual"),
+            policy=d.get("policy"),
+        )
+
+
+def _from_store(f: RunField, value: Any) -> Any:
+    """A stored or JSON value as the record field's Python value."""
+    if f.kind is Kind.TIME:
+        return _utc(value)
+    if f.kind is Kind.JSON:
+        return _json_obj(value)
+    if f.kind is Kind.BOOL and not f.stored:  # a computed verdict: never NULL on a record
+        return bool(value)
+    return value
+
+
+_R = TypeVar("_R", bound="JobRecord")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One run attempt as stored, with its health judged at query time.
+
+    Times are tz-aware UTC datetimes; ``duration`` is seconds (so far, for a running run);
+    ``progress`` is 0..100; ``health`` is ``healthy``, ``degraded``, ``unhealthy`` or
+    ``unknown`` (pending), and ``stuck``/``lost`` are the rules' verdicts at query time.
+    ``heartbeats()``, ``errors`` and ``resource_violations`` query the sink the record came
+    from.
+    """
+
+    id: str
+    attempt: int
+    name: str | None
+    queue: str | None
+    status: str | None
+    health: str
+    stuck: bool
+    lost: bool
+    host: str | None
+    pid: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    progress: float | None
+    current: float | None
+    total: float | None
+    phase: str | None
+    rate: float | None
+    eta: float | None
+    heartbeat_count: int | None
+    heartbeat_interval: float | None
+    last_heartbeat_at: datetime | None
+    last_seen_at: datetime | None
+    timeout_at: datetime | None
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    cpu_percent: float | None
+    open_fds: int | None
+    memory_limit_bytes: int | None
+    cpu_limit_percent: float | None
+    fd_limit: int | None
+    violation_count: int | None
+    error_type: str | None
+    error_message: str | None
+    error_trace: str | None
+    trace_id: str | None
+    span_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    _sink: RecordSource | None = field(default=None, compare=False, repr=False)
+
+    TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        f.record_name for f in RUN_FIELDS if f.kind is Kind.TIME and f.record_name
+    )
+    """Fields holding a UTC datetime (derived from the run fields)."""
+
+    def is_healthy(self) -> bool:
+        """True when the health rules judge the run healthy (Chaperone's ``isHealthy()``)."""
+        return self.health == "healthy"
+
+    def heartbeats(self) -> list[HeartbeatRecord]:
+        """The stored heartbeats of this attempt, oldest first (the latest N are kept)."""
+        return self._source().heartbeats_of(self.id, self.attempt)
+
+    def latest_heartbeat(self) -> HeartbeatRecord | None:
+        """The newest stored heartbeat, or None."""
+        found = self._source().heartbeats_of(self.id, self.attempt, latest=True)
+        return found[0] if found else None
+
+    @property
+    def errors(self) -> list[ErrorRecord]:
+        """Errors of this attempt, with tracebacks (at most one: a run fails once)."""
+        return self._source().errors_of(self.id, self.attempt)
+
+    @property
+    def resource_violations(self) -> list[ViolationRecord]:
+        """Limits this attempt crossed, oldest first."""
+        return self._source().violations_of(self.id, self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (times as ISO 8601 strings); :meth:`from_dict` inverts it."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if not f.name.startswith("_")
+        }
+
+    @classmethod
+    def from_dict(
+        cls: type[_R],
+        d: Mapping[str, Any],
+        sink: RecordSource | None = None,
+        *,
+        run_fields: tuple[RunField, ...] = RUN_FIELDS,
+    ) -> _R:
+        """Rebuild a record from :meth:`to_dict` output (a remote sink's JSON) or a row of
+        :func:`select_list` (a local query); each value is converted by its field's kind.
+        A field ``d`` lacks is ``None``."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name.startswith("_"):
+                continue
+            kwargs[f.name] = _from_store(field_named(f.name, run_fields), d.get(f.name))
+        return cls(**kwargs, _sink=sink)
+
+    def _source(self) -> RecordSource:
+        if self._sink is None:
+            raise SinkError("this JobRecord is detached from a sink (built by hand?)")
+        return self._sink
+
+
+# --------------------------------------------------------------------------------------------
+# The SQL of a query.
+# --------------------------------------------------------------------------------------------
+
+# The one record field whose value is not its column: a running run's duration so far.
+_DURATION_SO_FAR: Final = (
+    "COALESCE(duration, CASE WHEN status IN ("
+    + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+    + ") THEN greatest(0.0, $now - epoch(started_at)) END)"
+)
+
+
+def _select_expr(f: RunField, policy: HealthPolicy) -> str:
+    if f.name == "health":
+        return health_case(policy)
+    if not f.stored:  # stuck, lost: a health rule's verdict
+        return predicate(f.name, policy)
+    if f.name == "duration":
+        return _DURATION_SO_FAR
+    return f.name
+
+
+def select_exprs(
+    policy: HealthPolicy,
+    *,
+    record: type[JobRecord] | None = None,
+    run_fields: tuple[RunField, ...] = RUN_FIELDS,
+) -> dict[str, str]:
+    """Record field → SQL expression over ``jobs`` (``$now`` unbound), in record order."""
+    cls = JobRecord if record is None else record
+    return {
+        f.name: _select_expr(field_named(f.name, run_fields), policy)
+        for f in fields(cls)
+        if not f.name.startswith("_")
+    }
+
+
+def select_list(
+    policy: HealthPolicy,
+    *,
+    record: type[JobRecord] | None = None,
+    run_fields: tuple[RunField, ...] = RUN_FIELDS,
+) -> str:
+    """The SELECT list of a query returning ``record`` objects (``$now`` unbound)."""
+    exprs = select_exprs(policy, record=record, run_fields=run_fields)
+    return ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
+
+
+ORDERABLE: Final = frozenset(
+    f.name
+    for f in fields(JobRecord)
+    if not f.name.startswith("_")
+    and f.name != "error_trace"
+    and field_named(f.name).kind is not Kind.JSON
+)
+"""Columns accepted by :meth:`JobQuery.order_by` (not JSON, not tracebacks)."""
