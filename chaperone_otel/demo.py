@@ -50,8 +50,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from ._decorator import supervised
 from ._resources import ProcessSampler
-from ._supervise import Supervision, supervised
+from ._run import Supervision
 from .cli._monitor import Frame, render_frame
 from .exceptions import ChaperoneError
 

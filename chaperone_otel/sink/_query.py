@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Final
 
 from .._health import DEFAULT_POLICY, PREDICATES, HealthPolicy
-from .._supervise import _qualified_name
+from .._spec import qualified_name as _qualified_name
 from .._units import parse_bytes, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError, SinkError
 from ._schema import health_case, predicate
