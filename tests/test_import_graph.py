@@ -129,3 +129,26 @@ def test_detector_sees_lazy_relative_and_absolute_cycles(tmp_path: Path) -> None
         {"__init__.py": "from .a import f\n", "a.py": "from . import b\n", "b.py": "X = 1\n"},
     )
     assert cycles(import_graph(acyclic)) == []
+
+
+def _opentelemetry_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("opentelemetry"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_runtime_writes_otel_only_through_the_otel_writer() -> None:
+    """The runtime modules produce records and state; only ``_otel/`` calls the OTel
+    tracing, logs and metrics APIs. The one exception is context activation: the lifecycle
+    makes the run's span current while the job's code runs."""
+    runtime_modules = sorted(PACKAGE_ROOT.glob("_*.py"))
+    assert len(runtime_modules) > 10
+    uses = {p.name: _opentelemetry_imports(p) for p in runtime_modules}
+    assert {name: found for name, found in uses.items() if found} == {
+        "_lifecycle.py": {"opentelemetry.context"}
+    }
+    assert all(_opentelemetry_imports(p) for p in (PACKAGE_ROOT / "_otel").glob("_[a-z]*.py"))
