@@ -157,6 +157,7 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
             internal_error("run.span_end", error)
         finally:
             rt.finished(run)
+            run.detach()  # no handle <-> state cycle: a finished run is freed at once
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -312,6 +312,22 @@ class Runtime:
             self._prev_sample = (mono, sample)
             self._sample = sample
 
+    def _event(
+        self,
+        run: Run,
+        event_name: str,
+        now: float,
+        event: dict[str, AttributeValue],
+        *,
+        severity: str = "INFO",
+        body: str = "",
+    ) -> None:
+        """One monitor event of ``run``, with its one attribute set: a lifecycle record for
+        the listeners that want one, and the event for the OTel writer's span and counters
+        (which need no full-state record)."""
+        emit(run, event_name, now, severity=severity, event=event, body=body)
+        self.writer.on_event(run, event_name, event, now)
+
     def _tick_run(self, watch: Watch, now: float) -> None:
         run = watch.run
         actions: list[Callable[[], object]] = []
@@ -404,12 +420,12 @@ class Runtime:
             sc.ATTR_LIMIT_VALUE: limit,
             sc.ATTR_LIMIT_ACTUAL: actual,
         }
-        emit(
+        self._event(
             run,
             sc.EVENT_JOB_VIOLATION,
             now,
+            event,
             severity="WARN",
-            event=event,
             body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})",
         )
         if run.on_limit == "warn":
@@ -460,7 +476,7 @@ class Runtime:
         meta = run.meta
         if meta:
             event[sc.ATTR_METADATA] = to_json(meta)
-        emit(run, sc.EVENT_JOB_HEARTBEAT, now, event=event)
+        self._event(run, sc.EVENT_JOB_HEARTBEAT, now, event)
         decile = math.floor(ratio * 10 + 1e-9)
         phase = run.phase
         if decile > watch.decile or phase != watch.flushed_phase:
@@ -468,7 +484,7 @@ class Runtime:
             progress: dict[str, AttributeValue] = {sc.ATTR_PROGRESS_RATIO: ratio}
             if phase is not None:
                 progress[sc.ATTR_PROGRESS_PHASE] = phase
-            emit(run, sc.EVENT_JOB_PROGRESS, now, event=progress)
+            self._event(run, sc.EVENT_JOB_PROGRESS, now, progress)
 
     def _judge(self, run: Run, now: float, actions: list[Callable[[], object]]) -> None:
         signals = run.signals(now)
@@ -488,12 +504,12 @@ class Runtime:
                 sc.ATTR_JOB_STUCK: stuck,
                 sc.ATTR_HEALTH_PREVIOUS: old_health,
             }
-            emit(
+            self._event(
                 run,
                 sc.EVENT_JOB_HEALTH,
                 now,
+                event,
                 severity="INFO" if health == "healthy" else "WARN",
-                event=event,
                 body=f"{run.name}: {old_health} -> {health}" + (" (stuck)" if stuck else ""),
             )
             snapshot = run.snapshot(now)

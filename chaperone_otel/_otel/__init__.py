@@ -13,7 +13,8 @@ listener and test captures, all fed the same records). It is split by signal:
 
 :class:`OTelWriter` is what the runtime holds and registers as a record listener. Its
 interface is the runtime's whole contract with OTel: :meth:`~OTelWriter.start` (returns the
-span for the run to carry, opaque), :meth:`~OTelWriter.on_record`,
+span for the run to carry, opaque), :meth:`~OTelWriter.on_event` (a monitor event: span
+event and counts), :meth:`~OTelWriter.on_record` (a lifecycle record: log record),
 :meth:`~OTelWriter.heartbeats_missed` and :meth:`~OTelWriter.finish`.
 
 Only ``opentelemetry-api`` is used (the SDK, when installed, implements it).
@@ -21,13 +22,14 @@ Only ``opentelemetry-api`` is used (the SDK, when installed, implements it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import semconv as sc
-from .._events import LifecycleRecord
+from .._events import AttributeValue, LifecycleRecord
 from ._logs import LogWriter
 from ._metrics import LiveRuns, RunCounters, instruments_for, reset_instruments
-from ._spans import SPAN_EVENTS, SpanWriter, Started
+from ._spans import SpanWriter, Started
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -37,9 +39,11 @@ if TYPE_CHECKING:
 class OTelWriter:
     """Writes runs to OTel: spans, span events, log records and metrics.
 
-    A record listener (``on_record``, ``wants``) for the lifecycle records, plus the three
-    calls the runtime makes directly: a run's span must exist before its started record
-    (so the record can name it), must end even when no record was built, and missed
+    A record listener (``on_record``, ``wants``: the log writer's) for the lifecycle
+    records, plus the calls
+    the runtime makes directly: a run's span must exist before its started record (so the
+    record can name it) and must end even when no record was built; a monitor event goes
+    to the span and the counters even when no listener wants its full record; missed
     heartbeats are counted without a record of their own.
     """
 
@@ -54,6 +58,10 @@ class OTelWriter:
             before_collect=self._drain,
         )
         self.counters = RunCounters(self.instruments)
+        # The record-listener part is the log writer's own: bound here, not wrapped, so a
+        # record costs no extra call (receivers() asks wants() twice per run).
+        self.wants: Callable[[str], bool] = self.logs.wants
+        self.on_record: Callable[[LifecycleRecord], None] = self.logs.on_record
 
     def _drain(self) -> None:
         self.counters.drain()
@@ -96,47 +104,32 @@ class OTelWriter:
         """Count queued run starts and ends and record their durations now."""
         self.counters.drain()
 
-    # ---- record listener -----------------------------------------------------------------
+    def on_event(
+        self, run: Run, event_name: str, event: Mapping[str, AttributeValue], now: float
+    ) -> None:
+        """Write a monitor event of ``run`` (heartbeat, progress, violation, health) to the
+        span and the counters, with ``event``, the event's own attribute set — the same
+        set its lifecycle record carries to the log writer (:meth:`on_record`).
 
-    def wants(self, event_name: str) -> bool:
-        """Every monitor record (span events and counters need them); a started or
-        finished record when the logger would keep it."""
-        return event_name in SPAN_EVENTS or self.logs.wants(event_name)
-
-    def on_record(self, record: LifecycleRecord) -> None:
-        """Write ``record``: its span event, its counts, its log record."""
-        name = record.event_name
-        if name in SPAN_EVENTS:
-            self.spans.event(record)
-            self._count(record)
-            if not self.logs.wants(name):
-                return
-        self.logs.on_record(record)
-
-    def _count(self, record: LifecycleRecord) -> None:
-        event = record.event_attributes
-        if event is None:
-            return
-        attrs = record.attributes
-        if record.event_name == sc.EVENT_JOB_HEARTBEAT:
+        Called for every event, whether or not a full record is built for it: a span event
+        and a count need no full-state record, and building one costs more than both.
+        """
+        if event_name == sc.EVENT_JOB_HEARTBEAT:
             calls = event.get(sc.ATTR_HEARTBEAT_CALLS)
+            if event.get(sc.ATTR_HEARTBEAT_KIND) != "heartbeat":
+                return  # a liveness beat: the job did nothing to put on its span or count
             if isinstance(calls, int) and calls > 0:
-                self.instruments.heartbeats.add(
-                    calls,
-                    {
-                        sc.ATTR_JOB_NAME: str(attrs[sc.ATTR_JOB_NAME]),
-                        sc.ATTR_JOB_QUEUE: str(attrs[sc.ATTR_JOB_QUEUE]),
-                    },
-                )
-        elif record.event_name == sc.EVENT_JOB_VIOLATION:
+                self.counters.heartbeats(run.name, run.queue, calls)
+        elif event_name == sc.EVENT_JOB_VIOLATION:
             self.instruments.violations.add(
                 1,
                 {
-                    sc.ATTR_JOB_NAME: str(attrs[sc.ATTR_JOB_NAME]),
-                    sc.ATTR_JOB_QUEUE: str(attrs[sc.ATTR_JOB_QUEUE]),
+                    sc.ATTR_JOB_NAME: run.name,
+                    sc.ATTR_JOB_QUEUE: run.queue,
                     sc.ATTR_LIMIT_TYPE: str(event[sc.ATTR_LIMIT_TYPE]),
                 },
             )
+        self.spans.event(run, event_name, event, now)
 
     def close(self) -> None:
         """The runtime closed: stop counting its internal errors until the next writer."""

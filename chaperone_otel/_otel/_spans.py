@@ -3,20 +3,22 @@
 The run span is the post-hoc record for tracing backends (DESIGN §2). It is started
 synchronously at the run's start (:meth:`SpanWriter.start` returns it with its context, which
 the lifecycle makes current while the job's code runs, so user spans nest under it); the
-monitor's records become its span events, with exactly the attributes the record says the
-event has (:attr:`LifecycleRecord.event_attributes`); and :meth:`SpanWriter.finish` ends it
-with the outcome — in a ``finally``, so the span ends whatever else failed.
+monitor's events become its span events, with the event's one attribute set (the one its
+lifecycle record also carries, ``LifecycleRecord.event_attributes``); and
+:meth:`SpanWriter.finish` ends it with the outcome — in a ``finally``, so the span ends
+whatever else failed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import semconv as sc
-from .._events import AttributeValue, LifecycleRecord
+from .._events import AttributeValue
 from .._safety import internal_error
 from .._version import __version__
 
@@ -25,16 +27,6 @@ if TYPE_CHECKING:
 
 Started = tuple[Any, Any, int, int]
 """(span, the OTel context holding it, trace id, span id), as :meth:`SpanWriter.start` gives."""
-
-SPAN_EVENTS: Final = frozenset(
-    {
-        sc.EVENT_JOB_HEARTBEAT,
-        sc.EVENT_JOB_PROGRESS,
-        sc.EVENT_JOB_HEALTH,
-        sc.EVENT_JOB_VIOLATION,
-    }
-)
-"""The lifecycle events that also become events of the run span."""
 
 
 class SpanWriter:
@@ -86,21 +78,12 @@ class SpanWriter:
         return span, trace.set_span_in_context(span), ctx.trace_id, ctx.span_id
 
     @staticmethod
-    def event(record: LifecycleRecord) -> None:
-        """Add ``record`` to its run's span as a span event with the record's event
-        attributes (monitor thread). A liveness beat is not a span event: the span records
-        what the job did, and a liveness beat says the job did nothing."""
-        event = record.event_attributes
-        if event is None or record.context is None:
-            return
-        if (
-            record.event_name == sc.EVENT_JOB_HEARTBEAT
-            and event.get(sc.ATTR_HEARTBEAT_KIND) != "heartbeat"
-        ):
-            return
-        span = trace.get_current_span(record.context)
-        if span.is_recording():
-            span.add_event(record.event_name, event, int(record.timestamp * 1e9))
+    def event(run: Run, event_name: str, event: Mapping[str, AttributeValue], now: float) -> None:
+        """Add a monitor event to ``run``'s span, with the event's attribute set (monitor
+        thread, or the job's at the run's final flush)."""
+        span = run.span
+        if span is not None and span.is_recording():
+            span.add_event(event_name, event, int(now * 1e9))
 
     @staticmethod
     def finish(run: Run, exc: BaseException | None, now: float) -> None:
@@ -112,11 +95,12 @@ class SpanWriter:
             if span.is_recording():
                 # One set_attributes call (the SDK validates per call), and only what the
                 # span's own fields (start, end, status) do not already say.
+                handle = run.handle
                 end_attrs: dict[str, AttributeValue] = {
                     sc.ATTR_JOB_STATUS: run.status,
                     sc.ATTR_JOB_HEALTH: run.health,
-                    sc.ATTR_HEARTBEAT_COUNT: run.calls,
-                    sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
+                    sc.ATTR_HEARTBEAT_COUNT: handle.heartbeat_count,
+                    sc.ATTR_PROGRESS_RATIO: handle.progress_ratio,
                 }
                 if run.violations:
                     end_attrs[sc.ATTR_VIOLATION_COUNT] = len(run.violations)
