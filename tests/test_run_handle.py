@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaperone_otel import Supervision, supervised
+from chaperone_otel import Supervision, heartbeat, supervised
 from chaperone_otel._run import state_of
 from chaperone_otel.testing import Capture, FakeClock
 
@@ -75,3 +75,28 @@ def test_handle_shows_the_runtime_state(chaperone_clock: FakeClock, chaperone: C
         assert run.metadata == {"step": 1}
     assert (run.status, run.finished_at) == ("completed", state.finished_at)
     assert run.snapshot().status == "completed"
+
+
+def test_finished_run_is_freed_without_the_cycle_collector(chaperone: Capture) -> None:
+    """A finished run nobody holds is freed by reference counting alone: the handle and
+    the run's state do not keep each other (and the span) alive until a GC pass."""
+    import gc
+
+    from chaperone_otel._run import Run
+
+    @supervised(name="freed")
+    def job() -> None:
+        heartbeat()
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(isinstance(o, Run) for o in gc.get_objects())
+        for _ in range(20):
+            job()
+        with supervised("freed.block") as run:
+            run.heartbeat()
+        del run
+        assert sum(isinstance(o, Run) for o in gc.get_objects()) == before
+    finally:
+        gc.enable()
