@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
-from .exceptions import ConfigurationError, JobLimitExceeded
+from ._spec import phase_ranges
+from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
     import asyncio
@@ -221,33 +222,11 @@ class Supervision:
         phase gets its share of 0..1 in declaration order) or explicit percent ranges as in
         the seed's multi-phase example
         (``run.phases({"fetch": (0, 25), "validate": (25, 50), "process": (50, 90)})``).
+
+        Raises:
+            ConfigurationError: the declaration is empty, mixed, or out of range.
         """
-        items = dict(spec or {}, **weights)
-        if not items:
-            raise ConfigurationError("phases(): declare at least one phase")
-        ranges: dict[str, tuple[float, float]] = {}
-        if all(isinstance(v, tuple) for v in items.values()):
-            for name, value in items.items():
-                lo, hi = cast(tuple[float, float], value)
-                if not 0 <= lo < hi <= 100:
-                    raise ConfigurationError(
-                        f"phase {name!r}: range {value!r} must satisfy 0 <= start < end <= 100"
-                    )
-                ranges[name] = (lo / 100.0, hi / 100.0)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items.values()):
-            total = float(sum(cast(float, v) for v in items.values()))
-            if total <= 0 or any(cast(float, v) < 0 for v in items.values()):
-                raise ConfigurationError("phases(): weights must be non-negative, not all zero")
-            acc = 0.0
-            for name, value in items.items():
-                share = cast(float, value) / total
-                ranges[name] = (acc, min(1.0, acc + share))
-                acc += share
-        else:
-            raise ConfigurationError(
-                "phases(): give all weights (numbers) or all (start, end) percent ranges"
-            )
-        self._phases = ranges
+        self._phases = phase_ranges(spec, weights)
 
     def phase_scope(self, name: str) -> _PhaseScope:
         """``with run.phase_scope("validate"):`` enters a phase and completes it on exit."""

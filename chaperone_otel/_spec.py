@@ -195,3 +195,42 @@ def static_for(spec: Spec, config: Config) -> Static:
 def replace_spec(spec: Spec, **changes: Any) -> Spec:
     """A copy of ``spec`` with ``changes`` (the decorator fills in the function's name)."""
     return replace(spec, **changes)
+
+
+def phase_ranges(
+    spec: Mapping[str, float | tuple[float, float]] | None, weights: Mapping[str, float]
+) -> dict[str, tuple[float, float]]:
+    """Declared phases (``Supervision.phases``) as shares of 0..1, validated.
+
+    Either all weights (each phase gets its share in declaration order) or all explicit
+    ``(start, end)`` percent ranges.
+
+    Raises:
+        ConfigurationError: no phase, a bad range, negative or all-zero weights, or a mix.
+    """
+    items = dict(spec or {}, **weights)
+    if not items:
+        raise ConfigurationError("phases(): declare at least one phase")
+    ranges: dict[str, tuple[float, float]] = {}
+    if all(isinstance(v, tuple) for v in items.values()):
+        for name, value in items.items():
+            lo, hi = cast(tuple[float, float], value)
+            if not 0 <= lo < hi <= 100:
+                raise ConfigurationError(
+                    f"phase {name!r}: range {value!r} must satisfy 0 <= start < end <= 100"
+                )
+            ranges[name] = (lo / 100.0, hi / 100.0)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items.values()):
+        total = float(sum(cast(float, v) for v in items.values()))
+        if total <= 0 or any(cast(float, v) < 0 for v in items.values()):
+            raise ConfigurationError("phases(): weights must be non-negative, not all zero")
+        acc = 0.0
+        for name, value in items.items():
+            share = cast(float, value) / total
+            ranges[name] = (acc, min(1.0, acc + share))
+            acc += share
+    else:
+        raise ConfigurationError(
+            "phases(): give all weights (numbers) or all (start, end) percent ranges"
+        )
+    return ranges

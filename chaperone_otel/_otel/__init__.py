@@ -40,11 +40,10 @@ class OTelWriter:
     """Writes runs to OTel: spans, span events, log records and metrics.
 
     A record listener (``on_record``, ``wants``: the log writer's) for the lifecycle
-    records, plus the calls
-    the runtime makes directly: a run's span must exist before its started record (so the
-    record can name it) and must end even when no record was built; a monitor event goes
-    to the span and the counters even when no listener wants its full record; missed
-    heartbeats are counted without a record of their own.
+    records, plus the calls the runtime makes directly: a run's span must exist before its
+    started record (so the record can name it) and must end even when no record was
+    built; a monitor event goes to the span and the counters even when no listener wants
+    its full record; missed heartbeats are counted without a record of their own.
     """
 
     def __init__(self, config: Config, live_runs: LiveRuns) -> None:
@@ -67,8 +66,9 @@ class OTelWriter:
         self.counters.drain()
 
     def adopt(self, old: OTelWriter) -> None:
-        """Take over ``old``'s queue of uncounted run starts and ends (``configure()``
-        replaced the runtime while runs were alive: their ends are counted here)."""
+        """Take over ``old``'s queue of uncounted run starts, ends and heartbeats
+        (``configure()`` replaced the runtime while runs were alive: their ends are
+        counted here)."""
         self.counters.ledger = old.counters.ledger
 
     # ---- the runtime's calls -------------------------------------------------------------
