@@ -25,20 +25,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._base import Supervised
 from ._config import Config
+from ._current import current_job, heartbeat, report_progress, track
+from ._decorator import supervised
 from ._health import HealthPolicy
+from ._model import JobState, Violation
+from ._run import Supervision
 from ._setup import configure, reset, shutdown
-from ._supervise import (
-    JobState,
-    Supervised,
-    Supervision,
-    Violation,
-    current_job,
-    heartbeat,
-    report_progress,
-    supervised,
-    track,
-)
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,

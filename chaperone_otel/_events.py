@@ -7,7 +7,7 @@ finishes. Each record carries the *whole* current state of the run as flat OTel 
 row: the sink never needs an earlier record to make sense of a later one, and repeated or
 reordered delivery is resolved by ``chaperone.job.sequence``.
 
-Listeners are peers: the OTel log writer (``_otel``), the embedded DuckDB sink
+Listeners are peers: the OTel writer (``_otel``), the embedded DuckDB sink
 (``export/_sink.py``) and test captures all receive the same records. This is how the
 supervisor stays free of duckdb and the OTel SDK (STYLE.md §1).
 """
@@ -41,6 +41,11 @@ class LifecycleRecord:
         severity: ``INFO``, ``WARN`` or ``ERROR``.
         body: a short human-readable line.
         context: the OTel context of the run span (in-process only; never serialised).
+        event_attributes: the event's own attributes (a heartbeat's calls, a violation's
+            limit, a health change's previous verdict …), also present in ``attributes``;
+            what a writer puts on the run span's event of the same name, so the log record
+            and the span event say the same (in-process only; None for started/finished,
+            and for records decoded from OTLP).
     """
 
     event_name: str
@@ -51,6 +56,9 @@ class LifecycleRecord:
     severity: str = "INFO"
     body: str = ""
     context: Any = field(default=None, compare=False, repr=False)
+    event_attributes: Mapping[str, AttributeValue] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @runtime_checkable

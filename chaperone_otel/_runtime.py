@@ -1,4 +1,4 @@
-"""The per-process runtime: live runs, the monitor thread, instruments and the log writer.
+"""The per-process runtime: live runs, the monitor thread and its per-run state, hooks.
 
 The monitor thread (``chaperone-monitor``, a daemon) wakes at the earliest flush due across
 live runs (at least once a second) and, for each run:
@@ -12,8 +12,14 @@ live runs (at least once a second) and, for each run:
    vouches for the run; the sink tells hung from lost this way);
 4. judges health with the rules of :mod:`._health` and fires hooks on transitions.
 
-Hooks run here, after the run's lock is released, each under the internal-error guard.
-After ``fork`` the child starts with no live runs and a fresh thread (Celery prefork).
+What the monitor remembers of a run between passes (next flush due, what it flushed,
+limits already recorded, the CPU reading it compares with) is its own :class:`Watch`, not
+the run's state. The monitor produces records (``Run.emit``); what becomes of them in OTel is
+the OTel writer's business (``_otel``), which the runtime holds and registers as a listener.
+
+Hooks run on their own thread, after the run's lock is released, each under the
+internal-error guard. After ``fork`` the child starts with no live runs and a fresh thread
+(Celery prefork).
 """
 
 from __future__ import annotations
@@ -25,18 +31,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from . import _supervise as _supervise_module
 from . import semconv as sc
 from ._config import Config, get_config
 from ._events import AttributeValue, add_listener, remove_listener
 from ._health import Rules, rules
-from ._instruments import instruments_for
-from ._otel import OTelLogWriter
+from ._model import Violation
+from ._otel import OTelWriter
+from ._record import emit, to_json
 from ._resources import ProcessSample, ProcessSampler, read_thread_cpu
+from ._run import Run
 from ._safety import handle_internal_errors, internal_error
-from ._supervise import JobState, Supervision, Violation, _json
 from .exceptions import JobLimitExceeded
 
 logger = logging.getLogger("chaperone_otel")
@@ -46,11 +52,35 @@ _MAX_PENDING_HOOKS = 10_000
 _MIN_WAIT = 0.01
 
 
-# A run's start and end, queued by the job's thread for the counters (see Runtime.started).
-_Started = tuple[Literal[True], str, str]  # (True, name, queue)
-_Ended = tuple[Literal[False], str, str, str, str, float, int]
-# (False, name, queue, status, error type or "", duration, heartbeats not yet counted)
-_LabelKey = tuple[tuple[str, str], ...]
+class Watch:
+    """The monitor's memory of one live run between its passes.
+
+    Written by the monitor's pass, or by the finishing thread in :meth:`Runtime.judge`,
+    both under the run's lock.
+    """
+
+    __slots__ = (
+        "cpu_prev",
+        "decile",
+        "flushed",
+        "flushed_phase",
+        "flushed_progress_at",
+        "next_flush",
+        "run",
+        "timed_out",
+        "violated",
+    )
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.next_flush = run.started_at + run.static.flush_period
+        self.flushed = 0  # heartbeat() calls carried by heartbeat records so far
+        self.flushed_progress_at = run.started_at
+        self.decile = 0
+        self.flushed_phase: str | None = None
+        self.violated: set[str] | None = None  # limit types already recorded
+        self.cpu_prev: tuple[float, float] | None = None  # (monotonic, thread cpu seconds)
+        self.timed_out = False
 
 
 class Runtime:
@@ -59,7 +89,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rules: Rules = rules(config.health)
-        self._runs: dict[int, Supervision] = {}
+        self._runs: dict[int, Watch] = {}
         self._lock = threading.Lock()
         self._tick_lock = threading.Lock()
         self._wake_event = threading.Event()
@@ -71,10 +101,6 @@ class Runtime:
         self._hooks: deque[Callable[[], object]] = deque()
         self._hooks_event = threading.Event()
         self._hooks_thread: threading.Thread | None = None
-        self._ledger: deque[_Started | _Ended] = deque()
-        self._drain_lock = threading.Lock()
-        self._keys: dict[tuple[str, ...], _LabelKey] = {}
-        self._duration_labels: dict[tuple[str, str, str], dict[str, str]] = {}
         self._sampler: ProcessSampler | None = None
         self._prev_sample: tuple[float, ProcessSample] | None = None  # (monotonic, sample)
         self._next_sample = 0.0
@@ -82,70 +108,40 @@ class Runtime:
         self._proc_cpu: float | None = None
         self.background = True
         self._bound_wake = self.wake  # one bound method for every run, not one per run
-        self.instruments = instruments_for(
-            config.meter_provider,
-            self.live_runs,
-            config.long_run_threshold,
-            config.clock,
-            before_collect=self._drain,
-        )
-        self.log_writer = OTelLogWriter(config.logger_provider)
-        add_listener(self.log_writer)
+        self.writer = OTelWriter(config, self.live_runs)
+        add_listener(self.writer)
 
     # ---- registry ------------------------------------------------------------------------
 
-    def live_runs(self) -> Sequence[Supervision]:
+    def live_runs(self) -> Sequence[Run]:
         """The runs currently alive in this process."""
         # list(dict.values()) runs in C without releasing the GIL: a consistent copy even
         # while runs start and finish (they store and pop without this lock, see started).
         with self._lock:
-            return list(self._runs.values())
+            watches = list(self._runs.values())
+        return [watch.run for watch in watches]
 
-    def started(self, run: Supervision) -> None:
+    def started(self, run: Run) -> None:
         """Register a run that just started (job thread).
 
-        The run's monitor state (next flush, flushed progress, …) was set by its
-        constructor, already in the state ``observe(started_at)`` would leave it in. The
-        counters are not touched here: the start is queued and counted at the next monitor
-        pass or collection (:meth:`_drain`), so a run pays one ``deque.append`` instead of
-        building label dicts and taking counter locks (~5 us a run on the job's thread).
+        Its :class:`Watch` starts in the state ``observe(started_at)`` would leave it in.
         """
-        run._wake = self._bound_wake
+        run.set_wake(self._bound_wake)
         # No lock: one dict store is atomic (the GIL; per-dict locks in free-threaded
         # builds), and every reader copies the dict in one C-level call (live_runs).
-        self._runs[id(run)] = run
-        self._ledger.append((True, run.name, run.queue))
+        self._runs[id(run)] = Watch(run)
         if self._thread is None:
             self._ensure_thread()
             current = _runtime
             if current is not None and current is not self:
                 # configure() replaced this runtime while the run was starting: the registry
                 # is shared (replace_runtime), so it is the new monitor that must run.
-                run._wake = current._bound_wake
+                run.set_wake(current._bound_wake)
                 current._ensure_thread()
 
-    def finished(self, run: Supervision) -> None:
-        """Unregister a finished run (job thread); finish hooks go to the monitor thread.
-
-        Its counters (finished by status, active, the heartbeats no monitor pass counted)
-        and its duration are queued like its start. No lock on the run: it is finished,
-        and the monitor never touches a finished run's heartbeat tallies.
-        """
+    def finished(self, run: Run) -> None:
+        """Unregister a finished run (job thread); finish hooks go to the hooks thread."""
         self._runs.pop(id(run), None)  # atomic, like the store in started()
-        calls = run._hb_calls
-        uncounted = calls - run._hb_counted
-        run._hb_flushed = run._hb_counted = calls
-        self._ledger.append(
-            (
-                False,
-                run.name,
-                run.queue,
-                run.status,
-                run.error_type or "",
-                max(0.0, (run.finished_at or run.started_at) - run.started_at),
-                uncounted,
-            )
-        )
         hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
         if hooks:
             with handle_internal_errors("run.finish_hooks"):
@@ -222,8 +218,10 @@ class Runtime:
     def _next_wait(self) -> float:
         now = self.config.clock()
         wait = _MAX_WAIT
-        for run in self.live_runs():
-            wait = min(wait, run._next_flush - now)
+        with self._lock:
+            watches = list(self._runs.values())
+        for watch in watches:
+            wait = min(wait, watch.next_flush - now)
         return max(_MIN_WAIT, wait)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -253,8 +251,8 @@ class Runtime:
             self.background = False  # nothing else ticks now: run the leftovers here
             with handle_internal_errors("runtime.close"):
                 self.tick()
-        remove_listener(self.log_writer)
-        self.instruments.unbind()
+        remove_listener(self.writer)
+        self.writer.close()
 
     def after_fork(self) -> None:
         """In a forked child: no live runs, new locks, a thread started on demand."""
@@ -268,10 +266,7 @@ class Runtime:
         self._hooks = deque()
         self._hooks_event = threading.Event()
         self._hooks_thread = None
-        # Starts and ends the parent had not counted yet are the parent's to count.
-        self._ledger = deque()
-        self._drain_lock = threading.Lock()
-        self.instruments.after_fork()
+        self.writer.after_fork()
         self._sampler = None
         self._prev_sample = None
         self._next_sample = 0.0
@@ -284,11 +279,13 @@ class Runtime:
             while self._calls:
                 fn, args, where = self._calls.popleft()
                 self._dispatch(_bind(fn, *args, where=where))
-            self._drain()
+            self.writer.flush_metrics()
             self._sample_process()
-            for run in self.live_runs():
+            with self._lock:
+                watches = list(self._runs.values())
+            for watch in watches:
                 with handle_internal_errors("monitor.run"):
-                    self._tick_run(run, run._clock())
+                    self._tick_run(watch, watch.run.clock())
 
     def flush_metrics(self) -> None:
         """Count queued run starts and ends and record their durations now.
@@ -296,78 +293,7 @@ class Runtime:
         The monitor does it each pass and the counters' callbacks before each collection;
         this is for a reader of the duration histogram that must not wait for either.
         """
-        self._drain()
-
-    def _drain(self) -> None:
-        """Add queued run starts and ends to the counters, record durations (any thread).
-
-        Entries are applied in queue order under one lock, so ``runs_active`` never shows
-        a run's end before its start, whichever thread (monitor, collection) drains.
-        """
-        ledger = self._ledger
-        if not ledger:
-            return
-        with self._drain_lock, handle_internal_errors("metrics.drain"):
-            started: dict[_LabelKey, float] = {}
-            active: dict[_LabelKey, float] = {}
-            finished: dict[_LabelKey, float] = {}
-            heartbeats: dict[_LabelKey, float] = {}
-            durations: list[tuple[float, dict[str, str]]] = []
-            keys = self._keys
-            popleft = ledger.popleft
-            while ledger:
-                entry = popleft()
-                name, queue = entry[1], entry[2]
-                key = keys.get((name, queue))
-                if key is None:
-                    key = self._key(
-                        (name, queue), ((sc.ATTR_JOB_NAME, name), (sc.ATTR_JOB_QUEUE, queue))
-                    )
-                if entry[0]:
-                    started[key] = started.get(key, 0) + 1
-                    active[key] = active.get(key, 0) + 1
-                    continue
-                _, _, _, status, error_type, duration, uncounted = entry
-                active[key] = active.get(key, 0) - 1
-                fkey = keys.get((name, queue, status, error_type))
-                if fkey is None:
-                    fkey = self._key(
-                        (name, queue, status, error_type),
-                        (*key, (sc.ATTR_JOB_STATUS, status), (sc.ATTR_ERROR_TYPE, error_type)),
-                    )
-                finished[fkey] = finished.get(fkey, 0) + 1
-                if uncounted:
-                    heartbeats[key] = heartbeats.get(key, 0) + uncounted
-                durations.append((duration, self._status_labels(name, queue, status)))
-            instruments = self.instruments
-            instruments.runs_started.add_many(started)
-            instruments.runs_active.add_many(active)
-            instruments.runs_finished.add_many(finished)
-            if heartbeats:
-                instruments.heartbeats.add_many(heartbeats)
-            # Recorded here, not by the job's thread: a synchronous histogram record
-            # validates its attributes (~7 us).
-            record = instruments.duration.record
-            for duration, labels in durations:
-                record(duration, labels)
-
-    def _key(self, cache_key: tuple[str, ...], key: _LabelKey) -> _LabelKey:
-        if len(self._keys) > 10_000:  # names and queues are bounded; a runaway is not
-            self._keys.clear()
-        self._keys[cache_key] = key
-        return key
-
-    def _status_labels(self, name: str, queue: str, status: str) -> dict[str, str]:
-        labels = self._duration_labels.get((name, queue, status))
-        if labels is None:
-            if len(self._duration_labels) > 10_000:
-                self._duration_labels.clear()
-            labels = self._duration_labels[(name, queue, status)] = {
-                sc.ATTR_JOB_NAME: name,
-                sc.ATTR_JOB_QUEUE: queue,
-                sc.ATTR_JOB_STATUS: status,
-            }
-        return labels
+        self.writer.flush_metrics()
 
     def _sample_process(self) -> None:
         mono = time.monotonic()
@@ -386,51 +312,68 @@ class Runtime:
             self._prev_sample = (mono, sample)
             self._sample = sample
 
-    def _tick_run(self, run: Supervision, now: float) -> None:
+    def _event(
+        self,
+        run: Run,
+        event_name: str,
+        now: float,
+        event: dict[str, AttributeValue],
+        *,
+        severity: str = "INFO",
+        body: str = "",
+    ) -> None:
+        """One monitor event of ``run``, with its one attribute set: a lifecycle record for
+        the listeners that want one, and the event for the OTel writer's span and counters
+        (which need no full-state record)."""
+        emit(run, event_name, now, severity=severity, event=event, body=body)
+        self.writer.on_event(run, event_name, event, now)
+
+    def _tick_run(self, watch: Watch, now: float) -> None:
+        run = watch.run
         actions: list[Callable[[], object]] = []
-        with run._lock:
+        with run.lock:
             if run.finished_at is not None:
                 # Unregistered by the finishing thread; a run is never kept "live" once
                 # finished, whatever happened between its finish and this pass.
                 self._runs.pop(id(run), None)
                 return
             run.observe(now)
-            self._apply_sample(run)
-            self._check_limits(run, now, actions)
-            self._flush(run, now)
+            self._apply_sample(watch)
+            self._check_limits(watch, now, actions)
+            self._flush(watch, now)
             self._judge(run, now, actions)
         for action in actions:
             self._dispatch(action)
 
-    def _apply_sample(self, run: Supervision) -> None:
+    def _apply_sample(self, watch: Watch) -> None:
         sample = self._sample
         if sample is None:
             return
+        run = watch.run
         if sample.rss is not None:
             run.memory = sample.rss
             run.memory_peak = max(run.memory_peak or 0, sample.rss)
         run.fds = sample.fds
         cpu: float | None = None
-        if run._cpu_clock is not None:
-            used = read_thread_cpu(run._cpu_clock)
+        if run.cpu_clock is not None:
+            used = read_thread_cpu(run.cpu_clock)
             mono = time.monotonic()
             if used is None:
-                run._cpu_clock = None  # the thread is gone: fall back to the process
+                run.cpu_clock = None  # the thread is gone: fall back to the process
             else:
-                prev = run._cpu_prev
+                prev = watch.cpu_prev
                 if prev is not None and mono - prev[0] >= 0.05:
                     cpu = max(0.0, 100.0 * (used - prev[1]) / (mono - prev[0]))
-                    run._cpu_prev = (mono, used)
+                    watch.cpu_prev = (mono, used)
                 elif prev is None:
-                    run._cpu_prev = (mono, used)
-        if cpu is None and run._cpu_clock is None:
+                    watch.cpu_prev = (mono, used)
+        if cpu is None and run.cpu_clock is None:
             cpu = self._proc_cpu
         if cpu is not None:
             run.cpu_percent = cpu
 
-    def _check_limits(
-        self, run: Supervision, now: float, actions: list[Callable[[], object]]
-    ) -> None:
+    def _check_limits(self, watch: Watch, now: float, actions: list[Callable[[], object]]) -> None:
+        run = watch.run
         checks: tuple[tuple[str, float | None, float | None], ...] = (
             ("memory", run.memory_limit, run.memory),
             ("cpu", run.cpu_limit, run.cpu_percent),
@@ -441,16 +384,17 @@ class Runtime:
                 limit is not None
                 and actual is not None
                 and actual > limit
-                and (run._violated is None or kind not in run._violated)
+                and (watch.violated is None or kind not in watch.violated)
             ):
-                self._violation(run, kind, float(limit), float(actual), now, actions)
-        if run.timeout_at is not None and now > run.timeout_at and not run._timed_out:
-            self._timeout(run, now, actions)
+                self._violation(watch, kind, float(limit), float(actual), now, actions)
+        if run.timeout_at is not None and now > run.timeout_at and not watch.timed_out:
+            self._timeout(watch, now, actions)
 
-    def _timeout(self, run: Supervision, now: float, actions: list[Callable[[], object]]) -> None:
-        run._timed_out = True
+    def _timeout(self, watch: Watch, now: float, actions: list[Callable[[], object]]) -> None:
+        run = watch.run
+        watch.timed_out = True
         self._violation(
-            run, "timeout", float(run.timeout or 0.0), now - run.started_at, now, actions
+            watch, "timeout", float(run.timeout or 0.0), now - run.started_at, now, actions
         )
         snapshot = run.snapshot(now)
         for hook in run.hooks.on_timeout:
@@ -458,45 +402,39 @@ class Runtime:
 
     def _violation(
         self,
-        run: Supervision,
+        watch: Watch,
         kind: str,
         limit: float,
         actual: float,
         now: float,
         actions: list[Callable[[], object]],
     ) -> None:
-        if run._violated is None:
-            run._violated = set()
-        run._violated.add(kind)
+        run = watch.run
+        if watch.violated is None:
+            watch.violated = set()
+        watch.violated.add(kind)
         violation = Violation(kind, limit, actual, now, run.on_limit)
         run.violations.append(violation)
-        extra: dict[str, AttributeValue] = {
+        event: dict[str, AttributeValue] = {
             sc.ATTR_LIMIT_TYPE: kind,
             sc.ATTR_LIMIT_VALUE: limit,
             sc.ATTR_LIMIT_ACTUAL: actual,
         }
-        run.emit(
+        self._event(
+            run,
             sc.EVENT_JOB_VIOLATION,
             now,
+            event,
             severity="WARN",
-            extra=extra,
             body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})",
         )
-        if run.span.is_recording():
-            run.span.add_event(sc.EVENT_JOB_VIOLATION, extra, int(now * 1e9))
-        labels = {
-            sc.ATTR_JOB_NAME: run.name,
-            sc.ATTR_JOB_QUEUE: run.queue,
-            sc.ATTR_LIMIT_TYPE: kind,
-        }
-        self.instruments.violations.add(1, labels)
         if run.on_limit == "warn":
             logger.warning(
                 "job %s (run %s): %s limit exceeded: %g > %g", run.name, run.id, kind, actual, limit
             )
-        elif run.on_limit == "cancel" and run._cancel is None:
-            run._cancel = JobLimitExceeded(kind, limit, actual)
-            task, loop = run._task, run._loop
+        elif run.on_limit == "cancel" and run.cancel is None:
+            run.arm_cancel(JobLimitExceeded(kind, limit, actual))
+            task, loop = run.task, run.loop
             if task is not None and loop is not None and not task.done():
                 message = f"chaperone-otel: {kind} limit exceeded"
 
@@ -512,83 +450,68 @@ class Runtime:
         for hook in run.hooks.on_violation:
             actions.append(_bind(hook, snapshot, violation))
 
-    def _flush(self, run: Supervision, now: float, *, final: bool = False) -> None:
-        calls = run._hb_calls - run._hb_flushed
+    def _flush(self, watch: Watch, now: float, *, final: bool = False) -> None:
+        run = watch.run
+        calls = run.calls - watch.flushed
+        asked = run.take_flush_now()  # a phase change asks for a prompt flush
         if final:
-            if calls == 0 and run.progress_updated_at <= run._flushed_progress_at:
+            if calls == 0 and run.progress_updated_at <= watch.flushed_progress_at:
                 return
-        elif not (now >= run._next_flush or run._flush_now or (run._hb_flushed == 0 and calls > 0)):
+        elif not (now >= watch.next_flush or asked or (watch.flushed == 0 and calls > 0)):
             return
-        progressed = run.progress_updated_at > run._flushed_progress_at
+        progressed = run.progress_updated_at > watch.flushed_progress_at
         kind = "heartbeat" if calls > 0 or progressed else "liveness"
-        run._hb_flushed += calls
-        run._flush_now = False
-        run._flushed_progress_at = run.progress_updated_at
-        run._next_flush = now + self.config.flush_period_for(run.heartbeat_interval)
-        extra: dict[str, AttributeValue] = {
+        watch.flushed += calls
+        watch.flushed_progress_at = run.progress_updated_at
+        watch.next_flush = now + self.config.flush_period_for(run.heartbeat_interval)
+        ratio = run.progress_ratio
+        # The event's one attribute set: the log record carries it (inside the run's full
+        # state, where count, ratio and metadata already are) and so does the span event.
+        event: dict[str, AttributeValue] = {
             sc.ATTR_HEARTBEAT_CALLS: calls,
             sc.ATTR_HEARTBEAT_KIND: kind,
+            sc.ATTR_HEARTBEAT_COUNT: run.calls,
+            sc.ATTR_PROGRESS_RATIO: ratio,
         }
-        run.emit(sc.EVENT_JOB_HEARTBEAT, now, extra=extra)
-        recording = run.span.is_recording()
-        if calls > 0 or progressed:
-            event: dict[str, AttributeValue] = {
-                sc.ATTR_HEARTBEAT_CALLS: calls,
-                sc.ATTR_HEARTBEAT_COUNT: run._hb_calls,
-                sc.ATTR_PROGRESS_RATIO: run.progress_ratio,
-            }
-            if run._meta:
-                event[sc.ATTR_METADATA] = _json(run._meta)
-            if recording:
-                run.span.add_event(sc.EVENT_JOB_HEARTBEAT, event, int(now * 1e9))
-        if calls and not final:
-            # A finishing run's last calls are counted with its end (Runtime.finished).
-            self.instruments.heartbeats.add(
-                calls, {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
-            )
-            run._hb_counted += calls
-        decile = math.floor(run.progress_ratio * 10 + 1e-9)
-        if decile > run._decile or run.phase != run._flushed_phase:
-            run._decile, run._flushed_phase = max(decile, run._decile), run.phase
-            progress: dict[str, AttributeValue] = {sc.ATTR_PROGRESS_RATIO: run.progress_ratio}
-            if run.phase is not None:
-                progress[sc.ATTR_PROGRESS_PHASE] = run.phase
-            run.emit(sc.EVENT_JOB_PROGRESS, now)
-            if recording:
-                run.span.add_event(sc.EVENT_JOB_PROGRESS, progress, int(now * 1e9))
+        meta = run.meta
+        if meta:
+            event[sc.ATTR_METADATA] = to_json(meta)
+        self._event(run, sc.EVENT_JOB_HEARTBEAT, now, event)
+        decile = math.floor(ratio * 10 + 1e-9)
+        phase = run.phase
+        if decile > watch.decile or phase != watch.flushed_phase:
+            watch.decile, watch.flushed_phase = max(decile, watch.decile), phase
+            progress: dict[str, AttributeValue] = {sc.ATTR_PROGRESS_RATIO: ratio}
+            if phase is not None:
+                progress[sc.ATTR_PROGRESS_PHASE] = phase
+            self._event(run, sc.EVENT_JOB_PROGRESS, now, progress)
 
-    def _judge(self, run: Supervision, now: float, actions: list[Callable[[], object]]) -> None:
+    def _judge(self, run: Run, now: float, actions: list[Callable[[], object]]) -> None:
         signals = run.signals(now)
         health = self.rules.health(signals, now)
         stuck = self.rules.stuck.holds(signals, now)
         missed = max(0, math.floor((now - run.last_heartbeat) / run.heartbeat_interval))
         old_health, old_stuck, old_missed = run.health, run.stuck, run.missed
         run.health, run.stuck, run.missed = health, stuck, missed
-        labels = {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
         if missed > old_missed:
-            self.instruments.heartbeats_missed.add(missed - old_missed, labels)
+            self.writer.heartbeats_missed(run, missed - old_missed)
             snapshot = run.snapshot(now)
             for hook in run.hooks.on_heartbeat_missed:
                 actions.append(_bind(hook, snapshot))
         if health != old_health or stuck != old_stuck:
-            extra: dict[str, AttributeValue] = {sc.ATTR_HEALTH_PREVIOUS: old_health}
-            run.emit(
+            event: dict[str, AttributeValue] = {
+                sc.ATTR_JOB_HEALTH: health,
+                sc.ATTR_JOB_STUCK: stuck,
+                sc.ATTR_HEALTH_PREVIOUS: old_health,
+            }
+            self._event(
+                run,
                 sc.EVENT_JOB_HEALTH,
                 now,
+                event,
                 severity="INFO" if health == "healthy" else "WARN",
-                extra=extra,
                 body=f"{run.name}: {old_health} -> {health}" + (" (stuck)" if stuck else ""),
             )
-            if run.span.is_recording():
-                run.span.add_event(
-                    sc.EVENT_JOB_HEALTH,
-                    {
-                        sc.ATTR_JOB_HEALTH: health,
-                        sc.ATTR_JOB_STUCK: stuck,
-                        sc.ATTR_HEALTH_PREVIOUS: old_health,
-                    },
-                    int(now * 1e9),
-                )
             snapshot = run.snapshot(now)
             if health != old_health:
                 for hook in run.hooks.on_health_change:
@@ -597,11 +520,11 @@ class Runtime:
                 for hook in run.hooks.on_stuck:
                     actions.append(_bind(hook, snapshot))
 
-    def judge(self, run: Supervision, now: float) -> list[Callable[[], object]]:
+    def judge(self, run: Run, now: float) -> list[Callable[[], object]]:
         """Final checks, flush and verdict for a finishing run; returns the hook calls it
         owes (for :meth:`dispatch` once the caller has released the run's lock).
 
-        The caller holds ``run._lock`` (``_finish_run`` judges in the same locked section
+        The caller holds ``run.lock`` (``finish_run`` judges in the same locked section
         that sets the final status). A run that ends past its deadline gets its timeout
         violation here if no monitor pass saw it first, so the same run always ends with the
         same violations and health, whatever the monitor's timing. Heartbeats not yet
@@ -609,19 +532,22 @@ class Runtime:
         heartbeats on record before its finished record.
         """
         actions: list[Callable[[], object]] = []
+        watch = self._runs.get(id(run))
+        if watch is None:  # not registered here (started before a fork, in the parent)
+            watch = Watch(run)
         run.observe(now)
-        if run.timeout_at is not None and now > run.timeout_at and not run._timed_out:
-            self._timeout(run, now, actions)
+        if run.timeout_at is not None and now > run.timeout_at and not watch.timed_out:
+            self._timeout(watch, now, actions)
         # _flush(final=True) returns at once in this case: skip the call (most runs).
-        if run._hb_calls != run._hb_flushed or (run.progress_updated_at > run._flushed_progress_at):
+        if run.calls != watch.flushed or (run.progress_updated_at > watch.flushed_progress_at):
             try:
-                self._flush(run, now, final=True)
+                self._flush(watch, now, final=True)
             except Exception as exc:
                 internal_error("monitor.final_flush", exc)
         # Most endings are settled by the rules alone (a completed run without violations
         # is healthy whatever its samples were): a dict lookup. Otherwise the verdict
         # compiled for the run's final status, without the live-only terms.
-        health = None if run.violations else self.rules.settled(run.status, run._absent)
+        health = None if run.violations else self.rules.settled(run.status, run.absent)
         if health is None:
             health = self.rules.verdict(run.status)(run.signals(now), now)
         run.health = health
@@ -676,8 +602,9 @@ def replace_runtime(config: Config) -> Runtime:
     """Close the current runtime and start a new one for ``config``, keeping live runs.
 
     The run registry and the counter queue outlive the runtime: the new one takes the old
-    one's dict and deque. A run starting or finishing on another thread meanwhile holds the
-    old runtime (looked up at its start or finish) and registers, unregisters and queues its
+    one's dict and (through its writer) deque. A run starting or finishing on another thread
+    meanwhile holds the old runtime (looked up at its start or finish) and registers,
+    unregisters and queues its
     counters in those same objects, which the new monitor reads; so no run is left
     unmonitored, nor "live" after it finished, and the per-run path needs no check.
     """
@@ -689,10 +616,10 @@ def replace_runtime(config: Config) -> Runtime:
         new = Runtime(config)
         if old is not None:
             new._runs = old._runs
-            new._ledger = old._ledger
+            new.writer.adopt(old.writer)
         _runtime = new
         for run in new.live_runs():
-            run._wake = new._bound_wake
+            run.set_wake(new._bound_wake)
         if new._runs:
             new._ensure_thread()
         return new
@@ -716,6 +643,5 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-_supervise_module._runtime = runtime
 
-__all__ = ["JobState", "Runtime", "close_runtime", "current_runtime", "replace_runtime", "runtime"]
+__all__ = ["Runtime", "Watch", "close_runtime", "current_runtime", "replace_runtime", "runtime"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
-from ._instruments import reset_instruments
+from ._otel import reset_instruments
 from ._runtime import close_runtime, replace_runtime
 from ._safety import handle_internal_errors, reset_internal_errors
 

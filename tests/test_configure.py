@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import chaperone_otel as chaperone
-from chaperone_otel import ConfigurationError, _supervise, supervised
+from chaperone_otel import ConfigurationError, _process, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._config import build_config, get_config
 from chaperone_otel.testing import capture
@@ -212,9 +212,9 @@ def test_records_repeat_process_attributes_their_resource_does_not_say() -> None
     resource says the same: a forked child whose resource names its parent, or a provider
     without them, keeps them on every record (the sink reads either place)."""
     own = {
-        sc.ATTR_HOST_NAME: _supervise._HOST,
+        sc.ATTR_HOST_NAME: _process.HOST,
         sc.ATTR_PROCESS_PID: os.getpid(),
-        sc.ATTR_SERVICE_INSTANCE_ID: _supervise._instance_id,
+        sc.ATTR_SERVICE_INSTANCE_ID: _process.instance_id,
     }
     cases = {
         "same": own,
@@ -251,14 +251,14 @@ def test_monitor_restarts_after_fork() -> None:
     script = r"""
 import os, threading, chaperone_otel as c
 from chaperone_otel._events import add_listener
-from chaperone_otel import _supervise
+from chaperone_otel import _process
 got = []
 class L:
     def on_record(self, r): got.append(r)
 add_listener(L())
 c.configure(flush_period=0.05)
 with c.supervised("parent"): pass
-parent_instance = _supervise._instance_id
+parent_instance = _process.instance_id
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -271,7 +271,7 @@ if pid == 0:
             done.wait(0.02)
     names = [t.name for t in threading.enumerate()]
     ok = ("chaperone-monitor" in names
-          and _supervise._instance_id != parent_instance
+          and _process.instance_id != parent_instance
           and any(x.attributes["chaperone.job.name"] == "child" and x.event_name == "chaperone.job.heartbeat" for x in got))
     os.write(w, b"OK" if ok else b"NO")
     os._exit(0)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from chaperone_otel import HealthPolicy, JobState, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._health import DEFAULT_POLICY, rules
+from chaperone_otel._run import state_of
 from chaperone_otel.testing import Capture, FakeClock, capture
 
 
@@ -88,7 +89,7 @@ def test_stalled_progress_is_degraded(chaperone_clock: FakeClock, chaperone: Cap
             run.heartbeat()
             chaperone.tick()
         assert run.health == "degraded"
-        assert rules().stalled.holds(run.signals(chaperone_clock()), chaperone_clock())
+        assert rules().stalled.holds(state_of(run).signals(chaperone_clock()), chaperone_clock())
         run.report_progress(2, 10)
         chaperone.tick()
         assert run.health == "healthy"

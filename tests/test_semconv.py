@@ -47,7 +47,8 @@ def test_names_are_unique_and_wellformed() -> None:
 def test_runtime_code_types_no_chaperone_names() -> None:
     """Runtime modules take every chaperone.* name from semconv, never a string literal."""
     offenders = []
-    for path in (ROOT / "chaperone_otel").glob("_*.py"):
+    package = ROOT / "chaperone_otel"
+    for path in [*package.glob("_*.py"), *package.glob("_otel/*.py")]:
         if path.name == "_telemetry_doc.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):

@@ -488,8 +488,8 @@ def test_finished_runs_leave_nothing_behind() -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
+    from chaperone_otel._run import Supervision
     from chaperone_otel._runtime import runtime
-    from chaperone_otel._supervise import Supervision
 
     def alive() -> int:
         gc.collect()

@@ -50,8 +50,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from .._decorator import supervised
 from .._resources import ProcessSampler
-from .._supervise import Supervision, supervised
+from .._run import Supervision
 from ..exceptions import ChaperoneError
 from ..sink import JobRecord, ViolationRecord, open_sink
 from ._monitor import Frame, render_frame

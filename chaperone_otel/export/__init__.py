@@ -43,6 +43,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from .. import _process
 from .. import semconv as sc
 from .._config import Config
 from .._safety import handle_internal_errors, record_internal_error
@@ -188,12 +189,10 @@ def _endpoint(config: Config, signal: str) -> str | None:
 def _resource(config: Config) -> Resource:
     """The resource of the providers ``configure()`` creates: the service and this process
     (OTel's resource conventions), which lifecycle log records then need not repeat."""
-    from .._supervise import _HOST, _instance_id  # noqa: PLC0415
-
-    attrs: dict[str, Any] = {sc.ATTR_SERVICE_INSTANCE_ID: _instance_id}
+    attrs: dict[str, Any] = {sc.ATTR_SERVICE_INSTANCE_ID: _process.instance_id}
     if config.service_name:
         attrs[sc.ATTR_SERVICE_NAME] = config.service_name
-    process = Resource({sc.ATTR_HOST_NAME: _HOST, sc.ATTR_PROCESS_PID: os.getpid()})
+    process = Resource({sc.ATTR_HOST_NAME: _process.HOST, sc.ATTR_PROCESS_PID: os.getpid()})
     # Merges OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which win over our host and pid.
     return process.merge(Resource.create(attrs))
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 from .._fields import field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._scopes import HEALTH_SCOPES, SCOPES, SHAPING_STEPS, STATUS_SCOPES, scope_named
-from .._supervise import _qualified_name
+from .._spec import qualified_name as _qualified_name
 from .._units import parse_bytes, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError, SinkError
 from ._results import (

@@ -16,9 +16,9 @@ from typing import Any
 
 from opentelemetry._logs import SeverityNumber, get_logger_provider
 
-from . import semconv as sc
-from ._events import LifecycleRecord
-from ._version import __version__
+from .. import semconv as sc
+from .._events import LifecycleRecord
+from .._version import __version__
 
 _PROCESS_ATTRIBUTES = (sc.ATTR_HOST_NAME, sc.ATTR_PROCESS_PID, sc.ATTR_SERVICE_INSTANCE_ID)
 """Per-process record attributes that OTel conventions place on the resource."""
@@ -30,8 +30,8 @@ _SEVERITY = {
 }
 
 
-class OTelLogWriter:
-    """A record listener that emits each lifecycle record through an OTel ``Logger``."""
+class LogWriter:
+    """Emits lifecycle records through an OTel ``Logger`` (a part of ``OTelWriter``)."""
 
     def __init__(self, logger_provider: Any = None) -> None:
         self._provider = logger_provider
@@ -64,9 +64,10 @@ class OTelLogWriter:
     def on_record(self, record: LifecycleRecord) -> None:
         """Emit ``record`` as a log record with ``event_name`` set.
 
-        The logger's ``enabled()`` was asked for this record by :func:`_events.receivers`
-        (the API asks callers to check it first: building an SDK log record cleans every
-        attribute even with no processor attached); records it declined never get here.
+        The logger's ``enabled()`` was asked for this record first (:meth:`wants`, through
+        ``OTelWriter``; the API asks callers to check it first: building an SDK log record
+        cleans every attribute even with no processor attached); records it declined never
+        get here.
         """
         logger = self._get_logger()
         attributes: Mapping[str, Any] = record.attributes

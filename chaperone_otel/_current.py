@@ -1,0 +1,76 @@
+"""The current run of a thread or task, and the module-level helpers that act on it.
+
+``heartbeat()``, ``report_progress()`` and ``track()`` at module level let library code
+report without holding the handle: they find the caller's run in a ``ContextVar`` (one per
+thread and per asyncio task; a task created inside a run inherits it), which the lifecycle
+sets while a run's code runs. Outside any run they do nothing (``report_progress`` still
+validates its arguments, so a bug shows in tests that run without supervision).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from ._run import Supervision
+from .exceptions import NoActiveJobError
+
+T = TypeVar("T")
+
+current_run: contextvars.ContextVar[Supervision | None] = contextvars.ContextVar(
+    "chaperone_otel_current_job", default=None
+)
+"""The handle of the run whose code is running in this context (set by ``_lifecycle``)."""
+
+
+def current_job(*, required: bool = False) -> Supervision | None:
+    """The run of the calling thread or asyncio task, or None outside any run.
+
+    Each thread and each asyncio task sees its own run (contextvars); a task created inside
+    a run inherits it.
+
+    Raises:
+        NoActiveJobError: ``required=True`` and there is no current run.
+    """
+    run = current_run.get()
+    if run is None and required:
+        raise NoActiveJobError(
+            "current_job(required=True) called outside a supervised run: decorate the job "
+            "with @supervised or wrap it in `with supervised(name):`"
+        )
+    return run
+
+
+def heartbeat(metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> bool:
+    """``heartbeat()`` on the current run. Outside a run it does nothing and returns False,
+    so library code can call it unconditionally; inside, it returns True."""
+    run = current_run.get()
+    if run is None:
+        return False
+    run.heartbeat(metadata, **fields)
+    return True
+
+
+def report_progress(
+    current: float, total: float, metadata: Mapping[str, Any] | None = None, /, **fields: Any
+) -> bool:
+    """``report_progress()`` on the current run; outside a run it validates its arguments,
+    does nothing else and returns False."""
+    run = current_run.get()
+    if run is None:
+        if not (current >= 0 and total >= 0) or (total == 0 and current > 0):
+            raise ValueError(f"report_progress({current!r}, {total!r}): invalid progress")
+        return False
+    run.report_progress(current, total, metadata, **fields)
+    return True
+
+
+def track(
+    iterable: Iterable[T], total: float | None = None, *, phase: str | None = None
+) -> Iterator[T]:
+    """``track()`` on the current run; outside a run it yields the items unchanged."""
+    run = current_run.get()
+    if run is None:
+        return iter(iterable)
+    return run.track(iterable, total, phase=phase)

@@ -1,0 +1,275 @@
+"""A run's start and finish, and running code as a run (current while it runs).
+
+:func:`start_run` creates the run's state, has the OTel writer start its span (synchronously:
+the span's context must be current in the job's code so user spans nest under it), registers
+it with the monitor and publishes ``chaperone.job.started``. :func:`finish_run` records the
+outcome, lets the monitor settle the run (final flush, verdict), publishes
+``chaperone.job.finished``, has the writer end the span, and unregisters the run — each step
+guarded on its own, the span's end and the unregistration whatever failed before.
+
+:func:`call` and :func:`acall` run a function or coroutine as a run; the decorator, the
+context manager and the ``Supervised`` base class all go through them (or through
+:func:`activate`/:func:`deactivate` for generators and blocks).
+
+Telemetry failures are swallowed with a bare ``try`` (:func:`_safety.internal_error`): free
+until something fails, where a guard object costs on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar, cast
+
+from opentelemetry import context as otel_context
+
+from . import semconv as sc
+from ._config import get_config
+from ._current import current_run
+from ._events import receivers
+from ._record import publish
+from ._resources import thread_cpu_clock
+from ._run import Run, Supervision
+from ._runtime import runtime
+from ._safety import internal_error
+from ._spec import Spec, static_for
+from .exceptions import JobLimitExceeded
+
+R = TypeVar("R")
+
+Tokens = tuple[contextvars.Token[Supervision | None], object]
+
+_tls = threading.local()
+
+
+def _after_fork_in_child() -> None:
+    global _tls
+    _tls = threading.local()  # per-thread CPU clocks: the child's thread has a new one
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _thread_cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock id, looked up once per thread (~0.5 us a call).
+
+    Thread-local, so a thread that ends takes its entry with it (a new thread may reuse its
+    ident, never its clock); a forked child starts with a fresh cache (its thread has a new
+    kernel tid, hence a new clock).
+    """
+    try:
+        clock: int | None = _tls.clock
+        return clock
+    except AttributeError:
+        pass
+    try:
+        clock = thread_cpu_clock()
+    except Exception as exc:
+        internal_error("run.cpu_clock", exc)
+        return None
+    _tls.clock = clock
+    return clock
+
+
+def start_run(
+    spec: Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
+) -> Run:
+    """Create and start a run: span, monitor registration, started record."""
+    config = get_config()
+    run = Run(spec, static_for(spec, config), finish_run, run_id=run_id, attempt=attempt)
+    rt = runtime()
+    try:
+        run.span, run.otel_context, run.trace_id, run.span_id = rt.writer.start(
+            run, spec.tracer_provider
+        )
+    except Exception as exc:
+        internal_error("run.start", exc)
+    if bind_thread:
+        run.cpu_clock = _thread_cpu_clock()
+    run.status = "running"
+    rt.started(run)
+    to = receivers(sc.EVENT_JOB_STARTED)
+    if to:
+        publish(run, to, sc.EVENT_JOB_STARTED, run.started_at)
+    return run
+
+
+_CANCELLED: Final = (
+    JobLimitExceeded,
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    GeneratorExit,
+    SystemExit,
+)
+
+
+def finish_run(run: Run, exc: BaseException | None) -> None:
+    """Record the outcome, publish the finished record, end the span. Never raises.
+
+    Each step is guarded on its own, and ending the span and unregistering the run happen
+    whatever failed before: a run whose finish half-failed must not stay "live" for ever (its
+    gauges reported, the sink calling it lost).
+    """
+    try:
+        now = run.clock()
+    except Exception as error:
+        internal_error("run.clock", error)
+        now = time.time()
+    rt = runtime()
+    with run.lock:
+        if run.finished_at is not None:
+            return
+        run.finished_at = now
+        if exc is None:
+            run.status = "completed"
+        else:
+            run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
+            if not isinstance(exc, GeneratorExit):
+                run.error_type = _error_type(exc)
+                run.error_message = _safe_str(exc)
+                if run.status == "failed":
+                    run.error_stacktrace = _safe_traceback(exc)
+        actions: list[Callable[[], object]] = []
+        try:
+            actions = rt.judge(run, now)  # in the same locked section: the monitor sees it judged
+        except Exception as error:
+            internal_error("run.judge", error)
+    if actions:
+        rt.dispatch(actions)
+    try:
+        to = receivers(sc.EVENT_JOB_FINISHED)
+        if to:
+            publish(
+                run, to, sc.EVENT_JOB_FINISHED, now, "ERROR" if run.status == "failed" else "INFO"
+            )
+    except Exception as error:
+        internal_error("run.finish", error)
+    finally:
+        try:
+            rt.writer.finish(run, exc, now)  # ends the span whatever else fails in it
+        except Exception as error:
+            internal_error("run.span_end", error)
+        finally:
+            rt.finished(run)
+            run.detach()  # no handle <-> state cycle: a finished run is freed at once
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return f"{type(exc).__name__}: <traceback could not be formatted>"
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", "") else f"{module}.{cls.__qualname__}"
+
+
+def activate(run: Run) -> Tokens:
+    """Make ``run`` current (``current_job()``) and its span current (OTel context)."""
+    token = current_run.set(run.handle)
+    otel_token = otel_context.attach(run.otel_context) if run.otel_context is not None else None
+    return token, otel_token
+
+
+def deactivate(tokens: Tokens) -> None:
+    """Undo :func:`activate`."""
+    token, otel_token = tokens
+    if otel_token is not None:
+        otel_context.detach(otel_token)  # type: ignore[arg-type]  # the API never raises here
+    try:
+        current_run.reset(token)
+    except ValueError as error:  # exited in another context than entered: user code's doing
+        internal_error("run.context", error)
+        current_run.set(None)
+
+
+def limit_error(run: Run, exc: BaseException | None) -> BaseException | None:
+    """The exception a run ends with: a cancellation caused by its limit policy is the
+    ``JobLimitExceeded`` the caller will see, not the ``CancelledError`` that carried it."""
+    cancel = run.cancel
+    if isinstance(exc, asyncio.CancelledError) and cancel is not None:
+        return JobLimitExceeded(cancel.limit, cancel.value, cancel.actual)
+    return exc
+
+
+def bind_task(run: Run) -> None:
+    """Remember the asyncio task running ``run``, so a ``cancel`` limit policy can cancel it."""
+    try:
+        run.task = asyncio.current_task()
+        run.loop = asyncio.get_running_loop()
+    except RuntimeError:
+        run.task = None
+
+
+def uncancel(run: Run) -> None:
+    """Take back the cancellation a limit caused (the caller sees ``JobLimitExceeded``)."""
+    task = run.task
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
+
+
+def call(run: Run, func: Callable[..., R], args: Any, kwargs: Any) -> R:
+    """Run ``func`` as ``run``: current while it runs, finished however it ends."""
+    # activate/deactivate inlined: this wraps every call of a decorated sync function.
+    token = current_run.set(run.handle)
+    ctx = run.otel_context
+    otel_token = otel_context.attach(ctx) if ctx is not None else None
+    try:
+        result = func(*args, **kwargs)
+    except BaseException as exc:
+        try:
+            deactivate((token, otel_token))
+        finally:
+            finish_run(run, exc)
+        raise
+    try:
+        # deactivate inlined for the normal return (every call of a decorated function).
+        if otel_token is not None:
+            otel_context.detach(otel_token)
+        try:
+            current_run.reset(token)
+        except ValueError as error:  # exited in another context than entered
+            internal_error("run.context", error)
+            current_run.set(None)
+    finally:
+        finish_run(run, None)
+    return result
+
+
+async def acall(run: Run, func: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    """Await ``func`` as ``run``; a cancellation caused by a limit becomes JobLimitExceeded."""
+    bind_task(run)
+    tokens = activate(run)
+    try:
+        result = await func(*args, **kwargs)
+    except BaseException as exc:
+        outcome = limit_error(run, exc)
+        try:
+            deactivate(tokens)
+        finally:
+            finish_run(run, outcome)
+        if outcome is not exc:
+            uncancel(run)
+            raise cast(BaseException, outcome) from exc
+        raise
+    try:
+        deactivate(tokens)
+    finally:
+        finish_run(run, None)
+    return result
