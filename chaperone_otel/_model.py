@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from ._events import AttributeValue
 from ._health import Health
-
-STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
-"""A run's statuses, in lifecycle order."""
 
 
 @dataclass(frozen=True, slots=True)
