@@ -28,7 +28,7 @@ from ._query import (
     Sink,
     ViolationRecord,
 )
-from ._records import SPAN_FLAG, record_from_span
+from ._records import SpanRecord, record_from_span
 from ._schema import HEARTBEATS_PER_RUN, SCHEMA_VERSION
 from ._writer import Writer, WriterStats
 
@@ -40,8 +40,8 @@ __all__ = [
     "JobRecord",
     "LocalSink",
     "SCHEMA_VERSION",
-    "SPAN_FLAG",
     "Sink",
+    "SpanRecord",
     "ViolationRecord",
     "Writer",
     "WriterStats",
