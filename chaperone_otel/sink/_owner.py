@@ -19,9 +19,10 @@ and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, s
 (in-flight requests finish), commit everything queued, close the view, release the file.
 
 Lifecycle: ``open`` (after construction: store, writer, view) → ``serving`` (after
-:meth:`~StoreOwner.serve`) → ``closed``. Construction either completes or leaves nothing
-behind (no sidecar, file released); :meth:`~StoreOwner.close` is idempotent and works from
-any state.
+:meth:`~StoreOwner.serve`) → ``closing`` (while :meth:`~StoreOwner.close` runs: the writer
+still takes the records of requests in flight) → ``closed``. Construction either completes
+or leaves nothing behind (no sidecar, file released); :meth:`~StoreOwner.close` is
+idempotent and works from any state.
 
 Example::
 
@@ -51,7 +52,7 @@ from ._writer import Writer
 
 __all__ = ["BackgroundServer", "OwnerState", "StoreOwner"]
 
-OwnerState = Literal["open", "serving", "closed"]
+OwnerState = Literal["open", "serving", "closing", "closed"]
 
 _READ_FLUSH_TIMEOUT: Final = 5.0
 """Seconds a query in this process waits for queued records to be committed (read your
@@ -118,7 +119,7 @@ class StoreOwner:
 
     @property
     def state(self) -> OwnerState:
-        """``open``, ``serving`` or ``closed``."""
+        """``open``, ``serving``, ``closing`` or ``closed``."""
         return self._state
 
     @property
@@ -187,15 +188,21 @@ class StoreOwner:
     def close(self, timeout: float | None = 30.0) -> None:
         """Undo everything, in reverse order: remove the sidecar, stop serving (in-flight
         requests finish), commit everything queued, close the view, release the file.
-        Idempotent; every step runs even when an earlier one fails.
+        Idempotent; the file is released even when the writer fails.
 
         Raises:
             SinkError: the writer could not commit everything queued within ``timeout``
                 (or a batch was dropped); the file is released all the same.
         """
-        if self._state == "closed":
+        if self._state in ("closing", "closed"):
             return
-        self._state = "closed"
+        self._state = "closing"
+        try:
+            self._teardown(timeout)
+        finally:
+            self._state = "closed"
+
+    def _teardown(self, timeout: float | None) -> None:
         self.store.before_read = None
         if self._advertised:
             remove_sidecar(self.path)
@@ -224,7 +231,7 @@ class StoreOwner:
             self.close(timeout=5.0)
 
     def _read_your_writes(self) -> None:
-        if self._state != "closed" and self._writer is not None:
+        if self._state in ("open", "serving") and self._writer is not None:
             # report=False: a write failure belongs to whoever flushes for it, not to a
             # reader that happened to query first.
             self._writer.flush(_READ_FLUSH_TIMEOUT, report=False)

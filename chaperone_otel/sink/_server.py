@@ -256,8 +256,15 @@ class SinkServer:
         return writer
 
     def _live_writer(self) -> Writer | None:
+        """The writer while it takes records: also while the owner is closing, so requests
+        still in flight when shutdown begins are committed, not refused."""
         owner = self._owner
-        return owner.writer if owner is not None and owner.state != "closed" else None
+        if owner is None:
+            return None
+        try:
+            return owner.writer
+        except SinkError:  # closed
+            return None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -324,12 +331,13 @@ class SinkServer:
         self._cleanup(timeout)
 
     def _cleanup(self, timeout: float = 30.0) -> None:
-        owner, self._owner = self._owner, None
+        owner = self._owner
         if owner is not None:
             try:
                 owner.close(timeout)  # sidecar, HTTP (in-flight requests finish), writer, file
             except SinkError as e:
                 logger.error("%s", e)
+            self._owner = None
         self._http.stop()
 
     def __enter__(self) -> SinkServer:
@@ -542,7 +550,7 @@ class SinkServer:
 
     async def _healthz(self, request: Request) -> Response:
         stats = self.stats()
-        ok = self._owner is not None and self._owner.state == "serving"
+        ok = self._live_writer() is not None
         return JSONResponse(
             {
                 "status": "ok" if ok else "stopping",
