@@ -128,3 +128,46 @@ def test_read_your_writes_is_the_owners_choice(tmp_path: Path) -> None:
         assert owner.view.job("mine") is not None
     with StoreOwner(path) as owner:
         assert owner.store.before_read is None
+
+
+def test_sink_server_commits_a_request_arriving_as_shutdown_begins(tmp_path: Path) -> None:
+    """``sink serve`` owns its file through a StoreOwner: a request that reaches the handler
+    after stop() began (the sidecar is gone, the HTTP server not yet stopped) is still
+    committed and acknowledged, not refused with 503."""
+    import http.client
+
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.logs.v1 import logs_pb2
+
+    from chaperone_otel import semconv as sc
+    from chaperone_otel.sink._server import SinkServer
+
+    attrs = [common_pb2.KeyValue(key=sc.ATTR_JOB_RUN_ID,
+                                 value=common_pb2.AnyValue(string_value="late-run"))]
+    body = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(
+        scope_logs=[logs_pb2.ScopeLogs(log_records=[logs_pb2.LogRecord(
+            event_name=sc.EVENT_JOB_STARTED, time_unix_nano=1_000_000_000,
+            attributes=attrs)])])]).SerializeToString()
+    path = tmp_path / "jobs.duckdb"
+    server = SinkServer(str(path), port=0).start()
+    host, port = server.url.removeprefix("http://").split(":")
+    answers: list[int] = []
+    stop_http = server._http.stop
+
+    def stop(timeout: float = 15.0) -> None:  # the owner stops its server: send one more
+        if answers:  # stop() is idempotent and called again once the owner is closed
+            stop_http(timeout)
+            return
+        assert read_sidecar(path) is None
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/logs", body, {"Content-Type": "application/x-protobuf"})
+        answers.append(conn.getresponse().status)
+        conn.close()
+        stop_http(timeout)
+
+    server._http.stop = stop  # type: ignore[method-assign]
+    server.stop()
+    assert answers == [200]
+    with open_sink(path) as sink:
+        assert sink.job("late-run") is not None
