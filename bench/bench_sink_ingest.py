@@ -26,8 +26,7 @@ import duckdb
 from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
 from chaperone_otel.export._sink import EmbeddedSink
-from chaperone_otel.sink._store import acquire, release
-from chaperone_otel.sink._writer import Writer
+from chaperone_otel.sink._owner import StoreOwner
 
 T0 = 1_767_225_600.0
 
@@ -82,16 +81,14 @@ def workload(runs: int, beats: int) -> list[LifecycleRecord]:
 
 
 def bench_writer(records: list[LifecycleRecord], tmp: Path, i: int) -> float:
-    store = acquire(tmp / f"w{i}.duckdb", read_only=False)
-    writer = Writer(store, capacity=len(records) + 1)
-    t = time.perf_counter()
-    for k in range(0, len(records), 1000):
-        assert writer.submit(records[k : k + 1000])
-    assert writer.flush(600)
-    elapsed = time.perf_counter() - t
-    assert writer.stats.written == len(records), writer.stats
-    writer.close()
-    release(store)
+    with StoreOwner(tmp / f"w{i}.duckdb", capacity=len(records) + 1) as owner:
+        writer = owner.writer
+        t = time.perf_counter()
+        for k in range(0, len(records), 1000):
+            assert writer.submit(records[k : k + 1000])
+        assert writer.flush(600)
+        elapsed = time.perf_counter() - t
+        assert writer.stats.written == len(records), writer.stats
     return len(records) / elapsed
 
 

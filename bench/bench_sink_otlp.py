@@ -44,8 +44,8 @@ from opentelemetry.sdk.resources import Resource
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink._otlp import decode
-from chaperone_otel.sink._store import acquire, read_sidecar, release
-from chaperone_otel.sink._writer import Writer
+from chaperone_otel.sink._owner import StoreOwner
+from chaperone_otel.sink._store import read_sidecar
 
 BATCH = 512
 
@@ -208,18 +208,14 @@ def writer_rate(logs: list, tmp: str, name: str) -> tuple[float, float]:
     t0 = time.perf_counter()
     batches = [decode("logs", b, "protobuf").records for b in bodies]
     decode_rate = len(logs) / (time.perf_counter() - t0)
-    store = acquire(os.path.join(tmp, f"{name}.duckdb"), read_only=False)
-    writer = Writer(store)
-    try:
+    with StoreOwner(os.path.join(tmp, f"{name}.duckdb")) as owner:
+        writer = owner.writer
         t0 = time.perf_counter()
         for batch in batches:
             while not writer.submit(batch):
                 writer.flush()
         writer.flush()
         rate = len(logs) / (time.perf_counter() - t0)
-    finally:
-        writer.close()
-        release(store)
     return rate, decode_rate
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ._local import LocalSink, open_sink
 from ._query import JobQuery, Sink
-from ._records import SPAN_FLAG, record_from_span
+from ._records import SpanRecord, record_from_span
 from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord
 from ._schema import HEARTBEATS_PER_RUN, SCHEMA_VERSION
 from ._writer import Writer, WriterStats
@@ -34,8 +34,8 @@ __all__ = [
     "JobRecord",
     "LocalSink",
     "SCHEMA_VERSION",
-    "SPAN_FLAG",
     "Sink",
+    "SpanRecord",
     "ViolationRecord",
     "Writer",
     "WriterStats",

@@ -28,21 +28,17 @@ Times are ISO 8601 strings with ``+00:00``. Bad parameters get 400 with ``{"erro
 
 Example::
 
-    app = create_query_app(sink)             # a Starlette app, mount or serve it
+    app = create_query_app(sink)             # a Starlette app (the store's owner serves it)
     routes = query_routes(lambda: sink)      # or add the routes to another app
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import math
 import os
-import socket
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -59,7 +55,6 @@ from ._query import JobQuery
 from ._results import JobRecord
 
 __all__ = [
-    "BackgroundServer",
     "FLAG_SCOPES",
     "VALUE_SCOPES",
     "apply_scopes",
@@ -491,105 +486,3 @@ def create_query_app(
     return Starlette(
         routes=query_routes(getter, authorize=authorize, url=url, allow_prune=allow_prune)
     )
-
-
-class BackgroundServer:
-    """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
-
-    Args:
-        app: the ASGI app (e.g. :func:`create_query_app`).
-        host: bind address. port: TCP port, 0 for a free one.
-
-    Example::
-
-        server = BackgroundServer(create_query_app(sink)).start()
-        write_sidecar(path, server.url)
-        ...
-        server.stop()
-    """
-
-    def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, server_class: Any = None
-    ) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self._server_class = server_class
-        self._server: Any = None
-        self._socket: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` (a wildcard bind is reported as loopback)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
-
-    def bind(self) -> socket.socket:
-        """Bind and listen (so the port is known before serving)."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-            sock.listen(512)
-        except OSError:
-            sock.close()
-            raise
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def server(self) -> Any:
-        """The uvicorn server object (created on first use)."""
-        if self._server is None:
-            import uvicorn  # noqa: PLC0415
-
-            config = uvicorn.Config(
-                self.app,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=10,
-                server_header=False,
-            )
-            cls = self._server_class or uvicorn.Server
-            self._server = cls(config)
-        return self._server
-
-    def run(self) -> None:
-        """Serve in the calling thread until asked to exit."""
-        if self._socket is None:
-            self.bind()
-        self.server().run(sockets=[self._socket])
-
-    def start(self, timeout: float = 10.0) -> BackgroundServer:
-        """Serve in a daemon thread; returns once listening.
-
-        Raises:
-            SinkError: it did not start within ``timeout``.
-        """
-        if self._socket is None:
-            self.bind()
-        server = self.server()
-        self._thread = threading.Thread(target=self.run, name="chaperone-sink-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise SinkError(f"the HTTP server did not start on {self.url}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Finish in-flight requests and stop (idempotent)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._socket is not None:
-            with contextlib.suppress(OSError):
-                self._socket.close()
-            self._socket = None

@@ -1,28 +1,32 @@
-"""OTLP/HTTP payloads → :class:`~chaperone_otel._events.LifecycleRecord` objects.
+"""OTLP/HTTP payloads → the records the store ingests.
 
 The sink server receives what any OTel SDK or Collector exports: ``ExportLogsServiceRequest``
 and ``ExportTraceServiceRequest``, as binary protobuf (``application/x-protobuf``) or OTLP
 JSON (``application/json``), optionally gzip/deflate-compressed. This module turns those
-bytes into the *same* lifecycle records the in-process path publishes, so the store has one
-ingest code path after decoding:
+bytes into the *same* records the in-process path produces, so the store has one ingest code
+path after decoding:
 
 * a log record whose event name (the ``event_name`` field, or the older ``event.name``
-  attribute) is one of :data:`chaperone_otel.semconv.LIFECYCLE_EVENTS` becomes one record;
+  attribute) is one of :data:`chaperone_otel.semconv.LIFECYCLE_EVENTS` becomes one
+  :class:`~chaperone_otel._events.LifecycleRecord`;
 * a span carrying ``chaperone.job.run.id`` (a finished run span) becomes one
-  ``chaperone.job.finished`` record flagged with
-  :data:`~chaperone_otel.sink._records.SPAN_FLAG` — the post-hoc view of the run (start/end,
-  status, error with its stack trace) that completes what the log records said;
+  :class:`~chaperone_otel.sink._records.SpanRecord` — the post-hoc view of the run
+  (start/end, status, error with its stack trace) that completes what the log records said;
 * everything else in the payload (other services' logs and spans) is skipped silently.
+
+One decode path: each encoding has an *accessor* per signal (:mod:`._otlp_fields`) that only
+reads fields, and one *builder* per signal here (:func:`_build_logs`, :func:`_build_spans`)
+decides what is kept, ignored or rejected, adds the resource and reads the exception event,
+for both encodings. A change to what a record is goes in a builder; a change to how OTLP
+spells a field goes in an accessor.
 
 Malformed input raises :class:`OTLPDecodeError` (the server answers 400); a body that
 inflates past the configured limit raises :class:`PayloadTooLargeError` (413); an unknown
 content type or encoding raises :class:`UnsupportedMediaTypeError` (415). Decoding is pure
 (no I/O, no store), so it is unit-testable and benchmarkable on its own.
 
-The JSON mapping follows the OTLP specification, which departs from protobuf's canonical
-JSON in two ways this decoder honours: trace and span ids are hex strings (not base64), and
-enums are integers. 64-bit integers may be strings or numbers; field names are lowerCamelCase
-(snake_case is accepted too, as protobuf JSON parsers do).
+The JSON mapping follows the OTLP specification (hex ids, integer enums; see
+:mod:`._otlp_fields`).
 
 Values that can never be stored as sent (DESIGN §6: a clear status, never a retryable 503
 for a payload that will not get better, and nothing acknowledged lost):
@@ -51,15 +55,14 @@ Example::
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import json
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -67,7 +70,14 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from ..exceptions import SinkError
-from ._records import record_from_span, record_key, text
+from ._otlp_fields import (
+    LOG_ACCESSORS,
+    SPAN_ACCESSORS,
+    LogAccessor,
+    OTLPDecodeError,
+    SpanAccessor,
+)
+from ._records import IngestRecord, SpanRecord, record_from_span, record_key
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -99,13 +109,11 @@ DEFAULT_MAX_DECOMPRESSED: Final = 64 * 1024 * 1024
 _LIFECYCLE: Final = frozenset(sc.LIFECYCLE_EVENTS)
 _EVENT_NAME_ATTR: Final = "event.name"  # pre-1.5 OTLP: event name as an attribute
 _EXCEPTION_EVENT: Final = "exception"  # OTel span event written by record_exception()
+_EXCEPTION_TYPE: Final = "exception.type"  # its attribute naming the class (ours: error.type)
+_STATUS_ERROR: Final = 2  # STATUS_CODE_ERROR
 
 _PROTOBUF_TYPES: Final = frozenset({"application/x-protobuf", "application/protobuf"})
 _JSON_TYPES: Final = frozenset({"application/json"})
-
-
-class OTLPDecodeError(SinkError, ValueError):
-    """The payload is not a valid OTLP request of the expected signal (HTTP 400)."""
 
 
 class PayloadTooLargeError(SinkError):
@@ -121,14 +129,14 @@ class Decoded:
     """The outcome of decoding one request.
 
     Attributes:
-        records: lifecycle records, in payload order.
+        records: lifecycle records (logs) or span records (traces), in payload order.
         ignored: log records / spans that are not chaperone's (skipped, not an error).
         rejected: chaperone-named items that could not be used (e.g. no run id); reported
             back through OTLP partial success.
         error: a short reason for ``rejected`` (empty when nothing was rejected).
     """
 
-    records: list[LifecycleRecord]
+    records: Sequence[IngestRecord]
     ignored: int = 0
     rejected: int = 0
     error: str = ""
@@ -205,47 +213,10 @@ def decompress(
 
 
 # --------------------------------------------------------------------------------------------
-# Shared record building.
+# One record builder per signal. The encodings differ only in how a field is read, so each
+# provides an accessor (._otlp_fields); what is kept, rejected or ignored, what the resource
+# adds and what the exception event says is decided here, once.
 # --------------------------------------------------------------------------------------------
-
-
-def _severity(number: int, text: str) -> str:
-    if text:
-        upper = text.upper()
-        if upper.startswith("WARN"):
-            return "WARN"
-        if upper in ("ERROR", "FATAL") or upper.startswith(("ERROR", "FATAL")):
-            return "ERROR"
-        return "INFO" if upper.startswith("INFO") else upper
-    if number >= 17:
-        return "ERROR"
-    if number >= 13:
-        return "WARN"
-    return "INFO"
-
-
-def _log_record(
-    event: str,
-    attrs: dict[str, AttributeValue],
-    resource: Mapping[str, Any],
-    time_ns: int,
-    observed_ns: int,
-    trace_id: int,
-    span_id: int,
-    severity: str,
-    body: str,
-) -> LifecycleRecord:
-    _add_resource(attrs, resource)
-    ts = time_ns or observed_ns
-    return LifecycleRecord(
-        event_name=event,
-        timestamp=ts / 1e9 if ts else time.time(),
-        attributes=attrs,
-        trace_id=trace_id,
-        span_id=span_id,
-        severity=severity,
-        body=body,
-    )
 
 
 def _add_resource(attrs: dict[str, AttributeValue], resource: Mapping[str, Any]) -> None:
@@ -261,441 +232,115 @@ def _add_resource(attrs: dict[str, AttributeValue], resource: Mapping[str, Any])
             attrs[key] = resource[key]
 
 
-def _span_record(
-    attrs: dict[str, AttributeValue],
-    resource: Mapping[str, Any],
-    start_ns: int,
-    end_ns: int,
-    trace_id: int,
-    span_id: int,
-    status_code: int,
-    exception: Mapping[str, Any] | None,
-) -> LifecycleRecord:
-    """A finished run span as a record, built by the store's own
-    :func:`~chaperone_otel.sink._records.record_from_span` (flagged so the writer only fills
-    what the log records left empty); adds what only OTLP tells us here: the resource, the
-    exception event's type, and a terminal status derived from the span status."""
-    _add_resource(attrs, resource)
-    if exception and sc.ATTR_ERROR_TYPE not in attrs:
-        exc_type = exception.get(sc.ATTR_ERROR_TYPE)
-        if exc_type is not None:
-            attrs[sc.ATTR_ERROR_TYPE] = exc_type
-    if sc.ATTR_JOB_STATUS not in attrs:  # a span that ended is no longer running
-        attrs[sc.ATTR_JOB_STATUS] = "failed" if status_code == 2 else "completed"
-    end = end_ns / 1e9 if end_ns else time.time()
-    message = exception.get(sc.ATTR_ERROR_MESSAGE) if exception else None
-    trace = exception.get(sc.ATTR_ERROR_STACKTRACE) if exception else None
-    return record_from_span(
-        attrs,
-        start_time=start_ns / 1e9 if start_ns else end,
-        end_time=end,
-        trace_id=trace_id,
-        span_id=span_id,
-        error_message=message if isinstance(message, str) else None,
-        error_stacktrace=trace if isinstance(trace, str) else None,
+def _seconds(ns: int) -> float:
+    """An OTLP time (ns) in Unix seconds; 0 (unset) is "now", when the sink heard of it."""
+    return ns / 1e9 if ns else time.time()
+
+
+def _build_logs(access: LogAccessor, data: bytes) -> tuple[list[LifecycleRecord], int, int]:
+    """The lifecycle records of a logs request: (records, ignored, rejected)."""
+    records: list[LifecycleRecord] = []
+    ignored = rejected = 0
+    # Bound once: this loop runs for every record of the fleet.
+    attributes, event_name, ids, times = (
+        access.attributes,
+        access.event_name,
+        access.ids,
+        access.times,
     )
+    severity, body = access.severity, access.body
+    for get_resource, items in access.groups(data):
+        resource: Mapping[str, Any] | None = None
+        for item in items:
+            attrs = attributes(item)
+            event = event_name(item) or ""
+            if not event:
+                named = attrs.pop(_EVENT_NAME_ATTR, None)
+                event = named if isinstance(named, str) else ""
+            if not isinstance(event, str):
+                raise OTLPDecodeError("eventName must be a string")
+            if event not in _LIFECYCLE:
+                ignored += 1
+                continue
+            if record_key(attrs) is None:
+                rejected += 1
+                continue
+            if resource is None:
+                resource = get_resource()
+            _add_resource(attrs, resource)
+            trace_id, span_id = ids(item)
+            time_ns, observed_ns = times(item)
+            records.append(
+                LifecycleRecord(
+                    event_name=event,
+                    timestamp=_seconds(time_ns or observed_ns),
+                    attributes=attrs,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    severity=severity(item),
+                    body=body(item),
+                )
+            )
+    return records, ignored, rejected
 
 
-# --------------------------------------------------------------------------------------------
-# Protobuf.
-# --------------------------------------------------------------------------------------------
-
-
-def _pb_value(v: Any) -> Any:
-    kind = v.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "kvlist_value":
-        return json.dumps(
-            {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values},
-            separators=(",", ":"),
-            default=str,
-        )
-    if kind == "array_value":
-        return tuple(_pb_value(x) for x in v.array_value.values)
-    if kind == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode("ascii")
-    return getattr(v, kind)
-
-
-_PB_SCALARS: Final = frozenset({"string_value", "int_value", "double_value", "bool_value"})
-
-
-def _pb_attrs(kvs: Iterable[Any]) -> dict[str, AttributeValue]:
-    # The hot loop of the sink (~28 attributes per record): scalars are read inline, one
-    # WhichOneof per value; every access to a upb message costs a wrapper object.
-    out: dict[str, AttributeValue] = {}
-    for kv in kvs:
-        v = kv.value
-        kind = v.WhichOneof("value")
-        if kind in _PB_SCALARS:
-            out[kv.key] = getattr(v, kind)
-        elif kind is not None:
-            value = _pb_value(v)
-            if value is not None:
-                out[kv.key] = value
-    return out
-
-
-def _pb_id(raw: bytes, size: int) -> int:
-    if not raw:
-        return 0
-    if len(raw) != size:
-        raise OTLPDecodeError(f"id of {len(raw)} bytes, expected {size}")
-    return int.from_bytes(raw, "big")
-
-
-def _pb_logs(data: bytes) -> Decoded:
-    request = logs_service_pb2.ExportLogsServiceRequest()
-    try:
-        request.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise OTLPDecodeError(f"malformed ExportLogsServiceRequest protobuf: {e}") from e
-    records: list[LifecycleRecord] = []
+def _build_spans(access: SpanAccessor, data: bytes) -> tuple[list[SpanRecord], int, int]:
+    """The run spans of a traces request: (records, ignored, rejected). A span is a run's
+    when it carries ``chaperone.job.run.id``; the run state it tells is built by the store's
+    :func:`~chaperone_otel.sink._records.record_from_span`, with what only OTLP tells here:
+    the resource, the exception event and the span status."""
+    records: list[SpanRecord] = []
     ignored = rejected = 0
-    for rl in request.resource_logs:
-        resource: dict[str, Any] | None = None
-        for sl in rl.scope_logs:
-            for lr in sl.log_records:
-                event = lr.event_name
-                attrs = _pb_attrs(lr.attributes)
-                if not event:
-                    named = attrs.pop(_EVENT_NAME_ATTR, None)
-                    event = named if isinstance(named, str) else ""
-                if event not in _LIFECYCLE:
-                    ignored += 1
-                    continue
-                if record_key(attrs) is None:
-                    rejected += 1
-                    continue
-                if resource is None:
-                    resource = _pb_attrs(rl.resource.attributes)
-                body = lr.body.string_value if lr.body.WhichOneof("value") == "string_value" else ""
-                records.append(
-                    _log_record(
-                        event,
-                        attrs,
-                        resource,
-                        lr.time_unix_nano,
-                        lr.observed_time_unix_nano,
-                        _pb_id(lr.trace_id, 16),
-                        _pb_id(lr.span_id, 8),
-                        _severity(lr.severity_number, lr.severity_text),
-                        body,
-                    )
+    for get_resource, items in access.groups(data):
+        resource: Mapping[str, Any] | None = None
+        for item in items:
+            attrs = access.attributes(item)
+            if sc.ATTR_JOB_RUN_ID not in attrs:  # another service's span
+                ignored += 1
+                continue
+            if record_key(attrs) is None:
+                rejected += 1
+                continue
+            if resource is None:
+                resource = get_resource()
+            _add_resource(attrs, resource)
+            exception = next(
+                (
+                    access.event_attributes(event)
+                    for name, event in access.events(item)
+                    if name == _EXCEPTION_EVENT
+                ),
+                None,
+            )
+            start_ns, end_ns = access.times(item)
+            end = _seconds(end_ns)
+            trace_id, span_id = access.ids(item)
+            records.append(
+                record_from_span(
+                    attrs,
+                    start_time=start_ns / 1e9 if start_ns else end,
+                    end_time=end,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    failed=access.status_code(item) == _STATUS_ERROR,
+                    **_exception_fields(exception),
                 )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "lifecycle record"))
+            )
+    return records, ignored, rejected
 
 
-def _pb_traces(data: bytes) -> Decoded:
-    request = trace_service_pb2.ExportTraceServiceRequest()
-    try:
-        request.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise OTLPDecodeError(f"malformed ExportTraceServiceRequest protobuf: {e}") from e
-    records: list[LifecycleRecord] = []
-    ignored = rejected = 0
-    for rs in request.resource_spans:
-        resource: dict[str, Any] | None = None
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                attrs = _pb_attrs(span.attributes)
-                if sc.ATTR_JOB_RUN_ID not in attrs:  # another service's span
-                    ignored += 1
-                    continue
-                if record_key(attrs) is None:
-                    rejected += 1
-                    continue
-                if resource is None:
-                    resource = _pb_attrs(rs.resource.attributes)
-                exception = next(
-                    (_pb_attrs(ev.attributes) for ev in span.events if ev.name == _EXCEPTION_EVENT),
-                    None,
-                )
-                if exception is not None and sc.ATTR_ERROR_TYPE not in exception:
-                    exc_type = exception.get("exception.type")
-                    if exc_type is not None:
-                        exception[sc.ATTR_ERROR_TYPE] = exc_type
-                records.append(
-                    _span_record(
-                        attrs,
-                        resource,
-                        span.start_time_unix_nano,
-                        span.end_time_unix_nano,
-                        _pb_id(span.trace_id, 16),
-                        _pb_id(span.span_id, 8),
-                        span.status.code,
-                        exception,
-                    )
-                )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "span"))
-
-
-# --------------------------------------------------------------------------------------------
-# OTLP JSON.
-# --------------------------------------------------------------------------------------------
-
-
-def _field(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
-    value = obj.get(camel)
-    return obj.get(snake) if value is None else value
-
-
-def _obj(value: Any, what: str) -> Mapping[str, Any]:
-    if value is None:
+def _exception_fields(exception: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``record_from_span``'s error arguments from the attributes of an ``exception`` span
+    event (OTel names ``exception.type``; our ``error.type`` wins when the event has both)."""
+    if exception is None:
         return {}
-    if not isinstance(value, dict):
-        raise OTLPDecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise OTLPDecodeError(f"{what} must be a JSON array, got {type(value).__name__}")
-    return value
-
-
-def _json_int(value: Any, what: str) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        raise OTLPDecodeError(f"{what} must be an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value, 10)
-        except ValueError:
-            pass
-    raise OTLPDecodeError(f"{what} must be an integer (or a decimal string), got {value!r}")
-
-
-_FIXED64_MAX: Final = 2**64 - 1
-
-
-def _json_time(value: Any, what: str) -> int:
-    """A ``fixed64`` time in nanoseconds: out of range is malformed (a number this large would
-    also overflow the float of the record time)."""
-    ns = _json_int(value, what)
-    if not 0 <= ns <= _FIXED64_MAX:
-        raise OTLPDecodeError(f"{what} must be an unsigned 64-bit integer, got {value!r}")
-    return ns
-
-
-def _json_float(value: Any, what: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):  # proto3 JSON: "NaN", "Infinity", "-Infinity" or a number
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise OTLPDecodeError(f"{what} must be a number, got {value!r}")
-
-
-_SEVERITY_NAMES: Final = {
-    "SEVERITY_NUMBER_" + name + (str(i + 1) if i else ""): base + i
-    for name, base in (
-        ("TRACE", 1),
-        ("DEBUG", 5),
-        ("INFO", 9),
-        ("WARN", 13),
-        ("ERROR", 17),
-        ("FATAL", 21),
-    )
-    for i in range(4)
-}
-_STATUS_NAMES: Final = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
-
-
-def _json_enum(value: Any, names: Mapping[str, int], what: str) -> int:
-    # The OTLP spec says integers; protobuf JSON printers (some Collectors' debug paths)
-    # write the enum's name. Accept both.
-    if isinstance(value, str) and value in names:
-        return names[value]
-    return _json_int(value, what)
-
-
-def _json_id(value: Any, size: int, what: str) -> int:
-    if value is None or value == "":
-        return 0
-    if not isinstance(value, str) or len(value) != size * 2:
-        raise OTLPDecodeError(f"{what} must be {size * 2} hex digits, got {value!r}")
-    try:
-        return int(value, 16)
-    except ValueError:
-        raise OTLPDecodeError(f"{what} must be hex, got {value!r}") from None
-
-
-def _json_value(v: Any, *, repair: bool = True) -> Any:
-    """An ``AnyValue`` as an attribute value; ``repair``: replace lone surrogates in a string
-    by U+FFFD (off for the run id, which is rejected instead: see the module doc)."""
-    v = _obj(v, "AnyValue")
-    if not v:
-        return None
-    for key, value in v.items():
-        if key in ("stringValue", "string_value"):
-            if not isinstance(value, str):
-                raise OTLPDecodeError("stringValue must be a string")
-            return text(value) if repair else value
-        if key in ("boolValue", "bool_value"):
-            if not isinstance(value, bool):
-                raise OTLPDecodeError("boolValue must be true or false")
-            return value
-        if key in ("intValue", "int_value"):
-            return _json_int(value, "intValue")
-        if key in ("doubleValue", "double_value"):
-            return _json_float(value, "doubleValue")
-        if key in ("arrayValue", "array_value"):
-            return tuple(_json_value(x) for x in _list(_obj(value, key).get("values"), key))
-        if key in ("kvlistValue", "kvlist_value"):
-            inner = {
-                k: _jsonable(x) for k, x in _json_attrs(_obj(value, key).get("values")).items()
-            }
-            return json.dumps(inner, separators=(",", ":"), default=str)
-        if key in ("bytesValue", "bytes_value"):
-            if not isinstance(value, str):
-                raise OTLPDecodeError("bytesValue must be a base64 string")
-            return value
-    return None  # an unknown value kind from a newer OTLP: skip the attribute
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _json_attrs(kvs: Any) -> dict[str, AttributeValue]:
-    out: dict[str, AttributeValue] = {}
-    for raw_kv in _list(kvs, "attributes"):
-        kv = _obj(raw_kv, "KeyValue")
-        key = kv.get("key")
-        if not isinstance(key, str):
-            raise OTLPDecodeError("attribute key must be a string")
-        value = _json_value(kv.get("value"), repair=key != sc.ATTR_JOB_RUN_ID)
-        if value is not None:
-            out[text(key)] = value
-    return out
-
-
-def _json_load(data: bytes) -> Mapping[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise OTLPDecodeError(f"malformed JSON: {e}") from e
-    return _obj(parsed, "request")
-
-
-def _json_logs(data: bytes) -> Decoded:
-    request = _json_load(data)
-    records: list[LifecycleRecord] = []
-    ignored = rejected = 0
-    # Validate everything before producing anything: a bad item fails the whole request
-    # (400, nothing stored), never half of it.
-    for raw_rl in _list(_field(request, "resourceLogs", "resource_logs"), "resourceLogs"):
-        rl = _obj(raw_rl, "ResourceLogs")
-        resource = _json_attrs(_obj(rl.get("resource"), "resource").get("attributes"))
-        for sl in _list(_field(rl, "scopeLogs", "scope_logs"), "scopeLogs"):
-            for raw_lr in _list(
-                _field(_obj(sl, "ScopeLogs"), "logRecords", "log_records"), "logRecords"
-            ):
-                lr = _obj(raw_lr, "LogRecord")
-                attrs = _json_attrs(lr.get("attributes"))
-                event = _field(lr, "eventName", "event_name") or ""
-                if not event:
-                    named = attrs.pop(_EVENT_NAME_ATTR, None)
-                    event = named if isinstance(named, str) else ""
-                if not isinstance(event, str):
-                    raise OTLPDecodeError("eventName must be a string")
-                trace_id = _json_id(_field(lr, "traceId", "trace_id"), 16, "traceId")
-                span_id = _json_id(_field(lr, "spanId", "span_id"), 8, "spanId")
-                time_ns = _json_time(_field(lr, "timeUnixNano", "time_unix_nano"), "timeUnixNano")
-                observed_ns = _json_time(
-                    _field(lr, "observedTimeUnixNano", "observed_time_unix_nano"),
-                    "observedTimeUnixNano",
-                )
-                if event not in _LIFECYCLE:
-                    ignored += 1
-                    continue
-                if record_key(attrs) is None:
-                    rejected += 1
-                    continue
-                severity_text = _field(lr, "severityText", "severity_text") or ""
-                body = _json_value(lr.get("body"))
-                records.append(
-                    _log_record(
-                        event,
-                        attrs,
-                        resource,
-                        time_ns,
-                        observed_ns,
-                        trace_id,
-                        span_id,
-                        _severity(
-                            _json_enum(
-                                _field(lr, "severityNumber", "severity_number"),
-                                _SEVERITY_NAMES,
-                                "severityNumber",
-                            ),
-                            severity_text if isinstance(severity_text, str) else "",
-                        ),
-                        body if isinstance(body, str) else "",
-                    )
-                )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "lifecycle record"))
-
-
-def _json_traces(data: bytes) -> Decoded:
-    request = _json_load(data)
-    records: list[LifecycleRecord] = []
-    ignored = rejected = 0
-    for raw_rs in _list(_field(request, "resourceSpans", "resource_spans"), "resourceSpans"):
-        rs = _obj(raw_rs, "ResourceSpans")
-        resource = _json_attrs(_obj(rs.get("resource"), "resource").get("attributes"))
-        for ss in _list(_field(rs, "scopeSpans", "scope_spans"), "scopeSpans"):
-            for raw_span in _list(_field(_obj(ss, "ScopeSpans"), "spans", "spans"), "spans"):
-                span = _obj(raw_span, "Span")
-                attrs = _json_attrs(span.get("attributes"))
-                trace_id = _json_id(_field(span, "traceId", "trace_id"), 16, "traceId")
-                span_id = _json_id(_field(span, "spanId", "span_id"), 8, "spanId")
-                start_ns = _json_time(
-                    _field(span, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"
-                )
-                end_ns = _json_time(
-                    _field(span, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"
-                )
-                events = _list(span.get("events"), "events")
-                if sc.ATTR_JOB_RUN_ID not in attrs:  # another service's span
-                    ignored += 1
-                    continue
-                if record_key(attrs) is None:
-                    rejected += 1
-                    continue
-                exception: dict[str, AttributeValue] | None = None
-                for raw_ev in events:
-                    ev = _obj(raw_ev, "Event")
-                    if ev.get("name") == _EXCEPTION_EVENT:
-                        exception = _json_attrs(ev.get("attributes"))
-                        if sc.ATTR_ERROR_TYPE not in exception and "exception.type" in exception:
-                            exception[sc.ATTR_ERROR_TYPE] = exception["exception.type"]
-                        break
-                status = _obj(span.get("status"), "status")
-                records.append(
-                    _span_record(
-                        attrs,
-                        resource,
-                        start_ns,
-                        end_ns,
-                        trace_id,
-                        span_id,
-                        _json_enum(status.get("code"), _STATUS_NAMES, "status.code"),
-                        exception,
-                    )
-                )
-    return Decoded(records, ignored, rejected, _rejected_reason(rejected, "span"))
+    message = exception.get(sc.ATTR_ERROR_MESSAGE)
+    trace = exception.get(sc.ATTR_ERROR_STACKTRACE)
+    return {
+        "error_type": exception.get(sc.ATTR_ERROR_TYPE, exception.get(_EXCEPTION_TYPE)),
+        "error_message": message if isinstance(message, str) else None,
+        "error_stacktrace": trace if isinstance(trace, str) else None,
+    }
 
 
 def _rejected_reason(rejected: int, what: str) -> str:
@@ -711,12 +356,13 @@ def _rejected_reason(rejected: int, what: str) -> str:
 # Entry points.
 # --------------------------------------------------------------------------------------------
 
-_DECODERS: Final[Mapping[tuple[str, str], Callable[[bytes], Decoded]]] = {
-    ("logs", "protobuf"): _pb_logs,
-    ("logs", "json"): _json_logs,
-    ("traces", "protobuf"): _pb_traces,
-    ("traces", "json"): _json_traces,
-}
+
+@contextlib.contextmanager
+def _nesting_guard() -> Iterator[None]:
+    try:
+        yield
+    except RecursionError as e:  # absurdly nested JSON/protobuf
+        raise OTLPDecodeError("payload nested too deeply") from e
 
 
 def decode(
@@ -727,7 +373,8 @@ def decode(
     *,
     max_size: int = DEFAULT_MAX_DECOMPRESSED,
 ) -> Decoded:
-    """Decode one OTLP/HTTP request body of ``signal`` into lifecycle records.
+    """Decode one OTLP/HTTP request body of ``signal``: lifecycle records from logs, span
+    records from traces.
 
     Args:
         signal: ``logs`` or ``traces`` (the URL path).
@@ -742,24 +389,31 @@ def decode(
         UnsupportedMediaTypeError: unknown content encoding.
     """
     data = decompress(body, content_encoding, max_size=max_size)
-    try:
-        return _DECODERS[signal, encoding](data)
-    except RecursionError as e:  # absurdly nested JSON/protobuf
-        raise OTLPDecodeError("payload nested too deeply") from e
+    records: Sequence[IngestRecord]
+    with _nesting_guard():
+        if signal == "logs":
+            records, ignored, rejected = _build_logs(LOG_ACCESSORS[encoding], data)
+            what = "lifecycle record"
+        else:
+            records, ignored, rejected = _build_spans(SPAN_ACCESSORS[encoding], data)
+            what = "span"
+    return Decoded(records, ignored, rejected, _rejected_reason(rejected, what))
 
 
 def decode_logs(
     body: bytes, encoding: Encoding = "protobuf", content_encoding: str | None = None
 ) -> list[LifecycleRecord]:
     """The lifecycle records in an ``ExportLogsServiceRequest`` (convenience for tests)."""
-    return decode("logs", body, encoding, content_encoding).records
+    with _nesting_guard():
+        return _build_logs(LOG_ACCESSORS[encoding], decompress(body, content_encoding))[0]
 
 
 def decode_traces(
     body: bytes, encoding: Encoding = "protobuf", content_encoding: str | None = None
-) -> list[LifecycleRecord]:
-    """The run-span records in an ``ExportTraceServiceRequest`` (convenience for tests)."""
-    return decode("traces", body, encoding, content_encoding).records
+) -> list[SpanRecord]:
+    """The run spans in an ``ExportTraceServiceRequest`` (convenience for tests)."""
+    with _nesting_guard():
+        return _build_spans(SPAN_ACCESSORS[encoding], decompress(body, content_encoding))[0]
 
 
 def encode_response(

@@ -1,8 +1,9 @@
-"""Lifecycle records → columnar staging tables (Arrow), and finished spans → records.
+"""What the writer ingests (lifecycle records, finished run spans) → columnar staging tables.
 
-The in-process listener and the OTLP decoder both hand the writer
-:class:`~chaperone_otel._events.LifecycleRecord` objects; this module is the one place that
-knows how a record's flat semconv attributes map onto the store's columns. Conversion is
+The in-process listener and the OTLP logs decoder hand the writer
+:class:`~chaperone_otel._events.LifecycleRecord` objects, the OTLP traces decoder
+:class:`SpanRecord` objects; this module is the one place that knows how their flat semconv
+attributes map onto the store's columns. Conversion is
 columnar (one list comprehension per column, then one ``pyarrow.array`` call) because a
 per-row Python loop would cost more than the DuckDB write itself.
 
@@ -20,11 +21,14 @@ counted). A record whose run id or attempt cannot be stored (not a non-empty val
 an attempt outside int32) is skipped (counted in :attr:`Staged.invalid`): it cannot identify a
 run, and an altered id would silently create a different one.
 
-Spans: OTel exports a run's span only when it ends, so a span can only *complete* a run.
-:func:`record_from_span` turns a decoded run span into a ``chaperone.job.finished`` record
-flagged with :data:`SPAN_FLAG`; the writer then fills only the fields the log records left
-empty, and lets the span's terminal status replace a non-terminal one (a span proves the run
-ended). It never overrides anything a lifecycle log record said.
+Spans: OTel exports a run's span only when it ends, so a span can only *complete* a run. A
+finished run span reaches the writer as what it is, a :class:`SpanRecord` (built by
+:func:`record_from_span`, the one place that turns a span's own fields into run state), next
+to the lifecycle :class:`~chaperone_otel._events.LifecycleRecord` objects of the same batch.
+:func:`stage` stages the spans in a table of their own (:attr:`Staged.spans`); the writer then
+fills only the fields the log records left empty, and lets the span's terminal status replace
+a non-terminal one (a span proves the run ended). It never overrides anything a lifecycle log
+record said.
 """
 
 from __future__ import annotations
@@ -42,9 +46,6 @@ import pyarrow.compute as pc
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
-
-SPAN_FLAG: Final = "chaperone.sink.from_span"
-"""Attribute set (True) on records built from a finished run span by :func:`record_from_span`."""
 
 Key = tuple[str, int]
 
@@ -111,6 +112,45 @@ _VIOLATION_ATTRIBUTES: Final = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """A finished run span, as the sink ingests it (built by :func:`record_from_span`).
+
+    A peer of :class:`~chaperone_otel._events.LifecycleRecord` in the writer's batches, not a
+    kind of it: a lifecycle record is the run's state at one moment and wins by sequence; a
+    span is the post-hoc view of the whole run and only completes what the records left empty.
+
+    Attributes:
+        attributes: the run's state as the span tells it (semconv names): the span's
+            attributes, with its start, end, duration, terminal status and exception filled
+            in where the attributes are silent.
+        start_time: span start, Unix seconds.
+        end_time: span end, Unix seconds (the time the run was last heard of).
+        trace_id: the span's trace id. span_id: its span id.
+    """
+
+    attributes: Mapping[str, AttributeValue]
+    start_time: float
+    end_time: float
+    trace_id: int = 0
+    span_id: int = 0
+
+    @property
+    def key(self) -> Key | None:
+        """The run's (run id, attempt), ``None`` when the span cannot identify a run."""
+        return record_key(self.attributes)
+
+    @property
+    def timestamp(self) -> float:
+        """When the run was last heard of: the span's end (the staging code reads every
+        record's time under this name)."""
+        return self.end_time
+
+
+IngestRecord = LifecycleRecord | SpanRecord
+"""What the writer takes: lifecycle records and finished run spans, in any mix and order."""
+
+
 @dataclass
 class Staged:
     """One batch, split and collapsed, ready for the writer's bulk statements.
@@ -118,7 +158,7 @@ class Staged:
     Attributes:
         logs: one row per run: the state of the highest-sequence log record in the batch,
             plus ``last_seen_at`` = the latest record time of any kind for that run.
-        spans: one row per run completed by a finished span.
+        spans: one row per run completed by a finished span (:class:`SpanRecord`).
         heartbeats: one row per heartbeat record.
         violations: one row per violation record.
         errors: one row per failed run attempt.
@@ -306,17 +346,17 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
 
 
 def stage(
-    records: Iterable[LifecycleRecord], *, attributes: Sequence[JobAttribute] = JOB_ATTRIBUTES
+    records: Iterable[IngestRecord], *, attributes: Sequence[JobAttribute] = JOB_ATTRIBUTES
 ) -> Staged:
     """Split a batch into the writer's staging tables (see :class:`Staged`); ``attributes``
     is for tests that add a run field (the writer always stages :data:`JOB_ATTRIBUTES`)."""
     out = Staged()
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
-    spans: dict[Key, LifecycleRecord] = {}
+    spans: dict[Key, SpanRecord] = {}
     heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
     violations: list[tuple[Key, int, LifecycleRecord]] = []
-    failed: dict[Key, LifecycleRecord] = {}
+    failed: dict[Key, IngestRecord] = {}
     for record in records:
         attrs = record.attributes
         key = record_key(attrs)
@@ -327,7 +367,7 @@ def stage(
         out.records += 1
         if ts > seen.get(key, -math.inf):
             seen[key] = float(ts)
-        if attrs.get(SPAN_FLAG):
+        if isinstance(record, SpanRecord):
             spans[key] = record
             if attrs.get(sc.ATTR_ERROR_TYPE) is not None:
                 failed.setdefault(key, record)
@@ -367,7 +407,7 @@ def stage(
 
 def _job_table(
     cols: _Columns,
-    rows: Sequence[tuple[Key, int, LifecycleRecord]],
+    rows: Sequence[tuple[Key, int, IngestRecord]],
     seen: Mapping[Key, float],
     attributes: Sequence[JobAttribute],
 ) -> pa.Table:
@@ -403,7 +443,7 @@ def _event_table(
     return pa.table(data)
 
 
-def _error_table(cols: _Columns, failed: Mapping[Key, LifecycleRecord]) -> pa.Table:
+def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table:
     keys = list(failed)
     recs = [failed[k] for k in keys]
     attrs = [r.attributes for r in recs]
@@ -418,7 +458,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, LifecycleRecord]) -> pa.Ta
             "trace": cols.array([a.get(sc.ATTR_ERROR_STACKTRACE) for a in attrs], _STR),
             "trace_id": pa.array([_hex(r.trace_id, 32) for r in recs], type=_STR),
             "span_id": pa.array([_hex(r.span_id, 16) for r in recs], type=_STR),
-            "from_span": pa.array([bool(a.get(SPAN_FLAG)) for a in attrs], type=_BOOL),
+            "from_span": pa.array([isinstance(r, SpanRecord) for r in recs], type=_BOOL),
         }
     )
 
@@ -430,25 +470,37 @@ def record_from_span(
     end_time: float,
     trace_id: int = 0,
     span_id: int = 0,
+    failed: bool | None = None,
+    error_type: str | None = None,
     error_message: str | None = None,
     error_stacktrace: str | None = None,
-) -> LifecycleRecord:
-    """A finished run span (decoded from OTLP) as a record the writer can ingest.
+) -> SpanRecord:
+    """A finished run span (decoded from OTLP, or read from the SDK) as a :class:`SpanRecord`.
+
+    The one place that turns a span's own fields into run state, so every producer of spans
+    (the OTLP traces decoder, an SDK span exporter) gives the store the same row.
 
     Args:
         attributes: the span's attributes (semconv names; run id and attempt required for
-            the record to be stored).
+            the span to be stored).
         start_time: span start, Unix seconds (becomes ``started_at`` if absent).
-        end_time: span end, Unix seconds (becomes ``finished_at`` and the record time).
+        end_time: span end, Unix seconds (becomes ``finished_at`` if absent).
         trace_id: the span's trace id. span_id: its span id.
-        error_message: ``exception.message`` of the span's exception event, if any.
+        failed: the span's status is ERROR (``True``) or not (``False``); sets the terminal
+            ``chaperone.job.status`` when the attributes carry none (a span that ended is no
+            longer running). ``None``: status unknown, left as the attributes say.
+        error_type: ``exception.type`` of the span's exception event, if any.
+        error_message: ``exception.message`` of that event, if any.
         error_stacktrace: ``exception.stacktrace`` of that event, if any.
 
     Returns:
-        A :data:`~chaperone_otel.semconv.EVENT_JOB_FINISHED` record flagged with
-        :data:`SPAN_FLAG`: it only fills fields the log records did not (see module doc).
+        The span record; it only fills fields the log records did not (see module doc).
     """
     attrs: dict[str, AttributeValue] = dict(attributes)
+    if error_type is not None:
+        attrs.setdefault(sc.ATTR_ERROR_TYPE, error_type)
+    if failed is not None:
+        attrs.setdefault(sc.ATTR_JOB_STATUS, "failed" if failed else "completed")
     attrs.setdefault(sc.ATTR_JOB_STARTED_AT, float(start_time))
     attrs.setdefault(sc.ATTR_JOB_FINISHED_AT, float(end_time))
     attrs.setdefault(sc.ATTR_JOB_DURATION, max(0.0, float(end_time) - float(start_time)))
@@ -456,13 +508,10 @@ def record_from_span(
         attrs.setdefault(sc.ATTR_ERROR_MESSAGE, error_message)
     if error_stacktrace is not None:
         attrs.setdefault(sc.ATTR_ERROR_STACKTRACE, error_stacktrace)
-    attrs[SPAN_FLAG] = True
-    return LifecycleRecord(
-        event_name=sc.EVENT_JOB_FINISHED,
-        timestamp=float(end_time),
+    return SpanRecord(
         attributes=attrs,
+        start_time=float(start_time),
+        end_time=float(end_time),
         trace_id=trace_id,
         span_id=span_id,
-        severity="INFO",
-        body="run span",
     )

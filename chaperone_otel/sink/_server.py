@@ -2,8 +2,12 @@
 
 Workers (any OTel SDK) or an OpenTelemetry Collector export logs and traces here
 (``POST /v1/logs``, ``POST /v1/traces``; protobuf or JSON; gzip/deflate). Each request is
-decoded by :mod:`._otlp` into the same lifecycle records the in-process sink gets, then
-written by the store's one ingest path (:func:`._records.stage` + :func:`._ingest.write`).
+decoded by :mod:`._otlp` into the same records the in-process sink gets (lifecycle records
+from logs, span records from traces), then written by the store's one ingest path
+(:func:`._records.stage` + :func:`._ingest.write`). The file is owned through the same
+:class:`~chaperone_otel.sink._owner.StoreOwner` as the embedded sink's (writer, query view,
+HTTP server, sidecar, and their teardown in order); this module adds only the OTLP routes,
+``/metrics`` and the answers.
 
 **Durability promise: a 2xx means committed.** The handler waits until *its own* records
 have been committed to the DuckDB file before it answers (``Writer.wait`` on the request's
@@ -19,9 +23,10 @@ Status codes (DESIGN §6): 400 malformed payload, or records the store refuses (
 constraint or conversion error: resending the same data cannot succeed), 401 missing or
 wrong bearer token (when one is configured), 413 body (or its decompressed size) over the
 limit, 415 unsupported content type or encoding, 503 + ``Retry-After`` when the writer
-queue is full or the store failed (OTLP exporters retry 503). Nothing of a refused request
-is stored (with ``ack="commit"``). Error bodies are ``google.rpc.Status`` messages, success
-bodies ``Export…ServiceResponse``, both in the request's encoding.
+queue is full or the store failed (OTLP exporters retry 503), all decided in one place
+(``SinkServer._refusal``). Nothing of a refused request is stored (with ``ack="commit"``).
+Error bodies are ``google.rpc.Status`` messages, success bodies ``Export…ServiceResponse``,
+both in the request's encoding.
 
 The server also serves ``GET /healthz``, fleet-wide ``GET /metrics`` (:mod:`._fleet`) and
 the query API (:mod:`._api`, ``/api/...``), and advertises itself in ``<path>.owner.json``
@@ -43,7 +48,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 
@@ -57,10 +62,11 @@ from starlette.routing import BaseRoute, Route
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from . import _otlp
-from ._api import BackgroundServer, query_routes
+from ._api import query_routes
 from ._fleet import FleetCollector, IngestStats
+from ._owner import BackgroundServer, StoreOwner
+from ._records import IngestRecord
 from ._schema import HEARTBEATS_PER_RUN
-from ._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ._writer import RecordsDroppedError, Ticket, Writer
 
 __all__ = [
@@ -94,6 +100,11 @@ does not stall the other connections for long."""
 
 _SOURCES: Final = {"logs": "otlp.logs", "traces": "otlp.traces"}
 _CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
+
+
+class _BodyTooLargeError(_otlp.PayloadTooLargeError):
+    """The body as sent is over ``max_body`` (413 and the connection is closed: the rest of
+    the body is not read)."""
 
 
 class _Uvicorn:
@@ -221,9 +232,7 @@ class SinkServer:
         self._advertise = advertise
         self._stats = IngestStats(queue_capacity=queue_capacity)
         self._stats_lock = threading.Lock()
-        self._store: Store | None = None
-        self._writer: Writer | None = None
-        self._sink: Any = None
+        self._owner: StoreOwner | None = None
         self._http = BackgroundServer(
             None, host=host, port=port, server_class=_Uvicorn.server_class()
         )
@@ -241,54 +250,65 @@ class SinkServer:
     @property
     def writer(self) -> Writer:
         """The store's one writer (its ``stats`` feed ``/metrics``)."""
-        if self._writer is None:
+        writer = self._live_writer()
+        if writer is None:
             raise SinkError("the sink server is not started")
-        return self._writer
+        return writer
+
+    def _live_writer(self) -> Writer | None:
+        """The writer while it takes records: also while the owner is closing, so requests
+        still in flight when shutdown begins are committed, not refused."""
+        owner = self._owner
+        if owner is None:
+            return None
+        try:
+            return owner.writer
+        except SinkError:  # closed
+            return None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Hold the store's write lock: the writer stops committing while requests keep
         queueing (then 503 once the queue is full). For tests and maintenance."""
-        if self._store is None:
+        if self._owner is None:
             raise SinkError("the sink server is not started")
-        with self._store.write_lock:
+        with self._owner.store.write_lock:
             yield
 
-    def _open(self) -> None:
+    def _open(self, *, background: bool, timeout: float = 10.0) -> None:
         # Bind first: a port that cannot be had must not leave a new, empty store file behind
         # (nor hold the store's lock while failing).
         self._http.bind()
         self.port = self._http.port
         try:
-            self._store = acquire(self.path, read_only=False, policy=self.policy)
-            self._writer = Writer(
-                self._store,
+            owner = StoreOwner(
+                self.path,
+                policy=self.policy,
                 capacity=self._queue_capacity,
                 batch_size=self._max_batch,
                 heartbeat_limit=self._heartbeat_limit,
+                writable_view=True,  # the query API may prune (it takes the write lock)
             )
-            self._registry.register(
-                FleetCollector(
-                    self._store.cursor,
-                    stats=self.stats,
-                    store_path=self._store.path,
-                    policy=self.policy,
-                )
+        except BaseException:
+            self._http.stop()
+            raise
+        self._owner = owner
+        self._registry.register(
+            FleetCollector(
+                owner.store.cursor, stats=self.stats, store_path=owner.path, policy=self.policy
             )
-            if self._advertise:
-                write_sidecar(self._store.path, self.url)
+        )
+        try:
+            owner.serve(
+                self._http, advertise=self._advertise, background=background, timeout=timeout
+            )
         except BaseException:
             self._cleanup()
             raise
 
     def start(self, timeout: float = 10.0) -> SinkServer:
         """Open the store and serve in a background thread; returns once listening."""
-        self._open()
-        try:
-            self._http.start(timeout)
-        except BaseException:
-            self._cleanup()
-            raise
+        self._open(background=True, timeout=timeout)
         return self
 
     def serve_forever(self, ready: Callable[[SinkServer], None] | None = None) -> None:
@@ -298,7 +318,7 @@ class SinkServer:
         Args:
             ready: called once the socket is bound (the CLI prints the URL).
         """
-        self._open()
+        self._open(background=False)
         try:
             if ready is not None:
                 ready(self)
@@ -308,25 +328,16 @@ class SinkServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, finish in-flight requests, commit everything queued, clean up."""
-        self._http.stop(timeout)
         self._cleanup(timeout)
 
     def _cleanup(self, timeout: float = 30.0) -> None:
-        if self._writer is not None:
+        owner = self._owner
+        if owner is not None:
             try:
-                self._writer.close(timeout)
+                owner.close(timeout)  # sidecar, HTTP (in-flight requests finish), writer, file
             except SinkError as e:
                 logger.error("%s", e)
-            self._writer = None
-        if self._sink is not None:
-            with contextlib.suppress(Exception):
-                self._sink.close()
-            self._sink = None
-        if self._store is not None:
-            if self._advertise:
-                remove_sidecar(self._store.path)
-            release(self._store)
-            self._store = None
+            self._owner = None
         self._http.stop()
 
     def __enter__(self) -> SinkServer:
@@ -347,7 +358,7 @@ class SinkServer:
 
     def stats(self) -> IngestStats:
         """A snapshot of the ingest counters and queue gauges."""
-        writer = self._writer
+        writer = self._live_writer()
         w = writer.stats if writer is not None else None
         with self._stats_lock:
             return IngestStats(
@@ -377,15 +388,11 @@ class SinkServer:
         return routes
 
     def _query_sink(self) -> Any:
-        """The read side for the query API: a Sink sharing this process's connection."""
-        if self._sink is None:
-            if self._store is None:
-                raise SinkError("the sink server is not started")
-            from . import open_sink  # noqa: PLC0415
-
-            # Shares this process's writable connection; prune takes the write lock.
-            self._sink = open_sink(self._store.path, read_only=False, policy=self.policy)
-        return self._sink
+        """The read side for the query API: the owner's view (shares the connection; prune
+        takes the write lock)."""
+        if self._owner is None:
+            raise SinkError("the sink server is not started")
+        return self._owner.view
 
     def _authorized(self, request: Request) -> bool:
         if self.token is None:
@@ -408,13 +415,10 @@ class SinkServer:
         encoding, refused = self._admit(request)
         if refused is not None:
             return refused
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                return self._error(
-                    413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
-                )
+        try:
+            await self._read_body(request, keep=False)
+        except SinkError as e:
+            return self._refusal(e, encoding)
         return Response(b"{}" if encoding == "json" else b"", media_type=_CONTENT_TYPES[encoding])
 
     def _error(
@@ -432,6 +436,26 @@ class SinkServer:
             headers=headers,
         )
 
+    def _refusal(self, error: SinkError, encoding: _otlp.Encoding) -> Response:
+        """The one mapping of ingest failures to OTLP/HTTP answers (DESIGN §6): 400 when
+        resending the same bytes cannot succeed (malformed, or refused by the store), 413 too
+        large, 415 unsupported, and 503 + ``Retry-After`` for everything that may pass on a
+        retry (queue full, shutting down, a slow or failed commit): OTLP exporters retry
+        exactly those."""
+        if isinstance(error, _otlp.OTLPDecodeError):
+            return self._error(400, str(error), encoding)
+        if isinstance(error, RecordsDroppedError) and error.permanent:
+            return self._error(400, f"records refused by the store: {error}", encoding)
+        if isinstance(error, _otlp.PayloadTooLargeError):
+            close = {"Connection": "close"} if isinstance(error, _BodyTooLargeError) else None
+            return self._error(413, str(error), encoding, close)
+        if isinstance(error, _otlp.UnsupportedMediaTypeError):
+            return self._error(415, str(error), encoding)
+        message = (
+            f"store write failed: {error}" if isinstance(error, RecordsDroppedError) else str(error)
+        )
+        return self._error(503, message, encoding, {"Retry-After": str(self.retry_after)})
+
     def _admit(self, request: Request) -> tuple[_otlp.Encoding, Response | None]:
         """The request's encoding, or the 401/415 response that refuses it (in the
         encoding the client most likely reads)."""
@@ -447,27 +471,32 @@ class SinkServer:
         try:
             return _otlp.media_type(content_type), None
         except _otlp.UnsupportedMediaTypeError as e:
-            return guess, self._error(415, str(e), guess)
+            return guess, self._refusal(e, guess)
+
+    async def _read_body(self, request: Request, *, keep: bool = True) -> bytes:
+        """The body as sent, refused (413, connection closed: the rest is not read) once it
+        is larger than ``max_body``, by its declared length or as it streams in."""
+        too_large = _BodyTooLargeError(f"body over {self.max_body} bytes")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise too_large
+        chunks = bytearray()
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise too_large
+            if keep:
+                chunks += chunk
+        return bytes(chunks)
 
     async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
         encoding, refused = self._admit(request)
         if refused is not None:
             return refused
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            return self._error(
-                413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
-            )
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > self.max_body:
-                return self._error(
-                    413, f"body over {self.max_body} bytes", encoding, {"Connection": "close"}
-                )
-        body = bytes(chunks)
-        content_encoding = request.headers.get("content-encoding")
         try:
+            body = await self._read_body(request)
+            content_encoding = request.headers.get("content-encoding")
             if len(body) > _INLINE_DECODE_MAX or content_encoding:
                 decoded = await run_in_threadpool(
                     _otlp.decode,
@@ -481,68 +510,11 @@ class SinkServer:
                 decoded = _otlp.decode(
                     signal_name, body, encoding, content_encoding, max_size=self.max_decompressed
                 )
-        except _otlp.OTLPDecodeError as e:
-            return self._error(400, str(e), encoding)
-        except _otlp.PayloadTooLargeError as e:
-            return self._error(413, str(e), encoding)
-        except _otlp.UnsupportedMediaTypeError as e:
-            return self._error(415, str(e), encoding)
-        if decoded.records:
-            writer = self._writer
-            if writer is None:
-                return self._error(
-                    503,
-                    "the sink is shutting down",
-                    encoding,
-                    {"Retry-After": str(self.retry_after)},
-                )
-            try:
-                ticket = writer.submit(decoded.records)
-            except SinkError as e:  # closed while shutting down
-                return self._error(503, str(e), encoding, {"Retry-After": str(self.retry_after)})
-            if ticket is None:
-                return self._error(
-                    503,
-                    f"writer queue full ({self._queue_capacity} records)",
-                    encoding,
-                    {"Retry-After": str(self.retry_after)},
-                )
-            if self.ack == "queue":
+            if decoded.records:
+                await self._store(decoded.records)
                 self._committed(_SOURCES[signal_name], len(decoded.records))
-                return Response(
-                    _otlp.encode_response(
-                        signal_name, encoding, rejected=decoded.rejected, error=decoded.error
-                    ),
-                    media_type=_CONTENT_TYPES[encoding],
-                )
-            try:
-                # 2xx only once this request's records are committed. Concurrent requests
-                # share one commit; each learns only its own records' fate.
-                committed = await _committed_within(writer, ticket, self.ack_timeout)
-            except RecordsDroppedError as e:
-                if e.permanent:  # resending the same records cannot succeed: do not retry
-                    return self._error(400, f"records refused by the store: {e}", encoding)
-                return self._error(
-                    503,
-                    f"store write failed: {e}",
-                    encoding,
-                    {"Retry-After": str(self.retry_after)},
-                )
-            except SinkError as e:
-                return self._error(
-                    503,
-                    f"store write failed: {e}",
-                    encoding,
-                    {"Retry-After": str(self.retry_after)},
-                )
-            if not committed:
-                return self._error(
-                    503,
-                    "store commit is slow; retry",
-                    encoding,
-                    {"Retry-After": str(self.retry_after)},
-                )
-            self._committed(_SOURCES[signal_name], len(decoded.records))
+        except SinkError as e:
+            return self._refusal(e, encoding)
         return Response(
             _otlp.encode_response(
                 signal_name, encoding, rejected=decoded.rejected, error=decoded.error
@@ -550,9 +522,35 @@ class SinkServer:
             media_type=_CONTENT_TYPES[encoding],
         )
 
+    async def _store(self, records: Sequence[IngestRecord]) -> None:
+        """Hand ``records`` to the writer; with ``ack="commit"`` return once they are
+        committed. Concurrent requests share one commit; each learns only its own records'
+        fate.
+
+        Raises:
+            RecordsDroppedError: the records could not be stored.
+            SinkError: they were not taken, or not committed in time (see :meth:`_refusal`).
+        """
+        writer = self._live_writer()
+        if writer is None:
+            raise SinkError("the sink is shutting down")
+        ticket = writer.submit(records)  # SinkError once closed: shutting down
+        if ticket is None:
+            raise SinkError(f"writer queue full ({self._queue_capacity} records)")
+        if self.ack == "queue":
+            return
+        try:
+            committed = await _committed_within(writer, ticket, self.ack_timeout)
+        except RecordsDroppedError:
+            raise
+        except SinkError as e:
+            raise SinkError(f"store write failed: {e}") from e
+        if not committed:
+            raise SinkError("store commit is slow; retry")
+
     async def _healthz(self, request: Request) -> Response:
         stats = self.stats()
-        ok = self._writer is not None and self._store is not None
+        ok = self._live_writer() is not None
         return JSONResponse(
             {
                 "status": "ok" if ok else "stopping",

@@ -4,7 +4,8 @@ DuckDB allows one writing process per file, and inside it concurrent writers wou
 on the same ``jobs`` rows, so every write to a store goes through one :class:`Writer`:
 
 * :meth:`Writer.submit` is quick and never blocks: it appends a batch of
-  :class:`~chaperone_otel._events.LifecycleRecord` to the queue and returns its
+  :class:`~chaperone_otel._events.LifecycleRecord` and
+  :class:`~chaperone_otel.sink._records.SpanRecord` objects to the queue and returns its
   :class:`Ticket` (truthy), or returns ``None`` when the queue is full (the caller decides: the
   OTLP receiver answers 503 + ``Retry-After``, the embedded listener counts the record as
   dropped). Nothing is dropped silently: rejected records are counted in
@@ -52,11 +53,10 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 
-from .._events import LifecycleRecord
 from .._safety import record_internal_error
 from ..exceptions import SinkError
 from ._ingest import write
-from ._records import stage
+from ._records import IngestRecord, stage
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store
 
@@ -222,7 +222,7 @@ class Writer:
                 rejected=self._rejected,
             )
 
-    def submit(self, records: Sequence[LifecycleRecord]) -> Ticket | None:
+    def submit(self, records: Sequence[IngestRecord]) -> Ticket | None:
         """Queue ``records`` for writing as one batch, committed all or none.
 
         Returns:
@@ -468,5 +468,5 @@ def _call_back(callback: Callable[[], object]) -> None:
 class _Entry:
     """A queued batch and its ticket."""
 
-    records: Sequence[LifecycleRecord]
+    records: Sequence[IngestRecord]
     ticket: Ticket

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 from chaperone_otel import current_job, heartbeat, supervised
 from chaperone_otel import semconv as sc
@@ -34,7 +35,7 @@ from chaperone_otel.sink._otlp import (
     encode_response,
     media_type,
 )
-from chaperone_otel.sink._records import SPAN_FLAG
+from chaperone_otel.sink._records import SpanRecord
 from chaperone_otel.testing import capture
 
 
@@ -100,6 +101,11 @@ def _comparable(record: Any) -> tuple[Any, ...]:
             record.span_id, record.severity, record.body)
 
 
+def _comparable_span(record: SpanRecord) -> tuple[Any, ...]:
+    return (record.start_time, record.end_time, dict(record.attributes), record.trace_id,
+            record.span_id)
+
+
 def _normalise(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}
 
@@ -154,11 +160,10 @@ def test_snake_case_json_and_enum_names_are_accepted(workload: dict[str, Any]) -
 
 
 def test_run_spans_become_span_records_with_error_trace(workload: dict[str, Any]) -> None:
-    """A finished run span yields one span-flagged finished record: times, status and the
-    exception's message and stack trace; JSON gives the same."""
+    """A finished run span yields one span record (not a lifecycle record): times, status
+    and the exception's message and stack trace; JSON gives the same."""
     records = decode_traces(workload["spans_pb"].SerializeToString())
-    assert [r.event_name for r in records] == [sc.EVENT_JOB_FINISHED] * 2
-    assert all(r.attributes[SPAN_FLAG] is True for r in records)
+    assert [type(r) for r in records] == [SpanRecord] * 2
     by_name = {r.attributes[sc.ATTR_JOB_NAME]: r for r in records}
     ok, bad = by_name["etl.ok"], by_name["etl.bad"]
     assert ok.attributes[sc.ATTR_JOB_STATUS] == "completed"
@@ -172,7 +177,7 @@ def test_run_spans_become_span_records_with_error_trace(workload: dict[str, Any]
     assert bad.attributes[sc.ATTR_JOB_STARTED_AT] == pytest.approx(span.start_time / 1e9)
     assert bad.attributes[sc.ATTR_JOB_FINISHED_AT] == pytest.approx(span.end_time / 1e9)
     again = decode_traces(to_otlp_json(workload["spans_pb"]), "json")
-    assert [_comparable(r) for r in again] == [_comparable(r) for r in records]
+    assert [_comparable_span(r) for r in again] == [_comparable_span(r) for r in records]
 
 
 def _log(event: str | None = None, attrs: dict[str, Any] | None = None,
@@ -186,6 +191,63 @@ def _request(*records: logs_pb2.LogRecord) -> bytes:
     req = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[
         logs_pb2.ResourceLogs(scope_logs=[logs_pb2.ScopeLogs(log_records=list(records))])])
     return req.SerializeToString()
+
+
+def _kv(key: str, value: Any) -> common_pb2.KeyValue:
+    if isinstance(value, int):
+        return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(int_value=value))
+    return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
+
+
+def _span(attrs: dict[str, Any], *, code: int = 0, events: dict[str, dict[str, Any]] | None = None,
+          **fields: Any) -> trace_pb2.Span:
+    return trace_pb2.Span(
+        name="s", trace_id=b"\1" * 16, span_id=b"\2" * 8,
+        start_time_unix_nano=1_000_000_000, end_time_unix_nano=4_000_000_000,
+        attributes=[_kv(k, v) for k, v in attrs.items()],
+        status=trace_pb2.Status(code=code),  # type: ignore[arg-type]
+        events=[trace_pb2.Span.Event(name=n, attributes=[_kv(k, v) for k, v in a.items()])
+                for n, a in (events or {}).items()],
+        **fields)
+
+
+def test_span_state_comes_from_status_and_exception_event_in_both_encodings() -> None:
+    """Each encoding gives the same span records: a foreign span is ignored, a run span with
+    an unusable attempt rejected; the exception event's ``exception.type`` becomes the
+    error type, the span's ERROR status a ``failed`` run (an OK span a ``completed`` one),
+    unless the span's own attributes say otherwise; the resource adds ``service.name``."""
+    run = {sc.ATTR_JOB_RUN_ID: "r1", sc.ATTR_JOB_NAME: "n"}
+    exception = {"exception.type": "mod.Boom", sc.ATTR_ERROR_MESSAGE: "kaput",
+                 sc.ATTR_ERROR_STACKTRACE: "Traceback ..."}
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(_kv(sc.ATTR_SERVICE_NAME, "svc"))
+    rs.scope_spans.add().spans.extend([
+        _span({"http.route": "/"}),
+        _span({**run, sc.ATTR_JOB_ATTEMPT: "x"}),
+        _span(run, code=2, events={"other": {"exception.type": "no"}, "exception": exception}),
+        _span({**run, sc.ATTR_JOB_RUN_ID: "r2"}, code=1),
+        _span({**run, sc.ATTR_JOB_RUN_ID: "r3", sc.ATTR_JOB_STATUS: "cancelled"}, code=2),
+    ])
+    pb = decode("traces", request.SerializeToString(), "protobuf")
+    js = decode("traces", to_otlp_json(request), "json")
+    for out in (pb, js):
+        assert (out.ignored, out.rejected) == (1, 1)
+        assert sc.ATTR_JOB_ATTEMPT in out.error
+        assert all(isinstance(r, SpanRecord) for r in out.records)
+        failed, ok, cancelled = (dict(r.attributes) for r in out.records)
+        assert failed[sc.ATTR_JOB_STATUS] == "failed"
+        assert failed[sc.ATTR_ERROR_TYPE] == "mod.Boom"
+        assert failed[sc.ATTR_ERROR_MESSAGE] == "kaput"
+        assert failed[sc.ATTR_ERROR_STACKTRACE] == "Traceback ..."
+        assert failed[sc.ATTR_SERVICE_NAME] == "svc"
+        assert (failed[sc.ATTR_JOB_STARTED_AT], failed[sc.ATTR_JOB_FINISHED_AT]) == (1.0, 4.0)
+        assert failed[sc.ATTR_JOB_DURATION] == 3.0
+        assert ok[sc.ATTR_JOB_STATUS] == "completed"
+        assert sc.ATTR_ERROR_TYPE not in ok
+        assert cancelled[sc.ATTR_JOB_STATUS] == "cancelled"
+    assert [_comparable_span(r) for r in js.records] == [  # type: ignore[arg-type]
+        _comparable_span(r) for r in pb.records]  # type: ignore[arg-type]
 
 
 def test_foreign_telemetry_is_ignored_and_old_event_attribute_is_accepted() -> None:

@@ -1,0 +1,484 @@
+"""How each OTLP encoding spells the fields of a log record and a span: one accessor per
+(encoding, signal), and nothing else.
+
+:mod:`._otlp` builds records with one builder per signal; the builders read fields only
+through the accessors here (:data:`LOG_ACCESSORS`, :data:`SPAN_ACCESSORS`), so what a record
+is (filter, reject, resource, exception) is written once, and a change to how OTLP spells a
+field (a new JSON alias, a new ``AnyValue`` kind) goes here.
+
+* Protobuf: parsing the message validates its structure; trace and span ids are checked for
+  kept items only.
+* OTLP JSON (the spec's mapping, not protobuf's canonical JSON): trace and span ids are hex
+  strings, enums are integers (their names are accepted too, as some Collectors' debug paths
+  write them), 64-bit integers may be strings or numbers, keys are lowerCamelCase (snake_case
+  accepted). Every item's attributes, ids and times are checked whether it is kept or not:
+  a bad item fails the whole request (400), never half of it. Lone UTF-16 surrogates in
+  strings are replaced by U+FFFD, except in the run id (see :mod:`._otlp`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, NamedTuple
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from .. import semconv as sc
+from .._events import AttributeValue
+from ..exceptions import SinkError
+from ._records import text
+
+__all__ = [
+    "LOG_ACCESSORS",
+    "SPAN_ACCESSORS",
+    "Group",
+    "LogAccessor",
+    "OTLPDecodeError",
+    "SpanAccessor",
+]
+
+
+class OTLPDecodeError(SinkError, ValueError):
+    """The payload is not a valid OTLP request of the expected signal (HTTP 400)."""
+
+
+Group = tuple[Callable[[], Mapping[str, Any]], Iterable[Any]]
+"""One resource's items: a getter of the resource's attributes (called only when an item of
+the group is kept) and the items (log records or spans) of all its scopes."""
+
+
+class LogAccessor(NamedTuple):
+    """How one encoding reads an ``ExportLogsServiceRequest``: ``groups`` parses the request
+    and checks what must be valid in every item, kept or not; ``attributes`` and
+    ``event_name`` are read for every item (the builder's filter needs them), the other
+    fields for kept items only."""
+
+    groups: Callable[[bytes], Iterator[Group]]
+    attributes: Callable[[Any], dict[str, AttributeValue]]
+    event_name: Callable[[Any], Any]
+    ids: Callable[[Any], tuple[int, int]]
+    times: Callable[[Any], tuple[int, int]]
+    severity: Callable[[Any], str]
+    body: Callable[[Any], str]
+
+
+class SpanAccessor(NamedTuple):
+    """How one encoding reads an ``ExportTraceServiceRequest`` (see :class:`LogAccessor`;
+    ``events`` gives (name, event) pairs, read until the exception event)."""
+
+    groups: Callable[[bytes], Iterator[Group]]
+    attributes: Callable[[Any], dict[str, AttributeValue]]
+    ids: Callable[[Any], tuple[int, int]]
+    times: Callable[[Any], tuple[int, int]]
+    status_code: Callable[[Any], int]
+    events: Callable[[Any], Iterator[tuple[Any, Any]]]
+    event_attributes: Callable[[Any], dict[str, AttributeValue]]
+
+
+def _severity(number: int, text: str) -> str:
+    if text:
+        upper = text.upper()
+        if upper.startswith("WARN"):
+            return "WARN"
+        if upper in ("ERROR", "FATAL") or upper.startswith(("ERROR", "FATAL")):
+            return "ERROR"
+        return "INFO" if upper.startswith("INFO") else upper
+    if number >= 17:
+        return "ERROR"
+    if number >= 13:
+        return "WARN"
+    return "INFO"
+
+
+# --------------------------------------------------------------------------------------------
+# Protobuf accessors. Parsing the message validates its structure; the hot loop of the sink is
+# the attribute read (~28 per record).
+# --------------------------------------------------------------------------------------------
+
+
+def _pb_value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "kvlist_value":
+        return json.dumps(
+            {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values},
+            separators=(",", ":"),
+            default=str,
+        )
+    if kind == "array_value":
+        return tuple(_pb_value(x) for x in v.array_value.values)
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode("ascii")
+    return getattr(v, kind)
+
+
+_PB_SCALARS: Final = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
+def _pb_attrs(kvs: Iterable[Any]) -> dict[str, AttributeValue]:
+    # Scalars are read inline, one WhichOneof per value; every access to a upb message costs
+    # a wrapper object.
+    out: dict[str, AttributeValue] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind in _PB_SCALARS:
+            out[kv.key] = getattr(v, kind)
+        elif kind is not None:
+            value = _pb_value(v)
+            if value is not None:
+                out[kv.key] = value
+    return out
+
+
+def _pb_id(raw: bytes, size: int) -> int:
+    if not raw:
+        return 0
+    if len(raw) != size:
+        raise OTLPDecodeError(f"id of {len(raw)} bytes, expected {size}")
+    return int.from_bytes(raw, "big")
+
+
+def _pb_parse(message: Any, data: bytes) -> Any:
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        name = type(message).__name__
+        raise OTLPDecodeError(f"malformed {name} protobuf: {e}") from e
+    return message
+
+
+def _pb_log_groups(data: bytes) -> Iterator[Group]:
+    request = _pb_parse(logs_service_pb2.ExportLogsServiceRequest(), data)
+    for rl in request.resource_logs:
+        yield _pb_resource(rl.resource), (lr for sl in rl.scope_logs for lr in sl.log_records)
+
+
+def _pb_span_groups(data: bytes) -> Iterator[Group]:
+    request = _pb_parse(trace_service_pb2.ExportTraceServiceRequest(), data)
+    for rs in request.resource_spans:
+        yield _pb_resource(rs.resource), (span for ss in rs.scope_spans for span in ss.spans)
+
+
+def _pb_resource(resource: Any) -> Callable[[], Mapping[str, Any]]:
+    return lambda: _pb_attrs(resource.attributes)
+
+
+def _pb_item_attrs(item: Any) -> dict[str, AttributeValue]:
+    return _pb_attrs(item.attributes)
+
+
+def _pb_ids(item: Any) -> tuple[int, int]:
+    """Trace and span id of a log record or span (checked for kept items only)."""
+    return _pb_id(item.trace_id, 16), _pb_id(item.span_id, 8)
+
+
+def _pb_body(lr: Any) -> str:
+    return str(lr.body.string_value) if lr.body.WhichOneof("value") == "string_value" else ""
+
+
+_PB_LOGS: Final = LogAccessor(
+    groups=_pb_log_groups,
+    attributes=_pb_item_attrs,
+    event_name=operator.attrgetter("event_name"),
+    ids=_pb_ids,
+    times=operator.attrgetter("time_unix_nano", "observed_time_unix_nano"),
+    severity=lambda lr: _severity(lr.severity_number, lr.severity_text),
+    body=_pb_body,
+)
+_PB_SPANS: Final = SpanAccessor(
+    groups=_pb_span_groups,
+    attributes=_pb_item_attrs,
+    ids=_pb_ids,
+    times=operator.attrgetter("start_time_unix_nano", "end_time_unix_nano"),
+    status_code=lambda span: int(span.status.code),
+    events=lambda span: ((ev.name, ev) for ev in span.events),
+    event_attributes=_pb_item_attrs,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# OTLP JSON accessors (ids are hex, enums are integers or names; see the module doc).
+# --------------------------------------------------------------------------------------------
+
+
+def _field(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = obj.get(camel)
+    return obj.get(snake) if value is None else value
+
+
+def _obj(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OTLPDecodeError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise OTLPDecodeError(f"{what} must be a JSON array, got {type(value).__name__}")
+    return value
+
+
+def _json_int(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise OTLPDecodeError(f"{what} must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value, 10)
+        except ValueError:
+            pass
+    raise OTLPDecodeError(f"{what} must be an integer (or a decimal string), got {value!r}")
+
+
+_FIXED64_MAX: Final = 2**64 - 1
+
+
+def _json_time(value: Any, what: str) -> int:
+    """A ``fixed64`` time in nanoseconds: out of range is malformed (a number this large would
+    also overflow the float of the record time)."""
+    ns = _json_int(value, what)
+    if not 0 <= ns <= _FIXED64_MAX:
+        raise OTLPDecodeError(f"{what} must be an unsigned 64-bit integer, got {value!r}")
+    return ns
+
+
+def _json_float(value: Any, what: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # proto3 JSON: "NaN", "Infinity", "-Infinity" or a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise OTLPDecodeError(f"{what} must be a number, got {value!r}")
+
+
+_SEVERITY_NAMES: Final = {
+    "SEVERITY_NUMBER_" + name + (str(i + 1) if i else ""): base + i
+    for name, base in (
+        ("TRACE", 1),
+        ("DEBUG", 5),
+        ("INFO", 9),
+        ("WARN", 13),
+        ("ERROR", 17),
+        ("FATAL", 21),
+    )
+    for i in range(4)
+}
+_STATUS_NAMES: Final = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _json_enum(value: Any, names: Mapping[str, int], what: str) -> int:
+    # The OTLP spec says integers; protobuf JSON printers (some Collectors' debug paths)
+    # write the enum's name. Accept both.
+    if isinstance(value, str) and value in names:
+        return names[value]
+    return _json_int(value, what)
+
+
+def _json_id(value: Any, size: int, what: str) -> int:
+    if value is None or value == "":
+        return 0
+    if not isinstance(value, str) or len(value) != size * 2:
+        raise OTLPDecodeError(f"{what} must be {size * 2} hex digits, got {value!r}")
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise OTLPDecodeError(f"{what} must be hex, got {value!r}") from None
+
+
+def _json_value(v: Any, *, repair: bool = True) -> Any:
+    """An ``AnyValue`` as an attribute value; ``repair``: replace lone surrogates in a string
+    by U+FFFD (off for the run id, which is rejected instead: see the module doc)."""
+    v = _obj(v, "AnyValue")
+    if not v:
+        return None
+    for key, value in v.items():
+        if key in ("stringValue", "string_value"):
+            if not isinstance(value, str):
+                raise OTLPDecodeError("stringValue must be a string")
+            return text(value) if repair else value
+        if key in ("boolValue", "bool_value"):
+            if not isinstance(value, bool):
+                raise OTLPDecodeError("boolValue must be true or false")
+            return value
+        if key in ("intValue", "int_value"):
+            return _json_int(value, "intValue")
+        if key in ("doubleValue", "double_value"):
+            return _json_float(value, "doubleValue")
+        if key in ("arrayValue", "array_value"):
+            return tuple(_json_value(x) for x in _list(_obj(value, key).get("values"), key))
+        if key in ("kvlistValue", "kvlist_value"):
+            inner = {
+                k: _jsonable(x) for k, x in _json_attrs(_obj(value, key).get("values")).items()
+            }
+            return json.dumps(inner, separators=(",", ":"), default=str)
+        if key in ("bytesValue", "bytes_value"):
+            if not isinstance(value, str):
+                raise OTLPDecodeError("bytesValue must be a base64 string")
+            return value
+    return None  # an unknown value kind from a newer OTLP: skip the attribute
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _json_attrs(kvs: Any) -> dict[str, AttributeValue]:
+    out: dict[str, AttributeValue] = {}
+    for raw_kv in _list(kvs, "attributes"):
+        kv = _obj(raw_kv, "KeyValue")
+        key = kv.get("key")
+        if not isinstance(key, str):
+            raise OTLPDecodeError("attribute key must be a string")
+        value = _json_value(kv.get("value"), repair=key != sc.ATTR_JOB_RUN_ID)
+        if value is not None:
+            out[text(key)] = value
+    return out
+
+
+def _json_load(data: bytes) -> Mapping[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise OTLPDecodeError(f"malformed JSON: {e}") from e
+    return _obj(parsed, "request")
+
+
+class _JsonItem(NamedTuple):
+    """A JSON log record or span with the fields every item must have valid already read:
+    a bad item fails the whole request (400, nothing stored), never half of it, even when
+    the item itself would have been skipped."""
+
+    raw: Mapping[str, Any]
+    attributes: dict[str, AttributeValue]
+    ids: tuple[int, int]
+    times: tuple[int, int]
+    events: list[Any]
+
+
+def _json_ids(obj: Mapping[str, Any]) -> tuple[int, int]:
+    return (
+        _json_id(_field(obj, "traceId", "trace_id"), 16, "traceId"),
+        _json_id(_field(obj, "spanId", "span_id"), 8, "spanId"),
+    )
+
+
+def _json_groups(
+    data: bytes,
+    names: tuple[str, str, str],
+    item: Callable[[Any], _JsonItem],
+) -> Iterator[Group]:
+    """The resource groups of a JSON request; ``names``: the lowerCamelCase keys of the
+    resource, scope and item lists (``resourceLogs``, ``scopeLogs``, ``logRecords``)."""
+    resources, scopes, items = names
+    request = _json_load(data)
+    for raw in _list(_field(request, resources, _snake(resources)), resources):
+        group = _obj(raw, resources)
+        resource = _json_attrs(_obj(group.get("resource"), "resource").get("attributes"))
+        yield (
+            _constant(resource),
+            (
+                item(x)
+                for scope in _list(_field(group, scopes, _snake(scopes)), scopes)
+                for x in _list(_field(_obj(scope, scopes), items, _snake(items)), items)
+            ),
+        )
+
+
+def _snake(camel: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in camel)
+
+
+def _constant(value: Mapping[str, Any]) -> Callable[[], Mapping[str, Any]]:
+    return lambda: value
+
+
+def _json_log(raw: Any) -> _JsonItem:
+    lr = _obj(raw, "LogRecord")
+    times = (
+        _json_time(_field(lr, "timeUnixNano", "time_unix_nano"), "timeUnixNano"),
+        _json_time(
+            _field(lr, "observedTimeUnixNano", "observed_time_unix_nano"), "observedTimeUnixNano"
+        ),
+    )
+    return _JsonItem(lr, _json_attrs(lr.get("attributes")), _json_ids(lr), times, [])
+
+
+def _json_span(raw: Any) -> _JsonItem:
+    span = _obj(raw, "Span")
+    times = (
+        _json_time(_field(span, "startTimeUnixNano", "start_time_unix_nano"), "startTimeUnixNano"),
+        _json_time(_field(span, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano"),
+    )
+    events = _list(span.get("events"), "events")
+    return _JsonItem(span, _json_attrs(span.get("attributes")), _json_ids(span), times, events)
+
+
+def _json_severity(item: _JsonItem) -> str:
+    number = _field(item.raw, "severityNumber", "severity_number")
+    text = _field(item.raw, "severityText", "severity_text") or ""
+    return _severity(
+        _json_enum(number, _SEVERITY_NAMES, "severityNumber"),
+        text if isinstance(text, str) else "",
+    )
+
+
+def _json_body(item: _JsonItem) -> str:
+    body = _json_value(item.raw.get("body"))
+    return body if isinstance(body, str) else ""
+
+
+def _json_status(item: _JsonItem) -> int:
+    return _json_enum(
+        _obj(item.raw.get("status"), "status").get("code"), _STATUS_NAMES, "status.code"
+    )
+
+
+def _json_events(item: _JsonItem) -> Iterator[tuple[Any, Any]]:
+    for raw in item.events:
+        event = _obj(raw, "Event")
+        yield event.get("name"), event
+
+
+_JSON_LOGS: Final = LogAccessor(
+    groups=lambda data: _json_groups(data, ("resourceLogs", "scopeLogs", "logRecords"), _json_log),
+    attributes=operator.attrgetter("attributes"),
+    event_name=lambda item: _field(item.raw, "eventName", "event_name"),
+    ids=operator.attrgetter("ids"),
+    times=operator.attrgetter("times"),
+    severity=_json_severity,
+    body=_json_body,
+)
+_JSON_SPANS: Final = SpanAccessor(
+    groups=lambda data: _json_groups(data, ("resourceSpans", "scopeSpans", "spans"), _json_span),
+    attributes=operator.attrgetter("attributes"),
+    ids=operator.attrgetter("ids"),
+    times=operator.attrgetter("times"),
+    status_code=_json_status,
+    events=_json_events,
+    event_attributes=lambda event: _json_attrs(event.get("attributes")),
+)
+
+
+LOG_ACCESSORS: Final[Mapping[str, LogAccessor]] = {"protobuf": _PB_LOGS, "json": _JSON_LOGS}
+"""The logs accessor of each encoding (``protobuf``, ``json``)."""
+
+SPAN_ACCESSORS: Final[Mapping[str, SpanAccessor]] = {"protobuf": _PB_SPANS, "json": _JSON_SPANS}
+"""The traces accessor of each encoding."""

@@ -1,0 +1,353 @@
+"""The owner of a store file in this process: everything that owning it means, in one place.
+
+DuckDB lets one process open a store file, and while it does no other process can even read
+it (see :mod:`._store`). So the process that writes a store also serves it: the embedded sink
+(``configure(sink=path)``, :mod:`chaperone_otel.export._sink`) and ``chaperone-otel sink
+serve`` (:mod:`._server`) both own their file through a :class:`StoreOwner`, which
+
+1. acquires the file for writing (this process's one connection, migrated to the current
+   schema),
+2. starts the store's one :class:`~chaperone_otel.sink._writer.Writer`,
+3. opens a view over the live store for queries in this process (a
+   :class:`~chaperone_otel.sink._local.LocalSink` sharing the connection),
+4. serves the query API on loopback (:class:`BackgroundServer`; the sink server passes its
+   own app, which also takes OTLP), and
+5. advertises that URL beside the file (``<path>.owner.json``) so ``open_sink(path)`` and
+   the CLI in another process follow it;
+
+and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, stop serving
+(in-flight requests finish), commit everything queued, close the view, release the file.
+
+Lifecycle: ``open`` (after construction: store, writer, view) → ``serving`` (after
+:meth:`~StoreOwner.serve`) → ``closing`` (while :meth:`~StoreOwner.close` runs: the writer
+still takes the records of requests in flight) → ``closed``. Construction either completes
+or leaves nothing behind (no sidecar, file released); :meth:`~StoreOwner.close` is
+idempotent and works from any state.
+
+Example::
+
+    owner = StoreOwner("jobs.duckdb")
+    owner.serve()                       # query API on 127.0.0.1:<free port>, sidecar written
+    owner.writer.submit(records)
+    owner.view.jobs.running().all()
+    owner.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Any, Final, Literal
+
+from .._health import DEFAULT_POLICY, HealthPolicy
+from ..exceptions import SinkError
+from ._api import create_query_app
+from ._local import LocalSink
+from ._schema import HEARTBEATS_PER_RUN
+from ._store import Store, acquire, release, remove_sidecar, write_sidecar
+from ._writer import Writer
+
+__all__ = ["BackgroundServer", "OwnerState", "StoreOwner"]
+
+OwnerState = Literal["open", "serving", "closing", "closed"]
+
+_READ_FLUSH_TIMEOUT: Final = 5.0
+"""Seconds a query in this process waits for queued records to be committed (read your
+writes), at most: a slow disk must not hang a reader."""
+
+
+class StoreOwner:
+    """Owns one store file for this process: the writable connection, the writer, a view for
+    queries, the query server and the sidecar (see the module doc).
+
+    Args:
+        path: the DuckDB file (created if missing).
+        policy: health thresholds of the view's scopes.
+        capacity: the writer's queue bound, in records.
+        batch_size: records per write transaction at most.
+        heartbeat_limit: stored heartbeats per run at most.
+        writable_view: the view may prune (the sink server's query API allows it).
+        read_your_writes: a query in this process first waits (bounded) until what is queued
+            is committed, so a run that just ended is found (the embedded sink; the sink
+            server acknowledges only committed records anyway).
+
+    Attributes:
+        path: the store file (absolute). store: the connection. writer: the one writer.
+        view: a Sink over the live store for this process. url: the served URL, or None.
+
+    Raises:
+        SinkError: the file cannot be opened (held by another process, newer schema …).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        policy: HealthPolicy = DEFAULT_POLICY,
+        capacity: int = 100_000,
+        batch_size: int = 20_000,
+        heartbeat_limit: int = HEARTBEATS_PER_RUN,
+        writable_view: bool = False,
+        read_your_writes: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.url: str | None = None
+        self._state: OwnerState = "open"
+        self._server: BackgroundServer | None = None
+        self._advertised = False
+        self._writer: Writer | None = None
+        self._view: LocalSink | None = None
+        self.store: Store = acquire(path, read_only=False, policy=policy)
+        self.path = self.store.path
+        try:
+            self._writer = Writer(
+                self.store,
+                capacity=capacity,
+                batch_size=batch_size,
+                heartbeat_limit=heartbeat_limit,
+            )
+            view_store = acquire(self.path, read_only=not writable_view, policy=policy)
+            self._view = LocalSink(view_store, read_only=not writable_view, policy=policy)
+            if read_your_writes:
+                self.store.before_read = self._read_your_writes
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    @property
+    def state(self) -> OwnerState:
+        """``open``, ``serving``, ``closing`` or ``closed``."""
+        return self._state
+
+    @property
+    def writer(self) -> Writer:
+        """The store's one writer."""
+        if self._writer is None:
+            raise SinkError(f"the owner of {self.path} is closed")
+        return self._writer
+
+    @property
+    def view(self) -> LocalSink:
+        """A Sink over the live store, sharing this process's connection."""
+        if self._view is None:
+            raise SinkError(f"the owner of {self.path} is closed")
+        return self._view
+
+    def serve(
+        self,
+        server: BackgroundServer | None = None,
+        *,
+        advertise: bool = True,
+        background: bool = True,
+        timeout: float = 10.0,
+    ) -> str:
+        """Serve the store and advertise the URL: ``open`` → ``serving``.
+
+        Args:
+            server: what to serve (bound or not); by default a new loopback server of the
+                query API over :attr:`view`, on a free port.
+            advertise: write the sidecar ``<path>.owner.json``.
+            background: start ``server`` in a daemon thread (returns once listening);
+                ``False``: the caller runs it in the foreground (``server.run()``), the
+                owner still stops it on :meth:`close`.
+            timeout: seconds to wait for the server to listen.
+
+        Returns:
+            The served URL.
+
+        Raises:
+            SinkError: not ``open``, or the server did not start.
+            OSError: the address cannot be bound.
+        """
+        if self._state != "open":
+            raise SinkError(f"the owner of {self.path} is {self._state}, not open")
+        if server is None:
+            server = BackgroundServer(None)
+            server.bind()  # the port must be known before the app (which reports its URL)
+            url = server.url
+            server.app = create_query_app(self.view, url=lambda: url)
+        elif not server.bound:
+            server.bind()
+        self._server, self.url = server, server.url
+        self.view.url = server.url
+        try:
+            if background:
+                server.start(timeout)
+            if advertise:
+                write_sidecar(self.path, server.url)
+                self._advertised = True
+        except BaseException:
+            self._close_quietly()
+            raise
+        self._state = "serving"
+        return server.url
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Undo everything, in reverse order: remove the sidecar, stop serving (in-flight
+        requests finish), commit everything queued, close the view, release the file.
+        Idempotent; the file is released even when the writer fails.
+
+        Raises:
+            SinkError: the writer could not commit everything queued within ``timeout``
+                (or a batch was dropped); the file is released all the same.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        self._state = "closing"
+        try:
+            self._teardown(timeout)
+        finally:
+            self._state = "closed"
+
+    def _teardown(self, timeout: float | None) -> None:
+        self.store.before_read = None
+        if self._advertised:
+            remove_sidecar(self.path)
+            self._advertised = False
+        if self._server is not None:
+            self._server.stop(timeout or 15.0)
+            self._server = None
+        errors: list[SinkError] = []
+        if self._writer is not None:
+            try:
+                self._writer.close(timeout)
+            except SinkError as e:
+                errors.append(e)
+            self._writer = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        if not self.store.closed:
+            release(self.store)
+        if errors:
+            raise errors[0]
+
+    def _close_quietly(self) -> None:
+        # A failed open or serve: leave nothing behind; the original error is what matters.
+        with contextlib.suppress(SinkError):
+            self.close(timeout=5.0)
+
+    def _read_your_writes(self) -> None:
+        if self._state in ("open", "serving") and self._writer is not None:
+            # report=False: a write failure belongs to whoever flushes for it, not to a
+            # reader that happened to query first.
+            self._writer.flush(_READ_FLUSH_TIMEOUT, report=False)
+
+    def __enter__(self) -> StoreOwner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<StoreOwner {self.path} {self._state} url={self.url}>"
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
+
+    Args:
+        app: the ASGI app (e.g. :func:`create_query_app`).
+        host: bind address. port: TCP port, 0 for a free one.
+
+    Example::
+
+        server = BackgroundServer(create_query_app(sink)).start()
+        write_sidecar(path, server.url)
+        ...
+        server.stop()
+    """
+
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, server_class: Any = None
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server_class = server_class
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def bound(self) -> bool:
+        """The socket is bound and listening (:meth:`bind`)."""
+        return self._socket is not None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (a wildcard bind is reported as loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def bind(self) -> socket.socket:
+        """Bind and listen (so the port is known before serving)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def server(self) -> Any:
+        """The uvicorn server object (created on first use)."""
+        if self._server is None:
+            import uvicorn  # noqa: PLC0415
+
+            config = uvicorn.Config(
+                self.app,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                server_header=False,
+            )
+            cls = self._server_class or uvicorn.Server
+            self._server = cls(config)
+        return self._server
+
+    def run(self) -> None:
+        """Serve in the calling thread until asked to exit."""
+        if self._socket is None:
+            self.bind()
+        self.server().run(sockets=[self._socket])
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Serve in a daemon thread; returns once listening.
+
+        Raises:
+            SinkError: it did not start within ``timeout``.
+        """
+        if self._socket is None:
+            self.bind()
+        server = self.server()
+        self._thread = threading.Thread(target=self.run, name="chaperone-sink-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise SinkError(f"the HTTP server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Finish in-flight requests and stop (idempotent)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+            self._socket = None
