@@ -189,7 +189,7 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("trace_id", _S, None, "sticky", doc="Trace id (hex), from the record's context."),
     _f("span_id", _S, None, "sticky", doc="Span id (hex), from the record's context."),
     _f("metadata", _J, sc.ATTR_METADATA, doc="Latest heartbeat/progress metadata."),
-    _f("attributes", _J, None, doc="User attributes (chaperone.job.attr.*), as JSON."),
+    _f("attributes", _J, None, doc=f"User attributes ({sc.ATTR_USER_PREFIX}*), as JSON."),
     _f("span_seen", _B, None, "internal", record=None, doc="A finished span arrived."),
     _f("heartbeat_rows", _I32, None, "internal", record=None, doc="Stored heartbeat rows."),
     _f("ingested_at", _T, None, "internal", record=None, doc="Last write time."),

@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import semconv as sc
-from ._events import LifecycleRecord, add_listener, remove_listener
-from ._fields import RUN_FIELDS
-from ._safety import internal_error_counts, set_raise_internal_errors
+from ._events import LifecycleRecord
+from ._events import add_listener as _add_listener
+from ._events import remove_listener as _remove_listener
+from ._fields import RUN_FIELDS as _RUN_FIELDS
+from ._safety import internal_error_counts as _internal_error_counts
+from ._safety import set_raise_internal_errors as _set_raise_internal_errors
 
 
 def _as_int(value: object) -> int:
@@ -64,7 +67,7 @@ class FakeClock:
             self._now = float(now)
 
 
-_ATTR: dict[str, str] = {f.name: f.attribute for f in RUN_FIELDS if f.attribute is not None}
+_ATTR: dict[str, str] = {f.name: f.attribute for f in _RUN_FIELDS if f.attribute is not None}
 """Run field → the record attribute holding it: what :class:`CapturedRun` reads."""
 
 
@@ -203,13 +206,13 @@ class Capture:
         options.setdefault("logger_provider", self.logger_provider)
         configure(**options)
         runtime().background = self._background
-        add_listener(self)
+        _add_listener(self)
         return self
 
     def stop(self) -> None:
         from ._setup import reset  # noqa: PLC0415
 
-        remove_listener(self)
+        _remove_listener(self)
         reset()
         for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
             with contextlib.suppress(Exception):
@@ -301,7 +304,7 @@ class Capture:
     @staticmethod
     def internal_errors() -> dict[str, int]:
         """Internal errors swallowed so far, by place."""
-        return internal_error_counts()
+        return _internal_error_counts()
 
     def __enter__(self) -> Capture:
         return self.start()
@@ -319,12 +322,12 @@ def capture(
     **configure_options: Any,
 ) -> Iterator[Capture]:
     """Context manager form of the ``chaperone`` fixture."""
-    old = set_raise_internal_errors(raise_internal_errors)
+    old = _set_raise_internal_errors(raise_internal_errors)
     try:
         with Capture(clock=clock, background=background, **configure_options) as cap:
             yield cap
     finally:
-        set_raise_internal_errors(old)
+        _set_raise_internal_errors(old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,4 +358,4 @@ if pytest is not None:
             yield cap
 
 
-__all__ = ["Capture", "CapturedRun", "FakeClock", "capture"]
+__all__ = ["Capture", "CapturedRun", "FakeClock", "LifecycleRecord", "capture"]

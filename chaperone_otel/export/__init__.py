@@ -45,11 +45,12 @@ from opentelemetry.sdk.trace.export import (
 
 from .. import _process
 from .. import semconv as sc
-from .._config import Config
-from .._safety import handle_internal_errors, record_internal_error
-from ..exceptions import ConfigurationError
+from .._config import Config as _Config
+from .._safety import handle_internal_errors as _handle_internal_errors
+from .._safety import record_internal_error as _record_internal_error
+from ..exceptions import ConfigurationError as _ConfigurationError
 
-logger = logging.getLogger("chaperone_otel")
+_logger = logging.getLogger("chaperone_otel")
 
 _OTLP_ENV = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -72,18 +73,18 @@ class CountingSpanExporter(SpanExporter):
         try:
             result = self.inner.export(spans)
         except Exception as exc:
-            record_internal_error("export:spans", exc)
+            _record_internal_error("export:spans", exc)
             return SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
-            record_internal_error("export:spans", RuntimeError(f"span export {result.name}"))
+            _record_internal_error("export:spans", RuntimeError(f"span export {result.name}"))
         return result
 
     def shutdown(self) -> None:
-        with handle_internal_errors("export:spans"):
+        with _handle_internal_errors("export:spans"):
             self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with handle_internal_errors("export:spans"):
+        with _handle_internal_errors("export:spans"):
             return bool(self.inner.force_flush(timeout_millis))
         return False
 
@@ -98,18 +99,18 @@ class CountingLogExporter(LogRecordExporter):
         try:
             result = self.inner.export(batch)
         except Exception as exc:
-            record_internal_error("export:logs", exc)
+            _record_internal_error("export:logs", exc)
             return LogRecordExportResult.FAILURE
         if result is not LogRecordExportResult.SUCCESS:
-            record_internal_error("export:logs", RuntimeError(f"log export {result.name}"))
+            _record_internal_error("export:logs", RuntimeError(f"log export {result.name}"))
         return result
 
     def shutdown(self) -> None:
-        with handle_internal_errors("export:logs"):
+        with _handle_internal_errors("export:logs"):
             self.inner.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with handle_internal_errors("export:logs"):
+        with _handle_internal_errors("export:logs"):
             return bool(self.inner.force_flush(timeout_millis))
         return False
 
@@ -132,18 +133,18 @@ class CountingMetricExporter(MetricExporter):
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:
-            record_internal_error("export:metrics", exc)
+            _record_internal_error("export:metrics", exc)
             return MetricExportResult.FAILURE
         if result is not MetricExportResult.SUCCESS:
-            record_internal_error("export:metrics", RuntimeError(f"metric export {result.name}"))
+            _record_internal_error("export:metrics", RuntimeError(f"metric export {result.name}"))
         return result
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        with handle_internal_errors("export:metrics"):
+        with _handle_internal_errors("export:metrics"):
             self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        with handle_internal_errors("export:metrics"):
+        with _handle_internal_errors("export:metrics"):
             return bool(self.inner.force_flush(timeout_millis))
         return False
 
@@ -173,20 +174,20 @@ class Setup:
     prometheus_server: Any = None
 
 
-def otlp_enabled(config: Config) -> bool:
+def otlp_enabled(config: _Config) -> bool:
     """OTLP export is on when asked for, or when an endpoint is configured anywhere."""
     if config.otlp is not None:
         return config.otlp
     return bool(config.otlp_endpoint) or any(os.environ.get(v) for v in _OTLP_ENV)
 
 
-def _endpoint(config: Config, signal: str) -> str | None:
+def _endpoint(config: _Config, signal: str) -> str | None:
     if not config.otlp_endpoint:
         return None  # the exporter reads OTEL_EXPORTER_OTLP_* itself
     return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
 
 
-def _resource(config: Config) -> Resource:
+def _resource(config: _Config) -> Resource:
     """The resource of the providers ``configure()`` creates: the service and this process
     (OTel's resource conventions), which lifecycle log records then need not repeat."""
     attrs: dict[str, Any] = {sc.ATTR_SERVICE_INSTANCE_ID: _process.instance_id}
@@ -197,7 +198,7 @@ def _resource(config: Config) -> Resource:
     return process.merge(Resource.create(attrs))
 
 
-def setup(config: Config) -> Setup:
+def setup(config: _Config) -> Setup:
     """Install exporters for ``config``; returns handles for :func:`teardown`."""
     out = Setup()
     resource = _resource(config)
@@ -271,7 +272,7 @@ def setup(config: Config) -> Setup:
     add_reader = getattr(mp, "add_metric_reader", None)
     for reader in readers:
         if add_reader is None:
-            logger.warning(
+            _logger.warning(
                 "the application's MeterProvider cannot take new readers; "
                 "add chaperone-otel's readers when you create it"
             )
@@ -311,7 +312,7 @@ def _prometheus_reader(provider: Any) -> Any:
     reader = PrometheusMetricReader()
     add_reader = getattr(provider, "add_metric_reader", None)
     if add_reader is None:
-        raise ConfigurationError(
+        raise _ConfigurationError(
             "prometheus_port needs an SDK MeterProvider that accepts readers "
             "(opentelemetry-sdk >= 1.27), or pass no meter_provider"
         )
@@ -331,22 +332,22 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
 
 def teardown(state: Setup) -> None:
     """Flush and remove what :func:`setup` installed. Never raises."""
-    with handle_internal_errors("teardown.sink"):
+    with _handle_internal_errors("teardown.sink"):
         if state.sink is not None:
             state.sink.close()
     for sp in state.span_processors:
-        with handle_internal_errors("teardown.span"):
+        with _handle_internal_errors("teardown.span"):
             sp.force_flush()
             sp.shutdown()
             _remove_span_processor(state.tracer_provider, sp)
     for lproc in state.log_processors:
-        with handle_internal_errors("teardown.log"):
+        with _handle_internal_errors("teardown.log"):
             lproc.force_flush()
             lproc.shutdown()
             _remove_log_processor(state.logger_provider, lproc)
     remove_reader = getattr(state.meter_provider, "remove_metric_reader", None)
     for reader in state.metric_readers:
-        with handle_internal_errors("teardown.metrics"):
+        with _handle_internal_errors("teardown.metrics"):
             reader.force_flush()
             if remove_reader is not None:
                 # The SDK detaches the reader before shutting it down, and the shutdown's
@@ -360,11 +361,11 @@ def teardown(state: Setup) -> None:
     # be set only once per process, so a shut-down one would silently drop every span, log
     # and metric after a second configure() (the next setup() adds to them instead). The
     # SDK shuts them down itself at exit.
-    with handle_internal_errors("teardown.providers"):
+    with _handle_internal_errors("teardown.providers"):
         for provider in state.created_providers:
             provider.force_flush()
     if state.prometheus_server is not None:
-        with handle_internal_errors("teardown.prometheus"):
+        with _handle_internal_errors("teardown.prometheus"):
             state.prometheus_server.shutdown()
             state.prometheus_server.server_close()
 
@@ -409,3 +410,14 @@ def _remove_log_processor(provider: Any, lproc: LogRecordProcessor) -> None:
         multi._log_record_processors = tuple(  # type: ignore[union-attr]
             p for p in procs if p is not lproc
         )
+
+
+__all__ = [
+    "CountingLogExporter",
+    "CountingMetricExporter",
+    "CountingSpanExporter",
+    "Setup",
+    "otlp_enabled",
+    "setup",
+    "teardown",
+]
