@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _cli_helpers import Live, Recorded, _record_runs, wait_for
 
 import chaperone_otel
 from chaperone_otel import supervised
 from chaperone_otel._safety import set_raise_internal_errors
+from tests.cli._cli_helpers import Live, Recorded, _record_runs, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_factory import record
 
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._owner import BackgroundServer, StoreOwner
 from chaperone_otel.sink._store import acquire, owned_here, read_sidecar, release, sidecar_path
+from tests.sink.store_factory import record
 
 
 def _get(url: str) -> Any:

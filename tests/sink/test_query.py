@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
-from store_factory import T0, lifecycle, record, store_writer, write_all
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink import JobQuery, JobRecord, open_sink
+from tests.sink.store_factory import T0, lifecycle, record, store_writer, write_all
 
 NOW = T0 + 1000.0
 MiB = 1024 * 1024

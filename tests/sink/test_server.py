@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from store_factory import wait_until
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import read_sidecar, sidecar_path
+from tests.sink.store_factory import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import duckdb
 import pytest
-from store_factory import T0, lifecycle, record, store_writer, table, write_all
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import SchemaVersionError, SinkError
 from chaperone_otel.sink import SCHEMA_VERSION, open_sink, record_from_span
 from chaperone_otel.sink._store import acquire, release, sidecar_path
+from tests.sink.store_factory import T0, lifecycle, record, store_writer, table, write_all
 
 JOBS = "SELECT * EXCLUDE (ingested_at) FROM jobs"
 ALL_TABLES = (JOBS, "SELECT * FROM heartbeats", "SELECT * FROM job_errors",

@@ -12,7 +12,6 @@ import threading
 import duckdb
 import pyarrow as pa
 import pytest
-from store_factory import T0, record
 
 from chaperone_otel import report_progress, supervised
 from chaperone_otel import semconv as sc
@@ -33,6 +32,7 @@ from chaperone_otel.sink._records import JOB_ATTRIBUTES, job_attributes, stage
 from chaperone_otel.sink._results import select_list
 from chaperone_otel.sink._schema import JOB_COLUMNS, MIGRATIONS, Migration, job_columns, migrate
 from chaperone_otel.testing import FakeClock, capture
+from tests.sink.store_factory import T0, record
 
 # Attributes of one kind of event, not of the run's state (the sink keeps them per event).
 EVENT_ATTRIBUTES = {

@@ -11,7 +11,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from store_factory import T0, record, store_writer, write_all
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._scopes import SCOPES, ScopeSpec
@@ -19,6 +18,7 @@ from chaperone_otel.cli import cli
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink import JobQuery, open_sink
 from chaperone_otel.sink._api import apply_scopes
+from tests.sink.store_factory import T0, record, store_writer, write_all
 
 NAMES = {spec.name for spec in SCOPES}
 

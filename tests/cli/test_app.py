@@ -12,10 +12,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from _cli_helpers import Live, Recorded, invoke, wait_for
 
 import chaperone_otel
 from chaperone_otel import supervised
+from tests.cli._cli_helpers import Live, Recorded, invoke, wait_for
 
 # --------------------------------------------------------------------------------------------
 # Finding the store; bad input.

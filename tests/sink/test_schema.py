@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from store_factory import T0, record, store_writer, write_all
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._health import DEFAULT_POLICY, HealthPolicy, rules
 from chaperone_otel.sink import open_sink
+from tests.sink.store_factory import T0, record, store_writer, write_all
 
 NOW = T0 + 10_000.0
 SCOPES = ("healthy", "degraded", "unhealthy", "stuck", "lost", "stalled", "overtime",

@@ -19,11 +19,11 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
-from store_factory import T0, record, store_writer, write_all
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
+from tests.sink.store_factory import T0, record, store_writer, write_all
 
 COLUMNS = ("pid", "open_fds", "fd_limit", "violation_count", "memory_bytes", "cpu_percent",
            "rate", "duration", "heartbeat_count", "phase", "seq", "attempt", "attributes",

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _cli_helpers import Recorded, cli_env, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._health import rules
+from tests.cli._cli_helpers import Recorded, cli_env, wait_for
 
 pytestmark = pytest.mark.slow
 
