@@ -201,6 +201,7 @@ def _signals(draw: st.DrawFn) -> dict[str, float | str | None]:
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(_signals(), st.sets(st.sampled_from(_OPTIONAL)))
 def test_folding_agrees_with_evaluation(

@@ -91,6 +91,7 @@ def test_exporter_raising_on_every_call(production_mode: None) -> None:
         assert sum(v for attrs, v in points if attrs["chaperone.internal.where"] == "export") == 3
 
 
+@pytest.mark.slow
 def test_metric_exporter_failures_are_counted_and_its_temporality_kept(
     production_mode: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

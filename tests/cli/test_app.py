@@ -500,6 +500,7 @@ def test_json_output_is_strict_json_for_non_finite_values(
     assert _strict_json(sql.stdout) == [{"x": None, "y": None, "l": [1.5, None], "z": 2.5}]
 
 
+@pytest.mark.slow
 def test_sql_timestamps_are_utc_in_any_local_time_zone(recorded_store: Recorded) -> None:
     """DuckDB returns TIMESTAMP values naive in UTC; CSV and JSON must not read them as local
     time (a real process with TZ set, so the C library's zone is the one in effect)."""

@@ -150,6 +150,7 @@ def test_hung_but_alive_run_is_stuck_not_lost(tmp_path):
             worker.join(20)
 
 
+@pytest.mark.slow
 def test_another_process_reaches_the_live_store_through_the_sidecar(tmp_path):
     """While an application owns the store, open_sink(path) elsewhere follows its query URL;
     after the owner exits the sidecar is gone and the file opens directly."""

@@ -319,6 +319,7 @@ def test_in_process_open_shares_the_owners_connection(tmp_path):
         release(store)
 
 
+@pytest.mark.slow
 def test_queries_run_in_utc_whatever_the_machine_zone(tmp_path):
     """Every query session runs in UTC (the store's timestamps are naive UTC), so the ad-hoc
     idiom ``CAST(now() AS TIMESTAMP) - INTERVAL …`` means the same on any machine."""
