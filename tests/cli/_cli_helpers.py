@@ -8,29 +8,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pytest
 from click.testing import CliRunner, Result
 
 import chaperone_otel
 from chaperone_otel import supervised
 from chaperone_otel.cli import cli
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    """Poll ``pred`` until truthy or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:

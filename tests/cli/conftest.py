@@ -17,7 +17,8 @@ import pytest
 import chaperone_otel
 from chaperone_otel import supervised
 from chaperone_otel._safety import set_raise_internal_errors
-from tests.cli._cli_helpers import Live, Recorded, _record_runs, wait_for
+from tests.cli._cli_helpers import Live, Recorded, _record_runs
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def live_store(tmp_path: Path) -> Iterator[Live]:
         with open_sink(str(path)) as sink:
             return sink.jobs.stuck().count() == 1
 
-    wait_for(hung_is_stuck, 10, "the hung run to be stuck in the store")
+    wait_until(hung_is_stuck, 10, "the hung run to be stuck in the store")
     try:
         yield live
     finally:

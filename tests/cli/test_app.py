@@ -15,7 +15,8 @@ import pytest
 
 import chaperone_otel
 from chaperone_otel import supervised
-from tests.cli._cli_helpers import Live, Recorded, invoke, wait_for
+from tests.cli._cli_helpers import Live, Recorded, invoke
+from tests.waiting import wait_until
 
 # --------------------------------------------------------------------------------------------
 # Finding the store; bad input.
@@ -396,7 +397,7 @@ def test_wait_ends_when_a_real_run_finishes(tmp_path: Path) -> None:
         with open_sink(str(path)) as sink:
             return sink.jobs.running().count() == 1
 
-    wait_for(running, 10, "the run to be recorded as running")
+    wait_until(running, 10, "the run to be recorded as running")
     threading.Timer(0.5, release.set).start()
     result = invoke(
         "wait", "--db", str(path), "--queue", "q1", "--timeout", "20", "--interval", "0.1"

@@ -35,7 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._health import rules
-from tests.cli._cli_helpers import Recorded, cli_env, wait_for
+from tests.cli._cli_helpers import Recorded, cli_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -147,13 +148,13 @@ def test_monitor_in_a_terminal_quits_on_ctrl_c(
     recorded_store: Recorded, pty_run: Callable[..., PtyProcess]
 ) -> None:
     p = pty_run("monitor", "--db", str(recorded_store.path), "--interval", "0.3")
-    wait_for(
+    wait_until(
         lambda: "recently finished" in p.out.text and "emails.send" in p.out.text,
         30,
         "the monitor's first frame",
     )
     frames = p.out.text.count("chaperone-otel monitor")
-    wait_for(lambda: p.out.text.count("chaperone-otel monitor") > frames, 15, "a refreshed frame")
+    wait_until(lambda: p.out.text.count("chaperone-otel monitor") > frames, 15, "a refreshed frame")
     assert "no running runs" in p.out.text
     p.ctrl_c()
     assert p.proc.wait(timeout=15) == 0
@@ -306,13 +307,13 @@ def test_running_demo_from_other_processes(
     stdout = proc.stdout
     out = Output(lambda: os.read(stdout.fileno(), 65536))
     try:
-        m = wait_for(
+        m = wait_until(
             lambda: re.search(r"metrics at (http://127\.0\.0\.1:\d+/metrics)", out.text),
             60,
             "the demo's metrics URL",
         )
         metrics_url = m.group(1)
-        wait_for(lambda: Path(str(db) + ".owner.json").exists(), 30, "the owner sidecar")
+        wait_until(lambda: Path(str(db) + ".owner.json").exists(), 30, "the owner sidecar")
 
         # `jobs --stuck` from another process, through the advertised URL.
         def stuck_ids() -> list[str]:
@@ -322,7 +323,7 @@ def test_running_demo_from_other_processes(
                 x["id"] for x in json.loads(r.stdout) if x["name"] == "payments.reconcile_ledger"
             ]
 
-        hung_id = wait_for(stuck_ids, 40, "the hung run to be reported stuck", step=0.5)[0]
+        hung_id = wait_until(stuck_ids, 40, "the hung run to be reported stuck", every=0.5)[0]
         stuck_cmd = run_cli("stuck", "--db", str(db))
         assert stuck_cmd.returncode == 1
         assert hung_id in stuck_cmd.stdout
@@ -339,7 +340,7 @@ def test_running_demo_from_other_processes(
                 if v >= 1
             ]
 
-        series = wait_for(violation_scraped, 30, "the violation counter", step=0.5)
+        series = wait_until(violation_scraped, 30, "the violation counter", every=0.5)
         assert series[0][0][sc.prometheus_label(sc.ATTR_LIMIT_TYPE)] == "memory"
         scraped = _metrics(metrics_url)
         last = _series(
@@ -369,7 +370,7 @@ def test_running_demo_from_other_processes(
 
         # `monitor` in a real terminal, from a second process, against the live demo.
         p = pty_run("monitor", "--db", str(db), "--interval", "0.5")
-        wait_for(
+        wait_until(
             lambda: "payments.reconcile_ledger" in p.out.text and "STUCK" in p.out.text,
             40,
             "the monitor to render the running runs",
@@ -408,9 +409,9 @@ def test_sink_serve_is_reachable_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     stdout = proc.stdout
     out = Output(lambda: os.read(stdout.fileno(), 65536))
     try:
-        wait_for(sidecar.exists, 30, "the sink server's sidecar")
+        wait_until(sidecar.exists, 30, "the sink server's sidecar")
         url = json.loads(sidecar.read_text())["url"]
-        assert url in out.text or wait_for(lambda: url in out.text, 10, "the printed URL")
+        assert url in out.text or wait_until(lambda: url in out.text, 10, "the printed URL")
         listed = run_cli("jobs", "--db", str(db), "--json")  # through the advertised URL
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout) == []

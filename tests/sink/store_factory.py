@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-
-import pytest
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
@@ -106,15 +103,3 @@ def write_all(writer: Writer, *batches: Sequence[LifecycleRecord]) -> None:
 def table(sink: LocalSink, sql: str) -> list[tuple[Any, ...]]:
     """Rows of a read-only query (sorted, for order-independent comparisons)."""
     return sorted(sink.sql(sql)[1], key=repr)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)

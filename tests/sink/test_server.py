@@ -29,7 +29,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import read_sidecar, sidecar_path
-from tests.sink.store_factory import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,8 @@ from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._writer import RecordsDroppedError, Writer
-from tests.sink.store_factory import record, store_writer, wait_until
+from tests.sink.store_factory import record, store_writer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
