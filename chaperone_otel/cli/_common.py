@@ -178,7 +178,16 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
             seconds = parse_duration(
                 str(value), what=param.name if param and param.name else "value"
             )
-        except ConfigurationError:
+        except ConfigurationError as e:
+            if "positive" in str(
+                e
+            ):  # well formed, but 0 or negative: say that, not "not a duration"
+                self.fail(
+                    f"{value!r} is not more than 0; give a positive duration such as 90s, 2h "
+                    "or 30d",
+                    param,
+                    ctx,
+                )
             self.fail(
                 f"{value!r} is not a duration; use e.g. 90s, 15m, 2h, 30d (or seconds)",
                 param,
