@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from . import _render as render
 from ._common import (
     DURATION,
     ENV_SINK,
+    TOKEN_ENV,
     CliFailure,
     Exit,
     dump_json,
@@ -629,20 +631,36 @@ def sink() -> None:
 )
 @click.option(
     "--token",
-    envvar="CHAPERONE_OTEL_SINK_TOKEN",
+    envvar=TOKEN_ENV,
     show_envvar=True,
     default=None,
-    help="Require this bearer token on ingest.",
+    help="Require this bearer token on ingest and the query API (needed off loopback).",
 )
-def sink_serve(db: str, host: str, port: int, token: str | None) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback --host without a token (only on a network you trust).",
+)
+def sink_serve(db: str, host: str, port: int, token: str | None, insecure: bool) -> None:
     """Receive OTLP from workers/Collectors and record runs in the store (docs/sink-server.md)."""
+    if token is None and os.environ.get(TOKEN_ENV) is not None:
+        token = os.environ[TOKEN_ENV]  # click ignores an empty variable: it must not mean "no auth"
+    if token is not None and not token.strip():
+        fail(
+            f"the token is empty (--token or {TOKEN_ENV}): give a non-empty one, e.g. "
+            f"`export {TOKEN_ENV}=$(openssl rand -hex 32)`, or leave both unset to serve "
+            "loopback without auth",
+            Exit.USAGE,
+        )
     try:
         from ..sink._server import serve  # noqa: PLC0415
     except ImportError as exc:
         fail(f"the sink server is not available in this build: {exc}", Exit.STORE)
     try:
-        serve(db, host=host, port=port, token=token)
+        serve(db, host=host, port=port, token=token, insecure=insecure)
     except SinkError as exc:
         fail(f"sink serve: {exc}", Exit.STORE)
+    except ValueError as exc:  # ConfigurationError too: a token, host or option refused
+        fail(f"sink serve: {exc}", Exit.USAGE)
     except OSError as exc:
         fail(f"sink serve: cannot bind {host}:{port}: {exc}", Exit.USAGE)

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 ENV_SINK = "CHAPERONE_OTEL_SINK"
 """The same environment variable ``configure()`` reads for the store path."""
 
+TOKEN_ENV = "CHAPERONE_OTEL_SINK_TOKEN"  # noqa: S105 - a variable name, not a secret
+"""The sink server's bearer token (the same variable the remote client reads, kept here so
+that the CLI does not import the sink to name it)."""
+
 
 class Exit(IntEnum):
     """Exit codes of every ``chaperone-otel`` command (documented in docs/cli.md)."""

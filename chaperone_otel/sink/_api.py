@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import json
 import math
 import os
@@ -62,6 +63,7 @@ __all__ = [
     "FLAG_SCOPES",
     "VALUE_SCOPES",
     "apply_scopes",
+    "bearer_authorizer",
     "create_query_app",
     "dumps",
     "query_routes",
@@ -391,6 +393,33 @@ def _detail(record: JobRecord) -> dict[str, Any]:
     data["errors"] = [e.to_dict() for e in record.errors]
     data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
     return data
+
+
+def bearer_authorizer(token: str | None) -> Callable[[Request], bool] | None:
+    """The one bearer-token check of both servers: a request is authorized when it carries
+    ``Authorization: Bearer <token>`` (compared in constant time). None without a token.
+
+    Raises:
+        ValueError: ``token`` is empty or blank (that would turn auth off silently), or
+            starts or ends with whitespace (HTTP strips it, so no request could match).
+    """
+    if token is None:
+        return None
+    if not token.strip():
+        raise ValueError(
+            "the bearer token is empty: give a non-empty token (e.g. `openssl rand -hex 32`), "
+            "or none at all to serve loopback without auth"
+        )
+    if token != token.strip():
+        raise ValueError("the bearer token must not start or end with whitespace")
+    expected = token.encode()
+
+    def authorized(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected)
+
+    return authorized
 
 
 def _unauthorized() -> Response:

@@ -12,8 +12,13 @@ serve`` (:mod:`._server`) both own their file through a :class:`StoreOwner`, whi
    :class:`~chaperone_otel.sink._local.LocalSink` sharing the connection),
 4. serves the query API on loopback (:class:`BackgroundServer`; the sink server passes its
    own app, which also takes OTLP), and
-5. advertises that URL beside the file (``<path>.owner.json``) so ``open_sink(path)`` and
-   the CLI in another process follow it;
+5. advertises that URL beside the file (``<path>.owner.json``, mode 0600) so
+   ``open_sink(path)`` and the CLI in another process follow it;
+
+The query API it serves itself (the embedded sink's) requires a bearer token made for this
+process (:attr:`StoreOwner.token`, random) and written into the sidecar: a process of the
+same user reads it there and sends it; another local user can reach the port but not read
+the file, so gets 401. (``sink serve`` passes its own app, authorized by its ``--token``.)
 
 and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, stop serving
 (in-flight requests finish), commit everything queued, close the view, release the file.
@@ -36,7 +41,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import secrets
 import socket
 import threading
 import time
@@ -44,19 +51,32 @@ from typing import Any, Final, Literal
 
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
-from ._api import create_query_app
+from ._api import bearer_authorizer, create_query_app
 from ._local import LocalSink
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ._writer import Writer
 
-__all__ = ["BackgroundServer", "OwnerState", "StoreOwner"]
+__all__ = ["BackgroundServer", "OwnerState", "StoreOwner", "is_loopback"]
 
 OwnerState = Literal["open", "serving", "closing", "closed"]
 
 _READ_FLUSH_TIMEOUT: Final = 5.0
 """Seconds a query in this process waits for queued records to be committed (read your
 writes), at most: a slow disk must not hang a reader."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: ``localhost`` or a loopback IP
+    (``127.0.0.0/8``, ``::1``). A wildcard (``0.0.0.0``, ``::``, ``""``) or any other name
+    is not: a name may resolve anywhere, so it counts as reachable from the network."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class StoreOwner:
@@ -77,6 +97,8 @@ class StoreOwner:
     Attributes:
         path: the store file (absolute). store: the connection. writer: the one writer.
         view: a Sink over the live store for this process. url: the served URL, or None.
+        token: the bearer token the query API it serves itself requires (written into the
+            sidecar), or None before :meth:`serve` and when serving another app.
 
     Raises:
         SinkError: the file cannot be opened (held by another process, newer schema …).
@@ -95,6 +117,7 @@ class StoreOwner:
     ) -> None:
         self.policy = policy
         self.url: str | None = None
+        self.token: str | None = None
         self._state: OwnerState = "open"
         self._server: BackgroundServer | None = None
         self._advertised = False
@@ -148,7 +171,7 @@ class StoreOwner:
 
         Args:
             server: what to serve (bound or not); by default a new loopback server of the
-                query API over :attr:`view`, on a free port.
+                query API over :attr:`view`, on a free port, requiring :attr:`token`.
             advertise: write the sidecar ``<path>.owner.json``.
             background: start ``server`` in a daemon thread (returns once listening);
                 ``False``: the caller runs it in the foreground (``server.run()``), the
@@ -168,7 +191,10 @@ class StoreOwner:
             server = BackgroundServer(None)
             server.bind()  # the port must be known before the app (which reports its URL)
             url = server.url
-            server.app = create_query_app(self.view, url=lambda: url)
+            self.token = secrets.token_urlsafe(32)
+            server.app = create_query_app(
+                self.view, url=lambda: url, authorize=bearer_authorizer(self.token)
+            )
         elif not server.bound:
             server.bind()
         self._server, self.url = server, server.url
@@ -177,7 +203,7 @@ class StoreOwner:
             if background:
                 server.start(timeout)
             if advertise:
-                write_sidecar(self.path, server.url)
+                write_sidecar(self.path, server.url, token=self.token)
                 self._advertised = True
         except BaseException:
             self._close_quietly()

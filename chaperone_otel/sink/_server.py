@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import sys
@@ -60,12 +59,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._health import DEFAULT_POLICY, HealthPolicy
-from ..exceptions import SinkError
+from ..exceptions import ConfigurationError, SinkError
 from . import _otlp
-from ._api import query_routes
+from ._api import bearer_authorizer, query_routes
 from ._fleet import FleetCollector, IngestStats
-from ._owner import BackgroundServer, StoreOwner
+from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
+from ._remote import TOKEN_ENV
 from ._schema import HEARTBEATS_PER_RUN
 from ._writer import RecordsDroppedError, Ticket, Writer
 
@@ -177,7 +177,8 @@ class SinkServer:
         host: bind address (loopback unless told otherwise).
         port: TCP port; 0 picks a free one (see :attr:`port`).
         token: when set, ``Authorization: Bearer <token>`` is required on ``/v1/*`` and
-            ``/api/*`` (``/healthz`` and ``/metrics`` stay open for probes and scrapers).
+            ``/api/*`` (``/healthz`` and ``/metrics`` stay open for probes and scrapers). An
+            empty or blank token is refused (it would turn auth off).
         max_body: largest accepted request body as sent, bytes.
         max_decompressed: largest body after decompression, bytes.
         queue_capacity: records waiting for the writer at most (then 503).
@@ -192,6 +193,11 @@ class SinkServer:
         heartbeat_limit: stored heartbeats per run at most.
         policy: health thresholds for ``/metrics`` and the query API.
         advertise: write ``<path>.owner.json`` so other processes find the query API.
+        insecure: allow a non-loopback ``host`` without a token (a trusted network only).
+
+    Raises:
+        ValueError: an empty token, or a bad limit.
+        ConfigurationError: a non-loopback ``host`` without a token or ``insecure``.
     """
 
     def __init__(
@@ -211,13 +217,24 @@ class SinkServer:
         heartbeat_limit: int = HEARTBEATS_PER_RUN,
         policy: HealthPolicy = DEFAULT_POLICY,
         advertise: bool = True,
+        insecure: bool = False,
     ) -> None:
         if max_body < 1 or max_decompressed < 1:
             raise ValueError("max_body and max_decompressed must be >= 1")
+        self._authorize = bearer_authorizer(token)  # ValueError: an empty token
+        if token is None and not insecure and not is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to serve {host!r} without a token: anyone who can reach it could "
+                "send records and read or prune the store. Give a token (--token or "
+                f"{TOKEN_ENV}; senders set OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20"
+                "<token>), bind 127.0.0.1, or pass --insecure (insecure=True) if every host "
+                "that can reach it is trusted"
+            )
         self.path = path
         self.host = host
         self.port = port
-        self.token = token or None
+        self.token = token
+        self.insecure = insecure
         self.max_body = max_body
         self.max_decompressed = max_decompressed
         self.retry_after = max(0, int(retry_after))
@@ -395,13 +412,7 @@ class SinkServer:
         return self._owner.view
 
     def _authorized(self, request: Request) -> bool:
-        if self.token is None:
-            return True
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            value.strip().encode(), self.token.encode()
-        )
+        return self._authorize is None or self._authorize(request)
 
     async def _logs(self, request: Request) -> Response:
         return await self._export(request, "logs")
@@ -583,11 +594,14 @@ def serve(
         path: the DuckDB store file.
         host: bind address (``127.0.0.1`` unless told otherwise).
         port: TCP port (4318, the OTLP/HTTP default; 0 = any free port).
-        token: require ``Authorization: Bearer <token>`` on ingest and the query API.
+        token: require ``Authorization: Bearer <token>`` on ingest and the query API
+            (needed for a non-loopback ``host`` unless ``insecure``).
         **options: further :class:`SinkServer` keyword options (``max_body``,
             ``queue_capacity``, ``retry_after`` …).
 
     Raises:
+        ValueError: an empty token. ConfigurationError: a non-loopback ``host`` without a
+            token (pass ``insecure=True`` to allow it).
         SinkError: the store cannot be opened (held by another process, newer schema).
         OSError: the address cannot be bound.
     """
