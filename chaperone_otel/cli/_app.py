@@ -641,7 +641,22 @@ def sink() -> None:
     is_flag=True,
     help="Allow a non-loopback --host without a token (only on a network you trust).",
 )
-def sink_serve(db: str, host: str, port: int, token: str | None, insecure: bool) -> None:
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    metavar="NAME",
+    multiple=True,
+    help="Also answer requests for this Host name (repeatable); loopback names and IP "
+    "addresses are always allowed.",
+)
+def sink_serve(
+    db: str,
+    host: str,
+    port: int,
+    token: str | None,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+) -> None:
     """Receive OTLP from workers/Collectors and record runs in the store (docs/sink-server.md)."""
     if token is None and os.environ.get(TOKEN_ENV) is not None:
         token = os.environ[TOKEN_ENV]  # click ignores an empty variable: it must not mean "no auth"
@@ -657,7 +672,14 @@ def sink_serve(db: str, host: str, port: int, token: str | None, insecure: bool)
     except ImportError as exc:
         fail(f"the sink server is not available in this build: {exc}", Exit.STORE)
     try:
-        serve(db, host=host, port=port, token=token, insecure=insecure)
+        serve(
+            db,
+            host=host,
+            port=port,
+            token=token,
+            insecure=insecure,
+            allowed_hosts=allowed_hosts,
+        )
     except SinkError as exc:
         fail(f"sink serve: {exc}", Exit.STORE)
     except ValueError as exc:  # ConfigurationError too: a token, host or option refused

@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final, Literal
 
 from .._health import DEFAULT_POLICY, HealthPolicy
@@ -57,7 +59,15 @@ from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ._writer import Writer
 
-__all__ = ["BackgroundServer", "OwnerState", "StoreOwner", "is_loopback"]
+__all__ = [
+    "LOOPBACK_NAMES",
+    "BackgroundServer",
+    "OwnerState",
+    "RequestGuard",
+    "StoreOwner",
+    "host_name",
+    "is_loopback",
+]
 
 OwnerState = Literal["open", "serving", "closing", "closed"]
 
@@ -77,6 +87,145 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+"""Host names every server of this package answers to (with any port)."""
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def host_name(value: str) -> str | None:
+    """The name part of a ``Host`` header or address, lowercased, IPv6 in brackets:
+    ``Example.org:80`` → ``example.org``, ``[::1]:4318`` and ``::1`` → ``[::1]``; None when
+    it cannot be a host (empty, a path, spaces, a malformed bracket or port)."""
+    text = value.strip().lower()
+    if not text or any(c in text for c in "/\\@?# \t"):
+        return None
+    if text.startswith("["):
+        name, bracket, rest = text.partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name + "]"
+    if text.count(":") > 1:  # a bare IPv6 address (a bind address, not a Host header)
+        return f"[{text}]"
+    name, colon, port = text.partition(":")
+    if not name or (colon and not port.isdigit()):
+        return None
+    return name
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route of both servers: refuse a request whose
+    ``Host`` is not an allowed name (421) and a cross-origin browser request (403).
+
+    Why: after DNS rebinding, a web page's ``attacker.example`` resolves to 127.0.0.1, so
+    the browser reaches a loopback sink with ``Host: attacker.example`` and the page's
+    ``Origin``; without these checks that page could read and prune the store. Allowed
+    hosts are :data:`LOOPBACK_NAMES`, the bind address, the ``allowed_hosts`` given, and any
+    IP literal (rebinding needs a DNS name, so an IP in ``Host`` cannot come from it; fleet
+    senders that use the server's IP then need no option). An ``Origin`` is allowed only
+    when it is the server itself (``scheme://`` + the request's ``Host``); OTLP exporters,
+    Collectors, the CLI and :class:`~chaperone_otel.sink._remote.RemoteSink` send none.
+    ``Sec-Fetch-Site: cross-site``/``same-site`` (what browsers send on a cross-origin GET
+    that carries no ``Origin``) is refused the same way.
+
+    Starlette's ``TrustedHostMiddleware`` was the first choice, but it answers 400, has no
+    Origin check, and would need every IP literal listed.
+
+    Args:
+        app: the ASGI app to guard.
+        allowed_hosts: further host names (``sink.internal``; a port is ignored).
+        on_refusal: called with the status of each refused request (the server's counters).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        on_refusal: Callable[[int], None] | None = None,
+    ) -> None:
+        self.app = app
+        names = set(LOOPBACK_NAMES)
+        for raw in allowed_hosts:
+            name = host_name(raw)
+            if name is None:
+                raise ValueError(f"not a host name: {raw!r} (give a name such as sink.internal)")
+            names.add(name)
+        self.allowed_hosts = frozenset(names)
+        self._on_refusal = on_refusal
+
+    def allows_host(self, name: str) -> bool:
+        """True for a host name (as :func:`host_name` gives it) this server answers to."""
+        return name in self.allowed_hosts or _is_ip_literal(name)
+
+    def refusal(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+        """The (status, reason) that refuses a request with these headers, or None."""
+        hosts: list[str] = []
+        origin: str | None = None
+        fetch_site = ""
+        for key, value in headers:
+            if key == b"host":
+                hosts.append(value.decode("latin-1"))
+            elif key == b"origin":
+                origin = value.decode("latin-1").strip()
+            elif key == b"sec-fetch-site":
+                fetch_site = value.decode("latin-1").strip().lower()
+        if len(hosts) != 1:
+            return 421, "the request needs exactly one Host header"
+        name = host_name(hosts[0])
+        if name is None or not self.allows_host(name):
+            return (
+                421,
+                f"Host {hosts[0]!r} is not a name of this server: use 127.0.0.1, localhost or "
+                "its IP address, or start it with --allowed-host NAME",
+            )
+        if origin is not None:
+            scheme, sep, netloc = origin.partition("://")
+            same = sep and scheme in ("http", "https") and netloc.lower() == hosts[0].lower()
+            if not same:
+                return 403, f"cross-origin requests are refused (Origin {origin!r})"
+        if fetch_site in ("cross-site", "same-site"):
+            return 403, f"cross-origin requests are refused (Sec-Fetch-Site: {fetch_site})"
+        return None
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refused = self.refusal(scope.get("headers", ()))
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        status, reason = refused
+        if self._on_refusal is not None:
+            self._on_refusal(status)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"error": reason}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class StoreOwner:
@@ -276,8 +425,11 @@ class BackgroundServer:
     """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
 
     Args:
-        app: the ASGI app (e.g. :func:`create_query_app`).
+        app: the ASGI app (e.g. :func:`create_query_app`), served behind a
+            :class:`RequestGuard`.
         host: bind address. port: TCP port, 0 for a free one.
+        allowed_hosts: host names to answer besides loopback, IP literals and ``host``.
+        on_refusal: called with the status of each request the guard refuses.
 
     Example::
 
@@ -288,11 +440,24 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, server_class: Any = None
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        server_class: Any = None,
+        allowed_hosts: Iterable[str] = (),
+        on_refusal: Callable[[int], None] | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        bound = host_name(host)
+        extra = [bound] if bound and host not in ("0.0.0.0", "::", "") else []  # noqa: S104
+        # Built now, so a bad name fails the constructor (a usage error), not the start.
+        self.guard = RequestGuard(
+            None, allowed_hosts=[*extra, *allowed_hosts], on_refusal=on_refusal
+        )
         self._server_class = server_class
         self._server: Any = None
         self._socket: socket.socket | None = None
@@ -329,8 +494,9 @@ class BackgroundServer:
         if self._server is None:
             import uvicorn  # noqa: PLC0415
 
+            self.guard.app = self.app  # every route, of either server, behind the guard
             config = uvicorn.Config(
-                self.app,
+                self.guard,
                 lifespan="off",
                 log_level="warning",
                 access_log=False,

@@ -47,7 +47,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 
@@ -194,9 +194,12 @@ class SinkServer:
         policy: health thresholds for ``/metrics`` and the query API.
         advertise: write ``<path>.owner.json`` so other processes find the query API.
         insecure: allow a non-loopback ``host`` without a token (a trusted network only).
+        allowed_hosts: ``Host`` names to answer besides loopback names, IP literals and
+            ``host`` (e.g. the DNS name workers use); every other name gets 421, and a
+            cross-origin browser request 403 (:class:`~._owner.RequestGuard`).
 
     Raises:
-        ValueError: an empty token, or a bad limit.
+        ValueError: an empty token, a bad limit, or an allowed host that is not a name.
         ConfigurationError: a non-loopback ``host`` without a token or ``insecure``.
     """
 
@@ -218,6 +221,7 @@ class SinkServer:
         policy: HealthPolicy = DEFAULT_POLICY,
         advertise: bool = True,
         insecure: bool = False,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         if max_body < 1 or max_decompressed < 1:
             raise ValueError("max_body and max_decompressed must be >= 1")
@@ -251,7 +255,12 @@ class SinkServer:
         self._stats_lock = threading.Lock()
         self._owner: StoreOwner | None = None
         self._http = BackgroundServer(
-            None, host=host, port=port, server_class=_Uvicorn.server_class()
+            None,
+            host=host,
+            port=port,
+            server_class=_Uvicorn.server_class(),
+            allowed_hosts=allowed_hosts,
+            on_refusal=self._reject,
         )
         self._registry = CollectorRegistry(auto_describe=False)
         self.app = Starlette(routes=self._routes())
