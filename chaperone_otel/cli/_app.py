@@ -35,6 +35,7 @@ from ._common import (
     query,
     store_failure,
     store_target,
+    unique_names,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
 from ._scope_flags import SCOPES, build_query, scope_option
@@ -472,7 +473,8 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
             fail(f"sql: {type(exc).__name__}: {exc}", Exit.USAGE)
     columns = [str(c) for c in columns]
     if as_json:
-        dump_json([dict(zip(columns, row, strict=False)) for row in rows])
+        keys = unique_names(columns)  # "SELECT 1 AS n, 2 AS n" must not lose a value
+        dump_json([dict(zip(keys, row, strict=False)) for row in rows])
     elif as_csv:
         click.echo(render.to_csv(columns, rows), nl=False)
     else:

@@ -329,6 +329,26 @@ def dump_json(data: Any) -> None:
     )
 
 
+def unique_names(columns: list[str]) -> list[str]:
+    """Column names made unique for JSON objects: a repeated name gets the first free
+    ``_1``, ``_2`` … suffix (DuckDB's own naming of duplicate columns in a subquery), never
+    one that another column already has, so every value of a row keeps a key."""
+    taken = set(columns)
+    seen: set[str] = set()
+    out: list[str] = []
+    for column in columns:
+        name = column
+        if name in seen:
+            k = 1
+            while f"{column}_{k}" in taken:
+                k += 1
+            name = f"{column}_{k}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 def stdout_is_terminal() -> bool:
     """True when a person is probably watching (colour, live views)."""
     return sys.stdout.isatty()

@@ -331,7 +331,8 @@ class StoreOwner:
             The served URL.
 
         Raises:
-            SinkError: not ``open``, or the server did not start.
+            SinkError: not ``open``, the server did not start, or the sidecar cannot be
+                written.
             OSError: the address cannot be bound.
         """
         if self._state != "open":
@@ -352,7 +353,12 @@ class StoreOwner:
             if background:
                 server.start(timeout)
             if advertise:
-                write_sidecar(self.path, server.url, token=self.token)
+                try:
+                    write_sidecar(self.path, server.url, token=self.token)
+                except OSError as e:  # not the address: the sidecar's directory
+                    raise SinkError(
+                        f"cannot advertise the query URL of {self.path} beside it: {e}"
+                    ) from e
                 self._advertised = True
         except BaseException:
             self._close_quietly()

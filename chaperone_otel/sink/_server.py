@@ -315,6 +315,11 @@ class SinkServer:
                 heartbeat_limit=self._heartbeat_limit,
                 writable_view=True,  # the query API may prune (it takes the write lock)
             )
+        except OSError as e:
+            # Not a bind failure (the socket is bound): the store's directory cannot be
+            # made or used (read-only file system, a file in the way). Say so, not "bind".
+            self._http.stop()
+            raise SinkError(f"cannot open the store {self.path}: {e}") from e
         except BaseException:
             self._http.stop()
             raise
