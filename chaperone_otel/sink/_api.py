@@ -61,12 +61,15 @@ from ._results import JobRecord
 
 __all__ = [
     "FLAG_SCOPES",
+    "MAX_BODY",
     "VALUE_SCOPES",
+    "BodyTooLargeError",
     "apply_scopes",
     "bearer_authorizer",
     "create_query_app",
     "dumps",
     "query_routes",
+    "read_body",
 ]
 
 VALUE_SCOPES: Final = {

@@ -61,7 +61,7 @@ from starlette.routing import BaseRoute, Route
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import ConfigurationError, SinkError
 from . import _otlp
-from ._api import bearer_authorizer, query_routes
+from ._api import BodyTooLargeError, bearer_authorizer, query_routes, read_body
 from ._fleet import FleetCollector, IngestStats
 from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
@@ -500,20 +500,12 @@ class SinkServer:
 
     async def _read_body(self, request: Request, *, keep: bool = True) -> bytes:
         """The body as sent, refused (413, connection closed: the rest is not read) once it
-        is larger than ``max_body``, by its declared length or as it streams in."""
-        too_large = _BodyTooLargeError(f"body over {self.max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise too_large
-        chunks = bytearray()
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise too_large
-            if keep:
-                chunks += chunk
-        return bytes(chunks)
+        is larger than ``max_body``, by its declared length or as it streams in (the query
+        API's :func:`~._api.read_body`, answered in OTLP's terms)."""
+        try:
+            return await read_body(request, self.max_body, keep=keep)
+        except BodyTooLargeError:
+            raise _BodyTooLargeError(f"body over {self.max_body} bytes") from None
 
     async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
         encoding, refused = self._admit(request)

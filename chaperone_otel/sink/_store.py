@@ -122,9 +122,12 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def remove_sidecar(path: str | os.PathLike[str]) -> None:
     """Remove the sidecar if this process wrote it (never another owner's)."""
     target = sidecar_path(path)
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(target.read_text()).get("pid") == os.getpid():
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        data = json.loads(target.read_text())
+        if data.get("pid") == os.getpid():
             target.unlink()
+            with _tokens_lock:  # that URL's token dies with the server
+                _tokens.pop(str(data.get("url", "")).rstrip("/"), None)
 
 
 def lock_holder(error: BaseException) -> int | None:
