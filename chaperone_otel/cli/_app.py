@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from . import _render as render
 from ._common import (
     DURATION,
     ENV_SINK,
+    TOKEN_ENV,
     CliFailure,
     Exit,
     dump_json,
@@ -33,6 +35,7 @@ from ._common import (
     query,
     store_failure,
     store_target,
+    unique_names,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
 from ._scope_flags import SCOPES, build_query, scope_option
@@ -470,7 +473,8 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
             fail(f"sql: {type(exc).__name__}: {exc}", Exit.USAGE)
     columns = [str(c) for c in columns]
     if as_json:
-        dump_json([dict(zip(columns, row, strict=False)) for row in rows])
+        keys = unique_names(columns)  # "SELECT 1 AS n, 2 AS n" must not lose a value
+        dump_json([dict(zip(keys, row, strict=False)) for row in rows])
     elif as_csv:
         click.echo(render.to_csv(columns, rows), nl=False)
     else:
@@ -629,20 +633,58 @@ def sink() -> None:
 )
 @click.option(
     "--token",
-    envvar="CHAPERONE_OTEL_SINK_TOKEN",
+    envvar=TOKEN_ENV,
     show_envvar=True,
     default=None,
-    help="Require this bearer token on ingest.",
+    help="Require this bearer token on ingest and the query API (needed off loopback).",
 )
-def sink_serve(db: str, host: str, port: int, token: str | None) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback --host without a token (only on a network you trust).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    metavar="NAME",
+    multiple=True,
+    help="Also answer requests for this Host name (repeatable); loopback names and IP "
+    "addresses are always allowed.",
+)
+def sink_serve(
+    db: str,
+    host: str,
+    port: int,
+    token: str | None,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+) -> None:
     """Receive OTLP from workers/Collectors and record runs in the store (docs/sink-server.md)."""
+    if token is None and os.environ.get(TOKEN_ENV) is not None:
+        token = os.environ[TOKEN_ENV]  # click ignores an empty variable: it must not mean "no auth"
+    if token is not None and not token.strip():
+        fail(
+            f"the token is empty (--token or {TOKEN_ENV}): give a non-empty one, e.g. "
+            f"`export {TOKEN_ENV}=$(openssl rand -hex 32)`, or leave both unset to serve "
+            "loopback without auth",
+            Exit.USAGE,
+        )
     try:
         from ..sink._server import serve  # noqa: PLC0415
     except ImportError as exc:
         fail(f"the sink server is not available in this build: {exc}", Exit.STORE)
     try:
-        serve(db, host=host, port=port, token=token)
+        serve(
+            db,
+            host=host,
+            port=port,
+            token=token,
+            insecure=insecure,
+            allowed_hosts=allowed_hosts,
+        )
     except SinkError as exc:
         fail(f"sink serve: {exc}", Exit.STORE)
+    except ValueError as exc:  # ConfigurationError too: a token, host or option refused
+        fail(f"sink serve: {exc}", Exit.USAGE)
     except OSError as exc:
         fail(f"sink serve: cannot bind {host}:{port}: {exc}", Exit.USAGE)

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 ENV_SINK = "CHAPERONE_OTEL_SINK"
 """The same environment variable ``configure()`` reads for the store path."""
 
+TOKEN_ENV = "CHAPERONE_OTEL_SINK_TOKEN"  # noqa: S105 - a variable name, not a secret
+"""The sink server's bearer token (the same variable the remote client reads, kept here so
+that the CLI does not import the sink to name it)."""
+
 
 class Exit(IntEnum):
     """Exit codes of every ``chaperone-otel`` command (documented in docs/cli.md)."""
@@ -178,7 +182,16 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
             seconds = parse_duration(
                 str(value), what=param.name if param and param.name else "value"
             )
-        except ConfigurationError:
+        except ConfigurationError as e:
+            if "positive" in str(
+                e
+            ):  # well formed, but 0 or negative: say that, not "not a duration"
+                self.fail(
+                    f"{value!r} is not more than 0; give a positive duration such as 90s, 2h "
+                    "or 30d",
+                    param,
+                    ctx,
+                )
             self.fail(
                 f"{value!r} is not a duration; use e.g. 90s, 15m, 2h, 30d (or seconds)",
                 param,
@@ -314,6 +327,26 @@ def dump_json(data: Any) -> None:
             allow_nan=False,
         )
     )
+
+
+def unique_names(columns: list[str]) -> list[str]:
+    """Column names made unique for JSON objects: a repeated name gets the first free
+    ``_1``, ``_2`` … suffix (DuckDB's own naming of duplicate columns in a subquery), never
+    one that another column already has, so every value of a row keeps a key."""
+    taken = set(columns)
+    seen: set[str] = set()
+    out: list[str] = []
+    for column in columns:
+        name = column
+        if name in seen:
+            k = 1
+            while f"{column}_{k}" in taken:
+                k += 1
+            name = f"{column}_{k}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
 
 
 def stdout_is_terminal() -> bool:

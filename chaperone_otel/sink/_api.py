@@ -24,7 +24,10 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 
-Times are ISO 8601 strings with ``+00:00``. Bad parameters get 400 with ``{"error": ...}``.
+Times are ISO 8601 strings with ``+00:00``. Bad parameters get 400 with ``{"error": ...}``:
+every number and time is checked here (finite, and within what a ``datetime`` can hold)
+before it reaches a scope, so no value a client sends ends in a 500. Request bodies over
+:data:`MAX_BODY` get 413 before they are read whole.
 
 Example::
 
@@ -36,9 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -48,19 +53,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._scopes import FLAG_SCOPES, SCOPES, Arg, ScopeSpec, scope_named
-from .._units import parse_iso_datetime
+from .._units import parse_duration, parse_iso_datetime
 from .._version import __version__
-from ..exceptions import SinkError
+from ..exceptions import ConfigurationError, SinkError
 from ._query import JobQuery
 from ._results import JobRecord
 
 __all__ = [
     "FLAG_SCOPES",
+    "MAX_BODY",
     "VALUE_SCOPES",
+    "BodyTooLargeError",
     "apply_scopes",
+    "bearer_authorizer",
     "create_query_app",
     "dumps",
     "query_routes",
+    "read_body",
 ]
 
 VALUE_SCOPES: Final = {
@@ -79,9 +88,54 @@ SHAPING_PARAMS: Final = ("order_by", "desc", "limit", "count", "format")
 
 ARROW_STREAM: Final = "application/vnd.apache.arrow.stream"
 
+MAX_BODY: Final = 1024 * 1024
+"""Largest ``/api/*`` request body, bytes (a query's steps or a SQL text are a few KiB):
+a larger one gets 413 before it is read whole, so a client cannot make the owner (perhaps
+the user's application) buffer an unbounded body."""
+
+_EPOCH_RANGE: Final = (
+    dt.datetime.min.replace(tzinfo=dt.timezone.utc).timestamp(),
+    dt.datetime.max.replace(tzinfo=dt.timezone.utc).timestamp(),
+)
+"""Unix seconds a ``datetime`` can hold (years 1 to 9999)."""
+
+
+_DURATION_TEXT: Final = re.compile(r"^\s*[0-9.]+\s*[a-zA-Z]+\s*$")
+"""Looks like an age (``30d``): :func:`duration_seconds` checks it reaches no further back
+than the calendar."""
+
 
 class _BadRequest(ValueError):
     pass
+
+
+class BodyTooLargeError(_BadRequest):
+    """A request body over the limit (413; the rest of it is not read)."""
+
+
+async def read_body(request: Request, limit: int, *, keep: bool = True) -> bytes:
+    """The body as sent, refused once it is larger than ``limit`` bytes: by its declared
+    ``Content-Length`` before anything is read, else as it streams in (a chunked body).
+
+    Starlette's ``request.body()`` reads everything into memory first, and neither
+    Starlette nor uvicorn has a body limit of its own, hence this loop.
+
+    Raises:
+        BodyTooLargeError: the body is over ``limit``.
+    """
+    too_large = BodyTooLargeError(f"request body over {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = bytearray()
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        if keep:
+            chunks += chunk
+    return bytes(chunks)
 
 
 def _default(value: Any) -> Any:
@@ -183,33 +237,89 @@ class _JSON(JSONResponse):
         return dumps(content)
 
 
-def _time(value: str) -> dt.datetime | str:
+def _float(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def epoch_seconds(value: float, what: str) -> float:
+    """``value`` as Unix seconds a datetime can hold, else a 400 that says the range.
+
+    Raises:
+        ValueError: not finite, or outside years 1 to 9999.
+    """
+    lo, hi = _EPOCH_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise _BadRequest(
+            f"{what}={value!r} is out of range: use Unix seconds from {lo:.0f} to {hi:.0f} "
+            "(years 1 to 9999), an ISO 8601 time or an age such as 1h"
+        )
+    return value
+
+
+def duration_seconds(value: Any, what: str) -> float:
+    """``value`` (seconds, or ``"30d"``) as a positive age that can be subtracted from now.
+
+    Raises:
+        ValueError: not a positive duration, or longer than the calendar reaches back.
+    """
+    try:
+        seconds = parse_duration(value, what=what)
+    except ConfigurationError as e:
+        raise _BadRequest(str(e)) from e
+    try:
+        dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise _BadRequest(
+            f"{what}={value!r} reaches back before year 1: use a shorter duration such as 30d"
+        ) from None
+    return seconds
+
+
+def _time(value: str, what: str) -> dt.datetime | str:
     try:
         parsed = parse_iso_datetime(value)
     except ValueError:
-        try:
-            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
-        except ValueError:
-            return value  # "1h", "30d": the scope parses it
+        number = _float(value)
+        if number is not None:
+            return dt.datetime.fromtimestamp(epoch_seconds(number, what), dt.timezone.utc)
+        if what == "since" and _DURATION_TEXT.match(value):
+            duration_seconds(value, what)  # too long an age is a 400 here, not an overflow
+        return value  # "1h", "30d": the scope parses it (and says what is wrong otherwise)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-def _number(value: str) -> int | float | str:
+def _number(value: str, what: str) -> int | float | str:
     try:
         return int(value)
     except ValueError:
-        try:
-            return float(value)
-        except ValueError:
+        number = _float(value)
+        if number is None:
             return value  # "512MiB": the scope parses it
+        if not math.isfinite(number):
+            raise _BadRequest(f"{what}={value!r} must be a finite number") from None
+        return number
 
 
-def _value(arg: Arg, raw: str) -> Any:
-    """An HTTP parameter's text as the scope's argument (the scope validates it)."""
+def _integer(raw: str, what: str, *, minimum: int) -> int:
+    """A query-string integer in ``[minimum, 2**63)`` (DuckDB's BIGINT), else a 400."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{what} must be an integer, got {raw!r}") from None
+    if not minimum <= value < 2**63:
+        raise _BadRequest(f"{what} must be an integer from {minimum} to {2**63 - 1}, got {raw}")
+    return value
+
+
+def _value(arg: Arg, raw: str, what: str) -> Any:
+    """An HTTP parameter's text as the scope's argument (the scope validates the rest)."""
     if arg in ("since", "range"):
-        return _time(raw)
+        return _time(raw, what)
     if arg in ("bytes", "percent"):
-        return _number(raw)
+        return _number(raw, what)
     return raw
 
 
@@ -250,18 +360,17 @@ def apply_scopes(query: JobQuery, params: Mapping[str, Sequence[str]]) -> JobQue
             if start or end:
                 if not (start and end):
                     raise _BadRequest(f"{spec.name} needs both {start_param}= and {end_param}=")
-                query = _call(query, spec, _value(spec.arg, start[-1]), _value(spec.arg, end[-1]))
+                start_value = _value(spec.arg, start[-1], start_param)
+                end_value = _value(spec.arg, end[-1], end_param)
+                query = _call(query, spec, start_value, end_value)
             continue
         for raw in params.get(spec.stem, ()):
-            query = _call(query, spec, _value(spec.arg, raw))
+            query = _call(query, spec, _value(spec.arg, raw, spec.stem))
     if params.get("order_by"):
         desc = (params.get("desc") or ["0"])[-1].lower() in ("1", "true", "yes")
         query = query.order_by(params["order_by"][-1], desc=desc)
     if params.get("limit"):
-        try:
-            query = query.limit(int(params["limit"][-1]))
-        except ValueError as e:
-            raise _BadRequest(f"limit must be an integer: {e}") from e
+        query = query.limit(_integer(params["limit"][-1], "limit", minimum=0))
     return query
 
 
@@ -289,6 +398,33 @@ def _detail(record: JobRecord) -> dict[str, Any]:
     return data
 
 
+def bearer_authorizer(token: str | None) -> Callable[[Request], bool] | None:
+    """The one bearer-token check of both servers: a request is authorized when it carries
+    ``Authorization: Bearer <token>`` (compared in constant time). None without a token.
+
+    Raises:
+        ValueError: ``token`` is empty or blank (that would turn auth off silently), or
+            starts or ends with whitespace (HTTP strips it, so no request could match).
+    """
+    if token is None:
+        return None
+    if not token.strip():
+        raise ValueError(
+            "the bearer token is empty: give a non-empty token (e.g. `openssl rand -hex 32`), "
+            "or none at all to serve loopback without auth"
+        )
+    if token != token.strip():
+        raise ValueError("the bearer token must not start or end with whitespace")
+    expected = token.encode()
+
+    def authorized(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected)
+
+    return authorized
+
+
 def _unauthorized() -> Response:
     return _JSON(
         {"error": "missing or wrong bearer token"},
@@ -298,8 +434,9 @@ def _unauthorized() -> Response:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await read_body(request, MAX_BODY)
     try:
-        payload = json.loads(await request.body())
+        payload = json.loads(raw)
     except ValueError as e:
         raise _BadRequest(f"body must be JSON: {e}") from e
     if not isinstance(payload, dict):
@@ -312,10 +449,7 @@ def _run_key(request: Request) -> tuple[str, int]:
     attempt = request.query_params.get("attempt", "1")
     if not run_id:
         raise _BadRequest("run_id= is required")
-    try:
-        return run_id, int(attempt)
-    except ValueError as e:
-        raise _BadRequest(f"attempt must be an integer: {e}") from e
+    return run_id, _integer(attempt, "attempt", minimum=1)
 
 
 def _sql_arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
@@ -357,8 +491,16 @@ def query_routes(
             try:
                 payload = await _json_body(request) if body else {}
                 return await run_in_threadpool(handler, request, payload)
+            except BodyTooLargeError as e:
+                # Connection: close: the rest of the body is not read, so the connection
+                # cannot carry another request.
+                return _JSON({"error": str(e)}, status_code=413, headers={"Connection": "close"})
             except (_BadRequest, ValueError, TypeError, KeyError) as e:
                 return _JSON({"error": str(e) or type(e).__name__}, status_code=400)
+            except OverflowError as e:
+                # A value the checks above let through (e.g. a replayed step) that no
+                # datetime can hold: still the client's value, so a 400, never a 500.
+                return _JSON({"error": f"a value is out of range: {e}"}, status_code=400)
             except SinkError as e:
                 return _JSON({"error": str(e)}, status_code=400)
 
@@ -393,12 +535,13 @@ def query_routes(
 
     def job(request: Request, _payload: dict[str, Any]) -> Response:
         run_id = request.path_params["run_id"]
-        attempt = request.query_params.get("attempt")
+        raw_attempt = request.query_params.get("attempt")
         s = sink()
-        if attempt is None:
+        if raw_attempt is None:
             record = s.job(run_id)
         else:
-            found = [r for r in s.jobs.with_id(run_id).all() if r.attempt == int(attempt)]
+            attempt = _integer(raw_attempt, "attempt", minimum=1)
+            found = [r for r in s.jobs.with_id(run_id).all() if r.attempt == attempt]
             record = found[0] if found else None
         if record is None:
             return _JSON({"error": f"no run {run_id!r}"}, status_code=404)
@@ -440,7 +583,7 @@ def query_routes(
         older_than = payload.get("older_than")
         if not isinstance(older_than, (str, int, float)) or isinstance(older_than, bool):
             raise _BadRequest('body must be {"older_than": "30d"}')
-        return _JSON({"deleted": sink().prune(older_than)})
+        return _JSON({"deleted": sink().prune(duration_seconds(older_than, "older_than"))})
 
     def info(request: Request, _payload: dict[str, Any]) -> Response:
         s = sink()

@@ -12,8 +12,13 @@ serve`` (:mod:`._server`) both own their file through a :class:`StoreOwner`, whi
    :class:`~chaperone_otel.sink._local.LocalSink` sharing the connection),
 4. serves the query API on loopback (:class:`BackgroundServer`; the sink server passes its
    own app, which also takes OTLP), and
-5. advertises that URL beside the file (``<path>.owner.json``) so ``open_sink(path)`` and
-   the CLI in another process follow it;
+5. advertises that URL beside the file (``<path>.owner.json``, mode 0600) so
+   ``open_sink(path)`` and the CLI in another process follow it;
+
+The query API it serves itself (the embedded sink's) requires a bearer token made for this
+process (:attr:`StoreOwner.token`, random) and written into the sidecar: a process of the
+same user reads it there and sends it; another local user can reach the port but not read
+the file, so gets 401. (``sink serve`` passes its own app, authorized by its ``--token``.)
 
 and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, stop serving
 (in-flight requests finish), commit everything queued, close the view, release the file.
@@ -36,27 +41,191 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
+import secrets
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final, Literal
 
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
-from ._api import create_query_app
+from ._api import bearer_authorizer, create_query_app
 from ._local import LocalSink
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ._writer import Writer
 
-__all__ = ["BackgroundServer", "OwnerState", "StoreOwner"]
+__all__ = [
+    "LOOPBACK_NAMES",
+    "BackgroundServer",
+    "OwnerState",
+    "RequestGuard",
+    "StoreOwner",
+    "host_name",
+    "is_loopback",
+]
 
 OwnerState = Literal["open", "serving", "closing", "closed"]
 
 _READ_FLUSH_TIMEOUT: Final = 5.0
 """Seconds a query in this process waits for queued records to be committed (read your
 writes), at most: a slow disk must not hang a reader."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: ``localhost`` or a loopback IP
+    (``127.0.0.0/8``, ``::1``). A wildcard (``0.0.0.0``, ``::``, ``""``) or any other name
+    is not: a name may resolve anywhere, so it counts as reachable from the network."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+"""Host names every server of this package answers to (with any port)."""
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def host_name(value: str) -> str | None:
+    """The name part of a ``Host`` header or address, lowercased, IPv6 in brackets:
+    ``Example.org:80`` → ``example.org``, ``[::1]:4318`` and ``::1`` → ``[::1]``; None when
+    it cannot be a host (empty, a path, spaces, a malformed bracket or port)."""
+    text = value.strip().lower()
+    if not text or any(c in text for c in "/\\@?# \t"):
+        return None
+    if text.startswith("["):
+        name, bracket, rest = text.partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name + "]"
+    if text.count(":") > 1:  # a bare IPv6 address (a bind address, not a Host header)
+        return f"[{text}]"
+    name, colon, port = text.partition(":")
+    if not name or (colon and not port.isdigit()):
+        return None
+    return name
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route of both servers: refuse a request whose
+    ``Host`` is not an allowed name (421) and a cross-origin browser request (403).
+
+    Why: after DNS rebinding, a web page's ``attacker.example`` resolves to 127.0.0.1, so
+    the browser reaches a loopback sink with ``Host: attacker.example`` and the page's
+    ``Origin``; without these checks that page could read and prune the store. Allowed
+    hosts are :data:`LOOPBACK_NAMES`, the bind address, the ``allowed_hosts`` given, and any
+    IP literal (rebinding needs a DNS name, so an IP in ``Host`` cannot come from it; fleet
+    senders that use the server's IP then need no option). An ``Origin`` is allowed only
+    when it is the server itself (``scheme://`` + the request's ``Host``); OTLP exporters,
+    Collectors, the CLI and :class:`~chaperone_otel.sink._remote.RemoteSink` send none.
+    ``Sec-Fetch-Site: cross-site``/``same-site`` (what browsers send on a cross-origin GET
+    that carries no ``Origin``) is refused the same way.
+
+    Starlette's ``TrustedHostMiddleware`` was the first choice, but it answers 400, has no
+    Origin check, and would need every IP literal listed.
+
+    Args:
+        app: the ASGI app to guard.
+        allowed_hosts: further host names (``sink.internal``; a port is ignored).
+        on_refusal: called with the status of each refused request (the server's counters).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        on_refusal: Callable[[int], None] | None = None,
+    ) -> None:
+        self.app = app
+        names = set(LOOPBACK_NAMES)
+        for raw in allowed_hosts:
+            name = host_name(raw)
+            if name is None:
+                raise ValueError(f"not a host name: {raw!r} (give a name such as sink.internal)")
+            names.add(name)
+        self.allowed_hosts = frozenset(names)
+        self._on_refusal = on_refusal
+
+    def allows_host(self, name: str) -> bool:
+        """True for a host name (as :func:`host_name` gives it) this server answers to."""
+        return name in self.allowed_hosts or _is_ip_literal(name)
+
+    def refusal(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+        """The (status, reason) that refuses a request with these headers, or None."""
+        hosts: list[str] = []
+        origin: str | None = None
+        fetch_site = ""
+        for key, value in headers:
+            if key == b"host":
+                hosts.append(value.decode("latin-1"))
+            elif key == b"origin":
+                origin = value.decode("latin-1").strip()
+            elif key == b"sec-fetch-site":
+                fetch_site = value.decode("latin-1").strip().lower()
+        if len(hosts) != 1:
+            return 421, "the request needs exactly one Host header"
+        name = host_name(hosts[0])
+        if name is None or not self.allows_host(name):
+            return (
+                421,
+                f"Host {hosts[0]!r} is not a name of this server: use 127.0.0.1, localhost or "
+                "its IP address, or start it with --allowed-host NAME",
+            )
+        if origin is not None:
+            scheme, sep, netloc = origin.partition("://")
+            same = sep and scheme in ("http", "https") and netloc.lower() == hosts[0].lower()
+            if not same:
+                return 403, f"cross-origin requests are refused (Origin {origin!r})"
+        if fetch_site in ("cross-site", "same-site"):
+            return 403, f"cross-origin requests are refused (Sec-Fetch-Site: {fetch_site})"
+        return None
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refused = self.refusal(scope.get("headers", ()))
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        status, reason = refused
+        if self._on_refusal is not None:
+            self._on_refusal(status)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"error": reason}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class StoreOwner:
@@ -77,6 +246,8 @@ class StoreOwner:
     Attributes:
         path: the store file (absolute). store: the connection. writer: the one writer.
         view: a Sink over the live store for this process. url: the served URL, or None.
+        token: the bearer token the query API it serves itself requires (written into the
+            sidecar), or None before :meth:`serve` and when serving another app.
 
     Raises:
         SinkError: the file cannot be opened (held by another process, newer schema …).
@@ -95,6 +266,7 @@ class StoreOwner:
     ) -> None:
         self.policy = policy
         self.url: str | None = None
+        self.token: str | None = None
         self._state: OwnerState = "open"
         self._server: BackgroundServer | None = None
         self._advertised = False
@@ -148,7 +320,7 @@ class StoreOwner:
 
         Args:
             server: what to serve (bound or not); by default a new loopback server of the
-                query API over :attr:`view`, on a free port.
+                query API over :attr:`view`, on a free port, requiring :attr:`token`.
             advertise: write the sidecar ``<path>.owner.json``.
             background: start ``server`` in a daemon thread (returns once listening);
                 ``False``: the caller runs it in the foreground (``server.run()``), the
@@ -159,7 +331,8 @@ class StoreOwner:
             The served URL.
 
         Raises:
-            SinkError: not ``open``, or the server did not start.
+            SinkError: not ``open``, the server did not start, or the sidecar cannot be
+                written.
             OSError: the address cannot be bound.
         """
         if self._state != "open":
@@ -168,7 +341,10 @@ class StoreOwner:
             server = BackgroundServer(None)
             server.bind()  # the port must be known before the app (which reports its URL)
             url = server.url
-            server.app = create_query_app(self.view, url=lambda: url)
+            self.token = secrets.token_urlsafe(32)
+            server.app = create_query_app(
+                self.view, url=lambda: url, authorize=bearer_authorizer(self.token)
+            )
         elif not server.bound:
             server.bind()
         self._server, self.url = server, server.url
@@ -177,7 +353,12 @@ class StoreOwner:
             if background:
                 server.start(timeout)
             if advertise:
-                write_sidecar(self.path, server.url)
+                try:
+                    write_sidecar(self.path, server.url, token=self.token)
+                except OSError as e:  # not the address: the sidecar's directory
+                    raise SinkError(
+                        f"cannot advertise the query URL of {self.path} beside it: {e}"
+                    ) from e
                 self._advertised = True
         except BaseException:
             self._close_quietly()
@@ -250,8 +431,11 @@ class BackgroundServer:
     """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
 
     Args:
-        app: the ASGI app (e.g. :func:`create_query_app`).
+        app: the ASGI app (e.g. :func:`create_query_app`), served behind a
+            :class:`RequestGuard`.
         host: bind address. port: TCP port, 0 for a free one.
+        allowed_hosts: host names to answer besides loopback, IP literals and ``host``.
+        on_refusal: called with the status of each request the guard refuses.
 
     Example::
 
@@ -262,11 +446,24 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, server_class: Any = None
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        server_class: Any = None,
+        allowed_hosts: Iterable[str] = (),
+        on_refusal: Callable[[int], None] | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        bound = host_name(host)
+        extra = [bound] if bound and host not in ("0.0.0.0", "::", "") else []  # noqa: S104
+        # Built now, so a bad name fails the constructor (a usage error), not the start.
+        self.guard = RequestGuard(
+            None, allowed_hosts=[*extra, *allowed_hosts], on_refusal=on_refusal
+        )
         self._server_class = server_class
         self._server: Any = None
         self._socket: socket.socket | None = None
@@ -303,8 +500,9 @@ class BackgroundServer:
         if self._server is None:
             import uvicorn  # noqa: PLC0415
 
+            self.guard.app = self.app  # every route, of either server, behind the guard
             config = uvicorn.Config(
-                self.app,
+                self.guard,
                 lifespan="off",
                 log_level="warning",
                 access_log=False,

@@ -35,6 +35,7 @@ from ..exceptions import SinkError
 from ._api import ARROW_STREAM, dumps, encode_sql_params
 from ._query import JobQuery, Sink
 from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord
+from ._store import sidecar_token
 
 __all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
 
@@ -47,7 +48,9 @@ class RemoteSink(Sink):
 
     Args:
         url: the owner's base URL (``http://127.0.0.1:PORT``).
-        token: bearer token, if the owner requires one (default: ``$CHAPERONE_OTEL_SINK_TOKEN``).
+        token: bearer token, if the owner requires one. Default: the token of the owner's
+            sidecar if this process read it (``open_sink(path)`` does: the embedded sink's
+            per-process token), else ``$CHAPERONE_OTEL_SINK_TOKEN`` (``sink serve --token``).
         timeout: seconds per HTTP request.
         policy: kept for the :class:`Sink` interface; the owner judges with its own policy.
     """
@@ -66,7 +69,9 @@ class RemoteSink(Sink):
         self._base = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         self.url = self._base
         self.policy = policy
-        self._token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        if token is None:
+            token = sidecar_token(self._base) or os.environ.get(TOKEN_ENV)
+        self._token = token or None
         self._timeout = timeout
         self._closed = False
         self.path: str | None = None
@@ -105,7 +110,10 @@ class RemoteSink(Sink):
                 detail = json.loads(detail).get("error", detail)
             if e.code == 401:
                 raise SinkError(
-                    f"{self.url} needs a bearer token: pass token= or set {TOKEN_ENV}"
+                    f"{self.url} needs a bearer token: pass token= or set {TOKEN_ENV} (a sink "
+                    "server's --token); for an application's embedded sink open the store by "
+                    "its path, whose PATH.owner.json holds the token (readable only by the "
+                    "user running the application)"
                 ) from e
             raise SinkError(f"{self.url}{path}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 
@@ -60,12 +59,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._health import DEFAULT_POLICY, HealthPolicy
-from ..exceptions import SinkError
+from ..exceptions import ConfigurationError, SinkError
 from . import _otlp
-from ._api import query_routes
+from ._api import BodyTooLargeError, bearer_authorizer, query_routes, read_body
 from ._fleet import FleetCollector, IngestStats
-from ._owner import BackgroundServer, StoreOwner
+from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
+from ._remote import TOKEN_ENV
 from ._schema import HEARTBEATS_PER_RUN
 from ._writer import RecordsDroppedError, Ticket, Writer
 
@@ -177,7 +177,8 @@ class SinkServer:
         host: bind address (loopback unless told otherwise).
         port: TCP port; 0 picks a free one (see :attr:`port`).
         token: when set, ``Authorization: Bearer <token>`` is required on ``/v1/*`` and
-            ``/api/*`` (``/healthz`` and ``/metrics`` stay open for probes and scrapers).
+            ``/api/*`` (``/healthz`` and ``/metrics`` stay open for probes and scrapers). An
+            empty or blank token is refused (it would turn auth off).
         max_body: largest accepted request body as sent, bytes.
         max_decompressed: largest body after decompression, bytes.
         queue_capacity: records waiting for the writer at most (then 503).
@@ -192,6 +193,14 @@ class SinkServer:
         heartbeat_limit: stored heartbeats per run at most.
         policy: health thresholds for ``/metrics`` and the query API.
         advertise: write ``<path>.owner.json`` so other processes find the query API.
+        insecure: allow a non-loopback ``host`` without a token (a trusted network only).
+        allowed_hosts: ``Host`` names to answer besides loopback names, IP literals and
+            ``host`` (e.g. the DNS name workers use); every other name gets 421, and a
+            cross-origin browser request 403 (:class:`~._owner.RequestGuard`).
+
+    Raises:
+        ValueError: an empty token, a bad limit, or an allowed host that is not a name.
+        ConfigurationError: a non-loopback ``host`` without a token or ``insecure``.
     """
 
     def __init__(
@@ -211,13 +220,25 @@ class SinkServer:
         heartbeat_limit: int = HEARTBEATS_PER_RUN,
         policy: HealthPolicy = DEFAULT_POLICY,
         advertise: bool = True,
+        insecure: bool = False,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         if max_body < 1 or max_decompressed < 1:
             raise ValueError("max_body and max_decompressed must be >= 1")
+        self._authorize = bearer_authorizer(token)  # ValueError: an empty token
+        if token is None and not insecure and not is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to serve {host!r} without a token: anyone who can reach it could "
+                "send records and read or prune the store. Give a token (--token or "
+                f"{TOKEN_ENV}; senders set OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20"
+                "<token>), bind 127.0.0.1, or pass --insecure (insecure=True) if every host "
+                "that can reach it is trusted"
+            )
         self.path = path
         self.host = host
         self.port = port
-        self.token = token or None
+        self.token = token
+        self.insecure = insecure
         self.max_body = max_body
         self.max_decompressed = max_decompressed
         self.retry_after = max(0, int(retry_after))
@@ -234,7 +255,12 @@ class SinkServer:
         self._stats_lock = threading.Lock()
         self._owner: StoreOwner | None = None
         self._http = BackgroundServer(
-            None, host=host, port=port, server_class=_Uvicorn.server_class()
+            None,
+            host=host,
+            port=port,
+            server_class=_Uvicorn.server_class(),
+            allowed_hosts=allowed_hosts,
+            on_refusal=self._reject,
         )
         self._registry = CollectorRegistry(auto_describe=False)
         self.app = Starlette(routes=self._routes())
@@ -289,6 +315,11 @@ class SinkServer:
                 heartbeat_limit=self._heartbeat_limit,
                 writable_view=True,  # the query API may prune (it takes the write lock)
             )
+        except OSError as e:
+            # Not a bind failure (the socket is bound): the store's directory cannot be
+            # made or used (read-only file system, a file in the way). Say so, not "bind".
+            self._http.stop()
+            raise SinkError(f"cannot open the store {self.path}: {e}") from e
         except BaseException:
             self._http.stop()
             raise
@@ -395,13 +426,7 @@ class SinkServer:
         return self._owner.view
 
     def _authorized(self, request: Request) -> bool:
-        if self.token is None:
-            return True
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            value.strip().encode(), self.token.encode()
-        )
+        return self._authorize is None or self._authorize(request)
 
     async def _logs(self, request: Request) -> Response:
         return await self._export(request, "logs")
@@ -475,20 +500,12 @@ class SinkServer:
 
     async def _read_body(self, request: Request, *, keep: bool = True) -> bytes:
         """The body as sent, refused (413, connection closed: the rest is not read) once it
-        is larger than ``max_body``, by its declared length or as it streams in."""
-        too_large = _BodyTooLargeError(f"body over {self.max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise too_large
-        chunks = bytearray()
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise too_large
-            if keep:
-                chunks += chunk
-        return bytes(chunks)
+        is larger than ``max_body``, by its declared length or as it streams in (the query
+        API's :func:`~._api.read_body`, answered in OTLP's terms)."""
+        try:
+            return await read_body(request, self.max_body, keep=keep)
+        except BodyTooLargeError:
+            raise _BodyTooLargeError(f"body over {self.max_body} bytes") from None
 
     async def _export(self, request: Request, signal_name: _otlp.Signal) -> Response:
         encoding, refused = self._admit(request)
@@ -583,11 +600,14 @@ def serve(
         path: the DuckDB store file.
         host: bind address (``127.0.0.1`` unless told otherwise).
         port: TCP port (4318, the OTLP/HTTP default; 0 = any free port).
-        token: require ``Authorization: Bearer <token>`` on ingest and the query API.
+        token: require ``Authorization: Bearer <token>`` on ingest and the query API
+            (needed for a non-loopback ``host`` unless ``insecure``).
         **options: further :class:`SinkServer` keyword options (``max_body``,
             ``queue_capacity``, ``retry_after`` …).
 
     Raises:
+        ValueError: an empty token. ConfigurationError: a non-loopback ``host`` without a
+            token (pass ``insecure=True`` to allow it).
         SinkError: the store cannot be opened (held by another process, newer schema).
         OSError: the address cannot be bound.
     """

@@ -8,8 +8,12 @@ process owns the connection, later opens (the query API next to an embedded sink
 through cursors, one per use (STYLE §4.11).
 
 The process that owns a live store advertises where it serves the query API in a sidecar
-``<path>.owner.json`` (``{"url", "pid", "path"}``), written atomically and removed on close, so
-``open_sink(path)`` in another process can follow it instead of failing on the lock.
+``<path>.owner.json`` (``{"url", "pid", "path"}``, plus ``"token"`` when the API needs one),
+written atomically and removed on close, so ``open_sink(path)`` in another process can follow
+it instead of failing on the lock. The sidecar is created mode 0600: its token is what lets
+a process of the same user (and root) query the embedded sink, and no other local user. A
+token read from (or written to) a sidecar is remembered for its URL in this process
+(:func:`sidecar_token`), so the remote client sends it without every caller passing it on.
 
 Every ``duckdb.Error`` leaving this package becomes a
 :class:`~chaperone_otel.exceptions.SinkError` (``raise … from e``).
@@ -53,17 +57,55 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write_sidecar(path: str | os.PathLike[str], url: str) -> Path:
-    """Advertise ``url`` as the query endpoint of the store at ``path`` (atomic replace)."""
+_tokens_lock = threading.Lock()
+_tokens: dict[str, str] = {}
+"""Query URL → the bearer token its owner's sidecar gave (read or written in this process)."""
+
+
+def _remember_token(url: str, token: object) -> None:
+    if isinstance(token, str) and token:
+        with _tokens_lock:
+            _tokens[url.rstrip("/")] = token
+
+
+def sidecar_token(url: str) -> str | None:
+    """The bearer token of the owner serving ``url``, if this process read its sidecar (or
+    is that owner)."""
+    with _tokens_lock:
+        return _tokens.get(url.rstrip("/"))
+
+
+def write_sidecar(path: str | os.PathLike[str], url: str, *, token: str | None = None) -> Path:
+    """Advertise ``url`` (and the ``token`` its query API requires) as the query endpoint of
+    the store at ``path``: written to a temporary file created mode 0600 (never readable by
+    other users, not even for a moment), then atomically renamed over the sidecar."""
     target = sidecar_path(path)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "path": os.fspath(path)}))
-    os.replace(tmp, target)
+    data: dict[str, Any] = {"url": url, "pid": os.getpid(), "path": os.fspath(path)}
+    if token is not None:
+        data["token"] = token
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a crashed owner with this PID: O_EXCL below needs it gone
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the mode given to open() is masked by the umask, never widened
+        with os.fdopen(fd, "w") as out:
+            fd = -1
+            out.write(json.dumps(data))
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _remember_token(url, token)
     return target
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The sidecar of ``path`` if it exists, parses and names a live process; else None."""
+    """The sidecar of ``path`` if it exists, parses and names a live process; else None.
+    Its token, if any, is remembered for its URL (:func:`sidecar_token`)."""
     try:
         data = json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
@@ -73,15 +115,19 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     pid = data.get("pid")
     if not isinstance(pid, int) or not pid_alive(pid):
         return None
+    _remember_token(data["url"], data.get("token"))
     return data
 
 
 def remove_sidecar(path: str | os.PathLike[str]) -> None:
     """Remove the sidecar if this process wrote it (never another owner's)."""
     target = sidecar_path(path)
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(target.read_text()).get("pid") == os.getpid():
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        data = json.loads(target.read_text())
+        if data.get("pid") == os.getpid():
             target.unlink()
+            with _tokens_lock:  # that URL's token dies with the server
+                _tokens.pop(str(data.get("url", "")).rstrip("/"), None)
 
 
 def lock_holder(error: BaseException) -> int | None:

@@ -101,7 +101,11 @@ def test_shutdown_flushes_releases_and_removes_sidecar(tmp_path):
     owner = json.loads(sidecar_path(path).read_text())
     assert owner["url"] == embedded.url
     assert owner["pid"] == os.getpid()
-    with urllib.request.urlopen(embedded.url + "/api/jobs?count=1", timeout=10) as response:
+    request = urllib.request.Request(
+        embedded.url + "/api/jobs?count=1",
+        headers={"Authorization": f"Bearer {owner['token']}"},  # the sidecar's token
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["count"] == 20
     chaperone_otel.reset()
     assert not sidecar_path(path).exists()

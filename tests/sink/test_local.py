@@ -85,7 +85,8 @@ def test_api_refuses_non_json_posts(owned_store) -> None:  # type: ignore[no-unt
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
             conn.request("POST", "/api/sql", body=b'{"query": "SELECT 1"}',
-                         headers={"Content-Type": content_type})
+                         headers={"Content-Type": content_type,
+                                  "Authorization": f"Bearer {embedded.owner.token}"})
             response = conn.getresponse()
             response.read()
             return response.status

@@ -18,8 +18,9 @@ from chaperone_otel.sink._store import acquire, owned_here, read_sidecar, releas
 from tests.sink.store_factory import record
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -38,7 +39,9 @@ def test_lifecycle_open_serving_closed_and_close_is_idempotent(tmp_path: Path) -
     sidecar = read_sidecar(path)
     assert sidecar is not None
     assert (sidecar["url"], sidecar["path"]) == (url, owner.path)
-    assert _get(url + "/api/info")["path"] == owner.path
+    assert owner.token is not None
+    assert sidecar["token"] == owner.token
+    assert _get(url + "/api/info", owner.token)["path"] == owner.path
     with pytest.raises(SinkError, match="serving, not open"):
         owner.serve()
     owner.close()

@@ -1,0 +1,24 @@
+"""CLI helpers: ``sql --json`` keeps every column when names repeat (``unique_names``)."""
+
+from __future__ import annotations
+
+import json
+
+from chaperone_otel.cli._common import unique_names
+from tests.cli._cli_helpers import Recorded, invoke
+
+
+def test_unique_names_suffixes_repeats_without_clobbering_real_columns() -> None:
+    """A repeated name gets the first free _k suffix; an existing n_1 keeps its name."""
+    assert unique_names(["a", "b"]) == ["a", "b"]
+    assert unique_names(["n", "n", "n"]) == ["n", "n_1", "n_2"]
+    assert unique_names(["n", "n", "n_1"]) == ["n", "n_2", "n_1"]
+
+
+def test_sql_json_keeps_duplicate_column_names(recorded_store: Recorded) -> None:
+    """`SELECT 1 AS n, 2 AS n` gives both values in --json (it used to keep only the last)."""
+    result = invoke(
+        "sql", "SELECT 1 AS n, 2 AS n, 3 AS n", "--db", str(recorded_store.path), "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"n": 1, "n_1": 2, "n_2": 3}]
