@@ -18,9 +18,11 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     The latest attempt (or ``attempt=N``) with its heartbeats, errors and violations; 404
     when unknown.
 ``POST /api/sql``
-    ``{"query": "...", "params": [...] | {...}}`` → ``{"columns": [...], "rows": [...]}``;
-    read-only (the store rejects writes: 400). ``format=arrow`` (query string) returns an
-    Arrow IPC stream.
+    ``{"query": "...", "params": [...] | {...}}`` → ``{"columns": [...], "rows": [...],
+    "truncated": null | "why"}``; read-only (writes, files, URLs and extensions are refused:
+    400), interrupted at the owner's time limit, cut at its row/byte limit (``timeout``,
+    ``max_rows``, ``max_bytes`` in the body lower them). ``format=arrow`` (query string)
+    returns an Arrow IPC stream, with ``truncated`` in the schema metadata.
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 
@@ -569,10 +571,26 @@ def query_routes(
         params = payload.get("params")
         if params is not None and not isinstance(params, (list, dict)):
             raise _BadRequest("params must be a list or an object")
-        columns, rows = sink().sql(text, decode_sql_params(params))
+        # A client may lower the owner's limits for its query (never raise them).
+        limits: dict[str, float] = {}
+        for key in ("timeout", "max_rows", "max_bytes"):
+            value = payload.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise _BadRequest(f"{key} must be a positive number")
+            limits[key] = value if key == "timeout" else int(value)
+        result = sink().sql(text, decode_sql_params(params), **limits)
+        columns, rows = result
+        truncated = getattr(result, "truncated", None)
         if request.query_params.get("format") == "arrow":
-            return _arrow_response(_sql_arrow(columns, rows))
-        return _JSON({"columns": list(columns), "rows": [list(r) for r in rows]})
+            table = _sql_arrow(columns, rows)
+            if truncated:
+                table = table.replace_schema_metadata({"truncated": truncated})
+            return _arrow_response(table)
+        return _JSON(
+            {"columns": list(columns), "rows": [list(r) for r in rows], "truncated": truncated}
+        )
 
     def prune(request: Request, payload: dict[str, Any]) -> Response:
         if not allow_prune:

@@ -388,6 +388,9 @@ class StoreOwner:
         if self._advertised:
             remove_sidecar(self.path)
             self._advertised = False
+        # Stopping the server waits for in-flight requests: interrupt their queries first,
+        # so a long /api/sql cannot hold shutdown (and the file lock) for its whole run.
+        self.store.interrupt_queries()
         if self._server is not None:
             self._server.stop(timeout or 15.0)
             self._server = None

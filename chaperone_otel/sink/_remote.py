@@ -34,7 +34,7 @@ from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import ARROW_STREAM, dumps, encode_sql_params
 from ._query import JobQuery, Sink
-from ._results import ErrorRecord, HeartbeatRecord, JobRecord, ViolationRecord
+from ._results import ErrorRecord, HeartbeatRecord, JobRecord, SqlResult, ViolationRecord
 from ._store import sidecar_token
 
 __all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
@@ -205,7 +205,8 @@ class RemoteSink(Sink):
         columns = [str(c) for c in table.column_names]
         data = [col.to_pylist() for col in table.columns]
         rows = [tuple(col[i] for col in data) for i in range(table.num_rows)]
-        return columns, rows
+        truncated = (table.schema.metadata or {}).get(b"truncated")
+        return SqlResult(columns, rows, truncated.decode() if truncated else None)
 
     def prune(self, older_than: timedelta | str | float) -> int:
         """Ask the owner to prune (the sink server allows it; an embedded owner may not)."""

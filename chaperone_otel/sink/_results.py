@@ -149,6 +149,34 @@ class ViolationRecord:
         )
 
 
+class SqlResult(tuple[list[str], list[tuple[Any, ...]]]):
+    """What ``sink.sql()`` returns: a ``(columns, rows)`` pair, plus :attr:`truncated`.
+
+    Attributes:
+        truncated: None when ``rows`` is the whole result; otherwise which limit stopped it
+            and what to do (the rows are the first ones the query produced).
+    """
+
+    truncated: str | None
+
+    def __new__(
+        cls, columns: list[str], rows: list[tuple[Any, ...]], truncated: str | None = None
+    ) -> SqlResult:
+        self = super().__new__(cls, (columns, rows))
+        self.truncated = truncated
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """The column names."""
+        return self[0]
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The rows, at most the row limit."""
+        return self[1]
+
+
 def _from_store(f: RunField, value: Any) -> Any:
     """A stored or JSON value as the record field's Python value."""
     if f.kind is Kind.TIME:

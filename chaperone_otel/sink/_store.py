@@ -15,6 +15,16 @@ a process of the same user (and root) query the embedded sink, and no other loca
 token read from (or written to) a sidecar is remembered for its URL in this process
 (:func:`sidecar_token`), so the remote client sends it without every caller passing it on.
 
+Every connection is opened with :func:`engine_config`: the engine cannot reach files other
+than the store itself (and its WAL and spill directory), the network or extensions, and once
+the store's own session settings are applied the configuration is locked. That is what makes
+user SQL (``sink.sql()``, ``/api/sql``, ``chaperone-otel sql``) unable to read
+``/etc/passwd`` however the name is spelt: the engine refuses, not a pattern list. The setting
+belongs to this database instance only; other DuckDB connections in the process keep theirs.
+It also bounds the instance's memory and threads, so an embedded sink cannot grow the user's
+application without limit (``CHAPERONE_OTEL_SINK_MEMORY_LIMIT``,
+``CHAPERONE_OTEL_SINK_THREADS``).
+
 Every ``duckdb.Error`` leaving this package becomes a
 :class:`~chaperone_otel.exceptions.SinkError` (``raise … from e``).
 """
@@ -28,15 +38,61 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import duckdb
 
 from .._health import DEFAULT_POLICY, HealthPolicy
-from ..exceptions import SinkError
+from .._units import parse_bytes
+from ..exceptions import ConfigurationError, SinkError
 from ._schema import migrate, require_current
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+DEFAULT_MEMORY_LIMIT: Final = "256MiB"
+"""DuckDB's buffer-pool limit for a store's instance (DuckDB's own default is 80 % of RAM,
+too much for a sink embedded in someone's application); past it DuckDB spills to
+``<path>.tmp`` or fails the query, never the process."""
+
+DEFAULT_THREADS: Final = 2
+"""DuckDB worker threads for a store's instance (DuckDB's default is one per core)."""
+
+ENV_MEMORY_LIMIT: Final = "CHAPERONE_OTEL_SINK_MEMORY_LIMIT"
+ENV_THREADS: Final = "CHAPERONE_OTEL_SINK_THREADS"
+
+_LOCKED_DOWN: Final = {
+    # No file, URL or other database beyond the store: read_text('/etc/passwd'),
+    # FROM 'x.csv', "/dir/k".information_schema.csv, ATTACH, COPY … TO and INSTALL all
+    # fail with a PermissionException; Python replacement scans are off as well. The store
+    # file, its WAL, checkpoints and the spill directory are the engine's own and still work.
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def engine_config() -> dict[str, Any]:
+    """The DuckDB configuration every store connection is opened with (see the module doc).
+
+    ``CHAPERONE_OTEL_SINK_MEMORY_LIMIT`` (``512MiB``, ``2GiB`` …) and
+    ``CHAPERONE_OTEL_SINK_THREADS`` override :data:`DEFAULT_MEMORY_LIMIT` and
+    :data:`DEFAULT_THREADS`.
+
+    Raises:
+        ConfigurationError: one of those variables is not a size / a positive integer.
+    """
+    memory = os.environ.get(ENV_MEMORY_LIMIT, "").strip() or DEFAULT_MEMORY_LIMIT
+    threads_text = os.environ.get(ENV_THREADS, "").strip()
+    try:
+        threads = int(threads_text) if threads_text else DEFAULT_THREADS
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigurationError(
+            f"{ENV_THREADS}={threads_text!r}: expected a positive number of threads, e.g. 2"
+        )
+    limit = parse_bytes(memory, what=ENV_MEMORY_LIMIT)
+    return {**_LOCKED_DOWN, "memory_limit": f"{max(limit // 1024, 1)}KiB", "threads": threads}
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -175,18 +231,25 @@ class Store:
         self.before_read: Callable[[], object] | None = None
         self._refs = 1
         self._closed = False
+        self._queries_lock = threading.Lock()
+        self._queries: set[Any] = set()
+        self._stopping = False
         try:
-            self._con = duckdb.connect(path, read_only=read_only)
+            self._con = duckdb.connect(path, read_only=read_only, config=engine_config())
         except duckdb.Error as e:
             raise sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
             # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).
+            # TimeZone cannot be given to connect() (it belongs to the ICU extension).
             self._con.execute("SET GLOBAL TimeZone = 'UTC'")
             if read_only:
                 require_current(self._con, path)
             else:
                 migrate(self._con, path, policy)
+            # Last: from here on no statement can change a setting (SET, RESET, PRAGMA), so
+            # the lock-down above cannot be undone by user SQL.
+            self._con.execute("SET lock_configuration = true")
         except BaseException as e:
             self._con.close()
             if isinstance(e, duckdb.Error):
@@ -205,6 +268,44 @@ class Store:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @contextlib.contextmanager
+    def interruptible(self, cur: Any) -> Any:
+        """Track ``cur`` while a query runs on it, so :meth:`interrupt_queries` can stop it.
+
+        Raises:
+            SinkError: the owner is shutting down (:meth:`interrupt_queries` was called).
+        """
+        with self._queries_lock:
+            if self._stopping:
+                raise SinkError(f"the store {self.path} is shutting down; query refused")
+            self._queries.add(cur)
+        try:
+            yield cur
+        finally:
+            with self._queries_lock:
+                self._queries.discard(cur)
+
+    @property
+    def stopping(self) -> bool:
+        """:meth:`interrupt_queries` was called: queries in flight were interrupted."""
+        return self._stopping
+
+    def interrupt_queries(self) -> int:
+        """Interrupt every tracked query and refuse new ones (the owner's shutdown calls
+        this before it waits for in-flight requests, which would otherwise wait for the
+        longest query). The writer's cursors are not tracked: queued records still commit.
+
+        Returns:
+            How many queries were interrupted.
+        """
+        with self._queries_lock:
+            self._stopping = True
+            running = list(self._queries)
+        for cur in running:
+            with contextlib.suppress(duckdb.Error):
+                cur.interrupt()
+        return len(running)
 
     def _close(self) -> None:
         if not self._closed:

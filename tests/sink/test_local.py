@@ -1,4 +1,6 @@
-"""User SQL reads the job store and nothing else; the HTTP API takes JSON bodies only."""
+"""User SQL reads the job store and nothing else (the engine is locked down, per database
+instance: the application's own DuckDB databases are unaffected); the HTTP API takes JSON
+bodies only."""
 
 from __future__ import annotations
 
@@ -45,8 +47,57 @@ def owned_store(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_sql_cannot_read_files_or_other_databases(owned_store, query: str) -> None:  # type: ignore[no-untyped-def]
     """File readers, replacement scans and other catalogs are refused with the reason."""
     db, _ = owned_store
-    with chaperone.open_sink(str(db)) as sink, pytest.raises(SinkError, match="reads only the job store"):
+    with chaperone.open_sink(str(db)) as sink, pytest.raises(
+        SinkError, match="reads only the job store"
+    ):
         sink.sql(query)
+
+
+def test_unknown_statement_types_are_refused_cleanly(owned_store) -> None:  # type: ignore[no-untyped-def]
+    """A statement type newer than duckdb's Python enum is a SinkError, not a ValueError."""
+    db, _ = owned_store
+    with chaperone.open_sink(str(db)) as sink, pytest.raises(
+        SinkError, match="read-only: this statements are refused"
+    ):
+        sink.sql("UPDATE EXTENSIONS")
+
+
+def test_the_applications_own_duckdb_is_unaffected(owned_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The lock-down is the store's database instance only: in the same process, the user's
+    in-memory and file databases still read files, change settings and scan Python data."""
+    import duckdb
+    import pyarrow as pa
+
+    db, _ = owned_store
+    secret = tmp_path / "mine.txt"
+    secret.write_text("mine")
+    frame = pa.table({"x": [1, 2]})  # noqa: F841 (found by the replacement scan)
+    with chaperone.open_sink(str(db)) as sink:
+        with pytest.raises(SinkError, match="disabled for queries"):
+            sink.sql(f"SELECT * FROM read_text('{secret}')")
+        for con in (duckdb.connect(), duckdb.connect(str(tmp_path / "mine.duckdb"))):
+            try:
+                assert con.execute(f"SELECT content FROM read_text('{secret}')").fetchall() == [
+                    ("mine",)
+                ]
+                con.execute("SET threads = 1")
+                assert con.execute("SELECT sum(x) FROM frame").fetchall() == [(3,)]
+            finally:
+                con.close()
+        assert sink.sql("SELECT count(*) FROM jobs")[1] == [(1,)]
+
+
+def test_store_instance_is_bounded_and_locked(owned_store) -> None:  # type: ignore[no-untyped-def]
+    """The store's instance runs with the documented memory and thread limits, external
+    access off, and a configuration user SQL cannot change."""
+    db, _ = owned_store
+    with chaperone.open_sink(str(db)) as sink:
+        _, rows = sink.sql(
+            "SELECT current_setting('memory_limit'), current_setting('threads'), "
+            "current_setting('enable_external_access'), current_setting('lock_configuration'), "
+            "current_setting('TimeZone')"
+        )
+        assert rows == [("256.0 MiB", 2, False, True, "UTC")]
 
 
 def test_sql_over_the_store_still_works(owned_store) -> None:  # type: ignore[no-untyped-def]

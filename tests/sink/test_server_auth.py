@@ -29,7 +29,7 @@ from chaperone_otel.sink._owner import is_loopback
 from chaperone_otel.sink._remote import TOKEN_ENV, RemoteSink
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import read_sidecar, sidecar_path
-from tests.cli._cli_helpers import wait_for
+from tests.waiting import wait_until
 
 CLI = (sys.executable, "-m", "chaperone_otel.cli")
 
@@ -156,7 +156,7 @@ def test_cli_non_loopback_needs_a_token_or_insecure(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        owner = wait_for(lambda: proc.poll() is None and read_sidecar(path), 30, "the sidecar")
+        owner = wait_until(lambda: proc.poll() is None and read_sidecar(path), 30, "the sidecar")
         port = owner["url"].rsplit(":", 1)[1]
         assert _status(f"http://127.0.0.1:{port}/healthz") == 200
         assert "token" not in owner  # sink serve never writes a token to disk
@@ -196,13 +196,13 @@ def app_store() -> Iterator[tuple[Path, dict[str, Any]]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        owner = wait_for(lambda: proc.poll() is None and read_sidecar(path), 30, "the sidecar")
+        owner = wait_until(lambda: proc.poll() is None and read_sidecar(path), 30, "the sidecar")
 
         def recorded() -> bool:
             with open_sink(path) as sink:
                 return sink.jobs.named("auth.job").count() == 1
 
-        wait_for(recorded, 30, "the run")
+        wait_until(recorded, 30, "the run")
         yield path, owner
     finally:
         stop.touch()
