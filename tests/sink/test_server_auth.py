@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from chaperone_otel.exceptions import ConfigurationError
+from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink import open_sink
-from chaperone_otel.sink._owner import is_loopback
-from chaperone_otel.sink._remote import TOKEN_ENV, RemoteSink
+from chaperone_otel.sink._owner import StoreOwner, is_loopback
+from chaperone_otel.sink._remote import TOKEN_ENV, RemoteSink, open_remote
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import read_sidecar, sidecar_path
 from tests.waiting import wait_until
@@ -275,3 +275,15 @@ def test_another_os_user_cannot_read_the_token_or_query(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["denied", "401", "401"]
+
+
+def test_a_wrong_token_says_where_the_right_one_is(tmp_path: Path) -> None:
+    """A client with the wrong token is told where the embedded sink's token lives."""
+    owner = StoreOwner(tmp_path / "own.duckdb")
+    try:
+        url = owner.serve()
+        with pytest.raises(SinkError, match=r"PATH\.owner\.json holds the token"):
+            open_remote(url, token="nope")
+        assert open_remote(url).info()["path"] == owner.path  # this process knows its token
+    finally:
+        owner.close()
