@@ -456,6 +456,10 @@ def health(
 def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: bool) -> None:
     """Run a read-only SQL query against the store.
 
+    The query reads only the store (no files, URLs or extensions), is interrupted after
+    $CHAPERONE_OTEL_SQL_TIMEOUT (30 s) and returns at most $CHAPERONE_OTEL_SQL_MAX_ROWS
+    (100000) rows; a cut result is said on stderr.
+
     \b
     Examples:
       chaperone-otel sql "SELECT name, status, count(*) FROM jobs GROUP BY ALL"
@@ -466,12 +470,16 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
     target = store_target(db, url)
     with open_store(target) as sink:
         try:
-            columns, rows = sink.sql(statement)
-        except (SinkError, ValueError) as exc:  # writes, syntax, unknown table: bad input
+            result = sink.sql(statement)
+        except (SinkError, ValueError) as exc:  # writes, files, syntax, time limit: bad input
             fail(f"sql: {exc}", Exit.USAGE)
         except Exception as exc:  # duckdb's own error classes
             fail(f"sql: {type(exc).__name__}: {exc}", Exit.USAGE)
+    columns, rows = result
     columns = [str(c) for c in columns]
+    truncated = getattr(result, "truncated", None)
+    if truncated:  # on stderr, so --json/--csv output stays parseable
+        click.echo(f"sql: result truncated: {truncated}", err=True)
     if as_json:
         keys = unique_names(columns)  # "SELECT 1 AS n, 2 AS n" must not lose a value
         dump_json([dict(zip(keys, row, strict=False)) for row in rows])

@@ -580,7 +580,13 @@ def query_routes(
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise _BadRequest(f"{key} must be a positive number")
             limits[key] = value if key == "timeout" else int(value)
-        result = sink().sql(text, decode_sql_params(params), **limits)
+        store = sink()
+        try:
+            result = store.sql(text, decode_sql_params(params), **limits)
+        except SinkError as e:
+            if getattr(store, "stopping", False):  # interrupted by shutdown: retry elsewhere
+                return _JSON({"error": str(e)}, status_code=503, headers={"Retry-After": "1"})
+            raise
         columns, rows = result
         truncated = getattr(result, "truncated", None)
         if request.query_params.get("format") == "arrow":

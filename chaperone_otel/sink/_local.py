@@ -186,6 +186,11 @@ class LocalSink(Sink):
     def read_only(self) -> bool:
         return self._read_only
 
+    @property
+    def stopping(self) -> bool:
+        """The store's owner is shutting down: queries are interrupted and refused."""
+        return self._store.stopping
+
     def cursor(self) -> Any:
         """A fresh DuckDB cursor on the store (the sink server's fleet metrics use it)."""
         if self._closed:

@@ -349,6 +349,7 @@ class StoreOwner:
             server.bind()
         self._server, self.url = server, server.url
         self.view.url = server.url
+        server.on_shutdown = self.store.interrupt_queries
         try:
             if background:
                 server.start(timeout)
@@ -468,6 +469,9 @@ class BackgroundServer:
             None, allowed_hosts=[*extra, *allowed_hosts], on_refusal=on_refusal
         )
         self._server_class = server_class
+        self.on_shutdown: Callable[[], object] | None = None
+        """Called as shutdown begins, before uvicorn waits for in-flight requests (the
+        owner interrupts their queries here)."""
         self._server: Any = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -512,8 +516,16 @@ class BackgroundServer:
                 timeout_graceful_shutdown=10,
                 server_header=False,
             )
-            cls = self._server_class or uvicorn.Server
-            self._server = cls(config)
+            base = self._server_class or uvicorn.Server
+            owner = self
+
+            class _Server(base):  # type: ignore[misc,valid-type]
+                async def shutdown(self, sockets: Any = None) -> None:
+                    if owner.on_shutdown is not None:
+                        owner.on_shutdown()
+                    await super().shutdown(sockets)
+
+            self._server = _Server(config)
         return self._server
 
     def run(self) -> None:

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -231,7 +232,7 @@ class Store:
         self.before_read: Callable[[], object] | None = None
         self._refs = 1
         self._closed = False
-        self._queries_lock = threading.Lock()
+        self._queries_lock = threading.Condition()
         self._queries: set[Any] = set()
         self._stopping = False
         try:
@@ -285,27 +286,34 @@ class Store:
         finally:
             with self._queries_lock:
                 self._queries.discard(cur)
+                self._queries_lock.notify_all()
 
     @property
     def stopping(self) -> bool:
         """:meth:`interrupt_queries` was called: queries in flight were interrupted."""
         return self._stopping
 
-    def interrupt_queries(self) -> int:
+    def interrupt_queries(self, timeout: float = 2.0) -> int:
         """Interrupt every tracked query and refuse new ones (the owner's shutdown calls
         this before it waits for in-flight requests, which would otherwise wait for the
         longest query). The writer's cursors are not tracked: queued records still commit.
 
+        DuckDB forgets an interrupt that arrives before its query starts, so this repeats
+        until the tracked queries are gone or ``timeout`` passes.
+
         Returns:
-            How many queries were interrupted.
+            How many queries were running.
         """
+        deadline = time.monotonic() + timeout
         with self._queries_lock:
             self._stopping = True
-            running = list(self._queries)
-        for cur in running:
-            with contextlib.suppress(duckdb.Error):
-                cur.interrupt()
-        return len(running)
+            found = len(self._queries)
+            while self._queries and time.monotonic() < deadline:
+                for cur in self._queries:
+                    with contextlib.suppress(duckdb.Error):
+                        cur.interrupt()
+                self._queries_lock.wait(0.05)
+        return found
 
     def _close(self) -> None:
         if not self._closed:

@@ -1,7 +1,8 @@
 """User SQL cannot leave the job store: 150+ escape attempts through ``chaperone-otel sql``
 (direct file open, real processes) and a live owner's ``/api/sql`` (``sink serve`` in a real
-process). Each is refused with a clear reason, no secret content comes back, nothing reaches
-the network or the extension directory, and the store is unchanged."""
+process), and a second OS user against an application's embedded API. Each is refused with
+a clear reason, no secret content comes back, nothing reaches the network or the extension
+directory, and the store is unchanged."""
 
 from __future__ import annotations
 
@@ -279,4 +280,80 @@ def test_api_sql_of_a_live_owner_refuses_every_escape(setting: Setting) -> None:
     finally:
         assert stop(proc) == 0
     assert content_digest(setting.db) == before
+    setting.assert_nothing_escaped()
+
+
+APP = """
+import sys, chaperone_otel
+from chaperone_otel import supervised
+setup = chaperone_otel.configure(sink=sys.argv[1])
+with supervised("app.job"):
+    pass
+print(setup.sink.url, flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+chaperone_otel.shutdown()
+"""
+
+ATTACKER = """
+import http.client, json, sys
+host, port = sys.argv[1].removeprefix("http://").split(":")
+try:
+    open(sys.argv[2]).read()
+    print(json.dumps({"direct": "readable"}))
+except PermissionError:
+    print(json.dumps({"direct": "denied"}))
+for q in json.loads(sys.argv[3]):
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/api/sql", body=json.dumps({"query": q}),
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    print(json.dumps({"q": q, "status": r.status, "body": r.read().decode()}), flush=True)
+    conn.close()
+"""
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def test_another_os_user_cannot_read_a_root_only_file_through_an_apps_api(
+    setting: Setting,
+) -> None:
+    """The issue's cross-user case: ``nobody`` posts file-reading SQL to a root
+    application's embedded-sink ``/api/sql``; a 0600 root file stays unread."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a second OS user (nobody)")
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"{SYSTEM_PYTHON} (an interpreter nobody may run) is missing")
+    setting.secret.chmod(0o600)
+    app = subprocess.Popen([sys.executable, "-c", APP, str(setting.db)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=setting.env())
+    try:
+        assert app.stdout is not None
+        url = app.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), app.stderr.read() if app.stderr else ""
+        attempts = [a for a in setting.attempts if str(setting.secret.parent) in a][:40]
+        done = subprocess.run(
+            [SYSTEM_PYTHON, "-c", ATTACKER, url, str(setting.secret), json.dumps(attempts)],
+            user="nobody", group="nogroup", cwd="/", env={"PATH": "/usr/bin:/bin"},
+            check=False, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert lines[0] == {"direct": "denied"}  # the file really is out of nobody's reach
+        answers = lines[1:]
+        assert len(answers) == len(attempts) >= 30
+        assert SECRET not in done.stdout
+        assert [a["q"] for a in answers if a["status"] != 400] == []
+    finally:
+        if app.stdin is not None:
+            app.stdin.close()
+        try:
+            app.wait(30)
+        finally:
+            if app.poll() is None:
+                os.kill(app.pid, signal.SIGKILL)
+                app.wait(10)
+            for stream in (app.stdout, app.stderr):
+                if stream is not None:
+                    stream.close()
     setting.assert_nothing_escaped()
