@@ -302,13 +302,19 @@ try:
     print(json.dumps({"direct": "readable"}))
 except PermissionError:
     print(json.dumps({"direct": "denied"}))
-for q in json.loads(sys.argv[3]):
+def post(q, token):
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("POST", "/api/sql", body=json.dumps({"query": q}),
-                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    conn.request("POST", "/api/sql", body=json.dumps({"query": q}), headers=headers)
     r = conn.getresponse()
-    print(json.dumps({"q": q, "status": r.status, "body": r.read().decode()}), flush=True)
+    out = {"q": q, "status": r.status, "body": r.read().decode()}
     conn.close()
+    return out
+print(json.dumps({"without_token": post("SELECT 1", None)["status"]}), flush=True)
+for q in json.loads(sys.argv[3]):  # as if the owner's token had leaked: the engine refuses
+    print(json.dumps(post(q, sys.argv[4])), flush=True)
 """
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -332,15 +338,21 @@ def test_another_os_user_cannot_read_a_root_only_file_through_an_apps_api(
         url = app.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), app.stderr.read() if app.stderr else ""
         attempts = [a for a in setting.attempts if str(setting.secret.parent) in a][:40]
+        owner = read_sidecar(setting.db)
+        assert owner is not None
+        assert owner.get("token"), "the embedded API has no token"
+        token = str(owner["token"])
         done = subprocess.run(
-            [SYSTEM_PYTHON, "-c", ATTACKER, url, str(setting.secret), json.dumps(attempts)],
+            [SYSTEM_PYTHON, "-c", ATTACKER, url, str(setting.secret), json.dumps(attempts),
+             token],
             user="nobody", group="nogroup", cwd="/", env={"PATH": "/usr/bin:/bin"},
             check=False, capture_output=True, text=True, timeout=120,
         )
         assert done.returncode == 0, done.stderr
         lines = [json.loads(line) for line in done.stdout.splitlines()]
         assert lines[0] == {"direct": "denied"}  # the file really is out of nobody's reach
-        answers = lines[1:]
+        assert lines[1] == {"without_token": 401}  # the sidecar's token is root's alone
+        answers = lines[2:]
         assert len(answers) == len(attempts) >= 30
         assert SECRET not in done.stdout
         assert [a["q"] for a in answers if a["status"] != 400] == []
