@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -407,6 +408,7 @@ class StoreOwner:
             self._view = None
         if not self.store.closed:
             release(self.store)
+        self.store.accept_queries()  # other sinks in this process may still share it
         if errors:
             raise errors[0]
 
@@ -521,8 +523,8 @@ class BackgroundServer:
 
             class _Server(base):  # type: ignore[misc,valid-type]
                 async def shutdown(self, sockets: Any = None) -> None:
-                    if owner.on_shutdown is not None:
-                        owner.on_shutdown()
+                    if owner.on_shutdown is not None:  # may wait briefly: off the event loop
+                        await asyncio.to_thread(owner.on_shutdown)
                     await super().shutdown(sockets)
 
             self._server = _Server(config)

@@ -293,6 +293,12 @@ class Store:
         """:meth:`interrupt_queries` was called: queries in flight were interrupted."""
         return self._stopping
 
+    def accept_queries(self) -> None:
+        """Undo :meth:`interrupt_queries`' refusal (the owner is gone, but other sinks in
+        this process still share the connection)."""
+        with self._queries_lock:
+            self._stopping = False
+
     def interrupt_queries(self, timeout: float = 2.0) -> int:
         """Interrupt every tracked query and refuse new ones (the owner's shutdown calls
         this before it waits for in-flight requests, which would otherwise wait for the

@@ -311,3 +311,18 @@ def test_sigterm_during_a_long_query_exits_quickly_and_frees_the_file(
     assert "shutting down" in answers[0][1]["error"]
     with open_sink(store) as sink:
         assert sink.sql("SELECT count(*) FROM jobs")[1] == [(1,)]
+
+
+def test_a_sink_sharing_the_connection_still_queries_after_the_owner_closes(
+    tmp_path: Path,
+) -> None:
+    """The owner's shutdown refuses queries only while it stops: an open_sink() of the same
+    file in this process (sharing the connection) keeps working afterwards."""
+    db = tmp_path / "shared.duckdb"
+    owner = StoreOwner(db)
+    other = open_sink(db)
+    try:
+        owner.close()
+        assert other.sql("SELECT count(*) FROM jobs")[1] == [(0,)]
+    finally:
+        other.close()
