@@ -80,6 +80,7 @@ def test_sink_server_refuses_an_empty_token(tmp_path: Path, token: str) -> None:
     [(("--token", ""), {}), ((), {TOKEN_ENV: ""}), ((), {TOKEN_ENV: "  "})],
     ids=["flag", "env", "env-blank"],
 )
+@pytest.mark.slow
 def test_cli_refuses_an_empty_token_with_a_usage_error(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
 ) -> None:

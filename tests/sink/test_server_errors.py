@@ -17,6 +17,8 @@ import pytest
 CLI = (sys.executable, "-m", "chaperone_otel.cli", "sink", "serve")
 
 
+pytestmark = pytest.mark.slow  # each test runs `sink serve` as a process
+
 def _serve(*args: str) -> Any:
     env = {k: v for k, v in os.environ.items() if k != "CHAPERONE_OTEL_SINK_TOKEN"}
     return subprocess.run(

@@ -166,6 +166,7 @@ def test_battery_is_large_and_covers_every_statement_type() -> None:
     assert "unknown" in kinds
 
 
+@pytest.mark.slow
 def test_cli_refuses_every_escape_and_leaves_the_file_byte_for_byte(setting: Setting) -> None:
     """``chaperone-otel sql --db FILE`` (direct open, no owner): every attempt exits 2 with
     a clear reason and no secret; the file's bytes are unchanged."""
@@ -187,6 +188,7 @@ def test_cli_refuses_every_escape_and_leaves_the_file_byte_for_byte(setting: Set
     setting.assert_nothing_escaped()
 
 
+@pytest.mark.slow
 def test_cli_processes_refuse_escapes(setting: Setting) -> None:
     """A few attempts as real ``chaperone-otel sql`` processes: exit 2, the reason on stderr."""
     before = file_digest(setting.db)
@@ -259,6 +261,7 @@ def stop(proc: subprocess.Popen[str], timeout: float = 20) -> int:
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_api_sql_of_a_live_owner_refuses_every_escape(setting: Setting) -> None:
     """``/api/sql`` of ``sink serve``: every attempt gets 400 with a clear reason and no
     secret; the store's content is unchanged after the owner exits."""
@@ -320,6 +323,7 @@ for q in json.loads(sys.argv[3]):  # as if the owner's token had leaked: the eng
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+@pytest.mark.slow
 def test_another_os_user_cannot_read_a_root_only_file_through_an_apps_api(
     setting: Setting,
 ) -> None:

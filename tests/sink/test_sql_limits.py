@@ -77,6 +77,7 @@ def store(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.mark.slow
 def test_a_long_query_is_interrupted_at_the_time_limit(store: Path) -> None:
     """A cross join that would run for minutes stops at the 1 s limit with the reason."""
     with open_sink(store) as sink:
@@ -128,6 +129,7 @@ def test_results_stop_at_the_byte_limit(store: Path) -> None:
         assert "larger than 1048576 bytes" in result.truncated
 
 
+@pytest.mark.slow
 def test_a_huge_result_does_not_grow_the_process(tmp_path: Path, store: Path) -> None:
     """SELECT * FROM range(15000000) (3.75 GB of RSS when fully fetched) stays small."""
     script = (
@@ -159,6 +161,7 @@ def test_limits_from_the_environment(store: Path, monkeypatch: pytest.MonkeyPatc
         QueryLimits(timeout=0)
 
 
+@pytest.mark.slow
 def test_engine_memory_and_threads_are_configurable_and_spill_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,6 +264,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
                 proc.wait(10)
 
 
+@pytest.mark.slow
 def test_api_sql_interrupts_at_the_owners_limit_and_truncates(store: Path, serve: Any) -> None:
     """/api/sql: a long query answers 400 with the reason at the owner's limit; a big result
     is cut with "truncated" (JSON) and .truncated (a remote sink, over Arrow)."""
@@ -291,6 +295,7 @@ def test_api_sql_interrupts_at_the_owners_limit_and_truncates(store: Path, serve
         assert remote.sql("SELECT 1").truncated is None  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_long_query_exits_quickly_and_frees_the_file(
     store: Path, serve: Any
 ) -> None:
