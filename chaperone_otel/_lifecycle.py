@@ -115,7 +115,14 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
     Each step is guarded on its own, and ending the span and unregistering the run happen
     whatever failed before: a run whose finish half-failed must not stay "live" for ever (its
     gauges reported, the sink calling it lost).
+
+    In a forked child, a run inherited from the parent (the child left the parent's ``with
+    supervised()`` block, returning or by ``sys.exit()``) is not finished: it is the
+    parent's, still running there, and its records, span and hooks are the parent's to
+    write. Nothing is published, the span is left open, the call does nothing.
     """
+    if run.inherited:
+        return
     try:
         now = run.clock()
     except Exception as error:

@@ -489,3 +489,34 @@ print("CHILD", os.waitstatus_to_exitcode(status))
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CHILD 0" in proc.stdout
+
+
+def test_forked_child_of_an_app_serving_metrics_exits_without_hanging() -> None:
+    """A child forked from an app with ``prometheus_port`` exits normally (``sys.exit``, so
+    ``shutdown()`` runs at its exit): it closes only its copy of the server's socket. (It
+    hung for ever: ``server.shutdown()`` waited for a serving thread that only the parent
+    has.)"""
+    script = r"""
+import os, sys, time
+import chaperone_otel as c
+c.configure(prometheus_port=0)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("CHILD", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("CHILD HUNG")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr

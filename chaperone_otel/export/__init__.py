@@ -172,6 +172,8 @@ class Setup:
     metric_readers: list[MetricReader] = field(default_factory=list)
     created_providers: list[Any] = field(default_factory=list)
     prometheus_server: Any = None
+    pid: int = field(default_factory=os.getpid)
+    """The process that installed all this (a forked child inherits the object)."""
 
 
 def otlp_enabled(config: _Config) -> bool:
@@ -331,7 +333,16 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
 
 
 def teardown(state: Setup) -> None:
-    """Flush and remove what :func:`setup` installed. Never raises."""
+    """Flush and remove what :func:`setup` installed. Never raises.
+
+    In a forked child (``shutdown()`` at its exit, or its own ``configure()``) the embedded
+    sink and the Prometheus server are the parent's, with no thread of theirs in the child:
+    closing the store there would checkpoint the parent's DuckDB file from a stale copy (and
+    crash), and ``server.shutdown()`` would wait for ever for a serving loop that does not
+    exist. The child lets go of them and flushes only its own SDK processors (which the SDK
+    restarts after fork).
+    """
+    inherited = state.pid != os.getpid()
     with _handle_internal_errors("teardown.sink"):
         if state.sink is not None:
             state.sink.close()
@@ -366,8 +377,9 @@ def teardown(state: Setup) -> None:
             provider.force_flush()
     if state.prometheus_server is not None:
         with _handle_internal_errors("teardown.prometheus"):
-            state.prometheus_server.shutdown()
-            state.prometheus_server.server_close()
+            if not inherited:
+                state.prometheus_server.shutdown()
+            state.prometheus_server.server_close()  # the child closes only its copy of the fd
 
 
 _SDK_METRICS_EXPORT_LOGGER: Final = "opentelemetry.sdk.metrics._internal.export"
