@@ -15,10 +15,11 @@ serve`` (:mod:`._server`) both own their file through a :class:`StoreOwner`, whi
 5. advertises that URL beside the file (``<path>.owner.json``) so ``open_sink(path)`` and
    the CLI in another process follow it;
 
-and :meth:`StoreOwner.close` undoes it: stop serving (in-flight requests finish), commit
-everything queued, close the view, release the file, and only then stop advertising, so that
-a reader never finds the file locked with no advertisement (``open_sink`` retries a locked
-file whose advertised URL does not answer, the window while the server has stopped).
+and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, stop serving
+(in-flight requests finish), commit everything queued, close the view, release the file.
+Between the first step and the last the file is locked with no advertisement: a new reader
+is never sent to a server that is going away, and ``open_sink`` retries such a lock (a
+handover) until the file is released, then opens it.
 
 Lifecycle: ``open`` (after construction: store, writer, view) → ``serving`` (after
 :meth:`~StoreOwner.serve`) → ``closing`` (while :meth:`~StoreOwner.close` runs: the writer
@@ -188,8 +189,8 @@ class StoreOwner:
         return server.url
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Undo everything: stop serving (in-flight requests finish), commit everything
-        queued, close the view, release the file, then remove the sidecar.
+        """Undo everything, in reverse order: remove the sidecar, stop serving (in-flight
+        requests finish), commit everything queued, close the view, release the file.
         Idempotent; the file is released even when the writer fails.
 
         Raises:
@@ -206,17 +207,9 @@ class StoreOwner:
 
     def _teardown(self, timeout: float | None) -> None:
         self.store.before_read = None
-        try:
-            self._stop_and_release(timeout)
-        finally:
-            # Last, once the file is released: a reader that finds the file locked always
-            # finds the advertisement too (or, while the server stops, a URL that no longer
-            # answers: open_sink retries both until the lock is gone).
-            if self._advertised:
-                remove_sidecar(self.path)
-                self._advertised = False
-
-    def _stop_and_release(self, timeout: float | None) -> None:
+        if self._advertised:
+            remove_sidecar(self.path)
+            self._advertised = False
         if self._server is not None:
             self._server.stop(timeout or 15.0)
             self._server = None
