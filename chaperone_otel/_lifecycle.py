@@ -36,7 +36,7 @@ from ._events import receivers
 from ._record import publish
 from ._resources import thread_cpu_clock
 from ._run import Run, Supervision
-from ._runtime import runtime
+from ._runtime import flush_if_worker, runtime
 from ._safety import internal_error
 from ._spec import Spec, static_for
 from .exceptions import JobLimitExceeded
@@ -165,6 +165,10 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
         finally:
             rt.finished(run)
             run.detach()  # no handle <-> state cycle: a finished run is freed at once
+    try:
+        flush_if_worker()  # a pool worker may be gone (os._exit) right after this task
+    except Exception as error:
+        internal_error("run.worker_flush", error)
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -382,6 +383,42 @@ def teardown(state: Setup) -> None:
             state.prometheus_server.server_close()  # the child closes only its copy of the fd
 
 
+def flush(state: Setup, deadline: float) -> bool:
+    """Flush what :func:`setup` installed by ``deadline`` (``time.monotonic()``), in the
+    order records travel: span and log processors (their exporters send), the embedded
+    sink's writer, then the metric readers (collect and export). Never raises.
+
+    Returns:
+        True if every part reported itself flushed before ``deadline``.
+    """
+    done = True
+
+    def millis() -> int:
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    parts: list[tuple[str, Any]] = [("flush.span", sp) for sp in state.span_processors]
+    parts += [("flush.log", lp) for lp in state.log_processors]
+    for where, part in parts:
+        try:
+            done = bool(part.force_flush(millis())) and done
+        except Exception as exc:
+            _record_internal_error(where, exc)
+            done = False
+    if state.sink is not None:
+        try:
+            done = bool(state.sink.flush(millis() / 1000)) and done
+        except Exception as exc:
+            _record_internal_error("flush.sink", exc)
+            done = False
+    for reader in state.metric_readers:
+        try:
+            done = bool(reader.force_flush(timeout_millis=millis())) and done
+        except Exception as exc:
+            _record_internal_error("flush.metrics", exc)
+            done = False
+    return done and time.monotonic() <= deadline
+
+
 _SDK_METRICS_EXPORT_LOGGER: Final = "opentelemetry.sdk.metrics._internal.export"
 _UNREGISTERED_COLLECT: Final = "Cannot call collect on a MetricReader until it is registered"
 
@@ -429,6 +466,7 @@ __all__ = [
     "CountingMetricExporter",
     "CountingSpanExporter",
     "Setup",
+    "flush",
     "otlp_enabled",
     "setup",
     "teardown",

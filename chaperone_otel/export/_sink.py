@@ -92,7 +92,10 @@ class EmbeddedSink:
             )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record so far is committed (``False`` on timeout)."""
+        """Wait until every record so far is committed (``False`` on timeout). In a forked
+        child, True at once: the child writes nothing here (the parent owns the file)."""
+        if os.getpid() != self._pid:
+            return True
         return self.writer.flush(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
