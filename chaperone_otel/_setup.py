@@ -33,15 +33,42 @@ _setup: Any = None
 _atexit_registered = False
 
 
+_FORK_WAIT = 5.0
+"""Seconds a fork waits for a ``configure()``/``shutdown()`` running on another thread."""
+_held_for_fork = False
+
+
+def _wait_for_configure_before_fork() -> None:
+    # A configure() on another thread imports the SDK and the exporters under this lock. A
+    # fork in the middle gives the child those modules' import locks, held by a thread that
+    # does not exist there: its own configure() (Celery's worker_process_init) then hangs
+    # for ever on the first of those imports (CPython re-creates only the global import
+    # lock after fork). So a fork waits, bounded, for configure() to finish, as the OTel
+    # SDK's processors and logging take their locks around fork.
+    global _held_for_fork
+    _held_for_fork = _lock.acquire(timeout=_FORK_WAIT)
+
+
+def _release_after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _lock.release()
+
+
 def _new_lock_after_fork() -> None:
-    # Another thread of the parent may have been inside configure()/shutdown() at fork: the
-    # child's copy of the lock would be held for ever, and its own configure() (Celery's
-    # worker_process_init) would hang.
-    global _lock
+    # A new lock, whatever the fork found: if the wait above timed out, the parent's
+    # configure() still holds its copy, and the child's own configure() must not wait on it.
+    global _lock, _held_for_fork
     _lock = threading.Lock()
+    _held_for_fork = False
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+os.register_at_fork(
+    before=_wait_for_configure_before_fork,
+    after_in_parent=_release_after_fork_in_parent,
+    after_in_child=_new_lock_after_fork,
+)
 
 
 def _needs_export(config: Config) -> bool:

@@ -151,3 +151,72 @@ def test_flush_rejects_a_bad_timeout() -> None:
 def test_flush_without_configure_returns_true() -> None:
     """Nothing installed, nothing pending: True."""
     assert chaperone.flush(0.5) is True
+
+
+_FORK_DURING_FLUSH = r"""
+import json, os, sys, threading, time
+import chaperone_otel as c
+
+path, url = sys.argv[1], sys.argv[2]
+c.configure(sink=path, otlp_endpoint=url, service_name="fork-flush")
+stop = threading.Event()
+flushes = []
+
+def flushing():
+    while not stop.is_set():
+        with c.supervised("parent.job") as run:
+            for i in range(50):
+                run.heartbeat(i=i)
+            flushes.append(c.flush(timeout=5))  # the monitor, the exporters, the writer
+        flushes.append(c.flush(timeout=5))
+
+thread = threading.Thread(target=flushing)
+thread.start()
+hung, failed = [], []
+for _ in range(40):
+    time.sleep(0.01)
+    pid = os.fork()
+    if pid == 0:
+        with c.supervised("child.job"):
+            pass
+        assert c.flush(timeout=10)
+        sys.exit(0)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed.append(pid)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            hung.append(pid)
+            break
+        time.sleep(0.005)
+stop.set()
+thread.join(30)
+print(json.dumps({"hung": hung, "failed": failed, "flushes": len(flushes), "all_ok": all(flushes)}))
+"""
+
+
+@pytest.mark.slow
+def test_forks_during_flush_never_hang(tmp_path: Path, sink_server: tuple[str, str]) -> None:
+    """40 forks while another thread runs jobs and calls ``flush()`` without pause (embedded
+    sink and OTLP to a real ``sink serve``): every child's own run and ``flush()`` return
+    and it exits 0 within its deadline; every ``flush()`` in the parent returns True."""
+    _, url = sink_server
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_DURING_FLUSH, str(tmp_path / "own.duckdb"), url],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_CLEAN_ENV,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["hung"] == []
+    assert out["failed"] == []
+    assert out["flushes"] > 0
+    assert out["all_ok"]

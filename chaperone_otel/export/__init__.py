@@ -50,6 +50,7 @@ from .._config import Config as _Config
 from .._safety import handle_internal_errors as _handle_internal_errors
 from .._safety import record_internal_error as _record_internal_error
 from ..exceptions import ConfigurationError as _ConfigurationError
+from . import _forksafe
 
 _logger = logging.getLogger("chaperone_otel")
 
@@ -219,6 +220,7 @@ def setup(config: _Config) -> Setup:
             OTLPSpanExporter,
         )
 
+        _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         out.span_processors.append(
             BatchSpanProcessor(
                 CountingSpanExporter(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
@@ -281,6 +283,7 @@ def setup(config: _Config) -> Setup:
             )
             break
         add_reader(reader)
+        _forksafe.track_metric_reader(reader)
         out.metric_readers.append(reader)
     out.meter_provider = mp
     if config.prometheus_port is not None:
