@@ -32,7 +32,7 @@ from ._decorator import supervised
 from ._health import HealthPolicy
 from ._model import JobState, Violation
 from ._run import Supervision
-from ._setup import configure, reset, shutdown
+from ._setup import configure, flush, reset, shutdown
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,
@@ -73,6 +73,7 @@ __all__ = [
     "__version__",
     "configure",
     "current_job",
+    "flush",
     "heartbeat",
     "open_sink",
     "report_progress",

@@ -5,6 +5,10 @@ report without holding the handle: they find the caller's run in a ``ContextVar`
 thread and per asyncio task; a task created inside a run inherits it), which the lifecycle
 sets while a run's code runs. Outside any run they do nothing (``report_progress`` still
 validates its arguments, so a bug shows in tests that run without supervision).
+
+In a forked child, a run the parent was running when it forked is not the child's: the
+context still holds its handle, but these helpers treat it as no run at all (``current_job()``
+is None, ``heartbeat()`` returns False), so a child never beats for its parent's run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextvars
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from . import _process
 from ._run import Supervision
 from .exceptions import NoActiveJobError
 
@@ -34,6 +39,8 @@ def current_job(*, required: bool = False) -> Supervision | None:
         NoActiveJobError: ``required=True`` and there is no current run.
     """
     run = current_run.get()
+    if run is not None and run._run.pid != _process.pid:
+        run = None  # the parent's run, in a forked child
     if run is None and required:
         raise NoActiveJobError(
             "current_job(required=True) called outside a supervised run: decorate the job "
@@ -46,7 +53,7 @@ def heartbeat(metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> bo
     """``heartbeat()`` on the current run. Outside a run it does nothing and returns False,
     so library code can call it unconditionally; inside, it returns True."""
     run = current_run.get()
-    if run is None:
+    if run is None or run._run.pid != _process.pid:  # no run, or the parent's (forked)
         return False
     run.heartbeat(metadata, **fields)
     return True
@@ -58,7 +65,7 @@ def report_progress(
     """``report_progress()`` on the current run; outside a run it validates its arguments,
     does nothing else and returns False."""
     run = current_run.get()
-    if run is None:
+    if run is None or run._run.pid != _process.pid:
         if not (current >= 0 and total >= 0) or (total == 0 and current > 0):
             raise ValueError(f"report_progress({current!r}, {total!r}): invalid progress")
         return False
@@ -71,6 +78,6 @@ def track(
 ) -> Iterator[T]:
     """``track()`` on the current run; outside a run it yields the items unchanged."""
     run = current_run.get()
-    if run is None:
+    if run is None or run._run.pid != _process.pid:
         return iter(iterable)
     return run.track(iterable, total, phase=phase)

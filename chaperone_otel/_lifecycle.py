@@ -36,7 +36,7 @@ from ._events import receivers
 from ._record import publish
 from ._resources import thread_cpu_clock
 from ._run import Run, Supervision
-from ._runtime import runtime
+from ._runtime import flush_if_worker, runtime
 from ._safety import internal_error
 from ._spec import Spec, static_for
 from .exceptions import JobLimitExceeded
@@ -115,7 +115,14 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
     Each step is guarded on its own, and ending the span and unregistering the run happen
     whatever failed before: a run whose finish half-failed must not stay "live" for ever (its
     gauges reported, the sink calling it lost).
+
+    In a forked child, a run inherited from the parent (the child left the parent's ``with
+    supervised()`` block, returning or by ``sys.exit()``) is not finished: it is the
+    parent's, still running there, and its records, span and hooks are the parent's to
+    write. Nothing is published, the span is left open, the call does nothing.
     """
+    if run.inherited:
+        return
     try:
         now = run.clock()
     except Exception as error:
@@ -158,6 +165,10 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
         finally:
             rt.finished(run)
             run.detach()  # no handle <-> state cycle: a finished run is freed at once
+    try:
+        flush_if_worker()  # a pool worker may be gone (os._exit) right after this task
+    except Exception as error:
+        internal_error("run.worker_flush", error)
 
 
 def _safe_str(exc: BaseException) -> str:

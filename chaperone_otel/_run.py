@@ -25,6 +25,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
+from . import _process
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
@@ -479,6 +480,7 @@ class Run:
         "name",
         "on_limit",
         "otel_context",
+        "pid",
         "progress_updated_at",
         "queue",
         "span",
@@ -509,6 +511,7 @@ class Run:
         self.clock = clock = static.config.clock
         self.static = static
         self.finisher = finisher
+        self.pid = _process.pid  # the process the run belongs to (see ``inherited``)
         self.handle = Supervision(self)
         self.id = run_id or spec.supervision_id or new_run_id()
         self.name = static.name
@@ -556,6 +559,12 @@ class Run:
         self.otel_context: Any = None
         self.trace_id = 0
         self.span_id = 0
+
+    @property
+    def inherited(self) -> bool:
+        """True in a forked child of the process that started the run: the run is the
+        parent's, and the child must never finish, beat or publish for it."""
+        return self.pid != _process.pid
 
     # ---- the hot path's fields, read ------------------------------------------------------
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _process
 from . import semconv as sc
 from ._config import Config, get_config
 from ._events import AttributeValue, add_listener, remove_listener
@@ -286,6 +288,31 @@ class Runtime:
             for watch in watches:
                 with handle_internal_errors("monitor.run"):
                     self._tick_run(watch, watch.run.clock())
+
+    def flush_pending(self, timeout: float) -> bool:
+        """Publish now what the monitor would publish at its next passes: each live run's
+        heartbeats and progress not yet on record (one heartbeat record each), and the
+        queued run counts (``chaperone.flush()``).
+
+        Returns False if a monitor pass held the tick lock for longer than ``timeout``
+        (e.g. ``flush()`` called by a hook run inline by that pass).
+        """
+        if not self._tick_lock.acquire(timeout=max(0.0, timeout)):
+            return False
+        try:
+            self.writer.flush_metrics()
+            with self._lock:
+                watches = list(self._runs.values())
+            for watch in watches:
+                run = watch.run
+                with handle_internal_errors("flush.run"), run.lock:
+                    if run.finished_at is None and not run.inherited:
+                        now = run.clock()
+                        run.observe(now)
+                        self._flush(watch, now, final=True)
+        finally:
+            self._tick_lock.release()
+        return True
 
     def flush_metrics(self) -> None:
         """Count queued run starts and ends and record their durations now.
@@ -634,6 +661,38 @@ def close_runtime() -> None:
         _runtime = None
 
 
+_finish_flush: Callable[[], object] | None = None
+_pool_worker: tuple[int, bool] = (0, False)  # (pid, is a multiprocessing child)
+
+
+def set_finish_flush(flush: Callable[[], object] | None) -> None:
+    """What :func:`flush_if_worker` calls (``_setup`` gives ``chaperone.flush``)."""
+    global _finish_flush
+    _finish_flush = flush
+
+
+def flush_if_worker() -> None:
+    """After a run finished, flush if this process is a ``multiprocessing`` child.
+
+    A pool worker ends with ``os._exit`` (after its task loop) or is killed by
+    ``Pool.terminate()`` (which ``with Pool() as pool:`` calls), so neither ``atexit`` nor
+    the SDK's shutdown runs there: a run's records still queued in a batch processor at
+    that moment are lost, and the run stays ``running`` in the store for ever. So a run
+    that finishes in such a process is flushed before the task returns its result. The
+    check is made once per process (``multiprocessing.parent_process()``, set for fork and
+    spawn children alike) and costs a tuple compare per run elsewhere.
+    """
+    global _pool_worker
+    pid, worker = _pool_worker
+    if pid != _process.pid:
+        mp = sys.modules.get("multiprocessing")
+        worker = mp is not None and mp.parent_process() is not None
+        _pool_worker = (_process.pid, worker)
+    flush = _finish_flush
+    if worker and flush is not None:
+        flush()
+
+
 def _after_fork_in_child() -> None:
     global _runtime_lock
     _runtime_lock = threading.Lock()  # configure() on another thread may have held it
@@ -644,4 +703,13 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["Runtime", "Watch", "close_runtime", "current_runtime", "replace_runtime", "runtime"]
+__all__ = [
+    "Runtime",
+    "Watch",
+    "close_runtime",
+    "current_runtime",
+    "flush_if_worker",
+    "replace_runtime",
+    "runtime",
+    "set_finish_flush",
+]

@@ -16,13 +16,14 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
 from ._otel import reset_instruments
-from ._runtime import close_runtime, replace_runtime
+from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
 from ._safety import handle_internal_errors, reset_internal_errors
 
 logger = logging.getLogger("chaperone_otel")
@@ -32,15 +33,42 @@ _setup: Any = None
 _atexit_registered = False
 
 
+_FORK_WAIT = 5.0
+"""Seconds a fork waits for a ``configure()``/``shutdown()`` running on another thread."""
+_held_for_fork = False
+
+
+def _wait_for_configure_before_fork() -> None:
+    # A configure() on another thread imports the SDK and the exporters under this lock. A
+    # fork in the middle gives the child those modules' import locks, held by a thread that
+    # does not exist there: its own configure() (Celery's worker_process_init) then hangs
+    # for ever on the first of those imports (CPython re-creates only the global import
+    # lock after fork). So a fork waits, bounded, for configure() to finish, as the OTel
+    # SDK's processors and logging take their locks around fork.
+    global _held_for_fork
+    _held_for_fork = _lock.acquire(timeout=_FORK_WAIT)
+
+
+def _release_after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _lock.release()
+
+
 def _new_lock_after_fork() -> None:
-    # Another thread of the parent may have been inside configure()/shutdown() at fork: the
-    # child's copy of the lock would be held for ever, and its own configure() (Celery's
-    # worker_process_init) would hang.
-    global _lock
+    # A new lock, whatever the fork found: if the wait above timed out, the parent's
+    # configure() still holds its copy, and the child's own configure() must not wait on it.
+    global _lock, _held_for_fork
     _lock = threading.Lock()
+    _held_for_fork = False
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+os.register_at_fork(
+    before=_wait_for_configure_before_fork,
+    after_in_parent=_release_after_fork_in_parent,
+    after_in_child=_new_lock_after_fork,
+)
 
 
 def _needs_export(config: Config) -> bool:
@@ -176,6 +204,60 @@ def shutdown() -> None:
     with _lock, handle_internal_errors("shutdown"):
         close_runtime()
         _teardown_locked()
+
+
+WORKER_FLUSH_TIMEOUT = 2.0
+"""Seconds a ``multiprocessing`` worker waits for a finished run's records to be sent
+before its task returns (see ``_runtime.flush_if_worker``)."""
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Send every record this process has pending, now, and wait for it (bounded).
+
+    In order: the monitor's pending heartbeats and progress of live runs and the queued run
+    counts; the span and log batch processors and the metric readers that ``configure()``
+    installed (their exporters send); the embedded sink's writer (committed to DuckDB). Call
+    it where a process may end without ``atexit`` or ``shutdown()``: before ``os._exit``, at
+    the end of a task in a worker that is killed or recycled. ``multiprocessing`` pool
+    workers do not need it: a run that finishes in one is flushed for you.
+
+    Processors of your own (on providers you created) are not flushed: call their
+    ``force_flush()``. In a forked child, what is inherited from the parent (its embedded
+    sink) is not the child's to flush and counts as flushed.
+
+    Args:
+        timeout: seconds to wait in all, at most.
+
+    Returns:
+        True if everything was sent (and committed, for the embedded sink) within
+        ``timeout``; False if something was still pending, or failed (counted in
+        ``chaperone.internal.errors``). Never raises for a telemetry failure.
+
+    Raises:
+        ValueError: ``timeout`` is negative or not a number.
+
+    .. versionadded:: 0.1
+    """
+    if not (isinstance(timeout, (int, float)) and timeout >= 0):  # also rejects NaN
+        raise ValueError(f"flush(timeout={timeout!r}): timeout must be seconds >= 0")
+    deadline = time.monotonic() + timeout
+    with handle_internal_errors("flush"):
+        rt = current_runtime()
+        done = rt.flush_pending(timeout) if rt is not None else True
+        state = _setup  # read once: a concurrent configure() may replace it
+        if state is not None:
+            from .export import flush as flush_export  # noqa: PLC0415
+
+            done = flush_export(state, deadline) and done
+        return done
+    return False
+
+
+def _flush_worker() -> None:
+    flush(WORKER_FLUSH_TIMEOUT)
+
+
+set_finish_flush(_flush_worker)
 
 
 def reset() -> None:

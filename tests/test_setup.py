@@ -489,3 +489,83 @@ print("CHILD", os.waitstatus_to_exitcode(status))
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CHILD 0" in proc.stdout
+
+
+def test_forked_child_of_an_app_serving_metrics_exits_without_hanging() -> None:
+    """A child forked from an app with ``prometheus_port`` exits normally (``sys.exit``, so
+    ``shutdown()`` runs at its exit): it closes only its copy of the server's socket. (It
+    hung for ever: ``server.shutdown()`` waited for a serving thread that only the parent
+    has.)"""
+    script = r"""
+import os, sys, time
+import chaperone_otel as c
+c.configure(prometheus_port=0)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("CHILD", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("CHILD HUNG")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.15])
+def test_fork_during_another_threads_first_configure_does_not_hang_the_child(
+    delay: float,
+) -> None:
+    """A fork while another thread is in its first ``configure(otlp_endpoint=...)`` (which
+    imports the SDK and the exporters): the fork waits for it to finish, so the child's own
+    ``configure()`` and a run return. (Before: the child inherited those modules' import
+    locks, held by the configuring thread, and hung for ever on its first import of them,
+    at every delay tried.)"""
+    script = r"""
+import os, sys, threading, time
+import chaperone_otel as c
+delay = float(sys.argv[1])
+t = threading.Thread(target=lambda: c.configure(otlp_endpoint="http://127.0.0.1:9/"))
+t.start()
+time.sleep(delay)
+pid = os.fork()
+if pid == 0:
+    c.configure(otlp_endpoint="http://127.0.0.1:9/")
+    with c.supervised("child.job"):
+        pass
+    os._exit(0)
+deadline = time.monotonic() + 20
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("CHILD", os.waitstatus_to_exitcode(status))
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("CHILD HUNG")
+        break
+    time.sleep(0.02)
+t.join(20)
+os._exit(0)  # nothing listens on port 9: skip the exit-time flush's retries
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(delay)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        check=False,
+    )
+    assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr

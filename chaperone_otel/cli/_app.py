@@ -538,6 +538,11 @@ def prune(older_than: float, db: str | None, as_json: bool) -> None:
         click.echo(f"pruned {deleted} run(s) older than {render.fmt_duration(older_than)}")
 
 
+_GRACE = 5.0
+"""Seconds ``wait`` retries a store that answered before and now fails (its owner exiting)."""
+_GRACE_POLL = 0.05
+
+
 @cli.command()
 @store_options
 @click.option("--name", metavar="JOB", help="Only runs of this job name.")
@@ -578,12 +583,29 @@ def wait(
     target = store_target(db, url)
     deadline = time.monotonic() + timeout
     stop = threading.Event()
+    reached = False  # the store was opened once: a later failure may be an owner exiting
+    failing_since: float | None = None
     while True:
-        with open_store(target) as sink:
-            running = query(
-                "wait",
-                lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
-            )
+        try:
+            with open_store(target) as sink:
+                reached = True
+                running = query(
+                    "wait",
+                    lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
+                )
+        except CliFailure as failure:
+            # An app that owns the store and exits when its job ends stops its query server
+            # before it releases the file: a query sent in between fails. Retried for a few
+            # seconds (open_sink itself waits out a lock in a handover); a store that could
+            # never be opened fails at once.
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            if not reached or failure.exit_code != Exit.STORE or now - failing_since > _GRACE:
+                raise
+            stop.wait(_GRACE_POLL)
+            continue
+        failing_since = None
         last = still_running(running, ignore_stuck=ignore_stuck)
         if not last:
             if not quiet:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -49,6 +50,7 @@ from .._config import Config as _Config
 from .._safety import handle_internal_errors as _handle_internal_errors
 from .._safety import record_internal_error as _record_internal_error
 from ..exceptions import ConfigurationError as _ConfigurationError
+from . import _forksafe
 
 _logger = logging.getLogger("chaperone_otel")
 
@@ -172,6 +174,8 @@ class Setup:
     metric_readers: list[MetricReader] = field(default_factory=list)
     created_providers: list[Any] = field(default_factory=list)
     prometheus_server: Any = None
+    pid: int = field(default_factory=os.getpid)
+    """The process that installed all this (a forked child inherits the object)."""
 
 
 def otlp_enabled(config: _Config) -> bool:
@@ -216,6 +220,7 @@ def setup(config: _Config) -> Setup:
             OTLPSpanExporter,
         )
 
+        _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         out.span_processors.append(
             BatchSpanProcessor(
                 CountingSpanExporter(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
@@ -278,6 +283,7 @@ def setup(config: _Config) -> Setup:
             )
             break
         add_reader(reader)
+        _forksafe.track_metric_reader(reader)
         out.metric_readers.append(reader)
     out.meter_provider = mp
     if config.prometheus_port is not None:
@@ -331,7 +337,16 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
 
 
 def teardown(state: Setup) -> None:
-    """Flush and remove what :func:`setup` installed. Never raises."""
+    """Flush and remove what :func:`setup` installed. Never raises.
+
+    In a forked child (``shutdown()`` at its exit, or its own ``configure()``) the embedded
+    sink and the Prometheus server are the parent's, with no thread of theirs in the child:
+    closing the store there would checkpoint the parent's DuckDB file from a stale copy (and
+    crash), and ``server.shutdown()`` would wait for ever for a serving loop that does not
+    exist. The child lets go of them and flushes only its own SDK processors (which the SDK
+    restarts after fork).
+    """
+    inherited = state.pid != os.getpid()
     with _handle_internal_errors("teardown.sink"):
         if state.sink is not None:
             state.sink.close()
@@ -366,8 +381,45 @@ def teardown(state: Setup) -> None:
             provider.force_flush()
     if state.prometheus_server is not None:
         with _handle_internal_errors("teardown.prometheus"):
-            state.prometheus_server.shutdown()
-            state.prometheus_server.server_close()
+            if not inherited:
+                state.prometheus_server.shutdown()
+            state.prometheus_server.server_close()  # the child closes only its copy of the fd
+
+
+def flush(state: Setup, deadline: float) -> bool:
+    """Flush what :func:`setup` installed by ``deadline`` (``time.monotonic()``), in the
+    order records travel: span and log processors (their exporters send), the embedded
+    sink's writer, then the metric readers (collect and export). Never raises.
+
+    Returns:
+        True if every part reported itself flushed before ``deadline``.
+    """
+    done = True
+
+    def millis() -> int:
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    parts: list[tuple[str, Any]] = [("flush.span", sp) for sp in state.span_processors]
+    parts += [("flush.log", lp) for lp in state.log_processors]
+    for where, part in parts:
+        try:
+            done = bool(part.force_flush(millis())) and done
+        except Exception as exc:
+            _record_internal_error(where, exc)
+            done = False
+    if state.sink is not None:
+        try:
+            done = bool(state.sink.flush(millis() / 1000)) and done
+        except Exception as exc:
+            _record_internal_error("flush.sink", exc)
+            done = False
+    for reader in state.metric_readers:
+        try:
+            done = bool(reader.force_flush(timeout_millis=millis())) and done
+        except Exception as exc:
+            _record_internal_error("flush.metrics", exc)
+            done = False
+    return done and time.monotonic() <= deadline
 
 
 _SDK_METRICS_EXPORT_LOGGER: Final = "opentelemetry.sdk.metrics._internal.export"
@@ -417,6 +469,7 @@ __all__ = [
     "CountingMetricExporter",
     "CountingSpanExporter",
     "Setup",
+    "flush",
     "otlp_enabled",
     "setup",
     "teardown",

@@ -92,15 +92,25 @@ class EmbeddedSink:
             )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record so far is committed (``False`` on timeout)."""
+        """Wait until every record so far is committed (``False`` on timeout). In a forked
+        child, True at once: the child writes nothing here (the parent owns the file)."""
+        if os.getpid() != self._pid:
+            return True
         return self.writer.flush(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop listening, stop serving, write everything queued, release the file."""
+        """Stop listening, stop serving, write everything queued, release the file.
+
+        In a forked child it only stops listening: the store, its writer and its server are
+        the parent's (closing the child's copy of the DuckDB connection would checkpoint the
+        parent's file from a stale state, and crashes), so the child abandons them.
+        """
         if self._closed:
             return
         self._closed = True
         remove_listener(self)
+        if os.getpid() != self._pid:
+            return
         self.owner.close(timeout)
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final
@@ -480,24 +481,42 @@ def _remote(url: str, policy: HealthPolicy) -> Sink:
     return sink
 
 
+HANDOVER_TIMEOUT: Final = 5.0
+"""Seconds ``open_sink`` keeps retrying a file that is locked by a process advertising no
+reachable query URL: an owner in the middle of starting or closing (its sidecar already gone
+or not yet written, its server stopped, the DuckDB lock not yet released)."""
+
+
 def open_sink(
-    path: str | os.PathLike[str], *, read_only: bool = True, policy: HealthPolicy = DEFAULT_POLICY
+    path: str | os.PathLike[str],
+    *,
+    read_only: bool = True,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    handover_timeout: float = HANDOVER_TIMEOUT,
 ) -> Sink:
     """Open a job store for queries.
+
+    A file locked by another process is reached through the query URL that process
+    advertises (``<path>.owner.json``). A lock with no reachable URL is usually an owner
+    starting or closing: open_sink retries, opening the file or following the URL as soon as
+    one can be, for up to ``handover_timeout`` seconds before it gives up.
 
     Args:
         path: a DuckDB file, or the ``http://127.0.0.1:PORT`` query URL of its owner.
         read_only: open without write access (the default). ``False`` creates the file if
             missing, migrates an older schema, and allows :meth:`Sink.prune`.
         policy: the health thresholds scopes are judged with.
+        handover_timeout: seconds to retry a file locked by a process that serves no
+            reachable URL (0: fail at once).
 
     Returns:
         A :class:`Sink`: local for a file this process can open or already owns, remote when
         another process owns it and advertises a query URL.
 
     Raises:
-        SinkError: no such file (read-only), the file is held by a process that serves no
-            URL, or it is not a chaperone-otel store.
+        SinkError: no such file (read-only), the file is still held after
+            ``handover_timeout`` by a process that serves no URL, or it is not a
+            chaperone-otel store.
         SchemaVersionError: the file was written by a newer chaperone-otel.
 
     .. versionadded:: 0.1
@@ -505,24 +524,38 @@ def open_sink(
     text = os.fspath(path)
     if text.startswith(("http://", "https://")):
         return _remote(text, policy)
-    try:
-        store = acquire(text, read_only=read_only, policy=policy)
-    except SinkError as e:
-        cause = e.__cause__
-        if cause is not None and lock_holder(cause) is not None:
+    deadline = time.monotonic() + handover_timeout
+    while True:
+        try:
+            store = acquire(text, read_only=read_only, policy=policy)
+        except SinkError as e:
+            cause = e.__cause__
+            holder = lock_holder(cause) if cause is not None else None
+            if holder is None:
+                raise
             owner = read_sidecar(text)
+            unreachable: SinkError | None = None
             if owner is not None:
-                return _remote(owner["url"], policy)
-            holder = lock_holder(cause)
+                try:
+                    return _remote(owner["url"], policy)
+                except SinkError as gone:  # its server stopped: the owner is closing
+                    unreachable = gone
+            if time.monotonic() < deadline:
+                time.sleep(_HANDOVER_POLL)
+                continue
+            if unreachable is not None:
+                raise unreachable from unreachable.__cause__
             raise SinkError(
                 f"{text} is held by process {holder} and it serves no query URL (no live "
-                f"{sidecar_path(text).name}). DuckDB lets only one process open a store. "
-                "Stop that process, or if it is your application, query through it "
-                "(configure(sink=...) serves the query API), or copy the file and open the "
-                "copy."
+                f"{sidecar_path(text).name}, after {handover_timeout:g} s). DuckDB lets only "
+                "one process open a store. Stop that process, or if it is your application, "
+                "query through it (configure(sink=...) serves the query API), or copy the "
+                "file and open the copy."
             ) from cause
-        raise
-    return LocalSink(store, read_only=read_only, policy=policy)
+        return LocalSink(store, read_only=read_only, policy=policy)
+
+
+_HANDOVER_POLL: Final = 0.05
 
 
 __all__ = [

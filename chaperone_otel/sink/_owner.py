@@ -22,6 +22,9 @@ the file, so gets 401. (``sink serve`` passes its own app, authorized by its ``-
 
 and :meth:`StoreOwner.close` undoes it in the reverse order: stop advertising, stop serving
 (in-flight requests finish), commit everything queued, close the view, release the file.
+Between the first step and the last the file is locked with no advertisement: a new reader
+is never sent to a server that is going away, and ``open_sink`` retries such a lock (a
+handover) until the file is released, then opens it.
 
 Lifecycle: ``open`` (after construction: store, writer, view) → ``serving`` (after
 :meth:`~StoreOwner.serve`) → ``closing`` (while :meth:`~StoreOwner.close` runs: the writer

@@ -324,8 +324,15 @@ def migrate(
     """Apply missing migrations in order, then (re)create the views. Returns the version.
 
     ``migrations`` is for tests that add a field (the store always uses :data:`MIGRATIONS`).
+
+    Raises:
+        SinkError: the file is a DuckDB database with tables of its own and no
+            ``schema_version`` (not a job store), checked before anything is written.
+        SchemaVersionError: the file is from a newer chaperone-otel.
     """
     version = check_version(con, path)
+    if version == 0:
+        refuse_foreign(con, path)
     for migration in migrations:
         if migration.version <= version:
             continue
@@ -345,6 +352,34 @@ def migrate(
     for statement in view_statements(policy):
         con.execute(statement)
     return version
+
+
+def refuse_foreign(con: Any, path: str) -> None:
+    """Refuse a database that has tables or views but no ``schema_version``.
+
+    A store at version 0 is an empty database (a new file, or one the user created empty):
+    migration 1 is one transaction, so a file it touched has ``schema_version``. Anything
+    else is someone else's database. Without this check the first migration's ``CREATE
+    TABLE IF NOT EXISTS`` skipped the foreign ``jobs`` table, added the other tables and
+    failed later on a missing column, leaving them behind in that database.
+
+    Raises:
+        SinkError: the database has tables or views of its own (nothing written).
+    """
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_catalog = current_database() ORDER BY table_name LIMIT 6"
+    ).fetchall()
+    if not rows:
+        return
+    names = [str(r[0]) for r in rows[:5]]
+    more = ", ..." if len(rows) > 5 else ""
+    raise SinkError(
+        f"{path} is a DuckDB database with tables of its own ({', '.join(names)}{more}) and "
+        "no chaperone-otel schema_version: it is not a job store, and chaperone-otel will not "
+        "add its tables to it (nothing was written). Point sink= / open_sink() / --db at a "
+        "new file (e.g. jobs.duckdb) or at an existing job store."
+    )
 
 
 def require_current(con: Any, path: str) -> None:

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 
+import duckdb
 import pytest
 
 import chaperone_otel
@@ -220,3 +221,17 @@ def test_read_your_writes_in_the_owning_process(tmp_path) -> None:
                 assert sink.jobs.named("ryw.job").completed().count() == i + 1
     finally:
         chaperone.shutdown()
+
+
+def test_configure_refuses_a_foreign_duckdb_file_and_leaves_it_unchanged(tmp_path):
+    """``configure(sink=PATH)`` on an application's own DuckDB file (its own ``jobs``
+    table, no chaperone schema) raises ``SinkError`` at once, as for any wrong sink path
+    (misuse fails loudly and early, DESIGN §8), and writes nothing to that file."""
+    path = tmp_path / "app.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE jobs (id INTEGER, title VARCHAR)")
+    con.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(chaperone_otel.SinkError, match="not a job store"):
+        chaperone_otel.configure(sink=str(path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -5,6 +5,9 @@ bodies only."""
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,48 @@ def test_api_refuses_non_json_posts(owned_store) -> None:  # type: ignore[no-unt
     assert post("text/plain") == 415
     assert post("application/x-www-form-urlencoded") == 415
     assert post("application/json") == 200
+
+
+_HOLD_THEN_RELEASE = r"""
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.readline()
+time.sleep(float(sys.argv[2]))
+con.close()
+print("released", flush=True)
+time.sleep(30)
+"""
+
+
+def test_open_sink_waits_out_a_lock_held_without_an_advertisement(tmp_path: Path) -> None:
+    """A file locked by a process that advertises no URL (an owner between its sidecar and
+    its lock, at start or exit) is retried: ``open_sink`` opens it once the lock goes,
+    within ``handover_timeout``; with ``handover_timeout=0`` it fails at once, as before."""
+    path = tmp_path / "jobs.duckdb"
+    chaperone.open_sink(str(path), read_only=False).close()  # a store
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THEN_RELEASE, str(path), "0.8"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdin is not None
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "locked"
+            with pytest.raises(SinkError, match="serves no query URL"):
+                chaperone.open_sink(str(path), handover_timeout=0)
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            started = time.monotonic()
+            sink = chaperone.open_sink(str(path), handover_timeout=20)
+            waited = time.monotonic() - started
+            try:
+                assert sink.jobs.count() == 0
+            finally:
+                sink.close()
+            assert holder.stdout.readline().strip() == "released"
+            assert 0.5 < waited < 20
+        finally:
+            holder.kill()

@@ -156,3 +156,50 @@ def scenarios(draw: Any) -> dict[str, Any]:
 def test_generated_scenarios_give_the_same_verdicts(tmp_path, batch):
     """Property: for any scenarios, every SQL scope selects exactly the runs Python picks."""
     check(batch, tmp_path)
+
+
+def _foreign_database(path: Any) -> dict[str, bytes]:
+    """A DuckDB file of someone else's, with its own ``jobs`` table; its bytes (and its
+    WAL's, if any) after the connection closed."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE jobs (id INTEGER, title VARCHAR)")
+    con.execute("INSERT INTO jobs VALUES (1, 'plumber')")
+    con.execute("CREATE TABLE invoices (n INTEGER)")
+    con.close()
+    return _bytes_of(path)
+
+
+def _bytes_of(path: Any) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.parent.glob(path.name + "*"))}
+
+
+def test_a_foreign_duckdb_file_is_refused_before_anything_is_written(tmp_path):
+    """``open_sink(path, read_only=False)`` on a DuckDB file with its own ``jobs`` table
+    and no ``schema_version`` fails with a message naming its tables and what to do, and
+    the file stays byte-for-byte unchanged. (Before: ``heartbeats``, ``job_errors``,
+    ``resource_violations`` and ``schema_version`` were added, then a binder error.)"""
+    from chaperone_otel.exceptions import SinkError
+
+    path = tmp_path / "app.duckdb"
+    before = _foreign_database(path)
+    with pytest.raises(SinkError, match=r"tables of its own \(invoices, jobs\).*not a job store"):
+        open_sink(str(path), read_only=False)
+    assert _bytes_of(path) == before
+    with pytest.raises(SinkError, match="not a chaperone-otel job store"):
+        open_sink(str(path))  # read-only: refused as before
+    assert _bytes_of(path) == before
+
+
+def test_an_empty_duckdb_file_becomes_a_store(tmp_path):
+    """An existing DuckDB file without any table (created empty) is adopted as a store."""
+    import duckdb
+
+    path = tmp_path / "empty.duckdb"
+    duckdb.connect(str(path)).close()
+    sink = open_sink(str(path), read_only=False)
+    try:
+        assert sink.jobs.count() == 0
+    finally:
+        sink.close()
