@@ -253,8 +253,23 @@ def flush(timeout: float = 5.0) -> bool:
     return False
 
 
+WORKER_FLUSH_BACKOFF = 30.0
+"""Seconds a ``multiprocessing`` worker stops flushing per run after a flush that did not
+finish in time (the endpoint is slow or down)."""
+
+_worker_flush_paused_until = 0.0
+_monotonic = time.monotonic  # the backoff's clock (tests replace it, never time.monotonic)
+
+
 def _flush_worker() -> None:
-    flush(WORKER_FLUSH_TIMEOUT)
+    """Flush a finished run's records in a pool worker, unless the last flush timed out
+    recently: the records still go out in the background, but short tasks must not wait
+    :data:`WORKER_FLUSH_TIMEOUT` each while the endpoint is down."""
+    global _worker_flush_paused_until
+    if _monotonic() < _worker_flush_paused_until:
+        return
+    if not flush(WORKER_FLUSH_TIMEOUT):
+        _worker_flush_paused_until = _monotonic() + WORKER_FLUSH_BACKOFF
 
 
 set_finish_flush(_flush_worker)

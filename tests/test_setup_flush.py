@@ -220,3 +220,29 @@ def test_forks_during_flush_never_hang(tmp_path: Path, sink_server: tuple[str, s
     assert out["failed"] == []
     assert out["flushes"] > 0
     assert out["all_ok"]
+
+
+def test_a_worker_stops_waiting_per_run_while_flushes_time_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool worker whose endpoint is down waits for one timed-out flush, then skips the
+    per-run flush for WORKER_FLUSH_BACKOFF seconds (short tasks are not slowed 2 s each),
+    and tries again after it."""
+    from chaperone_otel import _setup
+
+    calls: list[float] = []
+
+    def timed_out(timeout: float = 5.0) -> bool:
+        calls.append(timeout)
+        return False
+
+    now = [1000.0]
+    monkeypatch.setattr(_setup, "flush", timed_out)
+    monkeypatch.setattr(_setup, "_monotonic", lambda: now[0])
+    monkeypatch.setattr(_setup, "_worker_flush_paused_until", 0.0)
+    for _ in range(5):
+        _setup._flush_worker()
+    assert calls == [_setup.WORKER_FLUSH_TIMEOUT]
+    now[0] += _setup.WORKER_FLUSH_BACKOFF + 1
+    _setup._flush_worker()
+    assert len(calls) == 2
