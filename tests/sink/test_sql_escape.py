@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from tests.sink.sql_escapes import (
     prepare_secret,
     render,
 )
+from tests.waiting import wait_until
 
 RECORD = """
 import sys, chaperone_otel
@@ -60,17 +60,6 @@ for q in attempts:
 """
 
 SERVE = "from chaperone_otel.sink._server import serve; import sys; serve(sys.argv[1], port=0)"
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def content_digest(path: Path) -> str:

@@ -24,23 +24,13 @@ from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink._local import LocalSink, QueryLimits, open_sink
 from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._store import read_sidecar
+from tests.waiting import wait_until
 
 # Far more than 60 s of work (10^13 pairs) that returns nothing until it ends.
 LONG = ("SELECT count(*) FROM range(100000000) a, range(100000) b "
         "WHERE a.range + b.range = 7")
 
 SERVE = "from chaperone_otel.sink._server import serve; import sys; serve(sys.argv[1], port=0)"
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def bounded(call: Any, sink: Any, limit: float = 10) -> tuple[BaseException | None, float]:
