@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import urllib.request
 
 import duckdb
@@ -16,18 +15,7 @@ from chaperone_otel import heartbeat, supervised
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import sidecar_path
 from chaperone_otel.testing import FakeClock, capture
-
-
-def poll(predicate, *, timeout=20.0):
-    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
+from tests.waiting import wait_until
 
 
 def test_runs_show_up_while_running_then_completed_and_failed(tmp_path):
@@ -49,7 +37,7 @@ def test_runs_show_up_while_running_then_completed_and_failed(tmp_path):
     worker.start()
     try:
         with open_sink(path) as sink:
-            live = poll(lambda: sink.jobs.running().named("seed.process_dataset").all())
+            live = wait_until(lambda: sink.jobs.running().named("seed.process_dataset").all(), 20, "the run to be running")
             assert live[0].queue == "high"
             assert live[0].finished_at is None
             assert live[0].health == "healthy"
@@ -57,11 +45,11 @@ def test_runs_show_up_while_running_then_completed_and_failed(tmp_path):
             worker.join(20)
             with pytest.raises(ValueError, match="bad row 7"):
                 broken()
-            done = poll(lambda: sink.jobs.completed().named("seed.process_dataset").first())
+            done = wait_until(lambda: sink.jobs.completed().named("seed.process_dataset").first(), 20, "the run to be completed")
             assert done.id == live[0].id
             assert done.duration is not None
             assert done.duration >= 0
-            failed = poll(lambda: sink.jobs.failed().first())
+            failed = wait_until(lambda: sink.jobs.failed().first(), 20, "the failed run")
             assert failed.name == "seed.broken"
             (error,) = failed.errors
             assert error.message == "bad row 7"
@@ -84,7 +72,7 @@ def test_env_variable_enables_the_sink(tmp_path, monkeypatch):
 
     job()
     with open_sink(path) as sink:
-        assert poll(lambda: sink.jobs.completed().named("env.job").count()) == 1
+        assert wait_until(lambda: sink.jobs.completed().named("env.job").count(), 20, "the env-configured run") == 1
 
 
 def test_shutdown_flushes_releases_and_removes_sidecar(tmp_path):
@@ -138,8 +126,8 @@ def test_hung_but_alive_run_is_stuck_not_lost(tmp_path):
                 cap.advance(5)
             with open_sink(path) as sink:
                 query = sink.jobs.at(clock())
-                run = poll(lambda: query.running().named("hangs").first())
-                poll(lambda: query.stuck().count())
+                run = wait_until(lambda: query.running().named("hangs").first(), 20, "the hung run")
+                wait_until(lambda: query.stuck().count(), 20, "the hung run to be stuck")
                 assert [r.id for r in query.stuck().all()] == [run.id]
                 assert query.lost().count() == 0
                 run = query.with_id(run.id).first()
