@@ -86,7 +86,15 @@ if block() is None:
 c.shutdown()
 """
 
+_DUCKDB_1 = int(__import__("duckdb").__version__.split(".")[0]) < 2
+_ON_DUCKDB_1 = pytest.mark.skipif(
+    _DUCKDB_1,
+    reason="duckdb 1.x (the newest on Python 3.10) crashes (SIGSEGV) in a forked child at"
+    " exit while the parent holds a store connection; duckdb 2 does not",
+)
 
+
+@_ON_DUCKDB_1
 @pytest.mark.parametrize("mode", ["return", "exit"])
 def test_forked_child_leaving_the_parents_block_does_not_finish_its_run(
     tmp_path: Path, mode: str

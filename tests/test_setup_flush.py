@@ -25,6 +25,13 @@ _CLEAN_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
 }
 
+_DUCKDB_1 = int(__import__("duckdb").__version__.split(".")[0]) < 2
+_ON_DUCKDB_1 = pytest.mark.skipif(
+    _DUCKDB_1,
+    reason="duckdb 1.x (the newest on Python 3.10) crashes (SIGSEGV) in a forked child at"
+    " exit while the parent holds a store connection; duckdb 2 does not",
+)
+
 
 def _until(pred: object, timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
@@ -200,6 +207,7 @@ print(json.dumps({"hung": hung, "failed": failed, "flushes": len(flushes), "all_
 """
 
 
+@_ON_DUCKDB_1
 @pytest.mark.slow
 def test_forks_during_flush_never_hang(tmp_path: Path, sink_server: tuple[str, str]) -> None:
     """40 forks while another thread runs jobs and calls ``flush()`` without pause (embedded

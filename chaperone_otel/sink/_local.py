@@ -434,6 +434,8 @@ def check_read_only(query: str) -> None:
         # A statement type newer than this duckdb's Python enum ("29 is not a valid
         # StatementType" for UPDATE EXTENSIONS): not a SELECT, whatever it is.
         kind = "this"
+    if not kind.isidentifier():  # duckdb 1.x names such a type "???"
+        kind = "this"
     if kind not in _READ_ONLY_TYPES:
         raise SinkError(
             f"sink.sql() is read-only: {kind} statements are refused (use SELECT; to delete "
