@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -103,3 +105,16 @@ def write_all(writer: Writer, *batches: Sequence[LifecycleRecord]) -> None:
 def table(sink: LocalSink, sql: str) -> list[tuple[Any, ...]]:
     """Rows of a read-only query (sorted, for order-independent comparisons)."""
     return sorted(sink.sql(sql)[1], key=repr)
+
+
+def post_sql(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to ``url``'s ``/api/sql``: (status, decoded JSON answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", "/api/sql", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()

@@ -7,7 +7,6 @@ directory, and the store is unchanged."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
@@ -30,6 +28,7 @@ from tests.sink.sql_escapes import (
     prepare_secret,
     render,
 )
+from tests.sink.store_factory import post_sql
 from tests.waiting import wait_until
 
 RECORD = """
@@ -223,18 +222,6 @@ def test_every_escape_as_its_own_cli_process(setting: Setting) -> None:
     assert problems == []
     assert file_digest(setting.db) == before
     setting.assert_nothing_escaped()
-
-
-def post_sql(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        conn.request("POST", "/api/sql", body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def start_owner(setting: Setting, **env: str) -> tuple[subprocess.Popen[str], str]:

@@ -4,8 +4,6 @@ interrupts queries in flight. Real DuckDB files, real ``sink serve`` processes."
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +22,7 @@ from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink._local import LocalSink, QueryLimits, open_sink
 from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._store import read_sidecar
+from tests.sink.store_factory import post_sql
 from tests.waiting import wait_until
 
 # Far more than 60 s of work (10^13 pairs) that returns nothing until it ends.
@@ -214,18 +213,6 @@ def test_owner_close_interrupts_a_running_query(tmp_path: Path) -> None:
 
 
 # ---- through a live sink serve -----------------------------------------------------------
-
-
-def post_sql(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict[str, Any]]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("POST", "/api/sql", body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 @pytest.fixture
