@@ -223,7 +223,11 @@ def setup(config: _Config) -> Setup:
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         out.span_processors.append(
             BatchSpanProcessor(
-                CountingSpanExporter(OTLPSpanExporter(endpoint=_endpoint(config, "traces")))
+                CountingSpanExporter(
+                    OTLPSpanExporter(
+                        endpoint=_endpoint(config, "traces"), session=_forksafe.session("traces")
+                    )
+                )
             )
         )
     if config.console:
@@ -245,7 +249,11 @@ def setup(config: _Config) -> Setup:
 
         out.log_processors.append(
             BatchLogRecordProcessor(
-                CountingLogExporter(OTLPLogExporter(endpoint=_endpoint(config, "logs")))
+                CountingLogExporter(
+                    OTLPLogExporter(
+                        endpoint=_endpoint(config, "logs"), session=_forksafe.session("logs")
+                    )
+                )
             )
         )
     if config.console:
@@ -264,7 +272,11 @@ def setup(config: _Config) -> Setup:
 
         readers.append(
             PeriodicExportingMetricReader(
-                CountingMetricExporter(OTLPMetricExporter(endpoint=_endpoint(config, "metrics")))
+                CountingMetricExporter(
+                    OTLPMetricExporter(
+                        endpoint=_endpoint(config, "metrics"), session=_forksafe.session("metrics")
+                    )
+                )
             )
         )
     mp = config.meter_provider or metrics.get_meter_provider()

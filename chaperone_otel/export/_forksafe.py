@@ -18,6 +18,16 @@ lock (opentelemetry-sdk 1.45). A fork during a metrics export gave the child a h
 and its own flush or ``shutdown()`` hung for ever (2 of 25 forks during ``flush()``).
 :func:`track_metric_reader` registers each reader ``configure()`` installs, and a fork
 handler gives each a new lock in the child.
+
+A third: the HTTP session itself. ``requests`` pools connections in a urllib3 ``PoolManager``
+whose container holds an ``RLock`` while a request looks up its pool, and whose pools hold
+the keep-alive sockets. A fork in the middle of an export gave the child a held copy of that
+lock (its ``shutdown()`` export hung for ever: 4 of 1,800 children under load), and a fork
+between exports gave it the parent's idle socket, on which parent and child would then
+interleave requests. :func:`session` makes the session each OTLP exporter uses (the
+exporters' public ``session=`` argument), and a fork handler mounts new adapters on each in
+the child: new pools, new locks, new connections; the inherited ones are left alone, never
+closed (closing takes the lock).
 """
 
 from __future__ import annotations
@@ -57,6 +67,56 @@ def _new_export_locks_in_child() -> None:
             reader._export_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_export_locks_in_child)
+_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
-__all__ = ["LAZY_EXPORT_IMPORTS", "preload", "track_metric_reader"]
+CREDENTIAL_PROVIDER_VARIABLES: Final = {
+    "traces": "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+    "logs": "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER",
+    "metrics": "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER",
+}
+"""The exporters' own way to get a session (an entry point named by the variable); where
+one is set, the exporter makes its session and :func:`session` stays out of the way."""
+
+
+def session(signal: str) -> Any:
+    """A ``requests.Session`` for the OTLP exporter of ``signal``, renewed in forked
+    children (see the module doc); None where a credential provider variable asks the
+    exporter to make its own."""
+    if os.environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER") or os.environ.get(
+        CREDENTIAL_PROVIDER_VARIABLES[signal]
+    ):
+        return None
+    import requests  # noqa: PLC0415 - only with OTLP export, which depends on it
+
+    made = requests.Session()
+    _sessions.add(made)
+    return made
+
+
+def _new_http_pools_in_child() -> None:
+    if not _sessions:
+        return
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415 - loaded already
+
+    for made in list(_sessions):
+        for prefix in list(made.adapters):
+            made.mount(prefix, HTTPAdapter())
+
+
+def _in_child() -> None:
+    for renew in (_new_export_locks_in_child, _new_http_pools_in_child):
+        try:
+            renew()
+        except Exception as exc:  # never break the child over it
+            record_internal_error("export:fork", exc)
+
+
+os.register_at_fork(after_in_child=_in_child)
+
+__all__ = [
+    "CREDENTIAL_PROVIDER_VARIABLES",
+    "LAZY_EXPORT_IMPORTS",
+    "preload",
+    "session",
+    "track_metric_reader",
+]

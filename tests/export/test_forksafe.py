@@ -77,6 +77,70 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     assert json.loads(_run(script)) == []
 
 
+_FORK_MID_EXPORT = _RECORDING_SERVER + r"""
+import sys, threading, time
+import chaperone_otel as c
+from chaperone_otel.export import _forksafe
+from opentelemetry import trace
+
+hold = sys.argv[1] == "hold"
+c.configure(otlp_endpoint=URL, service_name="fork-mid-export")
+with c.supervised("parent.job"):
+    pass
+assert trace.get_tracer_provider().force_flush(10_000)
+parent_ports = set(SEEN)  # the parent's keep-alive connections, idle in its pools now
+release, holding = threading.Event(), threading.Event()
+def hold_pool_locks():  # what an exporter thread holds while its request looks up a pool
+    locks = [adapter.poolmanager.pools.lock for session in list(_forksafe._sessions)
+             for adapter in session.adapters.values()]
+    for lock in locks:
+        lock.acquire()
+    holding.set()
+    release.wait()
+    for lock in locks:
+        lock.release()
+if hold:  # another thread: an RLock held by the forking thread would be the child's too
+    threading.Thread(target=hold_pool_locks, daemon=True).start()
+    assert holding.wait(10)
+before = len(SEEN)
+pid = os.fork()
+if pid == 0:
+    with c.supervised("child.job"):
+        pass
+    c.shutdown()  # exports the child's span and records over its own connections
+    os._exit(0)
+deadline = time.monotonic() + 20
+status = None
+while time.monotonic() < deadline:
+    done, raw = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = os.waitstatus_to_exitcode(raw)
+        break
+    time.sleep(0.02)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+release.set()
+child_ports = set(SEEN[before:])
+c.shutdown()
+print(json.dumps({"status": status, "child_ports": sorted(child_ports),
+                  "shared": sorted(child_ports & parent_ports)}))
+"""
+
+
+@pytest.mark.parametrize("hold", ["hold", "idle"])
+def test_a_forked_child_exports_over_its_own_connections(hold: str) -> None:
+    """A child forked while the parent's exporter holds its connection pool's lock ("hold":
+    a request in flight) ends, and exports; one forked between exports ("idle") does not
+    send on the parent's pooled keep-alive socket, where the two would interleave requests.
+    (Before: the held lock hung the child's ``shutdown()`` for ever, 4 of 1,800 children in
+    a loaded fork storm; an idle fork reused the parent's socket.)"""
+    out = json.loads(_run(_FORK_MID_EXPORT, hold, timeout=60))
+    assert out["status"] == 0, "the child hung (killed at its deadline) or failed"
+    assert out["child_ports"], "the child exported nothing"
+    assert out["shared"] == []
+
+
 @pytest.fixture
 def sink_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real ``sink serve`` process on a free loopback port: (store path, URL)."""
