@@ -1,56 +1,96 @@
 """The embedded sink: record every run of this process in a DuckDB file while it runs.
 
 ``configure(sink="jobs.duckdb")`` (or ``CHAPERONE_OTEL_SINK``) calls :func:`install_sink`,
-which registers a lifecycle listener (a peer of the OTel log writer, see ``_events``) feeding
-the store's single writer thread. No collector, no network: a run shows up in
-``jobs.running()`` within one writer linger (50 ms) of its first record.
+which registers a lifecycle listener (a peer of the OTel log writer, see ``_events``). No
+collector, no network beyond loopback: a run shows up in ``jobs.running()`` within one
+writer linger (50 ms) of its first record.
 
-Because DuckDB lets only one process open the file, this process owns it through a
-:class:`~chaperone_otel.sink._owner.StoreOwner` (the same component ``chaperone-otel sink
-serve`` uses): the writer, a view for queries here, the query API on loopback (a free port)
-and the URL advertised in ``<path>.owner.json``, so ``open_sink(path)`` / ``chaperone-otel
-jobs --db PATH`` from a second terminal reach the live store. In this process,
-``open_sink(path)`` shares the connection.
+**One store for every process of a host.** DuckDB lets one process open the file, so the
+sink has two roles, and any number of processes may ask for the same path at any moment:
 
-The listener never blocks the job: if the writer's queue is full the record is counted
-(:attr:`EmbeddedSink.dropped`) and reported as an internal error. After ``fork`` a child does
-not write (the parent owns the file): use ``chaperone-otel sink serve`` + OTLP for prefork
-workers.
+* the **owner** — the first process to get the file — holds it through a
+  :class:`~chaperone_otel.sink._owner.StoreOwner` (the same component ``chaperone-otel sink
+  serve`` uses): the writer, a view for queries here, the query API on loopback and the URL
+  and token advertised in ``<path>.owner.json`` (mode 0600);
+* every other process is a **forwarder**: its records wait in memory and a thread sends
+  them to the owner (``POST /api/records``, :mod:`chaperone_otel.sink._forward`), which
+  answers only once they are committed; a batch leaves memory only then. When the owner
+  cannot be reached (it exited, was killed, or the file is briefly held by a reader), the
+  forwarder tries to take the file over and becomes the owner; until one of the two works
+  it keeps the records (up to ``capacity``) and tries again, backing off to 1 s.
+
+A forked child (a prefork server's workers, a ``multiprocessing`` fork pool) is a forwarder
+from its first record on, to its parent's server: only the parent needs ``configure()``.
+The inherited store, writer and server are the parent's and are left alone in the child.
+
+The listener never blocks the job: a full queue counts the record
+(:attr:`EmbeddedSink.dropped`) and reports it as an internal error. ``configure()`` fails
+only for misuse: a file that is not a chaperone store, a store of a newer version.
 
 Example::
 
     sink = install_sink("jobs.duckdb")
     ...                         # supervised runs are recorded
-    sink.sink.jobs.running().all()
-    sink.close()                # flushes, stops serving, removes the listener
+    sink.role                   # "owner" or "forwarder"
+    sink.close()                # flushes, stops serving or forwarding, removes the listener
 """
 
 from __future__ import annotations
 
+import collections
+import http.client
+import itertools
 import os
-from typing import Any
+import threading
+import time
+import weakref
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from .._events import LifecycleRecord, add_listener, remove_listener
 from .._health import DEFAULT_POLICY, HealthPolicy
+from .._safety import record_internal_error
 from ..exceptions import SinkError
+from ..sink._forward import FORWARD_MAX_BATCH, encode_records, post_records
 from ..sink._owner import StoreOwner
+from ..sink._remote import TOKEN_ENV
+from ..sink._store import lock_holder, read_sidecar
+from ..sink._writer import Writer
+
+Role = Literal["owner", "forwarder"]
+
+_BACKOFF_FIRST: Final = 0.05
+_BACKOFF_MAX: Final = 1.0
+_POST_TIMEOUT: Final = 15.0
+"""Seconds one forwarded request may take (the owner answers within its 10 s ack wait)."""
+
+
+def _held_elsewhere(error: SinkError) -> bool:
+    """True when the file could not be opened because another process holds it."""
+    cause = error.__cause__
+    return cause is not None and lock_holder(cause) is not None
 
 
 class EmbeddedSink:
-    """A lifecycle listener writing to a store file, plus the owner's query endpoint.
+    """A lifecycle listener recording into a store file, as its owner or as a forwarder to
+    the process that owns it (see the module doc).
 
     Args:
         path: the DuckDB file (created if missing).
-        serve: serve the query API on 127.0.0.1 and write the sidecar (default True).
-        capacity: writer queue bound, in records.
+        serve: as owner, serve the query API on 127.0.0.1 and write the sidecar (default
+            True; without it no other process can forward here or read the live store).
+        capacity: records held at most (the owner's writer queue, or a forwarder's memory).
         policy: health thresholds for the served scopes.
 
     Attributes:
-        path: the store file. url: the served query URL, or None.
-        sink: a :class:`~chaperone_otel.sink.Sink` over the live store (read-only).
-        writer: the store's :class:`~chaperone_otel.sink.Writer`.
-        owner: the :class:`~chaperone_otel.sink._owner.StoreOwner` of the file.
-        dropped: records refused because the writer's queue was full.
+        path: the store file (absolute). url: the query URL this process serves, or None.
+        owner: the :class:`~chaperone_otel.sink._owner.StoreOwner` while this process owns
+            the file, else None.
+        dropped: records refused because the queue was full, or refused by the store.
+
+    Raises:
+        SinkError: the file is not a chaperone store, or was written by a newer version
+            (another process holding it is not an error: this one forwards).
     """
 
     def __init__(
@@ -61,69 +101,274 @@ class EmbeddedSink:
         capacity: int = 100_000,
         policy: HealthPolicy = DEFAULT_POLICY,
     ) -> None:
-        self._pid = os.getpid()
+        self.path = os.path.realpath(os.fspath(path))
+        self._serve = serve
+        self._capacity = capacity
+        self._policy = policy
         self.dropped = 0
-        self._closed = False
-        # Read your writes: a query in this process (the API, the HTTP endpoint) first
-        # commits what is queued, so a run that just ended is found.
-        self.owner = StoreOwner(path, policy=policy, capacity=capacity, read_your_writes=True)
-        self.path = self.owner.path
-        self.writer = self.owner.writer
-        self.sink = self.owner.view
         self.url: str | None = None
+        self.owner: StoreOwner | None = None
+        self._writer: Writer | None = None
+        self._closed = False
+        self._stopping = False
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._pending: collections.deque[LifecycleRecord] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._target: tuple[str, str | None] | None = None
+        """(URL, token) records are forwarded to; None: read the sidecar."""
         try:
-            if serve:
-                self.url = self.owner.serve()
-            add_listener(self)
+            self._own()
+        except SinkError as e:
+            if not _held_elsewhere(e):
+                raise
+        add_listener(self)
+        _instances.add(self)
+
+    @property
+    def role(self) -> Role:
+        """``owner`` while this process holds the file, else ``forwarder``."""
+        return "owner" if self._writer is not None else "forwarder"
+
+    @property
+    def sink(self) -> Any:
+        """A :class:`~chaperone_otel.sink.Sink` over the live store: the owner's view (shares
+        the connection), or for a forwarder the store opened by path (through its owner)."""
+        if self.owner is not None:
+            return self.owner.view
+        from ..sink import open_sink  # noqa: PLC0415 - a forwarder's rare read
+
+        return open_sink(self.path, policy=self._policy)
+
+    @property
+    def writer(self) -> Writer:
+        """The store's writer (owner only)."""
+        if self._writer is None:
+            raise SinkError(f"this process forwards to the owner of {self.path}; it has no writer")
+        return self._writer
+
+    def _own(self) -> None:
+        """Acquire the file and serve it; move what waits in memory to the writer.
+
+        Raises:
+            SinkError: the file cannot be acquired (held elsewhere, not a store …).
+        """
+        owner = StoreOwner(
+            self.path, policy=self._policy, capacity=self._capacity, read_your_writes=True
+        )
+        try:
+            url = owner.serve() if self._serve else None
         except BaseException:
-            self._closed = True
-            self.owner.close()
+            owner.close(timeout=5.0)
             raise
+        with self._cond:
+            self.owner, self._writer, self.url = owner, owner.writer, url
+            waiting = tuple(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        if waiting and not owner.writer.submit(waiting):
+            self._count_dropped(len(waiting), "the writer's queue is full")
 
     def on_record(self, record: LifecycleRecord) -> None:
-        """Queue one record for the writer (never blocks; a full queue is counted)."""
-        if os.getpid() != self._pid or self._closed:
-            return  # a forked child: the parent owns the file
-        if not self.writer.submit((record,)):
-            self.dropped += 1
-            raise SinkError(
-                f"the sink writer's queue for {self.path} is full; record dropped "
-                f"({self.dropped} so far): the store cannot keep up"
-            )
+        """Queue one record for the writer or the forwarder (never blocks; a full queue is
+        counted and reported)."""
+        if self._closed:
+            return
+        writer = self._writer
+        if writer is None:
+            with self._cond:
+                writer = self._writer
+                if writer is None:
+                    if len(self._pending) >= self._capacity:
+                        self._count_dropped(1, "the forwarding queue is full")
+                    self._pending.append(record)
+                    if len(self._pending) == 1 or len(self._pending) >= FORWARD_MAX_BATCH:
+                        self._cond.notify_all()
+                    if self._thread is None:
+                        self._start_forwarding()
+                    return
+        if not writer.submit((record,)):
+            self._count_dropped(1, "the writer's queue is full")
+
+    def _count_dropped(self, n: int, why: str) -> None:
+        self.dropped += n
+        raise SinkError(
+            f"record dropped for {self.path}: {why} ({self.dropped} so far): "
+            "the store cannot keep up"
+        )
+
+    def _start_forwarding(self) -> None:
+        # Under self._cond. A thread per process that forwards; a forked child starts its own.
+        self._thread = threading.Thread(
+            target=self._forward, name="chaperone-sink-forwarder", daemon=True
+        )
+        self._thread.start()
+
+    def _next_batch(self) -> list[LifecycleRecord] | None:
+        """The records to send next (kept in memory until stored); None: nothing more to
+        do (stopping with nothing left, or this process owns the file now)."""
+        with self._cond:
+            while not self._pending and not self._stopping and self._writer is None:
+                self._cond.wait()
+            if self._writer is not None or not self._pending or self._stopping:
+                return None  # owner now, nothing left, or closed: what is left is reported
+            return list(itertools.islice(self._pending, FORWARD_MAX_BATCH))
+
+    def _forward(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        backoff = _BACKOFF_FIRST
+        while (batch := self._next_batch()) is not None:
+            status: int | None = None
+            target = self._target or self._advertised()
+            if target is not None:
+                url, token = target
+                try:
+                    if conn is None:
+                        parts = urlsplit(url)
+                        conn = http.client.HTTPConnection(
+                            parts.hostname or "127.0.0.1", parts.port, timeout=_POST_TIMEOUT
+                        )
+                    status = post_records(conn, token, encode_records(batch))
+                except (OSError, http.client.HTTPException):
+                    status = None
+                if status != 200 and conn is not None:
+                    conn.close()
+                    conn = None
+                if status in (None, 401, 404):
+                    self._target = None  # gone, or another owner now: read the sidecar again
+            if status in (200, 400, 413):
+                if status != 200:  # the owner refused these records for good
+                    record_internal_error(
+                        "sink.forward", SinkError(f"{len(batch)} records refused ({status})")
+                    )
+                with self._cond:
+                    for _ in batch:
+                        self._pending.popleft()
+                    if status != 200:
+                        self.dropped += len(batch)
+                    self._cond.notify_all()
+                backoff = _BACKOFF_FIRST
+                continue
+            if status is None and self._take_over():
+                break
+            with self._cond:
+                if not self._stopping or self._pending:
+                    self._cond.wait(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+        if conn is not None:
+            conn.close()
+
+    def _advertised(self) -> tuple[str, str | None] | None:
+        owner = read_sidecar(self.path)
+        if owner is None or owner.get("pid") == os.getpid():
+            return None
+        token = owner.get("token")  # an embedded owner's; `sink serve` takes its --token
+        if not isinstance(token, str):
+            token = os.environ.get(TOKEN_ENV) or None
+        return owner["url"], token
+
+    def _take_over(self) -> bool:
+        """Become the owner if the file is free; False while another process holds it."""
+        try:
+            self._own()
+        except SinkError as e:
+            if not _held_elsewhere(e):
+                record_internal_error("sink.takeover", e)
+            return False
+        except Exception as e:  # a port, a sidecar: counted, tried again later
+            record_internal_error("sink.takeover", e)
+            return False
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record so far is committed (``False`` on timeout). In a forked
-        child, True at once: the child writes nothing here (the parent owns the file)."""
-        if os.getpid() != self._pid:
+        """Wait until every record so far is committed, here or by the owner it was
+        forwarded to (``False`` on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending and self._writer is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            writer = self._writer
+        if writer is None:
             return True
-        return self.writer.flush(timeout)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return writer.flush(left)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop listening, stop serving, write everything queued, release the file.
+        """Stop listening, send or write everything held, stop serving, release the file.
 
-        In a forked child it only stops listening: the store, its writer and its server are
-        the parent's (closing the child's copy of the DuckDB connection would checkpoint the
-        parent's file from a stale state, and crashes), so the child abandons them.
+        A forwarder waits up to ``timeout`` for its records to be stored (by the owner, or
+        by itself once it takes the file over); what is still held then is reported lost.
         """
         if self._closed:
             return
-        self._closed = True
         remove_listener(self)
-        if os.getpid() != self._pid:
-            return
-        self.owner.close(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            with self._cond:
+                self._stopping = True
+                left = len(self._pending) if self._writer is None else 0
+                self._cond.notify_all()
+            if left:
+                record_internal_error(
+                    "sink.close",
+                    SinkError(f"{left} records for {self.path} not stored: no owner in time"),
+                )
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+            if self.owner is not None:
+                remaining = None if deadline is None else max(1.0, deadline - time.monotonic())
+                self.owner.close(remaining)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: what the parent held is the parent's; records go to it."""
+        parent = self.owner
+        if parent is not None:
+            _inherited.append(parent)  # never closed here, not even by the collector
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._pending = collections.deque()
+        self._thread = None
+        self._stopping = False
+        self.owner = None
+        self._writer = None
+        self.url = None
+        if parent is not None and parent.url is not None:
+            self._target = (parent.url, parent.token)
 
     def __repr__(self) -> str:
-        return f"<EmbeddedSink {self.path} url={self.url}>"
+        return f"<EmbeddedSink {self.path} {self.role} url={self.url}>"
+
+
+_instances: weakref.WeakSet[EmbeddedSink] = weakref.WeakSet()
+_inherited: list[StoreOwner] = []
+
+
+def _in_child() -> None:
+    for sink in list(_instances):
+        try:
+            sink._forget_parent()
+        except Exception as exc:  # never break the child over it
+            record_internal_error("sink.fork", exc)
+
+
+os.register_at_fork(after_in_child=_in_child)
 
 
 def install_sink(path: str | os.PathLike[str], **options: Any) -> EmbeddedSink:
-    """Record every supervised run of this process in the DuckDB file at ``path``.
+    """Record every supervised run of this process in the DuckDB file at ``path``, as its
+    owner or by forwarding to the process that owns it.
 
     Returns:
         The :class:`EmbeddedSink`; ``close()`` flushes and uninstalls it.
 
     Raises:
-        SinkError: the file cannot be opened (held by another process, newer schema …).
+        SinkError: the file is not a chaperone store, or is of a newer version.
     """
     return EmbeddedSink(path, **options)

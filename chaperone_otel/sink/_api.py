@@ -504,6 +504,8 @@ def query_routes(
                 # datetime can hold: still the client's value, so a 400, never a 500.
                 return _JSON({"error": f"a value is out of range: {e}"}, status_code=400)
             except SinkError as e:
+                if getattr(sink(), "stopping", False):  # the owner is closing: ask elsewhere
+                    return _JSON({"error": str(e)}, status_code=503, headers={"Retry-After": "1"})
                 return _JSON({"error": str(e)}, status_code=400)
 
         return wrapped
@@ -639,6 +641,7 @@ def create_query_app(
     authorize: Callable[[Request], bool] | None = None,
     url: Callable[[], str | None] | None = None,
     allow_prune: bool = False,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """A Starlette app serving the query API for ``sink`` (the embedded sink serves this).
 
@@ -646,10 +649,14 @@ def create_query_app(
         sink: a Sink, or a zero-argument callable returning one (opened lazily).
         authorize: returns False to answer 401.
         url: returns the served base URL (for ``/api/info``).
+        routes: further routes (the embedded owner's ``/api/records``).
     """
     getter: Callable[[], Any] = (
         sink if callable(sink) and not hasattr(sink, "jobs") else (lambda: sink)
     )
     return Starlette(
-        routes=query_routes(getter, authorize=authorize, url=url, allow_prune=allow_prune)
+        routes=[
+            *query_routes(getter, authorize=authorize, url=url, allow_prune=allow_prune),
+            *routes,
+        ]
     )

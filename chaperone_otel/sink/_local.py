@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import os
 import threading
@@ -539,7 +540,11 @@ def open_sink(
             unreachable: SinkError | None = None
             if owner is not None:
                 try:
-                    return _remote(owner["url"], policy)
+                    remote = _remote(owner["url"], policy)
+                    # The owner may exit before a query: follow the store, not that process.
+                    if hasattr(remote, "reopen"):
+                        remote.reopen = functools.partial(open_sink, text, policy=policy)
+                    return remote
                 except SinkError as gone:  # its server stopped: the owner is closing
                     unreachable = gone
             if time.monotonic() < deadline:

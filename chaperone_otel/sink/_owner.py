@@ -11,7 +11,8 @@ serve`` (:mod:`._server`) both own their file through a :class:`StoreOwner`, whi
 3. opens a view over the live store for queries in this process (a
    :class:`~chaperone_otel.sink._local.LocalSink` sharing the connection),
 4. serves the query API on loopback (:class:`BackgroundServer`; the sink server passes its
-   own app, which also takes OTLP), and
+   own app, which also takes OTLP), with ``POST /api/records`` for the records the host's
+   other processes forward to it (:mod:`._forward`), and
 5. advertises that URL beside the file (``<path>.owner.json``, mode 0600) so
    ``open_sink(path)`` and the CLI in another process follow it;
 
@@ -58,6 +59,7 @@ from typing import Any, Final, Literal
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import bearer_authorizer, create_query_app
+from ._forward import records_route
 from ._local import LocalSink
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
@@ -346,8 +348,13 @@ class StoreOwner:
             server.bind()  # the port must be known before the app (which reports its URL)
             url = server.url
             self.token = secrets.token_urlsafe(32)
+            authorize = bearer_authorizer(self.token)
             server.app = create_query_app(
-                self.view, url=lambda: url, authorize=bearer_authorizer(self.token)
+                self.view,
+                url=lambda: url,
+                authorize=authorize,
+                # Other processes of the host forward their records here (_forward).
+                routes=[records_route(lambda: self._writer, authorize)],
             )
         elif not server.bound:
             server.bind()

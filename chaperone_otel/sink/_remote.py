@@ -21,14 +21,16 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
@@ -37,10 +39,56 @@ from ._query import JobQuery, Sink
 from ._results import ErrorRecord, HeartbeatRecord, JobRecord, SqlResult, ViolationRecord
 from ._store import sidecar_token
 
-__all__ = ["TOKEN_ENV", "RemoteSink", "open_remote"]
+__all__ = ["TOKEN_ENV", "OwnerUnreachableError", "RemoteSink", "open_remote"]
 
 TOKEN_ENV: Final = "CHAPERONE_OTEL_SINK_TOKEN"  # noqa: S105 - a variable name, not a secret
 """Environment variable with the bearer token of a sink server started with ``--token``."""
+
+
+class OwnerUnreachableError(SinkError):
+    """The owner's server did not answer at all (refused, reset): it may have just exited."""
+
+
+_T = TypeVar("_T")
+_FOLLOW_TIMEOUT: Final = 10.0
+"""Seconds a read keeps following a store whose owner is going away (beyond ``open_sink``'s
+own handover wait inside each reopen)."""
+_FOLLOW_POLL: Final = 0.05
+
+
+def _follows_the_store(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Retry a read whose owner went away, on whoever holds the store now.
+
+    A sink opened by path (``open_sink(path)`` following the sidecar) meets an owner that
+    exits between the open and the query (a cron script ending, an app handing the store
+    to another). Then it opens the path again, within ``open_sink``'s handover deadline: a
+    new owner's URL is followed from now on; a file now free is read directly for this
+    call. A sink opened by URL fails as before."""
+
+    @functools.wraps(method)
+    def follow(self: RemoteSink, *args: Any, **kwargs: Any) -> _T:
+        deadline = time.monotonic() + _FOLLOW_TIMEOUT
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except OwnerUnreachableError:
+                if self.reopen is None or time.monotonic() > deadline:
+                    raise
+                now = self.reopen()
+            if isinstance(now, RemoteSink):
+                if now._base == self._base:
+                    time.sleep(_FOLLOW_POLL)  # still the one closing: its lock goes soon
+                self._base = self.url = now._base
+                self._token = now._token
+                now.close()
+                continue
+            try:
+                found: _T = getattr(now, method.__name__)(*args, **kwargs)
+            finally:
+                now.close()
+            return found
+
+    return follow
 
 
 class RemoteSink(Sink):
@@ -75,6 +123,9 @@ class RemoteSink(Sink):
         self._timeout = timeout
         self._closed = False
         self.path: str | None = None
+        self.reopen: Callable[[], Sink] | None = None
+        """Opens the store again by path (set by ``open_sink(path)``; see
+        :func:`_follows_the_store`)."""
 
     # ---- transport -----------------------------------------------------------------------
 
@@ -108,6 +159,8 @@ class RemoteSink(Sink):
             detail = e.read().decode("utf-8", "replace")
             with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
+            if e.code == 503:  # the owner is closing (or busy): see _follows_the_store
+                raise OwnerUnreachableError(f"{self.url}{path}: HTTP 503: {detail}") from e
             if e.code == 401:
                 raise SinkError(
                     f"{self.url} needs a bearer token: pass token= or set {TOKEN_ENV} (a sink "
@@ -118,7 +171,7 @@ class RemoteSink(Sink):
             raise SinkError(f"{self.url}{path}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise SinkError(
+            raise OwnerUnreachableError(
                 f"cannot reach the store's owner at {self.url}: {reason}. Is the sink server "
                 "(or the application with the embedded sink) still running?"
             ) from e
@@ -146,13 +199,16 @@ class RemoteSink(Sink):
             **kwargs,
         )
 
+    @_follows_the_store
     def _fetch(self, query: JobQuery) -> list[JobRecord]:
         found = self._query(query, "all")
         return [JobRecord.from_dict(d, sink=self) for d in found["jobs"]]
 
+    @_follows_the_store
     def _count(self, query: JobQuery) -> int:
         return int(self._query(query, "count")["count"])
 
+    @_follows_the_store
     def _arrow(self, query: JobQuery) -> Any:
         import pyarrow as pa  # noqa: PLC0415
 
@@ -165,11 +221,13 @@ class RemoteSink(Sink):
         )
         return pa.ipc.open_stream(raw).read_all()
 
+    @_follows_the_store
     def remote_sql(self, query: JobQuery) -> tuple[str, dict[str, Any]]:
         """The SQL the owner runs for ``query`` (``JobQuery.sql()`` renders it locally)."""
         found = self._query(query, "sql")
         return found["sql"], found["params"]
 
+    @_follows_the_store
     def heartbeats_of(
         self, run_id: str, attempt: int, *, latest: bool = False
     ) -> list[HeartbeatRecord]:
@@ -180,14 +238,17 @@ class RemoteSink(Sink):
         )
         return [HeartbeatRecord.from_dict(d) for d in found["heartbeats"]]
 
+    @_follows_the_store
     def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]:
         found = self._json("GET", "/api/errors", params={"run_id": run_id, "attempt": attempt})
         return [ErrorRecord.from_dict(d) for d in found["errors"]]
 
+    @_follows_the_store
     def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]:
         found = self._json("GET", "/api/violations", params={"run_id": run_id, "attempt": attempt})
         return [ViolationRecord.from_dict(d) for d in found["violations"]]
 
+    @_follows_the_store
     def sql(
         self,
         query: str,

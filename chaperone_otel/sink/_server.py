@@ -41,7 +41,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -63,11 +62,12 @@ from ..exceptions import ConfigurationError, SinkError
 from . import _otlp
 from ._api import BodyTooLargeError, bearer_authorizer, query_routes, read_body
 from ._fleet import FleetCollector, IngestStats
+from ._forward import records_route
 from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
 from ._remote import TOKEN_ENV
 from ._schema import HEARTBEATS_PER_RUN
-from ._writer import RecordsDroppedError, Ticket, Writer
+from ._writer import RecordsDroppedError, Writer, committed_within
 
 __all__ = [
     "DEFAULT_PORT",
@@ -137,32 +137,6 @@ class _Uvicorn:
                 self.should_exit = True
 
         return _Server
-
-
-async def _committed_within(writer: Writer, ticket: Ticket, timeout: float) -> bool:
-    """``writer.wait(ticket, timeout)`` without parking a thread: the writer calls back when
-    the batch is processed and the loop is woken. Waiting in the shared thread pool (40
-    threads) made the 41st waiting request, and ``/metrics`` and the query API behind it,
-    wait for a thread before it even started waiting: answers came at multiples of the
-    timeout exactly when the store was slow. True when committed, False on timeout; raises
-    as :meth:`Writer.wait` does for a dropped batch."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def resolve() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def wake() -> None:  # on the writer's thread
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(resolve)
-
-    writer.when_done(ticket, wake)
-    try:
-        await asyncio.wait_for(done, timeout)
-    except asyncio.TimeoutError:
-        return False
-    return writer.wait(ticket, 0)
 
 
 class SinkServer:
@@ -416,6 +390,8 @@ class SinkServer:
                 self._query_sink, authorize=self._authorized, url=lambda: self.url, allow_prune=True
             )
         )
+        # Applications on this host that configure(sink=) the file it serves forward here.
+        routes.append(records_route(self._live_writer, self._authorized))
         return routes
 
     def _query_sink(self) -> Any:
@@ -557,7 +533,7 @@ class SinkServer:
         if self.ack == "queue":
             return
         try:
-            committed = await _committed_within(writer, ticket, self.ack_timeout)
+            committed = await committed_within(writer, ticket, self.ack_timeout)
         except RecordsDroppedError:
             raise
         except SinkError as e:

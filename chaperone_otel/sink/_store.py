@@ -379,6 +379,24 @@ def release(store: Store) -> None:
     store._close()
 
 
+def _forget_inherited() -> None:
+    """In a forked child: the connections in the registry are the parent's (DuckDB's file
+    lock is not inherited, and using them would write the parent's file from a stale copy).
+    They are set aside, never closed (not even by the garbage collector: DuckDB closes a
+    connection it frees, and closing checkpoints), so that this process opens its own when
+    it needs one (a child that takes a store over after its parent exits)."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _inherited.extend(_registry.values())
+    _registry.clear()
+
+
+_inherited: list[Store] = []
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
 def owned_here(path: str | os.PathLike[str]) -> bool:
     """True if this process has the store at ``path`` open."""
     with _registry_lock:

@@ -43,7 +43,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -455,6 +457,32 @@ class Writer:
                 self._unreported.append((entry.ticket.end, why))
             self._stats = replace(self._stats, last_error=why)
         return 0, 0, 0, sum(len(entry.records) for entry in chunk), 0
+
+
+async def committed_within(writer: Writer, ticket: Ticket, timeout: float) -> bool:
+    """``writer.wait(ticket, timeout)`` without parking a thread: the writer calls back when
+    the batch is processed and the loop is woken. Waiting in the shared thread pool (40
+    threads) made the 41st waiting request, and ``/metrics`` and the query API behind it,
+    wait for a thread before it even started waiting: answers came at multiples of the
+    timeout exactly when the store was slow. True when committed, False on timeout; raises
+    as :meth:`Writer.wait` does for a dropped batch."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def wake() -> None:  # on the writer's thread
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(resolve)
+
+    writer.when_done(ticket, wake)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        return False
+    return writer.wait(ticket, 0)
 
 
 def _call_back(callback: Callable[[], object]) -> None:
