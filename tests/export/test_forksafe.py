@@ -211,17 +211,14 @@ print(json.dumps({"children": children, "hung": hung, "failed": failed}))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    sys.version_info < (3, 11),
-    reason="open: on Python 3.10, 2 of 300 children still hung once under load (a lazy"
-    " import of the 3.10 HTTP stack not yet found); passes on 3.11",
-)
 def test_300_forks_during_otlp_export_never_hang(sink_server: tuple[str, str]) -> None:
     """20 parents export to a real ``sink serve`` and each forks 15 children into its first
     export (the moment the exporter's thread does its lazy work); each child does a
     trivial supervised run and exits (``shutdown()`` exports it). Every one of the 300
     children ends within its deadline, and its run is in the store, completed, with its
-    own pid. (Before: 8 of 180 such children hung for ever on a held import lock.)"""
+    own pid. (Before: 8 of 180 such children hung for ever on a held import lock; later,
+    on Python 3.10 and 3.11 alike, about 1 in 300 under load on the parent's held
+    connection-pool lock.)"""
     path, url = sink_server
     children: list[int] = []
     hung: list[int] = []

@@ -87,7 +87,7 @@ def test_file_held_by_another_process_names_its_pid(tmp_path):
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(SinkError, match=rf"held by process {holder.pid}.*Stop that process"):
-            open_sink(path)
+            open_sink(path, handover_timeout=0.5)  # the wait itself: test_local
         assert not sidecar_path(path).exists()
     finally:
         assert holder.stdin is not None
