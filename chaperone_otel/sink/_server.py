@@ -586,20 +586,30 @@ class SinkServer:
             raise SinkError("store commit is slow; retry")
 
     async def _healthz(self, request: Request) -> Response:
+        """200 while records can be stored; 503 while stopping, or once the store failed
+        fatally (DuckDB invalidated the database, e.g. on a full disk): then ``error`` says
+        the cause and a restart of the sink, once the cause is gone, replays its log."""
         stats = self.stats()
-        ok = self._live_writer() is not None
-        return JSONResponse(
-            {
-                "status": "ok" if ok else "stopping",
-                "store": self.path,
-                "queue_depth": stats.queue_depth,
-                "queue_capacity": stats.queue_capacity,
-                "last_ingest": stats.last_ingest,
-            },
-            status_code=200 if ok else 503,
-        )
+        writer = self._live_writer()
+        fatal = writer.fatal if writer is not None else None
+        body: dict[str, Any] = {
+            "status": "stopping" if writer is None else "failed" if fatal else "ok",
+            "store": self.path,
+            "queue_depth": stats.queue_depth,
+            "queue_capacity": stats.queue_capacity,
+            "last_ingest": stats.last_ingest,
+        }
+        if fatal:
+            body["error"] = f"the store failed and must be reopened (restart the sink): {fatal}"
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def _metrics(self, request: Request) -> Response:
+        writer = self._live_writer()
+        fatal = writer.fatal if writer is not None else None
+        if fatal:
+            return Response(
+                f"store unavailable: {fatal}\n", status_code=503, media_type="text/plain"
+            )
         try:
             body = await run_in_threadpool(generate_latest, self._registry)
         except SinkError as e:

@@ -203,6 +203,7 @@ class Writer:
             maxlen=_UNREPORTED_MAX
         )
         self._stats = WriterStats(capacity=capacity)
+        self._fatal: str | None = None
         self._cursor = store.cursor()
         self._thread = threading.Thread(target=self._run, name="chaperone-sink-writer", daemon=True)
         self._thread.start()
@@ -221,6 +222,14 @@ class Writer:
                 accepted=self._submitted,
                 rejected=self._rejected,
             )
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the database was invalidated (DuckDB's first fatal error, e.g. a checkpoint
+        that met a full disk), or None. Once set, no write can succeed until the file is
+        opened again: ``/healthz`` reports it (503) so a supervisor restarts the sink."""
+        with self._cond:
+            return self._fatal
 
     def submit(self, records: Sequence[IngestRecord]) -> Ticket | None:
         """Queue ``records`` for writing as one batch, committed all or none.
@@ -449,6 +458,8 @@ class Writer:
         # dropped together once the budget ran out may be innocent, so a retry may succeed.
         permanent = len(chunk) == 1 and isinstance(error, _DATA_ERRORS)
         with self._cond:
+            if self._fatal is None and isinstance(error, duckdb.FatalException):
+                self._fatal = why
             for entry in chunk:
                 entry.ticket.error = why
                 entry.ticket.permanent = permanent
