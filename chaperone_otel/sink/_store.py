@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -211,6 +212,46 @@ def sink_error(error: BaseException, path: str, action: str) -> SinkError:
     return SinkError(f"cannot {action} {path}: {error}")
 
 
+_HEADER_SIZE: Final = 3 * 4096
+"""DuckDB's file header: the main header and two database headers; blocks follow."""
+
+
+def check_not_truncated(path: str) -> None:
+    """Refuse a DuckDB file shorter than its own header says (a copy cut short, a disk
+    that filled while it was written): DuckDB opens such a file and fails only when a query
+    reaches a missing block, with an IO error that names no cause.
+
+    The active database header (the one with the higher iteration) holds the block count
+    and block size; the file must be at least ``header + count * size`` bytes. A file that
+    is not a DuckDB file, or a header this check does not know, is left to DuckDB.
+
+    Raises:
+        SinkError: the file is truncated.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_SIZE)
+    except OSError:
+        return  # missing (created later) or unreadable: DuckDB says why
+    if size == 0 or head[8:12] != b"DUCK":
+        return
+    if len(head) < _HEADER_SIZE:
+        expected = _HEADER_SIZE
+    else:
+        headers = [struct.unpack_from("<Qqqqqq", head, at) for at in (4096, 8192)]
+        _sum, _iteration, _meta, _free, count, block = max(headers, key=lambda h: h[1])
+        if count < 0 or block < 4096 or block > 2**30 or block & (block - 1):
+            return  # not a layout this check knows
+        expected = _HEADER_SIZE + count * block
+    if size < expected:
+        raise SinkError(
+            f"cannot open {path}: the store file is truncated ({size} bytes; its header "
+            f"says {expected}). It was cut short (an incomplete copy, a full disk): restore "
+            "it from a backup, or move it away to start a new store"
+        )
+
+
 class Store:
     """A DuckDB connection to one store file, shared by everything in this process.
 
@@ -235,6 +276,7 @@ class Store:
         self._queries_lock = threading.Condition()
         self._queries: set[Any] = set()
         self._stopping = False
+        check_not_truncated(path)
         try:
             self._con = duckdb.connect(path, read_only=read_only, config=engine_config())
         except duckdb.Error as e:
