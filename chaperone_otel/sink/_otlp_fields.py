@@ -234,7 +234,63 @@ def _pb_items(scopes: Any, field: str) -> Iterator[Any]:
         yield from items
 
 
+def _pb_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``at`` and the position after it (IndexError past the end)."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _pb_count_items(data: bytes) -> None:
+    """Count resource groups, scopes and items (log records or spans) on the wire, before
+    the parse, and stop once there are more than the budget allows: parsing builds every
+    message (4 M empty records, 8 MiB, took ~0.35 s), counting does not descend into the
+    items. Export requests of both signals nest the same field numbers (resource lists 1,
+    scope lists 2, items 2). Anything malformed is left to the parser.
+
+    Raises:
+        PayloadTooLargeError: more items than the budget allows.
+    """
+    limit = _BUDGET.get(_UNLIMITED).items
+    count = 0
+    # (start, end, depth) of the messages still to walk: 0 request, 1 resource, 2 scope.
+    stack = [(0, len(data), 0)]
+    try:
+        while stack:
+            at, end, depth = stack.pop()
+            while at < end:
+                tag, at = _pb_varint(data, at)
+                wire = tag & 7
+                if wire == 0:
+                    _, at = _pb_varint(data, at)
+                    continue
+                if wire in {1, 5}:
+                    at += 8 if wire == 1 else 4
+                    continue
+                if wire != 2:
+                    return  # groups or garbage: the parser decides
+                size, at = _pb_varint(data, at)
+                field = tag >> 3
+                if (depth == 0 and field == 1) or (depth > 0 and field == 2):
+                    count += 1
+                    if count > limit:
+                        _charge_items(count)  # raises, with the one message
+                    if depth < 2:
+                        stack.append((at, min(at + size, end), depth + 1))
+                at += size
+    except (IndexError, ValueError):
+        return
+
+
 def _pb_log_groups(data: bytes) -> Iterator[Group]:
+    _pb_count_items(data)
     request = _pb_parse(logs_service_pb2.ExportLogsServiceRequest(), data)
     _charge_items(len(request.resource_logs))
     for rl in request.resource_logs:
@@ -242,6 +298,7 @@ def _pb_log_groups(data: bytes) -> Iterator[Group]:
 
 
 def _pb_span_groups(data: bytes) -> Iterator[Group]:
+    _pb_count_items(data)
     request = _pb_parse(trace_service_pb2.ExportTraceServiceRequest(), data)
     _charge_items(len(request.resource_spans))
     for rs in request.resource_spans:
