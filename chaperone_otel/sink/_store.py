@@ -277,27 +277,49 @@ class Store:
         self._queries: set[Any] = set()
         self._stopping = False
         check_not_truncated(path)
+        self._con = self._connect()
+
+    def _connect(self) -> Any:
+        """A new connection to the file, set up (zone, schema, locked configuration)."""
+        path = self.path
         try:
-            self._con = duckdb.connect(path, read_only=read_only, config=engine_config())
+            con = duckdb.connect(path, read_only=self.read_only, config=engine_config())
         except duckdb.Error as e:
             raise sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
             # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).
             # TimeZone cannot be given to connect() (it belongs to the ICU extension).
-            self._con.execute("SET GLOBAL TimeZone = 'UTC'")
-            if read_only:
-                require_current(self._con, path)
+            con.execute("SET GLOBAL TimeZone = 'UTC'")
+            if self.read_only:
+                require_current(con, path)
             else:
-                migrate(self._con, path, policy)
+                migrate(con, path, self.policy)
             # Last: from here on no statement can change a setting (SET, RESET, PRAGMA), so
             # the lock-down above cannot be undone by user SQL.
-            self._con.execute("SET lock_configuration = true")
+            con.execute("SET lock_configuration = true")
         except BaseException as e:
-            self._con.close()
+            con.close()
             if isinstance(e, duckdb.Error):
                 raise sink_error(e, path, "open") from e
             raise
+        return con
+
+    def reopen(self) -> None:
+        """Open the file again after DuckDB invalidated the database (a fatal error, e.g. a
+        checkpoint that met a full disk): closing the connection closes every cursor made
+        from it, so the instance is released and DuckDB replays its log into a new one.
+        Cursors taken before are closed: take new ones. Call with :attr:`write_lock` held.
+
+        Raises:
+            SinkError: it cannot be opened yet (e.g. still no space); the old connection is
+                closed either way, and :meth:`cursor` fails until a reopen succeeds.
+        """
+        if self._closed:
+            raise SinkError(f"the store {self.path} is closed")
+        with contextlib.suppress(duckdb.Error):
+            self._con.close()
+        self._con = self._connect()
 
     def cursor(self) -> Any:
         """A new cursor (DuckDB connections are not shared across threads)."""

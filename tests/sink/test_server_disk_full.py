@@ -1,8 +1,8 @@
 """A full disk (issue 11, item 4): on a small tmpfs (mounted as root by the test), DuckDB
 invalidates the database when a checkpoint meets the full disk. Then every write is a 503
-that names the real cause (not "cannot rollback"), /healthz answers 503 with the cause so
-a supervisor restarts the sink, and after a restart with space again every acknowledged
-record is there. Real `sink serve` processes on 127.0.0.1, stopped by PID."""
+that names the real cause (not "cannot rollback") and /healthz answers 503 with it; once
+space returns the writer reopens the store and writes resume, and every acknowledged record
+is there (also after a restart). Real `sink serve` processes on 127.0.0.1, stopped by PID."""
 
 from __future__ import annotations
 
@@ -103,22 +103,40 @@ def test_disk_full_is_unhealthy_with_its_cause_and_loses_no_acknowledged_record(
         assert json.loads(body)["status"] == "failed"
         assert NO_SPACE in json.loads(body)["error"]
         assert request(server.port, "GET", "/metrics")[0] == 503
+        # Space returns (the file system grows): the next writes reopen the store.
+        _grow(small_disk)
+
+        def resumed() -> bool:
+            batch = f"r{len(acked)}"
+            body = lifecycle_logs(PER_POST, prefix=batch + "-")
+            if request(server.port, "POST", "/v1/logs", body, PROTOBUF, timeout=30)[0] != 200:
+                return False
+            acked.append(batch)
+            return True
+
+        wait_until(resumed, 15, "writes to resume once space returns", every=0.2)
+        status, body, _ = request(server.port, "GET", "/healthz")
+        assert status == 200, body
+        _assert_kept(server.port, acked)
         server.stop()
-    # Space returns (the file system grows); a restart replays the log.
+    with ServeProcess(path) as again:  # and a restart finds them all too
+        _assert_kept(again.port, acked)
+        status, body, _ = request(again.port, "POST", "/v1/logs", lifecycle_logs(5), PROTOBUF)
+        assert status == 200, body
+
+
+def _grow(disk: Path) -> None:
     grown = subprocess.run(
-        ["mount", "-o", "remount,size=128m", str(small_disk)],
+        ["mount", "-o", "remount,size=128m", str(disk)],
         check=False,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert grown.returncode == 0, grown.stderr
-    with ServeProcess(path) as again:
-        wait_until(
-            lambda: request(again.port, "GET", "/healthz")[0] == 200, 10, "a healthy restart"
-        )
-        stored = _stored(again.port)
-        lost = [b for b in acked if stored.get(b) != PER_POST]
-        assert not lost, f"acknowledged batches missing or partial: {lost}"
-        status, body, _ = request(again.port, "POST", "/v1/logs", lifecycle_logs(5), PROTOBUF)
-        assert status == 200, body
+
+
+def _assert_kept(port: int, acked: list[str]) -> None:
+    stored = _stored(port)
+    lost = [b for b in acked if stored.get(b) != PER_POST]
+    assert not lost, f"acknowledged batches missing or partial: {lost}"
