@@ -49,6 +49,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -65,7 +67,10 @@ __all__ = [
     "FLAG_SCOPES",
     "MAX_BODY",
     "VALUE_SCOPES",
+    "DEFAULT_QUERY_SLOTS",
+    "DEFAULT_QUERY_WAIT",
     "BodyTooLargeError",
+    "QueryGate",
     "apply_scopes",
     "bearer_authorizer",
     "create_query_app",
@@ -461,22 +466,79 @@ def _sql_arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 
+DEFAULT_QUERY_SLOTS: Final = 4
+"""Queries of the API running at once, at most (each on its own thread)."""
+
+DEFAULT_QUERY_WAIT: Final = 2.0
+"""Seconds a query waits for a slot before it is refused (503 + ``Retry-After``)."""
+
+
+class QueryGate:
+    """Bounded concurrency for the query API, apart from ingest: at most ``slots`` handlers
+    run at once, on threads of their own limiter (never the shared pool that ingest and
+    ``/metrics`` use); one that finds no slot within ``wait`` seconds gets 503 +
+    ``Retry-After``. 50 concurrent long queries used to take the 40-thread pool, and ingest
+    and ``/metrics`` with it.
+
+    Args:
+        slots: handlers at once. wait: seconds to wait for a slot. retry_after: the
+            ``Retry-After`` of the 503, seconds.
+    """
+
+    def __init__(
+        self,
+        slots: int = DEFAULT_QUERY_SLOTS,
+        wait: float = DEFAULT_QUERY_WAIT,
+        retry_after: int = 1,
+    ) -> None:
+        if slots < 1 or wait < 0:
+            raise ValueError("slots must be >= 1 and wait >= 0")
+        self.slots = slots
+        self.wait = wait
+        self.retry_after = retry_after
+        self._semaphore: anyio.Semaphore | None = None  # made in the server's event loop
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, handler: Callable[..., Response], *args: Any) -> Response:
+        """``handler(*args)`` on a query thread, or a 503 when no slot frees in time."""
+        if self._semaphore is None or self._limiter is None:
+            self._semaphore = anyio.Semaphore(self.slots)
+            self._limiter = anyio.CapacityLimiter(self.slots)
+        acquired = False
+        with anyio.move_on_after(self.wait):
+            await self._semaphore.acquire()
+            acquired = True
+        if not acquired:
+            return _JSON(
+                {"error": f"too many queries at once ({self.slots} running); retry later"},
+                status_code=503,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        try:
+            return await anyio.to_thread.run_sync(lambda: handler(*args), limiter=self._limiter)
+        finally:
+            self._semaphore.release()
+
+
 def query_routes(
     sink: Callable[[], Any],
     *,
     authorize: Callable[[Request], bool] | None = None,
     url: Callable[[], str | None] | None = None,
     allow_prune: bool = False,
+    gate: QueryGate | None = None,
 ) -> list[BaseRoute]:
     """The query API's routes, to add to an existing Starlette app.
 
     Args:
+        gate: bounds how many of their handlers run at once (a new :class:`QueryGate`
+            with the defaults when not given).
         sink: returns the (local) Sink to query; called per request, so it may open lazily.
         authorize: returns False to answer 401 (the server's bearer-token check).
         url: returns this endpoint's base URL for ``/api/info``.
         allow_prune: serve ``POST /api/prune`` (the sink must be writable).
     """
-    from starlette.concurrency import run_in_threadpool  # noqa: PLC0415
+    gate = gate or QueryGate()
 
     def endpoint(
         handler: Callable[[Request, dict[str, Any]], Response], *, body: bool = False
@@ -492,7 +554,7 @@ def query_routes(
                 return _JSON({"error": "Content-Type must be application/json"}, status_code=415)
             try:
                 payload = await _json_body(request) if body else {}
-                return await run_in_threadpool(handler, request, payload)
+                return await gate.run(handler, request, payload)
             except BodyTooLargeError as e:
                 # Connection: close: the rest of the body is not read, so the connection
                 # cannot carry another request.

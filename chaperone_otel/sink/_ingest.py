@@ -30,10 +30,12 @@ failure rolls the whole batch back (the deleted rows come back with it).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -181,7 +183,10 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
             cur.execute(MERGE_ERRORS)
         cur.execute("COMMIT")
     except BaseException:
-        cur.execute("ROLLBACK")
+        # A failed COMMIT (a full disk) has already ended the transaction: the ROLLBACK's
+        # "no transaction is active" must not hide the real cause.
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("ROLLBACK")
         raise
     finally:
         for name in registered:

@@ -73,15 +73,21 @@ from ..exceptions import SinkError
 from ._otlp_fields import (
     LOG_ACCESSORS,
     SPAN_ACCESSORS,
+    Budget,
     LogAccessor,
     OTLPDecodeError,
+    PayloadTooLargeError,
     SpanAccessor,
+    budget,
 )
 from ._records import IngestRecord, SpanRecord, record_from_span, record_key
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_ATTRIBUTES",
     "DEFAULT_MAX_DECOMPRESSED",
+    "DEFAULT_MAX_RECORDS",
+    "DEFAULT_MAX_VALUES",
     "Decoded",
     "Encoding",
     "OTLPDecodeError",
@@ -100,11 +106,26 @@ __all__ = [
 Signal = Literal["logs", "traces"]
 Encoding = Literal["protobuf", "json"]
 
-DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
-"""Largest accepted request body as sent (compressed), bytes."""
+DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
+"""Largest accepted request body as sent (compressed), bytes (no more than what it may
+inflate to: a larger compressed body could never pass)."""
 
-DEFAULT_MAX_DECOMPRESSED: Final = 64 * 1024 * 1024
-"""Largest accepted body after decompression, bytes (the gzip-bomb guard)."""
+DEFAULT_MAX_DECOMPRESSED: Final = 8 * 1024 * 1024
+"""Largest accepted body after decompression, bytes (the gzip-bomb guard). It also bounds
+the parse: protobuf parsing costs per message, and 8 MiB of empty messages (4 M of them)
+parse in ~0.3 s of CPU (64 MiB took 9 s and 4.4 GB). An SDK batch of 512 records is ~1 MiB;
+a Collector batch of 8192 chaperone records fits."""
+
+DEFAULT_MAX_RECORDS: Final = 100_000
+"""Items per request at most: records or spans, plus resource and scope groups and span
+events (413 beyond). Charged from the parsed lengths before any loop walks them."""
+
+DEFAULT_MAX_VALUES: Final = 500_000
+"""Attribute values per request at most (of records, resources, events, and the elements of
+array and key-value-list values; 413 beyond). A chaperone record has ~28."""
+
+DEFAULT_MAX_ATTRIBUTES: Final = 1024
+"""Attributes of one record, resource or event (and elements of one array value) at most."""
 
 _LIFECYCLE: Final = frozenset(sc.LIFECYCLE_EVENTS)
 _EVENT_NAME_ATTR: Final = "event.name"  # pre-1.5 OTLP: event name as an attribute
@@ -114,10 +135,6 @@ _STATUS_ERROR: Final = 2  # STATUS_CODE_ERROR
 
 _PROTOBUF_TYPES: Final = frozenset({"application/x-protobuf", "application/protobuf"})
 _JSON_TYPES: Final = frozenset({"application/json"})
-
-
-class PayloadTooLargeError(SinkError):
-    """The body, or what it inflates to, is larger than the configured limit (HTTP 413)."""
 
 
 class UnsupportedMediaTypeError(SinkError):
@@ -372,6 +389,9 @@ def decode(
     content_encoding: str | None = None,
     *,
     max_size: int = DEFAULT_MAX_DECOMPRESSED,
+    max_records: int = DEFAULT_MAX_RECORDS,
+    max_values: int = DEFAULT_MAX_VALUES,
+    max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
 ) -> Decoded:
     """Decode one OTLP/HTTP request body of ``signal``: lifecycle records from logs, span
     records from traces.
@@ -382,13 +402,25 @@ def decode(
         encoding: ``protobuf`` or ``json`` (see :func:`media_type`).
         content_encoding: the ``Content-Encoding`` header, if any.
         max_size: cap on the decompressed size, bytes.
+        max_records: items (records or spans, groups, span events) at most.
+        max_values: attribute values in total at most.
+        max_attributes: attributes of one record, resource or event at most.
 
     Raises:
         OTLPDecodeError: malformed payload (nothing of it may be stored).
-        PayloadTooLargeError: the body inflates past ``max_size``.
+        PayloadTooLargeError: the body inflates past ``max_size``, or holds more items or
+            attribute values than allowed (refused before they are walked).
         UnsupportedMediaTypeError: unknown content encoding.
     """
     data = decompress(body, content_encoding, max_size=max_size)
+    token = budget().set(Budget(max_records, max_values, max_attributes))
+    try:
+        return _decode(signal, data, encoding)
+    finally:
+        budget().reset(token)
+
+
+def _decode(signal: Signal, data: bytes, encoding: Encoding) -> Decoded:
     records: Sequence[IngestRecord]
     with _nesting_guard():
         if signal == "logs":

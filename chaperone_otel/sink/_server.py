@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -50,6 +51,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, Final, Literal
 
+import anyio
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -91,12 +94,14 @@ DEFAULT_ACK_TIMEOUT: Final = 30.0
 """Seconds a request waits for its commit before answering 503 (its records stay queued and
 are committed later; the sender's retry is then a harmless duplicate)."""
 
-_INLINE_DECODE_MAX: Final = 2 * 1024 * 1024
-"""Uncompressed bodies up to this size are decoded on the event loop, larger (or compressed)
-ones in the thread pool. Decoding is CPU work under the interpreter lock either way; handing a
-512-record batch (~1 MiB, ~12 ms to decode) to a thread only added lock hand-offs (measured
-3-4 % fewer records/s with 8 senders). Bigger bodies still go to a thread so one huge request
-does not stall the other connections for long."""
+DEFAULT_DECODE_THREADS: Final = 1
+"""Requests decoded at once, at most (each in a worker thread, never on the event loop: a
+2 MiB body decoded inline blocked ``/healthz`` for seconds with 4 senders). The rest wait
+without holding a thread, so decoding never takes the threads the query API and
+``/metrics`` use, and its memory is bounded by this times ``max_decompressed``."""
+
+_SWITCH_INTERVAL: Final = 0.001
+"""The interpreter's thread switch interval in ``sink serve`` (see :func:`serve`)."""
 
 _SOURCES: Final = {"logs": "otlp.logs", "traces": "otlp.traces"}
 _CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
@@ -155,6 +160,9 @@ class SinkServer:
             empty or blank token is refused (it would turn auth off).
         max_body: largest accepted request body as sent, bytes.
         max_decompressed: largest body after decompression, bytes.
+        max_records: records or spans per request at most (resource and scope groups and
+            span events count too); 413 beyond, found before they are walked.
+        max_attributes: attributes of one record, resource or event at most (413 beyond).
         queue_capacity: records waiting for the writer at most (then 503).
         max_batch: records per transaction at most.
         retry_after: seconds put in ``Retry-After`` on a 503.
@@ -186,6 +194,8 @@ class SinkServer:
         token: str | None = None,
         max_body: int = _otlp.DEFAULT_MAX_BODY,
         max_decompressed: int = _otlp.DEFAULT_MAX_DECOMPRESSED,
+        max_records: int = _otlp.DEFAULT_MAX_RECORDS,
+        max_attributes: int = _otlp.DEFAULT_MAX_ATTRIBUTES,
         queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
         max_batch: int = DEFAULT_MAX_BATCH,
         retry_after: int = 1,
@@ -197,8 +207,10 @@ class SinkServer:
         insecure: bool = False,
         allowed_hosts: Iterable[str] = (),
     ) -> None:
-        if max_body < 1 or max_decompressed < 1:
-            raise ValueError("max_body and max_decompressed must be >= 1")
+        if min(max_body, max_decompressed, max_records, max_attributes) < 1:
+            raise ValueError(
+                "max_body, max_decompressed, max_records and max_attributes must be >= 1"
+            )
         self._authorize = bearer_authorizer(token)  # ValueError: an empty token
         if token is None and not insecure and not is_loopback(host):
             raise ConfigurationError(
@@ -215,6 +227,9 @@ class SinkServer:
         self.insecure = insecure
         self.max_body = max_body
         self.max_decompressed = max_decompressed
+        self.max_records = max_records
+        self.max_attributes = max_attributes
+        self._decode_limiter: Any = None  # an anyio CapacityLimiter, made in the loop
         self.retry_after = max(0, int(retry_after))
         self.ack_timeout = ack_timeout
         if ack not in ("commit", "queue"):
@@ -489,20 +504,7 @@ class SinkServer:
             return refused
         try:
             body = await self._read_body(request)
-            content_encoding = request.headers.get("content-encoding")
-            if len(body) > _INLINE_DECODE_MAX or content_encoding:
-                decoded = await run_in_threadpool(
-                    _otlp.decode,
-                    signal_name,
-                    body,
-                    encoding,
-                    content_encoding,
-                    max_size=self.max_decompressed,
-                )
-            else:
-                decoded = _otlp.decode(
-                    signal_name, body, encoding, content_encoding, max_size=self.max_decompressed
-                )
+            decoded = await self._decode(signal_name, body, encoding, request)
             if decoded.records:
                 await self._store(decoded.records)
                 self._committed(_SOURCES[signal_name], len(decoded.records))
@@ -514,6 +516,24 @@ class SinkServer:
             ),
             media_type=_CONTENT_TYPES[encoding],
         )
+
+    async def _decode(
+        self, signal_name: _otlp.Signal, body: bytes, encoding: _otlp.Encoding, request: Request
+    ) -> _otlp.Decoded:
+        """Decode in a worker thread, at most :data:`DEFAULT_DECODE_THREADS` at once."""
+        if self._decode_limiter is None:
+            self._decode_limiter = anyio.CapacityLimiter(DEFAULT_DECODE_THREADS)
+        call = functools.partial(
+            _otlp.decode,
+            signal_name,
+            body,
+            encoding,
+            request.headers.get("content-encoding"),
+            max_size=self.max_decompressed,
+            max_records=self.max_records,
+            max_attributes=self.max_attributes,
+        )
+        return await anyio.to_thread.run_sync(call, limiter=self._decode_limiter)
 
     async def _store(self, records: Sequence[IngestRecord]) -> None:
         """Hand ``records`` to the writer; with ``ack="commit"`` return once they are
@@ -542,20 +562,30 @@ class SinkServer:
             raise SinkError("store commit is slow; retry")
 
     async def _healthz(self, request: Request) -> Response:
+        """200 while records can be stored; 503 while stopping, or once the store failed
+        fatally (DuckDB invalidated the database, e.g. on a full disk): then ``error`` says
+        the cause and a restart of the sink, once the cause is gone, replays its log."""
         stats = self.stats()
-        ok = self._live_writer() is not None
-        return JSONResponse(
-            {
-                "status": "ok" if ok else "stopping",
-                "store": self.path,
-                "queue_depth": stats.queue_depth,
-                "queue_capacity": stats.queue_capacity,
-                "last_ingest": stats.last_ingest,
-            },
-            status_code=200 if ok else 503,
-        )
+        writer = self._live_writer()
+        fatal = writer.fatal if writer is not None else None
+        body: dict[str, Any] = {
+            "status": "stopping" if writer is None else "failed" if fatal else "ok",
+            "store": self.path,
+            "queue_depth": stats.queue_depth,
+            "queue_capacity": stats.queue_capacity,
+            "last_ingest": stats.last_ingest,
+        }
+        if fatal:
+            body["error"] = f"the store failed and must be reopened (restart the sink): {fatal}"
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def _metrics(self, request: Request) -> Response:
+        writer = self._live_writer()
+        fatal = writer.fatal if writer is not None else None
+        if fatal:
+            return Response(
+                f"store unavailable: {fatal}\n", status_code=503, media_type="text/plain"
+            )
         try:
             body = await run_in_threadpool(generate_latest, self._registry)
         except SinkError as e:
@@ -596,4 +626,9 @@ def serve(
             flush=True,
         )
 
+    # Decoding and staging are Python under the interpreter lock: a thread that wants it back
+    # waits a switch interval per hand-off (5 ms by default), and answering one request
+    # takes several. 1 ms keeps /healthz and small requests quick while big bodies decode
+    # (this process is the server's own, so the setting harms no application).
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     SinkServer(path, host=host, port=port, token=token, **options).serve_forever(ready)

@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -211,6 +212,46 @@ def sink_error(error: BaseException, path: str, action: str) -> SinkError:
     return SinkError(f"cannot {action} {path}: {error}")
 
 
+_HEADER_SIZE: Final = 3 * 4096
+"""DuckDB's file header: the main header and two database headers; blocks follow."""
+
+
+def check_not_truncated(path: str) -> None:
+    """Refuse a DuckDB file shorter than its own header says (a copy cut short, a disk
+    that filled while it was written): DuckDB opens such a file and fails only when a query
+    reaches a missing block, with an IO error that names no cause.
+
+    The active database header (the one with the higher iteration) holds the block count
+    and block size; the file must be at least ``header + count * size`` bytes. A file that
+    is not a DuckDB file, or a header this check does not know, is left to DuckDB.
+
+    Raises:
+        SinkError: the file is truncated.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_SIZE)
+    except OSError:
+        return  # missing (created later) or unreadable: DuckDB says why
+    if size == 0 or head[8:12] != b"DUCK":
+        return
+    if len(head) < _HEADER_SIZE:
+        expected = _HEADER_SIZE
+    else:
+        headers = [struct.unpack_from("<Qqqqqq", head, at) for at in (4096, 8192)]
+        _sum, _iteration, _meta, _free, count, block = max(headers, key=lambda h: h[1])
+        if count < 0 or block < 4096 or block > 2**30 or block & (block - 1):
+            return  # not a layout this check knows
+        expected = _HEADER_SIZE + count * block
+    if size < expected:
+        raise SinkError(
+            f"cannot open {path}: the store file is truncated ({size} bytes; its header "
+            f"says {expected}). It was cut short (an incomplete copy, a full disk): restore "
+            "it from a backup, or move it away to start a new store"
+        )
+
+
 class Store:
     """A DuckDB connection to one store file, shared by everything in this process.
 
@@ -235,27 +276,50 @@ class Store:
         self._queries_lock = threading.Condition()
         self._queries: set[Any] = set()
         self._stopping = False
+        check_not_truncated(path)
+        self._con = self._connect()
+
+    def _connect(self) -> Any:
+        """A new connection to the file, set up (zone, schema, locked configuration)."""
+        path = self.path
         try:
-            self._con = duckdb.connect(path, read_only=read_only, config=engine_config())
+            con = duckdb.connect(path, read_only=self.read_only, config=engine_config())
         except duckdb.Error as e:
             raise sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
             # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).
             # TimeZone cannot be given to connect() (it belongs to the ICU extension).
-            self._con.execute("SET GLOBAL TimeZone = 'UTC'")
-            if read_only:
-                require_current(self._con, path)
+            con.execute("SET GLOBAL TimeZone = 'UTC'")
+            if self.read_only:
+                require_current(con, path)
             else:
-                migrate(self._con, path, policy)
+                migrate(con, path, self.policy)
             # Last: from here on no statement can change a setting (SET, RESET, PRAGMA), so
             # the lock-down above cannot be undone by user SQL.
-            self._con.execute("SET lock_configuration = true")
+            con.execute("SET lock_configuration = true")
         except BaseException as e:
-            self._con.close()
+            con.close()
             if isinstance(e, duckdb.Error):
                 raise sink_error(e, path, "open") from e
             raise
+        return con
+
+    def reopen(self) -> None:
+        """Open the file again after DuckDB invalidated the database (a fatal error, e.g. a
+        checkpoint that met a full disk): closing the connection closes every cursor made
+        from it, so the instance is released and DuckDB replays its log into a new one.
+        Cursors taken before are closed: take new ones. Call with :attr:`write_lock` held.
+
+        Raises:
+            SinkError: it cannot be opened yet (e.g. still no space); the old connection is
+                closed either way, and :meth:`cursor` fails until a reopen succeeds.
+        """
+        if self._closed:
+            raise SinkError(f"the store {self.path} is closed")
+        with contextlib.suppress(duckdb.Error):
+            self._con.close()
+        self._con = self._connect()
 
     def cursor(self) -> Any:
         """A new cursor (DuckDB connections are not shared across threads)."""

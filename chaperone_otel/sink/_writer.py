@@ -80,6 +80,13 @@ a failure is the store's: a needless retry costs little, a wrongly permanent ans
 data the sender would have resent."""
 
 
+_Counts = tuple[int, int, int, int, int]
+"""(written, invalid, coerced, dropped, batches) of one write."""
+
+_REOPEN_INTERVAL: Final = 1.0
+"""Seconds between attempts to reopen an invalidated store (each attempt replays its log)."""
+
+
 class Ticket:
     """One submitted batch: its place in the writer's order and, once written, its outcome.
 
@@ -205,6 +212,8 @@ class Writer:
             maxlen=_UNREPORTED_MAX
         )
         self._stats = WriterStats(capacity=capacity)
+        self._fatal: str | None = None
+        self._reopened_at = 0.0  # monotonic time of the last reopen attempt
         self._cursor = store.cursor()
         self._thread = threading.Thread(target=self._run, name="chaperone-sink-writer", daemon=True)
         self._thread.start()
@@ -223,6 +232,15 @@ class Writer:
                 accepted=self._submitted,
                 rejected=self._rejected,
             )
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the database was invalidated (DuckDB's first fatal error, e.g. a checkpoint
+        that met a full disk), or None. While set, no write can succeed: the writer reopens
+        the file (at most once a second, when records arrive) and clears it once that works;
+        ``/healthz`` reports it (503) meanwhile."""
+        with self._cond:
+            return self._fatal
 
     def submit(self, records: Sequence[IngestRecord]) -> Ticket | None:
         """Queue ``records`` for writing as one batch, committed all or none.
@@ -401,7 +419,11 @@ class Writer:
             chunk = self._take()
             if chunk is None:
                 return
-            written, invalid, coerced, dropped, batches = self._write(chunk, [_MAX_RETRIES])
+            if self._recover():
+                counts = self._write(chunk, [_MAX_RETRIES])
+            else:  # the database is invalidated: refuse with its cause, write nothing
+                counts = self._drop(chunk, f"the store must be reopened: {self._fatal}")
+            written, invalid, coerced, dropped, batches = counts
             callbacks: list[Callable[[], object]] = []
             with self._cond:
                 self._inflight = 0
@@ -425,7 +447,7 @@ class Writer:
             for callback in callbacks:  # outside the lock: a callback may call wait()
                 _call_back(callback)
 
-    def _write(self, chunk: list[_Entry], budget: list[int]) -> tuple[int, int, int, int, int]:
+    def _write(self, chunk: list[_Entry], budget: list[int]) -> _Counts:
         """Write ``chunk`` (whole batches) in one transaction; on failure bisect at batch
         boundaries while the retry budget lasts (a systemic failure such as a full disk must
         not cost thousands of attempts). A batch is never split, so a dropped batch leaves no
@@ -450,6 +472,12 @@ class Writer:
         # Only a batch that failed alone is known to be refused for its own data; batches
         # dropped together once the budget ran out may be innocent, so a retry may succeed.
         permanent = len(chunk) == 1 and isinstance(error, _DATA_ERRORS)
+        if isinstance(error, duckdb.FatalException):
+            with self._cond:
+                self._fatal = self._fatal or why  # the first one names the cause
+        return self._drop(chunk, why, permanent=permanent)
+
+    def _drop(self, chunk: list[_Entry], why: str, *, permanent: bool = False) -> _Counts:
         with self._cond:
             for entry in chunk:
                 entry.ticket.error = why
@@ -457,6 +485,26 @@ class Writer:
                 self._unreported.append((entry.ticket.end, why))
             self._stats = replace(self._stats, last_error=why)
         return 0, 0, 0, sum(len(entry.records) for entry in chunk), 0
+
+    def _recover(self) -> bool:
+        """After DuckDB invalidated the database: reopen the store (at most once per
+        :data:`_REOPEN_INTERVAL`), so writes resume once the cause (a full disk) is gone.
+        True when the store is usable."""
+        if self._fatal is None:
+            return True
+        now = time.monotonic()
+        if now - self._reopened_at < _REOPEN_INTERVAL:
+            return False
+        self._reopened_at = now
+        try:
+            with self._store.write_lock:
+                self._store.reopen()
+                self._cursor = self._store.cursor()
+        except SinkError:
+            return False  # still failing: keep the first cause
+        with self._cond:
+            self._fatal = None
+        return True
 
 
 async def committed_within(writer: Writer, ticket: Ticket, timeout: float) -> bool:
