@@ -69,12 +69,16 @@ class Watch:
         "flushed_progress_at",
         "next_flush",
         "run",
+        "since",
         "timed_out",
         "violated",
     )
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        # Process samples taken before this (monotonic) describe the previous run, not this
+        # one: they never judge it (a sequential job was cancelled on its predecessor's RSS).
+        self.since = time.monotonic()
         self.next_flush = run.started_at + run.static.flush_period
         self.flushed = 0  # heartbeat() calls carried by heartbeat records so far
         self.flushed_progress_at = run.started_at
@@ -108,6 +112,7 @@ class Runtime:
         self._next_sample = 0.0
         self._sample: ProcessSample | None = None
         self._proc_cpu: float | None = None
+        self._proc_cpu_since = 0.0  # monotonic start of the window _proc_cpu measures
         self.background = True
         self._bound_wake = self.wake  # one bound method for every run, not one per run
         self.writer = OTelWriter(config, self.live_runs)
@@ -272,6 +277,8 @@ class Runtime:
         self._sampler = None
         self._prev_sample = None
         self._next_sample = 0.0
+        self._sample = None  # the parent's reading
+        self._proc_cpu = None
 
     # ---- one tick ------------------------------------------------------------------------
 
@@ -336,6 +343,7 @@ class Runtime:
                 self._proc_cpu = max(
                     0.0, 100.0 * (sample.cpu_time - prev[1].cpu_time) / (mono - prev[0])
                 )
+                self._proc_cpu_since = prev[0]
             self._prev_sample = (mono, sample)
             self._sample = sample
 
@@ -374,8 +382,8 @@ class Runtime:
 
     def _apply_sample(self, watch: Watch) -> None:
         sample = self._sample
-        if sample is None:
-            return
+        if sample is None or sample.at < watch.since:
+            return  # none yet, or one taken before this run started
         run = watch.run
         if sample.rss is not None:
             run.memory = sample.rss
@@ -394,8 +402,8 @@ class Runtime:
                     watch.cpu_prev = (mono, used)
                 elif prev is None:
                     watch.cpu_prev = (mono, used)
-        if cpu is None and run.cpu_clock is None:
-            cpu = self._proc_cpu
+        if cpu is None and run.cpu_clock is None and self._proc_cpu_since >= watch.since:
+            cpu = self._proc_cpu  # a process rate measured wholly within this run
         if cpu is not None:
             run.cpu_percent = cpu
 

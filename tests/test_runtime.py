@@ -214,3 +214,41 @@ def test_cpu_limit_thread_cpu(fast: Capture) -> None:
     assert info.value.limit == "cpu"
     assert info.value.actual > 5
 
+
+
+def test_a_sample_taken_before_a_run_started_never_judges_it() -> None:
+    """Sequential jobs: the first holds 150 MiB until the monitor's sample shows it, frees
+    it and ends; the next starts at once with a 75 MiB-above-baseline limit and
+    ``on_limit="cancel"``, and ends before the next sample is due (1 s). It completes: the
+    earlier sample, taken while its predecessor ran, is not applied to it. (Before: it was
+    cancelled on its predecessor's RSS, 3 of 3 times.)"""
+    from chaperone_otel.testing import capture
+
+    with capture(sample_interval=1.0, flush_period=0.02) as cap:
+        base = _rss()
+        held: list[bytearray] = []
+        with supervised("big.first") as first:
+            held.append(bytearray(150 * MiB))
+            for i in range(0, 150 * MiB, 4096):
+                held[0][i] = 1  # touch the pages: RSS really grows
+            wait = threading.Event()
+            for _ in range(300):  # until a sample shows it, 3 s at most
+                if (first.memory or 0) > base + 120 * MiB:
+                    break
+                wait.wait(0.01)
+            assert (first.memory or 0) > base + 120 * MiB
+            held.clear()
+        assert _rss() < base + 75 * MiB, "the allocator kept the memory: test cannot judge"
+
+        @supervised(name="small.next", memory_limit=base + 75 * MiB, on_limit="cancel")
+        def small_next() -> str:
+            pause = threading.Event()
+            for _ in range(15):  # 0.3 s: several monitor passes, no new sample
+                heartbeat()
+                pause.wait(0.02)
+            return "done"
+
+        assert small_next() == "done"
+        run = cap.last_run("small.next")
+        assert run.status == "completed"
+        assert run.violations == []
