@@ -195,7 +195,8 @@ _R = TypeVar("_R", bound="JobRecord")
 class JobRecord:
     """One run attempt as stored, with its health judged at query time.
 
-    Times are tz-aware UTC datetimes; ``duration`` is seconds (so far, for a running run);
+    Times are tz-aware UTC datetimes; ``duration`` is seconds (so far, for a running run;
+    up to its last record, for a lost one);
     ``progress`` is 0..100; ``health`` is ``healthy``, ``degraded``, ``unhealthy`` or
     ``unknown`` (pending), and ``stuck``/``lost`` are the rules' verdicts at query time.
     ``heartbeats()``, ``errors`` and ``resource_violations`` query the sink the record came
@@ -307,12 +308,17 @@ class JobRecord:
 # The SQL of a query.
 # --------------------------------------------------------------------------------------------
 
-# The one record field whose value is not its column: a running run's duration so far.
-_DURATION_SO_FAR: Final = (
-    "COALESCE(duration, CASE WHEN status IN ("
-    + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
-    + ") THEN greatest(0.0, $now - epoch(started_at)) END)"
-)
+
+def _duration_so_far(policy: HealthPolicy) -> str:
+    """The one record field whose value is not its column: a live run's duration so far,
+    and a lost run's frozen at its last sign of life (else it would grow for ever)."""
+    return (
+        "COALESCE(duration, CASE WHEN status IN ("
+        + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+        + f") THEN CASE WHEN ({predicate('lost', policy)}) AND last_seen_at IS NOT NULL"
+        " THEN greatest(0.0, epoch(last_seen_at) - epoch(started_at))"
+        " ELSE greatest(0.0, $now - epoch(started_at)) END END)"
+    )
 
 
 def _select_expr(f: RunField, policy: HealthPolicy) -> str:
@@ -321,7 +327,7 @@ def _select_expr(f: RunField, policy: HealthPolicy) -> str:
     if not f.stored:  # stuck, lost: a health rule's verdict
         return predicate(f.name, policy)
     if f.name == "duration":
-        return _DURATION_SO_FAR
+        return _duration_so_far(policy)
     return f.name
 
 

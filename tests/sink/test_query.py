@@ -294,3 +294,16 @@ def test_record_round_trips_through_dict(store_path):
         for run in sink.jobs.at(NOW).all():
             again = JobRecord.from_dict(json.loads(json.dumps(run.to_dict())), sink)
             assert again == run
+
+
+def test_a_lost_runs_duration_stops_at_its_last_sign_of_life(store_path):
+    """A live run's duration is its age now; a lost one's is frozen at its last record (it
+    started 300 s before NOW and was last seen 100 s before): 200 s, asked at NOW or a day
+    later. (Before: it grew for ever, 300 s then 86,700 s.) The healthy run is 300 s old at
+    NOW; a day later it is lost too, its duration frozen at its last record (299 s)."""
+    with open_sink(store_path) as sink:
+        now = {r.id: r.duration for r in sink.jobs.at(NOW).running().all()}
+        later = {r.id: r.duration for r in sink.jobs.at(NOW + 86_400).running().all()}
+    assert now["lost"] == later["lost"] == pytest.approx(200.0)
+    assert now["healthy"] == pytest.approx(300.0)
+    assert later["healthy"] == pytest.approx(299.0)
