@@ -455,20 +455,14 @@ class Runtime:
             sc.ATTR_LIMIT_VALUE: limit,
             sc.ATTR_LIMIT_ACTUAL: actual,
         }
+        exceeded = JobLimitExceeded(kind, limit, actual)  # its text has the units: MiB, %, s
         self._event(
-            run,
-            sc.EVENT_JOB_VIOLATION,
-            now,
-            event,
-            severity="WARN",
-            body=f"{run.name}: {kind} limit exceeded ({actual:g} > {limit:g})",
+            run, sc.EVENT_JOB_VIOLATION, now, event, severity="WARN", body=f"{run.name}: {exceeded}"
         )
         if run.on_limit == "warn":
-            logger.warning(
-                "job %s (run %s): %s limit exceeded: %g > %g", run.name, run.id, kind, actual, limit
-            )
+            logger.warning("job %s (run %s): %s", run.name, run.id, exceeded)
         elif run.on_limit == "cancel" and run.cancel is None:
-            run.arm_cancel(JobLimitExceeded(kind, limit, actual))
+            run.arm_cancel(exceeded)
             task, loop = run.task, run.loop
             if task is not None and loop is not None and not task.done():
                 message = f"chaperone-otel: {kind} limit exceeded"

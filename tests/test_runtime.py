@@ -198,6 +198,30 @@ def test_warn_policy_logs(fast: Capture, caplog: pytest.LogCaptureFixture) -> No
     )
 
 
+def test_a_memory_warning_speaks_in_mib(fast: Capture, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning and the violation record's body give sizes in MiB, as the exception does,
+    not ``2.52436e+08 > 2.11169e+08``."""
+    caplog.set_level(logging.WARNING, logger="chaperone_otel")
+
+    @supervised(name="mem.warn", memory_limit="1MiB", on_limit="warn")
+    def job() -> None:
+        for _ in range(200):
+            heartbeat()
+            if fast.last_run("mem.warn").violations:
+                return
+            threading.Event().wait(0.01)
+
+    job()
+    warned = [r.getMessage() for r in caplog.records if "mem.warn" in r.getMessage()]
+    assert warned
+    assert "memory limit exceeded: " in warned[0]
+    assert warned[0].endswith(" > 1.0 MiB")
+    assert "e+" not in warned[0]
+    bodies = [r.body for r in fast.records if r.event_name == sc.EVENT_JOB_VIOLATION]
+    assert bodies
+    assert bodies[0].endswith(" MiB > 1.0 MiB")
+
+
 def test_cpu_limit_thread_cpu(fast: Capture) -> None:
     """A busy loop over a 5 % CPU limit is caught by per-thread CPU sampling."""
 
