@@ -155,7 +155,7 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("reported_stuck", _B, sc.ATTR_JOB_STUCK, record=None, doc="Runtime's stuck flag."),
     _f("host", _S, sc.ATTR_HOST_NAME, doc="Host name."),
     _f("pid", _I32, sc.ATTR_PROCESS_PID, doc="Process id."),
-    _f("service_name", _S, sc.ATTR_SERVICE_NAME, record=None, resource=True, doc="Service."),
+    _f("service_name", _S, sc.ATTR_SERVICE_NAME, resource=True, doc="Service."),
     _f("service_instance_id", _S, sc.ATTR_SERVICE_INSTANCE_ID, record=None, doc="Instance."),
     _f("started_at", _T, sc.ATTR_JOB_STARTED_AT, signal="started_at", doc="Start time."),
     _f("finished_at", _T, sc.ATTR_JOB_FINISHED_AT, "sticky", doc="End time."),

@@ -307,7 +307,25 @@ def setup(config: _Config) -> Setup:
     if config.sink:
         from ._sink import install_sink  # noqa: PLC0415
 
-        out.sink = install_sink(config.sink)
+        # What `sink serve` stores from an OTLP sender's resource, stored here too: the
+        # service of configure(service_name=), else of OTEL_SERVICE_NAME /
+        # OTEL_RESOURCE_ATTRIBUTES, else of the application's own logger provider. (A
+        # provider set by an earlier configure() keeps its first resource: not asked first.)
+        provider_resource = getattr(getattr(lp, "resource", None), "attributes", None) or {}
+        candidates = (
+            config.service_name,
+            resource.attributes.get(sc.ATTR_SERVICE_NAME),
+            provider_resource.get(sc.ATTR_SERVICE_NAME),
+        )
+        service = next(
+            (
+                name
+                for name in candidates
+                if isinstance(name, str) and name and not name.startswith("unknown_service")
+            ),
+            None,
+        )
+        out.sink = install_sink(config.sink, service_name=service)
     return out
 
 

@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import http.client
 import itertools
 import os
@@ -47,6 +48,7 @@ import weakref
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from .. import semconv as sc
 from .._events import LifecycleRecord, add_listener, remove_listener
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._safety import record_internal_error
@@ -81,6 +83,8 @@ class EmbeddedSink:
             True; without it no other process can forward here or read the live store).
         capacity: records held at most (the owner's writer queue, or a forwarder's memory).
         policy: health thresholds for the served scopes.
+        service_name: stored with each run (``service.name``), as ``sink serve`` stores the
+            service of an OTLP sender's resource; records here carry no resource.
 
     Attributes:
         path: the store file (absolute). url: the query URL this process serves, or None.
@@ -100,8 +104,10 @@ class EmbeddedSink:
         serve: bool = True,
         capacity: int = 100_000,
         policy: HealthPolicy = DEFAULT_POLICY,
+        service_name: str | None = None,
     ) -> None:
         self.path = os.path.realpath(os.fspath(path))
+        self._service = service_name
         self._serve = serve
         self._capacity = capacity
         self._policy = policy
@@ -174,6 +180,11 @@ class EmbeddedSink:
         counted and reported)."""
         if self._closed:
             return
+        if self._service is not None and sc.ATTR_SERVICE_NAME not in record.attributes:
+            # A copy: the record is shared with the other listeners.
+            record = dataclasses.replace(
+                record, attributes={**record.attributes, sc.ATTR_SERVICE_NAME: self._service}
+            )
         writer = self._writer
         if writer is None:
             with self._cond:

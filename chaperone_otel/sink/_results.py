@@ -213,6 +213,7 @@ class JobRecord:
     lost: bool
     host: str | None
     pid: int | None
+    service_name: str | None
     started_at: datetime | None
     finished_at: datetime | None
     duration: float | None

@@ -75,6 +75,24 @@ def test_env_variable_enables_the_sink(tmp_path, monkeypatch):
         assert wait_until(lambda: sink.jobs.completed().named("env.job").count(), 20, "the env-configured run") == 1
 
 
+@pytest.mark.parametrize("how", ["argument", "OTEL_SERVICE_NAME"])
+def test_the_service_name_is_stored(tmp_path, monkeypatch, how):
+    """The embedded sink stores the run's service, as `sink serve` does from an OTLP
+    sender's resource: from configure(service_name=) and from OTEL_SERVICE_NAME. (Before:
+    NULL.)"""
+    path = tmp_path / "svc.duckdb"
+    if how == "argument":
+        chaperone_otel.configure(sink=str(path), service_name="billing")
+    else:
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "billing")
+        chaperone_otel.configure(sink=str(path))
+    with supervised("svc.job"):
+        heartbeat()
+    with open_sink(path) as sink:
+        found = wait_until(lambda: sink.jobs.named("svc.job").completed().all(), 20, "the run")
+    assert [j.service_name for j in found] == ["billing"]
+
+
 def test_shutdown_flushes_releases_and_removes_sidecar(tmp_path):
     """After reset(), every record is in the file, another open works and no sidecar is left."""
     path = tmp_path / "jobs.duckdb"
