@@ -38,7 +38,16 @@ from ._results import (
     _utc,
 )
 from ._schema import predicate
-from ._store import Store, acquire, lock_holder, read_sidecar, release, sidecar_path, sink_error
+from ._store import (
+    Store,
+    acquire,
+    lock_holder,
+    read_sidecar,
+    release,
+    sidecar_path,
+    sink_error,
+    truncation,
+)
 
 _READ_ONLY_TYPES: Final = frozenset({"SELECT", "EXPLAIN"})
 
@@ -236,7 +245,9 @@ class LocalSink(Sink):
                         f"problem_runs): {e}"
                     ) from e
                 except duckdb.Error as e:
-                    raise SinkError(f"query on {self.path} failed: {e}") from e
+                    raise truncation(e, self.path) or SinkError(
+                        f"query on {self.path} failed: {e}"
+                    ) from e
         finally:
             cur.close()
 

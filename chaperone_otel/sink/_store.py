@@ -216,14 +216,19 @@ _HEADER_SIZE: Final = 3 * 4096
 """DuckDB's file header: the main header and two database headers; blocks follow."""
 
 
-def check_not_truncated(path: str) -> None:
+def check_not_truncated(path: str, *, partial_only: bool = False) -> None:
     """Refuse a DuckDB file shorter than its own header says (a copy cut short, a disk
     that filled while it was written): DuckDB opens such a file and fails only when a query
-    reaches a missing block, with an IO error that names no cause.
+    reaches a missing block, with an IO error that names no cause. Asked only to explain
+    such an IO error (:func:`truncation`): a shorter file is not always a damaged one.
 
     The active database header (the one with the higher iteration) holds the block count
     and block size; the file must be at least ``header + count * size`` bytes. A file that
     is not a DuckDB file, or a header this check does not know, is left to DuckDB.
+
+    With ``partial_only``, only a file that ends inside a block or inside its header is
+    refused: DuckDB writes whole blocks, so that is never its own doing, while a file
+    shorter by whole blocks can be (trailing free blocks it cut off or never wrote).
 
     Raises:
         SinkError: the file is truncated.
@@ -244,12 +249,53 @@ def check_not_truncated(path: str) -> None:
         if count < 0 or block < 4096 or block > 2**30 or block & (block - 1):
             return  # not a layout this check knows
         expected = _HEADER_SIZE + count * block
+        if partial_only:
+            expected = size if (size - _HEADER_SIZE) % block == 0 else expected
     if size < expected:
         raise SinkError(
             f"cannot open {path}: the store file is truncated ({size} bytes; its header "
             f"says {expected}). It was cut short (an incomplete copy, a full disk): restore "
             "it from a backup, or move it away to start a new store"
         )
+
+
+def _check_no_partial_block(path: str) -> None:
+    """Before opening: refuse a file that ends inside a block (see
+    :func:`check_not_truncated`), unless another process holds it (a writer may be
+    extending it as the size is read): then its lock is what the caller must hear."""
+    try:
+        check_not_truncated(path, partial_only=True)
+        return
+    except SinkError as e:
+        truncated = e
+    try:
+        probe = duckdb.connect(path, read_only=True, config=engine_config())
+    except duckdb.Error as e:
+        if lock_holder(e) is not None:
+            raise sink_error(e, path, "open") from e
+        raise truncated from None
+    try:
+        check_not_truncated(path, partial_only=True)  # nobody writes it now
+    finally:
+        probe.close()
+
+
+def truncation(error: BaseException, path: str) -> SinkError | None:
+    """The clear error for an I/O failure that a truncated file explains, else None.
+
+    The size check (:func:`check_not_truncated`) is only asked once DuckDB itself failed to
+    read the file: alone it is not proof. DuckDB may leave a header that counts more blocks
+    than the file holds (trailing free blocks it never wrote, or cut off at a checkpoint: a
+    store whose owner ended with ``os._exit`` looked 2 blocks short and opened and read
+    fine), and a file another process is writing changes size under the check."""
+    if not isinstance(error, duckdb.IOException):
+        return None
+    try:
+        check_not_truncated(path)
+    except SinkError as truncated:
+        truncated.__cause__ = error
+        return truncated
+    return None
 
 
 class Store:
@@ -276,7 +322,7 @@ class Store:
         self._queries_lock = threading.Condition()
         self._queries: set[Any] = set()
         self._stopping = False
-        check_not_truncated(path)
+        _check_no_partial_block(path)
         self._con = self._connect()
 
     def _connect(self) -> Any:
@@ -301,7 +347,7 @@ class Store:
         except BaseException as e:
             con.close()
             if isinstance(e, duckdb.Error):
-                raise sink_error(e, path, "open") from e
+                raise truncation(e, path) or sink_error(e, path, "open") from e
             raise
         return con
 
