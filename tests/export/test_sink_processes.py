@@ -296,15 +296,20 @@ def test_readers_at_10_hz_while_30_apps_start_and_stop(tmp_path: Path) -> None:
         pass  # the store exists before the reader starts
     reader = _start(tmp_path / "reader.py", path, stop)
     ids: list[str] = []
+    started: list[subprocess.Popen[str]] = []
     try:
         for wave in range(10):
             apps = [_start(tmp_path / "app.py", path) for _ in range(3)]
+            started += apps
             for app in apps:
                 out, err = _finish(app)
                 assert app.returncode == 0, f"wave {wave}: {err}"
                 assert "internal error" not in err, err
                 ids += json.loads(out.strip().splitlines()[-1])
     finally:
+        for app in started:
+            if app.returncode is None:
+                _finish(app, 30)
         stop.touch()
         out, err = _finish(reader, 30)
     assert reader.returncode == 0, err
