@@ -120,7 +120,9 @@ def test_results_stop_at_the_byte_limit(store: Path) -> None:
 
 @pytest.mark.slow
 def test_a_huge_result_does_not_grow_the_process(tmp_path: Path, store: Path) -> None:
-    """SELECT * FROM range(15000000) (3.75 GB of RSS when fully fetched) stays small."""
+    """SELECT * FROM range(15000000) (3.75 GB of RSS when fully fetched) stays small: under
+    1 GiB peak (about 300 MiB on a quiet machine; DuckDB's producer threads run further
+    ahead of the fetch on a loaded one, 466 MiB was seen), far from the unbounded fetch."""
     script = (
         "import resource, sys\n"
         "from chaperone_otel.sink import open_sink\n"
@@ -132,7 +134,7 @@ def test_a_huge_result_does_not_grow_the_process(tmp_path: Path, store: Path) ->
                           capture_output=True, text=True, timeout=120)
     rows, truncated, max_rss_kib = done.stdout.split()
     assert (rows, truncated) == ("100000", "True")
-    assert int(max_rss_kib) < 400 * 1024, f"peak RSS {int(max_rss_kib) // 1024} MiB"
+    assert int(max_rss_kib) < 1024 * 1024, f"peak RSS {int(max_rss_kib) // 1024} MiB"
 
 
 def test_limits_from_the_environment(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
