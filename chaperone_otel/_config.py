@@ -23,6 +23,7 @@ otlp                   ``CHAPERONE_OTEL_OTLP``                     true when an 
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +49,32 @@ HOOK_NAMES: Final = (
 (``on_violation`` also gets the violation, ``on_health_change`` the old health)."""
 
 Hook = Callable[..., object]
+
+HOOK_ARGUMENTS: Final = {
+    **dict.fromkeys(HOOK_NAMES, ("state",)),
+    "on_violation": ("state", "violation"),
+    "on_health_change": ("state", "old_health"),
+}
+"""What each hook is called with, positionally: the run's ``JobState``, then the
+``Violation`` (``on_violation``) or the health before the change (``on_health_change``)."""
+
+
+def _check_arity(name: str, hook: Hook) -> None:
+    """Refuse, when it is given, a hook that cannot take the arguments it will be called
+    with: called later on the hooks thread, its TypeError would only be logged and counted."""
+    expected = HOOK_ARGUMENTS[name]
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        signature.bind(*expected)
+    except TypeError as e:
+        raise ConfigurationError(
+            f"{name} is called as {name}({', '.join(expected)}), but "
+            f"{getattr(hook, '__qualname__', repr(hook))}{signature} cannot take that ({e}); "
+            f"give it {len(expected)} positional parameter(s)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,7 @@ class Hooks:
                 )
             if not callable(hook):
                 raise ConfigurationError(f"{name} must be callable, got {type(hook).__name__}")
+            _check_arity(name, hook)
             built[name] = (hook,)
         return cls(**built)
 

@@ -536,3 +536,33 @@ def test_finished_runs_leave_nothing_behind() -> None:
         assert alive() == before
     finally:
         chaperone.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("hook", "bad"),
+    [
+        ("on_violation", lambda state: None),
+        ("on_health_change", lambda state: None),
+        ("on_stuck", lambda state, extra: None),
+        ("on_complete", lambda: None),
+    ],
+)
+def test_a_hook_that_cannot_take_its_arguments_fails_at_decoration(hook: str, bad: object) -> None:
+    """A hook is checked against what it will be called with when it is given (decorator
+    or configure()), with a message naming the call; before, a one-argument on_violation
+    failed later on the hooks thread, logged and swallowed."""
+    with pytest.raises(ConfigurationError, match=rf"{hook} is called as {hook}\(state"):
+        supervised(name="x", **{hook: bad})
+    with pytest.raises(ConfigurationError, match=rf"{hook} is called as"):
+        chaperone.configure(**{hook: bad})
+
+
+def test_hooks_with_defaults_varargs_and_methods_are_accepted() -> None:
+    class Alerts:
+        def on_violation(self, state: object, violation: object) -> None:
+            pass
+
+    supervised(name="ok", on_violation=Alerts().on_violation)
+    supervised(name="ok", on_health_change=lambda state, old, extra=None: None)
+    supervised(name="ok", on_stuck=lambda *args: None)
+    supervised(name="ok", on_complete=print)  # a builtin: nothing to check
