@@ -11,6 +11,8 @@ configuration) and cached on the spec, because a run's start is on the job's thr
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -121,10 +123,29 @@ def make_spec(
 
 
 def qualified_name(func: Callable[..., Any]) -> str:
-    """The default job name of a function or class: ``module.QualName`` (no ``__main__.``)."""
+    """The default job name of a function or class: ``module.QualName``.
+
+    In a script (``__main__``) the module is what it was run as: ``python -m etl.nightly``
+    gives ``etl.nightly.QualName``, ``python nightly_import.py`` gives
+    ``nightly_import.QualName``, so same-named functions of two scripts do not share a name
+    (and their metrics and alerts). Only code with no file (``python -c``, a REPL) keeps
+    the bare ``QualName``."""
     module = getattr(func, "__module__", None) or ""
     qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "job"))
-    return f"{module}.{qualname}" if module and module != "__main__" else qualname
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if isinstance(spec_name, str) and spec_name and spec_name != "__main__":
+        return spec_name.removesuffix(".__main__")
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and path:
+        return os.path.splitext(os.path.basename(path))[0]
+    return ""
 
 
 class Static:

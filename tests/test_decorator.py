@@ -566,3 +566,38 @@ def test_hooks_with_defaults_varargs_and_methods_are_accepted() -> None:
     supervised(name="ok", on_health_change=lambda state, old, extra=None: None)
     supervised(name="ok", on_stuck=lambda *args: None)
     supervised(name="ok", on_complete=print)  # a builtin: nothing to check
+
+
+def test_a_scripts_default_names_carry_its_module(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Functions of a script are named after the script (``python nightly_import.py``) or
+    the module it was run as (``python -m etl.nightly``), not bare: two scripts' ``nightly``
+    functions would share one name, their metrics and alerts. (Before: ``nightly``.)"""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    body = (
+        "from chaperone_otel import supervised\n"
+        "from chaperone_otel.testing import capture\n"
+        "class Service:\n"
+        "    @supervised\n"
+        "    def nightly(self):\n"
+        "        pass\n"
+        "with capture() as cap:\n"
+        "    Service().nightly()\n"
+        "print(cap.runs()[0].name)\n"
+    )
+    (tmp_path / "nightly_import.py").write_text(body)
+    (tmp_path / "etl").mkdir()
+    (tmp_path / "etl" / "__init__.py").write_text("")
+    (tmp_path / "etl" / "nightly.py").write_text(body)
+
+    def name_of(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+            timeout=60, check=True,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    assert name_of("nightly_import.py") == "nightly_import.Service.nightly"
+    assert name_of("-m", "etl.nightly") == "etl.nightly.Service.nightly"
+    assert name_of("-c", body) == "Service.nightly"
