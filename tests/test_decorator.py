@@ -572,8 +572,8 @@ def test_a_scripts_default_names_carry_its_module(tmp_path) -> None:  # type: ig
     """Functions of a script are named after the script (``python nightly_import.py``) or
     the module it was run as (``python -m etl.nightly``), not bare: two scripts' ``nightly``
     functions would share one name, their metrics and alerts. (Before: ``nightly``.)"""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     body = (
         "from chaperone_otel import supervised\n"
