@@ -109,6 +109,23 @@ class CapturedRun:
         return self.status == "failed"
 
     @property
+    def finished_at(self) -> float | None:
+        """Unix seconds the run finished (any outcome), None while it runs."""
+        value = self.latest.get(_ATTR["finished_at"])
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def completed_at(self) -> float | None:
+        """Unix seconds the run completed (the guide's ``completed_at``), else None."""
+        return self.finished_at if self.completed else None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, None while it runs."""
+        value = self.latest.get(_ATTR["duration"])
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
     def heartbeats(self) -> list[LifecycleRecord]:
         """Flushed heartbeat records in which the job's code beat (liveness excluded)."""
         return [

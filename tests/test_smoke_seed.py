@@ -41,5 +41,9 @@ def test_job_completes_successfully(chaperone: Capture) -> None:
     assert job.run() == 50
     run = chaperone.run(job.supervision_id)
     assert run.completed
+    assert run.completed_at is not None  # the guide's assertNotNull(completed_at)
+    assert run.completed_at == run.finished_at
+    assert run.duration is not None
+    assert run.duration >= 0
     assert run.span is not None
     assert run.span.attributes["chaperone.job.status"] == "completed"

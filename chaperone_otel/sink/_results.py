@@ -254,6 +254,22 @@ class JobRecord:
         """True when the health rules judge the run healthy (Chaperone's ``isHealthy()``)."""
         return self.health == "healthy"
 
+    @property
+    def completed(self) -> bool:
+        """The run completed (the guide's ``$job->completed()``)."""
+        return self.status == "completed"
+
+    @property
+    def failed(self) -> bool:
+        """The run failed: it raised (the guide's ``$job->failed()``)."""
+        return self.status == "failed"
+
+    @property
+    def completed_at(self) -> datetime | None:
+        """When it completed (the guide's ``completed_at``); None unless :attr:`completed`.
+        :attr:`finished_at` is the end of any finished run, failed or cancelled too."""
+        return self.finished_at if self.completed else None
+
     def heartbeats(self) -> list[HeartbeatRecord]:
         """The stored heartbeats of this attempt, oldest first (the latest N are kept)."""
         return self._source().heartbeats_of(self.id, self.attempt)

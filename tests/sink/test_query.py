@@ -247,6 +247,9 @@ def test_seed_accessing_job_details(store_path):
         assert (job.name, job.queue, job.status) == (DATASET, "default", "completed")
         assert job.started_at == datetime.fromtimestamp(T0 + 100, timezone.utc)
         assert job.finished_at == datetime.fromtimestamp(T0 + 120, timezone.utc)
+        assert job.completed  # the guide's $job->completed() and completed_at
+        assert not job.failed
+        assert job.completed_at == job.finished_at
         assert job.duration == 20.0
         assert job.progress == 100.0
         assert job.is_healthy()
@@ -258,6 +261,10 @@ def test_seed_accessing_job_details(store_path):
         failed = sink.job("failed")
         assert failed is not None
         assert failed.status == "failed"
+        assert failed.failed  # the guide's if ($job->failed())
+        assert not failed.completed
+        assert failed.completed_at is None
+        assert failed.finished_at is not None
         (error,) = failed.errors
         assert (error.type, error.message) == ("builtins.ValueError", "bad row 7")
         assert "Traceback" in (error.trace or "")
