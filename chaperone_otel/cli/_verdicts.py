@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -127,12 +128,17 @@ class AmbiguousPrefixError(RunIdError):
 
     def __init__(self, prefix: str, candidates: Sequence[tuple[str, str, Any]], more: bool) -> None:
         lines = [f"run id prefix {prefix!r} matches several runs; give more of the id:"]
-        lines += [f"  {run_id}  {name}  {started}" for run_id, name, started in candidates]
+        lines += [f"  {run_id}  {name}  {_moment(started)}" for run_id, name, started in candidates]
         if more:
             lines.append("  …")
         super().__init__("\n".join(lines))
         self.candidates = list(candidates)
         self.more = more
+
+
+def _moment(value: Any) -> str:
+    """A start time as ``2024-05-01 12:00:03`` (UTC, as stored)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else "-"
 
 
 class PrefixTooShortError(RunIdError):
