@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.text import Text
 
 from .._version import __version__
 from ..exceptions import SinkError
@@ -40,7 +39,7 @@ from ._common import (
 from ._monitor import Frame, read_frame, render_frame, run_live
 from ._scope_flags import SCOPES, build_query, scope_option
 from ._verdicts import (
-    AmbiguousPrefixError,
+    RunIdError,
     filtered,
     find_run,
     health_report,
@@ -50,14 +49,35 @@ from ._verdicts import (
 )
 
 if TYPE_CHECKING:
-    from ..sink import JobRecord
+    from ..sink import JobRecord, Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+PIPE_WIDTH = 1_000_000
+"""Width of the console when stdout is not a terminal: as wide as any line needs."""
+
+
 def console() -> Console:
-    """stdout console; colour only on a terminal (pipes get plain text)."""
-    return Console(highlight=False, soft_wrap=False)
+    """The stdout console. On a terminal (as rich decides it: a tty, or forced with
+    ``TTY_COMPATIBLE=1``/``FORCE_COLOR``) it is fitted to the window and in colour. Otherwise
+    (a pipe, a file) it is plain text as wide as the output needs, so tables print whole
+    values, full ids and whole names, and ``grep``/``cut`` see what is stored."""
+    out = render.StdoutConsole(highlight=False, soft_wrap=False)
+    if not out.is_terminal:
+        widen(out, PIPE_WIDTH)
+    return out
+
+
+def widen(out: Console, width: int) -> None:
+    """Let ``out`` print lines up to ``width`` cells (``Console.width = …`` alone is ignored
+    on a dumb terminal)."""
+    out.size = (max(out.width, width), out.height)
+
+
+def table_of_runs(out: Console, records: list[JobRecord], title: str | None = None) -> Any:
+    """The runs table for ``out``: fitted to a terminal, whole values in a pipe."""
+    return render.jobs_table(records, title=title, width=out.width, whole=not out.is_terminal)
 
 
 def store_options(func: F) -> F:
@@ -97,12 +117,71 @@ def output_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone (``… | head``), so nothing more,
+    not even the interpreter's last flush, fails on the closed pipe (the Python docs' recipe
+    for SIGPIPE, "Note on SIGPIPE" in the ``signal`` module)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # not a real file (an in-process runner)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout for the rest of the process
+    finally:
+        os.close(devnull)
+
+
+_VERDICT = "chaperone_otel.verdict"
+"""``Context.meta`` key: the exit code a check command has decided before it prints."""
+
+
+def verdict(code: Exit) -> Exit:
+    """Record a check's exit code before printing it, so that a reader that goes away
+    (``chaperone-otel health | head -1``) does not turn a finding into exit 0."""
+    click.get_current_context().meta[_VERDICT] = code
+    return code
+
+
+def _flush_stdout() -> None:
+    """Flush stdout; a reader that has gone is not an error (the command's exit stands)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
 class _Group(click.Group):
-    """Turns a Ctrl-C outside ``monitor`` into exit 130 with one line, not a traceback."""
+    """Turns a Ctrl-C outside ``monitor`` into exit 130 with one line, not a traceback, and
+    a closed stdout (``chaperone-otel sql … | head``) into a quiet exit 0, as Unix tools do.
+
+    click itself exits 1 when stdout is a closed pipe; the reader stopping early is how a
+    pipe is used, not a failure. A check that has decided its verdict (``stuck`` finding
+    runs, ``health`` failing) keeps its exit code: see :func:`verdict`.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:  # --help and --version print while the arguments are parsed
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            _drop_stdout()
+            raise click.exceptions.Exit(int(Exit.OK)) from None
+        finally:
+            _flush_stdout()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                _flush_stdout()  # a closed pipe may only show at the last flush
+        except BrokenPipeError:
+            _drop_stdout()
+            ctx.exit(int(ctx.meta.get(_VERDICT, Exit.OK)))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(int(Exit.INTERRUPTED))
@@ -235,7 +314,7 @@ def jobs(
     else:
         out = console()
         if records:
-            out.print(render.jobs_table(records, width=out.width))
+            out.print(table_of_runs(out, records))
         out.print(
             f"[dim]{len(records)} run(s)"
             + (f" (limit {limit}; use --limit)" if len(records) == limit else "")
@@ -246,6 +325,22 @@ def jobs(
 # --------------------------------------------------------------------------------------------
 # show
 # --------------------------------------------------------------------------------------------
+
+
+def named_run(sink: Sink, run_id: str, target: str, what: str) -> JobRecord:
+    """The run ``RUN_ID`` names (its whole id or a unique prefix, searched in the whole
+    store), for ``show`` and ``health``: a prefix too short or naming several runs exits 2
+    (listing the candidates), no such run exits 1."""
+    try:
+        record = query(what, lambda: find_run(sink, run_id))
+    except RunIdError as exc:
+        fail(str(exc), Exit.USAGE)
+    if record is None:
+        fail(
+            f"no run {run_id!r} in {target} (list runs with `chaperone-otel jobs`)",
+            Exit.FINDINGS,
+        )
+    return record
 
 
 @cli.command()
@@ -259,15 +354,7 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
     """
     target = store_target(db, url)
     with open_store(target) as sink:
-        try:
-            record = query("show", lambda: find_run(sink, run_id))
-        except AmbiguousPrefixError as exc:
-            fail(str(exc), Exit.USAGE)
-        if record is None:
-            fail(
-                f"no run {run_id!r} in {target} (list runs with `chaperone-otel jobs`)",
-                Exit.FINDINGS,
-            )
+        record = named_run(sink, run_id, target, "show")
         if as_json:
             data = render.record_dict(record)
             data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
@@ -329,7 +416,15 @@ def monitor(
             )
         else:
             out = console()
-            out.print(render_frame(frame, title=target, interval=interval, width=out.width))
+            out.print(
+                render_frame(
+                    frame,
+                    title=target,
+                    interval=interval,
+                    width=out.width,
+                    whole=not out.is_terminal,
+                )
+            )
         return
 
     def fetch() -> Frame:
@@ -384,16 +479,17 @@ def stuck(
             "stuck",
             lambda: stuck_runs(filtered(sink.jobs, name, queue), include_lost=include_lost),
         )
+    code = verdict(Exit.FINDINGS if found else Exit.OK)
     if as_json:
         dump_json([render.record_dict(r) for r in found])
     elif as_csv:
         click.echo(render.records_csv(found), nl=False)
     elif found:
         out = console()
-        out.print(render.jobs_table(found, title="stuck runs", width=out.width))
+        out.print(table_of_runs(out, found, title="stuck runs"))
     else:
         console().print("[green]no stuck runs[/]")
-    sys.exit(int(Exit.FINDINGS if found else Exit.OK))
+    sys.exit(int(code))
 
 
 @cli.command()
@@ -422,16 +518,14 @@ def health(
     records: list[JobRecord]
     with open_store(target) as sink:
         if run_id is not None:
-            record = query("health", lambda: sink.job(run_id))
-            if record is None:
-                fail(f"no run {run_id!r} in {target}", Exit.FINDINGS)
-            records = [record]
+            records = [named_run(sink, run_id, target, "health")]
         else:
             records = query(
                 "health",
                 lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
     report = health_report(records, strict=strict)
+    code = verdict(Exit.OK if report.ok else Exit.FINDINGS)
     single = run_id is not None
     if as_json:
         dump_json(render.health_dict(report, single=single))
@@ -439,9 +533,12 @@ def health(
         click.echo(render.records_csv(records if single else report.failing), nl=False)
     else:
         out = console()
-        for parts in render.health_lines(report, single=single, width=out.width):
+        lines = render.health_lines(
+            report, single=single, width=out.width, whole=not out.is_terminal
+        )
+        for parts in lines:
             out.print(*parts)
-    sys.exit(int(Exit.OK if report.ok else Exit.FINDINGS))
+    sys.exit(int(code))
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,21 +549,49 @@ def health(
 @cli.command()
 @click.argument("statement")
 @store_options
+@click.option(
+    "--expanded",
+    "-x",
+    is_flag=True,
+    help="One block of `column | value` lines per row (the default when the table is "
+    "wider than the terminal).",
+)
+@click.option(
+    "--table",
+    "as_table",
+    is_flag=True,
+    help="A table even when it is wider than the terminal (values whole, lines long).",
+)
 @output_options
-def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: bool) -> None:
+def sql(
+    statement: str,
+    db: str | None,
+    url: str | None,
+    expanded: bool,
+    as_table: bool,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
     """Run a read-only SQL query against the store.
 
-    The query reads only the store (no files, URLs or extensions), is interrupted after
-    $CHAPERONE_OTEL_SQL_TIMEOUT (30 s) and returns at most $CHAPERONE_OTEL_SQL_MAX_ROWS
-    (100000) rows; a cut result is said on stderr.
+    On a terminal the result is a table when it fits the width, else one block per row
+    (`column | value` lines, as psql's \\x); piped, a table of whole values. -x and --table
+    choose. The query reads only the store (no files, URLs or extensions), is interrupted
+    after $CHAPERONE_OTEL_SQL_TIMEOUT (30 s) and returns at most
+    $CHAPERONE_OTEL_SQL_MAX_ROWS (100000) rows; a cut result is said on stderr.
 
     \b
     Examples:
       chaperone-otel sql "SELECT name, status, count(*) FROM jobs GROUP BY ALL"
+      chaperone-otel sql -x "SELECT * FROM jobs ORDER BY started_at DESC LIMIT 1"
       chaperone-otel sql "SELECT * FROM resource_violations" --csv > violations.csv
     """
     if not statement.strip():
         raise click.BadParameter("empty SQL statement", param_hint="STATEMENT")
+    if expanded and as_table:
+        raise click.UsageError("--expanded and --table are exclusive; choose one")
+    if (expanded or as_table) and (as_json or as_csv):
+        raise click.UsageError("--expanded and --table shape the text output, not --json/--csv")
     target = store_target(db, url)
     with open_store(target) as sink:
         try:
@@ -486,16 +611,15 @@ def sql(statement: str, db: str | None, url: str | None, as_json: bool, as_csv: 
     elif as_csv:
         click.echo(render.to_csv(columns, rows), nl=False)
     else:
-        from rich import box  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
-
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for c in columns:  # names and values as Text: "SELECT '[/]'" is data, not markup
-            table.add_column(Text(c), overflow="fold")
-        for row in rows:
-            table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
         out = console()
-        out.print(table)
+        if not (expanded or as_table):  # psql's \x auto: a block per row when it is too wide
+            expanded = out.is_terminal and render.sql_table_width(columns, rows) > out.width
+        if expanded:
+            if rows:
+                click.echo(render.sql_expanded(columns, rows, width=out.width))
+        else:
+            widen(out, render.sql_table_width(columns, rows))  # whole values, never squeezed
+            out.print(render.sql_table(columns, rows))
         out.print(f"[dim]{len(rows)} row(s)[/]")
 
 
@@ -613,12 +737,13 @@ def wait(
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            verdict(Exit.FINDINGS)
             click.echo(
                 f"timed out after {render.fmt_duration(timeout)}: {len(last)} run(s) still running",
                 err=True,
             )
             out = console()
-            out.print(render.jobs_table(last, width=out.width))
+            out.print(table_of_runs(out, last))
             sys.exit(int(Exit.FINDINGS))
         if not quiet:
             click.echo(

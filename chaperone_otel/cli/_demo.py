@@ -56,6 +56,7 @@ from .._run import Supervision
 from ..exceptions import ChaperoneError
 from ..sink import JobRecord, ViolationRecord, open_sink
 from ._monitor import Frame, render_frame
+from ._render import StdoutConsole
 
 HUNG_JOB = "payments.reconcile_ledger"
 FAILING_JOB = "emails.send_digest"
@@ -573,7 +574,7 @@ def run_demo(
     """Run the demo; returns the process exit code (0 ok, 3 store problem, 130 aborted)."""
     import chaperone_otel  # noqa: PLC0415
 
-    console = console or Console(highlight=False)
+    console = console or StdoutConsole(highlight=False)
     errors = Console(stderr=True, highlight=False)
     path = Path(db).expanduser()
     if path.is_dir():

@@ -34,6 +34,7 @@ from ._render import (
     progress_bar,
     short_id,
     status_text,
+    whole_table,
 )
 from ._render import field as f
 from ._verdicts import filtered
@@ -68,13 +69,17 @@ def read_frame(sink: Sink, *, name: str | None, queue: str | None, recent: int) 
     return Frame(running=running, recent=finished, source=sink.url or "")
 
 
-def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120) -> RenderableType:
+def render_frame(
+    frame: Frame, *, title: str, interval: float, width: int = 120, whole: bool = False
+) -> RenderableType:
     """The frame as a rich renderable (used by the live view and ``--once``).
 
     Fitted to ``width``: one line per run, the job name always shown; PHASE, CPU, QUEUE …
     are left out on narrow terminals rather than cut (every column is as wide as its widest
     cell, QUEUE and PHASE at most 16 with ``…``; the job name takes what is left).
+    ``whole`` (stdout is not a terminal): full run ids and nothing cut.
     """
+    ident = (lambda run_id: run_id) if whole else short_id
     now = frame.at
     header = Text()
     header.append("chaperone-otel monitor", style="bold")
@@ -129,7 +134,7 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
         rows.append(
             {
                 "JOB": Text(str(f(r, "name") or "-")),  # stored strings: never markup
-                "RUN": Text(short_id(str(f(r, "id")))),
+                "RUN": Text(ident(str(f(r, "id")))),
                 "QUEUE": Text(str(f(r, "queue") or "-")),
                 "PROGRESS": progress_bar(f(r, "progress"), bar_width),
                 "PHASE": Text(str(f(r, "phase") or "")),
@@ -142,15 +147,18 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
                 "HEALTH": health_text(r),
             }
         )
-    fitted_table(
-        table,
-        columns,
-        rows,
-        width=width,
-        flexible="JOB",
-        drop_order=("PHASE", "CPU", "QUEUE", "MEMORY", "RUN", "ETA"),
-        caps={"QUEUE": 16, "PHASE": 16},
-    )
+    if whole:
+        whole_table(table, [(name, justify) for name, justify, _ in columns], rows)
+    else:
+        fitted_table(
+            table,
+            columns,
+            rows,
+            width=width,
+            flexible="JOB",
+            drop_order=("PHASE", "CPU", "QUEUE", "MEMORY", "RUN", "ETA"),
+            caps={"QUEUE": 16, "PHASE": 16},
+        )
     parts: list[RenderableType] = [header]
     if running:
         parts.append(table)
@@ -175,12 +183,13 @@ def render_frame(frame: Frame, *, title: str, interval: float, width: int = 120)
         for r in frame.recent:
             err = f(r, "error_type")
             err = str(err).rsplit(".", 1)[-1] if err else None
+            message = f"{err}: {f(r, 'error_message') or ''}"
             done.add_row(
                 Text(str(f(r, "name"))),
-                Text(short_id(str(f(r, "id")))),
+                Text(ident(str(f(r, "id")))),
                 status_text(r),
                 fmt_duration(f(r, "duration")),
-                Text(f"{err}: {f(r, 'error_message') or ''}"[:70], style="red") if err else "",
+                Text(message if whole else message[:70], style="red") if err else "",
             )
         parts.append(done)
     parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
@@ -201,7 +210,9 @@ def run_live(
         # A pipe or a dumb log: print a frame per refresh instead of redrawing.
         while not stop.is_set():
             console.print(
-                render_frame(fetch(), title=title, interval=interval, width=console.width)
+                render_frame(
+                    fetch(), title=title, interval=interval, width=console.width, whole=True
+                )
             )
             console.print()
             stop.wait(min(interval, threading.TIMEOUT_MAX))  # a longer wait overflows

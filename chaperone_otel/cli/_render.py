@@ -12,6 +12,7 @@ command and ``rebuild[daily]`` would lose its ``[daily]``.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 from collections.abc import Iterable, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rich import box
 from rich.cells import cell_len
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -44,6 +45,17 @@ STATUS_STYLES = {
     "failed": "bold red",
     "cancelled": "yellow",
 }
+
+
+class StdoutConsole(Console):
+    """The commands' stdout console: a reader that has gone (``chaperone-otel sql … | head``)
+    raises :class:`BrokenPipeError`, which the command group turns into a quiet exit 0.
+    rich's own answer is ``SystemExit(1)``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout was closed by its reader")
+
 
 JOB_COLUMNS = LISTED
 """Columns of ``jobs --csv`` (and the table); ``--json`` gives every field."""
@@ -234,14 +246,18 @@ def fitted_table(
     return table
 
 
-def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int = 80) -> Table:
+def jobs_table(
+    records: Sequence[Any], *, title: str | None = None, width: int = 80, whole: bool = False
+) -> Table:
     """The ``jobs`` / ``stuck`` / ``health`` list, fitted to ``width`` columns.
 
     Cells never wrap (a run per line); on a narrow terminal the ids are shortened (``show``
-    takes a prefix) and the least useful columns are left out rather than cut.
+    takes a prefix) and the least useful columns are left out rather than cut. ``whole``
+    (stdout is not a terminal: a pipe or a file) prints every column and every value whole,
+    full ids and untruncated names, so ``jobs | grep NAME`` finds what is stored.
     """
     now = now_utc()
-    full_ids = width >= 150
+    full_ids = whole or width >= 150
     columns: list[Column] = [
         ("ID", "left", 36 if full_ids else 8),
         ("NAME", "left", 12),
@@ -272,8 +288,11 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
                 "MEMORY": fmt_bytes(field(r, "memory_bytes")),
             }
         )
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    if whole:
+        return whole_table(table, [(name, justify) for name, justify, _ in columns], rows)
     return fitted_table(
-        Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False),
+        table,
         columns,
         rows,
         width=width,
@@ -281,6 +300,73 @@ def jobs_table(records: Sequence[Any], *, title: str | None = None, width: int =
         drop_order=("STARTED", "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION"),
         caps={"QUEUE": 16},
     )
+
+
+def whole_table(
+    table: Table,
+    columns: Sequence[tuple[str, Literal["left", "right"]]],
+    rows: Sequence[dict[str, Cell]],
+) -> Table:
+    """Fill ``table`` with ``rows`` at their natural width: every column as wide as its
+    widest cell, nothing wrapped, cut or left out (print it on a console wide enough)."""
+    for name, justify in columns:
+        widest = max([cell_len(name)] + [_cell_len(row[name]) for row in rows])
+        table.add_column(name, justify=justify, no_wrap=True, min_width=widest)
+    for row in rows:
+        table.add_row(*(row[name] for name, _ in columns))
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# sql results: a table when it fits, else one block per record (psql's \x, DuckDB's .mode line).
+# --------------------------------------------------------------------------------------------
+
+
+def sql_cell(value: Any) -> str:
+    """A result value as the terminal shows it (``NULL`` for SQL NULL)."""
+    return "NULL" if value is None else str(value)
+
+
+def sql_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A query result as a table at its natural width: values whole, on one line each (a
+    value with newlines takes several)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for c in columns:  # names and values as Text: "SELECT '[/]'" is data, not markup
+        table.add_column(Text(c), no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(sql_cell(v)) for v in row))
+    return table
+
+
+def sql_table_width(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+    """Columns the :func:`sql_table` of this result needs (its widest line)."""
+    widths = [
+        max([cell_len(c)] + [_widest_line(sql_cell(row[i])) for row in rows])
+        for i, c in enumerate(columns)
+    ]
+    return sum(widths) + 3 * max(0, len(widths) - 1)  # " │ " between columns, no edges
+
+
+def _widest_line(value: str) -> int:
+    return max(cell_len(line) for line in value.split("\n"))
+
+
+def sql_expanded(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int) -> str:
+    """The result as one block per record, ``column | value`` lines, each block under a
+    ``-[ RECORD n ]---`` line (psql's expanded display). A value with newlines goes on
+    under the ``|``. Plain text: nothing in it is read as markup."""
+    label = max((cell_len(c) for c in columns), default=0)
+    values = [_widest_line(sql_cell(v)) for row in rows for v in row]
+    rule = min(width, label + 3 + max(values, default=0))
+    out: list[str] = []
+    for n, row in enumerate(rows, 1):
+        head = f"-[ RECORD {n} ]"
+        out.append(head + "-" * max(0, rule - cell_len(head)))
+        for name, value in zip(columns, row, strict=False):
+            first, *more = sql_cell(value).split("\n")
+            out.append(f"{name}{' ' * (label - cell_len(name))} | {first}".rstrip())
+            out.extend(f"{' ' * label} | {line}".rstrip() for line in more)
+    return "\n".join(out)
 
 
 def detail(record: Any) -> RenderableType:
@@ -463,7 +549,7 @@ def _iso(moment: datetime | None) -> str:
 
 
 def health_lines(
-    report: HealthReport, *, single: bool, width: int
+    report: HealthReport, *, single: bool, width: int, whole: bool = False
 ) -> list[tuple[RenderableType | str, ...]]:
     """``health``'s terminal output, each line as the parts of one ``Console.print``: one
     run's verdict (``single``), or the counts and the runs that are not healthy; then
@@ -476,7 +562,8 @@ def health_lines(
         summary = "  ".join(f"{k}: {v}" for k, v in report.counts.items())
         lines.append((Text(f"{len(report.records)} running run(s)  {summary}"),))
         if report.not_ok:
-            lines.append((jobs_table(report.not_ok, title="not healthy", width=width),))
+            not_ok = jobs_table(report.not_ok, title="not healthy", width=width, whole=whole)
+            lines.append((not_ok,))
     lines.append(("[red]FAIL[/]" if not report.ok else "[green]OK[/]",))
     return lines
 

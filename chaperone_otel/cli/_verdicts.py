@@ -12,16 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..sink import JobQuery, JobRecord, Sink
 
 PREFIX_MIN = 4
-"""Shortest run-id prefix ``show`` accepts."""
+"""Shortest run-id prefix ``show`` and ``health`` accept."""
 
-PREFIX_SCAN = 10_000
-"""How many of the newest runs a prefix is matched against."""
+PREFIX_SHOWN = 10
+"""How many candidates an ambiguous prefix lists."""
+
+_PREFIX_SQL = f"""
+SELECT run_id, arg_max(name, attempt), max(started_at)
+FROM jobs
+WHERE run_id LIKE ? ESCAPE '\\'
+GROUP BY run_id
+ORDER BY run_id = ? DESC, max(started_at) DESC NULLS LAST, run_id
+LIMIT {PREFIX_SHOWN + 1}
+"""
+"""The runs whose id starts with a prefix (the exact id first, then the newest): a
+bound ``LIKE`` over the whole store, not a scan of recent runs in Python."""
 
 
 def filtered(query: JobQuery, name: str | None, queue: str | None) -> JobQuery:
@@ -102,27 +114,74 @@ def still_running(records: Sequence[JobRecord], *, ignore_stuck: bool) -> list[J
     return [r for r in records if not (r.stuck or r.lost)]
 
 
-class AmbiguousPrefixError(LookupError):
-    """A run-id prefix matches several runs (``ids`` holds them, sorted)."""
+class RunIdError(LookupError):
+    """A run id that names no single run for a reason the user must fix (exit 2)."""
 
-    def __init__(self, prefix: str, ids: Sequence[str]) -> None:
-        shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
-        super().__init__(f"run id prefix {prefix!r} is ambiguous: {shown}")
-        self.ids = list(ids)
+
+class AmbiguousPrefixError(RunIdError):
+    """A run-id prefix matches several runs.
+
+    Attributes:
+        candidates: ``(run_id, job name, started_at)`` of the matches, newest first (at
+            most :data:`PREFIX_SHOWN`). more: whether there are others.
+    """
+
+    def __init__(self, prefix: str, candidates: Sequence[tuple[str, str, Any]], more: bool) -> None:
+        lines = [f"run id prefix {prefix!r} matches several runs; give more of the id:"]
+        lines += [f"  {run_id}  {name}  {_moment(started)}" for run_id, name, started in candidates]
+        if more:
+            lines.append("  …")
+        super().__init__("\n".join(lines))
+        self.candidates = list(candidates)
+        self.more = more
+
+
+def _moment(value: Any) -> str:
+    """A start time as ``2024-05-01 12:00:03`` (UTC, as stored)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else "-"
+
+
+class PrefixTooShortError(RunIdError):
+    """A run-id prefix shorter than :data:`PREFIX_MIN` that is no run's whole id."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(
+            f"run id prefix {prefix!r} is too short: give at least {PREFIX_MIN} characters "
+            "(no run has exactly this id)"
+        )
+
+
+def like_prefix(prefix: str) -> str:
+    """A ``LIKE`` pattern (``ESCAPE '\\'``) for the values that start with ``prefix``: its
+    ``%``, ``_`` and ``\\`` match only themselves."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def resolve_run_id(sink: Sink, given: str) -> str | None:
+    """The full id ``given`` names: a run's whole id, or the one id that starts with it.
+
+    One query over the whole store (``run_id LIKE prefix || '%'``, bound), so a run is found
+    however many have run since. ``show`` and ``health`` share it.
+
+    Raises:
+        PrefixTooShortError: ``given`` is shorter than :data:`PREFIX_MIN` and no run's id.
+        AmbiguousPrefixError: it starts several run ids (and is none of them).
+    """
+    if len(given) < PREFIX_MIN:
+        if sink.jobs.with_id(given).count():  # a short id of its own (supervised(id="a1"))
+            return given
+        raise PrefixTooShortError(given)
+    _, rows = sink.sql(_PREFIX_SQL, [like_prefix(given), given])
+    if not rows:
+        return None
+    if rows[0][0] == given or len(rows) == 1:
+        return str(rows[0][0])
+    candidates = [(str(r[0]), str(r[1]), r[2]) for r in rows[:PREFIX_SHOWN]]
+    raise AmbiguousPrefixError(given, candidates, more=len(rows) > PREFIX_SHOWN)
 
 
 def find_run(sink: Sink, run_id: str) -> JobRecord | None:
-    """The latest attempt of ``run_id``, or of the one run whose id starts with it.
-
-    Raises:
-        AmbiguousPrefixError: the prefix (at least :data:`PREFIX_MIN` characters) matches
-            more than one run among the newest :data:`PREFIX_SCAN`.
-    """
-    record = sink.job(run_id)
-    if record is not None or len(run_id) < PREFIX_MIN:
-        return record
-    newest = sink.jobs.order_by("started_at", desc=True).limit(PREFIX_SCAN).all()
-    ids = sorted({r.id for r in newest if r.id.startswith(run_id)})
-    if len(ids) > 1:
-        raise AmbiguousPrefixError(run_id, ids)
-    return sink.job(ids[0]) if ids else None
+    """The latest attempt of the run ``run_id`` names (see :func:`resolve_run_id`)."""
+    full = resolve_run_id(sink, run_id)
+    return None if full is None else sink.job(full)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from chaperone_otel.cli._verdicts import (
-    AmbiguousPrefixError,
-    find_run,
     health_report,
     is_failing,
+    like_prefix,
     still_running,
 )
 from chaperone_otel.sink import JobRecord
@@ -16,8 +13,14 @@ from chaperone_otel.sink import JobRecord
 
 def run(run_id: str, health: str = "healthy", *, stuck: bool = False, lost: bool = False):
     return JobRecord.from_dict(
-        {"id": run_id, "attempt": 1, "status": "running", "health": health, "stuck": stuck,
-         "lost": lost}
+        {
+            "id": run_id,
+            "attempt": 1,
+            "status": "running",
+            "health": health,
+            "stuck": stuck,
+            "lost": lost,
+        }
     )
 
 
@@ -52,38 +55,7 @@ def test_wait_can_leave_stuck_and_lost_runs_out():
     assert [r.id for r in still_running(RUNS, ignore_stuck=True)] == ["ok", "slow", "bad"]
 
 
-class _Jobs:
-    """A stand-in for a sink: ``job(id)`` and the newest runs, nothing else."""
-
-    def __init__(self, ids):
-        self.runs = {i: run(i) for i in ids}
-
-    def job(self, run_id):
-        return self.runs.get(run_id)
-
-    @property
-    def jobs(self):
-        sink = self
-
-        class _Query:
-            def order_by(self, *_a, **_k):
-                return self
-
-            def limit(self, _n):
-                return self
-
-            def all(self):
-                return list(sink.runs.values())
-
-        return _Query()
-
-
-def test_show_takes_a_unique_prefix_and_refuses_an_ambiguous_one():
-    """A run id prefix of 4+ characters names its run; one naming two runs is an error."""
-    sink = _Jobs(["abcd-1111", "abcd-2222", "ffff-0000"])
-    assert find_run(sink, "ffff-0000").id == "ffff-0000"
-    assert find_run(sink, "ffff").id == "ffff-0000"
-    assert find_run(sink, "fff") is None  # too short to be a prefix
-    assert find_run(sink, "9999") is None
-    with pytest.raises(AmbiguousPrefixError, match="abcd-1111, abcd-2222"):
-        find_run(sink, "abcd")
+def test_like_prefix_escapes_the_wildcards():
+    """A prefix's ``%``, ``_`` and ``\\`` match only themselves (``ESCAPE '\\'``)."""
+    assert like_prefix("abcd") == "abcd%"
+    assert like_prefix("a%c_d\\") == "a\\%c\\_d\\\\%"
