@@ -25,11 +25,42 @@ _EVENT_WORDS: Final = {event: event.rsplit(".", 1)[-1] for event in sc.LIFECYCLE
 
 
 def to_json(value: Mapping[str, Any]) -> str:
-    """User metadata as one compact JSON attribute (``repr`` for what JSON cannot say)."""
+    """User metadata as one compact JSON attribute. Never raises.
+
+    A value JSON cannot encode is written as its ``str()``; one that cannot be written at all
+    (``str()`` and ``repr()`` raise, an int past Python's digit limit) as
+    ``"<unrepresentable TYPE>"``, counted as an internal error: a bad value must not cost
+    the run its records, least of all its finished record (issue 12).
+    """
     try:
         return json.dumps(value, default=str, separators=(",", ":"), sort_keys=True)
-    except (TypeError, ValueError):
-        return json.dumps({str(k): repr(v) for k, v in value.items()})
+    except Exception:
+        return json.dumps(
+            {_text(k): _value(v) for k, v in value.items()}, separators=(",", ":"), sort_keys=True
+        )
+
+
+def _value(value: object) -> object:
+    try:
+        json.dumps(value, default=str)
+    except Exception:
+        return _text(value)
+    return value
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    for convert in (str, repr):
+        try:
+            text = convert(value)
+        except Exception:
+            text = None
+        if isinstance(text, str):
+            return text
+    error = ValueError(f"metadata value of type {type(value).__qualname__} cannot be written")
+    internal_error("record.metadata", error)
+    return f"<unrepresentable {type(value).__qualname__}>"
 
 
 def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:

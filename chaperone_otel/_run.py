@@ -19,6 +19,8 @@ starts and ends it; the run only carries it, its context and its ids for the rec
 
 from __future__ import annotations
 
+import decimal
+import numbers
 import random
 import threading
 import types
@@ -60,6 +62,25 @@ def new_run_id() -> str:
 
 def _noop() -> None:
     return None
+
+
+def as_float(value: object, what: str) -> float:
+    """A progress number as a ``float`` (a ``Decimal``, ``Fraction``, numpy scalar, ``bool``,
+    or an int beyond a float's exactness), or a clear error at the caller's line.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is too large for a float.
+    """
+    if not isinstance(value, (numbers.Real, decimal.Decimal)):
+        raise TypeError(
+            f"progress {what} must be a real number (int or float), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    try:
+        return float(value)
+    except (OverflowError, ValueError, decimal.InvalidOperation) as error:
+        raise ValueError(f"progress {what} {value!r} is not representable as a float") from error
 
 
 _NO_PHASES: Final[Mapping[str, tuple[float, float]]] = types.MappingProxyType({})
@@ -146,11 +167,22 @@ class Supervision:
         (:meth:`phases`) it is mapped into that phase's share of the run. ``phase`` (or a
         ``"phase"`` key in ``metadata``) switches phase.
 
+        ``current`` and ``total`` are ``int`` or ``float``; another real number
+        (``Decimal``, ``Fraction``, a numpy scalar, ``bool``) is stored as a ``float``.
+
         Raises:
+            TypeError: ``current`` or ``total`` is not a real number (a ``str``, ``None``).
             ValueError: ``current`` or ``total`` is negative or NaN, or ``total == 0`` while
-                ``current > 0``.
+                ``current > 0``, or too large for a float.
             JobLimitExceeded: a limit was crossed and the run's policy is ``cancel``.
         """
+        # Records, ratios and the store need plain numbers: a Decimal stored here broke the
+        # run's finish later (issue 12). Two class checks, the cheapest test there is.
+        cls = current.__class__
+        if (cls is not int and cls is not float) or (
+            total.__class__ is not int and total.__class__ is not float
+        ):
+            current, total = as_float(current, "current"), as_float(total, "total")
         if not (current >= 0 and total >= 0):  # also rejects NaN
             raise ValueError(
                 f"report_progress({current!r}, {total!r}): current and total must be "
@@ -196,8 +228,11 @@ class Supervision:
                 total = len(iterable)  # type: ignore[arg-type]
             except TypeError:
                 total = None
-        if total is not None and not total >= 0:
-            raise ValueError(f"track(total={total!r}): total must be a non-negative number")
+        if total is not None:
+            if total.__class__ is not int and total.__class__ is not float:
+                total = as_float(total, "total")
+            if not total >= 0:
+                raise ValueError(f"track(total={total!r}): total must be a non-negative number")
         if phase is not None:
             self._enter_phase(phase)
         return self._track(iterable, total)

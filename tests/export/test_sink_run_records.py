@@ -1,0 +1,134 @@
+"""What a run's records keep in the embedded sink: odd values, reused ids, metadata history
+(issue 12, items 2, 5 and 9)."""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import fractions
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chaperone_otel
+from chaperone_otel import heartbeat, report_progress, supervised
+from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
+from chaperone_otel.sink import JobRecord, open_sink
+from tests.waiting import wait_until
+
+
+@contextlib.contextmanager
+def _runs(path: Path, name: str, count: int = 1) -> Iterator[list[JobRecord]]:
+    """The runs named ``name`` (by attempt), once ``count`` of them have finished in the
+    store; the store stays open inside the block (for ``heartbeats()``)."""
+    assert chaperone_otel.flush(10)
+    with open_sink(str(path)) as sink:
+        query = sink.jobs.named(name).order_by("attempt")
+
+        def finished() -> list[JobRecord] | None:
+            runs = query.all()
+            done = [r for r in runs if r.finished_at is not None]
+            return runs if len(done) == len(runs) == count else None
+
+        yield wait_until(finished, 20, f"{count} finished {name} run(s)")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "jobs.duckdb"
+    chaperone_otel.configure(sink=str(path))
+    return path
+
+
+@pytest.fixture
+def swallowed() -> Any:
+    """Internal errors are swallowed and counted, as in production (not raised, as in tests)."""
+    before = set_raise_internal_errors(False)
+    yield
+    set_raise_internal_errors(before)
+
+
+# ---- item 9: a bad value never costs a run its finish ---------------------------------------
+
+
+def test_decimal_progress_is_stored_as_float_and_the_run_finishes(store: Path) -> None:
+    """report_progress(Decimal, Decimal) and a Fraction total: the run completes at 100 %."""
+    with supervised("odd.decimal") as run:
+        report_progress(decimal.Decimal(3), decimal.Decimal(10))
+        assert run.progress_current == 3.0
+        assert type(run.progress_current) is float
+        run.report_progress(fractions.Fraction(10), fractions.Fraction(10))
+    with _runs(store, "odd.decimal") as (done,):
+        assert done.status == "completed"
+        assert done.progress == 100
+
+
+@pytest.mark.parametrize(
+    ("current", "total"),
+    [(1, fractions.Fraction(10**400)), (decimal.Decimal("NaN"), 10)],
+    ids=["fraction-beyond-float", "decimal-nan"],
+)
+def test_progress_a_float_cannot_hold_is_refused_at_the_call(current: Any, total: Any) -> None:
+    """A number no float can hold, or a Decimal NaN, is a ValueError at the call site (the
+    module helper and the handle alike), and nothing is stored."""
+    with supervised("odd.refused") as run:
+        with pytest.raises(ValueError, match=r"progress|non-negative"):
+            run.report_progress(current, total)
+        with pytest.raises(ValueError, match=r"progress|non-negative"):
+            report_progress(current, total)
+        assert run.progress_current is None
+
+
+def test_track_total_decimal_is_coerced(store: Path) -> None:
+    """track(items, total=Decimal) reports float progress and the run completes."""
+    with supervised("odd.track") as run:
+        for _ in run.track(range(4), total=decimal.Decimal(4)):
+            pass
+        assert type(run.progress_total) is float
+    with _runs(store, "odd.track") as (done,):
+        assert done.status == "completed"
+        assert done.progress == 100
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+@pytest.mark.parametrize("value", [10**5000, _Unprintable()], ids=["huge-int", "str-raises"])
+def test_unwritable_metadata_keeps_every_record_and_is_counted(
+    store: Path, swallowed: None, value: object
+) -> None:
+    """A metadata value that cannot be written becomes a placeholder: the heartbeat and the
+    finished record are stored, the other keys intact, and an internal error is counted."""
+    with supervised("odd.meta"):
+        heartbeat({"rows": value, "batch": 7})
+    with _runs(store, "odd.meta") as (done,):
+        assert done.status == "completed"
+        assert done.metadata["batch"] == 7
+        assert done.metadata["rows"].startswith("<unrepresentable ")
+        (beat,) = [h for h in done.heartbeats() if h.kind == "heartbeat"]
+        assert beat.metadata is not None
+        assert beat.metadata["batch"] == 7
+        assert internal_error_counts().get("record.metadata", 0) >= 1
+
+
+def test_metadata_whose_str_raises_falls_back_to_repr(store: Path) -> None:
+    """str() raising but repr() working: the repr is stored, no internal error."""
+
+    class BadStr:
+        def __str__(self) -> str:
+            raise RuntimeError("boom")
+
+        def __repr__(self) -> str:
+            return "BadStr()"
+
+    with supervised("odd.badstr"):
+        heartbeat(thing=BadStr())
+    with _runs(store, "odd.badstr") as (done,):
+        assert done.metadata == {"thing": "BadStr()"}
