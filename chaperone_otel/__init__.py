@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import Supervised
 from ._config import Config
-from ._current import current_job, heartbeat, report_progress, track
+from ._current import current_job, heartbeat, report_progress, track, wrap
 from ._decorator import supervised
 from ._health import HealthPolicy
 from ._model import JobState, Violation
@@ -81,4 +81,5 @@ __all__ = [
     "shutdown",
     "supervised",
     "track",
+    "wrap",
 ]

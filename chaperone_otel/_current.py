@@ -9,19 +9,28 @@ validates its arguments, so a bug shows in tests that run without supervision).
 In a forked child, a run the parent was running when it forked is not the child's: the
 context still holds its handle, but these helpers treat it as no run at all (``current_job()``
 is None, ``heartbeat()`` returns False), so a child never beats for its parent's run.
+
+A thread does not inherit its creator's context: a ``ThreadPoolExecutor`` worker (or a
+``threading.Thread``) started inside a run sees no run. :func:`wrap` carries it there::
+
+    with ThreadPoolExecutor() as pool:
+        pool.map(chaperone.wrap(process), items)   # process() may call heartbeat()
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 from . import _process
 from ._run import Supervision
 from .exceptions import NoActiveJobError
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 current_run: contextvars.ContextVar[Supervision | None] = contextvars.ContextVar(
     "chaperone_otel_current_job", default=None
@@ -81,3 +90,32 @@ def track(
     if run is None or run._run.pid != _process.pid:
         return iter(iterable)
     return run.track(iterable, total, phase=phase)
+
+
+def wrap(fn: Callable[P, R], /) -> Callable[P, R]:
+    """``fn``, carrying the caller's current run (and its OTel span) to wherever it is called.
+
+    Threads start with an empty context, so in a ``ThreadPoolExecutor`` worker (or a
+    ``threading.Thread``) started inside a run, ``heartbeat()`` and ``report_progress()``
+    find no run and return False. Wrap the function you hand to the thread::
+
+        @chaperone.supervised
+        def import_all(paths):
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(chaperone.wrap(import_file), paths))
+
+    The context is captured when ``wrap`` is called (like ``contextvars.copy_context()``)
+    and each call runs in its own copy of it, so one wrapped function may run in many
+    threads at once. ``asyncio.to_thread`` already does this; ``loop.run_in_executor`` does
+    not. Outside a run, ``wrap`` changes nothing: the module helpers still return False.
+
+    .. versionadded:: 0.1
+    """
+    context = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def carried(*args: P.args, **kwargs: P.kwargs) -> R:
+        # A Context may be entered by one thread at a time: each call gets its own copy.
+        return context.copy().run(fn, *args, **kwargs)
+
+    return carried

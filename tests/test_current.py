@@ -112,3 +112,49 @@ async def test_one_context_manager_object_shared_by_tasks(chaperone: Capture) ->
     ids = await asyncio.gather(*(worker() for _ in range(50)))
     assert len(set(ids)) == 50
     assert all(chaperone.run(i).completed for i in ids)
+
+
+def test_wrap_carries_the_run_into_thread_pool_workers(chaperone: Capture) -> None:
+    """Module helpers in ThreadPoolExecutor workers act on the run through wrap(): every
+    heartbeat is counted, progress from a worker is the run's, and the worker's current
+    OTel span is the run's span; unwrapped, the same helpers find no run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry import trace
+
+    import chaperone_otel
+    from chaperone_otel._run import state_of
+
+    def work(i: int) -> tuple[bool, int]:
+        job = current_job()
+        assert job is not None
+        assert job.name == "fan.out"
+        report_progress(20, 20)
+        return heartbeat(item=i), trace.get_current_span().get_span_context().span_id
+
+    def unwrapped(i: int) -> bool:
+        return heartbeat(item=i)
+
+    with supervised("fan.out") as run, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(chaperone_otel.wrap(work), range(20)))
+        lost = list(pool.map(unwrapped, range(5)))
+        span_id = state_of(run).span_id
+    assert [beat for beat, _ in results] == [True] * 20
+    assert {span for _, span in results} == {span_id}
+    assert lost == [False] * 5
+    captured = chaperone.run(run.id)
+    assert captured.heartbeat_count == 20
+    assert captured.progress == 100
+    assert captured.completed
+
+
+def test_wrap_outside_a_run_changes_nothing() -> None:
+    """A function wrapped outside any run runs as is; the helpers return False in it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import chaperone_otel
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(chaperone_otel.wrap(heartbeat), [None, None])) == [False, False]
+    assert chaperone_otel.wrap(sum)([1, 2]) == 3
+    assert chaperone_otel.wrap(sum).__name__ == "sum"
