@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import sys
 import threading
@@ -49,8 +50,9 @@ _tls = threading.local()
 
 
 def _after_fork_in_child() -> None:
-    global _tls
+    global _tls, _attempts_lock
     _tls = threading.local()  # per-thread CPU clocks: the child's thread has a new one
+    _attempts_lock = threading.Lock()  # may have been held by a thread the child lacks
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -77,12 +79,63 @@ def _thread_cpu_clock() -> int | None:
     return clock
 
 
+_ATTEMPTS_KEPT: Final = 10_000
+_attempts: dict[str, int] = {}
+"""Explicit run id -> the highest attempt started with it in this process, the newest
+:data:`_ATTEMPTS_KEPT` ids (generated uuid4 ids never repeat and are not kept)."""
+_attempts_lock = threading.Lock()
+_warned_names: set[str] = set()
+logger = logging.getLogger("chaperone_otel")
+
+
+def _claim_attempt(run: Run) -> None:
+    """Make ``(run.id, run.attempt)`` one no other run of this process has used.
+
+    The store keeps one row per (run id, attempt), from its highest-sequence record: a second
+    run under a key already used (``supervision_id="my-job"`` twice, a retry without
+    ``attempt=``) replaced or lost the first, silently (issue 12). A reused key becomes the
+    next attempt of the id, whether the earlier run has finished or is still running, and
+    the first reuse per job name is logged.
+    """
+    wanted = run.attempt
+    with _attempts_lock:
+        used = _attempts.pop(run.id, None)
+        reused = used is not None and wanted <= used
+        if reused:
+            run.attempt = cast(int, used) + 1
+        _attempts[run.id] = run.attempt  # re-inserted: the newest ids are kept
+        if len(_attempts) > _ATTEMPTS_KEPT:
+            del _attempts[next(iter(_attempts))]
+        warn = reused and run.name not in _warned_names and len(_warned_names) < 1000
+        if warn:
+            _warned_names.add(run.name)
+    if warn:
+        logger.warning(
+            "job %s: run id %r attempt %d was already used in this process; recorded as "
+            "attempt %d. Pass a unique supervision_id per run, or attempt= for a retry "
+            "(logged once per job name)",
+            run.name,
+            run.id,
+            wanted,
+            run.attempt,
+        )
+
+
+def forget_attempts() -> None:
+    """Forget the run ids used so far (``reset()``: for test isolation)."""
+    with _attempts_lock:
+        _attempts.clear()
+        _warned_names.clear()
+
+
 def start_run(
     spec: Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
 ) -> Run:
     """Create and start a run: span, monitor registration, started record."""
     config = get_config()
     run = Run(spec, static_for(spec, config), finish_run, run_id=run_id, attempt=attempt)
+    if run_id is not None or spec.supervision_id is not None:
+        _claim_attempt(run)
     rt = runtime()
     try:
         run.span, run.otel_context, run.trace_id, run.span_id = rt.writer.start(

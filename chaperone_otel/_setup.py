@@ -22,6 +22,7 @@ from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
+from ._lifecycle import forget_attempts
 from ._otel import reset_instruments
 from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
 from ._safety import handle_internal_errors, reset_internal_errors
@@ -283,3 +284,4 @@ def reset() -> None:
         set_config(Config())
     reset_internal_errors()
     reset_instruments()
+    forget_attempts()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import decimal
 import fractions
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,65 @@ def test_metadata_whose_str_raises_falls_back_to_repr(store: Path) -> None:
         heartbeat(thing=BadStr())
     with _runs(store, "odd.badstr") as (done,):
         assert done.metadata == {"thing": "BadStr()"}
+
+
+# ---- item 2: a reused run id is the next attempt, never a lost run --------------------------
+
+
+def test_a_reused_supervision_id_becomes_the_next_attempt(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guide's "bad" fixed id, three runs in a row: all three are in the store (attempts
+    1, 2, 3, each with its own progress), and one warning says why."""
+    for done in (5, 10, 7):
+        with supervised("reuse.fixed", supervision_id="my-job") as run:
+            report_progress(done, 10)
+    assert run.attempt == 3
+    with _runs(store, "reuse.fixed", 3) as runs:
+        assert [(r.id, r.attempt, r.progress) for r in runs] == [
+            ("my-job", 1, 50),
+            ("my-job", 2, 100),
+            ("my-job", 3, 70),
+        ]
+        assert all(r.status == "completed" for r in runs)
+    warnings = [r for r in caplog.records if "already used" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "my-job" in warnings[0].getMessage()
+
+
+def test_a_retry_without_a_new_attempt_is_recorded_beside_the_first(store: Path) -> None:
+    """A failed run and its retry under the same id and attempt= both stay; an explicit
+    later attempt is kept as given."""
+    with pytest.raises(RuntimeError), supervised("reuse.retry", supervision_id="task-1", attempt=1):
+        raise RuntimeError("first try")
+    with supervised("reuse.retry", supervision_id="task-1", attempt=1):
+        pass
+    with supervised("reuse.retry", supervision_id="task-1", attempt=5):
+        pass
+    with _runs(store, "reuse.retry", 3) as runs:
+        assert [(r.attempt, r.status) for r in runs] == [
+            (1, "failed"),
+            (2, "completed"),
+            (5, "completed"),
+        ]
+
+
+def test_concurrent_runs_with_one_id_are_separate_attempts(store: Path) -> None:
+    """Two threads running the same id at the same time get attempts 1 and 2, both stored
+    with their own heartbeats."""
+    barrier = threading.Barrier(2)
+
+    def work(beats: int) -> int:
+        with supervised("reuse.concurrent", supervision_id="shared") as run:
+            barrier.wait(20)  # both runs are live at once
+            for _ in range(beats):
+                run.heartbeat()
+            barrier.wait(20)
+            return run.attempt
+
+    with ThreadPoolExecutor(2) as pool:
+        attempts = sorted(pool.map(work, (3, 4)))
+    assert attempts == [1, 2]
+    with _runs(store, "reuse.concurrent", 2) as runs:
+        assert sorted(r.heartbeat_count for r in runs) == [3, 4]
+        assert {r.status for r in runs} == {"completed"}
