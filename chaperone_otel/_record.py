@@ -17,7 +17,7 @@ from . import _process
 from . import semconv as sc
 from ._events import AttributeValue, LifecycleRecord, Receiver, receivers
 from ._events import publish as deliver
-from ._run import Run
+from ._run import Run, present
 from ._safety import internal_error
 
 _EVENT_WORDS: Final = {event: event.rsplit(".", 1)[-1] for event in sc.LIFECYCLE_EVENTS}
@@ -135,8 +135,9 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
         a[sc.ATTR_ERROR_STACKTRACE] = run.error_stacktrace
     if run.finished_at is not None:
         a[sc.ATTR_JOB_DURATION] = max(0.0, run.finished_at - run.started_at)
-    if handle._meta:
-        a[sc.ATTR_METADATA] = to_json(handle._meta)
+    meta = present(handle._meta)
+    if meta:
+        a[sc.ATTR_METADATA] = to_json(meta)
     if run.attributes:
         for key, value in run.attributes.items():
             a[sc.ATTR_USER_PREFIX + key] = value

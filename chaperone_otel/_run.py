@@ -64,6 +64,26 @@ def _noop() -> None:
     return None
 
 
+_ABSENT: Final = object()
+
+
+def present(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The run's metadata without the keys set to ``None`` (removed); None when empty."""
+    if not meta:
+        return None
+    kept = {k: v for k, v in meta.items() if v is not None}
+    return kept or None
+
+
+def _replaced(then: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether a value of ``then`` was since replaced or removed in ``now`` (by identity:
+    ``==`` may raise, a numpy array's does)."""
+    for key, value in then.items():
+        if value is not None and now.get(key, _ABSENT) is not value:
+            return True
+    return False
+
+
 def as_float(value: object, what: str) -> float:
     """A progress number as a ``float`` (a ``Decimal``, ``Fraction``, numpy scalar, ``bool``,
     or an int beyond a float's exactness), or a clear error at the caller's line.
@@ -108,9 +128,11 @@ class Supervision:
         "_flush_now",
         "_lo",
         "_meta",
+        "_meta_dirty",
         "_phase",
         "_phases",
         "_run",
+        "_superseded",
         "_total",
         "_wake",
         "_width",
@@ -121,6 +143,8 @@ class Supervision:
         self._run = run
         self._calls = 0
         self._meta: dict[str, Any] | None = None
+        self._meta_dirty = False  # metadata changed since a heartbeat record carried it
+        self._superseded: tuple[int, dict[str, Any]] | None = None  # see _set_meta
         self._current: float | None = None
         self._total: float | None = None
         self._phase: str | None = None
@@ -137,7 +161,8 @@ class Supervision:
         """Say the job is alive. O(1): only in-memory state changes here.
 
         Args:
-            metadata: diagnostic values (the latest wins; merged with ``fields``).
+            metadata: diagnostic values, merged into the run's metadata (the latest value of
+                a key wins; ``None`` removes the key).
             **fields: more metadata as keywords (``heartbeat(batch=7)``).
 
         Raises:
@@ -147,7 +172,7 @@ class Supervision:
         # keeps this call under a tqdm update(1) (bench/bench_runtime.py).
         self._calls += 1
         if metadata is not None or fields:
-            self._set_meta(metadata, fields)
+            self._set_meta(metadata, fields, 1)
         if self._cancel is not None:
             self._raise_cancel()
         if self._calls == 1:
@@ -207,7 +232,7 @@ class Supervision:
         # `phase=` arrives in **fields (a keyword-only parameter would cost every call).
         phase = fields.pop("phase", None)
         if metadata is not None or fields:
-            self._set_meta(metadata, fields)
+            self._set_meta(metadata, fields, 0)
         if phase is None and metadata is not None:
             phase = metadata.get("phase")
         if phase is not None and not isinstance(phase, str):
@@ -285,11 +310,30 @@ class Supervision:
     def _complete_phase(self) -> None:
         self._current = self._total = 1
 
-    def _set_meta(self, metadata: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> None:
-        # Merged, not replaced wholesale (REFERENCE: Chaperone lost per-job settings that way).
+    def _set_meta(
+        self, metadata: Mapping[str, Any] | None, fields: Mapping[str, Any], beat: int
+    ) -> None:
+        """Merge into the run's metadata (never replaced wholesale: REFERENCE, Chaperone lost
+        per-job settings that way). A ``None`` value is stored as is and means "no such
+        key": readers drop it (:func:`present`), so the hot path pays no scan for it.
+
+        Heartbeat records are coalesced, so a value replaced before any record carried it
+        would never be on record (the guide's ``status="started"`` followed by
+        ``status="done"`` within a second). The second metadata call after a flush keeps
+        the state it is about to change in ``_superseded`` (with the ``heartbeat()`` calls made
+        before it; ``beat`` is 1 when this call is one): one dict copy per flush period,
+        whatever the call rate. The monitor records it
+        first at its next flush if a value in it was since replaced or removed
+        (:meth:`Run.take_superseded`), and drops it otherwise.
+        """
         meta = self._meta
         if meta is None:
             meta = self._meta = {}
+            self._meta_dirty = True
+        elif not self._meta_dirty:
+            self._meta_dirty = True  # the state before this call is on record already
+        elif self._superseded is None:
+            self._superseded = (self._calls - beat, dict(meta))
         if metadata is not None:
             meta.update(metadata)
         if fields:
@@ -300,6 +344,7 @@ class Supervision:
         :meth:`Run.detach`)."""
         copy = Supervision.__new__(Supervision)
         copy._calls, copy._meta = self._calls, self._meta
+        copy._meta_dirty, copy._superseded = False, None
         copy._current, copy._total, copy._phase = self._current, self._total, self._phase
         copy._phases, copy._lo, copy._width = self._phases, self._lo, self._width
         copy._cancel, copy._flush_now, copy._wake = self._cancel, False, _noop
@@ -430,8 +475,8 @@ class Supervision:
 
     @property
     def metadata(self) -> Mapping[str, Any]:
-        """The latest merged metadata (a copy)."""
-        return dict(self._meta or {})
+        """The latest merged metadata (a copy; a key set to ``None`` is removed)."""
+        return present(self._meta) or {}
 
     def snapshot(self, now: float | None = None) -> JobState:
         """An immutable :class:`JobState` of this run."""
@@ -610,8 +655,8 @@ class Run:
 
     @property
     def meta(self) -> dict[str, Any] | None:
-        """The merged metadata (the handle's own dict: read, never change it)."""
-        return self.handle._meta
+        """The merged metadata without removed keys (a copy), None when there is none."""
+        return present(self.handle._meta)
 
     @property
     def current(self) -> float | None:
@@ -648,6 +693,34 @@ class Run:
     def arm_cancel(self, error: JobLimitExceeded) -> None:
         """Make the run's next ``heartbeat()``/``report_progress()`` raise ``error``'s kind."""
         self.handle._cancel = error
+
+    def take_superseded(self) -> tuple[int, dict[str, Any]] | None:
+        """The metadata state a later call replaced before a record carried it, with the
+        ``heartbeat()`` calls made up to then (taken once: see ``Supervision._set_meta``)."""
+        handle = self.handle
+        kept = handle._superseded
+        if kept is None:
+            return None
+        handle._superseded = None
+        if not self._was_replaced(kept[1]):
+            return None
+        return kept[0], present(kept[1]) or {}
+
+    @property
+    def superseded_pending(self) -> bool:
+        """A metadata state that was replaced before a record carried it waits for one."""
+        kept = self.handle._superseded
+        return kept is not None and self._was_replaced(kept[1])
+
+    def _was_replaced(self, then: Mapping[str, Any]) -> bool:
+        try:
+            return _replaced(then, self.handle._meta or {})
+        except RuntimeError:  # the job changed the dict under us: record the old state
+            return True
+
+    def meta_recorded(self) -> None:
+        """A record now carries the run's current metadata."""
+        self.handle._meta_dirty = False
 
     def take_flush_now(self) -> bool:
         """Whether a prompt flush was asked for (a phase change) since the last call."""

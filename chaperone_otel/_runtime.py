@@ -484,10 +484,28 @@ class Runtime:
         calls = run.calls - watch.flushed
         asked = run.take_flush_now()  # a phase change asks for a prompt flush
         if final:
-            if calls == 0 and run.progress_updated_at <= watch.flushed_progress_at:
+            if (
+                calls == 0
+                and run.progress_updated_at <= watch.flushed_progress_at
+                and not run.superseded_pending
+            ):
                 return
         elif not (now >= watch.next_flush or asked or (watch.flushed == 0 and calls > 0)):
             return
+        superseded = run.take_superseded()
+        if superseded is not None:
+            # A metadata state replaced before a record carried it: on record first, with
+            # the calls made up to then (see Supervision._set_meta).
+            count, meta_then = superseded
+            before: dict[str, AttributeValue] = {
+                sc.ATTR_HEARTBEAT_CALLS: max(0, count - watch.flushed),
+                sc.ATTR_HEARTBEAT_KIND: "heartbeat",
+                sc.ATTR_HEARTBEAT_COUNT: count,
+                sc.ATTR_METADATA: to_json(meta_then),
+            }
+            watch.flushed = max(watch.flushed, count)
+            self._event(run, sc.EVENT_JOB_HEARTBEAT, now, before)
+            calls = run.calls - watch.flushed
         progressed = run.progress_updated_at > watch.flushed_progress_at
         kind = "heartbeat" if calls > 0 or progressed else "liveness"
         watch.flushed += calls
@@ -503,6 +521,7 @@ class Runtime:
             sc.ATTR_PROGRESS_RATIO: ratio,
         }
         meta = run.meta
+        run.meta_recorded()
         if meta:
             event[sc.ATTR_METADATA] = to_json(meta)
         self._event(run, sc.EVENT_JOB_HEARTBEAT, now, event)
@@ -568,7 +587,11 @@ class Runtime:
         if run.timeout_at is not None and now > run.timeout_at and not watch.timed_out:
             self._timeout(watch, now, actions)
         # _flush(final=True) returns at once in this case: skip the call (most runs).
-        if run.calls != watch.flushed or (run.progress_updated_at > watch.flushed_progress_at):
+        if (
+            run.calls != watch.flushed
+            or run.progress_updated_at > watch.flushed_progress_at
+            or run.superseded_pending
+        ):
             try:
                 self._flush(watch, now, final=True)
             except Exception as exc:

@@ -144,7 +144,10 @@ def test_flush_sends_pending_heartbeats_and_returns_true() -> None:
         before = len(beats())
         assert chaperone.flush(timeout=5) is True
         after = beats()
-        assert len(after) == before + 1
+        # Two records: the metadata state i=1 that later calls replaced (kept in the
+        # history, once per flush period), then the latest state with every call.
+        assert len(after) == before + 2
+        assert after[-2].attributes["chaperone.job.metadata"] == '{"i":1}'  # type: ignore[attr-defined]
         assert after[-1].attributes["chaperone.job.heartbeat.count"] == 12  # type: ignore[attr-defined]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import fractions
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import pytest
 
 import chaperone_otel
 from chaperone_otel import heartbeat, report_progress, supervised
+from chaperone_otel import semconv as sc
 from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
 from chaperone_otel.sink import JobRecord, open_sink
 from tests.waiting import wait_until
@@ -196,3 +198,61 @@ def test_concurrent_runs_with_one_id_are_separate_attempts(store: Path) -> None:
     with _runs(store, "reuse.concurrent", 2) as runs:
         assert sorted(r.heartbeat_count for r in runs) == [3, 4]
         assert {r.status for r in runs} == {"completed"}
+
+
+# ---- item 5: metadata semantics --------------------------------------------------------------
+
+
+def test_none_removes_a_metadata_key(store: Path) -> None:
+    """A failed attempt's keys are gone once the job sets them to None: the completed run
+    shows only what is still true, on the handle and in the store."""
+    with supervised("meta.none") as run:
+        heartbeat(http_status=500, retry=1, step="fetch")
+        heartbeat({"http_status": None, "retry": None}, step="done")
+        assert run.metadata == {"step": "done"}
+    with _runs(store, "meta.none") as (done,):
+        assert done.metadata == {"step": "done"}
+
+
+def test_removing_every_key_leaves_no_metadata(store: Path) -> None:
+    """Setting the only key to None: the run's stored metadata is empty, not the old value."""
+    with supervised("meta.none_all") as run:
+        heartbeat(retry=1)
+        heartbeat(retry=None)
+        assert run.metadata == {}
+    with _runs(store, "meta.none_all") as (done,):
+        assert not done.metadata
+
+
+def test_a_replaced_status_stays_in_the_heartbeat_history(store: Path) -> None:
+    """The guide's heartbeat(status="started") followed at once by status="done": the run's
+    metadata is the latest, and the heartbeat history still holds "started", in order,
+    with the calls split between the two records."""
+    with supervised("meta.history") as run:
+        heartbeat({"status": "started"})
+        report_progress(5, 10)
+        heartbeat({"status": "done"}, rows=10)
+        assert run.metadata == {"status": "done", "rows": 10}
+    with _runs(store, "meta.history") as (done,):
+        assert done.metadata == {"status": "done", "rows": 10}
+        beats = [h for h in done.heartbeats() if h.kind == "heartbeat"]
+        assert [h.metadata for h in beats] == [
+            {"status": "started"},
+            {"status": "done", "rows": 10},
+        ]
+        assert [h.calls for h in beats] == [1, 1]
+        assert [h.count for h in beats] == [1, 2]
+
+
+def test_a_value_changing_every_call_adds_one_record_per_flush(
+    chaperone_clock: Any, chaperone: Any
+) -> None:
+    """heartbeat(i=n) 1,000 times in one flush period: two heartbeat records (the first
+    replaced state and the latest), not one per call; the calls add up."""
+    with supervised("meta.churn") as run:
+        for i in range(1000):
+            heartbeat(i=i)
+    beats = chaperone.run(run.id).heartbeats
+    assert len(beats) == 2
+    assert [json.loads(b.attributes[sc.ATTR_METADATA])["i"] for b in beats] == [0, 999]
+    assert sum(b.attributes[sc.ATTR_HEARTBEAT_CALLS] for b in beats) == 1000
