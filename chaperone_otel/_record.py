@@ -144,6 +144,38 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
     return a
 
 
+def core_attributes(run: Run) -> dict[str, AttributeValue]:
+    """The part of :func:`record_attributes` that holds no user value (identity, status,
+    times, outcome): the fallback when the full state cannot be written."""
+    a: dict[str, AttributeValue] = {
+        sc.ATTR_JOB_NAME: run.name,
+        sc.ATTR_JOB_QUEUE: run.queue,
+        sc.ATTR_JOB_RUN_ID: run.id,
+        sc.ATTR_JOB_ATTEMPT: run.attempt,
+        sc.ATTR_JOB_STATUS: run.status,
+        sc.ATTR_JOB_HEALTH: run.health,
+        sc.ATTR_JOB_STUCK: run.stuck,
+        sc.ATTR_JOB_SEQUENCE: run.next_seq(),
+        sc.ATTR_JOB_STARTED_AT: run.started_at,
+        sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
+        sc.ATTR_HEARTBEAT_COUNT: run.calls,
+        sc.ATTR_HEARTBEAT_LAST: run.last_heartbeat,
+        sc.ATTR_VIOLATION_COUNT: len(run.violations),
+        sc.ATTR_LIMIT_POLICY: run.on_limit,
+        sc.ATTR_HOST_NAME: _process.HOST,
+        sc.ATTR_PROCESS_PID: _process.pid,
+        sc.ATTR_SERVICE_INSTANCE_ID: _process.instance_id,
+    }
+    if run.finished_at is not None:
+        a[sc.ATTR_JOB_FINISHED_AT] = run.finished_at
+        a[sc.ATTR_JOB_DURATION] = max(0.0, run.finished_at - run.started_at)
+    if run.error_type is not None:
+        a[sc.ATTR_ERROR_TYPE] = run.error_type
+    if run.error_message is not None:
+        a[sc.ATTR_ERROR_MESSAGE] = run.error_message
+    return a
+
+
 def emit(
     run: Run,
     event_name: str,
@@ -174,9 +206,19 @@ def publish(
     event: Mapping[str, AttributeValue] | None = None,
     body: str = "",
 ) -> None:
-    """:func:`emit` to the listeners ``to`` that want it (the caller asked ``receivers``)."""
+    """:func:`emit` to the listeners ``to`` that want it (the caller asked ``receivers``).
+
+    Should the run's state not be writable (a value the entry points let through), the
+    record still goes out, with what the runtime itself set (:func:`core_attributes`), and
+    an internal error is counted: a lost ``finished`` record leaves a run ``running`` for
+    ever, and later *lost*.
+    """
     try:
-        attributes = record_attributes(run, now)
+        try:
+            attributes = record_attributes(run, now)
+        except Exception as exc:
+            internal_error(f"record:{event_name}", exc)
+            attributes = core_attributes(run)
         if event:
             attributes.update(event)
         deliver(

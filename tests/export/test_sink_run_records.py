@@ -256,3 +256,23 @@ def test_a_value_changing_every_call_adds_one_record_per_flush(
     assert len(beats) == 2
     assert [json.loads(b.attributes[sc.ATTR_METADATA])["i"] for b in beats] == [0, 999]
     assert sum(b.attributes[sc.ATTR_HEARTBEAT_CALLS] for b in beats) == 1000
+
+
+def test_a_finish_whose_state_cannot_be_written_is_still_recorded(
+    store: Path, swallowed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever value slips through to a record, the finished record is stored (with the
+    state the runtime set: status, times, outcome) and an internal error is counted."""
+    with supervised("odd.unwritable") as run:
+        heartbeat(step=1)
+
+        def broken(_value: object) -> str:
+            raise RuntimeError("cannot write this state")
+
+        monkeypatch.setattr("chaperone_otel._record.to_json", broken)
+    monkeypatch.undo()
+    with _runs(store, "odd.unwritable") as (done,):
+        assert done.id == run.id
+        assert done.status == "completed"
+        assert done.duration is not None
+    assert internal_error_counts().get("record:chaperone.job.finished", 0) == 1
