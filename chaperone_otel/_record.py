@@ -17,8 +17,9 @@ from . import _process
 from . import semconv as sc
 from ._events import AttributeValue, LifecycleRecord, Receiver, receivers
 from ._events import publish as deliver
-from ._run import Run, present
+from ._run import Run
 from ._safety import internal_error
+from ._values import present
 
 _EVENT_WORDS: Final = {event: event.rsplit(".", 1)[-1] for event in sc.LIFECYCLE_EVENTS}
 """The last word of each lifecycle event name, for record bodies ("etl.load started")."""

@@ -19,9 +19,6 @@ starts and ends it; the run only carries it, its context and its ids for the rec
 
 from __future__ import annotations
 
-import decimal
-import numbers
-import random
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +28,7 @@ from . import _process
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
+from ._values import as_float, new_run_id, present, replaced
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -45,62 +43,9 @@ Finisher = Callable[["Run", "BaseException | None"], None]
 """Ends a run (``_lifecycle.finish_run``), given to each run at its start so the handle's
 :meth:`Supervision.finish` needs no import of the layer that starts runs."""
 
-_random_bits = random.getrandbits
-_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC << 60))  # version and variant bits
-_UUID_SET: Final = (0x4000 << 64) | (0x8 << 60)  # version 4, RFC 4122 variant
-
-
-def new_run_id() -> str:
-    """A random (version 4) UUID string without a syscall per run.
-
-    ``uuid.uuid4()`` reads ``os.urandom`` (~2.5 us); run ids need uniqueness, not secrecy, so
-    122 bits from the ``random`` module (seeded from the OS, reseeded after fork) do.
-    """
-    h = (_random_bits(128) & _UUID_CLEAR | _UUID_SET).to_bytes(16, "big").hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
 
 def _noop() -> None:
     return None
-
-
-_ABSENT: Final = object()
-
-
-def present(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The run's metadata without the keys set to ``None`` (removed); None when empty."""
-    if not meta:
-        return None
-    kept = {k: v for k, v in meta.items() if v is not None}
-    return kept or None
-
-
-def _replaced(then: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    """Whether a value of ``then`` was since replaced or removed in ``now`` (by identity:
-    ``==`` may raise, a numpy array's does)."""
-    for key, value in then.items():
-        if value is not None and now.get(key, _ABSENT) is not value:
-            return True
-    return False
-
-
-def as_float(value: object, what: str) -> float:
-    """A progress number as a ``float`` (a ``Decimal``, ``Fraction``, numpy scalar, ``bool``,
-    or an int beyond a float's exactness), or a clear error at the caller's line.
-
-    Raises:
-        TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is too large for a float.
-    """
-    if not isinstance(value, (numbers.Real, decimal.Decimal)):
-        raise TypeError(
-            f"progress {what} must be a real number (int or float), got "
-            f"{type(value).__name__} {value!r}"
-        )
-    try:
-        return float(value)
-    except (OverflowError, ValueError, decimal.InvalidOperation) as error:
-        raise ValueError(f"progress {what} {value!r} is not representable as a float") from error
 
 
 _NO_PHASES: Final[Mapping[str, tuple[float, float]]] = types.MappingProxyType({})
@@ -714,7 +659,7 @@ class Run:
 
     def _was_replaced(self, then: Mapping[str, Any]) -> bool:
         try:
-            return _replaced(then, self.handle._meta or {})
+            return replaced(then, self.handle._meta or {})
         except RuntimeError:  # the job changed the dict under us: record the old state
             return True
 
