@@ -201,8 +201,11 @@ class RemoteSink(Sink):
 
     @_follows_the_store
     def _fetch(self, query: JobQuery) -> list[JobRecord]:
-        found = self._query(query, "all")
-        return [JobRecord.from_dict(d, sink=self) for d in found["jobs"]]
+        # As Arrow, not JSON: the owner's Python work per query is then a few calls, not a
+        # dict per record and a JSON encoding. The owner is often an application whose own
+        # job is CPU-bound, and every step it takes in Python waits for that job's GIL.
+        table = self._arrow(query)
+        return [JobRecord.from_dict(row, sink=self) for row in table.to_pylist()]
 
     @_follows_the_store
     def _count(self, query: JobQuery) -> int:

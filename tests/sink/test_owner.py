@@ -16,6 +16,7 @@ from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._owner import BackgroundServer, StoreOwner
 from chaperone_otel.sink._store import acquire, owned_here, read_sidecar, release, sidecar_path
 from tests.sink.store_factory import record
+from tests.waiting import wait_until
 
 
 def _get(url: str, token: str | None = None) -> Any:
@@ -174,3 +175,30 @@ def test_sink_server_commits_a_request_arriving_as_shutdown_begins(tmp_path: Pat
     assert answers == [200]
     with open_sink(path) as sink:
         assert sink.job("late-run") is not None
+
+
+def test_the_embedded_api_hands_the_gil_over_promptly_while_it_answers() -> None:
+    """While a query is answered the interpreter switches threads every 1 ms (a CPU-bound
+    application made each of the server's GIL waits 5 ms), and the application's interval
+    is back once it is answered; forwarded records (/api/records) leave it alone."""
+    import sys
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from chaperone_otel.sink._owner import PROMPT_SWITCH_INTERVAL, PromptHandover
+
+    def seen(_request: Any) -> JSONResponse:
+        return JSONResponse({"interval": sys.getswitchinterval()})
+
+    app = Starlette(routes=[Route("/api/jobs", seen), Route("/api/records", seen)])
+    before = sys.getswitchinterval()
+    server = BackgroundServer(PromptHandover(app)).start()
+    try:
+        assert _get(server.url + "/api/jobs")["interval"] == PROMPT_SWITCH_INTERVAL
+        # The response leaves before the middleware's last step: poll, bounded.
+        wait_until(lambda: sys.getswitchinterval() == before, 5, "the interval restored")
+        assert _get(server.url + "/api/records")["interval"] == before
+    finally:
+        server.stop()
