@@ -117,6 +117,13 @@ SCOPES: Final[tuple[ScopeSpec, ...]] = (
         metavar="WHEN",
     ),
     ScopeSpec(
+        "until",
+        "started_between",
+        "since",
+        "Started before: a duration ago (1h, 7d) or an ISO date/time.",
+        metavar="WHEN",
+    ),
+    ScopeSpec(
         "between",
         "started_between",
         "range",

@@ -292,7 +292,7 @@ def _time(value: str, what: str) -> dt.datetime | str:
         number = _float(value)
         if number is not None:
             return dt.datetime.fromtimestamp(epoch_seconds(number, what), dt.timezone.utc)
-        if what == "since" and _DURATION_TEXT.match(value):
+        if what in ("since", "until") and _DURATION_TEXT.match(value):
             duration_seconds(value, what)  # too long an age is a 400 here, not an overflow
         return value  # "1h", "30d": the scope parses it (and says what is wrong otherwise)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)

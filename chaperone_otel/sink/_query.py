@@ -273,6 +273,20 @@ class JobQuery:
             raise
         return self._with("started_between", self.now - age, None)
 
+    def until(self, when: datetime | timedelta | str | float) -> JobQuery:
+        """Runs started before ``when`` (the guide's ``whereBetween`` upper bound alone): a
+        datetime, or an age (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from
+        the query's evaluation time. ``since(a).until(b)`` is ``between(a, b)``."""
+        if isinstance(when, datetime):
+            return self._with("started_between", None, _to_epoch(when, "until"))
+        try:
+            age = parse_duration(when, what="until")
+        except ConfigurationError:
+            if isinstance(when, str):
+                return self._with("started_between", None, _to_epoch(when, "until"))
+            raise
+        return self._with("started_between", None, self.now - age)
+
     def today(self) -> JobQuery:
         """Runs started since midnight UTC of the evaluation day."""
         now = datetime.fromtimestamp(self.now, timezone.utc)

@@ -314,3 +314,17 @@ def test_a_lost_runs_duration_stops_at_its_last_sign_of_life(store_path):
     assert now["lost"] == later["lost"] == pytest.approx(200.0)
     assert now["healthy"] == pytest.approx(300.0)
     assert later["healthy"] == pytest.approx(299.0)
+
+
+def test_until_bounds_the_start_from_above(jobs):
+    """``until`` (``--until``, ``until=``): started before a moment or an age ago, the
+    guide's ``whereBetween`` upper bound alone; with ``since`` it is ``between``."""
+    at = datetime.fromtimestamp
+    assert ids(jobs.until(at(T0, timezone.utc))) == {"yesterday"}
+    assert ids(jobs.until("1000s")) == {"yesterday"}  # an age: NOW - 1000 s is T0
+    assert ids(jobs.until(1000)) == {"yesterday"}  # a number is an age too, as for since()
+    assert ids(jobs.until(datetime.fromtimestamp(T0 + 150, timezone.utc))) == {"yesterday", "done"}
+    start, end = at(T0, timezone.utc), at(NOW, timezone.utc)
+    assert ids(jobs.since(start).until(end)) == ids(jobs.between(start, end))
+    with pytest.raises(ConfigurationError):
+        jobs.until("soon")
