@@ -481,16 +481,19 @@ def detail(record: Any) -> RenderableType:
             )
         )
 
-    beats = _heartbeats(r)
-    if beats:
-        ht = Table(
-            title=f"latest heartbeats ({len(beats)} shown)",
-            box=box.SIMPLE_HEAD,
-            title_justify="left",
-        )
+    every = _heartbeats(r)
+    # The job's own beats; the monitor's liveness records (the process alive, the job
+    # silent) would crowd them out of the last ten, so they are counted, not listed.
+    beats = [hb for hb in every if field(hb, "kind") != "liveness"]
+    if every:
+        shown = beats[-_SHOWN_HEARTBEATS:]
+        heading = f"heartbeats: the latest {len(shown)} of {len(beats)}"
+        if len(every) > len(beats):
+            heading += f" (and {len(every) - len(beats)} liveness records, not listed)"
+        ht = Table(title=heading, box=box.SIMPLE_HEAD, title_justify="left")
         for col in ("AT", "KIND", "CALLS", "PROGRESS", "METADATA"):
             ht.add_column(col)
-        for hb in beats[-10:]:
+        for hb in shown:
             p = field(hb, "progress")
             hmeta = field(hb, "metadata") or {}
             ht.add_row(
@@ -510,6 +513,10 @@ class _Error:
     type: str | None
     message: str | None
     trace: str | None
+
+
+_SHOWN_HEARTBEATS = 10
+"""Heartbeats ``show`` lists (``show --json`` gives them all)."""
 
 
 def _heartbeats(record: Any) -> list[Any]:

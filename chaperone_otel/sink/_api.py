@@ -61,7 +61,7 @@ from .._units import parse_duration, parse_iso_datetime
 from .._version import __version__
 from ..exceptions import ConfigurationError, SinkError
 from ._query import JobQuery
-from ._results import JobRecord
+from ._results import HEARTBEAT_KINDS, JobRecord
 
 __all__ = [
     "FLAG_SCOPES",
@@ -616,7 +616,10 @@ def query_routes(
     def heartbeats(request: Request, _payload: dict[str, Any]) -> Response:
         run_id, attempt = _run_key(request)
         latest = request.query_params.get("latest", "0") in ("1", "true")
-        found = sink().heartbeats_of(run_id, attempt, latest=latest)
+        kind = request.query_params.get("kind") or None
+        if kind is not None and kind not in HEARTBEAT_KINDS:
+            raise _BadRequest(f"kind must be one of {', '.join(HEARTBEAT_KINDS)}, not {kind!r}")
+        found = sink().heartbeats_of(run_id, attempt, latest=latest, kind=kind)
         return _JSON({"heartbeats": [h.to_dict() for h in found]})
 
     def errors(request: Request, _payload: dict[str, Any]) -> Response:

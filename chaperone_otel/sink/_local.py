@@ -280,23 +280,27 @@ class LocalSink(Sink):
         return rows
 
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False
+        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
     ) -> list[HeartbeatRecord]:
         order = "recorded_at DESC, seq DESC LIMIT 1" if latest else "recorded_at, seq"
+        params: dict[str, Any] = {"run_id": run_id, "attempt": attempt}
+        which = ""
+        if kind is not None:
+            which, params["kind"] = " AND kind = $kind", kind
         rows = self._rows(
             "SELECT recorded_at, calls, kind, count, progress, metadata FROM heartbeats "
-            f"WHERE run_id = $run_id AND attempt = $attempt ORDER BY {order}",
-            {"run_id": run_id, "attempt": attempt},
+            f"WHERE run_id = $run_id AND attempt = $attempt{which} ORDER BY {order}",
+            params,
         )
         out = []
-        for at, calls, kind, count, progress, metadata in rows:
+        for at, calls, what, count, progress, metadata in rows:
             when = _utc(at)
             assert when is not None  # NOT NULL column
             out.append(
                 HeartbeatRecord(
                     at=when,
                     calls=calls,
-                    kind=kind,
+                    kind=what,
                     count=count,
                     progress=progress,
                     metadata=_json_obj(metadata),

@@ -232,13 +232,12 @@ class RemoteSink(Sink):
 
     @_follows_the_store
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False
+        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
     ) -> list[HeartbeatRecord]:
-        found = self._json(
-            "GET",
-            "/api/heartbeats",
-            params={"run_id": run_id, "attempt": attempt, "latest": int(latest)},
-        )
+        params: dict[str, Any] = {"run_id": run_id, "attempt": attempt, "latest": int(latest)}
+        if kind is not None:
+            params["kind"] = kind
+        found = self._json("GET", "/api/heartbeats", params=params)
         return [HeartbeatRecord.from_dict(d) for d in found["heartbeats"]]
 
     @_follows_the_store

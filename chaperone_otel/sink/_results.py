@@ -33,12 +33,23 @@ class RecordSource(Protocol):
     """Where a record's heartbeats, errors and violations are read (a :class:`Sink`)."""
 
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False
+        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
     ) -> list[HeartbeatRecord]: ...
 
     def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]: ...
 
     def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]: ...
+
+
+HEARTBEAT_KINDS: Final = ("heartbeat", "liveness")
+"""What a heartbeat record is: the job's code beat or progressed, or only its process was
+alive (see ``semconv.ATTR_HEARTBEAT_KIND``)."""
+
+
+def _kind(kind: str | None) -> str | None:
+    if kind is not None and kind not in HEARTBEAT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(HEARTBEAT_KINDS)} or None, not {kind!r}")
+    return kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,13 +281,17 @@ class JobRecord:
         :attr:`finished_at` is the end of any finished run, failed or cancelled too."""
         return self.finished_at if self.completed else None
 
-    def heartbeats(self) -> list[HeartbeatRecord]:
-        """The stored heartbeats of this attempt, oldest first (the latest N are kept)."""
-        return self._source().heartbeats_of(self.id, self.attempt)
+    def heartbeats(self, kind: str | None = None) -> list[HeartbeatRecord]:
+        """The stored heartbeat records of this attempt, oldest first (the latest N are
+        kept): every kind, or only ``kind="heartbeat"`` (the job's code beat or progressed)
+        or ``kind="liveness"`` (the process was alive, the job said nothing)."""
+        return self._source().heartbeats_of(self.id, self.attempt, kind=_kind(kind))
 
-    def latest_heartbeat(self) -> HeartbeatRecord | None:
-        """The newest stored heartbeat, or None."""
-        found = self._source().heartbeats_of(self.id, self.attempt, latest=True)
+    def latest_heartbeat(self, kind: str | None = "heartbeat") -> HeartbeatRecord | None:
+        """The newest heartbeat of the job's own code (the guide's ``heartbeats()->latest()``),
+        or None: liveness records, which the monitor writes while the job is silent, do not
+        count unless ``kind=None`` (any) or ``kind="liveness"`` asks for them."""
+        found = self._source().heartbeats_of(self.id, self.attempt, latest=True, kind=_kind(kind))
         return found[0] if found else None
 
     @property

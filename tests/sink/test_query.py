@@ -328,3 +328,56 @@ def test_until_bounds_the_start_from_above(jobs):
     assert ids(jobs.since(start).until(end)) == ids(jobs.between(start, end))
     with pytest.raises(ConfigurationError):
         jobs.until("soon")
+
+
+def _silent_run(path):
+    """3 heartbeats of the job's code, then 20 liveness records (the job went quiet)."""
+    beats = [record(run_id="quiet", seq=i + 2, ts=T0 + 10 * i) for i in range(3)]
+    alive = [
+        record(run_id="quiet", seq=i + 5, ts=T0 + 100 + 10 * i,
+               **{sc.ATTR_HEARTBEAT_KIND: "liveness", sc.ATTR_HEARTBEAT_CALLS: 0})
+        for i in range(20)
+    ]
+    with store_writer(path) as (writer, _sink):
+        write_all(writer, [record(sc.EVENT_JOB_STARTED, run_id="quiet", seq=1), *beats, *alive])
+
+
+def test_liveness_records_do_not_crowd_out_the_jobs_heartbeats(tmp_path):
+    """latest_heartbeat() is the job's own latest beat (the guide's heartbeats()->latest()),
+    not the monitor's latest liveness record; heartbeats(kind=) filters. (Before: the
+    latest "heartbeat" of a silent job was a liveness record, and the code's beats were
+    not to be found among them.)"""
+    path = tmp_path / "quiet.duckdb"
+    _silent_run(path)
+    with open_sink(path) as sink:
+        job = sink.job("quiet")
+        assert job is not None
+        latest = job.latest_heartbeat()
+        assert latest is not None
+        assert (latest.kind, latest.at.timestamp()) == ("heartbeat", T0 + 20)
+        newest = job.latest_heartbeat(kind=None)
+        assert newest is not None
+        assert newest.kind == "liveness"
+        assert len(job.heartbeats()) == 23
+        assert [h.kind for h in job.heartbeats(kind="heartbeat")] == ["heartbeat"] * 3
+        assert len(job.heartbeats(kind="liveness")) == 20
+        with pytest.raises(ValueError, match="kind must be one of"):
+            job.heartbeats(kind="beat")
+
+
+def test_show_lists_the_jobs_heartbeats_and_counts_the_liveness_records(tmp_path):
+    """``show``'s heartbeat table lists the job's own beats and says how many liveness
+    records it left out (before: "latest heartbeats (277 shown)" over 10 rows, all liveness)."""
+    from click.testing import CliRunner
+
+    from chaperone_otel.cli import cli
+
+    path = tmp_path / "quiet.duckdb"
+    _silent_run(path)
+    shown = CliRunner().invoke(cli, ["show", "quiet", "--db", str(path)], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    words = " ".join(shown.output.split())  # the title may wrap
+    assert "heartbeats: the latest 3 of 3 (and 20 liveness records, not listed)" in words
+    rows = words.split("not listed)")[1]
+    assert rows.count(" heartbeat ") == 3
+    assert "liveness" not in rows

@@ -124,6 +124,7 @@ def _shape(sink: Any) -> dict[str, Any]:
         "error": [(e.type, e.trace) for e in sink.job("bad").errors],
         "beats": [(h.calls, h.kind, h.metadata) for h in sink.job("beat").heartbeats()],
         "latest": sink.job("beat").latest_heartbeat().calls,
+        "kinds": [len(sink.job("beat").heartbeats(kind=k)) for k in ("heartbeat", "liveness")],
         "missing": sink.job("nope"),
         "sql": sink.sql("SELECT name, count(*) AS n FROM jobs GROUP BY name ORDER BY name"),
         "sqlp": sink.sql("SELECT run_id FROM jobs WHERE run_id = ?", ["bad"])[1],
