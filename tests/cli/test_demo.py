@@ -458,6 +458,7 @@ def test_quickstart_code_runs_and_its_store_answers(tmp_path: Path) -> None:
     assert runs["import_file"]["status"] == "completed"
     assert runs["import_file"]["progress"] == 100
     assert runs["nightly.rebuild"]["status"] == "completed"
+    assert runs["nightly.rebuild"]["progress"] == 100  # both phases (it ended at 25 % before)
 
 
 def test_readme_example_runs_as_written(tmp_path: Path) -> None:
