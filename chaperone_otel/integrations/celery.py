@@ -161,7 +161,9 @@ class _Instrumentation:
                 queue=delivery.get("routing_key") or None,
                 heartbeat_interval=self.heartbeat_interval,
             )
-            run.finish(TaskRevokedError(f"revoked before it started: {task_id}"))
+            run.finish(
+                TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
+            )
 
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):

@@ -120,3 +120,39 @@ def test_include_selects_tasks_and_uninstrument_stops(cap: Capture) -> None:
         uninstrument(celery_app)
     kept.apply()
     assert [r.name for r in cap.runs()] == ["kept.one"]
+
+
+def test_ignore_is_cancelled_with_the_exception(app: Celery, cap: Capture) -> None:
+    """A task raising ``Ignore`` ends cancelled (not failed), the ``Ignore`` as its reason."""
+    from celery.exceptions import Ignore
+
+    @app.task(name="shop.skip")
+    def skip() -> None:
+        raise Ignore("duplicate order")
+
+    result = skip.apply()
+    run = cap.run(result.id)
+    assert run.status == "cancelled"
+    assert run.error_type == "celery.exceptions.Ignore"
+
+
+def test_revoked_before_start_is_one_cancelled_run(app: Celery, cap: Capture) -> None:
+    """``task_revoked`` for a task that never started records one cancelled run under its id;
+    a revocation that terminated a running task records nothing here (its child's run)."""
+    from celery import signals
+    from celery.app.task import Context
+
+    @app.task(name="shop.late")
+    def late() -> None:
+        pass
+
+    request = Context(id="revoked-1", retries=1, delivery_info={"routing_key": "orders"})
+    signals.task_revoked.send(sender=late, request=request, terminated=False, expired=False)
+    signals.task_revoked.send(
+        sender=late, request=Context(id="terminated-1"), terminated=True, expired=False
+    )
+    (run,) = cap.runs()
+    assert (run.id, run.name, run.status) == ("revoked-1", "shop.late", "cancelled")
+    assert run.latest[sc.ATTR_JOB_ATTEMPT] == 2
+    assert run.latest[sc.ATTR_JOB_QUEUE] == "orders"
+    assert run.error_type == "celery.exceptions.TaskRevokedError"
