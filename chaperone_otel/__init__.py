@@ -33,6 +33,7 @@ from ._health import HealthPolicy
 from ._model import JobState, Violation
 from ._run import Supervision
 from ._setup import configure, flush, reset, shutdown
+from ._start import StartedRun, start_run
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,
@@ -67,6 +68,7 @@ __all__ = [
     "NoActiveJobError",
     "SchemaVersionError",
     "SinkError",
+    "StartedRun",
     "Supervised",
     "Supervision",
     "Violation",
@@ -79,6 +81,7 @@ __all__ = [
     "report_progress",
     "reset",
     "shutdown",
+    "start_run",
     "supervised",
     "track",
     "wrap",

@@ -30,16 +30,20 @@ from typing import Final, Literal
 
 from . import semconv as sc
 
-STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled")
-"""Every value of a run's status (``semconv.ATTR_JOB_STATUS``), in lifecycle order."""
+STATUSES: Final = ("pending", "running", "completed", "failed", "cancelled", "retried")
+"""Every value of a run's status (``semconv.ATTR_JOB_STATUS``), in lifecycle order.
+
+``retried`` ends an attempt that a task framework will run again (Celery's ``Retry``): terminal
+and not a failure (no failure ratio or ``failed()`` scope counts it); the retry's cause is its
+error."""
 
 ACTIVE_STATUSES: Final = STATUSES[:2]
 """Statuses of a run that has not ended (``pending``, ``running``)."""
 
 TERMINAL_STATUSES: Final = STATUSES[2:]
-"""Statuses of a run that has ended (``completed``, ``failed``, ``cancelled``)."""
+"""Statuses of a run that has ended (``completed``, ``failed``, ``cancelled``, ``retried``)."""
 
-ERROR_STATUSES: Final = ("failed", "cancelled")
+ERROR_STATUSES: Final = ("failed", "cancelled", "retried")
 """Terminal statuses whose record may carry the error that ended the run."""
 
 

@@ -15,7 +15,7 @@ tree:
 Signals (all times are Unix seconds, durations seconds):
 
 =====================  =====================================================================
-``status``             pending / running / completed / failed / cancelled
+``status``             pending / running / completed / failed / cancelled / retried
 ``started_at``         when the run started
 ``last_heartbeat``     latest sign of life from the job's code (heartbeat or progress; the
                        start counts as the first)
@@ -592,7 +592,7 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
     )
     healthy = All(
         (
-            StatusIs(("running", "completed", "cancelled")),
+            StatusIs(("running", "completed", "cancelled", "retried")),
             Not(unhealthy),
             Not(degraded),
         )

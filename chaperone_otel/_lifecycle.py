@@ -162,8 +162,13 @@ _CANCELLED: Final = (
 )
 
 
-def finish_run(run: Run, exc: BaseException | None) -> None:
+def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -> None:
     """Record the outcome, publish the finished record, end the span. Never raises.
+
+    The status follows from ``exc`` (none: ``completed``; a cancellation: ``cancelled``;
+    otherwise ``failed``) unless ``status`` is given: a framework integration says
+    ``retried`` for an attempt its framework runs again, with the retry's cause as ``exc``
+    (checked by the public callers, :func:`_start.StartedRun.finish`).
 
     Each step is guarded on its own, and ending the span and unregistering the run happen
     whatever failed before: a run whose finish half-failed must not stay "live" for ever (its
@@ -186,15 +191,17 @@ def finish_run(run: Run, exc: BaseException | None) -> None:
         if run.finished_at is not None:
             return
         run.finished_at = now
-        if exc is None:
+        if status is not None:
+            run.status = status
+        elif exc is None:
             run.status = "completed"
         else:
             run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
-            if not isinstance(exc, GeneratorExit):
-                run.error_type = _error_type(exc)
-                run.error_message = _safe_str(exc)
-                if run.status == "failed":
-                    run.error_stacktrace = _safe_traceback(exc)
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            run.error_type = _error_type(exc)
+            run.error_message = _safe_str(exc)
+            if run.status == "failed":
+                run.error_stacktrace = _safe_traceback(exc)
         actions: list[Callable[[], object]] = []
         try:
             actions = rt.judge(run, now)  # in the same locked section: the monitor sees it judged

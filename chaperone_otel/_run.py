@@ -323,7 +323,7 @@ class Supervision:
 
     @property
     def status(self) -> str:
-        """``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``."""
+        """``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``."""
         return self._run.status
 
     @property

@@ -149,7 +149,10 @@ class Runtime:
     def finished(self, run: Run) -> None:
         """Unregister a finished run (job thread); finish hooks go to the hooks thread."""
         self._runs.pop(id(run), None)  # atomic, like the store in started()
-        hooks = run.hooks.on_complete if run.status == "completed" else run.hooks.on_failure
+        status = run.status
+        if status == "retried":
+            return  # neither a success nor a failure: the framework runs the task again
+        hooks = run.hooks.on_complete if status == "completed" else run.hooks.on_failure
         if hooks:
             with handle_internal_errors("run.finish_hooks"):
                 state = run.snapshot()

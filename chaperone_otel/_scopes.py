@@ -86,6 +86,7 @@ _STATUS_HELP: Final = {
     "completed": "Runs that finished successfully.",
     "failed": "Runs that raised.",
     "cancelled": "Runs cancelled (limit policy cancel, task cancellation, interrupt).",
+    "retried": "Attempts that ended in a retry (Celery Retry): the framework runs them again.",
 }
 
 _HEALTH_HELP: Final = {

@@ -80,7 +80,8 @@ ATTR_JOB_ATTEMPT: Final = "chaperone.job.attempt"
 """The attempt number of this run, 1 for the first try."""
 
 ATTR_JOB_STATUS: Final = "chaperone.job.status"
-"""``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``. A metric label."""
+"""``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``.
+A metric label."""
 
 ATTR_JOB_HEALTH: Final = "chaperone.job.health"
 """``healthy``, ``degraded`` or ``unhealthy`` as judged by the health rules."""

@@ -14,6 +14,7 @@ HEAVY = (
     "pyarrow",
     "starlette",
     "uvicorn",
+    "celery",
 )
 
 

@@ -44,6 +44,7 @@ STATUS_STYLES = {
     "completed": "green",
     "failed": "bold red",
     "cancelled": "yellow",
+    "retried": "magenta",
 }
 
 

@@ -220,6 +220,7 @@ class JobQuery:
     completed = _flag_scope("completed")
     failed = _flag_scope("failed")
     cancelled = _flag_scope("cancelled")
+    retried = _flag_scope("retried")
     healthy = _flag_scope("healthy")
     degraded = _flag_scope("degraded")
     unhealthy = _flag_scope("unhealthy")

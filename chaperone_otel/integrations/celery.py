@@ -1,0 +1,237 @@
+"""Supervise a Celery app's tasks: every task execution is a run, recorded by attempt.
+
+Call :func:`instrument` in the module that defines the app, after ``configure()``, so the
+worker's main process and every prefork child run it::
+
+    # proj/tasks.py
+    import chaperone_otel as chaperone
+    from celery import Celery
+    from chaperone_otel.integrations.celery import instrument
+
+    chaperone.configure(sink="jobs.duckdb")  # the first process owns the store, children forward
+    app = Celery("proj", broker="redis://localhost:6379/0")
+    instrument(app)
+
+    @app.task(bind=True, max_retries=3)
+    def charge(self, order_id):
+        for item in chaperone.track(items(order_id)):   # progress of the current run
+            ...
+
+What a run gets from Celery:
+
+==============  ===================================================================
+run id          the task id (``request.id``)
+attempt         ``request.retries + 1``
+name            the task name
+queue           the delivery's routing key (``"default"`` if Celery gives none)
+timeout         the hard time limit (else the soft one): the task's, or the app's
+==============  ===================================================================
+
+Outcomes: a return is ``completed``; an exception is ``failed`` with its own type; a
+``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
+``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
+exception as the reason; a task revoked before it started is recorded as one ``cancelled``
+run by the worker's main process.
+
+The run is current while the task's body runs: ``current_job()``, ``heartbeat()``,
+``report_progress()`` and ``track()`` reach it, and spans the task opens nest under the run
+span. A prefork child flushes its records when it exits (``worker_process_shutdown``, also
+sent when ``worker_max_tasks_per_child`` recycles it): billiard ends children with
+``os._exit``, which skips ``atexit``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._safety import handle_internal_errors as _guard
+from .._setup import flush as _flush
+from .._start import StartedRun as _StartedRun
+from .._start import start_run as _start_run
+
+try:
+    from celery import Celery, Task, signals
+    from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
+except ImportError as _error:  # pragma: no cover - exercised only without celery
+    raise ImportError(
+        "chaperone_otel.integrations.celery needs Celery: pip install celery"
+    ) from _error
+
+_UID: Final = "chaperone_otel.integrations.celery"
+
+
+class _Instrumentation:
+    """The signal receivers of one instrumented app, and the runs its tasks have open."""
+
+    def __init__(
+        self,
+        app: Celery,
+        include: Callable[[Task], bool] | None,
+        heartbeat_interval: Any,
+        flush_timeout: float,
+    ) -> None:
+        self.app = app
+        self.include = include
+        self.heartbeat_interval = heartbeat_interval
+        self.flush_timeout = flush_timeout
+        # task id -> (run, tokens): prerun and postrun of one task run on one thread, but a
+        # threads pool runs many tasks at once, each with its own entry.
+        self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        self.lock = threading.Lock()
+
+    def wanted(self, task: Any) -> bool:
+        if getattr(task, "app", None) is not self.app:
+            return False
+        return self.include is None or bool(self.include(task))
+
+    def timeout(self, task: Any, request: Any) -> float | None:
+        limits = getattr(request, "timelimit", None) or (None, None)
+        hard, soft = (*tuple(limits), None, None)[:2]
+        conf = self.app.conf
+        for value in (
+            hard,
+            getattr(task, "time_limit", None),
+            conf.task_time_limit,
+            soft,
+            getattr(task, "soft_time_limit", None),
+            conf.task_soft_time_limit,
+        ):
+            if value:
+                return float(value)
+        return None
+
+    def prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        task = sender
+        if task is None or task_id is None or not self.wanted(task):
+            return
+        with _guard("celery.prerun"):
+            request = task.request
+            delivery = getattr(request, "delivery_info", None) or {}
+            run = _start_run(
+                task.name,
+                run_id=task_id,
+                attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                queue=delivery.get("routing_key") or None,
+                timeout=self.timeout(task, request),
+                heartbeat_interval=self.heartbeat_interval,
+            )
+            tokens = run.attach()
+            with self.lock:
+                self.open[task_id] = (run, tokens)
+
+    def postrun(
+        self,
+        task_id: str | None = None,
+        retval: Any = None,
+        state: str | None = None,
+        **_: Any,
+    ) -> None:
+        if task_id is None:
+            return
+        with self.lock:
+            entry = self.open.pop(task_id, None)
+        if entry is None:
+            return
+        run, tokens = entry
+        with _guard("celery.postrun"):
+            try:
+                run.detach(tokens)
+            finally:
+                _finish(run, state, retval)
+
+    def revoked(
+        self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
+    ) -> None:
+        # A task terminated while running was started in a child, which is gone: closing
+        # that run from here needs a cross-process outcome (issue 13, not yet built).
+        task = sender
+        task_id = getattr(request, "id", None)
+        if terminated or task is None or not task_id or not self.wanted(task):
+            return
+        with _guard("celery.revoked"):
+            delivery = getattr(request, "delivery_info", None) or {}
+            run = _start_run(
+                task.name,
+                run_id=task_id,
+                attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                queue=delivery.get("routing_key") or None,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+            run.finish(
+                TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
+            )
+
+    def process_shutdown(self, **_: Any) -> None:
+        with _guard("celery.process_shutdown"):
+            _flush(self.flush_timeout)
+
+
+def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
+    if state == "SUCCESS":
+        run.finish()
+    elif isinstance(retval, Retry):
+        cause = retval.exc if isinstance(retval.exc, BaseException) else retval
+        run.finish(cause, status="retried")
+    elif isinstance(retval, (Ignore, Reject)):
+        run.finish(retval, status="cancelled")
+    elif isinstance(retval, BaseException):
+        run.finish(retval)
+    else:  # a failure state without its exception (never seen; recorded as a failure)
+        run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
+
+
+_instrumented: dict[int, _Instrumentation] = {}
+
+
+def instrument(
+    app: Celery,
+    *,
+    include: Callable[[Task], bool] | None = None,
+    heartbeat_interval: Any = None,
+    flush_timeout: float = 5.0,
+) -> None:
+    """Supervise ``app``'s tasks: each execution a run (see the module docstring).
+
+    Idempotent per app. Call it where the worker's main process and its pool children both
+    run it: the module that creates the app, after ``chaperone.configure()``.
+
+    Args:
+        app: the Celery app.
+        include: supervise only the tasks for which it returns True (default: all).
+        heartbeat_interval: the runs' lease (default: ``configure()``'s).
+        flush_timeout: seconds a pool child waits for its records to be sent when it exits.
+
+    .. versionadded:: 0.1
+    """
+    key = id(app)
+    if key in _instrumented:
+        return
+    inst = _Instrumentation(app, include, heartbeat_interval, flush_timeout)
+    _instrumented[key] = inst
+    uid = f"{_UID}:{key}"
+    signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
+    signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
+    signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
+    signals.worker_process_shutdown.connect(inst.process_shutdown, weak=False, dispatch_uid=uid)
+
+
+def uninstrument(app: Celery) -> None:
+    """Undo :func:`instrument` for ``app`` (runs already started still finish).
+
+    .. versionadded:: 0.1
+    """
+    inst = _instrumented.pop(id(app), None)
+    if inst is None:
+        return
+    uid = f"{_UID}:{id(app)}"
+    signals.task_prerun.disconnect(inst.prerun, dispatch_uid=uid)
+    signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)
+    signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)
+    signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
+
+
+__all__ = ["instrument", "uninstrument"]

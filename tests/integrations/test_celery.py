@@ -1,0 +1,158 @@
+"""``integrations.celery`` in process: Celery's signals drive runs (eager tasks, no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
+from chaperone_otel.integrations.celery import instrument, uninstrument
+from chaperone_otel.testing import Capture, capture
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    celery_app = Celery("eager", broker="memory://", backend="cache+memory://")
+    celery_app.conf.task_always_eager = True
+    instrument(celery_app)
+    instrument(celery_app)  # idempotent: one run per task, not two
+    try:
+        yield celery_app
+    finally:
+        uninstrument(celery_app)
+
+
+@pytest.fixture
+def cap() -> Iterator[Capture]:
+    with capture() as c:
+        yield c
+
+
+def test_task_is_a_run_with_the_task_id_and_is_current_in_its_body(
+    app: Celery, cap: Capture
+) -> None:
+    """Run id = task id, name = task name, attempt 1, time_limit = timeout; inside the body
+    ``current_job()`` is the run, ``track()`` reports progress and user spans nest under it."""
+    seen: dict[str, Any] = {}
+
+    @app.task(name="shop.pack", time_limit=90)
+    def pack(n: int) -> int:
+        job = chaperone.current_job()
+        seen["run_id"] = job.id if job else None
+        with cap.tracer_provider.get_tracer("user").start_as_current_span("user.step"):
+            pass
+        return sum(chaperone.track(range(n)))
+
+    result = pack.apply(args=(4,))
+    assert result.get() == 6
+    assert chaperone.current_job() is None
+    run = cap.run(result.id)
+    assert seen["run_id"] == result.id
+    assert run.name == "shop.pack"
+    assert run.status == "completed"
+    assert run.progress == 100.0
+    assert run.latest[sc.ATTR_JOB_ATTEMPT] == 1
+    assert run.latest[sc.ATTR_JOB_TIMEOUT] == 90.0
+    spans = {s.name: s for s in cap.spans()}
+    assert spans["user.step"].parent.span_id == spans["shop.pack"].context.span_id
+
+
+def test_task_exception_fails_the_run_with_the_same_type(app: Celery, cap: Capture) -> None:
+    """An exception raised by the task is the run's error type; the status is failed."""
+
+    @app.task(name="shop.charge")
+    def charge() -> None:
+        raise PaymentDeclined("card 4242")
+
+    result = charge.apply()
+    assert result.failed()
+    run = cap.run(result.id)
+    assert run.status == "failed"
+    assert run.error_type == f"{__name__}.PaymentDeclined"
+
+
+def test_retry_ends_the_attempt_retried_with_its_cause(app: Celery, cap: Capture) -> None:
+    """``self.retry(exc=...)``: the attempt is retried (not failed) with the cause as error,
+    and the next attempt of the same run id is attempt 2."""
+
+    @app.task(name="shop.flaky", bind=True, max_retries=1, default_retry_delay=0)
+    def flaky(self: Any) -> str:
+        if self.request.retries == 0:
+            raise self.retry(exc=PaymentDeclined("gateway 503"))
+        return "ok"
+
+    result = flaky.apply()
+    runs = sorted(
+        (r.latest[sc.ATTR_JOB_ATTEMPT], r.status, r.error_type)
+        for r in cap.runs()
+        if r.name == "shop.flaky"
+    )
+    assert runs == [(1, "retried", f"{__name__}.PaymentDeclined"), (2, "completed", None)]
+    assert {r.id for r in cap.runs()} == {result.id}
+
+
+def test_include_selects_tasks_and_uninstrument_stops(cap: Capture) -> None:
+    """Only tasks the predicate accepts are runs; after ``uninstrument`` none is."""
+    celery_app = Celery("select", broker="memory://", backend="cache+memory://")
+    celery_app.conf.task_always_eager = True
+    instrument(celery_app, include=lambda task: task.name.startswith("kept."))
+
+    @celery_app.task(name="kept.one")
+    def kept() -> None:
+        pass
+
+    @celery_app.task(name="other.one")
+    def other() -> None:
+        pass
+
+    try:
+        kept.apply()
+        other.apply()
+    finally:
+        uninstrument(celery_app)
+    kept.apply()
+    assert [r.name for r in cap.runs()] == ["kept.one"]
+
+
+def test_ignore_is_cancelled_with_the_exception(app: Celery, cap: Capture) -> None:
+    """A task raising ``Ignore`` ends cancelled (not failed), the ``Ignore`` as its reason."""
+    from celery.exceptions import Ignore
+
+    @app.task(name="shop.skip")
+    def skip() -> None:
+        raise Ignore("duplicate order")
+
+    result = skip.apply()
+    run = cap.run(result.id)
+    assert run.status == "cancelled"
+    assert run.error_type == "celery.exceptions.Ignore"
+
+
+def test_revoked_before_start_is_one_cancelled_run(app: Celery, cap: Capture) -> None:
+    """``task_revoked`` for a task that never started records one cancelled run under its id;
+    a revocation that terminated a running task records nothing here (its child's run)."""
+    from celery import signals
+    from celery.app.task import Context
+
+    @app.task(name="shop.late")
+    def late() -> None:
+        pass
+
+    request = Context(id="revoked-1", retries=1, delivery_info={"routing_key": "orders"})
+    signals.task_revoked.send(sender=late, request=request, terminated=False, expired=False)
+    signals.task_revoked.send(
+        sender=late, request=Context(id="terminated-1"), terminated=True, expired=False
+    )
+    (run,) = cap.runs()
+    assert (run.id, run.name, run.status) == ("revoked-1", "shop.late", "cancelled")
+    assert run.latest[sc.ATTR_JOB_ATTEMPT] == 2
+    assert run.latest[sc.ATTR_JOB_QUEUE] == "orders"
+    assert run.error_type == "celery.exceptions.TaskRevokedError"

@@ -1,0 +1,258 @@
+"""``integrations.celery`` with a real worker: prefork, concurrency 2, Debian's redis-server.
+
+One redis-server per test session (a free loopback port, no persistence) and one worker per
+module, whose app module (written to tmp_path) configures the store at import: the worker's
+main process owns it and its pool children forward to it. The worker recycles each child
+after two tasks (``worker_max_tasks_per_child=2``), so every scenario also crosses child
+exits. Every wait is bounded; the worker and the server are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import chaperone_otel as chaperone
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+_APP = textwrap.dedent(
+    """
+    import os
+
+    from celery import Celery
+
+    import chaperone_otel as chaperone
+    from chaperone_otel.integrations.celery import instrument
+
+    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"])
+    app = Celery("celery_app", broker=os.environ["TEST_BROKER"], backend=os.environ["TEST_BROKER"])
+    app.conf.worker_max_tasks_per_child = 2
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.worker_hijack_root_logger = False
+    instrument(app)
+
+
+    class Declined(Exception):
+        pass
+
+
+    @app.task(name="it.progress")
+    def progress(n):
+        for _ in chaperone.track(range(n)):
+            pass
+        return n
+
+
+    @app.task(name="it.flaky", bind=True, max_retries=2)
+    def flaky(self):
+        if self.request.retries < 2:
+            raise self.retry(exc=ConnectionError(f"try {self.request.retries}"), countdown=0)
+        return "ok"
+
+
+    @app.task(name="it.fail")
+    def fail():
+        raise Declined("card declined")
+
+
+    @app.task(name="it.noop")
+    def noop(i):
+        return i
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this session on a free 127.0.0.1 port, stopped by PID after."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is required under CI=true (Debian package redis-server)")
+        pytest.skip(
+            "redis-server not installed (apt-get install --no-install-recommends redis-server)"
+        )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(answers, 15, "redis-server to answer PING")
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc, grace=5)
+
+
+class Worker:
+    def __init__(self, store: str, client: Celery) -> None:
+        self.store = store
+        self.client = client
+
+    def jobs(self, name: str) -> list[Any]:
+        with chaperone.open_sink(self.store) as sink:
+            return sink.jobs.named(name).all()
+
+
+@pytest.fixture(scope="module")
+def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """``celery -A celery_app worker -P prefork -c 2``, stopped by PID (TERM, then KILL)."""
+    root = tmp_path_factory.mktemp("celery")
+    (root / "celery_app.py").write_text(_APP)
+    store = str(root / "jobs.duckdb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))}
+    env.update(
+        PYTHONPATH=str(root), TEST_JOBS_STORE=store, TEST_BROKER=redis_url, PYTHONUNBUFFERED="1"
+    )
+    log = (root / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "--loglevel=warning",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = Celery("client", broker=redis_url, backend=redis_url)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, (root / "worker.log").read_text()
+            return bool(client.control.ping(timeout=0.5))
+
+        wait_until(ready, 60, "the celery worker to answer ping")
+        yield Worker(store, client)
+    finally:
+        try:
+            client.close()
+        finally:
+            _stop(proc, grace=30)
+            log.close()
+
+
+def _result(worker: Worker, name: str, *args: Any) -> Any:
+    result = worker.client.send_task(name, args=args)
+    result.get(timeout=60, propagate=False)
+    return result
+
+
+def test_success_is_completed_with_progress_100(worker: Worker) -> None:
+    """A task that tracks its items: one run, id = task id, completed, progress 100 %."""
+    result = _result(worker, "it.progress", 5)
+    assert result.successful()
+
+    def stored() -> Any:
+        rows = [j for j in worker.jobs("it.progress") if j.id == result.id]
+        return rows if rows and rows[0].status == "completed" else None
+
+    (job,) = wait_until(stored, 30, "the completed run in the store")
+    assert job.attempt == 1
+    assert job.progress == 100.0
+    assert job.queue == "celery"
+
+
+def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
+    """Two retries then success: attempts 1-2 retried with the cause, 3 completed, none
+    failed (so no failure is counted)."""
+    result = _result(worker, "it.flaky")
+    assert result.get(timeout=60) == "ok"
+
+    def stored() -> Any:
+        rows = sorted(
+            (j.attempt, j.status, j.error_type)
+            for j in worker.jobs("it.flaky")
+            if j.id == result.id
+        )
+        return rows if len(rows) == 3 and rows[-1][1] == "completed" else None
+
+    rows = wait_until(stored, 30, "three attempts of the flaky task")
+    assert rows == [
+        (1, "retried", "ConnectionError"),
+        (2, "retried", "ConnectionError"),
+        (3, "completed", None),
+    ]
+    with chaperone.open_sink(worker.store) as sink:
+        assert sink.jobs.named("it.flaky").failed().count() == 0
+        assert sink.jobs.named("it.flaky").retried().count() == 2
+
+
+def test_failure_is_failed_with_the_tasks_exception_type(worker: Worker) -> None:
+    """An exception in the task: the run failed with that exception's own type."""
+    result = _result(worker, "it.fail")
+    assert result.failed()
+
+    def stored() -> Any:
+        rows = [j for j in worker.jobs("it.fail") if j.id == result.id]
+        return rows if rows and rows[0].status == "failed" else None
+
+    (job,) = wait_until(stored, 30, "the failed run in the store")
+    assert job.error_type == "celery_app.Declined"
+
+
+def test_recycled_children_lose_no_run(worker: Worker) -> None:
+    """Ten tasks through children recycled after two tasks each: ten completed runs."""
+    results = [worker.client.send_task("it.noop", args=(i,)) for i in range(10)]
+    assert [r.get(timeout=60) for r in results] == list(range(10))
+    ids = {r.id for r in results}
+
+    def stored() -> Any:
+        done = {j.id for j in worker.jobs("it.noop") if j.status == "completed"}
+        return done if done >= ids else None
+
+    wait_until(stored, 30, "ten completed runs")
+    pids = {j.pid for j in worker.jobs("it.noop") if j.id in ids}
+    assert len(pids) >= 5  # each child ran at most two of the ten tasks: recycling happened

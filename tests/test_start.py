@@ -1,0 +1,144 @@
+"""``start_run()``: a run started and finished by a framework's separate callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
+from chaperone_otel.exceptions import ConfigurationError
+from chaperone_otel.testing import capture
+
+
+class _Cause(Exception):
+    pass
+
+
+def test_started_run_carries_the_frameworks_identity() -> None:
+    """Run id, attempt, name, queue and timeout are the ones given, on the record and span."""
+    with capture() as cap:
+        run = chaperone.start_run(
+            "tasks.add", run_id="task-1", attempt=3, queue="emails", timeout=30
+        )
+        assert (run.id, run.attempt, run.status) == ("task-1", 3, "running")
+        run.finish()
+        captured = cap.run("task-1")
+        latest = captured.latest
+        assert captured.name == "tasks.add"
+        assert captured.status == "completed"
+        assert latest[sc.ATTR_JOB_ATTEMPT] == 3
+        assert latest[sc.ATTR_JOB_QUEUE] == "emails"
+        assert latest[sc.ATTR_JOB_TIMEOUT] == 30.0
+        (span,) = cap.spans()
+        assert span.name == "tasks.add"
+        assert span.attributes[sc.ATTR_JOB_RUN_ID] == "task-1"
+
+
+def test_activate_makes_the_run_current_and_user_spans_nest_under_it() -> None:
+    """Inside ``activate()`` the module helpers reach the run and a user span is its child;
+    outside, there is no current run again (and the run is not finished by the block)."""
+    with capture() as cap:
+        run = chaperone.start_run("tasks.track", run_id="task-2")
+        assert chaperone.current_job() is None
+        with run.activate() as handle:
+            assert chaperone.current_job() is handle is run.supervision
+            assert chaperone.heartbeat(step="a") is True
+            assert list(chaperone.track([1, 2, 3, 4])) == [1, 2, 3, 4]
+            with cap.tracer_provider.get_tracer("user").start_as_current_span("inner"):
+                pass
+        assert chaperone.current_job() is None
+        assert chaperone.heartbeat() is False
+        assert run.status == "running"
+        run.finish()
+        captured = cap.run("task-2")
+        assert captured.progress == 100.0
+        spans = {s.name: s for s in cap.spans()}
+        assert spans["inner"].parent.span_id == spans["tasks.track"].context.span_id
+        assert spans["inner"].context.trace_id == spans["tasks.track"].context.trace_id
+
+
+def test_attach_and_detach_across_two_callbacks() -> None:
+    """``attach()`` in one callback and ``detach()`` in another (Celery's prerun/postrun)."""
+    with capture():
+        run = chaperone.start_run("tasks.two_callbacks")
+        tokens = run.attach()
+        assert chaperone.current_job() is run.supervision
+        run.detach(tokens)
+        assert chaperone.current_job() is None
+        run.finish()
+        assert run.status == "completed"
+
+
+def test_finish_with_an_exception_is_failed_with_its_type() -> None:
+    """An error without a status fails the run with the error's own type."""
+    with capture() as cap:
+        run = chaperone.start_run("tasks.fail", run_id="task-3")
+        run.finish(KeyError("x"))
+        captured = cap.run("task-3")
+        assert captured.status == "failed"
+        assert captured.error_type == "KeyError"
+        assert captured.health == "unhealthy"
+
+
+def test_retried_is_terminal_not_a_failure_with_the_cause_as_error() -> None:
+    """``status="retried"``: the cause's type and message are the error, the run stays
+    healthy, no failure hook runs, and a later finish cannot change it."""
+    failures: list[object] = []
+    with capture(on_failure=failures.append) as cap:
+        run = chaperone.start_run("tasks.flaky", run_id="task-4")
+        run.finish(_Cause("upstream 503"), status="retried")
+        run.finish()  # idempotent: the first outcome stands
+        cap.tick()
+        captured = cap.run("task-4")
+        assert captured.status == "retried"
+        assert captured.error_type == f"{__name__}._Cause"
+        assert captured.latest[sc.ATTR_ERROR_MESSAGE] == "upstream 503"
+        assert captured.health == "healthy"
+        assert not captured.failed
+        assert failures == []
+
+
+def test_finish_rejects_an_unknown_status() -> None:
+    """A status outside the terminal ones is refused (the run stays running)."""
+    with capture():
+        run = chaperone.start_run("tasks.bad_status")
+        with pytest.raises(ValueError, match="status='done'"):
+            run.finish(status="done")  # type: ignore[arg-type]
+        assert run.status == "running"
+        run.finish()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"run_id": ""}, "run_id"), ({"attempt": 0}, "attempt"), ({"queue": " "}, "queue")],
+)
+def test_start_run_rejects_invalid_options(options: dict[str, object], match: str) -> None:
+    """Misuse raises at once, before any run starts."""
+    with pytest.raises(ConfigurationError, match=match):
+        chaperone.start_run("tasks.x", **options)  # type: ignore[arg-type]
+
+
+def test_retried_attempts_are_in_the_store_but_not_failed(tmp_path: Path) -> None:
+    """In the store: two retried attempts and a completed one of one run id; ``retried()``
+    selects the two, ``failed()`` and ``unhealthy()`` none."""
+    path = str(tmp_path / "jobs.duckdb")
+    chaperone.configure(sink=path)
+    for attempt in (1, 2):
+        chaperone.start_run("tasks.flaky", run_id="t", attempt=attempt).finish(
+            _Cause(f"try {attempt}"), status="retried"
+        )
+    chaperone.start_run("tasks.flaky", run_id="t", attempt=3).finish()
+    assert chaperone.flush(10)
+    chaperone.shutdown()
+    with chaperone.open_sink(path) as sink:
+        rows = sorted((j.attempt, j.status, j.error_type) for j in sink.jobs.with_id("t").all())
+        assert rows == [
+            (1, "retried", f"{__name__}._Cause"),
+            (2, "retried", f"{__name__}._Cause"),
+            (3, "completed", None),
+        ]
+        assert sink.jobs.retried().count() == 2
+        assert sink.jobs.failed().count() == 0
+        assert sink.jobs.unhealthy().count() == 0
