@@ -163,7 +163,10 @@ def test_big_bodies_never_block_the_event_loop(tmp_path: Path) -> None:
         assert set(posted) == {200}, posted
         latencies.sort()
         shown = [round(x * 1000) for x in latencies[-5:]]
-        # One sample may carry a scheduling hiccup of a loaded 2-core machine; inline
-        # decoding put every one of the 10 worst over 250 ms.
-        assert latencies[-2] < 0.1, f"/healthz worst times (ms) {shown} of {len(latencies)}"
-        assert latencies[-1] < 0.25, f"/healthz worst times (ms) {shown} of {len(latencies)}"
+        # A few samples may carry scheduling hiccups of a loaded 2-core machine (the probe,
+        # the server and 4 senders share it: 176 ms was seen with other tests beside it);
+        # inline decoding put every one of the 10 worst over 250 ms, and blocked the loop
+        # for most of the run. So: 9 in 10 under 100 ms, none near a decoding's second.
+        p90 = latencies[int(len(latencies) * 0.9)]
+        assert p90 < 0.1, f"/healthz p90 {p90 * 1000:.0f} ms; worst (ms) {shown}"
+        assert latencies[-1] < 0.5, f"/healthz worst times (ms) {shown} of {len(latencies)}"
