@@ -288,7 +288,7 @@ def truncation(error: BaseException, path: str) -> SinkError | None:
     than the file holds (trailing free blocks it never wrote, or cut off at a checkpoint: a
     store whose owner ended with ``os._exit`` looked 2 blocks short and opened and read
     fine), and a file another process is writing changes size under the check."""
-    if not isinstance(error, duckdb.IOException):
+    if not isinstance(error, duckdb.IOException) and "Could not read" not in str(error):
         return None
     try:
         check_not_truncated(path)
@@ -330,8 +330,8 @@ class Store:
         path = self.path
         try:
             con = duckdb.connect(path, read_only=self.read_only, config=engine_config())
-        except duckdb.Error as e:
-            raise sink_error(e, path, "open") from e
+        except duckdb.Error as e:  # duckdb 1.x reads a cut file's blocks as it connects
+            raise truncation(e, path) or sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
             # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).
