@@ -226,6 +226,14 @@ class EmbeddedSink:
             return list(itertools.islice(self._pending, FORWARD_MAX_BATCH))
 
     def _forward(self) -> None:
+        try:
+            self._forward_until_done()
+        except Exception as exc:  # never expected: counted, and the next record restarts it
+            record_internal_error("sink.forward", exc)
+            with self._cond:
+                self._thread = None
+
+    def _forward_until_done(self) -> None:
         conn: http.client.HTTPConnection | None = None
         backoff = _BACKOFF_FIRST
         while (batch := self._next_batch()) is not None:

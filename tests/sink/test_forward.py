@@ -96,3 +96,14 @@ def test_an_owner_without_a_writer_answers_503() -> None:
     finally:
         conn.close()
         server.stop()
+
+
+def test_a_non_finite_value_is_left_out_not_a_dead_forwarder() -> None:
+    """JSON has no NaN: a record carrying one (a CPU reading, a user attribute) is sent
+    without it, as the store would keep it NULL; before, encoding raised and the
+    forwarding thread died with every later record of the process."""
+    sent = record(run_id="nan", **{sc.ATTR_CPU_PERCENT: float("nan"), "chaperone.test.x": 1.5})
+    (back,) = decode_records(encode_records([sent]))
+    assert sc.ATTR_CPU_PERCENT not in back.attributes
+    assert back.attributes["chaperone.test.x"] == 1.5
+    assert back.attributes[sc.ATTR_JOB_RUN_ID] == "nan"
