@@ -55,17 +55,25 @@ _ACK_TIMEOUT: Final = 10.0
 """Seconds the owner waits for a forwarded batch's commit before answering 503."""
 
 
+def _wire(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def encode_records(records: Sequence[LifecycleRecord]) -> bytes:
-    """The JSON body of a forwarded batch (what :func:`decode_records` reads back)."""
+    """The JSON body of a forwarded batch (what :func:`decode_records` reads back). A
+    non-finite float is left out (JSON has none; the store keeps such a value as NULL)."""
     return json.dumps(
         [
             [
                 r.event_name,
                 r.timestamp,
-                {
-                    k: list(v) if isinstance(v, (list, tuple)) else v
-                    for k, v in r.attributes.items()
-                },
+                {k: _wire(v) for k, v in r.attributes.items() if _finite(v)},
                 r.trace_id,
                 r.span_id,
                 r.severity,
