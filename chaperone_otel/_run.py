@@ -28,7 +28,17 @@ from . import _process
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
-from ._values import as_float, new_run_id, present, replaced
+from ._values import (
+    FirstProgress,
+    as_float,
+    checked_progress,
+    new_run_id,
+    present,
+    progress_eta,
+    progress_rate,
+    progress_throughput,
+    replaced,
+)
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -147,22 +157,16 @@ class Supervision:
             JobLimitExceeded: a limit was crossed and the run's policy is ``cancel``.
         """
         # Records, ratios and the store need plain numbers: a Decimal stored here broke the
-        # run's finish later (issue 12). Two class checks, the cheapest test there is.
+        # run's finish later. Two class checks and two comparisons, the cheapest tests there
+        # are; anything else (coercion, the error) is checked_progress's, off the hot path.
         cls = current.__class__
-        if (cls is not int and cls is not float) or (
-            total.__class__ is not int and total.__class__ is not float
+        if (
+            (cls is not int and cls is not float)
+            or (total.__class__ is not int and total.__class__ is not float)
+            or not (current >= 0 and total >= 0)  # also NaN
+            or (current > total and total == 0)
         ):
-            current, total = as_float(current, "current"), as_float(total, "total")
-        if not (current >= 0 and total >= 0):  # also rejects NaN
-            raise ValueError(
-                f"report_progress({current!r}, {total!r}): current and total must be "
-                "non-negative numbers"
-            )
-        if current > total and total == 0:  # checked before anything is stored
-            raise ValueError(
-                f"report_progress({current!r}, 0): total is 0 but current is not; pass the "
-                "real total (or 0, 0 for an empty batch)"
-            )
+            current, total = checked_progress(current, total)
         if fields or metadata is not None:
             self._progress_extras(metadata, fields)
         # The common path stores two numbers; the ratio is derived on read and the monitor
@@ -562,7 +566,7 @@ class Run:
         # What observe(started_at) would record: a run starts observed, nothing moved yet.
         self._observed: tuple[object, ...] = (0, None, None, None)
         self._last_ratio = 0.0
-        self._first_progress: tuple[float, float, float] | None = None  # (at, ratio, current)
+        self._first_progress: FirstProgress | None = None
         self.memory: int | None = None
         self.memory_peak: int | None = None
         self.cpu_percent: float | None = None
@@ -702,26 +706,15 @@ class Run:
 
     def rate(self, now: float) -> float | None:
         """Overall progress per second since the first report (None before two points)."""
-        first = self._first_progress
-        if first is None or now <= first[0]:
-            return None
-        return (self.handle.progress_ratio - first[1]) / (now - first[0]) or None
+        return progress_rate(self._first_progress, self.handle.progress_ratio, now)
 
     def throughput(self, now: float) -> float | None:
         """Items per second in the current phase since the first report."""
-        first = self._first_progress
-        current = self.handle._current
-        if first is None or now <= first[0] or current is None:
-            return None
-        done = current - first[2]
-        return done / (now - first[0]) if done > 0 else None
+        return progress_throughput(self._first_progress, self.handle._current, now)
 
     def eta(self, now: float) -> float | None:
         """Seconds to completion at the current rate (None when unknown)."""
-        rate = self.rate(now)
-        if rate is None or rate <= 0:
-            return None
-        return max(0.0, (1.0 - self.handle.progress_ratio) / rate)
+        return progress_eta(self.rate(now), self.handle.progress_ratio)
 
     def signals(self, now: float) -> dict[str, SignalValue]:
         """The health rules' inputs for this run at ``now`` (see ``_health``)."""

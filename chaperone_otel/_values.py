@@ -8,9 +8,20 @@ import decimal
 import numbers
 import random
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
-__all__ = ["ABSENT", "as_float", "new_run_id", "present", "replaced"]
+__all__ = [
+    "ABSENT",
+    "FirstProgress",
+    "as_float",
+    "checked_progress",
+    "new_run_id",
+    "present",
+    "progress_eta",
+    "progress_rate",
+    "progress_throughput",
+    "replaced",
+]
 
 _random_bits = random.getrandbits
 _UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC << 60))  # version and variant bits
@@ -64,3 +75,54 @@ def as_float(value: object, what: str) -> float:
         return float(value)
     except (OverflowError, ValueError, decimal.InvalidOperation) as error:
         raise ValueError(f"progress {what} {value!r} is not representable as a float") from error
+
+
+FirstProgress = tuple[float, float, float]
+"""A run's first progress report: (when, overall ratio, current items)."""
+
+
+def progress_rate(first: FirstProgress | None, ratio: float, now: float) -> float | None:
+    """Overall progress per second since the first report (None before two points)."""
+    if first is None or now <= first[0]:
+        return None
+    return (ratio - first[1]) / (now - first[0]) or None
+
+
+def progress_throughput(
+    first: FirstProgress | None, current: float | None, now: float
+) -> float | None:
+    """Items per second in the current phase since the first report."""
+    if first is None or now <= first[0] or current is None:
+        return None
+    done = current - first[2]
+    return done / (now - first[0]) if done > 0 else None
+
+
+def progress_eta(rate: float | None, ratio: float) -> float | None:
+    """Seconds to completion at ``rate`` (None when unknown)."""
+    if rate is None or rate <= 0:
+        return None
+    return max(0.0, (1.0 - ratio) / rate)
+
+
+def checked_progress(current: object, total: object) -> tuple[float, float]:
+    """``report_progress()``'s numbers as plain ``float``/``int``, or the error at the
+    caller's line (the hot path calls this only for what its quick checks did not pass).
+
+    Raises:
+        TypeError: not real numbers.
+        ValueError: negative or NaN, too large for a float, or ``total == 0`` while
+            ``current > 0``.
+    """
+    c = cast(float, current) if current.__class__ in (int, float) else as_float(current, "current")
+    t = cast(float, total) if total.__class__ in (int, float) else as_float(total, "total")
+    if not (c >= 0 and t >= 0):  # also rejects NaN
+        raise ValueError(
+            f"report_progress({c!r}, {t!r}): current and total must be non-negative numbers"
+        )
+    if c > t and t == 0:
+        raise ValueError(
+            f"report_progress({c!r}, 0): total is 0 but current is not; pass the real total "
+            "(or 0, 0 for an empty batch)"
+        )
+    return c, t

@@ -7,13 +7,13 @@ is there (also after a restart). Real `sink serve` processes on 127.0.0.1, stopp
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.mounts import tmpfs
 from tests.sink.serve_process import PROTOBUF, ServeProcess, lifecycle_logs, request
 from tests.waiting import wait_until
 
@@ -23,35 +23,11 @@ PER_POST = 300
 NO_SPACE = "No space left on device"
 
 
-def _mount(target: Path, options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs; skipped where mounting is not permitted, never under CI=true."""
-    ci = os.environ.get("CI") == "true"
-    if os.geteuid() != 0:
-        if ci:
-            pytest.fail("CI=true must run as root to mount the tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
-    target = tmp_path / "disk"
-    target.mkdir()
-    mounted = _mount(target, "size=24m")
-    if mounted.returncode != 0:
-        if ci:
-            pytest.fail(f"mount failed under CI=true: {mounted.stderr.strip()}")
-        pytest.skip(f"mount is not permitted here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=24m") as target:
         yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False, timeout=30)
 
 
 def _stored(port: int) -> dict[str, int]:

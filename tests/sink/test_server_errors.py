@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.mounts import tmpfs
+
 CLI = (sys.executable, "-m", "chaperone_otel.cli", "sink", "serve")
 
 
@@ -37,30 +39,9 @@ def test_a_store_path_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> No
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs (mounted as root); skipped where mounting is not permitted, never
-    under CI=true (CI runs as root on a machine that allows it)."""
-    ci = os.environ.get("CI") == "true"
-    if os.geteuid() != 0:
-        if ci:
-            pytest.fail("CI=true must run as root to mount the read-only tmpfs")
-        pytest.skip("mounting a read-only tmpfs needs root")
-    target = tmp_path / "ro"
-    target.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        if ci:
-            pytest.fail(f"mount failed under CI=true: {mounted.stderr.strip()}")
-        pytest.skip(f"mount is not permitted here: {mounted.stderr.strip()}")
-    try:
+    """A read-only tmpfs; skipped where mounting is not permitted, never under CI=true."""
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as target:
         yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False, timeout=30)
 
 
 @pytest.mark.parametrize("relative", ["jobs.duckdb", "sub/jobs.duckdb"])
