@@ -19,26 +19,17 @@ starts and ends it; the run only carries it, its context and its ids for the rec
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from . import _process
+from . import _process, _values
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
-from ._values import (
-    FirstProgress,
-    as_float,
-    checked_progress,
-    new_run_id,
-    present,
-    progress_eta,
-    progress_rate,
-    progress_throughput,
-    replaced,
-)
+from ._values import FirstProgress, present, replaced
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -166,7 +157,7 @@ class Supervision:
             or not (current >= 0 and total >= 0)  # also NaN
             or (current > total and total == 0)
         ):
-            current, total = checked_progress(current, total)
+            current, total = _values.checked_progress(current, total)
         if fields or metadata is not None:
             self._progress_extras(metadata, fields)
         # The common path stores two numbers; the ratio is derived on read and the monitor
@@ -204,7 +195,7 @@ class Supervision:
                 total = None
         if total is not None:
             if total.__class__ is not int and total.__class__ is not float:
-                total = as_float(total, "total")
+                total = _values.as_float(total, "total")
             if not total >= 0:
                 raise ValueError(f"track(total={total!r}): total must be a non-negative number")
         if phase is not None:
@@ -238,9 +229,13 @@ class Supervision:
         """
         self._phases = phase_ranges(spec, weights)
 
-    def phase_scope(self, name: str) -> _PhaseScope:
-        """``with run.phase_scope("validate"):`` enters a phase and completes it on exit."""
-        return _PhaseScope(self, name)
+    @contextlib.contextmanager
+    def phase_scope(self, name: str) -> Iterator[Supervision]:
+        """``with run.phase_scope("validate"):`` enters a phase and completes it on exit
+        (not when the block raises)."""
+        self._enter_phase(name)
+        yield self
+        self._complete_phase()
 
     def _enter_phase(self, name: str) -> None:
         if self._phases and name not in self._phases:
@@ -448,21 +443,6 @@ class Supervision:
         )
 
 
-class _PhaseScope:
-    __slots__ = ("_handle", "_name")
-
-    def __init__(self, handle: Supervision, name: str) -> None:
-        self._handle, self._name = handle, name
-
-    def __enter__(self) -> Supervision:
-        self._handle._enter_phase(self._name)
-        return self._handle
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self._handle._complete_phase()
-
-
 # --------------------------------------------------------------------------------------------
 # The runtime's state of a run.
 # --------------------------------------------------------------------------------------------
@@ -542,7 +522,7 @@ class Run:
         self.finisher = finisher
         self.pid = _process.pid  # the process the run belongs to (see ``inherited``)
         self.handle = Supervision(self)
-        self.id = run_id or spec.supervision_id or new_run_id()
+        self.id = run_id or spec.supervision_id or _values.new_run_id()
         self.name = static.name
         self.queue = static.queue
         self.attempt = attempt or spec.attempt or 1
@@ -706,15 +686,15 @@ class Run:
 
     def rate(self, now: float) -> float | None:
         """Overall progress per second since the first report (None before two points)."""
-        return progress_rate(self._first_progress, self.handle.progress_ratio, now)
+        return _values.progress_rate(self._first_progress, self.handle.progress_ratio, now)
 
     def throughput(self, now: float) -> float | None:
         """Items per second in the current phase since the first report."""
-        return progress_throughput(self._first_progress, self.handle._current, now)
+        return _values.progress_throughput(self._first_progress, self.handle._current, now)
 
     def eta(self, now: float) -> float | None:
         """Seconds to completion at the current rate (None when unknown)."""
-        return progress_eta(self.rate(now), self.handle.progress_ratio)
+        return _values.progress_eta(self.rate(now), self.handle.progress_ratio)
 
     def signals(self, now: float) -> dict[str, SignalValue]:
         """The health rules' inputs for this run at ``now`` (see ``_health``)."""
