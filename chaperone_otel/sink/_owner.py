@@ -81,6 +81,9 @@ __all__ = [
 OwnerState = Literal["open", "serving", "closing", "closed"]
 
 _READ_FLUSH_TIMEOUT: Final = 5.0
+_TICK = 0.1
+"""How often the HTTP server's loop looks at the clock (uvicorn's own cadence: its ``on_tick``
+refreshes the Date header each tenth tick); :meth:`BackgroundServer.stop` wakes it sooner."""
 """Seconds a query in this process waits for queued records to be committed (read your
 writes), at most: a slow disk must not hang a reader."""
 
@@ -585,10 +588,45 @@ class BackgroundServer:
             owner = self
 
             class _Server(base):  # type: ignore[misc,valid-type]
+                # uvicorn polls ``should_exit`` every 0.1 s and sleeps 0.1 s more in shutdown
+                # even with no connection open: 0.2 s added to the exit of every process with
+                # an embedded sink (a cron script's whole run, often). Here stop() wakes the
+                # loop at once, and an idle server skips the grace sleep (with connections
+                # open, uvicorn's own graceful shutdown runs unchanged).
+                wake: asyncio.Event | None = None
+                loop: asyncio.AbstractEventLoop | None = None
+
+                async def main_loop(self) -> None:
+                    self.loop = asyncio.get_running_loop()
+                    self.wake = asyncio.Event()
+                    counter = 0
+                    should_exit = await self.on_tick(counter)
+                    while not should_exit:
+                        counter = (counter + 1) % 864000  # on_tick's once-a-second cadence
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self.wake.wait(), _TICK)
+                        should_exit = await self.on_tick(counter)
+
+                def wake_up(self) -> None:
+                    loop, wake = self.loop, self.wake
+                    if loop is not None and wake is not None:
+                        with contextlib.suppress(RuntimeError):  # the loop already closed
+                            loop.call_soon_threadsafe(wake.set)
+
                 async def shutdown(self, sockets: Any = None) -> None:
                     if owner.on_shutdown is not None:  # may wait briefly: off the event loop
                         await asyncio.to_thread(owner.on_shutdown)
-                    await super().shutdown(sockets)
+                    if self.server_state.connections or self.server_state.tasks:
+                        await super().shutdown(sockets)
+                        return
+                    for server in self.servers:
+                        server.close()
+                    for sock in sockets or []:
+                        sock.close()
+                    for server in self.servers:
+                        await server.wait_closed()
+                    if not self.force_exit:
+                        await self.lifespan.shutdown()
 
             self._server = _Server(config)
         return self._server
@@ -622,6 +660,7 @@ class BackgroundServer:
         """Finish in-flight requests and stop (idempotent)."""
         if self._server is not None:
             self._server.should_exit = True
+            self._server.wake_up()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
