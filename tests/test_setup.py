@@ -287,6 +287,7 @@ print(result.decode())
     assert proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_console_exporter_prints_spans_and_events() -> None:
     """console=True prints the span and the lifecycle events to stdout (debugging aid)."""
     script = (
@@ -308,6 +309,7 @@ def test_console_exporter_prints_spans_and_events() -> None:
     assert sc.EVENT_JOB_FINISHED in out
 
 
+@pytest.mark.slow
 def test_second_configure_keeps_telemetry_working() -> None:
     """configure() twice in a fresh process (the global providers can be set only once):
     spans, lifecycle logs and /metrics still work after the second call, and the run
@@ -491,6 +493,7 @@ print("CHILD", os.waitstatus_to_exitcode(status))
     assert "CHILD 0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_forked_child_of_an_app_serving_metrics_exits_without_hanging() -> None:
     """A child forked from an app with ``prometheus_port`` exits normally (``sys.exit``, so
     ``shutdown()`` runs at its exit): it closes only its copy of the server's socket. (It
@@ -522,6 +525,7 @@ else:
     assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.02, 0.15])
 def test_fork_during_another_threads_first_configure_does_not_hang_the_child(
     delay: float,

@@ -54,6 +54,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_the_first_otlp_export_imports_nothing() -> None:
     """Every module the OTLP/HTTP export path needs is imported by ``configure()``, none on
     the exporter's thread at its first export: an import there holds that module's import
@@ -128,6 +129,7 @@ print(json.dumps({"status": status, "child_ports": sorted(child_ports),
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hold", ["hold", "idle"])
 def test_a_forked_child_exports_over_its_own_connections(hold: str) -> None:
     """A child forked while the parent's exporter holds its connection pool's lock ("hold":
