@@ -64,13 +64,13 @@ class Watch:
 
     __slots__ = (
         "cpu_prev",
-        "cpu_shared",
         "decile",
         "flushed",
         "flushed_phase",
         "flushed_progress_at",
         "next_flush",
         "run",
+        "shared_at",
         "since",
         "timed_out",
         "violated",
@@ -88,7 +88,7 @@ class Watch:
         self.flushed_phase: str | None = None
         self.violated: set[str] | None = None  # limit types already recorded
         self.cpu_prev: tuple[float, float] | None = None  # (monotonic, thread cpu seconds)
-        self.cpu_shared = False  # a pass since the last CPU reading found it shared
+        self.shared_at = -math.inf  # the latest pass that found its CPU shared (monotonic)
         self.timed_out = False
 
 
@@ -399,30 +399,33 @@ class Runtime:
             run.memory = sample.rss
             run.memory_peak = max(run.memory_peak or 0, sample.rss)
         run.fds = sample.fds
+        mono = time.monotonic()
+        # Not in this pass's scopes: started since; judged on nothing until it is.
+        scope = self._cpu_scopes.get(id(run), "shared")
+        if scope == "shared":
+            watch.shared_at = mono
         cpu: float | None = None
+        window = mono  # the reading's window starts here (monotonic)
         if run.cpu_clock is not None:
             used = read_thread_cpu(run.cpu_clock)
-            mono = time.monotonic()
             if used is None:
                 run.cpu_clock = None  # the thread is gone: fall back to the process
             else:
                 prev = watch.cpu_prev
                 if prev is not None and mono - prev[0] >= 0.05:
                     cpu = max(0.0, 100.0 * (used - prev[1]) / (mono - prev[0]))
+                    window = prev[0]
                     watch.cpu_prev = (mono, used)
                 elif prev is None:
                     watch.cpu_prev = (mono, used)
         if cpu is None and run.cpu_clock is None and self._proc_cpu_since >= watch.since:
             cpu = self._proc_cpu  # a process rate measured wholly within this run
-        # Not in this pass's scopes: started since; judged on nothing until it is.
-        scope = self._cpu_scopes.get(id(run), "shared")
-        # A reading spans the window since the previous one: it is the run's own only if
-        # no unrelated run shared its thread (or process) at any pass in that window.
-        watch.cpu_shared = shared = watch.cpu_shared or scope == "shared"
+            window = self._proc_cpu_since
         if cpu is not None:
             run.cpu_percent = cpu
-            run.cpu_scope = "shared" if shared else scope
-            watch.cpu_shared = scope == "shared"  # the next window starts now
+            # The reading is the run's own only if no pass in its window found an unrelated
+            # run on the same thread (or process): a run that just ended may have used it.
+            run.cpu_scope = "shared" if watch.shared_at >= window else scope
 
     def _check_limits(self, watch: Watch, now: float, actions: list[Callable[[], object]]) -> None:
         run = watch.run
