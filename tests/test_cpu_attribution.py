@@ -20,7 +20,7 @@ import chaperone_otel
 from chaperone_otel import JobLimitExceeded, heartbeat, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._health import rules
-from chaperone_otel._resources import cpu_scopes
+from chaperone_otel._resources import CPU_SCOPES, cpu_scopes
 from chaperone_otel.sink import JobRecord, open_sink
 from chaperone_otel.testing import Capture, capture
 from tests.sink.store_factory import T0, record, store_writer, write_all
@@ -246,6 +246,7 @@ def test_scopes_thread_for_a_thread_of_its_own_or_its_nesting() -> None:
     task_a, task_b = _Run(3, parent=loop_parent), _Run(3, parent=loop_parent)
     runs = [alone, outer, inner, innermost, loop_parent, task_a, task_b]
     scopes = cpu_scopes(runs)
+    assert set(scopes.values()) <= set(CPU_SCOPES)
     assert [scopes[id(r)] for r in runs] == [
         "thread",
         "thread",
