@@ -197,6 +197,11 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("span_seen", _B, None, "internal", record=None, doc="A finished span arrived."),
     _f("heartbeat_rows", _I32, None, "internal", record=None, doc="Stored heartbeat rows."),
     _f("ingested_at", _T, None, "internal", record=None, doc="Last write time."),
+    # Added by migration 2 (issue 12: CPU attribution, stuck history, parent run).
+    _f("cpu_scope", _S, sc.ATTR_CPU_SCOPE, doc="What cpu_percent measured."),
+    _f("stuck_since", _T, sc.ATTR_JOB_STUCK_SINCE, "sticky", doc="When it first became stuck."),
+    _f("stuck_seconds", _F, sc.ATTR_JOB_STUCK_DURATION, "sticky", doc="Seconds spent stuck."),
+    _f("parent_run_id", _S, sc.ATTR_JOB_PARENT_RUN_ID, "sticky", doc="Enclosing run's id."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

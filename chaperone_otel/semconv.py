@@ -89,6 +89,18 @@ ATTR_JOB_HEALTH: Final = "chaperone.job.health"
 ATTR_JOB_STUCK: Final = "chaperone.job.stuck"
 """True while the run is stuck (overdue heartbeat or past its deadline, process alive)."""
 
+ATTR_JOB_STUCK_SINCE: Final = "chaperone.job.stuck.since"
+"""When the run first became stuck, Unix seconds; absent on a run that never was. Kept once
+set, so a run that was stuck and then completed still says so."""
+
+ATTR_JOB_STUCK_DURATION: Final = "chaperone.job.stuck.duration"
+"""Seconds the run has spent stuck so far (every stuck spell added up); absent on a run that
+never was stuck."""
+
+ATTR_JOB_PARENT_RUN_ID: Final = "chaperone.job.parent.run_id"
+"""The run id of the supervised run this one was started in (same thread or task context),
+absent for a top-level run. Unbounded: never a metric label."""
+
 ATTR_JOB_SEQUENCE: Final = "chaperone.job.sequence"
 """Per-run record sequence number; lets the sink ingest idempotently and in order."""
 
@@ -159,6 +171,12 @@ ATTR_MEMORY_PEAK: Final = "chaperone.job.memory.peak"
 ATTR_CPU_PERCENT: Final = "chaperone.job.cpu.percent"
 """CPU use in percent of one core over the last sample window (thread CPU for a
 thread-bound run where the OS allows, else the process)."""
+
+ATTR_CPU_SCOPE: Final = "chaperone.job.cpu.scope"
+"""What ``chaperone.job.cpu.percent`` measured: ``thread`` (the run's own thread: a sync run,
+or an async run alone on its event loop), ``process`` (the whole process, the run being its
+only live run) or ``shared`` (a thread or process other live runs use too: the reading is not
+the run's own, so no CPU limit is enforced on it and no CPU rule or scope judges it)."""
 
 ATTR_OPEN_FDS: Final = "chaperone.job.open_fds"
 """Open file descriptors of the run's process."""
@@ -379,7 +397,8 @@ METRIC_JOB_CPU: Final = MetricSpec(
     "chaperone.job.cpu.utilization",
     "gauge",
     "1",
-    "CPU use of live runs as a fraction of one core (1.0 = one full core).",
+    "CPU use of live runs as a fraction of one core (1.0 = one full core); only CPU a run "
+    "can be charged with: no series while its reading is shared with other runs.",
     _LIVE_LABELS,
 )
 METRIC_JOB_CPU_LIMIT: Final = MetricSpec(
@@ -617,6 +636,7 @@ def all_metric_specs() -> tuple[MetricSpec, ...]:
 
 __all__ = [
     "ATTR_CPU_PERCENT",
+    "ATTR_CPU_SCOPE",
     "ATTR_ERROR_MESSAGE",
     "ATTR_ERROR_STACKTRACE",
     "ATTR_ERROR_TYPE",
@@ -633,6 +653,7 @@ __all__ = [
     "ATTR_JOB_FINISHED_AT",
     "ATTR_JOB_HEALTH",
     "ATTR_JOB_NAME",
+    "ATTR_JOB_PARENT_RUN_ID",
     "ATTR_JOB_QUEUE",
     "ATTR_JOB_RUN_ID",
     "ATTR_JOB_SEQUENCE",
@@ -640,6 +661,8 @@ __all__ = [
     "ATTR_JOB_STARTED_AT",
     "ATTR_JOB_STATUS",
     "ATTR_JOB_STUCK",
+    "ATTR_JOB_STUCK_DURATION",
+    "ATTR_JOB_STUCK_SINCE",
     "ATTR_JOB_TIMEOUT",
     "ATTR_JOB_TIMEOUT_AT",
     "ATTR_LIMIT_ACTUAL",

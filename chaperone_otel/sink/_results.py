@@ -254,6 +254,14 @@ class JobRecord:
     span_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    cpu_scope: str | None = None
+    """What ``cpu_percent`` measured: ``thread``, ``process`` or ``shared`` (not the run's own)."""
+    stuck_since: datetime | None = None
+    """When the run first became stuck (kept after it recovered or ended); None if never."""
+    stuck_seconds: float | None = None
+    """Seconds the run spent stuck, all spells added up; None if it never was."""
+    parent_run_id: str | None = None
+    """The run id of the supervised run this one was started in; None for a top-level run."""
     _sink: RecordSource | None = field(default=None, compare=False, repr=False)
 
     TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(

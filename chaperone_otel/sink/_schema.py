@@ -171,6 +171,8 @@ HEALTH_COLUMNS: Final[Mapping[str, str]] = {
     },
     # the one composite signal: when a stall budget runs out
     "stall_deadline": "(epoch(progress_updated_at) + stall_timeout)",
+    # CPU the run can be charged with: a reading shared with other runs is no signal
+    "cpu": "(CASE WHEN cpu_scope = 'shared' THEN NULL ELSE cpu_percent END)",
 }
 """How each health-rule signal is spelled over the ``jobs`` table, in epoch seconds."""
 
@@ -223,8 +225,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         tuple(_create_tables()),
         V1_JOB_COLUMNS,
     ),
+    Migration.add_columns(
+        2,
+        "CPU scope, stuck history, parent run",
+        "cpu_scope",
+        "stuck_since",
+        "stuck_seconds",
+        "parent_run_id",
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(2, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(3, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
