@@ -495,6 +495,19 @@ class StoreOwner:
         return f"<StoreOwner {self.path} {self._state} url={self.url}>"
 
 
+async def _off_the_loop(fn: Callable[[], object]) -> None:
+    """Call ``fn``, which may wait briefly, on a worker thread; inline once the interpreter
+    is exiting (the owner closed by ``shutdown()`` at exit), where every thread pool refuses
+    new work ("cannot schedule new futures after interpreter shutdown") and the server has
+    nothing left to answer but what it is stopping anyway."""
+    try:
+        await asyncio.to_thread(fn)
+    except RuntimeError as e:
+        if "interpreter shutdown" not in str(e):
+            raise
+        fn()
+
+
 class BackgroundServer:
     """Serve an ASGI app with uvicorn in a daemon thread (the embedded sink's query API).
 
@@ -614,8 +627,8 @@ class BackgroundServer:
                             loop.call_soon_threadsafe(wake.set)
 
                 async def shutdown(self, sockets: Any = None) -> None:
-                    if owner.on_shutdown is not None:  # may wait briefly: off the event loop
-                        await asyncio.to_thread(owner.on_shutdown)
+                    if owner.on_shutdown is not None:
+                        await _off_the_loop(owner.on_shutdown)
                     if self.server_state.connections or self.server_state.tasks:
                         await super().shutdown(sockets)
                         return
