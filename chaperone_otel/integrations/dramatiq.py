@@ -117,6 +117,9 @@ class Supervision(Middleware):
         return {OPTION}
 
     def before_declare_actor(self, broker: Any, actor: Any) -> None:
+        """Check the actor's ``supervision=`` option where it is declared. Dramatiq logs a
+        middleware's exception here as CRITICAL (with the message below) instead of raising
+        it; the actor's messages are then supervised with the valid keys only."""
         options = actor.options.get(OPTION)
         if options is None or options is False or options is True:
             return
@@ -147,7 +150,8 @@ class Supervision(Middleware):
             self.open.clear()
         with _guard("dramatiq.shutdown"):
             for run, _ in left:
-                run.finish(WorkerShutdown("the worker shut down while the message ran"))
+                error = WorkerShutdown("the worker shut down while the message ran")
+                run.finish(error, status="cancelled")
             _flush(self.flush_timeout)
 
     # ---- one message ---------------------------------------------------------------------
@@ -158,7 +162,9 @@ class Supervision(Middleware):
             options = message.options.get(OPTION, actor.options.get(OPTION))
             if options is False or (self.include is not None and not self.include(actor)):
                 return
-            run_options: dict[str, Any] = dict(options) if isinstance(options, Mapping) else {}
+            run_options: dict[str, Any] = {}
+            if isinstance(options, Mapping):  # unknown keys were reported at declaration
+                run_options = {k: v for k, v in options.items() if k in _RUN_OPTIONS}
             run_options.setdefault("heartbeat_interval", self.heartbeat_interval)
             run_options.setdefault("timeout", _time_limit(broker, actor, message))
             run = _start_run(
