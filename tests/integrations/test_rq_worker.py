@@ -89,7 +89,9 @@ class RQ:
         self.queue = queue
         self.proc = proc
 
-    def run_of(self, job: Job, *, attempts: int = 1, status: str | None = None) -> list[Any]:
+    def run_of(
+        self, job: Job, *, attempts: int = 1, status: str | None = None, within: float = 30
+    ) -> list[Any]:
         """The job's runs once ``attempts`` are in the store and the last is terminal."""
 
         def stored() -> Any:
@@ -101,7 +103,7 @@ class RQ:
                 done = rows[-1].status == status
             return rows if done else None
 
-        return list(wait_until(stored, 30, f"{attempts} run(s) of job {job.id} in the store"))
+        return list(wait_until(stored, within, f"{attempts} run(s) of job {job.id} in the store"))
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +230,7 @@ def test_killed_horse_is_closed_as_failed_from_the_worker(rq_worker: RQ) -> None
 
     pid = wait_until(horse_pid, 30, "the work-horse to start the job")
     os.kill(pid, signal.SIGKILL)
-    (run,) = rq_worker.run_of(job, status="failed")
+    (run,) = rq_worker.run_of(job, status="failed", within=10)
     assert run.error_type == "chaperone_otel.integrations.rq.WorkHorseKilled"
     assert "signal 9" in (run.error_message or "")
     assert run.pid == pid
