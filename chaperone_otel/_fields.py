@@ -197,6 +197,8 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("span_seen", _B, None, "internal", record=None, doc="A finished span arrived."),
     _f("heartbeat_rows", _I32, None, "internal", record=None, doc="Stored heartbeat rows."),
     _f("ingested_at", _T, None, "internal", record=None, doc="Last write time."),
+    _f("schedule", _S, sc.ATTR_SCHEDULE_NAME, doc="The schedule the run belongs to."),
+    _f("scheduled_for", _T, sc.ATTR_SCHEDULE_SCHEDULED_FOR, doc="The slot it serves."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

@@ -30,7 +30,14 @@ from chaperone_otel.cli._render import JOB_COLUMNS as CLI_COLUMNS
 from chaperone_otel.sink import JobRecord
 from chaperone_otel.sink._records import JOB_ATTRIBUTES, job_attributes, stage
 from chaperone_otel.sink._results import select_list
-from chaperone_otel.sink._schema import JOB_COLUMNS, MIGRATIONS, Migration, job_columns, migrate
+from chaperone_otel.sink._schema import (
+    JOB_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Migration,
+    job_columns,
+    migrate,
+)
 from chaperone_otel.testing import FakeClock, capture
 from tests.sink.store_factory import T0, record
 
@@ -89,6 +96,7 @@ def test_a_supervised_run_carries_exactly_the_table_attributes():
             cpu_limit=100_000,
             fd_limit=1_000_000,
             heartbeat_interval=10,
+            schedule="fields.schedule",
         )
         def job() -> None:
             report_progress(1, 10, {"k": "v"}, phase="load")
@@ -103,14 +111,15 @@ def test_a_supervised_run_carries_exactly_the_table_attributes():
         seen = set()
         for r in cap.records:
             seen |= {k for k in r.attributes if not k.startswith(sc.ATTR_USER_PREFIX)}
-    assert seen - EVENT_ATTRIBUTES == record_attributes()
+    # Only a framework's start_run() knows the slot a run serves (scheduled_for).
+    assert seen - EVENT_ATTRIBUTES == record_attributes() - {sc.ATTR_SCHEDULE_SCHEDULED_FOR}
 
 
 # --- adding a field ----------------------------------------------------------------------
 
 GPU = RunField("gpu_percent", Kind.FLOAT, "chaperone.job.gpu.percent", doc="GPU, %.")
 WITH_GPU = (*RUN_FIELDS, GPU)
-ADD_GPU = Migration.add_columns(2, "GPU usage", "gpu_percent", fields=WITH_GPU)
+ADD_GPU = Migration.add_columns(SCHEMA_VERSION + 1, "GPU usage", "gpu_percent", fields=WITH_GPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +133,7 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     """One new row (plus its migration) reaches the staging, the SQL table of an existing
     store (through the migration) and the record a query returns."""
     con = duckdb.connect(str(tmp_path / "jobs.duckdb"))
-    assert migrate(con, "jobs.duckdb") == 1  # a version-1 store, before the field existed
+    assert migrate(con, "jobs.duckdb") == SCHEMA_VERSION  # a store before the field existed
     staged = stage(
         [record(run_id="gpu-run", ts=T0, **{GPU.attribute: 87.5})],
         attributes=job_attributes(WITH_GPU),
@@ -133,16 +142,22 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     assert staged.schema.field("gpu_percent").type == pa.float64()
     assert staged.column("gpu_percent").to_pylist() == [87.5]
 
-    assert migrate(con, "jobs.duckdb", migrations=(*MIGRATIONS, ADD_GPU)) == 2
-    types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_name = 'jobs'").fetchall())
+    assert migrate(con, "jobs.duckdb", migrations=(*MIGRATIONS, ADD_GPU)) == SCHEMA_VERSION + 1
+    types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'jobs'"
+        ).fetchall()
+    )
     assert types["gpu_percent"] == "DOUBLE"
     assert [c.name for c in job_columns((*MIGRATIONS, ADD_GPU), WITH_GPU)][-1] == "gpu_percent"
 
     con.register("staged", staged)
-    con.execute("INSERT INTO jobs (run_id, attempt, name, status, started_at, gpu_percent) "
-                "SELECT run_id, attempt, name, status, make_timestamp(CAST(started_at * 1e6 "
-                "AS BIGINT)), gpu_percent FROM staged")
+    con.execute(
+        "INSERT INTO jobs (run_id, attempt, name, status, started_at, gpu_percent) "
+        "SELECT run_id, attempt, name, status, make_timestamp(CAST(started_at * 1e6 "
+        "AS BIGINT)), gpu_percent FROM staged"
+    )
     text = f"SELECT {select_list(DEFAULT_POLICY, record=GpuRecord, run_fields=WITH_GPU)} FROM jobs"
     cur = con.execute(text, {"now": T0})
     names = [d[0] for d in cur.description]
@@ -156,5 +171,7 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
 
 def test_a_field_without_a_migration_is_refused():
     """Forgetting the migration fails loudly, naming the field and the fix."""
-    with pytest.raises(ValueError, match=r"gpu_percent.*Migration\.add_columns\(2"):
+    with pytest.raises(
+        ValueError, match=rf"gpu_percent.*Migration\.add_columns\({SCHEMA_VERSION + 1}"
+    ):
         job_columns(MIGRATIONS, WITH_GPU)

@@ -254,6 +254,8 @@ class JobRecord:
     span_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
     _sink: RecordSource | None = field(default=None, compare=False, repr=False)
 
     TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
