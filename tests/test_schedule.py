@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import chaperone_otel
-from chaperone_otel import ConfigurationError, semconv as sc, supervised
+from chaperone_otel import ConfigurationError, supervised
+from chaperone_otel import semconv as sc
 from chaperone_otel._schedule import declared
 from chaperone_otel._schedules import make_schedule, spec_from_attributes
 from chaperone_otel.testing import capture

@@ -252,7 +252,7 @@ def test_sql_states_equal_the_python_rules_on_every_slot(store: Any) -> None:
     for now in (T0 + 20, T0 + 90, T0 + 700, T0 + HOUR + 30, T0 + 2 * HOUR + 200):
         tick(writer, now)
         names = [f"sig_{n}" if n not in _PLAIN else n for n in SIGNALS]
-        columns, rows = sink.sql(
+        _columns, rows = sink.sql(
             f"SELECT state, {', '.join(names)} FROM ({slots_select()}) AS s", {"now": now}
         )
         assert rows
