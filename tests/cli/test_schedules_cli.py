@@ -51,4 +51,6 @@ def test_without_flags_each_schedules_latest_slot_is_judged(tmp_path: Path) -> N
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("schedule,due_at,state")
-    assert len(lines) == 2 and lines[1].startswith("idle,") and ",missed," in lines[1]
+    assert len(lines) == 2
+    assert lines[1].startswith("idle,")
+    assert ",missed," in lines[1]
