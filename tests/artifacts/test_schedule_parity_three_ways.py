@@ -64,6 +64,9 @@ def python_verdicts() -> dict[str, dict[str, bool]]:
             for name, sig in SCENARIOS.items()}
 
 
+TIMES = frozenset({"due_at", "opens_at", "run_started_at", "declared_at"})
+
+
 def sql_verdicts() -> dict[str, dict[str, bool]]:
     """Each scenario as a row shaped like the store's slot rows, judged by its predicates."""
     con = duckdb.connect()
@@ -79,10 +82,8 @@ def sql_verdicts() -> dict[str, dict[str, bool]]:
             "run_status": "running" if "running_since" in sig else "completed",
             "latest": True,
         }
-        times = {"due_at", "opens_at", "run_started_at", "declared_at"}
-
         def cast(column: str) -> str:
-            if column in times:
+            if column in TIMES:
                 return f"CAST(to_timestamp(CAST(? AS DOUBLE)) AS TIMESTAMP) AS {column}"
             kind = {"run_status": "VARCHAR", "latest": "BOOLEAN"}.get(column, "DOUBLE")
             return f"CAST(? AS {kind}) AS {column}"
