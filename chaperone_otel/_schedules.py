@@ -294,9 +294,10 @@ SCHEDULE_PROMQL_SIGNALS: Final[Mapping[str, sc.MetricSpec]] = {
     "declared_at": sc.METRIC_SCHEDULE_LAST_DECLARED,
     "declare_every": sc.METRIC_SCHEDULE_DECLARE_EVERY,
 }
-"""The sink series that carries each slot signal for a schedule's *latest* due slot (the
-fleet ``/metrics`` exports them; ``started_at`` is the schedule's latest run, which fulfils
-the latest slot exactly when it started at or after ``opens_at``)."""
+"""The sink series that carries each slot signal for a schedule's latest *decided* slot (the
+newest whose grace has passed; see ``sink/_schedule_metrics.py``). ``started_at`` is the
+schedule's latest run, which fulfils that slot exactly when it started at or after
+``opens_at``."""
 
 SIGNALS: Final = tuple(SCHEDULE_PROMQL_SIGNALS)
 

@@ -604,14 +604,14 @@ METRIC_SCHEDULE_LAST_DUE: Final = MetricSpec(
     "chaperone.schedule.last_due_timestamp",
     "gauge",
     "s",
-    "Unix time the schedule's latest slot was due (the latest due time not in the future).",
+    "Unix time the schedule's latest decided slot fell due (the newest whose grace has passed).",
     _SCHEDULE_LABELS,
 )
 METRIC_SCHEDULE_LAST_OPENS: Final = MetricSpec(
     "chaperone.schedule.last_opens_timestamp",
     "gauge",
     "s",
-    "Unix time from which a run counts for the schedule's latest due slot (a cron slot: a "
+    "Unix time from which a run counts for the schedule's latest decided slot (a cron slot: a "
     "little before it is due; an interval slot: the previous run's start).",
     _SCHEDULE_LABELS,
 )

@@ -6,7 +6,11 @@ alert rules rendered from the same trees judge what the store's scopes judge, in
 Prometheus's own clock (``time() - last_due > grace``): a sink that stops being scraped
 cannot hide a missed run behind a stale "missed = 0".
 
-* ``last_due`` / ``last_opens``: the schedule's latest slot (due by the last evaluation);
+* ``last_due`` / ``last_opens``: the schedule's latest *decided* slot, the newest whose
+  grace has passed at scrape time. Not simply the newest slot: with slots every 2 s and a 2 s
+  grace, the newest slot is always still within its grace, and "missed" would flap off at
+  every new slot while nothing runs. A slot still within its grace (``late``) is therefore
+  the store's to report (``sink.schedules.late()``), never an alert;
 * ``last_start``: the schedule's latest run start (it fulfils the latest slot exactly when
   it is at or after ``last_opens``); ``last_success``: the latest completed run's end;
 * ``running_since``: the oldest run of the schedule still running (no series otherwise);
@@ -20,6 +24,7 @@ compare with ``>``, ``unless``, and need no ``absent()``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -36,6 +41,10 @@ SCHEDULE_SERIES_SQL: Final = (
   WHERE schedule IS NOT NULL
   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1
 )
+, decided AS (
+  SELECT * FROM counted WHERE epoch(due_at) + grace < $now
+  QUALIFY row_number() OVER (PARTITION BY schedule ORDER BY due_at DESC) = 1
+)
 SELECT d.name,
   epoch(l.due_at), epoch(l.opens_at),
   (SELECT epoch(max(started_at)) FROM latest_runs r WHERE r.schedule = d.name),
@@ -46,7 +55,7 @@ SELECT d.name,
   coalesce(l.grace, d.grace), coalesce(l.max_runtime, d.max_runtime),
   l.consecutive_failures, coalesce(l.failure_threshold, d.failure_threshold),
   epoch(d.declared_at), d.declare_every
-FROM schedules d LEFT JOIN counted l ON l.schedule = d.name AND l.latest
+FROM schedules d LEFT JOIN decided l ON l.schedule = d.name
 ORDER BY d.name"""
 )
 """One row per schedule: name, then the values of :data:`SERIES`, in order."""
@@ -76,10 +85,14 @@ class ScheduleCollector(Collector):
     Args:
         cursor: returns a new DuckDB cursor on the store. The values are timestamps and
             durations, not ages: Prometheus judges them against its own ``time()``.
+        clock: Unix-seconds clock; it only decides which slot is the latest decided one.
     """
 
-    def __init__(self, cursor: Callable[[], Any]) -> None:
+    def __init__(
+        self, cursor: Callable[[], Any], *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._cursor = cursor
+        self._clock = clock
 
     def describe(self) -> list[Metric]:
         """No eager describe: collecting runs SQL, which registration must not do."""
@@ -88,7 +101,7 @@ class ScheduleCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         cur = self._cursor()
         try:
-            rows = cur.execute(SCHEDULE_SERIES_SQL).fetchall()
+            rows = cur.execute(SCHEDULE_SERIES_SQL, {"now": self._clock()}).fetchall()
         finally:
             cur.close()
         label = [sc.prometheus_label(sc.ATTR_SCHEDULE_NAME)]
