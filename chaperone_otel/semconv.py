@@ -228,6 +228,13 @@ EVENT_SCHEDULE_DECLARED: Final = "chaperone.schedule.declared"
 """A schedule was declared (or re-declared: the newest declaration of a name wins). Not a
 run's record: it carries the schedule's attributes only, no run id."""
 
+EVENT_SCHEDULE_DISPATCHED: Final = "chaperone.schedule.dispatched"
+"""A scheduler (Celery beat) sent a run of a schedule: the run may still never start (a queue
+nobody consumes), and the store can then tell that apart from a scheduler that never sent it."""
+
+ATTR_SCHEDULE_RUN_ID: Final = "chaperone.schedule.run.id"
+"""On a dispatch record: the run id the dispatched run will have (the Celery task id)."""
+
 ATTR_SCHEDULE_NAME: Final = "chaperone.schedule.name"
 """The schedule a declaration defines, or a run belongs to. Bounded; a metric label."""
 
@@ -808,6 +815,7 @@ __all__ = [
     "ATTR_SCHEDULE_INTERVAL",
     "ATTR_SCHEDULE_MAX_RUNTIME",
     "ATTR_SCHEDULE_NAME",
+    "ATTR_SCHEDULE_RUN_ID",
     "ATTR_SCHEDULE_SCHEDULED_FOR",
     "ATTR_SCHEDULE_SOURCE",
     "ATTR_SCHEDULE_TIMEZONE",
@@ -822,6 +830,7 @@ __all__ = [
     "EVENT_JOB_STARTED",
     "EVENT_JOB_VIOLATION",
     "EVENT_SCHEDULE_DECLARED",
+    "EVENT_SCHEDULE_DISPATCHED",
     "INSTRUMENTATION_SCOPE",
     "InstrumentKind",
     "LIFECYCLE_EVENTS",

@@ -33,6 +33,7 @@ _COLUMNS = (
     "run_id",
     "run_status",
     "run_started_at",
+    "dispatched_at",
     "consecutive_failures",
     "grace",
 )

@@ -163,7 +163,7 @@ class Staged:
         heartbeats: one row per heartbeat record.
         violations: one row per violation record.
         errors: one row per failed run attempt.
-        schedules: schedule declarations (``chaperone.schedule.declared``), as they came.
+        schedules: schedule declarations and dispatches (``chaperone.schedule.*``), as they came.
         records: records accepted. invalid: records skipped (no run id). coerced: values
             dropped to NULL because of a wrong type.
     """
@@ -348,6 +348,16 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
     return json.dumps(user, sort_keys=True, default=str)
 
 
+_SCHEDULE_EVENTS: Final = frozenset((sc.EVENT_SCHEDULE_DECLARED, sc.EVENT_SCHEDULE_DISPATCHED))
+
+
+def _schedule_record_ok(record: LifecycleRecord) -> bool:
+    if record.event_name == sc.EVENT_SCHEDULE_DECLARED:
+        return spec_from_attributes(record.attributes) is not None
+    name = record.attributes.get(sc.ATTR_SCHEDULE_NAME)
+    return isinstance(name, str) and bool(name) and math.isfinite(record.timestamp)
+
+
 def stage(
     records: Iterable[IngestRecord], *, attributes: Sequence[JobAttribute] = JOB_ATTRIBUTES
 ) -> Staged:
@@ -362,10 +372,9 @@ def stage(
     failed: dict[Key, IngestRecord] = {}
     for record in records:
         attrs = record.attributes
-        if (
-            isinstance(record, LifecycleRecord) and record.event_name == sc.EVENT_SCHEDULE_DECLARED
-        ):  # no run: its own table
-            if spec_from_attributes(attrs) is not None:
+        if isinstance(record, LifecycleRecord) and record.event_name in _SCHEDULE_EVENTS:
+            # not a run's record: the schedule tables
+            if _schedule_record_ok(record):
                 out.schedules.append(record)
                 out.records += 1
             else:

@@ -63,6 +63,7 @@ _COLUMNS: Final = (
     "run_started_at",
     "run_finished_at",
     "run_error_type",
+    "dispatched_at",
     "consecutive_failures",
     "failure_threshold",
     "latest",
@@ -97,6 +98,8 @@ class SlotRecord:
             ``on_time``, ``pending`` (see docs/schedules.md).
         run_id: the run that fulfils it, or None.
         run_status, run_started_at, run_finished_at, run_error_type: that run's.
+        dispatched_at: when a scheduler (Celery beat) sent its run, if it recorded that: a
+            missed slot with a dispatch was sent and never started (nobody consumed it).
         consecutive_failures: failed runs in a row up to this slot.
         failure_threshold: how many make the schedule failing.
         latest: the schedule's latest slot.
@@ -115,6 +118,7 @@ class SlotRecord:
     run_started_at: datetime | None
     run_finished_at: datetime | None
     run_error_type: str | None
+    dispatched_at: datetime | None
     consecutive_failures: int
     failure_threshold: int
     latest: bool
@@ -139,6 +143,7 @@ class SlotRecord:
             "run_started_at",
             "run_finished_at",
             "declared_at",
+            "dispatched_at",
         ):
             values[key] = _utc(values[key])
         values["consecutive_failures"] = int(values["consecutive_failures"] or 0)

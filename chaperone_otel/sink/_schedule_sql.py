@@ -5,6 +5,9 @@ attempt) and to its schedule, and gets the slot signals of :mod:`chaperone_otel.
 as columns; the states are the same rule trees the Python evaluator and the alert rules use,
 rendered by :meth:`~chaperone_otel._health.Expr.sql` over :data:`SLOT_COLUMNS`.
 
+A slot also shows when a scheduler (Celery beat) dispatched its run, if it recorded that:
+the dispatch naming the slot, the one of its run, or one sent in its window.
+
 Two signals are per schedule rather than per slot: a failing streak is counted along the
 slots (a completed run ends it), and the scheduler's silence (``declared_at``,
 ``declare_every``) is given to the schedule's latest slot only, so ``lost`` holds on one row
@@ -49,6 +52,10 @@ SLOTS_BASE: Final = """WITH runs AS (
   SELECT sl.schedule, sl.due_at, sl.opens_at, sl.grace, sl.max_runtime,
     sl.failure_threshold, sl.run_id, r.status AS run_status, r.started_at AS run_started_at,
     r.finished_at AS run_finished_at, r.error_type AS run_error_type,
+    (SELECT min(x.dispatched_at) FROM schedule_dispatches x WHERE x.schedule = sl.schedule
+      AND (x.scheduled_for = sl.due_at OR (sl.run_id IS NOT NULL AND x.run_id = sl.run_id)
+        OR (x.scheduled_for IS NULL AND x.dispatched_at >= sl.opens_at
+          AND x.dispatched_at <= sl.due_at + to_seconds(sl.grace)))) AS dispatched_at,
     sum(CASE WHEN r.status = 'completed' THEN 1 ELSE 0 END) OVER (
       PARTITION BY sl.schedule ORDER BY sl.due_at ROWS UNBOUNDED PRECEDING) AS streak
   FROM schedule_slots sl LEFT JOIN runs r ON r.run_id = sl.run_id

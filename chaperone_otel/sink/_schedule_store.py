@@ -63,9 +63,13 @@ def _epoch(value: datetime | None) -> float | None:
 
 
 def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
-    """Upsert the declared schedules (inside the caller's transaction)."""
+    """Upsert the declared schedules and insert the dispatches (inside the caller's
+    transaction)."""
     newest: dict[str, tuple[float, ScheduleSpec, LifecycleRecord]] = {}
     for record in records:
+        if record.event_name == sc.EVENT_SCHEDULE_DISPATCHED:
+            _store_dispatch(cur, record)
+            continue
         spec = spec_from_attributes(record.attributes)
         if spec is None:
             continue
@@ -110,6 +114,21 @@ def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
             "service_instance_id = ?, changed_at = ?, declared_at = ? WHERE name = ?",
             [*values, changed_at, _ts(at), name],
         )
+
+
+def _store_dispatch(cur: Any, record: LifecycleRecord) -> None:
+    attrs = record.attributes
+    run_id = _text(attrs.get(sc.ATTR_SCHEDULE_RUN_ID)) or None
+    due = attrs.get(sc.ATTR_SCHEDULE_SCHEDULED_FOR)
+    due_at = (
+        _ts(float(due)) if isinstance(due, (int, float)) and not isinstance(due, bool) else None
+    )
+    if run_id is not None:  # the same dispatch delivered twice is one row
+        cur.execute("DELETE FROM schedule_dispatches WHERE run_id = ?", [run_id])
+    cur.execute(
+        "INSERT INTO schedule_dispatches VALUES (?, ?, ?, ?)",
+        [attrs[sc.ATTR_SCHEDULE_NAME], run_id, due_at, _ts(record.timestamp)],
+    )
 
 
 def _text(value: object) -> str | None:
@@ -170,22 +189,32 @@ class _Runs:
         ]
 
     def take(self, due: float, opens: float, deadline: float) -> tuple[str, float] | None:
-        """The run for the slot due at ``due``: the one naming it, else the first started
-        in ``[opens, deadline]``; removed from the pool."""
+        """The run for the slot due at ``due``: the one naming it (if it started by the
+        deadline), else the first not naming another slot that started in ``[opens,
+        deadline]``; removed from the pool."""
         chosen = None
-        for i, (_run_id, _started, scheduled_for) in enumerate(self.rows):
+        for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
             if scheduled_for is not None and abs(scheduled_for - due) < 0.001:
-                chosen = i
+                if started <= deadline:
+                    chosen = i
                 break
         if chosen is None:
             for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
-                if scheduled_for is None and opens <= started <= deadline:
+                if _for_other_slot(scheduled_for, due):
+                    continue
+                if opens <= started <= deadline:
                     chosen = i
                     break
         if chosen is None:
             return None
         run_id, started, _ = self.rows.pop(chosen)
         return run_id, started
+
+
+def _for_other_slot(scheduled_for: float | None, due: float) -> bool:
+    """A run naming a slot serves that slot only (a cron slot); an interval schedule's
+    runs never name one."""
+    return scheduled_for is not None and abs(scheduled_for - due) >= 0.001
 
 
 def _evaluate_one(

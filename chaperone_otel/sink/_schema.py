@@ -234,6 +234,11 @@ SCHEDULE_TABLES: Final = (
   grace DOUBLE NOT NULL, max_runtime DOUBLE, failure_threshold INTEGER NOT NULL,
   run_id VARCHAR, matched_at TIMESTAMP
 )""",
+    # One row per dispatch a scheduler recorded (Celery beat): sent, whether or not it ran.
+    """CREATE TABLE IF NOT EXISTS schedule_dispatches (
+  schedule VARCHAR NOT NULL, run_id VARCHAR, scheduled_for TIMESTAMP,
+  dispatched_at TIMESTAMP NOT NULL
+)""",
 )
 """The schedule tables (issue 15); ``sink/_schedule_store.py`` writes and reads them."""
 
