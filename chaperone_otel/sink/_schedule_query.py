@@ -280,8 +280,10 @@ class ScheduleQuery:
         return found[0] if found else None
 
     def count(self) -> int:
-        """How many slots match."""
-        return len(self.all())
+        """How many slots match (counted by the store: no row limit applies)."""
+        text, params = self.sql()
+        _columns, rows = self._sink.sql(f"SELECT count(*) FROM ({text}) AS q", params)
+        return int(rows[0][0])
 
     def __repr__(self) -> str:
         return f"ScheduleQuery({self._steps!r})"
