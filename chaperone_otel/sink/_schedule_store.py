@@ -52,6 +52,16 @@ MATCH_WINDOW: Final = 7 * 86400.0
 """Seconds back that unfulfilled slots still look for a late-arriving run's record."""
 
 
+PRUNE_SCHEDULES: Final = (
+    # Every schedule keeps its newest slot: the evaluator continues from it, and would
+    # otherwise make the pruned slots again from the schedule's definition.
+    "DELETE FROM schedule_slots s WHERE due_at < $cutoff AND due_at < "
+    "(SELECT max(x.due_at) FROM schedule_slots x WHERE x.schedule = s.schedule)",
+    "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
+)
+"""What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp)."""
+
+
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
 

@@ -269,3 +269,40 @@ _PLAIN = {"grace", "max_runtime", "consecutive_failures", "failure_threshold"}
 def test_slot_columns_spell_every_signal() -> None:
     """Every slot signal has its SQL spelling."""
     assert set(SLOT_COLUMNS) == set(SIGNALS)
+
+
+def test_prune_drops_old_slots_but_each_schedules_newest(tmp_path: Any) -> None:
+    """prune() deletes slots and dispatches older than its cutoff, except each schedule's
+    newest slot, so the evaluator does not make the pruned slots again."""
+    import time
+
+    from chaperone_otel.sink._local import LocalSink
+    from chaperone_otel.sink._store import acquire
+
+    now = time.time()
+    path = tmp_path / "p.duckdb"
+    with store_writer(path) as (writer, _sink):
+        declare(writer, "old", now - 10 * HOUR - 1, interval=HOUR, grace=60)
+        declare(writer, "new", now - HOUR / 2, interval=HOUR, grace=60)
+        run(writer, "n1", now - HOUR / 4, schedule="new")
+        tick(writer, now)  # old: 10 missed slots, 9h..0h ago; new: none due yet
+    writable = LocalSink(acquire(path, read_only=False), read_only=False)
+    try:
+        before = {n: c for n, c in writable.sql(
+            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1]}
+        assert before == {"old": 10}
+        writable.prune("150m")
+        after = dict(writable.sql(
+            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1])
+        assert after == {"old": 3}  # due 2h, 1h and 0h ago
+        writable.prune("1s")
+        after = dict(writable.sql(
+            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1])
+        assert after == {"old": 1}  # its newest slot stays
+        cur = writable.cursor()
+        with writable._store.write_lock:
+            assert evaluate(cur, now + 1) == 0  # nothing made again
+        assert dict(writable.sql(
+            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1]) == after
+    finally:
+        writable.close()
