@@ -4,6 +4,7 @@ as in the Python rules (issue 15)."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from chaperone_otel._schedules import SIGNALS, make_schedule, schedule_rules
 from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._schedule_sql import SLOT_COLUMNS, slots_select
 from chaperone_otel.sink._schedule_store import evaluate
+from chaperone_otel.sink._store import acquire
 from chaperone_otel.sink._writer import Writer
 
 from .store_factory import T0, lifecycle, store_writer, write_all
@@ -274,11 +276,6 @@ def test_slot_columns_spell_every_signal() -> None:
 def test_prune_drops_old_slots_but_each_schedules_newest(tmp_path: Any) -> None:
     """prune() deletes slots and dispatches older than its cutoff, except each schedule's
     newest slot, so the evaluator does not make the pruned slots again."""
-    import time
-
-    from chaperone_otel.sink._local import LocalSink
-    from chaperone_otel.sink._store import acquire
-
     now = time.time()
     path = tmp_path / "p.duckdb"
     with store_writer(path) as (writer, _sink):
@@ -288,8 +285,8 @@ def test_prune_drops_old_slots_but_each_schedules_newest(tmp_path: Any) -> None:
         tick(writer, now)  # old: 10 missed slots, 9h..0h ago; new: none due yet
     writable = LocalSink(acquire(path, read_only=False), read_only=False)
     try:
-        before = {n: c for n, c in writable.sql(
-            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1]}
+        before = dict(writable.sql(
+            "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1])
         assert before == {"old": 10}
         writable.prune("150m")
         after = dict(writable.sql(
