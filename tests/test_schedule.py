@@ -47,6 +47,7 @@ def test_a_declaration_travels_as_its_own_record() -> None:
         assert [s.cron for s in declared()] == ["0 3 * * *"]
     records = [r for r in cap.records if r.event_name == sc.EVENT_SCHEDULE_DECLARED]
     assert len(records) == 2
+    assert cap.runs() == []  # a declaration is not a run
     first = spec_from_attributes(records[0].attributes)
     assert first == make_schedule(
         "nightly", cron="0 2 * * *", tz="Europe/Paris", grace=900, max_runtime=timedelta(hours=2)
