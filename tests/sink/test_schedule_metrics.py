@@ -11,6 +11,7 @@ from typing import Any
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._schedules import make_schedule
+from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
 from tests.sink.test_fleet import _value, one, post_json, record, scrape
 from tests.waiting import wait_until
@@ -51,6 +52,12 @@ def test_schedule_series_on_the_fleet_metrics(tmp_path: Path) -> None:
             10,
             "both schedules' first slots",
         )
+        # The same slots through a remote sink (the query travels as SQL to the owner).
+        with open_sink(srv.url) as remote:
+            idle = remote.schedules.named("idle").all()
+            assert {s.state for s in idle} <= {"missed", "late"}  # late: a slot just due
+            missed = [s for s in idle if s.state == "missed"]
+            assert remote.schedules.named("idle").missed().count() == len(missed) >= 2
     assert one(m, sc.METRIC_SCHEDULE_GRACE.prometheus, **{label: "every10"}) == 3
     assert one(m, sc.METRIC_SCHEDULE_MAX_RUNTIME.prometheus, **{label: "every10"}) == 60
     assert one(m, sc.METRIC_SCHEDULE_DECLARE_EVERY.prometheus, **{label: "every10"}) == 30
