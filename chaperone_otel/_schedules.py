@@ -296,8 +296,9 @@ SCHEDULE_PROMQL_SIGNALS: Final[Mapping[str, sc.MetricSpec]] = {
 }
 """The sink series that carries each slot signal for a schedule's latest *decided* slot (the
 newest whose grace has passed; see ``sink/_schedule_metrics.py``). ``started_at`` is the
-schedule's latest run, which fulfils that slot exactly when it started at or after
-``opens_at``."""
+schedule's latest run, which fulfils that slot exactly when it started after
+``opens_at``. After, not at: an interval slot opens at the previous run's start, and that
+run must not count for the next slot too."""
 
 SIGNALS: Final = tuple(SCHEDULE_PROMQL_SIGNALS)
 
@@ -378,7 +379,7 @@ SCHEDULE_STATES: Final = (
 def schedule_rules(policy: SchedulePolicy = DEFAULT_SCHEDULE_POLICY) -> ScheduleRules:
     """Build the schedule rule trees for ``policy``; the only place they are written down."""
     since_due = Arith("-", Now(), _s("due_at"))
-    fulfilled = Compare(">=", _s("started_at"), _s("opens_at"))
+    fulfilled = Compare(">", _s("started_at"), _s("opens_at"))
     late = All((Compare("<=", since_due, _s("grace")), Not(fulfilled)))
     missed = All((Compare(">", since_due, _s("grace")), Not(fulfilled)))
     overran = Compare(">", Arith("-", Now(), _s("running_since")), _s("max_runtime"))

@@ -1,7 +1,7 @@
 """The schedule alerts (issue 15): missed, overran, failing, scheduler lost.
 
 Each expression is a schedule rule of :mod:`chaperone_otel._schedules` rendered to PromQL
-over the sink's schedule series (``time() - last_due > grace unless last_start >=
+over the sink's schedule series (``time() - last_due > grace unless last_start >
 last_opens``): the same trees the store's ``sink.schedules.missed()`` renders to SQL, so the
 alert and the query agree. Prometheus evaluates them in its own clock, and a value the store
 does not have is no series, so no rule needs ``absent()``.

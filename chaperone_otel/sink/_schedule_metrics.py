@@ -12,7 +12,7 @@ cannot hide a missed run behind a stale "missed = 0".
   every new slot while nothing runs. A slot still within its grace (``late``) is therefore
   the store's to report (``sink.schedules.late()``), never an alert;
 * ``last_start``: the schedule's latest run start (it fulfils the latest slot exactly when
-  it is at or after ``last_opens``); ``last_success``: the latest completed run's end;
+  it is after ``last_opens``); ``last_success``: the latest completed run's end;
 * ``running_since``: the oldest run of the schedule still running (no series otherwise);
 * ``consecutive_failures``: the latest slot's failing streak;
 * the definition: ``grace``, ``max_runtime``, ``failure_threshold``, ``declare_every``, and

@@ -10,7 +10,7 @@ that did not run cannot report that it did not:
 * :func:`evaluate` materialises the slots that fell due since the last pass (a missed slot is
   a row like any other, so it can be listed and counted) and gives each unfulfilled slot the
   run that fulfils it: the run that names the slot (``scheduled_for``), else the first run
-  of the schedule that started in ``[opens_at, due_at + grace]`` and fulfils no other slot.
+  of the schedule that started in ``(opens_at, due_at + grace]`` and fulfils no other slot.
   A cron slot opens :attr:`SchedulePolicy.early` before it is due (at most half-way to the
   previous slot); an interval slot is due ``interval`` after the previous run started (or
   after the previous slot fell due, when it was missed) and opens there.
@@ -200,7 +200,7 @@ class _Runs:
 
     def take(self, due: float, opens: float, deadline: float) -> tuple[str, float] | None:
         """The run for the slot due at ``due``: the one naming it (if it started by the
-        deadline), else the first not naming another slot that started in ``[opens,
+        deadline), else the first not naming another slot that started in ``(opens,
         deadline]``; removed from the pool."""
         chosen = None
         for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
@@ -212,7 +212,7 @@ class _Runs:
             for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
                 if _for_other_slot(scheduled_for, due):
                     continue
-                if opens <= started <= deadline:
+                if opens < started <= deadline:
                     chosen = i
                     break
         if chosen is None:

@@ -36,6 +36,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "missed": {"due_at": 540, "opens_at": 480},
     "missed, older run": {"due_at": 540, "opens_at": 480, "started_at": 400},
     "run at the deadline": {"due_at": 540, "opens_at": 480, "started_at": 570},
+    # an interval slot opens at the previous run's start: that run alone does not fulfil it
+    "interval, previous run only": {"due_at": 540, "opens_at": 480, "started_at": 480},
     "overran": {"due_at": 300, "opens_at": 240, "started_at": 305, "running": True,
                 "max_runtime": 200},
     "within max runtime": {"due_at": 495, "opens_at": 435, "started_at": 500, "running": True,

@@ -12,8 +12,14 @@ import pytest
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._schedule import declaration_record
-from chaperone_otel._schedules import SIGNALS, make_schedule, schedule_rules
+from chaperone_otel._schedules import (
+    SCHEDULE_PROMQL_SIGNALS,
+    SIGNALS,
+    make_schedule,
+    schedule_rules,
+)
 from chaperone_otel.sink._local import LocalSink
+from chaperone_otel.sink._schedule_metrics import SCHEDULE_SERIES_SQL, SERIES
 from chaperone_otel.sink._schedule_sql import SLOT_COLUMNS, slots_select
 from chaperone_otel.sink._schedule_store import evaluate
 from chaperone_otel.sink._store import acquire
@@ -303,3 +309,22 @@ def test_prune_drops_old_slots_but_each_schedules_newest(tmp_path: Any) -> None:
             "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL")[1]) == after
     finally:
         writable.close()
+
+
+def test_the_sink_series_say_missed_when_the_store_does(store: Any) -> None:
+    """The series /metrics exports for a schedule, judged by the missed rule (what the alert
+    evaluates), agree with the store's slot: an interval slot after a fulfilled one, with no
+    run of its own, is missed although the previous run started when its window opened."""
+    writer, sink = store
+    declare(writer, "s", T0, interval=600, grace=60)
+    run(writer, "r1", T0 + 590)
+    now = T0 + 590 + 600 + 61
+    tick(writer, now)
+    assert states(sink, now) == [(600.0, "on_time"), (1190.0, "missed")]
+    signal_of = {spec: name for name, spec in SCHEDULE_PROMQL_SIGNALS.items()}
+    _columns, rows = sink.sql(SCHEDULE_SERIES_SQL, {"now": now})
+    (row,) = rows
+    signals = {signal_of[spec]: value for spec, value in zip(SERIES, row[1:], strict=True)
+               if spec in signal_of}
+    assert signals["started_at"] == signals["opens_at"] == T0 + 590
+    assert schedule_rules().missed.holds(signals, now)
