@@ -58,6 +58,9 @@ class supervised:
         attempt: the attempt number (default 1).
         attributes: static span/record attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
+        schedule: the schedule the runs belong to (its name, or what
+            :func:`chaperone_otel.schedule` returned): the store matches each run to the
+            slot it started in, so a slot without a run is found missed.
         on_heartbeat_missed, on_stuck, on_timeout, on_violation, on_failure, on_complete,
         on_health_change: local hooks, called on the ``chaperone-hooks`` thread with a ``JobState``.
 
@@ -98,6 +101,7 @@ class supervised:
         attempt: int | None = None,
         attributes: Mapping[str, Any] | None = None,
         tracer_provider: Any = None,
+        schedule: Any = None,
         on_heartbeat_missed: Callable[..., object] | None = None,
         on_stuck: Callable[..., object] | None = None,
         on_timeout: Callable[..., object] | None = None,
@@ -129,6 +133,7 @@ class supervised:
                 "on_health_change": on_health_change,
             },
             tracer_provider=tracer_provider,
+            schedule=schedule,
         )
         # Which run this object entered, per thread and per task: one `supervised(...)`
         # object may be entered concurrently (a module-level context manager used by many

@@ -202,6 +202,9 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("stuck_since", _T, sc.ATTR_JOB_STUCK_SINCE, "sticky", doc="When it first became stuck."),
     _f("stuck_seconds", _F, sc.ATTR_JOB_STUCK_DURATION, "sticky", doc="Seconds spent stuck."),
     _f("parent_run_id", _S, sc.ATTR_JOB_PARENT_RUN_ID, "sticky", doc="Enclosing run's id."),
+    # Added by migration 3 (issue 15: schedules).
+    _f("schedule", _S, sc.ATTR_SCHEDULE_NAME, doc="The schedule the run belongs to."),
+    _f("scheduled_for", _T, sc.ATTR_SCHEDULE_SCHEDULED_FOR, doc="The slot it serves."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

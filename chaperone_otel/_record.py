@@ -113,6 +113,10 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
         a[sc.ATTR_LIMIT_FDS] = run.fd_limit
     if run.error_stacktrace is not None:
         a[sc.ATTR_ERROR_STACKTRACE] = run.error_stacktrace
+    if run.schedule is not None:
+        a[sc.ATTR_SCHEDULE_NAME] = run.schedule
+        if run.scheduled_for is not None:
+            a[sc.ATTR_SCHEDULE_SCHEDULED_FOR] = run.scheduled_for
     meta = present(handle._meta)
     if meta:
         a[sc.ATTR_METADATA] = to_json(meta)

@@ -494,6 +494,8 @@ class Run:
         "pid",
         "progress_updated_at",
         "queue",
+        "schedule",
+        "scheduled_for",
         "span",
         "span_id",
         "stall_timeout",
@@ -537,6 +539,7 @@ class Run:
         self.fd_limit = spec.fd_limit
         self.on_limit: str = static.on_limit
         self.attributes = dict(spec.attributes) if spec.attributes else {}
+        self.schedule, self.scheduled_for = spec.schedule, spec.scheduled_for
         self.hooks: Hooks = static.hooks
         self.absent = static.absent
         self.status = "pending"

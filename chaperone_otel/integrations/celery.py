@@ -52,6 +52,8 @@ from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
+from . import _celery_beat as _beat
+from ._celery_beat import instrument_beat, uninstrument_beat
 
 try:
     from celery import Celery, Task, signals
@@ -118,6 +120,7 @@ class _Instrumentation:
                 queue=delivery.get("routing_key") or None,
                 timeout=self.timeout(task, request),
                 heartbeat_interval=self.heartbeat_interval,
+                **_beat.run_options(request),  # issue 15: the beat entry it serves
             )
             tokens = run.attach()
             with self.lock:
@@ -212,6 +215,8 @@ def instrument(
         return
     inst = _Instrumentation(app, include, heartbeat_interval, flush_timeout)
     _instrumented[key] = inst
+    if id(app) not in _beat._beats:  # beat entries become schedules (celery_beat)
+        _beat.instrument_beat(app)
     uid = f"{_UID}:{key}"
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
@@ -234,4 +239,4 @@ def uninstrument(app: Celery) -> None:
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
 
 
-__all__ = ["instrument", "uninstrument"]
+__all__ = ["instrument", "instrument_beat", "uninstrument", "uninstrument_beat"]

@@ -62,6 +62,7 @@ from ..exceptions import SinkError
 from ._api import bearer_authorizer, create_query_app
 from ._forward import RECORDS_PATH, records_route
 from ._local import LocalSink
+from ._schedule_store import ScheduleEvaluator
 from ._schema import HEARTBEATS_PER_RUN
 from ._store import Store, acquire, release, remove_sidecar, write_sidecar
 from ._writer import Writer
@@ -327,6 +328,7 @@ class StoreOwner:
         self._server: BackgroundServer | None = None
         self._advertised = False
         self._writer: Writer | None = None
+        self._schedules: ScheduleEvaluator | None = None
         self._view: LocalSink | None = None
         self.store: Store = acquire(path, read_only=False, policy=policy)
         self.path = self.store.path
@@ -337,6 +339,8 @@ class StoreOwner:
                 batch_size=batch_size,
                 heartbeat_limit=heartbeat_limit,
             )
+            # Detection runs where the store is: missed slots are found here (issue 15).
+            self._schedules = ScheduleEvaluator(self.store)
             view_store = acquire(self.path, read_only=not writable_view, policy=policy)
             self._view = LocalSink(view_store, read_only=not writable_view, policy=policy)
             if read_your_writes:
@@ -459,6 +463,9 @@ class StoreOwner:
             self._server.stop(timeout or 15.0)
             self._server = None
         errors: list[SinkError] = []
+        if self._schedules is not None:
+            self._schedules.close()
+            self._schedules = None
         if self._writer is not None:
             try:
                 self._writer.close(timeout)

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._fields import field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
@@ -45,6 +45,9 @@ from ._results import (
     select_exprs,
 )
 from ._schema import HEALTH_COLUMNS, predicate
+
+if TYPE_CHECKING:
+    from ._schedule_query import ScheduleQuery
 
 Step = tuple[Any, ...]
 
@@ -507,6 +510,13 @@ class Sink(abc.ABC):
     def jobs(self) -> JobQuery:
         """A new query over every stored run."""
         return JobQuery(self)
+
+    @property
+    def schedules(self) -> ScheduleQuery:
+        """A new query over the slots of every schedule (``.missed().today()``)."""
+        from ._schedule_query import ScheduleQuery  # noqa: PLC0415 - cronsim-free until used
+
+        return ScheduleQuery(self)
 
     def job(self, run_id: str) -> JobRecord | None:
         """The latest attempt of the run with this supervision id, or None."""

@@ -262,6 +262,10 @@ class JobRecord:
     """Seconds the run spent stuck, all spells added up; None if it never was."""
     parent_run_id: str | None = None
     """The run id of the supervised run this one was started in; None for a top-level run."""
+    schedule: str | None = None
+    """The schedule the run belongs to (``chaperone_otel.schedule``); None if none."""
+    scheduled_for: datetime | None = None
+    """The slot of its schedule the run serves."""
     _sink: RecordSource | None = field(default=None, compare=False, repr=False)
 
     TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
