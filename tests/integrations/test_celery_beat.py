@@ -6,7 +6,6 @@ time (issue 15). Every process is stopped by PID; every wait is bounded."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from celery.schedules import crontab, schedule
 
 import chaperone_otel as chaperone
 from chaperone_otel.integrations._celery_beat import beat_specs, run_options
-from tests.integrations.test_celery_worker import _stop, redis_url  # noqa: F401 - fixture
+from tests.integrations.workers import stop, worker_env
 from tests.waiting import wait_until
 
 _APP = textwrap.dedent(
@@ -93,15 +92,11 @@ def _start(args: list[str], root: Path, env: dict[str, str], log: Any) -> subpro
 
 
 @pytest.fixture
-def beat_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+def beat_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
     """A solo worker consuming only the default queue, then a beat; stopped by PID."""
     (tmp_path / "beat_app.py").write_text(_APP)
     store = str(tmp_path / "jobs.duckdb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))}
-    # The code under test first on the path (a worktree's, not an installed copy's).
-    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
-    env.update(PYTHONPATH=path, TEST_JOBS_STORE=store, TEST_BROKER=redis_url,
-               PYTHONUNBUFFERED="1")
+    env = worker_env(tmp_path, TEST_JOBS_STORE=store, TEST_BROKER=redis_url)
     procs: list[subprocess.Popen[Any]] = []
     client = Celery("client", broker=redis_url)
     logs = contextlib.ExitStack()
@@ -124,7 +119,7 @@ def beat_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:  # noqa: F
     finally:
         client.close()
         for proc in reversed(procs):
-            _stop(proc, grace=20)
+            stop(proc, grace=20)
         logs.close()
 
 
