@@ -554,6 +554,109 @@ SINK_METRICS: Final = (
 )
 """Fleet metrics served by ``chaperone-otel sink serve`` (names only; values come from SQL)."""
 
+# Sink-derived run signals (issue 14): the inputs of the health rules and dashboards, served
+# by the sink from its store so a fleet that sends OTLP only to the sink gets every alert.
+# Labelled like the worker's live-run gauges: name and queue, plus the run id for runs older
+# than the long-run threshold (younger runs of a group are represented by the stalest one).
+
+ATTR_SINK_PROBLEM: Final = "chaperone.sink.problem"
+"""Label of :data:`METRIC_SINK_RUNS_PROBLEM`: the health predicate a running run matches."""
+
+_SINK_RUN_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE, ATTR_JOB_RUN_ID)
+
+
+def _sink_run(name: str, unit: str, description: str) -> MetricSpec:
+    return MetricSpec(f"chaperone.sink.run.{name}", "gauge", unit, description, _SINK_RUN_LABELS)
+
+
+METRIC_SINK_RUN_ACTIVE: Final = _sink_run(
+    "active", "{run}", "Running runs of the group heard from within the problem window."
+)
+METRIC_SINK_RUN_LAST_HEARTBEAT: Final = _sink_run(
+    "last_heartbeat_timestamp", "s", "Unix time of the group's stalest run's latest heartbeat."
+)
+METRIC_SINK_RUN_LAST_SEEN: Final = _sink_run(
+    "last_seen_timestamp", "s", "Unix time of the latest record of any kind from the run."
+)
+METRIC_SINK_RUN_HEARTBEAT_INTERVAL: Final = _sink_run(
+    "heartbeat_interval", "s", "Declared heartbeat interval (lease) of the run."
+)
+METRIC_SINK_RUN_DEADLINE: Final = _sink_run(
+    "deadline_timestamp", "s", "Unix time the run's max runtime ends (runs with a timeout)."
+)
+METRIC_SINK_RUN_STALL_DEADLINE: Final = _sink_run(
+    "stall_deadline_timestamp", "s", "Unix time flat progress makes the run stalled."
+)
+METRIC_SINK_RUN_STARTED_TIMESTAMP: Final = _sink_run(
+    "started_timestamp", "s", "Unix time the run started."
+)
+METRIC_SINK_RUN_PROGRESS: Final = _sink_run("progress.ratio", "1", "Progress of the run, 0..1.")
+METRIC_SINK_RUN_PROGRESS_CURRENT: Final = _sink_run(
+    "progress.current", "{item}", "Items done in the current phase."
+)
+METRIC_SINK_RUN_PROGRESS_TOTAL: Final = _sink_run(
+    "progress.total", "{item}", "Items in the current phase."
+)
+METRIC_SINK_RUN_ETA: Final = _sink_run("eta", "s", "Estimated seconds to completion.")
+METRIC_SINK_RUN_MEMORY: Final = _sink_run("memory.usage", "By", "Resident memory of the run.")
+METRIC_SINK_RUN_MEMORY_LIMIT: Final = _sink_run("memory.limit", "By", "Memory limit of the run.")
+METRIC_SINK_RUN_CPU: Final = _sink_run(
+    "cpu.utilization", "1", "CPU use of the run as a fraction of one core."
+)
+METRIC_SINK_RUN_CPU_LIMIT: Final = _sink_run("cpu.limit", "1", "CPU limit, fraction of a core.")
+METRIC_SINK_RUN_OPEN_FDS: Final = _sink_run("open_fds", "{fd}", "Open file descriptors.")
+METRIC_SINK_RUN_FD_LIMIT: Final = _sink_run("open_fds.limit", "{fd}", "File descriptor limit.")
+METRIC_SINK_RUN_VIOLATIONS: Final = _sink_run(
+    "violation.count", "{violation}", "Violations recorded so far by the run."
+)
+METRIC_SINK_RUNS_PROBLEM: Final = MetricSpec(
+    "chaperone.sink.runs.problem",
+    "gauge",
+    "{run}",
+    "Running runs heard from within the problem window that match a health predicate "
+    "(overtime, stalled, heartbeat_missed, near_limit, violated, stuck, lost).",
+    (*_SINK_GROUP, ATTR_SINK_PROBLEM),
+)
+METRIC_SINK_RUNS_FINISHED: Final = MetricSpec(
+    "chaperone.sink.runs.finished",
+    "counter",
+    "{run}",
+    "Runs the store saw end, by final status (kept when runs are pruned).",
+    (*_SINK_GROUP, ATTR_JOB_STATUS),
+)
+METRIC_SINK_LAST_SUCCESS: Final = MetricSpec(
+    "chaperone.sink.last_success_timestamp",
+    "gauge",
+    "s",
+    "Unix time the latest completed run of the job ended.",
+    _SINK_GROUP,
+)
+
+SINK_RUN_METRICS: Final = (
+    METRIC_SINK_RUN_ACTIVE,
+    METRIC_SINK_RUN_LAST_HEARTBEAT,
+    METRIC_SINK_RUN_LAST_SEEN,
+    METRIC_SINK_RUN_HEARTBEAT_INTERVAL,
+    METRIC_SINK_RUN_DEADLINE,
+    METRIC_SINK_RUN_STALL_DEADLINE,
+    METRIC_SINK_RUN_STARTED_TIMESTAMP,
+    METRIC_SINK_RUN_PROGRESS,
+    METRIC_SINK_RUN_PROGRESS_CURRENT,
+    METRIC_SINK_RUN_PROGRESS_TOTAL,
+    METRIC_SINK_RUN_ETA,
+    METRIC_SINK_RUN_MEMORY,
+    METRIC_SINK_RUN_MEMORY_LIMIT,
+    METRIC_SINK_RUN_CPU,
+    METRIC_SINK_RUN_CPU_LIMIT,
+    METRIC_SINK_RUN_OPEN_FDS,
+    METRIC_SINK_RUN_FD_LIMIT,
+    METRIC_SINK_RUN_VIOLATIONS,
+    METRIC_SINK_RUNS_PROBLEM,
+    METRIC_SINK_RUNS_FINISHED,
+    METRIC_SINK_LAST_SUCCESS,
+)
+"""Sink-derived inputs of the alerts and dashboards (``alerts/chaperone-sink.rules.yaml``)."""
+
 # --------------------------------------------------------------------------------------------
 # Prometheus name derivation (mirrors opentelemetry-exporter-prometheus/_mapping.py).
 # --------------------------------------------------------------------------------------------
@@ -663,6 +766,7 @@ __all__ = [
     "ATTR_PROGRESS_UPDATED_AT",
     "ATTR_SERVICE_INSTANCE_ID",
     "ATTR_SERVICE_NAME",
+    "ATTR_SINK_PROBLEM",
     "ATTR_USER_PREFIX",
     "ATTR_VIOLATION_COUNT",
     "EVENT_JOB_FINISHED",
@@ -700,19 +804,41 @@ __all__ = [
     "METRIC_JOB_VIOLATIONS",
     "METRIC_SINK_HEARTBEAT_AGE_RATIO",
     "METRIC_SINK_LAST_INGEST",
+    "METRIC_SINK_LAST_SUCCESS",
     "METRIC_SINK_QUEUE_CAPACITY",
     "METRIC_SINK_QUEUE_DEPTH",
     "METRIC_SINK_RECORDS_DROPPED",
     "METRIC_SINK_RECORDS_INGESTED",
     "METRIC_SINK_REQUESTS_REJECTED",
     "METRIC_SINK_RUNS",
+    "METRIC_SINK_RUNS_FINISHED",
     "METRIC_SINK_RUNS_LOST",
+    "METRIC_SINK_RUNS_PROBLEM",
     "METRIC_SINK_RUNS_STUCK",
+    "METRIC_SINK_RUN_ACTIVE",
+    "METRIC_SINK_RUN_CPU",
+    "METRIC_SINK_RUN_CPU_LIMIT",
+    "METRIC_SINK_RUN_DEADLINE",
+    "METRIC_SINK_RUN_ETA",
+    "METRIC_SINK_RUN_FD_LIMIT",
+    "METRIC_SINK_RUN_HEARTBEAT_INTERVAL",
+    "METRIC_SINK_RUN_LAST_HEARTBEAT",
+    "METRIC_SINK_RUN_LAST_SEEN",
+    "METRIC_SINK_RUN_MEMORY",
+    "METRIC_SINK_RUN_MEMORY_LIMIT",
+    "METRIC_SINK_RUN_OPEN_FDS",
+    "METRIC_SINK_RUN_PROGRESS",
+    "METRIC_SINK_RUN_PROGRESS_CURRENT",
+    "METRIC_SINK_RUN_PROGRESS_TOTAL",
+    "METRIC_SINK_RUN_STALL_DEADLINE",
+    "METRIC_SINK_RUN_STARTED_TIMESTAMP",
+    "METRIC_SINK_RUN_VIOLATIONS",
     "METRIC_SINK_SILENCE_RATIO",
     "METRIC_SINK_STORE_SIZE",
     "MetricSpec",
     "RUNTIME_METRICS",
     "SINK_METRICS",
+    "SINK_RUN_METRICS",
     "all_metric_specs",
     "prometheus_label",
     "prometheus_name",

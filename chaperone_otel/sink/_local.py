@@ -37,7 +37,7 @@ from ._results import (
     _json_obj,
     _utc,
 )
-from ._schema import predicate
+from ._schema import PRUNE_TOTALS, predicate
 from ._store import (
     Store,
     acquire,
@@ -241,8 +241,8 @@ class LocalSink(Sink):
                     # replacement scan that would read it is off.
                     raise SinkError(
                         "sink.sql() reads only the job store (tables jobs, heartbeats, "
-                        "job_errors, resource_violations, schema_version; views jobs_health, "
-                        f"problem_runs): {e}"
+                        "job_errors, resource_violations, job_totals, schema_version; views "
+                        f"jobs_health, problem_runs): {e}"
                     ) from e
                 except duckdb.Error as e:
                     raise truncation(e, self.path) or SinkError(
@@ -400,6 +400,7 @@ class LocalSink(Sink):
                         f"AND NOT {live}",
                         {"cutoff": cutoff, "now": now},
                     )
+                    cur.execute(PRUNE_TOTALS)
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "
