@@ -22,7 +22,9 @@ and SQL only moves rows, with a constant handful of short statements per commit:
    reordering records therefore converges to the same row.
 4. ``INSERT`` the merged rows back (one row per run).
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
-   insert), errors (``MERGE``). A batch of running jobs costs 6 short statements.
+   insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
+   summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`). A batch of
+   running jobs costs 6 short statements.
 
 Everything runs on the writer's cursor, under the store's write lock, in one transaction: a
 failure rolls the whole batch back (the deleted rows come back with it).
