@@ -60,9 +60,8 @@ def fill(path: Path, runs: int, now: float, *, scattered: bool = False) -> None:
     store = acquire(path, read_only=False)
     cur = store.cursor()
     # Internal constants only; the values are bound.
-    cur.execute(
-        FILL.replace("{running}", SCATTERED if scattered else RECENT), {"n": runs, "t0": now}
-    )
+    cur.execute(FILL.replace("{running}", SCATTERED if scattered else RECENT),
+                {"n": runs, "t0": now})
     cur.execute("CHECKPOINT")
     cur.close()
     release(store)
@@ -82,11 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k runs, 3 repeats")
     parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument(
-        "--scattered",
-        action="store_true",
-        help="running runs spread over the whole history (worst case)",
-    )
+    parser.add_argument("--scattered", action="store_true",
+                        help="running runs spread over the whole history (worst case)")
     args = parser.parse_args()
     runs = args.runs or (100_000 if args.quick else 1_000_000)
     repeats = 3 if args.quick else 7
@@ -97,15 +93,12 @@ def main() -> None:
         fill(path, runs, now, scattered=args.scattered)
         size = path.stat().st_size / 2**20
         layout = "scattered" if args.scattered else "recent"
-        print(
-            f"{runs:,} runs stored in {time.perf_counter() - t:.1f} s ({size:.0f} MiB; "
-            f"running runs {layout}); {repeats} repeats, medians"
-        )
+        print(f"{runs:,} runs stored in {time.perf_counter() - t:.1f} s ({size:.0f} MiB; "
+              f"running runs {layout}); {repeats} repeats, medians")
         with open_sink(path) as sink:
             jobs = sink.jobs.at(now)
             reference = median_ms(
-                lambda: sink.sql("SELECT status, count(*) FROM jobs GROUP BY status"), repeats
-            )
+                lambda: sink.sql("SELECT status, count(*) FROM jobs GROUP BY status"), repeats)
             cases: list[tuple[str, Callable[[], Any]]] = [
                 ("running().count()", lambda: jobs.running().count()),
                 ("failed().count()", lambda: jobs.failed().count()),
@@ -115,24 +108,16 @@ def main() -> None:
                 ("stuck().count()", lambda: jobs.stuck().count()),
                 ("lost().count()", lambda: jobs.lost().count()),
                 ("overtime().count()", lambda: jobs.overtime().count()),
-                (
-                    "running().stuck().limit(100).all()",
-                    lambda: jobs.running().stuck().limit(100).all(),
-                ),
-                (
-                    "running().stuck().all()  [bulk: every row -> JobRecord]",
-                    lambda: jobs.running().stuck().all(),
-                ),
-                (
-                    "running().named(x).on_queue(q).all()",
-                    lambda: jobs.running().named("etl.job0").on_queue("high").all(),
-                ),
+                ("running().stuck().limit(100).all()",
+                 lambda: jobs.running().stuck().limit(100).all()),
+                ("running().stuck().all()  [bulk: every row -> JobRecord]",
+                 lambda: jobs.running().stuck().all()),
+                ("running().named(x).on_queue(q).all()",
+                 lambda: jobs.running().named("etl.job0").on_queue("high").all()),
                 ("since('1h').count()", lambda: jobs.since("1h").count()),
                 ("memory_above('1GiB').count()", lambda: jobs.memory_above("1GiB").count()),
-                (
-                    "failed().order_by(started_at desc).limit(20).all()",
-                    lambda: jobs.failed().order_by("started_at", desc=True).limit(20).all(),
-                ),
+                ("failed().order_by(started_at desc).limit(20).all()",
+                 lambda: jobs.failed().order_by("started_at", desc=True).limit(20).all()),
                 ("running().to_arrow()  [bulk]", lambda: jobs.running().to_arrow()),
                 ("job(run_id)", lambda: sink.job(f"run-{runs // 2}")),
             ]
@@ -143,10 +128,8 @@ def main() -> None:
                 if "[bulk" not in label:
                     worst = max(worst, ms)
                 print(f"{label:55s} {ms:8.1f} ms  ({ms / reference:5.1f}x reference)")
-    print(
-        f"slowest scope query (bulk fetches excluded): {worst:.1f} ms; "
-        f"budget < 100 ms at 1 M runs: {'OK' if worst < 100 else 'MISSED'}"
-    )
+    print(f"slowest scope query (bulk fetches excluded): {worst:.1f} ms; "
+          f"budget < 100 ms at 1 M runs: {'OK' if worst < 100 else 'MISSED'}")
 
 
 if __name__ == "__main__":
