@@ -565,50 +565,48 @@ ATTR_SINK_PROBLEM: Final = "chaperone.sink.problem"
 _SINK_RUN_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE, ATTR_JOB_RUN_ID)
 
 
-def _sink_run(name: str, unit: str, description: str) -> MetricSpec:
-    return MetricSpec(f"chaperone.sink.run.{name}", "gauge", unit, description, _SINK_RUN_LABELS)
+def _sink_twin(worker: MetricSpec) -> MetricSpec:
+    """The sink's gauge of a worker live-run gauge: same suffix, unit and meaning."""
+    suffix = worker.name.removeprefix("chaperone.job.")
+    return MetricSpec(
+        f"chaperone.sink.run.{suffix}",
+        "gauge",
+        worker.unit,
+        "From the sink's store: " + worker.description,
+        _SINK_RUN_LABELS,
+    )
 
 
-METRIC_SINK_RUN_ACTIVE: Final = _sink_run(
-    "active", "{run}", "Running runs of the group heard from within the problem window."
+METRIC_SINK_RUN_ACTIVE: Final = MetricSpec(
+    "chaperone.sink.run.active",
+    "gauge",
+    "{run}",
+    "Running runs of the group heard from within the problem window.",
+    _SINK_RUN_LABELS,
 )
-METRIC_SINK_RUN_LAST_HEARTBEAT: Final = _sink_run(
-    "last_heartbeat_timestamp", "s", "Unix time of the group's stalest run's latest heartbeat."
+METRIC_SINK_RUN_LAST_SEEN: Final = MetricSpec(
+    "chaperone.sink.run.last_seen_timestamp",
+    "gauge",
+    "s",
+    "Unix time of the latest record of any kind from the run (liveness included).",
+    _SINK_RUN_LABELS,
 )
-METRIC_SINK_RUN_LAST_SEEN: Final = _sink_run(
-    "last_seen_timestamp", "s", "Unix time of the latest record of any kind from the run."
-)
-METRIC_SINK_RUN_HEARTBEAT_INTERVAL: Final = _sink_run(
-    "heartbeat_interval", "s", "Declared heartbeat interval (lease) of the run."
-)
-METRIC_SINK_RUN_DEADLINE: Final = _sink_run(
-    "deadline_timestamp", "s", "Unix time the run's max runtime ends (runs with a timeout)."
-)
-METRIC_SINK_RUN_STALL_DEADLINE: Final = _sink_run(
-    "stall_deadline_timestamp", "s", "Unix time flat progress makes the run stalled."
-)
-METRIC_SINK_RUN_STARTED_TIMESTAMP: Final = _sink_run(
-    "started_timestamp", "s", "Unix time the run started."
-)
-METRIC_SINK_RUN_PROGRESS: Final = _sink_run("progress.ratio", "1", "Progress of the run, 0..1.")
-METRIC_SINK_RUN_PROGRESS_CURRENT: Final = _sink_run(
-    "progress.current", "{item}", "Items done in the current phase."
-)
-METRIC_SINK_RUN_PROGRESS_TOTAL: Final = _sink_run(
-    "progress.total", "{item}", "Items in the current phase."
-)
-METRIC_SINK_RUN_ETA: Final = _sink_run("eta", "s", "Estimated seconds to completion.")
-METRIC_SINK_RUN_MEMORY: Final = _sink_run("memory.usage", "By", "Resident memory of the run.")
-METRIC_SINK_RUN_MEMORY_LIMIT: Final = _sink_run("memory.limit", "By", "Memory limit of the run.")
-METRIC_SINK_RUN_CPU: Final = _sink_run(
-    "cpu.utilization", "1", "CPU use of the run as a fraction of one core."
-)
-METRIC_SINK_RUN_CPU_LIMIT: Final = _sink_run("cpu.limit", "1", "CPU limit, fraction of a core.")
-METRIC_SINK_RUN_OPEN_FDS: Final = _sink_run("open_fds", "{fd}", "Open file descriptors.")
-METRIC_SINK_RUN_FD_LIMIT: Final = _sink_run("open_fds.limit", "{fd}", "File descriptor limit.")
-METRIC_SINK_RUN_VIOLATIONS: Final = _sink_run(
-    "violation.count", "{violation}", "Violations recorded so far by the run."
-)
+METRIC_SINK_RUN_LAST_HEARTBEAT: Final = _sink_twin(METRIC_JOB_LAST_HEARTBEAT)
+METRIC_SINK_RUN_HEARTBEAT_INTERVAL: Final = _sink_twin(METRIC_JOB_HEARTBEAT_INTERVAL)
+METRIC_SINK_RUN_DEADLINE: Final = _sink_twin(METRIC_JOB_DEADLINE)
+METRIC_SINK_RUN_STALL_DEADLINE: Final = _sink_twin(METRIC_JOB_STALL_DEADLINE)
+METRIC_SINK_RUN_STARTED_TIMESTAMP: Final = _sink_twin(METRIC_JOB_STARTED_TIMESTAMP)
+METRIC_SINK_RUN_PROGRESS: Final = _sink_twin(METRIC_JOB_PROGRESS)
+METRIC_SINK_RUN_PROGRESS_CURRENT: Final = _sink_twin(METRIC_JOB_PROGRESS_CURRENT)
+METRIC_SINK_RUN_PROGRESS_TOTAL: Final = _sink_twin(METRIC_JOB_PROGRESS_TOTAL)
+METRIC_SINK_RUN_ETA: Final = _sink_twin(METRIC_JOB_ETA)
+METRIC_SINK_RUN_MEMORY: Final = _sink_twin(METRIC_JOB_MEMORY)
+METRIC_SINK_RUN_MEMORY_LIMIT: Final = _sink_twin(METRIC_JOB_MEMORY_LIMIT)
+METRIC_SINK_RUN_CPU: Final = _sink_twin(METRIC_JOB_CPU)
+METRIC_SINK_RUN_CPU_LIMIT: Final = _sink_twin(METRIC_JOB_CPU_LIMIT)
+METRIC_SINK_RUN_OPEN_FDS: Final = _sink_twin(METRIC_JOB_OPEN_FDS)
+METRIC_SINK_RUN_FD_LIMIT: Final = _sink_twin(METRIC_JOB_FD_LIMIT)
+METRIC_SINK_RUN_VIOLATIONS: Final = _sink_twin(METRIC_JOB_RUN_VIOLATIONS)
 METRIC_SINK_RUNS_PROBLEM: Final = MetricSpec(
     "chaperone.sink.runs.problem",
     "gauge",
