@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from chaperone_otel import semconv as sc
@@ -183,3 +184,27 @@ def test_the_migration_fills_job_totals_from_the_runs_already_stored(tmp_path: P
     con.close()
     assert [r[:5] for r in rows] == [("j", "q", "completed", 2, 2), ("j", "", "failed", 1, 1)]
     assert str(rows[0][5]) == "2026-01-01 11:00:00"
+
+
+def test_another_family_is_one_add_source_call(tmp_path: Path) -> None:
+    """A source added with add_source() is served in the same scrape, on the same cursor and
+    snapshot as the built-in families (how schedules, say, would join)."""
+    path = str(tmp_path / "extra.duckdb")
+    con = duckdb.connect(path)
+    migrate(con, path)
+
+    def schedules(cur: Any, now: float) -> Any:
+        assert now == 1000.0
+        (count,) = cur.execute("SELECT count(*) FROM jobs").fetchone()
+        family = GaugeMetricFamily("chaperone_sink_test_extra", "a test family", labels=["k"])
+        family.add_metric(["v"], count)
+        yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    collector = FleetCollector(con.cursor, stats=IngestStats, clock=lambda: 1000.0)
+    collector.add_source(schedules)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    con.close()
+    assert 'chaperone_sink_test_extra{k="v"} 0.0' in text
+    assert sc.METRIC_SINK_RUN_ACTIVE.prometheus in text
