@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -142,7 +143,7 @@ class Signal(Expr):
         return columns[self.name]
 
     def promql(self) -> PromQL:
-        return PROMQL_SIGNALS[self.name]
+        return _promql_source().signals[self.name]
 
     def fold(self, known: Mapping[str, SignalValue]) -> Folded:
         return known.get(self.name, self)
@@ -270,7 +271,7 @@ class StatusIs(Expr):
         return f"({columns['status']} IN ({quoted}))"
 
     def promql(self) -> PromQL:
-        return PROMQL_UNIVERSE if "running" in self.values else NEVER
+        return _promql_source().universe if "running" in self.values else NEVER
 
     def fold(self, known: Mapping[str, SignalValue]) -> Folded:
         return known["status"] in self.values if "status" in known else self
@@ -646,3 +647,70 @@ PROMQL_SIGNALS: Final[Mapping[str, PromQL]] = {
     "last_seen": f"timestamp({sc.prometheus_name(sc.METRIC_JOB_LAST_HEARTBEAT)})",
     "status": NEVER,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# PromQL sources: the same rules over the worker's gauges or over the sink's (issue 14).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromQLSource:
+    """Where the PromQL rendering reads the signals.
+
+    Attributes:
+        name: ``worker`` (each worker's ``/metrics``) or ``sink`` (the sink's fleet
+            ``/metrics``, computed from the store).
+        universe: a series every live run group has; it stands for ``status == running``.
+        signals: the PromQL of each signal.
+    """
+
+    name: str
+    universe: str
+    signals: Mapping[str, PromQL]
+
+
+WORKER_SOURCE: Final = PromQLSource("worker", PROMQL_UNIVERSE, PROMQL_SIGNALS)
+
+SINK_SIGNAL_GAUGES: Final[Mapping[str, sc.MetricSpec]] = {
+    "last_heartbeat": sc.METRIC_SINK_RUN_LAST_HEARTBEAT,
+    "last_seen": sc.METRIC_SINK_RUN_LAST_SEEN,
+    "started_at": sc.METRIC_SINK_RUN_STARTED_TIMESTAMP,
+    "heartbeat_interval": sc.METRIC_SINK_RUN_HEARTBEAT_INTERVAL,
+    "timeout_at": sc.METRIC_SINK_RUN_DEADLINE,
+    "stall_deadline": sc.METRIC_SINK_RUN_STALL_DEADLINE,
+    "memory": sc.METRIC_SINK_RUN_MEMORY,
+    "memory_limit": sc.METRIC_SINK_RUN_MEMORY_LIMIT,
+    "cpu": sc.METRIC_SINK_RUN_CPU,
+    "cpu_limit": sc.METRIC_SINK_RUN_CPU_LIMIT,
+    "fds": sc.METRIC_SINK_RUN_OPEN_FDS,
+    "fd_limit": sc.METRIC_SINK_RUN_FD_LIMIT,
+    "violation_count": sc.METRIC_SINK_RUN_VIOLATIONS,
+}
+"""The sink gauge that carries each health signal. Unlike the worker, the sink outlives the
+runs it reports, so ``last_seen`` is a gauge of its own (not the scrape time)."""
+
+SINK_SOURCE: Final = PromQLSource(
+    "sink",
+    sc.METRIC_SINK_RUN_ACTIVE.prometheus,
+    {**{k: spec.prometheus for k, spec in SINK_SIGNAL_GAUGES.items()}, "status": NEVER},
+)
+SOURCES: Final[Mapping[str, PromQLSource]] = {"worker": WORKER_SOURCE, "sink": SINK_SOURCE}
+
+_PROMQL_SOURCE: contextvars.ContextVar[PromQLSource | None] = contextvars.ContextVar(
+    "chaperone_promql_source", default=None
+)
+
+
+def _promql_source() -> PromQLSource:
+    return _PROMQL_SOURCE.get() or WORKER_SOURCE
+
+
+def promql(expr: Expr, source: str = "worker") -> PromQL:
+    """``expr`` rendered to PromQL over the series of ``source`` (``worker`` or ``sink``):
+    the same tree, only the signal names differ (:meth:`Expr.promql` is the worker's)."""
+    token = _PROMQL_SOURCE.set(SOURCES[source])
+    try:
+        return expr.promql()
+    finally:
+        _PROMQL_SOURCE.reset(token)

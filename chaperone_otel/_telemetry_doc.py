@@ -12,6 +12,7 @@ import sys
 
 from . import semconv as sc
 from ._health import DEFAULT_POLICY, PREDICATES, rules
+from ._health import promql as render_promql
 
 
 def _doc(name: str) -> str:
@@ -69,6 +70,7 @@ def render() -> str:
     for title, specs in (
         ("Worker metrics", sc.RUNTIME_METRICS),
         ("Sink (fleet) metrics", sc.SINK_METRICS),
+        ("Sink-derived run signals (fleet /metrics)", sc.SINK_RUN_METRICS),
         ("Schedule metrics (sink)", sc.SCHEDULE_METRICS),
     ):
         lines += [
@@ -97,6 +99,16 @@ def render() -> str:
         promql = r.by_name(pred).promql()
         if isinstance(promql, str):
             lines += [f"### {pred}", "", "```promql", promql, "```", ""]
+    lines += [
+        "## Health rules in PromQL (sink-derived gauges)",
+        "",
+        "The same definition over the sink's per-run gauges (`alerts/chaperone-sink.rules.yaml`).",
+        "",
+    ]
+    for pred in PREDICATES:
+        promql = render_promql(r.by_name(pred), "sink")
+        if isinstance(promql, str):
+            lines += [f"### {pred} (sink)", "", "```promql", promql, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

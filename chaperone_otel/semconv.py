@@ -620,6 +620,107 @@ SINK_METRICS: Final = (
 )
 """Fleet metrics served by ``chaperone-otel sink serve`` (names only; values come from SQL)."""
 
+# Sink-derived run signals (issue 14): the inputs of the health rules and dashboards, served
+# by the sink from its store so a fleet that sends OTLP only to the sink gets every alert.
+# Labelled like the worker's live-run gauges: name and queue, plus the run id for runs older
+# than the long-run threshold (younger runs of a group are represented by the stalest one).
+
+ATTR_SINK_PROBLEM: Final = "chaperone.sink.problem"
+"""Label of :data:`METRIC_SINK_RUNS_PROBLEM`: the health predicate a running run matches."""
+
+_SINK_RUN_LABELS: Final = (ATTR_JOB_NAME, ATTR_JOB_QUEUE, ATTR_JOB_RUN_ID)
+
+
+def _sink_twin(worker: MetricSpec) -> MetricSpec:
+    """The sink's gauge of a worker live-run gauge: same suffix, unit and meaning."""
+    suffix = worker.name.removeprefix("chaperone.job.")
+    return MetricSpec(
+        f"chaperone.sink.run.{suffix}",
+        "gauge",
+        worker.unit,
+        "From the sink's store: " + worker.description,
+        _SINK_RUN_LABELS,
+    )
+
+
+METRIC_SINK_RUN_ACTIVE: Final = MetricSpec(
+    "chaperone.sink.run.active",
+    "gauge",
+    "{run}",
+    "Running runs of the group heard from within the problem window.",
+    _SINK_RUN_LABELS,
+)
+METRIC_SINK_RUN_LAST_SEEN: Final = MetricSpec(
+    "chaperone.sink.run.last_seen_timestamp",
+    "gauge",
+    "s",
+    "Unix time of the latest record of any kind from the run (liveness included).",
+    _SINK_RUN_LABELS,
+)
+METRIC_SINK_RUN_LAST_HEARTBEAT: Final = _sink_twin(METRIC_JOB_LAST_HEARTBEAT)
+METRIC_SINK_RUN_HEARTBEAT_INTERVAL: Final = _sink_twin(METRIC_JOB_HEARTBEAT_INTERVAL)
+METRIC_SINK_RUN_DEADLINE: Final = _sink_twin(METRIC_JOB_DEADLINE)
+METRIC_SINK_RUN_STALL_DEADLINE: Final = _sink_twin(METRIC_JOB_STALL_DEADLINE)
+METRIC_SINK_RUN_STARTED_TIMESTAMP: Final = _sink_twin(METRIC_JOB_STARTED_TIMESTAMP)
+METRIC_SINK_RUN_PROGRESS: Final = _sink_twin(METRIC_JOB_PROGRESS)
+METRIC_SINK_RUN_PROGRESS_CURRENT: Final = _sink_twin(METRIC_JOB_PROGRESS_CURRENT)
+METRIC_SINK_RUN_PROGRESS_TOTAL: Final = _sink_twin(METRIC_JOB_PROGRESS_TOTAL)
+METRIC_SINK_RUN_ETA: Final = _sink_twin(METRIC_JOB_ETA)
+METRIC_SINK_RUN_MEMORY: Final = _sink_twin(METRIC_JOB_MEMORY)
+METRIC_SINK_RUN_MEMORY_LIMIT: Final = _sink_twin(METRIC_JOB_MEMORY_LIMIT)
+METRIC_SINK_RUN_CPU: Final = _sink_twin(METRIC_JOB_CPU)
+METRIC_SINK_RUN_CPU_LIMIT: Final = _sink_twin(METRIC_JOB_CPU_LIMIT)
+METRIC_SINK_RUN_OPEN_FDS: Final = _sink_twin(METRIC_JOB_OPEN_FDS)
+METRIC_SINK_RUN_FD_LIMIT: Final = _sink_twin(METRIC_JOB_FD_LIMIT)
+METRIC_SINK_RUN_VIOLATIONS: Final = _sink_twin(METRIC_JOB_RUN_VIOLATIONS)
+METRIC_SINK_RUNS_PROBLEM: Final = MetricSpec(
+    "chaperone.sink.runs.problem",
+    "gauge",
+    "{run}",
+    "Running runs heard from within the problem window that match a health predicate "
+    "(overtime, stalled, heartbeat_missed, near_limit, violated, stuck, lost).",
+    (*_SINK_GROUP, ATTR_SINK_PROBLEM),
+)
+METRIC_SINK_RUNS_FINISHED: Final = MetricSpec(
+    "chaperone.sink.runs.finished",
+    "counter",
+    "{run}",
+    "Runs the store saw end, by final status (kept when runs are pruned).",
+    (*_SINK_GROUP, ATTR_JOB_STATUS),
+)
+METRIC_SINK_LAST_SUCCESS: Final = MetricSpec(
+    "chaperone.sink.last_success_timestamp",
+    "gauge",
+    "s",
+    "Unix time the latest completed run of the job ended.",
+    _SINK_GROUP,
+)
+
+SINK_RUN_METRICS: Final = (
+    METRIC_SINK_RUN_ACTIVE,
+    METRIC_SINK_RUN_LAST_HEARTBEAT,
+    METRIC_SINK_RUN_LAST_SEEN,
+    METRIC_SINK_RUN_HEARTBEAT_INTERVAL,
+    METRIC_SINK_RUN_DEADLINE,
+    METRIC_SINK_RUN_STALL_DEADLINE,
+    METRIC_SINK_RUN_STARTED_TIMESTAMP,
+    METRIC_SINK_RUN_PROGRESS,
+    METRIC_SINK_RUN_PROGRESS_CURRENT,
+    METRIC_SINK_RUN_PROGRESS_TOTAL,
+    METRIC_SINK_RUN_ETA,
+    METRIC_SINK_RUN_MEMORY,
+    METRIC_SINK_RUN_MEMORY_LIMIT,
+    METRIC_SINK_RUN_CPU,
+    METRIC_SINK_RUN_CPU_LIMIT,
+    METRIC_SINK_RUN_OPEN_FDS,
+    METRIC_SINK_RUN_FD_LIMIT,
+    METRIC_SINK_RUN_VIOLATIONS,
+    METRIC_SINK_RUNS_PROBLEM,
+    METRIC_SINK_RUNS_FINISHED,
+    METRIC_SINK_LAST_SUCCESS,
+)
+"""Sink-derived inputs of the alerts and dashboards (``alerts/chaperone-sink.rules.yaml``)."""
+
 # --------------------------------------------------------------------------------------------
 # Schedule metrics: computed from the store's schedules and slots by the sink's /metrics.
 # --------------------------------------------------------------------------------------------
@@ -844,6 +945,7 @@ __all__ = [
     "ATTR_SCHEDULE_TIMEZONE",
     "ATTR_SERVICE_INSTANCE_ID",
     "ATTR_SERVICE_NAME",
+    "ATTR_SINK_PROBLEM",
     "ATTR_USER_PREFIX",
     "ATTR_VIOLATION_COUNT",
     "EVENT_JOB_FINISHED",
@@ -894,20 +996,42 @@ __all__ = [
     "METRIC_SCHEDULE_RUNNING_SINCE",
     "METRIC_SINK_HEARTBEAT_AGE_RATIO",
     "METRIC_SINK_LAST_INGEST",
+    "METRIC_SINK_LAST_SUCCESS",
     "METRIC_SINK_QUEUE_CAPACITY",
     "METRIC_SINK_QUEUE_DEPTH",
     "METRIC_SINK_RECORDS_DROPPED",
     "METRIC_SINK_RECORDS_INGESTED",
     "METRIC_SINK_REQUESTS_REJECTED",
     "METRIC_SINK_RUNS",
+    "METRIC_SINK_RUNS_FINISHED",
     "METRIC_SINK_RUNS_LOST",
+    "METRIC_SINK_RUNS_PROBLEM",
     "METRIC_SINK_RUNS_STUCK",
+    "METRIC_SINK_RUN_ACTIVE",
+    "METRIC_SINK_RUN_CPU",
+    "METRIC_SINK_RUN_CPU_LIMIT",
+    "METRIC_SINK_RUN_DEADLINE",
+    "METRIC_SINK_RUN_ETA",
+    "METRIC_SINK_RUN_FD_LIMIT",
+    "METRIC_SINK_RUN_HEARTBEAT_INTERVAL",
+    "METRIC_SINK_RUN_LAST_HEARTBEAT",
+    "METRIC_SINK_RUN_LAST_SEEN",
+    "METRIC_SINK_RUN_MEMORY",
+    "METRIC_SINK_RUN_MEMORY_LIMIT",
+    "METRIC_SINK_RUN_OPEN_FDS",
+    "METRIC_SINK_RUN_PROGRESS",
+    "METRIC_SINK_RUN_PROGRESS_CURRENT",
+    "METRIC_SINK_RUN_PROGRESS_TOTAL",
+    "METRIC_SINK_RUN_STALL_DEADLINE",
+    "METRIC_SINK_RUN_STARTED_TIMESTAMP",
+    "METRIC_SINK_RUN_VIOLATIONS",
     "METRIC_SINK_SILENCE_RATIO",
     "METRIC_SINK_STORE_SIZE",
     "MetricSpec",
     "RUNTIME_METRICS",
     "SCHEDULE_METRICS",
     "SINK_METRICS",
+    "SINK_RUN_METRICS",
     "all_metric_specs",
     "prometheus_label",
     "prometheus_name",

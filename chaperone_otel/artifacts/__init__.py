@@ -1,6 +1,7 @@
 """Generators of the committed observability artifacts: alert rules, their tests, dashboards.
 
-``alerts/chaperone.rules.yaml``, ``alerts/tests/chaperone.rules.test.yaml`` and
+``alerts/chaperone.rules.yaml`` (worker-scraped series), ``alerts/chaperone-sink.rules.yaml``
+(the sink's fleet ``/metrics`` only), their ``alerts/tests/*.test.yaml`` suites and
 ``dashboards/*.json`` are *outputs* of this package, rendered from :mod:`chaperone_otel.semconv`
 and the health rules of :mod:`chaperone_otel._health`, so a renamed metric or a changed
 threshold reaches every artifact in one edit. The test suite fails when a committed file
@@ -26,6 +27,7 @@ from ._dashboards import dashboards
 from ._rules import (
     GROUP,
     SINK_SCRAPE_JOB,
+    SOURCES,
     WORKER_SCRAPE_JOB,
     Alert,
     AlertSettings,
@@ -38,6 +40,13 @@ from ._rules import (
 
 RULES_PATH = "alerts/chaperone.rules.yaml"
 RULE_TESTS_PATH = "alerts/tests/chaperone.rules.test.yaml"
+SINK_RULES_PATH = "alerts/chaperone-sink.rules.yaml"
+SINK_RULE_TESTS_PATH = "alerts/tests/chaperone-sink.rules.test.yaml"
+RULE_PATHS = {
+    "worker": (RULES_PATH, RULE_TESTS_PATH),
+    "sink": (SINK_RULES_PATH, SINK_RULE_TESTS_PATH),
+}
+"""The rule file and its promtool suite of each source (:data:`SOURCES`)."""
 DASHBOARDS_DIR = "dashboards"
 
 _HEADER = (
@@ -47,14 +56,23 @@ _HEADER = (
 
 
 def render(
-    policy: _HealthPolicy = _DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: _HealthPolicy = _DEFAULT_POLICY,
+    settings: AlertSettings | None = None,
+    sources: tuple[str, ...] = SOURCES,
 ) -> dict[str, str]:
-    """Every generated file's text, keyed by its path relative to the repository root."""
-    out = {
-        RULES_PATH: _yaml.dump(rule_file(policy, settings), header=_HEADER),
-        RULE_TESTS_PATH: _yaml.dump(rule_tests(policy, settings), header=_HEADER),
-    }
-    for name, board in dashboards(policy, settings).items():
+    """Every generated file's text, keyed by its path relative to the repository root.
+
+    ``sources`` selects the rule files and dashboards rendered (both by default): ``worker``
+    for worker-scraped series, ``sink`` for the sink's fleet ``/metrics`` only."""
+    out: dict[str, str] = {}
+    for source in sources:
+        rules_path, tests_path = RULE_PATHS[source]
+        out[rules_path] = _yaml.dump(rule_file(policy, settings, source), header=_HEADER)
+        suite = rule_tests(
+            policy, settings, rule_file_name="../" + rules_path.rsplit("/", 1)[1], source=source
+        )
+        out[tests_path] = _yaml.dump(suite, header=_HEADER)
+    for name, board in dashboards(policy, settings, sources).items():
         out[f"{DASHBOARDS_DIR}/{name}"] = json.dumps(board, indent=2) + "\n"
     return out
 
@@ -71,11 +89,11 @@ def write(root: Path, files: dict[str, str] | None = None) -> list[str]:
     return changed
 
 
-def stale(root: Path) -> list[str]:
+def stale(root: Path, sources: tuple[str, ...] = SOURCES) -> list[str]:
     """Paths under ``root`` whose committed text differs from the generator's."""
     return [
         rel
-        for rel, text in render().items()
+        for rel, text in render(sources=sources).items()
         if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text
     ]
 
@@ -86,8 +104,12 @@ __all__ = [
     "DASHBOARDS_DIR",
     "GROUP",
     "RULES_PATH",
+    "RULE_PATHS",
     "RULE_TESTS_PATH",
+    "SINK_RULES_PATH",
+    "SINK_RULE_TESTS_PATH",
     "SINK_SCRAPE_JOB",
+    "SOURCES",
     "Scenario",
     "WORKER_SCRAPE_JOB",
     "alert_names",

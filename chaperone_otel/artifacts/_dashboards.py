@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import semconv as sc
-from .._health import DEFAULT_POLICY, HealthPolicy, rules
+from .._health import DEFAULT_POLICY, HealthPolicy, promql, rules
 from ._rules import (
     BY_JOB,
     HEALTH,
@@ -27,8 +27,11 @@ from ._rules import (
     REC_DURATION_QUANTILE,
     REC_FAILURE_RATIO,
     REC_FINISHED_RATE,
+    REC_SINK_FAILURE_RATIO,
+    REC_SINK_FINISHED_RATE,
     RUN_ID,
     SINK_SCRAPE_JOB,
+    SOURCES,
     STATUS,
     AlertSettings,
 )
@@ -44,6 +47,40 @@ LIMIT_TYPE = sc.prometheus_label(sc.ATTR_LIMIT_TYPE)
 SOURCE = sc.prometheus_label(sc.METRIC_SINK_RECORDS_INGESTED.labels[0])
 
 Panel = dict[str, Any]
+
+PROBLEM = sc.prometheus_label(sc.ATTR_SINK_PROBLEM)
+
+# The sink's gauge of each worker live-run gauge (sink-source dashboards).
+_SINK_OF: dict[str, sc.MetricSpec] = {
+    w.name: k
+    for w, k in (
+        (sc.METRIC_JOB_LAST_HEARTBEAT, sc.METRIC_SINK_RUN_LAST_HEARTBEAT),
+        (sc.METRIC_JOB_HEARTBEAT_INTERVAL, sc.METRIC_SINK_RUN_HEARTBEAT_INTERVAL),
+        (sc.METRIC_JOB_DEADLINE, sc.METRIC_SINK_RUN_DEADLINE),
+        (sc.METRIC_JOB_STALL_DEADLINE, sc.METRIC_SINK_RUN_STALL_DEADLINE),
+        (sc.METRIC_JOB_STARTED_TIMESTAMP, sc.METRIC_SINK_RUN_STARTED_TIMESTAMP),
+        (sc.METRIC_JOB_PROGRESS, sc.METRIC_SINK_RUN_PROGRESS),
+        (sc.METRIC_JOB_PROGRESS_CURRENT, sc.METRIC_SINK_RUN_PROGRESS_CURRENT),
+        (sc.METRIC_JOB_PROGRESS_TOTAL, sc.METRIC_SINK_RUN_PROGRESS_TOTAL),
+        (sc.METRIC_JOB_ETA, sc.METRIC_SINK_RUN_ETA),
+        (sc.METRIC_JOB_MEMORY, sc.METRIC_SINK_RUN_MEMORY),
+        (sc.METRIC_JOB_MEMORY_LIMIT, sc.METRIC_SINK_RUN_MEMORY_LIMIT),
+        (sc.METRIC_JOB_CPU, sc.METRIC_SINK_RUN_CPU),
+        (sc.METRIC_JOB_CPU_LIMIT, sc.METRIC_SINK_RUN_CPU_LIMIT),
+        (sc.METRIC_JOB_OPEN_FDS, sc.METRIC_SINK_RUN_OPEN_FDS),
+        (sc.METRIC_JOB_FD_LIMIT, sc.METRIC_SINK_RUN_FD_LIMIT),
+        (sc.METRIC_JOB_RUN_VIOLATIONS, sc.METRIC_SINK_RUN_VIOLATIONS),
+    )
+}
+
+
+def _m(spec: sc.MetricSpec, source: str) -> str:
+    """The Prometheus name of a worker live-run gauge, or of its sink twin."""
+    return spec.prometheus if source == "worker" else _SINK_OF[spec.name].prometheus
+
+
+def _suffix(source: str) -> str:
+    return "" if source == "worker" else f"-{source}"
 
 
 def _l(label: str) -> str:
@@ -195,30 +232,113 @@ def _dashboard(
 
 
 def overview(
-    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: HealthPolicy = DEFAULT_POLICY,
+    settings: AlertSettings | None = None,
+    source: str = "worker",
 ) -> dict[str, Any]:
-    """Fleet overview: what runs, how it ends, how long it takes, what is in trouble."""
+    """Fleet overview: what runs, how it ends, how long it takes, what is in trouble.
+
+    ``source="sink"`` reads only the sink's fleet ``/metrics``: the same panels, except that
+    the duration percentiles (the sink keeps no histogram) become the time since the last
+    success, and the hourly miss and violation counts become the runs in that state now."""
     s = settings or AlertSettings()
+    sink_only = source == "sink"
     sel = f'{NAME}=~"$job_name", {QUEUE}=~"$queue"'
-    lhb = sc.METRIC_JOB_LAST_HEARTBEAT.prometheus
+    # every live run group has this series (the health rules' universe of the source)
+    universe = (
+        sc.METRIC_SINK_RUN_ACTIVE.prometheus
+        if sink_only
+        else sc.METRIC_JOB_LAST_HEARTBEAT.prometheus
+    )
     r = rules(policy)
+    finished_rate = REC_SINK_FINISHED_RATE if sink_only else REC_FINISHED_RATE
+    failure_ratio = REC_SINK_FAILURE_RATIO if sink_only else REC_FAILURE_RATIO
+    problems = sc.METRIC_SINK_RUNS_PROBLEM.prometheus
 
     def problem(pred: str) -> str:
-        rendered = r.by_name(pred).promql()
+        rendered = promql(r.by_name(pred), source)
         assert isinstance(rendered, str)
-        return f"{rendered} and on ({BY_JOB}) {lhb}{{{sel}}}"
+        return f"{rendered} and on ({BY_JOB}) {universe}{{{sel}}}"
+
+    if sink_only:
+        running = (
+            f'sum by ({BY_JOB}) ({sc.METRIC_SINK_RUNS.prometheus}{{{STATUS}="running", {sel}}})'
+        )
+        duration = _panel(
+            "timeseries",
+            "Time since the last success",
+            "Seconds since the latest completed run of each job ended (sink view).",
+            [
+                _target(
+                    f"time() - {sc.METRIC_SINK_LAST_SUCCESS.prometheus}{{{sel}}}",
+                    _l(NAME) + " / " + _l(QUEUE),
+                )
+            ],
+            unit="s",
+            minimum=0,
+        )
+        misses = _panel(
+            "stat",
+            "Runs missing heartbeats now",
+            "Running runs whose code has not beaten for more than one interval (sink view).",
+            [_target(f'sum({problems}{{{PROBLEM}="heartbeat_missed", {sel}}})')],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        )
+        violations = _panel(
+            "stat",
+            "Runs over or near a limit now",
+            "Running runs that violated a resource limit, or are near one (sink view).",
+            [
+                _target(
+                    f'sum by ({PROBLEM}) ({problems}{{{PROBLEM}=~"violated|near_limit", {sel}}})',
+                    _l(PROBLEM),
+                )
+            ],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        )
+    else:
+        running = f"sum by ({BY_JOB}) ({sc.METRIC_JOB_RUNS_ACTIVE.prometheus}{{{sel}}})"
+        duration = _panel(
+            "timeseries",
+            "Run duration percentiles",
+            "p50 / p95 / p99 of run duration per job (5 minute window).",
+            [_target(f"{REC_DURATION_QUANTILE}{{{sel}}}", _l(NAME) + " p" + _l("quantile"))],
+            unit="s",
+            minimum=0,
+        )
+        misses = _panel(
+            "stat",
+            "Heartbeat misses (1h)",
+            "Heartbeat intervals that passed with no sign of life from job code.",
+            [_target(f"sum(increase({sc.METRIC_JOB_HEARTBEATS_MISSED.prometheus}{{{sel}}}[1h]))")],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        )
+        violations = _panel(
+            "stat",
+            "Limit violations (1h)",
+            "Resource limit violations, by limit type.",
+            [
+                _target(
+                    f"sum by ({LIMIT_TYPE}) (increase("
+                    f"{sc.METRIC_JOB_VIOLATIONS.prometheus}{{{sel}}}[1h]))",
+                    _l(LIMIT_TYPE),
+                )
+            ],
+            w=4,
+            thresholds=_thresholds(("green", None), ("orange", 1)),
+        )
+    view = "sink view" if sink_only else "worker view"
 
     panels = [
         _panel(
             "timeseries",
             "Running runs by job and queue",
-            "Runs in progress per job and queue, as counted by the workers.",
-            [
-                _target(
-                    f"sum by ({BY_JOB}) ({sc.METRIC_JOB_RUNS_ACTIVE.prometheus}{{{sel}}})",
-                    _l(NAME) + " / " + _l(QUEUE),
-                )
-            ],
+            "Runs in progress per job and queue, as counted by the "
+            + ("sink's store." if sink_only else "workers."),
+            [_target(running, _l(NAME) + " / " + _l(QUEUE))],
             unit="short",
             minimum=0,
         ),
@@ -226,7 +346,7 @@ def overview(
             "timeseries",
             "Finished runs by status",
             "Runs finishing per second, by final status (5 minute rate).",
-            [_target(f"sum by ({STATUS}) ({REC_FINISHED_RATE}{{{sel}}})", _l(STATUS))],
+            [_target(f"sum by ({STATUS}) ({finished_rate}{{{sel}}})", _l(STATUS))],
             unit="ops",
             minimum=0,
         ),
@@ -235,20 +355,13 @@ def overview(
             "Failure ratio",
             "Failed / finished runs per job over 15 minutes; the red line is the "
             "ChaperoneJobFailureRatioHigh threshold.",
-            [_target(f"{REC_FAILURE_RATIO}{{{sel}}}", _l(NAME) + " / " + _l(QUEUE))],
+            [_target(f"{failure_ratio}{{{sel}}}", _l(NAME) + " / " + _l(QUEUE))],
             unit="percentunit",
             minimum=0,
             maximum=1,
             thresholds=_thresholds(("green", None), ("red", s.failure_ratio)),
         ),
-        _panel(
-            "timeseries",
-            "Run duration percentiles",
-            "p50 / p95 / p99 of run duration per job (5 minute window).",
-            [_target(f"{REC_DURATION_QUANTILE}{{{sel}}}", _l(NAME) + " p" + _l("quantile"))],
-            unit="s",
-            minimum=0,
-        ),
+        duration,
         _panel(
             "bargauge",
             "Health of running runs",
@@ -284,41 +397,25 @@ def overview(
             w=4,
             thresholds=_thresholds(("green", None), ("red", 1)),
         ),
-        _panel(
-            "stat",
-            "Heartbeat misses (1h)",
-            "Heartbeat intervals that passed with no sign of life from job code.",
-            [_target(f"sum(increase({sc.METRIC_JOB_HEARTBEATS_MISSED.prometheus}{{{sel}}}[1h]))")],
-            w=4,
-            thresholds=_thresholds(("green", None), ("orange", 1)),
-        ),
-        _panel(
-            "stat",
-            "Limit violations (1h)",
-            "Resource limit violations, by limit type.",
-            [
-                _target(
-                    f"sum by ({LIMIT_TYPE}) (increase("
-                    f"{sc.METRIC_JOB_VIOLATIONS.prometheus}{{{sel}}}[1h]))",
-                    _l(LIMIT_TYPE),
-                )
-            ],
-            w=4,
-            thresholds=_thresholds(("green", None), ("orange", 1)),
-        ),
+        misses,
+        violations,
         _panel(
             "table",
-            "Stuck runs now (worker view)",
-            "Run groups the health rules judge stuck right now; the value is the last "
-            "heartbeat time.",
+            f"Stuck runs now ({view})",
+            "Run groups the health rules judge stuck right now; the value is "
+            + (
+                "the number of running runs in the group."
+                if sink_only
+                else "the last heartbeat time."
+            ),
             [_target(problem("stuck"), instant=True)],
             w=12,
-            unit="dateTimeAsIso",
+            unit="short" if sink_only else "dateTimeAsIso",
             options={"showHeader": True},
         ),
         _panel(
             "table",
-            "Degraded runs now (worker view)",
+            f"Degraded runs now ({view})",
             "Run groups the health rules judge degraded right now (late heartbeat, near a "
             "limit or stalled).",
             [_target(problem("degraded"), instant=True)],
@@ -331,7 +428,7 @@ def overview(
             "Resident memory of the 10 largest live runs.",
             [
                 _target(
-                    f"topk(10, {sc.METRIC_JOB_MEMORY.prometheus}{{{sel}}})",
+                    f"topk(10, {_m(sc.METRIC_JOB_MEMORY, source)}{{{sel}}})",
                     _l(NAME) + " " + _l(RUN_ID),
                     instant=True,
                 )
@@ -349,7 +446,7 @@ def overview(
             "CPU of the 10 busiest live runs (1.0 = one core).",
             [
                 _target(
-                    f"topk(10, {sc.METRIC_JOB_CPU.prometheus}{{{sel}}})",
+                    f"topk(10, {_m(sc.METRIC_JOB_CPU, source)}{{{sel}}})",
                     _l(NAME) + " " + _l(RUN_ID),
                     instant=True,
                 )
@@ -363,11 +460,12 @@ def overview(
             },
         ),
     ]
-    started = sc.METRIC_JOB_RUNS_STARTED.prometheus
+    started = sc.METRIC_SINK_RUNS.prometheus if sink_only else sc.METRIC_JOB_RUNS_STARTED.prometheus
     return _dashboard(
-        "overview",
-        "Chaperone / Overview",
-        "Supervised jobs across all workers: activity, outcomes, duration and health.",
+        "overview" + _suffix(source),
+        "Chaperone / Overview" + (" (sink)" if sink_only else ""),
+        "Supervised jobs across all workers: activity, outcomes, duration and health"
+        + (", from the sink's fleet /metrics only." if sink_only else "."),
         [
             _query_var("job_name", "Job", started, NAME),
             _query_var("queue", "Queue", started, QUEUE),
@@ -376,12 +474,13 @@ def overview(
     )
 
 
-def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+def run(policy: HealthPolicy = DEFAULT_POLICY, source: str = "worker") -> dict[str, Any]:
     """Drill-down into one job's live runs (a run id exists for runs past the long-run
-    threshold; shorter runs show as their job's stalest run)."""
+    threshold; shorter runs show as their job's stalest run). ``source="sink"``: the sink's
+    twins of the worker gauges, the same panels."""
     sel = f'{NAME}=~"$job_name", {RUN_ID}=~"$run_id"'
-    lhb = sc.METRIC_JOB_LAST_HEARTBEAT.prometheus
-    interval = sc.METRIC_JOB_HEARTBEAT_INTERVAL.prometheus
+    lhb = _m(sc.METRIC_JOB_LAST_HEARTBEAT, source)
+    interval = _m(sc.METRIC_JOB_HEARTBEAT_INTERVAL, source)
     legend = _l(NAME) + " " + _l(RUN_ID)
     ratio_thresholds = _thresholds(
         ("green", None), ("yellow", policy.degraded_after), ("red", policy.unhealthy_after)
@@ -391,7 +490,7 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "timeseries",
             "Progress",
             "Overall progress of the run, 0..100 %.",
-            [_target(f"{sc.METRIC_JOB_PROGRESS.prometheus}{{{sel}}}", legend)],
+            [_target(f"{_m(sc.METRIC_JOB_PROGRESS, source)}{{{sel}}}", legend)],
             unit="percentunit",
             minimum=0,
             maximum=1,
@@ -400,7 +499,7 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "stat",
             "ETA",
             "Estimated time to completion at the current throughput.",
-            [_target(f"{sc.METRIC_JOB_ETA.prometheus}{{{sel}}}", legend)],
+            [_target(f"{_m(sc.METRIC_JOB_ETA, source)}{{{sel}}}", legend)],
             unit="s",
             w=6,
         ),
@@ -408,7 +507,7 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "stat",
             "Time left before timeout",
             "Seconds until the run's maximum runtime ends (negative: overtime).",
-            [_target(f"{sc.METRIC_JOB_DEADLINE.prometheus}{{{sel}}} - time()", legend)],
+            [_target(f"{_m(sc.METRIC_JOB_DEADLINE, source)}{{{sel}}} - time()", legend)],
             unit="s",
             w=6,
             thresholds=_thresholds(("red", None), ("green", 0)),
@@ -444,9 +543,9 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "Memory against its limit",
             "Resident memory of the run's process and its memory limit.",
             [
-                _target(f"{sc.METRIC_JOB_MEMORY.prometheus}{{{sel}}}", "rss " + legend),
+                _target(f"{_m(sc.METRIC_JOB_MEMORY, source)}{{{sel}}}", "rss " + legend),
                 _target(
-                    f"{sc.METRIC_JOB_MEMORY_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"
+                    f"{_m(sc.METRIC_JOB_MEMORY_LIMIT, source)}{{{sel}}}", "limit " + legend, "B"
                 ),
             ],
             unit="bytes",
@@ -457,8 +556,8 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "CPU against its limit",
             "CPU use (1.0 = one core) and the run's CPU limit.",
             [
-                _target(f"{sc.METRIC_JOB_CPU.prometheus}{{{sel}}}", "cpu " + legend),
-                _target(f"{sc.METRIC_JOB_CPU_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"),
+                _target(f"{_m(sc.METRIC_JOB_CPU, source)}{{{sel}}}", "cpu " + legend),
+                _target(f"{_m(sc.METRIC_JOB_CPU_LIMIT, source)}{{{sel}}}", "limit " + legend, "B"),
             ],
             unit="percentunit",
             minimum=0,
@@ -468,8 +567,8 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "Open file descriptors against the limit",
             "Open fds of the run's process and its fd limit.",
             [
-                _target(f"{sc.METRIC_JOB_OPEN_FDS.prometheus}{{{sel}}}", "fds " + legend),
-                _target(f"{sc.METRIC_JOB_FD_LIMIT.prometheus}{{{sel}}}", "limit " + legend, "B"),
+                _target(f"{_m(sc.METRIC_JOB_OPEN_FDS, source)}{{{sel}}}", "fds " + legend),
+                _target(f"{_m(sc.METRIC_JOB_FD_LIMIT, source)}{{{sel}}}", "limit " + legend, "B"),
             ],
             minimum=0,
         ),
@@ -479,18 +578,18 @@ def run(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             "Progress counters as the job reports them.",
             [
                 _target(
-                    f"{sc.METRIC_JOB_PROGRESS_CURRENT.prometheus}{{{sel}}}", "current " + legend
+                    f"{_m(sc.METRIC_JOB_PROGRESS_CURRENT, source)}{{{sel}}}", "current " + legend
                 ),
                 _target(
-                    f"{sc.METRIC_JOB_PROGRESS_TOTAL.prometheus}{{{sel}}}", "total " + legend, "B"
+                    f"{_m(sc.METRIC_JOB_PROGRESS_TOTAL, source)}{{{sel}}}", "total " + legend, "B"
                 ),
             ],
             minimum=0,
         ),
     ]
     return _dashboard(
-        "run",
-        "Chaperone / Run",
+        "run" + _suffix(source),
+        "Chaperone / Run" + (" (sink)" if source == "sink" else ""),
         "One job's live runs: progress, heartbeat lease, resources against limits, ETA.",
         [
             _query_var("job_name", "Job", lhb, NAME, multi=False),
@@ -634,11 +733,15 @@ def sink(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
 
 
 def dashboards(
-    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: HealthPolicy = DEFAULT_POLICY,
+    settings: AlertSettings | None = None,
+    sources: tuple[str, ...] = SOURCES,
 ) -> dict[str, dict[str, Any]]:
-    """Every dashboard by file name (``dashboards/<name>``)."""
-    return {
-        "chaperone-overview.json": overview(policy, settings),
-        "chaperone-run.json": run(policy),
-        "chaperone-sink.json": sink(policy),
-    }
+    """Every dashboard by file name (``dashboards/<name>``): overview and run for each
+    source (``-sink`` for the sink-derived ones), and the sink server's own."""
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        out[f"chaperone-overview{_suffix(source)}.json"] = overview(policy, settings, source)
+        out[f"chaperone-run{_suffix(source)}.json"] = run(policy, source)
+    out["chaperone-sink.json"] = sink(policy)
+    return out

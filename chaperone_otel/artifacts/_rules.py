@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import semconv as sc
@@ -30,9 +30,13 @@ from .._health import (
     DEFAULT_POLICY,
     PROMQL_UNIVERSE,
     SIGNAL_GAUGES,
+    SINK_SIGNAL_GAUGES,
+    SINK_SOURCE,
+    Expr,
     HealthPolicy,
     Rules,
     _Never,
+    promql,
     rules,
 )
 from ._schedule_alerts import schedule_alerts
@@ -61,6 +65,14 @@ REC_FINISHED_RATE = "chaperone:job_runs_finished:rate5m"
 REC_FAILURE_RATIO = "chaperone:job_failure_ratio:rate15m"
 REC_DURATION_QUANTILE = "chaperone:job_duration_seconds:quantile_rate5m"
 DURATION_QUANTILES = ("0.5", "0.95", "0.99")
+# The same aggregations over the sink's finished-runs counter (sink-derived rule file).
+REC_SINK_FINISHED_RATE = "chaperone:sink_runs_finished:rate5m"
+REC_SINK_FAILURE_RATIO = "chaperone:sink_failure_ratio:rate15m"
+
+SOURCES = ("worker", "sink")
+"""Where the alerts read the runs: ``worker`` (each worker's ``/metrics`` or a Collector fed
+by the workers, plus the sink for lost runs) or ``sink`` (only the sink's fleet ``/metrics``,
+computed from its store: a fleet that sends OTLP only to ``chaperone-otel sink serve``)."""
 
 
 @dataclass(frozen=True)
@@ -138,63 +150,100 @@ def _promql(rendered: str | _Never, what: str) -> str:
     return rendered
 
 
+SINK_RUN_LABELS: Mapping[str, str] = {
+    NAME: "etl.import",
+    QUEUE: "default",
+    **SINK_LABELS,
+}
+"""Labels of a sink-derived run-group series as Prometheus stores them."""
+
+
 def _live(labels: Mapping[str, str] = WORKER_LABELS, **gauges: str) -> tuple[dict[str, str], ...]:
     """Worker live-run gauges for one run group, by health-signal name."""
     return tuple(series(SIGNAL_GAUGES[k].prometheus, labels, v) for k, v in gauges.items())
 
 
+def _sink_live(
+    labels: Mapping[str, str] = SINK_RUN_LABELS, **gauges: str
+) -> tuple[dict[str, str], ...]:
+    """Sink run-group gauges, by health-signal name: the group's ``active`` series, and a
+    process heard from at every scrape unless ``last_seen`` says otherwise."""
+    gauges = {"last_seen": "0+15x20", **gauges}
+    out = [series(SINK_SOURCE.universe, labels, "1x20")]
+    out.extend(series(SINK_SIGNAL_GAUGES[k].prometheus, labels, v) for k, v in gauges.items())
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What differs between the two rule files: the series and the scenario labels."""
+
+    name: str
+    live: Callable[..., tuple[dict[str, str], ...]]
+    run_labels: Mapping[str, str]
+    finished: str
+    finished_rate: str
+    failure_ratio: str
+    where: str
+
+    def expr(self, rule: Expr, what: str) -> str:
+        return _promql(promql(rule, self.name), what)
+
+
+def _source(name: str) -> _Source:
+    if name == "worker":
+        return _Source(
+            "worker",
+            _live,
+            WORKER_LABELS,
+            sc.METRIC_JOB_RUNS_FINISHED.prometheus,
+            REC_FINISHED_RATE,
+            REC_FAILURE_RATIO,
+            "on {{ $labels.instance }}",
+        )
+    if name == "sink":
+        return _Source(
+            "sink",
+            _sink_live,
+            SINK_RUN_LABELS,
+            sc.METRIC_SINK_RUNS_FINISHED.prometheus,
+            REC_SINK_FINISHED_RATE,
+            REC_SINK_FAILURE_RATIO,
+            "(from the sink's store)",
+        )
+    raise ValueError(f"unknown alert source {name!r}; choose from {', '.join(SOURCES)}")
+
+
 def alerts(
-    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: HealthPolicy = DEFAULT_POLICY,
+    settings: AlertSettings | None = None,
+    source: str = "worker",
 ) -> list[Alert]:
-    """Every alert, in rule-file order."""
+    """Every alert, in rule-file order, reading the series of ``source`` (see :data:`SOURCES`)."""
     s = settings or AlertSettings()
+    src = _source(source)
     r: Rules = rules(policy)
     lbl = "{{ $labels.%s }}"
     job = f"{lbl % NAME} (queue {lbl % QUEUE})"
-    fin = sc.METRIC_JOB_RUNS_FINISHED.prometheus
+    fin = src.finished
+    live = src.live
+    where = src.where
     k_lost = policy.lost_after
     # Promtool series notation: "a+bxN" is N+1 samples from a in steps of b, every interval.
     # At 15 s steps, "0x20" covers 5 minutes; heartbeat gauges hold a Unix time (0 = epoch).
     hb_fresh = "0+15x20"  # the job beats every scrape: heartbeat age stays ~0
     hb_frozen = "0x20"  # the last heartbeat was at t=0 and never again
-    quiet_run = _live(last_heartbeat=hb_fresh, heartbeat_interval="60x20")
-    run_labels = {**WORKER_LABELS}
+    quiet_run = live(last_heartbeat=hb_fresh, heartbeat_interval="60x20")
+    run_labels = {**src.run_labels}
 
-    fin_labels = {**WORKER_LABELS}
+    fin_labels = {**src.run_labels}
     ok = {**fin_labels, STATUS: "completed"}
-    bad = {**fin_labels, STATUS: "failed", ERROR_TYPE: "ValueError"}
+    bad = {**fin_labels, STATUS: "failed"}
+    if source == "worker":
+        bad[ERROR_TYPE] = "ValueError"
     sink_job = {NAME: "etl.import", QUEUE: "default", **SINK_LABELS}
-
-    return [
-        Alert(
-            "ChaperoneJobHeartbeatMissed",
-            _promql(r.heartbeat_missed.promql(), "heartbeat_missed"),
-            "warning",
-            f"Job {job} missed its heartbeat",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} has not sent a heartbeat for more "
-            "than one heartbeat interval; the process still reports it as running.",
-            for_=s.heartbeat_missed_for,
-            # Heartbeat at 0, interval 60 s: late from t=60 s, firing after the `for`.
-            fire=Scenario(
-                _live(last_heartbeat=hb_frozen, heartbeat_interval="60x20"), "3m", run_labels
-            ),
-            quiet=Scenario(quiet_run, "3m"),
-        ),
-        Alert(
-            "ChaperoneJobStuck",
-            _promql(r.stuck.promql(), "stuck"),
-            "critical",
-            f"Job {job} is stuck",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} is alive but has sent no heartbeat "
-            f"for more than {policy.stuck_after:g} heartbeat intervals, or is past its "
-            "timeout.",
-            # Interval 10 s, no heartbeat since t=0: stuck after 30 s while still scraped.
-            fire=Scenario(
-                _live(last_heartbeat=hb_frozen, heartbeat_interval="10x20"), "1m", run_labels
-            ),
-            quiet=Scenario(_live(last_heartbeat=hb_fresh, heartbeat_interval="10x20"), "1m"),
-        ),
-        Alert(
+    if source == "worker":
+        lost = Alert(
             "ChaperoneJobLost",
             f"{sc.METRIC_SINK_RUNS_LOST.prometheus} > 0 or "
             f"{sc.METRIC_SINK_SILENCE_RATIO.prometheus} > {k_lost!r}",
@@ -218,46 +267,92 @@ def alerts(
                 ),
                 "1m",
             ),
+        )
+    else:
+        # The sink outlives the run: the rule itself, over the run's last-seen gauge.
+        lost = Alert(
+            "ChaperoneJobLost",
+            src.expr(r.lost, "lost"),
+            "critical",
+            f"Job {job} lost a run",
+            f"A running run of {lbl % NAME} has sent nothing at all (not even liveness) for "
+            f"more than {k_lost:g} heartbeat intervals: its process died or lost its network. "
+            "Reported by the sink.",
+            # Interval 10 s, nothing heard since t=0: lost after 30 s.
+            fire=Scenario(
+                live(last_heartbeat=hb_frozen, last_seen=hb_frozen, heartbeat_interval="10x20"),
+                "1m",
+                run_labels,
+            ),
+            quiet=Scenario(live(last_heartbeat=hb_frozen, heartbeat_interval="10x20"), "1m"),
+        )
+
+    return [
+        Alert(
+            "ChaperoneJobHeartbeatMissed",
+            src.expr(r.heartbeat_missed, "heartbeat_missed"),
+            "warning",
+            f"Job {job} missed its heartbeat",
+            f"A run of {lbl % NAME} {where} has not sent a heartbeat for more "
+            "than one heartbeat interval; the process still reports it as running.",
+            for_=s.heartbeat_missed_for,
+            # Heartbeat at 0, interval 60 s: late from t=60 s, firing after the `for`.
+            fire=Scenario(
+                live(last_heartbeat=hb_frozen, heartbeat_interval="60x20"), "3m", run_labels
+            ),
+            quiet=Scenario(quiet_run, "3m"),
         ),
         Alert(
+            "ChaperoneJobStuck",
+            src.expr(r.stuck, "stuck"),
+            "critical",
+            f"Job {job} is stuck",
+            f"A run of {lbl % NAME} {where} is alive but has sent no heartbeat "
+            f"for more than {policy.stuck_after:g} heartbeat intervals, or is past its "
+            "timeout.",
+            # Interval 10 s, no heartbeat since t=0: stuck after 30 s while still scraped.
+            fire=Scenario(
+                live(last_heartbeat=hb_frozen, heartbeat_interval="10x20"), "1m", run_labels
+            ),
+            quiet=Scenario(live(last_heartbeat=hb_fresh, heartbeat_interval="10x20"), "1m"),
+        ),
+        lost,
+        Alert(
             "ChaperoneJobOvertime",
-            _promql(r.overtime.promql(), "overtime"),
+            src.expr(r.overtime, "overtime"),
             "warning",
             f"Job {job} ran past its timeout",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} is still running after its maximum "
-            "runtime (timeout).",
+            f"A run of {lbl % NAME} {where} is still running after its maximum runtime (timeout).",
             fire=Scenario(
-                _live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", timeout_at="30x20"),
+                live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", timeout_at="30x20"),
                 "1m",
                 run_labels,
             ),
             quiet=Scenario(
-                _live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", timeout_at="3600x20"),
+                live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", timeout_at="3600x20"),
                 "1m",
             ),
         ),
         Alert(
             "ChaperoneJobStalled",
-            _promql(r.stalled.promql(), "stalled"),
+            src.expr(r.stalled, "stalled"),
             "warning",
             f"Job {job} is alive but not progressing",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} keeps sending heartbeats but its "
+            f"A run of {lbl % NAME} {where} keeps sending heartbeats but its "
             "progress has not moved for longer than its stall budget.",
             fire=Scenario(
-                _live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", stall_deadline="30x20"),
+                live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", stall_deadline="30x20"),
                 "1m",
                 run_labels,
             ),
             quiet=Scenario(
-                _live(
-                    last_heartbeat=hb_fresh, heartbeat_interval="60x20", stall_deadline="3600x20"
-                ),
+                live(last_heartbeat=hb_fresh, heartbeat_interval="60x20", stall_deadline="3600x20"),
                 "1m",
             ),
         ),
         Alert(
             "ChaperoneJobFailureRatioHigh",
-            f"{REC_FAILURE_RATIO} > {s.failure_ratio!r}",
+            f"{src.failure_ratio} > {s.failure_ratio!r}",
             "warning",
             f"Job {job} fails often",
             f"More than {s.failure_ratio:.0%} of the finished runs of {lbl % NAME} failed "
@@ -280,24 +375,24 @@ def alerts(
         ),
         Alert(
             "ChaperoneJobResourceLimitNear",
-            _promql(r.near_limit.promql(), "near_limit"),
+            src.expr(r.near_limit, "near_limit"),
             "warning",
             f"Job {job} is close to a resource limit",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} uses at least "
+            f"A run of {lbl % NAME} {where} uses at least "
             f"{policy.warn_ratio:.0%} of its memory, CPU or file descriptor limit.",
             for_=s.limit_near_for,
-            fire=Scenario(_live(memory="900x20", memory_limit="1000x20"), "4m", run_labels),
-            quiet=Scenario(_live(memory="500x20", memory_limit="1000x20", cpu="0.9x20"), "4m"),
+            fire=Scenario(live(memory="900x20", memory_limit="1000x20"), "4m", run_labels),
+            quiet=Scenario(live(memory="500x20", memory_limit="1000x20", cpu="0.9x20"), "4m"),
         ),
         Alert(
             "ChaperoneJobResourceLimitViolated",
-            _promql(r.violated.promql(), "violated"),
+            src.expr(r.violated, "violated"),
             "warning",
             f"Job {job} exceeded a resource limit",
-            f"A run of {lbl % NAME} on {lbl % 'instance'} crossed its memory, CPU, file "
+            f"A run of {lbl % NAME} {where} crossed its memory, CPU, file "
             "descriptor or time limit; its limit policy (record, warn or cancel) applied.",
-            fire=Scenario(_live(violation_count="0 0 1 1 1"), "1m", run_labels),
-            quiet=Scenario(_live(violation_count="0x8"), "1m"),
+            fire=Scenario(live(violation_count="0 0 1 1 1"), "1m", run_labels),
+            quiet=Scenario(live(violation_count="0x8"), "1m"),
         ),
         Alert(
             "ChaperoneJobNoRecentSuccess",
@@ -419,14 +514,15 @@ def anchor(alert_name: str) -> str:
     return alert_name.lower()
 
 
-def recording_rules() -> list[dict[str, object]]:
+def recording_rules(source: str = "worker") -> list[dict[str, object]]:
     """Aggregations the dashboards and the failure-ratio alert share."""
-    fin = sc.METRIC_JOB_RUNS_FINISHED.prometheus
+    src = _source(source)
+    fin = src.finished
     bucket = sc.METRIC_JOB_DURATION.prometheus + "_bucket"
     out: list[dict[str, object]] = [
-        {"record": REC_FINISHED_RATE, "expr": f"sum by ({BY_JOB}, {STATUS}) (rate({fin}[5m]))"},
+        {"record": src.finished_rate, "expr": f"sum by ({BY_JOB}, {STATUS}) (rate({fin}[5m]))"},
         {
-            "record": REC_FAILURE_RATIO,
+            "record": src.failure_ratio,
             # `or ... * 0`: a job with no failed series has ratio 0, not "no data".
             "expr": (
                 f'(sum by ({BY_JOB}) (rate({fin}{{{STATUS}="failed"}}[15m])) '
@@ -435,14 +531,15 @@ def recording_rules() -> list[dict[str, object]]:
             ),
         },
     ]
-    out.extend(
-        {
-            "record": REC_DURATION_QUANTILE,
-            "expr": f"histogram_quantile({q}, sum by ({BY_JOB}, le) (rate({bucket}[5m])))",
-            "labels": {"quantile": q},
-        }
-        for q in DURATION_QUANTILES
-    )
+    if source == "worker":  # the sink keeps no duration histogram
+        out.extend(
+            {
+                "record": REC_DURATION_QUANTILE,
+                "expr": f"histogram_quantile({q}, sum by ({BY_JOB}, le) (rate({bucket}[5m])))",
+                "labels": {"quantile": q},
+            }
+            for q in DURATION_QUANTILES
+        )
     return out
 
 
@@ -461,15 +558,20 @@ def alert_rule(alert: Alert, settings: AlertSettings) -> dict[str, object]:
 
 
 def rule_file(
-    policy: HealthPolicy = DEFAULT_POLICY, settings: AlertSettings | None = None
+    policy: HealthPolicy = DEFAULT_POLICY,
+    settings: AlertSettings | None = None,
+    source: str = "worker",
 ) -> dict[str, object]:
-    """The whole rule file as data."""
+    """The whole rule file as data, for the series of ``source`` (see :data:`SOURCES`)."""
     s = settings or AlertSettings()
     return {
         "groups": [
             {
-                "name": GROUP,
-                "rules": [*recording_rules(), *(alert_rule(a, s) for a in alerts(policy, s))],
+                "name": GROUP if source == "worker" else f"{GROUP}-{source}",
+                "rules": [
+                    *recording_rules(source),
+                    *(alert_rule(a, s) for a in alerts(policy, s, source)),
+                ],
             }
         ]
     }
@@ -490,11 +592,12 @@ def rule_tests(
     settings: AlertSettings | None = None,
     *,
     rule_file_name: str = "../chaperone.rules.yaml",
+    source: str = "worker",
 ) -> dict[str, object]:
     """The promtool test file: for every alert, one case that fires and one that does not."""
     s = settings or AlertSettings()
     tests: list[dict[str, object]] = []
-    for alert in alerts(policy, s):
+    for alert in alerts(policy, s, source):
         rule = alert_rule(alert, s)
         annotations = rule["annotations"]
         assert isinstance(annotations, dict)
@@ -532,15 +635,16 @@ def rule_tests(
     }
 
 
-def alert_names(policy: HealthPolicy = DEFAULT_POLICY) -> Sequence[str]:
+def alert_names(policy: HealthPolicy = DEFAULT_POLICY, source: str = "worker") -> Sequence[str]:
     """Names of every alert, in file order."""
-    return [a.name for a in alerts(policy)]
+    return [a.name for a in alerts(policy, source=source)]
 
 
 __all__ = [
     "GROUP",
     "PROMQL_UNIVERSE",
     "SINK_SCRAPE_JOB",
+    "SOURCES",
     "WORKER_SCRAPE_JOB",
     "Alert",
     "AlertSettings",

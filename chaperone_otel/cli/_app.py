@@ -713,6 +713,17 @@ def sink() -> None:
     help="Also answer requests for this Host name (repeatable); loopback names and IP "
     "addresses are always allowed.",
 )
+@click.option(
+    "--long-run-threshold",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    envvar="CHAPERONE_OTEL_LONG_RUN_THRESHOLD",
+    show_envvar=True,
+    help="In /metrics, running runs older than this get series of their own (run id label), "
+    "as on the workers.",
+)
 def sink_serve(
     db: str,
     host: str,
@@ -720,6 +731,7 @@ def sink_serve(
     token: str | None,
     insecure: bool,
     allowed_hosts: tuple[str, ...],
+    long_run_threshold: float,
 ) -> None:
     """Receive OTLP from workers/Collectors and record runs in the store (docs/sink-server.md)."""
     if token is None and os.environ.get(TOKEN_ENV) is not None:
@@ -743,6 +755,7 @@ def sink_serve(
             token=token,
             insecure=insecure,
             allowed_hosts=allowed_hosts,
+            long_run_threshold=long_run_threshold,
         )
     except SinkError as exc:
         fail(f"sink serve: {exc}", Exit.STORE)

@@ -22,7 +22,9 @@ and SQL only moves rows, with a constant handful of short statements per commit:
    reordering records therefore converges to the same row.
 4. ``INSERT`` the merged rows back (one row per run).
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
-   insert), errors (``MERGE``). A batch of running jobs costs 6 short statements.
+   insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
+   summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`). A batch of
+   running jobs costs 6 short statements.
 
 Everything runs on the writer's cursor, under the store's write lock, in one transaction: a
 failure rolls the whole batch back (the deleted rows come back with it).
@@ -130,6 +132,25 @@ MERGE_ERRORS: Final = (
 )
 
 
+UPSERT_TOTALS: Final = (
+    "MERGE INTO job_totals AS t USING chaperone_stage_totals AS s "
+    "ON t.name = s.name AND t.queue = s.queue AND t.status = s.status "
+    "WHEN MATCHED THEN UPDATE SET finished = t.finished + s.finished, "
+    "stored = t.stored + s.stored, "
+    "last_finished_at = greatest(t.last_finished_at, s.last_finished_at) "
+    "WHEN NOT MATCHED THEN INSERT VALUES (s.name, s.queue, s.status, s.finished, s.stored, "
+    "s.last_finished_at)"
+)
+_TOTALS_TYPES: Final = (
+    ("name", pa.string()),
+    ("queue", pa.string()),
+    ("status", pa.string()),
+    ("finished", pa.int64()),
+    ("stored", pa.int64()),
+    ("last_finished_at", pa.timestamp("us")),
+)
+
+
 @dataclass
 class WriteResult:
     """What one batch wrote (for counters and tests)."""
@@ -197,8 +218,13 @@ def _write_runs(
     if new_beats:
         rows, over = _count_heartbeats(rows, new_beats, heartbeat_limit)
     # Exactly the stored types, so the INSERT is a plain positional copy.
-    register("chaperone_stage_jobs", _cast_like(rows, current.schema))
+    stored = _cast_like(rows, current.schema)
+    register("chaperone_stage_jobs", stored)
     cur.execute(INSERT_JOBS)
+    totals = totals_delta(current, stored)
+    if totals is not None:
+        register("chaperone_stage_totals", totals)
+        cur.execute(UPSERT_TOTALS)
     if over:
         register("chaperone_stage_over", _keys_table(over))
         deleted = cur.execute(TRIM_HEARTBEATS, {"limit": heartbeat_limit}).fetchall()
@@ -209,6 +235,55 @@ def _write_runs(
     if staged.errors is not None:
         register("chaperone_stage_errors", staged.errors)
         cur.execute(MERGE_ERRORS)
+
+
+def totals_delta(before: pa.Table, after: pa.Table) -> pa.Table | None:
+    """The change to ``job_totals`` when a batch replaces the ``before`` rows of its runs by
+    the ``after`` rows; ``None`` when no ended run is involved (the common batch).
+
+    An ended run after the batch counts +1 ``stored`` in its (name, queue, status) and, when
+    it had not ended before, +1 ``finished``; an ended run before the batch counts -1
+    ``stored`` in its old group, so a re-delivered end changes nothing.
+    """
+    old_end = pc.is_in(before.column("status"), value_set=_TERMINAL_SET)
+    new_end = pc.is_in(after.column("status"), value_set=_TERMINAL_SET)
+    if not (pc.any(old_end).as_py() or pc.any(new_end).as_py()):
+        return None
+    ended = before.filter(old_end)
+    was_ended = set(
+        zip(ended.column("run_id").to_pylist(), ended.column("attempt").to_pylist(), strict=True)
+    )
+    delta: dict[tuple[str, str, str], list[Any]] = {}
+
+    def add(table: pa.Table, sign: int, *, finished: bool) -> None:
+        columns = ("run_id", "attempt", "name", "queue", "status", "finished_at")
+        for run_id, attempt, name, queue, status, at in zip(
+            *(table.column(c).to_pylist() for c in columns), strict=True
+        ):
+            entry = delta.setdefault((name or "", queue or "", status), [0, 0, None])
+            entry[1] += sign
+            if finished and (run_id, attempt) not in was_ended:
+                entry[0] += 1
+            if finished and at is not None and (entry[2] is None or at > entry[2]):
+                entry[2] = at
+
+    add(ended, -1, finished=False)
+    add(after.filter(new_end), 1, finished=True)
+    changed = [(k, v) for k, v in delta.items() if v[0] or v[1] or v[2] is not None]
+    if not changed:
+        return None
+    values = [
+        [k[0] for k, _v in changed],
+        [k[1] for k, _v in changed],
+        [k[2] for k, _v in changed],
+        [v[0] for _k, v in changed],
+        [v[1] for _k, v in changed],
+        [v[2] for _k, v in changed],
+    ]
+    return pa.table(
+        [pa.array(col, type=t) for col, (_n, t) in zip(values, _TOTALS_TYPES, strict=True)],
+        names=[n for n, _t in _TOTALS_TYPES],
+    )
 
 
 def _keys_table(keys: Any) -> pa.Table:

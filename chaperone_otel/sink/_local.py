@@ -38,7 +38,7 @@ from ._results import (
     _utc,
 )
 from ._schedule_store import PRUNE_SCHEDULES
-from ._schema import predicate
+from ._schema import PRUNE_TOTALS, predicate
 from ._store import (
     Store,
     acquire,
@@ -242,8 +242,8 @@ class LocalSink(Sink):
                     # replacement scan that would read it is off.
                     raise SinkError(
                         "sink.sql() reads only the job store (tables jobs, heartbeats, "
-                        "job_errors, resource_violations, schema_version; views jobs_health, "
-                        f"problem_runs): {e}"
+                        "job_errors, resource_violations, job_totals, schema_version; views "
+                        f"jobs_health, problem_runs): {e}"
                     ) from e
                 except duckdb.Error as e:
                     raise truncation(e, self.path) or SinkError(
@@ -401,6 +401,7 @@ class LocalSink(Sink):
                         f"AND NOT {live}",
                         {"cutoff": cutoff, "now": now},
                     )
+                    cur.execute(PRUNE_TOTALS)
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "

@@ -244,6 +244,38 @@ SCHEDULE_TABLES: Final = (
 )
 """The schedule tables (issue 15); ``sink/_schedule_store.py`` writes and reads them."""
 
+
+def _job_totals_statements() -> list[str]:
+    """The ``job_totals`` summary, filled from the runs already stored.
+
+    One row per (name, queue, terminal status): ``finished`` counts runs the store saw end
+    (a Prometheus counter: pruning never lowers it), ``stored`` those still in ``jobs``, and
+    ``last_finished_at`` the latest end. The writer keeps it current in the same transaction
+    as the runs (:mod:`._ingest`) and prune lowers ``stored``, so the fleet ``/metrics`` read a
+    few rows instead of scanning every run ever stored.
+    """
+    terminal = ", ".join(f"'{s}'" for s in TERMINAL_STATUSES)
+    return [
+        "CREATE TABLE IF NOT EXISTS job_totals (name VARCHAR NOT NULL, queue VARCHAR NOT NULL, "
+        "status VARCHAR NOT NULL, finished BIGINT NOT NULL, stored BIGINT NOT NULL, "
+        "last_finished_at TIMESTAMP)",
+        "INSERT INTO job_totals SELECT coalesce(name, ''), coalesce(queue, ''), status, "
+        f"count(*), count(*), max(finished_at) FROM jobs WHERE status IN ({terminal}) "
+        "GROUP BY ALL",
+    ]
+
+
+PRUNE_TOTALS: Final = (
+    "MERGE INTO job_totals AS t USING (SELECT coalesce(name, '') AS name, "
+    "coalesce(queue, '') AS queue, status, count(*) AS n FROM jobs SEMI JOIN chaperone_doomed d "
+    "ON jobs.run_id = d.run_id AND jobs.attempt = d.attempt "
+    "WHERE status IN (" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ") GROUP BY ALL) "
+    "AS p ON t.name = p.name AND t.queue = p.queue AND t.status = p.status "
+    "WHEN MATCHED THEN UPDATE SET stored = t.stored - p.n"
+)
+"""Run by prune before it deletes the ``chaperone_doomed`` runs: ``stored`` follows."""
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -268,8 +300,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         ("schedule", "scheduled_for"),
     ),
+    Migration(
+        4,
+        "job_totals: ended runs by name, queue and status (fleet /metrics, issue 14)",
+        tuple(_job_totals_statements()),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(4, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(5, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

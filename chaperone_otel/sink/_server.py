@@ -64,7 +64,7 @@ from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import ConfigurationError, SinkError
 from . import _otlp
 from ._api import BodyTooLargeError, bearer_authorizer, query_routes, read_body
-from ._fleet import FleetCollector, IngestStats
+from ._fleet import DEFAULT_LONG_RUN_THRESHOLD, FleetCollector, IngestStats
 from ._forward import records_route
 from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
@@ -175,6 +175,8 @@ class SinkServer:
             still queued.
         heartbeat_limit: stored heartbeats per run at most.
         policy: health thresholds for ``/metrics`` and the query API.
+        long_run_threshold: in ``/metrics``, running runs older than this (seconds) get
+            series of their own, labelled with the run id (set it as the workers do).
         advertise: write ``<path>.owner.json`` so other processes find the query API.
         insecure: allow a non-loopback ``host`` without a token (a trusted network only).
         allowed_hosts: ``Host`` names to answer besides loopback names, IP literals and
@@ -204,6 +206,7 @@ class SinkServer:
         ack: Literal["commit", "queue"] = "commit",
         heartbeat_limit: int = HEARTBEATS_PER_RUN,
         policy: HealthPolicy = DEFAULT_POLICY,
+        long_run_threshold: float = DEFAULT_LONG_RUN_THRESHOLD,
         advertise: bool = True,
         insecure: bool = False,
         allowed_hosts: Iterable[str] = (),
@@ -237,6 +240,7 @@ class SinkServer:
             raise ValueError("ack must be 'commit' or 'queue'")
         self.ack = ack
         self.policy = policy
+        self.long_run_threshold = long_run_threshold
         self._queue_capacity = queue_capacity
         self._max_batch = max_batch
         self._heartbeat_limit = heartbeat_limit
@@ -316,7 +320,11 @@ class SinkServer:
         self._owner = owner
         self._registry.register(
             FleetCollector(
-                owner.store.cursor, stats=self.stats, store_path=owner.path, policy=self.policy
+                owner.store.cursor,
+                stats=self.stats,
+                store_path=owner.path,
+                policy=self.policy,
+                long_run_threshold=self.long_run_threshold,
             )
         )
         self._registry.register(ScheduleCollector(owner.store.cursor))  # issue 15

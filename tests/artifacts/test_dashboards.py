@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from chaperone_otel import semconv as sc
-from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, render
+from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, SINK_RULES_PATH, render
 from chaperone_otel.artifacts._dashboards import SCHEMA_VERSION, TAG, dashboards
 
 METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
@@ -33,10 +33,12 @@ def test_committed_json_equals_generator_output(repo: Path) -> None:
 
 
 def test_required_dashboards_with_stable_uids_tag_and_schema(repo: Path) -> None:
-    """overview, run and sink exist with uid chaperone-<slug>, the tag and a schemaVersion."""
+    """overview and run (worker- and sink-sourced) and sink exist with uid chaperone-<slug>,
+    the tag and a schemaVersion."""
     boards = _committed(repo)
     assert {b["uid"] for b in boards.values()} == {
-        "chaperone-overview", "chaperone-run", "chaperone-sink"}
+        "chaperone-overview", "chaperone-run", "chaperone-sink", "chaperone-overview-sink",
+        "chaperone-run-sink"}
     for name, board in boards.items():
         assert name == board["uid"] + ".json"
         assert TAG in board["tags"]
@@ -86,17 +88,44 @@ def test_overview_covers_the_required_panels(repo: Path) -> None:
     sink = " | ".join(p["title"].lower() for p in boards["chaperone-sink.json"]["panels"])
     for word in ("ingest", "rejected", "queue", "store size"):
         assert word in sink, word
+    # the sink-sourced twins: the same panels, the duration replaced by the last success
+    overview = " | ".join(p["title"].lower()
+                          for p in boards["chaperone-overview-sink.json"]["panels"])
+    for word in ("running", "finished", "failure ratio", "last success", "health", "stuck",
+                 "lost", "memory", "cpu"):
+        assert word in overview, word
+    assert [p["title"] for p in boards["chaperone-run-sink.json"]["panels"]] == \
+        [p["title"] for p in boards["chaperone-run.json"]["panels"]]
+
+
+def test_sink_sourced_dashboards_read_only_the_sinks_series(repo: Path) -> None:
+    """No target of a -sink dashboard names a worker series (chaperone_job_*) or a worker
+    recording rule: a fleet that sends OTLP only to the sink has data for every panel."""
+    labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
+    for name in ("chaperone-overview-sink.json", "chaperone-run-sink.json"):
+        board = _committed(repo)[name]
+        exprs = [t["expr"] for t in _targets(board)]
+        exprs += [v["definition"] for v in board["templating"]["list"] if "definition" in v]
+        for expr in exprs:
+            tokens = METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', expr))
+            assert tokens, expr
+            for token in tokens:
+                assert token.startswith(("chaperone_sink_", "chaperone:sink_")) or \
+                    token in labels, token
 
 
 def test_every_metric_in_every_panel_exists_in_semconv_or_the_rules(repo: Path) -> None:
     """Each chaperone_* name is a semconv Prometheus name (histogram series included) and
-    each chaperone:* name a recording rule of alerts/chaperone.rules.yaml."""
+    each chaperone:* name a recording rule of alerts/chaperone.rules.yaml or
+    alerts/chaperone-sink.rules.yaml."""
     known = {s.prometheus for s in sc.all_metric_specs()}
     known |= {s.prometheus + sfx for s in sc.all_metric_specs() if s.kind == "histogram"
               for sfx in ("_bucket", "_sum", "_count")}
     labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
-    rule_data = yaml.safe_load((repo / RULES_PATH).read_text())
-    recorded = {r["record"] for g in rule_data["groups"] for r in g["rules"] if "record" in r}
+    recorded = set()
+    for path in (RULES_PATH, SINK_RULES_PATH):
+        rule_data = yaml.safe_load((repo / path).read_text())
+        recorded |= {r["record"] for g in rule_data["groups"] for r in g["rules"] if "record" in r}
     seen = set()
     for board in _committed(repo).values():
         exprs = [t["expr"] for t in _targets(board)]

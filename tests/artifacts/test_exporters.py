@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from chaperone_otel.artifacts import SINK_RULES_PATH
 from chaperone_otel.artifacts._rules import SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB, alert_names
+from chaperone_otel.sink._server import DEFAULT_PORT as SINK_DEFAULT_PORT
 
 EXPORTERS = "exporters"
 
@@ -28,7 +30,7 @@ def _port(address: str) -> int:
 def test_every_yaml_file_parses(repo: Path) -> None:
     """All YAML under exporters/ parses to a mapping."""
     files = sorted((repo / EXPORTERS).rglob("*.y*ml"))
-    assert len(files) >= 6
+    assert len(files) >= 7
     for path in files:
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
 
@@ -133,10 +135,24 @@ def test_readme_explains_each_config(repo: Path) -> None:
         assert f"`{rel}`" in readme, rel
 
 
+def test_sink_only_config_scrapes_only_the_sink_and_loads_the_sink_rules(repo: Path) -> None:
+    """prometheus-sink-only.yml: one scrape job, the sink on its default port (workers send
+    OTLP to it directly), and rule_files the sink-derived rule file."""
+    prom = _load(repo, "prometheus/prometheus-sink-only.yml")
+    [job] = prom["scrape_configs"]
+    assert job["job_name"] == SINK_SCRAPE_JOB
+    assert [_port(t) for t in job["static_configs"][0]["targets"]] == [SINK_DEFAULT_PORT]
+    [rule_file] = prom["rule_files"]
+    assert (repo / EXPORTERS / "prometheus" / rule_file).resolve() == (
+        repo / SINK_RULES_PATH).resolve()
+    assert prom["alerting"] == _load(repo, "prometheus/prometheus.yml")["alerting"]
+
+
 @pytest.mark.prometheus
-def test_promtool_check_config(promtool: str, repo: Path) -> None:
-    """`promtool check config exporters/prometheus/prometheus.yml` passes (rules included)."""
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-sink-only.yml"])
+def test_promtool_check_config(promtool: str, repo: Path, config: str) -> None:
+    """`promtool check config exporters/prometheus/<config>` passes (rules included)."""
     out = subprocess.run([promtool, "check", "config",
-                          str(repo / EXPORTERS / "prometheus" / "prometheus.yml")],
+                          str(repo / EXPORTERS / "prometheus" / config)],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,8 +1,13 @@
-"""One scenario, one verdict: the Python health evaluator, the store's SQL (DuckDB) and the
-Prometheus rendering (evaluated by promtool) agree on every predicate for every scenario.
+"""One scenario, one verdict: the Python health evaluator, the store's SQL (DuckDB) and both
+Prometheus renderings (evaluated by promtool) agree on every predicate for every scenario.
 
-Scenarios are *running* runs: those are what the worker's live gauges (and so PromQL) can
-describe; finished runs are judged by Python and SQL only (tests/test_health.py).
+The two PromQL renderings are the worker's (over each worker's live-run gauges, the process's
+last sign of life being the scrape time) and the sink's (over the gauges the sink's fleet
+``/metrics`` serve from its store). For the sink's, each scenario is stored as a row of a real
+store, the real :class:`FleetCollector` turns it into gauges, and promtool judges those.
+
+Scenarios are *running* runs: those are what the live gauges (and so PromQL) can describe;
+finished runs are judged by Python and SQL only (tests/test_health.py).
 Times are seconds since the Unix epoch, which is promtool's clock (evaluation at 600 s).
 """
 
@@ -14,11 +19,23 @@ from typing import Any
 
 import duckdb
 import pytest
+from prometheus_client import CollectorRegistry
 
-from chaperone_otel._health import DEFAULT_POLICY, PREDICATES, SIGNAL_GAUGES, SignalValue, rules
+from chaperone_otel import semconv as sc
+from chaperone_otel._health import (
+    DEFAULT_POLICY,
+    PREDICATES,
+    SIGNAL_GAUGES,
+    SINK_SIGNAL_GAUGES,
+    SINK_SOURCE,
+    SignalValue,
+    promql,
+    rules,
+)
 from chaperone_otel.artifacts import _yaml
-from chaperone_otel.artifacts._rules import WORKER_LABELS, series
-from chaperone_otel.sink._schema import predicate
+from chaperone_otel.artifacts._rules import SINK_LABELS, WORKER_LABELS, series
+from chaperone_otel.sink._fleet import FleetCollector, IngestStats
+from chaperone_otel.sink._schema import migrate, predicate
 
 NOW = 600.0
 STEP = 15  # promtool sample interval, seconds
@@ -38,10 +55,10 @@ SCENARIOS: dict[str, dict[str, SignalValue]] = {
     "memory near limit": {"last_heartbeat": 595, "last_seen": 600, "memory": 850,
                           "memory_limit": 1000},
     "cpu near limit": {"last_heartbeat": 595, "last_seen": 600, "cpu": 0.85, "cpu_limit": 0.9},
+    "fds well under": {"last_heartbeat": 595, "last_seen": 600, "fds": 10, "fd_limit": 1000},
     # A reading shared with other runs (cpu_scope) is not the run's: no verdict uses it.
     "shared cpu near limit": {"last_heartbeat": 595, "last_seen": 600, "cpu": 0.85,
                               "cpu_limit": 0.9, "cpu_scope": "shared"},
-    "fds well under": {"last_heartbeat": 595, "last_seen": 600, "fds": 10, "fd_limit": 1000},
     "violated": {"last_heartbeat": 595, "last_seen": 600, "violation_count": 1},
     "lost": {"last_heartbeat": 300, "last_seen": 405},
     "recently silent process": {"last_heartbeat": 540, "last_seen": 540},
@@ -64,28 +81,36 @@ def python_verdicts() -> dict[str, dict[str, bool]]:
             for name, sig in SCENARIOS.items()}
 
 
+def _row(sig: dict[str, SignalValue]) -> dict[str, Any]:
+    """A scenario as the ``jobs`` columns the rules read (epoch seconds for times)."""
+    stall = sig.get("stall_deadline")
+    return {
+        "status": sig["status"], "last_heartbeat_at": sig.get("last_heartbeat"),
+        "last_seen_at": sig.get("last_seen"), "timeout_at": sig.get("timeout_at"),
+        "progress_updated_at": None if stall is None else float(stall) - 100,
+        "stall_timeout": None if stall is None else 100.0,
+        "heartbeat_interval": sig.get("heartbeat_interval"),
+        "memory_bytes": sig.get("memory"), "memory_limit_bytes": sig.get("memory_limit"),
+        # The store keeps CPU in percent; the rule compares a ratio, so units cancel.
+        "cpu_percent": None if sig.get("cpu") is None else float(sig["cpu"]) * 100,
+        "cpu_limit_percent": None if sig.get("cpu_limit") is None
+        else float(sig["cpu_limit"]) * 100,
+        "open_fds": sig.get("fds"), "fd_limit": sig.get("fd_limit"),
+        "violation_count": sig.get("violation_count", 0),
+        "cpu_scope": sig.get("cpu_scope"),
+    }
+
+
+TIMES = {"last_heartbeat_at", "last_seen_at", "timeout_at", "progress_updated_at"}
+
+
 def sql_verdicts() -> dict[str, dict[str, bool]]:
     """Each scenario as a row of a `jobs`-shaped table, judged by the store's predicates."""
     con = duckdb.connect()
     out: dict[str, dict[str, bool]] = {}
     for name, sig in SCENARIOS.items():
-        stall = sig.get("stall_deadline")
-        row: dict[str, Any] = {
-            "status": sig["status"], "last_heartbeat_at": sig.get("last_heartbeat"),
-            "last_seen_at": sig.get("last_seen"), "timeout_at": sig.get("timeout_at"),
-            "progress_updated_at": None if stall is None else float(stall) - 100,
-            "stall_timeout": None if stall is None else 100.0,
-            "heartbeat_interval": sig.get("heartbeat_interval"),
-            "memory_bytes": sig.get("memory"), "memory_limit_bytes": sig.get("memory_limit"),
-            # The store keeps CPU in percent; the rule compares a ratio, so units cancel.
-            "cpu_percent": None if sig.get("cpu") is None else float(sig["cpu"]) * 100,
-            "cpu_limit_percent": None if sig.get("cpu_limit") is None
-            else float(sig["cpu_limit"]) * 100,
-            "open_fds": sig.get("fds"), "fd_limit": sig.get("fd_limit"),
-            "violation_count": sig.get("violation_count", 0),
-            "cpu_scope": sig.get("cpu_scope"),
-        }
-        times = {"last_heartbeat_at", "last_seen_at", "timeout_at", "progress_updated_at"}
+        row = _row(sig)
+        times = TIMES
         cols = ", ".join(
             (f"to_timestamp(CAST(? AS DOUBLE)) AS {c}" if c in times
              else f"CAST(? AS {'VARCHAR' if c in ('status', 'cpu_scope') else 'DOUBLE'}) AS {c}")
@@ -100,20 +125,56 @@ def sql_verdicts() -> dict[str, dict[str, bool]]:
     return out
 
 
-def promtool_suite(expected: dict[str, dict[str, bool]]) -> dict[str, object]:
-    """A promtool suite asserting, per scenario and predicate, the expected verdict."""
+SINK_GAUGES = {SINK_SOURCE.universe, *(spec.prometheus for spec in SINK_SIGNAL_GAUGES.values())}
+
+
+def sink_series(sig: dict[str, SignalValue]) -> list[dict[str, str]]:
+    """The scenario stored as a run of a real (in-memory) store, served by the real
+    FleetCollector at ``NOW``: its run gauges as promtool series, constant up to ``NOW``
+    (the sink is scraped at every step; it outlives the run)."""
+    con = duckdb.connect()
+    try:
+        migrate(con, ":memory:")
+        row = {"run_id": "r", "attempt": 1, "name": "etl.import", "queue": "default",
+               "started_at": NOW - 100, **_row(sig)}
+        values = ", ".join("make_timestamp(CAST(? * 1e6 AS BIGINT))"
+                           if c in TIMES | {"started_at"} else "?" for c in row)
+        params = [v if v is None or c not in TIMES | {"started_at"} else float(v)
+                  for c, v in row.items()]
+        con.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({values})", params)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(FleetCollector(con.cursor, stats=IngestStats, clock=lambda: NOW))
+        samples = [x for family in registry.collect() for x in family.samples
+                   if x.name in SINK_GAUGES]
+    finally:
+        con.close()
+    steps = int(NOW // STEP)
+    assert {x.name for x in samples} >= {SINK_SOURCE.universe}
+    return [series(x.name, {**{k: v for k, v in x.labels.items() if v}, **SINK_LABELS},
+                   f"{float(x.value)!r}x{steps}") for x in samples]
+
+
+def worker_series(sig: dict[str, SignalValue]) -> list[dict[str, str]]:
+    """The scenario as a worker's live-run gauges, scraped until the process was last seen."""
+    sig = live_signals(sig)
+    last_seen = float(sig["last_seen"])  # type: ignore[arg-type]
+    assert last_seen % STEP == 0
+    steps = int(last_seen // STEP)
+    return [series(spec.prometheus, WORKER_LABELS, f"{float(sig[key])!r}x{steps}")  # type: ignore[arg-type]
+            for key, spec in GAUGES.items() if sig.get(key) is not None]
+
+
+def promtool_suite(expected: dict[str, dict[str, bool]],
+                   source: str = "worker") -> dict[str, object]:
+    """A promtool suite asserting, per scenario and predicate, the expected verdict of the
+    ``source`` rendering over the ``source`` series."""
     r = rules(DEFAULT_POLICY)
     tests = []
-    for name, raw in SCENARIOS.items():
-        sig = live_signals(raw)
-        last_seen = float(sig["last_seen"])  # type: ignore[arg-type]
-        assert last_seen % STEP == 0
-        steps = int(last_seen // STEP)
-        input_series = [series(spec.prometheus, WORKER_LABELS, f"{float(sig[key])!r}x{steps}")  # type: ignore[arg-type]
-                        for key, spec in GAUGES.items() if sig.get(key) is not None]
+    for name, sig in SCENARIOS.items():
+        input_series = worker_series(sig) if source == "worker" else sink_series(sig)
         checks = []
         for p in PREDICATES:
-            expr = r.by_name(p).promql()
+            expr = promql(r.by_name(p), source)
             assert isinstance(expr, str)
             checks.append({"expr": f"count({expr}) or vector(0)", "eval_time": f"{int(NOW)}s",
                            "exp_samples": [{"labels": "{}", "value": int(expected[name][p])}]})
@@ -137,23 +198,40 @@ def test_scenarios_exercise_every_predicate_both_ways() -> None:
 
 
 @pytest.mark.prometheus
-def test_prometheus_agrees_with_python_on_every_scenario(promtool: str, tmp_path: Path) -> None:
-    """promtool evaluates each predicate's PromQL over the scenario's gauges and finds the
-    Python verdict (count of matching run groups is 1 exactly when Python says true)."""
+@pytest.mark.parametrize("source", ["worker", "sink"])
+def test_prometheus_agrees_with_python_on_every_scenario(promtool: str, tmp_path: Path,
+                                                         source: str) -> None:
+    """promtool evaluates each predicate's PromQL (worker and sink renderings) over the
+    scenario's gauges and finds the Python verdict (count of matching run groups is 1
+    exactly when Python says true)."""
     suite = tmp_path / "parity.test.yaml"
-    suite.write_text(_yaml.dump(promtool_suite(python_verdicts())))
+    suite.write_text(_yaml.dump(promtool_suite(python_verdicts(), source)))
     out = subprocess.run([promtool, "test", "rules", suite.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
 @pytest.mark.prometheus
-def test_parity_suite_fails_on_a_wrong_verdict(promtool: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["worker", "sink"])
+def test_parity_suite_fails_on_a_wrong_verdict(promtool: str, tmp_path: Path,
+                                               source: str) -> None:
     """Flipping one expected verdict makes promtool fail, so the comparison is real."""
     expected = python_verdicts()
     expected["silent 5x, alive"]["stuck"] = not expected["silent 5x, alive"]["stuck"]
     suite = tmp_path / "parity.test.yaml"
-    suite.write_text(_yaml.dump(promtool_suite(expected)))
+    suite.write_text(_yaml.dump(promtool_suite(expected, source)))
     out = subprocess.run([promtool, "test", "rules", suite.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode != 0
+
+
+def test_the_sink_series_carry_the_scenario_signals() -> None:
+    """The sink rendering judges the stored run's own values: the served gauges equal the
+    scenario's signals (CPU as a fraction of a core, as the workers report it)."""
+    sig = SCENARIOS["cpu near limit"]
+    got = {s["series"].split("{")[0]: s["values"].split("x")[0] for s in sink_series(sig)}
+    assert float(got[sc.METRIC_SINK_RUN_CPU.prometheus]) == 0.85
+    assert float(got[sc.METRIC_SINK_RUN_CPU_LIMIT.prometheus]) == 0.9
+    assert float(got[sc.METRIC_SINK_RUN_LAST_HEARTBEAT.prometheus]) == 595.0
+    assert float(got[sc.METRIC_SINK_RUN_LAST_SEEN.prometheus]) == 600.0
+    assert float(got[sc.METRIC_SINK_RUN_HEARTBEAT_INTERVAL.prometheus]) == 60.0

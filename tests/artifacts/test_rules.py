@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from chaperone_otel import semconv as sc
-from chaperone_otel._health import DEFAULT_POLICY, rules
-from chaperone_otel.artifacts import RULE_TESTS_PATH, RULES_PATH, render, stale
-from chaperone_otel.artifacts._rules import GROUP, alerts, anchor, rule_file, rule_tests
+from chaperone_otel._health import DEFAULT_POLICY, promql, rules
+from chaperone_otel.artifacts import RULE_PATHS, render, stale
+from chaperone_otel.artifacts._rules import GROUP, SOURCES, alerts, anchor, rule_file, rule_tests
 
 pytestmark = pytest.mark.prometheus
+both = pytest.mark.parametrize("source", SOURCES)
 
 REQUIRED = {
     "ChaperoneJobHeartbeatMissed": "warning",
@@ -34,27 +35,40 @@ REQUIRED = {
 METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
 
 
-def _rules(repo: Path) -> list[dict[str, object]]:
-    data = yaml.safe_load((repo / RULES_PATH).read_text())
+def _rules(repo: Path, source: str = "worker") -> list[dict[str, object]]:
+    data = yaml.safe_load((repo / RULE_PATHS[source][0]).read_text())
     [group] = data["groups"]
-    assert group["name"] == GROUP
+    assert group["name"] == (GROUP if source == "worker" else f"{GROUP}-{source}")
     return list(group["rules"])
 
 
 def test_committed_files_equal_generator_output(repo: Path) -> None:
-    """`python -m chaperone_otel.artifacts --check` would pass: nothing is stale."""
+    """`python -m chaperone_otel.artifacts --check` would pass: nothing is stale (both rule
+    files, both suites, every dashboard)."""
     assert stale(repo) == []
+    assert {p for pair in RULE_PATHS.values() for p in pair} <= set(render())
 
 
-def test_emitted_yaml_loads_back_to_the_generator_data(repo: Path) -> None:
+@both
+def test_emitted_yaml_loads_back_to_the_generator_data(repo: Path, source: str) -> None:
     """The tiny YAML emitter is faithful (PyYAML reads back exactly the source data)."""
-    assert yaml.safe_load(render()[RULES_PATH]) == rule_file()
-    assert yaml.safe_load(render()[RULE_TESTS_PATH]) == rule_tests()
+    rules_path, tests_path = RULE_PATHS[source]
+    assert yaml.safe_load(render()[rules_path]) == rule_file(source=source)
+    name = "../" + rules_path.rsplit("/", 1)[1]
+    assert yaml.safe_load(render()[tests_path]) == rule_tests(rule_file_name=name,
+                                                              source=source)
 
 
-def test_required_alerts_have_severity_and_annotations(repo: Path) -> None:
+@both
+def test_both_sources_ship_the_same_alerts(source: str) -> None:
+    """Each rule file has every alert (a deployment loses none by choosing its file)."""
+    assert [a.name for a in alerts(source=source)] == [a.name for a in alerts()]
+
+
+@both
+def test_required_alerts_have_severity_and_annotations(repo: Path, source: str) -> None:
     """Each required alert exists with a severity, summary, description and runbook_url."""
-    by_name = {r["alert"]: r for r in _rules(repo) if "alert" in r}
+    by_name = {r["alert"]: r for r in _rules(repo, source) if "alert" in r}
     assert set(REQUIRED) <= set(by_name)
     for name, rule in by_name.items():
         assert re.fullmatch(r"Chaperone[A-Z][A-Za-z]+", name)
@@ -66,11 +80,12 @@ def test_required_alerts_have_severity_and_annotations(repo: Path) -> None:
         assert annotations["runbook_url"].endswith("docs/operations.md#" + anchor(name))
 
 
-def test_runbook_anchors_exist_in_operations_doc(repo: Path) -> None:
+@both
+def test_runbook_anchors_exist_in_operations_doc(repo: Path, source: str) -> None:
     """Every runbook_url anchor is a heading of docs/operations.md."""
     doc = (repo / "docs" / "operations.md").read_text()
     headings = {h.strip().lower() for h in re.findall(r"^#+ (.+)$", doc, flags=re.MULTILINE)}
-    for rule in _rules(repo):
+    for rule in _rules(repo, source):
         if "alert" in rule:
             assert anchor(str(rule["alert"])) in headings, rule["alert"]
 
@@ -90,73 +105,116 @@ def test_health_alerts_render_the_single_health_definition(repo: Path) -> None:
     assert f"> {DEFAULT_POLICY.lost_after!r}" in lost
 
 
-def test_every_metric_name_in_the_rules_comes_from_semconv(repo: Path) -> None:
+def test_sink_alerts_render_the_single_health_definition_over_the_sinks_series(
+    repo: Path,
+) -> None:
+    """In the sink-derived file every per-run alert, lost included, is _health's PromQL over
+    the sink's run gauges, and no alert reads a worker series (chaperone_job_*)."""
+    r = rules(DEFAULT_POLICY)
+    by_name = {r_["alert"]: r_["expr"] for r_ in _rules(repo, "sink") if "alert" in r_}
+    for alert, pred in (("ChaperoneJobStuck", "stuck"), ("ChaperoneJobOvertime", "overtime"),
+                        ("ChaperoneJobStalled", "stalled"), ("ChaperoneJobLost", "lost"),
+                        ("ChaperoneJobResourceLimitNear", "near_limit"),
+                        ("ChaperoneJobResourceLimitViolated", "violated"),
+                        ("ChaperoneJobHeartbeatMissed", "heartbeat_missed")):
+        assert by_name[alert] == promql(r.by_name(pred), "sink"), alert
+    labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
+    for rule in _rules(repo, "sink"):
+        for token in METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', str(rule["expr"]))):
+            # The sink serves its own series and the schedules' (sink/_schedule_metrics.py).
+            assert token in labels or token.startswith(
+                ("chaperone_sink_", "chaperone:sink_", "chaperone_schedule_")), token
+
+
+@both
+def test_every_metric_name_in_the_rules_comes_from_semconv(repo: Path, source: str) -> None:
     """No hand-typed names: each chaperone_* token is a semconv Prometheus name (or a
     histogram series of one), and each chaperone:* token a recording rule of the file."""
     known = {s.prometheus for s in sc.all_metric_specs()}
     known |= {s.prometheus + sfx for s in sc.all_metric_specs() if s.kind == "histogram"
               for sfx in ("_bucket", "_sum", "_count")}
-    recorded = {str(r["record"]) for r in _rules(repo) if "record" in r}
+    recorded = {str(r["record"]) for r in _rules(repo, source) if "record" in r}
     labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
-    for rule in _rules(repo):
+    for rule in _rules(repo, source):
         for token in METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', str(rule["expr"]))):
             assert token in known | recorded | labels, f"{token} in {rule.get('alert')}"
 
 
-def test_no_label_named_job_is_produced_by_the_rules(repo: Path) -> None:
+@both
+def test_no_label_named_job_is_produced_by_the_rules(repo: Path, source: str) -> None:
     """Recording rules and alert labels never set a `job` label (Prometheus owns it)."""
-    for rule in _rules(repo):
+    for rule in _rules(repo, source):
         assert "job" not in rule.get("labels", {})
 
 
-def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+@both
+def test_every_alert_has_a_firing_and_a_quiet_case(source: str) -> None:
     """The promtool suite has, per alert, a case expecting alerts and one expecting none."""
-    suite = rule_tests()
+    suite = rule_tests(source=source)
     cases: dict[str, list[int]] = {}
     for case in suite["tests"]:
         for check in case["alert_rule_test"]:
             cases.setdefault(check["alertname"], []).append(len(check["exp_alerts"]))
-    assert set(cases) == {a.name for a in alerts()}
+    assert set(cases) == {a.name for a in alerts(source=source)}
     for name, expected in cases.items():
         assert any(n > 0 for n in expected), name
         assert 0 in expected, name
 
 
-def test_promtool_check_rules(promtool: str, repo: Path) -> None:
+@both
+def test_promtool_check_rules(promtool: str, repo: Path, source: str) -> None:
     """`promtool check rules` accepts the rule file."""
-    out = subprocess.run([promtool, "check", "rules", str(repo / RULES_PATH)],
+    out = subprocess.run([promtool, "check", "rules", str(repo / RULE_PATHS[source][0])],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.slow
-def test_promtool_test_rules(promtool: str, repo: Path) -> None:
+@both
+def test_promtool_test_rules(promtool: str, repo: Path, source: str) -> None:
     """`promtool test rules` passes: every alert fires in its scenario and stays quiet in
     the other."""
-    test_file = repo / RULE_TESTS_PATH
+    test_file = repo / RULE_PATHS[source][1]
     out = subprocess.run([promtool, "test", "rules", test_file.name], cwd=test_file.parent,
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
 
 
+@both
 def test_promtool_suite_catches_a_broken_rule(promtool: str, repo: Path,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, source: str) -> None:
     """The suite can fail: with the stuck threshold changed from 3x to 30x the interval,
     the stuck case stops firing and promtool reports it. Only the suite's cases that check
     the stuck alert run (the whole suite is `test_promtool_test_rules`'s job)."""
-    broken = (repo / RULES_PATH).read_text().replace("(3.0 * chaperone_job_heartbeat", "(30.0 * "
-                                                     "chaperone_job_heartbeat")
-    assert broken != (repo / RULES_PATH).read_text(), "the stuck rule no longer has that shape"
-    suite = yaml.safe_load((repo / RULE_TESTS_PATH).read_text())
+    rules_path, tests_path = RULE_PATHS[source]
+    prefix = "chaperone_job_heartbeat" if source == "worker" else "chaperone_sink_run_heartbeat"
+    broken = (repo / rules_path).read_text().replace(f"(3.0 * {prefix}", f"(30.0 * {prefix}")
+    assert broken != (repo / rules_path).read_text(), "the stuck rule no longer has that shape"
+    suite = yaml.safe_load((repo / tests_path).read_text())
     suite["tests"] = [case for case in suite["tests"]
                       if any(check["alertname"] == "ChaperoneJobStuck"
                              for check in case["alert_rule_test"])]
     assert suite["tests"], "the suite has no case for ChaperoneJobStuck"
     (tmp_path / "tests").mkdir()
-    (tmp_path / "chaperone.rules.yaml").write_text(broken)
+    (tmp_path / rules_path.rsplit("/", 1)[1]).write_text(broken)
     (tmp_path / "tests" / "suite.yaml").write_text(yaml.safe_dump(suite))
     out = subprocess.run([promtool, "test", "rules", "suite.yaml"], cwd=tmp_path / "tests",
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode != 0
     assert "ChaperoneJobStuck" in out.stdout + out.stderr
+
+
+def test_generator_option_selects_the_source(tmp_path: Path) -> None:
+    """`python -m chaperone_otel.artifacts --source sink` writes only the sink-derived rule
+    file, its suite and the sink-sourced dashboards (plus the sink server's), and `--check`
+    then passes for that source and fails for the other."""
+    from chaperone_otel.artifacts.__main__ import main
+
+    assert main(["--root", str(tmp_path), "--source", "sink"]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted([*RULE_PATHS["sink"], "dashboards/chaperone-overview-sink.json",
+                              "dashboards/chaperone-run-sink.json",
+                              "dashboards/chaperone-sink.json"])
+    assert main(["--root", str(tmp_path), "--check", "--source", "sink"]) == 0
+    assert main(["--root", str(tmp_path), "--check", "--source", "worker"]) == 1
