@@ -12,7 +12,8 @@ line and runs until it is killed. The default workload has one run or run stream
 * ``e2e.hog``      — over its 1 MiB memory limit (a violation);
 * ``e2e.healthy``  — progresses, within its timeout and generous limits: no alert;
 * ``e2e.short`` (always completes), ``e2e.flaky`` (fails 2 runs in 3) and ``e2e.doomed``
-  (always fails): the failure-ratio and no-recent-success alerts.
+  (always fails): the failure-ratio and no-recent-success alerts. ``e2e.short``'s runs
+  belong to the schedule ``e2e.every2s`` (every 2 s): the sink dashboard's schedule panels.
 
 ``victim`` runs one long, healthy run ``e2e.victim`` (1 s lease) for the test to SIGKILL.
 """
@@ -83,10 +84,11 @@ def main() -> None:
     # A lease a few scrape intervals long, as a real one would be (see workload.py).
     _forever("e2e.healthy", _progress, interval=3, timeout=3600, memory_limit="64GiB",
              cpu_limit=800, fd_limit=1_000_000)
+    chaperone_otel.schedule("e2e.every2s", interval="2s", grace="3s")
     n = 0
     while True:
         n += 1
-        with supervised("e2e.short", queue="default"):
+        with supervised("e2e.short", queue="default", schedule="e2e.every2s"):
             time.sleep(0.01)
         for name, fails in (("e2e.flaky", n % 3 != 0), ("e2e.doomed", True)):
             try:
