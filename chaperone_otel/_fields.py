@@ -197,6 +197,8 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("span_seen", _B, None, "internal", record=None, doc="A finished span arrived."),
     _f("heartbeat_rows", _I32, None, "internal", record=None, doc="Stored heartbeat rows."),
     _f("ingested_at", _T, None, "internal", record=None, doc="Last write time."),
+    # Added by a migration (a store file keeps its columns in the order they were added).
+    _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

@@ -128,6 +128,7 @@ def core_attributes(run: Run) -> dict[str, AttributeValue]:
         sc.ATTR_JOB_QUEUE: run.queue,
         sc.ATTR_JOB_RUN_ID: run.id,
         sc.ATTR_JOB_ATTEMPT: run.attempt,
+        sc.ATTR_JOB_EXECUTION_ID: run.execution_id,
         sc.ATTR_JOB_STATUS: run.status,
         sc.ATTR_JOB_HEALTH: run.health,
         sc.ATTR_JOB_STUCK: run.stuck,

@@ -470,6 +470,7 @@ class Run:
         "error_message",
         "error_stacktrace",
         "error_type",
+        "execution_id",
         "fd_limit",
         "fds",
         "finished_at",
@@ -514,6 +515,7 @@ class Run:
         *,
         run_id: str | None = None,
         attempt: int | None = None,
+        execution_id: str | None = None,
     ) -> None:
         # Every slot is set here (a slot has no class-level default); what only depends on
         # the spec and the configuration comes precomputed in ``static`` (see _spec.Static).
@@ -526,6 +528,7 @@ class Run:
         self.name = static.name
         self.queue = static.queue
         self.attempt = attempt or spec.attempt or 1
+        self.execution_id = execution_id or _values.new_run_id()  # this start's own id
         self.heartbeat_interval = static.heartbeat_interval
         self.timeout = spec.timeout
         self.stall_timeout = spec.stall_timeout

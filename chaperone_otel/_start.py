@@ -60,6 +60,12 @@ class StartedRun:
         return self._run.attempt
 
     @property
+    def execution_id(self) -> str:
+        """This start's own id: a second start of the same ``(id, attempt)`` (a redelivered
+        task) is another execution, stored as a row of its own."""
+        return self._run.execution_id
+
+    @property
     def status(self) -> str:
         """``running`` until finished, then the outcome."""
         return self._run.status
@@ -137,6 +143,7 @@ def start_run(
     *,
     run_id: str | None = None,
     attempt: int | None = None,
+    execution_id: str | None = None,
     queue: str | None = None,
     timeout: Any = None,
     heartbeat_interval: Any = None,
@@ -153,6 +160,9 @@ def start_run(
         name: the job name (bounded: a metric label), e.g. the task name.
         run_id: the run id (default: a new uuid4), e.g. the task id.
         attempt: the attempt number, from 1 (default 1), e.g. retries + 1.
+        execution_id: this start's id (default: a new uuid4). Give one only when another
+            process must name this execution later (:func:`close_run`), e.g. an id the
+            framework's parent process made for this delivery.
         queue: the queue (default ``"default"``).
         timeout: max runtime (seconds, ``timedelta`` or ``"2h"``).
         heartbeat_interval: the lease in seconds (default from ``configure()``).
@@ -171,6 +181,8 @@ def start_run(
     """
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise ConfigurationError(f"run_id must be a non-empty string, got {run_id!r}")
+    if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
+        raise ConfigurationError(f"execution_id must be a non-empty string, got {execution_id!r}")
     spec = make_spec(
         name,
         queue=queue,
@@ -189,7 +201,7 @@ def start_run(
     )
     if spec.name is None:
         raise ConfigurationError("start_run() needs a job name")
-    return StartedRun(_start(spec, run_id=run_id, attempt=attempt))
+    return StartedRun(_start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id))
 
 
 __all__ = ["FinishStatus", "StartedRun", "start_run"]

@@ -79,6 +79,10 @@ metric label except for long runs (see ``Config.long_run_threshold``)."""
 ATTR_JOB_ATTEMPT: Final = "chaperone.job.attempt"
 """The attempt number of this run, 1 for the first try."""
 
+ATTR_JOB_EXECUTION_ID: Final = "chaperone.job.execution.id"
+"""A fresh id per start of a run (one execution of ``(run id, attempt)``): a redelivered task
+that runs the same attempt again is a second execution, stored apart from the first."""
+
 ATTR_JOB_STATUS: Final = "chaperone.job.status"
 """``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``.
 A metric label."""
@@ -630,6 +634,7 @@ __all__ = [
     "ATTR_INTERNAL_WHERE",
     "ATTR_JOB_ATTEMPT",
     "ATTR_JOB_DURATION",
+    "ATTR_JOB_EXECUTION_ID",
     "ATTR_JOB_FINISHED_AT",
     "ATTR_JOB_HEALTH",
     "ATTR_JOB_NAME",

@@ -30,7 +30,14 @@ from chaperone_otel.cli._render import JOB_COLUMNS as CLI_COLUMNS
 from chaperone_otel.sink import JobRecord
 from chaperone_otel.sink._records import JOB_ATTRIBUTES, job_attributes, stage
 from chaperone_otel.sink._results import select_list
-from chaperone_otel.sink._schema import JOB_COLUMNS, MIGRATIONS, Migration, job_columns, migrate
+from chaperone_otel.sink._schema import (
+    JOB_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Migration,
+    job_columns,
+    migrate,
+)
 from chaperone_otel.testing import FakeClock, capture
 from tests.sink.store_factory import T0, record
 
@@ -110,7 +117,8 @@ def test_a_supervised_run_carries_exactly_the_table_attributes():
 
 GPU = RunField("gpu_percent", Kind.FLOAT, "chaperone.job.gpu.percent", doc="GPU, %.")
 WITH_GPU = (*RUN_FIELDS, GPU)
-ADD_GPU = Migration.add_columns(2, "GPU usage", "gpu_percent", fields=WITH_GPU)
+NEXT = SCHEMA_VERSION + 1
+ADD_GPU = Migration.add_columns(NEXT, "GPU usage", "gpu_percent", fields=WITH_GPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +132,7 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     """One new row (plus its migration) reaches the staging, the SQL table of an existing
     store (through the migration) and the record a query returns."""
     con = duckdb.connect(str(tmp_path / "jobs.duckdb"))
-    assert migrate(con, "jobs.duckdb") == 1  # a version-1 store, before the field existed
+    assert migrate(con, "jobs.duckdb") == SCHEMA_VERSION  # before the field existed
     staged = stage(
         [record(run_id="gpu-run", ts=T0, **{GPU.attribute: 87.5})],
         attributes=job_attributes(WITH_GPU),
@@ -133,7 +141,7 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     assert staged.schema.field("gpu_percent").type == pa.float64()
     assert staged.column("gpu_percent").to_pylist() == [87.5]
 
-    assert migrate(con, "jobs.duckdb", migrations=(*MIGRATIONS, ADD_GPU)) == 2
+    assert migrate(con, "jobs.duckdb", migrations=(*MIGRATIONS, ADD_GPU)) == NEXT
     types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
                              "WHERE table_name = 'jobs'").fetchall())
     assert types["gpu_percent"] == "DOUBLE"
@@ -156,5 +164,5 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
 
 def test_a_field_without_a_migration_is_refused():
     """Forgetting the migration fails loudly, naming the field and the fix."""
-    with pytest.raises(ValueError, match=r"gpu_percent.*Migration\.add_columns\(2"):
+    with pytest.raises(ValueError, match=rf"gpu_percent.*Migration\.add_columns\({NEXT}"):
         job_columns(MIGRATIONS, WITH_GPU)

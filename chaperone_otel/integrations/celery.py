@@ -22,6 +22,8 @@ What a run gets from Celery:
 ==============  ===================================================================
 run id          the task id (``request.id``)
 attempt         ``request.retries + 1``
+execution id    one per delivery (the worker's main process makes it on receipt): a
+                redelivered message runs the same attempt as a second execution
 name            the task name
 queue           the delivery's routing key (``"default"`` if Celery gives none)
 timeout         the hard time limit (else the soft one): the task's, or the app's
@@ -52,6 +54,7 @@ from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
+from .._values import new_run_id as _new_execution_id
 
 try:
     from celery import Celery, Task, signals
@@ -62,6 +65,9 @@ except ImportError as _error:  # pragma: no cover - exercised only without celer
     ) from _error
 
 _UID: Final = "chaperone_otel.integrations.celery"
+_EXECUTION: Final = "chaperone_execution_id"
+"""The request field that carries a delivery's execution id from the worker's main process
+(``task_received``) to the pool child that runs it (``task.request``)."""
 
 
 class _Instrumentation:
@@ -104,6 +110,16 @@ class _Instrumentation:
                 return float(value)
         return None
 
+    def received(self, request: Any = None, **_: Any) -> None:
+        """A delivery reached the worker (its main process): give it an execution id, which
+        travels to the pool child in the request. A redelivered message is a new delivery,
+        so a second execution of the same attempt never shares the dead one's id."""
+        request_dict = getattr(request, "request_dict", None)
+        if not isinstance(request_dict, dict) or not self.wanted(getattr(request, "task", None)):
+            return
+        with _guard("celery.received"):
+            request_dict[_EXECUTION] = _new_execution_id()
+
     def prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         task = sender
         if task is None or task_id is None or not self.wanted(task):
@@ -111,10 +127,12 @@ class _Instrumentation:
         with _guard("celery.prerun"):
             request = task.request
             delivery = getattr(request, "delivery_info", None) or {}
+            execution = getattr(request, _EXECUTION, None)
             run = _start_run(
                 task.name,
                 run_id=task_id,
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                execution_id=execution if isinstance(execution, str) and execution else None,
                 queue=delivery.get("routing_key") or None,
                 timeout=self.timeout(task, request),
                 heartbeat_interval=self.heartbeat_interval,
@@ -213,6 +231,7 @@ def instrument(
     inst = _Instrumentation(app, include, heartbeat_interval, flush_timeout)
     _instrumented[key] = inst
     uid = f"{_UID}:{key}"
+    signals.task_received.connect(inst.received, weak=False, dispatch_uid=uid)
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
@@ -228,6 +247,7 @@ def uninstrument(app: Celery) -> None:
     if inst is None:
         return
     uid = f"{_UID}:{id(app)}"
+    signals.task_received.disconnect(inst.received, dispatch_uid=uid)
     signals.task_prerun.disconnect(inst.prerun, dispatch_uid=uid)
     signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)
     signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)

@@ -69,6 +69,7 @@ _HEARTBEAT_TYPES: Final = (
     ("memory_bytes", pa.int64()),
     ("cpu_percent", pa.float64()),
     ("metadata", pa.string()),
+    ("execution_id", pa.string()),  # added by a migration: last
 )
 """The ``heartbeats`` table's columns as Arrow types (see ``_schema``)."""
 _TIMESTAMP: Final = pa.timestamp("us")
@@ -85,46 +86,53 @@ _NULL_F64: Final = pa.scalar(None, pa.float64())
 _SEQ_ZERO: Final = pa.scalar(0, pa.int64())
 _FALSE: Final = pa.scalar(value=False, type=pa.bool_())
 
-Key = tuple[str, int]
+Key = tuple[str, int, str]
+"""(run id, attempt, execution id): one stored run, one row of ``jobs``."""
+_KEY: Final = ("run_id", "attempt", "execution_id")
 
 DELETE_JOBS: Final = (
     "DELETE FROM jobs USING chaperone_stage_keys k "
-    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt RETURNING jobs.*"
+    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt "
+    "AND jobs.execution_id = k.execution_id RETURNING jobs.*"
 )
 INSERT_JOBS: Final = "INSERT INTO jobs SELECT * FROM chaperone_stage_jobs"
 DUPLICATE_HEARTBEATS: Final = (
-    "SELECT h.run_id, h.attempt, h.seq FROM heartbeats h "
+    "SELECT h.run_id, h.attempt, h.execution_id, h.seq FROM heartbeats h "
     "SEMI JOIN chaperone_stage_heartbeats s "
-    "ON h.run_id = s.run_id AND h.attempt = s.attempt AND h.seq = s.seq "
+    "ON h.run_id = s.run_id AND h.attempt = s.attempt AND h.execution_id = s.execution_id "
+    "AND h.seq = s.seq "
     "WHERE h.recorded_at BETWEEN $lo AND $hi"
 )
 INSERT_HEARTBEATS: Final = "INSERT INTO heartbeats SELECT * FROM chaperone_stage_new_heartbeats"
 TRIM_HEARTBEATS: Final = (
     "DELETE FROM heartbeats WHERE rowid IN (SELECT rid FROM ("
-    "SELECT h.rowid AS rid, row_number() OVER (PARTITION BY h.run_id, h.attempt "
-    "ORDER BY h.recorded_at DESC, h.seq DESC) AS rn FROM heartbeats h "
-    "SEMI JOIN chaperone_stage_over o ON h.run_id = o.run_id AND h.attempt = o.attempt"
+    "SELECT h.rowid AS rid, row_number() OVER (PARTITION BY h.run_id, h.attempt, "
+    "h.execution_id ORDER BY h.recorded_at DESC, h.seq DESC) AS rn FROM heartbeats h "
+    "SEMI JOIN chaperone_stage_over o ON h.run_id = o.run_id AND h.attempt = o.attempt "
+    "AND h.execution_id = o.execution_id"
     ") WHERE rn > $limit)"
 )
 INSERT_VIOLATIONS: Final = (
     "INSERT INTO resource_violations SELECT s.run_id, s.attempt, s.seq, "
-    f"{ts_sql('s.ts')}, s.type, s.limit_value, s.actual, s.policy "
-    "FROM (SELECT DISTINCT ON (run_id, attempt, seq) * FROM chaperone_stage_violations) s "
+    f"{ts_sql('s.ts')}, s.type, s.limit_value, s.actual, s.policy, s.execution_id "
+    "FROM (SELECT DISTINCT ON (run_id, attempt, execution_id, seq) * "
+    "FROM chaperone_stage_violations) s "
     "WHERE NOT EXISTS (SELECT 1 FROM resource_violations r WHERE r.run_id = s.run_id "
-    "AND r.attempt = s.attempt AND r.seq = s.seq)"
+    "AND r.attempt = s.attempt AND r.execution_id = s.execution_id AND r.seq = s.seq)"
 )
 MERGE_ERRORS: Final = (
-    "MERGE INTO job_errors AS e USING (SELECT run_id, attempt, "
+    "MERGE INTO job_errors AS e USING (SELECT run_id, attempt, execution_id, "
     f"{ts_sql('ts')} AS recorded_at, type, message, trace, trace_id, span_id, from_span "
     "FROM chaperone_stage_errors) AS s ON e.run_id = s.run_id AND e.attempt = s.attempt "
+    "AND e.execution_id = s.execution_id "
     "WHEN MATCHED THEN UPDATE SET "
     + ", ".join(
         f"{c} = CASE WHEN s.from_span THEN COALESCE(e.{c}, s.{c}) ELSE COALESCE(s.{c}, e.{c}) END"
         for c in ("recorded_at", "type", "message", "trace", "trace_id", "span_id")
     )
-    + " WHEN NOT MATCHED THEN INSERT (run_id, attempt, recorded_at, type, message, trace, "
-    "trace_id, span_id) VALUES (s.run_id, s.attempt, s.recorded_at, s.type, s.message, "
-    "s.trace, s.trace_id, s.span_id)"
+    + " WHEN NOT MATCHED THEN INSERT (run_id, attempt, execution_id, recorded_at, type, "
+    "message, trace, trace_id, span_id) VALUES (s.run_id, s.attempt, s.execution_id, "
+    "s.recorded_at, s.type, s.message, s.trace, s.trace_id, s.span_id)"
 )
 
 
@@ -200,6 +208,7 @@ def _keys_table(keys: Any) -> pa.Table:
         {
             "run_id": pa.array([k[0] for k in keys], type=pa.string()),
             "attempt": pa.array([k[1] for k in keys], type=pa.int64()),
+            "execution_id": pa.array([k[2] for k in keys], type=pa.string()),
         }
     )
 
@@ -223,11 +232,12 @@ def _insert_heartbeats(
             zip(
                 rows.column("run_id").to_pylist(),
                 rows.column("attempt").to_pylist(),
+                rows.column("execution_id").to_pylist(),
                 rows.column("seq").to_pylist(),
                 strict=True,
             )
         )
-        maybe = [q <= (stored_seq.get((r, a)) or 0) for r, a, q in keys]
+        maybe = [q <= (stored_seq.get((r, a, e)) or 0) for r, a, e, q in keys]
         if any(maybe):
             known = _stored_heartbeats(cur, rows.filter(pa.array(maybe, type=pa.bool_())), register)
             if known:
@@ -237,17 +247,25 @@ def _insert_heartbeats(
                     return {}
     register("chaperone_stage_new_heartbeats", rows)
     cur.execute(INSERT_HEARTBEATS)
-    counts = rows.group_by(["run_id", "attempt"]).aggregate([([], "count_all")])
+    counts = rows.group_by(list(_KEY)).aggregate([([], "count_all")])
     return _by_run(counts, "count_all")
 
 
+def _keys(table: pa.Table) -> list[Key]:
+    """Each row's (run_id, attempt, execution_id)."""
+    columns = [table.column(name).to_pylist() for name in _KEY]
+    return list(zip(*columns, strict=True))
+
+
 def _by_run(table: pa.Table, column: str) -> dict[Key, Any]:
-    """``{(run_id, attempt): value}`` from a table with those columns and ``column``."""
-    keys = zip(table.column("run_id").to_pylist(), table.column("attempt").to_pylist(), strict=True)
-    return dict(zip(keys, table.column(column).to_pylist(), strict=True))
+    """``{(run_id, attempt, execution_id): value}`` from a table with those columns and
+    ``column``."""
+    return dict(zip(_keys(table), table.column(column).to_pylist(), strict=True))
 
 
-def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tuple[str, int, int]]:
+def _stored_heartbeats(
+    cur: Any, candidates: pa.Table, register: Any
+) -> set[tuple[str, int, str, int]]:
     """Which of ``candidates`` are stored already (the probe is limited to their time range,
     widened by 1 ms, so zone maps skip old row groups)."""
     register("chaperone_stage_heartbeats", candidates)
@@ -255,7 +273,7 @@ def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tup
     pad = timedelta(milliseconds=1)
     bounds = {"lo": pc.min(at).as_py() - pad, "hi": pc.max(at).as_py() + pad}
     stored = cur.execute(DUPLICATE_HEARTBEATS, bounds).fetchall()
-    return {(r, int(a), int(q)) for r, a, q in stored}
+    return {(r, int(a), e, int(q)) for r, a, e, q in stored}
 
 
 def _heartbeat_rows(staged: pa.Table) -> pa.Table:
@@ -273,12 +291,12 @@ def _heartbeat_rows(staged: pa.Table) -> pa.Table:
     rows = pa.table(columns, names=[n for n, _t in _HEARTBEAT_TYPES])
     rows = rows.filter(pc.is_valid(recorded))
     if rows.num_rows > 1:
-        # DISTINCT ON (run_id, attempt, seq): keep the first of repeated deliveries.
+        # DISTINCT ON (run_id, attempt, execution_id, seq): the first of repeated deliveries.
         index = pa.array(range(rows.num_rows), type=pa.int64())
         first = (
-            rows.select(["run_id", "attempt", "seq"])
+            rows.select([*_KEY, "seq"])
             .append_column("i", index)
-            .group_by(["run_id", "attempt", "seq"], use_threads=False)
+            .group_by([*_KEY, "seq"], use_threads=False)
             .aggregate([("i", "min")])
             .column("i_min")
         )
@@ -304,7 +322,7 @@ def _count_heartbeats(
 ) -> tuple[pa.Table, list[Key]]:
     """Add the new heartbeat rows to each run's ``heartbeat_rows``; runs over ``limit`` are
     returned (their oldest heartbeats get trimmed) and recorded at ``limit``."""
-    keys = zip(rows.column("run_id").to_pylist(), rows.column("attempt").to_pylist(), strict=True)
+    keys = _keys(rows)
     stored = rows.column("heartbeat_rows").to_pylist()
     over: list[Key] = []
     counted: list[int] = []
@@ -363,16 +381,12 @@ def _terminal(status: Any) -> Any:
 
 def _align(source: pa.Table, index: dict[Key, int], keys: pa.Table) -> pa.Table:
     """Rows of ``source`` matching each row of ``keys`` (all-NULL rows where none)."""
-    ids = keys.column("run_id").to_pylist()
-    attempts = keys.column("attempt").to_pylist()
-    picks = [index.get(k) for k in zip(ids, attempts, strict=True)]
+    picks = [index.get(k) for k in _keys(keys)]
     return source.take(pa.array(picks, type=pa.int64()))
 
 
 def _index(table: pa.Table) -> dict[Key, int]:
-    ids = table.column("run_id").to_pylist()
-    attempts = table.column("attempt").to_pylist()
-    return {k: i for i, k in enumerate(zip(ids, attempts, strict=True))}
+    return {k: i for i, k in enumerate(_keys(table))}
 
 
 def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:

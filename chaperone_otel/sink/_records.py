@@ -47,7 +47,9 @@ from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
 
-Key = tuple[str, int]
+Key = tuple[str, int, str]
+"""A stored run: (run id, attempt, execution id); ``''`` is the execution of a record that
+names none (an older sender, or a row stored before executions had ids)."""
 
 _STR = pa.string()
 _F64 = pa.float64()
@@ -137,7 +139,8 @@ class SpanRecord:
 
     @property
     def key(self) -> Key | None:
-        """The run's (run id, attempt), ``None`` when the span cannot identify a run."""
+        """The run's (run id, attempt, execution), ``None`` when the span cannot identify
+        a run."""
         return record_key(self.attributes)
 
     @property
@@ -296,7 +299,8 @@ _SEQ_MIN, _SEQ_MAX = _INT_RANGE[_I64]
 
 
 def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
-    """The record's (run id, attempt), or ``None`` when either cannot be stored as is."""
+    """The record's (run id, attempt, execution id), or ``None`` when one cannot be stored
+    as is. A record without an execution id (an older sender) is execution ``''``."""
     run_id = attrs.get(sc.ATTR_JOB_RUN_ID)
     if not isinstance(run_id, str) or not run_id:
         return None
@@ -311,7 +315,12 @@ def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
         return None
     if not _ATTEMPT_MIN <= n <= _ATTEMPT_MAX:
         return None
-    return run_id, n
+    execution = attrs.get(sc.ATTR_JOB_EXECUTION_ID, "")
+    if not isinstance(execution, str):
+        return None
+    if not execution.isascii() and _LONE_SURROGATE.search(execution):
+        return None
+    return run_id, n, execution
 
 
 def _seq(attrs: Mapping[str, AttributeValue]) -> int | None:
@@ -415,6 +424,7 @@ def _job_table(
     data: dict[str, pa.Array] = {
         "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
         "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
         "seq": pa.array([s for _k, s, _r in rows], type=_I64),
     }
     for column, attribute, arrow_type, _is_time in attributes:
@@ -435,6 +445,7 @@ def _event_table(
     data: dict[str, pa.Array] = {
         "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
         "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
         "seq": pa.array([s for _k, s, _r in rows], type=_I64),
         "ts": pa.array([float(r.timestamp) for _k, _s, r in rows], type=_F64),
     }
@@ -452,6 +463,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table
         {
             "run_id": pa.array([k[0] for k in keys], type=_STR),
             "attempt": pa.array([k[1] for k in keys], type=_I64),
+            "execution_id": pa.array([k[2] for k in keys], type=_STR),
             "ts": cols.array(at, _F64),
             "type": cols.array([a.get(sc.ATTR_ERROR_TYPE) for a in attrs], _STR),
             "message": cols.array([a.get(sc.ATTR_ERROR_MESSAGE) for a in attrs], _STR),

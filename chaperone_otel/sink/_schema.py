@@ -225,6 +225,17 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
     # Migration.add_columns(2, "GPU usage", "gpu_percent"),
+    Migration(
+        2,
+        "executions: a row per (run_id, attempt, execution_id); '' for rows stored before",
+        (
+            "ALTER TABLE jobs ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE heartbeats ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE job_errors ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE resource_violations ADD COLUMN execution_id VARCHAR DEFAULT ''",
+        ),
+        ("execution_id",),
+    ),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

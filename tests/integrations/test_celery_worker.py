@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 _APP = textwrap.dedent(
     """
     import os
+    import time
 
     from celery import Celery
 
@@ -70,6 +71,14 @@ _APP = textwrap.dedent(
     @app.task(name="it.noop")
     def noop(i):
         return i
+
+
+    @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
+    def redelivered(marker):
+        if not os.path.exists(marker):  # the first delivery waits to be killed
+            open(marker, "w").close()
+            time.sleep(120)
+        return "second"
     """
 )
 
@@ -141,9 +150,10 @@ def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (root / "celery_app.py").write_text(_APP)
     store = str(root / "jobs.duckdb")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))}
-    env.update(
-        PYTHONPATH=str(root), TEST_JOBS_STORE=store, TEST_BROKER=redis_url, PYTHONUNBUFFERED="1"
-    )
+    # The app module's folder first, then the caller's path: the worker must import the
+    # chaperone_otel under test (a worktree's), not whichever one the venv installed.
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    env.update(PYTHONPATH=path, TEST_JOBS_STORE=store, TEST_BROKER=redis_url, PYTHONUNBUFFERED="1")
     log = (root / "worker.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -256,3 +266,39 @@ def test_recycled_children_lose_no_run(worker: Worker) -> None:
     wait_until(stored, 30, "ten completed runs")
     pids = {j.pid for j in worker.jobs("it.noop") if j.id in ids}
     assert len(pids) >= 5  # each child ran at most two of the ten tasks: recycling happened
+
+
+def _running_pid(worker: Worker, name: str, task_id: str) -> Any:
+    rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == "running"]
+    return rows[0].pid if rows and rows[0].pid else None
+
+
+def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
+    worker: Worker, tmp_path: Any
+) -> None:
+    """acks_late + reject_on_worker_lost: the child running the task is SIGKILLed, the
+    message is redelivered and the same attempt runs again. Two executions are stored: the
+    dead one with the killed pid (not completed), the new one completed with its own pid."""
+    marker = str(tmp_path / "first-delivery")
+    result = worker.client.send_task("it.redelivered", args=(marker,))
+    pid = wait_until(
+        lambda: _running_pid(worker, "it.redelivered", result.id), 30, "the first execution"
+    )
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == "second"
+
+    def stored() -> Any:
+        rows = [j for j in worker.jobs("it.redelivered") if j.id == result.id]
+        return rows if len(rows) == 2 and any(j.status == "completed" for j in rows) else None
+
+    rows = wait_until(stored, 30, "two executions of the redelivered task")
+    (new,) = [j for j in rows if j.status == "completed"]
+    (dead,) = [j for j in rows if j is not new]
+    assert dead.attempt == new.attempt == 1
+    assert dead.execution_id
+    assert new.execution_id
+    assert dead.execution_id != new.execution_id
+    assert dead.pid == pid
+    assert new.pid != pid
+    assert new.duration is not None
+    assert new.duration > 0
