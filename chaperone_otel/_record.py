@@ -135,6 +135,7 @@ def core_attributes(run: Run) -> dict[str, AttributeValue]:
         sc.ATTR_JOB_SEQUENCE: run.next_seq(),
         sc.ATTR_JOB_STARTED_AT: run.started_at,
         sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
+        sc.ATTR_JOB_LEASE: run.static.lease,
         sc.ATTR_HEARTBEAT_COUNT: run.calls,
         sc.ATTR_HEARTBEAT_LAST: run.last_heartbeat,
         sc.ATTR_VIOLATION_COUNT: len(run.violations),

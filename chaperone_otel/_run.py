@@ -706,6 +706,7 @@ class Run:
             "started_at": self.started_at,
             "last_heartbeat": self.last_heartbeat,
             "last_seen": now,  # in-process: our own process is alive by definition
+            "lease": self.static.lease,
             "heartbeat_interval": self.heartbeat_interval,
             "timeout_at": self.timeout_at,
             "stall_deadline": self.stall_deadline,

@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 from ._lifecycle import Tokens, activate, deactivate, finish_run
 from ._lifecycle import start_run as _start
 from ._run import Run, Supervision
-from ._spec import make_spec
+from ._spec import Lease, make_spec
 from .exceptions import ConfigurationError
 
 FinishStatus = Literal["completed", "failed", "cancelled", "retried"]
@@ -148,6 +148,7 @@ def start_run(
     timeout: Any = None,
     heartbeat_interval: Any = None,
     stall_timeout: Any = None,
+    lease: Lease | None = None,
     attributes: Mapping[str, Any] | None = None,
     tracer_provider: Any = None,
 ) -> StartedRun:
@@ -167,6 +168,9 @@ def start_run(
         timeout: max runtime (seconds, ``timedelta`` or ``"2h"``).
         heartbeat_interval: the lease in seconds (default from ``configure()``).
         stall_timeout: flat progress this long while alive means stalled.
+        lease: ``"heartbeat"`` (default: the code must heartbeat within
+            ``heartbeat_interval``) or ``"liveness"`` (the process being alive is enough,
+            for tasks that never call ``heartbeat()``; stuck only past ``timeout``).
         attributes: static attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
 
@@ -198,6 +202,7 @@ def start_run(
         attributes=attributes,
         hooks={},
         tracer_provider=tracer_provider,
+        lease=lease,
     )
     if spec.name is None:
         raise ConfigurationError("start_run() needs a job name")

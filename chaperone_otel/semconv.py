@@ -83,6 +83,10 @@ ATTR_JOB_EXECUTION_ID: Final = "chaperone.job.execution.id"
 """A fresh id per start of a run (one execution of ``(run id, attempt)``): a redelivered task
 that runs the same attempt again is a second execution, stored apart from the first."""
 
+ATTR_JOB_LEASE: Final = "chaperone.job.lease"
+"""What renews the run's lease: ``heartbeat`` (the job's code, within the heartbeat interval)
+or ``liveness`` (its process being alive: stuck only past the timeout, lost when silent)."""
+
 ATTR_JOB_STATUS: Final = "chaperone.job.status"
 """``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``.
 A metric label."""
@@ -305,7 +309,8 @@ METRIC_JOB_LAST_HEARTBEAT: Final = MetricSpec(
     "chaperone.job.last_heartbeat_timestamp",
     "gauge",
     "s",
-    "Unix time of the latest sign of life from the job's code; alert on time() - x > k * "
+    "Unix time of the latest sign of life from the job's code (for a run with a liveness "
+    "lease, of its process: the time it was observed); alert on time() - x > k * "
     "interval. The oldest of the group's runs when the run id is not a label.",
     _LIVE_LABELS,
 )
@@ -637,6 +642,7 @@ __all__ = [
     "ATTR_JOB_EXECUTION_ID",
     "ATTR_JOB_FINISHED_AT",
     "ATTR_JOB_HEALTH",
+    "ATTR_JOB_LEASE",
     "ATTR_JOB_NAME",
     "ATTR_JOB_QUEUE",
     "ATTR_JOB_RUN_ID",

@@ -29,6 +29,11 @@ queue           the delivery's routing key (``"default"`` if Celery gives none)
 timeout         the hard time limit (else the soft one): the task's, or the app's
 ==============  ===================================================================
 
+Leases: a task is alive while its worker process is (``lease="liveness"``), so tasks that
+never call ``heartbeat()`` are healthy until their time limit; a task that promises
+heartbeats opts in with ``@app.task(chaperone_lease="heartbeat",
+chaperone_heartbeat_interval=30)`` and is stuck after three silent intervals.
+
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type; a
 ``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
 ``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
@@ -52,6 +57,8 @@ from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._spec import LEASES as _LEASES
+from .._spec import Lease as _Lease
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
 from .._values import new_run_id as _new_execution_id
@@ -78,11 +85,13 @@ class _Instrumentation:
         app: Celery,
         include: Callable[[Task], bool] | None,
         heartbeat_interval: Any,
+        lease: _Lease,
         flush_timeout: float,
     ) -> None:
         self.app = app
         self.include = include
         self.heartbeat_interval = heartbeat_interval
+        self.lease = lease
         self.flush_timeout = flush_timeout
         # task id -> (run, tokens): prerun and postrun of one task run on one thread, but a
         # threads pool runs many tasks at once, each with its own entry.
@@ -93,6 +102,13 @@ class _Instrumentation:
         if getattr(task, "app", None) is not self.app:
             return False
         return self.include is None or bool(self.include(task))
+
+    def lease_of(self, task: Any) -> tuple[Any, _Lease]:
+        """The task's (heartbeat interval, lease): its own ``chaperone_heartbeat_interval``
+        and ``chaperone_lease`` options, else the app's."""
+        interval = getattr(task, "chaperone_heartbeat_interval", None) or self.heartbeat_interval
+        lease = getattr(task, "chaperone_lease", None) or self.lease
+        return interval, lease
 
     def timeout(self, task: Any, request: Any) -> float | None:
         limits = getattr(request, "timelimit", None) or (None, None)
@@ -128,6 +144,7 @@ class _Instrumentation:
             request = task.request
             delivery = getattr(request, "delivery_info", None) or {}
             execution = getattr(request, _EXECUTION, None)
+            interval, lease = self.lease_of(task)
             run = _start_run(
                 task.name,
                 run_id=task_id,
@@ -135,7 +152,8 @@ class _Instrumentation:
                 execution_id=execution if isinstance(execution, str) and execution else None,
                 queue=delivery.get("routing_key") or None,
                 timeout=self.timeout(task, request),
-                heartbeat_interval=self.heartbeat_interval,
+                heartbeat_interval=interval,
+                lease=lease,
             )
             tokens = run.attach()
             with self.lock:
@@ -177,7 +195,8 @@ class _Instrumentation:
                 run_id=task_id,
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
                 queue=delivery.get("routing_key") or None,
-                heartbeat_interval=self.heartbeat_interval,
+                heartbeat_interval=self.lease_of(task)[0],
+                lease=self.lease_of(task)[1],
             )
             run.finish(
                 TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
@@ -210,6 +229,7 @@ def instrument(
     *,
     include: Callable[[Task], bool] | None = None,
     heartbeat_interval: Any = None,
+    lease: _Lease = "liveness",
     flush_timeout: float = 5.0,
 ) -> None:
     """Supervise ``app``'s tasks: each execution a run (see the module docstring).
@@ -220,7 +240,13 @@ def instrument(
     Args:
         app: the Celery app.
         include: supervise only the tasks for which it returns True (default: all).
-        heartbeat_interval: the runs' lease (default: ``configure()``'s).
+        heartbeat_interval: the runs' lease (default: ``configure()``'s); a task's own
+            ``@app.task(chaperone_heartbeat_interval=30)`` wins.
+        lease: ``"liveness"`` (default): a task is alive while its worker process is, so
+            tasks that never call ``heartbeat()`` are healthy, stuck only past their time
+            limit, lost when their process goes silent. ``"heartbeat"``: the task's code must
+            heartbeat within the interval. A task opts in with
+            ``@app.task(chaperone_lease="heartbeat")``.
         flush_timeout: seconds a pool child waits for its records to be sent when it exits.
 
     .. versionadded:: 0.1
@@ -228,7 +254,9 @@ def instrument(
     key = id(app)
     if key in _instrumented:
         return
-    inst = _Instrumentation(app, include, heartbeat_interval, flush_timeout)
+    if lease not in _LEASES:
+        raise ValueError(f"lease={lease!r}: choose one of {', '.join(_LEASES)}")
+    inst = _Instrumentation(app, include, heartbeat_interval, lease, flush_timeout)
     _instrumented[key] = inst
     uid = f"{_UID}:{key}"
     signals.task_received.connect(inst.received, weak=False, dispatch_uid=uid)

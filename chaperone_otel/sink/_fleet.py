@@ -36,8 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import semconv as sc
-from .._health import DEFAULT_POLICY, HealthPolicy
-from ._schema import health_case, predicate
+from .._health import DEFAULT_POLICY, HealthPolicy, LeaseRenewed
+from ._schema import HEALTH_COLUMNS, health_case, predicate
 
 __all__ = ["FleetCollector", "IngestStats", "fleet_sql"]
 
@@ -81,7 +81,8 @@ def fleet_sql(policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str]:
         "SELECT coalesce(name, ''), coalesce(queue, ''), "
         f"count(*) FILTER (WHERE {predicate('stuck', policy)}), "
         f"count(*) FILTER (WHERE {predicate('lost', policy)}), "
-        f"max({ratio.format(col='last_heartbeat_at')}), "
+        # the lease's age: a liveness-lease run's is its silence (_health.LeaseRenewed)
+        f"max((($now - {LeaseRenewed().sql(HEALTH_COLUMNS)}) / NULLIF(heartbeat_interval, 0))), "
         f"max({ratio.format(col='last_seen_at')}) "
         "FROM jobs WHERE status = 'running' "
         "AND $now - epoch(coalesce(last_seen_at, started_at)) <= $window GROUP BY ALL"

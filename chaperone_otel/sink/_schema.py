@@ -227,14 +227,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     # Migration.add_columns(2, "GPU usage", "gpu_percent"),
     Migration(
         2,
-        "executions: a row per (run_id, attempt, execution_id); '' for rows stored before",
+        "executions: a row per (run_id, attempt, execution_id), '' for rows stored before; "
+        "the run's lease",
         (
             "ALTER TABLE jobs ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE heartbeats ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE job_errors ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE resource_violations ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE jobs ADD COLUMN lease VARCHAR",
         ),
-        ("execution_id",),
+        ("execution_id", "lease"),
     ),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""

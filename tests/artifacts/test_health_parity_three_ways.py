@@ -42,6 +42,15 @@ SCENARIOS: dict[str, dict[str, SignalValue]] = {
     "violated": {"last_heartbeat": 595, "last_seen": 600, "violation_count": 1},
     "lost": {"last_heartbeat": 300, "last_seen": 405},
     "recently silent process": {"last_heartbeat": 540, "last_seen": 540},
+    # lease="liveness": the code never beat; the process being alive renews the lease (the
+    # worker's last-heartbeat gauge is then the time of each observation)
+    "liveness lease, alive": {"lease": "liveness", "last_heartbeat": 0, "last_seen": 600},
+    "liveness lease, overtime": {"lease": "liveness", "last_heartbeat": 0, "last_seen": 600,
+                                 "timeout_at": 500},
+    "liveness lease, silent process": {"lease": "liveness", "last_heartbeat": 0,
+                                       "last_seen": 405},
+    "liveness lease, 1.6x silent": {"lease": "liveness", "last_heartbeat": 0,
+                                    "last_seen": 495},
 }
 for signals in SCENARIOS.values():
     signals.setdefault("heartbeat_interval", 60)
@@ -73,11 +82,12 @@ def sql_verdicts() -> dict[str, dict[str, bool]]:
             else float(sig["cpu_limit"]) * 100,
             "open_fds": sig.get("fds"), "fd_limit": sig.get("fd_limit"),
             "violation_count": sig.get("violation_count", 0),
+            "lease": sig.get("lease"),
         }
         times = {"last_heartbeat_at", "last_seen_at", "timeout_at", "progress_updated_at"}
         cols = ", ".join(
             (f"to_timestamp(CAST(? AS DOUBLE)) AS {c}" if c in times
-             else f"CAST(? AS {'VARCHAR' if c == 'status' else 'DOUBLE'}) AS {c}")
+             else f"CAST(? AS {'VARCHAR' if c in ('status', 'lease') else 'DOUBLE'}) AS {c}")
             for c in row)
         con.execute("DROP TABLE IF EXISTS jobs")
         con.execute(f"CREATE TABLE jobs AS SELECT {cols}", list(row.values()))
@@ -97,7 +107,7 @@ def promtool_suite(expected: dict[str, dict[str, bool]]) -> dict[str, object]:
         last_seen = float(sig["last_seen"])  # type: ignore[arg-type]
         assert last_seen % STEP == 0
         steps = int(last_seen // STEP)
-        input_series = [series(spec.prometheus, WORKER_LABELS, f"{float(sig[key])!r}x{steps}")  # type: ignore[arg-type]
+        input_series = [series(spec.prometheus, WORKER_LABELS, _values(sig, key, steps))
                         for key, spec in GAUGES.items() if sig.get(key) is not None]
         checks = []
         for p in PREDICATES:
@@ -108,6 +118,14 @@ def promtool_suite(expected: dict[str, dict[str, bool]]) -> dict[str, object]:
         tests.append({"name": name, "interval": f"{STEP}s", "input_series": input_series,
                       "promql_expr_test": checks})
     return {"rule_files": [], "evaluation_interval": f"{STEP}s", "tests": tests}
+
+
+def _values(sig: dict[str, SignalValue], key: str, steps: int) -> str:
+    """A gauge's samples: its signal's value at every step; a liveness-lease run's
+    last-heartbeat gauge is the time of each observation (the worker's lease renewal)."""
+    if key == "last_heartbeat" and sig.get("lease") == "liveness":
+        return f"0+{STEP}x{steps}"
+    return f"{float(sig[key])!r}x{steps}"  # type: ignore[arg-type]
 
 
 def test_python_and_duckdb_agree_on_every_scenario() -> None:

@@ -73,6 +73,19 @@ _APP = textwrap.dedent(
         return i
 
 
+    @app.task(name="it.sleepy", chaperone_heartbeat_interval=1)
+    def sleepy(seconds):  # never heartbeats: the default liveness lease keeps it alive
+        time.sleep(seconds)
+        return seconds
+
+
+    @app.task(name="it.sleepy_promised", chaperone_heartbeat_interval=1,
+              chaperone_lease="heartbeat")
+    def sleepy_promised(seconds):  # promised heartbeats it never sends
+        time.sleep(seconds)
+        return seconds
+
+
     @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
     def redelivered(marker):
         if not os.path.exists(marker):  # the first delivery waits to be killed
@@ -302,3 +315,29 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
     assert new.pid != pid
     assert new.duration is not None
     assert new.duration > 0
+
+
+def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
+    worker: Worker,
+) -> None:
+    """Interval 1 s, 6 s without a heartbeat and no time limit: while it runs, the task on
+    the default (liveness) lease is healthy and not stuck; one that opted into the
+    heartbeat lease is stuck. Both then complete."""
+    quiet = worker.client.send_task("it.sleepy", args=(6,))
+    promised = worker.client.send_task("it.sleepy_promised", args=(6,))
+
+    def both_running_long() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = {r.id: r for r in sink.jobs.running().all()}
+        found = rows.get(quiet.id), rows.get(promised.id)
+        if any(r is None or r.duration is None or r.duration < 4.5 for r in found):
+            return None
+        return found
+
+    live, beating = wait_until(both_running_long, 30, "both tasks running for 4.5 s")
+    assert (live.health, live.stuck, live.lost) == ("healthy", False, False)
+    assert beating.stuck
+    assert beating.health == "unhealthy"
+    assert quiet.get(timeout=30) == 6
+    assert promised.get(timeout=30) == 6
+
