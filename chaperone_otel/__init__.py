@@ -33,7 +33,7 @@ from ._health import HealthPolicy
 from ._model import JobState, Violation
 from ._run import Supervision
 from ._setup import configure, flush, reset, shutdown
-from ._start import StartedRun, start_run
+from ._start import StartedRun, close_run, start_run
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,
@@ -73,6 +73,7 @@ __all__ = [
     "Supervision",
     "Violation",
     "__version__",
+    "close_run",
     "configure",
     "current_job",
     "flush",

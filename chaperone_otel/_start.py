@@ -19,11 +19,22 @@ reports, including ``retried``::
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-from ._lifecycle import Tokens, activate, deactivate, finish_run
+from . import semconv as sc
+from ._events import AttributeValue, LifecycleRecord, publish, receivers
+from ._lifecycle import (
+    Tokens,
+    _error_type,
+    _safe_str,
+    _safe_traceback,
+    activate,
+    deactivate,
+    finish_run,
+)
 from ._lifecycle import start_run as _start
 from ._run import Run, Supervision
 from ._spec import Lease, make_spec
@@ -209,4 +220,85 @@ def start_run(
     return StartedRun(_start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id))
 
 
-__all__ = ["FinishStatus", "StartedRun", "start_run"]
+def close_run(
+    run_id: str,
+    *,
+    execution_id: str,
+    attempt: int = 1,
+    status: FinishStatus = "failed",
+    error: BaseException | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Record the outcome of a run another process started: the parent that saw its child
+    die, time out or be revoked (Celery's main process on ``WorkerLostError``).
+
+    Publishes one ``chaperone.job.closed`` record, which the sink (embedded, or ``sink
+    serve`` over OTLP) applies like a finish: a running run ends with ``status``, and what
+    the run's own records left empty (end time, error) is filled in. A finish the run wrote
+    itself keeps its status. Without ``configure()`` (no listener) it does nothing.
+
+    Args:
+        run_id: the run id. execution_id: the execution (:attr:`StartedRun.execution_id`),
+            which the parent must know: give the child the id it starts with.
+        attempt: the attempt number.
+        status: the outcome (default ``failed``).
+        error: what ended it (its type, message and traceback are recorded).
+        name, queue: the job's name and queue, for a run whose own records never arrived.
+        timeout: the time limit it ran past, when that is why it was closed: a ``timeout``
+            violation is recorded too.
+
+    Raises:
+        ConfigurationError: an empty run or execution id, or an attempt below 1.
+        ValueError: an unknown ``status``.
+
+    .. versionadded:: 0.1
+    """
+    for label, value in (("run_id", run_id), ("execution_id", execution_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    if status not in _FINISH_STATUSES:
+        raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
+    to = receivers(sc.EVENT_JOB_CLOSED)
+    if not to:
+        return
+    now = time.time()
+    a: dict[str, AttributeValue] = {
+        sc.ATTR_JOB_RUN_ID: run_id,
+        sc.ATTR_JOB_ATTEMPT: attempt,
+        sc.ATTR_JOB_EXECUTION_ID: execution_id,
+        sc.ATTR_JOB_STATUS: status,
+        sc.ATTR_JOB_HEALTH: "unhealthy" if status == "failed" or timeout else "healthy",
+        sc.ATTR_JOB_STUCK: False,
+        sc.ATTR_JOB_FINISHED_AT: now,
+    }
+    if name:
+        a[sc.ATTR_JOB_NAME] = name
+    if queue:
+        a[sc.ATTR_JOB_QUEUE] = queue
+    if error is not None:
+        a[sc.ATTR_ERROR_TYPE] = _error_type(error)
+        a[sc.ATTR_ERROR_MESSAGE] = _safe_str(error)
+        if status == "failed":
+            a[sc.ATTR_ERROR_STACKTRACE] = _safe_traceback(error)
+    if timeout is not None:
+        a[sc.ATTR_VIOLATION_COUNT] = 1
+        a[sc.ATTR_LIMIT_TYPE] = "timeout"
+        a[sc.ATTR_LIMIT_VALUE] = float(timeout)
+        a[sc.ATTR_LIMIT_POLICY] = "record"
+    publish(
+        LifecycleRecord(
+            event_name=sc.EVENT_JOB_CLOSED,
+            timestamp=now,
+            attributes=a,
+            severity="ERROR" if status == "failed" else "INFO",
+            body=f"{name or run_id} closed: {status}",
+        ),
+        to,
+    )
+
+
+__all__ = ["FinishStatus", "StartedRun", "close_run", "start_run"]

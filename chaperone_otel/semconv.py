@@ -52,6 +52,12 @@ EVENT_JOB_HEALTH: Final = "chaperone.job.health"
 EVENT_JOB_FINISHED: Final = "chaperone.job.finished"
 """Emitted once when a run ends, with its final status and totals."""
 
+EVENT_JOB_CLOSED: Final = "chaperone.job.closed"
+"""A run's outcome recorded by another process (``close_run()``: the parent that saw its
+child die, time out or be revoked). The sink applies it like a finish of what it knows: it
+ends a running run and fills what the run's own records left empty; a finish the run wrote
+itself keeps its status."""
+
 LIFECYCLE_EVENTS: Final = (
     EVENT_JOB_STARTED,
     EVENT_JOB_HEARTBEAT,
@@ -59,8 +65,10 @@ LIFECYCLE_EVENTS: Final = (
     EVENT_JOB_VIOLATION,
     EVENT_JOB_HEALTH,
     EVENT_JOB_FINISHED,
+    EVENT_JOB_CLOSED,
 )
-"""All lifecycle event names, in the order a run emits them."""
+"""All lifecycle event names, in the order a run emits them (a run another process closed
+ends with ``closed`` instead of ``finished``)."""
 
 # --------------------------------------------------------------------------------------------
 # Attributes (on the run span, on lifecycle records, and as metric labels where bounded).
@@ -676,6 +684,7 @@ __all__ = [
     "ATTR_SERVICE_NAME",
     "ATTR_USER_PREFIX",
     "ATTR_VIOLATION_COUNT",
+    "EVENT_JOB_CLOSED",
     "EVENT_JOB_FINISHED",
     "EVENT_JOB_HEALTH",
     "EVENT_JOB_HEARTBEAT",

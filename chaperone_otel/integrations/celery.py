@@ -51,6 +51,7 @@ sent when ``worker_max_tasks_per_child`` recycles it): billiard ends children wi
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -60,18 +61,28 @@ from .._setup import flush as _flush
 from .._spec import LEASES as _LEASES
 from .._spec import Lease as _Lease
 from .._start import StartedRun as _StartedRun
+from .._start import close_run as _close_run
 from .._start import start_run as _start_run
 from .._values import new_run_id as _new_execution_id
 
 try:
     from celery import Celery, Task, signals
-    from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
+    from celery.exceptions import (
+        Ignore,
+        Reject,
+        Retry,
+        TaskRevokedError,
+        TimeLimitExceeded,
+        WorkerLostError,
+    )
 except ImportError as _error:  # pragma: no cover - exercised only without celery
     raise ImportError(
         "chaperone_otel.integrations.celery needs Celery: pip install celery"
     ) from _error
 
 _UID: Final = "chaperone_otel.integrations.celery"
+_KNOWN: Final = 100_000
+"""Deliveries the main process remembers (about 100 bytes each) to close their runs."""
 _EXECUTION: Final = "chaperone_execution_id"
 """The request field that carries a delivery's execution id from the worker's main process
 (``task_received``) to the pool child that runs it (``task.request``)."""
@@ -96,6 +107,9 @@ class _Instrumentation:
         # task id -> (run, tokens): prerun and postrun of one task run on one thread, but a
         # threads pool runs many tasks at once, each with its own entry.
         self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        # The worker's main process: task id -> the delivery's (execution id, attempt,
+        # queue), so it can close the run of a child that died (the newest _KNOWN kept).
+        self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
 
     def wanted(self, task: Any) -> bool:
@@ -134,7 +148,44 @@ class _Instrumentation:
         if not isinstance(request_dict, dict) or not self.wanted(getattr(request, "task", None)):
             return
         with _guard("celery.received"):
-            request_dict[_EXECUTION] = _new_execution_id()
+            execution = _new_execution_id()
+            request_dict[_EXECUTION] = execution
+            delivery = request_dict.get("delivery_info") or {}
+            attempt = int(request_dict.get("retries") or 0) + 1
+            with self.lock:
+                self.known[str(request.id)] = (execution, attempt, delivery.get("routing_key"))
+                if len(self.known) > _KNOWN:
+                    del self.known[next(iter(self.known))]
+
+    def failed(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        """The main process saw a child die under a task (``WorkerLostError``: SIGKILL, OOM
+        killer) or killed it at the hard time limit (``TimeLimitExceeded``): the child can
+        no longer finish its run, so it is closed from here (failed, with the reason)."""
+        if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or task_id is None:
+            return
+        with self.lock:
+            if task_id in self.open:  # this process runs it (solo, threads): postrun ends it
+                return
+            known = self.known.pop(task_id, None)
+        if known is None or sender is None or not self.wanted(sender):
+            return
+        execution, attempt, queue = known
+        limit = None
+        if isinstance(exception, TimeLimitExceeded):
+            given = exception.args[0] if exception.args else None
+            limit = float(given) if isinstance(given, (int, float)) else 0.0
+        with _guard("celery.failed"):
+            _close_run(
+                task_id,
+                execution_id=execution,
+                attempt=attempt,
+                error=exception,
+                name=sender.name,
+                queue=queue,
+                timeout=limit,
+            )
 
     def prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         task = sender
@@ -182,11 +233,12 @@ class _Instrumentation:
     def revoked(
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
     ) -> None:
-        # A task terminated while running was started in a child, which is gone: closing
-        # that run from here needs a cross-process outcome (issue 13, not yet built).
         task = sender
         task_id = getattr(request, "id", None)
-        if terminated or task is None or not task_id or not self.wanted(task):
+        if task is None or not task_id or not self.wanted(task):
+            return
+        if terminated:
+            self.terminated(task, str(task_id), request, _.get("signum"))
             return
         with _guard("celery.revoked"):
             delivery = getattr(request, "delivery_info", None) or {}
@@ -200,6 +252,27 @@ class _Instrumentation:
             )
             run.finish(
                 TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
+            )
+
+    def terminated(self, task: Any, task_id: str, request: Any, signum: Any) -> None:
+        """``revoke(terminate=True)`` killed the child running it: cancelled, from here."""
+        with self.lock:
+            if task_id in self.open:
+                return
+            known = self.known.pop(task_id, None)
+        execution = getattr(request, _EXECUTION, None) or (known[0] if known else None)
+        if not isinstance(execution, str):
+            return
+        attempt = int(getattr(request, "retries", 0) or 0) + 1
+        with _guard("celery.terminated"):
+            _close_run(
+                task_id,
+                execution_id=execution,
+                attempt=attempt,
+                status="cancelled",
+                error=TaskRevokedError(f"revoked and terminated (signal {signum})"),
+                name=task.name,
+                queue=known[2] if known else None,
             )
 
     def process_shutdown(self, **_: Any) -> None:
@@ -217,8 +290,15 @@ def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
         run.finish(retval, status="cancelled")
     elif isinstance(retval, BaseException):
         run.finish(retval)
-    else:  # a failure state without its exception (never seen; recorded as a failure)
-        run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
+    else:
+        # No state: the task was interrupted by a BaseException in flight (SystemExit from
+        # the SIGTERM of a hard time limit or a terminating revoke; the worker's main process
+        # then closes the run with the real reason, which replaces this one).
+        interrupted = sys.exc_info()[1]
+        if interrupted is not None:
+            run.finish(interrupted)
+        else:
+            run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
 
 
 _instrumented: dict[int, _Instrumentation] = {}
@@ -263,6 +343,7 @@ def instrument(
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
+    signals.task_failure.connect(inst.failed, weak=False, dispatch_uid=uid)
     signals.worker_process_shutdown.connect(inst.process_shutdown, weak=False, dispatch_uid=uid)
 
 
@@ -279,6 +360,7 @@ def uninstrument(app: Celery) -> None:
     signals.task_prerun.disconnect(inst.prerun, dispatch_uid=uid)
     signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)
     signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)
+    signals.task_failure.disconnect(inst.failed, dispatch_uid=uid)
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
 
 

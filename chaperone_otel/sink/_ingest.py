@@ -39,7 +39,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._records import STAGED_TIME_COLUMNS, Staged
+from .._fields import ERROR_STATUSES
+from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schema import JOB_COLUMNS, TERMINAL_STATUSES
 
 _MAX_EPOCH: Final = 32_503_680_000  # year 3000: beyond it a time is garbage, stored as NULL
@@ -76,6 +77,8 @@ _TIMESTAMP: Final = pa.timestamp("us")
 _TERMINAL_SET: Final = pa.array(TERMINAL_STATUSES, type=pa.string())
 # Span rows only settle these (a span proves the run ended); every other field they fill.
 _SPAN_STATUS_COLUMNS: Final = frozenset({"status", "reported_health", "reported_stuck"})
+_ERROR_COLUMNS: Final = frozenset({"error_type", "error_message", "error_trace"})
+_ERROR_SET: Final = pa.array(ERROR_STATUSES, type=pa.string())
 # Typed scalars: an untyped Python number makes pyarrow infer a type, which tries to import
 # dateutil on every call (~90 µs each when it is not installed).
 _ZERO: Final = pa.scalar(0.0, pa.float64())
@@ -84,6 +87,7 @@ _MICROS: Final = pa.scalar(1_000_000.0, pa.float64())
 _HUNDRED: Final = pa.scalar(100.0, pa.float64())
 _NULL_F64: Final = pa.scalar(None, pa.float64())
 _SEQ_ZERO: Final = pa.scalar(0, pa.int64())
+_SEQ_CLOSED: Final = pa.scalar(CLOSED_SEQ, pa.int64())
 _FALSE: Final = pa.scalar(value=False, type=pa.bool_())
 
 Key = tuple[str, int, str]
@@ -186,8 +190,9 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         if staged.violations is not None:
             register("chaperone_stage_violations", staged.violations)
             cur.execute(INSERT_VIOLATIONS)
-        if staged.errors is not None:
-            register("chaperone_stage_errors", staged.errors)
+        errors = _errors_of_failed_runs(staged.errors, rows)
+        if errors is not None:
+            register("chaperone_stage_errors", errors)
             cur.execute(MERGE_ERRORS)
         cur.execute("COMMIT")
     except BaseException:
@@ -200,6 +205,24 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         for name in registered:
             cur.unregister(name)
     return result
+
+
+def _errors_of_failed_runs(errors: pa.Table | None, rows: pa.Table) -> pa.Table | None:
+    """The staged errors of runs whose merged status carries an error (a finished span with
+    an error adds none to a run that completed); of a run another process closed, only the
+    closer's (the run's own later error does not replace it)."""
+    if errors is None:
+        return None
+    index = _index(rows)
+    picks = pa.array([index.get(k) for k in _keys(errors)], type=pa.int64())
+    status = rows.column("status").take(picks)
+    closed_row = pc.fill_null(pc.equal(rows.column("seq").take(picks), _SEQ_CLOSED), _FALSE)
+    keep = pc.and_(
+        pc.fill_null(pc.is_in(status, value_set=_ERROR_SET), _FALSE),
+        pc.or_(pc.invert(closed_row), errors.column("closed")),
+    )
+    kept = errors.filter(keep)
+    return kept if kept.num_rows else None
 
 
 def _keys_table(keys: Any) -> pa.Table:
@@ -395,9 +418,10 @@ def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:
     newer = pc.or_kleene(pc.is_null(j_seq), pc.greater(s_seq, j_seq))
     keeps_end = pc.and_(_terminal(j.column("status")), pc.invert(_terminal(s.column("status"))))
     eff = pc.and_(newer, pc.invert(keeps_end))
+    # known only from its span, or closed by another process: the run's records fill in
     span_only = pc.fill_null(
-        pc.equal(j_seq, _SEQ_ZERO), _FALSE
-    )  # known only from its span: fill in
+        pc.is_in(j_seq, value_set=pa.array([0, CLOSED_SEQ], pa.int64())), _FALSE
+    )
     columns: list[Any] = []
     for col in JOB_COLUMNS:
         n = col.name
@@ -419,9 +443,24 @@ def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:
 
 
 def _merge_spans(j: pa.Table, s: pa.Table) -> pa.Table:
-    """Finished-span rows ``s`` over current rows ``j``: fill only what is empty; a terminal
-    span status replaces a non-terminal one."""
+    """Finished-span (or ``closed``) rows ``s`` over current rows ``j``: fill only what is
+    empty; a terminal status replaces a non-terminal one, and then the duration is the
+    span's, else the end minus the start (a running row's is only "so far"); the violation
+    count is the larger."""
     ends = pc.and_(pc.invert(_terminal(j.column("status"))), _terminal(s.column("status")))
+    # A closed record (another process's word, close_run()) sets the outcome whatever the
+    # run wrote: a child killed by SIGTERM at its time limit only saw SystemExit.
+    closing = pc.fill_null(pc.equal(s.column("seq"), _SEQ_CLOSED), _FALSE)
+    decides = pc.or_(ends, closing)
+    # An error belongs to the outcome that carries it: filled in when this row ends the run
+    # or agrees with its stored outcome, never onto a run that ended otherwise.
+    same_end = pc.fill_null(pc.equal(j.column("status"), s.column("status")), _FALSE)
+    takes_error = pc.or_(ends, pc.or_(same_end, pc.is_null(j.column("status"))))
+    finished = pc.coalesce(j.column("finished_at"), s.column("finished_at"))
+    started = pc.coalesce(j.column("started_at"), s.column("started_at"))
+    elapsed = pc.divide(
+        pc.cast(pc.cast(pc.subtract(finished, started), pa.duration("us")), pa.int64()), _MICROS
+    )
     columns: list[Any] = []
     for col in JOB_COLUMNS:
         n = col.name
@@ -433,7 +472,16 @@ def _merge_spans(j: pa.Table, s: pa.Table) -> pa.Table:
         elif n == "span_seen":
             columns.append(sc_)  # TRUE
         elif n in _SPAN_STATUS_COLUMNS:
-            columns.append(pc.if_else(ends, sc_, pc.coalesce(jc, sc_)))
+            columns.append(pc.if_else(decides, sc_, pc.coalesce(jc, sc_)))
+        elif n == "duration":
+            columns.append(pc.if_else(decides, pc.coalesce(sc_, elapsed, jc), pc.coalesce(jc, sc_)))
+        elif n == "violation_count":
+            columns.append(pc.max_element_wise(jc, sc_))
+        elif n == "seq":
+            columns.append(pc.if_else(closing, sc_, pc.coalesce(jc, sc_)))
+        elif n in _ERROR_COLUMNS:
+            kept = pc.if_else(takes_error, pc.coalesce(jc, sc_), jc)
+            columns.append(pc.if_else(closing, pc.coalesce(sc_, jc), kept))
         else:  # incl. seq / heartbeat_rows / ingested_at: kept when the row exists
             columns.append(pc.coalesce(jc, sc_))
     return pa.table(columns, names=list(_JOB_NAMES))

@@ -47,6 +47,10 @@ from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
 
+CLOSED_SEQ: Final = 2**62
+"""The sequence of a ``closed`` record (another process's word on the run's outcome), above
+any the run writes itself, so the run's later records only fill in what is empty."""
+
 Key = tuple[str, int, str]
 """A stored run: (run id, attempt, execution id); ``''`` is the execution of a record that
 names none (an older sender, or a row stored before executions had ids)."""
@@ -362,10 +366,11 @@ def stage(
     out = Staged()
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
-    spans: dict[Key, SpanRecord] = {}
+    spans: dict[Key, IngestRecord] = {}
     heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
     violations: list[tuple[Key, int, LifecycleRecord]] = []
     failed: dict[Key, IngestRecord] = {}
+    closers: dict[Key, IngestRecord] = {}
     for record in records:
         attrs = record.attributes
         key = record_key(attrs)
@@ -376,10 +381,18 @@ def stage(
         out.records += 1
         if ts > seen.get(key, -math.inf):
             seen[key] = float(ts)
-        if isinstance(record, SpanRecord):
+        if isinstance(record, SpanRecord) or record.event_name == sc.EVENT_JOB_CLOSED:
+            # Completes the run only: a finished span fills what is empty and ends a running
+            # run; a closed record (close_run(): another process's word on the outcome, none
+            # of the run's state) sets the outcome (see _ingest._merge_spans).
             spans[key] = record
             if attrs.get(sc.ATTR_ERROR_TYPE) is not None:
-                failed.setdefault(key, record)
+                if isinstance(record, SpanRecord):
+                    failed.setdefault(key, record)
+                else:  # the closer's error wins over the run's own in the batch
+                    closers[key] = record
+            if isinstance(record, LifecycleRecord) and attrs.get(sc.ATTR_LIMIT_TYPE) is not None:
+                violations.append((key, 0, record))  # a closed run's timeout: sequence 0
             continue
         seq = _seq(attrs)
         if seq is None:  # NaN, inf, beyond int64, wrong type: ordered as the first record
@@ -398,12 +411,14 @@ def stage(
             and attrs.get(sc.ATTR_JOB_STATUS) in ERROR_STATUSES
         ):
             failed[key] = record
+    failed.update(closers)
     cols = _Columns()
     out.keys = set(seen)
     if best:
         out.logs = _job_table(cols, [(k, s, r) for k, (s, r) in best.items()], seen, attributes)
     if spans:
-        out.spans = _job_table(cols, [(k, 0, r) for k, r in spans.items()], seen, attributes)
+        rows = [(k, 0 if isinstance(r, SpanRecord) else CLOSED_SEQ, r) for k, r in spans.items()]
+        out.spans = _job_table(cols, rows, seen, attributes)
     if heartbeats:
         out.heartbeats = _event_table(cols, heartbeats, _HEARTBEAT_ATTRIBUTES)
     if violations:
@@ -412,6 +427,10 @@ def stage(
         out.errors = _error_table(cols, failed)
     out.coerced += cols.coerced
     return out
+
+
+def _closed(record: IngestRecord) -> bool:
+    return isinstance(record, LifecycleRecord) and record.event_name == sc.EVENT_JOB_CLOSED
 
 
 def _job_table(
@@ -471,6 +490,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table
             "trace_id": pa.array([_hex(r.trace_id, 32) for r in recs], type=_STR),
             "span_id": pa.array([_hex(r.span_id, 16) for r in recs], type=_STR),
             "from_span": pa.array([isinstance(r, SpanRecord) for r in recs], type=_BOOL),
+            "closed": pa.array([_closed(r) for r in recs], type=_BOOL),
         }
     )
 

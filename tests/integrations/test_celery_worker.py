@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,6 +85,17 @@ _APP = textwrap.dedent(
     def sleepy_promised(seconds):  # promised heartbeats it never sends
         time.sleep(seconds)
         return seconds
+
+
+    @app.task(name="it.hang")
+    def hang(seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+    @app.task(name="it.overtime", time_limit=2)
+    def overtime():
+        time.sleep(30)
 
 
     @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
@@ -340,4 +352,54 @@ def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
     assert beating.health == "unhealthy"
     assert quiet.get(timeout=30) == 6
     assert promised.get(timeout=30) == 6
+
+
+def _closed(worker: Worker, name: str, task_id: str, status: str) -> Any:
+    def found() -> Any:
+        rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == status]
+        return rows[0] if rows else None
+
+    return wait_until(found, 20, f"{name} {task_id} {status} in the store")
+
+
+def test_sigkilled_child_is_closed_failed_by_the_main_process(worker: Worker) -> None:
+    """The child running a task is SIGKILLed: the worker's main process sees
+    WorkerLostError and closes the run as failed within seconds (not left to be lost)."""
+    result = worker.client.send_task("it.hang", args=(120,))
+    pid = wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    job = _closed(worker, "it.hang", result.id, "failed")
+    assert time.monotonic() - killed < 20
+    assert job.error_type.endswith("WorkerLostError")
+    assert "SIGKILL" in job.error_message
+    assert job.pid == pid  # the child's own row, closed
+    assert not job.lost
+    with pytest.raises(Exception, match="SIGKILL"):
+        result.get(timeout=30)
+
+
+def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
+    """time_limit=2 on a task that sleeps 30 s: billiard kills the child; the run is failed
+    with TimeLimitExceeded (Celery's outcome) and a timeout violation, closed from the main
+    process."""
+    result = worker.client.send_task("it.overtime")
+    result.get(timeout=30, propagate=False)  # the backend's FAILURE (and the channel freed)
+    job = _closed(worker, "it.overtime", result.id, "failed")
+    assert job.error_type.endswith("TimeLimitExceeded")
+    assert job.health == "unhealthy"
+    with chaperone.open_sink(worker.store) as sink:
+        found = sink.job(result.id)
+        assert found is not None
+        assert "timeout" in {v.type for v in found.resource_violations}
+
+
+def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
+    result = worker.client.send_task("it.hang", args=(120,))
+    wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    worker.client.control.revoke(result.id, terminate=True)
+    result.get(timeout=30, propagate=False)
+    job = _closed(worker, "it.hang", result.id, "cancelled")
+    assert job.error_type.endswith("TaskRevokedError")
+    assert "terminated" in job.error_message
 
