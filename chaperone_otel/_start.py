@@ -103,7 +103,11 @@ class StartedRun:
         return _Active(self)
 
     def finish(
-        self, error: BaseException | None = None, *, status: FinishStatus | None = None
+        self,
+        error: BaseException | None = None,
+        *,
+        status: FinishStatus | None = None,
+        timed_out: bool = False,
     ) -> None:
         """End the run with its outcome; a second call does nothing.
 
@@ -113,13 +117,23 @@ class StartedRun:
                 for a cancellation (``KeyboardInterrupt``, ``SystemExit``, asyncio's
                 ``CancelledError``), otherwise ``failed``. ``retried`` is a terminal status
                 that is not a failure: the framework runs the task again as a new attempt.
+            timed_out: the framework ended it for running past its time limit (Celery's
+                soft limit): a ``timeout`` violation is recorded, even when the framework's
+                clock fired a moment before the run's own deadline.
 
         Raises:
             ValueError: an unknown ``status``.
         """
         if status is not None and status not in _FINISH_STATUSES:
             raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
-        finish_run(self._run, error, status)
+        run = self._run
+        if timed_out:
+            with run.lock:
+                if run.finished_at is None:
+                    due = run.clock() - 1e-6  # judged past it when it finishes, just after
+                    if run.timeout_at is None or run.timeout_at > due:
+                        run.timeout_at = due
+        finish_run(run, error, status)
 
     def __repr__(self) -> str:
         run = self._run

@@ -26,7 +26,7 @@ execution id    one per delivery (the worker's main process makes it on receipt)
                 redelivered message runs the same attempt as a second execution
 name            the task name
 queue           the delivery's routing key (``"default"`` if Celery gives none)
-timeout         the hard time limit (else the soft one): the task's, or the app's
+timeout         the earliest time limit, soft or hard: the task's, or the app's
 ==============  ===================================================================
 
 Leases: a task is alive while its worker process is (``lease="liveness"``), so tasks that
@@ -71,6 +71,7 @@ try:
         Ignore,
         Reject,
         Retry,
+        SoftTimeLimitExceeded,
         TaskRevokedError,
         TimeLimitExceeded,
         WorkerLostError,
@@ -125,20 +126,20 @@ class _Instrumentation:
         return interval, lease
 
     def timeout(self, task: Any, request: Any) -> float | None:
+        """The earliest time limit (soft or hard; the request's, the task's, the app's):
+        past it the run is overtime, so a soft limit gets its timeout violation too."""
         limits = getattr(request, "timelimit", None) or (None, None)
         hard, soft = (*tuple(limits), None, None)[:2]
         conf = self.app.conf
-        for value in (
-            hard,
-            getattr(task, "time_limit", None),
-            conf.task_time_limit,
-            soft,
-            getattr(task, "soft_time_limit", None),
-            conf.task_soft_time_limit,
+        found = []
+        for candidates in (
+            (hard, getattr(task, "time_limit", None), conf.task_time_limit),
+            (soft, getattr(task, "soft_time_limit", None), conf.task_soft_time_limit),
         ):
-            if value:
-                return float(value)
-        return None
+            given = next((float(v) for v in candidates if v), None)
+            if given is not None:
+                found.append(given)
+        return min(found) if found else None
 
     def received(self, request: Any = None, **_: Any) -> None:
         """A delivery reached the worker (its main process): give it an execution id, which
@@ -288,6 +289,8 @@ def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
         run.finish(cause, status="retried")
     elif isinstance(retval, (Ignore, Reject)):
         run.finish(retval, status="cancelled")
+    elif isinstance(retval, SoftTimeLimitExceeded):
+        run.finish(retval, timed_out=True)  # failed, with its timeout violation
     elif isinstance(retval, BaseException):
         run.finish(retval)
     else:

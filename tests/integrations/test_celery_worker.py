@@ -98,6 +98,11 @@ _APP = textwrap.dedent(
         time.sleep(30)
 
 
+    @app.task(name="it.soft", soft_time_limit=1)
+    def soft():
+        time.sleep(10)
+
+
     @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
     def redelivered(marker):
         if not os.path.exists(marker):  # the first delivery waits to be killed
@@ -402,4 +407,17 @@ def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
     job = _closed(worker, "it.hang", result.id, "cancelled")
     assert job.error_type.endswith("TaskRevokedError")
     assert "terminated" in job.error_message
+
+
+def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
+    """soft_time_limit=1: SoftTimeLimitExceeded is raised in the task; the run is failed
+    with it and has a timeout violation (limit 1 s)."""
+    result = worker.client.send_task("it.soft")
+    result.get(timeout=30, propagate=False)
+    job = _closed(worker, "it.soft", result.id, "failed")
+    assert job.error_type.endswith("SoftTimeLimitExceeded")
+    with chaperone.open_sink(worker.store) as sink:
+        found = sink.job(result.id)
+        assert found is not None
+        assert [(v.type, v.limit) for v in found.resource_violations] == [("timeout", 1.0)]
 
