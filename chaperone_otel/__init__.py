@@ -33,7 +33,7 @@ from ._health import HealthPolicy
 from ._model import JobState, Violation
 from ._run import Supervision
 from ._setup import configure, flush, reset, shutdown
-from ._start import StartedRun, close_run, start_run
+from ._start import StartedRun, close_run, pending_run, start_run
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,
@@ -79,6 +79,7 @@ __all__ = [
     "flush",
     "heartbeat",
     "open_sink",
+    "pending_run",
     "report_progress",
     "reset",
     "shutdown",

@@ -200,6 +200,7 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     # Added by a migration (a store file keeps its columns in the order they were added).
     _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
     _f("lease", _S, sc.ATTR_JOB_LEASE, signal="lease", doc="heartbeat (NULL) or liveness."),
+    _f("scheduled_at", _T, sc.ATTR_JOB_SCHEDULED_AT, "sticky", doc="Due time (ETA) if pending."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

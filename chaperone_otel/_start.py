@@ -315,4 +315,55 @@ def close_run(
     )
 
 
-__all__ = ["FinishStatus", "StartedRun", "close_run", "start_run"]
+def pending_run(
+    name: str,
+    *,
+    run_id: str,
+    execution_id: str,
+    attempt: int = 1,
+    queue: str | None = None,
+    scheduled_at: float | None = None,
+) -> None:
+    """Record a run that is known but not started: a task received with an ETA or a
+    countdown. The store shows it in ``pending()`` until the run starts under the same
+    ``(run_id, attempt, execution_id)`` (:func:`start_run`), and keeps ``scheduled_at``
+    (its queue wait is the start minus it: ``JobRecord.queue_wait``).
+
+    Args:
+        name: the job name. run_id, execution_id, attempt: the run it will be.
+        queue: its queue.
+        scheduled_at: when it is due, Unix seconds (default: now).
+
+    Raises:
+        ConfigurationError: an empty name, run or execution id, or an attempt below 1.
+
+    .. versionadded:: 0.1
+    """
+    for label, value in (("name", name), ("run_id", run_id), ("execution_id", execution_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    to = receivers(sc.EVENT_JOB_PENDING)
+    if not to:
+        return
+    now = time.time()
+    a: dict[str, AttributeValue] = {
+        sc.ATTR_JOB_NAME: name,
+        sc.ATTR_JOB_QUEUE: queue or "default",
+        sc.ATTR_JOB_RUN_ID: run_id,
+        sc.ATTR_JOB_ATTEMPT: attempt,
+        sc.ATTR_JOB_EXECUTION_ID: execution_id,
+        sc.ATTR_JOB_STATUS: "pending",
+        sc.ATTR_JOB_SEQUENCE: 0,  # below the run's own first record: its start replaces it
+        sc.ATTR_JOB_SCHEDULED_AT: now if scheduled_at is None else float(scheduled_at),
+    }
+    publish(
+        LifecycleRecord(
+            event_name=sc.EVENT_JOB_PENDING, timestamp=now, attributes=a, body=f"{name} pending"
+        ),
+        to,
+    )
+
+
+__all__ = ["FinishStatus", "StartedRun", "close_run", "pending_run", "start_run"]

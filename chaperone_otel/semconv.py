@@ -52,6 +52,10 @@ EVENT_JOB_HEALTH: Final = "chaperone.job.health"
 EVENT_JOB_FINISHED: Final = "chaperone.job.finished"
 """Emitted once when a run ends, with its final status and totals."""
 
+EVENT_JOB_PENDING: Final = "chaperone.job.pending"
+"""A run known but not started yet (``pending_run()``: a task received with an ETA or a
+countdown), with the time it is due (``chaperone.job.scheduled_at``)."""
+
 EVENT_JOB_CLOSED: Final = "chaperone.job.closed"
 """A run's outcome recorded by another process (``close_run()``: the parent that saw its
 child die, time out or be revoked). The sink applies it like a finish of what it knows: it
@@ -59,6 +63,7 @@ ends a running run and fills what the run's own records left empty; a finish the
 itself keeps its status."""
 
 LIFECYCLE_EVENTS: Final = (
+    EVENT_JOB_PENDING,
     EVENT_JOB_STARTED,
     EVENT_JOB_HEARTBEAT,
     EVENT_JOB_PROGRESS,
@@ -94,6 +99,10 @@ that runs the same attempt again is a second execution, stored apart from the fi
 ATTR_JOB_LEASE: Final = "chaperone.job.lease"
 """What renews the run's lease: ``heartbeat`` (the job's code, within the heartbeat interval)
 or ``liveness`` (its process being alive: stuck only past the timeout, lost when silent)."""
+
+ATTR_JOB_SCHEDULED_AT: Final = "chaperone.job.scheduled_at"
+"""When a pending run is due to start (a task's ETA or countdown), Unix seconds; its queue
+wait is the start minus this."""
 
 ATTR_JOB_STATUS: Final = "chaperone.job.status"
 """``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``.
@@ -654,6 +663,7 @@ __all__ = [
     "ATTR_JOB_NAME",
     "ATTR_JOB_QUEUE",
     "ATTR_JOB_RUN_ID",
+    "ATTR_JOB_SCHEDULED_AT",
     "ATTR_JOB_SEQUENCE",
     "ATTR_JOB_STALL_TIMEOUT",
     "ATTR_JOB_STARTED_AT",
@@ -688,6 +698,7 @@ __all__ = [
     "EVENT_JOB_FINISHED",
     "EVENT_JOB_HEALTH",
     "EVENT_JOB_HEARTBEAT",
+    "EVENT_JOB_PENDING",
     "EVENT_JOB_PROGRESS",
     "EVENT_JOB_STARTED",
     "EVENT_JOB_VIOLATION",

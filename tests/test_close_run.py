@@ -176,3 +176,30 @@ def test_over_otlp_the_parent_closes_its_sigkilled_childs_run(tmp_path: Path) ->
         assert time.time() - job.finished_at.timestamp() < 60
     finally:
         srv.stop(15)
+
+
+def test_a_pending_run_is_replaced_by_its_start_and_keeps_its_due_time(tmp_path: Path) -> None:
+    """pending_run() (a task with an ETA) is a pending row until the run starts under the
+    same key; the start replaces it, keeping the due time (queue wait = start - due), in
+    either order of arrival."""
+    with capture() as cap:
+        chaperone.pending_run("etl.import", run_id="run-1", execution_id="exec-1",
+                              queue="etl", scheduled_at=T0 - 30)
+    (pending,) = cap.records
+    assert pending.event_name == sc.EVENT_JOB_PENDING
+    for order in ("pending first", "start first"):
+        with store_writer(tmp_path / f"{order}.duckdb") as (writer, sink):
+            batches = [[pending], _running()] if order == "pending first" else [
+                _running(), [pending]]
+            write_all(writer, batches[0])
+            if order == "pending first":
+                (row,) = sink.jobs.pending().all()
+                assert (row.id, row.status, row.started_at) == ("run-1", "pending", None)
+            write_all(writer, batches[1])
+            job = sink.job("run-1")
+            assert job is not None
+            assert (job.status, job.pid) == ("running", 4242), order
+            assert job.queue_wait == 30.0, order
+            assert sink.jobs.pending().count() == 0
+    with pytest.raises(ConfigurationError, match="run_id"):
+        chaperone.pending_run("x", run_id="", execution_id="e")

@@ -34,6 +34,9 @@ never call ``heartbeat()`` are healthy until their time limit; a task that promi
 heartbeats opts in with ``@app.task(chaperone_lease="heartbeat",
 chaperone_heartbeat_interval=30)`` and is stuck after three silent intervals.
 
+A task received with an ETA or a countdown is recorded as ``pending`` (with its due time)
+by the worker's main process, until it starts.
+
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type; a
 ``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
 ``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
@@ -54,6 +57,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
@@ -62,6 +66,7 @@ from .._spec import LEASES as _LEASES
 from .._spec import Lease as _Lease
 from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
+from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
 from .._values import new_run_id as _new_execution_id
 
@@ -153,10 +158,21 @@ class _Instrumentation:
             request_dict[_EXECUTION] = execution
             delivery = request_dict.get("delivery_info") or {}
             attempt = int(request_dict.get("retries") or 0) + 1
+            queue = delivery.get("routing_key")
             with self.lock:
-                self.known[str(request.id)] = (execution, attempt, delivery.get("routing_key"))
+                self.known[str(request.id)] = (execution, attempt, queue)
                 if len(self.known) > _KNOWN:
                     del self.known[next(iter(self.known))]
+            due = _epoch(getattr(request, "eta", None))
+            if due is not None:  # an ETA or countdown: visible as pending until it starts
+                _pending_run(
+                    request.task.name,
+                    run_id=str(request.id),
+                    execution_id=execution,
+                    attempt=attempt,
+                    queue=queue,
+                    scheduled_at=due,
+                )
 
     def failed(
         self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
@@ -243,10 +259,12 @@ class _Instrumentation:
             return
         with _guard("celery.revoked"):
             delivery = getattr(request, "delivery_info", None) or {}
+            execution = getattr(request, _EXECUTION, None)  # its pending row, if it had one
             run = _start_run(
                 task.name,
                 run_id=task_id,
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                execution_id=execution if isinstance(execution, str) and execution else None,
                 queue=delivery.get("routing_key") or None,
                 heartbeat_interval=self.lease_of(task)[0],
                 lease=self.lease_of(task)[1],
@@ -279,6 +297,20 @@ class _Instrumentation:
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
+
+
+def _epoch(moment: Any) -> float | None:
+    """A request's ETA (a datetime, or ISO text from older clients) as Unix seconds."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return None
+    if not isinstance(moment, datetime):
+        return None
+    if moment.tzinfo is None:  # Celery's naive ETAs are UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return float(moment.timestamp())
 
 
 def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:

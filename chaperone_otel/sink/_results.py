@@ -266,6 +266,7 @@ class JobRecord:
     attributes: dict[str, Any] = field(default_factory=dict)
     execution_id: str = ""
     lease: str | None = None
+    scheduled_at: datetime | None = None
     _sink: RecordSource | None = field(default=None, compare=False, repr=False)
 
     TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -292,6 +293,14 @@ class JobRecord:
         """When it completed (the guide's ``completed_at``); None unless :attr:`completed`.
         :attr:`finished_at` is the end of any finished run, failed or cancelled too."""
         return self.finished_at if self.completed else None
+
+    @property
+    def queue_wait(self) -> float | None:
+        """Seconds from when it was due (:attr:`scheduled_at`, a pending run's ETA) to its
+        start; None unless both are known."""
+        if self.scheduled_at is None or self.started_at is None:
+            return None
+        return (self.started_at - self.scheduled_at).total_seconds()
 
     def heartbeats(self, kind: str | None = None) -> list[HeartbeatRecord]:
         """The stored heartbeat records of this attempt, oldest first (the latest N are

@@ -228,15 +228,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         2,
         "executions: a row per (run_id, attempt, execution_id), '' for rows stored before; "
-        "the run's lease",
+        "the run's lease; a pending run's due time",
         (
             "ALTER TABLE jobs ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE heartbeats ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE job_errors ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE resource_violations ADD COLUMN execution_id VARCHAR DEFAULT ''",
             "ALTER TABLE jobs ADD COLUMN lease VARCHAR",
+            "ALTER TABLE jobs ADD COLUMN scheduled_at TIMESTAMP",
         ),
-        ("execution_id", "lease"),
+        ("execution_id", "lease", "scheduled_at"),
     ),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""

@@ -421,3 +421,29 @@ def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
         assert found is not None
         assert [(v.type, v.limit) for v in found.resource_violations] == [("timeout", 1.0)]
 
+
+def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
+    """countdown=4: the worker's main process records the task as pending, with its due
+    time, as soon as it receives it; the same row then runs and completes, and its queue
+    wait (start minus due time) is small."""
+    sent = time.time()
+    result = worker.client.send_task("it.noop", args=(7,), countdown=4)
+
+    def pending() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = [r for r in sink.jobs.pending().all() if r.id == result.id]
+        return rows[0] if rows else None
+
+    row = wait_until(pending, 15, "the countdown task pending in the store")
+    assert time.time() - sent < 4  # seen before it was due
+    assert row.name == "it.noop"
+    assert row.started_at is None
+    assert row.scheduled_at is not None
+    assert abs(row.scheduled_at.timestamp() - (sent + 4)) < 2
+    assert result.get(timeout=30) == 7
+    job = _closed(worker, "it.noop", result.id, "completed")
+    assert job.execution_id == row.execution_id  # the pending row became the run
+    assert job.scheduled_at == row.scheduled_at
+    assert job.queue_wait is not None
+    assert -1 < job.queue_wait < 5
+
