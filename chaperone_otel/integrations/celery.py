@@ -41,7 +41,11 @@ Outcomes: a return is ``completed``; an exception is ``failed`` with its own typ
 ``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
 ``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
 exception as the reason; a task revoked before it started is recorded as one ``cancelled``
-run by the worker's main process.
+run by the worker's main process. A ``SoftTimeLimitExceeded`` is ``failed`` with a timeout
+violation. What the child cannot record, the worker's main process closes
+(:func:`chaperone_otel.close_run`): a child that died under a task (``WorkerLostError``:
+``failed``), one killed at the hard time limit (``TimeLimitExceeded``: ``failed``, with a
+timeout violation), one ended by ``revoke(terminate=True)`` (``cancelled``).
 
 The run is current while the task's body runs: ``current_job()``, ``heartbeat()``,
 ``report_progress()`` and ``track()`` reach it, and spans the task opens nest under the run
