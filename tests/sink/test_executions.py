@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 from chaperone_otel import semconv as sc
+from chaperone_otel.sink._remote import RemoteSink
 from chaperone_otel.sink._schema import MIGRATIONS
+from chaperone_otel.sink._server import SinkServer
 from tests.cli._cli_helpers import invoke
 from tests.sink.store_factory import T0, lifecycle, record, store_writer, write_all
 
@@ -120,3 +123,23 @@ def test_show_names_the_execution_and_lists_the_other_one(tmp_path: Path):
     assert [(o["execution_id"], o["status"]) for o in data["other_executions"]] == [
         ("exec-dead", "running")
     ]
+
+
+@pytest.mark.slow
+def test_a_remote_record_reads_its_own_executions_details(tmp_path: Path):
+    """Over the HTTP query API too, a record's heartbeats are its own execution's."""
+    srv = SinkServer(str(tmp_path / "jobs.duckdb"), port=0, advertise=False).start()
+    try:
+        second = lifecycle("run-1", beats=3, start=T0 + 60, **{EXEC: "exec-new"})
+        assert srv.writer.submit(_dead_execution("exec-dead", 111) + second)
+        assert srv.writer.flush(30)
+        remote = RemoteSink(srv.url)
+        try:
+            rows = {r.execution_id: r for r in remote.jobs.with_id("run-1").all()}
+            assert len(rows["exec-dead"].heartbeats()) == 14
+            assert len(rows["exec-new"].heartbeats()) == 3
+            assert remote.heartbeats_of("run-1", 1) != []  # no execution: every one
+        finally:
+            remote.close()
+    finally:
+        srv.stop(15)
