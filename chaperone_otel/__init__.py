@@ -32,6 +32,7 @@ from ._decorator import supervised
 from ._health import HealthPolicy
 from ._model import JobState, Violation
 from ._run import Supervision
+from ._schedule import Schedule, schedule
 from ._setup import configure, flush, reset, shutdown
 from ._start import StartedRun, close_run, pending_run, start_run
 from ._version import __version__
@@ -66,6 +67,7 @@ __all__ = [
     "JobLimitExceeded",
     "JobState",
     "NoActiveJobError",
+    "Schedule",
     "SchemaVersionError",
     "SinkError",
     "StartedRun",
@@ -82,6 +84,7 @@ __all__ = [
     "pending_run",
     "report_progress",
     "reset",
+    "schedule",
     "shutdown",
     "start_run",
     "supervised",

@@ -58,6 +58,9 @@ class supervised:
         attempt: the attempt number (default 1).
         attributes: static span/record attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
+        schedule: the schedule the runs belong to (its name, or what
+            :func:`chaperone_otel.schedule` returned): the store matches each run to the
+            slot it started in, so a slot without a run is found missed.
         lease: ``"heartbeat"`` (default): the job's code keeps the run alive by calling
             ``heartbeat()``/``report_progress()`` within ``heartbeat_interval``, and is stuck
             after 3 silent intervals. ``"liveness"``: for code that cannot heartbeat (one long
@@ -103,6 +106,7 @@ class supervised:
         attempt: int | None = None,
         attributes: Mapping[str, Any] | None = None,
         tracer_provider: Any = None,
+        schedule: Any = None,
         lease: Lease | None = None,
         on_heartbeat_missed: Callable[..., object] | None = None,
         on_stuck: Callable[..., object] | None = None,
@@ -136,6 +140,7 @@ class supervised:
             },
             lease=lease,
             tracer_provider=tracer_provider,
+            schedule=schedule,
         )
         # Which run this object entered, per thread and per task: one `supervised(...)`
         # object may be entered concurrently (a module-level context manager used by many

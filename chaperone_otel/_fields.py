@@ -197,7 +197,15 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("span_seen", _B, None, "internal", record=None, doc="A finished span arrived."),
     _f("heartbeat_rows", _I32, None, "internal", record=None, doc="Stored heartbeat rows."),
     _f("ingested_at", _T, None, "internal", record=None, doc="Last write time."),
-    # Added by a migration (a store file keeps its columns in the order they were added).
+    # Added by migration 2 (issue 12: CPU attribution, stuck history, parent run).
+    _f("cpu_scope", _S, sc.ATTR_CPU_SCOPE, doc="What cpu_percent measured."),
+    _f("stuck_since", _T, sc.ATTR_JOB_STUCK_SINCE, "sticky", doc="When it first became stuck."),
+    _f("stuck_seconds", _F, sc.ATTR_JOB_STUCK_DURATION, "sticky", doc="Seconds spent stuck."),
+    _f("parent_run_id", _S, sc.ATTR_JOB_PARENT_RUN_ID, "sticky", doc="Enclosing run's id."),
+    # Added by migration 3 (issue 15: schedules).
+    _f("schedule", _S, sc.ATTR_SCHEDULE_NAME, doc="The schedule the run belongs to."),
+    _f("scheduled_for", _T, sc.ATTR_SCHEDULE_SCHEDULED_FOR, doc="The slot it serves."),
+    # Added by migration 4 (issue 13: executions, the lease, a pending run's due time).
     _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
     _f("lease", _S, sc.ATTR_JOB_LEASE, signal="lease", doc="heartbeat (NULL) or liveness."),
     _f("scheduled_at", _T, sc.ATTR_JOB_SCHEDULED_AT, "sticky", doc="Due time (ETA) if pending."),

@@ -26,6 +26,9 @@ Signals (all times are Unix seconds, durations seconds):
 ``timeout_at``         ``started_at + timeout`` (absent without a timeout)
 ``stall_deadline``     ``progress_updated_at + stall_timeout`` (absent without a stall budget)
 ``memory`` ...         latest samples, and ``memory_limit`` ... when a limit is set
+``cpu``                CPU the run can be charged with: absent while its reading is shared
+                       with other live runs (``cpu_scope = shared``, see ``_resources``), so
+                       no rendering judges another run's CPU as this run's
 ``violation_count``    violations recorded so far
 =====================  =====================================================================
 

@@ -148,6 +148,9 @@ def start_run(
     )
     if run_id is not None or spec.supervision_id is not None:
         _claim_attempt(run)
+    enclosing = current_run.get()
+    if enclosing is not None and enclosing._run.pid == run.pid:  # not a forked parent's run
+        run.parent = enclosing._run  # the run whose code started this one: its parent
     rt = runtime()
     try:
         run.span, run.otel_context, run.trace_id, run.span_id = rt.writer.start(
@@ -292,12 +295,17 @@ def limit_error(run: Run, exc: BaseException | None) -> BaseException | None:
 
 
 def bind_task(run: Run) -> None:
-    """Remember the asyncio task running ``run``, so a ``cancel`` limit policy can cancel it."""
+    """Remember the asyncio task running ``run``, so a ``cancel`` limit policy can cancel it,
+    and its loop thread's CPU clock."""
     try:
         run.task = asyncio.current_task()
         run.loop = asyncio.get_running_loop()
     except RuntimeError:
         run.task = None
+    else:
+        # The loop's thread runs the task: its CPU clock measures the run (shared with the
+        # loop's other runs, which the monitor tells apart: see _resources.cpu_scopes).
+        run.cpu_clock = _thread_cpu_clock()
 
 
 def uncancel(run: Run) -> None:

@@ -74,6 +74,14 @@ class JobState:
     trace_id: str | None = None
     span_id: str | None = None
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    """The id of the supervised run this one was started in (None: a top-level run)."""
+    stuck_since: float | None = None
+    """When the run first became stuck (Unix seconds), None if it never was."""
+    stuck_seconds: float | None = None
+    """Seconds the run has been stuck, all spells added up, None if it never was."""
+    cpu_scope: str | None = None
+    """What ``cpu_percent`` measured: ``thread``, ``process`` or ``shared`` (not its own)."""
 
     @property
     def percent(self) -> float:

@@ -73,7 +73,7 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
     run and at every flush).
     """
     handle = run.handle  # the hot path's fields: read here, on the record's thread
-    a = core_attributes(run)
+    a = core_attributes(run, now)
     a[sc.ATTR_PROGRESS_RATIO] = handle.progress_ratio
     a[sc.ATTR_PROGRESS_UPDATED_AT] = run.progress_updated_at
     if run.timeout is not None:
@@ -101,6 +101,8 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
         a[sc.ATTR_MEMORY_PEAK] = run.memory_peak
     if run.cpu_percent is not None:
         a[sc.ATTR_CPU_PERCENT] = run.cpu_percent
+        if run.cpu_scope is not None:
+            a[sc.ATTR_CPU_SCOPE] = run.cpu_scope
     if run.fds is not None:
         a[sc.ATTR_OPEN_FDS] = run.fds
     if run.memory_limit is not None:
@@ -111,6 +113,10 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
         a[sc.ATTR_LIMIT_FDS] = run.fd_limit
     if run.error_stacktrace is not None:
         a[sc.ATTR_ERROR_STACKTRACE] = run.error_stacktrace
+    if run.schedule is not None:
+        a[sc.ATTR_SCHEDULE_NAME] = run.schedule
+        if run.scheduled_for is not None:
+            a[sc.ATTR_SCHEDULE_SCHEDULED_FOR] = run.scheduled_for
     meta = present(handle._meta)
     if meta:
         a[sc.ATTR_METADATA] = to_json(meta)
@@ -120,7 +126,7 @@ def record_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
     return a
 
 
-def core_attributes(run: Run) -> dict[str, AttributeValue]:
+def core_attributes(run: Run, now: float) -> dict[str, AttributeValue]:
     """The part of :func:`record_attributes` that holds no user value (identity, status,
     times, outcome): the fallback when the full state cannot be written."""
     a: dict[str, AttributeValue] = {
@@ -151,6 +157,12 @@ def core_attributes(run: Run) -> dict[str, AttributeValue]:
         a[sc.ATTR_ERROR_TYPE] = run.error_type
     if run.error_message is not None:
         a[sc.ATTR_ERROR_MESSAGE] = run.error_message
+    if run.parent is not None:
+        a[sc.ATTR_JOB_PARENT_RUN_ID] = run.parent.id
+    stuck = run.stuck_time
+    if stuck is not None:  # kept after the run recovers: the store keeps the history
+        a[sc.ATTR_JOB_STUCK_SINCE] = stuck.since
+        a[sc.ATTR_JOB_STUCK_DURATION] = stuck.seconds(now)
     return a
 
 
@@ -196,7 +208,7 @@ def publish(
             attributes = record_attributes(run, now)
         except Exception as exc:
             internal_error(f"record:{event_name}", exc)
-            attributes = core_attributes(run)
+            attributes = core_attributes(run, now)
         if event:
             attributes.update(event)
         deliver(

@@ -29,7 +29,7 @@ from . import _process, _values
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
-from ._values import FirstProgress, present, replaced
+from ._values import FirstProgress, StuckTime, present, replaced
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -467,6 +467,7 @@ class Run:
         "cpu_clock",
         "cpu_limit",
         "cpu_percent",
+        "cpu_scope",
         "error_message",
         "error_stacktrace",
         "error_type",
@@ -490,9 +491,12 @@ class Run:
         "name",
         "on_limit",
         "otel_context",
+        "parent",
         "pid",
         "progress_updated_at",
         "queue",
+        "schedule",
+        "scheduled_for",
         "span",
         "span_id",
         "stall_timeout",
@@ -500,6 +504,7 @@ class Run:
         "static",
         "status",
         "stuck",
+        "stuck_time",
         "task",
         "timeout",
         "timeout_at",
@@ -537,6 +542,7 @@ class Run:
         self.fd_limit = spec.fd_limit
         self.on_limit: str = static.on_limit
         self.attributes = dict(spec.attributes) if spec.attributes else {}
+        self.schedule, self.scheduled_for = spec.schedule, spec.scheduled_for
         self.hooks: Hooks = static.hooks
         self.absent = static.absent
         self.status = "pending"
@@ -553,10 +559,13 @@ class Run:
         self.memory: int | None = None
         self.memory_peak: int | None = None
         self.cpu_percent: float | None = None
+        self.cpu_scope: str | None = None  # what cpu_percent measured (see _resources)
         self.fds: int | None = None
         self.violations: list[Violation] = []
         self.health: Health = "healthy"
         self.stuck = False
+        self.stuck_time: StuckTime | None = None  # set the first time it is judged stuck
+        self.parent: Run | None = None  # the run current where this one started (_lifecycle)
         self.missed = 0
         self.error_type: str | None = None
         self.error_message: str | None = None
@@ -712,7 +721,7 @@ class Run:
             "stall_deadline": self.stall_deadline,
             "memory": self.memory,
             "memory_limit": self.memory_limit,
-            "cpu": self.cpu_percent,
+            "cpu": self.cpu_percent if self.cpu_scope != "shared" else None,
             "cpu_limit": self.cpu_limit,
             "fds": self.fds,
             "fd_limit": self.fd_limit,
@@ -721,13 +730,10 @@ class Run:
 
     def detach(self) -> None:
         """Let go of the user's handle once the run has finished, keeping a copy of its
-        hot-path fields for late readers (a gauge collection racing the finish).
-
-        The handle refers to this state and this state to the handle: a cycle, which
-        kept every finished run (and its span) alive until the cyclic garbage collector
-        ran, ~8 us a run (bench/bench_runtime.py). Without it, a finished run nobody holds
-        is freed at once.
-        """
+        hot-path fields for late readers (a gauge collection racing the finish). The handle
+        refers to this state and this state to the handle: a cycle, which kept every finished
+        run (and its span) alive until the cyclic garbage collector ran, ~8 us a run
+        (bench/bench_runtime.py). Without it, a finished run nobody holds is freed at once."""
         self.handle = self.handle._copy()
 
     def snapshot(self, now: float | None = None, handle: Supervision | None = None) -> JobState:
@@ -779,6 +785,10 @@ class Run:
             trace_id=format(self.trace_id, "032x") if traced else None,
             span_id=format(self.span_id, "016x") if traced else None,
             attributes=dict(self.attributes),
+            parent_run_id=self.parent.id if self.parent is not None else None,
+            stuck_since=self.stuck_time.since if self.stuck_time is not None else None,
+            stuck_seconds=self.stuck_time.seconds(end) if self.stuck_time is not None else None,
+            cpu_scope=self.cpu_scope,
         )
 
     def next_seq(self) -> int:

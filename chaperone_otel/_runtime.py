@@ -42,9 +42,10 @@ from ._health import Rules, rules
 from ._model import Violation
 from ._otel import OTelWriter
 from ._record import emit, to_json
-from ._resources import ProcessSample, ProcessSampler, read_thread_cpu
+from ._resources import ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
 from ._safety import handle_internal_errors, internal_error
+from ._values import StuckTime
 from .exceptions import JobLimitExceeded
 
 logger = logging.getLogger("chaperone_otel")
@@ -69,6 +70,7 @@ class Watch:
         "flushed_progress_at",
         "next_flush",
         "run",
+        "shared_at",
         "since",
         "timed_out",
         "violated",
@@ -86,6 +88,7 @@ class Watch:
         self.flushed_phase: str | None = None
         self.violated: set[str] | None = None  # limit types already recorded
         self.cpu_prev: tuple[float, float] | None = None  # (monotonic, thread cpu seconds)
+        self.shared_at = -math.inf  # the latest pass that found its CPU shared (monotonic)
         self.timed_out = False
 
 
@@ -113,6 +116,7 @@ class Runtime:
         self._sample: ProcessSample | None = None
         self._proc_cpu: float | None = None
         self._proc_cpu_since = 0.0  # monotonic start of the window _proc_cpu measures
+        self._cpu_scopes: dict[int, str] = {}  # id(run) -> its CPU reading's scope, per tick
         self.background = True
         self._bound_wake = self.wake  # one bound method for every run, not one per run
         self.writer = OTelWriter(config, self.live_runs)
@@ -282,6 +286,7 @@ class Runtime:
         self._next_sample = 0.0
         self._sample = None  # the parent's reading
         self._proc_cpu = None
+        self._cpu_scopes = {}
 
     # ---- one tick ------------------------------------------------------------------------
 
@@ -295,6 +300,8 @@ class Runtime:
             self._sample_process()
             with self._lock:
                 watches = list(self._runs.values())
+            with handle_internal_errors("resources.cpu_scopes"):
+                self._cpu_scopes = cpu_scopes([watch.run for watch in watches])
             for watch in watches:
                 with handle_internal_errors("monitor.run"):
                     self._tick_run(watch, watch.run.clock())
@@ -392,29 +399,40 @@ class Runtime:
             run.memory = sample.rss
             run.memory_peak = max(run.memory_peak or 0, sample.rss)
         run.fds = sample.fds
+        mono = time.monotonic()
+        # Not in this pass's scopes: started since; judged on nothing until it is.
+        scope = self._cpu_scopes.get(id(run), "shared")
+        if scope == "shared":
+            watch.shared_at = mono
         cpu: float | None = None
+        window = mono  # the reading's window starts here (monotonic)
         if run.cpu_clock is not None:
             used = read_thread_cpu(run.cpu_clock)
-            mono = time.monotonic()
             if used is None:
                 run.cpu_clock = None  # the thread is gone: fall back to the process
             else:
                 prev = watch.cpu_prev
                 if prev is not None and mono - prev[0] >= 0.05:
                     cpu = max(0.0, 100.0 * (used - prev[1]) / (mono - prev[0]))
+                    window = prev[0]
                     watch.cpu_prev = (mono, used)
                 elif prev is None:
                     watch.cpu_prev = (mono, used)
         if cpu is None and run.cpu_clock is None and self._proc_cpu_since >= watch.since:
             cpu = self._proc_cpu  # a process rate measured wholly within this run
+            window = self._proc_cpu_since
         if cpu is not None:
             run.cpu_percent = cpu
+            # The reading is the run's own only if no pass in its window found an unrelated
+            # run on the same thread (or process): a run that just ended may have used it.
+            run.cpu_scope = "shared" if watch.shared_at >= window else scope
 
     def _check_limits(self, watch: Watch, now: float, actions: list[Callable[[], object]]) -> None:
         run = watch.run
         checks: tuple[tuple[str, float | None, float | None], ...] = (
             ("memory", run.memory_limit, run.memory),
-            ("cpu", run.cpu_limit, run.cpu_percent),
+            # CPU shared with unrelated runs is not this run's: no limit is enforced on it.
+            ("cpu", run.cpu_limit, run.cpu_percent if run.cpu_scope != "shared" else None),
             ("fds", run.fd_limit, run.fds),
         )
         for kind, limit, actual in checks:
@@ -544,6 +562,8 @@ class Runtime:
         missed = max(0, math.floor((now - run.last_heartbeat) / run.heartbeat_interval))
         old_health, old_stuck, old_missed = run.health, run.stuck, run.missed
         run.health, run.stuck, run.missed = health, stuck, missed
+        if stuck != old_stuck:  # before the health record below, which carries the history
+            stuck_time(run, now, stuck=stuck)
         if missed > old_missed:
             self.writer.heartbeats_missed(run, missed - old_missed)
             snapshot = run.snapshot(now)
@@ -606,6 +626,8 @@ class Runtime:
         if health is None:
             health = self.rules.verdict(run.status)(run.signals(now), now)
         run.health = health
+        if run.stuck:
+            stuck_time(run, now, stuck=False)  # the finished record has the whole history
         run.stuck = False
         return actions
 
@@ -617,6 +639,18 @@ class Runtime:
                 self._dispatch(action)
             except Exception as exc:  # e.g. no thread can be started for the hooks
                 internal_error("hooks.dispatch", exc)
+
+
+def stuck_time(run: Run, now: float, *, stuck: bool) -> None:
+    """Record a stuck spell's start or end in the run's :class:`StuckTime` (under its lock)."""
+    history = run.stuck_time
+    if not stuck:
+        if history is not None:
+            history.leave(now)
+    elif history is None:
+        run.stuck_time = StuckTime(now)
+    else:
+        history.enter(now)
 
 
 def _bind(

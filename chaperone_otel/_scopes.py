@@ -132,7 +132,25 @@ SCOPES: Final[tuple[ScopeSpec, ...]] = (
         metavar="START END",
     ),
     ScopeSpec("memory_above", "memory_above", "bytes", "Memory above, e.g. 512MiB.", "", "SIZE"),
-    ScopeSpec("cpu_above", "cpu_above", "percent", "CPU percent above.", "", "PCT"),
+    ScopeSpec("cpu_above", "cpu_above", "percent", "CPU percent above (own CPU only).", "", "PCT"),
+    ScopeSpec(
+        "was_stuck", "stuck_since", "none", "Were ever stuck: still, or recovered, or ended."
+    ),
+    ScopeSpec(
+        "stuck_since",
+        "stuck_since",
+        "since",
+        "First stuck since: a duration ago (1h, 7d) or an ISO date/time.",
+        metavar="WHEN",
+    ),
+    ScopeSpec(
+        "children_of",
+        "parent_run_id",
+        "text",
+        "Runs started inside this run (nested runs).",
+        "parent",
+        "RUN_ID",
+    ),
 )
 """Every scope, in the order the CLI lists (and applies) them."""
 

@@ -26,6 +26,8 @@ from ._lifecycle import forget_attempts
 from ._otel import reset_instruments
 from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
 from ._safety import handle_internal_errors, reset_internal_errors
+from ._schedule import forget_all as forget_schedules
+from ._schedule import redeclare_all
 
 logger = logging.getLogger("chaperone_otel")
 
@@ -184,7 +186,9 @@ def configure(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        return _setup
+        configured = _setup
+    redeclare_all()  # the schedules declared before: to the new listeners (the store)
+    return configured
 
 
 def _teardown_locked() -> None:
@@ -285,3 +289,4 @@ def reset() -> None:
     reset_internal_errors()
     reset_instruments()
     forget_attempts()
+    forget_schedules()

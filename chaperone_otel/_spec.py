@@ -48,6 +48,8 @@ class Spec:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     hooks: Hooks = field(default_factory=Hooks)
     tracer_provider: Any = None
+    schedule: str | None = None
+    scheduled_for: float | None = None
     lease: Lease | None = None
 
 
@@ -67,6 +69,8 @@ def make_spec(
     attributes: Mapping[str, Any] | None,
     hooks: Mapping[str, Any],
     tracer_provider: Any,
+    schedule: Any = None,
+    scheduled_for: Any = None,
     lease: Any = None,
 ) -> Spec:
     """Validate every option now: misuse fails at decoration time (DESIGN §8)."""
@@ -132,8 +136,37 @@ def make_spec(
         attributes=attrs,
         hooks=Hooks.from_kwargs(hooks),
         tracer_provider=tracer_provider,
+        schedule=schedule_name(schedule),
+        scheduled_for=_moment(scheduled_for),
         lease=lease,
     )
+
+
+def schedule_name(schedule: Any) -> str | None:
+    """The schedule a job's runs belong to: a name, or anything with a ``name`` (the
+    :class:`~chaperone_otel.Schedule` that ``chaperone_otel.schedule()`` returns)."""
+    if schedule is None:
+        return None
+    name = schedule if isinstance(schedule, str) else getattr(schedule, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(
+            "schedule= takes a schedule's name or what chaperone_otel.schedule() returned, "
+            f"got {schedule!r}"
+        )
+    return name.strip()
+
+
+def _moment(value: Any) -> float | None:
+    """A slot's due time as Unix seconds (a number or an aware datetime)."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp") and getattr(value, "tzinfo", None) is not None:
+        value = value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"scheduled_for must be Unix seconds or an aware datetime, got {value!r}"
+        )
+    return float(value)
 
 
 def qualified_name(func: Callable[..., Any]) -> str:

@@ -176,6 +176,8 @@ def start_run(
     lease: Lease | None = None,
     attributes: Mapping[str, Any] | None = None,
     tracer_provider: Any = None,
+    schedule: Any = None,
+    scheduled_for: Any = None,
 ) -> StartedRun:
     """Start a run now, under a framework's identity, without making it current.
 
@@ -198,6 +200,9 @@ def start_run(
             for tasks that never call ``heartbeat()``; stuck only past ``timeout``).
         attributes: static attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
+        schedule: the schedule the run belongs to (a name, or a ``Schedule``).
+        scheduled_for: the due time of the slot it serves (Unix seconds or an aware
+            datetime), when the scheduler knows it (Celery beat does).
 
     Returns:
         The started run; make it current with :meth:`StartedRun.activate` and end it with
@@ -227,6 +232,8 @@ def start_run(
         attributes=attributes,
         hooks={},
         tracer_provider=tracer_provider,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
         lease=lease,
     )
     if spec.name is None:

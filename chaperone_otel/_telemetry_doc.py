@@ -69,6 +69,7 @@ def render() -> str:
     for title, specs in (
         ("Worker metrics", sc.RUNTIME_METRICS),
         ("Sink (fleet) metrics", sc.SINK_METRICS),
+        ("Schedule metrics (sink)", sc.SCHEDULE_METRICS),
     ):
         lines += [
             "",

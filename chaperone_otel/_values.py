@@ -13,6 +13,7 @@ from typing import Any, Final, cast
 __all__ = [
     "ABSENT",
     "FirstProgress",
+    "StuckTime",
     "as_float",
     "checked_progress",
     "new_run_id",
@@ -126,3 +127,35 @@ def checked_progress(current: object, total: object) -> tuple[float, float]:
             "(or 0, 0 for an empty batch)"
         )
     return c, t
+
+
+class StuckTime:
+    """When a run first became stuck and how long it has been stuck, all spells added up.
+
+    Created by the monitor the first time it judges the run stuck and kept for the run's
+    life (written under the run's lock), so the run's records say it was stuck even after it
+    recovered or ended: "which runs got stuck today" needs the history, not the live flag.
+    """
+
+    __slots__ = ("entered", "since", "total")
+
+    def __init__(self, now: float) -> None:
+        self.since = now  # the first spell's start
+        self.total = 0.0  # seconds of the spells that have ended
+        self.entered: float | None = now  # the current spell's start, None when not stuck
+
+    def enter(self, now: float) -> None:
+        """The run is stuck again (a new spell)."""
+        if self.entered is None:
+            self.entered = now
+
+    def leave(self, now: float) -> None:
+        """The run is no longer stuck (it beat, or it ended)."""
+        if self.entered is not None:
+            self.total += max(0.0, now - self.entered)
+            self.entered = None
+
+    def seconds(self, now: float) -> float:
+        """Seconds stuck up to ``now``."""
+        entered = self.entered
+        return self.total + (max(0.0, now - entered) if entered is not None else 0.0)

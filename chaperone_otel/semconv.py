@@ -114,6 +114,18 @@ ATTR_JOB_HEALTH: Final = "chaperone.job.health"
 ATTR_JOB_STUCK: Final = "chaperone.job.stuck"
 """True while the run is stuck (overdue heartbeat or past its deadline, process alive)."""
 
+ATTR_JOB_STUCK_SINCE: Final = "chaperone.job.stuck.since"
+"""When the run first became stuck, Unix seconds; absent on a run that never was. Kept once
+set, so a run that was stuck and then completed still says so."""
+
+ATTR_JOB_STUCK_DURATION: Final = "chaperone.job.stuck.duration"
+"""Seconds the run has spent stuck so far (every stuck spell added up); absent on a run that
+never was stuck."""
+
+ATTR_JOB_PARENT_RUN_ID: Final = "chaperone.job.parent.run_id"
+"""The run id of the supervised run this one was started in (same thread or task context),
+absent for a top-level run. Unbounded: never a metric label."""
+
 ATTR_JOB_SEQUENCE: Final = "chaperone.job.sequence"
 """Per-run record sequence number; lets the sink ingest idempotently and in order."""
 
@@ -185,6 +197,12 @@ ATTR_CPU_PERCENT: Final = "chaperone.job.cpu.percent"
 """CPU use in percent of one core over the last sample window (thread CPU for a
 thread-bound run where the OS allows, else the process)."""
 
+ATTR_CPU_SCOPE: Final = "chaperone.job.cpu.scope"
+"""What ``chaperone.job.cpu.percent`` measured: ``thread`` (the run's own thread: a sync run,
+or an async run alone on its event loop), ``process`` (the whole process, the run being its
+only live run) or ``shared`` (a thread or process other live runs use too: the reading is not
+the run's own, so no CPU limit is enforced on it and no CPU rule or scope judges it)."""
+
 ATTR_OPEN_FDS: Final = "chaperone.job.open_fds"
 """Open file descriptors of the run's process."""
 
@@ -244,6 +262,53 @@ ATTR_INTERNAL_WHERE: Final = "chaperone.internal.where"
 
 ATTR_USER_PREFIX: Final = "chaperone.job.attr."
 """Prefix of user-supplied static run attributes (``attributes=`` of ``supervised``)."""
+
+# --------------------------------------------------------------------------------------------
+# Schedules (issue 15): a declaration is a log record of its own; a run names its schedule.
+# --------------------------------------------------------------------------------------------
+
+EVENT_SCHEDULE_DECLARED: Final = "chaperone.schedule.declared"
+"""A schedule was declared (or re-declared: the newest declaration of a name wins). Not a
+run's record: it carries the schedule's attributes only, no run id."""
+
+EVENT_SCHEDULE_DISPATCHED: Final = "chaperone.schedule.dispatched"
+"""A scheduler (Celery beat) sent a run of a schedule: the run may still never start (a queue
+nobody consumes), and the store can then tell that apart from a scheduler that never sent it."""
+
+ATTR_SCHEDULE_RUN_ID: Final = "chaperone.schedule.run.id"
+"""On a dispatch record: the run id the dispatched run will have (the Celery task id)."""
+
+ATTR_SCHEDULE_NAME: Final = "chaperone.schedule.name"
+"""The schedule a declaration defines, or a run belongs to. Bounded; a metric label."""
+
+ATTR_SCHEDULE_SCHEDULED_FOR: Final = "chaperone.schedule.scheduled_for"
+"""On a run: the Unix time of the slot it serves, when the scheduler knows it (beat does)."""
+
+ATTR_SCHEDULE_CRON: Final = "chaperone.schedule.cron"
+"""A cron expression (5 fields, evaluated by cronsim in ``chaperone.schedule.timezone``)."""
+
+ATTR_SCHEDULE_INTERVAL: Final = "chaperone.schedule.interval"
+"""Seconds between runs, for an interval schedule (the next run is due this long after the
+previous one started, as a healthchecks.io "simple" check)."""
+
+ATTR_SCHEDULE_TIMEZONE: Final = "chaperone.schedule.timezone"
+"""The IANA zone a cron expression is read in (``UTC`` unless given)."""
+
+ATTR_SCHEDULE_GRACE: Final = "chaperone.schedule.grace"
+"""Seconds after a slot's due time within which a run still fulfils it (late, not missed)."""
+
+ATTR_SCHEDULE_MAX_RUNTIME: Final = "chaperone.schedule.max_runtime"
+"""Seconds a run of the schedule may run before it has overrun."""
+
+ATTR_SCHEDULE_FAILURE_THRESHOLD: Final = "chaperone.schedule.failure_threshold"
+"""Consecutive failed runs that make the schedule failing."""
+
+ATTR_SCHEDULE_DECLARE_EVERY: Final = "chaperone.schedule.declare_every"
+"""Seconds between re-declarations by a scheduler that keeps declaring (beat); its silence
+for a few of them means the scheduler is lost. Absent: declared once (no liveness)."""
+
+ATTR_SCHEDULE_SOURCE: Final = "chaperone.schedule.source"
+"""Who declared it: ``code`` (``chaperone_otel.schedule()``) or ``celery-beat``."""
 
 # --------------------------------------------------------------------------------------------
 # Metrics.
@@ -405,7 +470,8 @@ METRIC_JOB_CPU: Final = MetricSpec(
     "chaperone.job.cpu.utilization",
     "gauge",
     "1",
-    "CPU use of live runs as a fraction of one core (1.0 = one full core).",
+    "CPU use of live runs as a fraction of one core (1.0 = one full core); only CPU a run "
+    "can be charged with: no series while its reading is shared with other runs.",
     _LIVE_LABELS,
 )
 METRIC_JOB_CPU_LIMIT: Final = MetricSpec(
@@ -581,6 +647,106 @@ SINK_METRICS: Final = (
 """Fleet metrics served by ``chaperone-otel sink serve`` (names only; values come from SQL)."""
 
 # --------------------------------------------------------------------------------------------
+# Schedule metrics: computed from the store's schedules and slots by the sink's /metrics.
+# --------------------------------------------------------------------------------------------
+
+_SCHEDULE_LABELS: Final = (ATTR_SCHEDULE_NAME,)
+
+METRIC_SCHEDULE_LAST_DUE: Final = MetricSpec(
+    "chaperone.schedule.last_due_timestamp",
+    "gauge",
+    "s",
+    "Unix time the schedule's latest decided slot fell due (the newest whose grace has passed).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_LAST_OPENS: Final = MetricSpec(
+    "chaperone.schedule.last_opens_timestamp",
+    "gauge",
+    "s",
+    "Unix time from which a run counts for the schedule's latest decided slot (a cron slot: a "
+    "little before it is due; an interval slot: the previous run's start).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_LAST_START: Final = MetricSpec(
+    "chaperone.schedule.last_start_timestamp",
+    "gauge",
+    "s",
+    "Unix time the schedule's latest run started (no series before its first run).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_LAST_SUCCESS: Final = MetricSpec(
+    "chaperone.schedule.last_success_timestamp",
+    "gauge",
+    "s",
+    "Unix time the schedule's latest completed run finished (no series before one).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_RUNNING_SINCE: Final = MetricSpec(
+    "chaperone.schedule.running_since_timestamp",
+    "gauge",
+    "s",
+    "Unix time the schedule's latest run started, while that run is running (else no series).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_GRACE: Final = MetricSpec(
+    "chaperone.schedule.grace",
+    "gauge",
+    "s",
+    "The schedule's grace: how long after a due time a run may still start.",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_MAX_RUNTIME: Final = MetricSpec(
+    "chaperone.schedule.max_runtime",
+    "gauge",
+    "s",
+    "How long a run of the schedule may run (no series without one).",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_CONSECUTIVE_FAILURES: Final = MetricSpec(
+    "chaperone.schedule.consecutive_failures",
+    "gauge",
+    "{run}",
+    "Failed runs in a row, counted back from the schedule's latest finished run.",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_FAILURE_THRESHOLD: Final = MetricSpec(
+    "chaperone.schedule.failure_threshold",
+    "gauge",
+    "{run}",
+    "Failed runs in a row that make the schedule failing.",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_LAST_DECLARED: Final = MetricSpec(
+    "chaperone.schedule.last_declared_timestamp",
+    "gauge",
+    "s",
+    "Unix time of the schedule's latest declaration.",
+    _SCHEDULE_LABELS,
+)
+METRIC_SCHEDULE_DECLARE_EVERY: Final = MetricSpec(
+    "chaperone.schedule.declare_every",
+    "gauge",
+    "s",
+    "Seconds between the scheduler's re-declarations (no series when declared once).",
+    _SCHEDULE_LABELS,
+)
+
+SCHEDULE_METRICS: Final = (
+    METRIC_SCHEDULE_LAST_DUE,
+    METRIC_SCHEDULE_LAST_OPENS,
+    METRIC_SCHEDULE_LAST_START,
+    METRIC_SCHEDULE_LAST_SUCCESS,
+    METRIC_SCHEDULE_RUNNING_SINCE,
+    METRIC_SCHEDULE_GRACE,
+    METRIC_SCHEDULE_MAX_RUNTIME,
+    METRIC_SCHEDULE_CONSECUTIVE_FAILURES,
+    METRIC_SCHEDULE_FAILURE_THRESHOLD,
+    METRIC_SCHEDULE_LAST_DECLARED,
+    METRIC_SCHEDULE_DECLARE_EVERY,
+)
+"""Schedule metrics served on the sink's fleet ``/metrics`` (values from the store)."""
+
+# --------------------------------------------------------------------------------------------
 # Prometheus name derivation (mirrors opentelemetry-exporter-prometheus/_mapping.py).
 # --------------------------------------------------------------------------------------------
 
@@ -643,6 +809,7 @@ def all_metric_specs() -> tuple[MetricSpec, ...]:
 
 __all__ = [
     "ATTR_CPU_PERCENT",
+    "ATTR_CPU_SCOPE",
     "ATTR_ERROR_MESSAGE",
     "ATTR_ERROR_STACKTRACE",
     "ATTR_ERROR_TYPE",
@@ -661,6 +828,7 @@ __all__ = [
     "ATTR_JOB_HEALTH",
     "ATTR_JOB_LEASE",
     "ATTR_JOB_NAME",
+    "ATTR_JOB_PARENT_RUN_ID",
     "ATTR_JOB_QUEUE",
     "ATTR_JOB_RUN_ID",
     "ATTR_JOB_SCHEDULED_AT",
@@ -669,6 +837,8 @@ __all__ = [
     "ATTR_JOB_STARTED_AT",
     "ATTR_JOB_STATUS",
     "ATTR_JOB_STUCK",
+    "ATTR_JOB_STUCK_DURATION",
+    "ATTR_JOB_STUCK_SINCE",
     "ATTR_JOB_TIMEOUT",
     "ATTR_JOB_TIMEOUT_AT",
     "ATTR_LIMIT_ACTUAL",
@@ -690,6 +860,17 @@ __all__ = [
     "ATTR_PROGRESS_RATIO",
     "ATTR_PROGRESS_TOTAL",
     "ATTR_PROGRESS_UPDATED_AT",
+    "ATTR_SCHEDULE_CRON",
+    "ATTR_SCHEDULE_DECLARE_EVERY",
+    "ATTR_SCHEDULE_FAILURE_THRESHOLD",
+    "ATTR_SCHEDULE_GRACE",
+    "ATTR_SCHEDULE_INTERVAL",
+    "ATTR_SCHEDULE_MAX_RUNTIME",
+    "ATTR_SCHEDULE_NAME",
+    "ATTR_SCHEDULE_RUN_ID",
+    "ATTR_SCHEDULE_SCHEDULED_FOR",
+    "ATTR_SCHEDULE_SOURCE",
+    "ATTR_SCHEDULE_TIMEZONE",
     "ATTR_SERVICE_INSTANCE_ID",
     "ATTR_SERVICE_NAME",
     "ATTR_USER_PREFIX",
@@ -702,6 +883,8 @@ __all__ = [
     "EVENT_JOB_PROGRESS",
     "EVENT_JOB_STARTED",
     "EVENT_JOB_VIOLATION",
+    "EVENT_SCHEDULE_DECLARED",
+    "EVENT_SCHEDULE_DISPATCHED",
     "INSTRUMENTATION_SCOPE",
     "InstrumentKind",
     "LIFECYCLE_EVENTS",
@@ -729,6 +912,17 @@ __all__ = [
     "METRIC_JOB_STALL_DEADLINE",
     "METRIC_JOB_STARTED_TIMESTAMP",
     "METRIC_JOB_VIOLATIONS",
+    "METRIC_SCHEDULE_CONSECUTIVE_FAILURES",
+    "METRIC_SCHEDULE_DECLARE_EVERY",
+    "METRIC_SCHEDULE_FAILURE_THRESHOLD",
+    "METRIC_SCHEDULE_GRACE",
+    "METRIC_SCHEDULE_LAST_DECLARED",
+    "METRIC_SCHEDULE_LAST_DUE",
+    "METRIC_SCHEDULE_LAST_OPENS",
+    "METRIC_SCHEDULE_LAST_START",
+    "METRIC_SCHEDULE_LAST_SUCCESS",
+    "METRIC_SCHEDULE_MAX_RUNTIME",
+    "METRIC_SCHEDULE_RUNNING_SINCE",
     "METRIC_SINK_HEARTBEAT_AGE_RATIO",
     "METRIC_SINK_LAST_INGEST",
     "METRIC_SINK_QUEUE_CAPACITY",
@@ -743,6 +937,7 @@ __all__ = [
     "METRIC_SINK_STORE_SIZE",
     "MetricSpec",
     "RUNTIME_METRICS",
+    "SCHEDULE_METRICS",
     "SINK_METRICS",
     "all_metric_specs",
     "prometheus_label",

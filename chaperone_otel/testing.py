@@ -257,6 +257,8 @@ class Capture:
         with self._records_lock:
             records = list(self.records)
         for record in records:
+            if sc.ATTR_JOB_RUN_ID not in record.attributes:  # a schedule's record, no run
+                continue
             key = (
                 str(record.attributes.get(sc.ATTR_JOB_RUN_ID)),
                 _as_int(record.attributes.get(sc.ATTR_JOB_ATTEMPT, 1)),

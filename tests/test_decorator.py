@@ -568,6 +568,7 @@ def test_hooks_with_defaults_varargs_and_methods_are_accepted() -> None:
     supervised(name="ok", on_complete=print)  # a builtin: nothing to check
 
 
+@pytest.mark.slow
 def test_a_scripts_default_names_carry_its_module(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Functions of a script are named after the script (``python nightly_import.py``) or
     the module it was run as (``python -m etl.nightly``), not bare: two scripts' ``nightly``

@@ -98,6 +98,7 @@ def test_a_supervised_run_carries_exactly_the_table_attributes():
             cpu_limit=100_000,
             fd_limit=1_000_000,
             heartbeat_interval=10,
+            schedule="fields.schedule",
         )
         def job() -> None:
             report_progress(1, 10, {"k": "v"}, phase="load")
@@ -105,14 +106,17 @@ def test_a_supervised_run_carries_exactly_the_table_attributes():
             wait.wait(0.06)  # CPU percent needs 50 ms of real time between two samples
             report_progress(5, 10)
             cap.advance(5)
+            cap.advance(31)  # silent for over 3 intervals: stuck (its history is recorded)
             raise RuntimeError("boom")
 
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError), supervised("fields.parent"):  # the parent link
             job()
         seen = set()
         for r in cap.records:
             seen |= {k for k in r.attributes if not k.startswith(sc.ATTR_USER_PREFIX)}
-    assert seen - EVENT_ATTRIBUTES == record_attributes() - OTHER_RECORDS
+    # Only a framework's start_run() knows the slot a run serves (scheduled_for).
+    assert seen - EVENT_ATTRIBUTES == record_attributes() - OTHER_RECORDS - {
+        sc.ATTR_SCHEDULE_SCHEDULED_FOR}
 
 
 # --- adding a field ----------------------------------------------------------------------
@@ -134,7 +138,7 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     """One new row (plus its migration) reaches the staging, the SQL table of an existing
     store (through the migration) and the record a query returns."""
     con = duckdb.connect(str(tmp_path / "jobs.duckdb"))
-    assert migrate(con, "jobs.duckdb") == SCHEMA_VERSION  # before the field existed
+    assert migrate(con, "jobs.duckdb") == SCHEMA_VERSION  # a store before the field existed
     staged = stage(
         [record(run_id="gpu-run", ts=T0, **{GPU.attribute: 87.5})],
         attributes=job_attributes(WITH_GPU),
@@ -150,9 +154,11 @@ def test_a_new_field_is_one_row_and_a_migration(tmp_path):
     assert [c.name for c in job_columns((*MIGRATIONS, ADD_GPU), WITH_GPU)][-1] == "gpu_percent"
 
     con.register("staged", staged)
-    con.execute("INSERT INTO jobs (run_id, attempt, name, status, started_at, gpu_percent) "
-                "SELECT run_id, attempt, name, status, make_timestamp(CAST(started_at * 1e6 "
-                "AS BIGINT)), gpu_percent FROM staged")
+    con.execute(
+        "INSERT INTO jobs (run_id, attempt, name, status, started_at, gpu_percent) "
+        "SELECT run_id, attempt, name, status, make_timestamp(CAST(started_at * 1e6 "
+        "AS BIGINT)), gpu_percent FROM staged"
+    )
     text = f"SELECT {select_list(DEFAULT_POLICY, record=GpuRecord, run_fields=WITH_GPU)} FROM jobs"
     cur = con.execute(text, {"now": T0})
     names = [d[0] for d in cur.description]

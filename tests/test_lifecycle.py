@@ -94,6 +94,7 @@ _ON_DUCKDB_1 = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @_ON_DUCKDB_1
 @pytest.mark.parametrize("mode", ["return", "exit"])
 def test_forked_child_leaving_the_parents_block_does_not_finish_its_run(

@@ -41,7 +41,7 @@ def test_names_are_unique_and_wellformed() -> None:
     for spec in specs:
         assert re.fullmatch(r"chaperone\.[a-z0-9_.]+", spec.name), spec.name
         assert "job" not in [sc.prometheus_label(label) for label in spec.labels]
-    events = [v for k, v in vars(sc).items() if k.startswith("EVENT_")]
+    events = [v for k, v in vars(sc).items() if k.startswith("EVENT_JOB_")]
     assert len(set(events)) == len(events) == len(sc.LIFECYCLE_EVENTS)
 
 

@@ -82,11 +82,11 @@ def test_rejects_what_python_311_rejects(text):
             parse(text)
 
 
-OFFSETS = st.builds(
-    timezone,
-    st.timedeltas(
-        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
-    ),
+# ISO 8601 offsets are hours and minutes. Python can write sub-minute ones, but CPython
+# 3.11's own fromisoformat drops a microsecond offset after an hours-only time
+# ("T00+00:00:00.000001" reads back as +00:00): not a moment anyone sends.
+OFFSETS = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
 )
 TRUNCATE = {
     "hours": {"minute": 0, "second": 0, "microsecond": 0},

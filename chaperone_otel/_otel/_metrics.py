@@ -177,9 +177,13 @@ class Instruments:
             (sc.METRIC_JOB_ETA, lambda r, now: r.eta(now)),
             (sc.METRIC_JOB_MEMORY, lambda r, now: r.memory),
             (sc.METRIC_JOB_MEMORY_LIMIT, lambda r, now: r.memory_limit),
-            (
+            (  # only CPU the run can be charged with: no series for a shared reading
                 sc.METRIC_JOB_CPU,
-                lambda r, now: None if r.cpu_percent is None else r.cpu_percent / 100,
+                lambda r, now: (
+                    None
+                    if r.cpu_percent is None or r.cpu_scope == "shared"
+                    else r.cpu_percent / 100
+                ),
             ),
             (
                 sc.METRIC_JOB_CPU_LIMIT,

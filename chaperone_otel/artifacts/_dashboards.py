@@ -32,11 +32,13 @@ from ._rules import (
     STATUS,
     AlertSettings,
 )
+from ._schedule_panels import schedule_panels
 
 SCHEMA_VERSION = 39
 """Grafana dashboard JSON schema version (Grafana 10.4 / 11)."""
 
 TAG = "chaperone-otel"
+
 DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 LIMIT_TYPE = sc.prometheus_label(sc.ATTR_LIMIT_TYPE)
 SOURCE = sc.prometheus_label(sc.METRIC_SINK_RECORDS_INGESTED.labels[0])
@@ -620,6 +622,7 @@ def sink(policy: HealthPolicy = DEFAULT_POLICY) -> dict[str, Any]:
             minimum=0,
             thresholds=_thresholds(("green", None), ("red", policy.lost_after)),
         ),
+        *schedule_panels(_panel, _target, sel),  # issue 15: _schedule_panels
     ]
     return _dashboard(
         "sink",

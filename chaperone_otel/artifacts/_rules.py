@@ -35,6 +35,7 @@ from .._health import (
     _Never,
     rules,
 )
+from ._schedule_alerts import schedule_alerts
 
 GROUP = "chaperone-otel"
 """The rule group name (STYLE §2)."""
@@ -409,6 +410,7 @@ def alerts(
                 "7m",
             ),
         ),
+        *schedule_alerts(Alert, Scenario, SINK_LABELS),  # issue 15: _schedule_alerts
     ]
 
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from rich import box
 from rich.cells import cell_len
@@ -385,6 +385,7 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         info.add_row(label, value if isinstance(value, Text) else Text(str(value)))
 
     row("run id", field(r, "id"))
+    row("parent run", field(r, "parent_run_id"))  # list its nested runs: jobs --parent ID
     row("attempt", field(r, "attempt"))
     row("execution", field(r, "execution_id"))
     row("job", field(r, "name"))
@@ -397,6 +398,12 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
     row("duration", fmt_duration(field(r, "duration")))
     if field(r, "timeout_at") is not None:
         row("timeout at", _iso(field(r, "timeout_at")))
+    if field(r, "stuck_since") is not None:  # kept after it recovered or ended
+        row(
+            "stuck",
+            f"since {_iso(field(r, 'stuck_since'))}, "
+            f"{fmt_duration(field(r, 'stuck_seconds'))} in all",
+        )
     progress = field(r, "progress")
     if progress is not None:
         bar = progress_bar(progress, 30)
@@ -429,10 +436,12 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         ),
     )
     cpu = field(r, "cpu_percent")
+    scope = field(r, "cpu_scope")
     row(
         "cpu",
         _with_limit(
-            "-" if cpu is None else f"{float(cpu):.1f}%",
+            ("-" if cpu is None else f"{float(cpu):.1f}%")
+            + (_CPU_SCOPE_TEXT.get(scope, f" ({scope})") if scope and cpu is not None else ""),
             field(r, "cpu_limit_percent"),
             lambda v: f"{float(v):.0f}%",
         ),
@@ -550,6 +559,13 @@ class _Error:
 
 _SHOWN_HEARTBEATS = 10
 """Heartbeats ``show`` lists (``show --json`` gives them all)."""
+
+
+_CPU_SCOPE_TEXT: Final = {
+    "thread": " (its thread)",
+    "process": " (whole process)",
+    "shared": " (shared with other runs: no limit or rule judges it)",
+}
 
 
 def _heartbeats(record: Any) -> list[Any]:

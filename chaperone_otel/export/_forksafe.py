@@ -26,14 +26,19 @@ lock (its ``shutdown()`` export hung for ever: 4 of 1,800 children under load), 
 between exports gave it the parent's idle socket, on which parent and child would then
 interleave requests. :func:`session` makes the session each OTLP exporter uses (the
 exporters' public ``session=`` argument), and a fork handler mounts new adapters on each in
-the child: new pools, new locks, new connections; the inherited ones are left alone, never
-closed (closing takes the lock).
+the child: new pools, new locks, new connections. The inherited pools are not used again,
+but urllib3 closes each pool's connections in a ``weakref.finalize`` (when the pool is
+collected, or at exit), which takes the lock of the pool's connection queue: held by the
+parent's exporter taking or returning a connection at the fork, it hung the child's exit
+(about 1 child in 3,000 in a loaded fork storm on Python 3.10). The handler gives each
+inherited queue new locks first, so that close runs, on the child's copies of the sockets.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import queue
 import threading
 import weakref
 from typing import Any, Final
@@ -93,13 +98,39 @@ def session(signal: str) -> Any:
     return made
 
 
+def _renew_queue_locks(connections: queue.Queue[Any]) -> None:
+    """New locks for a queue whose lock a thread that is gone may hold (a forked child)."""
+    connections.mutex = threading.Lock()
+    connections.not_empty = threading.Condition(connections.mutex)
+    connections.not_full = threading.Condition(connections.mutex)
+    connections.all_tasks_done = threading.Condition(connections.mutex)
+
+
+def _inherited_pools(adapter: Any) -> list[Any]:
+    """The connection pools of a ``requests`` adapter, read without taking its managers'
+    locks (a thread that is gone may hold them): urllib3's ``RecentlyUsedContainer`` keeps
+    them in ``_container``, as it has since urllib3 1.x."""
+    managers = [getattr(adapter, "poolmanager", None)]
+    managers += list((getattr(adapter, "proxy_manager", None) or {}).values())
+    pools: list[Any] = []
+    for manager in managers:
+        container = getattr(getattr(manager, "pools", None), "_container", None)
+        if container is not None:
+            pools += list(container.values())
+    return pools
+
+
 def _new_http_pools_in_child() -> None:
     if not _sessions:
         return
     from requests.adapters import HTTPAdapter  # noqa: PLC0415 - loaded already
 
     for made in list(_sessions):
-        for prefix in list(made.adapters):
+        for prefix, adapter in list(made.adapters.items()):
+            for pool in _inherited_pools(adapter):
+                connections = getattr(pool, "pool", None)
+                if isinstance(connections, queue.Queue):
+                    _renew_queue_locks(connections)
             made.mount(prefix, HTTPAdapter())
 
 

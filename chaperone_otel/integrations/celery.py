@@ -73,6 +73,8 @@ from .._start import close_run as _close_run
 from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
 from .._values import new_run_id as _new_execution_id
+from . import _celery_beat as _beat
+from ._celery_beat import instrument_beat, uninstrument_beat
 
 try:
     from celery import Celery, Task, signals
@@ -226,6 +228,7 @@ class _Instrumentation:
                 timeout=self.timeout(task, request),
                 heartbeat_interval=interval,
                 lease=lease,
+                **_beat.run_options(request),  # issue 15: the beat entry it serves
             )
             tokens = run.attach()
             with self.lock:
@@ -377,6 +380,8 @@ def instrument(
         raise ValueError(f"lease={lease!r}: choose one of {', '.join(_LEASES)}")
     inst = _Instrumentation(app, include, heartbeat_interval, lease, flush_timeout)
     _instrumented[key] = inst
+    if id(app) not in _beat._beats:  # beat entries become schedules (celery_beat)
+        _beat.instrument_beat(app)
     uid = f"{_UID}:{key}"
     signals.task_received.connect(inst.received, weak=False, dispatch_uid=uid)
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
@@ -403,4 +408,4 @@ def uninstrument(app: Celery) -> None:
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
 
 
-__all__ = ["instrument", "uninstrument"]
+__all__ = ["instrument", "instrument_beat", "uninstrument", "uninstrument_beat"]

@@ -31,6 +31,7 @@ failure rolls the whole batch back (the deleted rows come back with it).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -41,6 +42,7 @@ import pyarrow.compute as pc
 
 from .._fields import ERROR_STATUSES
 from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
+from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, TERMINAL_STATUSES
 
 _MAX_EPOCH: Final = 32_503_680_000  # year 3000: beyond it a time is garbage, stored as NULL
@@ -169,31 +171,10 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
     now = utc_now_naive()
     cur.execute("BEGIN TRANSACTION")
     try:
-        register("chaperone_stage_keys", _keys_table(staged.keys))
-        # cursor.sql runs a non-SELECT statement at once and keeps its RETURNING rows.
-        current = cur.sql(DELETE_JOBS).to_arrow_table()
-        new_beats: dict[Key, int] = {}
-        if staged.heartbeats is not None:
-            new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
-            result.heartbeats = sum(new_beats.values())
-        rows = merge_jobs(current, staged.logs, staged.spans, now)
-        over: list[Key] = []
-        if new_beats:
-            rows, over = _count_heartbeats(rows, new_beats, heartbeat_limit)
-        # Exactly the stored types, so the INSERT is a plain positional copy.
-        register("chaperone_stage_jobs", _cast_like(rows, current.schema))
-        cur.execute(INSERT_JOBS)
-        if over:
-            register("chaperone_stage_over", _keys_table(over))
-            deleted = cur.execute(TRIM_HEARTBEATS, {"limit": heartbeat_limit}).fetchall()
-            result.trimmed = int(deleted[0][0]) if deleted else 0
-        if staged.violations is not None:
-            register("chaperone_stage_violations", staged.violations)
-            cur.execute(INSERT_VIOLATIONS)
-        errors = _errors_of_failed_runs(staged.errors, rows)
-        if errors is not None:
-            register("chaperone_stage_errors", errors)
-            cur.execute(MERGE_ERRORS)
+        if staged.keys:
+            _write_runs(cur, staged, register, now, heartbeat_limit, result)
+        if staged.schedules:
+            store_declarations(cur, staged.schedules)
         cur.execute("COMMIT")
     except BaseException:
         # A failed COMMIT (a full disk) has already ended the transaction: the ROLLBACK's
@@ -223,6 +204,42 @@ def _errors_of_failed_runs(errors: pa.Table | None, rows: pa.Table) -> pa.Table 
     )
     kept = errors.filter(keep)
     return kept if kept.num_rows else None
+
+
+def _write_runs(
+    cur: Any,
+    staged: Staged,
+    register: Callable[[str, pa.Table], None],
+    now: datetime,
+    heartbeat_limit: int,
+    result: WriteResult,
+) -> None:
+    """The runs' part of :func:`write` (a batch of schedule declarations alone has none)."""
+    register("chaperone_stage_keys", _keys_table(staged.keys))
+    # cursor.sql runs a non-SELECT statement at once and keeps its RETURNING rows.
+    current = cur.sql(DELETE_JOBS).to_arrow_table()
+    new_beats: dict[Key, int] = {}
+    if staged.heartbeats is not None:
+        new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
+        result.heartbeats = sum(new_beats.values())
+    rows = merge_jobs(current, staged.logs, staged.spans, now)
+    over: list[Key] = []
+    if new_beats:
+        rows, over = _count_heartbeats(rows, new_beats, heartbeat_limit)
+    # Exactly the stored types, so the INSERT is a plain positional copy.
+    register("chaperone_stage_jobs", _cast_like(rows, current.schema))
+    cur.execute(INSERT_JOBS)
+    if over:
+        register("chaperone_stage_over", _keys_table(over))
+        deleted = cur.execute(TRIM_HEARTBEATS, {"limit": heartbeat_limit}).fetchall()
+        result.trimmed = int(deleted[0][0]) if deleted else 0
+    if staged.violations is not None:
+        register("chaperone_stage_violations", staged.violations)
+        cur.execute(INSERT_VIOLATIONS)
+    errors = _errors_of_failed_runs(staged.errors, rows)
+    if errors is not None:
+        register("chaperone_stage_errors", errors)
+        cur.execute(MERGE_ERRORS)
 
 
 def _keys_table(keys: Any) -> pa.Table:

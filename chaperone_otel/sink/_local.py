@@ -37,6 +37,7 @@ from ._results import (
     _json_obj,
     _utc,
 )
+from ._schedule_store import PRUNE_SCHEDULES
 from ._schema import predicate
 from ._store import (
     Store,
@@ -422,6 +423,8 @@ class LocalSink(Sink):
                         )
                     found = cur.execute("SELECT count(*) FROM chaperone_doomed").fetchone()
                     cur.execute("DROP TABLE chaperone_doomed")
+                    for statement in PRUNE_SCHEDULES:  # issue 15: old slots and dispatches
+                        cur.execute(statement, {"cutoff": cutoff})
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")

@@ -127,7 +127,8 @@ array and key-value-list values; 413 beyond). A chaperone record has ~28."""
 DEFAULT_MAX_ATTRIBUTES: Final = 1024
 """Attributes of one record, resource or event (and elements of one array value) at most."""
 
-_LIFECYCLE: Final = frozenset(sc.LIFECYCLE_EVENTS)
+_SCHEDULE_EVENTS: Final = frozenset((sc.EVENT_SCHEDULE_DECLARED, sc.EVENT_SCHEDULE_DISPATCHED))
+_LIFECYCLE: Final = frozenset((*sc.LIFECYCLE_EVENTS, *_SCHEDULE_EVENTS))
 _EVENT_NAME_ATTR: Final = "event.name"  # pre-1.5 OTLP: event name as an attribute
 _EXCEPTION_EVENT: Final = "exception"  # OTel span event written by record_exception()
 _EXCEPTION_TYPE: Final = "exception.type"  # its attribute naming the class (ours: error.type)
@@ -279,7 +280,7 @@ def _build_logs(access: LogAccessor, data: bytes) -> tuple[list[LifecycleRecord]
             if event not in _LIFECYCLE:
                 ignored += 1
                 continue
-            if record_key(attrs) is None:
+            if record_key(attrs) is None and event not in _SCHEDULE_EVENTS:
                 rejected += 1
                 continue
             if resource is None:

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._fields import field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
@@ -44,7 +44,10 @@ from ._results import (
     ViolationRecord,
     select_exprs,
 )
-from ._schema import predicate
+from ._schema import HEALTH_COLUMNS, predicate
+
+if TYPE_CHECKING:
+    from ._schedule_query import ScheduleQuery
 
 Step = tuple[Any, ...]
 
@@ -102,6 +105,13 @@ def _above(column: str) -> Callable[[SqlBuilder, Step, HealthPolicy], None]:
     return render
 
 
+def _stuck_since(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+    if step[1] is None:
+        sql.add("stuck_since IS NOT NULL")
+    else:
+        sql.add(f"stuck_since >= {sql.bind(naive_utc(step[1]))}")
+
+
 def _health(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
     sql.add(predicate(step[1], policy))
 
@@ -115,7 +125,9 @@ STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] 
     "run_id": _equals("run_id"),
     "started_between": _between,
     "memory_above": _above("memory_bytes"),
-    "cpu_above": _above("cpu_percent"),
+    "cpu_above": _above(HEALTH_COLUMNS["cpu"]),  # shared readings are not the run's own
+    "stuck_since": _stuck_since,
+    "parent_run_id": _equals("parent_run_id"),
 }
 """How each filtering step kind renders to a WHERE clause (values always bound)."""
 
@@ -264,15 +276,19 @@ class JobQuery:
     def since(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs started since ``when``: a datetime, or an age (``timedelta``, ``"1h"``,
         ``"30d"``, seconds) measured back from the query's evaluation time."""
+        return self._with("started_between", self._moment(when, "since"), None)
+
+    def _moment(self, when: datetime | timedelta | str | float, what: str) -> float:
+        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds."""
         if isinstance(when, datetime):
-            return self._with("started_between", _to_epoch(when, "since"), None)
+            return _to_epoch(when, what)
         try:
-            age = parse_duration(when, what="since")
+            age = parse_duration(when, what=what)
         except ConfigurationError:
             if isinstance(when, str):
-                return self._with("started_between", _to_epoch(when, "since"), None)
+                return _to_epoch(when, what)
             raise
-        return self._with("started_between", self.now - age, None)
+        return self.now - age
 
     def until(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs started before ``when`` (the guide's ``whereBetween`` upper bound alone): a
@@ -299,7 +315,9 @@ class JobQuery:
         return self._with("memory_above", parse_bytes(limit, what="memory_above"))
 
     def cpu_above(self, percent: float) -> JobQuery:
-        """Runs whose latest CPU sample is above ``percent`` (of one core)."""
+        """Runs whose latest CPU sample is above ``percent`` (of one core), counting only
+        CPU a run can be charged with: a reading shared with other live runs (``cpu_scope
+        = 'shared'``, e.g. concurrent async runs of one event loop) never matches."""
         if (
             isinstance(percent, bool)
             or not isinstance(percent, (int, float))
@@ -307,6 +325,21 @@ class JobQuery:
         ):
             raise ConfigurationError(f"cpu_above() takes a percent number, got {percent!r}")
         return self._with("cpu_above", float(percent))
+
+    def was_stuck(self) -> JobQuery:
+        """Runs that were stuck at some point: still stuck, recovered, or ended since (the
+        store keeps ``stuck_since`` and ``stuck_seconds`` once a run was judged stuck).
+        ``jobs.was_stuck().today()`` are today's runs that got stuck."""
+        return self._with("stuck_since", None)
+
+    def stuck_since(self, when: datetime | timedelta | str | float) -> JobQuery:
+        """Runs that first became stuck since ``when`` (a datetime, or an age such as
+        ``"1d"``), whenever they started and whatever became of them."""
+        return self._with("stuck_since", self._moment(when, "stuck_since"))
+
+    def children_of(self, run_id: str) -> JobQuery:
+        """Runs started inside the run ``run_id`` (its nested supervised runs)."""
+        return self._with("parent_run_id", _require_str(run_id, "run_id"))
 
     # --- shaping -------------------------------------------------------------------------
     def order_by(self, column: str, desc: bool = False) -> JobQuery:
@@ -443,6 +476,9 @@ def _replay_table() -> dict[str, Callable[[JobQuery, Step], JobQuery]]:
             table[spec.step] = _replay_between
         else:
             table[spec.step] = _replay_value(spec.name)
+    table["stuck_since"] = lambda q, s: q._with(  # was_stuck (None) or stuck_since
+        "stuck_since", None if s[1] is None else _to_epoch(s[1], "stuck_since")
+    )
     table["order"] = lambda q, s: q.order_by(s[1], desc=bool(s[2]))
     table["limit"] = lambda q, s: q.limit(s[1])
     table["at"] = lambda q, s: q.at(s[1])
@@ -474,6 +510,13 @@ class Sink(abc.ABC):
     def jobs(self) -> JobQuery:
         """A new query over every stored run."""
         return JobQuery(self)
+
+    @property
+    def schedules(self) -> ScheduleQuery:
+        """A new query over the slots of every schedule (``.missed().today()``)."""
+        from ._schedule_query import ScheduleQuery  # noqa: PLC0415 - cronsim-free until used
+
+        return ScheduleQuery(self)
 
     def job(self, run_id: str) -> JobRecord | None:
         """The latest attempt of the run with this supervision id, or None."""

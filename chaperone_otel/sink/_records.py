@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
+from .._schedules import spec_from_attributes
 
 CLOSED_SEQ: Final = 2**62
 """The sequence of a ``closed`` record (another process's word on the run's outcome), above
@@ -169,6 +170,7 @@ class Staged:
         heartbeats: one row per heartbeat record.
         violations: one row per violation record.
         errors: one row per failed run attempt.
+        schedules: schedule declarations and dispatches (``chaperone.schedule.*``), as they came.
         records: records accepted. invalid: records skipped (no run id). coerced: values
             dropped to NULL because of a wrong type.
     """
@@ -178,6 +180,7 @@ class Staged:
     heartbeats: pa.Table | None = None
     violations: pa.Table | None = None
     errors: pa.Table | None = None
+    schedules: list[LifecycleRecord] = field(default_factory=list)
     records: int = 0
     invalid: int = 0
     coerced: int = 0
@@ -358,6 +361,16 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
     return json.dumps(user, sort_keys=True, default=str)
 
 
+_SCHEDULE_EVENTS: Final = frozenset((sc.EVENT_SCHEDULE_DECLARED, sc.EVENT_SCHEDULE_DISPATCHED))
+
+
+def _schedule_record_ok(record: LifecycleRecord) -> bool:
+    if record.event_name == sc.EVENT_SCHEDULE_DECLARED:
+        return spec_from_attributes(record.attributes) is not None
+    name = record.attributes.get(sc.ATTR_SCHEDULE_NAME)
+    return isinstance(name, str) and bool(name) and math.isfinite(record.timestamp)
+
+
 def stage(
     records: Iterable[IngestRecord], *, attributes: Sequence[JobAttribute] = JOB_ATTRIBUTES
 ) -> Staged:
@@ -373,6 +386,14 @@ def stage(
     closers: dict[Key, IngestRecord] = {}
     for record in records:
         attrs = record.attributes
+        if isinstance(record, LifecycleRecord) and record.event_name in _SCHEDULE_EVENTS:
+            # not a run's record: the schedule tables
+            if _schedule_record_ok(record):
+                out.schedules.append(record)
+                out.records += 1
+            else:
+                out.invalid += 1
+            continue
         key = record_key(attrs)
         ts = record.timestamp
         if key is None or not isinstance(ts, (int, float)) or not math.isfinite(ts):

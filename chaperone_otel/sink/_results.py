@@ -264,6 +264,18 @@ class JobRecord:
     span_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    cpu_scope: str | None = None
+    """What ``cpu_percent`` measured: ``thread``, ``process`` or ``shared`` (not the run's own)."""
+    stuck_since: datetime | None = None
+    """When the run first became stuck (kept after it recovered or ended); None if never."""
+    stuck_seconds: float | None = None
+    """Seconds the run spent stuck, all spells added up; None if it never was."""
+    parent_run_id: str | None = None
+    """The run id of the supervised run this one was started in; None for a top-level run."""
+    schedule: str | None = None
+    """The schedule the run belongs to (``chaperone_otel.schedule``); None if none."""
+    scheduled_for: datetime | None = None
+    """The slot of its schedule the run serves."""
     execution_id: str = ""
     lease: str | None = None
     scheduled_at: datetime | None = None

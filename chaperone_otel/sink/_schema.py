@@ -30,6 +30,7 @@ from .. import _fields
 from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
+from ._schedule_sql import view_statements as schedule_views
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -171,6 +172,8 @@ HEALTH_COLUMNS: Final[Mapping[str, str]] = {
     },
     # the one composite signal: when a stall budget runs out
     "stall_deadline": "(epoch(progress_updated_at) + stall_timeout)",
+    # CPU the run can be charged with: a reading shared with other runs is no signal
+    "cpu": "(CASE WHEN cpu_scope = 'shared' THEN NULL ELSE cpu_percent END)",
 }
 """How each health-rule signal is spelled over the ``jobs`` table, in epoch seconds."""
 
@@ -216,6 +219,31 @@ def _create_tables() -> list[str]:
     ]
 
 
+SCHEDULE_TABLES: Final = (
+    # One row per schedule name: the newest declaration's definition. changed_at is when the
+    # definition last changed (its slots start there); declared_at the latest declaration.
+    """CREATE TABLE IF NOT EXISTS schedules (
+  name VARCHAR NOT NULL, cron VARCHAR, "interval" DOUBLE, timezone VARCHAR NOT NULL,
+  grace DOUBLE NOT NULL, max_runtime DOUBLE, failure_threshold INTEGER NOT NULL,
+  declare_every DOUBLE, source VARCHAR, host VARCHAR, service_instance_id VARCHAR,
+  first_declared_at TIMESTAMP NOT NULL, changed_at TIMESTAMP NOT NULL,
+  declared_at TIMESTAMP NOT NULL
+)""",
+    # One row per slot that fell due (missed ones included): the run that fulfils it, if
+    # any, and the definition it is judged by (a later re-declaration does not rewrite it).
+    """CREATE TABLE IF NOT EXISTS schedule_slots (
+  schedule VARCHAR NOT NULL, due_at TIMESTAMP NOT NULL, opens_at TIMESTAMP NOT NULL,
+  grace DOUBLE NOT NULL, max_runtime DOUBLE, failure_threshold INTEGER NOT NULL,
+  run_id VARCHAR, matched_at TIMESTAMP
+)""",
+    # One row per dispatch a scheduler recorded (Celery beat): sent, whether or not it ran.
+    """CREATE TABLE IF NOT EXISTS schedule_dispatches (
+  schedule VARCHAR NOT NULL, run_id VARCHAR, scheduled_for TIMESTAMP,
+  dispatched_at TIMESTAMP NOT NULL
+)""",
+)
+"""The schedule tables (issue 15); ``sink/_schedule_store.py`` writes and reads them."""
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -223,10 +251,25 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         tuple(_create_tables()),
         V1_JOB_COLUMNS,
     ),
-    # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(2, "GPU usage", "gpu_percent"),
-    Migration(
+    Migration.add_columns(
         2,
+        "CPU scope, stuck history, parent run",
+        "cpu_scope",
+        "stuck_since",
+        "stuck_seconds",
+        "parent_run_id",
+    ),
+    Migration(
+        3,
+        "schedules: runs name their schedule and slot; schedules and their slots",
+        (
+            *Migration.add_columns(3, "", "schedule", "scheduled_for").statements,
+            *SCHEDULE_TABLES,
+        ),
+        ("schedule", "scheduled_for"),
+    ),
+    Migration(
+        4,
         "executions: a row per (run_id, attempt, execution_id), '' for rows stored before; "
         "the run's lease; a pending run's due time",
         (
@@ -239,6 +282,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         ("execution_id", "lease", "scheduled_at"),
     ),
+    # A new run field: its row in chaperone_otel/_fields.py, then e.g.
+    # Migration.add_columns(5, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
@@ -301,6 +346,7 @@ def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
         "FROM jobs",
         "CREATE OR REPLACE VIEW problem_runs AS SELECT * FROM jobs_health "
         "WHERE status = 'running' AND (health <> 'healthy' OR stuck OR lost)",
+        *schedule_views(),
     ]
 
 

@@ -69,6 +69,7 @@ from ._forward import records_route
 from ._owner import BackgroundServer, StoreOwner, is_loopback
 from ._records import IngestRecord
 from ._remote import TOKEN_ENV
+from ._schedule_metrics import ScheduleCollector
 from ._schema import HEARTBEATS_PER_RUN
 from ._writer import RecordsDroppedError, Writer, committed_within
 
@@ -318,6 +319,7 @@ class SinkServer:
                 owner.store.cursor, stats=self.stats, store_path=owner.path, policy=self.policy
             )
         )
+        self._registry.register(ScheduleCollector(owner.store.cursor))  # issue 15
         try:
             owner.serve(
                 self._http, advertise=self._advertise, background=background, timeout=timeout

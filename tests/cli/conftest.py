@@ -41,7 +41,7 @@ def live_store(tmp_path: Path) -> Iterator[Live]:
     ready = threading.Barrier(3)
 
     def hung() -> None:
-        with supervised("payments.reconcile", queue="payments", heartbeat_interval=0.2) as run:
+        with supervised("payments.reconcile", queue="payments", heartbeat_interval=0.05) as run:
             ids["hung"] = run.id
             run.report_progress(3, 10)
             ready.wait()

@@ -327,7 +327,7 @@ def test_health_exit_codes(live_store: Live) -> None:
 def test_wait_times_out_then_returns_when_runs_finish(live_store: Live) -> None:
     db = str(live_store.path)
     started = time.monotonic()
-    timed_out = invoke("wait", "--db", db, "--timeout", "0.5", "--interval", "0.1")
+    timed_out = invoke("wait", "--db", db, "--timeout", "0.2", "--interval", "0.05")
     assert timed_out.exit_code == 1, timed_out.output
     assert "timed out" in timed_out.stderr
     assert time.monotonic() - started < 15
@@ -344,7 +344,7 @@ def test_wait_times_out_then_returns_when_runs_finish(live_store: Live) -> None:
         "0.1",
     )
     assert ignore.exit_code == 0, ignore.output
-    threading.Timer(0.5, live_store.stop.set).start()
+    threading.Timer(0.2, live_store.stop.set).start()
     done = invoke("wait", "--db", db, "--timeout", "20", "--interval", "0.1")
     assert done.exit_code == 0, done.output
     assert "no matching runs are running" in done.stdout
@@ -398,7 +398,7 @@ def test_wait_ends_when_a_real_run_finishes(tmp_path: Path) -> None:
             return sink.jobs.running().count() == 1
 
     wait_until(running, 10, "the run to be recorded as running")
-    threading.Timer(0.5, release.set).start()
+    threading.Timer(0.2, release.set).start()
     result = invoke(
         "wait", "--db", str(path), "--queue", "q1", "--timeout", "20", "--interval", "0.1"
     )

@@ -200,6 +200,7 @@ def test_jobs_and_show_stay_readable_on_80_columns(store: Store) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_piped_jobs_prints_full_ids_and_whole_names(store: Store) -> None:
     """``jobs | grep crm.stalled_pagination`` found 0 of 2 runs: names were cut with … and
     ids were 8-character prefixes."""
@@ -318,6 +319,7 @@ def _read_one_line_then_close(*args: str) -> tuple[int, str, str]:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_sql_piped_into_head_exits_0_quietly(store: Store) -> None:
     """``sql … | head`` exited 1 (click's answer to EPIPE)."""
     status, first, err = _read_one_line_then_close("sql", BIG_SQL, "--db", str(store.path))
@@ -390,6 +392,7 @@ def _close_at_once(*args: str) -> tuple[int, str]:
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_a_finding_keeps_its_exit_code_when_the_reader_has_gone(store: Store) -> None:
     """``health`` on a failed run exits 1, ``stuck`` with nothing stuck 0: a closed pipe
     must not turn a verdict into 0 (the reader is gone before anything is written)."""

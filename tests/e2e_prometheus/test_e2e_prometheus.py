@@ -229,6 +229,27 @@ def test_every_dashboard_variable_has_values(stack: Stack) -> None:
             assert values, var["name"]
 
 
+def test_a_schedule_with_no_runs_is_missed_and_one_running_every_2s_is_not(
+    stack: Stack,
+) -> None:
+    """Two schedules declared every 2 s over OTLP: the one nothing runs makes
+    ChaperoneScheduleMissed fire in Prometheus (from the sink's schedule series); the one
+    whose job runs every 2 s never does, over a dozen of its slots."""
+    label = "chaperone_schedule_name"
+    wait_for(lambda: [a for a in stack.alerts("ChaperoneScheduleMissed")
+                      if a["labels"].get(label) == "e2e.never"], 60,
+             "ChaperoneScheduleMissed for e2e.never")
+    wait_for(lambda: stack.query(f'chaperone_schedule_last_start_timestamp_seconds{{{label}='
+                                 '"e2e.every2s"}'), 30, "runs of e2e.every2s in the sink")
+    deadline = time.monotonic() + 24
+    while time.monotonic() < deadline:
+        states = {a["state"] for a in _get(f"{stack.prometheus}/api/v1/alerts")["data"]["alerts"]
+                  if a["labels"].get(label) == "e2e.every2s"}
+        assert not states, f"an alert is {states} for the schedule that runs on time"
+        time.sleep(0.5)
+    assert not stack.alerts("ChaperoneSchedulerLost")
+
+
 def test_sigkilled_worker_makes_the_lost_alert_fire_from_the_sink(stack: Stack) -> None:
     """After SIGKILL the worker's own series vanish; the sink still holds its runs as
     running, their silence grows past 3 intervals and ChaperoneJobLost fires."""
@@ -243,3 +264,7 @@ def test_sigkilled_worker_makes_the_lost_alert_fire_from_the_sink(stack: Stack) 
     assert firing[0]["labels"]["severity"] == "critical"
     # The dead worker's own gauges are gone, so its stuck alert resolves.
     wait_for(lambda: not stack.alerts("ChaperoneJobStuck"), 30, "stuck alert resolved")
+    # It was also the scheduler of e2e.every2s (declared every second): lost, and missed.
+    wait_for(lambda: [a for a in stack.alerts("ChaperoneSchedulerLost")
+                      if a["labels"].get("chaperone_schedule_name") == "e2e.every2s"], 60,
+             "ChaperoneSchedulerLost for e2e.every2s")

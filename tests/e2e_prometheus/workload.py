@@ -8,7 +8,10 @@ and then runs, until it is killed:
 * ``e2e.progress`` — a run that reports progress (ETA), with a timeout and generous limits;
 * ``e2e.stalled``  — beats but its progress is flat past a 1 s stall budget (degraded);
 * ``e2e.hog``      — a run over its 1 MiB memory limit (a violation);
-* ``e2e.short`` / ``e2e.flaky`` — short runs, a third of the flaky ones failing.
+* ``e2e.short`` / ``e2e.flaky`` — short runs, a third of the flaky ones failing;
+* schedules ``e2e.every2s`` (a run every 2 s, declared every second: its scheduler is this
+  process) and ``e2e.never`` (every 2 s, nothing ever runs): declared over OTLP, judged by
+  the sink.
 """
 
 from __future__ import annotations
@@ -57,6 +60,18 @@ def _beat(run: chaperone_otel.Supervision) -> None:
         time.sleep(0.1)
 
 
+def _every_two_seconds() -> None:
+    chaperone_otel.schedule("e2e.never", interval=2, grace=2)
+    # grace 3 s: a loaded CI machine may start a run a little late; it is still on time.
+    every = chaperone_otel.schedule("e2e.every2s", interval=2, grace=3, declare_every=1)
+    next_start = time.monotonic()
+    while True:
+        with supervised("e2e.scheduled", queue="default", schedule=every):
+            time.sleep(0.05)
+        next_start += 2
+        time.sleep(max(0.0, next_start - time.monotonic()))
+
+
 def main() -> None:
     """Configure, announce the metrics URL, run the workload until killed."""
     setup = chaperone_otel.configure(
@@ -72,6 +87,7 @@ def main() -> None:
              cpu_limit=800, fd_limit=1_000_000)
     _forever("e2e.stalled", _stalled, stall_timeout=1)
     _forever("e2e.hog", _beat, memory_limit="1MiB")
+    threading.Thread(target=_every_two_seconds, name="e2e.schedules", daemon=True).start()
     n = 0
     while True:
         n += 1

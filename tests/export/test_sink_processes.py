@@ -319,3 +319,31 @@ def test_readers_at_10_hz_while_30_apps_start_and_stop(tmp_path: Path) -> None:
     stored = _stored(path)
     assert len(ids) == 150
     assert all(stored.get(k, ("?", 0))[0] == "completed" for k in ids)
+
+
+@pytest.mark.slow
+def test_a_script_with_an_embedded_sink_exits_quietly(tmp_path: Path) -> None:
+    """A cron-style script that only calls ``configure(sink=PATH)`` and runs a job, leaving
+    the rest to the exit: it prints nothing, exits 0, and its run is stored. (Before: every
+    such exit printed "Exception in thread chaperone-sink-http ... cannot schedule new
+    futures after interpreter shutdown": the server's stop asked a thread pool for a thread
+    after the interpreter had begun to exit.)"""
+    path = tmp_path / "cron.duckdb"
+    script = (
+        "import sys, chaperone_otel as c\n"
+        "c.configure(sink=sys.argv[1])\n"
+        "with c.supervised('cron.nightly'):\n"
+        "    pass\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        env=_CLEAN_ENV,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    with open_sink(path) as sink:
+        assert sink.jobs.named("cron.nightly").completed().count() == 1

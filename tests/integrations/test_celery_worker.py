@@ -10,9 +10,7 @@ exits. Every wait is bounded; the worker and the server are stopped by PID.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +22,7 @@ import pytest
 from celery import Celery
 
 import chaperone_otel as chaperone
+from tests.integrations.workers import stop, worker_env
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -113,56 +112,6 @@ _APP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any], grace: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server of this session on a free 127.0.0.1 port, stopped by PID after."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is required under CI=true (Debian package redis-server)")
-        pytest.skip(
-            "redis-server not installed (apt-get install --no-install-recommends redis-server)"
-        )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(answers, 15, "redis-server to answer PING")
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(proc, grace=5)
-
-
 class Worker:
     def __init__(self, store: str, client: Celery) -> None:
         self.store = store
@@ -179,11 +128,7 @@ def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("celery")
     (root / "celery_app.py").write_text(_APP)
     store = str(root / "jobs.duckdb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))}
-    # The app module's folder first, then the caller's path: the worker must import the
-    # chaperone_otel under test (a worktree's), not whichever one the venv installed.
-    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
-    env.update(PYTHONPATH=path, TEST_JOBS_STORE=store, TEST_BROKER=redis_url, PYTHONUNBUFFERED="1")
+    env = worker_env(root, TEST_JOBS_STORE=store, TEST_BROKER=redis_url)
     log = (root / "worker.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -220,7 +165,7 @@ def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         try:
             client.close()
         finally:
-            _stop(proc, grace=30)
+            stop(proc, grace=30)
             log.close()
 
 

@@ -164,6 +164,7 @@ time.sleep(30)
 """
 
 
+@pytest.mark.slow
 def test_open_sink_waits_out_a_lock_held_without_an_advertisement(tmp_path: Path) -> None:
     """A file locked by a process that advertises no URL (an owner between its sidecar and
     its lock, at start or exit) is retried: ``open_sink`` opens it once the lock goes,

@@ -202,3 +202,65 @@ def test_the_embedded_api_hands_the_gil_over_promptly_while_it_answers() -> None
         assert _get(server.url + "/api/records")["interval"] == before
     finally:
         server.stop()
+
+
+def _starlette(handler: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/x", handler)])
+
+
+def test_stop_wakes_an_idle_server_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stop() does not wait for the server loop's next look at the clock: uvicorn's polling
+    (and its grace sleep with nothing to wait for) added 0.2 s to the exit of every process
+    with an embedded sink. With the tick set to a minute, stop() still returns at once."""
+    from starlette.responses import PlainTextResponse
+
+    from chaperone_otel.sink import _owner
+
+    monkeypatch.setattr(_owner, "_TICK", 60.0)
+    server = BackgroundServer(_starlette(lambda _r: PlainTextResponse("ok"))).start()
+    with urllib.request.urlopen(server.url + "/x", timeout=10) as response:
+        assert response.status == 200
+    thread = server._thread
+    assert thread is not None
+    server.stop(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_stop_still_answers_a_request_in_flight() -> None:
+    """The quick stop is only for an idle server: a request being handled when stop() begins
+    is answered before the server goes (uvicorn's graceful shutdown)."""
+    import threading
+
+    from starlette.responses import PlainTextResponse
+
+    entered, release_ = threading.Event(), threading.Event()
+
+    def slow(_request: Any) -> PlainTextResponse:
+        entered.set()
+        release_.wait(10)
+        return PlainTextResponse("late")
+
+    server = BackgroundServer(_starlette(slow)).start()
+    answers: list[str] = []
+
+    def ask() -> None:
+        with urllib.request.urlopen(server.url + "/x", timeout=20) as response:
+            answers.append(response.read().decode())
+
+    client = threading.Thread(target=ask)
+    client.start()
+    try:
+        assert entered.wait(10)
+        stopper = threading.Thread(target=server.stop, kwargs={"timeout": 15})
+        stopper.start()
+        wait_until(lambda: server._server.should_exit, 5, "stop() has begun")
+        release_.set()
+        stopper.join(20)
+        client.join(20)
+    finally:
+        release_.set()
+        server.stop()
+    assert answers == ["late"]

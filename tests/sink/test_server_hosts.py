@@ -223,6 +223,7 @@ def test_real_otlp_exporter_remote_sink_and_cli_keep_working(
     assert json.loads(shown.output) == []
 
 
+@pytest.mark.slow
 def test_a_bad_allowed_host_is_a_usage_error(tmp_path: Path) -> None:
     """--allowed-host takes a name; a URL is refused before anything is opened."""
     with pytest.raises(ValueError, match="not a host name"):

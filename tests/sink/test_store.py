@@ -70,6 +70,7 @@ def test_foreign_duckdb_file_is_not_a_store(tmp_path):
         open_sink(path)
 
 
+@pytest.mark.slow
 def test_file_held_by_another_process_names_its_pid(tmp_path):
     """A store locked by another process (no sidecar) raises SinkError with that PID."""
     path = tmp_path / "jobs.duckdb"

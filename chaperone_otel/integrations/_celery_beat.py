@@ -1,0 +1,260 @@
+"""Celery beat: the ``beat_schedule`` entries become schedules, each dispatch is recorded.
+
+Public through ``chaperone_otel.integrations.celery`` (kept in its own module: the task
+integration and this one change for different reasons). ``instrument(app)`` calls
+:func:`instrument_beat` with the defaults; call it yourself (before or after) for other
+thresholds. In the beat process (``beat_init``):
+
+* every entry of ``app.conf.beat_schedule`` is declared as a schedule of the same name: a
+  ``crontab`` as its cron expression in the app's time zone, a number, ``timedelta`` or
+  ``schedule`` as an interval (solar and custom schedules are skipped, logged once);
+* they are declared again every ``declare_every`` seconds, so the store reports the beat
+  *lost* when it goes silent;
+* each dispatch of an entry puts the entry's name and slot on the task message (headers
+  ``chaperone_schedule`` and ``chaperone_scheduled_for``, the latter for cron entries) and
+  publishes a ``chaperone.schedule.dispatched`` record: the store then tells "beat never sent
+  it" (no dispatch) from "nobody ran it" (a dispatch, no run).
+
+In the worker, the instrumented task's run carries the schedule from those headers, so its
+slot is matched by name (and by the slot's due time for cron entries). A task routed to a
+queue nobody consumes never starts: its slots are missed, and the dispatches show beat did
+its part.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Final
+
+from .. import _process
+from .. import semconv as sc
+from .._events import LifecycleRecord, publish
+from .._safety import handle_internal_errors as _guard
+from .._schedule import declare
+from .._schedules import (
+    DEFAULT_GRACE,
+    ScheduleSpec,
+    make_schedule,
+    previous_cron_due,
+)
+
+try:
+    from celery import Celery, signals
+    from celery.schedules import crontab, schedule
+except ImportError as _error:  # pragma: no cover - exercised only without celery
+    raise ImportError(
+        "chaperone_otel.integrations.celery needs Celery: pip install celery"
+    ) from _error
+
+logger = logging.getLogger("chaperone_otel")
+
+HEADER_SCHEDULE: Final = "chaperone_schedule"
+"""Message header naming the beat entry (the schedule) a task was dispatched for."""
+
+HEADER_SCHEDULED_FOR: Final = "chaperone_scheduled_for"
+"""Message header: the Unix due time of the slot a cron entry's task serves."""
+
+DEFAULT_DECLARE_EVERY: Final = 60.0
+"""Seconds between a beat's re-declarations (lost after three silent periods)."""
+
+_UID: Final = "chaperone_otel.integrations.celery_beat"
+
+
+def entry_spec(
+    name: str, entry: Mapping[str, Any], *, timezone: str, **options: Any
+) -> ScheduleSpec | None:
+    """The schedule of one ``beat_schedule`` entry, or None for a kind we cannot read."""
+    every = entry.get("schedule")
+    if isinstance(every, crontab):
+        fields = (
+            every._orig_minute,
+            every._orig_hour,
+            every._orig_day_of_month,
+            every._orig_month_of_year,
+            every._orig_day_of_week,
+        )
+        return make_schedule(
+            name,
+            cron=" ".join(str(f) for f in fields),
+            tz=timezone,
+            source="celery-beat",
+            **options,
+        )
+    if isinstance(every, schedule):
+        every = every.run_every
+    if isinstance(every, (int, float, timedelta)) and not isinstance(every, bool):
+        return make_schedule(name, interval=every, source="celery-beat", **options)
+    return None
+
+
+def beat_specs(app: Celery, **options: Any) -> list[ScheduleSpec]:
+    """Every readable entry of ``app.conf.beat_schedule`` as a schedule."""
+    zone = getattr(app.timezone, "key", None) or "UTC"
+    specs = []
+    for name, entry in (app.conf.beat_schedule or {}).items():
+        spec = entry_spec(name, entry, timezone=zone, **options)
+        if spec is None:
+            logger.warning(
+                "chaperone-otel: beat entry %r has a schedule it cannot read (%s): not declared",
+                name,
+                type(entry.get("schedule")).__name__,
+            )
+            continue
+        specs.append(spec)
+    return specs
+
+
+class _Beat:
+    """The beat-side receivers of one app."""
+
+    def __init__(self, app: Celery, options: dict[str, Any]) -> None:
+        self.app = app
+        self.options = options
+        self.specs: dict[str, ScheduleSpec] = {}
+        self.local = threading.local()
+
+    def init(self, sender: Any = None, **_: Any) -> None:
+        """``beat_init``: declare the entries; wrap this beat's ``apply_entry``."""
+        if getattr(sender, "app", None) is not self.app:
+            return
+        with _guard("celery_beat.init"):
+            for spec in beat_specs(self.app, **self.options):
+                self.specs[spec.name] = spec
+                declare(spec)
+            scheduler = sender.scheduler
+            original = scheduler.apply_entry
+
+            def apply_entry(entry: Any, producer: Any = None) -> Any:
+                self.local.entry = entry
+                try:
+                    return original(entry, producer=producer)
+                finally:
+                    self.local.entry = None
+
+            scheduler.apply_entry = apply_entry
+
+    def before_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        """``before_task_publish`` (beat process, in ``apply_entry``): name the slot."""
+        entry = getattr(self.local, "entry", None)
+        if entry is None or headers is None:
+            return
+        with _guard("celery_beat.publish"):
+            spec = self.specs.get(entry.name)
+            if spec is None:
+                return
+            now = _now()
+            headers[HEADER_SCHEDULE] = spec.name
+            due: float | None = None
+            if spec.cron is not None:
+                due = previous_cron_due(spec, now + 1.0)
+                headers[HEADER_SCHEDULED_FOR] = due
+            publish(dispatch_record(spec.name, str(headers.get("id") or ""), due, now))
+
+
+def dispatch_record(name: str, task_id: str, due: float | None, now: float) -> LifecycleRecord:
+    """The record of one dispatch (``chaperone.schedule.dispatched``)."""
+    attributes: dict[str, Any] = {
+        sc.ATTR_SCHEDULE_NAME: name,
+        sc.ATTR_SCHEDULE_RUN_ID: task_id,
+        sc.ATTR_HOST_NAME: _process.HOST,
+        sc.ATTR_PROCESS_PID: _process.pid,
+    }
+    if due is not None:
+        attributes[sc.ATTR_SCHEDULE_SCHEDULED_FOR] = due
+    return LifecycleRecord(
+        event_name=sc.EVENT_SCHEDULE_DISPATCHED,
+        timestamp=now,
+        attributes=attributes,
+        body=f"schedule {name} dispatched {task_id}",
+    )
+
+
+def _now() -> float:
+    from .._config import get_config  # noqa: PLC0415
+
+    return get_config().clock()
+
+
+def run_options(request: Any) -> dict[str, Any]:
+    """``start_run`` options of a task run from its beat headers (none when not from beat)."""
+    name = getattr(request, HEADER_SCHEDULE, None)
+    if not isinstance(name, str) or not name:
+        headers = getattr(request, "headers", None) or {}
+        name = headers.get(HEADER_SCHEDULE) if isinstance(headers, Mapping) else None
+        due = headers.get(HEADER_SCHEDULED_FOR) if isinstance(headers, Mapping) else None
+    else:
+        due = getattr(request, HEADER_SCHEDULED_FOR, None)
+    if not isinstance(name, str) or not name:
+        return {}
+    options: dict[str, Any] = {"schedule": name}
+    if isinstance(due, (int, float)) and not isinstance(due, bool):
+        options["scheduled_for"] = float(due)
+    return options
+
+
+_beats: dict[int, _Beat] = {}
+
+
+def instrument_beat(
+    app: Celery,
+    *,
+    grace: Any = DEFAULT_GRACE,
+    max_runtime: Any = None,
+    failure_threshold: int = 1,
+    declare_every: Any = DEFAULT_DECLARE_EVERY,
+) -> None:
+    """Declare ``app``'s beat entries as schedules and record each dispatch (in the beat
+    process; see the module doc). A second call replaces the options.
+
+    Args:
+        app: the Celery app.
+        grace: how long after its due time a task may start before the slot is missed.
+        max_runtime: how long a run may run before its schedule has overrun.
+        failure_threshold: failed runs in a row that make a schedule failing.
+        declare_every: the beat re-declares this often; silent for 3 periods, it is lost.
+
+    .. versionadded:: 0.2
+    """
+    options = {
+        "grace": grace,
+        "max_runtime": max_runtime,
+        "failure_threshold": failure_threshold,
+        "declare_every": declare_every,
+    }
+    make_schedule("check", interval=1, **options)  # misuse fails now, not in the beat
+    beat = _beats.get(id(app))
+    if beat is not None:
+        beat.options = options
+        return
+    beat = _beats[id(app)] = _Beat(app, options)
+    uid = f"{_UID}:{id(app)}"
+    signals.beat_init.connect(beat.init, weak=False, dispatch_uid=uid)
+    signals.before_task_publish.connect(beat.before_publish, weak=False, dispatch_uid=uid)
+
+
+def uninstrument_beat(app: Celery) -> None:
+    """Undo :func:`instrument_beat` for ``app``.
+
+    .. versionadded:: 0.2
+    """
+    beat = _beats.pop(id(app), None)
+    if beat is None:
+        return
+    uid = f"{_UID}:{id(app)}"
+    signals.beat_init.disconnect(beat.init, dispatch_uid=uid)
+    signals.before_task_publish.disconnect(beat.before_publish, dispatch_uid=uid)
+
+
+__all__ = [
+    "HEADER_SCHEDULE",
+    "HEADER_SCHEDULED_FOR",
+    "beat_specs",
+    "instrument_beat",
+    "run_options",
+    "uninstrument_beat",
+]

@@ -1,0 +1,285 @@
+"""Supervise Dramatiq actors: every processing of a message is a run, recorded by attempt.
+
+Add the middleware with :func:`instrument` in the module that creates the broker, after
+``configure()`` and before the actors are declared (their ``supervision=`` option must be
+known to the broker)::
+
+    # proj/tasks.py   (dramatiq proj.tasks)
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    import chaperone_otel as chaperone
+    from chaperone_otel.integrations.dramatiq import instrument
+
+    chaperone.configure(sink="jobs.duckdb")
+    broker = RedisBroker(url="redis://localhost:6379/0")
+    instrument(broker)
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(max_retries=3, time_limit=600_000, supervision={"stall_timeout": 300})
+    def import_file(path):
+        for row in chaperone.track(load(path)):
+            save(row)
+
+What a run gets from Dramatiq:
+
+==============  ===================================================================
+run id          the message id
+attempt         ``message.options["retries"] + 1``
+name            the actor name
+queue           the message's queue (without the delay queue's ``.DQ``)
+timeout         the time limit: the message's, the actor's, else the ``TimeLimit``
+                middleware's (none without that middleware or for ``inf``)
+==============  ===================================================================
+
+Outcomes: a return is ``completed``; an exception is ``retried`` (terminal, not a failure)
+with the exception as the cause when the ``Retries`` middleware sends the message again,
+``failed`` with its own type when it does not (retries spent, ``throws=``, no ``Retries``
+middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is a failure with a
+``timeout`` violation; a skipped message (``SkipMessage``, e.g. ``AgeLimit``) is
+``cancelled``.
+
+The actor option ``supervision`` takes ``False`` (not supervised) or a dict of
+:func:`chaperone_otel.start_run` options (``heartbeat_interval``, ``stall_timeout``,
+``timeout``, ``attributes``). The run is current while the actor runs: ``current_job()``,
+``heartbeat()``, ``report_progress()`` and ``track()`` reach it, and spans the actor opens
+nest under the run span.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from .._safety import handle_internal_errors as _guard
+from .._setup import flush as _flush
+from .._start import StartedRun as _StartedRun
+from .._start import start_run as _start_run
+
+try:
+    import dramatiq
+    from dramatiq.common import q_name
+    from dramatiq.middleware import Middleware, Retries, SkipMessage, TimeLimit
+except ImportError as _error:  # pragma: no cover - exercised only without dramatiq
+    raise ImportError(
+        "chaperone_otel.integrations.dramatiq needs Dramatiq: pip install dramatiq"
+    ) from _error
+
+OPTION: Final = "supervision"
+"""The actor (and message) option: ``False``, or a dict of run options."""
+
+_RUN_OPTIONS: Final = frozenset({"heartbeat_interval", "stall_timeout", "timeout", "attributes"})
+
+
+class WorkerShutdown(Exception):
+    """The error of a run still open when its worker process shut down.
+
+    .. versionadded:: 0.1
+    """
+
+
+class Supervision(Middleware):
+    """The middleware: each message an actor processes is a run (see the module).
+
+    Add it with :func:`instrument` (first in the broker's list: its ``after`` hooks then
+    see what ``Retries`` decided, and its run starts before ``TimeLimit``'s clock).
+
+    Args:
+        include: supervise only the actors for which it returns True (default: all but
+            those declared with ``supervision=False``).
+        heartbeat_interval: the runs' default lease (default: ``configure()``'s).
+        flush_timeout: seconds the worker waits for records to be sent at shutdown.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        *,
+        include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
+        heartbeat_interval: Any = None,
+        flush_timeout: float = 5.0,
+    ) -> None:
+        self.include = include
+        self.heartbeat_interval = heartbeat_interval
+        self.flush_timeout = flush_timeout
+        # message id -> (run, tokens): before and after of one message run on one worker
+        # thread; a worker has several threads, each with its own entries.
+        self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {OPTION}
+
+    def before_declare_actor(self, broker: Any, actor: Any) -> None:
+        """Check the actor's ``supervision=`` option where it is declared. Dramatiq logs a
+        middleware's exception here as CRITICAL (with the message below) instead of raising
+        it; the actor's messages are then supervised with the valid keys only."""
+        options = actor.options.get(OPTION)
+        if options is None or options is False or options is True:
+            return
+        if not isinstance(options, Mapping) or not set(options) <= _RUN_OPTIONS:
+            raise ValueError(
+                f"actor {actor.actor_name}: {OPTION}= takes False or a dict with keys "
+                f"{', '.join(sorted(_RUN_OPTIONS))}; got {options!r}"
+            )
+
+    # ---- process lifecycle ---------------------------------------------------------------
+
+    def after_process_boot(self, broker: Any) -> None:
+        """A worker process booted: runs open in the process it was forked from are not its."""
+        with self.lock:
+            self.open.clear()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        """Send the finished runs' records before the worker threads are stopped."""
+        with _guard("dramatiq.shutdown_flush"):
+            _flush(self.flush_timeout)
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        """The worker threads are stopped: runs still open (a thread that did not stop in
+        time dies with the process) end ``cancelled``; flush before the process exits
+        (``multiprocessing`` ends it with ``os._exit``)."""
+        with self.lock:
+            left = list(self.open.values())
+            self.open.clear()
+        with _guard("dramatiq.shutdown"):
+            for run, _ in left:
+                error = WorkerShutdown("the worker shut down while the message ran")
+                run.finish(error, status="cancelled")
+            _flush(self.flush_timeout)
+
+    # ---- one message ---------------------------------------------------------------------
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        with _guard("dramatiq.before_process_message"):
+            actor = broker.get_actor(message.actor_name)
+            options = message.options.get(OPTION, actor.options.get(OPTION))
+            if options is False or (self.include is not None and not self.include(actor)):
+                return
+            run_options: dict[str, Any] = {}
+            if isinstance(options, Mapping):  # unknown keys were reported at declaration
+                run_options = {k: v for k, v in options.items() if k in _RUN_OPTIONS}
+            run_options.setdefault("heartbeat_interval", self.heartbeat_interval)
+            run_options.setdefault("timeout", _time_limit(broker, actor, message))
+            run = _start_run(
+                message.actor_name,
+                run_id=message.message_id,
+                attempt=int(message.options.get("retries", 0) or 0) + 1,
+                queue=q_name(message.queue_name),
+                **run_options,
+            )
+            tokens = run.attach()
+            with self.lock:
+                self.open[message.message_id] = (run, tokens)
+
+    def after_process_message(
+        self,
+        broker: Any,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        entry = self._pop(message)
+        if entry is None:
+            return
+        run, tokens = entry
+        with _guard("dramatiq.after_process_message"):
+            try:
+                run.detach(tokens)
+            finally:
+                _finish(broker, run, message, exception)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        entry = self._pop(message)
+        if entry is None:
+            return
+        run, tokens = entry
+        with _guard("dramatiq.after_skip_message"):
+            try:
+                run.detach(tokens)
+            finally:
+                error = getattr(message, "_exception", None)
+                if not isinstance(error, BaseException):
+                    error = SkipMessage("message skipped")
+                run.finish(error, status="cancelled")
+
+    def _pop(self, message: Any) -> tuple[_StartedRun, Any] | None:
+        with self.lock:
+            return self.open.pop(getattr(message, "message_id", ""), None)
+
+
+def _finish(broker: Any, run: _StartedRun, message: Any, exception: BaseException | None) -> None:
+    if exception is None:
+        if message.failed:  # a middleware failed the message before the actor ran
+            run.finish(RuntimeError("the message was failed before its actor ran"))
+        else:
+            run.finish()
+    elif not message.failed and _has(broker, Retries):
+        run.finish(exception, status="retried")  # Retries sent the message again
+    else:
+        run.finish(exception, status="failed")
+
+
+def _has(broker: Any, kind: type[Any]) -> bool:
+    return any(isinstance(m, kind) for m in broker.middleware)
+
+
+def _time_limit(broker: Any, actor: Any, message: Any) -> float | None:
+    """The message's time limit in seconds, as the ``TimeLimit`` middleware applies it."""
+    middleware = next((m for m in broker.middleware if isinstance(m, TimeLimit)), None)
+    if middleware is None:
+        return None
+    limit = message.options.get("time_limit") or actor.options.get(
+        "time_limit", middleware.time_limit
+    )
+    if not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+        return None
+    return float(limit) / 1000.0
+
+
+def instrument(
+    broker: Any,
+    *,
+    include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
+    heartbeat_interval: Any = None,
+    flush_timeout: float = 5.0,
+) -> Supervision:
+    """Add the :class:`Supervision` middleware to ``broker``, first in its list.
+
+    Idempotent per broker (the middleware already there is returned). Call it before the
+    actors are declared, where every worker process runs it: the module that creates the
+    broker, after ``chaperone.configure()``.
+
+    Args:
+        broker: the Dramatiq broker.
+        include: supervise only the actors for which it returns True (default: all but
+            those declared with ``supervision=False``).
+        heartbeat_interval: the runs' default lease (default: ``configure()``'s).
+        flush_timeout: seconds a worker waits for its records to be sent at shutdown.
+
+    Returns:
+        The middleware.
+
+    .. versionadded:: 0.1
+    """
+    for existing in broker.middleware:
+        if isinstance(existing, Supervision):
+            return existing
+    middleware = Supervision(
+        include=include, heartbeat_interval=heartbeat_interval, flush_timeout=flush_timeout
+    )
+    if broker.middleware:
+        broker.add_middleware(middleware, before=type(broker.middleware[0]))
+    else:
+        broker.add_middleware(middleware)
+    return middleware
+
+
+__all__ = ["OPTION", "Supervision", "WorkerShutdown", "instrument"]

@@ -1,0 +1,300 @@
+"""Supervise RQ jobs: every execution of a job in a work-horse is a run, recorded by attempt.
+
+Run the worker class of this module (or a subclass of it) in a module that calls
+``configure()`` first, so the worker's main process owns the store and every work-horse it
+forks forwards to it::
+
+    # proj/worker.py
+    import chaperone_otel as chaperone
+    from chaperone_otel.integrations.rq import SupervisedWorker
+
+    chaperone.configure(sink="jobs.duckdb")
+
+    class Worker(SupervisedWorker):
+        pass
+
+    # rq worker -w proj.worker.Worker --url redis://localhost:6379/0 default
+
+What a run gets from RQ:
+
+==============  ===================================================================
+run id          the job id
+attempt         1 for the job's first execution, then one more per execution (a retry,
+                a requeue, a repeat): counted in ``job.meta["chaperone_otel.attempt"]``
+name            the job's function name (``job.func_name``)
+queue           the queue the job came from (``job.origin``)
+timeout         the job's timeout (else the queue's default); none for ``-1``
+==============  ===================================================================
+
+Outcomes: a return is ``completed``; an exception is ``failed`` with its own type, or
+``retried`` (terminal, not a failure) with the exception as the cause when the job has
+retries left (``enqueue(..., retry=Retry(max=...))``); a returned ``Retry`` is ``retried``
+(``failed`` once its ``max`` is spent); RQ's timeout (``JobTimeoutException``) is
+``failed`` with a ``timeout`` violation, as the run's timeout is the job's.
+
+The run is current while the job's function runs (``current_job()``, ``heartbeat()``,
+``report_progress()`` and ``track()`` reach it, spans nest under the run span), and the
+horse flushes the run's records before it ends with ``os._exit`` (without it, 6 of 6 runs
+never reached the store). The worker's main process closes a run whose horse it saw die
+(killed by a signal, or by RQ itself past ``timeout + 60`` s): ``failed``, error type
+:class:`WorkHorseKilled`; a job stopped with ``send_stop_job_command`` is ``cancelled``
+(``StopRequested``). A job found abandoned by the registries' maintenance (its worker died
+too) is closed ``failed`` (``AbandonedJobError``) by the worker that cleans up.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from .._safety import handle_internal_errors as _guard
+from .._setup import flush as _flush
+from .._start import StartedRun as _StartedRun
+from .._start import close_run as _close_run
+from .._start import start_run as _start_run
+from .._values import new_run_id as _new_execution_id
+
+try:
+    from rq.exceptions import AbandonedJobError, StopRequested
+    from rq.job import Job, Retry
+    from rq.worker import SimpleWorker, Worker
+except ImportError as _error:  # pragma: no cover - exercised only without rq
+    raise ImportError("chaperone_otel.integrations.rq needs RQ: pip install rq") from _error
+
+ATTEMPT_KEY: Final = "chaperone_otel.attempt"
+"""The ``job.meta`` key counting a job's executions (the run's attempt)."""
+
+
+class WorkHorseKilled(Exception):
+    """The error of a run whose work-horse died before it could record the outcome.
+
+    .. versionadded:: 0.1
+    """
+
+
+EXECUTION_KEY: Final = "chaperone_otel.execution"
+"""The ``job.meta`` key of the current execution's id: made by the worker's main process
+before the fork, so it can close the run of a horse that died."""
+
+
+def _execution(job: Job) -> str | None:
+    found = job.meta.get(EXECUTION_KEY)
+    return found if isinstance(found, str) and found else None
+
+
+def _attempt(job: Job) -> int:
+    try:
+        return max(1, int(job.meta.get(ATTEMPT_KEY, 0)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _name(job: Job) -> str:
+    try:
+        return str(job.func_name or "rq.job")
+    except Exception:  # a job whose data cannot be deserialized
+        return "rq.job"
+
+
+def _timeout(job: Job, queue: Any) -> float | None:
+    timeout = job.timeout
+    if timeout is None:
+        timeout = getattr(queue, "_default_timeout", None) or getattr(
+            queue, "DEFAULT_TIMEOUT", None
+        )
+    if timeout is None or timeout == -1:
+        return None
+    return float(timeout)
+
+
+class SupervisionMixin:
+    """The supervision of a worker class: mix it in before an RQ worker class.
+
+    :class:`SupervisedWorker` and :class:`SupervisedSimpleWorker` are the two common
+    combinations. Class attributes set the runs' options:
+
+    Attributes:
+        chaperone_heartbeat_interval: the runs' lease (default: ``configure()``'s).
+        chaperone_flush_timeout: seconds a work-horse waits for its records to be sent
+            before it exits.
+
+    .. versionadded:: 0.1
+    """
+
+    chaperone_heartbeat_interval: Any = None
+    chaperone_flush_timeout: float = 5.0
+
+    # The job being watched from the main process: (job id, horse pid, start, queue).
+    _chaperone_watch: tuple[str, int, float, Any] | None = None
+    # In the horse, what RQ's handlers saw of the job's end, for its run.
+    _chaperone_error: BaseException | None = None
+    _chaperone_retry: Retry | None = None
+
+    # ---- the worker's main process (the parent of each work-horse) -----------------------
+
+    def execute_job(self, job: Job, queue: Any) -> Any:
+        """Count the execution (``job.meta``) before the horse starts, so the parent and the
+        horse agree on the attempt and a retry saved by either carries it."""
+        with _guard("rq.execute_job"):
+            job.meta[ATTEMPT_KEY] = _attempt(job) + (1 if ATTEMPT_KEY in job.meta else 0)
+            job.meta[EXECUTION_KEY] = _new_execution_id()
+            job.save_meta()  # type: ignore[no-untyped-call]
+        return super().execute_job(job, queue)  # type: ignore[misc]
+
+    def monitor_work_horse(self, job: Job, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        """Watch the horse: if RQ fails the job here (the horse died, or was stopped), the
+        run is closed from this process."""
+        self._chaperone_watch = (job.id, getattr(self, "horse_pid", 0), time.time(), queue)
+        try:
+            return super().monitor_work_horse(job, queue, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._chaperone_watch = None
+
+    def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> Any:
+        """In the main process: RQ fails a job whose horse is gone; close its run."""
+        watch = getattr(self, "_chaperone_watch", None)
+        if watch is not None and watch[0] == job.id and not self.is_horse:  # type: ignore[attr-defined]
+            with _guard("rq.horse_lost"):
+                stopped = getattr(self, "_stopped_job_id", None) == job.id
+                exc_string = kwargs.get("exc_string") or "work-horse terminated unexpectedly"
+                error: BaseException = (
+                    StopRequested("job stopped by user, work-horse terminated")
+                    if stopped
+                    else WorkHorseKilled(str(exc_string).strip().rstrip(";"))
+                )
+                execution = _execution(job)
+                if execution is not None:
+                    _close_run(
+                        job.id,
+                        execution_id=execution,
+                        attempt=_attempt(job),
+                        status="cancelled" if stopped else "failed",
+                        error=error,
+                        name=_name(job),
+                        queue=job.origin,
+                    )
+        return super().handle_job_failure(job, *args, **kwargs)  # type: ignore[misc]
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> Any:
+        """Keep the job's exception for its run (in the horse), then RQ's handlers."""
+        if len(exc_info) >= 2 and isinstance(exc_info[1], BaseException):
+            self._chaperone_error = exc_info[1]
+        return super().handle_exception(job, *exc_info)  # type: ignore[misc]
+
+    def handle_job_retry(self, job: Job, queue: Any, retry: Retry, *args: Any, **kw: Any) -> Any:
+        """Keep the ``Retry`` the job returned for its run (in the horse)."""
+        self._chaperone_retry = retry
+        return super().handle_job_retry(job, queue, retry, *args, **kw)  # type: ignore[misc]
+
+    # ---- the work-horse (or the worker itself, for SimpleWorker) -------------------------
+
+    def perform_job(self, job: Job, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the job as the current run, finish it with RQ's outcome, flush if a horse."""
+        run: _StartedRun | None = None
+        tokens: Any = None
+        self._chaperone_error = None
+        self._chaperone_retry = None
+        will_retry = False
+        with _guard("rq.start"):
+            will_retry = bool(job.retries_left and job.retries_left > 0)
+            run = _start_run(
+                _name(job),
+                run_id=job.id,
+                attempt=_attempt(job),
+                execution_id=_execution(job),
+                queue=job.origin,
+                timeout=_timeout(job, queue),
+                heartbeat_interval=self.chaperone_heartbeat_interval,
+            )
+            tokens = run.attach()
+        ok: Any = False
+        try:
+            ok = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            if run is not None:
+                with _guard("rq.finish"):
+                    try:
+                        run.detach(tokens)
+                    finally:
+                        self._chaperone_finish(run, job, ok, will_retry)
+                if self.is_horse:  # type: ignore[attr-defined]
+                    with _guard("rq.flush"):
+                        _flush(self.chaperone_flush_timeout)
+        return ok
+
+    def _chaperone_finish(self, run: _StartedRun, job: Job, ok: Any, will_retry: bool) -> None:
+        error, retry = self._chaperone_error, self._chaperone_retry
+        self._chaperone_error = None
+        self._chaperone_retry = None
+        if retry is not None:
+            if job.get_status(refresh=False) == "failed":  # RQ fails it: `max` retries spent
+                run.finish(RuntimeError(f"{retry!r}: maximum retries exceeded"), status="failed")
+            else:
+                run.finish(None, status="retried")
+        elif ok:
+            run.finish()
+        elif error is None:
+            run.finish(RuntimeError("the job failed (RQ reported no exception)"))
+        elif will_retry:
+            run.finish(error, status="retried")
+        else:
+            run.finish(error)
+
+    def clean_registries(self) -> Any:
+        """RQ's maintenance; the runs of jobs it finds abandoned are closed ``failed``."""
+        handler = _abandoned_handler(self.chaperone_heartbeat_interval)
+        handlers: list[Any] = getattr(self, "_exc_handlers", [])
+        handlers.insert(0, handler)
+        try:
+            return super().clean_registries()  # type: ignore[misc]
+        finally:
+            if handler in handlers:
+                handlers.remove(handler)
+
+
+def _abandoned_handler(heartbeat_interval: Any) -> Any:
+    def closed(job: Job, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
+            return
+        execution = _execution(job)
+        if execution is None:
+            return
+        with _guard("rq.abandoned"):
+            _close_run(
+                job.id,
+                execution_id=execution,
+                attempt=_attempt(job),
+                status="failed",
+                error=exc if isinstance(exc, BaseException) else AbandonedJobError(),
+                name=_name(job),
+                queue=job.origin,
+            )
+
+    return closed
+
+
+class SupervisedWorker(SupervisionMixin, Worker):
+    """RQ's forking :class:`~rq.worker.Worker`, each job supervised (see the module).
+
+    .. versionadded:: 0.1
+    """
+
+
+class SupervisedSimpleWorker(SupervisionMixin, SimpleWorker):
+    """RQ's :class:`~rq.worker.SimpleWorker` (jobs in the worker's own process), each job
+    supervised.
+
+    .. versionadded:: 0.1
+    """
+
+
+__all__ = [
+    "ATTEMPT_KEY",
+    "EXECUTION_KEY",
+    "SupervisedSimpleWorker",
+    "SupervisedWorker",
+    "SupervisionMixin",
+    "WorkHorseKilled",
+]

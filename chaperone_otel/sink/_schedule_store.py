@@ -1,0 +1,379 @@
+"""Schedules in the store: declarations in, slots out, runs matched to slots.
+
+Detection runs where the store is (the embedded owner, ``sink serve``), because a process
+that did not run cannot report that it did not:
+
+* :func:`store_declarations` upserts ``schedules`` in the writer's transaction: one row per
+  name; the newest declaration (by its time) decides the definition, and a changed
+  definition moves ``changed_at`` (the new slots start there). Repeated, reordered
+  declarations leave the same row.
+* :func:`evaluate` materialises the slots that fell due since the last pass (a missed slot is
+  a row like any other, so it can be listed and counted) and gives each unfulfilled slot the
+  run that fulfils it: the run that names the slot (``scheduled_for``), else the first run
+  of the schedule that started in ``(opens_at, due_at + grace]`` and fulfils no other slot.
+  A cron slot opens :attr:`SchedulePolicy.early` before it is due (at most half-way to the
+  previous slot); an interval slot is due ``interval`` after the previous run started (or
+  after the previous slot fell due, when it was missed) and opens there.
+* :class:`ScheduleEvaluator` runs :func:`evaluate` once a second on its own thread, under the
+  store's write lock (the writer thread holds it for each transaction).
+
+The states themselves are not stored: they depend on the time of the question, and are
+judged at query time from these rows (``_schedule_sql``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Final
+
+import duckdb
+
+from .. import semconv as sc
+from .._events import LifecycleRecord
+from .._safety import record_internal_error
+from .._schedules import (
+    DEFAULT_SCHEDULE_POLICY,
+    SchedulePolicy,
+    ScheduleSpec,
+    cron_dues,
+    previous_cron_due,
+    spec_from_attributes,
+)
+
+SLOTS_PER_PASS: Final = 10_000
+"""Most new slots one pass makes per schedule (a store closed for long catches up over
+several passes)."""
+
+MATCH_WINDOW: Final = 7 * 86400.0
+"""Seconds back that unfulfilled slots still look for a late-arriving run's record."""
+
+
+PRUNE_SCHEDULES: Final = (
+    # Every schedule keeps its newest slot: the evaluator continues from it, and would
+    # otherwise make the pruned slots again from the schedule's definition.
+    "DELETE FROM schedule_slots s WHERE due_at < $cutoff AND due_at < "
+    "(SELECT max(x.due_at) FROM schedule_slots x WHERE x.schedule = s.schedule)",
+    "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
+)
+"""What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp)."""
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc).timestamp()
+
+
+def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
+    """Upsert the declared schedules and insert the dispatches (inside the caller's
+    transaction)."""
+    newest: dict[str, tuple[float, ScheduleSpec, LifecycleRecord]] = {}
+    for record in records:
+        if record.event_name == sc.EVENT_SCHEDULE_DISPATCHED:
+            _store_dispatch(cur, record)
+            continue
+        spec = spec_from_attributes(record.attributes)
+        if spec is None:
+            continue
+        current = newest.get(spec.name)
+        if current is None or record.timestamp >= current[0]:
+            newest[spec.name] = (record.timestamp, spec, record)
+    for name, (at, spec, record) in newest.items():
+        row = cur.execute(
+            'SELECT cron, "interval", timezone, grace, max_runtime, failure_threshold, '
+            "declare_every, declared_at, changed_at FROM schedules WHERE name = ?",
+            [name],
+        ).fetchone()
+        values = [
+            spec.cron,
+            spec.interval,
+            spec.timezone,
+            spec.grace,
+            spec.max_runtime,
+            spec.failure_threshold,
+            spec.declare_every,
+            spec.source,
+            _text(record.attributes.get(sc.ATTR_HOST_NAME)),
+            _text(record.attributes.get(sc.ATTR_SERVICE_INSTANCE_ID)),
+        ]
+        if row is None:
+            cur.execute(
+                'INSERT INTO schedules (cron, "interval", timezone, grace, max_runtime, '
+                "failure_threshold, declare_every, source, host, service_instance_id, name, "
+                "first_declared_at, changed_at, declared_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*values, name, _ts(at), _ts(at), _ts(at)],
+            )
+            continue
+        declared_at = _epoch(row[7]) or 0.0
+        if at < declared_at:  # an older declaration arriving late: nothing new
+            continue
+        changed = tuple(row[:7]) != spec.definition()
+        changed_at = _ts(at) if changed else row[8]
+        cur.execute(
+            'UPDATE schedules SET cron = ?, "interval" = ?, timezone = ?, grace = ?, '
+            "max_runtime = ?, failure_threshold = ?, declare_every = ?, source = ?, host = ?, "
+            "service_instance_id = ?, changed_at = ?, declared_at = ? WHERE name = ?",
+            [*values, changed_at, _ts(at), name],
+        )
+
+
+def _store_dispatch(cur: Any, record: LifecycleRecord) -> None:
+    attrs = record.attributes
+    run_id = _text(attrs.get(sc.ATTR_SCHEDULE_RUN_ID)) or None
+    due = attrs.get(sc.ATTR_SCHEDULE_SCHEDULED_FOR)
+    due_at = (
+        _ts(float(due)) if isinstance(due, (int, float)) and not isinstance(due, bool) else None
+    )
+    if run_id is not None:  # the same dispatch delivered twice is one row
+        cur.execute("DELETE FROM schedule_dispatches WHERE run_id = ?", [run_id])
+    cur.execute(
+        "INSERT INTO schedule_dispatches VALUES (?, ?, ?, ?)",
+        [attrs[sc.ATTR_SCHEDULE_NAME], run_id, due_at, _ts(record.timestamp)],
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def evaluate(cur: Any, now: float, policy: SchedulePolicy = DEFAULT_SCHEDULE_POLICY) -> int:
+    """Materialise the slots due by ``now`` and match runs to open slots, in one
+    transaction on ``cur`` (the caller holds the store's write lock). Returns the number of
+    new slots."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        made = 0
+        for spec, changed_at in _schedules(cur):
+            made += _evaluate_one(cur, spec, changed_at, now, policy)
+        cur.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("ROLLBACK")
+        raise
+    return made
+
+
+def _schedules(cur: Any) -> Iterable[tuple[ScheduleSpec, float]]:
+    rows = cur.execute(
+        'SELECT name, cron, "interval", timezone, grace, max_runtime, failure_threshold, '
+        "declare_every, changed_at FROM schedules ORDER BY name"
+    ).fetchall()
+    for name, cron, interval, tz, grace, max_runtime, threshold, every, changed_at in rows:
+        yield (
+            ScheduleSpec(
+                name=name,
+                cron=cron,
+                interval=interval,
+                timezone=tz,
+                grace=grace,
+                max_runtime=max_runtime,
+                failure_threshold=threshold,
+                declare_every=every,
+            ),
+            _epoch(changed_at) or 0.0,
+        )
+
+
+class _Runs:
+    """The schedule's runs not yet given to a slot, earliest start first."""
+
+    def __init__(self, cur: Any, name: str, since: float) -> None:
+        self.rows: list[tuple[str, float, float | None]] = [
+            (run_id, _epoch(started) or 0.0, _epoch(scheduled_for))
+            for run_id, started, scheduled_for in cur.execute(
+                "SELECT run_id, min(started_at), max(scheduled_for) FROM jobs "
+                "WHERE schedule = ? AND started_at >= ? AND run_id NOT IN "
+                "(SELECT run_id FROM schedule_slots WHERE schedule = ? AND run_id IS NOT NULL) "
+                "GROUP BY run_id ORDER BY 2",
+                [name, _ts(since), name],
+            ).fetchall()
+        ]
+
+    def take(self, due: float, opens: float, deadline: float) -> tuple[str, float] | None:
+        """The run for the slot due at ``due``: the one naming it (if it started by the
+        deadline), else the first not naming another slot that started in ``(opens,
+        deadline]``; removed from the pool."""
+        chosen = None
+        for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
+            if scheduled_for is not None and abs(scheduled_for - due) < 0.001:
+                if started <= deadline:
+                    chosen = i
+                break
+        if chosen is None:
+            for i, (_run_id, started, scheduled_for) in enumerate(self.rows):
+                if _for_other_slot(scheduled_for, due):
+                    continue
+                if opens < started <= deadline:
+                    chosen = i
+                    break
+        if chosen is None:
+            return None
+        run_id, started, _ = self.rows.pop(chosen)
+        return run_id, started
+
+
+def _for_other_slot(scheduled_for: float | None, due: float) -> bool:
+    """A run naming a slot serves that slot only (a cron slot); an interval schedule's
+    runs never name one."""
+    return scheduled_for is not None and abs(scheduled_for - due) >= 0.001
+
+
+def _evaluate_one(
+    cur: Any, spec: ScheduleSpec, changed_at: float, now: float, policy: SchedulePolicy
+) -> int:
+    last = cur.execute(
+        "SELECT due_at, run_id FROM schedule_slots WHERE schedule = ? ORDER BY due_at DESC LIMIT 1",
+        [spec.name],
+    ).fetchone()
+    last_due = _epoch(last[0]) if last else None
+    span = float(spec.interval or 86400.0) + policy.early
+    runs = _Runs(cur, spec.name, now - MATCH_WINDOW - span)
+    # 1. Unfulfilled slots of the last days: a run's record may come late (OTLP batching).
+    for due, opens, grace in cur.execute(
+        "SELECT epoch(due_at), epoch(opens_at), grace FROM schedule_slots "
+        "WHERE schedule = ? AND run_id IS NULL AND due_at >= ? ORDER BY due_at",
+        [spec.name, _ts(now - MATCH_WINDOW)],
+    ).fetchall():
+        found = runs.take(due, opens, due + grace)
+        if found is not None:
+            _assign(cur, spec.name, due, found[0], now)
+    # 2. New slots.
+    if spec.cron is not None:
+        return _new_cron_slots(cur, spec, changed_at, last_due, now, policy, runs)
+    return _new_interval_slots(cur, spec, changed_at, last, now, runs)
+
+
+def _new_cron_slots(
+    cur: Any,
+    spec: ScheduleSpec,
+    changed_at: float,
+    last_due: float | None,
+    now: float,
+    policy: SchedulePolicy,
+    runs: _Runs,
+) -> int:
+    after = max(changed_at, last_due) if last_due is not None else changed_at
+    dues = cron_dues(spec, after=after, until=now, limit=SLOTS_PER_PASS)
+    previous = last_due if last_due is not None else previous_cron_due(spec, after)
+    for due in dues:
+        early = policy.early if previous is None else min(policy.early, (due - previous) / 2)
+        opens = due - early
+        _insert_slot(cur, spec, due, opens)
+        found = runs.take(due, opens, due + spec.grace)
+        if found is not None:
+            _assign(cur, spec.name, due, found[0], now)
+        previous = due
+    return len(dues)
+
+
+def _new_interval_slots(
+    cur: Any,
+    spec: ScheduleSpec,
+    changed_at: float,
+    last: tuple[Any, Any] | None,
+    now: float,
+    runs: _Runs,
+) -> int:
+    interval = float(spec.interval or 0.0)
+    if last is None:
+        anchor = changed_at
+    else:
+        last_due = _epoch(last[0]) or 0.0
+        anchor = last_due
+        if last[1] is not None:
+            started = cur.execute(
+                "SELECT epoch(min(started_at)) FROM jobs WHERE run_id = ?", [last[1]]
+            ).fetchone()
+            if started and started[0] is not None:
+                anchor = float(started[0])
+        anchor = max(anchor, changed_at)
+    made = 0
+    while anchor + interval <= now and made < SLOTS_PER_PASS:
+        due = anchor + interval
+        _insert_slot(cur, spec, due, anchor)
+        made += 1
+        found = runs.take(due, anchor, due + spec.grace)
+        if found is not None:
+            _assign(cur, spec.name, due, found[0], now)
+            anchor = found[1]
+        else:
+            anchor = due
+    return made
+
+
+def _insert_slot(cur: Any, spec: ScheduleSpec, due: float, opens: float) -> None:
+    cur.execute(
+        "INSERT INTO schedule_slots (schedule, due_at, opens_at, grace, max_runtime, "
+        "failure_threshold) VALUES (?, ?, ?, ?, ?, ?)",
+        [spec.name, _ts(due), _ts(opens), spec.grace, spec.max_runtime, spec.failure_threshold],
+    )
+
+
+def _assign(cur: Any, name: str, due: float, run_id: str, now: float) -> None:
+    cur.execute(
+        "UPDATE schedule_slots SET run_id = ?, matched_at = ? WHERE schedule = ? AND due_at = ?",
+        [run_id, _ts(now), name, _ts(due)],
+    )
+
+
+class ScheduleEvaluator:
+    """Runs :func:`evaluate` every ``interval`` seconds on a daemon thread
+    (``chaperone-schedules-eval``) until :meth:`close`.
+
+    Args:
+        store: the owner's writable :class:`~chaperone_otel.sink._store.Store`.
+        interval: seconds between passes.
+        clock: Unix-seconds clock (the evaluation time).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        policy: SchedulePolicy = DEFAULT_SCHEDULE_POLICY,
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._clock = clock
+        self._policy = policy
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="chaperone-schedules-eval", daemon=True
+        )
+        self._thread.start()
+
+    def evaluate_now(self) -> int:
+        """One pass now (the thread's, or a caller's that wants fresh slots)."""
+        with self._store.write_lock:
+            cur = self._store.cursor()
+            try:
+                return evaluate(cur, self._clock(), self._policy)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cur.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self._store.closed:
+                return
+            try:
+                self.evaluate_now()
+            except Exception as exc:  # a bad pass is counted, the next one tries again
+                record_internal_error("sink.schedules", exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (idempotent)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)

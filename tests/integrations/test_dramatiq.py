@@ -1,0 +1,219 @@
+"""``integrations.dramatiq`` in process: Dramatiq's StubBroker and an in-process Worker."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Retries, TimeLimit
+
+import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
+from chaperone_otel.integrations.dramatiq import Supervision, WorkerShutdown, instrument
+from chaperone_otel.testing import Capture, capture
+
+
+class Declined(Exception):
+    pass
+
+
+@pytest.fixture
+def cap() -> Iterator[Capture]:
+    with capture() as c:
+        yield c
+
+
+@pytest.fixture
+def broker() -> Iterator[StubBroker]:
+    stub = StubBroker()
+    instrument(stub)
+    instrument(stub)  # idempotent: one middleware, one run per message
+    stub.emit_after("process_boot")
+    try:
+        yield stub
+    finally:
+        stub.close()
+
+
+def _process(broker: StubBroker, *messages: Any) -> None:
+    """Run ``messages`` to the end on a real Dramatiq worker in this process."""
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        for message in messages:
+            broker.join(message.queue_name, timeout=10_000, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+
+
+def test_instrument_puts_the_middleware_first_once(broker: StubBroker) -> None:
+    """First in the list, so its ``after`` hooks see what Retries decided; added once."""
+    assert isinstance(broker.middleware[0], Supervision)
+    assert sum(isinstance(m, Supervision) for m in broker.middleware) == 1
+
+
+def test_message_is_a_run_current_in_the_actor_with_its_options(
+    broker: StubBroker, cap: Capture
+) -> None:
+    """Run id = message id, name = actor, attempt 1, queue, timeout = time limit; the
+    actor option ``supervision=`` reaches the run; the run is current in the actor and
+    spans the actor opens nest under the run span."""
+    seen: dict[str, Any] = {}
+
+    @dramatiq.actor(
+        broker=broker,
+        queue_name="orders",
+        time_limit=30_000,
+        supervision={"stall_timeout": 45, "attributes": {"team": "billing"}},
+    )
+    def pack(n: int) -> None:
+        job = chaperone.current_job()
+        seen["run_id"] = job.id if job else None
+        with cap.tracer_provider.get_tracer("user").start_as_current_span("user.step"):
+            pass
+        for _ in chaperone.track(range(n)):
+            pass
+
+    message = pack.send(4)
+    _process(broker, message)
+    run = cap.run(message.message_id)
+    assert seen["run_id"] == message.message_id
+    assert (run.name, run.status, run.progress) == ("pack", "completed", 100.0)
+    assert run.latest[sc.ATTR_JOB_ATTEMPT] == 1
+    assert run.latest[sc.ATTR_JOB_QUEUE] == "orders"
+    assert run.latest[sc.ATTR_JOB_TIMEOUT] == 30.0
+    assert run.latest[sc.ATTR_JOB_STALL_TIMEOUT] == 45.0
+    assert run.latest[sc.ATTR_USER_PREFIX + "team"] == "billing"
+    spans = {s.name: s for s in cap.spans()}
+    assert spans["user.step"].parent.span_id == spans["pack"].context.span_id
+
+
+def test_retries_are_attempts_retried_then_failed_when_spent(
+    broker: StubBroker, cap: Capture
+) -> None:
+    """Each retry the Retries middleware schedules ends its attempt ``retried`` with the
+    cause; the last attempt (retries spent) is ``failed`` with the same type."""
+
+    @dramatiq.actor(broker=broker, max_retries=1, min_backoff=1, max_backoff=1)
+    def charge() -> None:
+        raise Declined("card 4242")
+
+    message = charge.send()
+    _process(broker, message)
+    deadline = time.monotonic() + 10
+    while len(cap.runs()) < 2 and time.monotonic() < deadline:  # the delayed retry
+        _process(broker, message)
+    runs = sorted((r.latest[sc.ATTR_JOB_ATTEMPT], r.status, r.error_type) for r in cap.runs())
+    assert runs == [(1, "retried", f"{__name__}.Declined"), (2, "failed", f"{__name__}.Declined")]
+    assert {r.id for r in cap.runs()} == {message.message_id}
+
+
+def test_without_retries_middleware_an_exception_is_a_failure(cap: Capture) -> None:
+    """No Retries middleware: nothing sends the message again, so the attempt failed."""
+    stub = StubBroker(middleware=[TimeLimit()])
+    instrument(stub)
+    try:
+
+        @dramatiq.actor(broker=stub)
+        def charge() -> None:
+            raise Declined("card 4242")
+
+        message = charge.send()
+        _process(stub, message)
+    finally:
+        stub.close()
+    assert not any(isinstance(m, Retries) for m in stub.middleware)
+    assert cap.run(message.message_id).status == "failed"
+
+
+def test_skipped_message_is_cancelled(cap: Capture) -> None:
+    """AgeLimit skips a message too old to run: its run ends cancelled with the reason."""
+    stub = StubBroker(middleware=[AgeLimit(max_age=1)])
+    instrument(stub)
+    ran: list[int] = []
+    try:
+
+        @dramatiq.actor(broker=stub)
+        def stale() -> None:
+            ran.append(1)
+
+        message = stale.message()
+        message = message.copy(message_timestamp=message.message_timestamp - 60_000)
+        stub.enqueue(message)
+        _process(stub, message)
+    finally:
+        stub.close()
+    run = cap.run(message.message_id)
+    assert ran == []
+    assert run.status == "cancelled"
+    assert run.error_type == "dramatiq.middleware.middleware.SkipMessage"
+
+
+def test_supervision_false_and_include_leave_actors_unsupervised(cap: Capture) -> None:
+    """``supervision=False`` on an actor, or an ``include`` that rejects it: no run."""
+    stub = StubBroker()
+    instrument(stub, include=lambda actor: actor.actor_name != "excluded")
+    try:
+
+        @dramatiq.actor(broker=stub, supervision=False)
+        def off() -> None:
+            pass
+
+        @dramatiq.actor(broker=stub)
+        def excluded() -> None:
+            pass
+
+        @dramatiq.actor(broker=stub)
+        def kept() -> None:
+            pass
+
+        messages = [off.send(), excluded.send(), kept.send()]
+        _process(stub, *messages)
+    finally:
+        stub.close()
+    assert [r.name for r in cap.runs()] == ["kept"]
+
+
+def test_a_wrong_supervision_option_is_reported_at_declaration(
+    broker: StubBroker, cap: Capture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Misuse is reported where the actor is declared, saying what the option takes
+    (Dramatiq logs a middleware's error there as CRITICAL rather than raising it); the
+    actor's messages are still runs, with the valid keys."""
+    with caplog.at_level("CRITICAL", logger="dramatiq"):
+
+        @dramatiq.actor(broker=broker, supervision={"timeuot": 5, "stall_timeout": 9})
+        def typo() -> None:
+            pass
+
+    assert "supervision= takes False or a dict" in caplog.text
+    message = typo.send()
+    _process(broker, message)
+    run = cap.run(message.message_id)
+    assert run.status == "completed"
+    assert run.latest[sc.ATTR_JOB_STALL_TIMEOUT] == 9.0
+
+
+def test_runs_open_at_worker_shutdown_end_cancelled(broker: StubBroker, cap: Capture) -> None:
+    """A run still open when the worker shuts down (its thread did not stop in time) ends
+    ``cancelled`` with ``WorkerShutdown``, not left running."""
+
+    @dramatiq.actor(broker=broker)
+    def long() -> None:
+        pass
+
+    message = dramatiq.broker.MessageProxy(long.message())
+    middleware = broker.middleware[0]
+    # in a context of its own: the worker thread that would detach the run never returns
+    contextvars.copy_context().run(middleware.before_process_message, broker, message)
+    assert cap.run(message.message_id).status == "running"
+    middleware.after_worker_shutdown(broker, None)
+    run = cap.run(message.message_id)
+    assert run.status == "cancelled"
+    assert run.error_type == f"{WorkerShutdown.__module__}.WorkerShutdown"

@@ -1,0 +1,107 @@
+"""``integrations.rq`` in process: ``SupervisedSimpleWorker`` in burst mode against the
+session's redis-server (jobs run in this process, captured with ``capture()``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
+
+import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
+from chaperone_otel.integrations.rq import ATTEMPT_KEY, EXECUTION_KEY, SupervisedSimpleWorker
+from chaperone_otel.testing import Capture, capture
+
+pytestmark = pytest.mark.slow  # a real redis-server
+
+
+def current_run_id() -> str | None:
+    job = chaperone.current_job()
+    return job.id if job else None
+
+
+@pytest.fixture
+def cap() -> Iterator[Capture]:
+    with capture() as c:
+        yield c
+
+
+@pytest.fixture
+def queue(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Queue]:
+    connection = Redis.from_url(redis_url)
+    q = Queue(f"rq-unit-{request.node.name}"[:80], connection=connection)
+    try:
+        yield q
+    finally:
+        q.empty()
+        connection.close()
+
+
+def fails() -> None:
+    raise ValueError("not a number")
+
+
+def _work(queue: Queue) -> None:
+    """Execute the queue's jobs here, as the worker's loop does (without its loop: RQ 3.0's
+    teardown may wait up to 60 s on its pubsub thread)."""
+    worker = SupervisedSimpleWorker([queue], connection=queue.connection)
+    while (job := queue.dequeue_any([queue], None, connection=queue.connection)) is not None:
+        found, origin = job
+        worker.execute_job(found, origin)
+
+
+def test_job_is_current_and_each_execution_is_the_next_attempt(queue: Queue, cap: Capture) -> None:
+    """The run is current in the job (its id is the job id); a requeued job's second
+    execution is attempt 2 of the same run id, counted in ``job.meta``."""
+    job = queue.enqueue(current_run_id, job_timeout=30)
+    _work(queue)
+    assert job.return_value() == job.id
+    queue.enqueue_job(job)  # run it again (what a requeue or a repeat does)
+    _work(queue)
+    runs = sorted((r.latest[sc.ATTR_JOB_ATTEMPT], r.status) for r in cap.runs())
+    assert runs == [(1, "completed"), (2, "completed")]
+    job.refresh()
+    assert job.meta[ATTEMPT_KEY] == 2
+    run = cap.runs()[0]
+    assert run.id == job.id
+    assert run.name == f"{__name__}.current_run_id"
+    assert run.latest[sc.ATTR_JOB_QUEUE] == queue.name
+    assert run.latest[sc.ATTR_JOB_TIMEOUT] == 30.0
+
+
+def test_abandoned_job_is_closed_failed_by_the_maintenance(queue: Queue, cap: Capture) -> None:
+    """A job left STARTED by a worker that died (its execution expired in the started
+    registry): the worker cleaning the registries closes its run ``failed``
+    (``AbandonedJobError``), under the attempt the dead worker counted."""
+    job = queue.enqueue(current_run_id)
+    job.meta[ATTEMPT_KEY] = 3  # the dead worker's third execution of it
+    job.meta[EXECUTION_KEY] = "exec-of-the-dead-worker"  # saved before its horse started
+    job.save_meta()
+    job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(queue=queue)
+    queue.connection.zadd(registry.key, {f"{job.id}:dead-execution": time.time() - 10})
+    worker = SupervisedSimpleWorker([queue], connection=queue.connection)
+    worker.clean_registries()
+    (run,) = cap.runs()
+    assert (run.id, run.status) == (job.id, "failed")
+    assert run.latest[sc.ATTR_JOB_ATTEMPT] == 3
+    assert run.error_type == "rq.exceptions.AbandonedJobError"
+    assert run.latest[sc.ATTR_JOB_EXECUTION_ID] == "exec-of-the-dead-worker"
+    assert run.records[-1].event_name == sc.EVENT_JOB_CLOSED  # the outcome wins in the store
+    # the handler was there only during the cleanup
+    assert all(getattr(h, "__name__", "") != "closed" for h in worker._exc_handlers)
+
+
+def test_a_failing_job_fails_its_run_and_the_worker_carries_on(queue: Queue, cap: Capture) -> None:
+    """An exception: the run failed with its type; the next job still runs."""
+    failing = queue.enqueue(fails)
+    after = queue.enqueue(current_run_id)
+    _work(queue)
+    assert cap.run(failing.id).status == "failed"
+    assert cap.run(failing.id).error_type == "ValueError"
+    assert cap.run(after.id).status == "completed"
