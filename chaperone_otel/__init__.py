@@ -34,7 +34,7 @@ from ._model import JobState, Violation
 from ._run import Supervision
 from ._schedule import Schedule, schedule
 from ._setup import configure, flush, reset, shutdown
-from ._start import StartedRun, start_run
+from ._start import StartedRun, close_run, pending_run, start_run
 from ._version import __version__
 from .exceptions import (
     ChaperoneError,
@@ -75,11 +75,13 @@ __all__ = [
     "Supervision",
     "Violation",
     "__version__",
+    "close_run",
     "configure",
     "current_job",
     "flush",
     "heartbeat",
     "open_sink",
+    "pending_run",
     "report_progress",
     "reset",
     "schedule",

@@ -17,7 +17,7 @@ from ._config import LimitPolicy
 from ._current import current_run, report_progress
 from ._lifecycle import acall, call, start_run
 from ._run import Run, Supervision
-from ._spec import Spec, make_spec, qualified_name
+from ._spec import Lease, Spec, make_spec, qualified_name
 from .exceptions import ConfigurationError
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ class Supervised:
 
     Class attributes configure the runs: ``job_name``, ``queue``, ``heartbeat_interval``,
     ``timeout``, ``stall_timeout``, ``memory_limit``, ``cpu_limit``, ``fd_limit``,
-    ``on_limit``.
+    ``on_limit``, ``lease``.
 
     Example::
 
@@ -59,6 +59,7 @@ class Supervised:
     cpu_limit: ClassVar[float | None] = None
     fd_limit: ClassVar[int | None] = None
     on_limit: ClassVar[LimitPolicy | None] = None
+    lease: ClassVar[Lease | None] = None
 
     _chaperone_spec: ClassVar[Spec]
 
@@ -79,6 +80,7 @@ class Supervised:
             attributes=None,
             hooks={},
             tracer_provider=None,
+            lease=cls.lease,
         )
         body = cls.__dict__.get("run")
         if body is None or getattr(body, "__chaperone_wrapped__", False):

@@ -29,7 +29,7 @@ from ._lifecycle import (
     uncancel,
 )
 from ._run import Run, Supervision
-from ._spec import Spec, make_spec, qualified_name, replace_spec
+from ._spec import Lease, Spec, make_spec, qualified_name, replace_spec
 from .exceptions import ConfigurationError
 
 P = ParamSpec("P")
@@ -61,6 +61,11 @@ class supervised:
         schedule: the schedule the runs belong to (its name, or what
             :func:`chaperone_otel.schedule` returned): the store matches each run to the
             slot it started in, so a slot without a run is found missed.
+        lease: ``"heartbeat"`` (default): the job's code keeps the run alive by calling
+            ``heartbeat()``/``report_progress()`` within ``heartbeat_interval``, and is stuck
+            after 3 silent intervals. ``"liveness"``: for code that cannot heartbeat (one long
+            blocking call), the process being alive is enough; then only ``timeout`` makes it
+            stuck, and a silent process makes it lost.
         on_heartbeat_missed, on_stuck, on_timeout, on_violation, on_failure, on_complete,
         on_health_change: local hooks, called on the ``chaperone-hooks`` thread with a ``JobState``.
 
@@ -102,6 +107,7 @@ class supervised:
         attributes: Mapping[str, Any] | None = None,
         tracer_provider: Any = None,
         schedule: Any = None,
+        lease: Lease | None = None,
         on_heartbeat_missed: Callable[..., object] | None = None,
         on_stuck: Callable[..., object] | None = None,
         on_timeout: Callable[..., object] | None = None,
@@ -132,6 +138,7 @@ class supervised:
                 "on_complete": on_complete,
                 "on_health_change": on_health_change,
             },
+            lease=lease,
             tracer_provider=tracer_provider,
             schedule=schedule,
         )

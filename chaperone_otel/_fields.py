@@ -205,6 +205,10 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     # Added by migration 3 (issue 15: schedules).
     _f("schedule", _S, sc.ATTR_SCHEDULE_NAME, doc="The schedule the run belongs to."),
     _f("scheduled_for", _T, sc.ATTR_SCHEDULE_SCHEDULED_FOR, doc="The slot it serves."),
+    # Added by migration 4 (issue 13: executions, the lease, a pending run's due time).
+    _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
+    _f("lease", _S, sc.ATTR_JOB_LEASE, signal="lease", doc="heartbeat (NULL) or liveness."),
+    _f("scheduled_at", _T, sc.ATTR_JOB_SCHEDULED_AT, "sticky", doc="Due time (ETA) if pending."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

@@ -20,6 +20,8 @@ Signals (all times are Unix seconds, durations seconds):
 ``last_heartbeat``     latest sign of life from the job's code (heartbeat or progress; the
                        start counts as the first)
 ``last_seen``          latest record of any kind from the run's process (liveness included)
+``lease``              what renews the lease: ``heartbeat`` (absent: the same) or
+                       ``liveness``; the heartbeat-age rules read :class:`LeaseRenewed`
 ``heartbeat_interval`` the run's lease
 ``timeout_at``         ``started_at + timeout`` (absent without a timeout)
 ``stall_deadline``     ``progress_updated_at + stall_timeout`` (absent without a stall budget)
@@ -354,6 +356,34 @@ class Not(Expr):
         return self
 
 
+@dataclass(frozen=True)
+class LeaseRenewed(Expr):
+    """When the run's lease was last renewed: ``last_heartbeat`` (the job's code) under the
+    default heartbeat lease, ``last_seen`` (its process) under ``lease="liveness"``, so a
+    run that promises no heartbeats is judged on being alive (stuck only past its timeout,
+    lost when silent). In PromQL the last-heartbeat gauge already is this time, the worker's
+    and the sink's alike: a liveness-lease run's gauge is the time its process was last seen
+    alive."""
+
+    def python(self, names: _Names) -> str:
+        return "(s.get('last_seen') if s.get('lease') == 'liveness' else s.get('last_heartbeat'))"
+
+    def sql(self, columns: Mapping[str, str]) -> str:
+        return (
+            f"(CASE WHEN {columns['lease']} = 'liveness' THEN {columns['last_seen']} "
+            f"ELSE {columns['last_heartbeat']} END)"
+        )
+
+    def promql(self) -> PromQL:
+        return _promql_source().signals["last_heartbeat"]
+
+    def fold(self, known: Mapping[str, SignalValue]) -> Folded:
+        if "lease" not in known:
+            return self
+        chosen = "last_seen" if known["lease"] == "liveness" else "last_heartbeat"
+        return known.get(chosen, self)
+
+
 def _fold_junction(
     expr: Expr, terms: tuple[Expr, ...], known: Mapping[str, SignalValue], *, decisive: bool
 ) -> Folded:
@@ -536,7 +566,7 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
     """Build the rule tree for ``policy``; the only place the rules are written down."""
     running = StatusIs(("running",))
     interval = _sig("heartbeat_interval")
-    heartbeat_age = Arith("-", Now(), _sig("last_heartbeat"))
+    heartbeat_age = Arith("-", Now(), LeaseRenewed())
     seen_age = Arith("-", Now(), _sig("last_seen"))
 
     def older_than(age: Expr, k: float) -> Expr:

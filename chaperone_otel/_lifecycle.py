@@ -129,11 +129,23 @@ def forget_attempts() -> None:
 
 
 def start_run(
-    spec: Spec, *, run_id: str | None = None, attempt: int | None = None, bind_thread: bool = True
+    spec: Spec,
+    *,
+    run_id: str | None = None,
+    attempt: int | None = None,
+    execution_id: str | None = None,
+    bind_thread: bool = True,
 ) -> Run:
     """Create and start a run: span, monitor registration, started record."""
     config = get_config()
-    run = Run(spec, static_for(spec, config), finish_run, run_id=run_id, attempt=attempt)
+    run = Run(
+        spec,
+        static_for(spec, config),
+        finish_run,
+        run_id=run_id,
+        attempt=attempt,
+        execution_id=execution_id,
+    )
     if run_id is not None or spec.supervision_id is not None:
         _claim_attempt(run)
     enclosing = current_run.get()

@@ -471,6 +471,7 @@ class Run:
         "error_message",
         "error_stacktrace",
         "error_type",
+        "execution_id",
         "fd_limit",
         "fds",
         "finished_at",
@@ -519,6 +520,7 @@ class Run:
         *,
         run_id: str | None = None,
         attempt: int | None = None,
+        execution_id: str | None = None,
     ) -> None:
         # Every slot is set here (a slot has no class-level default); what only depends on
         # the spec and the configuration comes precomputed in ``static`` (see _spec.Static).
@@ -531,6 +533,7 @@ class Run:
         self.name = static.name
         self.queue = static.queue
         self.attempt = attempt or spec.attempt or 1
+        self.execution_id = execution_id or _values.new_run_id()  # this start's own id
         self.heartbeat_interval = static.heartbeat_interval
         self.timeout = spec.timeout
         self.stall_timeout = spec.stall_timeout
@@ -712,6 +715,7 @@ class Run:
             "started_at": self.started_at,
             "last_heartbeat": self.last_heartbeat,
             "last_seen": now,  # in-process: our own process is alive by definition
+            "lease": self.static.lease,
             "heartbeat_interval": self.heartbeat_interval,
             "timeout_at": self.timeout_at,
             "stall_deadline": self.stall_deadline,

@@ -15,13 +15,19 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Final, Literal, cast
 
 from . import semconv as sc
 from ._config import LIMIT_POLICIES, Config, Hooks, LimitPolicy, validate_interval
 from ._events import AttributeValue
 from ._units import parse_bytes, parse_duration
 from .exceptions import ConfigurationError
+
+Lease = Literal["heartbeat", "liveness"]
+LEASES: Final = ("heartbeat", "liveness")
+"""What keeps a run's lease: ``heartbeat`` (the default) is the job's own code (heartbeat or
+progress within ``heartbeat_interval``); ``liveness`` is its process being alive, for code
+that cannot heartbeat (then only ``timeout`` makes it stuck, and silence makes it lost)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Spec:
     tracer_provider: Any = None
     schedule: str | None = None
     scheduled_for: float | None = None
+    lease: Lease | None = None
 
 
 def make_spec(
@@ -64,6 +71,7 @@ def make_spec(
     tracer_provider: Any,
     schedule: Any = None,
     scheduled_for: Any = None,
+    lease: Any = None,
 ) -> Spec:
     """Validate every option now: misuse fails at decoration time (DESIGN §8)."""
     if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -92,6 +100,11 @@ def make_spec(
     if on_limit is not None and on_limit not in LIMIT_POLICIES:
         raise ConfigurationError(
             f"on_limit={on_limit!r}: choose one of {', '.join(LIMIT_POLICIES)}"
+        )
+    if lease is not None and lease not in LEASES:
+        raise ConfigurationError(
+            f"lease={lease!r}: choose 'heartbeat' (the job's code must heartbeat within "
+            "heartbeat_interval) or 'liveness' (its process being alive is enough)"
         )
     attrs: dict[str, AttributeValue] = {}
     for key, value in (attributes or {}).items():
@@ -125,6 +138,7 @@ def make_spec(
         tracer_provider=tracer_provider,
         schedule=schedule_name(schedule),
         scheduled_for=_moment(scheduled_for),
+        lease=lease,
     )
 
 
@@ -191,6 +205,7 @@ class Static:
         "flush_period",
         "heartbeat_interval",
         "hooks",
+        "lease",
         "name",
         "on_limit",
         "queue",
@@ -204,6 +219,7 @@ class Static:
         self.heartbeat_interval = spec.heartbeat_interval or config.heartbeat_interval
         self.flush_period = config.flush_period_for(self.heartbeat_interval)
         self.on_limit: str = spec.on_limit or config.on_limit
+        self.lease: Lease = spec.lease or "heartbeat"
         self.hooks = (
             config.hooks.merged(spec.hooks)
             if config.hooks and spec.hooks

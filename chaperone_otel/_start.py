@@ -19,14 +19,25 @@ reports, including ``retried``::
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-from ._lifecycle import Tokens, activate, deactivate, finish_run
+from . import semconv as sc
+from ._events import AttributeValue, LifecycleRecord, publish, receivers
+from ._lifecycle import (
+    Tokens,
+    _error_type,
+    _safe_str,
+    _safe_traceback,
+    activate,
+    deactivate,
+    finish_run,
+)
 from ._lifecycle import start_run as _start
 from ._run import Run, Supervision
-from ._spec import make_spec
+from ._spec import Lease, make_spec
 from .exceptions import ConfigurationError
 
 FinishStatus = Literal["completed", "failed", "cancelled", "retried"]
@@ -60,6 +71,12 @@ class StartedRun:
         return self._run.attempt
 
     @property
+    def execution_id(self) -> str:
+        """This start's own id: a second start of the same ``(id, attempt)`` (a redelivered
+        task) is another execution, stored as a row of its own."""
+        return self._run.execution_id
+
+    @property
     def status(self) -> str:
         """``running`` until finished, then the outcome."""
         return self._run.status
@@ -86,7 +103,11 @@ class StartedRun:
         return _Active(self)
 
     def finish(
-        self, error: BaseException | None = None, *, status: FinishStatus | None = None
+        self,
+        error: BaseException | None = None,
+        *,
+        status: FinishStatus | None = None,
+        timed_out: bool = False,
     ) -> None:
         """End the run with its outcome; a second call does nothing.
 
@@ -96,13 +117,23 @@ class StartedRun:
                 for a cancellation (``KeyboardInterrupt``, ``SystemExit``, asyncio's
                 ``CancelledError``), otherwise ``failed``. ``retried`` is a terminal status
                 that is not a failure: the framework runs the task again as a new attempt.
+            timed_out: the framework ended it for running past its time limit (Celery's
+                soft limit): a ``timeout`` violation is recorded, even when the framework's
+                clock fired a moment before the run's own deadline.
 
         Raises:
             ValueError: an unknown ``status``.
         """
         if status is not None and status not in _FINISH_STATUSES:
             raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
-        finish_run(self._run, error, status)
+        run = self._run
+        if timed_out:
+            with run.lock:
+                if run.finished_at is None:
+                    due = run.clock() - 1e-6  # judged past it when it finishes, just after
+                    if run.timeout_at is None or run.timeout_at > due:
+                        run.timeout_at = due
+        finish_run(run, error, status)
 
     def __repr__(self) -> str:
         run = self._run
@@ -137,10 +168,12 @@ def start_run(
     *,
     run_id: str | None = None,
     attempt: int | None = None,
+    execution_id: str | None = None,
     queue: str | None = None,
     timeout: Any = None,
     heartbeat_interval: Any = None,
     stall_timeout: Any = None,
+    lease: Lease | None = None,
     attributes: Mapping[str, Any] | None = None,
     tracer_provider: Any = None,
     schedule: Any = None,
@@ -155,10 +188,16 @@ def start_run(
         name: the job name (bounded: a metric label), e.g. the task name.
         run_id: the run id (default: a new uuid4), e.g. the task id.
         attempt: the attempt number, from 1 (default 1), e.g. retries + 1.
+        execution_id: this start's id (default: a new uuid4). Give one only when another
+            process must name this execution later (:func:`close_run`), e.g. an id the
+            framework's parent process made for this delivery.
         queue: the queue (default ``"default"``).
         timeout: max runtime (seconds, ``timedelta`` or ``"2h"``).
         heartbeat_interval: the lease in seconds (default from ``configure()``).
         stall_timeout: flat progress this long while alive means stalled.
+        lease: ``"heartbeat"`` (default: the code must heartbeat within
+            ``heartbeat_interval``) or ``"liveness"`` (the process being alive is enough,
+            for tasks that never call ``heartbeat()``; stuck only past ``timeout``).
         attributes: static attributes (``chaperone.job.attr.<key>``).
         tracer_provider: a provider to use instead of the global one.
         schedule: the schedule the run belongs to (a name, or a ``Schedule``).
@@ -176,6 +215,8 @@ def start_run(
     """
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise ConfigurationError(f"run_id must be a non-empty string, got {run_id!r}")
+    if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
+        raise ConfigurationError(f"execution_id must be a non-empty string, got {execution_id!r}")
     spec = make_spec(
         name,
         queue=queue,
@@ -193,10 +234,143 @@ def start_run(
         tracer_provider=tracer_provider,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        lease=lease,
     )
     if spec.name is None:
         raise ConfigurationError("start_run() needs a job name")
-    return StartedRun(_start(spec, run_id=run_id, attempt=attempt))
+    return StartedRun(_start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id))
 
 
-__all__ = ["FinishStatus", "StartedRun", "start_run"]
+def close_run(
+    run_id: str,
+    *,
+    execution_id: str,
+    attempt: int = 1,
+    status: FinishStatus = "failed",
+    error: BaseException | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Record the outcome of a run another process started: the parent that saw its child
+    die, time out or be revoked (Celery's main process on ``WorkerLostError``).
+
+    Publishes one ``chaperone.job.closed`` record, which the sink (embedded, or ``sink
+    serve`` over OTLP) applies like a finish: a running run ends with ``status``, and what
+    the run's own records left empty (end time, error) is filled in. A finish the run wrote
+    itself keeps its status. Without ``configure()`` (no listener) it does nothing.
+
+    Args:
+        run_id: the run id. execution_id: the execution (:attr:`StartedRun.execution_id`),
+            which the parent must know: give the child the id it starts with.
+        attempt: the attempt number.
+        status: the outcome (default ``failed``).
+        error: what ended it (its type, message and traceback are recorded).
+        name, queue: the job's name and queue, for a run whose own records never arrived.
+        timeout: the time limit it ran past, when that is why it was closed: a ``timeout``
+            violation is recorded too.
+
+    Raises:
+        ConfigurationError: an empty run or execution id, or an attempt below 1.
+        ValueError: an unknown ``status``.
+
+    .. versionadded:: 0.1
+    """
+    for label, value in (("run_id", run_id), ("execution_id", execution_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    if status not in _FINISH_STATUSES:
+        raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
+    to = receivers(sc.EVENT_JOB_CLOSED)
+    if not to:
+        return
+    now = time.time()
+    a: dict[str, AttributeValue] = {
+        sc.ATTR_JOB_RUN_ID: run_id,
+        sc.ATTR_JOB_ATTEMPT: attempt,
+        sc.ATTR_JOB_EXECUTION_ID: execution_id,
+        sc.ATTR_JOB_STATUS: status,
+        sc.ATTR_JOB_HEALTH: "unhealthy" if status == "failed" or timeout else "healthy",
+        sc.ATTR_JOB_STUCK: False,
+        sc.ATTR_JOB_FINISHED_AT: now,
+    }
+    if name:
+        a[sc.ATTR_JOB_NAME] = name
+    if queue:
+        a[sc.ATTR_JOB_QUEUE] = queue
+    if error is not None:
+        a[sc.ATTR_ERROR_TYPE] = _error_type(error)
+        a[sc.ATTR_ERROR_MESSAGE] = _safe_str(error)
+        if status == "failed":
+            a[sc.ATTR_ERROR_STACKTRACE] = _safe_traceback(error)
+    if timeout is not None:
+        a[sc.ATTR_VIOLATION_COUNT] = 1
+        a[sc.ATTR_LIMIT_TYPE] = "timeout"
+        a[sc.ATTR_LIMIT_VALUE] = float(timeout)
+        a[sc.ATTR_LIMIT_POLICY] = "record"
+    publish(
+        LifecycleRecord(
+            event_name=sc.EVENT_JOB_CLOSED,
+            timestamp=now,
+            attributes=a,
+            severity="ERROR" if status == "failed" else "INFO",
+            body=f"{name or run_id} closed: {status}",
+        ),
+        to,
+    )
+
+
+def pending_run(
+    name: str,
+    *,
+    run_id: str,
+    execution_id: str,
+    attempt: int = 1,
+    queue: str | None = None,
+    scheduled_at: float | None = None,
+) -> None:
+    """Record a run that is known but not started: a task received with an ETA or a
+    countdown. The store shows it in ``pending()`` until the run starts under the same
+    ``(run_id, attempt, execution_id)`` (:func:`start_run`), and keeps ``scheduled_at``
+    (its queue wait is the start minus it: ``JobRecord.queue_wait``).
+
+    Args:
+        name: the job name. run_id, execution_id, attempt: the run it will be.
+        queue: its queue.
+        scheduled_at: when it is due, Unix seconds (default: now).
+
+    Raises:
+        ConfigurationError: an empty name, run or execution id, or an attempt below 1.
+
+    .. versionadded:: 0.1
+    """
+    for label, value in (("name", name), ("run_id", run_id), ("execution_id", execution_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    to = receivers(sc.EVENT_JOB_PENDING)
+    if not to:
+        return
+    now = time.time()
+    a: dict[str, AttributeValue] = {
+        sc.ATTR_JOB_NAME: name,
+        sc.ATTR_JOB_QUEUE: queue or "default",
+        sc.ATTR_JOB_RUN_ID: run_id,
+        sc.ATTR_JOB_ATTEMPT: attempt,
+        sc.ATTR_JOB_EXECUTION_ID: execution_id,
+        sc.ATTR_JOB_STATUS: "pending",
+        sc.ATTR_JOB_SEQUENCE: 0,  # below the run's own first record: its start replaces it
+        sc.ATTR_JOB_SCHEDULED_AT: now if scheduled_at is None else float(scheduled_at),
+    }
+    publish(
+        LifecycleRecord(
+            event_name=sc.EVENT_JOB_PENDING, timestamp=now, attributes=a, body=f"{name} pending"
+        ),
+        to,
+    )
+
+
+__all__ = ["FinishStatus", "StartedRun", "close_run", "pending_run", "start_run"]

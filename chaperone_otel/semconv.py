@@ -52,15 +52,28 @@ EVENT_JOB_HEALTH: Final = "chaperone.job.health"
 EVENT_JOB_FINISHED: Final = "chaperone.job.finished"
 """Emitted once when a run ends, with its final status and totals."""
 
+EVENT_JOB_PENDING: Final = "chaperone.job.pending"
+"""A run known but not started yet (``pending_run()``: a task received with an ETA or a
+countdown), with the time it is due (``chaperone.job.scheduled_at``)."""
+
+EVENT_JOB_CLOSED: Final = "chaperone.job.closed"
+"""A run's outcome recorded by another process (``close_run()``: the parent that saw its
+child die, time out or be revoked). The sink applies it like a finish of what it knows: it
+ends a running run and fills what the run's own records left empty; a finish the run wrote
+itself keeps its status."""
+
 LIFECYCLE_EVENTS: Final = (
+    EVENT_JOB_PENDING,
     EVENT_JOB_STARTED,
     EVENT_JOB_HEARTBEAT,
     EVENT_JOB_PROGRESS,
     EVENT_JOB_VIOLATION,
     EVENT_JOB_HEALTH,
     EVENT_JOB_FINISHED,
+    EVENT_JOB_CLOSED,
 )
-"""All lifecycle event names, in the order a run emits them."""
+"""All lifecycle event names, in the order a run emits them (a run another process closed
+ends with ``closed`` instead of ``finished``)."""
 
 # --------------------------------------------------------------------------------------------
 # Attributes (on the run span, on lifecycle records, and as metric labels where bounded).
@@ -78,6 +91,18 @@ metric label except for long runs (see ``Config.long_run_threshold``)."""
 
 ATTR_JOB_ATTEMPT: Final = "chaperone.job.attempt"
 """The attempt number of this run, 1 for the first try."""
+
+ATTR_JOB_EXECUTION_ID: Final = "chaperone.job.execution.id"
+"""A fresh id per start of a run (one execution of ``(run id, attempt)``): a redelivered task
+that runs the same attempt again is a second execution, stored apart from the first."""
+
+ATTR_JOB_LEASE: Final = "chaperone.job.lease"
+"""What renews the run's lease: ``heartbeat`` (the job's code, within the heartbeat interval)
+or ``liveness`` (its process being alive: stuck only past the timeout, lost when silent)."""
+
+ATTR_JOB_SCHEDULED_AT: Final = "chaperone.job.scheduled_at"
+"""When a pending run is due to start (a task's ETA or countdown), Unix seconds; its queue
+wait is the start minus this."""
 
 ATTR_JOB_STATUS: Final = "chaperone.job.status"
 """``pending``, ``running``, ``completed``, ``failed``, ``cancelled`` or ``retried``.
@@ -366,7 +391,8 @@ METRIC_JOB_LAST_HEARTBEAT: Final = MetricSpec(
     "chaperone.job.last_heartbeat_timestamp",
     "gauge",
     "s",
-    "Unix time of the latest sign of life from the job's code; alert on time() - x > k * "
+    "Unix time of the latest sign of life from the job's code (for a run with a liveness "
+    "lease, of its process: the time it was observed); alert on time() - x > k * "
     "interval. The oldest of the group's runs when the run id is not a label.",
     _LIVE_LABELS,
 )
@@ -898,12 +924,15 @@ __all__ = [
     "ATTR_INTERNAL_WHERE",
     "ATTR_JOB_ATTEMPT",
     "ATTR_JOB_DURATION",
+    "ATTR_JOB_EXECUTION_ID",
     "ATTR_JOB_FINISHED_AT",
     "ATTR_JOB_HEALTH",
+    "ATTR_JOB_LEASE",
     "ATTR_JOB_NAME",
     "ATTR_JOB_PARENT_RUN_ID",
     "ATTR_JOB_QUEUE",
     "ATTR_JOB_RUN_ID",
+    "ATTR_JOB_SCHEDULED_AT",
     "ATTR_JOB_SEQUENCE",
     "ATTR_JOB_STALL_TIMEOUT",
     "ATTR_JOB_STARTED_AT",
@@ -948,9 +977,11 @@ __all__ = [
     "ATTR_SINK_PROBLEM",
     "ATTR_USER_PREFIX",
     "ATTR_VIOLATION_COUNT",
+    "EVENT_JOB_CLOSED",
     "EVENT_JOB_FINISHED",
     "EVENT_JOB_HEALTH",
     "EVENT_JOB_HEARTBEAT",
+    "EVENT_JOB_PENDING",
     "EVENT_JOB_PROGRESS",
     "EVENT_JOB_STARTED",
     "EVENT_JOB_VIOLATION",

@@ -137,6 +137,15 @@ SCENARIOS = [
     ("failed", {"status": "failed"}, "unhealthy", False, False),
     ("completed", {"status": "completed", "last_heartbeat": -999}, "healthy", False, False),
     ("pending", {"status": "pending"}, "unknown", False, False),
+    # lease="liveness": the process being alive renews it, whatever the code's heartbeats
+    ("liveness, code silent", {"lease": "liveness", "last_heartbeat": -999}, "healthy", False,
+     False),
+    ("liveness, process silent", {"lease": "liveness", "last_heartbeat": -40, "last_seen": -31},
+     "unhealthy", False, True),
+    ("liveness, overtime", {"lease": "liveness", "last_heartbeat": -999, "timeout_at": -1},
+     "unhealthy", True, False),
+    ("heartbeat lease named", {"lease": "heartbeat", "last_heartbeat": -31}, "unhealthy", True,
+     False),
 ]
 
 
@@ -189,6 +198,7 @@ def _signals(draw: st.DrawFn) -> dict[str, float | str | None]:
         "last_heartbeat": draw(maybe),
         "last_seen": draw(maybe),
         "heartbeat_interval": draw(st.sampled_from([0.5, 10.0, 60.0])),
+        "lease": draw(st.sampled_from([None, "heartbeat", "liveness"])),
         "timeout_at": draw(maybe),
         "stall_deadline": draw(maybe),
         "memory": draw(maybe),
@@ -216,6 +226,8 @@ def test_folding_agrees_with_evaluation(
     r = rules(DEFAULT_POLICY)
     known: dict[str, float | str | None] = {"status": signals["status"]}
     known.update((name, None) for name in absent)
+    if signals["lease"] == "liveness":  # known with its inputs: the lease's renewal folds
+        known.update(lease="liveness", last_seen=signals["last_seen"])
     if signals["violation_count"] == 0:
         known["violation_count"] = 0.0
     for name in ("unhealthy", "degraded", "healthy", "stuck", "lost", "stalled", "near_limit"):

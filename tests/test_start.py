@@ -142,3 +142,19 @@ def test_retried_attempts_are_in_the_store_but_not_failed(tmp_path: Path) -> Non
         assert sink.jobs.retried().count() == 2
         assert sink.jobs.failed().count() == 0
         assert sink.jobs.unhealthy().count() == 0
+
+
+def test_timed_out_records_a_timeout_violation_even_before_the_deadline() -> None:
+    """A framework's clock (Celery's soft time limit) may fire a moment before the run's own
+    deadline: finish(timed_out=True) still records the timeout violation."""
+    with capture() as cap:
+        run = chaperone.start_run("celery.soft", timeout=300)
+        run.finish(TimeoutError("soft time limit (300 s) exceeded"), timed_out=True)
+    got = cap.run(run.id)
+    assert got.status == "failed"
+    assert [v[sc.ATTR_LIMIT_TYPE] for v in got.violations] == ["timeout"]
+    assert got.violations[0][sc.ATTR_LIMIT_VALUE] == 300.0
+    plain = chaperone.start_run("celery.soft", timeout=300)
+    with capture() as cap:
+        plain.finish(TimeoutError("x"))
+    assert cap.run(plain.id).violations == []

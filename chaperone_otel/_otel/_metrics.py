@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 LiveRuns = Callable[[], Sequence["Run"]]
 
 
+def _lease_renewed(run: Run, now: float) -> float:
+    """The last-heartbeat gauge's value: the job code's latest sign of life, or now for a run
+    whose lease is its process's liveness (observed alive: ``_health.LeaseRenewed``)."""
+    return now if run.static.lease == "liveness" else run.last_heartbeat
+
+
 class Cumulative:
     """Running totals by label set, reported by an *observable* counter.
 
@@ -160,7 +166,7 @@ class Instruments:
             ],
         )
         gauges: list[tuple[sc.MetricSpec, Callable[[Run, float], float | None]]] = [
-            (sc.METRIC_JOB_LAST_HEARTBEAT, lambda r, now: r.last_heartbeat),
+            (sc.METRIC_JOB_LAST_HEARTBEAT, _lease_renewed),
             (sc.METRIC_JOB_HEARTBEAT_INTERVAL, lambda r, now: r.heartbeat_interval),
             (sc.METRIC_JOB_DEADLINE, lambda r, now: r.timeout_at),
             (sc.METRIC_JOB_STALL_DEADLINE, lambda r, now: r.stall_deadline),
@@ -258,7 +264,7 @@ class Instruments:
         for run in self._live_runs():
             run_id = run.id if now - run.started_at >= self._long_run_threshold else ""
             key = (run.name, run.queue, run_id)
-            staleness = (now - run.last_heartbeat) / run.heartbeat_interval
+            staleness = (now - _lease_renewed(run, now)) / run.heartbeat_interval
             if key not in best or staleness > best[key][0]:
                 best[key] = (staleness, run)
         groups: list[tuple[dict[str, str], Run]] = []

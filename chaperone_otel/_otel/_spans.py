@@ -59,6 +59,7 @@ class SpanWriter:
             sc.ATTR_JOB_QUEUE: run.queue,
             sc.ATTR_JOB_RUN_ID: run.id,
             sc.ATTR_JOB_ATTEMPT: run.attempt,
+            sc.ATTR_JOB_EXECUTION_ID: run.execution_id,
             sc.ATTR_HEARTBEAT_INTERVAL: run.heartbeat_interval,
         }
         tail = run.static.tail

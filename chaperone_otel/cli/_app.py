@@ -262,14 +262,20 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
     target = store_target(db, url)
     with open_store(target) as sink:
         record = named_run(sink, run_id, target, "show")
+        others = [
+            r
+            for r in sink.jobs.with_id(record.id).order_by("attempt").all()
+            if (r.attempt, r.execution_id) != (record.attempt, record.execution_id)
+        ]
         if as_json:
             data = render.record_dict(record)
             data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
             data["errors"] = [e.to_dict() for e in record.errors]
             data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
+            data["other_executions"] = render.executions_dict(others)
             dump_json(data)
             return
-        console().print(render.detail(record))
+        console().print(render.detail(record, others))
 
 
 # --------------------------------------------------------------------------------------------

@@ -370,8 +370,9 @@ def sql_expanded(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width
     return "\n".join(out)
 
 
-def detail(record: Any) -> RenderableType:
-    """``show RUN_ID``: everything about one run."""
+def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
+    """``show RUN_ID``: everything about one run; ``others`` are the run id's other attempts
+    and executions (a redelivered task runs an attempt again), listed at the end."""
     now = now_utc()
     r = record
     info = Table.grid(padding=(0, 2))
@@ -386,6 +387,7 @@ def detail(record: Any) -> RenderableType:
     row("run id", field(r, "id"))
     row("parent run", field(r, "parent_run_id"))  # list its nested runs: jobs --parent ID
     row("attempt", field(r, "attempt"))
+    row("execution", field(r, "execution_id"))
     row("job", field(r, "name"))
     row("queue", field(r, "queue"))
     row("status", status_text(r))
@@ -514,7 +516,37 @@ def detail(record: Any) -> RenderableType:
                 Text(", ".join(f"{k}={v}" for k, v in dict(hmeta).items())[:80]),
             )
         parts.append(ht)
+    if others:
+        et = Table(
+            title=f"other attempts and executions of this run id: {len(others)}",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+        )
+        for col in ("ATTEMPT", "EXECUTION", "STATUS", "STARTED", "PID"):
+            et.add_column(col)
+        for o in others:
+            et.add_row(
+                str(field(o, "attempt")),
+                Text(str(field(o, "execution_id") or "-")),
+                status_text(o),
+                _iso(field(o, "started_at")),
+                str(field(o, "pid") or "-"),
+            )
+        parts.append(et)
     return Group(*parts)
+
+
+def executions_dict(others: Sequence[Any]) -> list[dict[str, Any]]:
+    """``show --json``'s ``other_executions``: the run id's other attempts and executions."""
+    return [
+        {
+            "attempt": field(o, "attempt"),
+            "execution_id": field(o, "execution_id"),
+            "status": field(o, "status"),
+            "started_at": _iso(field(o, "started_at")),
+        }
+        for o in others
+    ]
 
 
 @dataclass

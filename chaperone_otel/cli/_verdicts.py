@@ -58,9 +58,11 @@ def stuck_runs(base: JobQuery, *, include_lost: bool) -> list[JobRecord]:
     """Stuck runs of ``base`` (oldest first), then the lost ones not already listed."""
     found = base.stuck().order_by("started_at").all()
     if include_lost:
-        seen = {(r.id, r.attempt) for r in found}
+        seen = {(r.id, r.attempt, r.execution_id) for r in found}
         found += [
-            r for r in base.lost().order_by("started_at").all() if (r.id, r.attempt) not in seen
+            r
+            for r in base.lost().order_by("started_at").all()
+            if (r.id, r.attempt, r.execution_id) not in seen
         ]
     return found
 

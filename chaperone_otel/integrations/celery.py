@@ -22,16 +22,30 @@ What a run gets from Celery:
 ==============  ===================================================================
 run id          the task id (``request.id``)
 attempt         ``request.retries + 1``
+execution id    one per delivery (the worker's main process makes it on receipt): a
+                redelivered message runs the same attempt as a second execution
 name            the task name
 queue           the delivery's routing key (``"default"`` if Celery gives none)
-timeout         the hard time limit (else the soft one): the task's, or the app's
+timeout         the earliest time limit, soft or hard: the task's, or the app's
 ==============  ===================================================================
+
+Leases: a task is alive while its worker process is (``lease="liveness"``), so tasks that
+never call ``heartbeat()`` are healthy until their time limit; a task that promises
+heartbeats opts in with ``@app.task(chaperone_lease="heartbeat",
+chaperone_heartbeat_interval=30)`` and is stuck after three silent intervals.
+
+A task received with an ETA or a countdown is recorded as ``pending`` (with its due time)
+by the worker's main process, until it starts.
 
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type; a
 ``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
 ``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
 exception as the reason; a task revoked before it started is recorded as one ``cancelled``
-run by the worker's main process.
+run by the worker's main process. A ``SoftTimeLimitExceeded`` is ``failed`` with a timeout
+violation. What the child cannot record, the worker's main process closes
+(:func:`chaperone_otel.close_run`): a child that died under a task (``WorkerLostError``:
+``failed``), one killed at the hard time limit (``TimeLimitExceeded``: ``failed``, with a
+timeout violation), one ended by ``revoke(terminate=True)`` (``cancelled``).
 
 The run is current while the task's body runs: ``current_job()``, ``heartbeat()``,
 ``report_progress()`` and ``track()`` reach it, and spans the task opens nest under the run
@@ -44,26 +58,46 @@ sent when ``worker_max_tasks_per_child`` recycles it): billiard ends children wi
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._spec import LEASES as _LEASES
+from .._spec import Lease as _Lease
 from .._start import StartedRun as _StartedRun
+from .._start import close_run as _close_run
+from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
+from .._values import new_run_id as _new_execution_id
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
 
 try:
     from celery import Celery, Task, signals
-    from celery.exceptions import Ignore, Reject, Retry, TaskRevokedError
+    from celery.exceptions import (
+        Ignore,
+        Reject,
+        Retry,
+        SoftTimeLimitExceeded,
+        TaskRevokedError,
+        TimeLimitExceeded,
+        WorkerLostError,
+    )
 except ImportError as _error:  # pragma: no cover - exercised only without celery
     raise ImportError(
         "chaperone_otel.integrations.celery needs Celery: pip install celery"
     ) from _error
 
 _UID: Final = "chaperone_otel.integrations.celery"
+_KNOWN: Final = 100_000
+"""Deliveries the main process remembers (about 100 bytes each) to close their runs."""
+_EXECUTION: Final = "chaperone_execution_id"
+"""The request field that carries a delivery's execution id from the worker's main process
+(``task_received``) to the pool child that runs it (``task.request``)."""
 
 
 class _Instrumentation:
@@ -74,15 +108,20 @@ class _Instrumentation:
         app: Celery,
         include: Callable[[Task], bool] | None,
         heartbeat_interval: Any,
+        lease: _Lease,
         flush_timeout: float,
     ) -> None:
         self.app = app
         self.include = include
         self.heartbeat_interval = heartbeat_interval
+        self.lease = lease
         self.flush_timeout = flush_timeout
         # task id -> (run, tokens): prerun and postrun of one task run on one thread, but a
         # threads pool runs many tasks at once, each with its own entry.
         self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        # The worker's main process: task id -> the delivery's (execution id, attempt,
+        # queue), so it can close the run of a child that died (the newest _KNOWN kept).
+        self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
 
     def wanted(self, task: Any) -> bool:
@@ -90,21 +129,86 @@ class _Instrumentation:
             return False
         return self.include is None or bool(self.include(task))
 
+    def lease_of(self, task: Any) -> tuple[Any, _Lease]:
+        """The task's (heartbeat interval, lease): its own ``chaperone_heartbeat_interval``
+        and ``chaperone_lease`` options, else the app's."""
+        interval = getattr(task, "chaperone_heartbeat_interval", None) or self.heartbeat_interval
+        lease = getattr(task, "chaperone_lease", None) or self.lease
+        return interval, lease
+
     def timeout(self, task: Any, request: Any) -> float | None:
+        """The earliest time limit (soft or hard; the request's, the task's, the app's):
+        past it the run is overtime, so a soft limit gets its timeout violation too."""
         limits = getattr(request, "timelimit", None) or (None, None)
         hard, soft = (*tuple(limits), None, None)[:2]
         conf = self.app.conf
-        for value in (
-            hard,
-            getattr(task, "time_limit", None),
-            conf.task_time_limit,
-            soft,
-            getattr(task, "soft_time_limit", None),
-            conf.task_soft_time_limit,
+        found = []
+        for candidates in (
+            (hard, getattr(task, "time_limit", None), conf.task_time_limit),
+            (soft, getattr(task, "soft_time_limit", None), conf.task_soft_time_limit),
         ):
-            if value:
-                return float(value)
-        return None
+            given = next((float(v) for v in candidates if v), None)
+            if given is not None:
+                found.append(given)
+        return min(found) if found else None
+
+    def received(self, request: Any = None, **_: Any) -> None:
+        """A delivery reached the worker (its main process): give it an execution id, which
+        travels to the pool child in the request. A redelivered message is a new delivery,
+        so a second execution of the same attempt never shares the dead one's id."""
+        request_dict = getattr(request, "request_dict", None)
+        if not isinstance(request_dict, dict) or not self.wanted(getattr(request, "task", None)):
+            return
+        with _guard("celery.received"):
+            execution = _new_execution_id()
+            request_dict[_EXECUTION] = execution
+            delivery = request_dict.get("delivery_info") or {}
+            attempt = int(request_dict.get("retries") or 0) + 1
+            queue = delivery.get("routing_key")
+            with self.lock:
+                self.known[str(request.id)] = (execution, attempt, queue)
+                if len(self.known) > _KNOWN:
+                    del self.known[next(iter(self.known))]
+            due = _epoch(getattr(request, "eta", None))
+            if due is not None:  # an ETA or countdown: visible as pending until it starts
+                _pending_run(
+                    request.task.name,
+                    run_id=str(request.id),
+                    execution_id=execution,
+                    attempt=attempt,
+                    queue=queue,
+                    scheduled_at=due,
+                )
+
+    def failed(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        """The main process saw a child die under a task (``WorkerLostError``: SIGKILL, OOM
+        killer) or killed it at the hard time limit (``TimeLimitExceeded``): the child can
+        no longer finish its run, so it is closed from here (failed, with the reason)."""
+        if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or task_id is None:
+            return
+        with self.lock:
+            if task_id in self.open:  # this process runs it (solo, threads): postrun ends it
+                return
+            known = self.known.pop(task_id, None)
+        if known is None or sender is None or not self.wanted(sender):
+            return
+        execution, attempt, queue = known
+        limit = None
+        if isinstance(exception, TimeLimitExceeded):
+            given = exception.args[0] if exception.args else None
+            limit = float(given) if isinstance(given, (int, float)) else 0.0
+        with _guard("celery.failed"):
+            _close_run(
+                task_id,
+                execution_id=execution,
+                attempt=attempt,
+                error=exception,
+                name=sender.name,
+                queue=queue,
+                timeout=limit,
+            )
 
     def prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         task = sender
@@ -113,13 +217,17 @@ class _Instrumentation:
         with _guard("celery.prerun"):
             request = task.request
             delivery = getattr(request, "delivery_info", None) or {}
+            execution = getattr(request, _EXECUTION, None)
+            interval, lease = self.lease_of(task)
             run = _start_run(
                 task.name,
                 run_id=task_id,
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                execution_id=execution if isinstance(execution, str) and execution else None,
                 queue=delivery.get("routing_key") or None,
                 timeout=self.timeout(task, request),
-                heartbeat_interval=self.heartbeat_interval,
+                heartbeat_interval=interval,
+                lease=lease,
                 **_beat.run_options(request),  # issue 15: the beat entry it serves
             )
             tokens = run.attach()
@@ -149,28 +257,67 @@ class _Instrumentation:
     def revoked(
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
     ) -> None:
-        # A task terminated while running was started in a child, which is gone: closing
-        # that run from here needs a cross-process outcome (issue 13, not yet built).
         task = sender
         task_id = getattr(request, "id", None)
-        if terminated or task is None or not task_id or not self.wanted(task):
+        if task is None or not task_id or not self.wanted(task):
+            return
+        if terminated:
+            self.terminated(task, str(task_id), request, _.get("signum"))
             return
         with _guard("celery.revoked"):
             delivery = getattr(request, "delivery_info", None) or {}
+            execution = getattr(request, _EXECUTION, None)  # its pending row, if it had one
             run = _start_run(
                 task.name,
                 run_id=task_id,
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                execution_id=execution if isinstance(execution, str) and execution else None,
                 queue=delivery.get("routing_key") or None,
-                heartbeat_interval=self.heartbeat_interval,
+                heartbeat_interval=self.lease_of(task)[0],
+                lease=self.lease_of(task)[1],
             )
             run.finish(
                 TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
             )
 
+    def terminated(self, task: Any, task_id: str, request: Any, signum: Any) -> None:
+        """``revoke(terminate=True)`` killed the child running it: cancelled, from here."""
+        with self.lock:
+            if task_id in self.open:
+                return
+            known = self.known.pop(task_id, None)
+        execution = getattr(request, _EXECUTION, None) or (known[0] if known else None)
+        if not isinstance(execution, str):
+            return
+        attempt = int(getattr(request, "retries", 0) or 0) + 1
+        with _guard("celery.terminated"):
+            _close_run(
+                task_id,
+                execution_id=execution,
+                attempt=attempt,
+                status="cancelled",
+                error=TaskRevokedError(f"revoked and terminated (signal {signum})"),
+                name=task.name,
+                queue=known[2] if known else None,
+            )
+
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
+
+
+def _epoch(moment: Any) -> float | None:
+    """A request's ETA (a datetime, or ISO text from older clients) as Unix seconds."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return None
+    if not isinstance(moment, datetime):
+        return None
+    if moment.tzinfo is None:  # Celery's naive ETAs are UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return float(moment.timestamp())
 
 
 def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
@@ -181,10 +328,19 @@ def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
         run.finish(cause, status="retried")
     elif isinstance(retval, (Ignore, Reject)):
         run.finish(retval, status="cancelled")
+    elif isinstance(retval, SoftTimeLimitExceeded):
+        run.finish(retval, timed_out=True)  # failed, with its timeout violation
     elif isinstance(retval, BaseException):
         run.finish(retval)
-    else:  # a failure state without its exception (never seen; recorded as a failure)
-        run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
+    else:
+        # No state: the task was interrupted by a BaseException in flight (SystemExit from
+        # the SIGTERM of a hard time limit or a terminating revoke; the worker's main process
+        # then closes the run with the real reason, which replaces this one).
+        interrupted = sys.exc_info()[1]
+        if interrupted is not None:
+            run.finish(interrupted)
+        else:
+            run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
 
 
 _instrumented: dict[int, _Instrumentation] = {}
@@ -195,6 +351,7 @@ def instrument(
     *,
     include: Callable[[Task], bool] | None = None,
     heartbeat_interval: Any = None,
+    lease: _Lease = "liveness",
     flush_timeout: float = 5.0,
 ) -> None:
     """Supervise ``app``'s tasks: each execution a run (see the module docstring).
@@ -205,7 +362,13 @@ def instrument(
     Args:
         app: the Celery app.
         include: supervise only the tasks for which it returns True (default: all).
-        heartbeat_interval: the runs' lease (default: ``configure()``'s).
+        heartbeat_interval: the runs' lease (default: ``configure()``'s); a task's own
+            ``@app.task(chaperone_heartbeat_interval=30)`` wins.
+        lease: ``"liveness"`` (default): a task is alive while its worker process is, so
+            tasks that never call ``heartbeat()`` are healthy, stuck only past their time
+            limit, lost when their process goes silent. ``"heartbeat"``: the task's code must
+            heartbeat within the interval. A task opts in with
+            ``@app.task(chaperone_lease="heartbeat")``.
         flush_timeout: seconds a pool child waits for its records to be sent when it exits.
 
     .. versionadded:: 0.1
@@ -213,14 +376,18 @@ def instrument(
     key = id(app)
     if key in _instrumented:
         return
-    inst = _Instrumentation(app, include, heartbeat_interval, flush_timeout)
+    if lease not in _LEASES:
+        raise ValueError(f"lease={lease!r}: choose one of {', '.join(_LEASES)}")
+    inst = _Instrumentation(app, include, heartbeat_interval, lease, flush_timeout)
     _instrumented[key] = inst
     if id(app) not in _beat._beats:  # beat entries become schedules (celery_beat)
         _beat.instrument_beat(app)
     uid = f"{_UID}:{key}"
+    signals.task_received.connect(inst.received, weak=False, dispatch_uid=uid)
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
+    signals.task_failure.connect(inst.failed, weak=False, dispatch_uid=uid)
     signals.worker_process_shutdown.connect(inst.process_shutdown, weak=False, dispatch_uid=uid)
 
 
@@ -233,9 +400,11 @@ def uninstrument(app: Celery) -> None:
     if inst is None:
         return
     uid = f"{_UID}:{id(app)}"
+    signals.task_received.disconnect(inst.received, dispatch_uid=uid)
     signals.task_prerun.disconnect(inst.prerun, dispatch_uid=uid)
     signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)
     signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)
+    signals.task_failure.disconnect(inst.failed, dispatch_uid=uid)
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
 
 

@@ -52,8 +52,9 @@ from typing import Any, Final
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
+from .._start import close_run as _close_run
 from .._start import start_run as _start_run
-from ._close import close_run as _close_run
+from .._values import new_run_id as _new_execution_id
 
 try:
     from rq.exceptions import AbandonedJobError, StopRequested
@@ -71,6 +72,16 @@ class WorkHorseKilled(Exception):
 
     .. versionadded:: 0.1
     """
+
+
+EXECUTION_KEY: Final = "chaperone_otel.execution"
+"""The ``job.meta`` key of the current execution's id: made by the worker's main process
+before the fork, so it can close the run of a horse that died."""
+
+
+def _execution(job: Job) -> str | None:
+    found = job.meta.get(EXECUTION_KEY)
+    return found if isinstance(found, str) and found else None
 
 
 def _attempt(job: Job) -> int:
@@ -128,6 +139,7 @@ class SupervisionMixin:
         horse agree on the attempt and a retry saved by either carries it."""
         with _guard("rq.execute_job"):
             job.meta[ATTEMPT_KEY] = _attempt(job) + (1 if ATTEMPT_KEY in job.meta else 0)
+            job.meta[EXECUTION_KEY] = _new_execution_id()
             job.save_meta()  # type: ignore[no-untyped-call]
         return super().execute_job(job, queue)  # type: ignore[misc]
 
@@ -145,7 +157,6 @@ class SupervisionMixin:
         watch = getattr(self, "_chaperone_watch", None)
         if watch is not None and watch[0] == job.id and not self.is_horse:  # type: ignore[attr-defined]
             with _guard("rq.horse_lost"):
-                _, pid, started_at, queue = watch
                 stopped = getattr(self, "_stopped_job_id", None) == job.id
                 exc_string = kwargs.get("exc_string") or "work-horse terminated unexpectedly"
                 error: BaseException = (
@@ -153,18 +164,17 @@ class SupervisionMixin:
                     if stopped
                     else WorkHorseKilled(str(exc_string).strip().rstrip(";"))
                 )
-                _close_run(
-                    _name(job),
-                    run_id=job.id,
-                    attempt=_attempt(job),
-                    queue=job.origin,
-                    timeout=_timeout(job, queue),
-                    started_at=started_at,
-                    status="cancelled" if stopped else "failed",
-                    error=error,
-                    pid=pid or None,
-                    heartbeat_interval=self.chaperone_heartbeat_interval,
-                )
+                execution = _execution(job)
+                if execution is not None:
+                    _close_run(
+                        job.id,
+                        execution_id=execution,
+                        attempt=_attempt(job),
+                        status="cancelled" if stopped else "failed",
+                        error=error,
+                        name=_name(job),
+                        queue=job.origin,
+                    )
         return super().handle_job_failure(job, *args, **kwargs)  # type: ignore[misc]
 
     def handle_exception(self, job: Job, *exc_info: Any) -> Any:
@@ -193,6 +203,7 @@ class SupervisionMixin:
                 _name(job),
                 run_id=job.id,
                 attempt=_attempt(job),
+                execution_id=_execution(job),
                 queue=job.origin,
                 timeout=_timeout(job, queue),
                 heartbeat_interval=self.chaperone_heartbeat_interval,
@@ -247,18 +258,18 @@ def _abandoned_handler(heartbeat_interval: Any) -> Any:
     def closed(job: Job, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
             return
+        execution = _execution(job)
+        if execution is None:
+            return
         with _guard("rq.abandoned"):
             _close_run(
-                _name(job),
-                run_id=job.id,
+                job.id,
+                execution_id=execution,
                 attempt=_attempt(job),
-                queue=job.origin,
-                timeout=_timeout(job, None),
-                started_at=job.started_at.timestamp() if job.started_at else None,
                 status="failed",
                 error=exc if isinstance(exc, BaseException) else AbandonedJobError(),
-                pid=None,
-                heartbeat_interval=heartbeat_interval,
+                name=_name(job),
+                queue=job.origin,
             )
 
     return closed
@@ -281,6 +292,7 @@ class SupervisedSimpleWorker(SupervisionMixin, SimpleWorker):
 
 __all__ = [
     "ATTEMPT_KEY",
+    "EXECUTION_KEY",
     "SupervisedSimpleWorker",
     "SupervisedWorker",
     "SupervisionMixin",

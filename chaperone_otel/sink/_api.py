@@ -451,12 +451,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return payload
 
 
-def _run_key(request: Request) -> tuple[str, int]:
+def _run_key(request: Request) -> tuple[str, int, str | None]:
     run_id = request.query_params.get("run_id")
     attempt = request.query_params.get("attempt", "1")
     if not run_id:
         raise _BadRequest("run_id= is required")
-    return run_id, _integer(attempt, "attempt", minimum=1)
+    execution = request.query_params.get("execution_id")  # absent: every execution
+    return run_id, _integer(attempt, "attempt", minimum=1), execution
 
 
 def _sql_arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
@@ -614,21 +615,24 @@ def query_routes(
         return _JSON({"job": _detail(record)})
 
     def heartbeats(request: Request, _payload: dict[str, Any]) -> Response:
-        run_id, attempt = _run_key(request)
+        run_id, attempt, execution = _run_key(request)
         latest = request.query_params.get("latest", "0") in ("1", "true")
         kind = request.query_params.get("kind") or None
         if kind is not None and kind not in HEARTBEAT_KINDS:
             raise _BadRequest(f"kind must be one of {', '.join(HEARTBEAT_KINDS)}, not {kind!r}")
-        found = sink().heartbeats_of(run_id, attempt, latest=latest, kind=kind)
+        found = sink().heartbeats_of(
+            run_id, attempt, latest=latest, kind=kind, execution_id=execution
+        )
         return _JSON({"heartbeats": [h.to_dict() for h in found]})
 
     def errors(request: Request, _payload: dict[str, Any]) -> Response:
-        run_id, attempt = _run_key(request)
-        return _JSON({"errors": [e.to_dict() for e in sink().errors_of(run_id, attempt)]})
+        run_id, attempt, execution = _run_key(request)
+        found = sink().errors_of(run_id, attempt, execution_id=execution)
+        return _JSON({"errors": [e.to_dict() for e in found]})
 
     def violations(request: Request, _payload: dict[str, Any]) -> Response:
-        run_id, attempt = _run_key(request)
-        found = sink().violations_of(run_id, attempt)
+        run_id, attempt, execution = _run_key(request)
+        found = sink().violations_of(run_id, attempt, execution_id=execution)
         return _JSON({"violations": [v.to_dict() for v in found]})
 
     def sql(request: Request, payload: dict[str, Any]) -> Response:

@@ -37,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import semconv as sc
-from .._health import DEFAULT_POLICY, SINK_SIGNAL_GAUGES, HealthPolicy
+from .._health import DEFAULT_POLICY, SINK_SIGNAL_GAUGES, HealthPolicy, LeaseRenewed
 from ._schema import HEALTH_COLUMNS, health_case, predicate
 
 __all__ = [
@@ -107,8 +107,11 @@ _SCALE: Final = {"cpu": "/ 100.0", "cpu_limit": "/ 100.0"}
 def _run_gauges() -> tuple[tuple[sc.MetricSpec, str], ...]:
     """Every per-run gauge with its SQL over ``jobs``: the health signals (spelt as the store's
     predicates spell them, :data:`~._schema.HEALTH_COLUMNS`) and the dashboards' extras."""
+    # The last-heartbeat gauge is when the lease was last renewed, as the worker's is: a
+    # liveness-lease run's is its last sign of life (_health.LeaseRenewed).
+    columns = {**HEALTH_COLUMNS, "last_heartbeat": LeaseRenewed().sql(HEALTH_COLUMNS)}
     signals = tuple(
-        (spec, f"({HEALTH_COLUMNS[signal]} {_SCALE.get(signal, '')})")
+        (spec, f"({columns[signal]} {_SCALE.get(signal, '')})")
         for signal, spec in SINK_SIGNAL_GAUGES.items()
     )
     return signals + _EXTRA_GAUGES
@@ -133,7 +136,8 @@ def fleet_sql(policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str]:
         f"CASE WHEN status = 'running' THEN {health_case(policy)} ELSE '' END",
         "$now - epoch(coalesce(last_seen_at, started_at)) <= $window",
         "CASE WHEN $now - epoch(started_at) >= $long THEN run_id ELSE '' END",
-        ratio.format(col="last_heartbeat_at"),
+        # the lease's age: a liveness-lease run's is its silence (_health.LeaseRenewed)
+        f"(($now - {LeaseRenewed().sql(HEALTH_COLUMNS)}) / NULLIF(heartbeat_interval, 0))",
         ratio.format(col="last_seen_at"),
         *(predicate(p, policy) for p in PROBLEMS),
         *(sql for _spec, sql in _run_gauges()),

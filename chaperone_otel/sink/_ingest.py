@@ -42,7 +42,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._records import STAGED_TIME_COLUMNS, Staged
+from .._fields import ERROR_STATUSES
+from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, TERMINAL_STATUSES
 
@@ -73,12 +74,15 @@ _HEARTBEAT_TYPES: Final = (
     ("memory_bytes", pa.int64()),
     ("cpu_percent", pa.float64()),
     ("metadata", pa.string()),
+    ("execution_id", pa.string()),  # added by a migration: last
 )
 """The ``heartbeats`` table's columns as Arrow types (see ``_schema``)."""
 _TIMESTAMP: Final = pa.timestamp("us")
 _TERMINAL_SET: Final = pa.array(TERMINAL_STATUSES, type=pa.string())
 # Span rows only settle these (a span proves the run ended); every other field they fill.
 _SPAN_STATUS_COLUMNS: Final = frozenset({"status", "reported_health", "reported_stuck"})
+_ERROR_COLUMNS: Final = frozenset({"error_type", "error_message", "error_trace"})
+_ERROR_SET: Final = pa.array(ERROR_STATUSES, type=pa.string())
 # Typed scalars: an untyped Python number makes pyarrow infer a type, which tries to import
 # dateutil on every call (~90 µs each when it is not installed).
 _ZERO: Final = pa.scalar(0.0, pa.float64())
@@ -87,48 +91,56 @@ _MICROS: Final = pa.scalar(1_000_000.0, pa.float64())
 _HUNDRED: Final = pa.scalar(100.0, pa.float64())
 _NULL_F64: Final = pa.scalar(None, pa.float64())
 _SEQ_ZERO: Final = pa.scalar(0, pa.int64())
+_SEQ_CLOSED: Final = pa.scalar(CLOSED_SEQ, pa.int64())
 _FALSE: Final = pa.scalar(value=False, type=pa.bool_())
 
-Key = tuple[str, int]
+Key = tuple[str, int, str]
+"""(run id, attempt, execution id): one stored run, one row of ``jobs``."""
+_KEY: Final = ("run_id", "attempt", "execution_id")
 
 DELETE_JOBS: Final = (
     "DELETE FROM jobs USING chaperone_stage_keys k "
-    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt RETURNING jobs.*"
+    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt "
+    "AND jobs.execution_id = k.execution_id RETURNING jobs.*"
 )
 INSERT_JOBS: Final = "INSERT INTO jobs SELECT * FROM chaperone_stage_jobs"
 DUPLICATE_HEARTBEATS: Final = (
-    "SELECT h.run_id, h.attempt, h.seq FROM heartbeats h "
+    "SELECT h.run_id, h.attempt, h.execution_id, h.seq FROM heartbeats h "
     "SEMI JOIN chaperone_stage_heartbeats s "
-    "ON h.run_id = s.run_id AND h.attempt = s.attempt AND h.seq = s.seq "
+    "ON h.run_id = s.run_id AND h.attempt = s.attempt AND h.execution_id = s.execution_id "
+    "AND h.seq = s.seq "
     "WHERE h.recorded_at BETWEEN $lo AND $hi"
 )
 INSERT_HEARTBEATS: Final = "INSERT INTO heartbeats SELECT * FROM chaperone_stage_new_heartbeats"
 TRIM_HEARTBEATS: Final = (
     "DELETE FROM heartbeats WHERE rowid IN (SELECT rid FROM ("
-    "SELECT h.rowid AS rid, row_number() OVER (PARTITION BY h.run_id, h.attempt "
-    "ORDER BY h.recorded_at DESC, h.seq DESC) AS rn FROM heartbeats h "
-    "SEMI JOIN chaperone_stage_over o ON h.run_id = o.run_id AND h.attempt = o.attempt"
+    "SELECT h.rowid AS rid, row_number() OVER (PARTITION BY h.run_id, h.attempt, "
+    "h.execution_id ORDER BY h.recorded_at DESC, h.seq DESC) AS rn FROM heartbeats h "
+    "SEMI JOIN chaperone_stage_over o ON h.run_id = o.run_id AND h.attempt = o.attempt "
+    "AND h.execution_id = o.execution_id"
     ") WHERE rn > $limit)"
 )
 INSERT_VIOLATIONS: Final = (
     "INSERT INTO resource_violations SELECT s.run_id, s.attempt, s.seq, "
-    f"{ts_sql('s.ts')}, s.type, s.limit_value, s.actual, s.policy "
-    "FROM (SELECT DISTINCT ON (run_id, attempt, seq) * FROM chaperone_stage_violations) s "
+    f"{ts_sql('s.ts')}, s.type, s.limit_value, s.actual, s.policy, s.execution_id "
+    "FROM (SELECT DISTINCT ON (run_id, attempt, execution_id, seq) * "
+    "FROM chaperone_stage_violations) s "
     "WHERE NOT EXISTS (SELECT 1 FROM resource_violations r WHERE r.run_id = s.run_id "
-    "AND r.attempt = s.attempt AND r.seq = s.seq)"
+    "AND r.attempt = s.attempt AND r.execution_id = s.execution_id AND r.seq = s.seq)"
 )
 MERGE_ERRORS: Final = (
-    "MERGE INTO job_errors AS e USING (SELECT run_id, attempt, "
+    "MERGE INTO job_errors AS e USING (SELECT run_id, attempt, execution_id, "
     f"{ts_sql('ts')} AS recorded_at, type, message, trace, trace_id, span_id, from_span "
     "FROM chaperone_stage_errors) AS s ON e.run_id = s.run_id AND e.attempt = s.attempt "
+    "AND e.execution_id = s.execution_id "
     "WHEN MATCHED THEN UPDATE SET "
     + ", ".join(
         f"{c} = CASE WHEN s.from_span THEN COALESCE(e.{c}, s.{c}) ELSE COALESCE(s.{c}, e.{c}) END"
         for c in ("recorded_at", "type", "message", "trace", "trace_id", "span_id")
     )
-    + " WHEN NOT MATCHED THEN INSERT (run_id, attempt, recorded_at, type, message, trace, "
-    "trace_id, span_id) VALUES (s.run_id, s.attempt, s.recorded_at, s.type, s.message, "
-    "s.trace, s.trace_id, s.span_id)"
+    + " WHEN NOT MATCHED THEN INSERT (run_id, attempt, execution_id, recorded_at, type, "
+    "message, trace, trace_id, span_id) VALUES (s.run_id, s.attempt, s.execution_id, "
+    "s.recorded_at, s.type, s.message, s.trace, s.trace_id, s.span_id)"
 )
 
 
@@ -197,6 +209,24 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
     return result
 
 
+def _errors_of_failed_runs(errors: pa.Table | None, rows: pa.Table) -> pa.Table | None:
+    """The staged errors of runs whose merged status carries an error (a finished span with
+    an error adds none to a run that completed); of a run another process closed, only the
+    closer's (the run's own later error does not replace it)."""
+    if errors is None:
+        return None
+    index = _index(rows)
+    picks = pa.array([index.get(k) for k in _keys(errors)], type=pa.int64())
+    status = rows.column("status").take(picks)
+    closed_row = pc.fill_null(pc.equal(rows.column("seq").take(picks), _SEQ_CLOSED), _FALSE)
+    keep = pc.and_(
+        pc.fill_null(pc.is_in(status, value_set=_ERROR_SET), _FALSE),
+        pc.or_(pc.invert(closed_row), errors.column("closed")),
+    )
+    kept = errors.filter(keep)
+    return kept if kept.num_rows else None
+
+
 def _write_runs(
     cur: Any,
     staged: Staged,
@@ -232,8 +262,9 @@ def _write_runs(
     if staged.violations is not None:
         register("chaperone_stage_violations", staged.violations)
         cur.execute(INSERT_VIOLATIONS)
-    if staged.errors is not None:
-        register("chaperone_stage_errors", staged.errors)
+    errors = _errors_of_failed_runs(staged.errors, rows)
+    if errors is not None:
+        register("chaperone_stage_errors", errors)
         cur.execute(MERGE_ERRORS)
 
 
@@ -250,19 +281,17 @@ def totals_delta(before: pa.Table, after: pa.Table) -> pa.Table | None:
     if not (pc.any(old_end).as_py() or pc.any(new_end).as_py()):
         return None
     ended = before.filter(old_end)
-    was_ended = set(
-        zip(ended.column("run_id").to_pylist(), ended.column("attempt").to_pylist(), strict=True)
-    )
+    was_ended = set(zip(*(ended.column(c).to_pylist() for c in _KEY), strict=True))
     delta: dict[tuple[str, str, str], list[Any]] = {}
 
     def add(table: pa.Table, sign: int, *, finished: bool) -> None:
-        columns = ("run_id", "attempt", "name", "queue", "status", "finished_at")
-        for run_id, attempt, name, queue, status, at in zip(
+        columns = (*_KEY, "name", "queue", "status", "finished_at")
+        for run_id, attempt, execution, name, queue, status, at in zip(
             *(table.column(c).to_pylist() for c in columns), strict=True
         ):
             entry = delta.setdefault((name or "", queue or "", status), [0, 0, None])
             entry[1] += sign
-            if finished and (run_id, attempt) not in was_ended:
+            if finished and (run_id, attempt, execution) not in was_ended:
                 entry[0] += 1
             if finished and at is not None and (entry[2] is None or at > entry[2]):
                 entry[2] = at
@@ -292,6 +321,7 @@ def _keys_table(keys: Any) -> pa.Table:
         {
             "run_id": pa.array([k[0] for k in keys], type=pa.string()),
             "attempt": pa.array([k[1] for k in keys], type=pa.int64()),
+            "execution_id": pa.array([k[2] for k in keys], type=pa.string()),
         }
     )
 
@@ -315,11 +345,12 @@ def _insert_heartbeats(
             zip(
                 rows.column("run_id").to_pylist(),
                 rows.column("attempt").to_pylist(),
+                rows.column("execution_id").to_pylist(),
                 rows.column("seq").to_pylist(),
                 strict=True,
             )
         )
-        maybe = [q <= (stored_seq.get((r, a)) or 0) for r, a, q in keys]
+        maybe = [q <= (stored_seq.get((r, a, e)) or 0) for r, a, e, q in keys]
         if any(maybe):
             known = _stored_heartbeats(cur, rows.filter(pa.array(maybe, type=pa.bool_())), register)
             if known:
@@ -329,17 +360,25 @@ def _insert_heartbeats(
                     return {}
     register("chaperone_stage_new_heartbeats", rows)
     cur.execute(INSERT_HEARTBEATS)
-    counts = rows.group_by(["run_id", "attempt"]).aggregate([([], "count_all")])
+    counts = rows.group_by(list(_KEY)).aggregate([([], "count_all")])
     return _by_run(counts, "count_all")
 
 
+def _keys(table: pa.Table) -> list[Key]:
+    """Each row's (run_id, attempt, execution_id)."""
+    columns = [table.column(name).to_pylist() for name in _KEY]
+    return list(zip(*columns, strict=True))
+
+
 def _by_run(table: pa.Table, column: str) -> dict[Key, Any]:
-    """``{(run_id, attempt): value}`` from a table with those columns and ``column``."""
-    keys = zip(table.column("run_id").to_pylist(), table.column("attempt").to_pylist(), strict=True)
-    return dict(zip(keys, table.column(column).to_pylist(), strict=True))
+    """``{(run_id, attempt, execution_id): value}`` from a table with those columns and
+    ``column``."""
+    return dict(zip(_keys(table), table.column(column).to_pylist(), strict=True))
 
 
-def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tuple[str, int, int]]:
+def _stored_heartbeats(
+    cur: Any, candidates: pa.Table, register: Any
+) -> set[tuple[str, int, str, int]]:
     """Which of ``candidates`` are stored already (the probe is limited to their time range,
     widened by 1 ms, so zone maps skip old row groups)."""
     register("chaperone_stage_heartbeats", candidates)
@@ -347,7 +386,7 @@ def _stored_heartbeats(cur: Any, candidates: pa.Table, register: Any) -> set[tup
     pad = timedelta(milliseconds=1)
     bounds = {"lo": pc.min(at).as_py() - pad, "hi": pc.max(at).as_py() + pad}
     stored = cur.execute(DUPLICATE_HEARTBEATS, bounds).fetchall()
-    return {(r, int(a), int(q)) for r, a, q in stored}
+    return {(r, int(a), e, int(q)) for r, a, e, q in stored}
 
 
 def _heartbeat_rows(staged: pa.Table) -> pa.Table:
@@ -365,12 +404,12 @@ def _heartbeat_rows(staged: pa.Table) -> pa.Table:
     rows = pa.table(columns, names=[n for n, _t in _HEARTBEAT_TYPES])
     rows = rows.filter(pc.is_valid(recorded))
     if rows.num_rows > 1:
-        # DISTINCT ON (run_id, attempt, seq): keep the first of repeated deliveries.
+        # DISTINCT ON (run_id, attempt, execution_id, seq): the first of repeated deliveries.
         index = pa.array(range(rows.num_rows), type=pa.int64())
         first = (
-            rows.select(["run_id", "attempt", "seq"])
+            rows.select([*_KEY, "seq"])
             .append_column("i", index)
-            .group_by(["run_id", "attempt", "seq"], use_threads=False)
+            .group_by([*_KEY, "seq"], use_threads=False)
             .aggregate([("i", "min")])
             .column("i_min")
         )
@@ -396,7 +435,7 @@ def _count_heartbeats(
 ) -> tuple[pa.Table, list[Key]]:
     """Add the new heartbeat rows to each run's ``heartbeat_rows``; runs over ``limit`` are
     returned (their oldest heartbeats get trimmed) and recorded at ``limit``."""
-    keys = zip(rows.column("run_id").to_pylist(), rows.column("attempt").to_pylist(), strict=True)
+    keys = _keys(rows)
     stored = rows.column("heartbeat_rows").to_pylist()
     over: list[Key] = []
     counted: list[int] = []
@@ -455,16 +494,12 @@ def _terminal(status: Any) -> Any:
 
 def _align(source: pa.Table, index: dict[Key, int], keys: pa.Table) -> pa.Table:
     """Rows of ``source`` matching each row of ``keys`` (all-NULL rows where none)."""
-    ids = keys.column("run_id").to_pylist()
-    attempts = keys.column("attempt").to_pylist()
-    picks = [index.get(k) for k in zip(ids, attempts, strict=True)]
+    picks = [index.get(k) for k in _keys(keys)]
     return source.take(pa.array(picks, type=pa.int64()))
 
 
 def _index(table: pa.Table) -> dict[Key, int]:
-    ids = table.column("run_id").to_pylist()
-    attempts = table.column("attempt").to_pylist()
-    return {k: i for i, k in enumerate(zip(ids, attempts, strict=True))}
+    return {k: i for i, k in enumerate(_keys(table))}
 
 
 def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:
@@ -473,9 +508,10 @@ def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:
     newer = pc.or_kleene(pc.is_null(j_seq), pc.greater(s_seq, j_seq))
     keeps_end = pc.and_(_terminal(j.column("status")), pc.invert(_terminal(s.column("status"))))
     eff = pc.and_(newer, pc.invert(keeps_end))
+    # known only from its span, or closed by another process: the run's records fill in
     span_only = pc.fill_null(
-        pc.equal(j_seq, _SEQ_ZERO), _FALSE
-    )  # known only from its span: fill in
+        pc.is_in(j_seq, value_set=pa.array([0, CLOSED_SEQ], pa.int64())), _FALSE
+    )
     columns: list[Any] = []
     for col in JOB_COLUMNS:
         n = col.name
@@ -497,9 +533,24 @@ def _merge_logs(j: pa.Table, s: pa.Table) -> pa.Table:
 
 
 def _merge_spans(j: pa.Table, s: pa.Table) -> pa.Table:
-    """Finished-span rows ``s`` over current rows ``j``: fill only what is empty; a terminal
-    span status replaces a non-terminal one."""
+    """Finished-span (or ``closed``) rows ``s`` over current rows ``j``: fill only what is
+    empty; a terminal status replaces a non-terminal one, and then the duration is the
+    span's, else the end minus the start (a running row's is only "so far"); the violation
+    count is the larger."""
     ends = pc.and_(pc.invert(_terminal(j.column("status"))), _terminal(s.column("status")))
+    # A closed record (another process's word, close_run()) sets the outcome whatever the
+    # run wrote: a child killed by SIGTERM at its time limit only saw SystemExit.
+    closing = pc.fill_null(pc.equal(s.column("seq"), _SEQ_CLOSED), _FALSE)
+    decides = pc.or_(ends, closing)
+    # An error belongs to the outcome that carries it: filled in when this row ends the run
+    # or agrees with its stored outcome, never onto a run that ended otherwise.
+    same_end = pc.fill_null(pc.equal(j.column("status"), s.column("status")), _FALSE)
+    takes_error = pc.or_(ends, pc.or_(same_end, pc.is_null(j.column("status"))))
+    finished = pc.coalesce(j.column("finished_at"), s.column("finished_at"))
+    started = pc.coalesce(j.column("started_at"), s.column("started_at"))
+    elapsed = pc.divide(
+        pc.cast(pc.cast(pc.subtract(finished, started), pa.duration("us")), pa.int64()), _MICROS
+    )
     columns: list[Any] = []
     for col in JOB_COLUMNS:
         n = col.name
@@ -511,7 +562,16 @@ def _merge_spans(j: pa.Table, s: pa.Table) -> pa.Table:
         elif n == "span_seen":
             columns.append(sc_)  # TRUE
         elif n in _SPAN_STATUS_COLUMNS:
-            columns.append(pc.if_else(ends, sc_, pc.coalesce(jc, sc_)))
+            columns.append(pc.if_else(decides, sc_, pc.coalesce(jc, sc_)))
+        elif n == "duration":
+            columns.append(pc.if_else(decides, pc.coalesce(sc_, elapsed, jc), pc.coalesce(jc, sc_)))
+        elif n == "violation_count":
+            columns.append(pc.max_element_wise(jc, sc_))
+        elif n == "seq":
+            columns.append(pc.if_else(closing, sc_, pc.coalesce(jc, sc_)))
+        elif n in _ERROR_COLUMNS:
+            kept = pc.if_else(takes_error, pc.coalesce(jc, sc_), jc)
+            columns.append(pc.if_else(closing, pc.coalesce(sc_, jc), kept))
         else:  # incl. seq / heartbeat_rows / ingested_at: kept when the row exists
             columns.append(pc.coalesce(jc, sc_))
     return pa.table(columns, names=list(_JOB_NAMES))

@@ -281,13 +281,19 @@ class LocalSink(Sink):
         return rows
 
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
+        self,
+        run_id: str,
+        attempt: int,
+        *,
+        latest: bool = False,
+        kind: str | None = None,
+        execution_id: str | None = None,
     ) -> list[HeartbeatRecord]:
         order = "recorded_at DESC, seq DESC LIMIT 1" if latest else "recorded_at, seq"
         params: dict[str, Any] = {"run_id": run_id, "attempt": attempt}
-        which = ""
+        which = _execution(params, execution_id)
         if kind is not None:
-            which, params["kind"] = " AND kind = $kind", kind
+            which, params["kind"] = which + " AND kind = $kind", kind
         rows = self._rows(
             "SELECT recorded_at, calls, kind, count, progress, metadata FROM heartbeats "
             f"WHERE run_id = $run_id AND attempt = $attempt{which} ORDER BY {order}",
@@ -309,19 +315,27 @@ class LocalSink(Sink):
             )
         return out
 
-    def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]:
+    def errors_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ErrorRecord]:
+        params: dict[str, Any] = {"run_id": run_id, "attempt": attempt}
+        which = _execution(params, execution_id)
         rows = self._rows(
             "SELECT recorded_at, type, message, trace FROM job_errors "
-            "WHERE run_id = $run_id AND attempt = $attempt ORDER BY recorded_at",
-            {"run_id": run_id, "attempt": attempt},
+            f"WHERE run_id = $run_id AND attempt = $attempt{which} ORDER BY recorded_at",
+            params,
         )
         return [ErrorRecord(at=_utc(a), type=t, message=m, trace=tr) for a, t, m, tr in rows]
 
-    def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]:
+    def violations_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ViolationRecord]:
+        params: dict[str, Any] = {"run_id": run_id, "attempt": attempt}
+        which = _execution(params, execution_id)
         rows = self._rows(
             "SELECT recorded_at, type, limit_value, actual, policy FROM resource_violations "
-            "WHERE run_id = $run_id AND attempt = $attempt ORDER BY recorded_at, seq",
-            {"run_id": run_id, "attempt": attempt},
+            f"WHERE run_id = $run_id AND attempt = $attempt{which} ORDER BY recorded_at, seq",
+            params,
         )
         return [
             ViolationRecord(at=_utc(a), type=t, limit=lim, actual=act, policy=p)
@@ -396,7 +410,7 @@ class LocalSink(Sink):
                 try:
                     cur.execute(
                         "CREATE OR REPLACE TEMP TABLE chaperone_doomed AS "
-                        "SELECT run_id, attempt FROM jobs "
+                        "SELECT run_id, attempt, execution_id FROM jobs "
                         "WHERE COALESCE(last_seen_at, finished_at, started_at) < $cutoff "
                         f"AND NOT {live}",
                         {"cutoff": cutoff, "now": now},
@@ -405,7 +419,8 @@ class LocalSink(Sink):
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "
-                            "WHERE t.run_id = d.run_id AND t.attempt = d.attempt"
+                            "WHERE t.run_id = d.run_id AND t.attempt = d.attempt "
+                            "AND t.execution_id = d.execution_id"
                         )
                     found = cur.execute("SELECT count(*) FROM chaperone_doomed").fetchone()
                     cur.execute("DROP TABLE chaperone_doomed")
@@ -591,3 +606,11 @@ __all__ = [
     "open_sink",
     "sink_error",
 ]
+
+
+def _execution(params: dict[str, Any], execution_id: str | None) -> str:
+    """The WHERE clause's execution condition (none: every execution of the attempt)."""
+    if execution_id is None:
+        return ""
+    params["execution_id"] = execution_id
+    return " AND execution_id = $execution_id"

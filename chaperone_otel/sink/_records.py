@@ -48,7 +48,13 @@ from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
 from .._schedules import spec_from_attributes
 
-Key = tuple[str, int]
+CLOSED_SEQ: Final = 2**62
+"""The sequence of a ``closed`` record (another process's word on the run's outcome), above
+any the run writes itself, so the run's later records only fill in what is empty."""
+
+Key = tuple[str, int, str]
+"""A stored run: (run id, attempt, execution id); ``''`` is the execution of a record that
+names none (an older sender, or a row stored before executions had ids)."""
 
 _STR = pa.string()
 _F64 = pa.float64()
@@ -138,7 +144,8 @@ class SpanRecord:
 
     @property
     def key(self) -> Key | None:
-        """The run's (run id, attempt), ``None`` when the span cannot identify a run."""
+        """The run's (run id, attempt, execution), ``None`` when the span cannot identify
+        a run."""
         return record_key(self.attributes)
 
     @property
@@ -299,7 +306,8 @@ _SEQ_MIN, _SEQ_MAX = _INT_RANGE[_I64]
 
 
 def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
-    """The record's (run id, attempt), or ``None`` when either cannot be stored as is."""
+    """The record's (run id, attempt, execution id), or ``None`` when one cannot be stored
+    as is. A record without an execution id (an older sender) is execution ``''``."""
     run_id = attrs.get(sc.ATTR_JOB_RUN_ID)
     if not isinstance(run_id, str) or not run_id:
         return None
@@ -314,7 +322,12 @@ def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
         return None
     if not _ATTEMPT_MIN <= n <= _ATTEMPT_MAX:
         return None
-    return run_id, n
+    execution = attrs.get(sc.ATTR_JOB_EXECUTION_ID, "")
+    if not isinstance(execution, str):
+        return None
+    if not execution.isascii() and _LONE_SURROGATE.search(execution):
+        return None
+    return run_id, n, execution
 
 
 def _seq(attrs: Mapping[str, AttributeValue]) -> int | None:
@@ -366,10 +379,11 @@ def stage(
     out = Staged()
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
-    spans: dict[Key, SpanRecord] = {}
+    spans: dict[Key, IngestRecord] = {}
     heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
     violations: list[tuple[Key, int, LifecycleRecord]] = []
     failed: dict[Key, IngestRecord] = {}
+    closers: dict[Key, IngestRecord] = {}
     for record in records:
         attrs = record.attributes
         if isinstance(record, LifecycleRecord) and record.event_name in _SCHEDULE_EVENTS:
@@ -388,10 +402,18 @@ def stage(
         out.records += 1
         if ts > seen.get(key, -math.inf):
             seen[key] = float(ts)
-        if isinstance(record, SpanRecord):
+        if isinstance(record, SpanRecord) or record.event_name == sc.EVENT_JOB_CLOSED:
+            # Completes the run only: a finished span fills what is empty and ends a running
+            # run; a closed record (close_run(): another process's word on the outcome, none
+            # of the run's state) sets the outcome (see _ingest._merge_spans).
             spans[key] = record
             if attrs.get(sc.ATTR_ERROR_TYPE) is not None:
-                failed.setdefault(key, record)
+                if isinstance(record, SpanRecord):
+                    failed.setdefault(key, record)
+                else:  # the closer's error wins over the run's own in the batch
+                    closers[key] = record
+            if isinstance(record, LifecycleRecord) and attrs.get(sc.ATTR_LIMIT_TYPE) is not None:
+                violations.append((key, 0, record))  # a closed run's timeout: sequence 0
             continue
         seq = _seq(attrs)
         if seq is None:  # NaN, inf, beyond int64, wrong type: ordered as the first record
@@ -410,12 +432,14 @@ def stage(
             and attrs.get(sc.ATTR_JOB_STATUS) in ERROR_STATUSES
         ):
             failed[key] = record
+    failed.update(closers)
     cols = _Columns()
     out.keys = set(seen)
     if best:
         out.logs = _job_table(cols, [(k, s, r) for k, (s, r) in best.items()], seen, attributes)
     if spans:
-        out.spans = _job_table(cols, [(k, 0, r) for k, r in spans.items()], seen, attributes)
+        rows = [(k, 0 if isinstance(r, SpanRecord) else CLOSED_SEQ, r) for k, r in spans.items()]
+        out.spans = _job_table(cols, rows, seen, attributes)
     if heartbeats:
         out.heartbeats = _event_table(cols, heartbeats, _HEARTBEAT_ATTRIBUTES)
     if violations:
@@ -424,6 +448,10 @@ def stage(
         out.errors = _error_table(cols, failed)
     out.coerced += cols.coerced
     return out
+
+
+def _closed(record: IngestRecord) -> bool:
+    return isinstance(record, LifecycleRecord) and record.event_name == sc.EVENT_JOB_CLOSED
 
 
 def _job_table(
@@ -436,6 +464,7 @@ def _job_table(
     data: dict[str, pa.Array] = {
         "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
         "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
         "seq": pa.array([s for _k, s, _r in rows], type=_I64),
     }
     for column, attribute, arrow_type, _is_time in attributes:
@@ -456,6 +485,7 @@ def _event_table(
     data: dict[str, pa.Array] = {
         "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
         "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
+        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
         "seq": pa.array([s for _k, s, _r in rows], type=_I64),
         "ts": pa.array([float(r.timestamp) for _k, _s, r in rows], type=_F64),
     }
@@ -473,6 +503,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table
         {
             "run_id": pa.array([k[0] for k in keys], type=_STR),
             "attempt": pa.array([k[1] for k in keys], type=_I64),
+            "execution_id": pa.array([k[2] for k in keys], type=_STR),
             "ts": cols.array(at, _F64),
             "type": cols.array([a.get(sc.ATTR_ERROR_TYPE) for a in attrs], _STR),
             "message": cols.array([a.get(sc.ATTR_ERROR_MESSAGE) for a in attrs], _STR),
@@ -480,6 +511,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table
             "trace_id": pa.array([_hex(r.trace_id, 32) for r in recs], type=_STR),
             "span_id": pa.array([_hex(r.span_id, 16) for r in recs], type=_STR),
             "from_span": pa.array([isinstance(r, SpanRecord) for r in recs], type=_BOOL),
+            "closed": pa.array([_closed(r) for r in recs], type=_BOOL),
         }
     )
 

@@ -39,6 +39,14 @@ from ._query import JobQuery, Sink
 from ._results import ErrorRecord, HeartbeatRecord, JobRecord, SqlResult, ViolationRecord
 from ._store import sidecar_token
 
+
+def _run_params(run_id: str, attempt: int, execution_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"run_id": run_id, "attempt": attempt}
+    if execution_id is not None:
+        params["execution_id"] = execution_id
+    return params
+
+
 __all__ = ["TOKEN_ENV", "OwnerUnreachableError", "RemoteSink", "open_remote"]
 
 TOKEN_ENV: Final = "CHAPERONE_OTEL_SINK_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -232,22 +240,35 @@ class RemoteSink(Sink):
 
     @_follows_the_store
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
+        self,
+        run_id: str,
+        attempt: int,
+        *,
+        latest: bool = False,
+        kind: str | None = None,
+        execution_id: str | None = None,
     ) -> list[HeartbeatRecord]:
-        params: dict[str, Any] = {"run_id": run_id, "attempt": attempt, "latest": int(latest)}
+        params = _run_params(run_id, attempt, execution_id)
+        params["latest"] = int(latest)
         if kind is not None:
             params["kind"] = kind
         found = self._json("GET", "/api/heartbeats", params=params)
         return [HeartbeatRecord.from_dict(d) for d in found["heartbeats"]]
 
     @_follows_the_store
-    def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]:
-        found = self._json("GET", "/api/errors", params={"run_id": run_id, "attempt": attempt})
+    def errors_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ErrorRecord]:
+        params = _run_params(run_id, attempt, execution_id)
+        found = self._json("GET", "/api/errors", params=params)
         return [ErrorRecord.from_dict(d) for d in found["errors"]]
 
     @_follows_the_store
-    def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]:
-        found = self._json("GET", "/api/violations", params={"run_id": run_id, "attempt": attempt})
+    def violations_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ViolationRecord]:
+        params = _run_params(run_id, attempt, execution_id)
+        found = self._json("GET", "/api/violations", params=params)
         return [ViolationRecord.from_dict(d) for d in found["violations"]]
 
     @_follows_the_store

@@ -33,12 +33,22 @@ class RecordSource(Protocol):
     """Where a record's heartbeats, errors and violations are read (a :class:`Sink`)."""
 
     def heartbeats_of(
-        self, run_id: str, attempt: int, *, latest: bool = False, kind: str | None = None
+        self,
+        run_id: str,
+        attempt: int,
+        *,
+        latest: bool = False,
+        kind: str | None = None,
+        execution_id: str | None = None,
     ) -> list[HeartbeatRecord]: ...
 
-    def errors_of(self, run_id: str, attempt: int) -> list[ErrorRecord]: ...
+    def errors_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ErrorRecord]: ...
 
-    def violations_of(self, run_id: str, attempt: int) -> list[ViolationRecord]: ...
+    def violations_of(
+        self, run_id: str, attempt: int, *, execution_id: str | None = None
+    ) -> list[ViolationRecord]: ...
 
 
 HEARTBEAT_KINDS: Final = ("heartbeat", "liveness")
@@ -266,6 +276,9 @@ class JobRecord:
     """The schedule the run belongs to (``chaperone_otel.schedule``); None if none."""
     scheduled_for: datetime | None = None
     """The slot of its schedule the run serves."""
+    execution_id: str = ""
+    lease: str | None = None
+    scheduled_at: datetime | None = None
     _sink: RecordSource | None = field(default=None, compare=False, repr=False)
 
     TIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -293,28 +306,40 @@ class JobRecord:
         :attr:`finished_at` is the end of any finished run, failed or cancelled too."""
         return self.finished_at if self.completed else None
 
+    @property
+    def queue_wait(self) -> float | None:
+        """Seconds from when it was due (:attr:`scheduled_at`, a pending run's ETA) to its
+        start; None unless both are known."""
+        if self.scheduled_at is None or self.started_at is None:
+            return None
+        return (self.started_at - self.scheduled_at).total_seconds()
+
     def heartbeats(self, kind: str | None = None) -> list[HeartbeatRecord]:
         """The stored heartbeat records of this attempt, oldest first (the latest N are
         kept): every kind, or only ``kind="heartbeat"`` (the job's code beat or progressed)
         or ``kind="liveness"`` (the process was alive, the job said nothing)."""
-        return self._source().heartbeats_of(self.id, self.attempt, kind=_kind(kind))
+        return self._source().heartbeats_of(
+            self.id, self.attempt, kind=_kind(kind), execution_id=self.execution_id
+        )
 
     def latest_heartbeat(self, kind: str | None = "heartbeat") -> HeartbeatRecord | None:
         """The newest heartbeat of the job's own code (the guide's ``heartbeats()->latest()``),
         or None: liveness records, which the monitor writes while the job is silent, do not
         count unless ``kind=None`` (any) or ``kind="liveness"`` asks for them."""
-        found = self._source().heartbeats_of(self.id, self.attempt, latest=True, kind=_kind(kind))
+        found = self._source().heartbeats_of(
+            self.id, self.attempt, latest=True, kind=_kind(kind), execution_id=self.execution_id
+        )
         return found[0] if found else None
 
     @property
     def errors(self) -> list[ErrorRecord]:
         """Errors of this attempt, with tracebacks (at most one: a run fails once)."""
-        return self._source().errors_of(self.id, self.attempt)
+        return self._source().errors_of(self.id, self.attempt, execution_id=self.execution_id)
 
     @property
     def resource_violations(self) -> list[ViolationRecord]:
         """Limits this attempt crossed, oldest first."""
-        return self._source().violations_of(self.id, self.attempt)
+        return self._source().violations_of(self.id, self.attempt, execution_id=self.execution_id)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (times as ISO 8601 strings); :meth:`from_dict` inverts it."""

@@ -269,6 +269,7 @@ PRUNE_TOTALS: Final = (
     "MERGE INTO job_totals AS t USING (SELECT coalesce(name, '') AS name, "
     "coalesce(queue, '') AS queue, status, count(*) AS n FROM jobs SEMI JOIN chaperone_doomed d "
     "ON jobs.run_id = d.run_id AND jobs.attempt = d.attempt "
+    "AND jobs.execution_id = d.execution_id "
     "WHERE status IN (" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ") GROUP BY ALL) "
     "AS p ON t.name = p.name AND t.queue = p.queue AND t.status = p.status "
     "WHEN MATCHED THEN UPDATE SET stored = t.stored - p.n"
@@ -305,8 +306,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "job_totals: ended runs by name, queue and status (fleet /metrics, issue 14)",
         tuple(_job_totals_statements()),
     ),
+    Migration(
+        5,
+        "executions: a row per (run_id, attempt, execution_id), '' for rows stored before; "
+        "the run's lease; a pending run's due time",
+        (
+            "ALTER TABLE jobs ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE heartbeats ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE job_errors ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE resource_violations ADD COLUMN execution_id VARCHAR DEFAULT ''",
+            "ALTER TABLE jobs ADD COLUMN lease VARCHAR",
+            "ALTER TABLE jobs ADD COLUMN scheduled_at TIMESTAMP",
+        ),
+        ("execution_id", "lease", "scheduled_at"),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(5, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(6, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
@@ -432,8 +447,9 @@ def migrate(
             con.execute("ROLLBACK")
             raise
         version = migration.version
-    for statement in view_statements(policy):
-        con.execute(statement)
+    if version >= SCHEMA_VERSION:  # the views read every column: only a current store has them
+        for statement in view_statements(policy):
+            con.execute(statement)
     return version
 
 

@@ -62,6 +62,15 @@ SCENARIOS: dict[str, dict[str, SignalValue]] = {
     "violated": {"last_heartbeat": 595, "last_seen": 600, "violation_count": 1},
     "lost": {"last_heartbeat": 300, "last_seen": 405},
     "recently silent process": {"last_heartbeat": 540, "last_seen": 540},
+    # lease="liveness": the code never beat; the process being alive renews the lease (the
+    # worker's last-heartbeat gauge is then the time of each observation)
+    "liveness lease, alive": {"lease": "liveness", "last_heartbeat": 0, "last_seen": 600},
+    "liveness lease, overtime": {"lease": "liveness", "last_heartbeat": 0, "last_seen": 600,
+                                 "timeout_at": 500},
+    "liveness lease, silent process": {"lease": "liveness", "last_heartbeat": 0,
+                                       "last_seen": 405},
+    "liveness lease, 1.6x silent": {"lease": "liveness", "last_heartbeat": 0,
+                                    "last_seen": 495},
 }
 for signals in SCENARIOS.values():
     signals.setdefault("heartbeat_interval", 60)
@@ -98,6 +107,7 @@ def _row(sig: dict[str, SignalValue]) -> dict[str, Any]:
         "open_fds": sig.get("fds"), "fd_limit": sig.get("fd_limit"),
         "violation_count": sig.get("violation_count", 0),
         "cpu_scope": sig.get("cpu_scope"),
+        "lease": sig.get("lease"),
     }
 
 
@@ -113,7 +123,7 @@ def sql_verdicts() -> dict[str, dict[str, bool]]:
         times = TIMES
         cols = ", ".join(
             (f"to_timestamp(CAST(? AS DOUBLE)) AS {c}" if c in times
-             else f"CAST(? AS {'VARCHAR' if c in ('status', 'cpu_scope') else 'DOUBLE'}) AS {c}")
+             else f"CAST(? AS {'VARCHAR' if c in ('status', 'cpu_scope', 'lease') else 'DOUBLE'}) AS {c}")
             for c in row)
         con.execute("DROP TABLE IF EXISTS jobs")
         con.execute(f"CREATE TABLE jobs AS SELECT {cols}", list(row.values()))
@@ -160,8 +170,16 @@ def worker_series(sig: dict[str, SignalValue]) -> list[dict[str, str]]:
     last_seen = float(sig["last_seen"])  # type: ignore[arg-type]
     assert last_seen % STEP == 0
     steps = int(last_seen // STEP)
-    return [series(spec.prometheus, WORKER_LABELS, f"{float(sig[key])!r}x{steps}")  # type: ignore[arg-type]
+    return [series(spec.prometheus, WORKER_LABELS, _values(sig, key, steps))
             for key, spec in GAUGES.items() if sig.get(key) is not None]
+
+
+def _values(sig: dict[str, SignalValue], key: str, steps: int) -> str:
+    """A gauge's samples: its signal's value at every step; a liveness-lease run's
+    last-heartbeat gauge is the time of each observation (the worker's lease renewal)."""
+    if key == "last_heartbeat" and sig.get("lease") == "liveness":
+        return f"0+{STEP}x{steps}"
+    return f"{float(sig[key])!r}x{steps}"  # type: ignore[arg-type]
 
 
 def promtool_suite(expected: dict[str, dict[str, bool]],

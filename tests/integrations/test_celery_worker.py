@@ -9,9 +9,12 @@ exits. Every wait is bounded; the worker and the server are stopped by PID.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.slow
 _APP = textwrap.dedent(
     """
     import os
+    import time
 
     from celery import Celery
 
@@ -67,6 +71,43 @@ _APP = textwrap.dedent(
     @app.task(name="it.noop")
     def noop(i):
         return i
+
+
+    @app.task(name="it.sleepy", chaperone_heartbeat_interval=1)
+    def sleepy(seconds):  # never heartbeats: the default liveness lease keeps it alive
+        time.sleep(seconds)
+        return seconds
+
+
+    @app.task(name="it.sleepy_promised", chaperone_heartbeat_interval=1,
+              chaperone_lease="heartbeat")
+    def sleepy_promised(seconds):  # promised heartbeats it never sends
+        time.sleep(seconds)
+        return seconds
+
+
+    @app.task(name="it.hang")
+    def hang(seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+    @app.task(name="it.overtime", time_limit=2)
+    def overtime():
+        time.sleep(30)
+
+
+    @app.task(name="it.soft", soft_time_limit=1)
+    def soft():
+        time.sleep(10)
+
+
+    @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
+    def redelivered(marker):
+        if not os.path.exists(marker):  # the first delivery waits to be killed
+            open(marker, "w").close()
+            time.sleep(120)
+        return "second"
     """
 )
 
@@ -200,3 +241,154 @@ def test_recycled_children_lose_no_run(worker: Worker) -> None:
     wait_until(stored, 30, "ten completed runs")
     pids = {j.pid for j in worker.jobs("it.noop") if j.id in ids}
     assert len(pids) >= 5  # each child ran at most two of the ten tasks: recycling happened
+
+
+def _running_pid(worker: Worker, name: str, task_id: str) -> Any:
+    rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == "running"]
+    return rows[0].pid if rows and rows[0].pid else None
+
+
+def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
+    worker: Worker, tmp_path: Any
+) -> None:
+    """acks_late + reject_on_worker_lost: the child running the task is SIGKILLed, the
+    message is redelivered and the same attempt runs again. Two executions are stored: the
+    dead one with the killed pid (not completed), the new one completed with its own pid."""
+    marker = str(tmp_path / "first-delivery")
+    result = worker.client.send_task("it.redelivered", args=(marker,))
+    pid = wait_until(
+        lambda: _running_pid(worker, "it.redelivered", result.id), 30, "the first execution"
+    )
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60) == "second"
+
+    def stored() -> Any:
+        rows = [j for j in worker.jobs("it.redelivered") if j.id == result.id]
+        return rows if len(rows) == 2 and any(j.status == "completed" for j in rows) else None
+
+    rows = wait_until(stored, 30, "two executions of the redelivered task")
+    (new,) = [j for j in rows if j.status == "completed"]
+    (dead,) = [j for j in rows if j is not new]
+    assert dead.attempt == new.attempt == 1
+    assert dead.execution_id
+    assert new.execution_id
+    assert dead.execution_id != new.execution_id
+    assert dead.pid == pid
+    assert new.pid != pid
+    assert new.duration is not None
+    assert new.duration > 0
+
+
+def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
+    worker: Worker,
+) -> None:
+    """Interval 1 s, 6 s without a heartbeat and no time limit: while it runs, the task on
+    the default (liveness) lease is healthy and not stuck; one that opted into the
+    heartbeat lease is stuck. Both then complete."""
+    quiet = worker.client.send_task("it.sleepy", args=(6,))
+    promised = worker.client.send_task("it.sleepy_promised", args=(6,))
+
+    def both_running_long() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = {r.id: r for r in sink.jobs.running().all()}
+        found = rows.get(quiet.id), rows.get(promised.id)
+        if any(r is None or r.duration is None or r.duration < 4.5 for r in found):
+            return None
+        return found
+
+    live, beating = wait_until(both_running_long, 30, "both tasks running for 4.5 s")
+    assert (live.health, live.stuck, live.lost) == ("healthy", False, False)
+    assert beating.stuck
+    assert beating.health == "unhealthy"
+    assert quiet.get(timeout=30) == 6
+    assert promised.get(timeout=30) == 6
+
+
+def _closed(worker: Worker, name: str, task_id: str, status: str) -> Any:
+    def found() -> Any:
+        rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == status]
+        return rows[0] if rows else None
+
+    return wait_until(found, 20, f"{name} {task_id} {status} in the store")
+
+
+def test_sigkilled_child_is_closed_failed_by_the_main_process(worker: Worker) -> None:
+    """The child running a task is SIGKILLed: the worker's main process sees
+    WorkerLostError and closes the run as failed within seconds (not left to be lost)."""
+    result = worker.client.send_task("it.hang", args=(120,))
+    pid = wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    job = _closed(worker, "it.hang", result.id, "failed")
+    assert time.monotonic() - killed < 20
+    assert job.error_type.endswith("WorkerLostError")
+    assert "SIGKILL" in job.error_message
+    assert job.pid == pid  # the child's own row, closed
+    assert not job.lost
+    with pytest.raises(Exception, match="SIGKILL"):
+        result.get(timeout=30)
+
+
+def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
+    """time_limit=2 on a task that sleeps 30 s: billiard kills the child; the run is failed
+    with TimeLimitExceeded (Celery's outcome) and a timeout violation, closed from the main
+    process."""
+    result = worker.client.send_task("it.overtime")
+    result.get(timeout=30, propagate=False)  # the backend's FAILURE (and the channel freed)
+    job = _closed(worker, "it.overtime", result.id, "failed")
+    assert job.error_type.endswith("TimeLimitExceeded")
+    assert job.health == "unhealthy"
+    with chaperone.open_sink(worker.store) as sink:
+        found = sink.job(result.id)
+        assert found is not None
+        assert "timeout" in {v.type for v in found.resource_violations}
+
+
+def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
+    result = worker.client.send_task("it.hang", args=(120,))
+    wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    worker.client.control.revoke(result.id, terminate=True)
+    result.get(timeout=30, propagate=False)
+    job = _closed(worker, "it.hang", result.id, "cancelled")
+    assert job.error_type.endswith("TaskRevokedError")
+    assert "terminated" in job.error_message
+
+
+def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
+    """soft_time_limit=1: SoftTimeLimitExceeded is raised in the task; the run is failed
+    with it and has a timeout violation (limit 1 s)."""
+    result = worker.client.send_task("it.soft")
+    result.get(timeout=30, propagate=False)
+    job = _closed(worker, "it.soft", result.id, "failed")
+    assert job.error_type.endswith("SoftTimeLimitExceeded")
+    with chaperone.open_sink(worker.store) as sink:
+        found = sink.job(result.id)
+        assert found is not None
+        assert [(v.type, v.limit) for v in found.resource_violations] == [("timeout", 1.0)]
+
+
+def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
+    """countdown=4: the worker's main process records the task as pending, with its due
+    time, as soon as it receives it; the same row then runs and completes, and its queue
+    wait (start minus due time) is small."""
+    sent = time.time()
+    result = worker.client.send_task("it.noop", args=(7,), countdown=4)
+
+    def pending() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = [r for r in sink.jobs.pending().all() if r.id == result.id]
+        return rows[0] if rows else None
+
+    row = wait_until(pending, 15, "the countdown task pending in the store")
+    assert time.time() - sent < 4  # seen before it was due
+    assert row.name == "it.noop"
+    assert row.started_at is None
+    assert row.scheduled_at is not None
+    assert abs(row.scheduled_at.timestamp() - (sent + 4)) < 2
+    assert result.get(timeout=30) == 7
+    job = _closed(worker, "it.noop", result.id, "completed")
+    assert job.execution_id == row.execution_id  # the pending row became the run
+    assert job.scheduled_at == row.scheduled_at
+    assert job.queue_wait is not None
+    assert -1 < job.queue_wait < 5
+

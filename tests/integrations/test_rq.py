@@ -14,7 +14,7 @@ from rq.registry import StartedJobRegistry
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
-from chaperone_otel.integrations.rq import ATTEMPT_KEY, SupervisedSimpleWorker
+from chaperone_otel.integrations.rq import ATTEMPT_KEY, EXECUTION_KEY, SupervisedSimpleWorker
 from chaperone_otel.testing import Capture, capture
 
 pytestmark = pytest.mark.slow  # a real redis-server
@@ -80,6 +80,7 @@ def test_abandoned_job_is_closed_failed_by_the_maintenance(queue: Queue, cap: Ca
     (``AbandonedJobError``), under the attempt the dead worker counted."""
     job = queue.enqueue(current_run_id)
     job.meta[ATTEMPT_KEY] = 3  # the dead worker's third execution of it
+    job.meta[EXECUTION_KEY] = "exec-of-the-dead-worker"  # saved before its horse started
     job.save_meta()
     job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry(queue=queue)
@@ -90,7 +91,8 @@ def test_abandoned_job_is_closed_failed_by_the_maintenance(queue: Queue, cap: Ca
     assert (run.id, run.status) == (job.id, "failed")
     assert run.latest[sc.ATTR_JOB_ATTEMPT] == 3
     assert run.error_type == "rq.exceptions.AbandonedJobError"
-    assert run.latest[sc.ATTR_JOB_SEQUENCE] > 1_000_000  # above what the dead run wrote
+    assert run.latest[sc.ATTR_JOB_EXECUTION_ID] == "exec-of-the-dead-worker"
+    assert run.records[-1].event_name == sc.EVENT_JOB_CLOSED  # the outcome wins in the store
     # the handler was there only during the cleanup
     assert all(getattr(h, "__name__", "") != "closed" for h in worker._exc_handlers)
 

@@ -209,3 +209,39 @@ def test_another_family_is_one_add_source_call(tmp_path: Path) -> None:
     con.close()
     assert 'chaperone_sink_test_extra{k="v"} 0.0' in text
     assert sc.METRIC_SINK_RUN_ACTIVE.prometheus in text
+
+
+def test_job_totals_count_each_execution_of_a_run(tmp_path: Path) -> None:
+    """Two executions of one (run id, attempt), as an acks-late redelivery makes them, are
+    two ends: the second counts even when it arrives beside a re-delivery of the first,
+    and pruning the old one leaves the new one stored."""
+    path = str(tmp_path / "executions.duckdb")
+    now = time.time()
+
+    def ended(execution: str, status: str, at: float) -> dict[str, Any]:
+        return record("r", sc.EVENT_JOB_FINISHED, at, **{
+            sc.ATTR_JOB_STATUS: status, sc.ATTR_JOB_STARTED_AT: at - 5,
+            sc.ATTR_JOB_FINISHED_AT: at, sc.ATTR_HEARTBEAT_INTERVAL: 1.0,
+            sc.ATTR_JOB_SEQUENCE: 2, sc.ATTR_JOB_EXECUTION_ID: execution})
+
+    with SinkServer(path, port=0, advertise=False) as srv:
+        _post(srv.url, [ended("e1", "failed", now - 3600)])
+        _post(srv.url, [ended("e1", "failed", now - 3600), ended("e2", "completed", now - 1)])
+    finished = sc.METRIC_SINK_RUNS_FINISHED.prometheus
+    runs = sc.METRIC_SINK_RUNS.prometheus
+    con = duckdb.connect(path, read_only=True)
+    try:
+        m = _collect(con)
+    finally:
+        con.close()
+    assert one(m, finished, **{STATUS: "completed"}) == 1
+    assert one(m, finished, **{STATUS: "failed"}) == 1
+    with open_sink(path, read_only=False) as sink:
+        assert sink.prune("10m") == 1
+    con = duckdb.connect(path, read_only=True)
+    try:
+        m = _collect(con)
+    finally:
+        con.close()
+    assert one(m, runs, **{STATUS: "completed"}) == 1
+    assert not [labels for labels, _v in m.get(runs, []) if labels.get(STATUS) == "failed"]
