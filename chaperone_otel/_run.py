@@ -29,7 +29,7 @@ from . import _process, _values
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
-from ._values import FirstProgress, StuckTime, present, replaced
+from ._values import FirstProgress, StuckTime, present, was_replaced
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -188,16 +188,7 @@ class Supervision:
         ``total`` defaults to ``len(iterable)`` where it has one; without a total the run
         still heartbeats per item and reports ``current`` with an unknown total.
         """
-        if total is None:
-            try:
-                total = len(iterable)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
-        if total is not None:
-            if total.__class__ is not int and total.__class__ is not float:
-                total = _values.as_float(total, "total")
-            if not total >= 0:
-                raise ValueError(f"track(total={total!r}): total must be a non-negative number")
+        total = _values.track_total(iterable, total)
         if phase is not None:
             self._enter_phase(phase)
         return self._track(iterable, total)
@@ -643,7 +634,7 @@ class Run:
         if kept is None:
             return None
         handle._superseded = None
-        if not self._was_replaced(kept[1]):
+        if not was_replaced(kept[1], handle._meta):
             return None
         return kept[0], present(kept[1]) or {}
 
@@ -651,13 +642,7 @@ class Run:
     def superseded_pending(self) -> bool:
         """A metadata state that was replaced before a record carried it waits for one."""
         kept = self.handle._superseded
-        return kept is not None and self._was_replaced(kept[1])
-
-    def _was_replaced(self, then: Mapping[str, Any]) -> bool:
-        try:
-            return replaced(then, self.handle._meta or {})
-        except RuntimeError:  # the job changed the dict under us: record the old state
-            return True
+        return kept is not None and was_replaced(kept[1], self.handle._meta)
 
     def meta_recorded(self) -> None:
         """A record now carries the run's current metadata."""

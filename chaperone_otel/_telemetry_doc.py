@@ -17,19 +17,22 @@ from ._health import promql as render_promql
 
 def _doc(name: str) -> str:
     """The docstring written under a module-level constant (attribute docstrings)."""
-    source = inspect.getsource(sc)
-    match = re.search(rf"^{name}: Final = .*?\n(\"\"\"(.*?)\"\"\")", source, re.S | re.M)
-    if not match:
-        return ""
-    return " ".join(match.group(2).split())
+    for part in sc._PARTS:
+        source = inspect.getsource(part)
+        match = re.search(rf"^{name}: Final = .*?\n(\"\"\"(.*?)\"\"\")", source, re.S | re.M)
+        if match:
+            return " ".join(match.group(2).split())
+    return ""
 
 
 def _constants(prefix: str) -> list[tuple[str, str, str]]:
-    out = []
-    for name, value in vars(sc).items():
-        if name.startswith(prefix) and isinstance(value, str):
-            out.append((name, value, _doc(name)))
-    return out
+    # In the order the parts define them (``semconv``'s own namespace is sorted by import).
+    out: dict[str, tuple[str, str, str]] = {}
+    for part in sc._PARTS:
+        for name, value in vars(part).items():
+            if name.startswith(prefix) and isinstance(value, str) and name not in out:
+                out[name] = (name, value, _doc(name))
+    return list(out.values())
 
 
 def render() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import decimal
 import numbers
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, cast
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "progress_rate",
     "progress_throughput",
     "replaced",
+    "track_total",
+    "was_replaced",
 ]
 
 _random_bits = random.getrandbits
@@ -57,6 +59,15 @@ def replaced(then: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
         if value is not None and now.get(key, ABSENT) is not value:
             return True
     return False
+
+
+def was_replaced(then: Mapping[str, Any], now: Mapping[str, Any] | None) -> bool:
+    """:func:`replaced`, for a run's live metadata ``now`` (None: none yet): True as well
+    when the job changed the dict under us (record the old state then)."""
+    try:
+        return replaced(then, now or {})
+    except RuntimeError:
+        return True
 
 
 def as_float(value: object, what: str) -> float:
@@ -127,6 +138,27 @@ def checked_progress(current: object, total: object) -> tuple[float, float]:
             "(or 0, 0 for an empty batch)"
         )
     return c, t
+
+
+def track_total(iterable: Iterable[Any], total: float | None) -> float | None:
+    """The total ``track()`` reports against: ``total`` checked as a progress number, or
+    ``len(iterable)`` when not given and the iterable has one (None: unknown).
+
+    Raises:
+        TypeError: ``total`` is not a real number.
+        ValueError: ``total`` is negative or NaN, or too large for a float.
+    """
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if total is not None:
+        if total.__class__ is not int and total.__class__ is not float:
+            total = as_float(total, "total")
+        if not total >= 0:
+            raise ValueError(f"track(total={total!r}): total must be a non-negative number")
+    return total
 
 
 class StuckTime:

@@ -450,6 +450,19 @@ def test_track_without_len_counts_items(chaperone: Capture) -> None:
         assert run.progress_ratio == 0.0  # unknown total: no ratio, but the count moves
 
 
+@pytest.mark.parametrize(("total", "error"), [(-1, ValueError), (math.nan, ValueError), ("9", TypeError)])
+def test_track_rejects_a_bad_total_before_iterating(
+    chaperone: Capture, total: object, error: type[Exception]
+) -> None:
+    """A negative, NaN or non-number total fails at the track() call, nothing consumed."""
+    consumed: list[int] = []
+    with supervised("bad.total") as run:
+        with pytest.raises(error, match="total"):
+            run.track((consumed.append(i) or i for i in range(3)), total)  # type: ignore[arg-type]
+        assert consumed == []
+        assert run.progress_total is None
+
+
 def test_supervised_class_rejects_generator_run() -> None:
     """A generator run() would finish before its first item: refused when the class is made."""
     with pytest.raises(ConfigurationError, match="generator"):
