@@ -110,7 +110,8 @@ def test_the_scheduler_declares_its_jobs_and_each_enqueue_carries_its_slot(
                 scheduler.register_death()
         due = cron_job.meta[META_SCHEDULED_FOR]
         assert cron_job.meta[META_SCHEDULE] == "minutely"
-        assert due % 60 == 0 and cron_job.enqueued_at.timestamp() - 61 < due
+        assert due % 60 == 0
+        assert cron_job.enqueued_at.timestamp() - 61 < due
         assert cron_job.meta["mine"] == 1
         assert minutely.job_options["meta"] == {"mine": 1}  # the cron job's own meta kept
         assert interval_job.meta == {META_SCHEDULE: "every5"}
@@ -167,12 +168,13 @@ _CRON = textwrap.dedent(
     queue = os.environ["TEST_QUEUE"]
     cron.register(tick, queue, interval=2, name="consumed")
     cron.register(tick, "rq-cron-nobody", interval=2, name="orphan")
+    cron.register(tick, queue, cron="* * * * *", name="minutely")
     """
 )
 
 
 @pytest.fixture
-def cron_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
+def cron_and_worker(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
     """A worker on one queue, then ``rq cron``; both stopped by PID (TERM, then KILL)."""
     (tmp_path / "rq_cron_app.py").write_text(_APP)
     (tmp_path / "rq_cron_config.py").write_text(_CRON)
@@ -187,22 +189,43 @@ def cron_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
     cron_log = logs.enter_context((tmp_path / "cron.log").open("wb"))
     rq = [sys.executable, "-m", "rq.cli"]
     try:
-        procs.append(subprocess.Popen(
-            [*rq, "worker", "-w", "rq_cron_app.Worker", "--url", redis_url, "--name", name,
-             "--logging_level", "WARNING", queue],
-            cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *rq,
+                    "worker",
+                    "-w",
+                    "rq_cron_app.Worker",
+                    "--url",
+                    redis_url,
+                    "--name",
+                    name,
+                    "--logging_level",
+                    "WARNING",
+                    queue,
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
         def ready() -> bool:
             assert procs[0].poll() is None, (tmp_path / "worker.log").read_text()
             return any(w.name == name for w in RQWorker.all(connection=connection))
 
         wait_until(ready, 60, "the rq worker to register")
-        procs.append(subprocess.Popen(
-            [*rq, "cron", "--url", redis_url, "rq_cron_config.py"],
-            cwd=tmp_path, env=env, stdout=cron_log, stderr=subprocess.STDOUT,
-        ))
-        yield store
+        procs.append(
+            subprocess.Popen(
+                [*rq, "cron", "--url", redis_url, "rq_cron_config.py"],
+                cwd=tmp_path,
+                env=env,
+                stdout=cron_log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        yield store, procs[1]
     finally:
         try:
             for proc in reversed(procs):
@@ -215,12 +238,13 @@ def cron_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_an_unconsumed_cron_job_is_missed_and_a_consumed_one_on_time(
-    cron_and_worker: str, tmp_path: Path
+    cron_and_worker: tuple[str, subprocess.Popen[Any]], tmp_path: Path
 ) -> None:
-    """``rq cron`` enqueues both jobs every 2 s; the worker consumes one queue. The orphan's
-    slots are missed though dispatched; the consumed job's runs fulfil its slots on time,
-    carrying the schedule's name."""
-    store = cron_and_worker
+    """``rq cron`` enqueues two jobs every 2 s and one every minute; the worker consumes one
+    queue. The orphan's slots are missed though dispatched; the consumed jobs' runs fulfil
+    their slots on time (the minutely one by its slot's due time), carrying the schedule's
+    name; once ``rq cron`` is stopped, its schedules show the scheduler lost."""
+    store, cron_proc = cron_and_worker
 
     def slots(name: str) -> list[Any]:
         with chaperone.open_sink(store) as sink:
@@ -230,8 +254,11 @@ def test_an_unconsumed_cron_job_is_missed_and_a_consumed_one_on_time(
         missed = [s for s in slots("orphan") if s.state == "missed" and s.dispatched_at]
         return missed if len(missed) >= 2 else []
 
-    wait_until(orphan_missed, 60, "two dispatched, missed slots of the orphan cron job "
-               f"(logs in {tmp_path})")
+    wait_until(
+        orphan_missed,
+        60,
+        f"two dispatched, missed slots of the orphan cron job (logs in {tmp_path})",
+    )
 
     def consumed_on_time() -> list[Any]:
         on_time = [s for s in slots("consumed") if s.state == "on_time"]
@@ -240,9 +267,27 @@ def test_an_unconsumed_cron_job_is_missed_and_a_consumed_one_on_time(
     on_time = wait_until(consumed_on_time, 60, "three on-time slots of the consumed cron job")
     assert all(s.run_id for s in on_time)
     assert not [s for s in slots("consumed") if s.state == "missed"]
+
+    def minutely_on_time() -> list[Any]:
+        return [s for s in slots("minutely") if s.state == "on_time" and s.dispatched_at]
+
+    # The first minute boundary after rq cron declared it: at most 60 s away.
+    minute = wait_until(minutely_on_time, 100, "an on-time slot of the minutely cron job")
+    assert minute[0].due_at.second == 0
+    assert minute[0].run_id
     with chaperone.open_sink(store) as sink:
         runs = sink.jobs.named("rq_cron_app.tick").all()
         assert runs
-        assert {r.schedule for r in runs} == {"consumed"}
+        assert {r.schedule for r in runs} == {"consumed", "minutely"}
+        (minute_run,) = sink.jobs.with_id(minute[0].run_id).all()
+        assert minute_run.scheduled_for == minute[0].due_at  # the slot RQ served, by due time
         declared = dict(sink.sql("SELECT name, source FROM schedules")[1])
-    assert declared == {"consumed": "rq-cron", "orphan": "rq-cron"}
+    assert declared == {"consumed": "rq-cron", "orphan": "rq-cron", "minutely": "rq-cron"}
+
+    stop(cron_proc, grace=5)  # by its PID; it re-declared every second until now
+
+    def lost() -> bool:
+        with chaperone.open_sink(store) as sink:
+            return bool(sink.schedules.named("consumed").current().lost().count())
+
+    wait_until(lost, 30, "the consumed schedule's scheduler to be lost once rq cron stopped")
