@@ -22,6 +22,7 @@ from rq.cron import CronJob, CronScheduler
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
+from chaperone_otel._safety import internal_error_counts
 from chaperone_otel.integrations._rq_cron import cron_job_spec, local_zone, run_options
 from chaperone_otel.integrations.rq import (
     META_SCHEDULE,
@@ -122,6 +123,37 @@ def test_the_scheduler_declares_its_jobs_and_each_enqueue_carries_its_slot(
             for r in dispatched
         ] == [("minutely", cron_job.id), ("every5", interval_job.id)]
         assert dispatched[0].attributes[sc.ATTR_SCHEDULE_SCHEDULED_FOR] == due
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow  # a real redis-server
+def test_a_failing_hook_never_stops_the_enqueue(
+    redis_url: str, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telemetry never breaks the job: if naming the slot fails, RQ still enqueues the job
+    (without the schedule), and the failure is counted."""
+    import chaperone_otel.integrations._rq_cron as rq_cron
+
+    def broken(*_: Any) -> float:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rq_cron, "previous_cron_due", broken)
+    connection = Redis.from_url(redis_url)
+    try:
+        with capture(raise_internal_errors=False) as cap:
+            scheduler = CronScheduler(connection=connection, name=f"t-{os.getpid()}-broken")
+            minutely = scheduler.register(tick, "rq-cron-unit", cron="* * * * *", name="m2")
+            scheduler.register_birth()
+            try:
+                job = minutely.enqueue(connection)
+            finally:
+                scheduler.register_death()
+            errors = internal_error_counts().get("rq_cron.enqueue", 0)
+        assert job.id
+        assert META_SCHEDULE not in job.meta
+        assert not [r for r in cap.records if r.event_name == sc.EVENT_SCHEDULE_DISPATCHED]
+        assert errors == 1
     finally:
         connection.close()
 
