@@ -34,7 +34,8 @@ class Supervised:
 
     Class attributes configure the runs: ``job_name``, ``queue``, ``heartbeat_interval``,
     ``timeout``, ``stall_timeout``, ``memory_limit``, ``cpu_limit``, ``fd_limit``,
-    ``on_limit``, ``lease``.
+    ``on_limit``, ``lease``, ``schedule`` (the schedule the runs belong to: its name, or
+    what ``chaperone_otel.schedule()`` returned, as ``@supervised(schedule=...)`` takes).
 
     Example::
 
@@ -60,6 +61,7 @@ class Supervised:
     fd_limit: ClassVar[int | None] = None
     on_limit: ClassVar[LimitPolicy | None] = None
     lease: ClassVar[Lease | None] = None
+    schedule: ClassVar[Any] = None
 
     _chaperone_spec: ClassVar[Spec]
 
@@ -81,6 +83,7 @@ class Supervised:
             hooks={},
             tracer_provider=None,
             lease=cls.lease,
+            schedule=cls.schedule,
         )
         body = cls.__dict__.get("run")
         if body is None or getattr(body, "__chaperone_wrapped__", False):

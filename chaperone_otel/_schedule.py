@@ -166,6 +166,25 @@ def declaration_record(spec: ScheduleSpec, now: float) -> LifecycleRecord:
     )
 
 
+def dispatch_record(name: str, task_id: str, due: float | None, now: float) -> LifecycleRecord:
+    """The record of one scheduler dispatch (``chaperone.schedule.dispatched``): Celery beat
+    and RQ's cron scheduler publish it, so the store tells "never sent" from "never run"."""
+    attributes: dict[str, Any] = {
+        sc.ATTR_SCHEDULE_NAME: name,
+        sc.ATTR_SCHEDULE_RUN_ID: task_id,
+        sc.ATTR_HOST_NAME: _process.HOST,
+        sc.ATTR_PROCESS_PID: _process.pid,
+    }
+    if due is not None:
+        attributes[sc.ATTR_SCHEDULE_SCHEDULED_FOR] = due
+    return LifecycleRecord(
+        event_name=sc.EVENT_SCHEDULE_DISPATCHED,
+        timestamp=now,
+        attributes=attributes,
+        body=f"schedule {name} dispatched {task_id}",
+    )
+
+
 def _declare(spec: ScheduleSpec, now: float) -> None:
     try:
         publish(declaration_record(spec, now))

@@ -55,7 +55,7 @@ from ._health import All, Arith, Compare, Const, Expr, Not, Now, PromQL, Signal
 from ._units import parse_duration
 from .exceptions import ConfigurationError
 
-Source = Literal["code", "celery-beat"]
+Source = Literal["code", "celery-beat", "rq-cron"]
 
 DEFAULT_GRACE: Final = 60.0
 """Seconds a run may start after its due time before the slot is missed (healthchecks.io
@@ -153,7 +153,7 @@ def make_schedule(
         raise ConfigurationError(f"schedule {name!r}: failure_threshold must be an int >= 1")
     if failure_threshold < 1:
         raise ConfigurationError(f"schedule {name!r}: failure_threshold must be an int >= 1")
-    if source not in ("code", "celery-beat"):
+    if source not in ("code", "celery-beat", "rq-cron"):
         raise ConfigurationError(f"schedule {name!r}: unknown source {source!r}")
     return ScheduleSpec(
         name=name.strip(),

@@ -297,7 +297,7 @@ ATTR_SCHEDULE_DECLARE_EVERY: Final = "chaperone.schedule.declare_every"
 for a few of them means the scheduler is lost. Absent: declared once (no liveness)."""
 
 ATTR_SCHEDULE_SOURCE: Final = "chaperone.schedule.source"
-"""Who declared it: ``code`` (``chaperone_otel.schedule()``) or ``celery-beat``."""
+"""Who declared it: ``code`` (``chaperone_otel.schedule()``), ``celery-beat`` or ``rq-cron``."""
 
 # --------------------------------------------------------------------------------------------
 # Metrics.

@@ -108,3 +108,37 @@ def test_the_embedded_owner_finds_the_missed_slot_itself(tmp_path: Any) -> None:
         wait_until(missed, 20, "two missed slots of the idle schedule")
         busy = sink.schedules.named("busy").all()
         assert any(s.run_id is not None for s in busy)
+
+
+def test_a_supervised_class_names_its_schedule() -> None:
+    """``Supervised.schedule`` (a name or a Schedule) is on every run of the class, as
+    ``@supervised(schedule=...)`` is; a bad one fails when the class is defined."""
+    nightly = chaperone_otel.schedule("class-nightly", cron="0 2 * * *")
+
+    class Nightly(chaperone_otel.Supervised):
+        schedule = nightly
+
+        def run(self) -> None:
+            pass
+
+    class Named(chaperone_otel.Supervised):
+        schedule = "class-named"
+
+        def run(self) -> None:
+            pass
+
+    with capture() as cap:
+        Nightly().run()
+        Named().run()
+    runs = [r for r in cap.records if r.event_name == sc.EVENT_JOB_FINISHED]
+    assert [r.attributes.get(sc.ATTR_SCHEDULE_NAME) for r in runs] == [
+        "class-nightly",
+        "class-named",
+    ]
+    with pytest.raises(ConfigurationError, match="schedule="):
+
+        class Bad(chaperone_otel.Supervised):
+            schedule = 42
+
+            def run(self) -> None:
+                pass

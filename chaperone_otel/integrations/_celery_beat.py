@@ -31,11 +31,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
 
-from .. import _process
-from .. import semconv as sc
-from .._events import LifecycleRecord, publish
+from .._events import publish
 from .._safety import handle_internal_errors as _guard
-from .._schedule import declare
+from .._schedule import declare, dispatch_record
 from .._schedules import (
     DEFAULT_GRACE,
     ScheduleSpec,
@@ -154,24 +152,6 @@ class _Beat:
                 due = previous_cron_due(spec, now + 1.0)
                 headers[HEADER_SCHEDULED_FOR] = due
             publish(dispatch_record(spec.name, str(headers.get("id") or ""), due, now))
-
-
-def dispatch_record(name: str, task_id: str, due: float | None, now: float) -> LifecycleRecord:
-    """The record of one dispatch (``chaperone.schedule.dispatched``)."""
-    attributes: dict[str, Any] = {
-        sc.ATTR_SCHEDULE_NAME: name,
-        sc.ATTR_SCHEDULE_RUN_ID: task_id,
-        sc.ATTR_HOST_NAME: _process.HOST,
-        sc.ATTR_PROCESS_PID: _process.pid,
-    }
-    if due is not None:
-        attributes[sc.ATTR_SCHEDULE_SCHEDULED_FOR] = due
-    return LifecycleRecord(
-        event_name=sc.EVENT_SCHEDULE_DISPATCHED,
-        timestamp=now,
-        attributes=attributes,
-        body=f"schedule {name} dispatched {task_id}",
-    )
 
 
 def _now() -> float:

@@ -41,6 +41,10 @@ never reached the store). The worker's main process closes a run whose horse it 
 (``StopRequested``). A job found abandoned by the registries' maintenance (its worker died
 too) is closed ``failed`` (``AbandonedJobError``) by the worker that cleans up.
 
+RQ's cron scheduler (``rq cron``): :func:`instrument_cron` in its config module declares the
+registered cron jobs as schedules and records each enqueue; the run of a job it enqueued
+carries the schedule and slot (see ``docs/schedules.md``).
+
 .. versionadded:: 0.1
 """
 
@@ -55,6 +59,13 @@ from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import start_run as _start_run
 from .._values import new_run_id as _new_execution_id
+from ._rq_cron import (
+    META_SCHEDULE,
+    META_SCHEDULED_FOR,
+    instrument_cron,
+    uninstrument_cron,
+)
+from ._rq_cron import run_options as _schedule_options
 
 try:
     from rq.exceptions import AbandonedJobError, StopRequested
@@ -207,6 +218,7 @@ class SupervisionMixin:
                 queue=job.origin,
                 timeout=_timeout(job, queue),
                 heartbeat_interval=self.chaperone_heartbeat_interval,
+                **_schedule_options(job.meta),
             )
             tokens = run.attach()
         ok: Any = False
@@ -293,8 +305,12 @@ class SupervisedSimpleWorker(SupervisionMixin, SimpleWorker):
 __all__ = [
     "ATTEMPT_KEY",
     "EXECUTION_KEY",
+    "META_SCHEDULE",
+    "META_SCHEDULED_FOR",
     "SupervisedSimpleWorker",
     "SupervisedWorker",
     "SupervisionMixin",
     "WorkHorseKilled",
+    "instrument_cron",
+    "uninstrument_cron",
 ]
