@@ -119,7 +119,9 @@ def read_thread_cpu(clock: int | None) -> float | None:
 
 
 class ProcessSampler:
-    """Reads the current process; created and used on the monitor thread only."""
+    """Reads the current process; created by the thread that starts the monitor (the
+    import of psutil is slow on a thread competing with a CPU-bound job for the GIL), then
+    used on the monitor thread only."""
 
     def __init__(self) -> None:
         self._pid = os.getpid()

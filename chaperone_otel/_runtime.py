@@ -214,6 +214,13 @@ class Runtime:
         with self._lock:
             if self._thread is not None:
                 return
+            if self._sampler is None:
+                # Here, on the thread starting the first run, not on the monitor's first
+                # pass: importing psutil reads hundreds of files, each read a GIL hand-over,
+                # and next to a CPU-bound job each hand-over waits a switch interval (5 ms).
+                # The monitor's first pass took over 1.5 s so, and no heartbeat was flushed.
+                with handle_internal_errors("resources.sample"):
+                    self._sampler = ProcessSampler()
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._loop, name="chaperone-monitor", daemon=True

@@ -139,8 +139,11 @@ async def test_concurrent_async_runs_of_one_loop_share_its_cpu_and_are_not_judge
         deadline = asyncio.get_running_loop().time() + 1.5
         while asyncio.get_running_loop().time() < deadline:
             heartbeat()
-            sum(range(20_000))
-            await asyncio.sleep(0)
+            sum(range(200_000))
+            # A real sleep, not sleep(0): a loop that polls its selector without blocking
+            # releases and retakes the GIL every iteration, which resets CPython's forced
+            # switch, and the monitor thread starves (its passes stop, not the runs' CPU).
+            await asyncio.sleep(0.001)
 
     @supervised(name="loop.idle", cpu_limit=5, on_limit="cancel")
     async def idle() -> None:

@@ -15,6 +15,7 @@ import pytest
 from chaperone_otel import JobLimitExceeded, heartbeat, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel.testing import Capture
+from tests.waiting import wait_until
 
 MiB = 1024 * 1024
 
@@ -276,3 +277,27 @@ def test_a_sample_taken_before_a_run_started_never_judges_it() -> None:
         run = cap.last_run("small.next")
         assert run.status == "completed"
         assert run.violations == []
+
+
+def test_the_process_sampler_is_made_by_the_thread_that_starts_the_monitor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sampler (and with it the import of psutil) is made by the thread that starts the
+    first run, not on the monitor's first pass: next to a CPU-bound job every GIL hand-over
+    of that import waited a switch interval, and the first pass took over 1.5 s."""
+    from chaperone_otel import _runtime
+    from chaperone_otel._resources import ProcessSampler
+    from chaperone_otel.testing import capture
+
+    made_on: list[str] = []
+
+    class Watched(ProcessSampler):
+        def __init__(self) -> None:
+            made_on.append(threading.current_thread().name)
+            super().__init__()
+
+    monkeypatch.setattr(_runtime, "ProcessSampler", Watched)
+    with capture(sample_interval=0.05), supervised("sampler.first"):
+        # the monitor's passes sample while the run is open
+        wait_until(lambda: _runtime.runtime()._sample is not None, 10, "a monitor sample")
+    assert made_on == [threading.current_thread().name]
