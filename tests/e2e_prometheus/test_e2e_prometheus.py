@@ -196,23 +196,31 @@ def test_other_worker_alerts_fire_for_their_runs(stack: Stack) -> None:
     assert not [a for a in body["data"]["alerts"] if a["labels"].get(NAME) == "e2e.progress"]
 
 
+def every_query_has_data(
+    query: Callable[[str], Any], queries: list[tuple[str, str, str]], timeout: float
+) -> None:
+    """Wait until each (dashboard uid, title, expression) returns a series; fail naming the
+    ones that still return none at ``timeout``."""
+    pending = dict.fromkeys(queries)
+
+    def all_have_data() -> bool:
+        for key in list(pending):
+            if query(key[2]):
+                del pending[key]
+        return not pending
+
+    try:
+        wait_for(all_have_data, timeout, "data for every panel")
+    except pytest.fail.Exception:
+        pytest.fail("panels without data: " + "; ".join(f"{u}/{t}: {e}" for u, t, e in pending))
+
+
 def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
     """Each target of each committed dashboard, with its variables set to "All", returns at
     least one series from the real Prometheus."""
     queries = _panel_queries()
     assert len(queries) > 25
-    pending = dict.fromkeys(queries)
-
-    def all_have_data() -> bool:
-        for key in list(pending):
-            if stack.query(key[2]):
-                del pending[key]
-        return not pending
-
-    try:
-        wait_for(all_have_data, 60, "data for every panel")
-    except pytest.fail.Exception:
-        pytest.fail("panels without data: " + "; ".join(f"{u}/{t}: {e}" for u, t, e in pending))
+    every_query_has_data(stack.query, queries, 60)
 
 
 def test_every_dashboard_variable_has_values(stack: Stack) -> None:

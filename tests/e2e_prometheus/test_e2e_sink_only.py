@@ -25,7 +25,13 @@ import yaml
 
 from chaperone_otel.artifacts import DASHBOARDS_DIR, _yaml
 from chaperone_otel.artifacts._rules import NAME, SINK_SCRAPE_JOB, AlertSettings, rule_file
-from tests.e2e_prometheus.test_e2e_prometheus import _free_port, _get, _stop, wait_for
+from tests.e2e_prometheus.test_e2e_prometheus import (
+    _free_port,
+    _get,
+    _stop,
+    every_query_has_data,
+    wait_for,
+)
 from tests.sink.serve_process import ServeProcess
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -206,18 +212,7 @@ def test_every_sink_dashboard_panel_query_returns_data(stack: SinkOnly) -> None:
     "All", returns at least one series from the real Prometheus scraping only the sink."""
     queries = _panel_queries()
     assert len(queries) > 30
-    pending = dict.fromkeys(queries)
-
-    def all_have_data() -> bool:
-        for key in list(pending):
-            if stack.query(key[2]):
-                del pending[key]
-        return not pending
-
-    try:
-        wait_for(all_have_data, 90, "data for every panel")
-    except pytest.fail.Exception:
-        pytest.fail("panels without data: " + "; ".join(f"{u}/{t}: {e}" for u, t, e in pending))
+    every_query_has_data(stack.query, queries, 90)
 
 
 def test_every_sink_dashboard_variable_has_values(stack: SinkOnly) -> None:
