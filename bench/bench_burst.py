@@ -24,11 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_sink_otlp import start_server, stop_server
+from bench_sink_otlp import ingested_logs, start_server, stop_server
 
 from chaperone_otel.sink import open_sink
 
@@ -70,15 +69,6 @@ print(json.dumps({"runs": n, "rate": n / took, "drops": drops["n"],
 _PASS = ("OTEL_BLRP_MAX_QUEUE_SIZE", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "OTEL_BLRP_SCHEDULE_DELAY")
 
 
-def _ingested_logs(url: str) -> int:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("chaperone_sink_records_ingested_total{") and '"otlp.logs"' in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    raise SystemExit("the sink's /metrics has no ingested-logs counter")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=2000)
@@ -99,7 +89,7 @@ def main() -> None:
                 check=True,
             )
             worker = json.loads(out.stdout.strip().splitlines()[-1])
-            ingested = _ingested_logs(url)
+            ingested = ingested_logs(url)
         finally:
             stop_server(proc)
         with open_sink(path) as sink:

@@ -31,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_sink_otlp import start_server, stop_server
+from bench_sink_otlp import ingested_logs, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,15 +74,6 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def _ingested_logs(url: str) -> int:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("chaperone_sink_records_ingested_total{") and '"otlp.logs"' in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
 
 
 def one_round(app_dir: Path, broker: str, sink: str, tasks: int, supervise: bool) -> float:
@@ -163,7 +153,7 @@ def main() -> None:
                 rates[mode].append(
                     one_round(tmp, broker, sink_url, args.tasks, mode == "supervised")
                 )
-        ingested = _ingested_logs(sink_url)
+        ingested = ingested_logs(sink_url)
     finally:
         stop_server(sink_proc)
         _stop(redis, 5)

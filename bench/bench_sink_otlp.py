@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 from opentelemetry._logs import SeverityNumber
@@ -131,6 +132,16 @@ def start_server(path: str, ack: str) -> tuple[subprocess.Popen, str]:
             raise SystemExit("sink server did not start")
         time.sleep(0.05)
     return proc, owner["url"]
+
+
+def ingested_logs(url: str) -> int:
+    """Lifecycle records the sink at ``url`` has stored from OTLP (its ``/metrics`` counter)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("chaperone_sink_records_ingested_total{") and '"otlp.logs"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0  # no series yet: nothing ingested
 
 
 def stop_server(proc: subprocess.Popen) -> None:
