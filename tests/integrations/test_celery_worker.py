@@ -11,162 +11,24 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 
 import chaperone_otel as chaperone
-from tests.integrations.workers import stop, worker_env
+from tests.integrations.celery_workers import Worker, celery_worker, closed, running_pid
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
-_APP = textwrap.dedent(
-    """
-    import os
-    import time
-
-    from celery import Celery
-
-    import chaperone_otel as chaperone
-    from chaperone_otel.integrations.celery import instrument
-
-    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"])
-    app = Celery("celery_app", broker=os.environ["TEST_BROKER"], backend=os.environ["TEST_BROKER"])
-    app.conf.worker_max_tasks_per_child = 2
-    app.conf.broker_connection_retry_on_startup = True
-    app.conf.worker_hijack_root_logger = False
-    instrument(app)
-
-
-    class Declined(Exception):
-        pass
-
-
-    @app.task(name="it.progress")
-    def progress(n):
-        for _ in chaperone.track(range(n)):
-            pass
-        return n
-
-
-    @app.task(name="it.flaky", bind=True, max_retries=2)
-    def flaky(self):
-        if self.request.retries < 2:
-            raise self.retry(exc=ConnectionError(f"try {self.request.retries}"), countdown=0)
-        return "ok"
-
-
-    @app.task(name="it.fail")
-    def fail():
-        raise Declined("card declined")
-
-
-    @app.task(name="it.noop")
-    def noop(i):
-        return i
-
-
-    @app.task(name="it.sleepy", chaperone_heartbeat_interval=1)
-    def sleepy(seconds):  # never heartbeats: the default liveness lease keeps it alive
-        time.sleep(seconds)
-        return seconds
-
-
-    @app.task(name="it.sleepy_promised", chaperone_heartbeat_interval=1,
-              chaperone_lease="heartbeat")
-    def sleepy_promised(seconds):  # promised heartbeats it never sends
-        time.sleep(seconds)
-        return seconds
-
-
-    @app.task(name="it.hang")
-    def hang(seconds):
-        time.sleep(seconds)
-        return seconds
-
-
-    @app.task(name="it.overtime", time_limit=2)
-    def overtime():
-        time.sleep(30)
-
-
-    @app.task(name="it.soft", soft_time_limit=1)
-    def soft():
-        time.sleep(10)
-
-
-    @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
-    def redelivered(marker):
-        if not os.path.exists(marker):  # the first delivery waits to be killed
-            open(marker, "w").close()
-            time.sleep(120)
-        return "second"
-    """
-)
-
-
-class Worker:
-    def __init__(self, store: str, client: Celery) -> None:
-        self.store = store
-        self.client = client
-
-    def jobs(self, name: str) -> list[Any]:
-        with chaperone.open_sink(self.store) as sink:
-            return sink.jobs.named(name).all()
-
 
 @pytest.fixture(scope="module")
 def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """``celery -A celery_app worker -P prefork -c 2``, stopped by PID (TERM, then KILL)."""
-    root = tmp_path_factory.mktemp("celery")
-    (root / "celery_app.py").write_text(_APP)
-    store = str(root / "jobs.duckdb")
-    env = worker_env(root, TEST_JOBS_STORE=store, TEST_BROKER=redis_url)
-    log = (root / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "--loglevel=warning",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = Celery("client", broker=redis_url, backend=redis_url)
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (root / "worker.log").read_text()
-            return bool(client.control.ping(timeout=0.5))
-
-        wait_until(ready, 60, "the celery worker to answer ping")
-        yield Worker(store, client)
-    finally:
-        try:
-            client.close()
-        finally:
-            stop(proc, grace=30)
-            log.close()
+    """``celery -A celery_app worker -P prefork -c 2``, children recycled after two tasks."""
+    with celery_worker(redis_url, tmp_path_factory.mktemp("celery"), "prefork", db=0) as w:
+        yield w
 
 
 def _result(worker: Worker, name: str, *args: Any) -> Any:
@@ -229,23 +91,19 @@ def test_failure_is_failed_with_the_tasks_exception_type(worker: Worker) -> None
 
 
 def test_recycled_children_lose_no_run(worker: Worker) -> None:
-    """Ten tasks through children recycled after two tasks each: ten completed runs."""
-    results = [worker.client.send_task("it.noop", args=(i,)) for i in range(10)]
-    assert [r.get(timeout=60) for r in results] == list(range(10))
+    """worker_max_tasks_per_child=2 over 20 tasks: exactly 20 completed runs in the store,
+    one per task id, none missing, none doubled, run by at least 10 children."""
+    results = [worker.client.send_task("it.noop", args=(i,)) for i in range(20)]
+    assert [r.get(timeout=60) for r in results] == list(range(20))
     ids = {r.id for r in results}
 
     def stored() -> Any:
-        done = {j.id for j in worker.jobs("it.noop") if j.status == "completed"}
-        return done if done >= ids else None
+        rows = [j for j in worker.jobs("it.noop") if j.id in ids]
+        return rows if {j.id for j in rows if j.status == "completed"} == ids else None
 
-    wait_until(stored, 30, "ten completed runs")
-    pids = {j.pid for j in worker.jobs("it.noop") if j.id in ids}
-    assert len(pids) >= 5  # each child ran at most two of the ten tasks: recycling happened
-
-
-def _running_pid(worker: Worker, name: str, task_id: str) -> Any:
-    rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == "running"]
-    return rows[0].pid if rows and rows[0].pid else None
+    rows = wait_until(stored, 30, "twenty completed runs")
+    assert len(rows) == 20  # one execution per task: no run stored twice
+    assert len({j.pid for j in rows}) >= 10  # each child ran at most two: recycling happened
 
 
 def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
@@ -253,11 +111,12 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
 ) -> None:
     """acks_late + reject_on_worker_lost: the child running the task is SIGKILLed, the
     message is redelivered and the same attempt runs again. Two executions are stored: the
-    dead one with the killed pid (not completed), the new one completed with its own pid."""
+    dead one with the killed pid, judged lost once its lease passes, and the new one
+    completed with its own pid."""
     marker = str(tmp_path / "first-delivery")
     result = worker.client.send_task("it.redelivered", args=(marker,))
     pid = wait_until(
-        lambda: _running_pid(worker, "it.redelivered", result.id), 30, "the first execution"
+        lambda: running_pid(worker, "it.redelivered", result.id), 30, "the first execution"
     )
     os.kill(pid, signal.SIGKILL)
     assert result.get(timeout=60) == "second"
@@ -277,6 +136,15 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
     assert new.pid != pid
     assert new.duration is not None
     assert new.duration > 0
+
+    def dead_is_lost() -> Any:
+        rows = [j for j in worker.jobs("it.redelivered") if j.execution_id == dead.execution_id]
+        return rows[0] if rows and rows[0].lost else None
+
+    # Celery sends no signal for a requeued lost delivery: the dead execution stays running
+    # and its silence (a 1 s liveness lease) makes it lost, not completed and not healthy.
+    lost = wait_until(dead_is_lost, 15, "the dead execution judged lost")
+    assert (lost.status, lost.health) == ("running", "unhealthy")
 
 
 def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
@@ -304,22 +172,14 @@ def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
     assert promised.get(timeout=30) == 6
 
 
-def _closed(worker: Worker, name: str, task_id: str, status: str) -> Any:
-    def found() -> Any:
-        rows = [j for j in worker.jobs(name) if j.id == task_id and j.status == status]
-        return rows[0] if rows else None
-
-    return wait_until(found, 20, f"{name} {task_id} {status} in the store")
-
-
 def test_sigkilled_child_is_closed_failed_by_the_main_process(worker: Worker) -> None:
     """The child running a task is SIGKILLed: the worker's main process sees
     WorkerLostError and closes the run as failed within seconds (not left to be lost)."""
     result = worker.client.send_task("it.hang", args=(120,))
-    pid = wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    pid = wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    job = _closed(worker, "it.hang", result.id, "failed")
+    job = closed(worker, "it.hang", result.id, "failed")
     assert time.monotonic() - killed < 20
     assert job.error_type.endswith("WorkerLostError")
     assert "SIGKILL" in job.error_message
@@ -335,7 +195,7 @@ def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
     process."""
     result = worker.client.send_task("it.overtime")
     result.get(timeout=30, propagate=False)  # the backend's FAILURE (and the channel freed)
-    job = _closed(worker, "it.overtime", result.id, "failed")
+    job = closed(worker, "it.overtime", result.id, "failed")
     assert job.error_type.endswith("TimeLimitExceeded")
     assert job.health == "unhealthy"
     with chaperone.open_sink(worker.store) as sink:
@@ -346,10 +206,10 @@ def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
 
 def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
     result = worker.client.send_task("it.hang", args=(120,))
-    wait_until(lambda: _running_pid(worker, "it.hang", result.id), 30, "the running run")
+    wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
     worker.client.control.revoke(result.id, terminate=True)
     result.get(timeout=30, propagate=False)
-    job = _closed(worker, "it.hang", result.id, "cancelled")
+    job = closed(worker, "it.hang", result.id, "cancelled")
     assert job.error_type.endswith("TaskRevokedError")
     assert "terminated" in job.error_message
 
@@ -359,7 +219,7 @@ def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
     with it and has a timeout violation (limit 1 s)."""
     result = worker.client.send_task("it.soft")
     result.get(timeout=30, propagate=False)
-    job = _closed(worker, "it.soft", result.id, "failed")
+    job = closed(worker, "it.soft", result.id, "failed")
     assert job.error_type.endswith("SoftTimeLimitExceeded")
     with chaperone.open_sink(worker.store) as sink:
         found = sink.job(result.id)
@@ -386,9 +246,8 @@ def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
     assert row.scheduled_at is not None
     assert abs(row.scheduled_at.timestamp() - (sent + 4)) < 2
     assert result.get(timeout=30) == 7
-    job = _closed(worker, "it.noop", result.id, "completed")
+    job = closed(worker, "it.noop", result.id, "completed")
     assert job.execution_id == row.execution_id  # the pending row became the run
     assert job.scheduled_at == row.scheduled_at
     assert job.queue_wait is not None
     assert -1 < job.queue_wait < 5
-
