@@ -116,13 +116,21 @@ class _Instrumentation:
         self.heartbeat_interval = heartbeat_interval
         self.lease = lease
         self.flush_timeout = flush_timeout
-        # task id -> (run, tokens): prerun and postrun of one task run on one thread, but a
-        # threads pool runs many tasks at once, each with its own entry.
-        self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        # (task id, thread) -> a stack of (run, tokens): prerun and postrun of one task run
+        # on one thread. A threads pool runs a retry of a task (same id) on another thread
+        # while the first attempt is still between its retry and its postrun, and an eager
+        # retry runs inside the attempt that retried (same thread): neither may take the
+        # other's run.
+        self.open: dict[tuple[str, int], list[tuple[_StartedRun, Any]]] = {}
         # The worker's main process: task id -> the delivery's (execution id, attempt,
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
+
+    def runs_here(self, task_id: str) -> bool:
+        """Whether this process runs ``task_id`` now (solo, threads: postrun will end it)."""
+        with self.lock:
+            return any(key[0] == task_id for key in self.open)
 
     def wanted(self, task: Any) -> bool:
         if getattr(task, "app", None) is not self.app:
@@ -188,9 +196,9 @@ class _Instrumentation:
         no longer finish its run, so it is closed from here (failed, with the reason)."""
         if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or task_id is None:
             return
+        if self.runs_here(task_id):  # solo, threads: its postrun ends it
+            return
         with self.lock:
-            if task_id in self.open:  # this process runs it (solo, threads): postrun ends it
-                return
             known = self.known.pop(task_id, None)
         if known is None or sender is None or not self.wanted(sender):
             return
@@ -232,7 +240,7 @@ class _Instrumentation:
             )
             tokens = run.attach()
             with self.lock:
-                self.open[task_id] = (run, tokens)
+                self.open.setdefault((task_id, threading.get_ident()), []).append((run, tokens))
 
     def postrun(
         self,
@@ -243,11 +251,14 @@ class _Instrumentation:
     ) -> None:
         if task_id is None:
             return
+        key = (task_id, threading.get_ident())
         with self.lock:
-            entry = self.open.pop(task_id, None)
-        if entry is None:
-            return
-        run, tokens = entry
+            stack = self.open.get(key)
+            if not stack:
+                return
+            run, tokens = stack.pop()
+            if not stack:
+                del self.open[key]
         with _guard("celery.postrun"):
             try:
                 run.detach(tokens)
@@ -282,9 +293,9 @@ class _Instrumentation:
 
     def terminated(self, task: Any, task_id: str, request: Any, signum: Any) -> None:
         """``revoke(terminate=True)`` killed the child running it: cancelled, from here."""
+        if self.runs_here(task_id):
+            return
         with self.lock:
-            if task_id in self.open:
-                return
             known = self.known.pop(task_id, None)
         execution = getattr(request, _EXECUTION, None) or (known[0] if known else None)
         if not isinstance(execution, str):

@@ -1,0 +1,122 @@
+"""``integrations.celery`` with a real worker on the threads pool (``-P threads -c 2``).
+
+The threads pool runs tasks in the worker's main process, so the runs start, end and are
+stored there; nothing is forwarded. Celery cannot stop a thread: it ignores time limits,
+``revoke(terminate=True)`` fails in the worker (``NotImplementedError`` from
+``terminate_job``) and a cold shutdown waits for the running tasks. The store says what
+happened: a run past its time limit is overtime (a timeout violation) and stuck while it
+runs, and every run ends with the outcome the task really had, which is Celery's too.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chaperone_otel as chaperone
+from tests.integrations.celery_workers import Worker, celery_worker, closed, running_pid
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    with celery_worker(redis_url, tmp_path_factory.mktemp("threads"), "threads", db=1) as w:
+        yield w
+
+
+def _run(worker: Worker, name: str, task_id: str) -> Any:
+    rows = [j for j in worker.jobs(name) if j.id == task_id]
+    return rows[0] if rows else None
+
+
+def test_success_is_completed_with_progress_100(worker: Worker) -> None:
+    result = worker.client.send_task("it.progress", args=(5,))
+    assert result.get(timeout=30) == 5
+    job = closed(worker, "it.progress", result.id, "completed")
+    assert (job.attempt, job.progress, job.queue) == (1, 100.0, "celery")
+    assert job.pid == worker.proc.pid  # the worker's own process ran it
+
+
+def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
+    result = worker.client.send_task("it.flaky")
+    assert result.get(timeout=60) == "ok"
+
+    def stored() -> Any:
+        rows = sorted(
+            (j.attempt, j.status, j.error_type)
+            for j in worker.jobs("it.flaky")
+            if j.id == result.id
+        )
+        return rows if len(rows) == 3 and rows[-1][1] == "completed" else None
+
+    assert wait_until(stored, 30, "three attempts of the flaky task") == [
+        (1, "retried", "ConnectionError"),
+        (2, "retried", "ConnectionError"),
+        (3, "completed", None),
+    ]
+    with chaperone.open_sink(worker.store) as sink:
+        assert sink.jobs.named("it.flaky").failed().count() == 0
+
+
+def test_failure_is_failed_with_the_tasks_exception_type(worker: Worker) -> None:
+    result = worker.client.send_task("it.fail")
+    result.get(timeout=30, propagate=False)
+    assert result.failed()
+    job = closed(worker, "it.fail", result.id, "failed")
+    assert job.error_type == "celery_app.Declined"
+
+
+def test_a_time_limit_the_pool_ignores_makes_the_run_overtime_and_stuck(worker: Worker) -> None:
+    """time_limit=2 on a 4 s task: Celery lets it run (SUCCESS). Past 2 s the run has its
+    timeout violation and is stuck while it runs; it then completes, still unhealthy."""
+    result = worker.client.send_task("it.overtime", args=(4,))
+
+    def overtime() -> Any:
+        job = _run(worker, "it.overtime", result.id)
+        return job if job is not None and job.status == "running" and job.stuck else None
+
+    job = wait_until(overtime, 15, "the run stuck past its time limit")
+    assert job.health == "unhealthy"
+    assert result.get(timeout=30) == 4  # not enforced: Celery says SUCCESS
+    job = closed(worker, "it.overtime", result.id, "completed")
+    assert job.health == "unhealthy"
+    with chaperone.open_sink(worker.store) as sink:
+        found = sink.job(result.id)
+        assert found is not None
+        assert [(v.type, v.limit) for v in found.resource_violations] == [("timeout", 2.0)]
+
+
+def test_revoke_with_terminate_cannot_stop_a_thread_so_the_run_ends_as_the_task_did(
+    worker: Worker,
+) -> None:
+    """revoke(terminate=True) fails in a threads worker and the task runs on: its run is
+    not closed as cancelled while it still runs, and ends completed as Celery records it."""
+    result = worker.client.send_task("it.hang", args=(3,))
+    wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
+    worker.client.control.revoke(result.id, terminate=True)
+    assert result.get(timeout=30) == 3
+    assert result.state == "SUCCESS"
+    job = closed(worker, "it.hang", result.id, "completed")
+    assert job.health == "healthy"
+    assert "does not implement kill_job" in worker.log()  # Celery's own report
+
+
+def test_a_cold_shutdown_waits_for_the_running_task_and_its_run_completes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGQUIT (cold shutdown) cannot cancel a thread: the worker exits when the task has
+    ended, and the run is stored completed (not left running, not lost)."""
+    with celery_worker(redis_url, tmp_path, "threads", db=2) as worker:
+        result = worker.client.send_task("it.hang", args=(3,))
+        wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
+        worker.proc.send_signal(signal.SIGQUIT)
+        worker.proc.wait(timeout=30)
+        job = _run(worker, "it.hang", result.id)
+        assert job is not None
+        assert (job.status, job.health) == ("completed", "healthy")
