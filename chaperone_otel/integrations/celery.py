@@ -312,6 +312,29 @@ class _Instrumentation:
                 queue=known[2] if known else None,
             )
 
+    def prerun_last(self, **_: Any) -> None:
+        """Move this app's ``task_prerun`` receiver after every other one.
+
+        The OTel Celery instrumentation opens its ``run/<task>`` span and makes it current in
+        its own ``task_prerun`` receiver; the run span is its child only if the run starts
+        after it. Signals call receivers in the order they were connected, and OTel's docs
+        connect theirs in ``worker_process_init``, after this module-level ``instrument()``.
+        So the receiver is connected again (last) when the worker is ready (``worker_ready``:
+        solo, threads) and when a pool child starts (``worker_process_init``, connected at
+        ``worker_init`` so it runs after the app's own receivers). ``task_postrun`` keeps
+        its place, before theirs, so the two contexts are detached in reverse order.
+        """
+        with _guard("celery.prerun_last"):
+            uid = f"{_UID}:{id(self.app)}"
+            signals.task_prerun.disconnect(self.prerun, dispatch_uid=uid)
+            signals.task_prerun.connect(self.prerun, weak=False, dispatch_uid=uid)
+
+    def worker_init(self, **_: Any) -> None:
+        """The worker starts (its main process, before the pool): order the receivers of
+        pool children when they start, after what the app connected at import."""
+        uid = f"{_UID}:{id(self.app)}"
+        signals.worker_process_init.connect(self.prerun_last, weak=False, dispatch_uid=uid)
+
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
@@ -400,6 +423,8 @@ def instrument(
     signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
     signals.task_failure.connect(inst.failed, weak=False, dispatch_uid=uid)
     signals.worker_process_shutdown.connect(inst.process_shutdown, weak=False, dispatch_uid=uid)
+    signals.worker_init.connect(inst.worker_init, weak=False, dispatch_uid=uid)
+    signals.worker_ready.connect(inst.prerun_last, weak=False, dispatch_uid=uid)
 
 
 def uninstrument(app: Celery) -> None:
@@ -417,6 +442,9 @@ def uninstrument(app: Celery) -> None:
     signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)
     signals.task_failure.disconnect(inst.failed, dispatch_uid=uid)
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
+    signals.worker_init.disconnect(inst.worker_init, dispatch_uid=uid)
+    signals.worker_ready.disconnect(inst.prerun_last, dispatch_uid=uid)
+    signals.worker_process_init.disconnect(inst.prerun_last, dispatch_uid=uid)
 
 
 __all__ = ["instrument", "instrument_beat", "uninstrument", "uninstrument_beat"]

@@ -7,6 +7,7 @@ redis database, so messages one worker left (an unacked delivery) never reach an
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -23,20 +24,57 @@ from tests.waiting import wait_until
 
 APP = textwrap.dedent(
     """
+    import json
     import os
     import time
 
     from celery import Celery
+    from celery.signals import worker_init
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
     import chaperone_otel as chaperone
     from chaperone_otel.integrations.celery import instrument
 
-    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"])
+    chaperone.configure(
+        sink=os.environ["TEST_JOBS_STORE"],
+        prometheus_port=int(os.environ["TEST_METRICS_PORT"]) or None,
+    )
+
+
+    class SpanFile(SpanExporter):  # every ended span as a JSON line (any process appends)
+
+        def export(self, spans):
+            lines = "".join(
+                json.dumps({
+                    "name": s.name,
+                    "trace_id": format(s.context.trace_id, "032x"),
+                    "span_id": format(s.context.span_id, "016x"),
+                    "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
+                }) + "\\n"
+                for s in spans
+            )
+            with open(os.environ["TEST_SPANS"], "a") as f:
+                f.write(lines)
+            return SpanExportResult.SUCCESS
+
+
+    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(SpanFile()))
     app = Celery("celery_app", broker=os.environ["TEST_BROKER"], backend=os.environ["TEST_BROKER"])
     app.conf.worker_max_tasks_per_child = int(os.environ["TEST_MAX_TASKS_PER_CHILD"])
     app.conf.broker_connection_retry_on_startup = True
     app.conf.worker_hijack_root_logger = False
     instrument(app)
+
+
+    @worker_init.connect
+    def otel_celery(**_):  # connected after instrument(app), as OTel's docs have it
+        CeleryInstrumentor().instrument()
 
 
     class Declined(Exception):
@@ -111,7 +149,15 @@ APP = textwrap.dedent(
 class Worker:
     """A running worker: its process, its store and a client of its broker."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], root: Path, store: str, client: Celery):
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        root: Path,
+        store: str,
+        client: Celery,
+        metrics_port: int = 0,
+    ) -> None:
+        self.metrics_port = metrics_port
         self.proc = proc
         self.root = root
         self.store = store
@@ -124,6 +170,13 @@ class Worker:
     def log(self) -> str:
         return (self.root / "worker.log").read_text(errors="replace")
 
+    def spans(self) -> list[dict[str, Any]]:
+        """The spans every process of the worker ended so far (name, ids, parent id)."""
+        path = self.root / "spans.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
 
 @contextmanager
 def celery_worker(
@@ -133,6 +186,7 @@ def celery_worker(
     *,
     db: int,
     max_tasks_per_child: int = 2,
+    metrics_port: int = 0,
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[Worker]:
     """``celery -A celery_app worker -P <pool> -c 2`` on redis database ``db``, ready to
@@ -145,6 +199,8 @@ def celery_worker(
         TEST_JOBS_STORE=store,
         TEST_BROKER=broker,
         TEST_MAX_TASKS_PER_CHILD=str(max_tasks_per_child),
+        TEST_METRICS_PORT=str(metrics_port),
+        TEST_SPANS=str(root / "spans.jsonl"),
     )
     with (root / "worker.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -172,7 +228,7 @@ def celery_worker(
         )
         client = Celery("client", broker=broker, backend=broker)
         try:
-            worker = Worker(proc, root, store, client)
+            worker = Worker(proc, root, store, client, metrics_port)
 
             def ready() -> bool:
                 assert proc.poll() is None, worker.log()
@@ -201,3 +257,19 @@ def closed(worker: Worker, name: str, task_id: str, status: str, timeout: float 
         return rows[0] if rows else None
 
     return wait_until(found, timeout, f"{name} {task_id} {status} in the store")
+
+
+def run_span_tree(worker: Worker, job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait for the run span of ``job`` (a stored run) and the OTel Celery instrumentation's
+    ``run/<task>`` span, and return both (run span, Celery span)."""
+
+    def found() -> Any:
+        spans = worker.spans()
+        runs = [s for s in spans if s["span_id"] == job.span_id and s["name"] == job.name]
+        celery = [s for s in spans if s["name"] == f"run/{job.name}"]
+        return (runs[0], celery) if runs and celery else None
+
+    run, celery = wait_until(found, 20, f"the spans of {job.name} {job.id}")
+    parents = [s for s in celery if s["span_id"] == run["parent_id"]]
+    assert parents, f"run span {run} is not a child of a run/{job.name} span: {celery}"
+    return run, parents[0]

@@ -11,14 +11,26 @@ runs, and every run ends with the outcome the task really had, which is Celery's
 from __future__ import annotations
 
 import signal
+import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import chaperone_otel as chaperone
-from tests.integrations.celery_workers import Worker, celery_worker, closed, running_pid
+from chaperone_otel import semconv as sc
+from tests.integrations.celery_workers import (
+    Worker,
+    celery_worker,
+    closed,
+    run_span_tree,
+    running_pid,
+)
+from tests.integrations.workers import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -26,7 +38,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    with celery_worker(redis_url, tmp_path_factory.mktemp("threads"), "threads", db=1) as w:
+    root = tmp_path_factory.mktemp("threads")
+    with celery_worker(redis_url, root, "threads", db=1, metrics_port=free_port()) as w:
         yield w
 
 
@@ -41,6 +54,8 @@ def test_success_is_completed_with_progress_100(worker: Worker) -> None:
     job = closed(worker, "it.progress", result.id, "completed")
     assert (job.attempt, job.progress, job.queue) == (1, 100.0, "celery")
     assert job.pid == worker.proc.pid  # the worker's own process ran it
+    run, celery = run_span_tree(worker, job)  # a child of the OTel Celery span
+    assert run["trace_id"] == celery["trace_id"] == job.trace_id
 
 
 def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
@@ -120,3 +135,48 @@ def test_a_cold_shutdown_waits_for_the_running_task_and_its_run_completes(
         job = _run(worker, "it.hang", result.id)
         assert job is not None
         assert (job.status, job.health) == ("completed", "healthy")
+
+
+_FINISHED = sc.prometheus_name(sc.METRIC_JOB_RUNS_FINISHED)
+_NAME = sc.prometheus_label(sc.ATTR_JOB_NAME)
+_STATUS = sc.prometheus_label(sc.ATTR_JOB_STATUS)
+
+
+def _finished_on_metrics(worker: Worker, names: set[str]) -> Counter[tuple[str, str]]:
+    """The worker's /metrics: runs finished by (task name, status)."""
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == _FINISHED and sample.labels.get(_NAME) in names:
+                key = (sample.labels[_NAME], sample.labels[_STATUS])
+                counts[key] += int(sample.value)
+    return counts
+
+
+def test_metrics_count_the_runs_per_outcome(worker: Worker) -> None:
+    """The worker's /metrics count finished runs per task and outcome (completed, failed,
+    retried, cancelled) exactly as the store has them."""
+    names = {"it.progress", "it.flaky", "it.fail", "it.noop"}
+    worker.client.send_task("it.progress", args=(2,)).get(timeout=30)
+    assert worker.client.send_task("it.flaky").get(timeout=60) == "ok"
+    worker.client.send_task("it.fail").get(timeout=30, propagate=False)
+    revoked = str(uuid.uuid4())
+    worker.client.control.revoke(revoked)  # revoked before it is sent: cancelled on receipt
+    worker.client.send_task("it.noop", args=(1,), task_id=revoked)
+    closed(worker, "it.noop", revoked, "cancelled")
+
+    def stored() -> Counter[tuple[str, str]]:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = [j for name in names for j in sink.jobs.named(name).all()]
+        return Counter((j.name, j.status) for j in rows if j.status != "running")
+
+    def agree() -> Any:
+        expected = stored()
+        return expected if _finished_on_metrics(worker, names) == expected else None
+
+    counts = wait_until(agree, 20, "/metrics to count what the store has")
+    statuses = {status for _, status in counts}
+    assert {"completed", "failed", "retried", "cancelled"} <= statuses

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 import chaperone_otel as chaperone
-from tests.integrations.celery_workers import Worker, celery_worker, closed, running_pid
+from tests.integrations.celery_workers import (
+    Worker,
+    celery_worker,
+    closed,
+    run_span_tree,
+    running_pid,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,7 +44,8 @@ def _result(worker: Worker, name: str, *args: Any) -> Any:
 
 
 def test_success_is_completed_with_progress_100(worker: Worker) -> None:
-    """A task that tracks its items: one run, id = task id, completed, progress 100 %."""
+    """A task that tracks its items: one run, id = task id, completed, progress 100 %, its
+    span a child of the OTel Celery instrumentation's span."""
     result = _result(worker, "it.progress", 5)
     assert result.successful()
 
@@ -50,6 +57,10 @@ def test_success_is_completed_with_progress_100(worker: Worker) -> None:
     assert job.attempt == 1
     assert job.progress == 100.0
     assert job.queue == "celery"
+    # The OTel Celery instrumentation (connected after instrument(app)) is on: the run span
+    # is a child of its run/<task> span, in its trace, and the store names that trace.
+    run, celery = run_span_tree(worker, job)
+    assert run["trace_id"] == celery["trace_id"] == job.trace_id
 
 
 def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
