@@ -42,7 +42,8 @@ APP = textwrap.dedent(
     from chaperone_otel.integrations.celery import instrument
 
     chaperone.configure(
-        sink=os.environ["TEST_JOBS_STORE"],
+        sink=os.environ["TEST_JOBS_STORE"] or None,  # else: OTLP to a sink serve
+        otlp_endpoint=os.environ["TEST_OTLP"] or None,
         prometheus_port=int(os.environ["TEST_METRICS_PORT"]) or None,
     )
 
@@ -187,16 +188,19 @@ def celery_worker(
     db: int,
     max_tasks_per_child: int = 2,
     metrics_port: int = 0,
+    sink_serve: tuple[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[Worker]:
     """``celery -A celery_app worker -P <pool> -c 2`` on redis database ``db``, ready to
-    answer ping; stopped by PID (TERM, then KILL) on exit if still running."""
+    answer ping; stopped by PID (TERM, then KILL) on exit if still running. Its store is a
+    file of its own, or with ``sink_serve=(store path, URL)`` it exports over OTLP there."""
     broker = redis_url.rsplit("/", 1)[0] + f"/{db}"
     (root / "celery_app.py").write_text(APP)
-    store = str(root / "jobs.duckdb")
+    store = sink_serve[0] if sink_serve else str(root / "jobs.duckdb")
     env = worker_env(
         root,
-        TEST_JOBS_STORE=store,
+        TEST_JOBS_STORE="" if sink_serve else store,
+        TEST_OTLP=sink_serve[1] if sink_serve else "",
         TEST_BROKER=broker,
         TEST_MAX_TASKS_PER_CHILD=str(max_tasks_per_child),
         TEST_METRICS_PORT=str(metrics_port),

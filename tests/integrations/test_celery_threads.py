@@ -11,7 +11,6 @@ runs, and every run ends with the outcome the task really had, which is Celery's
 from __future__ import annotations
 
 import signal
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
@@ -30,6 +28,7 @@ from tests.integrations.celery_workers import (
     run_span_tree,
     running_pid,
 )
+from tests.integrations.metrics import finished_counts
 from tests.integrations.workers import free_port
 from tests.waiting import wait_until
 
@@ -137,25 +136,6 @@ def test_a_cold_shutdown_waits_for_the_running_task_and_its_run_completes(
         assert (job.status, job.health) == ("completed", "healthy")
 
 
-_FINISHED = sc.prometheus_name(sc.METRIC_JOB_RUNS_FINISHED)
-_NAME = sc.prometheus_label(sc.ATTR_JOB_NAME)
-_STATUS = sc.prometheus_label(sc.ATTR_JOB_STATUS)
-
-
-def _finished_on_metrics(worker: Worker, names: set[str]) -> Counter[tuple[str, str]]:
-    """The worker's /metrics: runs finished by (task name, status)."""
-    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == _FINISHED and sample.labels.get(_NAME) in names:
-                key = (sample.labels[_NAME], sample.labels[_STATUS])
-                counts[key] += int(sample.value)
-    return counts
-
-
 def test_metrics_count_the_runs_per_outcome(worker: Worker) -> None:
     """The worker's /metrics count finished runs per task and outcome (completed, failed,
     retried, cancelled) exactly as the store has them."""
@@ -173,9 +153,15 @@ def test_metrics_count_the_runs_per_outcome(worker: Worker) -> None:
             rows = [j for name in names for j in sink.jobs.named(name).all()]
         return Counter((j.name, j.status) for j in rows if j.status != "running")
 
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+
     def agree() -> Any:
         expected = stored()
-        return expected if _finished_on_metrics(worker, names) == expected else None
+        return (
+            expected
+            if finished_counts(url, sc.METRIC_JOB_RUNS_FINISHED, names) == expected
+            else None
+        )
 
     counts = wait_until(agree, 20, "/metrics to count what the store has")
     statuses = {status for _, status in counts}

@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
 from tests.integrations.celery_workers import (
     Worker,
     celery_worker,
@@ -25,6 +29,8 @@ from tests.integrations.celery_workers import (
     run_span_tree,
     running_pid,
 )
+from tests.integrations.metrics import finished_counts
+from tests.sink.serve_process import ServeProcess
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -262,3 +268,55 @@ def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
     assert job.scheduled_at == row.scheduled_at
     assert job.queue_wait is not None
     assert -1 < job.queue_wait < 5
+
+
+def test_otlp_to_sink_serve_the_fleet_metrics_count_runs_per_outcome(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A prefork worker exporting over OTLP to ``sink serve`` (its children cannot serve
+    /metrics): the sink's fleet /metrics count the runs per task and outcome (completed,
+    failed, retried, cancelled) as its store has them, and the run span is still a child of
+    the OTel Celery span."""
+    with (
+        ServeProcess(tmp_path / "sink.duckdb") as sink,
+        celery_worker(
+            redis_url,
+            tmp_path,
+            "prefork",
+            db=4,
+            sink_serve=(str(sink.path), sink.url),
+        ) as worker,
+    ):
+        names = {"it.progress", "it.flaky", "it.fail", "it.noop"}
+        done = worker.client.send_task("it.progress", args=(2,))
+        assert done.get(timeout=30) == 2
+        assert worker.client.send_task("it.flaky").get(timeout=60) == "ok"
+        worker.client.send_task("it.fail").get(timeout=30, propagate=False)
+        revoked = str(uuid.uuid4())
+        worker.client.control.revoke(revoked)  # before it is sent: cancelled on receipt
+        worker.client.send_task("it.noop", args=(1,), task_id=revoked)
+
+        def stored() -> Any:
+            with chaperone.open_sink(worker.store) as store:
+                rows = [j for name in names for j in store.jobs.named(name).all()]
+            counts = Counter((j.name, j.status) for j in rows if j.status != "running")
+            return counts if sum(counts.values()) == 6 else None
+
+        def agree() -> Any:
+            expected = stored()
+            seen = finished_counts(f"{sink.url}/metrics", sc.METRIC_SINK_RUNS_FINISHED, names)
+            return expected if expected and seen == expected else None
+
+        counts = wait_until(agree, 30, "the sink's /metrics to count what its store has")
+        assert counts == Counter(
+            {
+                ("it.progress", "completed"): 1,
+                ("it.flaky", "retried"): 2,
+                ("it.flaky", "completed"): 1,
+                ("it.fail", "failed"): 1,
+                ("it.noop", "cancelled"): 1,
+            }
+        )
+        job = closed(worker, "it.progress", done.id, "completed")
+        run, celery = run_span_tree(worker, job)
+        assert run["trace_id"] == celery["trace_id"] == job.trace_id
