@@ -87,6 +87,7 @@ try:
         TimeLimitExceeded,
         WorkerLostError,
     )
+    from celery.utils.imports import symbol_by_name
 except ImportError as _error:  # pragma: no cover - exercised only without celery
     raise ImportError(
         "chaperone_otel.integrations.celery needs Celery: pip install celery"
@@ -331,13 +332,78 @@ class _Instrumentation:
 
     def worker_init(self, **_: Any) -> None:
         """The worker starts (its main process, before the pool): order the receivers of
-        pool children when they start, after what the app connected at import."""
+        pool children when they start, after what the app connected at import, and give
+        the supervised tasks a request class that closes requeued lost deliveries."""
         uid = f"{_UID}:{id(self.app)}"
         signals.worker_process_init.connect(self.prerun_last, weak=False, dispatch_uid=uid)
+        with _guard("celery.worker_init"):
+            for task in list(self.app.tasks.values()):
+                if self.wanted(task):
+                    task.Request = _closing_request(symbol_by_name(task.Request), self)
+
+    def requeued(self, request: Any, exc_info: Any) -> None:
+        """The main process handled a delivery's failure (``Request.on_failure``). A child
+        lost under an ``acks_late`` + ``reject_on_worker_lost`` task is requeued by Celery
+        without ``task_failure``: close the dead execution here (failed, WorkerLostError),
+        named by the request itself (the redelivery is another execution). When Celery did
+        send ``task_failure``, :meth:`failed` already took the delivery from ``known``."""
+        task: Any = getattr(request, "task", None)
+        if not (
+            getattr(task, "acks_late", False) and getattr(task, "reject_on_worker_lost", False)
+        ):
+            return
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):  # billiard >= 4.3: the exit
+            exc = WorkerLostError(f"Worker exited prematurely: {exc!r}")
+        request_dict = getattr(request, "request_dict", None) or {}
+        execution = request_dict.get(_EXECUTION)
+        task_id = str(request.id)
+        if not isinstance(exc, WorkerLostError) or not isinstance(execution, str):
+            return
+        with self.lock:
+            known = self.known.get(task_id)
+            if known is None or known[0] != execution:
+                return  # closed already (task_failure), or not ours
+            del self.known[task_id]
+        _execution, attempt, queue = known
+        _close_run(
+            task_id,
+            execution_id=execution,
+            attempt=attempt,
+            error=exc,
+            name=task.name,
+            queue=queue,
+        )
 
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
+
+
+_closing: dict[tuple[type, int], type] = {}
+
+
+def _closing_request(base: Any, inst: _Instrumentation) -> Any:
+    """``base`` (a Celery ``Request`` class) whose ``on_failure`` also tells ``inst``, so the
+    worker's main process can close a run Celery requeues without a signal. Celery's
+    documented way to customise failure handling per task is its ``Request`` class."""
+    if getattr(base, "_chaperone_otel", None) is inst:
+        return base
+    key = (base, id(inst))
+    found = _closing.get(key)
+    if found is None:
+
+        def on_failure(self: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return base.on_failure(self, exc_info, *args, **kwargs)
+            finally:
+                with _guard("celery.requeued"):
+                    inst.requeued(self, exc_info)
+
+        found = type(base.__name__, (base,), {"on_failure": on_failure, "_chaperone_otel": inst})
+        _closing[key] = found
+    return found
 
 
 def _epoch(moment: Any) -> float | None:

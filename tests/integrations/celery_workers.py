@@ -136,8 +136,7 @@ APP = textwrap.dedent(
         time.sleep(10)
 
 
-    @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True,
-              chaperone_heartbeat_interval=1)
+    @app.task(name="it.redelivered", acks_late=True, reject_on_worker_lost=True)
     def redelivered(marker):
         if not os.path.exists(marker):  # the first delivery waits to be killed
             open(marker, "w").close()
