@@ -62,7 +62,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
@@ -86,6 +86,7 @@ try:
         TaskRevokedError,
         TimeLimitExceeded,
         WorkerLostError,
+        WorkerShutdown,
     )
     from celery.utils.imports import symbol_by_name
 except ImportError as _error:  # pragma: no cover - exercised only without celery
@@ -341,6 +342,47 @@ class _Instrumentation:
                 if self.wanted(task):
                     task.Request = _closing_request(symbol_by_name(task.Request), self)
 
+    def cancelled(self, request: Any) -> None:
+        """Celery cancelled a running delivery (``Request.cancel``: a cold shutdown, or the
+        broker connection lost with ``worker_cancel_long_running_tasks_on_connection_loss``)
+        and terminated its child: the run is cancelled, with the reason, from here (the
+        child only sees ``SystemExit``)."""
+        if not getattr(request, "time_start", None):
+            return  # not started: nothing was terminated, no run to close
+        self.close_known(
+            request,
+            status="cancelled",
+            # Celery sets should_terminate only after cancelling: the two causes look alike.
+            error=WorkerShutdown("cancelled by the worker: cold shutdown or broker lost"),
+        )
+
+    def close_known(
+        self, request: Any, *, status: Literal["failed", "cancelled"], error: BaseException
+    ) -> None:
+        """Close the execution named in ``request`` (the main process's Request) with
+        ``status``, unless it was closed already (``known`` no longer has it)."""
+        request_dict = getattr(request, "request_dict", None) or {}
+        execution = request_dict.get(_EXECUTION)
+        task: Any = getattr(request, "task", None)
+        task_id = str(getattr(request, "id", ""))
+        if not isinstance(execution, str) or task is None or not task_id:
+            return
+        with self.lock:
+            known = self.known.get(task_id)
+            if known is None or known[0] != execution:
+                return  # closed already (task_failure), or not this worker's delivery
+            del self.known[task_id]
+        _execution, attempt, queue = known
+        _close_run(
+            task_id,
+            execution_id=execution,
+            attempt=attempt,
+            status=status,
+            error=error,
+            name=task.name,
+            queue=queue,
+        )
+
     def requeued(self, request: Any, exc_info: Any) -> None:
         """The main process handled a delivery's failure (``Request.on_failure``). A child
         lost under an ``acks_late`` + ``reject_on_worker_lost`` task is requeued by Celery
@@ -356,25 +398,8 @@ class _Instrumentation:
         exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):  # billiard >= 4.3: the exit
             exc = WorkerLostError(f"Worker exited prematurely: {exc!r}")
-        request_dict = getattr(request, "request_dict", None) or {}
-        execution = request_dict.get(_EXECUTION)
-        task_id = str(request.id)
-        if not isinstance(exc, WorkerLostError) or not isinstance(execution, str):
-            return
-        with self.lock:
-            known = self.known.get(task_id)
-            if known is None or known[0] != execution:
-                return  # closed already (task_failure), or not ours
-            del self.known[task_id]
-        _execution, attempt, queue = known
-        _close_run(
-            task_id,
-            execution_id=execution,
-            attempt=attempt,
-            error=exc,
-            name=task.name,
-            queue=queue,
-        )
+        if isinstance(exc, WorkerLostError):
+            self.close_known(request, status="failed", error=exc)
 
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
@@ -401,7 +426,18 @@ def _closing_request(base: Any, inst: _Instrumentation) -> Any:
                 with _guard("celery.requeued"):
                     inst.requeued(self, exc_info)
 
-        found = type(base.__name__, (base,), {"on_failure": on_failure, "_chaperone_otel": inst})
+        def cancel(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # Raises on pools that cannot stop a task (threads, solo): nothing is closed.
+            result = base.cancel(self, *args, **kwargs)
+            with _guard("celery.cancelled"):
+                inst.cancelled(self)
+            return result
+
+        found = type(
+            base.__name__,
+            (base,),
+            {"on_failure": on_failure, "cancel": cancel, "_chaperone_otel": inst},
+        )
         _closing[key] = found
     return found
 

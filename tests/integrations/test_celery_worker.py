@@ -318,3 +318,20 @@ def test_otlp_to_sink_serve_the_fleet_metrics_count_runs_per_outcome(
         job = closed(worker, "it.progress", done.id, "completed")
         run, celery = run_span_tree(worker, job)
         assert run["trace_id"] == celery["trace_id"] == job.trace_id
+
+
+def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGQUIT (cold shutdown): Celery cancels the running task and terminates its child;
+    the worker's main process closes the run as cancelled with the reason (the child only
+    sees SystemExit), before the worker exits."""
+    with celery_worker(redis_url, tmp_path, "prefork", db=5) as worker:
+        result = worker.client.send_task("it.hang", args=(60,))
+        pid = wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
+        worker.proc.send_signal(signal.SIGQUIT)
+        worker.proc.wait(timeout=30)
+        (job,) = [j for j in worker.jobs("it.hang") if j.id == result.id]
+        assert (job.status, job.pid) == ("cancelled", pid)
+        assert job.error_type == "celery.exceptions.WorkerShutdown"
+        assert "cold shutdown" in job.error_message
