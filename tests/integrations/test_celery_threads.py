@@ -151,7 +151,7 @@ def test_metrics_count_the_runs_per_outcome(worker: Worker) -> None:
     def stored() -> Counter[tuple[str, str]]:
         with chaperone.open_sink(worker.store) as sink:
             rows = [j for name in names for j in sink.jobs.named(name).all()]
-        return Counter((j.name, j.status) for j in rows if j.status != "running")
+        return Counter((j.name, j.status) for j in rows if j.status not in ("running", "pending"))
 
     url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
 
@@ -166,3 +166,40 @@ def test_metrics_count_the_runs_per_outcome(worker: Worker) -> None:
     counts = wait_until(agree, 20, "/metrics to count what the store has")
     statuses = {status for _, status in counts}
     assert {"completed", "failed", "retried", "cancelled"} <= statuses
+
+
+def test_liveness_lease_is_healthy_and_a_promised_heartbeat_missed_is_stuck(
+    worker: Worker,
+) -> None:
+    """Two threads, interval 1 s, 4 s without a heartbeat: the liveness-lease task is
+    healthy (the worker process is alive), the one that promised heartbeats is stuck."""
+    quiet = worker.client.send_task("it.sleepy", args=(4,))
+    promised = worker.client.send_task("it.sleepy_promised", args=(4,))
+
+    def both_running_long() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = {r.id: r for r in sink.jobs.running().all()}
+        found = rows.get(quiet.id), rows.get(promised.id)
+        if any(r is None or r.duration is None or r.duration < 3.3 for r in found):
+            return None
+        return found
+
+    live, beating = wait_until(both_running_long, 30, "both tasks running for 3.3 s")
+    assert (live.health, live.stuck, live.lost) == ("healthy", False, False)
+    assert beating.stuck
+    assert quiet.get(timeout=30) == promised.get(timeout=30) == 4
+
+
+def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
+    result = worker.client.send_task("it.noop", args=(3,), countdown=3)
+
+    def pending() -> Any:
+        with chaperone.open_sink(worker.store) as sink:
+            rows = [r for r in sink.jobs.pending().all() if r.id == result.id]
+        return rows[0] if rows else None
+
+    row = wait_until(pending, 10, "the countdown task pending in the store")
+    assert row.started_at is None
+    assert result.get(timeout=30) == 3
+    job = closed(worker, "it.noop", result.id, "completed")
+    assert job.execution_id == row.execution_id  # the pending row became the run
