@@ -44,8 +44,15 @@ exception as the reason; a task revoked before it started is recorded as one ``c
 run by the worker's main process. A ``SoftTimeLimitExceeded`` is ``failed`` with a timeout
 violation. What the child cannot record, the worker's main process closes
 (:func:`chaperone_otel.close_run`): a child that died under a task (``WorkerLostError``:
-``failed``), one killed at the hard time limit (``TimeLimitExceeded``: ``failed``, with a
-timeout violation), one ended by ``revoke(terminate=True)`` (``cancelled``).
+``failed``, also when ``acks_late`` + ``reject_on_worker_lost`` requeue the message), one
+killed at the hard time limit (``TimeLimitExceeded``: ``failed``, with a timeout
+violation), one ended by ``revoke(terminate=True)`` (``cancelled``) or by a cold shutdown
+(``cancelled``, ``WorkerShutdown``).
+
+On the threads pool Celery enforces no time limit and cannot terminate a task: the run's
+timeout is still the limit (overtime, stuck past it), and the run ends as the task does.
+With ``opentelemetry-instrumentation-celery``, the run span is a child of its
+``run/<task>`` span (see :meth:`_Instrumentation.prerun_last`).
 
 The run is current while the task's body runs: ``current_job()``, ``heartbeat()``,
 ``report_progress()`` and ``track()`` reach it, and spans the task opens nest under the run
