@@ -374,6 +374,8 @@ class _Instrumentation:
         task_id = str(getattr(request, "id", ""))
         if not isinstance(execution, str) or task is None or not task_id:
             return
+        if _instrumented.get(id(self.app)) is not self:
+            return  # uninstrumented since its tasks got the request class
         with self.lock:
             known = self.known.get(task_id)
             if known is None or known[0] != execution:
