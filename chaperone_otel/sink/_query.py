@@ -44,7 +44,7 @@ from ._results import (
     ViolationRecord,
     select_exprs,
 )
-from ._schema import HEALTH_COLUMNS, predicate
+from ._schema import HEALTH_COLUMNS, where_predicate
 
 if TYPE_CHECKING:
     from ._schedule_query import ScheduleQuery
@@ -113,7 +113,7 @@ def _stuck_since(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
 
 
 def _health(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
-    sql.add(predicate(step[1], policy))
+    sql.add(where_predicate(step[1], policy))
 
 
 STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] = {

@@ -31,6 +31,14 @@ from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
+from ._settled import (
+    SETTLED_COLUMN,
+    VERDICTS,
+    settle_case,
+    settled_residuals,
+    settled_usable,
+    verdict_is_exclusive,
+)
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -194,6 +202,50 @@ def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
     return f"COALESCE({rules(policy).by_name(name).sql(HEALTH_COLUMNS)}, FALSE)"
 
 
+SETTLE_SQL: Final = settle_case(HEALTH_COLUMNS)
+"""The ``settled_health`` of a row (issue 16): a finished run's verdict, NULL while it is
+live; the writer stores it with every row it writes, the backfill with every old one."""
+
+
+BACKFILL_SETTLED: Final = (
+    f"UPDATE jobs SET {SETTLED_COLUMN} = {SETTLE_SQL} "
+    f"WHERE status IN ({', '.join(repr(s) for s in TERMINAL_STATUSES)})"
+)
+"""Stores the settled verdict of every finished run already stored (migration 6)."""
+
+
+def stored_health(policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """:func:`health_case`, reading a finished run's stored verdict instead of judging it."""
+    if not settled_usable(policy, HEALTH_COLUMNS):
+        return health_case(policy)
+    return (
+        f"CASE WHEN {SETTLED_COLUMN} IS NULL THEN {health_case(policy)} ELSE {SETTLED_COLUMN} END"
+    )
+
+
+def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """A health scope as a WHERE clause (``$now`` unbound): :func:`predicate`'s rows, cheaper.
+
+    Two things make it cheap (issue 16). No outer ``COALESCE`` (a WHERE drops NULL rows as it
+    drops FALSE ones), so a rule's top-level ``status IN ('running')`` stays a conjunct DuckDB
+    pushes into the scan, where it skips every vector without a live run. And a verdict scope
+    (``healthy`` …) reads the stored ``settled_health`` of finished runs and judges only the
+    rest by the rule; a predicate false for every finished run (``stuck``, ``degraded`` …)
+    needs no stored column at all.
+    """
+    r = rules(policy)
+    full = r.by_name(name).sql(HEALTH_COLUMNS)
+    if (
+        name in VERDICTS
+        # some finished run can match (else the rule's own running gate is cheaper)
+        and any(p[VERDICTS.index(name)] is not False for p in settled_residuals(policy).values())
+        and settled_usable(policy, HEALTH_COLUMNS)
+        and verdict_is_exclusive(r, name)
+    ):
+        return f"(({SETTLED_COLUMN} IS NULL AND {full}) OR {SETTLED_COLUMN} = '{name}')"
+    return full
+
+
 def _create_tables() -> list[str]:
     jobs = ",\n  ".join(
         f"{c.name} {c.sql_type}" for c in (column_of(field_named(n)) for n in V1_JOB_COLUMNS)
@@ -320,8 +372,18 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         ("execution_id", "lease", "scheduled_at"),
     ),
+    Migration(
+        6,
+        "settled_health: a finished run's verdict, stored so scopes judge only live runs "
+        "(issue 16); backfilled for the runs already stored",
+        (
+            *Migration.add_columns(6, "", SETTLED_COLUMN).statements,
+            BACKFILL_SETTLED,
+        ),
+        (SETTLED_COLUMN,),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(6, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(7, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
@@ -374,7 +436,7 @@ def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
 
     return [
         "CREATE OR REPLACE VIEW jobs_health AS SELECT *, "
-        f"{render(health_case(policy))} AS health, "
+        f"{render(stored_health(policy))} AS health, "
         f"{render(predicate('stuck', policy))} AS stuck, "
         f"{render(predicate('lost', policy))} AS lost, "
         f"{render(predicate('stalled', policy))} AS stalled, "
