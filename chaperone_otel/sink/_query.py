@@ -44,7 +44,7 @@ from ._results import (
     ViolationRecord,
     select_exprs,
 )
-from ._schema import HEALTH_COLUMNS, where_predicate
+from ._schema import HEALTH_COLUMNS, settled_branches, where_predicate
 
 if TYPE_CHECKING:
     from ._schedule_query import ScheduleQuery
@@ -406,7 +406,10 @@ class JobQuery:
             elif step[0] == "limit":
                 limit = step[1] if limit is None else min(limit, step[1])
         where = f" WHERE {' AND '.join(sql.where)}" if sql.where else ""
-        if count:
+        split = self._split_count(policy) if count else None
+        if split is not None:
+            text, sql = split
+        elif count:
             text = f"SELECT count(*) FROM jobs{where}"
         else:
             order.extend(["started_at DESC NULLS LAST", "run_id", "attempt"])
@@ -417,6 +420,24 @@ class JobQuery:
         if "$now" in text:
             sql.params["now"] = self.now
         return text, sql.params
+
+    def _split_count(self, policy: HealthPolicy) -> tuple[str, SqlBuilder] | None:
+        """``count()`` of a query with a verdict scope as the sum of two scans, finished runs
+        by their stored verdict plus the rest by the rule (see ``settled_branches``)."""
+        for step in self._steps:
+            if step[0] != "health":
+                continue
+            branches = settled_branches(step[1], policy)
+            if branches is None:
+                continue
+            rest = SqlBuilder()
+            for other in self._steps:
+                if other is not step:
+                    render_step(rest, other, policy)
+            parts = [" AND ".join([b, *rest.where]) for b in branches]
+            text = " + ".join(f"(SELECT count(*) FROM jobs WHERE {p})" for p in parts)
+            return f"SELECT {text}", rest
+        return None
 
     @classmethod
     def replay(cls, sink: Sink, steps: Sequence[Sequence[Any]]) -> JobQuery:

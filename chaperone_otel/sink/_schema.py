@@ -233,8 +233,21 @@ def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
     rest by the rule; a predicate false for every finished run (``stuck``, ``degraded`` …)
     needs no stored column at all.
     """
+    branches = settled_branches(name, policy)
+    if branches is None:
+        return rules(policy).by_name(name).sql(HEALTH_COLUMNS)
+    return f"({branches[1]} OR {branches[0]})"
+
+
+def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str] | None:
+    """A verdict scope as two disjoint WHERE clauses, (finished runs by their stored verdict,
+    the other runs by the rule), or None when the stored column cannot answer ``name``.
+
+    ``count()`` runs them as two scans and adds the counts: one scan of both had to read the
+    rule's fifteen columns for every row, the two read one column for the finished runs and
+    the fifteen only where the pushed ``settled_health IS NULL`` leaves rows (issue 16).
+    """
     r = rules(policy)
-    full = r.by_name(name).sql(HEALTH_COLUMNS)
     if (
         name in VERDICTS
         # some finished run can match (else the rule's own running gate is cheaper)
@@ -242,8 +255,9 @@ def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
         and settled_usable(policy, HEALTH_COLUMNS)
         and verdict_is_exclusive(r, name)
     ):
-        return f"(({SETTLED_COLUMN} IS NULL AND {full}) OR {SETTLED_COLUMN} = '{name}')"
-    return full
+        full = r.by_name(name).sql(HEALTH_COLUMNS)
+        return f"{SETTLED_COLUMN} = '{name}'", f"({SETTLED_COLUMN} IS NULL AND {full})"
+    return None
 
 
 def _create_tables() -> list[str]:

@@ -196,6 +196,10 @@ def test_scopes_on_a_mixed_store_match_the_full_rule(tmp_path: Path, policy: Hea
             assert fast == full, name
             via_api = sorted(j.id for j in getattr(sink.jobs.at(NOW), name)().all())
             assert via_api == [r[0] for r in full], name
+            # count() of a verdict scope adds two scans (stored verdicts + the rule)
+            assert getattr(sink.jobs.at(NOW), name)().count() == len(full), name
+            combined = getattr(sink.jobs.at(NOW), name)().named("etl.import").since(NOW - 700)
+            assert combined.count() == len(combined.all()), name
         for name in ("healthy", "unhealthy", "degraded"):  # the store has each of them
             assert rows(predicate(name, policy)), name
         health = sink.sql(f"SELECT run_id, {stored_health(policy)}, {health_case(policy)} "
