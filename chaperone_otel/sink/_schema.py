@@ -31,14 +31,7 @@ from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
-from ._settled import (
-    SETTLED_COLUMN,
-    VERDICTS,
-    settle_case,
-    settled_residuals,
-    settled_usable,
-    verdict_is_exclusive,
-)
+from ._settled import SETTLED_COLUMN, scope_parts, settle_case, settled_usable
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -229,40 +222,27 @@ def stored_health(policy: HealthPolicy = DEFAULT_POLICY) -> str:
 
 
 def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
-    """A health scope as a WHERE clause (``$now`` unbound): :func:`predicate`'s rows, cheaper.
-
-    Two things make it cheap (issue 16). No outer ``COALESCE`` (a WHERE drops NULL rows as it
-    drops FALSE ones), so a rule's top-level ``status IN ('running')`` stays a conjunct DuckDB
-    pushes into the scan, where it skips every vector without a live run. And a verdict scope
-    (``healthy`` …) reads the stored ``settled_health`` of finished runs and judges only the
-    rest by the rule; a predicate false for every finished run (``stuck``, ``degraded`` …)
-    needs no stored column at all.
-    """
-    branches = settled_branches(name, policy)
-    if branches is None:
+    """A health scope as a WHERE clause (``$now`` unbound): :func:`predicate`'s rows, cheaper
+    (issue 16; see :func:`~._settled.scope_parts`)."""
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None:
         return rules(policy).by_name(name).sql(HEALTH_COLUMNS)
-    return f"({branches[1]} OR {branches[0]})"
+    stored, live = parts
+    return live if stored is None else f"({live} OR {stored})"
 
 
 def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str] | None:
     """A verdict scope as two disjoint WHERE clauses, (finished runs by their stored verdict,
-    the other runs by the rule), or None when the stored column cannot answer ``name``.
+    the other runs by their status's residual rule), or None when ``name`` has no such split.
 
     ``count()`` runs them as two scans and adds the counts: one scan of both had to read the
-    rule's fifteen columns for every row, the two read one column for the finished runs and
-    the fifteen only where the pushed ``settled_health IS NULL`` leaves rows (issue 16).
+    rule's fifteen columns for every row, the two read the one-byte verdict for the finished
+    runs and the fifteen only where the pushed ``settled_health IS NULL`` leaves rows.
     """
-    r = rules(policy)
-    if (
-        name in VERDICTS
-        # some finished run can match (else the rule's own running gate is cheaper)
-        and any(p[VERDICTS.index(name)] is not False for p in settled_residuals(policy).values())
-        and settled_usable(policy, HEALTH_COLUMNS)
-        and verdict_is_exclusive(r, name)
-    ):
-        full = r.by_name(name).sql(HEALTH_COLUMNS)
-        return f"{SETTLED_COLUMN} = '{name}'", f"({SETTLED_COLUMN} IS NULL AND {full})"
-    return None
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None or parts[0] is None:
+        return None
+    return parts[0], parts[1]
 
 
 def _create_tables() -> list[str]:

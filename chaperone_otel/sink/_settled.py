@@ -32,7 +32,7 @@ import functools
 from collections.abc import Mapping
 from typing import Final
 
-from .._fields import TERMINAL_STATUSES
+from .._fields import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .._health import (
     DEFAULT_POLICY,
     All,
@@ -57,7 +57,9 @@ VERDICTS: Final = ("unhealthy", "degraded", "healthy")
 Residual = Expr | bool
 
 
-def residual(expr: Expr, known: Mapping[str, SignalValue]) -> Residual:
+def residual(
+    expr: Expr, known: Mapping[str, SignalValue], facts: Mapping[Expr, bool] | None = None
+) -> Residual:
     """``expr`` with the ``known`` signals substituted and every decided term dropped.
 
     :meth:`Expr.fold` answers only "decided or not" and keeps an undecided node whole; this
@@ -65,12 +67,17 @@ def residual(expr: Expr, known: Mapping[str, SignalValue]) -> Residual:
     ``False``, ``AnyOf(failed, violated, All(running, …))`` is ``violated``. Same NULL
     semantics as :meth:`Expr.holds` (a comparison with a missing value is false), so the
     residual holds exactly when ``expr`` does for every row with the known values.
+
+    ``facts`` are sub-trees known to have a value where the residual is used (``unhealthy``
+    is false where ``degraded`` is asked, see :func:`status_residual`): they become constants.
     """
+    if facts and expr in facts:
+        return facts[expr]
     if isinstance(expr, (All, AnyOf)):
         decisive = isinstance(expr, AnyOf)  # OR: a true term decides; AND: a false one
         rest: list[Expr] = []
         for term in expr.terms:
-            value = residual(term, known)
+            value = residual(term, known, facts)
             if value is decisive:
                 return decisive
             if isinstance(value, Expr):
@@ -81,7 +88,7 @@ def residual(expr: Expr, known: Mapping[str, SignalValue]) -> Residual:
             return rest[0]
         return type(expr)(tuple(rest))
     if isinstance(expr, Not):
-        value = residual(expr.term, known)
+        value = residual(expr.term, known, facts)
         return (not value) if isinstance(value, bool) else Not(value)
     folded = expr.fold(known)
     if folded is True or folded is False:
@@ -166,3 +173,81 @@ def verdict_is_exclusive(r: Rules, name: str) -> bool:
         return True
     terms = expr.terms if isinstance(expr, All) else ()
     return all(Not(r.by_name(b)) in terms for b in before)
+
+
+def _sql(part: Residual, columns: Mapping[str, str]) -> str:
+    if isinstance(part, bool):
+        return "TRUE" if part else "FALSE"
+    return part.sql(columns)
+
+
+def status_residual(r: Rules, name: str, status: str) -> Residual:
+    """Predicate ``name`` for runs with ``status``, as small as the tree allows.
+
+    For a verdict predicate the earlier verdicts' negations come first and are then known
+    false (``facts``): ``healthy`` of a running run is ``not unhealthy and not (late, near a
+    limit or stalled)`` instead of a tree that asks ``unhealthy`` three times. Equal to the
+    predicate because the verdicts are exclusive (:func:`verdict_is_exclusive`).
+    """
+    known = {"status": status}
+    if name not in VERDICTS or not verdict_is_exclusive(r, name):
+        return residual(r.by_name(name), known)
+    facts: dict[Expr, bool] = {}
+    terms: list[Expr] = []
+    for verdict in VERDICTS[: VERDICTS.index(name)]:
+        part = residual(r.by_name(verdict), known, facts)
+        if part is True:
+            return False
+        if isinstance(part, Expr):
+            terms.append(Not(part))
+        facts[r.by_name(verdict)] = False
+    part = residual(r.by_name(name), known, facts)
+    if part is False:
+        return False
+    if isinstance(part, Expr):
+        terms.append(part)
+    if not terms:
+        return True
+    return terms[0] if len(terms) == 1 else All(tuple(terms))
+
+
+def live_sql(name: str, columns: Mapping[str, str], policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """Predicate ``name`` over runs without a stored verdict: per live status, its residual.
+
+    A live run is judged by the rule, but not by the whole tree: with ``status`` known the
+    residual drops every status test and every branch that cannot hold
+    (:func:`status_residual`), and DuckDB evaluates each arm only on the rows of its status.
+    Any other status (NULL, or one a sender made up) gets the full rule.
+    """
+    r = rules(policy)
+    arms = " ".join(
+        f"WHEN '{status}' THEN {_sql(status_residual(r, name, status), columns)}"
+        for status in ACTIVE_STATUSES
+    )
+    return f"(CASE {columns['status']} {arms} ELSE {r.by_name(name).sql(columns)} END)"
+
+
+def scope_parts(
+    name: str, columns: Mapping[str, str], policy: HealthPolicy = DEFAULT_POLICY
+) -> tuple[str | None, str] | None:
+    """A health scope as (stored-verdict part or None, live part), their OR being the
+    scope's rows; None when the stored column cannot help (judge every row by the rule).
+
+    The live part is ``settled_health IS NULL AND`` :func:`live_sql`: DuckDB pushes the
+    ``IS NULL`` of a one-byte column into the scan and skips every vector of finished runs.
+    A predicate false for every finished run (``stuck``, ``degraded`` …) needs only it; a
+    verdict predicate that finished runs can match (``healthy``, ``unhealthy``) adds
+    ``settled_health = 'name'``; one that depends on a finished run's values in another way
+    (``near_limit``, ``violated``) gets None.
+    """
+    if not settled_usable(policy, columns):
+        return None
+    r = rules(policy)
+    expr = r.by_name(name)
+    finished = [residual(expr, {"status": status}) for status in settled_residuals(policy)]
+    live = f"({SETTLED_COLUMN} IS NULL AND {live_sql(name, columns, policy)})"
+    if all(part is False for part in finished):
+        return None, live
+    if name in VERDICTS and verdict_is_exclusive(r, name):
+        return f"{SETTLED_COLUMN} = '{name}'", live
+    return None

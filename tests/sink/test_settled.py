@@ -35,6 +35,7 @@ from chaperone_otel.sink._settled import (
     settle_case,
     settled_residuals,
     settled_usable,
+    status_residual,
     verdict_is_exclusive,
 )
 from chaperone_otel.testing import capture
@@ -222,3 +223,38 @@ def test_a_verdict_scope_reads_the_stored_column(tmp_path: Path) -> None:
     with open_sink(path) as sink:
         assert sink.jobs.healthy().count() == 0
         assert sink.jobs.unhealthy().count() == 1
+
+
+# --- a live run's residual ------------------------------------------------------------------
+
+
+def _live_grid() -> list[dict[str, Any]]:
+    """Live runs across every rule's edges: late, silent, overtime, stalled, near a limit,
+    violated, on a liveness lease, NULL signals."""
+    out: list[dict[str, Any]] = []
+    for status in ("running", "pending"):
+        for beat, seen in ((1, 1), (16, 1), (31, 1), (200, 1), (200, 31), (None, None)):
+            for extra in ({}, {"timeout_at": NOW - 1}, {"stall_deadline": NOW - 1},
+                          {"memory": 90.0, "memory_limit": 100.0}, {"violation_count": 1},
+                          {"lease": "liveness"}, {"cpu": 90.0, "cpu_limit": 0.0}):
+                out.append({"status": status, "heartbeat_interval": 10.0,
+                            "last_heartbeat": None if beat is None else NOW - beat,
+                            "last_seen": None if seen is None else NOW - seen,
+                            "violation_count": 0, **extra})
+    return out
+
+
+@pytest.mark.parametrize("policy", [DEFAULT_POLICY, STRICT], ids=["default", "strict"])
+def test_a_live_statuss_residual_is_the_predicate(policy: HealthPolicy) -> None:
+    """The live part of a scope judges a running or pending run by its status's residual
+    (the earlier verdicts known false): the same answer as the whole predicate."""
+    r = rules(policy)
+    seen: set[tuple[str, bool]] = set()
+    for signals in _live_grid():
+        for name in PREDICATES:
+            part = status_residual(r, name, str(signals["status"]))
+            got = part if isinstance(part, bool) else part.holds(signals, NOW)
+            want = r.by_name(name).holds(signals, NOW)
+            assert got == want, (name, signals)
+            seen.add((name, want))
+    assert all((v, True) in seen for v in ("healthy", "degraded", "unhealthy"))
