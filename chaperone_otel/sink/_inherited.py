@@ -32,7 +32,8 @@ __all__ = ["forget_server", "note_server", "release_inherited_sockets"]
 
 _lock = threading.Lock()
 _addresses: dict[tuple[str, int], int] = {}
-"""(host, port) served by this process → the listening socket's descriptor."""
+"""(host, port) served by this process, as the socket reports it (a name like ``localhost``
+resolved) → the listening socket's descriptor."""
 
 
 def note_server(host: str, port: int, fd: int) -> None:

@@ -585,7 +585,7 @@ class BackgroundServer:
             raise
         self._socket = sock
         self.port = sock.getsockname()[1]
-        note_server(self.host, self.port, sock.fileno())  # a forked child lets go of it
+        note_server(sock.getsockname()[0], self.port, sock.fileno())  # a forked child lets go
         return sock
 
     def server(self) -> Any:
@@ -687,7 +687,8 @@ class BackgroundServer:
             self._thread.join(timeout)
             self._thread = None
         if self._socket is not None:
-            forget_server(self.host, self.port)
+            with contextlib.suppress(OSError):
+                forget_server(self._socket.getsockname()[0], self.port)
             with contextlib.suppress(OSError):
                 self._socket.close()
             self._socket = None
