@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from .._fields import field_named
+from .._fields import ACTIVE_STATUSES, field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._scopes import HEALTH_SCOPES, SCOPES, SHAPING_STEPS, STATUS_SCOPES, scope_named
 from .._spec import qualified_name as _qualified_name
@@ -45,6 +45,7 @@ from ._results import (
     select_exprs,
 )
 from ._schema import HEALTH_COLUMNS, settled_branches, where_predicate
+from ._settled import SETTLED_COLUMN
 
 if TYPE_CHECKING:
     from ._schedule_query import ScheduleQuery
@@ -105,6 +106,16 @@ def _above(column: str) -> Callable[[SqlBuilder, Step, HealthPolicy], None]:
     return render
 
 
+def _status(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
+    clause = f"status = {sql.bind(step[1])}"
+    if step[1] in ACTIVE_STATUSES:
+        # Only a finished run has a stored verdict: the one-byte column's IS NULL, pushed into
+        # the scan first, skips the finished runs' vectors before any string is compared
+        # (running().named(x).on_queue(q): 1.10x -> 0.33x a GROUP BY status at 10 M runs).
+        clause = f"{SETTLED_COLUMN} IS NULL AND {clause}"
+    sql.add(clause)
+
+
 def _stuck_since(sql: SqlBuilder, step: Step, _policy: HealthPolicy) -> None:
     if step[1] is None:
         sql.add("stuck_since IS NOT NULL")
@@ -117,7 +128,7 @@ def _health(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
 
 
 STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] = {
-    "status": _equals("status"),
+    "status": _status,
     "health": _health,
     "name": _equals("name"),
     "class": _class,

@@ -258,3 +258,16 @@ def test_a_live_statuss_residual_is_the_predicate(policy: HealthPolicy) -> None:
             assert got == want, (name, signals)
             seen.add((name, want))
     assert all((v, True) in seen for v in ("healthy", "degraded", "unhealthy"))
+
+
+def test_status_scopes_of_live_runs_skip_finished_runs_by_the_column(tmp_path: Path) -> None:
+    """running()/pending() add the stored column's IS NULL (pushed into the scan first): the
+    same rows, since only a finished run has a stored verdict."""
+    path = tmp_path / "mixed.duckdb"
+    _mixed_store(path)
+    with open_sink(path) as sink:
+        for status in ("running", "pending", "completed", "failed"):
+            where = getattr(sink.jobs, status)().sql()[0].split(" FROM jobs WHERE ")[1]
+            assert ("settled_health IS NULL" in where) == (status in ("running", "pending"))
+            want = sink.sql("SELECT count(*) FROM jobs WHERE status = ?", [status])[1][0][0]
+            assert getattr(sink.jobs, status)().count() == want > 0, status
