@@ -193,7 +193,7 @@ def test_engine_memory_and_threads_are_configurable_and_spill_works(
 def test_owner_close_interrupts_a_running_query(tmp_path: Path) -> None:
     """Closing the owner (what SIGTERM of sink serve and shutdown() do) interrupts a query
     in flight instead of waiting for it, and refuses new ones."""
-    owner = StoreOwner(tmp_path / "close.duckdb")
+    owner = StoreOwner(empty_store(tmp_path / "close.duckdb"))
     owner.serve(advertise=False)
     errors: list[BaseException] = []
 
