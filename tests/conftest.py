@@ -1,40 +1,17 @@
 """Shared fixtures: swallowed internal errors fail tests; every test starts unconfigured; the
-prometheus/promtool binaries (required under CI=true) and the repository root. Compiled
-modules are cached outside the tree even where PYTHONDONTWRITEBYTECODE=1 is set."""
+prometheus/promtool binaries (required under CI=true) and the repository root."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import chaperone_otel  # already imported: the package's pytest plugin (chaperone_otel.testing)
+import chaperone_otel
 from chaperone_otel._safety import reset_internal_errors, set_raise_internal_errors
-
-
-def _cache_compiled_modules() -> None:
-    """With PYTHONDONTWRITEBYTECODE=1 (set on this project's development machines) every run
-    compiled the package and rewrote the asserts of every test module again: ~2.5 s of CPU
-    per run. The compiled files go to this user's cache instead (``sys.pycache_prefix``,
-    ``~/.cache/chaperone-otel/pycache``), so the tree stays free of ``__pycache__`` as that
-    setting wants. Python and pytest check each cached file against its source's mtime and
-    size. Off under CI=true (a fresh clone each time) or with CHAPERONE_OTEL_TEST_PYCACHE=0;
-    an explicit PYTHONPYCACHEPREFIX is used as given."""
-    if not sys.dont_write_bytecode or os.environ.get("CI") == "true":
-        return
-    if os.environ.get("CHAPERONE_OTEL_TEST_PYCACHE") == "0":
-        return
-    if sys.pycache_prefix is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        sys.pycache_prefix = os.path.join(base, "chaperone-otel", "pycache")
-    sys.dont_write_bytecode = False
-
-
-_cache_compiled_modules()  # before the test modules are collected (they are rewritten then)
 
 REPO = Path(__file__).resolve().parents[1]
 
