@@ -243,6 +243,8 @@ class Runtime:
             watches = list(self._runs.values())
         for watch in watches:
             wait = min(wait, watch.next_flush - now)
+        if watches:  # a sample is due every sample_interval while runs are live
+            wait = min(wait, self._next_sample - time.monotonic())
         return max(_MIN_WAIT, wait)
 
     def stop(self, timeout: float = 5.0) -> bool:

@@ -301,3 +301,20 @@ def test_the_process_sampler_is_made_by_the_thread_that_starts_the_monitor(
         # the monitor's passes sample while the run is open
         wait_until(lambda: _runtime.runtime()._sample is not None, 10, "a monitor sample")
     assert made_on == [threading.current_thread().name]
+
+
+def test_the_monitor_wakes_for_each_sample_while_runs_are_live() -> None:
+    """``sample_interval`` is the sampling pace whatever the flush period: with a 60 s
+    heartbeat (a 15 s flush period) and 0.05 s samples, the monitor waits no longer than
+    the next sample is due. (Before: it waited up to 1 s, so resources were sampled and
+    limits checked once a second, and a run's first sample came a second after its start.)
+    Without live runs it waits the full second."""
+    from chaperone_otel import _runtime
+    from chaperone_otel.testing import capture
+
+    with capture(sample_interval=0.05, heartbeat_interval=60.0):
+        monitor = _runtime.runtime()
+        with supervised("pace.job"):
+            wait_until(lambda: monitor._sample is not None, 10, "a first sample")
+            assert monitor._next_wait() <= 0.05 + 1e-3
+        assert monitor._next_wait() == 1.0

@@ -109,7 +109,8 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes, float]]]]:
     requests: list[tuple[str, str, bytes, float]] = []
     handler = type("Handler", (_Receiver,), {"requests": requests})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 0.05 s: shutdown() below waits for the poll (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", requests
@@ -160,7 +161,8 @@ def test_a_burst_while_the_receiver_is_slow_keeps_every_record(
     requests: list[tuple[str, str, bytes, float]] = []
     handler = type("Handler", (_GatedReceiver,), {"requests": requests, "gate": gate})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 0.05 s: shutdown() below waits for the poll (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         chaperone.configure(otlp_endpoint=f"http://127.0.0.1:{server.server_port}")

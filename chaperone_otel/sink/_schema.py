@@ -13,24 +13,33 @@ A file remembers its version in ``schema_version``. Opening applies the missing 
 order (writable opens only); a file from a *newer* chaperone-otel raises
 :class:`~chaperone_otel.exceptions.SchemaVersionError` instead of guessing.
 
+The views carry a fingerprint of their own SQL in their DuckDB comment
+(``chaperone-otel views <sha256 prefix>``): a writable open of a current store whose views
+already carry the fingerprint of what this code would create leaves them alone (re-creating
+``jobs_health`` and the views over it costs ~15 ms of binding on every open); views that are
+missing, renamed, commented otherwise or rendered with another policy are re-created.
+
 Example::
 
     con = duckdb.connect("jobs.duckdb")
-    migrate(con)               # creates or upgrades, then (re)creates the views
+    migrate(con)               # creates or upgrades, then (re)creates stale views
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from .. import _fields
 from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
-from .._health import DEFAULT_POLICY, HealthPolicy, rules
+from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
+from ._settled import SETTLED_COLUMN, scope_parts, settle_case, settled_usable
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -194,6 +203,56 @@ def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
     return f"COALESCE({rules(policy).by_name(name).sql(HEALTH_COLUMNS)}, FALSE)"
 
 
+VERDICT_TYPE: Final = "chaperone_verdict"
+"""The ENUM type of ``settled_health``."""
+HEALTHS: Final[tuple[str, ...]] = get_args(Health)
+"""Every value of :data:`chaperone_otel._health.Health`, the ENUM's values."""
+
+SETTLE_SQL: Final = settle_case(HEALTH_COLUMNS)
+"""The ``settled_health`` of a row (issue 16): a finished run's verdict, NULL while it is
+live; the writer stores it with every row it writes, the backfill with every old one."""
+
+
+BACKFILL_SETTLED: Final = (
+    f"UPDATE jobs SET {SETTLED_COLUMN} = {SETTLE_SQL} "
+    f"WHERE status IN ({', '.join(repr(s) for s in TERMINAL_STATUSES)})"
+)
+"""Stores the settled verdict of every finished run already stored (migration 6)."""
+
+
+def stored_health(policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """:func:`health_case`, reading a finished run's stored verdict instead of judging it."""
+    if not settled_usable(policy, HEALTH_COLUMNS):
+        return health_case(policy)
+    return (
+        f"CASE WHEN {SETTLED_COLUMN} IS NULL THEN {health_case(policy)} ELSE {SETTLED_COLUMN} END"
+    )
+
+
+def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """A health scope as a WHERE clause (``$now`` unbound): :func:`predicate`'s rows, cheaper
+    (issue 16; see :func:`~._settled.scope_parts`)."""
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None:
+        return rules(policy).by_name(name).sql(HEALTH_COLUMNS)
+    stored, live = parts
+    return live if stored is None else f"({live} OR {stored})"
+
+
+def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str] | None:
+    """A verdict scope as two disjoint WHERE clauses, (finished runs by their stored verdict,
+    the other runs by their status's residual rule), or None when ``name`` has no such split.
+
+    ``count()`` runs them as two scans and adds the counts: one scan of both had to read the
+    rule's fifteen columns for every row, the two read the one-byte verdict for the finished
+    runs and the fifteen only where the pushed ``settled_health IS NULL`` leaves rows.
+    """
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None or parts[0] is None:
+        return None
+    return parts[0], parts[1]
+
+
 def _create_tables() -> list[str]:
     jobs = ",\n  ".join(
         f"{c.name} {c.sql_type}" for c in (column_of(field_named(n)) for n in V1_JOB_COLUMNS)
@@ -320,8 +379,20 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         ("execution_id", "lease", "scheduled_at"),
     ),
+    Migration(
+        6,
+        "settled_health: a finished run's verdict, stored so scopes judge only live runs "
+        "(issue 16); backfilled for the runs already stored",
+        (
+            # An ENUM (one byte, run-length encoded): its scans cost about half a VARCHAR's
+            f"CREATE TYPE {VERDICT_TYPE} AS ENUM ({', '.join(repr(v) for v in HEALTHS)})",
+            f"ALTER TABLE jobs ADD COLUMN {SETTLED_COLUMN} {VERDICT_TYPE}",
+            BACKFILL_SETTLED,
+        ),
+        (SETTLED_COLUMN,),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(6, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(7, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
@@ -374,7 +445,7 @@ def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
 
     return [
         "CREATE OR REPLACE VIEW jobs_health AS SELECT *, "
-        f"{render(health_case(policy))} AS health, "
+        f"{render(stored_health(policy))} AS health, "
         f"{render(predicate('stuck', policy))} AS stuck, "
         f"{render(predicate('lost', policy))} AS lost, "
         f"{render(predicate('stalled', policy))} AS stalled, "
@@ -390,8 +461,11 @@ def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
 
 def current_version(con: Any) -> int:
     """The file's schema version (0 for an empty database)."""
+    # duckdb_tables(), not information_schema: binding information_schema's views costs ~5 ms
+    # as the first query of a connection, and every open asks this first.
     found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        "SELECT count(*) FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND table_name = 'schema_version'"
     ).fetchone()
     if not found or not found[0]:
         return 0
@@ -419,7 +493,7 @@ def migrate(
     *,
     migrations: Sequence[Migration] = MIGRATIONS,
 ) -> int:
-    """Apply missing migrations in order, then (re)create the views. Returns the version.
+    """Apply missing migrations in order, then (re)create stale views. Returns the version.
 
     ``migrations`` is for tests that add a field (the store always uses :data:`MIGRATIONS`).
 
@@ -448,9 +522,62 @@ def migrate(
             raise
         version = migration.version
     if version >= SCHEMA_VERSION:  # the views read every column: only a current store has them
-        for statement in view_statements(policy):
-            con.execute(statement)
+        ensure_views(con, view_statements(policy))
     return version
+
+
+VIEW_COMMENT_PREFIX: Final = "chaperone-otel views "
+"""Start of the comment every store view carries; the fingerprint of the view set follows."""
+
+_VIEW_NAME = re.compile(r"CREATE OR REPLACE VIEW (\w+) AS ")
+
+
+def view_comment(statements: Sequence[str]) -> str:
+    """The comment the views made by ``statements`` carry: a fingerprint of their SQL, so a
+    change of the rules, the policy or the code that renders them shows as a different one."""
+    digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
+    return VIEW_COMMENT_PREFIX + digest
+
+
+def view_names(statements: Sequence[str]) -> list[str]:
+    """The view each ``CREATE OR REPLACE VIEW`` statement makes, in order."""
+    names = []
+    for statement in statements:
+        m = _VIEW_NAME.match(statement)
+        if m is None:  # pragma: no cover - the statements are rendered in this package
+            raise ValueError(f"not a CREATE OR REPLACE VIEW statement: {statement[:60]!r}")
+        names.append(m.group(1))
+    return names
+
+
+def views_current(con: Any, statements: Sequence[str]) -> bool:
+    """True if every view of ``statements`` exists and carries their :func:`view_comment`."""
+    rows = con.execute(
+        "SELECT view_name, comment FROM duckdb_views() "
+        "WHERE database_name = current_database() AND NOT internal"
+    ).fetchall()
+    have = {str(name): comment for name, comment in rows}
+    want = view_comment(statements)
+    return all(have.get(name) == want for name in view_names(statements))
+
+
+def ensure_views(con: Any, statements: Sequence[str]) -> bool:
+    """(Re)create the views unless they are current (:func:`views_current`); returns whether
+    they were made. One transaction: a failure leaves the old views (and their comments)."""
+    if views_current(con, statements):
+        return False
+    comment = view_comment(statements)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for statement in statements:
+            con.execute(statement)
+        for name in view_names(statements):  # CREATE OR REPLACE dropped the old comment
+            con.execute(f"COMMENT ON VIEW {name} IS '{comment}'")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return True
 
 
 def refuse_foreign(con: Any, path: str) -> None:

@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from chaperone_otel import semconv as sc
 from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, SINK_RULES_PATH, render
 from chaperone_otel.artifacts._dashboards import SCHEMA_VERSION, TAG, dashboards
+from tests.yamlload import safe_load
 
 METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
 
@@ -124,7 +123,7 @@ def test_every_metric_in_every_panel_exists_in_semconv_or_the_rules(repo: Path) 
     labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
     recorded = set()
     for path in (RULES_PATH, SINK_RULES_PATH):
-        rule_data = yaml.safe_load((repo / path).read_text())
+        rule_data = safe_load((repo / path).read_text())
         recorded |= {r["record"] for g in rule_data["groups"] for r in g["rules"] if "record" in r}
     seen = set()
     for board in _committed(repo).values():

@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from chaperone_otel.artifacts import SINK_RULES_PATH
 from chaperone_otel.artifacts._rules import SINK_SCRAPE_JOB, WORKER_SCRAPE_JOB, alert_names
 from chaperone_otel.sink._server import DEFAULT_PORT as SINK_DEFAULT_PORT
+from tests.yamlload import safe_load
 
 EXPORTERS = "exporters"
 
 
 def _load(repo: Path, rel: str) -> Any:
-    return yaml.safe_load((repo / EXPORTERS / rel).read_text())
+    return safe_load((repo / EXPORTERS / rel).read_text())
 
 
 def _port(address: str) -> int:
@@ -32,7 +32,7 @@ def test_every_yaml_file_parses(repo: Path) -> None:
     files = sorted((repo / EXPORTERS).rglob("*.y*ml"))
     assert len(files) >= 7
     for path in files:
-        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+        assert isinstance(safe_load(path.read_text()), dict), path
 
 
 def test_collector_pipelines_reference_defined_components(repo: Path) -> None:

@@ -13,6 +13,7 @@ Times are seconds since the Unix epoch, which is promtool's clock (evaluation at
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -138,13 +139,22 @@ def sql_verdicts() -> dict[str, dict[str, bool]]:
 SINK_GAUGES = {SINK_SOURCE.universe, *(spec.prometheus for spec in SINK_SIGNAL_GAUGES.values())}
 
 
+@functools.cache
+def _memory_store() -> duckdb.DuckDBPyConnection:
+    """A real store in memory, migrated once for the module (each scenario empties ``jobs``
+    and stores its one run: the other tables stay empty, as in a store that only got it)."""
+    con = duckdb.connect()
+    migrate(con, ":memory:")
+    return con
+
+
 def sink_series(sig: dict[str, SignalValue]) -> list[dict[str, str]]:
-    """The scenario stored as a run of a real (in-memory) store, served by the real
+    """The scenario stored as the one run of a real (in-memory) store, served by the real
     FleetCollector at ``NOW``: its run gauges as promtool series, constant up to ``NOW``
     (the sink is scraped at every step; it outlives the run)."""
-    con = duckdb.connect()
+    con = _memory_store().cursor()
     try:
-        migrate(con, ":memory:")
+        con.execute("DELETE FROM jobs")
         row = {"run_id": "r", "attempt": 1, "name": "etl.import", "queue": "default",
                "started_at": NOW - 100, **_row(sig)}
         values = ", ".join("make_timestamp(CAST(? * 1e6 AS BIGINT))"
@@ -152,6 +162,7 @@ def sink_series(sig: dict[str, SignalValue]) -> list[dict[str, str]]:
         params = [v if v is None or c not in TIMES | {"started_at"} else float(v)
                   for c, v in row.items()]
         con.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({values})", params)
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FleetCollector(con.cursor, stats=IngestStats, clock=lambda: NOW))
         samples = [x for family in registry.collect() for x in family.samples

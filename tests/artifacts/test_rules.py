@@ -14,6 +14,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel._health import DEFAULT_POLICY, promql, rules
 from chaperone_otel.artifacts import RULE_PATHS, render, stale
 from chaperone_otel.artifacts._rules import GROUP, SOURCES, alerts, anchor, rule_file, rule_tests
+from tests.yamlload import safe_load
 
 pytestmark = pytest.mark.prometheus
 both = pytest.mark.parametrize("source", SOURCES)
@@ -36,7 +37,7 @@ METRIC_TOKEN = re.compile(r"\b(chaperone[a-z0-9_:]*)\b")
 
 
 def _rules(repo: Path, source: str = "worker") -> list[dict[str, object]]:
-    data = yaml.safe_load((repo / RULE_PATHS[source][0]).read_text())
+    data = safe_load((repo / RULE_PATHS[source][0]).read_text())
     [group] = data["groups"]
     assert group["name"] == (GROUP if source == "worker" else f"{GROUP}-{source}")
     return list(group["rules"])
@@ -53,9 +54,9 @@ def test_committed_files_equal_generator_output(repo: Path) -> None:
 def test_emitted_yaml_loads_back_to_the_generator_data(repo: Path, source: str) -> None:
     """The tiny YAML emitter is faithful (PyYAML reads back exactly the source data)."""
     rules_path, tests_path = RULE_PATHS[source]
-    assert yaml.safe_load(render()[rules_path]) == rule_file(source=source)
+    assert safe_load(render()[rules_path]) == rule_file(source=source)
     name = "../" + rules_path.rsplit("/", 1)[1]
-    assert yaml.safe_load(render()[tests_path]) == rule_tests(rule_file_name=name,
+    assert safe_load(render()[tests_path]) == rule_tests(rule_file_name=name,
                                                               source=source)
 
 
@@ -191,7 +192,7 @@ def test_promtool_suite_catches_a_broken_rule(promtool: str, repo: Path,
     prefix = "chaperone_job_heartbeat" if source == "worker" else "chaperone_sink_run_heartbeat"
     broken = (repo / rules_path).read_text().replace(f"(3.0 * {prefix}", f"(30.0 * {prefix}")
     assert broken != (repo / rules_path).read_text(), "the stuck rule no longer has that shape"
-    suite = yaml.safe_load((repo / tests_path).read_text())
+    suite = safe_load((repo / tests_path).read_text())
     suite["tests"] = [case for case in suite["tests"]
                       if any(check["alertname"] == "ChaperoneJobStuck"
                              for check in case["alert_rule_test"])]

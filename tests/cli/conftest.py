@@ -18,6 +18,7 @@ import chaperone_otel
 from chaperone_otel import supervised
 from chaperone_otel._safety import set_raise_internal_errors
 from tests.cli._cli_helpers import Live, Recorded, _record_runs
+from tests.stores import empty_store
 from tests.waiting import wait_until
 
 
@@ -34,7 +35,7 @@ def recorded_store(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
 @pytest.fixture
 def live_store(tmp_path: Path) -> Iterator[Live]:
     """A store owned by this process with one stuck run and one healthy running run."""
-    path = tmp_path / "live.duckdb"
+    path = empty_store(tmp_path / "live.duckdb")
     chaperone_otel.configure(sink=str(path), heartbeat_interval=0.3, sample_interval=0.05)
     stop = threading.Event()
     ids: dict[str, str] = {}

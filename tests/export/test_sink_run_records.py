@@ -20,6 +20,7 @@ from chaperone_otel import heartbeat, report_progress, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
 from chaperone_otel.sink import JobRecord, open_sink
+from tests.stores import empty_store
 from tests.waiting import wait_until
 
 
@@ -41,7 +42,7 @@ def _runs(path: Path, name: str, count: int = 1) -> Iterator[list[JobRecord]]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.duckdb"
+    path = empty_store(tmp_path / "jobs.duckdb")
     chaperone_otel.configure(sink=str(path))
     return path
 

@@ -42,7 +42,8 @@ def broker() -> Iterator[StubBroker]:
 
 def _process(broker: StubBroker, *messages: Any) -> None:
     """Run ``messages`` to the end on a real Dramatiq worker in this process."""
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    # worker_timeout: how long its threads wait for a message, so also what stop() waits for
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
     worker.start()
     try:
         for message in messages:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from chaperone_otel._events import LifecycleRecord
 from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._store import acquire, release
 from chaperone_otel.sink._writer import Writer
+from tests.stores import empty_store
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -83,7 +85,10 @@ def lifecycle(run_id: str = "run-1", *, beats: int = 3, status: str = "completed
 
 @contextmanager
 def store_writer(path: Any, **options: Any) -> Iterator[tuple[Writer, LocalSink]]:
-    """A writable store with its writer and a read-only sink over it; closed after."""
+    """A writable store with its writer and a read-only sink over it; closed after. A new
+    path starts as a copy of the empty template store (``tests/stores.py``)."""
+    if not os.path.exists(path):
+        empty_store(path)
     store = acquire(path, read_only=False)
     writer = Writer(store, **options)
     sink = LocalSink(acquire(path, read_only=True), read_only=True)

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chaperone_otel import semconv as sc
 from chaperone_otel.sink._server import SinkServer
+from tests.stores import empty_store
 
 
 def _value(v: Any) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def test_fleet_metrics_from_the_store(tmp_path: Path) -> None:
             sc.ATTR_HEARTBEAT_INTERVAL: 1.0, sc.ATTR_JOB_QUEUE: "other"}),
     ]
     body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": logs}]}]}).encode()
-    with SinkServer(str(tmp_path / "fleet.duckdb"), port=0, queue_capacity=1234) as srv:
+    with SinkServer(str(empty_store(tmp_path / "fleet.duckdb")), port=0, queue_capacity=1234) as srv:
         empty = scrape(srv.url)
         assert empty.get(sc.METRIC_SINK_RUNS.prometheus) is None
         assert one(empty, sc.METRIC_SINK_LAST_INGEST.prometheus) == 0

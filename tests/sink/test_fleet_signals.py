@@ -22,6 +22,7 @@ from chaperone_otel.sink._schema import MIGRATIONS, migrate
 from chaperone_otel.sink._server import SinkServer
 from tests.sink.serve_process import PROTOBUF, lifecycle_logs, request
 from tests.sink.test_fleet import one, post_json, record, scrape
+from tests.stores import empty_store
 
 NAME, QUEUE, RUN_ID, STATUS = (sc.prometheus_label(a) for a in (
     sc.ATTR_JOB_NAME, sc.ATTR_JOB_QUEUE, sc.ATTR_JOB_RUN_ID, sc.ATTR_JOB_STATUS))
@@ -52,7 +53,7 @@ def test_ten_thousand_short_runs_leave_the_series_of_one_thousand(tmp_path: Path
     """1,000 then 10,000 finished short runs beside a few running ones: the set of series is
     the same (finished runs only move counter values), and the counter follows."""
     now = time.time()
-    with SinkServer(str(tmp_path / "card.duckdb"), port=0) as srv:
+    with SinkServer(str(empty_store(tmp_path / "card.duckdb")), port=0) as srv:
         _post(srv.url, [_running(f"live{i}", now, started=now - 5, beat=now - 1, seen=now)
                         for i in range(3)])
         assert request(srv.port, "POST", "/v1/logs", lifecycle_logs(1000), PROTOBUF)[0] == 200
@@ -83,7 +84,7 @@ def test_run_signal_gauges_are_grouped_like_the_workers(tmp_path: Path) -> None:
     done = record("done", sc.EVENT_JOB_FINISHED, now - 3, **{
         sc.ATTR_JOB_STATUS: "completed", sc.ATTR_JOB_STARTED_AT: now - 9,
         sc.ATTR_JOB_FINISHED_AT: now - 3, sc.ATTR_HEARTBEAT_INTERVAL: 10.0})
-    with SinkServer(str(tmp_path / "sig.duckdb"), port=0, long_run_threshold=60) as srv:
+    with SinkServer(str(empty_store(tmp_path / "sig.duckdb")), port=0, long_run_threshold=60) as srv:
         _post(srv.url, [long_run, *young, done])
         m = scrape(srv.url)
     own = {NAME: "fleet.job", QUEUE: "q", RUN_ID: "long"}
@@ -131,7 +132,7 @@ def _collect(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[dict[str, s
 def test_job_totals_follow_ends_redeliveries_and_prune(tmp_path: Path) -> None:
     """An end counts once however often it is delivered; prune lowers the stored runs but
     not the finished counter; the last success is the latest completed end."""
-    path = str(tmp_path / "totals.duckdb")
+    path = str(empty_store(tmp_path / "totals.duckdb"))
     old = time.time() - 3600
 
     def ended(run_id: str, status: str, at: float) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def test_job_totals_count_each_execution_of_a_run(tmp_path: Path) -> None:
     """Two executions of one (run id, attempt), as an acks-late redelivery makes them, are
     two ends: the second counts even when it arrives beside a re-delivery of the first,
     and pruning the old one leaves the new one stored."""
-    path = str(tmp_path / "executions.duckdb")
+    path = str(empty_store(tmp_path / "executions.duckdb"))
     now = time.time()
 
     def ended(execution: str, status: str, at: float) -> dict[str, Any]:

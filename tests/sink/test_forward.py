@@ -19,6 +19,7 @@ from chaperone_otel.sink._forward import (
 )
 from chaperone_otel.sink._owner import BackgroundServer, StoreOwner
 from tests.sink.store_factory import lifecycle, record
+from tests.stores import empty_store
 
 
 def test_records_survive_the_round_trip() -> None:
@@ -62,7 +63,7 @@ def _conn(url: str) -> http.client.HTTPConnection:
 def test_the_owner_stores_a_forwarded_batch_before_it_answers(tmp_path: Path) -> None:
     """200 means committed: the runs are in the store when the answer arrives. Without the
     token of the sidecar: 401 and nothing stored; a malformed batch: 400."""
-    with StoreOwner(tmp_path / "jobs.duckdb") as owner:
+    with StoreOwner(empty_store(tmp_path / "jobs.duckdb")) as owner:
         url = owner.serve()
         conn = _conn(url)
         try:

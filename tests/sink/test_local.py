@@ -15,12 +15,13 @@ import pytest
 import chaperone_otel as chaperone
 from chaperone_otel import supervised
 from chaperone_otel.exceptions import SinkError
+from tests.stores import empty_store
 
 
 @pytest.fixture
 def owned_store(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A store owned by this process (embedded sink serving its query API) with one run."""
-    db = tmp_path / "guard.duckdb"
+    db = empty_store(tmp_path / "guard.duckdb")
     setup = chaperone.configure(sink=str(db))
     with supervised("guard.job"):
         pass

@@ -24,6 +24,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
 from tests.sink.store_factory import T0, record, store_writer, write_all
+from tests.stores import empty_store
 
 COLUMNS = ("pid", "open_fds", "fd_limit", "violation_count", "memory_bytes", "cpu_percent",
            "rate", "duration", "heartbeat_count", "phase", "seq", "attempt", "attributes",
@@ -219,7 +220,7 @@ def run_span_json(run_id: str, **attrs: Any) -> bytes:
 def test_server_answers_200_and_stores_null_for_numbers_no_column_can_hold(tmp_path: Path):
     """OTLP JSON: a resource pid beyond int32, open_fds beyond int32, memory beyond int64,
     NaN/Infinity doubles. The bug: 503 on every retry (the exporter retries forever)."""
-    path = str(tmp_path / "num.duckdb")
+    path = str(empty_store(tmp_path / "num.duckdb"))
     body = logs_request(
         log_json("remote-big", resource={sc.ATTR_PROCESS_PID: 2**40},
                  **{sc.ATTR_OPEN_FDS: 2**31, sc.ATTR_MEMORY_USAGE: 2**64,
@@ -260,7 +261,7 @@ def test_server_protobuf_int64_beyond_an_int32_column_is_null(tmp_path: Path):
         scope_logs=[logs_pb2.ScopeLogs(log_records=[logs_pb2.LogRecord(
             time_unix_nano=int(now * 1e9), event_name=sc.EVENT_JOB_STARTED,
             attributes=[kv(k, v) for k, v in attrs.items()])])])])
-    path = str(tmp_path / "pb.duckdb")
+    path = str(empty_store(tmp_path / "pb.duckdb"))
     srv = SinkServer(path, port=0, advertise=False).start()
     try:
         status, _ = post(srv.url, "/v1/logs", request.SerializeToString(),
@@ -279,7 +280,7 @@ def test_server_replaces_lone_surrogates_and_rejects_run_ids_holding_one(tmp_pat
     json.loads but cannot be stored as UTF-8. The bug: 503 forever, 0 rows. Now: values and
     keys get U+FFFD; a record whose run id holds one is rejected through partial success
     (200, not retried) and the other records of the request are stored."""
-    path = str(tmp_path / "sur.duckdb")
+    path = str(empty_store(tmp_path / "sur.duckdb"))
     body = logs_request(
         log_json("remote-text", **{sc.ATTR_PROGRESS_PHASE: "load \ud800 step",
                                    sc.ATTR_USER_PREFIX + "k\udc00": "v"}),
@@ -309,7 +310,7 @@ def test_server_replaces_lone_surrogates_and_rejects_run_ids_holding_one(tmp_pat
 def test_server_rejects_run_spans_that_cannot_identify_a_run(tmp_path: Path):
     """A run span whose run id is not valid text or whose attempt is out of range is
     rejected (partialSuccess.rejectedSpans), not acknowledged and then skipped."""
-    path = str(tmp_path / "spans.duckdb")
+    path = str(empty_store(tmp_path / "spans.duckdb"))
     srv = SinkServer(path, port=0, advertise=False).start()
     try:
         cases = [run_span_json("span-\udfff"),
@@ -330,7 +331,7 @@ def test_server_rejects_run_spans_that_cannot_identify_a_run(tmp_path: Path):
 def test_server_answers_400_for_a_time_that_is_not_a_fixed64(tmp_path: Path):
     """timeUnixNano is a fixed64: negative or beyond 2**64 is malformed (400). The bug: a
     number too large for a float raised OverflowError in the decoder (500)."""
-    path = str(tmp_path / "time.duckdb")
+    path = str(empty_store(tmp_path / "time.duckdb"))
     srv = SinkServer(path, port=0, advertise=False).start()
     try:
         for time_ns in (str(10**400), "-1", str(2**64)):

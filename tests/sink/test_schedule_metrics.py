@@ -14,6 +14,7 @@ from chaperone_otel._schedules import make_schedule
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._server import SinkServer
 from tests.sink.test_fleet import _value, one, post_json, record, scrape
+from tests.stores import empty_store
 from tests.waiting import wait_until
 
 
@@ -44,7 +45,7 @@ def test_schedule_series_on_the_fleet_metrics(tmp_path: Path) -> None:
     ]
     body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": logs}]}]}).encode()
     label = sc.prometheus_label(sc.ATTR_SCHEDULE_NAME)
-    with SinkServer(str(tmp_path / "fleet.duckdb"), port=0) as srv:
+    with SinkServer(str(empty_store(tmp_path / "fleet.duckdb")), port=0) as srv:
         assert post_json(srv.url, "/v1/logs", body) == 200
         due = sc.METRIC_SCHEDULE_LAST_DUE.prometheus
         m = wait_until(

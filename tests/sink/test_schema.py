@@ -69,9 +69,13 @@ def check(scenarios: list[dict[str, Any]], tmp_path, policy: HealthPolicy = DEFA
             in_python = {k for k, s in named.items()
                          if r.by_name(scope).holds(python_signals(s), NOW)}
             assert in_sql == in_python, scope
+        # a finished run is judged from its stored verdict: the full rule's answer
+        settled = dict(sink.sql("SELECT run_id, CAST(settled_health AS VARCHAR) FROM jobs")[1])
         for k, s in named.items():
             signals = python_signals(s)
             assert stored[k].health == r.health(signals, NOW), k
+            finished = s["status"] in ("completed", "failed", "cancelled", "retried")
+            assert settled[k] == (r.health(signals, NOW) if finished else None), k
             assert stored[k].stuck == r.stuck.holds(signals, NOW), k
             assert stored[k].lost == r.lost.holds(signals, NOW), k
 
@@ -107,6 +111,8 @@ TABLE = [
     scenario(status="completed", last_heartbeat=NOW - 500, last_seen=NOW - 500),
     scenario(status="cancelled", violation_count=1),
     scenario(status="pending"),
+    scenario(status="retried", last_heartbeat=NOW - 500, last_seen=NOW - 500),
+    scenario(status="completed", violation_count=1, memory=99, memory_limit=100),
 ]
 
 
@@ -134,7 +140,7 @@ def scenarios(draw: Any) -> dict[str, Any]:
     stall = draw(st.none() | st.integers(1, 300))
     return scenario(
         status=draw(st.sampled_from(["pending", "running", "running", "running", "completed",
-                                     "failed", "cancelled"])),
+                                     "failed", "cancelled", "retried"])),
         last_heartbeat=NOW - draw(_ages),
         last_seen=NOW - draw(_ages),
         heartbeat_interval=interval,
@@ -203,3 +209,79 @@ def test_an_empty_duckdb_file_becomes_a_store(tmp_path):
         assert sink.jobs.count() == 0
     finally:
         sink.close()
+
+
+def _views(path: Any) -> dict[str, tuple[str, str | None]]:
+    """The store's views: name → (SQL, comment), read with a plain connection."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT view_name, sql, comment FROM duckdb_views() WHERE NOT internal"
+        ).fetchall()
+    finally:
+        con.close()
+    return {name: (sql, comment) for name, sql, comment in rows}
+
+
+def _open_writable(path: Any, policy: HealthPolicy = DEFAULT_POLICY) -> None:
+    from chaperone_otel.sink._store import acquire, release
+
+    release(acquire(str(path), read_only=False, policy=policy))
+
+
+def test_reopening_a_current_store_keeps_its_views(tmp_path):
+    """A writable open of a current store whose views carry the fingerprint of the SQL this
+    code renders (their comment) leaves them as they are: re-creating them cost ~15 ms of
+    binding on every open. (Before: every writable open re-created them.)"""
+    import duckdb
+
+    from chaperone_otel.sink._schema import view_comment, view_statements
+
+    path = tmp_path / "jobs.duckdb"
+    _open_writable(path)
+    first = _views(path)
+    comment = view_comment(view_statements())
+    assert set(first) == {"jobs_health", "problem_runs", "schedule_slot_states"}
+    assert {c for _sql, c in first.values()} == {comment}
+    _open_writable(path)
+    assert _views(path) == first
+    # The proof that they are not re-created: a view body swapped under the same comment
+    # survives a writable open (the fingerprint is what is trusted).
+    con = duckdb.connect(str(path))
+    con.execute("CREATE OR REPLACE VIEW problem_runs AS SELECT 42 AS answer")
+    con.execute(f"COMMENT ON VIEW problem_runs IS '{comment}'")
+    con.close()
+    _open_writable(path)
+    assert "42" in _views(path)["problem_runs"][0]
+
+
+def test_stale_or_missing_views_are_made_again(tmp_path):
+    """Views rendered with another policy, replaced by someone, or dropped are re-created on a
+    writable open, and answer as the rules say."""
+    import duckdb
+
+    from chaperone_otel.sink._schema import view_comment, view_statements
+
+    path = tmp_path / "jobs.duckdb"
+    strict = HealthPolicy(stuck_after=2.0, lost_after=5.0)
+    _open_writable(path, strict)
+    strict_views = _views(path)
+    assert {c for _sql, c in strict_views.values()} == {view_comment(view_statements(strict))}
+    _open_writable(path)  # the default policy renders other SQL: a new fingerprint
+    default_views = _views(path)
+    assert {c for _sql, c in default_views.values()} == {view_comment(view_statements())}
+    assert default_views["jobs_health"][0] != strict_views["jobs_health"][0]
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE OR REPLACE VIEW jobs_health AS SELECT 1 AS x")  # a user's own
+    con.execute("DROP VIEW schedule_slot_states")
+    con.close()
+    _open_writable(path)
+    views = _views(path)
+    assert views == default_views
+    with open_sink(str(path)) as sink:
+        cols, _rows = sink.sql("SELECT health, stuck FROM jobs_health")
+        assert cols == ["health", "stuck"]
+        assert sink.sql("SELECT count(*) FROM schedule_slot_states")[1] == [(0,)]

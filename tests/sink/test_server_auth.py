@@ -29,6 +29,7 @@ from chaperone_otel.sink._owner import StoreOwner, is_loopback
 from chaperone_otel.sink._remote import TOKEN_ENV, RemoteSink, open_remote
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import read_sidecar, sidecar_path
+from tests.stores import empty_store
 from tests.waiting import wait_until
 
 CLI = (sys.executable, "-m", "chaperone_otel.cli")
@@ -280,7 +281,7 @@ def test_another_os_user_cannot_read_the_token_or_query(
 
 def test_a_wrong_token_says_where_the_right_one_is(tmp_path: Path) -> None:
     """A client with the wrong token is told where the embedded sink's token lives."""
-    owner = StoreOwner(tmp_path / "own.duckdb")
+    owner = StoreOwner(empty_store(tmp_path / "own.duckdb"))
     try:
         url = owner.serve()
         with pytest.raises(SinkError, match=r"PATH\.owner\.json holds the token"):

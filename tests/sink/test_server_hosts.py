@@ -25,6 +25,7 @@ from chaperone_otel.sink._owner import RequestGuard, StoreOwner
 from chaperone_otel.sink._remote import RemoteSink
 from chaperone_otel.sink._server import SinkServer
 from tests.cli._cli_helpers import invoke
+from tests.stores import empty_store
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def sink_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SinkServer
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreOwner]:
-    owner = StoreOwner(tmp_path_factory.mktemp("hosts") / "embedded.duckdb")
+    owner = StoreOwner(empty_store(tmp_path_factory.mktemp("hosts") / "embedded.duckdb"))
     owner.serve()
     try:
         yield owner

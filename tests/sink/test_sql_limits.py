@@ -23,6 +23,7 @@ from chaperone_otel.sink._local import LocalSink, QueryLimits, open_sink
 from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._store import read_sidecar
 from tests.sink.store_factory import post_sql
+from tests.stores import empty_store
 from tests.waiting import wait_until
 
 # Far more than 60 s of work (10^13 pairs) that returns nothing until it ends.
@@ -57,7 +58,7 @@ def bounded(call: Any, sink: Any, limit: float = 10) -> tuple[BaseException | No
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    db = tmp_path / "limits.duckdb"
+    db = empty_store(tmp_path / "limits.duckdb")
     chaperone.configure(sink=str(db))
     with supervised("limits.job"):
         pass
@@ -192,7 +193,7 @@ def test_engine_memory_and_threads_are_configurable_and_spill_works(
 def test_owner_close_interrupts_a_running_query(tmp_path: Path) -> None:
     """Closing the owner (what SIGTERM of sink serve and shutdown() do) interrupts a query
     in flight instead of waiting for it, and refuses new ones."""
-    owner = StoreOwner(tmp_path / "close.duckdb")
+    owner = StoreOwner(empty_store(tmp_path / "close.duckdb"))
     owner.serve(advertise=False)
     errors: list[BaseException] = []
 
