@@ -58,7 +58,7 @@ def _implied_section() -> list[str]:
             lines.append(f"| `{event}` | `{attribute}` | `{sc.ATTR_JOB_STARTED_AT}` |")
     lines.append(
         f"| `{sc.EVENT_JOB_FINISHED}` | `{sc.ATTR_JOB_DURATION}` | "
-        f"`{sc.ATTR_JOB_FINISHED_AT}` − `{sc.ATTR_JOB_STARTED_AT}` |"
+        f"`{sc.ATTR_JOB_FINISHED_AT}` - `{sc.ATTR_JOB_STARTED_AT}` |"
     )
     spec = ", ".join(f"`{a}`" for a in sorted(SPEC_ON_FINISHED))
     lines += [
