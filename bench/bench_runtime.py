@@ -6,9 +6,14 @@ reported with its ratio to the reference named in the budget (DESIGN §9):
 
 * ``heartbeat()`` and ``report_progress()`` ≤ 1 x a tqdm ``update(1)`` (tqdm enabled,
   writing to a buffer);
-* a whole supervised run ≤ 3 x a bare OTel span (start + end), both on SDK providers.
+* a whole supervised run ≤ 3 x a bare OTel span (start + end), both on SDK providers;
+* with export (issue 16 goal 2), CPU per run, each against a bare exported span measured the
+  same way: the job thread's (``time.thread_time``) ≤ 2 x, and the whole process's
+  (``time.process_time``: the batch processors' threads too, whose exporters encode with
+  the real OTLP protobuf encoders and discard the bytes) ≤ 3 x.
 
-Run: ``.venv/bin/python bench/bench_runtime.py`` (``--quick`` for a smoke run).
+Run: ``.venv/bin/python bench/bench_runtime.py`` (``--quick`` for a smoke run, ``--cpu`` for
+only the CPU-per-run table).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
@@ -76,6 +83,23 @@ class _NullLogExporter(LogRecordExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+class _EncodingSpanExporter(SpanExporter):
+    """Encodes each batch as the OTLP/HTTP span exporter does, then discards the bytes: the
+    exporter thread's real CPU, no network."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        encode_spans(spans).SerializePartialToString()
+        return SpanExportResult.SUCCESS
+
+
+class _EncodingLogExporter(_NullLogExporter):
+    """Encodes each batch as the OTLP/HTTP log exporter does, then discards the bytes."""
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        encode_logs(batch).SerializeToString()
+        return LogRecordExportResult.SUCCESS
 
 
 def _resource() -> Resource:
@@ -141,6 +165,83 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     records later), drained inside the timed loop.
     """
 
+    tracer_provider, logger_provider, meter_provider = _providers(label)
+    cases = _run_cases(tracer_provider, logger_provider, meter_provider)
+    runtime = _runtime()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn_ in cases.items():
+            runtime.flush_metrics()
+            times[name].extend(per_op(fn_, runs_n, 1))
+    chaperone.shutdown()
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median CPU seconds per run with export, (job thread, whole process), per case.
+
+    The providers run batch span and log processors (the sizes ``configure()`` gives them
+    for OTLP) whose exporters encode each batch with the real OTLP protobuf encoders and
+    discard the bytes. The job thread's CPU is ``time.thread_time`` around the loop; the
+    process's is ``time.process_time`` around the loop and a ``force_flush`` of both
+    processors, so every record the loop queued has been encoded inside the measurement
+    (whichever thread did it). Rounds are interleaved, and each case's batch work is flushed
+    before the next case starts.
+    """
+    resource = _resource()
+    tracer_provider = TracerProvider(resource=resource)
+    span_processor = BatchSpanProcessor(
+        _EncodingSpanExporter(), max_queue_size=8_192, max_export_batch_size=1_024
+    )
+    tracer_provider.add_span_processor(span_processor)
+    logger_provider = LoggerProvider(resource=resource)
+    log_processor = BatchLogRecordProcessor(
+        _EncodingLogExporter(), max_queue_size=16_384, max_export_batch_size=1_024
+    )
+    logger_provider.add_log_record_processor(log_processor)
+    meter_provider = MeterProvider(resource=resource, metric_readers=[InMemoryMetricReader()])
+    cases = _run_cases(tracer_provider, logger_provider, meter_provider)
+    # The job thread's floor were the log records emitted elsewhere: the same run with a
+    # logger that wants no record (none is built or emitted; the span is still exported).
+    cases[_NO_RECORDS] = cases["supervised run"]
+    silent = LoggerProvider(resource=resource)
+
+    def use(logs: LoggerProvider) -> None:
+        chaperone.configure(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            logger_provider=logs,
+            heartbeat_interval=60,
+        )
+
+    thread: dict[str, list[float]] = {name: [] for name in cases}
+    process: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn_ in cases.items():
+            use(silent if name == _NO_RECORDS else logger_provider)
+            _runtime().flush_metrics()
+            span_processor.force_flush()
+            log_processor.force_flush()
+            p0, t0 = time.process_time(), time.thread_time()
+            fn_(runs_n)
+            t1 = time.thread_time()
+            span_processor.force_flush()
+            log_processor.force_flush()
+            p1 = time.process_time()
+            thread[name].append((t1 - t0) / runs_n)
+            process[name].append((p1 - p0) / runs_n)
+    chaperone.shutdown()
+    return {
+        name: (statistics.median(thread[name]), statistics.median(process[name])) for name in cases
+    }
+
+
+def _run_cases(
+    tracer_provider: TracerProvider, logger_provider: LoggerProvider, meter_provider: MeterProvider
+) -> dict[str, Callable[[int], None]]:
+    """The three cases of a per-run table on these providers (``chaperone.configure``d to
+    them): a bare span, the SDK calls a run makes, a supervised run."""
+
     @supervised(name="bench.run")
     def job() -> None:
         return None
@@ -149,7 +250,6 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     span_start = {k: v for k, v in span_attributes.items() if k in _START_KEYS}
     span_end = {k: v for k, v in span_attributes.items() if k not in _START_KEYS}
 
-    tracer_provider, logger_provider, meter_provider = _providers(label)
     chaperone.configure(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
@@ -160,7 +260,6 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     sdk_tracer = tracer_provider.get_tracer("bench.sdk")
     logger = logger_provider.get_logger("bench.sdk")
     histogram = meter_provider.get_meter("bench.sdk").create_histogram("bench.duration", "s")
-    runtime = _runtime()
     labels = {
         "chaperone.job.name": "bench.run",
         "chaperone.job.queue": "default",
@@ -213,25 +312,20 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     def whole_run(k: int) -> None:
         for _ in range(k):
             job()
-        runtime.flush_metrics()  # its deferred work (counters, duration histogram) counts
+        _runtime().flush_metrics()  # its deferred work (counters, duration histogram) counts
 
     def bare_span(k: int) -> None:
         for _ in range(k):
             tracer.start_span("bare").end()
 
-    cases = {
+    return {
         "bare OTel span": bare_span,
         "SDK calls of a run": sdk_calls,
         "supervised run": whole_run,
     }
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn_ in cases.items():
-            runtime.flush_metrics()
-            times[name].extend(per_op(fn_, runs_n, 1))
-    chaperone.shutdown()
-    return {name: statistics.median(t) for name, t in times.items()}
 
+
+_NO_RECORDS = "supervised run, no log records"
 
 _START_KEYS = frozenset(
     {
@@ -244,13 +338,42 @@ _START_KEYS = frozenset(
 )
 
 
+def print_cpu(cpu: dict[str, tuple[float, float]]) -> bool:
+    """Print the CPU-per-run table and the goal-2 verdicts; True when both are met."""
+    span_thread, span_process = cpu["bare OTel span"]
+    print(
+        f"\n{'CPU per run, exporting (OTLP-encoded)':38} {'thread us':>9} {'x span':>7}"
+        f" {'process us':>10} {'x span':>7}"
+    )
+    for name, (t, p) in cpu.items():
+        print(
+            f"{name:38} {t * 1e6:9.1f} {t / span_thread:7.2f}"
+            f" {p * 1e6:10.1f} {p / span_process:7.2f}"
+        )
+    thread, process = cpu["supervised run"]
+    thread_ok = thread <= 2 * span_thread
+    process_ok = process <= 3 * span_process
+    print(
+        f"issue 16 goal 2: job thread {thread / span_thread:.2f} x (<= 2): "
+        f"{'met' if thread_ok else 'not met'}; whole process {process / span_process:.2f} x "
+        f"(<= 3): {'met' if process_ok else 'not met'}"
+    )
+    return thread_ok and process_ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="only the CPU-per-run table")
     args = parser.parse_args()
     n = 20_000 if args.quick else 200_000
     runs_n = 300 if args.quick else 3_000
     rounds = 3 if args.quick else 9
+    if args.cpu:
+        print(f"python {sys.version.split()[0]}, {rounds} interleaved rounds, median per run")
+        ok = print_cpu(per_run_cpu(runs_n, rounds))
+        print("within budget" if ok else "OVER BUDGET")
+        return
 
     tracer_provider = TracerProvider()
     chaperone.configure(
@@ -348,6 +471,7 @@ def main() -> None:
     run.finish()
     chaperone.shutdown()
     per_run = {label: per_run_costs(label, runs_n, rounds) for label in ("no export", "exporting")}
+    cpu = per_run_cpu(runs_n, rounds)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     tq = med["tqdm update(1)"]
@@ -371,6 +495,7 @@ def main() -> None:
         and med["report_progress()"] <= tq
         and all(r["supervised run"] <= 3 * r["bare OTel span"] for r in per_run.values())
     )
+    ok = print_cpu(cpu) and ok
     print("within budget" if ok else "OVER BUDGET")
 
 

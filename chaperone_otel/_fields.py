@@ -67,8 +67,10 @@ class Kind(enum.Enum):
 
 Merge = Literal["key", "state", "sticky", "internal", "computed"]
 """How the writer's upsert treats a column: ``key`` identifies the row; ``state`` takes the
-newest record's value; ``sticky`` keeps a value once set (ids, end, error); ``internal`` is
-writer bookkeeping. ``computed`` fields are not stored: a query derives them (health)."""
+newest record's value; ``sticky`` keeps a value once set (ids, end, error, and the run's spec,
+which a ``finished`` record does not repeat: see ``_implied``), a newer record's replacing
+it; ``internal`` is writer bookkeeping. ``computed`` fields are not stored: a query derives
+them (health)."""
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,10 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("started_at", _T, sc.ATTR_JOB_STARTED_AT, signal="started_at", doc="Start time."),
     _f("finished_at", _T, sc.ATTR_JOB_FINISHED_AT, "sticky", doc="End time."),
     _f("duration", _F, sc.ATTR_JOB_DURATION, "sticky", doc="Seconds (so far, if running)."),
-    _f("timeout", _F, sc.ATTR_JOB_TIMEOUT, record=None, doc="Max runtime, seconds."),
+    _f("timeout", _F, sc.ATTR_JOB_TIMEOUT, "sticky", record=None, doc="Max runtime, seconds."),
     _f("timeout_at", _T, sc.ATTR_JOB_TIMEOUT_AT, signal="timeout_at", doc="Deadline."),
-    _f("stall_timeout", _F, sc.ATTR_JOB_STALL_TIMEOUT, record=None, doc="Stall budget, s."),
-    _f("heartbeat_interval", _F, sc.ATTR_HEARTBEAT_INTERVAL, signal="heartbeat_interval"),
+    _f("stall_timeout", _F, sc.ATTR_JOB_STALL_TIMEOUT, "sticky", record=None, doc="Stall, s."),
+    _f("heartbeat_interval", _F, sc.ATTR_HEARTBEAT_INTERVAL, "sticky", signal="heartbeat_interval"),
     _f("heartbeat_count", _I64, sc.ATTR_HEARTBEAT_COUNT, doc="heartbeat() calls so far."),
     _f("last_heartbeat_at", _T, sc.ATTR_HEARTBEAT_LAST, signal="last_heartbeat"),
     _f("last_seen_at", _T, None, "internal", signal="last_seen", doc="Latest record time."),
@@ -182,10 +184,10 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("memory_peak_bytes", _I64, sc.ATTR_MEMORY_PEAK, doc="Peak RSS, bytes."),
     _f("cpu_percent", _F, sc.ATTR_CPU_PERCENT, signal="cpu", doc="CPU, % of one core."),
     _f("open_fds", _I32, sc.ATTR_OPEN_FDS, signal="fds", doc="Open file descriptors."),
-    _f("memory_limit_bytes", _I64, sc.ATTR_LIMIT_MEMORY, signal="memory_limit"),
-    _f("cpu_limit_percent", _F, sc.ATTR_LIMIT_CPU, signal="cpu_limit"),
-    _f("fd_limit", _I32, sc.ATTR_LIMIT_FDS, signal="fd_limit"),
-    _f("limit_policy", _S, sc.ATTR_LIMIT_POLICY, record=None, doc="record, warn or cancel."),
+    _f("memory_limit_bytes", _I64, sc.ATTR_LIMIT_MEMORY, "sticky", signal="memory_limit"),
+    _f("cpu_limit_percent", _F, sc.ATTR_LIMIT_CPU, "sticky", signal="cpu_limit"),
+    _f("fd_limit", _I32, sc.ATTR_LIMIT_FDS, "sticky", signal="fd_limit"),
+    _f("limit_policy", _S, sc.ATTR_LIMIT_POLICY, "sticky", record=None, doc="On a limit."),
     _f("violation_count", _I32, sc.ATTR_VIOLATION_COUNT, signal="violation_count"),
     _f("error_type", _S, sc.ATTR_ERROR_TYPE, "sticky", doc="Exception class."),
     _f("error_message", _S, sc.ATTR_ERROR_MESSAGE, "sticky", doc="Exception message."),
@@ -207,7 +209,7 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("scheduled_for", _T, sc.ATTR_SCHEDULE_SCHEDULED_FOR, doc="The slot it serves."),
     # Added by migration 4 (issue 13: executions, the lease, a pending run's due time).
     _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
-    _f("lease", _S, sc.ATTR_JOB_LEASE, signal="lease", doc="heartbeat (NULL) or liveness."),
+    _f("lease", _S, sc.ATTR_JOB_LEASE, "sticky", signal="lease", doc="heartbeat or liveness."),
     _f("scheduled_at", _T, sc.ATTR_JOB_SCHEDULED_AT, "sticky", doc="Due time (ETA) if pending."),
     # Added by migration 6 (issue 16: a finished run's verdict, computed by the writer).
     _f("settled_health", _S, None, "internal", record=None, doc="Finished run's verdict."),

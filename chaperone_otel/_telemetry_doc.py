@@ -13,6 +13,7 @@ import sys
 from . import semconv as sc
 from ._health import DEFAULT_POLICY, PREDICATES, rules
 from ._health import promql as render_promql
+from ._implied import DEFAULTS, SPEC_ON_FINISHED, START_TIME_COPIES
 
 
 def _doc(name: str) -> str:
@@ -33,6 +34,40 @@ def _constants(prefix: str) -> list[tuple[str, str, str]]:
             if name.startswith(prefix) and isinstance(value, str) and name not in out:
                 out[name] = (name, value, _doc(name))
     return list(out.values())
+
+
+def _implied_section() -> list[str]:
+    """What the two per-run records leave out (from :mod:`._implied`, so it cannot drift)."""
+    lines = [
+        "",
+        "### What started and finished leave out",
+        "",
+        "A run's two lifecycle records are most of what a run costs to export, so they do not "
+        "carry what their other values imply; the sink puts it back when it stores them, and "
+        "a reader of the raw records should do the same. An attribute is left out only when "
+        "its value is exactly the one below; otherwise it is sent.",
+        "",
+        "| event | attribute | absent means |",
+        "|---|---|---|",
+    ]
+    for event, defaults in DEFAULTS.items():
+        for attribute, value in defaults.items():
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            lines.append(f"| `{event}` | `{attribute}` | `{shown}` |")
+        for attribute in START_TIME_COPIES:
+            lines.append(f"| `{event}` | `{attribute}` | `{sc.ATTR_JOB_STARTED_AT}` |")
+    lines.append(
+        f"| `{sc.EVENT_JOB_FINISHED}` | `{sc.ATTR_JOB_DURATION}` | "
+        f"`{sc.ATTR_JOB_FINISHED_AT}` - `{sc.ATTR_JOB_STARTED_AT}` |"
+    )
+    spec = ", ".join(f"`{a}`" for a in sorted(SPEC_ON_FINISHED))
+    lines += [
+        "",
+        f"A `{sc.EVENT_JOB_FINISHED}` record does not repeat the run's spec ({spec}): the "
+        "run's earlier records carried it, and the store keeps it. Every other record (and "
+        "every record in-process listeners get) carries the run's full state.",
+    ]
+    return lines
 
 
 def render() -> str:
@@ -58,7 +93,10 @@ def render() -> str:
         "## Lifecycle events",
         "",
         "Emitted while the run lives as OTel log records with `event_name` set, correlated "
-        "to the run span; every record carries the run's full state (the attributes below).",
+        "to the run span; every record carries the run's full state (the attributes below), "
+        f"except what a `{sc.EVENT_JOB_STARTED}` or `{sc.EVENT_JOB_FINISHED}` record leaves "
+        "out because it is implied (see *What started and finished leave out*). Host, pid "
+        "and service instance are left to the resource when it says the same.",
         "",
         "| event | meaning |",
         "|---|---|",
@@ -66,6 +104,7 @@ def render() -> str:
     for name, value, doc in _constants("EVENT_"):
         del name
         lines.append(f"| `{value}` | {doc} |")
+    lines += _implied_section()
     lines += ["", "## Attributes", "", "| attribute | meaning |", "|---|---|"]
     for name, value, doc in _constants("ATTR_"):
         del name

@@ -7,6 +7,13 @@ attributes map onto the store's columns. Conversion is
 columnar (one list comprehension per column, then one ``pyarrow.array`` call) because a
 per-row Python loop would cost more than the DuckDB write itself.
 
+A ``started`` or ``finished`` record may leave out what its other values imply (defaults at
+a start, times equal to its start, the duration): :func:`stage` puts those back first
+(:func:`chaperone_otel._implied.restore`), so a slim record stores the same row as a full one.
+A ``finished`` record need not repeat the run's spec: the store keeps those columns once set
+(``sticky``), and within one batch :func:`stage` takes them from the run's latest earlier
+record.
+
 A value from a remote sender that the store cannot hold never fails the batch and never
 touches another value: the column falls back to per-value coercion, and only the bad value
 becomes ``NULL`` (counted in :attr:`Staged.coerced`). "Cannot hold" means: the wrong type
@@ -33,6 +40,7 @@ record said.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -46,6 +54,8 @@ import pyarrow.compute as pc
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
 from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
+from .._implied import DEFAULTS as IMPLIED_DEFAULTS
+from .._implied import SPEC_ON_FINISHED, restore
 from .._schedules import spec_from_attributes
 
 CLOSED_SEQ: Final = 2**62
@@ -378,6 +388,7 @@ def stage(
     is for tests that add a run field (the writer always stages :data:`JOB_ATTRIBUTES`)."""
     out = Staged()
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
+    specs: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
     spans: dict[Key, IngestRecord] = {}
     heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
@@ -394,6 +405,12 @@ def stage(
             else:
                 out.invalid += 1
             continue
+        if isinstance(record, LifecycleRecord) and record.event_name in IMPLIED_DEFAULTS:
+            # what the sender left out because it is implied (_implied.slim), put back
+            restored = restore(record.event_name, attrs)
+            if restored is not attrs:
+                record = dataclasses.replace(record, attributes=restored)  # noqa: PLW2901
+                attrs = restored
         key = record_key(attrs)
         ts = record.timestamp
         if key is None or not isinstance(ts, (int, float)) or not math.isfinite(ts):
@@ -423,6 +440,10 @@ def stage(
         if current is None or seq > current[0]:
             best[key] = (seq, record)
         event = record.event_name
+        if event != sc.EVENT_JOB_FINISHED:  # carries the run's spec (a finished one may not)
+            latest = specs.get(key)
+            if latest is None or seq > latest[0]:
+                specs[key] = (seq, record)
         if event == sc.EVENT_JOB_HEARTBEAT:
             heartbeats.append((key, seq, record))
         elif event == sc.EVENT_JOB_VIOLATION:
@@ -433,6 +454,21 @@ def stage(
         ):
             failed[key] = record
     failed.update(closers)
+    for key, (seq, record) in best.items():
+        # A finished record need not repeat the run's spec (``_implied``): the store keeps it
+        # from the run's earlier records, and in one batch it is taken from the latest of them.
+        source = specs.get(key)
+        if record.event_name == sc.EVENT_JOB_FINISHED and source is not None:
+            spec = {
+                k: v
+                for k, v in source[1].attributes.items()
+                if k in SPEC_ON_FINISHED and k not in record.attributes
+            }
+            if spec:
+                best[key] = (
+                    seq,
+                    dataclasses.replace(record, attributes={**record.attributes, **spec}),
+                )
     cols = _Columns()
     out.keys = set(seen)
     if best:

@@ -1,0 +1,148 @@
+"""What a lifecycle record on the wire may leave out, because the sink restores it exactly.
+
+A run's two lifecycle records are most of what a run costs with OTLP export (issue 16
+goal 2): the OTel SDK validates each attribute on the job's thread (~0.5 us) and its Python
+protobuf encoder spends several microseconds per attribute on the exporter's thread. Most
+of a ``started`` record's state is what every run has at its start, and most of a
+``finished`` record repeats the run's spec, unchanged since its ``started`` record. So the
+OTel log writer (:mod:`._otel._logs`) leaves out:
+
+* values a record's own other values imply (:func:`slim`, restored by :func:`restore` when
+  the sink stages the record): at a start and at a finish, the defaults (no heartbeat, no
+  violation, not stuck, no progress; at a start also ``running``, sequence 1, ``healthy``,
+  the default lease and limit policy), the last heartbeat and the progress time when they
+  are the start time; and on a ``finished`` record the duration when it is the end minus
+  the start. A value is left out only when it *equals* what the sink
+  restores (same type, same value), so the stored row is identical either way;
+* on a ``finished`` record, the run's spec (:data:`SPEC_ON_FINISHED`: heartbeat interval,
+  lease, timeout, stall timeout, limits, limit policy), which the ``started`` record and
+  every record since carried: the store keeps these columns once set (their merge rule is
+  ``sticky`` in :data:`~chaperone_otel._fields.RUN_FIELDS`). A ``finished`` record whose
+  ``started`` record was lost still makes a whole row (identity, status, times, outcome,
+  verdict; a finished run's health depends only on its status and violations), with those
+  spec columns empty. ``timeout_at`` is not in it: a framework's time limit may move the
+  deadline at the finish.
+
+In-process listeners (the embedded store, ``testing``) still get the full state; only what
+goes out as an OTel log record is slimmed. Layer 2: imports only :mod:`.semconv`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from . import semconv as sc
+
+_AT_A_FINISH: Final[Mapping[str, Any]] = {
+    sc.ATTR_JOB_STUCK: False,
+    sc.ATTR_HEARTBEAT_COUNT: 0,
+    sc.ATTR_VIOLATION_COUNT: 0,
+    sc.ATTR_PROGRESS_RATIO: 0.0,
+}
+
+DEFAULTS: Final[Mapping[str, Mapping[str, Any]]] = {
+    sc.EVENT_JOB_STARTED: {
+        sc.ATTR_JOB_STATUS: "running",
+        sc.ATTR_JOB_SEQUENCE: 1,
+        sc.ATTR_JOB_HEALTH: "healthy",
+        sc.ATTR_JOB_LEASE: "heartbeat",
+        sc.ATTR_LIMIT_POLICY: "record",
+        **_AT_A_FINISH,
+    },
+    sc.EVENT_JOB_FINISHED: _AT_A_FINISH,
+}
+"""Event → attribute → the value an absent attribute means on that event's record."""
+
+START_TIME_COPIES: Final = (sc.ATTR_HEARTBEAT_LAST, sc.ATTR_PROGRESS_UPDATED_AT)
+"""Attributes that, absent from a ``started`` or ``finished`` record, equal its
+start time (no heartbeat, no progress report since the start)."""
+
+SPEC_ON_FINISHED: Final = frozenset(
+    {
+        sc.ATTR_HEARTBEAT_INTERVAL,
+        sc.ATTR_JOB_LEASE,
+        sc.ATTR_LIMIT_POLICY,
+        sc.ATTR_JOB_TIMEOUT,
+        sc.ATTR_JOB_STALL_TIMEOUT,
+        sc.ATTR_LIMIT_MEMORY,
+        sc.ATTR_LIMIT_CPU,
+        sc.ATTR_LIMIT_FDS,
+    }
+)
+"""The run's spec, which a ``finished`` record does not repeat (kept by the store)."""
+
+
+def _duration(attributes: Mapping[str, Any]) -> float | None:
+    """End minus start of a record, as the runtime computes a finished run's duration."""
+    started = attributes.get(sc.ATTR_JOB_STARTED_AT)
+    finished = attributes.get(sc.ATTR_JOB_FINISHED_AT)
+    if type(started) is not float or type(finished) is not float:
+        return None
+    return max(0.0, finished - started)
+
+
+def _same(value: Any, implied: Any) -> bool:
+    return type(value) is type(implied) and value == implied
+
+
+def slim(
+    event_name: str, attributes: Mapping[str, Any], resource: Mapping[str, Any] | None = None
+) -> Mapping[str, Any]:
+    """``attributes`` without what :func:`restore` gives back exactly (see the module doc)
+    nor the ``resource`` values they repeat; ``attributes`` itself when nothing is left
+    out. Never mutates ``attributes``.
+
+    One copy, then a few targeted deletions: it runs on the job's thread twice per run.
+    """
+    defaults = DEFAULTS.get(event_name)
+    if defaults is None:
+        if resource and any(attributes.get(k) == v for k, v in resource.items()):
+            return {k: v for k, v in attributes.items() if k not in resource or resource[k] != v}
+        return attributes
+    if event_name == sc.EVENT_JOB_FINISHED:
+        out = {k: v for k, v in attributes.items() if k not in SPEC_ON_FINISHED}
+        duration = out.get(sc.ATTR_JOB_DURATION)
+        if duration is not None and _same(duration, _duration(out)):
+            del out[sc.ATTR_JOB_DURATION]
+    else:
+        out = dict(attributes)
+    for key, implied in defaults.items():
+        value = out.get(key)
+        if value is not None and _same(value, implied):
+            del out[key]
+    started_at = out.get(sc.ATTR_JOB_STARTED_AT)
+    if started_at is not None:
+        for key in START_TIME_COPIES:
+            value = out.get(key)
+            if value is not None and _same(value, started_at):
+                del out[key]
+    if resource:
+        for key, implied in resource.items():
+            if key in out and out[key] == implied:
+                del out[key]
+    return out
+
+
+def restore(event_name: str, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``attributes`` with what :func:`slim` left out put back (the spec excepted: the store
+    keeps it); ``attributes`` itself when nothing is missing or for other events."""
+    defaults = DEFAULTS.get(event_name)
+    if defaults is None:
+        return attributes
+    missing = [k for k in defaults if k not in attributes]
+    started_at = attributes.get(sc.ATTR_JOB_STARTED_AT)
+    copies = [k for k in START_TIME_COPIES if k not in attributes] if started_at is not None else []
+    duration = None
+    if event_name == sc.EVENT_JOB_FINISHED and sc.ATTR_JOB_DURATION not in attributes:
+        duration = _duration(attributes)
+    if not missing and not copies and duration is None:
+        return attributes
+    out = dict(attributes)
+    for key in missing:
+        out[key] = defaults[key]
+    for key in copies:
+        out[key] = started_at
+    if duration is not None:
+        out[sc.ATTR_JOB_DURATION] = duration
+    return out
