@@ -56,10 +56,6 @@ def _implied_section() -> list[str]:
             lines.append(f"| `{event}` | `{attribute}` | `{shown}` |")
         for attribute in START_TIME_COPIES:
             lines.append(f"| `{event}` | `{attribute}` | `{sc.ATTR_JOB_STARTED_AT}` |")
-    lines.append(
-        f"| `{sc.EVENT_JOB_FINISHED}` | `{sc.ATTR_JOB_DURATION}` | "
-        f"`{sc.ATTR_JOB_FINISHED_AT}` - `{sc.ATTR_JOB_STARTED_AT}` |"
-    )
     spec = ", ".join(f"`{a}`" for a in sorted(SPEC_ON_FINISHED))
     lines += [
         "",

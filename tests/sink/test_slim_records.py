@@ -1,8 +1,8 @@
 """Slim lifecycle records on the wire store the same rows as full ones (issue 16 goal 2).
 
 The OTel log writer leaves out of a run's ``started`` and ``finished`` records what the sink
-restores exactly (``chaperone_otel._implied``: defaults at a start, times equal to the start,
-the duration) and, on ``finished``, the run's unchanged spec (kept by the store's ``sticky``
+restores exactly (``chaperone_otel._implied``: defaults at a start, times equal to the start)
+and, on ``finished``, the run's unchanged spec (kept by the store's ``sticky``
 merge). Real runs (completed, failed, with heartbeats, progress, limits, a timeout and its
 violation, the liveness lease) go through the real runtime and OTel SDK; their full in-process
 records and their slim OTel log records, encoded with the real OTLP encoder and decoded by the
@@ -125,7 +125,8 @@ def test_the_wire_records_are_slim(runs: Any) -> None:
         assert sc.ATTR_HEARTBEAT_INTERVAL in record.attributes  # the spec goes with the start
     for record in finished:
         assert not SPEC_ON_FINISHED & set(record.attributes)
-        assert sc.ATTR_JOB_DURATION not in record.attributes
+        assert sc.ATTR_JOB_DURATION in record.attributes  # what log backends chart
+        assert sc.ATTR_JOB_HEALTH in record.attributes
         assert record.attributes[sc.ATTR_JOB_STATUS] in ("completed", "failed")
 
 
