@@ -9,6 +9,10 @@ counted from their lifecycle records, missed heartbeats when the monitor sees th
 
 Live-run gauges are *observable*: their callbacks read the live runs at collection time, so
 they cost nothing on the hot path and a finished run's series simply stops being reported.
+A worker's Prometheus ``/metrics`` does not go through them: ``export/_prometheus`` builds
+those series from the same table (:data:`LIVE_RUN_GAUGES`) and groups
+(:meth:`Instruments.live_groups`), and the callbacks observe nothing while the Prometheus
+reader collects (:func:`prometheus_scrape`).
 
 Cardinality (DESIGN §7): a live run's gauges are labelled by job name and queue only; runs
 older than ``Config.long_run_threshold`` also get their run id, so a hung long job can be
