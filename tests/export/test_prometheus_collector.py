@@ -228,3 +228,29 @@ def test_shutting_the_reader_down_takes_its_collector_out_of_the_default_registr
     provider.shutdown()
     assert reader.worker_collector not in REGISTRY._collector_to_names
     reader.shutdown()  # a second shutdown is harmless
+
+
+def test_an_exporter_without_the_registry_argument_still_serves_each_series_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """opentelemetry-exporter-prometheus before 0.63b0 takes no ``registry=`` and always
+    registers its collector in the default registry: the reader moves it to its private
+    one, so the default registry still serves it once, through the WorkerCollector."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import REGISTRY
+
+    newer = PrometheusMetricReader.__init__
+
+    def older(self: PrometheusMetricReader, disable_target_info: bool = False,
+              prefix: str = "") -> None:
+        newer(self, disable_target_info=disable_target_info, prefix=prefix)
+
+    monkeypatch.setattr(PrometheusMetricReader, "__init__", older)
+    reader = WorkerMetricReader(MeterProvider())
+    try:
+        assert reader._collector not in REGISTRY._collector_to_names
+        assert reader._collector in reader.otel_registry._collector_to_names
+        assert reader.worker_collector in REGISTRY._collector_to_names
+    finally:
+        reader.shutdown()
+    assert reader.worker_collector not in REGISTRY._collector_to_names
