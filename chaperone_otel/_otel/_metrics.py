@@ -56,6 +56,8 @@ Read = Callable[["Run", float], "float | None"]
 
 
 def _live_run_gauges() -> tuple[tuple[sc.MetricSpec, Read], ...]:
+    # A function, not a module-level literal: mypy checks the lambdas' use of ``Run`` (a
+    # TYPE_CHECKING import, a cycle) only inside a body.
     return (
         (sc.METRIC_JOB_LAST_HEARTBEAT, _lease_renewed),
         (sc.METRIC_JOB_HEARTBEAT_INTERVAL, lambda r, now: r.heartbeat_interval),
