@@ -209,6 +209,8 @@ RUN_FIELDS: Final[tuple[RunField, ...]] = (
     _f("execution_id", _S, sc.ATTR_JOB_EXECUTION_ID, "key", doc="Id of this start ('' old)."),
     _f("lease", _S, sc.ATTR_JOB_LEASE, signal="lease", doc="heartbeat (NULL) or liveness."),
     _f("scheduled_at", _T, sc.ATTR_JOB_SCHEDULED_AT, "sticky", doc="Due time (ETA) if pending."),
+    # Added by migration 6 (issue 16: a finished run's verdict, computed by the writer).
+    _f("settled_health", _S, None, "internal", record=None, doc="Finished run's verdict."),
 )
 """Every field of a run, one row each (see the module doc for what derives from it)."""
 

@@ -24,6 +24,7 @@ attempt         1 for the job's first execution, then one more per execution (a 
 name            the job's function name (``job.func_name``)
 queue           the queue the job came from (``job.origin``)
 timeout         the job's timeout (else the queue's default); none for ``-1``
+execution id    RQ's execution id (RQ 2+ makes one per execution, as the results name it)
 ==============  ===================================================================
 
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type, or
@@ -150,9 +151,20 @@ class SupervisionMixin:
         horse agree on the attempt and a retry saved by either carries it."""
         with _guard("rq.execute_job"):
             job.meta[ATTEMPT_KEY] = _attempt(job) + (1 if ATTEMPT_KEY in job.meta else 0)
-            job.meta[EXECUTION_KEY] = _new_execution_id()
+            job.meta[EXECUTION_KEY] = _new_execution_id()  # RQ's own, if it makes one below
             job.save_meta()  # type: ignore[no-untyped-call]
         return super().execute_job(job, queue)  # type: ignore[misc]
+
+    def prepare_execution(self, job: Job, *args: Any, **kwargs: Any) -> Any:
+        """RQ's execution (made by the main process before the horse starts): the run's
+        execution id is RQ's, so the store and RQ's results name an execution alike."""
+        execution = super().prepare_execution(job, *args, **kwargs)  # type: ignore[misc]
+        with _guard("rq.execution"):
+            ident = getattr(execution, "id", None)
+            if isinstance(ident, str) and ident and job.meta.get(EXECUTION_KEY) != ident:
+                job.meta[EXECUTION_KEY] = ident
+                job.save_meta()  # type: ignore[no-untyped-call]
+        return execution
 
     def monitor_work_horse(self, job: Job, queue: Any, *args: Any, **kwargs: Any) -> Any:
         """Watch the horse: if RQ fails the job here (the horse died, or was stopped), the

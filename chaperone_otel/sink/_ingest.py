@@ -45,7 +45,8 @@ import pyarrow.compute as pc
 from .._fields import ERROR_STATUSES
 from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
-from ._schema import JOB_COLUMNS, TERMINAL_STATUSES
+from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
+from ._settled import SETTLED_COLUMN
 
 _MAX_EPOCH: Final = 32_503_680_000  # year 3000: beyond it a time is garbage, stored as NULL
 
@@ -103,7 +104,13 @@ DELETE_JOBS: Final = (
     "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt "
     "AND jobs.execution_id = k.execution_id RETURNING jobs.*"
 )
-INSERT_JOBS: Final = "INSERT INTO jobs SELECT * FROM chaperone_stage_jobs"
+INSERT_JOBS: Final = (
+    f"INSERT INTO jobs SELECT * REPLACE ({SETTLE_SQL} AS {SETTLED_COLUMN}) "
+    "FROM chaperone_stage_jobs"
+)
+"""The merged rows go back with their settled verdict computed from the merged values (the
+rule tree's SQL, ``sink/_settled.py``): a row ending now gets it, a later record for an ended
+run (its span, a close) recomputes it, a live row keeps NULL."""
 DUPLICATE_HEARTBEATS: Final = (
     "SELECT h.run_id, h.attempt, h.execution_id, h.seq FROM heartbeats h "
     "SEMI JOIN chaperone_stage_heartbeats s "
@@ -474,6 +481,8 @@ def _as_rows(staged: pa.Table, now: datetime, *, span: bool) -> pa.Table:
             columns.append(pa.array([0] * n, type=pa.int64()))
         elif name == "ingested_at":
             columns.append(pa.array([now] * n, type=_TIMESTAMP))
+        elif name == SETTLED_COLUMN:  # computed by INSERT_JOBS from the merged row
+            columns.append(pa.nulls(n, type=pa.string()))
         elif name == "progress":
             columns.append(pc.multiply(staged.column(name), _HUNDRED))
         elif name in STAGED_TIME_COLUMNS:

@@ -61,6 +61,7 @@ from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import bearer_authorizer, create_query_app
 from ._forward import RECORDS_PATH, records_route
+from ._inherited import forget_server, note_server
 from ._local import LocalSink
 from ._schedule_store import ScheduleEvaluator
 from ._schema import HEARTBEATS_PER_RUN
@@ -584,6 +585,7 @@ class BackgroundServer:
             raise
         self._socket = sock
         self.port = sock.getsockname()[1]
+        note_server(sock.getsockname()[0], self.port, sock.fileno())  # a forked child lets go
         return sock
 
     def server(self) -> Any:
@@ -685,6 +687,8 @@ class BackgroundServer:
             self._thread.join(timeout)
             self._thread = None
         if self._socket is not None:
+            with contextlib.suppress(OSError):
+                forget_server(self._socket.getsockname()[0], self.port)
             with contextlib.suppress(OSError):
                 self._socket.close()
             self._socket = None

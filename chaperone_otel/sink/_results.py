@@ -26,7 +26,7 @@ from .._fields import ACTIVE_STATUSES, RUN_FIELDS, Kind, RunField, field_named
 from .._health import HealthPolicy
 from .._units import parse_iso_datetime
 from ..exceptions import SinkError
-from ._schema import health_case, predicate
+from ._schema import predicate, stored_health
 
 
 class RecordSource(Protocol):
@@ -392,7 +392,7 @@ def _duration_so_far(policy: HealthPolicy) -> str:
 
 def _select_expr(f: RunField, policy: HealthPolicy) -> str:
     if f.name == "health":
-        return health_case(policy)
+        return stored_health(policy)
     if not f.stored:  # stuck, lost: a health rule's verdict
         return predicate(f.name, policy)
     if f.name == "duration":

@@ -24,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from .. import _fields
 from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
-from .._health import DEFAULT_POLICY, HealthPolicy, rules
+from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
+from ._settled import SETTLED_COLUMN, scope_parts, settle_case, settled_usable
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -194,6 +195,56 @@ def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
     return f"COALESCE({rules(policy).by_name(name).sql(HEALTH_COLUMNS)}, FALSE)"
 
 
+VERDICT_TYPE: Final = "chaperone_verdict"
+"""The ENUM type of ``settled_health``."""
+HEALTHS: Final[tuple[str, ...]] = get_args(Health)
+"""Every value of :data:`chaperone_otel._health.Health`, the ENUM's values."""
+
+SETTLE_SQL: Final = settle_case(HEALTH_COLUMNS)
+"""The ``settled_health`` of a row (issue 16): a finished run's verdict, NULL while it is
+live; the writer stores it with every row it writes, the backfill with every old one."""
+
+
+BACKFILL_SETTLED: Final = (
+    f"UPDATE jobs SET {SETTLED_COLUMN} = {SETTLE_SQL} "
+    f"WHERE status IN ({', '.join(repr(s) for s in TERMINAL_STATUSES)})"
+)
+"""Stores the settled verdict of every finished run already stored (migration 6)."""
+
+
+def stored_health(policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """:func:`health_case`, reading a finished run's stored verdict instead of judging it."""
+    if not settled_usable(policy, HEALTH_COLUMNS):
+        return health_case(policy)
+    return (
+        f"CASE WHEN {SETTLED_COLUMN} IS NULL THEN {health_case(policy)} ELSE {SETTLED_COLUMN} END"
+    )
+
+
+def where_predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
+    """A health scope as a WHERE clause (``$now`` unbound): :func:`predicate`'s rows, cheaper
+    (issue 16; see :func:`~._settled.scope_parts`)."""
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None:
+        return rules(policy).by_name(name).sql(HEALTH_COLUMNS)
+    stored, live = parts
+    return live if stored is None else f"({live} OR {stored})"
+
+
+def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[str, str] | None:
+    """A verdict scope as two disjoint WHERE clauses, (finished runs by their stored verdict,
+    the other runs by their status's residual rule), or None when ``name`` has no such split.
+
+    ``count()`` runs them as two scans and adds the counts: one scan of both had to read the
+    rule's fifteen columns for every row, the two read the one-byte verdict for the finished
+    runs and the fifteen only where the pushed ``settled_health IS NULL`` leaves rows.
+    """
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    if parts is None or parts[0] is None:
+        return None
+    return parts[0], parts[1]
+
+
 def _create_tables() -> list[str]:
     jobs = ",\n  ".join(
         f"{c.name} {c.sql_type}" for c in (column_of(field_named(n)) for n in V1_JOB_COLUMNS)
@@ -320,8 +371,20 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         ("execution_id", "lease", "scheduled_at"),
     ),
+    Migration(
+        6,
+        "settled_health: a finished run's verdict, stored so scopes judge only live runs "
+        "(issue 16); backfilled for the runs already stored",
+        (
+            # An ENUM (one byte, run-length encoded): its scans cost about half a VARCHAR's
+            f"CREATE TYPE {VERDICT_TYPE} AS ENUM ({', '.join(repr(v) for v in HEALTHS)})",
+            f"ALTER TABLE jobs ADD COLUMN {SETTLED_COLUMN} {VERDICT_TYPE}",
+            BACKFILL_SETTLED,
+        ),
+        (SETTLED_COLUMN,),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(6, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(7, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
@@ -374,7 +437,7 @@ def view_statements(policy: HealthPolicy = DEFAULT_POLICY) -> list[str]:
 
     return [
         "CREATE OR REPLACE VIEW jobs_health AS SELECT *, "
-        f"{render(health_case(policy))} AS health, "
+        f"{render(stored_health(policy))} AS health, "
         f"{render(predicate('stuck', policy))} AS stuck, "
         f"{render(predicate('lost', policy))} AS lost, "
         f"{render(predicate('stalled', policy))} AS stalled, "

@@ -282,26 +282,30 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
 def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
     worker: Worker,
 ) -> None:
-    """Interval 1 s, 6 s without a heartbeat and no time limit: while it runs, the task on
+    """Interval 1 s, 8 s without a heartbeat and no time limit: while it runs, the task on
     the default (liveness) lease is healthy and not stuck; one that opted into the
-    heartbeat lease is stuck. Both then complete."""
-    quiet = worker.client.send_task("it.sleepy", args=(6,))
-    promised = worker.client.send_task("it.sleepy_promised", args=(6,))
+    heartbeat lease is stuck. Both then complete.
 
-    def both_running_long() -> Any:
+    Each task is observed on its own: the pool may run them one after the other (a child
+    being recycled after ``worker_max_tasks_per_child``), so they need not overlap."""
+    quiet = worker.client.send_task("it.sleepy", args=(8,))
+    promised = worker.client.send_task("it.sleepy_promised", args=(8,))
+    seen: dict[str, Any] = {}
+
+    def both_seen_running_long() -> bool:
         with chaperone.open_sink(worker.store) as sink:
-            rows = {r.id: r for r in sink.jobs.running().all()}
-        found = rows.get(quiet.id), rows.get(promised.id)
-        if any(r is None or r.duration is None or r.duration < 4.5 for r in found):
-            return None
-        return found
+            for row in sink.jobs.running().all():
+                if row.id in (quiet.id, promised.id) and (row.duration or 0) >= 4.5:
+                    seen.setdefault(row.id, row)
+        return len(seen) == 2
 
-    live, beating = wait_until(both_running_long, 30, "both tasks running for 4.5 s")
+    wait_until(both_seen_running_long, 40, "each task seen running for 4.5 s")
+    live, beating = seen[quiet.id], seen[promised.id]
     assert (live.health, live.stuck, live.lost) == ("healthy", False, False)
     assert beating.stuck
     assert beating.health == "unhealthy"
-    assert quiet.get(timeout=30) == 6
-    assert promised.get(timeout=30) == 6
+    assert quiet.get(timeout=30) == 8
+    assert promised.get(timeout=30) == 8
 
 
 def _closed(worker: Worker, name: str, task_id: str, status: str) -> Any:
@@ -391,4 +395,3 @@ def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
     assert job.scheduled_at == row.scheduled_at
     assert job.queue_wait is not None
     assert -1 < job.queue_wait < 5
-

@@ -67,6 +67,10 @@ def test_job_is_current_and_each_execution_is_the_next_attempt(queue: Queue, cap
     assert runs == [(1, "completed"), (2, "completed")]
     job.refresh()
     assert job.meta[ATTEMPT_KEY] == 2
+    # each execution's id is RQ's own, as its results name it
+    executions = {r.latest[sc.ATTR_JOB_EXECUTION_ID] for r in cap.runs()}
+    assert executions == {result.execution_id for result in job.results()}
+    assert len(executions) == 2
     run = cap.runs()[0]
     assert run.id == job.id
     assert run.name == f"{__name__}.current_run_id"

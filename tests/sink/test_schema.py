@@ -69,9 +69,13 @@ def check(scenarios: list[dict[str, Any]], tmp_path, policy: HealthPolicy = DEFA
             in_python = {k for k, s in named.items()
                          if r.by_name(scope).holds(python_signals(s), NOW)}
             assert in_sql == in_python, scope
+        # a finished run is judged from its stored verdict: the full rule's answer
+        settled = dict(sink.sql("SELECT run_id, CAST(settled_health AS VARCHAR) FROM jobs")[1])
         for k, s in named.items():
             signals = python_signals(s)
             assert stored[k].health == r.health(signals, NOW), k
+            finished = s["status"] in ("completed", "failed", "cancelled", "retried")
+            assert settled[k] == (r.health(signals, NOW) if finished else None), k
             assert stored[k].stuck == r.stuck.holds(signals, NOW), k
             assert stored[k].lost == r.lost.holds(signals, NOW), k
 
@@ -107,6 +111,8 @@ TABLE = [
     scenario(status="completed", last_heartbeat=NOW - 500, last_seen=NOW - 500),
     scenario(status="cancelled", violation_count=1),
     scenario(status="pending"),
+    scenario(status="retried", last_heartbeat=NOW - 500, last_seen=NOW - 500),
+    scenario(status="completed", violation_count=1, memory=99, memory_limit=100),
 ]
 
 
@@ -134,7 +140,7 @@ def scenarios(draw: Any) -> dict[str, Any]:
     stall = draw(st.none() | st.integers(1, 300))
     return scenario(
         status=draw(st.sampled_from(["pending", "running", "running", "running", "completed",
-                                     "failed", "cancelled"])),
+                                     "failed", "cancelled", "retried"])),
         last_heartbeat=NOW - draw(_ages),
         last_seen=NOW - draw(_ages),
         heartbeat_interval=interval,
