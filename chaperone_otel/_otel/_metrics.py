@@ -9,6 +9,10 @@ counted from their lifecycle records, missed heartbeats when the monitor sees th
 
 Live-run gauges are *observable*: their callbacks read the live runs at collection time, so
 they cost nothing on the hot path and a finished run's series simply stops being reported.
+A worker's Prometheus ``/metrics`` does not go through them: ``export/_prometheus`` builds
+those series from the same table (:data:`LIVE_RUN_GAUGES`) and groups
+(:meth:`Instruments.live_groups`), and the callbacks observe nothing while the Prometheus
+reader collects (:func:`prometheus_scrape`).
 
 Cardinality (DESIGN §7): a live run's gauges are labelled by job name and queue only; runs
 older than ``Config.long_run_threshold`` also get their run id, so a hung long job can be
@@ -20,12 +24,13 @@ judges a real run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -44,6 +49,72 @@ def _lease_renewed(run: Run, now: float) -> float:
     """The last-heartbeat gauge's value: the job code's latest sign of life, or now for a run
     whose lease is its process's liveness (observed alive: ``_health.LeaseRenewed``)."""
     return now if run.static.lease == "liveness" else run.last_heartbeat
+
+
+Read = Callable[["Run", float], "float | None"]
+"""A live-run gauge's value for one run at ``now`` (None: no sample for that run)."""
+
+
+def _live_run_gauges() -> tuple[tuple[sc.MetricSpec, Read], ...]:
+    # A function, not a module-level literal: mypy checks the lambdas' use of ``Run`` (a
+    # TYPE_CHECKING import, a cycle) only inside a body.
+    return (
+        (sc.METRIC_JOB_LAST_HEARTBEAT, _lease_renewed),
+        (sc.METRIC_JOB_HEARTBEAT_INTERVAL, lambda r, now: r.heartbeat_interval),
+        (sc.METRIC_JOB_DEADLINE, lambda r, now: r.timeout_at),
+        (sc.METRIC_JOB_STALL_DEADLINE, lambda r, now: r.stall_deadline),
+        (sc.METRIC_JOB_STARTED_TIMESTAMP, lambda r, now: r.started_at),
+        (sc.METRIC_JOB_PROGRESS, lambda r, now: r.progress_ratio),
+        (sc.METRIC_JOB_PROGRESS_CURRENT, lambda r, now: r.current),
+        (sc.METRIC_JOB_PROGRESS_TOTAL, lambda r, now: r.total),
+        (sc.METRIC_JOB_ETA, lambda r, now: r.eta(now)),
+        (sc.METRIC_JOB_MEMORY, lambda r, now: r.memory),
+        (sc.METRIC_JOB_MEMORY_LIMIT, lambda r, now: r.memory_limit),
+        (  # only CPU the run can be charged with: no series for a shared reading
+            sc.METRIC_JOB_CPU,
+            lambda r, now: (
+                None if r.cpu_percent is None or r.cpu_scope == "shared" else r.cpu_percent / 100
+            ),
+        ),
+        (
+            sc.METRIC_JOB_CPU_LIMIT,
+            lambda r, now: None if r.cpu_limit is None else r.cpu_limit / 100,
+        ),
+        (sc.METRIC_JOB_OPEN_FDS, lambda r, now: r.fds),
+        (sc.METRIC_JOB_FD_LIMIT, lambda r, now: r.fd_limit),
+        (sc.METRIC_JOB_RUN_VIOLATIONS, lambda r, now: float(len(r.violations))),
+    )
+
+
+LIVE_RUN_GAUGES: Final = _live_run_gauges()
+"""The live-run gauges and how each reads a run: one table for the OTel instruments'
+callbacks and the Prometheus collector (``export/_prometheus.py``), so the two cannot
+serve different values."""
+
+Group = tuple[str, str, str, "Run"]
+"""A live-run gauge's label set and the run it reports: (job name, queue, run id or "",
+run)."""
+
+
+class _Scrape(threading.local):
+    active = False
+
+
+_scrape = _Scrape()
+
+
+@contextlib.contextmanager
+def prometheus_scrape() -> Iterator[None]:
+    """While this thread collects for the Prometheus reader, the live-run gauges' callbacks
+    observe nothing: the Prometheus collector serves those series itself, straight from the
+    live runs, so the SDK's collection (a measurement, aggregation and data point per run
+    and gauge) and the exporter's translation are not paid a second time, and no series is
+    served twice. Other readers (OTLP, in-memory) collect on their own threads as before."""
+    _scrape.active = True
+    try:
+        yield
+    finally:
+        _scrape.active = False
 
 
 class Cumulative:
@@ -165,35 +236,7 @@ class Instruments:
                 86400,
             ],
         )
-        gauges: list[tuple[sc.MetricSpec, Callable[[Run, float], float | None]]] = [
-            (sc.METRIC_JOB_LAST_HEARTBEAT, _lease_renewed),
-            (sc.METRIC_JOB_HEARTBEAT_INTERVAL, lambda r, now: r.heartbeat_interval),
-            (sc.METRIC_JOB_DEADLINE, lambda r, now: r.timeout_at),
-            (sc.METRIC_JOB_STALL_DEADLINE, lambda r, now: r.stall_deadline),
-            (sc.METRIC_JOB_STARTED_TIMESTAMP, lambda r, now: r.started_at),
-            (sc.METRIC_JOB_PROGRESS, lambda r, now: r.progress_ratio),
-            (sc.METRIC_JOB_PROGRESS_CURRENT, lambda r, now: r.current),
-            (sc.METRIC_JOB_PROGRESS_TOTAL, lambda r, now: r.total),
-            (sc.METRIC_JOB_ETA, lambda r, now: r.eta(now)),
-            (sc.METRIC_JOB_MEMORY, lambda r, now: r.memory),
-            (sc.METRIC_JOB_MEMORY_LIMIT, lambda r, now: r.memory_limit),
-            (  # only CPU the run can be charged with: no series for a shared reading
-                sc.METRIC_JOB_CPU,
-                lambda r, now: (
-                    None
-                    if r.cpu_percent is None or r.cpu_scope == "shared"
-                    else r.cpu_percent / 100
-                ),
-            ),
-            (
-                sc.METRIC_JOB_CPU_LIMIT,
-                lambda r, now: None if r.cpu_limit is None else r.cpu_limit / 100,
-            ),
-            (sc.METRIC_JOB_OPEN_FDS, lambda r, now: r.fds),
-            (sc.METRIC_JOB_FD_LIMIT, lambda r, now: r.fd_limit),
-            (sc.METRIC_JOB_RUN_VIOLATIONS, lambda r, now: float(len(r.violations))),
-        ]
-        for gspec, read in gauges:
+        for gspec, read in LIVE_RUN_GAUGES:
             meter.create_observable_gauge(
                 gspec.name,
                 callbacks=[self._callback(read, gspec.name)],
@@ -253,38 +296,48 @@ class Instruments:
         # Places are a small fixed set of code locations: a bounded label.
         self.internal_errors.add(1, {sc.ATTR_INTERNAL_WHERE: where.split(":", 1)[0]})
 
-    def _groups(self, now: float) -> list[tuple[dict[str, str], Run]]:
+    def live_groups(self, now: float) -> list[Group]:
         """Live runs grouped by label set, each group represented by its stalest run.
 
         Recomputed by every gauge callback (O(live runs)): a cache between callbacks of one
         collection would need to know where collections begin, and a time-based one served
-        stale groups.
+        stale groups. The Prometheus collector calls it once per scrape.
         """
         best: dict[tuple[str, str, str], tuple[float, Run]] = {}
+        threshold = self._long_run_threshold
         for run in self._live_runs():
-            run_id = run.id if now - run.started_at >= self._long_run_threshold else ""
+            run_id = run.id if now - run.started_at >= threshold else ""
             key = (run.name, run.queue, run_id)
             staleness = (now - _lease_renewed(run, now)) / run.heartbeat_interval
-            if key not in best or staleness > best[key][0]:
+            found = best.get(key)
+            if found is None or staleness > found[0]:
                 best[key] = (staleness, run)
-        groups: list[tuple[dict[str, str], Run]] = []
-        for (name, queue, run_id), (_, run) in best.items():
-            labels = {sc.ATTR_JOB_NAME: name, sc.ATTR_JOB_QUEUE: queue}
-            if run_id:
-                labels[sc.ATTR_JOB_RUN_ID] = run_id
-            groups.append((labels, run))
-        return groups
+        return [(name, queue, run_id, run) for (name, queue, run_id), (_, run) in best.items()]
+
+    def now(self) -> float:
+        """The bound runtime's clock (Unix seconds)."""
+        return self._clock()
+
+    @property
+    def bound(self) -> bool:
+        """True while a runtime is bound (between :meth:`bind` and :meth:`unbind`)."""
+        return self._listening
 
     def _callback(
         self, read: Callable[[Run, float], float | None], name: str
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             out: list[Observation] = []
+            if _scrape.active:
+                return out  # served to Prometheus by its collector (prometheus_scrape)
             with handle_internal_errors(f"gauge:{name}"):
                 now = self._clock()
-                for labels, run in self._groups(now):
+                for job, queue, run_id, run in self.live_groups(now):
                     value = read(run, now)
                     if value is not None:
+                        labels = {sc.ATTR_JOB_NAME: job, sc.ATTR_JOB_QUEUE: queue}
+                        if run_id:
+                            labels[sc.ATTR_JOB_RUN_ID] = run_id
                         out.append(Observation(value, labels))
             return out
 
@@ -338,6 +391,18 @@ def instruments_for(
                 _by_provider[meter_provider] = found
     found.bind(live_runs, long_run_threshold, clock, before_collect)
     return found
+
+
+def instruments_on(meter_provider: Any) -> Instruments | None:
+    """The runtime's instruments on ``meter_provider`` (an SDK provider), if any: those
+    made for it by name, or the global ones when it is the global provider. A bound set
+    (a live runtime's) wins over one a closed runtime left behind."""
+    with _by_provider_lock:
+        found = [_by_provider.get(meter_provider)]
+        if _global_instruments is not None and meter_provider is metrics.get_meter_provider():
+            found.append(_global_instruments)
+    present = [instruments for instruments in found if instruments is not None]
+    return next((i for i in present if i.bound), present[0] if present else None)
 
 
 def reset_instruments() -> None:

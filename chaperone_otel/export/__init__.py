@@ -368,23 +368,24 @@ _prometheus_readers: dict[int, tuple[Any, Any]] = {}
 def _prometheus_reader(provider: Any) -> Any:
     """The provider's Prometheus reader, made and registered once per provider.
 
-    Its collector lives in prometheus_client's default registry for the life of the
-    provider: a second ``configure()`` only moves the HTTP server. (Shutting the reader down
-    unregisters the collector, and the provider's own shutdown at exit would then fail on a
-    second unregister; readers cannot be removed from a provider either.)
+    What prometheus_client's default registry (the one ``/metrics`` serves) holds is the
+    reader's :class:`~._prometheus.WorkerCollector`, which serves the live-run gauges from
+    the live runs and everything else from the reader. It lives for the life of the
+    provider: a second ``configure()`` only moves the HTTP server (readers cannot be removed
+    from a provider; the provider's shutdown at exit shuts the reader down).
     """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from ._prometheus import WorkerMetricReader  # noqa: PLC0415
 
     found = _prometheus_readers.get(id(provider))
     if found is not None and found[0] is provider:
         return found[1]
-    reader = PrometheusMetricReader()
     add_reader = getattr(provider, "add_metric_reader", None)
     if add_reader is None:
         raise _ConfigurationError(
             "prometheus_port needs an SDK MeterProvider that accepts readers "
             "(opentelemetry-sdk >= 1.27), or pass no meter_provider"
         )
+    reader = WorkerMetricReader(provider)
     add_reader(reader)
     _prometheus_readers[id(provider)] = (provider, reader)
     return reader
