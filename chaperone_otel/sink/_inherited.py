@@ -30,6 +30,8 @@ from .._safety import record_internal_error
 
 __all__ = ["forget_server", "note_server", "release_inherited_sockets"]
 
+_INET = (socket.AF_INET, socket.AF_INET6)
+
 _lock = threading.Lock()
 _addresses: dict[tuple[str, int], int] = {}
 """(host, port) served by this process, as the socket reports it (a name like ``localhost``
@@ -74,7 +76,7 @@ def _server_descriptors(addresses: dict[tuple[str, int], int]) -> list[int]:
         except OSError:  # not a socket (or the listing's own descriptor, now closed)
             continue
         try:
-            if _served(sock.getsockname(), addresses):
+            if sock.family in _INET and _served(sock.getsockname(), addresses):
                 found.append(fd)
         except OSError:
             pass
