@@ -20,7 +20,7 @@ from celery.schedules import crontab, schedule
 
 import chaperone_otel as chaperone
 from chaperone_otel.integrations._celery_beat import beat_specs, run_options
-from tests.integrations.workers import stop, worker_env
+from tests.integrations.workers import dispatched_missed, schedule_slots, stop, worker_env
 from tests.waiting import wait_until
 
 _APP = textwrap.dedent(
@@ -133,12 +133,10 @@ def test_an_unconsumed_entry_is_missed_and_a_consumed_one_on_time(
     store = beat_and_worker
 
     def slots(name: str) -> list[Any]:
-        with chaperone.open_sink(store) as sink:
-            return sink.schedules.named(name).all()
+        return schedule_slots(store, name)
 
     def orphan_missed() -> list[Any]:
-        missed = [s for s in slots("orphan") if s.state == "missed" and s.dispatched_at]
-        return missed if len(missed) >= 2 else []
+        return dispatched_missed(store, "orphan")
 
     log = tmp_path / "beat.log"
     wait_until(orphan_missed, 60, "two dispatched, missed slots of the orphan entry "

@@ -31,7 +31,7 @@ from chaperone_otel.integrations.rq import (
     uninstrument_cron,
 )
 from chaperone_otel.testing import capture
-from tests.integrations.workers import stop, worker_env
+from tests.integrations.workers import dispatched_missed, schedule_slots, stop, worker_env
 from tests.waiting import wait_until
 
 
@@ -279,12 +279,10 @@ def test_an_unconsumed_cron_job_is_missed_and_a_consumed_one_on_time(
     store, cron_proc = cron_and_worker
 
     def slots(name: str) -> list[Any]:
-        with chaperone.open_sink(store) as sink:
-            return sink.schedules.named(name).all()
+        return schedule_slots(store, name)
 
     def orphan_missed() -> list[Any]:
-        missed = [s for s in slots("orphan") if s.state == "missed" and s.dispatched_at]
-        return missed if len(missed) >= 2 else []
+        return dispatched_missed(store, "orphan")
 
     wait_until(
         orphan_missed,

@@ -39,3 +39,16 @@ def worker_env(app_dir: Path, **extra: str) -> dict[str, str]:
     env.update(PYTHONPATH=os.pathsep.join([str(app_dir), SOURCE_ROOT]), PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+def schedule_slots(store: str, name: str) -> list[Any]:
+    """The stored slots of schedule ``name``."""
+    with chaperone_otel.open_sink(store) as sink:
+        return sink.schedules.named(name).all()
+
+
+def dispatched_missed(store: str, name: str, at_least: int = 2) -> list[Any]:
+    """The slots of ``name`` that were dispatched yet missed (a queue nobody consumes), once
+    there are ``at_least`` of them; else empty (for ``wait_until``)."""
+    missed = [s for s in schedule_slots(store, name) if s.state == "missed" and s.dispatched_at]
+    return missed if len(missed) >= at_least else []
