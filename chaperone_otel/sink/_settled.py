@@ -238,7 +238,7 @@ def scope_parts(
     A predicate false for every finished run (``stuck``, ``degraded`` …) needs only it; a
     verdict predicate that finished runs can match (``healthy``, ``unhealthy``) adds
     ``settled_health = 'name'``; one that depends on a finished run's values in another way
-    (``near_limit``, ``violated``) gets None.
+    (``violated``) gets None.
     """
     if not settled_usable(policy, columns):
         return None

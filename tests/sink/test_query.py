@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 
 from chaperone_otel import semconv as sc
+from chaperone_otel.cli import cli
 from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink import JobQuery, JobRecord, open_sink
 from tests.sink.store_factory import T0, lifecycle, record, store_writer, write_all
@@ -381,3 +384,23 @@ def test_show_lists_the_jobs_heartbeats_and_counts_the_liveness_records(tmp_path
     rows = words.split("not listed)")[1]
     assert rows.count(" heartbeat ") == 3
     assert "liveness" not in rows
+
+
+def test_near_limit_lists_only_live_runs(tmp_path):
+    """A run that ended with its last sample near its limit is not ``near_limit()`` (in the
+    API, its count and the CLI's ``--near-limit``): the scope is a live state."""
+    near = {sc.ATTR_MEMORY_USAGE: 900 * MiB, sc.ATTR_LIMIT_MEMORY: 1000 * MiB}
+    path = tmp_path / "near.duckdb"
+    with store_writer(path) as (writer, _sink):
+        write_all(writer, [running("near-live", **near),
+                           *lifecycle("near-done", start=NOW - 100, **near),
+                           *lifecycle("near-failed", start=NOW - 100, status="failed", **near)])
+    with open_sink(path) as sink:
+        query = sink.jobs.at(NOW).near_limit()
+        assert ids(query) == {"near-live"}
+        assert query.count() == 1
+        assert {r.id for r in sink.jobs.at(NOW).completed().all()} == {"near-done"}
+    out = CliRunner().invoke(cli, ["jobs", "--db", str(path), "--near-limit", "--json"],
+                             env={"CHAPERONE_OTEL_SINK": None})
+    assert out.exit_code == 0, out.output
+    assert {r["id"] for r in json.loads(out.output)} == {"near-live"}
