@@ -39,7 +39,13 @@ from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
-from ._settled import SETTLED_COLUMN, scope_parts, settle_case, settled_usable
+from ._settled import (
+    SETTLED_COLUMN,
+    health_by_status,
+    scope_parts,
+    settle_case,
+    settled_usable,
+)
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -189,13 +195,7 @@ HEALTH_COLUMNS: Final[Mapping[str, str]] = {
 
 def health_case(policy: HealthPolicy = DEFAULT_POLICY) -> str:
     """SQL ``CASE`` giving the verdict of :meth:`Rules.health` (``$now`` unbound)."""
-    r = rules(policy)
-    return (
-        f"CASE WHEN COALESCE({r.unhealthy.sql(HEALTH_COLUMNS)}, FALSE) THEN 'unhealthy' "
-        f"WHEN COALESCE({r.degraded.sql(HEALTH_COLUMNS)}, FALSE) THEN 'degraded' "
-        f"WHEN COALESCE({r.healthy.sql(HEALTH_COLUMNS)}, FALSE) THEN 'healthy' "
-        "ELSE 'unknown' END"
-    )
+    return health_by_status(HEALTH_COLUMNS, policy)
 
 
 def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
