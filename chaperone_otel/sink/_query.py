@@ -44,7 +44,7 @@ from ._results import (
     ViolationRecord,
     select_exprs,
 )
-from ._schema import HEALTH_COLUMNS, settled_branches, where_predicate
+from ._schema import HEALTH_COLUMNS, live_only, settled_branches, where_predicate
 from ._settled import SETTLED_COLUMN
 
 if TYPE_CHECKING:
@@ -411,6 +411,13 @@ class JobQuery:
         ``running().stuck().limit(100)`` read all sixty columns of every running run
         (issue 16). ``bulk`` (``to_arrow()``, meant for many rows) keeps one scan unless
         limited: for a large share of the store the row-id step costs more than it saves.
+
+        A limited query with a live-only health scope (``stuck``, ``degraded`` …, a few live
+        runs) narrows once more: the filter's row ids first, then the sort columns of those
+        rows only. In one scan DuckDB fetched the sort columns (``run_id`` …) of every row
+        the pushed filters let through, before the rule, which it cannot push, dropped most
+        (``running().stuck().limit(100)`` at 10 M runs: 0.85x -> 0.6x the reference). Not
+        for other scopes: ``healthy().limit(20)`` would hash millions of row ids (44x).
         """
         sql = SqlBuilder()
         order: list[str] = []
@@ -441,6 +448,8 @@ class JobQuery:
             if where and (limit is not None or not bulk):
                 rows = f"SELECT rowid FROM jobs{where}"
                 if limit is not None:
+                    if any(s[0] == "health" and live_only(s[1], policy) for s in self._steps):
+                        rows = f"SELECT rowid FROM jobs WHERE rowid IN ({rows})"
                     rows += f" ORDER BY {', '.join([*inner_order, *tie])}{cut}"
                 where = f" WHERE rowid IN ({rows})"
             text = f"SELECT {columns} FROM jobs{where} ORDER BY {order_by}{cut}"

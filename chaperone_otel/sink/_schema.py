@@ -253,6 +253,14 @@ def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[
     return parts[0], parts[1]
 
 
+def live_only(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> bool:
+    """True when scope ``name`` matches no finished run (``stuck``, ``degraded``,
+    ``near_limit`` …: its stored-verdict part is empty), so it keeps a few live runs of a
+    store that is mostly history."""
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    return parts is not None and parts[0] is None
+
+
 def _create_tables() -> list[str]:
     jobs = ",\n  ".join(
         f"{c.name} {c.sql_type}" for c in (column_of(field_named(n)) for n in V1_JOB_COLUMNS)
