@@ -33,6 +33,7 @@ from .._fields import ACTIVE_STATUSES, field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._scopes import HEALTH_SCOPES, SCOPES, SHAPING_STEPS, STATUS_SCOPES, scope_named
 from .._spec import qualified_name as _qualified_name
+from .._spec import require_id as _require_str
 from .._units import parse_bytes
 from ..exceptions import ConfigurationError, SinkError
 from ._results import (
@@ -138,12 +139,6 @@ def render_step(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
     except KeyError:  # pragma: no cover - steps are validated on entry
         raise SinkError(f"unknown query step {kind!r}") from None
     render(sql, step, policy)
-
-
-def _require_str(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
