@@ -53,8 +53,7 @@ def test_success_is_completed_with_progress_100(worker: Worker) -> None:
     job = closed(worker, "it.progress", result.id, "completed")
     assert (job.attempt, job.progress, job.queue) == (1, 100.0, "celery")
     assert job.pid == worker.proc.pid  # the worker's own process ran it
-    run, celery = run_span_tree(worker, job)  # a child of the OTel Celery span
-    assert run["trace_id"] == celery["trace_id"] == job.trace_id
+    run_span_tree(worker, job)  # a child of the OTel Celery span, in its trace
 
 
 def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
