@@ -422,7 +422,7 @@ def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
 ) -> None:
     """SIGQUIT (cold shutdown): Celery cancels the running task and terminates its child;
     the worker's main process closes the run as cancelled with the reason (the child only
-    sees SystemExit), before the worker exits."""
+    sees SystemExit, and its span says so), before the worker exits."""
     with celery_worker(redis_url, tmp_path, "prefork", db=5) as worker:
         result = worker.client.send_task("it.hang", args=(60,))
         pid = wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
@@ -432,3 +432,6 @@ def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
         assert (job.status, job.pid) == ("cancelled", pid)
         assert job.error_type == "celery.exceptions.WorkerShutdown"
         assert "cold shutdown" in job.error_message
+        # The child, SIGTERMed, ended its span with what it saw (this worker exports to no
+        # sink: no fleet /metrics here; the module's worker counts cancellations).
+        run_span_tree(worker, job, status="ERROR", outcome=("cancelled", "SystemExit"), timeout=0)
