@@ -284,7 +284,9 @@ class _Instrumentation:
             try:
                 run.detach(tokens)
             finally:
-                _finish(run, state, retval, self.hard_limit(sender))
+                # No state: interrupted in flight (a SystemExit), maybe at the hard limit.
+                limit = self.hard_limit(sender) if state is None else None
+                _finish(run, state, retval, limit)
 
     def revoked(
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
