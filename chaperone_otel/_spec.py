@@ -53,6 +53,22 @@ class Spec:
     lease: Lease | None = None
 
 
+def require_id(value: Any, what: str) -> str:
+    """``value`` if it is a non-empty string (a run or execution id, a scope's name), else a
+    :class:`ConfigurationError` naming ``what``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def require_attempt(attempt: Any) -> int:
+    """``attempt`` if it is an attempt number (an int from 1; not a bool), else a
+    :class:`ConfigurationError`."""
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    return attempt
+
+
 def make_spec(
     name: str | None,
     *,
@@ -78,10 +94,8 @@ def make_spec(
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise ConfigurationError(f"queue must be a non-empty string, got {queue!r}")
-    if attempt is not None and (
-        not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1
-    ):
-        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    if attempt is not None:
+        require_attempt(attempt)
     if supervision_id is not None and (not isinstance(supervision_id, str) or not supervision_id):
         raise ConfigurationError("supervision_id must be a non-empty string")
     if cpu_limit is not None and (

@@ -37,7 +37,7 @@ from ._lifecycle import (
 )
 from ._lifecycle import start_run as _start
 from ._run import Run, Supervision
-from ._spec import Lease, make_spec
+from ._spec import Lease, make_spec, require_attempt, require_id
 from .exceptions import ConfigurationError
 
 FinishStatus = Literal["completed", "failed", "cancelled", "retried"]
@@ -213,10 +213,10 @@ def start_run(
 
     .. versionadded:: 0.1
     """
-    if run_id is not None and (not isinstance(run_id, str) or not run_id):
-        raise ConfigurationError(f"run_id must be a non-empty string, got {run_id!r}")
-    if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
-        raise ConfigurationError(f"execution_id must be a non-empty string, got {execution_id!r}")
+    if run_id is not None:
+        require_id(run_id, "run_id")
+    if execution_id is not None:
+        require_id(execution_id, "execution_id")
     spec = make_spec(
         name,
         queue=queue,
@@ -276,11 +276,9 @@ def close_run(
 
     .. versionadded:: 0.1
     """
-    for label, value in (("run_id", run_id), ("execution_id", execution_id)):
-        if not isinstance(value, str) or not value:
-            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    require_id(run_id, "run_id")
+    require_id(execution_id, "execution_id")
+    require_attempt(attempt)
     if status not in _FINISH_STATUSES:
         raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
     to = receivers(sc.EVENT_JOB_CLOSED)
@@ -346,11 +344,10 @@ def pending_run(
 
     .. versionadded:: 0.1
     """
-    for label, value in (("name", name), ("run_id", run_id), ("execution_id", execution_id)):
-        if not isinstance(value, str) or not value:
-            raise ConfigurationError(f"{label} must be a non-empty string, got {value!r}")
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        raise ConfigurationError(f"attempt must be an int >= 1, got {attempt!r}")
+    require_id(name, "name")
+    require_id(run_id, "run_id")
+    require_id(execution_id, "execution_id")
+    require_attempt(attempt)
     to = receivers(sc.EVENT_JOB_PENDING)
     if not to:
         return

@@ -13,7 +13,8 @@ Kept apart from ``_rules`` (which builds the run alerts) and given its ``Alert``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 from .. import semconv as sc
 from .._schedules import DEFAULT_SCHEDULE_POLICY, SchedulePolicy, schedule_rules
@@ -23,12 +24,93 @@ A = TypeVar("A")
 SCHEDULE = sc.prometheus_label(sc.ATTR_SCHEDULE_NAME)
 """The schedule label of every schedule series."""
 
-SCHEDULE_ALERTS = (
-    "ChaperoneScheduleMissed",
-    "ChaperoneScheduleOverran",
-    "ChaperoneScheduleFailing",
-    "ChaperoneSchedulerLost",
+Series = Mapping[str, tuple[sc.MetricSpec, str]]
+"""Promtool input series by a local name: (metric, promtool values)."""
+
+
+@dataclass(frozen=True)
+class _ScheduleAlert:
+    """One schedule state's alert: what it says, and a promtool scenario where it fires plus
+    what changes in it to keep it quiet.
+
+    ``description`` is a ``str.format`` template over ``name`` (the schedule label, a Go
+    template) and ``lost_after`` (the policy's periods before a scheduler counts as lost).
+    """
+
+    name: str
+    rule: str  # a SCHEDULE_PREDICATES name
+    severity: str
+    summary: str
+    description: str
+    fire: Series
+    quiet: Series  # replaces or adds series of ``fire``
+    eval_time: str
+
+
+# Promtool series: one sample per 15 s, "aXn" repeats a; values are Unix times (0 = epoch).
+_DUE = (sc.METRIC_SCHEDULE_LAST_DUE, "60x20")  # the slot fell due at t=60 s
+_OPENS = (sc.METRIC_SCHEDULE_LAST_OPENS, "0x20")  # runs count from t=0
+_GRACE = (sc.METRIC_SCHEDULE_GRACE, "30x20")
+
+_ALERTS: Final = (
+    _ScheduleAlert(
+        "ChaperoneScheduleMissed",
+        "missed",
+        "critical",
+        "Schedule {name} missed a run",
+        "No run of schedule {name} started within its grace after its latest due time "
+        "(a broken crontab, a dead beat, nobody consuming the queue). Reported by the "
+        "sink, which knows the schedule.",
+        # due at 60 s, grace 30 s, no run since it opened: missed from 90 s.
+        fire={"due": _DUE, "opens": _OPENS, "grace": _GRACE},
+        quiet={"start": (sc.METRIC_SCHEDULE_LAST_START, "65x20")},
+        eval_time="2m",
+    ),
+    _ScheduleAlert(
+        "ChaperoneScheduleOverran",
+        "overran",
+        "warning",
+        "Schedule {name} has a run past its max runtime",
+        "A run of schedule {name} is still running longer than the schedule's max_runtime.",
+        fire={
+            "since": (sc.METRIC_SCHEDULE_RUNNING_SINCE, "0x20"),
+            "limit": (sc.METRIC_SCHEDULE_MAX_RUNTIME, "60x20"),
+        },
+        quiet={"limit": (sc.METRIC_SCHEDULE_MAX_RUNTIME, "3600x20")},
+        eval_time="2m",
+    ),
+    _ScheduleAlert(
+        "ChaperoneScheduleFailing",
+        "failing",
+        "critical",
+        "Schedule {name} is failing",
+        "The latest runs of schedule {name} failed, as many in a row as its failure_threshold.",
+        fire={
+            "n": (sc.METRIC_SCHEDULE_CONSECUTIVE_FAILURES, "3x20"),
+            "k": (sc.METRIC_SCHEDULE_FAILURE_THRESHOLD, "3x20"),
+        },
+        quiet={"n": (sc.METRIC_SCHEDULE_CONSECUTIVE_FAILURES, "2x20")},
+        eval_time="1m",
+    ),
+    _ScheduleAlert(
+        "ChaperoneSchedulerLost",
+        "lost",
+        "critical",
+        "The scheduler of {name} went silent",
+        "The process that declares schedule {name} every declare_every seconds (a beat "
+        "process) has not declared it for {lost_after:g} periods: no run of it "
+        "will be dispatched.",
+        # declared at t=0 only, every 10 s expected: lost after 30 s.
+        fire={
+            "at": (sc.METRIC_SCHEDULE_LAST_DECLARED, "0x20"),
+            "every": (sc.METRIC_SCHEDULE_DECLARE_EVERY, "10x20"),
+        },
+        quiet={"at": (sc.METRIC_SCHEDULE_LAST_DECLARED, "0+15x20")},
+        eval_time="1m",
+    ),
 )
+
+SCHEDULE_ALERTS = tuple(a.name for a in _ALERTS)
 
 
 def _series(metric: sc.MetricSpec, labels: Mapping[str, str], values: str) -> dict[str, str]:
@@ -53,104 +135,20 @@ def schedule_alerts(
     labels = {SCHEDULE: "nightly", **sink_labels}
     name = "{{ $labels.%s }}" % SCHEDULE  # noqa: UP031 - a Go template, not a format
 
-    def live(**values: tuple[sc.MetricSpec, str]) -> tuple[dict[str, str], ...]:
-        return tuple(_series(metric, labels, v) for metric, v in values.values())
+    def live(series: Series) -> tuple[dict[str, str], ...]:
+        return tuple(_series(metric, labels, values) for metric, values in series.values())
 
-    # Promtool series: one sample per 15 s, "aXn" repeats a; values are Unix times (0 = epoch).
-    due = (sc.METRIC_SCHEDULE_LAST_DUE, "60x20")  # the slot fell due at t=60 s
-    opens = (sc.METRIC_SCHEDULE_LAST_OPENS, "0x20")  # runs count from t=0
-    grace = (sc.METRIC_SCHEDULE_GRACE, "30x20")
     return [
         alert(
-            "ChaperoneScheduleMissed",
-            _promql(r.missed.promql()),
-            "critical",
-            f"Schedule {name} missed a run",
-            f"No run of schedule {name} started within its grace after its latest due time "
-            "(a broken crontab, a dead beat, nobody consuming the queue). Reported by the "
-            "sink, which knows the schedule.",
-            # due at 60 s, grace 30 s, no run since it opened: missed from 90 s.
-            fire=scenario(live(due=due, opens=opens, grace=grace), "2m", labels),
-            quiet=scenario(
-                live(
-                    due=due,
-                    opens=opens,
-                    grace=grace,
-                    start=(sc.METRIC_SCHEDULE_LAST_START, "65x20"),
-                ),
-                "2m",
-            ),
-        ),
-        alert(
-            "ChaperoneScheduleOverran",
-            _promql(r.overran.promql()),
-            "warning",
-            f"Schedule {name} has a run past its max runtime",
-            f"A run of schedule {name} is still running longer than the schedule's max_runtime.",
-            fire=scenario(
-                live(
-                    since=(sc.METRIC_SCHEDULE_RUNNING_SINCE, "0x20"),
-                    limit=(sc.METRIC_SCHEDULE_MAX_RUNTIME, "60x20"),
-                ),
-                "2m",
-                labels,
-            ),
-            quiet=scenario(
-                live(
-                    since=(sc.METRIC_SCHEDULE_RUNNING_SINCE, "0x20"),
-                    limit=(sc.METRIC_SCHEDULE_MAX_RUNTIME, "3600x20"),
-                ),
-                "2m",
-            ),
-        ),
-        alert(
-            "ChaperoneScheduleFailing",
-            _promql(r.failing.promql()),
-            "critical",
-            f"Schedule {name} is failing",
-            f"The latest runs of schedule {name} failed, as many in a row as its "
-            "failure_threshold.",
-            fire=scenario(
-                live(
-                    n=(sc.METRIC_SCHEDULE_CONSECUTIVE_FAILURES, "3x20"),
-                    k=(sc.METRIC_SCHEDULE_FAILURE_THRESHOLD, "3x20"),
-                ),
-                "1m",
-                labels,
-            ),
-            quiet=scenario(
-                live(
-                    n=(sc.METRIC_SCHEDULE_CONSECUTIVE_FAILURES, "2x20"),
-                    k=(sc.METRIC_SCHEDULE_FAILURE_THRESHOLD, "3x20"),
-                ),
-                "1m",
-            ),
-        ),
-        alert(
-            "ChaperoneSchedulerLost",
-            _promql(r.lost.promql()),
-            "critical",
-            f"The scheduler of {name} went silent",
-            f"The process that declares schedule {name} every declare_every seconds (a beat "
-            f"process) has not declared it for {policy.lost_after:g} periods: no run of it "
-            "will be dispatched.",
-            # declared at t=0 only, every 10 s expected: lost after 30 s.
-            fire=scenario(
-                live(
-                    at=(sc.METRIC_SCHEDULE_LAST_DECLARED, "0x20"),
-                    every=(sc.METRIC_SCHEDULE_DECLARE_EVERY, "10x20"),
-                ),
-                "1m",
-                labels,
-            ),
-            quiet=scenario(
-                live(
-                    at=(sc.METRIC_SCHEDULE_LAST_DECLARED, "0+15x20"),
-                    every=(sc.METRIC_SCHEDULE_DECLARE_EVERY, "10x20"),
-                ),
-                "1m",
-            ),
-        ),
+            a.name,
+            _promql(r.by_name(a.rule).promql()),
+            a.severity,
+            a.summary.format(name=name),
+            a.description.format(name=name, lost_after=policy.lost_after),
+            fire=scenario(live(a.fire), a.eval_time, labels),
+            quiet=scenario(live({**a.fire, **a.quiet}), a.eval_time),
+        )
+        for a in _ALERTS
     ]
 
 

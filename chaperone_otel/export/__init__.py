@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
@@ -88,6 +88,31 @@ _OTLP_ENV = (
 )
 
 
+_Result = TypeVar("_Result", SpanExportResult, LogRecordExportResult, MetricExportResult)
+
+
+def _counted_export(signal: str, results: type[_Result], export: Callable[[], _Result]) -> _Result:
+    """Run one export of a counting exporter (counted under ``export:<signal>s``): a raise
+    is counted and becomes ``FAILURE``, a result other than ``SUCCESS`` is counted and
+    returned (so the SDK still sees it)."""
+    try:
+        result = export()
+    except Exception as exc:
+        _record_internal_error(f"export:{signal}s", exc)
+        return results.FAILURE
+    if result is not results.SUCCESS:
+        _record_internal_error(f"export:{signal}s", RuntimeError(f"{signal} export {result.name}"))
+    return result
+
+
+def _counted_flush(signal: str, flush: Callable[[], object]) -> bool:
+    """Flush a counting exporter's inner exporter; a failure is counted (under
+    ``export:<signal>s``) and answers False."""
+    with _handle_internal_errors(f"export:{signal}s"):
+        return bool(flush())
+    return False
+
+
 class CountingSpanExporter(SpanExporter):
     """Wraps a span exporter so its failures (raised or returned) are counted, never raised.
 
@@ -99,23 +124,14 @@ class CountingSpanExporter(SpanExporter):
         self.inner = inner
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:
-            _record_internal_error("export:spans", exc)
-            return SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            _record_internal_error("export:spans", RuntimeError(f"span export {result.name}"))
-        return result
+        return _counted_export("span", SpanExportResult, lambda: self.inner.export(spans))
 
     def shutdown(self) -> None:
         with _handle_internal_errors("export:spans"):
             self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with _handle_internal_errors("export:spans"):
-            return bool(self.inner.force_flush(timeout_millis))
-        return False
+        return _counted_flush("span", lambda: self.inner.force_flush(timeout_millis))
 
 
 class CountingLogExporter(LogRecordExporter):
@@ -125,23 +141,14 @@ class CountingLogExporter(LogRecordExporter):
         self.inner = inner
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        try:
-            result = self.inner.export(batch)
-        except Exception as exc:
-            _record_internal_error("export:logs", exc)
-            return LogRecordExportResult.FAILURE
-        if result is not LogRecordExportResult.SUCCESS:
-            _record_internal_error("export:logs", RuntimeError(f"log export {result.name}"))
-        return result
+        return _counted_export("log", LogRecordExportResult, lambda: self.inner.export(batch))
 
     def shutdown(self) -> None:
         with _handle_internal_errors("export:logs"):
             self.inner.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with _handle_internal_errors("export:logs"):
-            return bool(self.inner.force_flush(timeout_millis))
-        return False
+        return _counted_flush("log", lambda: self.inner.force_flush(timeout_millis))
 
 
 class CountingMetricExporter(MetricExporter):
@@ -159,23 +166,18 @@ class CountingMetricExporter(MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception as exc:
-            _record_internal_error("export:metrics", exc)
-            return MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
-            _record_internal_error("export:metrics", RuntimeError(f"metric export {result.name}"))
-        return result
+        return _counted_export(
+            "metric",
+            MetricExportResult,
+            lambda: self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+        )
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with _handle_internal_errors("export:metrics"):
             self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        with _handle_internal_errors("export:metrics"):
-            return bool(self.inner.force_flush(timeout_millis))
-        return False
+        return _counted_flush("metric", lambda: self.inner.force_flush(timeout_millis))
 
 
 @dataclass

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
@@ -152,6 +153,16 @@ class _Instrumentation:
         interval = getattr(task, "chaperone_heartbeat_interval", None) or self.heartbeat_interval
         lease = getattr(task, "chaperone_lease", None) or self.lease
         return interval, lease
+
+    def hard_limit(self, task: Any) -> float | None:
+        """The task's hard time limit (the request's, the task's, the app's), if any."""
+        request = getattr(task, "request", None)
+        limits = getattr(request, "timelimit", None) or (None, None)
+        given = (*tuple(limits), None)[0]
+        for value in (given, getattr(task, "time_limit", None), self.app.conf.task_time_limit):
+            if value:
+                return float(value)
+        return None
 
     def timeout(self, task: Any, request: Any) -> float | None:
         """The earliest time limit (soft or hard; the request's, the task's, the app's):
@@ -253,6 +264,7 @@ class _Instrumentation:
 
     def postrun(
         self,
+        sender: Any = None,
         task_id: str | None = None,
         retval: Any = None,
         state: str | None = None,
@@ -272,7 +284,9 @@ class _Instrumentation:
             try:
                 run.detach(tokens)
             finally:
-                _finish(run, state, retval)
+                # No state: interrupted in flight (a SystemExit), maybe at the hard limit.
+                limit = self.hard_limit(sender) if state is None else None
+                _finish(run, state, retval, limit)
 
     def revoked(
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
@@ -465,7 +479,9 @@ def _epoch(moment: Any) -> float | None:
     return float(moment.timestamp())
 
 
-def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
+def _finish(
+    run: _StartedRun, state: str | None, retval: Any, hard_limit: float | None = None
+) -> None:
     if state == "SUCCESS":
         run.finish()
     elif isinstance(retval, Retry):
@@ -482,7 +498,15 @@ def _finish(run: _StartedRun, state: str | None, retval: Any) -> None:
         # the SIGTERM of a hard time limit or a terminating revoke; the worker's main process
         # then closes the run with the real reason, which replaces this one).
         interrupted = sys.exc_info()[1]
-        if interrupted is not None:
+        if (
+            isinstance(interrupted, SystemExit)
+            and hard_limit is not None
+            and time.time() - run.supervision.started_at >= hard_limit
+        ):
+            # billiard's SIGTERM at the hard time limit: the run's own records (span,
+            # counters) say what Celery says, not "cancelled" by a SystemExit.
+            run.finish(TimeLimitExceeded(hard_limit), timed_out=True)
+        elif interrupted is not None:
             run.finish(interrupted)
         else:
             run.finish(RuntimeError(f"task ended in state {state}"), status="failed")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import abc
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final
@@ -34,7 +33,8 @@ from .._fields import ACTIVE_STATUSES, field_named
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._scopes import HEALTH_SCOPES, SCOPES, SHAPING_STEPS, STATUS_SCOPES, scope_named
 from .._spec import qualified_name as _qualified_name
-from .._units import parse_bytes, parse_duration, parse_iso_datetime
+from .._spec import require_id as _require_str
+from .._units import parse_bytes
 from ..exceptions import ConfigurationError, SinkError
 from ._results import (
     ORDERABLE,
@@ -46,11 +46,10 @@ from ._results import (
 )
 from ._schema import HEALTH_COLUMNS, live_only, settled_branches, where_predicate
 from ._settled import SETTLED_COLUMN
+from ._step_query import SqlBuilder, Step, StepQuery, to_epoch
 
 if TYPE_CHECKING:
     from ._schedule_query import ScheduleQuery
-
-Step = tuple[Any, ...]
 
 __all__ = ["HEALTH_SCOPES", "STATUS_SCOPES", "JobQuery", "Sink", "naive_utc"]
 
@@ -58,22 +57,6 @@ __all__ = ["HEALTH_SCOPES", "STATUS_SCOPES", "JobQuery", "Sink", "naive_utc"]
 # --------------------------------------------------------------------------------------------
 # Scope steps → SQL (one rendering per step kind of the scope registry).
 # --------------------------------------------------------------------------------------------
-
-
-class SqlBuilder:
-    """Accumulates WHERE clauses with uniquely named, bound parameters."""
-
-    def __init__(self) -> None:
-        self.where: list[str] = []
-        self.params: dict[str, Any] = {}
-
-    def bind(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return "$" + name
-
-    def add(self, clause: str) -> None:
-        self.where.append(clause)
 
 
 def naive_utc(epoch: float) -> datetime:
@@ -158,34 +141,6 @@ def render_step(sql: SqlBuilder, step: Step, policy: HealthPolicy) -> None:
     render(sql, step, policy)
 
 
-def _to_epoch(value: Any, what: str) -> float:
-    """datetime (naive = UTC) / epoch number / ISO string → epoch seconds."""
-    if isinstance(value, bool):
-        raise ConfigurationError(f"{what} must be a datetime, not a bool")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ConfigurationError(f"{what} must be finite")
-        return float(value)
-    if isinstance(value, str):
-        try:
-            value = parse_iso_datetime(value)
-        except ValueError as e:
-            raise ConfigurationError(
-                f"{what}={value!r} is not a time: use a datetime, Unix seconds or ISO 8601"
-            ) from e
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return float(value.timestamp())
-    raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
-
-
-def _require_str(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------
 # JobQuery.
 # --------------------------------------------------------------------------------------------
@@ -205,37 +160,22 @@ def _flag_scope(name: str) -> Callable[[JobQuery], JobQuery]:
     return scope
 
 
-class JobQuery:
+class JobQuery(StepQuery["Sink"]):
     """An immutable, lazy query over stored runs. Scopes return new queries; terminals run.
 
     Args:
         sink: where terminals run.
         steps: the scopes so far (JSON values; see module doc).
         clock: Unix-seconds clock for relative scopes and the default evaluation time.
+
+    ``since``, ``today`` and ``at`` (by start time) come from :class:`StepQuery`.
     """
 
-    __slots__ = ("_clock", "_sink", "_steps")
-
-    def __init__(self, sink: Sink, steps: tuple[Step, ...] = (), *, clock: Any = time.time) -> None:
-        self._sink = sink
-        self._steps = steps
-        self._clock = clock
+    __slots__ = ()
+    _WINDOW = "started_between"
 
     def _with(self, *step: Any) -> JobQuery:
         return JobQuery(self._sink, (*self._steps, tuple(step)), clock=self._clock)
-
-    @property
-    def steps(self) -> tuple[Step, ...]:
-        """The scopes of this query as JSON-ready tuples (for a remote sink)."""
-        return self._steps
-
-    @property
-    def now(self) -> float:
-        """The evaluation time in Unix seconds (``at()`` if set, else the clock now)."""
-        for step in reversed(self._steps):
-            if step[0] == "at":
-                return float(step[1])
-        return float(self._clock())
 
     # --- argument-free scopes: generated from the registry (sink/_scopes.py) --------------
     pending = _flag_scope("pending")
@@ -279,47 +219,16 @@ class JobQuery:
 
     def between(self, start: Any, end: Any) -> JobQuery:
         """Runs started in ``[start, end)``: datetimes (naive means UTC), Unix seconds or ISO."""
-        lo, hi = _to_epoch(start, "start"), _to_epoch(end, "end")
+        lo, hi = to_epoch(start, "start"), to_epoch(end, "end")
         if hi < lo:
             raise ConfigurationError(f"between(): end {end!r} is before start {start!r}")
         return self._with("started_between", lo, hi)
-
-    def since(self, when: datetime | timedelta | str | float) -> JobQuery:
-        """Runs started since ``when``: a datetime, or an age (``timedelta``, ``"1h"``,
-        ``"30d"``, seconds) measured back from the query's evaluation time."""
-        return self._with("started_between", self._moment(when, "since"), None)
-
-    def _moment(self, when: datetime | timedelta | str | float, what: str) -> float:
-        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds."""
-        if isinstance(when, datetime):
-            return _to_epoch(when, what)
-        try:
-            age = parse_duration(when, what=what)
-        except ConfigurationError:
-            if isinstance(when, str):
-                return _to_epoch(when, what)
-            raise
-        return self.now - age
 
     def until(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs started before ``when`` (the guide's ``whereBetween`` upper bound alone): a
         datetime, or an age (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from
         the query's evaluation time. ``since(a).until(b)`` is ``between(a, b)``."""
-        if isinstance(when, datetime):
-            return self._with("started_between", None, _to_epoch(when, "until"))
-        try:
-            age = parse_duration(when, what="until")
-        except ConfigurationError:
-            if isinstance(when, str):
-                return self._with("started_between", None, _to_epoch(when, "until"))
-            raise
-        return self._with("started_between", None, self.now - age)
-
-    def today(self) -> JobQuery:
-        """Runs started since midnight UTC of the evaluation day."""
-        now = datetime.fromtimestamp(self.now, timezone.utc)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return self._with("started_between", midnight.timestamp(), None)
+        return self._with("started_between", None, self._moment(when, "until"))
 
     def memory_above(self, limit: int | float | str) -> JobQuery:
         """Runs whose latest memory sample is above ``limit`` (bytes or ``"512MiB"``)."""
@@ -366,10 +275,6 @@ class JobQuery:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigurationError(f"limit() takes a non-negative int, got {n!r}")
         return self._with("limit", n)
-
-    def at(self, when: datetime | float) -> JobQuery:
-        """Judge health as of ``when`` instead of now (tests, post-mortems)."""
-        return self._with("at", _to_epoch(when, "at"))
 
     # --- terminals -----------------------------------------------------------------------
     def all(self) -> list[JobRecord]:
@@ -434,7 +339,7 @@ class JobQuery:
                 inner_order.append(f"{exprs[step[1]]} {direction}")
             elif step[0] == "limit":
                 limit = step[1] if limit is None else min(limit, step[1])
-        where = f" WHERE {' AND '.join(sql.where)}" if sql.where else ""
+        where = sql.where_clause()
         split = self._split_count(policy) if count else None
         if split is not None:
             text, sql = split
@@ -508,8 +413,8 @@ def _replay_named(q: JobQuery, s: Step) -> JobQuery:
 
 
 def _replay_between(q: JobQuery, s: Step) -> JobQuery:
-    lo = None if s[1] is None else _to_epoch(s[1], "start")
-    hi = None if s[2] is None else _to_epoch(s[2], "end")
+    lo = None if s[1] is None else to_epoch(s[1], "start")
+    hi = None if s[2] is None else to_epoch(s[2], "end")
     return q._with("started_between", lo, hi)
 
 
@@ -534,7 +439,7 @@ def _replay_table() -> dict[str, Callable[[JobQuery, Step], JobQuery]]:
         else:
             table[spec.step] = _replay_value(spec.name)
     table["stuck_since"] = lambda q, s: q._with(  # was_stuck (None) or stuck_since
-        "stuck_since", None if s[1] is None else _to_epoch(s[1], "stuck_since")
+        "stuck_since", None if s[1] is None else to_epoch(s[1], "stuck_since")
     )
     table["order"] = lambda q, s: q.order_by(s[1], desc=bool(s[2]))
     table["limit"] = lambda q, s: q.limit(s[1])

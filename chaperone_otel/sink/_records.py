@@ -490,6 +490,15 @@ def _closed(record: IngestRecord) -> bool:
     return isinstance(record, LifecycleRecord) and record.event_name == sc.EVENT_JOB_CLOSED
 
 
+def _key_columns(keys: Sequence[Key]) -> dict[str, pa.Array]:
+    """The ``(run_id, attempt, execution_id)`` columns every staged table starts with."""
+    return {
+        "run_id": pa.array([k[0] for k in keys], type=_STR),
+        "attempt": pa.array([k[1] for k in keys], type=_I64),
+        "execution_id": pa.array([k[2] for k in keys], type=_STR),
+    }
+
+
 def _job_table(
     cols: _Columns,
     rows: Sequence[tuple[Key, int, IngestRecord]],
@@ -497,12 +506,8 @@ def _job_table(
     attributes: Sequence[JobAttribute],
 ) -> pa.Table:
     attrs = [r.attributes for _k, _s, r in rows]
-    data: dict[str, pa.Array] = {
-        "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
-        "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
-        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
-        "seq": pa.array([s for _k, s, _r in rows], type=_I64),
-    }
+    data = _key_columns([k for k, _s, _r in rows])
+    data["seq"] = pa.array([s for _k, s, _r in rows], type=_I64)
     for column, attribute, arrow_type, _is_time in attributes:
         data[column] = cols.array([a.get(attribute) for a in attrs], arrow_type)
     data["trace_id"] = pa.array([_hex(r.trace_id, 32) for _k, _s, r in rows], type=_STR)
@@ -518,13 +523,9 @@ def _event_table(
     spec: Sequence[tuple[str, str, Any]],
 ) -> pa.Table:
     attrs = [r.attributes for _k, _s, r in rows]
-    data: dict[str, pa.Array] = {
-        "run_id": pa.array([k[0] for k, _s, _r in rows], type=_STR),
-        "attempt": pa.array([k[1] for k, _s, _r in rows], type=_I64),
-        "execution_id": pa.array([k[2] for k, _s, _r in rows], type=_STR),
-        "seq": pa.array([s for _k, s, _r in rows], type=_I64),
-        "ts": pa.array([float(r.timestamp) for _k, _s, r in rows], type=_F64),
-    }
+    data = _key_columns([k for k, _s, _r in rows])
+    data["seq"] = pa.array([s for _k, s, _r in rows], type=_I64)
+    data["ts"] = pa.array([float(r.timestamp) for _k, _s, r in rows], type=_F64)
     for column, attribute, arrow_type in spec:
         data[column] = cols.array([a.get(attribute) for a in attrs], arrow_type)
     return pa.table(data)
@@ -537,9 +538,7 @@ def _error_table(cols: _Columns, failed: Mapping[Key, IngestRecord]) -> pa.Table
     at = [a.get(sc.ATTR_JOB_FINISHED_AT, r.timestamp) for a, r in zip(attrs, recs, strict=True)]
     return pa.table(
         {
-            "run_id": pa.array([k[0] for k in keys], type=_STR),
-            "attempt": pa.array([k[1] for k in keys], type=_I64),
-            "execution_id": pa.array([k[2] for k in keys], type=_STR),
+            **_key_columns(keys),
             "ts": cols.array(at, _F64),
             "type": cols.array([a.get(sc.ATTR_ERROR_TYPE) for a in attrs], _STR),
             "message": cols.array([a.get(sc.ATTR_ERROR_MESSAGE) for a in attrs], _STR),

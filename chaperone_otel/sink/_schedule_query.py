@@ -15,7 +15,6 @@ with the schedule rules (``_schedules``, rendered by ``_schedule_sql``). It runs
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,32 +22,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Protocol
 
 from .._schedules import DEFAULT_SCHEDULE_POLICY, SCHEDULE_PREDICATES, SchedulePolicy
-from .._units import parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError
 from ._schedule_sql import slots_select
-
-Step = tuple[Any, ...]
+from ._step_query import SqlBuilder, Step, StepQuery, to_epoch
 
 
 class _SqlSink(Protocol):
     def sql(
         self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
-
-
-def _to_epoch(value: Any, what: str) -> float:
-    """A datetime (naive = UTC), Unix seconds or an ISO 8601 string, as Unix seconds (as
-    ``JobQuery`` reads its moments; not imported from ``_query``, which imports this module)."""
-    if isinstance(value, str):
-        try:
-            value = parse_iso_datetime(value)
-        except ValueError as e:
-            raise ConfigurationError(f"{what}={value!r} is not a time") from e
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{what}={value!r} is not a time: a datetime or Unix seconds")
-    return float(value)
 
 
 _COLUMNS: Final = (
@@ -160,8 +142,13 @@ def _predicate_scope(name: str) -> Callable[[ScheduleQuery], ScheduleQuery]:
     return scope
 
 
-class ScheduleQuery:
-    """An immutable, lazy query over schedule slots (see the module doc)."""
+class ScheduleQuery(StepQuery[_SqlSink]):
+    """An immutable, lazy query over schedule slots (see the module doc).
+
+    ``since``, ``today`` and ``at`` (by due time) come from :class:`StepQuery`.
+    """
+
+    _WINDOW = "due_between"
 
     def __init__(
         self,
@@ -171,27 +158,13 @@ class ScheduleQuery:
         policy: SchedulePolicy = DEFAULT_SCHEDULE_POLICY,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._sink = sink
-        self._steps = steps
+        super().__init__(sink, steps, clock=clock)
         self._policy = policy
-        self._clock = clock
 
     def _with(self, *step: Any) -> ScheduleQuery:
         return ScheduleQuery(
             self._sink, (*self._steps, step), policy=self._policy, clock=self._clock
         )
-
-    @property
-    def steps(self) -> tuple[Step, ...]:
-        return self._steps
-
-    @property
-    def now(self) -> float:
-        """The evaluation time (``at()`` if set, else the clock now)."""
-        for step in reversed(self._steps):
-            if step[0] == "at":
-                return float(step[1])
-        return float(self._clock())
 
     # --- scopes ----------------------------------------------------------------------------
     late = _predicate_scope("late")
@@ -211,62 +184,36 @@ class ScheduleQuery:
             raise ConfigurationError("named() takes a schedule name")
         return self._with("name", name)
 
-    def today(self) -> ScheduleQuery:
-        """Slots due since midnight UTC of the evaluation day."""
-        now = datetime.fromtimestamp(self.now, timezone.utc)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return self._with("due_between", midnight.timestamp(), None)
-
-    def since(self, when: datetime | timedelta | str | float) -> ScheduleQuery:
-        """Slots due since ``when``: a datetime, or an age (``"1h"``, seconds) back from
-        the evaluation time."""
-        if isinstance(when, datetime):
-            return self._with("due_between", _to_epoch(when, "since"), None)
-        try:
-            age = parse_duration(when, what="since")
-        except ConfigurationError:
-            if isinstance(when, str):
-                return self._with("due_between", _to_epoch(when, "since"), None)
-            raise
-        return self._with("due_between", self.now - age, None)
-
     def between(self, start: datetime | float, end: datetime | float) -> ScheduleQuery:
         """Slots due in ``[start, end)``."""
-        return self._with("due_between", _to_epoch(start, "start"), _to_epoch(end, "end"))
-
-    def at(self, when: datetime | float) -> ScheduleQuery:
-        """Judge as of ``when`` instead of now (tests, post-mortems)."""
-        return self._with("at", _to_epoch(when, "at"))
+        return self._with("due_between", to_epoch(start, "start"), to_epoch(end, "end"))
 
     # --- terminals -------------------------------------------------------------------------
     def sql(self) -> tuple[str, dict[str, Any]]:
         """The SELECT this query runs, with its named parameters."""
-        params: dict[str, Any] = {"now": self.now}
-        where: list[str] = []
-        for i, step in enumerate(self._steps):
+        sql = SqlBuilder()
+        sql.params["now"] = self.now
+        for step in self._steps:
             kind = step[0]
             if kind == "state":
                 if step[1] not in SCHEDULE_PREDICATES:  # pragma: no cover - scopes only
                     raise ConfigurationError(f"unknown schedule state {step[1]!r}")
-                where.append(f"is_{step[1]}")
+                sql.add(f"is_{step[1]}")
             elif kind == "latest":
-                where.append("latest")
+                sql.add("latest")
             elif kind == "name":
-                params[f"p{i}"] = step[1]
-                where.append(f"schedule = $p{i}")
+                sql.add(f"schedule = {sql.bind(step[1])}")
             elif kind == "due_between":
                 if step[1] is not None:
-                    params[f"lo{i}"] = step[1]
-                    where.append(f"epoch(due_at) >= $lo{i}")
+                    sql.add(f"epoch(due_at) >= {sql.bind(step[1])}")
                 if step[2] is not None:
-                    params[f"hi{i}"] = step[2]
-                    where.append(f"epoch(due_at) < $hi{i}")
+                    sql.add(f"epoch(due_at) < {sql.bind(step[2])}")
         text = (
             f"SELECT {', '.join(_COLUMNS)} FROM ({slots_select(self._policy)}) AS s"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + sql.where_clause()
             + " ORDER BY due_at DESC, schedule"
         )
-        return text, params
+        return text, sql.params
 
     def all(self) -> list[SlotRecord]:
         """The matching slots, newest due first."""

@@ -7,7 +7,6 @@ redis database, so messages one worker left (an unacked delivery) never reach an
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -19,53 +18,29 @@ from typing import Any
 from celery import Celery
 
 import chaperone_otel as chaperone
+from tests.integrations import span_file
 from tests.integrations.workers import stop, worker_env
 from tests.waiting import wait_until
 
 APP = textwrap.dedent(
     """
-    import json
     import os
     import time
 
     from celery import Celery
     from celery.signals import worker_init
-    from opentelemetry import trace
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.sdk.trace.export import (
-        SimpleSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
 
     import chaperone_otel as chaperone
     from chaperone_otel.integrations.celery import instrument
+    from tests.integrations import span_file
 
     chaperone.configure(
-        sink=os.environ["TEST_JOBS_STORE"] or None,  # else: OTLP to a sink serve
+        sink=os.environ["TEST_JOBS_STORE"] or None,  # and/or OTLP to a sink serve
         otlp_endpoint=os.environ["TEST_OTLP"] or None,
         prometheus_port=int(os.environ["TEST_METRICS_PORT"]) or None,
     )
-
-
-    class SpanFile(SpanExporter):  # every ended span as a JSON line (any process appends)
-
-        def export(self, spans):
-            lines = "".join(
-                json.dumps({
-                    "name": s.name,
-                    "trace_id": format(s.context.trace_id, "032x"),
-                    "span_id": format(s.context.span_id, "016x"),
-                    "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
-                }) + "\\n"
-                for s in spans
-            )
-            with open(os.environ["TEST_SPANS"], "a") as f:
-                f.write(lines)
-            return SpanExportResult.SUCCESS
-
-
-    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(SpanFile()))
+    span_file.install(os.environ["TEST_SPANS"])  # every span any process ends, as JSON lines
     app = Celery("celery_app", broker=os.environ["TEST_BROKER"], backend=os.environ["TEST_BROKER"])
     app.conf.worker_max_tasks_per_child = int(os.environ["TEST_MAX_TASKS_PER_CHILD"])
     app.conf.broker_connection_retry_on_startup = True
@@ -147,7 +122,8 @@ APP = textwrap.dedent(
 
 
 class Worker:
-    """A running worker: its process, its store and a client of its broker."""
+    """A running worker: its process, its store, a client of its broker, and the ``/metrics``
+    that count its runs (its own, or the fleet's of the ``sink serve`` it exports to)."""
 
     def __init__(
         self,
@@ -155,13 +131,18 @@ class Worker:
         root: Path,
         store: str,
         client: Celery,
-        metrics_port: int = 0,
+        metrics_url: str | None = None,
     ) -> None:
-        self.metrics_port = metrics_port
+        self.metrics_url = metrics_url
         self.proc = proc
         self.root = root
         self.store = store
         self.client = client
+
+    @property
+    def spans_path(self) -> Path:
+        """The file every process of the worker appends its ended spans to."""
+        return self.root / "spans.jsonl"
 
     def jobs(self, name: str) -> list[Any]:
         with chaperone.open_sink(self.store) as sink:
@@ -171,11 +152,8 @@ class Worker:
         return (self.root / "worker.log").read_text(errors="replace")
 
     def spans(self) -> list[dict[str, Any]]:
-        """The spans every process of the worker ended so far (name, ids, parent id)."""
-        path = self.root / "spans.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        """The spans every process of the worker ended so far."""
+        return span_file.read(self.spans_path)
 
 
 @contextmanager
@@ -188,18 +166,26 @@ def celery_worker(
     max_tasks_per_child: int = 2,
     metrics_port: int = 0,
     sink_serve: tuple[str, str] | None = None,
+    also_otlp: str | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[Worker]:
     """``celery -A celery_app worker -P <pool> -c 2`` on redis database ``db``, ready to
     answer ping; stopped by PID (TERM, then KILL) on exit if still running. Its store is a
-    file of its own, or with ``sink_serve=(store path, URL)`` it exports over OTLP there."""
+    file of its own, or with ``sink_serve=(store path, URL)`` it exports over OTLP there.
+    ``also_otlp``: a ``sink serve`` URL the worker exports to as well as to its own store
+    (its fleet ``/metrics`` are then the worker's ``metrics_url``)."""
     broker = redis_url.rsplit("/", 1)[0] + f"/{db}"
     (root / "celery_app.py").write_text(APP)
     store = sink_serve[0] if sink_serve else str(root / "jobs.duckdb")
+    otlp = sink_serve[1] if sink_serve else also_otlp
+    if otlp:
+        metrics_url: str | None = f"{otlp}/metrics"
+    else:
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
     env = worker_env(
         root,
         TEST_JOBS_STORE="" if sink_serve else store,
-        TEST_OTLP=sink_serve[1] if sink_serve else "",
+        TEST_OTLP=otlp or "",
         TEST_BROKER=broker,
         TEST_MAX_TASKS_PER_CHILD=str(max_tasks_per_child),
         TEST_METRICS_PORT=str(metrics_port),
@@ -231,7 +217,7 @@ def celery_worker(
         )
         client = Celery("client", broker=broker, backend=broker)
         try:
-            worker = Worker(proc, root, store, client, metrics_port)
+            worker = Worker(proc, root, store, client, metrics_url)
 
             def ready() -> bool:
                 assert proc.poll() is None, worker.log()
@@ -262,17 +248,8 @@ def closed(worker: Worker, name: str, task_id: str, status: str, timeout: float 
     return wait_until(found, timeout, f"{name} {task_id} {status} in the store")
 
 
-def run_span_tree(worker: Worker, job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Wait for the run span of ``job`` (a stored run) and the OTel Celery instrumentation's
-    ``run/<task>`` span, and return both (run span, Celery span)."""
-
-    def found() -> Any:
-        spans = worker.spans()
-        runs = [s for s in spans if s["span_id"] == job.span_id and s["name"] == job.name]
-        celery = [s for s in spans if s["name"] == f"run/{job.name}"]
-        return (runs[0], celery) if runs and celery else None
-
-    run, celery = wait_until(found, 20, f"the spans of {job.name} {job.id}")
-    parents = [s for s in celery if s["span_id"] == run["parent_id"]]
-    assert parents, f"run span {run} is not a child of a run/{job.name} span: {celery}"
-    return run, parents[0]
+def run_span_tree(worker: Worker, job: Any, **expected: Any) -> dict[str, Any]:
+    """The run span of ``job`` (a stored run), once ended, asserted a child of the OTel
+    Celery instrumentation's ``run/<task>`` span in the same trace, with the outcome
+    ``expected`` says (:func:`tests.integrations.span_file.run_span`)."""
+    return span_file.run_span(worker.spans_path, job, parent=f"run/{job.name}", **expected)

@@ -73,6 +73,7 @@ def test_beat_entries_become_schedules_in_the_apps_zone() -> None:
 
 def test_run_options_read_the_beat_headers() -> None:
     """A request with the beat headers names its schedule and slot; one without, nothing."""
+
     class Request:
         chaperone_schedule = "nightly"
         chaperone_scheduled_for = 1e9
@@ -103,18 +104,45 @@ def beat_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
     worker_log = logs.enter_context((tmp_path / "worker.log").open("wb"))
     beat_log = logs.enter_context((tmp_path / "beat.log").open("wb"))
     try:
-        procs.append(_start(["worker", "-P", "solo", "-Q", "celery", "--loglevel=warning",
-                             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                            tmp_path, env, worker_log))
+        procs.append(
+            _start(
+                [
+                    "worker",
+                    "-P",
+                    "solo",
+                    "-Q",
+                    "celery",
+                    "--loglevel=warning",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                tmp_path,
+                env,
+                worker_log,
+            )
+        )
 
         def ready() -> bool:
             assert procs[0].poll() is None, (tmp_path / "worker.log").read_text()
             return bool(client.control.ping(timeout=0.5))
 
         wait_until(ready, 60, "the celery worker to answer ping")
-        procs.append(_start(["beat", "-s", str(tmp_path / "beat-schedule"),
-                             "--max-interval", "1", "--loglevel=info"],
-                            tmp_path, env, beat_log))
+        procs.append(
+            _start(
+                [
+                    "beat",
+                    "-s",
+                    str(tmp_path / "beat-schedule"),
+                    "--max-interval",
+                    "1",
+                    "--loglevel=info",
+                ],
+                tmp_path,
+                env,
+                beat_log,
+            )
+        )
         yield store
     finally:
         client.close()
@@ -139,8 +167,9 @@ def test_an_unconsumed_entry_is_missed_and_a_consumed_one_on_time(
         return dispatched_missed(store, "orphan")
 
     log = tmp_path / "beat.log"
-    wait_until(orphan_missed, 60, "two dispatched, missed slots of the orphan entry "
-               f"(beat log: {log})")
+    wait_until(
+        orphan_missed, 60, f"two dispatched, missed slots of the orphan entry (beat log: {log})"
+    )
 
     def consumed_on_time() -> list[Any]:
         on_time = [s for s in slots("consumed") if s.state == "on_time"]

@@ -5,6 +5,13 @@ module, whose app module (written to tmp_path) configures the store at import: t
 main process owns it and its pool children forward to it. The worker recycles each child
 after two tasks (``worker_max_tasks_per_child=2``), so every scenario also crosses child
 exits. Every wait is bounded; the worker and the server are stopped by PID.
+
+Each scenario is asserted on three surfaces: the store (the worker's own DuckDB file, which
+its children forward to), the span tree (every span the worker's processes end, from a file
+they append to) and ``/metrics``. Prefork children serve no ``/metrics`` of their own, so
+the worker also exports over OTLP to a ``sink serve`` of the module, whose fleet
+``/metrics`` (from its store) count the runs per outcome and show the live ones stuck or
+lost.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import pytest
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
+from tests.integrations import metrics
 from tests.integrations.celery_workers import (
     Worker,
     celery_worker,
@@ -29,7 +37,8 @@ from tests.integrations.celery_workers import (
     run_span_tree,
     running_pid,
 )
-from tests.integrations.metrics import finished_counts
+from tests.integrations.metrics import Outcomes, finished_counts
+from tests.integrations.span_file import no_span
 from tests.sink.serve_process import ServeProcess
 from tests.waiting import wait_until
 
@@ -38,9 +47,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """``celery -A celery_app worker -P prefork -c 2``, children recycled after two tasks."""
-    with celery_worker(redis_url, tmp_path_factory.mktemp("celery"), "prefork", db=0) as w:
+    """``celery -A celery_app worker -P prefork -c 2``, children recycled after two tasks,
+    storing into its own file and exporting over OTLP to a ``sink serve`` (its /metrics)."""
+    root = tmp_path_factory.mktemp("celery")
+    with (
+        ServeProcess(root / "sink.duckdb") as sink,
+        celery_worker(redis_url, root, "prefork", db=0, also_otlp=sink.url) as w,
+    ):
         yield w
+
+
+def _fleet(worker: Worker, *names: str) -> Outcomes:
+    """The fleet's finished-runs counter of ``names``, taken now."""
+    return Outcomes(worker.metrics_url, names, fleet=True)
 
 
 def _result(worker: Worker, name: str, *args: Any) -> Any:
@@ -52,6 +71,7 @@ def _result(worker: Worker, name: str, *args: Any) -> Any:
 def test_success_is_completed_with_progress_100(worker: Worker) -> None:
     """A task that tracks its items: one run, id = task id, completed, progress 100 %, its
     span a child of the OTel Celery instrumentation's span."""
+    counted = _fleet(worker, "it.progress")
     result = _result(worker, "it.progress", 5)
     assert result.successful()
 
@@ -65,13 +85,21 @@ def test_success_is_completed_with_progress_100(worker: Worker) -> None:
     assert job.queue == "celery"
     # The OTel Celery instrumentation (connected after instrument(app)) is on: the run span
     # is a child of its run/<task> span, in its trace, and the store names that trace.
-    run, celery = run_span_tree(worker, job)
-    assert run["trace_id"] == celery["trace_id"] == job.trace_id
+    run_span_tree(worker, job)
+    counted.moved({("it.progress", "completed"): 1})
 
 
 def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -> None:
     """Two retries then success: attempts 1-2 retried with the cause, 3 completed, none
-    failed (so no failure is counted)."""
+    failed (so no failure is counted).
+
+    Spans: one per attempt, each a child of its attempt's ``run/<task>`` span, all in one
+    trace (the retry is sent from inside the attempt's run span, and the OTel Celery
+    instrumentation carries that context to the next attempt). A retried attempt's span is
+    not an error: status unset and no exception event (OTel: an error that was retried is
+    not recorded as the operation's error; the OTel Celery span of that attempt is unset
+    too), its ``error.type`` the cause."""
+    counted = _fleet(worker, "it.flaky")
     result = _result(worker, "it.flaky")
     assert result.get(timeout=60) == "ok"
 
@@ -92,10 +120,18 @@ def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -
     with chaperone.open_sink(worker.store) as sink:
         assert sink.jobs.named("it.flaky").failed().count() == 0
         assert sink.jobs.named("it.flaky").retried().count() == 2
+    jobs = sorted(
+        (j for j in worker.jobs("it.flaky") if j.id == result.id), key=lambda j: j.attempt
+    )
+    spans = [run_span_tree(worker, job) for job in jobs]
+    assert len({s["trace_id"] for s in spans}) == 1
+    counted.moved({("it.flaky", "retried"): 2, ("it.flaky", "completed"): 1})
 
 
 def test_failure_is_failed_with_the_tasks_exception_type(worker: Worker) -> None:
-    """An exception in the task: the run failed with that exception's own type."""
+    """An exception in the task: the run failed with that exception's own type; its span
+    is an error with that exception's event; one failure counted."""
+    counted = _fleet(worker, "it.fail")
     result = _result(worker, "it.fail")
     assert result.failed()
 
@@ -105,11 +141,15 @@ def test_failure_is_failed_with_the_tasks_exception_type(worker: Worker) -> None
 
     (job,) = wait_until(stored, 30, "the failed run in the store")
     assert job.error_type == "celery_app.Declined"
+    run_span_tree(worker, job, status="ERROR", exception="celery_app.Declined")
+    counted.moved({("it.fail", "failed"): 1})
 
 
 def test_recycled_children_lose_no_run(worker: Worker) -> None:
     """worker_max_tasks_per_child=2 over 20 tasks: exactly 20 completed runs in the store,
-    one per task id, none missing, none doubled, run by at least 10 children."""
+    one per task id, none missing, none doubled, run by at least 10 children; 20 run
+    spans, each under its task's Celery span; 20 completed runs counted."""
+    counted = _fleet(worker, "it.noop")
     results = [worker.client.send_task("it.noop", args=(i,)) for i in range(20)]
     assert [r.get(timeout=60) for r in results] == list(range(20))
     ids = {r.id for r in results}
@@ -121,6 +161,9 @@ def test_recycled_children_lose_no_run(worker: Worker) -> None:
     rows = wait_until(stored, 30, "twenty completed runs")
     assert len(rows) == 20  # one execution per task: no run stored twice
     assert len({j.pid for j in rows}) >= 10  # each child ran at most two: recycling happened
+    for job in rows:
+        run_span_tree(worker, job)
+    counted.moved({("it.noop", "completed"): 20})
 
 
 def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
@@ -129,7 +172,10 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
     """acks_late + reject_on_worker_lost: the child running the task is SIGKILLed, the
     message is redelivered and the same attempt runs again. Two executions are stored: the
     dead one with the killed pid, closed as failed (WorkerLostError) by the worker's main
-    process, and the new one completed with its own pid."""
+    process, and the new one completed with its own pid. The dead one has no span (the
+    killed child never ended it); the new one's span is under its own Celery span. The
+    fleet counts one failure and one completion."""
+    counted = _fleet(worker, "it.redelivered")
     marker = str(tmp_path / "first-delivery")
     result = worker.client.send_task("it.redelivered", args=(marker,))
     pid = wait_until(
@@ -160,6 +206,9 @@ def test_acks_late_redelivery_after_sigkill_is_a_second_execution(
     assert (dead.status, dead.health) == ("failed", "unhealthy")
     assert dead.error_type.endswith("WorkerLostError")
     assert not dead.lost
+    run_span_tree(worker, new)
+    no_span(worker.spans_path, dead)
+    counted.moved({("it.redelivered", "failed"): 1, ("it.redelivered", "completed"): 1})
 
 
 def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
@@ -167,33 +216,49 @@ def test_a_task_that_never_heartbeats_is_healthy_under_the_liveness_lease(
 ) -> None:
     """Interval 1 s, 8 s without a heartbeat and no time limit: while it runs, the task on
     the default (liveness) lease is healthy and not stuck; one that opted into the
-    heartbeat lease is stuck. Both then complete.
+    heartbeat lease is stuck, and so the fleet's /metrics say. Both then complete.
 
     Each task is observed on its own: the pool may run them one after the other (a child
     being recycled after ``worker_max_tasks_per_child``), so they need not overlap."""
+    counted = _fleet(worker, "it.sleepy", "it.sleepy_promised")
     quiet = worker.client.send_task("it.sleepy", args=(8,))
     promised = worker.client.send_task("it.sleepy_promised", args=(8,))
     seen: dict[str, Any] = {}
+    url = worker.metrics_url
+    assert url is not None
+
+    fleet_stuck = {"it.sleepy": False, "it.sleepy_promised": False}
 
     def both_seen_running_long() -> bool:
         with chaperone.open_sink(worker.store) as sink:
             for row in sink.jobs.running().all():
                 if row.id in (quiet.id, promised.id) and (row.duration or 0) >= 4.5:
                     seen.setdefault(row.id, row)
-        return len(seen) == 2
+                if row.id in (quiet.id, promised.id) and (row.duration or 0) >= 2:
+                    fleet_stuck[row.name] |= metrics.stuck(url, row.name, fleet=True)
+        return len(seen) == 2 and fleet_stuck["it.sleepy_promised"]
 
-    wait_until(both_seen_running_long, 40, "each task seen running for 4.5 s")
+    wait_until(both_seen_running_long, 40, "each task seen running for 4.5 s, one stuck")
     live, beating = seen[quiet.id], seen[promised.id]
     assert (live.health, live.stuck, live.lost) == ("healthy", False, False)
     assert beating.stuck
     assert beating.health == "unhealthy"
+    assert fleet_stuck == {"it.sleepy": False, "it.sleepy_promised": True}
     assert quiet.get(timeout=30) == 8
     assert promised.get(timeout=30) == 8
+    for name, task in (("it.sleepy", quiet), ("it.sleepy_promised", promised)):
+        run_span_tree(worker, closed(worker, name, task.id, "completed"))
+    counted.moved({("it.sleepy", "completed"): 1, ("it.sleepy_promised", "completed"): 1})
 
 
 def test_sigkilled_child_is_closed_failed_by_the_main_process(worker: Worker) -> None:
     """The child running a task is SIGKILLed: the worker's main process sees
-    WorkerLostError and closes the run as failed within seconds (not left to be lost)."""
+    WorkerLostError and closes the run as failed within seconds (not left to be lost).
+
+    The run has no span: the killed child never ended it (nor the Celery span around it),
+    and another process cannot end a span it did not start. The fleet counts one failure
+    and no lost run."""
+    counted = _fleet(worker, "it.hang")
     result = worker.client.send_task("it.hang", args=(120,))
     pid = wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
     killed = time.monotonic()
@@ -206,12 +271,18 @@ def test_sigkilled_child_is_closed_failed_by_the_main_process(worker: Worker) ->
     assert not job.lost
     with pytest.raises(Exception, match="SIGKILL"):
         result.get(timeout=30)
+    counted.moved({("it.hang", "failed"): 1})
+    assert metrics.lost(str(worker.metrics_url), "it.hang") == 0
+    no_span(worker.spans_path, job)
 
 
 def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
     """time_limit=2 on a task that sleeps 30 s: billiard kills the child; the run is failed
     with TimeLimitExceeded (Celery's outcome) and a timeout violation, closed from the main
-    process."""
+    process. billiard's SIGTERM reaches the child as SystemExit past the hard limit: the
+    child ends its span as failed with TimeLimitExceeded too (not cancelled), under its
+    Celery span; one failure counted."""
+    counted = _fleet(worker, "it.overtime")
     result = worker.client.send_task("it.overtime")
     result.get(timeout=30, propagate=False)  # the backend's FAILURE (and the channel freed)
     job = closed(worker, "it.overtime", result.id, "failed")
@@ -221,9 +292,17 @@ def test_hard_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
         found = sink.job(result.id)
         assert found is not None
         assert "timeout" in {v.type for v in found.resource_violations}
+    run_span_tree(worker, job, status="ERROR", exception=job.error_type)
+    counted.moved({("it.overtime", "failed"): 1})
 
 
 def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
+    """revoke(terminate=True) SIGTERMs the child: the worker's main process closes the run
+    as cancelled (TaskRevokedError, from ``task_revoked``). The child only sees SystemExit
+    and cannot know why: its span says cancelled, ``error.type`` SystemExit (an error
+    status, no exception event), while the store has the main process's reason. One
+    cancellation counted."""
+    counted = _fleet(worker, "it.hang")
     result = worker.client.send_task("it.hang", args=(120,))
     wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
     worker.client.control.revoke(result.id, terminate=True)
@@ -231,11 +310,15 @@ def test_revoke_with_terminate_is_cancelled(worker: Worker) -> None:
     job = closed(worker, "it.hang", result.id, "cancelled")
     assert job.error_type.endswith("TaskRevokedError")
     assert "terminated" in job.error_message
+    run_span_tree(worker, job, status="ERROR", outcome=("cancelled", "SystemExit"))
+    counted.moved({("it.hang", "cancelled"): 1})
 
 
 def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> None:
     """soft_time_limit=1: SoftTimeLimitExceeded is raised in the task; the run is failed
-    with it and has a timeout violation (limit 1 s)."""
+    with it and has a timeout violation (limit 1 s); its span is an error with that
+    exception's event; one failure counted."""
+    counted = _fleet(worker, "it.soft")
     result = worker.client.send_task("it.soft")
     result.get(timeout=30, propagate=False)
     job = closed(worker, "it.soft", result.id, "failed")
@@ -244,12 +327,17 @@ def test_soft_time_limit_is_failed_with_a_timeout_violation(worker: Worker) -> N
         found = sink.job(result.id)
         assert found is not None
         assert [(v.type, v.limit) for v in found.resource_violations] == [("timeout", 1.0)]
+    run_span_tree(worker, job, status="ERROR", exception=job.error_type)
+    counted.moved({("it.soft", "failed"): 1})
 
 
 def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
     """countdown=4: the worker's main process records the task as pending, with its due
     time, as soon as it receives it; the same row then runs and completes, and its queue
-    wait (start minus due time) is small."""
+    wait (start minus due time) is small. The fleet shows it pending (not running) before
+    it starts and counts one completion after; its span starts when it runs."""
+    counted = _fleet(worker, "it.noop")
+    url = str(worker.metrics_url)
     sent = time.time()
     result = worker.client.send_task("it.noop", args=(7,), countdown=4)
 
@@ -264,12 +352,16 @@ def test_a_countdown_task_is_pending_before_it_starts(worker: Worker) -> None:
     assert row.started_at is None
     assert row.scheduled_at is not None
     assert abs(row.scheduled_at.timestamp() - (sent + 4)) < 2
+    wait_until(lambda: metrics.runs(url, "it.noop", "pending") == 1, 4, "the fleet's pending run")
     assert result.get(timeout=30) == 7
     job = closed(worker, "it.noop", result.id, "completed")
     assert job.execution_id == row.execution_id  # the pending row became the run
     assert job.scheduled_at == row.scheduled_at
     assert job.queue_wait is not None
     assert -1 < job.queue_wait < 5
+    run_span_tree(worker, job)
+    counted.moved({("it.noop", "completed"): 1})
+    assert metrics.runs(url, "it.noop", "pending") == 0
 
 
 def test_otlp_to_sink_serve_the_fleet_metrics_count_runs_per_outcome(
@@ -322,8 +414,7 @@ def test_otlp_to_sink_serve_the_fleet_metrics_count_runs_per_outcome(
             }
         )
         job = closed(worker, "it.progress", done.id, "completed")
-        run, celery = run_span_tree(worker, job)
-        assert run["trace_id"] == celery["trace_id"] == job.trace_id
+        run_span_tree(worker, job)
 
 
 def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
@@ -331,7 +422,7 @@ def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
 ) -> None:
     """SIGQUIT (cold shutdown): Celery cancels the running task and terminates its child;
     the worker's main process closes the run as cancelled with the reason (the child only
-    sees SystemExit), before the worker exits."""
+    sees SystemExit, and its span says so), before the worker exits."""
     with celery_worker(redis_url, tmp_path, "prefork", db=5) as worker:
         result = worker.client.send_task("it.hang", args=(60,))
         pid = wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
@@ -341,3 +432,6 @@ def test_a_cold_shutdown_closes_the_running_run_as_cancelled(
         assert (job.status, job.pid) == ("cancelled", pid)
         assert job.error_type == "celery.exceptions.WorkerShutdown"
         assert "cold shutdown" in job.error_message
+        # The child, SIGTERMed, ended its span with what it saw (this worker exports to no
+        # sink: no fleet /metrics here; the module's worker counts cancellations).
+        run_span_tree(worker, job, status="ERROR", outcome=("cancelled", "SystemExit"), timeout=0)

@@ -3,8 +3,12 @@ Debian's redis-server.
 
 One worker per module, whose app module (written to tmp_path) configures the store at
 import in the worker process, which owns it. Messages are sent by name from a broker of the
-test's own. Each scenario is asserted in the store (a DuckDB file). Every wait is bounded;
-the worker and the server are stopped by PID.
+test's own. Each scenario is asserted on three surfaces: the store (a DuckDB file), the
+run's span (every span the worker process ends, from a file it appends to) and the worker
+process's own ``/metrics`` (its actors run in its threads, so its counters count them).
+Dramatiq has no OTel instrumentation that carries a trace context in the message here: each
+run span is a root span, each attempt a trace of its own (the attempts share the run id
+attribute). Every wait is bounded; the worker and the server are stopped by PID.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -20,7 +25,9 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 import chaperone_otel as chaperone
-from tests.integrations.workers import stop, worker_env
+from tests.integrations import span_file
+from tests.integrations.metrics import Outcomes
+from tests.integrations.workers import free_port, stop, worker_env
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -37,8 +44,12 @@ _APP = textwrap.dedent(
 
     import chaperone_otel as chaperone
     from chaperone_otel.integrations.dramatiq import instrument
+    from tests.integrations import span_file
 
-    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"])
+    chaperone.configure(
+        sink=os.environ["TEST_JOBS_STORE"], prometheus_port=int(os.environ["TEST_METRICS_PORT"])
+    )
+    span_file.install(os.environ["TEST_SPANS"])
     broker = RedisBroker(url=os.environ["TEST_BROKER"])
     instrument(broker)
     dramatiq.set_broker(broker)
@@ -80,10 +91,27 @@ _APP = textwrap.dedent(
 
 
 class Dramatiq:
-    def __init__(self, store: str, broker: RedisBroker, proc: subprocess.Popen[Any]) -> None:
+    def __init__(
+        self,
+        store: str,
+        broker: RedisBroker,
+        proc: subprocess.Popen[Any],
+        spans: Path,
+        metrics_port: int,
+    ) -> None:
         self.store = store
         self.broker = broker
         self.proc = proc
+        self.spans = spans
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def counted(self, *names: str) -> Outcomes:
+        """The worker process's finished-runs counter of ``names``, taken now."""
+        return Outcomes(self.metrics_url, names, fleet=False)
+
+    def span(self, run: Any, **expected: Any) -> dict[str, Any]:
+        """The run's span, a root span, as ``expected`` says."""
+        return span_file.run_span(self.spans, run, parent=None, **expected)
 
     def send(self, actor: str, *args: Any) -> dramatiq.Message[Any]:
         message: dramatiq.Message[Any] = dramatiq.Message(
@@ -113,7 +141,15 @@ def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("dramatiq")
     (root / "dramatiq_app.py").write_text(_APP)
     store = str(root / "jobs.duckdb")
-    env = worker_env(root, TEST_JOBS_STORE=store, TEST_BROKER=redis_url)
+    spans = root / "spans.jsonl"
+    port = free_port()
+    env = worker_env(
+        root,
+        TEST_JOBS_STORE=store,
+        TEST_BROKER=redis_url,
+        TEST_SPANS=str(spans),
+        TEST_METRICS_PORT=str(port),
+    )
     log_path = root / "worker.log"
     proc = subprocess.Popen(
         [
@@ -146,7 +182,7 @@ def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
             return log_path.exists() and "ready for action" in log_path.read_text()
 
         wait_until(ready, 60, "the dramatiq worker process to boot")
-        yield Dramatiq(store, broker, proc)
+        yield Dramatiq(store, broker, proc, spans, port)
     finally:
         try:
             stop(proc, grace=30)
@@ -156,7 +192,9 @@ def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_success_is_completed_with_progress_100(dramatiq_worker: Dramatiq) -> None:
     """An actor that tracks its items: one run, id = message id, name = actor, queue,
-    timeout = the actor's time limit, completed, progress 100 %."""
+    timeout = the actor's time limit, completed, progress 100 %; its span a root span, not
+    an error; one completion counted."""
+    counted = dramatiq_worker.counted("progress")
     message = dramatiq_worker.send("progress", 5)
     (run,) = dramatiq_worker.run_of(message)
     assert run.status == "completed"
@@ -166,11 +204,16 @@ def test_success_is_completed_with_progress_100(dramatiq_worker: Dramatiq) -> No
     assert run.progress == 100.0
     assert run.timeout_at is not None
     assert abs((run.timeout_at - run.started_at).total_seconds() - 90) < 1
+    dramatiq_worker.span(run)
+    counted.moved({("progress", "completed"): 1})
 
 
 def test_retries_then_success_are_attempts_of_one_run(dramatiq_worker: Dramatiq) -> None:
     """``max_retries=2``, failing twice: attempts 1-2 retried with the cause (the
-    ``Retries`` middleware sent the message again), 3 completed, no failure counted."""
+    ``Retries`` middleware sent the message again), 3 completed, no failure counted. Three
+    root spans, one trace each, the retried ones not errors (status unset, no exception
+    event), ``error.type`` the cause."""
+    counted = dramatiq_worker.counted("flaky")
     message = dramatiq_worker.send("flaky")
     runs = dramatiq_worker.run_of(message, attempts=3)
     assert [(r.attempt, r.status, r.error_type) for r in runs] == [
@@ -180,20 +223,28 @@ def test_retries_then_success_are_attempts_of_one_run(dramatiq_worker: Dramatiq)
     ]
     with chaperone.open_sink(dramatiq_worker.store) as sink:
         assert sink.jobs.with_id(message.message_id).failed().count() == 0
+    assert len({dramatiq_worker.span(run)["trace_id"] for run in runs}) == 3
+    counted.moved({("flaky", "retried"): 2, ("flaky", "completed"): 1})
 
 
 def test_failure_is_failed_with_the_actors_exception_type(dramatiq_worker: Dramatiq) -> None:
-    """An exception with no retry left: failed with the exception's own type."""
+    """An exception with no retry left: failed with the exception's own type; its span an
+    error with that exception's event; one failure counted."""
+    counted = dramatiq_worker.counted("fail")
     message = dramatiq_worker.send("fail")
     (run,) = dramatiq_worker.run_of(message)
     assert run.status == "failed"
     assert run.error_type == "dramatiq_app.Declined"
     assert run.error_message == "card declined"
+    dramatiq_worker.span(run, status="ERROR", exception="dramatiq_app.Declined")
+    counted.moved({("fail", "failed"): 1})
 
 
 def test_time_limit_is_failed_with_a_timeout_violation(dramatiq_worker: Dramatiq) -> None:
     """The ``TimeLimit`` middleware interrupts the actor: failed, ``TimeLimitExceeded``,
-    with a timeout violation (the run's timeout is the time limit)."""
+    with a timeout violation (the run's timeout is the time limit); its span an error with
+    that exception's event; one failure counted."""
+    counted = dramatiq_worker.counted("slow")
     message = dramatiq_worker.send("slow")
     (run,) = dramatiq_worker.run_of(message)
     assert run.status == "failed"
@@ -202,14 +253,21 @@ def test_time_limit_is_failed_with_a_timeout_violation(dramatiq_worker: Dramatiq
     with chaperone.open_sink(dramatiq_worker.store) as sink:
         violations = sink.violations_of(message.message_id, 1)
     assert [v.type for v in violations] == ["timeout"]
+    exception = "dramatiq.middleware.time_limit.TimeLimitExceeded"
+    dramatiq_worker.span(run, status="ERROR", exception=exception)
+    counted.moved({("slow", "failed"): 1})
 
 
 def test_supervision_false_is_not_a_run(dramatiq_worker: Dramatiq) -> None:
     """``supervision=False`` on the actor: it ran (it says so in redis), and no run was
-    recorded (checked once a supervised message sent after it ran was recorded)."""
+    recorded (checked once a supervised message sent after it ran was recorded): no span,
+    nothing counted."""
+    counted = dramatiq_worker.counted("unsupervised")
     key = "dq-it:unsupervised-ran"
     skipped = dramatiq_worker.send("unsupervised", key)
     wait_until(lambda: dramatiq_worker.broker.client.get(key), 30, "the unsupervised actor")
     after = dramatiq_worker.send("progress", 1)
     dramatiq_worker.run_of(after)
     assert dramatiq_worker.runs(skipped.message_id) == []
+    assert "unsupervised" not in {s["name"] for s in span_file.read(dramatiq_worker.spans)}
+    assert counted.counts() == counted.before

@@ -2,8 +2,13 @@
 
 One worker per module, whose app module (written to tmp_path) configures the store at
 import: the worker's main process owns it and every work-horse it forks forwards to it.
-Each scenario is asserted in the store (a DuckDB file). Every wait is bounded; the worker
-and the server are stopped by PID.
+Each scenario is asserted on three surfaces: the store (a DuckDB file), the run's span
+(every span the worker and its horses end, from a file they append to) and ``/metrics``.
+A work-horse's counters die with it, so the worker also exports over OTLP to a ``sink
+serve`` of the module, whose fleet ``/metrics`` count the runs per outcome. RQ has no OTel
+instrumentation that carries a trace context in the job: each run span is a root span, and
+each attempt is a trace of its own (the attempts share the run id attribute). Every wait is
+bounded; the worker and the servers are stopped by PID.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +30,10 @@ from rq.job import Job
 from rq.worker import Worker as RQWorker
 
 import chaperone_otel as chaperone
+from tests.integrations import metrics, span_file
+from tests.integrations.metrics import Outcomes
 from tests.integrations.workers import stop, worker_env
+from tests.sink.serve_process import ServeProcess
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,8 +47,10 @@ _APP = textwrap.dedent(
 
     import chaperone_otel as chaperone
     from chaperone_otel.integrations.rq import SupervisedWorker
+    from tests.integrations import span_file
 
-    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"])
+    chaperone.configure(sink=os.environ["TEST_JOBS_STORE"], otlp_endpoint=os.environ["TEST_OTLP"])
+    span_file.install(os.environ["TEST_SPANS"])
 
 
     class Worker(SupervisedWorker):
@@ -84,10 +95,22 @@ _APP = textwrap.dedent(
 
 
 class RQ:
-    def __init__(self, store: str, queue: Queue, proc: subprocess.Popen[Any]) -> None:
+    def __init__(
+        self, store: str, queue: Queue, proc: subprocess.Popen[Any], spans: Path, sink_url: str
+    ) -> None:
         self.store = store
         self.queue = queue
         self.proc = proc
+        self.spans = spans
+        self.metrics_url = f"{sink_url}/metrics"
+
+    def counted(self, *names: str) -> Outcomes:
+        """The fleet's finished-runs counter of ``names``, taken now."""
+        return Outcomes(self.metrics_url, [f"rq_app.{n}" for n in names], fleet=True)
+
+    def span(self, run: Any, **expected: Any) -> dict[str, Any]:
+        """The run's span, a root span (no OTel RQ instrumentation), as ``expected`` says."""
+        return span_file.run_span(self.spans, run, parent=None, **expected)
 
     def run_of(
         self, job: Job, *, attempts: int = 1, status: str | None = None, within: float = 30
@@ -107,12 +130,23 @@ class RQ:
 
 
 @pytest.fixture(scope="module")
-def rq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RQ]:
+def rq_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """The ``sink serve`` the worker exports to, for its fleet /metrics; stopped by PID."""
+    with ServeProcess(tmp_path_factory.mktemp("rq-sink") / "sink.duckdb") as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def rq_worker(
+    redis_url: str, rq_sink: ServeProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RQ]:
     """``rq worker -w rq_app.Worker`` on a queue of its own, stopped by PID (TERM, then KILL)."""
     root = tmp_path_factory.mktemp("rq")
     (root / "rq_app.py").write_text(_APP)
     store = str(root / "jobs.duckdb")
-    env = worker_env(root, TEST_JOBS_STORE=store)
+    sink = rq_sink
+    spans = root / "spans.jsonl"
+    env = worker_env(root, TEST_JOBS_STORE=store, TEST_OTLP=sink.url, TEST_SPANS=str(spans))
     log = (root / "worker.log").open("wb")
     connection = Redis.from_url(redis_url)
     name = f"rq-it-{os.getpid()}"
@@ -145,7 +179,7 @@ def rq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             return any(w.name == name for w in RQWorker.all(connection=connection))
 
         wait_until(ready, 60, "the rq worker to register")
-        yield RQ(store, Queue("rq-it", connection=connection), proc)
+        yield RQ(store, Queue("rq-it", connection=connection), proc, spans, sink.url)
     finally:
         try:
             # RQ 3.0's warm shutdown joins its pubsub thread, which redis-py 8 may keep in
@@ -159,7 +193,9 @@ def rq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def test_success_is_completed_with_progress_100(rq_worker: RQ) -> None:
     """A job that tracks its items: one run, id = job id, name = the function, queue = the
-    job's origin, timeout = the job's, completed, progress 100 %."""
+    job's origin, timeout = the job's, completed, progress 100 %; its span a root span, not
+    an error; one completion counted."""
+    counted = rq_worker.counted("progress")
     job = rq_worker.queue.enqueue("rq_app.progress", 5, job_timeout=90)
     (run,) = rq_worker.run_of(job)
     assert run.status == "completed"
@@ -169,11 +205,16 @@ def test_success_is_completed_with_progress_100(rq_worker: RQ) -> None:
     assert run.progress == 100.0
     assert run.timeout_at is not None
     assert abs((run.timeout_at - run.started_at).total_seconds() - 90) < 1
+    rq_worker.span(run)
+    counted.moved({("rq_app.progress", "completed"): 1})
 
 
 def test_retry_then_success_is_attempts_of_one_run(rq_worker: RQ) -> None:
     """``Retry(max=2)``, failing twice: attempts 1-2 retried with the cause, 3 completed,
-    no failure counted."""
+    no failure counted. Three root spans, one trace each: the retried ones not errors
+    (status unset, no exception event: OTel's conventions leave a retried error off the
+    operation), ``error.type`` the cause."""
+    counted = rq_worker.counted("flaky")
     job = rq_worker.queue.enqueue("rq_app.flaky", retry=Retry(max=2))
     runs = rq_worker.run_of(job, attempts=3)
     assert [(r.attempt, r.status, r.error_type) for r in runs] == [
@@ -183,30 +224,43 @@ def test_retry_then_success_is_attempts_of_one_run(rq_worker: RQ) -> None:
     ]
     with chaperone.open_sink(rq_worker.store) as sink:
         assert sink.jobs.with_id(job.id).failed().count() == 0
+    assert len({rq_worker.span(run)["trace_id"] for run in runs}) == 3
+    counted.moved({("rq_app.flaky", "retried"): 2, ("rq_app.flaky", "completed"): 1})
 
 
 def test_failure_is_failed_with_the_jobs_exception_type(rq_worker: RQ) -> None:
-    """An exception in the job (no retry): the run failed with that exception's own type."""
+    """An exception in the job (no retry): the run failed with that exception's own type;
+    its span an error with that exception's event; one failure counted."""
+    counted = rq_worker.counted("fail")
     job = rq_worker.queue.enqueue("rq_app.fail")
     (run,) = rq_worker.run_of(job)
     assert run.status == "failed"
     assert run.error_type == "rq_app.Declined"
     assert run.error_message == "card declined"
+    rq_worker.span(run, status="ERROR", exception="rq_app.Declined")
+    counted.moved({("rq_app.fail", "failed"): 1})
 
 
 def test_returned_retry_is_retried_then_completed(rq_worker: RQ) -> None:
-    """A job that returns ``Retry``: attempt 1 retried (no error), attempt 2 completed."""
+    """A job that returns ``Retry``: attempt 1 retried (no error), attempt 2 completed;
+    neither span an error; counted as one retried, one completed."""
+    counted = rq_worker.counted("asks_again")
     job = rq_worker.queue.enqueue("rq_app.asks_again")
     runs = rq_worker.run_of(job, attempts=2)
     assert [(r.attempt, r.status, r.error_type) for r in runs] == [
         (1, "retried", None),
         (2, "completed", None),
     ]
+    for run in runs:
+        rq_worker.span(run)
+    counted.moved({("rq_app.asks_again", "retried"): 1, ("rq_app.asks_again", "completed"): 1})
 
 
 def test_stopped_job_is_cancelled_from_the_worker(rq_worker: RQ) -> None:
     """``send_stop_job_command``: RQ kills the horse; the worker closes the run
-    ``cancelled`` (``StopRequested``)."""
+    ``cancelled`` (``StopRequested``); one cancellation counted. RQ kills the horse with
+    SIGKILL: the run has no span (the horse never ended it)."""
+    counted = rq_worker.counted("hang")
     job = rq_worker.queue.enqueue("rq_app.hang", job_timeout=120)
 
     def started() -> Any:
@@ -217,11 +271,16 @@ def test_stopped_job_is_cancelled_from_the_worker(rq_worker: RQ) -> None:
     send_stop_job_command(rq_worker.queue.connection, job.id)
     (run,) = rq_worker.run_of(job, status="cancelled")
     assert run.error_type == "rq.exceptions.StopRequested"
+    counted.moved({("rq_app.hang", "cancelled"): 1})
+    span_file.no_span(rq_worker.spans, run)
 
 
 def test_killed_horse_is_closed_as_failed_from_the_worker(rq_worker: RQ) -> None:
     """SIGKILL of the work-horse: the worker's main process closes the run as failed
-    (``WorkHorseKilled``) within seconds, with the horse's pid, not left running."""
+    (``WorkHorseKilled``) within seconds, with the horse's pid, not left running; the fleet
+    counts one failure and no lost run. The run has no span: the killed horse never ended
+    it, and another process cannot end a span it did not start."""
+    counted = rq_worker.counted("hang")
     job = rq_worker.queue.enqueue("rq_app.hang", job_timeout=120)
 
     def horse_pid() -> int | None:
@@ -235,11 +294,16 @@ def test_killed_horse_is_closed_as_failed_from_the_worker(rq_worker: RQ) -> None
     assert "signal 9" in (run.error_message or "")
     assert run.pid == pid
     assert run.attempt == 1
+    counted.moved({("rq_app.hang", "failed"): 1})
+    assert metrics.lost(rq_worker.metrics_url, "rq_app.hang") == 0
+    span_file.no_span(rq_worker.spans, run)
 
 
 def test_job_timeout_is_failed_with_a_timeout_violation(rq_worker: RQ) -> None:
     """RQ's job timeout: the run failed with ``JobTimeoutException`` and a timeout
-    violation (the run's timeout is the job's)."""
+    violation (the run's timeout is the job's); its span an error with that exception's
+    event; one failure counted."""
+    counted = rq_worker.counted("hang")
     job = rq_worker.queue.enqueue("rq_app.hang", job_timeout=1)
     (run,) = rq_worker.run_of(job)
     assert run.status == "failed"
@@ -248,3 +312,5 @@ def test_job_timeout_is_failed_with_a_timeout_violation(rq_worker: RQ) -> None:
     with chaperone.open_sink(rq_worker.store) as sink:
         violations = sink.violations_of(job.id, 1)
     assert [v.type for v in violations] == ["timeout"]
+    rq_worker.span(run, status="ERROR", exception="rq.timeouts.JobTimeoutException")
+    counted.moved({("rq_app.hang", "failed"): 1})

@@ -1,0 +1,137 @@
+"""The shape both store queries share: immutable steps, an evaluation time, bound SQL values.
+
+:class:`~chaperone_otel.sink.JobQuery` (runs) and :class:`~chaperone_otel.sink.ScheduleQuery`
+(schedule slots) are lazy in the same way: a scope returns a new query with one more *step*,
+``at()`` fixes the evaluation time, ``since()``/``today()`` add a time window measured back
+from it, and SQL is built with every value bound. That shape is written once here, so the two
+queries cannot drift in how they read a moment or an age (they did: two ``_to_epoch`` with
+different checks). What each query filters and returns stays in its own module.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .._units import parse_duration, parse_iso_datetime
+from ..exceptions import ConfigurationError
+
+Step = tuple[Any, ...]
+
+_S = TypeVar("_S")
+_Q = TypeVar("_Q", bound="StepQuery[Any]")
+
+
+class SqlBuilder:
+    """Accumulates WHERE clauses with uniquely named, bound parameters."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+        self.params: dict[str, Any] = {}
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return "$" + name
+
+    def add(self, clause: str) -> None:
+        self.where.append(clause)
+
+    def where_clause(self) -> str:
+        """`` WHERE a AND b`` of the clauses added, or ``""`` when there are none."""
+        return f" WHERE {' AND '.join(self.where)}" if self.where else ""
+
+
+def to_epoch(value: Any, what: str) -> float:
+    """datetime (naive = UTC) / epoch number / ISO string → epoch seconds."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be a datetime, not a bool")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigurationError(f"{what} must be finite")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = parse_iso_datetime(value)
+        except ValueError as e:
+            raise ConfigurationError(
+                f"{what}={value!r} is not a time: use a datetime, Unix seconds or ISO 8601"
+            ) from e
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return float(value.timestamp())
+    raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
+
+
+class StepQuery(Generic[_S]):
+    """An immutable, lazy query: ``sink`` answers it, ``steps`` say what it selects.
+
+    A subclass names the step kind of its time window (:attr:`_WINDOW`: a run's start, a
+    slot's due time) and builds a new query of its own kind in :meth:`_with`.
+
+    Args:
+        sink: where terminals run.
+        steps: the scopes so far (JSON values).
+        clock: Unix-seconds clock for relative scopes and the default evaluation time.
+    """
+
+    __slots__ = ("_clock", "_sink", "_steps")
+
+    _WINDOW: ClassVar[str]
+    """The step kind ``since()`` and ``today()`` add, as ``(kind, lo, hi)``."""
+
+    def __init__(
+        self, sink: _S, steps: tuple[Step, ...] = (), *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._sink = sink
+        self._steps = steps
+        self._clock = clock
+
+    def _with(self: _Q, *step: Any) -> _Q:
+        """A new query of the same kind with one more step."""
+        raise NotImplementedError
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The scopes of this query as JSON-ready tuples (for a remote sink)."""
+        return self._steps
+
+    @property
+    def now(self) -> float:
+        """The evaluation time in Unix seconds (``at()`` if set, else the clock now)."""
+        for step in reversed(self._steps):
+            if step[0] == "at":
+                return float(step[1])
+        return float(self._clock())
+
+    def _moment(self, when: datetime | timedelta | str | float, what: str) -> float:
+        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds."""
+        if isinstance(when, datetime):
+            return to_epoch(when, what)
+        try:
+            age = parse_duration(when, what=what)
+        except ConfigurationError:
+            if isinstance(when, str):
+                return to_epoch(when, what)
+            raise
+        return self.now - age
+
+    def since(self: _Q, when: datetime | timedelta | str | float) -> _Q:
+        """Rows since ``when`` (runs by start, slots by due time): a datetime, or an age
+        (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from the query's
+        evaluation time."""
+        return self._with(self._WINDOW, self._moment(when, "since"), None)
+
+    def today(self: _Q) -> _Q:
+        """Rows since midnight UTC of the evaluation day (runs by start, slots by due time)."""
+        now = datetime.fromtimestamp(self.now, timezone.utc)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return self._with(self._WINDOW, midnight.timestamp(), None)
+
+    def at(self: _Q, when: datetime | float) -> _Q:
+        """Judge as of ``when`` instead of now (tests, post-mortems)."""
+        return self._with("at", to_epoch(when, "at"))
