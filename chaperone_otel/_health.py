@@ -589,7 +589,7 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
     )
     stalled = All((running, Compare(">", Now(), _sig("stall_deadline"))))
     warn = Const(policy.warn_ratio)
-    near_limit = AnyOf(
+    near = AnyOf(
         tuple(
             Compare(">=", Arith("/", _sig(used), _sig(limit)), warn)
             for used, limit in (
@@ -599,6 +599,10 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
             )
         )
     )
+    # A live state, as stalled and overtime are: a finished run's last sample is no longer
+    # near anything (issue 16; it was ungated, so near_limit() listed every finished run
+    # whose last sample was high and had to read three column pairs of every stored run).
+    near_limit = All((running, near))
     violated = Compare(">", _sig("violation_count"), Const(0))
     unhealthy = AnyOf(
         (
@@ -621,7 +625,7 @@ def rules(policy: HealthPolicy = DEFAULT_POLICY) -> Rules:
         (
             running,
             Not(unhealthy),
-            AnyOf((older_than(heartbeat_age, policy.degraded_after), near_limit, stalled)),
+            AnyOf((older_than(heartbeat_age, policy.degraded_after), near, stalled)),
         )
     )
     healthy = All(

@@ -98,7 +98,7 @@ _HEALTH_HELP: Final = {
     "stalled": "Running with progress flat past its stall budget.",
     "overtime": "Running past timeout_at.",
     "violated": "Crossed a resource limit.",
-    "near_limit": "A resource at or above 80 % of its limit.",
+    "near_limit": "Running with a resource at or above 80 % of its limit.",
     "heartbeat_missed": "Running with its heartbeat older than one interval.",
 }
 

@@ -312,3 +312,23 @@ def test_slow_hook_stalls_neither_monitor_nor_shutdown() -> None:
             assert time.monotonic() - started < 8.0  # bounded (5 s join), not the hook's 30 s
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled", "retried", "pending"])
+def test_near_limit_is_a_state_of_a_live_run(status: str) -> None:
+    """A run that ended with its last sample at 90 % of its memory limit is no longer near it
+    (as it is no longer stalled or overtime); the same values on a running run are."""
+    r = rules(DEFAULT_POLICY)
+    signals = {
+        "status": status,
+        "last_heartbeat": 100.0,
+        "last_seen": 100.0,
+        "heartbeat_interval": 10.0,
+        "memory": 900.0,
+        "memory_limit": 1000.0,
+        "violation_count": 0,
+    }
+    assert not r.near_limit.holds(signals, 105.0)
+    assert r.near_limit.holds({**signals, "status": "running"}, 105.0)
+    # degraded reads the same ratios for a running run, unchanged
+    assert r.health({**signals, "status": "running"}, 105.0) == "degraded"

@@ -381,8 +381,18 @@ def alerts(
             f"A run of {lbl % NAME} {where} uses at least "
             f"{policy.warn_ratio:.0%} of its memory, CPU or file descriptor limit.",
             for_=s.limit_near_for,
-            fire=Scenario(live(memory="900x20", memory_limit="1000x20"), "4m", run_labels),
-            quiet=Scenario(live(memory="500x20", memory_limit="1000x20", cpu="0.9x20"), "4m"),
+            # a live run group (the rule is gated on running, as the worker's gauges are)
+            fire=Scenario(
+                live(last_heartbeat=hb_fresh, memory="900x20", memory_limit="1000x20"),
+                "4m",
+                run_labels,
+            ),
+            quiet=Scenario(
+                live(
+                    last_heartbeat=hb_fresh, memory="500x20", memory_limit="1000x20", cpu="0.9x20"
+                ),
+                "4m",
+            ),
         ),
         Alert(
             "ChaperoneJobResourceLimitViolated",

@@ -270,7 +270,7 @@ class LocalSink(Sink):
         return int(found[0]) if found else 0
 
     def _arrow(self, query: JobQuery) -> Any:
-        text, params = query.render(self.policy)
+        text, params = query.render(self.policy, bulk=True)
         with self._bounded() as cur:
             # A relation (not a DB-API result) streams to Arrow without an extra copy.
             return cur.sql(text, params=params).to_arrow_table()

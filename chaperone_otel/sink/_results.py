@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Final, Protocol, TypeVar
@@ -198,15 +198,37 @@ class SqlResult(tuple[list[str], list[tuple[Any, ...]]]):
         return self[1]
 
 
-def _from_store(f: RunField, value: Any) -> Any:
-    """A stored or JSON value as the record field's Python value."""
+def _converter(f: RunField) -> Callable[[Any], Any] | None:
+    """How a stored or JSON value becomes the record field's Python value (None: as is)."""
     if f.kind is Kind.TIME:
-        return _utc(value)
+        return _utc
     if f.kind is Kind.JSON:
-        return _json_obj(value)
+        return _json_obj
     if f.kind is Kind.BOOL and not f.stored:  # a computed verdict: never NULL on a record
-        return bool(value)
-    return value
+        return bool
+    return None
+
+
+_Plan = tuple[tuple[str, Callable[[Any], Any] | None], ...]
+_PLANS: dict[type[Any], _Plan] = {}
+
+
+def _record_plan(cls: type[JobRecord], run_fields: tuple[RunField, ...]) -> _Plan:
+    """(field, converter) of every public field of ``cls``: a fetch builds a record per
+    row, and looking the fields up for each was ~half its cost (issue 16). Kept per class
+    for the run fields (by identity: hashing sixty fields per row cost as much again)."""
+    if run_fields is RUN_FIELDS:
+        plan = _PLANS.get(cls)
+        if plan is not None:
+            return plan
+    plan = tuple(
+        (f.name, _converter(field_named(f.name, run_fields)))
+        for f in fields(cls)
+        if not f.name.startswith("_")
+    )
+    if run_fields is RUN_FIELDS:
+        _PLANS[cls] = plan  # a race computes it twice, both equal: harmless
+    return plan
 
 
 _R = TypeVar("_R", bound="JobRecord")
@@ -361,11 +383,17 @@ class JobRecord:
         :func:`select_list` (a local query); each value is converted by its field's kind.
         A field ``d`` lacks is ``None``."""
         kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name.startswith("_"):
-                continue
-            kwargs[f.name] = _from_store(field_named(f.name, run_fields), d.get(f.name))
-        return cls(**kwargs, _sink=sink)
+        for name, convert in _record_plan(cls, run_fields):
+            value = d.get(name)
+            kwargs[name] = value if convert is None else convert(value)
+        kwargs["_sink"] = sink
+        if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
+            return cls(**kwargs)
+        # Every field is given, so the frozen dataclass's __init__ (one object.__setattr__
+        # per field, three quarters of a record's cost) is only a slow way to fill __dict__.
+        record = object.__new__(cls)
+        record.__dict__.update(kwargs)
+        return record
 
     def _source(self) -> RecordSource:
         if self._sink is None:

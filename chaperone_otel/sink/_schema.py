@@ -39,7 +39,13 @@ from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
 from ._schedule_sql import view_statements as schedule_views
-from ._settled import SETTLED_COLUMN, scope_parts, settle_case, settled_usable
+from ._settled import (
+    SETTLED_COLUMN,
+    health_by_status,
+    scope_parts,
+    settle_case,
+    settled_usable,
+)
 
 HEARTBEATS_PER_RUN: Final = 1000
 """Default bound of stored heartbeat rows per run: the latest N are kept."""
@@ -189,13 +195,7 @@ HEALTH_COLUMNS: Final[Mapping[str, str]] = {
 
 def health_case(policy: HealthPolicy = DEFAULT_POLICY) -> str:
     """SQL ``CASE`` giving the verdict of :meth:`Rules.health` (``$now`` unbound)."""
-    r = rules(policy)
-    return (
-        f"CASE WHEN COALESCE({r.unhealthy.sql(HEALTH_COLUMNS)}, FALSE) THEN 'unhealthy' "
-        f"WHEN COALESCE({r.degraded.sql(HEALTH_COLUMNS)}, FALSE) THEN 'degraded' "
-        f"WHEN COALESCE({r.healthy.sql(HEALTH_COLUMNS)}, FALSE) THEN 'healthy' "
-        "ELSE 'unknown' END"
-    )
+    return health_by_status(HEALTH_COLUMNS, policy)
 
 
 def predicate(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> str:
@@ -251,6 +251,14 @@ def settled_branches(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> tuple[
     if parts is None or parts[0] is None:
         return None
     return parts[0], parts[1]
+
+
+def live_only(name: str, policy: HealthPolicy = DEFAULT_POLICY) -> bool:
+    """True when scope ``name`` matches no finished run (``stuck``, ``degraded``,
+    ``near_limit`` …: its stored-verdict part is empty), so it keeps a few live runs of a
+    store that is mostly history."""
+    parts = scope_parts(name, HEALTH_COLUMNS, policy)
+    return parts is not None and parts[0] is None
 
 
 def _create_tables() -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 
 from chaperone_otel import semconv as sc
+from chaperone_otel.cli import cli
 from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink import JobQuery, JobRecord, open_sink
 from tests.sink.store_factory import T0, lifecycle, record, store_writer, write_all
@@ -381,3 +384,63 @@ def test_show_lists_the_jobs_heartbeats_and_counts_the_liveness_records(tmp_path
     rows = words.split("not listed)")[1]
     assert rows.count(" heartbeat ") == 3
     assert "liveness" not in rows
+
+
+def test_near_limit_lists_only_live_runs(tmp_path):
+    """A run that ended with its last sample near its limit is not ``near_limit()`` (in the
+    API, its count and the CLI's ``--near-limit``): the scope is a live state."""
+    near = {sc.ATTR_MEMORY_USAGE: 900 * MiB, sc.ATTR_LIMIT_MEMORY: 1000 * MiB}
+    path = tmp_path / "near.duckdb"
+    with store_writer(path) as (writer, _sink):
+        write_all(writer, [running("near-live", **near),
+                           *lifecycle("near-done", start=NOW - 100, **near),
+                           *lifecycle("near-failed", start=NOW - 100, status="failed", **near)])
+    with open_sink(path) as sink:
+        query = sink.jobs.at(NOW).near_limit()
+        assert ids(query) == {"near-live"}
+        assert query.count() == 1
+        assert {r.id for r in sink.jobs.at(NOW).completed().all()} == {"near-done"}
+    out = CliRunner().invoke(cli, ["jobs", "--db", str(path), "--near-limit", "--json"],
+                             env={"CHAPERONE_OTEL_SINK": None})
+    assert out.exit_code == 0, out.output
+    assert {r["id"] for r in json.loads(out.output)} == {"near-live"}
+
+
+def test_a_filtered_fetch_reads_its_rows_by_rowid(jobs):
+    """A filtered select finds the row ids first (under the sort and limit) and then reads
+    every field of those rows only; a live-only health scope narrows before sorting too;
+    an unfiltered select and an unlimited to_arrow() stay one scan (issue 16)."""
+    by_id = " WHERE rowid IN (SELECT rowid FROM jobs WHERE "
+    nested = " WHERE rowid IN (SELECT rowid FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE "
+    policy = jobs._sink.policy
+    assert by_id in jobs.running().named("x").sql()[0]
+    limited = jobs.running().limit(5).sql()[0]
+    assert by_id in limited
+    assert nested not in limited
+    assert nested in jobs.running().stuck().limit(100).sql()[0]
+    assert nested in jobs.degraded().order_by("health").limit(3).sql()[0]
+    assert nested not in jobs.healthy().limit(20).sql()[0]  # most of the store: no hash of it
+    assert "rowid" not in jobs.limit(5).sql()[0]
+    assert "rowid" not in jobs.running().render(policy, bulk=True)[0]
+    assert by_id in jobs.running().limit(5).render(policy, bulk=True)[0]
+
+
+def test_a_limit_among_equal_start_times_cuts_where_the_order_says(tmp_path):
+    """The row-id step sorts and cuts as the final select does, ties included: runs started
+    in the same second are cut by run id, a computed sort (health) by its value."""
+    path = tmp_path / "ties.duckdb"
+    same = NOW - 300
+    runs = [running(f"r{i}", hb_age=100 if i % 2 else 1, started_at=same) for i in range(8)]
+    with store_writer(path) as (writer, _sink):
+        write_all(writer, runs)
+    with open_sink(path) as sink:
+        q = sink.jobs.at(NOW)
+        assert [r.id for r in q.running().limit(3).all()] == ["r0", "r1", "r2"]
+        assert [r.id for r in q.stuck().limit(2).all()] == ["r1", "r3"]
+        assert [r.id for r in q.running().stuck().limit(3).all()] == ["r1", "r3", "r5"]
+        by_health = q.running().order_by("health", desc=True).limit(5)
+        assert [(r.health, r.id) for r in by_health.all()] == [
+            ("unhealthy", "r1"), ("unhealthy", "r3"), ("unhealthy", "r5"), ("unhealthy", "r7"),
+            ("healthy", "r0")]
+        for query in (q.running().limit(3), q.stuck().limit(2), by_health):
+            assert [r.id for r in query.all()] == query.to_arrow().column("id").to_pylist()

@@ -267,7 +267,35 @@ def test_status_scopes_of_live_runs_skip_finished_runs_by_the_column(tmp_path: P
     _mixed_store(path)
     with open_sink(path) as sink:
         for status in ("running", "pending", "completed", "failed"):
-            where = getattr(sink.jobs, status)().sql()[0].split(" FROM jobs WHERE ")[1]
+            where = getattr(sink.jobs, status)().sql()[0].split(" FROM jobs WHERE ")[-1]
             assert ("settled_health IS NULL" in where) == (status in ("running", "pending"))
             want = sink.sql("SELECT count(*) FROM jobs WHERE status = ?", [status])[1][0][0]
             assert getattr(sink.jobs, status)().count() == want > 0, status
+
+
+@pytest.mark.parametrize("policy", [DEFAULT_POLICY, STRICT], ids=["default", "strict"])
+def test_per_status_sql_judges_every_status_as_python_does(
+    tmp_path: Path, policy: HealthPolicy
+) -> None:
+    """The record's health and every scope are rendered per status (each status's residual,
+    ``health_by_status`` / ``live_sql``): for each status, one a sender made up and NULL,
+    and terminal rows without a stored verdict, the SQL gives the Python rules' answers."""
+    path = tmp_path / "mixed.duckdb"
+    _mixed_store(path)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE jobs SET status = 'weird' WHERE run_id IN ('live-1', 'end-0', 'hot')")
+    con.execute("UPDATE jobs SET status = NULL WHERE run_id IN ('live-2', 'end-3')")
+    con.execute("UPDATE jobs SET settled_health = NULL")  # every row judged by the rule
+    con.close()
+    r = rules(policy)
+    with open_sink(path, policy=policy) as sink:
+        ids = [row[0] for row in sink.sql("SELECT run_id FROM jobs")[1]]
+        signals = {run_id: _signals(sink, run_id) for run_id in ids}
+        assert {s["status"] for s in signals.values()} >= {"weird", None, "completed", "failed"}
+        jobs = sink.jobs.at(NOW)
+        health = {run.id: run.health for run in jobs.all()}
+        assert health == {k: r.health(s, NOW) for k, s in signals.items()}
+        for name in PREDICATES:
+            want = {k for k, s in signals.items() if r.by_name(name).holds(s, NOW)}
+            assert {run.id for run in getattr(jobs, name)().all()} == want, name
+            assert getattr(jobs, name)().count() == len(want), name
