@@ -210,12 +210,13 @@ def one_round(
     pids: dict[str, int] | None = None,
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    root: Path = ROOT,
 ) -> tuple[float, dict[str, float]]:
     """Tasks per second of one worker run over ``tasks`` trivial tasks (and, given the pids
     of the sink and redis, the CPU per task of each process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_"))}
     env.update(
-        PYTHONPATH=os.pathsep.join([str(app_dir), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(app_dir), str(root)]),
         BENCH_BROKER=broker,
         BENCH_SINK=sink,
         BENCH_SUPERVISE="1" if supervise else "0",
@@ -285,6 +286,13 @@ def main() -> None:
         help="an environment variable for the supervised worker (e.g. OTEL_BLRP_SCHEDULE_DELAY)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also a supervised worker importing chaperone_otel from DIR (e.g. a `git archive` "
+        "of the commit before a change), interleaved: before and after in the same rounds",
+    )
+    parser.add_argument(
         "--only", choices=("bare", "supervised"), help="run one mode only (exploring)"
     )
     parser.add_argument(
@@ -308,14 +316,15 @@ def main() -> None:
     )
     sink_proc, sink_url = start_server(str(tmp / "sink.duckdb"), "commit")
     broker = f"redis://127.0.0.1:{port}/0"
-    rates: dict[str, list[float]] = {"bare": [], "supervised": []}
-    cpu: dict[str, list[dict[str, float]]] = {"bare": [], "supervised": []}
+    modes = ["bare", "supervised"] + (["baseline"] if args.baseline else [])
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     pids = {"sink": sink_proc.pid, "redis": redis.pid} if args.breakdown else None
     loads = [os.getloadavg()[0]]
     try:
         time.sleep(0.5)  # redis-server binds within milliseconds; the first ping retries
         for _ in range(args.rounds):
-            for mode in ("bare", "supervised"):
+            for mode in modes:
                 if args.only and mode != args.only:
                     continue
                 rate, spent = one_round(
@@ -323,10 +332,11 @@ def main() -> None:
                     broker,
                     sink_url,
                     args.tasks,
-                    mode == "supervised",
+                    mode != "bare",
                     pids,
                     args.profile,
                     dict(item.split("=", 1) for item in args.env),
+                    args.baseline if mode == "baseline" else ROOT,
                 )
                 rates[mode].append(rate)
                 cpu[mode].append(spent)
@@ -338,7 +348,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     bare = statistics.median(rates["bare"] or [float("nan")])
     supervised = statistics.median(rates["supervised"] or [float("nan")])
-    expected = 2 * args.tasks * len(rates["supervised"])
+    expected = 2 * args.tasks * (len(rates["supervised"]) + len(rates.get("baseline", [])))
     print(
         f"prefork c=2, redis broker and backend, {args.rounds} interleaved rounds of "
         f"{args.tasks:,} trivial tasks"
@@ -351,6 +361,13 @@ def main() -> None:
         f"{', '.join(f'{r:.0f}' for r in rates['supervised'])}), OTLP to sink serve"
     )
     print(f"ratio       {supervised / bare:8.2f}x bare (aim >= 0.9x)")
+    if args.baseline:
+        base = statistics.median(rates["baseline"])
+        print(
+            f"baseline    {base:8.0f} tasks/s  (rounds: "
+            f"{', '.join(f'{r:.0f}' for r in rates['baseline'])}), {args.baseline}: "
+            f"{base / bare:.2f}x bare"
+        )
     print(f"lifecycle records at the sink: {ingested:,} of {expected:,}")
     print(
         f"load average (1 min) before and after each round: {', '.join(f'{x:.1f}' for x in loads)}"
@@ -363,13 +380,21 @@ def _print_breakdown(cpu: dict[str, list[dict[str, float]]]) -> None:
     """Median CPU microseconds per task of each process/thread, bare and supervised."""
     keys = sorted({k for rounds in cpu.values() for spent in rounds for k in spent})
     print("\nCPU per task, us (median of the rounds; steady part of each round)")
-    print(f"{'process / thread':48} {'bare':>8} {'supervised':>11} {'added':>8}")
+    base = "baseline" in cpu
+    print(
+        f"{'process / thread':48} {'bare':>8} {'supervised':>11} {'added':>8}"
+        + (f" {'baseline':>9}" if base else "")
+    )
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median([r.get(key, 0.0) for r in cpu[mode]] or [0.0])
+
     for key in keys:
-        bare = statistics.median([r.get(key, 0.0) for r in cpu["bare"]] or [0.0])
-        sup = statistics.median([r.get(key, 0.0) for r in cpu["supervised"]] or [0.0])
+        bare, sup = median("bare", key), median("supervised", key)
         if bare < 0.5 and sup < 0.5:
             continue
-        print(f"{key:48} {bare:8.1f} {sup:11.1f} {sup - bare:8.1f}")
+        line = f"{key:48} {bare:8.1f} {sup:11.1f} {sup - bare:8.1f}"
+        print(line + (f" {median('baseline', key):9.1f}" if base else ""))
 
 
 if __name__ == "__main__":
