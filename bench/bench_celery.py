@@ -22,6 +22,7 @@ Run: ``.venv/bin/python bench/bench_celery.py [--tasks 3000] [--rounds 3]`` (nee
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -55,6 +56,34 @@ if os.environ.get("BENCH_SUPERVISE") == "1":
 
     chaperone_otel.configure(otlp_endpoint=os.environ["BENCH_SINK"], service_name="bench-celery")
     instrument(app)
+
+
+if os.environ.get("BENCH_GC_DIR"):  # --breakdown: the collector's time in each pool child
+    import gc, json, time as _time
+    from celery import signals
+
+    _gc = {"seconds": 0.0, "collections": [0, 0, 0], "tasks": 0, "at": 0.0}
+
+    def _collecting(phase, info):
+        if phase == "start":
+            _gc["at"] = _time.perf_counter()
+        else:
+            _gc["seconds"] += _time.perf_counter() - _gc["at"]
+            _gc["collections"][info["generation"]] += 1
+
+    @signals.worker_process_init.connect
+    def _watch(**_):
+        gc.callbacks.append(_collecting)
+
+    @signals.task_postrun.connect
+    def _count(**_):
+        _gc["tasks"] += 1
+
+    @signals.worker_process_shutdown.connect
+    def _report(**_):
+        path = os.path.join(os.environ["BENCH_GC_DIR"], f"gc-{os.getpid()}.json")
+        with open(path, "w") as out:
+            json.dump(_gc, out)
 
 
 @app.task
@@ -123,7 +152,10 @@ class _CpuSampler:
                 try:
                     proc = psutil.Process(pid)
                     times = proc.cpu_times()
-                    threads = {t.id: t.user_time + t.system_time for t in proc.threads()}
+                    listed = proc.threads()
+                    threads = {t.id: t.user_time + t.system_time for t in listed}
+                    # the kernel's share (syscalls: sockets, pipes, futexes), as thread -id
+                    threads.update({-t.id: t.system_time for t in listed})
                 except psutil.Error:
                     continue
                 snap[role] = (times.user + times.system, threads)
@@ -189,6 +221,13 @@ class _CpuSampler:
                     before = a[role][1].get(tid)
                     if before is None:
                         continue
+                    if tid < 0:  # the kernel's part of a thread's time, listed apart
+                        name = self.names.get(-tid, "?")
+                        if -tid == pids_of[role] or name == "MainThread":
+                            name = "job thread"
+                        key = f"{group}: {name}, in the kernel"
+                        out[key] = out.get(key, 0.0) + (cpu - before) * 1e6 / count
+                        continue
                     name = self.names.get(tid, "?")
                     if tid == pids_of[role] or name == "MainThread":
                         name = "job thread"
@@ -223,6 +262,10 @@ def one_round(
     )
     if supervise and extra_env:
         env.update(extra_env)
+    gc_dir = None
+    if pids is not None:
+        gc_dir = Path(tempfile.mkdtemp())
+        env["BENCH_GC_DIR"] = str(gc_dir)
     sys.path.insert(0, str(app_dir))
     os.environ["BENCH_BROKER"] = broker
     os.environ["BENCH_SUPERVISE"] = "0"  # the client only sends
@@ -266,7 +309,16 @@ def one_round(
         _stop(worker)
         log.close()
     took = max(ran) - min(ran)
-    return tasks / took, sampler.per_task(ran) if sampler is not None else {}
+    spent = sampler.per_task(ran) if sampler is not None else {}
+    if gc_dir is not None:
+        reports = [json.loads(f.read_text()) for f in gc_dir.glob("gc-*.json")]
+        done = sum(r["tasks"] for r in reports)
+        if done:
+            spent["children: garbage collection (wall, whole life)"] = (
+                sum(r["seconds"] for r in reports) * 1e6 / done
+            )
+        shutil.rmtree(gc_dir, ignore_errors=True)
+    return tasks / took, spent
 
 
 def main() -> None:
