@@ -10,7 +10,12 @@ process CPU (the writer's thread and DuckDB's), for each log batch size, and a l
 split of the write into a cost per write and a cost per task. ``--statements`` also prints
 the writer thread's CPU in each DuckDB call of a write.
 
-Run: ``.venv/bin/python bench/bench_sink_writes.py [--runs 6000] [--statements]``.
+``--stored 100000,1000000`` also times the write's first statement (the ``DELETE … USING`` of
+the batch's 500 runs' rows, with its ``RETURNING`` fetched) over a store already holding that
+many runs: the ``jobs`` table has no index (``sink/_schema.py``), so the join reads every row.
+
+Run: ``.venv/bin/python bench/bench_sink_writes.py [--runs 6000] [--statements]
+[--stored 100000,1000000]``.
 """
 
 from __future__ import annotations
@@ -126,12 +131,49 @@ class _Timed:
         return timed
 
 
+def delete_over_stored(sizes: list[int], tmp: str) -> None:
+    """CPU and wall time of the writer's ``DELETE … RETURNING`` for 500 runs, by stored runs."""
+    import duckdb
+    import pyarrow as pa
+
+    path = os.path.join(tmp, "stored.duckdb")
+    with StoreOwner(path):
+        pass  # creates the schema
+    con = duckdb.connect(path)
+    keys = pa.table(
+        {
+            "run_id": [f"r{i}" for i in range(500)],
+            "attempt": [1] * 500,
+            "execution_id": [f"e{i}" for i in range(500)],
+        }
+    )
+    con.register("chaperone_stage_keys", keys)
+    stored = 0
+    print("\nthe write's DELETE ... RETURNING of 500 runs' rows, by runs already stored:")
+    for size in [0, *sizes]:
+        if size > stored:
+            con.execute(
+                "INSERT INTO jobs (run_id, attempt, execution_id, name, status) "
+                f"SELECT 'r' || (i + {stored}), 1, 'e' || (i + {stored}), 'x', 'completed' "
+                f"FROM range({size - stored}) t(i)"
+            )
+            stored = size
+        con.execute("BEGIN TRANSACTION")
+        t0, c0 = time.perf_counter(), time.process_time()
+        con.sql(_ingest.DELETE_JOBS).to_arrow_table()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        con.execute("ROLLBACK")
+        print(f"  {stored:>10,} runs stored: {cpu * 1000:7.1f} ms CPU, {wall * 1000:7.1f} ms wall")
+    con.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=6000)
     parser.add_argument("--batches", default="200,400,1024,2048", help="log batch sizes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--statements", action="store_true")
+    parser.add_argument("--stored", default="", help="store sizes for the DELETE's cost")
     args = parser.parse_args()
     logs, spans = capture(args.runs)
     tmp = tempfile.mkdtemp()
@@ -179,6 +221,8 @@ def main() -> None:
             print(f"\nwriter thread CPU per write, log batches of 400 ({writes:.0f} writes):")
             for what, cpu in spent.most_common():
                 print(f"  {cpu * 1000 / writes:6.2f} ms  {what}")
+        if args.stored:
+            delete_over_stored([int(n) for n in args.stored.split(",")], tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
