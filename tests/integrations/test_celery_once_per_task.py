@@ -9,15 +9,20 @@ and that what a later run records is what a first run records.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
 
+import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.integrations import celery as integration
 from chaperone_otel.integrations.celery import instrument, uninstrument
+from chaperone_otel.sink import open_sink
 from chaperone_otel.testing import Capture, capture
+from tests.stores import empty_store
+from tests.waiting import wait_until
 
 _PER_RUN = {
     sc.ATTR_JOB_RUN_ID,
@@ -34,6 +39,26 @@ _PER_RUN = {
     sc.ATTR_MEMORY_USAGE,
     sc.ATTR_MEMORY_PEAK,
     sc.ATTR_OPEN_FDS,
+}
+
+_PER_RUN_COLUMNS = {
+    "run_id",
+    "execution_id",
+    "started_at",
+    "finished_at",
+    "duration",
+    "last_heartbeat_at",
+    "last_seen_at",
+    "progress_updated_at",
+    "timeout_at",
+    "ingested_at",
+    "trace_id",
+    "span_id",
+    "cpu_percent",
+    "memory_bytes",
+    "memory_peak_bytes",
+    "open_fds",
+    "cpu_scope",
 }
 
 
@@ -89,3 +114,51 @@ def test_later_runs_of_a_task_reuse_its_spec_and_record_what_the_first_run_did(
         want = _same_every_run(dict(first.events(event)[0].attributes))
         for run in runs[1:]:
             assert _same_every_run(dict(run.events(event)[0].attributes)) == want
+
+
+def test_runs_from_the_reused_spec_store_the_row_a_public_start_run_stores(
+    app: Celery, tmp_path: Path
+) -> None:
+    """In a real store: the rows of a task's first and later runs (a spec made, then reused)
+    equal, column for column, the row of a run started through the public ``start_run`` with
+    the options the integration resolved per run before (what a run's own moment makes
+    differ aside)."""
+    path = empty_store(tmp_path / "jobs.duckdb")
+    chaperone.configure(sink=str(path))
+
+    @app.task(name="shop.ship", time_limit=90, chaperone_heartbeat_interval=7)
+    def ship(n: int) -> int:
+        return n
+
+    ids = [ship.apply(args=(i,)).id for i in range(3)]
+    public = chaperone.start_run(
+        "shop.ship",
+        run_id="public-run",
+        attempt=1,
+        timeout=60.0,  # the app's soft limit, below the task's hard one
+        heartbeat_interval=7,
+        lease="liveness",
+    )
+    public.finish()
+    assert chaperone.flush(10)
+    with open_sink(str(path)) as sink:
+        wait_until(
+            lambda: sum(r.finished_at is not None for r in sink.jobs.named("shop.ship").all()) == 4,
+            20,
+            "4 stored runs",
+        )
+        result = sink.sql("SELECT * FROM jobs WHERE name = 'shop.ship'")
+    rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    by_id = {row["run_id"]: _stored(row) for row in rows}
+    want = by_id.pop("public-run")
+    assert want["timeout"] == 60.0
+    assert want["heartbeat_interval"] == 7.0
+    assert want["lease"] == "liveness"
+    assert want["status"] == "completed"
+    for run_id in ids:
+        assert by_id[run_id] == want
+
+
+def _stored(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row's columns, without those a run's own moment, id or process sets."""
+    return {name: value for name, value in row.items() if name not in _PER_RUN_COLUMNS}
