@@ -99,12 +99,12 @@ def test_later_runs_of_a_task_reuse_its_spec_and_record_what_the_first_run_did(
 
     monkeypatch.setattr(integration, "_make_spec", counting)
 
-    @app.task(name="shop.pack", time_limit=90, chaperone_heartbeat_interval=7)
+    @app.task(name="once.pack", time_limit=90, chaperone_heartbeat_interval=7)
     def pack(n: int) -> int:
         return n
 
     ids = [pack.apply(args=(i,)).id for i in range(5)]
-    assert made == ["shop.pack"]
+    assert made == ["once.pack"]
     runs = [cap.run(run_id) for run_id in ids]
     first = runs[0]
     assert first.latest[sc.ATTR_JOB_TIMEOUT] == 60.0
@@ -126,13 +126,13 @@ def test_runs_from_the_reused_spec_store_the_row_a_public_start_run_stores(
     path = empty_store(tmp_path / "jobs.duckdb")
     chaperone.configure(sink=str(path))
 
-    @app.task(name="shop.ship", time_limit=90, chaperone_heartbeat_interval=7)
+    @app.task(name="once.ship", time_limit=90, chaperone_heartbeat_interval=7)
     def ship(n: int) -> int:
         return n
 
     ids = [ship.apply(args=(i,)).id for i in range(3)]
     public = chaperone.start_run(
-        "shop.ship",
+        "once.ship",
         run_id="public-run",
         attempt=1,
         timeout=60.0,  # the app's soft limit, below the task's hard one
@@ -143,11 +143,11 @@ def test_runs_from_the_reused_spec_store_the_row_a_public_start_run_stores(
     assert chaperone.flush(10)
     with open_sink(str(path)) as sink:
         wait_until(
-            lambda: sum(r.finished_at is not None for r in sink.jobs.named("shop.ship").all()) == 4,
+            lambda: sum(r.finished_at is not None for r in sink.jobs.named("once.ship").all()) == 4,
             20,
             "4 stored runs",
         )
-        result = sink.sql("SELECT * FROM jobs WHERE name = 'shop.ship'")
+        result = sink.sql("SELECT * FROM jobs WHERE name = 'once.ship'")
     rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
     by_id = {row["run_id"]: _stored(row) for row in rows}
     want = by_id.pop("public-run")
