@@ -375,8 +375,10 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     try:
         time.sleep(0.5)  # redis-server binds within milliseconds; the first ping retries
-        for _ in range(args.rounds):
-            for mode in modes:
+        for index in range(args.rounds):
+            # Each round starts with another mode: the store grows and the machine's load
+            # drifts during a round, which must not always favour the same mode.
+            for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
                 if args.only and mode != args.only:
                     continue
                 rate, spent = one_round(
