@@ -72,10 +72,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
+from .._lifecycle import start_run as _start_spec
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._spec import LEASES as _LEASES
 from .._spec import Lease as _Lease
+from .._spec import Spec as _Spec
+from .._spec import make_spec as _make_spec
 from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import pending_run as _pending_run
@@ -105,6 +108,8 @@ except ImportError as _error:  # pragma: no cover - exercised only without celer
 _UID: Final = "chaperone_otel.integrations.celery"
 _KNOWN: Final = 100_000
 """Deliveries the main process remembers (about 100 bytes each) to close their runs."""
+_SPECS: Final = 1_024
+"""Validated run specs a process keeps (one per task, queue, attempt and time limit seen)."""
 _EXECUTION: Final = "chaperone_execution_id"
 """The request field that carries a delivery's execution id from the worker's main process
 (``task_received``) to the pool child that runs it (``task.request``)."""
@@ -136,6 +141,16 @@ class _Instrumentation:
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
+        # Per task, what is the same at every run of it in this process, read at its first
+        # run: (the task, its heartbeat interval, lease, hard and soft time limit (its own,
+        # else the app's)). Celery itself reads these once (the worker's limits at its
+        # start, a task's in its request class), and reading the app's configuration costs
+        # ~6 us a key. The task is kept so that its id is not reused.
+        self.static: dict[int, tuple[Any, Any, _Lease, float | None, float | None]] = {}
+        # (name, queue, attempt, heartbeat interval, lease, timeout) -> its validated spec,
+        # so that a run of a task seen before skips make_spec() and reuses the spec's
+        # cached per-configuration state (_spec.static_for).
+        self.specs: dict[tuple[Any, ...], _Spec] = {}
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this process runs ``task_id`` now (solo, threads: postrun will end it)."""
@@ -147,11 +162,26 @@ class _Instrumentation:
             return False
         return self.include is None or bool(self.include(task))
 
+    def task_static(self, task: Any) -> tuple[Any, _Lease, float | None, float | None]:
+        """The task's (heartbeat interval, lease, hard limit, soft limit) in this process:
+        its own ``chaperone_heartbeat_interval`` and ``chaperone_lease`` options, else the
+        app's; its own time limits, else the app's (``task_time_limit``...)."""
+        found = self.static.get(id(task))
+        if found is None or found[0] is not task:
+            conf = self.app.conf
+            found = (
+                task,
+                getattr(task, "chaperone_heartbeat_interval", None) or self.heartbeat_interval,
+                getattr(task, "chaperone_lease", None) or self.lease,
+                _number(getattr(task, "time_limit", None), conf.task_time_limit),
+                _number(getattr(task, "soft_time_limit", None), conf.task_soft_time_limit),
+            )
+            self.static[id(task)] = found
+        return found[1:]
+
     def lease_of(self, task: Any) -> tuple[Any, _Lease]:
-        """The task's (heartbeat interval, lease): its own ``chaperone_heartbeat_interval``
-        and ``chaperone_lease`` options, else the app's."""
-        interval = getattr(task, "chaperone_heartbeat_interval", None) or self.heartbeat_interval
-        lease = getattr(task, "chaperone_lease", None) or self.lease
+        """The task's (heartbeat interval, lease) (see :meth:`task_static`)."""
+        interval, lease, _hard, _soft = self.task_static(task)
         return interval, lease
 
     def hard_limit(self, task: Any) -> float | None:
@@ -169,16 +199,50 @@ class _Instrumentation:
         past it the run is overtime, so a soft limit gets its timeout violation too."""
         limits = getattr(request, "timelimit", None) or (None, None)
         hard, soft = (*tuple(limits), None, None)[:2]
-        conf = self.app.conf
-        found = []
-        for candidates in (
-            (hard, getattr(task, "time_limit", None), conf.task_time_limit),
-            (soft, getattr(task, "soft_time_limit", None), conf.task_soft_time_limit),
-        ):
-            given = next((float(v) for v in candidates if v), None)
-            if given is not None:
-                found.append(given)
+        _interval, _lease, task_hard, task_soft = self.task_static(task)
+        found = [
+            limit
+            for limit in (_number(hard, task_hard), _number(soft, task_soft))
+            if limit is not None
+        ]
         return min(found) if found else None
+
+    def spec(
+        self,
+        task: Any,
+        queue: str | None,
+        attempt: int,
+        timeout: float | None,
+        interval: Any,
+        lease: _Lease,
+    ) -> _Spec:
+        """The validated spec of a run of ``task`` with these options, made once."""
+        key = (task.name, queue, attempt, timeout, interval, lease)
+        found = self.specs.get(key)
+        if found is None:
+            found = _make_spec(
+                task.name,
+                queue=queue,
+                attempt=attempt,
+                heartbeat_interval=interval,
+                timeout=timeout,
+                stall_timeout=None,
+                memory_limit=None,
+                cpu_limit=None,
+                fd_limit=None,
+                on_limit=None,
+                supervision_id=None,
+                attributes=None,
+                hooks={},
+                tracer_provider=None,
+                lease=lease,
+            )
+            if found.name is None:
+                raise ValueError(f"task {task!r} has no name")
+            if len(self.specs) >= _SPECS:
+                self.specs.clear()
+            self.specs[key] = found
+        return found
 
     def received(self, request: Any = None, **_: Any) -> None:
         """A delivery reached the worker (its main process): give it an execution id, which
@@ -246,18 +310,29 @@ class _Instrumentation:
             request = task.request
             delivery = getattr(request, "delivery_info", None) or {}
             execution = getattr(request, _EXECUTION, None)
+            execution = execution if isinstance(execution, str) and execution else None
             interval, lease = self.lease_of(task)
-            run = _start_run(
-                task.name,
-                run_id=task_id,
-                attempt=int(getattr(request, "retries", 0) or 0) + 1,
-                execution_id=execution if isinstance(execution, str) and execution else None,
-                queue=delivery.get("routing_key") or None,
-                timeout=self.timeout(task, request),
-                heartbeat_interval=interval,
-                lease=lease,
-                **_beat.run_options(request),  # issue 15: the beat entry it serves
-            )
+            attempt = int(getattr(request, "retries", 0) or 0) + 1
+            queue = delivery.get("routing_key") or None
+            timeout = self.timeout(task, request)
+            beat = _beat.run_options(request)  # issue 15: the beat entry it serves
+            if beat:  # its slot's due time differs at every run: no spec to reuse
+                run = _start_run(
+                    task.name,
+                    run_id=task_id,
+                    attempt=attempt,
+                    execution_id=execution,
+                    queue=queue,
+                    timeout=timeout,
+                    heartbeat_interval=interval,
+                    lease=lease,
+                    **beat,
+                )
+            else:
+                spec = self.spec(task, queue, attempt, timeout, interval, lease)
+                run = _StartedRun(
+                    _start_spec(spec, run_id=str(task_id), attempt=attempt, execution_id=execution)
+                )
             tokens = run.attach()
             with self.lock:
                 self.open.setdefault((task_id, threading.get_ident()), []).append((run, tokens))
@@ -463,6 +538,11 @@ def _closing_request(base: Any, inst: _Instrumentation) -> Any:
         )
         _closing[key] = found
     return found
+
+
+def _number(*candidates: Any) -> float | None:
+    """The first set (truthy) of ``candidates``, as a float (None: none is set)."""
+    return next((float(v) for v in candidates if v), None)
 
 
 def _epoch(moment: Any) -> float | None:
