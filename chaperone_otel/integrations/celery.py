@@ -184,27 +184,18 @@ class _Instrumentation:
         interval, lease, _hard, _soft = self.task_static(task)
         return interval, lease
 
-    def hard_limit(self, task: Any) -> float | None:
-        """The task's hard time limit (the request's, the task's, the app's), if any."""
-        request = getattr(task, "request", None)
-        limits = getattr(request, "timelimit", None) or (None, None)
-        given = (*tuple(limits), None)[0]
-        for value in (given, getattr(task, "time_limit", None), self.app.conf.task_time_limit):
-            if value:
-                return float(value)
-        return None
+    def limits(self, task: Any, request: Any) -> tuple[float | None, float | None]:
+        """The task's (hard, soft) time limits: the request's, else the task's, else the
+        app's (``task_time_limit``...)."""
+        given = getattr(request, "timelimit", None) or (None, None)
+        hard, soft = (*tuple(given), None, None)[:2]
+        _interval, _lease, task_hard, task_soft = self.task_static(task)
+        return _number(hard, task_hard), _number(soft, task_soft)
 
     def timeout(self, task: Any, request: Any) -> float | None:
-        """The earliest time limit (soft or hard; the request's, the task's, the app's):
-        past it the run is overtime, so a soft limit gets its timeout violation too."""
-        limits = getattr(request, "timelimit", None) or (None, None)
-        hard, soft = (*tuple(limits), None, None)[:2]
-        _interval, _lease, task_hard, task_soft = self.task_static(task)
-        found = [
-            limit
-            for limit in (_number(hard, task_hard), _number(soft, task_soft))
-            if limit is not None
-        ]
+        """The earliest time limit (soft or hard): past it the run is overtime, so a soft
+        limit gets its timeout violation too."""
+        found = [limit for limit in self.limits(task, request) if limit is not None]
         return min(found) if found else None
 
     def spec(
@@ -360,7 +351,9 @@ class _Instrumentation:
                 run.detach(tokens)
             finally:
                 # No state: interrupted in flight (a SystemExit), maybe at the hard limit.
-                limit = self.hard_limit(sender) if state is None else None
+                limit = None
+                if state is None:
+                    limit = self.limits(sender, getattr(sender, "request", None))[0]
                 _finish(run, state, retval, limit)
 
     def revoked(
