@@ -117,15 +117,6 @@ def options_per_run_and_once(rounds: int, n: int = 20_000) -> tuple[float, float
             attempt=1,
             heartbeat_interval=interval,
             timeout=min(found) if found else None,
-            stall_timeout=None,
-            memory_limit=None,
-            cpu_limit=None,
-            fd_limit=None,
-            on_limit=None,
-            supervision_id=None,
-            attributes=None,
-            hooks={},
-            tracer_provider=None,
             lease=lease,
         )
 

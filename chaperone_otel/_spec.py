@@ -76,20 +76,21 @@ def make_spec(
     attempt: int | None,
     heartbeat_interval: Any,
     timeout: Any,
-    stall_timeout: Any,
-    memory_limit: Any,
-    cpu_limit: Any,
-    fd_limit: Any,
-    on_limit: Any,
-    supervision_id: str | None,
-    attributes: Mapping[str, Any] | None,
-    hooks: Mapping[str, Any],
-    tracer_provider: Any,
+    stall_timeout: Any = None,
+    memory_limit: Any = None,
+    cpu_limit: Any = None,
+    fd_limit: Any = None,
+    on_limit: Any = None,
+    supervision_id: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    hooks: Mapping[str, Any] | None = None,
+    tracer_provider: Any = None,
     schedule: Any = None,
     scheduled_for: Any = None,
     lease: Any = None,
 ) -> Spec:
-    """Validate every option now: misuse fails at decoration time (DESIGN §8)."""
+    """Validate every option now: misuse fails at decoration time (DESIGN §8). An option
+    not given is unset (no limit, no hook, the global tracer provider)."""
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
@@ -148,7 +149,7 @@ def make_spec(
         on_limit=on_limit,
         supervision_id=supervision_id,
         attributes=attrs,
-        hooks=Hooks.from_kwargs(hooks),
+        hooks=Hooks.from_kwargs(hooks or {}),
         tracer_provider=tracer_provider,
         schedule=schedule_name(schedule),
         scheduled_for=_moment(scheduled_for),

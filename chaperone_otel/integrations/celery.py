@@ -217,15 +217,6 @@ class _Instrumentation:
                 attempt=attempt,
                 heartbeat_interval=interval,
                 timeout=timeout,
-                stall_timeout=None,
-                memory_limit=None,
-                cpu_limit=None,
-                fd_limit=None,
-                on_limit=None,
-                supervision_id=None,
-                attributes=None,
-                hooks={},
-                tracer_provider=None,
                 lease=lease,
             )
             if found.name is None:
