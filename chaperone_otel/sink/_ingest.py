@@ -23,7 +23,8 @@ and SQL only moves rows, with a constant handful of short statements per commit:
 4. ``INSERT`` the merged rows back (one row per run).
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
    insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
-   summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`). A batch of
+   summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`) and the
+   ``verdict_totals`` of settled verdicts (one more, :mod:`._verdict_totals`). A batch of
    running jobs costs 6 short statements.
 
 Everything runs on the writer's cursor, under the store's write lock, in one transaction: a
@@ -47,6 +48,7 @@ from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
 from ._settled import SETTLED_COLUMN
+from ._verdict_totals import update_verdict_totals
 
 _MAX_EPOCH: Final = 32_503_680_000  # year 3000: beyond it a time is garbage, stored as NULL
 
@@ -258,6 +260,7 @@ def _write_runs(
     stored = _cast_like(rows, current.schema)
     register("chaperone_stage_jobs", stored)
     cur.execute(INSERT_JOBS)
+    update_verdict_totals(cur, register, current, stored)
     totals = totals_delta(current, stored)
     if totals is not None:
         register("chaperone_stage_totals", totals)

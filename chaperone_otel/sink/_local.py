@@ -49,6 +49,7 @@ from ._store import (
     sink_error,
     truncation,
 )
+from ._verdict_totals import PRUNE_VERDICT_TOTALS
 
 _READ_ONLY_TYPES: Final = frozenset({"SELECT", "EXPLAIN"})
 
@@ -242,8 +243,8 @@ class LocalSink(Sink):
                     # replacement scan that would read it is off.
                     raise SinkError(
                         "sink.sql() reads only the job store (tables jobs, heartbeats, "
-                        "job_errors, resource_violations, job_totals, schema_version; views "
-                        f"jobs_health, problem_runs): {e}"
+                        "job_errors, resource_violations, job_totals, verdict_totals, "
+                        f"schema_version; views jobs_health, problem_runs): {e}"
                     ) from e
                 except duckdb.Error as e:
                     raise truncation(e, self.path) or SinkError(
@@ -416,6 +417,7 @@ class LocalSink(Sink):
                         {"cutoff": cutoff, "now": now},
                     )
                     cur.execute(PRUNE_TOTALS)
+                    cur.execute(PRUNE_VERDICT_TOTALS)
                     for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "

@@ -44,7 +44,13 @@ from ._results import (
     ViolationRecord,
     select_exprs,
 )
-from ._schema import HEALTH_COLUMNS, live_only, settled_branches, where_predicate
+from ._schema import (
+    HEALTH_COLUMNS,
+    VERDICT_TOTALS,
+    live_only,
+    settled_branches,
+    where_predicate,
+)
 from ._settled import SETTLED_COLUMN
 from ._step_query import SqlBuilder, Step, StepQuery, to_epoch
 
@@ -124,6 +130,15 @@ STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] 
     "parent_run_id": _equals("parent_run_id"),
 }
 """How each filtering step kind renders to a WHERE clause (values always bound)."""
+
+TOTALS_STEP_SQL: Final[Mapping[str, Callable[[SqlBuilder, Step, HealthPolicy], None]]] = {
+    "status": _equals("status"),
+    "name": _equals("name"),
+    "class": _class,
+    "queue": _equals("queue"),
+}
+"""The steps ``verdict_totals`` can answer, rendered over its columns. Its ``name`` and
+``queue`` are ``''`` where the run has none, which no step's value can be (non-empty)."""
 
 if set(STEP_SQL) != {s.step for s in SCOPES}:  # pragma: no cover - a developer's slip
     raise ValueError("every scope's step kind needs exactly one SQL rendering in STEP_SQL")
@@ -363,8 +378,12 @@ class JobQuery(StepQuery["Sink"]):
         return text, sql.params
 
     def _split_count(self, policy: HealthPolicy) -> tuple[str, SqlBuilder] | None:
-        """``count()`` of a query with a verdict scope as the sum of two scans, finished runs
-        by their stored verdict plus the rest by the rule (see ``settled_branches``)."""
+        """``count()`` of a query with a verdict scope as the sum of two parts, finished runs
+        by their stored verdict plus the rest by the rule (see ``settled_branches``).
+
+        The finished runs' part reads ``verdict_totals`` (a few rows the writer keeps exact)
+        when every other step is one the totals can answer (status, name, class, queue);
+        else it scans the stored verdicts."""
         for step in self._steps:
             if step[0] != "health":
                 continue
@@ -372,12 +391,25 @@ class JobQuery(StepQuery["Sink"]):
             if branches is None:
                 continue
             rest = SqlBuilder()
-            for other in self._steps:
-                if other is not step:
-                    render_step(rest, other, policy)
+            others = [other for other in self._steps if other is not step]
+            for other in others:
+                render_step(rest, other, policy)
             parts = [" AND ".join([b, *rest.where]) for b in branches]
-            text = " + ".join(f"(SELECT count(*) FROM jobs WHERE {p})" for p in parts)
-            return f"SELECT {text}", rest
+            counts = [f"(SELECT count(*) FROM jobs WHERE {p})" for p in parts]
+            if branches[0] == f"{SETTLED_COLUMN} = '{step[1]}'" and all(
+                other[0] in TOTALS_STEP_SQL or other[0] in SHAPING_STEPS for other in others
+            ):
+                totals = SqlBuilder()
+                totals.params = rest.params  # one set of bound values for both parts
+                for other in others:
+                    if other[0] not in SHAPING_STEPS:
+                        TOTALS_STEP_SQL[other[0]](totals, other, policy)
+                clauses = " AND ".join([f"health = '{step[1]}'", *totals.where])
+                counts[0] = (
+                    f"(SELECT CAST(coalesce(sum(stored), 0) AS BIGINT) FROM {VERDICT_TOTALS} "
+                    f"WHERE {clauses})"
+                )
+            return f"SELECT {' + '.join(counts)}", rest
         return None
 
     @classmethod

@@ -344,6 +344,23 @@ PRUNE_TOTALS: Final = (
 """Run by prune before it deletes the ``chaperone_doomed`` runs: ``stored`` follows."""
 
 
+VERDICT_TOTALS: Final = "verdict_totals"
+"""Stored runs per (name, queue, status, settled verdict): ``count()`` of a verdict scope
+reads it for the finished runs (issue 16; kept by ``sink/_verdict_totals.py``)."""
+
+
+def verdict_totals_statements() -> tuple[str, ...]:
+    """The ``verdict_totals`` table, filled from the verdicts already stored. The key is
+    ``job_totals``'s (a missing name or queue is ``''``) plus the verdict."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {VERDICT_TOTALS} (name VARCHAR NOT NULL, "
+        f"queue VARCHAR NOT NULL, status VARCHAR NOT NULL, health {VERDICT_TYPE} NOT NULL, "
+        "stored BIGINT NOT NULL)",
+        f"INSERT INTO {VERDICT_TOTALS} SELECT coalesce(name, ''), coalesce(queue, ''), status, "
+        f"{SETTLED_COLUMN}, count(*) FROM jobs WHERE {SETTLED_COLUMN} IS NOT NULL GROUP BY ALL",
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -399,8 +416,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
         (SETTLED_COLUMN,),
     ),
+    Migration(
+        7,
+        "verdict_totals: stored finished runs per name, queue, status and settled verdict, "
+        "so a verdict scope's count() reads them instead of scanning (issue 16)",
+        verdict_totals_statements(),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(7, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(8, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 
