@@ -53,23 +53,32 @@ Only these are registered: DuckDB's scan of an Arrow table costs per column (the
 sixty-column rows made the statement ~1.6x dearer)."""
 
 
+_ADDED: Final = f"SELECT {_KEY}, {SETTLE_SQL} AS health, 1 AS n FROM chaperone_verdicts_after"
+_MATCHED: Final = (
+    "WHEN MATCHED THEN UPDATE SET stored = t.stored + s.n "
+    "WHEN NOT MATCHED THEN INSERT VALUES (s.name, s.queue, s.status, s.health, s.n)"
+)
 WRITE_DELTA: Final = (
     f"MERGE INTO {VERDICT_TOTALS} AS t USING ("
     "SELECT name, queue, status, health, sum(n) AS n FROM ("
     f"SELECT {_KEY}, CAST({SETTLED_COLUMN} AS VARCHAR) AS health, -1 AS n "
-    f"FROM chaperone_verdicts_before WHERE {SETTLED_COLUMN} IS NOT NULL "
-    f"UNION ALL SELECT {_KEY}, {SETTLE_SQL} AS health, 1 AS n FROM chaperone_verdicts_after"
+    f"FROM chaperone_verdicts_before WHERE {SETTLED_COLUMN} IS NOT NULL UNION ALL {_ADDED}"
     ") WHERE health IS NOT NULL GROUP BY ALL HAVING sum(n) <> 0) AS s "
-    f"ON {_ON} "
-    "WHEN MATCHED AND t.stored + s.n = 0 THEN DELETE "
-    "WHEN MATCHED THEN UPDATE SET stored = t.stored + s.n "
-    "WHEN NOT MATCHED THEN INSERT VALUES (s.name, s.queue, s.status, s.health, s.n)"
+    f"ON {_ON} WHEN MATCHED AND t.stored + s.n = 0 THEN DELETE {_MATCHED}"
 )
 """The change a batch makes: its runs' rows before (``chaperone_verdicts_before``, as the
 ``DELETE … RETURNING`` gave them) count -1 in their stored verdict, the merged rows
 (``chaperone_verdicts_after``, what the ``INSERT`` stores) +1 in the verdict the ``INSERT``
 computes from the same values. A group that reaches 0 is deleted, so the table never holds
 empty groups."""
+
+WRITE_ADDED: Final = (
+    f"MERGE INTO {VERDICT_TOTALS} AS t USING (SELECT name, queue, status, health, "
+    f"sum(n) AS n FROM ({_ADDED}) WHERE health IS NOT NULL GROUP BY ALL) AS s "
+    f"ON {_ON} {_MATCHED}"
+)
+""":data:`WRITE_DELTA` when no row before the batch had a stored verdict (runs ending now,
+the common case): one scan fewer and no table to register, ~1.5 ms less CPU per write."""
 
 PRUNE_VERDICT_TOTALS: Final = (
     f"MERGE INTO {VERDICT_TOTALS} AS t USING (SELECT {_KEY}, {SETTLED_COLUMN} AS health, "
@@ -99,7 +108,8 @@ def update_verdict_totals(
     ended_after = pc.any(pc.is_in(after.column("status"), value_set=_TERMINAL)).as_py()
     if not (settled_before or ended_after):
         return False
-    register("chaperone_verdicts_before", before.select(_BEFORE_COLUMNS))
     register("chaperone_verdicts_after", after.select(_AFTER_COLUMNS))
-    cur.execute(WRITE_DELTA)
+    if settled_before:
+        register("chaperone_verdicts_before", before.select(_BEFORE_COLUMNS))
+    cur.execute(WRITE_DELTA if settled_before else WRITE_ADDED)
     return True
