@@ -275,15 +275,13 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(lp)
     out.logger_provider = lp
     if otlp:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
-            OTLPLogExporter,
-        )
+        from ._otlp_logs import otlp_log_exporter  # noqa: PLC0415
 
         queue, batch = _batch_sizes("logs")
         out.log_processors.append(
             BatchLogRecordProcessor(
                 CountingLogExporter(
-                    OTLPLogExporter(
+                    otlp_log_exporter(
                         endpoint=_endpoint(config, "logs"), session=_forksafe.session("logs")
                     )
                 ),
