@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
@@ -290,6 +290,15 @@ def _scope(scope: Any, attributes: _Attributes) -> bytes:
 
 
 def _encode(batch: Sequence[Any]) -> bytes:
+    return _grouped(batch, _log_record)
+
+
+def _grouped(batch: Sequence[Any], encode_one: Callable[[Any, _Attributes], bytes]) -> bytes:
+    """The request of ``batch``: its items (log records or spans, ``encode_one``) under
+    their scopes under their resources. ``ExportLogsServiceRequest`` and
+    ``ExportTraceServiceRequest`` share these field numbers: resource_logs/resource_spans 1;
+    resource 1, scope_logs/scope_spans 2, schema_url 3; scope 1, log_records/spans 2,
+    schema_url 3."""
     attributes = _Attributes()
     # Grouped as the SDK groups them: dicts keyed by the resource and the scope objects
     # (their equality, first-seen order, the first-seen key kept). A Resource hashes by
@@ -303,7 +312,7 @@ def _encode(batch: Sequence[Any]) -> bytes:
         if records is None:
             records = groups.setdefault(resource, {}).setdefault(scope, [])
             by_identity[id(resource), id(scope)] = records
-        records.append(_field(b"\x12", _log_record(readable, attributes)))
+        records.append(_field(b"\x12", encode_one(readable, attributes)))
     out = []
     for resource, scopes in groups.items():
         parts = [_field(b"\x0a", attributes.encode(resource.attributes, b"\x0a"))]
@@ -341,9 +350,9 @@ _PARTS = ("_shutdown", "_metrics", "_max_request_size", "_client")
 """The SDK exporter's private attributes :meth:`FastOTLPLogExporter.export` uses."""
 
 
-def fast_exporter_supported(exporter: OTLPLogExporter) -> bool:
-    """Whether the installed SDK exporter is shaped as :class:`FastOTLPLogExporter` expects
-    (its ``export()`` is a copy of the SDK 1.45 one with the encoding replaced)."""
+def fast_exporter_supported(exporter: Any) -> bool:
+    """Whether the installed SDK exporter (logs or spans) is shaped as the fast exporters
+    expect (their ``export()`` is a copy of the SDK 1.45 one with the encoding replaced)."""
     return all(hasattr(exporter, name) for name in _PARTS) and hasattr(
         exporter._metrics, "export_operation"
     )

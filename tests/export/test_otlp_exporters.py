@@ -1,6 +1,6 @@
-"""``FastOTLPLogExporter`` behaves as the SDK's ``OTLPLogExporter`` it subclasses: the same
-HTTP requests (path, headers, compression, body), results, retries, size limit and
-shutdown, against a real local HTTP receiver; and ``configure()`` installs it."""
+"""``FastOTLPLogExporter`` and ``FastOTLPSpanExporter`` behave as the SDK's exporters they
+subclass: the same HTTP requests (path, headers, compression, body), results, retries, size
+limit and shutdown, against a real local HTTP receiver; and ``configure()`` installs them."""
 
 from __future__ import annotations
 
@@ -13,20 +13,27 @@ from typing import Any
 import pytest
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as sdk_encode
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanContext
 
 import chaperone_otel as chaperone
-from chaperone_otel.export import CountingLogExporter
+from chaperone_otel.export import CountingLogExporter, CountingSpanExporter
 from chaperone_otel.export._otlp_logs import (
     FastOTLPLogExporter,
     encode_logs,
     fast_exporter_supported,
 )
+from chaperone_otel.export._otlp_spans import FastOTLPSpanExporter, encode_spans
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -157,6 +164,10 @@ def test_configure_installs_the_fast_exporter(
         counting = processor._batch_processor._exporter
         assert isinstance(counting, CountingLogExporter)
         assert type(counting.inner) is FastOTLPLogExporter
+        (span_processor,) = setup.span_processors
+        counting_spans = span_processor._batch_processor._exporter
+        assert isinstance(counting_spans, CountingSpanExporter)
+        assert type(counting_spans.inner) is FastOTLPSpanExporter
 
         @chaperone.supervised(name="enc.job")
         def job() -> None:
@@ -174,3 +185,52 @@ def test_configure_installs_the_fast_exporter(
         for record in sl.log_records
     ]
     assert events == ["chaperone.job.started", "chaperone.job.finished"]
+    spans = [
+        span.name
+        for path, _, body in requests
+        if path == "/v1/traces"
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert spans == ["enc.job"]
+
+
+def _spans(odd: bool = False) -> list[ReadableSpan]:
+    resource = Resource({"service.name": "svc"})
+    return [
+        ReadableSpan(
+            name=f"s{n}",
+            context=SpanContext(trace_id=n + 1, span_id=n + 2, is_remote=False),
+            resource=resource,
+            attributes={"n": n, "odd": {1, 2}} if odd and n == 3 else {"n": n},
+            start_time=n,
+            end_time=n + 10,
+        )
+        for n in range(10)
+    ]
+
+
+@pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
+@pytest.mark.parametrize("odd", [False, True], ids=["fast path", "fallback"])
+def test_span_exporter_sends_what_the_sdk_exporter_sends(
+    receiver: tuple[str, list[Any], list[int]], compression: Compression, odd: bool
+) -> None:
+    url, requests, statuses = receiver
+    url = url.replace("/v1/logs", "/v1/traces")
+    spans = _spans(odd)
+    assert (encode_spans(spans) is None) is odd
+    results = []
+    for cls in (OTLPSpanExporter, FastOTLPSpanExporter):
+        exporter = cls(endpoint=url, compression=compression, headers={"x-tenant": "t1"})
+        assert fast_exporter_supported(exporter)
+        results.append(exporter.export(spans))
+        statuses.append(400)
+        results.append(exporter.export(spans))  # refused: no retry
+        exporter.shutdown()
+        results.append(exporter.export(spans))  # after shutdown: nothing sent
+    expected = [SpanExportResult.SUCCESS, SpanExportResult.FAILURE, SpanExportResult.FAILURE]
+    assert results == expected * 2
+    sdk, sdk_refused, fast, fast_refused = (_comparable(r) for r in requests)
+    assert (fast, fast_refused) == (sdk, sdk_refused)
+    assert sdk[2] == sdk_spans(spans).SerializePartialToString()
