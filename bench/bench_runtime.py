@@ -58,6 +58,7 @@ from chaperone_otel._config import get_config
 from chaperone_otel._runtime import runtime as _runtime
 from chaperone_otel.export import _resource as _configure_resource
 from chaperone_otel.export._otlp_logs import encode_logs_or_sdk
+from chaperone_otel.export._otlp_spans import encode_spans_or_sdk
 
 
 def per_op(fn: Callable[[int], None], n: int, rounds: int) -> list[float]:
@@ -101,6 +102,15 @@ class _EncodingLogExporter(_NullLogExporter):
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         encode_logs(batch).SerializeToString()
         return LogRecordExportResult.SUCCESS
+
+
+class _FastEncodingSpanExporter(SpanExporter):
+    """Encodes each batch as the span exporter ``configure()`` installs does (chaperone's
+    OTLP span encoder, ``export/_otlp_spans.py``), then discards the bytes."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        encode_spans_or_sdk(spans)
+        return SpanExportResult.SUCCESS
 
 
 class _FastEncodingLogExporter(_NullLogExporter):
@@ -215,18 +225,29 @@ def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
         _FastEncodingLogExporter(), max_queue_size=16_384, max_export_batch_size=1_024
     )
     fast_logger_provider.add_log_record_processor(fast_log_processor)
+    fast_tracer_provider = TracerProvider(resource=resource)
+    fast_span_processor = BatchSpanProcessor(
+        _FastEncodingSpanExporter(), max_queue_size=8_192, max_export_batch_size=1_024
+    )
+    fast_tracer_provider.add_span_processor(fast_span_processor)
     cases = _run_cases(tracer_provider, logger_provider, meter_provider)
-    # The same run, its records encoded as configure()'s exporter encodes them.
+    # The same run, its records (and then its span too) encoded as configure()'s exporters
+    # encode them.
+    cases[FAST_LOGS] = cases["supervised run"]
     cases[FAST_ENCODER] = cases["supervised run"]
     # The job thread's floor were the log records emitted elsewhere: the same run with a
     # logger that wants no record (none is built or emitted; the span is still exported).
     cases[_NO_RECORDS] = cases["supervised run"]
     silent = LoggerProvider(resource=resource)
-    providers = {_NO_RECORDS: silent, FAST_ENCODER: fast_logger_provider}
+    providers = {
+        _NO_RECORDS: (tracer_provider, silent),
+        FAST_LOGS: (tracer_provider, fast_logger_provider),
+        FAST_ENCODER: (fast_tracer_provider, fast_logger_provider),
+    }
 
-    def use(logs: LoggerProvider) -> None:
+    def use(traces: TracerProvider, logs: LoggerProvider) -> None:
         chaperone.configure(
-            tracer_provider=tracer_provider,
+            tracer_provider=traces,
             meter_provider=meter_provider,
             logger_provider=logs,
             heartbeat_interval=60,
@@ -236,12 +257,13 @@ def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
         span_processor.force_flush()
         log_processor.force_flush()
         fast_log_processor.force_flush()
+        fast_span_processor.force_flush()
 
     thread: dict[str, list[float]] = {name: [] for name in cases}
     process: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn_ in cases.items():
-            use(providers.get(name, logger_provider))
+            use(*providers.get(name, (tracer_provider, logger_provider)))
             _runtime().flush_metrics()
             flush()
             p0, t0 = time.process_time(), time.thread_time()
@@ -347,9 +369,13 @@ def _run_cases(
 
 
 _NO_RECORDS = "supervised run, no log records"
-FAST_ENCODER = "supervised run, chaperone encoder"
-"""The supervised run as ``configure()`` exports it: its log records encoded by chaperone's
-OTLP log encoder (``supervised run`` and ``SDK calls of a run`` use the SDK's)."""
+FAST_LOGS = "supervised run, chaperone log encoder"
+"""The supervised run with its log records encoded by chaperone's OTLP log encoder (its
+span by the SDK's)."""
+FAST_ENCODER = "supervised run, chaperone encoders"
+"""The supervised run as ``configure()`` exports it: its log records and its span encoded
+by chaperone's OTLP encoders (``supervised run``, ``SDK calls of a run`` and the bare span
+use the SDK's)."""
 
 _START_KEYS = frozenset(
     {
@@ -379,8 +405,9 @@ def print_cpu(cpu: dict[str, tuple[float, float]]) -> bool:
     thread_ok = thread <= 2 * span_thread
     process_ok = process <= 3 * span_process
     print(
-        f"chaperone's log encoder / the SDK's, same rounds: process {process / sdk_process:.2f} x,"
-        f" job thread {thread / sdk_thread:.2f} x"
+        f"chaperone's encoders / the SDK's, same rounds: process {process / sdk_process:.2f} x"
+        f" (log encoder alone {cpu[FAST_LOGS][1] / sdk_process:.2f} x), job thread "
+        f"{thread / sdk_thread:.2f} x"
     )
     print(
         f"issue 16 goal 2 (as configure() exports): job thread {thread / span_thread:.2f} x "
