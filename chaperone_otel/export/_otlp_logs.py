@@ -415,6 +415,6 @@ def otlp_log_exporter(**options: Any) -> OTLPLogExporter:
     exporter = FastOTLPLogExporter(**options)
     if fast_exporter_supported(exporter):
         return exporter
-    exporter.shutdown()  # type: ignore[no-untyped-call]
+    # Not shut down: its HTTP client would close the session the SDK's exporter is given.
     _logger.debug("chaperone_otel: the SDK's OTLP log exporter encodes log records")
     return OTLPLogExporter(**options)

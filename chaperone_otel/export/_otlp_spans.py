@@ -225,5 +225,5 @@ def otlp_span_exporter(**options: Any) -> OTLPSpanExporter:
     exporter = FastOTLPSpanExporter(**options)
     if fast_exporter_supported(exporter):
         return exporter
-    exporter.shutdown()  # type: ignore[no-untyped-call]
+    # Not shut down: its HTTP client would close the session the SDK's exporter is given.
     return OTLPSpanExporter(**options)

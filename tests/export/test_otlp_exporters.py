@@ -234,3 +234,31 @@ def test_span_exporter_sends_what_the_sdk_exporter_sends(
     sdk, sdk_refused, fast, fast_refused = (_comparable(r) for r in requests)
     assert (fast, fast_refused) == (sdk, sdk_refused)
     assert sdk[2] == sdk_spans(spans).SerializePartialToString()
+
+
+def test_configure_installs_the_sdks_exporters_when_theirs_are_shaped_otherwise(
+    receiver: tuple[str, list[Any], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK whose exporters lack what the fast ones use: its own exporters, which still
+    send every record (the session they are given still works)."""
+    from chaperone_otel.export import _otlp_logs, _otlp_spans
+
+    monkeypatch.setattr(_otlp_logs, "fast_exporter_supported", lambda exporter: False)
+    monkeypatch.setattr(_otlp_spans, "fast_exporter_supported", lambda exporter: False)
+    url, requests, _ = receiver
+    setup = chaperone.configure(otlp_endpoint=url.removesuffix("/v1/logs"))
+    try:
+        (processor,) = setup.log_processors
+        assert type(processor._batch_processor._exporter.inner) is OTLPLogExporter
+        (span_processor,) = setup.span_processors
+        assert type(span_processor._batch_processor._exporter.inner) is OTLPSpanExporter
+
+        @chaperone.supervised(name="enc.job")
+        def job() -> None:
+            return None
+
+        job()
+    finally:
+        chaperone.shutdown()
+    paths = {path for path, _, _ in requests}
+    assert {"/v1/logs", "/v1/traces"} <= paths
