@@ -412,9 +412,8 @@ def main() -> None:
                 samples.setdefault("server-side decode only (_otlp.decode, CPU time)", []).append(
                     decode_rate
                 )
-                samples.setdefault("client-side SDK encode only (encode_logs)", []).append(
-                    encode_rates[w][-1]
-                )
+                label = "client-side SDK encode only (encode_logs, CPU time)"
+                samples.setdefault(label, []).append(encode_rates[w][-1])
                 for k, (label, senders, ack, pre) in enumerate(CASES):
                     samples.setdefault(label, []).append(
                         otlp_rate(
