@@ -245,16 +245,14 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(tp)
     out.tracer_provider = tp
     if otlp:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-            OTLPSpanExporter,
-        )
+        from ._otlp_spans import otlp_span_exporter  # noqa: PLC0415
 
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         queue, batch = _batch_sizes("traces")
         out.span_processors.append(
             BatchSpanProcessor(
                 CountingSpanExporter(
-                    OTLPSpanExporter(
+                    otlp_span_exporter(
                         endpoint=_endpoint(config, "traces"), session=_forksafe.session("traces")
                     )
                 ),
@@ -275,15 +273,13 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(lp)
     out.logger_provider = lp
     if otlp:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
-            OTLPLogExporter,
-        )
+        from ._otlp_logs import otlp_log_exporter  # noqa: PLC0415
 
         queue, batch = _batch_sizes("logs")
         out.log_processors.append(
             BatchLogRecordProcessor(
                 CountingLogExporter(
-                    OTLPLogExporter(
+                    otlp_log_exporter(
                         endpoint=_endpoint(config, "logs"), session=_forksafe.session("logs")
                     )
                 ),
