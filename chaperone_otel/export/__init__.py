@@ -245,7 +245,7 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(tp)
     out.tracer_provider = tp
     if otlp:
-        from ._otlp_spans import otlp_span_exporter  # noqa: PLC0415
+        from ._otlp_http import otlp_span_exporter  # noqa: PLC0415
 
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         queue, batch = _batch_sizes("traces")
@@ -273,7 +273,7 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(lp)
     out.logger_provider = lp
     if otlp:
-        from ._otlp_logs import otlp_log_exporter  # noqa: PLC0415
+        from ._otlp_http import otlp_log_exporter  # noqa: PLC0415
 
         queue, batch = _batch_sizes("logs")
         out.log_processors.append(

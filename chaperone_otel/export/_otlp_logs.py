@@ -27,9 +27,10 @@ What it guarantees, and what guards it:
 * **The exporter is the SDK's.** :class:`FastOTLPLogExporter` subclasses the SDK's
   ``OTLPLogExporter`` and replaces only the encoding step of ``export()``: the request
   size check, the HTTP client (retries, timeouts, compression, headers), the exporter's
-  own metrics and ``shutdown()`` are the SDK's. The override mirrors the installed
-  version's ``export()`` (1.45); :func:`fast_exporter_supported` checks that the private
-  parts it uses exist, and ``configure()`` falls back to the SDK's exporter otherwise.
+  own metrics and ``shutdown()`` are the SDK's. The override is the SDK 1.45 ``export()``
+  (:func:`._otlp_http.send`), used only when the installed SDK's ``export()`` is that one
+  (:mod:`._otlp_http` says how it is checked); ``configure()`` installs the SDK's own
+  exporter otherwise.
 
 Layer: ``export`` (imports the OTel SDK and the OTLP/HTTP exporter).
 """
@@ -45,17 +46,13 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common._log_encoder import (
     encode_logs as _sdk_encode_logs,
 )
-from opentelemetry.exporter.otlp.proto.http import _log_exporter as _sdk_exporter
-from opentelemetry.exporter.otlp.proto.http._common import (
-    RequestPayloadTooLargeError,
-    _is_request_too_large,
-)
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
-_logger = logging.getLogger("chaperone_otel")
+from ._otlp_http import send
+
+_sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http._log_exporter")
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -346,75 +343,23 @@ def encode_logs_or_sdk(batch: Sequence[ReadableLogRecord]) -> bytes:
     return data
 
 
-_PARTS = ("_shutdown", "_metrics", "_max_request_size", "_client")
-"""The SDK exporter's private attributes :meth:`FastOTLPLogExporter.export` uses."""
-
-
-def fast_exporter_supported(exporter: Any) -> bool:
-    """Whether the installed SDK exporter (logs or spans) is shaped as the fast exporters
-    expect (their ``export()`` is a copy of the SDK 1.45 one with the encoding replaced)."""
-    return all(hasattr(exporter, name) for name in _PARTS) and hasattr(
-        exporter._metrics, "export_operation"
-    )
-
-
 class FastOTLPLogExporter(OTLPLogExporter):
     """The SDK's OTLP/HTTP log exporter with :func:`encode_logs` as its encoder.
 
-    ``export()`` is the SDK's (``opentelemetry-exporter-otlp-proto-http`` 1.45) line for
-    line, except that the request bytes come from :func:`encode_logs_or_sdk`: the shutdown
-    check, the exporter's own metrics, the request size limit, the HTTP client (retries,
-    backoff, timeouts, compression, headers) and its result handling are unchanged.
-    ``tests/export/test_otlp_logs_exporter.py`` runs it and the SDK's exporter against the
-    same local HTTP server and requires the same requests and results.
+    ``export()`` is the SDK's (``opentelemetry-exporter-otlp-proto-http`` 1.45) with only
+    the request bytes made by :func:`encode_logs_or_sdk` (:func:`._otlp_http.send`): the
+    shutdown check, the exporter's own metrics, the request size limit, the HTTP client
+    (retries, backoff, timeouts, compression, headers) and its result handling are
+    unchanged. ``tests/export/test_otlp_exporters.py`` runs it and the SDK's exporter
+    against the same local HTTP server and requires the same requests and results.
     """
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        if self._shutdown:
-            _sdk_exporter._logger.warning("Exporter already shutdown, ignoring batch")
-            return LogRecordExportResult.FAILURE
-
-        with self._metrics.export_operation(len(batch)) as result:
-            try:
-                serialized_data = encode_logs_or_sdk(batch)
-            except Exception as error:  # the SDK's: a batch it cannot encode fails
-                _sdk_exporter._logger.error("Failed to encode logs batch: %s", error)
-                result.error = error
-                return LogRecordExportResult.FAILURE
-
-            if _is_request_too_large(serialized_data, self._max_request_size):
-                _sdk_exporter._logger.warning(
-                    "Dropping logs batch: serialized size %d bytes exceeds max_request_size "
-                    "%d bytes.",
-                    len(serialized_data),
-                    self._max_request_size,
-                )
-                result.error = RequestPayloadTooLargeError(
-                    f"Serialized logs request size {len(serialized_data)} "
-                    f"bytes exceeds max_request_size "
-                    f"{self._max_request_size} bytes."
-                )
-                return LogRecordExportResult.FAILURE
-
-            export_result = self._client.export(serialized_data)
-            if not export_result.success:
-                result.error = export_result.error
-                result.error_attrs = (
-                    {HTTP_RESPONSE_STATUS_CODE: export_result.status_code}
-                    if export_result.status_code is not None
-                    else None
-                )
-                return LogRecordExportResult.FAILURE
-        return LogRecordExportResult.SUCCESS
-
-
-def otlp_log_exporter(**options: Any) -> OTLPLogExporter:
-    """The OTLP/HTTP log exporter ``configure()`` installs: :class:`FastOTLPLogExporter`, or
-    the SDK's own ``OTLPLogExporter`` when the installed SDK's is not shaped as the fast one
-    expects (a newer version: records are then encoded by the SDK, as before)."""
-    exporter = FastOTLPLogExporter(**options)
-    if fast_exporter_supported(exporter):
-        return exporter
-    # Not shut down: its HTTP client would close the session the SDK's exporter is given.
-    _logger.debug("chaperone_otel: the SDK's OTLP log exporter encodes log records")
-    return OTLPLogExporter(**options)
+        return send(
+            self,
+            batch,
+            encode_logs_or_sdk,
+            (LogRecordExportResult.SUCCESS, LogRecordExportResult.FAILURE),
+            "logs",
+            _sdk_logger,
+        )

@@ -21,16 +21,12 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
     encode_spans as _sdk_encode_spans,
 )
-from opentelemetry.exporter.otlp.proto.http._common import (
-    RequestPayloadTooLargeError,
-    _is_request_too_large,
-)
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import SpanKind
 
+from ._otlp_http import send
 from ._otlp_logs import (
     _UINT32_MAX,
     _Attributes,
@@ -41,7 +37,6 @@ from ._otlp_logs import (
     _string,
     _Unusual,
     _varint,
-    fast_exporter_supported,
 )
 
 _sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
@@ -181,49 +176,11 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     :class:`~._otlp_logs.FastOTLPLogExporter`'s."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            _sdk_logger.warning("Exporter already shutdown, ignoring batch")
-            return SpanExportResult.FAILURE
-
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                serialized_data = encode_spans_or_sdk(spans)
-            except Exception as error:  # the SDK's: a batch it cannot encode fails
-                _sdk_logger.error("Failed to encode span batch: %s", error)
-                result.error = error
-                return SpanExportResult.FAILURE
-
-            if _is_request_too_large(serialized_data, self._max_request_size):
-                _sdk_logger.warning(
-                    "Dropping span batch: serialized size %d bytes exceeds max_request_size "
-                    "%d bytes.",
-                    len(serialized_data),
-                    self._max_request_size,
-                )
-                result.error = RequestPayloadTooLargeError(
-                    f"Serialized span request size {len(serialized_data)} "
-                    f"bytes exceeds max_request_size "
-                    f"{self._max_request_size} bytes."
-                )
-                return SpanExportResult.FAILURE
-
-            export_result = self._client.export(serialized_data)
-            if not export_result.success:
-                result.error = export_result.error
-                result.error_attrs = (
-                    {HTTP_RESPONSE_STATUS_CODE: export_result.status_code}
-                    if export_result.status_code is not None
-                    else None
-                )
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
-
-
-def otlp_span_exporter(**options: Any) -> OTLPSpanExporter:
-    """The OTLP/HTTP span exporter ``configure()`` installs: :class:`FastOTLPSpanExporter`,
-    or the SDK's own when the installed one is not shaped as the fast one expects."""
-    exporter = FastOTLPSpanExporter(**options)
-    if fast_exporter_supported(exporter):
-        return exporter
-    # Not shut down: its HTTP client would close the session the SDK's exporter is given.
-    return OTLPSpanExporter(**options)
+        return send(
+            self,
+            spans,
+            encode_spans_or_sdk,
+            (SpanExportResult.SUCCESS, SpanExportResult.FAILURE),
+            "span",
+            _sdk_logger,
+        )

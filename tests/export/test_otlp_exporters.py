@@ -27,12 +27,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext
 
 import chaperone_otel as chaperone
-from chaperone_otel.export import CountingLogExporter, CountingSpanExporter
-from chaperone_otel.export._otlp_logs import (
-    FastOTLPLogExporter,
-    encode_logs,
-    fast_exporter_supported,
-)
+from chaperone_otel.export import CountingLogExporter, CountingSpanExporter, _otlp_http
+from chaperone_otel.export._otlp_http import export_source_digest, fast_exporter_supported
+from chaperone_otel.export._otlp_logs import FastOTLPLogExporter, encode_logs
 from chaperone_otel.export._otlp_spans import FastOTLPSpanExporter, encode_spans
 
 
@@ -110,7 +107,7 @@ def test_sends_what_the_sdk_exporter_sends(
     assert (encode_logs(batch) is None) is odd
     results = []
     for exporter in _both(url, compression=compression, headers={"x-tenant": "t1"}):
-        assert fast_exporter_supported(exporter)
+        assert fast_exporter_supported(exporter, OTLPLogExporter)
         results.append(exporter.export(batch))
         exporter.shutdown()
     assert results == [LogRecordExportResult.SUCCESS] * 2
@@ -223,7 +220,7 @@ def test_span_exporter_sends_what_the_sdk_exporter_sends(
     results = []
     for cls in (OTLPSpanExporter, FastOTLPSpanExporter):
         exporter = cls(endpoint=url, compression=compression, headers={"x-tenant": "t1"})
-        assert fast_exporter_supported(exporter)
+        assert fast_exporter_supported(exporter, OTLPSpanExporter)
         results.append(exporter.export(spans))
         statuses.append(400)
         results.append(exporter.export(spans))  # refused: no retry
@@ -236,15 +233,24 @@ def test_span_exporter_sends_what_the_sdk_exporter_sends(
     assert sdk[2] == sdk_spans(spans).SerializePartialToString()
 
 
-def test_configure_installs_the_sdks_exporters_when_theirs_are_shaped_otherwise(
+def test_the_installed_sdks_export_is_the_one_the_fast_exporters_copy() -> None:
+    """The fast exporters' ``export()`` copies the SDK's; they are used only with an SDK whose
+    ``export()`` is one the copy was checked against. When this fails after an SDK upgrade,
+    compare the SDK's new ``export()`` with ``_otlp_http.send`` and add its digest."""
+    for sdk_class in (OTLPLogExporter, OTLPSpanExporter):
+        digest = export_source_digest(sdk_class.export)
+        assert digest in _otlp_http.CHECKED_EXPORT_SOURCES, (
+            f"{sdk_class.__name__}.export changed (sha256 {digest}): compare it with "
+            "chaperone_otel/export/_otlp_http.send, then add the digest"
+        )
+
+
+def test_configure_installs_the_sdks_exporters_with_an_sdk_it_was_not_checked_against(
     receiver: tuple[str, list[Any], list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An SDK whose exporters lack what the fast ones use: its own exporters, which still
-    send every record (the session they are given still works)."""
-    from chaperone_otel.export import _otlp_logs, _otlp_spans
-
-    monkeypatch.setattr(_otlp_logs, "fast_exporter_supported", lambda exporter: False)
-    monkeypatch.setattr(_otlp_spans, "fast_exporter_supported", lambda exporter: False)
+    """An SDK whose ``export()`` is not one the fast exporters copy: its own exporters, which
+    still send every record (the session they are given still works)."""
+    monkeypatch.setattr(_otlp_http, "CHECKED_EXPORT_SOURCES", frozenset())
     url, requests, _ = receiver
     setup = chaperone.configure(otlp_endpoint=url.removesuffix("/v1/logs"))
     try:

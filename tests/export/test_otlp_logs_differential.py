@@ -279,6 +279,7 @@ def _mutant(old: str, new: str) -> Callable[[Sequence[Any]], bytes | None]:
     source = inspect.getsource(_otlp_logs)
     assert source.count(old) == 1, old
     module = types.ModuleType("_otlp_logs_mutant")
+    module.__package__ = _otlp_logs.__package__  # its relative imports
     code = compile(source.replace(old, new) + _SCOPED, "<mutant>", "exec")
     exec(code, module.__dict__)
     encode: Callable[[Sequence[Any]], bytes | None] = module.encode_logs
