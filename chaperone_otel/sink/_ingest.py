@@ -9,7 +9,9 @@ for 1 row and for 512), i.e. most of the ~48 ms a 512-record request cost. So th
 are applied here, vectorised over Arrow columns (``pyarrow.compute``, a few µs per column),
 and SQL only moves rows, with a constant handful of short statements per commit:
 
-1. ``DELETE … RETURNING``: take the batch's runs out of ``jobs`` (the current rows).
+1. ``DELETE … RETURNING``: take the batch's runs out of ``jobs`` (the current rows), read
+   only from the row groups that can hold them (:mod:`._probe`: the batch's open runs
+   from the small ``open_runs`` table, the others by start time).
 2. Heartbeats: built as stored rows in Arrow (times converted, one row per (run, attempt,
    sequence)); one ``SELECT`` finds those already stored (a re-delivery; the probe is limited
    to the batch's time range so zone maps skip old row groups), the rest is appended and
@@ -20,7 +22,8 @@ and SQL only moves rows, with a constant handful of short statements per commit:
    so); ``last_seen_at`` is the latest record of any kind; finished-span rows fill only what
    is still empty and let a terminal status replace a non-terminal one. Re-delivering or
    reordering records therefore converges to the same row.
-4. ``INSERT`` the merged rows back (one row per run).
+4. ``INSERT`` the merged rows back (one row per run), and those still open into
+   ``open_runs``.
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
    insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
    summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`). A batch of
@@ -43,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._fields import ERROR_STATUSES
+from ._probe import probe_keys, put_open, take_current
 from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
@@ -99,11 +103,6 @@ Key = tuple[str, int, str]
 """(run id, attempt, execution id): one stored run, one row of ``jobs``."""
 _KEY: Final = ("run_id", "attempt", "execution_id")
 
-DELETE_JOBS: Final = (
-    "DELETE FROM jobs USING chaperone_stage_keys k "
-    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt "
-    "AND jobs.execution_id = k.execution_id RETURNING jobs.*"
-)
 INSERT_JOBS: Final = (
     f"INSERT INTO jobs SELECT * REPLACE ({SETTLE_SQL} AS {SETTLED_COLUMN}) "
     "FROM chaperone_stage_jobs"
@@ -243,9 +242,9 @@ def _write_runs(
     result: WriteResult,
 ) -> None:
     """The runs' part of :func:`write` (a batch of schedule declarations alone has none)."""
-    register("chaperone_stage_keys", _keys_table(staged.keys))
-    # cursor.sql runs a non-SELECT statement at once and keeps its RETURNING rows.
-    current = cur.sql(DELETE_JOBS).to_arrow_table()
+    # The stored rows of the batch's runs, read only where they can be (``_probe``).
+    keys = probe_keys(staged.keys, staged.logs, staged.spans, _timestamps)
+    current, _full = take_current(cur, keys, register)
     new_beats: dict[Key, int] = {}
     if staged.heartbeats is not None:
         new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
@@ -258,6 +257,7 @@ def _write_runs(
     stored = _cast_like(rows, current.schema)
     register("chaperone_stage_jobs", stored)
     cur.execute(INSERT_JOBS)
+    put_open(cur, stored, register)
     totals = totals_delta(current, stored)
     if totals is not None:
         register("chaperone_stage_totals", totals)
