@@ -243,7 +243,7 @@ def _write_runs(
 ) -> None:
     """The runs' part of :func:`write` (a batch of schedule declarations alone has none)."""
     # The stored rows of the batch's runs, read only where they can be (``_probe``).
-    keys = probe_keys(staged.keys, staged.logs, staged.spans, _timestamps)
+    keys = probe_keys(staged.logs, staged.spans, _timestamps)
     current, _full = take_current(cur, keys, register)
     new_beats: dict[Key, int] = {}
     if staged.heartbeats is not None:
@@ -257,7 +257,7 @@ def _write_runs(
     stored = _cast_like(rows, current.schema)
     register("chaperone_stage_jobs", stored)
     cur.execute(INSERT_JOBS)
-    put_open(cur, stored, register)
+    put_open(cur, stored)
     totals = totals_delta(current, stored)
     if totals is not None:
         register("chaperone_stage_totals", totals)

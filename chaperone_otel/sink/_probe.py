@@ -49,6 +49,14 @@ NEVER: Final = datetime(9999, 1, 1)
 """A bound no stored time reaches: the half of the probe that has no key to look for."""
 
 _TIMESTAMP: Final = pa.timestamp("us")
+_PROBE_SCHEMA: Final = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("attempt", pa.int64()),
+        ("execution_id", pa.string()),
+        ("started", _TIMESTAMP),
+    ]
+)
 _FALSE: Final = pa.scalar(value=False, type=pa.bool_())
 _TERMINAL: Final = pa.array(TERMINAL_STATUSES, type=pa.string())
 _KEY: Final = ("run_id", "attempt", "execution_id")
@@ -71,8 +79,6 @@ TAKE_OPEN: Final = (
     "AND o.attempt = k.attempt AND o.execution_id = k.execution_id RETURNING o.*"
 )
 """The batch's open runs and where their rows are; the write puts back those still open."""
-PUT_OPEN: Final = "INSERT INTO open_runs SELECT * FROM chaperone_stage_open"
-
 OPEN_RUNS_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS open_runs (run_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, "
     "execution_id VARCHAR NOT NULL, ingested_at TIMESTAMP)"
@@ -86,6 +92,13 @@ OPEN_SQL: Final = (
 )
 """A ``jobs`` row that belongs in ``open_runs``, as SQL (the writer decides it in Arrow,
 :func:`open_rows`; the migration's backfill and the tests use this)."""
+PUT_OPEN: Final = (
+    "INSERT INTO open_runs SELECT run_id, attempt, execution_id, ingested_at "
+    "FROM chaperone_stage_jobs "
+    f"WHERE {OPEN_SQL}"
+)
+"""Lists the open runs among the rows a write puts back (registered as
+``chaperone_stage_jobs``)."""
 FILL_OPEN: Final = (
     "INSERT INTO open_runs SELECT run_id, attempt, execution_id, ingested_at FROM jobs "
     f"WHERE {OPEN_SQL}"
@@ -94,42 +107,31 @@ FILL_OPEN: Final = (
 
 
 def probe_keys(
-    keys: Any,
     logs: pa.Table | None,
     spans: pa.Table | None,
     timestamps: Callable[[pa.ChunkedArray], pa.ChunkedArray],
 ) -> pa.Table:
-    """The batch's keys with each one's earliest start time as its records give it
-    (``started``, a ``timestamp[us]``; NULL when none of them carries one).
+    """The batch's keys (every key has a log or a span row) with each one's earliest start
+    time as its records give it (``started``, ``timestamp[us]``; NULL when none carries one).
 
     Args:
-        keys: the batch's (run_id, attempt, execution_id) keys.
         logs, spans: the staged log and span rows (``_records.Staged``), whose
             ``started_at`` is epoch seconds.
         timestamps: the writer's conversion of epoch seconds to stored times.
     """
-    keys = list(keys)
-    starts: dict[tuple[str, int, str], datetime] = {}
-    for table in (logs, spans):
-        if table is None:
-            continue
-        columns = [table.column(c).to_pylist() for c in _KEY]
-        at = timestamps(table.column("started_at")).to_pylist()
-        for run_id, attempt, execution, start in zip(*columns, at, strict=True):
-            if start is None:
-                continue
-            key = (run_id, attempt, execution)
-            known = starts.get(key)
-            if known is None or start < known:
-                starts[key] = start
-    return pa.table(
-        {
-            "run_id": pa.array([k[0] for k in keys], type=pa.string()),
-            "attempt": pa.array([k[1] for k in keys], type=pa.int64()),
-            "execution_id": pa.array([k[2] for k in keys], type=pa.string()),
-            "started": pa.array([starts.get(k) for k in keys], type=_TIMESTAMP),
-        }
-    )
+    parts = [
+        pa.table(
+            [*(t.column(c) for c in _KEY), timestamps(t.column("started_at"))],
+            names=[*_KEY, "started"],
+        )
+        for t in (logs, spans)
+        if t is not None
+    ]
+    rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    if len(parts) > 1:  # a run with a log and a span row: one key, its earliest start
+        rows = rows.group_by(list(_KEY), use_threads=False).aggregate([("started", "min")])
+        rows = rows.rename_columns([*_KEY, "started"])
+    return rows.select([*_KEY, "started"]).cast(_PROBE_SCHEMA)
 
 
 def take_current(
@@ -178,9 +180,8 @@ def open_rows(rows: pa.Table) -> pa.Table:
     return kept.select([*_KEY, "ingested_at"])
 
 
-def put_open(cur: Any, rows: pa.Table, register: Callable[[str, pa.Table], None]) -> None:
-    """List the open runs among the rows just written (``jobs`` rows as stored)."""
-    kept = open_rows(rows)
-    if kept.num_rows:
-        register("chaperone_stage_open", kept)
+def put_open(cur: Any, rows: pa.Table) -> None:
+    """List the open runs among the rows just written: ``rows``, the ``jobs`` rows as
+    stored, registered as ``chaperone_stage_jobs`` (no statement when none is open)."""
+    if open_rows(rows).num_rows:
         cur.execute(PUT_OPEN)
