@@ -11,7 +11,7 @@ and SQL only moves rows, with a constant handful of short statements per commit:
 
 1. ``DELETE … RETURNING``: take the batch's runs out of ``jobs`` (the current rows), read
    only from the row groups that can hold them (:mod:`._probe`: the batch's open runs
-   from the small ``open_runs`` table, the others by start time).
+   where they were last written, the others from their start time).
 2. Heartbeats: built as stored rows in Arrow (times converted, one row per (run, attempt,
    sequence)); one ``SELECT`` finds those already stored (a re-delivery; the probe is limited
    to the batch's time range so zone maps skip old row groups), the rest is appended and
@@ -22,8 +22,8 @@ and SQL only moves rows, with a constant handful of short statements per commit:
    so); ``last_seen_at`` is the latest record of any kind; finished-span rows fill only what
    is still empty and let a terminal status replace a non-terminal one. Re-delivering or
    reordering records therefore converges to the same row.
-4. ``INSERT`` the merged rows back (one row per run), and those still open into
-   ``open_runs``.
+4. ``INSERT`` the merged rows back (one row per run); after the commit, the store's open
+   runs (:class:`._probe.OpenRuns`) learn which of them are open and where.
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
    insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
    summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`). A batch of
@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._fields import ERROR_STATUSES
-from ._probe import probe_keys, put_open, take_current
+from ._probe import OpenChanges, OpenRuns, open_changes, probe_keys, take_current
 from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
@@ -184,8 +184,13 @@ def utc_now_naive() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
-    """Write one staged batch in one transaction on ``cur`` (caller holds the write lock)."""
+def write(
+    cur: Any, staged: Staged, *, heartbeat_limit: int, open_runs: OpenRuns | None = None
+) -> WriteResult:
+    """Write one staged batch in one transaction on ``cur`` (caller holds the write lock).
+
+    ``open_runs``: the store's :class:`~._probe.OpenRuns`, which narrows the key probe and
+    is kept here (without it every write joins the batch's keys with every stored row)."""
     result = WriteResult(records=staged.records, runs=len(staged.keys))
     if not staged.records:
         return result
@@ -196,10 +201,11 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         registered.append(name)
 
     now = utc_now_naive()
+    changes: OpenChanges = ({}, set())
     cur.execute("BEGIN TRANSACTION")
     try:
         if staged.keys:
-            _write_runs(cur, staged, register, now, heartbeat_limit, result)
+            changes = _write_runs(cur, staged, register, now, heartbeat_limit, result, open_runs)
         if staged.schedules:
             store_declarations(cur, staged.schedules)
         cur.execute("COMMIT")
@@ -208,10 +214,14 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         # "no transaction is active" must not hide the real cause.
         with contextlib.suppress(duckdb.Error):
             cur.execute("ROLLBACK")
+        if open_runs is not None:  # committed or not, we cannot tell: read them again
+            open_runs.invalidate()
         raise
     finally:
         for name in registered:
             cur.unregister(name)
+    if open_runs is not None:
+        open_runs.apply(changes)
     return result
 
 
@@ -240,11 +250,14 @@ def _write_runs(
     now: datetime,
     heartbeat_limit: int,
     result: WriteResult,
-) -> None:
-    """The runs' part of :func:`write` (a batch of schedule declarations alone has none)."""
+    open_runs: OpenRuns | None,
+) -> OpenChanges:
+    """The runs' part of :func:`write` (a batch of schedule declarations alone has none).
+    Returns the change to the open runs, applied once the transaction is committed."""
     # The stored rows of the batch's runs, read only where they can be (``_probe``).
+    known = open_runs.load(cur) if open_runs is not None else None
     keys = probe_keys(staged.logs, staged.spans, _timestamps)
-    current, _full = take_current(cur, keys, register)
+    current, _full = take_current(cur, keys, register, known)
     new_beats: dict[Key, int] = {}
     if staged.heartbeats is not None:
         new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
@@ -257,7 +270,6 @@ def _write_runs(
     stored = _cast_like(rows, current.schema)
     register("chaperone_stage_jobs", stored)
     cur.execute(INSERT_JOBS)
-    put_open(cur, stored)
     totals = totals_delta(current, stored)
     if totals is not None:
         register("chaperone_stage_totals", totals)
@@ -273,6 +285,7 @@ def _write_runs(
     if errors is not None:
         register("chaperone_stage_errors", errors)
         cur.execute(MERGE_ERRORS)
+    return open_changes(stored)
 
 
 def totals_delta(before: pa.Table, after: pa.Table) -> pa.Table | None:

@@ -416,13 +416,7 @@ class LocalSink(Sink):
                         {"cutoff": cutoff, "now": now},
                     )
                     cur.execute(PRUNE_TOTALS)
-                    for table in (
-                        "heartbeats",
-                        "job_errors",
-                        "resource_violations",
-                        "open_runs",
-                        "jobs",
-                    ):
+                    for table in ("heartbeats", "job_errors", "resource_violations", "jobs"):
                         cur.execute(
                             f"DELETE FROM {table} t USING chaperone_doomed d "
                             "WHERE t.run_id = d.run_id AND t.attempt = d.attempt "

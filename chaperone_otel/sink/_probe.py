@@ -7,10 +7,10 @@ batch key's row, by the zone maps (min/max per row group) of two time columns, a
 that the others cannot:
 
 * **open runs** (not ended, or without a start time: running, pending, a row a ``closed``
-  record made) are listed in the small table ``open_runs`` with the ``ingested_at`` of
-  their stored row, kept exact by every write in the same transaction. A batch key found
-  there has its row at ``ingested_at >= `` that value: rows are appended when written, so
-  a live run that reports is near the end.
+  record made) are known to the store's writers: :class:`OpenRuns` maps each to its row's
+  ``ingested_at``, loaded once from ``jobs`` and kept by every write after its commit. A
+  batch key found there has its row at ``ingested_at >=`` that value: a row is appended
+  each time it is written, so a live run that reports is near the end of the table.
 * **ended runs with a start time** are the only other rows. An execution has one start
   time, which every record of it that carries one repeats (the runtime sets it once per
   execution and puts it on every lifecycle record and on the span); a batch key not open
@@ -23,14 +23,18 @@ that the others cannot:
   redelivered run, which starts later than the stored one).
 
 One ``DELETE … RETURNING`` on ``jobs`` in every case, with the two bounds ``OR``-ed (DuckDB
-prunes row groups on either). The cost of a write then follows the rows written since the
-oldest open run of the batch last reported and since its new runs started, not the number
-of runs stored. Reasoning and figures: ``docs/decisions.md``, ``docs/performance.md``.
+prunes row groups on either), and no other statement: the open runs are a dictionary, not a
+table, because a table's look-up and upkeep cost two statements per write (~2-4 ms, more
+than the probe saves below ~250,000 stored runs). The cost of a write then follows the
+rows written since the oldest open run of the batch last reported and since its new runs
+started, not the number of runs stored. Reasoning and figures: ``docs/decisions.md``,
+``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -38,6 +42,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._fields import TERMINAL_STATUSES
+
+Key = tuple[str, int, str]
+"""(run id, attempt, execution id): one stored run, one row of ``jobs``."""
+
+OpenChanges = tuple[dict[Key, "datetime | None"], set[Key]]
+"""What a write changed in the open runs: (open rows → ``ingested_at``, rows not open)."""
 
 START_SLACK: Final = timedelta(seconds=60)
 """How much earlier than a batch record's start time its stored row's may be and still be
@@ -49,6 +59,9 @@ NEVER: Final = datetime(9999, 1, 1)
 """A bound no stored time reaches: the half of the probe that has no key to look for."""
 
 _TIMESTAMP: Final = pa.timestamp("us")
+_FALSE: Final = pa.scalar(value=False, type=pa.bool_())
+_TERMINAL: Final = pa.array(TERMINAL_STATUSES, type=pa.string())
+_KEY: Final = ("run_id", "attempt", "execution_id")
 _PROBE_SCHEMA: Final = pa.schema(
     [
         ("run_id", pa.string()),
@@ -57,9 +70,6 @@ _PROBE_SCHEMA: Final = pa.schema(
         ("started", _TIMESTAMP),
     ]
 )
-_FALSE: Final = pa.scalar(value=False, type=pa.bool_())
-_TERMINAL: Final = pa.array(TERMINAL_STATUSES, type=pa.string())
-_KEY: Final = ("run_id", "attempt", "execution_id")
 _MATCH: Final = (
     "jobs.run_id = k.run_id AND jobs.attempt = k.attempt AND jobs.execution_id = k.execution_id"
 )
@@ -74,36 +84,59 @@ NARROW_DELETE: Final = (
     "AND (jobs.started_at >= $started OR jobs.ingested_at >= $written) RETURNING jobs.*"
 )
 """The batch's rows, read only from the row groups that can hold them (see the module doc)."""
-TAKE_OPEN: Final = (
-    "DELETE FROM open_runs o USING chaperone_stage_keys k WHERE o.run_id = k.run_id "
-    "AND o.attempt = k.attempt AND o.execution_id = k.execution_id RETURNING o.*"
-)
-"""The batch's open runs and where their rows are; the write puts back those still open."""
-OPEN_RUNS_TABLE: Final = (
-    "CREATE TABLE IF NOT EXISTS open_runs (run_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, "
-    "execution_id VARCHAR NOT NULL, ingested_at TIMESTAMP)"
-)
-"""One row per stored run the start-time probe cannot find (not ended, or no start time):
-its key and its ``jobs`` row's ``ingested_at``."""
 OPEN_SQL: Final = (
     "NOT coalesce(status IN ("
     + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES)
     + ") AND started_at IS NOT NULL, FALSE)"
 )
-"""A ``jobs`` row that belongs in ``open_runs``, as SQL (the writer decides it in Arrow,
-:func:`open_rows`; the migration's backfill and the tests use this)."""
-PUT_OPEN: Final = (
-    "INSERT INTO open_runs SELECT run_id, attempt, execution_id, ingested_at "
-    "FROM chaperone_stage_jobs "
-    f"WHERE {OPEN_SQL}"
-)
-"""Lists the open runs among the rows a write puts back (registered as
-``chaperone_stage_jobs``)."""
-FILL_OPEN: Final = (
-    "INSERT INTO open_runs SELECT run_id, attempt, execution_id, ingested_at FROM jobs "
-    f"WHERE {OPEN_SQL}"
-)
-"""Lists the open runs already stored (the migration that adds ``open_runs``)."""
+"""An open ``jobs`` row, as SQL (:func:`open_changes` decides the same in Arrow)."""
+LOAD_OPEN: Final = f"SELECT run_id, attempt, execution_id, ingested_at FROM jobs WHERE {OPEN_SQL}"
+
+
+class OpenRuns:
+    """The open runs of one store and where their rows are: key → the row's ``ingested_at``.
+
+    Shared by the writers of a :class:`~chaperone_otel.sink._store.Store` (one per store
+    and process) and used under its write lock. Loaded from ``jobs`` by the first write
+    (inside its transaction), changed only by :meth:`apply` after a commit, and forgotten
+    (:meth:`invalidate`) when a write fails (its commit may or may not have happened) or
+    the store is reopened, so it never says less than the file: a key it lacks has no open
+    row. Nothing else in the process changes ``jobs`` rows (``prune`` only deletes them,
+    which leaves an entry that costs a wider probe at most).
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[Key, datetime | None] | None = None
+        self._lock = threading.Lock()
+
+    def load(self, cur: Any) -> Mapping[Key, datetime | None]:
+        """The open runs (read from ``jobs`` on ``cur`` if not known yet)."""
+        with self._lock:
+            if self._at is None:
+                rows = cur.execute(LOAD_OPEN).fetchall()
+                self._at = {(r, int(a), e): at for r, a, e, at in rows}
+            return self._at
+
+    def apply(self, changes: OpenChanges) -> None:
+        """After a commit: the written runs that are open (with their rows' ``ingested_at``)
+        and those that are not (any more)."""
+        opened, ended = changes
+        with self._lock:
+            if self._at is None:
+                return
+            for key in ended:
+                self._at.pop(key, None)
+            self._at.update(opened)
+
+    def invalidate(self) -> None:
+        """Forget everything: the next write loads the open runs again."""
+        with self._lock:
+            self._at = None
+
+    def snapshot(self) -> dict[Key, datetime | None] | None:
+        """A copy of what is known (``None``: not loaded), for tests and diagnostics."""
+        with self._lock:
+            return None if self._at is None else dict(self._at)
 
 
 def probe_keys(
@@ -135,53 +168,56 @@ def probe_keys(
 
 
 def take_current(
-    cur: Any, keys: pa.Table, register: Callable[[str, pa.Table], None]
+    cur: Any,
+    keys: pa.Table,
+    register: Callable[[str, pa.Table], None],
+    open_runs: Mapping[Key, datetime | None] | None,
 ) -> tuple[pa.Table, bool]:
-    """Delete the stored rows of ``keys`` (from :func:`probe_keys`) from ``jobs`` and from
-    ``open_runs`` and return them (``jobs`` columns), with whether the full join was needed.
+    """Delete the stored rows of ``keys`` (from :func:`probe_keys`) from ``jobs`` and return
+    them (``jobs`` columns), with whether the full join was needed.
 
-    The caller writes the merged rows back and calls :func:`put_open` with them, in the
-    same transaction.
+    Args:
+        open_runs: :meth:`OpenRuns.load`'s map; ``None``: the full join (no writer keeps
+            the open runs of this store).
     """
     register("chaperone_stage_keys", keys.select(list(_KEY)))
-    found = cur.sql(TAKE_OPEN).to_arrow_table()
+    if open_runs is None:
+        return cur.sql(FULL_DELETE).to_arrow_table(), True
     written = NEVER
-    if found.num_rows:
-        at = found.column("ingested_at")
-        if at.null_count:  # a row stored without a write time: no bound for it
-            return cur.sql(FULL_DELETE).to_arrow_table(), True
-        written = pc.min(at).as_py()
     started = NEVER
-    rest = keys
-    if found.num_rows:
-        open_keys = set(zip(*(found.column(c).to_pylist() for c in _KEY), strict=True))
-        mask = [
-            k not in open_keys
-            for k in zip(*(keys.column(c).to_pylist() for c in _KEY), strict=True)
-        ]
-        rest = keys.filter(pa.array(mask, type=pa.bool_()))
-    if rest.num_rows:
-        unbounded = pc.or_(
-            pc.is_null(rest.column("started")), pc.equal(rest.column("execution_id"), "")
-        )
-        if pc.any(unbounded).as_py():
-            return cur.sql(FULL_DELETE).to_arrow_table(), True
-        started = pc.min(rest.column("started")).as_py() - START_SLACK
+    unbounded = False
+    batch = zip(*(keys.column(c).to_pylist() for c in (*_KEY, "started")), strict=True)
+    for run_id, attempt, execution, start in batch:
+        key = (run_id, attempt, execution)
+        if key in open_runs:
+            at = open_runs[key]
+            if at is None:  # an open row stored without a write time: no bound for it
+                unbounded = True
+                break
+            written = min(written, at)
+        elif start is None or not execution:
+            unbounded = True
+            break
+        else:
+            started = min(started, start - START_SLACK)
+    if unbounded:
+        return cur.sql(FULL_DELETE).to_arrow_table(), True
     rows = cur.sql(NARROW_DELETE, params={"started": started, "written": written})
     return rows.to_arrow_table(), False
 
 
-def open_rows(rows: pa.Table) -> pa.Table:
-    """The ``open_runs`` rows of ``rows`` (``jobs`` rows as stored): those not ended or
-    without a start time."""
+def open_changes(rows: pa.Table) -> OpenChanges:
+    """For :meth:`OpenRuns.apply`: which of ``rows`` (``jobs`` rows as stored) are open (not
+    ended, or without a start time), with their ``ingested_at``, and which are not."""
     ended = pc.fill_null(pc.is_in(rows.column("status"), value_set=_TERMINAL), _FALSE)
-    closed = pc.and_(ended, pc.is_valid(rows.column("started_at")))
-    kept = rows.filter(pc.invert(closed))
-    return kept.select([*_KEY, "ingested_at"])
-
-
-def put_open(cur: Any, rows: pa.Table) -> None:
-    """List the open runs among the rows just written: ``rows``, the ``jobs`` rows as
-    stored, registered as ``chaperone_stage_jobs`` (no statement when none is open)."""
-    if open_rows(rows).num_rows:
-        cur.execute(PUT_OPEN)
+    closed = pc.and_(ended, pc.is_valid(rows.column("started_at"))).to_pylist()
+    at = rows.column("ingested_at").to_pylist()
+    keys = zip(*(rows.column(c).to_pylist() for c in _KEY), strict=True)
+    opened: dict[Key, datetime | None] = {}
+    done: set[Key] = set()
+    for (r, a, e), is_closed, when in zip(keys, closed, at, strict=True):
+        if is_closed:
+            done.add((r, int(a), e))
+        else:
+            opened[(r, int(a), e)] = when
+    return opened, done

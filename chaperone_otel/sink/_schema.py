@@ -38,7 +38,6 @@ from .. import _fields
 from .._fields import RUN_FIELDS, Kind, RunField, field_named, signal_fields
 from .._health import DEFAULT_POLICY, Health, HealthPolicy, rules
 from ..exceptions import SchemaVersionError, SinkError
-from ._probe import FILL_OPEN, OPEN_RUNS_TABLE
 from ._schedule_sql import view_statements as schedule_views
 from ._settled import (
     SETTLED_COLUMN,
@@ -399,12 +398,6 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             BACKFILL_SETTLED,
         ),
         (SETTLED_COLUMN,),
-    ),
-    Migration(
-        7,
-        "open_runs: the stored runs not ended or without a start time, so a write finds its "
-        "runs' rows without reading every stored run (issue 16); filled from those stored",
-        (OPEN_RUNS_TABLE, FILL_OPEN),
     ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
     # Migration.add_columns(7, "GPU usage", "gpu_percent"),

@@ -1,11 +1,12 @@
 """The writer's key probe (``sink/_probe.py``) finds every stored row of a batch's runs.
 
 A write reads ``jobs`` only where a batch key's row can be: the open runs (not ended, or no
-start time) at their last write, listed in ``open_runs``; the other runs at or after the
-start time their records carry. These tests write records in the orders that could make such
-a narrowing miss a row, over real DuckDB files, and check that the run still has exactly one
-row with the merged state; that ``open_runs`` always lists exactly the open rows; and that a
-store written with the narrowed probe equals one written with the full join.
+start time) at their last write, which the store's writers keep (``OpenRuns``); the other
+runs at or after the start time their records carry. These tests write records in the orders
+that could make such a narrowing miss a row, over real DuckDB files, and check that the run
+still has exactly one row with the merged state; that the writers' open runs are always
+exactly the open rows of the file; and that a store written with the narrowed probe equals
+one written with the full join.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pytest
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
+from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink import _ingest, _probe, open_sink
 from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._records import SpanRecord, record_from_span
-from chaperone_otel.sink._schema import MIGRATIONS, migrate
 from chaperone_otel.sink._store import acquire, release
+from chaperone_otel.sink._writer import RecordsDroppedError, Writer
 from tests.sink.store_factory import T0, record, store_writer, write_all
 from tests.stores import empty_store
 
@@ -79,12 +81,14 @@ def rows_of(sink: LocalSink, run: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def open_runs_agree(sink: LocalSink) -> None:
-    """``open_runs`` lists exactly the open rows of ``jobs``, at their ``ingested_at``."""
-    listed = sorted(sink.sql("SELECT * FROM open_runs")[1], key=repr)
-    expected = sorted(sink.sql("SELECT run_id, attempt, execution_id, ingested_at FROM jobs "
-                               f"WHERE {_probe.OPEN_SQL}")[1], key=repr)
-    assert listed == expected
+def open_runs_agree(writer: Writer, sink: LocalSink) -> None:
+    """The writer's open runs are exactly the open rows of ``jobs``, at their
+    ``ingested_at`` (a key it lacks has no open row)."""
+    known = writer.store.open_runs.snapshot()
+    assert known is not None  # loaded by the first write
+    _names, rows = sink.sql(f"SELECT run_id, attempt, execution_id, ingested_at FROM jobs "
+                            f"WHERE {_probe.OPEN_SQL}")
+    assert known == {(r, a, e): at for r, a, e, at in rows}
 
 
 @pytest.fixture
@@ -93,8 +97,8 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     seen: list[bool] = []
     real = _ingest.take_current
 
-    def spy(cur: Any, keys: Any, register: Any) -> Any:
-        current, full = real(cur, keys, register)
+    def spy(cur: Any, keys: Any, register: Any, open_runs: Any) -> Any:
+        current, full = real(cur, keys, register, open_runs)
         seen.append(full)
         return current, full
 
@@ -149,7 +153,7 @@ def test_a_late_record_of_a_run_ended_long_ago_finds_its_row_in_a_large_store(
         assert row["status"] == "completed"
         assert sink.sql("SELECT count(*) FROM jobs")[1][0][0] == 250_000 + 51
         assert paths == [False, False]  # found without the full join
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
 def test_a_pending_run_started_later_merges_into_its_pending_row(
@@ -173,7 +177,7 @@ def test_a_pending_run_started_later_merges_into_its_pending_row(
         (row,) = rows_of(sink, "eta")
         assert row["status"] == "completed"
         assert paths == [False, False]
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
 def test_a_record_without_a_start_time_finds_an_ended_run(
@@ -199,7 +203,7 @@ def test_a_record_without_a_start_time_finds_an_ended_run(
         (row,) = rows_of(sink, "done")
         assert row["status"] == "failed"
         assert paths == [True]
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
 def test_a_closed_run_without_a_start_is_found_by_its_own_records(
@@ -217,7 +221,7 @@ def test_a_closed_run_without_a_start_is_found_by_its_own_records(
         assert row["status"] == "failed"
         assert row["started_at"] is not None
         assert paths == [False]
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
 def test_a_key_stored_with_an_earlier_start_is_found(tmp_path: Path, paths: list[bool]) -> None:
@@ -243,7 +247,7 @@ def test_a_key_stored_with_an_earlier_start_is_found(tmp_path: Path, paths: list
                                started_at=T0 + 30)])
         assert len(rows_of(sink, "redelivered")) == 1
         assert paths == [False]
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
 def test_a_long_lived_run_is_found_at_its_last_write(tmp_path: Path, paths: list[bool]) -> None:
@@ -263,46 +267,106 @@ def test_a_long_lived_run_is_found_at_its_last_write(tmp_path: Path, paths: list
         assert row["seq"] == 2
         assert row["heartbeat_count"] == 2
         assert paths == [False]
-        open_runs_agree(sink)
+        open_runs_agree(writer, sink)
 
 
-def test_prune_forgets_the_open_runs_it_deletes(tmp_path: Path) -> None:
+def test_a_run_pruned_while_open_is_written_again_as_a_new_row(tmp_path: Path) -> None:
     path = tmp_path / "prune.duckdb"
     with store_writer(path) as (writer, sink):
-        # closed before it started (no start time: open), and a pending run: both listed
-        write_all(writer, [closed("gone", T0), pending("never", T0)], whole_run("kept", T0))
-        assert sink.sql("SELECT count(*) FROM open_runs")[1][0][0] == 2
-    with open_sink(path, read_only=False) as sink:
-        assert sink.prune("1d") >= 1  # a year on: the closed run at least is deleted
-        _names, rows = sink.sql("SELECT run_id FROM open_runs o WHERE NOT EXISTS (SELECT 1 "
-                               "FROM jobs j WHERE j.run_id = o.run_id)")
-        assert rows == []
-        assert sink.sql("SELECT count(*) FROM jobs WHERE run_id = 'gone'")[1][0][0] == 0
-        open_runs_agree(sink)
+        # closed before it started: no start time, so open, and silent for a year: pruned
+        write_all(writer, [closed("gone", T0)], whole_run("kept", T0))
+        assert writer.store.open_runs.snapshot() is not None
+        with open_sink(path, read_only=False) as owner:
+            assert owner.prune("1d") >= 1
+        assert rows_of(sink, "gone") == []
+        # the writer still lists it (a stale entry costs a wider probe, never a row)
+        write_all(writer, [rec(sc.EVENT_JOB_HEARTBEAT, "gone", seq=5, ts=T0 + 9, started_at=T0)])
+        (row,) = rows_of(sink, "gone")
+        assert row["seq"] == 5
+        open_runs_agree(writer, sink)
 
 
-def test_an_old_store_lists_its_open_runs(tmp_path: Path) -> None:
+def test_the_open_runs_are_read_from_the_stored_rows(tmp_path: Path) -> None:
+    """Rows stored before this writer (another process, an older release) are found: the
+    first write reads the open ones from ``jobs``."""
     path = tmp_path / "old.duckdb"
+    empty_store(path)
     con = duckdb.connect(str(path))
-    adding = next(m for m in MIGRATIONS if _probe.OPEN_RUNS_TABLE in m.statements)
-    migrate(con, str(path), migrations=[m for m in MIGRATIONS if m.version < adding.version])
     con.execute(
-        "INSERT INTO jobs (run_id, attempt, execution_id, status, started_at, ingested_at) "
-        "SELECT * FROM (VALUES ('done', 1, 'x', 'completed', TIMESTAMP '2026-01-01', "
-        "TIMESTAMP '2026-01-01'), ('live', 1, 'x', 'running', TIMESTAMP '2026-01-01', "
-        "TIMESTAMP '2026-01-02'), ('eta', 1, 'x', 'pending', NULL, TIMESTAMP '2026-01-03'), "
-        "('gone', 1, 'x', 'cancelled', NULL, TIMESTAMP '2026-01-04'), "
-        "('odd', 1, 'x', NULL, TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-05'))"
+        "INSERT INTO jobs (run_id, attempt, execution_id, status, started_at, ingested_at, seq) "
+        "SELECT * FROM (VALUES "
+        "('done', 1, 'done-x', 'completed', TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-01', 2), "
+        "('live', 1, 'live-x', 'running', TIMESTAMP '2025-01-01', TIMESTAMP '2026-01-02', 2), "
+        "('eta', 1, 'eta-x', 'pending', NULL, TIMESTAMP '2026-01-03', 0), "
+        "('gone', 1, 'gone-x', 'cancelled', NULL, TIMESTAMP '2026-01-04', 1), "
+        "('odd', 1, 'odd-x', NULL, TIMESTAMP '2026-01-01', NULL, 1))"
     )
     con.close()
+    bulk_ended(path, 130_000, T0 + 10 * DAY)
+    later = T0 + 30 * DAY
+    with store_writer(path) as (writer, sink):
+        write_all(
+            writer,
+            [
+                rec(sc.EVENT_JOB_STARTED, "fresh", seq=1, ts=later, started_at=later),
+                rec(sc.EVENT_JOB_STARTED, "eta", seq=1, ts=later, started_at=later),
+                rec(sc.EVENT_JOB_HEARTBEAT, "live", seq=3, ts=later,
+                    started_at=T0 - 365 * DAY),
+            ],
+        )
+        write_all(
+            writer,
+            [
+                rec(sc.EVENT_JOB_HEARTBEAT, "gone", seq=2, ts=later, started_at=T0),
+                rec(sc.EVENT_JOB_HEARTBEAT, "odd", seq=2, ts=later, started_at=T0),
+            ],
+        )
+        for run, seq in (("eta", 1), ("live", 3), ("gone", 2), ("odd", 2)):
+            (row,) = rows_of(sink, run)  # one row: the stored one, merged
+            assert row["seq"] == seq, run
+        (row,) = rows_of(sink, "eta")
+        assert row["status"] == "running"
+        open_runs_agree(writer, sink)
+
+
+def test_a_failed_write_makes_the_writer_read_the_open_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "failed.duckdb"
+    with store_writer(path) as (writer, sink):
+        write_all(writer, [pending("eta", T0)])
+        assert writer.store.open_runs.snapshot() is not None
+
+        def broken(*_args: Any) -> None:
+            raise OSError("disk gone")
+
+        with monkeypatch.context() as m:
+            m.setattr(_ingest, "totals_delta", broken)
+            ticket = writer.submit([closed("other", T0)])
+            assert ticket is not None
+            with pytest.raises(RecordsDroppedError):
+                writer.wait(ticket, 30)
+            with pytest.raises(SinkError, match="disk gone"):
+                writer.flush(30)  # the drop, reported once
+        assert writer.store.open_runs.snapshot() is None
+        write_all(writer, [rec(sc.EVENT_JOB_STARTED, "eta", seq=1, ts=T0 + 9, started_at=T0 + 9)])
+        (row,) = rows_of(sink, "eta")
+        assert row["status"] == "running"
+        open_runs_agree(writer, sink)
+
+
+def test_a_reopened_store_reads_its_open_runs_again(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.duckdb"
+    empty_store(path)
     store = acquire(path, read_only=False)
-    sink = LocalSink(store)
     try:
-        listed = {r[0] for r in sink.sql("SELECT run_id FROM open_runs")[1]}
-        assert listed == {"live", "eta", "gone", "odd"}
-        open_runs_agree(sink)
+        cur = store.cursor()
+        assert store.open_runs.load(cur) == {}
+        cur.close()
+        with store.write_lock:
+            store.reopen()
+        assert store.open_runs.snapshot() is None
     finally:
-        sink.close()
         release(store)
 
 
@@ -340,7 +404,7 @@ def _write_shuffled(path: Path, records: list[Any], rng: random.Random) -> None:
             n = rng.randint(1, 25)
             batch, rest = rest[:n], rest[n:]
             write_all(writer, batch)
-            open_runs_agree(sink)
+            open_runs_agree(writer, sink)
 
 
 def _table(path: Path) -> list[tuple[Any, ...]]:
