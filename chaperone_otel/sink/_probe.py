@@ -46,8 +46,9 @@ from .._fields import TERMINAL_STATUSES
 Key = tuple[str, int, str]
 """(run id, attempt, execution id): one stored run, one row of ``jobs``."""
 
-OpenChanges = tuple[dict[Key, "datetime | None"], set[Key]]
-"""What a write changed in the open runs: (open rows → ``ingested_at``, rows not open)."""
+OpenChanges = tuple[dict[Key, "int | None"], set[Key]]
+"""What a write changed in the open runs: (open rows → ``ingested_at`` in microseconds since
+the epoch, rows not open)."""
 
 START_SLACK: Final = timedelta(seconds=60)
 """How much earlier than a batch record's start time its stored row's may be and still be
@@ -90,11 +91,16 @@ OPEN_SQL: Final = (
     + ") AND started_at IS NOT NULL, FALSE)"
 )
 """An open ``jobs`` row, as SQL (:func:`open_changes` decides the same in Arrow)."""
-LOAD_OPEN: Final = f"SELECT run_id, attempt, execution_id, ingested_at FROM jobs WHERE {OPEN_SQL}"
+LOAD_OPEN: Final = (
+    f"SELECT run_id, attempt, execution_id, epoch_us(ingested_at) FROM jobs WHERE {OPEN_SQL}"
+)
+_EPOCH: Final = datetime(1970, 1, 1)
+_NOT_OPEN: Final = -(2**63)  # below any stored time: a key the open runs do not list
 
 
 class OpenRuns:
-    """The open runs of one store and where their rows are: key → the row's ``ingested_at``.
+    """The open runs of one store and where their rows are: key → the row's ``ingested_at``
+    (microseconds since the epoch: cheaper than ``datetime`` objects; ``None`` if unset).
 
     Shared by the writers of a :class:`~chaperone_otel.sink._store.Store` (one per store
     and process) and used under its write lock. Loaded from ``jobs`` by the first write
@@ -106,10 +112,10 @@ class OpenRuns:
     """
 
     def __init__(self) -> None:
-        self._at: dict[Key, datetime | None] | None = None
+        self._at: dict[Key, int | None] | None = None
         self._lock = threading.Lock()
 
-    def load(self, cur: Any) -> Mapping[Key, datetime | None]:
+    def load(self, cur: Any) -> Mapping[Key, int | None]:
         """The open runs (read from ``jobs`` on ``cur`` if not known yet)."""
         with self._lock:
             if self._at is None:
@@ -133,7 +139,7 @@ class OpenRuns:
         with self._lock:
             self._at = None
 
-    def snapshot(self) -> dict[Key, datetime | None] | None:
+    def snapshot(self) -> dict[Key, int | None] | None:
         """A copy of what is known (``None``: not loaded), for tests and diagnostics."""
         with self._lock:
             return None if self._at is None else dict(self._at)
@@ -171,7 +177,7 @@ def take_current(
     cur: Any,
     keys: pa.Table,
     register: Callable[[str, pa.Table], None],
-    open_runs: Mapping[Key, datetime | None] | None,
+    open_runs: Mapping[Key, int | None] | None,
 ) -> tuple[pa.Table, bool]:
     """Delete the stored rows of ``keys`` (from :func:`probe_keys`) from ``jobs`` and return
     them (``jobs`` columns), with whether the full join was needed.
@@ -183,27 +189,28 @@ def take_current(
     register("chaperone_stage_keys", keys.select(list(_KEY)))
     if open_runs is None:
         return cur.sql(FULL_DELETE).to_arrow_table(), True
-    written = NEVER
+    batch = zip(*(keys.column(c).to_pylist() for c in _KEY), strict=True)
+    where = [open_runs.get(k, _NOT_OPEN) for k in batch]
+    written: list[int] = []
+    for at in where:
+        if at is None:  # an open row stored without a write time: no bound for it
+            return cur.sql(FULL_DELETE).to_arrow_table(), True
+        if at != _NOT_OPEN:
+            written.append(at)
+    rest = keys.filter(pa.array([at == _NOT_OPEN for at in where], type=pa.bool_()))
     started = NEVER
-    unbounded = False
-    batch = zip(*(keys.column(c).to_pylist() for c in (*_KEY, "started")), strict=True)
-    for run_id, attempt, execution, start in batch:
-        key = (run_id, attempt, execution)
-        if key in open_runs:
-            at = open_runs[key]
-            if at is None:  # an open row stored without a write time: no bound for it
-                unbounded = True
-                break
-            written = min(written, at)
-        elif start is None or not execution:
-            unbounded = True
-            break
-        else:
-            started = min(started, start - START_SLACK)
-    if unbounded:
-        return cur.sql(FULL_DELETE).to_arrow_table(), True
-    rows = cur.sql(NARROW_DELETE, params={"started": started, "written": written})
-    return rows.to_arrow_table(), False
+    if rest.num_rows:
+        if (
+            rest.column("started").null_count
+            or not pc.all(pc.not_equal(rest.column("execution_id"), "")).as_py()
+        ):
+            return cur.sql(FULL_DELETE).to_arrow_table(), True
+        started = pc.min(rest.column("started")).as_py() - START_SLACK
+    bounds = {
+        "started": started,
+        "written": _EPOCH + timedelta(microseconds=min(written)) if written else NEVER,
+    }
+    return cur.sql(NARROW_DELETE, params=bounds).to_arrow_table(), False
 
 
 def open_changes(rows: pa.Table) -> OpenChanges:
@@ -211,9 +218,9 @@ def open_changes(rows: pa.Table) -> OpenChanges:
     ended, or without a start time), with their ``ingested_at``, and which are not."""
     ended = pc.fill_null(pc.is_in(rows.column("status"), value_set=_TERMINAL), _FALSE)
     closed = pc.and_(ended, pc.is_valid(rows.column("started_at"))).to_pylist()
-    at = rows.column("ingested_at").to_pylist()
+    at = rows.column("ingested_at").cast(pa.int64()).to_pylist()  # microseconds
     keys = zip(*(rows.column(c).to_pylist() for c in _KEY), strict=True)
-    opened: dict[Key, datetime | None] = {}
+    opened: dict[Key, int | None] = {}
     done: set[Key] = set()
     for (r, a, e), is_closed, when in zip(keys, closed, at, strict=True):
         if is_closed:

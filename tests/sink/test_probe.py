@@ -86,7 +86,7 @@ def open_runs_agree(writer: Writer, sink: LocalSink) -> None:
     ``ingested_at`` (a key it lacks has no open row)."""
     known = writer.store.open_runs.snapshot()
     assert known is not None  # loaded by the first write
-    _names, rows = sink.sql(f"SELECT run_id, attempt, execution_id, ingested_at FROM jobs "
+    _names, rows = sink.sql(f"SELECT run_id, attempt, execution_id, epoch_us(ingested_at) FROM jobs "
                             f"WHERE {_probe.OPEN_SQL}")
     assert known == {(r, a, e): at for r, a, e, at in rows}
 
