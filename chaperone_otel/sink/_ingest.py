@@ -202,20 +202,22 @@ def write(
 
     now = utc_now_naive()
     changes: OpenChanges = ({}, set())
+    committing = False
     cur.execute("BEGIN TRANSACTION")
     try:
         if staged.keys:
             changes = _write_runs(cur, staged, register, now, heartbeat_limit, result, open_runs)
         if staged.schedules:
             store_declarations(cur, staged.schedules)
+        committing = True
         cur.execute("COMMIT")
     except BaseException:
         # A failed COMMIT (a full disk) has already ended the transaction: the ROLLBACK's
         # "no transaction is active" must not hide the real cause.
         with contextlib.suppress(duckdb.Error):
             cur.execute("ROLLBACK")
-        if open_runs is not None:  # committed or not, we cannot tell: read them again
-            open_runs.invalidate()
+        if committing and open_runs is not None:  # committed or not, we cannot tell
+            open_runs.invalidate()  # the next write reads them again
         raise
     finally:
         for name in registered:

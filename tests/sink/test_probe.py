@@ -20,12 +20,11 @@ import pytest
 
 from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
-from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink import _ingest, _probe, open_sink
 from chaperone_otel.sink._local import LocalSink
-from chaperone_otel.sink._records import SpanRecord, record_from_span
+from chaperone_otel.sink._records import SpanRecord, record_from_span, stage
 from chaperone_otel.sink._store import acquire, release
-from chaperone_otel.sink._writer import RecordsDroppedError, Writer
+from chaperone_otel.sink._writer import Writer
 from tests.sink.store_factory import T0, record, store_writer, write_all
 from tests.stores import empty_store
 
@@ -329,30 +328,58 @@ def test_the_open_runs_are_read_from_the_stored_rows(tmp_path: Path) -> None:
         open_runs_agree(writer, sink)
 
 
-def test_a_failed_write_makes_the_writer_read_the_open_runs_again(
+class _FailingCommit:
+    """A cursor whose ``COMMIT`` commits, then raises: the writer cannot tell whether a
+    failed commit happened (DuckDB's can, on a full disk)."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        out = self._cur.execute(sql, *args)
+        if sql == "COMMIT":
+            raise OSError("no space left on device")
+        return out
+
+
+def test_a_write_whose_commit_failed_makes_the_writer_read_the_open_runs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "failed.duckdb"
-    with store_writer(path) as (writer, sink):
-        write_all(writer, [pending("eta", T0)])
-        assert writer.store.open_runs.snapshot() is not None
-
-        def broken(*_args: Any) -> None:
-            raise OSError("disk gone")
-
-        with monkeypatch.context() as m:
-            m.setattr(_ingest, "totals_delta", broken)
-            ticket = writer.submit([closed("other", T0)])
-            assert ticket is not None
-            with pytest.raises(RecordsDroppedError):
-                writer.wait(ticket, 30)
-            with pytest.raises(SinkError, match="disk gone"):
-                writer.flush(30)  # the drop, reported once
-        assert writer.store.open_runs.snapshot() is None
-        write_all(writer, [rec(sc.EVENT_JOB_STARTED, "eta", seq=1, ts=T0 + 9, started_at=T0 + 9)])
-        (row,) = rows_of(sink, "eta")
+    empty_store(path)
+    store = acquire(path, read_only=False)
+    sink = LocalSink(acquire(path, read_only=True), read_only=True)
+    cur = store.cursor()
+    try:
+        open_runs = store.open_runs
+        _ingest.write(cur, stage([whole_run("done", T0)[0]]), heartbeat_limit=10,
+                      open_runs=open_runs)
+        assert open_runs.snapshot() is not None
+        # the pending record's row is committed, but the writer never hears it was
+        with pytest.raises(OSError, match="no space"):
+            _ingest.write(_FailingCommit(cur), stage([pending("eta", T0)]), heartbeat_limit=10,
+                          open_runs=open_runs)
+        assert open_runs.snapshot() is None
+        later = [rec(sc.EVENT_JOB_STARTED, "eta", seq=1, ts=T0 + 9, started_at=T0 + 9)]
+        _ingest.write(cur, stage(later), heartbeat_limit=10, open_runs=open_runs)
+        (row,) = rows_of(sink, "eta")  # the pending row, found: not a second row
         assert row["status"] == "running"
-        open_runs_agree(writer, sink)
+        # a write that fails before its commit changes nothing: the open runs stay known
+        def broken(*_args: Any) -> None:
+            raise ValueError("a bad value")
+
+        monkeypatch.setattr(_ingest, "totals_delta", broken)
+        with pytest.raises(ValueError, match="bad value"):
+            _ingest.write(cur, stage([pending("x", T0)]), heartbeat_limit=10, open_runs=open_runs)
+        assert open_runs.snapshot() is not None
+        assert ("x", 1, "x-x") not in open_runs.snapshot()  # type: ignore[operator]
+    finally:
+        cur.close()
+        sink.close()
+        release(store)
 
 
 def test_a_reopened_store_reads_its_open_runs_again(tmp_path: Path) -> None:
