@@ -105,8 +105,9 @@ class OpenRuns:
     Shared by the writers of a :class:`~chaperone_otel.sink._store.Store` (one per store
     and process) and used under its write lock. Loaded from ``jobs`` by the first write
     (inside its transaction), changed only by :meth:`apply` after a commit, and forgotten
-    (:meth:`invalidate`) when a write fails (its commit may or may not have happened) or
-    the store is reopened, so it never says less than the file: a key it lacks has no open
+    (:meth:`invalidate`) when a write's commit fails (it may or may not have happened;
+    a failure before it rolls back, which leaves this true) or the store is reopened, so it
+    never says less than the file: a key it lacks has no open
     row. Nothing else in the process changes ``jobs`` rows (``prune`` only deletes them,
     which leaves an entry that costs a wider probe at most).
     """
