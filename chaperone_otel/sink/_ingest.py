@@ -211,6 +211,8 @@ def write(
             store_declarations(cur, staged.schedules)
         committing = True
         cur.execute("COMMIT")
+        if open_runs is not None:
+            open_runs.apply(changes)
     except BaseException:
         # A failed COMMIT (a full disk) has already ended the transaction: the ROLLBACK's
         # "no transaction is active" must not hide the real cause.
@@ -222,8 +224,6 @@ def write(
     finally:
         for name in registered:
             cur.unregister(name)
-    if open_runs is not None:
-        open_runs.apply(changes)
     return result
 
 
