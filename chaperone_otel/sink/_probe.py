@@ -167,6 +167,8 @@ def probe_keys(
         for t in (logs, spans)
         if t is not None
     ]
+    if not parts:
+        return _PROBE_SCHEMA.empty_table()
     rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
     if len(parts) > 1:  # a run with a log and a span row: one key, its earliest start
         rows = rows.group_by(list(_KEY), use_threads=False).aggregate([("started", "min")])
