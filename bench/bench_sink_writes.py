@@ -10,9 +10,13 @@ process CPU (the writer's thread and DuckDB's), for each log batch size, and a l
 split of the write into a cost per write and a cost per task. ``--statements`` also prints
 the writer thread's CPU in each DuckDB call of a write.
 
-``--stored 100000,1000000`` also times the write's first statement (the ``DELETE … USING`` of
-the batch's 500 runs' rows, with its ``RETURNING`` fetched) over a store already holding that
-many runs: the ``jobs`` table has no index (``sink/_schema.py``), so the join reads every row.
+``--stored 100000,1000000`` also times the write's key probe (the ``DELETE … RETURNING`` of
+the batch's 500 runs' rows) over a store already holding that many ended runs, appended in
+end order, and 1,000 live ones: side by side, the full join with every stored row (the
+``jobs`` table has no index, ``sink/_schema.py``: the writer's statement before the open
+runs were kept) and the narrowed probe the writer uses (``sink/_probe.py``: the batch's open
+runs at their last write, the others from their start time), for three kinds of batch, and
+the one-off read of the open runs by a writer's first write.
 
 Run: ``.venv/bin/python bench/bench_sink_writes.py [--runs 6000] [--statements]
 [--stored 100000,1000000]``.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import shutil
 import statistics
@@ -39,7 +44,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import chaperone_otel as chaperone
-from chaperone_otel.sink import _ingest, _writer
+from chaperone_otel.sink import _ingest, _probe, _writer
 from chaperone_otel.sink._otlp import decode
 from chaperone_otel.sink._owner import StoreOwner
 
@@ -131,8 +136,70 @@ class _Timed:
         return timed
 
 
-def delete_over_stored(sizes: list[int], tmp: str) -> None:
-    """CPU and wall time of the writer's ``DELETE … RETURNING`` for 500 runs, by stored runs."""
+LIVE = 1000
+"""Live runs in the ``--stored`` store: started across its whole history, written last."""
+
+
+def _stored(con: Any, stored: int, size: int) -> None:
+    """Grow the store to ``size`` ended runs, one ending a second, appended in end order (as
+    a writer leaves them), with ``LIVE`` running runs written after them."""
+    if size > stored:
+        con.execute("DELETE FROM jobs WHERE status = 'running'")
+        con.execute(
+            "INSERT INTO jobs (run_id, attempt, execution_id, name, status, started_at, "
+            "finished_at, ingested_at) SELECT md5('r' || i), 1, md5('e' || i), 'x', 'completed', "
+            "TIMESTAMP '2026-01-01' + to_seconds(i), TIMESTAMP '2026-01-01' + to_seconds(i + 1), "
+            f"TIMESTAMP '2026-01-01' + to_seconds(i + 2) FROM range({stored}, {size}) t(i)"
+        )
+    con.execute("DELETE FROM jobs WHERE status = 'running'")
+    con.execute(
+        "INSERT INTO jobs (run_id, attempt, execution_id, name, status, started_at, "
+        "ingested_at) SELECT md5('live' || i), 1, md5('e' || i), 'x', 'running', "
+        f"TIMESTAMP '2026-01-01' + to_seconds(i * {max(size, LIVE)} // {LIVE}), "
+        f"TIMESTAMP '2026-01-01' + to_seconds({size + 3}) FROM range({LIVE}) t(i)"
+    )
+    con.execute("CHECKPOINT")
+
+
+def _batch(size: int, shape: str) -> Any:
+    """500 keys as ``_probe.probe_keys`` gives them: new runs starting now, and per shape
+    20 live runs (started anywhere in the past), the oldest ended run (a late record), or a
+    pending record (no start time)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    now = dt.datetime(2026, 1, 1) + dt.timedelta(seconds=size + 5)
+
+    def md5(text: str) -> str:  # run ids are random (UUIDs): no min/max of them prunes
+        return hashlib.md5(text.encode()).hexdigest()
+
+    keys = [(md5(f"new{i}"), 1, md5(f"n{i}"), now) for i in range(500)]
+    if shape == "live":
+        keys[:20] = [(md5(f"live{i * 50}"), 1, md5(f"e{i * 50}"), None) for i in range(20)]
+    elif shape == "late" and size:
+        keys[0] = (md5("r0"), 1, md5("e0"), dt.datetime(2026, 1, 1))
+    elif shape == "pending":
+        keys[0] = (keys[0][0], 1, keys[0][2], None)
+    names = ("run_id", "attempt", "execution_id", "started")
+    types = (pa.string(), pa.int64(), pa.string(), pa.timestamp("us"))
+    return pa.table(
+        [pa.array([k[i] for k in keys], type=t) for i, t in enumerate(types)], names=list(names)
+    )
+
+
+SHAPES = {
+    "live": "480 new runs + 20 live ones",
+    "late": "499 new runs + a late record of the oldest ended run",
+    "pending": "499 new runs + a pending record (no start: the full join)",
+}
+
+
+def probe_over_stored(sizes: list[int], tmp: str, rounds: int) -> None:
+    """CPU and wall time of a write's key probe for 500 runs, by stored runs: the full join
+    (``_probe.FULL_DELETE``, the writer's statement before it kept the open runs) against
+    the narrowed probe (``_probe.take_current``, with the write's update of the open runs),
+    side by side in the same rounds (median of ``rounds``)."""
     import duckdb
     import pyarrow as pa
 
@@ -140,30 +207,66 @@ def delete_over_stored(sizes: list[int], tmp: str) -> None:
     with StoreOwner(path):
         pass  # creates the schema
     con = duckdb.connect(path)
-    keys = pa.table(
-        {
-            "run_id": [f"r{i}" for i in range(500)],
-            "attempt": [1] * 500,
-            "execution_id": [f"e{i}" for i in range(500)],
-        }
-    )
-    con.register("chaperone_stage_keys", keys)
-    stored = 0
-    print("\nthe write's DELETE ... RETURNING of 500 runs' rows, by runs already stored:")
-    for size in [0, *sizes]:
-        if size > stored:
-            con.execute(
-                "INSERT INTO jobs (run_id, attempt, execution_id, name, status) "
-                f"SELECT 'r' || (i + {stored}), 1, 'e' || (i + {stored}), 'x', 'completed' "
-                f"FROM range({size - stored}) t(i)"
-            )
-            stored = size
+    registered: list[str] = []
+
+    def register(name: str, table: Any) -> None:
+        con.register(name, table)
+        registered.append(name)
+
+    def timed(work: Any) -> tuple[float, float]:
         con.execute("BEGIN TRANSACTION")
         t0, c0 = time.perf_counter(), time.process_time()
-        con.sql(_ingest.DELETE_JOBS).to_arrow_table()
+        work()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         con.execute("ROLLBACK")
-        print(f"  {stored:>10,} runs stored: {cpu * 1000:7.1f} ms CPU, {wall * 1000:7.1f} ms wall")
+        return cpu * 1000, wall * 1000
+
+    stored = 0
+    print(f"\na write's key probe for 500 runs, by ended runs stored ({LIVE:,} live runs too);")
+    print("ms per write, median of the rounds: CPU (wall)")
+    print(f"{'stored':>10}  {'batch':<55} {'full join':>16} {'narrowed':>16} {'ratio':>6}")
+    for size in [0, *sizes]:
+        _stored(con, stored, size)
+        stored = size
+        opened = _probe.OpenRuns()
+        c0 = time.process_time()
+        known = opened.load(con)  # once per process, by the first write
+        loaded = (time.process_time() - c0) * 1000
+        print(f"{size:>10,}  (the first write reads the {len(known):,} open runs: {loaded:.1f} ms)")
+        for shape, label in SHAPES.items():
+            keys = _batch(size, shape)
+            before: list[tuple[float, float]] = []
+            after: list[tuple[float, float]] = []
+            # the rows the write puts back, as the open runs learn them: all 500 running
+            at = keys.column("started")
+            written = (
+                keys.select([0, 1, 2])
+                .append_column("status", pa.array(["running"] * keys.num_rows))
+                .append_column("started_at", at)
+                .append_column("ingested_at", at)
+            )
+            for _ in range(rounds):
+
+                def full(keys: Any = keys) -> None:  # the write's probe before
+                    register("chaperone_stage_keys", keys.select([0, 1, 2]))
+                    con.sql(_probe.FULL_DELETE).to_arrow_table()
+
+                def narrowed(keys: Any = keys, written: Any = written, known: Any = known) -> None:
+                    _probe.take_current(con, keys, register, known)
+                    _probe.open_changes(written)  # applied after the commit (a dict update)
+
+                before.append(timed(full))
+                after.append(timed(narrowed))
+            b_cpu = statistics.median(c for c, _w in before)
+            b_wall = statistics.median(w for _c, w in before)
+            a_cpu = statistics.median(c for c, _w in after)
+            a_wall = statistics.median(w for _c, w in after)
+            print(
+                f"{size:>10,}  {label:<55} {b_cpu:7.1f} ({b_wall:6.1f}) "
+                f"{a_cpu:7.1f} ({a_wall:6.1f}) {a_cpu / b_cpu:5.2f}x"
+            )
+    for name in registered:
+        con.unregister(name)
     con.close()
 
 
@@ -173,7 +276,7 @@ def main() -> None:
     parser.add_argument("--batches", default="200,400,1024,2048", help="log batch sizes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--statements", action="store_true")
-    parser.add_argument("--stored", default="", help="store sizes for the DELETE's cost")
+    parser.add_argument("--stored", default="", help="store sizes for the key probe's cost")
     args = parser.parse_args()
     logs, spans = capture(args.runs)
     tmp = tempfile.mkdtemp()
@@ -222,7 +325,7 @@ def main() -> None:
             for what, cpu in spent.most_common():
                 print(f"  {cpu * 1000 / writes:6.2f} ms  {what}")
         if args.stored:
-            delete_over_stored([int(n) for n in args.stored.split(",")], tmp)
+            probe_over_stored([int(n) for n in args.stored.split(",")], tmp, args.rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,7 +9,9 @@ for 1 row and for 512), i.e. most of the ~48 ms a 512-record request cost. So th
 are applied here, vectorised over Arrow columns (``pyarrow.compute``, a few µs per column),
 and SQL only moves rows, with a constant handful of short statements per commit:
 
-1. ``DELETE … RETURNING``: take the batch's runs out of ``jobs`` (the current rows).
+1. ``DELETE … RETURNING``: take the batch's runs out of ``jobs`` (the current rows), read
+   only from the row groups that can hold them (:mod:`._probe`: the batch's open runs
+   where they were last written, the others from their start time).
 2. Heartbeats: built as stored rows in Arrow (times converted, one row per (run, attempt,
    sequence)); one ``SELECT`` finds those already stored (a re-delivery; the probe is limited
    to the batch's time range so zone maps skip old row groups), the rest is appended and
@@ -20,7 +22,8 @@ and SQL only moves rows, with a constant handful of short statements per commit:
    so); ``last_seen_at`` is the latest record of any kind; finished-span rows fill only what
    is still empty and let a terminal status replace a non-terminal one. Re-delivering or
    reordering records therefore converges to the same row.
-4. ``INSERT`` the merged rows back (one row per run).
+4. ``INSERT`` the merged rows back (one row per run); after the commit, the store's open
+   runs (:class:`._probe.OpenRuns`) learn which of them are open and where.
 5. Only when needed: the trim of runs over their heartbeat bound, violations (anti-join
    insert), errors (``MERGE``), and, when a run of the batch ended, the ``job_totals``
    summary of ended runs (one ``MERGE`` of a few rows, :func:`totals_delta`) and the
@@ -44,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._fields import ERROR_STATUSES
+from ._probe import OpenChanges, OpenRuns, open_changes, probe_keys, take_current
 from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
@@ -101,11 +105,6 @@ Key = tuple[str, int, str]
 """(run id, attempt, execution id): one stored run, one row of ``jobs``."""
 _KEY: Final = ("run_id", "attempt", "execution_id")
 
-DELETE_JOBS: Final = (
-    "DELETE FROM jobs USING chaperone_stage_keys k "
-    "WHERE jobs.run_id = k.run_id AND jobs.attempt = k.attempt "
-    "AND jobs.execution_id = k.execution_id RETURNING jobs.*"
-)
 INSERT_JOBS: Final = (
     f"INSERT INTO jobs SELECT * REPLACE ({SETTLE_SQL} AS {SETTLED_COLUMN}) "
     "FROM chaperone_stage_jobs"
@@ -187,8 +186,13 @@ def utc_now_naive() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
-    """Write one staged batch in one transaction on ``cur`` (caller holds the write lock)."""
+def write(
+    cur: Any, staged: Staged, *, heartbeat_limit: int, open_runs: OpenRuns | None = None
+) -> WriteResult:
+    """Write one staged batch in one transaction on ``cur`` (caller holds the write lock).
+
+    ``open_runs``: the store's :class:`~._probe.OpenRuns`, which narrows the key probe and
+    is kept here (without it every write joins the batch's keys with every stored row)."""
     result = WriteResult(records=staged.records, runs=len(staged.keys))
     if not staged.records:
         return result
@@ -199,18 +203,25 @@ def write(cur: Any, staged: Staged, *, heartbeat_limit: int) -> WriteResult:
         registered.append(name)
 
     now = utc_now_naive()
+    changes: OpenChanges = ({}, set())
+    committing = False
     cur.execute("BEGIN TRANSACTION")
     try:
         if staged.keys:
-            _write_runs(cur, staged, register, now, heartbeat_limit, result)
+            changes = _write_runs(cur, staged, register, now, heartbeat_limit, result, open_runs)
         if staged.schedules:
             store_declarations(cur, staged.schedules)
+        committing = True
         cur.execute("COMMIT")
+        if open_runs is not None:
+            open_runs.apply(changes)
     except BaseException:
         # A failed COMMIT (a full disk) has already ended the transaction: the ROLLBACK's
         # "no transaction is active" must not hide the real cause.
         with contextlib.suppress(duckdb.Error):
             cur.execute("ROLLBACK")
+        if committing and open_runs is not None:  # committed or not, we cannot tell
+            open_runs.invalidate()  # the next write reads them again
         raise
     finally:
         for name in registered:
@@ -243,11 +254,14 @@ def _write_runs(
     now: datetime,
     heartbeat_limit: int,
     result: WriteResult,
-) -> None:
-    """The runs' part of :func:`write` (a batch of schedule declarations alone has none)."""
-    register("chaperone_stage_keys", _keys_table(staged.keys))
-    # cursor.sql runs a non-SELECT statement at once and keeps its RETURNING rows.
-    current = cur.sql(DELETE_JOBS).to_arrow_table()
+    open_runs: OpenRuns | None,
+) -> OpenChanges:
+    """The runs' part of :func:`write` (a batch of schedule declarations alone has none).
+    Returns the change to the open runs, applied once the transaction is committed."""
+    # The stored rows of the batch's runs, read only where they can be (``_probe``).
+    known = open_runs.load(cur) if open_runs is not None else None
+    keys = probe_keys(staged.logs, staged.spans, _timestamps)
+    current, _full = take_current(cur, keys, register, known)
     new_beats: dict[Key, int] = {}
     if staged.heartbeats is not None:
         new_beats = _insert_heartbeats(cur, staged.heartbeats, current, register)
@@ -276,6 +290,7 @@ def _write_runs(
     if errors is not None:
         register("chaperone_stage_errors", errors)
         cur.execute(MERGE_ERRORS)
+    return open_changes(stored)
 
 
 def totals_delta(before: pa.Table, after: pa.Table) -> pa.Table | None:

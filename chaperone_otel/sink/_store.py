@@ -47,6 +47,7 @@ import duckdb
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._units import parse_bytes
 from ..exceptions import ConfigurationError, SinkError
+from ._probe import OpenRuns
 from ._schema import migrate, require_current
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
@@ -317,6 +318,8 @@ class Store:
         # Set by an in-process writer (the embedded sink) so that readers in this process see
         # their own writes: a query right after a run must find it, not wait for the linger.
         self.before_read: Callable[[], object] | None = None
+        # The open runs and where their rows are, kept by the writers (sink/_probe.py).
+        self.open_runs = OpenRuns()
         self._refs = 1
         self._closed = False
         self._queries_lock = threading.Condition()
@@ -365,6 +368,7 @@ class Store:
             raise SinkError(f"the store {self.path} is closed")
         with contextlib.suppress(duckdb.Error):
             self._con.close()
+        self.open_runs.invalidate()
         self._con = self._connect()
 
     def cursor(self) -> Any:

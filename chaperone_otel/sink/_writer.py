@@ -457,7 +457,12 @@ class Writer:
         try:
             staged = stage([record for entry in chunk for record in entry.records])
             with self._store.write_lock:
-                write(self._cursor, staged, heartbeat_limit=self._heartbeat_limit)
+                write(
+                    self._cursor,
+                    staged,
+                    heartbeat_limit=self._heartbeat_limit,
+                    open_runs=self._store.open_runs,
+                )
             return staged.records, staged.invalid, staged.coerced, 0, 1
         except Exception as exc:
             error: Exception = exc
