@@ -432,6 +432,11 @@ class LocalSink(Sink):
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
+                finally:
+                    # The writers' open runs may list pruned runs (a run closed before it
+                    # started stays open for them until pruned): forgotten, so they are
+                    # read again by the next write and do not grow with every prune.
+                    self._store.open_runs.invalidate()
         except duckdb.Error as e:
             raise SinkError(f"prune of {self.path} failed: {e}") from e
         finally:

@@ -106,10 +106,11 @@ class OpenRuns:
     and process) and used under its write lock. Loaded from ``jobs`` by the first write
     (inside its transaction), changed only by :meth:`apply` after a commit, and forgotten
     (:meth:`invalidate`) when a write's commit fails (it may or may not have happened;
-    a failure before it rolls back, which leaves this true) or the store is reopened, so it
-    never says less than the file: a key it lacks has no open
-    row. Nothing else in the process changes ``jobs`` rows (``prune`` only deletes them,
-    which leaves an entry that costs a wider probe at most).
+    a failure before it rolls back, which leaves this true), the store is reopened or a
+    prune ran, so it never says less than the file: a key it lacks has no open row.
+    Nothing else in the process changes ``jobs`` rows; ``prune`` only deletes them, and
+    forgets this map so that runs it deleted (e.g. runs closed before they started, open
+    here for ever otherwise) do not pile up in it.
     """
 
     def __init__(self) -> None:
