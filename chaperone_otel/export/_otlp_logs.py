@@ -323,24 +323,27 @@ def _grouped(batch: Sequence[Any], encode_one: Callable[[Any, _Attributes], byte
     return b"".join(out)
 
 
+def attempt(encode: Callable[[Sequence[Any]], bytes], batch: Sequence[Any]) -> bytes | None:
+    """``encode(batch)``, or None when the batch holds something the fast encoders do not
+    write (:class:`_Unusual`) or is shaped otherwise (the SDK's encoder then decides what
+    it means). Shared with :mod:`._otlp_spans`."""
+    try:
+        return encode(batch)
+    except (_Unusual, AttributeError, TypeError, ValueError, OverflowError, RecursionError):
+        return None
+
+
 def encode_logs(batch: Sequence[ReadableLogRecord]) -> bytes | None:
     """The serialized ``ExportLogsServiceRequest`` of ``batch``, the same as
     ``encode_logs(batch).SerializeToString()`` of the SDK; None when the batch holds
     something this encoder does not write (encode it with the SDK's)."""
-    try:
-        return _encode(batch)
-    except _Unusual:
-        return None
-    except (AttributeError, TypeError, ValueError, OverflowError, RecursionError):
-        return None  # a record shaped otherwise: the SDK's encoder decides what it means
+    return attempt(_encode, batch)
 
 
 def encode_logs_or_sdk(batch: Sequence[ReadableLogRecord]) -> bytes:
     """:func:`encode_logs`, or the SDK's encoder for a batch it does not write."""
     data = encode_logs(batch)
-    if data is None:
-        data = _sdk_encode_logs(batch).SerializeToString()
-    return data
+    return _sdk_encode_logs(batch).SerializeToString() if data is None else data
 
 
 class FastOTLPLogExporter(OTLPLogExporter):

@@ -37,6 +37,7 @@ from ._otlp_logs import (
     _string,
     _Unusual,
     _varint,
+    attempt,
 )
 
 _sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
@@ -154,20 +155,13 @@ def encode_spans(batch: Sequence[ReadableSpan]) -> bytes | None:
     """The serialized ``ExportTraceServiceRequest`` of ``batch``, the same as the SDK's
     ``encode_spans(batch).SerializePartialToString()``; None when the batch holds something
     this encoder does not write (encode it with the SDK's)."""
-    try:
-        return _encode(batch)
-    except _Unusual:
-        return None
-    except (AttributeError, TypeError, ValueError, OverflowError, RecursionError):
-        return None  # a span shaped otherwise: the SDK's encoder decides what it means
+    return attempt(_encode, batch)
 
 
 def encode_spans_or_sdk(batch: Sequence[ReadableSpan]) -> bytes:
     """:func:`encode_spans`, or the SDK's encoder for a batch it does not write."""
     data = encode_spans(batch)
-    if data is None:
-        data = _sdk_encode_spans(batch).SerializePartialToString()
-    return data
+    return _sdk_encode_spans(batch).SerializePartialToString() if data is None else data
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
