@@ -151,20 +151,13 @@ def test_size_limit_and_shutdown_as_the_sdk(receiver: tuple[str, list[Any], list
     assert requests == []
 
 
-def test_configure_installs_the_fast_exporter(
-    receiver: tuple[str, list[Any], list[int]],
-) -> None:
-    url, requests, _ = receiver
+def _exporters_of_a_run(url: str) -> tuple[Any, Any]:
+    """The log and span exporters ``configure()`` installs for ``url`` (the receiver's), after
+    one supervised run through them and a shutdown (everything sent)."""
     setup = chaperone.configure(otlp_endpoint=url.removesuffix("/v1/logs"))
     try:
         (processor,) = setup.log_processors
-        counting = processor._batch_processor._exporter
-        assert isinstance(counting, CountingLogExporter)
-        assert type(counting.inner) is FastOTLPLogExporter
         (span_processor,) = setup.span_processors
-        counting_spans = span_processor._batch_processor._exporter
-        assert isinstance(counting_spans, CountingSpanExporter)
-        assert type(counting_spans.inner) is FastOTLPSpanExporter
 
         @chaperone.supervised(name="enc.job")
         def job() -> None:
@@ -173,6 +166,18 @@ def test_configure_installs_the_fast_exporter(
         job()
     finally:
         chaperone.shutdown()
+    return processor._batch_processor._exporter, span_processor._batch_processor._exporter
+
+
+def test_configure_installs_the_fast_exporter(
+    receiver: tuple[str, list[Any], list[int]],
+) -> None:
+    url, requests, _ = receiver
+    logs, spans = _exporters_of_a_run(url)
+    assert isinstance(logs, CountingLogExporter)
+    assert type(logs.inner) is FastOTLPLogExporter
+    assert isinstance(spans, CountingSpanExporter)
+    assert type(spans.inner) is FastOTLPSpanExporter
     events = [
         record.event_name
         for path, _, body in requests
@@ -252,19 +257,8 @@ def test_configure_installs_the_sdks_exporters_with_an_sdk_it_was_not_checked_ag
     still send every record (the session they are given still works)."""
     monkeypatch.setattr(_otlp_http, "CHECKED_EXPORT_SOURCES", frozenset())
     url, requests, _ = receiver
-    setup = chaperone.configure(otlp_endpoint=url.removesuffix("/v1/logs"))
-    try:
-        (processor,) = setup.log_processors
-        assert type(processor._batch_processor._exporter.inner) is OTLPLogExporter
-        (span_processor,) = setup.span_processors
-        assert type(span_processor._batch_processor._exporter.inner) is OTLPSpanExporter
-
-        @chaperone.supervised(name="enc.job")
-        def job() -> None:
-            return None
-
-        job()
-    finally:
-        chaperone.shutdown()
+    logs, spans = _exporters_of_a_run(url)
+    assert type(logs.inner) is OTLPLogExporter
+    assert type(spans.inner) is OTLPSpanExporter
     paths = {path for path, _, _ in requests}
     assert {"/v1/logs", "/v1/traces"} <= paths
