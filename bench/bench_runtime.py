@@ -197,6 +197,21 @@ def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _batched(
+    resource: Resource, spans: SpanExporter, logs: LogRecordExporter
+) -> tuple[TracerProvider, BatchSpanProcessor, LoggerProvider, BatchLogRecordProcessor]:
+    """Providers with batch processors of the sizes ``configure()`` gives them for OTLP."""
+    tracer_provider = TracerProvider(resource=resource)
+    span_processor = BatchSpanProcessor(spans, max_queue_size=8_192, max_export_batch_size=1_024)
+    tracer_provider.add_span_processor(span_processor)
+    logger_provider = LoggerProvider(resource=resource)
+    log_processor = BatchLogRecordProcessor(
+        logs, max_queue_size=16_384, max_export_batch_size=1_024
+    )
+    logger_provider.add_log_record_processor(log_processor)
+    return tracer_provider, span_processor, logger_provider, log_processor
+
+
 def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
     """Median CPU seconds per run with export, (job thread, whole process), per case.
 
@@ -209,27 +224,13 @@ def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
     before the next case starts.
     """
     resource = _resource()
-    tracer_provider = TracerProvider(resource=resource)
-    span_processor = BatchSpanProcessor(
-        _EncodingSpanExporter(), max_queue_size=8_192, max_export_batch_size=1_024
+    tracer_provider, span_processor, logger_provider, log_processor = _batched(
+        resource, _EncodingSpanExporter(), _EncodingLogExporter()
     )
-    tracer_provider.add_span_processor(span_processor)
-    logger_provider = LoggerProvider(resource=resource)
-    log_processor = BatchLogRecordProcessor(
-        _EncodingLogExporter(), max_queue_size=16_384, max_export_batch_size=1_024
-    )
-    logger_provider.add_log_record_processor(log_processor)
     meter_provider = MeterProvider(resource=resource, metric_readers=[InMemoryMetricReader()])
-    fast_logger_provider = LoggerProvider(resource=resource)
-    fast_log_processor = BatchLogRecordProcessor(
-        _FastEncodingLogExporter(), max_queue_size=16_384, max_export_batch_size=1_024
+    fast_tracer_provider, fast_span_processor, fast_logger_provider, fast_log_processor = _batched(
+        resource, _FastEncodingSpanExporter(), _FastEncodingLogExporter()
     )
-    fast_logger_provider.add_log_record_processor(fast_log_processor)
-    fast_tracer_provider = TracerProvider(resource=resource)
-    fast_span_processor = BatchSpanProcessor(
-        _FastEncodingSpanExporter(), max_queue_size=8_192, max_export_batch_size=1_024
-    )
-    fast_tracer_provider.add_span_processor(fast_span_processor)
     cases = _run_cases(tracer_provider, logger_provider, meter_provider)
     # The same run, its records (and then its span too) encoded as configure()'s exporters
     # encode them.
