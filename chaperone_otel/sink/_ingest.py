@@ -52,7 +52,7 @@ from ._records import CLOSED_SEQ, STAGED_TIME_COLUMNS, Staged
 from ._schedule_store import store_declarations
 from ._schema import JOB_COLUMNS, SETTLE_SQL, TERMINAL_STATUSES
 from ._settled import SETTLED_COLUMN
-from ._verdict_totals import update_verdict_totals
+from ._verdict_totals import RETURNING, touches_verdicts, update_verdict_totals
 
 _MAX_EPOCH: Final = 32_503_680_000  # year 3000: beyond it a time is garbage, stored as NULL
 
@@ -273,8 +273,11 @@ def _write_runs(
     # Exactly the stored types, so the INSERT is a plain positional copy.
     stored = _cast_like(rows, current.schema)
     register("chaperone_stage_jobs", stored)
-    cur.execute(INSERT_JOBS)
-    update_verdict_totals(cur, register, current, stored)
+    if touches_verdicts(current, stored):  # the INSERT returns the verdicts it stored
+        inserted = cur.sql(INSERT_JOBS + RETURNING).to_arrow_table()
+        update_verdict_totals(cur, register, current, inserted)
+    else:
+        cur.execute(INSERT_JOBS)
     totals = totals_delta(current, stored)
     if totals is not None:
         register("chaperone_stage_totals", totals)
