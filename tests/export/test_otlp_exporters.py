@@ -178,24 +178,26 @@ def test_configure_installs_the_fast_exporter(
     assert type(logs.inner) is FastOTLPLogExporter
     assert isinstance(spans, CountingSpanExporter)
     assert type(spans.inner) is FastOTLPSpanExporter
-    events = [
+    logs_sent = [
         record.event_name
-        for path, _, body in requests
-        if path == "/v1/logs"
+        for body in _bodies(requests, "/v1/logs")
         for rl in ExportLogsServiceRequest.FromString(body).resource_logs
         for sl in rl.scope_logs
         for record in sl.log_records
     ]
-    assert events == ["chaperone.job.started", "chaperone.job.finished"]
-    spans = [
+    assert logs_sent == ["chaperone.job.started", "chaperone.job.finished"]
+    spans_sent = [
         span.name
-        for path, _, body in requests
-        if path == "/v1/traces"
+        for body in _bodies(requests, "/v1/traces")
         for rs in ExportTraceServiceRequest.FromString(body).resource_spans
         for ss in rs.scope_spans
         for span in ss.spans
     ]
-    assert spans == ["enc.job"]
+    assert spans_sent == ["enc.job"]
+
+
+def _bodies(requests: list[Any], path: str) -> list[bytes]:
+    return [body for sent_to, _, body in requests if sent_to == path]
 
 
 def _spans(odd: bool = False) -> list[ReadableSpan]:
