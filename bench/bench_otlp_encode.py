@@ -30,21 +30,17 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from bench_sink_otlp import make_logs, runtime_logs
+from bench_sink_otlp import make_logs, runtime_logs, runtime_runs
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs as sdk_encode
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_spans
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-import chaperone_otel as chaperone
-from chaperone_otel._config import get_config
-from chaperone_otel.export import _resource as _configure_resource
 from chaperone_otel.export._otlp_logs import encode_logs as fast_encode
 from chaperone_otel.export._otlp_spans import encode_spans as fast_spans
 
@@ -72,23 +68,7 @@ def user_logs(n: int) -> list:
 
 def run_spans(n: int) -> list:
     """The spans of ``n`` real supervised runs (``configure()``'s resource)."""
-    chaperone.configure(service_name="bench", heartbeat_interval=60)
-    resource = _configure_resource(get_config())
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    chaperone.configure(
-        service_name="bench",
-        heartbeat_interval=60,
-        tracer_provider=provider,
-        logger_provider=LoggerProvider(resource=resource),
-        meter_provider=MeterProvider(resource=resource),
-    )
-    job = chaperone.supervised("bench.job", queue="q")(lambda: None)
-    for _ in range(n):
-        job()
-    chaperone.shutdown()
-    return list(exporter.get_finished_spans())
+    return runtime_runs(n)[1]
 
 
 def user_spans(n: int) -> list:

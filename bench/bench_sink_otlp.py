@@ -57,6 +57,8 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
@@ -134,7 +136,16 @@ def make_logs(runs: int, per_run: int) -> list:
 
 
 def runtime_logs(runs: int) -> list:
-    """The log records ``runs`` real supervised runs send, captured from the real SDK.
+    """The log records ``runs`` real supervised runs send (:func:`runtime_runs`)."""
+    logs, _spans = runtime_runs(runs)
+    if len(logs) != 2 * runs:
+        raise SystemExit(f"expected {2 * runs} records from {runs} runs, captured {len(logs)}")
+    return logs
+
+
+def runtime_runs(runs: int) -> tuple[list, list]:
+    """The log records and spans ``runs`` real supervised runs send, captured from the real
+    SDK.
 
     ``configure()``d to SDK providers with ``configure()``'s own resource (service, host,
     pid, instance: what the OTel log writer leaves out of the records because the resource
@@ -143,13 +154,15 @@ def runtime_logs(runs: int) -> list:
     supervised run in a worker does (nothing rebuilt by hand)."""
     chaperone.configure(service_name="bench", heartbeat_interval=60)  # the resource's config
     resource = _configure_resource(get_config())
-    exporter = InMemoryLogRecordExporter()
+    logs, spans = InMemoryLogRecordExporter(), InMemorySpanExporter()
     provider = LoggerProvider(resource=resource)
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     chaperone.configure(
         service_name="bench",
         heartbeat_interval=60,
-        tracer_provider=TracerProvider(resource=resource),
+        tracer_provider=tracer_provider,
         meter_provider=MeterProvider(resource=resource),
         logger_provider=provider,
     )
@@ -160,10 +173,7 @@ def runtime_logs(runs: int) -> list:
         jobs[r % len(jobs)]()
     chaperone.shutdown()
     provider.shutdown()
-    logs = list(exporter.get_finished_logs())
-    if len(logs) != 2 * runs:
-        raise SystemExit(f"expected {2 * runs} records from {runs} runs, captured {len(logs)}")
-    return logs
+    return list(logs.get_finished_logs()), list(spans.get_finished_spans())
 
 
 def attributes_per_record(logs: list) -> float:
