@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from opentelemetry.trace import StatusCode
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
@@ -137,8 +138,9 @@ def test_ignore_is_cancelled_with_the_exception(app: Celery, cap: Capture) -> No
 
 
 def test_revoked_before_start_is_one_cancelled_run(app: Celery, cap: Capture) -> None:
-    """``task_revoked`` for a task that never started records one cancelled run under its id;
-    a revocation that terminated a running task records nothing here (its child's run)."""
+    """``task_revoked`` for a task that never started records one cancelled run under its id,
+    with its span; a revocation that terminated a running task records nothing here (its
+    child's run)."""
     from celery import signals
     from celery.app.task import Context
 
@@ -156,3 +158,16 @@ def test_revoked_before_start_is_one_cancelled_run(app: Celery, cap: Capture) ->
     assert run.latest[sc.ATTR_JOB_ATTEMPT] == 2
     assert run.latest[sc.ATTR_JOB_QUEUE] == "orders"
     assert run.error_type == "celery.exceptions.TaskRevokedError"
+    # Its span: one, under the task's name, with the run's identity and the cancellation
+    # as an error status naming the revocation (nothing ran, so no exception event).
+    (span,) = cap.spans()
+    assert span.name == "shop.late"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "cancelled: revoked before it started: revoked-1"
+    attributes = dict(span.attributes)
+    assert attributes[sc.ATTR_JOB_RUN_ID] == "revoked-1"
+    assert attributes[sc.ATTR_JOB_ATTEMPT] == 2
+    assert attributes[sc.ATTR_JOB_QUEUE] == "orders"
+    assert attributes[sc.ATTR_JOB_STATUS] == "cancelled"
+    assert attributes[sc.ATTR_ERROR_TYPE] == "celery.exceptions.TaskRevokedError"
+    assert attributes[sc.ATTR_JOB_EXECUTION_ID] == run.latest[sc.ATTR_JOB_EXECUTION_ID]
