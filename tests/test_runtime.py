@@ -336,7 +336,8 @@ def test_an_idle_pass_takes_no_process_sample_and_a_live_run_is_still_sampled() 
             cap.tick()
             sample = monitor._sample
             assert sample is not None, "a pass with a live run took no sample"
-            assert sample.rss is not None and sample.rss > 0
+            assert sample.rss is not None
+            assert sample.rss > 0
             assert sample.cpu_time > 0
             assert run.memory == sample.rss
         cap.tick(2)
