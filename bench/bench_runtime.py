@@ -227,7 +227,7 @@ def per_run_cpu(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
     A supervised run's deferred metrics (the counters and the duration histogram, which the
     monitor thread records at its next pass) are drained after ``t1`` and before ``p1``: in
     the process's CPU, not the job thread's, as in a service (before, the loop drained them
-    on the job thread, ~10 us a run charged to it that the monitor pays).
+    on the job thread, ~12 us a run charged to it that the monitor pays).
     """
     resource = _resource()
     tracer_provider, span_processor, logger_provider, log_processor = _batched(

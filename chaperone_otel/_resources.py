@@ -139,9 +139,9 @@ class ProcessSampler:
         The CPU time is ``time.process_time()`` (the process's user + system time, all
         threads, from one ``clock_gettime`` that keeps the GIL), not psutil's
         ``cpu_times()``: that reads ``/proc/self/stat``, and each of its open, read and close
-        lets the GIL go. Next to a CPU-bound job each hand-over cost the monitor a switch
-        interval of waiting and ~50-80 us of CPU (``docs/performance.md``, the monitor in
-        busy workers).
+        lets the GIL go. Next to a CPU-bound job each hand-over costs the monitor a switch
+        interval of waiting and tens of microseconds of CPU (``docs/performance.md``, the
+        monitor in a busy worker).
         """
         if self._proc is not None:
             rss = int(self._proc.memory_info().rss)
