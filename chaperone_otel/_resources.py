@@ -134,15 +134,22 @@ class ProcessSampler:
             self._proc = None
 
     def sample(self, now: float) -> ProcessSample:
-        """Read RSS, fds and process CPU time."""
+        """Read RSS, fds and process CPU time.
+
+        The CPU time is ``time.process_time()`` (the process's user + system time, all
+        threads, from one ``clock_gettime`` that keeps the GIL), not psutil's
+        ``cpu_times()``: that reads ``/proc/self/stat``, and each of its open, read and close
+        lets the GIL go. Next to a CPU-bound job each hand-over costs the monitor a switch
+        interval of waiting and tens of microseconds of CPU (``docs/performance.md``, the
+        monitor in a busy worker).
+        """
         if self._proc is not None:
             rss = int(self._proc.memory_info().rss)
             try:
                 fds: int | None = int(self._proc.num_fds())
             except (AttributeError, OSError):
                 fds = None
-            times = self._proc.cpu_times()
-            return ProcessSample(now, rss, fds, float(times.user + times.system))
+            return ProcessSample(now, rss, fds, time.process_time())
         return self._fallback(now)  # pragma: no cover - psutil is a declared dependency
 
     @staticmethod

@@ -306,9 +306,13 @@ class Runtime:
                 fn, args, where = self._calls.popleft()
                 self._dispatch(_bind(fn, *args, where=where))
             self.writer.flush_metrics()
-            self._sample_process()
             with self._lock:
                 watches = list(self._runs.values())
+            if watches:
+                # A sample taken while no run is live judges no run (a run uses only
+                # samples taken after its start, Watch.since), so an idle pass takes none:
+                # a worker between short tasks skips its /proc reads.
+                self._sample_process()
             with handle_internal_errors("resources.cpu_scopes"):
                 self._cpu_scopes = cpu_scopes([watch.run for watch in watches])
             for watch in watches:

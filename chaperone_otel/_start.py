@@ -37,7 +37,7 @@ from ._lifecycle import (
 )
 from ._lifecycle import start_run as _start
 from ._run import Run, Supervision
-from ._spec import Lease, make_spec, require_attempt, require_id
+from ._spec import Lease, Spec, make_spec, require_attempt, require_id
 from .exceptions import ConfigurationError
 
 FinishStatus = Literal["completed", "failed", "cancelled", "retried"]
@@ -217,6 +217,38 @@ def start_run(
         require_id(run_id, "run_id")
     if execution_id is not None:
         require_id(execution_id, "execution_id")
+    key: tuple[object, ...] | None = None
+    if not attributes and tracer_provider is None and scheduled_for is None:
+        # The options of a framework's task repeat from run to run: the spec validated for
+        # them (and the per-configuration values cached on it, _spec.Static) is reused,
+        # ~8 us a run less. Each value is keyed with its type, so 1, 1.0 and True (equal,
+        # with equal hashes) never share an entry: an invalid value is always validated.
+        key = (
+            name,
+            type(queue),
+            queue,
+            type(attempt),
+            attempt,
+            type(heartbeat_interval),
+            heartbeat_interval,
+            type(timeout),
+            timeout,
+            type(stall_timeout),
+            stall_timeout,
+            type(lease),
+            lease,
+            type(schedule),
+            schedule,
+            type(name),
+        )
+        try:
+            spec = _specs.get(key)
+        except TypeError:  # an unhashable value (a custom duration type): not cached
+            key, spec = None, None
+        if spec is not None:
+            return StartedRun(
+                _start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id)
+            )
     spec = make_spec(
         name,
         queue=queue,
@@ -232,7 +264,16 @@ def start_run(
     )
     if spec.name is None:
         raise ConfigurationError("start_run() needs a job name")
+    if key is not None:
+        if len(_specs) >= _SPECS_KEPT:  # task names and options are few; a runaway is not
+            _specs.clear()
+        _specs[key] = spec
     return StartedRun(_start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id))
+
+
+_SPECS_KEPT: Final = 256
+_specs: dict[tuple[object, ...], Spec] = {}
+""":func:`start_run`'s options (each with its type) -> the spec made and validated for them."""
 
 
 def close_run(

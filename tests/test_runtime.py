@@ -318,3 +318,27 @@ def test_the_monitor_wakes_for_each_sample_while_runs_are_live() -> None:
             wait_until(lambda: monitor._sample is not None, 10, "a first sample")
             assert monitor._next_wait() <= 0.05 + 1e-3
         assert monitor._next_wait() == 1.0
+
+
+def test_an_idle_pass_takes_no_process_sample_and_a_live_run_is_still_sampled() -> None:
+    """A pass with no live run reads nothing of the process (a sample taken then would judge
+    no run: a run uses only samples taken after its start), so a worker between short tasks
+    skips its /proc reads; the first pass with a live run samples at once, and its process
+    CPU (``time.process_time``) and RSS reach the run."""
+    from chaperone_otel import _runtime
+    from chaperone_otel.testing import capture
+
+    with capture(sample_interval=0.05, background=False) as cap:
+        monitor = _runtime.runtime()
+        cap.tick(3)
+        assert monitor._sample is None, "an idle pass sampled the process"
+        with supervised("sampled.run") as run:
+            cap.tick()
+            sample = monitor._sample
+            assert sample is not None, "a pass with a live run took no sample"
+            assert sample.rss is not None
+            assert sample.rss > 0
+            assert sample.cpu_time > 0
+            assert run.memory == sample.rss
+        cap.tick(2)
+        assert monitor._sample is sample, "a pass after the run ended sampled again"

@@ -158,3 +158,24 @@ def test_timed_out_records_a_timeout_violation_even_before_the_deadline() -> Non
     with capture() as cap:
         plain.finish(TimeoutError("x"))
     assert cap.run(plain.id).violations == []
+
+
+def test_repeated_options_reuse_their_spec_and_an_equal_invalid_value_is_still_refused() -> None:
+    """``start_run`` reuses the spec made for options it has seen (a framework's task starts
+    with the same options every time), keyed by each value and its type: ``attempt=True``
+    equals ``attempt=1`` and hashes alike, yet is refused after an ``attempt=1`` run, and a
+    run with other options gets its own (here a timeout of 20 s, not the cached 10)."""
+    with capture() as cap:
+        first = chaperone.start_run("tasks.cached", run_id="c-1", attempt=1, timeout=10)
+        second = chaperone.start_run("tasks.cached", run_id="c-2", attempt=1, timeout=10)
+        assert first._run.static is second._run.static  # one spec, its Static cached on it
+        with pytest.raises(ConfigurationError, match="attempt"):
+            chaperone.start_run("tasks.cached", run_id="c-3", attempt=True, timeout=10)
+        with pytest.raises(ConfigurationError, match="timeout"):
+            chaperone.start_run("tasks.cached", run_id="c-4", attempt=1, timeout="ten")
+        other = chaperone.start_run("tasks.cached", run_id="c-5", attempt=1, timeout=20.0)
+        for run in (first, second, other):
+            run.finish()
+        assert cap.run("c-2").latest[sc.ATTR_JOB_TIMEOUT] == 10.0
+        assert cap.run("c-5").latest[sc.ATTR_JOB_TIMEOUT] == 20.0
+        assert {r.id for r in cap.runs()} == {"c-1", "c-2", "c-5"}
