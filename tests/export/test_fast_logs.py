@@ -28,6 +28,7 @@ import pytest
 from opentelemetry import _logs as api_logs
 from opentelemetry import trace
 from opentelemetry._logs._internal import LogRecord as _ApiLogRecord
+from opentelemetry.context import Context
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
@@ -476,18 +477,19 @@ def test_a_disabled_logger_gets_nothing(receiver: tuple[str, dict[str, list[byte
 def test_a_record_without_context_takes_the_current_span(
     receiver: tuple[str, dict[str, list[bytes]]],
 ) -> None:
-    """As the API's ``LogRecord``: a record with no context names the current span."""
+    """As the API's ``LogRecord``: a record with no context, or an empty one, names the
+    current span."""
     url, _ = receiver
     writer, processor = _pipeline(_fast_logs, url + "/current", direct=True, limits=None)
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("outer") as span:
-        writer.on_record(LifecycleRecord(sc.EVENT_JOB_STARTED, 1.0, {"a": 1}))
-    (queued,) = processor._batch_processor._queue
-    assert type(queued) is _fast_logs.LightLogRecord
-    assert (queued.trace_id, queued.span_id) == (
-        span.get_span_context().trace_id,
-        span.get_span_context().span_id,
-    )
+        for context in (None, Context()):
+            record = LifecycleRecord(sc.EVENT_JOB_STARTED, 1.0, {"a": 1}, context=context)
+            writer.on_record(record)
+    queued = list(processor._batch_processor._queue)
+    assert [type(r) for r in queued] == [_fast_logs.LightLogRecord] * 2
+    ids = span.get_span_context().trace_id, span.get_span_context().span_id
+    assert [(r.trace_id, r.span_id) for r in queued] == [ids, ids]
     processor.shutdown()
 
 
