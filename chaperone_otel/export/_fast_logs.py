@@ -243,36 +243,42 @@ class DirectEmitter:
     """Emits lifecycle records into ``logger``'s pipeline as ``logger.emit`` would, when
     that pipeline is only chaperone's (see the module doc); otherwise declines (False)."""
 
-    __slots__ = ("_accepted", "_logger", "_multi", "_targets")
+    __slots__ = ("_logger", "_multi", "_verdict")
 
     def __init__(self, logger: Any) -> None:
         self._logger = logger
         self._multi = logger._multi_log_record_processor
-        self._accepted: Any = None  # the processor tuple last accepted
-        self._targets: tuple[Any, ...] = ()  # its processors' batch processors' emit()
+        # The processor tuple last judged, and the emit() of its processors' batch
+        # processors (None: not only chaperone's). One attribute, read in one step, so a
+        # thread never pairs one tuple with another's targets.
+        self._verdict: tuple[Any, tuple[Any, ...] | None] = (None, None)
 
-    def _accept(self, processors: Any) -> bool:
-        """Whether ``processors`` are all chaperone's, taking light records (remembered)."""
+    def _targets(self, processors: Any) -> tuple[Any, ...] | None:
+        """Where a light record goes for ``processors`` (the logger's processor tuple):
+        their batch processors' ``emit``, or None unless all are chaperone's and take light
+        records. Judged once per tuple (the SDK replaces the tuple when one is added)."""
+        judged, targets = self._verdict
+        if processors is judged:
+            return targets
+        targets = None
         if (
-            type(processors) is not tuple
-            or not processors
-            or not all(
+            type(processors) is tuple
+            and processors
+            and all(
                 type(p) is LifecycleLogProcessor
                 and p.takes_light_records is True
                 and callable(getattr(getattr(p, "_batch_processor", None), "emit", None))
                 for p in processors
             )
         ):
-            return False
-        self._targets = tuple(p._batch_processor.emit for p in processors)
-        self._accepted = processors
-        return True
+            targets = tuple(p._batch_processor.emit for p in processors)
+        self._verdict = (processors, targets)
+        return targets
 
     def enabled(self, *, event_name: str) -> bool:
         """``logger.enabled(event_name=...)``: chaperone's processors want every record."""
         logger = self._logger
-        processors = self._multi._log_record_processors
-        if processors is self._accepted or self._accept(processors):
+        if self._targets(self._multi._log_record_processors) is not None:
             return bool(logger._logger_config.is_enabled)
         return bool(logger.enabled(event_name=event_name))
 
@@ -288,10 +294,8 @@ class DirectEmitter:
     ) -> bool:
         """Queue the record as a :class:`LightLogRecord`, or answer False (nothing done)."""
         logger = self._logger
-        processors = self._multi._log_record_processors
-        if processors is not self._accepted and not self._accept(processors):
-            return False
-        if not logger._logger_config.is_enabled:
+        targets = self._targets(self._multi._log_record_processors)
+        if targets is None or not logger._logger_config.is_enabled:
             return False
         limits = logger._log_record_limits
         most = limits.max_log_record_attributes
@@ -324,7 +328,7 @@ class DirectEmitter:
             limits,
         )
         logger._logger_metrics.emit_log()
-        for emit in self._targets:
+        for emit in targets:
             emit(record)
         return True
 
