@@ -508,3 +508,20 @@ def test_the_installed_sdks_log_pipeline_is_the_one_the_direct_path_reproduces()
 def test_an_api_logger_has_no_direct_path() -> None:
     assert _fast_logs.direct_emitter(api_logs.NoOpLogger("x")) is None
     assert _fast_logs.direct_emitter(trace.NoOpTracer()) is None
+
+
+def test_a_queued_record_does_not_change_with_the_mapping_it_came_from(
+    receiver: tuple[str, dict[str, list[bytes]]],
+) -> None:
+    """A record whose mapping the writer does not slim (a heartbeat's: the listeners' shared
+    mapping) is queued with its own copy, as the SDK copies attributes at emit."""
+    url, _ = receiver
+    writer, processor = _pipeline(_fast_logs, url + "/copy", direct=True, limits=None)
+    shared: dict[str, Any] = {"chaperone.job.heartbeat.count": 1}
+    writer.on_record(LifecycleRecord(sc.EVENT_JOB_HEARTBEAT, 1.0, shared))
+    shared["chaperone.job.heartbeat.count"] = 2
+    shared["later"] = "x"
+    (queued,) = processor._batch_processor._queue
+    assert type(queued) is _fast_logs.LightLogRecord
+    assert queued.attributes == {"chaperone.job.heartbeat.count": 1}
+    processor.shutdown()
