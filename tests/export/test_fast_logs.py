@@ -525,3 +525,26 @@ def test_a_queued_record_does_not_change_with_the_mapping_it_came_from(
     assert type(queued) is _fast_logs.LightLogRecord
     assert queued.attributes == {"chaperone.job.heartbeat.count": 1}
     processor.shutdown()
+
+
+def test_with_the_console_processor_every_record_goes_through_the_sdk(
+    receiver: tuple[str, dict[str, list[bytes]]],
+) -> None:
+    """``configure(console=True)`` adds the SDK's console processor: chaperone's OTLP
+    processor then gets the SDK's records too."""
+    from chaperone_otel._runtime import runtime
+
+    url, _ = receiver
+    try:
+        setup = chaperone.configure(otlp_endpoint=url + "/console", console=True)
+        assert setup is not None
+        processor = next(
+            p for p in setup.log_processors if type(p) is _fast_logs.LifecycleLogProcessor
+        )
+        processor._batch_processor._schedule_delay = 600
+        _one_run("diff.console")
+        assert runtime().writer.logs._direct is not None
+        queued = [type(r) for r in processor._batch_processor._queue]
+        assert queued == [ReadableLogRecord] * 2
+    finally:
+        chaperone.shutdown()
