@@ -548,3 +548,24 @@ def test_with_the_console_processor_every_record_goes_through_the_sdk(
         assert queued == [ReadableLogRecord] * 2
     finally:
         chaperone.shutdown()
+
+
+def test_with_the_sdks_own_exporter_every_record_goes_through_the_sdk(
+    receiver: tuple[str, dict[str, list[bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK whose exporter ``export()`` was not checked: ``configure()`` installs the
+    SDK's exporter, which does not take light records, so none is queued."""
+    from chaperone_otel.export import _otlp_http
+
+    monkeypatch.setattr(_otlp_http, "CHECKED_EXPORT_SOURCES", frozenset())
+    url, _ = receiver
+    try:
+        _, processor, writer = _configured_logger(url + "/sdk-exporter")
+        assert processor.takes_light_records is False
+        assert writer._direct is not None
+        processor._batch_processor._schedule_delay = 600
+        _one_run("diff.sdk.exporter")
+        queued = [type(r) for r in processor._batch_processor._queue]
+        assert queued == [ReadableLogRecord] * 2
+    finally:
+        chaperone.shutdown()
