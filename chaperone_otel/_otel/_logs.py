@@ -137,16 +137,19 @@ class LogWriter:
             # Given away: slim() made a new dict for a started or finished record; any
             # other record's own mapping, which listeners share, is copied.
             own = dict(attributes) if attributes is record.attributes else attributes
-            if type(own) is dict and direct.emit(
-                timestamp,
-                severity_number,
-                record.severity,
-                record.body,
-                own,
-                record.event_name,
-                record.context,
-            ):
-                return
+            try:
+                if type(own) is dict and direct.emit(
+                    timestamp,
+                    severity_number,
+                    record.severity,
+                    record.body,
+                    own,
+                    record.event_name,
+                    record.context,
+                ):
+                    return
+            except Exception as exc:  # counted; the SDK's emit() still sends the record
+                internal_error("logs.direct", exc)
         kwargs: dict[str, Any] = {
             "timestamp": timestamp,
             "severity_number": severity_number,

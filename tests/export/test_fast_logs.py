@@ -40,6 +40,7 @@ from chaperone_otel import _process
 from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
 from chaperone_otel._otel._logs import LogWriter
+from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
 from chaperone_otel.export import CountingLogExporter, _fast_logs, _otlp_logs
 from chaperone_otel.export._otlp_logs import FastOTLPLogExporter
 from chaperone_otel.testing import Capture, FakeClock
@@ -569,3 +570,26 @@ def test_with_the_sdks_own_exporter_every_record_goes_through_the_sdk(
         assert queued == [ReadableLogRecord] * 2
     finally:
         chaperone.shutdown()
+
+
+def test_a_failing_direct_path_is_counted_and_the_sdk_sends_the_record(
+    receiver: tuple[str, dict[str, list[bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telemetry never breaks the job, nor loses the record: a direct path that raises is
+    counted (``logs.direct``) and the SDK's ``logger.emit`` sends the record."""
+    url, _ = receiver
+    writer, processor = _pipeline(_fast_logs, url + "/failing", direct=True, limits=None)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("broken span context")
+
+    monkeypatch.setattr(_fast_logs, "get_current_span", broken)
+    old = set_raise_internal_errors(False)  # as in production
+    try:
+        writer.on_record(LifecycleRecord(sc.EVENT_JOB_STARTED, 1.0, {"a": 1}))
+    finally:
+        set_raise_internal_errors(old)
+    (queued,) = processor._batch_processor._queue
+    assert type(queued) is ReadableLogRecord
+    assert internal_error_counts().get("logs.direct") == 1
+    processor.shutdown()
