@@ -111,7 +111,9 @@ def _run_records() -> list[LifecycleRecord]:
         records = list(capture.records)
     finally:
         capture.stop()
-    assert {sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED} <= {r.event_name for r in records}
+    events = {r.event_name for r in records}
+    assert {sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED, sc.EVENT_JOB_HEARTBEAT} <= events
+    assert sc.EVENT_JOB_PROGRESS in events
     assert any(sc.ATTR_ERROR_STACKTRACE in r.attributes for r in records)
     assert any(sc.ATTR_METADATA in r.attributes for r in records)
     assert all(r.context is not None for r in records)
