@@ -11,13 +11,15 @@ SDK implements it).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from opentelemetry._logs import SeverityNumber, get_logger_provider
 
 from .. import semconv as sc
 from .._events import LifecycleRecord
 from .._implied import slim
+from .._safety import internal_error
 from .._version import __version__
 
 _PROCESS_ATTRIBUTES = (sc.ATTR_HOST_NAME, sc.ATTR_PROCESS_PID, sc.ATTR_SERVICE_INSTANCE_ID)
@@ -30,6 +32,56 @@ _SEVERITY = {
 }
 
 
+class DirectEmitter(Protocol):
+    """A cheaper way into a logger's pipeline that exports exactly what ``logger.emit``
+    would (``export/_fast_logs.py`` has the one there is, and says when it applies)."""
+
+    def enabled(self, *, event_name: str) -> bool:
+        """The logger's ``enabled(event_name=...)``, answered the same."""
+
+    def emit(
+        self,
+        timestamp: int,
+        severity_number: SeverityNumber,
+        severity_text: str,
+        body: str,
+        attributes: dict[str, Any],
+        event_name: str,
+        context: Any,
+    ) -> bool:
+        """Emit the record as ``logger.emit`` would, or answer False having done nothing
+        (the caller then calls ``logger.emit``). ``attributes`` is the caller's to give
+        away: it is never changed after the call."""
+
+
+DirectEmitterFactory = Callable[[Any], "DirectEmitter | None"]
+"""Given an OTel logger: a :class:`DirectEmitter` for it, or None (use ``logger.emit``)."""
+
+_direct_emitters: tuple[DirectEmitterFactory, ...] = ()
+
+
+def add_direct_emitter(factory: DirectEmitterFactory) -> None:
+    """Offer ``factory`` to the log writers resolving their logger from now on (idempotent).
+
+    How the export layer, which may use the SDK, gives this API-only layer a cheaper path
+    into the pipelines ``configure()`` builds, without this layer importing it."""
+    global _direct_emitters
+    if factory not in _direct_emitters:
+        _direct_emitters = (*_direct_emitters, factory)
+
+
+def _direct_emitter(logger: Any) -> DirectEmitter | None:
+    for factory in _direct_emitters:
+        try:
+            emitter = factory(logger)
+        except Exception as exc:  # then the SDK's emit(), which exports the same
+            internal_error("logs.direct", exc)
+            continue
+        if emitter is not None:
+            return emitter
+    return None
+
+
 class LogWriter:
     """Emits lifecycle records through an OTel ``Logger`` (a part of ``OTelWriter``)."""
 
@@ -37,6 +89,7 @@ class LogWriter:
         self._provider = logger_provider
         self._logger: Any = None
         self._enabled: Any = None  # the logger's bound enabled(): asked twice per run
+        self._direct: DirectEmitter | None = None
         self._implied: dict[str, Any] = {}
 
     def _get_logger(self) -> Any:
@@ -49,7 +102,9 @@ class LogWriter:
             # whose resource still names its parent keeps its own values on its records.
             resource = getattr(getattr(logger, "resource", None), "attributes", None) or {}
             self._implied = {k: resource[k] for k in _PROCESS_ATTRIBUTES if k in resource}
-            self._enabled = logger.enabled
+            direct = _direct_emitter(logger)
+            self._direct = direct
+            self._enabled = logger.enabled if direct is None else direct.enabled
             self._logger = logger
         return self._logger
 
@@ -75,9 +130,29 @@ class LogWriter:
         # (``_implied``: defaults at a start, the spec on a finish) and what the
         # resource already says.
         attributes = slim(record.event_name, record.attributes, self._implied)
+        timestamp = int(record.timestamp * 1e9)
+        severity_number = _SEVERITY.get(record.severity, SeverityNumber.INFO)
+        direct = self._direct
+        if direct is not None:
+            # Given away: slim() made a new dict for a started or finished record; any
+            # other record's own mapping, which listeners share, is copied.
+            own = dict(attributes) if attributes is record.attributes else attributes
+            try:
+                if type(own) is dict and direct.emit(
+                    timestamp,
+                    severity_number,
+                    record.severity,
+                    record.body,
+                    own,
+                    record.event_name,
+                    record.context,
+                ):
+                    return
+            except Exception as exc:  # counted; the SDK's emit() still sends the record
+                internal_error("logs.direct", exc)
         kwargs: dict[str, Any] = {
-            "timestamp": int(record.timestamp * 1e9),
-            "severity_number": _SEVERITY.get(record.severity, SeverityNumber.INFO),
+            "timestamp": timestamp,
+            "severity_number": severity_number,
             "severity_text": record.severity,
             "body": record.body,
             # Not copied otherwise: the SDK builds its own attribute mapping from it

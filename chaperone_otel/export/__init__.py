@@ -20,7 +20,6 @@ from typing import Any, Final, TypeVar
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import (
-    BatchLogRecordProcessor,
     ConsoleLogRecordExporter,
     LogRecordExporter,
     LogRecordExportResult,
@@ -273,16 +272,19 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(lp)
     out.logger_provider = lp
     if otlp:
+        from ._fast_logs import LifecycleLogProcessor  # noqa: PLC0415
         from ._otlp_http import otlp_log_exporter  # noqa: PLC0415
 
         queue, batch = _batch_sizes("logs")
+        log_exporter = otlp_log_exporter(
+            endpoint=_endpoint(config, "logs"), session=_forksafe.session("logs")
+        )
+        # The SDK's batch processor, which also takes chaperone's lifecycle records
+        # directly when its exporter encodes them (``_fast_logs``).
         out.log_processors.append(
-            BatchLogRecordProcessor(
-                CountingLogExporter(
-                    otlp_log_exporter(
-                        endpoint=_endpoint(config, "logs"), session=_forksafe.session("logs")
-                    )
-                ),
+            LifecycleLogProcessor(
+                CountingLogExporter(log_exporter),
+                takes_light_records=getattr(log_exporter, "takes_light_records", False) is True,
                 max_queue_size=queue,
                 max_export_batch_size=batch,
             )

@@ -50,6 +50,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 
+from ._fast_logs import readable as _readable
 from ._otlp_http import send
 
 _sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http._log_exporter")
@@ -341,9 +342,10 @@ def encode_logs(batch: Sequence[ReadableLogRecord]) -> bytes | None:
 
 
 def encode_logs_or_sdk(batch: Sequence[ReadableLogRecord]) -> bytes:
-    """:func:`encode_logs`, or the SDK's encoder for a batch it does not write."""
+    """:func:`encode_logs`, or the SDK's encoder for a batch it does not write (given
+    ``ReadableLogRecord`` objects for the light records of ``_fast_logs``)."""
     data = encode_logs(batch)
-    return _sdk_encode_logs(batch).SerializeToString() if data is None else data
+    return _sdk_encode_logs(_readable(batch)).SerializeToString() if data is None else data
 
 
 class FastOTLPLogExporter(OTLPLogExporter):
@@ -356,6 +358,10 @@ class FastOTLPLogExporter(OTLPLogExporter):
     unchanged. ``tests/export/test_otlp_exporters.py`` runs it and the SDK's exporter
     against the same local HTTP server and requires the same requests and results.
     """
+
+    takes_light_records = True
+    """Its encoder writes ``_fast_logs.LightLogRecord`` objects as the ``ReadableLogRecord``
+    the SDK would have queued (the SDK's encoder, for an odd batch, gets those)."""
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         return send(
