@@ -44,6 +44,7 @@ from urllib.parse import parse_qs
 from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client import exposition as _text
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics import exposition as _openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -103,12 +104,12 @@ def make_app(registry: Collector = REGISTRY) -> WsgiApp:
 
     def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO") != "/favicon.ico":
-            encoder, content_type = _text.choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
             params = parse_qs(environ.get("QUERY_STRING", ""))
             if "name[]" not in params and _verified(encoder):
                 output = render(registry, encoder)
                 headers = [("Content-Type", content_type)]
-                if _text.gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+                if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
                     output = gzip.compress(output)
                     headers.append(("Content-Encoding", "gzip"))
                 start_response("200 OK", headers)
