@@ -24,6 +24,10 @@ groups with and without a run id (``tests/export/test_prometheus_collector.py`` 
 the two renderings). One departure: the SDK caps a metric stream at 2,000 points per
 collection (overflow goes to one ``otel_metric_overflow`` series); this collector serves
 every group, so more than 2,000 live runs past the long-run threshold are each named.
+
+The live-run families are :class:`LiveFamily` objects: their samples are made only when read,
+and each carries its samples' label texts, made once per group and kept while the group is
+live, from which the worker's ``/metrics`` app (:mod:`._exposition`) writes their lines.
 """
 
 from __future__ import annotations
