@@ -108,8 +108,8 @@ class LiveRuns:
     def reset(self) -> None:
         """A new collector: no label texts cached."""
         self.collector = WorkerCollector(_Provider(), CollectorRegistry())
-        self.collector._gauges = [
-            (name, unit, doc, _reader(i))
+        self.collector._gauges = [  # reading the test's runs, not real ones
+            (name, unit, doc, _reader(i))  # type: ignore[misc]
             for i, (name, unit, doc, _read) in enumerate(self.collector._gauges)
         ]
 
@@ -325,7 +325,7 @@ def _parse_both(live: LiveRuns, ours: str) -> None:
     text = fetch(ours, "GET", "/metrics", None, None)[2].decode()
     openmetrics = fetch(ours, "GET", "/metrics", ACCEPTS[9], None)[2].decode()
     assert _samples(parse_text(text)) == expected
-    assert _samples(parse_openmetrics(openmetrics)) == expected
+    assert _samples(parse_openmetrics(openmetrics)) == expected  # type: ignore[no-untyped-call]
 
 
 def _samples(families: Iterable[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], str]:
