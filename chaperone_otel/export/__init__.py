@@ -398,15 +398,16 @@ _PROMETHEUS_POLL: Final = 0.05
 
 
 def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
-    """prometheus_client's WSGI app (its exposition, content negotiation and gzip) on a
-    threading stdlib server, as ``start_http_server`` does, but polled every
-    :data:`_PROMETHEUS_POLL`, so that :func:`teardown` does not wait half a second."""
+    """The ``/metrics`` app (prometheus_client's exposition, content negotiation and gzip,
+    the live-run sample lines written by :mod:`._exposition`) on a threading stdlib server,
+    as ``start_http_server`` does, but polled every :data:`_PROMETHEUS_POLL`, so that
+    :func:`teardown` does not wait half a second."""
     import socket  # noqa: PLC0415
     import threading  # noqa: PLC0415
     from socketserver import ThreadingMixIn  # noqa: PLC0415
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server  # noqa: PLC0415
 
-    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+    from ._exposition import make_app  # noqa: PLC0415
 
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _type, _proto, _name, sockaddr = info[0]
@@ -419,7 +420,7 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
         def log_message(self, format: str, *args: Any) -> None:
             """No access log on the application's stderr."""
 
-    server = make_server(str(sockaddr[0]), port, make_wsgi_app(), _Server, handler_class=_Quiet)
+    server = make_server(str(sockaddr[0]), port, make_app(), _Server, handler_class=_Quiet)
     threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": _PROMETHEUS_POLL},

@@ -24,11 +24,16 @@ groups with and without a run id (``tests/export/test_prometheus_collector.py`` 
 the two renderings). One departure: the SDK caps a metric stream at 2,000 points per
 collection (overflow goes to one ``otel_metric_overflow`` series); this collector serves
 every group, so more than 2,000 live runs past the long-run threshold are each named.
+
+The live-run families are :class:`LiveFamily` objects: their samples are made only when read,
+and each carries its samples' label texts, made once per group and kept while the group is
+live, from which the worker's ``/metrics`` app (:mod:`._exposition`) writes their lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import weakref
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -56,6 +61,11 @@ _SCOPE: Final = {
     "otel_scope_schema_url": "",
     "otel_scope_version": __version__,
 }
+LEGACY_LABEL_NAMES: Final = all(
+    re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) for name in (_NAME, _QUEUE, _RUN_ID, *_SCOPE)
+)
+"""Whether every label name is a legacy Prometheus label name (written unchanged by every
+escaping scheme): :func:`label_text` writes them as they are."""
 
 _NONE: Final = (repeat(None),) * (len(Sample._fields) - 3)
 _sample: Final = partial(tuple.__new__, Sample)
@@ -87,6 +97,7 @@ class WorkerCollector(Collector):
         self._provider = weakref.ref(meter_provider)
         self._otel = otel_registry
         self._gauges = _gauges()
+        self._known: dict[tuple[str, str, str], _Labelled] = {}
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: registering must not collect (the reader is not on its provider yet),
@@ -114,41 +125,111 @@ class WorkerCollector(Collector):
             return list(self._families(groups, now))
         return []
 
-    def _families(self, groups: list[Any], now: float) -> Iterator[Metric]:
+    def _families(self, groups: list[Any], now: float) -> Iterator[LiveFamily]:
         runs = [group[3] for group in groups]
-        plain: list[dict[str, str]] = []  # each group's labels as the exporter writes them
-        filled: list[dict[str, str]] = []  # ... in a family where some group has a run id
-        with_id: list[bool] = []
-        for name, queue, run_id, _run in groups:
-            labels = {_NAME: name, _QUEUE: queue, **_SCOPE}
-            plain.append(labels)
-            if run_id:
-                labels[_RUN_ID] = run_id
-                filled.append(labels)
-            else:
-                filled.append({**labels, _RUN_ID: ""})
-            with_id.append(bool(run_id))
+        labelled = self._labelled(groups)
+        plain = [entry[0] for entry in labelled]  # each group's labels as the exporter writes
+        filled = [entry[1] for entry in labelled]  # ... in a family where a group has a run id
+        plain_text = [entry[2] for entry in labelled]
+        filled_text = [entry[3] for entry in labelled]
+        with_id = [bool(group[2]) for group in groups]
         any_id = any(with_id)
         for family_name, unit, doc, read in self._gauges:
             values = list(map(read, runs, repeat(now)))
-            family = GaugeMetricFamily(family_name, doc, unit=unit)
-            name = repeat(family.name)
             if None in values:
                 present = [i for i, value in enumerate(values) if value is not None]
                 if not present:
                     continue
-                chosen = filled if any(with_id[i] for i in present) else plain
-                rows = zip(
-                    name,
-                    [chosen[i] for i in present],
+                some_id = any(with_id[i] for i in present)
+                labels, texts = (filled, filled_text) if some_id else (plain, plain_text)
+                yield LiveFamily(
+                    family_name,
+                    doc,
+                    unit,
+                    [labels[i] for i in present],
+                    [texts[i] for i in present],
                     [values[i] for i in present],
-                    *_NONE,
-                    strict=False,  # name and the Nones repeat for ever
                 )
             else:
-                rows = zip(name, filled if any_id else plain, values, *_NONE, strict=False)
-            family.samples = list(map(_sample, rows))
-            yield family
+                labels, texts = (filled, filled_text) if any_id else (plain, plain_text)
+                yield LiveFamily(family_name, doc, unit, labels, texts, values)
+
+    def _labelled(self, groups: list[Any]) -> list[_Labelled]:
+        """Each group's label dicts and label texts, from the previous scrape's when the
+        group was already there (a group's labels never change: they are its key)."""
+        known = self._known
+        current: dict[tuple[str, str, str], _Labelled] = {}
+        out: list[_Labelled] = []
+        for name, queue, run_id, _run in groups:
+            key = (name, queue, run_id)
+            entry = known.get(key)
+            if entry is None:
+                plain = {_NAME: name, _QUEUE: queue, **_SCOPE}
+                if run_id:
+                    plain[_RUN_ID] = run_id
+                    filled = plain
+                else:
+                    filled = {**plain, _RUN_ID: ""}
+                plain_text = label_text(plain)
+                filled_text = plain_text if filled is plain else label_text(filled)
+                entry = (plain, filled, plain_text, filled_text)
+            current[key] = entry
+            out.append(entry)
+        self._known = current  # only the live groups' (a concurrent scrape's is as good)
+        return out
+
+
+_Labelled = tuple[dict[str, str], dict[str, str], str, str]
+"""A group's (labels, labels with the run-id label filled, and their label texts)."""
+
+
+def label_text(labels: dict[str, str]) -> str:
+    """The text between the braces of a sample line: ``name="value"`` pairs sorted by name,
+    the values escaped (backslash, newline, double quote), as both of prometheus_client's
+    text formats write label values. The names must be legacy Prometheus label names (ours
+    are; the exposition checks it), which every escaping scheme leaves as they are."""
+    return ",".join([f'{key}="{_escaped(value)}"' for key, value in sorted(labels.items())])
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class LiveFamily(GaugeMetricFamily):
+    """One live-run gauge: a prometheus_client gauge family whose samples are made only
+    when someone reads them (prometheus_client's own rendering, ``name[]`` restriction,
+    other readers), and which carries each sample's label text, made once per group and
+    reused across scrapes, for the worker's ``/metrics`` to write its sample lines
+    (:mod:`._exposition`). Samples assigned from outside make it an ordinary family:
+    :attr:`pristine` turns false and the exposition hands it to prometheus_client."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        unit: str,
+        labels: list[dict[str, str]],
+        texts: list[str],
+        values: list[Any],
+    ) -> None:
+        super().__init__(name, documentation, unit=unit)
+        self.labels = labels
+        self.label_texts = texts
+        self.values = values
+        self._samples: list[Sample] | None = None
+        self.pristine = True
+
+    @property
+    def samples(self) -> list[Sample]:
+        if self._samples is None:
+            rows = zip(repeat(self.name), self.labels, self.values, *_NONE, strict=False)
+            self._samples = list(map(_sample, rows))
+        return self._samples
+
+    @samples.setter
+    def samples(self, samples: list[Sample]) -> None:
+        self._samples = samples
+        self.pristine = False
 
 
 class WorkerMetricReader(PrometheusMetricReader):
