@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -20,29 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.integrations.workers import free_port, stop
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdout is not None:
-        proc.stdout.close()
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +41,7 @@ def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory)
             procs.append(worker)
             assert worker.stdout is not None
             urls = json.loads(worker.stdout.readline())
-            port = _free_port()
+            port = free_port()
             config = {
                 "global": {"scrape_interval": "1s"},
                 "scrape_configs": [
@@ -78,7 +59,9 @@ def prometheus(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory)
             yield f"http://127.0.0.1:{port}"
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            stop(proc, grace=10)
 
 
 def _query(base: str, expr: str) -> list[dict[str, Any]]:
