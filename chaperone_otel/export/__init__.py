@@ -272,7 +272,7 @@ def setup(config: _Config) -> Setup:
         out.created_providers.append(lp)
     out.logger_provider = lp
     if otlp:
-        from ._fast_logs import LifecycleLogProcessor  # noqa: PLC0415
+        from ._fast_logs import LifecycleLogProcessor, pipeline_supported  # noqa: PLC0415
         from ._otlp_http import otlp_log_exporter  # noqa: PLC0415
 
         queue, batch = _batch_sizes("logs")
@@ -284,7 +284,10 @@ def setup(config: _Config) -> Setup:
         out.log_processors.append(
             LifecycleLogProcessor(
                 CountingLogExporter(log_exporter),
-                takes_light_records=getattr(log_exporter, "takes_light_records", False) is True,
+                # Asked here, on configure()'s thread: checking the SDK's pipeline reads
+                # its source files, too slow for a first run's job thread.
+                takes_light_records=getattr(log_exporter, "takes_light_records", False) is True
+                and pipeline_supported(),
                 max_queue_size=queue,
                 max_export_batch_size=batch,
             )

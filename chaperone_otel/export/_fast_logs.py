@@ -64,6 +64,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExp
 from opentelemetry.trace import get_current_span
 
 from .._otel._logs import add_direct_emitter
+from .._safety import internal_error
 
 CHECKED_PIPELINE_SOURCES: Final = frozenset(
     {
@@ -107,27 +108,64 @@ def _pieces() -> tuple[Any, ...]:
     )
 
 
+_digested: tuple[Any, ...] = ()
+"""The piece objects :func:`pipeline_digest` read (compared by identity later: a piece
+wrapped or replaced after the digest was taken is not the piece that was checked)."""
+
+
 @functools.cache
 def pipeline_digest() -> str | None:
-    """SHA-256 of the sources of :func:`_pieces`, or None when one cannot be read."""
+    """SHA-256 of the sources of :func:`_pieces`, or None when one cannot be read or is a
+    wrapper (``inspect.getsource`` reads through ``functools.wraps`` to the wrapped
+    function, so a wrapped ``Logger.emit`` would hash as the SDK's own)."""
+    global _digested
     digest = hashlib.sha256()
     try:
-        for piece in _pieces():
+        pieces = _pieces()
+        if any(hasattr(piece, "__wrapped__") for piece in pieces):
+            return None
+        for piece in pieces:
             digest.update(inspect.getsource(piece).encode())
     except (ImportError, AttributeError, OSError, TypeError):
         return None
+    _digested = pieces
     return digest.hexdigest()
 
 
+def _pieces_unchanged() -> bool:
+    """Whether every piece is still the object that was digested (none patched since)."""
+    try:
+        pieces = _pieces()
+    except (ImportError, AttributeError):
+        return False
+    # ``==``: a classmethod piece is a new bound method at each lookup, equal while its
+    # function is the same; a function or a class is equal only to itself.
+    return len(pieces) == len(_digested) and all(
+        a == b for a, b in zip(pieces, _digested, strict=True)
+    )
+
+
 def pipeline_supported() -> bool:
-    """Whether the installed SDK's log pipeline is one the direct path was checked against
-    (and :class:`LifecycleLogProcessor` takes records and answers ``enabled()`` as the
-    pieces checked say)."""
+    """Whether the installed SDK's log pipeline is one the direct path was checked against,
+    unpatched since (and :class:`LifecycleLogProcessor` takes records and answers
+    ``enabled()`` as the pieces checked say).
+
+    Called by ``configure()`` when it installs the processor, so the digest (reading ~19
+    pieces' source files) is taken then, not on the first run's job thread.
+    """
     return (
         pipeline_digest() in CHECKED_PIPELINE_SOURCES
+        and _pieces_unchanged()
         and LifecycleLogProcessor.on_emit is BatchLogRecordProcessor.on_emit
         and LifecycleLogProcessor.enabled is LogRecordProcessor.enabled
     )
+
+
+_SDK_EMIT: Final = Logger.emit
+"""The SDK's ``Logger.emit`` as imported: the direct path stands in for this one only (a
+wrapper an application or an instrumentation puts on it later must see every record)."""
+_SDK_ENABLED: Final = Logger.enabled
+"""The SDK's ``Logger.enabled`` as imported (the same, for a wrapper deciding what is kept)."""
 
 
 class LightLogRecord:
@@ -256,7 +294,17 @@ class DirectEmitter:
     def _targets(self, processors: Any) -> tuple[Any, ...] | None:
         """Where a light record goes for ``processors`` (the logger's processor tuple):
         their batch processors' ``emit``, or None unless all are chaperone's and take light
-        records. Judged once per tuple (the SDK replaces the tuple when one is added)."""
+        records. Judged once per tuple (the SDK replaces the tuple when one is added),
+        and None at once whenever ``Logger.emit`` or ``enabled`` is no longer the SDK's
+        checked one (wrapped or replaced on the class or on this logger, at any time): what
+        wraps them must see every record."""
+        if (
+            Logger.emit is not _SDK_EMIT
+            or Logger.enabled is not _SDK_ENABLED
+            or "emit" in (own := self._logger.__dict__)
+            or "enabled" in own
+        ):
+            return None
         judged, targets = self._verdict
         if processors is judged:
             return targets
@@ -264,9 +312,11 @@ class DirectEmitter:
         if (
             type(processors) is tuple
             and processors
+            and _pieces_unchanged()
             and all(
                 type(p) is LifecycleLogProcessor
                 and p.takes_light_records is True
+                and "on_emit" not in vars(p)
                 and callable(getattr(getattr(p, "_batch_processor", None), "emit", None))
                 for p in processors
             )
@@ -276,10 +326,17 @@ class DirectEmitter:
         return targets
 
     def enabled(self, *, event_name: str) -> bool:
-        """``logger.enabled(event_name=...)``: chaperone's processors want every record."""
+        """``logger.enabled(event_name=...)``: chaperone's processors want every record.
+
+        Never raises for the direct path's sake: should reading the SDK's private state
+        fail, the error is counted and the logger's own ``enabled()`` answers (the record
+        then takes the SDK's path, as :meth:`emit` falls back)."""
         logger = self._logger
-        if self._targets(self._multi._log_record_processors) is not None:
-            return bool(logger._logger_config.is_enabled)
+        try:
+            if self._targets(self._multi._log_record_processors) is not None:
+                return bool(logger._logger_config.is_enabled)
+        except Exception as exc:
+            internal_error("logs.direct", exc)
         return bool(logger.enabled(event_name=event_name))
 
     def emit(

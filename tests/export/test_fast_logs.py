@@ -41,7 +41,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel._events import LifecycleRecord
 from chaperone_otel._otel._logs import LogWriter
 from chaperone_otel._safety import internal_error_counts, set_raise_internal_errors
-from chaperone_otel.export import CountingLogExporter, _fast_logs, _otlp_logs
+from chaperone_otel.export import CountingLogExporter, _fast_logs, _otlp_logs, _remove_log_processor
 from chaperone_otel.export._otlp_logs import FastOTLPLogExporter
 from chaperone_otel.testing import Capture, FakeClock
 
@@ -417,7 +417,8 @@ def test_a_processor_of_the_users_gets_every_record_through_the_sdk(
         processor._batch_processor._schedule_delay = 600
         _one_run("diff.before")
         users = InMemoryLogRecordExporter()
-        provider.add_log_record_processor(SimpleLogRecordProcessor(users))
+        users_processor = SimpleLogRecordProcessor(users)
+        provider.add_log_record_processor(users_processor)
         _one_run("diff.after")
         queued = [type(r) for r in reversed(processor._batch_processor._queue)]  # oldest first
         assert queued == [_fast_logs.LightLogRecord] * 2 + [ReadableLogRecord] * 2
@@ -427,6 +428,9 @@ def test_a_processor_of_the_users_gets_every_record_through_the_sdk(
         ]
     finally:
         chaperone.shutdown()
+        # The global provider outlives this test (OTel sets it once): the next test's
+        # configure() must find only chaperone's processors on it.
+        _remove_log_processor(provider, users_processor)
 
 
 def test_an_unchecked_sdk_takes_the_sdk_path(
@@ -583,9 +587,11 @@ def test_a_failing_direct_path_is_counted_and_the_sdk_sends_the_record(
     writer, processor = _pipeline(_fast_logs, url + "/failing", direct=True, limits=None)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("broken span context")
+        raise RuntimeError("broken clock")
 
-    monkeypatch.setattr(_fast_logs, "get_current_span", broken)
+    # Not one of the SDK pieces the direct path checks (patching one of those makes it
+    # stand aside before it can fail): the observed timestamp's clock.
+    monkeypatch.setattr(_fast_logs, "time_ns", broken)
     old = set_raise_internal_errors(False)  # as in production
     try:
         writer.on_record(LifecycleRecord(sc.EVENT_JOB_STARTED, 1.0, {"a": 1}))
@@ -595,3 +601,114 @@ def test_a_failing_direct_path_is_counted_and_the_sdk_sends_the_record(
     assert type(queued) is ReadableLogRecord
     assert internal_error_counts().get("logs.direct") == 1
     processor.shutdown()
+
+
+def _queued_types(processor: Any) -> list[type]:
+    return [type(r) for r in reversed(processor._batch_processor._queue)]  # oldest first
+
+
+def test_a_wrapper_put_on_logger_emit_later_sees_every_record(
+    receiver: tuple[str, dict[str, list[bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application or an instrumentation that wraps the SDK's ``Logger.emit`` (here with
+    ``functools.wraps``, whose source reads as the SDK's own) after the first run: from then
+    on every record goes through it, the direct path stands aside; a wrapper on one logger
+    only (an instance attribute) likewise."""
+    import functools
+
+    from opentelemetry.sdk._logs import Logger
+
+    url, _ = receiver
+    seen: list[str] = []
+    original = Logger.emit
+
+    @functools.wraps(original)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("event_name") or getattr(args[0], "event_name", ""))
+        return original(self, *args, **kwargs)
+
+    try:
+        _, processor, writer = _configured_logger(url + "/wrapped")
+        processor._batch_processor._schedule_delay = 600
+        _one_run("diff.unwrapped")
+        monkeypatch.setattr(Logger, "emit", wrapped)
+        _one_run("diff.wrapped")
+        assert seen == [sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED]
+        monkeypatch.undo()
+        _one_run("diff.unwrapped.again")
+        logger = writer._logger
+        logger.emit = functools.partial(wrapped, logger)  # this logger only
+        _one_run("diff.wrapped.instance")
+        del logger.emit
+        assert seen == [sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED] * 2
+        light, sdk = _fast_logs.LightLogRecord, ReadableLogRecord
+        assert _queued_types(processor) == [light] * 2 + [sdk] * 2 + [light] * 2 + [sdk] * 2
+    finally:
+        chaperone.shutdown()
+
+
+def test_a_pipeline_wrapped_before_the_digest_is_not_the_checked_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``inspect.getsource`` reads through ``functools.wraps``: a wrapped piece must not
+    hash as the SDK's own, and a piece replaced after the digest is not the one checked."""
+    import functools
+
+    from opentelemetry.sdk._logs import Logger
+
+    assert _fast_logs.pipeline_supported()
+    original = Logger.emit
+
+    @functools.wraps(original)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Logger, "emit", wrapped)
+    assert not _fast_logs.pipeline_supported()  # replaced after the digest was taken
+    _fast_logs.pipeline_digest.cache_clear()
+    try:
+        assert _fast_logs.pipeline_digest() is None  # a wrapper: no digest at all
+        assert not _fast_logs.pipeline_supported()
+    finally:
+        monkeypatch.undo()
+        _fast_logs.pipeline_digest.cache_clear()
+    assert _fast_logs.pipeline_supported()
+
+
+def test_a_failing_direct_enabled_is_counted_and_the_sdk_sends_the_records(
+    receiver: tuple[str, dict[str, list[bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct path's ``enabled()`` reads the SDK's private state first: should that
+    fail, the error is counted (``logs.direct``), the logger's own ``enabled()`` answers
+    and the records take the SDK's path: none is lost."""
+    url, _ = receiver
+
+    def broken(self: Any, processors: Any) -> Any:
+        raise RuntimeError("private state moved")
+
+    old = set_raise_internal_errors(False)  # as in production
+    try:
+        _, processor, _ = _configured_logger(url + "/failing-enabled")
+        processor._batch_processor._schedule_delay = 600
+        before = internal_error_counts().get("logs.direct", 0)
+        monkeypatch.setattr(_fast_logs.DirectEmitter, "_targets", broken)
+        _one_run("diff.failing.enabled")
+        assert _queued_types(processor) == [ReadableLogRecord] * 2
+        assert internal_error_counts().get("logs.direct", 0) - before == 4  # 2 asks, 2 emits
+    finally:
+        set_raise_internal_errors(old)
+        chaperone.shutdown()
+
+
+def test_configure_checks_the_sdks_pipeline_before_any_run(
+    receiver: tuple[str, dict[str, list[bytes]]],
+) -> None:
+    """The digest of the SDK's pipeline (reading ~19 pieces' source files) is taken by
+    ``configure()``, not on the first run's job thread."""
+    url, _ = receiver
+    _fast_logs.pipeline_digest.cache_clear()
+    try:
+        chaperone.configure(otlp_endpoint=url + "/warm", service_name="diff")
+        assert _fast_logs.pipeline_digest.cache_info().currsize == 1
+    finally:
+        chaperone.shutdown()
