@@ -153,6 +153,15 @@ def _what_a_run_sends(
 ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """The span attributes and the log records (event name, attributes) of one real run,
     exactly as they reach the SDK, to replay as the floor."""
+    span, logs = _capture_run(job)
+    records = [(str(r.event_name), dict(r.attributes or {})) for r in logs]
+    return dict(span.attributes or {}), records
+
+
+def _capture_run(job: Callable[[], None]) -> tuple[ReadableSpan, list[Any]]:
+    """One real run of ``job``: its span and its log records (the SDK's ``LogRecord``
+    objects), exactly as they reach the SDK (slimmed by the OTel log writer against the
+    resource ``configure()`` gives its providers)."""
     resource = _resource()
     spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
     tracer_provider = TracerProvider(resource=resource)
@@ -168,11 +177,7 @@ def _what_a_run_sends(
     job()
     chaperone.shutdown()
     (span,) = spans.get_finished_spans()
-    records = [
-        (str(r.log_record.event_name), dict(r.log_record.attributes or {}))
-        for r in logs.get_finished_logs()
-    ]
-    return dict(span.attributes or {}), records
+    return span, [r.log_record for r in logs.get_finished_logs()]
 
 
 def per_run_costs(label: str, runs_n: int, rounds: int) -> dict[str, float]:
@@ -467,10 +472,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="only the CPU-per-run table")
+    parser.add_argument(
+        "--floor", action="store_true", help="only the floor of goal 2's CPU per run"
+    )
     args = parser.parse_args()
     n = 20_000 if args.quick else 200_000
     runs_n = 300 if args.quick else 3_000
     rounds = 3 if args.quick else 9
+    if args.floor:
+        from bench_floor import floor_main  # it imports this module
+
+        floor_main(runs_n, rounds)
+        return
     if args.cpu:
         print(f"python {sys.version.split()[0]}, {rounds} interleaved rounds, median per run")
         ok = print_cpu(per_run_cpu(runs_n, rounds))
