@@ -3,12 +3,13 @@
 ``bench_runtime.py --floor`` (or this script): CPU per run with OTLP export, job thread
 (``time.thread_time``) and whole process (``time.process_time``, the exporter threads
 flushed inside it), measured as ``bench_runtime.py --cpu`` measures, in interleaved rounds
-of one process, median. Each case adds the next thing a supervised run must do through the
-SDK, replaying what one real run sends, built beforehand: its span's start and end
-attributes, its context current while it runs, its two lifecycle records through the direct
-log path ``configure()`` installs, its deferred metrics (the monitor's). Case 5 is the floor
-of any implementation that keeps the span's attributes and the two records; case 6 is the
-supervised run as ``configure()`` exports it, so case 6 - case 5 is the runtime's own code.
+of one process (each round starting one case further on), median. Each case adds the next
+thing a supervised run must do through the SDK, replaying what one real run sends, built
+beforehand: its span's start and end attributes, its context current while it runs, its
+two lifecycle records through the direct log path ``configure()`` installs, its deferred
+metrics (the monitor's). Case 5 is the floor of any implementation that keeps the span's
+attributes and the two records; case 6 is the supervised run as ``configure()`` exports it,
+so case 6 - case 5 is the runtime's own code.
 The ratios are to ``--cpu``'s reference, a bare span encoded by the SDK's OTLP encoder (what
 plain OTel pays); a bare span encoded by chaperone's encoder is shown too (the stricter one).
 After every case the exporters must have encoded one span per run, and from case 4 on two
@@ -276,8 +277,10 @@ def per_run_floor(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
     thread: dict[str, list[float]] = {name: [] for name in cases}
     process: dict[str, list[float]] = {name: [] for name in cases}
     drained = 0
-    for _ in range(rounds):
-        for case, fn_ in cases.items():
+    order = list(cases.items())
+    for r in range(rounds):
+        # Each round starts one case further on: no case always follows the same one.
+        for case, fn_ in order[r % len(order) :] + order[: r % len(order)]:
             _runtime().flush_metrics()
             flush()
             spans_before, logs_before = spans.count + sdk_spans.count, logs.count
