@@ -26,6 +26,7 @@ from chaperone_otel import ConfigurationError, _process, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._config import build_config, get_config
 from chaperone_otel.testing import capture
+from tests.loopback import serving
 
 
 def test_env_then_argument_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,17 +108,8 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes, float]]]]:
     """A real HTTP server on loopback that records OTLP requests."""
     requests: list[tuple[str, str, bytes, float]] = []
-    handler = type("Handler", (_Receiver,), {"requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # polled every 0.05 s: shutdown() below waits for the poll (0.5 s by default)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(type("Handler", (_Receiver,), {"requests": requests})) as url:
+        yield url, requests
 
 
 class _GatedReceiver(_Receiver):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.server
 import inspect
 import itertools
-import threading
 import types
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,6 +43,7 @@ from chaperone_otel._safety import internal_error_counts, set_raise_internal_err
 from chaperone_otel.export import CountingLogExporter, _fast_logs, _otlp_logs, _remove_log_processor
 from chaperone_otel.export._otlp_logs import FastOTLPLogExporter
 from chaperone_otel.testing import Capture, FakeClock
+from tests.loopback import serving
 
 _API_LOGS_INTERNAL = _ApiLogRecord.__module__
 
@@ -68,16 +68,8 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[tuple[str, dict[str, list[bytes]]]]:
     bodies: dict[str, list[bytes]] = {}
-    handler = type("H", (_Receiver,), {"bodies": bodies})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(type("H", (_Receiver,), {"bodies": bodies})) as url:
+        yield url, bodies
 
 
 def _run_records() -> list[LifecycleRecord]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from chaperone_otel.export import CountingLogExporter, CountingSpanExporter, _ot
 from chaperone_otel.export._otlp_http import export_source_digest, fast_exporter_supported
 from chaperone_otel.export._otlp_logs import FastOTLPLogExporter, encode_logs
 from chaperone_otel.export._otlp_spans import FastOTLPSpanExporter, encode_spans
+from tests.loopback import serving
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -57,15 +57,8 @@ def receiver() -> Iterator[tuple[str, list[Any], list[int]]]:
     requests: list[Any] = []
     statuses: list[int] = []
     handler = type("H", (_Receiver,), {"requests": requests, "statuses": statuses})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1/logs", requests, statuses
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(handler) as url:
+        yield f"{url}/v1/logs", requests, statuses
 
 
 def _batch(odd: bool = False) -> list[ReadableLogRecord]:
