@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import struct
 import threading
 import time
@@ -213,7 +214,10 @@ def sink_error(error: BaseException, path: str, action: str) -> SinkError:
     return SinkError(f"cannot {action} {path}: {error}")
 
 
-_HEADER_SIZE: Final = 3 * 4096
+_BLOCK_SIZE: Final = 4096
+"""DuckDB's header block; the main header (its magic bytes at offset 8) is the first."""
+
+_HEADER_SIZE: Final = 3 * _BLOCK_SIZE
 """DuckDB's file header: the main header and two database headers; blocks follow."""
 
 
@@ -299,6 +303,63 @@ def truncation(error: BaseException, path: str) -> SinkError | None:
     return None
 
 
+_NOT_A_DATABASE: Final = "not a valid DuckDB database file"
+
+
+def _connect(path: str, *, read_only: bool) -> Any:
+    """``duckdb.connect``; a writable open of a missing file first creates it whole
+    (:func:`_create_whole`)."""
+    if not read_only and not os.path.exists(path):
+        _create_whole(path)
+    return duckdb.connect(path, read_only=read_only, config=engine_config())
+
+
+def _create_whole(path: str) -> None:
+    """Create an empty store at ``path`` so that no other process ever sees it half made.
+
+    DuckDB creates a missing database file with ``O_CREAT | O_TRUNC``, writes its header and
+    only then is the file a database (its lock is taken as it opens). Processes that open one
+    new path at once (eight apps started together, each ``configure(sink=PATH)``) met that:
+    one read the file before its header ("exists, but it is not a valid DuckDB database file")
+    and one truncated the file the winner had just created ("the store file is truncated"),
+    in about 1 of 10 rounds on duckdb 1.5 and 2.0. So the file is created under a name of
+    this process's own and hard-linked into place: ``link`` fails if ``path`` exists, so the
+    first process puts a whole file there and every other one opens that file (and meets its
+    owner's lock). Where the filesystem has no hard links, DuckDB creates it in place as
+    before.
+    """
+    folder, name = os.path.split(path)
+    private = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        duckdb.connect(private, config=engine_config()).close()
+        with contextlib.suppress(FileExistsError):  # another process created it first
+            os.link(private, path)
+    except (OSError, duckdb.Error):
+        pass  # no hard links here, or the folder is not writable: DuckDB says why, in place
+    finally:
+        for leftover in (private, f"{private}.wal"):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
+def unfinished(error: BaseException, path: str) -> SinkError | None:
+    """The clear error for a file DuckDB refused that is shorter than its first header
+    block (empty, or cut off as another program created it), else None."""
+    if _NOT_A_DATABASE not in str(error):
+        return None
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if size >= _BLOCK_SIZE:
+        return None
+    return SinkError(
+        f"cannot open {path}: the file has {size} bytes, too short to be a DuckDB store "
+        "(an empty file, another program's, or one cut off as it was created). Delete it "
+        "to start a new store, or pass the path of an existing store"
+    )
+
+
 class Store:
     """A DuckDB connection to one store file, shared by everything in this process.
 
@@ -332,9 +393,9 @@ class Store:
         """A new connection to the file, set up (zone, schema, locked configuration)."""
         path = self.path
         try:
-            con = duckdb.connect(path, read_only=self.read_only, config=engine_config())
+            con = _connect(path, read_only=self.read_only)
         except duckdb.Error as e:  # duckdb 1.x reads a cut file's blocks as it connects
-            raise truncation(e, path) or sink_error(e, path, "open") from e
+            raise unfinished(e, path) or truncation(e, path) or sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
             # take the machine's zone (CAST(now() AS TIMESTAMP) would be local wall time).

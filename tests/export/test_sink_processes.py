@@ -108,7 +108,8 @@ def test_eight_apps_share_one_store_and_survive_the_owner_being_killed(tmp_path:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+            with proc:  # closes its pipes (also of those a failed assertion left) and waits
+                pass
     assert roles.count("forwarder") == 7  # the owner was the eighth
     stored = _stored(path)
     expected = {run_id: ("completed", pid) for pid, ids in results.items() for run_id in ids}
