@@ -135,8 +135,10 @@ def start_run(
     attempt: int | None = None,
     execution_id: str | None = None,
     bind_thread: bool = True,
+    links: tuple[Any, ...] = (),
 ) -> Run:
-    """Create and start a run: span, monitor registration, started record."""
+    """Create and start a run: span (linked to ``links``), monitor registration, started
+    record."""
     config = get_config()
     run = Run(
         spec,
@@ -154,7 +156,7 @@ def start_run(
     rt = runtime()
     try:
         run.span, run.otel_context, run.trace_id, run.span_id = rt.writer.start(
-            run, spec.tracer_provider
+            run, spec.tracer_provider, links
         )
     except Exception as exc:
         internal_error("run.start", exc)

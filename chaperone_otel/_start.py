@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from . import semconv as sc
@@ -36,6 +36,7 @@ from ._lifecycle import (
     finish_run,
 )
 from ._lifecycle import start_run as _start
+from ._otel._spans import LinkTarget, check_links, traceparent
 from ._run import Run, Supervision
 from ._spec import Lease, Spec, make_spec, require_attempt, require_id
 from .exceptions import ConfigurationError
@@ -80,6 +81,13 @@ class StartedRun:
     def status(self) -> str:
         """``running`` until finished, then the outcome."""
         return self._run.status
+
+    @property
+    def traceparent(self) -> str | None:
+        """The run span's W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``), for the
+        framework to keep with the job so that the next attempt's span links to this one
+        (``start_run(links=[...])``); None when no span was started."""
+        return traceparent(self._run.span)
 
     def attach(self) -> Tokens:
         """Make the run current in the calling context (``current_job()``, ``heartbeat()``,
@@ -178,6 +186,7 @@ def start_run(
     tracer_provider: Any = None,
     schedule: Any = None,
     scheduled_for: Any = None,
+    links: Sequence[LinkTarget] = (),
 ) -> StartedRun:
     """Start a run now, under a framework's identity, without making it current.
 
@@ -203,6 +212,10 @@ def start_run(
         schedule: the schedule the run belongs to (a name, or a ``Schedule``).
         scheduled_for: the due time of the slot it serves (Unix seconds or an aware
             datetime), when the scheduler knows it (Celery beat does).
+        links: spans the run's span links to, e.g. the span of the attempt before (its
+            :attr:`StartedRun.traceparent`, kept with the job by the framework): W3C
+            ``traceparent`` strings, OTel ``SpanContext``s or ``Link``s. A string that is
+            not a valid ``traceparent`` is skipped (it comes from stored job data).
 
     Returns:
         The started run; make it current with :meth:`StartedRun.activate` and end it with
@@ -217,6 +230,7 @@ def start_run(
         require_id(run_id, "run_id")
     if execution_id is not None:
         require_id(execution_id, "execution_id")
+    span_links = check_links(links) if links else ()
     key: tuple[object, ...] | None = None
     if not attributes and tracer_provider is None and scheduled_for is None:
         # The options of a framework's task repeat from run to run: the spec validated for
@@ -247,7 +261,13 @@ def start_run(
             key, spec = None, None
         if spec is not None:
             return StartedRun(
-                _start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id)
+                _start(
+                    spec,
+                    run_id=run_id,
+                    attempt=attempt,
+                    execution_id=execution_id,
+                    links=span_links,
+                )
             )
     spec = make_spec(
         name,
@@ -268,7 +288,9 @@ def start_run(
         if len(_specs) >= _SPECS_KEPT:  # task names and options are few; a runaway is not
             _specs.clear()
         _specs[key] = spec
-    return StartedRun(_start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id))
+    return StartedRun(
+        _start(spec, run_id=run_id, attempt=attempt, execution_id=execution_id, links=span_links)
+    )
 
 
 _SPECS_KEPT: Final = 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
@@ -179,3 +180,86 @@ def test_repeated_options_reuse_their_spec_and_an_equal_invalid_value_is_still_r
         assert cap.run("c-2").latest[sc.ATTR_JOB_TIMEOUT] == 10.0
         assert cap.run("c-5").latest[sc.ATTR_JOB_TIMEOUT] == 20.0
         assert {r.id for r in cap.runs()} == {"c-1", "c-2", "c-5"}
+
+
+def test_the_next_attempts_span_links_to_the_one_before_by_its_traceparent() -> None:
+    """``traceparent`` is the run span's W3C traceparent; a run started with
+    ``links=[that]`` has a span link to that span (another trace: attempts of a framework
+    without context propagation are root spans). A ``SpanContext`` and a ``Link`` (with its
+    attributes) are linked too, in the order given."""
+    with capture() as cap:
+        first = chaperone.start_run("tasks.flaky", run_id="task-9", attempt=1)
+        first.finish(_Cause("again"), status="retried")
+        other = cap.tracer_provider.get_tracer("user").start_span("elsewhere")
+        other.end()
+        second = chaperone.start_run(
+            "tasks.flaky",
+            run_id="task-9",
+            attempt=2,
+            links=[
+                first.traceparent,
+                other.get_span_context(),
+                trace.Link(other.get_span_context(), {"why": "batch"}),
+            ],
+        )
+        second.finish()
+        spans = {s.attributes.get(sc.ATTR_JOB_ATTEMPT): s for s in cap.spans() if s.attributes}
+    first_span, second_span = spans[1], spans[2]
+    context = first_span.context
+    assert first.traceparent == (
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    )
+    assert second_span.context.trace_id != context.trace_id  # a root span of its own
+    assert [(link.context.trace_id, link.context.span_id) for link in second_span.links] == [
+        (context.trace_id, context.span_id),
+        (other.get_span_context().trace_id, other.get_span_context().span_id),
+        (other.get_span_context().trace_id, other.get_span_context().span_id),
+    ]
+    assert second_span.links[0].context.is_remote
+    assert dict(second_span.links[2].attributes or {}) == {"why": "batch"}
+    assert not first_span.links
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero span id
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # upper case
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # an unknown version
+    ],
+)
+def test_a_stored_traceparent_that_is_not_one_is_skipped_and_the_run_starts(
+    stored: str,
+) -> None:
+    """A framework's stored value is data: a malformed traceparent gives no link, and the
+    run and its span start as usual."""
+    with capture() as cap:
+        run = chaperone.start_run("tasks.linked", run_id="task-10", links=[stored])
+        run.finish()
+        (span,) = cap.spans()
+        assert span.name == "tasks.linked"
+        assert not span.links
+        assert cap.run("task-10").status == "completed"
+
+
+@pytest.mark.parametrize("links", ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", [1]])
+def test_links_must_be_a_list_of_traceparents_contexts_or_links(links: object) -> None:
+    """A bare string (it would be read letter by letter) or an item of another type is a
+    misuse: refused, saying what to give."""
+    with capture(), pytest.raises(ConfigurationError, match="expected a list of W3C traceparent"):
+        chaperone.start_run("tasks.linked", links=links)  # type: ignore[arg-type]
+
+
+def test_traceparent_is_none_without_a_span() -> None:
+    """With OTel's no-op tracer provider (no SDK installed), there is no span to link to:
+    ``traceparent`` is None."""
+    run = chaperone.start_run(
+        "tasks.untraced", run_id="task-11", tracer_provider=trace.NoOpTracerProvider()
+    )
+    try:
+        assert run.traceparent is None
+    finally:
+        run.finish()

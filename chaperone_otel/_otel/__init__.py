@@ -73,12 +73,12 @@ class OTelWriter:
 
     # ---- the runtime's calls -------------------------------------------------------------
 
-    def start(self, run: Run, tracer_provider: Any = None) -> Started:
+    def start(self, run: Run, tracer_provider: Any = None, links: tuple[Any, ...] = ()) -> Started:
         """Count ``run``'s start and start its span (job thread); see
         :meth:`SpanWriter.start`. The count is queued first: a span that fails to start
         must not make the run uncounted."""
         self.counters.started(run.name, run.queue)
-        return self.spans.start(run, tracer_provider)
+        return self.spans.start(run, tracer_provider, links)
 
     def finish(self, run: Run, exc: BaseException | None, now: float) -> None:
         """End ``run``'s span with its outcome and count its end (job thread). Never raises

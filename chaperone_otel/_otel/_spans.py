@@ -11,8 +11,9 @@ whatever else failed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -21,6 +22,7 @@ from .. import semconv as sc
 from .._events import AttributeValue
 from .._safety import internal_error
 from .._version import __version__
+from ..exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .._run import Run
@@ -47,11 +49,14 @@ class SpanWriter:
         self._tracers[id(provider)] = (provider, tracer)
         return tracer
 
-    def start(self, run: Run, tracer_provider: Any = None) -> Started:
+    def start(self, run: Run, tracer_provider: Any = None, links: tuple[Any, ...] = ()) -> Started:
         """Start ``run``'s span (job thread; may raise: the lifecycle guards it).
 
         ``tracer_provider`` is the run's own (``supervised(tracer_provider=...)``); else the
         configured one, else the global one, looked up per run (it may be set later).
+        ``links``: W3C ``traceparent`` strings, ``SpanContext``s or ``Link``s the span links
+        to (an earlier attempt's span); a string that is not a valid ``traceparent`` is
+        skipped.
         """
         provider = tracer_provider or self._provider or trace.get_tracer_provider()
         start_attrs: dict[str, AttributeValue] = {
@@ -74,6 +79,7 @@ class SpanWriter:
             kind=SpanKind.INTERNAL,
             attributes=start_attrs,
             start_time=int(run.started_at * 1e9),
+            links=to_links(links) if links else None,
         )
         ctx = span.get_span_context()
         return span, trace.set_span_in_context(span), ctx.trace_id, ctx.span_id
@@ -124,3 +130,66 @@ class SpanWriter:
                 span.end(end_time=int(now * 1e9))
             except Exception as error:
                 internal_error("run.span_end", error)
+
+
+_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+"""W3C Trace Context's ``traceparent``, version 00 (lower-case hex, as the spec writes it)."""
+
+
+LinkTarget = str | trace.SpanContext | trace.Link
+"""What a run's span can link to (``start_run(links=...)``)."""
+
+
+def check_links(links: object) -> tuple[LinkTarget, ...]:
+    """``start_run(links=...)`` checked: a list or tuple of traceparent strings, span
+    contexts or links (a bare string is refused: it would be read letter by letter).
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if not isinstance(links, (list, tuple)) or not all(
+        isinstance(link, (str, trace.SpanContext, trace.Link)) for link in links
+    ):
+        raise ConfigurationError(
+            f"links={links!r}: expected a list of W3C traceparent strings, OTel SpanContexts "
+            "or Links, e.g. links=[previous.traceparent]"
+        )
+    return tuple(links)
+
+
+def to_links(links: tuple[Any, ...]) -> list[trace.Link]:
+    """``links`` as OTel span links: a ``Link`` as it is, a ``SpanContext`` linked, a
+    ``traceparent`` string parsed (skipped when it is not one, or names the invalid all-zero
+    trace or span: it comes from a framework's stored job data, and a bad one must not cost
+    the run its span)."""
+    out: list[trace.Link] = []
+    for link in links:
+        if isinstance(link, trace.Link):
+            out.append(link)
+        elif isinstance(link, trace.SpanContext):
+            out.append(trace.Link(link))
+        else:
+            match = _TRACEPARENT.fullmatch(link.strip())
+            if match is None:
+                continue
+            trace_id, span_id = int(match[1], 16), int(match[2], 16)
+            if trace_id and span_id:
+                context = trace.SpanContext(
+                    trace_id,
+                    span_id,
+                    is_remote=True,
+                    trace_flags=trace.TraceFlags(int(match[3], 16)),
+                )
+                out.append(trace.Link(context))
+    return out
+
+
+def traceparent(span: Any) -> str | None:
+    """``span``'s W3C ``traceparent`` (what a later attempt links to), or None when it has no
+    valid context (no span was started, an invalid one)."""
+    if span is None:
+        return None
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"

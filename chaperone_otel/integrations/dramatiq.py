@@ -30,6 +30,9 @@ name            the actor name
 queue           the message's queue (without the delay queue's ``.DQ``)
 timeout         the time limit: the message's, the actor's, else the ``TimeLimit``
                 middleware's (none without that middleware or for ``inf``)
+span links      the run span links to the span of the message's processing before (a
+                retry's attempt to the attempt it repeats), kept in the message option
+                ``chaperone_otel_span``
 ==============  ===================================================================
 
 Outcomes: a return is ``completed``; an exception is ``retried`` (terminal, not a failure)
@@ -71,6 +74,12 @@ except ImportError as _error:  # pragma: no cover - exercised only without drama
 
 OPTION: Final = "supervision"
 """The actor (and message) option: ``False``, or a dict of run options."""
+
+SPAN_OPTION: Final = "chaperone_otel_span"
+"""The message option holding the run span of the message's last processing (W3C
+``traceparent``), which the next processing's span links to: set before the actor runs, so
+the copy ``Retries`` enqueues carries it (Dramatiq carries no trace context, so each attempt
+is a root span in a trace of its own)."""
 
 _RUN_OPTIONS: Final = frozenset({"heartbeat_interval", "stall_timeout", "timeout", "attributes"})
 
@@ -172,9 +181,13 @@ class Supervision(Middleware):
                 run_id=message.message_id,
                 attempt=int(message.options.get("retries", 0) or 0) + 1,
                 queue=q_name(message.queue_name),
+                links=_links(message),
                 **run_options,
             )
             tokens = run.attach()
+            span = run.traceparent
+            if span is not None:
+                message.options[SPAN_OPTION] = span
             with self.lock:
                 self.open[message.message_id] = (run, tokens)
 
@@ -225,6 +238,11 @@ def _finish(broker: Any, run: _StartedRun, message: Any, exception: BaseExceptio
         run.finish(exception, status="retried")  # Retries sent the message again
     else:
         run.finish(exception, status="failed")
+
+
+def _links(message: Any) -> list[str]:
+    found = message.options.get(SPAN_OPTION)
+    return [found] if isinstance(found, str) else []
 
 
 def _has(broker: Any, kind: type[Any]) -> bool:
@@ -282,4 +300,4 @@ def instrument(
     return middleware
 
 
-__all__ = ["OPTION", "Supervision", "WorkerShutdown", "instrument"]
+__all__ = ["OPTION", "SPAN_OPTION", "Supervision", "WorkerShutdown", "instrument"]

@@ -25,6 +25,8 @@ name            the job's function name (``job.func_name``)
 queue           the queue the job came from (``job.origin``)
 timeout         the job's timeout (else the queue's default); none for ``-1``
 execution id    RQ's execution id (RQ 2+ makes one per execution, as the results name it)
+span links      the run span links to the span of the job's execution before (a retry's
+                attempt to the attempt it repeats), kept in ``job.meta["chaperone_otel.span"]``
 ==============  ===================================================================
 
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type, or
@@ -89,6 +91,17 @@ class WorkHorseKilled(Exception):
 EXECUTION_KEY: Final = "chaperone_otel.execution"
 """The ``job.meta`` key of the current execution's id: made by the worker's main process
 before the fork, so it can close the run of a horse that died."""
+
+
+SPAN_KEY: Final = "chaperone_otel.span"
+"""The ``job.meta`` key of the last execution's run span (W3C ``traceparent``), which the
+next execution's span links to: RQ carries no trace context, so each attempt is a root span
+in a trace of its own, and the link is what ties a retried job's attempts together."""
+
+
+def _links(job: Job) -> list[str]:
+    found = job.meta.get(SPAN_KEY)
+    return [found] if isinstance(found, str) else []
 
 
 def _execution(job: Job) -> str | None:
@@ -230,9 +243,13 @@ class SupervisionMixin:
                 queue=job.origin,
                 timeout=_timeout(job, queue),
                 heartbeat_interval=self.chaperone_heartbeat_interval,
+                links=_links(job),
                 **_schedule_options(job.meta),
             )
             tokens = run.attach()
+            span = run.traceparent
+            if span is not None:  # saved with the job when RQ saves it for a retry
+                job.meta[SPAN_KEY] = span
         ok: Any = False
         try:
             ok = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
@@ -317,6 +334,7 @@ class SupervisedSimpleWorker(SupervisionMixin, SimpleWorker):
 __all__ = [
     "ATTEMPT_KEY",
     "EXECUTION_KEY",
+    "SPAN_KEY",
     "META_SCHEDULE",
     "META_SCHEDULED_FOR",
     "SupervisedSimpleWorker",

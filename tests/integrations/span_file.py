@@ -52,6 +52,10 @@ def _row(span: Any) -> dict[str, Any]:
         "status": span.status.status_code.name,
         "description": span.status.description,
         "attributes": dict(span.attributes or {}),
+        "links": [
+            [format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")]
+            for link in span.links
+        ],
         "events": [
             {
                 "name": e.name,

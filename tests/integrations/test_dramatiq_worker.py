@@ -212,7 +212,7 @@ def test_retries_then_success_are_attempts_of_one_run(dramatiq_worker: Dramatiq)
     """``max_retries=2``, failing twice: attempts 1-2 retried with the cause (the
     ``Retries`` middleware sent the message again), 3 completed, no failure counted. Three
     root spans, one trace each, the retried ones not errors (status unset, no exception
-    event), ``error.type`` the cause."""
+    event), ``error.type`` the cause; each attempt's span links to the one before."""
     counted = dramatiq_worker.counted("flaky")
     message = dramatiq_worker.send("flaky")
     runs = dramatiq_worker.run_of(message, attempts=3)
@@ -223,7 +223,13 @@ def test_retries_then_success_are_attempts_of_one_run(dramatiq_worker: Dramatiq)
     ]
     with chaperone.open_sink(dramatiq_worker.store) as sink:
         assert sink.jobs.with_id(message.message_id).failed().count() == 0
-    assert len({dramatiq_worker.span(run)["trace_id"] for run in runs}) == 3
+    spans = [dramatiq_worker.span(run) for run in runs]
+    assert len({span["trace_id"] for span in spans}) == 3
+    assert [span["links"] for span in spans] == [
+        [],
+        [[spans[0]["trace_id"], spans[0]["span_id"]]],
+        [[spans[1]["trace_id"], spans[1]["span_id"]]],
+    ]
     counted.moved({("flaky", "retried"): 2, ("flaky", "completed"): 1})
 
 

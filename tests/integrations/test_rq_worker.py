@@ -213,7 +213,7 @@ def test_retry_then_success_is_attempts_of_one_run(rq_worker: RQ) -> None:
     """``Retry(max=2)``, failing twice: attempts 1-2 retried with the cause, 3 completed,
     no failure counted. Three root spans, one trace each: the retried ones not errors
     (status unset, no exception event: OTel's conventions leave a retried error off the
-    operation), ``error.type`` the cause."""
+    operation), ``error.type`` the cause; each attempt's span links to the one before."""
     counted = rq_worker.counted("flaky")
     job = rq_worker.queue.enqueue("rq_app.flaky", retry=Retry(max=2))
     runs = rq_worker.run_of(job, attempts=3)
@@ -224,7 +224,13 @@ def test_retry_then_success_is_attempts_of_one_run(rq_worker: RQ) -> None:
     ]
     with chaperone.open_sink(rq_worker.store) as sink:
         assert sink.jobs.with_id(job.id).failed().count() == 0
-    assert len({rq_worker.span(run)["trace_id"] for run in runs}) == 3
+    spans = [rq_worker.span(run) for run in runs]
+    assert len({span["trace_id"] for span in spans}) == 3
+    assert [span["links"] for span in spans] == [
+        [],
+        [[spans[0]["trace_id"], spans[0]["span_id"]]],
+        [[spans[1]["trace_id"], spans[1]["span_id"]]],
+    ]
     counted.moved({("rq_app.flaky", "retried"): 2, ("rq_app.flaky", "completed"): 1})
 
 
@@ -243,7 +249,8 @@ def test_failure_is_failed_with_the_jobs_exception_type(rq_worker: RQ) -> None:
 
 def test_returned_retry_is_retried_then_completed(rq_worker: RQ) -> None:
     """A job that returns ``Retry``: attempt 1 retried (no error), attempt 2 completed;
-    neither span an error; counted as one retried, one completed."""
+    neither span an error, the second linked to the first; counted as one retried, one
+    completed."""
     counted = rq_worker.counted("asks_again")
     job = rq_worker.queue.enqueue("rq_app.asks_again")
     runs = rq_worker.run_of(job, attempts=2)
@@ -251,8 +258,8 @@ def test_returned_retry_is_retried_then_completed(rq_worker: RQ) -> None:
         (1, "retried", None),
         (2, "completed", None),
     ]
-    for run in runs:
-        rq_worker.span(run)
+    first, second = (rq_worker.span(run) for run in runs)
+    assert second["links"] == [[first["trace_id"], first["span_id"]]]  # the attempt before
     counted.moved({("rq_app.asks_again", "retried"): 1, ("rq_app.asks_again", "completed"): 1})
 
 
