@@ -27,6 +27,8 @@ execution id    one per delivery (the worker's main process makes it on receipt)
 name            the task name
 queue           the delivery's routing key (``"default"`` if Celery gives none)
 timeout         the earliest time limit, soft or hard: the task's, or the app's
+span links      the run span links to the span of the attempt it repeats (the retry
+                message carries it in the header ``chaperone_otel_span``)
 ==============  ===================================================================
 
 Leases: a task is alive while its worker process is (``lease="liveness"``), so tasks that
@@ -113,6 +115,11 @@ _SPECS: Final = 1_024
 _EXECUTION: Final = "chaperone_execution_id"
 """The request field that carries a delivery's execution id from the worker's main process
 (``task_received``) to the pool child that runs it (``task.request``)."""
+_SPAN: Final = "chaperone_otel_span"
+"""The message header (a request field in the worker) that carries a retried attempt's run
+span (W3C ``traceparent``) to the next attempt, whose span links to it: the OTel Celery
+instrumentation, when installed, makes the attempts one trace; without it each attempt is a
+trace of its own and the link is what ties them."""
 
 
 class _Instrumentation:
@@ -298,6 +305,8 @@ class _Instrumentation:
             queue = delivery.get("routing_key") or None
             timeout = self.timeout(task, request)
             beat = _beat.run_options(request)  # issue 15: the beat entry it serves
+            before = getattr(request, _SPAN, None)  # the attempt this one repeats
+            links = [before] if isinstance(before, str) else []
             if beat:  # its slot's due time differs at every run: no spec to reuse
                 run = _start_run(
                     task.name,
@@ -308,16 +317,37 @@ class _Instrumentation:
                     timeout=timeout,
                     heartbeat_interval=interval,
                     lease=lease,
+                    links=links,
                     **beat,
                 )
             else:
                 spec = self.spec(task, queue, attempt, timeout, interval, lease)
                 run = _StartedRun(
-                    _start_spec(spec, run_id=str(task_id), attempt=attempt, execution_id=execution)
+                    _start_spec(
+                        spec,
+                        run_id=str(task_id),
+                        attempt=attempt,
+                        execution_id=execution,
+                        links=tuple(links),
+                    )
                 )
             tokens = run.attach()
             with self.lock:
                 self.open.setdefault((task_id, threading.get_ident()), []).append((run, tokens))
+
+    def publishing(self, headers: Any = None, **_: Any) -> None:
+        """A message is sent for the task id of a run open in this thread (``retry()`` from
+        the task's body): it carries the run span's ``traceparent`` for the next attempt."""
+        task_id = headers.get("id") if isinstance(headers, dict) else None
+        if task_id is None:
+            return
+        stack = self.open.get((task_id, threading.get_ident()))
+        if not stack:
+            return
+        with _guard("celery.publishing"):
+            span = stack[-1][0].traceparent
+            if span is not None:
+                headers[_SPAN] = span
 
     def postrun(
         self,
@@ -616,6 +646,7 @@ def instrument(
     if id(app) not in _beat._beats:  # beat entries become schedules (celery_beat)
         _beat.instrument_beat(app)
     uid = f"{_UID}:{key}"
+    signals.before_task_publish.connect(inst.publishing, weak=False, dispatch_uid=uid)
     signals.task_received.connect(inst.received, weak=False, dispatch_uid=uid)
     signals.task_prerun.connect(inst.prerun, weak=False, dispatch_uid=uid)
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
@@ -635,6 +666,7 @@ def uninstrument(app: Celery) -> None:
     if inst is None:
         return
     uid = f"{_UID}:{id(app)}"
+    signals.before_task_publish.disconnect(inst.publishing, dispatch_uid=uid)
     signals.task_received.disconnect(inst.received, dispatch_uid=uid)
     signals.task_prerun.disconnect(inst.prerun, dispatch_uid=uid)
     signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)

@@ -95,7 +95,13 @@ def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -
     jobs = sorted(
         (j for j in worker.jobs("it.flaky") if j.id == result.id), key=lambda j: j.attempt
     )
-    assert len({run_span_tree(worker, job)["trace_id"] for job in jobs}) == 1
+    spans = [run_span_tree(worker, job) for job in jobs]
+    assert len({s["trace_id"] for s in spans}) == 1
+    assert [s["links"] for s in spans] == [  # each attempt's span links to the one before
+        [],
+        [[spans[0]["trace_id"], spans[0]["span_id"]]],
+        [[spans[1]["trace_id"], spans[1]["span_id"]]],
+    ]
     counted.moved({("it.flaky", "retried"): 2, ("it.flaky", "completed"): 1})
 
 

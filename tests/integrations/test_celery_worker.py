@@ -125,6 +125,11 @@ def test_retry_twice_then_success_is_three_attempts_of_one_run(worker: Worker) -
     )
     spans = [run_span_tree(worker, job) for job in jobs]
     assert len({s["trace_id"] for s in spans}) == 1
+    assert [s["links"] for s in spans] == [  # each attempt's span links to the one before
+        [],
+        [[spans[0]["trace_id"], spans[0]["span_id"]]],
+        [[spans[1]["trace_id"], spans[1]["span_id"]]],
+    ]
     counted.moved({("it.flaky", "retried"): 2, ("it.flaky", "completed"): 1})
 
 
