@@ -48,16 +48,24 @@ DEFAULT_MAX_CONNECTIONS: Final = 1000
 
 ACCEPT_BACKLOG: Final = 128
 """uvicorn's ``backlog``: asyncio accepts up to this many connections per wake-up before any
-of their protocols runs, so the cap must leave room for two such batches."""
+of their protocols runs, so the cap must leave room for three such batches."""
 
-_FD_RESERVE: Final = 64 + 2 * ACCEPT_BACKLOG
+_FD_RESERVE: Final = 64 + 3 * ACCEPT_BACKLOG
+"""Descriptors the cap leaves free: 64 for the store, DuckDB, logs and threads, and three
+accept batches. asyncio makes a batch's transports one loop pass after accepting it and
+calls their ``connection_made`` (where the cap is applied) one pass later, and a connection
+evicted there closes its socket one pass after that: while a batch is accepted, the batch
+before it is not counted yet and the evictions of the one before that are still open. With
+two batches left free, 1,100 half-sent connections under a 1024-descriptor limit made
+``accept`` fail with EMFILE in about 1 run of 4 (asyncio then pauses accepting for a
+second)."""
 """Descriptors kept for the store, DuckDB, logs, threads and connections accepted but not
 yet counted."""
 
 
 def connection_cap(wanted: int = DEFAULT_MAX_CONNECTIONS) -> int:
     """``wanted``, lowered so that the process's soft descriptor limit is never reached
-    (1024 descriptors allow 704 connections)."""
+    (1024 descriptors allow 576 connections)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
