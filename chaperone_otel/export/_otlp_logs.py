@@ -146,25 +146,43 @@ _T_ATTRIBUTE = b"\x32"  # LogRecord.attributes: 6
 
 
 class _Attributes:
-    """Encodes attribute mappings, keeping each key's ``KeyValue.key`` bytes (the keys
-    repeat on every record)."""
+    """Encodes the attribute mappings of one batch, keeping each key's ``KeyValue.key``
+    bytes (the keys repeat on every record) and each scalar attribute's whole field (most
+    values repeat too: a job's name, queue, attempt, lease, status, the resource's)."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_fields", "_keys")
 
     def __init__(self) -> None:
         self._keys: dict[str, bytes] = {}
+        self._fields: dict[bytes, dict[tuple[Any, type, Any], bytes]] = {}
 
     def encode(self, attributes: Any, tag: bytes) -> bytes:
         """Every attribute as a repeated ``KeyValue`` field with ``tag``.
 
         The common kinds are written out inline (one concatenation, no nested calls): this
-        loop is most of the encoder's time."""
+        loop is most of the encoder's time. A str, int, bool or non-zero float attribute's
+        field is kept by (key, type, value) for the rest of the batch: equal values of one
+        type encode alike, except 0.0 and -0.0, which are equal and differ in their sign
+        bit (so zero is never kept); the type keeps 1, 1.0 and True apart. A batch's
+        distinct values are at most its attributes, so this grows with the batch only."""
         if not attributes:
             return b""
         keys = self._keys
+        seen = self._fields.get(tag)
+        if seen is None:
+            seen = self._fields[tag] = {}
         small = _SMALL
         out = []
         for key, value in _items(attributes):
+            kind = type(value)
+            if kind is str or kind is int or kind is bool or (kind is float and value):
+                known = (key, kind, value)
+                field = seen.get(known)
+                if field is not None:
+                    out.append(field)
+                    continue
+            else:
+                known = None
             head = keys.get(key)
             if head is None:
                 if type(key) is not str:
@@ -189,7 +207,10 @@ class _Attributes:
             else:
                 kv = head + _field(_T_VALUE, _any_value(value))
             n = len(kv)
-            out.append(tag + (small[n] if n < 128 else _varint(n)) + kv)
+            field = tag + (small[n] if n < 128 else _varint(n)) + kv
+            out.append(field)
+            if known is not None:
+                seen[known] = field
         return b"".join(out)
 
 
