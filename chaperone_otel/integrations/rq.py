@@ -334,9 +334,9 @@ class SupervisedSimpleWorker(SupervisionMixin, SimpleWorker):
 __all__ = [
     "ATTEMPT_KEY",
     "EXECUTION_KEY",
-    "SPAN_KEY",
     "META_SCHEDULE",
     "META_SCHEDULED_FOR",
+    "SPAN_KEY",
     "SupervisedSimpleWorker",
     "SupervisedWorker",
     "SupervisionMixin",
