@@ -17,6 +17,11 @@ supervised rounds arrived (two per task).
 
 Run: ``.venv/bin/python bench/bench_celery.py [--tasks 3000] [--rounds 3]`` (needs Debian's
 ``redis-server``).
+
+To take the supervised worker's cost apart: ``--supervise configure-only`` (``configure()``
+with OTLP export, no task supervised), ``--supervise no-export`` (every task a run, nothing
+exported), and ``--sink null`` (export to a server that answers 200 and stores nothing: the
+sink's own CPU off the cores).
 """
 
 from __future__ import annotations
@@ -54,8 +59,15 @@ if os.environ.get("BENCH_SUPERVISE") == "1":
     import chaperone_otel
     from chaperone_otel.integrations.celery import instrument
 
-    chaperone_otel.configure(otlp_endpoint=os.environ["BENCH_SINK"], service_name="bench-celery")
-    instrument(app)
+    variant = os.environ.get("BENCH_VARIANT", "full")  # --supervise
+    if variant == "no-export":
+        chaperone_otel.configure(service_name="bench-celery")
+    else:
+        chaperone_otel.configure(
+            otlp_endpoint=os.environ["BENCH_SINK"], service_name="bench-celery"
+        )
+    if variant != "configure-only":
+        instrument(app)
 
 
 if os.environ.get("BENCH_GC_DIR"):  # --breakdown: the collector's time in each pool child
@@ -90,6 +102,31 @@ if os.environ.get("BENCH_GC_DIR"):  # --breakdown: the collector's time in each 
 def noop(i):
     import time
     return time.time()
+"""
+
+
+NULL_SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
 """
 
 
@@ -348,6 +385,19 @@ def main() -> None:
         "--only", choices=("bare", "supervised"), help="run one mode only (exploring)"
     )
     parser.add_argument(
+        "--supervise",
+        choices=("full", "configure-only", "no-export"),
+        default="full",
+        help="the supervised worker: configure() with OTLP export and instrument(app) (full), "
+        "configure() only, or instrument(app) with nothing exported",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=("serve", "null"),
+        default="serve",
+        help="export to `sink serve` (default) or to a server that stores nothing",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="with --breakdown: py-spy profiles (raw stacks) of each process, into this folder",
@@ -367,6 +417,17 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     sink_proc, sink_url = start_server(str(tmp / "sink.duckdb"), "commit")
+    null_sink = None
+    if args.sink == "null":
+        null_sink = subprocess.Popen(
+            [sys.executable, "-c", NULL_SINK], stdout=subprocess.PIPE, text=True
+        )
+        assert null_sink.stdout is not None
+        export_to = f"http://127.0.0.1:{null_sink.stdout.readline().strip()}"
+    else:
+        export_to = sink_url
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env["BENCH_VARIANT"] = args.supervise
     broker = f"redis://127.0.0.1:{port}/0"
     modes = ["bare", "supervised"] + (["baseline"] if args.baseline else [])
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -384,12 +445,12 @@ def main() -> None:
                 rate, spent = one_round(
                     tmp,
                     broker,
-                    sink_url,
+                    export_to,
                     args.tasks,
                     mode != "bare",
                     pids,
                     args.profile,
-                    dict(item.split("=", 1) for item in args.env),
+                    extra_env,
                     args.baseline if mode == "baseline" else ROOT,
                 )
                 rates[mode].append(rate)
@@ -398,6 +459,9 @@ def main() -> None:
         ingested = ingested_logs(sink_url)
     finally:
         stop_server(sink_proc)
+        if null_sink is not None:
+            _stop(null_sink, 5)
+            null_sink.stdout.close()  # type: ignore[union-attr]
         _stop(redis, 5)
         shutil.rmtree(tmp, ignore_errors=True)
     bare = statistics.median(rates["bare"] or [float("nan")])
@@ -412,7 +476,12 @@ def main() -> None:
     )
     print(
         f"supervised  {supervised:8.0f} tasks/s  (rounds: "
-        f"{', '.join(f'{r:.0f}' for r in rates['supervised'])}), OTLP to sink serve"
+        f"{', '.join(f'{r:.0f}' for r in rates['supervised'])}), "
+        + {
+            "full": f"OTLP to {'sink serve' if args.sink == 'serve' else 'a null sink'}",
+            "configure-only": "configure() only, no task supervised",
+            "no-export": "every task a run, nothing exported",
+        }[args.supervise]
     )
     print(f"ratio       {supervised / bare:8.2f}x bare (aim >= 0.9x)")
     if args.baseline:
@@ -422,7 +491,8 @@ def main() -> None:
             f"{', '.join(f'{r:.0f}' for r in rates['baseline'])}), {args.baseline}: "
             f"{base / bare:.2f}x bare"
         )
-    print(f"lifecycle records at the sink: {ingested:,} of {expected:,}")
+    if args.sink == "serve" and args.supervise == "full":
+        print(f"lifecycle records at the sink: {ingested:,} of {expected:,}")
     print(
         f"load average (1 min) before and after each round: {', '.join(f'{x:.1f}' for x in loads)}"
     )
