@@ -293,6 +293,13 @@ def start_run(
     )
 
 
+def stored_links(value: object) -> list[str]:
+    """What a framework kept with a job as its last attempt's ``traceparent`` (a job's meta,
+    a message's option or header), as ``start_run(links=...)``: nothing when it is missing
+    or not a string (stored data is not the caller's misuse)."""
+    return [value] if isinstance(value, str) else []
+
+
 _SPECS_KEPT: Final = 256
 _specs: dict[tuple[object, ...], Spec] = {}
 """:func:`start_run`'s options (each with its type) -> the spec made and validated for them."""

@@ -85,6 +85,7 @@ from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
+from .._start import stored_links as _stored_links
 from .._values import new_run_id as _new_execution_id
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
@@ -305,8 +306,7 @@ class _Instrumentation:
             queue = delivery.get("routing_key") or None
             timeout = self.timeout(task, request)
             beat = _beat.run_options(request)  # issue 15: the beat entry it serves
-            before = getattr(request, _SPAN, None)  # the attempt this one repeats
-            links = [before] if isinstance(before, str) else []
+            links = _stored_links(getattr(request, _SPAN, None))  # the attempt it repeats
             if beat:  # its slot's due time differs at every run: no spec to reuse
                 run = _start_run(
                     task.name,

@@ -62,6 +62,7 @@ from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
+from .._start import stored_links as _stored_links
 
 try:
     import dramatiq
@@ -181,7 +182,7 @@ class Supervision(Middleware):
                 run_id=message.message_id,
                 attempt=int(message.options.get("retries", 0) or 0) + 1,
                 queue=q_name(message.queue_name),
-                links=_links(message),
+                links=_stored_links(message.options.get(SPAN_OPTION)),
                 **run_options,
             )
             tokens = run.attach()
@@ -238,11 +239,6 @@ def _finish(broker: Any, run: _StartedRun, message: Any, exception: BaseExceptio
         run.finish(exception, status="retried")  # Retries sent the message again
     else:
         run.finish(exception, status="failed")
-
-
-def _links(message: Any) -> list[str]:
-    found = message.options.get(SPAN_OPTION)
-    return [found] if isinstance(found, str) else []
 
 
 def _has(broker: Any, kind: type[Any]) -> bool:

@@ -61,6 +61,7 @@ from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import start_run as _start_run
+from .._start import stored_links as _stored_links
 from .._values import new_run_id as _new_execution_id
 from ._rq_cron import (
     META_SCHEDULE,
@@ -97,11 +98,6 @@ SPAN_KEY: Final = "chaperone_otel.span"
 """The ``job.meta`` key of the last execution's run span (W3C ``traceparent``), which the
 next execution's span links to: RQ carries no trace context, so each attempt is a root span
 in a trace of its own, and the link is what ties a retried job's attempts together."""
-
-
-def _links(job: Job) -> list[str]:
-    found = job.meta.get(SPAN_KEY)
-    return [found] if isinstance(found, str) else []
 
 
 def _execution(job: Job) -> str | None:
@@ -243,7 +239,7 @@ class SupervisionMixin:
                 queue=job.origin,
                 timeout=_timeout(job, queue),
                 heartbeat_interval=self.chaperone_heartbeat_interval,
-                links=_links(job),
+                links=_stored_links(job.meta.get(SPAN_KEY)),
                 **_schedule_options(job.meta),
             )
             tokens = run.attach()
