@@ -124,12 +124,15 @@ class Dramatiq:
             return sorted(sink.jobs.with_id(message_id).all(), key=lambda j: j.attempt)
 
     def run_of(self, message: dramatiq.Message[Any], *, attempts: int = 1) -> list[Any]:
-        """The message's runs once ``attempts`` are in the store and the last is terminal."""
+        """The message's runs once ``attempts`` are in the store and every one is terminal."""
 
         def stored() -> Any:
             assert self.proc.poll() is None, "the dramatiq worker exited"
             rows = self.runs(message.message_id)
-            done = len(rows) == attempts and rows[-1].status not in ("pending", "running")
+            # Every attempt ended: the last one's records may arrive before an earlier one's.
+            done = len(rows) == attempts and all(
+                r.status not in ("pending", "running") for r in rows
+            )
             return rows if done else None
 
         return list(wait_until(stored, 30, f"{attempts} run(s) of {message.message_id}"))

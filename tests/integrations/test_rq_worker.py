@@ -115,13 +115,16 @@ class RQ:
     def run_of(
         self, job: Job, *, attempts: int = 1, status: str | None = None, within: float = 30
     ) -> list[Any]:
-        """The job's runs once ``attempts`` are in the store and the last is terminal."""
+        """The job's runs once ``attempts`` are in the store and every one is terminal."""
 
         def stored() -> Any:
             assert self.proc.poll() is None, "the rq worker exited"
             with chaperone.open_sink(self.store) as sink:
                 rows = sorted(sink.jobs.with_id(job.id).all(), key=lambda j: j.attempt)
-            done = len(rows) == attempts and rows[-1].status not in ("pending", "running")
+            # Every attempt ended: the last one's records may arrive before an earlier one's.
+            done = len(rows) == attempts and all(
+                r.status not in ("pending", "running") for r in rows
+            )
             if done and status is not None:
                 done = rows[-1].status == status
             return rows if done else None
