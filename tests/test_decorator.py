@@ -546,6 +546,9 @@ def test_finished_runs_leave_nothing_behind() -> None:
                 run.heartbeat()
         del run  # the test's own reference to the last block's handle
         runtime().flush_metrics()
+        # Stop the monitor thread first: a pass that copied the live runs just before the
+        # last one finished would still hold it (a race, not a leak).
+        assert runtime().stop()
         assert alive() == before
     finally:
         chaperone.shutdown()
