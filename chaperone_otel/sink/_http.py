@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "GuardedH11Protocol",
+    "accept_backlog",
     "connection_cap",
     "protocol_class",
 ]
@@ -47,29 +48,52 @@ DEFAULT_MAX_CONNECTIONS: Final = 1000
 """Open connections at most (lowered to the descriptor limit minus a reserve)."""
 
 ACCEPT_BACKLOG: Final = 128
-"""uvicorn's ``backlog``: asyncio accepts up to this many connections per wake-up before any
-of their protocols runs, so the cap must leave room for three such batches."""
+"""uvicorn's ``backlog`` under a usual descriptor limit: asyncio accepts up to this many
+connections per wake-up before any of their protocols runs, so the cap must leave room for
+three such batches (see :func:`accept_backlog`)."""
 
-_FD_RESERVE: Final = 64 + 3 * ACCEPT_BACKLOG
-"""Descriptors the cap leaves free: 64 for the store, DuckDB, logs and threads, and three
-accept batches. asyncio makes a batch's transports one loop pass after accepting it and
-calls their ``connection_made`` (where the cap is applied) one pass later, and a connection
-evicted there closes its socket one pass after that: while a batch is accepted, the batch
-before it is not counted yet and the evictions of the one before that are still open. With
-two batches left free, 1,100 half-sent connections under a 1024-descriptor limit made
-``accept`` fail with EMFILE in about 1 run of 4 (asyncio then pauses accepting for a
-second)."""
-"""Descriptors kept for the store, DuckDB, logs, threads and connections accepted but not
-yet counted."""
+_FD_BASE: Final = 64
+"""Descriptors kept for the store, DuckDB, logs and threads."""
+
+_MIN_BACKLOG: Final = 8
 
 
-def connection_cap(wanted: int = DEFAULT_MAX_CONNECTIONS) -> int:
-    """``wanted``, lowered so that the process's soft descriptor limit is never reached
-    (1024 descriptors allow 576 connections)."""
+def _soft_limit() -> int | None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def accept_backlog(soft: int | None = None) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts per wake-up:
+    :data:`ACCEPT_BACKLOG`, smaller under a low descriptor limit (``soft``, default the
+    process's), so that the three batches :func:`connection_cap` leaves room for do not take
+    every descriptor (macOS's default soft limit is 256: three batches of 128 left one
+    connection)."""
+    if soft is None:
+        soft = _soft_limit()
+    if soft is None:
+        return ACCEPT_BACKLOG
+    return max(_MIN_BACKLOG, min(ACCEPT_BACKLOG, (soft - _FD_BASE) // 7))
+
+
+def connection_cap(wanted: int = DEFAULT_MAX_CONNECTIONS, soft: int | None = None) -> int:
+    """``wanted``, lowered so that the process's soft descriptor limit (``soft``, default the
+    process's) is never reached: 1024 descriptors allow 576 connections, 256 allow 111.
+
+    The cap leaves free 64 descriptors for the store, DuckDB, logs and threads, and three
+    accept batches (:func:`accept_backlog`). asyncio makes a batch's transports one loop
+    pass after accepting it and calls their ``connection_made`` (where the cap is applied)
+    one pass later, and a connection evicted there closes its socket one pass after that:
+    while a batch is accepted, the batch before it is not counted yet and the evictions of
+    the one before that are still open. With two batches left free, 1,100 half-sent
+    connections under a 1024-descriptor limit made ``accept`` fail with EMFILE in about 1
+    run of 4 (asyncio then pauses accepting for a second).
+    """
+    if soft is None:
+        soft = _soft_limit()
+    if soft is None:
         return wanted
-    return max(1, min(wanted, soft - _FD_RESERVE))
+    return max(1, min(wanted, soft - _FD_BASE - 3 * accept_backlog(soft)))
 
 
 class GuardedH11Protocol(H11Protocol):

@@ -593,13 +593,13 @@ class BackgroundServer:
         if self._server is None:
             import uvicorn  # noqa: PLC0415
 
-            from ._http import ACCEPT_BACKLOG, protocol_class  # noqa: PLC0415 (uvicorn)
+            from ._http import accept_backlog, protocol_class  # noqa: PLC0415 (uvicorn)
 
             self.guard.app = self.app  # every route, of either server, behind the guard
             config = uvicorn.Config(
                 self.guard,
                 http=protocol_class(),  # header/body deadlines, a connection cap (slowloris)
-                backlog=ACCEPT_BACKLOG,
+                backlog=accept_backlog(),
                 lifespan="off",
                 log_level="warning",
                 access_log=False,

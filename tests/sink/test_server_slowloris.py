@@ -3,6 +3,7 @@ A real `sink serve` process on 127.0.0.1 under a 1024-descriptor limit, stopped 
 
 from __future__ import annotations
 
+import http.client
 import resource
 import socket
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chaperone_otel.sink._http import connection_cap
+from chaperone_otel.sink._http import accept_backlog, connection_cap
 from tests.sink.serve_process import PROTOBUF, ServeProcess, lifecycle_logs, request
 from tests.waiting import wait_until
 
@@ -98,3 +99,38 @@ def test_the_connection_cap_stays_below_the_descriptor_limit() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert connection_cap(10**9) < soft
     assert connection_cap(5) == 5
+
+
+def test_the_cap_leaves_a_low_descriptor_limit_usable() -> None:
+    """Under a low limit (macOS's default soft limit is 256) the accept batches shrink with
+    it, so the cap is not eaten by their reserve (it was 1 connection at 256 and 512)."""
+    assert connection_cap(10**9, soft=1024) == 1024 - 64 - 3 * 128
+    assert connection_cap(10**9, soft=256) >= 100
+    for soft in range(100, 5000, 37):
+        cap = connection_cap(10**9, soft=soft)
+        assert cap >= 1
+        assert cap + 3 * accept_backlog(soft) + 64 <= soft
+
+
+def test_keep_alive_connections_survive_under_a_256_descriptor_limit(tmp_path: Path) -> None:
+    """A `sink serve` limited to 256 descriptors keeps 40 idle keep-alive connections open
+    (before, its cap was 1 there: each new connection evicted the one before)."""
+    conns = [http.client.HTTPConnection("127.0.0.1", 0, timeout=5) for _ in range(40)]
+    with ServeProcess(tmp_path / "jobs.duckdb", nofile=256) as server:
+        try:
+            for conn in conns:
+                conn.port = server.port
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+            for i, conn in enumerate(conns):  # each again, on the same socket
+                sock = conn.sock
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+                assert conn.sock is sock, f"connection {i} was closed by the server"
+        finally:
+            for conn in conns:
+                conn.close()
