@@ -186,11 +186,11 @@ class Supervision(Middleware):
                 **run_options,
             )
             tokens = run.attach()
+            with self.lock:  # first: whatever fails after this, the run is finished
+                self.open[message.message_id] = (run, tokens)
             span = run.traceparent
             if span is not None:
                 message.options[SPAN_OPTION] = span
-            with self.lock:
-                self.open[message.message_id] = (run, tokens)
 
     def after_process_message(
         self,

@@ -115,6 +115,32 @@ def test_retries_are_attempts_retried_then_failed_when_spent(
     assert {r.id for r in cap.runs()} == {message.message_id}
 
 
+def test_a_failure_after_the_start_still_finishes_the_run(
+    broker: StubBroker, cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should keeping the attempt's traceparent with the message fail (telemetry, counted),
+    the run the middleware started is still finished and no longer current or live."""
+    from chaperone_otel._runtime import runtime
+    from chaperone_otel._start import StartedRun
+
+    def broken(self: StartedRun) -> str:
+        raise RuntimeError("no traceparent")
+
+    monkeypatch.setattr(StartedRun, "traceparent", property(broken))
+    seen: list[str | None] = []
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def task() -> None:
+        job = chaperone.current_job()
+        seen.append(job.id if job else None)
+
+    message = task.send()
+    _process(broker, message)
+    assert seen == [message.message_id]
+    assert cap.run(message.message_id).status == "completed"
+    assert runtime().live_runs() == []
+
+
 def test_without_retries_middleware_an_exception_is_a_failure(cap: Capture) -> None:
     """No Retries middleware: nothing sends the message again, so the attempt failed."""
     stub = StubBroker(middleware=[TimeLimit()])
