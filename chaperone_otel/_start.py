@@ -186,7 +186,7 @@ def start_run(
     tracer_provider: Any = None,
     schedule: Any = None,
     scheduled_for: Any = None,
-    links: Sequence[LinkTarget] = (),
+    links: Sequence[LinkTarget] | None = (),
 ) -> StartedRun:
     """Start a run now, under a framework's identity, without making it current.
 
@@ -215,7 +215,8 @@ def start_run(
         links: spans the run's span links to, e.g. the span of the attempt before (its
             :attr:`StartedRun.traceparent`, kept with the job by the framework): W3C
             ``traceparent`` strings, OTel ``SpanContext``s or ``Link``s. A string that is
-            not a valid ``traceparent`` is skipped (it comes from stored job data).
+            not a valid ``traceparent`` is skipped (it comes from stored job data). Any
+            sequence (a list, a tuple); None means none.
 
     Returns:
         The started run; make it current with :meth:`StartedRun.activate` and end it with
@@ -230,7 +231,7 @@ def start_run(
         require_id(run_id, "run_id")
     if execution_id is not None:
         require_id(execution_id, "execution_id")
-    span_links = check_links(links) if links else ()
+    span_links = check_links(links) if links is not None and links != () else ()
     key: tuple[object, ...] | None = None
     if not attributes and tracer_provider is None and scheduled_for is None:
         # The options of a framework's task repeat from run to run: the spec validated for

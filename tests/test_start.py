@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import UserList
 from pathlib import Path
 
 import pytest
@@ -245,12 +246,42 @@ def test_a_stored_traceparent_that_is_not_one_is_skipped_and_the_run_starts(
         assert cap.run("task-10").status == "completed"
 
 
-@pytest.mark.parametrize("links", ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", [1]])
+_CONTEXT = trace.SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=False)
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "",
+        [1],
+        0,
+        _CONTEXT,
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    ],
+)
 def test_links_must_be_a_list_of_traceparents_contexts_or_links(links: object) -> None:
-    """A bare string (it would be read letter by letter) or an item of another type is a
-    misuse: refused, saying what to give."""
+    """A bare string (it would be read letter by letter), an empty one, a bare span
+    context, something that is not a sequence (even a falsy one) or an item of another
+    type is a misuse: refused, saying what to give."""
     with capture(), pytest.raises(ConfigurationError, match="expected a list of W3C traceparent"):
         chaperone.start_run("tasks.linked", links=links)  # type: ignore[arg-type]
+
+
+def test_links_may_be_any_sequence_or_none() -> None:
+    """Any sequence of links is taken (a ``UserList``, a tuple), in its order; None is
+    no links, as in OTel's ``start_span``."""
+    other = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    with capture() as cap:
+        run = chaperone.start_run("tasks.linked", run_id="task-12", links=UserList([other]))
+        run.finish()
+        chaperone.start_run("tasks.unlinked", run_id="task-13", links=None).finish()
+        span, unlinked = cap.spans()
+    assert [(link.context.trace_id, link.context.span_id) for link in span.links] == [
+        (int("a" * 32, 16), int("b" * 16, 16))
+    ]
+    assert unlinked.name == "tasks.unlinked"
+    assert not unlinked.links
 
 
 def test_traceparent_is_none_without_a_span() -> None:

@@ -12,7 +12,7 @@ whatever else failed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
@@ -141,14 +141,17 @@ LinkTarget = str | trace.SpanContext | trace.Link
 
 
 def check_links(links: object) -> tuple[LinkTarget, ...]:
-    """``start_run(links=...)`` checked: a list or tuple of traceparent strings, span
-    contexts or links (a bare string is refused: it would be read letter by letter).
+    """``start_run(links=...)`` checked: a sequence (list, tuple, …) of traceparent
+    strings, span contexts or links. A bare string is refused (it would be read letter by
+    letter), and so is a bare ``SpanContext`` (a tuple of its ids).
 
     Raises:
         ConfigurationError: anything else.
     """
-    if not isinstance(links, (list, tuple)) or not all(
-        isinstance(link, (str, trace.SpanContext, trace.Link)) for link in links
+    if (
+        not isinstance(links, Sequence)
+        or isinstance(links, (str, bytes, bytearray, trace.SpanContext))
+        or not all(isinstance(link, (str, trace.SpanContext, trace.Link)) for link in links)
     ):
         raise ConfigurationError(
             f"links={links!r}: expected a list of W3C traceparent strings, OTel SpanContexts "
