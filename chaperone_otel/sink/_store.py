@@ -326,7 +326,9 @@ def _create_whole(path: str) -> None:
     this process's own and hard-linked into place: ``link`` fails if ``path`` exists, so the
     first process puts a whole file there and every other one opens that file (and meets its
     owner's lock). Where the filesystem has no hard links, DuckDB creates it in place as
-    before.
+    before. A process killed inside this function leaves its private file behind (a hidden
+    ``.NAME.PID.HEX.new`` next to the store, a second name of the store if it was killed
+    between the link and the unlink): harmless to the store, safe to delete.
     """
     folder, name = os.path.split(path)
     private = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.new")
