@@ -24,6 +24,8 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
+from opentelemetry import context as otel_context
+
 from . import semconv as sc
 from ._events import AttributeValue, LifecycleRecord, publish, receivers
 from ._lifecycle import (
@@ -99,8 +101,17 @@ class StartedRun:
         return activate(self._run)
 
     def detach(self, tokens: Tokens) -> None:
-        """Undo :meth:`attach` (the context's previous run and span are current again)."""
-        deactivate(tokens)
+        """Undo :meth:`attach` (the context's previous run and span are current again).
+
+        When the run's span is no longer the current OTel context, a layer around the run
+        has restored its own already (the OTel Celery instrumentation's ``task_postrun``,
+        connected before the integration's, detaches its ``run/<task>`` span first): that
+        context is left as it is, rather than putting back the span that layer just ended.
+        """
+        token, otel_token = tokens
+        if otel_token is not None and otel_context.get_current() is not self._run.otel_context:
+            otel_token = None
+        deactivate((token, otel_token))
 
     def activate(self) -> _Active:
         """A context manager: the run is current inside the block (see :meth:`attach`).

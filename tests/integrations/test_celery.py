@@ -66,6 +66,53 @@ def test_task_is_a_run_with_the_task_id_and_is_current_in_its_body(
     assert spans["user.step"].parent.span_id == spans["shop.pack"].context.span_id
 
 
+@pytest.mark.parametrize("otel_first", [True, False])
+def test_with_the_otel_celery_instrumentation_in_either_order_no_span_stays_current(
+    cap: Capture, otel_first: bool
+) -> None:
+    """The run span is a child of OTel's ``run/<task>`` span, and after the task neither is
+    current: whichever instrumentation was set up first (``opentelemetry-instrument celery
+    worker`` sets up OTel's before the app module's ``instrument(app)``). Before, with OTel's
+    first, its span stayed current and the next task's spans nested under it."""
+    from celery import signals
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    celery_app = Celery("otel", broker="memory://", backend="cache+memory://")
+    celery_app.conf.task_always_eager = True
+    otel = CeleryInstrumentor()
+    if otel_first:
+        otel.instrument(tracer_provider=cap.tracer_provider)
+        instrument(celery_app)
+    else:
+        instrument(celery_app)
+        otel.instrument(tracer_provider=cap.tracer_provider)
+    try:
+        signals.worker_ready.send(sender=None)  # as a solo or threads worker does at its start
+
+        @celery_app.task(name="shop.ping")
+        def ping() -> int:
+            return 1
+
+        first, second = ping.apply(), ping.apply()
+        assert not trace.get_current_span().get_span_context().is_valid
+        assert chaperone.current_job() is None
+    finally:
+        otel.uninstrument()
+        uninstrument(celery_app)
+    spans = cap.spans()
+    outer = {s.context.span_id: s for s in spans if s.name == "run/shop.ping"}
+    runs = [s for s in spans if s.name == "shop.ping"]
+    assert len(outer) == 2
+    assert len(runs) == 2
+    for outer_span in outer.values():
+        assert outer_span.parent is None  # the second task's is not under the first's
+    for run_span in runs:
+        assert run_span.parent is not None
+        assert run_span.parent.span_id in outer
+    assert {cap.run(first.id).status, cap.run(second.id).status} == {"completed"}
+
+
 def test_task_exception_fails_the_run_with_the_same_type(app: Celery, cap: Capture) -> None:
     """An exception raised by the task is the run's error type; the status is failed."""
 
