@@ -88,7 +88,7 @@ _warned_names: set[str] = set()
 logger = logging.getLogger("chaperone_otel")
 
 
-def _claim_attempt(run: Run) -> None:
+def _claim_attempt(run: Run, *, execution_given: bool = False) -> None:
     """Make ``(run.id, run.attempt)`` one no other run of this process has used.
 
     The store keeps one row per (run id, attempt), from its highest-sequence record: a second
@@ -96,14 +96,21 @@ def _claim_attempt(run: Run) -> None:
     ``attempt=``) replaced or lost the first, silently (issue 12). A reused key becomes the
     next attempt of the id, whether the earlier run has finished or is still running, and
     the first reuse per job name is logged.
+
+    ``execution_given``: the caller named this start's execution (a framework's delivery:
+    ``start_run(execution_id=...)``). A second execution of the same attempt (a redelivered
+    task run by the same process) is then what the caller means, and is stored as a row of
+    its own: its attempt is kept, so it matches the ``pending_run`` and ``close_run`` that
+    name it.
     """
     wanted = run.attempt
     with _attempts_lock:
         used = _attempts.pop(run.id, None)
-        reused = used is not None and wanted <= used
+        reused = used is not None and wanted <= used and not execution_given
         if reused:
             run.attempt = cast(int, used) + 1
-        _attempts[run.id] = run.attempt  # re-inserted: the newest ids are kept
+        # Re-inserted: the newest ids are kept, with the highest attempt seen.
+        _attempts[run.id] = max(run.attempt, used or 0)
         if len(_attempts) > _ATTEMPTS_KEPT:
             del _attempts[next(iter(_attempts))]
         warn = reused and run.name not in _warned_names and len(_warned_names) < 1000
@@ -149,7 +156,7 @@ def start_run(
         execution_id=execution_id,
     )
     if run_id is not None or spec.supervision_id is not None:
-        _claim_attempt(run)
+        _claim_attempt(run, execution_given=execution_id is not None)
     enclosing = current_run.get()
     if enclosing is not None and enclosing._run.pid == run.pid:  # not a forked parent's run
         run.parent = enclosing._run  # the run whose code started this one: its parent

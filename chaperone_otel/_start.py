@@ -70,7 +70,9 @@ class StartedRun:
 
     @property
     def attempt(self) -> int:
-        """The attempt number (a reused ``(id, attempt)`` in this process is the next one)."""
+        """The attempt number. A reused ``(id, attempt)`` in this process is the next one,
+        unless the start named its own ``execution_id`` (a second execution of the attempt,
+        a row of its own)."""
         return self._run.attempt
 
     @property

@@ -122,6 +122,43 @@ def test_start_run_rejects_invalid_options(options: dict[str, object], match: st
         chaperone.start_run("tasks.x", **options)  # type: ignore[arg-type]
 
 
+def test_a_second_execution_of_an_attempt_keeps_its_attempt_and_clears_its_pending_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A framework that names each delivery's execution (a redelivered task run again by
+    the same process) gets the attempt it gave, not the next one: the second execution's
+    ``pending`` row and its start are one row, and the dead execution keeps its own. (A
+    reused id without an execution id is still the next attempt, logged.)"""
+    path = str(tmp_path / "jobs.duckdb")
+    chaperone.configure(sink=path)
+    first = chaperone.start_run("tasks.redelivered", run_id="task", attempt=1, execution_id="e-1")
+    first.finish(KeyError("worker lost"))
+    chaperone.pending_run("tasks.redelivered", run_id="task", attempt=1, execution_id="e-2")
+    second = chaperone.start_run(
+        "tasks.redelivered", run_id="task", attempt=1, execution_id="e-2"
+    )
+    second.finish()
+    assert (first.attempt, second.attempt) == (1, 1)
+    assert "already used" not in caplog.text
+    again = chaperone.start_run("tasks.redelivered", run_id="task")  # no execution id
+    again.finish()
+    assert again.attempt == 2
+    assert "already used" in caplog.text
+    assert chaperone.flush(10)
+    chaperone.shutdown()
+    with chaperone.open_sink(path) as sink:
+        rows = sorted(
+            (j.attempt, j.execution_id == again.execution_id, j.execution_id, j.status)
+            for j in sink.jobs.with_id("task").all()
+        )
+        assert rows == [
+            (1, False, "e-1", "failed"),
+            (1, False, "e-2", "completed"),
+            (2, True, again.execution_id, "completed"),
+        ]
+        assert sink.jobs.pending().count() == 0
+
+
 def test_retried_attempts_are_in_the_store_but_not_failed(tmp_path: Path) -> None:
     """In the store: two retried attempts and a completed one of one run id; ``retried()``
     selects the two, ``failed()`` and ``unhealthy()`` none."""
