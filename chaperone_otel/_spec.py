@@ -152,7 +152,7 @@ def make_spec(
         hooks=Hooks.from_kwargs(hooks or {}),
         tracer_provider=tracer_provider,
         schedule=schedule_name(schedule),
-        scheduled_for=_moment(scheduled_for),
+        scheduled_for=moment(scheduled_for),
         lease=lease,
     )
 
@@ -171,17 +171,34 @@ def schedule_name(schedule: Any) -> str | None:
     return name.strip()
 
 
-def _moment(value: Any) -> float | None:
-    """A slot's due time as Unix seconds (a number or an aware datetime)."""
+def moment(value: Any, what: str = "scheduled_for") -> float | None:
+    """A due time as Unix seconds (a number or an aware datetime); None stays None.
+
+    Raises:
+        ConfigurationError: anything else (a naive datetime: its zone is unknown).
+    """
     if value is None:
         return None
     if hasattr(value, "timestamp") and getattr(value, "tzinfo", None) is not None:
         value = value.timestamp()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(
-            f"scheduled_for must be Unix seconds or an aware datetime, got {value!r}"
-        )
+        raise ConfigurationError(f"{what} must be Unix seconds or an aware datetime, got {value!r}")
     return float(value)
+
+
+def overrun_limit(value: Any) -> float | None:
+    """``close_run(timeout=...)``: the time limit a run ran past, in seconds (a number,
+    a timedelta or ``"2h"``, as ``timeout=`` everywhere); 0 when the closer knows the run
+    ran past its limit but not the limit's value. None stays None.
+
+    Raises:
+        ConfigurationError: not a duration, negative, or not finite.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    return parse_duration(value, what="timeout")
 
 
 def qualified_name(func: Callable[..., Any]) -> str:

@@ -40,7 +40,7 @@ from ._lifecycle import (
 from ._lifecycle import start_run as _start
 from ._otel._spans import LinkTarget, check_links, traceparent
 from ._run import Run, Supervision
-from ._spec import Lease, Spec, make_spec, require_attempt, require_id
+from ._spec import Lease, Spec, make_spec, moment, overrun_limit, require_attempt, require_id
 from .exceptions import ConfigurationError
 
 FinishStatus = Literal["completed", "failed", "cancelled", "retried"]
@@ -53,15 +53,17 @@ class StartedRun:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_run",)
+    __slots__ = ("_handle", "_run")
 
     def __init__(self, run: Run) -> None:
         self._run = run
+        self._handle = run.handle  # the user's: the run lets go of it when it finishes
 
     @property
     def supervision(self) -> Supervision:
-        """The run's handle (what ``current_job()`` returns while it is current)."""
-        return self._run.handle
+        """The run's handle (what ``current_job()`` returns while it is current), the same
+        object before and after the finish."""
+        return self._handle
 
     @property
     def id(self) -> str:
@@ -335,8 +337,11 @@ def close_run(
 
     Publishes one ``chaperone.job.closed`` record, which the sink (embedded, or ``sink
     serve`` over OTLP) applies like a finish: a running run ends with ``status``, and what
-    the run's own records left empty (end time, error) is filled in. A finish the run wrote
-    itself keeps its status. Without ``configure()`` (no listener) it does nothing.
+    the run's own records left empty (end time, error) is filled in. The closer's outcome
+    wins over a finish the run wrote itself (the parent knows why the child ended; the
+    child saw only a ``SystemExit``), and the run's later records only fill in what is
+    empty. Without ``configure()`` (no listener) nothing is recorded, but the arguments are
+    checked all the same.
 
     Args:
         run_id: the run id. execution_id: the execution (:attr:`StartedRun.execution_id`),
@@ -345,11 +350,13 @@ def close_run(
         status: the outcome (default ``failed``).
         error: what ended it (its type, message and traceback are recorded).
         name, queue: the job's name and queue, for a run whose own records never arrived.
-        timeout: the time limit it ran past, when that is why it was closed: a ``timeout``
-            violation is recorded too.
+        timeout: the time limit it ran past, when that is why it was closed (seconds, a
+            ``timedelta`` or ``"2h"``; 0 when the limit's value is unknown): a ``timeout``
+            violation is recorded too, and the run is unhealthy.
 
     Raises:
-        ConfigurationError: an empty run or execution id, or an attempt below 1.
+        ConfigurationError: an empty run or execution id, an attempt below 1, or a
+            ``timeout`` that is not a duration.
         ValueError: an unknown ``status``.
 
     .. versionadded:: 0.1
@@ -359,6 +366,7 @@ def close_run(
     require_attempt(attempt)
     if status not in _FINISH_STATUSES:
         raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
+    limit = overrun_limit(timeout)
     to = receivers(sc.EVENT_JOB_CLOSED)
     if not to:
         return
@@ -368,7 +376,7 @@ def close_run(
         sc.ATTR_JOB_ATTEMPT: attempt,
         sc.ATTR_JOB_EXECUTION_ID: execution_id,
         sc.ATTR_JOB_STATUS: status,
-        sc.ATTR_JOB_HEALTH: "unhealthy" if status == "failed" or timeout else "healthy",
+        sc.ATTR_JOB_HEALTH: "unhealthy" if status == "failed" or limit is not None else "healthy",
         sc.ATTR_JOB_STUCK: False,
         sc.ATTR_JOB_FINISHED_AT: now,
     }
@@ -381,10 +389,10 @@ def close_run(
         a[sc.ATTR_ERROR_MESSAGE] = _safe_str(error)
         if status == "failed":
             a[sc.ATTR_ERROR_STACKTRACE] = _safe_traceback(error)
-    if timeout is not None:
+    if limit is not None:
         a[sc.ATTR_VIOLATION_COUNT] = 1
         a[sc.ATTR_LIMIT_TYPE] = "timeout"
-        a[sc.ATTR_LIMIT_VALUE] = float(timeout)
+        a[sc.ATTR_LIMIT_VALUE] = limit
         a[sc.ATTR_LIMIT_POLICY] = "record"
     publish(
         LifecycleRecord(
@@ -405,7 +413,7 @@ def pending_run(
     execution_id: str,
     attempt: int = 1,
     queue: str | None = None,
-    scheduled_at: float | None = None,
+    scheduled_at: Any = None,
 ) -> None:
     """Record a run that is known but not started: a task received with an ETA or a
     countdown. The store shows it in ``pending()`` until the run starts under the same
@@ -415,10 +423,11 @@ def pending_run(
     Args:
         name: the job name. run_id, execution_id, attempt: the run it will be.
         queue: its queue.
-        scheduled_at: when it is due, Unix seconds (default: now).
+        scheduled_at: when it is due, Unix seconds or an aware datetime (default: now).
 
     Raises:
-        ConfigurationError: an empty name, run or execution id, or an attempt below 1.
+        ConfigurationError: an empty name, run or execution id, an attempt below 1, or a
+            ``scheduled_at`` that is neither (checked also without ``configure()``).
 
     .. versionadded:: 0.1
     """
@@ -426,6 +435,7 @@ def pending_run(
     require_id(run_id, "run_id")
     require_id(execution_id, "execution_id")
     require_attempt(attempt)
+    due = moment(scheduled_at, "scheduled_at")
     to = receivers(sc.EVENT_JOB_PENDING)
     if not to:
         return
@@ -438,7 +448,7 @@ def pending_run(
         sc.ATTR_JOB_EXECUTION_ID: execution_id,
         sc.ATTR_JOB_STATUS: "pending",
         sc.ATTR_JOB_SEQUENCE: 0,  # below the run's own first record: its start replaces it
-        sc.ATTR_JOB_SCHEDULED_AT: now if scheduled_at is None else float(scheduled_at),
+        sc.ATTR_JOB_SCHEDULED_AT: now if due is None else due,
     }
     publish(
         LifecycleRecord(

@@ -4,8 +4,8 @@ finish of what it knows.
 A Celery worker's main process sees its pool child die (``WorkerLostError``), time out or be
 revoked; the child can no longer finish its run. ``close_run`` publishes one ``closed``
 record, which ends the running execution, fills what the run's own records left empty (end
-time, error) and never overrides a finish the run wrote itself. Real DuckDB files; over OTLP
-a real ``SinkServer`` and a child process killed with SIGKILL.
+time, error) and wins over a finish the run wrote itself (the parent knows why it ended).
+Real DuckDB files; over OTLP a real ``SinkServer`` and a child process killed with SIGKILL.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import UserList
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,53 @@ def test_a_second_execution_of_an_attempt_keeps_its_attempt_and_clears_its_pendi
             (2, True, again.execution_id, "completed"),
         ]
         assert sink.jobs.pending().count() == 0
+
+
+def test_the_supervision_handle_is_the_same_and_readable_after_the_finish() -> None:
+    """``StartedRun.supervision`` is the handle ``current_job()`` gave, also once the run
+    has finished (the run lets go of it then; reading it raised AttributeError)."""
+    with capture():
+        run = chaperone.start_run("tasks.handle", run_id="h-1")
+        with run.activate():
+            current = chaperone.current_job()
+        assert run.supervision is current
+        run.finish()
+        assert run.supervision is current
+        assert (run.supervision.status, run.supervision.id) == ("completed", "h-1")
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_close_and_pending_arguments_are_checked_with_or_without_a_listener(
+    configured: bool,
+) -> None:
+    """A bad ``timeout`` or ``scheduled_at`` is refused whether or not anything listens
+    (before, only a configured process raised, and with raw errors)."""
+    context = capture() if configured else contextlib.nullcontext()
+    with context:
+        for timeout in ("soon", -5, float("nan"), True):
+            with pytest.raises(ConfigurationError, match="timeout"):
+                chaperone.close_run("c", execution_id="e", timeout=timeout)
+        naive = datetime(2026, 12, 6, 12, 0)  # naive: its zone is unknown
+        for due in ("tomorrow", naive, float("inf")):
+            with pytest.raises(ConfigurationError, match="scheduled_at"):
+                chaperone.pending_run("tasks.x", run_id="p", execution_id="e", scheduled_at=due)
+
+
+def test_close_run_takes_durations_as_timeout_does_everywhere() -> None:
+    """``timeout=`` of ``close_run`` takes what ``start_run`` takes ("2h", a timedelta), and
+    0 (the limit's value unknown) still records the violation and an unhealthy run;
+    ``pending_run`` takes an aware datetime."""
+    with capture() as cap:
+        for run_id, timeout in (("c-1", "2h"), ("c-2", timedelta(minutes=5)), ("c-3", 0.0)):
+            chaperone.close_run(run_id, execution_id="e", timeout=timeout)
+        due = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
+        chaperone.pending_run("tasks.x", run_id="p", execution_id="e", scheduled_at=due)
+    closed = {r.attributes[sc.ATTR_JOB_RUN_ID]: r.attributes for r in cap.records}
+    assert closed["c-1"][sc.ATTR_LIMIT_VALUE] == 7200.0
+    assert closed["c-2"][sc.ATTR_LIMIT_VALUE] == 300.0
+    assert closed["c-3"][sc.ATTR_LIMIT_VALUE] == 0.0
+    assert {closed[k][sc.ATTR_JOB_HEALTH] for k in ("c-1", "c-2", "c-3")} == {"unhealthy"}
+    assert closed["p"][sc.ATTR_JOB_SCHEDULED_AT] == due.timestamp()
 
 
 def test_retried_attempts_are_in_the_store_but_not_failed(tmp_path: Path) -> None:
