@@ -86,7 +86,9 @@ from .._start import close_run as _close_run
 from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
+from .._units import parse_duration as _parse_duration
 from .._values import new_run_id as _new_execution_id
+from ..exceptions import ConfigurationError
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
 
@@ -110,7 +112,9 @@ except ImportError as _error:  # pragma: no cover - exercised only without celer
 
 _UID: Final = "chaperone_otel.integrations.celery"
 _KNOWN: Final = 100_000
-"""Deliveries the main process remembers (about 100 bytes each) to close their runs."""
+"""Deliveries the main process remembers to close their runs (about 270 bytes each: 27 MB
+at the cap; a delivery that fails or is revoked is forgotten at once, a successful one when
+newer deliveries push it out)."""
 _SPECS: Final = 1_024
 """Validated run specs a process keeps (one per task, queue, attempt and time limit seen)."""
 _EXECUTION: Final = "chaperone_execution_id"
@@ -139,6 +143,7 @@ class _Instrumentation:
         self.heartbeat_interval = heartbeat_interval
         self.lease = lease
         self.flush_timeout = flush_timeout
+        self.options = (include, heartbeat_interval, lease, flush_timeout)
         # (task id, thread) -> a stack of (run, tokens): prerun and postrun of one task run
         # on one thread. A threads pool runs a retry of a task (same id) on another thread
         # while the first attempt is still between its retry and its postrun, and an eager
@@ -248,7 +253,9 @@ class _Instrumentation:
             attempt = int(request_dict.get("retries") or 0) + 1
             queue = delivery.get("routing_key")
             with self.lock:
-                self.known[str(request.id)] = (execution, attempt, queue)
+                task_id = str(request.id)
+                self.known.pop(task_id, None)  # a redelivery is the newest, not kept in place
+                self.known[task_id] = (execution, attempt, queue)
                 if len(self.known) > _KNOWN:
                     del self.known[next(iter(self.known))]
             due = _epoch(getattr(request, "eta", None))
@@ -272,8 +279,19 @@ class _Instrumentation:
             return
         if self.runs_here(task_id):  # solo, threads: its postrun ends it
             return
+        # The delivery's own execution when Celery put its request in place (a lost child:
+        # on_failure pushes it; a hard time limit does not): a worker may hold two
+        # deliveries of one task id (a redelivery after the visibility timeout).
+        request = getattr(sender, "request", None)
+        own = (
+            getattr(request, _EXECUTION, None) if getattr(request, "id", None) == task_id else None
+        )
         with self.lock:
-            known = self.known.pop(task_id, None)
+            known = self.known.get(task_id)
+            if known is not None and (not isinstance(own, str) or known[0] == own):
+                del self.known[task_id]
+            elif isinstance(own, str):
+                known = (own, int(getattr(request, "retries", 0) or 0) + 1, None)
         if known is None or sender is None or not self.wanted(sender):
             return
         execution, attempt, queue = known
@@ -290,6 +308,29 @@ class _Instrumentation:
                 name=sender.name,
                 queue=queue,
                 timeout=limit,
+            )
+
+    def lost_retried(
+        self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any
+    ) -> None:
+        """The main process retried a task whose child died under it
+        (``retry_on_worker_lost``): Celery sends ``task_retry``, not ``task_failure``, so
+        the dead execution is closed here, ``retried`` with ``WorkerLostError`` (the next
+        attempt is a run of its own). A retry the task's own code asked for is sent by the
+        process that runs it, which ends its run itself."""
+        cause = getattr(reason, "exc", None)
+        task_id = getattr(request, "id", None)
+        if not isinstance(cause, WorkerLostError) or not task_id or sender is None:
+            return
+        if not self.wanted(sender) or self.runs_here(str(task_id)):
+            return
+        with _guard("celery.lost_retried"):
+            self.close_delivery(
+                sender,
+                str(task_id),
+                getattr(request, _EXECUTION, None),
+                status="retried",
+                error=cause,
             )
 
     def prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
@@ -388,6 +429,7 @@ class _Instrumentation:
             self.terminated(task, str(task_id), request, _.get("signum"))
             return
         with _guard("celery.revoked"):
+            self.forget(request)
             delivery = getattr(request, "delivery_info", None) or {}
             execution = getattr(request, _EXECUTION, None)  # its pending row, if it had one
             run = _start_run(
@@ -399,9 +441,8 @@ class _Instrumentation:
                 heartbeat_interval=self.lease_of(task)[0],
                 lease=self.lease_of(task)[1],
             )
-            run.finish(
-                TaskRevokedError(f"revoked before it started: {task_id}"), status="cancelled"
-            )
+            why = "expired" if _.get("expired") else "revoked"
+            run.finish(TaskRevokedError(f"{why} before it started: {task_id}"), status="cancelled")
 
     def terminated(self, task: Any, task_id: str, request: Any, signum: Any) -> None:
         """``revoke(terminate=True)`` killed the child running it: cancelled, from here."""
@@ -447,10 +488,27 @@ class _Instrumentation:
         the supervised tasks a request class that closes requeued lost deliveries."""
         uid = f"{_UID}:{id(self.app)}"
         signals.worker_process_init.connect(self.prerun_last, weak=False, dispatch_uid=uid)
+        misused: list[str] = []
         with _guard("celery.worker_init"):
             for task in list(self.app.tasks.values()):
                 if self.wanted(task):
                     task.Request = _closing_request(symbol_by_name(task.Request), self)
+                    try:
+                        _check_options(
+                            None,
+                            getattr(task, "chaperone_heartbeat_interval", None),
+                            getattr(task, "chaperone_lease", None) or self.lease,
+                            self.flush_timeout,
+                            f"task {task.name!r}",
+                            "chaperone_",
+                        )
+                    except ConfigurationError as error:
+                        misused.append(str(error))
+        if misused:  # Celery logs a receiver's error: loud at the worker's start
+            raise ConfigurationError(
+                "chaperone_otel: tasks with invalid supervision options run unsupervised: "
+                + "; ".join(misused)
+            )
 
     def cancelled(self, request: Any) -> None:
         """Celery cancelled a running delivery (``Request.cancel``: a cold shutdown, or the
@@ -472,13 +530,27 @@ class _Instrumentation:
         """Close the execution named in ``request`` (the main process's Request) with
         ``status``, unless it was closed already (``known`` no longer has it)."""
         request_dict = getattr(request, "request_dict", None) or {}
-        execution = request_dict.get(_EXECUTION)
         task: Any = getattr(request, "task", None)
         task_id = str(getattr(request, "id", ""))
-        if not isinstance(execution, str) or task is None or not task_id:
+        if task is None or not task_id:
             return
         if _instrumented.get(id(self.app)) is not self:
             return  # uninstrumented since its tasks got the request class
+        self.close_delivery(task, task_id, request_dict.get(_EXECUTION), status=status, error=error)
+
+    def close_delivery(
+        self,
+        task: Any,
+        task_id: str,
+        execution: Any,
+        *,
+        status: Literal["failed", "cancelled", "retried"],
+        error: BaseException,
+    ) -> None:
+        """Close the delivery ``execution`` of ``task_id`` with ``status``, unless it was
+        closed already (``known`` no longer has it) or is not this worker's."""
+        if not isinstance(execution, str):
+            return
         with self.lock:
             known = self.known.get(task_id)
             if known is None or known[0] != execution:
@@ -496,22 +568,32 @@ class _Instrumentation:
         )
 
     def requeued(self, request: Any, exc_info: Any) -> None:
-        """The main process handled a delivery's failure (``Request.on_failure``). A child
-        lost under an ``acks_late`` + ``reject_on_worker_lost`` task is requeued by Celery
-        without ``task_failure``: close the dead execution here (failed, WorkerLostError),
-        named by the request itself (the redelivery is another execution). When Celery did
-        send ``task_failure``, :meth:`failed` already took the delivery from ``known``."""
-        task: Any = getattr(request, "task", None)
-        if not (
-            getattr(task, "acks_late", False) and getattr(task, "reject_on_worker_lost", False)
-        ):
-            return
+        """The main process handled a delivery's failure (``Request.on_failure``). Celery
+        sends no ``task_failure`` for a child lost under an ``acks_late`` +
+        ``reject_on_worker_lost`` task (it requeues the message), nor for one lost after it
+        stored ``SUCCESS`` (any task): close the dead execution here (failed,
+        WorkerLostError), named by the request itself (a redelivery is another execution).
+        When Celery did send ``task_failure`` (:meth:`failed`) or ``task_retry``
+        (:meth:`lost_retried`), the delivery is no longer in ``known`` and nothing is done.
+        Every other failure, handled by then, is forgotten."""
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):  # billiard >= 4.3: the exit
             exc = WorkerLostError(f"Worker exited prematurely: {exc!r}")
         if isinstance(exc, WorkerLostError):
             self.close_known(request, status="failed", error=exc)
+        else:
+            self.forget(request)
+
+    def forget(self, request: Any) -> None:
+        """Drop a delivery that ended without a run to close from here (``known`` would
+        otherwise keep it until newer deliveries push it out)."""
+        execution = (getattr(request, "request_dict", None) or {}).get(_EXECUTION)
+        task_id = str(getattr(request, "id", ""))
+        with self.lock:
+            known = self.known.get(task_id)
+            if known is not None and known[0] == execution:
+                del self.known[task_id]
 
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
@@ -545,13 +627,58 @@ def _closing_request(base: Any, inst: _Instrumentation) -> Any:
                 inst.cancelled(self)
             return result
 
+        def on_timeout(self: Any, soft: bool, timeout: Any) -> Any:
+            # At the hard limit Celery sends task_failure without the request in place (as
+            # on_failure has it): put it there, so the receiver closes this delivery's
+            # execution, not the newest one of the task id (a redelivery may run too).
+            if soft:
+                return base.on_timeout(self, soft, timeout)
+            stack = self.task.request_stack
+            stack.push(self._context)
+            try:
+                return base.on_timeout(self, soft, timeout)
+            finally:
+                stack.pop()
+
         found = type(
             base.__name__,
             (base,),
-            {"on_failure": on_failure, "cancel": cancel, "_chaperone_otel": inst},
+            {
+                "on_failure": on_failure,
+                "on_timeout": on_timeout,
+                "cancel": cancel,
+                "_chaperone_otel": inst,
+            },
         )
         _closing[key] = found
     return found
+
+
+def _check_options(
+    include: Any,
+    heartbeat_interval: Any,
+    lease: Any,
+    flush_timeout: Any,
+    where: str,
+    prefix: str = "",
+) -> None:
+    """Misuse of ``instrument()``'s options, or of a task's own, raised at once (else each
+    task's start would swallow it as an internal error, and run unsupervised)."""
+    try:
+        if include is not None and not callable(include):
+            raise ConfigurationError(f"include={include!r}: expected a function of the task")
+        if heartbeat_interval is not None:
+            _parse_duration(heartbeat_interval, what=f"{prefix}heartbeat_interval")
+        if lease not in _LEASES:
+            raise ConfigurationError(f"{prefix}lease={lease!r}: choose one of {', '.join(_LEASES)}")
+        if (
+            isinstance(flush_timeout, bool)
+            or not isinstance(flush_timeout, (int, float))
+            or not 0 <= flush_timeout < float("inf")  # also NaN
+        ):
+            raise ConfigurationError(f"flush_timeout={flush_timeout!r}: expected seconds >= 0")
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{where}: {error}") from None
 
 
 def _number(*candidates: Any) -> float | None:
@@ -581,6 +708,11 @@ def _finish(
     elif isinstance(retval, Retry):
         cause = retval.exc if isinstance(retval.exc, BaseException) else retval
         run.finish(cause, status="retried")
+    elif isinstance(retval, Reject) and not retval.requeue:
+        # Celery records FAILURE: the message is dropped, the task never runs again (a
+        # retry() whose message could not be sent raises this, with the send's error).
+        cause = retval.reason if isinstance(retval.reason, BaseException) else retval
+        run.finish(cause, status="failed")
     elif isinstance(retval, (Ignore, Reject)):
         run.finish(retval, status="cancelled")
     elif isinstance(retval, SoftTimeLimitExceeded):
@@ -619,8 +751,11 @@ def instrument(
 ) -> None:
     """Supervise ``app``'s tasks: each execution a run (see the module docstring).
 
-    Idempotent per app. Call it where the worker's main process and its pool children both
-    run it: the module that creates the app, after ``chaperone.configure()``.
+    Idempotent per app (a second call with other options raises). Call it where the
+    worker's main process and its pool children both run it: the module that creates the
+    app, after ``chaperone.configure()``. A task's own ``chaperone_lease`` and
+    ``chaperone_heartbeat_interval`` are checked when the worker starts (an invalid one is
+    logged by Celery as the ``worker_init`` receiver's error, naming the task).
 
     Args:
         app: the Celery app.
@@ -634,13 +769,23 @@ def instrument(
             ``@app.task(chaperone_lease="heartbeat")``.
         flush_timeout: seconds a pool child waits for its records to be sent when it exits.
 
+    Raises:
+        ConfigurationError: an option that is not valid, or other options than the
+            first call's for the same app.
+
     .. versionadded:: 0.1
     """
+    _check_options(include, heartbeat_interval, lease, flush_timeout, "instrument(app)")
     key = id(app)
-    if key in _instrumented:
+    existing = _instrumented.get(key)
+    if existing is not None:
+        given = (include, heartbeat_interval, lease, flush_timeout)
+        if given != existing.options:
+            raise ConfigurationError(
+                "instrument(app) was called already with other options; call "
+                "uninstrument(app) first to change them"
+            )
         return
-    if lease not in _LEASES:
-        raise ValueError(f"lease={lease!r}: choose one of {', '.join(_LEASES)}")
     inst = _Instrumentation(app, include, heartbeat_interval, lease, flush_timeout)
     _instrumented[key] = inst
     if id(app) not in _beat._beats:  # beat entries become schedules (celery_beat)
@@ -652,6 +797,7 @@ def instrument(
     signals.task_postrun.connect(inst.postrun, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(inst.revoked, weak=False, dispatch_uid=uid)
     signals.task_failure.connect(inst.failed, weak=False, dispatch_uid=uid)
+    signals.task_retry.connect(inst.lost_retried, weak=False, dispatch_uid=uid)
     signals.worker_process_shutdown.connect(inst.process_shutdown, weak=False, dispatch_uid=uid)
     signals.worker_init.connect(inst.worker_init, weak=False, dispatch_uid=uid)
     signals.worker_ready.connect(inst.prerun_last, weak=False, dispatch_uid=uid)
@@ -672,6 +818,7 @@ def uninstrument(app: Celery) -> None:
     signals.task_postrun.disconnect(inst.postrun, dispatch_uid=uid)
     signals.task_revoked.disconnect(inst.revoked, dispatch_uid=uid)
     signals.task_failure.disconnect(inst.failed, dispatch_uid=uid)
+    signals.task_retry.disconnect(inst.lost_retried, dispatch_uid=uid)
     signals.worker_process_shutdown.disconnect(inst.process_shutdown, dispatch_uid=uid)
     signals.worker_init.disconnect(inst.worker_init, dispatch_uid=uid)
     signals.worker_ready.disconnect(inst.prerun_last, dispatch_uid=uid)

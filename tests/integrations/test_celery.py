@@ -184,6 +184,23 @@ def test_ignore_is_cancelled_with_the_exception(app: Celery, cap: Capture) -> No
     assert run.error_type == "celery.exceptions.Ignore"
 
 
+def test_an_expired_task_is_cancelled_as_expired(app: Celery, cap: Capture) -> None:
+    """A task past its ``expires`` is revoked by Celery before it starts: one cancelled
+    run whose error says it expired (it said "revoked")."""
+    from celery import signals
+    from celery.app.task import Context
+
+    @app.task(name="shop.stale")
+    def stale() -> None:
+        pass
+
+    request = Context(id="expired-1", delivery_info={"routing_key": "orders"})
+    signals.task_revoked.send(sender=stale, request=request, terminated=False, expired=True)
+    run = cap.run("expired-1")
+    assert (run.status, run.error_type) == ("cancelled", "celery.exceptions.TaskRevokedError")
+    assert run.latest[sc.ATTR_ERROR_MESSAGE] == "expired before it started: expired-1"
+
+
 def test_revoked_before_start_is_one_cancelled_run(app: Celery, cap: Capture) -> None:
     """``task_revoked`` for a task that never started records one cancelled run under its id,
     with its span; a revocation that terminated a running task records nothing here (its
