@@ -187,10 +187,15 @@ class Runtime:
         if self._hooks_thread is None:
             with self._lock:
                 if self._hooks_thread is None:
-                    self._hooks_thread = threading.Thread(
+                    thread = threading.Thread(
                         target=self._hooks_loop, name="chaperone-hooks", daemon=True
                     )
-                    self._hooks_thread.start()
+                    try:
+                        thread.start()
+                    except RuntimeError as error:  # out of threads: the next hook tries again
+                        internal_error("hooks.thread", error)
+                        return
+                    self._hooks_thread = thread
 
     def _hooks_loop(self) -> None:
         while True:
@@ -222,10 +227,15 @@ class Runtime:
                 with handle_internal_errors("resources.sample"):
                     self._sampler = ProcessSampler()
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._loop, name="chaperone-monitor", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._loop, name="chaperone-monitor", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as error:  # "can't start new thread": out of threads/memory
+                # The run goes on unwatched (no heartbeat flush, no judging) rather than
+                # failing the job; the next run to start tries again.
+                internal_error("monitor.thread", error)
+                return
+            self._thread = thread
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -342,3 +342,37 @@ def test_an_idle_pass_takes_no_process_sample_and_a_live_run_is_still_sampled() 
             assert run.memory == sample.rss
         cap.tick(2)
         assert monitor._sample is sample, "a pass after the run ended sampled again"
+
+
+def test_a_thread_that_cannot_start_costs_the_run_its_watching_not_its_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of threads ("can't start new thread"): the job runs and returns, the failure is
+    counted; once threads can start again, the next run starts the monitor. Before, the
+    error reached the job and the run stayed registered as live for ever."""
+    from chaperone_otel._runtime import runtime
+    from chaperone_otel._safety import set_raise_internal_errors
+    from chaperone_otel.testing import capture
+
+    real_start = threading.Thread.start
+
+    def no_threads(self: threading.Thread) -> None:
+        if self.name.startswith("chaperone-"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    @supervised(name="starved")
+    def job() -> str:
+        return "done"
+
+    set_raise_internal_errors(False)  # as in production: counted, swallowed
+    with capture(raise_internal_errors=False) as cap:
+        monkeypatch.setattr(threading.Thread, "start", no_threads)
+        assert job() == "done"
+        assert cap.internal_errors().get("monitor.thread") == 1
+        assert runtime().live_runs() == []
+        assert cap.last_run("starved").status == "completed"
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        with supervised("fed") as run:
+            assert any(t.name == "chaperone-monitor" and t.is_alive() for t in threading.enumerate())
+            run.heartbeat()
