@@ -105,6 +105,15 @@ def _execution(job: Job) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def _meta_writable(job: Job) -> bool:
+    """Whether the integration may add its keys to ``job.meta``: not when RQ could not read
+    the stored meta here (a class the worker cannot import). RQ then keeps a placeholder and
+    writes the original bytes back as long as the meta is left as it is; adding a key would
+    overwrite the enqueuer's meta. Such a job's runs are all attempt 1, each its own
+    execution, and unlinked."""
+    return getattr(job, "_unreadable_meta", None) is None
+
+
 def _attempt(job: Job) -> int:
     try:
         return max(1, int(job.meta.get(ATTEMPT_KEY, 0)))
@@ -159,9 +168,10 @@ class SupervisionMixin:
         """Count the execution (``job.meta``) before the horse starts, so the parent and the
         horse agree on the attempt and a retry saved by either carries it."""
         with _guard("rq.execute_job"):
-            job.meta[ATTEMPT_KEY] = _attempt(job) + (1 if ATTEMPT_KEY in job.meta else 0)
-            job.meta[EXECUTION_KEY] = _new_execution_id()  # RQ's own, if it makes one below
-            job.save_meta()  # type: ignore[no-untyped-call]
+            if _meta_writable(job):
+                job.meta[ATTEMPT_KEY] = _attempt(job) + (1 if ATTEMPT_KEY in job.meta else 0)
+                job.meta[EXECUTION_KEY] = _new_execution_id()  # RQ's own, if it makes one
+                job.save_meta()  # type: ignore[no-untyped-call]
         return super().execute_job(job, queue)  # type: ignore[misc]
 
     def prepare_execution(self, job: Job, *args: Any, **kwargs: Any) -> Any:
@@ -170,7 +180,12 @@ class SupervisionMixin:
         execution = super().prepare_execution(job, *args, **kwargs)  # type: ignore[misc]
         with _guard("rq.execution"):
             ident = getattr(execution, "id", None)
-            if isinstance(ident, str) and ident and job.meta.get(EXECUTION_KEY) != ident:
+            if (
+                isinstance(ident, str)
+                and ident
+                and job.meta.get(EXECUTION_KEY) != ident
+                and _meta_writable(job)
+            ):
                 job.meta[EXECUTION_KEY] = ident
                 job.save_meta()  # type: ignore[no-untyped-call]
         return execution
@@ -244,7 +259,7 @@ class SupervisionMixin:
             )
             tokens = run.attach()
             span = run.traceparent
-            if span is not None:  # saved with the job when RQ saves it for a retry
+            if span is not None and _meta_writable(job):  # saved with a retry by RQ
                 job.meta[SPAN_KEY] = span
         ok: Any = False
         try:

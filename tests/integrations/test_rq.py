@@ -78,6 +78,22 @@ def test_job_is_current_and_each_execution_is_the_next_attempt(queue: Queue, cap
     assert run.latest[sc.ATTR_JOB_TIMEOUT] == 30.0
 
 
+def test_meta_the_worker_cannot_read_is_left_as_the_enqueuer_wrote_it(
+    queue: Queue, cap: Capture
+) -> None:
+    """A job whose ``meta`` this worker cannot deserialize (a class it cannot import) keeps
+    its stored bytes: RQ writes them back unchanged, and the integration adds no key (that
+    would overwrite the enqueuer's meta). The job is still a run."""
+    job = queue.enqueue(current_run_id, job_timeout=30)
+    unreadable = b"\x80\x04not a pickle this worker can load"
+    queue.connection.hset(job.key, "meta", unreadable)
+    _work(queue)
+    assert queue.connection.hget(job.key, "meta") == unreadable
+    assert job.return_value() == job.id
+    (run,) = cap.runs()
+    assert (run.id, run.status, run.latest[sc.ATTR_JOB_ATTEMPT]) == (job.id, "completed", 1)
+
+
 def test_abandoned_job_is_closed_failed_by_the_maintenance(queue: Queue, cap: Capture) -> None:
     """A job left STARTED by a worker that died (its execution expired in the started
     registry): the worker cleaning the registries closes its run ``failed``
