@@ -90,7 +90,7 @@ def test_with_the_otel_celery_instrumentation_in_either_order_no_span_stays_curr
     try:
         signals.worker_ready.send(sender=None)  # as a solo or threads worker does at its start
 
-        @celery_app.task(name="shop.ping")
+        @celery_app.task(shared=False, name="shop.ping")
         def ping() -> int:
             return 1
 

@@ -87,12 +87,12 @@ def test_a_child_lost_under_a_task_retried_on_worker_lost_is_closed_retried(
     not left running until it is judged lost. Without the setting it is ``failed``."""
 
     @app.task(
-        shared=False, name="shop.lost", acks_late=True, retry_on_worker_lost=True, max_retries=3
+        shared=False, name="mainproc.lost", acks_late=True, retry_on_worker_lost=True, max_retries=3
     )
     def lost() -> None:
         pass
 
-    @app.task(shared=False, name="shop.plain")
+    @app.task(shared=False, name="mainproc.plain")
     def plain() -> None:
         pass
 
@@ -118,7 +118,7 @@ def test_a_child_lost_after_it_stored_success_is_closed_for_every_task(
     ``reject_on_worker_lost`` tasks, so a plain task's run stayed running)."""
 
     @app.task(
-        shared=False, name="shop.stored", acks_late=acks_late, reject_on_worker_lost=acks_late
+        shared=False, name="mainproc.stored", acks_late=acks_late, reject_on_worker_lost=acks_late
     )
     def stored() -> None:
         pass
@@ -136,7 +136,7 @@ def test_a_hard_time_limit_closes_its_own_delivery_not_a_newer_one_of_the_task_i
     """Two deliveries of one task id in one worker (the broker redelivered it while it ran):
     the first one's hard time limit closes the first execution; the second stays open."""
 
-    @app.task(shared=False, name="shop.long", acks_late=True, time_limit=10)
+    @app.task(shared=False, name="mainproc.long", acks_late=True, time_limit=10)
     def long() -> None:
         pass
 
@@ -157,7 +157,7 @@ def test_known_deliveries_keep_the_newest_and_forget_ended_ones(
     """The main process's memory of deliveries is bounded by recency: a redelivered id is
     the newest (it was evicted first before), and a delivery that failed is forgotten."""
 
-    @app.task(shared=False, name="shop.kept")
+    @app.task(shared=False, name="mainproc.kept")
     def kept() -> None:
         pass
 
@@ -177,7 +177,7 @@ def test_reject_without_requeue_is_a_failure(app: Celery, cap: Capture) -> None:
     sent) is Celery's FAILURE: the task never runs again. The run is ``failed`` with the
     send's error, not ``cancelled``."""
 
-    @app.task(shared=False, name="shop.flaky", bind=True, max_retries=3)
+    @app.task(shared=False, name="mainproc.flaky", bind=True, max_retries=3)
     def flaky(self: Any) -> None:
         raise self.retry(exc=ConnectionError("db down"), countdown=5)
 
@@ -230,16 +230,16 @@ def test_a_tasks_invalid_options_are_reported_when_the_worker_starts(
     """A task's own ``chaperone_lease`` or ``chaperone_heartbeat_interval`` that is not
     valid is named in the worker's log at its start (Celery logs a receiver's error)."""
 
-    @app.task(shared=False, name="shop.bad", chaperone_lease="sometimes")
+    @app.task(shared=False, name="mainproc.bad", chaperone_lease="sometimes")
     def bad() -> None:
         pass
 
-    @app.task(shared=False, name="shop.good", chaperone_heartbeat_interval="30s")
+    @app.task(shared=False, name="mainproc.good", chaperone_heartbeat_interval="30s")
     def good() -> None:
         pass
 
     signals.worker_init.send(sender=None)
     errors = [r.getMessage() for r in caplog.records if "invalid supervision" in r.getMessage()]
     assert len(errors) == 1
-    assert "task 'shop.bad': chaperone_lease='sometimes'" in errors[0]
-    assert "shop.good" not in errors[0]
+    assert "task 'mainproc.bad': chaperone_lease='sometimes'" in errors[0]
+    assert "mainproc.good" not in errors[0]
