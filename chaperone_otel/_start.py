@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 from opentelemetry import context as otel_context
 
 from . import semconv as sc
+from ._current import current_run
 from ._events import AttributeValue, LifecycleRecord, publish, receivers
 from ._lifecycle import (
     Tokens,
@@ -40,6 +41,7 @@ from ._lifecycle import (
 from ._lifecycle import start_run as _start
 from ._otel._spans import LinkTarget, check_links, traceparent
 from ._run import Run, Supervision
+from ._safety import handle_internal_errors, internal_error
 from ._spec import Lease, Spec, make_spec, moment, overrun_limit, require_attempt, require_id
 from .exceptions import ConfigurationError
 
@@ -53,11 +55,12 @@ class StartedRun:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_handle", "_run")
+    __slots__ = ("_attached", "_handle", "_run")
 
     def __init__(self, run: Run) -> None:
         self._run = run
         self._handle = run.handle  # the user's: the run lets go of it when it finishes
+        self._attached: list[Tokens] = []  # attach()'s tokens not detached yet
 
     @property
     def supervision(self) -> Supervision:
@@ -102,7 +105,9 @@ class StartedRun:
         Returns:
             The tokens :meth:`detach` needs, in the same thread and context.
         """
-        return activate(self._run)
+        tokens = activate(self._run)
+        self._attached.append(tokens)
+        return tokens
 
     def detach(self, tokens: Tokens) -> None:
         """Undo :meth:`attach` (the context's previous run and span are current again).
@@ -111,7 +116,24 @@ class StartedRun:
         has restored its own already (the OTel Celery instrumentation's ``task_postrun``,
         connected before the integration's, detaches its ``run/<task>`` span first): that
         context is left as it is, rather than putting back the span that layer just ended.
+
+        Raises:
+            ConfigurationError: ``tokens`` are not from this run's :meth:`attach`, or were
+                detached already; or the run is not the current one here (another thread or
+                context than the one that attached it, or a run attached after it is still
+                attached: detach that one first). Nothing is changed then.
         """
+        if not any(attached is tokens for attached in self._attached):
+            raise ConfigurationError(
+                f"detach(): these tokens are not from an attach() of run {self.id!r} still "
+                "attached (detached already, or another run's)"
+            )
+        if current_run.get() is not self._handle:
+            raise ConfigurationError(
+                f"detach(): run {self.id!r} is not the current run here: detach it in the "
+                "thread and context that attached it, after the runs attached since"
+            )
+        self._attached = [attached for attached in self._attached if attached is not tokens]
         token, otel_token = tokens
         if otel_token is not None and otel_context.get_current() is not self._run.otel_context:
             otel_token = None
@@ -137,23 +159,38 @@ class StartedRun:
         Args:
             error: the exception that ended it (for ``retried``, the retry's cause).
             status: the outcome; by default ``completed`` without ``error``, ``cancelled``
-                for a cancellation (``KeyboardInterrupt``, ``SystemExit``, asyncio's
-                ``CancelledError``), otherwise ``failed``. ``retried`` is a terminal status
-                that is not a failure: the framework runs the task again as a new attempt.
+                for a cancellation (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``,
+                asyncio's ``CancelledError``, a ``JobLimitExceeded`` of a ``cancel`` limit
+                policy), otherwise ``failed``. ``retried`` is a terminal status that is not
+                a failure: the framework runs the task again as a new attempt. A
+                ``GeneratorExit`` (a generator closed early) records no error.
             timed_out: the framework ended it for running past its time limit (Celery's
                 soft limit): a ``timeout`` violation is recorded, even when the framework's
                 clock fired a moment before the run's own deadline.
 
         Raises:
             ValueError: an unknown ``status``.
+            ConfigurationError: ``error`` is not an exception, or is given with
+                ``status="completed"``.
         """
         if status is not None and status not in _FINISH_STATUSES:
             raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
+        if error is not None and not isinstance(error, BaseException):
+            raise ConfigurationError(f"finish(error={error!r}): expected an exception or None")
+        if error is not None and status == "completed":
+            raise ConfigurationError(
+                "finish(error, status='completed'): a completed run has no error; give "
+                "status='failed' (or 'cancelled', 'retried'), or no error"
+            )
         run = self._run
         if timed_out:
             with run.lock:
                 if run.finished_at is None:
-                    due = run.clock() - 1e-6  # judged past it when it finishes, just after
+                    try:
+                        due = run.clock() - 1e-6  # judged past it when it finishes, just after
+                    except Exception as exc:  # a failing clock: the finish still happens
+                        internal_error("run.clock", exc)
+                        due = time.time()
                     if run.timeout_at is None or run.timeout_at > due:
                         run.timeout_at = due
         finish_run(run, error, status)
@@ -182,7 +219,11 @@ class _Active:
     ) -> Literal[False]:
         tokens, self._tokens = self._tokens, None
         if tokens is not None:
-            self._run.detach(tokens)
+            if exc is None:
+                self._run.detach(tokens)
+            else:  # the block's exception is what leaves it, unchanged
+                with handle_internal_errors("run.detach"):
+                    self._run.detach(tokens)
         return False
 
 

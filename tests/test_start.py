@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections import UserList
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -206,6 +207,83 @@ def test_close_run_takes_durations_as_timeout_does_everywhere() -> None:
     assert closed["c-3"][sc.ATTR_LIMIT_VALUE] == 0.0
     assert {closed[k][sc.ATTR_JOB_HEALTH] for k in ("c-1", "c-2", "c-3")} == {"unhealthy"}
     assert closed["p"][sc.ATTR_JOB_SCHEDULED_AT] == due.timestamp()
+
+
+def test_detach_refuses_tokens_it_cannot_undo_and_changes_nothing() -> None:
+    """Detaching twice, out of order, or in another thread is a misuse: a clear
+    ``ConfigurationError``, and the current run stays as it was (before: a raw
+    ``RuntimeError``, a run left current, or the other thread's current run wiped out)."""
+    import threading
+
+    with capture():
+        a = chaperone.start_run("tasks.a", run_id="a")
+        b = chaperone.start_run("tasks.b", run_id="b")
+        a_tokens = a.attach()
+        b_tokens = b.attach()
+        with pytest.raises(ConfigurationError, match="not the current run"):
+            a.detach(a_tokens)  # b is attached after it
+        assert chaperone.current_job() is b.supervision
+        b.detach(b_tokens)
+        with pytest.raises(ConfigurationError, match="detached already"):
+            b.detach(b_tokens)
+        assert chaperone.current_job() is a.supervision
+
+        other: list[object] = []
+
+        def elsewhere() -> None:
+            c = chaperone.start_run("tasks.c", run_id="c")
+            with c.activate():
+                try:
+                    a.detach(a_tokens)  # a's tokens, from the main thread
+                except ConfigurationError as error:
+                    other.append(error)
+                other.append(chaperone.current_job() is c.supervision)
+            c.finish()
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join(10)
+        assert isinstance(other[0], ConfigurationError)
+        assert other[1] is True  # the other thread's run is still current there
+        a.detach(a_tokens)
+        assert chaperone.current_job() is None
+        for run in (a, b):
+            run.finish()
+
+
+def test_an_exception_leaving_activate_is_the_one_raised() -> None:
+    """A block that raises and leaves its run in a state detach refuses (a run attached in
+    it is still attached) raises its own exception, not the detach's."""
+    with capture(raise_internal_errors=False) as cap:
+        outer = chaperone.start_run("tasks.outer", run_id="o")
+        inner = chaperone.start_run("tasks.inner", run_id="i")
+
+        def block() -> None:
+            with outer.activate():
+                inner.attach()
+                raise KeyError("the job's own")
+
+        with pytest.raises(KeyError, match="the job's own"):
+            contextvars.copy_context().run(block)  # what the block leaves stays in there
+        assert cap.internal_errors().get("run.detach") == 1
+        outer.finish()
+        inner.finish()
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "match"),
+    [("boom", None, "expected an exception"), (KeyError("k"), "completed", "has no error")],
+)
+def test_finish_refuses_an_error_that_is_not_one_or_a_completed_run_with_one(
+    error: object, status: str | None, match: str
+) -> None:
+    """Misuse, refused before anything is recorded: the run is still running after it."""
+    with capture():
+        run = chaperone.start_run("tasks.finished", run_id="f")
+        with pytest.raises(ConfigurationError, match=match):
+            run.finish(error, status=status)  # type: ignore[arg-type]
+        assert run.supervision.status == "running"
+        run.finish()
 
 
 def test_retried_attempts_are_in_the_store_but_not_failed(tmp_path: Path) -> None:
