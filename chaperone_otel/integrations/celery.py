@@ -77,7 +77,6 @@ from typing import Any, Final, Literal
 from .._lifecycle import start_run as _start_spec
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
-from .._spec import LEASES as _LEASES
 from .._spec import Lease as _Lease
 from .._spec import Spec as _Spec
 from .._spec import make_spec as _make_spec
@@ -86,11 +85,11 @@ from .._start import close_run as _close_run
 from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
-from .._units import parse_duration as _parse_duration
 from .._values import new_run_id as _new_execution_id
 from ..exceptions import ConfigurationError
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
+from ._options import check_options as _check_options
 
 try:
     from celery import Celery, Task, signals
@@ -495,12 +494,10 @@ class _Instrumentation:
                     task.Request = _closing_request(symbol_by_name(task.Request), self)
                     try:
                         _check_options(
-                            None,
-                            getattr(task, "chaperone_heartbeat_interval", None),
-                            getattr(task, "chaperone_lease", None) or self.lease,
-                            self.flush_timeout,
                             f"task {task.name!r}",
-                            "chaperone_",
+                            heartbeat_interval=getattr(task, "chaperone_heartbeat_interval", None),
+                            lease=getattr(task, "chaperone_lease", None),
+                            prefix="chaperone_",
                         )
                     except ConfigurationError as error:
                         misused.append(str(error))
@@ -654,33 +651,6 @@ def _closing_request(base: Any, inst: _Instrumentation) -> Any:
     return found
 
 
-def _check_options(
-    include: Any,
-    heartbeat_interval: Any,
-    lease: Any,
-    flush_timeout: Any,
-    where: str,
-    prefix: str = "",
-) -> None:
-    """Misuse of ``instrument()``'s options, or of a task's own, raised at once (else each
-    task's start would swallow it as an internal error, and run unsupervised)."""
-    try:
-        if include is not None and not callable(include):
-            raise ConfigurationError(f"include={include!r}: expected a function of the task")
-        if heartbeat_interval is not None:
-            _parse_duration(heartbeat_interval, what=f"{prefix}heartbeat_interval")
-        if lease not in _LEASES:
-            raise ConfigurationError(f"{prefix}lease={lease!r}: choose one of {', '.join(_LEASES)}")
-        if (
-            isinstance(flush_timeout, bool)
-            or not isinstance(flush_timeout, (int, float))
-            or not 0 <= flush_timeout < float("inf")  # also NaN
-        ):
-            raise ConfigurationError(f"flush_timeout={flush_timeout!r}: expected seconds >= 0")
-    except ConfigurationError as error:
-        raise ConfigurationError(f"{where}: {error}") from None
-
-
 def _number(*candidates: Any) -> float | None:
     """The first set (truthy) of ``candidates``, as a float (None: none is set)."""
     return next((float(v) for v in candidates if v), None)
@@ -775,7 +745,13 @@ def instrument(
 
     .. versionadded:: 0.1
     """
-    _check_options(include, heartbeat_interval, lease, flush_timeout, "instrument(app)")
+    _check_options(
+        "instrument(app)",
+        include=include,
+        heartbeat_interval=heartbeat_interval,
+        lease=lease,
+        flush_timeout=flush_timeout,
+    )
     key = id(app)
     existing = _instrumented.get(key)
     if existing is not None:

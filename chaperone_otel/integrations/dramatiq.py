@@ -63,6 +63,7 @@ from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
+from ._options import check_options as _check_options
 
 try:
     import dramatiq
@@ -114,6 +115,12 @@ class Supervision(Middleware):
         heartbeat_interval: Any = None,
         flush_timeout: float = 5.0,
     ) -> None:
+        _check_options(
+            "Supervision(...)",
+            include=include,
+            heartbeat_interval=heartbeat_interval,
+            flush_timeout=flush_timeout,
+        )
         self.include = include
         self.heartbeat_interval = heartbeat_interval
         self.flush_timeout = flush_timeout
@@ -281,8 +288,17 @@ def instrument(
     Returns:
         The middleware.
 
+    Raises:
+        ConfigurationError: an option that is not valid.
+
     .. versionadded:: 0.1
     """
+    _check_options(
+        "instrument(broker)",
+        include=include,
+        heartbeat_interval=heartbeat_interval,
+        flush_timeout=flush_timeout,
+    )
     for existing in broker.middleware:
         if isinstance(existing, Supervision):
             return existing

@@ -14,6 +14,7 @@ from dramatiq.middleware import AgeLimit, Retries, TimeLimit
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
+from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.integrations.dramatiq import Supervision, WorkerShutdown, instrument
 from chaperone_otel.testing import Capture, capture
 
@@ -139,6 +140,28 @@ def test_a_failure_after_the_start_still_finishes_the_run(
     assert seen == [message.message_id]
     assert cap.run(message.message_id).status == "completed"
     assert runtime().live_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"include": "billing"}, "include='billing': expected a function"),
+        ({"heartbeat_interval": "often"}, "heartbeat_interval='often' is not a duration"),
+        ({"flush_timeout": -1}, "flush_timeout=-1: expected seconds"),
+    ],
+)
+def test_instrument_refuses_invalid_options_at_once(options: dict[str, Any], match: str) -> None:
+    """Misuse raises at ``instrument()`` (and at the middleware's construction), before any
+    message: it was accepted, and each message then ran unsupervised."""
+    stub = StubBroker()
+    try:
+        with pytest.raises(ConfigurationError, match=match):
+            instrument(stub, **options)
+        assert not any(isinstance(m, Supervision) for m in stub.middleware)
+        with pytest.raises(ConfigurationError, match=match):
+            Supervision(**options)
+    finally:
+        stub.close()
 
 
 def test_without_retries_middleware_an_exception_is_a_failure(cap: Capture) -> None:
