@@ -282,6 +282,12 @@ def activate(run: Run) -> Tokens:
     return token, otel_token
 
 
+def still_current(run: Run) -> bool:
+    """Whether ``run``'s span context is the current OTel context (see
+    :meth:`_start.StartedRun.detach`: a layer around the run may have restored its own)."""
+    return otel_context.get_current() is run.otel_context
+
+
 def deactivate(tokens: Tokens) -> None:
     """Undo :func:`activate`."""
     token, otel_token = tokens

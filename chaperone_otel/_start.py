@@ -24,8 +24,6 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-from opentelemetry import context as otel_context
-
 from . import semconv as sc
 from ._current import current_run
 from ._events import AttributeValue, LifecycleRecord, publish, receivers
@@ -37,6 +35,7 @@ from ._lifecycle import (
     activate,
     deactivate,
     finish_run,
+    still_current,
 )
 from ._lifecycle import start_run as _start
 from ._otel._spans import LinkTarget, check_links, traceparent
@@ -135,7 +134,7 @@ class StartedRun:
             )
         self._attached = [attached for attached in self._attached if attached is not tokens]
         token, otel_token = tokens
-        if otel_token is not None and otel_context.get_current() is not self._run.otel_context:
+        if otel_token is not None and not still_current(self._run):
             otel_token = None
         deactivate((token, otel_token))
 

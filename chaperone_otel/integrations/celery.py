@@ -86,9 +86,10 @@ from .._start import pending_run as _pending_run
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
 from .._values import new_run_id as _new_execution_id
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError as _ConfigurationError
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
+from ._celery_request import closing_request as _closing_request
 from ._options import check_options as _check_options
 
 try:
@@ -499,10 +500,10 @@ class _Instrumentation:
                             lease=getattr(task, "chaperone_lease", None),
                             prefix="chaperone_",
                         )
-                    except ConfigurationError as error:
+                    except _ConfigurationError as error:
                         misused.append(str(error))
         if misused:  # Celery logs a receiver's error: loud at the worker's start
-            raise ConfigurationError(
+            raise _ConfigurationError(
                 "chaperone_otel: tasks with invalid supervision options run unsupervised: "
                 + "; ".join(misused)
             )
@@ -595,60 +596,6 @@ class _Instrumentation:
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
-
-
-_closing: dict[tuple[type, int], type] = {}
-
-
-def _closing_request(base: Any, inst: _Instrumentation) -> Any:
-    """``base`` (a Celery ``Request`` class) whose ``on_failure`` also tells ``inst``, so the
-    worker's main process can close a run Celery requeues without a signal. Celery's
-    documented way to customise failure handling per task is its ``Request`` class."""
-    if getattr(base, "_chaperone_otel", None) is inst:
-        return base
-    key = (base, id(inst))
-    found = _closing.get(key)
-    if found is None:
-
-        def on_failure(self: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return base.on_failure(self, exc_info, *args, **kwargs)
-            finally:
-                with _guard("celery.requeued"):
-                    inst.requeued(self, exc_info)
-
-        def cancel(self: Any, *args: Any, **kwargs: Any) -> Any:
-            # Raises on pools that cannot stop a task (threads, solo): nothing is closed.
-            result = base.cancel(self, *args, **kwargs)
-            with _guard("celery.cancelled"):
-                inst.cancelled(self)
-            return result
-
-        def on_timeout(self: Any, soft: bool, timeout: Any) -> Any:
-            # At the hard limit Celery sends task_failure without the request in place (as
-            # on_failure has it): put it there, so the receiver closes this delivery's
-            # execution, not the newest one of the task id (a redelivery may run too).
-            if soft:
-                return base.on_timeout(self, soft, timeout)
-            stack = self.task.request_stack
-            stack.push(self._context)
-            try:
-                return base.on_timeout(self, soft, timeout)
-            finally:
-                stack.pop()
-
-        found = type(
-            base.__name__,
-            (base,),
-            {
-                "on_failure": on_failure,
-                "on_timeout": on_timeout,
-                "cancel": cancel,
-                "_chaperone_otel": inst,
-            },
-        )
-        _closing[key] = found
-    return found
 
 
 def _number(*candidates: Any) -> float | None:
@@ -757,7 +704,7 @@ def instrument(
     if existing is not None:
         given = (include, heartbeat_interval, lease, flush_timeout)
         if given != existing.options:
-            raise ConfigurationError(
+            raise _ConfigurationError(
                 "instrument(app) was called already with other options; call "
                 "uninstrument(app) first to change them"
             )

@@ -1,0 +1,65 @@
+"""The ``Request`` class the Celery integration gives each supervised task in the worker's
+main process (Celery's documented hook for per-task failure handling, ``Task.Request``):
+it tells the integration about the ends Celery sends no signal for, or sends without the
+request in place. It does not import Celery: :mod:`.celery` passes the base class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._safety import handle_internal_errors as _guard
+
+_closing: dict[tuple[type, int], type] = {}
+
+
+def closing_request(base: Any, inst: Any) -> Any:
+    """``base`` (a Celery ``Request`` class) whose ``on_failure``, ``on_timeout`` and
+    ``cancel`` also tell ``inst`` (the integration's ``_Instrumentation``), so the worker's
+    main process can close a run Celery requeues, retries or cancels without a signal, and
+    the hard time limit's ``task_failure`` names its own request. One class per (base,
+    instrumentation)."""
+    if getattr(base, "_chaperone_otel", None) is inst:
+        return base
+    key = (base, id(inst))
+    found = _closing.get(key)
+    if found is None:
+
+        def on_failure(self: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return base.on_failure(self, exc_info, *args, **kwargs)
+            finally:
+                with _guard("celery.requeued"):
+                    inst.requeued(self, exc_info)
+
+        def cancel(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # Raises on pools that cannot stop a task (threads, solo): nothing is closed.
+            result = base.cancel(self, *args, **kwargs)
+            with _guard("celery.cancelled"):
+                inst.cancelled(self)
+            return result
+
+        def on_timeout(self: Any, soft: bool, timeout: Any) -> Any:
+            # At the hard limit Celery sends task_failure without the request in place (as
+            # on_failure has it): put it there, so the receiver closes this delivery's
+            # execution, not the newest one of the task id (a redelivery may run too).
+            if soft:
+                return base.on_timeout(self, soft, timeout)
+            stack = self.task.request_stack
+            stack.push(self._context)
+            try:
+                return base.on_timeout(self, soft, timeout)
+            finally:
+                stack.pop()
+
+        found = type(
+            base.__name__,
+            (base,),
+            {
+                "on_failure": on_failure,
+                "on_timeout": on_timeout,
+                "cancel": cancel,
+                "_chaperone_otel": inst,
+            },
+        )
+        _closing[key] = found
+    return found
