@@ -53,6 +53,7 @@ carries the schedule and slot (see ``docs/schedules.md``).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Final
 
@@ -266,18 +267,26 @@ class SupervisionMixin:
             ok = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
         finally:
             if run is not None:
+                in_flight = sys.exc_info()[1]  # RQ's own handling failed (redis down...)
                 with _guard("rq.finish"):
                     try:
                         run.detach(tokens)
                     finally:
-                        self._chaperone_finish(run, job, ok, will_retry)
+                        self._chaperone_finish(run, job, ok, will_retry, in_flight)
                 if self.is_horse:  # type: ignore[attr-defined]
                     with _guard("rq.flush"):
                         _flush(self.chaperone_flush_timeout)
         return ok
 
-    def _chaperone_finish(self, run: _StartedRun, job: Job, ok: Any, will_retry: bool) -> None:
-        error, retry = self._chaperone_error, self._chaperone_retry
+    def _chaperone_finish(
+        self,
+        run: _StartedRun,
+        job: Job,
+        ok: Any,
+        will_retry: bool,
+        in_flight: BaseException | None = None,
+    ) -> None:
+        error, retry = self._chaperone_error or in_flight, self._chaperone_retry
         self._chaperone_error = None
         self._chaperone_retry = None
         if retry is not None:

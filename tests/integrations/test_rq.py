@@ -125,3 +125,21 @@ def test_a_failing_job_fails_its_run_and_the_worker_carries_on(queue: Queue, cap
     assert cap.run(failing.id).status == "failed"
     assert cap.run(failing.id).error_type == "ValueError"
     assert cap.run(after.id).status == "completed"
+
+
+def test_when_rqs_own_failure_handling_fails_the_run_has_that_error(
+    queue: Queue, cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ's handling of a failed job itself fails (redis gone while it records the
+    failure): the run is failed with the error that ended ``perform_job``, not with a
+    placeholder saying RQ reported none."""
+
+    def redis_down(*_: object, **__: object) -> None:
+        raise ConnectionError("redis went away while recording the failure")
+
+    monkeypatch.setattr(SupervisedSimpleWorker, "_finalize_failure", redis_down)
+    failing = queue.enqueue(fails)
+    with pytest.raises(ConnectionError):
+        _work(queue)
+    run = cap.run(failing.id)
+    assert (run.status, run.error_type) == ("failed", "ConnectionError")
