@@ -302,6 +302,9 @@ def _json_req(log: dict[str, Any]) -> bytes:
     b"\xff\xfe",
     _json_req({**_GOOD_LOG, "traceId": "zz" * 16}),
     _json_req({**_GOOD_LOG, "spanId": "abcd"}),
+    _json_req({**_GOOD_LOG, "spanId": "-000000000000001"}),
+    _json_req({**_GOOD_LOG, "spanId": " +0_0_0_0_0_0_1 "}),
+    _json_req({**_GOOD_LOG, "traceId": "0x" + "0" * 29 + "1"}),
     _json_req({**_GOOD_LOG, "timeUnixNano": "soon"}),
     _json_req({**_GOOD_LOG, "attributes": [{"key": 1, "value": {"stringValue": "x"}}]}),
     _json_req({**_GOOD_LOG, "attributes": [{"key": "k", "value": {"intValue": "x"}}]}),
@@ -341,6 +344,40 @@ def test_json_value_kinds() -> None:
     assert json.loads(str(a["kv"])) == {"n": 1}
     assert a["bytes"] == "AAE="
     assert "empty" not in a
+
+
+def _nested_pb(depth: int) -> bytes:
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add()
+    record.event_name = sc.EVENT_JOB_STARTED
+    record.attributes.add(key=sc.ATTR_JOB_RUN_ID).value.string_value = "r"
+    value = record.attributes.add(key="meta").value
+    for _ in range(depth):
+        value = value.kvlist_value.values.add(key="k").value
+    value.string_value = 'a "quoted" \\ leaf'
+    return request.SerializeToString()
+
+
+def _nested_json(depth: int) -> bytes:
+    value: dict[str, Any] = {"stringValue": 'a "quoted" \\ leaf'}
+    for _ in range(depth):
+        value = {"kvlistValue": {"values": [{"key": "k", "value": value}]}}
+    attributes = [*_GOOD_LOG["attributes"], {"key": "meta", "value": value}]
+    return _json_req({**_GOOD_LOG, "attributes": attributes})
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_nested_key_value_lists_are_written_as_json_once(encoding: str) -> None:
+    """A key-value list inside a key-value list is nested JSON data, not a JSON string
+    escaped again at every level: its size doubled per level, so ~300 bytes of nesting
+    decoded to 16 M characters (and ~2 KB took a server past 900 MiB)."""
+    body = _nested_pb if encoding == "protobuf" else _nested_json
+    (record,) = decode_logs(body(3), encoding)
+    assert json.loads(str(record.attributes["meta"])) == {
+        "k": {"k": {"k": 'a "quoted" \\ leaf'}}
+    }
+    (deep,) = decode_logs(body(20), encoding)
+    assert len(str(deep.attributes["meta"])) < 300  # linear: 20 levels of {"k": and the leaf
 
 
 def test_decompress_limits_and_errors() -> None:

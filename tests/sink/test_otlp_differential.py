@@ -267,10 +267,10 @@ def test_a_decoder_with_one_fault_fails_the_comparison(
 
 
 def test_known_differences_between_the_encodings() -> None:
-    """Kept as they are (what is stored depends on them), and left out of the random
-    payloads: an entry without a value in a key-value list is ``null`` from protobuf and
-    left out from JSON; a body that is bytes or a key-value list is empty from protobuf and
-    base64 or JSON text from JSON. Chaperone's own records never have either."""
+    """Kept as it is (what is stored depends on it), and left out of the random payloads: a
+    body that is bytes or a key-value list is empty from protobuf and base64 or JSON text
+    from JSON. Chaperone's own records never have one. (An entry without a value in a
+    key-value list was left out from JSON; it is ``null`` from both now.)"""
     request = logs_service_pb2.ExportLogsServiceRequest()
     lr = request.resource_logs.add().scope_logs.add().log_records.add()
     lr.event_name = sc.EVENT_JOB_STARTED
@@ -282,5 +282,5 @@ def test_known_differences_between_the_encodings() -> None:
     lr.body.bytes_value = b"\x01"
     pb, js = _both("logs", request)
     assert pb.records[0].attributes["meta"] == '{"empty":null,"x":1}'
-    assert js.records[0].attributes["meta"] == '{"x":1}'
+    assert js.records[0].attributes["meta"] == '{"empty":null,"x":1}'
     assert (pb.records[0].body, js.records[0].body) == ("", "AQ==")
