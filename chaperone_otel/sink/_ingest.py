@@ -578,9 +578,11 @@ def _merge_spans(j: pa.Table, s: pa.Table) -> pa.Table:
     takes_error = pc.or_(ends, pc.or_(same_end, pc.is_null(j.column("status"))))
     finished = pc.coalesce(j.column("finished_at"), s.column("finished_at"))
     started = pc.coalesce(j.column("started_at"), s.column("started_at"))
-    elapsed = pc.divide(
-        pc.cast(pc.cast(pc.subtract(finished, started), pa.duration("us")), pa.int64()), _MICROS
-    )
+    # In float before the division: Arrow's safe int64 -> float64 cast refuses magnitudes
+    # past 2**53 us (~285 years), and one such row (a time far off, but a valid one) failed
+    # the whole write.
+    micros = pc.cast(pc.cast(pc.subtract(finished, started), pa.duration("us")), pa.int64())
+    elapsed = pc.divide(pc.cast(micros, pa.float64(), safe=False), _MICROS)
     columns: list[Any] = []
     for col in JOB_COLUMNS:
         n = col.name

@@ -143,3 +143,28 @@ def test_a_remote_record_reads_its_own_executions_details(tmp_path: Path):
             remote.close()
     finally:
         srv.stop(15)
+
+
+def test_an_end_centuries_after_the_start_is_stored_not_a_failed_write(tmp_path: Path):
+    """A ``closed`` record ending a run ~950 years after its start (a valid time, if an odd
+    one) over its stored start: its duration is computed in float. Before, Arrow refused
+    the microseconds past 2**53 and the whole write failed, a good record with it."""
+
+    started = record(sc.EVENT_JOB_STARTED, run_id="odd", started_at=1.0, ts=1.0)
+    closed = record(
+        sc.EVENT_JOB_CLOSED,
+        run_id="odd",
+        seq=2,
+        ts=3e10,
+        started_at=1.0,
+        status="failed",
+        **{sc.ATTR_JOB_FINISHED_AT: 3e10},
+    )
+    good = record(sc.EVENT_JOB_STARTED, run_id="innocent")
+    with store_writer(tmp_path / "jobs.duckdb") as (writer, sink):
+        write_all(writer, [started])
+        write_all(writer, [closed, good])
+        rows = dict(sink.sql("SELECT run_id, status FROM jobs")[1])
+        assert rows == {"odd": "failed", "innocent": "running"}
+        ((duration,),) = sink.sql("SELECT duration FROM jobs WHERE run_id = 'odd'")[1]
+        assert duration == pytest.approx(3e10 - 1.0)
