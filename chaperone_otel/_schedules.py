@@ -117,6 +117,12 @@ def _duration(value: Any, what: str) -> float:
     return parse_duration(value, what=what)
 
 
+MIN_INTERVAL: Final = 1.0
+"""The shortest ``interval`` of a schedule, in seconds. Each slot is a row the store keeps
+and judges: a declaration of 1e-6 s (one record, from anywhere the sink listens) made the
+store insert 10,000 slots a pass for ever, and every ingest request waited seconds."""
+
+
 def make_schedule(
     name: str,
     *,
@@ -158,7 +164,7 @@ def make_schedule(
     return ScheduleSpec(
         name=name.strip(),
         cron=cron,
-        interval=_duration(interval, "interval") if interval is not None else None,
+        interval=_interval(name, interval) if interval is not None else None,
         timezone=tz,
         grace=_duration(grace, "grace"),
         max_runtime=_duration(max_runtime, "max_runtime") if max_runtime is not None else None,
@@ -168,6 +174,16 @@ def make_schedule(
         ),
         source=source,
     )
+
+
+def _interval(name: str, value: Any) -> float:
+    seconds = _duration(value, "interval")
+    if seconds < MIN_INTERVAL:
+        raise ConfigurationError(
+            f"schedule {name!r}: interval={value!r} is below {MIN_INTERVAL:g} s; a job due "
+            "more often than that is a loop, not a schedule"
+        )
+    return seconds
 
 
 def spec_from_attributes(attrs: Mapping[str, Any]) -> ScheduleSpec | None:

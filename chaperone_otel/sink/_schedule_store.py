@@ -262,6 +262,7 @@ def _new_cron_slots(
     runs: _Runs,
 ) -> int:
     after = max(changed_at, last_due) if last_due is not None else changed_at
+    after = max(after, now - MATCH_WINDOW)  # older slots could match no run: not made
     dues = cron_dues(spec, after=after, until=now, limit=SLOTS_PER_PASS)
     previous = last_due if last_due is not None else previous_cron_due(spec, after)
     for due in dues:
@@ -296,6 +297,10 @@ def _new_interval_slots(
             if started and started[0] is not None:
                 anchor = float(started[0])
         anchor = max(anchor, changed_at)
+    # A declaration from long ago (or a store closed for long) catches up the newest slots
+    # only: one pass's worth, not months of them over hundreds of passes that each hold
+    # the store's writer.
+    anchor = max(anchor, now - interval * SLOTS_PER_PASS)
     made = 0
     while anchor + interval <= now and made < SLOTS_PER_PASS:
         due = anchor + interval

@@ -17,11 +17,13 @@ from chaperone_otel._schedules import (
     SIGNALS,
     make_schedule,
     schedule_rules,
+    spec_from_attributes,
 )
+from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._schedule_metrics import SCHEDULE_SERIES_SQL, SERIES
 from chaperone_otel.sink._schedule_sql import SLOT_COLUMNS, slots_select
-from chaperone_otel.sink._schedule_store import evaluate
+from chaperone_otel.sink._schedule_store import SLOTS_PER_PASS, evaluate
 from chaperone_otel.sink._store import acquire
 from chaperone_otel.sink._writer import Writer
 
@@ -188,6 +190,32 @@ def test_an_interval_schedule_is_due_an_interval_after_the_previous_run(store: A
         (1190.0, "on_time"),
         (1850.0, "missed"),
     ]
+
+
+def test_an_interval_below_a_second_is_refused_and_a_remote_one_is_invalid() -> None:
+    """A schedule due more often than once a second is refused where it is declared, and a
+    record declaring one (from anywhere the sink listens) is not a declaration: it made
+    the store insert 10,000 slots a pass for ever, and ingest waited seconds a request."""
+    with pytest.raises(ConfigurationError, match="below 1 s"):
+        make_schedule("tiny", interval=0.5)
+    attrs = {sc.ATTR_SCHEDULE_NAME: "tiny", sc.ATTR_SCHEDULE_INTERVAL: 1e-6}
+    assert spec_from_attributes(attrs) is None
+    assert spec_from_attributes({**attrs, sc.ATTR_SCHEDULE_INTERVAL: 1.0}) is not None
+
+
+def test_a_declaration_from_long_ago_catches_up_one_pass_of_slots(store: Any) -> None:
+    """Declared a year ago with a 1 s interval: the first pass makes the newest slots, at
+    most one pass's worth, and the next pass only what came due since (before: 10,000 a
+    pass for a year's worth of passes, each holding the store's writer)."""
+    writer, sink = store
+    declare(writer, "s", T0 - 365 * 86400, interval=1, grace=60)
+    assert tick(writer, T0) == SLOTS_PER_PASS
+    assert tick(writer, T0 + 5) == 5
+    ((oldest, newest),) = sink.sql(
+        "SELECT epoch(min(due_at)), epoch(max(due_at)) FROM schedule_slots"
+    )[1]
+    assert newest == pytest.approx(T0 + 5)
+    assert oldest >= T0 - SLOTS_PER_PASS
 
 
 def test_a_run_naming_its_slot_fulfils_it(store: Any) -> None:
