@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -483,6 +484,46 @@ def check_read_only(query: str) -> None:
             f"sink.sql() is read-only: {kind} statements are refused (use SELECT; to delete "
             "old runs use sink.prune(older_than))"
         )
+    if kind == "EXPLAIN":
+        inner = _explained(statements[0].query)
+        try:
+            inner_kinds = [st.type.name for st in duckdb.extract_statements(inner)]
+        except (duckdb.Error, ValueError):
+            inner_kinds = []
+        if inner_kinds != ["SELECT"]:
+            # EXPLAIN ANALYZE runs what it explains, and the read-only transaction does not
+            # stop a COPY … TO into the engine's own spill directory (<store>.tmp/).
+            raise SinkError(
+                "sink.sql() is read-only: EXPLAIN [ANALYZE] of a SELECT only (EXPLAIN "
+                "ANALYZE runs the statement it explains)"
+            )
+
+
+_STATEMENT_STARTS: Final = frozenset({"SELECT", "WITH", "FROM", "VALUES", "TABLE", "("})
+
+
+def _explained(query: str) -> str:
+    """The statement an ``EXPLAIN [ANALYZE] [(options)]`` explains, found with DuckDB's own
+    tokenizer (comments skipped); "" when there is none."""
+    found: list[tuple[int, str]] = []
+    tokens = duckdb.tokenize(query)
+    for n, (start, kind) in enumerate(tokens):
+        if kind == duckdb.token_type.comment:
+            continue
+        end = tokens[n + 1][0] if n + 1 < len(tokens) else len(query)
+        lexeme = re.match(r"[A-Za-z_][A-Za-z_0-9]*|\S", query[start:end])
+        found.append((start, lexeme.group(0).upper() if lexeme else ""))
+    i = 1  # found[0] is EXPLAIN
+    if i < len(found) and found[i][1] == "ANALYZE":
+        i += 1
+    if i + 1 < len(found) and found[i][1] == "(" and found[i + 1][1] not in _STATEMENT_STARTS:
+        depth = 0
+        while i < len(found):  # the options, to their closing parenthesis
+            depth += {"(": 1, ")": -1}.get(found[i][1], 0)
+            i += 1
+            if depth == 0:
+                break
+    return query[found[i][0] :] if i < len(found) else ""
 
 
 def _take(cur: Any, limits: QueryLimits) -> tuple[list[tuple[Any, ...]], str | None]:

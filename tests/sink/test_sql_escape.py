@@ -361,3 +361,41 @@ def test_another_os_user_cannot_read_a_root_only_file_through_an_apps_api(
                 if stream is not None:
                     stream.close()
     setting.assert_nothing_escaped()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "EXPLAIN ANALYZE COPY (SELECT 'planted' AS x) TO '{tmp}/planted.csv'",
+        "EXPLAIN (ANALYZE, FORMAT json) COPY (SELECT 1) TO '{tmp}/planted.json'",
+        "EXPLAIN /* a comment */ ANALYZE COPY jobs TO '{tmp}/jobs.csv'",
+        "EXPLAIN COPY (SELECT 1) TO '{tmp}/plan-only.csv'",
+    ],
+)
+def test_explain_analyze_cannot_write_into_the_engines_spill_directory(
+    tmp_path: Path, query: str
+) -> None:
+    """DuckDB lets a statement write into its own spill directory (``<store>.tmp/``), and
+    ``EXPLAIN ANALYZE`` runs what it explains: a ``COPY … TO`` there wrote a file of the
+    query's choosing that outlived the server. EXPLAIN is allowed of a SELECT only; the
+    SELECT it explains still runs (``EXPLAIN ANALYZE SELECT``)."""
+    from chaperone_otel import configure, open_sink, shutdown, supervised
+    from chaperone_otel.exceptions import SinkError
+
+    db = tmp_path / "jobs.duckdb"
+    configure(sink=str(db))
+
+    @supervised(name="escape.fixture")
+    def job() -> None:
+        pass
+
+    job()
+    shutdown()
+    spill = Path(str(db) + ".tmp")
+    spill.mkdir()  # as a query that spilled leaves it
+    with open_sink(str(db)) as sink:
+        with pytest.raises(SinkError, match="EXPLAIN \\[ANALYZE\\] of a SELECT only"):
+            sink.sql(query.format(tmp=spill))
+        plan = sink.sql("EXPLAIN ANALYZE SELECT count(*) FROM jobs")
+        assert plan.rows
+    assert list(spill.iterdir()) == []
