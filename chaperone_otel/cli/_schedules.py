@@ -80,7 +80,7 @@ def schedules(
 
         def fetch() -> list[Any]:
             q = sink.schedules
-            if name:
+            if name is not None:  # given empty: refused by the scope, not "every schedule"
                 q = q.named(name)
             for predicate in chosen:
                 q = getattr(q, predicate)()

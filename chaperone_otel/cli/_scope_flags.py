@@ -50,10 +50,12 @@ def apply_scope(query: JobQuery, spec: ScopeSpec, value: Any) -> JobQuery:
     method: Callable[..., JobQuery] = getattr(query, spec.name)
     if spec.arg == "none":
         return method() if value else query
-    if spec.arg in ("text", "class"):
-        return method(value) if value else query
-    if value is None:
+    if value is None:  # the flag was not given
         return query
+    if spec.arg in ("text", "class"):
+        # Given empty (``--name "$JOB"`` with JOB unset) is the scope's misuse, not "no
+        # filter": the scope refuses it, as the Python API and the HTTP API do.
+        return method(value)
     if spec.arg == "range":
         return method(*value)
     return method(value)

@@ -37,10 +37,11 @@ bound ``LIKE`` over the whole store, not a scan of recent runs in Python."""
 
 
 def filtered(query: JobQuery, name: str | None, queue: str | None) -> JobQuery:
-    """``query`` narrowed to a job name and a queue, when given."""
-    if name:
+    """``query`` narrowed to a job name and a queue, when given (given empty is refused by
+    the scope: ``--name "$JOB"`` with JOB unset must not report on every job)."""
+    if name is not None:
         query = query.named(name)
-    if queue:
+    if queue is not None:
         query = query.on_queue(queue)
     return query
 

@@ -287,8 +287,8 @@ class JobQuery(StepQuery["Sink"]):
 
     def limit(self, n: int) -> JobQuery:
         """At most ``n`` runs."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigurationError(f"limit() takes a non-negative int, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63:
+            raise ConfigurationError(f"limit() takes an int from 0 to 2**63 - 1, got {n!r}")
         return self._with("limit", n)
 
     # --- terminals -----------------------------------------------------------------------

@@ -152,6 +152,28 @@ def test_jobs_name_queue_and_violated(recorded_store: Recorded) -> None:
     assert unhealthy == {recorded_store.ids["failed"], recorded_store.ids["hog"]}
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("jobs", "--name", ""),
+        ("jobs", "--queue", ""),
+        ("stuck", "--name", ""),
+        ("health", "--name", ""),
+        ("jobs", "--limit", str(2**63)),
+    ],
+)
+def test_an_empty_filter_or_an_impossible_limit_is_a_usage_error(
+    recorded_store: Recorded, args: tuple[str, ...]
+) -> None:
+    """``--name "$JOB"`` with JOB unset is a usage error (exit 2), as ``named('')`` is in
+    Python and ``name=`` over HTTP: it used to filter nothing and report on every run. A
+    limit past int64 was a store error (exit 3)."""
+    command, *flags = args
+    result = invoke(command, "--db", str(recorded_store.path), *flags)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
 def test_jobs_since_limit_and_order(recorded_store: Recorded) -> None:
     db = str(recorded_store.path)
     assert json.loads(invoke("jobs", "--db", db, "--since", "2000-01-01", "--json").stdout)
