@@ -57,6 +57,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final, Literal
 
+from starlette.requests import ClientDisconnect
+
 from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import bearer_authorizer, create_query_app
@@ -220,7 +222,13 @@ class RequestGuard:
             return
         refused = self.refusal(scope.get("headers", ()))
         if refused is None:
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except ClientDisconnect:
+                # The client went away while its body was read (or a read deadline closed
+                # it): nobody to answer, nothing stored, not a server error. Uncaught, it
+                # was a 40-line "Exception in ASGI application" per aborted upload.
+                return
             return
         status, reason = refused
         if self._on_refusal is not None:

@@ -134,3 +134,24 @@ def test_keep_alive_connections_survive_under_a_256_descriptor_limit(tmp_path: P
         finally:
             for conn in conns:
                 conn.close()
+
+
+def test_a_client_gone_mid_body_is_no_server_error(tmp_path: Path) -> None:
+    """A sender that drops its connection halfway through a body: nothing is stored, the
+    server goes on, and its log has no traceback (it had a 40-line "Exception in ASGI
+    application" per aborted upload, which anyone could repeat to flood it)."""
+    with ServeProcess(tmp_path / "jobs.duckdb") as server:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(
+                    b"POST /v1/logs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n"
+                    + b"\x0a" * 10
+                )
+        status, body, _ = request(
+            server.port, "POST", "/v1/logs", lifecycle_logs(2), PROTOBUF, timeout=5
+        )
+        assert status == 200, body
+        wait_until(lambda: _healthz(server.port), 5, "/healthz after the aborted uploads")
+        assert "Traceback" not in server.stderr()
+        assert "Exception in ASGI application" not in server.stderr()
