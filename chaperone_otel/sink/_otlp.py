@@ -32,8 +32,8 @@ Values that can never be stored as sent (DESIGN §6: a clear status, never a ret
 for a payload that will not get better, and nothing acknowledged lost):
 
 * a chaperone record whose run id or attempt cannot identify a run (run id missing, empty,
-  not a string, or not valid Unicode; attempt not an integer in int32) is *rejected*: left out
-  and reported through OTLP partial success (HTTP 200 with ``rejectedLogRecords`` /
+  not a string, or not valid Unicode; attempt not an integer from 1 to int32) is *rejected*:
+  left out and reported through OTLP partial success (HTTP 200 with ``rejectedLogRecords`` /
   ``rejectedSpans`` and a reason; exporters do not retry it). A run id is never repaired:
   an altered id would silently file the record under another run;
 * OTLP JSON strings (values, keys, bodies) may carry a lone UTF-16 surrogate escape

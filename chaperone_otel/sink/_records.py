@@ -311,7 +311,7 @@ def _fits(value: Any, arrow_type: Any) -> bool:
     return True
 
 
-_ATTEMPT_MIN, _ATTEMPT_MAX = _INT_RANGE[_I32]  # jobs.attempt is INTEGER
+_ATTEMPT_MAX = _INT_RANGE[_I32][1]  # jobs.attempt is INTEGER
 _SEQ_MIN, _SEQ_MAX = _INT_RANGE[_I64]
 
 
@@ -324,13 +324,14 @@ def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
     if not run_id.isascii() and _LONE_SURROGATE.search(run_id):
         return None
     attempt = attrs.get(sc.ATTR_JOB_ATTEMPT, 1)
-    if isinstance(attempt, bool) or not isinstance(attempt, (int, float, str)):
+    # An integer (a JSON sender's 3.0 too), 1 or more: 1.5, "3" or -7 filed under another
+    # attempt than the sender's, or one no run can have.
+    if isinstance(attempt, float) and attempt.is_integer():
+        attempt = int(attempt)
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
         return None
-    try:
-        n = int(attempt)
-    except (ValueError, OverflowError):  # "x", NaN, inf
-        return None
-    if not _ATTEMPT_MIN <= n <= _ATTEMPT_MAX:
+    n = attempt
+    if not 1 <= n <= _ATTEMPT_MAX:
         return None
     execution = attrs.get(sc.ATTR_JOB_EXECUTION_ID, "")
     if not isinstance(execution, str):

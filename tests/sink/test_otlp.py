@@ -426,3 +426,28 @@ def test_responses_are_otlp_messages() -> None:
     assert (status.code, status.message) == (3, "bad")
     assert json.loads(encode_error(503, "busy", "json"))["code"] == 14
     assert _otlp.DEFAULT_MAX_DECOMPRESSED >= _otlp.DEFAULT_MAX_BODY
+
+
+@pytest.mark.parametrize(
+    ("attempt", "stored"),
+    [(1.5, None), ("3", None), (-7, None), (0, None), (True, None), (3.0, 3), (2, 2)],
+)
+def test_an_attempt_is_an_integer_of_one_or_more_or_the_record_is_rejected(
+    attempt: Any, stored: int | None
+) -> None:
+    """An attempt that is not an integer >= 1 is rejected (partial success), not filed
+    under another attempt (1.5 was attempt 1, "3" attempt 3, -7 a row no run can have);
+    a JSON sender's 3.0 is attempt 3."""
+    value = (
+        {"boolValue": attempt} if isinstance(attempt, bool)
+        else {"intValue": attempt} if isinstance(attempt, int)
+        else {"doubleValue": attempt} if isinstance(attempt, float)
+        else {"stringValue": attempt}
+    )
+    attributes = [*_GOOD_LOG["attributes"], {"key": sc.ATTR_JOB_ATTEMPT, "value": value}]
+    out = decode("logs", _json_req({**_GOOD_LOG, "attributes": attributes}), "json")
+    if stored is None:
+        assert (out.records, out.rejected) == ([], 1)
+    else:
+        (record,) = out.records
+        assert record.attributes[sc.ATTR_JOB_ATTEMPT] == stored
