@@ -157,8 +157,10 @@ def make_schedule(
         _check_cron(name, cron)
     if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
         raise ConfigurationError(f"schedule {name!r}: failure_threshold must be an int >= 1")
-    if failure_threshold < 1:
-        raise ConfigurationError(f"schedule {name!r}: failure_threshold must be an int >= 1")
+    if not 1 <= failure_threshold <= 2**31 - 1:  # the store's column is an INTEGER
+        raise ConfigurationError(
+            f"schedule {name!r}: failure_threshold must be an int from 1 to 2**31 - 1"
+        )
     if source not in ("code", "celery-beat", "rq-cron"):
         raise ConfigurationError(f"schedule {name!r}: unknown source {source!r}")
     return ScheduleSpec(

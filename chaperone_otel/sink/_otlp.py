@@ -80,7 +80,13 @@ from ._otlp_fields import (
     SpanAccessor,
     budget,
 )
-from ._records import IngestRecord, SpanRecord, record_from_span, record_key
+from ._records import (
+    IngestRecord,
+    SpanRecord,
+    record_from_span,
+    record_key,
+    schedule_record_ok,
+)
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -280,18 +286,23 @@ def _build_logs(access: LogAccessor, data: bytes) -> tuple[list[LifecycleRecord]
             if event not in _LIFECYCLE:
                 ignored += 1
                 continue
-            if record_key(attrs) is None and event not in _SCHEDULE_EVENTS:
+            time_ns, observed_ns = times(item)
+            timestamp = _seconds(time_ns or observed_ns)
+            if event in _SCHEDULE_EVENTS:
+                if not schedule_record_ok(event, attrs, timestamp):
+                    rejected += 1
+                    continue
+            elif record_key(attrs) is None:
                 rejected += 1
                 continue
             if resource is None:
                 resource = get_resource()
             _add_resource(attrs, resource)
             trace_id, span_id = ids(item)
-            time_ns, observed_ns = times(item)
             records.append(
                 LifecycleRecord(
                     event_name=event,
-                    timestamp=_seconds(time_ns or observed_ns),
+                    timestamp=timestamp,
                     attributes=attrs,
                     trace_id=trace_id,
                     span_id=span_id,
@@ -366,7 +377,9 @@ def _rejected_reason(rejected: int, what: str) -> str:
         return ""
     return (
         f"{rejected} chaperone {what}(s) rejected: {sc.ATTR_JOB_RUN_ID} must be a non-empty "
-        f"string of valid Unicode and {sc.ATTR_JOB_ATTEMPT} an integer in 32-bit range"
+        f"string of valid Unicode and {sc.ATTR_JOB_ATTEMPT} an integer from 1 to 2**31 - 1; "
+        f"a schedule record needs {sc.ATTR_SCHEDULE_NAME}, a valid declaration (an interval "
+        "of at least 1 s) and times within years 1-9999"
     )
 
 

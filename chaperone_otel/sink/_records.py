@@ -375,11 +375,35 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
 _SCHEDULE_EVENTS: Final = frozenset((sc.EVENT_SCHEDULE_DECLARED, sc.EVENT_SCHEDULE_DISPATCHED))
 
 
+_EPOCH_MIN: Final = -62_135_596_800.0  # 0001-01-01, the first time a datetime holds
+_EPOCH_MAX: Final = 253_402_300_799.0  # 9999-12-31T23:59:59
+
+
+def _storable_time(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and _EPOCH_MIN < value < _EPOCH_MAX
+    )
+
+
+def schedule_record_ok(event: str, attrs: Mapping[str, AttributeValue], timestamp: float) -> bool:
+    """Whether a schedule record (declared, dispatched) can be stored: a valid declaration,
+    or a dispatch naming its schedule; its times within what the store holds. The OTLP
+    decoder rejects any other through partial success (it was dropped behind a 200, or its
+    value failed the whole request)."""
+    if not _storable_time(timestamp):
+        return False
+    if event == sc.EVENT_SCHEDULE_DECLARED:
+        return spec_from_attributes(attrs) is not None
+    name = attrs.get(sc.ATTR_SCHEDULE_NAME)
+    due = attrs.get(sc.ATTR_SCHEDULE_SCHEDULED_FOR)
+    return isinstance(name, str) and bool(name) and (due is None or _storable_time(due))
+
+
 def _schedule_record_ok(record: LifecycleRecord) -> bool:
-    if record.event_name == sc.EVENT_SCHEDULE_DECLARED:
-        return spec_from_attributes(record.attributes) is not None
-    name = record.attributes.get(sc.ATTR_SCHEDULE_NAME)
-    return isinstance(name, str) and bool(name) and math.isfinite(record.timestamp)
+    return schedule_record_ok(record.event_name, record.attributes, record.timestamp)
 
 
 def stage(

@@ -451,3 +451,59 @@ def test_an_attempt_is_an_integer_of_one_or_more_or_the_record_is_rejected(
     else:
         (record,) = out.records
         assert record.attributes[sc.ATTR_JOB_ATTEMPT] == stored
+
+
+def _schedule_log(event: str, attributes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"eventName": event, "timeUnixNano": "1767225600000000000", "attributes": attributes}
+
+
+@pytest.mark.parametrize(
+    ("event", "attributes"),
+    [
+        (sc.EVENT_SCHEDULE_DISPATCHED, []),  # no schedule name
+        (
+            sc.EVENT_SCHEDULE_DECLARED,
+            [
+                {"key": sc.ATTR_SCHEDULE_NAME, "value": {"stringValue": "s"}},
+                {"key": sc.ATTR_SCHEDULE_INTERVAL, "value": {"doubleValue": -1}},
+            ],
+        ),
+        (
+            sc.EVENT_SCHEDULE_DISPATCHED,
+            [
+                {"key": sc.ATTR_SCHEDULE_NAME, "value": {"stringValue": "s"}},
+                {"key": sc.ATTR_SCHEDULE_SCHEDULED_FOR, "value": {"doubleValue": "NaN"}},
+            ],
+        ),
+        (
+            sc.EVENT_SCHEDULE_DISPATCHED,
+            [
+                {"key": sc.ATTR_SCHEDULE_NAME, "value": {"stringValue": "s"}},
+                {"key": sc.ATTR_SCHEDULE_SCHEDULED_FOR, "value": {"doubleValue": 1e20}},
+            ],
+        ),
+        (
+            sc.EVENT_SCHEDULE_DECLARED,
+            [
+                {"key": sc.ATTR_SCHEDULE_NAME, "value": {"stringValue": "s"}},
+                {"key": sc.ATTR_SCHEDULE_INTERVAL, "value": {"doubleValue": 60}},
+                {"key": sc.ATTR_SCHEDULE_FAILURE_THRESHOLD, "value": {"intValue": 2**40}},
+            ],
+        ),
+    ],
+)
+def test_a_schedule_record_that_cannot_be_stored_is_rejected_not_dropped_or_fatal(
+    event: str, attributes: list[dict[str, Any]]
+) -> None:
+    """A schedule record with no name, an invalid declaration or a time the store cannot
+    hold is rejected through partial success, and the good record beside it is kept.
+    Before, some were dropped behind a plain 200, and the others failed the whole request
+    (400), the good record with them."""
+    good = {**_GOOD_LOG, "timeUnixNano": "1767225600000000000"}
+    body = json.dumps(
+        {"resourceLogs": [{"scopeLogs": [{"logRecords": [_schedule_log(event, attributes), good]}]}]}
+    ).encode()
+    out = decode("logs", body, "json")
+    assert out.rejected == 1
+    assert [r.event_name for r in out.records] == [sc.EVENT_JOB_STARTED]
+    assert "schedule record" in out.error
