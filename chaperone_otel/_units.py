@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
+from typing import Final
 
 from .exceptions import ConfigurationError
 
@@ -51,6 +52,13 @@ def parse_bytes(value: int | float | str, *, what: str = "memory_limit") -> int:
         f"{what}={value!r} is not a size: use bytes (an int) or a string such as '512MiB', "
         "'2GiB', '500MB'"
     )
+
+
+EPOCH_MIN: Final = datetime.min.replace(tzinfo=timezone.utc).timestamp()
+"""0001-01-01T00:00:00Z in Unix seconds: the earliest time a ``datetime`` (and so the
+sink's ``TIMESTAMP`` columns as Python reads them) holds."""
+EPOCH_MAX: Final = datetime.max.replace(tzinfo=timezone.utc).timestamp()
+"""9999-12-31T23:59:59.999999Z in Unix seconds: the latest."""
 
 
 def parse_duration(value: float | int | str | timedelta, *, what: str = "timeout") -> float:

@@ -57,7 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .._scopes import FLAG_SCOPES, SCOPES, Arg, ScopeSpec, scope_named
-from .._units import parse_duration, parse_iso_datetime
+from .._units import EPOCH_MAX, EPOCH_MIN, parse_duration, parse_iso_datetime
 from .._version import __version__
 from ..exceptions import ConfigurationError, SinkError
 from ._query import JobQuery
@@ -100,10 +100,7 @@ MAX_BODY: Final = 1024 * 1024
 a larger one gets 413 before it is read whole, so a client cannot make the owner (perhaps
 the user's application) buffer an unbounded body."""
 
-_EPOCH_RANGE: Final = (
-    dt.datetime.min.replace(tzinfo=dt.timezone.utc).timestamp(),
-    dt.datetime.max.replace(tzinfo=dt.timezone.utc).timestamp(),
-)
+_EPOCH_RANGE: Final = (EPOCH_MIN, EPOCH_MAX)
 """Unix seconds a ``datetime`` can hold (years 1 to 9999)."""
 
 

@@ -57,6 +57,7 @@ from .._fields import ERROR_STATUSES, RUN_FIELDS, Kind, RunField
 from .._implied import DEFAULTS as IMPLIED_DEFAULTS
 from .._implied import SPEC_ON_FINISHED, restore
 from .._schedules import spec_from_attributes
+from .._units import EPOCH_MAX, EPOCH_MIN
 
 CLOSED_SEQ: Final = 2**62
 """The sequence of a ``closed`` record (another process's word on the run's outcome), above
@@ -375,16 +376,12 @@ def _user_attributes(attrs: Mapping[str, AttributeValue]) -> str | None:
 _SCHEDULE_EVENTS: Final = frozenset((sc.EVENT_SCHEDULE_DECLARED, sc.EVENT_SCHEDULE_DISPATCHED))
 
 
-_EPOCH_MIN: Final = -62_135_596_800.0  # 0001-01-01, the first time a datetime holds
-_EPOCH_MAX: Final = 253_402_300_799.0  # 9999-12-31T23:59:59
-
-
 def _storable_time(value: object) -> bool:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and _EPOCH_MIN < value < _EPOCH_MAX
+        and EPOCH_MIN < value < EPOCH_MAX
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .._units import parse_duration, parse_iso_datetime
+from .._units import EPOCH_MAX, EPOCH_MIN, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError
 
 Step = tuple[Any, ...]
@@ -45,6 +45,14 @@ class SqlBuilder:
         return f" WHERE {' AND '.join(self.where)}" if self.where else ""
 
 
+def in_range(seconds: float, what: str) -> float:
+    """``seconds`` if a datetime can hold it, else a ConfigurationError (it was an
+    ``OverflowError`` when the query ran)."""
+    if not EPOCH_MIN <= seconds <= EPOCH_MAX:
+        raise ConfigurationError(f"{what}={seconds!r} is outside the years 1 to 9999")
+    return seconds
+
+
 def to_epoch(value: Any, what: str) -> float:
     """datetime (naive = UTC) / epoch number / ISO string → epoch seconds."""
     if isinstance(value, bool):
@@ -52,7 +60,7 @@ def to_epoch(value: Any, what: str) -> float:
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ConfigurationError(f"{what} must be finite")
-        return float(value)
+        return in_range(float(value), what)
     if isinstance(value, str):
         try:
             value = parse_iso_datetime(value)
@@ -118,7 +126,10 @@ class StepQuery(Generic[_S]):
             if isinstance(when, str):
                 return to_epoch(when, what)
             raise
-        return self.now - age
+        moment = self.now - age
+        if moment < EPOCH_MIN:
+            raise ConfigurationError(f"{what}={when!r}: an age that reaches before the year 1")
+        return moment
 
     def since(self: _Q, when: datetime | timedelta | str | float) -> _Q:
         """Rows since ``when`` (runs by start, slots by due time): a datetime, or an age

@@ -444,3 +444,22 @@ def test_a_limit_among_equal_start_times_cuts_where_the_order_says(tmp_path):
             ("healthy", "r0")]
         for query in (q.running().limit(3), q.stuck().limit(2), by_health):
             assert [r.id for r in query.all()] == query.to_arrow().column("id").to_pylist()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda q: q.since(1e30),
+        lambda q: q.until(1e30),
+        lambda q: q.between(-1e300, 1e300),
+        lambda q: q.stuck_since(1e30),
+        lambda q: q.since(timedelta.max),
+        lambda q: q.at(1e300),
+    ],
+)
+def test_a_time_no_datetime_holds_is_misuse_when_the_scope_is_built(jobs, build):
+    """A time or an age outside the years 1 to 9999 is a ConfigurationError from the scope
+    (it was an OverflowError or a ValueError when the query ran, or a judgement as of the
+    year 10**292)."""
+    with pytest.raises(ConfigurationError, match="year"):
+        build(jobs).count()
