@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Protocol
 
 from .._schedules import DEFAULT_SCHEDULE_POLICY, SCHEDULE_PREDICATES, SchedulePolicy
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, SinkError
 from ._schedule_sql import slots_select
 from ._step_query import SqlBuilder, Step, StepQuery, to_epoch
 
@@ -216,9 +216,22 @@ class ScheduleQuery(StepQuery[_SqlSink]):
         return text, sql.params
 
     def all(self) -> list[SlotRecord]:
-        """The matching slots, newest due first."""
+        """The matching slots, newest due first.
+
+        Raises:
+            SinkError: more slots match than a query may return (the store's row or size
+                limit): narrow the query (``named()``, ``since()``) rather than get a part
+                of the slots that looks like all of them.
+        """
         text, params = self.sql()
-        columns, rows = self._sink.sql(text, params)
+        result = self._sink.sql(text, params)
+        truncated = getattr(result, "truncated", None)  # an SqlResult says, local or remote
+        if truncated:
+            raise SinkError(
+                f"sink.schedules: {str(truncated).split(';')[0]}; narrow the query with "
+                "named(), since() or between()"
+            )
+        columns, rows = result
         return [SlotRecord.from_row(dict(zip(columns, row, strict=True))) for row in rows]
 
     def first(self) -> SlotRecord | None:

@@ -19,7 +19,8 @@ from chaperone_otel._schedules import (
     schedule_rules,
     spec_from_attributes,
 )
-from chaperone_otel.exceptions import ConfigurationError
+from chaperone_otel.exceptions import ConfigurationError, SinkError
+from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._schedule_metrics import SCHEDULE_SERIES_SQL, SERIES
 from chaperone_otel.sink._schedule_sql import SLOT_COLUMNS, slots_select
@@ -356,3 +357,20 @@ def test_the_sink_series_say_missed_when_the_store_does(store: Any) -> None:
                if spec in signal_of}
     assert signals["started_at"] == signals["opens_at"] == T0 + 590
     assert schedule_rules().missed.holds(signals, now)
+
+
+def test_all_slots_refuses_a_truncated_answer(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More slots than a query may return: ``all()`` raises, saying how to narrow it,
+    rather than return a part that looks like all of them; ``count()`` counts them all."""
+    writer, _ = store
+    declare(writer, "s", T0, interval=600, grace=60)
+    tick(writer, T0 + 3 * 600 + 1)
+    monkeypatch.setenv("CHAPERONE_OTEL_SQL_MAX_ROWS", "2")
+    with open_sink(str(writer.store.path)) as sink:
+        assert sink.schedules.count() == 3
+        with pytest.raises(SinkError, match="narrow the query"):
+            sink.schedules.all()
+        later = datetime.fromtimestamp(T0 + 1000, timezone.utc)
+        assert len(sink.schedules.at(T0 + 1801).since(later).all()) == 2
