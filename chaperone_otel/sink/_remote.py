@@ -99,6 +99,11 @@ def _follows_the_store(method: Callable[..., _T]) -> Callable[..., _T]:
     return follow
 
 
+_ANSWER_MARGIN: Final = 1.0
+"""Seconds between the time limit a remote query is given and the time its client gives up
+waiting (the owner interrupts it first, and answers why)."""
+
+
 class RemoteSink(Sink):
     """Queries a store through the query API of the process that owns it.
 
@@ -145,6 +150,7 @@ class RemoteSink(Sink):
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         accept: str = "application/json",
+        timeout: float | None = None,
     ) -> bytes:
         if self._closed:
             raise SinkError(f"the remote sink {self.url} is closed")
@@ -160,7 +166,8 @@ class RemoteSink(Sink):
             headers["Authorization"] = f"Bearer {self._token}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 - http(s) checked in __init__
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            wait = self._timeout if timeout is None else timeout
+            with urllib.request.urlopen(request, timeout=wait) as response:  # noqa: S310
                 payload: bytes = response.read()
                 return payload
         except urllib.error.HTTPError as e:
@@ -276,14 +283,38 @@ class RemoteSink(Sink):
         self,
         query: str,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        *,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
+    ) -> SqlResult:
         """Run one read-only statement on the owner. Values keep their types (the rows
-        travel as Arrow), so timestamps are datetimes as with a local sink."""
+        travel as Arrow), so timestamps are datetimes as with a local sink.
+
+        ``timeout``, ``max_rows`` and ``max_bytes`` lower the owner's limits for this query,
+        as with a local sink. The owner is always asked to stop the query a second before
+        this client stops waiting (``timeout``, else the client's own): a query the client
+        gave up on must not go on holding a query slot there.
+        """
         import pyarrow as pa  # noqa: PLC0415
 
-        body = {"query": query, "params": encode_sql_params(params)}
+        wait = self._timeout if timeout is None else min(timeout, self._timeout)
+        body: dict[str, Any] = {
+            "query": query,
+            "params": encode_sql_params(params),
+            "timeout": max(wait - _ANSWER_MARGIN, _ANSWER_MARGIN),
+        }
+        if max_rows is not None:
+            body["max_rows"] = max_rows
+        if max_bytes is not None:
+            body["max_bytes"] = max_bytes
         raw = self._request(
-            "POST", "/api/sql", params={"format": "arrow"}, body=body, accept=ARROW_STREAM
+            "POST",
+            "/api/sql",
+            params={"format": "arrow"},
+            body=body,
+            accept=ARROW_STREAM,
+            timeout=wait + _ANSWER_MARGIN,
         )
         table = pa.ipc.open_stream(raw).read_all()
         columns = [str(c) for c in table.column_names]

@@ -220,3 +220,30 @@ def test_unreachable_owner_is_a_clear_error() -> None:
     """A dead URL raises SinkError saying what to check."""
     with pytest.raises(SinkError, match="cannot reach"):
         open_sink("http://127.0.0.1:9")
+
+
+def test_remote_sql_takes_the_local_limits_and_the_owner_stops_before_the_client(
+    tmp_path: Path,
+) -> None:
+    """``RemoteSink.sql`` takes ``timeout``, ``max_rows`` and ``max_bytes`` as a local sink
+    does (it raised TypeError), and a query past the client's time is interrupted by the
+    owner, which says so, rather than left running there while the client reports the
+    owner unreachable."""
+    path = tmp_path / "owned.duckdb"
+    owner = Owner(path)
+    try:
+        with open_sink(str(path)) as sink:
+            assert isinstance(sink, RemoteSink)
+            few = sink.sql("SELECT * FROM range(10)", max_rows=3)
+            assert len(few.rows) == 3
+            assert few.truncated
+            small = sink.sql("SELECT repeat('x', 1000) FROM range(100)", max_bytes=4000)
+            assert len(small.rows) < 10
+            start = time.monotonic()
+            with pytest.raises(SinkError, match=r"time limit|interrupt") as refused:
+                sink.sql("SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b",
+                         timeout=2)
+            assert "cannot reach" not in str(refused.value)
+            assert time.monotonic() - start < 10
+    finally:
+        owner.stop()
