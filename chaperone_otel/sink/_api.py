@@ -458,9 +458,19 @@ def _run_key(request: Request) -> tuple[str, int, str | None]:
 
 
 def _sql_arrow(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    """The rows as an Arrow table, each column typed by Arrow from its Python values. A
+    column Arrow cannot take so (a ``MAP`` with integer keys, a ``HUGEINT`` past 64 bits)
+    travels as text, rather than failing the whole query with a 400 that a local sink
+    would not give."""
     import pyarrow as pa  # noqa: PLC0415
 
-    arrays = [pa.array([row[i] for row in rows]) for i in range(len(columns))]
+    arrays = []
+    for i in range(len(columns)):
+        values = [row[i] for row in rows]
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values]))
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 

@@ -247,3 +247,22 @@ def test_remote_sql_takes_the_local_limits_and_the_owner_stops_before_the_client
             assert time.monotonic() - start < 10
     finally:
         owner.stop()
+
+
+def test_remote_sql_answers_values_arrow_cannot_type_from_python(tmp_path: Path) -> None:
+    """A MAP with integer keys and a HUGEINT past 64 bits are answered (as text) by the
+    owner's Arrow answer; they were a 400 though a local sink returns them."""
+    path = tmp_path / "owned.duckdb"
+    owner = Owner(path)
+    try:
+        with open_sink(str(path)) as sink:
+            assert isinstance(sink, RemoteSink)
+            ((mapping, huge, n),) = sink.sql(
+                "SELECT MAP {1: 'a'}, 12345678901234567890123456789::HUGEINT, 7"
+            )[1]
+            assert "1" in mapping
+            assert "a" in mapping
+            assert huge == "12345678901234567890123456789"
+            assert n == 7  # the other columns keep their types
+    finally:
+        owner.stop()
