@@ -527,29 +527,27 @@ _JSON_SCALARS: Final = frozenset(
 )
 
 
-def _json_plain_kvlist(kvs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    kv_list = _list(kvs, "kvlistValue")
+def _json_pairs(kvs: Any, what: str) -> Iterator[tuple[str, Any]]:
+    """(key, raw AnyValue) of a JSON ``KeyValue`` list, checked and charged."""
+    kv_list = _list(kvs, what)
     _charge_values(len(kv_list))
     for raw_kv in kv_list:
         kv = _obj(raw_kv, "KeyValue")
         key = kv.get("key")
         if not isinstance(key, str):
             raise OTLPDecodeError("attribute key must be a string")
-        out[text(key)] = _json_plain(kv.get("value"))  # an empty value is null, as in protobuf
-    return out
+        yield key, kv.get("value")
+
+
+def _json_plain_kvlist(kvs: Any) -> dict[str, Any]:
+    # An entry without a value is null, as from protobuf.
+    return {text(key): _json_plain(value) for key, value in _json_pairs(kvs, "kvlistValue")}
 
 
 def _json_attrs(kvs: Any) -> dict[str, AttributeValue]:
     out: dict[str, AttributeValue] = {}
-    kv_list = _list(kvs, "attributes")
-    _charge_values(len(kv_list))
-    for raw_kv in kv_list:
-        kv = _obj(raw_kv, "KeyValue")
-        key = kv.get("key")
-        if not isinstance(key, str):
-            raise OTLPDecodeError("attribute key must be a string")
-        value = _json_value(kv.get("value"), repair=key != sc.ATTR_JOB_RUN_ID)
+    for key, raw in _json_pairs(kvs, "attributes"):
+        value = _json_value(raw, repair=key != sc.ATTR_JOB_RUN_ID)
         if value is not None:
             out[text(key)] = value
     return out

@@ -9,8 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from chaperone_otel.testing import Capture, capture
 from tests.integrations.workers import free_port, stop
 from tests.waiting import wait_until
+
+
+@pytest.fixture
+def cap() -> Iterator[Capture]:
+    """What the runs of the test recorded, in process (``chaperone_otel.testing``)."""
+    with capture() as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

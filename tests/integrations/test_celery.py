@@ -12,7 +12,7 @@ from opentelemetry.trace import StatusCode
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.integrations.celery import instrument, uninstrument
-from chaperone_otel.testing import Capture, capture
+from chaperone_otel.testing import Capture
 
 
 class PaymentDeclined(Exception):
@@ -29,12 +29,6 @@ def app() -> Iterator[Celery]:
         yield celery_app
     finally:
         uninstrument(celery_app)
-
-
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    with capture() as c:
-        yield c
 
 
 def test_task_is_a_run_with_the_task_id_and_is_current_in_its_body(

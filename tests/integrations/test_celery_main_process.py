@@ -26,7 +26,7 @@ import chaperone_otel.integrations.celery as integration
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.integrations.celery import instrument, uninstrument
-from chaperone_otel.testing import Capture, capture
+from chaperone_otel.testing import Capture
 
 
 @pytest.fixture
@@ -37,12 +37,6 @@ def app() -> Iterator[Celery]:
         yield celery_app
     finally:
         uninstrument(celery_app)
-
-
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    with capture() as c:
-        yield c
 
 
 def _delivery(app: Celery, task: Any, task_id: str = "t-1", retries: int = 0) -> Any:

@@ -20,7 +20,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel.integrations import celery as integration
 from chaperone_otel.integrations.celery import instrument, uninstrument
 from chaperone_otel.sink import open_sink
-from chaperone_otel.testing import Capture, capture
+from chaperone_otel.testing import Capture
 from tests.stores import empty_store
 from tests.waiting import wait_until
 
@@ -72,12 +72,6 @@ def app() -> Iterator[Celery]:
         yield celery_app
     finally:
         uninstrument(celery_app)
-
-
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    with capture() as c:
-        yield c
 
 
 def _same_every_run(attributes: dict[str, Any]) -> dict[str, Any]:

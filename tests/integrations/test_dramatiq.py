@@ -16,17 +16,11 @@ import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.integrations.dramatiq import Supervision, WorkerShutdown, instrument
-from chaperone_otel.testing import Capture, capture
+from chaperone_otel.testing import Capture
 
 
 class Declined(Exception):
     pass
-
-
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    with capture() as c:
-        yield c
 
 
 @pytest.fixture

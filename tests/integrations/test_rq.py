@@ -15,7 +15,7 @@ from rq.registry import StartedJobRegistry
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.integrations.rq import ATTEMPT_KEY, EXECUTION_KEY, SupervisedSimpleWorker
-from chaperone_otel.testing import Capture, capture
+from chaperone_otel.testing import Capture
 
 pytestmark = pytest.mark.slow  # a real redis-server
 
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.slow  # a real redis-server
 def current_run_id() -> str | None:
     job = chaperone.current_job()
     return job.id if job else None
-
-
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    with capture() as c:
-        yield c
 
 
 @pytest.fixture
