@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, cast
 from . import semconv as sc
 from ._config import LIMIT_POLICIES, Config, Hooks, LimitPolicy, validate_interval
 from ._events import AttributeValue
-from ._units import parse_bytes, parse_duration
+from ._units import EPOCH_MAX, EPOCH_MIN, parse_bytes, parse_duration
 from .exceptions import ConfigurationError
 
 Lease = Literal["heartbeat", "liveness"]
@@ -181,8 +181,14 @@ def moment(value: Any, what: str = "scheduled_for") -> float | None:
         return None
     if hasattr(value, "timestamp") and getattr(value, "tzinfo", None) is not None:
         value = value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{what} must be Unix seconds or an aware datetime, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not EPOCH_MIN <= value <= EPOCH_MAX  # also NaN
+    ):
+        raise ConfigurationError(
+            f"{what} must be Unix seconds (years 1 to 9999) or an aware datetime, got {value!r}"
+        )
     return float(value)
 
 

@@ -187,7 +187,7 @@ def test_close_and_pending_arguments_are_checked_with_or_without_a_listener(
             with pytest.raises(ConfigurationError, match="timeout"):
                 chaperone.close_run("c", execution_id="e", timeout=timeout)
         naive = datetime(2026, 12, 6, 12, 0)  # naive: its zone is unknown
-        for due in ("tomorrow", naive, float("inf")):
+        for due in ("tomorrow", naive, float("inf"), 1e20):
             with pytest.raises(ConfigurationError, match="scheduled_at"):
                 chaperone.pending_run("tasks.x", run_id="p", execution_id="e", scheduled_at=due)
 
