@@ -44,6 +44,7 @@ import dataclasses
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -316,6 +317,11 @@ _ATTEMPT_MAX = _INT_RANGE[_I32][1]  # jobs.attempt is INTEGER
 _SEQ_MIN, _SEQ_MAX = _INT_RANGE[_I64]
 
 
+FUTURE_SLACK: Final = 300.0
+"""Seconds a record's time may be ahead of the sink's clock and still count as when its run
+was last seen (senders' clocks drift); later times count as that much ahead."""
+
+
 def record_key(attrs: Mapping[str, AttributeValue]) -> Key | None:
     """The record's (run id, attempt, execution id), or ``None`` when one cannot be stored
     as is. A record without an execution id (an older sender) is execution ``''``."""
@@ -409,6 +415,10 @@ def stage(
     """Split a batch into the writer's staging tables (see :class:`Staged`); ``attributes``
     is for tests that add a run field (the writer always stages :data:`JOB_ATTRIBUTES`)."""
     out = Staged()
+    # A run is seen no later than a little after the sink's own clock: a sender's clock far
+    # ahead (or a time of 2^64 ns, year 2554) made ``last_seen_at`` stay in the future, and
+    # the run could never be judged lost.
+    horizon = time.time() + FUTURE_SLACK
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     specs: dict[Key, tuple[int, LifecycleRecord]] = {}
     seen: dict[Key, float] = {}
@@ -440,7 +450,7 @@ def stage(
             continue
         out.records += 1
         if ts > seen.get(key, -math.inf):
-            seen[key] = float(ts)
+            seen[key] = min(float(ts), horizon)
         if isinstance(record, SpanRecord) or record.event_name == sc.EVENT_JOB_CLOSED:
             # Completes the run only: a finished span fills what is empty and ends a running
             # run; a closed record (close_run(): another process's word on the outcome, none

@@ -168,3 +168,19 @@ def test_an_end_centuries_after_the_start_is_stored_not_a_failed_write(tmp_path:
         assert rows == {"odd": "failed", "innocent": "running"}
         ((duration,),) = sink.sql("SELECT duration FROM jobs WHERE run_id = 'odd'")[1]
         assert duration == pytest.approx(3e10 - 1.0)
+
+
+def test_a_record_from_the_far_future_does_not_keep_its_run_seen_for_ever(tmp_path: Path):
+    """A sender's clock far ahead (or a time of 2^64 ns) counts as at most a few minutes
+    ahead of the sink's for when the run was last seen: its last_seen_at stayed in the
+    future, so the run could never be judged lost."""
+    import time
+
+    from chaperone_otel.sink._records import FUTURE_SLACK
+
+    far = record(sc.EVENT_JOB_STARTED, run_id="ahead", started_at=T0, ts=18_446_744_073.0)
+    before = time.time()
+    with store_writer(tmp_path / "jobs.duckdb") as (writer, sink):
+        write_all(writer, [far])
+        ((seen,),) = sink.sql("SELECT epoch(last_seen_at) FROM jobs WHERE run_id = 'ahead'")[1]
+    assert before < seen <= time.time() + FUTURE_SLACK
