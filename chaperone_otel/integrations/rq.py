@@ -212,6 +212,10 @@ class SupervisionMixin:
                     if stopped
                     else WorkHorseKilled(str(exc_string).strip().rstrip(";"))
                 )
+                # RQ kills a horse that outlives its job's timeout by 60 s (a job stuck
+                # where its own SIGALRM cannot reach it): a timeout, recorded as one.
+                limit = _timeout(job, watch[3])
+                overran = limit is not None and time.time() - watch[2] >= limit
                 execution = _execution(job)
                 if execution is not None:
                     _close_run(
@@ -222,6 +226,7 @@ class SupervisionMixin:
                         error=error,
                         name=_name(job),
                         queue=job.origin,
+                        timeout=limit if overran and not stopped else None,
                     )
         return super().handle_job_failure(job, *args, **kwargs)  # type: ignore[misc]
 

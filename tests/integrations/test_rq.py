@@ -137,3 +137,27 @@ def test_when_rqs_own_failure_handling_fails_the_run_has_that_error(
         _work(queue)
     run = cap.run(failing.id)
     assert (run.status, run.error_type) == ("failed", "ConnectionError")
+
+
+@pytest.mark.parametrize(("age", "violated"), [(100.0, True), (5.0, False)])
+def test_a_horse_killed_past_its_jobs_timeout_is_closed_with_a_timeout_violation(
+    queue: Queue, cap: Capture, age: float, violated: bool
+) -> None:
+    """RQ's main process kills a horse that outlives its job's timeout by 60 s and fails
+    the job (``handle_job_failure``): the run is closed failed with a timeout violation
+    (none was recorded). A horse that died before its timeout has none. Driven through
+    RQ's own handler, with the watch the worker keeps while its horse runs."""
+    from chaperone_otel.integrations.rq import SupervisedWorker
+
+    job = queue.enqueue(current_run_id, job_timeout=30)
+    job.meta[ATTEMPT_KEY] = 1
+    job.meta[EXECUTION_KEY] = "exec-of-the-killed-horse"
+    job.save_meta()
+    worker = SupervisedWorker([queue], connection=queue.connection)
+    worker._chaperone_watch = (job.id, 4242, time.time() - age, queue)
+    worker.handle_job_failure(job, queue, exc_string="Work-horse terminated unexpectedly")
+    (closed,) = [r for r in cap.run(job.id).records if r.event_name == sc.EVENT_JOB_CLOSED]
+    assert closed.attributes[sc.ATTR_JOB_STATUS] == "failed"
+    assert closed.attributes[sc.ATTR_ERROR_TYPE].endswith("WorkHorseKilled")
+    assert closed.attributes.get(sc.ATTR_LIMIT_VALUE) == (30.0 if violated else None)
+    assert closed.attributes[sc.ATTR_JOB_HEALTH] == "unhealthy"
