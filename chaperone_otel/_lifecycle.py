@@ -255,18 +255,30 @@ def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -
         internal_error("run.worker_flush", error)
 
 
+MAX_ERROR_TEXT: Final = 32 * 1024
+"""Characters of an error message, and of a stack trace, a record carries at most. A
+5,000,000-character message made one record over the sink's 8 MiB request limit, and the
+batch it was in (every run's records of the process) could never be delivered."""
+
+
 def _safe_str(exc: BaseException) -> str:
     try:
-        return str(exc)
+        text = str(exc)
     except Exception:
         return f"<{type(exc).__name__}: str() failed>"
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + f"... [{len(text) - MAX_ERROR_TEXT} characters cut]"
+    return text
 
 
 def _safe_traceback(exc: BaseException) -> str:
     try:
-        return "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(exc))
     except Exception:
         return f"{type(exc).__name__}: <traceback could not be formatted>"
+    if len(text) > MAX_ERROR_TEXT:  # the end says what was raised: keep it
+        text = f"[{len(text) - MAX_ERROR_TEXT} characters cut] ..." + text[-MAX_ERROR_TEXT:]
+    return text
 
 
 def _error_type(exc: BaseException) -> str:

@@ -34,11 +34,35 @@ def to_json(value: Mapping[str, Any]) -> str:
     the run its records, least of all its finished record (issue 12).
     """
     try:
-        return json.dumps(value, default=str, separators=(",", ":"), sort_keys=True)
+        text = json.dumps(value, default=str, separators=(",", ":"), sort_keys=True)
     except Exception:
-        return json.dumps(
+        text = json.dumps(
             {_text(k): _value(v) for k, v in value.items()}, separators=(",", ":"), sort_keys=True
         )
+    if len(text) <= MAX_METADATA_JSON:
+        return text
+    # Too large for a record (every record of the run carries it): the keys, each value cut.
+    keep = max(16, MAX_METADATA_JSON // (2 * max(len(value), 1)))
+    cut = {_text(k): _cut(v, keep) for k, v in value.items()}
+    text = json.dumps(cut, default=str, separators=(",", ":"), sort_keys=True)
+    if len(text) <= MAX_METADATA_JSON:
+        return text
+    return json.dumps({"_cut": f"{len(value)} metadata values, {len(text)} characters as JSON"})
+
+
+MAX_METADATA_JSON: Final = 64 * 1024
+"""Characters of a run's metadata (as JSON) a record carries at most: a 9 MB value put every
+record of its run over the sink's 8 MiB request limit, its finished record too."""
+
+
+def _cut(value: object, keep: int) -> object:
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+    except Exception:
+        text = _text(value)
+    if len(text) <= keep:
+        return value
+    return text[:keep] + f"... [{len(text) - keep} characters cut]"
 
 
 def _value(value: object) -> object:

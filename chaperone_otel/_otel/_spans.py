@@ -117,10 +117,12 @@ class SpanWriter:
                     end_attrs[sc.ATTR_ERROR_TYPE] = run.error_type
                 span.set_attributes(end_attrs)
                 if exc is not None and run.status == "failed":
-                    span.record_exception(exc)
+                    # The status first, from the run's own (safe) text: record_exception()
+                    # calls str(exc), which may raise, and the span was left UNSET so.
                     span.set_status(
                         Status(StatusCode.ERROR, f"{run.error_type}: {run.error_message}")
                     )
+                    span.record_exception(exc)
                 elif run.status == "cancelled" and run.error_type is not None:
                     span.set_status(Status(StatusCode.ERROR, f"cancelled: {run.error_message}"))
         except Exception as error:

@@ -53,7 +53,7 @@ from .._events import LifecycleRecord, add_listener, remove_listener
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._safety import record_internal_error
 from ..exceptions import SinkError
-from ..sink._forward import FORWARD_MAX_BATCH, encode_records, post_records
+from ..sink._forward import FORWARD_MAX_BATCH, FORWARD_MAX_BODY, encode_records, post_records
 from ..sink._owner import StoreOwner
 from ..sink._remote import TOKEN_ENV
 from ..sink._store import lock_holder, read_sidecar
@@ -71,6 +71,22 @@ def _held_elsewhere(error: SinkError) -> bool:
     """True when the file could not be opened because another process holds it."""
     cause = error.__cause__
     return cause is not None and lock_holder(cause) is not None
+
+
+def _within_limit(
+    batch: list[LifecycleRecord],
+) -> tuple[list[LifecycleRecord], bytes | None]:
+    """The head of ``batch`` whose encoding the owner takes (under ``FORWARD_MAX_BODY``),
+    and that encoding; (``[record]``, None) when its first record alone is over it. The owner
+    closes the connection on an over-large body, which looked like "owner gone": the same
+    batch was sent again for ever, and no later record of the process was delivered."""
+    body = encode_records(batch)
+    while len(body) > FORWARD_MAX_BODY and len(batch) > 1:
+        batch = batch[: len(batch) // 2]
+        body = encode_records(batch)
+    if len(body) > FORWARD_MAX_BODY:
+        return batch, None
+    return batch, body
 
 
 class EmbeddedSink:
@@ -241,13 +257,17 @@ class EmbeddedSink:
             target = self._target or self._advertised()
             if target is not None:
                 url, token = target
+                batch, body = _within_limit(batch)
                 try:
-                    if conn is None:
-                        parts = urlsplit(url)
-                        conn = http.client.HTTPConnection(
-                            parts.hostname or "127.0.0.1", parts.port, timeout=_POST_TIMEOUT
-                        )
-                    status = post_records(conn, token, encode_records(batch))
+                    if body is None:
+                        status = 413  # one record over the owner's limit: it cannot go
+                    else:
+                        if conn is None:
+                            parts = urlsplit(url)
+                            conn = http.client.HTTPConnection(
+                                parts.hostname or "127.0.0.1", parts.port, timeout=_POST_TIMEOUT
+                            )
+                        status = post_records(conn, token, body)
                 except (OSError, http.client.HTTPException):
                     status = None
                 if status != 200 and conn is not None:
