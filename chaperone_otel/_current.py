@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _process
 from ._run import Supervision
+from ._values import not_a_mapping
 from .exceptions import NoActiveJobError
 
 T = TypeVar("T")
@@ -63,6 +64,8 @@ def heartbeat(metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> bo
     so library code can call it unconditionally; inside, it returns True."""
     run = current_run.get()
     if run is None or run._run.pid != _process.pid:  # no run, or the parent's (forked)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            not_a_mapping(metadata)  # the misuse fails here too, not only inside a run
         return False
     run.heartbeat(metadata, **fields)
     return True

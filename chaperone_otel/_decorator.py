@@ -36,6 +36,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _refuse_method_wrapper(func: Any) -> None:
+    """``@supervised`` above ``@staticmethod``/``@classmethod`` wraps the descriptor, not
+    the function: a staticmethod was then called with ``self``, a classmethod refused as a
+    name. Say where the decorator goes instead."""
+    if isinstance(func, (staticmethod, classmethod)):
+        kind = type(func).__name__
+        raise ConfigurationError(
+            f"@supervised is above @{kind}: put it below (@{kind} first, then @supervised, "
+            "then def), so that it wraps the function"
+        )
+
+
 class supervised:
     """Supervise a function, coroutine, generator or block as a job run.
 
@@ -82,6 +94,7 @@ class supervised:
     def __new__(cls, name: str | None = None, /, **options: Any) -> supervised: ...
 
     def __new__(cls, func_or_name: Any = None, /, **options: Any) -> Any:
+        _refuse_method_wrapper(func_or_name)
         if callable(func_or_name) and not isinstance(func_or_name, str):
             if options:
                 raise ConfigurationError(
@@ -152,6 +165,7 @@ class supervised:
     # ---- decorator ------------------------------------------------------------------------
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        _refuse_method_wrapper(func)
         if not callable(func):
             raise ConfigurationError(f"@supervised decorates a callable, got {func!r}")
         spec = self._spec
@@ -165,10 +179,12 @@ class supervised:
                 "it to `with supervised(name, supervision_id=...)` or use the Supervised class"
             )
         wrapper: Callable[..., Any]
+        # An object whose __call__ is ``async def`` is called like a coroutine function.
+        call = None if inspect.isroutine(func) else inspect.getattr_static(type(func), "__call__")
         if inspect.isasyncgenfunction(func):
             wrapper = _wrap_async_generator(func, spec)
-        elif inspect.iscoroutinefunction(func):
-            wrapper = _wrap_coroutine(func, spec)
+        elif inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call):
+            wrapper = _wrap_coroutine(cast(Any, func), spec)
         elif inspect.isgeneratorfunction(func):
             wrapper = _wrap_generator(func, spec)
         else:

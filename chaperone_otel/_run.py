@@ -29,7 +29,7 @@ from . import _process, _values
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
-from ._values import FirstProgress, StuckTime, present, was_replaced
+from ._values import FirstProgress, StuckTime, not_a_mapping, present, was_replaced
 from .exceptions import JobLimitExceeded
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ class Supervision:
         """
         # No clock read here: the monitor stamps the time when it sees the count move, which
         # keeps this call under a tqdm update(1) (bench/bench_runtime.py).
+        if metadata is not None and not isinstance(metadata, Mapping):
+            not_a_mapping(metadata)  # refused before the call counts
         self._calls += 1
         if metadata is not None or fields:
             self._set_meta(metadata, fields, 1)
@@ -261,6 +263,8 @@ class Supervision:
         first at its next flush if a value in it was since replaced or removed
         (:meth:`Run.take_superseded`), and drops it otherwise.
         """
+        if metadata is not None and not isinstance(metadata, Mapping):
+            not_a_mapping(metadata)
         meta = self._meta
         if meta is None:
             meta = self._meta = {}
@@ -423,6 +427,8 @@ class Supervision:
         For frameworks whose start and end arrive in separate callbacks (Celery's
         ``task_prerun`` / ``task_postrun`` signals). Idempotent: a second call does nothing.
         """
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"finish(error={error!r}): expected an exception or None")
         run = self._run
         run.finisher(run, error)
 

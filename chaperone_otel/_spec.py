@@ -10,6 +10,7 @@ configuration) and cached on the spec, because a run's start is on the job's thr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -215,6 +216,10 @@ def qualified_name(func: Callable[..., Any]) -> str:
     ``nightly_import.QualName``, so same-named functions of two scripts do not share a name
     (and their metrics and alerts). Only code with no file (``python -c``, a REPL) keeps
     the bare ``QualName``."""
+    while isinstance(func, functools.partial):  # the function it binds, not functools'
+        func = func.func
+    if not hasattr(func, "__qualname__") and not hasattr(func, "__name__"):
+        func = type(func)  # a callable instance: its class (not one "job" for every one)
     module = getattr(func, "__module__", None) or ""
     qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "job"))
     if module == "__main__":

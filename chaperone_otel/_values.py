@@ -8,9 +8,10 @@ import decimal
 import numbers
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 __all__ = [
+    "not_a_mapping",
     "ABSENT",
     "FirstProgress",
     "StuckTime",
@@ -191,3 +192,11 @@ class StuckTime:
         """Seconds stuck up to ``now``."""
         entered = self.entered
         return self.total + (max(0.0, now - entered) if entered is not None else 0.0)
+
+
+def not_a_mapping(metadata: object) -> NoReturn:
+    """Refuse metadata that is not a mapping (``heartbeat("alive")``), saying what to pass."""
+    raise TypeError(
+        f"heartbeat/report_progress metadata must be a mapping, got {metadata!r}: pass "
+        "heartbeat({'rows': n}) or heartbeat(rows=n)"
+    )

@@ -12,7 +12,7 @@ from opentelemetry.trace import StatusCode
 import chaperone_otel as chaperone
 from chaperone_otel import ConfigurationError, Supervised, current_job, supervised
 from chaperone_otel import semconv as sc
-from chaperone_otel.testing import Capture, FakeClock
+from chaperone_otel.testing import Capture, FakeClock, capture
 
 
 def _span_named(cap: Capture, name: str):  # type: ignore[no-untyped-def]
@@ -618,3 +618,62 @@ def test_a_scripts_default_names_carry_its_module(tmp_path) -> None:  # type: ig
     assert name_of("nightly_import.py") == "nightly_import.Service.nightly"
     assert name_of("-m", "etl.nightly") == "etl.nightly.Service.nightly"
     assert name_of("-c", body) == "Service.nightly"
+
+
+@pytest.mark.parametrize("kind", [staticmethod, classmethod])
+def test_supervised_above_a_method_descriptor_says_where_it_goes(kind: type) -> None:
+    """``@supervised`` above ``@staticmethod``/``@classmethod`` wrapped the descriptor: a
+    staticmethod was called with ``self`` at run time, a classmethod refused as a "name"."""
+
+    def method(*_: object) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match=f"@supervised is above @{kind.__name__}"):
+        supervised(kind(method))
+    with pytest.raises(ConfigurationError, match="put it below"):
+        supervised(name="x")(kind(method))
+
+
+def test_an_async_callable_object_and_partials_are_runs_of_their_own() -> None:
+    """An object whose ``__call__`` is ``async def`` is a coroutine run that covers its work
+    (it ended before the work, ~1 ms, the work outside it); ``functools.partial`` and callable
+    instances are named after what they call (every partial was ``functools.job``)."""
+    import functools
+
+    class Fetch:
+        async def __call__(self) -> str | None:
+            await asyncio.sleep(0.05)
+            job = current_job()
+            return job.name if job else None
+
+    def load(n: int) -> int:
+        return n
+
+    def save(n: int) -> int:
+        return n
+
+    with capture() as cap:
+        assert asyncio.run(supervised(Fetch())()) == f"{__name__}.{Fetch.__qualname__}"
+        (run,) = [r for r in cap.runs() if r.name.endswith("Fetch")]
+        assert run.duration >= 0.04
+        assert supervised(functools.partial(load, 1))() == 1
+        assert supervised(functools.partial(save, 2))() == 2
+        names = {r.name for r in cap.runs()}
+    assert {f"{__name__}.{load.__qualname__}", f"{__name__}.{save.__qualname__}"} <= names
+
+
+def test_metadata_that_is_not_a_mapping_is_refused_before_the_beat_counts() -> None:
+    """``heartbeat("alive")`` is a TypeError that says what to pass, inside a run (the beat
+    not counted) and outside one (it returned False silently); ``finish("oops")`` too."""
+    with pytest.raises(TypeError, match="must be a mapping"):
+        chaperone.heartbeat("alive")  # type: ignore[arg-type]
+    with capture() as cap:
+        with supervised("meta.misuse") as run:
+            with pytest.raises(TypeError, match="must be a mapping"):
+                run.heartbeat("alive")  # type: ignore[arg-type]
+            assert run.heartbeat_count == 0
+        started = supervised("finish.misuse").start()
+        with pytest.raises(TypeError, match="expected an exception"):
+            started.finish("oops")  # type: ignore[arg-type]
+        started.finish()
+        assert cap.last_run("finish.misuse").status == "completed"
