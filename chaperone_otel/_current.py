@@ -24,7 +24,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from . import _process
+from . import _process, _values
 from ._run import Supervision
 from ._values import not_a_mapping
 from .exceptions import NoActiveJobError
@@ -78,8 +78,9 @@ def report_progress(
     does nothing else and returns False."""
     run = current_run.get()
     if run is None or run._run.pid != _process.pid:
-        if not (current >= 0 and total >= 0) or (total == 0 and current > 0):
-            raise ValueError(f"report_progress({current!r}, {total!r}): invalid progress")
+        _values.checked_progress(current, total)  # the same checks as in a run
+        if metadata is not None and not isinstance(metadata, Mapping):
+            not_a_mapping(metadata)
         return False
     run.report_progress(current, total, metadata, **fields)
     return True

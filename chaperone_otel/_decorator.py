@@ -295,7 +295,11 @@ def _wrap_generator(
                 try:
                     to_send = yield item
                 except GeneratorExit:
-                    gen.close()
+                    tokens = activate(run)  # its cleanup (finally:) runs as the run too
+                    try:
+                        gen.close()
+                    finally:
+                        deactivate(tokens)
                     raise
                 except BaseException as thrown:
                     to_throw = thrown
@@ -334,7 +338,11 @@ def _wrap_async_generator(
                 try:
                     to_send = yield item
                 except GeneratorExit:
-                    await agen.aclose()
+                    tokens = activate(run)  # its cleanup (finally:) runs as the run too
+                    try:
+                        await agen.aclose()
+                    finally:
+                        deactivate(tokens)
                     raise
                 except BaseException as thrown:
                     to_throw = thrown

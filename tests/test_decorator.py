@@ -677,3 +677,54 @@ def test_metadata_that_is_not_a_mapping_is_refused_before_the_beat_counts() -> N
             started.finish("oops")  # type: ignore[arg-type]
         started.finish()
         assert cap.last_run("finish.misuse").status == "completed"
+
+
+def test_a_generator_closed_early_cleans_up_as_its_run() -> None:
+    """The ``finally:`` of a supervised generator (sync and async) closed before its end
+    runs with its run current, as the rest of its code does: ``heartbeat()`` reaches it,
+    and spans it opens are the run's children (it ran with no run current)."""
+    seen: list[str | None] = []
+
+    @supervised(name="gen.cleanup")
+    def rows() -> Iterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            job = current_job()
+            seen.append(job.name if job else None)
+
+    @supervised(name="agen.cleanup")
+    async def arows() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            job = current_job()
+            seen.append(job.name if job else None)
+
+    async def take_one() -> None:
+        agen = arows()
+        await agen.__anext__()
+        await agen.aclose()
+
+    with capture() as cap:
+        gen = rows()
+        next(gen)
+        gen.close()
+        asyncio.run(take_one())
+        assert {cap.last_run(n).status for n in ("gen.cleanup", "agen.cleanup")} == {"cancelled"}
+    assert seen == ["gen.cleanup", "agen.cleanup"]
+    assert current_job() is None
+
+
+def test_report_progress_outside_a_run_checks_as_inside_one() -> None:
+    """Outside a run the arguments are checked as in one (a Decimal NaN raised
+    decimal.InvalidOperation, a string a comparison TypeError)."""
+    from decimal import Decimal
+
+    with pytest.raises(ValueError, match="non-negative"):
+        chaperone.report_progress(Decimal("NaN"), 1)
+    with pytest.raises(TypeError):
+        chaperone.report_progress("1", 2)  # type: ignore[arg-type]
+    assert chaperone.report_progress(1, 2) is False
