@@ -160,10 +160,16 @@ class Supervised:
         return run is not None and run.finished_at is None and current_run.get() is run
 
     def _active_run(self) -> Supervision | None:
+        # The caller's own run first when it is one of this object's (they share its run
+        # id): two run() calls at once (asyncio.gather) each report to their own, not both
+        # to the latest.
+        current = current_run.get()
+        if current is not None and current.id == self.supervision_id:
+            return current
         run: Supervision | None = self.__dict__.get("_chaperone_run")
         if run is not None and run.finished_at is None:
             return run
-        return current_run.get()
+        return current
 
     def heartbeat(self, metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         """Heartbeat this job's current run (no-op outside ``run()``)."""

@@ -728,3 +728,27 @@ def test_report_progress_outside_a_run_checks_as_inside_one() -> None:
     with pytest.raises(TypeError):
         chaperone.report_progress("1", 2)  # type: ignore[arg-type]
     assert chaperone.report_progress(1, 2) is False
+
+
+def test_concurrent_runs_of_one_supervised_object_report_to_their_own_run() -> None:
+    """Two ``run()`` calls of one object at once (``asyncio.gather``): each one's
+    ``report_progress`` reaches its own run (both went to the latest, and the first ended
+    at 0 %)."""
+
+    class Import(Supervised):
+        async def run(self, n: int) -> float | None:
+            await asyncio.sleep(0.01 * n)
+            self.report_progress(n, 10)
+            await asyncio.sleep(0.05)
+            job = current_job()
+            return job.progress_ratio if job else None
+
+    job = Import()
+
+    async def both() -> list[float | None]:
+        return list(await asyncio.gather(job.run(1), job.run(5)))
+
+    with capture() as cap:
+        assert asyncio.run(both()) == [0.1, 0.5]
+        progress = sorted(r.progress for r in cap.runs() if r.name.endswith("Import"))
+    assert progress == [10.0, 50.0]
