@@ -56,12 +56,10 @@ record of its run over the sink's 8 MiB request limit, its finished record too."
 
 
 def _cut(value: object, keep: int) -> object:
-    try:
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-    except Exception:
-        text = _text(value)
+    safe = _value(value)  # JSON can write it (else its text)
+    text = safe if isinstance(safe, str) else json.dumps(safe, default=str)
     if len(text) <= keep:
-        return value
+        return safe
     return text[:keep] + f"... [{len(text) - keep} characters cut]"
 
 

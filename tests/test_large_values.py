@@ -52,6 +52,10 @@ def test_huge_metadata_keeps_its_keys_with_values_cut() -> None:
     many = json.loads(to_json({str(i): "y" * 100 for i in range(5000)}))
     assert list(many) == ["_cut"]
     assert to_json({"small": 1}) == '{"small":1}'
+    circular: list[object] = []
+    circular.append(circular)
+    mixed = json.loads(to_json({"blob": "x" * 9_000_000, "loop": circular}))
+    assert mixed["loop"] == "[[...]]"  # never raises: written as its text
 
 
 def _record(size: int, run_id: str) -> LifecycleRecord:
