@@ -143,7 +143,6 @@ class _Instrumentation:
         self.heartbeat_interval = heartbeat_interval
         self.lease = lease
         self.flush_timeout = flush_timeout
-        self.options = (include, heartbeat_interval, lease, flush_timeout)
         # (task id, thread) -> a stack of (run, tokens): prerun and postrun of one task run
         # on one thread. A threads pool runs a retry of a task (same id) on another thread
         # while the first attempt is still between its retry and its postrun, and an eager
@@ -164,6 +163,11 @@ class _Instrumentation:
         # so that a run of a task seen before skips make_spec() and reuses the spec's
         # cached per-configuration state (_spec.static_for).
         self.specs: dict[tuple[Any, ...], _Spec] = {}
+
+    @property
+    def options(self) -> tuple[Any, ...]:
+        """What :func:`instrument` was given (a second call must give the same)."""
+        return (self.include, self.heartbeat_interval, self.lease, self.flush_timeout)
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this process runs ``task_id`` now (solo, threads: postrun will end it)."""
@@ -527,14 +531,13 @@ class _Instrumentation:
     ) -> None:
         """Close the execution named in ``request`` (the main process's Request) with
         ``status``, unless it was closed already (``known`` no longer has it)."""
-        request_dict = getattr(request, "request_dict", None) or {}
         task: Any = getattr(request, "task", None)
-        task_id = str(getattr(request, "id", ""))
+        task_id, execution = _delivery(request)
         if task is None or not task_id:
             return
         if _instrumented.get(id(self.app)) is not self:
             return  # uninstrumented since its tasks got the request class
-        self.close_delivery(task, task_id, request_dict.get(_EXECUTION), status=status, error=error)
+        self.close_delivery(task, task_id, execution, status=status, error=error)
 
     def close_delivery(
         self,
@@ -586,8 +589,7 @@ class _Instrumentation:
     def forget(self, request: Any) -> None:
         """Drop a delivery that ended without a run to close from here (``known`` would
         otherwise keep it until newer deliveries push it out)."""
-        execution = (getattr(request, "request_dict", None) or {}).get(_EXECUTION)
-        task_id = str(getattr(request, "id", ""))
+        task_id, execution = _delivery(request)
         with self.lock:
             known = self.known.get(task_id)
             if known is not None and known[0] == execution:
@@ -596,6 +598,12 @@ class _Instrumentation:
     def process_shutdown(self, **_: Any) -> None:
         with _guard("celery.process_shutdown"):
             _flush(self.flush_timeout)
+
+
+def _delivery(request: Any) -> tuple[str, Any]:
+    """(task id, execution id) of the main process's ``Request`` of a delivery."""
+    execution = (getattr(request, "request_dict", None) or {}).get(_EXECUTION)
+    return str(getattr(request, "id", "")), execution
 
 
 def _number(*candidates: Any) -> float | None:
