@@ -41,7 +41,8 @@ horse flushes the run's records before it ends with ``os._exit`` (without it, 6 
 never reached the store). The worker's main process closes a run whose horse it saw die
 (killed by a signal, or by RQ itself past ``timeout + 60`` s): ``failed``, error type
 :class:`WorkHorseKilled`; a job stopped with ``send_stop_job_command`` is ``cancelled``
-(``StopRequested``). A job found abandoned by the registries' maintenance (its worker died
+(``StopRequested``). ``SimpleWorker`` has no horse to kill: its job runs on, and if it then
+raises, RQ marks it stopped (never retried) and the run is ``cancelled`` with that error. A job found abandoned by the registries' maintenance (its worker died
 too) is closed ``failed`` (``AbandonedJobError``) by the worker that cleans up.
 
 RQ's cron scheduler (``rq cron``): :func:`instrument_cron` in its config module declares the
@@ -301,6 +302,8 @@ class SupervisionMixin:
                 run.finish(None, status="retried")
         elif ok:
             run.finish()
+        elif job.get_status(refresh=False) == "stopped":  # a stop request RQ honoured
+            run.finish(error or StopRequested("job stopped by user"), status="cancelled")
         elif error is None:
             run.finish(RuntimeError("the job failed (RQ reported no exception)"))
         elif will_retry:

@@ -161,3 +161,37 @@ def test_a_horse_killed_past_its_jobs_timeout_is_closed_with_a_timeout_violation
     assert closed.attributes[sc.ATTR_ERROR_TYPE].endswith("WorkHorseKilled")
     assert closed.attributes.get(sc.ATTR_LIMIT_VALUE) == (30.0 if violated else None)
     assert closed.attributes[sc.ATTR_JOB_HEALTH] == "unhealthy"
+
+
+def stopped_then_fails() -> None:
+    """What a job sees when ``send_stop_job_command`` reaches a ``SimpleWorker`` (no horse
+    to kill: RQ only marks the job stopped), then the job raises."""
+    from rq import get_current_job
+    from rq.command import handle_stop_job_command
+
+    handle_stop_job_command(STOPPING[0], {"job_id": get_current_job().id})
+    raise ValueError("gave up after the stop request")
+
+
+STOPPING: list[SupervisedSimpleWorker] = []
+
+
+def test_a_simple_worker_job_stopped_then_failing_is_cancelled_not_retried(
+    queue: Queue, cap: Capture
+) -> None:
+    """``send_stop_job_command`` to a ``SimpleWorker``: RQ cannot kill the job, but a
+    failure after the request is STOPPED and never retried, although the job has retries
+    left. The run is ``cancelled`` with the job's error (was ``retried``, an attempt that
+    never came)."""
+    from rq import Retry
+
+    job = queue.enqueue(stopped_then_fails, retry=Retry(max=2))
+    worker = SupervisedSimpleWorker([queue], connection=queue.connection)
+    STOPPING[:] = [worker]
+    found = queue.dequeue_any([queue], None, connection=queue.connection)
+    assert found is not None
+    worker.execute_job(found[0], found[1])
+    assert job.get_status() == JobStatus.STOPPED
+    assert queue.count == 0  # RQ did not retry it
+    (run,) = cap.runs()
+    assert (run.id, run.status, run.error_type) == (job.id, "cancelled", "ValueError")
