@@ -42,14 +42,16 @@ by the worker's main process, until it starts.
 Outcomes: a return is ``completed``; an exception is ``failed`` with its own type; a
 ``Retry`` is ``retried`` (terminal, not a failure) with the retry's cause as the error (the
 ``Retry`` itself when it has none); ``Ignore`` and ``Reject`` are ``cancelled`` with the
-exception as the reason; a task revoked before it started is recorded as one ``cancelled``
-run by the worker's main process. A ``SoftTimeLimitExceeded`` is ``failed`` with a timeout
-violation. What the child cannot record, the worker's main process closes
-(:func:`chaperone_otel.close_run`): a child that died under a task (``WorkerLostError``:
-``failed``, also when ``acks_late`` + ``reject_on_worker_lost`` requeue the message), one
-killed at the hard time limit (``TimeLimitExceeded``: ``failed``, with a timeout
-violation), one ended by ``revoke(terminate=True)`` (``cancelled``) or by a cold shutdown
-(``cancelled``, ``WorkerShutdown``).
+exception as the reason, except the ``Ignore`` of ``Task.replace()``: the replaced run is
+``completed`` (its replacement, with the same task id, is a run of its own); a task revoked
+before it started is recorded as one ``cancelled`` run by the worker's main process. A
+``SoftTimeLimitExceeded`` is ``failed`` with a timeout violation. What the child cannot
+record, the worker's main process closes (:func:`chaperone_otel.close_run`): a child that
+died under a task (``WorkerLostError``: ``failed``, also when ``acks_late`` +
+``reject_on_worker_lost`` requeue the message), one killed at the hard time limit
+(``TimeLimitExceeded``: ``failed``, with a timeout violation), one ended by
+``revoke(terminate=True)`` (``cancelled``) or by a cold shutdown (``cancelled``,
+``WorkerShutdown``).
 
 On the threads pool Celery enforces no time limit and cannot terminate a task: the run's
 timeout is still the limit (overtime, stuck past it), and the run ends as the task does.
@@ -149,6 +151,9 @@ class _Instrumentation:
         # retry runs inside the attempt that retried (same thread): neither may take the
         # other's run.
         self.open: dict[tuple[str, int], list[tuple[_StartedRun, Any]]] = {}
+        # The runs (by id()) that sent a message under their own task id: a retry, or a
+        # Task.replace(), whose Ignore then means "replaced", not "cancelled".
+        self.resent: set[int] = set()
         # The worker's main process: task id -> the delivery's (execution id, attempt,
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
@@ -390,6 +395,7 @@ class _Instrumentation:
         if not stack:
             return
         with _guard("celery.publishing"):
+            self.resent.add(id(stack[-1][0]))
             span = stack[-1][0].traceparent
             if span is not None:
                 headers[_SPAN] = span
@@ -412,6 +418,8 @@ class _Instrumentation:
             run, tokens = stack.pop()
             if not stack:
                 del self.open[key]
+        resent = id(run) in self.resent
+        self.resent.discard(id(run))
         with _guard("celery.postrun"):
             try:
                 run.detach(tokens)
@@ -420,7 +428,7 @@ class _Instrumentation:
                 limit = None
                 if state is None:
                     limit = self.limits(sender, getattr(sender, "request", None))[0]
-                _finish(run, state, retval, limit)
+                _finish(run, state, retval, limit, resent)
 
     def revoked(
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
@@ -626,9 +634,15 @@ def _epoch(moment: Any) -> float | None:
 
 
 def _finish(
-    run: _StartedRun, state: str | None, retval: Any, hard_limit: float | None = None
+    run: _StartedRun,
+    state: str | None,
+    retval: Any,
+    hard_limit: float | None = None,
+    resent: bool = False,
 ) -> None:
-    if state == "SUCCESS":
+    if state == "SUCCESS" or (isinstance(retval, Ignore) and resent):
+        # An Ignore after the run sent a message under its own task id: Task.replace()
+        # (it sends the replacement, same id, then raises Ignore): the work goes on there.
         run.finish()
     elif isinstance(retval, Retry):
         cause = retval.exc if isinstance(retval.exc, BaseException) else retval

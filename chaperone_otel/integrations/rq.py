@@ -42,8 +42,9 @@ never reached the store). The worker's main process closes a run whose horse it 
 (killed by a signal, or by RQ itself past ``timeout + 60`` s): ``failed``, error type
 :class:`WorkHorseKilled`; a job stopped with ``send_stop_job_command`` is ``cancelled``
 (``StopRequested``). ``SimpleWorker`` has no horse to kill: its job runs on, and if it then
-raises, RQ marks it stopped (never retried) and the run is ``cancelled`` with that error. A job found abandoned by the registries' maintenance (its worker died
-too) is closed ``failed`` (``AbandonedJobError``) by the worker that cleans up.
+raises, RQ marks it stopped (never retried) and the run is ``cancelled`` with that error. A
+job found abandoned by the registries' maintenance (its worker died too) is closed
+``failed`` (``AbandonedJobError``) by the worker that cleans up.
 
 RQ's cron scheduler (``rq cron``): :func:`instrument_cron` in its config module declares the
 registered cron jobs as schedules and records each enqueue; the run of a job it enqueued

@@ -178,6 +178,41 @@ def test_ignore_is_cancelled_with_the_exception(app: Celery, cap: Capture) -> No
     assert run.error_type == "celery.exceptions.Ignore"
 
 
+def test_a_replaced_task_is_completed_and_a_plain_ignore_stays_cancelled(cap: Capture) -> None:
+    """``Task.replace()`` in a worker sends the replacement under the task's own id, then
+    raises ``Ignore``: the replaced run is ``completed`` (was ``cancelled``, counted as a
+    cancellation for every replaced task) and links nothing wrong; an ``Ignore`` raised
+    by a task that sent nothing under its id stays ``cancelled``. Run through Celery's own
+    (non-eager) tracer, as a worker does, with the message sent to an in-memory broker."""
+    from celery.app.trace import build_tracer
+    from celery.exceptions import Ignore
+
+    celery_app = Celery("replacing", broker="memory://", backend="cache+memory://")
+    instrument(celery_app)
+    try:
+
+        @celery_app.task(name="shop.after", shared=False)
+        def after() -> None:
+            pass
+
+        @celery_app.task(name="shop.handover", bind=True, shared=False)
+        def handover(self: Any) -> None:
+            raise self.replace(after.si())
+
+        @celery_app.task(name="shop.drop", shared=False)
+        def drop() -> None:
+            raise Ignore("nothing to do")
+
+        for task, task_id in ((handover, "replaced-1"), (drop, "ignored-1")):
+            trace = build_tracer(task.name, task, app=celery_app, eager=False)
+            trace(task_id, (), {}, request={"id": task_id, "delivery_info": {}})
+    finally:
+        uninstrument(celery_app)
+    replaced, ignored = cap.run("replaced-1"), cap.run("ignored-1")
+    assert (replaced.status, replaced.error_type) == ("completed", None)
+    assert (ignored.status, ignored.error_type) == ("cancelled", "celery.exceptions.Ignore")
+
+
 def test_an_expired_task_is_cancelled_as_expired(app: Celery, cap: Capture) -> None:
     """A task past its ``expires`` is revoked by Celery before it starts: one cancelled
     run whose error says it expired (it said "revoked")."""
