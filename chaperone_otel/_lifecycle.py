@@ -186,6 +186,22 @@ _CANCELLED: Final = (
 )
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """A cancellation, or an exception group (a task group's, 3.11+ or the backport's)
+    whose every exception is one: the group ``asyncio.TaskGroup`` or anyio raise when
+    Ctrl-C or a cancel reaches their tasks is a cancelled run, not a failed one."""
+    if isinstance(exc, _CANCELLED):
+        return True
+    split = getattr(exc, "split", None)  # BaseExceptionGroup.split: (matched, the rest)
+    if not callable(split) or not isinstance(getattr(exc, "exceptions", None), tuple):
+        return False
+    try:
+        matched, rest = split(_CANCELLED)
+    except Exception:
+        return False
+    return matched is not None and rest is None
+
+
 def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -> None:
     """Record the outcome, publish the finished record, end the span. Never raises.
 
@@ -220,7 +236,7 @@ def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -
         elif exc is None:
             run.status = "completed"
         else:
-            run.status = "cancelled" if isinstance(exc, _CANCELLED) else "failed"
+            run.status = "cancelled" if _is_cancellation(exc) else "failed"
         if exc is not None and not isinstance(exc, GeneratorExit):
             run.error_type = _error_type(exc)
             run.error_message = _safe_str(exc)

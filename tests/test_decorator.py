@@ -202,6 +202,37 @@ def test_base_exception_passes_through(chaperone: Capture) -> None:
     assert chaperone.last_run("interrupted").status == "cancelled"
 
 
+@pytest.mark.parametrize(
+    ("leaves", "status"),
+    [
+        ([KeyboardInterrupt()], "cancelled"),
+        ([asyncio.CancelledError(), SystemExit(1)], "cancelled"),
+        ([asyncio.CancelledError(), ValueError("boom")], "failed"),
+    ],
+)
+def test_an_exception_group_of_cancellations_is_cancelled(
+    chaperone: Capture, leaves: list[BaseException], status: str
+) -> None:
+    """A task group (anyio, trio, 3.11's ``BaseExceptionGroup``) raising only cancellations
+    (Ctrl-C reaching its tasks) is a cancelled run, not a failed one; one real error among
+    them fails it. The group is re-raised unchanged."""
+    import builtins
+
+    group_type = getattr(builtins, "BaseExceptionGroup", None)
+    if group_type is None:
+        group_type = pytest.importorskip("exceptiongroup").BaseExceptionGroup
+    group = group_type("task group", leaves)
+
+    @supervised(name="grouped")
+    def job() -> None:
+        raise group
+
+    with pytest.raises(group_type) as raised:
+        job()
+    assert raised.value is group
+    assert chaperone.last_run("grouped").status == status
+
+
 def test_supervised_base_class(chaperone: Capture) -> None:
     """The base class supervises run(); the id is known before and stable across attempts."""
 
