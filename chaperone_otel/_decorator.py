@@ -24,7 +24,9 @@ from ._lifecycle import (
     call,
     deactivate,
     finish_run,
+    leave,
     limit_error,
+    otel_current,
     start_run,
     uncancel,
 )
@@ -210,7 +212,8 @@ class supervised:
         return self._spec
 
     def _push(self, run: Run) -> Supervision:
-        entry: list[Any] = [run, activate(run), None]
+        entry: list[Any] = [run, None, None, otel_current()]
+        entry[1] = activate(run)
         entry[2] = self._entered.set(entry)
         return run.handle
 
@@ -218,10 +221,10 @@ class supervised:
         entry = self._entered.get()
         if entry is None:
             raise RuntimeError("supervised.__exit__ without a matching __enter__ in this context")
-        run, tokens, token = entry
+        run, tokens, token, prior_otel = entry
         self._entered.reset(token)
         try:
-            deactivate(tokens)
+            leave(run, tokens, prior_otel)
         finally:
             finish_run(run, limit_error(run, exc))
         return cast(Run, run)

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar, cast
 
@@ -326,6 +327,50 @@ def deactivate(tokens: Tokens) -> None:
     except ValueError as error:  # exited in another context than entered: user code's doing
         internal_error("run.context", error)
         current_run.set(None)
+
+
+_left: weakref.WeakKeyDictionary[Supervision, tuple[Supervision | None, object, object]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Runs whose ``with`` block ended while a run entered after it was still current: (what
+was current before the run, its OTel context then, the run's own OTel context)."""
+
+
+def otel_current() -> object:
+    """The current OTel context (what :func:`leave` restores past an ended run)."""
+    return otel_context.get_current()
+
+
+def leave(run: Run, tokens: Tokens, prior_otel: object) -> None:
+    """Undo :func:`activate` for a ``with supervised()`` block, which may end out of order:
+    blocks in two generators advanced in turn (or chained: one reading the other) end in
+    any order, and a context variable reset by an older token restores what was current
+    before the *older* block, dropping the newer run that is still open; the newer one's
+    reset later restores the older run, ended by then, for the rest of the thread.
+
+    So a block ending while a newer run is current leaves the current run (and OTel
+    context) alone and is remembered; a reset that restores a remembered run restores
+    what was current before it instead (``prior_otel``: the OTel context before the block).
+    """
+    token = tokens[0]
+    if current_run.get() is not run.handle:
+        before = token.old_value
+        try:
+            _left[run.handle] = (
+                None if before is contextvars.Token.MISSING else before,
+                prior_otel,
+                run.otel_context,
+            )
+        except Exception as error:
+            internal_error("run.context", error)
+        return
+    deactivate(tokens)
+    handle = current_run.get()
+    while handle is not None and handle in _left:
+        handle, otel_before, otel_own = _left[handle]
+        current_run.set(handle)
+        if otel_own is not None and otel_context.get_current() is otel_own:
+            otel_context.attach(otel_before)  # type: ignore[arg-type]  # a Context
 
 
 def limit_error(run: Run, exc: BaseException | None) -> BaseException | None:

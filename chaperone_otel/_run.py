@@ -68,6 +68,7 @@ class Supervision:
     """
 
     __slots__ = (
+        "__weakref__",
         "_calls",
         "_cancel",
         "_current",

@@ -783,3 +783,42 @@ def test_concurrent_runs_of_one_supervised_object_report_to_their_own_run() -> N
         assert asyncio.run(both()) == [0.1, 0.5]
         progress = sorted(r.progress for r in cap.runs() if r.name.endswith("Import"))
     assert progress == [10.0, 50.0]
+
+
+@pytest.mark.parametrize("order", ["ab", "ba", "acb"])
+def test_with_blocks_in_interleaved_generators_leave_no_ended_run_current(
+    chaperone: Capture, order: str
+) -> None:
+    """``with supervised()`` blocks in generators advanced in turn end in any order. Before,
+    ending the older block first made nothing current while the newer one ran on, and the
+    newer one's end then made the *ended* older run current (and its span the OTel
+    context) for the rest of the thread: later runs were its children, later spans nested
+    under an ended span. Now, after every block has ended, nothing is current."""
+    from opentelemetry import trace
+
+    def step(name: str) -> Iterator[str | None]:
+        with supervised(name=name):
+            yield name
+            yield None
+
+    gens = {name: step(name) for name in "abc"[: len(order)]}
+    for gen in gens.values():  # entered in alphabetical order
+        next(gen)
+    for name in order:  # ended in `order`
+        next(gens[name])
+        next(gens[name], None)
+        assert chaperone.last_run(name).status == "completed"
+        still = [n for n in gens if n not in order[: order.index(name) + 1]]
+        current = current_job()
+        if still:  # a run still open is current, never an ended one
+            assert current is not None
+            assert current.name in still
+    assert current_job() is None
+    assert not trace.get_current_span().get_span_context().is_valid
+
+    @supervised(name="later")
+    def later() -> None:
+        pass
+
+    later()
+    assert sc.ATTR_JOB_PARENT_RUN_ID not in chaperone.last_run("later").latest
