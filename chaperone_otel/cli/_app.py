@@ -507,8 +507,12 @@ def sql(
         raise click.UsageError("--expanded and --table shape the text output, not --json/--csv")
     target = store_target(db, url)
     with open_store(target) as sink:
+        from ..sink._remote import OwnerUnreachableError  # noqa: PLC0415 - loaded with the sink
+
         try:
             result = sink.sql(statement)
+        except OwnerUnreachableError as exc:  # the store's owner went away: not the SQL's fault
+            fail(f"sql: {exc}", Exit.STORE)
         except (SinkError, ValueError) as exc:  # writes, files, syntax, time limit: bad input
             fail(f"sql: {exc}", Exit.USAGE)
         except Exception as exc:  # duckdb's own error classes

@@ -103,6 +103,43 @@ def test_unreachable_url_exits_3() -> None:
     assert "Traceback" not in result.output
 
 
+def test_sql_whose_owner_goes_away_exits_3_not_2() -> None:
+    """``sql`` against an owner that answered when the store was opened and is then gone
+    (503: closing) is a store problem (exit 3, as every other command says), not bad SQL
+    (exit 2, which tells a script to stop retrying)."""
+    import http.server
+
+    class GoingAway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # /api/info: the owner is there when the CLI opens it
+            body = json.dumps({"version": chaperone_otel.__version__, "path": "x"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # the query: the owner is closing
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GoingAway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = invoke("sql", "--url", url, "SELECT 1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+
+
 # --------------------------------------------------------------------------------------------
 # jobs
 # --------------------------------------------------------------------------------------------
