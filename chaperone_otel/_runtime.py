@@ -44,6 +44,7 @@ from ._otel import OTelWriter
 from ._record import emit, to_json
 from ._resources import ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
+from ._safety import guarded_call as _bind
 from ._safety import handle_internal_errors, internal_error
 from ._values import StuckTime
 from .exceptions import JobLimitExceeded
@@ -184,9 +185,9 @@ class Runtime:
             return
         self._hooks.append(action)
         self._hooks_event.set()
-        if self._hooks_thread is None:
+        if self._hooks_thread is None or not self._hooks_thread.is_alive():
             with self._lock:
-                if self._hooks_thread is None:
+                if self._hooks_thread is None or not self._hooks_thread.is_alive():
                     thread = threading.Thread(
                         target=self._hooks_loop, name="chaperone-hooks", daemon=True
                     )
@@ -674,19 +675,6 @@ def stuck_time(run: Run, now: float, *, stuck: bool) -> None:
         run.stuck_time = StuckTime(now)
     else:
         history.enter(now)
-
-
-def _bind(
-    hook: Callable[..., object], *args: Any, where: str | None = None
-) -> Callable[[], object]:
-    label = where or f"hook:{getattr(hook, '__name__', 'hook')}"
-
-    def call() -> object:
-        with handle_internal_errors(label):
-            return hook(*args)
-        return None
-
-    return call
 
 
 _runtime: Runtime | None = None

@@ -17,7 +17,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 logger = logging.getLogger("chaperone_otel")
 
@@ -147,3 +147,24 @@ def safe(where: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
         return wrapper
 
     return decorate
+
+
+def guarded_call(
+    hook: Callable[..., object], *args: Any, where: str | None = None
+) -> Callable[[], object]:
+    """``hook(*args)`` as a call of no arguments that never raises: an ``Exception`` is an
+    internal error (re-raised under the test switch); any other ``BaseException`` (a hook
+    calling ``sys.exit()``) is recorded as one too, as it would otherwise end the hooks
+    thread and with it every later hook of the process."""
+    label = where or f"hook:{getattr(hook, '__name__', 'hook')}"
+
+    def call() -> object:
+        try:
+            return hook(*args)
+        except Exception as error:
+            internal_error(label, error)
+        except BaseException as error:  # sys.exit(): see above
+            record_internal_error(label, error)
+        return None
+
+    return call

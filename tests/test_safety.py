@@ -189,6 +189,37 @@ def test_failing_hook_and_listener(production_mode: None, caplog: pytest.LogCapt
     assert len(logged) == 1, "logged once, then only counted"
 
 
+def test_a_hook_calling_sys_exit_does_not_stop_later_hooks(production_mode: None) -> None:
+    """A hook that calls ``sys.exit()`` ("stop the worker when a job fails") ended the
+    hooks thread: every later hook of the process was queued and never called. It is an
+    internal error of that hook; later hooks still run."""
+    import sys
+
+    later = threading.Event()
+
+    def exits(state: object) -> None:
+        sys.exit(1)
+
+    with capture(raise_internal_errors=False):
+
+        @supervised(name="exits.hook", on_failure=exits)
+        def fails() -> None:
+            raise RuntimeError("boom")
+
+        @supervised(name="later.hook", on_complete=lambda state: later.set())
+        def works() -> None:
+            pass
+
+        with pytest.raises(RuntimeError):
+            fails()
+        deadline = time.monotonic() + 10  # hooks run on their own thread: poll, bounded
+        while internal_error_counts().get("hook:on_failure", 0) < 1:
+            assert time.monotonic() < deadline, internal_error_counts()
+            threading.Event().wait(0.01)
+        works()
+        assert later.wait(10), "the hook after the one that called sys.exit() never ran"
+
+
 def test_failing_sampler(production_mode: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resource sampling that raises is swallowed; the run goes on without samples."""
 
