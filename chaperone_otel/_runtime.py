@@ -583,7 +583,13 @@ class Runtime:
         signals = run.signals(now)
         health = self.rules.health(signals, now)
         stuck = self.rules.stuck.holds(signals, now)
-        missed = max(0, math.floor((now - run.last_heartbeat) / run.heartbeat_interval))
+        # A liveness lease is renewed by the process being alive (the rules' LeaseRenewed):
+        # such a run promises no heartbeats, so it misses none.
+        missed = (
+            0
+            if run.static.lease == "liveness"
+            else max(0, math.floor((now - run.last_heartbeat) / run.heartbeat_interval))
+        )
         old_health, old_stuck, old_missed = run.health, run.stuck, run.missed
         run.health, run.stuck, run.missed = health, stuck, missed
         if stuck != old_stuck:  # before the health record below, which carries the history

@@ -25,15 +25,25 @@ from tests.sink.store_factory import record, store_writer, write_all
 def test_a_silent_liveness_run_stays_healthy_until_its_timeout(
     chaperone_clock: FakeClock, chaperone: Capture
 ) -> None:
-    """Interval 10 s, no heartbeat for 100 s: healthy, not stuck, no hook; past its timeout
-    it is stuck (the heartbeat lease would be stuck after 30 s)."""
+    """Interval 10 s, no heartbeat for 100 s: healthy, not stuck, no hook, no heartbeat
+    counted missed (it promised none: the missed-heartbeat hook and counter fired ten
+    times); past its timeout it is stuck (the heartbeat lease would be stuck after 30 s)."""
     stuck: list[JobState] = []
+    missed: list[int] = []
     with supervised(
-        "blocking.call", heartbeat_interval=10, timeout=120, lease="liveness", on_stuck=stuck.append
+        "blocking.call",
+        heartbeat_interval=10,
+        timeout=120,
+        lease="liveness",
+        on_stuck=stuck.append,
+        on_heartbeat_missed=lambda state: missed.append(state.missed_heartbeats),
     ) as run:
         chaperone.advance(100.0)
         assert run.health == "healthy"
         assert not run.stuck
+        assert run.snapshot().missed_heartbeats == 0
+        assert missed == []
+        assert not chaperone.metrics().get(sc.METRIC_JOB_HEARTBEATS_MISSED)
         chaperone.advance(21.0)
         assert run.stuck
         assert run.health == "unhealthy"
