@@ -669,14 +669,14 @@ class Run:
         look (monitor thread, and at start/finish). Returns True when it had."""
         handle = self.handle
         seen = (handle._calls, handle._current, handle._total, handle._phase)
-        if seen == self._observed:
+        if seen == (before := self._observed):
             return False
         self._observed = seen
         self.last_heartbeat = now
         ratio = handle.progress_ratio
         if self._first_progress is None and handle._current is not None:
             self._first_progress = (now, ratio, handle._current)
-        if ratio != self._last_ratio:
+        if ratio != self._last_ratio or seen[1] != before[1]:  # a count with no total moves
             self._last_ratio = ratio
             self.progress_updated_at = now
         return True

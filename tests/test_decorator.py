@@ -481,6 +481,25 @@ def test_track_without_len_counts_items(chaperone: Capture) -> None:
         assert run.progress_ratio == 0.0  # unknown total: no ratio, but the count moves
 
 
+def test_track_without_len_is_progress_not_a_stall(
+    chaperone_clock: FakeClock, chaperone: Capture
+) -> None:
+    """``track()`` over a generator (no total) at one item a second: the moving count is
+    progress and the job's own heartbeat. Before, the ratio stayed 0, so the run was
+    judged stalled (degraded) after ``stall_timeout`` and its records said only that the
+    process vouched for it (``liveness``)."""
+    with supervised("stream.paced", heartbeat_interval=60, stall_timeout=10) as run:
+        for i, _ in enumerate(run.track(x for x in range(100))):
+            chaperone.advance(1.0)
+            if i == 30:
+                break
+        assert run.progress_current == 30
+        assert run.health == "healthy"
+    beats = chaperone.run(run.id).events(sc.EVENT_JOB_HEARTBEAT)
+    assert beats
+    assert {b.attributes[sc.ATTR_HEARTBEAT_KIND] for b in beats} == {"heartbeat"}
+
+
 @pytest.mark.parametrize(("total", "error"), [(-1, ValueError), (math.nan, ValueError), ("9", TypeError)])
 def test_track_rejects_a_bad_total_before_iterating(
     chaperone: Capture, total: object, error: type[Exception]
