@@ -9,6 +9,7 @@ without entering it, for frameworks whose start and end are separate callbacks.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -32,7 +33,7 @@ from ._lifecycle import (
 )
 from ._run import Run, Supervision
 from ._spec import Lease, Spec, make_spec, qualified_name, replace_spec
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, JobLimitExceeded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -322,12 +323,20 @@ def _wrap_async_generator(
         agen = func(*args, **kwargs)
         run = start_run(spec, bind_thread=False)
         bind_task(run)
+        # The task is the run's only while the generator's body runs: between items it runs
+        # the consumer's code, which a `cancel` limit must not cancel. A limit crossed then
+        # is raised into the body when the consumer asks for the next item.
+        run.task = None
         error: BaseException | None = None
         try:
             to_send: Any = None
             to_throw: BaseException | None = None
             while True:
+                cancel = run.cancel
+                if cancel is not None and to_throw is None:
+                    to_throw = JobLimitExceeded(cancel.limit, cancel.value, cancel.actual)
                 tokens = activate(run)
+                run.task = asyncio.current_task()
                 try:
                     if to_throw is not None:
                         item = await agen.athrow(to_throw)
@@ -336,6 +345,7 @@ def _wrap_async_generator(
                 except StopAsyncIteration:
                     return
                 finally:
+                    run.task = None
                     deactivate(tokens)
                 to_throw = None
                 try:
@@ -354,6 +364,7 @@ def _wrap_async_generator(
             # policy is the JobLimitExceeded the caller sees, and the task is uncancelled.
             error = limit_error(run, exc)
             if error is not exc:
+                run.task = asyncio.current_task()
                 uncancel(run)
                 raise cast(BaseException, error) from exc
             raise

@@ -515,8 +515,8 @@ class Runtime:
                 def cancel_if_running() -> None:
                     # On the loop's thread, now: the run may have ended since the violation
                     # was seen, and a late cancel would hit whatever the task does next.
-                    if run.finished_at is None and not task.done():
-                        task.cancel(message)
+                    if run.finished_at is None and run.task is task and not task.done():
+                        task.cancel(message)  # (an async generator's body may be suspended)
 
                 with handle_internal_errors("monitor.cancel"):
                     loop.call_soon_threadsafe(cancel_if_running)

@@ -376,3 +376,49 @@ def test_a_thread_that_cannot_start_costs_the_run_its_watching_not_its_job(
         with supervised("fed") as run:
             assert any(t.name == "chaperone-monitor" and t.is_alive() for t in threading.enumerate())
             run.heartbeat()
+
+
+def test_cancel_limit_of_an_async_generator_never_cancels_the_consumers_code(
+    fast: Capture,
+) -> None:
+    """An async generator run past its timeout with ``on_limit="cancel"``, consumed by code
+    that awaits between items (most of the time): the consumer's own ``await`` is never
+    cancelled (before, it got a bare ``CancelledError`` and its task stayed cancelling);
+    the next item raises ``JobLimitExceeded`` (cleanup runs in the generator), and the task
+    is left uncancelled."""
+    consumer_cancelled: list[bool] = []
+    cleaned_up: list[bool] = []
+
+    @supervised(name="pages", timeout=0.3, on_limit="cancel")
+    async def pages() -> AsyncIterator[int]:
+        try:
+            for i in range(10_000):
+                await asyncio.sleep(0.001)
+                yield i
+        finally:
+            cleaned_up.append(True)
+
+    async def consume() -> int:
+        items = 0
+        try:
+            async for _ in pages():
+                items += 1
+                try:
+                    await asyncio.sleep(0.02)  # the consumer's own work
+                except asyncio.CancelledError:
+                    consumer_cancelled.append(True)
+                    raise
+        except JobLimitExceeded:
+            task = asyncio.current_task()
+            assert task is not None
+            if sys.version_info >= (3, 11):
+                assert task.cancelling() == 0
+            return items
+        raise AssertionError("the generator ran to its end: no limit")
+
+    # bounded: the limit fires within ~1 s; without it the generator would run ~200 s
+    assert asyncio.run(asyncio.wait_for(consume(), 30)) > 0
+    assert consumer_cancelled == []
+    assert cleaned_up == [True]
+    run = fast.last_run("pages")
+    assert (run.status, run.error_type) == ("cancelled", "chaperone_otel.exceptions.JobLimitExceeded")
