@@ -307,6 +307,68 @@ def test_records_repeat_process_attributes_their_resource_does_not_say() -> None
 
 
 @pytest.mark.slow
+def test_a_forked_child_counts_only_its_own_runs() -> None:
+    """A child forked while the parent has ended runs and a live one, exporting through the
+    parent's meter provider (one it was given, or an OTLP reader): its run counters start
+    from zero. Before, it reported the parent's totals as its own (counted twice across the
+    fleet), and the parent's live run stayed in its ``runs.active`` for its whole life."""
+    script = r"""
+import json, os, sys
+import chaperone_otel as c
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+reader = InMemoryMetricReader()
+c.configure(meter_provider=MeterProvider(metric_readers=[reader]))
+
+def counts():
+    found = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name in ("chaperone.job.runs.active", "chaperone.job.runs.started"):
+                    found[m.name] = sorted(
+                        (dict(p.attributes)["chaperone.job.name"], p.value)
+                        for p in m.data.data_points if p.value
+                    )
+    return found
+
+for _ in range(3):
+    with c.supervised("parent.done"):
+        pass
+r, w = os.pipe()
+with c.supervised("parent.live"):
+    before = counts()  # collected: the parent's totals are in the counters at the fork
+    pid = os.fork()
+    if pid == 0:
+        with c.supervised("child.job"):
+            pass
+        os.write(w, json.dumps(counts()).encode())
+        os._exit(0)
+    os.close(w)
+    child = json.loads(os.read(r, 65536))
+    os.waitpid(pid, 0)
+print(json.dumps({"child": child, "parent": counts(), "before": before}))
+c.shutdown()
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["child"] == {
+        "chaperone.job.runs.started": [["child.job", 1]],
+        "chaperone.job.runs.active": [],
+    }
+    assert dict(map(tuple, seen["parent"]["chaperone.job.runs.started"])) == {
+        "parent.done": 3,
+        "parent.live": 1,
+    }
+    assert seen["before"]["chaperone.job.runs.active"] == [["parent.live", 1]]
+
+
+@pytest.mark.slow
 def test_monitor_restarts_after_fork() -> None:
     """A forked child (Celery prefork) gets its own monitor thread and instance id."""
     script = r"""

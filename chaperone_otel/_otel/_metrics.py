@@ -145,8 +145,11 @@ class Cumulative:
                 totals[key] = totals.get(key, 0) + amount
 
     def after_fork(self) -> None:
-        """A new lock in a forked child (the parent's may have been held at ``fork``)."""
+        """A forked child: a new lock (the parent's may have been held at ``fork``) and no
+        totals (they are the parent's runs: a child exporting through the parent's meter
+        provider would count them twice, and keep the parent's live runs active)."""
         self._lock = threading.Lock()
+        self._totals = {}
 
     def clear(self) -> None:
         """Forget every total (``reset()``: a counter reset, as after a restart)."""
@@ -282,7 +285,7 @@ class Instruments:
         return observe
 
     def after_fork(self) -> None:
-        """Fresh locks in a forked child."""
+        """Fresh locks and no totals in a forked child (see :meth:`Cumulative.after_fork`)."""
         for totals in self._counters:
             totals.after_fork()
 
