@@ -61,6 +61,10 @@ SCENARIOS: dict[str, dict[str, SignalValue]] = {
     "shared cpu near limit": {"last_heartbeat": 595, "last_seen": 600, "cpu": 0.85,
                               "cpu_limit": 0.9, "cpu_scope": "shared"},
     "violated": {"last_heartbeat": 595, "last_seen": 600, "violation_count": 1},
+    # A zero limit is "no limit" (another producer's OTLP may carry one): x / 0 was +Inf in
+    # PromQL, near any limit, while Python and SQL said no.
+    "zero memory limit": {"last_heartbeat": 595, "last_seen": 600, "memory": 100_000_000,
+                          "memory_limit": 0},
     "lost": {"last_heartbeat": 300, "last_seen": 405},
     "recently silent process": {"last_heartbeat": 540, "last_seen": 540},
     # lease="liveness": the code never beat; the process being alive renews the lease (the
