@@ -59,6 +59,7 @@ HEALTH = sc.prometheus_label(sc.ATTR_JOB_HEALTH)
 ERROR_TYPE = sc.prometheus_label(sc.ATTR_ERROR_TYPE)
 HTTP_STATUS = sc.prometheus_label(sc.METRIC_SINK_REQUESTS_REJECTED.labels[0])
 BY_JOB = f"{NAME}, {QUEUE}"
+PROBLEM = sc.prometheus_label(sc.ATTR_SINK_PROBLEM)
 
 # Recording rules the dashboards and alerts share.
 REC_FINISHED_RATE = "chaperone:job_runs_finished:rate5m"
@@ -111,6 +112,8 @@ WORKER_LABELS: Mapping[str, str] = {
     "job": WORKER_SCRAPE_JOB,
 }
 SINK_LABELS: Mapping[str, str] = {"instance": "127.0.0.1:4318", "job": SINK_SCRAPE_JOB}
+COUNTED_JOB: Mapping[str, str] = {NAME: "etl.import", QUEUE: "default", **SINK_LABELS}
+"""The sink's per-job series (its problem counts) as Prometheus stores them."""
 
 
 def series(name: str, labels: Mapping[str, str], values: str) -> dict[str, str]:
@@ -187,7 +190,20 @@ class _Source:
     where: str
 
     def expr(self, rule: Expr, what: str) -> str:
-        return _promql(promql(rule, self.name), what)
+        """The rule over the run-group gauges, or any run of the job matching it.
+
+        A run group's gauges are those of its stalest run (the rule judges one real run),
+        so the rendering alone misses a second run of the same job and queue in trouble
+        while the stalest is fine (one past its timeout while the other is merely late).
+        The sink counts the runs matching each predicate per job and queue
+        (``chaperone_sink_runs_problem``, the same rule in SQL): the alert also fires from
+        that count, unless the rendering already fires for the job.
+        """
+        counted = (
+            f"max without ({PROBLEM}) "
+            f'({sc.METRIC_SINK_RUNS_PROBLEM.prometheus}{{{PROBLEM}="{what}"}}) > 0'
+        )
+        return f"({_promql(promql(rule, self.name), what)}) or on ({BY_JOB}) ({counted})"
 
 
 def _source(name: str) -> _Source:
@@ -611,7 +627,19 @@ def rule_tests(
         rule = alert_rule(alert, s)
         annotations = rule["annotations"]
         assert isinstance(annotations, dict)
-        for scenario in (alert.fire, alert.quiet):
+        cases = [(alert.fire, "fires"), (alert.quiet, "stays quiet")]
+        counted = re.search(f'{PROBLEM}="([a-z_]+)"', alert.expr)
+        if counted is not None:  # it also fires from the sink's count (_Source.expr) alone
+            problem = series(
+                sc.METRIC_SINK_RUNS_PROBLEM.prometheus,
+                {**COUNTED_JOB, PROBLEM: counted.group(1)},
+                "0 1x20",
+            )
+            also = Scenario(
+                (*alert.quiet.input_series, problem), alert.fire.eval_time, COUNTED_JOB
+            )
+            cases.insert(1, (also, "fires from the sink's count of its runs"))
+        for scenario, case in cases:
             expected: list[dict[str, object]] = []
             if scenario.fires_with is not None:
                 labels = {**scenario.fires_with, "severity": alert.severity, **alert.extra}
@@ -626,7 +654,7 @@ def rule_tests(
                 )
             tests.append(
                 {
-                    "name": f"{alert.name} {'fires' if expected else 'stays quiet'}",
+                    "name": f"{alert.name} {case}",
                     "interval": scenario.interval,
                     "input_series": list(scenario.input_series),
                     "alert_rule_test": [

@@ -91,16 +91,33 @@ def test_runbook_anchors_exist_in_operations_doc(repo: Path, source: str) -> Non
             assert anchor(str(rule["alert"])) in headings, rule["alert"]
 
 
+def _or_counted(rendered: object, pred: str) -> str:
+    """The alert of a per-run rule: its rendering over the run-group gauges (the stalest run
+    of each group), or the sink's count of the job's runs matching it (any of them)."""
+    return (
+        f"({rendered}) or on (chaperone_job_name, chaperone_job_queue) "
+        "(max without (chaperone_sink_problem) "
+        f'(chaperone_sink_runs_problem{{chaperone_sink_problem="{pred}"}}) > 0)'
+    )
+
+
 def test_health_alerts_render_the_single_health_definition(repo: Path) -> None:
-    """Stuck, overtime, stalled, limits and heartbeat-missed exprs are _health's PromQL."""
+    """Stuck, overtime, stalled, limits and heartbeat-missed exprs are _health's PromQL, or
+    the sink's count of runs matching the same predicate."""
     r = rules(DEFAULT_POLICY)
     by_name = {r_["alert"]: r_["expr"] for r_ in _rules(repo) if "alert" in r_}
-    assert by_name["ChaperoneJobStuck"] == r.stuck.promql()
-    assert by_name["ChaperoneJobOvertime"] == r.overtime.promql()
-    assert by_name["ChaperoneJobStalled"] == r.stalled.promql()
-    assert by_name["ChaperoneJobResourceLimitNear"] == r.near_limit.promql()
-    assert by_name["ChaperoneJobResourceLimitViolated"] == r.violated.promql()
-    assert by_name["ChaperoneJobHeartbeatMissed"] == r.heartbeat_missed.promql()
+    assert by_name["ChaperoneJobStuck"] == _or_counted(r.stuck.promql(), "stuck")
+    assert by_name["ChaperoneJobOvertime"] == _or_counted(r.overtime.promql(), "overtime")
+    assert by_name["ChaperoneJobStalled"] == _or_counted(r.stalled.promql(), "stalled")
+    assert by_name["ChaperoneJobResourceLimitNear"] == _or_counted(
+        r.near_limit.promql(), "near_limit"
+    )
+    assert by_name["ChaperoneJobResourceLimitViolated"] == _or_counted(
+        r.violated.promql(), "violated"
+    )
+    assert by_name["ChaperoneJobHeartbeatMissed"] == _or_counted(
+        r.heartbeat_missed.promql(), "heartbeat_missed"
+    )
     lost = by_name["ChaperoneJobLost"]
     assert sc.METRIC_SINK_SILENCE_RATIO.prometheus in lost
     assert f"> {DEFAULT_POLICY.lost_after!r}" in lost
@@ -118,7 +135,7 @@ def test_sink_alerts_render_the_single_health_definition_over_the_sinks_series(
                         ("ChaperoneJobResourceLimitNear", "near_limit"),
                         ("ChaperoneJobResourceLimitViolated", "violated"),
                         ("ChaperoneJobHeartbeatMissed", "heartbeat_missed")):
-        assert by_name[alert] == promql(r.by_name(pred), "sink"), alert
+        assert by_name[alert] == _or_counted(promql(r.by_name(pred), "sink"), pred), alert
     labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
     for rule in _rules(repo, "sink"):
         for token in METRIC_TOKEN.findall(re.sub(r'"[^"]*"', '""', str(rule["expr"]))):
