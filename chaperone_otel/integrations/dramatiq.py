@@ -63,6 +63,7 @@ from .._setup import flush as _flush
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
+from ..exceptions import ConfigurationError as _ConfigurationError
 from ._options import check_options as _check_options
 
 try:
@@ -274,9 +275,9 @@ def instrument(
 ) -> Supervision:
     """Add the :class:`Supervision` middleware to ``broker``, first in its list.
 
-    Idempotent per broker (the middleware already there is returned). Call it before the
-    actors are declared, where every worker process runs it: the module that creates the
-    broker, after ``chaperone.configure()``.
+    Idempotent per broker (the middleware already there is returned; a second call with
+    other options raises). Call it before the actors are declared, where every worker
+    process runs it: the module that creates the broker, after ``chaperone.configure()``.
 
     Args:
         broker: the Dramatiq broker.
@@ -289,7 +290,8 @@ def instrument(
         The middleware.
 
     Raises:
-        ConfigurationError: an option that is not valid.
+        ConfigurationError: an option that is not valid, or other options than those of the
+            ``Supervision`` middleware already in the broker's list.
 
     .. versionadded:: 0.1
     """
@@ -301,6 +303,21 @@ def instrument(
     )
     for existing in broker.middleware:
         if isinstance(existing, Supervision):
+            given = {
+                "include": include,
+                "heartbeat_interval": heartbeat_interval,
+                "flush_timeout": flush_timeout,
+            }
+            other = [
+                f"{k}={v!r} (kept: {getattr(existing, k)!r})"
+                for k, v in given.items()
+                if v != getattr(existing, k)
+            ]
+            if other:
+                raise _ConfigurationError(
+                    f"instrument(broker) was called already with other options: "
+                    f"{', '.join(other)}; call it once per broker, with the options you want"
+                )
             return existing
     middleware = Supervision(
         include=include, heartbeat_interval=heartbeat_interval, flush_timeout=flush_timeout

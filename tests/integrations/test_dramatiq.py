@@ -158,6 +158,18 @@ def test_instrument_refuses_invalid_options_at_once(options: dict[str, Any], mat
         stub.close()
 
 
+def test_instrument_again_with_other_options_raises(broker: StubBroker) -> None:
+    """A second ``instrument()`` with other options raises, naming them (it returned the
+    first middleware, whose options silently won); the same options are still idempotent."""
+    first = broker.middleware[0]
+    with pytest.raises(ConfigurationError, match=r"heartbeat_interval=300 \(kept: None\)"):
+        instrument(broker, heartbeat_interval=300)
+    with pytest.raises(ConfigurationError, match="called already with other options: include="):
+        instrument(broker, include=lambda actor: True)
+    assert instrument(broker) is first
+    assert sum(isinstance(m, Supervision) for m in broker.middleware) == 1
+
+
 def test_without_retries_middleware_an_exception_is_a_failure(cap: Capture) -> None:
     """No Retries middleware: nothing sends the message again, so the attempt failed."""
     stub = StubBroker(middleware=[TimeLimit()])
