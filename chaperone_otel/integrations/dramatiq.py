@@ -44,7 +44,8 @@ middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is a failure w
 
 The actor option ``supervision`` takes ``False`` (not supervised) or a dict of
 :func:`chaperone_otel.start_run` options (``heartbeat_interval``, ``stall_timeout``,
-``timeout``, ``attributes``). The run is current while the actor runs: ``current_job()``,
+``timeout``, ``attributes``); a wrong key or value raises ``ConfigurationError`` where the
+actor is declared. The run is current while the actor runs: ``current_job()``,
 ``heartbeat()``, ``report_progress()`` and ``track()`` reach it, and spans the actor opens
 nest under the run span.
 
@@ -60,6 +61,7 @@ from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._spec import make_spec as _make_spec
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
@@ -69,7 +71,7 @@ from ._options import check_options as _check_options
 try:
     import dramatiq
     from dramatiq.common import q_name
-    from dramatiq.middleware import Middleware, Retries, SkipMessage, TimeLimit
+    from dramatiq.middleware import Middleware, MiddlewareError, Retries, SkipMessage, TimeLimit
 except ImportError as _error:  # pragma: no cover - exercised only without dramatiq
     raise ImportError(
         "chaperone_otel.integrations.dramatiq needs Dramatiq: pip install dramatiq"
@@ -92,6 +94,12 @@ class WorkerShutdown(Exception):
 
     .. versionadded:: 0.1
     """
+
+
+class _ActorOptionError(_ConfigurationError, MiddlewareError):
+    """An actor's invalid ``supervision=`` option: a :class:`MiddlewareError`, the one kind
+    of error Dramatiq raises from a middleware's ``before_declare_actor`` (it logs others
+    and declares the actor)."""
 
 
 class Supervision(Middleware):
@@ -135,16 +143,15 @@ class Supervision(Middleware):
         return {OPTION}
 
     def before_declare_actor(self, broker: Any, actor: Any) -> None:
-        """Check the actor's ``supervision=`` option where it is declared. Dramatiq logs a
-        middleware's exception here as CRITICAL (with the message below) instead of raising
-        it; the actor's messages are then supervised with the valid keys only."""
+        """Check the actor's ``supervision=`` option where it is declared, with the checks
+        :func:`~chaperone_otel.start_run` applies: a wrong key or value raises there (the
+        actor is not declared), rather than each message running unsupervised."""
         options = actor.options.get(OPTION)
-        if options is None or options is False or options is True:
-            return
-        if not isinstance(options, Mapping) or not set(options) <= _RUN_OPTIONS:
-            raise ValueError(
-                f"actor {actor.actor_name}: {OPTION}= takes False or a dict with keys "
-                f"{', '.join(sorted(_RUN_OPTIONS))}; got {options!r}"
+        _, problems = _run_options(options)
+        if problems:
+            raise _ActorOptionError(
+                f"actor {actor.actor_name!r}: {OPTION}={options!r}: {'; '.join(problems)}. "
+                f"{OPTION}= takes False or a dict with keys {', '.join(sorted(_RUN_OPTIONS))}"
             )
 
     # ---- process lifecycle ---------------------------------------------------------------
@@ -181,7 +188,7 @@ class Supervision(Middleware):
             if options is False or (self.include is not None and not self.include(actor)):
                 return
             run_options: dict[str, Any] = {}
-            if isinstance(options, Mapping):  # unknown keys were reported at declaration
+            if isinstance(options, Mapping):  # an actor's were checked at declaration
                 run_options = {k: v for k, v in options.items() if k in _RUN_OPTIONS}
             run_options.setdefault("heartbeat_interval", self.heartbeat_interval)
             run_options.setdefault("timeout", _time_limit(broker, actor, message))
@@ -235,6 +242,35 @@ class Supervision(Middleware):
     def _pop(self, message: Any) -> tuple[_StartedRun, Any] | None:
         with self.lock:
             return self.open.pop(getattr(message, "message_id", ""), None)
+
+
+def _run_options(options: Any) -> tuple[dict[str, Any], list[str]]:
+    """The run options a ``supervision=`` value gives (``False``: none) that
+    :func:`~chaperone_otel.start_run` accepts, and what is wrong with the others."""
+    if options is None or isinstance(options, bool):
+        return {}, []
+    if not isinstance(options, Mapping):
+        return {}, ["not a dict"]
+    valid: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in options.items():
+        if key not in _RUN_OPTIONS:
+            problems.append(f"unknown key {key!r}")
+            continue
+        try:
+            if key == "attributes" and not isinstance(value, Mapping):
+                raise _ConfigurationError(f"attributes={value!r}: expected a dict")
+            _make_spec(
+                None,
+                queue=None,
+                attempt=None,
+                **{"heartbeat_interval": None, "timeout": None, key: value},
+            )
+        except Exception as error:  # the same as start_run: its message says what to pass
+            problems.append(str(error))
+            continue
+        valid[key] = value
+    return valid, problems
 
 
 def _finish(broker: Any, run: _StartedRun, message: Any, exception: BaseException | None) -> None:

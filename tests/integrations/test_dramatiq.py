@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -236,24 +237,33 @@ def test_supervision_false_and_include_leave_actors_unsupervised(cap: Capture) -
     assert [r.name for r in cap.runs()] == ["kept"]
 
 
-def test_a_wrong_supervision_option_is_reported_at_declaration(
-    broker: StubBroker, cap: Capture, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"timeout": "10 minutes"}, "timeout='10 minutes' is not a duration"),
+        ({"heartbeat_interval": 0}, "heartbeat_interval must be a positive duration, got 0"),
+        ({"stall_timeout": True}, "stall_timeout must be seconds or a timedelta, not a bool"),
+        ({"attributes": {"team": ["a"]}}, r"attributes\['team'\]: keys must be str"),
+        ({"attributes": ["team"]}, r"attributes=\['team'\]: expected a dict"),
+        ({"timeuot": 5, "stall_timeout": 9}, "unknown key 'timeuot'"),
+        ("often", "not a dict"),
+    ],
+)
+def test_a_wrong_supervision_option_raises_at_declaration(
+    broker: StubBroker, cap: Capture, options: Any, match: str
 ) -> None:
-    """Misuse is reported where the actor is declared, saying what the option takes
-    (Dramatiq logs a middleware's error there as CRITICAL rather than raising it); the
-    actor's messages are still runs, with the valid keys."""
-    with caplog.at_level("CRITICAL", logger="dramatiq"):
+    """A wrong key or value of ``supervision=`` raises where the actor is declared, naming
+    the actor, the option and what it takes (Dramatiq logged it, declared the actor, and a
+    wrong value then made each of its messages run unsupervised)."""
+    where = re.escape(f"actor 'misused': supervision={options!r}: ")
+    with pytest.raises(ConfigurationError, match=where + match) as raised:
 
-        @dramatiq.actor(broker=broker, supervision={"timeuot": 5, "stall_timeout": 9})
-        def typo() -> None:
+        @dramatiq.actor(broker=broker, actor_name="misused", supervision=options)
+        def misused() -> None:
             pass
 
-    assert "supervision= takes False or a dict" in caplog.text
-    message = typo.send()
-    _process(broker, message)
-    run = cap.run(message.message_id)
-    assert run.status == "completed"
-    assert run.latest[sc.ATTR_JOB_STALL_TIMEOUT] == 9.0
+    assert "supervision= takes False or a dict with keys attributes, heartbeat" in str(raised)
+    assert "misused" not in broker.actors
 
 
 def test_runs_open_at_worker_shutdown_end_cancelled(broker: StubBroker, cap: Capture) -> None:
