@@ -45,7 +45,9 @@ middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is a failure w
 The actor option ``supervision`` takes ``False`` (not supervised) or a dict of
 :func:`chaperone_otel.start_run` options (``heartbeat_interval``, ``stall_timeout``,
 ``timeout``, ``attributes``); a wrong key or value raises ``ConfigurationError`` where the
-actor is declared. The run is current while the actor runs: ``current_job()``,
+actor is declared. A message's own ``supervision=`` (``send_with_options``) replaces the
+actor's; a wrong key or value there is logged (once per actor and mistake) and left out,
+and the run is supervised with the rest. The run is current while the actor runs: ``current_job()``,
 ``heartbeat()``, ``report_progress()`` and ``track()`` reach it, and spans the actor opens
 nest under the run span.
 
@@ -54,6 +56,7 @@ nest under the run span.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -87,6 +90,9 @@ the copy ``Retries`` enqueues carries it (Dramatiq carries no trace context, so 
 is a root span in a trace of its own)."""
 
 _RUN_OPTIONS: Final = frozenset({"heartbeat_interval", "stall_timeout", "timeout", "attributes"})
+_WARNED_KEPT: Final = 1000
+
+_logger = logging.getLogger("chaperone_otel")
 
 
 class WorkerShutdown(Exception):
@@ -137,6 +143,7 @@ class Supervision(Middleware):
         # thread; a worker has several threads, each with its own entries.
         self.open: dict[str, tuple[_StartedRun, Any]] = {}
         self.lock = threading.Lock()
+        self.warned: set[tuple[str, str]] = set()  # (actor, mistake) of message options
 
     @property
     def actor_options(self) -> set[str]:
@@ -188,7 +195,11 @@ class Supervision(Middleware):
             if options is False or (self.include is not None and not self.include(actor)):
                 return
             run_options: dict[str, Any] = {}
-            if isinstance(options, Mapping):  # an actor's were checked at declaration
+            if OPTION in message.options:  # checked here: the job runs whatever is wrong
+                run_options, problems = _run_options(options)
+                if problems:
+                    self._warn_message_options(message, options, problems)
+            elif isinstance(options, Mapping):  # an actor's were checked at declaration
                 run_options = {k: v for k, v in options.items() if k in _RUN_OPTIONS}
             run_options.setdefault("heartbeat_interval", self.heartbeat_interval)
             run_options.setdefault("timeout", _time_limit(broker, actor, message))
@@ -238,6 +249,27 @@ class Supervision(Middleware):
                 if not isinstance(error, BaseException):
                     error = SkipMessage("message skipped")
                 run.finish(error, status="cancelled")
+
+    def _warn_message_options(self, message: Any, options: Any, problems: list[str]) -> None:
+        """A message's own ``supervision=`` (``send_with_options``) is wrong: its run is
+        supervised without the wrong keys and values, and that is logged once per actor
+        and mistake (no middleware hook can refuse a message that is already sent)."""
+        key = (message.actor_name, "; ".join(problems))
+        with self.lock:
+            if key in self.warned or len(self.warned) >= _WARNED_KEPT:
+                return
+            self.warned.add(key)
+        _logger.warning(
+            "chaperone-otel: actor %r: the message option %s=%r: %s; ignored, its run is "
+            "supervised without it. %s= takes False or a dict with keys %s (logged once per "
+            "actor and mistake)",
+            message.actor_name,
+            OPTION,
+            options,
+            key[1],
+            OPTION,
+            ", ".join(sorted(_RUN_OPTIONS)),
+        )
 
     def _pop(self, message: Any) -> tuple[_StartedRun, Any] | None:
         with self.lock:

@@ -266,6 +266,35 @@ def test_a_wrong_supervision_option_raises_at_declaration(
     assert "misused" not in broker.actors
 
 
+def test_a_wrong_message_supervision_option_is_logged_and_the_run_kept(
+    broker: StubBroker, cap: Capture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message's own ``supervision=`` (``send_with_options``) with a misspelled key or a
+    wrong value: the job runs, its run is supervised with the valid options, and the
+    mistake is logged once per actor (the key was dropped silently; a wrong value left
+    the message unsupervised)."""
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def other() -> None:
+        pass
+
+    with caplog.at_level("WARNING", logger="chaperone_otel"):
+        typo = [other.send_with_options(supervision={"stall_timout": 60, "timeout": 7})]
+        typo.append(other.send_with_options(supervision={"stall_timout": 60}))
+        value = other.send_with_options(supervision={"timeout": "10 minutes", "stall_timeout": 9})
+        _process(broker, *typo, value)
+    runs = {r.id: r for r in cap.runs()}
+    assert [runs[m.message_id].status for m in [*typo, value]] == ["completed"] * 3
+    assert runs[typo[0].message_id].latest[sc.ATTR_JOB_TIMEOUT] == 7.0
+    assert runs[value.message_id].latest[sc.ATTR_JOB_STALL_TIMEOUT] == 9.0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "chaperone_otel"]
+    assert len(warnings) == 2, warnings  # the typo once, though two messages had it
+    assert "actor 'other'" in warnings[0]
+    assert "unknown key 'stall_timout'; ignored" in warnings[0]
+    assert "timeout='10 minutes' is not a duration" in warnings[1]
+    assert "takes False or a dict with keys attributes, heartbeat_interval" in warnings[1]
+
+
 def test_runs_open_at_worker_shutdown_end_cancelled(broker: StubBroker, cap: Capture) -> None:
     """A run still open when the worker shuts down (its thread did not stop in time) ends
     ``cancelled`` with ``WorkerShutdown``, not left running."""
