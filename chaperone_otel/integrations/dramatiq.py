@@ -139,9 +139,11 @@ class Supervision(Middleware):
         self.include = include
         self.heartbeat_interval = heartbeat_interval
         self.flush_timeout = flush_timeout
-        # message id -> (run, tokens): before and after of one message run on one worker
-        # thread; a worker has several threads, each with its own entries.
-        self.open: dict[str, tuple[_StartedRun, Any]] = {}
+        # id(message proxy) -> (proxy, run, tokens): before and after of one delivery run on
+        # one worker thread, with the same proxy. Keyed per delivery, not by message id: two
+        # deliveries of one id (a redelivery, ids the application chose) can run at once on
+        # two threads, each finishing its own run. The proxy is kept so its id is not reused.
+        self.open: dict[int, tuple[Any, _StartedRun, Any]] = {}
         self.lock = threading.Lock()
         self.warned: set[tuple[str, str]] = set()  # (actor, mistake) of message options
 
@@ -181,7 +183,7 @@ class Supervision(Middleware):
             left = list(self.open.values())
             self.open.clear()
         with _guard("dramatiq.shutdown"):
-            for run, _ in left:
+            for _, run, _ in left:
                 error = WorkerShutdown("the worker shut down while the message ran")
                 run.finish(error, status="cancelled")
             _flush(self.flush_timeout)
@@ -213,7 +215,7 @@ class Supervision(Middleware):
             )
             tokens = run.attach()
             with self.lock:  # first: whatever fails after this, the run is finished
-                self.open[message.message_id] = (run, tokens)
+                self.open[id(message)] = (message, run, tokens)
             span = run.traceparent
             if span is not None:
                 message.options[SPAN_OPTION] = span
@@ -273,7 +275,11 @@ class Supervision(Middleware):
 
     def _pop(self, message: Any) -> tuple[_StartedRun, Any] | None:
         with self.lock:
-            return self.open.pop(getattr(message, "message_id", ""), None)
+            entry = self.open.get(id(message))
+            if entry is None or entry[0] is not message:
+                return None
+            del self.open[id(message)]
+            return entry[1], entry[2]
 
 
 def _run_options(options: Any) -> tuple[dict[str, Any], list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -109,6 +110,47 @@ def test_retries_are_attempts_retried_then_failed_when_spent(
     runs = sorted((r.latest[sc.ATTR_JOB_ATTEMPT], r.status, r.error_type) for r in cap.runs())
     assert runs == [(1, "retried", f"{__name__}.Declined"), (2, "failed", f"{__name__}.Declined")]
     assert {r.id for r in cap.runs()} == {message.message_id}
+
+
+def test_two_deliveries_of_one_message_id_at_once_each_finish_their_own_run(
+    broker: StubBroker, cap: Capture
+) -> None:
+    """Two deliveries of one message id (a redelivery, ids the application chose) running
+    at once on two worker threads: each finishes its own run with its own outcome (the
+    second replaced the first's open run: the first thread finished the other's run with
+    its outcome and the second run stayed ``running`` for ever)."""
+    from chaperone_otel._runtime import runtime
+
+    both_started = threading.Barrier(2, timeout=10)
+    attempts: dict[bool, int] = {}
+
+    @dramatiq.actor(broker=broker, max_retries=0)
+    def work(fail: bool) -> None:
+        job = chaperone.current_job(required=True)
+        attempts[fail] = job.attempt
+        both_started.wait()
+        if fail:
+            raise Declined("first to finish")
+        deadline = time.monotonic() + 10  # still running while the failing delivery ends
+        while not any(r.status == "failed" for r in cap.runs()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    failing = work.message(fail=True)
+    twin = failing.copy(kwargs={"fail": False})
+    assert twin.message_id == failing.message_id
+    broker.enqueue(failing)
+    broker.enqueue(twin)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=10)
+    worker.start()
+    try:
+        broker.join(failing.queue_name, timeout=20_000, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    assert sorted(attempts.values()) == [1, 2]  # two runs of one id: the runtime's attempts
+    status = {r.latest[sc.ATTR_JOB_ATTEMPT]: r.status for r in cap.runs()}
+    assert status == {attempts[True]: "failed", attempts[False]: "completed"}
+    assert runtime().live_runs() == []
 
 
 def test_a_failure_after_the_start_still_finishes_the_run(
