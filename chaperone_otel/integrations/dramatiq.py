@@ -38,8 +38,9 @@ span links      the run span links to the span of the message's processing befor
 Outcomes: a return is ``completed``; an exception is ``retried`` (terminal, not a failure)
 with the exception as the cause when the ``Retries`` middleware sends the message again,
 ``failed`` with its own type when it does not (retries spent, ``throws=``, no ``Retries``
-middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is a failure with a
-``timeout`` violation; a skipped message (``SkipMessage``, e.g. ``AgeLimit``) is
+middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is such an exception
+(``retried`` while retries are left, ``failed`` when they are spent), with a ``timeout``
+violation either way; a skipped message (``SkipMessage``, e.g. ``AgeLimit``) is
 ``cancelled``.
 
 The actor option ``supervision`` takes ``False`` (not supervised) or a dict of

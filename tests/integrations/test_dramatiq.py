@@ -231,6 +231,40 @@ def test_without_retries_middleware_an_exception_is_a_failure(cap: Capture) -> N
     assert cap.run(message.message_id).status == "failed"
 
 
+def test_time_limit_is_retried_while_retries_are_left_then_failed(cap: Capture) -> None:
+    """``TimeLimitExceeded`` is an exception like any other for ``Retries``: ``retried``
+    while it sends the message again, ``failed`` when retries are spent; a ``timeout``
+    violation on each attempt (the run's timeout is the time limit)."""
+    stub = StubBroker(middleware=[TimeLimit(interval=20), Retries(min_backoff=1, max_backoff=1)])
+    instrument(stub)
+    stub.emit_after("process_boot")  # TimeLimit's timer thread
+    try:
+
+        @dramatiq.actor(broker=stub, time_limit=200, max_retries=1)
+        def slow() -> None:
+            deadline = time.monotonic() + 10  # interrupted by TimeLimit long before
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        message = slow.send()
+        _process(stub, message)
+        deadline = time.monotonic() + 10
+        while len(cap.runs()) < 2 and time.monotonic() < deadline:  # the delayed retry
+            _process(stub, message)
+    finally:
+        stub.close()
+    exceeded = "dramatiq.middleware.time_limit.TimeLimitExceeded"
+    runs = sorted(cap.runs(), key=lambda r: r.latest[sc.ATTR_JOB_ATTEMPT])
+    assert [(r.latest[sc.ATTR_JOB_ATTEMPT], r.status, r.error_type) for r in runs] == [
+        (1, "retried", exceeded),
+        (2, "failed", exceeded),
+    ]
+    for run in runs:
+        assert run.latest[sc.ATTR_JOB_TIMEOUT] == 0.2
+        violations = run.events(sc.EVENT_JOB_VIOLATION)
+        assert [v.attributes[sc.ATTR_LIMIT_TYPE] for v in violations] == ["timeout"]
+
+
 def test_skipped_message_is_cancelled(cap: Capture) -> None:
     """AgeLimit skips a message too old to run: its run ends cancelled with the reason."""
     stub = StubBroker(middleware=[AgeLimit(max_age=1)])
