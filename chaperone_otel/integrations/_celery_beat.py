@@ -63,25 +63,73 @@ DEFAULT_DECLARE_EVERY: Final = 60.0
 _UID: Final = "chaperone_otel.integrations.celery_beat"
 
 
+_CRON_FIELDS: Final = (
+    # (crontab's expanded set, its original argument, every value of the field)
+    ("minute", "_orig_minute", range(60)),
+    ("hour", "_orig_hour", range(24)),
+    ("day_of_month", "_orig_day_of_month", range(1, 32)),
+    ("month_of_year", "_orig_month_of_year", range(1, 13)),
+    ("day_of_week", "_orig_day_of_week", range(7)),
+)
+"""The five cron fields of a ``crontab``, in cron's order."""
+
+
+def crontab_cron(every: crontab) -> str:
+    """The cron expression of a ``crontab``, read from the sets Celery expanded.
+
+    Celery accepts more than cron text: ``hour=[1, 13]``, ``minute=range(0, 60, 15)``,
+    ``day_of_week="monday"``. Their ``str()`` is no cron field ("[1, 13]"), and one such
+    entry used to stop the beat integration for every entry. The expanded int sets are
+    what Celery itself fires on, so each field is built from them: ``*`` for every value
+    (cron's day rule depends on it), the original text when cronsim reads it as the same
+    set (``*/15``, ``mon-fri`` stay readable), else a comma list.
+    """
+    return " ".join(
+        _cron_field(i, set(getattr(every, expanded)), getattr(every, original, None), full)
+        for i, (expanded, original, full) in enumerate(_CRON_FIELDS)
+    )
+
+
+def _cron_field(index: int, values: set[int], original: object, full: range) -> str:
+    if values >= set(full):
+        return "*"
+    text = str(original) if isinstance(original, (str, int)) else ""
+    if text and _cronsim_reads(index, text) == values:
+        return text
+    return ",".join(str(v) for v in sorted(values))
+
+
+def _cronsim_reads(index: int, text: str) -> set[int] | None:
+    """The set cronsim reads ``text`` as in field ``index`` (day of week: 0 is Sunday, as
+    in Celery), or None when it refuses it."""
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    from cronsim import CronSim, CronSimError  # noqa: PLC0415
+
+    fields = ["*"] * 5
+    fields[index] = text
+    try:
+        sim = CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=timezone.utc))
+    except CronSimError:
+        return None
+    parsed = (sim.minutes, sim.hours, sim.days, sim.months, sim.weekdays)[index]
+    if not all(isinstance(v, int) for v in parsed):  # "L", "5#2": no Celery set is one
+        return None
+    return {v % 7 if index == 4 else v for v in parsed if isinstance(v, int)}
+
+
 def entry_spec(
     name: str, entry: Mapping[str, Any], *, timezone: str, **options: Any
 ) -> ScheduleSpec | None:
-    """The schedule of one ``beat_schedule`` entry, or None for a kind we cannot read."""
+    """The schedule of one ``beat_schedule`` entry, or None for a kind we cannot read.
+
+    Raises:
+        ConfigurationError: the entry's schedule cannot be declared (an option refused).
+    """
     every = entry.get("schedule")
     if isinstance(every, crontab):
-        fields = (
-            every._orig_minute,
-            every._orig_hour,
-            every._orig_day_of_month,
-            every._orig_month_of_year,
-            every._orig_day_of_week,
-        )
         return make_schedule(
-            name,
-            cron=" ".join(str(f) for f in fields),
-            tz=timezone,
-            source="celery-beat",
-            **options,
+            name, cron=crontab_cron(every), tz=timezone, source="celery-beat", **options
         )
     if isinstance(every, schedule):
         every = every.run_every
@@ -91,11 +139,23 @@ def entry_spec(
 
 
 def beat_specs(app: Celery, **options: Any) -> list[ScheduleSpec]:
-    """Every readable entry of ``app.conf.beat_schedule`` as a schedule."""
+    """Every readable entry of ``app.conf.beat_schedule`` as a schedule.
+
+    An entry that cannot be declared is skipped with a warning naming it: one odd entry
+    must not take the beat integration away from the others.
+    """
     zone = getattr(app.timezone, "key", None) or "UTC"
     specs = []
     for name, entry in (app.conf.beat_schedule or {}).items():
-        spec = entry_spec(name, entry, timezone=zone, **options)
+        try:
+            spec = entry_spec(name, entry, timezone=zone, **options)
+        except Exception as exc:  # any entry may be odd; the others still count
+            logger.warning(
+                "chaperone-otel: beat entry %r cannot be declared as a schedule (%s): not declared",
+                name,
+                exc,
+            )
+            continue
         if spec is None:
             logger.warning(
                 "chaperone-otel: beat entry %r has a schedule it cannot read (%s): not declared",
@@ -121,9 +181,7 @@ class _Beat:
         if getattr(sender, "app", None) is not self.app:
             return
         with _guard("celery_beat.init"):
-            for spec in beat_specs(self.app, **self.options):
-                self.specs[spec.name] = spec
-                declare(spec)
+            # Wrapped first: dispatches are named and recorded even if declaring fails.
             scheduler = sender.scheduler
             original = scheduler.apply_entry
 
@@ -135,6 +193,10 @@ class _Beat:
                     self.local.entry = None
 
             scheduler.apply_entry = apply_entry
+        with _guard("celery_beat.init"):
+            for spec in beat_specs(self.app, **self.options):
+                self.specs[spec.name] = spec
+                declare(spec)
 
     def before_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
         """``before_task_publish`` (beat process, in ``apply_entry``): name the slot."""

@@ -19,7 +19,9 @@ from celery import Celery
 from celery.schedules import crontab, schedule
 
 import chaperone_otel as chaperone
+from chaperone_otel import semconv as sc
 from chaperone_otel.integrations._celery_beat import beat_specs, run_options
+from chaperone_otel.testing import capture
 from tests.integrations.workers import dispatched_missed, schedule_slots, stop, worker_env
 from tests.waiting import wait_until
 
@@ -69,6 +71,100 @@ def test_beat_entries_become_schedules_in_the_apps_zone() -> None:
     assert [specs[n].interval for n in ("seconds", "delta", "wrapped")] == [90.0, 300.0, 3600.0]
     assert {s.source for s in specs.values()} == {"celery-beat"}
     assert {s.declare_every for s in specs.values()} == {60.0}
+
+
+_CELERY_CRONTABS: dict[str, tuple[dict[str, Any], str]] = {
+    # Each accepted by Celery; the cron the schedule gets.
+    "hour list": ({"minute": 0, "hour": [1, 13]}, "0 1,13 * * *"),
+    "hour set": ({"minute": 0, "hour": {1, 13}}, "0 1,13 * * *"),
+    "minute range": ({"minute": range(0, 60, 15)}, "0,15,30,45 * * * *"),
+    "minute step text": ({"minute": "*/15"}, "*/15 * * * *"),
+    "full day name": ({"minute": 0, "hour": 9, "day_of_week": "monday"}, "0 9 * * 1"),
+    "day names": ({"minute": 0, "hour": 9, "day_of_week": "mon,wed"}, "0 9 * * mon,wed"),
+    "every day of week": ({"minute": 0, "hour": 9, "day_of_week": "0-6"}, "0 9 * * *"),
+    "month name": ({"minute": 0, "hour": 0, "month_of_year": "jan"}, "0 0 * jan *"),
+    "day of month step": ({"minute": 0, "hour": 0, "day_of_month": "*/2"}, "0 0 */2 * *"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CELERY_CRONTABS))
+def test_a_crontab_celery_accepts_is_the_cron_it_fires_on(case: str) -> None:
+    """Every crontab Celery accepts becomes a cron expression (str() of ``hour=[1, 13]``
+    is "[1, 13]", of "monday" a name cron refuses), and that cron falls due at exactly the
+    minutes where Celery's expanded sets all match, over two months."""
+    from datetime import datetime, timezone
+
+    from chaperone_otel._schedules import cron_dues
+    from chaperone_otel.integrations._celery_beat import entry_spec
+
+    options, expected = _CELERY_CRONTABS[case]
+    every = crontab(app=Celery("fields"), **options)
+    spec = entry_spec(case, {"schedule": every}, timezone="UTC")
+    assert spec is not None
+    assert spec.cron == expected
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    end = start + 60 * 86400
+    celery = [
+        t
+        for t in range(int(start) + 60, int(end) + 1, 60)
+        if (d := datetime.fromtimestamp(t, timezone.utc)).minute in every.minute
+        and d.hour in every.hour
+        and d.day in every.day_of_month
+        and d.month in every.month_of_year
+        and d.isoweekday() % 7 in every.day_of_week
+    ]
+    assert cron_dues(spec, after=start, until=end, limit=10**6) == celery
+
+
+def test_one_entry_that_cannot_be_declared_leaves_the_others_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An entry Celery accepts and a schedule cannot take (every 0.5 s: below a schedule's
+    1 s) is skipped with one warning naming it; the other entries are declared, and beat's ``apply_entry`` is still wrapped, so their
+    dispatches are named and recorded."""
+    from celery import signals
+
+    from chaperone_otel._schedule import declared
+    from chaperone_otel.integrations._celery_beat import instrument_beat, uninstrument_beat
+
+    app = Celery("odd-entry")
+    app.conf.beat_schedule = {
+        "nightly": {"task": "t.nightly", "schedule": crontab(minute=0, hour=2)},
+        "hot-loop": {"task": "t.loop", "schedule": 0.5},
+        "twice-a-day": {"task": "t.report", "schedule": crontab(minute=0, hour=[1, 13])},
+        "poll": {"task": "t.poll", "schedule": 300.0},
+    }
+    sent: list[dict[str, Any]] = []
+
+    def original(entry: Any, producer: Any = None) -> str:
+        headers: dict[str, Any] = {"id": f"task-{entry.name}"}
+        signals.before_task_publish.send(sender=entry.task, headers=headers)
+        sent.append(headers)
+        return "sent"
+
+    class Beat:
+        pass
+
+    beat = Beat()
+    beat.app = app  # type: ignore[attr-defined]
+    beat.scheduler = type("Scheduler", (), {})()  # type: ignore[attr-defined]
+    beat.scheduler.apply_entry = original  # type: ignore[attr-defined]
+    instrument_beat(app)
+    try:
+        with capture() as cap, caplog.at_level("WARNING", logger="chaperone_otel"):
+            signals.beat_init.send(sender=beat)
+            entry = type("Entry", (), {"name": "twice-a-day", "task": "t.report"})()
+            assert beat.scheduler.apply_entry(entry) == "sent"  # type: ignore[attr-defined]
+            names = [s.name for s in declared()]
+    finally:
+        uninstrument_beat(app)
+    assert names == ["nightly", "twice-a-day", "poll"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "'hot-loop'" in warnings[0]
+    assert sent[0]["chaperone_schedule"] == "twice-a-day"
+    dispatches = [r for r in cap.records if r.event_name == sc.EVENT_SCHEDULE_DISPATCHED]
+    assert [r.attributes[sc.ATTR_SCHEDULE_NAME] for r in dispatches] == ["twice-a-day"]
 
 
 def test_run_options_read_the_beat_headers() -> None:
