@@ -44,7 +44,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -79,6 +79,7 @@ class ScheduleSpec:
     failure_threshold: int = 1
     declare_every: float | None = None
     source: str = "code"
+    day_and: bool = False
 
     def definition(self) -> tuple[object, ...]:
         """What decides the slots and states (a re-declaration that changes it starts the
@@ -91,6 +92,7 @@ class ScheduleSpec:
             self.max_runtime,
             self.failure_threshold,
             self.declare_every,
+            self.day_and,
         )
 
     def attributes(self) -> dict[str, AttributeValue]:
@@ -104,6 +106,8 @@ class ScheduleSpec:
         }
         if self.cron is not None:
             a[sc.ATTR_SCHEDULE_CRON] = self.cron
+        if self.day_and:
+            a[sc.ATTR_SCHEDULE_CRON_DAY_AND] = True
         if self.interval is not None:
             a[sc.ATTR_SCHEDULE_INTERVAL] = self.interval
         if self.max_runtime is not None:
@@ -134,8 +138,13 @@ def make_schedule(
     failure_threshold: int = 1,
     declare_every: Any = None,
     source: str = "code",
+    day_and: bool = False,
 ) -> ScheduleSpec:
     """Validate a declaration now (misuse fails here, not at the first missed slot).
+
+    ``day_and``: a cron slot falls due only on days matching both its day-of-month and
+    day-of-week fields. Cron (and cronsim) fire when either matches once both are
+    restricted; Celery's ``crontab`` needs both, so the beat integration sets it.
 
     Raises:
         ConfigurationError: no name, both or neither of cron and interval, a cron expression
@@ -161,6 +170,8 @@ def make_schedule(
         raise ConfigurationError(
             f"schedule {name!r}: failure_threshold must be an int from 1 to 2**31 - 1"
         )
+    if not isinstance(day_and, bool) or (day_and and cron is None):
+        raise ConfigurationError(f"schedule {name!r}: day_and is a bool, for a cron schedule")
     if source not in ("code", "celery-beat", "rq-cron"):
         raise ConfigurationError(f"schedule {name!r}: unknown source {source!r}")
     return ScheduleSpec(
@@ -175,6 +186,7 @@ def make_schedule(
             _duration(declare_every, "declare_every") if declare_every is not None else None
         ),
         source=source,
+        day_and=day_and,
     )
 
 
@@ -202,6 +214,7 @@ def spec_from_attributes(attrs: Mapping[str, Any]) -> ScheduleSpec | None:
             failure_threshold=int(attrs.get(sc.ATTR_SCHEDULE_FAILURE_THRESHOLD, 1)),
             declare_every=attrs.get(sc.ATTR_SCHEDULE_DECLARE_EVERY),
             source=str(attrs.get(sc.ATTR_SCHEDULE_SOURCE, "code")),
+            day_and=attrs.get(sc.ATTR_SCHEDULE_CRON_DAY_AND, False) is True,
         )
     except (ConfigurationError, KeyError, TypeError, ValueError, OverflowError):
         return None
@@ -242,15 +255,30 @@ def _check_cron(name: str, expr: str) -> None:
         ) from e
 
 
-def cron_dues(spec: ScheduleSpec, *, after: float, until: float, limit: int) -> list[float]:
-    """Due times of a cron schedule in ``(after, until]``, at most ``limit``, oldest first."""
+def _cronsim(spec: ScheduleSpec, start: datetime, *, reverse: bool = False) -> Iterator[datetime]:
+    """cronsim's iterator over ``spec``'s due times from ``start``.
+
+    ``day_and`` uses cronsim's own AND of the two day fields: the rule Debian cron applies
+    when either field starts with ``*`` (``CronSim.day_and``), here forced on, so "last
+    day", "nth weekday" and DST stay cronsim's.
+    """
     from cronsim import CronSim  # noqa: PLC0415
 
     if spec.cron is None:
         raise ValueError(f"schedule {spec.name!r} is not a cron schedule")
+    sim = CronSim(spec.cron, start, reverse=reverse)
+    if spec.day_and:
+        if not isinstance(getattr(sim, "day_and", None), bool):  # pragma: no cover - cronsim
+            raise RuntimeError("this cronsim has no day_and: cannot AND the day fields")
+        sim.day_and = True
+    return sim
+
+
+def cron_dues(spec: ScheduleSpec, *, after: float, until: float, limit: int) -> list[float]:
+    """Due times of a cron schedule in ``(after, until]``, at most ``limit``, oldest first."""
     start = datetime.fromtimestamp(after, zone(spec.timezone))
     dues: list[float] = []
-    for moment in CronSim(spec.cron, start):
+    for moment in _cronsim(spec, start):
         t = moment.timestamp()
         if t > until or len(dues) >= limit:
             break
@@ -260,12 +288,10 @@ def cron_dues(spec: ScheduleSpec, *, after: float, until: float, limit: int) -> 
 
 def previous_cron_due(spec: ScheduleSpec, before: float) -> float | None:
     """The latest due time of a cron schedule strictly before ``before`` (None: none)."""
-    from cronsim import CronSim  # noqa: PLC0415
-
     if spec.cron is None:
         return None
     start = datetime.fromtimestamp(before, zone(spec.timezone))
-    for moment in CronSim(spec.cron, start - timedelta(microseconds=1), reverse=True):
+    for moment in _cronsim(spec, start - timedelta(microseconds=1), reverse=True):
         t = moment.timestamp()
         if t < before:
             return t

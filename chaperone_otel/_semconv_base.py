@@ -276,6 +276,10 @@ ATTR_SCHEDULE_SCHEDULED_FOR: Final = "chaperone.schedule.scheduled_for"
 ATTR_SCHEDULE_CRON: Final = "chaperone.schedule.cron"
 """A cron expression (5 fields, evaluated by cronsim in ``chaperone.schedule.timezone``)."""
 
+ATTR_SCHEDULE_CRON_DAY_AND: Final = "chaperone.schedule.cron_day_and"
+"""``true`` when a cron slot needs both its day of month and day of week to match (as a
+Celery ``crontab`` does); absent: either one, as in cron."""
+
 ATTR_SCHEDULE_INTERVAL: Final = "chaperone.schedule.interval"
 """Seconds between runs, for an interval schedule (the next run is due this long after the
 previous one started, as a healthchecks.io "simple" check)."""

@@ -128,8 +128,16 @@ def entry_spec(
     """
     every = entry.get("schedule")
     if isinstance(every, crontab):
+        cron = crontab_cron(every)
+        _minute, _hour, day_of_month, _month, day_of_week = cron.split()
         return make_schedule(
-            name, cron=crontab_cron(every), tz=timezone, source="celery-beat", **options
+            name,
+            cron=cron,
+            tz=timezone,
+            source="celery-beat",
+            # Celery fires only on days matching both day fields; cron on either.
+            day_and=day_of_month != "*" and day_of_week != "*",
+            **options,
         )
     if isinstance(every, schedule):
         every = every.run_every

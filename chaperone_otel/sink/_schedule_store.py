@@ -89,7 +89,7 @@ def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
     for name, (at, spec, record) in newest.items():
         row = cur.execute(
             'SELECT cron, "interval", timezone, grace, max_runtime, failure_threshold, '
-            "declare_every, declared_at, changed_at FROM schedules WHERE name = ?",
+            "declare_every, day_and, declared_at, changed_at FROM schedules WHERE name = ?",
             [name],
         ).fetchone()
         values = [
@@ -100,6 +100,7 @@ def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
             spec.max_runtime,
             spec.failure_threshold,
             spec.declare_every,
+            spec.day_and,
             spec.source,
             _text(record.attributes.get(sc.ATTR_HOST_NAME)),
             _text(record.attributes.get(sc.ATTR_SERVICE_INSTANCE_ID)),
@@ -107,21 +108,22 @@ def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
         if row is None:
             cur.execute(
                 'INSERT INTO schedules (cron, "interval", timezone, grace, max_runtime, '
-                "failure_threshold, declare_every, source, host, service_instance_id, name, "
-                "first_declared_at, changed_at, declared_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "failure_threshold, declare_every, day_and, source, host, service_instance_id, "
+                "name, first_declared_at, changed_at, declared_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [*values, name, _ts(at), _ts(at), _ts(at)],
             )
             continue
-        declared_at = _epoch(row[7]) or 0.0
+        declared_at = _epoch(row[8]) or 0.0
         if at < declared_at:  # an older declaration arriving late: nothing new
             continue
-        changed = tuple(row[:7]) != spec.definition()
-        changed_at = _ts(at) if changed else row[8]
+        changed = tuple(row[:8]) != spec.definition()
+        changed_at = _ts(at) if changed else row[9]
         cur.execute(
             'UPDATE schedules SET cron = ?, "interval" = ?, timezone = ?, grace = ?, '
-            "max_runtime = ?, failure_threshold = ?, declare_every = ?, source = ?, host = ?, "
-            "service_instance_id = ?, changed_at = ?, declared_at = ? WHERE name = ?",
+            "max_runtime = ?, failure_threshold = ?, declare_every = ?, day_and = ?, "
+            "source = ?, host = ?, service_instance_id = ?, changed_at = ?, declared_at = ? "
+            "WHERE name = ?",
             [*values, changed_at, _ts(at), name],
         )
 
@@ -165,9 +167,9 @@ def evaluate(cur: Any, now: float, policy: SchedulePolicy = DEFAULT_SCHEDULE_POL
 def _schedules(cur: Any) -> Iterable[tuple[ScheduleSpec, float]]:
     rows = cur.execute(
         'SELECT name, cron, "interval", timezone, grace, max_runtime, failure_threshold, '
-        "declare_every, changed_at FROM schedules ORDER BY name"
+        "declare_every, day_and, changed_at FROM schedules ORDER BY name"
     ).fetchall()
-    for name, cron, interval, tz, grace, max_runtime, threshold, every, changed_at in rows:
+    for name, cron, interval, tz, grace, max_runtime, threshold, every, day_and, changed_at in rows:
         yield (
             ScheduleSpec(
                 name=name,
@@ -178,6 +180,7 @@ def _schedules(cur: Any) -> Iterable[tuple[ScheduleSpec, float]]:
                 max_runtime=max_runtime,
                 failure_threshold=threshold,
                 declare_every=every,
+                day_and=bool(day_and),
             ),
             _epoch(changed_at) or 0.0,
         )

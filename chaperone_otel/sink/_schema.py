@@ -422,8 +422,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "so a verdict scope's count() reads them instead of scanning (issue 16)",
         verdict_totals_statements(),
     ),
+    Migration(
+        8,
+        "schedules.day_and: a cron schedule whose slots need both day fields to match "
+        "(a Celery crontab), not either as in cron",
+        ("ALTER TABLE schedules ADD COLUMN day_and BOOLEAN DEFAULT false",),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(8, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(9, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

@@ -84,6 +84,15 @@ _CELERY_CRONTABS: dict[str, tuple[dict[str, Any], str]] = {
     "every day of week": ({"minute": 0, "hour": 9, "day_of_week": "0-6"}, "0 9 * * *"),
     "month name": ({"minute": 0, "hour": 0, "month_of_year": "jan"}, "0 0 * jan *"),
     "day of month step": ({"minute": 0, "hour": 0, "day_of_month": "*/2"}, "0 0 */2 * *"),
+    # Both day fields: Celery needs both to match (cron: either); the first Monday only.
+    "first monday": (
+        {"minute": 0, "hour": 9, "day_of_month": "1-7", "day_of_week": "mon"},
+        "0 9 1-7 * mon",
+    ),
+    "weekday the 13th": (
+        {"minute": 0, "hour": 9, "day_of_month": 13, "day_of_week": "mon-fri"},
+        "0 9 13 * mon-fri",
+    ),
 }
 
 
@@ -91,7 +100,8 @@ _CELERY_CRONTABS: dict[str, tuple[dict[str, Any], str]] = {
 def test_a_crontab_celery_accepts_is_the_cron_it_fires_on(case: str) -> None:
     """Every crontab Celery accepts becomes a cron expression (str() of ``hour=[1, 13]``
     is "[1, 13]", of "monday" a name cron refuses), and that cron falls due at exactly the
-    minutes where Celery's expanded sets all match, over two months."""
+    minutes where Celery's expanded sets all match (both day fields included), over four
+    months."""
     from datetime import datetime, timezone
 
     from chaperone_otel._schedules import cron_dues
@@ -103,7 +113,7 @@ def test_a_crontab_celery_accepts_is_the_cron_it_fires_on(case: str) -> None:
     assert spec is not None
     assert spec.cron == expected
     start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
-    end = start + 60 * 86400
+    end = start + 120 * 86400
     celery = [
         t
         for t in range(int(start) + 60, int(end) + 1, 60)

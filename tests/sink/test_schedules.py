@@ -178,6 +178,26 @@ def test_cron_slots_follow_dst_in_a_named_zone(store: Any) -> None:
     ]
 
 
+def test_a_cron_with_day_and_falls_due_where_both_day_fields_match(store: Any) -> None:
+    """Celery's crontab(hour=9, day_of_month="1-7", day_of_week="mon") runs on the first
+    Monday only; cron reads "0 9 1-7 * mon" as "days 1-7 or Mondays" (21 slots in March
+    and April 2026, 19 of them falsely missed). Declared with day_and, the flag travels
+    on the record and the store makes the two slots Celery fires."""
+    writer, sink = store
+    spec = make_schedule("first-monday", cron="0 9 1-7 * mon", grace=60, day_and=True)
+    assert spec_from_attributes(spec.attributes()) == spec
+    start, end = utc("2026-03-01T00:00:00"), utc("2026-05-01T00:00:00")
+    write_all(writer, [declaration_record(spec, start)])
+    for day in range(int((end - start) // 86400) + 1):  # a pass a day: 7 days catch up
+        tick(writer, start + day * 86400)
+    slots = sink.schedules.named("first-monday").at(end).all()
+    assert sorted(s.due_at.isoformat() for s in slots) == [
+        "2026-03-02T09:00:00+00:00",
+        "2026-04-06T09:00:00+00:00",
+    ]
+    assert sink.sql("SELECT day_and FROM schedules")[1] == [(True,)]
+
+
 def test_an_interval_schedule_is_due_an_interval_after_the_previous_run(store: Any) -> None:
     """interval=600 s: an early run fulfils the slot, the next slot is due 600 s after it,
     a late run within grace still counts, and silence is missed."""
