@@ -13,7 +13,10 @@ cannot hide a missed run behind a stale "missed = 0".
   the store's to report (``sink.schedules.late()``), never an alert;
 * ``last_start``: the schedule's latest run start (it fulfils the latest slot exactly when
   it is after ``last_opens``); ``last_success``: the latest completed run's end;
-* ``running_since``: the oldest run of the schedule still running (no series otherwise);
+* ``running_since``: the start of the latest decided slot's run while it runs (no series
+  otherwise), spelled as the slot states spell it (``SLOT_COLUMNS``). Not the oldest
+  running run of the schedule: a SIGKILLed run stays ``running`` in the store for good,
+  and kept "overran" firing while every later slot ran on time and the store said so;
 * ``consecutive_failures``: the latest slot's failing streak;
 * the definition: ``grace``, ``max_runtime``, ``failure_threshold``, ``declare_every``, and
   ``last_declared``.
@@ -32,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import semconv as sc
-from ._schedule_sql import SLOTS_BASE
+from ._schedule_sql import SLOT_COLUMNS, SLOTS_BASE
 
 SCHEDULE_SERIES_SQL: Final = (
     SLOTS_BASE
@@ -42,7 +45,9 @@ SCHEDULE_SERIES_SQL: Final = (
   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1
 )
 , decided AS (
-  SELECT * FROM counted WHERE epoch(due_at) + grace < $now
+  SELECT *, """
+    + SLOT_COLUMNS["running_since"]
+    + """ AS running_since FROM counted WHERE epoch(due_at) + grace < $now
   QUALIFY row_number() OVER (PARTITION BY schedule ORDER BY due_at DESC) = 1
 )
 SELECT d.name,
@@ -50,8 +55,7 @@ SELECT d.name,
   (SELECT epoch(max(started_at)) FROM latest_runs r WHERE r.schedule = d.name),
   (SELECT epoch(max(finished_at)) FROM latest_runs r
      WHERE r.schedule = d.name AND r.status = 'completed'),
-  (SELECT epoch(min(started_at)) FROM latest_runs r
-     WHERE r.schedule = d.name AND r.status = 'running'),
+  l.running_since,
   coalesce(l.grace, d.grace), coalesce(l.max_runtime, d.max_runtime),
   l.consecutive_failures, coalesce(l.failure_threshold, d.failure_threshold),
   epoch(d.declared_at), d.declare_every

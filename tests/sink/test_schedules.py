@@ -394,3 +394,39 @@ def test_all_slots_refuses_a_truncated_answer(
             sink.schedules.all()
         later = datetime.fromtimestamp(T0 + 1000, timezone.utc)
         assert len(sink.schedules.at(T0 + 1801).since(later).all()) == 2
+
+
+def _series_signals(sink: LocalSink, now: float) -> dict[str, Any]:
+    """The slot signals the fleet /metrics export for schedule ``s`` at ``now``."""
+    signal_of = {spec: name for name, spec in SCHEDULE_PROMQL_SIGNALS.items()}
+    (row,) = sink.sql(SCHEDULE_SERIES_SQL, {"now": now})[1]
+    return {signal_of[spec]: value for spec, value in zip(SERIES, row[1:], strict=True)
+            if spec in signal_of and value is not None}
+
+
+def test_a_dead_run_does_not_keep_the_schedule_overran_on_the_series(store: Any) -> None:
+    """Hourly, max_runtime 600 s: the first run is SIGKILLed (its row stays 'running' for
+    good), every later slot runs and completes. The series say what the store says of
+    the schedule: nothing running, not overran (the oldest running run made the
+    Overran alert fire for ever). While the latest decided slot's own run overruns, the
+    series and the store both say overran."""
+    writer, sink = store
+    declare(writer, "s", T0 - 10, cron="0 * * * *", grace=60, max_runtime=600)
+    run(writer, "died", T0 + 2, running=True)
+    for h in range(1, 4):
+        tick(writer, T0 + h * HOUR - 1)
+        run(writer, f"ok{h}", T0 + h * HOUR + 2)
+        tick(writer, T0 + h * HOUR + 30)
+    now = T0 + 3 * HOUR + 120
+    signals = _series_signals(sink, now)
+    assert "running_since" not in signals
+    assert not schedule_rules().overran.holds(signals, now)
+    assert [s.state for s in sink.schedules.current().at(now).all()] == ["on_time"]
+
+    run(writer, "slow", T0 + 4 * HOUR + 2, running=True)
+    tick(writer, T0 + 4 * HOUR + 30)
+    now = T0 + 4 * HOUR + 700
+    signals = _series_signals(sink, now)
+    assert signals["running_since"] == T0 + 4 * HOUR + 2
+    assert schedule_rules().overran.holds(signals, now)
+    assert [s.state for s in sink.schedules.current().at(now).all()] == ["overran"]
