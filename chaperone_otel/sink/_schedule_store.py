@@ -4,9 +4,10 @@ Detection runs where the store is (the embedded owner, ``sink serve``), because 
 that did not run cannot report that it did not:
 
 * :func:`store_declarations` upserts ``schedules`` in the writer's transaction: one row per
-  name; the newest declaration (by its time) decides the definition, and a changed
-  definition moves ``changed_at`` (the new slots start there). Repeated, reordered
-  declarations leave the same row.
+  name; the newest declaration (by its time) decides the definition. A changed definition
+  first makes the old one's slots due up to the change (by the old grace and limits), then
+  moves ``changed_at`` (the new slots start there). Repeated, reordered declarations leave
+  the same row.
 * :func:`evaluate` materialises the slots that fell due since the last pass (a missed slot is
   a row like any other, so it can be listed and counted) and gives each unfulfilled slot the
   run that fulfils it: the run that names the slot (``scheduled_for``), else the first run
@@ -119,6 +120,12 @@ def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
             continue
         changed = tuple(row[:8]) != spec.definition()
         changed_at = _ts(at) if changed else row[9]
+        if changed:
+            # The slots due before the change are the old definition's: make them now, by
+            # its grace and limits, or the new slots (from the change) would skip them
+            # (a store closed while they fell due, a redeploy that changes the grace).
+            old = _spec_of(name, *row[:8])
+            _evaluate_one(cur, old, _epoch(row[9]) or 0.0, at, DEFAULT_SCHEDULE_POLICY)
         cur.execute(
             'UPDATE schedules SET cron = ?, "interval" = ?, timezone = ?, grace = ?, '
             "max_runtime = ?, failure_threshold = ?, declare_every = ?, day_and = ?, "
@@ -169,21 +176,24 @@ def _schedules(cur: Any) -> Iterable[tuple[ScheduleSpec, float]]:
         'SELECT name, cron, "interval", timezone, grace, max_runtime, failure_threshold, '
         "declare_every, day_and, changed_at FROM schedules ORDER BY name"
     ).fetchall()
-    for name, cron, interval, tz, grace, max_runtime, threshold, every, day_and, changed_at in rows:
-        yield (
-            ScheduleSpec(
-                name=name,
-                cron=cron,
-                interval=interval,
-                timezone=tz,
-                grace=grace,
-                max_runtime=max_runtime,
-                failure_threshold=threshold,
-                declare_every=every,
-                day_and=bool(day_and),
-            ),
-            _epoch(changed_at) or 0.0,
-        )
+    for name, *definition, changed_at in rows:
+        yield _spec_of(name, *definition), _epoch(changed_at) or 0.0
+
+
+def _spec_of(name: str, *definition: Any) -> ScheduleSpec:
+    """The spec of a ``schedules`` row: its name, then its ``definition()`` columns."""
+    cron, interval, tz, grace, max_runtime, threshold, every, day_and = definition
+    return ScheduleSpec(
+        name=name,
+        cron=cron,
+        interval=interval,
+        timezone=tz,
+        grace=grace,
+        max_runtime=max_runtime,
+        failure_threshold=threshold,
+        declare_every=every,
+        day_and=bool(day_and),
+    )
 
 
 class _Runs:

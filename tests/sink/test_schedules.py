@@ -269,6 +269,31 @@ def test_redeclaring_is_idempotent_and_a_changed_definition_applies_from_the_cha
     assert sink.sql("SELECT count(*) FROM schedules")[1] == [(1,)]
 
 
+def test_a_changed_definition_keeps_the_slots_due_before_it(store: Any) -> None:
+    """Hourly, grace 60 s; no evaluator pass from T0 + 100 to after the redeploy, which
+    changes the grace to 120 s at T0 + 4h + 10. The slots due meanwhile (1h to 4h) are
+    still made, judged by the old grace (2h fulfilled by the run stored meanwhile, the
+    others missed); the slot after the change has the new grace. Before, the new
+    definition's slots started at the change and those four slots never existed."""
+    writer, sink = store
+    declare(writer, "s", T0 - 10, cron="0 * * * *", grace=60)
+    run(writer, "r0", T0 + 3)
+    tick(writer, T0 + 100)
+    run(writer, "r2", T0 + 2 * HOUR + 5)
+    declare(writer, "s", T0 + 4 * HOUR + 10, cron="0 * * * *", grace=120)
+    tick(writer, T0 + 5 * HOUR + 10)
+    now = T0 + 5 * HOUR + 10
+    slots = sorted(sink.schedules.named("s").at(now).all(), key=lambda s: s.due_at)
+    assert [(s.due_at.timestamp() - T0, s.grace, s.state, s.run_id) for s in slots] == [
+        (0.0, 60.0, "on_time", "r0"),
+        (HOUR, 60.0, "missed", None),
+        (2 * HOUR, 60.0, "on_time", "r2"),
+        (3 * HOUR, 60.0, "missed", None),
+        (4 * HOUR, 60.0, "missed", None),
+        (5 * HOUR, 120.0, "late", None),
+    ]
+
+
 def test_a_scheduler_that_stops_declaring_is_lost(store: Any) -> None:
     """declare_every=10 s: lost once the declaration is older than 3 periods."""
     writer, sink = store
