@@ -152,6 +152,29 @@ def test_failing_after_n_failed_runs_in_a_row_and_healthy_after_a_success(store:
     assert sink.schedules.current().healthy().at(now).count() == 1
 
 
+def test_failing_lasts_until_a_run_completes(store: Any) -> None:
+    """failure_threshold=1 and a failed run: the next slot stays failing while its run
+    runs and, after that run completes, the slot after it is failing neither while late
+    nor once fulfilled. docs/schedules.md defines failing so (a streak ends at a
+    completed run only, as Sentry's monitors); the store and the series (what
+    ChaperoneScheduleFailing judges) say the same, so the alert does not resolve each
+    time a new run starts and fire again when it fails."""
+    writer, sink = store
+    declare(writer, "s", T0 - 10, cron="0 * * * *", grace=60, failure_threshold=1)
+    run(writer, "f0", T0 + 2, status="failed")
+    tick(writer, T0 + 30)
+    run(writer, "r1", T0 + HOUR + 2, running=True)
+    tick(writer, T0 + HOUR + 70)
+    now = T0 + HOUR + 70
+    assert states(sink, now) == [(0.0, "failing"), (HOUR, "failing")]
+    assert schedule_rules().failing.holds(_series_signals(sink, now), now)
+    run(writer, "r1", T0 + HOUR + 2)  # the same run, now completed
+    tick(writer, T0 + 2 * HOUR + 10)
+    now = T0 + 2 * HOUR + 20
+    assert states(sink, now) == [(0.0, "failing"), (HOUR, "on_time"), (2 * HOUR, "late")]
+    assert not schedule_rules().failing.holds(_series_signals(sink, now), now)
+
+
 def test_cron_slots_follow_dst_in_a_named_zone(store: Any) -> None:
     """30 2 * * * in Europe/Paris: the spring-forward day's 02:30 does not exist and falls
     due at 03:00 CEST (cronsim, as cronie); the fall-back day's 02:30 falls due once."""
