@@ -248,10 +248,6 @@ class Compare(Expr):
         a, b = self.left.promql(), self.right.promql()
         if isinstance(a, _Never) or isinstance(b, _Never):
             return NEVER
-        if self.op == "/" and not isinstance(self.right, Const):
-            # A zero limit means "no limit", as in Python and SQL: the filter drops the
-            # series (x / 0 is +Inf in PromQL, at or above any ratio).
-            b = f"({b} != 0)"
         return f"({a} {self.op} {b})"
 
     def fold(self, known: Mapping[str, SignalValue]) -> Folded:

@@ -635,9 +635,7 @@ def rule_tests(
                 {**COUNTED_JOB, PROBLEM: counted.group(1)},
                 "0 1x20",
             )
-            also = Scenario(
-                (*alert.quiet.input_series, problem), alert.fire.eval_time, COUNTED_JOB
-            )
+            also = Scenario((*alert.quiet.input_series, problem), alert.fire.eval_time, COUNTED_JOB)
             cases.insert(1, (also, "fires from the sink's count of its runs"))
         for scenario, case in cases:
             expected: list[dict[str, object]] = []
