@@ -38,10 +38,13 @@ Example::
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import http.client
 import itertools
+import math
 import os
+import socket
 import threading
 import time
 import weakref
@@ -56,13 +59,16 @@ from ..exceptions import SinkError
 from ..sink._forward import FORWARD_MAX_BATCH, FORWARD_MAX_BODY, encode_records, post_records
 from ..sink._owner import StoreOwner
 from ..sink._remote import TOKEN_ENV
-from ..sink._store import lock_holder, read_sidecar
+from ..sink._store import InheritedStoreError, lock_holder, read_sidecar
 from ..sink._writer import Writer
 
 Role = Literal["owner", "forwarder"]
 
 _BACKOFF_FIRST: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
+_HELD_REPORT_AFTER: Final = 2.0
+"""Seconds a file may stay held by a process that serves no URL before it is reported
+(a hand-over between owners takes well under that)."""
 _POST_TIMEOUT: Final = 15.0
 """Seconds one forwarded request may take (the owner answers within its 10 s ack wait)."""
 
@@ -139,6 +145,9 @@ class EmbeddedSink:
         self._thread: threading.Thread | None = None
         self._target: tuple[str, str | None] | None = None
         """(URL, token) records are forwarded to; None: read the sidecar."""
+        self._conn: http.client.HTTPConnection | None = None  # the forwarder's, for close()
+        self._why = "no owner in time"  # why forwarding fails now, for close()'s report
+        self._held_since: float | None = None  # since when a holder serves no URL
         try:
             self._own()
         except SinkError as e:
@@ -184,10 +193,15 @@ class EmbeddedSink:
             owner.close(timeout=5.0)
             raise
         with self._cond:
-            self.owner, self._writer, self.url = owner, owner.writer, url
-            waiting = tuple(self._pending)
-            self._pending.clear()
-            self._cond.notify_all()
+            stale = self._stopping  # closed while it acquired the file: never the owner then
+            if not stale:
+                self.owner, self._writer, self.url = owner, owner.writer, url
+                waiting = tuple(self._pending)
+                self._pending.clear()
+                self._cond.notify_all()
+        if stale:
+            owner.close(timeout=5.0)
+            return
         if waiting and not owner.writer.submit(waiting):
             self._count_dropped(len(waiting), "the writer's queue is full")
 
@@ -264,7 +278,7 @@ class EmbeddedSink:
                     else:
                         if conn is None:
                             parts = urlsplit(url)
-                            conn = http.client.HTTPConnection(
+                            conn = self._conn = http.client.HTTPConnection(
                                 parts.hostname or "127.0.0.1", parts.port, timeout=_POST_TIMEOUT
                             )
                         status = post_records(conn, token, body)
@@ -275,6 +289,12 @@ class EmbeddedSink:
                     conn = None
                 if status in (None, 401, 404):
                     self._target = None  # gone, or another owner now: read the sidecar again
+                if status == 401:
+                    self._why = (
+                        f"the owner at {url} refused this process's token (401): set {TOKEN_ENV} "
+                        "to the token it was given (`sink serve --token`)"
+                    )
+                    record_internal_error("sink.forward.token", SinkError(self._why))
             if status in (200, 400, 413):
                 if status != 200:  # the owner refused these records for good
                     record_internal_error(
@@ -287,8 +307,9 @@ class EmbeddedSink:
                         self.dropped += len(batch)
                     self._cond.notify_all()
                 backoff = _BACKOFF_FIRST
+                self._held_since = None
                 continue
-            if status is None and self._take_over():
+            if status is None and not self._stopping and self._take_over():
                 break
             with self._cond:
                 if not self._stopping or self._pending:
@@ -296,6 +317,7 @@ class EmbeddedSink:
             backoff = min(backoff * 2, _BACKOFF_MAX)
         if conn is not None:
             conn.close()
+        self._conn = None
 
     def _advertised(self) -> tuple[str, str | None] | None:
         owner = read_sidecar(self.path)
@@ -313,11 +335,35 @@ class EmbeddedSink:
         except SinkError as e:
             if not _held_elsewhere(e):
                 record_internal_error("sink.takeover", e)
+            elif isinstance(e.__cause__, InheritedStoreError):
+                self._why = str(e)
+                record_internal_error("sink.takeover.inherited", e)
+            else:
+                self._report_holder(e)
             return False
         except Exception as e:  # a port, a sidecar: counted, tried again later
             record_internal_error("sink.takeover", e)
             return False
         return True
+
+    def _report_holder(self, error: SinkError) -> None:
+        """The file is held by a process that advertises no URL to forward to (a reader's
+        ``open_sink()``, a crashed owner's file still locked): after a hand-over's while,
+        say which process it is, once per spell, instead of retrying in silence."""
+        if self._advertised() is not None:
+            return  # an owner serves it: the next post goes there
+        holder = lock_holder(error.__cause__) if error.__cause__ is not None else None
+        who = f"process {holder}" if holder is not None and holder > 0 else "another process"
+        self._why = (
+            f"{self.path} is held by {who}, which serves no query URL to forward to (an "
+            "open_sink() reader keeps the file open): close it, or query through an owner"
+        )
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        elif now - self._held_since >= _HELD_REPORT_AFTER:
+            self._held_since = math.inf  # reported: not again until a post succeeds
+            record_internal_error("sink.held", SinkError(self._why))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record so far is committed, here or by the owner it was
@@ -356,8 +402,12 @@ class EmbeddedSink:
             if left:
                 record_internal_error(
                     "sink.close",
-                    SinkError(f"{left} records for {self.path} not stored: no owner in time"),
+                    SinkError(f"{left} records for {self.path} not stored: {self._why}"),
                 )
+            conn = self._conn
+            if conn is not None and conn.sock is not None:
+                with contextlib.suppress(OSError):  # a post blocked on a hung owner ends now
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
@@ -374,6 +424,8 @@ class EmbeddedSink:
         self._cond = threading.Condition()
         self._pending = collections.deque()
         self._thread = None
+        self._conn = None
+        self._held_since = None
         self._stopping = False
         self.owner = None
         self._writer = None

@@ -190,10 +190,31 @@ def remove_sidecar(path: str | os.PathLike[str]) -> None:
                 _tokens.pop(str(data.get("url", "")).rstrip("/"), None)
 
 
+class InheritedStoreError(Exception):
+    """This process was forked from one that had the store open: DuckDB keeps one database
+    per file in a process, and the parent's, inherited, cannot be used or replaced here
+    (closing it would write the parent's file from a stale copy). To this process the file
+    is held by the parent (``pid``), whether that process is still alive or not."""
+
+    def __init__(self, path: str, pid: int) -> None:
+        super().__init__(
+            f"{path} was open in the process this one was forked from (PID {pid}), so this "
+            "process cannot open it (DuckDB keeps that process's handle here): it reads the "
+            "store through its owner's query URL and forwards its records to it, but cannot "
+            "own the file. Open the store (configure(sink=...)) after forking, or let "
+            "another process own it (`chaperone-otel sink serve`)."
+        )
+        self.pid = pid
+
+
 def lock_holder(error: BaseException) -> int | None:
-    """The PID in DuckDB's 'Conflicting lock is held in … (PID n)' message, if any."""
+    """The PID in DuckDB's 'Could not set lock … Conflicting lock is held in … (PID n)'
+    message (-1 when it names none), the forking parent's for an inherited store, or None
+    when ``error`` is not about another process holding the file."""
+    if isinstance(error, InheritedStoreError):
+        return error.pid
     text = str(error)
-    if "lock" not in text.lower():
+    if "Could not set lock" not in text and "Conflicting lock" not in text:
         return None
     m = _LOCK_PID.search(text)
     return int(m.group(1)) if m else -1
@@ -523,6 +544,10 @@ def acquire(
     """
     key = _canonical(path)
     with _registry_lock:
+        parent = _inherited_from.get(key)
+        if parent is not None:  # see InheritedStoreError; a SinkError, as a held file is
+            error = InheritedStoreError(key, parent)
+            raise SinkError(str(error)) from error
         store = _registry.get(key)
         if store is not None and not store.closed:
             if store.read_only and not read_only:
@@ -560,15 +585,22 @@ def _forget_inherited() -> None:
     """In a forked child: the connections in the registry are the parent's (DuckDB's file
     lock is not inherited, and using them would write the parent's file from a stale copy).
     They are set aside, never closed (not even by the garbage collector: DuckDB closes a
-    connection it frees, and closing checkpoints), so that this process opens its own when
-    it needs one (a child that takes a store over after its parent exits)."""
+    connection it frees, and closing checkpoints). DuckDB then hands this process the
+    parent's database for that file whatever it asks, so the file is never opened here
+    again: :func:`acquire` says so (:class:`InheritedStoreError`), and the process reads and
+    forwards through the owner's URL like any other."""
     global _registry_lock
     _registry_lock = threading.Lock()
+    parent = os.getppid()
+    for store in _registry.values():
+        _inherited_from.setdefault(store.path, parent)
     _inherited.extend(_registry.values())
     _registry.clear()
 
 
 _inherited: list[Store] = []
+_inherited_from: dict[str, int] = {}
+"""Paths whose store this process inherited at a fork -> the process forked from."""
 
 
 os.register_at_fork(after_in_child=_forget_inherited)
