@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from . import _process, _values
+from . import _process, _track, _values
 from ._health import Health, SignalValue
 from ._model import JobState, Violation
 from ._spec import phase_ranges
@@ -73,6 +73,7 @@ class Supervision:
         "_cancel",
         "_current",
         "_flush_now",
+        "_frames",
         "_lo",
         "_meta",
         "_meta_dirty",
@@ -101,6 +102,7 @@ class Supervision:
         self._cancel: JobLimitExceeded | None = None
         self._flush_now = False
         self._wake: Callable[[], None] = _noop
+        self._frames: list[list[float | None]] = []  # the live track() loops (_track)
 
     # ---- hot path ------------------------------------------------------------------------
 
@@ -194,17 +196,7 @@ class Supervision:
         total = _values.track_total(iterable, total)
         if phase is not None:
             self._enter_phase(phase)
-        return self._track(iterable, total)
-
-    def _track(self, iterable: Iterable[T], total: float | None) -> Iterator[T]:
-        # An item is reported done when the consumer asks for the next one (as tqdm does).
-        self._current = 0
-        self._total = total
-        for count, item in enumerate(iterable, 1):
-            yield item
-            self._current = count
-            if self._cancel is not None:
-                self._raise_cancel()
+        return _track.items(self, iterable, total)  # nested loops: see _track
 
     # ---- phases --------------------------------------------------------------------------
 

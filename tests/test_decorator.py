@@ -500,6 +500,37 @@ def test_track_without_len_is_progress_not_a_stall(
     assert {b.attributes[sc.ATTR_HEARTBEAT_KIND] for b in beats} == {"heartbeat"}
 
 
+def test_nested_track_loops_fill_the_outer_item_and_never_go_back(chaperone: Capture) -> None:
+    """``for f in track(files): for row in track(rows)``: the run's progress is the outer
+    loop's, the inner loop filling its current item (1 of 4 files done and half the
+    second's rows is 1.5 of 4). Before, the inner loop replaced it (2 of 6 rows), and after
+    the inner loop the outer count was divided by the inner total (3 of 6, not 3 of 4)."""
+    seen: list[float] = []
+    with supervised("nested.loops") as run:
+        for _ in run.track(["a", "b", "c", "d"]):
+            for _ in run.track(range(6)):
+                seen.append(run.progress_ratio)
+            seen.append(run.progress_ratio)
+        seen.append(run.progress_ratio)
+        assert (run.progress_current, run.progress_total) == (4, 4)
+    assert seen == sorted(seen)  # never backwards
+    assert seen[:3] == [0.0, pytest.approx(1 / 24), pytest.approx(2 / 24)]
+    assert seen[7] == pytest.approx(0.25)  # the first file's rows done: 1 of 4
+    assert seen[-1] == 1.0
+
+
+def test_a_nested_loop_without_a_total_is_a_sign_of_life(chaperone: Capture) -> None:
+    """An inner loop over a generator cannot say how far into the outer item it is: the
+    outer progress stays, and its items count as heartbeats (the run is not idle)."""
+    with supervised("nested.stream") as run:
+        for _ in run.track(range(2)):
+            before = run.snapshot().heartbeat_count
+            for _ in run.track(x for x in range(5)):
+                pass
+            assert run.snapshot().heartbeat_count == before + 5
+        assert run.progress_ratio == 1.0
+
+
 @pytest.mark.parametrize(("total", "error"), [(-1, ValueError), (math.nan, ValueError), ("9", TypeError)])
 def test_track_rejects_a_bad_total_before_iterating(
     chaperone: Capture, total: object, error: type[Exception]
