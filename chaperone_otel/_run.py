@@ -666,8 +666,13 @@ class Run:
         self._observed = seen
         self.last_heartbeat = now
         ratio = handle.progress_ratio
-        if self._first_progress is None and handle._current is not None:
-            self._first_progress = (now, ratio, handle._current)
+        current = handle._current
+        if current is not None and (
+            self._first_progress is None
+            or seen[3] != before[3]  # a new phase: its items are counted from here
+            or (before[1] is not None and current < before[1])  # a new loop (track() again)
+        ):
+            self._first_progress = (now, ratio, current)
         if ratio != self._last_ratio or seen[1] != before[1]:  # a count with no total moves
             self._last_ratio = ratio
             self.progress_updated_at = now
@@ -681,11 +686,12 @@ class Run:
         return self.progress_updated_at + self.stall_timeout
 
     def rate(self, now: float) -> float | None:
-        """Overall progress per second since the first report (None before two points)."""
+        """Overall progress per second since the current phase's (or loop's) first report
+        (None before two points)."""
         return _values.progress_rate(self._first_progress, self.handle.progress_ratio, now)
 
     def throughput(self, now: float) -> float | None:
-        """Items per second in the current phase since the first report."""
+        """Items per second in the current phase (or loop) since its first report."""
         return _values.progress_throughput(self._first_progress, self.handle._current, now)
 
     def eta(self, now: float) -> float | None:

@@ -472,6 +472,31 @@ def test_track_reports_throughput_and_eta(chaperone_clock: FakeClock, chaperone:
     assert chaperone.run(run.id).progress == 100
 
 
+def test_throughput_and_eta_restart_with_a_new_phase_or_loop(
+    chaperone_clock: FakeClock, chaperone: Capture
+) -> None:
+    """Throughput is items per second of the current phase or loop: 1 item/s for 100 s,
+    then a second loop (or phase) at 10 items/s reads 10/s, not this loop's items over the
+    whole run's time (was 3.3/s), and its ETA follows the new pace."""
+    for switch in ("loop", "phase"):
+        with supervised(f"paced.{switch}") as run:
+            for _ in run.track(range(100), phase="fetch" if switch == "phase" else None):
+                chaperone_clock.advance(1.0)
+            chaperone.tick()
+            second = iter(run.track(range(100), phase="load" if switch == "phase" else None))
+            next(second)
+            next(second)  # one item of the new loop done
+            chaperone.tick()
+            for _ in range(50):
+                chaperone_clock.advance(0.1)
+                next(second)
+            state = run.snapshot()
+            assert state.current == 51
+            assert state.throughput == pytest.approx(10.0)
+            assert state.eta == pytest.approx(4.9)  # 49 items left at 10/s
+            list(second)
+
+
 def test_track_without_len_counts_items(chaperone: Capture) -> None:
     """An iterator without len() still counts items as heartbeats."""
     with supervised("stream") as run:
