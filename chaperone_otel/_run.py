@@ -666,11 +666,11 @@ class Run:
         self._observed = seen
         self.last_heartbeat = now
         ratio = handle.progress_ratio
-        current = handle._current
+        current, was = handle._current, before[1]
         if current is not None and (
             self._first_progress is None
             or seen[3] != before[3]  # a new phase: its items are counted from here
-            or (before[1] is not None and current < before[1])  # a new loop (track() again)
+            or (isinstance(was, (int, float)) and current < was)  # a new loop (track() again)
         ):
             self._first_progress = (now, ratio, current)
         if ratio != self._last_ratio or seen[1] != before[1]:  # a count with no total moves
