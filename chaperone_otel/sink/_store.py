@@ -23,7 +23,8 @@ user SQL (``sink.sql()``, ``/api/sql``, ``chaperone-otel sql``) unable to read
 belongs to this database instance only; other DuckDB connections in the process keep theirs.
 It also bounds the instance's memory and threads, so an embedded sink cannot grow the user's
 application without limit (``CHAPERONE_OTEL_SINK_MEMORY_LIMIT``,
-``CHAPERONE_OTEL_SINK_THREADS``).
+``CHAPERONE_OTEL_SINK_THREADS``), and its spill directory, so a query cannot fill the disk
+(``CHAPERONE_OTEL_SINK_SPILL_LIMIT``).
 
 Every ``duckdb.Error`` leaving this package becomes a
 :class:`~chaperone_otel.exceptions.SinkError` (``raise … from e``).
@@ -61,8 +62,14 @@ too much for a sink embedded in someone's application); past it DuckDB spills to
 DEFAULT_THREADS: Final = 2
 """DuckDB worker threads for a store's instance (DuckDB's default is one per core)."""
 
+DEFAULT_SPILL_LIMIT: Final = "4GiB"
+"""DuckDB's bound on the spill directory (``<path>.tmp``; DuckDB's own default is 90 % of
+the free disk, so one big sort of user SQL could fill the disk the store and its host
+need). Past it a query fails, like one past the memory limit; the process is untouched."""
+
 ENV_MEMORY_LIMIT: Final = "CHAPERONE_OTEL_SINK_MEMORY_LIMIT"
 ENV_THREADS: Final = "CHAPERONE_OTEL_SINK_THREADS"
+ENV_SPILL_LIMIT: Final = "CHAPERONE_OTEL_SINK_SPILL_LIMIT"
 
 _LOCKED_DOWN: Final = {
     # No file, URL or other database beyond the store: read_text('/etc/passwd'),
@@ -78,9 +85,9 @@ _LOCKED_DOWN: Final = {
 def engine_config() -> dict[str, Any]:
     """The DuckDB configuration every store connection is opened with (see the module doc).
 
-    ``CHAPERONE_OTEL_SINK_MEMORY_LIMIT`` (``512MiB``, ``2GiB`` …) and
-    ``CHAPERONE_OTEL_SINK_THREADS`` override :data:`DEFAULT_MEMORY_LIMIT` and
-    :data:`DEFAULT_THREADS`.
+    ``CHAPERONE_OTEL_SINK_MEMORY_LIMIT`` (``512MiB``, ``2GiB`` …),
+    ``CHAPERONE_OTEL_SINK_THREADS`` and ``CHAPERONE_OTEL_SINK_SPILL_LIMIT`` override
+    :data:`DEFAULT_MEMORY_LIMIT`, :data:`DEFAULT_THREADS` and :data:`DEFAULT_SPILL_LIMIT`.
 
     Raises:
         ConfigurationError: one of those variables is not a size / a positive integer.
@@ -96,7 +103,21 @@ def engine_config() -> dict[str, Any]:
             f"{ENV_THREADS}={threads_text!r}: expected a positive number of threads, e.g. 2"
         )
     limit = parse_bytes(memory, what=ENV_MEMORY_LIMIT)
+    spill_limit()  # checked with the others, before anything is opened
     return {**_LOCKED_DOWN, "memory_limit": f"{max(limit // 1024, 1)}KiB", "threads": threads}
+
+
+def spill_limit() -> str:
+    """The spill directory's bound (:data:`DEFAULT_SPILL_LIMIT`, or
+    ``CHAPERONE_OTEL_SINK_SPILL_LIMIT``) as a DuckDB setting. Set once the store's own
+    migrations have run (they may sort a large store) and before the configuration is
+    locked: it bounds every query after.
+
+    Raises:
+        ConfigurationError: the variable is not a size.
+    """
+    text = os.environ.get(ENV_SPILL_LIMIT, "").strip() or DEFAULT_SPILL_LIMIT
+    return f"{max(parse_bytes(text, what=ENV_SPILL_LIMIT) // 1024, 1)}KiB"
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -428,6 +449,7 @@ class Store:
                 require_current(con, path)
             else:
                 migrate(con, path, self.policy)
+            con.execute(f"SET GLOBAL max_temp_directory_size = '{spill_limit()}'")
             # Last: from here on no statement can change a setting (SET, RESET, PRAGMA), so
             # the lock-down above cannot be undone by user SQL.
             con.execute("SET lock_configuration = true")

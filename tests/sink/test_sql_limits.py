@@ -208,6 +208,32 @@ def test_engine_memory_and_threads_are_configurable_and_spill_works(
         StoreOwner(tmp_path / "other.duckdb")
 
 
+@pytest.mark.slow
+def test_the_spill_directory_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's own bound on the spill directory is 90 % of the free disk: one sort of user
+    SQL could fill the disk under the store. The store's engine bounds it (4 GiB, or
+    CHAPERONE_OTEL_SINK_SPILL_LIMIT); a query past it fails, saying so, and the store and
+    the next query are fine."""
+    monkeypatch.setenv("CHAPERONE_OTEL_SINK_MEMORY_LIMIT", "32MiB")
+    db = tmp_path / "spill.duckdb"
+    with StoreOwner(db) as owner:
+        _, rows = owner.view.sql("SELECT current_setting('max_temp_directory_size')")
+        assert rows == [("4.0 GiB",)]
+    monkeypatch.setenv("CHAPERONE_OTEL_SINK_SPILL_LIMIT", "8MiB")
+    with StoreOwner(db) as owner:
+        big_sort = (
+            "SELECT max(rn) FROM (SELECT row_number() OVER (ORDER BY md5(range::VARCHAR)) "
+            "AS rn, repeat('x', 100) AS pad FROM range(3000000))"
+        )
+        with pytest.raises(SinkError, match="max_temp_directory_size"):
+            owner.view.sql(big_sort)
+        _, rows = owner.view.sql("SELECT 1")
+        assert rows == [(1,)]
+    monkeypatch.setenv("CHAPERONE_OTEL_SINK_SPILL_LIMIT", "plenty")
+    with pytest.raises(ConfigurationError, match="CHAPERONE_OTEL_SINK_SPILL_LIMIT"):
+        StoreOwner(tmp_path / "other.duckdb")
+
+
 def test_owner_close_interrupts_a_running_query(tmp_path: Path) -> None:
     """Closing the owner (what SIGTERM of sink serve and shutdown() do) interrupts a query
     in flight instead of waiting for it, and refuses new ones."""
