@@ -86,12 +86,8 @@ def _needs_export(config: Config) -> bool:
         or (
             config.otlp is None
             and any(
-                environ.get(v)
-                for v in (
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-                )
+                environ.get(f"OTEL_EXPORTER_OTLP_{signal}ENDPOINT")
+                for signal in ("", "TRACES_", "LOGS_", "METRICS_")  # export.otlp_signals
             )
         )
     )

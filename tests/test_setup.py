@@ -84,6 +84,47 @@ def test_adds_to_an_existing_sdk_provider(
     assert any(path == "/v1/traces" for path, *_ in requests)
 
 
+@pytest.mark.parametrize(
+    ("variables", "exported"),
+    [
+        ({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "/v1/logs"}, {"logs"}),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "/v1/traces"}, {"traces"}),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "/v1/metrics"}, {"metrics"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, {"traces", "logs", "metrics"}),
+    ],
+)
+def test_otlp_exports_the_signals_that_have_an_endpoint(
+    receiver: tuple[str, list[tuple[str, str, bytes, float]]],
+    monkeypatch: pytest.MonkeyPatch,
+    variables: dict[str, str],
+    exported: set[str],
+) -> None:
+    """Only a signal with an endpoint somewhere is exported: the logs endpoint alone sent
+    spans and metrics to the SDK's default, localhost:4318, where nothing listened
+    (connection errors and retries at every batch); a metrics endpoint alone exported
+    nothing. The base endpoint variable exports all three."""
+    url, requests = receiver
+    for name, path in variables.items():
+        monkeypatch.setenv(name, url + path)
+    setup = chaperone.configure(prometheus_port=None)
+    try:
+        with supervised("per.signal"):
+            pass
+        chaperone.flush(10)
+        for reader in setup.metric_readers:
+            reader.force_flush()
+        installed = {
+            "traces": bool(setup.span_processors),
+            "logs": bool(setup.log_processors),
+            "metrics": bool(setup.metric_readers),
+        }
+        assert {k for k, v in installed.items() if v} == exported
+    finally:
+        chaperone.shutdown()
+    sent = {path.rsplit("/", 1)[-1] for path, *_ in requests}
+    assert sent == exported
+
+
 class _Receiver(http.server.BaseHTTPRequestHandler):
     requests: list[tuple[str, str, bytes, float]]
     lock = threading.Lock()

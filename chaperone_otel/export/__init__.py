@@ -80,11 +80,7 @@ def _batch_sizes(signal: str) -> tuple[int | None, int | None]:
     return queue, batch
 
 
-_OTLP_ENV = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-)
+_OTLP_SIGNALS: Final = ("traces", "logs", "metrics")
 
 
 _Result = TypeVar("_Result", SpanExportResult, LogRecordExportResult, MetricExportResult)
@@ -206,11 +202,26 @@ class Setup:
     """The process that installed all this (a forked child inherits the object)."""
 
 
-def otlp_enabled(config: _Config) -> bool:
-    """OTLP export is on when asked for, or when an endpoint is configured anywhere."""
+def otlp_signals(config: _Config) -> frozenset[str]:
+    """The signals (``traces``, ``logs``, ``metrics``) exported over OTLP: all of them when
+    asked for (``otlp=True``), when ``otlp_endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
+    set; otherwise each signal whose own endpoint variable is set
+    (``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` …). A signal with no endpoint anywhere would go to
+    the SDK's default, ``localhost:4318``, where nothing may listen: not exported."""
     if config.otlp is not None:
-        return config.otlp
-    return bool(config.otlp_endpoint) or any(os.environ.get(v) for v in _OTLP_ENV)
+        return frozenset(_OTLP_SIGNALS) if config.otlp else frozenset()
+    if config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return frozenset(_OTLP_SIGNALS)
+    return frozenset(
+        signal
+        for signal in _OTLP_SIGNALS
+        if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
+
+
+def otlp_enabled(config: _Config) -> bool:
+    """OTLP export is on for at least one signal (see :func:`otlp_signals`)."""
+    return bool(otlp_signals(config))
 
 
 def _endpoint(config: _Config, signal: str) -> str | None:
@@ -234,7 +245,9 @@ def setup(config: _Config) -> Setup:
     """Install exporters for ``config``; returns handles for :func:`teardown`."""
     out = Setup()
     resource = _resource(config)
-    otlp = otlp_enabled(config)
+    otlp = otlp_signals(config)
+    if otlp:
+        _forksafe.preload()  # before any exporter thread starts (a fork would hang)
 
     # Traces.
     tp = config.tracer_provider or trace.get_tracer_provider()
@@ -243,10 +256,9 @@ def setup(config: _Config) -> Setup:
         trace.set_tracer_provider(tp)
         out.created_providers.append(tp)
     out.tracer_provider = tp
-    if otlp:
+    if "traces" in otlp:
         from ._otlp_http import otlp_span_exporter  # noqa: PLC0415
 
-        _forksafe.preload()  # before any exporter thread starts (a fork would hang)
         queue, batch = _batch_sizes("traces")
         out.span_processors.append(
             BatchSpanProcessor(
@@ -271,7 +283,7 @@ def setup(config: _Config) -> Setup:
         _logs.set_logger_provider(lp)
         out.created_providers.append(lp)
     out.logger_provider = lp
-    if otlp:
+    if "logs" in otlp:
         from ._fast_logs import LifecycleLogProcessor, pipeline_supported  # noqa: PLC0415
         from ._otlp_http import otlp_log_exporter  # noqa: PLC0415
 
@@ -301,7 +313,7 @@ def setup(config: _Config) -> Setup:
 
     # Metrics.
     readers: list[MetricReader] = []
-    if otlp:
+    if "metrics" in otlp:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
             OTLPMetricExporter,
         )
@@ -570,6 +582,7 @@ __all__ = [
     "Setup",
     "flush",
     "otlp_enabled",
+    "otlp_signals",
     "setup",
     "teardown",
 ]
