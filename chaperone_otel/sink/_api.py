@@ -23,6 +23,12 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     400), interrupted at the owner's time limit, cut at its row/byte limit (``timeout``,
     ``max_rows``, ``max_bytes`` in the body lower them). ``format=arrow`` (query string)
     returns an Arrow IPC stream, with ``truncated`` in the schema metadata.
+``POST /api/prune``
+    ``{"older_than": "30d"}`` → ``{"deleted": n}``, where the owner allows writes (the sink
+    server does), else 403.
+``POST /api/schedules/forget``
+    ``{"name": "nightly"}`` → ``{"forgotten": true | false}``: the schedule, its slots and
+    dispatches deleted; allowed as prune is.
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 
@@ -544,7 +550,8 @@ def query_routes(
         sink: returns the (local) Sink to query; called per request, so it may open lazily.
         authorize: returns False to answer 401 (the server's bearer-token check).
         url: returns this endpoint's base URL for ``/api/info``.
-        allow_prune: serve ``POST /api/prune`` (the sink must be writable).
+        allow_prune: serve the writes, ``POST /api/prune`` and ``POST
+            /api/schedules/forget`` (the sink must be writable); else they answer 403.
     """
     gate = gate or QueryGate()
 
@@ -687,6 +694,20 @@ def query_routes(
             raise _BadRequest('body must be {"older_than": "30d"}')
         return _JSON({"deleted": sink().prune(duration_seconds(older_than, "older_than"))})
 
+    def forget(request: Request, payload: dict[str, Any]) -> Response:
+        if not allow_prune:
+            return _JSON(
+                {
+                    "error": "this owner does not allow forgetting a schedule over HTTP; "
+                    "call sink.forget_schedule(name) in the owning process"
+                },
+                status_code=403,
+            )
+        name = payload.get("name")
+        if not isinstance(name, str) or not name:
+            raise _BadRequest('body must be {"name": "SCHEDULE"}')
+        return _JSON({"forgotten": sink().forget_schedule(name)})
+
     def info(request: Request, _payload: dict[str, Any]) -> Response:
         s = sink()
         return _JSON(
@@ -707,6 +728,7 @@ def query_routes(
         Route("/api/violations", endpoint(violations), methods=["GET"]),
         Route("/api/sql", endpoint(sql, body=True), methods=["POST"]),
         Route("/api/prune", endpoint(prune, body=True), methods=["POST"]),
+        Route("/api/schedules/forget", endpoint(forget, body=True), methods=["POST"]),
         Route("/api/info", endpoint(info), methods=["GET"]),
     ]
 

@@ -38,7 +38,7 @@ from ._results import (
     _json_obj,
     _utc,
 )
-from ._schedule_store import PRUNE_SCHEDULES
+from ._schedule_store import FORGET_FOUND, FORGET_SCHEDULE, PRUNE_SCHEDULES
 from ._schema import PRUNE_TOTALS, predicate
 from ._store import (
     Store,
@@ -427,8 +427,10 @@ class LocalSink(Sink):
                         )
                     found = cur.execute("SELECT count(*) FROM chaperone_doomed").fetchone()
                     cur.execute("DROP TABLE chaperone_doomed")
-                    for statement in PRUNE_SCHEDULES:  # issue 15: old slots and dispatches
-                        cur.execute(statement, {"cutoff": cutoff})
+                    for statement in PRUNE_SCHEDULES:  # old slots, retired schedules
+                        cur.execute(
+                            statement, {"cutoff": cutoff} if "$cutoff" in statement else None
+                        )
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -443,6 +445,44 @@ class LocalSink(Sink):
         finally:
             cur.close()
         return int(found[0]) if found else 0
+
+    def forget_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` from the store: its declaration, slots and
+        dispatches (its runs stay, as runs). Its alerts resolve and its ``/metrics`` series
+        go; declared again (a process still declaring it), it starts afresh from that
+        declaration.
+
+        Returns:
+            True if the store had the schedule (or slots or dispatches of it).
+
+        Raises:
+            SinkError: the sink is read-only, or the delete failed.
+            ConfigurationError: ``name`` is not a schedule name.
+        """
+        if self._read_only:
+            raise SinkError(
+                f"forget_schedule needs a writable sink: open_sink({self.path!r}, "
+                "read_only=False) (or call it in the process that owns the store)"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("forget_schedule takes a schedule name")
+        cur = self.cursor()
+        try:
+            with self._store.write_lock:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    found = cur.execute(FORGET_FOUND, {"name": name}).fetchone()
+                    for statement in FORGET_SCHEDULE:
+                        cur.execute(statement, {"name": name})
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+        except duckdb.Error as e:
+            raise SinkError(f"forgetting schedule {name!r} in {self.path} failed: {e}") from e
+        finally:
+            cur.close()
+        return bool(found and found[0])
 
     def close(self) -> None:
         if not self._closed:

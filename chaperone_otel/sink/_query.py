@@ -551,6 +551,11 @@ class Sink(abc.ABC):
     def prune(self, older_than: timedelta | str | float) -> int:
         """Delete runs whose latest record is older than ``older_than``; returns how many."""
 
+    def forget_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` with its slots and dispatches (a renamed or removed
+        schedule); True if the store had it. A writable sink's (see :class:`LocalSink`)."""
+        raise SinkError(f"{type(self).__name__} cannot forget schedules")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store (idempotent)."""

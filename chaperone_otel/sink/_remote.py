@@ -328,6 +328,12 @@ class RemoteSink(Sink):
         value = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         return int(self._json("POST", "/api/prune", body={"older_than": value})["deleted"])
 
+    def forget_schedule(self, name: str) -> bool:
+        """Ask the owner to forget the schedule ``name`` (as :meth:`prune`: the sink server
+        allows it, with its token if it has one; an embedded owner answers 403)."""
+        found = self._json("POST", "/api/schedules/forget", body={"name": name})
+        return bool(found["forgotten"])
+
     def close(self) -> None:
         self._closed = True
 

@@ -17,6 +17,10 @@ that did not run cannot report that it did not:
   after the previous slot fell due, when it was missed) and opens there.
 * :class:`ScheduleEvaluator` runs :func:`evaluate` once a second on its own thread, under the
   store's write lock (the writer thread holds it for each transaction).
+* A schedule leaves the store when it is forgotten (:data:`FORGET_SCHEDULE`,
+  ``sink.forget_schedule(name)``) or retired by ``prune`` (:data:`PRUNE_SCHEDULES`: no
+  declaration, run or dispatch since the cutoff), with its slots and dispatches; declared
+  again, it starts afresh from that declaration.
 
 The states themselves are not stored: they depend on the time of the question, and are
 judged at query time from these rows (``_schedule_sql``).
@@ -53,14 +57,44 @@ MATCH_WINDOW: Final = 7 * 86400.0
 """Seconds back that unfulfilled slots still look for a late-arriving run's record."""
 
 
+FORGET_SCHEDULE: Final = (
+    "DELETE FROM schedule_slots WHERE schedule = $name",
+    "DELETE FROM schedule_dispatches WHERE schedule = $name",
+    "DELETE FROM schedules WHERE name = $name",
+)
+"""What forgetting the schedule ``$name`` deletes: its row, slots and dispatches (its runs
+stay: they are runs like any other, pruned by age)."""
+
+FORGET_FOUND: Final = (
+    "SELECT (SELECT count(*) FROM schedules WHERE name = $name) "
+    "+ (SELECT count(*) FROM schedule_slots WHERE schedule = $name) "
+    "+ (SELECT count(*) FROM schedule_dispatches WHERE schedule = $name)"
+)
+"""Non-zero when the store has anything of the schedule ``$name`` to forget."""
+
 PRUNE_SCHEDULES: Final = (
-    # Every schedule keeps its newest slot: the evaluator continues from it, and would
+    # A schedule with no sign of life since the cutoff is retired, with its slots and
+    # dispatches: not declared since (a live declaring process re-declares at configure()
+    # and every declare_every), no run that prune kept (it runs after the runs' delete: a
+    # run kept is recent or still reporting), no dispatch since. A process that declared
+    # once, long ago, and whose job still runs keeps its schedule by the runs.
+    "CREATE OR REPLACE TEMP TABLE chaperone_retired AS SELECT name FROM schedules s "
+    "WHERE declared_at < $cutoff "
+    "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.schedule = s.name) "
+    "AND NOT EXISTS (SELECT 1 FROM schedule_dispatches d "
+    "WHERE d.schedule = s.name AND d.dispatched_at >= $cutoff)",
+    "DELETE FROM schedule_slots WHERE schedule IN (SELECT name FROM chaperone_retired)",
+    "DELETE FROM schedule_dispatches WHERE schedule IN (SELECT name FROM chaperone_retired)",
+    "DELETE FROM schedules WHERE name IN (SELECT name FROM chaperone_retired)",
+    "DROP TABLE chaperone_retired",
+    # Every schedule kept keeps its newest slot: the evaluator continues from it, and would
     # otherwise make the pruned slots again from the schedule's definition.
     "DELETE FROM schedule_slots s WHERE due_at < $cutoff AND due_at < "
     "(SELECT max(x.due_at) FROM schedule_slots x WHERE x.schedule = s.schedule)",
     "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
 )
-"""What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp)."""
+"""What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp), after
+it deleted the old runs, in the same transaction."""
 
 
 def _ts(epoch: float) -> datetime:

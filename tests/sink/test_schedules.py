@@ -378,11 +378,14 @@ def test_slot_columns_spell_every_signal() -> None:
 
 def test_prune_drops_old_slots_but_each_schedules_newest(tmp_path: Any) -> None:
     """prune() deletes slots and dispatches older than its cutoff, except each schedule's
-    newest slot, so the evaluator does not make the pruned slots again."""
+    newest slot, so the evaluator does not make the pruned slots again. ('old' is declared
+    again now, as a live process does: a schedule nobody declared since the cutoff is
+    retired, tests/sink/test_schedule_retire.py.)"""
     now = time.time()
     path = tmp_path / "p.duckdb"
     with store_writer(path) as (writer, _sink):
         declare(writer, "old", now - 10 * HOUR - 1, interval=HOUR, grace=60)
+        declare(writer, "old", now + 5, interval=HOUR, grace=60)  # after prune's cutoffs
         declare(writer, "new", now - HOUR / 2, interval=HOUR, grace=60)
         run(writer, "n1", now - HOUR / 4, schedule="new")
         tick(writer, now)  # old: 10 missed slots, 9h..0h ago; new: none due yet

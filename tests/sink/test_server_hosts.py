@@ -76,6 +76,7 @@ SERVE_ROUTES = [
     ("GET", "/api/jobs", None),
     ("GET", "/api/info", None),
     ("POST", "/api/prune", b'{"older_than": "30d"}'),
+    ("POST", "/api/schedules/forget", b'{"name": "nightly"}'),
     ("POST", "/api/query", b'{"steps": []}'),
     ("POST", "/v1/logs", b"{}"),
     ("POST", "/v1/traces", b"{}"),

@@ -1,0 +1,189 @@
+"""Retiring schedules: a beat entry renamed or removed in a deploy must not be missed for
+ever. ``sink.forget_schedule(name)`` removes a schedule with its slots and dispatches (so
+its alerts resolve and its series go), ``prune`` retires a schedule with no sign of life
+since its cutoff, and a schedule declared again afterwards starts afresh. Real DuckDB
+files; the owner's query API is a real server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaperone_otel._schedule import declaration_record, dispatch_record
+from chaperone_otel._schedules import make_schedule
+from chaperone_otel.exceptions import ConfigurationError, SinkError
+from chaperone_otel.sink import open_sink
+from chaperone_otel.sink._local import LocalSink
+from chaperone_otel.sink._owner import StoreOwner
+from chaperone_otel.sink._remote import RemoteSink
+from chaperone_otel.sink._schedule_metrics import SCHEDULE_SERIES_SQL
+from chaperone_otel.sink._schedule_store import evaluate
+from chaperone_otel.sink._server import SinkServer
+from chaperone_otel.sink._store import acquire
+from chaperone_otel.sink._writer import Writer
+
+from .store_factory import T0, store_writer, write_all
+from .test_schedules import run
+
+HOUR = 3600.0
+DAY = 86400.0
+
+
+def declare(writer: Writer, name: str, at: float, **options: Any) -> None:
+    write_all(writer, [declaration_record(make_schedule(name, **options), at)])
+
+
+def tick(writer_or_sink: Any, now: float) -> int:
+    store = writer_or_sink.store if isinstance(writer_or_sink, Writer) else writer_or_sink._store
+    with store.write_lock:
+        return evaluate(store.cursor(), now)
+
+
+def rows(sink: Any, sql: str) -> dict[str, int]:
+    return dict(sink.sql(sql)[1])
+
+
+SLOTS = "SELECT schedule, count(*) FROM schedule_slots GROUP BY ALL"
+DISPATCHES = "SELECT schedule, count(*) FROM schedule_dispatches GROUP BY ALL"
+NAMES = "SELECT name, 1 FROM schedules"
+
+
+def series(sink: LocalSink, now: float) -> list[str]:
+    """The schedules the fleet /metrics has series for."""
+    cur = sink.cursor()
+    try:
+        return [r[0] for r in cur.execute(SCHEDULE_SERIES_SQL, {"now": now}).fetchall()]
+    finally:
+        cur.close()
+
+
+def _renamed(path: Path, now: float) -> None:
+    """'report-old' (renamed in a deploy 30 days ago: missed every hour since, with beat's
+    dispatches) and 'report-new' (declared now, with a run)."""
+    with store_writer(path) as (writer, _sink):
+        declare(writer, "report-old", now - 30 * DAY, cron="0 * * * *", grace=60)
+        write_all(writer, [dispatch_record("report-old", "t-1", None, now - 29 * DAY)])
+        declare(writer, "report-new", now - 120, cron="0 * * * *", grace=60)
+        write_all(writer, [dispatch_record("report-new", "t-2", None, now - 60)])
+        tick(writer, now)
+
+
+def writable(path: Path) -> LocalSink:
+    return LocalSink(acquire(path, read_only=False), read_only=False)
+
+
+def test_forget_removes_the_schedule_its_slots_and_dispatches(tmp_path: Path) -> None:
+    """The renamed schedule's row, slots and dispatches go (its /metrics series with them,
+    so ChaperoneScheduleMissed resolves); the evaluator makes no slot for it again; the
+    other schedule is untouched. Forgetting it again says there was nothing."""
+    now = time.time()
+    path = tmp_path / "f.duckdb"
+    _renamed(path, now)
+    sink = writable(path)
+    try:
+        assert sink.schedules.named("report-old").missed().at(now).count() > 24
+        assert "report-old" in series(sink, now)
+        kept_slots = rows(sink, SLOTS).get("report-new")
+        assert sink.forget_schedule("report-old") is True
+        assert rows(sink, NAMES) == {"report-new": 1}
+        assert "report-old" not in rows(sink, SLOTS)
+        assert rows(sink, DISPATCHES) == {"report-new": 1}
+        assert rows(sink, SLOTS).get("report-new") == kept_slots
+        assert series(sink, now + 3 * HOUR) == ["report-new"]
+        tick(sink, now + 3 * HOUR)
+        assert sink.schedules.named("report-old").at(now + 3 * HOUR).count() == 0
+        assert sink.forget_schedule("report-old") is False
+        with pytest.raises(ConfigurationError):
+            sink.forget_schedule("")
+    finally:
+        sink.close()
+    with open_sink(path) as read_only, pytest.raises(SinkError, match="writable"):
+        read_only.forget_schedule("report-new")
+
+
+def test_a_schedule_declared_again_after_forget_starts_afresh(tmp_path: Path) -> None:
+    """Declared again after forget (a process still declaring it), the schedule's slots
+    start at that declaration: none of the old missed ones, and none made again from its
+    first declaration."""
+    with store_writer(tmp_path / "a.duckdb") as (writer, _sink):
+        declare(writer, "s", T0 - 2 * DAY, cron="0 * * * *", grace=60)
+        tick(writer, T0)
+        sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
+        try:
+            assert sink.schedules.named("s").missed().at(T0).count() == 47
+            assert sink.forget_schedule("s")
+            declare(writer, "s", T0 + 10, cron="0 * * * *", grace=60)
+            run(writer, "r1", T0 + HOUR + 5)
+            tick(writer, T0 + 2 * HOUR + 61)
+            slots = sink.schedules.named("s").at(T0 + 2 * HOUR + 61).all()
+            assert sorted((s.due_at.timestamp() - T0, s.state) for s in slots) == [
+                (HOUR, "on_time"),
+                (2 * HOUR, "missed"),
+            ]
+            first = sink.sql("SELECT epoch(first_declared_at) FROM schedules")[1]
+            assert first == [(T0 + 10,)]
+        finally:
+            sink.close()
+
+
+def test_prune_retires_a_schedule_with_no_sign_of_life_since_the_cutoff(tmp_path: Path) -> None:
+    """prune('7d') deletes 'report-old' (declared 30 days ago, dispatched 29 days ago,
+    never run) with its slots and dispatches, and its series. It keeps a schedule declared
+    since, and one declared long ago whose job still runs (a long-lived process declares
+    only at configure()) or was dispatched since; the evaluator makes nothing for the
+    retired one."""
+    now = time.time()
+    path = tmp_path / "p.duckdb"
+    _renamed(path, now)
+    with store_writer(path) as (writer, _sink):
+        declare(writer, "still-runs", now - 30 * DAY, interval=HOUR, grace=60)
+        run(writer, "r1", now - HOUR / 2, schedule="still-runs")
+        declare(writer, "still-sent", now - 30 * DAY, interval=HOUR, grace=60)
+        write_all(writer, [dispatch_record("still-sent", "t-3", None, now - HOUR)])
+        tick(writer, now)
+    sink = writable(path)
+    try:
+        assert "report-old" in series(sink, now)
+        sink.prune("7d")
+        assert rows(sink, NAMES) == {"report-new": 1, "still-runs": 1, "still-sent": 1}
+        assert "report-old" not in rows(sink, SLOTS)
+        assert "report-old" not in rows(sink, DISPATCHES)
+        assert "report-old" not in series(sink, now)
+        tick(sink, now + 3 * HOUR)
+        assert sink.schedules.named("report-old").at(now + 3 * HOUR).count() == 0
+    finally:
+        sink.close()
+
+
+def test_forget_over_the_sink_servers_api_needs_its_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RemoteSink.forget_schedule goes through `sink serve`'s query API, which requires its
+    bearer token as for prune; an application's embedded owner refuses it (403)."""
+    now = time.time()
+    path = tmp_path / "served.duckdb"
+    _renamed(path, now)
+    monkeypatch.delenv("CHAPERONE_OTEL_SINK_TOKEN", raising=False)
+    with SinkServer(str(path), port=0, token="t0k") as server:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(SinkError, match="bearer token"):
+            RemoteSink(url).forget_schedule("report-old")
+        remote = RemoteSink(url, token="t0k")
+        assert remote.schedules.named("report-old").count() > 0
+        assert remote.forget_schedule("report-old") is True
+        assert remote.schedules.named("report-old").count() == 0
+        assert remote.forget_schedule("report-old") is False
+        assert remote.sql("SELECT name FROM schedules")[1] == [("report-new",)]
+    owner = StoreOwner(str(path))
+    owner.serve()
+    try:
+        assert owner.url is not None
+        embedded = RemoteSink(owner.url, token=owner.token)
+        with pytest.raises(SinkError, match="403"):
+            embedded.forget_schedule("report-new")
+        assert embedded.sql("SELECT name FROM schedules")[1] == [("report-new",)]
+    finally:
+        owner.close()
