@@ -3,8 +3,9 @@
 Without a state flag it lists each schedule's latest slot with its state, and exits 1 if
 any of them is missed, overran, failing or its scheduler is lost (a late slot is still
 within its grace: listed, not a finding). With flags (``--missed --today``) it lists the
-matching slots and exits 1 when there are any. Registered on the ``cli`` group by
-``cli/__init__`` (``_app`` is full).
+matching slots and exits 1 when there are any. ``schedules forget NAME`` removes a
+schedule with its slots and dispatches. Registered on the ``cli`` group by ``cli/__init__``
+(``_app`` is full).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from .._schedules import SCHEDULE_PREDICATES
 from ._app import cli, output_options, store_options
-from ._common import SINCE, Exit, dump_json, open_store, query, store_target
+from ._common import ENV_SINK, SINCE, Exit, dump_json, fail, open_store, query, store_target
 from ._pipes import console, verdict
 
 FINDINGS = frozenset({"missed", "overran", "failing", "scheduler_lost"})
@@ -47,7 +48,7 @@ def _row(slot: Any) -> dict[str, Any]:
     return {name: _value(getattr(slot, name)) for name in _COLUMNS}
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @store_options
 @click.option("--name", metavar="SCHEDULE", help="Only this schedule.")
 @click.option("--missed", is_flag=True, help="Slots past their grace without a run.")
@@ -59,7 +60,10 @@ def _row(slot: Any) -> dict[str, Any]:
 @click.option("--today", is_flag=True, help="Slots due since midnight UTC.")
 @click.option("--since", type=SINCE, metavar="WHEN", help="Slots due since: 1h, 7d or ISO.")
 @output_options
+@click.pass_context
 def schedules(
+    ctx: click.Context,
+    /,
     db: str | None,
     url: str | None,
     name: str | None,
@@ -73,8 +77,16 @@ def schedules(
 
     Detection runs where the store is (the embedded owner or `sink serve`): a slot that
     fell due without a run is a row of its own, so it can be listed and counted.
+    `schedules forget NAME` removes a renamed or removed schedule.
     """
     chosen = [p for p in SCHEDULE_PREDICATES if states.get(p)]
+    if ctx.invoked_subcommand is not None:
+        if chosen or name is not None or today or since is not None or as_json or as_csv:
+            raise click.UsageError(
+                f"the listing options do not go with `schedules {ctx.invoked_subcommand}`"
+            )
+        ctx.obj = {"db": db, "url": url}  # `schedules --db PATH forget NAME` works too
+        return
     target = store_target(db, url)
     with open_store(target) as sink:
 
@@ -116,4 +128,43 @@ def schedules(
         console().print(table)
     else:
         console().print("[green]no matching schedule slots[/]")
+    sys.exit(int(code))
+
+
+@schedules.command("forget")
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--db",
+    metavar="PATH",
+    default=None,
+    envvar=ENV_SINK,
+    show_envvar=True,
+    help="The DuckDB store file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def forget(ctx: click.Context, /, name: str, db: str | None, as_json: bool) -> None:
+    """Remove the schedule NAME, its slots and dispatches (a renamed or removed entry).
+
+    Its alerts resolve and its /metrics series go. A process that still declares it
+    declares it again, and it starts afresh. Exit 1 if the store has no such schedule.
+    When `sink serve` owns the store, this goes through its query API (with its token); an
+    application with the embedded sink refuses (exit 3): stop it, or call
+    sink.forget_schedule(NAME) in that process.
+    """
+    parent = ctx.obj or {}
+    if parent.get("url"):
+        fail("schedules forget needs a store file (--db PATH), not a URL", Exit.USAGE)
+    target = store_target(db or parent.get("db"), None)
+    if target.startswith(("http://", "https://")):
+        fail("schedules forget needs a store file (--db PATH), not a URL", Exit.USAGE)
+    with open_store(target, read_only=False) as sink:
+        found = query("schedules forget", lambda: sink.forget_schedule(name))
+    code = verdict(Exit.OK if found else Exit.FINDINGS)
+    if as_json:
+        dump_json({"schedule": name, "forgotten": found})
+    elif found:
+        click.echo(f"forgot schedule {name!r}: its slots and dispatches are deleted")
+    else:
+        click.echo(f"no schedule {name!r} in the store", err=True)
     sys.exit(int(code))

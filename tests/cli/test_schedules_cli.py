@@ -54,3 +54,25 @@ def test_without_flags_each_schedules_latest_slot_is_judged(tmp_path: Path) -> N
     assert len(lines) == 2
     assert lines[1].startswith("idle,")
     assert ",missed," in lines[1]
+
+
+def test_forget_removes_a_schedule_and_exits_1_when_there_is_none(tmp_path: Path) -> None:
+    """`schedules forget NAME` deletes the schedule, its slots and dispatches (exit 0); the
+    listing no longer shows it; forgetting it again, or a name never declared, exits 1
+    (`--json` says so); a URL is refused (exit 2), as for prune."""
+    db = tmp_path / "jobs.duckdb"
+    _store(db)
+    result = invoke("schedules", "forget", "idle", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "forgot schedule 'idle'" in result.stdout
+    listed = invoke("schedules", "--db", str(db), "--json")
+    assert listed.exit_code == 0, listed.output
+    assert {r["schedule"] for r in json.loads(listed.stdout)} <= {"fresh"}
+    result = invoke("schedules", "--db", str(db), "forget", "idle", "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout) == {"schedule": "idle", "forgotten": False}
+    assert invoke("schedules", "forget", "never", "--db", str(db)).exit_code == 1
+    refused = invoke("schedules", "--url", "http://127.0.0.1:9", "forget", "fresh")
+    assert refused.exit_code == 2, refused.output
+    assert invoke("schedules", "--missed", "forget", "fresh", "--db", str(db)).exit_code == 2
+    assert invoke("schedules", "forget", "--db", str(db)).exit_code == 2  # NAME is required
