@@ -558,9 +558,10 @@ def sql(
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def prune(older_than: float, db: str | None, as_json: bool) -> None:
-    """Delete old runs with their heartbeats, errors and violations.
+    """Delete old runs with their heartbeats, errors and violations, and retired schedules.
 
-    A run goes when its latest record of any kind is older than AGE. A run still reporting
+    A run goes when its latest record of any kind is older than AGE; a schedule, with its
+    slots and dispatches, when nothing declared, ran or dispatched it for AGE. A run still reporting
     is kept, however long ago it started; a lost run (still running, its process silent) is
     deleted once it has been silent that long. When `sink serve` owns the store, this goes
     through its query API; an application with the embedded sink refuses (stop it, or call
