@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
@@ -148,7 +148,6 @@ def configure(
 
     .. versionadded:: 0.1
     """
-    global _setup, _atexit_registered
     options: dict[str, Any] = {
         "service_name": service_name,
         "sink": sink,
@@ -168,9 +167,21 @@ def configure(
         "logger_provider": logger_provider,
         "clock": clock,
     }
+    return configure_from(options, hooks)
+
+
+def configure_from(
+    options: dict[str, Any],
+    hooks: Mapping[str, Callable[..., object]],
+    environ: Mapping[str, str] | None = None,
+) -> Any:
+    """:func:`configure` with its options in a dict and the environment given: ``{}`` is
+    what ``testing.capture()`` passes, so a test suite never writes to the store or
+    ``/metrics`` port that the environment names for the application."""
+    global _setup, _atexit_registered
     if hooks:
         options["hooks"] = Hooks.from_kwargs(hooks)
-    config = build_config(options)
+    config = build_config(options, environ)
     with _lock:
         _teardown_locked()
         set_config(config)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,8 +213,14 @@ class Capture:
             self.records.append(record)
 
     def start(self) -> Capture:
+        """Configure chaperone-otel for the capture only. The ``CHAPERONE_OTEL_*``
+        environment is not read and OTLP is off unless asked for here: a test suite run
+        where the application's variables are set (``CHAPERONE_OTEL_SINK``, an OTLP
+        endpoint) must not write its runs into that store or collector, or wait on it."""
+        import inspect  # noqa: PLC0415
+
         from ._runtime import runtime  # noqa: PLC0415
-        from ._setup import configure  # noqa: PLC0415
+        from ._setup import configure, configure_from  # noqa: PLC0415
 
         options = dict(self._options)
         if self.clock is not None:
@@ -221,7 +229,17 @@ class Capture:
         options.setdefault("tracer_provider", self.tracer_provider)
         options.setdefault("meter_provider", self.meter_provider)
         options.setdefault("logger_provider", self.logger_provider)
-        configure(**options)
+        options.setdefault("otlp", False)
+        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            warnings.warn(
+                "OTEL_SDK_DISABLED=true: the OTel SDK records nothing, so the capture has no "
+                "spans or metrics; unset it for the tests",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        named = set(inspect.signature(configure).parameters) - {"hooks"}
+        hooks = {k: v for k, v in options.items() if k not in named}
+        configure_from({k: v for k, v in options.items() if k in named}, hooks, environ={})
         runtime().background = self._background
         _add_listener(self)
         return self

@@ -1,0 +1,54 @@
+"""``chaperone_otel.testing``: what a user's own test suite gets from ``capture()``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from chaperone_otel import _setup, supervised
+from chaperone_otel._runtime import runtime
+from chaperone_otel.testing import capture
+
+
+def test_a_capture_ignores_the_applications_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The application's variables set while its tests run (``CHAPERONE_OTEL_SINK``, a
+    ``/metrics`` port, an OTLP endpoint, console output): a capture writes no store, serves
+    no port, exports nothing and waits on nothing. Before, a test suite's runs went into
+    the production store or collector, and with nothing listening at the endpoint each
+    test's teardown waited ~15 s for the exporter."""
+    store = tmp_path / "production.duckdb"
+    monkeypatch.setenv("CHAPERONE_OTEL_SINK", str(store))
+    monkeypatch.setenv("CHAPERONE_OTEL_PROMETHEUS_PORT", "0")
+    monkeypatch.setenv("CHAPERONE_OTEL_CONSOLE", "true")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    with capture() as cap:
+        with supervised("isolated.job", heartbeat_interval=7):
+            pass
+        assert _setup._setup is None  # no exporter of any kind was installed
+        assert runtime().config.heartbeat_interval == 60.0  # defaults, not the environment
+        assert cap.last_run("isolated.job").status == "completed"
+    assert not store.exists()
+    assert not [t for t in threading.enumerate() if "sink" in t.name or "prometheus" in t.name]
+
+
+def test_a_capture_takes_export_options_given_to_it(tmp_path: Path) -> None:
+    """Options given to ``capture()`` itself still apply (a test of the embedded sink)."""
+    store = tmp_path / "asked.duckdb"
+    with capture(sink=str(store)):
+        with supervised("stored.job"):
+            pass
+        assert _setup._setup is not None
+        assert _setup._setup.sink is not None
+    assert store.exists()
+
+
+def test_a_capture_warns_when_the_sdk_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_SDK_DISABLED=true`` makes the SDK record nothing: the capture says why its
+    spans are missing instead of failing assertions with no hint."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    with pytest.warns(RuntimeWarning, match="OTEL_SDK_DISABLED"), capture():
+        pass
