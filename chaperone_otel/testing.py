@@ -39,6 +39,8 @@ from ._events import remove_listener as _remove_listener
 from ._fields import RUN_FIELDS as _RUN_FIELDS
 from ._safety import internal_error_counts as _internal_error_counts
 from ._safety import set_raise_internal_errors as _set_raise_internal_errors
+from ._schedule import declare as _declare_schedule
+from ._schedule import declared as _declared_schedules
 
 
 def _as_int(value: object) -> int:
@@ -206,6 +208,7 @@ class Capture:
         self._records_lock = threading.Lock()
         self._background = (clock is None) if background is None else background
         self._options = configure_options
+        self._declared_before: tuple[Any, ...] = ()
 
     # listener protocol
     def on_record(self, record: LifecycleRecord) -> None:
@@ -239,9 +242,16 @@ class Capture:
             )
         named = set(inspect.signature(configure).parameters) - {"hooks"}
         hooks = {k: v for k, v in options.items() if k not in named}
-        configure_from({k: v for k, v in options.items() if k in named}, hooks, environ={})
-        runtime().background = self._background
+        # Listening first: configure() publishes the schedules declared before (at import)
+        # again, and the capture sees them; stop() gives them back after its reset().
+        self._declared_before = _declared_schedules()
         _add_listener(self)
+        try:
+            configure_from({k: v for k, v in options.items() if k in named}, hooks, environ={})
+        except BaseException:
+            _remove_listener(self)
+            raise
+        runtime().background = self._background
         return self
 
     def stop(self) -> None:
@@ -249,6 +259,8 @@ class Capture:
 
         _remove_listener(self)
         reset()
+        for spec in self._declared_before:  # the application's, declared at import
+            _declare_schedule(spec)
         for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
             with contextlib.suppress(Exception):
                 provider.shutdown()

@@ -52,3 +52,28 @@ def test_a_capture_warns_when_the_sdk_is_disabled(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     with pytest.warns(RuntimeWarning, match="OTEL_SDK_DISABLED"), capture():
         pass
+
+
+def test_a_capture_sees_the_schedules_declared_before_it_and_keeps_them() -> None:
+    """A schedule declared at import (module level, before any test): each capture sees
+    its declaration record, and the declaration outlives the capture's reset for the next
+    test. Before, the capture listened only after configure() had published them again,
+    and its reset forgot them for the rest of the session."""
+    from chaperone_otel import reset, schedule
+    from chaperone_otel import semconv as sc
+    from chaperone_otel._schedule import declared
+
+    reset()
+    schedule("nightly.report", cron="0 3 * * *")
+    try:
+        for _ in range(2):  # two tests in a row
+            with capture() as cap:
+                names = [
+                    r.attributes.get(sc.ATTR_SCHEDULE_NAME)
+                    for r in cap.records
+                    if r.event_name == sc.EVENT_SCHEDULE_DECLARED
+                ]
+                assert names == ["nightly.report"]
+            assert [spec.name for spec in declared()] == ["nightly.report"]
+    finally:
+        reset()
