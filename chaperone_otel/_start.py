@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from . import semconv as sc
+from ._config import get_config
 from ._current import current_run
 from ._events import AttributeValue, LifecycleRecord, publish, receivers
 from ._lifecycle import (
@@ -410,7 +411,7 @@ def close_run(
     to = receivers(sc.EVENT_JOB_CLOSED)
     if not to:
         return
-    now = time.time()
+    now = _now()
     a: dict[str, AttributeValue] = {
         sc.ATTR_JOB_RUN_ID: run_id,
         sc.ATTR_JOB_ATTEMPT: attempt,
@@ -479,7 +480,7 @@ def pending_run(
     to = receivers(sc.EVENT_JOB_PENDING)
     if not to:
         return
-    now = time.time()
+    now = _now()
     a: dict[str, AttributeValue] = {
         sc.ATTR_JOB_NAME: name,
         sc.ATTR_JOB_QUEUE: queue or "default",
@@ -496,6 +497,16 @@ def pending_run(
         ),
         to,
     )
+
+
+def _now() -> float:
+    """The configured clock (a test's ``FakeClock``), as every run's records use; the
+    wall clock if it fails (the record is still written)."""
+    try:
+        return float(get_config().clock())
+    except Exception as exc:
+        internal_error("config.clock", exc)
+        return time.time()
 
 
 __all__ = ["FinishStatus", "StartedRun", "close_run", "pending_run", "start_run"]

@@ -203,3 +203,20 @@ def test_a_pending_run_is_replaced_by_its_start_and_keeps_its_due_time(tmp_path:
             assert sink.jobs.pending().count() == 0
     with pytest.raises(ConfigurationError, match="run_id"):
         chaperone.pending_run("x", run_id="", execution_id="e")
+
+
+def test_close_and_pending_records_use_the_configured_clock() -> None:
+    """``close_run()`` and ``pending_run()`` stamp their records with the configured clock,
+    as every run's records are: under a test's ``FakeClock`` their times were the wall
+    clock's, years apart from the run they close."""
+    from chaperone_otel.testing import FakeClock
+
+    clock = FakeClock()
+    with capture(clock=clock) as cap:
+        chaperone.pending_run("clocked", run_id="c1", execution_id="e1", scheduled_at=clock() + 60)
+        clock.advance(30)
+        chaperone.close_run("c1", execution_id="e1", status="cancelled")
+        pending, closed = cap.run("c1").records
+    assert pending.timestamp == clock() - 30
+    assert closed.timestamp == clock()
+    assert closed.attributes[sc.ATTR_JOB_FINISHED_AT] == clock()
