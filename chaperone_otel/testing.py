@@ -71,6 +71,9 @@ class FakeClock:
             self._now = float(now)
 
 
+_PARTIAL: frozenset[str] = frozenset({sc.EVENT_JOB_CLOSED, sc.EVENT_JOB_PENDING})
+"""Records that carry part of a run's state (the others carry all of it)."""
+
 _ATTR: dict[str, str] = {f.name: f.attribute for f in _RUN_FIELDS if f.attribute is not None}
 """Run field → the record attribute holding it: what :class:`CapturedRun` reads."""
 
@@ -85,8 +88,20 @@ class CapturedRun:
 
     @property
     def latest(self) -> Mapping[str, Any]:
-        """Attributes of the latest record (the run's latest full state)."""
-        return self.records[-1].attributes if self.records else {}
+        """The run's latest state: the latest full-state record's attributes, with what a
+        later ``closed`` record says on top (another process's word on the outcome, which
+        carries no name or progress), as the store merges them."""
+        records = self.records
+        full = next(
+            (i for i in range(len(records) - 1, -1, -1) if records[i].event_name not in _PARTIAL),
+            None,
+        )
+        if full == len(records) - 1:
+            return records[-1].attributes
+        merged: dict[str, Any] = {} if full is None else dict(records[full].attributes)
+        for record in records[0 if full is None else full + 1 :]:
+            merged.update(record.attributes)
+        return merged
 
     def events(self, name: str) -> list[LifecycleRecord]:
         """Records with this event name (e.g. ``semconv.EVENT_JOB_VIOLATION``)."""
@@ -315,9 +330,13 @@ class Capture:
 
     def last_run(self, name: str | None = None) -> CapturedRun:
         """The most recently started run (of job ``name`` if given)."""
-        runs = [r for r in self.runs() if name is None or r.name == name]
+        captured = self.runs()
+        runs = [r for r in captured if name is None or r.name == name]
         if not runs:
-            raise LookupError(f"no captured run{' named ' + repr(name) if name else ''}")
+            names = sorted({r.name for r in captured})
+            raise LookupError(
+                f"no captured run{' named ' + repr(name) if name else ''}; captured: {names}"
+            )
         return runs[-1]
 
     def spans(self) -> list[Any]:

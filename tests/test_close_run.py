@@ -220,3 +220,25 @@ def test_close_and_pending_records_use_the_configured_clock() -> None:
     assert pending.timestamp == clock() - 30
     assert closed.timestamp == clock()
     assert closed.attributes[sc.ATTR_JOB_FINISHED_AT] == clock()
+
+
+def test_a_captured_run_closed_by_another_process_keeps_its_name_and_progress() -> None:
+    """A run closed with ``close_run()`` (its parent saw it die): the capture's view of it
+    is its state with the closer's outcome on top, as the store's is. Before, it was the
+    closed record alone: no name (``last_run(name)`` could not find it), no progress."""
+    from chaperone_otel.testing import FakeClock
+
+    with capture(clock=FakeClock()) as cap:
+        run = chaperone.start_run(
+            "closed.elsewhere", run_id="c2", execution_id="e2", heartbeat_interval=10
+        )
+        run.supervision.report_progress(3, 4)
+        cap.advance(10)  # the progress is flushed in a heartbeat record
+        assert cap.run("c2").latest[sc.ATTR_PROGRESS_RATIO] == 0.75
+        chaperone.close_run("c2", execution_id="e2", status="failed", error=RuntimeError("lost"))
+        captured = cap.last_run("closed.elsewhere")
+        run.finish()  # this process's own end of it (after the capture's view was taken)
+    assert (captured.id, captured.status, captured.name) == ("c2", "failed", "closed.elsewhere")
+    assert captured.latest[sc.ATTR_ERROR_TYPE] == "RuntimeError"
+    assert captured.latest[sc.ATTR_PROGRESS_RATIO] == 0.75
+
