@@ -38,6 +38,7 @@ from ._events import add_listener as _add_listener
 from ._events import remove_listener as _remove_listener
 from ._fields import RUN_FIELDS as _RUN_FIELDS
 from ._safety import internal_error_counts as _internal_error_counts
+from ._safety import reset_internal_errors as _reset_internal_errors
 from ._safety import set_raise_internal_errors as _set_raise_internal_errors
 from ._schedule import declare as _declare_schedule
 from ._schedule import declared as _declared_schedules
@@ -260,6 +261,7 @@ class Capture:
         # Listening first: configure() publishes the schedules declared before (at import)
         # again, and the capture sees them; stop() gives them back after its reset().
         self._declared_before = _declared_schedules()
+        _reset_internal_errors()  # internal_errors() counts this capture's only
         _add_listener(self)
         try:
             configure_from({k: v for k, v in options.items() if k in named}, hooks, environ={})
@@ -371,7 +373,7 @@ class Capture:
 
     @staticmethod
     def internal_errors() -> dict[str, int]:
-        """Internal errors swallowed so far, by place."""
+        """Internal errors swallowed since the capture started, by place."""
         return _internal_error_counts()
 
     def __enter__(self) -> Capture:

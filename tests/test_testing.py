@@ -77,3 +77,13 @@ def test_a_capture_sees_the_schedules_declared_before_it_and_keeps_them() -> Non
             assert [spec.name for spec in declared()] == ["nightly.report"]
     finally:
         reset()
+
+
+def test_internal_errors_of_a_capture_are_its_own() -> None:
+    """Errors swallowed before a capture started (another test, outside any capture) are
+    not in its ``internal_errors()``."""
+    from chaperone_otel._safety import record_internal_error
+
+    record_internal_error("earlier.test", RuntimeError("not this capture's"))
+    with capture(raise_internal_errors=False) as cap:
+        assert cap.internal_errors() == {}
