@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,9 @@ logger = logging.getLogger("chaperone_otel")
 _lock = threading.Lock()
 _setup: Any = None
 _atexit_registered = False
+capturing = False
+"""True while a ``testing.Capture`` is active (it configures through :func:`configure_from`):
+a ``configure()`` then replaces it, which a test rarely means."""
 
 
 _FORK_WAIT = 5.0
@@ -167,6 +171,13 @@ def configure(
         "logger_provider": logger_provider,
         "clock": clock,
     }
+    if capturing:
+        warnings.warn(
+            "configure() inside a testing capture replaces it (its providers, clock and "
+            "listener): pass the options to capture(...) instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return configure_from(options, hooks)
 
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _setup as _setup_module
 from . import semconv as sc
 from ._events import LifecycleRecord
 from ._events import add_listener as _add_listener
@@ -269,12 +270,14 @@ class Capture:
             _remove_listener(self)
             raise
         runtime().background = self._background
+        _setup_module.capturing = True
         return self
 
     def stop(self) -> None:
         from ._setup import reset  # noqa: PLC0415
 
         _remove_listener(self)
+        _setup_module.capturing = False
         reset()
         for spec in self._declared_before:  # the application's, declared at import
             _declare_schedule(spec)

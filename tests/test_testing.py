@@ -87,3 +87,19 @@ def test_internal_errors_of_a_capture_are_its_own() -> None:
     record_internal_error("earlier.test", RuntimeError("not this capture's"))
     with capture(raise_internal_errors=False) as cap:
         assert cap.internal_errors() == {}
+
+
+def test_configure_inside_a_capture_says_it_replaces_it() -> None:
+    """``configure()`` in a test that uses the capture silently dropped it (its providers,
+    clock and listener: the test then saw nothing); it warns, naming the way to pass
+    options. Outside a capture, it does not."""
+    import chaperone_otel
+
+    with capture(), pytest.warns(RuntimeWarning, match="pass the options to capture"):
+        chaperone_otel.configure()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chaperone_otel.configure()
+    chaperone_otel.reset()
