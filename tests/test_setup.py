@@ -153,6 +153,46 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes, float]]]]:
         yield url, requests
 
 
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A receiver that wants a token the exporter does not send: 401 to every request."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_flush_is_false_when_the_receiver_refused_what_was_sent(
+    receiver: tuple[str, list[tuple[str, str, bytes, float]]],
+) -> None:
+    """``flush()`` says whether everything was sent: a receiver that refuses every batch
+    (a ``sink serve --token`` without the token) made it True, as the SDK's processors
+    report a refused batch as flushed; the records were gone. The same flush against a
+    receiver that takes them is True."""
+    from tests.loopback import serving
+
+    with serving(_Refusing) as refusing:
+        chaperone.configure(otlp_endpoint=refusing)
+        try:
+            with supervised("refused.job"):
+                pass
+            assert chaperone.flush(10) is False
+        finally:
+            chaperone.reset()
+    url, _requests = receiver
+    chaperone.configure(otlp_endpoint=url)
+    try:
+        with supervised("taken.job"):
+            pass
+        assert chaperone.flush(10) is True
+    finally:
+        chaperone.reset()
+
+
 class _GatedReceiver(_Receiver):
     """Answers nothing until ``gate`` is set: a collector (or sink) that is slow for a while."""
 

@@ -84,6 +84,7 @@ _OTLP_SIGNALS: Final = ("traces", "logs", "metrics")
 
 
 _Result = TypeVar("_Result", SpanExportResult, LogRecordExportResult, MetricExportResult)
+_Exporter = TypeVar("_Exporter")
 
 
 def _counted_export(signal: str, results: type[_Result], export: Callable[[], _Result]) -> _Result:
@@ -117,9 +118,12 @@ class CountingSpanExporter(SpanExporter):
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
+        self.failures = 0  # exports that did not succeed: flush() reports them
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return _counted_export("span", SpanExportResult, lambda: self.inner.export(spans))
+        result = _counted_export("span", SpanExportResult, lambda: self.inner.export(spans))
+        self.failures += result is not SpanExportResult.SUCCESS
+        return result
 
     def shutdown(self) -> None:
         with _handle_internal_errors("export:spans"):
@@ -134,9 +138,12 @@ class CountingLogExporter(LogRecordExporter):
 
     def __init__(self, inner: LogRecordExporter) -> None:
         self.inner = inner
+        self.failures = 0
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        return _counted_export("log", LogRecordExportResult, lambda: self.inner.export(batch))
+        result = _counted_export("log", LogRecordExportResult, lambda: self.inner.export(batch))
+        self.failures += result is not LogRecordExportResult.SUCCESS
+        return result
 
     def shutdown(self) -> None:
         with _handle_internal_errors("export:logs"):
@@ -157,15 +164,18 @@ class CountingMetricExporter(MetricExporter):
             preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
         )
         self.inner = inner
+        self.failures = 0
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        return _counted_export(
+        result = _counted_export(
             "metric",
             MetricExportResult,
             lambda: self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
         )
+        self.failures += result is not MetricExportResult.SUCCESS
+        return result
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         with _handle_internal_errors("export:metrics"):
@@ -197,9 +207,16 @@ class Setup:
     log_processors: list[LogRecordProcessor] = field(default_factory=list)
     metric_readers: list[MetricReader] = field(default_factory=list)
     created_providers: list[Any] = field(default_factory=list)
+    exporters: list[Any] = field(default_factory=list)
+    """The counting exporters installed (their ``failures`` make :func:`flush` False)."""
     prometheus_server: Any = None
     pid: int = field(default_factory=os.getpid)
     """The process that installed all this (a forked child inherits the object)."""
+
+    def counted(self, exporter: _Exporter) -> _Exporter:
+        """Keep ``exporter`` (a counting one) for :func:`flush`; returns it."""
+        self.exporters.append(exporter)
+        return exporter
 
 
 def otlp_signals(config: _Config) -> frozenset[str]:
@@ -262,9 +279,12 @@ def setup(config: _Config) -> Setup:
         queue, batch = _batch_sizes("traces")
         out.span_processors.append(
             BatchSpanProcessor(
-                CountingSpanExporter(
-                    otlp_span_exporter(
-                        endpoint=_endpoint(config, "traces"), session=_forksafe.session("traces")
+                out.counted(
+                    CountingSpanExporter(
+                        otlp_span_exporter(
+                            endpoint=_endpoint(config, "traces"),
+                            session=_forksafe.session("traces"),
+                        )
                     )
                 ),
                 max_queue_size=queue,
@@ -295,7 +315,7 @@ def setup(config: _Config) -> Setup:
         # directly when its exporter encodes them (``_fast_logs``).
         out.log_processors.append(
             LifecycleLogProcessor(
-                CountingLogExporter(log_exporter),
+                out.counted(CountingLogExporter(log_exporter)),
                 # Asked here, on configure()'s thread: checking the SDK's pipeline reads
                 # its source files, too slow for a first run's job thread.
                 takes_light_records=getattr(log_exporter, "takes_light_records", False) is True
@@ -320,9 +340,12 @@ def setup(config: _Config) -> Setup:
 
         readers.append(
             PeriodicExportingMetricReader(
-                CountingMetricExporter(
-                    OTLPMetricExporter(
-                        endpoint=_endpoint(config, "metrics"), session=_forksafe.session("metrics")
+                out.counted(
+                    CountingMetricExporter(
+                        OTLPMetricExporter(
+                            endpoint=_endpoint(config, "metrics"),
+                            session=_forksafe.session("metrics"),
+                        )
                     )
                 )
             )
@@ -503,9 +526,12 @@ def flush(state: Setup, deadline: float) -> bool:
     sink's writer, then the metric readers (collect and export). Never raises.
 
     Returns:
-        True if every part reported itself flushed before ``deadline``.
+        True if every part reported itself flushed before ``deadline`` and no export of
+        chaperone's exporters failed meanwhile (the SDK's processors report a batch the
+        receiver refused, a 401, as flushed).
     """
     done = True
+    failures = [exporter.failures for exporter in state.exporters]
 
     def millis() -> int:
         return max(0, int((deadline - time.monotonic()) * 1000))
@@ -530,7 +556,8 @@ def flush(state: Setup, deadline: float) -> bool:
         except Exception as exc:
             _record_internal_error("flush.metrics", exc)
             done = False
-    return done and time.monotonic() <= deadline
+    failed = any(e.failures != n for e, n in zip(state.exporters, failures, strict=True))
+    return done and not failed and time.monotonic() <= deadline
 
 
 _SDK_METRICS_EXPORT_LOGGER: Final = "opentelemetry.sdk.metrics._internal.export"
