@@ -193,6 +193,38 @@ def test_flush_is_false_when_the_receiver_refused_what_was_sent(
         chaperone.reset()
 
 
+def test_a_metrics_port_that_cannot_be_served_fails_configure_cleanly(
+    receiver: tuple[str, list[tuple[str, str, bytes, float]]],
+) -> None:
+    """A busy ``prometheus_port`` (or an address not of this host) is a ConfigurationError
+    naming the option (it was a bare OSError), and the configure() that failed leaves
+    nothing behind: before, its OTLP span processor stayed on the application's provider
+    and kept exporting every span after the next configure() had turned OTLP off."""
+    import socket
+
+    url, requests = receiver
+    provider = TracerProvider()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="prometheus_port"):
+            chaperone.configure(tracer_provider=provider, otlp_endpoint=url, prometheus_port=port)
+        with pytest.raises(ConfigurationError, match="prometheus_host"):
+            chaperone.configure(prometheus_port=0, prometheus_host="192.0.2.1")
+    finally:
+        busy.close()
+    chaperone.configure(tracer_provider=provider, otlp=False)
+    try:
+        with supervised("after.the.failure"):
+            pass
+        assert provider.force_flush(10_000)
+    finally:
+        chaperone.reset()
+    assert not [path for path, *_ in requests if path == "/v1/traces"]
+
+
 class _GatedReceiver(_Receiver):
     """Answers nothing until ``gate`` is set: a collector (or sink) that is slow for a while."""
 

@@ -546,7 +546,8 @@ def sql(
     type=DURATION,
     required=True,
     metavar="AGE",
-    help="Delete runs that finished more than AGE ago (30d, 12h …).",
+    help="Delete runs whose latest record is older than AGE (30d, 12h …): finished runs, and "
+    "lost ones silent that long.",
 )
 @click.option(
     "--db",
@@ -726,14 +727,14 @@ def sink() -> None:
 )
 @click.option(
     "--long-run-threshold",
-    metavar="SECONDS",
-    type=click.FloatRange(min=0, min_open=True),
+    metavar="AGE",
+    type=DURATION,
     default=120.0,
     show_default=True,
     envvar="CHAPERONE_OTEL_LONG_RUN_THRESHOLD",
     show_envvar=True,
-    help="In /metrics, running runs older than this get series of their own (run id label), "
-    "as on the workers.",
+    help="In /metrics, running runs older than this (120s, 2m …) get series of their own (run "
+    "id label), as on the workers.",
 )
 def sink_serve(
     db: str,

@@ -259,8 +259,22 @@ def _resource(config: _Config) -> Resource:
 
 
 def setup(config: _Config) -> Setup:
-    """Install exporters for ``config``; returns handles for :func:`teardown`."""
+    """Install exporters for ``config``; returns handles for :func:`teardown`.
+
+    Raises:
+        ConfigurationError: ``/metrics`` cannot be served where asked (a busy port, an
+            address not of this host); what was installed before is removed.
+    """
     out = Setup()
+    try:
+        _install(config, out)
+    except BaseException:
+        teardown(out)  # no processor left on the providers by a configure() that failed
+        raise
+    return out
+
+
+def _install(config: _Config, out: Setup) -> None:
     resource = _resource(config)
     otlp = otlp_signals(config)
     if otlp:
@@ -397,7 +411,6 @@ def setup(config: _Config) -> Setup:
             None,
         )
         out.sink = install_sink(config.sink, service_name=service)
-    return out
 
 
 _prometheus_readers: dict[int, tuple[Any, Any]] = {}
@@ -435,6 +448,14 @@ _PROMETHEUS_POLL: Final = 0.05
 0.5 s, so each ``shutdown()`` with ``prometheus_port`` took up to half a second)."""
 
 
+def _prometheus_error(host: str, port: int, error: OSError) -> _ConfigurationError:
+    return _ConfigurationError(
+        f"cannot serve /metrics on {host}:{port} (prometheus_host, prometheus_port; "
+        f"CHAPERONE_OTEL_PROMETHEUS_HOST/PORT): {error.strerror or error}. Choose a free port "
+        "(0 picks one) and an address of this host"
+    )
+
+
 def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
     """The ``/metrics`` app (prometheus_client's exposition, content negotiation and gzip,
     the live-run sample lines written by :mod:`._exposition`) on a threading stdlib server,
@@ -447,7 +468,10 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
 
     from ._exposition import make_app  # noqa: PLC0415
 
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        raise _prometheus_error(host, port, error) from error
     family, _type, _proto, _name, sockaddr = info[0]
 
     class _Server(ThreadingMixIn, WSGIServer):
@@ -458,7 +482,10 @@ def _serve_prometheus(host: str, port: int) -> tuple[Any, str]:
         def log_message(self, format: str, *args: Any) -> None:
             """No access log on the application's stderr."""
 
-    server = make_server(str(sockaddr[0]), port, make_app(), _Server, handler_class=_Quiet)
+    try:
+        server = make_server(str(sockaddr[0]), port, make_app(), _Server, handler_class=_Quiet)
+    except OSError as error:  # in use, not an address of this host, not permitted
+        raise _prometheus_error(host, port, error) from error
     threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": _PROMETHEUS_POLL},

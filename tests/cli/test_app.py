@@ -726,3 +726,21 @@ def test_tables_fit_the_terminal_without_cutting_values() -> None:
                 assert "failed" in failed, (width, failed)
                 assert "3.0s" in failed, (width, failed)
     assert {"jobs@120", "jobs@140", "monitor@110", "monitor@140"} <= seen_memory
+
+
+@pytest.mark.parametrize(
+    ("given", "code"), [("2m", 3), ("90", 3), ("nonsense", 2), ("0s", 2)]
+)
+def test_sink_serve_takes_the_long_run_threshold_as_a_duration(
+    tmp_path: Path, given: str, code: int
+) -> None:
+    """``--long-run-threshold`` (and ``CHAPERONE_OTEL_LONG_RUN_THRESHOLD``, which the
+    workers read as a duration) takes ``2m`` as the workers do; it was a float, so the
+    value that configured the workers made ``sink serve`` exit 2. A directory as the store
+    stops the server right after the options are read (exit 3), not in them (exit 2)."""
+    result = invoke("sink", "serve", "--db", str(tmp_path), "--port", "0",
+                    "--long-run-threshold", given)
+    assert result.exit_code == code, result.output
+    result = invoke("sink", "serve", "--db", str(tmp_path), "--port", "0",
+                    env={"CHAPERONE_OTEL_LONG_RUN_THRESHOLD": given})
+    assert result.exit_code == code, result.output
