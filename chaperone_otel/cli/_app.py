@@ -59,6 +59,20 @@ def table_of_runs(out: Console, records: list[JobRecord], title: str | None = No
     return render.jobs_table(records, title=title, width=out.width, whole=not out.is_terminal)
 
 
+def db_option(func: F) -> F:
+    """``--db``: the store file (same env var as ``configure()``), for the commands that
+    write it themselves (``prune``, ``schedules forget``); :func:`store_options` adds
+    ``--url`` for the ones that only read."""
+    return click.option(
+        "--db",
+        metavar="PATH",
+        default=None,
+        envvar=ENV_SINK,
+        show_envvar=True,
+        help="The DuckDB store file (configure(sink=PATH)).",
+    )(func)
+
+
 def store_options(func: F) -> F:
     """``--db`` / ``--url``: where the store is (same env var as ``configure()``)."""
 
@@ -69,14 +83,7 @@ def store_options(func: F) -> F:
         help="Query URL of a live owner (sink server or app with the embedded "
         "sink), e.g. http://127.0.0.1:4318. Usually found automatically.",
     )
-    @click.option(
-        "--db",
-        metavar="PATH",
-        default=None,
-        envvar=ENV_SINK,
-        show_envvar=True,
-        help="The DuckDB store file (configure(sink=PATH)).",
-    )
+    @db_option
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -549,14 +556,7 @@ def sql(
     help="Delete runs whose latest record is older than AGE (30d, 12h …): finished runs, and "
     "lost ones silent that long.",
 )
-@click.option(
-    "--db",
-    metavar="PATH",
-    default=None,
-    envvar=ENV_SINK,
-    show_envvar=True,
-    help="The DuckDB store file.",
-)
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def prune(older_than: float, db: str | None, as_json: bool) -> None:
     """Delete old runs with their heartbeats, errors and violations, and retired schedules.

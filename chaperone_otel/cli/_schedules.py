@@ -20,8 +20,8 @@ import click
 from rich.table import Table
 
 from .._schedules import SCHEDULE_PREDICATES
-from ._app import cli, output_options, store_options
-from ._common import ENV_SINK, SINCE, Exit, dump_json, fail, open_store, query, store_target
+from ._app import cli, db_option, output_options, store_options
+from ._common import SINCE, Exit, dump_json, fail, open_store, query, store_target
 from ._pipes import console, verdict
 
 FINDINGS = frozenset({"missed", "overran", "failing", "scheduler_lost"})
@@ -133,14 +133,7 @@ def schedules(
 
 @schedules.command("forget")
 @click.argument("name", metavar="NAME")
-@click.option(
-    "--db",
-    metavar="PATH",
-    default=None,
-    envvar=ENV_SINK,
-    show_envvar=True,
-    help="The DuckDB store file.",
-)
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 @click.pass_context
 def forget(ctx: click.Context, /, name: str, db: str | None, as_json: bool) -> None:
