@@ -18,12 +18,10 @@ from chaperone_otel import supervised
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
 from chaperone_otel.testing import capture
+from tests.processes import CLEAN_ENV as _CLEAN_ENV
 
 _SERVE = "from chaperone_otel.sink._server import serve; import sys; serve(sys.argv[1], port=0)"
 
-_CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
-}
 
 _DUCKDB_1 = int(__import__("duckdb").__version__.split(".")[0]) < 2
 _ON_DUCKDB_1 = pytest.mark.skipif(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,10 +13,7 @@ import pytest
 
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
-
-_CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
-}
+from tests.processes import CLEAN_ENV as _CLEAN_ENV
 
 _RECORDING_SERVER = r"""
 import http.server, json, os, threading

@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 
 from chaperone_otel.sink._store import read_sidecar
+from tests.processes import CLEAN_ENV as _CLEAN_ENV
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
-_CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
-}
 
 
 def _run(script: str, *args: object, timeout: float = 90) -> dict[str, object]:
@@ -223,23 +221,26 @@ _SERVE = (
     "serve(sys.argv[1], port=0, token=sys.argv[2])"
 )
 
-_NO_TOKEN = r"""
+_UNTIL_REPORTED = r"""
 import json, sys, time
 import chaperone_otel as c
 from chaperone_otel import _setup
 from chaperone_otel._safety import internal_error_counts
 
-c.configure(sink=sys.argv[1])
-with c.supervised("tokenless.job"):
+path, reported = sys.argv[1], sys.argv[2]
+c.configure(sink=path)
+with c.supervised("forwarded.job"):
     pass
 deadline = time.monotonic() + 20
-while not internal_error_counts().get("sink.forward.token") and time.monotonic() < deadline:
+while not internal_error_counts().get(reported) and time.monotonic() < deadline:
     c.flush(0.2)
 _setup._setup.sink.close(timeout=0.5)
 print(json.dumps(internal_error_counts()), flush=True)
 import os
 os._exit(0)
 """
+"""An application forwarding one run, until the internal error ``argv[2]`` is reported (or
+20 s); its last stdout line is the internal-error counts, its stderr what it logged."""
 
 
 def test_forwarding_to_a_sink_server_that_wants_a_token_says_which_variable_to_set(
@@ -256,7 +257,7 @@ def test_forwarding_to_a_sink_server_that_wants_a_token_says_which_variable_to_s
     )
     try:
         wait_until(lambda: read_sidecar(path), 30, "sink serve's sidecar")
-        report = _run(_NO_TOKEN, path)
+        report = _run(_UNTIL_REPORTED, path, "sink.forward.token")
     finally:
         server.terminate()
         try:
@@ -279,23 +280,6 @@ print("reading", flush=True)
 time.sleep(120)
 """
 
-_HELD = r"""
-import json, sys, time
-import chaperone_otel as c
-from chaperone_otel import _setup
-from chaperone_otel._safety import internal_error_counts
-
-c.configure(sink=sys.argv[1])
-with c.supervised("held.job"):
-    pass
-deadline = time.monotonic() + 20
-while not internal_error_counts().get("sink.held") and time.monotonic() < deadline:
-    c.flush(0.2)
-_setup._setup.sink.close(timeout=0.5)
-print(json.dumps(internal_error_counts()), flush=True)
-import os
-os._exit(0)
-"""
 
 
 def test_a_file_held_by_a_reader_is_reported_naming_the_reader(tmp_path: Path) -> None:
@@ -311,7 +295,7 @@ def test_a_file_held_by_a_reader_is_reported_naming_the_reader(tmp_path: Path) -
     try:
         assert reader.stdout is not None
         assert reader.stdout.readline().strip() == "reading"
-        report = _run(_HELD, path)
+        report = _run(_UNTIL_REPORTED, path, "sink.held")
     finally:
         if reader.poll() is None:
             reader.kill()

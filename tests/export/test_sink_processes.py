@@ -16,11 +16,8 @@ import pytest
 
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
+from tests.processes import CLEAN_ENV as _CLEAN_ENV
 from tests.waiting import wait_until
-
-_CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
-}
 
 _APP = r"""
 import json, os, sys, time
