@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 CLEAN_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
 }
 """The environment for a child interpreter: none of the developer's or CI's ``OTEL_*`` or
 ``CHAPERONE_OTEL_*`` settings, which would send its telemetry elsewhere."""
+
+
+def run_python(script: str, *args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter (:data:`CLEAN_ENV`), bounded by ``timeout``;
+    fails the test, with its output, unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=CLEAN_ENV,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc

@@ -14,6 +14,7 @@ import pytest
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
+from tests.processes import run_python
 
 _RECORDING_SERVER = r"""
 import http.server, json, os, threading
@@ -38,16 +39,7 @@ URL = f"http://127.0.0.1:{server.server_port}"
 
 
 def _run(script: str, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_CLEAN_ENV,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
+    return run_python(script, *args, timeout=timeout).stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

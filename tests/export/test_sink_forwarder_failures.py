@@ -17,6 +17,7 @@ import pytest
 
 from chaperone_otel.sink._store import read_sidecar
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
+from tests.processes import run_python
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -25,15 +26,7 @@ pytestmark = pytest.mark.slow
 
 def _run(script: str, *args: object, timeout: float = 90) -> dict[str, object]:
     """Run ``script`` in a fresh interpreter; its last stdout line is a JSON report."""
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_CLEAN_ENV,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_python(script, *args, timeout=timeout)
     report: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     report["stderr"] = proc.stderr
     return report
