@@ -241,12 +241,26 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] | None =
             f"unknown configure() option(s): {', '.join(sorted(unknown))}; valid options are "
             f"{', '.join(sorted(known))}"
         )
-    merged: dict[str, Any] = from_env(environ)
-    merged.update({k: v for k, v in options.items() if v is not None})
+    from_environment = from_env(environ)
+    given = {k: v for k, v in options.items() if v is not None}
+    merged: dict[str, Any] = {**from_environment, **given}
     for name in ("heartbeat_interval", "flush_period", "sample_interval", "long_run_threshold"):
         if merged.get(name) is not None:
             merged[name] = validate_interval(merged[name], name)
-    return replace(Config(), **merged)
+    try:
+        return replace(Config(), **merged)
+    except ConfigurationError as error:
+        # A value checked here (on_limit, prometheus_port …) that came from a variable: say
+        # which one, as the variables' own parse errors do.
+        text = str(error)
+        named = [
+            ENV_VARS[k][0]
+            for k in from_environment
+            if k not in given and text.startswith((f"{k}=", f"{k} "))
+        ]
+        if named:
+            raise ConfigurationError(f"{named[0]}: {text}") from None
+        raise
 
 
 _current: Config = Config()

@@ -46,7 +46,8 @@ def test_env_then_argument_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({"CHAPERONE_OTEL_PROMETHEUS_PORT": "nine"}, "expected an integer"),
         ({"CHAPERONE_OTEL_CONSOLE": "maybe"}, "true/false"),
-        ({"CHAPERONE_OTEL_ON_LIMIT": "explode"}, "on_limit"),
+        ({"CHAPERONE_OTEL_ON_LIMIT": "explode"}, "CHAPERONE_OTEL_ON_LIMIT: on_limit="),
+        ({"CHAPERONE_OTEL_PROMETHEUS_PORT": "70000"}, "CHAPERONE_OTEL_PROMETHEUS_PORT: "),
         ({"CHAPERONE_OTEL_HEARTBEAT_INTERVAL": "-1"}, "CHAPERONE_OTEL_HEARTBEAT_INTERVAL"),
     ],
 )
