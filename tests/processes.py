@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 CLEAN_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))
@@ -26,3 +27,16 @@ def run_python(script: str, *args: object, timeout: float = 120) -> subprocess.C
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process the test started, by its own PID: SIGTERM, then SIGKILL if it is
+    still there after 20 s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

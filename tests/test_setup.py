@@ -177,21 +177,14 @@ def test_flush_is_false_when_the_receiver_refused_what_was_sent(
     from tests.loopback import serving
 
     with serving(_Refusing) as refusing:
-        chaperone.configure(otlp_endpoint=refusing)
-        try:
-            with supervised("refused.job"):
-                pass
-            assert chaperone.flush(10) is False
-        finally:
-            chaperone.reset()
-    url, _requests = receiver
-    chaperone.configure(otlp_endpoint=url)
-    try:
-        with supervised("taken.job"):
-            pass
-        assert chaperone.flush(10) is True
-    finally:
-        chaperone.reset()
+        for endpoint, flushed in ((refusing, False), (receiver[0], True)):
+            chaperone.configure(otlp_endpoint=endpoint)
+            try:
+                with supervised("flushed.job"):
+                    pass
+                assert chaperone.flush(10) is flushed, endpoint
+            finally:
+                chaperone.reset()
 
 
 def test_a_metrics_port_that_cannot_be_served_fails_configure_cleanly(

@@ -19,6 +19,7 @@ from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
 from chaperone_otel.testing import capture
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
+from tests.processes import stop
 
 _SERVE = "from chaperone_otel.sink._server import serve; import sys; serve(sys.argv[1], port=0)"
 
@@ -59,13 +60,7 @@ def sink_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         assert isinstance(owner, dict)
         yield path, owner["url"]
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
 
 
 _POOL = r"""

@@ -14,7 +14,7 @@ import pytest
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
-from tests.processes import run_python
+from tests.processes import run_python, stop
 
 _RECORDING_SERVER = r"""
 import http.server, json, os, threading
@@ -159,13 +159,7 @@ def sink_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
             time.sleep(0.05)
         yield path, owner["url"]
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
 
 
 _FORK_STORM = r"""

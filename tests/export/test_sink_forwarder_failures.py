@@ -17,7 +17,7 @@ import pytest
 
 from chaperone_otel.sink._store import read_sidecar
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
-from tests.processes import run_python
+from tests.processes import run_python, stop
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -252,12 +252,7 @@ def test_forwarding_to_a_sink_server_that_wants_a_token_says_which_variable_to_s
         wait_until(lambda: read_sidecar(path), 30, "sink serve's sidecar")
         report = _run(_UNTIL_REPORTED, path, "sink.forward.token")
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop(server)
     assert report.get("sink.forward.token", 0) >= 1
     stderr = str(report["stderr"])
     assert "CHAPERONE_OTEL_SINK_TOKEN" in stderr
