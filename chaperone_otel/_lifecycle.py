@@ -174,7 +174,17 @@ def start_run(
     rt.started(run)
     to = receivers(sc.EVENT_JOB_STARTED)
     if to:
-        publish(run, to, sc.EVENT_JOB_STARTED, run.started_at)
+        try:
+            publish(run, to, sc.EVENT_JOB_STARTED, run.started_at)
+        except BaseException as exc:
+            # Only where internal errors are raised (the test mode): the start fails
+            # loudly, and the run it never returns must not stay live with its span open.
+            try:
+                rt.writer.finish(run, exc, run.started_at)
+            finally:
+                rt.finished(run)
+                run.detach()
+            raise
     return run
 
 

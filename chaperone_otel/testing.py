@@ -28,7 +28,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,9 +274,12 @@ class Capture:
         return self
 
     def stop(self) -> None:
+        from ._runtime import current_runtime  # noqa: PLC0415
         from ._setup import reset  # noqa: PLC0415
 
         _remove_listener(self)
+        rt = current_runtime()
+        left = self._left_running(rt.live_runs()) if rt is not None else []
         _setup_module.capturing = False
         reset()
         for spec in self._declared_before:  # the application's, declared at import
@@ -284,6 +287,34 @@ class Capture:
         for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
             with contextlib.suppress(Exception):
                 provider.shutdown()
+        self._warn_left_running(left)  # last: an error-filtered warning must not skip the reset
+
+    def _left_running(self, live: Sequence[Any]) -> list[Any]:
+        """The runs of ``live`` that this capture saw start (still running at its end).
+
+        Such a run (its thread still working, its generator never finished) outlives the
+        capture: its later records, its finish included, go to whatever captures next, and
+        appear there as a run of another test; :meth:`stop` warns about them."""
+        with self._records_lock:
+            seen = {
+                r.attributes.get(sc.ATTR_JOB_RUN_ID)
+                for r in self.records
+                if r.event_name == sc.EVENT_JOB_STARTED
+            }
+        return [run for run in live if run.id in seen]
+
+    @staticmethod
+    def _warn_left_running(left: Sequence[Any]) -> None:
+        if left:
+            names = ", ".join(f"{run.name} ({run.id})" for run in left[:5])
+            more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+            warnings.warn(
+                f"{len(left)} run(s) still running at the end of the capture: {names}{more}; "
+                "their later records go to the next capture. End them in the test "
+                "(join the thread that runs them, exhaust or close their generator)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def tick(self, times: int = 1) -> None:
         """Run the monitor ``times`` times in this thread (flush, sample, judge, hooks)."""

@@ -9,7 +9,7 @@ import pytest
 
 from chaperone_otel import _setup, supervised
 from chaperone_otel._runtime import runtime
-from chaperone_otel.testing import capture
+from chaperone_otel.testing import Capture, capture
 
 
 def test_a_capture_ignores_the_applications_environment(
@@ -103,3 +103,69 @@ def test_configure_inside_a_capture_says_it_replaces_it() -> None:
         warnings.simplefilter("error")
         chaperone_otel.configure()
     chaperone_otel.reset()
+
+
+def test_a_capture_warns_about_a_run_it_leaves_running() -> None:
+    """A run still running when its capture ends (its thread still working) outlives it:
+    its finish went into the next capture as a run of another test, without a word. The
+    capture's end names it; a run the test ended is not named, nor one that started
+    before the capture."""
+    release, started = threading.Event(), threading.Event()
+
+    def work() -> None:
+        with supervised("left.running"):
+            started.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=work)
+    cap = Capture(background=False).start()
+    thread.start()
+    assert started.wait(10)
+    with supervised("ended.in.test"):
+        pass
+    with pytest.warns(RuntimeWarning, match=r"1 run\(s\) still running.*left\.running") as seen:
+        cap.stop()
+    release.set()
+    thread.join(10)
+    assert "ended.in.test" not in str(seen[0].message)
+
+    release.clear()
+    started.clear()
+    thread = threading.Thread(target=work)
+    thread.start()  # before the capture: not its run
+    assert started.wait(10)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with capture(background=False):
+                pass
+    finally:
+        release.set()
+        thread.join(10)
+    from chaperone_otel import reset
+
+    reset()
+
+
+def test_a_start_that_raises_in_test_mode_leaves_no_live_run() -> None:
+    """Where internal errors are raised (the capture's default), a listener failing on the
+    ``started`` record fails the start; the run it never returned stayed live for ever, its
+    span open, judged by the monitor for the rest of the test session."""
+    from chaperone_otel._events import add_listener, remove_listener
+
+    class Broken:
+        def on_record(self, record: object) -> None:
+            raise ValueError("broken listener")
+
+    broken = Broken()
+    with capture(background=False) as cap:
+        add_listener(broken)
+        try:
+            with pytest.raises(ValueError, match="broken listener"), supervised("loud.start"):
+                pass
+        finally:
+            remove_listener(broken)
+        assert runtime().live_runs() == []
+        assert [s.name for s in cap.spans()] == ["loud.start"]
