@@ -45,7 +45,7 @@ from ._record import emit, to_json
 from ._resources import ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
 from ._safety import guarded_call as _bind
-from ._safety import handle_internal_errors, internal_error
+from ._safety import handle_internal_errors, internal_error, raised_in_background
 from ._values import StuckTime
 from .exceptions import JobLimitExceeded
 
@@ -204,7 +204,10 @@ class Runtime:
             self._hooks_event.clear()
             while self._hooks:
                 action = self._hooks.popleft()
-                action()  # each is guarded by _bind
+                try:
+                    action()  # each is guarded by _bind
+                except Exception as error:  # re-raised by the test switch only
+                    raised_in_background(error)
             if self._stop.is_set():
                 return
 
@@ -244,8 +247,11 @@ class Runtime:
             self._wake_event.clear()
             if self._stop.is_set():
                 break
-            with handle_internal_errors("monitor.tick"):
-                self.tick()
+            try:
+                with handle_internal_errors("monitor.tick"):
+                    self.tick()
+            except Exception as error:  # re-raised by the test switch only
+                raised_in_background(error)
 
     def _next_wait(self) -> float:
         now = self.config.clock()

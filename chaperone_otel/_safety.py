@@ -91,6 +91,26 @@ def record_internal_error(where: str, exc: BaseException) -> None:
             listener(where)
 
 
+_background: list[BaseException] = []
+
+
+def raised_in_background(exc: BaseException) -> None:
+    """Keep ``exc``, an error the test switch re-raised on one of chaperone's own threads
+    (a hook on the hooks thread, a monitor pass): there it would only end the thread, and
+    the test that caused it would pass. ``testing``'s capture raises it at its end."""
+    with _lock:
+        if len(_background) < 100:
+            _background.append(exc)
+
+
+def take_background_errors() -> list[BaseException]:
+    """The errors :func:`raised_in_background` kept since the last call, oldest first."""
+    with _lock:
+        taken = list(_background)
+        _background.clear()
+    return taken
+
+
 def internal_error(where: str, exc: Exception) -> None:
     """Handle ``exc`` caught by a bare ``try/except Exception`` on a per-run path.
 

@@ -41,6 +41,7 @@ from ._fields import RUN_FIELDS as _RUN_FIELDS
 from ._safety import internal_error_counts as _internal_error_counts
 from ._safety import reset_internal_errors as _reset_internal_errors
 from ._safety import set_raise_internal_errors as _set_raise_internal_errors
+from ._safety import take_background_errors as _take_background_errors
 from ._schedule import declare as _declare_schedule
 from ._schedule import declared as _declared_schedules
 
@@ -189,6 +190,13 @@ class CapturedRun:
         return None if value is None else str(value)
 
 
+class InternalErrorInBackground(Exception):
+    """Raised at a capture's end (the fixture's teardown) when, with internal errors
+    raised (``capture()``'s default), one was raised on one of chaperone-otel's own
+    threads: a hook failing on the hooks thread, a monitor pass. There it could only end
+    that thread; the test that caused it fails instead. Its cause is the first error."""
+
+
 class Capture:
     """In-memory OTel pipelines plus every lifecycle record, for assertions."""
 
@@ -263,6 +271,7 @@ class Capture:
         # again, and the capture sees them; stop() gives them back after its reset().
         self._declared_before = _declared_schedules()
         _reset_internal_errors()  # internal_errors() counts this capture's only
+        _take_background_errors()  # and stop() raises this capture's only
         _add_listener(self)
         try:
             configure_from({k: v for k, v in options.items() if k in named}, hooks, environ={})
@@ -287,7 +296,15 @@ class Capture:
         for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
             with contextlib.suppress(Exception):
                 provider.shutdown()
-        self._warn_left_running(left)  # last: an error-filtered warning must not skip the reset
+        # Last: neither must skip the reset.
+        errors = _take_background_errors()
+        if errors:
+            raise InternalErrorInBackground(
+                f"{len(errors)} error(s) raised on chaperone-otel's own threads during the "
+                f"capture (a hook on the hooks thread, a monitor pass); the first: "
+                f"{type(errors[0]).__name__}: {errors[0]}"
+            ) from errors[0]
+        self._warn_left_running(left)
 
     def _left_running(self, live: Sequence[Any]) -> list[Any]:
         """The runs of ``live`` that this capture saw start (still running at its end).
@@ -462,4 +479,11 @@ if pytest is not None:
             yield cap
 
 
-__all__ = ["Capture", "CapturedRun", "FakeClock", "LifecycleRecord", "capture"]
+__all__ = [
+    "Capture",
+    "CapturedRun",
+    "FakeClock",
+    "InternalErrorInBackground",
+    "LifecycleRecord",
+    "capture",
+]

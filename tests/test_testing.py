@@ -169,3 +169,31 @@ def test_a_start_that_raises_in_test_mode_leaves_no_live_run() -> None:
             remove_listener(broken)
         assert runtime().live_runs() == []
         assert [s.name for s in cap.spans()] == ["loud.start"]
+
+
+def test_a_hook_failing_on_the_hooks_thread_fails_the_capture() -> None:
+    """With the monitor and hooks on their threads (no fake clock), a hook that raised
+    under the test switch ended the hooks thread with an unhandled-thread warning, and the
+    test passed. The capture's end raises it; the hooks after it still ran."""
+    from chaperone_otel.testing import InternalErrorInBackground
+
+    calls: list[str] = []
+    done = threading.Event()
+
+    def on_complete(run: object) -> None:
+        calls.append(getattr(run, "name", "?"))
+        if len(calls) == 1:
+            raise KeyError("hook bug")
+        done.set()
+
+    with pytest.raises(InternalErrorInBackground, match="KeyError") as info:  # noqa: PT012
+        with capture(on_complete=on_complete):
+            with supervised("first.job"):
+                pass
+            with supervised("second.job"):
+                pass
+            assert done.wait(10)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert calls == ["first.job", "second.job"]
+    with capture():  # the next capture starts clean
+        pass
