@@ -155,9 +155,13 @@ class Supervised:
         return run
 
     def _in_own_run(self) -> bool:
-        """True inside this object's unfinished run, in the run's own thread or task."""
-        run: Supervision | None = self.__dict__.get("_chaperone_run")
-        return run is not None and run.finished_at is None and current_run.get() is run
+        """True inside an unfinished run of this object, in the run's own thread or task.
+
+        The current run is compared by id, not with the object's latest run: two calls of
+        one object running at once (threads, ``asyncio.gather``) each have their own run,
+        and the later one is the latest."""
+        run: Supervision | None = current_run.get()
+        return run is not None and run.finished_at is None and run.id == self.supervision_id
 
     def _active_run(self) -> Supervision | None:
         # The caller's own run first when it is one of this object's (they share its run

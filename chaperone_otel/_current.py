@@ -40,7 +40,8 @@ current_run: contextvars.ContextVar[Supervision | None] = contextvars.ContextVar
 
 
 def current_job(*, required: bool = False) -> Supervision | None:
-    """The run of the calling thread or asyncio task, or None outside any run.
+    """The run of the calling thread or asyncio task, or None outside any run (or after
+    it ended, in a thread or task that outlived it).
 
     Each thread and each asyncio task sees its own run (contextvars); a task created inside
     a run inherits it.
@@ -49,8 +50,9 @@ def current_job(*, required: bool = False) -> Supervision | None:
         NoActiveJobError: ``required=True`` and there is no current run.
     """
     run = current_run.get()
-    if run is not None and run._run.pid != _process.pid:
-        run = None  # the parent's run, in a forked child
+    if run is not None and (run._run.pid != _process.pid or run._run.finished_at is not None):
+        run = None  # the parent's run, in a forked child; or a run that ended (a thread or
+        # task that outlived it carries it on in its context)
     if run is None and required:
         raise NoActiveJobError(
             "current_job(required=True) called outside a supervised run: decorate the job "
@@ -60,10 +62,12 @@ def current_job(*, required: bool = False) -> Supervision | None:
 
 
 def heartbeat(metadata: Mapping[str, Any] | None = None, /, **fields: Any) -> bool:
-    """``heartbeat()`` on the current run. Outside a run it does nothing and returns False,
-    so library code can call it unconditionally; inside, it returns True."""
+    """``heartbeat()`` on the current run. Outside a run (or after it ended: a thread that
+    outlived it) it does nothing and returns False, so library code can call it
+    unconditionally; inside, it returns True."""
     run = current_run.get()
-    if run is None or run._run.pid != _process.pid:  # no run, or the parent's (forked)
+    # No run, the parent's (forked), or one that ended (a thread or task outliving it).
+    if run is None or run._run.pid != _process.pid or run._run.finished_at is not None:
         if metadata is not None and not isinstance(metadata, Mapping):
             not_a_mapping(metadata)  # the misuse fails here too, not only inside a run
         return False
@@ -77,7 +81,7 @@ def report_progress(
     """``report_progress()`` on the current run; outside a run it validates its arguments,
     does nothing else and returns False."""
     run = current_run.get()
-    if run is None or run._run.pid != _process.pid:
+    if run is None or run._run.pid != _process.pid or run._run.finished_at is not None:
         _values.checked_progress(current, total)  # the same checks as in a run
         if metadata is not None and not isinstance(metadata, Mapping):
             not_a_mapping(metadata)
@@ -91,7 +95,7 @@ def track(
 ) -> Iterator[T]:
     """``track()`` on the current run; outside a run it yields the items unchanged."""
     run = current_run.get()
-    if run is None or run._run.pid != _process.pid:
+    if run is None or run._run.pid != _process.pid or run._run.finished_at is not None:
         return iter(iterable)
     return run.track(iterable, total, phase=phase)
 

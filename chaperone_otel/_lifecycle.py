@@ -171,20 +171,23 @@ def start_run(
     if bind_thread:
         run.cpu_clock = _thread_cpu_clock()
     run.status = "running"
-    rt.started(run)
-    to = receivers(sc.EVENT_JOB_STARTED)
-    if to:
-        try:
+    try:
+        rt.started(run)
+        to = receivers(sc.EVENT_JOB_STARTED)
+        if to:
             publish(run, to, sc.EVENT_JOB_STARTED, run.started_at)
-        except BaseException as exc:
-            # Only where internal errors are raised (the test mode): the start fails
-            # loudly, and the run it never returns must not stay live with its span open.
-            try:
-                rt.writer.finish(run, exc, run.started_at)
-            finally:
-                rt.finished(run)
-                run.detach()
-            raise
+    except Exception as exc:
+        # Only where internal errors are raised (the test mode): the start fails loudly,
+        # and the run it never returns must not stay live with its span open.
+        try:
+            rt.writer.finish(run, exc, run.started_at)
+        finally:
+            rt.discard(run)
+            run.detach()
+        raise
+    except BaseException as exc:  # Ctrl-C landing in the start: the run is cancelled
+        finish_run(run, exc)
+        raise
     return run
 
 
@@ -193,8 +196,15 @@ _CANCELLED: Final = (
     asyncio.CancelledError,
     KeyboardInterrupt,
     GeneratorExit,
-    SystemExit,
 )
+"""What ends a run ``cancelled``. Not ``SystemExit``: ``sys.exit(0)`` (or ``sys.exit()``)
+inside a run is a script ending well (``completed``), any other code one ending badly
+(``failed``), as a shell reads an exit status (:func:`_clean_exit`)."""
+
+
+def _clean_exit(exc: BaseException) -> bool:
+    """``sys.exit()`` or ``sys.exit(0)``: the run completed."""
+    return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -214,7 +224,8 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 
 def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -> None:
-    """Record the outcome, publish the finished record, end the span. Never raises.
+    """Record the outcome, publish the finished record, end the span. Never raises, but
+    for an interrupt (Ctrl-C) landing in it, raised once the run is finished.
 
     The status follows from ``exc`` (none: ``completed``; a cancellation: ``cancelled``;
     otherwise ``failed``) unless ``status`` is given: a framework integration says
@@ -238,17 +249,21 @@ def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -
         internal_error("run.clock", error)
         now = time.time()
     rt = runtime()
+    # An interrupt (Ctrl-C, an asynchronous exception) landing in a step below is kept and
+    # raised once the run is finished: the guards catch only Exception, and a run left
+    # half-finished stayed live in the runtime and "running" in the store for ever.
+    interrupted: BaseException | None = None
     with run.lock:
         if run.finished_at is not None:
             return
         run.finished_at = now
         if status is not None:
             run.status = status
-        elif exc is None:
+        elif exc is None or _clean_exit(exc):
             run.status = "completed"
         else:
             run.status = "cancelled" if _is_cancellation(exc) else "failed"
-        if exc is not None and not isinstance(exc, GeneratorExit):
+        if exc is not None and run.status != "completed" and not isinstance(exc, GeneratorExit):
             run.error_type = _error_type(exc)
             run.error_message = _safe_str(exc)
             if run.status == "failed":
@@ -258,24 +273,41 @@ def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -
             actions = rt.judge(run, now)  # in the same locked section: the monitor sees it judged
         except Exception as error:
             internal_error("run.judge", error)
-    if actions:
-        rt.dispatch(actions)
+        except BaseException as error:
+            interrupted = error
     try:
-        to = receivers(sc.EVENT_JOB_FINISHED)
-        if to:
-            publish(
-                run, to, sc.EVENT_JOB_FINISHED, now, "ERROR" if run.status == "failed" else "INFO"
-            )
-    except Exception as error:
-        internal_error("run.finish", error)
-    finally:
+        if actions:
+            rt.dispatch(actions)
+    except BaseException as error:
+        interrupted = interrupted or error
+    for _ in range(2):  # published again if an interrupt cut the first publish short
         try:
-            rt.writer.finish(run, exc, now)  # ends the span whatever else fails in it
+            to = receivers(sc.EVENT_JOB_FINISHED)
+            if to:
+                publish(
+                    run,
+                    to,
+                    sc.EVENT_JOB_FINISHED,
+                    now,
+                    "ERROR" if run.status == "failed" else "INFO",
+                )
+            break
         except Exception as error:
-            internal_error("run.span_end", error)
-        finally:
-            rt.finished(run)
-            run.detach()  # no handle <-> state cycle: a finished run is freed at once
+            internal_error("run.finish", error)
+            break
+        except BaseException as error:
+            interrupted = interrupted or error
+    try:
+        rt.writer.finish(run, exc, now)  # ends the span whatever else fails in it
+    except Exception as error:
+        internal_error("run.span_end", error)
+    except BaseException as error:
+        interrupted = interrupted or error
+    finally:
+        rt.finished(run)
+        run.detach()  # no handle <-> state cycle: a finished run is freed at once
+    if interrupted is not None:
+        raise interrupted
     try:
         flush_if_worker()  # a pool worker may be gone (os._exit) right after this task
     except Exception as error:
@@ -416,14 +448,16 @@ def uncancel(run: Run) -> None:
 def call(run: Run, func: Callable[..., R], args: Any, kwargs: Any) -> R:
     """Run ``func`` as ``run``: current while it runs, finished however it ends."""
     # activate/deactivate inlined: this wraps every call of a decorated sync function.
-    token = current_run.set(run.handle)
-    ctx = run.otel_context
-    otel_token = otel_context.attach(ctx) if ctx is not None else None
+    token = otel_token = None
     try:
+        token = current_run.set(run.handle)  # in the try: a Ctrl-C here ends the run too
+        ctx = run.otel_context
+        otel_token = otel_context.attach(ctx) if ctx is not None else None
         result = func(*args, **kwargs)
     except BaseException as exc:
         try:
-            deactivate((token, otel_token))
+            if token is not None:
+                deactivate((token, otel_token))
         finally:
             finish_run(run, exc)
         raise

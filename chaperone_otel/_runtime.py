@@ -45,7 +45,7 @@ from ._record import emit, to_json
 from ._resources import ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
 from ._safety import guarded_call as _bind
-from ._safety import handle_internal_errors, internal_error, raised_in_background
+from ._safety import handle_internal_errors, internal_error, kept_in_background
 from ._values import StuckTime
 from .exceptions import JobLimitExceeded
 
@@ -151,6 +151,10 @@ class Runtime:
                 run.set_wake(current._bound_wake)
                 current._ensure_thread()
 
+    def discard(self, run: Run) -> None:
+        """Unregister a run whose start failed under the test switch (no finish hooks)."""
+        self._runs.pop(id(run), None)
+
     def finished(self, run: Run) -> None:
         """Unregister a finished run (job thread); finish hooks go to the hooks thread."""
         self._runs.pop(id(run), None)  # atomic, like the store in started()
@@ -204,10 +208,8 @@ class Runtime:
             self._hooks_event.clear()
             while self._hooks:
                 action = self._hooks.popleft()
-                try:
-                    action()  # each is guarded by _bind
-                except Exception as error:  # re-raised by the test switch only
-                    raised_in_background(error)
+                with kept_in_background():  # what _bind's guard re-raises under the test switch
+                    action()
             if self._stop.is_set():
                 return
 
@@ -247,11 +249,8 @@ class Runtime:
             self._wake_event.clear()
             if self._stop.is_set():
                 break
-            try:
-                with handle_internal_errors("monitor.tick"):
-                    self.tick()
-            except Exception as error:  # re-raised by the test switch only
-                raised_in_background(error)
+            with kept_in_background(), handle_internal_errors("monitor.tick"):
+                self.tick()
 
     def _next_wait(self) -> float:
         now = self.config.clock()

@@ -103,6 +103,24 @@ def raised_in_background(exc: BaseException) -> None:
             _background.append(exc)
 
 
+class kept_in_background:
+    """On one of chaperone's own threads: an ``Exception`` out of the block (only the test
+    switch lets one out) is kept by :func:`raised_in_background`, and the thread goes on."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if isinstance(exc, Exception):
+            raised_in_background(exc)
+            return True
+        return False
+
+
 def take_background_errors() -> list[BaseException]:
     """The errors :func:`raised_in_background` kept since the last call, oldest first."""
     with _lock:

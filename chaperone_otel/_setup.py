@@ -23,7 +23,7 @@ from typing import Any
 
 from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
-from ._lifecycle import forget_attempts
+from ._lifecycle import finish_run, forget_attempts
 from ._otel import reset_instruments
 from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
 from ._safety import handle_internal_errors, reset_internal_errors
@@ -202,7 +202,7 @@ def configure_from(
 
             _setup = setup(config)
         if not _atexit_registered:
-            atexit.register(shutdown)
+            atexit.register(_at_exit)
             _atexit_registered = True
         configured = _setup
     redeclare_all()  # the schedules declared before: to the new listeners (the store)
@@ -216,6 +216,23 @@ def _teardown_locked() -> None:
 
         teardown(_setup)
         _setup = None
+
+
+EXIT_MESSAGE = "the process exited while the run was running"
+
+
+def _at_exit() -> None:
+    """At interpreter exit: the runs still live in this process (in a daemon thread, a
+    generator never finished, a ``start()`` never finished) end ``cancelled``, then
+    :func:`shutdown`. Left alone, their ``finished`` record came (if at all) after the
+    exporters and the store had closed: ``running`` in the store for ever, then lost, a
+    false alert for every process that exits with such a run."""
+    rt = current_runtime()
+    for run in rt.live_runs() if rt is not None else ():
+        if not run.inherited:  # a forked parent's run is the parent's to end
+            with handle_internal_errors("exit.live_runs"):
+                finish_run(run, SystemExit(EXIT_MESSAGE), status="cancelled")
+    shutdown()
 
 
 def shutdown() -> None:

@@ -158,10 +158,11 @@ class StartedRun:
 
         Args:
             error: the exception that ended it (for ``retried``, the retry's cause).
-            status: the outcome; by default ``completed`` without ``error``, ``cancelled``
-                for a cancellation (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``,
-                asyncio's ``CancelledError``, a ``JobLimitExceeded`` of a ``cancel`` limit
-                policy), otherwise ``failed``. ``retried`` is a terminal status that is not
+            status: the outcome; by default ``completed`` without ``error`` (or with a
+                ``SystemExit`` of code 0 or None), ``cancelled`` for a cancellation
+                (``KeyboardInterrupt``, ``GeneratorExit``, asyncio's ``CancelledError``, a
+                ``JobLimitExceeded`` of a ``cancel`` limit policy), otherwise ``failed``
+                (a ``SystemExit`` of another code too). ``retried`` is a terminal status that is not
                 a failure: the framework runs the task again as a new attempt. A
                 ``GeneratorExit`` (a generator closed early) records no error.
             timed_out: the framework ended it for running past its time limit (Celery's

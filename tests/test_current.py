@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from chaperone_otel import current_job, heartbeat, report_progress, supervised
+from chaperone_otel import current_job, heartbeat, report_progress, supervised, wrap
 from chaperone_otel import semconv as sc
 from chaperone_otel.testing import Capture
 
@@ -158,3 +158,26 @@ def test_wrap_outside_a_run_changes_nothing() -> None:
         assert list(pool.map(chaperone_otel.wrap(heartbeat), [None, None])) == [False, False]
     assert chaperone_otel.wrap(sum)([1, 2]) == 3
     assert chaperone_otel.wrap(sum).__name__ == "sum"
+
+
+def test_a_thread_that_outlives_its_run_is_outside_it(chaperone: Capture) -> None:
+    """A thread started with ``wrap()`` (or a task) that goes on after its run ended:
+    ``heartbeat()`` returned True and counted on the finished run (counts and metadata
+    nobody records), and ``current_job()`` returned the ended run. Both now say what they
+    say outside a run."""
+    go, done = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def late() -> None:
+        go.wait(10)
+        seen.extend([heartbeat(late=True), current_job(), report_progress(1, 2)])
+        done.set()
+
+    with supervised("outlived") as run:
+        heartbeat()
+        threading.Thread(target=wrap(late)).start()
+    go.set()
+    assert done.wait(10)
+    assert seen == [False, None, False]
+    assert run.heartbeat_count == 1
+    assert "late" not in (run.metadata or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -206,7 +207,8 @@ def test_base_exception_passes_through(chaperone: Capture) -> None:
     ("leaves", "status"),
     [
         ([KeyboardInterrupt()], "cancelled"),
-        ([asyncio.CancelledError(), SystemExit(1)], "cancelled"),
+        ([asyncio.CancelledError(), KeyboardInterrupt()], "cancelled"),
+        ([asyncio.CancelledError(), SystemExit(1)], "failed"),
         ([asyncio.CancelledError(), ValueError("boom")], "failed"),
     ],
 )
@@ -860,6 +862,38 @@ def test_concurrent_runs_of_one_supervised_object_report_to_their_own_run() -> N
     assert progress == [10.0, 50.0]
 
 
+def test_super_run_of_concurrent_calls_of_one_object_is_part_of_each_run() -> None:
+    """A subclass's ``run()`` calling ``super().run()``, two calls of one object at once:
+    the first call's ``super().run()`` saw the second call's run as the object's latest,
+    thought itself outside its own run and started a third run (an attempt nobody made)."""
+    import threading
+
+    second_started = threading.Event()
+
+    class Base(Supervised):
+        async def run(self, n: int) -> int:
+            job = current_job()
+            return job.attempt if job else 0
+
+    class Child(Base):
+        async def run(self, n: int) -> int:
+            if n == 1:
+                await asyncio.wait_for(asyncio.to_thread(second_started.wait, 10), 10)
+            else:
+                second_started.set()
+            return await super().run(n)
+
+    job = Child()
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(job.run(1), job.run(2)))
+
+    with capture() as cap:
+        assert asyncio.run(both()) == [1, 2]
+        runs = [r for r in cap.runs() if r.name.endswith("Child")]
+    assert sorted(r.latest[sc.ATTR_JOB_ATTEMPT] for r in runs) == [1, 2]
+
+
 @pytest.mark.parametrize("order", ["ab", "ba", "acb"])
 def test_with_blocks_in_interleaved_generators_leave_no_ended_run_current(
     chaperone: Capture, order: str
@@ -897,3 +931,31 @@ def test_with_blocks_in_interleaved_generators_leave_no_ended_run_current(
 
     later()
     assert sc.ATTR_JOB_PARENT_RUN_ID not in chaperone.last_run("later").latest
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error_type"),
+    [
+        (None, "completed", None),
+        (0, "completed", None),
+        (3, "failed", "SystemExit"),
+        ("bad input file", "failed", "SystemExit"),
+    ],
+)
+def test_sys_exit_inside_a_run_reads_like_an_exit_status(
+    chaperone: Capture, code: object, status: str, error_type: str | None
+) -> None:
+    """A script that ends with ``sys.exit(...)`` inside its supervised ``main``: every code
+    was ``cancelled`` and healthy, so ``sys.exit(1)`` escaped ``failed()`` and the
+    failure-ratio alert, and ``sys.exit(0)`` was not a success. Now as a shell reads it."""
+
+    @supervised(name="cron.main")
+    def main() -> None:
+        sys.exit(code)  # type: ignore[arg-type]
+
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == code  # re-raised unchanged
+    run = chaperone.last_run("cron.main")
+    assert run.status == status
+    assert run.error_type == error_type

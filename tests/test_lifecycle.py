@@ -139,3 +139,52 @@ def test_forked_child_leaving_the_parents_block_does_not_finish_its_run(
     assert during["files_unchanged"]
     assert during["during"] == ["running", parent_pid]
     assert after["after"] == ["completed", parent_pid]
+
+
+_EXIT_WITH_LIVE_RUNS = r"""
+import sys, threading
+import chaperone_otel as c
+from chaperone_otel import supervised
+
+c.configure(sink=sys.argv[1])
+
+@supervised(name="exit.generator")
+def rows():
+    yield 1
+    yield 2
+
+it = rows()
+next(it)  # left unfinished at module level
+
+started = threading.Event()
+
+@supervised(name="exit.daemon")
+def forever():
+    started.set()
+    threading.Event().wait()
+
+threading.Thread(target=forever, daemon=True).start()
+started.wait(10)
+with supervised("exit.completed"):
+    pass
+"""
+
+
+def test_runs_still_live_at_interpreter_exit_end_cancelled(tmp_path: Path) -> None:
+    """A process that exits normally while a run is live (a daemon thread, a generator
+    never finished): the run's finish, if it came at all, came after atexit had closed the
+    store, so the run stayed ``running`` for ever and was later judged lost (a false
+    alert). They end ``cancelled`` at exit, saying why; a finished run is untouched."""
+    from chaperone_otel import open_sink
+    from chaperone_otel._setup import EXIT_MESSAGE
+    from tests.processes import run_python
+
+    store = tmp_path / "exit.duckdb"
+    run_python(_EXIT_WITH_LIVE_RUNS, store)
+    with open_sink(str(store)) as sink:
+        rows = sink.sql("SELECT name, status, error_type, error_message FROM jobs ORDER BY name")
+    assert [tuple(r) for r in rows.rows] == [
+        ("exit.completed", "completed", None, None),
+        ("exit.daemon", "cancelled", "SystemExit", EXIT_MESSAGE),
+        ("exit.generator", "cancelled", "SystemExit", EXIT_MESSAGE),
+    ]

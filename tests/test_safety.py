@@ -338,3 +338,56 @@ def test_records_go_only_to_listeners_that_want_them(production_mode: None) -> N
     assert exported == [sc.EVENT_JOB_FINISHED]
     assert everything.events == [sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED]
     assert broken.events == []
+
+
+class _InterruptOnce:
+    """A listener that raises KeyboardInterrupt the first time it gets ``event``: Ctrl-C
+    landing in the middle of the runtime's own start or finish of a run."""
+
+    def __init__(self, event: str) -> None:
+        self.event, self.fired = event, False
+
+    def on_record(self, record: LifecycleRecord) -> None:
+        if record.event_name == self.event and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def _run_once(form: str) -> None:
+    if form == "decorator":
+        supervised(name="interrupted")(lambda: None)()
+    else:
+        with supervised("interrupted"):
+            pass
+
+
+@pytest.mark.parametrize("event", [sc.EVENT_JOB_STARTED, sc.EVENT_JOB_FINISHED])
+@pytest.mark.parametrize("form", ["decorator", "with"])
+def test_an_interrupt_inside_the_runtime_still_finishes_the_run(event: str, form: str) -> None:
+    """Ctrl-C landing in the runtime's own code at a run's start or finish (not in the
+    job's) left the run live in the runtime and ``running`` in the store for ever (its
+    finish half done, or never begun): later judged stuck, then lost, in a process that
+    goes on (a worker loop, a notebook). The interrupt goes through, after the run is
+    finished, ``cancelled`` when it landed at the start."""
+    from chaperone_otel._runtime import runtime
+
+    interrupt = _InterruptOnce(event)
+    later: list[LifecycleRecord] = []  # a listener after the interrupted one (a store)
+    after = type("After", (), {"on_record": lambda self, r: later.append(r)})()
+    with capture(background=False) as cap:
+        add_listener(interrupt)
+        add_listener(after)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _run_once(form)
+        finally:
+            remove_listener(interrupt)
+            remove_listener(after)
+        assert interrupt.fired
+        assert sc.EVENT_JOB_FINISHED in [r.event_name for r in later]
+        assert runtime().live_runs() == []
+        run = cap.last_run("interrupted")
+        assert run.events(sc.EVENT_JOB_FINISHED)
+        expected = "cancelled" if event == sc.EVENT_JOB_STARTED else "completed"
+        assert run.status == expected
+        assert [s.name for s in cap.spans()] == ["interrupted"]

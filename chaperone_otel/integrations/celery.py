@@ -671,8 +671,8 @@ def _finish(
             # billiard's SIGTERM at the hard time limit: the run's own records (span,
             # counters) say what Celery says, not "cancelled" by a SystemExit.
             run.finish(TimeLimitExceeded(hard_limit), timed_out=True)
-        elif interrupted is not None:
-            run.finish(interrupted)
+        elif interrupted is not None:  # billiard's SIGTERM (a revoke): whatever its code
+            run.finish(interrupted, status="cancelled")
         else:
             run.finish(RuntimeError(f"task ended in state {state}"), status="failed")
 
