@@ -188,3 +188,43 @@ def test_runs_still_live_at_interpreter_exit_end_cancelled(tmp_path: Path) -> No
         ("exit.daemon", "cancelled", "SystemExit", EXIT_MESSAGE),
         ("exit.generator", "cancelled", "SystemExit", EXIT_MESSAGE),
     ]
+
+
+_SIGTERM_RECIPE = r"""
+import signal, sys, threading
+import chaperone_otel as c
+c.configure(sink=sys.argv[1])
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # docs/concepts.md's recipe
+with c.supervised("cron.stopped"):
+    print("ready", flush=True)
+    threading.Event().wait(60)
+"""
+
+
+def test_the_documented_sigterm_recipe_records_the_run_cancelled(tmp_path: Path) -> None:
+    """docs/concepts.md ("Flushing before a process ends"): with SIGTERM raising
+    KeyboardInterrupt, a job stopped by ``timeout``/systemd/Kubernetes is in the store as
+    ``cancelled``, not left ``running`` to be judged lost."""
+    import signal
+
+    from chaperone_otel import open_sink
+    from tests.processes import CLEAN_ENV, stop
+
+    store = tmp_path / "stopped.duckdb"
+    with subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_RECIPE, str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=CLEAN_ENV,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        finally:
+            stop(proc)
+    with open_sink(str(store)) as sink:
+        rows = sink.sql("SELECT name, status, error_type FROM jobs").rows
+    assert [tuple(r) for r in rows] == [("cron.stopped", "cancelled", "KeyboardInterrupt")]
