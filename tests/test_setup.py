@@ -548,7 +548,9 @@ def test_second_configure_keeps_telemetry_working() -> None:
 import urllib.request, chaperone_otel as c
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+trace.set_tracer_provider(TracerProvider())  # the application's
 setup = c.configure(prometheus_port=0)
 exporter = InMemorySpanExporter()
 trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))

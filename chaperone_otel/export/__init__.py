@@ -3,8 +3,10 @@
 ``chaperone_otel.configure()`` calls :func:`setup` lazily, so ``import chaperone_otel`` never
 loads the SDK. The rule for existing providers: if the application already installed an SDK
 ``TracerProvider`` / ``LoggerProvider`` / ``MeterProvider``, chaperone-otel *adds* its
-processors and readers to it; only where the global is still the API's no-op proxy does it
-create a provider and install it.
+processors and readers to it (but no OTLP exporter that only the environment implies: the
+application's own pipeline exports it, :func:`_skip_implied`); only where the global is
+still the API's no-op proxy, and only for a signal something here exports, does it create a
+provider and install it.
 """
 
 from __future__ import annotations
@@ -153,6 +155,29 @@ class CountingLogExporter(LogRecordExporter):
         return _counted_flush("log", lambda: self.inner.force_flush(timeout_millis))
 
 
+def _ours(item: Any) -> bool:
+    """A span or log record of chaperone-otel's own instrumentation scope."""
+    scope = getattr(item, "instrumentation_scope", None)
+    return getattr(scope, "name", None) == sc.INSTRUMENTATION_SCOPE
+
+
+class _OwnSpansPrinted(SimpleSpanProcessor):
+    """``console=True``'s span printer: chaperone-otel's own spans only. On the
+    application's provider it printed every span of the whole application."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if _ours(span):
+            super().on_end(span)
+
+
+class _OwnRecordsPrinted(SimpleLogRecordProcessor):
+    """``console=True``'s record printer: chaperone-otel's lifecycle records only."""
+
+    def on_emit(self, log_record: Any) -> None:
+        if _ours(log_record):
+            super().on_emit(log_record)
+
+
 class CountingMetricExporter(MetricExporter):
     """The metric twin of :class:`CountingSpanExporter`. Keeps the inner exporter's
     preferred temporality and aggregation (the periodic reader reads them from its
@@ -221,19 +246,62 @@ class Setup:
 
 def otlp_signals(config: _Config) -> frozenset[str]:
     """The signals (``traces``, ``logs``, ``metrics``) exported over OTLP: all of them when
-    asked for (``otlp=True``), when ``otlp_endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
-    set; otherwise each signal whose own endpoint variable is set
-    (``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` …). A signal with no endpoint anywhere would go to
-    the SDK's default, ``localhost:4318``, where nothing may listen: not exported."""
+    asked for (``otlp=True``) or ``otlp_endpoint`` is set; else, from the environment, all
+    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, otherwise each signal whose own endpoint
+    variable is set (``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` …), less those whose standard
+    exporter variable names no ``otlp`` (``OTEL_TRACES_EXPORTER=none``). A signal with no
+    endpoint anywhere would go to the SDK's default, ``localhost:4318``, where nothing may
+    listen: not exported."""
     if config.otlp is not None:
         return frozenset(_OTLP_SIGNALS) if config.otlp else frozenset()
-    if config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if config.otlp_endpoint:
         return frozenset(_OTLP_SIGNALS)
+    every = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     return frozenset(
         signal
         for signal in _OTLP_SIGNALS
-        if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        if (every or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"))
+        and _otlp_allowed(f"OTEL_{signal.upper()}_EXPORTER")
     )
+
+
+def _otlp_allowed(variable: str) -> bool:
+    """The standard exporter variable ``variable`` is unset or names ``otlp`` among its
+    exporters (``none``, ``console``: the signal is not exported over OTLP)."""
+    value = os.environ.get(variable, "").strip()
+    return not value or "otlp" in {part.strip().lower() for part in value.split(",")}
+
+
+_created_here: list[Any] = []
+"""The providers ``configure()`` created and installed as the OTel globals: a later
+``configure()`` finds them as the globals, and must not take them for the application's."""
+
+
+def _the_applications(provider: Any) -> bool:
+    """``provider`` is an SDK provider the application set up (not one of ours)."""
+    sdk = isinstance(provider, (TracerProvider, LoggerProvider, MeterProvider))
+    return sdk and not any(provider is ours for ours in _created_here)
+
+
+def _skip_implied(
+    config: _Config, otlp: frozenset[str], providers: dict[str, Any]
+) -> frozenset[str]:
+    """``otlp`` without the signals that only the environment asks for and whose provider
+    is the application's own: its own pipeline (``opentelemetry-instrument``, an SDK set up
+    from the same ``OTEL_EXPORTER_OTLP_*`` variables) exports chaperone's spans, records and
+    metrics already; a processor of ours beside it sent every span, record and metric of the
+    whole application twice. ``otlp=True`` or ``otlp_endpoint`` still add ours."""
+    if config.otlp is not None or config.otlp_endpoint:
+        return otlp
+    skipped = {signal for signal in otlp if _the_applications(providers[signal])}
+    if skipped:
+        _logger.info(
+            "chaperone-otel: OTEL_EXPORTER_OTLP_* is set and the application has its own "
+            "OTel providers for %s: chaperone-otel's telemetry goes through their exporters "
+            "(configure(otlp=True) adds chaperone-otel's own)",
+            ", ".join(sorted(skipped)),
+        )
+    return otlp - skipped
 
 
 def otlp_enabled(config: _Config) -> bool:
@@ -276,16 +344,27 @@ def setup(config: _Config) -> Setup:
 
 def _install(config: _Config, out: Setup) -> None:
     resource = _resource(config)
-    otlp = otlp_signals(config)
+    tp = config.tracer_provider or trace.get_tracer_provider()
+    lp = config.logger_provider or _logs.get_logger_provider()
+    mp = config.meter_provider or metrics.get_meter_provider()
+    otlp = _skip_implied(config, otlp_signals(config), {"traces": tp, "logs": lp, "metrics": mp})
     if otlp:
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
+    # A provider is created (and installed as the global) only for a signal something here
+    # exports: a store-only configure() left the application unable to install its own
+    # (the SDK allows one global per process) and took its telemetry over. An explicit
+    # provider that is not the SDK's (a NoOpTracerProvider) takes nothing.
 
     # Traces.
-    tp = config.tracer_provider or trace.get_tracer_provider()
-    if not isinstance(tp, TracerProvider):
-        tp = TracerProvider(resource=resource)
-        trace.set_tracer_provider(tp)
-        out.created_providers.append(tp)
+    console = {"traces", "logs"} if config.console else set()
+    if not isinstance(tp, TracerProvider) and ("traces" in otlp or "traces" in console):
+        if config.tracer_provider is None:
+            tp = TracerProvider(resource=resource)
+            trace.set_tracer_provider(tp)
+            out.created_providers.append(tp)
+            _created_here.append(tp)
+        else:
+            otlp, console = otlp - {"traces"}, console - {"traces"}
     out.tracer_provider = tp
     if "traces" in otlp:
         from ._otlp_http import otlp_span_exporter  # noqa: PLC0415
@@ -305,17 +384,20 @@ def _install(config: _Config, out: Setup) -> None:
                 max_export_batch_size=batch,
             )
         )
-    if config.console:
-        out.span_processors.append(SimpleSpanProcessor(CountingSpanExporter(ConsoleSpanExporter())))
+    if "traces" in console:
+        out.span_processors.append(_OwnSpansPrinted(CountingSpanExporter(ConsoleSpanExporter())))
     for sp in out.span_processors:
-        tp.add_span_processor(sp)
+        tp.add_span_processor(sp)  # type: ignore[union-attr]  # an SDK provider when any
 
     # Logs (the live lifecycle channel).
-    lp = config.logger_provider or _logs.get_logger_provider()
-    if not isinstance(lp, LoggerProvider):
-        lp = LoggerProvider(resource=resource)
-        _logs.set_logger_provider(lp)
-        out.created_providers.append(lp)
+    if not isinstance(lp, LoggerProvider) and ("logs" in otlp or "logs" in console):
+        if config.logger_provider is None:
+            lp = LoggerProvider(resource=resource)
+            _logs.set_logger_provider(lp)
+            out.created_providers.append(lp)
+            _created_here.append(lp)
+        else:
+            otlp, console = otlp - {"logs"}, console - {"logs"}
     out.logger_provider = lp
     if "logs" in otlp:
         from ._fast_logs import LifecycleLogProcessor, pipeline_supported  # noqa: PLC0415
@@ -338,12 +420,12 @@ def _install(config: _Config, out: Setup) -> None:
                 max_export_batch_size=batch,
             )
         )
-    if config.console:
+    if "logs" in console:
         out.log_processors.append(
-            SimpleLogRecordProcessor(CountingLogExporter(ConsoleLogRecordExporter()))
+            _OwnRecordsPrinted(CountingLogExporter(ConsoleLogRecordExporter()))
         )
     for lproc in out.log_processors:
-        lp.add_log_record_processor(lproc)
+        lp.add_log_record_processor(lproc)  # type: ignore[union-attr]  # an SDK provider
 
     # Metrics.
     readers: list[MetricReader] = []
@@ -364,13 +446,14 @@ def _install(config: _Config, out: Setup) -> None:
                 )
             )
         )
-    mp = config.meter_provider or metrics.get_meter_provider()
-    if not isinstance(mp, MeterProvider):
+    wants_metrics = readers or config.prometheus_port is not None
+    if not isinstance(mp, MeterProvider) and wants_metrics and config.meter_provider is None:
         # Readers are added, not passed to the constructor, so teardown can remove them
         # (a constructor reader is shut down again by the provider at exit).
         mp = MeterProvider(resource=resource)
         metrics.set_meter_provider(mp)
         out.created_providers.append(mp)
+        _created_here.append(mp)
     add_reader = getattr(mp, "add_metric_reader", None)
     for reader in readers:
         if add_reader is None:
