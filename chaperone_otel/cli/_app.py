@@ -38,6 +38,7 @@ from ._common import (
 from ._monitor import Frame, read_frame, render_frame, run_live
 from ._pipes import Group, console, verdict, widen
 from ._scope_flags import SCOPES, build_query, scope_option
+from ._terminal import terminal_safe
 from ._verdicts import (
     RunIdError,
     filtered,
@@ -668,7 +669,8 @@ def wait(
             click.echo(
                 f"waiting for {len(last)} run(s): "
                 + ", ".join(
-                    f"{r.name} {render.short_id(str(r.id))} {float(r.progress or 0):.0f}%"
+                    terminal_safe(f"{r.name} {render.short_id(str(r.id))}")
+                    + f" {float(r.progress or 0):.0f}%"
                     for r in last[:5]
                 )
                 + (" …" if len(last) > 5 else ""),

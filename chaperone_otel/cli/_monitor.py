@@ -32,11 +32,13 @@ from ._render import (
     health_text,
     now_utc,
     progress_bar,
+    safe_text,
     short_id,
     status_text,
     whole_table,
 )
 from ._render import field as f
+from ._terminal import terminal_safe
 from ._verdicts import filtered
 
 if TYPE_CHECKING:
@@ -83,12 +85,13 @@ def render_frame(
     now = frame.at
     header = Text()
     header.append("chaperone-otel monitor", style="bold")
-    header.append(f"  {title}", style="dim")
+    header.append(f"  {terminal_safe(title)}", style="dim")
     header.append(f"  {now.astimezone().strftime('%H:%M:%S')}", style="dim")
     if frame.error:
         header.append("\n")
         header.append(
-            f"store unavailable: {frame.error} (retrying every {interval:g}s)", style="bold red"
+            f"store unavailable: {terminal_safe(frame.error)} (retrying every {interval:g}s)",
+            style="bold red",
         )
         return Group(header)
     running = list(frame.running)
@@ -133,11 +136,11 @@ def render_frame(
             hb_style = "yellow" if seconds > float(interval_s) else ""
         rows.append(
             {
-                "JOB": Text(str(f(r, "name") or "-")),  # stored strings: never markup
-                "RUN": Text(ident(str(f(r, "id")))),
-                "QUEUE": Text(str(f(r, "queue") or "-")),
+                "JOB": safe_text(f(r, "name") or "-"),  # stored strings: never markup
+                "RUN": safe_text(ident(str(f(r, "id")))),
+                "QUEUE": safe_text(f(r, "queue") or "-"),
                 "PROGRESS": progress_bar(f(r, "progress"), bar_width),
-                "PHASE": Text(str(f(r, "phase") or "")),
+                "PHASE": safe_text(f(r, "phase") or ""),
                 "ETA": "-"
                 if eta is None or f(r, "stuck") or f(r, "lost")
                 else fmt_duration(float(eta)),
@@ -183,10 +186,10 @@ def render_frame(
         for r in frame.recent:
             err = f(r, "error_type")
             err = str(err).rsplit(".", 1)[-1] if err else None
-            message = f"{err}: {f(r, 'error_message') or ''}"
+            message = terminal_safe(f"{err}: {f(r, 'error_message') or ''}")
             done.add_row(
-                Text(str(f(r, "name"))),
-                Text(ident(str(f(r, "id")))),
+                safe_text(f(r, "name")),
+                safe_text(ident(str(f(r, "id")))),
                 status_text(r),
                 fmt_duration(f(r, "duration")),
                 Text(message if whole else message[:70], style="red") if err else "",

@@ -6,7 +6,9 @@ Rendering works on any object with the ``JobRecord`` attributes (the sink's reco
 
 Every stored or user-given string reaches rich as :class:`~rich.text.Text`, never as a
 ``str``: rich reads a ``str`` as markup, so a job named ``etl[/]import`` would crash the
-command and ``rebuild[daily]`` would lose its ``[daily]``.
+command and ``rebuild[daily]`` would lose its ``[daily]``. And it goes through
+:func:`~chaperone_otel.cli._terminal.terminal_safe` (:func:`safe_text`) first: a control
+character in it (ESC, a line break, a bidi override) is shown escaped, not acted on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._fields import LISTED
+from ._terminal import terminal_safe, terminal_safe_lines
 
 if TYPE_CHECKING:
     from ._verdicts import HealthReport
@@ -136,6 +139,12 @@ def progress_bar(percent: float | None, width: int = 20) -> Text:
     return text
 
 
+def safe_text(value: Any, style: str = "") -> Text:
+    """A stored or user-given value as one line of plain text: never markup, its control
+    characters escaped (:func:`~chaperone_otel.cli._terminal.terminal_safe`)."""
+    return Text(terminal_safe(str(value)), style=style)
+
+
 def field(record: Any, name: str, default: Any = None) -> Any:
     """``record.name`` or ``default`` (tolerates records without the field)."""
     return getattr(record, name, default)
@@ -144,7 +153,7 @@ def field(record: Any, name: str, default: Any = None) -> Any:
 def health_text(record: Any) -> Text:
     """Health with the stuck/lost flags, coloured."""
     health = field(record, "health") or "unknown"
-    text = Text(str(health), style=HEALTH_STYLES.get(str(health), ""))
+    text = safe_text(health, HEALTH_STYLES.get(str(health), ""))
     if field(record, "lost"):
         text.append(" LOST", style="bold magenta")
     elif field(record, "stuck"):
@@ -154,7 +163,7 @@ def health_text(record: Any) -> Text:
 
 def status_text(record: Any) -> Text:
     status = str(field(record, "status") or "-")
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return safe_text(status, STATUS_STYLES.get(status, ""))
 
 
 def short_id(run_id: str) -> str:
@@ -275,11 +284,12 @@ def jobs_table(
     for r in records:
         progress = field(r, "progress")
         running = field(r, "status") == "running"
+        run_id = str(field(r, "id"))
         rows.append(
             {
-                "ID": Text(str(field(r, "id")) if full_ids else short_id(str(field(r, "id")))),
-                "NAME": Text(str(field(r, "name") or "-")),
-                "QUEUE": Text(str(field(r, "queue") or "-")),
+                "ID": safe_text(run_id if full_ids else short_id(run_id)),
+                "NAME": safe_text(field(r, "name") or "-"),
+                "QUEUE": safe_text(field(r, "queue") or "-"),
                 "STATUS": status_text(r),
                 "HEALTH": health_text(r),
                 "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
@@ -324,16 +334,22 @@ def whole_table(
 
 
 def sql_cell(value: Any) -> str:
-    """A result value as the terminal shows it (``NULL`` for SQL NULL)."""
-    return "NULL" if value is None else str(value)
+    """A result value as a table shows it: ``NULL`` for SQL NULL, control characters
+    escaped (a line break as ``\\n``: a row is one line)."""
+    return "NULL" if value is None else terminal_safe(str(value))
+
+
+def sql_cell_lines(value: Any) -> list[str]:
+    """A result value as ``sql -x`` shows it: its lines, each with control characters
+    escaped (a traceback goes on under the ``|``)."""
+    return ["NULL"] if value is None else terminal_safe_lines(str(value)).split("\n")
 
 
 def sql_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    """A query result as a table at its natural width: values whole, on one line each (a
-    value with newlines takes several)."""
+    """A query result as a table at its natural width: values whole, one line per row."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for c in columns:  # names and values as Text: "SELECT '[/]'" is data, not markup
-        table.add_column(Text(c), no_wrap=True)
+        table.add_column(safe_text(c), no_wrap=True)
     for row in rows:
         table.add_row(*(Text(sql_cell(v)) for v in row))
     return table
@@ -342,29 +358,27 @@ def sql_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
 def sql_table_width(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
     """Columns the :func:`sql_table` of this result needs (its widest line)."""
     widths = [
-        max([cell_len(c)] + [_widest_line(sql_cell(row[i])) for row in rows])
+        max([cell_len(terminal_safe(c))] + [cell_len(sql_cell(row[i])) for row in rows])
         for i, c in enumerate(columns)
     ]
     return sum(widths) + 3 * max(0, len(widths) - 1)  # " │ " between columns, no edges
 
 
-def _widest_line(value: str) -> int:
-    return max(cell_len(line) for line in value.split("\n"))
-
-
 def sql_expanded(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int) -> str:
     """The result as one block per record, ``column | value`` lines, each block under a
     ``-[ RECORD n ]---`` line (psql's expanded display). A value with newlines goes on
-    under the ``|``. Plain text: nothing in it is read as markup."""
+    under the ``|``. Plain text: nothing in it is read as markup; control characters are
+    shown escaped."""
+    columns = [terminal_safe(c) for c in columns]
     label = max((cell_len(c) for c in columns), default=0)
-    values = [_widest_line(sql_cell(v)) for row in rows for v in row]
+    values = [cell_len(line) for row in rows for v in row for line in sql_cell_lines(v)]
     rule = min(width, label + 3 + max(values, default=0))
     out: list[str] = []
     for n, row in enumerate(rows, 1):
         head = f"-[ RECORD {n} ]"
         out.append(head + "-" * max(0, rule - cell_len(head)))
         for name, value in zip(columns, row, strict=False):
-            first, *more = sql_cell(value).split("\n")
+            first, *more = sql_cell_lines(value)
             out.append(f"{name}{' ' * (label - cell_len(name))} | {first}".rstrip())
             out.extend(f"{' ' * label} | {line}".rstrip() for line in more)
     return "\n".join(out)
@@ -382,7 +396,7 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
     def row(label: str, value: Any) -> None:
         if value is None or value == "":
             return
-        info.add_row(label, value if isinstance(value, Text) else Text(str(value)))
+        info.add_row(label, value if isinstance(value, Text) else safe_text(value))
 
     row("run id", field(r, "id"))
     row("parent run", field(r, "parent_run_id"))  # list its nested runs: jobs --parent ID
@@ -453,7 +467,7 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
     meta = field(r, "metadata")
     if meta:
         row("metadata", ", ".join(f"{k}={v}" for k, v in dict(meta).items()))
-    title = Text(str(field(r, "name")), style="bold")
+    title = safe_text(field(r, "name"), "bold")
     parts: list[RenderableType] = [Panel(info, title=title, expand=False)]
 
     violations = list(field(r, "resource_violations") or [])
@@ -466,10 +480,10 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
             fmt = fmt_bytes if kind == "memory" else _num
             vt.add_row(
                 _iso(field(v, "at")),
-                Text(kind, style="red"),
+                safe_text(kind, "red"),
                 Text(fmt(field(v, "limit"))),
                 Text(fmt(field(v, "actual"))),
-                Text(str(field(v, "policy") or "-")),
+                safe_text(field(v, "policy") or "-"),
             )
         parts.append(vt)
 
@@ -480,10 +494,11 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         ]
     for e in errors:
         body = Text()
-        body.append(f"{field(e, 'type')}: {field(e, 'message') or ''}", style="bold red")
+        heading = f"{field(e, 'type')}: {field(e, 'message') or ''}"
+        body.append(terminal_safe(heading), style="bold red")
         trace = field(e, "trace")
-        if trace:
-            body.append("\n" + str(trace).rstrip())
+        if trace:  # a traceback keeps its lines, each made safe
+            body.append("\n" + terminal_safe_lines(str(trace).rstrip()))
         parts.append(
             Panel(
                 body,
@@ -510,10 +525,10 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
             hmeta = field(hb, "metadata") or {}
             ht.add_row(
                 _iso(field(hb, "at")),
-                Text(str(field(hb, "kind") or "-")),
+                safe_text(field(hb, "kind") or "-"),
                 str(field(hb, "calls") if field(hb, "calls") is not None else "-"),
                 "-" if p is None else f"{float(p):.0f}%",
-                Text(", ".join(f"{k}={v}" for k, v in dict(hmeta).items())[:80]),
+                Text(terminal_safe(", ".join(f"{k}={v}" for k, v in dict(hmeta).items()))[:80]),
             )
         parts.append(ht)
     if others:
@@ -527,7 +542,7 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         for o in others:
             et.add_row(
                 str(field(o, "attempt")),
-                Text(str(field(o, "execution_id") or "-")),
+                safe_text(field(o, "execution_id") or "-"),
                 status_text(o),
                 _iso(field(o, "started_at")),
                 str(field(o, "pid") or "-"),
@@ -613,10 +628,10 @@ def health_lines(
     lines: list[tuple[RenderableType | str, ...]] = []
     if single:
         r = report.records[0]
-        lines.append((Text(f"{r.name} {r.id}: "), status_text(r), " ", health_text(r)))
+        lines.append((safe_text(f"{r.name} {r.id}: "), status_text(r), " ", health_text(r)))
     else:
         summary = "  ".join(f"{k}: {v}" for k, v in report.counts.items())
-        lines.append((Text(f"{len(report.records)} running run(s)  {summary}"),))
+        lines.append((safe_text(f"{len(report.records)} running run(s)  {summary}"),))
         if report.not_ok:
             not_ok = jobs_table(report.not_ok, title="not healthy", width=width, whole=whole)
             lines.append((not_ok,))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._terminal import terminal_safe
+
 if TYPE_CHECKING:
     from ..sink import JobQuery, JobRecord, Sink
 
@@ -131,7 +133,10 @@ class AmbiguousPrefixError(RunIdError):
 
     def __init__(self, prefix: str, candidates: Sequence[tuple[str, str, Any]], more: bool) -> None:
         lines = [f"run id prefix {prefix!r} matches several runs; give more of the id:"]
-        lines += [f"  {run_id}  {name}  {_moment(started)}" for run_id, name, started in candidates]
+        lines += [
+            terminal_safe(f"  {run_id}  {name}  {_moment(started)}")
+            for run_id, name, started in candidates
+        ]
         if more:
             lines.append("  …")
         super().__init__("\n".join(lines))
