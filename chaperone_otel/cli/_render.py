@@ -558,7 +558,7 @@ def executions_dict(others: Sequence[Any]) -> list[dict[str, Any]]:
             "attempt": field(o, "attempt"),
             "execution_id": field(o, "execution_id"),
             "status": field(o, "status"),
-            "started_at": _iso(field(o, "started_at")),
+            "started_at": _iso(field(o, "started_at"), exact=True),
         }
         for o in others
     ]
@@ -609,14 +609,17 @@ def _num(value: Any) -> str:
     return f"{f:.0f}" if f.is_integer() else f"{f:g}"
 
 
-def _iso(moment: datetime | None) -> str:
-    """ISO 8601 in UTC (``…Z``). A naive datetime is UTC: DuckDB returns ``TIMESTAMP``
-    values naive in UTC, and ``astimezone`` would read them as local time."""
+def _iso(moment: datetime | None, *, exact: bool = False) -> str:
+    """ISO 8601 in UTC (``…Z``): to the second for people, ``exact`` (machine output: CSV,
+    JSON) with the microseconds it has, as ``--json`` writes it. A naive datetime is UTC:
+    DuckDB returns ``TIMESTAMP`` values naive in UTC, and ``astimezone`` would read them as
+    local time."""
     if moment is None:
         return ""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    timespec = "auto" if exact else "seconds"
+    return moment.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def health_lines(
@@ -664,7 +667,7 @@ def record_dict(record: Any) -> dict[str, Any]:
 
 
 def to_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text with a header line; datetimes as ISO 8601 UTC."""
+    """CSV text with a header line; datetimes as ISO 8601 UTC, to the microsecond."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
@@ -677,7 +680,7 @@ def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return _iso(value)
+        return _iso(value, exact=True)
     if isinstance(value, (dict, list)):
         import json  # noqa: PLC0415
 
