@@ -20,6 +20,9 @@ from ._terminal import terminal_safe
 if TYPE_CHECKING:
     from ..sink import JobQuery, JobRecord, Sink
 
+HEALTH_VERDICTS = ("healthy", "degraded", "unhealthy")
+"""The verdicts ``health`` counts, each always present in its counts."""
+
 PREFIX_MIN = 4
 """Shortest run-id prefix ``show`` and ``health`` accept."""
 
@@ -87,7 +90,8 @@ class HealthReport:
     Attributes:
         records: the runs judged. failing: those that fail the check (exit 1).
         not_ok: those not plainly healthy (listed in the table), failing ones included.
-        counts: runs per health, then the stuck and lost counts.
+        counts: runs per health (``healthy``, ``degraded``, ``unhealthy``: every one,
+            0 when none), then the ``stuck`` and ``lost`` counts.
     """
 
     records: Sequence[JobRecord]
@@ -102,7 +106,7 @@ class HealthReport:
 
 def health_report(records: Sequence[JobRecord], *, strict: bool) -> HealthReport:
     """Judge ``records`` for ``chaperone-otel health`` (see :func:`is_failing`)."""
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = dict.fromkeys(HEALTH_VERDICTS, 0)  # a script reads every key
     for r in records:
         counts[r.health] = counts.get(r.health, 0) + 1
     counts["stuck"] = sum(1 for r in records if r.stuck)

@@ -52,3 +52,16 @@ def test_show_json_other_executions_keep_the_microseconds() -> None:
     other = SimpleNamespace(attempt=1, execution_id="e1", status="failed", started_at=started)
     (listed,) = render.executions_dict([other])
     assert listed["started_at"] == "2024-05-01T12:00:00.250000Z"
+
+
+def test_health_json_counts_every_verdict_on_a_store_with_none_running(
+    recorded_store: Recorded,
+) -> None:
+    result = invoke("health", "--db", str(recorded_store.path), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == {
+        "ok": True,
+        "counts": {"healthy": 0, "degraded": 0, "unhealthy": 0, "stuck": 0, "lost": 0},
+        "runs": [],
+    }

@@ -59,3 +59,21 @@ def test_like_prefix_escapes_the_wildcards():
     """A prefix's ``%``, ``_`` and ``\\`` match only themselves (``ESCAPE '\\'``)."""
     assert like_prefix("abcd") == "abcd%"
     assert like_prefix("a%c_d\\") == "a\\%c\\_d\\\\%"
+
+
+def test_health_counts_have_every_verdict_even_when_none_has_it():
+    """A script reads ``counts.unhealthy``: it must be there (0) when no run is unhealthy."""
+    assert health_report([], strict=False).counts == {
+        "healthy": 0,
+        "degraded": 0,
+        "unhealthy": 0,
+        "stuck": 0,
+        "lost": 0,
+    }
+    assert health_report([run("bad", "unhealthy")], strict=False).counts == {
+        "healthy": 0,
+        "degraded": 0,
+        "unhealthy": 1,
+        "stuck": 0,
+        "lost": 0,
+    }
