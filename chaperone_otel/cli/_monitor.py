@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -86,7 +86,7 @@ def render_frame(
     header = Text()
     header.append("chaperone-otel monitor", style="bold")
     header.append(f"  {terminal_safe(title)}", style="dim")
-    header.append(f"  {now.astimezone().strftime('%H:%M:%S')}", style="dim")
+    header.append(f"  {now.astimezone(timezone.utc).strftime('%H:%M:%S')} UTC", style="dim")
     if frame.error:
         header.append("\n")
         header.append(

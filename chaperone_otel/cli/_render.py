@@ -104,13 +104,17 @@ def fmt_bytes(value: float | None) -> str:
 
 
 def fmt_time(moment: datetime | None) -> str:
-    """Local wall time (what a person at the terminal reads); ISO in JSON/CSV."""
+    """A moment for a table cell, in UTC as everything else the CLI prints (``show``,
+    ``--today``, JSON/CSV): ``HH:MM:SS`` on the current UTC day, else ``YYYY-MM-DD HH:MM``.
+    A naive datetime is UTC (DuckDB's ``TIMESTAMP``)."""
     if moment is None:
         return "-"
-    local = moment.astimezone()
-    if local.date() == datetime.now().astimezone().date():
-        return local.strftime("%H:%M:%S")
-    return local.strftime("%Y-%m-%d %H:%M")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    utc = moment.astimezone(timezone.utc)
+    if utc.date() == now_utc().date():
+        return utc.strftime("%H:%M:%S")
+    return utc.strftime("%Y-%m-%d %H:%M")
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> float | None:
@@ -256,6 +260,10 @@ def fitted_table(
     return table
 
 
+STARTED: Final = "STARTED UTC"
+"""The runs table's start column: its times are UTC (:func:`fmt_time`), and it says so."""
+
+
 def jobs_table(
     records: Sequence[Any], *, title: str | None = None, width: int = 80, whole: bool = False
 ) -> Table:
@@ -275,7 +283,7 @@ def jobs_table(
         ("STATUS", "left", 9),
         ("HEALTH", "left", 9),
         ("PROGRESS", "right", 8),
-        ("STARTED", "left", 8),
+        (STARTED, "left", 8),
         ("DURATION", "right", 8),
         ("HEARTBEAT", "right", 9),
         ("MEMORY", "right", 9),
@@ -293,7 +301,7 @@ def jobs_table(
                 "STATUS": status_text(r),
                 "HEALTH": health_text(r),
                 "PROGRESS": "-" if progress is None else f"{float(progress):.0f}%",
-                "STARTED": fmt_time(field(r, "started_at")),
+                STARTED: fmt_time(field(r, "started_at")),
                 "DURATION": fmt_duration(field(r, "duration")),
                 "HEARTBEAT": fmt_age(field(r, "last_heartbeat_at"), now) if running else "-",
                 "MEMORY": fmt_bytes(field(r, "memory_bytes")),
@@ -308,7 +316,7 @@ def jobs_table(
         rows,
         width=width,
         flexible="NAME",
-        drop_order=("STARTED", "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION"),
+        drop_order=(STARTED, "QUEUE", "MEMORY", "HEARTBEAT", "PROGRESS", "DURATION"),
         caps={"QUEUE": 16},
     )
 
