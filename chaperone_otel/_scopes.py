@@ -121,7 +121,7 @@ SCOPES: Final[tuple[ScopeSpec, ...]] = (
         "until",
         "started_between",
         "since",
-        "Started before: a duration ago (1h, 7d) or an ISO date/time.",
+        "Started before: a duration ago (1h, 7d; 0s: now) or an ISO date/time.",
         metavar="WHEN",
     ),
     ScopeSpec(

@@ -61,8 +61,11 @@ EPOCH_MAX: Final = datetime.max.replace(tzinfo=timezone.utc).timestamp()
 """9999-12-31T23:59:59.999999Z in Unix seconds: the latest."""
 
 
-def parse_duration(value: float | int | str | timedelta, *, what: str = "timeout") -> float:
-    """Seconds from a number, a :class:`~datetime.timedelta` or ``"90s"``, ``"5m"``, ``"2h"``."""
+def parse_duration(
+    value: float | int | str | timedelta, *, what: str = "timeout", allow_zero: bool = False
+) -> float:
+    """Seconds from a number, a :class:`~datetime.timedelta` or ``"90s"``, ``"5m"``, ``"2h"``;
+    more than 0, or 0 too with ``allow_zero`` (an age of 0: now)."""
     if isinstance(value, bool):
         raise ConfigurationError(f"{what} must be seconds or a timedelta, not a bool")
     seconds: float | None = None
@@ -79,8 +82,9 @@ def parse_duration(value: float | int | str | timedelta, *, what: str = "timeout
             f"{what}={value!r} is not a duration: use seconds (a number), a timedelta, or a "
             "string such as '90s', '5m', '2h', '30d'"
         )
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigurationError(f"{what} must be a positive duration, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "a duration of 0 or more" if allow_zero else "a positive duration"
+        raise ConfigurationError(f"{what} must be {kind}, got {value!r}")
     return seconds
 
 

@@ -224,9 +224,17 @@ _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 class SinceType(click.ParamType):  # type: ignore[type-arg]
-    """A moment: a duration ago (``1h``, ``30d``) or an ISO date/time (UTC unless given)."""
+    """A moment: a duration ago (``1h``, ``30d``) or an ISO date/time (UTC unless given).
+
+    ``zero_is_now``: a duration of 0 (``0s``, ``0``) is now, for an upper bound
+    (``--until 0s``: started before now). A lower bound refuses it (nothing started since
+    now), saying it must be more than 0.
+    """
 
     name = "since"
+
+    def __init__(self, *, zero_is_now: bool = False) -> None:
+        self.zero_is_now = zero_is_now
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -243,11 +251,18 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
                 moment = moment.replace(tzinfo=timezone.utc)
             return moment
         try:
-            seconds = parse_duration(text, what="since")
+            seconds = parse_duration(text, what="since", allow_zero=True)
         except ConfigurationError:
             self.fail(
                 f"{value!r} is neither a duration ago (30m, 1h, 7d) nor an ISO date/time "
                 "(2024-05-01 or 2024-05-01T12:00:00Z)",
+                param,
+                ctx,
+            )
+        if seconds == 0 and not self.zero_is_now:
+            self.fail(
+                f"{value!r} must be more than 0: a duration ago (30m, 1h, 7d; 0 would be now "
+                "itself) or an ISO date/time",
                 param,
                 ctx,
             )
@@ -273,6 +288,7 @@ class BytesType(click.ParamType):  # type: ignore[type-arg]
 
 DURATION = DurationType()
 SINCE = SinceType()
+UNTIL = SinceType(zero_is_now=True)
 BYTES = BytesType()
 
 

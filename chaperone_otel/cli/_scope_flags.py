@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._scopes import SCOPES, ScopeSpec
-from ._common import BYTES, SINCE, Exit, fail
+from ._common import BYTES, SINCE, UNTIL, Exit, fail
 
 if TYPE_CHECKING:
     from ..sink import JobQuery, Sink
@@ -31,12 +31,12 @@ def scope_option(spec: ScopeSpec) -> Callable[[F], F]:
     """The click option of one scope; its value arrives under the scope's name."""
     if spec.arg == "none":
         return click.option(spec.flag, spec.name, is_flag=True, help=spec.help)
-    if spec.arg == "range":
+    if spec.arg == "range":  # each bound may be 0s, now: --between 2h 0s
         return click.option(
-            spec.flag, spec.name, type=SINCE, nargs=2, metavar=spec.metavar, help=spec.help
+            spec.flag, spec.name, type=UNTIL, nargs=2, metavar=spec.metavar, help=spec.help
         )
     types: dict[str, Any] = {
-        "since": SINCE,
+        "since": UNTIL if spec.name == "until" else SINCE,  # --until 0s: before now
         "bytes": BYTES,
         "percent": click.FloatRange(min=0),
     }

@@ -269,14 +269,15 @@ def epoch_seconds(value: float, what: str) -> float:
     return value
 
 
-def duration_seconds(value: Any, what: str) -> float:
-    """``value`` (seconds, or ``"30d"``) as a positive age that can be subtracted from now.
+def duration_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` (seconds, or ``"30d"``) as a positive age (or 0, ``allow_zero``) that can be
+    subtracted from now.
 
     Raises:
         ValueError: not a positive duration, or longer than the calendar reaches back.
     """
     try:
-        seconds = parse_duration(value, what=what)
+        seconds = parse_duration(value, what=what, allow_zero=allow_zero)
     except ConfigurationError as e:
         raise _BadRequest(str(e)) from e
     try:
@@ -296,7 +297,8 @@ def _time(value: str, what: str) -> dt.datetime | str:
         if number is not None:
             return dt.datetime.fromtimestamp(epoch_seconds(number, what), dt.timezone.utc)
         if what in ("since", "until") and _DURATION_TEXT.match(value):
-            duration_seconds(value, what)  # too long an age is a 400 here, not an overflow
+            # Too long an age is a 400 here, not an overflow; 0 (now) is the scope's to judge.
+            duration_seconds(value, what, allow_zero=True)
         return value  # "1h", "30d": the scope parses it (and says what is wrong otherwise)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 

@@ -242,8 +242,9 @@ class JobQuery(StepQuery["Sink"]):
     def until(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs started before ``when`` (the guide's ``whereBetween`` upper bound alone): a
         datetime, or an age (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from
-        the query's evaluation time. ``since(a).until(b)`` is ``between(a, b)``."""
-        return self._with("started_between", None, self._moment(when, "until"))
+        the query's evaluation time; an age of 0 is that time itself (``until(0)``: started
+        before now). ``since(a).until(b)`` is ``between(a, b)``."""
+        return self._with("started_between", None, self._moment(when, "until", zero_is_now=True))
 
     def memory_above(self, limit: int | float | str) -> JobQuery:
         """Runs whose latest memory sample is above ``limit`` (bytes or ``"512MiB"``)."""

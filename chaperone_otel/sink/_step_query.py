@@ -116,16 +116,27 @@ class StepQuery(Generic[_S]):
                 return float(step[1])
         return float(self._clock())
 
-    def _moment(self, when: datetime | timedelta | str | float, what: str) -> float:
-        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds."""
+    def _moment(
+        self, when: datetime | timedelta | str | float, what: str, *, zero_is_now: bool = False
+    ) -> float:
+        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds.
+
+        An age of 0 is the evaluation time itself: an upper bound (``until(0)``, "started
+        before now") takes it when ``zero_is_now``; a lower bound refuses it, as nothing
+        has started since now."""
         if isinstance(when, datetime):
             return to_epoch(when, what)
         try:
-            age = parse_duration(when, what=what)
+            age = parse_duration(when, what=what, allow_zero=True)
         except ConfigurationError:
             if isinstance(when, str):
                 return to_epoch(when, what)
             raise
+        if age == 0 and not zero_is_now:
+            raise ConfigurationError(
+                f"{what}={when!r} must be more than 0: an age back from now, such as '1h' (0 "
+                "would be now itself)"
+            )
         moment = self.now - age
         if moment < EPOCH_MIN:
             raise ConfigurationError(f"{what}={when!r}: an age that reaches before the year 1")

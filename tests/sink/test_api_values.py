@@ -140,6 +140,14 @@ def test_values_at_the_edges_still_work(server: SinkServer, path: str) -> None:
     assert _call(server, path)[0] == 200
 
 
+def test_an_age_of_0_is_now_for_until_and_refused_for_since(server: SinkServer) -> None:
+    """``until=0s``: started before now (it was a 400, not a positive duration)."""
+    assert _call(server, "/api/jobs?until=0s") == (200, {"jobs": []})
+    status, body = _call(server, "/api/jobs?since=0s")
+    assert status == 400
+    assert "must be more than 0" in body["error"]
+
+
 def _raw_post(server: SinkServer, path: str, head: dict[str, str], body: bytes) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:

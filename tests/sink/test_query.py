@@ -333,6 +333,23 @@ def test_until_bounds_the_start_from_above(jobs):
         jobs.until("soon")
 
 
+def test_an_age_of_0_is_now_for_until_and_more_than_0_for_since(jobs):
+    """``until(0)`` is "started before now" (it was refused: ``until('0s')`` as "not a
+    time", ``until(0)`` as not positive); a lower bound of now selects nothing, so
+    ``since(0)`` and ``stuck_since(0)`` say the age must be more than 0."""
+    before_now = ids(jobs.until(datetime.fromtimestamp(NOW, timezone.utc)))
+    assert before_now  # the scenario's runs all started before NOW
+    for zero in (0, 0.0, "0s", "0", "0m", timedelta(0)):
+        assert ids(jobs.until(zero)) == before_now, zero
+    assert ids(jobs.since("1h").until("0s")) == ids(jobs.since("1h"))
+    for scope in (jobs.since, jobs.stuck_since):
+        for zero in (0, "0s", timedelta(0)):
+            with pytest.raises(ConfigurationError, match=r"must be more than 0"):
+                scope(zero)
+    with pytest.raises(ConfigurationError, match="0 or more"):
+        jobs.until(-1)
+
+
 def _silent_run(path):
     """3 heartbeats of the job's code, then 20 liveness records (the job went quiet)."""
     beats = [record(run_id="quiet", seq=i + 2, ts=T0 + 10 * i) for i in range(3)]
