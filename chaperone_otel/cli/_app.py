@@ -45,6 +45,7 @@ from ._verdicts import (
     find_run,
     health_report,
     ordered,
+    sort_order,
     still_running,
     stuck_runs,
 )
@@ -217,6 +218,10 @@ def jobs(
       chaperone-otel jobs --running --stuck --json
       chaperone-otel jobs --name etl.import --order-by -memory_bytes --limit 5
     """
+    try:
+        sort_order(order_by, desc)  # contradicting flags: a usage error before the store opens
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     target = store_target(db, url)
     with open_store(target) as sink:
         records = query(

@@ -51,12 +51,29 @@ def filtered(query: JobQuery, name: str | None, queue: str | None) -> JobQuery:
     return query
 
 
-def ordered(query: JobQuery, order_by: str | None, desc: bool | None) -> JobQuery:
-    """``jobs``' sort: newest first by default; ``-column`` sorts descending."""
+def sort_order(order_by: str | None, desc: bool | None) -> tuple[str, bool]:
+    """``jobs``' sort as ``(column, descending)``: newest first by default; ``-column`` or
+    ``--desc`` sorts descending.
+
+    Raises:
+        ValueError: ``-column`` with ``--asc``, which ask for both directions (it sorted
+            descending without a word).
+    """
     column = order_by or "started_at"
     descending = desc if desc is not None else (order_by is None)
     if column.startswith("-"):
+        if desc is False:
+            raise ValueError(
+                f"--order-by {column} sorts descending and --asc ascending: give one "
+                f"(--order-by {column[1:]} --asc, or --order-by {column})"
+            )
         column, descending = column[1:], True
+    return column, descending
+
+
+def ordered(query: JobQuery, order_by: str | None, desc: bool | None) -> JobQuery:
+    """``query`` in ``jobs``' sort (see :func:`sort_order`)."""
+    column, descending = sort_order(order_by, desc)
     return query.order_by(column, desc=descending)
 
 
