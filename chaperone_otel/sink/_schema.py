@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timezone
@@ -651,9 +652,15 @@ def require_current(con: Any, path: str) -> None:
     if version < SCHEMA_VERSION:
         if version == 0:
             raise SinkError(f"{path} is not a chaperone-otel job store (no schema_version table)")
+        quoted = shlex.quote(path)
         raise SinkError(
-            f"{path} has schema version {version} (current: {SCHEMA_VERSION}); open it once "
-            "writable to migrate it: open_sink(path, read_only=False)"
+            f"{path} has schema version {version} (current: {SCHEMA_VERSION}): it was written "
+            "by an older chaperone-otel and is migrated when it is first opened writable. "
+            f"From the shell: `chaperone-otel sink serve --db {quoted}` (Ctrl-C once it "
+            "serves), or start the application that records to it; "
+            f"`chaperone-otel prune --db {quoted} --older-than AGE` migrates it too, and "
+            "deletes runs older than AGE. "
+            "In Python: open_sink(path, read_only=False)."
         )
 
 
