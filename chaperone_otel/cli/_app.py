@@ -349,6 +349,7 @@ def monitor(
                     interval=interval,
                     width=out.width,
                     whole=not out.is_terminal,
+                    live=False,
                 )
             )
         return

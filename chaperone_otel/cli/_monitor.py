@@ -72,9 +72,17 @@ def read_frame(sink: Sink, *, name: str | None, queue: str | None, recent: int) 
 
 
 def render_frame(
-    frame: Frame, *, title: str, interval: float, width: int = 120, whole: bool = False
+    frame: Frame,
+    *,
+    title: str,
+    interval: float,
+    width: int = 120,
+    whole: bool = False,
+    live: bool = True,
 ) -> RenderableType:
-    """The frame as a rich renderable (used by the live view and ``--once``).
+    """The frame as a rich renderable (used by the live view and ``--once``). ``live``: it
+    will be refreshed, and its footer says how often and how to quit (``--once``: no
+    footer, it has exited).
 
     Fitted to ``width``: one line per run, the job name always shown; PHASE, CPU, QUEUE …
     are left out on narrow terminals rather than cut (every column is as wide as its widest
@@ -195,7 +203,8 @@ def render_frame(
                 Text(message if whole else message[:70], style="red") if err else "",
             )
         parts.append(done)
-    parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
+    if live:
+        parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
     return Group(*parts)
 
 
