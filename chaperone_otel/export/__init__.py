@@ -517,7 +517,7 @@ def _prometheus_reader(provider: Any) -> Any:
     if add_reader is None:
         raise _ConfigurationError(
             "prometheus_port needs an SDK MeterProvider that accepts readers "
-            "(opentelemetry-sdk >= 1.27), or pass no meter_provider"
+            "(the SDK's MeterProvider), or pass no meter_provider"
         )
     reader = WorkerMetricReader(provider)
     add_reader(reader)
