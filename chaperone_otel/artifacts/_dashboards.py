@@ -332,6 +332,34 @@ def overview(
         )
     view = "sink view" if sink_only else "worker view"
 
+    def problem_table(pred: str, text: str) -> Panel:
+        """A table of the run groups in state ``pred`` now; its value is the number of running
+        runs (sink view) or the heartbeat age in seconds (worker view: the rendering's value
+        is the last heartbeat's Unix time, in seconds, which Grafana's date units would read
+        as milliseconds)."""
+        if sink_only:
+            expr, column, unit = problem(pred), "Running runs", "short"
+            what = "the number of running runs in the group."
+        else:
+            expr, column, unit = f"time() - ({problem(pred)})", "Heartbeat age", "s"
+            what = "the heartbeat age in seconds (of the group's oldest run)."
+        table = _panel(
+            "table",
+            f"{pred.capitalize()} runs now ({view})",
+            text + what,
+            [{**_target(expr, instant=True), "format": "table"}],
+            w=12,
+            unit=unit,
+            options={"showHeader": True},
+        )
+        table["fieldConfig"]["overrides"].append(
+            {
+                "matcher": {"id": "byName", "options": "Value"},
+                "properties": [{"id": "displayName", "value": column}],
+            }
+        )
+        return table
+
     panels = [
         _panel(
             "timeseries",
@@ -399,28 +427,11 @@ def overview(
         ),
         misses,
         violations,
-        _panel(
-            "table",
-            f"Stuck runs now ({view})",
-            "Run groups the health rules judge stuck right now; the value is "
-            + (
-                "the number of running runs in the group."
-                if sink_only
-                else "the last heartbeat time."
-            ),
-            [_target(problem("stuck"), instant=True)],
-            w=12,
-            unit="short" if sink_only else "dateTimeAsIso",
-            options={"showHeader": True},
-        ),
-        _panel(
-            "table",
-            f"Degraded runs now ({view})",
+        problem_table("stuck", "Run groups the health rules judge stuck right now; the value is "),
+        problem_table(
+            "degraded",
             "Run groups the health rules judge degraded right now (late heartbeat, near a "
-            "limit or stalled).",
-            [_target(problem("degraded"), instant=True)],
-            w=12,
-            options={"showHeader": True},
+            "limit or stalled); the value is ",
         ),
         _panel(
             "bargauge",

@@ -140,3 +140,49 @@ def test_generator_is_deterministic() -> None:
     """Two renders are identical (no dict-order or time dependence)."""
     assert dashboards() == dashboards()
     assert render() == render()
+
+
+def _units(panel: dict[str, Any]) -> list[str]:
+    """The panel's default unit and every unit a field override sets."""
+    config = panel["fieldConfig"]
+    units = [config["defaults"].get("unit", "")]
+    units += [p["value"] for o in config["overrides"] for p in o["properties"]
+              if p["id"] == "unit"]
+    return units
+
+
+def test_no_date_unit_reads_a_seconds_value() -> None:
+    """Grafana's date units (dateTimeAsIso, dateTimeFromNow ...) read milliseconds since the
+    epoch; every chaperone timestamp is in seconds, so a panel may use one only on an
+    expression scaled by 1000 (else a 2026 heartbeat shows as January 1970)."""
+    checked = 0
+    for board in dashboards().values():
+        for panel in board["panels"]:
+            for unit in _units(panel):
+                checked += 1
+                if unit.startswith("dateTime"):
+                    for target in panel["targets"]:
+                        assert "1000" in target["expr"], (panel["title"], unit)
+    assert checked > 50
+
+
+def test_problem_tables_show_the_heartbeat_age_or_the_run_count() -> None:
+    """The worker-view stuck/degraded tables show seconds since the last heartbeat (unit s,
+    column "Heartbeat age"), the sink-view ones the number of running runs; both as one
+    table frame whose value column is renamed."""
+    boards = dashboards()
+    for name, unit, column in (("chaperone-overview.json", "s", "Heartbeat age"),
+                               ("chaperone-overview-sink.json", "short", "Running runs")):
+        tables = [p for p in boards[name]["panels"] if p["title"].endswith("runs now " + (
+            "(worker view)" if unit == "s" else "(sink view)"))]
+        assert [p["title"].split()[0] for p in tables] == ["Stuck", "Degraded"]
+        for panel in tables:
+            assert panel["fieldConfig"]["defaults"]["unit"] == unit
+            [target] = panel["targets"]
+            assert target["format"] == "table"
+            assert target["instant"]
+            assert target["expr"].startswith("time() - (") == (unit == "s")
+            [override] = panel["fieldConfig"]["overrides"]
+            assert override["matcher"] == {"id": "byName", "options": "Value"}
+            assert override["properties"] == [{"id": "displayName", "value": column}]
+

@@ -190,6 +190,22 @@ def test_stuck_alert_fires_for_the_hung_run(stack: Stack) -> None:
     assert "e2e.progress" not in healthy
 
 
+def test_stuck_table_shows_the_hung_runs_heartbeat_age(stack: Stack) -> None:
+    """The overview's stuck table (worker view) gives the hung run's heartbeat age in
+    seconds, its unit: a small number, not the heartbeat's Unix time (which a date unit
+    would have shown as a January 1970 date)."""
+    board = json.loads((REPO / DASHBOARDS_DIR / "chaperone-overview.json").read_text())
+    [panel] = [p for p in board["panels"] if p["title"] == "Stuck runs now (worker view)"]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+    expr = panel["targets"][0]["expr"]
+    for var, value in VARIABLES.items():
+        expr = expr.replace(var, value)
+    rows = wait_for(lambda: [r for r in stack.query(expr) if r["metric"].get(NAME) == "e2e.hung"],
+                    60, "the hung run in the stuck table")
+    age = float(rows[0]["value"][1])
+    assert 0 < age < 3600, age
+
+
 def test_other_worker_alerts_fire_for_their_runs(stack: Stack) -> None:
     """The stalled and over-limit runs fire their alerts; the progressing run fires none."""
     wait_for(lambda: [a for a in stack.alerts("ChaperoneJobStalled")
