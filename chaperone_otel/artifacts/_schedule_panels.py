@@ -1,19 +1,34 @@
 """The schedules row of the sink dashboard (issue 15), from the schedule rules' PromQL.
 
-The counts use the alert expressions themselves (``count(<missed>) or vector(0)``), so a
-panel and its alert cannot disagree. Built with the caller's panel and target helpers so
+The counts use the alert expressions themselves (``count(<missed>) or vector(0)``), with the
+dashboard's instance matcher added to each schedule series, so a panel and its alert cannot
+disagree on one sink. Built with the caller's panel and target helpers so
 that ``_dashboards`` and this module do not import each other.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from .. import semconv as sc
-from .._schedules import DEFAULT_SCHEDULE_POLICY, SchedulePolicy, schedule_rules
+from .._schedules import (
+    DEFAULT_SCHEDULE_POLICY,
+    SCHEDULE_PROMQL_SIGNALS,
+    SchedulePolicy,
+    schedule_rules,
+)
 
 SCHEDULE = sc.prometheus_label(sc.ATTR_SCHEDULE_NAME)
+
+# A bare schedule series in a rendered rule (every name is whole: the word boundaries keep
+# one name from matching inside a longer one).
+_SERIES = re.compile(
+    r"\b("
+    + "|".join(sorted(re.escape(m.prometheus) for m in SCHEDULE_PROMQL_SIGNALS.values()))
+    + r")\b(?!\{)"
+)
 
 
 def _thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
@@ -32,7 +47,8 @@ def schedule_panels(
     red = _thresholds(("green", None), ("red", 1))
 
     def count(expr: Any) -> str:
-        return f"count({expr}) or vector(0)"
+        scoped = _SERIES.sub(lambda m: f"{m.group(1)}{{{sel}}}", str(expr))
+        return f"count({scoped}) or vector(0)"
 
     def filtered(metric: sc.MetricSpec) -> str:
         return f"{metric.prometheus}{{{sel}}}"

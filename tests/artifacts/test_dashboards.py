@@ -186,3 +186,23 @@ def test_problem_tables_show_the_heartbeat_age_or_the_run_count() -> None:
             assert override["matcher"] == {"id": "byName", "options": "Value"}
             assert override["properties"] == [{"id": "displayName", "value": column}]
 
+
+def test_every_series_of_the_sink_dashboard_is_filtered_by_its_instance_variable() -> None:
+    """Each series selector in each target of the sink dashboard (the schedule counts, which
+    render the alert expressions, included) carries instance=~"$instance", as the variable
+    promises: choosing one sink shows that sink's numbers only."""
+    labels = {sc.prometheus_label(a) for s in sc.all_metric_specs() for a in s.labels}
+    selector = re.compile(r"\b(chaperone[a-z0-9_:]*|up)\b(\{[^}]*\})?")
+    board = dashboards()["chaperone-sink.json"]
+    assert "instance" in {v["name"] for v in board["templating"]["list"]}
+    seen = 0
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            for match in selector.finditer(target["expr"]):
+                name, matchers = match.groups()
+                if name in labels:  # a by (...) label
+                    continue
+                seen += 1
+                assert matchers, (panel["title"], name)
+                assert 'instance=~"$instance"' in matchers, (panel["title"], name)
+    assert seen > 20
