@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from chaperone_otel import semconv as sc
+from chaperone_otel._config import Config
 from chaperone_otel.artifacts import DASHBOARDS_DIR, RULES_PATH, SINK_RULES_PATH, render
 from chaperone_otel.artifacts._dashboards import SCHEMA_VERSION, TAG, dashboards
 from tests.yamlload import safe_load
@@ -206,3 +207,12 @@ def test_every_series_of_the_sink_dashboard_is_filtered_by_its_instance_variable
                 assert matchers, (panel["title"], name)
                 assert 'instance=~"$instance"' in matchers, (panel["title"], name)
     assert seen > 20
+
+
+def test_readme_states_the_default_long_run_threshold(repo: Path) -> None:
+    """dashboards/README.md (written by hand) gives the long-run threshold's default as
+    Config has it."""
+    text = " ".join((repo / DASHBOARDS_DIR / "README.md").read_text().split())
+    found = re.findall(r"`CHAPERONE_OTEL_LONG_RUN_THRESHOLD`, default (\d+(?:\.\d+)?) s", text)
+    assert found
+    assert {float(x) for x in found} == {Config().long_run_threshold}
