@@ -52,7 +52,7 @@ from ._schema import (
     where_predicate,
 )
 from ._settled import SETTLED_COLUMN
-from ._step_query import SqlBuilder, Step, StepQuery, to_epoch
+from ._step_query import SqlBuilder, Step, StepQuery, step_bound, to_epoch
 
 if TYPE_CHECKING:
     from ._schedule_query import ScheduleQuery
@@ -188,6 +188,7 @@ class JobQuery(StepQuery["Sink"]):
 
     __slots__ = ()
     _WINDOW = "started_between"
+    _RELATIVE = frozenset({"stuck_since"})
 
     def _with(self, *step: Any) -> JobQuery:
         return JobQuery(self._sink, (*self._steps, tuple(step)), clock=self._clock)
@@ -242,8 +243,9 @@ class JobQuery(StepQuery["Sink"]):
     def until(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs started before ``when`` (the guide's ``whereBetween`` upper bound alone): a
         datetime, or an age (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from
-        the query's evaluation time; an age of 0 is that time itself (``until(0)``: started
-        before now). ``since(a).until(b)`` is ``between(a, b)``."""
+        the query's evaluation time (``at()``, wherever it is in the chain, else the clock
+        when the query runs); an age of 0 is that time itself (``until(0)``: started before
+        now). ``since(a).until(b)`` is ``between(a, b)``."""
         return self._with("started_between", None, self._moment(when, "until", zero_is_now=True))
 
     def memory_above(self, limit: int | float | str) -> JobQuery:
@@ -270,7 +272,8 @@ class JobQuery(StepQuery["Sink"]):
 
     def stuck_since(self, when: datetime | timedelta | str | float) -> JobQuery:
         """Runs that first became stuck since ``when`` (a datetime, or an age such as
-        ``"1d"``), whenever they started and whatever became of them."""
+        ``"1d"`` back from the evaluation time), whenever they started and whatever became
+        of them."""
         return self._with("stuck_since", self._moment(when, "stuck_since"))
 
     def children_of(self, run_id: str) -> JobQuery:
@@ -345,7 +348,8 @@ class JobQuery(StepQuery["Sink"]):
         inner_order: list[str] = []
         limit: int | None = None
         exprs = select_exprs(policy) if not count else {}
-        for step in self._steps:
+        steps = self._resolved_steps()
+        for step in steps:
             render_step(sql, step, policy)
             if step[0] == "order" and not count:
                 # a computed field (health, stuck …) sorts by its alias
@@ -356,7 +360,7 @@ class JobQuery(StepQuery["Sink"]):
             elif step[0] == "limit":
                 limit = step[1] if limit is None else min(limit, step[1])
         where = sql.where_clause()
-        split = self._split_count(policy) if count else None
+        split = self._split_count(policy, steps) if count else None
         if split is not None:
             text, sql = split
         elif count:
@@ -369,7 +373,7 @@ class JobQuery(StepQuery["Sink"]):
             if where and (limit is not None or not bulk):
                 rows = f"SELECT rowid FROM jobs{where}"
                 if limit is not None:
-                    if any(s[0] == "health" and live_only(s[1], policy) for s in self._steps):
+                    if any(s[0] == "health" and live_only(s[1], policy) for s in steps):
                         rows = f"SELECT rowid FROM jobs WHERE rowid IN ({rows})"
                     rows += f" ORDER BY {', '.join([*inner_order, *tie])}{cut}"
                 where = f" WHERE rowid IN ({rows})"
@@ -378,21 +382,23 @@ class JobQuery(StepQuery["Sink"]):
             sql.params["now"] = self.now
         return text, sql.params
 
-    def _split_count(self, policy: HealthPolicy) -> tuple[str, SqlBuilder] | None:
+    def _split_count(
+        self, policy: HealthPolicy, steps: tuple[Step, ...]
+    ) -> tuple[str, SqlBuilder] | None:
         """``count()`` of a query with a verdict scope as the sum of two parts, finished runs
         by their stored verdict plus the rest by the rule (see ``settled_branches``).
 
         The finished runs' part reads ``verdict_totals`` (a few rows the writer keeps exact)
         when every other step is one the totals can answer (status, name, class, queue);
         else it scans the stored verdicts."""
-        for step in self._steps:
+        for step in steps:
             if step[0] != "health":
                 continue
             branches = settled_branches(step[1], policy)
             if branches is None:
                 continue
             rest = SqlBuilder()
-            others = [other for other in self._steps if other is not step]
+            others = [other for other in steps if other is not step]
             for other in others:
                 render_step(rest, other, policy)
             parts = [" AND ".join([b, *rest.where]) for b in branches]
@@ -446,9 +452,9 @@ def _replay_named(q: JobQuery, s: Step) -> JobQuery:
 
 
 def _replay_between(q: JobQuery, s: Step) -> JobQuery:
-    lo = None if s[1] is None else to_epoch(s[1], "start")
-    hi = None if s[2] is None else to_epoch(s[2], "end")
-    return q._with("started_between", lo, hi)
+    """A window: each end open, Unix seconds, or relative (resolved at the owner's
+    evaluation time: the chain's ``at()``, else its clock when the query runs)."""
+    return q._with("started_between", step_bound(s[1], "start"), step_bound(s[2], "end"))
 
 
 def _replay_value(name: str) -> Callable[[JobQuery, Step], JobQuery]:
@@ -467,12 +473,12 @@ def _replay_table() -> dict[str, Callable[[JobQuery, Step], JobQuery]]:
     for spec in SCOPES:
         if spec.step in ("status", "health"):
             table[spec.step] = _replay_named
-        elif spec.step == "started_between":  # today, since, between: a resolved range
+        elif spec.step == "started_between":  # today, since, until, between: a window
             table[spec.step] = _replay_between
         else:
             table[spec.step] = _replay_value(spec.name)
     table["stuck_since"] = lambda q, s: q._with(  # was_stuck (None) or stuck_since
-        "stuck_since", None if s[1] is None else to_epoch(s[1], "stuck_since")
+        "stuck_since", step_bound(s[1], "stuck_since")
     )
     table["order"] = lambda q, s: q.order_by(s[1], desc=bool(s[2]))
     table["limit"] = lambda q, s: q.limit(s[1])

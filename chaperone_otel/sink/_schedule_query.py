@@ -193,7 +193,7 @@ class ScheduleQuery(StepQuery[_SqlSink]):
         """The SELECT this query runs, with its named parameters."""
         sql = SqlBuilder()
         sql.params["now"] = self.now
-        for step in self._steps:
+        for step in self._resolved_steps():
             kind = step[0]
             if kind == "state":
                 if step[1] not in SCHEDULE_PREDICATES:  # pragma: no cover - scopes only

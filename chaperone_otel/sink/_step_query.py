@@ -3,9 +3,13 @@
 :class:`~chaperone_otel.sink.JobQuery` (runs) and :class:`~chaperone_otel.sink.ScheduleQuery`
 (schedule slots) are lazy in the same way: a scope returns a new query with one more *step*,
 ``at()`` fixes the evaluation time, ``since()``/``today()`` add a time window measured back
-from it, and SQL is built with every value bound. That shape is written once here, so the two
-queries cannot drift in how they read a moment or an age (they did: two ``_to_epoch`` with
-different checks). What each query filters and returns stays in its own module.
+from it, and SQL is built with every value bound. A window given as an age (``since("1h")``,
+``today()``) stays relative in its step (:data:`Bound`) until the query renders, so it is
+measured from the query's final evaluation time whichever side of ``at()`` it was added on,
+and a remote owner replaying the steps measures it from its own clock (or the ``at()``).
+That shape is written once here, so the two queries cannot drift in how they read a moment
+or an age (they did: two ``_to_epoch`` with different checks). What each query filters and
+returns stays in its own module.
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from .._units import EPOCH_MAX, EPOCH_MIN, parse_duration, parse_iso_datetime
 from ..exceptions import ConfigurationError
 
 Step = tuple[Any, ...]
+
+Bound = float | dict[str, Any] | None
+"""One end of a time window in a step: ``None`` (open), Unix seconds, or a moment relative to
+the evaluation time, resolved by :func:`resolve_bound` when the query renders: ``{"ago":
+seconds}`` (``since("1h")``) or ``{"today": True}`` (midnight UTC of the evaluation day)."""
+
+_AGE_MAX: Final = EPOCH_MAX - EPOCH_MIN
+"""An age longer than the calendar reaches before the year 1 from any evaluation time."""
 
 _S = TypeVar("_S")
 _Q = TypeVar("_Q", bound="StepQuery[Any]")
@@ -75,6 +87,43 @@ def to_epoch(value: Any, what: str) -> float:
     raise ConfigurationError(f"{what}={value!r} is not a time: use a datetime or Unix seconds")
 
 
+def relative_bound(value: Any, what: str) -> dict[str, Any]:
+    """A relative :data:`Bound` as a step holds it (validated: it may come over the wire)."""
+    if isinstance(value, dict):
+        if value == {"today": True}:
+            return {"today": True}
+        age = value.get("ago") if len(value) == 1 else None
+        if isinstance(age, (int, float)) and not isinstance(age, bool):
+            if not (math.isfinite(age) and age >= 0):  # 0: the evaluation time itself
+                raise ConfigurationError(f"{what} must be a duration of 0 or more, got {age!r}")
+            if age > _AGE_MAX:
+                raise ConfigurationError(f"{what}: an age of {age:g} s reaches before the year 1")
+            return {"ago": float(age)}
+    raise ConfigurationError(f"{what}={value!r} is not a relative time")
+
+
+def step_bound(value: Any, what: str) -> Bound:
+    """A :data:`Bound` received in a step (a remote query's), validated."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return relative_bound(value, what)
+    return to_epoch(value, what)
+
+
+def resolve_bound(bound: Bound, now: float, what: str) -> float | None:
+    """``bound`` as Unix seconds, a relative one measured from the evaluation time ``now``."""
+    if bound is None or not isinstance(bound, dict):
+        return bound
+    if "today" in bound:
+        day = datetime.fromtimestamp(now, timezone.utc)
+        return day.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    moment = now - float(bound["ago"])
+    if moment < EPOCH_MIN:
+        raise ConfigurationError(f"{what}: an age of {bound['ago']:g} s reaches before the year 1")
+    return moment
+
+
 class StepQuery(Generic[_S]):
     """An immutable, lazy query: ``sink`` answers it, ``steps`` say what it selects.
 
@@ -116,10 +165,14 @@ class StepQuery(Generic[_S]):
                 return float(step[1])
         return float(self._clock())
 
+    _RELATIVE: ClassVar[frozenset[str]] = frozenset()
+    """Step kinds whose values after the kind are :data:`Bound` s (besides :attr:`_WINDOW`)."""
+
     def _moment(
         self, when: datetime | timedelta | str | float, what: str, *, zero_is_now: bool = False
-    ) -> float:
-        """A datetime, ISO text, or an age back from the evaluation time, as epoch seconds.
+    ) -> Bound:
+        """A datetime or ISO text as epoch seconds; an age (back from the evaluation time,
+        whenever that is fixed) as a relative :data:`Bound`.
 
         An age of 0 is the evaluation time itself: an upper bound (``until(0)``, "started
         before now") takes it when ``zero_is_now``; a lower bound refuses it, as nothing
@@ -137,22 +190,30 @@ class StepQuery(Generic[_S]):
                 f"{what}={when!r} must be more than 0: an age back from now, such as '1h' (0 "
                 "would be now itself)"
             )
-        moment = self.now - age
-        if moment < EPOCH_MIN:
-            raise ConfigurationError(f"{what}={when!r}: an age that reaches before the year 1")
-        return moment
+        return relative_bound({"ago": age}, what)
+
+    def _resolved_steps(self) -> tuple[Step, ...]:
+        """:attr:`steps` with every relative :data:`Bound` measured from :attr:`now` (what
+        the SQL renders: the order of ``at()`` in the chain does not matter)."""
+        now = self.now
+        kinds = self._RELATIVE | {self._WINDOW}
+        return tuple(
+            (s[0], *(resolve_bound(b, now, s[0]) for b in s[1:])) if s[0] in kinds else s
+            for s in self._steps
+        )
 
     def since(self: _Q, when: datetime | timedelta | str | float) -> _Q:
         """Rows since ``when`` (runs by start, slots by due time): a datetime, or an age
         (``timedelta``, ``"1h"``, ``"30d"``, seconds) measured back from the query's
-        evaluation time."""
+        evaluation time (``at()``, wherever it is in the chain, else the clock when the
+        query runs)."""
         return self._with(self._WINDOW, self._moment(when, "since"), None)
 
     def today(self: _Q) -> _Q:
-        """Rows since midnight UTC of the evaluation day (runs by start, slots by due time)."""
-        now = datetime.fromtimestamp(self.now, timezone.utc)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return self._with(self._WINDOW, midnight.timestamp(), None)
+        """Rows since midnight UTC of the evaluation day (runs by start, slots by due time;
+        the day of ``at()`` wherever it is in the chain, else of the clock when the query
+        runs)."""
+        return self._with(self._WINDOW, {"today": True}, None)
 
     def at(self: _Q, when: datetime | float) -> _Q:
         """Judge as of ``when`` instead of now (tests, post-mortems)."""
