@@ -37,6 +37,7 @@ from ._results import (
     ViolationRecord,
     _json_obj,
     _utc,
+    arrow_timestamps,
 )
 from ._schedule_store import FORGET_FOUND, FORGET_SCHEDULE, PRUNE_SCHEDULES
 from ._schema import PRUNE_TOTALS, predicate
@@ -275,7 +276,7 @@ class LocalSink(Sink):
         text, params = query.render(self.policy, bulk=True)
         with self._bounded() as cur:
             # A relation (not a DB-API result) streams to Arrow without an extra copy.
-            return cur.sql(text, params=params).to_arrow_table()
+            return arrow_timestamps(cur.sql(text, params=params).to_arrow_table())
 
     def _rows(self, text: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         with self._bounded() as cur:

@@ -310,7 +310,10 @@ class JobQuery(StepQuery["Sink"]):
         return self._sink._count(self)
 
     def to_arrow(self) -> Any:
-        """The matching runs as a ``pyarrow.Table`` with the :class:`JobRecord` columns."""
+        """The matching runs as a ``pyarrow.Table`` with the :class:`JobRecord` columns:
+        times are ``timestamp[us, tz=UTC]`` (the records' tz-aware UTC datetimes);
+        ``metadata`` and ``attributes`` are JSON text (``json.loads`` gives the records'
+        dicts)."""
         return self._sink._arrow(self)
 
     def sql(self) -> tuple[str, dict[str, Any]]:

@@ -36,7 +36,14 @@ from .._health import DEFAULT_POLICY, HealthPolicy
 from ..exceptions import SinkError
 from ._api import ARROW_STREAM, dumps, encode_sql_params
 from ._query import JobQuery, Sink
-from ._results import ErrorRecord, HeartbeatRecord, JobRecord, SqlResult, ViolationRecord
+from ._results import (
+    ErrorRecord,
+    HeartbeatRecord,
+    JobRecord,
+    SqlResult,
+    ViolationRecord,
+    arrow_timestamps,
+)
 from ._store import sidecar_token
 
 
@@ -219,7 +226,9 @@ class RemoteSink(Sink):
         # As Arrow, not JSON: the owner's Python work per query is then a few calls, not a
         # dict per record and a JSON encoding. The owner is often an application whose own
         # job is CPU-bound, and every step it takes in Python waits for that job's GIL.
-        table = self._arrow(query)
+        # Naive again (zero-copy) before to_pylist: Python builds a tz-aware datetime at
+        # about twice the cost of a naive one, and from_dict reads naive values as UTC.
+        table = arrow_timestamps(self._arrow(query), tz=None)
         return [JobRecord.from_dict(row, sink=self) for row in table.to_pylist()]
 
     @_follows_the_store
@@ -237,7 +246,9 @@ class RemoteSink(Sink):
             body={"steps": [list(s) for s in query.steps], "terminal": "all"},
             accept=ARROW_STREAM,
         )
-        return pa.ipc.open_stream(raw).read_all()
+        # UTC timestamps as a local sink's to_arrow() has them (an owner of this version
+        # sends them so already).
+        return arrow_timestamps(pa.ipc.open_stream(raw).read_all())
 
     @_follows_the_store
     def remote_sql(self, query: JobQuery) -> tuple[str, dict[str, Any]]:

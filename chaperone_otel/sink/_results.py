@@ -454,6 +454,23 @@ def select_list(
     return ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
 
 
+def arrow_timestamps(table: Any, tz: str | None = "UTC") -> Any:
+    """``table`` (a ``pyarrow.Table`` of records) with its timestamp columns in zone ``tz``:
+    ``"UTC"`` for ``to_arrow()``, as the record's tz-aware datetimes; ``None`` for the
+    naive-UTC values the ``jobs`` table holds. A zero-copy cast: the values stay the same
+    UTC instants, only the type says so."""
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow loads with the first Arrow result
+
+    schema = pa.schema(
+        [
+            f.with_type(pa.timestamp(f.type.unit, tz=tz)) if pa.types.is_timestamp(f.type) else f
+            for f in table.schema
+        ],
+        metadata=table.schema.metadata,
+    )
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
 ORDERABLE: Final = frozenset(
     f.name
     for f in fields(JobRecord)
