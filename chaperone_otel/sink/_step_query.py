@@ -196,11 +196,16 @@ class StepQuery(Generic[_S]):
         """:attr:`steps` with every relative :data:`Bound` measured from :attr:`now` (what
         the SQL renders: the order of ``at()`` in the chain does not matter)."""
         now = self.now
-        kinds = self._RELATIVE | {self._WINDOW}
-        return tuple(
-            (s[0], *(resolve_bound(b, now, s[0]) for b in s[1:])) if s[0] in kinds else s
-            for s in self._steps
-        )
+        out: list[Step] = []
+        for step in self._steps:
+            if step[0] == self._WINDOW:
+                lo = resolve_bound(step[1], now, "since")
+                out.append((step[0], lo, resolve_bound(step[2], now, "until")))
+            elif step[0] in self._RELATIVE:
+                out.append((step[0], resolve_bound(step[1], now, step[0])))
+            else:
+                out.append(step)
+        return tuple(out)
 
     def since(self: _Q, when: datetime | timedelta | str | float) -> _Q:
         """Rows since ``when`` (runs by start, slots by due time): a datetime, or an age
