@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar, cast
 from opentelemetry import context as otel_context
 
 from . import semconv as sc
+from ._cancel import inherit as inherit_cancel
 from ._config import get_config
 from ._current import current_run
 from ._events import receivers
@@ -161,6 +162,7 @@ def start_run(
     enclosing = current_run.get()
     if enclosing is not None and enclosing._run.pid == run.pid:  # not a forked parent's run
         run.parent = enclosing._run  # the run whose code started this one: its parent
+        inherit_cancel(run)
     rt = runtime()
     try:
         run.span, run.otel_context, run.trace_id, run.span_id = rt.writer.start(

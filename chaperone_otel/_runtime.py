@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _process
 from . import semconv as sc
+from ._cancel import arm as arm_cancel
 from ._config import Config, get_config
 from ._events import AttributeValue, add_listener, remove_listener
 from ._health import Rules, rules
@@ -512,7 +513,7 @@ class Runtime:
         if run.on_limit == "warn":
             logger.warning("job %s (run %s): %s", run.name, run.id, exceeded)
         elif run.on_limit == "cancel" and run.cancel is None:
-            run.arm_cancel(exceeded)
+            arm_cancel(run, exceeded, self.live_runs())  # and the runs started inside it
             task, loop = run.task, run.loop
             if task is not None and loop is not None and not task.done():
                 message = f"chaperone-otel: {kind} limit exceeded"

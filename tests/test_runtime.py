@@ -422,3 +422,45 @@ def test_cancel_limit_of_an_async_generator_never_cancels_the_consumers_code(
     assert cleaned_up == [True]
     run = fast.last_run("pages")
     assert (run.status, run.error_type) == ("cancelled", "chaperone_otel.exceptions.JobLimitExceeded")
+
+
+def test_a_cancel_limit_reaches_the_runs_started_inside_the_run() -> None:
+    """A sync job doing its work through nested supervised functions, past its own
+    ``timeout`` with ``on_limit="cancel"``: the nested runs' heartbeats checked only their
+    own handles, so the limit was never raised and the job ran to its end ``completed``.
+    The cancellation reaches the runs started inside it: the running one at its next
+    heartbeat, one started after the arming at its first."""
+    from chaperone_otel.testing import FakeClock, capture
+
+    clock = FakeClock()
+    with capture(clock=clock) as cap:
+
+        @supervised(name="tree.child")
+        def child() -> None:
+            for _ in range(5):
+                heartbeat()
+                cap.advance(1)  # a monitor pass, in this thread
+
+        @supervised(name="tree.parent", timeout=2, on_limit="cancel")
+        def parent() -> None:
+            for _ in range(3):
+                child()
+
+        with pytest.raises(JobLimitExceeded):
+            parent()
+        statuses = [(r.name, r.status) for r in cap.runs()]
+        assert statuses == [("tree.parent", "cancelled"), ("tree.child", "cancelled")]
+
+        @supervised(name="tree.late")
+        def late() -> None:
+            heartbeat()
+
+        @supervised(name="tree.armed_first", timeout=2, on_limit="cancel")
+        def armed_first() -> None:
+            cap.advance(3)  # past the timeout, no nested run yet: only this one is armed
+            late()
+
+        with pytest.raises(JobLimitExceeded):
+            armed_first()
+        assert cap.last_run("tree.late").status == "cancelled"
+        assert cap.last_run("tree.armed_first").status == "cancelled"
