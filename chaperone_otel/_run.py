@@ -102,7 +102,7 @@ class Supervision:
         self._cancel: JobLimitExceeded | None = None
         self._flush_now = False
         self._wake: Callable[[], None] = _noop
-        self._frames: list[list[float | None]] = []  # the live track() loops (_track)
+        self._frames: list[list[Any]] = []  # the live track() loops (_track)
 
     # ---- hot path ------------------------------------------------------------------------
 

@@ -7,17 +7,27 @@ done and half of the fourth's rows is 3.5 of 10, not 500 of 1,000 rows, and the 
 count is not divided by the inner total after the inner loop ends. A nested loop without a
 total cannot tell how far into the item it is; its items count as signs of life (as
 ``heartbeat()`` calls), so the run still does not look idle.
+
+A loop nests only in the loops of its own thread or asyncio task. Loops of one run that
+run at once in several threads or tasks (``asyncio.gather`` of workers, each tracking its
+share) add up: the run's progress is their items done over their totals together, and a
+loop that ends before the others keeps its share until the last one ends. (One shared
+stack made the second loop "nested" in the first: 100 % when the first ended, then back
+to 54 %.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-Frame = list[float | None]
-"""A live loop's [items done, total or None]."""
+Frame = list[Any]
+"""A live loop's [items done, total or None, its thread and task]; or, first in the list,
+the [items done, total, None] of the loops that ended while others of the run still ran."""
 
 
 class Tracked(Protocol):
@@ -33,47 +43,85 @@ class Tracked(Protocol):
     def _raise_cancel(self) -> None: ...
 
 
+def _owner() -> tuple[int, int]:
+    """The calling thread and asyncio task: the loops a new loop may be nested in."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop in this thread
+        task = None
+    return threading.get_ident(), id(task) if task is not None else 0
+
+
 def items(handle: Tracked, iterable: Iterable[T], total: float | None) -> Iterator[T]:
     """Yield ``iterable``'s items, reporting each done when the next is asked for (as tqdm
     does), as the outermost loop or inside the loops already running on ``handle``."""
     frames = handle._frames
-    frame: Frame = [0, total]
+    frame: Frame = [0, total, _owner()]
     frames.append(frame)
     try:
-        if len(frames) == 1:  # the common case: as cheap as it was without nesting
+        if len(frames) == 1:
             handle._current = 0
             handle._total = total
-            for count, item in enumerate(iterable, 1):
-                yield item
-                handle._current = frame[0] = count
-                if handle._cancel is not None:
-                    handle._raise_cancel()
-        else:
-            for count, item in enumerate(iterable, 1):
-                yield item
-                frame[0] = count
+        for count, item in enumerate(iterable, 1):
+            yield item
+            frame[0] = count
+            if len(frames) == 1:  # the common case: as cheap as it was without nesting
+                handle._current = count
+            else:
                 _fill(handle, frames)
-                if handle._cancel is not None:
-                    handle._raise_cancel()
+            if handle._cancel is not None:
+                handle._raise_cancel()
     finally:
-        for i in range(len(frames) - 1, -1, -1):  # by identity: two frames may be equal
-            if frames[i] is frame:
-                del frames[i]
-                break
+        _end(frames, frame)
+
+
+def _end(frames: list[Frame], frame: Frame) -> None:
+    """Take ``frame`` off; an outermost loop of its thread or task that ends while loops of
+    others still run leaves its items and total in the ended loops' share (first in
+    ``frames``), which goes once no loop is left."""
+    index = next((i for i, f in enumerate(frames) if f is frame), None)  # by identity
+    if index is None:
+        return
+    del frames[index]
+    owner = frame[2]
+    outermost = not any(f[2] == owner for f in frames[:index])
+    live = [f for f in frames if f[2] is not None]
+    if outermost and live and frame[1]:
+        if frames[0][2] is not None:
+            frames.insert(0, [0, 0.0, None])
+        frames[0][0] += frame[0]
+        frames[0][1] += frame[1]
+    if not live and frames:
+        frames.clear()  # only the ended loops' share was left
 
 
 def _fill(handle: Tracked, frames: list[Frame]) -> None:
-    """The run's progress from the nested loops: the outermost loop's count plus how far
-    the loops inside it are into its current item."""
-    share = 0.0
-    unknown = False
-    for done, total in reversed(frames[1:]):
-        if not total:
-            share, unknown = 0.0, True
+    """The run's progress from its live loops: per thread or task, the outermost loop's
+    count plus how far the loops inside it are into its current item; summed over threads
+    and tasks (with the loops that ended meanwhile), over their totals summed."""
+    chains: dict[Any, list[Frame]] = {}
+    for f in frames:
+        chains.setdefault(f[2], []).append(f)
+    done_sum, total_sum = 0.0, 0.0
+    unknown = total_unknown = False
+    for owner, chain in chains.items():
+        if owner is None:  # the loops that ended
+            done_sum += chain[0][0]
+            total_sum += chain[0][1]
+            continue
+        share = 0.0
+        for done, total, _ in reversed(chain[1:]):
+            if not total:
+                share, unknown = 0.0, True
+            else:
+                share = min(1.0, (float(done or 0) + share) / total)
+        done, total, _ = chain[0]
+        done_sum += float(done or 0) + share
+        if total:
+            total_sum += total
         else:
-            share = min(1.0, (float(done or 0) + share) / total)
-    done, total = frames[0]
-    handle._current = float(done or 0) + share
-    handle._total = total
+            total_unknown = True
+    handle._current = done_sum
+    handle._total = None if total_unknown else total_sum
     if unknown:
         handle._calls += 1

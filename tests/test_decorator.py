@@ -546,6 +546,31 @@ def test_nested_track_loops_fill_the_outer_item_and_never_go_back(chaperone: Cap
     assert seen[-1] == 1.0
 
 
+def test_loops_of_one_run_in_concurrent_tasks_add_up(chaperone: Capture) -> None:
+    """Two tasks of one run (``asyncio.gather``), each tracking its share, interleaved: the
+    second loop was taken for one nested in the first (one shared stack), so progress hit
+    100 % when the first ended and went back to 54 %. Loops of other tasks add up: items
+    done over the totals together, never backwards, a loop that ended first keeping its
+    share, 100 % at the end."""
+    seen: list[float] = []
+
+    async def share(run: object, n: int) -> None:
+        for _ in run.track(range(n)):  # type: ignore[attr-defined]
+            seen.append(run.progress_ratio)  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+
+    async def both() -> None:
+        async with supervised("gathered") as run:
+            await asyncio.gather(share(run, 4), share(run, 8))
+            seen.append(run.progress_ratio)
+            assert (run.progress_current, run.progress_total) == (12, 12)
+
+    asyncio.run(both())
+    assert seen == sorted(seen), seen
+    assert seen[-1] == 1.0
+    assert max(seen[:-1]) < 1.0
+
+
 def test_a_nested_loop_without_a_total_is_a_sign_of_life(chaperone: Capture) -> None:
     """An inner loop over a generator cannot say how far into the outer item it is: the
     outer progress stays, and its items count as heartbeats (the run is not idle)."""
