@@ -508,6 +508,8 @@ def _prometheus_reader(provider: Any) -> Any:
     provider: a second ``configure()`` only moves the HTTP server (readers cannot be removed
     from a provider; the provider's shutdown at exit shuts the reader down).
     """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+
     from ._prometheus import WorkerMetricReader  # noqa: PLC0415
 
     found = _prometheus_readers.get(id(provider))
@@ -518,6 +520,21 @@ def _prometheus_reader(provider: Any) -> Any:
         raise _ConfigurationError(
             "prometheus_port needs an SDK MeterProvider that accepts readers "
             "(the SDK's MeterProvider), or pass no meter_provider"
+        )
+    theirs = [
+        r
+        for r in getattr(provider, "_metric_readers", ())  # the SDK's list (private: read only)
+        if isinstance(r, PrometheusMetricReader) and not isinstance(r, WorkerMetricReader)
+    ]
+    if theirs:
+        # Its collector, in prometheus_client's registry, serves every metric of the
+        # provider, chaperone-otel's included: a second one made each family appear twice
+        # (an invalid exposition) on both endpoints.
+        raise _ConfigurationError(
+            "prometheus_port: the application's MeterProvider already has a "
+            "PrometheusMetricReader, which serves chaperone-otel's metrics with its own; "
+            "scrape the application's endpoint and drop prometheus_port (or "
+            "CHAPERONE_OTEL_PROMETHEUS_PORT)"
         )
     reader = WorkerMetricReader(provider)
     add_reader(reader)

@@ -235,3 +235,28 @@ def test_an_explicit_non_sdk_provider_takes_nothing_and_installs_no_global(
     _run(_EXPLICIT_NO_OP, url)
     assert _spans(bodies) == {}
     assert _events(bodies) == {"chaperone.job.started": 1, "chaperone.job.finished": 1}
+
+
+_APP_PROMETHEUS_READER = r"""
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+import chaperone_otel as c
+from chaperone_otel.exceptions import ConfigurationError
+metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+try:
+    c.configure(prometheus_port=0)
+except ConfigurationError as e:
+    print("refused:", e)
+"""
+
+
+def test_prometheus_port_beside_the_applications_own_prometheus_reader_is_refused() -> None:
+    """The application's MeterProvider with its own ``PrometheusMetricReader`` (whose
+    collector serves every metric of the provider), then ``prometheus_port``: a second
+    collector made every chaperone family appear twice on both endpoints, an exposition
+    promtool rejects. Refused, saying which endpoint to scrape."""
+    out = _run(_APP_PROMETHEUS_READER).stdout
+    assert out.startswith("refused:"), out
+    assert "PrometheusMetricReader" in out
+    assert "prometheus_port" in out
