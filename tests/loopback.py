@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+Request = tuple[str, str, bytes, float]
+"""A POST a :class:`Recorder` received: path, content type, body (un-gzipped), when."""
 
 
 @contextmanager
@@ -22,3 +27,33 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that keeps every POST in ``requests`` and answers 200."""
+
+    requests: list[Request]
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        with self.lock:
+            self.requests.append(
+                (self.path, self.headers.get("Content-Type", ""), body, time.monotonic())
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextmanager
+def recording() -> Iterator[tuple[str, list[Request]]]:
+    """:func:`serving` a :class:`Recorder`: yields the base URL and the requests received."""
+    requests: list[Request] = []
+    with serving(type("Handler", (Recorder,), {"requests": requests})) as url:
+        yield url, requests

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import http.server
 import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,7 +24,7 @@ from chaperone_otel import ConfigurationError, _process, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._config import build_config, get_config
 from chaperone_otel.testing import capture
-from tests.loopback import serving
+from tests.loopback import Recorder, Request, recording, serving
 
 
 def test_env_then_argument_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,32 +124,14 @@ def test_otlp_exports_the_signals_that_have_an_endpoint(
     assert sent == exported
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    requests: list[tuple[str, str, bytes, float]]
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        with self.lock:
-            self.requests.append(
-                (self.path, self.headers.get("Content-Type", ""), body, time.monotonic())
-            )
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
+_Receiver = Recorder
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes, float]]]]:
+def receiver() -> Iterator[tuple[str, list[Request]]]:
     """A real HTTP server on loopback that records OTLP requests."""
-    requests: list[tuple[str, str, bytes, float]] = []
-    with serving(type("Handler", (_Receiver,), {"requests": requests})) as url:
-        yield url, requests
+    with recording() as received:
+        yield received
 
 
 class _Refusing(http.server.BaseHTTPRequestHandler):
@@ -174,7 +154,6 @@ def test_flush_is_false_when_the_receiver_refused_what_was_sent(
     (a ``sink serve --token`` without the token) made it True, as the SDK's processors
     report a refused batch as flushed; the records were gone. The same flush against a
     receiver that takes them is True."""
-    from tests.loopback import serving
 
     with serving(_Refusing) as refusing:
         for endpoint, flushed in ((refusing, False), (receiver[0], True)):

@@ -342,6 +342,32 @@ def setup(config: _Config) -> Setup:
     return out
 
 
+_SDK_PROVIDERS: Final[dict[str, tuple[type[Any], Callable[[Any], None]]]] = {
+    "traces": (TracerProvider, trace.set_tracer_provider),
+    "logs": (LoggerProvider, _logs.set_logger_provider),
+    "metrics": (MeterProvider, metrics.set_meter_provider),
+}
+
+
+def _sdk_provider(
+    signal: str, current: Any, explicit: Any, wanted: bool, resource: Resource, out: Setup
+) -> tuple[Any, bool]:
+    """(the provider ``signal`` goes through, whether it is an SDK one that takes
+    processors): ``current`` when it is; else, when something here exports ``signal``
+    (``wanted``) and no provider was passed (``explicit``), a new one, installed as the
+    global; else ``current``, taking nothing."""
+    kind, install = _SDK_PROVIDERS[signal]
+    if isinstance(current, kind):
+        return current, True
+    if not wanted or explicit is not None:
+        return current, False
+    provider = kind(resource=resource)
+    install(provider)
+    out.created_providers.append(provider)
+    _created_here.append(provider)
+    return provider, True
+
+
 def _install(config: _Config, out: Setup) -> None:
     resource = _resource(config)
     tp = config.tracer_provider or trace.get_tracer_provider()
@@ -357,14 +383,10 @@ def _install(config: _Config, out: Setup) -> None:
 
     # Traces.
     console = {"traces", "logs"} if config.console else set()
-    if not isinstance(tp, TracerProvider) and ("traces" in otlp or "traces" in console):
-        if config.tracer_provider is None:
-            tp = TracerProvider(resource=resource)
-            trace.set_tracer_provider(tp)
-            out.created_providers.append(tp)
-            _created_here.append(tp)
-        else:
-            otlp, console = otlp - {"traces"}, console - {"traces"}
+    wanted = "traces" in otlp or "traces" in console
+    tp, usable = _sdk_provider("traces", tp, config.tracer_provider, wanted, resource, out)
+    if not usable:
+        otlp, console = otlp - {"traces"}, console - {"traces"}
     out.tracer_provider = tp
     if "traces" in otlp:
         from ._otlp_http import otlp_span_exporter  # noqa: PLC0415
@@ -387,17 +409,13 @@ def _install(config: _Config, out: Setup) -> None:
     if "traces" in console:
         out.span_processors.append(_OwnSpansPrinted(CountingSpanExporter(ConsoleSpanExporter())))
     for sp in out.span_processors:
-        tp.add_span_processor(sp)  # type: ignore[union-attr]  # an SDK provider when any
+        tp.add_span_processor(sp)  # an SDK provider whenever there is a processor
 
     # Logs (the live lifecycle channel).
-    if not isinstance(lp, LoggerProvider) and ("logs" in otlp or "logs" in console):
-        if config.logger_provider is None:
-            lp = LoggerProvider(resource=resource)
-            _logs.set_logger_provider(lp)
-            out.created_providers.append(lp)
-            _created_here.append(lp)
-        else:
-            otlp, console = otlp - {"logs"}, console - {"logs"}
+    wanted = "logs" in otlp or "logs" in console
+    lp, usable = _sdk_provider("logs", lp, config.logger_provider, wanted, resource, out)
+    if not usable:
+        otlp, console = otlp - {"logs"}, console - {"logs"}
     out.logger_provider = lp
     if "logs" in otlp:
         from ._fast_logs import LifecycleLogProcessor, pipeline_supported  # noqa: PLC0415
@@ -425,7 +443,7 @@ def _install(config: _Config, out: Setup) -> None:
             _OwnRecordsPrinted(CountingLogExporter(ConsoleLogRecordExporter()))
         )
     for lproc in out.log_processors:
-        lp.add_log_record_processor(lproc)  # type: ignore[union-attr]  # an SDK provider
+        lp.add_log_record_processor(lproc)  # an SDK provider whenever there is one
 
     # Metrics.
     readers: list[MetricReader] = []
@@ -446,14 +464,10 @@ def _install(config: _Config, out: Setup) -> None:
                 )
             )
         )
-    wants_metrics = readers or config.prometheus_port is not None
-    if not isinstance(mp, MeterProvider) and wants_metrics and config.meter_provider is None:
-        # Readers are added, not passed to the constructor, so teardown can remove them
-        # (a constructor reader is shut down again by the provider at exit).
-        mp = MeterProvider(resource=resource)
-        metrics.set_meter_provider(mp)
-        out.created_providers.append(mp)
-        _created_here.append(mp)
+    # Readers are added, not passed to the constructor, so teardown can remove them (a
+    # constructor reader is shut down again by the provider at exit).
+    wanted = bool(readers) or config.prometheus_port is not None
+    mp, _ = _sdk_provider("metrics", mp, config.meter_provider, wanted, resource, out)
     add_reader = getattr(mp, "add_metric_reader", None)
     for reader in readers:
         if add_reader is None:

@@ -6,11 +6,8 @@ exporting to a real OTLP/HTTP receiver on loopback when it exports at all."""
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,55 +16,35 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.loopback import serving
+from tests.loopback import Request, recording
 from tests.processes import CLEAN_ENV
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[tuple[str, bytes]]
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        with self.lock:
-            self.bodies.append((self.path, body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    bodies: list[tuple[str, bytes]] = []
-    with serving(type("Handler", (_Receiver,), {"bodies": bodies})) as url:
-        yield url, bodies
+def receiver() -> Iterator[tuple[str, list[Request]]]:
+    with recording() as received:
+        yield received
 
 
-def _spans(bodies: list[tuple[str, bytes]]) -> Counter[str]:
+def _names(requests: list[Request], signal: str) -> Counter[str]:
+    """The span names (``traces``) or record event names (``logs``) received."""
     names: Counter[str] = Counter()
-    for path, body in bodies:
-        if path.endswith("/v1/traces"):
+    for path, _, body, _ in requests:
+        if path == "/v1/traces" and signal == "traces":
             request = ExportTraceServiceRequest.FromString(body)
-            for rs in request.resource_spans:
-                for ss in rs.scope_spans:
-                    names.update(span.name for span in ss.spans)
+            names.update(s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+        elif path == "/v1/logs" and signal == "logs":
+            logs = ExportLogsServiceRequest.FromString(body)
+            names.update(r.event_name for rl in logs.resource_logs for sl in rl.scope_logs for r in sl.log_records)
     return names
 
 
-def _events(bodies: list[tuple[str, bytes]]) -> Counter[str]:
-    names: Counter[str] = Counter()
-    for path, body in bodies:
-        if path.endswith("/v1/logs"):
-            request = ExportLogsServiceRequest.FromString(body)
-            for rl in request.resource_logs:
-                for sl in rl.scope_logs:
-                    names.update(record.event_name for record in sl.log_records)
-    return names
+def _spans(requests: list[Request]) -> Counter[str]:
+    return _names(requests, "traces")
+
+
+def _events(requests: list[Request]) -> Counter[str]:
+    return _names(requests, "logs")
 
 
 def _run(script: str, *args: object, **env: str) -> subprocess.CompletedProcess[str]:
@@ -112,7 +89,7 @@ lp.force_flush()
 
 
 def test_the_environments_endpoint_does_not_double_the_applications_export(
-    receiver: tuple[str, list[tuple[str, bytes]]],
+    receiver: tuple[str, list[Request]],
 ) -> None:
     """An application exporting through its own providers from ``OTEL_EXPORTER_OTLP_*``
     (``opentelemetry-instrument``), then ``configure()``: the same variable made
@@ -176,14 +153,14 @@ c.flush()
 
 
 def test_a_signal_whose_exporter_variable_says_none_is_not_exported(
-    receiver: tuple[str, list[tuple[str, bytes]]],
+    receiver: tuple[str, list[Request]],
 ) -> None:
     """``OTEL_TRACES_EXPORTER=none`` (the standard per-signal switch) was ignored: with
     the endpoint set, all three signals were exported. It turns its signal off; the others
     go on."""
     url, bodies = receiver
     _run(_PER_SIGNAL, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_TRACES_EXPORTER="none")
-    paths = {path for path, _ in bodies}
+    paths = {path for path, *_ in bodies}
     assert "/v1/traces" not in paths
     assert _events(bodies) == {"chaperone.job.started": 1, "chaperone.job.finished": 1}
 
@@ -225,7 +202,7 @@ c.flush()
 
 
 def test_an_explicit_non_sdk_provider_takes_nothing_and_installs_no_global(
-    receiver: tuple[str, list[tuple[str, bytes]]],
+    receiver: tuple[str, list[Request]],
 ) -> None:
     """``configure(tracer_provider=NoOpTracerProvider(), otlp_endpoint=...)``: the no-op
     provider made ``configure()`` create an SDK provider and install it as the global, so
