@@ -105,12 +105,16 @@ class QueryLimits:
         if env.get(ENV_SQL_TIMEOUT, "").strip():
             found["timeout"] = parse_duration(env[ENV_SQL_TIMEOUT], what=ENV_SQL_TIMEOUT)
         if env.get(ENV_SQL_MAX_ROWS, "").strip():
+            raw = env[ENV_SQL_MAX_ROWS]
             try:
-                found["max_rows"] = int(env[ENV_SQL_MAX_ROWS])
-            except ValueError as e:
+                rows = int(raw)
+            except ValueError:
+                rows = 0
+            if rows <= 0:  # named here: QueryLimits' own error names no variable
                 raise ConfigurationError(
-                    f"{ENV_SQL_MAX_ROWS}={env[ENV_SQL_MAX_ROWS]!r}: expected a number of rows"
-                ) from e
+                    f"{ENV_SQL_MAX_ROWS}={raw!r}: expected a positive number of rows"
+                )
+            found["max_rows"] = rows
         if env.get(ENV_SQL_MAX_BYTES, "").strip():
             found["max_bytes"] = parse_bytes(env[ENV_SQL_MAX_BYTES], what=ENV_SQL_MAX_BYTES)
         return cls(**found)

@@ -5,6 +5,7 @@ interrupts queries in flight. Real DuckDB files, real ``sink serve`` processes."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +170,29 @@ def test_limits_from_the_environment(store: Path, monkeypatch: pytest.MonkeyPatc
         QueryLimits.from_env()
     with pytest.raises(ConfigurationError, match="positive"):
         QueryLimits(timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHAPERONE_OTEL_SQL_MAX_ROWS", "-3"),
+        ("CHAPERONE_OTEL_SQL_MAX_ROWS", "0"),
+        ("CHAPERONE_OTEL_SQL_MAX_ROWS", "1.5"),
+        ("CHAPERONE_OTEL_SQL_TIMEOUT", "0"),
+        ("CHAPERONE_OTEL_SQL_TIMEOUT", "-1"),
+        ("CHAPERONE_OTEL_SQL_MAX_BYTES", "0"),
+        ("CHAPERONE_OTEL_SQL_MAX_BYTES", "-5"),
+    ],
+)
+def test_a_bad_limit_variable_is_named_in_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A limit variable that is not positive fails configure(sink=...) naming the variable
+    and its value (``CHAPERONE_OTEL_SQL_MAX_ROWS=-3`` said only "QueryLimits.max_rows must
+    be a positive number", a name the user never wrote)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"^{variable}\b.*{re.escape(repr(value))}"):
+        chaperone.configure(sink=str(tmp_path / "jobs.duckdb"))
 
 
 @pytest.mark.slow
