@@ -11,7 +11,8 @@ sink                   ``CHAPERONE_OTEL_SINK``                     none (no stor
 prometheus_port        ``CHAPERONE_OTEL_PROMETHEUS_PORT``          none (no /metrics)
 prometheus_host        ``CHAPERONE_OTEL_PROMETHEUS_HOST``          ``127.0.0.1``
 heartbeat_interval     ``CHAPERONE_OTEL_HEARTBEAT_INTERVAL``       60 s
-flush_period           ``CHAPERONE_OTEL_FLUSH_PERIOD``             min(interval/4, 15 s)
+flush_period           ``CHAPERONE_OTEL_FLUSH_PERIOD``             min(interval/4, 15 s);
+                                                                   at most interval/2
 sample_interval        ``CHAPERONE_OTEL_SAMPLE_INTERVAL``          1 s
 on_limit               ``CHAPERONE_OTEL_ON_LIMIT``                 ``record``
 long_run_threshold     ``CHAPERONE_OTEL_LONG_RUN_THRESHOLD``       120 s
@@ -169,10 +170,20 @@ class Config:
             raise ConfigurationError("clock must be a callable returning Unix seconds")
 
     def flush_period_for(self, heartbeat_interval: float) -> float:
-        """The flush period of a run: explicit, else ``min(interval / 4, 15 s)``."""
-        if self.flush_period is not None:
-            return self.flush_period
-        return min(heartbeat_interval / 4.0, 15.0)
+        """The flush period of a run: explicit, else ``min(interval / 4, 15 s)``; at most
+        half the run's heartbeat interval either way.
+
+        The store and any reader of the records judge a run by the age of its latest
+        heartbeat record (degraded past 1.5 intervals by default), and a run sends at most
+        one per flush period: a period longer than the interval (a global
+        ``CHAPERONE_OTEL_FLUSH_PERIOD=6s`` and a run with a 1 s lease) made a run that
+        heartbeats ten times a second look degraded, then unhealthy and stuck. With half
+        an interval, the latest record is at most half a lease old (plus a monitor pass),
+        a full lease short of ``degraded_after``; the default, a quarter, is within it."""
+        period = (
+            min(heartbeat_interval / 4.0, 15.0) if self.flush_period is None else self.flush_period
+        )
+        return min(period, heartbeat_interval / 2.0)
 
 
 def validate_interval(value: object, what: str) -> float:

@@ -133,7 +133,8 @@ def configure(
         otlp_endpoint: base URL, e.g. ``http://127.0.0.1:4318`` (else ``OTEL_EXPORTER_OTLP_*``).
         console: print spans and lifecycle logs to stdout (debugging).
         heartbeat_interval: default lease of runs (60 s).
-        flush_period: records per run at most this often (default min(interval/4, 15 s)).
+        flush_period: records per run at most this often (default min(interval/4, 15 s);
+            at most half of each run's heartbeat interval).
         sample_interval: resource sampling period (1 s).
         on_limit: default limit policy (``record``, ``warn``, ``cancel``).
         long_run_threshold: runs older than this get their run id as a metric label (120 s;

@@ -332,3 +332,30 @@ def test_near_limit_is_a_state_of_a_live_run(status: str) -> None:
     assert r.near_limit.holds({**signals, "status": "running"}, 105.0)
     # degraded reads the same ratios for a running run, unchanged
     assert r.health({**signals, "status": "running"}, 105.0) == "degraded"
+
+
+@pytest.mark.parametrize("flush_period", [6.0, 1.0, None])
+def test_a_flush_period_longer_than_the_lease_keeps_the_records_healthy(
+    flush_period: float | None,
+) -> None:
+    """A run with a 1 s lease heartbeats every 0.1 s under a flush period of 6 s (a global
+    ``CHAPERONE_OTEL_FLUSH_PERIOD`` longer than the run's lease): the records must say so.
+    At most one heartbeat record per period reached them, so at every moment the latest
+    record's last heartbeat was up to 6 s old, and the store showed a busy run degraded,
+    unhealthy, stuck. The period is now at most half the run's interval: the latest record
+    is never more than half a lease old, well within ``degraded_after``."""
+    clock = FakeClock()
+    interval = 1.0
+    with capture(clock=clock, flush_period=flush_period) as cap:
+        with supervised("busy", heartbeat_interval=interval) as run:
+            for _ in range(50):
+                run.heartbeat()
+                cap.advance(0.1)
+                now = clock()
+                latest = cap.run(run.id).latest
+                age = now - float(latest[sc.ATTR_HEARTBEAT_LAST])
+                assert age < DEFAULT_POLICY.degraded_after * interval, (now, age)
+                assert age <= interval / 2 + 0.1 + 1e-9, (now, age)
+                assert latest[sc.ATTR_JOB_HEALTH] == "healthy"
+        beats = cap.run(run.id).heartbeats
+    assert len(beats) >= 9  # about one every half second over five seconds
