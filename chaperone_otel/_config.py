@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from ._health import DEFAULT_POLICY, HealthPolicy
 from ._units import parse_duration
@@ -168,6 +169,8 @@ class Config:
             )
         if not callable(self.clock):
             raise ConfigurationError("clock must be a callable returning Unix seconds")
+        if self.otlp_endpoint:  # "" is no endpoint, as before
+            validate_otlp_url(self.otlp_endpoint, "otlp_endpoint")
 
     def flush_period_for(self, heartbeat_interval: float) -> float:
         """The flush period of a run: explicit, else ``min(interval / 4, 15 s)``; at most
@@ -184,6 +187,30 @@ class Config:
             min(heartbeat_interval / 4.0, 15.0) if self.flush_period is None else self.flush_period
         )
         return min(period, heartbeat_interval / 2.0)
+
+
+def validate_otlp_url(value: object, what: str) -> str:
+    """An OTLP/HTTP endpoint: an ``http``/``https`` URL with a host (``what`` names the
+    option or variable). Without a scheme (``127.0.0.1:4318``, the form gRPC endpoints are
+    written in) every export failed later with "No connection adapters were found"."""
+    text = value if isinstance(value, str) else ""
+    try:
+        parts = urlsplit(text.strip())
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError:
+        valid = False
+    if not valid:
+        suggestion = (
+            f"http://{text.strip()}"
+            if text.strip() and "://" not in text
+            else "http://127.0.0.1:4318"
+        )
+        raise ConfigurationError(
+            f"{what}={value!r} is not an http:// or https:// URL with a host: chaperone-otel "
+            f"exports OTLP over HTTP; write it as a URL such as {suggestion!r}"
+        )
+    return text
 
 
 def validate_interval(value: object, what: str) -> float:

@@ -52,6 +52,7 @@ from .._safety import handle_internal_errors as _handle_internal_errors
 from .._safety import record_internal_error as _record_internal_error
 from ..exceptions import ConfigurationError as _ConfigurationError
 from . import _forksafe
+from ._otlp_env import check_otlp_environment
 
 _logger = logging.getLogger("chaperone_otel")
 
@@ -374,6 +375,16 @@ def _install(config: _Config, out: Setup) -> None:
     lp = config.logger_provider or _logs.get_logger_provider()
     mp = config.meter_provider or metrics.get_meter_provider()
     otlp = _skip_implied(config, otlp_signals(config), {"traces": tp, "logs": lp, "metrics": mp})
+    refused = {  # an explicit provider that is not the SDK's takes no exporter (below)
+        signal
+        for signal, given, sdk in (
+            ("traces", config.tracer_provider, TracerProvider),
+            ("logs", config.logger_provider, LoggerProvider),
+            ("metrics", config.meter_provider, MeterProvider),
+        )
+        if given is not None and not isinstance(given, sdk)
+    }
+    check_otlp_environment(config, otlp - refused)  # before anything is installed
     if otlp:
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
     # A provider is created (and installed as the global) only for a signal something here
