@@ -25,6 +25,7 @@ from ._config import Config, Hooks, build_config, set_config
 from ._health import HealthPolicy
 from ._lifecycle import finish_run, forget_attempts
 from ._otel import reset_instruments
+from ._otel._providers import check_providers
 from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
 from ._safety import handle_internal_errors, reset_internal_errors
 from ._schedule import forget_all as forget_schedules
@@ -202,6 +203,7 @@ def configure_from(
             from .export import setup  # noqa: PLC0415 - the SDK loads only when asked for
 
             _setup = setup(config)
+        check_providers(config)  # after setup: the providers it created are not the app's
         if not _atexit_registered:
             atexit.register(_at_exit)
             _atexit_registered = True

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, LogRecordProcessor
 from opentelemetry.sdk._logs.export import (
     ConsoleLogRecordExporter,
     LogRecordExporter,
@@ -36,7 +36,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -327,6 +327,21 @@ def _resource(config: _Config) -> Resource:
     return process.merge(Resource.create(attrs))
 
 
+def _no_record_limits() -> LogRecordLimits:
+    """The limits of the ``LoggerProvider`` ``configure()`` creates: none, whatever
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_*ATTRIBUTE_COUNT_LIMIT`` say (the SDK
+    reads them when no limits are given). Cut, a lifecycle record's run id named another
+    run, its metadata was not JSON, and past the count the SDK dropped the run id and name
+    (the oldest attributes) first. The direct path (``_fast_logs``) reads the same limits."""
+    unset = LogRecordLimits.UNSET
+    return LogRecordLimits(
+        max_attributes=unset,
+        max_attribute_length=unset,
+        max_log_record_attributes=unset,
+        max_log_record_attribute_length=unset,
+    )
+
+
 def setup(config: _Config) -> Setup:
     """Install exporters for ``config``; returns handles for :func:`teardown`.
 
@@ -343,11 +358,33 @@ def setup(config: _Config) -> Setup:
     return out
 
 
-_SDK_PROVIDERS: Final[dict[str, tuple[type[Any], Callable[[Any], None]]]] = {
-    "traces": (TracerProvider, trace.set_tracer_provider),
-    "logs": (LoggerProvider, _logs.set_logger_provider),
-    "metrics": (MeterProvider, metrics.set_meter_provider),
+def _no_span_limits() -> SpanLimits:
+    """The span attribute limits of the ``TracerProvider`` ``configure()`` creates: none
+    (as :func:`_no_record_limits`: a cut run id names another run). Events and links keep
+    the SDK's bounds."""
+    unset = SpanLimits.UNSET
+    return SpanLimits(max_span_attributes=unset, max_span_attribute_length=unset)
+
+
+_SDK_PROVIDERS: Final[dict[str, tuple[type[Any], Callable[[Any], None], Callable[[Any], Any]]]] = {
+    "traces": (
+        TracerProvider,
+        trace.set_tracer_provider,
+        lambda resource: TracerProvider(resource=resource, span_limits=_no_span_limits()),
+    ),
+    "logs": (
+        LoggerProvider,
+        _logs.set_logger_provider,
+        lambda resource: LoggerProvider(resource=resource, log_record_limits=_no_record_limits()),
+    ),
+    "metrics": (
+        MeterProvider,
+        metrics.set_meter_provider,
+        lambda resource: MeterProvider(resource=resource),
+    ),
 }
+"""Per signal: the SDK's provider class, how it becomes the global, how ``configure()``
+makes one."""
 
 
 def _sdk_provider(
@@ -357,12 +394,12 @@ def _sdk_provider(
     processors): ``current`` when it is; else, when something here exports ``signal``
     (``wanted``) and no provider was passed (``explicit``), a new one, installed as the
     global; else ``current``, taking nothing."""
-    kind, install = _SDK_PROVIDERS[signal]
+    kind, install, make = _SDK_PROVIDERS[signal]
     if isinstance(current, kind):
         return current, True
     if not wanted or explicit is not None:
         return current, False
-    provider = kind(resource=resource)
+    provider = make(resource)
     install(provider)
     out.created_providers.append(provider)
     _created_here.append(provider)
