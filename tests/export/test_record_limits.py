@@ -6,12 +6,10 @@ from ``configure(service_name=...)``, configure() says so once."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -24,35 +22,17 @@ from opentelemetry.sdk.trace import TracerProvider
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from tests.conftest import REPO
-from tests.loopback import serving
+from tests.loopback import Request, recording
 from tests.processes import CLEAN_ENV
 
 NAME = "billing.nightly.reconcile_invoices"
 METADATA = {"file": "s3://bucket/exports/2024/06/invoices-0001.csv"}
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[bytes]
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path == "/v1/logs":
-            with self.lock:
-                self.bodies.append(body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[bytes]]]:
-    bodies: list[bytes] = []
-    with serving(type("Handler", (_Receiver,), {"bodies": bodies})) as url:
-        yield url, bodies
+def receiver() -> Iterator[tuple[str, list[Request]]]:
+    with recording() as received:
+        yield received
 
 
 _CHILD = """
@@ -66,18 +46,25 @@ name, metadata = sys.argv[2], json.loads(sys.argv[3])
 def job():
     c.heartbeat(metadata=metadata)
 
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+spans = InMemorySpanExporter()
+setup.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 job()  # chaperone's processor only: the direct path
 memory = InMemoryLogRecordExporter()
 setup.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
 job()  # a processor of someone else's: the SDK's logger.emit
 assert c.flush(10)
+print(json.dumps([dict(s.attributes) for s in spans.get_finished_spans()]))
 print(json.dumps([dict(r.log_record.attributes) for r in memory.get_finished_logs()]))
 """
 
 
-def _exported(bodies: list[bytes]) -> list[dict[str, object]]:
+def _exported(requests: list[Request]) -> list[dict[str, object]]:
     out = []
-    for body in bodies:
+    for path, _, body, _ in requests:
+        if path != "/v1/logs":
+            continue
         request = ExportLogsServiceRequest()
         request.ParseFromString(body)
         for resource_logs in request.resource_logs:
@@ -110,14 +97,14 @@ def _assert_whole(records: list[dict[str, object]], runs: int) -> None:
     ],
 )
 def test_the_sdk_limits_do_not_cut_the_records_of_the_provider_configure_creates(
-    receiver: tuple[str, list[bytes]], limits: dict[str, str]
+    receiver: tuple[str, list[Request]], limits: dict[str, str]
 ) -> None:
     """A fresh interpreter (the provider is created once per process) with the limit set:
     the records that reach the OTLP receiver (direct path, then the SDK's) and an in-memory
     exporter keep the whole run id and name and valid metadata JSON. With the limits the
     SDK read from the environment, the run id was cut to 32 characters (another run in the
     sink), the metadata was not JSON, and at 10 attributes the run id and name were gone."""
-    url, bodies = receiver
+    url, requests = receiver
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, url, NAME, json.dumps(METADATA)],
         capture_output=True,
@@ -130,7 +117,10 @@ def test_the_sdk_limits_do_not_cut_the_records_of_the_provider_configure_creates
     assert proc.returncode == 0, proc.stdout + proc.stderr
     in_memory = json.loads(proc.stdout.strip().splitlines()[-1])
     _assert_whole(in_memory, runs=1)
-    _assert_whole(_exported(bodies), runs=2)
+    spans = json.loads(proc.stdout.strip().splitlines()[-2])  # the spans' attributes too
+    assert [len(s[sc.ATTR_JOB_RUN_ID]) for s in spans] == [36, 36]
+    assert {s[sc.ATTR_JOB_NAME] for s in spans} == {NAME}
+    _assert_whole(_exported(requests), runs=2)
 
 
 def test_an_applications_logger_provider_with_cutting_limits_is_said_once(
