@@ -46,7 +46,7 @@ def _applications(config: Config) -> Iterator[tuple[str, Any]]:
     """(signal, provider) for each provider in use that chaperone-otel did not create."""
     from opentelemetry import _logs, metrics, trace  # noqa: PLC0415 - the API only
 
-    export = sys.modules.get("chaperone_otel.export")  # loaded if it created any
+    export = sys.modules.get("chaperone_otel.export._providers")  # loaded if it created any
     created = getattr(export, "_created_here", ())
     for signal, provider in (
         ("traces", config.tracer_provider or trace.get_tracer_provider()),

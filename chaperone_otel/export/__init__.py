@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, LogRecordProcessor
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import (
     ConsoleLogRecordExporter,
     LogRecordExporter,
@@ -36,7 +36,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -52,7 +52,9 @@ from .._safety import handle_internal_errors as _handle_internal_errors
 from .._safety import record_internal_error as _record_internal_error
 from ..exceptions import ConfigurationError as _ConfigurationError
 from . import _forksafe
-from ._otlp_env import check_otlp_environment
+from ._otlp_env import check_otlp_environment as _check_otlp_environment
+from ._providers import sdk_provider as _sdk_provider
+from ._providers import skip_implied as _skip_implied
 
 _logger = logging.getLogger("chaperone_otel")
 
@@ -273,38 +275,6 @@ def _otlp_allowed(variable: str) -> bool:
     return not value or "otlp" in {part.strip().lower() for part in value.split(",")}
 
 
-_created_here: list[Any] = []
-"""The providers ``configure()`` created and installed as the OTel globals: a later
-``configure()`` finds them as the globals, and must not take them for the application's."""
-
-
-def _the_applications(provider: Any) -> bool:
-    """``provider`` is an SDK provider the application set up (not one of ours)."""
-    sdk = isinstance(provider, (TracerProvider, LoggerProvider, MeterProvider))
-    return sdk and not any(provider is ours for ours in _created_here)
-
-
-def _skip_implied(
-    config: _Config, otlp: frozenset[str], providers: dict[str, Any]
-) -> frozenset[str]:
-    """``otlp`` without the signals that only the environment asks for and whose provider
-    is the application's own: its own pipeline (``opentelemetry-instrument``, an SDK set up
-    from the same ``OTEL_EXPORTER_OTLP_*`` variables) exports chaperone's spans, records and
-    metrics already; a processor of ours beside it sent every span, record and metric of the
-    whole application twice. ``otlp=True`` or ``otlp_endpoint`` still add ours."""
-    if config.otlp is not None or config.otlp_endpoint:
-        return otlp
-    skipped = {signal for signal in otlp if _the_applications(providers[signal])}
-    if skipped:
-        _logger.info(
-            "chaperone-otel: OTEL_EXPORTER_OTLP_* is set and the application has its own "
-            "OTel providers for %s: chaperone-otel's telemetry goes through their exporters "
-            "(configure(otlp=True) adds chaperone-otel's own)",
-            ", ".join(sorted(skipped)),
-        )
-    return otlp - skipped
-
-
 def otlp_enabled(config: _Config) -> bool:
     """OTLP export is on for at least one signal (see :func:`otlp_signals`)."""
     return bool(otlp_signals(config))
@@ -327,21 +297,6 @@ def _resource(config: _Config) -> Resource:
     return process.merge(Resource.create(attrs))
 
 
-def _no_record_limits() -> LogRecordLimits:
-    """The limits of the ``LoggerProvider`` ``configure()`` creates: none, whatever
-    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_*ATTRIBUTE_COUNT_LIMIT`` say (the SDK
-    reads them when no limits are given). Cut, a lifecycle record's run id named another
-    run, its metadata was not JSON, and past the count the SDK dropped the run id and name
-    (the oldest attributes) first. The direct path (``_fast_logs``) reads the same limits."""
-    unset = LogRecordLimits.UNSET
-    return LogRecordLimits(
-        max_attributes=unset,
-        max_attribute_length=unset,
-        max_log_record_attributes=unset,
-        max_log_record_attribute_length=unset,
-    )
-
-
 def setup(config: _Config) -> Setup:
     """Install exporters for ``config``; returns handles for :func:`teardown`.
 
@@ -356,54 +311,6 @@ def setup(config: _Config) -> Setup:
         teardown(out)  # no processor left on the providers by a configure() that failed
         raise
     return out
-
-
-def _no_span_limits() -> SpanLimits:
-    """The span attribute limits of the ``TracerProvider`` ``configure()`` creates: none
-    (as :func:`_no_record_limits`: a cut run id names another run). Events and links keep
-    the SDK's bounds."""
-    unset = SpanLimits.UNSET
-    return SpanLimits(max_span_attributes=unset, max_span_attribute_length=unset)
-
-
-_SDK_PROVIDERS: Final[dict[str, tuple[type[Any], Callable[[Any], None], Callable[[Any], Any]]]] = {
-    "traces": (
-        TracerProvider,
-        trace.set_tracer_provider,
-        lambda resource: TracerProvider(resource=resource, span_limits=_no_span_limits()),
-    ),
-    "logs": (
-        LoggerProvider,
-        _logs.set_logger_provider,
-        lambda resource: LoggerProvider(resource=resource, log_record_limits=_no_record_limits()),
-    ),
-    "metrics": (
-        MeterProvider,
-        metrics.set_meter_provider,
-        lambda resource: MeterProvider(resource=resource),
-    ),
-}
-"""Per signal: the SDK's provider class, how it becomes the global, how ``configure()``
-makes one."""
-
-
-def _sdk_provider(
-    signal: str, current: Any, explicit: Any, wanted: bool, resource: Resource, out: Setup
-) -> tuple[Any, bool]:
-    """(the provider ``signal`` goes through, whether it is an SDK one that takes
-    processors): ``current`` when it is; else, when something here exports ``signal``
-    (``wanted``) and no provider was passed (``explicit``), a new one, installed as the
-    global; else ``current``, taking nothing."""
-    kind, install, make = _SDK_PROVIDERS[signal]
-    if isinstance(current, kind):
-        return current, True
-    if not wanted or explicit is not None:
-        return current, False
-    provider = make(resource)
-    install(provider)
-    out.created_providers.append(provider)
-    _created_here.append(provider)
-    return provider, True
 
 
 def _install(config: _Config, out: Setup) -> None:
@@ -421,7 +328,7 @@ def _install(config: _Config, out: Setup) -> None:
         )
         if given is not None and not isinstance(given, sdk)
     }
-    check_otlp_environment(config, otlp - refused)  # before anything is installed
+    _check_otlp_environment(config, otlp - refused)  # before anything is installed
     if otlp:
         _forksafe.preload()  # before any exporter thread starts (a fork would hang)
     # A provider is created (and installed as the global) only for a signal something here
@@ -432,7 +339,9 @@ def _install(config: _Config, out: Setup) -> None:
     # Traces.
     console = {"traces", "logs"} if config.console else set()
     wanted = "traces" in otlp or "traces" in console
-    tp, usable = _sdk_provider("traces", tp, config.tracer_provider, wanted, resource, out)
+    tp, usable = _sdk_provider(
+        "traces", tp, config.tracer_provider, wanted, resource, out.created_providers
+    )
     if not usable:
         otlp, console = otlp - {"traces"}, console - {"traces"}
     out.tracer_provider = tp
@@ -461,7 +370,9 @@ def _install(config: _Config, out: Setup) -> None:
 
     # Logs (the live lifecycle channel).
     wanted = "logs" in otlp or "logs" in console
-    lp, usable = _sdk_provider("logs", lp, config.logger_provider, wanted, resource, out)
+    lp, usable = _sdk_provider(
+        "logs", lp, config.logger_provider, wanted, resource, out.created_providers
+    )
     if not usable:
         otlp, console = otlp - {"logs"}, console - {"logs"}
     out.logger_provider = lp
@@ -515,7 +426,9 @@ def _install(config: _Config, out: Setup) -> None:
     # Readers are added, not passed to the constructor, so teardown can remove them (a
     # constructor reader is shut down again by the provider at exit).
     wanted = bool(readers) or config.prometheus_port is not None
-    mp, _ = _sdk_provider("metrics", mp, config.meter_provider, wanted, resource, out)
+    mp, _ = _sdk_provider(
+        "metrics", mp, config.meter_provider, wanted, resource, out.created_providers
+    )
     add_reader = getattr(mp, "add_metric_reader", None)
     for reader in readers:
         if add_reader is None:
