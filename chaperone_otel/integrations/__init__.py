@@ -8,7 +8,9 @@
   that supervises each message an actor processes.
 
 Each module imports its framework when it is imported itself, and says how to install it
-when the framework is missing.
+when the framework is missing (the extras ``chaperone-otel[celery]``, ``[rq]``,
+``[dramatiq]``), or which version is installed and which it needs when it is too old
+(``_framework.py``).
 """
 
 __all__: list[str] = []

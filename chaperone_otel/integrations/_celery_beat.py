@@ -40,14 +40,13 @@ from .._schedules import (
     make_schedule,
     previous_cron_due,
 )
+from ._framework import framework_import_error as _framework_import_error
 
 try:
     from celery import Celery, signals
     from celery.schedules import crontab, schedule
 except ImportError as _error:  # pragma: no cover - exercised only without celery
-    raise ImportError(
-        "chaperone_otel.integrations.celery needs Celery: pip install celery"
-    ) from _error
+    raise _framework_import_error("celery", _error) from _error
 
 logger = logging.getLogger("chaperone_otel")
 

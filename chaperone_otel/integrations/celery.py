@@ -92,6 +92,7 @@ from ..exceptions import ConfigurationError as _ConfigurationError
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
 from ._celery_request import closing_request as _closing_request
+from ._framework import framework_import_error as _framework_import_error
 from ._options import check_options as _check_options
 
 try:
@@ -108,9 +109,7 @@ try:
     )
     from celery.utils.imports import symbol_by_name
 except ImportError as _error:  # pragma: no cover - exercised only without celery
-    raise ImportError(
-        "chaperone_otel.integrations.celery needs Celery: pip install celery"
-    ) from _error
+    raise _framework_import_error("celery", _error) from _error
 
 _UID: Final = "chaperone_otel.integrations.celery"
 _KNOWN: Final = 100_000

@@ -70,6 +70,7 @@ from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
 from ..exceptions import ConfigurationError as _ConfigurationError
+from ._framework import framework_import_error as _framework_import_error
 from ._options import check_options as _check_options
 
 try:
@@ -77,9 +78,7 @@ try:
     from dramatiq.common import q_name
     from dramatiq.middleware import Middleware, MiddlewareError, Retries, SkipMessage, TimeLimit
 except ImportError as _error:  # pragma: no cover - exercised only without dramatiq
-    raise ImportError(
-        "chaperone_otel.integrations.dramatiq needs Dramatiq: pip install dramatiq"
-    ) from _error
+    raise _framework_import_error("dramatiq", _error) from _error
 
 OPTION: Final = "supervision"
 """The actor (and message) option: ``False``, or a dict of run options."""

@@ -66,6 +66,7 @@ from .._start import close_run as _close_run
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
 from .._values import new_run_id as _new_execution_id
+from ._framework import framework_import_error as _framework_import_error
 from ._rq_cron import (
     META_SCHEDULE,
     META_SCHEDULED_FOR,
@@ -79,7 +80,7 @@ try:
     from rq.job import Job, Retry
     from rq.worker import SimpleWorker, Worker
 except ImportError as _error:  # pragma: no cover - exercised only without rq
-    raise ImportError("chaperone_otel.integrations.rq needs RQ: pip install rq") from _error
+    raise _framework_import_error("rq", _error) from _error
 
 ATTEMPT_KEY: Final = "chaperone_otel.attempt"
 """The ``job.meta`` key counting a job's executions (the run's attempt)."""
