@@ -60,7 +60,9 @@ def render(
     settings: AlertSettings | None = None,
     sources: tuple[str, ...] = SOURCES,
 ) -> dict[str, str]:
-    """Every generated file's text, keyed by its path relative to the repository root.
+    """Every generated file's text, keyed by its path relative to the directory it is
+    written under (the repository root for the committed files; any directory for a pip
+    install's own copies).
 
     ``sources`` selects the rule files and dashboards rendered (both by default): ``worker``
     for worker-scraped series, ``sink`` for the sink's fleet ``/metrics`` only."""
@@ -89,11 +91,14 @@ def write(root: Path, files: dict[str, str] | None = None) -> list[str]:
     return changed
 
 
-def stale(root: Path, sources: tuple[str, ...] = SOURCES) -> list[str]:
-    """Paths under ``root`` whose committed text differs from the generator's."""
+def stale(
+    root: Path, sources: tuple[str, ...] = SOURCES, settings: AlertSettings | None = None
+) -> list[str]:
+    """Paths under ``root`` that are missing or whose text differs from the generator's
+    (rendered with ``settings``, e.g. the ``runbook_base`` they were written with)."""
     return [
         rel
-        for rel, text in render(sources=sources).items()
+        for rel, text in render(settings=settings, sources=sources).items()
         if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text
     ]
 

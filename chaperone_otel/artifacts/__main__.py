@@ -1,5 +1,6 @@
 """``python -m chaperone_otel.artifacts [--check] [--root DIR] [--runbook-base URL]
-[--source worker|sink]``."""
+[--source worker|sink]``: write the Prometheus rule files (with their promtool tests) and
+the Grafana dashboards under DIR (alerts/, alerts/tests/, dashboards/), or check them."""
 
 from __future__ import annotations
 
@@ -17,14 +18,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root",
         type=Path,
+        metavar="DIR",
         default=Path.cwd(),
-        help="repository root (default: the current directory)",
+        help="directory to write under, created if missing: any directory, e.g. one of your "
+        "own after a pip install; in a checkout, the repository root (default: the current "
+        "directory)",
     )
     parser.add_argument(
-        "--check", action="store_true", help="do not write; exit 1 when a committed file is stale"
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 when a file under the root is missing or stale",
     )
     parser.add_argument(
-        "--runbook-base", default=None, help="URL of docs/operations.md for runbook_url annotations"
+        "--runbook-base",
+        default=None,
+        metavar="URL",
+        help="URL (or path) of docs/operations.md for the alerts' runbook_url annotations, "
+        "an anchor per alert appended (default: the relative docs/operations.md)",
     )
     parser.add_argument(
         "--source",
@@ -36,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sources = tuple(args.source) if args.source else SOURCES
+    settings = AlertSettings(runbook_base=args.runbook_base) if args.runbook_base else None
     if args.check:
-        paths = stale(args.root, sources)
+        paths = stale(args.root, sources, settings)
         for rel in paths:
             print(f"stale: {rel} (run: python -m chaperone_otel.artifacts)", file=sys.stderr)
         return 1 if paths else 0
-    settings = AlertSettings(runbook_base=args.runbook_base) if args.runbook_base else None
     for rel in write(args.root, render(settings=settings, sources=sources)):
         print(f"wrote {rel}")
     return 0

@@ -236,3 +236,28 @@ def test_generator_option_selects_the_source(tmp_path: Path) -> None:
                               "dashboards/chaperone-sink.json"])
     assert main(["--root", str(tmp_path), "--check", "--source", "sink"]) == 0
     assert main(["--root", str(tmp_path), "--check", "--source", "worker"]) == 1
+
+
+def test_generator_writes_anywhere_with_a_runbook_base(promtool: str, tmp_path: Path) -> None:
+    """A pip user's copy: `--root` a directory that does not exist yet and `--runbook-base`
+    a URL give rule files whose every runbook_url is the URL plus the alert's anchor, whose
+    promtool suites pass, and which `--check` with the same base finds current (without it,
+    stale: the defaults' relative URL differs)."""
+    from chaperone_otel.artifacts.__main__ import main
+
+    root = tmp_path / "ops" / "chaperone"
+    base = "https://runbooks.internal/chaperone/operations.md"
+    assert main(["--root", str(root), "--runbook-base", base]) == 0
+    for source in SOURCES:
+        rules_path, tests_path = RULE_PATHS[source]
+        data = safe_load((root / rules_path).read_text())
+        urls = {r["alert"]: r["annotations"]["runbook_url"]
+                for group in data["groups"] for r in group["rules"] if "alert" in r}
+        assert urls
+        assert all(url == f"{base}#{anchor(name)}" for name, url in urls.items()), urls
+        out = subprocess.run([promtool, "test", "rules", Path(tests_path).name],
+                             cwd=root / Path(tests_path).parent, capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert main(["--root", str(root), "--check", "--runbook-base", base]) == 0
+    assert main(["--root", str(root), "--check"]) == 1
