@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -784,3 +785,24 @@ os._exit(0)  # nothing listens on port 9: skip the exit-time flush's retries
         check=False,
     )
     assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_store_that_cannot_load_is_a_configuration_error(tmp_path: Path) -> None:
+    """``configure(sink=...)`` where the store's modules do not import (a pyarrow that
+    refuses the environment's numpy): a bare ImportError traceback from deep in the package;
+    a ``ConfigurationError`` naming the option, the import error and what must import."""
+    from tests.processes import run_python
+
+    out = run_python(
+        "import sys\n"
+        "sys.modules['chaperone_otel.export._sink'] = None  # a store that cannot load\n"
+        "import chaperone_otel as c\n"
+        "try:\n"
+        "    c.configure(sink=sys.argv[1])\n"
+        "except c.ConfigurationError as e:\n"
+        "    print('refused:', e)\n",
+        tmp_path / "jobs.duckdb",
+    ).stdout
+    assert out.startswith("refused: sink="), out
+    assert "cannot be loaded" in out
+    assert "duckdb, pyarrow" in out

@@ -25,6 +25,7 @@ from . import _render as render
 from ._common import (
     DURATION,
     ENV_SINK,
+    LOADS,
     TOKEN_ENV,
     CliFailure,
     Exit,
@@ -766,7 +767,7 @@ def sink_serve(
     try:
         from ..sink._server import serve  # noqa: PLC0415
     except ImportError as exc:
-        fail(f"the sink server is not available in this build: {exc}", Exit.STORE)
+        fail(f"the sink server cannot be loaded: {exc} ({LOADS})", Exit.STORE)
     try:
         serve(
             db,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 
@@ -126,13 +126,17 @@ def store_target(db: str | None, url: str | None) -> str:
     return str(path)
 
 
+LOADS: Final = "duckdb, pyarrow and what they import must import in this environment"
+"""Why a store command's modules may not load (a pyarrow that refuses the installed numpy)."""
+
+
 @contextlib.contextmanager
 def open_store(target: str, *, read_only: bool = True) -> Iterator[Sink]:
     """Open the store, turning every failure to open it into a clean exit 3."""
     try:
         from ..sink import open_sink  # noqa: PLC0415 - duckdb loads only for store commands
     except ImportError as exc:  # the sink package is not installed/built yet
-        fail(f"the job store module is unavailable: {exc}", Exit.STORE)
+        fail(f"the job store cannot be loaded: {exc} ({LOADS})", Exit.STORE)
     try:
         sink = open_sink(target, read_only=read_only)
     except ChaperoneError as exc:

@@ -448,7 +448,14 @@ def _install(config: _Config, out: Setup) -> None:
         )
 
     if config.sink:
-        from ._sink import install_sink  # noqa: PLC0415
+        try:
+            from ._sink import install_sink  # noqa: PLC0415
+        except ImportError as e:  # e.g. a pyarrow that refuses this environment's numpy
+            raise _ConfigurationError(
+                f"sink={str(config.sink)!r}: the embedded job store cannot be loaded: {e}. "
+                "Its dependencies (duckdb, pyarrow and what they import) must import in "
+                "this environment"
+            ) from e
 
         # What `sink serve` stores from an OTLP sender's resource, stored here too: the
         # service of configure(service_name=), else of OTEL_SERVICE_NAME /

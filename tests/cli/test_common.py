@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
+
+import pytest
 
 from chaperone_otel.cli._common import unique_names
 from tests.cli._cli_helpers import Recorded, invoke
@@ -22,3 +26,22 @@ def test_sql_json_keeps_duplicate_column_names(recorded_store: Recorded) -> None
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [{"n": 1, "n_1": 2, "n_2": 3}]
+
+
+def test_a_store_that_cannot_load_says_why_and_what_must_import(
+    monkeypatch: pytest.MonkeyPatch, recorded_store: Recorded, tmp_path: Path
+) -> None:
+    """A pyarrow that refuses the environment's numpy (numpy < 2 pinned by another
+    package) made every store command say "the job store module is unavailable" and
+    ``sink serve`` "not available in this build", as though the install lacked it: exit 3,
+    naming the import error and what must import."""
+    monkeypatch.setitem(sys.modules, "chaperone_otel.sink", None)
+    monkeypatch.setitem(sys.modules, "chaperone_otel.sink._server", None)
+    for args in (
+        ["jobs", "--db", str(recorded_store.path)],
+        ["sink", "serve", "--db", str(tmp_path / "served.duckdb")],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 3, result.output
+        assert "cannot be loaded" in result.output
+        assert "duckdb, pyarrow" in result.output
