@@ -265,13 +265,14 @@ def finish_run(run: Run, exc: BaseException | None, status: str | None = None) -
             run.status = "completed"
         else:
             run.status = "cancelled" if _is_cancellation(exc) else "failed"
-        if exc is not None and run.status != "completed" and not isinstance(exc, GeneratorExit):
-            run.error_type = _error_type(exc)
-            run.error_message = _safe_str(exc)
-            if run.status == "failed":
-                run.error_stacktrace = _safe_traceback(exc)
         actions: list[Callable[[], object]] = []
         try:
+            ended_badly = run.status != "completed" and not isinstance(exc, GeneratorExit)
+            if exc is not None and ended_badly:
+                run.error_type = _error_type(exc)
+                run.error_message = _safe_str(exc)
+                if run.status == "failed":  # formatting a long traceback takes a while
+                    run.error_stacktrace = _safe_traceback(exc)
             actions = rt.judge(run, now)  # in the same locked section: the monitor sees it judged
         except Exception as error:
             internal_error("run.judge", error)
