@@ -351,7 +351,8 @@ class JobQuery(StepQuery["Sink"]):
         inner_order: list[str] = []
         limit: int | None = None
         exprs = select_exprs(policy) if not count else {}
-        steps = self._resolved_steps()
+        now = self.now  # once: the windows' bounds and $now are the same instant
+        steps = self._resolved_steps(now)
         for step in steps:
             render_step(sql, step, policy)
             if step[0] == "order" and not count:
@@ -382,7 +383,7 @@ class JobQuery(StepQuery["Sink"]):
                 where = f" WHERE rowid IN ({rows})"
             text = f"SELECT {columns} FROM jobs{where} ORDER BY {order_by}{cut}"
         if "$now" in text:
-            sql.params["now"] = self.now
+            sql.params["now"] = now
         return text, sql.params
 
     def _split_count(

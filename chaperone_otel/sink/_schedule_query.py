@@ -192,8 +192,8 @@ class ScheduleQuery(StepQuery[_SqlSink]):
     def sql(self) -> tuple[str, dict[str, Any]]:
         """The SELECT this query runs, with its named parameters."""
         sql = SqlBuilder()
-        sql.params["now"] = self.now
-        for step in self._resolved_steps():
+        now = sql.params["now"] = self.now  # once: the bounds and $now are one instant
+        for step in self._resolved_steps(now):
             kind = step[0]
             if kind == "state":
                 if step[1] not in SCHEDULE_PREDICATES:  # pragma: no cover - scopes only

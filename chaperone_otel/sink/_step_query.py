@@ -192,10 +192,10 @@ class StepQuery(Generic[_S]):
             )
         return relative_bound({"ago": age}, what)
 
-    def _resolved_steps(self) -> tuple[Step, ...]:
-        """:attr:`steps` with every relative :data:`Bound` measured from :attr:`now` (what
-        the SQL renders: the order of ``at()`` in the chain does not matter)."""
-        now = self.now
+    def _resolved_steps(self, now: float) -> tuple[Step, ...]:
+        """:attr:`steps` with every relative :data:`Bound` measured from ``now``, the
+        query's :attr:`now` read once for the whole rendering (what the SQL renders: the
+        order of ``at()`` in the chain does not matter; the bounds and ``$now`` agree)."""
         out: list[Step] = []
         for step in self._steps:
             if step[0] == self._WINDOW:
