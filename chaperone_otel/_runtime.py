@@ -5,8 +5,8 @@ live runs (at least once a second) and, for each run:
 
 1. samples resources (process RSS and fds; thread or process CPU) every ``sample_interval``;
 2. checks limits and the deadline, recording each violation once per limit type and applying
-   the run's policy (``warn`` logs; ``cancel`` arms ``JobLimitExceeded`` for the run's next
-   heartbeat and cancels an async run's task);
+   the run's policy (``warn`` logs, in the run's span context; ``cancel`` arms
+   ``JobLimitExceeded`` for the run's next heartbeat and cancels an async run's task);
 3. flushes at most one heartbeat record per flush period, carrying the calls coalesced since
    the last one — or, if the job's code said nothing, a *liveness* record (the process
    vouches for the run; the sink tells hung from lost this way);
@@ -24,7 +24,6 @@ internal-error guard. After ``fork`` the child starts with no live runs and a fr
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -49,8 +48,6 @@ from ._safety import guarded_call as _bind
 from ._safety import handle_internal_errors, internal_error, kept_in_background
 from ._values import StuckTime
 from .exceptions import JobLimitExceeded
-
-logger = logging.getLogger("chaperone_otel")
 
 _MAX_WAIT = 1.0
 _MAX_PENDING_HOOKS = 10_000
@@ -511,7 +508,7 @@ class Runtime:
             run, sc.EVENT_JOB_VIOLATION, now, event, severity="WARN", body=f"{run.name}: {exceeded}"
         )
         if run.on_limit == "warn":
-            logger.warning("job %s (run %s): %s", run.name, run.id, exceeded)
+            self.writer.warning(run, "job %s (run %s): %s", run.name, run.id, exceeded)
         elif run.on_limit == "cancel" and run.cancel is None:
             arm_cancel(run, exceeded, self.live_runs())  # and the runs started inside it
             task, loop = run.task, run.loop

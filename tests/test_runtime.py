@@ -15,6 +15,7 @@ import pytest
 from chaperone_otel import JobLimitExceeded, heartbeat, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel.testing import Capture
+from tests.logbridge import bridged_logs, lines
 from tests.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -221,6 +222,48 @@ def test_a_memory_warning_speaks_in_mib(fast: Capture, caplog: pytest.LogCapture
     bodies = [r.body for r in fast.records if r.event_name == sc.EVENT_JOB_VIOLATION]
     assert bodies
     assert bodies[0].endswith(" MiB > 1.0 MiB")
+
+
+def test_a_warning_from_the_monitor_carries_the_runs_trace(fast: Capture) -> None:
+    """The ``warn`` policy's log line, written on the monitor thread, is logged in the run's
+    span context: an application bridging Python logging to OTel (the SDK's
+    ``LoggingHandler``) gets the run's trace and span ids on it. Before, it had the monitor
+    thread's context: no trace at all."""
+
+    @supervised(name="mem.warn.traced", memory_limit="1MiB", on_limit="warn")
+    def job() -> None:
+        def warned() -> list[object]:
+            heartbeat()
+            return lines(exported, "mem.warn.traced")
+
+        wait_until(warned, 10, "the warn policy's log line")
+
+    with bridged_logs() as exported:
+        job()
+        (line,) = lines(exported, "mem.warn.traced")
+    span = fast.last_run("mem.warn.traced").span
+    assert "memory limit exceeded" in str(line.body)
+    assert line.trace_id == span.context.trace_id != 0
+    assert line.span_id == span.context.span_id
+
+
+def test_a_timeout_warned_at_the_runs_end_carries_the_runs_trace() -> None:
+    """A run that ends past its deadline before a monitor pass saw it is warned about by
+    its own finish, on the job's thread, once the job's code has left the run: the line
+    still carries the run's span, not the enclosing request's."""
+    from chaperone_otel.testing import FakeClock, capture
+
+    clock = FakeClock()
+    with capture(clock=clock) as cap, bridged_logs() as exported:
+        tracer = cap.tracer_provider.get_tracer("tests")
+        with tracer.start_as_current_span("request") as request:
+            with supervised("overrun.warned", timeout=10, on_limit="warn"):
+                clock.advance(11)
+        (line,) = lines(exported, "overrun.warned")
+        span = cap.last_run("overrun.warned").span
+    assert "timeout limit exceeded" in str(line.body)
+    assert line.trace_id == span.context.trace_id
+    assert line.span_id == span.context.span_id != request.get_span_context().span_id
 
 
 def test_cpu_limit_thread_cpu(fast: Capture) -> None:

@@ -15,15 +15,19 @@ listener and test captures, all fed the same records). It is split by signal:
 interface is the runtime's whole contract with OTel: :meth:`~OTelWriter.start` (returns the
 span for the run to carry, opaque), :meth:`~OTelWriter.on_event` (a monitor event: span
 event and counts), :meth:`~OTelWriter.on_record` (a lifecycle record: log record),
-:meth:`~OTelWriter.heartbeats_missed` and :meth:`~OTelWriter.finish`.
+:meth:`~OTelWriter.heartbeats_missed`, :meth:`~OTelWriter.finish`, and
+:meth:`~OTelWriter.warning` (a log line about a run, in the run's span context).
 
 Only ``opentelemetry-api`` is used (the SDK, when installed, implements it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
 
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
@@ -34,6 +38,8 @@ from ._spans import SpanWriter, Started
 if TYPE_CHECKING:
     from .._config import Config
     from .._run import Run
+
+_logger = logging.getLogger("chaperone_otel")
 
 
 class OTelWriter:
@@ -99,6 +105,24 @@ class OTelWriter:
         self.instruments.heartbeats_missed.add(
             count, {sc.ATTR_JOB_NAME: run.name, sc.ATTR_JOB_QUEUE: run.queue}
         )
+
+    @staticmethod
+    def warning(run: Run, msg: str, *args: object) -> None:
+        """Log a WARNING about ``run`` (``msg % args``) to the ``chaperone_otel`` logger, in
+        the run's span context (on any thread).
+
+        An application that bridges Python logging to OTel (the SDK's ``LoggingHandler``,
+        opentelemetry-instrumentation-logging's ``otelTraceID``) reads the trace and span
+        ids from the current context when a line is logged: the monitor thread's has none,
+        and a finishing job's thread has left the run's (it has its caller's). The line
+        names the caller of this method as where it was logged."""
+        ctx = run.otel_context
+        token = None if ctx is None else otel_context.attach(ctx)
+        try:
+            _logger.warning(msg, *args, stacklevel=2)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     def flush_metrics(self) -> None:
         """Count queued run starts and ends and record their durations now."""
