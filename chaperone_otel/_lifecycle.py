@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import os
 import sys
 import threading
@@ -87,17 +86,18 @@ _attempts: dict[str, int] = {}
 :data:`_ATTEMPTS_KEPT` ids (generated uuid4 ids never repeat and are not kept)."""
 _attempts_lock = threading.Lock()
 _warned_names: set[str] = set()
-logger = logging.getLogger("chaperone_otel")
 
 
-def _claim_attempt(run: Run, *, execution_given: bool = False) -> None:
+def _claim_attempt(run: Run, *, execution_given: bool = False) -> int | None:
     """Make ``(run.id, run.attempt)`` one no other run of this process has used.
 
     The store keeps one row per (run id, attempt), from its highest-sequence record: a second
     run under a key already used (``supervision_id="my-job"`` twice, a retry without
     ``attempt=``) replaced or lost the first, silently (issue 12). A reused key becomes the
     next attempt of the id, whether the earlier run has finished or is still running, and
-    the first reuse per job name is logged.
+    the first reuse per job name is logged: returns the attempt asked for then, for
+    :func:`start_run` to log once the run's span has started (the line is the new
+    attempt's, in its trace), else None.
 
     ``execution_given``: the caller named this start's execution (a framework's delivery:
     ``start_run(execution_id=...)``). A second execution of the same attempt (a redelivered
@@ -118,16 +118,7 @@ def _claim_attempt(run: Run, *, execution_given: bool = False) -> None:
         warn = reused and run.name not in _warned_names and len(_warned_names) < 1000
         if warn:
             _warned_names.add(run.name)
-    if warn:
-        logger.warning(
-            "job %s: run id %r attempt %d was already used in this process; recorded as "
-            "attempt %d. Pass a unique supervision_id per run, or attempt= for a retry "
-            "(logged once per job name)",
-            run.name,
-            run.id,
-            wanted,
-            run.attempt,
-        )
+    return wanted if warn else None
 
 
 def forget_attempts() -> None:
@@ -157,8 +148,9 @@ def start_run(
         attempt=attempt,
         execution_id=execution_id,
     )
+    reused = None
     if run_id is not None or spec.supervision_id is not None:
-        _claim_attempt(run, execution_given=execution_id is not None)
+        reused = _claim_attempt(run, execution_given=execution_id is not None)
     enclosing = current_run.get()
     if enclosing is not None and enclosing._run.pid == run.pid:  # not a forked parent's run
         run.parent = enclosing._run  # the run whose code started this one: its parent
@@ -170,6 +162,17 @@ def start_run(
         )
     except Exception as exc:
         internal_error("run.start", exc)
+    if reused is not None:
+        rt.writer.warning(
+            run,
+            "job %s: run id %r attempt %d was already used in this process; recorded as "
+            "attempt %d. Pass a unique supervision_id per run, or attempt= for a retry "
+            "(logged once per job name)",
+            run.name,
+            run.id,
+            reused,
+            run.attempt,
+        )
     if bind_thread:
         run.cpu_clock = _thread_cpu_clock()
     run.status = "running"

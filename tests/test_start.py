@@ -15,6 +15,7 @@ import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.testing import capture
+from tests.logbridge import bridged_logs, lines
 
 
 class _Cause(Exception):
@@ -123,6 +124,23 @@ def test_start_run_rejects_invalid_options(options: dict[str, object], match: st
     """Misuse raises at once, before any run starts."""
     with pytest.raises(ConfigurationError, match=match):
         chaperone.start_run("tasks.x", **options)  # type: ignore[arg-type]
+
+
+def test_a_reused_run_id_is_logged_in_the_new_attempts_trace() -> None:
+    """The line saying a run id was used already (recorded as the next attempt) is about
+    the new attempt and carries its span, for an application bridging Python logging to
+    OTel. Before, it was logged before the run's span started: with the caller's context
+    (here none)."""
+    with capture() as cap, bridged_logs() as exported:
+        chaperone.start_run("tasks.reused", run_id="same").finish()
+        again = chaperone.start_run("tasks.reused", run_id="same")
+        again.finish()
+        (line,) = lines(exported, "already used")
+        span = cap.run("same").span
+    assert again.attempt == 2
+    assert span.attributes[sc.ATTR_JOB_ATTEMPT] == 2
+    assert line.trace_id == span.context.trace_id != 0
+    assert line.span_id == span.context.span_id
 
 
 def test_a_second_execution_of_an_attempt_keeps_its_attempt_and_clears_its_pending_row(
