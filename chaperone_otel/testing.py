@@ -220,12 +220,17 @@ class Capture:
             InMemorySpanExporter,
         )
 
+        from .export._providers import no_record_limits, no_span_limits  # noqa: PLC0415
+
         self.clock = clock
         self.span_exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
+        # The limits of the providers configure() creates (none), not the SDK's defaults
+        # read from the developer's environment: OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=32 cut
+        # the captured run ids (a run's span was not found) and metadata JSON.
+        self.tracer_provider = TracerProvider(span_limits=no_span_limits())
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
         self.log_exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
-        self.logger_provider = LoggerProvider()
+        self.logger_provider = LoggerProvider(log_record_limits=no_record_limits())
         self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_exporter))
         self.metric_reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.metric_reader])

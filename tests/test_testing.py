@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 
 from chaperone_otel import _setup, supervised
+from chaperone_otel import semconv as sc
 from chaperone_otel._runtime import runtime
 from chaperone_otel.testing import Capture, capture
 
@@ -52,6 +55,51 @@ def test_a_capture_warns_when_the_sdk_is_disabled(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     with pytest.warns(RuntimeWarning, match="OTEL_SDK_DISABLED"), capture():
         pass
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "32"},
+        {"OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT": "20"},
+        {"OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT": "10"},
+        {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5"},
+    ],
+)
+def test_the_sdk_limits_in_the_environment_do_not_cut_what_a_capture_holds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limits: dict[str, str]
+) -> None:
+    """A developer's ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_*ATTRIBUTE_COUNT_LIMIT``
+    do not cut the capture's spans and log records, as they do not cut those of the
+    providers ``configure()`` creates: the run id, name and a long metadata value come
+    back whole. Before, the capture's providers read the limits: the span's run id was cut
+    (``cap.run(id).span`` was None), the records' metadata was not JSON, and past the count
+    the run id was gone; and configure() warned about the capture's own provider."""
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    name = "billing.nightly.reconcile_invoices"
+    file = "s3://bucket/exports/2024/06/" + "invoices-0001-" * 20 + ".csv"
+    with caplog.at_level(logging.WARNING, logger="chaperone_otel"), capture() as cap:
+        with supervised(name, queue="billing") as run:
+            run.heartbeat(file=file)
+        captured = cap.run(run.id)
+        records = cap.log_records()
+    assert captured.metadata == {"file": file}
+    assert captured.span is not None
+    span_attributes = dict(captured.span.attributes)
+    assert span_attributes[sc.ATTR_JOB_RUN_ID] == run.id
+    assert len(run.id) == 36  # a whole UUID
+    assert span_attributes[sc.ATTR_JOB_NAME] == name
+    assert span_attributes[sc.ATTR_JOB_QUEUE] == "billing"
+    assert span_attributes[sc.ATTR_JOB_STATUS] == "completed"  # set last: not evicted
+    attributes = [dict(r.log_record.attributes) for r in records]
+    assert attributes
+    assert all(a.get(sc.ATTR_JOB_RUN_ID) == run.id for a in attributes)
+    assert all(a.get(sc.ATTR_JOB_NAME) == name for a in attributes)
+    metadata = [json.loads(a[sc.ATTR_METADATA]) for a in attributes if sc.ATTR_METADATA in a]
+    assert metadata
+    assert metadata[-1] == {"file": file}
+    assert not [r for r in caplog.records if "LoggerProvider" in r.getMessage()]
 
 
 def test_a_capture_sees_the_schedules_declared_before_it_and_keeps_them() -> None:

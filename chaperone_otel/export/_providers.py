@@ -6,7 +6,7 @@ a provider is created, and installed as the OTel global, only for a signal somet
 environment implies is not added to the application's providers, whose own pipeline
 exports chaperone-otel's telemetry (:func:`skip_implied`). The providers created here get
 no attribute limits: a record or span cut by ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` names
-another run.
+another run (``testing.Capture`` gives its own providers the same limits).
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def skip_implied(
     return otlp - skipped
 
 
-def _no_record_limits() -> LogRecordLimits:
-    """The limits of the ``LoggerProvider`` ``configure()`` creates: none, whatever
-    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_*ATTRIBUTE_COUNT_LIMIT`` say (the SDK
-    reads them when no limits are given). Cut, a lifecycle record's run id named another
-    run, its metadata was not JSON, and past the count the SDK dropped the run id and name
-    (the oldest attributes) first. The direct path (``_fast_logs``) reads the same limits."""
+def no_record_limits() -> LogRecordLimits:
+    """The limits of the ``LoggerProvider`` ``configure()`` creates (and a test capture's):
+    none, whatever ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_*ATTRIBUTE_COUNT_LIMIT``
+    say (the SDK reads them when no limits are given). Cut, a lifecycle record's run id
+    named another run, its metadata was not JSON, and past the count the SDK dropped the
+    run id and name (the oldest attributes) first. The direct path (``_fast_logs``) reads
+    the same limits."""
     unset = LogRecordLimits.UNSET
     return LogRecordLimits(
         max_attributes=unset,
@@ -72,10 +73,10 @@ def _no_record_limits() -> LogRecordLimits:
     )
 
 
-def _no_span_limits() -> SpanLimits:
-    """The span attribute limits of the ``TracerProvider`` ``configure()`` creates: none
-    (as :func:`_no_record_limits`: a cut run id names another run). Events and links keep
-    the SDK's bounds."""
+def no_span_limits() -> SpanLimits:
+    """The span attribute limits of the ``TracerProvider`` ``configure()`` creates (and a
+    test capture's): none (as :func:`no_record_limits`: a cut run id names another run).
+    Events and links keep the SDK's bounds."""
     unset = SpanLimits.UNSET
     return SpanLimits(max_span_attributes=unset, max_span_attribute_length=unset)
 
@@ -84,12 +85,12 @@ _SDK_PROVIDERS: Final[dict[str, tuple[type[Any], Callable[[Any], None], Callable
     "traces": (
         TracerProvider,
         trace.set_tracer_provider,
-        lambda resource: TracerProvider(resource=resource, span_limits=_no_span_limits()),
+        lambda resource: TracerProvider(resource=resource, span_limits=no_span_limits()),
     ),
     "logs": (
         LoggerProvider,
         _logs.set_logger_provider,
-        lambda resource: LoggerProvider(resource=resource, log_record_limits=_no_record_limits()),
+        lambda resource: LoggerProvider(resource=resource, log_record_limits=no_record_limits()),
     ),
     "metrics": (
         MeterProvider,
