@@ -572,9 +572,10 @@ def prune(older_than: float, db: str | None, as_json: bool) -> None:
     A run goes when its latest record of any kind is older than AGE; a schedule, with its
     slots and dispatches, when nothing declared, ran or dispatched it for AGE. A run still reporting
     is kept, however long ago it started; a lost run (still running, its process silent) is
-    deleted once it has been silent that long. When `sink serve` owns the store, this goes
-    through its query API; an application with the embedded sink refuses (stop it, or call
-    sink.prune(...) in that process).
+    deleted once it has been silent that long. It prints how many runs it deleted and how
+    many schedules it retired (--json: "deleted", "schedules_retired"). When `sink serve`
+    owns the store, this goes through its query API; an application with the embedded sink
+    refuses (stop it, or call sink.prune(...) in that process).
     """
     from datetime import timedelta  # noqa: PLC0415
 
@@ -582,11 +583,12 @@ def prune(older_than: float, db: str | None, as_json: bool) -> None:
     if target.startswith(("http://", "https://")):
         fail("prune needs a store file (--db PATH), not a URL", Exit.USAGE)
     with open_store(target, read_only=False) as sink:
-        deleted = query("prune", lambda: sink.prune(timedelta(seconds=older_than)))
+        pruned = query("prune", lambda: sink.prune(timedelta(seconds=older_than)))
+    runs, retired, age = int(pruned), pruned.schedules_retired, render.fmt_duration(older_than)
     if as_json:
-        dump_json({"deleted": deleted, "older_than_seconds": older_than})
+        dump_json({"deleted": runs, "schedules_retired": retired, "older_than_seconds": older_than})
     else:
-        click.echo(f"pruned {deleted} run(s) older than {render.fmt_duration(older_than)}")
+        click.echo(f"pruned {runs} run(s) older than {age}; retired {retired} schedule(s)")
 
 
 _GRACE = 5.0

@@ -24,8 +24,8 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     ``max_rows``, ``max_bytes`` in the body lower them). ``format=arrow`` (query string)
     returns an Arrow IPC stream, with ``truncated`` in the schema metadata.
 ``POST /api/prune``
-    ``{"older_than": "30d"}`` → ``{"deleted": n}``, where the owner allows writes (the sink
-    server does), else 403.
+    ``{"older_than": "30d"}`` → ``{"deleted": n, "schedules_retired": m}`` (runs deleted,
+    schedules retired), where the owner allows writes (the sink server does), else 403.
 ``POST /api/schedules/forget``
     ``{"name": "nightly"}`` → ``{"forgotten": true | false}``: the schedule, its slots and
     dispatches deleted; allowed as prune is.
@@ -694,7 +694,8 @@ def query_routes(
         older_than = payload.get("older_than")
         if not isinstance(older_than, (str, int, float)) or isinstance(older_than, bool):
             raise _BadRequest('body must be {"older_than": "30d"}')
-        return _JSON({"deleted": sink().prune(duration_seconds(older_than, "older_than"))})
+        pruned = sink().prune(duration_seconds(older_than, "older_than"))
+        return _JSON({"deleted": int(pruned), "schedules_retired": pruned.schedules_retired})
 
     def forget(request: Request, payload: dict[str, Any]) -> Response:
         if not allow_prune:

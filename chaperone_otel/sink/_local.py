@@ -33,13 +33,14 @@ from ._results import (
     ErrorRecord,
     HeartbeatRecord,
     JobRecord,
+    PruneResult,
     SqlResult,
     ViolationRecord,
     _json_obj,
     _utc,
     arrow_timestamps,
 )
-from ._schedule_store import FORGET_FOUND, FORGET_SCHEDULE, PRUNE_SCHEDULES
+from ._schedule_store import FORGET_FOUND, FORGET_SCHEDULE, prune_schedules
 from ._schema import PRUNE_TOTALS, predicate
 from ._store import (
     Store,
@@ -386,12 +387,20 @@ class LocalSink(Sink):
                     cur.execute("ROLLBACK")
         return SqlResult(names, rows, truncated)
 
-    def prune(self, older_than: timedelta | str | float) -> int:
+    def prune(self, older_than: timedelta | str | float) -> PruneResult:
         """Delete runs whose latest record (any kind) is older than ``older_than``, with
         their heartbeats, errors and violations. A run still reporting is kept however old
         its last record is (a running run with a long interval is healthy, not stale): a
         running or pending run is deleted only once it is *lost* (its process silent for
         more than ``lost_after`` intervals, the same rule as the ``lost()`` scope).
+
+        It also retires the schedules with no declaration, run or dispatch since the
+        cutoff (with their slots and dispatches), and deletes older slots and dispatches
+        (each schedule keeps its newest slot).
+
+        Returns:
+            The number of runs deleted, an ``int`` whose ``schedules_retired`` is the
+            number of schedules retired (:class:`PruneResult`).
 
         Raises:
             SinkError: the sink is read-only, or the delete failed.
@@ -432,10 +441,7 @@ class LocalSink(Sink):
                         )
                     found = cur.execute("SELECT count(*) FROM chaperone_doomed").fetchone()
                     cur.execute("DROP TABLE chaperone_doomed")
-                    for statement in PRUNE_SCHEDULES:  # old slots, retired schedules
-                        cur.execute(
-                            statement, {"cutoff": cutoff} if "$cutoff" in statement else None
-                        )
+                    retired = prune_schedules(cur, cutoff)  # old slots, retired schedules
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -449,7 +455,7 @@ class LocalSink(Sink):
             raise SinkError(f"prune of {self.path} failed: {e}") from e
         finally:
             cur.close()
-        return int(found[0]) if found else 0
+        return PruneResult(int(found[0]) if found else 0, retired)
 
     def forget_schedule(self, name: str) -> bool:
         """Remove the schedule ``name`` from the store: its declaration, slots and

@@ -41,6 +41,7 @@ from ._results import (
     ErrorRecord,
     HeartbeatRecord,
     JobRecord,
+    PruneResult,
     ViolationRecord,
     select_exprs,
 )
@@ -559,8 +560,10 @@ class Sink(abc.ABC):
         """Run one read-only SQL statement; returns (column names, rows)."""
 
     @abc.abstractmethod
-    def prune(self, older_than: timedelta | str | float) -> int:
-        """Delete runs whose latest record is older than ``older_than``; returns how many."""
+    def prune(self, older_than: timedelta | str | float) -> PruneResult:
+        """Delete runs whose latest record is older than ``older_than`` and retire the
+        schedules with no sign of life since; returns how many runs went, as an ``int``
+        whose ``schedules_retired`` says how many schedules went (:class:`PruneResult`)."""
 
     def forget_schedule(self, name: str) -> bool:
         """Remove the schedule ``name`` with its slots and dispatches (a renamed or removed

@@ -40,6 +40,7 @@ from ._results import (
     ErrorRecord,
     HeartbeatRecord,
     JobRecord,
+    PruneResult,
     SqlResult,
     ViolationRecord,
     arrow_timestamps,
@@ -334,10 +335,12 @@ class RemoteSink(Sink):
         truncated = (table.schema.metadata or {}).get(b"truncated")
         return SqlResult(columns, rows, truncated.decode() if truncated else None)
 
-    def prune(self, older_than: timedelta | str | float) -> int:
-        """Ask the owner to prune (the sink server allows it; an embedded owner may not)."""
+    def prune(self, older_than: timedelta | str | float) -> PruneResult:
+        """Ask the owner to prune (the sink server allows it; an embedded owner may not).
+        Returns the runs it deleted and the schedules it retired, as a local sink does."""
         value = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
-        return int(self._json("POST", "/api/prune", body={"older_than": value})["deleted"])
+        found = self._json("POST", "/api/prune", body={"older_than": value})
+        return PruneResult(int(found["deleted"]), int(found["schedules_retired"]))
 
     def forget_schedule(self, name: str) -> bool:
         """Ask the owner to forget the schedule ``name`` (as :meth:`prune`: the sink server

@@ -198,6 +198,39 @@ class SqlResult(tuple[list[str], list[tuple[Any, ...]]]):
         return self[1]
 
 
+class PruneResult(int):
+    """What ``sink.prune()`` returns: the number of runs deleted (an ``int``, as it always
+    was), plus :attr:`schedules_retired`.
+
+    An ``int`` subclass, as :class:`SqlResult` is a tuple: code that compares, adds or
+    prints the runs count keeps working, and the schedule count is one attribute away.
+
+    Attributes:
+        schedules_retired: schedules prune removed, with their slots and dispatches, for
+            having no declaration, run or dispatch since its cutoff.
+
+    .. versionadded:: 0.1
+    """
+
+    schedules_retired: int
+
+    def __new__(cls, runs: int, schedules_retired: int = 0) -> PruneResult:
+        self = super().__new__(cls, runs)
+        self.schedules_retired = schedules_retired
+        return self
+
+    @property
+    def runs(self) -> int:
+        """Runs deleted (the value of this ``int``)."""
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"PruneResult(runs={int(self)}, schedules_retired={self.schedules_retired})"
+
+    def __str__(self) -> str:  # the runs count, as before: repr() alone is the long form
+        return str(int(self))
+
+
 def _converter(f: RunField) -> Callable[[Any], Any] | None:
     """How a stored or JSON value becomes the record field's Python value (None: as is)."""
     if f.kind is Kind.TIME:

@@ -72,6 +72,8 @@ FORGET_FOUND: Final = (
 )
 """Non-zero when the store has anything of the schedule ``$name`` to forget."""
 
+_RETIRED_COUNT: Final = "SELECT count(*) FROM chaperone_retired"
+
 PRUNE_SCHEDULES: Final = (
     # A schedule with no sign of life since the cutoff is retired, with its slots and
     # dispatches: not declared since (a live declaring process re-declares at configure()
@@ -83,6 +85,7 @@ PRUNE_SCHEDULES: Final = (
     "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.schedule = s.name) "
     "AND NOT EXISTS (SELECT 1 FROM schedule_dispatches d "
     "WHERE d.schedule = s.name AND d.dispatched_at >= $cutoff)",
+    _RETIRED_COUNT,
     "DELETE FROM schedule_slots WHERE schedule IN (SELECT name FROM chaperone_retired)",
     "DELETE FROM schedule_dispatches WHERE schedule IN (SELECT name FROM chaperone_retired)",
     "DELETE FROM schedules WHERE name IN (SELECT name FROM chaperone_retired)",
@@ -94,7 +97,19 @@ PRUNE_SCHEDULES: Final = (
     "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
 )
 """What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp), after
-it deleted the old runs, in the same transaction."""
+it deleted the old runs, in the same transaction (:func:`prune_schedules` runs them)."""
+
+
+def prune_schedules(cur: Any, cutoff: datetime) -> int:
+    """Run :data:`PRUNE_SCHEDULES` on ``cur`` (inside prune's transaction) with the naive
+    UTC ``cutoff``. Returns the number of schedules retired."""
+    retired = 0
+    for statement in PRUNE_SCHEDULES:
+        found = cur.execute(statement, {"cutoff": cutoff} if "$cutoff" in statement else None)
+        if statement is _RETIRED_COUNT:
+            row = found.fetchone()
+            retired = int(row[0]) if row else 0
+    return retired
 
 
 def _ts(epoch: float) -> datetime:

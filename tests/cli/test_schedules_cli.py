@@ -6,11 +6,12 @@ import json
 import time
 from pathlib import Path
 
+from chaperone_otel import semconv as sc
 from chaperone_otel._schedule import declaration_record
 from chaperone_otel._schedules import make_schedule
 from chaperone_otel.sink._schedule_store import evaluate
 from tests.cli._cli_helpers import invoke
-from tests.sink.store_factory import store_writer, write_all
+from tests.sink.store_factory import lifecycle, store_writer, write_all
 
 
 def _store(path: Path) -> None:
@@ -76,3 +77,37 @@ def test_forget_removes_a_schedule_and_exits_1_when_there_is_none(tmp_path: Path
     assert refused.exit_code == 2, refused.output
     assert invoke("schedules", "--missed", "forget", "fresh", "--db", str(db)).exit_code == 2
     assert invoke("schedules", "forget", "--db", str(db)).exit_code == 2  # NAME is required
+
+
+def _old_store(path: Path) -> None:
+    """'gone' (declared 30 days ago, its one run 20 days ago) and 'fresh' (declared now)."""
+    now = time.time()
+    with store_writer(path) as (writer, _sink):
+        write_all(
+            writer,
+            [
+                declaration_record(make_schedule("gone", interval=3600), now - 30 * 86400),
+                declaration_record(make_schedule("fresh", interval=3600), now - 5),
+                *lifecycle("r-old", start=now - 20 * 86400, **{sc.ATTR_SCHEDULE_NAME: "gone"}),
+            ],
+        )
+
+
+def test_prune_prints_the_runs_deleted_and_the_schedules_retired(tmp_path: Path) -> None:
+    """`prune` says how many schedules it retired beside the runs it deleted: in its text
+    line and as "schedules_retired" in --json ("deleted" stays the runs)."""
+    text_db, json_db = tmp_path / "text.duckdb", tmp_path / "json.duckdb"
+    _old_store(text_db)
+    _old_store(json_db)
+    result = invoke("prune", "--older-than", "7d", "--db", str(text_db))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "pruned 1 run(s) older than 7d00h; retired 1 schedule(s)\n"
+    result = invoke("prune", "--older-than", "7d", "--db", str(json_db), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "deleted": 1,
+        "schedules_retired": 1,
+        "older_than_seconds": 7 * 86400,
+    }
+    listed = invoke("schedules", "--db", str(json_db), "--json")
+    assert {r["schedule"] for r in json.loads(listed.stdout)} <= {"fresh"}

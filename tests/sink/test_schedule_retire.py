@@ -6,6 +6,7 @@ files; the owner's query API is a real server."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from chaperone_otel.sink._schedule_store import evaluate
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import acquire
 from chaperone_otel.sink._writer import Writer
+from tests.cli._cli_helpers import invoke
 
+from .serve_process import ServeProcess, request
 from .store_factory import T0, store_writer, write_all
 from .test_schedules import run
 
@@ -187,3 +190,66 @@ def test_forget_over_the_sink_servers_api_needs_its_token(
         assert embedded.sql("SELECT name FROM schedules")[1] == [("report-new",)]
     finally:
         owner.close()
+
+
+def test_prune_says_how_many_runs_it_deleted_and_schedules_it_retired(tmp_path: Path) -> None:
+    """prune returns the runs it deleted as before (an int: compared and printed as one)
+    and, as schedules_retired, the schedules it retired: 'report-old', whose last run went
+    with the old runs; 'report-new' stays. A second prune deletes and retires nothing."""
+    now = time.time()
+    path = tmp_path / "n.duckdb"
+    _renamed(path, now)
+    with store_writer(path) as (writer, _sink):
+        run(writer, "old-1", now - 20 * DAY, schedule="report-old")
+        run(writer, "old-2", now - 10 * DAY)
+        run(writer, "recent", now - HOUR, schedule="report-new")
+    sink = writable(path)
+    try:
+        pruned = sink.prune("7d")
+        assert isinstance(pruned, int)
+        assert pruned == pruned.runs == 2
+        assert pruned.schedules_retired == 1
+        assert str(pruned) == f"{pruned}" == "2"
+        assert repr(pruned) == "PruneResult(runs=2, schedules_retired=1)"
+        assert rows(sink, NAMES) == {"report-new": 1}
+        again = sink.prune("7d")
+        assert (again, again.schedules_retired) == (0, 0)
+    finally:
+        sink.close()
+
+
+def test_prune_over_sink_serve_says_how_many_schedules_it_retired(tmp_path: Path) -> None:
+    """Against a real `sink serve` owning the store: its POST /api/prune answers the runs
+    deleted and the schedules retired; RemoteSink.prune returns both as a local sink does;
+    `chaperone-otel prune --db PATH` (through the server's API) prints both, in text and
+    JSON. Each call retires the one schedule (and deletes the one run) its age reaches."""
+    now = time.time()
+    path = tmp_path / "served.duckdb"
+    with store_writer(path) as (writer, _sink):
+        for days in (40, 20, 10):
+            declare(writer, f"gone-{days}d", now - days * DAY, interval=HOUR, grace=60)
+            run(writer, f"r{days}", now - days * DAY + 60, schedule=f"gone-{days}d")
+        declare(writer, "live", now - 60, interval=HOUR, grace=60)
+    with ServeProcess(path) as server:
+        status, body, _ = request(
+            server.port,
+            "POST",
+            "/api/prune",
+            body=b'{"older_than": "30d"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 200, body
+        assert json.loads(body) == {"deleted": 1, "schedules_retired": 1}
+        pruned = RemoteSink(server.url).prune("15d")
+        assert (pruned, pruned.runs, pruned.schedules_retired) == (1, 1, 1)
+        result = invoke("prune", "--db", str(path), "--older-than", "5d", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {
+            "deleted": 1,
+            "schedules_retired": 1,
+            "older_than_seconds": 5 * DAY,
+        }
+        result = invoke("prune", "--db", str(path), "--older-than", "5d")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "pruned 0 run(s) older than 5d00h; retired 0 schedule(s)\n"
+        assert RemoteSink(server.url).sql("SELECT name FROM schedules")[1] == [("live",)]
