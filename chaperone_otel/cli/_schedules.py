@@ -139,7 +139,8 @@ def schedules(
 def forget(ctx: click.Context, /, name: str, db: str | None, as_json: bool) -> None:
     """Remove the schedule NAME, its slots and dispatches (a renamed or removed entry).
 
-    Its alerts resolve and its /metrics series go. A process that still declares it
+    Its alerts resolve and its /metrics series go. A declaration made before now and
+    delivered later (a delayed OTLP batch) is ignored; a process that still declares it
     declares it again, and it starts afresh. Exit 1 if the store has no such schedule.
     When `sink serve` owns the store, this goes through its query API (with its token); an
     application with the embedded sink refuses (exit 3): stop it, or call

@@ -28,7 +28,8 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     schedules retired), where the owner allows writes (the sink server does), else 403.
 ``POST /api/schedules/forget``
     ``{"name": "nightly"}`` → ``{"forgotten": true | false}``: the schedule, its slots and
-    dispatches deleted; allowed as prune is.
+    dispatches deleted, and a tombstone kept so that a declaration made before the forget
+    and delivered after it is ignored; allowed as prune is.
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 

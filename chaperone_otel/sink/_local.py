@@ -40,7 +40,7 @@ from ._results import (
     _utc,
     arrow_timestamps,
 )
-from ._schedule_store import FORGET_FOUND, FORGET_SCHEDULE, prune_schedules
+from ._schedule_store import forget, prune_schedules
 from ._schema import PRUNE_TOTALS, predicate
 from ._store import (
     Store,
@@ -460,8 +460,9 @@ class LocalSink(Sink):
     def forget_schedule(self, name: str) -> bool:
         """Remove the schedule ``name`` from the store: its declaration, slots and
         dispatches (its runs stay, as runs). Its alerts resolve and its ``/metrics`` series
-        go; declared again (a process still declaring it), it starts afresh from that
-        declaration.
+        go. A declaration (or dispatch) of it made before now that arrives later (a delayed
+        OTLP batch) is ignored; declared after now (a process still declaring it), it
+        starts afresh from that declaration.
 
         Returns:
             True if the store had the schedule (or slots or dispatches of it).
@@ -482,9 +483,7 @@ class LocalSink(Sink):
             with self._store.write_lock:
                 cur.execute("BEGIN TRANSACTION")
                 try:
-                    found = cur.execute(FORGET_FOUND, {"name": name}).fetchone()
-                    for statement in FORGET_SCHEDULE:
-                        cur.execute(statement, {"name": name})
+                    found = forget(cur, name, time.time())
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -493,7 +492,7 @@ class LocalSink(Sink):
             raise SinkError(f"forgetting schedule {name!r} in {self.path} failed: {e}") from e
         finally:
             cur.close()
-        return bool(found and found[0])
+        return found
 
     def close(self) -> None:
         if not self._closed:

@@ -567,7 +567,9 @@ class Sink(abc.ABC):
 
     def forget_schedule(self, name: str) -> bool:
         """Remove the schedule ``name`` with its slots and dispatches (a renamed or removed
-        schedule); True if the store had it. A writable sink's (see :class:`LocalSink`)."""
+        schedule); True if the store had it. A declaration made before the forget and
+        delivered after it is ignored; a later one declares it afresh. A writable sink's
+        (see :class:`LocalSink`)."""
         raise SinkError(f"{type(self).__name__} cannot forget schedules")
 
     @abc.abstractmethod

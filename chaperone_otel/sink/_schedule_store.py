@@ -17,10 +17,14 @@ that did not run cannot report that it did not:
   after the previous slot fell due, when it was missed) and opens there.
 * :class:`ScheduleEvaluator` runs :func:`evaluate` once a second on its own thread, under the
   store's write lock (the writer thread holds it for each transaction).
-* A schedule leaves the store when it is forgotten (:data:`FORGET_SCHEDULE`,
+* A schedule leaves the store when it is forgotten (:func:`forget`,
   ``sink.forget_schedule(name)``) or retired by ``prune`` (:data:`PRUNE_SCHEDULES`: no
   declaration, run or dispatch since the cutoff), with its slots and dispatches; declared
-  again, it starts afresh from that declaration.
+  again, it starts afresh from that declaration. Forgetting leaves a tombstone
+  (``forgotten_schedules``): a declaration or dispatch made by then that arrives later (a
+  delayed OTLP batch, a process that declared it before the operator forgot it) is
+  ignored, so only a newer declaration brings the schedule back (and removes the
+  tombstone). ``prune`` drops the tombstones older than its cutoff.
 
 The states themselves are not stored: they depend on the time of the question, and are
 judged at query time from these rows (``_schedule_sql``).
@@ -29,6 +33,7 @@ judged at query time from these rows (``_schedule_sql``).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,12 +63,20 @@ MATCH_WINDOW: Final = 7 * 86400.0
 
 
 FORGET_SCHEDULE: Final = (
+    # The tombstone first, while the schedule's row is there: it covers the forget's time
+    # ($at, the store's clock) and the latest declaration stored, whichever is later, so a
+    # declaring process whose clock is ahead of the store's is not let back in by its own
+    # delayed declarations from before the forget.
+    "DELETE FROM forgotten_schedules WHERE name = $name",
+    "INSERT INTO forgotten_schedules SELECT $name, greatest($at, "
+    "coalesce((SELECT max(declared_at) FROM schedules WHERE name = $name), $at))",
     "DELETE FROM schedule_slots WHERE schedule = $name",
     "DELETE FROM schedule_dispatches WHERE schedule = $name",
     "DELETE FROM schedules WHERE name = $name",
 )
-"""What forgetting the schedule ``$name`` deletes: its row, slots and dispatches (its runs
-stay: they are runs like any other, pruned by age)."""
+"""What forgetting the schedule ``$name`` at ``$at`` (a naive UTC timestamp) does: its row,
+slots and dispatches deleted (its runs stay: they are runs like any other, pruned by age),
+and its tombstone written."""
 
 FORGET_FOUND: Final = (
     "SELECT (SELECT count(*) FROM schedules WHERE name = $name) "
@@ -95,6 +108,9 @@ PRUNE_SCHEDULES: Final = (
     "DELETE FROM schedule_slots s WHERE due_at < $cutoff AND due_at < "
     "(SELECT max(x.due_at) FROM schedule_slots x WHERE x.schedule = s.schedule)",
     "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
+    # A declaration older than the cutoff arriving after this would make a schedule that
+    # the next prune retires again: such tombstones have done their part.
+    "DELETE FROM forgotten_schedules WHERE forgotten_at < $cutoff",
 )
 """What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp), after
 it deleted the old runs, in the same transaction (:func:`prune_schedules` runs them)."""
@@ -112,6 +128,23 @@ def prune_schedules(cur: Any, cutoff: datetime) -> int:
     return retired
 
 
+def forget(cur: Any, name: str, at: float) -> bool:
+    """Forget the schedule ``name`` at ``at`` (Unix seconds, the store's clock) with
+    :data:`FORGET_SCHEDULE`, inside the caller's transaction. Returns True if the store had
+    the schedule (or slots or dispatches of it)."""
+    found = cur.execute(FORGET_FOUND, {"name": name}).fetchone()
+    for statement in FORGET_SCHEDULE:
+        params = {"name": name, "at": _ts(at)} if "$at" in statement else {"name": name}
+        cur.execute(statement, params)
+    return bool(found and found[0])
+
+
+def _forgotten(cur: Any) -> dict[str, float]:
+    """Each forgotten schedule's tombstone: name → Unix seconds."""
+    rows = cur.execute("SELECT name, forgotten_at FROM forgotten_schedules").fetchall()
+    return {name: _epoch(at) or 0.0 for name, at in rows}
+
+
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None)
 
@@ -124,19 +157,25 @@ def _epoch(value: datetime | None) -> float | None:
 
 def store_declarations(cur: Any, records: Sequence[LifecycleRecord]) -> None:
     """Upsert the declared schedules and insert the dispatches (inside the caller's
-    transaction)."""
+    transaction). A record of a forgotten schedule made at or before its tombstone is
+    ignored; a declaration made after it declares the schedule afresh."""
+    forgotten = _forgotten(cur)
     newest: dict[str, tuple[float, ScheduleSpec, LifecycleRecord]] = {}
     for record in records:
         if record.event_name == sc.EVENT_SCHEDULE_DISPATCHED:
-            _store_dispatch(cur, record)
+            name = record.attributes.get(sc.ATTR_SCHEDULE_NAME)
+            if record.timestamp > forgotten.get(str(name), -math.inf):
+                _store_dispatch(cur, record)
             continue
         spec = spec_from_attributes(record.attributes)
-        if spec is None:
+        if spec is None or record.timestamp <= forgotten.get(spec.name, -math.inf):
             continue
         current = newest.get(spec.name)
         if current is None or record.timestamp >= current[0]:
             newest[spec.name] = (record.timestamp, spec, record)
     for name, (at, spec, record) in newest.items():
+        if name in forgotten:  # declared since it was forgotten: back, afresh
+            cur.execute("DELETE FROM forgotten_schedules WHERE name = ?", [name])
         row = cur.execute(
             'SELECT cron, "interval", timezone, grace, max_runtime, failure_threshold, '
             "declare_every, day_and, declared_at, changed_at FROM schedules WHERE name = ?",

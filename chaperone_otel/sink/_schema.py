@@ -312,6 +312,14 @@ SCHEDULE_TABLES: Final = (
 )
 """The schedule tables (issue 15); ``sink/_schedule_store.py`` writes and reads them."""
 
+FORGOTTEN_SCHEDULES: Final = (
+    # One row per schedule forgotten (its tombstone): a declaration or dispatch of it made
+    # by forgotten_at is ignored when it arrives later; a newer declaration removes the row.
+    "CREATE TABLE IF NOT EXISTS forgotten_schedules "
+    "(name VARCHAR NOT NULL, forgotten_at TIMESTAMP NOT NULL)"
+)
+"""The tombstones of forgotten schedules (``sink/_schedule_store.py``)."""
+
 
 def _job_totals_statements() -> list[str]:
     """The ``job_totals`` summary, filled from the runs already stored.
@@ -429,8 +437,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "(a Celery crontab), not either as in cron",
         ("ALTER TABLE schedules ADD COLUMN day_and BOOLEAN DEFAULT false",),
     ),
+    Migration(
+        9,
+        "forgotten_schedules: when each schedule was forgotten, so a declaration made "
+        "before that and arriving after it does not bring the schedule back",
+        (FORGOTTEN_SCHEDULES,),
+    ),
     # A new run field: its row in chaperone_otel/_fields.py, then e.g.
-    # Migration.add_columns(9, "GPU usage", "gpu_percent"),
+    # Migration.add_columns(10, "GPU usage", "gpu_percent"),
 )
 """Every migration, in order; the last one's version is :data:`SCHEMA_VERSION`."""
 

@@ -1,16 +1,19 @@
 """Retiring schedules: a beat entry renamed or removed in a deploy must not be missed for
 ever. ``sink.forget_schedule(name)`` removes a schedule with its slots and dispatches (so
 its alerts resolve and its series go), ``prune`` retires a schedule with no sign of life
-since its cutoff, and a schedule declared again afterwards starts afresh. Real DuckDB
-files; the owner's query API is a real server."""
+since its cutoff, and a schedule declared again afterwards starts afresh, while a
+declaration made before the forget and delivered after it (a delayed OTLP batch) does not
+bring it back. Real DuckDB files; the owner's query API is a real server."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from chaperone_otel._schedule import declaration_record, dispatch_record
@@ -22,13 +25,17 @@ from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._remote import RemoteSink
 from chaperone_otel.sink._schedule_metrics import SCHEDULE_SERIES_SQL
 from chaperone_otel.sink._schedule_store import evaluate
+from chaperone_otel.sink._schema import MIGRATIONS, SCHEMA_VERSION, current_version, migrate
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._store import acquire
 from chaperone_otel.sink._writer import Writer
 from tests.cli._cli_helpers import invoke
+from tests.stores import empty_store
 
 from .serve_process import ServeProcess, request
-from .store_factory import T0, store_writer, write_all
+from .store_factory import store_writer, write_all
+from .test_fleet import post_json
+from .test_schedule_metrics import declaration
 from .test_schedules import run
 
 HOUR = 3600.0
@@ -110,24 +117,27 @@ def test_forget_removes_the_schedule_its_slots_and_dispatches(tmp_path: Path) ->
 def test_a_schedule_declared_again_after_forget_starts_afresh(tmp_path: Path) -> None:
     """Declared again after forget (a process still declaring it), the schedule's slots
     start at that declaration: none of the old missed ones, and none made again from its
-    first declaration."""
+    first declaration. (On the wall clock: the declaration must be made after the forget.)"""
+    now = time.time()
     with store_writer(tmp_path / "a.duckdb") as (writer, _sink):
-        declare(writer, "s", T0 - 2 * DAY, cron="0 * * * *", grace=60)
-        tick(writer, T0)
+        declare(writer, "s", now - 2 * DAY, cron="0 * * * *", grace=60)
+        tick(writer, now)
         sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
         try:
-            assert sink.schedules.named("s").missed().at(T0).count() == 47
+            assert sink.schedules.named("s").missed().at(now).count() >= 47
             assert sink.forget_schedule("s")
-            declare(writer, "s", T0 + 10, cron="0 * * * *", grace=60)
-            run(writer, "r1", T0 + HOUR + 5)
-            tick(writer, T0 + 2 * HOUR + 61)
-            slots = sink.schedules.named("s").at(T0 + 2 * HOUR + 61).all()
-            assert sorted((s.due_at.timestamp() - T0, s.state) for s in slots) == [
-                (HOUR, "on_time"),
-                (2 * HOUR, "missed"),
+            again = time.time() + 10
+            first = (again // HOUR + 1) * HOUR  # the first top of the hour after it
+            declare(writer, "s", again, cron="0 * * * *", grace=60)
+            run(writer, "r1", first + 5)
+            tick(writer, first + HOUR + 61)
+            slots = sink.schedules.named("s").at(first + HOUR + 61).all()
+            assert sorted((s.due_at.timestamp() - first, s.state) for s in slots) == [
+                (0.0, "on_time"),
+                (HOUR, "missed"),
             ]
-            first = sink.sql("SELECT epoch(first_declared_at) FROM schedules")[1]
-            assert first == [(T0 + 10,)]
+            declared = sink.sql("SELECT epoch(first_declared_at) FROM schedules")[1]
+            assert declared == [(pytest.approx(again, abs=1e-5),)]
         finally:
             sink.close()
 
@@ -253,3 +263,157 @@ def test_prune_over_sink_serve_says_how_many_schedules_it_retired(tmp_path: Path
         assert result.exit_code == 0, result.output
         assert result.stdout == "pruned 0 run(s) older than 5d00h; retired 0 schedule(s)\n"
         assert RemoteSink(server.url).sql("SELECT name FROM schedules")[1] == [("live",)]
+
+
+def forgotten(sink: Any) -> dict[str, float]:
+    """The tombstones: schedule name → Unix seconds, read as the store reads them."""
+    found = sink.sql("SELECT name, forgotten_at FROM forgotten_schedules")[1]
+    return {name: at.replace(tzinfo=timezone.utc).timestamp() for name, at in found}
+
+
+def test_a_declaration_made_before_the_forget_and_delivered_after_it_is_ignored(
+    tmp_path: Path,
+) -> None:
+    """Forget, then a delayed batch from before the forget arrives: declarations made
+    before it or at its very time, and a dispatch made before it, are ignored. The
+    schedule stays gone (no row, no slots at later passes, nothing to forget again). A
+    declaring process whose clock runs ahead of the store's is covered too: its own older
+    declarations, though stamped after the store's forget time, do not bring it back."""
+    now = time.time()
+    with store_writer(tmp_path / "t.duckdb") as (writer, _sink):
+        declare(writer, "nightly", now - DAY, cron="0 * * * *", grace=60)
+        write_all(writer, [dispatch_record("nightly", "t-1", None, now - HOUR)])
+        declare(writer, "ahead", now + 600, interval=HOUR, grace=60)  # a clock 10 min fast
+        tick(writer, now)
+        sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
+        try:
+            assert sink.forget_schedule("nightly") is True
+            assert sink.forget_schedule("ahead") is True
+            write_all(writer, [  # the delayed batch, made before the forget
+                declaration_record(make_schedule("nightly", cron="0 * * * *"), now - 60),
+                dispatch_record("nightly", "t-2", None, now - 30),
+                declaration_record(make_schedule("ahead", interval=HOUR), now + 300),
+            ])
+            assert rows(sink, NAMES) == {}
+            assert rows(sink, DISPATCHES) == {}
+            tombs = forgotten(sink)
+            assert now <= tombs["nightly"] <= time.time()
+            assert tombs["ahead"] == pytest.approx(now + 600, abs=1e-5)
+            at_the_forget = make_schedule("nightly", cron="0 * * * *")
+            declare_at = declaration_record(at_the_forget, tombs["nightly"])
+            write_all(writer, [declare_at])  # made at the forget's very time: before it
+            assert rows(sink, NAMES) == {}
+            tick(sink, now + 3 * HOUR)
+            assert rows(sink, SLOTS) == {}
+            assert sink.schedules.named("nightly").at(now + 3 * HOUR).count() == 0
+            assert sink.forget_schedule("nightly") is False  # nothing came back
+        finally:
+            sink.close()
+
+
+def test_a_declaration_made_after_the_forget_brings_the_schedule_back(tmp_path: Path) -> None:
+    """The other order: a declaration made after the forget recreates the schedule, from
+    that declaration, and clears its tombstone; a declaration from before the forget
+    delivered after that changes nothing (the newer one decides, as always)."""
+    now = time.time()
+    with store_writer(tmp_path / "b.duckdb") as (writer, _sink):
+        declare(writer, "nightly", now - DAY, interval=HOUR, grace=60)
+        tick(writer, now)
+        sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
+        try:
+            assert sink.forget_schedule("nightly") is True
+            tomb = forgotten(sink)["nightly"]
+            declare(writer, "nightly", tomb + 1, interval=HOUR, grace=60)
+            assert forgotten(sink) == {}
+            declare(writer, "nightly", tomb - 1, interval=HOUR, grace=999)  # delayed
+            found = sink.sql("SELECT epoch(first_declared_at), epoch(declared_at), grace "
+                             "FROM schedules WHERE name = 'nightly'")[1]
+            assert found == [(pytest.approx(tomb + 1, abs=1e-5),) * 2 + (60.0,)]
+            later = tomb + 1 + HOUR + 61
+            tick(sink, later)
+            states = [s.state for s in sink.schedules.named("nightly").at(later).all()]
+            assert states == ["missed"]  # one slot, an hour after the new declaration
+        finally:
+            sink.close()
+
+
+def test_prune_keeps_recent_tombstones_and_drops_old_ones(tmp_path: Path) -> None:
+    """prune keeps a tombstone younger than its cutoff (a delayed declaration is still
+    ignored after it) and drops one older than the cutoff."""
+    now = time.time()
+    with store_writer(tmp_path / "p.duckdb") as (writer, _sink):
+        declare(writer, "a", now - HOUR, interval=HOUR, grace=60)
+        declare(writer, "b", now - HOUR, interval=HOUR, grace=60)
+        sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
+        try:
+            assert sink.forget_schedule("a")
+            assert sink.forget_schedule("b")
+            with writer.store.write_lock:  # 'b' was forgotten a month ago
+                cur = writer.store.cursor()
+                cur.execute(
+                    "UPDATE forgotten_schedules SET forgotten_at = forgotten_at - "
+                    "INTERVAL 30 DAY WHERE name = 'b'"
+                )
+                cur.close()
+            sink.prune("7d")
+            assert set(forgotten(sink)) == {"a"}
+            declare(writer, "a", now - 60, interval=HOUR, grace=60)
+            assert rows(sink, NAMES) == {}
+        finally:
+            sink.close()
+
+
+def test_the_migration_adds_the_tombstones_to_an_older_store(tmp_path: Path) -> None:
+    """A store from before the tombstones (schema 8, with a schedule) is migrated by a
+    writable open: it gets an empty forgotten_schedules, and forgetting there leaves one."""
+    path = tmp_path / "old.duckdb"
+    before = next(i for i, m in enumerate(MIGRATIONS) if "forgotten_schedules" in m.description)
+    con = duckdb.connect(str(path))
+    try:
+        migrate(con, str(path), migrations=MIGRATIONS[:before])
+        assert current_version(con) == SCHEMA_VERSION - 1
+        con.execute(
+            "INSERT INTO schedules (name, \"interval\", timezone, grace, failure_threshold, "
+            "first_declared_at, changed_at, declared_at) VALUES ('old', 3600, 'UTC', 60, 1, "
+            "TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-01')"
+        )
+    finally:
+        con.close()
+    sink = writable(path)
+    try:
+        assert sink.sql("SELECT max(version) FROM schema_version")[1] == [(SCHEMA_VERSION,)]
+        assert forgotten(sink) == {}
+        assert sink.forget_schedule("old") is True
+        assert set(forgotten(sink)) == {"old"}
+    finally:
+        sink.close()
+
+
+def test_sink_serve_ignores_an_otlp_declaration_from_before_the_forget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over OTLP to the sink server: a declaration log record, the forget through its query
+    API, then a delayed record made before the forget (accepted, 200, and ignored: the
+    schedule stays gone) and one made after it (the schedule is back, its tombstone gone)."""
+    monkeypatch.delenv("CHAPERONE_OTEL_SINK_TOKEN", raising=False)
+    now = time.time()
+
+    def logs(*records: dict[str, Any]) -> bytes:
+        body = {"resourceLogs": [{"scopeLogs": [{"logRecords": list(records)}]}]}
+        return json.dumps(body).encode()
+
+    names = "SELECT name FROM schedules"
+    with SinkServer(str(empty_store(tmp_path / "otlp.duckdb")), port=0) as srv:
+        first = logs(declaration("beat", now - 60, interval=60))
+        assert post_json(srv.url, "/v1/logs", first) == 200
+        remote = RemoteSink(srv.url)
+        assert remote.sql(names)[1] == [("beat",)]
+        assert remote.forget_schedule("beat") is True
+        delayed = logs(declaration("beat", now - 30, interval=60))
+        assert post_json(srv.url, "/v1/logs", delayed) == 200
+        assert remote.sql(names)[1] == []
+        assert [r[0] for r in remote.sql("SELECT name FROM forgotten_schedules")[1]] == ["beat"]
+        newer = logs(declaration("beat", time.time() + 1, interval=60))
+        assert post_json(srv.url, "/v1/logs", newer) == 200
+        assert remote.sql(names)[1] == [("beat",)]
+        assert remote.sql("SELECT count(*) FROM forgotten_schedules")[1] == [(0,)]
