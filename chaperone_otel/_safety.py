@@ -79,12 +79,16 @@ def record_internal_error(where: str, exc: BaseException) -> None:
         first = key not in _logged
         _logged.add(key)
     if first:
-        logger.warning(
-            "chaperone-otel internal error in %s (further %s errors here are counted, not logged)",
-            where,
-            type(exc).__name__,
-            exc_info=exc,
-        )
+        # A logging filter or handler that raises (logging itself swallows only handler
+        # errors) must not carry the error it reports into the job: counted, not logged.
+        with contextlib.suppress(Exception):
+            logger.warning(
+                "chaperone-otel internal error in %s (further %s errors here are counted, "
+                "not logged)",
+                where,
+                type(exc).__name__,
+                exc_info=exc,
+            )
     for listener in list(_listeners):
         # A listener must not recurse into the error path it reports on.
         with contextlib.suppress(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections import UserList
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +14,7 @@ from opentelemetry import trace
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
+from chaperone_otel._safety import internal_error_counts
 from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.testing import capture
 from tests.logbridge import bridged_logs, lines
@@ -141,6 +143,31 @@ def test_a_reused_run_id_is_logged_in_the_new_attempts_trace() -> None:
     assert span.attributes[sc.ATTR_JOB_ATTEMPT] == 2
     assert line.trace_id == span.context.trace_id != 0
     assert line.span_id == span.context.span_id
+
+
+def test_a_logging_filter_that_raises_does_not_fail_the_start() -> None:
+    """The reused-id line is logged inside ``start_run``: a ``logging.Filter`` on the
+    ``chaperone_otel`` logger that raises is an internal error (counted, swallowed outside
+    tests), and the run still starts, as attempt 2, and finishes."""
+
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("a broken logging filter")
+
+    broken = Broken()
+    logger = logging.getLogger("chaperone_otel")
+    logger.addFilter(broken)
+    try:
+        before = internal_error_counts().get("log.warning", 0)
+        with capture(raise_internal_errors=False) as cap:
+            chaperone.start_run("tasks.filtered", run_id="filtered").finish()
+            again = chaperone.start_run("tasks.filtered", run_id="filtered")
+            again.finish()
+            assert [r.status for r in cap.runs() if r.name == "tasks.filtered"] == ["completed"] * 2
+            assert internal_error_counts().get("log.warning", 0) == before + 1
+    finally:
+        logger.removeFilter(broken)
+    assert again.attempt == 2
 
 
 def test_a_second_execution_of_an_attempt_keeps_its_attempt_and_clears_its_pending_row(

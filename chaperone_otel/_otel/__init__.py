@@ -31,6 +31,7 @@ from opentelemetry import context as otel_context
 
 from .. import semconv as sc
 from .._events import AttributeValue, LifecycleRecord
+from .._safety import internal_error
 from ._logs import LogWriter
 from ._metrics import LiveRuns, RunCounters, instruments_for, reset_instruments
 from ._spans import SpanWriter, Started
@@ -115,11 +116,14 @@ class OTelWriter:
         opentelemetry-instrumentation-logging's ``otelTraceID``) reads the trace and span
         ids from the current context when a line is logged: the monitor thread's has none,
         and a finishing job's thread has left the run's (it has its caller's). The line
-        names the caller of this method as where it was logged."""
+        names the caller of this method as where it was logged. A logging filter or handler
+        that raises is an internal error, never the run's (it is called at a run's start)."""
         ctx = run.otel_context
         token = None if ctx is None else otel_context.attach(ctx)
         try:
             _logger.warning(msg, *args, stacklevel=2)
+        except Exception as exc:
+            internal_error("log.warning", exc)
         finally:
             if token is not None:
                 otel_context.detach(token)
