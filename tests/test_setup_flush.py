@@ -15,9 +15,11 @@ import pytest
 
 import chaperone_otel as chaperone
 from chaperone_otel import supervised
+from chaperone_otel._safety import internal_error_counts
 from chaperone_otel.sink import open_sink
 from chaperone_otel.sink._store import read_sidecar
 from chaperone_otel.testing import capture
+from tests.loopback import recording
 from tests.processes import CLEAN_ENV as _CLEAN_ENV
 from tests.processes import stop
 
@@ -149,6 +151,23 @@ def test_flush_rejects_a_bad_timeout() -> None:
     for bad in (-1, math.nan):
         with pytest.raises(ValueError, match="timeout must be seconds"):
             chaperone.flush(timeout=bad)
+
+
+def test_a_flush_out_of_time_returns_false_without_an_internal_error() -> None:
+    """``flush(timeout=0)`` with a metric reader: the SDK raises ``MetricsTimeoutError`` from
+    its collection, which is a flush running out of time (False), not a fault. Before, it was
+    logged as an internal error with its traceback (a busy pool worker's exit printed one)."""
+    with recording() as (url, _requests):
+        chaperone.configure(otlp_endpoint=url, service_name="flush-timeout")
+        try:
+            with supervised("flush.timeout"):
+                pass
+            before = internal_error_counts().get("flush.metrics", 0)
+            assert chaperone.flush(timeout=0) is False
+            assert internal_error_counts().get("flush.metrics", 0) == before
+            assert chaperone.flush(timeout=10) is True  # and it still flushes with time
+        finally:
+            chaperone.shutdown()
 
 
 def test_flush_without_configure_returns_true() -> None:
