@@ -25,6 +25,8 @@ from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._store import acquire, release
 
 folder, rounds, t0, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+openers = int(sys.argv[5])
+held = []
 for r in range(rounds):
     time.sleep(max(0.0, t0 + r * every - time.time()))  # all openers in the same moment
     try:
@@ -33,7 +35,14 @@ for r in range(rounds):
         print(json.dumps(["held" if "held by" in str(e) else "error", str(e)]), flush=True)
         continue
     print(json.dumps(["opened", ""]), flush=True)
-    time.sleep(max(0.0, t0 + (r + 0.8) * every - time.time()))  # keep it while others try
+    held.append(store)  # kept while every other opener tries, however late (a busy machine)
+# Released once every opener has tried every path, however far behind a busy machine put it.
+open(os.path.join(folder, f"done-{os.getpid()}"), "w").close()
+deadline = time.time() + 120
+while len([f for f in os.listdir(folder) if f.startswith("done-")]) < openers:
+    assert time.time() < deadline, "the other openers never finished"
+    time.sleep(0.05)
+for store in held:
     release(store)
 """
 
@@ -51,7 +60,7 @@ def test_processes_opening_a_new_path_at_once_either_own_it_or_meet_the_lock(
     t0 = time.time() + 4.0  # after every interpreter has started
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path), str(rounds), str(t0), str(every)],
+            [sys.executable, str(script), str(tmp_path), str(rounds), str(t0), str(every), "8"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(8)
     ]
