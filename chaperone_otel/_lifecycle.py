@@ -35,10 +35,11 @@ from ._cancel import inherit as inherit_cancel
 from ._config import get_config
 from ._current import current_run
 from ._events import receivers
+from ._process import flush_if_worker
 from ._record import publish
 from ._resources import thread_cpu_clock
 from ._run import Run, Supervision
-from ._runtime import flush_if_worker, runtime
+from ._runtime import runtime
 from ._safety import internal_error
 from ._spec import Spec, static_for
 from .exceptions import JobLimitExceeded

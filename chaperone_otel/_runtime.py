@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _process
 from . import semconv as sc
 from ._cancel import arm as arm_cancel
 from ._config import Config, get_config
@@ -743,38 +741,6 @@ def close_runtime() -> None:
         _runtime = None
 
 
-_finish_flush: Callable[[], object] | None = None
-_pool_worker: tuple[int, bool] = (0, False)  # (pid, is a multiprocessing child)
-
-
-def set_finish_flush(flush: Callable[[], object] | None) -> None:
-    """What :func:`flush_if_worker` calls (``_setup`` gives ``chaperone.flush``)."""
-    global _finish_flush
-    _finish_flush = flush
-
-
-def flush_if_worker() -> None:
-    """After a run finished, flush if this process is a ``multiprocessing`` child.
-
-    A pool worker ends with ``os._exit`` (after its task loop) or is killed by
-    ``Pool.terminate()`` (which ``with Pool() as pool:`` calls), so neither ``atexit`` nor
-    the SDK's shutdown runs there: a run's records still queued in a batch processor at
-    that moment are lost, and the run stays ``running`` in the store for ever. So a run
-    that finishes in such a process is flushed before the task returns its result. The
-    check is made once per process (``multiprocessing.parent_process()``, set for fork and
-    spawn children alike) and costs a tuple compare per run elsewhere.
-    """
-    global _pool_worker
-    pid, worker = _pool_worker
-    if pid != _process.pid:
-        mp = sys.modules.get("multiprocessing")
-        worker = mp is not None and mp.parent_process() is not None
-        _pool_worker = (_process.pid, worker)
-    flush = _finish_flush
-    if worker and flush is not None:
-        flush()
-
-
 def _after_fork_in_child() -> None:
     global _runtime_lock
     _runtime_lock = threading.Lock()  # configure() on another thread may have held it
@@ -790,8 +756,6 @@ __all__ = [
     "Watch",
     "close_runtime",
     "current_runtime",
-    "flush_if_worker",
     "replace_runtime",
     "runtime",
-    "set_finish_flush",
 ]

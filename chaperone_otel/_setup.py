@@ -26,7 +26,8 @@ from ._health import HealthPolicy
 from ._lifecycle import finish_run, forget_attempts
 from ._otel import reset_instruments
 from ._otel._providers import check_providers
-from ._runtime import close_runtime, current_runtime, replace_runtime, set_finish_flush
+from ._process import set_finish_flush
+from ._runtime import close_runtime, current_runtime, replace_runtime
 from ._safety import handle_internal_errors, reset_internal_errors
 from ._schedule import forget_all as forget_schedules
 from ._schedule import redeclare_all
@@ -251,7 +252,7 @@ def shutdown() -> None:
 
 WORKER_FLUSH_TIMEOUT = 2.0
 """Seconds a ``multiprocessing`` worker waits for a finished run's records to be sent
-before its task returns (see ``_runtime.flush_if_worker``)."""
+before its task returns (see ``_process.flush_if_worker``)."""
 
 
 def flush(timeout: float = 5.0) -> bool:
