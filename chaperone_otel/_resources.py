@@ -118,6 +118,24 @@ def read_thread_cpu(clock: int | None) -> float | None:
         return None
 
 
+class Probe(Protocol):
+    """What the monitor samples with, in place of :class:`ProcessSampler`,
+    ``time.monotonic`` and :func:`read_thread_cpu` (``Runtime.sample_with``): the testing
+    capture's fake process, read on its ``FakeClock``."""
+
+    def monotonic(self) -> float:
+        """Seconds on the clock that says when a sample is due; never goes back."""
+        ...
+
+    def sample(self, now: float) -> ProcessSample:
+        """The process's reading at ``now`` (this probe's :meth:`monotonic`)."""
+        ...
+
+    def thread_cpu(self, clock: int | None) -> float | None:
+        """CPU seconds used so far by the thread owning ``clock``, as :func:`read_thread_cpu`."""
+        ...
+
+
 class ProcessSampler:
     """Reads the current process; created by the thread that starts the monitor (the
     import of psutil is slow on a thread competing with a CPU-bound job for the GIL), then

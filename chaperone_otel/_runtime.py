@@ -40,7 +40,7 @@ from ._health import Rules, rules
 from ._model import Violation
 from ._otel import OTelWriter
 from ._record import emit, to_json
-from ._resources import ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
+from ._resources import Probe, ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
 from ._safety import guarded_call as _bind
 from ._safety import handle_internal_errors, internal_error, kept_in_background
@@ -73,11 +73,12 @@ class Watch:
         "violated",
     )
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, since: float) -> None:
         self.run = run
-        # Process samples taken before this (monotonic) describe the previous run, not this
-        # one: they never judge it (a sequential job was cancelled on its predecessor's RSS).
-        self.since = time.monotonic()
+        # Process samples taken before this (the runtime's monotonic clock) describe the
+        # previous run, not this one: they never judge it (a sequential job was cancelled on
+        # its predecessor's RSS).
+        self.since = since
         self.next_flush = run.started_at + run.static.flush_period
         self.flushed = 0  # heartbeat() calls carried by heartbeat records so far
         self.flushed_progress_at = run.started_at
@@ -107,7 +108,11 @@ class Runtime:
         self._hooks: deque[Callable[[], object]] = deque()
         self._hooks_event = threading.Event()
         self._hooks_thread: threading.Thread | None = None
-        self._sampler: ProcessSampler | None = None
+        self._sampler: ProcessSampler | Probe | None = None
+        # When a sample is due and a CPU reading's window (monotonic), and what a thread's
+        # CPU reads: the real ones, unless sample_with() gave a probe (a testing fake).
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.thread_cpu: Callable[[int | None], float | None] = read_thread_cpu
         self._prev_sample: tuple[float, ProcessSample] | None = None  # (monotonic, sample)
         self._next_sample = 0.0
         self._sample: ProcessSample | None = None
@@ -137,7 +142,7 @@ class Runtime:
         run.set_wake(self._bound_wake)
         # No lock: one dict store is atomic (the GIL; per-dict locks in free-threaded
         # builds), and every reader copies the dict in one C-level call (live_runs).
-        self._runs[id(run)] = Watch(run)
+        self._runs[id(run)] = Watch(run, self.monotonic())
         if self._thread is None:
             self._ensure_thread()
             current = _runtime
@@ -256,7 +261,7 @@ class Runtime:
         for watch in watches:
             wait = min(wait, watch.next_flush - now)
         if watches:  # a sample is due every sample_interval while runs are live
-            wait = min(wait, self._next_sample - time.monotonic())
+            wait = min(wait, self._next_sample - self.monotonic())
         return max(_MIN_WAIT, wait)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -302,7 +307,8 @@ class Runtime:
         self._hooks_event = threading.Event()
         self._hooks_thread = None
         self.writer.after_fork()
-        self._sampler = None
+        if isinstance(self._sampler, ProcessSampler):  # reads the parent (a probe is kept)
+            self._sampler = None
         self._prev_sample = None
         self._next_sample = 0.0
         self._sample = None  # the parent's reading
@@ -364,8 +370,16 @@ class Runtime:
         """
         self.writer.flush_metrics()
 
+    def sample_with(self, probe: Probe) -> None:
+        """Sample with ``probe`` instead of the process and ``time.monotonic``: its clock
+        says when a sample is due, its readings are the samples (``testing`` fakes them
+        under a ``FakeClock``). Before any run starts: a run's window is on one clock."""
+        self._sampler = probe
+        self.monotonic = probe.monotonic
+        self.thread_cpu = probe.thread_cpu
+
     def _sample_process(self) -> None:
-        mono = time.monotonic()
+        mono = self.monotonic()
         if mono < self._next_sample:
             return
         self._next_sample = mono + self.config.sample_interval
@@ -417,14 +431,14 @@ class Runtime:
 
     def _apply_sample(self, watch: Watch) -> None:
         sample = self._sample
-        if sample is None or sample.at < watch.since:
-            return  # none yet, or one taken before this run started
+        if sample is None or sample.at <= watch.since:
+            return  # none yet, or one taken before this run started (or as it did)
         run = watch.run
         if sample.rss is not None:
             run.memory = sample.rss
             run.memory_peak = max(run.memory_peak or 0, sample.rss)
         run.fds = sample.fds
-        mono = time.monotonic()
+        mono = self.monotonic()
         # Not in this pass's scopes: started since; judged on nothing until it is.
         scope = self._cpu_scopes.get(id(run), "shared")
         if scope == "shared":
@@ -432,7 +446,7 @@ class Runtime:
         cpu: float | None = None
         window = mono  # the reading's window starts here (monotonic)
         if run.cpu_clock is not None:
-            used = read_thread_cpu(run.cpu_clock)
+            used = self.thread_cpu(run.cpu_clock)
             if used is None:
                 run.cpu_clock = None  # the thread is gone: fall back to the process
             else:
@@ -636,7 +650,7 @@ class Runtime:
         actions: list[Callable[[], object]] = []
         watch = self._runs.get(id(run))
         if watch is None:  # not registered here (started before a fork, in the parent)
-            watch = Watch(run)
+            watch = Watch(run, self.monotonic())
         run.observe(now)
         if run.timeout_at is not None and now > run.timeout_at and not watch.timed_out:
             self._timeout(watch, now, actions)
