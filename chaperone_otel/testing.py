@@ -3,7 +3,9 @@
 The ``chaperone`` fixture (registered through the ``pytest11`` entry point) wires in-memory
 OTel exporters, captures every lifecycle record, and hands you a :class:`Capture`. With
 ``chaperone_clock`` (a :class:`FakeClock`) the monitor thread stays off and you drive it
-with ``capture.tick()``, so heartbeat ages and health transitions are deterministic.
+with ``capture.tick()``, so heartbeat ages and health transitions are deterministic; resource
+samples are due by the fake clock too, and ``capture.set_resources()`` sets what they read
+(limits, policies, memory gauges and peaks without allocating).
 
 The seed's three tests of a job, in Python::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -38,12 +41,16 @@ from ._events import LifecycleRecord
 from ._events import add_listener as _add_listener
 from ._events import remove_listener as _remove_listener
 from ._fields import RUN_FIELDS as _RUN_FIELDS
+from ._resources import ProcessSample as _ProcessSample
+from ._resources import ProcessSampler as _ProcessSampler
+from ._resources import read_thread_cpu as _read_thread_cpu
 from ._safety import internal_error_counts as _internal_error_counts
 from ._safety import reset_internal_errors as _reset_internal_errors
 from ._safety import set_raise_internal_errors as _set_raise_internal_errors
 from ._safety import take_background_errors as _take_background_errors
 from ._schedule import declare as _declare_schedule
 from ._schedule import declared as _declared_schedules
+from ._units import parse_bytes as _parse_bytes
 
 
 def _as_int(value: object) -> int:
@@ -72,6 +79,67 @@ class FakeClock:
         """Jump to ``now`` (Unix seconds)."""
         with self._lock:
             self._now = float(now)
+
+
+class _FakeProcess:
+    """The process as a capture with a :class:`FakeClock` samples it (``Runtime.sample_with``).
+
+    A sample is due by the fake clock. What it reads is the real process until
+    :meth:`Capture.set_resources` is first called, then only what that was given. CPU is
+    kept as the seconds used so far, growing at the set percent per fake second: the
+    monitor's rate over any window (a run's thread, or the process) is the percent, or its
+    average across a change, by the monitor's own arithmetic.
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._now = clock()
+        self._real: _ProcessSampler | None = None
+        self._faked = False
+        self._rss: int | None = None
+        self._fds: int | None = None
+        self._cpu_percent = 0.0
+        self._cpu_seconds = 0.0
+
+    def _advance_locked(self) -> float:
+        now = self._clock()
+        if now > self._now:  # a monotonic clock never goes back; FakeClock.set() may
+            self._cpu_seconds += self._cpu_percent / 100.0 * (now - self._now)
+            self._now = now
+        return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._advance_locked()
+
+    def sample(self, now: float) -> _ProcessSample:
+        with self._lock:
+            if self._faked:
+                self._advance_locked()
+                return _ProcessSample(now, self._rss, self._fds, self._cpu_seconds)
+            if self._real is None:
+                self._real = _ProcessSampler()
+            real = self._real
+        return real.sample(now)
+
+    def thread_cpu(self, clock: int | None) -> float | None:
+        with self._lock:
+            if self._faked:  # every thread's: each run reads the percent set
+                self._advance_locked()
+                return self._cpu_seconds
+        return _read_thread_cpu(clock)
+
+    def set(self, rss: int | None, cpu_percent: float | None, fds: int | None) -> None:
+        with self._lock:
+            self._advance_locked()  # the CPU used so far, at the percent set before
+            self._faked = True
+            if rss is not None:
+                self._rss = rss
+            if cpu_percent is not None:
+                self._cpu_percent = cpu_percent
+            if fds is not None:
+                self._fds = fds
 
 
 _PARTIAL: frozenset[str] = frozenset({sc.EVENT_JOB_CLOSED, sc.EVENT_JOB_PENDING})
@@ -237,6 +305,7 @@ class Capture:
         self.records: list[LifecycleRecord] = []
         self._records_lock = threading.Lock()
         self._background = (clock is None) if background is None else background
+        self._process = None if clock is None else _FakeProcess(clock)
         self._options = configure_options
         self._declared_before: tuple[Any, ...] = ()
 
@@ -283,7 +352,10 @@ class Capture:
         except BaseException:
             _remove_listener(self)
             raise
-        runtime().background = self._background
+        rt = runtime()
+        rt.background = self._background
+        if self._process is not None:  # sampling is due by the fake clock, too
+            rt.sample_with(self._process)
         _setup_module.capturing = True
         return self
 
@@ -351,6 +423,60 @@ class Capture:
             raise RuntimeError("advance() needs Capture(clock=FakeClock())")
         self.clock.advance(seconds)
         self.tick()
+
+    def set_resources(
+        self,
+        *,
+        memory: int | str | None = None,
+        cpu_percent: float | None = None,
+        fds: int | None = None,
+    ) -> None:
+        """Set what the process reads at the monitor's next samples (needs a FakeClock).
+
+        With a :class:`FakeClock`, a sample is due by the fake clock: the first pass with a
+        run live takes one, then a pass once ``sample_interval`` (1 s by default) of fake
+        time has gone by since the last. A run is judged only on samples taken after it
+        started, so its first reading comes at the first sample after its start, as in
+        production. Until this is first called the samples read the real process; from
+        then on, only what was set here: memory and fds not set read as unmeasured, CPU as
+        0 %. A value not given keeps the one set before::
+
+            def test_cancelled_over_memory(chaperone, chaperone_clock):
+                chaperone.set_resources(memory="900MiB")
+                with pytest.raises(JobLimitExceeded):
+                    with supervised("etl", memory_limit="512MiB", on_limit="cancel") as job:
+                        chaperone.advance(1)  # a sample: 900 MiB > 512 MiB
+                        job.heartbeat()       # raises here
+
+        Args:
+            memory: the process's RSS, in bytes or a size such as ``"900MiB"`` (a run's
+                memory gauge; its peak is the largest sampled).
+            cpu_percent: CPU use in percent of one core, from now on, of every run's
+                thread and of the process (a reading is the average over its window).
+            fds: open file descriptors.
+
+        Raises:
+            RuntimeError: the capture has no FakeClock.
+            ValueError: a value is negative or not a number (``ConfigurationError`` for a
+                size that is not one).
+
+        .. versionadded:: 0.2
+        """
+        if self._process is None:
+            raise RuntimeError("set_resources() needs capture(clock=FakeClock())")
+        rss = None if memory is None else _parse_bytes(memory, what="memory")
+        if cpu_percent is not None and not (
+            isinstance(cpu_percent, (int, float))
+            and not isinstance(cpu_percent, bool)
+            and math.isfinite(cpu_percent)
+            and cpu_percent >= 0
+        ):
+            raise ValueError(f"set_resources(cpu_percent={cpu_percent!r}): a percent >= 0")
+        if fds is not None and not (
+            isinstance(fds, int) and not isinstance(fds, bool) and fds >= 0
+        ):
+            raise ValueError(f"set_resources(fds={fds!r}): a number of descriptors >= 0")
+        self._process.set(rss, None if cpu_percent is None else float(cpu_percent), fds)
 
     # ---- queries ------------------------------------------------------------------------
 

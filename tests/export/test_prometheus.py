@@ -69,7 +69,7 @@ def test_every_runtime_metric_is_exposed_under_its_semconv_name(
         run.heartbeat()
         _advance(cap, 25)  # 2.5 intervals without a beat: missed heartbeats counted
         _advance(cap, 40)  # past the long-run threshold: the run id becomes a label
-        # CPU needs two resource samples, taken on the real monotonic clock.
+        # CPU needs two passes after the start (samples are due by the fake clock).
         deadline = time.monotonic() + 10
         while True:
             cap.tick()
