@@ -5,6 +5,7 @@ the Grafana dashboards under DIR (alerts/, alerts/tests/, dashboards/), or check
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         "--root",
         type=Path,
         metavar="DIR",
-        default=Path.cwd(),
+        default=None,
         help="directory to write under, created if missing: any directory, e.g. one of your "
         "own after a pip install; in a checkout, the repository root (default: the current "
         "directory)",
@@ -45,16 +46,30 @@ def main(argv: list[str] | None = None) -> int:
         "both): worker = worker-scraped series, sink = the sink's fleet /metrics only",
     )
     args = parser.parse_args(argv)
+    root: Path = args.root if args.root is not None else Path.cwd()
     sources = tuple(args.source) if args.source else SOURCES
     settings = AlertSettings(runbook_base=args.runbook_base) if args.runbook_base else None
     if args.check:
-        paths = stale(args.root, sources, settings)
+        paths = stale(root, sources, settings)
         for rel in paths:
-            print(f"stale: {rel} (run: python -m chaperone_otel.artifacts)", file=sys.stderr)
+            print(f"stale: {rel} (run: {_rewrite_command(args)})", file=sys.stderr)
         return 1 if paths else 0
-    for rel in write(args.root, render(settings=settings, sources=sources)):
+    for rel in write(root, render(settings=settings, sources=sources)):
         print(f"wrote {rel}")
     return 0
+
+
+def _rewrite_command(args: argparse.Namespace) -> str:
+    """The command that rewrites what ``--check`` found stale: the options it was given
+    (the same root, sources and runbook base), without ``--check``."""
+    words = ["python", "-m", "chaperone_otel.artifacts"]
+    if args.root is not None:
+        words += ["--root", str(args.root)]
+    for source in args.source or ():
+        words += ["--source", source]
+    if args.runbook_base is not None:
+        words += ["--runbook-base", args.runbook_base]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":
