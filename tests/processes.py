@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 CLEAN_ENV = {
@@ -14,15 +16,22 @@ CLEAN_ENV = {
 ``CHAPERONE_OTEL_*`` settings, which would send its telemetry elsewhere."""
 
 
-def run_python(script: str, *args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in a fresh interpreter (:data:`CLEAN_ENV`), bounded by ``timeout``;
-    fails the test, with its output, unless it exits 0."""
+def run_python(
+    script: str,
+    *args: object,
+    timeout: float = 120,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter (:data:`CLEAN_ENV`, plus ``env``), in ``cwd``,
+    bounded by ``timeout``; fails the test, with its output, unless it exits 0."""
     proc = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=CLEAN_ENV,
+        cwd=cwd,
+        env={**CLEAN_ENV, **(env or {})},
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
