@@ -158,6 +158,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "a fragment: no imports; import_file() and path are the reader's",
     ("docs/concepts.md", "def test_import(chaperone):"):
         "a pytest test of the reader's ProcessDataset",
+    ("docs/concepts.md", "def test_cancelled_over_memory(chaperone, chaperone_clock):"):
+        "a pytest test, its imports left out (tests/test_testing_resources.py tests the same)",
     ("docs/integrations.md", "# proj/tasks.py  (the module named by `celery -A proj.tasks "
                              "worker`)"): "a Celery app: a worker and Redis",
     ("docs/integrations.md", '@app.task(chaperone_lease="heartbeat", '
