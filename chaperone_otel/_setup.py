@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._config import Config, Hooks, build_config, set_config
+from ._config import Config, Hooks, build_config, get_config, set_config
 from ._health import HealthPolicy
 from ._lifecycle import finish_run, forget_attempts
 from ._otel import reset_instruments
@@ -181,22 +181,49 @@ def configure(
             RuntimeWarning,
             stacklevel=2,
         )
-    return configure_from(options, hooks)
+    return configure_from(options, hooks, warn_moved=True)
+
+
+def _destinations(config: Config) -> tuple[Any, ...]:
+    """Where a configuration sends a run's records: two configurations that differ here
+    send a run's later records somewhere its earlier ones did not go."""
+    return (
+        config.sink,
+        config.otlp,
+        config.otlp_endpoint,
+        config.console,
+        config.tracer_provider,
+        config.logger_provider,
+    )
 
 
 def configure_from(
     options: dict[str, Any],
     hooks: Mapping[str, Callable[..., object]],
     environ: Mapping[str, str] | None = None,
+    *,
+    warn_moved: bool = False,
 ) -> Any:
     """:func:`configure` with its options in a dict and the environment given: ``{}`` is
     what ``testing.capture()`` passes, so a test suite never writes to the store or
-    ``/metrics`` port that the environment names for the application."""
+    ``/metrics`` port that the environment names for the application.
+
+    Runs live at the call go on under the new configuration. Their pending heartbeats and
+    progress are published to the old one first, so what it keeps is their latest state;
+    when the records' destinations change, ``warn_moved`` (``configure()``) says which runs
+    moved: the old store or backend sees them no more, and will call them *lost*.
+    """
     global _setup, _atexit_registered
     if hooks:
         options["hooks"] = Hooks.from_kwargs(hooks)
     config = build_config(options, environ)
     with _lock:
+        rt = current_runtime()
+        live = [r for r in rt.live_runs() if r.finished_at is None] if rt is not None else []
+        if rt is not None and live:
+            with handle_internal_errors("configure.live_runs"):
+                rt.flush_pending(1.0)  # their latest state, to where it went so far
+        before = _destinations(get_config())
         _teardown_locked()
         set_config(config)
         replace_runtime(config)
@@ -210,6 +237,17 @@ def configure_from(
             _atexit_registered = True
         configured = _setup
     redeclare_all()  # the schedules declared before: to the new listeners (the store)
+    if warn_moved and live and _destinations(config) != before:
+        names = sorted({run.name for run in live})
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.warn(
+            f"configure() changed where records go while {len(live)} run(s) were running "
+            f"({shown}): their later records, their end included, go to the new "
+            "configuration; the store or backend of the old one keeps their last state and "
+            "will call them lost. Call configure() once, before runs start",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return configured
 
 

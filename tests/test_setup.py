@@ -806,3 +806,48 @@ def test_a_store_that_cannot_load_is_a_configuration_error(tmp_path: Path) -> No
     assert out.startswith("refused: sink="), out
     assert "cannot be loaded" in out
     assert "duckdb, pyarrow" in out
+
+
+def test_configure_moving_a_live_run_elsewhere_warns_and_leaves_its_latest_state(
+    tmp_path: Path,
+) -> None:
+    """``configure()`` pointing records at another store while a run is live: the run goes
+    on (and ends) in the new one, the old one keeps its latest state (its progress, flushed
+    before the old pipeline closed; before, what the last heartbeat record had said), and a
+    warning names the run, since the old store will call it lost."""
+    from chaperone_otel.sink import open_sink
+
+    first, second = tmp_path / "first.duckdb", tmp_path / "second.duckdb"
+    chaperone.configure(sink=str(first), heartbeat_interval=60)
+    try:
+        with supervised("etl.moved") as run:
+            run.report_progress(5, 10)
+            with pytest.warns(RuntimeWarning, match=r"while 1 run\(s\) were running \(etl\.moved\)"):
+                chaperone.configure(sink=str(second), heartbeat_interval=60)
+            run.report_progress(8, 10)
+    finally:
+        chaperone.shutdown()
+    with open_sink(first) as sink:
+        (old,) = sink.jobs.all()
+    with open_sink(second) as sink:
+        (new,) = sink.jobs.all()
+    assert (old.status, old.progress) == ("running", 50.0)
+    assert (new.status, new.progress, new.id) == ("completed", 80.0, old.id)
+
+
+def test_configure_keeping_the_destinations_does_not_warn_about_live_runs(tmp_path: Path) -> None:
+    """Another ``configure()`` with the same store (a new heartbeat interval) while a run is
+    live: nothing moves, no warning (the suite's warnings are errors), the run completes."""
+    from chaperone_otel.sink import open_sink
+
+    path = tmp_path / "jobs.duckdb"
+    chaperone.configure(sink=str(path), heartbeat_interval=60)
+    try:
+        with supervised("etl.stays") as run:
+            run.report_progress(5, 10)
+            chaperone.configure(sink=str(path), heartbeat_interval=30)
+    finally:
+        chaperone.shutdown()
+    with open_sink(path) as sink:
+        (stored,) = sink.jobs.all()
+    assert (stored.status, stored.progress) == ("completed", 50.0)
