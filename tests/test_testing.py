@@ -13,6 +13,7 @@ from chaperone_otel import _setup, supervised
 from chaperone_otel import semconv as sc
 from chaperone_otel._runtime import runtime
 from chaperone_otel.testing import Capture, capture
+from tests.export.test_record_limits import ENV_LIMITS
 
 
 def test_a_capture_ignores_the_applications_environment(
@@ -57,15 +58,7 @@ def test_a_capture_warns_when_the_sdk_is_disabled(monkeypatch: pytest.MonkeyPatc
         pass
 
 
-@pytest.mark.parametrize(
-    "limits",
-    [
-        {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "32"},
-        {"OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT": "20"},
-        {"OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT": "10"},
-        {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5"},
-    ],
-)
+@pytest.mark.parametrize("limits", ENV_LIMITS)
 def test_the_sdk_limits_in_the_environment_do_not_cut_what_a_capture_holds(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limits: dict[str, str]
 ) -> None:

@@ -87,15 +87,17 @@ def _assert_whole(records: list[dict[str, object]], runs: int) -> None:
     assert any(sc.ATTR_METADATA in r for r in records)
 
 
-@pytest.mark.parametrize(
-    "limits",
-    [
-        {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "32"},
-        {"OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT": "20"},
-        {"OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT": "10"},
-        {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5"},
-    ],
-)
+ENV_LIMITS = [
+    {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "32"},
+    {"OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT": "20"},
+    {"OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT": "10"},
+    {"OTEL_ATTRIBUTE_COUNT_LIMIT": "5"},
+]
+"""The SDK's attribute limits a developer's or a deployment's environment may set, one at a
+time (``tests/test_testing.py`` checks a test capture against the same)."""
+
+
+@pytest.mark.parametrize("limits", ENV_LIMITS)
 def test_the_sdk_limits_do_not_cut_the_records_of_the_provider_configure_creates(
     receiver: tuple[str, list[Request]], limits: dict[str, str]
 ) -> None:
