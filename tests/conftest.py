@@ -24,12 +24,13 @@ INNER_LOOP = "not slow"
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """Run the inner loop (``pytest -m "not slow"``) on every core, as ``-n auto`` would.
 
-    Its ~700 tests are CPU spread thin (a store opened here, a CLI call there: ~40 s on one
-    core of the project's 2-core machine), so the only lever left for a fast loop is the
-    other cores (issue 9 item 9). Only that exact selection, only when ``-n`` is not given
-    (``-n 0`` runs it serially), never under ``--pdb`` and never inside an xdist worker. The
-    whole suite stays serial: its real workers, servers and timing tests are what CI runs,
-    and they are written for a machine that is otherwise quiet.
+    Its ~1,200 tests are CPU spread thin (a store opened here, a CLI call there), so the
+    only lever left for a fast loop is the other cores (issue 9 item 9). Only that exact
+    selection, only when ``-n`` is not given (``-n 0`` runs it serially), never under
+    ``--pdb`` and never inside an xdist worker. The whole suite runs serially unless asked
+    (CI asks: ``.ci/run`` passes ``-n auto``): its real workers, servers and timing tests
+    are written for a machine that is otherwise quiet, which two of them side by side on
+    two cores still are, and a developer's machine may not be.
     """
     option = config.option
     if (
