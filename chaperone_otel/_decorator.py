@@ -231,7 +231,12 @@ class supervised:
         return cast(Run, run)
 
     def __enter__(self) -> Supervision:
-        return self._push(start_run(self._require_name()))
+        run = start_run(self._require_name())
+        try:  # a Ctrl-C landing as _push begins must not leave the run live
+            return self._push(run)
+        except BaseException as exc:
+            finish_run(run, exc)
+            raise
 
     def __exit__(
         self,
@@ -244,8 +249,12 @@ class supervised:
 
     async def __aenter__(self) -> Supervision:
         run = start_run(self._require_name(), bind_thread=False)
-        bind_task(run)
-        return self._push(run)
+        try:  # as __enter__
+            bind_task(run)
+            return self._push(run)
+        except BaseException as exc:
+            finish_run(run, exc)
+            raise
 
     async def __aexit__(
         self,
@@ -263,14 +272,24 @@ class supervised:
 
 def _wrap_function(func: Callable[..., R], spec: Spec) -> Callable[..., R]:
     def wrapper(*args: Any, **kwargs: Any) -> R:
-        return call(start_run(spec), func, args, kwargs)
+        run = start_run(spec)
+        try:  # a Ctrl-C landing as call() begins, before its own try: the run ends
+            return call(run, func, args, kwargs)
+        except BaseException as exc:
+            finish_run(run, exc)  # nothing when call() finished it (the usual case)
+            raise
 
     return wrapper
 
 
 def _wrap_coroutine(func: Callable[..., Awaitable[R]], spec: Spec) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> R:
-        return await acall(start_run(spec, bind_thread=False), func, args, kwargs)
+        run = start_run(spec, bind_thread=False)
+        try:  # as for a function
+            return await acall(run, func, args, kwargs)
+        except BaseException as exc:
+            finish_run(run, exc)
+            raise
 
     return wrapper
 

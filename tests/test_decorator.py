@@ -6,6 +6,7 @@ import asyncio
 import math
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
 
 import pytest
 from opentelemetry.trace import StatusCode
@@ -984,3 +985,57 @@ def test_sys_exit_inside_a_run_reads_like_an_exit_status(
     run = chaperone.last_run("cron.main")
     assert run.status == status
     assert run.error_type == error_type
+
+
+def _interrupted(*args: object, **kwargs: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+async def _interrupted_async(*args: object, **kwargs: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _enter(entry: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run an empty job named ``name`` through ``entry``, its entry interrupted."""
+    import chaperone_otel._decorator as decorator
+
+    if entry == "function":
+        monkeypatch.setattr(decorator, "call", _interrupted)
+        supervised(name=name)(lambda: None)()
+    elif entry == "with":
+        monkeypatch.setattr(supervised, "_push", _interrupted)
+        with supervised(name):
+            pass
+    elif entry == "coroutine":
+        monkeypatch.setattr(decorator, "acall", _interrupted_async)
+
+        async def job() -> None:
+            return None
+
+        asyncio.run(supervised(name=name)(job)())
+    else:
+        monkeypatch.setattr(supervised, "_push", _interrupted)
+
+        async def block() -> None:
+            async with supervised(name):
+                pass
+
+        asyncio.run(block())
+
+
+@pytest.mark.parametrize("entry", ["function", "with", "coroutine", "async with"])
+def test_an_interrupt_as_the_run_is_entered_ends_it_cancelled(
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    """A Ctrl-C handled at the first instruction of what runs the job once its run has
+    started (``call()``, ``acall()``, ``supervised._push``: Python checks for signals on
+    entering a function, before its ``try``) left the run live and ``running`` for ever.
+    Simulated by those raising ``KeyboardInterrupt`` at once: the run ends ``cancelled``."""
+    from chaperone_otel._runtime import runtime
+
+    name = f"entered.{entry.replace(' ', '.')}"
+    with capture() as cap:
+        with pytest.raises(KeyboardInterrupt):
+            _enter(entry, name, monkeypatch)
+        assert cap.last_run(name).status == "cancelled"
+        assert not [r for r in runtime().live_runs() if r.name == name]
