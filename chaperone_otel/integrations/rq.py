@@ -313,6 +313,21 @@ class SupervisionMixin:
         else:
             run.finish(error)
 
+    def unsubscribe(self) -> Any:
+        """RQ's, with its pubsub thread told to stop before the ``UNSUBSCRIBE`` is sent.
+
+        RQ sends ``UNSUBSCRIBE``, then stops its pubsub thread and joins it. A thread that
+        reads the server's reply before the stop is asked for loops again, now unsubscribed,
+        into ``get_message(timeout=60)``, and redis-py 8's ``stop()`` joins it without a
+        bound: SIGTERM took 60 s to end a plain RQ 3.0 worker 3 times in 10 idle, 5 in 10
+        mid-job (rq issue 1613). Asked first, the thread ends on the reply.
+        """
+        thread = getattr(self, "pubsub_thread", None)
+        if thread is not None:
+            with _guard("rq.unsubscribe"):
+                _ask_to_stop(thread)
+        return super().unsubscribe()  # type: ignore[misc]
+
     def clean_registries(self) -> Any:
         """RQ's maintenance; the runs of jobs it finds abandoned are closed ``failed``."""
         handler = _abandoned_handler(self.chaperone_heartbeat_interval)
@@ -323,6 +338,14 @@ class SupervisionMixin:
         finally:
             if handler in handlers:
                 handlers.remove(handler)
+
+
+def _ask_to_stop(thread: Any) -> None:
+    """Clear the run flag of redis-py's pubsub thread, without waiting for it to end."""
+    try:
+        thread.stop(timeout=0)  # redis-py 8: stop() also joins; 0 leaves that to RQ
+    except TypeError:  # an older redis-py: stop() takes no timeout and only clears the flag
+        thread.stop()
 
 
 def _abandoned_handler(heartbeat_interval: Any) -> Any:
