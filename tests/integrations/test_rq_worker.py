@@ -185,9 +185,8 @@ def rq_worker(
         yield RQ(store, Queue("rq-it", connection=connection), proc, spans, sink.url)
     finally:
         try:
-            # RQ 3.0's warm shutdown joins its pubsub thread, which redis-py 8 may keep in
-            # get_message() for up to RQ's sleep_time (60 s) after unsubscribe(): a plain rq Worker
-            # without chaperone kept 4 of 8 TERMs waiting over 8 s. All is asserted by now: 5 s, then KILL.
+            # SupervisionMixin.unsubscribe() keeps RQ's pubsub thread from waiting out 60 s
+            # here (test_rq_shutdown.py). All is asserted by now: 5 s, then KILL.
             stop(proc, grace=5)
         finally:
             log.close()
