@@ -20,11 +20,12 @@ that did not run cannot report that it did not:
 * A schedule leaves the store when it is forgotten (:func:`forget`,
   ``sink.forget_schedule(name)``) or retired by ``prune`` (:data:`PRUNE_SCHEDULES`: no
   declaration, run or dispatch since the cutoff), with its slots and dispatches; declared
-  again, it starts afresh from that declaration. Forgetting leaves a tombstone
-  (``forgotten_schedules``): a declaration or dispatch made by then that arrives later (a
-  delayed OTLP batch, a process that declared it before the operator forgot it) is
-  ignored, so only a newer declaration brings the schedule back (and removes the
-  tombstone). ``prune`` drops the tombstones older than its cutoff.
+  again, it starts afresh from that declaration. Both leave a tombstone
+  (``forgotten_schedules``, at the forget's time or at prune's cutoff): a declaration or
+  dispatch made by then that arrives later (a delayed OTLP batch, a process that declared
+  it before the operator forgot it) is ignored, so only a newer declaration brings the
+  schedule back (and removes the tombstone). ``prune`` drops the tombstones older than
+  its cutoff.
 
 The states themselves are not stored: they depend on the time of the question, and are
 judged at query time from these rows (``_schedule_sql``).
@@ -99,6 +100,11 @@ PRUNE_SCHEDULES: Final = (
     "AND NOT EXISTS (SELECT 1 FROM schedule_dispatches d "
     "WHERE d.schedule = s.name AND d.dispatched_at >= $cutoff)",
     _RETIRED_COUNT,
+    # A retired schedule gets a tombstone at the cutoff, as a forgotten one does at the
+    # forget: a declaration from before the cutoff delivered later (a delayed batch, a
+    # process that declared long ago) does not bring it back; one made since does.
+    "DELETE FROM forgotten_schedules WHERE name IN (SELECT name FROM chaperone_retired)",
+    "INSERT INTO forgotten_schedules SELECT name, $cutoff FROM chaperone_retired",
     "DELETE FROM schedule_slots WHERE schedule IN (SELECT name FROM chaperone_retired)",
     "DELETE FROM schedule_dispatches WHERE schedule IN (SELECT name FROM chaperone_retired)",
     "DELETE FROM schedules WHERE name IN (SELECT name FROM chaperone_retired)",
@@ -109,7 +115,8 @@ PRUNE_SCHEDULES: Final = (
     "(SELECT max(x.due_at) FROM schedule_slots x WHERE x.schedule = s.schedule)",
     "DELETE FROM schedule_dispatches WHERE dispatched_at < $cutoff",
     # A declaration older than the cutoff arriving after this would make a schedule that
-    # the next prune retires again: such tombstones have done their part.
+    # the next prune retires again: such tombstones have done their part (the ones this
+    # prune wrote, at the cutoff itself, stay until the next).
     "DELETE FROM forgotten_schedules WHERE forgotten_at < $cutoff",
 )
 """What ``prune`` deletes of the schedule tables (``$cutoff``: a naive UTC timestamp), after

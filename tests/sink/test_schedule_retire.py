@@ -363,6 +363,41 @@ def test_prune_keeps_recent_tombstones_and_drops_old_ones(tmp_path: Path) -> Non
             sink.close()
 
 
+def test_a_declaration_older_than_the_cutoff_does_not_bring_a_retired_schedule_back(
+    tmp_path: Path,
+) -> None:
+    """prune('7d') retires 'report-old' and leaves a tombstone at its cutoff: a delayed
+    declaration from before the cutoff (made 10 days ago, delivered now) is ignored, as
+    after a forget, while one made since the cutoff declares it afresh. The next prune
+    with a later cutoff drops the tombstone."""
+    now = time.time()
+    path = tmp_path / "r.duckdb"
+    _renamed(path, now)
+    with store_writer(path) as (writer, _sink):
+        sink = LocalSink(acquire(writer.store.path, read_only=False), read_only=False)
+        try:
+            assert sink.prune("7d").schedules_retired == 1
+            tomb = forgotten(sink)["report-old"]
+            assert now - 7 * DAY <= tomb <= time.time() - 7 * DAY
+            declare(writer, "report-old", now - 10 * DAY, cron="0 * * * *", grace=60)
+            assert "report-old" not in rows(sink, NAMES)
+            tick(sink, now + 3 * HOUR)
+            assert sink.schedules.named("report-old").at(now + 3 * HOUR).count() == 0
+            declare(writer, "report-old", now - DAY, cron="0 * * * *", grace=60)
+            assert "report-old" in rows(sink, NAMES)
+            assert "report-old" not in forgotten(sink)
+            assert sink.forget_schedule("report-old")
+            with writer.store.write_lock:  # its tombstone is now a month old
+                cur = writer.store.cursor()
+                cur.execute("UPDATE forgotten_schedules SET forgotten_at = "
+                            "forgotten_at - INTERVAL 30 DAY")
+                cur.close()
+            sink.prune("7d")
+            assert forgotten(sink) == {}
+        finally:
+            sink.close()
+
+
 def test_the_migration_adds_the_tombstones_to_an_older_store(tmp_path: Path) -> None:
     """A store from before the tombstones (schema 8, with a schedule) is migrated by a
     writable open: it gets an empty forgotten_schedules, and forgetting there leaves one."""
