@@ -109,6 +109,11 @@ with _open("jobs.duckdb") as _sink:
     assert (_child.status, _child.progress) == ("completed", 100.0)
 """
 
+README_OUTCOME = """
+(_run,) = jobs.named("import_orders").all()
+assert (_run.status, _run.progress, _run.total) == ("completed", 100.0, 100_000), _run
+"""
+
 SIGTERM_OUTCOME = """
 import os, time
 try:
@@ -127,6 +132,10 @@ with open_sink("jobs.duckdb") as _sink:
 """
 
 RUNS: dict[str, tuple[Step, ...]] = {
+    "readme": (
+        Step("README.md", ("import chaperone_otel as chaperone",),
+             replace={"prometheus_port=9464": "prometheus_port=0"}, check=README_OUTCOME),
+    ),
     "quickstart": (
         # "Your own jobs": /metrics on a free port rather than 9464, which may be taken.
         Step("docs/quickstart.md", ("import time",),
@@ -148,8 +157,6 @@ RUNS: dict[str, tuple[Step, ...]] = {
 """Blocks that run as written, in order, per scenario."""
 
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("README.md", "import chaperone_otel as chaperone"):
-        "calls the reader's load() and save()",
     ("docs/concepts.md", '@supervised(queue="etl", heartbeat_interval=30, timeout="1h", '
                          'stall_timeout="5m",'):
         "a fragment: no imports; calls fetch() and transform()",
