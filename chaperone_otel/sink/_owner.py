@@ -512,16 +512,41 @@ class StoreOwner:
 
 
 async def _off_the_loop(fn: Callable[[], object]) -> None:
-    """Call ``fn``, which may wait briefly, on a worker thread; inline once the interpreter
-    is exiting (the owner closed by ``shutdown()`` at exit), where every thread pool refuses
-    new work ("cannot schedule new futures after interpreter shutdown") and the server has
-    nothing left to answer but what it is stopping anyway."""
+    """Call ``fn``, which may wait briefly, on a thread of its own; inline once the
+    interpreter is exiting (the owner closed by ``shutdown()`` at exit), where no new thread
+    may start and the server has nothing left to answer but what it is stopping anyway.
+
+    Not ``asyncio.to_thread``: that creates the loop's default executor, and ``asyncio.run``
+    then shuts it down on a new thread as the loop closes, which Python 3.12 refuses at exit
+    ("can't create new thread at interpreter shutdown", printed from the server's thread),
+    even when the call itself had fallen back to running inline.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as e:  # handed to the awaiting coroutine
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(settle, error)
+
     try:
-        await asyncio.to_thread(fn)
-    except RuntimeError as e:
-        if "interpreter shutdown" not in str(e):
-            raise
+        threading.Thread(target=work, name="chaperone-sink-stop", daemon=True).start()
+    except RuntimeError:  # the interpreter is exiting: no new threads (3.12+)
         fn()
+        return
+    await done
 
 
 class BackgroundServer:
