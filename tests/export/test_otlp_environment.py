@@ -159,3 +159,47 @@ def test_the_option_wins_over_the_environments_endpoint_and_protocol(
         pass
     assert chaperone.flush(10)
     assert "/v1/logs" in paths
+
+
+def _port_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "4317" in r.getMessage() and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("variables", "option", "warned"),
+    [
+        ({}, "http://127.0.0.1:4317", "otlp_endpoint"),
+        ({"PROTOCOL": "grpc"}, "http://127.0.0.1:4317", "otlp_endpoint"),  # the app's exporters
+        ({"PROTOCOL": "http/protobuf"}, "http://127.0.0.1:4317", None),  # said to be OTLP/HTTP
+        ({}, "http://127.0.0.1:4318", None),
+        ({"ENDPOINT": "http://127.0.0.1:4317"}, None, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"LOGS_ENDPOINT": "https://collector.example:4317/v1/logs"}, None, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+        ({"ENDPOINT": "http://127.0.0.1:4317", "PROTOCOL": "http/protobuf"}, None, None),
+        ({"ENDPOINT": "http://127.0.0.1:4318"}, None, None),
+    ],
+)
+def test_an_endpoint_on_the_grpc_port_is_warned_of_once(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variables: dict[str, str],
+    option: str | None,
+    warned: str | None,
+) -> None:
+    """An endpoint on 4317, OTLP/gRPC's port (often the gRPC exporter's endpoint copied),
+    got OTLP/HTTP posted to it and every export failed, reported only as failed batches
+    after the retries. configure() now warns once, naming the option or variable and the
+    OTLP/HTTP port; a protocol variable saying http/* silences it. No run is exported (the
+    endpoint may be anything)."""
+    for name in _OTLP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for suffix, value in variables.items():
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{suffix}", value)
+    with caplog.at_level(logging.INFO, logger="chaperone_otel"):
+        chaperone.configure(otlp_endpoint=option)
+    said = _port_warnings(caplog)
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert said[0].getMessage().startswith(f"chaperone-otel: {warned}=")
+        assert "4318" in said[0].getMessage()
