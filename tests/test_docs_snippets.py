@@ -168,7 +168,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/concepts.md", "def test_cancelled_over_memory(chaperone, chaperone_clock):"):
         "a pytest test, its imports left out (tests/test_testing_resources.py tests the same)",
     ("docs/integrations.md", "# proj/tasks.py  (the module named by `celery -A proj.tasks "
-                             "worker`)"): "a Celery app: a worker and Redis",
+                             "worker`)"):
+        "a Celery app: a worker and Redis (tests/integrations/test_docs_setups.py runs it)",
     ("docs/integrations.md", '@app.task(chaperone_lease="heartbeat", '
                              "chaperone_heartbeat_interval=30)"): "a Celery task",
     ("docs/integrations.md", "sink.jobs.with_id(task_id).all()"):
@@ -176,11 +177,15 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/integrations.md", "from celery.signals import worker_process_init"):
         "a Celery worker's signal",
     ("docs/integrations.md", "# proj/worker.py  (the worker class: `rq worker -w "
-                             "proj.worker.Worker`)"): "an RQ worker and Redis",
-    ("docs/integrations.md", "# proj/jobs.py"): "an RQ job: load() and save() are the reader's",
-    ("docs/integrations.md", "from redis import Redis"): "enqueues to Redis for an RQ worker",
+                             "proj.worker.Worker`)"):
+        "an RQ worker and Redis (tests/integrations/test_docs_setups.py runs it)",
+    ("docs/integrations.md", "# proj/jobs.py"):
+        "an RQ job: load() and save() are the reader's (tests/integrations/test_docs_setups.py "
+        "runs it with its own)",
+    ("docs/integrations.md", "from redis import Redis"):
+        "enqueues to Redis for an RQ worker (tests/integrations/test_docs_setups.py runs it)",
     ("docs/integrations.md", "# proj/tasks.py  (`dramatiq proj.tasks`)"):
-        "a Dramatiq worker and Redis",
+        "a Dramatiq worker and Redis (tests/integrations/test_docs_setups.py runs it)",
     ("docs/querying.md", "job = sink.job(supervision_id)"):
         "a fragment: sink and supervision_id are the reader's",
     ("docs/querying.md", 'result = sink.sql("SELECT * FROM heartbeats")'):
