@@ -19,7 +19,7 @@ from celery import Celery
 
 import chaperone_otel as chaperone
 from tests.integrations import span_file
-from tests.integrations.workers import stop, worker_env
+from tests.integrations.workers import close_celery_client, stop, worker_env
 from tests.waiting import wait_until
 
 APP = textwrap.dedent(
@@ -227,7 +227,7 @@ def celery_worker(
             yield worker
         finally:
             try:
-                client.close()
+                close_celery_client(client)
             finally:
                 stop(proc, grace=30)
 

@@ -22,7 +22,13 @@ import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.integrations._celery_beat import beat_specs, run_options
 from chaperone_otel.testing import capture
-from tests.integrations.workers import dispatched_missed, schedule_slots, stop, worker_env
+from tests.integrations.workers import (
+    close_celery_client,
+    dispatched_missed,
+    schedule_slots,
+    stop,
+    worker_env,
+)
 from tests.waiting import wait_until
 
 _APP = textwrap.dedent(
@@ -251,7 +257,7 @@ def beat_and_worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
         )
         yield store
     finally:
-        client.close()
+        close_celery_client(client)
         for proc in reversed(procs):
             stop(proc, grace=20)
         logs.close()
