@@ -6,7 +6,7 @@ names a database of its own on the session's redis-server, and ``load()``/``save
 are the reader's), the worker started with the page's command (the framework's defaults:
 Celery's prefork pool and Dramatiq's processes, one per core), a task sent as the page sends
 it, and its run read back from the store the worker's processes share: completed, progress
-100 %, nothing raised in the worker's log. The blocks are found by their first line, as
+100 %, nothing raised in the worker's log, while it runs or as it shuts down. The blocks are found by their first line, as
 ``tests/test_docs_snippets.py`` finds them (it lists them as not runnable on their own), so
 a changed block fails here rather than drifting. Workers are stopped by PID; every wait is
 bounded.
@@ -119,9 +119,16 @@ def _assert_imported(run: Any, name: str, queue: str, log: Path) -> None:
     assert run.error_type is None
     assert run.timeout_at is not None
     assert abs((run.timeout_at - run.started_at).total_seconds() - 600) < 1
-    text = log.read_text()
-    assert "Traceback" not in text, text
-    assert "internal error" not in text, text
+    _assert_quiet(log)
+
+
+def _assert_quiet(*logs: Path) -> None:
+    """Nothing raised, and no internal error of ours, in the worker's logs (checked while it
+    runs, and again once it has shut down: its exit, with the store's hand-over, too)."""
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text, text
+        assert "internal error" not in text, text
 
 
 def test_celerys_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
@@ -152,6 +159,7 @@ def test_celerys_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
             task_id = client.send_task("proj.tasks.import_file", args=["/data/a.csv"]).id
             run = _stored(store, proc, log, run_id=task_id)
             _assert_imported(run, "proj.tasks.import_file", "celery", log)
+        _assert_quiet(log)
     finally:
         close_celery_client(client)
 
@@ -191,6 +199,7 @@ def test_rqs_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
         run_python(enqueue, timeout=60, cwd=tmp_path)
         run = _stored(store, proc, log, name="proj.jobs.import_file")
         _assert_imported(run, "proj.jobs.import_file", "default", log)
+    _assert_quiet(log)
 
 
 def test_dramatiqs_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
@@ -226,4 +235,5 @@ def test_dramatiqs_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None
             broker.close()
         run = _stored(store, proc, log, run_id=message.message_id)
         _assert_imported(run, "import_file", "default", log)
-        assert "Traceback" not in log_file.read_text(), log_file.read_text()
+        _assert_quiet(log_file)
+    _assert_quiet(log, log_file)
