@@ -8,7 +8,7 @@ import re
 from importlib import metadata
 from typing import Final
 
-MINIMUMS: Final = {"celery": "5.3", "rq": "2.0", "dramatiq": "1.17"}
+MINIMUMS: Final = {"celery": "5.3", "rq": "3.0", "dramatiq": "1.17"}
 """The oldest release of each framework an integration supports (the package's extras
 ``chaperone-otel[celery]``, ``[rq]`` and ``[dramatiq]`` require the same)."""
 
