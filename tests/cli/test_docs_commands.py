@@ -90,7 +90,7 @@ def _parse(args: list[str]) -> list[str]:
         if not rest:  # a group that runs on its own (`schedules` lists, `schedules forget`)
             if not command.invoke_without_command:
                 raise click.UsageError(f"{' '.join(names) or 'chaperone-otel'} needs a command")
-            return names or [command.name or ""]
+            return names
         name, sub, rest = command.resolve_command(ctx, rest)
         assert sub is not None
         assert name is not None

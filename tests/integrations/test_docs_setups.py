@@ -6,10 +6,10 @@ names a database of its own on the session's redis-server, and ``load()``/``save
 are the reader's), the worker started with the page's command (the framework's defaults:
 Celery's prefork pool and Dramatiq's processes, one per core), a task sent as the page sends
 it, and its run read back from the store the worker's processes share: completed, progress
-100 %, nothing raised in the worker's log, while it runs or as it shuts down. The blocks are found by their first line, as
-``tests/test_docs_snippets.py`` finds them (it lists them as not runnable on their own), so
-a changed block fails here rather than drifting. Workers are stopped by PID; every wait is
-bounded.
+100 %; nothing raised in the worker's log by the time it has shut down. The blocks are
+found by their first line, as ``tests/test_docs_snippets.py`` finds them (it lists them as
+not runnable on their own), so a changed block fails here rather than drifting. Workers are
+stopped by PID; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -111,20 +111,19 @@ def _stored(store: Path, proc: subprocess.Popen[bytes], log: Path, **where: Any)
     return wait_until(terminal, 60, f"the run of {where} to end in the store")
 
 
-def _assert_imported(run: Any, name: str, queue: str, log: Path) -> None:
+def _assert_imported(run: Any, name: str, queue: str) -> None:
     """Completed, its progress from ``track()`` (100 % of ``ROWS``), attempt 1 on ``queue``,
-    its timeout the page's 600 s limit; nothing raised in the worker."""
+    its timeout the page's 600 s limit."""
     assert (run.name, run.status, run.attempt, run.queue) == (name, "completed", 1, queue), run
     assert (run.progress, run.total) == (100.0, ROWS)
     assert run.error_type is None
     assert run.timeout_at is not None
     assert abs((run.timeout_at - run.started_at).total_seconds() - 600) < 1
-    _assert_quiet(log)
 
 
 def _assert_quiet(*logs: Path) -> None:
-    """Nothing raised, and no internal error of ours, in the worker's logs (checked while it
-    runs, and again once it has shut down: its exit, with the store's hand-over, too)."""
+    """Nothing raised, and no internal error of ours, in the worker's logs, read once it has
+    shut down (its exit, with the store's hand-over, included)."""
     for log in logs:
         text = log.read_text()
         assert "Traceback" not in text, text
@@ -158,7 +157,7 @@ def test_celerys_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
             wait_until(ready, 60, "the celery worker to answer ping")
             task_id = client.send_task("proj.tasks.import_file", args=["/data/a.csv"]).id
             run = _stored(store, proc, log, run_id=task_id)
-            _assert_imported(run, "proj.tasks.import_file", "celery", log)
+            _assert_imported(run, "proj.tasks.import_file", "celery")
         _assert_quiet(log)
     finally:
         close_celery_client(client)
@@ -198,7 +197,7 @@ def test_rqs_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None:
         enqueue = _block("from redis import Redis", **{"Redis()": f"Redis.from_url({url!r})"})
         run_python(enqueue, timeout=60, cwd=tmp_path)
         run = _stored(store, proc, log, name="proj.jobs.import_file")
-        _assert_imported(run, "proj.jobs.import_file", "default", log)
+        _assert_imported(run, "proj.jobs.import_file", "default")
     _assert_quiet(log)
 
 
@@ -234,6 +233,5 @@ def test_dramatiqs_setup_runs_as_written(redis_url: str, tmp_path: Path) -> None
         finally:
             broker.close()
         run = _stored(store, proc, log, run_id=message.message_id)
-        _assert_imported(run, "import_file", "default", log)
-        _assert_quiet(log_file)
+        _assert_imported(run, "import_file", "default")
     _assert_quiet(log, log_file)
