@@ -16,8 +16,8 @@ def closing_request(base: Any, inst: Any) -> Any:
     """``base`` (a Celery ``Request`` class) whose ``on_failure``, ``on_timeout`` and
     ``cancel`` also tell ``inst`` (the integration's ``_Instrumentation``), so the worker's
     main process can close a run Celery requeues, retries or cancels without a signal, and
-    the hard time limit's ``task_failure`` names its own request. One class per (base,
-    instrumentation)."""
+    the ``task_failure`` Celery sends from them names its own delivery (:meth:`handling`).
+    One class per (base, instrumentation)."""
     if getattr(base, "_chaperone_otel", None) is inst:
         return base
     key = (base, id(inst))
@@ -25,8 +25,12 @@ def closing_request(base: Any, inst: Any) -> Any:
     if found is None:
 
         def on_failure(self: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            # The task_failure Celery sends from here (a lost child; billiard's hard time
+            # limit, which comes here before on_timeout) has the request in place only
+            # from Celery 5.7: name the delivery for the receiver on every version.
             try:
-                return base.on_failure(self, exc_info, *args, **kwargs)
+                with inst.handling(self):
+                    return base.on_failure(self, exc_info, *args, **kwargs)
             finally:
                 with _guard("celery.requeued"):
                     inst.requeued(self, exc_info)
@@ -39,17 +43,13 @@ def closing_request(base: Any, inst: Any) -> Any:
             return result
 
         def on_timeout(self: Any, soft: bool, timeout: Any) -> Any:
-            # At the hard limit Celery sends task_failure without the request in place (as
-            # on_failure has it): put it there, so the receiver closes this delivery's
-            # execution, not the newest one of the task id (a redelivery may run too).
+            # At the hard limit Celery 5.7 sends task_failure without the request in place:
+            # name it, so the receiver closes this delivery's execution, not the newest
+            # one of the task id (a redelivery may run too).
             if soft:
                 return base.on_timeout(self, soft, timeout)
-            stack = self.task.request_stack
-            stack.push(self._context)
-            try:
+            with inst.handling(self):
                 return base.on_timeout(self, soft, timeout)
-            finally:
-                stack.pop()
 
         found = type(
             base.__name__,

@@ -69,10 +69,11 @@ sent when ``worker_max_tasks_per_child`` recycles it): billiard ends children wi
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -121,6 +122,9 @@ _SPECS: Final = 1_024
 _EXECUTION: Final = "chaperone_execution_id"
 """The request field that carries a delivery's execution id from the worker's main process
 (``task_received``) to the pool child that runs it (``task.request``)."""
+_CLOSED: Final = "_chaperone_otel_closed"
+"""Set on the main process's request of a delivery whose run :meth:`_Instrumentation.failed`
+closed, so that a second ``task_failure`` for it closes nothing."""
 _SPAN: Final = "chaperone_otel_span"
 """The message header (a request field in the worker) that carries a retried attempt's run
 span (W3C ``traceparent``) to the next attempt, whose span links to it: the OTel Celery
@@ -157,6 +161,9 @@ class _Instrumentation:
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
+        # The main process's Request whose failure or hard time limit Celery is handling
+        # on this thread (the request class sets it): the delivery its task_failure means.
+        self.handled = threading.local()
         # Per task, what is the same at every run of it in this process, read at its first
         # run: (the task, its heartbeat interval, lease, hard and soft time limit (its own,
         # else the app's)). Celery itself reads these once (the worker's limits at its
@@ -172,6 +179,19 @@ class _Instrumentation:
     def options(self) -> tuple[Any, ...]:
         """What :func:`instrument` was given (a second call must give the same)."""
         return (self.include, self.heartbeat_interval, self.lease, self.flush_timeout)
+
+    @contextlib.contextmanager
+    def handling(self, request: Any) -> Iterator[None]:
+        """While Celery's main process handles ``request``'s end (``Request.on_failure``,
+        ``on_timeout``), the ``task_failure`` it sends means that delivery: before Celery
+        5.7 it sends it without the request in place, so :meth:`failed` could otherwise
+        only guess the newest delivery of the task id."""
+        before = getattr(self.handled, "request", None)
+        self.handled.request = request
+        try:
+            yield
+        finally:
+            self.handled.request = before
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this process runs ``task_id`` now (solo, threads: postrun will end it)."""
@@ -287,13 +307,23 @@ class _Instrumentation:
             return
         if self.runs_here(task_id):  # solo, threads: its postrun ends it
             return
-        # The delivery's own execution when Celery put its request in place (a lost child:
-        # on_failure pushes it; a hard time limit does not): a worker may hold two
-        # deliveries of one task id (a redelivery after the visibility timeout).
-        request = getattr(sender, "request", None)
-        own = (
-            getattr(request, _EXECUTION, None) if getattr(request, "id", None) == task_id else None
-        )
+        # The delivery's own execution (a worker may hold two deliveries of one task id: a
+        # redelivery after the visibility timeout): the Request being handled (the request
+        # class names it), else the one Celery put in place (5.7's on_failure).
+        request = getattr(self.handled, "request", None)
+        own = None
+        if getattr(request, "id", None) == task_id:
+            own = _delivery(request)[1]
+        else:
+            request = getattr(sender, "request", None)
+            if getattr(request, "id", None) == task_id:
+                own = getattr(request, _EXECUTION, None)
+        if isinstance(own, str):
+            # billiard's hard limit reaches both on_failure and on_timeout; Celery 5.7
+            # sends task_failure from each: close the delivery once.
+            if getattr(request, _CLOSED, False):
+                return
+            setattr(request, _CLOSED, True)
         with self.lock:
             known = self.known.get(task_id)
             if known is not None and (not isinstance(own, str) or known[0] == own):
