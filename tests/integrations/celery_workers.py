@@ -15,12 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, __version__
 
 import chaperone_otel as chaperone
 from tests.integrations import span_file
 from tests.integrations.workers import close_celery_client, stop, worker_env
 from tests.waiting import wait_until
+
+CELERY_RELEASE = tuple(int(part) for part in __version__.split(".")[:2])
+"""The installed Celery's (major, minor): a few outcomes are Celery's own and differ by
+release (the extra supports 5.3 and later)."""
 
 APP = textwrap.dedent(
     """

@@ -22,6 +22,7 @@ import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
 from chaperone_otel.integrations._celery_beat import beat_specs, run_options
 from chaperone_otel.testing import capture
+from tests.integrations.celery_workers import CELERY_RELEASE
 from tests.integrations.workers import (
     close_celery_client,
     dispatched_missed,
@@ -113,6 +114,8 @@ def test_a_crontab_celery_accepts_is_the_cron_it_fires_on(case: str) -> None:
     from chaperone_otel._schedules import cron_dues
     from chaperone_otel.integrations._celery_beat import entry_spec
 
+    if case == "month name" and CELERY_RELEASE < (5, 6):
+        pytest.skip("Celery's crontab takes month names from 5.6")
     options, expected = _CELERY_CRONTABS[case]
     every = crontab(app=Celery("fields"), **options)
     spec = entry_spec(case, {"schedule": every}, timezone="UTC")

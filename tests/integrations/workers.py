@@ -64,7 +64,9 @@ def close_celery_client(app: Any) -> None:
     (``filterwarnings = error``; seen on 3.13). The broker's pool is not closed here: kombu
     shares it between every app with the same broker URL (other fixtures' clients), and
     closes its connections itself. Drop the client's ``AsyncResult`` objects first: one
-    that dies after this unsubscribes, which reopens the pubsub.
+    that dies after this unsubscribes, which reopens the pubsub unless the consumer has
+    none (before Celery 5.7 a stopped consumer keeps its closed pubsub, and a result the
+    test still held reopened it once the test returned).
     """
     # The unreachable results (in reference cycles) go first, while the pubsub is open.
     gc.collect()
@@ -73,6 +75,7 @@ def close_celery_client(app: Any) -> None:
         consumer = getattr(backend, "result_consumer", None)
         if consumer is not None:
             consumer.stop()
+            consumer._pubsub = None  # what cancel_for() checks before it unsubscribes
         redis_client = getattr(backend, "client", None)
         if redis_client is not None:
             redis_client.connection_pool.disconnect()
