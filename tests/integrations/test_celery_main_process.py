@@ -127,11 +127,13 @@ def test_a_child_lost_after_it_stored_success_is_closed_for_every_task(
     assert [(run_id, status) for run_id, status, _, _ in _closed(cap)] == [("t-1", "failed")]
 
 
-def test_a_hard_time_limit_closes_its_own_delivery_not_a_newer_one_of_the_task_id(
-    app: Celery, cap: Capture
+@pytest.mark.parametrize("end", ["hard time limit", "child lost"])
+def test_a_child_killed_closes_its_own_delivery_not_a_newer_one_of_the_task_id(
+    app: Celery, cap: Capture, end: str
 ) -> None:
     """Two deliveries of one task id in one worker (the broker redelivered it while it ran):
-    the first one's hard time limit closes the first execution; the second stays open."""
+    the first one's hard time limit, or its child's death, closes the first execution
+    (once); the second stays open."""
 
     @app.task(shared=False, name="mainproc.long", acks_late=True, time_limit=10)
     def long() -> None:
@@ -140,13 +142,18 @@ def test_a_hard_time_limit_closes_its_own_delivery_not_a_newer_one_of_the_task_i
     signals.worker_init.send(sender=None)
     first = _delivery(app, long, "same")
     second = _delivery(app, long, "same")
-    # billiard's hard limit, in its order: the job's error callback (Request.on_failure
-    # with TimeLimitExceeded: task_failure, without the request in place before Celery
-    # 5.7), then the timeout callback (on_timeout: task_failure again from Celery 5.7).
-    _lost(first, TimeLimitExceeded(10))
-    first.on_timeout(soft=False, timeout=10)
+    if end == "hard time limit":
+        # billiard's, in its order: the job's error callback (Request.on_failure with
+        # TimeLimitExceeded: task_failure, without the request in place before Celery
+        # 5.7), then the timeout callback (on_timeout: task_failure again from 5.7).
+        _lost(first, TimeLimitExceeded(10))
+        first.on_timeout(soft=False, timeout=10)
+        expected = "billiard.exceptions.TimeLimitExceeded"
+    else:  # no reject_on_worker_lost: Celery fails the task (task_failure)
+        _lost(first, WorkerLostError("killed"))
+        expected = "billiard.exceptions.WorkerLostError"
     ((_, status, error, execution),) = _closed(cap)
-    assert (status, error) == ("failed", "billiard.exceptions.TimeLimitExceeded")
+    assert (status, error) == ("failed", expected)
     assert execution == first.request_dict["chaperone_execution_id"]
     known = integration._instrumented[id(app)].known
     assert known["same"][0] == second.request_dict["chaperone_execution_id"]
