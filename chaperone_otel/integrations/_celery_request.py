@@ -5,18 +5,42 @@ request in place. It does not import Celery: :mod:`.celery` passes the base clas
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .._safety import handle_internal_errors as _guard
 
 _closing: dict[tuple[type, int], type] = {}
+_handled = threading.local()
+
+
+@contextlib.contextmanager
+def _handling(request: Any) -> Iterator[None]:
+    """While Celery's main process handles ``request``'s end (``on_failure``,
+    ``on_timeout``), the ``task_failure`` it sends means that delivery: before Celery 5.7
+    it sends it without the request in place, and a worker may hold two deliveries of one
+    task id (a redelivery), so the receiver could otherwise only guess the newest."""
+    before = getattr(_handled, "request", None)
+    _handled.request = request
+    try:
+        yield
+    finally:
+        _handled.request = before
+
+
+def handled_request() -> Any:
+    """The main process's ``Request`` whose failure or hard time limit Celery is handling
+    on this thread (None: none)."""
+    return getattr(_handled, "request", None)
 
 
 def closing_request(base: Any, inst: Any) -> Any:
     """``base`` (a Celery ``Request`` class) whose ``on_failure``, ``on_timeout`` and
     ``cancel`` also tell ``inst`` (the integration's ``_Instrumentation``), so the worker's
     main process can close a run Celery requeues, retries or cancels without a signal, and
-    the ``task_failure`` Celery sends from them names its own delivery (:meth:`handling`).
+    the ``task_failure`` Celery sends from them names its own delivery (:func:`handled_request`).
     One class per (base, instrumentation)."""
     if getattr(base, "_chaperone_otel", None) is inst:
         return base
@@ -29,7 +53,7 @@ def closing_request(base: Any, inst: Any) -> Any:
             # limit, which comes here before on_timeout) has the request in place only
             # from Celery 5.7: name the delivery for the receiver on every version.
             try:
-                with inst.handling(self):
+                with _handling(self):
                     return base.on_failure(self, exc_info, *args, **kwargs)
             finally:
                 with _guard("celery.requeued"):
@@ -48,7 +72,7 @@ def closing_request(base: Any, inst: Any) -> Any:
             # one of the task id (a redelivery may run too).
             if soft:
                 return base.on_timeout(self, soft, timeout)
-            with inst.handling(self):
+            with _handling(self):
                 return base.on_timeout(self, soft, timeout)
 
         found = type(

@@ -69,11 +69,10 @@ sent when ``worker_max_tasks_per_child`` recycles it): billiard ends children wi
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -93,6 +92,7 @@ from ..exceptions import ConfigurationError as _ConfigurationError
 from . import _celery_beat as _beat
 from ._celery_beat import instrument_beat, uninstrument_beat
 from ._celery_request import closing_request as _closing_request
+from ._celery_request import handled_request as _handled_request
 from ._framework import framework_import_error as _framework_import_error
 from ._options import check_options as _check_options
 
@@ -161,9 +161,6 @@ class _Instrumentation:
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
         self.lock = threading.Lock()
-        # The main process's Request whose failure or hard time limit Celery is handling
-        # on this thread (the request class sets it): the delivery its task_failure means.
-        self.handled = threading.local()
         # Per task, what is the same at every run of it in this process, read at its first
         # run: (the task, its heartbeat interval, lease, hard and soft time limit (its own,
         # else the app's)). Celery itself reads these once (the worker's limits at its
@@ -179,19 +176,6 @@ class _Instrumentation:
     def options(self) -> tuple[Any, ...]:
         """What :func:`instrument` was given (a second call must give the same)."""
         return (self.include, self.heartbeat_interval, self.lease, self.flush_timeout)
-
-    @contextlib.contextmanager
-    def handling(self, request: Any) -> Iterator[None]:
-        """While Celery's main process handles ``request``'s end (``Request.on_failure``,
-        ``on_timeout``), the ``task_failure`` it sends means that delivery: before Celery
-        5.7 it sends it without the request in place, so :meth:`failed` could otherwise
-        only guess the newest delivery of the task id."""
-        before = getattr(self.handled, "request", None)
-        self.handled.request = request
-        try:
-            yield
-        finally:
-            self.handled.request = before
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this process runs ``task_id`` now (solo, threads: postrun will end it)."""
@@ -310,7 +294,7 @@ class _Instrumentation:
         # The delivery's own execution (a worker may hold two deliveries of one task id: a
         # redelivery after the visibility timeout): the Request being handled (the request
         # class names it), else the one Celery put in place (5.7's on_failure).
-        request = getattr(self.handled, "request", None)
+        request = _handled_request()
         own = None
         if getattr(request, "id", None) == task_id:
             own = _delivery(request)[1]
