@@ -261,9 +261,7 @@ class _Instrumentation:
         with _guard("celery.received"):
             execution = _new_execution_id()
             request_dict[_EXECUTION] = execution
-            delivery = request_dict.get("delivery_info") or {}
-            attempt = int(request_dict.get("retries") or 0) + 1
-            queue = delivery.get("routing_key")
+            attempt, queue = _attempt_and_queue(request_dict)
             with self.lock:
                 task_id = str(request.id)
                 self.known.pop(task_id, None)  # a redelivery is the newest, not kept in place
@@ -289,19 +287,18 @@ class _Instrumentation:
         no longer finish its run, so it is closed from here (failed, with the reason)."""
         if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or task_id is None:
             return
-        if self.runs_here(task_id):  # solo, threads: its postrun ends it
-            return
-        # The delivery's own execution (a worker may hold two deliveries of one task id: a
+        if sender is None or not self.wanted(sender) or self.runs_here(task_id):
+            return  # another app's; or solo, threads: its postrun ends it
+        # The delivery's own fields (a worker may hold two deliveries of one task id: a
         # redelivery after the visibility timeout): the Request being handled (the request
-        # class names it), else the one Celery put in place (5.7's on_failure).
+        # class names it), else the context Celery put in place (5.7's on_failure).
         request = _handled_request()
-        own = None
         if getattr(request, "id", None) == task_id:
-            own = _delivery(request)[1]
+            fields = getattr(request, "request_dict", None) or {}
         else:
             request = getattr(sender, "request", None)
-            if getattr(request, "id", None) == task_id:
-                own = getattr(request, _EXECUTION, None)
+            fields = vars(request) if getattr(request, "id", None) == task_id else {}
+        own = fields.get(_EXECUTION)
         if isinstance(own, str):
             # billiard's hard limit reaches both on_failure and on_timeout; Celery 5.7
             # sends task_failure from each: close the delivery once.
@@ -313,8 +310,8 @@ class _Instrumentation:
             if known is not None and (not isinstance(own, str) or known[0] == own):
                 del self.known[task_id]
             elif isinstance(own, str):
-                known = (own, int(getattr(request, "retries", 0) or 0) + 1, None)
-        if known is None or sender is None or not self.wanted(sender):
+                known = (own, *_attempt_and_queue(fields))
+        if known is None:
             return
         execution, attempt, queue = known
         limit = None
@@ -625,6 +622,13 @@ def _delivery(request: Any) -> tuple[str, Any]:
     """(task id, execution id) of the main process's ``Request`` of a delivery."""
     execution = (getattr(request, "request_dict", None) or {}).get(_EXECUTION)
     return str(getattr(request, "id", "")), execution
+
+
+def _attempt_and_queue(fields: dict[str, Any]) -> tuple[int, str | None]:
+    """A delivery's attempt (Celery's retries + 1) and queue (the routing key it came by),
+    from its request fields."""
+    queue = (fields.get("delivery_info") or {}).get("routing_key")
+    return int(fields.get("retries") or 0) + 1, queue
 
 
 def _number(*candidates: Any) -> float | None:

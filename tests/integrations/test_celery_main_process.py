@@ -140,8 +140,8 @@ def test_a_child_killed_closes_its_own_delivery_not_a_newer_one_of_the_task_id(
         pass
 
     signals.worker_init.send(sender=None)
-    first = _delivery(app, long, "same")
-    second = _delivery(app, long, "same")
+    first = _delivery(app, long, "same", retries=2)
+    second = _delivery(app, long, "same", retries=2)
     if end == "hard time limit":
         # billiard's, in its order: the job's error callback (Request.on_failure with
         # TimeLimitExceeded: task_failure, without the request in place before Celery
@@ -155,8 +155,37 @@ def test_a_child_killed_closes_its_own_delivery_not_a_newer_one_of_the_task_id(
     ((_, status, error, execution),) = _closed(cap)
     assert (status, error) == ("failed", expected)
     assert execution == first.request_dict["chaperone_execution_id"]
+    (closed,) = [r for r in cap.records if r.event_name == sc.EVENT_JOB_CLOSED]
+    assert (closed.attributes[sc.ATTR_JOB_ATTEMPT], closed.attributes[sc.ATTR_JOB_QUEUE]) == (
+        3,
+        "celery",
+    )
     known = integration._instrumented[id(app)].known
     assert known["same"][0] == second.request_dict["chaperone_execution_id"]
+
+
+def test_a_hard_time_limit_is_closed_with_another_app_instrumented_first(
+    app: Celery, cap: Capture
+) -> None:
+    """Every instrumented app's receiver hears every ``task_failure``: another app's, run
+    first, neither closes the run nor keeps the owning app's from closing it."""
+    other = Celery("other", broker="memory://", backend="cache+memory://")
+    uninstrument(app)
+    instrument(other)
+    instrument(app)  # after the other app: its receivers run second
+    try:
+
+        @app.task(shared=False, name="mainproc.limited", time_limit=10)
+        def limited() -> None:
+            pass
+
+        signals.worker_init.send(sender=None)
+        request = _delivery(app, limited)
+        _lost(request, TimeLimitExceeded(10))  # billiard's order, as above
+        request.on_timeout(soft=False, timeout=10)
+        assert [(run_id, status) for run_id, status, _, _ in _closed(cap)] == [("t-1", "failed")]
+    finally:
+        uninstrument(other)
 
 
 def test_known_deliveries_keep_the_newest_and_forget_ended_ones(

@@ -65,8 +65,9 @@ def close_celery_client(app: Any) -> None:
     shares it between every app with the same broker URL (other fixtures' clients), and
     closes its connections itself. Drop the client's ``AsyncResult`` objects first: one
     that dies after this unsubscribes, which reopens the pubsub unless the consumer has
-    none (before Celery 5.7 a stopped consumer keeps its closed pubsub, and a result the
-    test still held reopened it once the test returned).
+    none: a stopped consumer keeps its closed pubsub, and before Celery 5.7 its
+    ``cancel_for()`` unsubscribes every key (5.7 only keys still subscribed), so a result
+    the test still held reopened it once the test returned.
     """
     # The unreachable results (in reference cycles) go first, while the pubsub is open.
     gc.collect()
