@@ -104,6 +104,14 @@ APP = textwrap.dedent(
         return seconds
 
 
+    @app.task(name="it.until")
+    def until(marker, limit=60):  # runs until the test creates ``marker`` (or ``limit`` s)
+        deadline = time.monotonic() + limit
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return os.path.exists(marker)
+
+
     @app.task(name="it.overtime", time_limit=2)
     def overtime(seconds=30):
         time.sleep(seconds)

@@ -154,25 +154,26 @@ def test_revoke_with_terminate_cannot_stop_a_thread_so_the_run_ends_as_the_task_
     """revoke(terminate=True) fails in a threads worker and the task runs on: its run is
     not closed as cancelled while it still runs, and ends completed as Celery records it
     (its span too; one completion counted)."""
-    counted = _counted(worker, "it.hang")
-    # Long enough for the revoke to reach the worker while the task runs on a busy machine
-    # (Celery only tries to terminate a task that is still active).
-    result = worker.client.send_task("it.hang", args=(6,))
-    wait_until(lambda: running_pid(worker, "it.hang", result.id), 30, "the running run")
+    counted = _counted(worker, "it.until")
+    marker = worker.root / "until-revoke-terminate"
+    # Runs until the test lets it end: the revoke always finds it active.
+    result = worker.client.send_task("it.until", args=(str(marker),))
+    wait_until(lambda: running_pid(worker, "it.until", result.id), 30, "the running run")
     worker.client.control.revoke(result.id, terminate=True)
     wait_until(  # Celery's own report, while the task still runs
         lambda: "does not implement kill_job" in worker.log(), 30, "the failed terminate"
     )
-    seen = _run(worker, "it.hang", result.id)  # read before asking whether it ended
-    if not result.ready():  # still running: its run is not closed (as cancelled) either
-        assert seen is not None
-        assert seen.status == "running"
-    assert result.get(timeout=30) == 6
+    assert not result.ready()
+    seen = _run(worker, "it.until", result.id)  # still running: not closed as cancelled
+    assert seen is not None
+    assert seen.status == "running"
+    marker.touch()
+    assert result.get(timeout=30) is True
     assert result.state == "SUCCESS"
-    job = closed(worker, "it.hang", result.id, "completed")
+    job = closed(worker, "it.until", result.id, "completed")
     assert job.health == "healthy"
     run_span_tree(worker, job)
-    counted.moved({("it.hang", "completed"): 1})
+    counted.moved({("it.until", "completed"): 1})
 
 
 def test_a_cold_shutdown_waits_for_the_running_task_and_its_run_completes(
