@@ -117,14 +117,13 @@ _KNOWN: Final = 100_000
 """Deliveries the main process remembers to close their runs (about 270 bytes each: 27 MB
 at the cap; a delivery that fails or is revoked is forgotten at once, a successful one when
 newer deliveries push it out)."""
+_CLOSED_KEPT: Final = 1_024
+"""Closed executions remembered (a repeated ``task_failure`` follows the first at once)."""
 _SPECS: Final = 1_024
 """Validated run specs a process keeps (one per task, queue, attempt and time limit seen)."""
 _EXECUTION: Final = "chaperone_execution_id"
 """The request field that carries a delivery's execution id from the worker's main process
 (``task_received``) to the pool child that runs it (``task.request``)."""
-_CLOSED: Final = "_chaperone_otel_closed"
-"""Set on the main process's request of a delivery whose run :meth:`_Instrumentation.failed`
-closed, so that a second ``task_failure`` for it closes nothing."""
 _SPAN: Final = "chaperone_otel_span"
 """The message header (a request field in the worker) that carries a retried attempt's run
 span (W3C ``traceparent``) to the next attempt, whose span links to it: the OTel Celery
@@ -160,6 +159,9 @@ class _Instrumentation:
         # The worker's main process: task id -> the delivery's (execution id, attempt,
         # queue), so it can close the run of a child that died (the newest _KNOWN kept).
         self.known: dict[str, tuple[str, int, str | None]] = {}
+        # The executions failed() closed (the newest _CLOSED_KEPT, in order): a second
+        # task_failure for one (Celery 5.7 at a hard limit) closes nothing.
+        self.closed: dict[str, None] = {}
         self.lock = threading.Lock()
         # Per task, what is the same at every run of it in this process, read at its first
         # run: (the task, its heartbeat interval, lease, hard and soft time limit (its own,
@@ -299,13 +301,13 @@ class _Instrumentation:
             request = getattr(sender, "request", None)
             fields = vars(request) if getattr(request, "id", None) == task_id else {}
         own = fields.get(_EXECUTION)
-        if isinstance(own, str):
-            # billiard's hard limit reaches both on_failure and on_timeout; Celery 5.7
-            # sends task_failure from each: close the delivery once.
-            if getattr(request, _CLOSED, False):
-                return
-            setattr(request, _CLOSED, True)
         with self.lock:
+            if isinstance(own, str):  # billiard's hard limit reaches on_failure and
+                if own in self.closed:  # on_timeout, and 5.7 sends task_failure from each
+                    return
+                self.closed[own] = None
+                if len(self.closed) > _CLOSED_KEPT:
+                    del self.closed[next(iter(self.closed))]
             known = self.known.get(task_id)
             if known is not None and (not isinstance(own, str) or known[0] == own):
                 del self.known[task_id]

@@ -209,6 +209,33 @@ def test_known_deliveries_keep_the_newest_and_forget_ended_ones(
     assert _closed(cap) == []
 
 
+def test_closed_executions_are_remembered_once_each_and_bounded(
+    app: Celery, cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executions the main process closed are kept by the instrumentation (not on
+    Celery's objects), the newest few: a repeated ``task_failure`` for a kept one closes
+    nothing, and the oldest are let go."""
+
+    @app.task(shared=False, name="mainproc.limited_many", time_limit=10)
+    def limited_many() -> None:
+        pass
+
+    signals.worker_init.send(sender=None)
+    monkeypatch.setattr(integration, "_CLOSED_KEPT", 2)
+    requests = [_delivery(app, limited_many, f"L{i}") for i in range(3)]
+    for request in requests:
+        _lost(request, TimeLimitExceeded(10))
+        request.on_timeout(soft=False, timeout=10)  # Celery 5.7: task_failure again
+    assert [(run_id, status) for run_id, status, _, _ in _closed(cap)] == [
+        ("L0", "failed"),
+        ("L1", "failed"),
+        ("L2", "failed"),
+    ]
+    closed = integration._instrumented[id(app)].closed
+    assert list(closed) == [r.request_dict["chaperone_execution_id"] for r in requests[1:]]
+    assert not any(hasattr(r, "_chaperone_otel_closed") for r in requests)
+
+
 def test_reject_without_requeue_is_a_failure(app: Celery, cap: Capture) -> None:
     """``Reject(requeue=False)`` (here raised by a ``retry()`` whose message could not be
     sent) is Celery's FAILURE: the task never runs again. The run is ``failed`` with the
