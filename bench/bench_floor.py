@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 from bench_runtime import (
     DIRECT_LOGS,
@@ -49,8 +50,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
 import chaperone_otel as chaperone
+from chaperone_otel import _record, supervised
 from chaperone_otel import semconv as sc
-from chaperone_otel import supervised
+from chaperone_otel._otel import _logs as _otel_logs
 from chaperone_otel._otel._metrics import Instruments, RunCounters
 from chaperone_otel._runtime import runtime as _runtime
 from chaperone_otel.export._fast_logs import LifecycleLogProcessor, LightLogRecord, direct_emitter
@@ -64,11 +66,15 @@ FLOOR_CASES = (
     "4. + its two records (direct path)",
     "5. + its deferred metrics (floor)",
     "6. " + DIRECT_LOGS,
+    "7. case 6, its records' attributes given",
 )
 """``--floor``: each case adds the next thing a run must do through the SDK; the last is the
 supervised run itself. The reference (case 1) is ``--cpu``'s: a bare span exported by the
 SDK's OTLP span encoder (what plain OTel pays); cases 2-6 are encoded as ``configure()``
-exports (chaperone's encoders), and so is the second reference row, the stricter one."""
+exports (chaperone's encoders), and so is the second reference row, the stricter one.
+Case 7 is case 6 with its two records' attributes given ready-made (the full state and the
+slimmed wire form copied from one real run): what building the records slim directly, instead
+of the full state then :func:`~chaperone_otel._implied.slim`, could at most save."""
 
 
 class _CountingSdkSpanExporter(_EncodingSpanExporter):
@@ -135,7 +141,34 @@ def per_run_floor(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
     def job() -> None:
         return None
 
-    span, records = _capture_run(job)
+    full: dict[str, dict[str, Any]] = {}
+    wire: dict[str, dict[str, Any]] = {}
+    build, slim = _record.record_attributes, _otel_logs.slim
+
+    def keep_full(run: Any, now: float) -> dict[str, Any]:
+        out = build(run, now)
+        full["finished" if run.finished_at is not None else "started"] = dict(out)
+        return out
+
+    def keep_wire(event_name: str, attributes: Any, resource: Any = None) -> Any:
+        out = slim(event_name, attributes, resource)
+        wire[event_name] = dict(out)
+        return out
+
+    _record.record_attributes, _otel_logs.slim = keep_full, keep_wire  # type: ignore[assignment]
+    try:
+        span, records = _capture_run(job)
+    finally:
+        _record.record_attributes, _otel_logs.slim = build, slim  # type: ignore[assignment]
+    assert set(full) == {"started", "finished"}, full
+    assert set(wire) == {"chaperone.job.started", "chaperone.job.finished"}, wire
+
+    def given_full(run: Any, now: float) -> dict[str, Any]:
+        return dict(full["finished" if run.finished_at is not None else "started"])
+
+    def given_wire(event_name: str, attributes: Any, resource: Any = None) -> Any:
+        return dict(wire[event_name])
+
     attributes = dict(span.attributes or {})
     start_keys = (
         sc.ATTR_JOB_NAME,
@@ -252,6 +285,13 @@ def per_run_floor(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
         for _ in range(k):
             job()
 
+    def records_given(k: int) -> None:
+        _record.record_attributes, _otel_logs.slim = given_full, given_wire  # type: ignore[assignment]
+        try:
+            supervised_runs(k)
+        finally:
+            _record.record_attributes, _otel_logs.slim = build, slim  # type: ignore[assignment]
+
     cases: dict[str, Callable[[int], None]] = dict(
         zip(
             FLOOR_CASES,
@@ -263,12 +303,17 @@ def per_run_floor(runs_n: int, rounds: int) -> dict[str, tuple[float, float]]:
                 lambda k: run_shape(k, metrics=False),
                 lambda k: run_shape(k, metrics=True),
                 supervised_runs,
+                records_given,
             ),
             strict=True,
         )
     )
-    monitor = {FLOOR_CASES[5]: counters.drain, FLOOR_CASES[6]: _runtime().flush_metrics}
-    records_per_run = dict(zip(FLOOR_CASES, (0, 0, 0, 0, 2, 2, 2), strict=True))
+    monitor = {
+        FLOOR_CASES[5]: counters.drain,
+        FLOOR_CASES[6]: _runtime().flush_metrics,
+        FLOOR_CASES[7]: _runtime().flush_metrics,
+    }
+    records_per_run = dict(zip(FLOOR_CASES, (0, 0, 0, 0, 2, 2, 2, 2), strict=True))
 
     def flush() -> None:
         sdk_span_processor.force_flush()
@@ -339,6 +384,13 @@ def print_floor(floor: dict[str, tuple[float, float]]) -> tuple[bool, bool]:
         f"runtime's own share (case 6 - case 5): job thread {own_thread * 1e6:.1f} us"
         f" ({own_thread / span_thread:.2f} x span), process {own_process * 1e6:.1f} us"
         f" ({own_process / span_process:.2f} x span)"
+    )
+    given_thread, given_process = floor[FLOOR_CASES[7]]
+    print(
+        f"the most building the records slim could save (case 6 - case 7): job thread "
+        f"{(run_thread - given_thread) * 1e6:.1f} us, process "
+        f"{(run_process - given_process) * 1e6:.1f} us; case 7 is "
+        f"{given_process / span_process:.2f} x span (process)"
     )
     return thread_ok, process_ok
 
