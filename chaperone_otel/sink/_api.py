@@ -452,6 +452,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         payload = json.loads(raw)
     except ValueError as e:
         raise _BadRequest(f"body must be JSON: {e}") from e
+    except RecursionError as e:  # [[[[…]]]]: the decoder's depth is the interpreter's
+        raise _BadRequest("body must be JSON nested less deeply") from e
     if not isinstance(payload, dict):
         raise _BadRequest("body must be a JSON object")
     return payload

@@ -42,6 +42,7 @@ from ._results import (
 )
 from ._schedule_store import forget, prune_schedules
 from ._schema import PRUNE_TOTALS, predicate
+from ._sql_guard import check_select
 from ._store import (
     Store,
     acquire,
@@ -505,7 +506,8 @@ class LocalSink(Sink):
 
 
 def check_read_only(query: str) -> None:
-    """Raise :class:`SinkError` unless ``query`` is one SELECT/EXPLAIN statement.
+    """Raise :class:`SinkError` unless ``query`` is one SELECT/EXPLAIN statement that calls
+    no refused function and stays within the size the planner can take (:mod:`._sql_guard`).
 
     This is the first of two layers and only about the *kind* of statement (from DuckDB's
     own parser): what a SELECT can reach is bounded by the engine (see :mod:`._store`), and
@@ -547,6 +549,9 @@ def check_read_only(query: str) -> None:
                 "sink.sql() is read-only: EXPLAIN [ANALYZE] of a SELECT only (EXPLAIN "
                 "ANALYZE runs the statement it explains)"
             )
+        check_select(inner)
+    else:
+        check_select(statements[0].query)
 
 
 _STATEMENT_STARTS: Final = frozenset({"SELECT", "WITH", "FROM", "VALUES", "TABLE", "("})

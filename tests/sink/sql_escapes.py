@@ -44,6 +44,10 @@ FILE_READERS = [
     "SELECT * FROM query_table('{s}')",
     "SELECT * FROM query_table('{d}/k.information_schema.csv')",
     "SELECT * FROM query('SELECT * FROM read_text(''{s}'')')",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql("
+    "'SELECT * FROM read_text(''{s}'')'))",
+    "SELECT * FROM System.Main.JSON_Execute_Serialized_SQL(json_serialize_sql("
+    "'SELECT content FROM read_blob(''{s}'')'))",
     "SELECT * FROM iceberg_scan('{d}')",
     "SELECT * FROM delta_scan('{d}')",
     "SELECT * FROM sqlite_scan('{s}', 'x')",
@@ -201,7 +205,7 @@ ATTEMPTS = (
 
 CLEAR_REASON = (
     r"read-only|reads only the job store|disabled for queries|exactly one statement"
-    r"|cannot parse SQL|configuration has been locked"
+    r"|cannot parse SQL|configuration has been locked|sink\.sql\(\) refuses"
 )
 """What a refusal says: the kind of statement, the engine's file/network refusal, the store's
 tables, a parse error, or the locked configuration."""

@@ -1,0 +1,129 @@
+"""User SQL that gets past the engine's sandbox, the read-only transaction or the watchdog is
+refused before it runs (``sink/_sql_guard.py``): SQL run from a string on another
+connection, set operations whose planning outgrows any limit, list-making scalars."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+
+import pytest
+
+import chaperone_otel as chaperone
+from chaperone_otel import supervised
+from chaperone_otel.exceptions import SinkError
+from chaperone_otel.sink._local import open_sink
+from chaperone_otel.sink._server import SinkServer
+from chaperone_otel.sink._sql_guard import MAX_SET_BRANCHES
+from tests.sink.store_factory import post_sql
+from tests.stores import empty_store
+
+# Runs for hours, on json_execute_serialized_sql's own connection: the watchdog's interrupt()
+# and a server's shutdown never reached it.
+ENDLESS = "SELECT sum(range) FROM range(100000000000000)"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    db = empty_store(tmp_path / "guard.duckdb")
+    chaperone.configure(sink=str(db))
+    with supervised("guard.job"):
+        pass
+    chaperone.shutdown()
+    chaperone.reset()
+    return db
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"SELECT * FROM json_execute_serialized_sql(json_serialize_sql($${ENDLESS}$$))",
+        f"SELECT * FROM SYSTEM.Main.JSON_EXECUTE_SERIALIZED_SQL(json_serialize_sql('{ENDLESS}'))",
+        f"WITH x AS (SELECT * FROM json_execute_serialized_sql(json_serialize_sql('{ENDLESS}')))"
+        " SELECT * FROM x",
+        "SELECT name FROM jobs WHERE EXISTS (SELECT * FROM json_execute_serialized_sql("
+        f"json_serialize_sql('{ENDLESS}')))",
+        f"EXPLAIN ANALYZE SELECT * FROM json_execute_serialized_sql(json_serialize_sql('{ENDLESS}'))",
+        f"SELECT * FROM query('{ENDLESS}')",
+        "SELECT * FROM query_table('jobs')",
+    ],
+)
+def test_sql_run_from_a_string_is_refused_in_every_spelling(store: Path, query: str) -> None:
+    with open_sink(store) as sink, pytest.raises(SinkError, match=r"refuses \w+\(\): it runs SQL"):
+        sink.sql(query, timeout=2)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT len(range(200000000))",
+        "SELECT (200000000).range()",
+        "SELECT len(generate_series(1, 200000000))",
+        "SELECT list_transform([200000000], x -> len(range(x)))",
+        "SELECT * FROM range(len(range(3)))",
+        "EXPLAIN SELECT len(range(200000000))",
+    ],
+)
+def test_list_making_scalars_are_refused(store: Path, query: str) -> None:
+    with open_sink(store) as sink, pytest.raises(SinkError, match="refuses the scalar"):
+        sink.sql(query, timeout=2)
+
+
+def test_their_table_functions_and_everyday_functions_still_run(store: Path) -> None:
+    with open_sink(store) as sink:
+        assert sink.sql("SELECT count(*) FROM range(10)")[1] == [(10,)]
+        assert sink.sql("SELECT * FROM generate_series(1, 3)")[1] == [(1,), (2,), (3,)]
+        assert sink.sql("SELECT repeat('=', 3), lpad('7', 3, '0')")[1] == [("===", "007")]
+        assert sink.sql("SELECT name FROM jobs WHERE name = $1", ["guard.job"])[1] == [
+            ("guard.job",)
+        ]
+
+
+def test_set_operations_are_bounded_before_they_are_planned(store: Path) -> None:
+    """As many branches as the limit run; one more is refused, whatever the operators."""
+    allowed = " UNION ALL ".join([f"SELECT {i}" for i in range(MAX_SET_BRANCHES)])
+    with open_sink(store) as sink:
+        assert len(sink.sql(allowed)[1]) == MAX_SET_BRANCHES
+        for operator in ("UNION ALL", "UNION", "EXCEPT", "INTERSECT"):
+            query = f" {operator} ".join(["SELECT 1"] * (MAX_SET_BRANCHES + 1))
+            with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
+                sink.sql(query)
+        # 12,000 branches: ~4 GB and 17 s of planning before the guard
+        with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
+            sink.sql(" UNION ALL ".join(["SELECT 1"] * 12_000))
+        nested = "SELECT 1 UNION ALL (" * 200 + "SELECT 1" + ")" * 200
+        assert len(sink.sql(nested)[1]) == 201
+        with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
+            sink.sql(f"({nested}) UNION ALL ({nested})")
+
+
+def test_a_statement_nested_past_the_check_is_refused_not_failed(store: Path) -> None:
+    query = "SELECT " + "abs(" * 600 + "1" + ")" * 600
+    with open_sink(store) as sink, pytest.raises(SinkError, match="nested too deeply"):
+        sink.sql(query)
+
+
+def test_api_sql_refuses_them_with_400_and_the_reason(store: Path) -> None:
+    """A real sink server: the refusal is a 400 with the reason, and so is a body nested past
+    the JSON decoder's depth (it was a 500)."""
+    with SinkServer(str(store), port=0, advertise=False) as server:
+        url = server.url
+        status, body = post_sql(
+            url,
+            {"query": f"SELECT * FROM json_execute_serialized_sql(json_serialize_sql('{ENDLESS}'))"},
+            timeout=15,
+        )
+        assert status == 400
+        assert "json_execute_serialized_sql" in body["error"]
+        deep = '{"query": "SELECT 1", "params": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=15)
+        try:
+            conn.request("POST", "/api/sql", body=deep, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 400
+        assert "nested less deeply" in answer["error"]
