@@ -279,12 +279,22 @@ class EmbeddedSink:
                     if body is None:
                         status = 413  # one record over the owner's limit: it cannot go
                     else:
+                        if conn is not None:
+                            try:
+                                status = post_records(conn, token, body)
+                            except (OSError, http.client.HTTPException):
+                                # The owner closes a keep-alive connection idle for 5 s
+                                # (uvicorn's default) and a run may report less often: a
+                                # failure there says nothing of the owner. Once more, on a
+                                # new connection (records are idempotent).
+                                conn.close()
+                                conn = None
                         if conn is None:
                             parts = urlsplit(url)
                             conn = self._conn = http.client.HTTPConnection(
                                 parts.hostname or "127.0.0.1", parts.port, timeout=_POST_TIMEOUT
                             )
-                        status = post_records(conn, token, body)
+                            status = post_records(conn, token, body)
                 except (OSError, http.client.HTTPException):
                     status = None
                 if status != 200 and conn is not None:
@@ -340,7 +350,8 @@ class EmbeddedSink:
                 record_internal_error("sink.takeover", e)
             elif isinstance(e.__cause__, InheritedStoreError):
                 self._why = str(e)
-                record_internal_error("sink.takeover.inherited", e)
+                if self._advertised() is None:  # else an owner serves it: post there again
+                    record_internal_error("sink.takeover.inherited", e)
             else:
                 self._report_holder(e)
             return False

@@ -116,6 +116,67 @@ def test_a_child_forked_from_the_owner_reads_through_it_and_says_it_cannot_own_t
     assert report["flushed_after"] is False  # nobody owns the file: the records wait
 
 
+_IDLE_CHILD = r"""
+import json, os, select, socket, sys, time
+import chaperone_otel as c
+from chaperone_otel import _setup
+from chaperone_otel._safety import internal_error_counts
+
+path, out = sys.argv[1], sys.argv[2]
+c.configure(sink=path)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    report = {}
+    with c.supervised("child.first"):
+        pass
+    report["first"] = c.flush(10)
+    conn = _setup._setup.sink._conn
+    report["kept_alive"] = conn is not None and conn.sock is not None
+    if report["kept_alive"]:  # until the owner closes the idle keep-alive connection (5 s)
+        readable, _, _ = select.select([conn.sock], [], [], 30)
+        report["closed_by_owner"] = bool(readable) and conn.sock.recv(1, socket.MSG_PEEK) == b""
+    with c.supervised("child.second"):
+        pass
+    report["second"] = c.flush(10)
+    report["errors"] = internal_error_counts()
+    with open(out, "w") as f:
+        f.write(json.dumps(report))
+    os.write(w, b"x")
+    os._exit(0)
+os.close(w)
+os.read(r, 1)
+os.waitpid(pid, 0)
+from chaperone_otel.sink import open_sink
+c.flush(10)
+with open_sink(path) as sink:
+    names = sorted(j.name for j in sink.jobs.all())
+c.shutdown()
+print(json.dumps({"names": names}), flush=True)
+"""
+
+
+def test_a_connection_the_owner_closed_while_idle_is_reopened_not_taken_for_a_dead_owner(
+    tmp_path: Path,
+) -> None:
+    """A forked child (an RQ work-horse, a Celery pool child) that reports less often than the
+    owner keeps an idle connection (5 s): its next post fails on the closed connection. It
+    posts again on a new one, at once, instead of trying to take the file over (which a
+    forked child cannot: it logged an internal error with a traceback for nearly every job
+    longer than 5 s)."""
+    path = tmp_path / "jobs.duckdb"
+    out = tmp_path / "child.json"
+    report = _run(_IDLE_CHILD, path, out, timeout=90)
+    child = json.loads(out.read_text())
+    assert child["first"] is True
+    assert child["kept_alive"] is True
+    assert child["closed_by_owner"] is True
+    assert child["second"] is True
+    assert child["errors"] == {}, child["errors"]
+    assert report["names"] == ["child.first", "child.second"]
+
+
 _OWNER = r"""
 import sys, time
 import chaperone_otel as c
