@@ -43,14 +43,19 @@ middleware); the ``TimeLimit`` middleware's ``TimeLimitExceeded`` is such an exc
 violation either way; a skipped message (``SkipMessage``, e.g. ``AgeLimit``) is
 ``cancelled``.
 
+Leases: a run is alive while its worker process is (``lease="liveness"``), so actors that
+never call ``heartbeat()`` are healthy until their time limit; an actor that promises
+heartbeats opts in with ``supervision={"lease": "heartbeat", "heartbeat_interval": 30}``
+and is stuck after three silent intervals.
+
 The actor option ``supervision`` takes ``False`` (not supervised) or a dict of
-:func:`chaperone_otel.start_run` options (``heartbeat_interval``, ``stall_timeout``,
-``timeout``, ``attributes``); a wrong key or value raises ``ConfigurationError`` where the
-actor is declared. A message's own ``supervision=`` (``send_with_options``) replaces the
-actor's; a wrong key or value there is logged (once per actor and mistake) and left out,
-and the run is supervised with the rest. The run is current while the actor runs: ``current_job()``,
-``heartbeat()``, ``report_progress()`` and ``track()`` reach it, and spans the actor opens
-nest under the run span.
+:func:`chaperone_otel.start_run` options (``heartbeat_interval``, ``lease``,
+``stall_timeout``, ``timeout``, ``attributes``); a wrong key or value raises
+``ConfigurationError`` where the actor is declared. A message's own ``supervision=``
+(``send_with_options``) replaces the actor's; a wrong key or value there is logged (once per
+actor and mistake) and left out, and the run is supervised with the rest. The run is current
+while the actor runs: ``current_job()``, ``heartbeat()``, ``report_progress()`` and
+``track()`` reach it, and spans the actor opens nest under the run span.
 
 .. versionadded:: 0.1
 """
@@ -65,6 +70,7 @@ from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._spec import Lease
 from .._spec import make_spec as _make_spec
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
@@ -89,7 +95,9 @@ SPAN_OPTION: Final = "chaperone_otel_span"
 the copy ``Retries`` enqueues carries it (Dramatiq carries no trace context, so each attempt
 is a root span in a trace of its own)."""
 
-_RUN_OPTIONS: Final = frozenset({"heartbeat_interval", "stall_timeout", "timeout", "attributes"})
+_RUN_OPTIONS: Final = frozenset(
+    {"heartbeat_interval", "lease", "stall_timeout", "timeout", "attributes"}
+)
 _WARNED_KEPT: Final = 1000
 
 _logger = logging.getLogger("chaperone_otel")
@@ -118,6 +126,10 @@ class Supervision(Middleware):
         include: supervise only the actors for which it returns True (default: all but
             those declared with ``supervision=False``).
         heartbeat_interval: the runs' default lease (default: ``configure()``'s).
+        lease: ``"liveness"`` (default): a run is alive while its worker process is, so
+            an actor that never heartbeats is not stuck (only past its time limit);
+            ``"heartbeat"``: alive while its code heartbeats. An actor's own
+            ``supervision={"lease": ...}`` wins.
         flush_timeout: seconds the worker waits for records to be sent at shutdown.
 
     .. versionadded:: 0.1
@@ -128,16 +140,19 @@ class Supervision(Middleware):
         *,
         include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
         heartbeat_interval: Any = None,
+        lease: Lease = "liveness",
         flush_timeout: float = 5.0,
     ) -> None:
         _check_options(
             "Supervision(...)",
             include=include,
             heartbeat_interval=heartbeat_interval,
+            lease=lease,
             flush_timeout=flush_timeout,
         )
         self.include = include
         self.heartbeat_interval = heartbeat_interval
+        self.lease = lease
         self.flush_timeout = flush_timeout
         # id(message proxy) -> (proxy, run, tokens): before and after of one delivery run on
         # one worker thread, with the same proxy. Keyed per delivery, not by message id: two
@@ -204,6 +219,7 @@ class Supervision(Middleware):
             elif isinstance(options, Mapping):  # an actor's were checked at declaration
                 run_options = {k: v for k, v in options.items() if k in _RUN_OPTIONS}
             run_options.setdefault("heartbeat_interval", self.heartbeat_interval)
+            run_options.setdefault("lease", self.lease)
             run_options.setdefault("timeout", _time_limit(broker, actor, message))
             run = _start_run(
                 message.actor_name,
@@ -345,6 +361,7 @@ def instrument(
     *,
     include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
     heartbeat_interval: Any = None,
+    lease: Lease = "liveness",
     flush_timeout: float = 5.0,
 ) -> Supervision:
     """Add the :class:`Supervision` middleware to ``broker``, first in its list.
@@ -358,6 +375,7 @@ def instrument(
         include: supervise only the actors for which it returns True (default: all but
             those declared with ``supervision=False``).
         heartbeat_interval: the runs' default lease (default: ``configure()``'s).
+        lease: ``"liveness"`` (default) or ``"heartbeat"``: see :class:`Supervision`.
         flush_timeout: seconds a worker waits for its records to be sent at shutdown.
 
     Returns:
@@ -373,6 +391,7 @@ def instrument(
         "instrument(broker)",
         include=include,
         heartbeat_interval=heartbeat_interval,
+        lease=lease,
         flush_timeout=flush_timeout,
     )
     for existing in broker.middleware:
@@ -380,6 +399,7 @@ def instrument(
             given = {
                 "include": include,
                 "heartbeat_interval": heartbeat_interval,
+                "lease": lease,
                 "flush_timeout": flush_timeout,
             }
             other = [
@@ -394,7 +414,10 @@ def instrument(
                 )
             return existing
     middleware = Supervision(
-        include=include, heartbeat_interval=heartbeat_interval, flush_timeout=flush_timeout
+        include=include,
+        heartbeat_interval=heartbeat_interval,
+        lease=lease,
+        flush_timeout=flush_timeout,
     )
     if broker.middleware:
         broker.add_middleware(middleware, before=type(broker.middleware[0]))

@@ -35,6 +35,10 @@ retries left (``enqueue(..., retry=Retry(max=...))``); a returned ``Retry`` is `
 (``failed`` once its ``max`` is spent); RQ's timeout (``JobTimeoutException``) is
 ``failed`` with a ``timeout`` violation, as the run's timeout is the job's.
 
+Runs have the liveness lease (a job is alive while its work-horse is: one that never
+heartbeats is not stuck, only past its timeout); a worker class sets
+``chaperone_lease = "heartbeat"`` for jobs that promise heartbeats.
+
 The run is current while the job's function runs (``current_job()``, ``heartbeat()``,
 ``report_progress()`` and ``track()`` reach it, spans nest under the run span), and the
 horse flushes the run's records before it ends with ``os._exit`` (without it, 6 of 6 runs
@@ -61,12 +65,14 @@ from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._spec import Lease
 from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import start_run as _start_run
 from .._start import stored_links as _stored_links
 from .._values import new_run_id as _new_execution_id
 from ._framework import framework_import_error as _framework_import_error
+from ._options import check_options as _check_options
 from ._rq_cron import (
     META_SCHEDULE,
     META_SCHEDULED_FOR,
@@ -151,14 +157,31 @@ class SupervisionMixin:
 
     Attributes:
         chaperone_heartbeat_interval: the runs' lease (default: ``configure()``'s).
+        chaperone_lease: ``"liveness"`` (default): a run is alive while its work-horse is,
+            so a job that never heartbeats is not stuck (only past its timeout);
+            ``"heartbeat"``: alive while its code heartbeats.
         chaperone_flush_timeout: seconds a work-horse waits for its records to be sent
             before it exits.
+
+    Invalid values raise :class:`~chaperone_otel.exceptions.ConfigurationError` when the
+    worker is created.
 
     .. versionadded:: 0.1
     """
 
     chaperone_heartbeat_interval: Any = None
+    chaperone_lease: Lease = "liveness"
     chaperone_flush_timeout: float = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _check_options(
+            f"worker class {type(self).__name__}",
+            heartbeat_interval=self.chaperone_heartbeat_interval,
+            lease=self.chaperone_lease,
+            flush_timeout=self.chaperone_flush_timeout,
+            prefix="chaperone_",
+        )
+        super().__init__(*args, **kwargs)
 
     # The job being watched from the main process: (job id, horse pid, start, queue).
     _chaperone_watch: tuple[str, int, float, Any] | None = None
@@ -263,6 +286,7 @@ class SupervisionMixin:
                 queue=job.origin,
                 timeout=_timeout(job, queue),
                 heartbeat_interval=self.chaperone_heartbeat_interval,
+                lease=self.chaperone_lease,
                 links=_stored_links(job.meta.get(SPAN_KEY)),
                 **_schedule_options(job.meta),
             )

@@ -185,6 +185,7 @@ def test_a_failure_after_the_start_still_finishes_the_run(
         ({"include": "billing"}, "include='billing': expected a function"),
         ({"heartbeat_interval": "often"}, "heartbeat_interval='often' is not a duration"),
         ({"flush_timeout": -1}, "flush_timeout=-1: expected seconds"),
+        ({"lease": "sometimes"}, "lease='sometimes': choose one of heartbeat, liveness"),
     ],
 )
 def test_instrument_refuses_invalid_options_at_once(options: dict[str, Any], match: str) -> None:
@@ -201,6 +202,51 @@ def test_instrument_refuses_invalid_options_at_once(options: dict[str, Any], mat
         stub.close()
 
 
+def test_runs_are_alive_while_the_worker_is_unless_an_actor_promises_heartbeats(
+    broker: StubBroker, cap: Capture
+) -> None:
+    """The liveness lease by default (an actor that never heartbeats is not stuck, as with
+    Celery: every actor is supervised, few heartbeat); ``supervision={"lease": ...}`` or
+    ``instrument(broker, lease=...)`` asks for heartbeats."""
+
+    @dramatiq.actor(broker=broker)
+    def quiet() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, supervision={"lease": "heartbeat", "heartbeat_interval": 30})
+    def promised() -> None:
+        pass
+
+    first, second = quiet.send(), promised.send()
+    _process(broker, first, second)
+    assert cap.run(first.message_id).latest[sc.ATTR_JOB_LEASE] == "liveness"
+    promised_run = cap.run(second.message_id).latest
+    assert promised_run[sc.ATTR_JOB_LEASE] == "heartbeat"
+    assert promised_run[sc.ATTR_HEARTBEAT_INTERVAL] == 30.0
+
+
+def test_a_broker_instrumented_for_heartbeats_gives_every_actor_that_lease(cap: Capture) -> None:
+    stub = StubBroker()
+    instrument(stub, lease="heartbeat")
+    stub.emit_after("process_boot")
+    try:
+
+        @dramatiq.actor(broker=stub)
+        def quiet() -> None:
+            pass
+
+        @dramatiq.actor(broker=stub, supervision={"lease": "liveness"})
+        def alive() -> None:
+            pass
+
+        first, second = quiet.send(), alive.send()
+        _process(stub, first, second)
+        assert cap.run(first.message_id).latest[sc.ATTR_JOB_LEASE] == "heartbeat"
+        assert cap.run(second.message_id).latest[sc.ATTR_JOB_LEASE] == "liveness"
+    finally:
+        stub.close()
+
+
 def test_instrument_again_with_other_options_raises(broker: StubBroker) -> None:
     """A second ``instrument()`` with other options raises, naming them (it returned the
     first middleware, whose options silently won); the same options are still idempotent."""
@@ -209,6 +255,8 @@ def test_instrument_again_with_other_options_raises(broker: StubBroker) -> None:
         instrument(broker, heartbeat_interval=300)
     with pytest.raises(ConfigurationError, match="called already with other options: include="):
         instrument(broker, include=lambda actor: True)
+    with pytest.raises(ConfigurationError, match=r"lease='heartbeat' \(kept: 'liveness'\)"):
+        instrument(broker, lease="heartbeat")
     assert instrument(broker) is first
     assert sum(isinstance(m, Supervision) for m in broker.middleware) == 1
 
@@ -322,6 +370,7 @@ def test_supervision_false_and_include_leave_actors_unsupervised(cap: Capture) -
         ({"attributes": {"team": ["a"]}}, r"attributes\['team'\]: keys must be str"),
         ({"attributes": ["team"]}, r"attributes=\['team'\]: expected a dict"),
         ({"timeuot": 5, "stall_timeout": 9}, "unknown key 'timeuot'"),
+        ({"lease": "beats"}, "lease='beats': choose 'heartbeat'"),
         ("often", "not a dict"),
     ],
 )

@@ -14,6 +14,7 @@ from rq.registry import StartedJobRegistry
 
 import chaperone_otel as chaperone
 from chaperone_otel import semconv as sc
+from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.integrations.rq import ATTEMPT_KEY, EXECUTION_KEY, SupervisedSimpleWorker
 from chaperone_otel.testing import Capture
 
@@ -70,6 +71,45 @@ def test_job_is_current_and_each_execution_is_the_next_attempt(queue: Queue, cap
     assert run.name == f"{__name__}.current_run_id"
     assert run.latest[sc.ATTR_JOB_QUEUE] == queue.name
     assert run.latest[sc.ATTR_JOB_TIMEOUT] == 30.0
+
+
+class PromisedWorker(SupervisedSimpleWorker):
+    chaperone_lease = "heartbeat"
+    chaperone_heartbeat_interval = 30
+
+
+def test_runs_are_alive_while_the_horse_is_unless_the_worker_asks_for_heartbeats(
+    queue: Queue, cap: Capture
+) -> None:
+    """The liveness lease by default (a job that never heartbeats is not stuck: every job is
+    supervised, few heartbeat, as with Celery); ``chaperone_lease`` asks for heartbeats."""
+    first = queue.enqueue(current_run_id)
+    _work(queue)
+    second = queue.enqueue(current_run_id)
+    worker = PromisedWorker([queue], connection=queue.connection)
+    while (job := queue.dequeue_any([queue], None, connection=queue.connection)) is not None:
+        worker.execute_job(*job)
+    assert cap.run(first.id).latest[sc.ATTR_JOB_LEASE] == "liveness"
+    promised = cap.run(second.id).latest
+    assert (promised[sc.ATTR_JOB_LEASE], promised[sc.ATTR_HEARTBEAT_INTERVAL]) == ("heartbeat", 30.0)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "match"),
+    [
+        ("chaperone_lease", "sometimes", "chaperone_lease='sometimes': choose one of"),
+        ("chaperone_heartbeat_interval", "often", "chaperone_heartbeat_interval='often'"),
+        ("chaperone_flush_timeout", -1, "flush_timeout=-1: expected seconds"),
+    ],
+)
+def test_a_worker_class_with_a_wrong_option_raises_when_it_is_created(
+    queue: Queue, attribute: str, value: object, match: str
+) -> None:
+    """Misuse raises as the worker starts (it was swallowed at each job's start as an
+    internal error while every job ran unsupervised)."""
+    misused = type("Misused", (SupervisedSimpleWorker,), {attribute: value})
+    with pytest.raises(ConfigurationError, match=r"worker class Misused: .*" + match):
+        misused([queue], connection=queue.connection)
 
 
 def test_meta_the_worker_cannot_read_is_left_as_the_enqueuer_wrote_it(
