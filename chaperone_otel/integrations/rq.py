@@ -44,11 +44,12 @@ The run is current while the job's function runs (``current_job()``, ``heartbeat
 horse flushes the run's records before it ends with ``os._exit`` (without it, 6 of 6 runs
 never reached the store). The worker's main process closes a run whose horse it saw die
 (killed by a signal, or by RQ itself past ``timeout + 60`` s): ``failed``, error type
-:class:`WorkHorseKilled`; a job stopped with ``send_stop_job_command`` is ``cancelled``
-(``StopRequested``). ``SimpleWorker`` has no horse to kill: its job runs on, and if it then
-raises, RQ marks it stopped (never retried) and the run is ``cancelled`` with that error. A
-job found abandoned by the registries' maintenance (its worker died too) is closed
-``failed`` (``AbandonedJobError``) by the worker that cleans up.
+:class:`WorkHorseKilled` (``retried`` with that cause when RQ retries the job); a job
+stopped with ``send_stop_job_command`` is ``cancelled`` (``StopRequested``).
+``SimpleWorker`` has no horse to kill: its job runs on, and if it then raises, RQ marks it
+stopped (never retried) and the run is ``cancelled`` with that error. A job found abandoned
+by the registries' maintenance (its worker died too) is closed ``failed``
+(``AbandonedJobError``) by the worker that cleans up.
 
 RQ's cron scheduler (``rq cron``): :func:`instrument_cron` in its config module declares the
 registered cron jobs as schedules and records each enqueue; the run of a job it enqueued
@@ -242,13 +243,16 @@ class SupervisionMixin:
                 # where its own SIGALRM cannot reach it): a timeout, recorded as one.
                 limit = _timeout(job, watch[3])
                 overran = limit is not None and time.time() - watch[2] >= limit
+                # RQ retries the job if it has retries left (a stopped job it does not):
+                # the execution's end is then not the job's failure.
+                retried = not stopped and bool(job.retries_left and job.retries_left > 0)
                 execution = _execution(job)
                 if execution is not None:
                     _close_run(
                         job.id,
                         execution_id=execution,
                         attempt=_attempt(job),
-                        status="cancelled" if stopped else "failed",
+                        status="cancelled" if stopped else "retried" if retried else "failed",
                         error=error,
                         name=_name(job),
                         queue=job.origin,

@@ -90,6 +90,12 @@ _APP = textwrap.dedent(
         job.meta["horse_pid"] = os.getpid()
         job.save_meta()
         time.sleep(60)
+
+
+    def hang_once():  # the first attempt waits to be killed; the retry returns
+        if chaperone.current_job().attempt == 1:
+            hang()
+        return "second"
     """
 )
 
@@ -306,6 +312,29 @@ def test_killed_horse_is_closed_as_failed_from_the_worker(rq_worker: RQ) -> None
     counted.moved({("rq_app.hang", "failed"): 1})
     assert metrics.lost(rq_worker.metrics_url, "rq_app.hang") == 0
     span_file.no_span(rq_worker.spans, run)
+
+
+def test_killed_horse_of_a_job_with_retries_left_is_retried_not_failed(rq_worker: RQ) -> None:
+    """RQ retries a job whose horse died while it has retries left: the dead execution is
+    closed ``retried`` with ``WorkHorseKilled`` as the cause (it was counted a failure), and
+    the next attempt completes."""
+    counted = rq_worker.counted("hang_once")
+    job = rq_worker.queue.enqueue("rq_app.hang_once", job_timeout=120, retry=Retry(max=1))
+
+    def horse_pid() -> int | None:
+        job.refresh()
+        return job.meta.get("horse_pid")
+
+    pid = wait_until(horse_pid, 30, "the work-horse to start the job")
+    os.kill(pid, signal.SIGKILL)
+    runs = rq_worker.run_of(job, attempts=2, status="completed")
+    assert [(r.attempt, r.status, r.error_type) for r in runs] == [
+        (1, "retried", "chaperone_otel.integrations.rq.WorkHorseKilled"),
+        (2, "completed", None),
+    ]
+    with chaperone.open_sink(rq_worker.store) as sink:
+        assert sink.jobs.with_id(job.id).failed().count() == 0
+    counted.moved({("rq_app.hang_once", "retried"): 1, ("rq_app.hang_once", "completed"): 1})
 
 
 def test_job_timeout_is_failed_with_a_timeout_violation(rq_worker: RQ) -> None:
