@@ -64,12 +64,14 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
+from .._setup import shutdown as _shutdown
 from .._spec import Lease
 from .._spec import make_spec as _make_spec
 from .._start import StartedRun as _StartedRun
@@ -192,8 +194,13 @@ class Supervision(Middleware):
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         """The worker threads are stopped: runs still open (a thread that did not stop in
-        time dies with the process) end ``cancelled``; flush before the process exits
-        (``multiprocessing`` ends it with ``os._exit``)."""
+        time dies with the process) end ``cancelled``; flush before the process exits.
+
+        In a worker process of Dramatiq's CLI (a ``multiprocessing`` child, which ends with
+        ``os._exit``: ``atexit`` never runs) chaperone is shut down too, so the store the
+        process owns is closed and its sidecar removed (it was left naming a dead process).
+        A ``Worker`` stopped in the main process (tests, an embedded worker) only flushes:
+        the application goes on."""
         with self.lock:
             left = list(self.open.values())
             self.open.clear()
@@ -202,6 +209,8 @@ class Supervision(Middleware):
                 error = WorkerShutdown("the worker shut down while the message ran")
                 run.finish(error, status="cancelled")
             _flush(self.flush_timeout)
+            if multiprocessing.parent_process() is not None:
+                _shutdown()
 
     # ---- one message ---------------------------------------------------------------------
 

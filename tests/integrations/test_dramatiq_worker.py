@@ -13,6 +13,7 @@ attribute). Every wait is bounded; the worker and the server are stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 import chaperone_otel as chaperone
+from chaperone_otel.sink._store import read_sidecar
 from tests.integrations import span_file
 from tests.integrations.metrics import Outcomes
 from tests.integrations.workers import free_port, stop, worker_env
@@ -138,10 +140,9 @@ class Dramatiq:
         return list(wait_until(stored, 30, f"{attempts} run(s) of {message.message_id}"))
 
 
-@pytest.fixture(scope="module")
-def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dramatiq]:
-    """``dramatiq dramatiq_app -p 1 -t 2``, stopped by PID (TERM, then KILL)."""
-    root = tmp_path_factory.mktemp("dramatiq")
+@contextlib.contextmanager
+def running_worker(redis_url: str, root: Path) -> Iterator[Dramatiq]:
+    """``dramatiq dramatiq_app -p 1 -t 2`` in ``root``, stopped by PID (TERM, then KILL)."""
     (root / "dramatiq_app.py").write_text(_APP)
     store = str(root / "jobs.duckdb")
     spans = root / "spans.jsonl"
@@ -191,6 +192,31 @@ def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
             stop(proc, grace=30)
         finally:
             broker.close()
+
+
+@pytest.fixture(scope="module")
+def dramatiq_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dramatiq]:
+    with running_worker(redis_url, tmp_path_factory.mktemp("dramatiq")) as worker:
+        yield worker
+
+
+def test_a_worker_process_that_stops_closes_the_store_it_owns(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM: the worker process (``multiprocessing`` ends it with ``os._exit``, so no
+    ``atexit``) shuts chaperone down after its last run: its records are stored, the owner's
+    sidecar is gone (it was left naming a dead process) and the file is free."""
+    with running_worker(redis_url, tmp_path) as worker:
+        message = worker.send("progress", 3)
+        (run,) = worker.run_of(message)
+        assert read_sidecar(worker.store) is not None  # the worker process owns the store
+        stop(worker.proc, grace=30)
+        assert worker.proc.returncode == 0
+        assert read_sidecar(worker.store) is None
+        assert not Path(worker.store + ".owner.json").exists()
+        with chaperone.open_sink(worker.store, read_only=False) as sink:  # not held
+            assert sink.jobs.with_id(message.message_id).first().status == "completed"
+    assert run.status == "completed"
 
 
 def test_success_is_completed_with_progress_100(dramatiq_worker: Dramatiq) -> None:
