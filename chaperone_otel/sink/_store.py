@@ -37,6 +37,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -350,10 +351,77 @@ _NOT_A_DATABASE: Final = "not a valid DuckDB database file"
 
 def _connect(path: str, *, read_only: bool) -> Any:
     """``duckdb.connect``; a writable open of a missing file first creates it whole
-    (:func:`_create_whole`)."""
+    (:func:`_create_whole`), and the spill directory is checked first
+    (:func:`_private_spill_directory`)."""
     if not read_only and not os.path.exists(path):
         _create_whole(path)
-    return duckdb.connect(path, read_only=read_only, config=engine_config())
+    config = engine_config()
+    if not _private_spill_directory(path, read_only=read_only):
+        config["temp_directory"] = ""  # no private place to spill: queries do not spill
+    return duckdb.connect(path, read_only=read_only, config=config)
+
+
+def _private_spill_directory(path: str, *, read_only: bool) -> bool:
+    """Whether DuckDB may spill to ``<path>.tmp`` (its default place, which it makes at the
+    first spill).
+
+    DuckDB lets user SQL read and write its spill directory, and read the write-ahead log,
+    although external access is off, by their paths: a ``<path>.tmp`` someone else made
+    beside the store (a symlink to ``/etc`` in a shared folder) let
+    ``read_text('<path>.tmp/passwd')`` through the owner's ``/api/sql`` read wherever it
+    pointed. So a writable open (the owner, whose query API other users may reach) makes
+    the directory itself, mode 0700, and refuses a symlink there or in place of the log,
+    and a spill directory of another user's. A read-only open (a user's own CLI, which can
+    read only what that user can) makes nothing: it does not spill to a directory that is
+    not its user's own (False), and leaves a missing one to DuckDB.
+
+    Raises:
+        SinkError: (writable open) ``<path>.tmp`` or ``<path>.wal`` is a symlink, or
+            ``<path>.tmp`` is not a directory of this user's.
+    """
+    spill = path + ".tmp"
+    if not read_only:
+        with contextlib.suppress(OSError):  # it exists (checked below), or DuckDB says why
+            os.mkdir(spill, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(path + ".wal").st_mode):
+                raise _not_own(path, f"{path}.wal is a symbolic link")
+    try:
+        found = os.lstat(spill)
+    except FileNotFoundError:
+        return True  # a read-only open: DuckDB makes it if it spills
+    problem = (
+        f"{spill} is a symbolic link"
+        if stat.S_ISLNK(found.st_mode)
+        else f"{spill} is not a directory"
+        if not stat.S_ISDIR(found.st_mode)
+        else f"{spill} belongs to uid {found.st_uid}"
+        if found.st_uid != os.geteuid()
+        else None
+    )
+    if problem is not None:
+        if read_only:
+            return False
+        raise _not_own(path, problem)
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & 0o077 and not read_only:  # made by DuckDB: its spill files are the store's data
+        with contextlib.suppress(OSError):
+            os.chmod(spill, mode & 0o700)
+    return True
+
+
+def _drop_spill_directory(path: str) -> None:
+    """Remove ``<path>.tmp`` if empty: a writable open made it; a closed store leaves none."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path + ".tmp")
+
+
+def _not_own(path: str, what: str) -> SinkError:
+    return SinkError(
+        f"cannot open {path}: {what}. DuckDB's spill directory and log beside a store must "
+        "be this user's own (queries can read them): remove it, or keep the store in a "
+        "folder only this user can write"
+    )
 
 
 def _create_whole(path: str) -> None:
@@ -439,6 +507,8 @@ class Store:
         try:
             con = _connect(path, read_only=self.read_only)
         except duckdb.Error as e:  # duckdb 1.x reads a cut file's blocks as it connects
+            if not self.read_only:
+                _drop_spill_directory(path)
             raise unfinished(e, path) or truncation(e, path) or sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
@@ -455,6 +525,8 @@ class Store:
             con.execute("SET lock_configuration = true")
         except BaseException as e:
             con.close()
+            if not self.read_only:
+                _drop_spill_directory(path)
             if isinstance(e, duckdb.Error):
                 raise truncation(e, path) or sink_error(e, path, "open") from e
             raise
@@ -546,6 +618,8 @@ class Store:
             self._closed = True
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
+            if not self.read_only:
+                _drop_spill_directory(self.path)
 
 
 _registry_lock = threading.Lock()
