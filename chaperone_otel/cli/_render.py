@@ -502,11 +502,12 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         ]
     for e in errors:
         body = Text()
-        heading = f"{field(e, 'type')}: {field(e, 'message') or ''}"
+        kind, message = field(e, "type"), field(e, "message") or ""
+        heading = f"{kind}: {message}" if message else str(kind)
         body.append(terminal_safe(heading), style="bold red")
-        trace = field(e, "trace")
-        if trace:  # a traceback keeps its lines, each made safe
-            body.append("\n" + terminal_safe_lines(str(trace).rstrip()))
+        trace = str(field(e, "trace") or "").strip()
+        if trace and not _repeats(trace, str(kind), message):  # a traceback keeps its lines
+            body.append("\n" + terminal_safe_lines(trace))
         parts.append(
             Panel(
                 body,
@@ -570,6 +571,19 @@ def executions_dict(others: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for o in others
     ]
+
+
+def _repeats(trace: str, kind: str, message: str) -> bool:
+    """Whether a stored "trace" only says the heading again: one line, the exception's type
+    (qualified or not) and message, as an error recorded without a traceback has it (a run
+    closed by another process, an exception never raised)."""
+    if "\n" in trace:
+        return False
+    said = trace.rstrip(":").strip()
+    short = kind.rsplit(".", 1)[-1]
+    return said in {kind, short} or (
+        bool(message) and said in {f"{kind}: {message}", f"{short}: {message}"}
+    )
 
 
 @dataclass

@@ -250,6 +250,32 @@ def test_show_failed_run_has_error_and_traceback(recorded_store: Recorded) -> No
     assert "_parse" in out  # a frame of the user's code
 
 
+def test_show_says_an_error_without_a_traceback_once(tmp_path: Path) -> None:
+    """An error recorded without a traceback (a run closed by another process, an
+    exception never raised, one with no message) is one line, not its heading twice."""
+    db = str(tmp_path / "errors.duckdb")
+    chaperone_otel.configure(sink=db)
+    try:
+        closed = chaperone_otel.start_run("closer.job", run_id="closed-run")
+        chaperone_otel.close_run(
+            "closed-run",
+            execution_id=closed.execution_id,
+            attempt=1,
+            status="failed",
+            error=RuntimeError("horse killed"),
+            name="closer.job",
+        )
+        chaperone_otel.start_run("bare.job", run_id="bare-run").finish(LookupError())
+    finally:
+        chaperone_otel.shutdown()
+        chaperone_otel.reset()
+    closed_out = invoke("show", "closed-run", "--db", db).stdout
+    assert closed_out.count("horse killed") == 1, closed_out
+    bare_out = invoke("show", "bare-run", "--db", db).stdout
+    assert bare_out.count("LookupError") == 1, bare_out
+    assert "LookupError:" not in bare_out  # no message: no dangling colon
+
+
 def test_show_violation_and_heartbeats(recorded_store: Recorded) -> None:
     result = invoke("show", recorded_store.ids["hog"], "--db", str(recorded_store.path))
     assert result.exit_code == 0, result.output
