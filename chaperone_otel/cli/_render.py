@@ -441,10 +441,11 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         row("eta", fmt_duration(field(r, "eta")) if field(r, "eta") is not None else None)
     hb_count = field(r, "heartbeat_count")
     interval = field(r, "heartbeat_interval")
+    # No heartbeat yet: the stored "last heartbeat" is the start (the lease runs from it).
+    last = f", last {fmt_age(field(r, 'last_heartbeat_at'), now)}" if hb_count else ""
     row(
         "heartbeats",
-        f"{hb_count if hb_count is not None else '-'} "
-        f"(interval {fmt_duration(interval)}, last {fmt_age(field(r, 'last_heartbeat_at'), now)})",
+        f"{hb_count if hb_count is not None else '-'} (interval {fmt_duration(interval)}{last})",
     )
     if field(r, "last_seen_at") is not None:
         row("process seen", fmt_age(field(r, "last_seen_at"), now))

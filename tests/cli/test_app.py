@@ -250,9 +250,12 @@ def test_show_failed_run_has_error_and_traceback(recorded_store: Recorded) -> No
     assert "_parse" in out  # a frame of the user's code
 
 
-def test_show_says_an_error_without_a_traceback_once(tmp_path: Path) -> None:
+def test_show_says_a_traceless_error_once_and_no_last_heartbeat_before_one(
+    tmp_path: Path,
+) -> None:
     """An error recorded without a traceback (a run closed by another process, an
-    exception never raised, one with no message) is one line, not its heading twice."""
+    exception never raised, one with no message) is one line, not its heading twice; a run
+    that never heartbeat shows no "last heartbeat" (it was its start)."""
     db = str(tmp_path / "errors.duckdb")
     chaperone_otel.configure(sink=db)
     try:
@@ -274,6 +277,7 @@ def test_show_says_an_error_without_a_traceback_once(tmp_path: Path) -> None:
     bare_out = invoke("show", "bare-run", "--db", db).stdout
     assert bare_out.count("LookupError") == 1, bare_out
     assert "LookupError:" not in bare_out  # no message: no dangling colon
+    assert "heartbeats    0 (interval 1m00s)" in bare_out  # no "last …": there was none
 
 
 def test_show_violation_and_heartbeats(recorded_store: Recorded) -> None:
