@@ -17,12 +17,14 @@ from datetime import datetime
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from .._schedules import SCHEDULE_PREDICATES
 from ._app import cli, db_option, output_options, store_options
 from ._common import SINCE, Exit, dump_json, fail, open_store, query, store_target
 from ._pipes import console, verdict
+from ._render import safe_text
 
 FINDINGS = frozenset({"missed", "overran", "failing", "scheduler_lost"})
 """Slot states that make the command exit 1."""
@@ -120,11 +122,19 @@ def schedules(
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)
     elif found:
-        table = Table(title="schedule slots")
+        # As the other listings: a plain grid that pipes well; names are shown, never
+        # read as markup, their control characters escaped.
+        table = Table(
+            title="schedule slots",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            title_justify="left",
+        )
         for column in _COLUMNS:
             table.add_column(column)
         for row in rows:
-            table.add_row(*("" if row[c] is None else str(row[c]) for c in _COLUMNS))
+            table.add_row(*(safe_text("" if row[c] is None else row[c]) for c in _COLUMNS))
         console().print(table)
     else:
         console().print("[green]no matching schedule slots[/]")

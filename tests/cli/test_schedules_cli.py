@@ -111,3 +111,21 @@ def test_prune_prints_the_runs_deleted_and_the_schedules_retired(tmp_path: Path)
     }
     listed = invoke("schedules", "--db", str(json_db), "--json")
     assert {r["schedule"] for r in json.loads(listed.stdout)} <= {"fresh"}
+
+
+def test_the_table_shows_names_as_written_in_a_plain_grid(tmp_path: Path) -> None:
+    """A schedule name with rich markup and a control character is shown as written (it was
+    read as markup), in the plain grid of the other listings (it had box borders)."""
+    db = tmp_path / "jobs.duckdb"
+    now = time.time()
+    with store_writer(db) as (writer, _sink):
+        write_all(
+            writer,
+            [declaration_record(make_schedule("[red]nightly[/red]\x1b[2J", interval=60), now - 200)],
+        )
+        with writer.store.write_lock:
+            evaluate(writer.store.cursor(), now)
+    result = invoke("schedules", "--db", str(db))
+    assert "[red]nightly[/red]" in result.output
+    assert "\x1b" not in result.output
+    assert not any(border in result.output for border in "┏┃│╭")
