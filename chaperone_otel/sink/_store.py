@@ -349,21 +349,29 @@ def truncation(error: BaseException, path: str) -> SinkError | None:
 _NOT_A_DATABASE: Final = "not a valid DuckDB database file"
 
 
-def _connect(path: str, *, read_only: bool) -> Any:
-    """``duckdb.connect``; a writable open of a missing file first creates it whole
-    (:func:`_create_whole`), and the spill directory is checked first
-    (:func:`_private_spill_directory`)."""
+def _connect(path: str, *, read_only: bool) -> tuple[Any, bool]:
+    """``duckdb.connect``, and whether this open made the spill directory (it removes it
+    again if the connect fails: another process may own the store, and its directory).
+
+    A writable open of a missing file first creates it whole (:func:`_create_whole`); the
+    spill directory is checked first (:func:`_private_spill_directory`)."""
     if not read_only and not os.path.exists(path):
         _create_whole(path)
     config = engine_config()
-    if not _private_spill_directory(path, read_only=read_only):
+    usable, made = _private_spill_directory(path, read_only=read_only)
+    if not usable:
         config["temp_directory"] = ""  # no private place to spill: queries do not spill
-    return duckdb.connect(path, read_only=read_only, config=config)
+    try:
+        return duckdb.connect(path, read_only=read_only, config=config), made
+    except BaseException:
+        if made:
+            _drop_spill_directory(path)
+        raise
 
 
-def _private_spill_directory(path: str, *, read_only: bool) -> bool:
+def _private_spill_directory(path: str, *, read_only: bool) -> tuple[bool, bool]:
     """Whether DuckDB may spill to ``<path>.tmp`` (its default place, which it makes at the
-    first spill).
+    first spill), and whether this call made it.
 
     DuckDB lets user SQL read and write its spill directory, and read the write-ahead log,
     although external access is off, by their paths: a ``<path>.tmp`` someone else made
@@ -373,23 +381,25 @@ def _private_spill_directory(path: str, *, read_only: bool) -> bool:
     the directory itself, mode 0700, and refuses a symlink there or in place of the log,
     and a spill directory of another user's. A read-only open (a user's own CLI, which can
     read only what that user can) makes nothing: it does not spill to a directory that is
-    not its user's own (False), and leaves a missing one to DuckDB.
+    not its user's own (``(False, False)``), and leaves a missing one to DuckDB.
 
     Raises:
         SinkError: (writable open) ``<path>.tmp`` or ``<path>.wal`` is a symlink, or
             ``<path>.tmp`` is not a directory of this user's.
     """
     spill = path + ".tmp"
+    made = False
     if not read_only:
-        with contextlib.suppress(OSError):  # it exists (checked below), or DuckDB says why
-            os.mkdir(spill, 0o700)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISLNK(os.lstat(path + ".wal").st_mode):
                 raise _not_own(path, f"{path}.wal is a symbolic link")
+        with contextlib.suppress(OSError):  # it exists (checked below), or DuckDB says why
+            os.mkdir(spill, 0o700)
+            made = True
     try:
         found = os.lstat(spill)
     except FileNotFoundError:
-        return True  # a read-only open: DuckDB makes it if it spills
+        return True, False  # a read-only open: DuckDB makes it if it spills
     problem = (
         f"{spill} is a symbolic link"
         if stat.S_ISLNK(found.st_mode)
@@ -401,17 +411,17 @@ def _private_spill_directory(path: str, *, read_only: bool) -> bool:
     )
     if problem is not None:
         if read_only:
-            return False
+            return False, False
         raise _not_own(path, problem)
     mode = stat.S_IMODE(found.st_mode)
     if mode & 0o077 and not read_only:  # made by DuckDB: its spill files are the store's data
         with contextlib.suppress(OSError):
             os.chmod(spill, mode & 0o700)
-    return True
+    return True, made
 
 
 def _drop_spill_directory(path: str) -> None:
-    """Remove ``<path>.tmp`` if empty: a writable open made it; a closed store leaves none."""
+    """Remove ``<path>.tmp`` if empty: the owner's close, or an open that made it and failed."""
     with contextlib.suppress(OSError):
         os.rmdir(path + ".tmp")
 
@@ -505,10 +515,8 @@ class Store:
         """A new connection to the file, set up (zone, schema, locked configuration)."""
         path = self.path
         try:
-            con = _connect(path, read_only=self.read_only)
+            con, made = _connect(path, read_only=self.read_only)
         except duckdb.Error as e:  # duckdb 1.x reads a cut file's blocks as it connects
-            if not self.read_only:
-                _drop_spill_directory(path)
             raise unfinished(e, path) or truncation(e, path) or sink_error(e, path, "open") from e
         try:
             # GLOBAL: every query runs on a cursor, a session of its own that would otherwise
@@ -525,7 +533,7 @@ class Store:
             con.execute("SET lock_configuration = true")
         except BaseException as e:
             con.close()
-            if not self.read_only:
+            if made:
                 _drop_spill_directory(path)
             if isinstance(e, duckdb.Error):
                 raise truncation(e, path) or sink_error(e, path, "open") from e

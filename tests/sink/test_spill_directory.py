@@ -13,6 +13,7 @@ import pytest
 
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._local import open_sink
+from tests.processes import run_python
 from tests.stores import empty_store
 
 SECRET = "SPILL-SECRET-5d1e"
@@ -97,3 +98,36 @@ def test_a_read_only_open_neither_makes_nor_uses_a_spill_directory_not_its_own(
         answer = _read_through_spill(sink, store)
     assert SECRET not in answer
     assert "reads only the job store" in answer
+
+
+_OPEN_HELD = r"""
+import sys
+from chaperone_otel.exceptions import SinkError
+from chaperone_otel.sink._local import open_sink
+try:
+    open_sink(sys.argv[1], read_only=False)
+except SinkError as e:
+    print("refused:", e)
+else:
+    print("opened")
+"""
+
+
+def test_another_process_failing_to_open_a_held_store_leaves_the_owners_spill_directory(
+    store: Path,
+) -> None:
+    """A process that cannot open the store (its owner holds it: a forwarder's start, each
+    take-over attempt) leaves the owner's private directory alone (it removed it)."""
+    spill = Path(f"{store}.tmp")
+    with open_sink(str(store), read_only=False):
+        out = run_python(_OPEN_HELD, store, timeout=60).stdout
+        assert out.startswith("refused:"), out
+        assert spill.is_dir()
+        assert stat.S_IMODE(spill.lstat().st_mode) == 0o700
+
+
+def test_a_refused_open_makes_no_spill_directory(store: Path, elsewhere: Path) -> None:
+    Path(f"{store}.wal").symlink_to(elsewhere / "secret.txt")
+    with pytest.raises(SinkError, match="symbolic link"):
+        open_sink(str(store), read_only=False)
+    assert not Path(f"{store}.tmp").exists()
