@@ -16,6 +16,7 @@ from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._local import open_sink
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._sql_guard import MAX_SET_BRANCHES
+from tests.processes import run_python
 from tests.sink.store_factory import post_sql
 from tests.stores import empty_store
 
@@ -127,3 +128,87 @@ def test_api_sql_refuses_them_with_400_and_the_reason(store: Path) -> None:
             conn.close()
         assert response.status == 400
         assert "nested less deeply" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # Its body calls query_table() and the scalar generate_series(): 7.6 GB before.
+        "SELECT count(*) FROM histogram_values('schema_version', version, "
+        "bin_count := 30000000, technique := 'equi-height')",
+        "SELECT generate_subscripts([1, 2, 3], 1)",
+    ],
+)
+def test_built_in_macros_that_call_a_refused_function_are_refused(store: Path, query: str) -> None:
+    with open_sink(store) as sink, pytest.raises(SinkError, match="a built-in macro that calls"):
+        sink.sql(query, timeout=2)
+
+
+def _chain(n: int, materialized: bool = False) -> str:
+    """CTEs each referring twice to the one before: 2**n copies when inlined."""
+    how = " MATERIALIZED" if materialized else ""
+    ctes = ["t0 AS (SELECT 1 AS x)"] + [
+        f"t{i} AS{how} (SELECT a.x FROM t{i - 1} a, t{i - 1} b LIMIT 1)" for i in range(1, n + 1)
+    ]
+    return f"WITH {', '.join(ctes)} SELECT * FROM t{n}"
+
+
+def test_ctes_planned_once_per_reference_are_bounded(store: Path) -> None:
+    """A chain of 18 such CTEs (818 bytes) took 1 GB and 27 s to plan: refused, saying to
+    materialize; the same chain MATERIALIZED runs, and so do CTEs referenced a few times."""
+    with open_sink(store) as sink:
+        with pytest.raises(SinkError, match=r"planned [\d,]+ times or more.*MATERIALIZED"):
+            sink.sql(_chain(18))
+        assert sink.sql(_chain(18, materialized=True))[1] == [(1,)]
+        assert sink.sql(_chain(4))[1] == [(1,)]
+        twice = "WITH n AS (SELECT name FROM jobs) SELECT count(*) FROM n a JOIN n b USING (name)"
+        assert sink.sql(twice)[1] == [(1,)]
+        recursive = (
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) "
+            "SELECT count(*) FROM r"
+        )
+        assert sink.sql(recursive)[1] == [(5,)]
+
+
+def test_set_operations_in_ctes_count_once_per_copy(store: Path) -> None:
+    inner = " UNION ALL ".join(["SELECT 1 AS x"] * 100)
+    query = f"WITH u AS ({inner}) SELECT * FROM u UNION ALL SELECT * FROM u UNION ALL SELECT * FROM u"
+    with open_sink(store) as sink, pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
+        sink.sql(query)  # 3 copies of 99 operations, and 2 of its own
+    with open_sink(store) as sink:
+        assert len(sink.sql(f"WITH u AS MATERIALIZED ({inner}) {query[query.index('SELECT * FROM u'):]}")[1]) == 300
+
+
+_FORK_WHILE_BUSY = r"""
+import os, sys, time
+from chaperone_otel.sink import _sql_guard
+from chaperone_otel.sink._sql_guard import check_select
+
+check_select("SELECT 1")  # the checker exists
+with _sql_guard._parser_lock:  # as another thread would hold it
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            check_select("SELECT 2")
+            code = 0
+        finally:
+            os._exit(code)
+deadline = time.monotonic() + 30
+while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+if done[0] == 0:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("hung")
+else:
+    print("exit", os.waitstatus_to_exitcode(done[1]))
+"""
+
+
+def test_a_child_forked_while_the_checker_was_busy_checks_on_its_own() -> None:
+    """A fork while another thread held the checker's lock: the child checks with a lock
+    and a connection of its own (it waited for ever on a lock no thread of it holds). In a
+    fresh interpreter: a fork of the test process, with its many DuckDB threads, may crash
+    the child whatever this module does."""
+    assert run_python(_FORK_WHILE_BUSY, timeout=60).stdout.split() == ["exit", "0"]
