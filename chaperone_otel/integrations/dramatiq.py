@@ -163,6 +163,7 @@ class Supervision(Middleware):
         self.open: dict[int, tuple[Any, _StartedRun, Any]] = {}
         self.lock = threading.Lock()
         self.warned: set[tuple[str, str]] = set()  # (actor, mistake) of message options
+        self.booted = False  # a worker process of Dramatiq's CLI (after_process_boot)
 
     @property
     def actor_options(self) -> set[str]:
@@ -183,9 +184,12 @@ class Supervision(Middleware):
     # ---- process lifecycle ---------------------------------------------------------------
 
     def after_process_boot(self, broker: Any) -> None:
-        """A worker process booted: runs open in the process it was forked from are not its."""
+        """A worker process booted: runs open in the process it was forked from are not its.
+        (Dramatiq's CLI sends it in each worker process it starts: such a process shuts
+        chaperone down at its worker's shutdown, see :meth:`after_worker_shutdown`.)"""
         with self.lock:
             self.open.clear()
+            self.booted = multiprocessing.parent_process() is not None
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         """Send the finished runs' records before the worker threads are stopped."""
@@ -196,11 +200,12 @@ class Supervision(Middleware):
         """The worker threads are stopped: runs still open (a thread that did not stop in
         time dies with the process) end ``cancelled``; flush before the process exits.
 
-        In a worker process of Dramatiq's CLI (a ``multiprocessing`` child, which ends with
-        ``os._exit``: ``atexit`` never runs) chaperone is shut down too, so the store the
-        process owns is closed and its sidecar removed (it was left naming a dead process).
-        A ``Worker`` stopped in the main process (tests, an embedded worker) only flushes:
-        the application goes on."""
+        In a worker process of Dramatiq's CLI (a ``multiprocessing`` child that booted as a
+        worker process, which ends with ``os._exit``: ``atexit`` never runs) chaperone is
+        shut down too, so the store the process owns is closed and its sidecar removed (it
+        was left naming a dead process). A ``Worker`` stopped anywhere else (the main
+        process, tests, a ``multiprocessing`` child of the application's own that runs
+        workers in process) only flushes: the process goes on."""
         with self.lock:
             left = list(self.open.values())
             self.open.clear()
@@ -209,7 +214,7 @@ class Supervision(Middleware):
                 error = WorkerShutdown("the worker shut down while the message ran")
                 run.finish(error, status="cancelled")
             _flush(self.flush_timeout)
-            if multiprocessing.parent_process() is not None:
+            if self.booted:
                 _shutdown()
 
     # ---- one message ---------------------------------------------------------------------

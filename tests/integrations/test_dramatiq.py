@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -19,6 +20,7 @@ from chaperone_otel import semconv as sc
 from chaperone_otel.exceptions import ConfigurationError
 from chaperone_otel.integrations.dramatiq import Supervision, WorkerShutdown, instrument
 from chaperone_otel.testing import Capture
+from tests.processes import run_python
 
 
 class Declined(Exception):
@@ -440,3 +442,48 @@ def test_runs_open_at_worker_shutdown_end_cancelled(broker: StubBroker, cap: Cap
     run = cap.run(message.message_id)
     assert run.status == "cancelled"
     assert run.error_type == f"{WorkerShutdown.__module__}.WorkerShutdown"
+
+
+_OWN_CHILD = r"""
+import multiprocessing, sys
+
+def child(path):
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+    import chaperone_otel as chaperone
+    from chaperone_otel.integrations.dramatiq import instrument
+
+    chaperone.configure(sink=path)
+    broker = StubBroker()
+    instrument(broker)
+
+    @dramatiq.actor(broker=broker)
+    def job(n):
+        return n
+
+    for n in (1, 2):  # a Worker started and stopped twice in this process
+        message = job.send(n)
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+        worker.start()
+        broker.join(message.queue_name, timeout=10_000)
+        worker.join()
+        worker.stop()
+    chaperone.shutdown()
+    broker.close()
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("fork").Process(target=child, args=(sys.argv[1],))
+    process.start()
+    process.join(60)
+    print(process.exitcode)
+"""
+
+
+def test_an_application_child_that_stops_a_worker_keeps_supervising(tmp_path: Path) -> None:
+    """A ``multiprocessing`` child of the application's own that runs Dramatiq workers in
+    process: stopping one only flushes (chaperone was shut down there too, and the next
+    worker's runs were never stored). Only Dramatiq's CLI worker processes shut down."""
+    store = tmp_path / "jobs.duckdb"
+    assert run_python(_OWN_CHILD, store, timeout=90).stdout.split() == ["0"]
+    with chaperone.open_sink(str(store)) as sink:
+        assert sorted(j.status for j in sink.jobs.named("job").all()) == ["completed"] * 2
