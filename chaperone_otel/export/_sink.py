@@ -76,6 +76,16 @@ _POST_TIMEOUT: Final = 15.0
 """Seconds one forwarded request may take (the owner answers within its 10 s ack wait)."""
 
 
+_CLOSED_BY_PEER: Final = (
+    http.client.RemoteDisconnected,
+    http.client.CannotSendRequest,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+"""How a post fails on a keep-alive connection the owner closed while it was idle."""
+
+
 def _held_elsewhere(error: SinkError) -> bool:
     """True when the file could not be opened because another process holds it."""
     cause = error.__cause__
@@ -282,11 +292,12 @@ class EmbeddedSink:
                         if conn is not None:
                             try:
                                 status = post_records(conn, token, body)
-                            except (OSError, http.client.HTTPException):
+                            except _CLOSED_BY_PEER:
                                 # The owner closes a keep-alive connection idle for 5 s
                                 # (uvicorn's default) and a run may report less often: a
-                                # failure there says nothing of the owner. Once more, on a
-                                # new connection (records are idempotent).
+                                # closed connection says nothing of the owner. Once more,
+                                # on a new one (records are idempotent); not after a
+                                # timeout, which is the owner's.
                                 conn.close()
                                 conn = None
                         if conn is None:

@@ -137,9 +137,17 @@ if pid == 0:
     if report["kept_alive"]:  # until the owner closes the idle keep-alive connection (5 s)
         readable, _, _ = select.select([conn.sock], [], [], 30)
         report["closed_by_owner"] = bool(readable) and conn.sock.recv(1, socket.MSG_PEEK) == b""
+    sink = _setup._setup.sink
+    tried = []
+    take_over = sink._take_over
+    def counted():
+        tried.append(1)
+        return take_over()
+    sink._take_over = counted  # a failed post that is taken for a dead owner tries this
     with c.supervised("child.second"):
         pass
     report["second"] = c.flush(10)
+    report["take_overs"] = len(tried)
     report["errors"] = internal_error_counts()
     with open(out, "w") as f:
         f.write(json.dumps(report))
@@ -173,6 +181,7 @@ def test_a_connection_the_owner_closed_while_idle_is_reopened_not_taken_for_a_de
     assert child["kept_alive"] is True
     assert child["closed_by_owner"] is True
     assert child["second"] is True
+    assert child["take_overs"] == 0  # posted again at once, not after a take-over attempt
     assert child["errors"] == {}, child["errors"]
     assert report["names"] == ["child.first", "child.second"]
 
