@@ -441,8 +441,11 @@ def detail(record: Any, others: Sequence[Any] = ()) -> RenderableType:
         row("eta", fmt_duration(field(r, "eta")) if field(r, "eta") is not None else None)
     hb_count = field(r, "heartbeat_count")
     interval = field(r, "heartbeat_interval")
-    # No heartbeat yet: the stored "last heartbeat" is the start (the lease runs from it).
-    last = f", last {fmt_age(field(r, 'last_heartbeat_at'), now)}" if hb_count else ""
+    # Nothing reported yet: the stored "last heartbeat" is the start (the lease runs from
+    # it). A progress report moves it without counting a heartbeat.
+    last_at = field(r, "last_heartbeat_at")
+    shown = hb_count or (last_at is not None and last_at != field(r, "started_at"))
+    last = f", last {fmt_age(last_at, now)}" if shown else ""
     row(
         "heartbeats",
         f"{hb_count if hb_count is not None else '-'} (interval {fmt_duration(interval)}{last})",

@@ -269,6 +269,11 @@ def test_show_says_a_traceless_error_once_and_no_last_heartbeat_before_one(
             name="closer.job",
         )
         chaperone_otel.start_run("bare.job", run_id="bare-run").finish(LookupError())
+        progressed = chaperone_otel.start_run("progress.job", run_id="progress-run")
+        with progressed.activate():
+            time.sleep(0.01)  # a progress report after the start, at another time
+            chaperone_otel.report_progress(1, 2)
+        progressed.finish()
     finally:
         chaperone_otel.shutdown()
         chaperone_otel.reset()
@@ -278,6 +283,8 @@ def test_show_says_a_traceless_error_once_and_no_last_heartbeat_before_one(
     assert bare_out.count("LookupError") == 1, bare_out
     assert "LookupError:" not in bare_out  # no message: no dangling colon
     assert "heartbeats    0 (interval 1m00s)" in bare_out  # no "last …": there was none
+    progress_out = invoke("show", "progress-run", "--db", db).stdout
+    assert "(interval 1m00s, last " in progress_out  # progress keeps the run alive too
 
 
 def test_show_violation_and_heartbeats(recorded_store: Recorded) -> None:
