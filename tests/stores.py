@@ -53,3 +53,17 @@ def empty_store(path: str | os.PathLike[str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, target)
     return target
+
+
+def store_with_a_run(path: str | os.PathLike[str], name: str) -> Path:
+    """:func:`empty_store` at ``path``, then one completed run named ``name`` recorded in it
+    by a configured sink (the store a query test reads)."""
+    import chaperone_otel as chaperone
+
+    db = empty_store(path)
+    chaperone.configure(sink=str(db))
+    with chaperone.supervised(name):
+        pass
+    chaperone.shutdown()
+    chaperone.reset()
+    return db

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import chaperone_otel as chaperone
-from chaperone_otel import supervised
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._local import open_sink
 from chaperone_otel.sink._server import SinkServer
 from chaperone_otel.sink._sql_guard import MAX_SET_BRANCHES
 from tests.processes import run_python
 from tests.sink.store_factory import post_sql
-from tests.stores import empty_store
+from tests.stores import store_with_a_run
 
 # Runs for hours, on json_execute_serialized_sql's own connection: the watchdog's interrupt()
 # and a server's shutdown never reached it.
@@ -27,13 +25,7 @@ ENDLESS = "SELECT sum(range) FROM range(100000000000000)"
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    db = empty_store(tmp_path / "guard.duckdb")
-    chaperone.configure(sink=str(db))
-    with supervised("guard.job"):
-        pass
-    chaperone.shutdown()
-    chaperone.reset()
-    return db
+    return store_with_a_run(tmp_path / "guard.duckdb", "guard.job")
 
 
 @pytest.mark.parametrize(

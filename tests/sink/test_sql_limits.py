@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 import chaperone_otel as chaperone
-from chaperone_otel import supervised
 from chaperone_otel.exceptions import ConfigurationError, SinkError
 from chaperone_otel.sink._local import LocalSink, QueryLimits, open_sink
 from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._store import read_sidecar
 from tests.sink.store_factory import post_sql
-from tests.stores import empty_store
+from tests.stores import empty_store, store_with_a_run
 from tests.waiting import wait_until
 
 # Far more than 60 s of work (10^13 pairs) that returns nothing until it ends.
@@ -59,13 +58,7 @@ def bounded(call: Any, sink: Any, limit: float = 10) -> tuple[BaseException | No
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    db = empty_store(tmp_path / "limits.duckdb")
-    chaperone.configure(sink=str(db))
-    with supervised("limits.job"):
-        pass
-    chaperone.shutdown()
-    chaperone.reset()
-    return db
+    return store_with_a_run(tmp_path / "limits.duckdb", "limits.job")
 
 
 @pytest.mark.slow
