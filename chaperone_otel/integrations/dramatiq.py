@@ -72,7 +72,7 @@ from typing import Any, Final
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
 from .._setup import shutdown as _shutdown
-from .._spec import Lease
+from .._spec import Lease as _Lease
 from .._spec import make_spec as _make_spec
 from .._start import StartedRun as _StartedRun
 from .._start import start_run as _start_run
@@ -142,7 +142,7 @@ class Supervision(Middleware):
         *,
         include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
         heartbeat_interval: Any = None,
-        lease: Lease = "liveness",
+        lease: _Lease = "liveness",
         flush_timeout: float = 5.0,
     ) -> None:
         _check_options(
@@ -375,7 +375,7 @@ def instrument(
     *,
     include: Callable[[dramatiq.Actor[Any, Any]], bool] | None = None,
     heartbeat_interval: Any = None,
-    lease: Lease = "liveness",
+    lease: _Lease = "liveness",
     flush_timeout: float = 5.0,
 ) -> Supervision:
     """Add the :class:`Supervision` middleware to ``broker``, first in its list.

@@ -66,7 +66,7 @@ from typing import Any, Final
 
 from .._safety import handle_internal_errors as _guard
 from .._setup import flush as _flush
-from .._spec import Lease
+from .._spec import Lease as _Lease
 from .._start import StartedRun as _StartedRun
 from .._start import close_run as _close_run
 from .._start import start_run as _start_run
@@ -171,7 +171,7 @@ class SupervisionMixin:
     """
 
     chaperone_heartbeat_interval: Any = None
-    chaperone_lease: Lease = "liveness"
+    chaperone_lease: _Lease = "liveness"
     chaperone_flush_timeout: float = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
