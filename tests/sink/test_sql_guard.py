@@ -82,8 +82,9 @@ def test_set_operations_are_bounded_before_they_are_planned(store: Path) -> None
             query = f" {operator} ".join(["SELECT 1"] * (MAX_SET_BRANCHES + 1))
             with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
                 sink.sql(query)
-        # 12,000 branches: ~4 GB and 17 s of planning before the guard
-        with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
+        # 12,000 branches: ~4 GB and 17 s of planning before the guard (DuckDB 1.x nests
+        # set operations two by two, and its parser refuses them at its depth limit)
+        with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT|expression depth"):
             sink.sql(" UNION ALL ".join(["SELECT 1"] * 12_000))
         nested = "SELECT 1 UNION ALL (" * 200 + "SELECT 1" + ")" * 200
         assert len(sink.sql(nested)[1]) == 201
