@@ -67,6 +67,7 @@ exponentially: 18 of them, 818 bytes, took 1 GB and 27 s to plan."""
 _parser_lock = threading.Lock()
 _parser: duckdb.DuckDBPyConnection | None = None
 _macros: frozenset[str] = frozenset()
+_materialized_seen = True  # DuckDB 1.5's json_serialize_sql drops ``AS MATERIALIZED``
 
 
 _inherited: list[duckdb.DuckDBPyConnection] = []
@@ -107,7 +108,7 @@ def _refused_macros(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
 
 def _parse_tree(query: str) -> Any:
     """``query``'s parse tree as ``json_serialize_sql`` writes it (a SELECT only)."""
-    global _parser, _macros
+    global _parser, _macros, _materialized_seen
     with _parser_lock:
         if _parser is None:
             _parser = duckdb.connect(
@@ -115,6 +116,9 @@ def _parse_tree(query: str) -> Any:
                 config={"enable_external_access": False, "autoinstall_known_extensions": False},
             )
             _macros = _refused_macros(_parser)
+            probe = "WITH a AS MATERIALIZED (SELECT 1) SELECT * FROM a"
+            shown = _parser.execute("SELECT json_serialize_sql(?)", [probe]).fetchall()[0][0]
+            _materialized_seen = "CTE_MATERIALIZE_ALWAYS" in str(shown)
         try:
             text = _parser.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0]
         except duckdb.Error as e:
@@ -207,6 +211,13 @@ def _definitions(tree: Any) -> dict[str, list[tuple[bool, Any]]]:
     return found
 
 
+def materialized_seen() -> bool:
+    """Whether this DuckDB's parse tree says which CTEs are ``MATERIALIZED`` (1.5 does
+    not: every CTE then counts as planned once per reference)."""
+    _parse_tree("SELECT 1")
+    return _materialized_seen
+
+
 def check_select(query: str) -> None:
     """Raise :class:`SinkError` if the SELECT ``query`` calls a refused function, or plans
     too many set-operation branches or CTE copies (see the module doc)."""
@@ -245,10 +256,15 @@ def check_select(query: str) -> None:
     own, refs = _scan(tree)
     copies, operations = planned(refs)
     if copies > MAX_CTE_COPIES:
+        fix = (
+            "write WITH name AS MATERIALIZED (...)"
+            if materialized_seen()
+            else "this DuckDB does not show which CTEs are MATERIALIZED: refer to each once"
+        )
         raise SinkError(
             f"sink.sql() refuses this statement: its CTEs would be planned {copies:,} times "
             f"or more (at most {MAX_CTE_COPIES:,}): each reference to a CTE that is not "
-            "MATERIALIZED plans it again; write WITH name AS MATERIALIZED (...)"
+            f"MATERIALIZED plans it again; {fix}"
         )
     if own + operations >= MAX_SET_BRANCHES:
         raise SinkError(

@@ -13,7 +13,7 @@ import pytest
 from chaperone_otel.exceptions import SinkError
 from chaperone_otel.sink._local import open_sink
 from chaperone_otel.sink._server import SinkServer
-from chaperone_otel.sink._sql_guard import MAX_SET_BRANCHES
+from chaperone_otel.sink._sql_guard import MAX_SET_BRANCHES, materialized_seen
 from tests.processes import run_python
 from tests.sink.store_factory import post_sql
 from tests.stores import store_with_a_run
@@ -84,7 +84,7 @@ def test_set_operations_are_bounded_before_they_are_planned(store: Path) -> None
                 sink.sql(query)
         # 12,000 branches: ~4 GB and 17 s of planning before the guard (DuckDB 1.x nests
         # set operations two by two, and its parser refuses them at its depth limit)
-        with pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT|expression depth"):
+        with pytest.raises(SinkError, match=r"UNION/EXCEPT/INTERSECT|expression depth"):
             sink.sql(" UNION ALL ".join(["SELECT 1"] * 12_000))
         nested = "SELECT 1 UNION ALL (" * 200 + "SELECT 1" + ")" * 200
         assert len(sink.sql(nested)[1]) == 201
@@ -152,7 +152,8 @@ def test_ctes_planned_once_per_reference_are_bounded(store: Path) -> None:
     with open_sink(store) as sink:
         with pytest.raises(SinkError, match=r"planned [\d,]+ times or more.*MATERIALIZED"):
             sink.sql(_chain(18))
-        assert sink.sql(_chain(18, materialized=True))[1] == [(1,)]
+        if materialized_seen():  # DuckDB 2 (1.5's parse tree drops AS MATERIALIZED)
+            assert sink.sql(_chain(18, materialized=True))[1] == [(1,)]
         assert sink.sql(_chain(4))[1] == [(1,)]
         twice = "WITH n AS (SELECT name FROM jobs) SELECT count(*) FROM n a JOIN n b USING (name)"
         assert sink.sql(twice)[1] == [(1,)]
@@ -168,6 +169,8 @@ def test_set_operations_in_ctes_count_once_per_copy(store: Path) -> None:
     query = f"WITH u AS ({inner}) SELECT * FROM u UNION ALL SELECT * FROM u UNION ALL SELECT * FROM u"
     with open_sink(store) as sink, pytest.raises(SinkError, match="UNION/EXCEPT/INTERSECT"):
         sink.sql(query)  # 3 copies of 99 operations, and 2 of its own
+    if not materialized_seen():  # DuckDB 1.5's parse tree drops AS MATERIALIZED
+        return
     with open_sink(store) as sink:
         assert len(sink.sql(f"WITH u AS MATERIALIZED ({inner}) {query[query.index('SELECT * FROM u'):]}")[1]) == 300
 
