@@ -43,7 +43,8 @@ trace.get_tracer_provider().add_span_processor(ChildSpanEnds())
 
 def files():
     return {p: hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(path + "*")) if not p.endswith(".json")}
+            for p in sorted(glob.glob(path + "*"))
+            if not p.endswith(".json") and os.path.isfile(p)}  # not the spill directory
 
 def row(run_id):
     for j in setup.sink.sink.jobs.all():
