@@ -35,9 +35,20 @@ def stop(proc: subprocess.Popen[Any], grace: float) -> None:
 
 def worker_env(app_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker process: no OTel/chaperone settings of the caller's,
-    ``app_dir`` (the test's app module) and this checkout first on the path."""
+    ``app_dir`` (the test's app module) and this checkout first on the path.
+
+    Dramatiq's default middleware includes its ``Prometheus`` exporter, which binds
+    0.0.0.0:9191 and keeps its files in one folder under ``/tmp`` unless told otherwise:
+    two workers (a test's and the last one's, still shutting down) then fought over the
+    port, and the loser's traceback failed the test. Each worker gets a free loopback port
+    and a folder of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHAPERONE_OTEL_"))}
     env.update(PYTHONPATH=os.pathsep.join([str(app_dir), SOURCE_ROOT]), PYTHONUNBUFFERED="1")
+    env.update(
+        dramatiq_prom_host="127.0.0.1",
+        dramatiq_prom_port=str(free_port()),
+        dramatiq_prom_db=str(app_dir / "dramatiq-prometheus"),
+    )
     env.update(extra)
     return env
 
