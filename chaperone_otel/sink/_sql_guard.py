@@ -2,8 +2,8 @@
 
 The engine's sandbox (:mod:`._store`: no files but the store's, no extensions, a locked
 configuration) bounds what a statement can *reach*; the read-only transaction and the
-watchdog (:mod:`._local`) bound what it can *change* and how long it runs. Three things get
-past those, found by probing a real ``sink serve`` (session 16):
+watchdog (:mod:`._local`) bound what it can *change* and how long it runs. Four things get
+past those, found by probing a real ``sink serve`` (sessions 16 and 17):
 
 * **SQL run from a string on another connection.** ``json_execute_serialized_sql`` (the
   built-in JSON extension, which cannot be unloaded) runs the statement it is given on a
@@ -27,6 +27,11 @@ past those, found by probing a real ``sink serve`` (session 16):
   (``repeat('x', 2000000000)``: 4 GB; ``lpad``, ``list_resize``…), and string functions
   such as ``repeat`` have everyday uses, so they are not refused: run a sink that serves
   untrusted clients under an OS memory limit (``docs/sink-server.md``).
+* **The store's own files.** The sandbox lets the engine reach the store file, its log and
+  its spill directory, and so it let queries read them: ``read_blob('<store>')`` returned
+  the raw bytes, rows a prune had deleted among them (a retention policy undone). Every
+  table function that reads files (:data:`FILE_READERS`) is refused, and ``checkpoint()``,
+  which ran inside the read-only transaction, with the others that write.
 
 A deny list, not an allow list: an allow list of the tree's node kinds was tried before and
 was bypassed by spellings the engine accepts; a function, however it is spelled (case,
@@ -55,6 +60,15 @@ SQL_FROM_STRINGS: Final = frozenset({"json_execute_serialized_sql", "query", "qu
 HUGE_VALUE_SCALARS: Final = frozenset({"range", "generate_series"})
 """Scalar functions that build one list or string as large as their argument asks:
 refused as scalars (their table-function forms stream rows and are allowed)."""
+FILE_READERS: Final = re.compile(r"(read_|parquet_|sniff_|python_)\w*|\w+_scan|glob")
+"""Table functions that read files (or, ``arrow_scan``/``pandas_scan``/``python_*``, the
+process's Python objects), matched on the whole name. The sandbox already limits files to
+the store's own, but those are not for user SQL either: ``read_blob('<store>')`` returned
+the store's raw bytes, rows a prune had deleted among them, and the log and spill files
+hold other statements' data."""
+STORE_WRITERS: Final = frozenset({"checkpoint", "force_checkpoint", "truncate_duckdb_logs"})
+"""Table functions that change the store or the engine (``checkpoint()`` ran inside the
+read-only transaction): refused like any other write."""
 MAX_SET_BRANCHES: Final = 256
 """Most branches of the set operations (``UNION``, ``EXCEPT``, ``INTERSECT``) one statement
 plans, its CTEs counted once per copy the planner makes of them: planning grows with their
@@ -151,6 +165,13 @@ def _check_call(node: dict[str, Any], as_table: bool) -> None:
             f"sink.sql() refuses {name}(): a built-in macro that calls a function refused "
             "here (SQL named by a string, or a list as long as its argument)"
         )
+    if as_table and FILE_READERS.fullmatch(name):
+        raise SinkError(
+            f"sink.sql() reads only the job store: it refuses {name}(), which reads "
+            "files (not even the store's own: query its tables and views)"
+        )
+    if as_table and name in STORE_WRITERS:
+        raise SinkError(f"sink.sql() refuses {name}(): it writes; user SQL only reads")
     if not as_table and name in HUGE_VALUE_SCALARS:
         raise SinkError(
             f"sink.sql() refuses the scalar {name}(): it builds one value as large as its "

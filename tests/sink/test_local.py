@@ -77,7 +77,7 @@ def test_the_applications_own_duckdb_is_unaffected(owned_store, tmp_path: Path) 
     secret.write_text("mine")
     frame = pa.table({"x": [1, 2]})  # noqa: F841 (found by the replacement scan)
     with chaperone.open_sink(str(db)) as sink:
-        with pytest.raises(SinkError, match="disabled for queries"):
+        with pytest.raises(SinkError, match="reads only the job store"):
             sink.sql(f"SELECT * FROM read_text('{secret}')")
         for con in (duckdb.connect(), duckdb.connect(str(tmp_path / "mine.duckdb"))):
             try:

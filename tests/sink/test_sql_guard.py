@@ -65,11 +65,44 @@ def test_list_making_scalars_are_refused(store: Path, query: str) -> None:
         sink.sql(query, timeout=2)
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT octet_length(content) FROM read_blob('{store}')",
+        "SELECT * FROM Read_Text('{store}')",
+        "SELECT * FROM system.main.read_blob('{store}.wal')",
+        "SELECT count(*) FROM read_blob('{store}.tmp/*')",
+        "SELECT * FROM glob('{store}*')",
+        "SELECT * FROM read_duckdb('{store}', table_name := 'jobs')",
+        "SELECT * FROM parquet_metadata('{store}')",
+        "SELECT * FROM read_csv('{store}', header := false)",
+        "WITH raw AS (SELECT content FROM read_blob('{store}')) SELECT * FROM raw",
+        "SELECT name FROM jobs WHERE EXISTS (SELECT * FROM read_text('{store}'))",
+        "EXPLAIN ANALYZE SELECT * FROM read_blob('{store}')",
+    ],
+)
+def test_the_stores_own_files_are_not_readable(store: Path, query: str) -> None:
+    """The sandbox lets the engine reach the store file, its log and its spill directory;
+    before the guard refused file readers, ``read_blob`` returned the store's raw bytes,
+    rows a prune had deleted among them."""
+    with open_sink(store) as sink, pytest.raises(SinkError, match=r"refuses \w+\(\), which reads files"):
+        sink.sql(query.format(store=store), timeout=5)
+
+
+def test_checkpoint_is_refused_as_a_write(store: Path) -> None:
+    """``checkpoint()`` ran inside the read-only transaction."""
+    with open_sink(store) as sink, pytest.raises(SinkError, match=r"refuses checkpoint\(\): it writes"):
+        sink.sql("SELECT * FROM checkpoint()")
+
+
 def test_their_table_functions_and_everyday_functions_still_run(store: Path) -> None:
     with open_sink(store) as sink:
         assert sink.sql("SELECT count(*) FROM range(10)")[1] == [(10,)]
         assert sink.sql("SELECT * FROM generate_series(1, 3)")[1] == [(1,), (2,), (3,)]
         assert sink.sql("SELECT repeat('=', 3), lpad('7', 3, '0')")[1] == [("===", "007")]
+        assert sink.sql("SELECT 'a.csv' GLOB '*.csv', 'x' LIKE 'x'")[1] == [(True, True)]
+        assert sink.sql("SELECT * FROM unnest([1, 2])")[1] == [(1,), (2,)]
+        assert sink.sql("SELECT count(*) > 0 FROM duckdb_tables()")[1] == [(True,)]
         assert sink.sql("SELECT name FROM jobs WHERE name = $1", ["guard.job"])[1] == [
             ("guard.job",)
         ]
