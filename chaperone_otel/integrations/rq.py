@@ -358,7 +358,7 @@ class SupervisionMixin:
 
     def clean_registries(self) -> Any:
         """RQ's maintenance; the runs of jobs it finds abandoned are closed ``failed``."""
-        handler = _abandoned_handler(self.chaperone_heartbeat_interval)
+        handler = _abandoned_handler()
         handlers: list[Any] = getattr(self, "_exc_handlers", [])
         handlers.insert(0, handler)
         try:
@@ -376,7 +376,8 @@ def _ask_to_stop(thread: Any) -> None:
         thread.stop()
 
 
-def _abandoned_handler(heartbeat_interval: Any) -> Any:
+def _abandoned_handler() -> Any:
+    """An exception handler that closes ``failed`` the run of a job RQ found abandoned."""
     def closed(job: Job, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
             return
