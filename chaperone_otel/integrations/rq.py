@@ -378,6 +378,7 @@ def _ask_to_stop(thread: Any) -> None:
 
 def _abandoned_handler() -> Any:
     """An exception handler that closes ``failed`` the run of a job RQ found abandoned."""
+
     def closed(job: Job, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
             return

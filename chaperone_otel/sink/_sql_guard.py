@@ -80,7 +80,7 @@ exponentially: 18 of them, 818 bytes, took 1 GB and 27 s to plan."""
 
 _parser_lock = threading.Lock()
 _parser: duckdb.DuckDBPyConnection | None = None
-_macros: frozenset[str] = frozenset()
+_macros: frozenset[tuple[str, bool]] = frozenset()
 _materialized_seen = True  # DuckDB 1.5's json_serialize_sql drops ``AS MATERIALIZED``
 
 
@@ -101,23 +101,30 @@ def _forget_parser() -> None:
 os.register_at_fork(after_in_child=_forget_parser)
 
 
-def _refused_macros(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
-    """DuckDB's built-in macros whose body calls a refused function (or such a macro): a
-    macro is one name in the parse tree, its body expanded only when it is bound
-    (``histogram_values`` calls ``query_table`` and the scalar ``generate_series``)."""
+def _refused_macros(con: duckdb.DuckDBPyConnection) -> frozenset[tuple[str, bool]]:
+    """DuckDB's built-in macros whose body calls a refused function (or such a macro), as
+    (name, is a table macro): a macro is one name in the parse tree, its body expanded only
+    when it is bound (``histogram_values`` calls ``query_table`` and the scalar
+    ``generate_series``). The kind matters: the table macro ``histogram(table, column)``
+    calls ``histogram_values``, the aggregate ``histogram(x)`` of the same name does not."""
     rows = con.execute(
-        "SELECT DISTINCT lower(function_name), macro_definition FROM duckdb_functions() "
-        "WHERE macro_definition IS NOT NULL"
+        "SELECT DISTINCT lower(function_name), function_type = 'table_macro', macro_definition "
+        "FROM duckdb_functions() WHERE macro_definition IS NOT NULL"
     ).fetchall()
-    refused = set(SQL_FROM_STRINGS | HUGE_VALUE_SCALARS)
-    found: set[str] = set()
+    refused = set(SQL_FROM_STRINGS | HUGE_VALUE_SCALARS | STORE_WRITERS)
+    found: set[tuple[str, bool]] = set()
     while True:
-        calls = re.compile(r"\b(" + "|".join(map(re.escape, sorted(refused))) + r")\s*\(", re.I)
-        more = {name for name, body in rows if name not in found and calls.search(str(body))}
+        names = "|".join([*map(re.escape, sorted(refused)), FILE_READERS.pattern])
+        calls = re.compile(r"\b(" + names + r")\s*\(", re.I)
+        more = {
+            (name, bool(table))
+            for name, table, body in rows
+            if (name, bool(table)) not in found and calls.search(str(body))
+        }
         if not more:
             return frozenset(found)
         found |= more
-        refused |= more
+        refused |= {name for name, _ in more}
 
 
 def _parse_tree(query: str) -> Any:
@@ -160,10 +167,10 @@ def _check_call(node: dict[str, Any], as_table: bool) -> None:
             f"sink.sql() refuses {name}(): it runs SQL named by a string, outside the checks "
             "and the time limit of the statement that calls it"
         )
-    if name in _macros:
+    if (name, as_table) in _macros:
         raise SinkError(
             f"sink.sql() refuses {name}(): a built-in macro that calls a function refused "
-            "here (SQL named by a string, or a list as long as its argument)"
+            "here (SQL named by a string, a list as long as its argument, a file reader)"
         )
     if as_table and FILE_READERS.fullmatch(name):
         raise SinkError(

@@ -102,6 +102,10 @@ def test_their_table_functions_and_everyday_functions_still_run(store: Path) -> 
         assert sink.sql("SELECT repeat('=', 3), lpad('7', 3, '0')")[1] == [("===", "007")]
         assert sink.sql("SELECT 'a.csv' GLOB '*.csv', 'x' LIKE 'x'")[1] == [(True, True)]
         assert sink.sql("SELECT * FROM unnest([1, 2])")[1] == [(1,), (2,)]
+        # the aggregate, not the table macro of the same name (which calls query_table)
+        assert sink.sql("SELECT histogram(x) FROM (VALUES (1), (2), (2)) t(x)")[1] == [
+            ({1: 1, 2: 2},)
+        ]
         assert sink.sql("SELECT count(*) > 0 FROM duckdb_tables()")[1] == [(True,)]
         assert sink.sql("SELECT name FROM jobs WHERE name = $1", ["guard.job"])[1] == [
             ("guard.job",)
@@ -182,6 +186,8 @@ def test_api_sql_refuses_them_with_400_and_the_reason(store: Path) -> None:
         "SELECT count(*) FROM histogram_values('schema_version', version, "
         "bin_count := 30000000, technique := 'equi-height')",
         "SELECT generate_subscripts([1, 2, 3], 1)",
+        "SELECT * FROM histogram('jobs', status)",
+        "SELECT (SELECT count(*) FROM histogram('jobs', name))",
     ],
 )
 def test_built_in_macros_that_call_a_refused_function_are_refused(store: Path, query: str) -> None:
