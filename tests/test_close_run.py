@@ -102,6 +102,37 @@ def test_a_close_before_the_runs_own_records_is_kept_and_filled(tmp_path: Path) 
         assert job.heartbeat_count == 5
 
 
+def test_process_seen_is_the_runs_own_last_record_not_the_close(tmp_path: Path) -> None:
+    """``last_seen_at`` ("process seen" in ``show``) says when the run's own process was last
+    heard from: a close sent by another process, maybe long after that process died, does
+    not move it, in its own batch or in the run's; a run known only from its close has none
+    until its own records arrive."""
+    last_own = T0 + 5
+    for batches in ("apart", "together"):
+        closed = _closed(error=WorkerLostError("signal 9 (SIGKILL)"))
+        assert closed.timestamp > last_own + 3600  # sent now, long after
+        with store_writer(tmp_path / f"{batches}.duckdb") as (writer, sink):
+            if batches == "apart":
+                write_all(writer, _running(), [closed])
+            else:
+                write_all(writer, [*_running(), closed])
+            job = sink.job("run-1")
+            assert job is not None
+            assert job.status == "failed", batches
+            assert job.last_seen_at is not None
+            assert job.last_seen_at.timestamp() == pytest.approx(last_own, abs=1e-3), batches
+    with store_writer(tmp_path / "close-first.duckdb") as (writer, sink):
+        write_all(writer, [_closed(error=WorkerLostError("gone"))])
+        job = sink.job("run-1")
+        assert job is not None
+        assert (job.status, job.last_seen_at) == ("failed", None)
+        write_all(writer, _running())
+        job = sink.job("run-1")
+        assert job is not None
+        assert job.last_seen_at is not None
+        assert job.last_seen_at.timestamp() == pytest.approx(last_own, abs=1e-3)
+
+
 def test_a_timeout_close_records_a_timeout_violation(tmp_path: Path) -> None:
     with store_writer(tmp_path / "jobs.duckdb") as (writer, sink):
         write_all(writer, _running())

@@ -177,7 +177,9 @@ class Staged:
 
     Attributes:
         logs: one row per run: the state of the highest-sequence log record in the batch,
-            plus ``last_seen_at`` = the latest record time of any kind for that run.
+            plus ``last_seen_at`` = the latest time the run's own process was heard from:
+            its latest record of any kind but ``closed`` (another process's word, sent
+            when the run's process may be long gone; NULL if the batch has only that).
         spans: one row per run completed by a finished span (:class:`SpanRecord`).
         heartbeats: one row per heartbeat record.
         violations: one row per violation record.
@@ -421,7 +423,7 @@ def stage(
     horizon = time.time() + FUTURE_SLACK
     best: dict[Key, tuple[int, LifecycleRecord]] = {}
     specs: dict[Key, tuple[int, LifecycleRecord]] = {}
-    seen: dict[Key, float] = {}
+    seen: dict[Key, float | None] = {}
     spans: dict[Key, IngestRecord] = {}
     heartbeats: list[tuple[Key, int, LifecycleRecord]] = []
     violations: list[tuple[Key, int, LifecycleRecord]] = []
@@ -449,7 +451,10 @@ def stage(
             out.invalid += 1
             continue
         out.records += 1
-        if ts > seen.get(key, -math.inf):
+        last = seen.get(key)
+        if _closed(record):  # not the run's process: "process seen" keeps its own time
+            seen.setdefault(key, None)
+        elif last is None or ts > last:
             seen[key] = min(float(ts), horizon)
         if isinstance(record, SpanRecord) or record.event_name == sc.EVENT_JOB_CLOSED:
             # Completes the run only: a finished span fills what is empty and ends a running
@@ -534,7 +539,7 @@ def _key_columns(keys: Sequence[Key]) -> dict[str, pa.Array]:
 def _job_table(
     cols: _Columns,
     rows: Sequence[tuple[Key, int, IngestRecord]],
-    seen: Mapping[Key, float],
+    seen: Mapping[Key, float | None],
     attributes: Sequence[JobAttribute],
 ) -> pa.Table:
     attrs = [r.attributes for _k, _s, r in rows]
