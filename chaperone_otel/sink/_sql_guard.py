@@ -11,7 +11,9 @@ past those, found by probing a real ``sink serve`` (sessions 16 and 17):
   watchdog's ``interrupt()``, so a long query there kept a server that was told to stop
   at 200 % CPU, holding the store, until it was killed. ``query()`` and ``query_table()``
   take their SQL or table name as a string too, which no check of the outer statement
-  sees. All three are refused wherever they appear.
+  sees, and ``json_serialize_plan`` binds and plans its string: binding ``read_csv`` of
+  the store file read a line of its raw bytes into the plan's column names. All four are
+  refused wherever they appear.
 * **Planning that grows faster than the text.** The planner's memory grows with the square
   of a set operation's branches (``SELECT 1 UNION ALL …`` 12,000 times, 228 KB: ~4 GB and
   17 s, before the time limit can act, which only interrupts execution), and it plans a CTE
@@ -30,8 +32,10 @@ past those, found by probing a real ``sink serve`` (sessions 16 and 17):
 * **The store's own files.** The sandbox lets the engine reach the store file, its log and
   its spill directory, and so it let queries read them: ``read_blob('<store>')`` returned
   the raw bytes, rows a prune had deleted among them (a retention policy undone). Every
-  table function that reads files (:data:`FILE_READERS`) is refused, and ``checkpoint()``,
-  which ran inside the read-only transaction, with the others that write.
+  table function that reads files (:data:`FILE_READERS`) is refused, and so is a table
+  name that names a file (``FROM '<store>'``, which DuckDB reads as a call of the reader
+  the extension picks); ``checkpoint()``, which ran inside the read-only transaction, is
+  refused with the others that write.
 
 A deny list, not an allow list: an allow list of the tree's node kinds was tried before and
 was bypassed by spellings the engine accepts; a function, however it is spelled (case,
@@ -55,8 +59,12 @@ import duckdb
 
 from ..exceptions import SinkError
 
-SQL_FROM_STRINGS: Final = frozenset({"json_execute_serialized_sql", "query", "query_table"})
-"""Functions that run SQL (or read a table) named by a string: refused anywhere."""
+SQL_FROM_STRINGS: Final = frozenset(
+    {"json_execute_serialized_sql", "json_serialize_plan", "query", "query_table"}
+)
+"""Functions that run or plan SQL (or read a table) named by a string: refused anywhere.
+``json_serialize_plan`` only plans, but binding is enough to read a file (``read_csv``
+sniffs its header while it is bound) or to fold a constant of any size."""
 HUGE_VALUE_SCALARS: Final = frozenset({"range", "generate_series"})
 """Scalar functions that build one list or string as large as their argument asks:
 refused as scalars (their table-function forms stream rows and are allowed)."""
@@ -69,6 +77,9 @@ hold other statements' data."""
 STORE_WRITERS: Final = frozenset({"checkpoint", "force_checkpoint", "truncate_duckdb_logs"})
 """Table functions that change the store or the engine (``checkpoint()`` ran inside the
 read-only transaction): refused like any other write."""
+_PATH_LIKE: Final = re.compile(r"[./\\:*?]")
+"""A table name that names a file: DuckDB reads ``FROM 'x.csv'`` (or ``'<store>'``) as a
+call of the reader its extension picks. No table, view or sensible CTE name has these."""
 MAX_SET_BRANCHES: Final = 256
 """Most branches of the set operations (``UNION``, ``EXCEPT``, ``INTERSECT``) one statement
 plans, its CTEs counted once per copy the planner makes of them: planning grows with their
@@ -164,8 +175,8 @@ def _check_call(node: dict[str, Any], as_table: bool) -> None:
     name = name.lower()
     if name in SQL_FROM_STRINGS:
         raise SinkError(
-            f"sink.sql() refuses {name}(): it runs SQL named by a string, outside the checks "
-            "and the time limit of the statement that calls it"
+            f"sink.sql() refuses {name}(): it runs or plans SQL named by a string, outside "
+            "the checks and the time limit of the statement that calls it"
         )
     if (name, as_table) in _macros:
         raise SinkError(
@@ -205,7 +216,13 @@ def _scan(root: Any) -> tuple[int, Counter[str]]:
             children = node.get("children")
             operations += len(children) - 1 if isinstance(children, list) and children else 1
         elif kind == "BASE_TABLE" and not node.get("schema_name") and not node.get("catalog_name"):
-            refs[str(node.get("table_name", "")).lower()] += 1
+            table = str(node.get("table_name", ""))
+            if _PATH_LIKE.search(table):
+                raise SinkError(
+                    f"sink.sql() reads only the job store: it refuses FROM {table!r}, which "
+                    "names a file (query the store's tables and views: jobs, heartbeats, …)"
+                )
+            refs[table.lower()] += 1
         table_function = kind == "TABLE_FUNCTION"
         for key, value in node.items():
             if key != "cte_map":
