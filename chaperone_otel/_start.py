@@ -403,16 +403,44 @@ def close_run(
 
     .. versionadded:: 0.1
     """
+    record = closed_record(
+        run_id,
+        execution_id=execution_id,
+        attempt=attempt,
+        status=status,
+        error=error,
+        name=name,
+        queue=queue,
+        timeout=timeout,
+        now=None,
+    )
+    to = receivers(sc.EVENT_JOB_CLOSED)
+    if to:
+        publish(record, to)
+
+
+def closed_record(
+    run_id: str,
+    *,
+    execution_id: str,
+    attempt: int,
+    status: FinishStatus,
+    error: BaseException | None,
+    name: str | None,
+    queue: str | None,
+    timeout: float | None,
+    now: float | None,
+) -> LifecycleRecord:
+    """The ``chaperone.job.closed`` record :func:`close_run` publishes (and a writable
+    sink's ``close_run`` writes): checked as :func:`close_run` documents; ``now`` is the
+    close's time (default: the configured clock's now)."""
     require_id(run_id, "run_id")
     require_id(execution_id, "execution_id")
     require_attempt(attempt)
     if status not in _FINISH_STATUSES:
         raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
     limit = overrun_limit(timeout)
-    to = receivers(sc.EVENT_JOB_CLOSED)
-    if not to:
-        return
-    now = _now()
+    now = _now() if now is None else now
     a: dict[str, AttributeValue] = {
         sc.ATTR_JOB_RUN_ID: run_id,
         sc.ATTR_JOB_ATTEMPT: attempt,
@@ -436,15 +464,12 @@ def close_run(
         a[sc.ATTR_LIMIT_TYPE] = "timeout"
         a[sc.ATTR_LIMIT_VALUE] = limit
         a[sc.ATTR_LIMIT_POLICY] = "record"
-    publish(
-        LifecycleRecord(
-            event_name=sc.EVENT_JOB_CLOSED,
-            timestamp=now,
-            attributes=a,
-            severity="ERROR" if status == "failed" else "INFO",
-            body=f"{name or run_id} closed: {status}",
-        ),
-        to,
+    return LifecycleRecord(
+        event_name=sc.EVENT_JOB_CLOSED,
+        timestamp=now,
+        attributes=a,
+        severity="ERROR" if status == "failed" else "INFO",
+        body=f"{name or run_id} closed: {status}",
     )
 
 

@@ -61,6 +61,13 @@ class NoActiveJobError(ChaperoneError, RuntimeError):
     """``current_job()`` was called outside a supervised run (strict mode only)."""
 
 
+class RunClosed(ChaperoneError):
+    """The error recorded on a run closed by hand (``sink.close_run()``, ``chaperone-otel
+    close``): its process is gone or will never finish it (lost, or stuck for good), so
+    the run is ended in the store and its alerts resolve. Never raised: its type and
+    message are what ``error_type``/``error_message`` show."""
+
+
 class SinkError(ChaperoneError):
     """The job store failed (I/O, lock held by another process, bad query)."""
 
@@ -74,6 +81,7 @@ __all__ = [
     "ConfigurationError",
     "JobLimitExceeded",
     "NoActiveJobError",
+    "RunClosed",
     "SchemaVersionError",
     "SinkError",
 ]

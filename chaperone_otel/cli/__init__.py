@@ -5,7 +5,7 @@ Nothing in the library imports this package: click and rich load only when a com
 
 from __future__ import annotations
 
-from . import _schedules  # noqa: F401 - registers the `schedules` command on cli
+from . import _close, _schedules  # noqa: F401 - register `close` and `schedules` on cli
 from ._app import cli
 from ._common import Exit
 

@@ -30,6 +30,10 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     ``{"name": "nightly"}`` → ``{"forgotten": true | false}``: the schedule, its slots and
     dispatches deleted, and a tombstone kept so that a declaration made before the forget
     and delivered after it is ignored; allowed as prune is.
+``POST /api/close``
+    ``{"run_id": "ID", "status": "failed" | "cancelled", "reason": "...", "execution_id":
+    null | "..."}`` → ``{"job": {...}}``: a run no process will finish (lost) ended in the
+    store (``sink.close_run``); allowed as prune is.
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 
@@ -714,6 +718,24 @@ def query_routes(
             raise _BadRequest('body must be {"name": "SCHEDULE"}')
         return _JSON({"forgotten": sink().forget_schedule(name)})
 
+    def close_run(request: Request, payload: dict[str, Any]) -> Response:
+        if not allow_prune:
+            return _JSON(
+                {
+                    "error": "this owner does not allow closing a run over HTTP; "
+                    "call sink.close_run(run_id) in the owning process"
+                },
+                status_code=403,
+            )
+        run_id, status = payload.get("run_id"), payload.get("status", "failed")
+        reason, execution = payload.get("reason"), payload.get("execution_id")
+        if not isinstance(run_id, str) or not run_id or not isinstance(status, str):
+            raise _BadRequest('body must be {"run_id": "ID", "status": "failed"}')
+        if not all(v is None or isinstance(v, str) for v in (reason, execution)):
+            raise _BadRequest("reason and execution_id must be strings")
+        closed = sink().close_run(run_id, status=status, reason=reason, execution_id=execution)
+        return _JSON({"job": closed.to_dict()})
+
     def info(request: Request, _payload: dict[str, Any]) -> Response:
         s = sink()
         return _JSON(
@@ -735,6 +757,7 @@ def query_routes(
         Route("/api/sql", endpoint(sql, body=True), methods=["POST"]),
         Route("/api/prune", endpoint(prune, body=True), methods=["POST"]),
         Route("/api/schedules/forget", endpoint(forget, body=True), methods=["POST"]),
+        Route("/api/close", endpoint(close_run, body=True), methods=["POST"]),
         Route("/api/info", endpoint(info), methods=["GET"]),
     ]
 

@@ -28,6 +28,7 @@ import duckdb
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._units import parse_bytes, parse_duration
 from ..exceptions import ConfigurationError, SinkError
+from ._close import check_status, close_record, run_to_close, write_close
 from ._query import JobQuery, Sink, naive_utc
 from ._results import (
     ErrorRecord,
@@ -494,6 +495,47 @@ class LocalSink(Sink):
         finally:
             cur.close()
         return found
+
+    def close_run(
+        self,
+        run_id: str,
+        *,
+        status: str = "failed",
+        reason: str | None = None,
+        execution_id: str | None = None,
+    ) -> JobRecord:
+        """End a run no process will finish: a lost run (its process died with no parent to
+        :func:`~chaperone_otel.close_run` it), or one stuck for good. Its one pending or
+        running execution (``execution_id`` picks one of several) ends with ``status``
+        (``failed``, the default, or ``cancelled``) and a
+        :class:`~chaperone_otel.exceptions.RunClosed` error whose message is ``reason``
+        (default: what the store judged, lost or stuck), as a parent's ``close_run()``
+        would end it (``sink/_close.py``); its alerts resolve. Its process's later records,
+        if it was alive after all, only fill in what is still empty.
+
+        Raises:
+            SinkError: the sink is read-only; no such run, none of it running or pending,
+                or several and no ``execution_id``; a status other than those two.
+        """
+        if self._read_only:
+            raise SinkError(
+                f"close_run needs a writable sink: open_sink({self.path!r}, read_only=False) "
+                "(or call it in the process that owns the store)"
+            )
+        check_status(status)
+        run = run_to_close(self.jobs.with_id(run_id).all(), run_id, execution_id)
+        record = close_record(run, status, reason, time.time())
+        cur = self.cursor()
+        try:
+            write_close(self._store, cur, record)
+        except duckdb.Error as e:
+            raise SinkError(f"closing run {run_id!r} in {self.path} failed: {e}") from e
+        finally:
+            cur.close()
+        key = (run.attempt, run.execution_id)
+        return next(
+            r for r in self.jobs.with_id(run_id).all() if (r.attempt, r.execution_id) == key
+        )
 
     def close(self) -> None:
         if not self._closed:

@@ -572,6 +572,20 @@ class Sink(abc.ABC):
         (see :class:`LocalSink`)."""
         raise SinkError(f"{type(self).__name__} cannot forget schedules")
 
+    def close_run(
+        self,
+        run_id: str,
+        *,
+        status: str = "failed",
+        reason: str | None = None,
+        execution_id: str | None = None,
+    ) -> JobRecord:
+        """End a run no process will finish (lost, or stuck for good) with ``status``
+        (``failed`` or ``cancelled``) and a :class:`~chaperone_otel.exceptions.RunClosed`
+        error saying ``reason``; returns the closed run. A writable sink's (see
+        :class:`LocalSink`)."""
+        raise SinkError(f"{type(self).__name__} cannot close runs")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store (idempotent)."""

@@ -348,6 +348,21 @@ class RemoteSink(Sink):
         found = self._json("POST", "/api/schedules/forget", body={"name": name})
         return bool(found["forgotten"])
 
+    def close_run(
+        self,
+        run_id: str,
+        *,
+        status: str = "failed",
+        reason: str | None = None,
+        execution_id: str | None = None,
+    ) -> JobRecord:
+        """Ask the owner to close a run no process will finish (as :meth:`prune`: the sink
+        server allows it, with its token if it has one; an embedded owner answers 403).
+        See :meth:`LocalSink.close_run`."""
+        body = {"run_id": run_id, "status": status, "reason": reason, "execution_id": execution_id}
+        found = self._json("POST", "/api/close", body=body)
+        return JobRecord.from_dict(found["job"], sink=self)
+
     def close(self) -> None:
         self._closed = True
 
