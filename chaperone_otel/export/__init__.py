@@ -92,18 +92,37 @@ _Result = TypeVar("_Result", SpanExportResult, LogRecordExportResult, MetricExpo
 _Exporter = TypeVar("_Exporter")
 
 
-def _counted_export(signal: str, results: type[_Result], export: Callable[[], _Result]) -> _Result:
+def _counted_export(
+    signal: str,
+    results: type[_Result],
+    export: Callable[[], _Result],
+    inner: object = None,
+    size: int | None = None,
+) -> _Result:
     """Run one export of a counting exporter (counted under ``export:<signal>s``): a raise
     is counted and becomes ``FAILURE``, a result other than ``SUCCESS`` is counted and
-    returned (so the SDK still sees it)."""
+    returned (so the SDK still sees it). The error logged for a failed result says what
+    was lost and where it was going (``inner``'s endpoint, an OTLP exporter's): a worker
+    whose sink was down saw only "log export FAILURE"."""
     try:
         result = export()
     except Exception as exc:
         _record_internal_error(f"export:{signal}s", exc)
         return results.FAILURE
     if result is not results.SUCCESS:
-        _record_internal_error(f"export:{signal}s", RuntimeError(f"{signal} export {result.name}"))
+        _record_internal_error(f"export:{signal}s", _failed(signal, result.name, inner, size))
     return result
+
+
+def _failed(signal: str, result: str, inner: object, size: int | None) -> RuntimeError:
+    endpoint = getattr(inner, "_endpoint", None)
+    what = f"a batch of {size} {signal} item(s)" if size is not None else f"a {signal} batch"
+    where = f" to {endpoint}" if isinstance(endpoint, str) and endpoint else ""
+    return RuntimeError(
+        f"{signal} export {result}: {what} not delivered{where}, dropped. The exporter's "
+        "own log line says why; an endpoint down for longer than the exporter retries "
+        "(OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default) loses what it was sent meanwhile"
+    )
 
 
 def _counted_flush(signal: str, flush: Callable[[], object]) -> bool:
@@ -126,7 +145,9 @@ class CountingSpanExporter(SpanExporter):
         self.failures = 0  # exports that did not succeed: flush() reports them
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = _counted_export("span", SpanExportResult, lambda: self.inner.export(spans))
+        result = _counted_export(
+            "span", SpanExportResult, lambda: self.inner.export(spans), self.inner, len(spans)
+        )
         self.failures += result is not SpanExportResult.SUCCESS
         return result
 
@@ -146,7 +167,9 @@ class CountingLogExporter(LogRecordExporter):
         self.failures = 0
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        result = _counted_export("log", LogRecordExportResult, lambda: self.inner.export(batch))
+        result = _counted_export(
+            "log", LogRecordExportResult, lambda: self.inner.export(batch), self.inner, len(batch)
+        )
         self.failures += result is not LogRecordExportResult.SUCCESS
         return result
 
@@ -201,6 +224,7 @@ class CountingMetricExporter(MetricExporter):
             "metric",
             MetricExportResult,
             lambda: self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+            self.inner,
         )
         self.failures += result is not MetricExportResult.SUCCESS
         return result

@@ -121,6 +121,29 @@ def test_a_refused_request_fails_without_a_retry(
     assert len(requests) == 2
 
 
+def test_a_failed_export_says_what_was_dropped_and_where(
+    receiver: tuple[str, list[Any], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose sink refused or was down logged only "log export FAILURE": the error
+    now names the batch's size and the endpoint, and why a batch is dropped."""
+    from chaperone_otel import export
+
+    url, _requests, statuses = receiver
+    seen: list[tuple[str, BaseException]] = []
+    monkeypatch.setattr(export, "_record_internal_error", lambda w, e: seen.append((w, e)))
+    statuses.append(400)
+    batch = _batch()
+    assert CountingLogExporter(FastOTLPLogExporter(endpoint=url)).export(batch) == (
+        LogRecordExportResult.FAILURE
+    )
+    ((where, error),) = seen
+    assert where == "export:logs"
+    assert str(error).startswith(
+        f"log export FAILURE: a batch of {len(batch)} log item(s) not delivered to {url}, dropped"
+    )
+    assert "OTEL_EXPORTER_OTLP_TIMEOUT" in str(error)
+
+
 @pytest.mark.slow  # the SDK backs off ~1 s before its retry
 def test_a_transient_failure_is_retried(receiver: tuple[str, list[Any], list[int]]) -> None:
     url, requests, statuses = receiver
