@@ -24,6 +24,7 @@ internal-error guard. After ``fork`` the child starts with no live runs and a fr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -39,6 +40,7 @@ from ._events import AttributeValue, add_listener, remove_listener
 from ._health import Rules, rules
 from ._model import Violation
 from ._otel import OTelWriter
+from ._otel._providers import unconfigured_hint
 from ._record import emit, to_json
 from ._resources import Probe, ProcessSample, ProcessSampler, cpu_scopes, read_thread_cpu
 from ._run import Run
@@ -46,6 +48,8 @@ from ._safety import guarded_call as _bind
 from ._safety import handle_internal_errors, internal_error, kept_in_background
 from ._values import StuckTime
 from .exceptions import JobLimitExceeded
+
+_logger = logging.getLogger("chaperone_otel")
 
 _MAX_WAIT = 1.0
 _MAX_PENDING_HOOKS = 10_000
@@ -711,6 +715,11 @@ def runtime() -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             _runtime = Runtime(get_config())
+            # Created by a first run, not by configure() (which replaces the runtime).
+            with handle_internal_errors("runtime.unconfigured"):
+                hint = unconfigured_hint()
+                if hint is not None:
+                    _logger.warning(hint)
         return _runtime
 
 

@@ -851,3 +851,48 @@ def test_configure_keeping_the_destinations_does_not_warn_about_live_runs(tmp_pa
     with open_sink(path) as sink:
         (stored,) = sink.jobs.all()
     assert (stored.status, stored.progress) == ("completed", 50.0)
+
+
+_RUNS_UNCONFIGURED = """
+import sys
+if sys.argv[1] == "app-provider":
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    trace.set_tracer_provider(TracerProvider())
+import chaperone_otel
+if sys.argv[1] == "configured":
+    chaperone_otel.configure()
+for i in range(3):
+    with chaperone_otel.supervised("cron.nightly") as run:
+        run.heartbeat()
+chaperone_otel.shutdown()
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "env", "hinted"),
+    [
+        ("bare", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("bare", {"CHAPERONE_OTEL_SINK": "{tmp}/jobs.duckdb"}, "CHAPERONE_OTEL_SINK"),
+        ("bare", {}, None),
+        ("configured", {"CHAPERONE_OTEL_SINK": "{tmp}/jobs.duckdb"}, None),
+        ("app-provider", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, None),
+    ],
+)
+def test_runs_before_any_configure_with_a_destination_named_say_so_once(
+    tmp_path: Path, setup: str, env: dict[str, str], hinted: str | None
+) -> None:
+    """A cron script with only ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (no ``configure()``)
+    recorded nothing, silently: its first run now logs one warning naming the variable.
+    Not when configure() ran, nothing names a destination, or the application set up its
+    own SDK providers (its runs go there)."""
+    from tests.processes import run_python
+
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    done = run_python(_RUNS_UNCONFIGURED, setup, env=env, timeout=60)
+    said = done.stderr.count("configure() was never called")
+    if hinted is None:
+        assert said == 0, done.stderr
+    else:
+        assert said == 1, done.stderr
+        assert f"{hinted} is set, but only configure() reads it" in done.stderr

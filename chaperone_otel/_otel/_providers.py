@@ -135,3 +135,36 @@ def _check_service_name(config: Config, providers: dict[str, Any]) -> None:
             said,
             "; the embedded store records the given name" if config.sink else "",
         )
+
+
+_INTENT: Final = (
+    "CHAPERONE_OTEL_SINK",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
+"""Variables that say the process means its runs to go somewhere: ``configure()`` reads
+them, nothing else does."""
+
+
+def unconfigured_hint() -> str | None:
+    """What to tell a process whose first run starts before any ``configure()`` while the
+    environment names a destination (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``CHAPERONE_OTEL_SINK``
+    …) and the application has no OTel SDK providers of its own: its runs go nowhere, and
+    a cron script with only the variable set recorded nothing, silently. None otherwise (a
+    library's runs in an application that set up OTel itself go to its providers)."""
+    named = [name for name in _INTENT if os.environ.get(name, "").strip()]
+    if not named:
+        return None
+    from opentelemetry import _logs, trace  # noqa: PLC0415 - the API only
+
+    for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
+        if hasattr(provider, "add_span_processor") or hasattr(provider, "add_log_record_processor"):
+            return None  # the application's own SDK provider: its runs are exported there
+    return (
+        f"chaperone-otel: a supervised run started, but configure() was never called: "
+        f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} set, but only configure() "
+        f"reads {'it' if len(named) == 1 else 'them'}, so this process's runs are recorded "
+        "nowhere. Call "
+        "chaperone_otel.configure() once at start-up, before the first run"
+    )
