@@ -39,7 +39,6 @@ from ._common import (
 from ._monitor import Frame, read_frame, render_frame, run_live
 from ._pipes import Group, console, verdict, widen
 from ._scope_flags import SCOPES, build_query, scope_option
-from ._terminal import terminal_safe
 from ._verdicts import (
     RunIdError,
     filtered,
@@ -638,6 +637,7 @@ def wait(
     stop = threading.Event()
     reached = False  # the store was opened once: a later failure may be an owner exiting
     failing_since: float | None = None
+    told_lost = False
     while True:
         try:
             with open_store(target) as sink:
@@ -675,16 +675,11 @@ def wait(
             out.print(table_of_runs(out, last))
             sys.exit(int(Exit.FINDINGS))
         if not quiet:
-            click.echo(
-                f"waiting for {len(last)} run(s): "
-                + ", ".join(
-                    terminal_safe(f"{r.name} {render.short_id(str(r.id))}")
-                    + f" {float(r.progress or 0):.0f}%"
-                    for r in last[:5]
-                )
-                + (" …" if len(last) > 5 else ""),
-                err=True,
-            )
+            click.echo(render.waiting_line(last), err=True)
+            lost = next((r for r in last if r.lost), None)
+            if lost is not None and not told_lost:
+                told_lost = True  # once: a lost run never finishes on its own
+                click.echo(render.lost_hint(lost), err=True)
         stop.wait(min(interval, remaining, threading.TIMEOUT_MAX))  # Event.wait overflows
 
 

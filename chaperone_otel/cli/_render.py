@@ -716,3 +716,24 @@ def _csv_value(value: Any) -> Any:
 
 def records_csv(records: Sequence[Any], columns: Sequence[str] = JOB_COLUMNS) -> str:
     return to_csv(columns, ([field(r, c) for c in columns] for r in records))
+
+
+def waiting_line(runs: Sequence[Any]) -> str:
+    """``wait``'s progress line: the first five runs it waits for, each with its progress
+    and, when the rules say so, LOST or STUCK (a lost run never finishes on its own)."""
+    shown = ", ".join(
+        terminal_safe(f"{r.name} {short_id(str(r.id))}")
+        + f" {float(r.progress or 0):.0f}%"
+        + (" LOST" if r.lost else " STUCK" if r.stuck else "")
+        for r in runs[:5]
+    )
+    return f"waiting for {len(runs)} run(s): {shown}" + (" …" if len(runs) > 5 else "")
+
+
+def lost_hint(run: Any) -> str:
+    """What ``wait`` says once when a run it waits for is lost."""
+    return (
+        "a LOST run's process went silent: it will not finish on its own (--ignore-stuck "
+        f"leaves it out; `chaperone-otel close {terminal_safe(str(run.id))}` ends it once "
+        "you know its process is gone)"
+    )

@@ -179,3 +179,17 @@ def test_the_cli_asks_which_of_two_executions_and_prints_json(tmp_path: Path) ->
     data = json.loads(result.stdout)
     assert (data["execution_id"], data["status"], data["error_type"]) == (
         "old", "cancelled", RUN_CLOSED)
+
+
+def test_wait_says_a_run_is_lost_once_and_returns_after_its_close(tmp_path: Path) -> None:
+    """``wait`` on a lost run said only ``etl.import run-1 0%`` until it timed out: it now
+    marks it LOST and says once how to end it; after ``close`` it has nothing to wait for."""
+    path = _store(tmp_path / "jobs.duckdb", _lost())
+    waited = invoke("wait", "--db", str(path), "--timeout", "0.5", "--interval", "0.1")
+    assert waited.exit_code == 1
+    assert "waiting for 1 run(s): etl.import run-1 0% LOST" in waited.stderr
+    assert waited.stderr.count("it will not finish on its own") == 1
+    assert "`chaperone-otel close run-1`" in waited.stderr
+    assert invoke("close", "run-1", "--db", str(path)).exit_code == 0
+    done = invoke("wait", "--db", str(path), "--timeout", "5", "--interval", "0.1")
+    assert done.exit_code == 0, done.output
