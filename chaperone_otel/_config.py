@@ -311,5 +311,14 @@ def get_config() -> Config:
 
 def set_config(config: Config) -> None:
     """Install ``config`` (used by ``configure()`` and ``reset()`` only)."""
-    global _current
+    global _current, _ever_set
     _current = config
+    _ever_set = True
+
+
+_ever_set = False
+
+
+def configured_before() -> bool:
+    """Whether ``configure()`` (or ``reset()``) ran in this process, ever."""
+    return _ever_set

@@ -46,6 +46,9 @@ TERMINAL_STATUSES: Final = STATUSES[2:]
 ERROR_STATUSES: Final = ("failed", "cancelled", "retried")
 """Terminal statuses whose record may carry the error that ended the run."""
 
+CLOSE_STATUSES: Final = ("failed", "cancelled")
+"""What a run closed by hand (``sink.close_run``, ``chaperone-otel close``) may end as."""
+
 
 class Kind(enum.Enum):
     """A field's value type; each layer maps it to its own type system (SQL, Arrow, Python).

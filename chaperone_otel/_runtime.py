@@ -35,7 +35,7 @@ from typing import Any
 
 from . import semconv as sc
 from ._cancel import arm as arm_cancel
-from ._config import Config, get_config
+from ._config import Config, configured_before, get_config
 from ._events import AttributeValue, add_listener, remove_listener
 from ._health import Rules, rules
 from ._model import Violation
@@ -715,12 +715,26 @@ def runtime() -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             _runtime = Runtime(get_config())
-            # Created by a first run, not by configure() (which replaces the runtime).
-            with handle_internal_errors("runtime.unconfigured"):
-                hint = unconfigured_hint()
-                if hint is not None:
-                    _logger.warning(hint)
+            _hint_unconfigured()
         return _runtime
+
+
+_hinted = False
+
+
+def _hint_unconfigured() -> None:
+    """Created by a run, not by ``configure()`` (which replaces the runtime): once per
+    process, if ``configure()`` never ran, say that the destination the environment names
+    is not used (:func:`~._otel._providers.unconfigured_hint`). After ``shutdown()`` or a
+    ``testing`` capture the runtime is created again, and says nothing."""
+    global _hinted
+    if _hinted or configured_before():
+        return
+    _hinted = True
+    with handle_internal_errors("runtime.unconfigured"):
+        hint = unconfigured_hint()
+        if hint is not None:
+            _logger.warning(hint)
 
 
 def current_runtime() -> Runtime | None:

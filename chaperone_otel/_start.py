@@ -430,12 +430,18 @@ def closed_record(
     queue: str | None,
     timeout: float | None,
     now: float | None,
+    finished_at: float | None = None,
+    stored: bool = False,
 ) -> LifecycleRecord:
     """The ``chaperone.job.closed`` record :func:`close_run` publishes (and a writable
     sink's ``close_run`` writes): checked as :func:`close_run` documents; ``now`` is the
-    close's time (default: the configured clock's now)."""
+    close's time (default: the configured clock's now), ``finished_at`` the run's end
+    (default: ``now``). ``stored``: a run read from a store, whose execution id may be
+    ``''`` (stored before execution ids existed): the record then carries none, as its
+    own records did."""
     require_id(run_id, "run_id")
-    require_id(execution_id, "execution_id")
+    if not (stored and execution_id == ""):
+        require_id(execution_id, "execution_id")
     require_attempt(attempt)
     if status not in _FINISH_STATUSES:
         raise ValueError(f"status={status!r}: choose one of {', '.join(_FINISH_STATUSES)}")
@@ -448,8 +454,10 @@ def closed_record(
         sc.ATTR_JOB_STATUS: status,
         sc.ATTR_JOB_HEALTH: "unhealthy" if status == "failed" or limit is not None else "healthy",
         sc.ATTR_JOB_STUCK: False,
-        sc.ATTR_JOB_FINISHED_AT: now,
+        sc.ATTR_JOB_FINISHED_AT: now if finished_at is None else finished_at,
     }
+    if not execution_id:
+        del a[sc.ATTR_JOB_EXECUTION_ID]
     if name:
         a[sc.ATTR_JOB_NAME] = name
     if queue:

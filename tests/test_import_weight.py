@@ -44,3 +44,18 @@ def test_public_api_is_declared_once() -> None:
         assert hasattr(chaperone_otel, name), name
     public = {n for n in dir(chaperone_otel) if not n.startswith("_") and not n.islower()}
     assert public <= set(names) | {"TYPE_CHECKING", "Any"}
+
+
+def test_the_cli_loads_no_store_engine_until_a_command_runs() -> None:
+    """Importing the CLI (what ``chaperone-otel --help`` does) loads neither DuckDB nor
+    pyarrow: with a broken pyarrow every command, ``--help`` included, died in an import
+    instead of exiting 3 with the store's reason (``close``'s module imported the sink's
+    writer once)."""
+    code = (
+        "import sys, chaperone_otel.cli\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert set(out.stdout.strip().split(",")) <= {"click", "rich", ""}

@@ -865,7 +865,7 @@ if sys.argv[1] == "configured":
 for i in range(3):
     with chaperone_otel.supervised("cron.nightly") as run:
         run.heartbeat()
-chaperone_otel.shutdown()
+    chaperone_otel.shutdown()  # the next run makes a new runtime: no second warning
 """
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ..sink._close import CLOSE_STATUSES
+from .._fields import CLOSE_STATUSES
 from . import _render as render
 from ._app import cli, db_option, named_run
 from ._common import Exit, dump_json, fail, open_store, query, store_target
@@ -35,6 +35,12 @@ from ._common import Exit, dump_json, fail, open_store, query, store_target
     metavar="ID",
     help="Which execution, when the run has several running (a redelivered task).",
 )
+@click.option(
+    "--attempt",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Which attempt, when several are running under one execution id.",
+)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def close(
@@ -42,6 +48,7 @@ def close(
     status: str,
     reason: str | None,
     execution_id: str | None,
+    attempt: int | None,
     db: str | None,
     as_json: bool,
 ) -> None:
@@ -64,23 +71,31 @@ def close(
         active = [r for r in sink.jobs.with_id(run.id).all() if r.status in ("pending", "running")]
         if execution_id is not None:
             active = [r for r in active if r.execution_id == execution_id]
+        if attempt is not None:
+            active = [r for r in active if r.attempt == attempt]
         if not active:
             what = (
-                f"has no running execution {execution_id!r}"
-                if execution_id
-                else (f"is not running (it is {run.status})")
+                "has no such running execution or attempt"
+                if execution_id is not None or attempt is not None
+                else f"is not running (it is {run.status})"
             )
             fail(f"run {run.id!r} {what}: nothing to close", Exit.FINDINGS)
         if len(active) > 1:
             listed = ", ".join(f"{r.execution_id} (attempt {r.attempt})" for r in active)
             fail(
                 f"run {run.id!r} has {len(active)} running executions: {listed}; "
-                "say which with --execution ID",
+                "say which with --execution ID (and --attempt N)",
                 Exit.USAGE,
             )
         closed = query(
             "close",
-            lambda: sink.close_run(run.id, status=status, reason=reason, execution_id=execution_id),
+            lambda: sink.close_run(
+                run.id,
+                status=status,
+                reason=reason,
+                execution_id=active[0].execution_id,
+                attempt=active[0].attempt,
+            ),
         )
     if as_json:
         dump_json(render.record_dict(closed))

@@ -115,7 +115,7 @@ def _counted_export(
 
 
 def _failed(signal: str, result: str, inner: object, size: int | None) -> RuntimeError:
-    endpoint = getattr(inner, "_endpoint", None)
+    endpoint = _without_credentials(getattr(inner, "_endpoint", None))
     what = f"a batch of {size} {signal} item(s)" if size is not None else f"a {signal} batch"
     where = f" to {endpoint}" if isinstance(endpoint, str) and endpoint else ""
     return RuntimeError(
@@ -123,6 +123,20 @@ def _failed(signal: str, result: str, inner: object, size: int | None) -> Runtim
         "own log line says why; an endpoint down for longer than the exporter retries "
         "(OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default) loses what it was sent meanwhile"
     )
+
+
+def _without_credentials(endpoint: object) -> str | None:
+    """The endpoint URL as it may be logged: any ``user:password@`` dropped."""
+    if not isinstance(endpoint, str) or not endpoint:
+        return None
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=host))
+    except ValueError:
+        return None
 
 
 def _counted_flush(signal: str, flush: Callable[[], object]) -> bool:

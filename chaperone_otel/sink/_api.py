@@ -32,8 +32,8 @@ Endpoints (all ``GET`` unless noted; JSON unless asked for Arrow):
     and delivered after it is ignored; allowed as prune is.
 ``POST /api/close``
     ``{"run_id": "ID", "status": "failed" | "cancelled", "reason": "...", "execution_id":
-    null | "..."}`` → ``{"job": {...}}``: a run no process will finish (lost) ended in the
-    store (``sink.close_run``); allowed as prune is.
+    null | "...", "attempt": null | n}`` → ``{"job": {...}}``: a run no process will finish
+    (lost) ended in the store (``sink.close_run``); allowed as prune is.
 ``GET /api/info``
     ``{"path", "pid", "url", "version"}`` of the owner.
 
@@ -733,7 +733,11 @@ def query_routes(
             raise _BadRequest('body must be {"run_id": "ID", "status": "failed"}')
         if not all(v is None or isinstance(v, str) for v in (reason, execution)):
             raise _BadRequest("reason and execution_id must be strings")
-        closed = sink().close_run(run_id, status=status, reason=reason, execution_id=execution)
+        raw_attempt = payload.get("attempt")
+        attempt = None if raw_attempt is None else _integer(str(raw_attempt), "attempt", minimum=1)
+        closed = sink().close_run(
+            run_id, status=status, reason=reason, execution_id=execution, attempt=attempt
+        )
         return _JSON({"job": closed.to_dict()})
 
     def info(request: Request, _payload: dict[str, Any]) -> Response:

@@ -12,8 +12,9 @@ only filling in what is still empty.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
+from .._fields import ACTIVE_STATUSES, CLOSE_STATUSES
 from .._start import closed_record
 from ..exceptions import RunClosed, SinkError
 from ._ingest import write
@@ -21,26 +22,26 @@ from ._records import stage
 from ._results import JobRecord
 from ._schema import HEARTBEATS_PER_RUN
 
-CLOSE_STATUSES: Final = ("failed", "cancelled")
-"""What a run closed by hand may end as: it did not complete."""
-_ACTIVE: Final = ("pending", "running")
 
-
-def run_to_close(runs: list[JobRecord], run_id: str, execution_id: str | None) -> JobRecord:
+def run_to_close(
+    runs: list[JobRecord], run_id: str, execution_id: str | None, attempt: int | None = None
+) -> JobRecord:
     """The one active (pending or running) execution of ``run_id`` among its stored
-    ``runs`` (``execution_id`` picks one when there are several: a redelivered task's new
-    execution running beside its lost one).
+    ``runs`` (``execution_id`` and ``attempt`` pick one when there are several: a
+    redelivered task's new execution running beside its lost one).
 
     Raises:
-        SinkError: no such run, none of it active, or several and no ``execution_id``.
+        SinkError: no such run, none of it active, or several and nothing to pick one.
     """
     if not runs:
         raise SinkError(f"no run {run_id!r} in the store")
     if execution_id is not None:
         runs = [r for r in runs if r.execution_id == execution_id]
-        if not runs:
-            raise SinkError(f"run {run_id!r} has no execution {execution_id!r}")
-    active = [r for r in runs if r.status in _ACTIVE]
+    if attempt is not None:
+        runs = [r for r in runs if r.attempt == attempt]
+    if not runs:
+        raise SinkError(f"run {run_id!r} has no such execution or attempt")
+    active = [r for r in runs if r.status in ACTIVE_STATUSES]
     if not active:
         ended = ", ".join(sorted({str(r.status) for r in runs}))
         raise SinkError(f"run {run_id!r} is not running (it is {ended}): nothing to close")
@@ -48,7 +49,7 @@ def run_to_close(runs: list[JobRecord], run_id: str, execution_id: str | None) -
         listed = ", ".join(f"attempt {r.attempt} execution {r.execution_id!r}" for r in active)
         raise SinkError(
             f"run {run_id!r} has {len(active)} active executions ({listed}): "
-            "say which with execution_id"
+            "say which with execution_id (and attempt)"
         )
     return active[0]
 
@@ -70,22 +71,26 @@ def close_record(run: JobRecord, status: str, reason: str | None, now: float) ->
             else ("stuck" if run.stuck else f"{run.status}")
         )
         reason = f"closed by hand ({judged})"
+    # A lost run ended at its last sign of life (its duration stays what the store showed,
+    # not the months until someone closed it); a live one (stuck, pending) ends now.
+    seen = run.last_seen_at if run.lost else None
     return closed_record(
         run.id,
         execution_id=run.execution_id,
         attempt=run.attempt,
-        status=status,  # type: ignore[arg-type]
+        status="cancelled" if status == "cancelled" else "failed",
         error=RunClosed(reason),
         name=run.name,
         queue=run.queue,
         timeout=None,
         now=now,
+        finished_at=seen.timestamp() if seen is not None else None,
+        stored=True,
     )
 
 
 def write_close(store: Any, cursor: Any, record: Any) -> None:
-    """Write the ``closed`` record in one transaction of the writer's own upsert."""
-    with store.write_lock:
-        write(
-            cursor, stage([record]), heartbeat_limit=HEARTBEATS_PER_RUN, open_runs=store.open_runs
-        )
+    """Write the ``closed`` record in one transaction of the writer's own upsert. The
+    caller holds ``store.write_lock`` from before it read the run, so that no commit of
+    the run's own end comes in between (a close replaces any outcome)."""
+    write(cursor, stage([record]), heartbeat_limit=HEARTBEATS_PER_RUN, open_runs=store.open_runs)

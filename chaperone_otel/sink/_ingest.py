@@ -19,7 +19,8 @@ and SQL only moves rows, with a constant handful of short statements per commit:
 3. Merge in Arrow (:func:`merge_jobs`), same rules as before: the highest
    ``chaperone.job.sequence`` wins; *sticky* fields (end time, error, trace ids) once set are
    never cleared; a terminal status never reverts to ``running`` (only an older record can say
-   so); ``last_seen_at`` is the latest record of any kind; finished-span rows fill only what
+   so); ``last_seen_at`` is the latest record of any kind from the run's own process (a
+   ``closed`` record, another process's word, does not move it); finished-span rows fill only what
    is still empty and let a terminal status replace a non-terminal one. Re-delivering or
    reordering records therefore converges to the same row.
 4. ``INSERT`` the merged rows back (one row per run); after the commit, the store's open

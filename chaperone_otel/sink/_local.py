@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import duckdb
 
+from .._fields import ACTIVE_STATUSES
 from .._health import DEFAULT_POLICY, HealthPolicy
 from .._units import parse_bytes, parse_duration
 from ..exceptions import ConfigurationError, SinkError
@@ -503,19 +504,21 @@ class LocalSink(Sink):
         status: str = "failed",
         reason: str | None = None,
         execution_id: str | None = None,
+        attempt: int | None = None,
     ) -> JobRecord:
         """End a run no process will finish: a lost run (its process died with no parent to
         :func:`~chaperone_otel.close_run` it), or one stuck for good. Its one pending or
-        running execution (``execution_id`` picks one of several) ends with ``status``
-        (``failed``, the default, or ``cancelled``) and a
-        :class:`~chaperone_otel.exceptions.RunClosed` error whose message is ``reason``
-        (default: what the store judged, lost or stuck), as a parent's ``close_run()``
-        would end it (``sink/_close.py``); its alerts resolve. Its process's later records,
-        if it was alive after all, only fill in what is still empty.
+        running execution (``execution_id`` and ``attempt`` pick one of several) ends with
+        ``status`` (``failed``, the default, or ``cancelled``, which keeps it out of the
+        failure ratio) and a :class:`~chaperone_otel.exceptions.RunClosed` error whose
+        message is ``reason`` (default: what the store judged, lost or stuck), as a
+        parent's ``close_run()`` would end it (``sink/_close.py``). A lost run ends at its
+        last sign of life, a live one now. Its process's later records, if it was alive
+        after all, only fill in what is still empty.
 
         Raises:
             SinkError: the sink is read-only; no such run, none of it running or pending,
-                or several and no ``execution_id``; a status other than those two.
+                or several and nothing to pick one; a status other than those two.
         """
         if self._read_only:
             raise SinkError(
@@ -523,19 +526,32 @@ class LocalSink(Sink):
                 "(or call it in the process that owns the store)"
             )
         check_status(status)
-        run = run_to_close(self.jobs.with_id(run_id).all(), run_id, execution_id)
+        # Read first (an owner's read flushes its writer's queue, which needs the write
+        # lock), then checked again under the lock: a commit of the run's own end in
+        # between would otherwise be replaced by the close.
+        run = run_to_close(self.jobs.with_id(run_id).all(), run_id, execution_id, attempt)
         record = close_record(run, status, reason, time.time())
         cur = self.cursor()
         try:
-            write_close(self._store, cur, record)
+            with self._store.write_lock:
+                found = cur.execute(
+                    "SELECT status FROM jobs WHERE run_id = $1 AND attempt = $2 "
+                    "AND execution_id = $3",
+                    [run.id, run.attempt, run.execution_id],
+                ).fetchall()
+                if not found or found[0][0] not in ACTIVE_STATUSES:
+                    now = found[0][0] if found else "deleted"
+                    raise SinkError(f"run {run_id!r} ended ({now}) as it was being closed")
+                write_close(self._store, cur, record)
         except duckdb.Error as e:
             raise SinkError(f"closing run {run_id!r} in {self.path} failed: {e}") from e
         finally:
             cur.close()
         key = (run.attempt, run.execution_id)
-        return next(
-            r for r in self.jobs.with_id(run_id).all() if (r.attempt, r.execution_id) == key
-        )
+        for closed in self.jobs.with_id(run_id).all():
+            if (closed.attempt, closed.execution_id) == key:
+                return closed
+        raise SinkError(f"run {run_id!r} was deleted (pruned?) as it was closed")
 
     def close(self) -> None:
         if not self._closed:

@@ -579,6 +579,7 @@ class Sink(abc.ABC):
         status: str = "failed",
         reason: str | None = None,
         execution_id: str | None = None,
+        attempt: int | None = None,
     ) -> JobRecord:
         """End a run no process will finish (lost, or stuck for good) with ``status``
         (``failed`` or ``cancelled``) and a :class:`~chaperone_otel.exceptions.RunClosed`

@@ -355,11 +355,18 @@ class RemoteSink(Sink):
         status: str = "failed",
         reason: str | None = None,
         execution_id: str | None = None,
+        attempt: int | None = None,
     ) -> JobRecord:
         """Ask the owner to close a run no process will finish (as :meth:`prune`: the sink
         server allows it, with its token if it has one; an embedded owner answers 403).
         See :meth:`LocalSink.close_run`."""
-        body = {"run_id": run_id, "status": status, "reason": reason, "execution_id": execution_id}
+        body = {
+            "run_id": run_id,
+            "status": status,
+            "reason": reason,
+            "execution_id": execution_id,
+            "attempt": attempt,
+        }
         found = self._json("POST", "/api/close", body=body)
         return JobRecord.from_dict(found["job"], sink=self)
 

@@ -79,7 +79,8 @@ STORE_WRITERS: Final = frozenset({"checkpoint", "force_checkpoint", "truncate_du
 read-only transaction): refused like any other write."""
 _PATH_LIKE: Final = re.compile(r"[./\\:*?]")
 """A table name that names a file: DuckDB reads ``FROM 'x.csv'`` (or ``'<store>'``) as a
-call of the reader its extension picks. No table, view or sensible CTE name has these."""
+call of the reader its extension picks. No table or view of the store has these; a CTE of
+the statement may (``WITH "last:hour" AS …``), and is not refused."""
 MAX_SET_BRANCHES: Final = 256
 """Most branches of the set operations (``UNION``, ``EXCEPT``, ``INTERSECT``) one statement
 plans, its CTEs counted once per copy the planner makes of them: planning grows with their
@@ -216,13 +217,7 @@ def _scan(root: Any) -> tuple[int, Counter[str]]:
             children = node.get("children")
             operations += len(children) - 1 if isinstance(children, list) and children else 1
         elif kind == "BASE_TABLE" and not node.get("schema_name") and not node.get("catalog_name"):
-            table = str(node.get("table_name", ""))
-            if _PATH_LIKE.search(table):
-                raise SinkError(
-                    f"sink.sql() reads only the job store: it refuses FROM {table!r}, which "
-                    "names a file (query the store's tables and views: jobs, heartbeats, …)"
-                )
-            refs[table.lower()] += 1
+            refs[str(node.get("table_name", "")).lower()] += 1
         table_function = kind == "TABLE_FUNCTION"
         for key, value in node.items():
             if key != "cte_map":
@@ -299,6 +294,12 @@ def check_select(query: str) -> None:
         return copies, operations
 
     own, refs = _scan(tree)
+    for name in [*refs, *(n for defs in scanned.values() for _, _, inner in defs for n in inner)]:
+        if _PATH_LIKE.search(name) and name not in definitions:  # a quoted CTE name may
+            raise SinkError(
+                f"sink.sql() reads only the job store: it refuses FROM {name!r}, which "
+                "names a file (query the store's tables and views: jobs, heartbeats, …)"
+            )
     copies, operations = planned(refs)
     if copies > MAX_CTE_COPIES:
         fix = (

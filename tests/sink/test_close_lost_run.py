@@ -17,7 +17,7 @@ from chaperone_otel.sink._local import LocalSink
 from chaperone_otel.sink._owner import StoreOwner
 from chaperone_otel.sink._remote import RemoteSink
 from chaperone_otel.sink._server import SinkServer
-from chaperone_otel.sink._store import acquire
+from chaperone_otel.sink._store import acquire, release
 from tests.cli._cli_helpers import invoke
 from tests.sink.store_factory import T0, lifecycle, record, store_writer, write_all
 
@@ -193,3 +193,89 @@ def test_wait_says_a_run_is_lost_once_and_returns_after_its_close(tmp_path: Path
     assert invoke("close", "run-1", "--db", str(path)).exit_code == 0
     done = invoke("wait", "--db", str(path), "--timeout", "5", "--interval", "0.1")
     assert done.exit_code == 0, done.output
+
+
+def test_a_lost_run_ends_at_its_last_sign_of_life(tmp_path: Path) -> None:
+    """Closing a run lost for months kept its duration where the store froze it (up to its
+    last record), not the months until the close; its end is its last sign of life."""
+    path = _store(tmp_path / "jobs.duckdb", _lost())
+    sink = _writable(path)
+    try:
+        before = sink.job("run-1")
+        assert before is not None
+        assert before.last_seen_at is not None
+        closed = sink.close_run("run-1")
+        assert closed.finished_at == before.last_seen_at
+        assert closed.duration == pytest.approx(before.duration)
+        assert closed.duration == pytest.approx(5.0)  # T0 to its last heartbeat at T0 + 5
+    finally:
+        sink.close()
+
+
+def test_a_run_stored_without_an_execution_id_can_be_closed(tmp_path: Path) -> None:
+    """Rows written before execution ids existed (or by an older sender) are execution
+    ``''``: the close carries none, as their records did, and ends that row."""
+    old = [record(sc.EVENT_JOB_STARTED, run_id="legacy", seq=1, ts=T0),
+           record(run_id="legacy", seq=2, ts=T0 + 1)]
+    assert sc.ATTR_JOB_EXECUTION_ID not in old[0].attributes
+    path = _store(tmp_path / "jobs.duckdb", old)
+    sink = _writable(path)
+    try:
+        closed = sink.close_run("legacy", status="cancelled")
+        assert (closed.execution_id, closed.status) == ("", "cancelled")
+        assert len(sink.jobs.with_id("legacy").all()) == 1
+    finally:
+        sink.close()
+
+
+def test_two_running_attempts_of_one_execution_id_are_told_apart_by_attempt(
+    tmp_path: Path,
+) -> None:
+    path = _store(tmp_path / "jobs.duckdb", _lost(attempt=1, execution="same"),
+                  _lost(attempt=2, execution="same"))
+    sink = _writable(path)
+    try:
+        with pytest.raises(SinkError, match="2 active executions"):
+            sink.close_run("run-1", execution_id="same")
+        closed = sink.close_run("run-1", execution_id="same", attempt=1)
+        assert (closed.attempt, closed.status) == (1, "failed")
+        assert {r.attempt: r.status for r in sink.jobs.with_id("run-1").all()} == {
+            1: "failed", 2: "running"}
+    finally:
+        sink.close()
+    result = invoke("close", "run-1", "--db", str(path), "--attempt", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["attempt"] == 2
+
+
+def test_a_run_that_ends_while_it_is_being_closed_keeps_its_own_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own finish committed between the close's read and its write (an owner's
+    writer thread) is not replaced: the close is checked again under the write lock."""
+    from chaperone_otel.sink import _local
+    from chaperone_otel.sink._writer import Writer
+
+    path = _store(tmp_path / "jobs.duckdb", _lost())
+    sink = _writable(path)
+    store = acquire(path, read_only=False)
+    writer = Writer(store)
+    real = _local.close_record
+
+    def finishing_first(*args: Any, **kwargs: Any) -> Any:
+        done = record(sc.EVENT_JOB_FINISHED, seq=9, ts=T0 + 9, status="completed",
+                      **{sc.ATTR_JOB_EXECUTION_ID: "exec-1", sc.ATTR_JOB_FINISHED_AT: T0 + 9})
+        write_all(writer, [done])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_local, "close_record", finishing_first)
+    try:
+        with pytest.raises(SinkError, match=r"ended \(completed\) as it was being closed"):
+            sink.close_run("run-1")
+        job = sink.job("run-1")
+        assert job is not None
+        assert (job.status, job.error_type) == ("completed", None)
+    finally:
+        writer.close(30)
+        release(store)
+        sink.close()

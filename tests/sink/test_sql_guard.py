@@ -131,6 +131,11 @@ def test_their_table_functions_and_everyday_functions_still_run(store: Path) -> 
             ({1: 1, 2: 2},)
         ]
         assert sink.sql("SELECT count(*) > 0 FROM duckdb_tables()")[1] == [(True,)]
+        # a quoted CTE name may hold what a path does; it names no file
+        assert sink.sql('WITH "last:hour.x" AS (SELECT 1 AS n) SELECT n FROM "last:hour.x"')[
+            1
+        ] == [(1,)]
+        assert sink.sql('SELECT count(*) FROM jobs AS "j.x"')[1] == [(1,)]
         assert sink.sql("SELECT name FROM jobs WHERE name = $1", ["guard.job"])[1] == [
             ("guard.job",)
         ]
