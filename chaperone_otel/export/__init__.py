@@ -120,8 +120,9 @@ def _failed(signal: str, result: str, inner: object, size: int | None) -> Runtim
     where = f" to {endpoint}" if isinstance(endpoint, str) and endpoint else ""
     return RuntimeError(
         f"{signal} export {result}: {what} not delivered{where}, dropped. The exporter's "
-        "own log line says why; an endpoint down for longer than the exporter retries "
-        "(OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default) loses what it was sent meanwhile"
+        "own log line says why; an endpoint down for longer than the exporter retries (5 "
+        "minutes for those configure() installs, else OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by "
+        "default) loses what it was sent meanwhile"
     )
 
 
@@ -628,6 +629,11 @@ def teardown(state: Setup) -> None:
     restarts after fork).
     """
     inherited = state.pid != os.getpid()
+    with _handle_internal_errors("teardown.exporters"):
+        # A batch held for an endpoint that is down gets one last try, not minutes.
+        from ._otlp_http import stop_waiting  # noqa: PLC0415
+
+        stop_waiting()
     with _handle_internal_errors("teardown.sink"):
         if state.sink is not None:
             state.sink.close()

@@ -22,6 +22,9 @@ import functools
 import hashlib
 import inspect
 import logging
+import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -115,6 +118,8 @@ def send(
 
         export_result = exporter._client.export(serialized_data)
         if not export_result.success:
+            export_result = _patiently(exporter, serialized_data, export_result)
+        if not export_result.success:
             result.error = export_result.error
             result.error_attrs = (
                 {HTTP_RESPONSE_STATUS_CODE: export_result.status_code}
@@ -123,6 +128,67 @@ def send(
             )
             return failure
     return success
+
+
+PATIENCE: Final = 300.0
+"""Seconds an exporter ``configure()`` installs keeps a batch while its endpoint refuses
+connections or answers 429/502/503/504, after the SDK's own retries (which stop within
+``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s by default) gave up: the OTel Collector's
+``retry_on_failure`` default. A sink restarted in a deployment took longer than the SDK's
+~7 s, and every batch sent meanwhile was dropped. Not at exit: :func:`stop_waiting`."""
+_MAX_PAUSE: Final = 30.0
+"""The longest wait between two rounds of the SDK's retries (2, 4, 8 … seconds)."""
+_TRANSIENT: Final = frozenset({429, 502, 503, 504})
+_patient: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def be_patient(exporter: Any) -> Any:
+    """Make a fast exporter keep its batch for :data:`PATIENCE` seconds (see :func:`send`);
+    returns it."""
+    exporter.chaperone_stop_waiting = threading.Event()
+    _patient.add(exporter)
+    return exporter
+
+
+def stop_waiting() -> None:
+    """End every patient exporter's waiting (``teardown``, at exit and before a second
+    ``configure()``): a batch being held gets one last round of the SDK's retries, so a
+    process does not outlive its work by minutes while its endpoint is down."""
+    for exporter in list(_patient):
+        event = getattr(exporter, "chaperone_stop_waiting", None)
+        if event is not None:
+            event.set()
+
+
+def _transient(exporter: Any, result: Any) -> bool:
+    """Whether a failed export may succeed later: a retryable status, or no answer at all
+    (the SDK's own test, through its transport, where it has one)."""
+    code = result.status_code
+    if code is not None:
+        return code in _TRANSIENT
+    check = getattr(getattr(exporter._client, "_transport", None), "is_connection_error", None)
+    return result.error is not None and (check is None or bool(check(result.error)))
+
+
+def _patiently(exporter: Any, data: bytes, result: Any) -> Any:
+    """Rounds of the SDK's retries of ``data``, further and further apart, until one
+    succeeds, the failure is not transient, :data:`PATIENCE` is spent, or the exporter is
+    told to stop waiting or shut down. Meanwhile the batch processor's queue holds the
+    records that come in (it drops them only once full, as before)."""
+    stop = getattr(exporter, "chaperone_stop_waiting", None)
+    if stop is None or not _transient(exporter, result):
+        return result
+    deadline = time.monotonic() + PATIENCE
+    pause = 2.0
+    while not (stop.is_set() or exporter._shutdown):
+        left = deadline - time.monotonic()
+        if left <= 0 or stop.wait(min(pause, left)):
+            break
+        pause = min(pause * 2, _MAX_PAUSE)
+        result = exporter._client.export(data)
+        if result.success or not _transient(exporter, result):
+            break
+    return result
 
 
 def otlp_log_exporter(**options: Any) -> Any:
@@ -155,7 +221,7 @@ def _fast_or_sdk(module: str, name: str, sdk_class: type[Any], options: dict[str
         if fast_class is not None:
             exporter = fast_class(**options)
             if fast_exporter_supported(exporter, sdk_class):
-                return exporter
+                return be_patient(exporter)
             # Not shut down: its HTTP client would close the session the SDK's is given.
     _logger.debug("chaperone_otel: the SDK's %s encodes its batches", sdk_class.__name__)
     return sdk_class(**options)

@@ -393,3 +393,10 @@ class FastOTLPLogExporter(OTLPLogExporter):
             "logs",
             _sdk_logger,
         )
+
+    def shutdown(self) -> None:
+        """The SDK's, after ending a wait for the endpoint (:func:`._otlp_http.stop_waiting`)."""
+        event = getattr(self, "chaperone_stop_waiting", None)
+        if event is not None:
+            event.set()
+        super().shutdown()  # type: ignore[no-untyped-call]
