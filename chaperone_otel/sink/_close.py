@@ -91,6 +91,6 @@ def close_record(run: JobRecord, status: str, reason: str | None, now: float) ->
 
 def write_close(store: Any, cursor: Any, record: Any) -> None:
     """Write the ``closed`` record in one transaction of the writer's own upsert. The
-    caller holds ``store.write_lock`` from before it read the run, so that no commit of
-    the run's own end comes in between (a close replaces any outcome)."""
+    caller holds ``store.write_lock`` and has read the run's status again under it, so
+    that no commit of the run's own end comes in between (a close replaces any outcome)."""
     write(cursor, stage([record]), heartbeat_limit=HEARTBEATS_PER_RUN, open_runs=store.open_runs)
