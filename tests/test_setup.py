@@ -756,6 +756,8 @@ t.start()
 time.sleep(delay)
 pid = os.fork()
 if pid == 0:
+    import faulthandler  # a hang shows where: every thread's stack, before the kill below
+    faulthandler.dump_traceback_later(15)
     c.configure(otlp_endpoint="http://127.0.0.1:9/")
     with c.supervised("child.job"):
         pass
