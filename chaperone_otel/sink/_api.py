@@ -407,6 +407,14 @@ def _arrow_response(table: Any) -> Response:
     return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
 
 
+def _writes_refused(what: str, instead: str) -> Response:
+    """The 403 of an owner that serves no writes over HTTP (an application's embedded sink:
+    ``allow_prune`` is the sink server's)."""
+    return _JSON(
+        {"error": f"this owner does not allow {what} over HTTP; {instead}"}, status_code=403
+    )
+
+
 def _detail(record: JobRecord) -> dict[str, Any]:
     data: dict[str, Any] = dict(record.to_dict())
     data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
@@ -694,10 +702,7 @@ def query_routes(
 
     def prune(request: Request, payload: dict[str, Any]) -> Response:
         if not allow_prune:
-            return _JSON(
-                {"error": "this owner does not allow prune over HTTP; prune in the owning process"},
-                status_code=403,
-            )
+            return _writes_refused("prune", "prune in the owning process")
         older_than = payload.get("older_than")
         if not isinstance(older_than, (str, int, float)) or isinstance(older_than, bool):
             raise _BadRequest('body must be {"older_than": "30d"}')
@@ -706,12 +711,8 @@ def query_routes(
 
     def forget(request: Request, payload: dict[str, Any]) -> Response:
         if not allow_prune:
-            return _JSON(
-                {
-                    "error": "this owner does not allow forgetting a schedule over HTTP; "
-                    "call sink.forget_schedule(name) in the owning process"
-                },
-                status_code=403,
+            return _writes_refused(
+                "forgetting a schedule", "call sink.forget_schedule(name) in the owning process"
             )
         name = payload.get("name")
         if not isinstance(name, str) or not name:
@@ -720,12 +721,8 @@ def query_routes(
 
     def close_run(request: Request, payload: dict[str, Any]) -> Response:
         if not allow_prune:
-            return _JSON(
-                {
-                    "error": "this owner does not allow closing a run over HTTP; "
-                    "call sink.close_run(run_id) in the owning process"
-                },
-                status_code=403,
+            return _writes_refused(
+                "closing a run", "call sink.close_run(run_id) in the owning process"
             )
         run_id, status = payload.get("run_id"), payload.get("status", "failed")
         reason, execution = payload.get("reason"), payload.get("execution_id")
