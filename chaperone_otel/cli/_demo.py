@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -399,6 +400,18 @@ def _thread(target: Callable[[], None], name: str, board: _Board) -> threading.T
     return t
 
 
+def worker_context(ctx: _Ctx, seed: int | None, worker: int) -> _Ctx:
+    """The context of one worker thread, with randomness of its own.
+
+    The workers run side by side, so one shared generator would hand its numbers out in
+    whatever order the threads happen to be scheduled: ``--seed`` would not repeat the demo
+    (which sync retries, which fails). Each worker's generator is derived from the seed and
+    the worker's number instead, so the n-th run of each worker is the same every time.
+    """
+    rng = random.Random(None if seed is None else f"{seed}:{worker}")
+    return dataclasses.replace(ctx, rng=rng)
+
+
 def _worker(ctx: _Ctx, offset: int, stop_launching: threading.Event) -> None:
     i = offset
     while not stop_launching.is_set() and not ctx.stop.is_set():
@@ -633,7 +646,10 @@ def run_demo(
         ]
         workers = [
             threading.Thread(
-                target=_worker, args=(ctx, i, stop_launching), name=f"demo-worker-{i}", daemon=True
+                target=_worker,
+                args=(worker_context(ctx, seed, i), i, stop_launching),
+                name=f"demo-worker-{i}",
+                daemon=True,
             )
             for i in range(3)
         ]

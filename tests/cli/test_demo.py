@@ -513,7 +513,11 @@ def test_demo_prints_commands_that_work_for_a_path_with_spaces(tmp_path: Path) -
         check=False,
     )
     assert shell.returncode == 0, (failed, shell.stderr)
-    assert [r["name"] for r in json.loads(shell.stdout)] == ["emails.send_digest"]
+    failed_runs = json.loads(shell.stdout)
+    # The filter reached the store through the quoted path: only failed runs, the failing
+    # job's among them (a sync whose retries all time out fails too, by design).
+    assert {r["status"] for r in failed_runs} == {"failed"}, failed_runs
+    assert "emails.send_digest" in [r["name"] for r in failed_runs]
     hint = next(line for line in out.splitlines() if "# live view" in line)
     monitor_cmd, _, comment = hint.partition("#")
     monitor_args = shlex.split(monitor_cmd)
@@ -522,3 +526,26 @@ def test_demo_prints_commands_that_work_for_a_path_with_spaces(tmp_path: Path) -
     assert demo_args[1:] == ["demo", "--db", str(db), "--forever"], hint
     try_line = next(line for line in out.splitlines() if line.startswith("owner query URL"))
     assert shlex.split(try_line.split("`")[1])[1:] == ["monitor", "--db", str(db)], try_line
+
+
+def test_demo_seed_repeats_each_workers_draws_whatever_the_thread_order() -> None:
+    """``--seed`` promises a repeatable demo: each worker's numbers depend on the seed and the
+    worker alone, not on how the threads interleave their draws."""
+    import random
+
+    from chaperone_otel.cli._demo import _Ctx, worker_context
+
+    base = _Ctx(pace=1.0, workdir=Path("."), rng=random.Random(3), board=None,  # type: ignore[arg-type]
+                stop=threading.Event())
+    first = [worker_context(base, 3, i).rng for i in range(3)]
+    second = [worker_context(base, 3, i).rng for i in range(3)]
+    # The first run draws worker by worker; the second interleaves them the other way round.
+    drawn_first = [[rng.random() for _ in range(5)] for rng in first]
+    drawn_second: list[list[float]] = [[], [], []]
+    for _ in range(5):
+        for i in reversed(range(3)):
+            drawn_second[i].append(second[i].random())
+    assert drawn_first == drawn_second
+    assert len({tuple(d) for d in drawn_first}) == 3  # the workers do not repeat each other
+    unseeded = [worker_context(base, None, 0).rng.random() for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
