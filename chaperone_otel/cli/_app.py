@@ -37,13 +37,14 @@ from ._common import (
     unique_names,
 )
 from ._monitor import Frame, read_frame, render_frame, run_live
-from ._pipes import Group, console, verdict, widen
+from ._pipes import Group, console, note, verdict, widen
 from ._scope_flags import SCOPES, build_query, scope_option
 from ._verdicts import (
     RunIdError,
     filtered,
     find_run,
     health_report,
+    lost_while_unwritten,
     ordered,
     sort_order,
     still_running,
@@ -227,6 +228,7 @@ def jobs(
         records = query(
             "jobs", lambda: ordered(build_query(sink, scopes), order_by, desc).limit(limit).all()
         )
+        unwritten = lost_while_unwritten(sink, records)
     if as_json:
         dump_json([render.record_dict(r) for r in records])
     elif as_csv:
@@ -240,6 +242,7 @@ def jobs(
             + (f" (limit {limit}; use --limit)" if len(records) == limit else "")
             + "[/]"
         )
+    note(render.unwritten_hint(target, unwritten))
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +283,7 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
             for r in sink.jobs.with_id(record.id).order_by("attempt").all()
             if (r.attempt, r.execution_id) != (record.attempt, record.execution_id)
         ]
+        unwritten = lost_while_unwritten(sink, [record])
         if as_json:
             data = render.record_dict(record)
             data["heartbeats"] = [h.to_dict() for h in record.heartbeats()]
@@ -287,8 +291,9 @@ def show(run_id: str, db: str | None, url: str | None, as_json: bool) -> None:
             data["resource_violations"] = [v.to_dict() for v in record.resource_violations]
             data["other_executions"] = render.executions_dict(others)
             dump_json(data)
-            return
-        console().print(render.detail(record, others))
+        else:
+            console().print(render.detail(record, others))
+    note(render.unwritten_hint(target, unwritten))
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +411,7 @@ def stuck(
             "stuck",
             lambda: stuck_runs(filtered(sink.jobs, name, queue), include_lost=include_lost),
         )
+        unwritten = lost_while_unwritten(sink, found)
     code = verdict(Exit.FINDINGS if found else Exit.OK)
     if as_json:
         dump_json([render.record_dict(r) for r in found])
@@ -416,6 +422,7 @@ def stuck(
         out.print(table_of_runs(out, found, title="stuck runs"))
     else:
         console().print("[green]no stuck runs[/]")
+    note(render.unwritten_hint(target, unwritten))
     sys.exit(int(code))
 
 
@@ -451,6 +458,7 @@ def health(
                 "health",
                 lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
             )
+        unwritten = lost_while_unwritten(sink, records)
     report = health_report(records, strict=strict)
     code = verdict(Exit.OK if report.ok else Exit.FINDINGS)
     single = run_id is not None
@@ -465,6 +473,7 @@ def health(
         )
         for parts in lines:
             out.print(*parts)
+    note(render.unwritten_hint(target, unwritten))
     sys.exit(int(code))
 
 
@@ -646,6 +655,7 @@ def wait(
                     "wait",
                     lambda: filtered(sink.jobs.running(), name, queue).order_by("started_at").all(),
                 )
+                unwritten = lost_while_unwritten(sink, running)
         except CliFailure as failure:
             # An app that owns the store and exits when its job ends stops its query server
             # before it releases the file: a query sent in between fails. Retried for a few
@@ -680,6 +690,7 @@ def wait(
             if lost is not None and not told_lost:
                 told_lost = True  # once: a lost run never finishes on its own
                 click.echo(render.lost_hint(lost), err=True)
+                note(render.unwritten_hint(target, unwritten))
         stop.wait(min(interval, remaining, threading.TIMEOUT_MAX))  # Event.wait overflows
 
 

@@ -35,11 +35,12 @@ from ._render import (
     safe_text,
     short_id,
     status_text,
+    unwritten_hint,
     whole_table,
 )
 from ._render import field as f
 from ._terminal import terminal_safe
-from ._verdicts import filtered
+from ._verdicts import filtered, lost_while_unwritten
 
 if TYPE_CHECKING:
     from ..sink import JobRecord, Sink
@@ -53,6 +54,8 @@ class Frame:
     recent: Sequence[JobRecord] = ()
     error: str | None = None
     source: str = ""
+    note: str | None = None
+    """Said under the header: why the LOST runs may be alive (``render.unwritten_hint``)."""
     at: datetime = field(default_factory=now_utc)
 
 
@@ -68,7 +71,9 @@ def read_frame(sink: Sink, *, name: str | None, queue: str | None, recent: int) 
             for r in q.since(since).order_by("started_at", desc=True).limit(recent * 3).all()
             if r.status != "running"
         ][:recent]
-    return Frame(running=running, recent=finished, source=sink.url or "")
+    unwritten = lost_while_unwritten(sink, running)
+    note = unwritten_hint(str(getattr(sink, "path", "")), unwritten)
+    return Frame(running=running, recent=finished, source=sink.url or "", note=note)
 
 
 def render_frame(
@@ -117,6 +122,9 @@ def render_frame(
     ):
         header.append("  ·  ")
         header.append(f"{count} {label}", style=style if count else "dim")
+    if frame.note:
+        header.append("\n")
+        header.append(frame.note, style="yellow")
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
     bar_width = 16 if width >= 120 else 10 if width >= 80 else 0  # 0: the percentage only

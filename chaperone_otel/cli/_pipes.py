@@ -14,7 +14,7 @@ from ..exceptions import SinkError
 from . import _render as render
 from ._common import Exit, store_failure
 
-__all__ = ["PIPE_WIDTH", "Group", "console", "verdict", "widen"]
+__all__ = ["PIPE_WIDTH", "Group", "console", "note", "verdict", "widen"]
 
 PIPE_WIDTH = 1_000_000
 """Width of the console when stdout is not a terminal: as wide as any line needs."""
@@ -29,6 +29,13 @@ def console() -> Console:
     if not out.is_terminal:
         widen(out, PIPE_WIDTH)
     return out
+
+
+def note(text: str | None) -> None:
+    """A note under a command's output, when there is one: on stderr, so that stdout stays
+    the data a pipe or ``--json`` reader parses."""
+    if text:
+        click.echo(text, err=True)
 
 
 def widen(out: Console, width: int) -> None:

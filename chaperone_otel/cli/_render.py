@@ -730,6 +730,28 @@ def waiting_line(runs: Sequence[Any]) -> str:
     return f"waiting for {len(runs)} run(s): {shown}" + (" …" if len(runs) > 5 else "")
 
 
+def unwritten_hint(store: str, lost: Sequence[Any], now: datetime | None = None) -> str | None:
+    """What a command says under its output when it shows LOST runs of a store that no
+    process writes (:func:`~chaperone_otel.cli._verdicts.lost_while_unwritten`; None when
+    there are none): a fleet whose ``sink serve`` is down looks exactly like one that died."""
+    if not lost:
+        return None
+    now = now or datetime.now(timezone.utc)
+    seen = [r.last_seen_at for r in lost if r.last_seen_at is not None]
+    last = (
+        f"; the last of them was heard from {fmt_duration((now - max(seen)).total_seconds())} ago"
+        if seen
+        else ""
+    )
+    return (
+        f"note: no process is writing {terminal_safe(store)} now (this command read the file "
+        f"itself){last}. If your workers send to `chaperone-otel sink serve`, it is not "
+        "running and these LOST runs may be alive: start it again and what the workers kept "
+        "(up to 5 minutes) arrives. A run whose process is gone ends with "
+        "`chaperone-otel close RUN_ID`."
+    )
+
+
 def lost_hint(run: Any) -> str:
     """What ``wait`` says once when a run it waits for is lost."""
     return (

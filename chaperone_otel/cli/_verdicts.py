@@ -214,3 +214,25 @@ def find_run(sink: Sink, run_id: str) -> JobRecord | None:
     """The latest attempt of the run ``run_id`` names (see :func:`resolve_run_id`)."""
     full = resolve_run_id(sink, run_id)
     return None if full is None else sink.job(full)
+
+
+def read_unwritten(sink: Sink) -> bool:
+    """True when the command read the store file itself: no process holds it, so nothing
+    new reaches it while the command runs.
+
+    An owner (an app's embedded sink, ``sink serve``) holds the file's lock as long as it
+    runs, and another process's reader goes through its query URL; a file the CLI could
+    open with a read-only connection has no writer. Its LOST runs may still be alive then:
+    their processes may be sending to a ``sink serve`` that is down, which the store alone
+    cannot tell from dead.
+    """
+    from ..sink import LocalSink  # noqa: PLC0415 - loaded already: a store is open
+
+    return isinstance(sink, LocalSink) and not sink.written_here
+
+
+def lost_while_unwritten(sink: Sink, records: Sequence[JobRecord]) -> list[JobRecord]:
+    """The LOST runs among ``records`` when nothing writes the store (else none): the runs
+    :func:`~chaperone_otel.cli._render.unwritten_hint` speaks of."""
+    lost = [r for r in records if r.lost]
+    return lost if lost and read_unwritten(sink) else []

@@ -210,6 +210,14 @@ class LocalSink(Sink):
         return self._read_only
 
     @property
+    def written_here(self) -> bool:
+        """This process's connection can write the file: it owns the store (an embedded
+        sink, ``sink serve``, a sink opened with ``read_only=False``). Otherwise no process
+        writes the file while this sink is open, since DuckDB lets a process open a file
+        only while no other process has it open for writing."""
+        return not self._store.read_only
+
+    @property
     def stopping(self) -> bool:
         """The store's owner is shutting down: queries are interrupted and refused."""
         return self._store.stopping
