@@ -533,9 +533,9 @@ def test_demo_seed_repeats_each_workers_draws_whatever_the_thread_order() -> Non
     worker alone, not on how the threads interleave their draws."""
     import random
 
-    from chaperone_otel.cli._demo import _Ctx, worker_context
+    from chaperone_otel.cli._demo_workloads import Ctx, worker_context
 
-    base = _Ctx(pace=1.0, workdir=Path("."), rng=random.Random(3), board=None,  # type: ignore[arg-type]
+    base = Ctx(pace=1.0, workdir=Path("."), rng=random.Random(3), board=None,  # type: ignore[arg-type]
                 stop=threading.Event())
     first = [worker_context(base, 3, i).rng for i in range(3)]
     second = [worker_context(base, 3, i).rng for i in range(3)]
