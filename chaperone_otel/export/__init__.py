@@ -55,6 +55,7 @@ from . import _forksafe
 from ._otlp_env import check_otlp_environment as _check_otlp_environment
 from ._providers import sdk_provider as _sdk_provider
 from ._providers import skip_implied as _skip_implied
+from ._queue_drops import count_queue_drops as _count_queue_drops
 
 _logger = logging.getLogger("chaperone_otel")
 
@@ -402,6 +403,7 @@ def _install(config: _Config, out: Setup) -> None:
                 max_export_batch_size=batch,
             )
         )
+        _count_queue_drops(out.span_processors[-1], "spans")
     if "traces" in console:
         out.span_processors.append(_OwnSpansPrinted(CountingSpanExporter(ConsoleSpanExporter())))
     for sp in out.span_processors:
@@ -436,6 +438,7 @@ def _install(config: _Config, out: Setup) -> None:
                 max_export_batch_size=batch,
             )
         )
+        _count_queue_drops(out.log_processors[-1], "logs")
     if "logs" in console:
         out.log_processors.append(
             _OwnRecordsPrinted(CountingLogExporter(ConsoleLogRecordExporter()))
