@@ -246,6 +246,15 @@ def zone(name: str) -> Any:
 def _check_cron(name: str, expr: str) -> None:
     from cronsim import CronSim, CronSimError  # noqa: PLC0415
 
+    fields = len(expr.split())
+    if fields != 5:
+        # cronsim also reads six fields, the first as seconds: "0 2 * * * *" would run at
+        # :02 of every hour, not at 02:00, without a word.
+        seconds = " (a sixth field would be read as seconds)" if fields == 6 else ""
+        raise ConfigurationError(
+            f"schedule {name!r}: cron={expr!r} has {fields} field(s){seconds}; it takes "
+            "five fields: minute hour day-of-month month day-of-week (e.g. '0 2 * * *')"
+        )
     try:
         CronSim(expr, datetime(2000, 1, 1, tzinfo=zone("UTC")))
     except CronSimError as e:

@@ -23,7 +23,9 @@ from tests.waiting import wait_until
         ({}, "exactly one of cron"),
         ({"cron": "0 2 * * *", "interval": 60}, "exactly one of cron"),
         ({"cron": "0 25 * * *"}, "not a cron expression"),
-        ({"cron": "0 2 * *"}, "not a cron expression"),
+        ({"cron": "0 2 * *"}, "has 4 field"),
+        # cronsim reads a sixth field as seconds: this ran hourly at :02, silently.
+        ({"cron": "0 2 * * * *"}, r"has 6 field\(s\) \(a sixth field would be read as seconds"),
         ({"interval": "15m", "tz": "Mars/Olympus"}, "unknown time zone"),
         ({"interval": 0}, "interval must be a positive duration"),
         ({"interval": "1h", "grace": -1}, "grace must be a positive duration"),
