@@ -9,7 +9,8 @@ A slot also shows when a scheduler (Celery beat) dispatched its run, if it recor
 the dispatch naming the slot, the one of its run, or one sent in its window.
 
 Two signals are per schedule rather than per slot: a failing streak is counted along the
-slots (a completed run ends it), and the scheduler's silence (``declared_at``,
+slots (a completed run ends it: a slot's own, or one that fulfils no slot, such as a rerun by
+hand, which ends the streak in the slot it finished after, ``reruns``), and the scheduler's silence (``declared_at``,
 ``declare_every``) is given to the schedule's latest slot only, so ``lost`` holds on one row
 per schedule, not on its whole history.
 """
@@ -45,9 +46,16 @@ if set(SLOT_COLUMNS) != set(SIGNALS):  # pragma: no cover - a definition error
     raise ValueError("SLOT_COLUMNS must spell every slot signal of _schedules")
 
 SLOTS_BASE: Final = """WITH runs AS (
-  SELECT run_id, status, started_at, finished_at, error_type FROM jobs
+  SELECT run_id, schedule, status, started_at, finished_at, error_type FROM jobs
   WHERE schedule IS NOT NULL
   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1
+), reruns AS (
+  SELECT sl.schedule, sl.due_at, count(*) AS completed
+  FROM runs r ASOF JOIN schedule_slots sl
+    ON sl.schedule = r.schedule AND r.finished_at >= sl.due_at
+  WHERE r.status = 'completed'
+    AND r.run_id NOT IN (SELECT run_id FROM schedule_slots WHERE run_id IS NOT NULL)
+  GROUP BY sl.schedule, sl.due_at
 ), slots AS (
   SELECT sl.schedule, sl.due_at, sl.opens_at, sl.grace, sl.max_runtime,
     sl.failure_threshold, sl.run_id, r.status AS run_status, r.started_at AS run_started_at,
@@ -56,14 +64,19 @@ SLOTS_BASE: Final = """WITH runs AS (
       AND (x.scheduled_for = sl.due_at OR (sl.run_id IS NOT NULL AND x.run_id = sl.run_id)
         OR (x.scheduled_for IS NULL AND x.dispatched_at >= sl.opens_at
           AND x.dispatched_at <= sl.due_at + to_seconds(sl.grace)))) AS dispatched_at,
+    coalesce(rr.completed, 0) AS reruns_completed,
     sum(CASE WHEN r.status = 'completed' THEN 1 ELSE 0 END) OVER (
-      PARTITION BY sl.schedule ORDER BY sl.due_at ROWS UNBOUNDED PRECEDING) AS streak
+      PARTITION BY sl.schedule ORDER BY sl.due_at ROWS UNBOUNDED PRECEDING)
+    + coalesce(sum(rr.completed) OVER (PARTITION BY sl.schedule ORDER BY sl.due_at
+      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS streak
   FROM schedule_slots sl LEFT JOIN runs r ON r.run_id = sl.run_id
+    LEFT JOIN reruns rr ON rr.schedule = sl.schedule AND rr.due_at = sl.due_at
 ), counted AS (
   SELECT s.*,
-    count(*) FILTER (WHERE run_status = 'failed') OVER (
-      PARTITION BY s.schedule, streak ORDER BY due_at ROWS UNBOUNDED PRECEDING
-    ) AS consecutive_failures,
+    CASE WHEN reruns_completed > 0 THEN 0 ELSE count(*) FILTER (
+      WHERE run_status = 'failed') OVER (
+      PARTITION BY s.schedule, streak ORDER BY due_at ROWS UNBOUNDED PRECEDING)
+    END AS consecutive_failures,
     row_number() OVER (PARTITION BY s.schedule ORDER BY due_at DESC) = 1 AS latest,
     d.declared_at, d.declare_every, d.cron, d."interval", d.timezone, d.source
   FROM slots s JOIN schedules d ON d.name = s.schedule

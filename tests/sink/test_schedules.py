@@ -175,6 +175,39 @@ def test_failing_lasts_until_a_run_completes(store: Any) -> None:
     assert not schedule_rules().failing.holds(_series_signals(sink, now), now)
 
 
+def test_a_rerun_that_completes_ends_the_failing_streak(store: Any) -> None:
+    """Nightly, failure_threshold=1: the 02:00 run fails and the operator reruns it by hand
+    at 09:00; the rerun fulfils no slot. docs/schedules.md: "a completed run ends the
+    streak". The schedule stayed failing until the next night (the alert with it), because
+    only runs in slots were counted. The next night's failure starts a new streak of one."""
+    writer, sink = store
+    declare(writer, "s", utc("2026-04-30T12:00:00"), cron="0 2 * * *", grace="15m",
+            failure_threshold=2)
+    night = utc("2026-05-02T02:00:00")
+    for i, start in enumerate((night - 86_400 + 1, night + 1)):  # two nights fail
+        tick(writer, start - 2)
+        run(writer, f"night-{i}", start, status="failed")
+        tick(writer, start + 3600)
+    assert [s.consecutive_failures for s in sink.schedules.at(night + 3600).all()] == [2, 1]
+    # (newest first)
+    assert sink.schedules.failing().at(night + 3600).count() == 1
+    assert schedule_rules().failing.holds(_series_signals(sink, night + 3600), night + 3600)
+    run(writer, "by-hand", utc("2026-05-02T09:00:00"))  # completes at 09:00:10
+    now = utc("2026-05-02T10:00:00")
+    tick(writer, now)
+    assert sink.schedules.failing().at(now).count() == 0
+    latest = sink.schedules.at(now).all()[0]
+    assert (latest.run_id, latest.consecutive_failures) == ("night-1", 0)
+    assert not schedule_rules().failing.holds(_series_signals(sink, now), now)
+    tick(writer, night + 86_400 - 1)
+    run(writer, "night-2", night + 86_400 + 1, status="failed")  # the next night fails
+    now = night + 86_400 + 3600
+    tick(writer, now)
+    # Newest first: a streak of one, the night the rerun repaired, the first night.
+    assert [s.consecutive_failures for s in sink.schedules.at(now).all()] == [1, 0, 1]
+    assert sink.schedules.failing().at(now).count() == 0  # one failure, threshold 2
+
+
 def test_cron_slots_follow_dst_in_a_named_zone(store: Any) -> None:
     """30 2 * * * in Europe/Paris: the spring-forward day's 02:30 does not exist and falls
     due at 03:00 CEST (cronsim, as cronie); the fall-back day's 02:30 falls due once."""
