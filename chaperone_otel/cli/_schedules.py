@@ -23,8 +23,10 @@ from rich.table import Table
 from .._schedules import SCHEDULE_PREDICATES
 from ._app import cli, db_option, output_options, store_options
 from ._common import SINCE, Exit, dump_json, fail, open_store, query, store_target
-from ._pipes import console, verdict
+from ._pipes import console, note, verdict
 from ._render import safe_text
+from ._terminal import terminal_safe
+from ._verdicts import read_unwritten
 
 FINDINGS = frozenset({"missed", "overran", "failing", "scheduler_lost"})
 """Slot states that make the command exit 1."""
@@ -107,6 +109,11 @@ def schedules(
             return q.all()
 
         found = query("schedules", fetch)
+        if name is not None and not found:
+            _check_declared(sink, name, target)
+        unowned = read_unwritten(sink) and (
+            bool(found) or query("schedules", sink.schedules.count) > 0
+        )
     if chosen and "healthy" not in chosen:
         findings = bool(found)
     else:
@@ -138,7 +145,32 @@ def schedules(
         console().print(table)
     else:
         console().print("[green]no matching schedule slots[/]")
+    if unowned:
+        note(
+            f"note: no process owns {terminal_safe(target)} now, so no slot falls due in it: "
+            "a run that should have come since it was last owned is not missed yet, and a "
+            "schedule whose job stopped running still shows its last state. Missed runs are "
+            "found by an owner: `chaperone-otel sink serve --db PATH`, or an application "
+            "that keeps configure(sink=PATH) running."
+        )
     sys.exit(int(code))
+
+
+def _check_declared(sink: Any, name: str, target: str) -> None:
+    """``--name`` of a schedule the store does not know exits 1, naming those it knows: a
+    typo in ``chaperone-otel schedules --name nightly || page`` must not pass for good."""
+    _columns, rows = query(
+        "schedules", lambda: sink.sql("SELECT name FROM schedules ORDER BY name LIMIT 21")
+    )
+    known = [str(row[0]) for row in rows]
+    if name in known:
+        return
+    listed = ", ".join(repr(k) for k in known[:20]) + (", …" if len(known) > 20 else "")
+    fail(
+        f"no schedule {name!r} in {target}"
+        + (f" (declared: {listed})" if known else " (no schedule is declared there)"),
+        Exit.FINDINGS,
+    )
 
 
 @schedules.command("forget")

@@ -472,15 +472,20 @@ class StoreOwner:
             self._server.stop(timeout or 15.0)
             self._server = None
         errors: list[SinkError] = []
-        if self._schedules is not None:
-            self._schedules.close()
-            self._schedules = None
+        schedules, self._schedules = self._schedules, None
+        if schedules is not None:
+            schedules.close()
         if self._writer is not None:
             try:
                 self._writer.close(timeout)
             except SinkError as e:
                 errors.append(e)
             self._writer = None
+        if schedules is not None and not self.store.closed:
+            # Slots due since the last pass, with the runs just committed: a cron script
+            # that owns the store for a moment makes its slots, and the next owner judges
+            # them (missed, late) however long the store stays unowned meanwhile.
+            schedules.final_pass()
         if self._view is not None:
             self._view.close()
             self._view = None

@@ -8,11 +8,11 @@ rendered by :meth:`~chaperone_otel._health.Expr.sql` over :data:`SLOT_COLUMNS`.
 A slot also shows when a scheduler (Celery beat) dispatched its run, if it recorded that:
 the dispatch naming the slot, the one of its run, or one sent in its window.
 
-Two signals are per schedule rather than per slot: a failing streak is counted along the
-slots (a completed run ends it: a slot's own, or one that fulfils no slot, such as a rerun by
-hand, which ends the streak in the slot it finished after, ``reruns``), and the scheduler's silence (``declared_at``,
-``declare_every``) is given to the schedule's latest slot only, so ``lost`` holds on one row
-per schedule, not on its whole history.
+Two signals are per schedule rather than per slot. A failing streak is counted along the
+slots: a completed run ends it, a slot's own or one that fulfils no slot (a rerun by hand,
+which ends the streak from the slot it finished after: ``reruns``). The scheduler's silence
+(``declared_at``, ``declare_every``) is given to the schedule's latest slot only, so
+``lost`` holds on one row per schedule, not on its whole history.
 """
 
 from __future__ import annotations

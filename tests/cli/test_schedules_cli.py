@@ -36,11 +36,42 @@ def test_missed_slots_are_listed_and_exit_1(tmp_path: Path) -> None:
     _store(db)
     result = invoke("schedules", "--db", str(db), "--missed", "--json")
     assert result.exit_code == 1, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [(r["schedule"], r["state"]) for r in rows] == [("idle", "missed")] * 3
     result = invoke("schedules", "--db", str(db), "--name", "fresh")
     assert result.exit_code == 0, result.output
     assert "no matching schedule slots" in result.output
+
+
+def test_a_schedule_name_the_store_does_not_know_exits_1(tmp_path: Path) -> None:
+    """`schedules --name nightly-imprt || page` exited 0 for good on a typo: a name no
+    schedule has is a finding, and the message names the declared ones."""
+    db = tmp_path / "jobs.duckdb"
+    _store(db)
+    result = invoke("schedules", "--db", str(db), "--name", "idel")
+    assert result.exit_code == 1
+    assert "no schedule 'idel'" in result.stderr
+    assert "(declared: 'fresh', 'idle')" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_store_no_process_owns_says_it_finds_no_missed_run(tmp_path: Path) -> None:
+    """Slots fall due only where an owner evaluates them: read straight from the file, a
+    schedule whose job stopped running keeps its last state. The listing says so on
+    stderr, and not while an owner holds the store."""
+    db = tmp_path / "jobs.duckdb"
+    _store(db)
+    result = invoke("schedules", "--db", str(db), "--json")
+    json.loads(result.stdout)
+    assert result.stderr.count("note: no process owns") == 1
+    assert "chaperone-otel sink serve --db PATH" in result.stderr
+    with store_writer(db):  # this process owns it now; the CLI shares the connection
+        owned = invoke("schedules", "--db", str(db))
+    assert "no process owns" not in owned.stderr
+    empty = tmp_path / "empty.duckdb"
+    with store_writer(empty):
+        pass
+    assert "no process owns" not in invoke("schedules", "--db", str(empty)).stderr
 
 
 def test_without_flags_each_schedules_latest_slot_is_judged(tmp_path: Path) -> None:
@@ -50,7 +81,7 @@ def test_without_flags_each_schedules_latest_slot_is_judged(tmp_path: Path) -> N
     _store(db)
     result = invoke("schedules", "--db", str(db), "--csv")
     assert result.exit_code == 1, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].startswith("schedule,due_at,state")
     assert len(lines) == 2
     assert lines[1].startswith("idle,")
