@@ -306,6 +306,18 @@ class _Runs:
             ).fetchall()
         ]
 
+    def latest_in(self, after: float, until: float) -> float | None:
+        """The start of the latest run that started in ``(after, until]`` (None: none), the
+        runs up to it removed from the pool (an interval schedule's runs before a slot's
+        window: they move its anchor, they fulfil no slot)."""
+        taken = [i for i, (_r, started, _s) in enumerate(self.rows) if after < started <= until]
+        if not taken:
+            return None
+        latest = max(self.rows[i][1] for i in taken)
+        for i in reversed(taken):
+            del self.rows[i]
+        return latest
+
     def take(self, due: float, opens: float, deadline: float) -> tuple[str, float] | None:
         """The run for the slot due at ``due``: the one naming it (if it started by the
         deadline), else the first not naming another slot that started in ``(opens,
@@ -357,7 +369,7 @@ def _evaluate_one(
     # 2. New slots.
     if spec.cron is not None:
         return _new_cron_slots(cur, spec, changed_at, last_due, now, policy, runs)
-    return _new_interval_slots(cur, spec, changed_at, last, now, runs)
+    return _new_interval_slots(cur, spec, changed_at, last, now, runs, policy)
 
 
 def _new_cron_slots(
@@ -391,8 +403,10 @@ def _new_interval_slots(
     last: tuple[Any, Any] | None,
     now: float,
     runs: _Runs,
+    policy: SchedulePolicy,
 ) -> int:
     interval = float(spec.interval or 0.0)
+    early = min(policy.early, interval / 2)
     if last is None:
         anchor = changed_at
     else:
@@ -410,8 +424,18 @@ def _new_interval_slots(
     # the store's writer.
     anchor = max(anchor, now - interval * SLOTS_PER_PASS)
     made = 0
-    while anchor + interval <= now and made < SLOTS_PER_PASS:
+    while made < SLOTS_PER_PASS:
+        # A run that started well before the next due time (the run that comes with the
+        # declaration, several started together, one by hand) fulfils no slot: it is the
+        # new previous run, and the next slot is due an interval after it. Else each such
+        # run made a slot of its own, milliseconds after the last.
+        ahead = runs.latest_in(anchor, anchor + interval - early)
+        if ahead is not None:
+            anchor = ahead
+            continue
         due = anchor + interval
+        if due > now:
+            break
         _insert_slot(cur, spec, due, anchor)
         made += 1
         found = runs.take(due, anchor, due + spec.grace)

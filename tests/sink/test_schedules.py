@@ -269,6 +269,25 @@ def test_an_interval_schedule_is_due_an_interval_after_the_previous_run(store: A
     ]
 
 
+def test_runs_well_before_an_interval_slot_move_it_and_make_no_slot_of_their_own(
+    store: Any,
+) -> None:
+    """The docs' pattern declares the schedule and runs the job in the same script: that
+    run fulfilled the slot due an interval after the declaration, and a second slot was
+    then due an interval after the run, a millisecond later. Three runs started together
+    made a slot each. A run well before the next due time is the new previous run."""
+    writer, sink = store
+    declare(writer, "s", T0, interval=600, grace=60)
+    for i, start in enumerate((T0 + 0.01, T0 + 0.3, T0 + 0.5, T0 + 0.7)):  # together
+        run(writer, f"r{i}", start)
+    run(writer, "next", T0 + 0.7 + 600 + 5)
+    tick(writer, T0 + 2000)
+    found = [(round(due, 1), state) for due, state in states(sink, T0 + 2000)]
+    assert found == [(600.7, "on_time"), (1205.7, "missed"), (1805.7, "missed")]
+    (slot,) = [s for s in sink.schedules.named("s").at(T0 + 2000).all() if s.run_id]
+    assert slot.run_id == "next"
+
+
 def test_an_interval_below_a_second_is_refused_and_a_remote_one_is_invalid() -> None:
     """A schedule due more often than once a second is refused where it is declared, and a
     record declaring one (from anywhere the sink listens) is not a declaration: it made
