@@ -38,22 +38,26 @@ class JobLimitExceeded(ChaperoneError):
         self.limit = limit
         self.value = value
         self.actual = actual
-        super().__init__(
-            f"{limit} limit exceeded: {_with_unit(limit, actual)} > {_with_unit(limit, value)}"
-        )
+        # As many decimals as tell the two apart: a 1 s timeout crossed at 1.04 s read
+        # "1.0 s > 1.0 s".
+        for digits in (1, 2, 3):
+            shown, limit_shown = _with_unit(limit, actual, digits), _with_unit(limit, value, digits)
+            if shown != limit_shown:
+                break
+        super().__init__(f"{limit} limit exceeded: {shown} > {limit_shown}")
 
     def __reduce__(self) -> tuple[type[JobLimitExceeded], tuple[str, float, float]]:
         return (type(self), (self.limit, self.value, self.actual))
 
 
-def _with_unit(limit: str, value: float) -> str:
+def _with_unit(limit: str, value: float, digits: int = 1) -> str:
     """A limit value in its unit: MiB for memory, % of a core for cpu, s for timeout."""
     if limit == "memory":
-        return f"{value / 2**20:.1f} MiB"
+        return f"{value / 2**20:.{digits}f} MiB"
     if limit == "cpu":
-        return f"{value:.0f} % of a core"
+        return f"{value:.{digits - 1}f} % of a core"
     if limit == "timeout":
-        return f"{value:.1f} s"
+        return f"{value:.{digits}f} s"
     return f"{value:g}"
 
 

@@ -507,3 +507,15 @@ def test_a_cancel_limit_reaches_the_runs_started_inside_the_run() -> None:
             armed_first()
         assert cap.last_run("tree.late").status == "cancelled"
         assert cap.last_run("tree.armed_first").status == "cancelled"
+
+
+def test_a_limit_message_tells_the_value_from_the_limit() -> None:
+    """A 1 s timeout crossed at 1.04 s read "1.0 s > 1.0 s": as many decimals as tell
+    them apart (up to three), one where it does."""
+    from chaperone_otel.exceptions import JobLimitExceeded
+
+    assert str(JobLimitExceeded("timeout", 1.0, 1.04)) == "timeout limit exceeded: 1.04 s > 1.00 s"
+    assert str(JobLimitExceeded("timeout", 30, 45.2)) == "timeout limit exceeded: 45.2 s > 30.0 s"
+    assert str(JobLimitExceeded("memory", 2**29, 2**29 + 2**12)) == (
+        "memory limit exceeded: 512.004 MiB > 512.000 MiB"
+    )
