@@ -59,7 +59,12 @@ def flush_if_worker() -> None:
     seen, worker = _pool_worker
     if seen != pid:
         mp = sys.modules.get("multiprocessing")
-        worker = mp is not None and mp.parent_process() is not None
+        parent_process = getattr(mp, "parent_process", None)
+        if mp is not None and parent_process is None:
+            # Being imported on another thread right now (a partly initialised module):
+            # judged at a later run. A pool worker imported it before its first task.
+            return
+        worker = parent_process is not None and parent_process() is not None
         _pool_worker = (pid, worker)
     flush = _finish_flush
     if worker and flush is not None:

@@ -222,15 +222,21 @@ def qualified_name(func: Callable[..., Any]) -> str:
         func = type(func)  # a callable instance: its class (not one "job" for every one)
     module = getattr(func, "__module__", None) or ""
     qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "job"))
-    if module == "__main__":
+    if module in _MAIN_NAMES:
         module = _main_module_name()
     return f"{module}.{qualname}" if module else qualname
+
+
+_MAIN_NAMES: Final = frozenset({"__main__", "__mp_main__"})
+"""What the main script's module is called: ``__mp_main__`` in a child that multiprocessing
+*spawned*, which runs the parent's script again under that name (a ``spawn`` pool's runs
+of ``score`` were ``__mp_main__.score``, the parent's and a fork pool's ``pool.score``)."""
 
 
 def _main_module_name() -> str:
     main = sys.modules.get("__main__")
     spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if isinstance(spec_name, str) and spec_name and spec_name != "__main__":
+    if isinstance(spec_name, str) and spec_name and spec_name not in _MAIN_NAMES:
         return spec_name.removesuffix(".__main__")
     path = getattr(main, "__file__", None)
     if isinstance(path, str) and path:

@@ -752,6 +752,17 @@ def test_a_scripts_default_names_carry_its_module(tmp_path) -> None:  # type: ig
     assert name_of("nightly_import.py") == "nightly_import.Service.nightly"
     assert name_of("-m", "etl.nightly") == "etl.nightly.Service.nightly"
     assert name_of("-c", body) == "Service.nightly"
+    # A spawned child runs the script again as __mp_main__: the same name there.
+    (tmp_path / "pool_score.py").write_text(
+        "import multiprocessing\n"
+        "from chaperone_otel._spec import qualified_name\n"
+        "def score(x):\n"
+        "    return qualified_name(score)\n"
+        "if __name__ == '__main__':\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        print(score(0), pool.apply(score, (1,)))\n"
+    )
+    assert name_of("pool_score.py").split() == ["pool_score.score", "pool_score.score"]
 
 
 @pytest.mark.parametrize("kind", [staticmethod, classmethod])
