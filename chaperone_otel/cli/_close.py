@@ -58,10 +58,9 @@ def close(
     chaperone_otel.exceptions.RunClosed and --reason as its message (default: what the
     store judged, lost or stuck); its alerts resolve. Its process's later records, if it
     was alive after all, only fill in what is still empty. RUN_ID is the run id or a
-    unique prefix of it. Exit 1 if the run is not running. When `sink serve` owns the
-    store, this goes through its query API (with its token); an application with the
-    embedded sink refuses (exit 3): stop it, or call sink.close_run(RUN_ID) in that
-    process.
+    unique prefix of it. Exit 1 if the run is not running. When a process owns the store
+    (`sink serve`, or an application with the embedded sink), this goes through its query
+    API, with the token of its sidecar.
     """
     target = store_target(db, None)
     if target.startswith(("http://", "https://")):

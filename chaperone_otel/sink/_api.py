@@ -558,6 +558,7 @@ def query_routes(
     url: Callable[[], str | None] | None = None,
     allow_prune: bool = False,
     gate: QueryGate | None = None,
+    closer: Callable[[], Any] | None = None,
 ) -> list[BaseRoute]:
     """The query API's routes, to add to an existing Starlette app.
 
@@ -567,8 +568,11 @@ def query_routes(
         sink: returns the (local) Sink to query; called per request, so it may open lazily.
         authorize: returns False to answer 401 (the server's bearer-token check).
         url: returns this endpoint's base URL for ``/api/info``.
-        allow_prune: serve the writes, ``POST /api/prune`` and ``POST
-            /api/schedules/forget`` (the sink must be writable); else they answer 403.
+        allow_prune: serve the writes, ``POST /api/prune``, ``POST /api/schedules/forget``
+            and ``POST /api/close`` (the sink must be writable); else they answer 403.
+        closer: returns the writable Sink ``POST /api/close`` closes runs on, where prune
+            is not allowed (an application's embedded sink: a close is one record of a
+            run, as the ``/api/records`` its forwarders send, never a deletion).
     """
     gate = gate or QueryGate()
 
@@ -720,7 +724,7 @@ def query_routes(
         return _JSON({"forgotten": sink().forget_schedule(name)})
 
     def close_run(request: Request, payload: dict[str, Any]) -> Response:
-        if not allow_prune:
+        if not allow_prune and closer is None:
             return _writes_refused(
                 "closing a run", "call sink.close_run(run_id) in the owning process"
             )
@@ -732,7 +736,8 @@ def query_routes(
             raise _BadRequest("reason and execution_id must be strings")
         raw_attempt = payload.get("attempt")
         attempt = None if raw_attempt is None else _integer(str(raw_attempt), "attempt", minimum=1)
-        closed = sink().close_run(
+        target = sink() if allow_prune or closer is None else closer()
+        closed = target.close_run(
             run_id, status=status, reason=reason, execution_id=execution, attempt=attempt
         )
         return _JSON({"job": closed.to_dict()})
@@ -770,6 +775,7 @@ def create_query_app(
     url: Callable[[], str | None] | None = None,
     allow_prune: bool = False,
     routes: Sequence[BaseRoute] = (),
+    closer: Callable[[], Any] | None = None,
 ) -> Starlette:
     """A Starlette app serving the query API for ``sink`` (the embedded sink serves this).
 
@@ -778,13 +784,16 @@ def create_query_app(
         authorize: returns False to answer 401.
         url: returns the served base URL (for ``/api/info``).
         routes: further routes (the embedded owner's ``/api/records``).
+        closer: the writable Sink ``POST /api/close`` uses (see :func:`query_routes`).
     """
     getter: Callable[[], Any] = (
         sink if callable(sink) and not hasattr(sink, "jobs") else (lambda: sink)
     )
     return Starlette(
         routes=[
-            *query_routes(getter, authorize=authorize, url=url, allow_prune=allow_prune),
+            *query_routes(
+                getter, authorize=authorize, url=url, allow_prune=allow_prune, closer=closer
+            ),
             *routes,
         ]
     )

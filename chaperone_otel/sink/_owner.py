@@ -377,6 +377,12 @@ class StoreOwner:
             raise SinkError(f"the owner of {self.path} is closed")
         return self._view
 
+    def _closing_sink(self) -> LocalSink:
+        """A writable Sink over the store, for ``POST /api/close`` (the view is read-only)."""
+        if self._state not in ("open", "serving"):
+            raise SinkError(f"the owner of {self.path} is {self._state}")
+        return LocalSink(self.store, read_only=False, policy=self.policy)
+
     def serve(
         self,
         server: BackgroundServer | None = None,
@@ -419,6 +425,9 @@ class StoreOwner:
                     authorize=authorize,
                     # Other processes of the host forward their records here (_forward).
                     routes=[records_route(lambda: self._writer, authorize)],
+                    # `chaperone-otel close` of a lost run (one record, as forwarders
+                    # send); prune stays the owning process's.
+                    closer=self._closing_sink,
                 )
             )
         elif not server.bound:

@@ -1,7 +1,7 @@
 """``sink.close_run()`` and ``chaperone-otel close``: a run no process will finish (lost: its
 process killed with no parent to close it) ended in the store by hand, as a parent's
 ``close_run()`` would end it; its lost verdict and alerts go, nothing else changes. Real
-DuckDB files; a real ``SinkServer`` for the remote path, an embedded owner for its 403."""
+DuckDB files; a real ``SinkServer`` and an embedded owner for the remote paths."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_a_read_only_sink_refuses(tmp_path: Path) -> None:
         sink.close()
 
 
-def test_over_the_sink_servers_api_with_its_token_and_not_an_embedded_owner(
+def test_over_the_sink_servers_api_with_its_token_and_an_embedded_owners(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CHAPERONE_OTEL_SINK_TOKEN", raising=False)
@@ -141,8 +141,39 @@ def test_over_the_sink_servers_api_with_its_token_and_not_an_embedded_owner(
         assert owner.url is not None
         embedded = RemoteSink(owner.url, token=owner.token)
         with pytest.raises(SinkError, match="403"):
-            embedded.close_run("run-2")
-        assert embedded.jobs.lost().count() == 1
+            embedded.prune(0)  # deleting stays the owning process's
+        # A close is one record, as the host's forwarders send: an application that owns
+        # the store (a gunicorn master, a Celery main process) closes its lost runs too.
+        closed = embedded.close_run("run-2", status="cancelled", reason="host rebooted")
+        assert (closed.status, closed.error_message) == ("cancelled", "host rebooted")
+        assert embedded.jobs.lost().count() == 0
+    finally:
+        owner.close()
+
+
+def test_the_cli_closes_a_lost_run_through_an_applications_embedded_owner(
+    tmp_path: Path,
+) -> None:
+    """The CLI in another process finds the owner through its sidecar and closes the run
+    there (it used to exit 3: "this owner does not allow closing a run over HTTP")."""
+    import subprocess
+    import sys
+
+    from tests.cli._cli_helpers import cli_env
+
+    path = _store(tmp_path / "app.duckdb", _lost("8f3a2c-lost"))
+    owner = StoreOwner(str(path))
+    owner.serve()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "chaperone_otel.cli", "close", "8f3a", "--db", str(path)],
+            capture_output=True, text=True, timeout=60, env=cli_env(), check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "closed run 8f3a2c-lost (attempt 1)" in done.stdout
+        job = owner.view.job("8f3a2c-lost")
+        assert job is not None
+        assert (job.status, job.error_type) == ("failed", RUN_CLOSED)
     finally:
         owner.close()
 
