@@ -72,6 +72,12 @@ _HELD_REPORT_AFTER: Final = 5.0
 file many times a second (``open_sink()`` in a polling loop) is seen holding it at every
 take-over attempt for over 2 s on a loaded machine (once in a CI run), though it lets go
 between its reads and the records do get stored."""
+_ORPHAN_GRACE: Final = 5.0
+"""Seconds :meth:`EmbeddedSink.close` of a forked forwarder waits once no owner serves the
+store and it cannot take the file over itself (its parent had it open: the parent was the
+owner, and was killed). Another process may still open the store and take the records,
+but a worker must not hold its exit for its whole close timeout (30 s, gunicorn's graceful
+timeout) on the chance."""
 _POST_TIMEOUT: Final = 15.0
 """Seconds one forwarded request may take (the owner answers within its 10 s ack wait)."""
 
@@ -161,6 +167,9 @@ class EmbeddedSink:
         self._conn: http.client.HTTPConnection | None = None  # the forwarder's, for close()
         self._why = "no owner in time"  # why forwarding fails now, for close()'s report
         self._held_since: float | None = None  # since when a holder serves no URL
+        # Since when no owner serves the store and this process may not open it (forked
+        # from the owner, which has gone): close() then waits _ORPHAN_GRACE, not more.
+        self._orphaned_since: float | None = None
         try:
             self._own()
         except SinkError as e:
@@ -331,7 +340,7 @@ class EmbeddedSink:
                         self.dropped += len(batch)
                     self._cond.notify_all()
                 backoff = _BACKOFF_FIRST
-                self._held_since = None
+                self._held_since = self._orphaned_since = None
                 continue
             if status is None and not self._stopping and self._take_over():
                 break
@@ -362,7 +371,11 @@ class EmbeddedSink:
             elif isinstance(e.__cause__, InheritedStoreError):
                 self._why = str(e)
                 if self._advertised() is None:  # else an owner serves it: post there again
+                    if self._orphaned_since is None:
+                        self._orphaned_since = time.monotonic()
                     record_internal_error("sink.takeover.inherited", e)
+                else:
+                    self._orphaned_since = None
             else:
                 self._report_holder(e)
             return False
@@ -390,15 +403,22 @@ class EmbeddedSink:
             self._held_since = math.inf  # reported: not again until a post succeeds
             record_internal_error("sink.held", SinkError(self._why))
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, orphan_grace: float | None = None) -> bool:
         """Wait until every record so far is committed, here or by the owner it was
-        forwarded to (``False`` on timeout)."""
+        forwarded to (``False`` on timeout, or once no owner has served the store and this
+        process could not take it over for ``orphan_grace`` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._pending and self._writer is None:
-                left = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
                     return False
+                if orphan_grace is not None:
+                    orphaned = self._orphaned_since
+                    if orphaned is not None and now - orphaned >= orphan_grace:
+                        return False
+                    left = min(left if left is not None else 0.5, 0.5)  # and look again
                 self._cond.wait(left)
             writer = self._writer
         if writer is None:
@@ -417,7 +437,7 @@ class EmbeddedSink:
         remove_listener(self)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.flush(timeout)
+            self.flush(timeout, orphan_grace=_ORPHAN_GRACE)
         finally:
             self._closed = True
             with self._cond:
@@ -450,7 +470,7 @@ class EmbeddedSink:
         self._pending = collections.deque()
         self._thread = None
         self._conn = None
-        self._held_since = None
+        self._held_since = self._orphaned_since = None
         self._stopping = False
         self.owner = None
         self._writer = None

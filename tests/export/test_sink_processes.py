@@ -4,6 +4,7 @@ the same file; the first owns it, the others forward to it and take it over when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -345,3 +346,54 @@ def test_a_script_with_an_embedded_sink_exits_quietly(tmp_path: Path) -> None:
     assert proc.stderr == ""
     with open_sink(path) as sink:
         assert sink.jobs.named("cron.nightly").completed().count() == 1
+
+
+_ORPHAN = r"""
+import os, sys, time
+import chaperone_otel as c
+
+c.configure(sink=sys.argv[1])
+read_end, write_end = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(write_end)
+    os.read(read_end, 1)  # end of file: the parent, the store's owner, was killed
+    with c.supervised("orphan.job"):
+        pass
+    began = time.monotonic()
+    c.shutdown()
+    print(f"shutdown {time.monotonic() - began:.1f}", flush=True)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)  # until the test kills this process
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_worker_whose_owner_was_killed_does_not_hold_its_exit(tmp_path: Path) -> None:
+    """A prefork master owns the store and is SIGKILLed; its worker, forked from it, cannot
+    open the file (its parent's DuckDB handle is inherited) and no other process owns it.
+    Its shutdown waited its whole close timeout, 30 s (gunicorn's graceful timeout), for
+    an owner that never came; it now gives up after a few seconds and says why."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    parent = _start(script, tmp_path / "jobs.duckdb")
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        line = parent.stdout.readline()  # the child's, on the same pipe
+        assert line.startswith("shutdown "), line + (parent.stderr.read() if parent.stderr else "")
+        assert float(line.split()[1]) < 12.0, line
+        stderr = parent.stderr.read() if parent.stderr else ""
+        assert "not stored" in stderr
+        assert "was open in the process this one was forked from" in stderr
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        _finish(parent, 10)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
