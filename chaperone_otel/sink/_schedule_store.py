@@ -308,8 +308,8 @@ class _Runs:
 
     def latest_in(self, after: float, until: float) -> float | None:
         """The start of the latest run that started in ``(after, until]`` (None: none), the
-        runs up to it removed from the pool (an interval schedule's runs before a slot's
-        window: they move its anchor, they fulfil no slot)."""
+        runs up to it removed from the pool (the run that comes with an interval schedule's
+        declaration: it anchors the first slot, it fulfils none)."""
         taken = [i for i, (_r, started, _s) in enumerate(self.rows) if after < started <= until]
         if not taken:
             return None
@@ -369,7 +369,7 @@ def _evaluate_one(
     # 2. New slots.
     if spec.cron is not None:
         return _new_cron_slots(cur, spec, changed_at, last_due, now, policy, runs)
-    return _new_interval_slots(cur, spec, changed_at, last, now, runs, policy)
+    return _new_interval_slots(cur, spec, changed_at, last, now, runs)
 
 
 def _new_cron_slots(
@@ -396,6 +396,11 @@ def _new_cron_slots(
     return len(dues)
 
 
+_WITH_DECLARATION: Final = 5.0
+"""Seconds after an interval schedule's declaration in which a run is the one that came
+with it (at most a tenth of the interval)."""
+
+
 def _new_interval_slots(
     cur: Any,
     spec: ScheduleSpec,
@@ -403,10 +408,8 @@ def _new_interval_slots(
     last: tuple[Any, Any] | None,
     now: float,
     runs: _Runs,
-    policy: SchedulePolicy,
 ) -> int:
     interval = float(spec.interval or 0.0)
-    early = min(policy.early, interval / 2)
     if last is None:
         anchor = changed_at
     else:
@@ -423,19 +426,17 @@ def _new_interval_slots(
     # only: one pass's worth, not months of them over hundreds of passes that each hold
     # the store's writer.
     anchor = max(anchor, now - interval * SLOTS_PER_PASS)
+    if last is None:
+        # The run that comes with the declaration (the docs' pattern: declare, then run the
+        # job, in one script) is the previous run of the first slot, not its fulfilment:
+        # else the first slot was due an interval after the declaration and the second an
+        # interval after that run, a millisecond later.
+        with_it = runs.latest_in(anchor, anchor + min(_WITH_DECLARATION, interval / 10))
+        if with_it is not None:
+            anchor = with_it
     made = 0
-    while made < SLOTS_PER_PASS:
-        # A run that started well before the next due time (the run that comes with the
-        # declaration, several started together, one by hand) fulfils no slot: it is the
-        # new previous run, and the next slot is due an interval after it. Else each such
-        # run made a slot of its own, milliseconds after the last.
-        ahead = runs.latest_in(anchor, anchor + interval - early)
-        if ahead is not None:
-            anchor = ahead
-            continue
+    while anchor + interval <= now and made < SLOTS_PER_PASS:
         due = anchor + interval
-        if due > now:
-            break
         _insert_slot(cur, spec, due, anchor)
         made += 1
         found = runs.take(due, anchor, due + spec.grace)

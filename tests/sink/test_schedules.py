@@ -269,13 +269,14 @@ def test_an_interval_schedule_is_due_an_interval_after_the_previous_run(store: A
     ]
 
 
-def test_runs_well_before_an_interval_slot_move_it_and_make_no_slot_of_their_own(
+def test_the_runs_that_come_with_an_interval_declaration_anchor_its_first_slot(
     store: Any,
 ) -> None:
     """The docs' pattern declares the schedule and runs the job in the same script: that
     run fulfilled the slot due an interval after the declaration, and a second slot was
-    then due an interval after the run, a millisecond later. Three runs started together
-    made a slot each. A run well before the next due time is the new previous run."""
+    then due an interval after the run, a millisecond later (and one more for each run of
+    several started with the declaration). The runs that come with the declaration are
+    the previous run of the first slot."""
     writer, sink = store
     declare(writer, "s", T0, interval=600, grace=60)
     for i, start in enumerate((T0 + 0.01, T0 + 0.3, T0 + 0.5, T0 + 0.7)):  # together
