@@ -159,12 +159,15 @@ def schedules(
 def _check_declared(sink: Any, name: str, target: str) -> None:
     """``--name`` of a schedule the store does not know exits 1, naming those it knows: a
     typo in ``chaperone-otel schedules --name nightly || page`` must not pass for good."""
+    _columns, found = query(
+        "schedules", lambda: sink.sql("SELECT 1 FROM schedules WHERE name = $name", {"name": name})
+    )
+    if found:
+        return
     _columns, rows = query(
         "schedules", lambda: sink.sql("SELECT name FROM schedules ORDER BY name LIMIT 21")
     )
     known = [str(row[0]) for row in rows]
-    if name in known:
-        return
     listed = ", ".join(repr(k) for k in known[:20]) + (", …" if len(known) > 20 else "")
     fail(
         f"no schedule {name!r} in {target}"

@@ -55,6 +55,22 @@ def test_a_schedule_name_the_store_does_not_know_exits_1(tmp_path: Path) -> None
     assert result.stdout == ""
 
 
+def test_a_declared_name_past_the_first_twenty_is_known(tmp_path: Path) -> None:
+    """The names listed in the error are the first twenty; whether the name exists is
+    asked of the store itself (a 23rd schedule was "unknown", its check paging for good)."""
+    db = tmp_path / "jobs.duckdb"
+    now = time.time()
+    with store_writer(db) as (writer, _sink):
+        write_all(writer, [declaration_record(make_schedule(f"a{i:02d}", interval=3600), now)
+                           for i in range(22)]
+                          + [declaration_record(make_schedule("zz", interval=3600), now)])
+    result = invoke("schedules", "--db", str(db), "--name", "zz", "--missed")
+    assert result.exit_code == 0, result.output
+    unknown = invoke("schedules", "--db", str(db), "--name", "zy")
+    assert unknown.exit_code == 1
+    assert "'a19', …)" in unknown.stderr
+
+
 def test_a_store_no_process_owns_says_it_finds_no_missed_run(tmp_path: Path) -> None:
     """Slots fall due only where an owner evaluates them: read straight from the file, a
     schedule whose job stopped running keeps its last state. The listing says so on
