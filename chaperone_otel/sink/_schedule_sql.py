@@ -8,9 +8,13 @@ rendered by :meth:`~chaperone_otel._health.Expr.sql` over :data:`SLOT_COLUMNS`.
 A slot also shows when a scheduler (Celery beat) dispatched its run, if it recorded that:
 the dispatch naming the slot, the one of its run, or one sent in its window.
 
-Two signals are per schedule rather than per slot. A failing streak is counted along the
-slots: a completed run ends it, a slot's own or one that fulfils no slot (a rerun by hand,
-which ends the streak from the slot it finished after: ``reruns``). The scheduler's silence
+Two signals are per schedule rather than per slot. A failing streak is ended by a
+completed run of the schedule, a slot's own or one that fulfils no slot (a rerun by hand),
+in the order the runs *finished* (``breaks``, numbered by finish time): a slot's
+``consecutive_failures`` counts the failed slot runs, up to it, that finished after the
+last completion before the next slot fell due (for the newest slot: the last completion so
+far). So a rerun that completes after a failure ends the streak, and a failure after the
+rerun starts a new one, whatever slots they fall between. The scheduler's silence
 (``declared_at``, ``declare_every``) is given to the schedule's latest slot only, so
 ``lost`` holds on one row per schedule, not on its whole history.
 """
@@ -49,37 +53,38 @@ SLOTS_BASE: Final = """WITH runs AS (
   SELECT run_id, schedule, status, started_at, finished_at, error_type FROM jobs
   WHERE schedule IS NOT NULL
   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC) = 1
-), reruns AS (
-  SELECT sl.schedule, sl.due_at, count(*) AS completed
-  FROM runs r ASOF JOIN schedule_slots sl
-    ON sl.schedule = r.schedule AND r.finished_at >= sl.due_at
-  WHERE r.status = 'completed'
-    AND r.run_id NOT IN (SELECT run_id FROM schedule_slots WHERE run_id IS NOT NULL)
-  GROUP BY sl.schedule, sl.due_at
-), slots AS (
+), breaks AS (
+  SELECT schedule, finished_at,
+    row_number() OVER (PARTITION BY schedule ORDER BY finished_at) AS k
+  FROM runs WHERE status = 'completed' AND finished_at IS NOT NULL
+), slot_runs AS (
   SELECT sl.schedule, sl.due_at, sl.opens_at, sl.grace, sl.max_runtime,
     sl.failure_threshold, sl.run_id, r.status AS run_status, r.started_at AS run_started_at,
     r.finished_at AS run_finished_at, r.error_type AS run_error_type,
-    (SELECT min(x.dispatched_at) FROM schedule_dispatches x WHERE x.schedule = sl.schedule
-      AND (x.scheduled_for = sl.due_at OR (sl.run_id IS NOT NULL AND x.run_id = sl.run_id)
-        OR (x.scheduled_for IS NULL AND x.dispatched_at >= sl.opens_at
-          AND x.dispatched_at <= sl.due_at + to_seconds(sl.grace)))) AS dispatched_at,
-    coalesce(rr.completed, 0) AS reruns_completed,
-    sum(CASE WHEN r.status = 'completed' THEN 1 ELSE 0 END) OVER (
-      PARTITION BY sl.schedule ORDER BY sl.due_at ROWS UNBOUNDED PRECEDING)
-    + coalesce(sum(rr.completed) OVER (PARTITION BY sl.schedule ORDER BY sl.due_at
-      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS streak
+    coalesce(lead(sl.due_at) OVER (PARTITION BY sl.schedule ORDER BY sl.due_at),
+      'infinity'::TIMESTAMP) AS judged_until
   FROM schedule_slots sl LEFT JOIN runs r ON r.run_id = sl.run_id
-    LEFT JOIN reruns rr ON rr.schedule = sl.schedule AND rr.due_at = sl.due_at
+), failures AS (
+  SELECT f.schedule, f.due_at, coalesce(b.k, 0) AS streak,
+    row_number() OVER (PARTITION BY f.schedule, coalesce(b.k, 0) ORDER BY f.due_at) AS n
+  FROM slot_runs f ASOF LEFT JOIN breaks b
+    ON b.schedule = f.schedule AND f.run_finished_at > b.finished_at
+  WHERE f.run_status = 'failed'
+), slots AS (
+  SELECT s.*, coalesce(b.k, 0) AS streak,
+    (SELECT min(x.dispatched_at) FROM schedule_dispatches x WHERE x.schedule = s.schedule
+      AND (x.scheduled_for = s.due_at OR (s.run_id IS NOT NULL AND x.run_id = s.run_id)
+        OR (x.scheduled_for IS NULL AND x.dispatched_at >= s.opens_at
+          AND x.dispatched_at <= s.due_at + to_seconds(s.grace)))) AS dispatched_at
+  FROM slot_runs s ASOF LEFT JOIN breaks b
+    ON b.schedule = s.schedule AND s.judged_until > b.finished_at
 ), counted AS (
-  SELECT s.*,
-    CASE WHEN reruns_completed > 0 THEN 0 ELSE count(*) FILTER (
-      WHERE run_status = 'failed') OVER (
-      PARTITION BY s.schedule, streak ORDER BY due_at ROWS UNBOUNDED PRECEDING)
-    END AS consecutive_failures,
-    row_number() OVER (PARTITION BY s.schedule ORDER BY due_at DESC) = 1 AS latest,
+  SELECT s.*, coalesce(f.n, 0) AS consecutive_failures,
+    row_number() OVER (PARTITION BY s.schedule ORDER BY s.due_at DESC) = 1 AS latest,
     d.declared_at, d.declare_every, d.cron, d."interval", d.timezone, d.source
-  FROM slots s JOIN schedules d ON d.name = s.schedule
+  FROM slots s ASOF LEFT JOIN failures f
+    ON f.schedule = s.schedule AND f.streak = s.streak AND s.due_at >= f.due_at
+  JOIN schedules d ON d.name = s.schedule
 )"""
 """The slots with their run, streak and schedule (a CTE prefix; ``counted`` is its rows)."""
 

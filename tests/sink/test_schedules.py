@@ -208,6 +208,34 @@ def test_a_rerun_that_completes_ends_the_failing_streak(store: Any) -> None:
     assert sink.schedules.failing().at(now).count() == 0  # one failure, threshold 2
 
 
+def test_a_streak_follows_the_order_runs_finished_in_not_the_slots(store: Any) -> None:
+    """A rerun by hand from 01:58 that completes at 02:00:10, after night 2's slot fell due,
+    ends night 1's streak; night 2's own run then fails at 02:00:30 and night 3's too: two
+    failures in a row, failing. Counting the rerun for night 2's whole slot erased night
+    2's own later failure (the schedule and its alert stayed quiet)."""
+    writer, sink = store
+    declare(writer, "s", utc("2026-04-30T12:00:00"), cron="0 2 * * *", grace="15m",
+            failure_threshold=2)
+    night = utc("2026-05-01T02:00:00")
+    tick(writer, night - 1)
+    run(writer, "night-1", night + 1, status="failed")
+    tick(writer, night + 3600)
+    by_hand = lifecycle("by-hand", beats=1, start=night + 86_400 - 120, step=65.0,
+                        **{sc.ATTR_SCHEDULE_NAME: "s"})  # 01:58:00 to 02:00:10
+    write_all(writer, by_hand)
+    tick(writer, night + 86_400 - 1)
+    run(writer, "night-2", night + 86_400 + 15, status="failed")  # ends 02:00:30
+    tick(writer, night + 2 * 86_400 - 1)
+    run(writer, "night-3", night + 2 * 86_400 + 1, status="failed")
+    now = night + 2 * 86_400 + 3600
+    tick(writer, now)
+    slots = sink.schedules.at(now).all()  # newest first
+    assert [s.run_id for s in slots] == ["night-3", "night-2", "night-1"]
+    assert [s.consecutive_failures for s in slots] == [2, 1, 1]
+    assert sink.schedules.failing().at(now).count() == 1
+    assert schedule_rules().failing.holds(_series_signals(sink, now), now)
+
+
 def test_cron_slots_follow_dst_in_a_named_zone(store: Any) -> None:
     """30 2 * * * in Europe/Paris: the spring-forward day's 02:30 does not exist and falls
     due at 03:00 CEST (cronsim, as cronie); the fall-back day's 02:30 falls due once."""
