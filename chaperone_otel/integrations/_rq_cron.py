@@ -123,9 +123,20 @@ class _Cron:
         self.enqueue = _rq.CronJob.enqueue
 
     def declare_jobs(self, scheduler: Any) -> None:
+        """Declare every cron job's schedule; one that cannot be declared is skipped with a
+        warning naming it (one odd job must not leave the ones after it undeclared)."""
         timezone = self.tz or local_zone()
         for job in scheduler.get_jobs():
-            spec = cron_job_spec(job, timezone=timezone, **self.options)
+            try:
+                spec = cron_job_spec(job, timezone=timezone, **self.options)
+            except Exception as exc:  # any job may be odd; the others still count
+                logger.warning(
+                    "chaperone-otel: RQ cron job %r cannot be declared as a schedule (%s): "
+                    "not declared",
+                    getattr(job, "name", job),
+                    exc,
+                )
+                continue
             with self.lock:
                 known = self.specs.get(spec.name)
                 if known is not None and known.definition() != spec.definition():

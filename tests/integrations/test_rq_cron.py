@@ -50,6 +50,25 @@ def test_cron_jobs_become_schedules_in_the_given_zone() -> None:
     assert (every.name, every.interval, every.cron) == ("app.poll", 90.0, None)
 
 
+def test_a_cron_job_that_cannot_be_declared_leaves_the_others_declared(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A six-field cron (refused: cronsim reads the first as seconds) stopped the loop that
+    declares the scheduler's jobs, so every job registered after it went undeclared."""
+    from types import SimpleNamespace
+
+    from chaperone_otel.integrations._rq_cron import _Cron
+
+    odd = CronJob("default", func_name="app.odd", cron="0 2 * * * *", name="six-fields")
+    nightly = CronJob("default", func_name="app.report", cron="30 2 * * *", name="nightly")
+    with capture() as cap:
+        _Cron({}, "UTC").declare_jobs(SimpleNamespace(get_jobs=lambda: [odd, nightly]))
+    declared = [r.attributes[sc.ATTR_SCHEDULE_NAME] for r in cap.records
+                if r.event_name == sc.EVENT_SCHEDULE_DECLARED]
+    assert declared == ["nightly"]
+    assert "RQ cron job 'six-fields' cannot be declared" in caplog.text
+
+
 def test_the_local_zone_is_tz_else_utc(monkeypatch: pytest.MonkeyPatch) -> None:
     """RQ reads cron fields in local time: ``TZ`` names it when set."""
     monkeypatch.setenv("TZ", "America/New_York")
