@@ -55,3 +55,26 @@ def test_a_run_that_never_came_is_missed_between_two_short_scripts(tmp_path: Pat
     assert missed, "no missed slot"
     assert all(slot.run_id is None for slot in missed)
     assert missed[0].due_at.timestamp() == pytest.approx(first.started_at.timestamp() + 2, abs=0.5)
+
+
+def test_an_owner_makes_the_slots_due_by_its_close(tmp_path: Path) -> None:
+    """The last pass, before the owner lets the file go: what it was told since its
+    previous pass (here a declaration from 100 s ago, every 10 s) has its slots before the
+    next owner comes, however long that takes. (Without it this owner, closed well within
+    the evaluator's 1 s period, made none.)"""
+    from chaperone_otel._schedule import declaration_record
+    from chaperone_otel._schedules import make_schedule
+    from chaperone_otel.sink._owner import StoreOwner
+
+    path = str(tmp_path / "jobs.duckdb")
+    began = time.time()
+    owner = StoreOwner(path)
+    try:
+        declared = declaration_record(make_schedule("every10", interval=10, grace=1), began - 100)
+        ticket = owner.writer.submit([declared])
+        assert ticket is not None
+        assert owner.writer.wait(ticket, 10)
+    finally:
+        owner.close()
+    with open_sink(path) as sink:
+        assert sink.schedules.named("every10").missed().count() >= 5
