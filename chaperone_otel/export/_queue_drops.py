@@ -3,8 +3,8 @@
 The SDK's batch processors drop a record or span when their queue is full (an endpoint
 down for longer than the queue lasts, an exporter slower than the runs): a lifecycle record
 lost that way makes a run look lost or never started in the store, yet the SDK only logs
-"Queue full, dropping Log." (once per burst) and counts it nowhere unless its experimental
-self-metrics are switched on (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``). The design's
+"Queue full, dropping Log." and counts it nowhere unless its experimental self-metrics are
+switched on (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``). The design's
 error policy is that telemetry lost on the way out is logged once and *counted*, so a
 processor ``configure()`` installs reports every drop as
 ``chaperone.internal.errors{chaperone_internal_where="export"}``, like a failed export.

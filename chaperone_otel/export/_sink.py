@@ -407,7 +407,8 @@ class EmbeddedSink:
         """Wait until every record so far is committed, here or by the owner it was
         forwarded to (``False`` on timeout, or once no owner has served the store and this
         process could not take it over for ``orphan_grace`` seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
         with self._cond:
             while self._pending and self._writer is None:
                 now = time.monotonic()
@@ -415,8 +416,8 @@ class EmbeddedSink:
                 if left is not None and left <= 0:
                     return False
                 if orphan_grace is not None:
-                    orphaned = self._orphaned_since
-                    if orphaned is not None and now - orphaned >= orphan_grace:
+                    orphaned = self._orphaned_since  # the grace counts from this call at most
+                    if orphaned is not None and now - max(orphaned, began) >= orphan_grace:
                         return False
                     left = min(left if left is not None else 0.5, 0.5)  # and look again
                 self._cond.wait(left)
