@@ -137,7 +137,7 @@ def test_every_surface_selects_the_same_runs(store_path):
                 env={"CHAPERONE_OTEL_SINK": None},
             )
             assert result.exit_code == 0, (spec.name, result.output)
-            assert {r["id"] for r in json.loads(result.output)} == python == http, spec.name
+            assert {r["id"] for r in json.loads(result.stdout)} == python == http, spec.name
 
 
 def test_heartbeat_missed_is_a_real_scope(tmp_path):

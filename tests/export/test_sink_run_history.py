@@ -84,7 +84,7 @@ def test_a_run_stuck_then_completed_keeps_when_and_how_long(tmp_path: Path) -> N
             assert sink.jobs.was_stuck().completed().count() == 1
         listed = invoke("jobs", "--was-stuck", "--db", str(path), "--json")
         assert listed.exit_code == 0, listed.output
-        assert [r["id"] for r in json.loads(listed.output)] == [recovered.id]
+        assert [r["id"] for r in json.loads(listed.stdout)] == [recovered.id]
         shown = invoke("show", recovered.id, "--db", str(path))
         assert "stuck" in shown.output
         assert "since 2026-01-01" in shown.output
@@ -124,7 +124,7 @@ def test_nested_runs_record_their_parent_and_the_quickstart_outer_run_completes(
         assert [r.id for r in sink.jobs.children_of(outer.id).all()] == [inner.id]
         assert sink.jobs.children_of(inner.id).count() == 0
     listed = invoke("jobs", "--parent", outer.id, "--db", str(path), "--json")
-    assert [r["id"] for r in json.loads(listed.output)] == [inner.id]
+    assert [r["id"] for r in json.loads(listed.stdout)] == [inner.id]
     shown = invoke("show", inner.id, "--db", str(path))
     assert "parent run" in shown.output
     assert outer.id in shown.output

@@ -420,7 +420,7 @@ def test_near_limit_lists_only_live_runs(tmp_path):
     out = CliRunner().invoke(cli, ["jobs", "--db", str(path), "--near-limit", "--json"],
                              env={"CHAPERONE_OTEL_SINK": None})
     assert out.exit_code == 0, out.output
-    assert {r["id"] for r in json.loads(out.output)} == {"near-live"}
+    assert {r["id"] for r in json.loads(out.stdout)} == {"near-live"}
 
 
 def test_a_filtered_fetch_reads_its_rows_by_rowid(jobs):

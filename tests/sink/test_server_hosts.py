@@ -222,7 +222,7 @@ def test_real_otlp_exporter_remote_sink_and_cli_keep_working(
         assert remote.jobs.count() == 0
     shown = invoke("jobs", "--url", sink_server.url, "--json")
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output) == []
+    assert json.loads(shown.stdout) == []
 
 
 @pytest.mark.slow
