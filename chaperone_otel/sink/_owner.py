@@ -494,7 +494,7 @@ class StoreOwner:
             # Slots due since the last pass, with the runs just committed: a cron script
             # that owns the store for a moment makes its slots, and the next owner judges
             # them (missed, late) however long the store stays unowned meanwhile.
-            schedules.final_pass()
+            schedules.evaluate_counted()
         if self._view is not None:
             self._view.close()
             self._view = None

@@ -466,7 +466,7 @@ def _assign(cur: Any, name: str, due: float, run_id: str, now: float) -> None:
 class ScheduleEvaluator:
     """Runs :func:`evaluate` at once and then every ``interval`` seconds on a daemon thread
     (``chaperone-schedules-eval``) until :meth:`close`; the owner adds a last pass
-    (:meth:`final_pass`) before it releases the file.
+    (:meth:`evaluate_counted`) before it releases the file.
 
     Args:
         store: the owner's writable :class:`~chaperone_otel.sink._store.Store`.
@@ -506,14 +506,14 @@ class ScheduleEvaluator:
         # A pass at once, then every interval: a cron script owns its store for less than a
         # second, and a first pass after the interval made no slot in it, ever.
         while not self._store.closed:
-            self.final_pass()
+            self.evaluate_counted()
             if self._stop.wait(self._interval):
                 return
 
-    def final_pass(self) -> None:
-        """One pass whose failure is counted, not raised: the thread's, and the owner's
-        last before it releases the file (the slots due since the last pass, matched to
-        the runs the writer has just committed)."""
+    def evaluate_counted(self) -> None:
+        """One pass whose failure is counted, not raised: the thread's passes, and the
+        owner's last before it releases the file (the slots due since the thread's last
+        pass, matched to the runs the writer has just committed)."""
         try:
             self.evaluate_now()
         except Exception as exc:  # a bad pass is counted, the next one tries again
